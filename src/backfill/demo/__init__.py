@@ -1,0 +1,1 @@
+"""Bundled replay API and data set used by ``backfill demo``."""

@@ -1,0 +1,281 @@
+"""The ledger: the durable record of every (job, stage, partition) and every run.
+
+The engine speaks to it only through :class:`Ledger`; SQLite is the embedded adapter,
+and every adapter passes the same contract suite (``tests/ledger_contract.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from backfill.errors import ConfigError
+from backfill.partitions import Order, Partition, Selection
+
+__all__ = [
+    "DEFAULT_STATE_URL",
+    "Claim",
+    "FailureGroup",
+    "Ledger",
+    "LedgerEntry",
+    "Outcome",
+    "RunRecord",
+    "StageCounts",
+    "Status",
+    "WorkerRecord",
+    "open_ledger",
+]
+
+DEFAULT_STATE_URL = "sqlite:///.backfill/state.db"
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    EMPTY = "empty"
+    FAILED = "failed"
+
+
+FINISHED = (Status.DONE, Status.EMPTY, Status.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A partition leased to one owner. ``id`` is the ledger's handle for completing it."""
+
+    id: int
+    stage: str
+    key: str
+    start: date
+    end: date
+    dims: tuple[tuple[str, str], ...]
+    attempts: int
+    claims: int
+
+    def partition(self, grain: Any) -> Partition:
+        return Partition(self.key, self.start, self.end, grain, self.dims)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to a claimed partition.
+
+    ``status`` PENDING releases it to the pool (interrupted, or the run stopped on a
+    fatal error) without counting the failure against the partition.
+    """
+
+    id: int
+    status: Status
+    attempts: int = 1
+    records: int = 0
+    duration: float = 0.0
+    error_category: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    stage: str
+    key: str
+    status: Status
+    attempts: int
+    records: int | None
+    duration: float | None
+    error_category: str | None
+    error_message: str | None
+    run_id: str | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StageCounts:
+    """Per-status counts for one stage, plus figures for throughput."""
+
+    stage: str
+    pending: int = 0
+    running: int = 0
+    done: int = 0
+    empty: int = 0
+    failed: int = 0
+    records: int = 0
+    # Finished partitions of the most recent run and the span they took, for a rate.
+    recent_finished: int = 0
+    recent_span: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.running + self.done + self.empty + self.failed
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.empty + self.failed
+
+    @property
+    def rate(self) -> float | None:
+        """Partitions per second over the most recent run, when it can be known."""
+        if self.recent_finished < 2 or self.recent_span <= 0:
+            return None
+        return self.recent_finished / self.recent_span
+
+
+@dataclass(frozen=True, slots=True)
+class FailureGroup:
+    stage: str
+    category: str
+    count: int
+    example_key: str
+    example_message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    job: str
+    started_at: float
+    host: str
+    pid: int
+    command: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    finished_at: float | None = None
+    status: str = "running"
+    exit_code: int | None = None
+    counts: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    id: str
+    job: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    stopped_at: float | None
+
+
+class Ledger(Protocol):
+    """What the engine needs from a state store. Every method is a short transaction."""
+
+    url: str
+
+    def plan(self, job: str, stage: str, partitions: Iterable[Partition]) -> int:
+        """Insert the partitions that are not yet recorded; return how many were new."""
+
+    def claim(
+        self,
+        job: str,
+        stage: str,
+        owner: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        run_id: str,
+        selection: Selection | None = None,
+        order: Order = Order.OLDEST,
+    ) -> list[Claim]:
+        """Lease up to ``limit`` pending (or lease-expired) partitions to ``owner``."""
+
+    def complete(self, owner: str, outcomes: Sequence[Outcome], *, now: float) -> int:
+        """Record outcomes of partitions ``owner`` still holds; return how many applied."""
+
+    def renew(self, owner: str, *, lease_seconds: float, now: float) -> int:
+        """Push back the lease expiry of everything ``owner`` holds."""
+
+    def release_owner(self, owner: str) -> int:
+        """Return every partition held by ``owner`` (a dead worker) to the pool."""
+
+    def counts(
+        self, job: str, stages: Sequence[str], selection: Selection | None = None
+    ) -> dict[str, StageCounts]: ...
+
+    def failure_groups(
+        self, job: str, stages: Sequence[str], selection: Selection | None = None
+    ) -> list[FailureGroup]: ...
+
+    def entries(
+        self,
+        job: str,
+        stage: str,
+        *,
+        status: Status | None = None,
+        selection: Selection | None = None,
+        limit: int = 100,
+    ) -> list[LedgerEntry]: ...
+
+    def retry_failed(
+        self, job: str, stages: Sequence[str], selection: Selection | None = None
+    ) -> int:
+        """Return failed partitions to pending; return how many."""
+
+    def reset(self, job: str, stages: Sequence[str], selection: Selection | None = None) -> int:
+        """Forget partitions (any status but running); return how many were deleted."""
+
+    def start_run(self, run: RunRecord) -> None: ...
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        now: float,
+        status: str,
+        exit_code: int,
+        counts: Mapping[str, Any],
+    ) -> None: ...
+
+    def runs(self, job: str, limit: int = 20) -> list[RunRecord]: ...
+
+    def register_worker(self, worker: WorkerRecord) -> None: ...
+
+    def heartbeat(self, worker_id: str, *, now: float) -> None: ...
+
+    def stop_worker(self, worker_id: str, *, now: float) -> None: ...
+
+    def workers(self, job: str, *, active_only: bool = True) -> list[WorkerRecord]: ...
+
+    def close(self) -> None: ...
+
+
+def dims_json(dims: tuple[tuple[str, str], ...]) -> str | None:
+    return json.dumps(dict(dims), separators=(",", ":")) if dims else None
+
+
+def dims_from_json(text: str | None) -> tuple[tuple[str, str], ...]:
+    if not text:
+        return ()
+    loaded: dict[str, str] = json.loads(text)
+    return tuple(loaded.items())
+
+
+def open_ledger(url: str | None = None, *, create: bool = True) -> Ledger:
+    """Open the state store named by ``url`` (default: ``.backfill/state.db`` here).
+
+    With ``create=False`` a missing SQLite file is not created: an empty in-memory
+    ledger stands in, so read-only commands leave no trace.
+    """
+    from backfill.ledger.sqlite import SQLiteLedger
+
+    url = url or DEFAULT_STATE_URL
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "sqlite", "/" + url
+    if scheme == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+        if path in ("", ":memory:"):
+            return SQLiteLedger(":memory:", url=url)
+        file = Path(path)
+        if not file.exists() and not create:
+            return SQLiteLedger(":memory:", url=url)
+        if create and url == DEFAULT_STATE_URL:
+            file.parent.mkdir(parents=True, exist_ok=True)
+        return SQLiteLedger(file, url=url)
+    raise ConfigError(
+        f"unsupported state URL {url.split('://')[0]!r}://...; use sqlite:///PATH "
+        "(a file) or a plain file path"
+    )

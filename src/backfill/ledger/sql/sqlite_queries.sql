@@ -1,0 +1,129 @@
+-- Named queries of the SQLite ledger. Each starts with "-- name: NAME".
+-- {where} marks where a selection filter is spliced in.
+
+-- name: stage_id
+SELECT id FROM backfill_stages WHERE job = :job AND stage = :stage;
+
+-- name: insert_stage
+INSERT OR IGNORE INTO backfill_stages (job, stage) VALUES (:job, :stage);
+
+-- name: plan
+INSERT OR IGNORE INTO backfill_partitions (stage_id, key, window_start, window_end, dims)
+VALUES (?, ?, ?, ?, ?);
+
+-- name: claim_pending
+UPDATE backfill_partitions
+SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
+    claims = claims + 1, run_id = :run_id, started_at = :now
+WHERE id IN (
+    SELECT id FROM backfill_partitions
+    WHERE stage_id = :stage_id AND status = 'pending' {where}
+    ORDER BY window_start {direction}, id {direction}
+    LIMIT :limit
+)
+RETURNING id, key, window_start, window_end, dims, attempts, claims;
+
+-- name: claim_expired
+UPDATE backfill_partitions
+SET lease_owner = :owner, lease_expires_at = :expires,
+    claims = claims + 1, run_id = :run_id, started_at = :now
+WHERE id IN (
+    SELECT id FROM backfill_partitions
+    WHERE stage_id = :stage_id AND status = 'running' AND lease_expires_at < :now {where}
+    ORDER BY window_start {direction}, id {direction}
+    LIMIT :limit
+)
+RETURNING id, key, window_start, window_end, dims, attempts, claims;
+
+-- name: complete
+UPDATE backfill_partitions
+SET status = :status,
+    attempts = attempts + :attempts,
+    records = CASE WHEN :status = 'pending' THEN records ELSE :records END,
+    duration = CASE WHEN :status = 'pending' THEN duration ELSE :duration END,
+    error_category = :error_category,
+    error_message = :error_message,
+    finished_at = CASE WHEN :status = 'pending' THEN finished_at ELSE :now END,
+    lease_owner = NULL,
+    lease_expires_at = NULL
+WHERE id = :id AND lease_owner = :owner AND status = 'running';
+
+-- name: renew
+UPDATE backfill_partitions SET lease_expires_at = :expires
+WHERE lease_owner = :owner AND status = 'running';
+
+-- name: release_owner
+UPDATE backfill_partitions
+SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+WHERE lease_owner = :owner AND status = 'running';
+
+-- name: counts
+SELECT status, count(*), coalesce(sum(records), 0)
+FROM backfill_partitions WHERE stage_id = :stage_id {where}
+GROUP BY status;
+
+-- name: recent
+SELECT count(*), min(started_at), max(finished_at)
+FROM backfill_partitions
+WHERE stage_id = :stage_id AND run_id = :run_id AND finished_at IS NOT NULL {where};
+
+-- name: last_run_of_stage
+SELECT run_id FROM backfill_partitions
+WHERE stage_id = :stage_id AND finished_at IS NOT NULL
+ORDER BY finished_at DESC LIMIT 1;
+
+-- name: failure_groups
+-- SQLite fills the bare columns key and error_message from the row holding min(id).
+SELECT coalesce(error_category, 'error') AS category, count(*), min(id), key,
+       coalesce(error_message, '')
+FROM backfill_partitions
+WHERE stage_id = :stage_id AND status = 'failed' {where}
+GROUP BY category
+ORDER BY count(*) DESC, category;
+
+-- name: entries
+SELECT key, status, attempts, records, duration, error_category, error_message,
+       run_id, finished_at
+FROM backfill_partitions
+WHERE stage_id = :stage_id {where}
+ORDER BY window_start, id
+LIMIT :limit;
+
+-- name: retry_failed
+UPDATE backfill_partitions
+SET status = 'pending', error_category = NULL, error_message = NULL
+WHERE stage_id = :stage_id AND status = 'failed' {where};
+
+-- name: reset
+DELETE FROM backfill_partitions
+WHERE stage_id = :stage_id AND status != 'running' {where};
+
+-- name: start_run
+INSERT INTO backfill_runs (id, job, command, host, pid, options, started_at, status)
+VALUES (:id, :job, :command, :host, :pid, :options, :started_at, :status);
+
+-- name: finish_run
+UPDATE backfill_runs
+SET finished_at = :now, status = :status, exit_code = :exit_code, counts = :counts
+WHERE id = :id;
+
+-- name: runs
+SELECT id, job, started_at, host, pid, command, options, finished_at, status, exit_code,
+       counts
+FROM backfill_runs WHERE job = :job
+ORDER BY started_at DESC LIMIT :limit;
+
+-- name: register_worker
+INSERT OR REPLACE INTO backfill_workers (id, job, host, pid, started_at, heartbeat_at)
+VALUES (:id, :job, :host, :pid, :started_at, :heartbeat_at);
+
+-- name: heartbeat
+UPDATE backfill_workers SET heartbeat_at = :now WHERE id = :id;
+
+-- name: stop_worker
+UPDATE backfill_workers SET stopped_at = :now WHERE id = :id;
+
+-- name: workers
+SELECT id, job, host, pid, started_at, heartbeat_at, stopped_at
+FROM backfill_workers WHERE job = :job {where}
+ORDER BY started_at;

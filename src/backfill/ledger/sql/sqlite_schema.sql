@@ -1,0 +1,70 @@
+-- backfill ledger, SQLite. Schema version 1 (see backfill_meta.schema_version).
+
+CREATE TABLE IF NOT EXISTS backfill_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- One row per (job, stage): partition rows refer to it by a small integer,
+-- which keeps the claim index narrow.
+CREATE TABLE IF NOT EXISTS backfill_stages (
+    id    INTEGER PRIMARY KEY,
+    job   TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    UNIQUE (job, stage)
+);
+
+CREATE TABLE IF NOT EXISTS backfill_partitions (
+    id               INTEGER PRIMARY KEY,
+    stage_id         INTEGER NOT NULL REFERENCES backfill_stages (id),
+    key              TEXT NOT NULL,
+    window_start     TEXT NOT NULL,   -- ISO date, inclusive
+    window_end       TEXT NOT NULL,   -- ISO date, inclusive
+    dims             TEXT,            -- JSON object of static dimensions, or NULL
+    status           TEXT NOT NULL DEFAULT 'pending',
+    attempts         INTEGER NOT NULL DEFAULT 0,  -- executions of the stage function
+    claims           INTEGER NOT NULL DEFAULT 0,  -- leases granted
+    lease_owner      TEXT,
+    lease_expires_at REAL,
+    records          INTEGER,
+    duration         REAL,
+    error_category   TEXT,
+    error_message    TEXT,
+    run_id           TEXT,
+    started_at       REAL,
+    finished_at      REAL,
+    UNIQUE (stage_id, key)
+);
+
+-- Claims walk (stage, status) in window order; the implicit rowid breaks ties.
+CREATE INDEX IF NOT EXISTS backfill_partitions_claim
+    ON backfill_partitions (stage_id, status, window_start);
+
+CREATE INDEX IF NOT EXISTS backfill_partitions_owner
+    ON backfill_partitions (lease_owner) WHERE lease_owner IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS backfill_runs (
+    id          TEXT PRIMARY KEY,
+    job         TEXT NOT NULL,
+    command     TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    pid         INTEGER NOT NULL,
+    options     TEXT NOT NULL,   -- JSON
+    started_at  REAL NOT NULL,
+    finished_at REAL,
+    status      TEXT NOT NULL,
+    exit_code   INTEGER,
+    counts      TEXT NOT NULL DEFAULT '{}'  -- JSON
+);
+
+CREATE INDEX IF NOT EXISTS backfill_runs_job ON backfill_runs (job, started_at);
+
+CREATE TABLE IF NOT EXISTS backfill_workers (
+    id           TEXT PRIMARY KEY,
+    job          TEXT NOT NULL,
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    started_at   REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    stopped_at   REAL
+);

@@ -1,0 +1,500 @@
+"""The embedded ledger: one SQLite file in WAL mode, zero set-up.
+
+Every write is one short ``BEGIN IMMEDIATE`` transaction, so two processes pointed at
+the same file (two ``backfill run`` on one laptop) serialise their claims and never
+lease the same partition twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import date
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from backfill.errors import LedgerError
+from backfill.ledger import (
+    Claim,
+    FailureGroup,
+    LedgerEntry,
+    Outcome,
+    RunRecord,
+    StageCounts,
+    Status,
+    WorkerRecord,
+    dims_from_json,
+    dims_json,
+)
+from backfill.partitions import Order, Partition, Selection
+
+__all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
+
+SCHEMA_VERSION = 1
+_PLAN_CHUNK = 20_000
+
+
+def _load_queries() -> dict[str, str]:
+    text = resources.files("backfill.ledger").joinpath("sql/sqlite_queries.sql").read_text()
+    queries: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        queries[name.strip()] = body.strip()
+    return queries
+
+
+_SCHEMA = resources.files("backfill.ledger").joinpath("sql/sqlite_schema.sql").read_text()
+_Q = _load_queries()
+
+
+def _statements(script: str) -> list[str]:
+    """Split a schema script into statements (comments may hold semicolons)."""
+    code = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+    return [s.strip() for s in code.split(";") if s.strip()]
+
+
+def _selection_sql(selection: Selection | None) -> tuple[str, dict[str, Any]]:
+    """A SQL fragment (``AND ...``) and its parameters for a selection."""
+    if selection is None or selection.is_everything:
+        return "", {}
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if selection.start is not None:
+        clauses.append("window_end >= :sel_start")
+        params["sel_start"] = selection.start.isoformat()
+    if selection.end is not None:
+        clauses.append("window_start <= :sel_end")
+        params["sel_end"] = selection.end.isoformat()
+    if selection.keys:
+        clauses.append("key IN (SELECT value FROM json_each(:sel_keys))")
+        params["sel_keys"] = json.dumps(sorted(selection.keys))
+    for i, (dim, allowed) in enumerate(sorted(selection.dims.items())):
+        clauses.append(
+            f"json_extract(dims, :sel_dim_path_{i}) IN (SELECT value FROM json_each(:sel_dim_{i}))"
+        )
+        params[f"sel_dim_path_{i}"] = f'$."{dim}"'
+        params[f"sel_dim_{i}"] = json.dumps(sorted(allowed))
+    return "".join(f" AND {c}" for c in clauses), params
+
+
+class SQLiteLedger:
+    """The :class:`~backfill.ledger.Ledger` on a SQLite file (or ``:memory:``)."""
+
+    def __init__(self, path: str | Path, *, url: str | None = None) -> None:
+        self.path = path
+        self.url = url or f"sqlite:///{path}"
+        self._lock = threading.RLock()
+        self._stage_ids: dict[tuple[str, str], int] = {}
+        self._conn = self._connect()
+
+    # -- connection ----------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            parent = Path(self.path).resolve().parent
+            if not parent.is_dir():
+                raise LedgerError(
+                    f"cannot open state {self.url}: directory {parent} does not exist; "
+                    "create it or pass another --state"
+                )
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open state {self.url}: {exc}; pass another --state") from exc
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL survives a killed process; only an OS crash may lose the
+            # last commits, and those partitions are simply redone.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise LedgerError(
+                f"state {self.url} is not a usable backfill state database ({exc}); "
+                "pass another --state"
+            ) from exc
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='backfill_meta'"
+        ).fetchone()
+        if row is not None:
+            version_row = conn.execute(
+                "SELECT value FROM backfill_meta WHERE key='schema_version'"
+            ).fetchone()
+            version = int(version_row[0]) if version_row else 0
+            if version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"state {self.url} has schema version {version}, newer than this "
+                    f"backfill understands ({SCHEMA_VERSION}); upgrade backfill"
+                )
+            if version == SCHEMA_VERSION:
+                return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(_SCHEMA):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT OR REPLACE INTO backfill_meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def _tx(self, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction; driver errors become :class:`LedgerError` here and only here."""
+        with self._lock:
+            conn = self._conn
+            try:
+                if write:
+                    conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    if write:
+                        conn.execute("ROLLBACK")
+                    raise
+                if write:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise LedgerError(f"state {self.url}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _stage_id(self, conn: sqlite3.Connection, job: str, stage: str, create: bool) -> int | None:
+        cached = self._stage_ids.get((job, stage))
+        if cached is not None:
+            return cached
+        params = {"job": job, "stage": stage}
+        row = conn.execute(_Q["stage_id"], params).fetchone()
+        if row is None and create:
+            conn.execute(_Q["insert_stage"], params)
+            row = conn.execute(_Q["stage_id"], params).fetchone()
+        if row is None:
+            return None
+        self._stage_ids[(job, stage)] = int(row[0])
+        return int(row[0])
+
+    # -- partitions ----------------------------------------------------------------
+
+    def plan(self, job: str, stage: str, partitions: Iterable[Partition]) -> int:
+        inserted = 0
+        iterator = iter(partitions)
+        while True:
+            chunk = list(itertools.islice(iterator, _PLAN_CHUNK))
+            if not chunk:
+                return inserted
+            with self._tx() as conn:
+                stage_id = self._stage_id(conn, job, stage, create=True)
+                before = conn.total_changes
+                conn.executemany(
+                    _Q["plan"],
+                    [
+                        (stage_id, p.key, p.start.isoformat(), p.end.isoformat(), dims_json(p.dims))
+                        for p in chunk
+                    ],
+                )
+                inserted += conn.total_changes - before
+
+    def claim(
+        self,
+        job: str,
+        stage: str,
+        owner: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        run_id: str,
+        selection: Selection | None = None,
+        order: Order = Order.OLDEST,
+    ) -> list[Claim]:
+        where, params = _selection_sql(selection)
+        direction = "ASC" if order is Order.OLDEST else "DESC"
+        with self._tx() as conn:
+            stage_id = self._stage_id(conn, job, stage, create=False)
+            if stage_id is None:
+                return []
+            params.update(
+                stage_id=stage_id,
+                owner=owner,
+                expires=now + lease_seconds,
+                run_id=run_id,
+                now=now,
+                limit=limit,
+            )
+            rows = conn.execute(
+                _Q["claim_pending"].format(where=where, direction=direction), params
+            ).fetchall()
+            if len(rows) < limit:
+                params["limit"] = limit - len(rows)
+                rows += conn.execute(
+                    _Q["claim_expired"].format(where=where, direction=direction), params
+                ).fetchall()
+        claims = [
+            Claim(
+                id=row[0],
+                stage=stage,
+                key=row[1],
+                start=date.fromisoformat(row[2]),
+                end=date.fromisoformat(row[3]),
+                dims=dims_from_json(row[4]),
+                attempts=row[5],
+                claims=row[6],
+            )
+            for row in rows
+        ]
+        # RETURNING gives no order guarantee; the caller asked for window order.
+        claims.sort(key=lambda c: (c.start, c.id), reverse=order is Order.NEWEST)
+        return claims
+
+    def complete(self, owner: str, outcomes: Sequence[Outcome], *, now: float) -> int:
+        if not outcomes:
+            return 0
+        rows = [
+            {
+                "id": o.id,
+                "owner": owner,
+                "status": o.status.value,
+                "attempts": o.attempts,
+                "records": o.records,
+                "duration": o.duration,
+                "error_category": o.error_category,
+                "error_message": o.error_message,
+                "now": now,
+            }
+            for o in outcomes
+        ]
+        with self._tx() as conn:
+            before = conn.total_changes
+            conn.executemany(_Q["complete"], rows)
+            return conn.total_changes - before
+
+    def renew(self, owner: str, *, lease_seconds: float, now: float) -> int:
+        with self._tx() as conn:
+            cur = conn.execute(_Q["renew"], {"owner": owner, "expires": now + lease_seconds})
+            return cur.rowcount
+
+    def release_owner(self, owner: str) -> int:
+        with self._tx() as conn:
+            return conn.execute(_Q["release_owner"], {"owner": owner}).rowcount
+
+    # -- reading -------------------------------------------------------------------
+
+    def counts(
+        self, job: str, stages: Sequence[str], selection: Selection | None = None
+    ) -> dict[str, StageCounts]:
+        where, params = _selection_sql(selection)
+        result: dict[str, StageCounts] = {}
+        with self._tx(write=False) as conn:
+            for stage in stages:
+                stage_id = self._stage_id(conn, job, stage, create=False)
+                if stage_id is None:
+                    result[stage] = StageCounts(stage)
+                    continue
+                q = dict(params, stage_id=stage_id)
+                by_status: dict[str, int] = {}
+                records = 0
+                for status, n, recs in conn.execute(_Q["counts"].format(where=where), q):
+                    by_status[status] = n
+                    records += recs
+                recent_n, span = 0, 0.0
+                last = conn.execute(_Q["last_run_of_stage"], q).fetchone()
+                if last is not None and last[0] is not None:
+                    q["run_id"] = last[0]
+                    n, first, final = conn.execute(_Q["recent"].format(where=where), q).fetchone()
+                    if n and first is not None and final is not None:
+                        recent_n, span = int(n), float(final) - float(first)
+                result[stage] = StageCounts(
+                    stage,
+                    pending=by_status.get("pending", 0),
+                    running=by_status.get("running", 0),
+                    done=by_status.get("done", 0),
+                    empty=by_status.get("empty", 0),
+                    failed=by_status.get("failed", 0),
+                    records=records,
+                    recent_finished=recent_n,
+                    recent_span=span,
+                )
+        return result
+
+    def failure_groups(
+        self, job: str, stages: Sequence[str], selection: Selection | None = None
+    ) -> list[FailureGroup]:
+        where, params = _selection_sql(selection)
+        groups: list[FailureGroup] = []
+        with self._tx(write=False) as conn:
+            for stage in stages:
+                stage_id = self._stage_id(conn, job, stage, create=False)
+                if stage_id is None:
+                    continue
+                rows = conn.execute(
+                    _Q["failure_groups"].format(where=where), dict(params, stage_id=stage_id)
+                )
+                groups.extend(
+                    FailureGroup(stage, category, n, key, message)
+                    for category, n, _, key, message in rows
+                )
+        return groups
+
+    def entries(
+        self,
+        job: str,
+        stage: str,
+        *,
+        status: Status | None = None,
+        selection: Selection | None = None,
+        limit: int = 100,
+    ) -> list[LedgerEntry]:
+        where, params = _selection_sql(selection)
+        if status is not None:
+            where += " AND status = :status"
+            params["status"] = status.value
+        with self._tx(write=False) as conn:
+            stage_id = self._stage_id(conn, job, stage, create=False)
+            if stage_id is None:
+                return []
+            rows = conn.execute(
+                _Q["entries"].format(where=where), dict(params, stage_id=stage_id, limit=limit)
+            ).fetchall()
+        return [
+            LedgerEntry(
+                stage=stage,
+                key=r[0],
+                status=Status(r[1]),
+                attempts=r[2],
+                records=r[3],
+                duration=r[4],
+                error_category=r[5],
+                error_message=r[6],
+                run_id=r[7],
+                finished_at=r[8],
+            )
+            for r in rows
+        ]
+
+    # -- maintenance ---------------------------------------------------------------
+
+    def _per_stage(
+        self, query: str, job: str, stages: Sequence[str], selection: Selection | None
+    ) -> int:
+        where, params = _selection_sql(selection)
+        changed = 0
+        with self._tx() as conn:
+            for stage in stages:
+                stage_id = self._stage_id(conn, job, stage, create=False)
+                if stage_id is None:
+                    continue
+                cur = conn.execute(_Q[query].format(where=where), dict(params, stage_id=stage_id))
+                changed += cur.rowcount
+        return changed
+
+    def retry_failed(
+        self, job: str, stages: Sequence[str], selection: Selection | None = None
+    ) -> int:
+        return self._per_stage("retry_failed", job, stages, selection)
+
+    def reset(self, job: str, stages: Sequence[str], selection: Selection | None = None) -> int:
+        return self._per_stage("reset", job, stages, selection)
+
+    # -- runs and workers ----------------------------------------------------------
+
+    def start_run(self, run: RunRecord) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                _Q["start_run"],
+                {
+                    "id": run.id,
+                    "job": run.job,
+                    "command": run.command,
+                    "host": run.host,
+                    "pid": run.pid,
+                    "options": json.dumps(dict(run.options), default=str),
+                    "started_at": run.started_at,
+                    "status": run.status,
+                },
+            )
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        now: float,
+        status: str,
+        exit_code: int,
+        counts: Mapping[str, Any],
+    ) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                _Q["finish_run"],
+                {
+                    "id": run_id,
+                    "now": now,
+                    "status": status,
+                    "exit_code": exit_code,
+                    "counts": json.dumps(dict(counts), default=str),
+                },
+            )
+
+    def runs(self, job: str, limit: int = 20) -> list[RunRecord]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(_Q["runs"], {"job": job, "limit": limit}).fetchall()
+        return [
+            RunRecord(
+                id=r[0],
+                job=r[1],
+                started_at=r[2],
+                host=r[3],
+                pid=r[4],
+                command=r[5],
+                options=json.loads(r[6]),
+                finished_at=r[7],
+                status=r[8],
+                exit_code=r[9],
+                counts=json.loads(r[10]),
+            )
+            for r in rows
+        ]
+
+    def register_worker(self, worker: WorkerRecord) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                _Q["register_worker"],
+                {
+                    "id": worker.id,
+                    "job": worker.job,
+                    "host": worker.host,
+                    "pid": worker.pid,
+                    "started_at": worker.started_at,
+                    "heartbeat_at": worker.heartbeat_at,
+                },
+            )
+
+    def heartbeat(self, worker_id: str, *, now: float) -> None:
+        with self._tx() as conn:
+            conn.execute(_Q["heartbeat"], {"id": worker_id, "now": now})
+
+    def stop_worker(self, worker_id: str, *, now: float) -> None:
+        with self._tx() as conn:
+            conn.execute(_Q["stop_worker"], {"id": worker_id, "now": now})
+
+    def workers(self, job: str, *, active_only: bool = True) -> list[WorkerRecord]:
+        where = " AND stopped_at IS NULL" if active_only else ""
+        with self._tx(write=False) as conn:
+            rows = conn.execute(_Q["workers"].format(where=where), {"job": job}).fetchall()
+        return [WorkerRecord(*r) for r in rows]
