@@ -87,9 +87,7 @@ def parse_date(value: str | date, *, what: str = "date") -> date:
             raise ValueError(text)
         return date.fromisoformat(text)
     except ValueError:
-        raise ConfigError(
-            f"{what} {value!r} is not a valid date; write it as YYYY-MM-DD"
-        ) from None
+        raise ConfigError(f"{what} {value!r} is not a valid date; write it as YYYY-MM-DD") from None
 
 
 def _window_of(day: date, grain: Grain) -> tuple[date, date]:
@@ -405,13 +403,21 @@ class PartitionSpec:
         return selection
 
 
-def _spec(grain: Grain, start: str | date, end: str | date, order: str | Order,
-          dims: Mapping[str, Sequence[str]]) -> PartitionSpec:
+def _spec(
+    grain: Grain,
+    start: str | date,
+    end: str | date,
+    order: str | Order,
+    dims: Mapping[str, Sequence[str]],
+) -> PartitionSpec:
     return PartitionSpec(grain, start, end, dims, order=order)
 
 
 def daily(
-    start: str | date, end: str | date, *, order: str | Order = Order.OLDEST,
+    start: str | date,
+    end: str | date,
+    *,
+    order: str | Order = Order.OLDEST,
     **dims: Sequence[str],
 ) -> PartitionSpec:
     """One partition per day, e.g. ``daily("2013-01-01", "2013-12-31", tour=["atp"])``."""
@@ -419,7 +425,10 @@ def daily(
 
 
 def weekly(
-    start: str | date, end: str | date, *, order: str | Order = Order.OLDEST,
+    start: str | date,
+    end: str | date,
+    *,
+    order: str | Order = Order.OLDEST,
     **dims: Sequence[str],
 ) -> PartitionSpec:
     """One partition per ISO week (Monday to Sunday), clipped to the range."""
@@ -427,7 +436,10 @@ def weekly(
 
 
 def monthly(
-    start: str | date, end: str | date, *, order: str | Order = Order.OLDEST,
+    start: str | date,
+    end: str | date,
+    *,
+    order: str | Order = Order.OLDEST,
     **dims: Sequence[str],
 ) -> PartitionSpec:
     """One partition per calendar month, clipped to the range."""
@@ -435,7 +447,10 @@ def monthly(
 
 
 def yearly(
-    start: str | date, end: str | date, *, order: str | Order = Order.OLDEST,
+    start: str | date,
+    end: str | date,
+    *,
+    order: str | Order = Order.OLDEST,
     **dims: Sequence[str],
 ) -> PartitionSpec:
     """One partition per calendar year, clipped to the range."""

@@ -48,7 +48,8 @@ class RetryPolicy:
         ceiling = min(self.cap, self.base * (2 ** max(0, attempt - 1)))
         if not self.jitter:
             return ceiling
-        return (rng or random).uniform(0.0, ceiling)
+        uniform = rng.uniform if rng is not None else random.uniform
+        return float(uniform(0.0, ceiling))
 
     def delay(
         self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None

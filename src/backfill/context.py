@@ -1,0 +1,98 @@
+"""What a stage function receives besides its partition."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from backfill.partitions import Partition
+
+if TYPE_CHECKING:
+    from backfill.sources.http import HttpClient
+
+__all__ = ["Context", "RunCache"]
+
+
+class RunCache:
+    """A per-run cache for expensive look-ups shared by every partition.
+
+    ``get_or_set`` computes a value once per key even when many partitions ask at the same
+    time (the others wait for the first), e.g. an archive page fetched once per year
+    instead of once per tournament::
+
+        archive = await ctx.cache.get_or_set(("archive", year), lambda: fetch(year))
+
+    A failed computation is not cached, so the next caller tries again.
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[Hashable, Any] = {}
+        self._pending: dict[Hashable, asyncio.Future[Any]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        return self._values.get(key, default)
+
+    def set(self, key: Hashable, value: Any) -> None:
+        self._values[key] = value
+
+    async def get_or_set(self, key: Hashable, factory: Callable[[], Any]) -> Any:
+        """The cached value, or ``factory()`` (sync or async) computed once and kept."""
+        if key in self._values:
+            self.hits += 1
+            return self._values[key]
+        pending = self._pending.get(key)
+        if pending is not None:
+            self.hits += 1
+            return await asyncio.shield(pending)
+        self.misses += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            value = factory()
+            if inspect.isawaitable(value):
+                value = await value
+        except BaseException as exc:
+            future.set_exception(exc)
+            # Waiters get the exception; nobody else needs to retrieve it.
+            future.exception()
+            raise
+        else:
+            self._values[key] = value
+            future.set_result(value)
+            return value
+        finally:
+            del self._pending[key]
+
+
+@dataclass(slots=True)
+class Context:
+    """Handed to every stage call: the partition and the run's shared services.
+
+    ``attempt`` is 1 on the first try of this partition in this run.
+    """
+
+    partition: Partition
+    job: str
+    stage: str
+    run_id: str
+    attempt: int
+    cache: RunCache
+    log: logging.LoggerAdapter[logging.Logger]
+    _http: Callable[[], HttpClient]
+
+    @property
+    def http(self) -> HttpClient:
+        """The run's HTTP client (created on first use, pooled, errors classified)."""
+        return self._http()

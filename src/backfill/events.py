@@ -1,0 +1,115 @@
+"""Progress is a stream of events; displays, logs and metrics subscribe to it.
+
+Events are frozen, slotted dataclasses. Subscribers are plain callables; one that raises
+is reported once and dropped, so a broken display never breaks a run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from backfill.ledger import StageCounts, Status
+
+__all__ = [
+    "Event",
+    "EventBus",
+    "PartitionFinished",
+    "PartitionRetrying",
+    "PartitionStarted",
+    "RunFinished",
+    "RunStarted",
+    "RunStopping",
+]
+
+log = logging.getLogger("backfill")
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    run_id: str
+    job: str
+    worker_id: str
+    at: float
+    counts: Mapping[str, StageCounts] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStarted:
+    stage: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionRetrying:
+    stage: str
+    key: str
+    attempt: int
+    delay: float
+    category: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionFinished:
+    """A partition ended: done, empty, failed, or ``pending`` when released unfinished."""
+
+    stage: str
+    key: str
+    status: Status
+    records: int
+    duration: float
+    attempts: int
+    category: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunStopping:
+    reason: str
+    immediate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    run_id: str
+    status: str
+    exit_code: int
+    elapsed: float
+    counts: Mapping[str, StageCounts] = field(default_factory=dict)
+    message: str | None = None
+
+
+Event = (
+    RunStarted
+    | PartitionStarted
+    | PartitionRetrying
+    | PartitionFinished
+    | RunStopping
+    | RunFinished
+)
+Subscriber = Callable[[Event], None]
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Add a subscriber; return a function that removes it."""
+        self._subscribers.append(subscriber)
+
+        def unsubscribe() -> None:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+        return unsubscribe
+
+    def emit(self, event: Event) -> None:
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(event)
+            except Exception:
+                log.exception("event subscriber %r failed; it is removed", subscriber)
+                self._subscribers.remove(subscriber)

@@ -1,0 +1,240 @@
+"""Jobs and stages: what a user declares in a job file.
+
+Example job file::
+
+    from backfill import Job, daily, EmptyPartition
+
+    job = Job("results", partitions=daily("2020-01-01", "2020-12-31", tour=["atp", "wta"]))
+
+    @job.stage(concurrency=8, timeout=30)
+    async def results(ctx, partition):
+        page = await ctx.http.get_json(f"https://api.example/results/{partition.date}")
+        if not page["matches"]:
+            raise EmptyPartition("no matches that day")
+        return page["matches"]
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
+
+from backfill.errors import ConfigError
+from backfill.partitions import PartitionSpec
+from backfill.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from backfill.sinks import Sink
+
+__all__ = ["Job", "Stage", "load_job"]
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+StageFunction = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One step of a job: a function of ``(ctx, partition)`` run for every partition."""
+
+    name: str
+    fn: StageFunction
+    partitions: PartitionSpec
+    concurrency: int = 4
+    timeout: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    sink: Sink | None = None
+    description: str = ""
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn) or inspect.isasyncgenfunction(self.fn)
+
+
+class Job:
+    """A named backfill: partitions, stages, and where the records go."""
+
+    def __init__(
+        self,
+        name: str,
+        partitions: PartitionSpec | None = None,
+        *,
+        sink: Sink | None = None,
+        description: str = "",
+        lease_seconds: float = 60.0,
+    ) -> None:
+        if not _NAME.match(name):
+            raise ConfigError(
+                f"job name {name!r} must start with a letter and use only letters, digits, _ . -"
+            )
+        if lease_seconds <= 0:
+            raise ConfigError("lease_seconds must be positive")
+        self.name = name
+        self.partitions = partitions
+        self.sink = sink
+        self.description = description
+        self.lease_seconds = lease_seconds
+        self.stages: dict[str, Stage] = {}
+
+    def __repr__(self) -> str:
+        return f"Job({self.name!r}, stages={list(self.stages)})"
+
+    @overload
+    def stage(self, fn: StageFunction, /) -> StageFunction: ...
+
+    @overload
+    def stage(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        partitions: PartitionSpec | None = None,
+        concurrency: int = 4,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        sink: Sink | None = None,
+    ) -> Callable[[StageFunction], StageFunction]: ...
+
+    def stage(
+        self,
+        fn: StageFunction | None = None,
+        /,
+        *,
+        name: str | None = None,
+        partitions: PartitionSpec | None = None,
+        concurrency: int = 4,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        sink: Sink | None = None,
+    ) -> StageFunction | Callable[[StageFunction], StageFunction]:
+        """Declare a stage. Usable bare (``@job.stage``) or with options.
+
+        The function takes ``(ctx, partition)`` and returns an iterable of records, yields
+        them (sync or async generator), or returns None when it writes nothing itself.
+        Plain ``def`` functions run in a thread pool; ``async def`` on the event loop.
+        """
+
+        def register(func: StageFunction) -> StageFunction:
+            stage_name = name or func.__name__
+            if not _NAME.match(stage_name):
+                raise ConfigError(f"stage name {stage_name!r} must be an identifier")
+            if stage_name in self.stages:
+                raise ConfigError(f"job {self.name!r} declares stage {stage_name!r} twice")
+            spec = partitions or self.partitions
+            if spec is None:
+                raise ConfigError(
+                    f"stage {stage_name!r} has no partitions; pass partitions= to Job() "
+                    "or to the stage"
+                )
+            if concurrency < 1:
+                raise ConfigError(f"stage {stage_name!r}: concurrency must be at least 1")
+            if timeout is not None and timeout <= 0:
+                raise ConfigError(f"stage {stage_name!r}: timeout must be positive")
+            self.stages[stage_name] = Stage(
+                name=stage_name,
+                fn=func,
+                partitions=spec,
+                concurrency=concurrency,
+                timeout=timeout,
+                retry=retry or RetryPolicy(),
+                sink=sink if sink is not None else self.sink,
+                description=(inspect.getdoc(func) or "").split("\n")[0],
+            )
+            return func
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def select_stages(self, names: list[str] | tuple[str, ...] | None) -> list[Stage]:
+        """The named stages (all when none are named); unknown names are a ConfigError."""
+        if not names:
+            return list(self.stages.values())
+        unknown = [n for n in names if n not in self.stages]
+        if unknown:
+            known = ", ".join(self.stages) or "none"
+            raise ConfigError(
+                f"unknown stage {unknown[0]!r} in job {self.name!r}; its stages are: {known}"
+            )
+        return [self.stages[n] for n in dict.fromkeys(names)]
+
+
+def _load_module_from_file(path: Path) -> Any:
+    if not path.exists():
+        raise ConfigError(
+            f"job file {path} does not exist; pass the path of a Python file or MODULE:ATTR"
+        )
+    if path.suffix != ".py" or not path.is_file():
+        raise ConfigError(f"job {path} is not a Python file; pass a .py file or MODULE:ATTR")
+    module_name = f"backfill_job_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot load job file {path}; pass a .py file")
+    module = importlib.util.module_from_spec(spec)
+    # Let a job file import the helpers that sit beside it.
+    sys.path.insert(0, str(path.resolve().parent))
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise ConfigError(
+            f"job file {path} has a syntax error at line {exc.lineno}: {exc.msg}; fix it and "
+            "run again"
+        ) from exc
+    except ConfigError as exc:
+        raise ConfigError(f"job file {path}: {exc}") from exc
+    except Exception as exc:
+        line = ""
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == str(path):
+                line = f" at line {tb.tb_lineno}"
+            tb = tb.tb_next
+        raise ConfigError(
+            f"job file {path} failed to load{line}: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        if sys.path and sys.path[0] == str(path.resolve().parent):
+            sys.path.pop(0)
+    return module
+
+
+def load_job(target: str) -> Job:
+    """Load a job from ``path/to/job.py``, ``path/to/job.py:ATTR`` or ``package.module:ATTR``."""
+    attr: str | None = None
+    location = target
+    if ":" in target and not Path(target).exists():
+        location, _, attr = target.rpartition(":")
+    if location.endswith(".py") or Path(location).exists() or "/" in location:
+        module = _load_module_from_file(Path(location))
+        where = f"job file {location}"
+    else:
+        try:
+            module = importlib.import_module(location)
+        except ImportError as exc:
+            raise ConfigError(
+                f"cannot import job module {location!r} ({exc}); pass a .py file or MODULE:ATTR"
+            ) from exc
+        where = f"module {location}"
+    if attr is not None:
+        job = getattr(module, attr, None)
+        if not isinstance(job, Job):
+            raise ConfigError(f"{where} has no backfill.Job named {attr!r}")
+    else:
+        jobs = [v for v in vars(module).values() if isinstance(v, Job)]
+        if not jobs:
+            raise ConfigError(f"{where} defines no backfill.Job; create one with Job('name', ...)")
+        if len({id(j) for j in jobs}) > 1:
+            names = ", ".join(sorted(k for k, v in vars(module).items() if isinstance(v, Job)))
+            raise ConfigError(f"{where} defines several jobs ({names}); pick one with PATH:NAME")
+        job = jobs[0]
+    if not job.stages:
+        raise ConfigError(f"job {job.name!r} has no stages; declare one with @job.stage")
+    return job

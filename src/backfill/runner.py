@@ -1,0 +1,667 @@
+"""The runner: plans, claims, executes, retries and records partitions.
+
+One :class:`Runner` is one worker for one run. Per stage, a loop claims a batch of
+partitions from the ledger and starts a task for each under the stage's concurrency
+limit (a semaphore taken before the task starts and released when it ends), so memory
+is bounded by the batch size, never by the number of partitions. Outcomes are buffered
+and written to the ledger in batches, always *after* the partition's rows are durable
+in the sink: a crash between the two redoes the partition, and the idempotent sink
+writes the same rows again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import inspect
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from backfill.clock import Clock, SystemClock
+from backfill.context import Context, RunCache
+from backfill.errors import (
+    BackfillError,
+    EmptyPartition,
+    FatalError,
+    PermanentError,
+    SinkError,
+    StageError,
+    TransientError,
+)
+from backfill.events import (
+    EventBus,
+    PartitionFinished,
+    PartitionRetrying,
+    PartitionStarted,
+    RunFinished,
+    RunStarted,
+    RunStopping,
+)
+from backfill.job import Job, Stage
+from backfill.ledger import Claim, Ledger, Outcome, RunRecord, StageCounts, Status, WorkerRecord
+from backfill.partitions import Order, Selection
+from backfill.sinks import Record, Sink, to_mappings
+from backfill.sources.http import HttpClient
+
+__all__ = ["ExitCode", "RunOptions", "RunResult", "Runner"]
+
+log = logging.getLogger("backfill.runner")
+T = TypeVar("T")
+
+_MAX_BATCH = 1000
+_FLUSH_EVERY = 0.25
+_FLUSH_SIZE = 500
+_MESSAGE_LIMIT = 2000
+
+
+class ExitCode:
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    INTERRUPTED = 130
+
+
+class RunStatus(StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+    FATAL = "fatal"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """What one invocation asks for. ``stages=()`` means every stage."""
+
+    stages: tuple[str, ...] = ()
+    selection: Selection | None = None
+    order: Order | None = None
+    concurrency: int | None = None
+    grace: float = 5.0
+    command: str = "run"
+    argv: tuple[str, ...] = ()
+
+    def as_record(self) -> dict[str, Any]:
+        sel = self.selection
+        return {
+            "stages": list(self.stages),
+            "selection": sel.describe() if sel else "everything",
+            "order": self.order.value if self.order else None,
+            "concurrency": self.concurrency,
+            "argv": list(self.argv),
+        }
+
+
+@dataclass(slots=True)
+class RunResult:
+    run_id: str
+    status: RunStatus
+    exit_code: int
+    elapsed: float
+    counts: dict[str, StageCounts]
+    records: int = 0
+    retries: int = 0
+    requests: int = 0
+    message: str | None = None
+    executed: int = 0
+    stage_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _truncate(message: str) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= _MESSAGE_LIMIT else message[: _MESSAGE_LIMIT - 1] + "…"
+
+
+def _classify(exc: BaseException, stage: Stage) -> StageError:
+    """Map any exception a stage raised onto transient, permanent or fatal."""
+    if isinstance(exc, StageError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return TransientError(
+            f"stage {stage.name} took longer than its timeout of {stage.timeout:g} s",
+            category="timeout",
+        )
+    if isinstance(exc, SinkError):
+        return FatalError(str(exc), category="sink")
+    if isinstance(exc, ConnectionError | OSError):
+        return TransientError(f"{type(exc).__name__}: {exc}", category="network")
+    if isinstance(exc, BackfillError):
+        return FatalError(str(exc), category=type(exc).__name__)
+    # A bug or a data problem in the stage: retrying the same input will not help.
+    return PermanentError(f"{type(exc).__name__}: {exc}", category=type(exc).__name__)
+
+
+class Runner:
+    """Runs one job's selected stages against a ledger until nothing claimable is left."""
+
+    def __init__(
+        self,
+        job: Job,
+        ledger: Ledger,
+        options: RunOptions | None = None,
+        *,
+        bus: EventBus | None = None,
+        clock: Clock | None = None,
+        http_factory: Any = None,
+    ) -> None:
+        self.job = job
+        self.ledger = ledger
+        self.options = options or RunOptions()
+        self.bus = bus or EventBus()
+        self.clock: Clock = clock or SystemClock()
+        self.stages = job.select_stages(list(self.options.stages))
+        self.run_id = uuid.uuid4().hex[:12]
+        self.worker_id = f"{_host()}:{os.getpid()}:{self.run_id}"
+        self.cache = RunCache()
+        self._http_factory = http_factory or HttpClient
+        self._http: HttpClient | None = None
+        self._stop = asyncio.Event()
+        self._immediate = False
+        self._fatal: StageError | None = None
+        self._interrupted = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._outcomes: list[Outcome] = []
+        self._flush_lock = asyncio.Lock()
+        self._ledger_pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-ledger")
+        self._stage_pool: ThreadPoolExecutor | None = None
+        self._sink_pools: dict[int, ThreadPoolExecutor] = {}
+        self._records = 0
+        self._retries = 0
+        self._executed = 0
+        self._durations = {s.name: Durations() for s in self.stages}
+        self._grace_task: asyncio.Task[None] | None = None
+        self._log = logging.getLogger("backfill.stage")
+
+    # -- public control --------------------------------------------------------------
+
+    def stop(self, reason: str = "interrupted", *, immediate: bool = False) -> None:
+        """Stop claiming; finish in-flight work (or cancel it when ``immediate``)."""
+        first = not self._stop.is_set()
+        self._interrupted = self._interrupted or reason == "interrupted"
+        self._stop.set()
+        if immediate and not self._immediate:
+            self._immediate = True
+            self._cancel_in_flight()
+        elif first:
+            self._grace_task = asyncio.get_running_loop().create_task(self._grace_then_cancel())
+        if first or immediate:
+            self.bus.emit(RunStopping(reason, immediate=immediate))
+
+    def _cancel_in_flight(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _grace_then_cancel(self) -> None:
+        await self.clock.sleep(self.options.grace)
+        self._cancel_in_flight()
+
+    def interrupt(self) -> None:
+        """First call: graceful stop. Second call: cancel in-flight work at once."""
+        if self._stop.is_set():
+            self.stop("interrupted", immediate=True)
+        else:
+            self.stop("interrupted")
+
+    @property
+    def http(self) -> HttpClient:
+        if self._http is None:
+            self._http = self._http_factory()
+        return self._http
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    async def _db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking ledger call on the ledger's own thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._ledger_pool, lambda: fn(*args, **kwargs))
+
+    def _sink_pool(self, sink: Sink) -> ThreadPoolExecutor:
+        pool = self._sink_pools.get(id(sink))
+        if pool is None:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-sink")
+            self._sink_pools[id(sink)] = pool
+        return pool
+
+    def _concurrency(self, stage: Stage) -> int:
+        if self.options.concurrency is not None:
+            return max(1, self.options.concurrency)
+        return stage.concurrency
+
+    # -- the run -------------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        started = self.clock.monotonic()
+        now = self.clock.time()
+        await self._db(
+            self.ledger.register_worker,
+            WorkerRecord(self.worker_id, self.job.name, _host(), os.getpid(), now, now, None),
+        )
+        await self._reap_dead_workers()
+        for stage in self.stages:
+            await self._db(self.ledger.plan, self.job.name, stage.name, stage.partitions)
+        try:
+            user: str | None = getpass.getuser()
+        except (KeyError, OSError):
+            user = None
+        await self._db(
+            self.ledger.start_run,
+            RunRecord(
+                id=self.run_id,
+                job=self.job.name,
+                started_at=now,
+                host=_host(),
+                pid=os.getpid(),
+                command=self.options.command,
+                options={**self.options.as_record(), "user": user},
+            ),
+        )
+        names = [s.name for s in self.stages]
+        initial = await self._db(self.ledger.counts, self.job.name, names, self.options.selection)
+        self.bus.emit(RunStarted(self.run_id, self.job.name, self.worker_id, now, initial))
+
+        sinks = {id(s.sink): s.sink for s in self.stages if s.sink is not None}
+        try:
+            for sink in sinks.values():
+                await asyncio.get_running_loop().run_in_executor(self._sink_pool(sink), sink.open)
+        except SinkError as exc:
+            self._fatal = FatalError(str(exc), category="sink")
+        sync_threads = sum(self._concurrency(s) for s in self.stages if not s.is_async)
+        if sync_threads:
+            self._stage_pool = ThreadPoolExecutor(sync_threads, thread_name_prefix="backfill-stage")
+
+        heartbeat = asyncio.create_task(self._heartbeat())
+        flusher = asyncio.create_task(self._flush_loop())
+        try:
+            if self._fatal is None:
+                async with asyncio.TaskGroup() as group:
+                    for stage in self.stages:
+                        group.create_task(self._stage_loop(stage))
+        finally:
+            if self._grace_task is not None:
+                self._grace_task.cancel()
+            heartbeat.cancel()
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await self._flush()
+            await self._close_resources(sinks.values())
+
+        final = await self._db(self.ledger.counts, self.job.name, names, self.options.selection)
+        failed = sum(c.failed for c in final.values())
+        if self._fatal is not None:
+            status, code, message = RunStatus.FATAL, ExitCode.USAGE, self._fatal.message
+        elif self._interrupted:
+            status, code, message = RunStatus.INTERRUPTED, ExitCode.INTERRUPTED, None
+        elif failed:
+            status, code = RunStatus.FAILED, ExitCode.FAILED
+            message = f"{failed} partition(s) failed; see `backfill status`"
+        else:
+            status, code, message = RunStatus.DONE, ExitCode.OK, None
+        elapsed = self.clock.monotonic() - started
+        result = RunResult(
+            run_id=self.run_id,
+            status=status,
+            exit_code=code,
+            elapsed=elapsed,
+            counts=final,
+            records=self._records,
+            retries=self._retries,
+            requests=self._http.requests if self._http else 0,
+            message=message,
+            executed=self._executed,
+            stage_stats={name: d.summary() for name, d in self._durations.items()},
+        )
+        await self._db(
+            self.ledger.finish_run,
+            self.run_id,
+            now=self.clock.time(),
+            status=status.value,
+            exit_code=code,
+            counts={
+                "executed": self._executed,
+                "records": self._records,
+                "retries": self._retries,
+                "requests": result.requests,
+                "elapsed": round(elapsed, 3),
+                "stages": {
+                    n: {"done": c.done, "empty": c.empty, "failed": c.failed, "pending": c.pending}
+                    for n, c in final.items()
+                },
+                "message": message,
+            },
+        )
+        await self._db(self.ledger.stop_worker, self.worker_id, now=self.clock.time())
+        self.bus.emit(RunFinished(self.run_id, status.value, code, elapsed, final, message))
+        self._ledger_pool.shutdown(wait=True)
+        return result
+
+    async def _close_resources(self, sinks: Iterable[Sink]) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        loop = asyncio.get_running_loop()
+        for sink in sinks:
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(self._sink_pool(sink), sink.close)
+        for pool in self._sink_pools.values():
+            pool.shutdown(wait=False)
+        if self._stage_pool is not None:
+            # Threads of sync stages cannot be cancelled; do not wait for stragglers.
+            self._stage_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _reap_dead_workers(self) -> None:
+        """Release partitions held by workers of this job that are certainly gone."""
+        now = self.clock.time()
+        host = _host()
+        for worker in await self._db(self.ledger.workers, self.job.name):
+            if worker.id == self.worker_id:
+                continue
+            local_and_dead = worker.host == host and not _pid_alive(worker.pid)
+            silent = now - worker.heartbeat_at > 2 * self.job.lease_seconds
+            if local_and_dead or silent:
+                released = await self._db(self.ledger.release_owner, worker.id)
+                await self._db(self.ledger.stop_worker, worker.id, now=now)
+                if released:
+                    log.info("released %d partition(s) of dead worker %s", released, worker.id)
+
+    async def _heartbeat(self) -> None:
+        """Renew our leases on a fixed tick that does not drift."""
+        interval = self.job.lease_seconds / 3
+        next_tick = self.clock.monotonic() + interval
+        while True:
+            await self.clock.sleep(max(0.0, next_tick - self.clock.monotonic()))
+            next_tick += interval
+            now = self.clock.time()
+            try:
+                await self._db(
+                    self.ledger.renew, self.worker_id, lease_seconds=self.job.lease_seconds, now=now
+                )
+                await self._db(self.ledger.heartbeat, self.worker_id, now=now)
+            except BackfillError as exc:
+                log.warning("could not renew leases: %s", exc)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self.clock.sleep(_FLUSH_EVERY)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._flush_lock:
+            if not self._outcomes:
+                return
+            batch, self._outcomes = self._outcomes, []
+            applied = await self._db(
+                self.ledger.complete, self.worker_id, batch, now=self.clock.time()
+            )
+            if applied < len(batch):
+                log.warning(
+                    "%d outcome(s) were not recorded: their lease had passed to another worker",
+                    len(batch) - applied,
+                )
+
+    async def _record(self, outcome: Outcome) -> None:
+        self._outcomes.append(outcome)
+        if len(self._outcomes) >= _FLUSH_SIZE:
+            await self._flush()
+
+    # -- per stage -----------------------------------------------------------------------
+
+    async def _stage_loop(self, stage: Stage) -> None:
+        limit = self._concurrency(stage)
+        semaphore = asyncio.Semaphore(limit)
+        batch_size = min(_MAX_BATCH, max(2 * limit, 16))
+        order = self.options.order or stage.partitions.order
+        running: set[asyncio.Task[None]] = set()
+        while not self._stop.is_set():
+            batch_started = self.clock.monotonic()
+            claims: list[Claim] = await self._db(
+                self.ledger.claim,
+                self.job.name,
+                stage.name,
+                self.worker_id,
+                limit=batch_size,
+                lease_seconds=self.job.lease_seconds,
+                now=self.clock.time(),
+                run_id=self.run_id,
+                selection=self.options.selection,
+                order=order,
+            )
+            if not claims:
+                if not running:
+                    break
+                await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            for index, claim in enumerate(claims):
+                await semaphore.acquire()
+                if self._stop.is_set():
+                    semaphore.release()
+                    for rest in claims[index:]:
+                        await self._record(Outcome(rest.id, Status.PENDING, attempts=0))
+                    break
+                task = asyncio.create_task(self._execute(stage, claim))
+                running.add(task)
+                self._tasks.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(lambda _t: semaphore.release())
+            # Size batches to roughly a second of work: fewer ledger round trips for fast
+            # stages, small leases for slow ones.
+            took = self.clock.monotonic() - batch_started
+            if took < 0.5 and len(claims) == batch_size:
+                batch_size = min(_MAX_BATCH, batch_size * 2)
+            elif took > 5.0:
+                batch_size = max(2 * limit, batch_size // 2)
+        if running:
+            # On a stop, the grace timer (or a second Ctrl+C) cancels what is left.
+            await asyncio.wait(set(running))
+
+    async def _execute(self, stage: Stage, claim: Claim) -> None:
+        partition = claim.partition(stage.partitions.grain)
+        self.bus.emit(PartitionStarted(stage.name, claim.key))
+        started = self.clock.monotonic()
+        attempt = 0
+        adapter = logging.LoggerAdapter(
+            self._log, {"run_id": self.run_id, "stage": stage.name, "partition": claim.key}
+        )
+        outcome: Outcome
+        try:
+            while True:
+                attempt += 1
+                ctx = Context(
+                    partition=partition,
+                    job=self.job.name,
+                    stage=stage.name,
+                    run_id=self.run_id,
+                    attempt=attempt,
+                    cache=self.cache,
+                    log=adapter,
+                    _http=lambda: self.http,
+                )
+                try:
+                    records = await self._call(stage, ctx)
+                    written = await self._write(stage, partition, records)
+                except EmptyPartition as exc:
+                    outcome = Outcome(
+                        claim.id,
+                        Status.EMPTY,
+                        attempts=attempt,
+                        duration=self.clock.monotonic() - started,
+                        error_category="empty",
+                        error_message=_truncate(exc.reason),
+                    )
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    error = _classify(exc, stage)
+                    if isinstance(error, FatalError):
+                        if self._fatal is None:
+                            self._fatal = error
+                            self.stop(f"fatal: {error.message}", immediate=True)
+                        outcome = Outcome(
+                            claim.id,
+                            Status.PENDING,
+                            attempts=attempt,
+                            error_category=error.category,
+                            error_message=_truncate(error.message),
+                        )
+                        break
+                    delay = None
+                    if isinstance(error, TransientError):
+                        delay = stage.retry.delay(attempt, error.retry_after)
+                    if delay is None or self._stop.is_set():
+                        if delay is not None:
+                            # Stopping: give the partition back rather than fail it.
+                            outcome = Outcome(claim.id, Status.PENDING, attempts=attempt)
+                            break
+                        outcome = Outcome(
+                            claim.id,
+                            Status.FAILED,
+                            attempts=attempt,
+                            duration=self.clock.monotonic() - started,
+                            error_category=error.category,
+                            error_message=_truncate(error.message),
+                        )
+                        if not isinstance(exc, StageError):
+                            adapter.debug("stage raised", exc_info=exc)
+                        break
+                    self._retries += 1
+                    self.bus.emit(
+                        PartitionRetrying(
+                            stage.name, claim.key, attempt, delay, error.category, error.message
+                        )
+                    )
+                    await self.clock.sleep(delay)
+                    continue
+                duration = self.clock.monotonic() - started
+                outcome = Outcome(
+                    claim.id, Status.DONE, attempts=attempt, records=written, duration=duration
+                )
+                self._records += written
+                break
+        except asyncio.CancelledError:
+            await self._record(Outcome(claim.id, Status.PENDING, attempts=max(0, attempt - 1)))
+            self.bus.emit(PartitionFinished(stage.name, claim.key, Status.PENDING, 0, 0.0, attempt))
+            raise
+        if outcome.status is not Status.PENDING:
+            self._executed += 1
+            self._durations[stage.name].add(outcome.duration)
+        await self._record(outcome)
+        self.bus.emit(
+            PartitionFinished(
+                stage.name,
+                claim.key,
+                outcome.status,
+                outcome.records,
+                outcome.duration,
+                outcome.attempts,
+                outcome.error_category,
+                outcome.error_message,
+            )
+        )
+
+    async def _call(self, stage: Stage, ctx: Context) -> list[Record]:
+        """Call the stage function and collect its records, within its timeout."""
+        fn = stage.fn
+        if inspect.isasyncgenfunction(fn):
+
+            async def collect() -> list[object]:
+                gen: AsyncIterator[object] = fn(ctx, ctx.partition)
+                return [item async for item in gen]
+
+            coro: Any = collect()
+        elif inspect.iscoroutinefunction(fn):
+
+            async def call_async() -> Any:
+                return await fn(ctx, ctx.partition)
+
+            coro = call_async()
+        else:
+            loop = asyncio.get_running_loop()
+            assert self._stage_pool is not None
+            coro = loop.run_in_executor(self._stage_pool, _call_sync, fn, ctx)
+        if stage.timeout is not None:
+            async with asyncio.timeout(stage.timeout):
+                result = await coro
+        else:
+            result = await coro
+        if result is None:
+            return []
+        if isinstance(result, dict) or not isinstance(result, Iterable):
+            result = [result]
+        return to_mappings(result)
+
+    async def _write(self, stage: Stage, partition: Any, records: Sequence[Record]) -> int:
+        if stage.sink is None:
+            return len(records)
+        if not records:
+            return 0
+        loop = asyncio.get_running_loop()
+        sink = stage.sink
+        # The write is not cancelled half-way: a shielded write finishes even when the run
+        # is interrupted, and its partition is then released and redone idempotently.
+        future = loop.run_in_executor(self._sink_pool(sink), sink.write, partition, records)
+        written: int = await asyncio.shield(future)
+        return written
+
+
+def _call_sync(fn: Any, ctx: Context) -> Any:
+    result = fn(ctx, ctx.partition)
+    if inspect.isgenerator(result):
+        return list(result)
+    return result
+
+
+class Durations:
+    """Partition durations of one stage: exact count and max, percentiles from a
+    fixed-size reservoir sample, so a million partitions cost no more than a thousand."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self.count = 0
+        self.max = 0.0
+        self.sample: list[float] = []
+        self._rng = random.Random(0)
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.max = max(self.max, value)
+        if len(self.sample) < self.size:
+            self.sample.append(value)
+        else:
+            slot = self._rng.randrange(self.count)
+            if slot < self.size:
+                self.sample[slot] = value
+
+    def summary(self) -> dict[str, float]:
+        if not self.count:
+            return {}
+        ordered = sorted(self.sample)
+
+        def pct(q: float) -> float:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+        return {"count": self.count, "p50": pct(0.5), "p95": pct(0.95), "max": self.max}

@@ -1,0 +1,1 @@
+"""Sources: clients that stages use to read from the outside world."""
