@@ -1,0 +1,82 @@
+"""backfill: fast, resumable, observable historical data backfills.
+
+Declare partitions and stages in a job file; ``backfill run`` does the rest::
+
+    from backfill import Job, daily
+
+    job = Job("results", partitions=daily("2020-01-01", "2020-12-31"))
+
+    @job.stage(concurrency=8)
+    async def results(ctx, partition):
+        return await ctx.http.get_json(f"https://api.example/results/{partition.date}")
+"""
+
+from backfill.context import Context, RunCache
+from backfill.errors import (
+    BackfillError,
+    ConfigError,
+    EmptyPartition,
+    FatalError,
+    LedgerError,
+    PermanentError,
+    SinkError,
+    StageError,
+    TransientError,
+)
+from backfill.job import Job, Stage, load_job
+from backfill.ledger import Ledger, Status, open_ledger
+from backfill.partitions import (
+    Grain,
+    Order,
+    Partition,
+    PartitionSpec,
+    Selection,
+    daily,
+    monthly,
+    weekly,
+    yearly,
+)
+from backfill.retry import RetryPolicy
+from backfill.runner import Runner, RunOptions, RunResult
+from backfill.sinks import Sink
+from backfill.sinks.sqlite import SQLiteTable
+from backfill.sources.http import HttpClient
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackfillError",
+    "ConfigError",
+    "Context",
+    "EmptyPartition",
+    "FatalError",
+    "Grain",
+    "HttpClient",
+    "Job",
+    "Ledger",
+    "LedgerError",
+    "Order",
+    "Partition",
+    "PartitionSpec",
+    "PermanentError",
+    "RetryPolicy",
+    "RunCache",
+    "RunOptions",
+    "RunResult",
+    "Runner",
+    "SQLiteTable",
+    "Selection",
+    "Sink",
+    "SinkError",
+    "Stage",
+    "StageError",
+    "Status",
+    "TransientError",
+    "__version__",
+    "daily",
+    "load_job",
+    "monthly",
+    "open_ledger",
+    "weekly",
+    "yearly",
+]

@@ -68,6 +68,7 @@ class Job:
         sink: Sink | None = None,
         description: str = "",
         lease_seconds: float = 60.0,
+        http_timeout: float = 30.0,
     ) -> None:
         if not _NAME.match(name):
             raise ConfigError(
@@ -80,6 +81,7 @@ class Job:
         self.sink = sink
         self.description = description
         self.lease_seconds = lease_seconds
+        self.http_timeout = http_timeout
         self.stages: dict[str, Stage] = {}
 
     def __repr__(self) -> str:

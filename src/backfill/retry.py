@@ -21,6 +21,8 @@ from backfill.errors import ConfigError
 
 __all__ = ["RetryPolicy"]
 
+_RNG = random.Random()
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -45,11 +47,10 @@ class RetryPolicy:
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """The jittered exponential wait after failed try number ``attempt`` (1-based)."""
-        ceiling = min(self.cap, self.base * (2 ** max(0, attempt - 1)))
+        ceiling: float = min(self.cap, self.base * 2.0 ** min(max(0, attempt - 1), 64))
         if not self.jitter:
             return ceiling
-        uniform = rng.uniform if rng is not None else random.uniform
-        return float(uniform(0.0, ceiling))
+        return (rng or _RNG).uniform(0.0, ceiling)
 
     def delay(
         self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None

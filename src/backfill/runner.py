@@ -175,7 +175,7 @@ class Runner:
         self.run_id = uuid.uuid4().hex[:12]
         self.worker_id = f"{_host()}:{os.getpid()}:{self.run_id}"
         self.cache = RunCache()
-        self._http_factory = http_factory or HttpClient
+        self._http_factory = http_factory or (lambda: HttpClient(timeout=job.http_timeout))
         self._http: HttpClient | None = None
         self._stop = asyncio.Event()
         self._immediate = False

@@ -46,16 +46,6 @@ _Converter: TypeAlias = Callable[[str], object]
 
 
 def _to_int(value: str) -> int | None:
-    if value in _MISSING:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        # Some exports write integer columns as floats ("2.0").
-        return int(float(value))
-
-
-def _to_int_strict(value: str) -> int | None:
     return None if value in _MISSING else int(value)
 
 
@@ -81,9 +71,7 @@ class FlightsData:
         references: dict[str, list[dict[str, object]]],
     ) -> None:
         self._columns = columns
-        self._converters: tuple[_Converter, ...] = tuple(
-            _to_int if name in _INT_COLUMNS else _to_str for name in columns
-        )
+        self._int_indexes = [i for i, name in enumerate(columns) if name in _INT_COLUMNS]
         self._lines = lines_by_day
         self._days = sorted(lines_by_day)
         self._total = sum(len(lines) for lines in lines_by_day.values())
@@ -119,12 +107,19 @@ class FlightsData:
         return [dict(row) for row in rows]
 
     def _parse(self, line: str) -> dict[str, object]:
-        return {
-            name: convert(value)
-            for name, convert, value in zip(
-                self._columns, self._converters, line.split(","), strict=True
-            )
-        }
+        # Index loops rather than a converter call per field: this runs for every
+        # record served and is about twice as fast.
+        fields = line.split(",")
+        values: list[object] = [None if field in _MISSING else field for field in fields]
+        for i in self._int_indexes:
+            field = fields[i]
+            if field not in _MISSING:
+                try:
+                    values[i] = int(field)
+                except ValueError:
+                    # Some exports write integer columns as floats ("2.0").
+                    values[i] = int(float(field))
+        return dict(zip(self._columns, values, strict=True))
 
 
 def _data_dir() -> Path:
@@ -163,7 +158,7 @@ def _column_converter(values: Iterable[str]) -> _Converter:
     """Pick int, float or str for a whole column, so an id like "123" in a column
     of mostly alphanumeric codes stays a string."""
     present = [value for value in values if value not in _MISSING]
-    for converter in (_to_int_strict, _to_float):
+    for converter in (_to_int, _to_float):
         try:
             for value in present:
                 converter(value)

@@ -209,10 +209,14 @@ class Ledger(Protocol):
         limit: int = 100,
     ) -> list[LedgerEntry]: ...
 
-    def retry_failed(
-        self, job: str, stages: Sequence[str], selection: Selection | None = None
+    def requeue(
+        self,
+        job: str,
+        stages: Sequence[str],
+        statuses: Sequence[Status] = (Status.FAILED,),
+        selection: Selection | None = None,
     ) -> int:
-        """Return failed partitions to pending; return how many."""
+        """Return finished partitions of these statuses to pending; return how many."""
 
     def reset(self, job: str, stages: Sequence[str], selection: Selection | None = None) -> int:
         """Forget partitions (any status but running); return how many were deleted."""

@@ -391,9 +391,15 @@ class SQLiteLedger:
     # -- maintenance ---------------------------------------------------------------
 
     def _per_stage(
-        self, query: str, job: str, stages: Sequence[str], selection: Selection | None
+        self,
+        query: str,
+        job: str,
+        stages: Sequence[str],
+        selection: Selection | None,
+        **extra: Any,
     ) -> int:
         where, params = _selection_sql(selection)
+        params.update(extra)
         changed = 0
         with self._tx() as conn:
             for stage in stages:
@@ -404,10 +410,18 @@ class SQLiteLedger:
                 changed += cur.rowcount
         return changed
 
-    def retry_failed(
-        self, job: str, stages: Sequence[str], selection: Selection | None = None
+    def requeue(
+        self,
+        job: str,
+        stages: Sequence[str],
+        statuses: Sequence[Status] = (Status.FAILED,),
+        selection: Selection | None = None,
     ) -> int:
-        return self._per_stage("retry_failed", job, stages, selection)
+        if any(s not in (Status.FAILED, Status.EMPTY, Status.DONE) for s in statuses):
+            raise ValueError("only finished partitions can be requeued")
+        return self._per_stage(
+            "requeue", job, stages, selection, statuses=json.dumps([s.value for s in statuses])
+        )
 
     def reset(self, job: str, stages: Sequence[str], selection: Selection | None = None) -> int:
         return self._per_stage("reset", job, stages, selection)

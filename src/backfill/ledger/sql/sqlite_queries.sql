@@ -89,10 +89,10 @@ WHERE stage_id = :stage_id {where}
 ORDER BY window_start, id
 LIMIT :limit;
 
--- name: retry_failed
+-- name: requeue
 UPDATE backfill_partitions
 SET status = 'pending', error_category = NULL, error_message = NULL
-WHERE stage_id = :stage_id AND status = 'failed' {where};
+WHERE stage_id = :stage_id AND status IN (SELECT value FROM json_each(:statuses)) {where};
 
 -- name: reset
 DELETE FROM backfill_partitions

