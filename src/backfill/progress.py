@@ -37,8 +37,8 @@ def format_duration(seconds: float | None) -> str:
     """``3h04m``, ``12m05s``, ``42s``; ``-`` when unknown."""
     if seconds is None or seconds != seconds or seconds == float("inf"):
         return "-"
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
+    whole = max(0, round(seconds))
+    hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
         return f"{hours}h{minutes:02d}m"

@@ -12,8 +12,9 @@ SQLite file to fill), FLIGHTS_CONCURRENCY (requests in flight).
 """
 
 import os
+from typing import Any
 
-from backfill import EmptyPartition, Job, RetryPolicy, SQLiteTable, daily
+from backfill import Context, EmptyPartition, Job, Partition, RetryPolicy, SQLiteTable, daily
 
 API = os.environ.get("FLIGHTS_API", "http://127.0.0.1:8813").rstrip("/")
 DATABASE = os.environ.get("FLIGHTS_DB", "flights.db")
@@ -37,9 +38,9 @@ job = Job(
     timeout=60,
     retry=RetryPolicy(attempts=10, base=0.25, cap=8.0),
 )
-async def flights(ctx, partition):
+async def flights(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
     """Every flight of one day, all pages."""
-    records = []
+    records: list[dict[str, Any]] = []
     page = 1
     while True:
         body = await ctx.http.get_json(
