@@ -269,7 +269,12 @@ class ReplayAPI:
         truncate = roll < config.truncate_rate
         if not truncate and roll - config.truncate_rate < config.stall_rate:
             stats.stalled += 1
-            await asyncio.sleep(config.stall_seconds)
+            try:
+                await asyncio.sleep(config.stall_seconds)
+            except asyncio.CancelledError:
+                # Only a server shutdown cancels a stall; answering keeps uvicorn from
+                # printing a traceback for a request its client abandoned long ago.
+                return _error(503, "server shutting down")
 
         try:
             payload = build(request)

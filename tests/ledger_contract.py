@@ -1,0 +1,321 @@
+"""The contract every ledger adapter honours.
+
+An adapter's test module subclasses :class:`LedgerContract` and provides a ``ledger``
+fixture (a fresh, empty ledger) and a ``second_ledger`` fixture (another connection to
+the same store, as a second process or machine would have).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from backfill.ledger import Ledger, Outcome, RunRecord, Status, WorkerRecord
+from backfill.partitions import Order, daily, monthly
+
+JOB = "contract"
+STAGE = "fetch"
+SPEC = daily("2013-01-01", "2013-01-10", tour=["atp", "wta"])  # 20 partitions
+
+
+def claim(ledger: Ledger, owner: str, limit: int = 100, now: float = 1000.0, **kw: object) -> list:
+    return ledger.claim(
+        JOB, STAGE, owner, limit=limit, lease_seconds=60.0, now=now, run_id="r1", **kw
+    )  # type: ignore[arg-type]
+
+
+def finish(ledger: Ledger, owner: str, claims: list, status: Status = Status.DONE) -> int:
+    return ledger.complete(
+        owner,
+        [Outcome(c.id, status, attempts=1, records=3, duration=0.5) for c in claims],
+        now=1001.0,
+    )
+
+
+class LedgerContract:
+    # -- planning -------------------------------------------------------------------------
+
+    def test_plan_inserts_each_partition_once(self, ledger: Ledger) -> None:
+        """Planning twice records every partition once, all pending."""
+        assert ledger.plan(JOB, STAGE, SPEC) == 20
+        assert ledger.plan(JOB, STAGE, SPEC) == 0
+        counts = ledger.counts(JOB, [STAGE])[STAGE]
+        assert (counts.pending, counts.total) == (20, 20)
+
+    def test_plan_of_a_longer_range_adds_only_new_partitions(self, ledger: Ledger) -> None:
+        """Extending the range plans only the partitions not yet recorded."""
+        ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-05"))
+        assert ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-08")) == 3
+
+    def test_plan_streams_a_large_lazy_spec(self, ledger: Ledger) -> None:
+        """A spec larger than one planning chunk is planned completely."""
+        spec = daily("1950-01-01", "2013-12-31")  # 23,376 days
+        assert ledger.plan(JOB, STAGE, spec) == len(spec)
+
+    def test_jobs_and_stages_are_isolated(self, ledger: Ledger) -> None:
+        """The same stage name in two jobs, or two stages of one job, share nothing."""
+        ledger.plan(JOB, STAGE, SPEC)
+        ledger.plan("other", STAGE, daily("2013-01-01", "2013-01-02"))
+        ledger.plan(JOB, "second", daily("2013-01-01", "2013-01-03"))
+        assert ledger.counts(JOB, [STAGE])[STAGE].total == 20
+        assert ledger.counts("other", [STAGE])[STAGE].total == 2
+        assert ledger.counts(JOB, ["second"])["second"].total == 3
+        assert ledger.counts(JOB, ["never"])["never"].total == 0
+
+    # -- claiming -------------------------------------------------------------------------
+
+    def test_claim_leases_at_most_limit_oldest_first(self, ledger: Ledger) -> None:
+        """A claim returns up to ``limit`` partitions in window order, marked running."""
+        ledger.plan(JOB, STAGE, SPEC)
+        claims = claim(ledger, "a", limit=5)
+        assert [c.key for c in claims] == [p.key for p in list(SPEC)[:5]]
+        assert all(c.claims == 1 and c.attempts == 0 for c in claims)
+        counts = ledger.counts(JOB, [STAGE])[STAGE]
+        assert (counts.running, counts.pending) == (5, 15)
+
+    def test_claim_newest_first(self, ledger: Ledger) -> None:
+        """Newest-first order claims the latest windows first."""
+        ledger.plan(JOB, STAGE, SPEC)
+        claims = claim(ledger, "a", limit=4, order=Order.NEWEST)
+        assert {c.start.isoformat() for c in claims} == {"2013-01-10", "2013-01-09"}
+
+    def test_claims_carry_window_and_dimensions(self, ledger: Ledger) -> None:
+        """A claim rebuilds its partition: key, window and dimension values."""
+        ledger.plan(JOB, STAGE, monthly("2013-01-15", "2013-03-31", region=["gb", "ire"]))
+        first = claim(ledger, "a", limit=1)[0]
+        part = first.partition(None)
+        assert part.key == "2013-01-15..2013-01-31/region=gb"
+        assert (part.start.isoformat(), part.end.isoformat()) == ("2013-01-15", "2013-01-31")
+        assert part["region"] == "gb"
+
+    def test_two_owners_never_claim_the_same_partition(self, ledger: Ledger) -> None:
+        """Alternating claims by two owners lease disjoint sets covering everything."""
+        ledger.plan(JOB, STAGE, SPEC)
+        a, b = [], []
+        while True:
+            got_a = claim(ledger, "a", limit=3)
+            got_b = claim(ledger, "b", limit=3)
+            if not got_a and not got_b:
+                break
+            a += got_a
+            b += got_b
+        keys_a, keys_b = {c.key for c in a}, {c.key for c in b}
+        assert not keys_a & keys_b
+        assert len(keys_a | keys_b) == 20
+
+    def test_claim_respects_a_selection(self, ledger: Ledger) -> None:
+        """Only partitions in the selection (dates, dims, keys) are claimed."""
+        ledger.plan(JOB, STAGE, SPEC)
+        sel = SPEC.selection(start="2013-01-03", end="2013-01-04", where=["tour=wta"])
+        assert sorted(c.key for c in claim(ledger, "a", selection=sel)) == [
+            "2013-01-03/tour=wta",
+            "2013-01-04/tour=wta",
+        ]
+        keys = SPEC.selection(keys=["2013-01-09/tour=atp"])
+        assert [c.key for c in claim(ledger, "a", selection=keys)] == ["2013-01-09/tour=atp"]
+
+    def test_finished_partitions_are_not_claimed_again(self, ledger: Ledger) -> None:
+        """Done, empty and failed partitions are never handed out again."""
+        ledger.plan(JOB, STAGE, SPEC)
+        claims = claim(ledger, "a", limit=20)
+        ledger.complete(
+            "a",
+            [
+                Outcome(c.id, [Status.DONE, Status.EMPTY, Status.FAILED][i % 3])
+                for i, c in enumerate(claims)
+            ],
+            now=1001.0,
+        )
+        assert claim(ledger, "b", now=10_000.0) == []
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def test_expired_lease_is_claimable_by_another_owner(self, ledger: Ledger) -> None:
+        """After the lease expires the partition goes to the next claimant."""
+        ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
+        first = claim(ledger, "a", now=1000.0)
+        assert claim(ledger, "b", now=1030.0) == []  # lease alive
+        stolen = claim(ledger, "b", now=1061.0)
+        assert [c.key for c in stolen] == [first[0].key]
+        assert stolen[0].claims == 2
+
+    def test_outcome_from_a_former_owner_is_rejected(self, ledger: Ledger) -> None:
+        """A worker whose lease passed on cannot overwrite the new owner's work."""
+        ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
+        first = claim(ledger, "a", now=1000.0)
+        claim(ledger, "b", now=1061.0)
+        assert finish(ledger, "a", first, Status.FAILED) == 0
+        assert ledger.counts(JOB, [STAGE])[STAGE].running == 1
+
+    def test_renew_keeps_the_lease(self, ledger: Ledger) -> None:
+        """Renewing pushes back the expiry, so nobody else can claim the partition."""
+        ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
+        claim(ledger, "a", now=1000.0)
+        assert ledger.renew("a", lease_seconds=60.0, now=1050.0) == 1
+        assert claim(ledger, "b", now=1090.0) == []
+        assert len(claim(ledger, "b", now=1111.0)) == 1
+
+    def test_release_owner_returns_its_partitions(self, ledger: Ledger) -> None:
+        """A dead owner's partitions go back to pending at once."""
+        ledger.plan(JOB, STAGE, SPEC)
+        claim(ledger, "dead", limit=7)
+        claim(ledger, "alive", limit=2)
+        assert ledger.release_owner("dead") == 7
+        counts = ledger.counts(JOB, [STAGE])[STAGE]
+        assert (counts.pending, counts.running) == (18, 2)
+
+    # -- completion -----------------------------------------------------------------------
+
+    def test_complete_records_everything(self, ledger: Ledger) -> None:
+        """Status, attempts, records, duration and the error are stored per partition."""
+        ledger.plan(JOB, STAGE, SPEC)
+        c = claim(ledger, "a", limit=2)
+        applied = ledger.complete(
+            "a",
+            [
+                Outcome(c[0].id, Status.DONE, attempts=2, records=42, duration=1.5),
+                Outcome(
+                    c[1].id,
+                    Status.FAILED,
+                    attempts=5,
+                    duration=9.0,
+                    error_category="http_404",
+                    error_message="GET /x answered 404",
+                ),
+            ],
+            now=2000.0,
+        )
+        assert applied == 2
+        done = ledger.entries(JOB, STAGE, status=Status.DONE)
+        assert [(e.key, e.attempts, e.records, e.duration) for e in done] == [
+            (c[0].key, 2, 42, 1.5)
+        ]
+        failed = ledger.entries(JOB, STAGE, status=Status.FAILED)[0]
+        assert (failed.key, failed.error_category, failed.error_message, failed.attempts) == (
+            c[1].key,
+            "http_404",
+            "GET /x answered 404",
+            5,
+        )
+        assert failed.finished_at == 2000.0
+        assert failed.run_id == "r1"
+
+    def test_pending_outcome_releases_without_finishing(self, ledger: Ledger) -> None:
+        """Releasing (interrupt) returns the partition to pending and keeps its attempts."""
+        ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
+        c = claim(ledger, "a")
+        ledger.complete("a", [Outcome(c[0].id, Status.PENDING, attempts=1)], now=1001.0)
+        counts = ledger.counts(JOB, [STAGE])[STAGE]
+        assert (counts.pending, counts.finished) == (1, 0)
+        again = claim(ledger, "b", now=1002.0)
+        assert (again[0].attempts, again[0].claims) == (1, 2)
+
+    def test_counts_sum_records_and_respect_selection(self, ledger: Ledger) -> None:
+        """Counts add up records and can be restricted to a selection."""
+        ledger.plan(JOB, STAGE, SPEC)
+        finish(ledger, "a", claim(ledger, "a", limit=6))
+        all_counts = ledger.counts(JOB, [STAGE])[STAGE]
+        assert (all_counts.done, all_counts.records) == (6, 18)
+        sel = SPEC.selection(where=["tour=atp"])
+        atp = ledger.counts(JOB, [STAGE], sel)[STAGE]
+        assert (atp.done, atp.total) == (3, 10)
+
+    def test_failure_groups_by_category_with_an_example(self, ledger: Ledger) -> None:
+        """Failures are grouped by category, biggest first, each with one example."""
+        ledger.plan(JOB, STAGE, SPEC)
+        c = claim(ledger, "a", limit=5)
+        cats = ["timeout", "timeout", "timeout", "http_404", "http_404"]
+        ledger.complete(
+            "a",
+            [
+                Outcome(x.id, Status.FAILED, error_category=cat, error_message=f"{cat} on {x.key}")
+                for x, cat in zip(c, cats, strict=True)
+            ],
+            now=1001.0,
+        )
+        groups = ledger.failure_groups(JOB, [STAGE])
+        assert [(g.category, g.count) for g in groups] == [("timeout", 3), ("http_404", 2)]
+        assert groups[0].example_message == f"timeout on {groups[0].example_key}"
+
+    # -- maintenance ----------------------------------------------------------------------
+
+    def test_requeue_returns_failed_partitions_to_pending(self, ledger: Ledger) -> None:
+        """Requeue moves failed (or empty) partitions back to pending, within the selection."""
+        ledger.plan(JOB, STAGE, SPEC)
+        finish(ledger, "a", claim(ledger, "a", limit=4), Status.FAILED)
+        finish(ledger, "a", claim(ledger, "a", limit=2), Status.EMPTY)
+        sel = SPEC.selection(where=["tour=atp"])
+        assert ledger.requeue(JOB, [STAGE], [Status.FAILED], sel) == 2
+        assert ledger.requeue(JOB, [STAGE], [Status.FAILED]) == 2
+        assert ledger.requeue(JOB, [STAGE], [Status.EMPTY]) == 2
+        counts = ledger.counts(JOB, [STAGE])[STAGE]
+        assert (counts.failed, counts.empty, counts.pending) == (0, 0, 20)
+        assert ledger.entries(JOB, STAGE, status=Status.PENDING)[0].error_category is None
+
+    def test_reset_forgets_all_but_running(self, ledger: Ledger) -> None:
+        """Reset deletes recorded partitions, leaving those a live run holds."""
+        ledger.plan(JOB, STAGE, SPEC)
+        finish(ledger, "a", claim(ledger, "a", limit=4))
+        claim(ledger, "b", limit=3)
+        assert ledger.reset(JOB, [STAGE]) == 17
+        counts = ledger.counts(JOB, [STAGE])[STAGE]
+        assert (counts.total, counts.running) == (3, 3)
+
+    # -- runs and workers -----------------------------------------------------------------
+
+    def test_runs_are_recorded_and_listed_newest_first(self, ledger: Ledger) -> None:
+        """A run's options, end, status, exit code and counts survive the round trip."""
+        for i in range(3):
+            ledger.start_run(
+                RunRecord(f"run{i}", JOB, 100.0 + i, "host", 42, "run", {"stages": ["fetch"]})
+            )
+        ledger.finish_run("run1", now=200.0, status="failed", exit_code=1, counts={"done": 7})
+        runs = ledger.runs(JOB)
+        assert [r.id for r in runs] == ["run2", "run1", "run0"]
+        run1 = runs[1]
+        assert (run1.status, run1.exit_code, run1.finished_at) == ("failed", 1, 200.0)
+        assert run1.counts == {"done": 7} and run1.options == {"stages": ["fetch"]}
+        assert runs[0].status == "running" and runs[0].finished_at is None
+
+    def test_workers_register_beat_and_stop(self, ledger: Ledger) -> None:
+        """Workers are listed while active, with their last heartbeat."""
+        ledger.register_worker(WorkerRecord("w1", JOB, "h1", 1, 10.0, 10.0, None))
+        ledger.register_worker(WorkerRecord("w2", JOB, "h2", 2, 11.0, 11.0, None))
+        ledger.heartbeat("w1", now=50.0)
+        ledger.stop_worker("w2", now=60.0)
+        active = ledger.workers(JOB)
+        assert [(w.id, w.heartbeat_at) for w in active] == [("w1", 50.0)]
+        assert len(ledger.workers(JOB, active_only=False)) == 2
+
+    # -- concurrency ----------------------------------------------------------------------
+
+    def test_concurrent_claimants_on_two_connections_never_share(
+        self, ledger: Ledger, second_ledger: Ledger
+    ) -> None:
+        """Threads claiming through two connections lease each partition exactly once."""
+        spec = daily("2010-01-01", "2013-12-31")
+        ledger.plan(JOB, STAGE, spec)
+        seen: dict[str, list[str]] = {"a": [], "b": []}
+
+        def work(store: Ledger, owner: str) -> None:
+            while batch := claim(store, owner, limit=25):
+                seen[owner] += [c.key for c in batch]
+                finish(store, owner, batch)
+
+        threads = [
+            threading.Thread(target=work, args=(ledger, "a")),
+            threading.Thread(target=work, args=(second_ledger, "b")),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not set(seen["a"]) & set(seen["b"])
+        assert len(seen["a"]) + len(seen["b"]) == len(spec)
+        assert ledger.counts(JOB, [STAGE])[STAGE].done == len(spec)
+
+
+@pytest.fixture
+def contract_spec() -> object:
+    return SPEC

@@ -1,0 +1,107 @@
+"""The ledger contract on an in-memory SQLite ledger, plus SQLite-only behaviour."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backfill.errors import ConfigError, LedgerError
+from backfill.ledger import Ledger, open_ledger
+from backfill.ledger.sqlite import SQLiteLedger
+from ledger_contract import LedgerContract
+
+
+class TestSQLiteFileLedger(LedgerContract):
+    """The whole contract, against a ledger file in a temporary directory."""
+
+    @pytest.fixture
+    def ledger(self, tmp_path: Path) -> Iterator[Ledger]:
+        store = SQLiteLedger(tmp_path / "state.db")
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def second_ledger(self, tmp_path: Path) -> Iterator[Ledger]:
+        store = SQLiteLedger(tmp_path / "state.db")
+        yield store
+        store.close()
+
+
+class TestSQLiteMemoryLedger(LedgerContract):
+    """The whole contract in memory; both "connections" share one locked connection."""
+
+    @pytest.fixture
+    def ledger(self) -> Iterator[Ledger]:
+        store = SQLiteLedger(":memory:")
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def second_ledger(self, ledger: Ledger) -> Ledger:
+        return ledger
+
+
+def test_memory_url_opens_an_empty_ledger() -> None:
+    """``sqlite://:memory:`` and ``:memory:`` give a working, empty ledger."""
+    for url in ("sqlite://:memory:", ":memory:", "sqlite://"):
+        store = open_ledger(url)
+        assert store.counts("j", ["s"])["s"].total == 0
+        store.close()
+
+
+def test_read_only_open_of_a_missing_file_creates_nothing(tmp_path: Path) -> None:
+    """Opening a missing state file without create leaves no file behind."""
+    target = tmp_path / "nothing.db"
+    store = open_ledger(f"sqlite:///{target}", create=False)
+    assert store.counts("j", ["s"])["s"].total == 0
+    store.close()
+    assert not target.exists()
+
+
+def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    """A state path in a directory that does not exist fails in one sentence."""
+    with pytest.raises(LedgerError, match="does not exist; create it or pass another --state"):
+        open_ledger(f"sqlite:///{tmp_path}/no/such/dir/state.db")
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    """A state path pointing at some other file is refused, and the file is untouched."""
+    target = tmp_path / "notes.db"
+    target.write_bytes(b"these are my notes, not a database" * 100)
+    before = target.read_bytes()
+    with pytest.raises(LedgerError, match="not a usable backfill state database"):
+        open_ledger(str(target))
+    assert target.read_bytes() == before
+
+
+def test_unsupported_scheme_is_a_config_error() -> None:
+    """An unknown URL scheme names the forms that work."""
+    with pytest.raises(ConfigError, match="use sqlite:///PATH"):
+        open_ledger("mysql://db/state")
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A state file written by a newer backfill is not touched by an older one."""
+    target = tmp_path / "state.db"
+    SQLiteLedger(target).close()
+    import sqlite3
+
+    with sqlite3.connect(target) as conn:
+        conn.execute("UPDATE backfill_meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(LedgerError, match="upgrade backfill"):
+        SQLiteLedger(target)
+
+
+def test_state_survives_reopening(tmp_path: Path) -> None:
+    """What one process recorded, the next one sees."""
+    from backfill.partitions import daily
+
+    first = SQLiteLedger(tmp_path / "s.db")
+    first.plan("j", "s", daily("2013-01-01", "2013-01-31"))
+    first.close()
+    second = SQLiteLedger(tmp_path / "s.db")
+    assert second.counts("j", ["s"])["s"].pending == 31
+    second.close()
