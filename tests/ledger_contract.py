@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 from backfill.ledger import Ledger, Outcome, RunRecord, Status, WorkerRecord
 from backfill.partitions import Order, daily, monthly
 
@@ -314,8 +312,3 @@ class LedgerContract:
         assert not set(seen["a"]) & set(seen["b"])
         assert len(seen["a"]) + len(seen["b"]) == len(spec)
         assert ledger.counts(JOB, [STAGE])[STAGE].done == len(spec)
-
-
-@pytest.fixture
-def contract_spec() -> object:
-    return SPEC
