@@ -183,6 +183,9 @@ class Runner:
         self._interrupted = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._outcomes: list[Outcome] = []
+        # Every claim this runner holds and has not yet recorded an outcome for. Whatever
+        # is left here at shutdown (e.g. a task cancelled before it ever ran) is released.
+        self._held: set[int] = set()
         self._flush_lock = asyncio.Lock()
         self._ledger_pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-ledger")
         self._stage_pool: ThreadPoolExecutor | None = None
@@ -307,6 +310,9 @@ class Runner:
                 await heartbeat
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+            for claim_id in sorted(self._held):
+                self._outcomes.append(Outcome(claim_id, Status.PENDING, attempts=0))
+            self._held.clear()
             await self._flush()
             await self._close_resources(sinks.values())
 
@@ -423,6 +429,7 @@ class Runner:
                 )
 
     async def _record(self, outcome: Outcome) -> None:
+        self._held.discard(outcome.id)
         self._outcomes.append(outcome)
         if len(self._outcomes) >= _FLUSH_SIZE:
             await self._flush()
@@ -449,6 +456,7 @@ class Runner:
                 selection=self.options.selection,
                 order=order,
             )
+            self._held.update(c.id for c in claims)
             if not claims:
                 if not running:
                     break

@@ -1,0 +1,515 @@
+"""The runner against an in-memory ledger and sink: outcomes, retries, limits, stops."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from backfill import (
+    Context,
+    EmptyPartition,
+    FatalError,
+    Job,
+    Partition,
+    PermanentError,
+    RetryPolicy,
+    Runner,
+    RunOptions,
+    SinkError,
+    Status,
+    TransientError,
+    daily,
+)
+from backfill.clock import SystemClock
+from backfill.events import Event, EventBus, PartitionFinished, RunFinished, RunStarted
+from backfill.ledger import Ledger, Outcome, WorkerRecord, open_ledger
+from backfill.runner import ExitCode
+from backfill.testing import MemorySink, run_job
+
+FAST = RetryPolicy(attempts=3, base=0.0, cap=0.0)
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    return open_ledger(":memory:")
+
+
+def make_job(days: int = 10, **kw: Any) -> Job:
+    end = f"2013-01-{days:02d}"
+    return Job("test", partitions=daily("2013-01-01", end), **kw)
+
+
+class RecordingClock(SystemClock):
+    """Real time, but remembers every sleep longer than the runner's own ticks."""
+
+    def __init__(self) -> None:
+        self.sleeps: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds not in (0.25,):
+            self.sleeps.append(seconds)
+        await asyncio.sleep(min(seconds, 0.01))
+
+
+def test_every_partition_runs_once_and_lands_in_the_sink(ledger: Ledger) -> None:
+    """Each partition runs exactly once; its records reach the sink; exit code 0."""
+    sink = MemorySink(key=["day"])
+    job = make_job(10, sink=sink)
+    seen: Counter[str] = Counter()
+
+    @job.stage(concurrency=3)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        seen[partition.key] += 1
+        return [{"day": partition.key, "n": 1}, {"day": partition.key, "n": 2}]
+
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.OK
+    assert set(seen.values()) == {1} and len(seen) == 10
+    assert len(sink.rows) == 10  # upserted on the key: the second record wins
+    assert result.records == 20
+    counts = ledger.counts("test", ["fetch"])["fetch"]
+    assert (counts.done, counts.records) == (10, 20)
+
+
+def test_a_second_run_has_nothing_to_do(ledger: Ledger) -> None:
+    """Finished partitions are never run again."""
+    job = make_job(5)
+    calls: list[str] = []
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        calls.append(partition.key)
+
+    run_job(job, ledger)
+    again = run_job(job, ledger)
+    assert len(calls) == 5
+    assert again.executed == 0
+    assert again.exit_code == ExitCode.OK
+
+
+def test_permanent_error_fails_only_that_partition(ledger: Ledger) -> None:
+    """A permanent error fails its partition with category and message; others finish."""
+    job = make_job(10)
+
+    @job.stage(retry=FAST)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        if partition.start.day % 4 == 0:
+            raise PermanentError(f"only 3 of 8 matches on {partition.key}", category="INCOMPLETE")
+        return [{"x": 1}]
+
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.FAILED
+    failed = ledger.entries("test", "fetch", status=Status.FAILED)
+    assert [e.key for e in failed] == ["2013-01-04", "2013-01-08"]
+    assert failed[0].error_category == "INCOMPLETE"
+    assert failed[0].error_message == "only 3 of 8 matches on 2013-01-04"
+    assert failed[0].attempts == 1  # permanent: no retry
+    assert ledger.counts("test", ["fetch"])["fetch"].done == 8
+
+
+def test_unclassified_exception_is_permanent_and_named(ledger: Ledger) -> None:
+    """A bug in the stage (KeyError) fails the partition under the exception's name."""
+    job = make_job(1)
+
+    @job.stage(retry=FAST)
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        raise KeyError("home_team")
+
+    run_job(job, ledger)
+    entry = ledger.entries("test", "fetch", status=Status.FAILED)[0]
+    assert (entry.error_category, entry.attempts) == ("KeyError", 1)
+    assert "home_team" in (entry.error_message or "")
+
+
+def test_transient_errors_are_retried_until_success(ledger: Ledger) -> None:
+    """Transient failures are retried; the partition ends done with its attempts counted."""
+    job = make_job(1)
+    tries = Counter[str]()
+
+    @job.stage(retry=RetryPolicy(attempts=5, base=0.0))
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        tries[partition.key] += 1
+        if tries[partition.key] < 3:
+            raise TransientError("503", category="http_503")
+        return [{"attempt": ctx.attempt}]
+
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.OK
+    assert result.retries == 2
+    entry = ledger.entries("test", "fetch")[0]
+    assert (entry.status, entry.attempts) == (Status.DONE, 3)
+
+
+def test_exhausted_retries_fail_with_the_last_category(ledger: Ledger) -> None:
+    """When every attempt fails transiently, the partition fails with that category."""
+    job = make_job(1)
+
+    @job.stage(retry=FAST)
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        raise TransientError("connection reset", category="network")
+
+    result = run_job(job, ledger)
+    entry = ledger.entries("test", "fetch")[0]
+    assert (entry.status, entry.attempts, entry.error_category) == (Status.FAILED, 3, "network")
+    assert result.exit_code == ExitCode.FAILED
+
+
+def test_retry_after_hint_is_honoured(ledger: Ledger) -> None:
+    """The wait before a retry is at least the source's Retry-After hint."""
+    job = make_job(1)
+    clock = RecordingClock()
+    tries = Counter[str]()
+
+    @job.stage(retry=RetryPolicy(attempts=3, base=0.0, cap=0.0))
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        tries["n"] += 1
+        if tries["n"] == 1:
+            raise TransientError("slow down", category="http_429", retry_after=7.5)
+
+    run_job(job, ledger, clock=clock)
+    assert 7.5 in clock.sleeps
+
+
+def test_stage_timeout_is_transient_and_named(ledger: Ledger) -> None:
+    """A stage exceeding its timeout is retried, then fails as ``timeout``."""
+    job = make_job(1)
+
+    @job.stage(timeout=0.05, retry=RetryPolicy(attempts=2, base=0.0))
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        await asyncio.sleep(5)
+
+    run_job(job, ledger)
+    entry = ledger.entries("test", "fetch")[0]
+    assert (entry.status, entry.error_category, entry.attempts) == (Status.FAILED, "timeout", 2)
+    assert "timeout of 0.05 s" in (entry.error_message or "")
+
+
+def test_empty_partition_is_skipped_with_its_reason(ledger: Ledger) -> None:
+    """EmptyPartition records the partition as empty (not failed) with the reason."""
+    job = make_job(7)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        if partition.start.weekday() == 6:
+            raise EmptyPartition("no games on Sundays")
+        return [{"x": 1}]
+
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.OK
+    empty = ledger.entries("test", "fetch", status=Status.EMPTY)
+    assert [(e.key, e.error_message) for e in empty] == [("2013-01-06", "no games on Sundays")]
+
+
+def test_fatal_error_stops_the_run_and_keeps_the_ledger_consistent(ledger: Ledger) -> None:
+    """A fatal error stops claiming, releases in-flight work, and exits 2 with the cause."""
+    job = make_job(31)
+    started = 0
+
+    @job.stage(concurrency=4)
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        nonlocal started
+        started += 1
+        if partition.key == "2013-01-03":
+            raise FatalError("GET /results answered 401: check the API key")
+        await asyncio.sleep(0.2)
+
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.USAGE
+    assert result.message is not None and "401" in result.message
+    counts = ledger.counts("test", ["fetch"])["fetch"]
+    assert counts.running == 0
+    assert counts.failed == 0
+    assert counts.pending >= 31 - started
+    assert started < 31
+
+
+def test_sink_error_is_fatal(ledger: Ledger) -> None:
+    """A destination that cannot be written stops the run instead of failing every partition."""
+
+    class BrokenSink(MemorySink):
+        def write(self, partition: Partition, records: Any) -> int:
+            raise SinkError("cannot write table t: disk I/O error")
+
+    job = make_job(5, sink=BrokenSink(key=["x"]))
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        return [{"x": 1}]
+
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.USAGE
+    assert "disk I/O error" in (result.message or "")
+    assert ledger.counts("test", ["fetch"])["fetch"].failed == 0
+
+
+def test_missing_key_in_a_record_fails_that_partition(ledger: Ledger) -> None:
+    """A record without its key field fails its partition, naming the field."""
+    sink = MemorySink(key=["id"])
+    job = make_job(2, sink=sink)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        if partition.key == "2013-01-02":
+            return [{"name": "no id here"}]
+        return [{"id": 1}]
+
+    run_job(job, ledger)
+    entry = ledger.entries("test", "fetch", status=Status.FAILED)[0]
+    assert (entry.key, entry.error_category) == ("2013-01-02", "missing_key")
+    assert "'id'" in (entry.error_message or "")
+
+
+def test_sync_functions_and_generators_are_supported(ledger: Ledger) -> None:
+    """Plain functions (in threads), generators and async generators all yield records."""
+    sink = MemorySink(key=["stage", "day"])
+    job = make_job(3, sink=sink)
+    threads: set[str] = set()
+
+    @job.stage
+    def plain(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        threads.add(threading.current_thread().name)
+        return [{"stage": "plain", "day": partition.key}]
+
+    @job.stage
+    def gen(ctx: Context, partition: Partition) -> Any:
+        yield {"stage": "gen", "day": partition.key}
+
+    @job.stage
+    async def agen(ctx: Context, partition: Partition) -> Any:
+        yield {"stage": "agen", "day": partition.key}
+
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.OK
+    assert len(sink.rows) == 9
+    assert all(name.startswith("backfill-stage") for name in threads)
+
+
+def test_dataclass_records_are_accepted_and_junk_is_refused(ledger: Ledger) -> None:
+    """Dataclass records are written as mappings; a non-record fails the partition."""
+
+    @dataclasses.dataclass
+    class Row:
+        day: str
+
+    sink = MemorySink(key=["day"])
+    job = make_job(2, sink=sink)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> list[Any]:
+        return [Row(partition.key)] if partition.key == "2013-01-01" else [42]
+
+    run_job(job, ledger)
+    assert list(sink.rows) == [("2013-01-01",)]
+    entry = ledger.entries("test", "fetch", status=Status.FAILED)[0]
+    assert entry.error_category == "bad_record"
+
+
+def test_concurrency_limit_holds(ledger: Ledger) -> None:
+    """No more than the stage's concurrency run at once."""
+    job = make_job(30)
+    active = peak = 0
+
+    @job.stage(concurrency=4)
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.005)
+        active -= 1
+
+    run_job(job, ledger)
+    assert peak == 4
+
+
+def test_cache_computes_once_for_concurrent_partitions(ledger: Ledger) -> None:
+    """``ctx.cache.get_or_set`` runs its factory once per key, even under concurrency."""
+    job = make_job(31)
+    fetched: Counter[str] = Counter()
+
+    async def archive(month: str) -> str:
+        fetched[month] += 1
+        await asyncio.sleep(0.01)
+        return f"archive-{month}"
+
+    @job.stage(concurrency=8)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        month = partition.key[:7]
+        page = await ctx.cache.get_or_set(("archive", month), lambda: archive(month))
+        return [{"page": page}]
+
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.OK
+    assert fetched == {"2013-01": 1}
+
+
+def test_selection_runs_only_selected_partitions(ledger: Ledger) -> None:
+    """With a selection, only matching partitions run."""
+    job = Job("test", partitions=daily("2013-01-01", "2013-01-10", tour=["atp", "wta"]))
+    ran: list[str] = []
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        ran.append(partition.key)
+
+    sel = job.stages["fetch"].partitions.selection(start="2013-01-09", where=["tour=wta"])
+    run_job(job, ledger, RunOptions(selection=sel))
+    assert sorted(ran) == ["2013-01-09/tour=wta", "2013-01-10/tour=wta"]
+    assert ledger.counts("test", ["fetch"])["fetch"].pending == 18
+
+
+def test_events_bracket_the_run(ledger: Ledger) -> None:
+    """Subscribers see RunStarted first, one PartitionFinished per partition, RunFinished last."""
+    job = make_job(6)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        return None
+
+    events: list[Event] = []
+    bus = EventBus()
+    bus.subscribe(events.append)
+    run_job(job, ledger, bus=bus)
+    assert isinstance(events[0], RunStarted)
+    assert isinstance(events[-1], RunFinished)
+    finished = [e for e in events if isinstance(e, PartitionFinished)]
+    assert sorted(e.key for e in finished) == [f"2013-01-0{i}" for i in range(1, 7)]
+
+
+def test_run_is_recorded_in_the_ledger(ledger: Ledger) -> None:
+    """Each invocation leaves a run record with status, exit code and counts."""
+    job = make_job(3)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        return [{"a": 1}]
+
+    result = run_job(job, ledger)
+    run = ledger.runs("test")[0]
+    assert (run.id, run.status, run.exit_code) == (result.run_id, "done", 0)
+    assert run.counts["records"] == 3
+    assert run.finished_at is not None
+
+
+async def _run_until(runner: Runner, done: asyncio.Event, *, immediate: bool) -> int:
+    task = asyncio.create_task(runner.run())
+    await done.wait()
+    runner.interrupt()
+    if immediate:
+        runner.interrupt()
+    result = await task
+    return result.exit_code
+
+
+def test_interrupt_releases_work_and_the_next_run_does_not_redo_it(ledger: Ledger) -> None:
+    """Ctrl+C twice: exit 130, no partition left running, finished work never redone."""
+    job = make_job(31)
+    calls: Counter[str] = Counter()
+    reached: asyncio.Event | None = None
+
+    @job.stage(concurrency=4)
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        calls[partition.key] += 1
+        await asyncio.sleep(0.02)
+        if sum(calls.values()) >= 10 and reached is not None:
+            reached.set()
+        await asyncio.sleep(0.02)
+
+    async def interrupted_run() -> int:
+        nonlocal reached
+        reached = asyncio.Event()
+        return await _run_until(Runner(job, ledger), reached, immediate=True)
+
+    assert asyncio.run(interrupted_run()) == ExitCode.INTERRUPTED
+    counts = ledger.counts("test", ["fetch"])["fetch"]
+    assert counts.running == 0
+    done_keys = {e.key for e in ledger.entries("test", "fetch", status=Status.DONE)}
+    assert 0 < len(done_keys) < 31
+    before = Counter(calls)
+
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.OK
+    assert ledger.counts("test", ["fetch"])["fetch"].done == 31
+    for key in done_keys:
+        assert calls[key] == before[key] == 1
+
+
+def test_graceful_interrupt_lets_in_flight_work_finish(ledger: Ledger) -> None:
+    """One Ctrl+C: no new claims, but work already running finishes and is recorded."""
+    job = make_job(31)
+    started: list[str] = []
+
+    @job.stage(concurrency=3)
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        started.append(partition.key)
+        if len(started) == 3 and go is not None:
+            go.set()
+        await asyncio.sleep(0.1)
+
+    go: asyncio.Event | None = None
+
+    async def interrupted_run() -> int:
+        nonlocal go
+        go = asyncio.Event()
+        return await _run_until(Runner(job, ledger, RunOptions(grace=5.0)), go, immediate=False)
+
+    assert asyncio.run(interrupted_run()) == ExitCode.INTERRUPTED
+    counts = ledger.counts("test", ["fetch"])["fetch"]
+    assert counts.done == len(started)
+    assert counts.running == 0
+    assert counts.pending == 31 - len(started)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_partitions_of_a_dead_local_worker_are_reclaimed_at_once(ledger: Ledger) -> None:
+    """A run finds work leased by a killed process on this host and finishes it."""
+    import socket
+
+    job = make_job(5)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        return None
+
+    ledger.plan("test", "fetch", job.stages["fetch"].partitions)
+    now = time.time()
+    pid = _dead_pid()
+    dead = f"{socket.gethostname()}:{pid}:old"
+    ledger.register_worker(WorkerRecord(dead, "test", socket.gethostname(), pid, now, now, None))
+    ledger.claim("test", "fetch", dead, limit=3, lease_seconds=3600, now=now, run_id="old")
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.OK
+    assert ledger.counts("test", ["fetch"])["fetch"].done == 5
+
+
+def test_work_of_a_live_foreign_worker_is_left_alone(ledger: Ledger) -> None:
+    """Partitions leased by a live worker elsewhere are not taken while its lease holds."""
+    job = make_job(3)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        return None
+
+    ledger.plan("test", "fetch", job.stages["fetch"].partitions)
+    now = time.time()
+    ledger.register_worker(WorkerRecord("other:1:x", "test", "other-host", 1, now, now, None))
+    claims = ledger.claim(
+        "test", "fetch", "other:1:x", limit=1, lease_seconds=3600, now=now, run_id="x"
+    )
+    result = run_job(job, ledger)
+    counts = ledger.counts("test", ["fetch"])["fetch"]
+    assert (counts.done, counts.running) == (2, 1)
+    assert result.exit_code == ExitCode.OK
+    assert ledger.complete("other:1:x", [Outcome(claims[0].id, Status.DONE)], now=now) == 1
