@@ -191,7 +191,7 @@ def _load_module_from_file(path: Path) -> Any:
             "run again"
         ) from exc
     except ConfigError as exc:
-        raise ConfigError(f"job file {path}: {exc}") from exc
+        raise ConfigError(f"job file {path}: {' '.join(str(exc).split())}") from exc
     except Exception as exc:
         line = ""
         tb = exc.__traceback__
@@ -199,8 +199,9 @@ def _load_module_from_file(path: Path) -> Any:
             if tb.tb_frame.f_code.co_filename == str(path):
                 line = f" at line {tb.tb_lineno}"
             tb = tb.tb_next
+        detail = " ".join(str(exc).split())
         raise ConfigError(
-            f"job file {path} failed to load{line}: {type(exc).__name__}: {exc}"
+            f"job file {path} failed to load{line}: {type(exc).__name__}: {detail}"
         ) from exc
     finally:
         if sys.path and sys.path[0] == str(path.resolve().parent):

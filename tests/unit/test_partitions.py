@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import date, timedelta
 
@@ -502,7 +503,7 @@ def test_windows_cover_the_range_exactly_one_period_each(grain: Grain, start: da
     windows = list(PartitionSpec(grain, start, end).windows())
     assert windows[0][0] == start
     assert windows[-1][1] == end
-    for (_, prev_end), (next_start, _) in zip(windows, windows[1:], strict=False):
+    for (_, prev_end), (next_start, _) in itertools.pairwise(windows):
         assert next_start == prev_end + timedelta(days=1)  # contiguous, no overlap
         assert period(prev_end, grain) != period(next_start, grain)  # not split needlessly
     for wstart, wend in windows:

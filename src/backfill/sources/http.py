@@ -14,6 +14,7 @@ import email.utils
 import json
 import re
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,9 @@ from backfill.errors import FatalError, PermanentError, TransientError
 
 __all__ = ["HttpClient", "parse_retry_after", "redact_url"]
 
+# A Retry-After longer than this is a broken server, not a plan: wait this long at most.
+MAX_RETRY_AFTER = 3600.0
+_DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
 _SECRET = re.compile(r"(?i)(api[_-]?key|apikey|token|access[_-]?token|secret|password|sig)")
 
 
@@ -33,8 +37,8 @@ def redact_url(url: str | httpx.URL) -> str:
     if not parsed.query:
         return str(parsed)
     params = [(k, "***" if _SECRET.search(k) else v) for k, v in parsed.params.multi_items()]
-    redacted = str(parsed.copy_with(query=None))
-    return redacted + "?" + "&".join(f"{k}={v}" for k, v in params)
+    query = urllib.parse.urlencode(params, safe="*")
+    return str(parsed.copy_with(query=query.encode("ascii")))
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -42,15 +46,14 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if not value:
         return None
     value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    if _DELTA_SECONDS.fullmatch(value):
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    wait = when.timestamp() - (time.time() if now is None else now)
+    return min(max(0.0, wait), MAX_RETRY_AFTER)
 
 
 class HttpClient:

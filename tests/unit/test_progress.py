@@ -1,0 +1,250 @@
+"""Progress displays: duration formatting, event folding, plain log lines and the live table."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from rich.console import Console
+
+from backfill.events import (
+    PartitionFinished,
+    PartitionRetrying,
+    PartitionStarted,
+    RunFinished,
+    RunStarted,
+    RunStopping,
+)
+from backfill.ledger import StageCounts, Status
+from backfill.progress import LiveProgress, PlainProgress, ProgressState, format_duration
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def started(**counts: StageCounts) -> RunStarted:
+    return RunStarted(run_id="r1", job="tennis", worker_id="w1", at=0.0, counts=counts)
+
+
+def finished(
+    stage: str, key: str, status: Status, records: int = 0, **kw: str
+) -> PartitionFinished:
+    return PartitionFinished(stage, key, status, records, duration=0.1, attempts=1, **kw)
+
+
+RUN_FINISHED = RunFinished(run_id="r1", status="done", exit_code=0, elapsed=1.0)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, "-"),
+        (float("inf"), "-"),
+        (float("nan"), "-"),
+        (0, "0s"),
+        (42, "42s"),
+        (59.6, "1m00s"),
+        (725, "12m05s"),
+        (3600, "1h00m"),
+        (11040, "3h04m"),
+        (-3, "0s"),
+    ],
+)
+def test_format_duration(seconds: float | None, text: str):
+    """Durations read `42s`, `12m05s`, `3h04m`; unknown ones read `-`."""
+    assert format_duration(seconds) == text
+
+
+# --- ProgressState ----------------------------------------------------------------------
+
+
+def test_run_started_seeds_totals_from_stage_counts():
+    """`RunStarted` counts seed each stage's total, done, empty, failed and records."""
+    state = ProgressState()
+    state.apply(
+        started(fetch=StageCounts("fetch", pending=6, done=2, empty=1, failed=1, records=9))
+    )
+    s = state.stages["fetch"]
+    assert (s.total, s.done, s.empty, s.failed, s.records) == (10, 2, 1, 1, 9)
+    assert s.finished == 4
+    assert s.remaining == 6
+
+
+def test_partition_events_move_running_and_finished_counts():
+    """Started raises `running`; done/empty/failed lower it and raise their own count."""
+    state = ProgressState()
+    state.apply(started(fetch=StageCounts("fetch", pending=5)))
+    for key in "abc":
+        state.apply(PartitionStarted("fetch", key))
+    s = state.stages["fetch"]
+    assert s.running == 3
+    state.apply(finished("fetch", "a", Status.DONE, records=7))
+    state.apply(finished("fetch", "b", Status.EMPTY))
+    state.apply(finished("fetch", "c", Status.FAILED, category="http_404", message="gone"))
+    assert (s.running, s.done, s.empty, s.failed, s.records) == (0, 1, 1, 1, 7)
+    assert s.remaining == 2
+
+
+def test_pending_release_does_not_count_as_finished():
+    """A partition released as PENDING stops running but does not count as finished."""
+    state = ProgressState()
+    state.apply(started(fetch=StageCounts("fetch", pending=3)))
+    state.apply(PartitionStarted("fetch", "a"))
+    state.apply(finished("fetch", "a", Status.PENDING))
+    s = state.stages["fetch"]
+    assert s.running == 0
+    assert s.finished == 0
+    assert s.remaining == 3
+    assert len(s.finishes) == 0
+
+
+def test_remaining_never_goes_negative():
+    """More finishes than the seeded total leave `remaining` at zero."""
+    state = ProgressState()
+    state.apply(started(fetch=StageCounts("fetch", pending=1)))
+    state.apply(finished("fetch", "a", Status.DONE))
+    state.apply(finished("fetch", "b", Status.DONE))
+    assert state.stages["fetch"].remaining == 0
+
+
+def test_retries_stopping_and_finish_are_recorded():
+    """Retries are counted, and the stopping reason and final event are kept."""
+    state = ProgressState()
+    state.apply(
+        PartitionRetrying("fetch", "a", attempt=1, delay=0.5, category="timeout", message="x")
+    )
+    state.apply(RunStopping("interrupted"))
+    state.apply(RUN_FINISHED)
+    assert state.stages["fetch"].retries == 1
+    assert state.stopping == "interrupted"
+    assert state.finished is RUN_FINISHED
+
+
+# --- PlainProgress ----------------------------------------------------------------------
+
+
+def stage_lines(text: str, stage: str = "fetch") -> list[str]:
+    return [line for line in text.splitlines() if f"] {stage}: " in line]
+
+
+def test_plain_progress_reports_each_stage_at_start():
+    """At `RunStarted` it announces the run and writes one line per stage with counts and ETA."""
+    out = io.StringIO()
+    plain = PlainProgress(out, interval=3600)
+    plain(
+        started(
+            fetch=StageCounts("fetch", pending=8, done=2),
+            load=StageCounts("load", pending=10),
+        )
+    )
+    text = out.getvalue()
+    assert "run r1 of job tennis started" in text
+    (fetch,) = stage_lines(text, "fetch")
+    assert "fetch: 2/10 (20%)" in fetch
+    assert "done 2" in fetch
+    assert "failed 0" in fetch
+    assert "ETA" in fetch
+    assert len(stage_lines(text, "load")) == 1
+
+
+def test_plain_progress_lists_failed_partitions_with_category_and_message():
+    """A failed partition gets its own line with stage, key, category and message."""
+    out = io.StringIO()
+    plain = PlainProgress(out, interval=3600)
+    plain(started(fetch=StageCounts("fetch", pending=2)))
+    plain(finished("fetch", "2013-01-02", Status.FAILED, category="http_404", message="not found"))
+    assert "failed fetch 2013-01-02: http_404: not found" in out.getvalue()
+
+
+def test_plain_progress_caps_the_failures_listed():
+    """Only the first `failures_shown` failed partitions are listed individually."""
+    out = io.StringIO()
+    plain = PlainProgress(out, interval=3600, failures_shown=1)
+    plain(started(fetch=StageCounts("fetch", pending=2)))
+    plain(finished("fetch", "k1", Status.FAILED, category="timeout", message="slow"))
+    plain(finished("fetch", "k2", Status.FAILED, category="timeout", message="slow"))
+    text = out.getvalue()
+    assert "failed fetch k1" in text
+    assert "failed fetch k2" not in text
+
+
+def test_plain_progress_throttles_lines_and_reports_at_run_finished():
+    """Between reports it stays quiet; `RunFinished` always writes the final counts."""
+    out = io.StringIO()
+    plain = PlainProgress(out, interval=3600)
+    plain(started(fetch=StageCounts("fetch", pending=2)))
+    plain(PartitionStarted("fetch", "a"))
+    plain(finished("fetch", "a", Status.DONE, records=3))
+    plain(finished("fetch", "b", Status.EMPTY))
+    assert len(stage_lines(out.getvalue())) == 1
+    plain(RUN_FINISHED)
+    lines = stage_lines(out.getvalue())
+    assert len(lines) == 2
+    assert "fetch: 2/2 (100%) done 1 empty 1 failed 0" in lines[-1]
+    assert "ETA 0s" in lines[-1]
+
+
+def test_plain_progress_writes_stopping_reason():
+    """`RunStopping` is written as a line with its reason."""
+    out = io.StringIO()
+    plain = PlainProgress(out, interval=3600)
+    plain(RunStopping("fatal: credentials refused"))
+    assert "stopping: fatal: credentials refused" in out.getvalue()
+
+
+# --- LiveProgress -----------------------------------------------------------------------
+
+
+def make_console() -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, force_terminal=True, width=120), out
+
+
+def test_live_progress_renders_a_table_with_stage_and_counts():
+    """The rendered table shows each stage's name and done/empty/failed/left counts."""
+    console, out = make_console()
+    live = LiveProgress(console)
+    live.state.apply(
+        started(
+            fetch=StageCounts("fetch", pending=1234, done=5678, empty=3, failed=2),
+            load=StageCounts("load", pending=4),
+        )
+    )
+    live.state.apply(RunStopping("interrupted"))
+    console.print(live.__rich__())
+    text = ANSI.sub("", out.getvalue())
+    fetch = next(line for line in text.splitlines() if "fetch" in line)
+    assert "5,678" in fetch
+    assert "1,234" in fetch
+    assert "load" in text
+    assert "elapsed" in text
+    assert "stopping (interrupted)" in text
+
+
+def test_live_progress_starts_on_run_started_and_stops_on_run_finished():
+    """The live display starts with the run, draws the stages, and stops when it ends."""
+    console, out = make_console()
+    live = LiveProgress(console)
+    live(started(fetch=StageCounts("fetch", pending=2)))
+    try:
+        assert live._live is not None
+        live(PartitionStarted("fetch", "a"))
+        live(finished("fetch", "a", Status.DONE))
+        live(RUN_FINISHED)
+        assert live._live is None
+    finally:
+        live.close()
+    assert "fetch" in ANSI.sub("", out.getvalue())
+
+
+def test_live_progress_close_is_safe_before_start_and_twice():
+    """`close()` does nothing before a run started and is idempotent after one."""
+    console, _ = make_console()
+    idle = LiveProgress(console)
+    idle.close()
+    assert idle._live is None
+    live = LiveProgress(console)
+    live(started(fetch=StageCounts("fetch", pending=1)))
+    live.close()
+    live.close()
+    assert live._live is None
