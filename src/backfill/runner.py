@@ -236,9 +236,14 @@ class Runner:
     # -- plumbing ----------------------------------------------------------------------
 
     async def _db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a blocking ledger call on the ledger's own thread."""
+        """Run a blocking ledger call on the ledger's own thread.
+
+        Shielded: cancelling the caller must not cancel a queued call (a batch of
+        outcomes would silently vanish); the call runs to its end regardless.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._ledger_pool, lambda: fn(*args, **kwargs))
+        future = loop.run_in_executor(self._ledger_pool, lambda: fn(*args, **kwargs))
+        return await asyncio.shield(future)
 
     def _sink_pool(self, sink: Sink) -> ThreadPoolExecutor:
         pool = self._sink_pools.get(id(sink))
@@ -314,6 +319,10 @@ class Runner:
                 self._outcomes.append(Outcome(claim_id, Status.PENDING, attempts=0))
             self._held.clear()
             await self._flush()
+            # Nothing this worker leased may outlive it as "running".
+            stray = await self._db(self.ledger.release_owner, self.worker_id)
+            if stray:
+                log.warning("released %d partition(s) still leased at the end of the run", stray)
             await self._close_resources(sinks.values())
 
         final = await self._db(self.ledger.counts, self.job.name, names, self.options.selection)

@@ -513,3 +513,29 @@ def test_work_of_a_live_foreign_worker_is_left_alone(ledger: Ledger) -> None:
     assert (counts.done, counts.running) == (2, 1)
     assert result.exit_code == ExitCode.OK
     assert ledger.complete("other:1:x", [Outcome(claims[0].id, Status.DONE)], now=now) == 1
+
+
+def test_a_cancelled_caller_does_not_drop_a_queued_ledger_call(ledger: Ledger) -> None:
+    """A ledger call queued behind a busy ledger thread still runs when its caller is
+    cancelled (else a batch of outcomes could vanish at shutdown)."""
+    job = make_job(1)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        return None
+
+    runner = Runner(job, ledger)
+    ran: list[str] = []
+
+    async def scenario() -> None:
+        busy = asyncio.create_task(runner._db(time.sleep, 0.2))
+        queued = asyncio.create_task(runner._db(ran.append, "complete"))
+        await asyncio.sleep(0.01)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        await busy
+        await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    assert ran == ["complete"]
