@@ -205,3 +205,26 @@ def test_every_command_has_help_with_examples(workdir: Path, command: str) -> No
     result = run_cli(command, "--help", cwd=workdir)
     assert result.returncode == 0
     assert "Examples" in result.stdout
+
+
+def test_two_concurrent_runs_share_the_work_without_overlap(workdir: Path) -> None:
+    """Two runs of one job on one state file execute every partition exactly once."""
+    (workdir / "fixed").touch()
+    procs = [
+        subprocess.Popen(
+            [*backfill_cmd(), "run", "job.py", "--progress", "none"],
+            cwd=workdir,
+            env=cli_env({"SAMPLE_DELAY": "0.02"}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+    runs = executions(workdir)
+    assert len(runs) == 90
+    assert set(runs.values()) == {1}
+    assert ledger_counts(workdir) == {"done": 90}

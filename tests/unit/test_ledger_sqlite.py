@@ -13,22 +13,6 @@ from backfill.ledger.sqlite import SQLiteLedger
 from ledger_contract import LedgerContract
 
 
-class TestSQLiteFileLedger(LedgerContract):
-    """The whole contract, against a ledger file in a temporary directory."""
-
-    @pytest.fixture
-    def ledger(self, tmp_path: Path) -> Iterator[Ledger]:
-        store = SQLiteLedger(tmp_path / "state.db")
-        yield store
-        store.close()
-
-    @pytest.fixture
-    def second_ledger(self, tmp_path: Path) -> Iterator[Ledger]:
-        store = SQLiteLedger(tmp_path / "state.db")
-        yield store
-        store.close()
-
-
 class TestSQLiteMemoryLedger(LedgerContract):
     """The whole contract in memory; both "connections" share one locked connection."""
 

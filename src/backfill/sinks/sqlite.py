@@ -93,7 +93,7 @@ class SQLiteTable:
 
     def _create(self, columns: Mapping[str, str]) -> None:
         assert self._conn is not None
-        cols = ", ".join(f"{_quote(n)} {t}" for n, t in columns.items())
+        cols = ", ".join(f"{_quote(n)} {t}".rstrip() for n, t in columns.items())
         pk = ", ".join(_quote(k) for k in self.key)
         self._conn.execute(
             f"CREATE TABLE IF NOT EXISTS {_quote(self.table)} ({cols}, PRIMARY KEY ({pk}))"
@@ -110,7 +110,9 @@ class SQLiteTable:
                     types[name] = _SQL_TYPES.get(type(value), "") if value is not None else ""
         for k in self.key:
             types.setdefault(k, "")
-        return {n: (t or "TEXT") for n, t in {**types, **self.declared}.items()}
+        # A column seen only as None gets no declared type: SQLite then stores later
+        # values as they come instead of coercing them to the first guess.
+        return {**types, **self.declared}
 
     def write(self, partition: Partition, records: Sequence[Record]) -> int:
         if not records:
