@@ -44,7 +44,10 @@ app = typer.Typer(
 )
 
 out = Console()
-err = Console(stderr=True)
+if not out.is_terminal:
+    # Piped or logged output has no width to fit; don't squeeze tables into 80 columns.
+    out = Console(width=200)
+err = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 400)
 
 # Options shared by the commands that work on a selection of partitions.
 JobArg = Annotated[str, typer.Argument(help="Job file (path.py[:NAME]) or MODULE:NAME.")]

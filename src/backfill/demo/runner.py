@@ -144,6 +144,10 @@ def run_demo(
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+    if result.status.value == "interrupted":
+        console.print("interrupted: state saved; run `backfill demo` again to resume.")
+    elif result.message:
+        console.print(result.message, highlight=False, soft_wrap=True)
     console.print(
         f"inspect: backfill status backfill.demo.flights:job --state {state_url}",
         highlight=False,
