@@ -95,20 +95,24 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _selection(
-    job: Job,
-    stages: Sequence[Stage],
+def _load(
+    target: str,
+    stage_names: list[str] | None,
     start: str | None,
     end: str | None,
     keys: list[str] | None,
     where: list[str] | None,
-) -> Selection | None:
+) -> tuple[Job, list[Stage], Selection | None]:
+    """Load the job and validate the stage names and the selection, before any state."""
+    job = load_job(target)
+    stages = job.select_stages(stage_names)
     if not (start or end or keys or where):
-        return None
-    # Validate against the first selected stage's partitions (stages of one job share
-    # their dimensions and range in all but unusual jobs).
+        return job, stages, None
+    # Validated against the first selected stage's partitions: the stages of one job
+    # share their dimensions and range in all but unusual jobs.
     spec = stages[0].partitions
-    return spec.selection(start=start, end=end, keys=keys or (), where=where or ())
+    selection = spec.selection(start=start, end=end, keys=keys or (), where=where or ())
+    return job, stages, selection
 
 
 def _counts(
@@ -234,9 +238,7 @@ def run(
       backfill run jobs/results.py --state sqlite:///state/results.db --progress plain
     """
     _configure_logging(verbose)
-    job = load_job(job_path)
-    stages = job.select_stages(stage)
-    selection = _selection(job, stages, start, end, partition, where)
+    job, stages, selection = _load(job_path, stage, start, end, partition, where)
     options = RunOptions(
         stages=tuple(s.name for s in stages),
         selection=selection,
@@ -273,9 +275,7 @@ def plan(
       backfill plan jobs/results.py
       backfill plan jobs/results.py --from 2021-01-01 --where tour=atp,wta
     """
-    job = load_job(job_path)
-    stages = job.select_stages(stage)
-    selection = _selection(job, stages, start, end, partition, where)
+    job, stages, selection = _load(job_path, stage, start, end, partition, where)
     ledger = open_ledger(state, create=False)
     try:
         rows = _counts(ledger, job, stages, selection)
@@ -331,9 +331,7 @@ def status(
       backfill status jobs/results.py
       backfill status jobs/results.py --stage results --failures 50
     """
-    job = load_job(job_path)
-    stages = job.select_stages(stage)
-    selection = _selection(job, stages, start, end, partition, where)
+    job, stages, selection = _load(job_path, stage, start, end, partition, where)
     ledger = open_ledger(state, create=False)
     try:
         rows = _counts(ledger, job, stages, selection)
@@ -439,9 +437,7 @@ def retry(
     _configure_logging(verbose)
     if not (failed or empty):
         raise fail("say what to re-run: --failed, --empty, or both")
-    job = load_job(job_path)
-    stages = job.select_stages(stage)
-    selection = _selection(job, stages, start, end, partition, where)
+    job, stages, selection = _load(job_path, stage, start, end, partition, where)
     statuses = [s for s, wanted in ((Status.FAILED, failed), (Status.EMPTY, empty)) if wanted]
     ledger = open_ledger(state, create=False)
     try:
@@ -501,9 +497,7 @@ def reset(
       backfill reset jobs/results.py --yes
       backfill reset jobs/results.py --stage results --from 2021-06-01 --to 2021-06-30
     """
-    job = load_job(job_path)
-    stages = job.select_stages(stage)
-    selection = _selection(job, stages, start, end, partition, where)
+    job, stages, selection = _load(job_path, stage, start, end, partition, where)
     ledger = open_ledger(state, create=False)
     try:
         rows = _counts(ledger, job, stages, selection)
