@@ -303,9 +303,16 @@ class Runner:
         flusher = asyncio.create_task(self._flush_loop())
         try:
             if self._fatal is None:
-                async with asyncio.TaskGroup() as group:
-                    for stage in self.stages:
-                        group.create_task(self._stage_loop(stage))
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        for stage in self.stages:
+                            group.create_task(self._stage_loop(stage))
+                except* BackfillError as group_error:
+                    # The ledger itself failed (e.g. locked for too long): stop cleanly
+                    # and report it; every lease still held is released below.
+                    first = group_error.exceptions[0]
+                    self._fatal = FatalError(str(first), category=type(first).__name__)
+                    self.stop(f"fatal: {first}", immediate=True)
         finally:
             if self._grace_task is not None:
                 self._grace_task.cancel()

@@ -539,3 +539,31 @@ def test_a_cancelled_caller_does_not_drop_a_queued_ledger_call(ledger: Ledger) -
 
     asyncio.run(scenario())
     assert ran == ["complete"]
+
+
+def test_a_failing_ledger_stops_the_run_with_a_clear_error(ledger: Ledger) -> None:
+    """When the ledger breaks mid-run the run ends with exit 2 and the cause, no traceback."""
+    from backfill.errors import LedgerError
+
+    job = make_job(5)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        return None
+
+    class Flaky:
+        def __init__(self, inner: Ledger) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "claim":
+
+                def broken(*args: Any, **kwargs: Any) -> Any:
+                    raise LedgerError("state sqlite:///x.db: database is locked")
+
+                return broken
+            return getattr(self.inner, name)
+
+    result = run_job(job, Flaky(ledger))  # type: ignore[arg-type]
+    assert result.exit_code == ExitCode.USAGE
+    assert "database is locked" in (result.message or "")
