@@ -400,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(cases) - set(CASES)
     if unknown:
         parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
+    for size in sizes:
+        # A size with no divisor up to 100 becomes that many days, which must fit the calendar.
+        if shape(size)[0] > (date.max - FIRST_DAY).days:
+            parser.error(f"size {size:,} has too few small divisors; pick a round number")
     rows: list[tuple[int, Result]] = []
     for size in sizes:
         for case in cases:

@@ -106,6 +106,10 @@ class EventBus:
 
         return unsubscribe
 
+    @property
+    def has_subscribers(self) -> bool:
+        return bool(self._subscribers)
+
     def emit(self, event: Event) -> None:
         for subscriber in list(self._subscribers):
             try:

@@ -187,6 +187,9 @@ class Runner:
         # is left here at shutdown (e.g. a task cancelled before it ever ran) is released.
         self._held: set[int] = set()
         self._flush_lock = asyncio.Lock()
+        self._background_flush: asyncio.Task[None] | None = None
+        # Decided once per stage, not per partition (inspect's checks are not free).
+        self._kinds = {s.name: _kind(s.fn) for s in self.stages}
         self._ledger_pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-ledger")
         self._stage_pool: ThreadPoolExecutor | None = None
         self._sink_pools: dict[int, ThreadPoolExecutor] = {}
@@ -322,6 +325,10 @@ class Runner:
                 await heartbeat
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+            if self._background_flush is not None:
+                # Its failure, if any, was already turned into a fatal stop.
+                with contextlib.suppress(Exception):
+                    await self._background_flush
             for claim_id in sorted(self._held):
                 self._outcomes.append(Outcome(claim_id, Status.PENDING, attempts=0))
             self._held.clear()
@@ -447,8 +454,20 @@ class Runner:
     async def _record(self, outcome: Outcome) -> None:
         self._held.discard(outcome.id)
         self._outcomes.append(outcome)
-        if len(self._outcomes) >= _FLUSH_SIZE:
-            await self._flush()
+        if len(self._outcomes) >= _FLUSH_SIZE and self._background_flush is None:
+            # Off the partition's path: its task and concurrency slot need not wait for
+            # the ledger round trip (awaiting it here stalled the event loop's work).
+            self._background_flush = asyncio.create_task(self._flush())
+            self._background_flush.add_done_callback(self._flushed)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._background_flush = None
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        if self._fatal is None:
+            self._fatal = FatalError(str(error), category=type(error).__name__)
+        self.stop(f"fatal: {error}", immediate=True)
 
     # -- per stage -----------------------------------------------------------------------
 
@@ -458,6 +477,13 @@ class Runner:
         batch_size = min(_MAX_BATCH, max(2 * limit, 16))
         order = self.options.order or stage.partitions.order
         running: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            # One callback, not three: each is a separate event-loop handle per partition.
+            running.discard(task)
+            self._tasks.discard(task)
+            semaphore.release()
+
         while not self._stop.is_set():
             batch_started = self.clock.monotonic()
             claims: list[Claim] = await self._db(
@@ -488,9 +514,7 @@ class Runner:
                 task = asyncio.create_task(self._execute(stage, claim))
                 running.add(task)
                 self._tasks.add(task)
-                task.add_done_callback(running.discard)
-                task.add_done_callback(self._tasks.discard)
-                task.add_done_callback(lambda _t: semaphore.release())
+                task.add_done_callback(finished)
             # Size batches to roughly a second of work: fewer ledger round trips for fast
             # stages, small leases for slow ones.
             took = self.clock.monotonic() - batch_started
@@ -504,7 +528,10 @@ class Runner:
 
     async def _execute(self, stage: Stage, claim: Claim) -> None:
         partition = claim.partition(stage.partitions.grain)
-        self.bus.emit(PartitionStarted(stage.name, claim.key))
+        # Events cost an object each; build them only when someone listens.
+        emit = self.bus.has_subscribers
+        if emit:
+            self.bus.emit(PartitionStarted(stage.name, claim.key))
         started = self.clock.monotonic()
         attempt = 0
         adapter = logging.LoggerAdapter(
@@ -594,6 +621,8 @@ class Runner:
             self._executed += 1
             self._durations[stage.name].add(outcome.duration)
         await self._record(outcome)
+        if not emit:
+            return
         self.bus.emit(
             PartitionFinished(
                 stage.name,
@@ -610,14 +639,28 @@ class Runner:
     async def _call(self, stage: Stage, ctx: Context) -> list[Record]:
         """Call the stage function and collect its records, within its timeout."""
         fn = stage.fn
-        if inspect.isasyncgenfunction(fn):
+        kind = self._kinds[stage.name]
+        if kind == "async" and stage.timeout is None:
+            # The common case, without a wrapper coroutine.
+            result = await fn(ctx, ctx.partition)
+        else:
+            result = await self._call_slow(stage, ctx, kind)
+        if result is None:
+            return []
+        if isinstance(result, dict) or not isinstance(result, Iterable):
+            result = [result]
+        return to_mappings(result)
+
+    async def _call_slow(self, stage: Stage, ctx: Context, kind: str) -> Any:
+        fn = stage.fn
+        if kind == "asyncgen":
 
             async def collect() -> list[object]:
                 gen: AsyncIterator[object] = fn(ctx, ctx.partition)
                 return [item async for item in gen]
 
             coro: Any = collect()
-        elif inspect.iscoroutinefunction(fn):
+        elif kind == "async":
 
             async def call_async() -> Any:
                 return await fn(ctx, ctx.partition)
@@ -629,14 +672,8 @@ class Runner:
             coro = loop.run_in_executor(self._stage_pool, _call_sync, fn, ctx)
         if stage.timeout is not None:
             async with asyncio.timeout(stage.timeout):
-                result = await coro
-        else:
-            result = await coro
-        if result is None:
-            return []
-        if isinstance(result, dict) or not isinstance(result, Iterable):
-            result = [result]
-        return to_mappings(result)
+                return await coro
+        return await coro
 
     async def _write(self, stage: Stage, partition: Any, records: Sequence[Record]) -> int:
         if stage.sink is None:
@@ -650,6 +687,14 @@ class Runner:
         future = loop.run_in_executor(self._sink_pool(sink), sink.write, partition, records)
         written: int = await asyncio.shield(future)
         return written
+
+
+def _kind(fn: Any) -> str:
+    if inspect.isasyncgenfunction(fn):
+        return "asyncgen"
+    if inspect.iscoroutinefunction(fn):
+        return "async"
+    return "sync"
 
 
 def _call_sync(fn: Any, ctx: Context) -> Any:

@@ -29,24 +29,29 @@ SET lease_owner = :owner, lease_expires_at = :expires,
     claims = claims + 1, run_id = :run_id, started_at = :now
 WHERE id IN (
     SELECT id FROM backfill_partitions
-    WHERE stage_id = :stage_id AND status = 'running' AND lease_expires_at < :now {where}
+    -- Leased rows are found through the small owner index (lease_owner IS NOT NULL
+    -- exactly while running), not by scanning the stage.
+    WHERE lease_owner IS NOT NULL AND +stage_id = :stage_id AND status = 'running'
+      AND lease_expires_at < :now {where}
     ORDER BY window_start {direction}, id {direction}
     LIMIT :limit
 )
 RETURNING id, key, window_start, window_end, dims, attempts, claims;
 
 -- name: complete
+-- Positional: ?1 status, ?2 attempts, ?3 records, ?4 duration, ?5 error_category,
+-- ?6 error_message, ?7 now, ?8 id, ?9 owner.
 UPDATE backfill_partitions
-SET status = :status,
-    attempts = attempts + :attempts,
-    records = CASE WHEN :status = 'pending' THEN records ELSE :records END,
-    duration = CASE WHEN :status = 'pending' THEN duration ELSE :duration END,
-    error_category = :error_category,
-    error_message = :error_message,
-    finished_at = CASE WHEN :status = 'pending' THEN finished_at ELSE :now END,
+SET status = ?1,
+    attempts = attempts + ?2,
+    records = CASE WHEN ?1 = 'pending' THEN records ELSE ?3 END,
+    duration = CASE WHEN ?1 = 'pending' THEN duration ELSE ?4 END,
+    error_category = ?5,
+    error_message = ?6,
+    finished_at = CASE WHEN ?1 = 'pending' THEN finished_at ELSE ?7 END,
     lease_owner = NULL,
     lease_expires_at = NULL
-WHERE id = :id AND lease_owner = :owner AND status = 'running';
+WHERE id = ?8 AND lease_owner = ?9 AND status = 'running';
 
 -- name: renew
 UPDATE backfill_partitions SET lease_expires_at = :expires

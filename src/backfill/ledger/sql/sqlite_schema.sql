@@ -1,4 +1,4 @@
--- backfill ledger, SQLite. Schema version 1 (see backfill_meta.schema_version).
+-- backfill ledger, SQLite. Schema version 2 (see backfill_meta.schema_version).
 
 CREATE TABLE IF NOT EXISTS backfill_meta (
     key   TEXT PRIMARY KEY,
@@ -36,9 +36,12 @@ CREATE TABLE IF NOT EXISTS backfill_partitions (
     UNIQUE (stage_id, key)
 );
 
--- Claims walk (stage, status) in window order; the implicit rowid breaks ties.
-CREATE INDEX IF NOT EXISTS backfill_partitions_claim
-    ON backfill_partitions (stage_id, status, window_start);
+-- Claims walk a stage's pending rows in window order; the implicit rowid breaks ties.
+-- Partial: a claim removes the row from it and completing touches it not at all
+-- (schema 1 indexed every status, so each claim and each complete moved an entry).
+DROP INDEX IF EXISTS backfill_partitions_claim;
+CREATE INDEX IF NOT EXISTS backfill_partitions_pending
+    ON backfill_partitions (stage_id, window_start) WHERE status = 'pending';
 
 CREATE INDEX IF NOT EXISTS backfill_partitions_owner
     ON backfill_partitions (lease_owner) WHERE lease_owner IS NOT NULL;
