@@ -1,0 +1,404 @@
+"""Rate limits shared by everything that uses a source: resources.
+
+A :class:`Resource` is a named limit: one or more rates (``"5/s"``, ``"10000/day"``), a
+burst, a concurrency pool, optionally adaptive. Every request takes a *reservation*: the
+earliest instant at which every rate allows one more request. Reservations are handed
+out in order (GCRA, the "virtual scheduling" form of a token bucket), so in any window of
+``t`` seconds at most ``burst + rate * t`` requests start, from the very first second on.
+
+A ``Retry-After`` pauses the whole resource, once: later 429s from requests already in
+flight only extend the pause to the latest instant any of them asked for.
+
+Core knows no HTTP: the HTTP client reports outcomes through :meth:`Resource.observe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import math
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from backfill.clock import Clock, SystemClock
+from backfill.errors import ConfigError
+
+__all__ = ["AdaptiveRate", "CircuitBreaker", "Limit", "Outcome", "Resource", "parse_limit"]
+
+_UNITS = {
+    "s": 1.0, "sec": 1.0, "second": 1.0,
+    "m": 60.0, "min": 60.0, "minute": 60.0,
+    "h": 3600.0, "hour": 3600.0,
+    "d": 86400.0, "day": 86400.0,
+}  # fmt: skip
+_LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/|per)\s*(\d+(?:\.\d+)?)?\s*([a-z]+?)s?\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """``count`` requests per ``period`` seconds."""
+
+    count: float
+    period: float
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.period
+
+    def __str__(self) -> str:
+        for unit, seconds in (("day", 86400.0), ("h", 3600.0), ("min", 60.0), ("s", 1.0)):
+            if self.period == seconds:
+                return f"{self.count:g}/{unit}"
+        return f"{self.count:g}/{self.period:g}s"
+
+
+def parse_limit(value: str | float | Limit) -> Limit:
+    """``"5/s"``, ``"100/min"``, ``"10000/day"``, ``"30 per 5 min"`` or a number per second."""
+    if isinstance(value, Limit):
+        return value
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ConfigError(f"a rate must be positive, not {value}")
+        return Limit(float(value), 1.0)
+    match = _LIMIT.match(value.lower())
+    unit = match and (_UNITS.get(match[3]) or _UNITS.get(match[3].rstrip("s")))
+    if not match or not unit:
+        raise ConfigError(
+            f"rate {value!r} is not understood; write it like '5/s', '100/min' or '10000/day'"
+        )
+    count, multiple = float(match[1]), float(match[2] or 1)
+    if count <= 0 or multiple <= 0:
+        raise ConfigError(f"rate {value!r} must be positive")
+    return Limit(count, multiple * unit)
+
+
+class Outcome(StrEnum):
+    """How a request ended, as far as the resource's health is concerned."""
+
+    OK = "ok"
+    RATE_LIMITED = "rate_limited"
+    ERROR = "error"  # 5xx, timeout, connection failure: counts against the breaker
+    CLIENT_ERROR = "client_error"  # 4xx other than 429: the source is healthy
+
+
+class _Scheduler:
+    """Virtual scheduling for one limit: when may the next request start?"""
+
+    __slots__ = ("interval", "tat", "tolerance")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.interval = 1.0 / rate
+        # A full bucket at start: ``burst`` requests may go at once, not more.
+        self.tolerance = (burst - 1) * self.interval
+        self.tat = -math.inf
+
+    def set_rate(self, rate: float, burst: int) -> None:
+        self.interval = 1.0 / rate
+        self.tolerance = (burst - 1) * self.interval
+
+    def earliest(self, now: float) -> float:
+        return max(now, self.tat - self.tolerance)
+
+    def book(self, start: float) -> None:
+        self.tat = max(self.tat, start) + self.interval
+
+
+class AdaptiveRate:
+    """Finds a source's real limit: multiplicative decrease on 429, probing upward while
+    healthy, and memory of where the last 429 happened so the rate settles just below it
+    instead of see-sawing between half and full speed.
+    """
+
+    def __init__(
+        self,
+        start: float,
+        *,
+        floor: float = 0.1,
+        ceiling: float = 10_000.0,
+        decrease: float = 0.7,
+        increase_every: float = 1.0,
+    ) -> None:
+        self.rate = start
+        self.floor = floor
+        self.ceiling = ceiling
+        self.decrease = decrease
+        self.increase_every = increase_every
+        self.limit_seen: float | None = None
+        self._last_change = -math.inf
+        self._last_decrease = -math.inf
+
+    def on_rate_limited(self, now: float, sending_rate: float) -> bool:
+        """A 429: back off (once per burst of 429s); return True when the rate changed."""
+        if now - self._last_decrease < 1.0:
+            return False
+        seen = min(self.rate, sending_rate) if sending_rate > 0 else self.rate
+        self.limit_seen = seen if self.limit_seen is None else 0.5 * (self.limit_seen + seen)
+        self.rate = max(self.floor, seen * self.decrease)
+        self._last_decrease = self._last_change = now
+        return True
+
+    def on_header_limit(self, rate: float, now: float) -> None:
+        """The server told us its limit: use it (a hair below, for clock skew)."""
+        self.limit_seen = rate
+        self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
+        self._last_change = now
+
+    def on_success(self, now: float) -> bool:
+        """Healthy: every ``increase_every`` seconds, step up; return True when changed."""
+        if now - self._last_change < self.increase_every:
+            return False
+        self._last_change = now
+        if self.limit_seen is None:
+            step = self.rate * 0.25  # nothing known yet: grow quickly
+        elif self.rate < 0.95 * self.limit_seen:
+            step = max(0.05 * self.limit_seen, 0.1)  # climb back towards the known limit
+        else:
+            step = max(0.01 * self.limit_seen, 0.02)  # probe gently past it
+        self.rate = min(self.ceiling, self.rate + step)
+        return True
+
+
+class CircuitBreaker:
+    """Opens when the error rate over the last ``window`` requests crosses ``threshold``.
+
+    While open the resource hands out no reservations; after ``cooldown`` seconds one
+    probe request is let through (half-open): success closes the circuit, failure opens it
+    again for twice as long (up to ``max_cooldown``).
+    """
+
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.5,
+        window: int = 20,
+        min_requests: int = 10,
+        cooldown: float = 2.0,
+        max_cooldown: float = 60.0,
+    ) -> None:
+        self.threshold = threshold
+        self.window = window
+        self.min_requests = min_requests
+        self.base_cooldown = cooldown
+        self.cooldown = cooldown
+        self.max_cooldown = max_cooldown
+        self.results: collections.deque[bool] = collections.deque(maxlen=window)
+        self.open_until: float | None = None
+        self.probing = False
+        self.opened = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.open_until is not None
+
+    def record(self, ok: bool, now: float) -> str | None:
+        """Record a result; return "opened" or "closed" when the state changes."""
+        if self.probing:
+            self.probing = False
+            if ok:
+                self.open_until = None
+                self.cooldown = self.base_cooldown
+                self.results.clear()
+                return "closed"
+            self.cooldown = min(self.max_cooldown, self.cooldown * 2)
+            self.open_until = now + self.cooldown
+            return None
+        if self.open_until is not None:
+            return None
+        self.results.append(ok)
+        if len(self.results) < self.min_requests:
+            return None
+        errors = self.results.count(False)
+        if errors / len(self.results) >= self.threshold:
+            self.open_until = now + self.cooldown
+            self.opened += 1
+            return "opened"
+        return None
+
+
+Listener = Callable[[str, str, float], None]
+
+
+class Resource:
+    """A named limit shared by every stage and request that uses it.
+
+    Example::
+
+        api = job.resource("racing_api", rate="2/s", burst=1, concurrency=4,
+                           limits=["10000/day"])
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        rate: str | float | Limit | None = None,
+        burst: int = 1,
+        concurrency: int | None = None,
+        limits: list[str | float | Limit] | None = None,
+        adaptive: bool = False,
+        start_rate: float | None = None,
+        breaker: CircuitBreaker | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if burst < 1:
+            raise ConfigError(f"resource {name!r}: burst must be at least 1")
+        if concurrency is not None and concurrency < 1:
+            raise ConfigError(f"resource {name!r}: concurrency must be at least 1")
+        declared = [parse_limit(rate)] if rate is not None else []
+        declared += [parse_limit(x) for x in limits or []]
+        if not declared and not adaptive:
+            raise ConfigError(f"resource {name!r} needs a rate (e.g. rate='5/s') or adaptive=True")
+        self.name = name
+        self.burst = burst
+        self.concurrency = concurrency
+        self.limits = declared
+        self.clock: Clock = clock or SystemClock()
+        self._schedulers = [_Scheduler(lim.rate, burst) for lim in declared]
+        self.adaptive: AdaptiveRate | None = None
+        if adaptive:
+            primary = min((lim.rate for lim in declared), default=None)
+            self.adaptive = AdaptiveRate(
+                start_rate or (primary or 1.0),
+                ceiling=primary or 10_000.0,
+            )
+            self._adaptive_scheduler = _Scheduler(self.adaptive.rate, burst)
+            self._schedulers.append(self._adaptive_scheduler)
+        self.breaker = breaker or CircuitBreaker()
+        self.paused_until = -math.inf
+        self._semaphore: asyncio.Semaphore | None = None
+        self._semaphore_loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[Listener] = []
+        self._sent: collections.deque[float] = collections.deque()
+        self.requests = 0
+        self.rate_limited = 0
+        self.pauses = 0
+        self.waited = 0.0
+
+    def __repr__(self) -> str:
+        return f"Resource({self.name!r}, rate={self.rate_description()})"
+
+    def rate_description(self) -> str:
+        parts = [str(lim) for lim in self.limits]
+        if self.adaptive is not None:
+            parts.append(f"adaptive, now {self.adaptive.rate:.2f}/s")
+        return ", ".join(parts)
+
+    @property
+    def rate(self) -> float:
+        """The rate the resource runs at now (requests per second)."""
+        rates = [lim.rate for lim in self.limits]
+        if self.adaptive is not None:
+            rates.append(self.adaptive.rate)
+        return min(rates)
+
+    def subscribe(self, listener: Listener) -> None:
+        """``listener(resource_name, what, seconds)`` hears of pauses and breaker changes."""
+        self._listeners.append(listener)
+
+    def _tell(self, what: str, seconds: float) -> None:
+        for listener in self._listeners:
+            listener(self.name, what, seconds)
+
+    # -- taking a request slot -----------------------------------------------------------
+
+    def reserve(self) -> float:
+        """Book the next start instant; return how long the caller must wait for it."""
+        now = self.clock.monotonic()
+        start = max(now, self.paused_until)
+        if self.breaker.open_until is not None:
+            start = max(start, self.breaker.open_until)
+        for scheduler in self._schedulers:
+            start = max(start, scheduler.earliest(start))
+        for scheduler in self._schedulers:
+            scheduler.book(start)
+        return start - now
+
+    async def acquire(self) -> None:
+        """Wait for a reservation (rates, pauses and the breaker all respected)."""
+        while True:
+            wait = self.reserve()
+            if wait > 0:
+                self.waited += wait
+                await self.clock.sleep(wait)
+            now = self.clock.monotonic()
+            # A pause or an open breaker that began while we slept pushes us back.
+            if now + 1e-3 < self.paused_until:
+                continue
+            if self.breaker.open_until is not None:
+                if self.breaker.probing or now + 1e-3 < self.breaker.open_until:
+                    await self.clock.sleep(max(0.05, (self.breaker.open_until or now) - now))
+                    continue
+                self.breaker.probing = True
+            break
+        self.requests += 1
+        self._sent.append(now)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a concurrency slot and a rate reservation for one request."""
+        if self.concurrency is None:
+            await self.acquire()
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        if self._semaphore is None or self._semaphore_loop is not loop:
+            # A job module (and its resources) may outlive one event loop, e.g. in tests.
+            self._semaphore = asyncio.Semaphore(self.concurrency)
+            self._semaphore_loop = loop
+        async with self._semaphore:
+            await self.acquire()
+            yield
+
+    def sending_rate(self, window: float = 2.0) -> float:
+        now = self.clock.monotonic()
+        while self._sent and now - self._sent[0] > window:
+            self._sent.popleft()
+        return len(self._sent) / window
+
+    # -- feedback ------------------------------------------------------------------------
+
+    def pause(self, seconds: float, reason: str = "retry-after") -> None:
+        """Hold every request of this resource for ``seconds`` (extends, never stacks)."""
+        until = self.clock.monotonic() + seconds
+        if until > self.paused_until + 1e-3:
+            was_paused = self.paused_until > self.clock.monotonic()
+            self.paused_until = until
+            if not was_paused:
+                self.pauses += 1
+                self._tell(f"paused ({reason})", seconds)
+
+    def observe(
+        self,
+        outcome: Outcome,
+        *,
+        retry_after: float | None = None,
+        remaining: int | None = None,
+        reset_after: float | None = None,
+        limit: int | None = None,
+        window: float | None = None,
+    ) -> None:
+        """Feed back what a request saw: its outcome and any rate-limit headers."""
+        now = self.clock.monotonic()
+        if outcome is Outcome.RATE_LIMITED:
+            self.rate_limited += 1
+            if self.adaptive is not None and self.adaptive.on_rate_limited(
+                now, self.sending_rate()
+            ):
+                self._adaptive_scheduler.set_rate(self.adaptive.rate, self.burst)
+            self.pause(retry_after if retry_after is not None else 1.0, "429")
+        elif outcome is Outcome.OK and self.adaptive is not None and self.adaptive.on_success(now):
+            self._adaptive_scheduler.set_rate(self.adaptive.rate, self.burst)
+        if self.adaptive is not None and limit and window:
+            self.adaptive.on_header_limit(limit / window, now)
+            self._adaptive_scheduler.set_rate(self.adaptive.rate, self.burst)
+        if remaining is not None and remaining <= 0 and reset_after:
+            self.pause(reset_after, "quota used up")
+        if outcome is not Outcome.RATE_LIMITED:
+            change = self.breaker.record(outcome is not Outcome.ERROR, now)
+            if change == "opened":
+                self._tell("circuit open: too many errors", self.breaker.cooldown)
+            elif change == "closed":
+                self._tell("circuit closed", 0.0)
