@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -146,7 +146,6 @@ def execute(
     options: RunOptions,
     *,
     progress: str = "auto",
-    http_factory: Any = None,
 ) -> RunResult:
     """Run ``job`` with a progress display and signal handling; return the result."""
     bus = EventBus()
@@ -161,7 +160,7 @@ def execute(
         bus.subscribe(PlainProgress(sys.stdout))
     elif mode != "none":
         raise fail(f"unknown --progress {progress!r}; use auto, live, plain or none")
-    runner = Runner(job, ledger, options, bus=bus, http_factory=http_factory)
+    runner = Runner(job, ledger, options, bus=bus)
 
     async def main() -> RunResult:
         loop = asyncio.get_running_loop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +80,9 @@ class RunCache:
 class Context:
     """Handed to every stage call: the partition and the run's shared services.
 
-    ``attempt`` is 1 on the first try of this partition in this run.
+    ``attempt`` is 1 on the first try of this partition in this run. ``checkpoint`` is what
+    an earlier, unfinished run of this partition saved with :meth:`save_checkpoint` (None
+    on a fresh start), e.g. the cursor of the next page to fetch.
     """
 
     partition: Partition
@@ -90,9 +92,37 @@ class Context:
     attempt: int
     cache: RunCache
     log: logging.LoggerAdapter[logging.Logger]
-    _http: Callable[[], HttpClient]
+    _http: Callable[[str | None], HttpClient]
+    _resource: str | None = None
+    checkpoint: str | None = None
+    _save_checkpoint: Callable[[str | None], Awaitable[None]] | None = None
+    _write: Callable[[Iterable[object]], Awaitable[int]] | None = None
 
     @property
     def http(self) -> HttpClient:
-        """The run's HTTP client (created on first use, pooled, errors classified)."""
-        return self._http()
+        """The HTTP client of this stage's resource: its limits, retries and headers apply
+        to every request (pooled, created on first use, errors classified)."""
+        return self._http(self._resource)
+
+    def http_for(self, resource: str) -> HttpClient:
+        """The HTTP client of another declared resource."""
+        return self._http(resource)
+
+    async def save_checkpoint(self, value: str | None) -> None:
+        """Record where this partition should resume if the run stops before it ends.
+
+        Save it only after what came before is durable (see :meth:`write`); it is cleared
+        when the partition finishes.
+        """
+        if self._save_checkpoint is not None:
+            await self._save_checkpoint(value)
+        self.checkpoint = value
+
+    async def write(self, records: Iterable[object]) -> int:
+        """Write records to the stage's sink now, durably, instead of returning them.
+
+        For huge partitions: write each page as it comes, then save a checkpoint.
+        """
+        if self._write is None:
+            raise RuntimeError("ctx.write is only available while a stage runs")
+        return await self._write(records)

@@ -18,6 +18,7 @@ __all__ = [
     "PartitionFinished",
     "PartitionRetrying",
     "PartitionStarted",
+    "ResourceChanged",
     "RunFinished",
     "RunStarted",
     "RunStopping",
@@ -72,6 +73,15 @@ class RunStopping:
 
 
 @dataclass(frozen=True, slots=True)
+class ResourceChanged:
+    """A resource paused (Retry-After, quota), or its circuit breaker opened or closed."""
+
+    resource: str
+    what: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class RunFinished:
     run_id: str
     status: str
@@ -87,6 +97,7 @@ Event = (
     | PartitionRetrying
     | PartitionFinished
     | RunStopping
+    | ResourceChanged
     | RunFinished
 )
 Subscriber = Callable[[Event], None]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from backfill.errors import ConfigError
 from backfill.partitions import PartitionSpec
+from backfill.ratelimit import Limit, Resource
 from backfill.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ class Stage:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     sink: Sink | None = None
     description: str = ""
+    resource: str | None = None
+    requests_per_partition: float | None = None
 
     @property
     def is_async(self) -> bool:
@@ -83,6 +86,76 @@ class Job:
         self.lease_seconds = lease_seconds
         self.http_timeout = http_timeout
         self.stages: dict[str, Stage] = {}
+        self.resources: dict[str, Resource] = {}
+        self.http_options: dict[str, dict[str, Any]] = {}
+
+    def resource(
+        self,
+        name: str,
+        *,
+        rate: str | float | Limit | None = None,
+        burst: int = 1,
+        concurrency: int | None = None,
+        limits: list[str | float | Limit] | None = None,
+        adaptive: bool = False,
+        start_rate: float | None = None,
+        timeout: float | None = None,
+        retries: int = 2,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        secrets: tuple[str, ...] = (),
+    ) -> Resource:
+        """Declare a source and its limits; stages name it with ``resource=``.
+
+        ``rate`` and ``limits`` accept ``"5/s"``, ``"100/min"``, ``"10000/day"``; all of them
+        hold at once. ``adaptive=True`` discovers the real limit (starting at ``start_rate``
+        or ``rate``). ``headers`` and ``params`` go with every request of ``ctx.http`` (their
+        values, and ``secrets``, are masked in every log line, error and ledger entry).
+        ``retries`` is how often one request is retried before the partition sees the error.
+
+        Example::
+
+            job.resource("racing_api", rate="2/s", limits=["10000/day"], concurrency=4,
+                         headers={"Authorization": f"Bearer {TOKEN}"})
+        """
+        if not _NAME.match(name):
+            raise ConfigError(f"resource name {name!r} must be an identifier")
+        if name in self.resources:
+            raise ConfigError(f"job {self.name!r} declares resource {name!r} twice")
+        if retries < 0:
+            raise ConfigError(f"resource {name!r}: retries must not be negative")
+        resource = Resource(
+            name,
+            rate=rate,
+            burst=burst,
+            concurrency=concurrency,
+            limits=limits,
+            adaptive=adaptive,
+            start_rate=start_rate,
+        )
+        self.resources[name] = resource
+        self.http_options[name] = {
+            "timeout": timeout if timeout is not None else self.http_timeout,
+            "retries": retries,
+            "headers": dict(headers or {}),
+            "params": dict(params or {}),
+            "secrets": tuple(secrets),
+        }
+        return resource
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every value declared secret by a resource (masked wherever text is shown)."""
+        values: list[str] = []
+        for options in self.http_options.values():
+            values += options["secrets"]
+            values += options["params"].values()
+            values += [
+                v
+                for k, v in options["headers"].items()
+                if k.lower() in ("authorization", "x-api-key", "api-key", "cookie")
+            ]
+        return tuple(v for v in values if v)
 
     def __repr__(self) -> str:
         return f"Job({self.name!r}, stages={list(self.stages)})"
@@ -102,6 +175,8 @@ class Job:
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         sink: Sink | None = None,
+        resource: str | Resource | None = None,
+        requests_per_partition: float | None = None,
     ) -> Callable[[StageFunction], StageFunction]: ...
 
     def stage(
@@ -115,12 +190,16 @@ class Job:
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         sink: Sink | None = None,
+        resource: str | Resource | None = None,
+        requests_per_partition: float | None = None,
     ) -> StageFunction | Callable[[StageFunction], StageFunction]:
         """Declare a stage. Usable bare (``@job.stage``) or with options.
 
         The function takes ``(ctx, partition)`` and returns an iterable of records, yields
         them (sync or async generator), or returns None when it writes nothing itself.
         Plain ``def`` functions run in a thread pool; ``async def`` on the event loop.
+        ``resource`` binds ``ctx.http`` to a declared resource and its limits;
+        ``requests_per_partition`` is an estimate for ``backfill plan`` until history exists.
         """
 
         def register(func: StageFunction) -> StageFunction:
@@ -139,6 +218,13 @@ class Job:
                 raise ConfigError(f"stage {stage_name!r}: concurrency must be at least 1")
             if timeout is not None and timeout <= 0:
                 raise ConfigError(f"stage {stage_name!r}: timeout must be positive")
+            resource_name = resource.name if isinstance(resource, Resource) else resource
+            if resource_name is not None and resource_name not in self.resources:
+                known = ", ".join(self.resources) or "none"
+                raise ConfigError(
+                    f"stage {stage_name!r} uses unknown resource {resource_name!r}; declare it "
+                    f"with job.resource(...) first (declared: {known})"
+                )
             self.stages[stage_name] = Stage(
                 name=stage_name,
                 fn=func,
@@ -148,6 +234,8 @@ class Job:
                 retry=retry or RetryPolicy(),
                 sink=sink if sink is not None else self.sink,
                 description=(inspect.getdoc(func) or "").split("\n")[0],
+                resource=resource_name,
+                requests_per_partition=requests_per_partition,
             )
             return func
 

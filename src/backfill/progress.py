@@ -22,6 +22,7 @@ from backfill.events import (
     PartitionFinished,
     PartitionRetrying,
     PartitionStarted,
+    ResourceChanged,
     RunFinished,
     RunStarted,
     RunStopping,
@@ -91,6 +92,8 @@ class ProgressState:
         self.started = time.monotonic()
         self.stopping: str | None = None
         self.finished: RunFinished | None = None
+        # The latest word from each resource (paused, circuit open...), with its time.
+        self.resources: dict[str, tuple[str, float, float]] = {}
 
     def seed(self, counts: Mapping[str, StageCounts]) -> None:
         for name, c in counts.items():
@@ -113,6 +116,9 @@ class ProgressState:
             return
         if isinstance(event, RunFinished):
             self.finished = event
+            return
+        if isinstance(event, ResourceChanged):
+            self.resources[event.resource] = (event.what, event.seconds, time.monotonic())
             return
         stage = self.stages.setdefault(event.stage, StageProgress(event.stage))
         if isinstance(event, PartitionStarted):
@@ -182,6 +188,9 @@ class LiveProgress:
             )
         elapsed = format_duration(now - self.state.started)
         footer = f"elapsed {elapsed}"
+        for name, (what, seconds, at) in self.state.resources.items():
+            if now - at < max(seconds, 5.0):
+                footer += f" · {name}: {what}" + (f" {seconds:.1f}s" if seconds else "")
         if self.state.stopping:
             footer += f" · stopping ({self.state.stopping}); Ctrl+C again to stop at once"
         table.caption = footer
@@ -210,6 +219,9 @@ class PlainProgress:
                 self._write(f"failed {event.stage} {event.key}: {event.category}: {event.message}")
         elif isinstance(event, RunStopping):
             self._write(f"stopping: {event.reason}")
+        elif isinstance(event, ResourceChanged):
+            extra = f" for {event.seconds:.1f}s" if event.seconds else ""
+            self._write(f"resource {event.resource}: {event.what}{extra}")
         elif isinstance(event, RunFinished):
             self._report(now)
             return

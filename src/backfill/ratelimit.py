@@ -272,6 +272,9 @@ class Resource:
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[Listener] = []
         self._sent: collections.deque[float] = collections.deque()
+        self._latency_ewma: float | None = None
+        self._latency_floor: float | None = None
+        self._latency_samples = 0
         self.requests = 0
         self.rate_limited = 0
         self.pauses = 0
@@ -293,6 +296,24 @@ class Resource:
         if self.adaptive is not None:
             rates.append(self.adaptive.rate)
         return min(rates)
+
+    def reset(self) -> None:
+        """Forget bookings, pauses, breaker state and listeners (a new run starts)."""
+        for scheduler in self._schedulers:
+            scheduler.tat = -math.inf
+        self.paused_until = -math.inf
+        old = self.breaker
+        self.breaker = CircuitBreaker(
+            threshold=old.threshold,
+            window=old.window,
+            min_requests=old.min_requests,
+            cooldown=old.base_cooldown,
+            max_cooldown=old.max_cooldown,
+        )
+        self._listeners.clear()
+        self._sent.clear()
+        self.requests = self.rate_limited = self.pauses = 0
+        self.waited = 0.0
 
     def subscribe(self, listener: Listener) -> None:
         """``listener(resource_name, what, seconds)`` hears of pauses and breaker changes."""
@@ -352,6 +373,20 @@ class Resource:
             await self.acquire()
             yield
 
+    def _latency_rising(self, latency: float) -> bool:
+        """True when latency has tripled over its healthy level: the source is queueing."""
+        self._latency_ewma = (
+            latency if self._latency_ewma is None else 0.9 * self._latency_ewma + 0.1 * latency
+        )
+        if self._latency_floor is None or self._latency_ewma < self._latency_floor:
+            self._latency_floor = self._latency_ewma
+        self._latency_samples += 1
+        return (
+            self._latency_samples > 20
+            and self._latency_floor > 0
+            and self._latency_ewma > 3 * self._latency_floor + 0.05
+        )
+
     def sending_rate(self, window: float = 2.0) -> float:
         now = self.clock.monotonic()
         while self._sent and now - self._sent[0] > window:
@@ -379,9 +414,17 @@ class Resource:
         reset_after: float | None = None,
         limit: int | None = None,
         window: float | None = None,
+        latency: float | None = None,
     ) -> None:
-        """Feed back what a request saw: its outcome and any rate-limit headers."""
+        """Feed back what a request saw: its outcome, latency and rate-limit headers."""
         now = self.clock.monotonic()
+        if (
+            latency is not None
+            and self.adaptive is not None
+            and self._latency_rising(latency)
+            and self.adaptive.on_rate_limited(now, self.sending_rate())
+        ):
+            self._adaptive_scheduler.set_rate(self.adaptive.rate, self.burst)
         if outcome is Outcome.RATE_LIMITED:
             self.rate_limited += 1
             if self.adaptive is not None and self.adaptive.on_rate_limited(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import inspect
 import logging
@@ -42,6 +43,7 @@ from backfill.events import (
     PartitionFinished,
     PartitionRetrying,
     PartitionStarted,
+    ResourceChanged,
     RunFinished,
     RunStarted,
     RunStopping,
@@ -50,7 +52,7 @@ from backfill.job import Job, Stage
 from backfill.ledger import Claim, Ledger, Outcome, RunRecord, StageCounts, Status, WorkerRecord
 from backfill.partitions import Order, Selection
 from backfill.sinks import Record, Sink, to_mappings
-from backfill.sources.http import HttpClient
+from backfill.sources.http import HttpClient, partition_requests, redact
 
 __all__ = ["ExitCode", "RunOptions", "RunResult", "Runner"]
 
@@ -164,7 +166,6 @@ class Runner:
         *,
         bus: EventBus | None = None,
         clock: Clock | None = None,
-        http_factory: Any = None,
     ) -> None:
         self.job = job
         self.ledger = ledger
@@ -175,8 +176,11 @@ class Runner:
         self.run_id = uuid.uuid4().hex[:12]
         self.worker_id = f"{_host()}:{os.getpid()}:{self.run_id}"
         self.cache = RunCache()
-        self._http_factory = http_factory or (lambda: HttpClient(timeout=job.http_timeout))
-        self._http: HttpClient | None = None
+        self._clients: dict[str | None, HttpClient] = {}
+        self._secrets = job.secrets
+        for resource in job.resources.values():
+            resource.reset()
+            resource.subscribe(self._on_resource)
         self._stop = asyncio.Event()
         self._immediate = False
         self._fatal: StageError | None = None
@@ -230,11 +234,33 @@ class Runner:
         else:
             self.stop("interrupted")
 
-    @property
-    def http(self) -> HttpClient:
-        if self._http is None:
-            self._http = self._http_factory()
-        return self._http
+    def http(self, resource: str | None = None) -> HttpClient:
+        """The run's HTTP client for ``resource`` (None: unlimited), created on first use."""
+        client = self._clients.get(resource)
+        if client is None:
+            if resource is None:
+                client = HttpClient(timeout=self.job.http_timeout, secrets=self._secrets)
+            else:
+                if resource not in self.job.resources:
+                    raise BackfillError(f"unknown resource {resource!r}; declare it on the job")
+                options = self.job.http_options[resource]
+                client = HttpClient(
+                    resource=self.job.resources[resource],
+                    timeout=options["timeout"],
+                    retries=options["retries"],
+                    headers=options["headers"],
+                    params=options["params"],
+                    secrets=self._secrets,
+                )
+            self._clients[resource] = client
+        return client
+
+    def _on_resource(self, name: str, what: str, seconds: float) -> None:
+        self.bus.emit(ResourceChanged(name, what, seconds))
+
+    def _clean(self, message: str) -> str:
+        """One line, bounded, with every secret masked: what the ledger and logs get."""
+        return _truncate(redact(message, self._secrets))
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -359,7 +385,7 @@ class Runner:
             counts=final,
             records=self._records,
             retries=self._retries,
-            requests=self._http.requests if self._http else 0,
+            requests=sum(c.requests for c in self._clients.values()),
             message=message,
             executed=self._executed,
             stage_stats={name: d.summary() for name, d in self._durations.items()},
@@ -389,8 +415,8 @@ class Runner:
         return result
 
     async def _close_resources(self, sinks: Iterable[Sink]) -> None:
-        if self._http is not None:
-            await self._http.aclose()
+        for client in self._clients.values():
+            await client.aclose()
         loop = asyncio.get_running_loop()
         for sink in sinks:
             with contextlib.suppress(Exception):
@@ -538,9 +564,25 @@ class Runner:
             self._log, {"run_id": self.run_id, "stage": stage.name, "partition": claim.key}
         )
         outcome: Outcome
+        # Requests ctx.http makes for this partition (this task's own context).
+        requests = [0]
+        partition_requests.set(requests)
+        checkpoint = [claim.checkpoint]
+        early = [0]
+
+        async def save_checkpoint(value: str | None) -> None:
+            checkpoint[0] = value
+            await self._db(self.ledger.save_checkpoint, self.worker_id, claim.id, value)
+
+        async def write_now(items: Iterable[object]) -> int:
+            count = await self._write(stage, partition, to_mappings(items))
+            early[0] += count
+            return count
+
         try:
             while True:
                 attempt += 1
+                early[0] = 0
                 ctx = Context(
                     partition=partition,
                     job=self.job.name,
@@ -549,11 +591,15 @@ class Runner:
                     attempt=attempt,
                     cache=self.cache,
                     log=adapter,
-                    _http=lambda: self.http,
+                    _http=self.http,
+                    _resource=stage.resource,
+                    checkpoint=checkpoint[0],
+                    _save_checkpoint=save_checkpoint,
+                    _write=write_now,
                 )
                 try:
                     records = await self._call(stage, ctx)
-                    written = await self._write(stage, partition, records)
+                    written = early[0] + await self._write(stage, partition, records)
                 except EmptyPartition as exc:
                     outcome = Outcome(
                         claim.id,
@@ -561,7 +607,7 @@ class Runner:
                         attempts=attempt,
                         duration=self.clock.monotonic() - started,
                         error_category="empty",
-                        error_message=_truncate(exc.reason),
+                        error_message=self._clean(exc.reason),
                     )
                     break
                 except asyncio.CancelledError:
@@ -577,7 +623,7 @@ class Runner:
                             Status.PENDING,
                             attempts=attempt,
                             error_category=error.category,
-                            error_message=_truncate(error.message),
+                            error_message=self._clean(error.message),
                         )
                         break
                     delay = None
@@ -594,7 +640,7 @@ class Runner:
                             attempts=attempt,
                             duration=self.clock.monotonic() - started,
                             error_category=error.category,
-                            error_message=_truncate(error.message),
+                            error_message=self._clean(error.message),
                         )
                         if not isinstance(exc, StageError):
                             adapter.debug("stage raised", exc_info=exc)
@@ -602,7 +648,12 @@ class Runner:
                     self._retries += 1
                     self.bus.emit(
                         PartitionRetrying(
-                            stage.name, claim.key, attempt, delay, error.category, error.message
+                            stage.name,
+                            claim.key,
+                            attempt,
+                            delay,
+                            error.category,
+                            self._clean(error.message),
                         )
                     )
                     await self.clock.sleep(delay)
@@ -614,9 +665,15 @@ class Runner:
                 self._records += written
                 break
         except asyncio.CancelledError:
-            await self._record(Outcome(claim.id, Status.PENDING, attempts=max(0, attempt - 1)))
+            await self._record(
+                Outcome(
+                    claim.id, Status.PENDING, attempts=max(0, attempt - 1), requests=requests[0]
+                )
+            )
             self.bus.emit(PartitionFinished(stage.name, claim.key, Status.PENDING, 0, 0.0, attempt))
             raise
+        if requests[0]:
+            outcome = dataclasses.replace(outcome, requests=requests[0])
         if outcome.status is not Status.PENDING:
             self._executed += 1
             self._durations[stage.name].add(outcome.duration)

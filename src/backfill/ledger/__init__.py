@@ -57,6 +57,7 @@ class Claim:
     dims: tuple[tuple[str, str], ...]
     attempts: int
     claims: int
+    checkpoint: str | None = None
 
     def partition(self, grain: Any) -> Partition:
         return Partition(self.key, self.start, self.end, grain, self.dims)
@@ -77,6 +78,7 @@ class Outcome:
     duration: float = 0.0
     error_category: str | None = None
     error_message: str | None = None
+    requests: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +186,12 @@ class Ledger(Protocol):
 
     def complete(self, owner: str, outcomes: Sequence[Outcome], *, now: float) -> int:
         """Record outcomes of partitions ``owner`` still holds; return how many applied."""
+
+    def save_checkpoint(self, owner: str, claim_id: int, checkpoint: str | None) -> bool:
+        """Store where a partition ``owner`` holds should resume; False if not held."""
+
+    def request_stats(self, job: str, stage: str) -> tuple[int, float | None]:
+        """How many finished partitions recorded requests, and their average."""
 
     def renew(self, owner: str, *, lease_seconds: float, now: float) -> int:
         """Push back the lease expiry of everything ``owner`` holds."""

@@ -36,7 +36,7 @@ from backfill.partitions import Order, Partition, Selection
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _PLAN_CHUNK = 20_000
 
 
@@ -51,6 +51,12 @@ def _load_queries() -> dict[str, str]:
 
 _SCHEMA = resources.files("backfill.ledger").joinpath("sql/sqlite_schema.sql").read_text()
 _Q = _load_queries()
+_MIGRATIONS = {
+    version: resources.files("backfill.ledger")
+    .joinpath(f"sql/sqlite_migrations/{version:04d}.sql")
+    .read_text()
+    for version in (2, 3)
+}
 
 
 def _statements(script: str) -> list[str]:
@@ -140,10 +146,14 @@ class SQLiteLedger:
                 )
             if version == SCHEMA_VERSION:
                 return
+            scripts = [_MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1)]
+        else:
+            scripts = [_SCHEMA]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _statements(_SCHEMA):
-                conn.execute(statement)
+            for script in scripts:
+                for statement in _statements(script):
+                    conn.execute(statement)
             conn.execute(
                 "INSERT OR REPLACE INTO backfill_meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -262,7 +272,9 @@ class SQLiteLedger:
             row_dims = dims.get(row[4])
             if row_dims is None:
                 row_dims = dims[row[4]] = dims_from_json(row[4])
-            claims.append(Claim(row[0], stage, row[1], start, end, row_dims, row[5], row[6]))
+            claims.append(
+                Claim(row[0], stage, row[1], start, end, row_dims, row[5], row[6], row[7])
+            )
         # RETURNING gives no order guarantee; the caller asked for window order.
         claims.sort(key=lambda c: (c.start, c.id), reverse=order is Order.NEWEST)
         return claims
@@ -283,6 +295,7 @@ class SQLiteLedger:
                 now,
                 o.id,
                 owner,
+                o.requests,
             )
             for o in outcomes
         ]
@@ -290,6 +303,21 @@ class SQLiteLedger:
             before = conn.total_changes
             conn.executemany(_Q["complete"], rows)
             return conn.total_changes - before
+
+    def save_checkpoint(self, owner: str, claim_id: int, checkpoint: str | None) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                _Q["save_checkpoint"], {"id": claim_id, "owner": owner, "checkpoint": checkpoint}
+            )
+            return cur.rowcount == 1
+
+    def request_stats(self, job: str, stage: str) -> tuple[int, float | None]:
+        with self._tx(write=False) as conn:
+            stage_id = self._stage_id(conn, job, stage, create=False)
+            if stage_id is None:
+                return 0, None
+            n, avg = conn.execute(_Q["request_stats"], {"stage_id": stage_id}).fetchone()
+        return int(n), (float(avg) if avg is not None else None)
 
     def renew(self, owner: str, *, lease_seconds: float, now: float) -> int:
         with self._tx() as conn:

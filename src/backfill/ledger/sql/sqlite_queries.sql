@@ -21,7 +21,7 @@ WHERE id IN (
     ORDER BY window_start {direction}, id {direction}
     LIMIT :limit
 )
-RETURNING id, key, window_start, window_end, dims, attempts, claims;
+RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint;
 
 -- name: claim_expired
 UPDATE backfill_partitions
@@ -36,11 +36,11 @@ WHERE id IN (
     ORDER BY window_start {direction}, id {direction}
     LIMIT :limit
 )
-RETURNING id, key, window_start, window_end, dims, attempts, claims;
+RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint;
 
 -- name: complete
 -- Positional: ?1 status, ?2 attempts, ?3 records, ?4 duration, ?5 error_category,
--- ?6 error_message, ?7 now, ?8 id, ?9 owner.
+-- ?6 error_message, ?7 now, ?8 id, ?9 owner, ?10 requests.
 UPDATE backfill_partitions
 SET status = ?1,
     attempts = attempts + ?2,
@@ -50,8 +50,19 @@ SET status = ?1,
     error_message = ?6,
     finished_at = CASE WHEN ?1 = 'pending' THEN finished_at ELSE ?7 END,
     lease_owner = NULL,
-    lease_expires_at = NULL
+    lease_expires_at = NULL,
+    requests = coalesce(requests, 0) + ?10,
+    checkpoint = CASE WHEN ?1 IN ('done', 'empty') THEN NULL ELSE checkpoint END
 WHERE id = ?8 AND lease_owner = ?9 AND status = 'running';
+
+-- name: save_checkpoint
+UPDATE backfill_partitions SET checkpoint = :checkpoint
+WHERE id = :id AND lease_owner = :owner AND status = 'running';
+
+-- name: request_stats
+SELECT count(requests), avg(requests)
+FROM backfill_partitions
+WHERE stage_id = :stage_id AND status IN ('done', 'empty') AND requests IS NOT NULL;
 
 -- name: renew
 UPDATE backfill_partitions SET lease_expires_at = :expires

@@ -1,4 +1,5 @@
--- backfill ledger, SQLite. Schema version 2 (see backfill_meta.schema_version).
+-- backfill ledger, SQLite. Schema version 3 (see backfill_meta.schema_version).
+-- A file of an older version is brought up to date by sqlite_migrations/NNNN.sql.
 
 CREATE TABLE IF NOT EXISTS backfill_meta (
     key   TEXT PRIMARY KEY,
@@ -33,6 +34,8 @@ CREATE TABLE IF NOT EXISTS backfill_partitions (
     run_id           TEXT,
     started_at       REAL,
     finished_at      REAL,
+    requests         INTEGER,         -- requests spent, all attempts together
+    checkpoint       TEXT,            -- where a stage asked to resume (e.g. a page cursor)
     UNIQUE (stage_id, key)
 );
 
