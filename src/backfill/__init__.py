@@ -36,11 +36,12 @@ from backfill.partitions import (
     weekly,
     yearly,
 )
+from backfill.ratelimit import Resource
 from backfill.retry import RetryPolicy
 from backfill.runner import Runner, RunOptions, RunResult
 from backfill.sinks import Sink
 from backfill.sinks.sqlite import SQLiteTable
-from backfill.sources.http import HttpClient
+from backfill.sources.http import Cursor, HttpClient, LinkHeader, NextUrl, Page, PageNumber
 
 __version__ = "0.1.0"
 
@@ -48,6 +49,7 @@ __all__ = [
     "BackfillError",
     "ConfigError",
     "Context",
+    "Cursor",
     "EmptyPartition",
     "FatalError",
     "Grain",
@@ -55,10 +57,15 @@ __all__ = [
     "Job",
     "Ledger",
     "LedgerError",
+    "LinkHeader",
+    "NextUrl",
     "Order",
+    "Page",
+    "PageNumber",
     "Partition",
     "PartitionSpec",
     "PermanentError",
+    "Resource",
     "RetryPolicy",
     "RunCache",
     "RunOptions",

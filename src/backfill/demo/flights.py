@@ -8,16 +8,27 @@ is slow, rate limited and unreliable; the destination is a SQLite table keyed by
     backfill status examples/flights.py
 
 Settings come from the environment: FLIGHTS_API (the API's base URL), FLIGHTS_DB (the
-SQLite file to fill), FLIGHTS_CONCURRENCY (requests in flight).
+SQLite file to fill), FLIGHTS_RATE (the API's limit, requests per second),
+FLIGHTS_CONCURRENCY (requests in flight).
 """
 
 import os
 from typing import Any
 
-from backfill import Context, EmptyPartition, Job, Partition, RetryPolicy, SQLiteTable, daily
+from backfill import (
+    Context,
+    EmptyPartition,
+    Job,
+    PageNumber,
+    Partition,
+    RetryPolicy,
+    SQLiteTable,
+    daily,
+)
 
 API = os.environ.get("FLIGHTS_API", "http://127.0.0.1:8813").rstrip("/")
 DATABASE = os.environ.get("FLIGHTS_DB", "flights.db")
+RATE = float(os.environ.get("FLIGHTS_RATE", "20"))
 CONCURRENCY = int(os.environ.get("FLIGHTS_CONCURRENCY", "8"))
 PAGE_SIZE = 500
 
@@ -28,29 +39,29 @@ job = Job(
         DATABASE, "flights", key=["year", "month", "day", "carrier", "flight", "origin"]
     ),
     description="2013 flights from NYC airports, from a paged JSON API",
-    # A stalled request is abandoned after 3 s and retried.
-    http_timeout=3.0,
 )
+
+# Every request of every stage using this resource together stays under the API's limit.
+# A stalled request is abandoned after 3 s and retried (up to 3 times per request).
+job.resource("flights_api", rate=RATE, burst=1, concurrency=CONCURRENCY, timeout=3.0, retries=3)
 
 
 @job.stage(
+    resource="flights_api",
     concurrency=CONCURRENCY,
-    timeout=60,
+    timeout=120,
     retry=RetryPolicy(attempts=10, base=0.25, cap=8.0),
+    requests_per_partition=2,
 )
 async def flights(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
     """Every flight of one day, all pages."""
     records: list[dict[str, Any]] = []
-    page = 1
-    while True:
-        body = await ctx.http.get_json(
-            f"{API}/v1/flights",
-            params={"date": partition.date.isoformat(), "page": page, "page_size": PAGE_SIZE},
-        )
-        records.extend(body["data"])
-        if page >= body["pages"]:
-            break
-        page += 1
+    async for page in ctx.http.paginate(
+        f"{API}/v1/flights",
+        params={"date": partition.date.isoformat(), "page_size": PAGE_SIZE},
+        pagination=PageNumber(page_param="page", data="data", total_pages="pages"),
+    ):
+        records.extend(page.records)
     if not records:
         raise EmptyPartition("no flights that day")
     return records

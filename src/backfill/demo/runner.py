@@ -103,6 +103,7 @@ def run_demo(
     with ReplayServer(config) as server:
         os.environ["FLIGHTS_API"] = server.url
         os.environ["FLIGHTS_DB"] = str(database)
+        os.environ["FLIGHTS_RATE"] = str(config.rate_limit)
         job: Job = load_job("backfill.demo.flights:job")
         ledger: Ledger = open_ledger(state_url)
         try:
