@@ -107,57 +107,100 @@ class _Scheduler:
 
 
 class AdaptiveRate:
-    """Finds a source's real limit: multiplicative decrease on 429, probing upward while
-    healthy, and memory of where the last 429 happened so the rate settles just below it
-    instead of see-sawing between half and full speed.
+    """Finds a source's real limit when it is unknown or declared wrong.
+
+    Like TCP: *slow start* multiplies the rate (x1.5 a second) until the first 429. A 429
+    then sets a threshold just under the rate the source actually *accepted* over the
+    last seconds (measured, not guessed), and the rate drops to it; above the threshold
+    the rate only creeps up (about 1 % of the limit per step, steps spaced so that a
+    probe past the limit costs well under 2 % of requests). With no trustworthy
+    measurement yet (e.g. a start far above the limit) a 429 halves the rate instead.
     """
 
     def __init__(
         self,
         start: float,
         *,
-        floor: float = 0.1,
+        floor: float = 0.05,
         ceiling: float = 10_000.0,
-        decrease: float = 0.7,
-        increase_every: float = 1.0,
+        margin: float = 0.95,
     ) -> None:
-        self.rate = start
+        self.rate = min(max(start, floor), ceiling)
         self.floor = floor
         self.ceiling = ceiling
-        self.decrease = decrease
-        self.increase_every = increase_every
+        self.margin = margin
+        self.threshold: float | None = None
         self.limit_seen: float | None = None
-        self._last_change = -math.inf
+        self._accepted: collections.deque[float] = collections.deque()
+        self._measure_from = -math.inf
+        self._last_update: float | None = None
         self._last_decrease = -math.inf
 
-    def on_rate_limited(self, now: float, sending_rate: float) -> bool:
-        """A 429: back off (once per burst of 429s); return True when the rate changed."""
+    def _accepted_rate(self, now: float) -> float | None:
+        # The last second (or ~8 requests' worth at low rates): when we send faster than
+        # the source accepts, that is what it accepts; longer windows would average in
+        # the slower ramp that led up to the 429.
+        window = max(1.0, 8.0 / max(self.rate, 1e-9))
+        start = max(self._measure_from, now - window)
+        while self._accepted and self._accepted[0] < start:
+            self._accepted.popleft()
+        span = now - start
+        if span < 0.5 * window or len(self._accepted) < 4:
+            return None
+        return len(self._accepted) / span
+
+    def on_rate_limited(self, now: float, resume_at: float) -> bool:
+        """A 429 (or a clearly congested source): slow down; True when the rate changed.
+
+        ``resume_at`` is when traffic restarts after the pause this 429 caused.
+        """
         if now - self._last_decrease < 1.0:
-            return False
-        seen = min(self.rate, sending_rate) if sending_rate > 0 else self.rate
-        self.limit_seen = seen if self.limit_seen is None else 0.5 * (self.limit_seen + seen)
-        self.rate = max(self.floor, seen * self.decrease)
-        self._last_decrease = self._last_change = now
+            return False  # the same burst of 429s
+        accepted = self._accepted_rate(now)
+        if accepted is not None:
+            self.limit_seen = accepted
+            self.threshold = max(self.floor, self.margin * accepted)
+            self.rate = self.threshold
+        else:
+            self.rate = max(self.floor, self.rate * 0.5)
+        self._last_decrease = now
+        self._measure_from = resume_at
+        self._accepted.clear()
+        self._last_update = resume_at
         return True
 
     def on_header_limit(self, rate: float, now: float) -> None:
         """The server told us its limit: use it (a hair below, for clock skew)."""
         self.limit_seen = rate
-        self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
-        self._last_change = now
+        self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
+        self._last_update = now
 
     def on_success(self, now: float) -> bool:
-        """Healthy: every ``increase_every`` seconds, step up; return True when changed."""
-        if now - self._last_change < self.increase_every:
+        """An accepted request; return True when the rate changed."""
+        self._accepted.append(now)
+        if self._last_update is None:
+            self._last_update = self._measure_from = now
             return False
-        self._last_change = now
-        if self.limit_seen is None:
-            step = self.rate * 0.25  # nothing known yet: grow quickly
-        elif self.rate < 0.95 * self.limit_seen:
-            step = max(0.05 * self.limit_seen, 0.1)  # climb back towards the known limit
+        elapsed = now - self._last_update
+        if self.threshold is None or self.rate < self.threshold:
+            if elapsed < 0.25:
+                return False
+            self.rate = min(self.ceiling, self.rate * 1.5**elapsed)
+            if self.threshold is not None:
+                self.rate = min(self.rate, self.threshold)
         else:
-            step = max(0.01 * self.limit_seen, 0.02)  # probe gently past it
-        self.rate = min(self.ceiling, self.rate + step)
+            # One probe step of 1 % of the limit every few seconds: crossing the limit
+            # costs a 429 and a Retry-After pause, so cycles must be long for the pause
+            # (and the 429s) to stay a small fraction of the time (and the requests).
+            step_every = max(6.0, 12.5 / max(self.threshold, 1e-9))
+            if elapsed < step_every:
+                return False
+            self.rate = min(self.ceiling, self.rate + 0.01 * self.threshold)
+            if self.rate > 1.1 * self.threshold / self.margin:
+                # 10 % past the old limit without a 429: the limit rose or was
+                # underestimated; search upwards quickly again.
+                self.threshold = None
+        self._last_update = now
         return True
 
 
@@ -422,16 +465,17 @@ class Resource:
             latency is not None
             and self.adaptive is not None
             and self._latency_rising(latency)
-            and self.adaptive.on_rate_limited(now, self.sending_rate())
+            and self.adaptive.on_rate_limited(now, now)
         ):
             self._adaptive_scheduler.set_rate(self.adaptive.rate, self.burst)
         if outcome is Outcome.RATE_LIMITED:
             self.rate_limited += 1
+            wait = retry_after if retry_after is not None else 1.0
             if self.adaptive is not None and self.adaptive.on_rate_limited(
-                now, self.sending_rate()
+                now, max(now + wait, self.paused_until)
             ):
                 self._adaptive_scheduler.set_rate(self.adaptive.rate, self.burst)
-            self.pause(retry_after if retry_after is not None else 1.0, "429")
+            self.pause(wait, "429")
         elif outcome is Outcome.OK and self.adaptive is not None and self.adaptive.on_success(now):
             self._adaptive_scheduler.set_rate(self.adaptive.rate, self.burst)
         if self.adaptive is not None and limit and window:
