@@ -1,0 +1,257 @@
+"""HTTP resources against a real server on 127.0.0.1 that records every request."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from backfill import Context, Job, Partition, RetryPolicy, Status, daily
+from backfill.ledger import open_ledger
+from backfill.testing import run_job
+
+Handler = Callable[[Request, int], Response]
+
+
+class RecordingServer:
+    """A loopback server whose answers come from ``handler(request, n)`` (n counts from 0)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.paths: list[str] = []
+        self.handler: Handler = lambda request, n: JSONResponse({"data": [{"n": n}]})
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        with self._lock:
+            n = len(self.times)
+            self.times.append(time.monotonic())
+            self.paths.append(str(request.url))
+        response = self.handler(request, n)
+        await response(scope, receive, send)
+
+    def worst_window(self, width: float = 1.0) -> int:
+        return max(sum(1 for t in self.times if s <= t < s + width) for s in self.times)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[RecordingServer, str]]:
+    app = RecordingServer()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="critical", access_log=False, lifespan="off")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not uv.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield app, f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    thread.join(5)
+    sock.close()
+
+
+def test_three_stages_sharing_a_resource_stay_under_its_rate(
+    server: tuple[RecordingServer, str],
+) -> None:
+    """Three stages on one resource of 20/s, burst 2: no 1 s window sees more than 22."""
+    app, url = server
+    job = Job("shared", partitions=daily("2013-01-01", "2013-01-10"))
+    job.resource("api", rate="20/s", burst=2, concurrency=16)
+
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        for _ in range(3):
+            await ctx.http.get_json(f"{url}/x", params={"day": partition.key})
+        return []
+
+    for name in ("a", "b", "c"):
+        job.stage(name=name, resource="api", concurrency=8)(fetch)
+    result = run_job(job)
+    assert result.exit_code == 0
+    assert len(app.times) == 90
+    assert app.worst_window(1.0) <= 22
+    elapsed = app.times[-1] - app.times[0]
+    assert elapsed >= (90 - 2) / 20 - 0.1
+
+
+def _retry_after_job(url: str) -> Job:
+    job = Job("ra", partitions=daily("2013-01-01", "2013-01-01"))
+    job.resource("api", rate="50/s", concurrency=1, retries=3)
+
+    @job.stage(resource="api")
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        body = await ctx.http.get_json(f"{url}/x")
+        return list(body["data"])
+
+    return job
+
+
+def test_retry_after_in_seconds_is_honoured(server: tuple[RecordingServer, str]) -> None:
+    """A 429 with Retry-After: 1 holds the next request back at least one second."""
+    app, url = server
+    app.handler = lambda request, n: (
+        JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": "1"})
+        if n == 0
+        else JSONResponse({"data": [{"n": n}]})
+    )
+    assert run_job(_retry_after_job(url)).exit_code == 0
+    assert len(app.times) == 2
+    assert app.times[1] - app.times[0] >= 0.95
+
+
+def test_retry_after_as_an_http_date_is_honoured(server: tuple[RecordingServer, str]) -> None:
+    """A 503 whose Retry-After is an HTTP-date two seconds ahead holds requests back."""
+    app, url = server
+
+    def handler(request: Request, n: int) -> Response:
+        if n == 0:
+            when = email.utils.formatdate(time.time() + 2, usegmt=True)
+            return JSONResponse({"error": "busy"}, 503, headers={"Retry-After": when})
+        return JSONResponse({"data": [{"n": n}]})
+
+    app.handler = handler
+    assert run_job(_retry_after_job(url)).exit_code == 0
+    assert app.times[1] - app.times[0] >= 0.95  # HTTP-dates have whole-second resolution
+
+
+def test_a_429_storm_pauses_the_resource_once(server: tuple[RecordingServer, str]) -> None:
+    """Eight concurrent requests answered 429: one pause, then every request waits it out."""
+    app, url = server
+    app.handler = lambda request, n: (
+        JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": "1"})
+        if n < 8
+        else JSONResponse({"data": [{"n": n}]})
+    )
+    job = Job("storm", partitions=daily("2013-01-01", "2013-01-08"))
+    api = job.resource("api", rate="1000/s", burst=8, concurrency=8, retries=3)
+
+    @job.stage(resource="api", concurrency=8)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        await asyncio.sleep(0)
+        body = await ctx.http.get_json(f"{url}/x")
+        return list(body["data"])
+
+    events: list[str] = []
+    from backfill.events import EventBus, ResourceChanged
+
+    bus = EventBus()
+    bus.subscribe(lambda e: events.append(e.what) if isinstance(e, ResourceChanged) else None)
+    assert run_job(job, bus=bus).exit_code == 0
+    assert api.pauses == 1
+    assert events == ["paused (429)"]
+    storm_end = app.times[7]
+    assert all(t - storm_end >= 0.9 for t in app.times[8:])
+
+
+def test_server_errors_are_retried_per_request_without_losing_rows(
+    server: tuple[RecordingServer, str],
+) -> None:
+    """5xx and truncated bodies are retried request by request; every row arrives once."""
+    app, url = server
+
+    def handler(request: Request, n: int) -> Response:
+        if n % 4 == 1:
+            return JSONResponse({"error": "oops"}, 502)
+        if n % 4 == 2:
+            return Response(b'{"data": [{"day": "x"', media_type="application/json")
+        return JSONResponse({"data": [{"day": request.query_params["day"]}]})
+
+    app.handler = handler
+    from backfill.testing import MemorySink
+
+    sink = MemorySink(key=["day"])
+    job = Job("faulty", partitions=daily("2013-01-01", "2013-01-20"), sink=sink)
+    job.resource("api", rate="200/s", burst=5, concurrency=4, retries=4)
+
+    @job.stage(resource="api", retry=RetryPolicy(attempts=3, base=0.0))
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        body = await ctx.http.get_json(f"{url}/x", params={"day": partition.key})
+        return list(body["data"])
+
+    ledger = open_ledger(":memory:")
+    assert run_job(job, ledger).exit_code == 0
+    assert sorted(k[0] for k in sink.rows) == [p.key for p in job.stages["fetch"].partitions]
+    entries = ledger.entries("faulty", "fetch", status=Status.DONE)
+    assert sum(1 for _ in entries) == 20
+
+
+JOB_FILE = """
+import os
+from backfill import Job, PermanentError, daily
+
+URL = os.environ["TEST_URL"]
+job = Job("guarded", partitions=daily("2013-01-01", "2013-01-05"))
+job.resource("source_api", rate="50/s", params={"api_key": "SECRET-KEY-123"}, retries=0)
+
+
+@job.stage(resource="source_api", concurrency=2)
+async def fetch(ctx, partition):
+    body = await ctx.http.get_json(f"{URL}/x", params={"day": partition.key})
+    return body["data"]
+"""
+
+
+def _cli(workdir: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "backfill.cli", *args],
+        cwd=workdir,
+        env={"PATH": "/usr/bin:/bin", "TEST_URL": url, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_401_stops_the_run_with_one_line_naming_resource_and_status(
+    server: tuple[RecordingServer, str], tmp_path: Path
+) -> None:
+    """401: exit 2, one line naming the resource and the status, no secret, ledger clean."""
+    app, url = server
+    app.handler = lambda request, n: JSONResponse({"error": "bad key"}, 401)
+    (tmp_path / "job.py").write_text(textwrap.dedent(JOB_FILE))
+    result = _cli(tmp_path, url, "run", "job.py", "--progress", "none")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, result.stderr
+    assert "resource source_api" in errors[0]
+    assert "401" in errors[0]
+    assert "SECRET-KEY-123" not in result.stdout + result.stderr
+    ledger = open_ledger(f"sqlite:///{tmp_path}/.backfill/state.db")
+    counts = ledger.counts("guarded", ["fetch"])["fetch"]
+    assert (counts.running, counts.failed, counts.pending) == (0, 0, 5)
+
+
+def test_secrets_never_reach_the_ledger_or_the_screen(
+    server: tuple[RecordingServer, str], tmp_path: Path
+) -> None:
+    """With an api_key in every URL, failure messages in the ledger and status mask it."""
+    app, url = server
+    app.handler = lambda request, n: JSONResponse({"error": "no such day"}, 404)
+    (tmp_path / "job.py").write_text(textwrap.dedent(JOB_FILE))
+    result = _cli(tmp_path, url, "run", "job.py", "--progress", "plain")
+    assert result.returncode == 1
+    status = _cli(tmp_path, url, "status", "job.py")
+    assert "http_404" in status.stdout
+    assert "api_key=***" in status.stdout
+    for text in (result.stdout, result.stderr, status.stdout, status.stderr):
+        assert "SECRET-KEY-123" not in text
+    for state_file in (tmp_path / ".backfill").glob("state.db*"):
+        assert b"SECRET-KEY-123" not in state_file.read_bytes()
+    assert all("api_key=SECRET-KEY-123" in p for p in app.paths)
