@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from backfill.errors import BackfillError
+from backfill.estimate import estimate
 from backfill.events import EventBus
 from backfill.job import Job, Stage, load_job
 from backfill.ledger import DEFAULT_STATE_URL, Ledger, StageCounts, Status, open_ledger
@@ -278,6 +279,7 @@ def plan(
     ledger = open_ledger(state, create=False)
     try:
         rows = _counts(ledger, job, stages, selection)
+        history = {s.name: ledger.request_stats(job.name, s.name) for s in stages}
     finally:
         ledger.close()
     table = Table(title=f"plan for job {job.name}", title_justify="left")
@@ -305,6 +307,24 @@ def plan(
         "failed ones rerun with `backfill retry`",
         highlight=False,
     )
+    to_run_by_stage = {s.name: rows[s.name][0].pending + rows[s.name][1] for s in stages}
+    for e in estimate(job, stages, to_run_by_stage, history):
+        if e.requests is None or e.requests_per_partition is None:
+            out.print(
+                f"{e.resource}: {e.partitions:,} partitions; requests per partition unknown "
+                "(declare requests_per_partition= on the stage, or run some first)",
+                highlight=False,
+            )
+            continue
+        duration = format_duration(e.seconds) if e.seconds is not None else "unknown"
+        out.print(
+            f"{e.resource}: {e.partitions:,} partitions × {e.requests_per_partition:.1f} "
+            f"requests ({e.source}) = {e.requests:,.0f} requests at {e.rate_description} "
+            f"≈ {duration}",
+            highlight=False,
+        )
+        for warning in e.quota_warnings:
+            out.print(f"[yellow]warning:[/] {e.resource} {warning}", highlight=False)
 
 
 @app.command()

@@ -1,0 +1,89 @@
+"""How long a plan takes at a resource's limits, and whether it fits a quota."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from backfill.job import Job, Stage
+
+__all__ = ["ResourceEstimate", "estimate"]
+
+# History beats a declared guess once this many partitions recorded their requests.
+_MIN_HISTORY = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceEstimate:
+    resource: str
+    partitions: int
+    requests_per_partition: float | None
+    source: str  # "history", "declared" or "unknown"
+    requests: float | None
+    seconds: float | None
+    rate_description: str
+    quota_warnings: tuple[str, ...]
+
+
+def estimate(
+    job: Job,
+    stages: Sequence[Stage],
+    to_run: Mapping[str, int],
+    history: Mapping[str, tuple[int, float | None]],
+) -> list[ResourceEstimate]:
+    """Per resource: requests the selected work needs, time at the limit, quota checks."""
+    result: list[ResourceEstimate] = []
+    for name, resource in job.resources.items():
+        users = [s for s in stages if s.resource == name]
+        if not users:
+            continue
+        partitions = sum(to_run[s.name] for s in users)
+        total: float | None = 0.0
+        per: list[float] = []
+        sources: set[str] = set()
+        for s in users:
+            n, avg = history.get(s.name, (0, None))
+            if n >= _MIN_HISTORY and avg is not None:
+                value, origin = avg, "history"
+            elif s.requests_per_partition is not None:
+                value, origin = s.requests_per_partition, "declared"
+            else:
+                total, origin = None, "unknown"
+                sources.add(origin)
+                continue
+            sources.add(origin)
+            per.append(value)
+            if total is not None:
+                total += value * to_run[s.name]
+        source = (
+            "unknown"
+            if "unknown" in sources
+            else ("history" if "history" in sources else "declared")
+        )
+        rate = min((lim.rate for lim in resource.limits), default=None)
+        seconds = total / rate if total is not None and rate else None
+        warnings = []
+        for lim in resource.limits:
+            if total is not None and lim.period >= 3600 and total > lim.count:
+                periods = total / lim.count
+                warnings.append(
+                    f"needs {total:,.0f} requests, more than the {lim} quota: "
+                    f"at least {periods:.1f} × {_period_name(lim.period)}"
+                )
+        result.append(
+            ResourceEstimate(
+                resource=name,
+                partitions=partitions,
+                requests_per_partition=(sum(per) / len(per)) if per and total is not None else None,
+                source=source,
+                requests=total,
+                seconds=seconds,
+                rate_description=resource.rate_description(),
+                quota_warnings=tuple(warnings),
+            )
+        )
+    return result
+
+
+def _period_name(seconds: float) -> str:
+    return {86400.0: "days", 3600.0: "hours"}.get(seconds, f"{seconds:g}-second periods")
