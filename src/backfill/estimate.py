@@ -60,8 +60,7 @@ def estimate(
             if "unknown" in sources
             else ("history" if "history" in sources else "declared")
         )
-        rate = min((lim.rate for lim in resource.limits), default=None)
-        seconds = total / rate if total is not None and rate else None
+        seconds = resource.seconds_for(total) if total is not None and resource.limits else None
         warnings = []
         for lim in resource.limits:
             if total is not None and lim.period >= 3600 and total > lim.count:

@@ -106,6 +106,32 @@ class _Scheduler:
         self.tat = max(self.tat, start) + self.interval
 
 
+class _Window:
+    """At most ``count`` starts in any window of ``period`` seconds (a quota such as
+    10000/day): exact, from a log of the last ``count`` starts."""
+
+    __slots__ = ("count", "log", "period")
+
+    def __init__(self, count: int, period: float) -> None:
+        self.count = count
+        self.period = period
+        self.log: collections.deque[float] = collections.deque(maxlen=count)
+
+    def earliest(self, now: float) -> float:
+        if len(self.log) < self.count:
+            return now
+        return max(now, self.log[0] + self.period)
+
+    def book(self, start: float) -> None:
+        self.log.append(start)
+
+
+# Limits over longer periods than this are quotas, counted exactly over a sliding window;
+# shorter ones are rates, smoothed by virtual scheduling with the resource's burst.
+_QUOTA_PERIOD = 1.0
+_MAX_LOG = 1_000_000
+
+
 class AdaptiveRate:
     """Finds a source's real limit when it is unknown or declared wrong.
 
@@ -299,7 +325,12 @@ class Resource:
         self.concurrency = concurrency
         self.limits = declared
         self.clock: Clock = clock or SystemClock()
-        self._schedulers = [_Scheduler(lim.rate, burst) for lim in declared]
+        self._schedulers: list[_Scheduler | _Window] = [
+            _Window(int(lim.count), lim.period)
+            if lim.period > _QUOTA_PERIOD and lim.count <= _MAX_LOG and lim.count == int(lim.count)
+            else _Scheduler(lim.rate, burst)
+            for lim in declared
+        ]
         self.adaptive: AdaptiveRate | None = None
         if adaptive:
             primary = min((lim.rate for lim in declared), default=None)
@@ -334,16 +365,31 @@ class Resource:
 
     @property
     def rate(self) -> float:
-        """The rate the resource runs at now (requests per second)."""
-        rates = [lim.rate for lim in self.limits]
+        """The sustained rate the resource runs at now (requests per second); quotas over
+        longer periods are left out (see :meth:`seconds_for`)."""
+        rates = [lim.rate for lim in self.limits if lim.period <= _QUOTA_PERIOD]
         if self.adaptive is not None:
             rates.append(self.adaptive.rate)
-        return min(rates)
+        return min(rates) if rates else min(lim.rate for lim in self.limits)
+
+    def seconds_for(self, requests: float) -> float:
+        """The least time ``requests`` need under every limit (quotas included)."""
+        rates = [lim.rate for lim in self.limits if lim.period <= _QUOTA_PERIOD]
+        if self.adaptive is not None:
+            rates.append(self.adaptive.rate)
+        seconds = requests / min(rates) if rates else 0.0
+        for lim in self.limits:
+            if lim.period > _QUOTA_PERIOD and requests > lim.count:
+                seconds = max(seconds, (math.ceil(requests / lim.count) - 1) * lim.period)
+        return seconds
 
     def reset(self) -> None:
         """Forget bookings, pauses, breaker state and listeners (a new run starts)."""
         for scheduler in self._schedulers:
-            scheduler.tat = -math.inf
+            if isinstance(scheduler, _Window):
+                scheduler.log.clear()
+            else:
+                scheduler.tat = -math.inf
         self.paused_until = -math.inf
         old = self.breaker
         self.breaker = CircuitBreaker(

@@ -218,3 +218,14 @@ def test_a_resource_needs_a_rate_or_adaptive_mode() -> None:
     """A resource without any limit is a configuration error."""
     with pytest.raises(ConfigError, match="needs a rate"):
         Resource("api")
+
+
+def test_a_quota_lets_work_run_at_full_rate_until_it_is_spent() -> None:
+    """50/min on top of 100/s: fifty requests go at full speed, the next one a minute later."""
+    clock = FakeClock()
+    resource = Resource("api", rate="100/s", burst=1, limits=["50/min"], clock=clock)
+    times = starts(resource, clock, until=61.0, workers=1)
+    assert times[49] < 0.5
+    assert times[50] >= 60.0
+    assert resource.seconds_for(120) == pytest.approx(120.0)
+    assert resource.seconds_for(40) == pytest.approx(0.4)
