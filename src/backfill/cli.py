@@ -561,6 +561,9 @@ def demo(
         bool, typer.Option(help="Only serve the replay API (for examples/flights.py).")
     ] = False,
     port: Annotated[int, typer.Option(help="Port for --serve.")] = 8813,
+    adaptive: Annotated[
+        bool, typer.Option(help="Do not tell the job the API's limit: adaptive mode finds it.")
+    ] = False,
     progress: Annotated[str, typer.Option(help="auto, live, plain or none.")] = "auto",
 ) -> None:
     """Backfill all 365 days of 2013 US flights from a local, unfriendly replay API.
@@ -573,6 +576,7 @@ def demo(
 
       backfill demo
       backfill demo --fresh --rate 50
+      backfill demo --fresh --adaptive --rate 37   # the job must discover the limit
       backfill demo --serve --port 8813   # then: backfill run examples/flights.py
     """
     from backfill.demo.runner import run_demo, serve_demo
@@ -581,6 +585,7 @@ def demo(
         serve_demo(rate=rate, calm=calm, port=port)
         return
     code = run_demo(
+        adaptive=adaptive,
         directory=directory,
         fresh=fresh,
         rate=rate,

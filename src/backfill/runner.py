@@ -112,6 +112,7 @@ class RunResult:
     records: int = 0
     retries: int = 0
     requests: int = 0
+    request_retries: int = 0
     message: str | None = None
     executed: int = 0
     stage_stats: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -386,6 +387,7 @@ class Runner:
             records=self._records,
             retries=self._retries,
             requests=sum(c.requests for c in self._clients.values()),
+            request_retries=sum(c.retried for c in self._clients.values()),
             message=message,
             executed=self._executed,
             stage_stats={name: d.summary() for name, d in self._durations.items()},
@@ -401,6 +403,7 @@ class Runner:
                 "records": self._records,
                 "retries": self._retries,
                 "requests": result.requests,
+                "request_retries": result.request_retries,
                 "elapsed": round(elapsed, 3),
                 "stages": {
                     n: {"done": c.done, "empty": c.empty, "failed": c.failed, "pending": c.pending}

@@ -8,8 +8,8 @@ is slow, rate limited and unreliable; the destination is a SQLite table keyed by
     backfill status examples/flights.py
 
 Settings come from the environment: FLIGHTS_API (the API's base URL), FLIGHTS_DB (the
-SQLite file to fill), FLIGHTS_RATE (the API's limit, requests per second),
-FLIGHTS_CONCURRENCY (requests in flight).
+SQLite file to fill), FLIGHTS_RATE (the API's limit in requests per second, or
+"adaptive" to let the resource find it), FLIGHTS_CONCURRENCY (requests in flight).
 """
 
 import os
@@ -28,7 +28,7 @@ from backfill import (
 
 API = os.environ.get("FLIGHTS_API", "http://127.0.0.1:8813").rstrip("/")
 DATABASE = os.environ.get("FLIGHTS_DB", "flights.db")
-RATE = float(os.environ.get("FLIGHTS_RATE", "20"))
+RATE = os.environ.get("FLIGHTS_RATE", "20")
 CONCURRENCY = int(os.environ.get("FLIGHTS_CONCURRENCY", "8"))
 PAGE_SIZE = 500
 
@@ -43,7 +43,25 @@ job = Job(
 
 # Every request of every stage using this resource together stays under the API's limit.
 # A stalled request is abandoned after 3 s and retried (up to 3 times per request).
-job.resource("flights_api", rate=RATE, burst=1, concurrency=CONCURRENCY, timeout=3.0, retries=3)
+if RATE == "adaptive":
+    # The limit is not known: start gently and let the resource discover it from 429s.
+    job.resource(
+        "flights_api",
+        adaptive=True,
+        start_rate=5,
+        concurrency=CONCURRENCY,
+        timeout=3.0,
+        retries=3,
+    )
+else:
+    job.resource(
+        "flights_api",
+        rate=float(RATE),
+        burst=1,
+        concurrency=CONCURRENCY,
+        timeout=3.0,
+        retries=3,
+    )
 
 
 @job.stage(

@@ -77,6 +77,7 @@ def run_demo(
     rate: float,
     calm: bool,
     progress: str,
+    adaptive: bool = False,
     console: Console,
     execute: Callable[..., RunResult],
 ) -> int:
@@ -94,16 +95,17 @@ def run_demo(
         if calm
         else ReplayConfig(rate_limit=rate)
     )
+    told = "not told to the job: adaptive mode finds it" if adaptive else "declared in the job"
     console.print(
         f"[bold]backfill demo[/]: 365 days of 2013 NYC flights from a replay API limited to "
-        f"{config.rate_limit:g} requests/s, with latency, 429s, 5xx, truncated bodies and "
-        f"stalls, into {database}",
+        f"{config.rate_limit:g} requests/s ({told}), with latency, 429s, 5xx, truncated "
+        f"bodies and stalls, into {database}",
         highlight=False,
     )
     with ReplayServer(config) as server:
         os.environ["FLIGHTS_API"] = server.url
         os.environ["FLIGHTS_DB"] = str(database)
-        os.environ["FLIGHTS_RATE"] = str(config.rate_limit)
+        os.environ["FLIGHTS_RATE"] = "adaptive" if adaptive else str(config.rate_limit)
         job: Job = load_job("backfill.demo.flights:job")
         ledger: Ledger = open_ledger(state_url)
         try:
@@ -133,7 +135,10 @@ def run_demo(
             f"{stats['rate_limited']:,} × 429, {stats['errors']:,} × 5xx, "
             f"{stats['truncated']:,} truncated, {stats['stalled']:,} stalled",
         ),
-        ("retries", f"{result.retries:,}"),
+        (
+            "retries",
+            f"{result.request_retries:,} requests retried, {result.retries:,} partitions retried",
+        ),
         ("elapsed", format_duration(result.elapsed)),
         (
             "throughput",
