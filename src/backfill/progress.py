@@ -35,12 +35,14 @@ _RATE_WINDOW = 30.0
 
 
 def format_duration(seconds: float | None) -> str:
-    """``3h04m``, ``12m05s``, ``42s``; ``-`` when unknown."""
+    """``21d04h``, ``3h04m``, ``12m05s``, ``42s``; ``-`` when unknown."""
     if seconds is None or seconds != seconds or seconds == float("inf"):
         return "-"
     whole = max(0, round(seconds))
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
+    if hours >= 48:
+        return f"{hours // 24}d{hours % 24:02d}h"
     if hours:
         return f"{hours}h{minutes:02d}m"
     if minutes:

@@ -248,3 +248,9 @@ def test_live_progress_close_is_safe_before_start_and_twice():
     live.close()
     live.close()
     assert live._live is None
+
+
+def test_format_duration_counts_days_for_long_runs():
+    """Durations of two days and more read in days and hours."""
+    assert format_duration(21 * 86400 + 4 * 3600) == "21d04h"
+    assert format_duration(47 * 3600) == "47h00m"
