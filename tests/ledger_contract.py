@@ -236,6 +236,33 @@ class LedgerContract:
         assert [(g.category, g.count) for g in groups] == [("timeout", 3), ("http_404", 2)]
         assert groups[0].example_message == f"timeout on {groups[0].example_key}"
 
+    def test_checkpoint_is_kept_until_the_partition_finishes(self, ledger: Ledger) -> None:
+        """A saved checkpoint comes back with the next claim, and is cleared once done."""
+        ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
+        (first,) = claim(ledger, "a")
+        assert first.checkpoint is None
+        assert ledger.save_checkpoint("a", first.id, "page-2")
+        assert not ledger.save_checkpoint("intruder", first.id, "page-9")
+        ledger.complete("a", [Outcome(first.id, Status.PENDING, requests=4)], now=1001.0)
+        (again,) = claim(ledger, "b", now=1002.0)
+        assert again.checkpoint == "page-2"
+        ledger.complete("b", [Outcome(again.id, Status.DONE, requests=3)], now=1003.0)
+        ledger.requeue(JOB, [STAGE], [Status.DONE])
+        (third,) = claim(ledger, "c", now=1004.0)
+        assert third.checkpoint is None
+
+    def test_requests_are_summed_per_partition_for_planning(self, ledger: Ledger) -> None:
+        """Requests spent add up per partition; finished ones feed the average."""
+        ledger.plan(JOB, STAGE, SPEC)
+        claims = claim(ledger, "a", limit=4)
+        ledger.complete(
+            "a",
+            [Outcome(c.id, Status.DONE, requests=2 + i) for i, c in enumerate(claims)],
+            now=1001.0,
+        )
+        assert ledger.request_stats(JOB, STAGE) == (4, 3.5)
+        assert ledger.request_stats(JOB, "never") == (0, None)
+
     # -- maintenance ----------------------------------------------------------------------
 
     def test_requeue_returns_failed_partitions_to_pending(self, ledger: Ledger) -> None:

@@ -89,3 +89,40 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     second = SQLiteLedger(tmp_path / "s.db")
     assert second.counts("j", ["s"])["s"].pending == 31
     second.close()
+
+
+@pytest.mark.parametrize("old_version", [1, 2])
+def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: int) -> None:
+    """A state file of schema 1 or 2 is brought up to date on open, keeping its rows."""
+    import sqlite3
+
+    from backfill.ledger import Outcome, Status
+    from backfill.ledger.sqlite import SCHEMA_VERSION
+    from backfill.partitions import daily
+
+    target = tmp_path / "old.db"
+    store = SQLiteLedger(target)
+    store.plan("j", "s", daily("2013-01-01", "2013-01-31"))
+    store.close()
+    with sqlite3.connect(target) as conn:
+        conn.execute("ALTER TABLE backfill_partitions DROP COLUMN requests")
+        conn.execute("ALTER TABLE backfill_partitions DROP COLUMN checkpoint")
+        if old_version == 1:
+            conn.execute("DROP INDEX backfill_partitions_pending")
+            conn.execute(
+                "CREATE INDEX backfill_partitions_claim "
+                "ON backfill_partitions (stage_id, status, window_start)"
+            )
+        conn.execute(
+            "UPDATE backfill_meta SET value = ? WHERE key = 'schema_version'", (str(old_version),)
+        )
+    migrated = SQLiteLedger(target)
+    (got,) = migrated.claim("j", "s", "me", limit=1, lease_seconds=60, now=1.0, run_id="r")
+    assert migrated.complete("me", [Outcome(got.id, Status.DONE, requests=2)], now=2.0) == 1
+    assert migrated.counts("j", ["s"])["s"].done == 1
+    migrated.close()
+    with sqlite3.connect(target) as conn:
+        version = conn.execute("SELECT value FROM backfill_meta").fetchone()[0]
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert int(version) == SCHEMA_VERSION
+    assert "backfill_partitions_claim" not in indexes
