@@ -463,7 +463,8 @@ class Resource:
             yield
 
     def _latency_rising(self, latency: float) -> bool:
-        """True when latency has tripled over its healthy level: the source is queueing."""
+        """True when latency has quadrupled over its healthy level, by 200 ms or more: the
+        source is queueing (a busy client machine alone must not look like that)."""
         self._latency_ewma = (
             latency if self._latency_ewma is None else 0.9 * self._latency_ewma + 0.1 * latency
         )
@@ -473,7 +474,7 @@ class Resource:
         return (
             self._latency_samples > 20
             and self._latency_floor > 0
-            and self._latency_ewma > 3 * self._latency_floor + 0.05
+            and self._latency_ewma > 4 * self._latency_floor + 0.2
         )
 
     def sending_rate(self, window: float = 2.0) -> float:

@@ -305,9 +305,9 @@ def test_adaptive_mode_finds_a_hidden_limit_in_real_time(
         await task
 
     started = time.monotonic()
-    asyncio.run(run_for(24.0))
-    late = [t for t in handler.accepted if t - started >= 12.0 and t - started < 24.0]
-    rate = len(late) / 12.0
+    asyncio.run(run_for(36.0))
+    late = [t for t in handler.accepted if 12.0 <= t - started < 36.0]
+    rate = len(late) / 24.0
     total = len(handler.accepted) + handler.refused
     assert 18.0 <= rate <= 21.0, rate
     assert handler.refused / total < 0.02, (handler.refused, total)
