@@ -311,3 +311,36 @@ def test_adaptive_mode_finds_a_hidden_limit_in_real_time(
     total = len(handler.accepted) + handler.refused
     assert 18.0 <= rate <= 21.0, rate
     assert handler.refused / total < 0.02, (handler.refused, total)
+
+
+def test_a_failing_source_opens_the_circuit_instead_of_burning_retries(
+    server: tuple[RecordingServer, str],
+) -> None:
+    """While the site is down the circuit opens and holds requests back; when it is back,
+    a probe closes the circuit and every partition finishes."""
+    app, url = server
+    down_until = time.monotonic() + 3.0
+    app.handler = lambda request, n: (
+        JSONResponse({"error": "down"}, 500)
+        if time.monotonic() < down_until
+        else JSONResponse({"data": [{"n": n}]})
+    )
+    job = Job("outage", partitions=daily("2013-01-01", "2013-01-20"))
+    job.resource("api", rate="50/s", concurrency=4, retries=50)
+
+    @job.stage(resource="api", concurrency=4)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        body = await ctx.http.get_json(f"{url}/x")
+        return list(body["data"])
+
+    from backfill.events import EventBus, ResourceChanged
+
+    events: list[str] = []
+    bus = EventBus()
+    bus.subscribe(lambda e: events.append(e.what) if isinstance(e, ResourceChanged) else None)
+    result = run_job(job, bus=bus)
+    assert result.exit_code == 0
+    assert "circuit open: too many errors" in events
+    assert events[-1] == "circuit closed"
+    during_outage = sum(1 for t in app.times if t < down_until)
+    assert during_outage < 40  # at 50/s an unguarded client would send ~150
