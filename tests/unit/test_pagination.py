@@ -52,15 +52,15 @@ async def walk(path: str, style: Any, resume_from: str | None = None) -> list[tu
     return seen
 
 
-@pytest.mark.parametrize(
-    ("path", "style"),
-    [
-        ("/numbered", PageNumber()),
-        ("/cursor", Cursor()),
-        ("/next", NextUrl()),
-        ("/link", LinkHeader()),
-    ],
-)
+STYLES = [
+    ("/numbered", PageNumber()),
+    ("/cursor", Cursor()),
+    ("/next", NextUrl()),
+    ("/link", LinkHeader()),
+]
+
+
+@pytest.mark.parametrize(("path", "style"), STYLES)
 def test_every_style_walks_all_pages_once(path: str, style: Any) -> None:
     """Each pagination style yields every record exactly once, and no next after the last."""
     pages = asyncio.run(walk(path, style))
@@ -70,15 +70,7 @@ def test_every_style_walks_all_pages_once(path: str, style: Any) -> None:
     assert all(nxt is not None for _, _, nxt in pages[:-1])
 
 
-@pytest.mark.parametrize(
-    ("path", "style"),
-    [
-        ("/numbered", PageNumber()),
-        ("/cursor", Cursor()),
-        ("/next", NextUrl()),
-        ("/link", LinkHeader()),
-    ],
-)
+@pytest.mark.parametrize(("path", "style"), STYLES)
 def test_resuming_from_a_saved_next_skips_the_pages_done(path: str, style: Any) -> None:
     """Starting from the ``next`` of page 1 yields exactly the remaining records."""
     first = asyncio.run(walk(path, style))
