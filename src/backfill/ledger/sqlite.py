@@ -221,10 +221,11 @@ class SQLiteLedger:
                 start = iso.get(p.start) or iso.setdefault(p.start, p.start.isoformat())
                 end = iso.get(p.end) or iso.setdefault(p.end, p.end.isoformat())
                 rows.append((p.key, start, end, dims))
+            payload = json.dumps(rows, separators=(",", ":"))
             with self._tx() as conn:
                 stage_id = self._stage_id(conn, job, stage, create=True)
                 before = conn.total_changes
-                conn.executemany(_Q["plan"], ((stage_id, *row) for row in rows))
+                conn.execute(_Q["plan"], (stage_id, payload))
                 inserted += conn.total_changes - before
 
     def claim(

@@ -8,8 +8,12 @@ SELECT id FROM backfill_stages WHERE job = :job AND stage = :stage;
 INSERT OR IGNORE INTO backfill_stages (job, stage) VALUES (:job, :stage);
 
 -- name: plan
+-- One JSON array of [key, window_start, window_end, dims] rows per chunk: SQLite unpacks
+-- it in C, far cheaper than binding parameters row by row from Python.
 INSERT OR IGNORE INTO backfill_partitions (stage_id, key, window_start, window_end, dims)
-VALUES (?, ?, ?, ?, ?);
+SELECT ?1, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+       json_extract(value, '$[2]'), json_extract(value, '$[3]')
+FROM json_each(?2);
 
 -- name: claim_pending
 UPDATE backfill_partitions
