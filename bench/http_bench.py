@@ -6,6 +6,7 @@ Run from the repository root::
     .venv/bin/python bench/http_bench.py                 # every day of 2013 at 100 req/s
     .venv/bin/python bench/http_bench.py --quick         # the first 60 days only
     .venv/bin/python bench/http_bench.py --rate 50 --cases backfill-declared,threadpool
+    .venv/bin/python bench/http_bench.py --burst 10 --trace   # a laxer bucket; req/s per second
 
 Every case runs in a fresh subprocess against its own fresh replay API
 (:class:`backfill.demo.server.ReplayServer`, ``ReplayConfig(rate_limit=RATE, seed=...)``:
@@ -19,6 +20,9 @@ a server-side token bucket answered by 429 + Retry-After, 2 % 5xx, 1 % truncated
   sleep after each request, retry after 1 s (or Retry-After) on any failure;
 * ``threadpool``       -- ``ThreadPoolExecutor(15)`` with one shared ``httpx.Client``, one
   task per day, the same naive retry.
+
+The hand-written clients only count the rows they fetch; the backfill cases also write
+them to SQLite (and keep a ledger), which costs CPU the table below reports.
 
 The ceiling is the least time the source allows: (requests needed) / RATE, where the
 requests needed are sum over days of max(1, ceil(rows / 500)); ratio = ceiling / elapsed.
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -93,6 +98,8 @@ class Result:
     client: dict[str, int] = field(default_factory=dict)  # the client's own counts, if any
     notes: list[str] = field(default_factory=list)
     trace: list[tuple[float, int]] = field(default_factory=list)  # (t, accepted so far)
+    client_cpu: float = 0.0  # CPU seconds of the case's process while it ran
+    server_cpu: float | None = None  # ... and of the API's own process (None: a thread)
 
     @property
     def ok(self) -> int:
@@ -130,10 +137,11 @@ def needed_requests(days: list[date]) -> tuple[int, int]:
     return sum(max(1, math.ceil(c / PAGE_SIZE)) for c in counts), sum(counts)
 
 
-def server_config(rate: float) -> Any:
+def server_config(rate: float, burst: int | None) -> Any:
     from backfill.demo.server import ReplayConfig
 
-    return ReplayConfig(rate_limit=rate, page_size=PAGE_SIZE, seed=SEED)
+    config = ReplayConfig(rate_limit=rate, page_size=PAGE_SIZE, seed=SEED)
+    return config if burst is None else dataclasses.replace(config, burst=burst)
 
 
 def fetch_stats(url: str) -> dict[str, int]:
@@ -159,27 +167,47 @@ def final_stats(url: str, notes: list[str]) -> dict[str, int]:
     return stats
 
 
+@dataclass(frozen=True)
+class Api:
+    url: str
+    pid: int | None  # the server's process, when it has its own
+
+
+def process_cpu(pid: int | None) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux only)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def replay_api(rate: float, mode: str) -> Iterator[str]:
-    """A fresh replay API for one case; yields its base URL."""
+def replay_api(rate: float, burst: int | None, mode: str) -> Iterator[Api]:
+    """A fresh replay API for one case, in a thread of this process or in its own."""
     if mode == "thread":
         from backfill.demo.server import ReplayServer
 
-        server = ReplayServer(server_config(rate))
+        server = ReplayServer(server_config(rate, burst))
         server.start()
         try:
-            yield server.url
+            yield Api(server.url, None)
         finally:
             server.stop()
         return
     command = [sys.executable, str(Path(__file__).resolve()), "--serve", "--rate", str(rate)]
+    if burst is not None:
+        command += ["--burst", str(burst)]
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdin is not None
         url = proc.stdout.readline().strip()
         if not url.startswith("http"):
             raise RuntimeError(f"the replay API process did not start (said {url!r})")
-        yield url
+        yield Api(url, proc.pid)
     finally:
         if proc.stdin is not None:
             proc.stdin.close()  # EOF: the server process stops
@@ -190,11 +218,11 @@ def replay_api(rate: float, mode: str) -> Iterator[str]:
             proc.wait()
 
 
-def serve_main(rate: float) -> None:
+def serve_main(rate: float, burst: int | None) -> None:
     """--serve: run a replay API until stdin closes; print its URL first."""
     from backfill.demo.server import ReplayServer
 
-    server = ReplayServer(server_config(rate))
+    server = ReplayServer(server_config(rate, burst))
     server.start()
     print(server.url, flush=True)
     try:
@@ -391,16 +419,29 @@ def case_threadpool(url: str, days: list[date]) -> tuple[float, int, dict[str, i
 
 
 def child_main(
-    case: str, rate: float, limit: int | None, directory: Path, mode: str, trace: bool
+    case: str,
+    rate: float,
+    burst: int | None,
+    limit: int | None,
+    directory: Path,
+    mode: str,
+    trace: bool,
 ) -> None:
     days = day_list(limit)
     needed, expected_rows = needed_requests(days)
     notes: list[str] = []
     client: dict[str, int] = {}
-    with replay_api(rate, mode) as url:
+    with replay_api(rate, burst, mode) as api:
+        url = api.url
         tracer = Tracer(url) if trace else None
         if tracer:
             tracer.start()
+        if case in BACKFILL_CASES:
+            # Imported here, not in the measured region: the CPU columns compare clients.
+            import backfill.job
+            import backfill.ledger
+            import backfill.runner  # noqa: F401
+        cpu0, server_cpu0 = time.process_time(), process_cpu(api.pid)
         if case in BACKFILL_CASES:
             told = "adaptive" if case == "backfill-adaptive" else f"{rate:g}"
             elapsed, (run, resource) = case_backfill(url, days, directory, told)
@@ -419,10 +460,38 @@ def child_main(
             elapsed, rows, client = case_threadpool(url, days)
         else:
             raise SystemExit(f"unknown case {case!r}")
+        if case not in BACKFILL_CASES:
+            client["requests"] = sum(client.values())
+        client_cpu = time.process_time() - cpu0
+        server_cpu1 = process_cpu(api.pid)
+        server_cpu = (
+            server_cpu1 - server_cpu0
+            if server_cpu0 is not None and server_cpu1 is not None
+            else None
+        )
         samples = tracer.stop() if tracer else []
         server = final_stats(url, notes)
+    if case not in BACKFILL_CASES:
+        # The naive clients count for themselves: a cross-check of the server's counters.
+        seen_ok = server["ok"] - server["stalled"]
+        if client["ok"] != seen_ok or client["rate_limited"] != server["rate_limited"]:
+            notes.append(
+                f"{case}: client counted {client['ok']} ok / {client['rate_limited']} × 429, "
+                f"server {seen_ok} / {server['rate_limited']}"
+            )
     result = Result(
-        case, len(days), elapsed, needed, expected_rows, rows, server, client, notes, samples
+        case,
+        len(days),
+        elapsed,
+        needed,
+        expected_rows,
+        rows,
+        server,
+        client,
+        notes,
+        samples,
+        client_cpu,
+        server_cpu,
     )
     print(json.dumps(asdict(result)), flush=True)
 
@@ -430,7 +499,9 @@ def child_main(
 # -- the driver (parent process) -----------------------------------------------------------
 
 
-def run_child(case: str, rate: float, limit: int | None, mode: str, trace: bool) -> Result | str:
+def run_child(
+    case: str, rate: float, burst: int | None, limit: int | None, mode: str, trace: bool
+) -> Result | str:
     """Run one case in a fresh interpreter; its Result, or why it crashed."""
     with tempfile.TemporaryDirectory(prefix=f"http-bench-{case}-") as tmp:
         command = [
@@ -447,6 +518,8 @@ def run_child(case: str, rate: float, limit: int | None, mode: str, trace: bool)
         ]
         if limit:
             command += ["--days", str(limit)]
+        if burst is not None:
+            command += ["--burst", str(burst)]
         if trace:
             command.append("--trace")
         # stderr passes through, so a child's traceback is seen as it happens.
@@ -493,6 +566,21 @@ def table(results: list[Result], rate: float) -> list[str]:
     return lines
 
 
+def diagnostics(results: list[Result]) -> list[str]:
+    """Where the time might go: the CPU each side used while the case ran."""
+    lines = [
+        "| client | requests sent | client CPU s | server CPU s | client CPU ms per ok request |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        server = "(in client)" if r.server_cpu is None else f"{r.server_cpu:.2f}"
+        per_ok = 1000 * r.client_cpu / r.ok if r.ok else 0.0
+        lines.append(
+            f"| {r.case} | {r.requests:,} | {r.client_cpu:.2f} | {server} | {per_ok:.1f} |"
+        )
+    return lines
+
+
 def verdicts(results: list[Result], rate: float) -> list[str]:
     out: list[str] = []
     for r in results:
@@ -528,6 +616,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rate", type=float, default=DEFAULT_RATE, help="the API's limit, req/s (default 100)"
     )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=None,
+        help="the API's token-bucket capacity (default: ReplayConfig's, 5)",
+    )
     parser.add_argument("--quick", action="store_true", help=f"the first {QUICK_DAYS} days only")
     parser.add_argument(
         "--cases",
@@ -551,12 +645,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.rate > 0:
         parser.error("--rate must be positive")
+    if args.burst is not None and args.burst < 1:
+        parser.error("--burst must be at least 1")
 
     if args.serve:
-        serve_main(args.rate)
+        serve_main(args.rate, args.burst)
         return 0
     if args.child:
-        child_main(args.child, args.rate, args.days, args.dir, args.server, args.trace)
+        child_main(args.child, args.rate, args.burst, args.days, args.dir, args.server, args.trace)
         return 0
 
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -568,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     crashed: list[str] = []
     for case in cases:
         print(f"# {case} ...", file=sys.stderr, flush=True)
-        outcome = run_child(case, args.rate, limit, args.server, args.trace)
+        outcome = run_child(case, args.rate, args.burst, limit, args.server, args.trace)
         if isinstance(outcome, str):
             print(f"#   CRASHED ({outcome})", file=sys.stderr, flush=True)
             crashed.append(f"{case} ({outcome})")
@@ -582,12 +678,15 @@ def main(argv: list[str] | None = None) -> int:
         if first
         else "nothing"
     )
+    burst = args.burst if args.burst is not None else server_config(args.rate, None).burst
     out = [
         "",
-        f"Rate limit {args.rate:g} req/s; {scope}; "
+        f"Rate limit {args.rate:g} req/s (burst {burst}); {scope}; "
         f"faults: 2 % 5xx, 1 % truncated, 0.5 % stalls of 5 s (seed {SEED}).",
         "",
         *table(results, args.rate),
+        "",
+        *diagnostics(results),
         "",
         "Machine:",
         *machine_facts(args.server),
