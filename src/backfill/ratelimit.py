@@ -211,7 +211,13 @@ class AdaptiveRate:
         if self.threshold is None or self.rate < self.threshold:
             if elapsed < 0.25:
                 return False
-            self.rate = min(self.ceiling, self.rate * 1.5**elapsed)
+            # Grow no further than twice what actually got through lately: when
+            # concurrency or the client itself is the bottleneck, a rate of thousands would
+            # only make the first 429 measure the wrong thing.
+            recent = sum(1 for t in self._accepted if t >= now - 2.0) / 2.0
+            cap = max(2.0 * recent, 2.0 * self.floor, 4.0)
+            grown = self.rate * 2.0**elapsed
+            self.rate = min(self.ceiling, max(self.rate, min(grown, cap)))
             if self.threshold is not None:
                 self.rate = min(self.rate, self.threshold)
         else:

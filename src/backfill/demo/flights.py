@@ -42,7 +42,7 @@ job = Job(
 )
 
 # Every request of every stage using this resource together stays under the API's limit.
-# A stalled request is abandoned after 3 s and retried (up to 3 times per request).
+# A stalled request is abandoned after 1.5 s and retried (up to 3 times per request).
 if RATE == "adaptive":
     # The limit is not known: start gently and let the resource discover it from 429s.
     job.resource(
@@ -50,7 +50,7 @@ if RATE == "adaptive":
         adaptive=True,
         start_rate=5,
         concurrency=CONCURRENCY,
-        timeout=3.0,
+        timeout=1.5,
         retries=3,
     )
 else:
@@ -59,7 +59,7 @@ else:
         rate=float(RATE),
         burst=1,
         concurrency=CONCURRENCY,
-        timeout=3.0,
+        timeout=1.5,
         retries=3,
     )
 

@@ -56,7 +56,10 @@ class ReplayConfig:
     """How the replay API behaves; every rate is a fraction of accepted /v1 requests."""
 
     rate_limit: float = 20.0
-    burst: int = 5
+    # None: a tenth of a second's worth (at least 5). Requests reach the bucket only after
+    # waiting behind page building on the server's event loop; a smaller bucket would
+    # refuse clients that send at exactly the limit, which no real API does.
+    burst: int | None = None
     page_size: int = 500
     latency_min: float = 0.02
     latency_max: float = 0.12
@@ -70,7 +73,7 @@ class ReplayConfig:
     def __post_init__(self) -> None:
         if not self.rate_limit > 0:
             raise ValueError(f"rate_limit must be > 0, got {self.rate_limit}")
-        if self.burst < 1:
+        if self.burst is not None and self.burst < 1:
             raise ValueError(f"burst must be >= 1, got {self.burst}")
         if not 1 <= self.page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be in 1..{MAX_PAGE_SIZE}, got {self.page_size}")
@@ -188,7 +191,8 @@ class ReplayAPI:
         self.config = config
         self.stats = ReplayStats()
         self.data = data if data is not None else load_flights()
-        self._bucket = TokenBucket(config.rate_limit, config.burst, clock)
+        capacity = config.burst or max(5, math.ceil(config.rate_limit * 0.1))
+        self._bucket = TokenBucket(config.rate_limit, capacity, clock)
         self._rng = random.Random(config.seed)
         routes = [
             Route("/health", self._health),
