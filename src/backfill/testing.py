@@ -4,16 +4,18 @@ Example::
 
     from backfill.testing import MemorySink, run_job
 
+    from my_jobs.results import job     # the production job file
+
     sink = MemorySink(key=["id"])
-    job = Job("demo", partitions=daily("2024-01-01", "2024-01-31"), sink=sink)
-    ...
-    result = run_job(job)
+    result = run_job(job, sink=sink)     # in memory: no database, no files
     assert result.exit_code == 0 and len(sink.rows) == 31
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +25,7 @@ from backfill.job import Job
 from backfill.ledger import Ledger, open_ledger
 from backfill.partitions import Partition
 from backfill.runner import Runner, RunOptions, RunResult
-from backfill.sinks import Record
+from backfill.sinks import Record, Sink
 
 __all__ = ["MemorySink", "run_job"]
 
@@ -63,8 +65,23 @@ class MemorySink:
 
 
 def run_job(
-    job: Job, ledger: Ledger | None = None, options: RunOptions | None = None, **kwargs: Any
+    job: Job,
+    ledger: Ledger | None = None,
+    options: RunOptions | None = None,
+    *,
+    sink: Sink | None = None,
+    **kwargs: Any,
 ) -> RunResult:
-    """Run ``job`` to the end on ``ledger`` (a fresh in-memory one by default)."""
+    """Run ``job`` to the end on ``ledger`` (a fresh in-memory one by default).
+
+    ``sink`` replaces every stage's sink for this run only (e.g. a :class:`MemorySink`
+    in place of the production table), leaving ``job`` itself unchanged.
+    """
     store = ledger if ledger is not None else open_ledger(":memory:")
+    if sink is not None:
+        original = job
+        job = copy.copy(job)
+        job.stages = {
+            name: dataclasses.replace(stage, sink=sink) for name, stage in original.stages.items()
+        }
     return asyncio.run(Runner(job, store, options, **kwargs).run())

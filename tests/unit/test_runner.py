@@ -567,3 +567,19 @@ def test_a_failing_ledger_stops_the_run_with_a_clear_error(ledger: Ledger) -> No
     result = run_job(job, Flaky(ledger))  # type: ignore[arg-type]
     assert result.exit_code == ExitCode.USAGE
     assert "database is locked" in (result.message or "")
+
+
+def test_run_job_can_swap_the_sink_without_touching_the_job(ledger: Ledger) -> None:
+    """``run_job(job, sink=...)`` sends every stage's rows to that sink for one run only."""
+    production = MemorySink(key=["day"])
+    job = make_job(3, sink=production)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        return [{"day": partition.key}]
+
+    in_memory = MemorySink(key=["day"])
+    assert run_job(job, ledger, sink=in_memory).exit_code == ExitCode.OK
+    assert len(in_memory.rows) == 3
+    assert production.rows == {}
+    assert job.stages["fetch"].sink is production
