@@ -156,7 +156,6 @@ class AdaptiveRate:
         self.ceiling = ceiling
         self.margin = margin
         self.threshold: float | None = None
-        self.limit_seen: float | None = None
         self._accepted: collections.deque[float] = collections.deque()
         self._measure_from = -math.inf
         self._last_update: float | None = None
@@ -184,7 +183,6 @@ class AdaptiveRate:
             return False  # the same burst of 429s
         accepted = self._accepted_rate(now)
         if accepted is not None:
-            self.limit_seen = accepted
             self.threshold = max(self.floor, self.margin * accepted)
             self.rate = self.threshold
         else:
@@ -197,7 +195,6 @@ class AdaptiveRate:
 
     def on_header_limit(self, rate: float, now: float) -> None:
         """The server told us its limit: use it (a hair below, for clock skew)."""
-        self.limit_seen = rate
         self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
         self._last_update = now
 
@@ -351,14 +348,12 @@ class Resource:
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[Listener] = []
-        self._sent: collections.deque[float] = collections.deque()
         self._latency_ewma: float | None = None
         self._latency_floor: float | None = None
         self._latency_samples = 0
         self.requests = 0
         self.rate_limited = 0
         self.pauses = 0
-        self.waited = 0.0
 
     def __repr__(self) -> str:
         return f"Resource({self.name!r}, rate={self.rate_description()})"
@@ -406,9 +401,7 @@ class Resource:
             max_cooldown=old.max_cooldown,
         )
         self._listeners.clear()
-        self._sent.clear()
         self.requests = self.rate_limited = self.pauses = 0
-        self.waited = 0.0
 
     def subscribe(self, listener: Listener) -> None:
         """``listener(resource_name, what, seconds)`` hears of pauses and breaker changes."""
@@ -437,7 +430,6 @@ class Resource:
         while True:
             wait = self.reserve()
             if wait > 0:
-                self.waited += wait
                 await self.clock.sleep(wait)
             now = self.clock.monotonic()
             # A pause or an open breaker that began while we slept pushes us back.
@@ -450,7 +442,6 @@ class Resource:
                 self.breaker.probing = True
             break
         self.requests += 1
-        self._sent.append(now)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -482,12 +473,6 @@ class Resource:
             and self._latency_floor > 0
             and self._latency_ewma > 4 * self._latency_floor + 0.2
         )
-
-    def sending_rate(self, window: float = 2.0) -> float:
-        now = self.clock.monotonic()
-        while self._sent and now - self._sent[0] > window:
-            self._sent.popleft()
-        return len(self._sent) / window
 
     # -- feedback ------------------------------------------------------------------------
 

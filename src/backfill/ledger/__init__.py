@@ -42,9 +42,6 @@ class Status(StrEnum):
     FAILED = "failed"
 
 
-FINISHED = (Status.DONE, Status.EMPTY, Status.FAILED)
-
-
 @dataclass(frozen=True, slots=True)
 class Claim:
     """A partition leased to one owner. ``id`` is the ledger's handle for completing it."""
