@@ -30,6 +30,7 @@ from backfill.errors import ConfigError
 from backfill.partitions import PartitionSpec
 from backfill.ratelimit import Limit, Resource
 from backfill.retry import RetryPolicy
+from backfill.sources.http import secret_values
 
 if TYPE_CHECKING:
     from backfill.sinks import Sink
@@ -149,12 +150,7 @@ class Job:
         values: list[str] = []
         for options in self.http_options.values():
             values += options["secrets"]
-            values += options["params"].values()
-            values += [
-                v
-                for k, v in options["headers"].items()
-                if k.lower() in ("authorization", "x-api-key", "api-key", "cookie")
-            ]
+            values += secret_values(options["headers"], options["params"])
         return tuple(v for v in values if v)
 
     def __repr__(self) -> str:

@@ -41,6 +41,7 @@ __all__ = [
     "parse_retry_after",
     "redact",
     "redact_url",
+    "secret_values",
 ]
 
 # Requests made on behalf of the partition whose task is running (set by the runner).
@@ -67,6 +68,18 @@ def redact_url(url: str | httpx.URL) -> str:
 _URL_SECRET = re.compile(
     r"(?i)\b((?:api[_-]?key|apikey|access[_-]?token|token|secret|password|sig)=)[^&\s#'\"]+"
 )
+
+
+_SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "cookie"})
+
+
+def secret_values(
+    headers: Mapping[str, str] | None, params: Mapping[str, str] | None
+) -> tuple[str, ...]:
+    """The values to mask of a source's headers (credentials) and query params (all)."""
+    found = [v for k, v in (headers or {}).items() if k.lower() in _SECRET_HEADERS]
+    found += (params or {}).values()
+    return tuple(v for v in found if v)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -198,10 +211,7 @@ class HttpClient:
             transport=transport,
             follow_redirects=True,
         )
-        auth_headers = [
-            v for k, v in (headers or {}).items() if k.lower() in ("authorization", "x-api-key")
-        ]
-        self.secrets = tuple(secrets) + tuple((params or {}).values()) + tuple(auth_headers)
+        self.secrets = tuple(secrets) + secret_values(headers, params)
         self.requests = 0
         self.statuses: Counter[int] = Counter()
         self.transport_errors = 0
