@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from backfill.demo.data import FLIGHT_KEY, FLIGHTS_TOTAL
 from backfill.errors import ConfigError
 from backfill.job import Job, load_job
 from backfill.ledger import Ledger, open_ledger
@@ -22,9 +23,7 @@ from backfill.runner import RunOptions, RunResult
 
 __all__ = ["demo_summary", "run_demo", "serve_demo"]
 
-FLIGHTS_TOTAL = 336_776
 DAYS = 365
-_KEY = ("year", "month", "day", "carrier", "flight", "origin")
 
 
 def _require_demo_extras() -> None:
@@ -62,7 +61,7 @@ def demo_summary(database: Path) -> dict[str, int]:
         if not exists:
             return {"rows": 0, "distinct": 0, "duplicates": 0}
         rows = conn.execute("SELECT count(*) FROM flights").fetchone()[0]
-        cols = ", ".join(_KEY)
+        cols = ", ".join(FLIGHT_KEY)
         distinct = conn.execute(f"SELECT count(*) FROM (SELECT DISTINCT {cols} FROM flights)")
         n_distinct = distinct.fetchone()[0]
     finally:
