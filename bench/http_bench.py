@@ -42,7 +42,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import sqlite3
 import subprocess
 import sys
@@ -57,6 +56,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+import _machine
 
 CASES = ("backfill-declared", "backfill-adaptive", "gather-semaphore", "threadpool")
 BACKFILL_CASES = ("backfill-declared", "backfill-adaptive")
@@ -532,19 +533,8 @@ def run_child(
 
 
 def machine_facts(mode: str) -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return [
-        f"- CPUs: {os.cpu_count()} ({cpu})",
-        f"- Python {platform.python_version()} ({platform.python_implementation()}), "
-        f"{platform.system()} {platform.release()}, httpx {httpx.__version__}",
+        *_machine.facts(f"httpx {httpx.__version__}"),
         f"- replay API: {'own process' if mode == 'process' else 'thread in the case process'}",
     ]
 

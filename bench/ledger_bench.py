@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import resource
 import sqlite3
 import subprocess
@@ -37,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import _machine
 
 if TYPE_CHECKING:
     from backfill.partitions import PartitionSpec
@@ -303,19 +303,8 @@ def _rate(n: int, seconds: float | None) -> str:
 
 
 def machine_facts() -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return [
-        f"- CPUs: {os.cpu_count()} ({cpu})",
-        f"- Python {platform.python_version()} ({platform.python_implementation()}), "
-        f"{platform.system()} {platform.release()}",
+        *_machine.facts(),
         f"- SQLite {sqlite3.sqlite_version}",
         f"- temp dir: {tempfile.gettempdir()}",
     ]
