@@ -148,7 +148,7 @@ def _classify(exc: BaseException, stage: Stage) -> StageError:
         )
     if isinstance(exc, SinkError):
         return FatalError(str(exc), category="sink")
-    if isinstance(exc, ConnectionError | OSError):
+    if isinstance(exc, OSError):  # ConnectionError included
         return TransientError(f"{type(exc).__name__}: {exc}", category="network")
     if isinstance(exc, BackfillError):
         return FatalError(str(exc), category=type(exc).__name__)
