@@ -11,6 +11,8 @@ Declare partitions and stages in a job file; ``backfill run`` does the rest::
         return await ctx.http.get_json(f"https://api.example/results/{partition.date}")
 """
 
+from typing import Any
+
 from backfill.context import Context, RunCache
 from backfill.errors import (
     BackfillError,
@@ -39,7 +41,7 @@ from backfill.partitions import (
 from backfill.ratelimit import Resource
 from backfill.retry import RetryPolicy
 from backfill.runner import Runner, RunOptions, RunResult
-from backfill.sinks import Sink
+from backfill.sinks import Mode, OnNewField, Sink, table
 from backfill.sinks.sqlite import SQLiteTable
 from backfill.sources.http import Cursor, HttpClient, LinkHeader, NextUrl, Page, PageNumber
 
@@ -58,13 +60,16 @@ __all__ = [
     "Ledger",
     "LedgerError",
     "LinkHeader",
+    "Mode",
     "NextUrl",
+    "OnNewField",
     "Order",
     "Page",
     "PageNumber",
     "Partition",
     "PartitionSpec",
     "PermanentError",
+    "PostgresTable",
     "Resource",
     "RetryPolicy",
     "RunCache",
@@ -84,6 +89,16 @@ __all__ = [
     "load_job",
     "monthly",
     "open_ledger",
+    "table",
     "weekly",
     "yearly",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # psycopg is imported only by jobs that write to PostgreSQL.
+    if name == "PostgresTable":
+        from backfill.sinks.postgres import PostgresTable
+
+        return PostgresTable
+    raise AttributeError(f"module 'backfill' has no attribute {name!r}")

@@ -96,7 +96,7 @@ class Context:
     _resource: str | None = None
     checkpoint: str | None = None
     _save_checkpoint: Callable[[str | None], Awaitable[None]] | None = None
-    _write: Callable[[Iterable[object]], Awaitable[int]] | None = None
+    _write: Callable[[Iterable[object], str | None], Awaitable[int]] | None = None
 
     @property
     def http(self) -> HttpClient:
@@ -118,11 +118,12 @@ class Context:
             await self._save_checkpoint(value)
         self.checkpoint = value
 
-    async def write(self, records: Iterable[object]) -> int:
+    async def write(self, records: Iterable[object], table: str | None = None) -> int:
         """Write records to the stage's sink now, durably, instead of returning them.
 
-        For huge partitions: write each page as it comes, then save a checkpoint.
+        For huge partitions: write each page as it comes, then save a checkpoint. A stage
+        with several tables names the one these records go to.
         """
         if self._write is None:
             raise RuntimeError("ctx.write is only available while a stage runs")
-        return await self._write(records)
+        return await self._write(records, table)

@@ -21,10 +21,10 @@ import importlib.util
 import inspect
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from backfill.errors import ConfigError
 from backfill.partitions import PartitionSpec
@@ -51,10 +51,22 @@ class Stage:
     concurrency: int = 4
     timeout: float | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    sink: Sink | None = None
+    sink: Sink | tuple[Sink, ...] | None = None
     description: str = ""
     resource: str | None = None
     requests_per_partition: float | None = None
+
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        """Every table the stage writes (none, one, or several)."""
+        if self.sink is None:
+            return ()
+        return self.sink if isinstance(self.sink, tuple) else (self.sink,)
+
+    @property
+    def multi_table(self) -> bool:
+        """Whether the stage returns ``{table name: records}`` for several tables."""
+        return isinstance(self.sink, tuple)
 
     @property
     def is_async(self) -> bool:
@@ -69,7 +81,7 @@ class Job:
         name: str,
         partitions: PartitionSpec | None = None,
         *,
-        sink: Sink | None = None,
+        sink: Sink | Sequence[Sink] | None = None,
         description: str = "",
         lease_seconds: float = 60.0,
         http_timeout: float = 30.0,
@@ -82,7 +94,7 @@ class Job:
             raise ConfigError("lease_seconds must be positive")
         self.name = name
         self.partitions = partitions
-        self.sink = sink
+        self.sink = _sinks(sink, f"job {name!r}")
         self.description = description
         self.lease_seconds = lease_seconds
         self.http_timeout = http_timeout
@@ -170,7 +182,7 @@ class Job:
         concurrency: int = 4,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
-        sink: Sink | None = None,
+        sink: Sink | Sequence[Sink] | None = None,
         resource: str | Resource | None = None,
         requests_per_partition: float | None = None,
     ) -> Callable[[StageFunction], StageFunction]: ...
@@ -185,7 +197,7 @@ class Job:
         concurrency: int = 4,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
-        sink: Sink | None = None,
+        sink: Sink | Sequence[Sink] | None = None,
         resource: str | Resource | None = None,
         requests_per_partition: float | None = None,
     ) -> StageFunction | Callable[[StageFunction], StageFunction]:
@@ -228,7 +240,7 @@ class Job:
                 concurrency=concurrency,
                 timeout=timeout,
                 retry=retry or RetryPolicy(),
-                sink=sink if sink is not None else self.sink,
+                sink=_sinks(sink, f"stage {stage_name!r}") if sink is not None else self.sink,
                 description=(inspect.getdoc(func) or "").split("\n")[0],
                 resource=resource_name,
                 requests_per_partition=requests_per_partition,
@@ -250,6 +262,20 @@ class Job:
                 f"unknown stage {unknown[0]!r} in job {self.name!r}; its stages are: {known}"
             )
         return [self.stages[n] for n in dict.fromkeys(names)]
+
+
+def _sinks(sink: Sink | Sequence[Sink] | None, owner: str) -> Sink | tuple[Sink, ...] | None:
+    """One sink as is; several as a tuple with distinct table names."""
+    if sink is None or not isinstance(sink, list | tuple):
+        return cast("Sink | None", sink)
+    sinks = tuple(sink)
+    if not sinks:
+        return None
+    names = [s.name for s in sinks]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise ConfigError(f"{owner} lists table {duplicate!r} twice; name each table once")
+    return sinks
 
 
 def _load_module_from_file(path: Path) -> Any:

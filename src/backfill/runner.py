@@ -21,7 +21,7 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -31,6 +31,7 @@ from backfill.clock import Clock, SystemClock
 from backfill.context import Context, RunCache
 from backfill.errors import (
     BackfillError,
+    ConfigError,
     EmptyPartition,
     FatalError,
     PermanentError,
@@ -51,8 +52,9 @@ from backfill.events import (
 from backfill.job import Job, Stage
 from backfill.ledger import Claim, Ledger, Outcome, RunRecord, StageCounts, Status, WorkerRecord
 from backfill.partitions import Order, Selection
-from backfill.sinks import Record, Sink, to_mappings
+from backfill.sinks import Mode, Record, to_mappings
 from backfill.sources.http import HttpClient, partition_requests, redact
+from backfill.writer import SinkWriter
 
 __all__ = ["ExitCode", "RunOptions", "RunResult", "Runner"]
 
@@ -197,7 +199,11 @@ class Runner:
         self._kinds = {s.name: _kind(s.fn) for s in self.stages}
         self._ledger_pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-ledger")
         self._stage_pool: ThreadPoolExecutor | None = None
-        self._sink_pools: dict[int, ThreadPoolExecutor] = {}
+        self.writer = SinkWriter(
+            self.worker_id,
+            completer_for=getattr(ledger, "completer", None),
+            now=self.clock.time,
+        )
         self._records = 0
         self._retries = 0
         self._executed = 0
@@ -275,13 +281,6 @@ class Runner:
         future = loop.run_in_executor(self._ledger_pool, lambda: fn(*args, **kwargs))
         return await asyncio.shield(future)
 
-    def _sink_pool(self, sink: Sink) -> ThreadPoolExecutor:
-        pool = self._sink_pools.get(id(sink))
-        if pool is None:
-            pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-sink")
-            self._sink_pools[id(sink)] = pool
-        return pool
-
     def _concurrency(self, stage: Stage) -> int:
         if self.options.concurrency is not None:
             return max(1, self.options.concurrency)
@@ -319,10 +318,8 @@ class Runner:
         initial = await self._db(self.ledger.counts, self.job.name, names, self.options.selection)
         self.bus.emit(RunStarted(self.run_id, self.job.name, self.worker_id, now, initial))
 
-        sinks = {id(s.sink): s.sink for s in self.stages if s.sink is not None}
         try:
-            for sink in sinks.values():
-                await asyncio.get_running_loop().run_in_executor(self._sink_pool(sink), sink.open)
+            await self.writer.open([sink for s in self.stages for sink in s.sinks])
         except SinkError as exc:
             self._fatal = FatalError(str(exc), category="sink")
         sync_threads = sum(self._concurrency(s) for s in self.stages if not s.is_async)
@@ -356,6 +353,9 @@ class Runner:
                 # Its failure, if any, was already turned into a fatal stop.
                 with contextlib.suppress(Exception):
                     await self._background_flush
+            # Rows still buffered (from partitions cancelled while waiting) are written;
+            # those partitions are released below and redone idempotently.
+            await self.writer.close()
             for claim_id in sorted(self._held):
                 self._outcomes.append(Outcome(claim_id, Status.PENDING, attempts=0))
             self._held.clear()
@@ -364,7 +364,7 @@ class Runner:
             stray = await self._db(self.ledger.release_owner, self.worker_id)
             if stray:
                 log.warning("released %d partition(s) still leased at the end of the run", stray)
-            await self._close_resources(sinks.values())
+            await self._close_resources()
 
         final = await self._db(self.ledger.counts, self.job.name, names, self.options.selection)
         failed = sum(c.failed for c in final.values())
@@ -417,15 +417,9 @@ class Runner:
         self._ledger_pool.shutdown(wait=True)
         return result
 
-    async def _close_resources(self, sinks: Iterable[Sink]) -> None:
+    async def _close_resources(self) -> None:
         for client in self._clients.values():
             await client.aclose()
-        loop = asyncio.get_running_loop()
-        for sink in sinks:
-            with contextlib.suppress(Exception):
-                await loop.run_in_executor(self._sink_pool(sink), sink.close)
-        for pool in self._sink_pools.values():
-            pool.shutdown(wait=False)
         if self._stage_pool is not None:
             # Threads of sync stages cannot be cancelled; do not wait for stragglers.
             self._stage_pool.shutdown(wait=False, cancel_futures=True)
@@ -506,12 +500,27 @@ class Runner:
         batch_size = min(_MAX_BATCH, max(2 * limit, 16))
         order = self.options.order or stage.partitions.order
         running: set[asyncio.Task[None]] = set()
+        # A partition gives its slot back once its rows are handed to the sink writer,
+        # not when they are durable: the next partition's requests need not wait for a
+        # batch to fill. ``slots`` says whether a task's slot is already back.
+        slots: dict[asyncio.Task[None], list[bool]] = {}
+
+        def releaser(flag: list[bool]) -> Callable[[], None]:
+            def release() -> None:
+                if not flag[0]:
+                    flag[0] = True
+                    semaphore.release()
+
+            return release
 
         def finished(task: asyncio.Task[None]) -> None:
             # One callback, not three: each is a separate event-loop handle per partition.
             running.discard(task)
             self._tasks.discard(task)
-            semaphore.release()
+            flag = slots.pop(task)
+            if not flag[0]:
+                flag[0] = True
+                semaphore.release()
 
         while not self._stop.is_set():
             batch_started = self.clock.monotonic()
@@ -540,7 +549,9 @@ class Runner:
                     for rest in claims[index:]:
                         await self._record(Outcome(rest.id, Status.PENDING, attempts=0))
                     break
-                task = asyncio.create_task(self._execute(stage, claim))
+                flag = [False]
+                task = asyncio.create_task(self._execute(stage, claim, releaser(flag)))
+                slots[task] = flag
                 running.add(task)
                 self._tasks.add(task)
                 task.add_done_callback(finished)
@@ -555,7 +566,7 @@ class Runner:
             # On a stop, the grace timer (or a second Ctrl+C) cancels what is left.
             await asyncio.wait(set(running))
 
-    async def _execute(self, stage: Stage, claim: Claim) -> None:
+    async def _execute(self, stage: Stage, claim: Claim, release: Callable[[], None]) -> None:
         partition = claim.partition(stage.partitions.grain)
         # Events cost an object each; build them only when someone listens.
         emit = self.bus.has_subscribers
@@ -572,13 +583,25 @@ class Runner:
         partition_requests.set(requests)
         checkpoint = [claim.checkpoint]
         early = [0]
+        # Whether this attempt still starts the partition afresh: replace-partition
+        # deletes the old rows only before the first rows of a run that did not resume.
+        fresh = [True]
+        rows: dict[str, list[Record]] = {}
 
         async def save_checkpoint(value: str | None) -> None:
             checkpoint[0] = value
             await self._db(self.ledger.save_checkpoint, self.worker_id, claim.id, value)
 
-        async def write_now(items: Iterable[object]) -> int:
-            count = await self._write(stage, partition, to_mappings(items))
+        async def write_now(items: Iterable[object], table: str | None) -> int:
+            now_rows = self._rows_for(stage, to_mappings(items), table)
+            count = sum(len(r) for r in now_rows.values())
+            if stage.sinks:
+                result = await self.writer.write(
+                    stage.sinks, partition, now_rows, None, first=fresh[0], urgent=True
+                )
+                if result.error is not None:
+                    raise result.error
+            fresh[0] = False
             early[0] += count
             return count
 
@@ -586,6 +609,7 @@ class Runner:
             while True:
                 attempt += 1
                 early[0] = 0
+                fresh[0] = checkpoint[0] is None
                 ctx = Context(
                     partition=partition,
                     job=self.job.name,
@@ -601,8 +625,7 @@ class Runner:
                     _write=write_now,
                 )
                 try:
-                    records = await self._call(stage, ctx)
-                    written = early[0] + await self._write(stage, partition, records)
+                    rows = await self._call(stage, ctx)
                 except EmptyPartition as exc:
                     outcome = Outcome(
                         claim.id,
@@ -661,12 +684,55 @@ class Runner:
                     )
                     await self.clock.sleep(delay)
                     continue
+                written = early[0] + sum(len(r) for r in rows.values())
                 duration = self.clock.monotonic() - started
                 outcome = Outcome(
                     claim.id, Status.DONE, attempts=attempt, records=written, duration=duration
                 )
-                self._records += written
                 break
+            if requests[0]:
+                outcome = dataclasses.replace(outcome, requests=requests[0])
+            if outcome.status is Status.DONE and self._needs_write(stage, rows):
+                release()
+                try:
+                    result = await self.writer.write(
+                        stage.sinks, partition, rows, outcome, first=fresh[0]
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # The destination itself failed (retries of busy moments are done):
+                    # stop the run; this partition goes back to the pool.
+                    fatal = _classify(exc, stage)
+                    if self._fatal is None:
+                        self._fatal = fatal
+                        self.stop(f"fatal: {fatal.message}", immediate=True)
+                    result = None
+                    outcome = Outcome(claim.id, Status.PENDING, attempts=attempt)
+                if result is None:
+                    pass
+                elif result.error is not None:
+                    error = result.error
+                    outcome = Outcome(
+                        claim.id,
+                        Status.FAILED,
+                        attempts=attempt,
+                        duration=self.clock.monotonic() - started,
+                        error_category=error.category,
+                        error_message=self._clean(error.message),
+                        requests=requests[0],
+                    )
+                elif result.lost or result.recorded:
+                    self._held.discard(claim.id)
+                    if result.lost:
+                        log.warning(
+                            "partition %s was not written: its lease had passed to another worker",
+                            claim.key,
+                        )
+                    else:
+                        self._finished(stage, outcome)
+                    self._emit_finished(stage, claim, outcome, emit and not result.lost)
+                    return
         except asyncio.CancelledError:
             await self._record(
                 Outcome(
@@ -675,12 +741,18 @@ class Runner:
             )
             self.bus.emit(PartitionFinished(stage.name, claim.key, Status.PENDING, 0, 0.0, attempt))
             raise
-        if requests[0]:
-            outcome = dataclasses.replace(outcome, requests=requests[0])
+        self._finished(stage, outcome)
+        await self._record(outcome)
+        self._emit_finished(stage, claim, outcome, emit)
+
+    def _finished(self, stage: Stage, outcome: Outcome) -> None:
         if outcome.status is not Status.PENDING:
             self._executed += 1
             self._durations[stage.name].add(outcome.duration)
-        await self._record(outcome)
+        if outcome.status is Status.DONE:
+            self._records += outcome.records
+
+    def _emit_finished(self, stage: Stage, claim: Claim, outcome: Outcome, emit: bool) -> None:
         if not emit:
             return
         self.bus.emit(
@@ -696,8 +768,8 @@ class Runner:
             )
         )
 
-    async def _call(self, stage: Stage, ctx: Context) -> list[Record]:
-        """Call the stage function and collect its records, within its timeout."""
+    async def _call(self, stage: Stage, ctx: Context) -> dict[str, list[Record]]:
+        """Call the stage function and collect its records per table, within its timeout."""
         fn = stage.fn
         kind = self._kinds[stage.name]
         if kind == "async" and stage.timeout is None:
@@ -705,11 +777,50 @@ class Runner:
             result = await fn(ctx, ctx.partition)
         else:
             result = await self._call_slow(stage, ctx, kind)
+        if stage.multi_table:
+            if result is None:
+                return {}
+            if not isinstance(result, Mapping):
+                raise ConfigError(
+                    f"stage {stage.name} writes several tables; return {{table name: records}}"
+                    f", not a {type(result).__name__}"
+                )
+            tables: dict[str, list[Record]] = {}
+            for name, items in result.items():
+                tables.update(self._rows_for(stage, to_mappings(items), name))
+            return tables
         if result is None:
-            return []
+            return self._rows_for(stage, [], None)
         if isinstance(result, dict) or not isinstance(result, Iterable):
             result = [result]
-        return to_mappings(result)
+        return self._rows_for(stage, to_mappings(result), None)
+
+    def _rows_for(
+        self, stage: Stage, records: list[Record], table: str | None
+    ) -> dict[str, list[Record]]:
+        """Records keyed by the table they go to (a stage without a sink: key "")."""
+        sinks = stage.sinks
+        if table is None:
+            if stage.multi_table:
+                raise ConfigError(
+                    f"stage {stage.name} writes several tables; name one: ctx.write(records, "
+                    f"table=...) (its tables: {', '.join(s.name for s in sinks)})"
+                )
+            return {sinks[0].name if sinks else "": records}
+        if all(s.name != table for s in sinks):
+            known = ", ".join(s.name for s in sinks) or "none"
+            raise ConfigError(
+                f"stage {stage.name} returned rows for table {table!r}, which it does not "
+                f"declare (its tables: {known})"
+            )
+        return {table: records}
+
+    @staticmethod
+    def _needs_write(stage: Stage, rows: Mapping[str, list[Record]]) -> bool:
+        # Replace-partition and append write even no rows: the partition's old ones go.
+        return bool(stage.sinks) and (
+            any(rows.values()) or any(s_mode(s) is not Mode.UPSERT for s in stage.sinks)
+        )
 
     async def _call_slow(self, stage: Stage, ctx: Context, kind: str) -> Any:
         fn = stage.fn
@@ -735,18 +846,11 @@ class Runner:
                 return await coro
         return await coro
 
-    async def _write(self, stage: Stage, partition: Any, records: Sequence[Record]) -> int:
-        if stage.sink is None:
-            return len(records)
-        if not records:
-            return 0
-        loop = asyncio.get_running_loop()
-        sink = stage.sink
-        # The write is not cancelled half-way: a shielded write finishes even when the run
-        # is interrupted, and its partition is then released and redone idempotently.
-        future = loop.run_in_executor(self._sink_pool(sink), sink.write, partition, records)
-        written: int = await asyncio.shield(future)
-        return written
+
+def s_mode(sink: Any) -> Mode:
+    """A sink's write mode (custom sinks without a spec are treated as upserts)."""
+    spec = getattr(sink, "spec", None)
+    return spec.mode if spec is not None else Mode.UPSERT
 
 
 def _kind(fn: Any) -> str:

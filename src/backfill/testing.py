@@ -23,45 +23,74 @@ from typing import Any
 from backfill.errors import PermanentError
 from backfill.job import Job
 from backfill.ledger import Ledger, open_ledger
-from backfill.partitions import Partition
 from backfill.runner import Runner, RunOptions, RunResult
-from backfill.sinks import Record, Sink
+from backfill.sinks import Rows, Sink, SinkConnection
 
 __all__ = ["MemorySink", "run_job"]
+
+
+class _MemoryConnection:
+    """Stages writes until commit, so a rolled-back batch leaves nothing behind."""
+
+    def __init__(self, sink: MemorySink) -> None:
+        self.raw = sink
+        self.staged: dict[tuple[Any, ...], dict[str, Any]] | None = None
+
+    def begin(self) -> None:
+        self.staged = {}
+
+    def commit(self) -> None:
+        if self.staged is not None:
+            with self.raw.lock:
+                self.raw.rows.update(self.staged)
+        self.staged = None
+
+    def rollback(self) -> None:
+        self.staged = None
+
+    def close(self) -> None:
+        self.raw.opened = False
 
 
 class MemorySink:
     """A sink that upserts into a dict keyed by ``key``; counts every write call."""
 
-    def __init__(self, key: Sequence[str]) -> None:
+    def __init__(self, key: Sequence[str], name: str = "memory") -> None:
         self.key = tuple(key)
+        self.name = name
         self.rows: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.writes = 0
         self.opened = False
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
+
+    @property
+    def database(self) -> str:
+        return f"memory:{id(self)}"
 
     @property
     def description(self) -> str:
-        return "memory sink"
+        return f"memory sink {self.name}"
 
-    def open(self) -> None:
+    def connect(self) -> _MemoryConnection:
         self.opened = True
+        return _MemoryConnection(self)
 
-    def close(self) -> None:
-        self.opened = False
-
-    def write(self, partition: Partition, records: Sequence[Record]) -> int:
-        with self._lock:
-            self.writes += 1
-            for record in records:
+    def write(self, conn: SinkConnection, batch: Sequence[Rows]) -> int:
+        assert isinstance(conn, _MemoryConnection) and conn.staged is not None
+        self.writes += 1
+        count = 0
+        for rows in batch:
+            for record in rows.records:
                 missing = [k for k in self.key if record.get(k) is None]
                 if missing:
                     raise PermanentError(
-                        f"a record of partition {partition.key} has no key field {missing[0]!r}",
+                        f"a record of partition {rows.partition.key} has no key field "
+                        f"{missing[0]!r}",
                         category="missing_key",
                     )
-                self.rows[tuple(record[k] for k in self.key)] = dict(record)
-            return len(records)
+                conn.staged[tuple(record[k] for k in self.key)] = dict(record)
+                count += 1
+        return count
 
 
 def run_job(

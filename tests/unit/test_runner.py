@@ -235,7 +235,7 @@ def test_sink_error_is_fatal(ledger: Ledger) -> None:
     """A destination that cannot be written stops the run instead of failing every partition."""
 
     class BrokenSink(MemorySink):
-        def write(self, partition: Partition, records: Any) -> int:
+        def write(self, conn: Any, batch: Any) -> int:
             raise SinkError("cannot write table t: disk I/O error")
 
     job = make_job(5, sink=BrokenSink(key=["x"]))

@@ -7,7 +7,7 @@ and every adapter passes the same contract suite (``tests/ledger_contract.py``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
@@ -20,6 +20,7 @@ from backfill.partitions import Order, Partition, Selection
 __all__ = [
     "DEFAULT_STATE_URL",
     "Claim",
+    "Completer",
     "FailureGroup",
     "Ledger",
     "LedgerEntry",
@@ -156,6 +157,14 @@ class WorkerRecord:
     started_at: float
     heartbeat_at: float
     stopped_at: float | None
+
+
+# Records an owner's outcomes on a connection to the ledger's own database, inside a
+# transaction someone else (a sink) has open; returns the ids it applied, i.e. those
+# whose lease the owner still held. A ledger may offer one through an optional method
+# ``completer(database) -> Completer | None`` for a sink's ``database``: then the
+# partitions' rows and done-marks commit together.
+Completer = Callable[[Any, str, Sequence["Outcome"], float], set[int]]
 
 
 class Ledger(Protocol):

@@ -22,6 +22,7 @@ from typing import Any
 from backfill.errors import LedgerError
 from backfill.ledger import (
     Claim,
+    Completer,
     FailureGroup,
     LedgerEntry,
     Outcome,
@@ -283,27 +284,20 @@ class SQLiteLedger:
     def complete(self, owner: str, outcomes: Sequence[Outcome], *, now: float) -> int:
         if not outcomes:
             return 0
-        # Positional parameters: binding nine named ones from a dict per row cost as much
-        # as the UPDATE itself.
-        rows = [
-            (
-                o.status.value,
-                o.attempts,
-                o.records,
-                o.duration,
-                o.error_category,
-                o.error_message,
-                now,
-                o.id,
-                owner,
-                o.requests,
-            )
-            for o in outcomes
-        ]
+        rows = _outcome_rows(owner, outcomes, now)
         with self._tx() as conn:
             before = conn.total_changes
             conn.executemany(_Q["complete"], rows)
             return conn.total_changes - before
+
+    def completer(self, database: str) -> Completer | None:
+        """Record outcomes inside a sink's transaction when the sink is this same file.
+
+        Then a partition's rows and its done-mark commit together: exactly once.
+        """
+        if self.path == ":memory:" or database != f"sqlite:{Path(self.path).resolve()}":
+            return None
+        return _complete_on
 
     def save_checkpoint(self, owner: str, claim_id: int, checkpoint: str | None) -> bool:
         with self._tx() as conn:
@@ -547,3 +541,34 @@ class SQLiteLedger:
         with self._tx(write=False) as conn:
             rows = conn.execute(_Q["workers"].format(where=where), {"job": job}).fetchall()
         return [WorkerRecord(*r) for r in rows]
+
+
+def _outcome_rows(owner: str, outcomes: Sequence[Outcome], now: float) -> list[tuple[Any, ...]]:
+    # Positional parameters: binding nine named ones from a dict per row cost as much
+    # as the UPDATE itself.
+    return [
+        (
+            o.status.value,
+            o.attempts,
+            o.records,
+            o.duration,
+            o.error_category,
+            o.error_message,
+            now,
+            o.id,
+            owner,
+            o.requests,
+        )
+        for o in outcomes
+    ]
+
+
+def _complete_on(
+    raw: sqlite3.Connection, owner: str, outcomes: Sequence[Outcome], now: float
+) -> set[int]:
+    """Apply outcomes on a connection to the ledger's file, in its open transaction."""
+    applied: set[int] = set()
+    for outcome, row in zip(outcomes, _outcome_rows(owner, outcomes, now), strict=True):
+        if raw.execute(_Q["complete"], row).rowcount:
+            applied.add(outcome.id)
+    return applied

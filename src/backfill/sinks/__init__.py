@@ -1,38 +1,352 @@
-"""Sinks: where a stage's records go.
+"""Sinks: the tables a stage's records go to.
 
-A sink writes one partition's records durably and idempotently: writing the same
-partition twice leaves the same rows, so a partition redone after a crash between
-"rows written" and "partition marked done" never duplicates anything.
+A sink is one table in one database. The engine buffers the rows of many partitions and
+writes them in one transaction per database (:class:`SinkConnection`), so a table is
+written in large batches, and marks those partitions done only once the transaction has
+committed. Writes are idempotent in every mode: a partition redone after a crash between
+"rows written" and "partition marked done" never leaves a row twice.
+
+Modes (:class:`Mode`):
+
+``upsert``
+    Insert, or update the row with the same key.
+``replace-partition``
+    Delete the partition's earlier rows, then insert. The partition's rows are those whose
+    ``partition_column`` holds its key (the default column ``_partition`` is filled in by
+    the engine); a date column of your own (``partition_column="date"``) matches every row
+    dated inside the partition's window, e.g. rows an earlier script loaded.
+``append``
+    Insert rows that have no key. Each row carries its partition's key in ``_partition``,
+    so a partition that runs again replaces what it appended before instead of doubling it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import decimal
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
-from backfill.errors import PermanentError
+from backfill.errors import ConfigError, PermanentError
 from backfill.partitions import Partition
 
-__all__ = ["Record", "Sink", "to_mapping"]
+__all__ = [
+    "PARTITION_COLUMN",
+    "Mode",
+    "OnNewField",
+    "Record",
+    "Rows",
+    "Sink",
+    "SinkConnection",
+    "TableSpec",
+    "table",
+    "to_mapping",
+]
 
 Record = Mapping[str, Any]
 
+PARTITION_COLUMN = "_partition"
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Mode(StrEnum):
+    UPSERT = "upsert"
+    REPLACE_PARTITION = "replace-partition"
+    APPEND = "append"
+
+
+class OnNewField(StrEnum):
+    """What a field the table lacks does: add a nullable column, or fail the partition."""
+
+    ADD = "add"
+    FAIL = "fail"
+
+
+# Portable column types; adapters map them onto their own SQL types.
+LOGICAL_TYPES = ("boolean", "integer", "real", "text", "blob", "date", "timestamp", "json")
+
+
+def logical_type(value: object) -> str | None:
+    """The portable column type for a Python value (None for None)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float | decimal.Decimal):
+        return "real"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "blob"
+    if isinstance(value, dt.datetime):
+        return "timestamp"
+    if isinstance(value, dt.date):
+        return "date"
+    if isinstance(value, Mapping | list | tuple):
+        return "json"
+    return "text"
+
+
+def _widen(a: str | None, b: str | None) -> str | None:
+    if a is None or a == b:
+        return b
+    if b is None:
+        return a
+    if {a, b} == {"integer", "real"}:
+        return "real"
+    if {a, b} <= {"boolean", "integer"}:
+        return "integer"
+    return "text"
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """One partition's records for one table.
+
+    ``first`` is False for the later pages of a partition written with ``ctx.write``:
+    replace-partition deletes the partition's old rows only before the first page.
+    """
+
+    partition: Partition
+    records: Sequence[Record]
+    first: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """What a table sink was declared with: adapters share it, and its checks."""
+
+    name: str
+    key: tuple[str, ...] = ()
+    mode: Mode = Mode.UPSERT
+    columns: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    on_new_field: OnNewField = OnNewField.ADD
+    partition_column: str = PARTITION_COLUMN
+
+    @classmethod
+    def declare(
+        cls,
+        name: str,
+        *,
+        key: Sequence[str] | None,
+        mode: str | Mode,
+        columns: Mapping[str, str] | None,
+        on_new_field: str | OnNewField,
+        partition_column: str | None,
+    ) -> TableSpec:
+        """Check a declaration; a bad one is a ConfigError that says what to change."""
+        if not _IDENTIFIER.match(name):
+            raise ConfigError(f"table name {name!r} must be letters, digits and underscores")
+        try:
+            mode = Mode(mode)
+        except ValueError:
+            raise ConfigError(
+                f"table {name}: unknown mode {mode!r}; use one of "
+                + ", ".join(m.value for m in Mode)
+            ) from None
+        try:
+            on_new_field = OnNewField(on_new_field)
+        except ValueError:
+            raise ConfigError(
+                f"table {name}: on_new_field must be 'add' or 'fail', not {on_new_field!r}"
+            ) from None
+        keys = tuple(key or ())
+        if mode is Mode.UPSERT and not keys:
+            raise ConfigError(f"table {name}: upsert needs key=[...] (the columns of a row's key)")
+        if mode is Mode.APPEND and partition_column not in (None, PARTITION_COLUMN):
+            raise ConfigError(
+                f"table {name}: append tags rows in {PARTITION_COLUMN}; drop partition_column"
+            )
+        for column in (*keys, *(columns or {})):
+            if not _IDENTIFIER.match(column):
+                raise ConfigError(
+                    f"table {name}: column name {column!r} must be letters, digits and underscores"
+                )
+        return cls(
+            name=name,
+            key=keys,
+            mode=mode,
+            columns=dict(columns or {}),
+            on_new_field=on_new_field,
+            partition_column=partition_column or PARTITION_COLUMN,
+        )
+
+    @property
+    def tags_partition(self) -> bool:
+        """Whether the engine fills ``partition_column`` with the partition key."""
+        return self.mode is not Mode.UPSERT and self.partition_column == PARTITION_COLUMN
+
+    def fields(self, batch: Sequence[Rows]) -> tuple[list[str], bool]:
+        """Every field the batch's records carry, in first-seen order, and whether every
+        record carries all of them.
+
+        The common case (every record has the same fields) costs one comparison per record.
+        """
+        first: Record | None = None
+        for rows in batch:
+            if rows.records:
+                first = rows.records[0]
+                break
+        if first is None:
+            return [], True
+        reference = first.keys()
+        if all(r.keys() == reference for rows in batch for r in rows.records):
+            return list(reference), True
+        seen: dict[str, None] = {}
+        for rows in batch:
+            for record in rows.records:
+                seen.update(dict.fromkeys(record))
+        return list(seen), False
+
+    def check_keys(self, batch: Sequence[Rows], uniform: bool) -> None:
+        """Fail with the field's name when a record lacks a key field.
+
+        With uniform records only the first of each partition needs a look: a key field
+        present but None is caught by the table's NOT NULL constraint.
+        """
+        if not self.key:
+            return
+        for rows in batch:
+            records = rows.records[:1] if uniform else rows.records
+            for record in records:
+                for k in self.key:
+                    if record.get(k) is None:
+                        raise PermanentError(
+                            f"a record of partition {rows.partition.key} has no value for "
+                            f"key field {k!r} of table {self.name}",
+                            category="missing_key",
+                        )
+
+    def infer(self, batch: Sequence[Rows], fields: Sequence[str]) -> dict[str, str | None]:
+        """Column types from the declaration, else from every value of the batch."""
+        types: dict[str, str | None] = {}
+        for name in fields:
+            if name in self.columns:
+                types[name] = self.columns[name]
+                continue
+            kind: str | None = None
+            for rows in batch:
+                for record in rows.records:
+                    kind = _widen(kind, logical_type(record.get(name)))
+            types[name] = kind
+        for name, declared in self.columns.items():
+            types.setdefault(name, declared)
+        for k in self.key:
+            types.setdefault(k, "text")
+        return types
+
+    def clash(self, rows: Rows, types: Mapping[str, str | None]) -> str | None:
+        """The first value that does not fit its column, described; None if all fit."""
+        for record in rows.records:
+            for name, value in record.items():
+                want = types.get(name)
+                have = logical_type(value)
+                if want is None or have is None or want not in LOGICAL_TYPES:
+                    continue
+                if have == want or _widen(want, have) == want:
+                    continue
+                return (
+                    f"partition {rows.partition.key}: field {name!r} of table {self.name} "
+                    f"holds a {have} value ({value!r:.40}) where the column is {want}"
+                )
+        return None
+
+
+class SinkConnection(Protocol):
+    """One connection to a destination database; the engine owns its transactions.
+
+    ``raw`` is the driver's connection: a ledger in the same database records the
+    partitions' done-marks on it, inside the transaction that writes their rows.
+    """
+
+    raw: Any
+
+    def begin(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def close(self) -> None: ...
+
 
 class Sink(Protocol):
-    """A destination table. Methods are blocking; the engine calls them off the event loop."""
+    """A destination table. Methods block; the engine calls them on a thread of its own.
+
+    Tables whose ``database`` is equal share one connection and one transaction.
+    """
+
+    @property
+    def name(self) -> str:
+        """The table's name; a stage writing several tables returns rows under it."""
+
+    @property
+    def database(self) -> str:
+        """Which database this is (no secret in it): equal for tables that share one."""
 
     @property
     def description(self) -> str:
         """Where the rows go, for messages (never carries a secret)."""
 
-    def open(self) -> None:
-        """Connect and check the destination; raise :class:`~backfill.errors.SinkError`."""
+    def connect(self) -> SinkConnection:
+        """Open a connection and check the destination; raise SinkError if unreachable."""
 
-    def write(self, partition: Partition, records: Sequence[Record]) -> int:
-        """Durably write one partition's records; return how many rows were written."""
+    def write(self, conn: SinkConnection, batch: Sequence[Rows]) -> int:
+        """Write these partitions' rows inside ``conn``'s open transaction.
 
-    def close(self) -> None: ...
+        Raise :class:`~backfill.errors.PermanentError` for bad records (missing key, type
+        clash, a new field under ``on_new_field="fail"``), TransientError for a busy or
+        dropped database, and SinkError when the destination cannot be used at all.
+        """
+
+
+def table(
+    url: str,
+    name: str,
+    *,
+    key: Sequence[str] | None = None,
+    mode: str | Mode = Mode.UPSERT,
+    columns: Mapping[str, str] | None = None,
+    on_new_field: str | OnNewField = OnNewField.ADD,
+    partition_column: str | None = None,
+) -> Sink:
+    """A table sink for a destination URL: ``sqlite:///PATH``, a file path, or ``postgresql://``.
+
+    Example::
+
+        sink = table("postgresql://me@db/warehouse", "flights",
+                     key=["year", "month", "day", "carrier", "flight", "origin"])
+    """
+    options: dict[str, Any] = {
+        "key": key,
+        "mode": mode,
+        "columns": columns,
+        "on_new_field": on_new_field,
+        "partition_column": partition_column,
+    }
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        from backfill.sinks.postgres import PostgresTable
+
+        return PostgresTable(url, name, **options)
+    if not sep or scheme == "sqlite":
+        from backfill.sinks.sqlite import SQLiteTable
+
+        path = url if not sep else (rest[1:] if rest.startswith("/") else rest)
+        if not path:
+            raise ConfigError(f"sink URL {url!r} names no file; use sqlite:///PATH")
+        return SQLiteTable(path, name, **options)
+    raise ConfigError(
+        f"unsupported sink URL {scheme}://...; use sqlite:///PATH, a file path, or "
+        "postgresql://USER@HOST/DATABASE"
+    )
 
 
 def to_mapping(record: object) -> Record:

@@ -1,33 +1,102 @@
-"""A SQLite table as a sink: batched, idempotent upserts keyed by the record key."""
+"""A table in a SQLite file as a sink: large ``executemany`` transactions in WAL mode.
+
+Tables the sink creates are STRICT, so a value of the wrong type fails its partition
+(with the table and column named) instead of being stored as whatever it was.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import json
 import sqlite3
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from backfill.errors import PermanentError, SinkError
-from backfill.partitions import Partition
-from backfill.sinks import Record
+from backfill.errors import PermanentError, SinkError, TransientError
+from backfill.sinks import (
+    PARTITION_COLUMN,
+    Mode,
+    OnNewField,
+    Rows,
+    SinkConnection,
+    TableSpec,
+)
 
-__all__ = ["SQLiteTable"]
+__all__ = ["SQLiteConnection", "SQLiteTable"]
 
-_SQL_TYPES = {bool: "INTEGER", int: "INTEGER", float: "REAL", str: "TEXT", bytes: "BLOB"}
+_STRICT_TYPES = {
+    "boolean": "INTEGER",
+    "integer": "INTEGER",
+    "real": "REAL",
+    "text": "TEXT",
+    "blob": "BLOB",
+    "date": "TEXT",
+    "timestamp": "TEXT",
+    "json": "TEXT",
+    None: "ANY",
+}
+_STRICT_ALLOWED = {"INT", "INTEGER", "REAL", "TEXT", "BLOB", "ANY"}
 
 
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-class SQLiteTable:
-    """Upsert records into ``table`` of the SQLite file at ``path``, keyed by ``key``.
+def _to_text(value: object) -> object:
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return value
 
-    The table is created from ``columns`` (name -> SQL type) when given, otherwise from
-    the first records written (types inferred from their values). A record missing a key
-    field, or carrying a field the table lacks, fails its partition with a message that
-    names the field.
+
+class SQLiteConnection:
+    """A connection to one SQLite file, in WAL mode, with explicit transactions."""
+
+    def __init__(self, path: Path, description: str) -> None:
+        self.description = description
+        try:
+            self.raw = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=30.0
+            )
+            self.raw.execute("PRAGMA journal_mode=WAL")
+            self.raw.execute("PRAGMA synchronous=NORMAL")
+            self.raw.execute("PRAGMA cache_size=-65536")
+        except sqlite3.Error as exc:
+            raise SinkError(f"cannot open {description}: {exc}") from exc
+
+    def begin(self) -> None:
+        try:
+            self.raw.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise TransientError(f"{self.description}: {exc}", category="sink_busy") from exc
+
+    def commit(self) -> None:
+        try:
+            self.raw.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise TransientError(f"{self.description}: {exc}", category="sink_busy") from exc
+
+    def rollback(self) -> None:
+        if self.raw.in_transaction:
+            self.raw.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class SQLiteTable:
+    """Write records into ``table`` of the SQLite file at ``path``.
+
+    The table is created when missing: from ``columns`` (name -> type: ``integer``,
+    ``real``, ``text``, ``boolean``, ``blob``, ``date``, ``timestamp``, ``json``) where
+    given, otherwise from the types of the first batch's values. See
+    :mod:`backfill.sinks` for the modes.
 
     Example::
 
@@ -40,127 +109,258 @@ class SQLiteTable:
         path: str | Path,
         table: str,
         *,
-        key: Sequence[str],
+        key: Sequence[str] | None = None,
+        mode: str | Mode = Mode.UPSERT,
         columns: Mapping[str, str] | None = None,
+        on_new_field: str | OnNewField = OnNewField.ADD,
+        partition_column: str | None = None,
     ) -> None:
-        if not key:
-            raise SinkError(f"table {table!r} needs at least one key column")
+        self.spec = TableSpec.declare(
+            table,
+            key=key,
+            mode=mode,
+            columns=columns,
+            on_new_field=on_new_field,
+            partition_column=partition_column,
+        )
         self.path = Path(path)
-        self.table = table
-        self.key = tuple(key)
-        self.declared = dict(columns or {})
-        self._conn: sqlite3.Connection | None = None
-        self._columns: list[str] | None = None
-        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return self.spec.key
+
+    @property
+    def database(self) -> str:
+        return f"sqlite:{self.path.resolve()}"
 
     @property
     def description(self) -> str:
-        return f"sqlite table {self.table} in {self.path}"
+        return f"table {self.spec.name} in {self.path}"
 
-    def open(self) -> None:
-        if self._conn is not None:
-            return
-        if not self.path.resolve().parent.is_dir():
+    def connect(self) -> SQLiteConnection:
+        parent = self.path.resolve().parent
+        if not parent.is_dir():
             raise SinkError(
-                f"cannot open {self.description}: directory {self.path.resolve().parent} "
-                "does not exist; create it or point the sink elsewhere"
+                f"cannot open {self.description}: directory {parent} does not exist; "
+                "create it or point the sink elsewhere"
             )
+        conn = SQLiteConnection(self.path, self.description)
         try:
-            conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            rows = conn.execute(f"PRAGMA table_info({_quote(self.table)})").fetchall()
+            existing = self._existing(conn.raw)
         except sqlite3.Error as exc:
+            conn.close()
             raise SinkError(f"cannot open {self.description}: {exc}") from exc
-        self._conn = conn
-        if rows:
-            self._columns = [r[1] for r in rows]
-            missing = [k for k in self.key if k not in self._columns]
-            if missing:
-                raise SinkError(
-                    f"{self.description} exists without key column {missing[0]!r}; "
-                    "drop the table or change the key"
-                )
-        elif self.declared:
-            self._create(self.declared)
+        missing = [k for k in self.spec.key if existing and k not in existing]
+        if missing:
+            conn.close()
+            raise SinkError(
+                f"{self.description} exists without key column {missing[0]!r}; "
+                "drop the table or change the key"
+            )
+        return conn
 
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    # -- writing ---------------------------------------------------------------------
 
-    def _create(self, columns: Mapping[str, str]) -> None:
-        assert self._conn is not None
-        cols = ", ".join(f"{_quote(n)} {t}".rstrip() for n, t in columns.items())
-        pk = ", ".join(_quote(k) for k in self.key)
-        self._conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {_quote(self.table)} ({cols}, PRIMARY KEY ({pk}))"
+    def _existing(self, raw: sqlite3.Connection) -> dict[str, str]:
+        rows = raw.execute(f"PRAGMA table_info({_quote(self.spec.name)})").fetchall()
+        return {r[1]: str(r[2]).upper() for r in rows}
+
+    def _create(self, raw: sqlite3.Connection, types: Mapping[str, str | None]) -> None:
+        spec = self.spec
+        strict = all(_STRICT_TYPES.get(t, t) in _STRICT_ALLOWED for t in types.values())
+        columns = []
+        for name, kind in types.items():
+            sql_type = _STRICT_TYPES.get(kind, kind) if strict or kind in _STRICT_TYPES else kind
+            if not strict and sql_type == "ANY":
+                sql_type = ""
+            null = " NOT NULL" if name in spec.key else ""
+            columns.append(f"{_quote(name)} {sql_type}{null}".replace("  ", " "))
+        if spec.tags_partition:
+            columns.append(f"{_quote(PARTITION_COLUMN)} TEXT NOT NULL")
+        if spec.key:
+            columns.append(f"PRIMARY KEY ({', '.join(_quote(k) for k in spec.key)})")
+        raw.execute(
+            f"CREATE TABLE IF NOT EXISTS {_quote(spec.name)} ({', '.join(columns)})"
+            + (" STRICT" if strict else "")
         )
-        self._columns = [
-            r[1] for r in self._conn.execute(f"PRAGMA table_info({_quote(self.table)})")
-        ]
+        if spec.tags_partition:
+            raw.execute(
+                f"CREATE INDEX IF NOT EXISTS {_quote(spec.name + '_partition')} "
+                f"ON {_quote(spec.name)} ({_quote(PARTITION_COLUMN)})"
+            )
 
-    def _infer(self, records: Sequence[Record]) -> dict[str, str]:
-        types: dict[str, str] = {}
-        for record in records:
-            for name, value in record.items():
-                if name not in types or types[name] == "":
-                    types[name] = _SQL_TYPES.get(type(value), "") if value is not None else ""
-        for k in self.key:
-            types.setdefault(k, "")
-        # A column seen only as None gets no declared type: SQLite then stores later
-        # values as they come instead of coercing them to the first guess.
-        return {**types, **self.declared}
+    def write(self, conn: SinkConnection, batch: Sequence[Rows]) -> int:
+        raw: sqlite3.Connection = conn.raw
+        try:
+            return self._write(raw, batch)
+        except sqlite3.IntegrityError as exc:
+            raise self._data_error(exc) from exc
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError) as exc:
+            raise PermanentError(
+                f"table {self.spec.name}: a value cannot be stored ({exc})",
+                category="type_clash",
+            ) from exc
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "locked" in text or "busy" in text:
+                raise TransientError(f"{self.description}: {text}", category="sink_busy") from exc
+            raise SinkError(f"cannot write {self.description}: {text}") from exc
+        except sqlite3.Error as exc:
+            raise SinkError(f"cannot write {self.description}: {exc}") from exc
 
-    def write(self, partition: Partition, records: Sequence[Record]) -> int:
-        if not records:
+    def _data_error(self, exc: sqlite3.IntegrityError) -> PermanentError:
+        text = str(exc)
+        prefix = "NOT NULL constraint failed: "
+        if text.startswith(prefix):
+            column = text[len(prefix) :].rpartition(".")[2]
+            return PermanentError(
+                f"a record has no value for key field {column!r} of table {self.spec.name}",
+                category="missing_key",
+            )
+        if text.startswith("cannot store"):
+            column = text.rpartition(".")[2]
+            return PermanentError(
+                f"table {self.spec.name}, field {column!r}: {text.rpartition(' column ')[0]} "
+                "column",
+                category="type_clash",
+            )
+        return PermanentError(f"table {self.spec.name}: {text}", category="integrity")
+
+    def _write(self, raw: sqlite3.Connection, batch: Sequence[Rows]) -> int:
+        spec = self.spec
+        fields, uniform = spec.fields(batch)
+        spec.check_keys(batch, uniform)
+        existing = self._existing(raw)
+        if not existing:
+            if not fields:
+                return 0
+            self._create(raw, spec.infer(batch, fields))
+            existing = self._existing(raw)
+        new = [f for f in fields if f not in existing]
+        if new:
+            self._add_columns(raw, batch, new)
+        if spec.mode is not Mode.UPSERT:
+            self._delete(raw, [rows for rows in batch if rows.first])
+        if not fields:
             return 0
-        with self._lock:
-            if self._conn is None:
-                self.open()
-            assert self._conn is not None
-            if self._columns is None:
-                self._create(self._infer(records))
-            columns = self._columns
-            assert columns is not None
-            known = set(columns)
-            for record in records:
-                for k in self.key:
-                    if record.get(k) is None:
-                        raise PermanentError(
-                            f"a record of partition {partition.key} has no value for key "
-                            f"field {k!r} of table {self.table}",
-                            category="missing_key",
-                        )
-                extra = record.keys() - known
-                if extra:
-                    raise PermanentError(
-                        f"a record of partition {partition.key} has field "
-                        f"{sorted(extra)[0]!r}, which table {self.table} lacks",
-                        category="schema_drift",
-                    )
-            names = ", ".join(_quote(c) for c in columns)
-            marks = ", ".join("?" for _ in columns)
-            keys = ", ".join(_quote(k) for k in self.key)
+        columns = list(fields)
+        tag = spec.tags_partition
+        names = [*columns, PARTITION_COLUMN] if tag else columns
+        sql = f"INSERT INTO {_quote(spec.name)} ({', '.join(_quote(c) for c in names)}) "
+        sql += f"VALUES ({', '.join('?' for _ in names)})"
+        if spec.key:
             updates = ", ".join(
-                f"{_quote(c)} = excluded.{_quote(c)}" for c in columns if c not in self.key
+                f"{_quote(c)} = excluded.{_quote(c)}" for c in columns if c not in spec.key
             )
-            action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-            sql = (
-                f"INSERT INTO {_quote(self.table)} ({names}) VALUES ({marks}) "
-                f"ON CONFLICT ({keys}) {action}"
+            keys = ", ".join(_quote(k) for k in spec.key)
+            sql += f" ON CONFLICT ({keys}) " + (
+                f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
             )
-            rows: list[tuple[Any, ...]] = [tuple(r.get(c) for c in columns) for r in records]
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    self._conn.executemany(sql, rows)
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise SinkError(f"cannot write {self.description}: {exc}") from exc
-            return len(rows)
+        convert = [
+            i for i, c in enumerate(columns) if existing.get(c, "TEXT") in ("TEXT", "", "ANY")
+        ]
+        total = 0
+        for rows in batch:
+            if not rows.records:
+                continue
+            values = self._tuples(rows, columns, convert)
+            if tag:
+                suffix = (rows.partition.key,)
+                values = [v + suffix for v in values]
+            raw.executemany(sql, values)
+            total += len(values)
+        return total
+
+    def _tuples(self, rows: Rows, columns: list[str], convert: list[int]) -> list[tuple[Any, ...]]:
+        records = rows.records
+        getter: Callable[[Any], Any]
+        values: list[tuple[Any, ...]]
+        try:
+            if len(columns) == 1:
+                single = columns[0]
+                values = [(r[single],) for r in records]
+            else:
+                getter = itemgetter(*columns)
+                values = [getter(r) for r in records]
+        except KeyError:
+            # Some records lack some fields: those are NULL.
+            values = [tuple(r.get(c) for c in columns) for r in records]
+        if convert and self._needs_conversion(values, convert):
+            values = [
+                tuple(_to_text(v) if i in convert else v for i, v in enumerate(row))
+                for row in values
+            ]
+        return values
+
+    @staticmethod
+    def _needs_conversion(values: list[tuple[Any, ...]], convert: list[int]) -> bool:
+        if not values:
+            return False
+        sample = values[0]
+        plain = (str, int, float, type(None), bytes)
+        # A cheap look at one row; the rare stray date or dict lower down is caught by
+        # the binding error and fails only its partition.
+        return not all(isinstance(sample[i], plain) for i in convert)
+
+    def _add_columns(self, raw: sqlite3.Connection, batch: Sequence[Rows], new: list[str]) -> None:
+        spec = self.spec
+        if spec.on_new_field is OnNewField.FAIL:
+            where = next(
+                rows.partition.key for rows in batch if any(new[0] in r for r in rows.records)
+            )
+            raise PermanentError(
+                f"a record of partition {where} has field {new[0]!r}, which table "
+                f"{spec.name} lacks (on_new_field='fail'); add the column or drop the field",
+                category="schema_drift",
+            )
+        types = spec.infer(batch, new)
+        strict = bool(
+            raw.execute(
+                "SELECT strict FROM pragma_table_list WHERE name = ?", (spec.name,)
+            ).fetchone()[0]
+        )
+        for name in new:
+            kind = types.get(name)
+            sql_type = (
+                _STRICT_TYPES.get(kind, kind or "") if strict else _STRICT_TYPES.get(kind, "")
+            )
+            if not strict and sql_type == "ANY":
+                sql_type = ""
+            raw.execute(
+                f"ALTER TABLE {_quote(spec.name)} ADD COLUMN {_quote(name)} {sql_type}".rstrip()
+            )
+
+    def _delete(self, raw: sqlite3.Connection, batch: Sequence[Rows]) -> None:
+        if not batch:
+            return
+        spec = self.spec
+        table = _quote(spec.name)
+        if spec.partition_column == PARTITION_COLUMN:
+            raw.executemany(
+                f"DELETE FROM {table} WHERE {_quote(PARTITION_COLUMN)} = ?",
+                [(rows.partition.key,) for rows in batch],
+            )
+            return
+        existing = self._existing(raw)
+        column = spec.partition_column
+        if column not in existing:
+            raise PermanentError(
+                f"table {spec.name} has no column {column!r} to replace partitions by; "
+                "set partition_column to a date column of the records",
+                category="schema",
+            )
+        for rows in batch:
+            part = rows.partition
+            dims = [(k, v) for k, v in part.dims if k in existing]
+            sql = f"DELETE FROM {table} WHERE {_quote(column)} >= ? AND {_quote(column)} <= ?"
+            sql += "".join(f" AND {_quote(k)} = ?" for k, _ in dims)
+            raw.execute(sql, (part.start.isoformat(), _day_end(part.end), *(v for _, v in dims)))
+
+
+def _day_end(day: dt.date) -> str:
+    # Covers both date and timestamp text: '2013-01-31' <= '2013-01-31T23:59...' < '2013-02'.
+    return day.isoformat() + "\uffff"

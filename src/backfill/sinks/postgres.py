@@ -1,0 +1,375 @@
+"""A PostgreSQL table as a sink (psycopg 3): binary COPY into a staging table, then one
+``INSERT ... SELECT`` into the target (with ``ON CONFLICT DO UPDATE`` for upserts)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from operator import itemgetter
+from typing import Any
+
+import psycopg
+import psycopg.conninfo
+import psycopg.errors
+
+from backfill.errors import PermanentError, SinkError, TransientError
+from backfill.sinks import (
+    PARTITION_COLUMN,
+    Mode,
+    OnNewField,
+    Rows,
+    SinkConnection,
+    TableSpec,
+)
+
+__all__ = ["PostgresConnection", "PostgresTable", "safe_url"]
+
+_PG_TYPES = {
+    "boolean": "boolean",
+    "integer": "bigint",
+    "real": "double precision",
+    "text": "text",
+    "blob": "bytea",
+    "date": "date",
+    "timestamp": "timestamp",
+    "json": "jsonb",
+    None: "text",
+}
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and identity."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unparseable URL)"
+    user = str(info.get("user") or "")
+    host = info.get("host") or "localhost"
+    port = info.get("port") or "5432"
+    name = info.get("dbname") or user or ""
+    return f"postgresql://{user + '@' if user else ''}{host}:{port}/{name}"
+
+
+class PostgresConnection:
+    """One psycopg connection; reconnects at the next transaction after a drop."""
+
+    def __init__(self, url: str, description: str) -> None:
+        self.url = url
+        self.description = description
+        self.raw: Any = None
+        self._connect()
+
+    def _connect(self) -> None:
+        try:
+            self.raw = psycopg.connect(self.url, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise SinkError(f"cannot connect to {self.description}: {reason}") from exc
+        except psycopg.ProgrammingError as exc:
+            raise SinkError(f"bad PostgreSQL URL for {self.description}: {exc}") from exc
+
+    def begin(self) -> None:
+        if self.raw is None or self.raw.closed or self.raw.broken:
+            try:
+                self._connect()
+            except SinkError as exc:
+                raise TransientError(exc.args[0], category="sink_unreachable") from exc
+
+    def commit(self) -> None:
+        try:
+            self.raw.commit()
+        except psycopg.OperationalError as exc:
+            raise TransientError(f"{self.description}: {exc}", category="sink_unreachable") from exc
+
+    def rollback(self) -> None:
+        if self.raw is not None and not self.raw.closed and not self.raw.broken:
+            self.raw.rollback()
+
+    def close(self) -> None:
+        if self.raw is not None:
+            self.raw.close()
+
+
+class PostgresTable:
+    """Write records into ``table`` of the PostgreSQL database at ``url``.
+
+    ``table`` may be ``schema.table``. Created when missing, from ``columns`` or from the
+    first batch's values. See :mod:`backfill.sinks` for the modes.
+
+    Example::
+
+        PostgresTable("postgresql://me@db/warehouse", "flights",
+                      key=["year", "month", "day", "carrier", "flight", "origin"])
+    """
+
+    def __init__(
+        self,
+        url: str,
+        table: str,
+        *,
+        key: Sequence[str] | None = None,
+        mode: str | Mode = Mode.UPSERT,
+        columns: Mapping[str, str] | None = None,
+        on_new_field: str | OnNewField = OnNewField.ADD,
+        partition_column: str | None = None,
+    ) -> None:
+        schema, _, name = table.rpartition(".")
+        self.spec = TableSpec.declare(
+            name,
+            key=key,
+            mode=mode,
+            columns=columns,
+            on_new_field=on_new_field,
+            partition_column=partition_column,
+        )
+        self.schema = schema or None
+        self.url = url
+        self._safe = safe_url(url)
+        self.qualified = (_quote(self.schema) + "." if self.schema else "") + _quote(name)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return self.spec.key
+
+    @property
+    def database(self) -> str:
+        return self._safe
+
+    @property
+    def description(self) -> str:
+        where = f"{self.schema}.{self.spec.name}" if self.schema else self.spec.name
+        return f"table {where} in {self._safe}"
+
+    def connect(self) -> PostgresConnection:
+        conn = PostgresConnection(self.url, self.description)
+        try:
+            existing = self._existing(conn.raw)
+            conn.raw.rollback()
+        except Exception as exc:
+            conn.close()
+            raise SinkError(f"cannot use {self.description}: {exc}") from exc
+        missing = [k for k in self.spec.key if existing and k not in existing]
+        if missing:
+            conn.close()
+            raise SinkError(
+                f"{self.description} exists without key column {missing[0]!r}; "
+                "drop the table or change the key"
+            )
+        return conn
+
+    def _existing(self, raw: Any) -> dict[str, tuple[str, int]]:
+        """Column name -> (type, type oid), in table order; empty when there is no table."""
+        rows = raw.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.atttypid "
+            "FROM pg_attribute a WHERE a.attrelid = to_regclass(%s) "
+            "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            (self.qualified,),
+        ).fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def write(self, conn: SinkConnection, batch: Sequence[Rows]) -> int:
+        errors = psycopg.errors
+        try:
+            return self._write(conn.raw, batch)
+        except errors.NotNullViolation as exc:
+            column = exc.diag.column_name or "?"
+            raise PermanentError(
+                f"a record has no value for key field {column!r} of table {self.spec.name}",
+                category="missing_key",
+            ) from exc
+        except (
+            errors.DeadlockDetected,
+            errors.SerializationFailure,
+            errors.LockNotAvailable,
+        ) as exc:
+            raise TransientError(f"{self.description}: {exc}", category="sink_busy") from exc
+        except psycopg.OperationalError as exc:
+            raise TransientError(
+                f"{self.description}: {' '.join(str(exc).split())}", category="sink_unreachable"
+            ) from exc
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            raise self._clash(batch, conn.raw, exc) from exc
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SinkError(f"cannot write {self.description}: {exc}") from exc
+        except psycopg.ProgrammingError as exc:
+            raise PermanentError(
+                f"table {self.spec.name}: {' '.join(str(exc).split())}", category="type_clash"
+            ) from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise self._clash(batch, conn.raw, exc) from exc
+
+    def _clash(self, batch: Sequence[Rows], raw: Any, exc: BaseException) -> PermanentError:
+        """Name the field whose value does not fit, when it can be found."""
+        reverse = {pg: logical for logical, pg in _PG_TYPES.items() if logical is not None}
+        with contextlib.suppress(Exception):
+            raw.rollback()
+        try:
+            existing = self._existing(raw)
+            raw.rollback()
+        except Exception:
+            existing = {}
+        types = {name: reverse.get(kind) for name, (kind, _) in existing.items()}
+        for rows in batch:
+            found = self.spec.clash(rows, types)
+            if found is not None:
+                return PermanentError(found, category="type_clash")
+        reason = " ".join(str(exc).split())
+        return PermanentError(f"table {self.spec.name}: {reason}", category="type_clash")
+
+    def _create(self, raw: Any, types: Mapping[str, str | None]) -> None:
+        spec = self.spec
+        columns = []
+        for name, kind in types.items():
+            sql_type = _PG_TYPES.get(kind, kind or "text")
+            null = " NOT NULL" if name in spec.key else ""
+            columns.append(f"{_quote(name)} {sql_type}{null}")
+        if spec.tags_partition:
+            columns.append(f"{_quote(PARTITION_COLUMN)} text NOT NULL")
+        if spec.key:
+            columns.append(f"PRIMARY KEY ({', '.join(_quote(k) for k in spec.key)})")
+        if self.schema:
+            raw.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(self.schema)}")
+        raw.execute(f"CREATE TABLE IF NOT EXISTS {self.qualified} ({', '.join(columns)})")
+        if spec.tags_partition:
+            raw.execute(
+                f"CREATE INDEX IF NOT EXISTS {_quote(spec.name + '_partition')} "
+                f"ON {self.qualified} ({_quote(PARTITION_COLUMN)})"
+            )
+
+    def _write(self, raw: Any, batch: Sequence[Rows]) -> int:
+        spec = self.spec
+        fields, uniform = spec.fields(batch)
+        spec.check_keys(batch, uniform)
+        existing = self._existing(raw)
+        if not existing:
+            if not fields:
+                return 0
+            # Two workers may race to create it: one waits for the other's lock.
+            raw.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.qualified,))
+            existing = self._existing(raw)
+            if not existing:
+                self._create(raw, spec.infer(batch, fields))
+                existing = self._existing(raw)
+        new = [f for f in fields if f not in existing]
+        if new:
+            self._add_columns(raw, batch, new)
+            existing = self._existing(raw)
+        if spec.mode is not Mode.UPSERT:
+            self._delete(raw, [rows for rows in batch if rows.first])
+        if not fields or not any(rows.records for rows in batch):
+            return 0
+        columns = list(fields)
+        tag = spec.tags_partition
+        names = [*columns, PARTITION_COLUMN] if tag else columns
+        stage = _quote(f"_backfill_stage_{spec.name}")
+        raw.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
+            f"(LIKE {self.qualified} INCLUDING DEFAULTS) ON COMMIT DROP"
+        )
+        column_list = ", ".join(_quote(c) for c in names)
+        total = 0
+        with raw.cursor() as cur:
+            with cur.copy(f"COPY {stage} ({column_list}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types([existing[c][1] for c in names])
+                for rows in batch:
+                    if not rows.records:
+                        continue
+                    values = _tuples(rows, columns)
+                    if tag:
+                        suffix = (rows.partition.key,)
+                        for value in values:
+                            copy.write_row(value + suffix)
+                    else:
+                        for value in values:
+                            copy.write_row(value)
+                    total += len(values)
+            insert = f"INSERT INTO {self.qualified} ({column_list}) "
+            if spec.key:
+                keys = ", ".join(_quote(k) for k in spec.key)
+                updates = ", ".join(
+                    f"{_quote(c)} = EXCLUDED.{_quote(c)}" for c in columns if c not in spec.key
+                )
+                action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+                conflict = f" ON CONFLICT ({keys}) {action}"
+                cur.execute("SAVEPOINT backfill_upsert")
+                try:
+                    cur.execute(f"{insert}SELECT {column_list} FROM {stage}{conflict}")
+                except psycopg.errors.CardinalityViolation:
+                    # The same key twice in one batch: the last record wins.
+                    cur.execute("ROLLBACK TO SAVEPOINT backfill_upsert")
+                    cur.execute(
+                        f"{insert}SELECT DISTINCT ON ({keys}) {column_list} FROM {stage} "
+                        f"ORDER BY {keys}, ctid DESC{conflict}"
+                    )
+                cur.execute("RELEASE SAVEPOINT backfill_upsert")
+            else:
+                cur.execute(f"{insert}SELECT {column_list} FROM {stage}")
+            cur.execute(f"DROP TABLE {stage}")
+        return total
+
+    def _add_columns(self, raw: Any, batch: Sequence[Rows], new: list[str]) -> None:
+        spec = self.spec
+        if spec.on_new_field is OnNewField.FAIL:
+            where = next(
+                rows.partition.key for rows in batch if any(new[0] in r for r in rows.records)
+            )
+            raise PermanentError(
+                f"a record of partition {where} has field {new[0]!r}, which table "
+                f"{spec.name} lacks (on_new_field='fail'); add the column or drop the field",
+                category="schema_drift",
+            )
+        types = spec.infer(batch, new)
+        for name in new:
+            sql_type = _PG_TYPES.get(types.get(name), types.get(name) or "text")
+            raw.execute(
+                f"ALTER TABLE {self.qualified} ADD COLUMN IF NOT EXISTS {_quote(name)} {sql_type}"
+            )
+
+    def _delete(self, raw: Any, batch: Sequence[Rows]) -> None:
+        if not batch:
+            return
+        spec = self.spec
+        if spec.partition_column == PARTITION_COLUMN:
+            raw.execute(
+                f"DELETE FROM {self.qualified} WHERE {_quote(PARTITION_COLUMN)} = ANY(%s)",
+                ([rows.partition.key for rows in batch],),
+            )
+            return
+        existing = self._existing(raw)
+        column = spec.partition_column
+        if column not in existing:
+            raise PermanentError(
+                f"table {spec.name} has no column {column!r} to replace partitions by; "
+                "set partition_column to a date column of the records",
+                category="schema",
+            )
+        for rows in batch:
+            part = rows.partition
+            dims = [(k, v) for k, v in part.dims if k in existing]
+            sql = (
+                f"DELETE FROM {self.qualified} WHERE {_quote(column)} >= %s "
+                f"AND {_quote(column)} < %s"
+            )
+            sql += "".join(f" AND {_quote(k)} = %s" for k, _ in dims)
+            raw.execute(sql, (part.start, part.end + dt.timedelta(days=1), *(v for _, v in dims)))
+
+
+def _tuples(rows: Rows, columns: list[str]) -> list[tuple[Any, ...]]:
+    records = rows.records
+    try:
+        if len(columns) == 1:
+            single = columns[0]
+            return [(r[single],) for r in records]
+        getter = itemgetter(*columns)
+        return [getter(r) for r in records]
+    except KeyError:
+        return [tuple(r.get(c) for c in columns) for r in records]

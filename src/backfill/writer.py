@@ -1,0 +1,351 @@
+"""The sink writer: buffers the rows of many partitions and writes them in bulk.
+
+One :class:`Destination` per database the run's tables live in: one connection, one
+thread, one buffer. Partitions hand their rows over and wait; the destination writes
+everything buffered in one transaction when enough rows have gathered or the oldest has
+waited long enough, then answers each partition. A partition is only ever reported
+written after its transaction has committed.
+
+When the ledger lives in the same database, the partitions' done-marks are written in
+that same transaction (exactly once, even for ``append``). Otherwise the runner records
+them after the commit, and a crash in between redoes the partition idempotently.
+
+A bad partition (a record without its key, a type clash) fails only itself: a batch
+that fails on data is retried one partition at a time to find the culprit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from backfill.errors import PermanentError, SinkError, TransientError
+from backfill.ledger import Completer, Outcome
+from backfill.partitions import Partition
+from backfill.sinks import Record, Rows, Sink, SinkConnection
+
+__all__ = ["Destination", "SinkWriter", "WriteResult"]
+
+log = logging.getLogger("backfill.writer")
+
+BATCH_ROWS = 20_000
+MAX_DELAY = 0.25
+MAX_BUFFER = 200_000
+TRANSIENT_ATTEMPTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """How a partition's hand-over ended.
+
+    ``recorded``: its outcome committed with its rows (the ledger shares the database).
+    ``lost``: its lease had passed to another worker, so nothing was written.
+    """
+
+    error: PermanentError | None = None
+    recorded: bool = False
+    lost: bool = False
+
+
+@dataclass(slots=True)
+class _Item:
+    parts: dict[str, Rows]
+    rows: int
+    outcome: Outcome | None
+    future: asyncio.Future[WriteResult]
+    partition: Partition
+
+
+@dataclass(slots=True)
+class _Buffer:
+    items: list[_Item] = field(default_factory=list)
+    rows: int = 0
+    since: float = 0.0
+    urgent: bool = False
+
+
+class Destination:
+    """One database: its tables, connection, thread and buffer."""
+
+    def __init__(
+        self,
+        database: str,
+        sinks: Sequence[Sink],
+        *,
+        owner: str,
+        completer: Completer | None = None,
+        now: Callable[[], float] = time.time,
+        batch_rows: int = BATCH_ROWS,
+        max_delay: float = MAX_DELAY,
+    ) -> None:
+        self.database = database
+        self.sinks = {s.name: s for s in sinks}
+        self.owner = owner
+        self.completer = completer
+        self.now = now
+        self.batch_rows = batch_rows
+        self.max_delay = max_delay
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-sink")
+        self._conn: SinkConnection | None = None
+        self._buffer = _Buffer()
+        self._more = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self.transactions = 0
+
+    @property
+    def description(self) -> str:
+        return " and ".join(s.description for s in self.sinks.values())
+
+    async def open(self) -> None:
+        first = next(iter(self.sinks.values()))
+        loop = asyncio.get_running_loop()
+        self._conn = await loop.run_in_executor(self._pool, first.connect)
+        # Every table of the database checks itself (e.g. a key column missing).
+        for sink in list(self.sinks.values())[1:]:
+            other = await loop.run_in_executor(self._pool, sink.connect)
+            await loop.run_in_executor(self._pool, other.close)
+        self._task = asyncio.create_task(self._run())
+
+    async def submit(
+        self,
+        parts: Mapping[str, Rows],
+        outcome: Outcome | None,
+        partition: Partition,
+        *,
+        urgent: bool = False,
+    ) -> WriteResult:
+        """Hand over one partition's rows; return once they are durable (or refused)."""
+        if self._failure is not None:
+            raise self._failure
+        while not self._space.is_set() and not urgent:
+            await self._space.wait()
+            if self._failure is not None:
+                raise self._failure
+        future: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        rows = sum(len(r.records) for r in parts.values())
+        buffer = self._buffer
+        if not buffer.items:
+            buffer.since = asyncio.get_running_loop().time()
+        buffer.items.append(_Item(dict(parts), rows, outcome, future, partition))
+        buffer.rows += rows
+        buffer.urgent = buffer.urgent or urgent
+        if buffer.rows >= MAX_BUFFER:
+            self._space.clear()
+        self._more.set()
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        """Write what is buffered, then close the connection."""
+        self._closing = True
+        self._more.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+        loop = asyncio.get_running_loop()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(self._pool, self._conn.close)
+            self._conn = None
+        self._pool.shutdown(wait=False)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._more.wait()
+            buffer = self._buffer
+            if not buffer.items:
+                self._more.clear()
+                if self._closing:
+                    return
+                continue
+            deadline = buffer.since + self.max_delay
+            while (
+                buffer.rows < self.batch_rows
+                and not buffer.urgent
+                and not self._closing
+                and loop.time() < deadline
+            ):
+                self._more.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._more.wait(), deadline - loop.time())
+            self._buffer = _Buffer()
+            self._space.set()
+            items = buffer.items
+            try:
+                results = await loop.run_in_executor(self._pool, self._commit, items)
+            except BaseException as exc:
+                self._fail(exc, items)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return
+            for item, result in zip(items, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)
+
+    def _fail(self, exc: BaseException, items: list[_Item]) -> None:
+        self._failure = exc if isinstance(exc, Exception) else SinkError(str(exc))
+        self._space.set()
+        for item in [*items, *self._buffer.items]:
+            if not item.future.done():
+                item.future.set_exception(self._failure)
+                # Retrieved by whoever awaits it; never "exception was never retrieved".
+                item.future.exception()
+        self._buffer = _Buffer()
+
+    # -- on the destination's thread --------------------------------------------------
+
+    def _commit(self, items: list[_Item]) -> list[WriteResult]:
+        try:
+            return self._retrying(items)
+        except PermanentError as exc:
+            if len(items) == 1:
+                return [_refused(items[0], exc)]
+        return [self._alone(item) for item in items]
+
+    def _alone(self, item: _Item) -> WriteResult:
+        try:
+            return self._retrying([item])[0]
+        except PermanentError as exc:
+            return _refused(item, exc)
+
+    def _retrying(self, items: list[_Item]) -> list[WriteResult]:
+        delay = 0.05
+        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+            try:
+                return self._transaction(items)
+            except TransientError as exc:
+                if attempt == TRANSIENT_ATTEMPTS:
+                    raise SinkError(
+                        f"cannot write {self.description} after {attempt} attempts: {exc.message}"
+                    ) from exc
+                log.warning("retrying a write to %s: %s", self.description, exc.message)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    def _transaction(self, items: list[_Item]) -> list[WriteResult]:
+        conn = self._conn
+        if conn is None:
+            raise SinkError(f"{self.description} is closed")
+        conn.begin()
+        try:
+            live = items
+            lost: set[int] = set()
+            recorded = False
+            outcomes = [i.outcome for i in items if i.outcome is not None]
+            if self.completer is not None and outcomes:
+                applied = self.completer(conn.raw, self.owner, outcomes, self.now())
+                recorded = True
+                lost = {
+                    id(i) for i in items if i.outcome is not None and i.outcome.id not in applied
+                }
+                live = [i for i in items if id(i) not in lost]
+            for name, sink in self.sinks.items():
+                batch = [i.parts[name] for i in live if name in i.parts]
+                if batch:
+                    sink.write(conn, batch)
+            conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise
+        self.transactions += 1
+        return [
+            WriteResult(
+                recorded=recorded and i.outcome is not None and id(i) not in lost,
+                lost=id(i) in lost,
+            )
+            for i in items
+        ]
+
+
+def _refused(item: _Item, exc: PermanentError) -> WriteResult:
+    key = item.partition.key
+    if key not in exc.message:
+        exc = PermanentError(f"partition {key}: {exc.message}", category=exc.category)
+    return WriteResult(error=exc)
+
+
+class SinkWriter:
+    """Every destination of a run, opened together and closed together."""
+
+    def __init__(
+        self,
+        owner: str,
+        *,
+        completer_for: Callable[[str], Completer | None] | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.owner = owner
+        self.completer_for = completer_for
+        self.now = now
+        self.destinations: dict[str, Destination] = {}
+
+    async def open(self, sinks: Sequence[Sink]) -> None:
+        grouped: dict[str, list[Sink]] = {}
+        for sink in sinks:
+            grouped.setdefault(sink.database, [])
+            if all(s is not sink for s in grouped[sink.database]):
+                grouped[sink.database].append(sink)
+        for database, members in grouped.items():
+            names = [s.name for s in members]
+            duplicate = next((n for n in names if names.count(n) > 1), None)
+            if duplicate is not None:
+                raise SinkError(
+                    f"two different sinks write table {duplicate} in {members[0].description}; "
+                    "declare the table once and share it between stages"
+                )
+            completer = self.completer_for(database) if self.completer_for else None
+            destination = Destination(
+                database, members, owner=self.owner, completer=completer, now=self.now
+            )
+            self.destinations[database] = destination
+            await destination.open()
+
+    def shares_ledger(self, sinks: Sequence[Sink]) -> bool:
+        """Whether these tables' done-marks commit with their rows (one database, the ledger's)."""
+        databases = {s.database for s in sinks}
+        return len(databases) == 1 and self.destinations[databases.pop()].completer is not None
+
+    async def write(
+        self,
+        sinks: Sequence[Sink],
+        partition: Partition,
+        records: Mapping[str, Sequence[Record]],
+        outcome: Outcome | None,
+        *,
+        first: bool,
+        urgent: bool = False,
+    ) -> WriteResult:
+        """Write one partition's rows to every table; the outcome rides along when the
+        ledger shares the (single) database."""
+        by_database: dict[str, dict[str, Rows]] = {}
+        for sink in sinks:
+            rows = records.get(sink.name, ())
+            by_database.setdefault(sink.database, {})[sink.name] = Rows(partition, rows, first)
+        if len(by_database) == 1:
+            ((database, parts),) = by_database.items()
+            destination = self.destinations[database]
+            carried = outcome if destination.completer is not None else None
+            return await destination.submit(parts, carried, partition, urgent=urgent)
+        results = await asyncio.gather(
+            *(
+                self.destinations[db].submit(parts, None, partition, urgent=urgent)
+                for db, parts in by_database.items()
+            )
+        )
+        error = next((r.error for r in results if r.error is not None), None)
+        return WriteResult(error=error)
+
+    async def close(self) -> None:
+        for destination in self.destinations.values():
+            await destination.close()
