@@ -57,7 +57,7 @@ StateOpt = Annotated[
     typer.Option(
         "--state",
         envvar="BACKFILL_STATE",
-        help="State (ledger) URL: sqlite:///PATH or a file path.",
+        help="State (ledger) URL: sqlite:///PATH, a file path, or postgresql://USER@HOST/DB.",
         show_default=True,
     ),
 ]

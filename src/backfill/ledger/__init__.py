@@ -1,7 +1,8 @@
 """The ledger: the durable record of every (job, stage, partition) and every run.
 
 The engine speaks to it only through :class:`Ledger`; SQLite is the embedded adapter,
-and every adapter passes the same contract suite (``tests/ledger_contract.py``).
+PostgreSQL the shared one for a fleet of workers, and every adapter passes the same
+contract suite (``tests/ledger_contract.py``).
 """
 
 from __future__ import annotations
@@ -265,8 +266,10 @@ def dims_from_json(text: str | None) -> tuple[tuple[str, str], ...]:
 def open_ledger(url: str | None = None, *, create: bool = True) -> Ledger:
     """Open the state store named by ``url`` (default: ``.backfill/state.db`` here).
 
-    With ``create=False`` a missing SQLite file is not created: an empty in-memory
-    ledger stands in, so read-only commands leave no trace.
+    ``postgresql://USER:PASSWORD@HOST:PORT/DATABASE`` opens the shared PostgreSQL ledger
+    (``postgres://`` works too). With ``create=False`` a missing SQLite file is not
+    created, nor are missing PostgreSQL tables: an empty in-memory ledger stands in, so
+    read-only commands leave no trace.
     """
     from backfill.ledger.sqlite import SQLiteLedger
 
@@ -274,6 +277,12 @@ def open_ledger(url: str | None = None, *, create: bool = True) -> Ledger:
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "sqlite", "/" + url
+    if scheme in ("postgresql", "postgres"):
+        from backfill.ledger.postgres import PostgresLedger
+
+        if not create and not PostgresLedger.exists(url):
+            return SQLiteLedger(":memory:", url=url)
+        return PostgresLedger(url)
     if scheme == "sqlite":
         path = rest[1:] if rest.startswith("/") else rest
         if path in ("", ":memory:"):
@@ -286,5 +295,5 @@ def open_ledger(url: str | None = None, *, create: bool = True) -> Ledger:
         return SQLiteLedger(file, url=url)
     raise ConfigError(
         f"unsupported state URL {url.split('://')[0]!r}://...; use sqlite:///PATH "
-        "(a file) or a plain file path"
+        "(a file), a plain file path, or postgresql://USER@HOST:PORT/DATABASE"
     )
