@@ -90,6 +90,9 @@ class RunOptions:
     grace: float = 5.0
     command: str = "run"
     argv: tuple[str, ...] = ()
+    # With other workers on the same ledger: when nothing is claimable but partitions are
+    # still leased, wait (their leases expire if their workers died) instead of leaving.
+    wait_for_leases: bool = False
 
     def as_record(self) -> dict[str, Any]:
         sel = self.selection
@@ -530,6 +533,9 @@ class Runner:
             self._held.update(c.id for c in claims)
             if not claims:
                 if not running:
+                    if self.options.wait_for_leases and await self._leased_elsewhere(stage):
+                        await self._sleep_unless_stopped(self._lease_poll())
+                        continue
                     break
                 await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
                 continue
@@ -554,6 +560,25 @@ class Runner:
         if running:
             # On a stop, the grace timer (or a second Ctrl+C) cancels what is left.
             await asyncio.wait(set(running))
+
+    def _lease_poll(self) -> float:
+        """How often to look for partitions whose leases have expired."""
+        return min(2.0, self.job.lease_seconds / 4)
+
+    async def _leased_elsewhere(self, stage: Stage) -> bool:
+        """Whether partitions of ``stage`` are pending or leased (by another worker)."""
+        counts: dict[str, StageCounts] = await self._db(
+            self.ledger.counts, self.job.name, [stage.name], self.options.selection
+        )
+        left = counts[stage.name]
+        return left.pending + left.running > 0
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        stopped = asyncio.ensure_future(self._stop.wait())
+        sleeping = asyncio.ensure_future(self.clock.sleep(seconds))
+        await asyncio.wait({stopped, sleeping}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (stopped, sleeping):
+            task.cancel()
 
     async def _execute(self, stage: Stage, claim: Claim) -> None:
         partition = claim.partition(stage.partitions.grain)

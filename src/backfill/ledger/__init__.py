@@ -157,6 +157,8 @@ class WorkerRecord:
     started_at: float
     heartbeat_at: float
     stopped_at: float | None
+    # Partitions it finished (done, empty or failed), as recorded by ``complete``.
+    finished: int = 0
 
 
 class Ledger(Protocol):

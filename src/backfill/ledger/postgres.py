@@ -396,7 +396,15 @@ class PostgresLedger:
             "messages": [o.error_message for o in ordered],
             "requests": [o.requests for o in ordered],
         }
-        return self._run(lambda conn: conn.execute(_Q["complete"], params).rowcount)
+
+        def apply(conn: psycopg.Connection[Any]) -> int:
+            statuses = conn.execute(_Q["complete"], params).fetchall()
+            finished = sum(1 for (status,) in statuses if status != Status.PENDING.value)
+            if finished:
+                conn.execute(_Q["count_finished"], {"n": finished, "owner": owner})
+            return len(statuses)
+
+        return self._run(apply)
 
     def save_checkpoint(self, owner: str, claim_id: int, checkpoint: str | None) -> bool:
         params = {"id": claim_id, "owner": owner, "checkpoint": checkpoint}

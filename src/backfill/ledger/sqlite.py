@@ -36,7 +36,7 @@ from backfill.partitions import Order, Partition, Selection
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _PLAN_CHUNK = 20_000
 
 
@@ -55,7 +55,7 @@ _MIGRATIONS = {
     version: resources.files("backfill.ledger")
     .joinpath(f"sql/sqlite_migrations/{version:04d}.sql")
     .read_text()
-    for version in (2, 3)
+    for version in range(2, SCHEMA_VERSION + 1)
 }
 
 
@@ -300,10 +300,19 @@ class SQLiteLedger:
             )
             for o in outcomes
         ]
+        # Releases first, then finishes: the changes of the second count what this
+        # worker finished.
+        releases = [r for r in rows if r[0] == Status.PENDING.value]
+        finishes = [r for r in rows if r[0] != Status.PENDING.value]
         with self._tx() as conn:
             before = conn.total_changes
-            conn.executemany(_Q["complete"], rows)
-            return conn.total_changes - before
+            conn.executemany(_Q["complete"], releases)
+            released = conn.total_changes - before
+            conn.executemany(_Q["complete"], finishes)
+            finished = conn.total_changes - before - released
+            if finished:
+                conn.execute(_Q["count_finished"], {"n": finished, "owner": owner})
+            return released + finished
 
     def save_checkpoint(self, owner: str, claim_id: int, checkpoint: str | None) -> bool:
         with self._tx() as conn:

@@ -83,7 +83,11 @@ FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(attempts)s::integer[],
             %(records)s::bigint[], %(durations)s::double precision[],
             %(categories)s::text[], %(messages)s::text[], %(requests)s::integer[])
      AS o (id, status, attempts, records, duration, error_category, error_message, requests)
-WHERE p.id = o.id AND p.lease_owner = %(owner)s AND p.status = 'running';
+WHERE p.id = o.id AND p.lease_owner = %(owner)s AND p.status = 'running'
+RETURNING o.status;
+
+-- name: count_finished
+UPDATE backfill_workers SET finished = finished + %(n)s WHERE id = %(owner)s;
 
 -- name: save_checkpoint
 UPDATE backfill_partitions SET checkpoint = %(checkpoint)s
@@ -181,6 +185,6 @@ UPDATE backfill_workers SET heartbeat_at = %(now)s WHERE id = %(id)s;
 UPDATE backfill_workers SET stopped_at = %(now)s WHERE id = %(id)s;
 
 -- name: workers
-SELECT id, job, host, pid, started_at, heartbeat_at, stopped_at
+SELECT id, job, host, pid, started_at, heartbeat_at, stopped_at, finished
 FROM backfill_workers WHERE job = %(job)s {where}
 ORDER BY started_at;

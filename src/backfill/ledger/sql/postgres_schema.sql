@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS backfill_workers (
     pid          integer NOT NULL,
     started_at   double precision NOT NULL,
     heartbeat_at double precision NOT NULL,
-    stopped_at   double precision
+    stopped_at   double precision,
+    finished     integer NOT NULL DEFAULT 0  -- partitions it finished
 );
 
 CREATE INDEX IF NOT EXISTS backfill_workers_job ON backfill_workers (job, started_at);
