@@ -54,7 +54,7 @@ from backfill.partitions import Order, Selection
 from backfill.sinks import Record, Sink, to_mappings
 from backfill.sources.http import HttpClient, partition_requests, redact
 
-__all__ = ["ExitCode", "RunOptions", "RunResult", "Runner"]
+__all__ = ["ExitCode", "RunOptions", "RunResult", "Runner", "worker_is_dead"]
 
 log = logging.getLogger("backfill.runner")
 T = TypeVar("T")
@@ -133,6 +133,16 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def worker_is_dead(worker: WorkerRecord, *, now: float, lease_seconds: float) -> bool:
+    """Whether a worker that never said it stopped is gone: its process has vanished from
+    this host, or it has not renewed its leases for longer than a lease lasts."""
+    if worker.stopped_at is not None:
+        return False
+    if worker.host == _host() and not _pid_alive(worker.pid):
+        return True
+    return now - worker.heartbeat_at > lease_seconds
 
 
 def _truncate(message: str) -> str:
@@ -436,13 +446,10 @@ class Runner:
     async def _reap_dead_workers(self) -> None:
         """Release partitions held by workers of this job that are certainly gone."""
         now = self.clock.time()
-        host = _host()
         for worker in await self._db(self.ledger.workers, self.job.name):
             if worker.id == self.worker_id:
                 continue
-            local_and_dead = worker.host == host and not _pid_alive(worker.pid)
-            silent = now - worker.heartbeat_at > 2 * self.job.lease_seconds
-            if local_and_dead or silent:
+            if worker_is_dead(worker, now=now, lease_seconds=2 * self.job.lease_seconds):
                 released = await self._db(self.ledger.release_owner, worker.id)
                 await self._db(self.ledger.stop_worker, worker.id, now=now)
                 if released:
