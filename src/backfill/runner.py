@@ -48,8 +48,18 @@ from backfill.events import (
     RunStarted,
     RunStopping,
 )
+from backfill.fleet import LedgerRate, concurrency_share
 from backfill.job import Job, Stage
-from backfill.ledger import Claim, Ledger, Outcome, RunRecord, StageCounts, Status, WorkerRecord
+from backfill.ledger import (
+    Claim,
+    Ledger,
+    Outcome,
+    RunRecord,
+    SharedLimits,
+    StageCounts,
+    Status,
+    WorkerRecord,
+)
 from backfill.partitions import Order, Selection
 from backfill.sinks import Record, Sink, to_mappings
 from backfill.sources.http import HttpClient, partition_requests, redact
@@ -310,6 +320,9 @@ class Runner:
             WorkerRecord(self.worker_id, self.job.name, _host(), os.getpid(), now, now, None),
         )
         await self._reap_dead_workers()
+        fleet: asyncio.Task[None] | None = None
+        if isinstance(self.ledger, SharedLimits):
+            fleet = asyncio.create_task(self._fleet(self.ledger))
         for stage in self.stages:
             await self._db(self.ledger.plan, self.job.name, stage.name, stage.partitions)
         try:
@@ -361,6 +374,10 @@ class Runner:
                 self._grace_task.cancel()
             heartbeat.cancel()
             flusher.cancel()
+            if fleet is not None:
+                fleet.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fleet
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             with contextlib.suppress(asyncio.CancelledError):
@@ -454,6 +471,38 @@ class Runner:
                 await self._db(self.ledger.stop_worker, worker.id, now=now)
                 if released:
                     log.info("released %d partition(s) of dead worker %s", released, worker.id)
+
+    async def _fleet(self, ledger: SharedLimits) -> None:
+        """Share every resource with the other workers of this job: one rate schedule in
+        the database, and a concurrency share rebalanced every couple of seconds."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-fleet")
+        try:
+            for resource in self.job.resources.values():
+                if resource.rate_interval:
+                    resource.share_with(
+                        LedgerRate(ledger, self.job.name, resource, pool, self.clock)
+                    )
+            shared = [r for r in self.job.resources.values() if r.concurrency is not None]
+            while shared:
+                try:
+                    workers = await self._db(self.ledger.workers, self.job.name)
+                except BackfillError as exc:
+                    log.warning("could not rebalance concurrency: %s", exc)
+                else:
+                    now = self.clock.time()
+                    alive = [
+                        w.id
+                        for w in workers
+                        if not worker_is_dead(w, now=now, lease_seconds=self.job.lease_seconds)
+                    ]
+                    for resource in shared:
+                        assert resource.concurrency is not None
+                        share = concurrency_share(resource.concurrency, alive, self.worker_id)
+                        await resource.set_share(share)
+                await self.clock.sleep(min(2.0, self.job.lease_seconds / 3))
+            await asyncio.Event().wait()
+        finally:
+            pool.shutdown(wait=False)
 
     async def _heartbeat(self) -> None:
         """Renew our leases on a fixed tick that does not drift."""

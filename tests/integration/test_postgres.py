@@ -99,3 +99,61 @@ def test_bad_urls_are_one_sentence_without_the_password(pg_url: str) -> None:
     with pytest.raises(LedgerError, match="not a valid PostgreSQL URL") as bad:
         PostgresLedger("postgresql://postgres:hunter2@127.0.0.1:5432/test?nonsense=1")
     assert "hunter2" not in str(bad.value)
+
+
+def test_two_workers_sharing_a_rate_stay_under_it_together(pg_url: str) -> None:
+    """Two workers, each with its own connection and resource object, start no more than
+    rate + burst requests in any one-second window between them, and a pause one of them
+    sees holds the other too."""
+    import asyncio
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from backfill.clock import SystemClock
+    from backfill.fleet import LedgerRate
+    from backfill.ratelimit import Resource
+
+    rate, burst = 20, 2
+    stores = [PostgresLedger(pg_url), PostgresLedger(pg_url)]
+    pools = [ThreadPoolExecutor(1), ThreadPoolExecutor(1)]
+    resources = [Resource("api", rate=rate, burst=burst) for _ in stores]
+    for store, pool, resource in zip(stores, pools, resources, strict=True):
+        resource.share_with(LedgerRate(store, "j", resource, pool, SystemClock()))
+    starts: list[float] = []
+
+    async def request(resource: Resource) -> None:
+        await resource.acquire()
+        starts.append(time.monotonic())
+
+    async def main() -> float:
+        await asyncio.gather(*(request(resources[i % 2]) for i in range(50)))
+        resources[0].pause(0.5)
+        await asyncio.sleep(0.05)
+        before = time.monotonic()
+        await request(resources[1])
+        return starts[-1] - before
+
+    waited = asyncio.run(main())
+    for store in stores:
+        store.close()
+    starts.sort()
+    busiest = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
+    assert busiest <= rate + burst
+    assert busiest >= rate - 2  # shared, not split in two halves
+    assert waited >= 0.4
+
+
+def test_a_schema_1_database_is_migrated_in_place(pg_url: str) -> None:
+    """A ledger of schema 1 (no shared resource schedules) is brought up to date on open,
+    keeping its partitions."""
+    store = PostgresLedger(pg_url)
+    store.plan("j", "s", daily("2013-01-01", "2013-01-31"))
+    store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE backfill_resources")
+        conn.execute("UPDATE backfill_meta SET value = '1' WHERE key = 'schema_version'")
+    migrated = PostgresLedger(pg_url)
+    assert migrated.counts("j", ["s"])["s"].pending == 31
+    first, _ = migrated.take_starts("j", "api", count=2, interval=0.5, tolerance=0.0)
+    assert first <= 0.0
+    migrated.close()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from backfill.errors import ConfigError
 from backfill.partitions import Order, Partition, Selection
@@ -26,6 +26,7 @@ __all__ = [
     "LedgerEntry",
     "Outcome",
     "RunRecord",
+    "SharedLimits",
     "StageCounts",
     "Status",
     "WorkerRecord",
@@ -252,6 +253,18 @@ class Ledger(Protocol):
     def workers(self, job: str, *, active_only: bool = True) -> list[WorkerRecord]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SharedLimits(Protocol):
+    """A ledger that also holds the resource schedules of a fleet of workers."""
+
+    def take_starts(
+        self, job: str, resource: str, *, count: int, interval: float, tolerance: float
+    ) -> tuple[float, float]:
+        """Book ``count`` starts; (first due, paused until) in seconds from now."""
+
+    def pause_resource(self, job: str, resource: str, seconds: float) -> None: ...
 
 
 def dims_json(dims: tuple[tuple[str, str], ...]) -> str | None:

@@ -41,7 +41,7 @@ __all__ = ["MAX_LOST_LEASES", "SCHEMA_VERSION", "PostgresLedger", "redact_url"]
 log = logging.getLogger("backfill.ledger.postgres")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # A partition whose lease expires this many times in a row is failed, not handed out again.
 MAX_LOST_LEASES = 3
 _PLAN_CHUNK = 20_000
@@ -93,10 +93,12 @@ def _connect_error(url: str, exc: Exception) -> LedgerError:
     sqlstate = getattr(getattr(exc, "diag", None), "sqlstate", None) or getattr(
         exc, "sqlstate", None
     )
-    if isinstance(exc, psycopg.ProgrammingError | ValueError):
+    if isinstance(exc, psycopg.ProgrammingError | ValueError) or re.search(
+        r"invalid (URI|connection option|[\w ]*value)|missing \"=\"", text
+    ):
         message = (
-            f"state URL {safe} is not a valid PostgreSQL URL; write it like "
-            "postgresql://USER:PASSWORD@HOST:5432/DATABASE"
+            f"state URL {safe} is not a valid PostgreSQL URL ({_last_line(text)}); write it "
+            "like postgresql://USER@HOST:5432/DATABASE"
         )
     elif sqlstate == "28P01" or "password authentication failed" in text:
         message = (
@@ -139,7 +141,9 @@ def _last_line(text: str) -> str:
     """libpq repeats a failure per address it tried; the last reason is the one to show."""
     reasons = [r.strip() for r in re.split(r"connection to server at [^:]*:", text) if r.strip()]
     reason = reasons[-1] if reasons else text
-    return reason.removeprefix("connection failed:").strip().rstrip(".")
+    for prefix in ("connection failed:", "connection is bad:"):
+        reason = reason.strip().removeprefix(prefix)
+    return reason.strip().rstrip(".")
 
 
 def _selection_sql(selection: Selection | None) -> tuple[str, dict[str, Any]]:
@@ -643,6 +647,40 @@ class PostgresLedger:
 
     def stop_worker(self, worker_id: str, *, now: float) -> None:
         self._run(lambda conn: conn.execute(_Q["stop_worker"], {"id": worker_id, "now": now}))
+
+    # -- limits shared by the fleet --------------------------------------------------
+
+    def take_starts(
+        self, job: str, resource: str, *, count: int, interval: float, tolerance: float
+    ) -> tuple[float, float]:
+        """Book ``count`` starts of a resource shared by every worker of ``job``.
+
+        Returns, in seconds from the database's now, when the first is due (the rest
+        follow ``interval`` apart; negative: due already) and until when the fleet is
+        paused.
+        """
+        params = {
+            "job": job,
+            "name": resource,
+            "n": count,
+            "interval": interval,
+            "tolerance": tolerance,
+        }
+
+        def book(conn: psycopg.Connection[Any]) -> tuple[float, float]:
+            row = conn.execute(_Q["take_starts"], params).fetchone()
+            if row is None:
+                conn.execute(_Q["insert_resource"], params)
+                row = conn.execute(_Q["take_starts"], params).fetchone()
+            assert row is not None
+            return float(row[0]), float(row[1])
+
+        return self._run(book)
+
+    def pause_resource(self, job: str, resource: str, seconds: float) -> None:
+        """Pause a shared resource for every worker of ``job`` (a Retry-After)."""
+        params = {"job": job, "name": resource, "seconds": seconds}
+        self._run(lambda conn: conn.execute(_Q["pause_resource"], params))
 
     def workers(self, job: str, *, active_only: bool = True) -> list[WorkerRecord]:
         where = " AND stopped_at IS NULL" if active_only else ""

@@ -188,3 +188,26 @@ UPDATE backfill_workers SET stopped_at = %(now)s WHERE id = %(id)s;
 SELECT id, job, host, pid, started_at, heartbeat_at, stopped_at, finished
 FROM backfill_workers WHERE job = %(job)s {where}
 ORDER BY started_at;
+
+-- name: insert_resource
+INSERT INTO backfill_resources (job, name) VALUES (%(job)s, %(name)s)
+ON CONFLICT (job, name) DO NOTHING;
+
+-- name: take_starts
+-- GCRA for a block of n starts, on the database's clock: start i is due at
+-- base + i * interval, base = max(tat, now - tolerance, paused_until); those due before
+-- now go at once (that is the burst). Returns base and the pause as offsets from now.
+WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::double precision AS now)
+UPDATE backfill_resources AS r
+SET tat = greatest(r.tat, clock.now - %(tolerance)s, r.paused_until)
+          + %(n)s * %(interval)s
+FROM clock
+WHERE r.job = %(job)s AND r.name = %(name)s
+RETURNING r.tat - %(n)s * %(interval)s - clock.now, r.paused_until - clock.now;
+
+-- name: pause_resource
+WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::double precision AS now)
+UPDATE backfill_resources AS r
+SET paused_until = greatest(r.paused_until, clock.now + %(seconds)s)
+FROM clock
+WHERE r.job = %(job)s AND r.name = %(name)s;

@@ -1,4 +1,4 @@
--- backfill ledger, PostgreSQL. Schema version 1 (see backfill_meta.schema_version).
+-- backfill ledger, PostgreSQL. Schema version 2 (see backfill_meta.schema_version).
 -- A database of an older version is brought up to date by postgres_migrations/NNNN.sql.
 -- Times are epoch seconds (double precision), as the engine passes them.
 
@@ -81,3 +81,13 @@ CREATE TABLE IF NOT EXISTS backfill_workers (
 );
 
 CREATE INDEX IF NOT EXISTS backfill_workers_job ON backfill_workers (job, started_at);
+
+-- One start schedule per resource, shared by every worker of the fleet (epoch seconds
+-- on the database's clock, so the machines' clocks need not agree).
+CREATE TABLE IF NOT EXISTS backfill_resources (
+    job          text NOT NULL,
+    name         text NOT NULL,
+    tat          double precision NOT NULL DEFAULT 0,  -- GCRA: next theoretical start
+    paused_until double precision NOT NULL DEFAULT 0,  -- a Retry-After seen by anyone
+    PRIMARY KEY (job, name)
+);
