@@ -24,8 +24,9 @@ import time
 import uuid
 from urllib.parse import quote
 
-import _machine
 import psycopg
+
+import _machine
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -36,9 +37,8 @@ def in_schema(url: str, schema: str) -> str:
 
 
 def make_job(n: int):  # type: ignore[no-untyped-def]
-    from ledger_bench import make_spec
-
     from backfill import Job
+    from ledger_bench import make_spec
 
     job = Job("bench", partitions=make_spec(n))
 
