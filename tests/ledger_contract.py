@@ -313,6 +313,16 @@ class LedgerContract:
         assert [(w.id, w.heartbeat_at) for w in active] == [("w1", 50.0)]
         assert len(ledger.workers(JOB, active_only=False)) == 2
 
+    def test_workers_count_the_partitions_they_finish(self, ledger: Ledger) -> None:
+        """Each worker's record counts what it finished; releases are not counted."""
+        ledger.register_worker(WorkerRecord("w1", JOB, "h1", 1, 10.0, 10.0, None))
+        ledger.plan(JOB, STAGE, SPEC)
+        claims = claim(ledger, "w1", limit=5)
+        done = [Outcome(c.id, Status.DONE) for c in claims[:3]]
+        ledger.complete("w1", [*done, Outcome(claims[3].id, Status.PENDING)], now=1001.0)
+        ledger.complete("w1", [Outcome(claims[4].id, Status.FAILED)], now=1002.0)
+        assert [w.finished for w in ledger.workers(JOB)] == [4]
+
     # -- concurrency ----------------------------------------------------------------------
 
     def test_concurrent_claimants_on_two_connections_never_share(

@@ -26,7 +26,7 @@ from backfill.job import Job, Stage, load_job
 from backfill.ledger import DEFAULT_STATE_URL, Ledger, StageCounts, Status, open_ledger
 from backfill.partitions import Selection, parse_order
 from backfill.progress import LiveProgress, PlainProgress, format_duration
-from backfill.runner import ExitCode, Runner, RunOptions, RunResult
+from backfill.runner import ExitCode, Runner, RunOptions, RunResult, worker_is_dead
 
 __all__ = ["app", "main"]
 
@@ -57,7 +57,7 @@ StateOpt = Annotated[
     typer.Option(
         "--state",
         envvar="BACKFILL_STATE",
-        help="State (ledger) URL: sqlite:///PATH or a file path.",
+        help="State (ledger) URL: sqlite:///PATH, a file path, or postgresql://USER@HOST/DB.",
         show_default=True,
     ),
 ]
@@ -130,6 +130,11 @@ def _counts(
         c = counts[stage.name]
         result[stage.name] = (c, max(0, expected - c.total))
     return result
+
+
+def _is_shared(state: str) -> bool:
+    """Whether the state is a ledger other machines may be working on too."""
+    return state.startswith(("postgresql://", "postgres://"))
 
 
 def _configure_logging(verbose: int) -> None:
@@ -247,6 +252,59 @@ def run(
         grace=grace,
         command="run",
         argv=tuple(sys.argv[1:]),
+        wait_for_leases=_is_shared(state),
+    )
+    ledger = open_ledger(state)
+    try:
+        result = execute(job, ledger, options, progress=progress)
+    finally:
+        ledger.close()
+    _report(result)
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+@handle_errors
+def worker(
+    job_path: JobArg,
+    state: StateOpt = DEFAULT_STATE_URL,
+    stage: StageOpt = None,
+    start: FromOpt = None,
+    end: ToOpt = None,
+    partition: PartitionOpt = None,
+    where: WhereOpt = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Override every stage's concurrency.")
+    ] = None,
+    grace: Annotated[
+        float, typer.Option(min=0, help="Seconds in-flight work may finish after Ctrl+C.")
+    ] = 5.0,
+    progress: Annotated[str, typer.Option(help="auto, live, plain or none.")] = "plain",
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
+) -> None:
+    """Join the fleet working on a job: claim and run partitions until none is left.
+
+    Start one per machine (or several per machine), all with the same job file and the
+    same PostgreSQL state. Each plans what is missing (harmless when another already
+    did), takes batches of partitions under a lease it renews while working, and exits
+    once nothing is pending or leased; partitions of a worker that died return to the
+    pool when its lease expires. Resource limits hold for the whole fleet together.
+
+    [bold]Examples[/]
+
+      backfill worker jobs/results.py --state postgresql://backfill@db:5432/backfill
+      BACKFILL_STATE=postgresql://backfill@db/backfill backfill worker jobs/results.py
+    """
+    _configure_logging(verbose)
+    job, stages, selection = _load(job_path, stage, start, end, partition, where)
+    options = RunOptions(
+        stages=tuple(s.name for s in stages),
+        selection=selection,
+        concurrency=concurrency,
+        grace=grace,
+        command="worker",
+        argv=tuple(sys.argv[1:]),
+        wait_for_leases=True,
     )
     ledger = open_ledger(state)
     try:
@@ -362,6 +420,7 @@ def status(
             for s in stages
         }
         runs = ledger.runs(job.name, limit=1)
+        workers = ledger.workers(job.name)
     finally:
         ledger.close()
 
@@ -407,6 +466,31 @@ def status(
             f"last run {last.id} ({last.command}) started {when} on {last.host}: {last.status}",
             highlight=False,
         )
+    if workers:
+        now = datetime.now(UTC).timestamp()
+        wtable = Table(title="workers", title_justify="left")
+        for col in ("host", "pid", "started", "finished", "last heartbeat", "state"):
+            wtable.add_column(col, justify="right" if col in ("pid", "finished") else "left")
+        dead = 0
+        for w in workers:
+            is_dead = worker_is_dead(w, now=now, lease_seconds=job.lease_seconds)
+            dead += is_dead
+            started_at = datetime.fromtimestamp(w.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            wtable.add_row(
+                w.host,
+                str(w.pid),
+                started_at,
+                f"{w.finished:,}",
+                f"{format_duration(max(0.0, now - w.heartbeat_at))} ago",
+                "[bold red]dead[/]" if is_dead else "[green]alive[/]",
+            )
+        out.print(wtable)
+        if dead:
+            out.print(
+                f"{dead} dead worker(s): their partitions return to the pool when their "
+                f"leases expire ({job.lease_seconds:g} s after the last heartbeat)",
+                highlight=False,
+            )
     if groups:
         gtable = Table(title="failures by category", title_justify="left")
         for col in ("stage", "category", "count", "example"):

@@ -10,6 +10,9 @@ A ``Retry-After`` pauses the whole resource, once: later 429s from requests alre
 flight only extend the pause to the latest instant any of them asked for.
 
 Core knows no HTTP: the HTTP client reports outcomes through :meth:`Resource.observe`.
+Nor does it know a database: workers on many machines share a resource through a
+:class:`SharedRate` (the engine plugs in one backed by the ledger) and a concurrency
+share the engine rebalances as workers join and leave (:meth:`Resource.set_share`).
 """
 
 from __future__ import annotations
@@ -22,11 +25,20 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from backfill.clock import Clock, SystemClock
 from backfill.errors import ConfigError
 
-__all__ = ["AdaptiveRate", "CircuitBreaker", "Limit", "Outcome", "Resource", "parse_limit"]
+__all__ = [
+    "AdaptiveRate",
+    "CircuitBreaker",
+    "Limit",
+    "Outcome",
+    "Resource",
+    "SharedRate",
+    "parse_limit",
+]
 
 _UNITS = {
     "s": 1.0, "sec": 1.0, "second": 1.0,
@@ -293,6 +305,41 @@ class CircuitBreaker:
 Listener = Callable[[str, str, float], None]
 
 
+class SharedRate(Protocol):
+    """Start instants handed out to every worker of a fleet from one schedule."""
+
+    async def take(self, count: int) -> tuple[list[float], float]:
+        """Reserve ``count`` starts: their instants on this clock's ``monotonic`` scale,
+        and the instant until which the whole fleet is paused."""
+
+    def pause(self, seconds: float) -> None:
+        """Pause the whole fleet for ``seconds`` from now (returns at once)."""
+
+
+class _Share:
+    """A concurrency pool whose size can change while requests hold it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Condition()
+
+    async def __aenter__(self) -> None:
+        async with self._freed:
+            await self._freed.wait_for(lambda: self.used < self.limit)
+            self.used += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._freed:
+            self.used -= 1
+            self._freed.notify()
+
+    async def resize(self, limit: int) -> None:
+        async with self._freed:
+            self.limit = limit
+            self._freed.notify_all()
+
+
 class Resource:
     """A named limit shared by every stage and request that uses it.
 
@@ -345,8 +392,13 @@ class Resource:
             self._schedulers.append(self._adaptive_scheduler)
         self.breaker = breaker or CircuitBreaker()
         self.paused_until = -math.inf
-        self._semaphore: asyncio.Semaphore | None = None
+        self._semaphore: asyncio.Semaphore | _Share | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
+        self._shared: SharedRate | None = None
+        self._share: int | None = None
+        self._slots: collections.deque[float] = collections.deque()
+        self._taking: asyncio.Lock | None = None
+        self._waiting = 0
         self._listeners: list[Listener] = []
         self._latency_ewma: float | None = None
         self._latency_floor: float | None = None
@@ -402,6 +454,10 @@ class Resource:
         )
         self._listeners.clear()
         self.requests = self.rate_limited = self.pauses = 0
+        self._shared = None
+        self._share = None
+        self._slots.clear()
+        self._semaphore = None
 
     def subscribe(self, listener: Listener) -> None:
         """``listener(resource_name, what, seconds)`` hears of pauses and breaker changes."""
@@ -410,6 +466,64 @@ class Resource:
     def _tell(self, what: str, seconds: float) -> None:
         for listener in self._listeners:
             listener(self.name, what, seconds)
+
+    # -- a fleet of workers ----------------------------------------------------------------
+
+    def share_with(self, shared: SharedRate) -> None:
+        """Take this resource's per-second rate from ``shared``, one schedule for the whole
+        fleet, instead of from this process's own schedule. Quotas stay local."""
+        self._shared = shared
+        self._slots.clear()
+
+    @property
+    def rate_interval(self) -> float:
+        """Seconds between starts at the resource's per-second rate (0: none declared)."""
+        rates = [lim.rate for lim in self.limits if lim.period <= _QUOTA_PERIOD]
+        return 1.0 / min(rates) if rates else 0.0
+
+    async def set_share(self, concurrency: int) -> None:
+        """This worker's part of the fleet's concurrency (rebalanced as workers come and go)."""
+        self._share = max(1, concurrency)
+        pool = self._semaphore
+        if isinstance(pool, _Share) and self._semaphore_loop is asyncio.get_running_loop():
+            await pool.resize(self._share)
+        else:
+            # The next request builds a resizable pool of the new size.
+            self._semaphore = None
+
+    async def _shared_start(self) -> None:
+        """Wait for a start instant from the fleet's schedule.
+
+        Instants are used only on time: one found more than half an interval late (its
+        holder was busy) is dropped, never spent later, where it would bunch up with the
+        starts other workers were given after it.
+        """
+        assert self._shared is not None
+        interval = self.rate_interval
+        if self._taking is None:
+            self._taking = asyncio.Lock()
+        self._waiting += 1
+        try:
+            while True:
+                now = self.clock.monotonic()
+                while self._slots and self._slots[0] < now - interval / 2:
+                    self._slots.popleft()
+                if self._slots:
+                    start = self._slots.popleft()
+                    if start > now:
+                        await self.clock.sleep(start - now)
+                    return
+                async with self._taking:
+                    if self._slots:
+                        continue
+                    # Everyone waiting now, but no more than a quarter second's worth.
+                    count = max(1, min(self._waiting, math.ceil(0.25 / interval)))
+                    starts, paused_until = await self._shared.take(count)
+                    self._slots.extend(starts)
+                    if paused_until > self.clock.monotonic() + 1e-3:
+                        self._pause_until(paused_until, "retry-after, seen by another worker")
+        finally:
+            self._waiting -= 1
 
     # -- taking a request slot -----------------------------------------------------------
 
@@ -428,6 +542,8 @@ class Resource:
     async def acquire(self) -> None:
         """Wait for a reservation (rates, pauses and the breaker all respected)."""
         while True:
+            if self._shared is not None and self.rate_interval:
+                await self._shared_start()
             wait = self.reserve()
             if wait > 0:
                 await self.clock.sleep(wait)
@@ -453,7 +569,10 @@ class Resource:
         loop = asyncio.get_running_loop()
         if self._semaphore is None or self._semaphore_loop is not loop:
             # A job module (and its resources) may outlive one event loop, e.g. in tests.
-            self._semaphore = asyncio.Semaphore(self.concurrency)
+            if self._share is None:
+                self._semaphore = asyncio.Semaphore(self.concurrency)
+            else:
+                self._semaphore = _Share(self._share)
             self._semaphore_loop = loop
         async with self._semaphore:
             await self.acquire()
@@ -477,8 +596,14 @@ class Resource:
     # -- feedback ------------------------------------------------------------------------
 
     def pause(self, seconds: float, reason: str = "retry-after") -> None:
-        """Hold every request of this resource for ``seconds`` (extends, never stacks)."""
-        until = self.clock.monotonic() + seconds
+        """Hold every request of this resource for ``seconds`` (extends, never stacks);
+        with a fleet, every worker's requests."""
+        if self._shared is not None:
+            self._shared.pause(seconds)
+        self._pause_until(self.clock.monotonic() + seconds, reason)
+
+    def _pause_until(self, until: float, reason: str) -> None:
+        seconds = until - self.clock.monotonic()
         if until > self.paused_until + 1e-3:
             was_paused = self.paused_until > self.clock.monotonic()
             self.paused_until = until

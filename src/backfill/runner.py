@@ -49,14 +49,24 @@ from backfill.events import (
     RunStarted,
     RunStopping,
 )
+from backfill.fleet import LedgerRate, concurrency_share
 from backfill.job import Job, Stage
-from backfill.ledger import Claim, Ledger, Outcome, RunRecord, StageCounts, Status, WorkerRecord
+from backfill.ledger import (
+    Claim,
+    Ledger,
+    Outcome,
+    RunRecord,
+    SharedLimits,
+    StageCounts,
+    Status,
+    WorkerRecord,
+)
 from backfill.partitions import Order, Selection
 from backfill.sinks import Mode, Record, to_mappings
 from backfill.sources.http import HttpClient, partition_requests, redact
 from backfill.writer import SinkWriter
 
-__all__ = ["ExitCode", "RunOptions", "RunResult", "Runner"]
+__all__ = ["ExitCode", "RunOptions", "RunResult", "Runner", "worker_is_dead"]
 
 log = logging.getLogger("backfill.runner")
 T = TypeVar("T")
@@ -92,6 +102,9 @@ class RunOptions:
     grace: float = 5.0
     command: str = "run"
     argv: tuple[str, ...] = ()
+    # With other workers on the same ledger: when nothing is claimable but partitions are
+    # still leased, wait (their leases expire if their workers died) instead of leaving.
+    wait_for_leases: bool = False
 
     def as_record(self) -> dict[str, Any]:
         sel = self.selection
@@ -132,6 +145,16 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def worker_is_dead(worker: WorkerRecord, *, now: float, lease_seconds: float) -> bool:
+    """Whether a worker that never said it stopped is gone: its process has vanished from
+    this host, or it has not renewed its leases for longer than a lease lasts."""
+    if worker.stopped_at is not None:
+        return False
+    if worker.host == _host() and not _pid_alive(worker.pid):
+        return True
+    return now - worker.heartbeat_at > lease_seconds
 
 
 def _truncate(message: str) -> str:
@@ -296,6 +319,9 @@ class Runner:
             WorkerRecord(self.worker_id, self.job.name, _host(), os.getpid(), now, now, None),
         )
         await self._reap_dead_workers()
+        fleet: asyncio.Task[None] | None = None
+        if isinstance(self.ledger, SharedLimits):
+            fleet = asyncio.create_task(self._fleet(self.ledger))
         for stage in self.stages:
             await self._db(self.ledger.plan, self.job.name, stage.name, stage.partitions)
         try:
@@ -345,6 +371,10 @@ class Runner:
                 self._grace_task.cancel()
             heartbeat.cancel()
             flusher.cancel()
+            if fleet is not None:
+                fleet.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fleet
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             with contextlib.suppress(asyncio.CancelledError):
@@ -427,17 +457,46 @@ class Runner:
     async def _reap_dead_workers(self) -> None:
         """Release partitions held by workers of this job that are certainly gone."""
         now = self.clock.time()
-        host = _host()
         for worker in await self._db(self.ledger.workers, self.job.name):
             if worker.id == self.worker_id:
                 continue
-            local_and_dead = worker.host == host and not _pid_alive(worker.pid)
-            silent = now - worker.heartbeat_at > 2 * self.job.lease_seconds
-            if local_and_dead or silent:
+            if worker_is_dead(worker, now=now, lease_seconds=2 * self.job.lease_seconds):
                 released = await self._db(self.ledger.release_owner, worker.id)
                 await self._db(self.ledger.stop_worker, worker.id, now=now)
                 if released:
                     log.info("released %d partition(s) of dead worker %s", released, worker.id)
+
+    async def _fleet(self, ledger: SharedLimits) -> None:
+        """Share every resource with the other workers of this job: one rate schedule in
+        the database, and a concurrency share rebalanced every couple of seconds."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-fleet")
+        try:
+            for resource in self.job.resources.values():
+                if resource.rate_interval:
+                    resource.share_with(
+                        LedgerRate(ledger, self.job.name, resource, pool, self.clock)
+                    )
+            shared = [r for r in self.job.resources.values() if r.concurrency is not None]
+            while shared:
+                try:
+                    workers = await self._db(self.ledger.workers, self.job.name)
+                except BackfillError as exc:
+                    log.warning("could not rebalance concurrency: %s", exc)
+                else:
+                    now = self.clock.time()
+                    alive = [
+                        w.id
+                        for w in workers
+                        if not worker_is_dead(w, now=now, lease_seconds=self.job.lease_seconds)
+                    ]
+                    for resource in shared:
+                        assert resource.concurrency is not None
+                        share = concurrency_share(resource.concurrency, alive, self.worker_id)
+                        await resource.set_share(share)
+                await self.clock.sleep(min(2.0, self.job.lease_seconds / 3))
+            await asyncio.Event().wait()
+        finally:
+            pool.shutdown(wait=False)
 
     async def _heartbeat(self) -> None:
         """Renew our leases on a fixed tick that does not drift."""
@@ -539,6 +598,9 @@ class Runner:
             self._held.update(c.id for c in claims)
             if not claims:
                 if not running:
+                    if self.options.wait_for_leases and await self._leased_elsewhere(stage):
+                        await self._sleep_unless_stopped(self._lease_poll())
+                        continue
                     break
                 await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
                 continue
@@ -565,6 +627,25 @@ class Runner:
         if running:
             # On a stop, the grace timer (or a second Ctrl+C) cancels what is left.
             await asyncio.wait(set(running))
+
+    def _lease_poll(self) -> float:
+        """How often to look for partitions whose leases have expired."""
+        return min(2.0, self.job.lease_seconds / 4)
+
+    async def _leased_elsewhere(self, stage: Stage) -> bool:
+        """Whether partitions of ``stage`` are pending or leased (by another worker)."""
+        counts: dict[str, StageCounts] = await self._db(
+            self.ledger.counts, self.job.name, [stage.name], self.options.selection
+        )
+        left = counts[stage.name]
+        return left.pending + left.running > 0
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        stopped = asyncio.ensure_future(self._stop.wait())
+        sleeping = asyncio.ensure_future(self.clock.sleep(seconds))
+        await asyncio.wait({stopped, sleeping}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (stopped, sleeping):
+            task.cancel()
 
     async def _execute(self, stage: Stage, claim: Claim, release: Callable[[], None]) -> None:
         partition = claim.partition(stage.partitions.grain)

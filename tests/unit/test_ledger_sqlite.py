@@ -91,9 +91,9 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     second.close()
 
 
-@pytest.mark.parametrize("old_version", [1, 2])
+@pytest.mark.parametrize("old_version", [1, 2, 3])
 def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: int) -> None:
-    """A state file of schema 1 or 2 is brought up to date on open, keeping its rows."""
+    """A state file of schema 1, 2 or 3 is brought up to date on open, keeping its rows."""
     import sqlite3
 
     from backfill.ledger import Outcome, Status
@@ -105,8 +105,10 @@ def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: i
     store.plan("j", "s", daily("2013-01-01", "2013-01-31"))
     store.close()
     with sqlite3.connect(target) as conn:
-        conn.execute("ALTER TABLE backfill_partitions DROP COLUMN requests")
-        conn.execute("ALTER TABLE backfill_partitions DROP COLUMN checkpoint")
+        conn.execute("ALTER TABLE backfill_workers DROP COLUMN finished")
+        if old_version < 3:
+            conn.execute("ALTER TABLE backfill_partitions DROP COLUMN requests")
+            conn.execute("ALTER TABLE backfill_partitions DROP COLUMN checkpoint")
         if old_version == 1:
             conn.execute("DROP INDEX backfill_partitions_pending")
             conn.execute(
@@ -120,6 +122,7 @@ def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: i
     (got,) = migrated.claim("j", "s", "me", limit=1, lease_seconds=60, now=1.0, run_id="r")
     assert migrated.complete("me", [Outcome(got.id, Status.DONE, requests=2)], now=2.0) == 1
     assert migrated.counts("j", ["s"])["s"].done == 1
+    assert migrated.workers("j") == []
     migrated.close()
     with sqlite3.connect(target) as conn:
         version = conn.execute("SELECT value FROM backfill_meta").fetchone()[0]

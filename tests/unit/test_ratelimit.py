@@ -229,3 +229,13 @@ def test_a_quota_lets_work_run_at_full_rate_until_it_is_spent() -> None:
     assert times[50] >= 60.0
     assert resource.seconds_for(120) == pytest.approx(120.0)
     assert resource.seconds_for(40) == pytest.approx(0.4)
+
+
+def test_concurrency_shares_add_up_to_the_fleet_total() -> None:
+    """Shares split the total evenly, the remainder to the first workers, at least one each."""
+    from backfill.fleet import concurrency_share
+
+    workers = ["w1", "w2", "w3"]
+    assert [concurrency_share(10, workers, w) for w in workers] == [4, 3, 3]
+    assert concurrency_share(8, workers[:1], "w4") == 4
+    assert [concurrency_share(2, workers, w) for w in workers] == [1, 1, 1]

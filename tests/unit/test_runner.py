@@ -583,3 +583,29 @@ def test_run_job_can_swap_the_sink_without_touching_the_job(ledger: Ledger) -> N
     assert len(in_memory.rows) == 3
     assert production.rows == {}
     assert job.stages["fetch"].sink is production
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_worker_waits_for_leases_held_elsewhere_only_when_asked(
+    ledger: Ledger, wait: bool
+) -> None:
+    """With wait_for_leases, partitions leased by a vanished worker are done after their
+    lease expires; without it the run leaves them to their holder."""
+    job = make_job(days=3, lease_seconds=0.4)
+
+    @job.stage(concurrency=2)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        return [{"day": partition.key}]
+
+    ledger.plan("test", "fetch", job.partitions or [])
+    ledger.claim(
+        "test", "fetch", "vanished", limit=1, lease_seconds=0.4, now=time.time(), run_id="x"
+    )
+    started = time.monotonic()
+    result = run_job(job, ledger, RunOptions(wait_for_leases=wait))
+    counts = result.counts["fetch"]
+    if wait:
+        assert (counts.done, counts.running) == (3, 0)
+        assert time.monotonic() - started >= 0.3
+    else:
+        assert (counts.done, counts.running) == (2, 1)

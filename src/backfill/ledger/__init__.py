@@ -1,7 +1,8 @@
 """The ledger: the durable record of every (job, stage, partition) and every run.
 
 The engine speaks to it only through :class:`Ledger`; SQLite is the embedded adapter,
-and every adapter passes the same contract suite (``tests/ledger_contract.py``).
+PostgreSQL the shared one for a fleet of workers, and every adapter passes the same
+contract suite (``tests/ledger_contract.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from backfill.errors import ConfigError
 from backfill.partitions import Order, Partition, Selection
@@ -26,6 +27,7 @@ __all__ = [
     "LedgerEntry",
     "Outcome",
     "RunRecord",
+    "SharedLimits",
     "StageCounts",
     "Status",
     "WorkerRecord",
@@ -157,6 +159,8 @@ class WorkerRecord:
     started_at: float
     heartbeat_at: float
     stopped_at: float | None
+    # Partitions it finished (done, empty or failed), as recorded by ``complete``.
+    finished: int = 0
 
 
 # Records an owner's outcomes on a connection to the ledger's own database, inside a
@@ -260,6 +264,18 @@ class Ledger(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class SharedLimits(Protocol):
+    """A ledger that also holds the resource schedules of a fleet of workers."""
+
+    def take_starts(
+        self, job: str, resource: str, *, count: int, interval: float, tolerance: float
+    ) -> tuple[float, float]:
+        """Book ``count`` starts; (first due, paused until) in seconds from now."""
+
+    def pause_resource(self, job: str, resource: str, seconds: float) -> None: ...
+
+
 def dims_json(dims: tuple[tuple[str, str], ...]) -> str | None:
     return json.dumps(dict(dims), separators=(",", ":")) if dims else None
 
@@ -274,8 +290,10 @@ def dims_from_json(text: str | None) -> tuple[tuple[str, str], ...]:
 def open_ledger(url: str | None = None, *, create: bool = True) -> Ledger:
     """Open the state store named by ``url`` (default: ``.backfill/state.db`` here).
 
-    With ``create=False`` a missing SQLite file is not created: an empty in-memory
-    ledger stands in, so read-only commands leave no trace.
+    ``postgresql://USER:PASSWORD@HOST:PORT/DATABASE`` opens the shared PostgreSQL ledger
+    (``postgres://`` works too). With ``create=False`` a missing SQLite file is not
+    created, nor are missing PostgreSQL tables: an empty in-memory ledger stands in, so
+    read-only commands leave no trace.
     """
     from backfill.ledger.sqlite import SQLiteLedger
 
@@ -283,6 +301,12 @@ def open_ledger(url: str | None = None, *, create: bool = True) -> Ledger:
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "sqlite", "/" + url
+    if scheme in ("postgresql", "postgres"):
+        from backfill.ledger.postgres import PostgresLedger
+
+        if not create and not PostgresLedger.exists(url):
+            return SQLiteLedger(":memory:", url=url)
+        return PostgresLedger(url)
     if scheme == "sqlite":
         path = rest[1:] if rest.startswith("/") else rest
         if path in ("", ":memory:"):
@@ -295,5 +319,5 @@ def open_ledger(url: str | None = None, *, create: bool = True) -> Ledger:
         return SQLiteLedger(file, url=url)
     raise ConfigError(
         f"unsupported state URL {url.split('://')[0]!r}://...; use sqlite:///PATH "
-        "(a file) or a plain file path"
+        "(a file), a plain file path, or postgresql://USER@HOST:PORT/DATABASE"
     )

@@ -37,7 +37,7 @@ from backfill.partitions import Order, Partition, Selection
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _PLAN_CHUNK = 20_000
 
 
@@ -56,7 +56,7 @@ _MIGRATIONS = {
     version: resources.files("backfill.ledger")
     .joinpath(f"sql/sqlite_migrations/{version:04d}.sql")
     .read_text()
-    for version in (2, 3)
+    for version in range(2, SCHEMA_VERSION + 1)
 }
 
 
@@ -285,10 +285,19 @@ class SQLiteLedger:
         if not outcomes:
             return 0
         rows = _outcome_rows(owner, outcomes, now)
+        # Releases first, then finishes: the changes of the second count what this
+        # worker finished.
+        releases = [r for r in rows if r[0] == Status.PENDING.value]
+        finishes = [r for r in rows if r[0] != Status.PENDING.value]
         with self._tx() as conn:
             before = conn.total_changes
-            conn.executemany(_Q["complete"], rows)
-            return conn.total_changes - before
+            conn.executemany(_Q["complete"], releases)
+            released = conn.total_changes - before
+            conn.executemany(_Q["complete"], finishes)
+            finished = conn.total_changes - before - released
+            if finished:
+                conn.execute(_Q["count_finished"], {"n": finished, "owner": owner})
+            return released + finished
 
     def completer(self, database: str) -> Completer | None:
         """Record outcomes inside a sink's transaction when the sink is this same file.
@@ -571,4 +580,7 @@ def _complete_on(
     for outcome, row in zip(outcomes, _outcome_rows(owner, outcomes, now), strict=True):
         if raw.execute(_Q["complete"], row).rowcount:
             applied.add(outcome.id)
+    finished = sum(1 for o in outcomes if o.id in applied and o.status is not Status.PENDING)
+    if finished:
+        raw.execute(_Q["count_finished"], {"n": finished, "owner": owner})
     return applied

@@ -59,6 +59,9 @@ SET status = ?1,
     checkpoint = CASE WHEN ?1 IN ('done', 'empty') THEN NULL ELSE checkpoint END
 WHERE id = ?8 AND lease_owner = ?9 AND status = 'running';
 
+-- name: count_finished
+UPDATE backfill_workers SET finished = finished + :n WHERE id = :owner;
+
 -- name: save_checkpoint
 UPDATE backfill_partitions SET checkpoint = :checkpoint
 WHERE id = :id AND lease_owner = :owner AND status = 'running';
@@ -144,6 +147,6 @@ UPDATE backfill_workers SET heartbeat_at = :now WHERE id = :id;
 UPDATE backfill_workers SET stopped_at = :now WHERE id = :id;
 
 -- name: workers
-SELECT id, job, host, pid, started_at, heartbeat_at, stopped_at
+SELECT id, job, host, pid, started_at, heartbeat_at, stopped_at, finished
 FROM backfill_workers WHERE job = :job {where}
 ORDER BY started_at;

@@ -1,4 +1,4 @@
--- backfill ledger, SQLite. Schema version 3 (see backfill_meta.schema_version).
+-- backfill ledger, SQLite. Schema version 4 (see backfill_meta.schema_version).
 -- A file of an older version is brought up to date by sqlite_migrations/NNNN.sql.
 
 CREATE TABLE IF NOT EXISTS backfill_meta (
@@ -72,5 +72,6 @@ CREATE TABLE IF NOT EXISTS backfill_workers (
     pid          INTEGER NOT NULL,
     started_at   REAL NOT NULL,
     heartbeat_at REAL NOT NULL,
-    stopped_at   REAL
+    stopped_at   REAL,
+    finished     INTEGER NOT NULL DEFAULT 0  -- partitions it finished
 );

@@ -1,0 +1,690 @@
+"""The shared ledger: PostgreSQL, for a fleet of workers on many machines.
+
+Every method is one short transaction on a pooled connection. Claims take batches with
+``FOR UPDATE SKIP LOCKED``, so any number of workers claim at once without waiting on
+each other or leasing a partition twice. A lost connection (a server restart, a network
+blip) is retried with backoff for up to :attr:`PostgresLedger.retry_for` seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from backfill.errors import LedgerError
+from backfill.ledger import (
+    Claim,
+    FailureGroup,
+    LedgerEntry,
+    Outcome,
+    RunRecord,
+    StageCounts,
+    Status,
+    WorkerRecord,
+    dims_json,
+)
+from backfill.partitions import Order, Partition, Selection
+
+__all__ = ["MAX_LOST_LEASES", "SCHEMA_VERSION", "PostgresLedger", "redact_url"]
+
+log = logging.getLogger("backfill.ledger.postgres")
+T = TypeVar("T")
+
+SCHEMA_VERSION = 2
+# A partition whose lease expires this many times in a row is failed, not handed out again.
+MAX_LOST_LEASES = 3
+_PLAN_CHUNK = 20_000
+# Any constant will do: it only serialises concurrent schema set-up and migrations.
+_MIGRATION_LOCK = 0x6261636B66696C6C  # "backfill"
+
+
+def _load_queries() -> dict[str, str]:
+    text = resources.files("backfill.ledger").joinpath("sql/postgres_queries.sql").read_text()
+    queries: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        queries[name.strip()] = body.strip()
+    return queries
+
+
+_SCHEMA = resources.files("backfill.ledger").joinpath("sql/postgres_schema.sql").read_text()
+_Q = _load_queries()
+_MIGRATIONS: dict[int, str] = {
+    version: resources.files("backfill.ledger")
+    .joinpath(f"sql/postgres_migrations/{version:04d}.sql")
+    .read_text()
+    for version in range(2, SCHEMA_VERSION + 1)
+}
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (in the authority or a ``password=`` parameter) masked."""
+    url = re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", url)
+
+
+def _target(url: str) -> tuple[str, str, str]:
+    """(host:port, database, user) named by a URL, for messages."""
+    try:
+        parts = urlsplit(url)
+        host = f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+        database = parts.path.lstrip("/") or (parts.username or "postgres")
+        return host, database, parts.username or "postgres"
+    except ValueError:
+        return "?", "?", "?"
+
+
+def _connect_error(url: str, exc: Exception) -> LedgerError:
+    """One sentence naming what is wrong with a PostgreSQL state URL (never its password)."""
+    safe = redact_url(url)
+    host, database, user = _target(url)
+    text = " ".join(str(exc).split())
+    sqlstate = getattr(getattr(exc, "diag", None), "sqlstate", None) or getattr(
+        exc, "sqlstate", None
+    )
+    if isinstance(exc, psycopg.ProgrammingError | ValueError) or re.search(
+        r"invalid (URI|connection option|[\w ]*value)|missing \"=\"", text
+    ):
+        message = (
+            f"state URL {safe} is not a valid PostgreSQL URL ({_last_line(text)}); write it "
+            "like postgresql://USER@HOST:5432/DATABASE"
+        )
+    elif sqlstate == "28P01" or "password authentication failed" in text:
+        message = (
+            f"PostgreSQL at {host} refused the password for user {user!r}; "
+            "fix the password in --state or BACKFILL_STATE"
+        )
+    elif "no password supplied" in text:
+        message = (
+            f"PostgreSQL at {host} wants a password for user {user!r}; "
+            "put it in --state or BACKFILL_STATE"
+        )
+    elif sqlstate == "3D000" or ("database" in text and "does not exist" in text):
+        message = (
+            f"database {database!r} does not exist on PostgreSQL at {host}; "
+            f"create it (createdb {database}) or fix --state"
+        )
+    elif sqlstate == "28000" or ("role" in text and "does not exist" in text):
+        message = f"PostgreSQL at {host} has no user {user!r}; create the role or fix --state"
+    elif any(m in text for m in ("Connection refused", "could not translate", "timeout")):
+        message = (
+            f"cannot reach PostgreSQL at {host} ({_last_line(text)}); "
+            "start the server or fix --state"
+        )
+    else:
+        message = f"cannot open state {safe}: {_last_line(text)}"
+    password = _password(url)
+    if password:
+        message = message.replace(password, "***")
+    return LedgerError(redact_url(message))
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def _last_line(text: str) -> str:
+    """libpq repeats a failure per address it tried; the last reason is the one to show."""
+    reasons = [r.strip() for r in re.split(r"connection to server at [^:]*:", text) if r.strip()]
+    reason = reasons[-1] if reasons else text
+    for prefix in ("connection failed:", "connection is bad:"):
+        reason = reason.strip().removeprefix(prefix)
+    return reason.strip().rstrip(".")
+
+
+def _selection_sql(selection: Selection | None) -> tuple[str, dict[str, Any]]:
+    """A SQL fragment (``AND ...``) and its parameters for a selection."""
+    if selection is None or selection.is_everything:
+        return "", {}
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    if selection.start is not None:
+        clauses.append("window_end >= %(sel_start)s")
+        params["sel_start"] = selection.start
+    if selection.end is not None:
+        clauses.append("window_start <= %(sel_end)s")
+        params["sel_end"] = selection.end
+    if selection.keys:
+        clauses.append("key = ANY(%(sel_keys)s)")
+        params["sel_keys"] = sorted(selection.keys)
+    for i, (dim, allowed) in enumerate(sorted(selection.dims.items())):
+        clauses.append(f"dims ->> %(sel_dim_name_{i})s = ANY(%(sel_dim_{i})s)")
+        params[f"sel_dim_name_{i}"] = dim
+        params[f"sel_dim_{i}"] = sorted(allowed)
+    return "".join(f" AND {c}" for c in clauses), params
+
+
+def _statements(script: str) -> str:
+    """A script without comments (they may hold semicolons), run as one simple query."""
+    return "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+
+
+class PostgresLedger:
+    """The :class:`~backfill.ledger.Ledger` on a PostgreSQL database.
+
+    ``url`` is a libpq URL, e.g. ``postgresql://backfill:secret@db:5432/backfill``; add
+    ``?options=-csearch_path%3DNAME`` to keep the tables in schema ``NAME``.
+    """
+
+    retry_for = 120.0
+
+    def __init__(self, url: str, *, pool_size: int = 4) -> None:
+        self.url = url
+        self.safe_url = redact_url(url)
+        self._stage_ids: dict[tuple[str, str], int] = {}
+        self._check(url)
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True},
+            open=False,
+            name="backfill-ledger",
+            reconnect_timeout=self.retry_for,
+        )
+        self._pool.open(wait=False)
+
+    @staticmethod
+    def exists(url: str) -> bool:
+        """Whether the database named by ``url`` already holds a backfill ledger."""
+        with PostgresLedger._connect(url) as conn:
+            row = conn.execute("SELECT to_regclass('backfill_meta')").fetchone()
+        return row is not None and row[0] is not None
+
+    @staticmethod
+    def _connect(url: str) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(url, autocommit=True, connect_timeout=10)
+        except (psycopg.Error, ValueError) as exc:
+            raise _connect_error(url, exc) from exc
+
+    def _check(self, url: str) -> None:
+        """Connect once (a clear error for a bad URL), then create or migrate the schema."""
+        with self._connect(url) as conn:
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                    self._migrate(conn)
+            except psycopg.Error as exc:
+                raise LedgerError(
+                    f"cannot set up the ledger in {self.safe_url}: {_last_line(str(exc))}"
+                ) from exc
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute("SELECT to_regclass('backfill_meta')").fetchone()
+        if row is not None and row[0] is not None:
+            found = conn.execute(
+                "SELECT value FROM backfill_meta WHERE key = 'schema_version'"
+            ).fetchone()
+            version = int(found[0]) if found else 0
+            if version > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"state {self.safe_url} has schema version {version}, newer than this "
+                    f"backfill understands ({SCHEMA_VERSION}); upgrade backfill"
+                )
+            if version == SCHEMA_VERSION:
+                return
+            scripts = [_MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1)]
+        else:
+            scripts = [_SCHEMA]
+        for script in scripts:
+            conn.execute(_statements(script).encode())
+        conn.execute(
+            "INSERT INTO backfill_meta (key, value) VALUES ('schema_version', %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
+
+    def _run(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run ``body`` in one transaction; driver errors become LedgerError here only.
+
+        A lost connection is retried with exponential backoff and jitter: every body is
+        safe to repeat (claims a committed-but-unacknowledged batch would hold are
+        released when the worker ends; completes only touch rows still leased).
+        """
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.1
+        while True:
+            try:
+                with self._pool.connection(timeout=10.0) as conn, conn.transaction():
+                    return body(conn)
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise LedgerError(
+                        f"lost the state database {self.safe_url} for more than "
+                        f"{self.retry_for:g} s: {_last_line(str(exc))}"
+                    ) from exc
+                log.warning(
+                    "state database unavailable (%s); retrying in %.1f s",
+                    _last_line(str(exc)),
+                    delay,
+                )
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(5.0, delay * 2)
+            except psycopg.Error as exc:
+                raise LedgerError(f"state {self.safe_url}: {_last_line(str(exc))}") from exc
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _stage_id(
+        self, conn: psycopg.Connection[Any], job: str, stage: str, create: bool
+    ) -> int | None:
+        cached = self._stage_ids.get((job, stage))
+        if cached is not None:
+            return cached
+        params = {"job": job, "stage": stage}
+        row = conn.execute(_Q["stage_id"], params).fetchone()
+        if row is None and create:
+            conn.execute(_Q["insert_stage"], params)
+            row = conn.execute(_Q["stage_id"], params).fetchone()
+        if row is None:
+            return None
+        self._stage_ids[(job, stage)] = int(row[0])
+        return int(row[0])
+
+    # -- partitions ----------------------------------------------------------------
+
+    def plan(self, job: str, stage: str, partitions: Iterable[Partition]) -> int:
+        inserted = 0
+        iterator = iter(partitions)
+        dims_text: dict[tuple[tuple[str, str], ...], str | None] = {}
+        while True:
+            chunk = list(itertools.islice(iterator, _PLAN_CHUNK))
+            if not chunk:
+                return inserted
+            params: dict[str, Any] = {
+                "keys": [p.key for p in chunk],
+                "starts": [p.start for p in chunk],
+                "ends": [p.end for p in chunk],
+                "dims": [
+                    dims_text[p.dims]
+                    if p.dims in dims_text
+                    else dims_text.setdefault(p.dims, dims_json(p.dims))
+                    for p in chunk
+                ],
+            }
+
+            def insert(conn: psycopg.Connection[Any], params: dict[str, Any] = params) -> int:
+                params["stage_id"] = self._stage_id(conn, job, stage, create=True)
+                return conn.execute(_Q["plan"], params).rowcount
+
+            inserted += self._run(insert)
+
+    def claim(
+        self,
+        job: str,
+        stage: str,
+        owner: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        now: float,
+        run_id: str,
+        selection: Selection | None = None,
+        order: Order = Order.OLDEST,
+    ) -> list[Claim]:
+        where, params = _selection_sql(selection)
+        direction = "ASC" if order is Order.OLDEST else "DESC"
+        params.update(
+            owner=owner,
+            expires=now + lease_seconds,
+            run_id=run_id,
+            now=now,
+            limit=limit,
+            max_lost=MAX_LOST_LEASES,
+        )
+
+        def take(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            stage_id = self._stage_id(conn, job, stage, create=False)
+            if stage_id is None:
+                return []
+            q = dict(params, stage_id=stage_id)
+            rows = conn.execute(
+                _Q["claim_pending"].format(where=where, direction=direction), q
+            ).fetchall()
+            if len(rows) < limit:
+                # Expired leases through their own index: the pending branch above never
+                # has to look at running or finished rows.
+                conn.execute(_Q["fail_lost"].format(where=where), q)
+                q["limit"] = limit - len(rows)
+                rows += conn.execute(
+                    _Q["claim_expired"].format(where=where, direction=direction), q
+                ).fetchall()
+            return rows
+
+        rows = self._run(take)
+        dims: dict[str, tuple[tuple[str, str], ...]] = {}
+        claims = []
+        for row in rows:
+            raw = row[4]
+            row_dims: tuple[tuple[str, str], ...] = ()
+            if raw:
+                cache_key = json.dumps(raw, sort_keys=True)
+                row_dims = dims.get(cache_key) or dims.setdefault(
+                    cache_key, tuple((str(k), str(v)) for k, v in raw.items())
+                )
+            claims.append(
+                Claim(row[0], stage, row[1], row[2], row[3], row_dims, row[5], row[6], row[7])
+            )
+        claims.sort(key=lambda c: (c.start, c.id), reverse=order is Order.NEWEST)
+        return claims
+
+    def complete(self, owner: str, outcomes: Sequence[Outcome], *, now: float) -> int:
+        if not outcomes:
+            return 0
+        ordered = sorted(outcomes, key=lambda o: o.id)
+        params = {
+            "owner": owner,
+            "now": now,
+            "ids": [o.id for o in ordered],
+            "statuses": [o.status.value for o in ordered],
+            "attempts": [o.attempts for o in ordered],
+            "records": [o.records for o in ordered],
+            "durations": [o.duration for o in ordered],
+            "categories": [o.error_category for o in ordered],
+            "messages": [o.error_message for o in ordered],
+            "requests": [o.requests for o in ordered],
+        }
+
+        def apply(conn: psycopg.Connection[Any]) -> int:
+            statuses = conn.execute(_Q["complete"], params).fetchall()
+            finished = sum(1 for (status,) in statuses if status != Status.PENDING.value)
+            if finished:
+                conn.execute(_Q["count_finished"], {"n": finished, "owner": owner})
+            return len(statuses)
+
+        return self._run(apply)
+
+    def save_checkpoint(self, owner: str, claim_id: int, checkpoint: str | None) -> bool:
+        params = {"id": claim_id, "owner": owner, "checkpoint": checkpoint}
+        return self._run(lambda conn: conn.execute(_Q["save_checkpoint"], params).rowcount == 1)
+
+    def request_stats(self, job: str, stage: str) -> tuple[int, float | None]:
+        def read(conn: psycopg.Connection[Any]) -> tuple[int, float | None]:
+            stage_id = self._stage_id(conn, job, stage, create=False)
+            if stage_id is None:
+                return 0, None
+            row = conn.execute(_Q["request_stats"], {"stage_id": stage_id}).fetchone()
+            assert row is not None
+            return int(row[0]), (float(row[1]) if row[1] is not None else None)
+
+        return self._run(read)
+
+    def renew(self, owner: str, *, lease_seconds: float, now: float) -> int:
+        params = {"owner": owner, "expires": now + lease_seconds}
+        return self._run(lambda conn: conn.execute(_Q["renew"], params).rowcount)
+
+    def release_owner(self, owner: str) -> int:
+        return self._run(lambda conn: conn.execute(_Q["release_owner"], {"owner": owner}).rowcount)
+
+    # -- reading -------------------------------------------------------------------
+
+    def counts(
+        self, job: str, stages: Sequence[str], selection: Selection | None = None
+    ) -> dict[str, StageCounts]:
+        where, params = _selection_sql(selection)
+
+        def read(conn: psycopg.Connection[Any]) -> dict[str, StageCounts]:
+            result: dict[str, StageCounts] = {}
+            for stage in stages:
+                stage_id = self._stage_id(conn, job, stage, create=False)
+                if stage_id is None:
+                    result[stage] = StageCounts(stage)
+                    continue
+                q = dict(params, stage_id=stage_id)
+                by_status: dict[str, int] = {}
+                records = 0
+                for status, n, recs in conn.execute(_Q["counts"].format(where=where), q):
+                    by_status[status] = n
+                    records += int(recs)
+                recent_n, span = 0, 0.0
+                last = conn.execute(_Q["last_run_of_stage"], q).fetchone()
+                if last is not None and last[0] is not None:
+                    q["run_id"] = last[0]
+                    row = conn.execute(_Q["recent"].format(where=where), q).fetchone()
+                    assert row is not None
+                    n, first, final = row
+                    if n and first is not None and final is not None:
+                        recent_n, span = int(n), float(final) - float(first)
+                result[stage] = StageCounts(
+                    stage,
+                    pending=by_status.get("pending", 0),
+                    running=by_status.get("running", 0),
+                    done=by_status.get("done", 0),
+                    empty=by_status.get("empty", 0),
+                    failed=by_status.get("failed", 0),
+                    records=records,
+                    recent_finished=recent_n,
+                    recent_span=span,
+                )
+            return result
+
+        return self._run(read)
+
+    def failure_groups(
+        self, job: str, stages: Sequence[str], selection: Selection | None = None
+    ) -> list[FailureGroup]:
+        where, params = _selection_sql(selection)
+
+        def read(conn: psycopg.Connection[Any]) -> list[FailureGroup]:
+            groups: list[FailureGroup] = []
+            for stage in stages:
+                stage_id = self._stage_id(conn, job, stage, create=False)
+                if stage_id is None:
+                    continue
+                rows = conn.execute(
+                    _Q["failure_groups"].format(where=where), dict(params, stage_id=stage_id)
+                )
+                groups.extend(
+                    FailureGroup(stage, category, int(n), key, message)
+                    for category, n, key, message in rows
+                )
+            return groups
+
+        return self._run(read)
+
+    def entries(
+        self,
+        job: str,
+        stage: str,
+        *,
+        status: Status | None = None,
+        selection: Selection | None = None,
+        limit: int = 100,
+    ) -> list[LedgerEntry]:
+        where, params = _selection_sql(selection)
+        if status is not None:
+            where += " AND status = %(status)s"
+            params["status"] = status.value
+
+        def read(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            stage_id = self._stage_id(conn, job, stage, create=False)
+            if stage_id is None:
+                return []
+            return conn.execute(
+                _Q["entries"].format(where=where), dict(params, stage_id=stage_id, limit=limit)
+            ).fetchall()
+
+        return [
+            LedgerEntry(
+                stage=stage,
+                key=r[0],
+                status=Status(r[1]),
+                attempts=r[2],
+                records=r[3],
+                duration=r[4],
+                error_category=r[5],
+                error_message=r[6],
+                run_id=r[7],
+                finished_at=r[8],
+            )
+            for r in self._run(read)
+        ]
+
+    # -- maintenance ---------------------------------------------------------------
+
+    def _per_stage(
+        self,
+        query: str,
+        job: str,
+        stages: Sequence[str],
+        selection: Selection | None,
+        **extra: Any,
+    ) -> int:
+        where, params = _selection_sql(selection)
+        params.update(extra)
+
+        def change(conn: psycopg.Connection[Any]) -> int:
+            changed = 0
+            for stage in stages:
+                stage_id = self._stage_id(conn, job, stage, create=False)
+                if stage_id is None:
+                    continue
+                cur = conn.execute(_Q[query].format(where=where), dict(params, stage_id=stage_id))
+                changed += cur.rowcount
+            return changed
+
+        return self._run(change)
+
+    def requeue(
+        self,
+        job: str,
+        stages: Sequence[str],
+        statuses: Sequence[Status] = (Status.FAILED,),
+        selection: Selection | None = None,
+    ) -> int:
+        if any(s not in (Status.FAILED, Status.EMPTY, Status.DONE) for s in statuses):
+            raise ValueError("only finished partitions can be requeued")
+        return self._per_stage(
+            "requeue", job, stages, selection, statuses=[s.value for s in statuses]
+        )
+
+    def reset(self, job: str, stages: Sequence[str], selection: Selection | None = None) -> int:
+        return self._per_stage("reset", job, stages, selection)
+
+    # -- runs and workers ----------------------------------------------------------
+
+    def start_run(self, run: RunRecord) -> None:
+        params = {
+            "id": run.id,
+            "job": run.job,
+            "command": run.command,
+            "host": run.host,
+            "pid": run.pid,
+            "options": json.dumps(dict(run.options), default=str),
+            "started_at": run.started_at,
+            "status": run.status,
+        }
+        self._run(lambda conn: conn.execute(_Q["start_run"], params))
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        now: float,
+        status: str,
+        exit_code: int,
+        counts: Mapping[str, Any],
+    ) -> None:
+        params = {
+            "id": run_id,
+            "now": now,
+            "status": status,
+            "exit_code": exit_code,
+            "counts": json.dumps(dict(counts), default=str),
+        }
+        self._run(lambda conn: conn.execute(_Q["finish_run"], params))
+
+    def runs(self, job: str, limit: int = 20) -> list[RunRecord]:
+        rows = self._run(
+            lambda conn: conn.execute(_Q["runs"], {"job": job, "limit": limit}).fetchall()
+        )
+        return [
+            RunRecord(
+                id=r[0],
+                job=r[1],
+                started_at=r[2],
+                host=r[3],
+                pid=r[4],
+                command=r[5],
+                options=json.loads(r[6]),
+                finished_at=r[7],
+                status=r[8],
+                exit_code=r[9],
+                counts=json.loads(r[10]),
+            )
+            for r in rows
+        ]
+
+    def register_worker(self, worker: WorkerRecord) -> None:
+        params = {
+            "id": worker.id,
+            "job": worker.job,
+            "host": worker.host,
+            "pid": worker.pid,
+            "started_at": worker.started_at,
+            "heartbeat_at": worker.heartbeat_at,
+        }
+        self._run(lambda conn: conn.execute(_Q["register_worker"], params))
+
+    def heartbeat(self, worker_id: str, *, now: float) -> None:
+        self._run(lambda conn: conn.execute(_Q["heartbeat"], {"id": worker_id, "now": now}))
+
+    def stop_worker(self, worker_id: str, *, now: float) -> None:
+        self._run(lambda conn: conn.execute(_Q["stop_worker"], {"id": worker_id, "now": now}))
+
+    # -- limits shared by the fleet --------------------------------------------------
+
+    def take_starts(
+        self, job: str, resource: str, *, count: int, interval: float, tolerance: float
+    ) -> tuple[float, float]:
+        """Book ``count`` starts of a resource shared by every worker of ``job``.
+
+        Returns, in seconds from the database's now, when the first is due (the rest
+        follow ``interval`` apart; negative: due already) and until when the fleet is
+        paused.
+        """
+        params = {
+            "job": job,
+            "name": resource,
+            "n": count,
+            "interval": interval,
+            "tolerance": tolerance,
+        }
+
+        def book(conn: psycopg.Connection[Any]) -> tuple[float, float]:
+            row = conn.execute(_Q["take_starts"], params).fetchone()
+            if row is None:
+                conn.execute(_Q["insert_resource"], params)
+                row = conn.execute(_Q["take_starts"], params).fetchone()
+            assert row is not None
+            return float(row[0]), float(row[1])
+
+        return self._run(book)
+
+    def pause_resource(self, job: str, resource: str, seconds: float) -> None:
+        """Pause a shared resource for every worker of ``job`` (a Retry-After)."""
+        params = {"job": job, "name": resource, "seconds": seconds}
+        self._run(lambda conn: conn.execute(_Q["pause_resource"], params))
+
+    def workers(self, job: str, *, active_only: bool = True) -> list[WorkerRecord]:
+        where = " AND stopped_at IS NULL" if active_only else ""
+        rows = self._run(
+            lambda conn: conn.execute(_Q["workers"].format(where=where), {"job": job}).fetchall()
+        )
+        return [WorkerRecord(*r) for r in rows]

@@ -1,0 +1,213 @@
+-- Named queries of the PostgreSQL ledger. Each starts with "-- name: NAME".
+-- {where} marks where a selection filter is spliced in, {direction} ASC or DESC.
+
+-- name: stage_id
+SELECT id FROM backfill_stages WHERE job = %(job)s AND stage = %(stage)s;
+
+-- name: insert_stage
+INSERT INTO backfill_stages (job, stage) VALUES (%(job)s, %(stage)s)
+ON CONFLICT (job, stage) DO NOTHING;
+
+-- name: plan
+-- One array per column per chunk: one statement and one round trip for 20,000 rows.
+INSERT INTO backfill_partitions (stage_id, key, window_start, window_end, dims)
+SELECT %(stage_id)s, k, s, e, d::jsonb
+FROM unnest(%(keys)s::text[], %(starts)s::date[], %(ends)s::date[], %(dims)s::text[])
+     AS t (k, s, e, d)
+ON CONFLICT (stage_id, key) DO NOTHING;
+
+-- name: claim_pending
+-- SKIP LOCKED: concurrent claimants each take different rows and never wait on another.
+UPDATE backfill_partitions AS p
+SET status = 'running', lease_owner = %(owner)s, lease_expires_at = %(expires)s,
+    claims = p.claims + 1, run_id = %(run_id)s, started_at = %(now)s
+FROM (
+    SELECT id FROM backfill_partitions
+    WHERE stage_id = %(stage_id)s AND status = 'pending' {where}
+    ORDER BY window_start {direction}, id {direction}
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS picked
+WHERE p.id = picked.id
+RETURNING p.id, p.key, p.window_start, p.window_end, p.dims, p.attempts, p.claims,
+          p.checkpoint;
+
+-- name: fail_lost
+-- A partition whose lease expired max_lost times in a row kills (or hangs) every worker
+-- that takes it: fail it with that reason rather than hand it out forever.
+UPDATE backfill_partitions AS p
+SET status = 'failed', lost_leases = p.lost_leases + 1, lease_owner = NULL,
+    lease_expires_at = NULL, finished_at = %(now)s, error_category = 'worker_lost',
+    error_message = 'its lease expired ' || (p.lost_leases + 1)
+        || ' times in a row: every worker that took it died or hung'
+FROM (
+    SELECT id FROM backfill_partitions
+    WHERE stage_id = %(stage_id)s AND status = 'running' AND lease_expires_at < %(now)s
+      AND lost_leases + 1 >= %(max_lost)s {where}
+    FOR UPDATE SKIP LOCKED
+) AS lost
+WHERE p.id = lost.id;
+
+-- name: claim_expired
+UPDATE backfill_partitions AS p
+SET lease_owner = %(owner)s, lease_expires_at = %(expires)s, claims = p.claims + 1,
+    lost_leases = p.lost_leases + 1, run_id = %(run_id)s, started_at = %(now)s
+FROM (
+    SELECT id FROM backfill_partitions
+    WHERE stage_id = %(stage_id)s AND status = 'running' AND lease_expires_at < %(now)s
+      {where}
+    ORDER BY window_start {direction}, id {direction}
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS picked
+WHERE p.id = picked.id
+RETURNING p.id, p.key, p.window_start, p.window_end, p.dims, p.attempts, p.claims,
+          p.checkpoint;
+
+-- name: complete
+-- Only rows the owner still holds: a worker whose lease passed on changes nothing.
+UPDATE backfill_partitions AS p
+SET status = o.status,
+    attempts = p.attempts + o.attempts,
+    records = CASE WHEN o.status = 'pending' THEN p.records ELSE o.records END,
+    duration = CASE WHEN o.status = 'pending' THEN p.duration ELSE o.duration END,
+    error_category = o.error_category,
+    error_message = o.error_message,
+    finished_at = CASE WHEN o.status = 'pending' THEN p.finished_at ELSE %(now)s END,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    lost_leases = 0,
+    requests = coalesce(p.requests, 0) + o.requests,
+    checkpoint = CASE WHEN o.status IN ('done', 'empty') THEN NULL ELSE p.checkpoint END
+FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(attempts)s::integer[],
+            %(records)s::bigint[], %(durations)s::double precision[],
+            %(categories)s::text[], %(messages)s::text[], %(requests)s::integer[])
+     AS o (id, status, attempts, records, duration, error_category, error_message, requests)
+WHERE p.id = o.id AND p.lease_owner = %(owner)s AND p.status = 'running'
+RETURNING o.status;
+
+-- name: count_finished
+UPDATE backfill_workers SET finished = finished + %(n)s WHERE id = %(owner)s;
+
+-- name: save_checkpoint
+UPDATE backfill_partitions SET checkpoint = %(checkpoint)s
+WHERE id = %(id)s AND lease_owner = %(owner)s AND status = 'running';
+
+-- name: request_stats
+SELECT count(requests), avg(requests)
+FROM backfill_partitions
+WHERE stage_id = %(stage_id)s AND status IN ('done', 'empty') AND requests IS NOT NULL;
+
+-- name: renew
+UPDATE backfill_partitions SET lease_expires_at = %(expires)s
+WHERE lease_owner = %(owner)s AND status = 'running';
+
+-- name: release_owner
+UPDATE backfill_partitions
+SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+WHERE lease_owner = %(owner)s AND status = 'running';
+
+-- name: counts
+SELECT status, count(*), coalesce(sum(records), 0)
+FROM backfill_partitions WHERE stage_id = %(stage_id)s {where}
+GROUP BY status;
+
+-- name: recent
+SELECT count(*), min(started_at), max(finished_at)
+FROM backfill_partitions
+WHERE stage_id = %(stage_id)s AND run_id = %(run_id)s AND finished_at IS NOT NULL {where};
+
+-- name: last_run_of_stage
+SELECT run_id FROM backfill_partitions
+WHERE stage_id = %(stage_id)s AND finished_at IS NOT NULL
+ORDER BY finished_at DESC LIMIT 1;
+
+-- name: failure_groups
+-- Per category: its size, and the key and message of its first failed row as an example.
+SELECT category, n, key, message FROM (
+    SELECT coalesce(error_category, 'error') AS category,
+           count(*) OVER (PARTITION BY coalesce(error_category, 'error')) AS n,
+           row_number() OVER (PARTITION BY coalesce(error_category, 'error') ORDER BY id)
+               AS rank,
+           key, coalesce(error_message, '') AS message
+    FROM backfill_partitions
+    WHERE stage_id = %(stage_id)s AND status = 'failed' {where}
+) AS grouped
+WHERE rank = 1
+ORDER BY n DESC, category;
+
+-- name: entries
+SELECT key, status, attempts, records, duration, error_category, error_message,
+       run_id, finished_at
+FROM backfill_partitions
+WHERE stage_id = %(stage_id)s {where}
+ORDER BY window_start, id
+LIMIT %(limit)s;
+
+-- name: requeue
+UPDATE backfill_partitions
+SET status = 'pending', error_category = NULL, error_message = NULL, lost_leases = 0
+WHERE stage_id = %(stage_id)s AND status = ANY(%(statuses)s) {where};
+
+-- name: reset
+DELETE FROM backfill_partitions
+WHERE stage_id = %(stage_id)s AND status != 'running' {where};
+
+-- name: start_run
+INSERT INTO backfill_runs (id, job, command, host, pid, options, started_at, status)
+VALUES (%(id)s, %(job)s, %(command)s, %(host)s, %(pid)s, %(options)s::jsonb,
+        %(started_at)s, %(status)s);
+
+-- name: finish_run
+UPDATE backfill_runs
+SET finished_at = %(now)s, status = %(status)s, exit_code = %(exit_code)s,
+    counts = %(counts)s::jsonb
+WHERE id = %(id)s;
+
+-- name: runs
+SELECT id, job, started_at, host, pid, command, options::text, finished_at, status,
+       exit_code, counts::text
+FROM backfill_runs WHERE job = %(job)s
+ORDER BY started_at DESC LIMIT %(limit)s;
+
+-- name: register_worker
+INSERT INTO backfill_workers (id, job, host, pid, started_at, heartbeat_at)
+VALUES (%(id)s, %(job)s, %(host)s, %(pid)s, %(started_at)s, %(heartbeat_at)s)
+ON CONFLICT (id) DO UPDATE
+SET job = excluded.job, host = excluded.host, pid = excluded.pid,
+    started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,
+    stopped_at = NULL;
+
+-- name: heartbeat
+UPDATE backfill_workers SET heartbeat_at = %(now)s WHERE id = %(id)s;
+
+-- name: stop_worker
+UPDATE backfill_workers SET stopped_at = %(now)s WHERE id = %(id)s;
+
+-- name: workers
+SELECT id, job, host, pid, started_at, heartbeat_at, stopped_at, finished
+FROM backfill_workers WHERE job = %(job)s {where}
+ORDER BY started_at;
+
+-- name: insert_resource
+INSERT INTO backfill_resources (job, name) VALUES (%(job)s, %(name)s)
+ON CONFLICT (job, name) DO NOTHING;
+
+-- name: take_starts
+-- GCRA for a block of n starts, on the database's clock: start i is due at
+-- base + i * interval, base = max(tat, now - tolerance, paused_until); those due before
+-- now go at once (that is the burst). Returns base and the pause as offsets from now.
+WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::double precision AS now)
+UPDATE backfill_resources AS r
+SET tat = greatest(r.tat, clock.now - %(tolerance)s, r.paused_until)
+          + %(n)s * %(interval)s
+FROM clock
+WHERE r.job = %(job)s AND r.name = %(name)s
+RETURNING r.tat - %(n)s * %(interval)s - clock.now, r.paused_until - clock.now;
+
+-- name: pause_resource
+WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::double precision AS now)
+UPDATE backfill_resources AS r
+SET paused_until = greatest(r.paused_until, clock.now + %(seconds)s)
+FROM clock
+WHERE r.job = %(job)s AND r.name = %(name)s;

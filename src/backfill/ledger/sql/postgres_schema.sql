@@ -1,0 +1,93 @@
+-- backfill ledger, PostgreSQL. Schema version 2 (see backfill_meta.schema_version).
+-- A database of an older version is brought up to date by postgres_migrations/NNNN.sql.
+-- Times are epoch seconds (double precision), as the engine passes them.
+
+CREATE TABLE IF NOT EXISTS backfill_meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+
+-- One row per (job, stage): partition rows refer to it by a small integer,
+-- which keeps the claim indexes narrow.
+CREATE TABLE IF NOT EXISTS backfill_stages (
+    id    serial PRIMARY KEY,
+    job   text NOT NULL,
+    stage text NOT NULL,
+    UNIQUE (job, stage)
+);
+
+CREATE TABLE IF NOT EXISTS backfill_partitions (
+    id               bigserial PRIMARY KEY,
+    stage_id         integer NOT NULL REFERENCES backfill_stages (id),
+    key              text NOT NULL,
+    window_start     date NOT NULL,   -- inclusive
+    window_end       date NOT NULL,   -- inclusive
+    dims             jsonb,           -- static dimensions, or NULL
+    status           text NOT NULL DEFAULT 'pending',
+    attempts         integer NOT NULL DEFAULT 0,  -- executions of the stage function
+    claims           integer NOT NULL DEFAULT 0,  -- leases granted
+    lost_leases      integer NOT NULL DEFAULT 0,  -- leases that expired in a row
+    lease_owner      text,
+    lease_expires_at double precision,
+    records          bigint,
+    duration         double precision,
+    error_category   text,
+    error_message    text,
+    run_id           text,
+    started_at       double precision,
+    finished_at      double precision,
+    requests         integer,         -- requests spent, all attempts together
+    checkpoint       text,            -- where a stage asked to resume (e.g. a page cursor)
+    UNIQUE (stage_id, key)
+);
+
+-- Claims take two index-backed branches, never one predicate with an OR (which makes
+-- the planner walk every finished row): pending rows in window order, and running rows
+-- by lease expiry. Both indexes are partial, so finished rows cost nothing.
+CREATE INDEX IF NOT EXISTS backfill_partitions_pending
+    ON backfill_partitions (stage_id, window_start, id) WHERE status = 'pending';
+
+CREATE INDEX IF NOT EXISTS backfill_partitions_leased
+    ON backfill_partitions (stage_id, lease_expires_at) WHERE status = 'running';
+
+CREATE INDEX IF NOT EXISTS backfill_partitions_owner
+    ON backfill_partitions (lease_owner) WHERE lease_owner IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS backfill_runs (
+    id          text PRIMARY KEY,
+    job         text NOT NULL,
+    command     text NOT NULL,
+    host        text NOT NULL,
+    pid         integer NOT NULL,
+    options     jsonb NOT NULL,
+    started_at  double precision NOT NULL,
+    finished_at double precision,
+    status      text NOT NULL,
+    exit_code   integer,
+    counts      jsonb NOT NULL DEFAULT '{}'
+);
+
+CREATE INDEX IF NOT EXISTS backfill_runs_job ON backfill_runs (job, started_at);
+
+CREATE TABLE IF NOT EXISTS backfill_workers (
+    id           text PRIMARY KEY,
+    job          text NOT NULL,
+    host         text NOT NULL,
+    pid          integer NOT NULL,
+    started_at   double precision NOT NULL,
+    heartbeat_at double precision NOT NULL,
+    stopped_at   double precision,
+    finished     integer NOT NULL DEFAULT 0  -- partitions it finished
+);
+
+CREATE INDEX IF NOT EXISTS backfill_workers_job ON backfill_workers (job, started_at);
+
+-- One start schedule per resource, shared by every worker of the fleet (epoch seconds
+-- on the database's clock, so the machines' clocks need not agree).
+CREATE TABLE IF NOT EXISTS backfill_resources (
+    job          text NOT NULL,
+    name         text NOT NULL,
+    tat          double precision NOT NULL DEFAULT 0,  -- GCRA: next theoretical start
+    paused_until double precision NOT NULL DEFAULT 0,  -- a Retry-After seen by anyone
+    PRIMARY KEY (job, name)
+);

@@ -1,0 +1,163 @@
+"""PostgreSQL: the ledger contract on a real server, plus what only a shared ledger does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from backfill.errors import LedgerError
+from backfill.ledger import Ledger, Outcome, Status, open_ledger
+from backfill.ledger.postgres import MAX_LOST_LEASES, SCHEMA_VERSION, PostgresLedger
+from backfill.partitions import daily
+from ledger_contract import LedgerContract
+from pg_support import fresh_schema
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    with fresh_schema() as url:
+        yield url
+
+
+class TestPostgresLedger(LedgerContract):
+    """The whole contract, on a fresh schema per test; two pools act as two machines."""
+
+    @pytest.fixture
+    def ledger(self, pg_url: str) -> Iterator[Ledger]:
+        store = PostgresLedger(pg_url)
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def second_ledger(self, pg_url: str, ledger: Ledger) -> Iterator[Ledger]:
+        store = PostgresLedger(pg_url)
+        yield store
+        store.close()
+
+
+def test_open_ledger_selects_postgres_by_url(pg_url: str) -> None:
+    """``postgresql://`` and ``postgres://`` URLs open the PostgreSQL ledger."""
+    for url in (pg_url, pg_url.replace("postgresql://", "postgres://", 1)):
+        store = open_ledger(url)
+        assert isinstance(store, PostgresLedger)
+        store.close()
+
+
+def test_read_only_open_creates_no_tables(pg_url: str) -> None:
+    """Opening without create on an empty database leaves it empty."""
+    store = open_ledger(pg_url, create=False)
+    assert store.counts("j", ["s"])["s"].total == 0
+    store.close()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT to_regclass('backfill_meta')").fetchone() == (None,)
+
+
+def test_schema_version_is_recorded_and_a_newer_one_refused(pg_url: str) -> None:
+    """The schema version is stored; a database written by a newer backfill is refused."""
+    PostgresLedger(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        row = conn.execute("SELECT value FROM backfill_meta WHERE key = 'schema_version'")
+        assert row.fetchone() == (str(SCHEMA_VERSION),)
+        conn.execute("UPDATE backfill_meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(LedgerError, match="upgrade backfill"):
+        PostgresLedger(pg_url)
+
+
+def test_a_partition_that_keeps_losing_its_lease_ends_failed(pg_url: str) -> None:
+    """A partition whose lease expires MAX_LOST_LEASES times in a row is failed, with the
+    reason, instead of being handed to the next worker forever."""
+    store = PostgresLedger(pg_url)
+    store.plan("j", "s", daily("2013-01-01", "2013-01-02"))
+    now = 1000.0
+    (doomed, healthy) = store.claim("j", "s", "w0", limit=2, lease_seconds=10, now=now, run_id="r")
+    store.complete("w0", [Outcome(healthy.id, Status.DONE)], now=now)
+    for i in range(1, MAX_LOST_LEASES):
+        now += 11
+        (again,) = store.claim("j", "s", f"w{i}", limit=5, lease_seconds=10, now=now, run_id="r")
+        assert again.key == doomed.key
+    now += 11
+    assert store.claim("j", "s", "last", limit=5, lease_seconds=10, now=now, run_id="r") == []
+    (failed,) = store.entries("j", "s", status=Status.FAILED)
+    assert failed.key == doomed.key
+    assert failed.error_category == "worker_lost"
+    assert f"expired {MAX_LOST_LEASES} times in a row" in (failed.error_message or "")
+    assert store.requeue("j", ["s"]) == 1
+    assert len(store.claim("j", "s", "new", limit=5, lease_seconds=10, now=now, run_id="r")) == 1
+    store.close()
+
+
+def test_bad_urls_are_one_sentence_without_the_password(pg_url: str) -> None:
+    """A missing database, an unreachable port and a malformed URL each name the problem."""
+    base = pg_url.split("?")[0].rsplit("/", 1)[0]
+    with pytest.raises(LedgerError, match="database 'no_such_db' does not exist") as missing:
+        PostgresLedger(base.replace("postgres@", "postgres:hunter2@") + "/no_such_db")
+    assert "hunter2" not in str(missing.value)
+    with pytest.raises(LedgerError, match=r"cannot reach PostgreSQL at 127\.0\.0\.1:1\b"):
+        PostgresLedger("postgresql://postgres:hunter2@127.0.0.1:1/test")
+    with pytest.raises(LedgerError, match="not a valid PostgreSQL URL") as bad:
+        PostgresLedger("postgresql://postgres:hunter2@127.0.0.1:5432/test?nonsense=1")
+    assert "hunter2" not in str(bad.value)
+
+
+def test_two_workers_sharing_a_rate_stay_under_it_together(pg_url: str) -> None:
+    """Two workers, each with its own connection and resource object, start no more than
+    rate + burst requests in any one-second window between them, and a pause one of them
+    sees holds the other too, once the starts it had already booked are spent."""
+    import asyncio
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from backfill.clock import SystemClock
+    from backfill.fleet import LedgerRate
+    from backfill.ratelimit import Resource
+
+    rate, burst = 20, 2
+    stores = [PostgresLedger(pg_url), PostgresLedger(pg_url)]
+    pools = [ThreadPoolExecutor(1), ThreadPoolExecutor(1)]
+    resources = [Resource("api", rate=rate, burst=burst) for _ in stores]
+    for store, pool, resource in zip(stores, pools, resources, strict=True):
+        resource.share_with(LedgerRate(store, "j", resource, pool, SystemClock()))
+    starts: list[float] = []
+
+    async def request(resource: Resource) -> None:
+        await resource.acquire()
+        starts.append(time.monotonic())
+
+    async def main() -> float:
+        await asyncio.gather(*(request(resources[i % 2]) for i in range(50)))
+        resources[0].pause(0.5)
+        await asyncio.sleep(0.05)
+        before = time.monotonic()
+        # The other worker may still hold starts it booked before the pause (a quarter
+        # second's worth at most); past those, it waits for the pause.
+        for _ in range(6):
+            await request(resources[1])
+        return starts[-1] - before
+
+    waited = asyncio.run(main())
+    for store in stores:
+        store.close()
+    starts.sort()
+    starts = starts[:50]
+    busiest = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
+    assert busiest <= rate + burst
+    assert busiest >= rate - 2  # shared, not split in two halves
+    assert waited >= 0.4
+
+
+def test_a_schema_1_database_is_migrated_in_place(pg_url: str) -> None:
+    """A ledger of schema 1 (no shared resource schedules) is brought up to date on open,
+    keeping its partitions."""
+    store = PostgresLedger(pg_url)
+    store.plan("j", "s", daily("2013-01-01", "2013-01-31"))
+    store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE backfill_resources")
+        conn.execute("UPDATE backfill_meta SET value = '1' WHERE key = 'schema_version'")
+    migrated = PostgresLedger(pg_url)
+    assert migrated.counts("j", ["s"])["s"].pending == 31
+    first, _ = migrated.take_starts("j", "api", count=2, interval=0.5, tolerance=0.0)
+    assert first <= 0.0
+    migrated.close()
