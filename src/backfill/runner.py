@@ -18,7 +18,6 @@ import getpass
 import inspect
 import logging
 import os
-import random
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -26,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
+
+import structlog
 
 from backfill.clock import Clock, SystemClock
 from backfill.context import Context, RunCache
@@ -47,12 +48,15 @@ from backfill.events import (
     RunFinished,
     RunStarted,
     RunStopping,
+    WorkerJoined,
+    WorkerLost,
 )
 from backfill.job import Job, Stage
 from backfill.ledger import Claim, Ledger, Outcome, RunRecord, StageCounts, Status, WorkerRecord
 from backfill.partitions import Order, Selection
+from backfill.runstats import RunStats
 from backfill.sinks import Record, Sink, to_mappings
-from backfill.sources.http import HttpClient, partition_requests, redact
+from backfill.sources.http import HttpClient, RequestTally, partition_requests, redact
 
 __all__ = ["ExitCode", "RunOptions", "RunResult", "Runner"]
 
@@ -201,7 +205,9 @@ class Runner:
         self._records = 0
         self._retries = 0
         self._executed = 0
-        self._durations = {s.name: Durations() for s in self.stages}
+        # Run metrics, stored with the run record; a subscriber like any display.
+        self.stats = RunStats(s.name for s in self.stages)
+        self.bus.subscribe(self.stats)
         self._grace_task: asyncio.Task[None] | None = None
         self._log = logging.getLogger("backfill.stage")
 
@@ -290,13 +296,23 @@ class Runner:
     # -- the run -------------------------------------------------------------------------
 
     async def run(self) -> RunResult:
+        # Every log line of this run (and of the tasks it starts) carries these.
+        bound = structlog.contextvars.bind_contextvars(
+            run_id=self.run_id, job=self.job.name, worker=self.worker_id
+        )
+        try:
+            return await self._run()
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)
+
+    async def _run(self) -> RunResult:
         started = self.clock.monotonic()
         now = self.clock.time()
         await self._db(
             self.ledger.register_worker,
             WorkerRecord(self.worker_id, self.job.name, _host(), os.getpid(), now, now, None),
         )
-        await self._reap_dead_workers()
+        lost = await self._reap_dead_workers()
         for stage in self.stages:
             await self._db(self.ledger.plan, self.job.name, stage.name, stage.partitions)
         try:
@@ -318,6 +334,9 @@ class Runner:
         names = [s.name for s in self.stages]
         initial = await self._db(self.ledger.counts, self.job.name, names, self.options.selection)
         self.bus.emit(RunStarted(self.run_id, self.job.name, self.worker_id, now, initial))
+        self.bus.emit(WorkerJoined(self.worker_id, self.job.name, _host(), os.getpid()))
+        for event in lost:
+            self.bus.emit(event)
 
         sinks = {id(s.sink): s.sink for s in self.stages if s.sink is not None}
         try:
@@ -390,7 +409,7 @@ class Runner:
             request_retries=sum(c.retried for c in self._clients.values()),
             message=message,
             executed=self._executed,
-            stage_stats={name: d.summary() for name, d in self._durations.items()},
+            stage_stats=self.stats.summaries(),
         )
         await self._db(
             self.ledger.finish_run,
@@ -410,6 +429,7 @@ class Runner:
                     for n, c in final.items()
                 },
                 "message": message,
+                "stats": self.stats.as_record(),
             },
         )
         await self._db(self.ledger.stop_worker, self.worker_id, now=self.clock.time())
@@ -430,8 +450,9 @@ class Runner:
             # Threads of sync stages cannot be cancelled; do not wait for stragglers.
             self._stage_pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _reap_dead_workers(self) -> None:
+    async def _reap_dead_workers(self) -> list[WorkerLost]:
         """Release partitions held by workers of this job that are certainly gone."""
+        lost: list[WorkerLost] = []
         now = self.clock.time()
         host = _host()
         for worker in await self._db(self.ledger.workers, self.job.name):
@@ -444,6 +465,8 @@ class Runner:
                 await self._db(self.ledger.stop_worker, worker.id, now=now)
                 if released:
                     log.info("released %d partition(s) of dead worker %s", released, worker.id)
+                lost.append(WorkerLost(worker.id, released))
+        return lost
 
     async def _heartbeat(self) -> None:
         """Renew our leases on a fixed tick that does not drift."""
@@ -557,19 +580,18 @@ class Runner:
 
     async def _execute(self, stage: Stage, claim: Claim) -> None:
         partition = claim.partition(stage.partitions.grain)
-        # Events cost an object each; build them only when someone listens.
-        emit = self.bus.has_subscribers
-        if emit:
-            self.bus.emit(PartitionStarted(stage.name, claim.key))
+        self.bus.emit(PartitionStarted(stage.name, claim.key))
         started = self.clock.monotonic()
         attempt = 0
         adapter = logging.LoggerAdapter(
             self._log, {"run_id": self.run_id, "stage": stage.name, "partition": claim.key}
         )
         outcome: Outcome
-        # Requests ctx.http makes for this partition (this task's own context).
-        requests = [0]
-        partition_requests.set(requests)
+        # Requests ctx.http makes for this partition (this task's own context), and the
+        # partition every log line of this task is about.
+        tally = RequestTally()
+        partition_requests.set(tally)
+        structlog.contextvars.bind_contextvars(stage=stage.name, partition=claim.key)
         checkpoint = [claim.checkpoint]
         early = [0]
 
@@ -670,19 +692,16 @@ class Runner:
         except asyncio.CancelledError:
             await self._record(
                 Outcome(
-                    claim.id, Status.PENDING, attempts=max(0, attempt - 1), requests=requests[0]
+                    claim.id, Status.PENDING, attempts=max(0, attempt - 1), requests=tally.requests
                 )
             )
             self.bus.emit(PartitionFinished(stage.name, claim.key, Status.PENDING, 0, 0.0, attempt))
             raise
-        if requests[0]:
-            outcome = dataclasses.replace(outcome, requests=requests[0])
+        if tally.requests:
+            outcome = dataclasses.replace(outcome, requests=tally.requests)
         if outcome.status is not Status.PENDING:
             self._executed += 1
-            self._durations[stage.name].add(outcome.duration)
         await self._record(outcome)
-        if not emit:
-            return
         self.bus.emit(
             PartitionFinished(
                 stage.name,
@@ -693,6 +712,8 @@ class Runner:
                 outcome.attempts,
                 outcome.error_category,
                 outcome.error_message,
+                tally.requests,
+                tally.rate_limited,
             )
         )
 
@@ -762,35 +783,3 @@ def _call_sync(fn: Any, ctx: Context) -> Any:
     if inspect.isgenerator(result):
         return list(result)
     return result
-
-
-class Durations:
-    """Partition durations of one stage: exact count and max, percentiles from a
-    fixed-size reservoir sample, so a million partitions cost no more than a thousand."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self.count = 0
-        self.max = 0.0
-        self.sample: list[float] = []
-        self._rng = random.Random(0)
-
-    def add(self, value: float) -> None:
-        self.count += 1
-        self.max = max(self.max, value)
-        if len(self.sample) < self.size:
-            self.sample.append(value)
-        else:
-            slot = self._rng.randrange(self.count)
-            if slot < self.size:
-                self.sample[slot] = value
-
-    def summary(self) -> dict[str, float]:
-        if not self.count:
-            return {}
-        ordered = sorted(self.sample)
-
-        def pct(q: float) -> float:
-            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-        return {"count": self.count, "p50": pct(0.5), "p95": pct(0.95), "max": self.max}
