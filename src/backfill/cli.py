@@ -13,7 +13,8 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, ParamSpec, TypeVar
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -24,6 +25,7 @@ from backfill.estimate import estimate
 from backfill.events import EventBus
 from backfill.job import Job, Stage, load_job
 from backfill.ledger import DEFAULT_STATE_URL, Ledger, StageCounts, Status, open_ledger
+from backfill.logs import EventLog, LogFormat, configure_logging, log_file_handler
 from backfill.partitions import Selection, parse_order
 from backfill.progress import LiveProgress, PlainProgress, format_duration
 from backfill.runner import ExitCode, Runner, RunOptions, RunResult
@@ -75,6 +77,24 @@ PartitionOpt = Annotated[
 WhereOpt = Annotated[
     list[str] | None,
     typer.Option("--where", "-w", help="Dimension filter DIM=VALUE[,VALUE] (repeatable)."),
+]
+LogFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        envvar="BACKFILL_LOG_FORMAT",
+        help="Log lines on stderr: console (readable) or json (one object per line).",
+    ),
+]
+LogDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--log-dir",
+        envvar="BACKFILL_LOG_DIR",
+        help="Where each run writes its JSON log file RUN_ID.jsonl "
+        "[default: logs/ beside a SQLite state file, else .backfill/logs].",
+        show_default=False,
+    ),
 ]
 
 
@@ -132,13 +152,28 @@ def _counts(
     return result
 
 
-def _configure_logging(verbose: int) -> None:
+def _configure_logging(
+    verbose: int, log_format: str = "console", secrets: Sequence[str] = ()
+) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if log_format not in ("console", "json"):
+        raise fail(f"unknown --log-format {log_format!r}; use console or json")
+    configure_logging(cast(LogFormat, log_format), level=level, secrets=secrets)
+
+
+def log_path(log_dir: Path, run_id: str) -> Path:
+    return log_dir / f"{run_id}.jsonl"
+
+
+def default_log_dir(state_url: str) -> Path:
+    """``logs/`` beside a SQLite state file; ``.backfill/logs`` for any other ledger."""
+    scheme, sep, rest = state_url.partition("://")
+    if not sep:
+        return Path(state_url).parent / "logs"
+    path = rest[1:] if rest.startswith("/") else rest
+    if scheme == "sqlite" and path not in ("", ":memory:"):
+        return Path(path).parent / "logs"
+    return Path(".backfill/logs")
 
 
 def execute(
@@ -147,9 +182,14 @@ def execute(
     options: RunOptions,
     *,
     progress: str = "auto",
+    log_dir: Path | None = None,
+    verbose: int = 0,
 ) -> RunResult:
-    """Run ``job`` with a progress display and signal handling; return the result."""
+    """Run ``job`` with a progress display, a per-run JSON log file (in ``log_dir``, by
+    default beside the state) and signal handling; return the result."""
+    log_dir = log_dir or default_log_dir(ledger.url)
     bus = EventBus()
+    bus.subscribe(EventLog())
     mode = progress
     if mode == "auto":
         mode = "live" if out.is_terminal else "plain"
@@ -162,6 +202,17 @@ def execute(
     elif mode != "none":
         raise fail(f"unknown --progress {progress!r}; use auto, live, plain or none")
     runner = Runner(job, ledger, options, bus=bus)
+    try:
+        file_handler = log_file_handler(
+            log_path(log_dir, runner.run_id),
+            level=logging.DEBUG if verbose >= 2 else logging.INFO,
+            secrets=job.secrets,
+        )
+    except OSError as exc:
+        raise fail(
+            f"cannot write the run's log file in {log_dir} ({exc}); pass another --log-dir"
+        ) from None
+    logging.getLogger().addHandler(file_handler)
 
     async def main() -> RunResult:
         loop = asyncio.get_running_loop()
@@ -176,11 +227,13 @@ def execute(
     try:
         return asyncio.run(main())
     finally:
+        logging.getLogger().removeHandler(file_handler)
+        file_handler.close()
         if live is not None:
             live.close()
 
 
-def _report(result: RunResult) -> None:
+def _report(result: RunResult, log_dir: Path | None = None) -> None:
     counts = result.counts
     done = sum(c.done for c in counts.values())
     empty = sum(c.empty for c in counts.values())
@@ -199,6 +252,8 @@ def _report(result: RunResult) -> None:
         target = err if result.exit_code == ExitCode.USAGE else out
         prefix = "[bold red]error:[/] " if result.exit_code == ExitCode.USAGE else ""
         target.print(prefix + result.message, highlight=False, soft_wrap=True)
+    if log_dir is not None:
+        out.print(f"log: {log_path(log_dir, result.run_id)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -225,6 +280,8 @@ def run(
         typer.Option(help="auto (live on a terminal, plain lines otherwise), live, plain, none."),
     ] = "auto",
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
+    log_format: LogFormatOpt = "console",
+    log_dir: LogDirOpt = None,
 ) -> None:
     """Run a job: plan its partitions, then work until every selected one is finished.
 
@@ -236,9 +293,11 @@ def run(
       backfill run jobs/results.py --from 2021-01-01 --to 2021-12-31 --where tour=atp
       backfill run jobs/results.py --stage results --partition 2021-06-01/tour=wta
       backfill run jobs/results.py --state sqlite:///state/results.db --progress plain
+      backfill run jobs/results.py -v --log-format json 2> run.jsonl
     """
-    _configure_logging(verbose)
+    _configure_logging(verbose, log_format)
     job, stages, selection = _load(job_path, stage, start, end, partition, where)
+    _configure_logging(verbose, log_format, job.secrets)
     options = RunOptions(
         stages=tuple(s.name for s in stages),
         selection=selection,
@@ -250,10 +309,10 @@ def run(
     )
     ledger = open_ledger(state)
     try:
-        result = execute(job, ledger, options, progress=progress)
+        result = execute(job, ledger, options, progress=progress, log_dir=log_dir, verbose=verbose)
     finally:
         ledger.close()
-    _report(result)
+    _report(result, log_dir or default_log_dir(state))
     raise typer.Exit(result.exit_code)
 
 
@@ -444,6 +503,8 @@ def retry(
     ] = False,
     progress: Annotated[str, typer.Option(help="auto, live, plain or none.")] = "auto",
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0,
+    log_format: LogFormatOpt = "console",
+    log_dir: LogDirOpt = None,
 ) -> None:
     """Re-run failed (and/or empty) partitions, and only those.
 
@@ -453,10 +514,11 @@ def retry(
       backfill retry jobs/results.py --failed --stage results --from 2021-12-01
       backfill retry jobs/results.py --empty   # the source has since published them
     """
-    _configure_logging(verbose)
+    _configure_logging(verbose, log_format)
     if not (failed or empty):
         raise fail("say what to re-run: --failed, --empty, or both")
     job, stages, selection = _load(job_path, stage, start, end, partition, where)
+    _configure_logging(verbose, log_format, job.secrets)
     statuses = [s for s, wanted in ((Status.FAILED, failed), (Status.EMPTY, empty)) if wanted]
     ledger = open_ledger(state, create=False)
     try:
@@ -487,10 +549,10 @@ def retry(
             argv=tuple(sys.argv[1:]),
         )
         out.print(f"re-running {len(keys):,} partition(s)")
-        result = execute(job, ledger, options, progress=progress)
+        result = execute(job, ledger, options, progress=progress, log_dir=log_dir, verbose=verbose)
     finally:
         ledger.close()
-    _report(result)
+    _report(result, log_dir or default_log_dir(state))
     raise typer.Exit(result.exit_code)
 
 
@@ -565,6 +627,7 @@ def demo(
         bool, typer.Option(help="Do not tell the job the API's limit: adaptive mode finds it.")
     ] = False,
     progress: Annotated[str, typer.Option(help="auto, live, plain or none.")] = "auto",
+    log_format: LogFormatOpt = "console",
 ) -> None:
     """Backfill all 365 days of 2013 US flights from a local, unfriendly replay API.
 
@@ -584,6 +647,7 @@ def demo(
     if serve:
         serve_demo(rate=rate, calm=calm, port=port)
         return
+    _configure_logging(0, log_format)
     code = run_demo(
         adaptive=adaptive,
         directory=directory,
