@@ -29,6 +29,7 @@ from backfill.logs import EventLog, LogFormat, configure_logging, log_file_handl
 from backfill.partitions import Selection, parse_order
 from backfill.progress import LiveProgress, PlainProgress, format_duration
 from backfill.runner import ExitCode, Runner, RunOptions, RunResult
+from backfill.runstats import stage_stats
 
 __all__ = ["app", "main"]
 
@@ -604,6 +605,175 @@ def reset(
     finally:
         ledger.close()
     out.print(f"reset {removed:,} partition record(s) of job {job.name}")
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _seconds(value: object) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{value:.2f}s" if value >= 0.1 else f"{value * 1000:.1f}ms"
+
+
+def _number(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else "-"
+
+
+@app.command()
+@handle_errors
+def runs(
+    job_path: JobArg,
+    state: StateOpt = DEFAULT_STATE_URL,
+    limit: Annotated[int, typer.Option(min=1, help="How many recent runs to list.")] = 20,
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="Run whose stages and slowest partitions to show.")
+    ] = None,
+) -> None:
+    """Past runs with their figures: partitions, records, requests, retries, 429s and
+    partition durations (p50 / p95 / max); then, for the latest run (or --run), the
+    same per stage and its slowest partitions.
+
+    [bold]Examples[/]
+
+      backfill runs jobs/results.py
+      backfill runs jobs/results.py --limit 5 --run 3f2a9c1e7b4d
+    """
+    job = load_job(job_path)
+    ledger = open_ledger(state, create=False)
+    try:
+        records = ledger.runs(job.name, limit=limit)
+    finally:
+        ledger.close()
+    if not records:
+        out.print(f"no runs of job {job.name} recorded in {state}", highlight=False)
+        return
+    table = Table(title=f"runs of job {job.name} (times UTC)", title_justify="left")
+    cols: tuple[str, ...] = ("run", "started", "command", "host", "status", "elapsed")
+    cols += ("partitions", "records", "requests", "retries", "429s", "p50", "p95", "max")
+    for col in cols:
+        table.add_column(col, justify="left" if cols.index(col) < 5 else "right")
+    for r in records:
+        figures = r.counts.get("stats", {}).get("run", {}) if r.counts else {}
+        elapsed = r.counts.get("elapsed") if r.counts else None
+        table.add_row(
+            r.id,
+            _when(r.started_at),
+            r.command,
+            r.host,
+            r.status,
+            format_duration(elapsed) if isinstance(elapsed, int | float) else "-",
+            _number(figures.get("partitions")),
+            _number(figures.get("records")),
+            _number(figures.get("requests")),
+            _number(figures.get("retries")),
+            _number(figures.get("rate_limited")),
+            _seconds(figures.get("p50")),
+            _seconds(figures.get("p95")),
+            _seconds(figures.get("max")),
+        )
+    out.print(table)
+    chosen = next((r for r in records if r.id == run_id), None) if run_id else records[0]
+    if chosen is None:
+        raise fail(f"no run {run_id!r} among the last {limit} runs; see the list above")
+    per_stage = stage_stats(chosen.counts)
+    if not per_stage:
+        out.print(f"run {chosen.id} recorded no per-stage figures", highlight=False)
+        return
+    stable = Table(title=f"stages of run {chosen.id}", title_justify="left")
+    scols: tuple[str, ...] = ("stage", "partitions", "done", "empty", "failed", "records")
+    scols += ("requests", "retries", "429s", "p50", "p95", "max")
+    for col in scols:
+        stable.add_column(col, justify="left" if col == "stage" else "right")
+    slow = Table(title=f"slowest partitions of run {chosen.id}", title_justify="left")
+    for col in ("stage", "partition", "duration"):
+        slow.add_column(col, justify="right" if col == "duration" else "left")
+    for name, f in per_stage.items():
+        stable.add_row(
+            name,
+            *(_number(f.get(k)) for k in ("partitions", "done", "empty", "failed", "records")),
+            *(_number(f.get(k)) for k in ("requests", "retries", "rate_limited")),
+            *(_seconds(f.get(k)) for k in ("p50", "p95", "max")),
+        )
+        for key, seconds in f.get("slowest", [])[:10]:
+            slow.add_row(name, key, _seconds(seconds))
+    out.print(stable)
+    out.print(slow)
+
+
+@app.command()
+@handle_errors
+def serve(
+    job_path: JobArg,
+    state: StateOpt = DEFAULT_STATE_URL,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; other than loopback needs --token.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8800,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BACKFILL_DASHBOARD_TOKEN",
+            help="Secret every request must carry (?token= or Authorization: Bearer).",
+        ),
+    ] = None,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between live updates.")] = 1.0,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0,
+    log_format: LogFormatOpt = "console",
+) -> None:
+    """A live dashboard in the browser: progress with rate and ETA, throughput, coverage
+    calendar, failures, workers and runs, plus /metrics for Prometheus.
+
+    Reads the ledger only, so it follows runs of other processes and machines.
+
+    [bold]Examples[/]
+
+      backfill serve jobs/results.py                  # http://127.0.0.1:8800/
+      backfill serve jobs/results.py --host 0.0.0.0 --token "$(openssl rand -hex 16)"
+    """
+    import socket
+
+    from backfill.web import require_web_extras
+
+    require_web_extras()
+    from backfill.web.app import check_bind, create_app
+
+    check_bind(host, token)
+    _configure_logging(verbose, log_format)
+    job = load_job(job_path)
+    _configure_logging(verbose, log_format, job.secrets)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise fail(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port"
+        ) from None
+    ledger = open_ledger(state, create=False)
+    try:
+        import uvicorn
+
+        dashboard = create_app(job, ledger, token=token, interval=interval)
+        bound_port = sock.getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        out.print(
+            f"dashboard of job {job.name} on http://{shown}:{bound_port}/ "
+            f"(metrics at /metrics; Ctrl+C to stop)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.stdout.flush()
+        config = uvicorn.Config(dashboard, log_level="warning", access_log=False, lifespan="off")
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        ledger.close()
 
 
 @app.command()
