@@ -22,6 +22,7 @@ __all__ = ["CALENDAR_LIMIT", "Dashboard"]
 # Beyond this many partitions per stage the calendar is left out (it would be a blur).
 CALENDAR_LIMIT = 20_000
 _RATE_WINDOW = 30.0
+_SMOOTHING = 5.0
 _SAMPLES = 600
 _FAILURES_SHOWN = 50
 _RUNS_SHOWN = 20
@@ -119,14 +120,18 @@ class Dashboard:
         return rate if rate > 0 else None
 
     def throughput(self) -> list[list[float]]:
-        """[time, partitions/s over all stages] between consecutive samples."""
+        """[time, partitions/s over all stages], each averaged over the samples of the
+        preceding few seconds (a rate from one short step is mostly noise)."""
         points: list[list[float]] = []
-        previous: tuple[float, dict[str, int]] | None = None
-        for sample in self.samples:
-            if previous is not None and sample[0] > previous[0]:
-                delta = sum(sample[1].values()) - sum(previous[1].values())
-                points.append([round(sample[0], 3), max(0.0, delta / (sample[0] - previous[0]))])
-            previous = sample
+        samples = list(self.samples)
+        base = 0
+        for t, finished in samples[1:]:
+            while base < len(samples) - 1 and t - samples[base + 1][0] >= _SMOOTHING:
+                base += 1
+            t0, earlier = samples[base]
+            if t > t0:
+                delta = sum(finished.values()) - sum(earlier.values())
+                points.append([round(t, 3), max(0.0, delta / (t - t0))])
         return points
 
     def calendar(self) -> dict[str, Any] | None:
