@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import getpass
 import inspect
@@ -750,7 +751,9 @@ class Runner:
         else:
             loop = asyncio.get_running_loop()
             assert self._stage_pool is not None
-            coro = loop.run_in_executor(self._stage_pool, _call_sync, fn, ctx)
+            # In this task's context, so the stage's log lines carry run, stage, partition.
+            context = contextvars.copy_context()
+            coro = loop.run_in_executor(self._stage_pool, context.run, _call_sync, fn, ctx)
         if stage.timeout is not None:
             async with asyncio.timeout(stage.timeout):
                 return await coro

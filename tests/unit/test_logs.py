@@ -83,3 +83,21 @@ def test_console_level_filters_and_unknown_format_is_refused(root_logging: None)
     assert "partition" not in stream.getvalue()
     with pytest.raises(ValueError, match="unknown log format"):
         configure_logging("xml", stream=stream)  # type: ignore[arg-type]
+
+
+def test_plain_function_stages_log_with_the_run_context(root_logging: None) -> None:
+    """A `def` stage runs in a thread, yet its lines still carry worker and partition."""
+    stream = io.StringIO()
+    configure_logging("json", level=logging.INFO, stream=stream)
+    job = Job("sync", partitions=daily("2013-01-01", "2013-01-03"))
+
+    @job.stage
+    def fetch(ctx: Context, partition: Partition) -> None:
+        logging.getLogger("mine").info("working")
+
+    result = run_job(job)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    working = [x for x in lines if x["event"] == "working"]
+    assert len(working) == 3
+    assert {x["partition"] for x in working} == {"2013-01-01", "2013-01-02", "2013-01-03"}
+    assert all(x["worker"].endswith(result.run_id) for x in working)
