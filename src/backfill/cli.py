@@ -13,7 +13,8 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, ParamSpec, TypeVar
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -24,9 +25,11 @@ from backfill.estimate import estimate
 from backfill.events import EventBus
 from backfill.job import Job, Stage, load_job
 from backfill.ledger import DEFAULT_STATE_URL, Ledger, StageCounts, Status, open_ledger
+from backfill.logs import EventLog, LogFormat, configure_logging, log_file_handler
 from backfill.partitions import Selection, parse_order
 from backfill.progress import LiveProgress, PlainProgress, format_duration
 from backfill.runner import ExitCode, Runner, RunOptions, RunResult, worker_is_dead
+from backfill.runstats import stage_stats
 
 __all__ = ["app", "main"]
 
@@ -75,6 +78,24 @@ PartitionOpt = Annotated[
 WhereOpt = Annotated[
     list[str] | None,
     typer.Option("--where", "-w", help="Dimension filter DIM=VALUE[,VALUE] (repeatable)."),
+]
+LogFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        envvar="BACKFILL_LOG_FORMAT",
+        help="Log lines on stderr: console (readable) or json (one object per line).",
+    ),
+]
+LogDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--log-dir",
+        envvar="BACKFILL_LOG_DIR",
+        help="Where each run writes its JSON log file RUN_ID.jsonl "
+        "[default: logs/ beside a SQLite state file, else .backfill/logs].",
+        show_default=False,
+    ),
 ]
 
 
@@ -137,13 +158,28 @@ def _is_shared(state: str) -> bool:
     return state.startswith(("postgresql://", "postgres://"))
 
 
-def _configure_logging(verbose: int) -> None:
+def _configure_logging(
+    verbose: int, log_format: str = "console", secrets: Sequence[str] = ()
+) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if log_format not in ("console", "json"):
+        raise fail(f"unknown --log-format {log_format!r}; use console or json")
+    configure_logging(cast(LogFormat, log_format), level=level, secrets=secrets)
+
+
+def log_path(log_dir: Path, run_id: str) -> Path:
+    return log_dir / f"{run_id}.jsonl"
+
+
+def default_log_dir(state_url: str) -> Path:
+    """``logs/`` beside a SQLite state file; ``.backfill/logs`` for any other ledger."""
+    scheme, sep, rest = state_url.partition("://")
+    if not sep:
+        return Path(state_url).parent / "logs"
+    path = rest[1:] if rest.startswith("/") else rest
+    if scheme == "sqlite" and path not in ("", ":memory:"):
+        return Path(path).parent / "logs"
+    return Path(".backfill/logs")
 
 
 def execute(
@@ -152,9 +188,14 @@ def execute(
     options: RunOptions,
     *,
     progress: str = "auto",
+    log_dir: Path | None = None,
+    verbose: int = 0,
 ) -> RunResult:
-    """Run ``job`` with a progress display and signal handling; return the result."""
+    """Run ``job`` with a progress display, a per-run JSON log file (in ``log_dir``, by
+    default beside the state) and signal handling; return the result."""
+    log_dir = log_dir or default_log_dir(ledger.url)
     bus = EventBus()
+    bus.subscribe(EventLog())
     mode = progress
     if mode == "auto":
         mode = "live" if out.is_terminal else "plain"
@@ -167,6 +208,17 @@ def execute(
     elif mode != "none":
         raise fail(f"unknown --progress {progress!r}; use auto, live, plain or none")
     runner = Runner(job, ledger, options, bus=bus)
+    try:
+        file_handler = log_file_handler(
+            log_path(log_dir, runner.run_id),
+            level=logging.DEBUG if verbose >= 2 else logging.INFO,
+            secrets=job.secrets,
+        )
+    except OSError as exc:
+        raise fail(
+            f"cannot write the run's log file in {log_dir} ({exc}); pass another --log-dir"
+        ) from None
+    logging.getLogger().addHandler(file_handler)
 
     async def main() -> RunResult:
         loop = asyncio.get_running_loop()
@@ -181,11 +233,13 @@ def execute(
     try:
         return asyncio.run(main())
     finally:
+        logging.getLogger().removeHandler(file_handler)
+        file_handler.close()
         if live is not None:
             live.close()
 
 
-def _report(result: RunResult) -> None:
+def _report(result: RunResult, log_dir: Path | None = None) -> None:
     counts = result.counts
     done = sum(c.done for c in counts.values())
     empty = sum(c.empty for c in counts.values())
@@ -204,6 +258,8 @@ def _report(result: RunResult) -> None:
         target = err if result.exit_code == ExitCode.USAGE else out
         prefix = "[bold red]error:[/] " if result.exit_code == ExitCode.USAGE else ""
         target.print(prefix + result.message, highlight=False, soft_wrap=True)
+    if log_dir is not None:
+        out.print(f"log: {log_path(log_dir, result.run_id)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -230,6 +286,8 @@ def run(
         typer.Option(help="auto (live on a terminal, plain lines otherwise), live, plain, none."),
     ] = "auto",
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
+    log_format: LogFormatOpt = "console",
+    log_dir: LogDirOpt = None,
 ) -> None:
     """Run a job: plan its partitions, then work until every selected one is finished.
 
@@ -241,9 +299,11 @@ def run(
       backfill run jobs/results.py --from 2021-01-01 --to 2021-12-31 --where tour=atp
       backfill run jobs/results.py --stage results --partition 2021-06-01/tour=wta
       backfill run jobs/results.py --state sqlite:///state/results.db --progress plain
+      backfill run jobs/results.py -v --log-format json 2> run.jsonl
     """
-    _configure_logging(verbose)
+    _configure_logging(verbose, log_format)
     job, stages, selection = _load(job_path, stage, start, end, partition, where)
+    _configure_logging(verbose, log_format, job.secrets)
     options = RunOptions(
         stages=tuple(s.name for s in stages),
         selection=selection,
@@ -256,10 +316,10 @@ def run(
     )
     ledger = open_ledger(state)
     try:
-        result = execute(job, ledger, options, progress=progress)
+        result = execute(job, ledger, options, progress=progress, log_dir=log_dir, verbose=verbose)
     finally:
         ledger.close()
-    _report(result)
+    _report(result, log_dir or default_log_dir(state))
     raise typer.Exit(result.exit_code)
 
 
@@ -281,6 +341,8 @@ def worker(
     ] = 5.0,
     progress: Annotated[str, typer.Option(help="auto, live, plain or none.")] = "plain",
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
+    log_format: LogFormatOpt = "console",
+    log_dir: LogDirOpt = None,
 ) -> None:
     """Join the fleet working on a job: claim and run partitions until none is left.
 
@@ -295,8 +357,9 @@ def worker(
       backfill worker jobs/results.py --state postgresql://backfill@db:5432/backfill
       BACKFILL_STATE=postgresql://backfill@db/backfill backfill worker jobs/results.py
     """
-    _configure_logging(verbose)
+    _configure_logging(verbose, log_format)
     job, stages, selection = _load(job_path, stage, start, end, partition, where)
+    _configure_logging(verbose, log_format, job.secrets)
     options = RunOptions(
         stages=tuple(s.name for s in stages),
         selection=selection,
@@ -308,10 +371,10 @@ def worker(
     )
     ledger = open_ledger(state)
     try:
-        result = execute(job, ledger, options, progress=progress)
+        result = execute(job, ledger, options, progress=progress, log_dir=log_dir, verbose=verbose)
     finally:
         ledger.close()
-    _report(result)
+    _report(result, log_dir or default_log_dir(state))
     raise typer.Exit(result.exit_code)
 
 
@@ -528,6 +591,8 @@ def retry(
     ] = False,
     progress: Annotated[str, typer.Option(help="auto, live, plain or none.")] = "auto",
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0,
+    log_format: LogFormatOpt = "console",
+    log_dir: LogDirOpt = None,
 ) -> None:
     """Re-run failed (and/or empty) partitions, and only those.
 
@@ -537,10 +602,11 @@ def retry(
       backfill retry jobs/results.py --failed --stage results --from 2021-12-01
       backfill retry jobs/results.py --empty   # the source has since published them
     """
-    _configure_logging(verbose)
+    _configure_logging(verbose, log_format)
     if not (failed or empty):
         raise fail("say what to re-run: --failed, --empty, or both")
     job, stages, selection = _load(job_path, stage, start, end, partition, where)
+    _configure_logging(verbose, log_format, job.secrets)
     statuses = [s for s, wanted in ((Status.FAILED, failed), (Status.EMPTY, empty)) if wanted]
     ledger = open_ledger(state, create=False)
     try:
@@ -571,10 +637,10 @@ def retry(
             argv=tuple(sys.argv[1:]),
         )
         out.print(f"re-running {len(keys):,} partition(s)")
-        result = execute(job, ledger, options, progress=progress)
+        result = execute(job, ledger, options, progress=progress, log_dir=log_dir, verbose=verbose)
     finally:
         ledger.close()
-    _report(result)
+    _report(result, log_dir or default_log_dir(state))
     raise typer.Exit(result.exit_code)
 
 
@@ -628,6 +694,175 @@ def reset(
     out.print(f"reset {removed:,} partition record(s) of job {job.name}")
 
 
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _seconds(value: object) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{value:.2f}s" if value >= 0.1 else f"{value * 1000:.1f}ms"
+
+
+def _number(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else "-"
+
+
+@app.command()
+@handle_errors
+def runs(
+    job_path: JobArg,
+    state: StateOpt = DEFAULT_STATE_URL,
+    limit: Annotated[int, typer.Option(min=1, help="How many recent runs to list.")] = 20,
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="Run whose stages and slowest partitions to show.")
+    ] = None,
+) -> None:
+    """Past runs with their figures: partitions, records, requests, retries, 429s and
+    partition durations (p50 / p95 / max); then, for the latest run (or --run), the
+    same per stage and its slowest partitions.
+
+    [bold]Examples[/]
+
+      backfill runs jobs/results.py
+      backfill runs jobs/results.py --limit 5 --run 3f2a9c1e7b4d
+    """
+    job = load_job(job_path)
+    ledger = open_ledger(state, create=False)
+    try:
+        records = ledger.runs(job.name, limit=limit)
+    finally:
+        ledger.close()
+    if not records:
+        out.print(f"no runs of job {job.name} recorded in {state}", highlight=False)
+        return
+    table = Table(title=f"runs of job {job.name} (times UTC)", title_justify="left")
+    cols: tuple[str, ...] = ("run", "started", "command", "host", "status", "elapsed")
+    cols += ("partitions", "records", "requests", "retries", "429s", "p50", "p95", "max")
+    for col in cols:
+        table.add_column(col, justify="left" if cols.index(col) < 5 else "right")
+    for r in records:
+        figures = r.counts.get("stats", {}).get("run", {}) if r.counts else {}
+        elapsed = r.counts.get("elapsed") if r.counts else None
+        table.add_row(
+            r.id,
+            _when(r.started_at),
+            r.command,
+            r.host,
+            r.status,
+            format_duration(elapsed) if isinstance(elapsed, int | float) else "-",
+            _number(figures.get("partitions")),
+            _number(figures.get("records")),
+            _number(figures.get("requests")),
+            _number(figures.get("retries")),
+            _number(figures.get("rate_limited")),
+            _seconds(figures.get("p50")),
+            _seconds(figures.get("p95")),
+            _seconds(figures.get("max")),
+        )
+    out.print(table)
+    chosen = next((r for r in records if r.id == run_id), None) if run_id else records[0]
+    if chosen is None:
+        raise fail(f"no run {run_id!r} among the last {limit} runs; see the list above")
+    per_stage = stage_stats(chosen.counts)
+    if not per_stage:
+        out.print(f"run {chosen.id} recorded no per-stage figures", highlight=False)
+        return
+    stable = Table(title=f"stages of run {chosen.id}", title_justify="left")
+    scols: tuple[str, ...] = ("stage", "partitions", "done", "empty", "failed", "records")
+    scols += ("requests", "retries", "429s", "p50", "p95", "max")
+    for col in scols:
+        stable.add_column(col, justify="left" if col == "stage" else "right")
+    slow = Table(title=f"slowest partitions of run {chosen.id}", title_justify="left")
+    for col in ("stage", "partition", "duration"):
+        slow.add_column(col, justify="right" if col == "duration" else "left")
+    for name, f in per_stage.items():
+        stable.add_row(
+            name,
+            *(_number(f.get(k)) for k in ("partitions", "done", "empty", "failed", "records")),
+            *(_number(f.get(k)) for k in ("requests", "retries", "rate_limited")),
+            *(_seconds(f.get(k)) for k in ("p50", "p95", "max")),
+        )
+        for key, seconds in f.get("slowest", [])[:10]:
+            slow.add_row(name, key, _seconds(seconds))
+    out.print(stable)
+    out.print(slow)
+
+
+@app.command()
+@handle_errors
+def serve(
+    job_path: JobArg,
+    state: StateOpt = DEFAULT_STATE_URL,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; other than loopback needs --token.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8800,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BACKFILL_DASHBOARD_TOKEN",
+            help="Secret every request must carry (?token= or Authorization: Bearer).",
+        ),
+    ] = None,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between live updates.")] = 1.0,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0,
+    log_format: LogFormatOpt = "console",
+) -> None:
+    """A live dashboard in the browser: progress with rate and ETA, throughput, coverage
+    calendar, failures, workers and runs, plus /metrics for Prometheus.
+
+    Reads the ledger only, so it follows runs of other processes and machines.
+
+    [bold]Examples[/]
+
+      backfill serve jobs/results.py                  # http://127.0.0.1:8800/
+      backfill serve jobs/results.py --host 0.0.0.0 --token "$(openssl rand -hex 16)"
+    """
+    import socket
+
+    from backfill.web import require_web_extras
+
+    require_web_extras()
+    from backfill.web.app import check_bind, create_app
+
+    check_bind(host, token)
+    _configure_logging(verbose, log_format)
+    job = load_job(job_path)
+    _configure_logging(verbose, log_format, job.secrets)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise fail(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port"
+        ) from None
+    ledger = open_ledger(state, create=False)
+    try:
+        import uvicorn
+
+        dashboard = create_app(job, ledger, token=token, interval=interval)
+        bound_port = sock.getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        out.print(
+            f"dashboard of job {job.name} on http://{shown}:{bound_port}/ "
+            f"(metrics at /metrics; Ctrl+C to stop)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.stdout.flush()
+        config = uvicorn.Config(dashboard, log_level="warning", access_log=False, lifespan="off")
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+        ledger.close()
+
+
 @app.command()
 @handle_errors
 def demo(
@@ -649,6 +884,7 @@ def demo(
         bool, typer.Option(help="Do not tell the job the API's limit: adaptive mode finds it.")
     ] = False,
     progress: Annotated[str, typer.Option(help="auto, live, plain or none.")] = "auto",
+    log_format: LogFormatOpt = "console",
 ) -> None:
     """Backfill all 365 days of 2013 US flights from a local, unfriendly replay API.
 
@@ -668,6 +904,7 @@ def demo(
     if serve:
         serve_demo(rate=rate, calm=calm, port=port)
         return
+    _configure_logging(0, log_format)
     code = run_demo(
         adaptive=adaptive,
         directory=directory,

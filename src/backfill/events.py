@@ -22,6 +22,8 @@ __all__ = [
     "RunFinished",
     "RunStarted",
     "RunStopping",
+    "WorkerJoined",
+    "WorkerLost",
 ]
 
 log = logging.getLogger("backfill")
@@ -37,7 +39,27 @@ class RunStarted:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerJoined:
+    """This worker registered in the ledger and takes part in the job."""
+
+    worker_id: str
+    job: str
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLost:
+    """Another worker of the job was found dead; its leased partitions were released."""
+
+    worker_id: str
+    released: int
+
+
+@dataclass(frozen=True, slots=True)
 class PartitionStarted:
+    """A partition was claimed from the ledger and its stage function is about to run."""
+
     stage: str
     key: str
 
@@ -64,6 +86,9 @@ class PartitionFinished:
     attempts: int
     category: str | None = None
     message: str | None = None
+    # Requests its stage made through ``ctx.http``, and how many were answered 429.
+    requests: int = 0
+    rate_limited: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +118,8 @@ class RunFinished:
 
 Event = (
     RunStarted
+    | WorkerJoined
+    | WorkerLost
     | PartitionStarted
     | PartitionRetrying
     | PartitionFinished

@@ -26,6 +26,8 @@ from backfill.events import (
     RunFinished,
     RunStarted,
     RunStopping,
+    WorkerJoined,
+    WorkerLost,
 )
 from backfill.ledger import StageCounts, Status
 
@@ -121,6 +123,8 @@ class ProgressState:
             return
         if isinstance(event, ResourceChanged):
             self.resources[event.resource] = (event.what, event.seconds, time.monotonic())
+            return
+        if isinstance(event, WorkerJoined | WorkerLost):
             return
         stage = self.stages.setdefault(event.stage, StageProgress(event.stage))
         if isinstance(event, PartitionStarted):

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import getpass
 import inspect
 import logging
 import os
-import random
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
+
+import structlog
 
 from backfill.clock import Clock, SystemClock
 from backfill.context import Context, RunCache
@@ -48,6 +50,8 @@ from backfill.events import (
     RunFinished,
     RunStarted,
     RunStopping,
+    WorkerJoined,
+    WorkerLost,
 )
 from backfill.fleet import LedgerRate, concurrency_share
 from backfill.job import Job, Stage
@@ -62,8 +66,9 @@ from backfill.ledger import (
     WorkerRecord,
 )
 from backfill.partitions import Order, Selection
+from backfill.runstats import RunStats
 from backfill.sinks import Mode, Record, to_mappings
-from backfill.sources.http import HttpClient, partition_requests, redact
+from backfill.sources.http import HttpClient, RequestTally, partition_requests, redact
 from backfill.writer import SinkWriter
 
 __all__ = ["ExitCode", "RunOptions", "RunResult", "Runner", "worker_is_dead"]
@@ -230,7 +235,9 @@ class Runner:
         self._records = 0
         self._retries = 0
         self._executed = 0
-        self._durations = {s.name: Durations() for s in self.stages}
+        # Run metrics, stored with the run record; a subscriber like any display.
+        self.stats = RunStats(s.name for s in self.stages)
+        self.bus.subscribe(self.stats)
         self._grace_task: asyncio.Task[None] | None = None
         self._log = logging.getLogger("backfill.stage")
 
@@ -312,13 +319,23 @@ class Runner:
     # -- the run -------------------------------------------------------------------------
 
     async def run(self) -> RunResult:
+        # Every log line of this run (and of the tasks it starts) carries these.
+        bound = structlog.contextvars.bind_contextvars(
+            run_id=self.run_id, job=self.job.name, worker=self.worker_id
+        )
+        try:
+            return await self._run()
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)
+
+    async def _run(self) -> RunResult:
         started = self.clock.monotonic()
         now = self.clock.time()
         await self._db(
             self.ledger.register_worker,
             WorkerRecord(self.worker_id, self.job.name, _host(), os.getpid(), now, now, None),
         )
-        await self._reap_dead_workers()
+        lost = await self._reap_dead_workers()
         fleet: asyncio.Task[None] | None = None
         if isinstance(self.ledger, SharedLimits):
             fleet = asyncio.create_task(self._fleet(self.ledger))
@@ -343,6 +360,9 @@ class Runner:
         names = [s.name for s in self.stages]
         initial = await self._db(self.ledger.counts, self.job.name, names, self.options.selection)
         self.bus.emit(RunStarted(self.run_id, self.job.name, self.worker_id, now, initial))
+        self.bus.emit(WorkerJoined(self.worker_id, self.job.name, _host(), os.getpid()))
+        for event in lost:
+            self.bus.emit(event)
 
         try:
             await self.writer.open([sink for s in self.stages for sink in s.sinks])
@@ -420,7 +440,7 @@ class Runner:
             request_retries=sum(c.retried for c in self._clients.values()),
             message=message,
             executed=self._executed,
-            stage_stats={name: d.summary() for name, d in self._durations.items()},
+            stage_stats=self.stats.summaries(),
         )
         await self._db(
             self.ledger.finish_run,
@@ -440,6 +460,7 @@ class Runner:
                     for n, c in final.items()
                 },
                 "message": message,
+                "stats": self.stats.as_record(),
             },
         )
         await self._db(self.ledger.stop_worker, self.worker_id, now=self.clock.time())
@@ -454,8 +475,9 @@ class Runner:
             # Threads of sync stages cannot be cancelled; do not wait for stragglers.
             self._stage_pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _reap_dead_workers(self) -> None:
+    async def _reap_dead_workers(self) -> list[WorkerLost]:
         """Release partitions held by workers of this job that are certainly gone."""
+        lost: list[WorkerLost] = []
         now = self.clock.time()
         for worker in await self._db(self.ledger.workers, self.job.name):
             if worker.id == self.worker_id:
@@ -465,6 +487,8 @@ class Runner:
                 await self._db(self.ledger.stop_worker, worker.id, now=now)
                 if released:
                     log.info("released %d partition(s) of dead worker %s", released, worker.id)
+                lost.append(WorkerLost(worker.id, released))
+        return lost
 
     async def _fleet(self, ledger: SharedLimits) -> None:
         """Share every resource with the other workers of this job: one rate schedule in
@@ -649,19 +673,18 @@ class Runner:
 
     async def _execute(self, stage: Stage, claim: Claim, release: Callable[[], None]) -> None:
         partition = claim.partition(stage.partitions.grain)
-        # Events cost an object each; build them only when someone listens.
-        emit = self.bus.has_subscribers
-        if emit:
-            self.bus.emit(PartitionStarted(stage.name, claim.key))
+        self.bus.emit(PartitionStarted(stage.name, claim.key))
         started = self.clock.monotonic()
         attempt = 0
         adapter = logging.LoggerAdapter(
             self._log, {"run_id": self.run_id, "stage": stage.name, "partition": claim.key}
         )
         outcome: Outcome
-        # Requests ctx.http makes for this partition (this task's own context).
-        requests = [0]
-        partition_requests.set(requests)
+        # Requests ctx.http makes for this partition (this task's own context), and the
+        # partition every log line of this task is about.
+        tally = RequestTally()
+        partition_requests.set(tally)
+        structlog.contextvars.bind_contextvars(stage=stage.name, partition=claim.key)
         checkpoint = [claim.checkpoint]
         early = [0]
         # Whether this attempt still starts the partition afresh: replace-partition
@@ -771,8 +794,8 @@ class Runner:
                     claim.id, Status.DONE, attempts=attempt, records=written, duration=duration
                 )
                 break
-            if requests[0]:
-                outcome = dataclasses.replace(outcome, requests=requests[0])
+            if tally.requests:
+                outcome = dataclasses.replace(outcome, requests=tally.requests)
             if outcome.status is Status.DONE and self._needs_write(stage, rows):
                 release()
                 try:
@@ -801,7 +824,7 @@ class Runner:
                         duration=self.clock.monotonic() - started,
                         error_category=error.category,
                         error_message=self._clean(error.message),
-                        requests=requests[0],
+                        requests=tally.requests,
                     )
                 elif result.lost or result.recorded:
                     self._held.discard(claim.id)
@@ -810,32 +833,31 @@ class Runner:
                             "partition %s was not written: its lease had passed to another worker",
                             claim.key,
                         )
-                    else:
-                        self._finished(stage, outcome)
-                    self._emit_finished(stage, claim, outcome, emit and not result.lost)
+                        return
+                    self._finished(outcome)
+                    self._emit_finished(stage, claim, outcome, tally)
                     return
         except asyncio.CancelledError:
             await self._record(
                 Outcome(
-                    claim.id, Status.PENDING, attempts=max(0, attempt - 1), requests=requests[0]
+                    claim.id, Status.PENDING, attempts=max(0, attempt - 1), requests=tally.requests
                 )
             )
             self.bus.emit(PartitionFinished(stage.name, claim.key, Status.PENDING, 0, 0.0, attempt))
             raise
-        self._finished(stage, outcome)
+        self._finished(outcome)
         await self._record(outcome)
-        self._emit_finished(stage, claim, outcome, emit)
+        self._emit_finished(stage, claim, outcome, tally)
 
-    def _finished(self, stage: Stage, outcome: Outcome) -> None:
+    def _finished(self, outcome: Outcome) -> None:
         if outcome.status is not Status.PENDING:
             self._executed += 1
-            self._durations[stage.name].add(outcome.duration)
         if outcome.status is Status.DONE:
             self._records += outcome.records
 
-    def _emit_finished(self, stage: Stage, claim: Claim, outcome: Outcome, emit: bool) -> None:
-        if not emit:
-            return
+    def _emit_finished(
+        self, stage: Stage, claim: Claim, outcome: Outcome, tally: RequestTally
+    ) -> None:
         self.bus.emit(
             PartitionFinished(
                 stage.name,
@@ -846,6 +868,8 @@ class Runner:
                 outcome.attempts,
                 outcome.error_category,
                 outcome.error_message,
+                tally.requests,
+                tally.rate_limited,
             )
         )
 
@@ -921,7 +945,9 @@ class Runner:
         else:
             loop = asyncio.get_running_loop()
             assert self._stage_pool is not None
-            coro = loop.run_in_executor(self._stage_pool, _call_sync, fn, ctx)
+            # In this task's context, so the stage's log lines carry run, stage, partition.
+            context = contextvars.copy_context()
+            coro = loop.run_in_executor(self._stage_pool, context.run, _call_sync, fn, ctx)
         if stage.timeout is not None:
             async with asyncio.timeout(stage.timeout):
                 return await coro
@@ -947,35 +973,3 @@ def _call_sync(fn: Any, ctx: Context) -> Any:
     if inspect.isgenerator(result):
         return list(result)
     return result
-
-
-class Durations:
-    """Partition durations of one stage: exact count and max, percentiles from a
-    fixed-size reservoir sample, so a million partitions cost no more than a thousand."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self.count = 0
-        self.max = 0.0
-        self.sample: list[float] = []
-        self._rng = random.Random(0)
-
-    def add(self, value: float) -> None:
-        self.count += 1
-        self.max = max(self.max, value)
-        if len(self.sample) < self.size:
-            self.sample.append(value)
-        else:
-            slot = self._rng.randrange(self.count)
-            if slot < self.size:
-                self.sample[slot] = value
-
-    def summary(self) -> dict[str, float]:
-        if not self.count:
-            return {}
-        ordered = sorted(self.sample)
-
-        def pct(q: float) -> float:
-            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-        return {"count": self.count, "p50": pct(0.5), "p95": pct(0.95), "max": self.max}

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from backfill._sqlite import retry_locked
 from backfill.errors import LedgerError
 from backfill.ledger import (
     Claim,
@@ -117,12 +118,12 @@ class SQLiteLedger:
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot open state {self.url}: {exc}; pass another --state") from exc
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             # WAL + NORMAL survives a killed process; only an OS crash may lose the
             # last commits, and those partitions are simply redone.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            self._migrate(conn)
+            retry_locked(lambda: self._migrate(conn))
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise LedgerError(

@@ -15,6 +15,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+from backfill._sqlite import retry_locked
 from backfill.errors import PermanentError, SinkError, TransientError
 from backfill.sinks import (
     PARTITION_COLUMN,
@@ -64,7 +65,7 @@ class SQLiteConnection:
             self.raw = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=30.0
             )
-            self.raw.execute("PRAGMA journal_mode=WAL")
+            retry_locked(lambda: self.raw.execute("PRAGMA journal_mode=WAL"))
             self.raw.execute("PRAGMA synchronous=NORMAL")
             self.raw.execute("PRAGMA cache_size=-65536")
         except sqlite3.Error as exc:

@@ -38,14 +38,24 @@ __all__ = [
     "NextUrl",
     "Page",
     "PageNumber",
+    "RequestTally",
     "parse_retry_after",
     "redact",
     "redact_url",
     "secret_values",
 ]
 
-# Requests made on behalf of the partition whose task is running (set by the runner).
-partition_requests: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+
+@dataclass(slots=True)
+class RequestTally:
+    """Requests made for one partition, and how many the source refused as rate limited."""
+
+    requests: int = 0
+    rate_limited: int = 0
+
+
+# The tally of the partition whose task is running (set by the runner).
+partition_requests: contextvars.ContextVar[RequestTally | None] = contextvars.ContextVar(
     "backfill_partition_requests", default=None
 )
 
@@ -255,9 +265,9 @@ class HttpClient:
         self, method: str, url: str, decode: bool, **kwargs: Any
     ) -> tuple[httpx.Response, Any]:
         self.requests += 1
-        counter = partition_requests.get()
-        if counter is not None:
-            counter[0] += 1
+        tally = partition_requests.get()
+        if tally is not None:
+            tally.requests += 1
         started = time.monotonic()
         try:
             response = await self._client.request(method, url, **kwargs)
@@ -303,6 +313,9 @@ class HttpClient:
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if status == 429 or (status == 503 and retry_after is not None):
             self._observe(Outcome.RATE_LIMITED, response, retry_after=retry_after)
+            tally = partition_requests.get()
+            if tally is not None:
+                tally.rate_limited += 1
         elif status >= 500:
             self._observe(Outcome.ERROR, response)
         else:

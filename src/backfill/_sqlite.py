@@ -1,0 +1,25 @@
+"""What the SQLite ledger and the SQLite sink share."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+
+def retry_locked(step: Callable[[], object], seconds: float = 30.0) -> None:
+    """Run ``step``, waiting out another process that is creating the same file.
+
+    Switching a new file to WAL takes an exclusive lock that SQLite does not wait for.
+    """
+    deadline = time.monotonic() + seconds
+    delay = 0.01
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)

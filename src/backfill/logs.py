@@ -1,0 +1,205 @@
+"""Log lines from the event stream, and the logging set-up the command line uses.
+
+The library only *emits*: :class:`EventLog` is an event subscriber that writes one
+standard-library log record per event (loggers under ``backfill``), with the event's
+fields as structured extras; the runner binds ``run_id``, ``job``, ``worker``, ``stage``
+and ``partition`` in structlog's contextvars. Nothing here runs unless asked:
+:func:`configure_logging` is for applications (the ``backfill`` CLI calls it) and turns
+every record, the library's and the stage functions' alike, into structlog output.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Mapping, MutableMapping
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import structlog
+
+from backfill.events import (
+    Event,
+    PartitionFinished,
+    PartitionRetrying,
+    PartitionStarted,
+    ResourceChanged,
+    RunFinished,
+    RunStarted,
+    RunStopping,
+    WorkerJoined,
+    WorkerLost,
+)
+from backfill.ledger import Status
+from backfill.sources.http import redact
+
+__all__ = ["EventLog", "LogFormat", "configure_logging", "log_file_handler"]
+
+LogFormat = Literal["console", "json"]
+
+_log = logging.getLogger("backfill.events")
+
+
+class EventLog:
+    """An event subscriber writing one log record per event.
+
+    Partition starts are DEBUG and outcomes INFO, so a file at INFO holds one line per
+    partition; a console at WARNING stays quiet (the progress display, ``backfill status``
+    and the dashboard already report failures and pauses) but for lost workers.
+    """
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, PartitionFinished):
+            level = logging.DEBUG if event.status is Status.PENDING else logging.INFO
+            fields: dict[str, Any] = {
+                "status": event.status.value,
+                "records": event.records,
+                "duration": round(event.duration, 4),
+                "attempts": event.attempts,
+                "requests": event.requests,
+                "rate_limited": event.rate_limited,
+            }
+            if event.category is not None:
+                fields["category"] = event.category
+                fields["error"] = event.message
+            self._emit(level, f"partition {event.status.value}", event.stage, event.key, fields)
+        elif isinstance(event, PartitionStarted):
+            self._emit(logging.DEBUG, "partition started", event.stage, event.key, {})
+        elif isinstance(event, PartitionRetrying):
+            fields = {
+                "attempt": event.attempt,
+                "delay": round(event.delay, 3),
+                "category": event.category,
+                "error": event.message,
+            }
+            self._emit(logging.INFO, "partition retrying", event.stage, event.key, fields)
+        elif isinstance(event, RunStarted):
+            self._emit(logging.INFO, "run started", None, None, {})
+        elif isinstance(event, RunFinished):
+            fields = {
+                "status": event.status,
+                "exit_code": event.exit_code,
+                "elapsed": round(event.elapsed, 3),
+            }
+            if event.message:
+                fields["error"] = event.message
+            self._emit(logging.INFO, "run finished", None, None, fields)
+        elif isinstance(event, RunStopping):
+            fields = {"reason": event.reason, "immediate": event.immediate}
+            self._emit(logging.INFO, "run stopping", None, None, fields)
+        elif isinstance(event, ResourceChanged):
+            fields = {"resource": event.resource, "what": event.what, "seconds": event.seconds}
+            self._emit(logging.INFO, "resource changed", None, None, fields)
+        elif isinstance(event, WorkerJoined):
+            fields = {"host": event.host, "pid": event.pid}
+            self._emit(logging.INFO, "worker joined", None, None, fields)
+        elif isinstance(event, WorkerLost):
+            fields = {"lost_worker": event.worker_id, "released": event.released}
+            self._emit(logging.WARNING, "worker lost", None, None, fields)
+
+    @staticmethod
+    def _emit(
+        level: int, message: str, stage: str | None, key: str | None, fields: dict[str, Any]
+    ) -> None:
+        if not _log.isEnabledFor(level):
+            return
+        # The runner's contextvars already say which stage and partition; an event may be
+        # emitted outside that partition's task (e.g. a release at shutdown), so say it.
+        if stage is not None:
+            fields["stage"] = stage
+        if key is not None:
+            fields["partition"] = key
+        _log.log(level, message, extra=fields)
+
+
+# -- set-up, for applications ------------------------------------------------------------
+
+
+def _redactor(secrets: Iterable[str]) -> structlog.types.Processor:
+    """A processor masking secrets (and ``api_key=...``-style pairs) in every string."""
+    values = tuple(secrets)
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return redact(value, values)
+        if isinstance(value, Mapping):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    def processor(
+        logger: Any, method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for name, value in event_dict.items():
+            if name != "_record" and name != "_from_structlog":
+                event_dict[name] = clean(value)
+        return event_dict
+
+    return processor
+
+
+def _formatter(fmt: LogFormat, secrets: Iterable[str], colors: bool) -> logging.Formatter:
+    renderer: structlog.types.Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=colors, exception_formatter=structlog.dev.plain_traceback
+        )
+    pre_chain: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.ExtraAdder(),
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=pre_chain,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            _redactor(secrets),
+            renderer,
+        ],
+    )
+
+
+def log_file_handler(
+    path: Path, *, level: int = logging.INFO, secrets: Iterable[str] = ()
+) -> logging.Handler:
+    """A handler writing JSON lines to ``path`` (its directory is created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(level)
+    handler.setFormatter(_formatter("json", secrets, colors=False))
+    return handler
+
+
+def configure_logging(
+    fmt: LogFormat = "console",
+    *,
+    level: int = logging.WARNING,
+    stream: TextIO | None = None,
+    secrets: Iterable[str] = (),
+) -> logging.Handler:
+    """Route every log record through structlog to ``stream`` (stderr by default):
+    human-readable with ``fmt="console"``, one JSON object per line with ``"json"``.
+
+    Replaces the root logger's handlers and returns the new one. The ``backfill``
+    loggers pass everything down to DEBUG, so handlers (e.g. a per-run file from
+    :func:`log_file_handler`) choose their own level.
+    """
+    if fmt not in ("console", "json"):
+        raise ValueError(f"unknown log format {fmt!r}; use console or json")
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    handler.setLevel(level)
+    handler.setFormatter(_formatter(fmt, secrets, colors=stream.isatty()))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("backfill").setLevel(logging.DEBUG)
+    return handler

@@ -1,0 +1,140 @@
+"""The dashboard's web app: one page, a Server-Sent Events stream, JSON and ``/metrics``.
+
+Thin: it parses requests and renders what :class:`~backfill.web.snapshot.Dashboard`
+reads from the ledger. Bound to loopback it needs no token; elsewhere every request must
+carry the token (``?token=`` or ``Authorization: Bearer``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from backfill.errors import ConfigError
+from backfill.job import Job
+from backfill.ledger import Ledger
+from backfill.web.metrics import render_metrics
+from backfill.web.snapshot import Dashboard
+
+__all__ = ["DashboardApp", "check_bind", "create_app"]
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to expose the dashboard beyond this machine without a token."""
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            f"refusing to serve the dashboard on {host} without a token; pass --token "
+            "(or set BACKFILL_DASHBOARD_TOKEN), or bind 127.0.0.1"
+        )
+
+
+class DashboardApp:
+    """The ASGI app; ``streams`` counts the SSE streams open right now."""
+
+    def __init__(
+        self, job: Job, ledger: Ledger, *, token: str | None = None, interval: float = 1.0
+    ) -> None:
+        self.dashboard = Dashboard(job, ledger)
+        self.job = job
+        self.ledger = ledger
+        self.token = token
+        self.interval = interval
+        self.streams = 0
+        self._latest: dict[str, Any] | None = None
+        self._latest_at = -float("inf")
+        self._lock = asyncio.Lock()
+        self._page = (
+            resources.files("backfill.web").joinpath("dashboard.html").read_text(encoding="utf-8")
+        )
+        routes = [
+            Route("/", self._guard(self.page)),
+            Route("/events", self._guard(self.events)),
+            Route("/api/snapshot", self._guard(self.snapshot_json)),
+            Route("/metrics", self._guard(self.metrics)),
+            Route("/healthz", self.health),
+        ]
+        self.app = Starlette(routes=routes)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+    def _guard(self, handler: Handler) -> Handler:
+        async def guarded(request: Request) -> Response:
+            if self.token is not None:
+                supplied = request.query_params.get("token", "")
+                auth = request.headers.get("authorization", "")
+                if auth.lower().startswith("bearer "):
+                    supplied = auth[7:]
+                if not hmac.compare_digest(supplied.encode(), self.token.encode()):
+                    return PlainTextResponse("a valid token is required\n", status_code=401)
+            return await handler(request)
+
+        return guarded
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The latest snapshot, read again from the ledger at most once per half interval
+        however many clients ask."""
+        async with self._lock:
+            if self._latest is None or time.monotonic() - self._latest_at >= self.interval / 2:
+                self._latest = await run_in_threadpool(self.dashboard.snapshot)
+                self._latest_at = time.monotonic()
+            return self._latest
+
+    async def page(self, request: Request) -> Response:
+        return HTMLResponse(self._page.replace("__JOB__", self.job.name))
+
+    async def snapshot_json(self, request: Request) -> Response:
+        return JSONResponse(await self.snapshot())
+
+    async def metrics(self, request: Request) -> Response:
+        body = await run_in_threadpool(render_metrics, self.job, self.ledger)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "streams": self.streams})
+
+    async def events(self, request: Request) -> Response:
+        return EventSourceResponse(self._stream(), ping=15)
+
+    async def _stream(self) -> AsyncIterator[dict[str, str]]:
+        # sse-starlette cancels this generator when the client goes away.
+        self.streams += 1
+        try:
+            while True:
+                snapshot = await self.snapshot()
+                yield {"event": "snapshot", "data": json.dumps(snapshot)}
+                await asyncio.sleep(self.interval)
+        finally:
+            self.streams -= 1
+
+
+def create_app(
+    job: Job, ledger: Ledger, *, token: str | None = None, interval: float = 1.0
+) -> DashboardApp:
+    """The dashboard for ``job`` on ``ledger``, refreshing every ``interval`` seconds."""
+    return DashboardApp(job, ledger, token=token, interval=interval)

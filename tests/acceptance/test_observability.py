@@ -1,0 +1,287 @@
+"""Logs, metrics and the dashboard through the real CLI, and the dashboard in Chromium."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import backfill_cmd, cli_env, run_cli
+from prometheus_client.parser import text_string_to_metric_families
+
+from backfill.demo.server import ReplayConfig, ReplayServer
+from backfill.ledger import open_ledger
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+API_KEY = "k3y-0f-the-test-4711"
+
+FLIGHTS_JOB = """
+import os
+
+from backfill import Job, PageNumber, PermanentError, RetryPolicy, daily
+
+API = os.environ.get("FLIGHTS_API", "http://127.0.0.1:8813")
+job = Job("flights", partitions=daily("2013-01-01", os.environ.get("LAST_DAY", "2013-03-31")))
+job.resource(
+    "flights_api", rate=float(os.environ.get("RATE", "30")), burst=1, concurrency=4,
+    retries=3, timeout=2, params={"api_key": os.environ.get("API_KEY", "")},
+)
+
+
+@job.stage(resource="flights_api", concurrency=4, retry=RetryPolicy(attempts=3, base=0.1))
+async def flights(ctx, partition):
+    if partition.key == "2013-01-13":
+        raise PermanentError("injected failure: the 13th is cursed", category="INJECTED")
+    day = "not-a-day" if partition.key == "2013-01-07" else partition.date.isoformat()
+    records = []
+    async for page in ctx.http.paginate(
+        f"{API}/v1/flights?api_key={os.environ.get('API_KEY', '')}",
+        params={"date": day, "page_size": 500},
+        pagination=PageNumber(page_param="page", data="data", total_pages="pages"),
+    ):
+        ctx.log.info("page %s of %s", page.number, partition.key)
+        records.extend(page.records)
+    return records
+"""
+
+
+def write_job(tmp_path: Path) -> Path:
+    job = tmp_path / "flights_job.py"
+    job.write_text(textwrap.dedent(FLIGHTS_JOB))
+    return job
+
+
+def start_dashboard(
+    job: str, state: Path, cwd: Path, *extra: str
+) -> tuple[subprocess.Popen[str], str]:
+    """Start `backfill serve` on a free loopback port; return it and its URL."""
+    proc = subprocess.Popen(
+        [*backfill_cmd(), "serve", job, "--state", f"sqlite:///{state}", "--port", "0", *extra],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:\d+/", line)
+    if match is None:
+        proc.kill()
+        raise AssertionError(f"no URL from backfill serve: {line!r} {proc.stderr.read()!r}")
+    return proc, match.group(0)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_serve_on_all_interfaces_without_token_refuses_to_start(tmp_path: Path) -> None:
+    """`serve --host 0.0.0.0` without a token exits 2 with one sentence saying what to do."""
+    write_job(tmp_path)
+    result = run_cli("serve", "flights_job.py", "--host", "0.0.0.0", cwd=tmp_path, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "refusing to serve the dashboard on 0.0.0.0 without a token" in lines[0]
+    assert "--token" in lines[0]
+
+
+def test_json_logs_parse_carry_ids_and_hide_the_api_key(tmp_path: Path) -> None:
+    """With an api key in the URL and params, every stderr and log-file line is JSON,
+    partition lines name run, stage and partition, and the key appears nowhere."""
+    write_job(tmp_path)
+    config = dataclasses.replace(ReplayConfig.calm(), api_key=API_KEY)
+    with ReplayServer(config) as server:
+        result = run_cli(
+            "run",
+            "flights_job.py",
+            "--progress",
+            "none",
+            "--log-format",
+            "json",
+            "-vv",
+            cwd=tmp_path,
+            env={"FLIGHTS_API": server.url, "API_KEY": API_KEY, "LAST_DAY": "2013-01-15"},
+        )
+    assert result.returncode == 1, result.stderr  # the injected failure and the bad day
+    [log_file] = (tmp_path / ".backfill" / "logs").glob("*.jsonl")
+    assert str(log_file.relative_to(tmp_path)) in result.stdout
+    stderr_lines = [json.loads(line) for line in result.stderr.splitlines()]
+    file_lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert any(line["logger"].startswith("httpx") for line in stderr_lines)  # URLs logged
+    for lines in (stderr_lines, file_lines):
+        about = [x for x in lines if x["event"].startswith(("partition ", "page "))]
+        assert len(about) >= 15
+        for line in about:
+            assert {"run_id", "stage", "partition", "worker"} <= line.keys(), line
+    failed = [x for x in file_lines if x["event"] == "partition failed"]
+    assert {x["partition"] for x in failed} == {"2013-01-07", "2013-01-13"}
+    with sqlite3.connect(tmp_path / ".backfill" / "state.db") as conn:
+        messages = " ".join(
+            m
+            for (m,) in conn.execute(
+                "SELECT error_message FROM backfill_partitions WHERE error_message IS NOT NULL"
+            )
+        )
+    assert "answered 400" in messages
+    for text in (result.stdout, result.stderr, log_file.read_text(), messages):
+        assert API_KEY not in text
+
+
+@pytest.mark.slow
+def test_metrics_match_the_ledger_at_the_end_of_the_demo(tmp_path: Path) -> None:
+    """After the demo, /metrics parses and its counters equal the ledger's counts and
+    the run's own request total."""
+    demo_dir = tmp_path / "demo"
+    result = run_cli(
+        "demo", "--dir", str(demo_dir), "--rate", "100", "--progress", "none", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    state = demo_dir / "state.db"
+    proc, url = start_dashboard("backfill.demo.flights:job", state, tmp_path)
+    try:
+        text = httpx.get(f"{url}metrics", timeout=10).text
+    finally:
+        stop(proc)
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            key = sample.name + "".join(
+                f":{labels[k]}" for k in ("status", "outcome", "le") if k in labels
+            )
+            values[key] = values.get(key, 0.0) + sample.value
+    ledger = open_ledger(f"sqlite:///{state}")
+    try:
+        counts = ledger.counts("flights", ["flights"])["flights"]
+        [run] = ledger.runs("flights")
+    finally:
+        ledger.close()
+    assert counts.done == 365
+    assert values["backfill_partitions_finished_total:done"] == counts.done
+    assert values["backfill_partitions_finished_total:failed"] == counts.failed == 0
+    assert values["backfill_records_total"] == counts.records == 336_776
+    assert values["backfill_partitions:done"] == counts.done
+    assert values["backfill_requests_total"] == run.counts["requests"] > 0
+    assert values["backfill_retries_total"] == run.counts["retries"]
+    assert values["backfill_partition_duration_seconds_count"] == 365
+    assert values["backfill_runs_total:done"] == 1
+
+
+# -- the dashboard in a real browser -------------------------------------------------------
+
+
+def ensure_chromium() -> Path:
+    """Debian's chromium, installed with apt-get when missing (we run as root in CI)."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    reason = "apt-get is not available"
+    if shutil.which("apt-get"):
+        for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+            reason = f"{' '.join(command)} exited {done.returncode}: {done.stderr[-300:]}"
+    if CHROMIUM.exists():
+        return CHROMIUM
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"cannot install chromium for the browser test: {reason}")
+    pytest.skip(f"chromium is missing and could not be installed: {reason}")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    return ensure_chromium()
+
+
+@pytest.fixture
+def running_job(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """The flights job running against a rate-limited replay API in another process."""
+    write_job(tmp_path)
+    config = dataclasses.replace(ReplayConfig.calm(), rate_limit=25.0, burst=1)
+    with ReplayServer(config) as server:
+        proc = subprocess.Popen(
+            [*backfill_cmd(), "run", "flights_job.py", "--progress", "none"],
+            cwd=tmp_path,
+            env=cli_env({"FLIGHTS_API": server.url, "RATE": "25"}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            yield tmp_path, proc
+        finally:
+            stop(proc)
+
+
+@pytest.mark.slow
+def test_dashboard_in_chromium_shows_live_progress_and_the_injected_failure(
+    chromium: Path, running_job: tuple[Path, subprocess.Popen[str]]
+) -> None:
+    """Headless Chromium sees the finished count rise without a reload and the failures
+    table list the injected failure; a screenshot is saved."""
+    from playwright.sync_api import sync_playwright
+
+    workdir, run = running_job
+    state = workdir / ".backfill" / "state.db"
+    deadline = time.monotonic() + 30
+    while not state.exists():
+        assert run.poll() is None, run.stderr.read() if run.stderr else ""
+        assert time.monotonic() < deadline, "the run never created its state"
+        time.sleep(0.05)
+    serve, url = start_dashboard("flights_job.py", state, workdir, "--interval", "0.3")
+    finished = '[data-stage="flights"] [data-testid="finished"]'
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=str(chromium), headless=True, args=["--no-sandbox"]
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.goto(url, timeout=15_000)
+                page.wait_for_selector(finished, timeout=15_000)
+                page.evaluate("window.__notReloaded = true")
+                first = int(page.inner_text(finished).split("/")[0].replace(",", ""))
+                page.wait_for_function(
+                    f"""() => {{
+                        const cell = document.querySelector('{finished}');
+                        return cell && parseInt(cell.textContent.replace(/,/g, '')) > {first};
+                    }}""",
+                    timeout=30_000,
+                )
+                later = int(page.inner_text(finished).split("/")[0].replace(",", ""))
+                page.wait_for_selector(
+                    '[data-testid="failures"] td:has-text("injected failure")', timeout=60_000
+                )
+                assert page.evaluate("window.__notReloaded") is True
+                assert page.inner_text('[data-testid="connection"]') == "live"
+                failures = page.inner_text('[data-testid="failures"]')
+                ARTIFACTS.mkdir(exist_ok=True)
+                shot = ARTIFACTS / "dashboard.png"
+                page.screenshot(path=str(shot), full_page=True)
+                print(f"dashboard screenshot: {shot}")
+            finally:
+                browser.close()
+    finally:
+        stop(serve)
+    assert later > first, (first, later)
+    assert "2013-01-13" in failures and "INJECTED" in failures
+    assert shot.stat().st_size > 10_000
