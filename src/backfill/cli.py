@@ -884,6 +884,13 @@ def demo(
         bool, typer.Option(help="Do not tell the job the API's limit: adaptive mode finds it.")
     ] = False,
     progress: Annotated[str, typer.Option(help="auto, live, plain or none.")] = "auto",
+    sink: Annotated[
+        str | None,
+        typer.Option(
+            help="Write the flights table here instead of DIR/flights.db: a SQLite file "
+            "or postgresql://USER@HOST/DATABASE."
+        ),
+    ] = None,
     log_format: LogFormatOpt = "console",
 ) -> None:
     """Backfill all 365 days of 2013 US flights from a local, unfriendly replay API.
@@ -897,6 +904,7 @@ def demo(
       backfill demo
       backfill demo --fresh --rate 50
       backfill demo --fresh --adaptive --rate 37   # the job must discover the limit
+      backfill demo --fresh --sink postgresql://postgres@127.0.0.1/test
       backfill demo --serve --port 8813   # then: backfill run examples/flights.py
     """
     from backfill.demo.runner import run_demo, serve_demo
@@ -912,6 +920,7 @@ def demo(
         rate=rate,
         calm=calm,
         progress=progress,
+        sink=sink,
         console=out,
         execute=execute,
     )

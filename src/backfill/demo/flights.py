@@ -8,8 +8,9 @@ is slow, rate limited and unreliable; the destination is a SQLite table keyed by
     backfill status examples/flights.py
 
 Settings come from the environment: FLIGHTS_API (the API's base URL), FLIGHTS_DB (the
-SQLite file to fill), FLIGHTS_RATE (the API's limit in requests per second, or
-"adaptive" to let the resource find it), FLIGHTS_CONCURRENCY (requests in flight).
+SQLite file to fill, or a postgresql:// URL), FLIGHTS_RATE (the API's limit in requests
+per second, or "adaptive" to let the resource find it), FLIGHTS_CONCURRENCY (requests in
+flight).
 """
 
 import os
@@ -22,8 +23,8 @@ from backfill import (
     PageNumber,
     Partition,
     RetryPolicy,
-    SQLiteTable,
     daily,
+    table,
 )
 
 API = os.environ.get("FLIGHTS_API", "http://127.0.0.1:8813").rstrip("/")
@@ -35,9 +36,7 @@ PAGE_SIZE = 500
 job = Job(
     "flights",
     partitions=daily("2013-01-01", "2013-12-31"),
-    sink=SQLiteTable(
-        DATABASE, "flights", key=["year", "month", "day", "carrier", "flight", "origin"]
-    ),
+    sink=table(DATABASE, "flights", key=["year", "month", "day", "carrier", "flight", "origin"]),
     description="2013 flights from NYC airports, from a paged JSON API",
 )
 

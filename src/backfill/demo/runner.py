@@ -49,24 +49,40 @@ def serve_demo(*, rate: float, calm: bool, port: int) -> None:
     serve(config, port=port)
 
 
-def demo_summary(database: Path) -> dict[str, int]:
-    """Rows and duplicate keys in the demo's flights table."""
-    if not database.exists():
-        return {"rows": 0, "distinct": 0, "duplicates": 0}
-    conn = sqlite3.connect(database)
+def demo_summary(database: Path | str) -> dict[str, int]:
+    """Rows and duplicate keys in the demo's flights table (a SQLite file or a URL)."""
+    empty = {"rows": 0, "distinct": 0, "duplicates": 0}
+    cols = ", ".join(FLIGHT_KEY)
+    count_sql = "SELECT count(*) FROM flights"
+    distinct_sql = f"SELECT count(*) FROM (SELECT DISTINCT {cols} FROM flights) d"
+    if isinstance(database, str) and database.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        with psycopg.connect(database) as pg:
+            if pg.execute("SELECT to_regclass('flights')").fetchone() == (None,):
+                return empty
+            rows = _first(pg.execute(count_sql).fetchone())
+            n_distinct = _first(pg.execute(distinct_sql).fetchone())
+        return {"rows": rows, "distinct": n_distinct, "duplicates": rows - n_distinct}
+    path = Path(database)
+    if not path.exists():
+        return empty
+    conn = sqlite3.connect(path)
     try:
         exists = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='flights'"
         ).fetchone()
         if not exists:
-            return {"rows": 0, "distinct": 0, "duplicates": 0}
-        rows = conn.execute("SELECT count(*) FROM flights").fetchone()[0]
-        cols = ", ".join(FLIGHT_KEY)
-        distinct = conn.execute(f"SELECT count(*) FROM (SELECT DISTINCT {cols} FROM flights)")
-        n_distinct = distinct.fetchone()[0]
+            return empty
+        rows = conn.execute(count_sql).fetchone()[0]
+        n_distinct = conn.execute(distinct_sql).fetchone()[0]
     finally:
         conn.close()
     return {"rows": rows, "distinct": n_distinct, "duplicates": rows - n_distinct}
+
+
+def _first(row: Any) -> int:
+    return int(row[0]) if row else 0
 
 
 def run_demo(
@@ -77,6 +93,7 @@ def run_demo(
     calm: bool,
     progress: str,
     adaptive: bool = False,
+    sink: str | None = None,
     console: Console,
     execute: Callable[..., RunResult],
 ) -> int:
@@ -87,7 +104,7 @@ def run_demo(
     if fresh and root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
-    database = (root / "flights.db").resolve()
+    database: Path | str = sink or (root / "flights.db").resolve()
     state_url = f"sqlite:///{(root / 'state.db').resolve()}"
     config = (
         dataclasses.replace(ReplayConfig.calm(), rate_limit=max(rate, 1000.0), burst=1000)
@@ -98,7 +115,7 @@ def run_demo(
     console.print(
         f"[bold]backfill demo[/]: 365 days of 2013 NYC flights from a replay API limited to "
         f"{config.rate_limit:g} requests/s ({told}), with latency, 429s, 5xx, truncated "
-        f"bodies and stalls, into {database}",
+        f"bodies and stalls, into {_shown(database)}",
         highlight=False,
     )
     with ReplayServer(config) as server:
@@ -159,3 +176,11 @@ def run_demo(
         soft_wrap=True,
     )
     return result.exit_code
+
+
+def _shown(database: Path | str) -> str:
+    if isinstance(database, Path):
+        return str(database)
+    from backfill.sinks.postgres import safe_url
+
+    return safe_url(database)
