@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar, cast
+from typing import Annotated, NoReturn, ParamSpec, TypeVar, cast
 
 import typer
 from rich.console import Console
@@ -156,6 +156,19 @@ def _counts(
 def _is_shared(state: str) -> bool:
     """Whether the state is a ledger other machines may be working on too."""
     return state.startswith(("postgresql://", "postgres://"))
+
+
+def _run_and_exit(
+    job: Job, state: str, options: RunOptions, *, progress: str, log_dir: Path | None, verbose: int
+) -> NoReturn:
+    """Work the job on the state store, report, and exit with the run's code."""
+    ledger = open_ledger(state)
+    try:
+        result = execute(job, ledger, options, progress=progress, log_dir=log_dir, verbose=verbose)
+    finally:
+        ledger.close()
+    _report(result, log_dir or default_log_dir(state))
+    raise typer.Exit(result.exit_code)
 
 
 def _configure_logging(
@@ -314,13 +327,7 @@ def run(
         argv=tuple(sys.argv[1:]),
         wait_for_leases=_is_shared(state),
     )
-    ledger = open_ledger(state)
-    try:
-        result = execute(job, ledger, options, progress=progress, log_dir=log_dir, verbose=verbose)
-    finally:
-        ledger.close()
-    _report(result, log_dir or default_log_dir(state))
-    raise typer.Exit(result.exit_code)
+    _run_and_exit(job, state, options, progress=progress, log_dir=log_dir, verbose=verbose)
 
 
 @app.command()
@@ -369,13 +376,7 @@ def worker(
         argv=tuple(sys.argv[1:]),
         wait_for_leases=True,
     )
-    ledger = open_ledger(state)
-    try:
-        result = execute(job, ledger, options, progress=progress, log_dir=log_dir, verbose=verbose)
-    finally:
-        ledger.close()
-    _report(result, log_dir or default_log_dir(state))
-    raise typer.Exit(result.exit_code)
+    _run_and_exit(job, state, options, progress=progress, log_dir=log_dir, verbose=verbose)
 
 
 @app.command()

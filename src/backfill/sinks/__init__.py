@@ -26,7 +26,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -223,6 +223,28 @@ class TableSpec:
                             f"key field {k!r} of table {self.name}",
                             category="missing_key",
                         )
+
+    def check_new_fields(self, batch: Sequence[Rows], new: Sequence[str]) -> None:
+        """Fail the partition that brings a field the table lacks, under ``on_new_field="fail"``."""
+        if self.on_new_field is not OnNewField.FAIL:
+            return
+        where = next(rows.partition.key for rows in batch if any(new[0] in r for r in rows.records))
+        raise PermanentError(
+            f"a record of partition {where} has field {new[0]!r}, which table "
+            f"{self.name} lacks (on_new_field='fail'); add the column or drop the field",
+            category="schema_drift",
+        )
+
+    def replacement_column(self, existing: Container[str]) -> str:
+        """The user's date column that replace-partition deletes by; it must exist."""
+        column = self.partition_column
+        if column not in existing:
+            raise PermanentError(
+                f"table {self.name} has no column {column!r} to replace partitions by; "
+                "set partition_column to a date column of the records",
+                category="schema",
+            )
+        return column
 
     def infer(self, batch: Sequence[Rows], fields: Sequence[str]) -> dict[str, str | None]:
         """Column types from the declaration, else from every value of the batch."""

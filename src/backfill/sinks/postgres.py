@@ -318,15 +318,7 @@ class PostgresTable:
 
     def _add_columns(self, raw: Any, batch: Sequence[Rows], new: list[str]) -> None:
         spec = self.spec
-        if spec.on_new_field is OnNewField.FAIL:
-            where = next(
-                rows.partition.key for rows in batch if any(new[0] in r for r in rows.records)
-            )
-            raise PermanentError(
-                f"a record of partition {where} has field {new[0]!r}, which table "
-                f"{spec.name} lacks (on_new_field='fail'); add the column or drop the field",
-                category="schema_drift",
-            )
+        spec.check_new_fields(batch, new)
         types = spec.infer(batch, new)
         for name in new:
             sql_type = _PG_TYPES.get(types.get(name), types.get(name) or "text")
@@ -345,13 +337,7 @@ class PostgresTable:
             )
             return
         existing = self._existing(raw)
-        column = spec.partition_column
-        if column not in existing:
-            raise PermanentError(
-                f"table {spec.name} has no column {column!r} to replace partitions by; "
-                "set partition_column to a date column of the records",
-                category="schema",
-            )
+        column = spec.replacement_column(existing)
         for rows in batch:
             part = rows.partition
             dims = [(k, v) for k, v in part.dims if k in existing]
