@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import threading
 
-from backfill.ledger import Ledger, Outcome, RunRecord, Status, WorkerRecord
-from backfill.partitions import Order, daily, monthly
+from backfill.ledger import Dependency, Ledger, Outcome, RunRecord, Status, WorkerRecord
+from backfill.partitions import Order, daily, monthly, reference
 
 JOB = "contract"
 STAGE = "fetch"
@@ -29,6 +29,31 @@ def finish(ledger: Ledger, owner: str, claims: list, status: Status = Status.DON
         [Outcome(c.id, status, attempts=1, records=3, duration=0.5) for c in claims],
         now=1001.0,
     )
+
+
+def settle(ledger: Ledger, stage: str, keys: set[str], status: Status, now: float) -> None:
+    """Claim ``stage`` and finish exactly the partitions in ``keys`` with ``status``."""
+    got = ledger.claim(JOB, stage, "up", limit=10_000, lease_seconds=60.0, now=now, run_id="r0")
+    ledger.complete(
+        "up",
+        [
+            Outcome(c.id, status if c.key in keys else Status.PENDING, attempts=1, records=5)
+            for c in got
+        ],
+        now=now,
+    )
+
+
+def ready(ledger: Ledger, stage: str, needs: list[Dependency], now: float = 2000.0) -> list[str]:
+    """Keys of ``stage`` claimable now (claimed, then released again)."""
+    got = ledger.claim(
+        JOB, stage, "down", limit=10_000, lease_seconds=60.0, now=now, run_id="r1", needs=needs
+    )
+    ledger.complete("down", [Outcome(c.id, Status.PENDING, attempts=0) for c in got], now=now)
+    return [c.key for c in got]
+
+
+DAY_DEP = Dependency("a", grain="day")
 
 
 class LedgerContract:
@@ -349,3 +374,119 @@ class LedgerContract:
         assert not set(seen["a"]) & set(seen["b"])
         assert len(seen["a"]) + len(seen["b"]) == len(spec)
         assert ledger.counts(JOB, [STAGE])[STAGE].done == len(spec)
+
+    # -- dependencies ---------------------------------------------------------------------
+
+    def test_a_partition_waits_for_the_same_upstream_partition(self, ledger: Ledger) -> None:
+        """Only partitions whose upstream partition is done or empty can be claimed."""
+        ledger.plan(JOB, "a", daily("2013-01-01", "2013-01-05"))
+        ledger.plan(JOB, "b", daily("2013-01-01", "2013-01-05"))
+        assert ready(ledger, "b", [DAY_DEP]) == []
+        settle(ledger, "a", {"2013-01-01"}, Status.DONE, 1000.0)
+        settle(ledger, "a", {"2013-01-03"}, Status.EMPTY, 1001.0)
+        assert ready(ledger, "b", [DAY_DEP]) == ["2013-01-01", "2013-01-03"]
+        assert len(ready(ledger, "b", [])) == 5
+
+    def test_a_lookback_waits_for_every_earlier_partition_of_the_window(
+        self, ledger: Ledger
+    ) -> None:
+        """With lookback 2, a day needs itself and the two days before (those planned)."""
+        ledger.plan(JOB, "a", daily("2013-01-01", "2013-01-06"))
+        ledger.plan(JOB, "b", daily("2013-01-01", "2013-01-06"))
+        settle(
+            ledger, "a", {"2013-01-01", "2013-01-02", "2013-01-03", "2013-01-05"}, Status.DONE, 1
+        )
+        dep = Dependency("a", grain="day", lookback=2)
+        assert ready(ledger, "b", [dep]) == ["2013-01-01", "2013-01-02", "2013-01-03"]
+
+    def test_grains_map_onto_each_other(self, ledger: Ledger) -> None:
+        """A month needs every day of it; a day needs its month."""
+        ledger.plan(JOB, "a", daily("2013-01-01", "2013-02-28"))
+        ledger.plan(JOB, "b", monthly("2013-01-01", "2013-02-28"))
+        january = {f"2013-01-{d:02d}" for d in range(1, 32)}
+        settle(ledger, "a", january - {"2013-01-31"}, Status.DONE, 1)
+        assert ready(ledger, "b", [DAY_DEP]) == []
+        settle(ledger, "a", {"2013-01-31"}, Status.DONE, 2)
+        assert ready(ledger, "b", [DAY_DEP]) == ["2013-01"]
+
+        ledger.plan(JOB, "c", daily("2013-01-30", "2013-02-02"))
+        settle(ledger, "b", {"2013-01"}, Status.DONE, 3)
+        month = Dependency("b", grain="month", span_days=30)
+        assert ready(ledger, "c", [month]) == ["2013-01-30", "2013-01-31"]
+        by_month = Dependency("b", grain="month", span_days=30, lookback=1)
+        assert ready(ledger, "c", [by_month]) == ["2013-01-30", "2013-01-31"]
+
+    def test_dimensions_are_matched(self, ledger: Ledger) -> None:
+        """A partition waits only for upstream partitions with its own dimension values."""
+        ledger.plan(JOB, "a", daily("2013-01-01", "2013-01-02", tour=["atp", "wta"]))
+        ledger.plan(JOB, "b", daily("2013-01-01", "2013-01-02", tour=["atp", "wta"]))
+        settle(ledger, "a", {"2013-01-01/tour=atp", "2013-01-02/tour=wta"}, Status.DONE, 1)
+        dep = Dependency("a", grain="day", dims=("tour",))
+        assert sorted(ready(ledger, "b", [dep])) == ["2013-01-01/tour=atp", "2013-01-02/tour=wta"]
+
+    def test_a_whole_stage_dependency_waits_for_all_of_it(self, ledger: Ledger) -> None:
+        """A stage that needs a reference stage waits until its one partition is done."""
+        ledger.plan(JOB, "ref", reference())
+        ledger.plan(JOB, "b", daily("2013-01-01", "2013-01-03"))
+        whole = Dependency("ref", whole=True)
+        assert ready(ledger, "b", [whole]) == []
+        settle(ledger, "ref", {"all"}, Status.DONE, 1)
+        assert len(ready(ledger, "b", [whole, DAY_DEP])) == 3  # "a" never planned: no wait
+
+    def test_failed_inputs_block_and_are_named(self, ledger: Ledger) -> None:
+        """A partition whose input failed cannot run; blocked_keys names the input."""
+        ledger.plan(JOB, "a", daily("2013-01-01", "2013-01-03"))
+        ledger.plan(JOB, "b", daily("2013-01-01", "2013-01-03"))
+        settle(ledger, "a", {"2013-01-02"}, Status.FAILED, 1)
+        settle(ledger, "a", {"2013-01-01", "2013-01-03"}, Status.DONE, 2)
+        assert ready(ledger, "b", [DAY_DEP]) == ["2013-01-01", "2013-01-03"]
+        assert ledger.blocked_keys(JOB, "b", [DAY_DEP]) == {"2013-01-02": "a 2013-01-02"}
+
+    def test_redone_inputs_make_finished_partitions_stale(self, ledger: Ledger) -> None:
+        """Inputs pending again, or finished after the partition, mark it stale."""
+        ledger.plan(JOB, "a", daily("2013-01-01", "2013-01-03"))
+        ledger.plan(JOB, "b", daily("2013-01-01", "2013-01-03"))
+        every = {"2013-01-01", "2013-01-02", "2013-01-03"}
+        settle(ledger, "a", every, Status.DONE, 10)
+        settle(ledger, "b", every, Status.DONE, 20)
+        assert ledger.stale_keys(JOB, "b", [DAY_DEP]) == set()
+        ledger.requeue(
+            JOB,
+            ["a"],
+            [Status.DONE],
+            daily("2013-01-02", "2013-01-02").selection(keys=["2013-01-02"]),
+        )
+        assert ledger.stale_keys(JOB, "b", [DAY_DEP]) == {"2013-01-02"}
+        settle(ledger, "a", {"2013-01-02"}, Status.DONE, 30)  # redone after b's run
+        assert ledger.stale_keys(JOB, "b", [DAY_DEP]) == {"2013-01-02"}
+        assert ledger.mark_stale(JOB, "b", [DAY_DEP]) == 1
+        rows = {r.key: r for r in ledger.coverage_rows(JOB, "b")}
+        assert rows["2013-01-02"].status is Status.PENDING
+        assert rows["2013-01-02"].error_category == "stale"
+        assert ready(ledger, "b", [DAY_DEP], now=3000.0) == ["2013-01-02"]
+        assert ledger.mark_stale(JOB, "b", [DAY_DEP]) == 0
+
+    def test_coverage_rows_carry_status_records_and_checks(self, ledger: Ledger) -> None:
+        """Coverage reads every recorded partition with what happened to it."""
+        ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-03", tour=["atp"]))
+        (first, *_) = claim(ledger, "w", limit=1)
+        stored = '[{"name":"min_rows(1)","ok":false,"category":"INSUFFICIENT_DATA"}]'
+        failed = Outcome(
+            first.id,
+            Status.FAILED,
+            error_category="INSUFFICIENT_DATA",
+            error_message="check min_rows(1) failed",
+            checks=stored,
+        )
+        ledger.complete("w", [failed], now=5.0)
+        rows = list(ledger.coverage_rows(JOB, STAGE))
+        assert [r.key for r in rows] == [
+            "2013-01-01/tour=atp",
+            "2013-01-02/tour=atp",
+            "2013-01-03/tour=atp",
+        ]
+        assert rows[0].status is Status.FAILED and rows[0].checks == stored
+        assert rows[0].error_category == "INSUFFICIENT_DATA" and rows[0].finished_at == 5.0
+        assert rows[0].dims == (("tour", "atp"),) and str(rows[0].start) == "2013-01-01"
+        assert rows[1].status is Status.PENDING and rows[1].records is None
+        assert list(ledger.coverage_rows(JOB, "never")) == []

@@ -14,7 +14,7 @@ from backfill.partitions import Partition
 if TYPE_CHECKING:
     from backfill.sources.http import HttpClient
 
-__all__ = ["Context", "RunCache"]
+__all__ = ["Context", "ProcessContext", "RunCache"]
 
 
 class RunCache:
@@ -98,6 +98,17 @@ class Context:
     _save_checkpoint: Callable[[str | None], Awaitable[None]] | None = None
     _write: Callable[[Iterable[object], str | None], Awaitable[int]] | None = None
 
+    def for_process(self) -> ProcessContext:
+        """What a stage running in a worker process receives (it must pickle)."""
+        return ProcessContext(
+            partition=self.partition,
+            job=self.job,
+            stage=self.stage,
+            run_id=self.run_id,
+            attempt=self.attempt,
+            checkpoint=self.checkpoint,
+        )
+
     @property
     def http(self) -> HttpClient:
         """The HTTP client of this stage's resource: its limits, retries and headers apply
@@ -127,3 +138,20 @@ class Context:
         if self._write is None:
             raise RuntimeError("ctx.write is only available while a stage runs")
         return await self._write(records, table)
+
+
+@dataclass(slots=True)
+class ProcessContext:
+    """The context of a ``executor="process"`` stage: plain data, no services (HTTP
+    clients, the run cache and ``ctx.write`` live in the main process)."""
+
+    partition: Partition
+    job: str
+    stage: str
+    run_id: str
+    attempt: int
+    checkpoint: str | None = None
+
+    @property
+    def log(self) -> logging.Logger:
+        return logging.getLogger(f"backfill.stage.{self.stage}")

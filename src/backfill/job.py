@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast, overload
 
+from backfill.checks import Check, CheckFunction, as_check
 from backfill.errors import ConfigError
-from backfill.partitions import PartitionSpec
+from backfill.ledger import Dependency
+from backfill.partitions import Grain, PartitionSpec, ReferenceSpec
 from backfill.ratelimit import Limit, Resource
 from backfill.retry import RetryPolicy
 from backfill.sources.http import secret_values
@@ -35,10 +37,38 @@ from backfill.sources.http import secret_values
 if TYPE_CHECKING:
     from backfill.sinks import Sink
 
-__all__ = ["Job", "Stage", "load_job"]
+__all__ = ["Job", "Needs", "Stage", "load_job", "needs"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 StageFunction = Callable[..., Any]
+_EXECUTORS = ("thread", "process")
+# Longest window of each grain minus one day: how far before a day a window may start.
+_SPAN_DAYS = {Grain.DAY: 0, Grain.WEEK: 6, Grain.MONTH: 30, Grain.YEAR: 365, Grain.ALL: 0}
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """What a stage needs of an earlier stage before one of its partitions may run.
+
+    By default, the upstream partitions whose windows overlap this partition's window
+    (the same day; all days of a month for a monthly stage; the month of a day for a daily
+    stage over a monthly one), with the same values of the dimensions both share.
+    ``lookback=N`` adds the N upstream partitions before that (a daily stage with
+    ``lookback=6`` needs the day itself and the 6 days before: a 7-day rolling window).
+    ``whole=True`` needs every partition of the upstream stage (implied for reference
+    stages).
+    """
+
+    stage: str
+    lookback: int = 0
+    whole: bool = False
+
+
+def needs(stage: str, *, lookback: int = 0, whole: bool = False) -> Needs:
+    """Declare a dependency for ``@job.stage(needs=[...])``; see :class:`Needs`."""
+    if lookback < 0:
+        raise ConfigError(f"needs({stage!r}): lookback must be 0 or more")
+    return Needs(stage, lookback, whole)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +85,14 @@ class Stage:
     description: str = ""
     resource: str | None = None
     requests_per_partition: float | None = None
+    needs: tuple[Needs, ...] = ()
+    executor: str = "thread"
+    checks: tuple[Check, ...] = ()
+
+    @property
+    def reference(self) -> bool:
+        """Whether the stage is unpartitioned (one partition, ``all``)."""
+        return isinstance(self.partitions, ReferenceSpec)
 
     @property
     def sinks(self) -> tuple[Sink, ...]:
@@ -185,6 +223,10 @@ class Job:
         sink: Sink | Sequence[Sink] | None = None,
         resource: str | Resource | None = None,
         requests_per_partition: float | None = None,
+        needs: Sequence[str | Needs] = (),
+        reference: bool = False,
+        executor: str = "thread",
+        checks: Sequence[Check | CheckFunction] = (),
     ) -> Callable[[StageFunction], StageFunction]: ...
 
     def stage(
@@ -200,6 +242,10 @@ class Job:
         sink: Sink | Sequence[Sink] | None = None,
         resource: str | Resource | None = None,
         requests_per_partition: float | None = None,
+        needs: Sequence[str | Needs] = (),
+        reference: bool = False,
+        executor: str = "thread",
+        checks: Sequence[Check | CheckFunction] = (),
     ) -> StageFunction | Callable[[StageFunction], StageFunction]:
         """Declare a stage. Usable bare (``@job.stage``) or with options.
 
@@ -208,6 +254,12 @@ class Job:
         Plain ``def`` functions run in a thread pool; ``async def`` on the event loop.
         ``resource`` binds ``ctx.http`` to a declared resource and its limits;
         ``requests_per_partition`` is an estimate for ``backfill plan`` until history exists.
+
+        ``needs`` names earlier stages (or :func:`needs` with a lookback) that must be done
+        before a partition runs; ``reference=True`` makes an unpartitioned stage ("masters":
+        one partition, ``all``). ``executor="process"`` runs a CPU-bound ``def`` stage in a
+        process pool. ``checks`` run on each partition's records before they are written
+        (see :mod:`backfill.checks`).
         """
 
         def register(func: StageFunction) -> StageFunction:
@@ -216,7 +268,12 @@ class Job:
                 raise ConfigError(f"stage name {stage_name!r} must be an identifier")
             if stage_name in self.stages:
                 raise ConfigError(f"job {self.name!r} declares stage {stage_name!r} twice")
-            spec = partitions or self.partitions
+            if reference and partitions is not None:
+                raise ConfigError(
+                    f"stage {stage_name!r}: a reference stage has no partitions; drop "
+                    "partitions= or reference=True"
+                )
+            spec = ReferenceSpec() if reference else partitions or self.partitions
             if spec is None:
                 raise ConfigError(
                     f"stage {stage_name!r} has no partitions; pass partitions= to Job() "
@@ -233,6 +290,18 @@ class Job:
                     f"stage {stage_name!r} uses unknown resource {resource_name!r}; declare it "
                     f"with job.resource(...) first (declared: {known})"
                 )
+            if executor not in _EXECUTORS:
+                raise ConfigError(
+                    f"stage {stage_name!r}: unknown executor {executor!r}; use thread or process"
+                )
+            if executor == "process" and (
+                inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
+            ):
+                raise ConfigError(
+                    f"stage {stage_name!r}: executor='process' runs plain def functions; "
+                    "make it a def, or drop executor="
+                )
+            deps = self._needs(stage_name, spec, needs)
             self.stages[stage_name] = Stage(
                 name=stage_name,
                 fn=func,
@@ -244,6 +313,9 @@ class Job:
                 description=(inspect.getdoc(func) or "").split("\n")[0],
                 resource=resource_name,
                 requests_per_partition=requests_per_partition,
+                needs=deps,
+                executor=executor,
+                checks=tuple(as_check(c) for c in checks),
             )
             return func
 
@@ -251,17 +323,117 @@ class Job:
             return register(fn)
         return register
 
-    def select_stages(self, names: list[str] | tuple[str, ...] | None) -> list[Stage]:
-        """The named stages (all when none are named); unknown names are a ConfigError."""
-        if not names:
-            return list(self.stages.values())
-        unknown = [n for n in names if n not in self.stages]
-        if unknown:
-            known = ", ".join(self.stages) or "none"
-            raise ConfigError(
-                f"unknown stage {unknown[0]!r} in job {self.name!r}; its stages are: {known}"
+    def _needs(
+        self, name: str, spec: PartitionSpec, declared: Sequence[str | Needs]
+    ) -> tuple[Needs, ...]:
+        """Validate a stage's dependencies: declared above it (so no cycles), and with
+        dimensions the stage also has."""
+        if isinstance(declared, str | Needs):
+            declared = [declared]
+        result: list[Needs] = []
+        for item in declared:
+            dep = Needs(item) if isinstance(item, str) else item
+            if not isinstance(dep, Needs):
+                raise ConfigError(
+                    f"stage {name!r}: needs= takes stage names or needs(...), "
+                    f"not {type(item).__name__}"
+                )
+            if dep.stage == name:
+                raise ConfigError(f"stage {name!r} cannot need itself")
+            upstream = self.stages.get(dep.stage)
+            if upstream is None:
+                known = ", ".join(self.stages) or "none"
+                raise ConfigError(
+                    f"stage {name!r} needs {dep.stage!r}, which is not declared above it "
+                    f"(declare the stages it needs first; declared so far: {known})"
+                )
+            if upstream.reference and not dep.whole:
+                dep = Needs(dep.stage, 0, True)
+            if not dep.whole:
+                missing = [d for d in upstream.partitions.dims if d not in spec.dims]
+                if missing:
+                    raise ConfigError(
+                        f"stage {name!r} needs {dep.stage!r}, whose dimension {missing[0]!r} "
+                        f"it does not have; give it that dimension or use "
+                        f"needs({dep.stage!r}, whole=True)"
+                    )
+                if spec.grain is Grain.ALL:
+                    dep = Needs(dep.stage, 0, True)
+            if any(d.stage == dep.stage for d in result):
+                raise ConfigError(f"stage {name!r} lists {dep.stage!r} twice in needs=")
+            result.append(dep)
+        return tuple(result)
+
+    def dependencies(self, stage: Stage) -> tuple[Dependency, ...]:
+        """What the ledger must check before one of ``stage``'s partitions may be claimed."""
+        result = []
+        for dep in stage.needs:
+            upstream = self.stages[dep.stage]
+            grain = upstream.partitions.grain
+            result.append(
+                Dependency(
+                    stage=dep.stage,
+                    whole=dep.whole,
+                    lookback=dep.lookback,
+                    grain=grain.value,
+                    span_days=_SPAN_DAYS[grain],
+                    dims=tuple(upstream.partitions.dims) if not dep.whole else (),
+                )
             )
-        return [self.stages[n] for n in dict.fromkeys(names)]
+        return tuple(result)
+
+    def upstream(self, name: str) -> list[str]:
+        """Every stage ``name`` needs, directly or through others, in declaration order."""
+        seen: set[str] = set()
+        todo = [d.stage for d in self.stages[name].needs]
+        while todo:
+            current = todo.pop()
+            if current not in seen:
+                seen.add(current)
+                todo.extend(d.stage for d in self.stages[current].needs)
+        return [s for s in self.stages if s in seen]
+
+    def downstream(self, name: str) -> list[str]:
+        """Every stage that needs ``name``, directly or through others."""
+        return [s for s in self.stages if name in self.upstream(s)]
+
+    def select_stages(
+        self,
+        names: list[str] | tuple[str, ...] | None,
+        *,
+        start_from: Sequence[str] = (),
+        skip: Sequence[str] = (),
+    ) -> list[Stage]:
+        """The chosen stages in declaration order; unknown names are a ConfigError.
+
+        ``names`` picks stages (all when none are named and no ``start_from``),
+        ``start_from`` adds a stage and everything downstream of it, ``skip`` drops stages.
+        """
+        for option, given in (
+            ("--stage", names or ()),
+            ("--start-from", start_from),
+            ("--skip", skip),
+        ):
+            unknown = [n for n in given if n not in self.stages]
+            if unknown:
+                known = ", ".join(self.stages) or "none"
+                raise ConfigError(
+                    f"unknown stage {unknown[0]!r} in {option} for job {self.name!r}; "
+                    f"its stages are: {known}"
+                )
+        chosen: set[str] = set(names or ())
+        for name in start_from:
+            chosen.add(name)
+            chosen.update(self.downstream(name))
+        if not names and not start_from:
+            chosen = set(self.stages)
+        chosen -= set(skip)
+        if not chosen:
+            raise ConfigError(
+                f"the stage options leave no stage of job {self.name!r} to run; "
+                f"its stages are: {', '.join(self.stages)}"
+            )
+        return [stage for name, stage in self.stages.items() if name in chosen]
 
 
 def _sinks(sink: Sink | Sequence[Sink] | None, owner: str) -> Sink | tuple[Sink, ...] | None:

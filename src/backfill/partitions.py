@@ -27,14 +27,17 @@ from enum import StrEnum
 from backfill.errors import ConfigError
 
 __all__ = [
+    "REFERENCE_KEY",
     "Grain",
     "Order",
     "Partition",
     "PartitionSpec",
+    "ReferenceSpec",
     "Selection",
     "daily",
     "monthly",
     "parse_date",
+    "reference",
     "weekly",
     "yearly",
 ]
@@ -48,6 +51,8 @@ class Grain(StrEnum):
     WEEK = "week"
     MONTH = "month"
     YEAR = "year"
+    # The single partition of an unpartitioned (reference) stage.
+    ALL = "all"
 
 
 class Order(StrEnum):
@@ -57,9 +62,12 @@ class Order(StrEnum):
 
 def parse_grain(value: str | Grain) -> Grain:
     try:
-        return Grain(str(value).lower())
+        grain = Grain(str(value).lower())
+        if grain is Grain.ALL:
+            raise ValueError(value)
+        return grain
     except ValueError:
-        choices = ", ".join(g.value for g in Grain)
+        choices = ", ".join(g.value for g in Grain if g is not Grain.ALL)
         raise ConfigError(f"unknown grain {value!r}; use one of {choices}") from None
 
 
@@ -106,6 +114,8 @@ def _window_of(day: date, grain: Grain) -> tuple[date, date]:
 
 
 def _label(start: date, end: date, grain: Grain) -> str:
+    if grain is Grain.ALL:
+        return REFERENCE_KEY
     full_start, full_end = _window_of(start, grain)
     if (full_start, full_end) != (start, end):
         return f"{start.isoformat()}..{end.isoformat()}"
@@ -455,3 +465,41 @@ def yearly(
 ) -> PartitionSpec:
     """One partition per calendar year, clipped to the range."""
     return _spec(Grain.YEAR, start, end, order, dims)
+
+
+REFERENCE_KEY = "all"
+_EVER = (date(1, 1, 1), date(9999, 12, 31))
+
+
+class ReferenceSpec(PartitionSpec):
+    """The single partition ``all`` of an unpartitioned stage (a "master": courses,
+    bookmakers, players). Its window spans every date, so every selection includes it."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self.grain = Grain.ALL
+        self.start, self.end = _EVER
+        self.order = Order.OLDEST
+        self.dims = {}
+
+    def __repr__(self) -> str:
+        return "ReferenceSpec()"
+
+    def windows(self, order: Order | None = None) -> Iterator[tuple[date, date]]:
+        yield _EVER
+
+    def window_count(self) -> int:
+        return 1
+
+    def get(self, key: str) -> Partition | None:
+        return self.the_partition if key == REFERENCE_KEY else None
+
+    @property
+    def the_partition(self) -> Partition:
+        return Partition(REFERENCE_KEY, *_EVER, Grain.ALL)
+
+
+def reference() -> ReferenceSpec:
+    """The partitions of an unpartitioned (reference) stage: just one, keyed ``all``."""
+    return ReferenceSpec()

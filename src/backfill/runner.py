@@ -18,17 +18,20 @@ import dataclasses
 import getpass
 import inspect
 import logging
+import multiprocessing
 import os
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
 import structlog
 
+from backfill.checks import CheckResult, results_json
 from backfill.clock import Clock, SystemClock
 from backfill.context import Context, RunCache
 from backfill.errors import (
@@ -65,7 +68,7 @@ from backfill.ledger import (
     Status,
     WorkerRecord,
 )
-from backfill.partitions import Order, Selection
+from backfill.partitions import Order, Partition, Selection
 from backfill.runstats import RunStats
 from backfill.sinks import Mode, Record, to_mappings
 from backfill.sources.http import HttpClient, RequestTally, partition_requests, redact
@@ -225,6 +228,12 @@ class Runner:
         self._background_flush: asyncio.Task[None] | None = None
         # Decided once per stage, not per partition (inspect's checks are not free).
         self._kinds = {s.name: _kind(s.fn) for s in self.stages}
+        self._needs = {s.name: job.dependencies(s) for s in self.stages}
+        # Stages of this run whose loops still run: what a waiting downstream stage
+        # can expect progress from. ``_progress`` is replaced each time it fires.
+        self._active: set[str] = {s.name for s in self.stages}
+        self._progress = asyncio.Event()
+        self._process_pool: ProcessPoolExecutor | None = None
         self._ledger_pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-ledger")
         self._stage_pool: ThreadPoolExecutor | None = None
         self.writer = SinkWriter(
@@ -311,6 +320,15 @@ class Runner:
         future = loop.run_in_executor(self._ledger_pool, lambda: fn(*args, **kwargs))
         return await asyncio.shield(future)
 
+    def _selection(self, stage: Stage) -> Selection | None:
+        """The run's selection; a reference stage's single partition is always in it."""
+        return None if stage.reference else self.options.selection
+
+    def _signal_progress(self) -> None:
+        """Wake the stages waiting for upstream partitions to finish."""
+        event, self._progress = self._progress, asyncio.Event()
+        event.set()
+
     def _concurrency(self, stage: Stage) -> int:
         if self.options.concurrency is not None:
             return max(1, self.options.concurrency)
@@ -339,8 +357,23 @@ class Runner:
         fleet: asyncio.Task[None] | None = None
         if isinstance(self.ledger, SharedLimits):
             fleet = asyncio.create_task(self._fleet(self.ledger))
+        selected = {s.name for s in self.stages}
+        # Stages the selected ones need are planned too (not run): their partitions must
+        # be on record for a dependency to wait for them.
+        needed = {u for s in self.stages for u in self.job.upstream(s.name)} | selected
+        for stage in self.job.stages.values():
+            if stage.name in needed:
+                await self._db(self.ledger.plan, self.job.name, stage.name, stage.partitions)
         for stage in self.stages:
-            await self._db(self.ledger.plan, self.job.name, stage.name, stage.partitions)
+            if stage.needs:
+                # Finished partitions whose inputs are being (or were) redone run again.
+                await self._db(
+                    self.ledger.mark_stale,
+                    self.job.name,
+                    stage.name,
+                    self._needs[stage.name],
+                    self._selection(stage),
+                )
         try:
             user: str | None = getpass.getuser()
         except (KeyError, OSError):
@@ -368,9 +401,16 @@ class Runner:
             await self.writer.open([sink for s in self.stages for sink in s.sinks])
         except SinkError as exc:
             self._fatal = FatalError(str(exc), category="sink")
-        sync_threads = sum(self._concurrency(s) for s in self.stages if not s.is_async)
+        sync_threads = sum(
+            self._concurrency(s) for s in self.stages if not s.is_async and s.executor == "thread"
+        )
         if sync_threads:
             self._stage_pool = ThreadPoolExecutor(sync_threads, thread_name_prefix="backfill-stage")
+        processes = [s for s in self.stages if s.executor == "process"]
+        if processes:
+            self._process_pool = _process_pool(
+                sum(self._concurrency(s) for s in processes), processes
+            )
 
         heartbeat = asyncio.create_task(self._heartbeat())
         flusher = asyncio.create_task(self._flush_loop())
@@ -425,6 +465,19 @@ class Runner:
         elif failed:
             status, code = RunStatus.FAILED, ExitCode.FAILED
             message = f"{failed} partition(s) failed; see `backfill status`"
+            waiting = self._waiting(final)
+            if waiting:
+                message += f"; {waiting} wait for them (run `backfill coverage --gaps`)"
+        elif self._waiting(final) and not self.options.wait_for_leases:
+            status, code = RunStatus.FAILED, ExitCode.FAILED
+            outside = sorted(
+                {u for s in self.stages for u in self.job.upstream(s.name)} - set(names)
+            )
+            message = (
+                f"{self._waiting(final)} partition(s) wait for upstream stages this run did "
+                f"not include ({', '.join(outside) or 'none'}); run those too, e.g. with "
+                "--start-from"
+            )
         else:
             status, code, message = RunStatus.DONE, ExitCode.OK, None
         elapsed = self.clock.monotonic() - started
@@ -468,12 +521,18 @@ class Runner:
         self._ledger_pool.shutdown(wait=True)
         return result
 
+    def _waiting(self, counts: Mapping[str, StageCounts]) -> int:
+        """Partitions of dependent stages left pending: their inputs are not finished."""
+        return sum(counts[s.name].pending for s in self.stages if s.needs and s.name in counts)
+
     async def _close_resources(self) -> None:
         for client in self._clients.values():
             await client.aclose()
         if self._stage_pool is not None:
             # Threads of sync stages cannot be cancelled; do not wait for stragglers.
             self._stage_pool.shutdown(wait=False, cancel_futures=True)
+        if self._process_pool is not None:
+            self._process_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _reap_dead_workers(self) -> list[WorkerLost]:
         """Release partitions held by workers of this job that are certainly gone."""
@@ -551,6 +610,7 @@ class Runner:
             applied = await self._db(
                 self.ledger.complete, self.worker_id, batch, now=self.clock.time()
             )
+            self._signal_progress()
             if applied < len(batch):
                 log.warning(
                     "%d outcome(s) were not recorded: their lease had passed to another worker",
@@ -605,8 +665,12 @@ class Runner:
                 flag[0] = True
                 semaphore.release()
 
+        needs = self._needs[stage.name]
+        upstream = set(self.job.upstream(stage.name))
+        selection = self._selection(stage)
         while not self._stop.is_set():
             batch_started = self.clock.monotonic()
+            progress = self._progress
             claims: list[Claim] = await self._db(
                 self.ledger.claim,
                 self.job.name,
@@ -616,12 +680,20 @@ class Runner:
                 lease_seconds=self.job.lease_seconds,
                 now=self.clock.time(),
                 run_id=self.run_id,
-                selection=self.options.selection,
+                selection=selection,
                 order=order,
+                needs=needs,
             )
             self._held.update(c.id for c in claims)
             if not claims:
                 if not running:
+                    if upstream and await self._upstream_busy(upstream):
+                        # Wait for upstream partitions to finish; never claim more often
+                        # than a few times the cost of an empty claim.
+                        took = self.clock.monotonic() - batch_started
+                        await self._wait_progress(progress, self._lease_poll())
+                        await self._sleep_unless_stopped(min(1.0, 4 * took))
+                        continue
                     if self.options.wait_for_leases and await self._leased_elsewhere(stage):
                         await self._sleep_unless_stopped(self._lease_poll())
                         continue
@@ -651,6 +723,30 @@ class Runner:
         if running:
             # On a stop, the grace timer (or a second Ctrl+C) cancels what is left.
             await asyncio.wait(set(running))
+        self._active.discard(stage.name)
+        self._signal_progress()
+
+    async def _upstream_busy(self, upstream: set[str]) -> bool:
+        """Whether partitions of these stages may still finish: a stage of this run is
+        still working on them, or (with other workers) some are pending or leased."""
+        if upstream & self._active:
+            return True
+        if not self.options.wait_for_leases:
+            return False
+        counts: dict[str, StageCounts] = await self._db(
+            self.ledger.counts, self.job.name, sorted(upstream), None
+        )
+        return any(c.pending + c.running for c in counts.values())
+
+    async def _wait_progress(self, progress: asyncio.Event, seconds: float) -> None:
+        """Until ``progress`` fires (outcomes were recorded), a stop, or ``seconds``."""
+        waiters = {
+            asyncio.ensure_future(progress.wait()),
+            asyncio.ensure_future(self._stop.wait()),
+        }
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
 
     def _lease_poll(self) -> float:
         """How often to look for partitions whose leases have expired."""
@@ -659,7 +755,7 @@ class Runner:
     async def _leased_elsewhere(self, stage: Stage) -> bool:
         """Whether partitions of ``stage`` are pending or leased (by another worker)."""
         counts: dict[str, StageCounts] = await self._db(
-            self.ledger.counts, self.job.name, [stage.name], self.options.selection
+            self.ledger.counts, self.job.name, [stage.name], self._selection(stage)
         )
         left = counts[stage.name]
         return left.pending + left.running > 0
@@ -793,6 +889,8 @@ class Runner:
                 outcome = Outcome(
                     claim.id, Status.DONE, attempts=attempt, records=written, duration=duration
                 )
+                if stage.checks:
+                    outcome = self._check(stage, partition, rows, outcome)
                 break
             if tally.requests:
                 outcome = dataclasses.replace(outcome, requests=tally.requests)
@@ -835,6 +933,7 @@ class Runner:
                         )
                         return
                     self._finished(outcome)
+                    self._signal_progress()
                     self._emit_finished(stage, claim, outcome, tally)
                     return
         except asyncio.CancelledError:
@@ -848,6 +947,37 @@ class Runner:
         self._finished(outcome)
         await self._record(outcome)
         self._emit_finished(stage, claim, outcome, tally)
+
+    def _check(
+        self,
+        stage: Stage,
+        partition: Partition,
+        rows: Mapping[str, list[Record]],
+        outcome: Outcome,
+    ) -> Outcome:
+        """Run the stage's checks on the partition's records; the first failing one fails
+        the partition with its category (and nothing of it is written)."""
+        results: list[CheckResult] = []
+        for check in stage.checks:
+            if check.table is not None:
+                records: list[Record] = rows.get(check.table, [])
+            elif len(rows) == 1:
+                records = next(iter(rows.values()))
+            else:
+                records = [r for table_rows in rows.values() for r in table_rows]
+            results.append(check.run(records, partition))
+        stored = results_json(results)
+        failed = next((r for r in results if not r.ok), None)
+        if failed is None:
+            return dataclasses.replace(outcome, checks=stored)
+        return dataclasses.replace(
+            outcome,
+            status=Status.FAILED,
+            records=0,
+            error_category=failed.category,
+            error_message=self._clean(f"check {failed.name} failed: {failed.detail}"),
+            checks=stored,
+        )
 
     def _finished(self, outcome: Outcome) -> None:
         if outcome.status is not Status.PENDING:
@@ -942,6 +1072,10 @@ class Runner:
                 return await fn(ctx, ctx.partition)
 
             coro = call_async()
+        elif stage.executor == "process":
+            loop = asyncio.get_running_loop()
+            assert self._process_pool is not None
+            coro = loop.run_in_executor(self._process_pool, _call_in_process, fn, ctx.for_process())
         else:
             loop = asyncio.get_running_loop()
             assert self._stage_pool is not None
@@ -973,3 +1107,55 @@ def _call_sync(fn: Any, ctx: Context) -> Any:
     if inspect.isgenerator(result):
         return list(result)
     return result
+
+
+def _call_in_process(fn: Any, ctx: Any) -> Any:
+    """Run a stage function in a worker process; what it returns travels back pickled."""
+    result = fn(ctx, ctx.partition)
+    if inspect.isgenerator(result) or (
+        result is not None and not isinstance(result, dict | list | tuple) and _iterable(result)
+    ):
+        return list(result)
+    return result
+
+
+def _iterable(value: Any) -> bool:
+    return isinstance(value, Iterable) and not isinstance(value, str | bytes)
+
+
+def _load_stage_module(name: str, path: str | None) -> None:
+    """In a fresh worker process: make the job file's module importable under the name
+    its stage functions were pickled with."""
+    if name in sys.modules or path is None:
+        return
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    spec.loader.exec_module(module)
+
+
+def _process_pool(workers: int, stages: list[Stage]) -> ProcessPoolExecutor:
+    """Worker processes for CPU-bound stages, started fresh (``spawn``: forking a process
+    that runs threads and an event loop is unsafe), each loading the job's module."""
+    modules = {}
+    for stage in stages:
+        name = getattr(stage.fn, "__module__", None)
+        module = sys.modules.get(name) if name else None
+        if name and name != "__main__":
+            modules[name] = getattr(module, "__file__", None)
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_process,
+        initargs=(modules,),
+    )
+
+
+def _init_process(modules: dict[str, str | None]) -> None:
+    for name, path in modules.items():
+        _load_stage_module(name, path)

@@ -181,10 +181,10 @@ def test_select_stages_without_names_is_every_stage_in_order(names):
     assert [s.name for s in three_stages().select_stages(names)] == ["fetch", "parse", "load"]
 
 
-def test_select_stages_keeps_given_order_without_duplicates():
-    """Named stages come back in the order given, each once."""
+def test_select_stages_keep_declaration_order_without_duplicates():
+    """Named stages come back in declaration order (upstream before downstream), once."""
     selected = three_stages().select_stages(["load", "fetch", "load"])
-    assert [s.name for s in selected] == ["load", "fetch"]
+    assert [s.name for s in selected] == ["fetch", "load"]
 
 
 def test_select_stages_unknown_name_lists_known_stages():

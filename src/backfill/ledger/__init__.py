@@ -8,7 +8,7 @@ contract suite (``tests/ledger_contract.py``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
@@ -22,6 +22,8 @@ __all__ = [
     "DEFAULT_STATE_URL",
     "Claim",
     "Completer",
+    "CoverageRow",
+    "Dependency",
     "FailureGroup",
     "Ledger",
     "LedgerEntry",
@@ -64,6 +66,41 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Dependency:
+    """What must be finished (done or empty) upstream before a partition may be claimed.
+
+    ``whole``: every partition of ``stage``. Otherwise the upstream partitions whose
+    windows overlap the partition's window widened back by ``lookback`` units of the
+    upstream ``grain`` (day, week, month, year), with equal values of ``dims``.
+    ``span_days`` is the longest upstream window minus one day (it bounds index scans).
+    Upstream partitions that were never planned are not waited for.
+    """
+
+    stage: str
+    whole: bool = False
+    lookback: int = 0
+    grain: str = "day"
+    span_days: int = 0
+    dims: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageRow:
+    """One recorded partition, as coverage reports read it."""
+
+    key: str
+    start: date
+    end: date
+    dims: tuple[tuple[str, str], ...]
+    status: Status
+    records: int | None
+    error_category: str | None
+    error_message: str | None
+    finished_at: float | None
+    checks: str | None = None  # JSON, see backfill.checks
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened to a claimed partition.
 
@@ -79,6 +116,8 @@ class Outcome:
     error_category: str | None = None
     error_message: str | None = None
     requests: int = 0
+    # The partition's check results (JSON), see backfill.checks.
+    checks: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +230,44 @@ class Ledger(Protocol):
         run_id: str,
         selection: Selection | None = None,
         order: Order = Order.OLDEST,
+        needs: Sequence[Dependency] = (),
     ) -> list[Claim]:
-        """Lease up to ``limit`` pending (or lease-expired) partitions to ``owner``."""
+        """Lease up to ``limit`` pending (or lease-expired) partitions to ``owner``; with
+        ``needs``, only pending partitions whose upstream partitions are finished."""
+
+    def mark_stale(
+        self,
+        job: str,
+        stage: str,
+        needs: Sequence[Dependency],
+        selection: Selection | None = None,
+    ) -> int:
+        """Return finished partitions whose inputs are being redone (pending or running
+        upstream) or were redone after them to pending, marked stale; return how many."""
+
+    def stale_keys(
+        self,
+        job: str,
+        stage: str,
+        needs: Sequence[Dependency],
+        selection: Selection | None = None,
+    ) -> set[str]:
+        """Keys of finished partitions that :meth:`mark_stale` would mark."""
+
+    def blocked_keys(
+        self,
+        job: str,
+        stage: str,
+        needs: Sequence[Dependency],
+        selection: Selection | None = None,
+    ) -> dict[str, str]:
+        """Pending partitions that wait for a failed upstream partition: key -> its key
+        as ``STAGE KEY``."""
+
+    def coverage_rows(
+        self, job: str, stage: str, selection: Selection | None = None
+    ) -> Iterator[CoverageRow]:
+        """Every recorded partition of ``stage`` in the selection, in window order."""
 
     def complete(self, owner: str, outcomes: Sequence[Outcome], *, now: float) -> int:
         """Record outcomes of partitions ``owner`` still holds; return how many applied."""

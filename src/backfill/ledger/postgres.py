@@ -14,7 +14,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -25,6 +25,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from backfill.errors import LedgerError
 from backfill.ledger import (
     Claim,
+    CoverageRow,
+    Dependency,
     FailureGroup,
     LedgerEntry,
     Outcome,
@@ -32,6 +34,7 @@ from backfill.ledger import (
     StageCounts,
     Status,
     WorkerRecord,
+    _deps,
     dims_json,
 )
 from backfill.partitions import Order, Partition, Selection
@@ -41,7 +44,7 @@ __all__ = ["MAX_LOST_LEASES", "SCHEMA_VERSION", "PostgresLedger", "redact_url"]
 log = logging.getLogger("backfill.ledger.postgres")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # A partition whose lease expires this many times in a row is failed, not handed out again.
 MAX_LOST_LEASES = 3
 _PLAN_CHUNK = 20_000
@@ -337,6 +340,7 @@ class PostgresLedger:
         run_id: str,
         selection: Selection | None = None,
         order: Order = Order.OLDEST,
+        needs: Sequence[Dependency] = (),
     ) -> list[Claim]:
         where, params = _selection_sql(selection)
         direction = "ASC" if order is Order.OLDEST else "DESC"
@@ -353,9 +357,12 @@ class PostgresLedger:
             stage_id = self._stage_id(conn, job, stage, create=False)
             if stage_id is None:
                 return []
-            q = dict(params, stage_id=stage_id)
+            ready, ready_params = _deps.ready_filter(
+                needs, self._dep_ids(conn, job, needs), "postgres"
+            )
+            q = dict(params, stage_id=stage_id, **ready_params)
             rows = conn.execute(
-                _Q["claim_pending"].format(where=where, direction=direction), q
+                _Q["claim_pending"].format(where=where, direction=direction, ready=ready), q
             ).fetchall()
             if len(rows) < limit:
                 # Expired leases through their own index: the pending branch above never
@@ -399,6 +406,7 @@ class PostgresLedger:
             "categories": [o.error_category for o in ordered],
             "messages": [o.error_message for o in ordered],
             "requests": [o.requests for o in ordered],
+            "checks": [o.checks for o in ordered],
         }
 
         def apply(conn: psycopg.Connection[Any]) -> int:
@@ -409,6 +417,113 @@ class PostgresLedger:
             return len(statuses)
 
         return self._run(apply)
+
+    def _dep_ids(
+        self, conn: psycopg.Connection[Any], job: str, needs: Sequence[Dependency]
+    ) -> list[int | None]:
+        return [self._stage_id(conn, job, dep.stage, create=False) for dep in needs]
+
+    def _inputs_query(
+        self,
+        conn: psycopg.Connection[Any],
+        name: str,
+        job: str,
+        stage: str,
+        needs: Sequence[Dependency],
+        selection: Selection | None,
+        condition: str,
+    ) -> tuple[str, dict[str, Any]] | None:
+        stage_id = self._stage_id(conn, job, stage, create=False)
+        if stage_id is None or not needs:
+            return None
+        where, params = _selection_sql(selection)
+        ids = self._dep_ids(conn, job, needs)
+        if name == "blocked_keys":
+            expr, extra = _deps.first_input(needs, ids, "postgres", condition)
+            sql = _Q[name].format(where=where, first=expr)
+        else:
+            expr, extra = _deps.any_input(needs, ids, "postgres", condition)
+            sql = _Q[name].format(where=where, inputs=expr)
+        return sql, {**params, **extra, "stage_id": stage_id}
+
+    def mark_stale(
+        self,
+        job: str,
+        stage: str,
+        needs: Sequence[Dependency],
+        selection: Selection | None = None,
+    ) -> int:
+        def mark(conn: psycopg.Connection[Any]) -> int:
+            query = self._inputs_query(
+                conn, "mark_stale", job, stage, needs, selection, _deps.NEWER
+            )
+            if query is None:
+                return 0
+            sql, params = query
+            params["message"] = "an upstream partition was redone; run again"
+            return conn.execute(sql, params).rowcount
+
+        return self._run(mark)
+
+    def stale_keys(
+        self,
+        job: str,
+        stage: str,
+        needs: Sequence[Dependency],
+        selection: Selection | None = None,
+    ) -> set[str]:
+        def read(conn: psycopg.Connection[Any]) -> set[str]:
+            query = self._inputs_query(
+                conn, "stale_keys", job, stage, needs, selection, _deps.NEWER
+            )
+            if query is None:
+                return set()
+            return {row[0] for row in conn.execute(*query)}
+
+        return self._run(read)
+
+    def blocked_keys(
+        self,
+        job: str,
+        stage: str,
+        needs: Sequence[Dependency],
+        selection: Selection | None = None,
+    ) -> dict[str, str]:
+        def read(conn: psycopg.Connection[Any]) -> dict[str, str]:
+            query = self._inputs_query(
+                conn, "blocked_keys", job, stage, needs, selection, _deps.FAILED
+            )
+            if query is None:
+                return {}
+            return {row[0]: row[1] for row in conn.execute(*query)}
+
+        return self._run(read)
+
+    def coverage_rows(
+        self, job: str, stage: str, selection: Selection | None = None
+    ) -> Iterator[CoverageRow]:
+        where, params = _selection_sql(selection)
+
+        def read(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            stage_id = self._stage_id(conn, job, stage, create=False)
+            if stage_id is None:
+                return []
+            return conn.execute(
+                _Q["coverage_rows"].format(where=where), dict(params, stage_id=stage_id)
+            ).fetchall()
+
+        rows = self._run(read)
+        return (
+            CoverageRow(
+                r[0],
+                r[1],
+                r[2],
+                tuple((str(k), str(v)) for k, v in (r[3] or {}).items()),
+                Status(r[4]),
+                *r[5:],
+            )
+            for r in rows
+        )
 
     def save_checkpoint(self, owner: str, claim_id: int, checkpoint: str | None) -> bool:
         params = {"id": claim_id, "owner": owner, "checkpoint": checkpoint}

@@ -24,6 +24,8 @@ from backfill.errors import LedgerError
 from backfill.ledger import (
     Claim,
     Completer,
+    CoverageRow,
+    Dependency,
     FailureGroup,
     LedgerEntry,
     Outcome,
@@ -31,6 +33,7 @@ from backfill.ledger import (
     StageCounts,
     Status,
     WorkerRecord,
+    _deps,
     dims_from_json,
     dims_json,
 )
@@ -38,7 +41,7 @@ from backfill.partitions import Order, Partition, Selection
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _PLAN_CHUNK = 20_000
 
 
@@ -242,6 +245,7 @@ class SQLiteLedger:
         run_id: str,
         selection: Selection | None = None,
         order: Order = Order.OLDEST,
+        needs: Sequence[Dependency] = (),
     ) -> list[Claim]:
         where, params = _selection_sql(selection)
         direction = "ASC" if order is Order.OLDEST else "DESC"
@@ -249,6 +253,10 @@ class SQLiteLedger:
             stage_id = self._stage_id(conn, job, stage, create=False)
             if stage_id is None:
                 return []
+            ready, ready_params = _deps.ready_filter(
+                needs, self._dep_ids(conn, job, needs), "sqlite"
+            )
+            params.update(ready_params)
             params.update(
                 stage_id=stage_id,
                 owner=owner,
@@ -258,7 +266,8 @@ class SQLiteLedger:
                 limit=limit,
             )
             rows = conn.execute(
-                _Q["claim_pending"].format(where=where, direction=direction), params
+                _Q["claim_pending"].format(where=where, direction=direction, ready=ready),
+                params,
             ).fetchall()
             if len(rows) < limit:
                 params["limit"] = limit - len(rows)
@@ -281,6 +290,109 @@ class SQLiteLedger:
         # RETURNING gives no order guarantee; the caller asked for window order.
         claims.sort(key=lambda c: (c.start, c.id), reverse=order is Order.NEWEST)
         return claims
+
+    def _dep_ids(
+        self, conn: sqlite3.Connection, job: str, needs: Sequence[Dependency]
+    ) -> list[int | None]:
+        return [self._stage_id(conn, job, dep.stage, create=False) for dep in needs]
+
+    def _inputs_query(
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        job: str,
+        stage: str,
+        needs: Sequence[Dependency],
+        selection: Selection | None,
+        condition: str,
+    ) -> tuple[str, dict[str, Any]] | None:
+        stage_id = self._stage_id(conn, job, stage, create=False)
+        if stage_id is None or not needs:
+            return None
+        where, params = _selection_sql(selection)
+        ids = self._dep_ids(conn, job, needs)
+        if name == "blocked_keys":
+            expr, extra = _deps.first_input(needs, ids, "sqlite", condition)
+            sql = _Q[name].format(where=where, first=expr)
+        else:
+            expr, extra = _deps.any_input(needs, ids, "sqlite", condition)
+            sql = _Q[name].format(where=where, inputs=expr)
+        return sql, {**params, **extra, "stage_id": stage_id}
+
+    def mark_stale(
+        self,
+        job: str,
+        stage: str,
+        needs: Sequence[Dependency],
+        selection: Selection | None = None,
+    ) -> int:
+        with self._tx() as conn:
+            query = self._inputs_query(
+                conn, "mark_stale", job, stage, needs, selection, _deps.NEWER
+            )
+            if query is None:
+                return 0
+            sql, params = query
+            params["message"] = "an upstream partition was redone; run again"
+            return conn.execute(sql, params).rowcount
+
+    def stale_keys(
+        self,
+        job: str,
+        stage: str,
+        needs: Sequence[Dependency],
+        selection: Selection | None = None,
+    ) -> set[str]:
+        with self._tx(write=False) as conn:
+            query = self._inputs_query(
+                conn, "stale_keys", job, stage, needs, selection, _deps.NEWER
+            )
+            if query is None:
+                return set()
+            return {row[0] for row in conn.execute(*query)}
+
+    def blocked_keys(
+        self,
+        job: str,
+        stage: str,
+        needs: Sequence[Dependency],
+        selection: Selection | None = None,
+    ) -> dict[str, str]:
+        with self._tx(write=False) as conn:
+            query = self._inputs_query(
+                conn, "blocked_keys", job, stage, needs, selection, _deps.FAILED
+            )
+            if query is None:
+                return {}
+            return {row[0]: row[1] for row in conn.execute(*query)}
+
+    def coverage_rows(
+        self, job: str, stage: str, selection: Selection | None = None
+    ) -> Iterator[CoverageRow]:
+        where, params = _selection_sql(selection)
+        with self._tx(write=False) as conn:
+            stage_id = self._stage_id(conn, job, stage, create=False)
+            if stage_id is None:
+                return iter(())
+            rows = conn.execute(
+                _Q["coverage_rows"].format(where=where), dict(params, stage_id=stage_id)
+            ).fetchall()
+        dates: dict[str, date] = {}
+        dims: dict[str | None, tuple[tuple[str, str], ...]] = {}
+
+        def day(text: str) -> date:
+            value = dates.get(text)
+            if value is None:
+                value = dates[text] = date.fromisoformat(text)
+            return value
+
+        def convert(row: tuple[Any, ...]) -> CoverageRow:
+            row_dims = dims.get(row[3])
+            if row_dims is None:
+                row_dims = dims[row[3]] = dims_from_json(row[3])
+            return CoverageRow(row[0], day(row[1]), day(row[2]), row_dims, Status(row[4]), *row[5:])
+
+        return (convert(r) for r in rows)
 
     def complete(self, owner: str, outcomes: Sequence[Outcome], *, now: float) -> int:
         if not outcomes:
@@ -568,6 +680,7 @@ def _outcome_rows(owner: str, outcomes: Sequence[Outcome], now: float) -> list[t
             o.id,
             owner,
             o.requests,
+            o.checks,
         )
         for o in outcomes
     ]

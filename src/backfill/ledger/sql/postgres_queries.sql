@@ -22,11 +22,12 @@ UPDATE backfill_partitions AS p
 SET status = 'running', lease_owner = %(owner)s, lease_expires_at = %(expires)s,
     claims = p.claims + 1, run_id = %(run_id)s, started_at = %(now)s
 FROM (
-    SELECT id FROM backfill_partitions
-    WHERE stage_id = %(stage_id)s AND status = 'pending' {where}
-    ORDER BY window_start {direction}, id {direction}
+    -- {ready}: the partition's upstream inputs are finished (stages with needs=).
+    SELECT p.id FROM backfill_partitions AS p
+    WHERE p.stage_id = %(stage_id)s AND p.status = 'pending' {where} {ready}
+    ORDER BY p.window_start {direction}, p.id {direction}
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF p SKIP LOCKED
 ) AS picked
 WHERE p.id = picked.id
 RETURNING p.id, p.key, p.window_start, p.window_end, p.dims, p.attempts, p.claims,
@@ -78,11 +79,14 @@ SET status = o.status,
     lease_expires_at = NULL,
     lost_leases = 0,
     requests = coalesce(p.requests, 0) + o.requests,
-    checkpoint = CASE WHEN o.status IN ('done', 'empty') THEN NULL ELSE p.checkpoint END
+    checkpoint = CASE WHEN o.status IN ('done', 'empty') THEN NULL ELSE p.checkpoint END,
+    checks = CASE WHEN o.status = 'pending' THEN p.checks ELSE o.checks END
 FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(attempts)s::integer[],
             %(records)s::bigint[], %(durations)s::double precision[],
-            %(categories)s::text[], %(messages)s::text[], %(requests)s::integer[])
-     AS o (id, status, attempts, records, duration, error_category, error_message, requests)
+            %(categories)s::text[], %(messages)s::text[], %(requests)s::integer[],
+            %(checks)s::text[])
+     AS o (id, status, attempts, records, duration, error_category, error_message, requests,
+           checks)
 WHERE p.id = o.id AND p.lease_owner = %(owner)s AND p.status = 'running'
 RETURNING o.status;
 
@@ -211,3 +215,26 @@ UPDATE backfill_resources AS r
 SET paused_until = greatest(r.paused_until, clock.now + %(seconds)s)
 FROM clock
 WHERE r.job = %(job)s AND r.name = %(name)s;
+
+-- name: mark_stale
+-- {inputs}: some upstream input is being redone, or was redone after this partition.
+UPDATE backfill_partitions AS p
+SET status = 'pending', error_category = 'stale', error_message = %(message)s
+WHERE p.stage_id = %(stage_id)s AND p.status IN ('done', 'empty') {where} AND {inputs};
+
+-- name: stale_keys
+SELECT p.key FROM backfill_partitions AS p
+WHERE p.stage_id = %(stage_id)s AND p.status IN ('done', 'empty') {where} AND {inputs};
+
+-- name: blocked_keys
+SELECT key, blocker FROM (
+    SELECT p.key AS key, {first} AS blocker FROM backfill_partitions AS p
+    WHERE p.stage_id = %(stage_id)s AND p.status = 'pending' {where}
+) AS b WHERE blocker IS NOT NULL;
+
+-- name: coverage_rows
+SELECT key, window_start, window_end, dims, status, records, error_category,
+       error_message, finished_at, checks
+FROM backfill_partitions AS p
+WHERE stage_id = %(stage_id)s {where}
+ORDER BY window_start, id;

@@ -1,4 +1,4 @@
--- backfill ledger, PostgreSQL. Schema version 2 (see backfill_meta.schema_version).
+-- backfill ledger, PostgreSQL. Schema version 3 (see backfill_meta.schema_version).
 -- A database of an older version is brought up to date by postgres_migrations/NNNN.sql.
 -- Times are epoch seconds (double precision), as the engine passes them.
 
@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS backfill_partitions (
     finished_at      double precision,
     requests         integer,         -- requests spent, all attempts together
     checkpoint       text,            -- where a stage asked to resume (e.g. a page cursor)
+    checks           text,            -- JSON: the partition's check results
     UNIQUE (stage_id, key)
 );
 
@@ -49,6 +50,11 @@ CREATE INDEX IF NOT EXISTS backfill_partitions_pending
 
 CREATE INDEX IF NOT EXISTS backfill_partitions_leased
     ON backfill_partitions (stage_id, lease_expires_at) WHERE status = 'running';
+
+-- Dependencies look up a stage's rows by window (any status); a row's window never
+-- changes, so claims and completions do not touch this index.
+CREATE INDEX IF NOT EXISTS backfill_partitions_window
+    ON backfill_partitions (stage_id, window_start);
 
 CREATE INDEX IF NOT EXISTS backfill_partitions_owner
     ON backfill_partitions (lease_owner) WHERE lease_owner IS NOT NULL;

@@ -20,9 +20,10 @@ UPDATE backfill_partitions
 SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
     claims = claims + 1, run_id = :run_id, started_at = :now
 WHERE id IN (
-    SELECT id FROM backfill_partitions
-    WHERE stage_id = :stage_id AND status = 'pending' {where}
-    ORDER BY window_start {direction}, id {direction}
+    -- {ready}: the partition's upstream inputs are finished (stages with needs=).
+    SELECT p.id FROM backfill_partitions AS p
+    WHERE p.stage_id = :stage_id AND p.status = 'pending' {where} {ready}
+    ORDER BY p.window_start {direction}, p.id {direction}
     LIMIT :limit
 )
 RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint;
@@ -44,7 +45,7 @@ RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint;
 
 -- name: complete
 -- Positional: ?1 status, ?2 attempts, ?3 records, ?4 duration, ?5 error_category,
--- ?6 error_message, ?7 now, ?8 id, ?9 owner, ?10 requests.
+-- ?6 error_message, ?7 now, ?8 id, ?9 owner, ?10 requests, ?11 checks.
 UPDATE backfill_partitions
 SET status = ?1,
     attempts = attempts + ?2,
@@ -56,7 +57,8 @@ SET status = ?1,
     lease_owner = NULL,
     lease_expires_at = NULL,
     requests = coalesce(requests, 0) + ?10,
-    checkpoint = CASE WHEN ?1 IN ('done', 'empty') THEN NULL ELSE checkpoint END
+    checkpoint = CASE WHEN ?1 IN ('done', 'empty') THEN NULL ELSE checkpoint END,
+    checks = CASE WHEN ?1 = 'pending' THEN checks ELSE ?11 END
 WHERE id = ?8 AND lease_owner = ?9 AND status = 'running';
 
 -- name: count_finished
@@ -150,3 +152,26 @@ UPDATE backfill_workers SET stopped_at = :now WHERE id = :id;
 SELECT id, job, host, pid, started_at, heartbeat_at, stopped_at, finished
 FROM backfill_workers WHERE job = :job {where}
 ORDER BY started_at;
+
+-- name: mark_stale
+-- {inputs}: some upstream input is being redone, or was redone after this partition.
+UPDATE backfill_partitions AS p
+SET status = 'pending', error_category = 'stale', error_message = :message
+WHERE p.stage_id = :stage_id AND p.status IN ('done', 'empty') {where} AND {inputs};
+
+-- name: stale_keys
+SELECT p.key FROM backfill_partitions AS p
+WHERE p.stage_id = :stage_id AND p.status IN ('done', 'empty') {where} AND {inputs};
+
+-- name: blocked_keys
+SELECT key, blocker FROM (
+    SELECT p.key AS key, {first} AS blocker FROM backfill_partitions AS p
+    WHERE p.stage_id = :stage_id AND p.status = 'pending' {where}
+) WHERE blocker IS NOT NULL;
+
+-- name: coverage_rows
+SELECT key, window_start, window_end, dims, status, records, error_category,
+       error_message, finished_at, checks
+FROM backfill_partitions AS p
+WHERE stage_id = :stage_id {where}
+ORDER BY window_start, id;

@@ -1,4 +1,4 @@
--- backfill ledger, SQLite. Schema version 4 (see backfill_meta.schema_version).
+-- backfill ledger, SQLite. Schema version 5 (see backfill_meta.schema_version).
 -- A file of an older version is brought up to date by sqlite_migrations/NNNN.sql.
 
 CREATE TABLE IF NOT EXISTS backfill_meta (
@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS backfill_partitions (
     finished_at      REAL,
     requests         INTEGER,         -- requests spent, all attempts together
     checkpoint       TEXT,            -- where a stage asked to resume (e.g. a page cursor)
+    checks           TEXT,            -- JSON: the partition's check results
     UNIQUE (stage_id, key)
 );
 
@@ -45,6 +46,11 @@ CREATE TABLE IF NOT EXISTS backfill_partitions (
 DROP INDEX IF EXISTS backfill_partitions_claim;
 CREATE INDEX IF NOT EXISTS backfill_partitions_pending
     ON backfill_partitions (stage_id, window_start) WHERE status = 'pending';
+
+-- Dependencies look up a stage's rows by window (any status); a row's window never
+-- changes, so claims and completions do not touch this index.
+CREATE INDEX IF NOT EXISTS backfill_partitions_window
+    ON backfill_partitions (stage_id, window_start);
 
 CREATE INDEX IF NOT EXISTS backfill_partitions_owner
     ON backfill_partitions (lease_owner) WHERE lease_owner IS NOT NULL;

@@ -1,0 +1,143 @@
+"""SQL for stage dependencies, shared by the SQLite and PostgreSQL ledgers.
+
+Each dependency becomes a subquery over the upstream stage's rows (alias ``a``),
+correlated with the downstream row (alias ``p``). Upstream rows are found through the
+``(stage_id, window_start)`` index: a window overlapping ``[lo, p.window_end]`` starts
+no earlier than ``lo`` minus the longest upstream window, which bounds the scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from backfill.ledger import Dependency
+
+Dialect = Literal["sqlite", "postgres"]
+
+FINISHED = "('done', 'empty')"
+# Upstream rows a downstream partition waits for.
+UNFINISHED = f"a.status NOT IN {FINISHED}"
+# Upstream rows that make a finished downstream partition stale: being redone, or
+# redone after it.
+NEWER = (
+    f"(a.status IN ('pending', 'running') OR (a.status IN {FINISHED} "
+    "AND a.finished_at > p.finished_at))"
+)
+FAILED = "a.status = 'failed'"
+
+
+def _param(dialect: Dialect, name: str) -> str:
+    return f":{name}" if dialect == "sqlite" else f"%({name})s"
+
+
+def _low(dep: Dependency, dialect: Dialect) -> str:
+    """The first day a needed upstream window may end on: the partition's start, moved
+    back ``lookback`` upstream units (months and years from the start of the unit)."""
+    n = dep.lookback
+    if dialect == "sqlite":
+        if n == 0:
+            return "p.window_start"
+        if dep.grain == "week":
+            return f"date(p.window_start, '-{7 * n} days')"
+        if dep.grain == "month":
+            return f"date(p.window_start, 'start of month', '-{n} months')"
+        if dep.grain == "year":
+            return f"date(p.window_start, 'start of year', '-{n} years')"
+        return f"date(p.window_start, '-{n} days')"
+    if n == 0:
+        return "p.window_start"
+    if dep.grain == "week":
+        return f"(p.window_start - {7 * n})"
+    if dep.grain in ("month", "year"):
+        return f"(date_trunc('{dep.grain}', p.window_start) - interval '{n} {dep.grain}s')::date"
+    return f"(p.window_start - {n})"
+
+
+def _minus_days(expr: str, days: int, dialect: Dialect) -> str:
+    if days == 0:
+        return expr
+    if dialect == "sqlite":
+        return f"date({expr}, '-{days} days')"
+    return f"({expr} - {days})"
+
+
+def _dim(alias: str, name: str, dialect: Dialect) -> str:
+    # Dimension names are validated identifiers (letters, digits, _ . : -), never quotes.
+    if dialect == "sqlite":
+        return f"json_extract({alias}.dims, '$.\"{name}\"')"
+    return f"({alias}.dims ->> '{name}')"
+
+
+def inputs(dep: Dependency, index: int, dialect: Dialect, condition: str) -> tuple[str, str]:
+    """``FROM ... WHERE ...`` over ``dep``'s upstream rows of partition ``p`` that meet
+    ``condition``, and the name of the parameter that carries the upstream stage id."""
+    name = f"dep_{index}"
+    where = [f"a.stage_id = {_param(dialect, name)}", condition]
+    if not dep.whole:
+        low = _low(dep, dialect)
+        where += [
+            f"a.window_start >= {_minus_days(low, dep.span_days, dialect)}",
+            "a.window_start <= p.window_end",
+            f"a.window_end >= {low}",
+        ]
+        where += [f"{_dim('a', d, dialect)} = {_dim('p', d, dialect)}" for d in dep.dims]
+    return "FROM backfill_partitions AS a WHERE " + " AND ".join(where), name
+
+
+def ready_filter(
+    needs: Sequence[Dependency], stage_ids: Sequence[int | None], dialect: Dialect
+) -> tuple[str, dict[str, Any]]:
+    """``AND NOT EXISTS (...)`` per dependency: the partition's inputs are all finished.
+
+    A dependency whose stage was never planned (id None) has nothing to wait for.
+    """
+    sql: list[str] = []
+    params: dict[str, Any] = {}
+    for i, (dep, stage_id) in enumerate(zip(needs, stage_ids, strict=True)):
+        if stage_id is None:
+            continue
+        body, name = inputs(dep, i, dialect, UNFINISHED)
+        sql.append(f" AND NOT EXISTS (SELECT 1 {body})")
+        params[name] = stage_id
+    return "".join(sql), params
+
+
+def any_input(
+    needs: Sequence[Dependency],
+    stage_ids: Sequence[int | None],
+    dialect: Dialect,
+    condition: str,
+) -> tuple[str, dict[str, Any]]:
+    """``(EXISTS (...) OR ...)``: some input of the partition meets ``condition``."""
+    sql: list[str] = []
+    params: dict[str, Any] = {}
+    for i, (dep, stage_id) in enumerate(zip(needs, stage_ids, strict=True)):
+        if stage_id is None:
+            continue
+        body, name = inputs(dep, i, dialect, condition)
+        sql.append(f"EXISTS (SELECT 1 {body})")
+        params[name] = stage_id
+    return ("(" + " OR ".join(sql) + ")" if sql else "FALSE"), params
+
+
+def first_input(
+    needs: Sequence[Dependency],
+    stage_ids: Sequence[int | None],
+    dialect: Dialect,
+    condition: str,
+) -> tuple[str, dict[str, Any]]:
+    """An expression naming one input that meets ``condition`` as ``STAGE KEY`` (or NULL)."""
+    parts: list[str] = []
+    params: dict[str, Any] = {}
+    for i, (dep, stage_id) in enumerate(zip(needs, stage_ids, strict=True)):
+        if stage_id is None:
+            continue
+        body, name = inputs(dep, i, dialect, condition)
+        label = dep.stage.replace("'", "''")
+        key = f"'{label} ' || a.key"
+        parts.append(f"(SELECT {key} {body} ORDER BY a.window_start LIMIT 1)")
+        params[name] = stage_id
+    if not parts:
+        return "NULL", params
+    return (f"coalesce({', '.join(parts)})" if len(parts) > 1 else parts[0]), params
