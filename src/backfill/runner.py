@@ -723,6 +723,10 @@ class Runner:
         if running:
             # On a stop, the grace timer (or a second Ctrl+C) cancels what is left.
             await asyncio.wait(set(running))
+        if self.job.downstream(stage.name):
+            # What this stage finished must be on record before its dependants decide
+            # that nothing more will come from it.
+            await self._flush()
         self._active.discard(stage.name)
         self._signal_progress()
 
