@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from backfill import coverage
 from backfill.errors import BackfillError
 from backfill.estimate import estimate
 from backfill.events import EventBus
@@ -66,6 +68,13 @@ StateOpt = Annotated[
 ]
 StageOpt = Annotated[
     list[str] | None, typer.Option("--stage", "-s", help="Only this stage (repeatable).")
+]
+StartFromOpt = Annotated[
+    list[str] | None,
+    typer.Option("--start-from", help="This stage and every stage downstream of it (repeatable)."),
+]
+SkipOpt = Annotated[
+    list[str] | None, typer.Option("--skip", help="Leave out this stage (repeatable).")
 ]
 FromOpt = Annotated[
     str | None, typer.Option("--from", help="First day of the selection (YYYY-MM-DD).")
@@ -124,15 +133,26 @@ def _load(
     end: str | None,
     keys: list[str] | None,
     where: list[str] | None,
+    *,
+    start_from: list[str] | None = None,
+    skip: list[str] | None = None,
 ) -> tuple[Job, list[Stage], Selection | None]:
     """Load the job and validate the stage names and the selection, before any state."""
     job = load_job(target)
-    stages = job.select_stages(stage_names)
+    stages = job.select_stages(stage_names, start_from=start_from or (), skip=skip or ())
     if not (start or end or keys or where):
         return job, stages, None
-    # Validated against the first selected stage's partitions: the stages of one job
-    # share their dimensions and range in all but unusual jobs.
-    spec = stages[0].partitions
+    # Validated against the first selected partitioned stage: the stages of one job share
+    # their dimensions and range in all but unusual jobs (reference stages always run whole).
+    partitioned = [s for s in stages if not s.reference] or [
+        s for s in job.stages.values() if not s.reference
+    ]
+    if not partitioned:
+        raise BackfillError(
+            f"job {job.name!r} has only reference stages; they take no --from/--to/--partition/"
+            "--where"
+        )
+    spec = partitioned[0].partitions
     selection = spec.selection(start=start, end=end, keys=keys or (), where=where or ())
     return job, stages, selection
 
@@ -281,6 +301,8 @@ def run(
     job_path: JobArg,
     state: StateOpt = DEFAULT_STATE_URL,
     stage: StageOpt = None,
+    start_from: StartFromOpt = None,
+    skip: SkipOpt = None,
     start: FromOpt = None,
     end: ToOpt = None,
     partition: PartitionOpt = None,
@@ -298,6 +320,14 @@ def run(
         str,
         typer.Option(help="auto (live on a terminal, plain lines otherwise), live, plain, none."),
     ] = "auto",
+    missing_only: Annotated[
+        bool,
+        typer.Option(
+            "--missing-only",
+            help="Fill exactly the gaps `backfill coverage` lists: missing, failed and stale "
+            "partitions (failed ones are retried).",
+        ),
+    ] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
     log_format: LogFormatOpt = "console",
     log_dir: LogDirOpt = None,
@@ -305,6 +335,7 @@ def run(
     """Run a job: plan its partitions, then work until every selected one is finished.
 
     Resumes where any earlier run stopped; finished partitions are never run again.
+    A stage with needs= runs a partition as soon as its inputs are done upstream.
 
     [bold]Examples[/]
 
@@ -313,10 +344,16 @@ def run(
       backfill run jobs/results.py --stage results --partition 2021-06-01/tour=wta
       backfill run jobs/results.py --state sqlite:///state/results.db --progress plain
       backfill run jobs/results.py -v --log-format json 2> run.jsonl
+      backfill run jobs/results.py --start-from summary
+      backfill run jobs/results.py --missing-only
     """
     _configure_logging(verbose, log_format)
-    job, stages, selection = _load(job_path, stage, start, end, partition, where)
+    job, stages, selection = _load(
+        job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
+    )
     _configure_logging(verbose, log_format, job.secrets)
+    if missing_only:
+        selection = _gaps_to_fill(job, stages, selection, state)
     options = RunOptions(
         stages=tuple(s.name for s in stages),
         selection=selection,
@@ -330,12 +367,46 @@ def run(
     _run_and_exit(job, state, options, progress=progress, log_dir=log_dir, verbose=verbose)
 
 
+def _gaps_to_fill(
+    job: Job, stages: Sequence[Stage], selection: Selection | None, state: str
+) -> Selection:
+    """The selection of exactly the missing, failed and stale partitions (failed ones are
+    returned to pending); exits 0 when there is nothing to fill."""
+    ledger = open_ledger(state)
+    try:
+        report = coverage.collect(job, ledger, stages, selection, thin=0)
+        keys = report.gap_keys()
+        wanted = set().union(*keys.values()) if keys else set()
+        if not wanted:
+            out.print("nothing to fill: every selected partition is done or empty")
+            raise typer.Exit(ExitCode.OK)
+        tally: dict[str, int] = {}
+        for stage in stages:
+            items = report.partitions[stage.name]
+            for p in items:
+                if p.key in keys[stage.name]:
+                    tally[p.state.value] = tally.get(p.state.value, 0) + 1
+            failed = {p.key for p in items if p.state is coverage.State.FAILED}
+            if failed:
+                ledger.requeue(
+                    job.name, [stage.name], [Status.FAILED], Selection(keys=frozenset(failed))
+                )
+    finally:
+        ledger.close()
+    what = ", ".join(f"{n:,} {state_}" for state_, n in sorted(tally.items()))
+    out.print(f"filling {sum(tally.values()):,} gap(s): {what}", highlight=False)
+    base = selection or Selection()
+    return Selection(base.start, base.end, frozenset(wanted), base.dims)
+
+
 @app.command()
 @handle_errors
 def worker(
     job_path: JobArg,
     state: StateOpt = DEFAULT_STATE_URL,
     stage: StageOpt = None,
+    start_from: StartFromOpt = None,
+    skip: SkipOpt = None,
     start: FromOpt = None,
     end: ToOpt = None,
     partition: PartitionOpt = None,
@@ -365,7 +436,9 @@ def worker(
       BACKFILL_STATE=postgresql://backfill@db/backfill backfill worker jobs/results.py
     """
     _configure_logging(verbose, log_format)
-    job, stages, selection = _load(job_path, stage, start, end, partition, where)
+    job, stages, selection = _load(
+        job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
+    )
     _configure_logging(verbose, log_format, job.secrets)
     options = RunOptions(
         stages=tuple(s.name for s in stages),
@@ -385,6 +458,8 @@ def plan(
     job_path: JobArg,
     state: StateOpt = DEFAULT_STATE_URL,
     stage: StageOpt = None,
+    start_from: StartFromOpt = None,
+    skip: SkipOpt = None,
     start: FromOpt = None,
     end: ToOpt = None,
     partition: PartitionOpt = None,
@@ -397,7 +472,9 @@ def plan(
       backfill plan jobs/results.py
       backfill plan jobs/results.py --from 2021-01-01 --where tour=atp,wta
     """
-    job, stages, selection = _load(job_path, stage, start, end, partition, where)
+    job, stages, selection = _load(
+        job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
+    )
     ledger = open_ledger(state, create=False)
     try:
         rows = _counts(ledger, job, stages, selection)
@@ -455,6 +532,8 @@ def status(
     job_path: JobArg,
     state: StateOpt = DEFAULT_STATE_URL,
     stage: StageOpt = None,
+    start_from: StartFromOpt = None,
+    skip: SkipOpt = None,
     start: FromOpt = None,
     end: ToOpt = None,
     partition: PartitionOpt = None,
@@ -472,7 +551,9 @@ def status(
       backfill status jobs/results.py
       backfill status jobs/results.py --stage results --failures 50
     """
-    job, stages, selection = _load(job_path, stage, start, end, partition, where)
+    job, stages, selection = _load(
+        job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
+    )
     ledger = open_ledger(state, create=False)
     try:
         rows = _counts(ledger, job, stages, selection)
@@ -574,6 +655,156 @@ def status(
                 )
         out.print(ftable)
         out.print("re-run them with `backfill retry JOB --failed`", highlight=False)
+
+
+_GLYPHS = {
+    coverage.State.DONE: "[green]■[/]",
+    coverage.State.EMPTY: "[bright_black]□[/]",
+    coverage.State.THIN: "[yellow]▄[/]",
+    coverage.State.FAILED: "[bold red]✗[/]",
+    coverage.State.STALE: "[magenta]~[/]",
+    coverage.State.RUNNING: "[blue]▶[/]",
+    coverage.State.MISSING: "[bright_black]·[/]",
+}
+
+
+@app.command("coverage")
+@handle_errors
+def coverage_command(
+    job_path: JobArg,
+    state: StateOpt = DEFAULT_STATE_URL,
+    stage: StageOpt = None,
+    start_from: StartFromOpt = None,
+    skip: SkipOpt = None,
+    start: FromOpt = None,
+    end: ToOpt = None,
+    partition: PartitionOpt = None,
+    where: WhereOpt = None,
+    by: Annotated[
+        str, typer.Option(help="Columns of the matrix: day, month, year, or auto.")
+    ] = "auto",
+    gaps: Annotated[
+        bool, typer.Option("--gaps", help="List the gaps as compressed ranges.")
+    ] = False,
+    output_format: Annotated[
+        str, typer.Option("--format", help="table (terminal), json, or html.")
+    ] = "table",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the report to this file.")
+    ] = None,
+    thin: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="A done partition is thin below this share of its neighbours' median "
+            "records (0 turns it off).",
+        ),
+    ] = coverage.DEFAULT_THIN,
+    fail_on_gaps: Annotated[
+        bool,
+        typer.Option("--fail-on-gaps", help="Exit 1 when anything is missing, failed or stale."),
+    ] = False,
+) -> None:
+    """Which partitions are done, empty, thin, failed, stale, running or missing.
+
+    A matrix of stages x days (or months, or years), worst state per cell; --gaps lists
+    the ranges that are not done and why. Read-only: nothing changes.
+
+    [bold]Examples[/]
+
+      backfill coverage jobs/results.py
+      backfill coverage jobs/results.py --gaps --where tour=atp
+      backfill coverage jobs/results.py --format json > coverage.json
+      backfill coverage jobs/results.py --format html -o coverage.html
+    """
+    if by not in ("auto", "day", "month", "year"):
+        raise fail(f"unknown --by {by!r}; use day, month, year or auto")
+    if output_format not in ("table", "json", "html"):
+        raise fail(f"unknown --format {output_format!r}; use table, json or html")
+    job, stages, selection = _load(
+        job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
+    )
+    ledger = open_ledger(state, create=False)
+    try:
+        report = coverage.collect(job, ledger, stages, selection, thin=thin)
+    finally:
+        ledger.close()
+    bucket = coverage.pick_bucket(report) if by == "auto" else by
+    if output_format == "table" and output is None:
+        _print_coverage(report, bucket, gaps_only=gaps)
+    else:
+        if output_format == "json":
+            text = coverage.to_json(report, bucket)
+        elif output_format == "html":
+            text = coverage.to_html(report)
+        else:
+            console = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
+            _print_coverage(report, bucket, gaps_only=gaps, console=console)
+            text = console.export_text()
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            try:
+                output.write_text(text)
+            except OSError as exc:
+                raise fail(
+                    f"cannot write {output} ({exc.strerror}); pass another --output"
+                ) from None
+            out.print(f"wrote {output}", highlight=False)
+    if fail_on_gaps and any(report.gap_keys().values()):
+        raise typer.Exit(ExitCode.FAILED)
+
+
+def _print_coverage(
+    report: coverage.Coverage, bucket: str, *, gaps_only: bool, console: Console | None = None
+) -> None:
+    console = console or out
+    totals = Table(title=f"coverage of job {report.job}", title_justify="left")
+    totals.add_column("stage")
+    for st in coverage.State:
+        totals.add_column(st.value, justify="right")
+    for s in report.stages:
+        counts = report.counts(s.name)
+        totals.add_row(s.name, *(f"{counts[st]:,}" if counts[st] else "·" for st in coverage.State))
+    console.print(totals)
+    if not gaps_only:
+        labels = coverage.column_labels(report, bucket)
+        matrix = coverage.rows(report, bucket)
+        name_width = max([len(n) for n, _, _ in matrix] + [5])
+        period_width = max([len(p) for _, p, _ in matrix] + [len("by " + bucket)])
+        if bucket == "day":
+            header = "1   5    10   15   20   25   30"
+        elif bucket == "month":
+            header = "".join(labels)
+        else:
+            header = " ".join(lab[-2:] for lab in labels)
+        console.print(
+            f"{'stage':<{name_width}}  {'by ' + bucket:<{period_width}}  {header}",
+            highlight=False,
+        )
+        sep = " " if bucket == "year" else ""
+        width = 2 if bucket == "year" else 1
+        for name, period, cells in matrix:
+            glyphs = sep.join(
+                (_GLYPHS[c] + " " * (width - 1)) if c is not None else " " * width for c in cells
+            )
+            line = f"{name:<{name_width}}  {period:<{period_width}}  {glyphs}"
+            console.print(line, highlight=False)
+        legend = "  ".join(f"{_GLYPHS[st]} {st.value}" for st in coverage.State)
+        console.print(f"legend: {legend}", highlight=False)
+    found = report.gaps()
+    if gaps_only or found:
+        console.print(f"gaps ({len(found):,})" if found else "gaps: none", highlight=False)
+        for gap in found[: None if gaps_only else 20]:
+            console.print(f"  {gap.describe()}", highlight=False, soft_wrap=True)
+        if not gaps_only and len(found) > 20:
+            console.print(f"  ... {len(found) - 20:,} more: --gaps lists them all", highlight=False)
+        if any(report.gap_keys().values()):
+            console.print(
+                "fill the missing, failed and stale ones with `backfill run JOB --missing-only`",
+                highlight=False,
+            )
 
 
 @app.command()

@@ -1,0 +1,506 @@
+"""Coverage: which partitions of which stages are done, and which are not and why.
+
+Every partition a job declares (in the selection) gets one state:
+
+* ``done``    -- finished with records (or a stage that writes nothing);
+* ``empty``   -- legitimately nothing there (the stage said so, e.g. no games that day);
+* ``thin``    -- done, but with far fewer records than its neighbours (same stage and
+  dimensions, up to 7 partitions either side): suspicious, worth a look;
+* ``failed``  -- failed, with its category and message;
+* ``stale``   -- finished, but an input it was computed from has been redone since;
+* ``running`` -- leased by a worker right now;
+* ``missing`` -- not done yet: never run, released, or waiting for a failed input.
+
+The report is read-only: it never changes the ledger.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from enum import StrEnum
+from typing import Any
+
+from backfill.job import Job, Stage
+from backfill.ledger import CoverageRow, Ledger, Status
+from backfill.partitions import Order, Partition, Selection
+
+__all__ = [
+    "Coverage",
+    "Gap",
+    "PartitionState",
+    "State",
+    "collect",
+    "pick_bucket",
+    "to_html",
+    "to_json",
+]
+
+NEIGHBOURS = 7
+DEFAULT_THIN = 0.25
+
+
+class State(StrEnum):
+    DONE = "done"
+    EMPTY = "empty"
+    THIN = "thin"
+    FAILED = "failed"
+    STALE = "stale"
+    RUNNING = "running"
+    MISSING = "missing"
+
+
+# Worst first: a bucket shows the worst state of its partitions.
+SEVERITY = (
+    State.FAILED,
+    State.MISSING,
+    State.STALE,
+    State.RUNNING,
+    State.THIN,
+    State.DONE,
+    State.EMPTY,
+)
+# What `run --missing-only` fills.
+GAP_STATES = frozenset({State.MISSING, State.FAILED, State.STALE})
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    stage: str
+    key: str
+    start: date
+    end: date
+    dims: tuple[tuple[str, str], ...]
+    state: State
+    reason: str = ""
+    group: str = ""  # what consecutive partitions must share to form one gap range
+    records: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A run of consecutive partitions of one stage (and dimension values) in one state."""
+
+    stage: str
+    dims: tuple[tuple[str, str], ...]
+    first: str
+    last: str
+    state: State
+    reason: str
+    count: int
+
+    def describe(self) -> str:
+        where = " ".join(v for _, v in self.dims)
+        span = self.first if self.first == self.last else f"{self.first}..{self.last}"
+        label = " ".join(p for p in (self.stage, where, span) if p)
+        reason = f": {self.reason}" if self.reason else ""
+        return f"{label} {self.state.value}{reason} ({self.count:,})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "dims": dict(self.dims),
+            "first": self.first,
+            "last": self.last,
+            "state": self.state.value,
+            "reason": self.reason,
+            "count": self.count,
+        }
+
+
+@dataclass(slots=True)
+class Coverage:
+    job: str
+    stages: list[Stage]
+    partitions: dict[str, list[PartitionState]] = field(default_factory=dict)
+
+    def counts(self, stage: str) -> dict[State, int]:
+        found = Counter(p.state for p in self.partitions[stage])
+        return {s: found.get(s, 0) for s in State}
+
+    def gaps(self, states: Iterable[State] | None = None) -> list[Gap]:
+        """Compressed runs of not-done partitions (and thin ones), per stage and dims."""
+        wanted = set(states) if states is not None else set(State) - {State.DONE, State.EMPTY}
+        gaps: list[Gap] = []
+        for stage in self.stages:
+            by_dims: dict[tuple[tuple[str, str], ...], list[PartitionState]] = defaultdict(list)
+            for item in self.partitions[stage.name]:
+                by_dims[item.dims].append(item)
+            for dims, items in by_dims.items():
+                current: list[PartitionState] = []
+                p: PartitionState | None
+                for p in [*items, None]:
+                    if current and (
+                        p is None or p.state is not current[0].state or p.group != current[0].group
+                    ):
+                        head = current[0]
+                        reasons = {x.reason for x in current}
+                        reason = head.reason if len(reasons) == 1 else head.group
+                        if head.state in wanted:
+                            gaps.append(
+                                Gap(
+                                    stage.name,
+                                    dims,
+                                    _label(head),
+                                    _label(current[-1]),
+                                    head.state,
+                                    reason,
+                                    len(current),
+                                )
+                            )
+                        current = []
+                    if p is not None:
+                        current.append(p)
+        return gaps
+
+    def gap_keys(self) -> dict[str, set[str]]:
+        """Per stage, the keys `run --missing-only` fills: missing, failed and stale."""
+        return {
+            stage: {p.key for p in items if p.state in GAP_STATES}
+            for stage, items in self.partitions.items()
+        }
+
+    def span(self) -> tuple[date, date] | None:
+        days = [
+            (p.start, p.end)
+            for s in self.stages
+            if not s.reference
+            for p in self.partitions[s.name]
+        ]
+        if not days:
+            return None
+        return min(d[0] for d in days), max(d[1] for d in days)
+
+
+def _label(p: PartitionState) -> str:
+    return p.key.split("/", 1)[0]
+
+
+def collect(
+    job: Job,
+    ledger: Ledger,
+    stages: Sequence[Stage],
+    selection: Selection | None = None,
+    *,
+    thin: float = DEFAULT_THIN,
+) -> Coverage:
+    """Every partition the selected stages declare, classified against the ledger."""
+    coverage = Coverage(job.name, list(stages))
+    for stage in stages:
+        sel = None if stage.reference else selection
+        recorded = {row.key: row for row in ledger.coverage_rows(job.name, stage.name, sel)}
+        needs = job.dependencies(stage)
+        stale = ledger.stale_keys(job.name, stage.name, needs, sel) if needs else set()
+        blocked = ledger.blocked_keys(job.name, stage.name, needs, sel) if needs else {}
+        states = [
+            _classify(stage.name, p, recorded.get(p.key), stale, blocked)
+            for p in _declared(stage, sel)
+        ]
+        coverage.partitions[stage.name] = _mark_thin(states, thin)
+    return coverage
+
+
+def _declared(stage: Stage, selection: Selection | None) -> Iterable[Partition]:
+    return stage.partitions.partitions(selection, order=Order.OLDEST)
+
+
+def _classify(
+    stage: str,
+    p: Partition,
+    row: CoverageRow | None,
+    stale: set[str],
+    blocked: dict[str, str],
+) -> PartitionState:
+    def state(value: State, reason: str = "", group: str = "") -> PartitionState:
+        records = row.records if row is not None else None
+        return PartitionState(stage, p.key, p.start, p.end, p.dims, value, reason, group, records)
+
+    if row is None:
+        return state(State.MISSING, "never run", "never")
+    status = row.status
+    if status is Status.DONE or status is Status.EMPTY:
+        if p.key in stale:
+            return state(State.STALE, "an input was redone since", "stale")
+        if status is Status.EMPTY:
+            return state(State.EMPTY, row.error_message or "", "empty")
+        return state(State.DONE)
+    if status is Status.FAILED:
+        category = row.error_category or "error"
+        message = (row.error_message or "").strip()
+        if len(message) > 120:
+            message = message[:119] + "…"
+        return state(State.FAILED, f"{category}: {message}" if message else category, category)
+    if status is Status.RUNNING:
+        return state(State.RUNNING, "", "running")
+    # Pending.
+    if row.error_category == "stale":
+        return state(State.STALE, "an input was redone since", "stale")
+    if p.key in blocked:
+        upstream = blocked[p.key].split(" ", 1)[0]
+        return state(
+            State.MISSING, f"waits for failed {blocked[p.key]}", f"waits for failed {upstream}"
+        )
+    if row.finished_at is not None or row.error_category:
+        return state(State.MISSING, "released, not finished", "never")
+    return state(State.MISSING, "never run", "never")
+
+
+def _mark_thin(states: list[PartitionState], ratio: float) -> list[PartitionState]:
+    """Done partitions with fewer than ``ratio`` x the median records of their
+    neighbours (same dimensions) become thin."""
+    if ratio <= 0:
+        return states
+    by_dims: dict[tuple[tuple[str, str], ...], list[int]] = defaultdict(list)
+    for index, p in enumerate(states):
+        if p.state is State.DONE and p.records is not None:
+            by_dims[p.dims].append(index)
+    result = list(states)
+    for indexes in by_dims.values():
+        counts = [states[i].records or 0 for i in indexes]
+        for pos, index in enumerate(indexes):
+            around = counts[max(0, pos - NEIGHBOURS) : pos] + counts[pos + 1 : pos + 1 + NEIGHBOURS]
+            if len(around) < 2:
+                continue
+            median = statistics.median(around)
+            if median >= 4 and counts[pos] < ratio * median:
+                p = states[index]
+                result[index] = PartitionState(
+                    p.stage,
+                    p.key,
+                    p.start,
+                    p.end,
+                    p.dims,
+                    State.THIN,
+                    f"{counts[pos]:,} records, neighbours have ~{median:,.0f}",
+                    "thin",
+                    p.records,
+                )
+    return result
+
+
+# -- buckets ---------------------------------------------------------------------------
+
+Bucket = str  # "day", "month" or "year"
+
+
+def pick_bucket(coverage: Coverage) -> Bucket:
+    """Days for up to about a year, months up to 30 years, years beyond."""
+    span = coverage.span()
+    if span is None:
+        return "year"
+    days = (span[1] - span[0]).days + 1
+    if days <= 400:
+        return "day"
+    if days <= 366 * 30:
+        return "month"
+    return "year"
+
+
+def worst(states: Iterable[State]) -> State | None:
+    present = set(states)
+    return next((s for s in SEVERITY if s in present), None)
+
+
+def rows(coverage: Coverage, bucket: Bucket) -> list[tuple[str, str, list[State | None]]]:
+    """The matrix: (stage and dims, period, one cell per column) per row.
+
+    ``day``: a row per month, 31 columns; ``month``: a row per year, 12 columns;
+    ``year``: one row, a column per year. A cell holds the worst state of the
+    partitions that start in it (None: no partition starts there).
+    """
+    span = coverage.span()
+    result: list[tuple[str, str, list[State | None]]] = []
+    for stage in coverage.stages:
+        items = coverage.partitions[stage.name]
+        if stage.reference:
+            result.append((stage.name, "all", [worst(p.state for p in items)]))
+            continue
+        by_dims: dict[tuple[tuple[str, str], ...], list[PartitionState]] = defaultdict(list)
+        for p in items:
+            by_dims[p.dims].append(p)
+        for dims, parts in by_dims.items():
+            name = " ".join([stage.name, *(v for _, v in dims)])
+            cells: dict[tuple[str, int], list[State]] = defaultdict(list)
+            for p in parts:
+                period, column = _place(p.start, bucket, span)
+                cells[(period, column)].append(p.state)
+            for period, width in _periods(span, bucket):
+                row = [
+                    worst(cells[(period, c)]) if (period, c) in cells else None
+                    for c in range(width)
+                ]
+                result.append((name, period, row))
+    return result
+
+
+def _place(day: date, bucket: Bucket, span: tuple[date, date] | None) -> tuple[str, int]:
+    if bucket == "day":
+        return f"{day.year:04d}-{day.month:02d}", day.day - 1
+    if bucket == "month":
+        return f"{day.year:04d}", day.month - 1
+    return "years", day.year - (span[0].year if span else day.year)
+
+
+def _periods(span: tuple[date, date] | None, bucket: Bucket) -> list[tuple[str, int]]:
+    if span is None:
+        return []
+    first, last = span
+    if bucket == "day":
+        periods = []
+        cursor = first.replace(day=1)
+        while cursor <= last:
+            periods.append((f"{cursor.year:04d}-{cursor.month:02d}", 31))
+            cursor = (cursor + timedelta(days=32)).replace(day=1)
+        return periods
+    if bucket == "month":
+        return [(f"{y:04d}", 12) for y in range(first.year, last.year + 1)]
+    return [("years", last.year - first.year + 1)]
+
+
+def column_labels(coverage: Coverage, bucket: Bucket) -> list[str]:
+    """Headers of the matrix's columns."""
+    if bucket == "day":
+        return [f"{d}" for d in range(1, 32)]
+    if bucket == "month":
+        return ["J", "F", "M", "A", "M", "J", "J", "A", "S", "O", "N", "D"]
+    span = coverage.span()
+    return [str(y) for y in range(span[0].year, span[1].year + 1)] if span else []
+
+
+# -- JSON and HTML -----------------------------------------------------------------------
+
+
+def to_json(coverage: Coverage, bucket: Bucket) -> str:
+    stages = []
+    for stage in coverage.stages:
+        buckets: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for p in coverage.partitions[stage.name]:
+            buckets[_bucket_label(p.start, bucket, stage.reference)][p.state.value] += 1
+        stages.append(
+            {
+                "stage": stage.name,
+                "reference": stage.reference,
+                "counts": {s.value: n for s, n in coverage.counts(stage.name).items()},
+                "buckets": {k: dict(v) for k, v in sorted(buckets.items())},
+            }
+        )
+    document = {
+        "job": coverage.job,
+        "bucket": bucket,
+        "stages": stages,
+        "gaps": [g.as_dict() for g in coverage.gaps()],
+    }
+    return json.dumps(document, indent=2)
+
+
+def _bucket_label(day: date, bucket: Bucket, reference: bool) -> str:
+    if reference:
+        return "all"
+    if bucket == "day":
+        return day.isoformat()
+    if bucket == "month":
+        return f"{day.year:04d}-{day.month:02d}"
+    return f"{day.year:04d}"
+
+
+COLOURS = {
+    State.DONE: "#2da44e",
+    State.EMPTY: "#c8d1da",
+    State.THIN: "#bf8700",
+    State.FAILED: "#cf222e",
+    State.STALE: "#8250df",
+    State.RUNNING: "#0969da",
+    State.MISSING: "#eef1f4",
+}
+
+
+def to_html(coverage: Coverage) -> str:
+    """A self-contained page: per stage, a calendar heatmap per year (one square per day,
+    coloured by the state of the partition that covers it), counts, and the gaps."""
+    parts: list[str] = []
+    esc = html.escape
+    for stage in coverage.stages:
+        items = coverage.partitions[stage.name]
+        counts = coverage.counts(stage.name)
+        summary = " · ".join(f"{n:,} {s.value}" for s, n in counts.items() if n)
+        parts.append(f"<section><h2>{esc(stage.name)}</h2><p class=sum>{esc(summary)}</p>")
+        if stage.reference:
+            p = items[0] if items else None
+            state = p.state if p else State.MISSING
+            parts.append(
+                f'<p><span class="sq" style="background:{COLOURS[state]}" '
+                f'title="all: {esc(state.value)}"></span> all: {esc(state.value)}</p></section>'
+            )
+            continue
+        by_dims: dict[tuple[tuple[str, str], ...], list[PartitionState]] = defaultdict(list)
+        for p in items:
+            by_dims[p.dims].append(p)
+        for dims, parts_of in by_dims.items():
+            if dims:
+                parts.append(f"<h3>{esc(' '.join(f'{k}={v}' for k, v in dims))}</h3>")
+            days: dict[date, PartitionState] = {}
+            for p in parts_of:
+                cursor = p.start
+                while cursor <= p.end:
+                    days[cursor] = p
+                    cursor += timedelta(days=1)
+            for year in sorted({d.year for d in days}):
+                parts.append(_year_grid(year, days))
+        parts.append("</section>")
+    gaps = coverage.gaps()
+    gap_items = "".join(f"<li>{esc(g.describe())}</li>" for g in gaps) or "<li>none</li>"
+    legend = "".join(
+        f'<span class="sq" style="background:{COLOURS[s]}"></span>{s.value} ' for s in State
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>coverage: {esc(coverage.job)}</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 2em; color: #1f2328; }}
+.sq {{ display: inline-block; width: 11px; height: 11px; margin: 1px; border-radius: 2px;
+       vertical-align: middle; }}
+table.cal {{ border-collapse: collapse; margin: .3em 0 1em; }}
+table.cal td {{ padding: 0; }}
+table.cal th {{ font-weight: normal; font-size: 11px; color: #57606a; text-align: left;
+               padding-right: 6px; }}
+.sum {{ color: #57606a; }}
+</style></head><body>
+<h1>coverage: {esc(coverage.job)}</h1>
+<p>{legend}</p>
+{"".join(parts)}
+<h2>gaps</h2><ul id="gaps">{gap_items}</ul>
+</body></html>
+"""
+
+
+def _year_grid(year: int, days: dict[date, PartitionState]) -> str:
+    """Weeks as columns, weekdays as rows, like a contribution calendar."""
+    first = date(year, 1, 1)
+    start = first - timedelta(days=first.weekday())
+    weeks = ((date(year, 12, 31) - start).days // 7) + 1
+    rows = []
+    for weekday in range(7):
+        cells = []
+        for week in range(weeks):
+            day = start + timedelta(days=week * 7 + weekday)
+            if day.year != year:
+                cells.append("<td></td>")
+                continue
+            p = days.get(day)
+            if p is None:
+                cells.append("<td></td>")
+                continue
+            title = f"{p.key}: {p.state.value}" + (f" ({p.reason})" if p.reason else "")
+            cells.append(
+                f'<td><span class="sq" data-key="{html.escape(p.key)}" '
+                f'data-state="{p.state.value}" style="background:{COLOURS[p.state]}" '
+                f'title="{html.escape(title)}"></span></td>'
+            )
+        label = "Mon" if weekday == 0 else "Thu" if weekday == 3 else ""
+        rows.append(f"<tr><th>{label}</th>{''.join(cells)}</tr>")
+    return f'<table class="cal"><caption>{year}</caption>{"".join(rows)}</table>'
