@@ -13,6 +13,7 @@ Declare partitions and stages in a job file; ``backfill run`` does the rest::
 
 from typing import Any
 
+from backfill import checks
 from backfill.context import Context, RunCache
 from backfill.errors import (
     BackfillError,
@@ -25,7 +26,7 @@ from backfill.errors import (
     StageError,
     TransientError,
 )
-from backfill.job import Job, Stage, load_job
+from backfill.job import Job, Needs, Stage, load_job, needs
 from backfill.ledger import Ledger, Status, open_ledger
 from backfill.partitions import (
     Grain,
@@ -35,6 +36,7 @@ from backfill.partitions import (
     Selection,
     daily,
     monthly,
+    reference,
     weekly,
     yearly,
 )
@@ -61,6 +63,7 @@ __all__ = [
     "LedgerError",
     "LinkHeader",
     "Mode",
+    "Needs",
     "NextUrl",
     "OnNewField",
     "Order",
@@ -85,10 +88,13 @@ __all__ = [
     "Status",
     "TransientError",
     "__version__",
+    "checks",
     "daily",
     "load_job",
     "monthly",
+    "needs",
     "open_ledger",
+    "reference",
     "table",
     "weekly",
     "yearly",

@@ -737,10 +737,22 @@ class Runner:
             return True
         if not self.options.wait_for_leases:
             return False
-        counts: dict[str, StageCounts] = await self._db(
-            self.ledger.counts, self.job.name, sorted(upstream), None
-        )
-        return any(c.pending + c.running for c in counts.values())
+        # Other workers will finish what is pending in this run's selection, and whatever
+        # anyone holds now; pending partitions outside the selection nobody will run.
+        for name in sorted(upstream):
+            stage = self.job.stages[name]
+            selected: dict[str, StageCounts] = await self._db(
+                self.ledger.counts, self.job.name, [name], self._selection(stage)
+            )
+            if selected[name].pending + selected[name].running:
+                return True
+            if self._selection(stage) is not None:
+                everywhere: dict[str, StageCounts] = await self._db(
+                    self.ledger.counts, self.job.name, [name], None
+                )
+                if everywhere[name].running:
+                    return True
+        return False
 
     async def _wait_progress(self, progress: asyncio.Event, seconds: float) -> None:
         """Until ``progress`` fires (outcomes were recorded), a stop, or ``seconds``."""

@@ -29,14 +29,16 @@ def done_partitions(state: Path) -> int:
 
 @pytest.mark.slow
 def test_demo_killed_at_random_points_resumes_to_the_exact_row_set(tmp_path: Path) -> None:
-    """SIGKILL at several random points, then a final run: every partition done, exactly
-    336,776 rows, no duplicate keys."""
+    """SIGKILL at several random points of the three-stage pipeline, then a final run:
+    every partition done, exactly 336,776 flights, no duplicate keys, every reference
+    table complete, and the daily summary equal to a direct SQL aggregate."""
     seed = int(os.environ.get("BACKFILL_TEST_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
     demo_dir = tmp_path / "demo"
     state = demo_dir / "state.db"
     args = [*backfill_cmd(), "demo", "--dir", str(demo_dir), "--rate", "100", "--progress", "plain"]
-    thresholds = [rng.randint(5, 110), rng.randint(125, 230), rng.randint(245, 350)]
+    # 733 partitions: 3 reference, 365 days of flights, 365 days of airport_daily.
+    thresholds = [rng.randint(5, 230), rng.randint(250, 480), rng.randint(500, 720)]
     for threshold in thresholds:
         proc = subprocess.Popen(
             args, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -65,16 +67,36 @@ def test_demo_killed_at_random_points_resumes_to_the_exact_row_set(tmp_path: Pat
         timeout=300,
     )
     assert final.returncode == 0, f"seed {seed}\n{final.stdout}\n{final.stderr}"
-    assert "365 of 365 done" in final.stdout
+    assert "flights 365 of 365 done" in final.stdout
     assert "336,776 (expected 336,776)" in final.stdout
+    assert "airport_daily matches the same aggregate computed in SQL" in final.stdout
 
     with sqlite3.connect(demo_dir / "flights.db") as conn:
         rows = conn.execute("SELECT count(*) FROM flights").fetchone()[0]
         distinct = conn.execute(f"SELECT count(*) FROM (SELECT DISTINCT {KEY} FROM flights)")
         assert (rows, distinct.fetchone()[0]) == (336_776, 336_776), f"seed {seed}"
+        tables = {
+            name: conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+            for name in ("airlines", "airports", "planes", "airport_daily")
+        }
+        assert tables == {
+            "airlines": 16,
+            "airports": 1458,
+            "planes": 3322,
+            "airport_daily": 1095,
+        }, f"seed {seed}"
+        matching = conn.execute(
+            "SELECT count(*) FROM airport_daily AS a JOIN ("
+            "  SELECT printf('%04d-%02d-%02d', year, month, day) AS d, origin, count(*) AS n,"
+            "         avg(dep_delay) AS delay"
+            "  FROM flights GROUP BY 1, 2"
+            ") AS f ON f.d = a.date AND f.origin = a.origin AND f.n = a.flights"
+            " AND abs(f.delay - a.avg_dep_delay) < 1e-9"
+        ).fetchone()[0]
+        assert matching == 1095, f"seed {seed}"
     with sqlite3.connect(state) as conn:
         statuses = dict(conn.execute("SELECT status, count(*) FROM backfill_partitions GROUP BY 1"))
-    assert statuses == {"done": 365}, f"seed {seed}"
+    assert statuses == {"done": 733}, f"seed {seed}"
 
 
 def test_demo_writes_to_postgresql_with_the_exact_row_count(tmp_path: Path) -> None:
@@ -101,6 +123,9 @@ def test_demo_writes_to_postgresql_with_the_exact_row_count(tmp_path: Path) -> N
         )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
         assert "336,776 (expected 336,776)" in result.stdout
+        assert "airport_daily matches the same aggregate computed in SQL" in result.stdout
+        summary = admin.execute(f"SELECT count(*) FROM {schema}.airport_daily").fetchone()
+        assert summary == (1095,)
         count = admin.execute(f"SELECT count(*) FROM {schema}.flights").fetchone()
         distinct = admin.execute(
             f"SELECT count(*) FROM (SELECT DISTINCT year, month, day, carrier, flight, origin "

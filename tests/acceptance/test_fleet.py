@@ -146,8 +146,9 @@ def ledger_rows(state: str) -> dict[str, Any]:
 
 
 def test_four_workers_backfill_the_year_exactly_once(tmp_path: Path, state: str) -> None:
-    """4 workers on the full-year demo: all 365 partitions done, each leased exactly once,
-    336,776 rows and no duplicate keys."""
+    """4 workers on the full-year demo pipeline: all 733 partitions (3 reference tables,
+    365 days of flights, 365 daily summaries) done, each leased exactly once, 336,776
+    rows and no duplicate keys."""
     server, _ = replay(100)
     try:
         workers = start_workers(4, tmp_path, state, server.url, 100)
@@ -157,7 +158,7 @@ def test_four_workers_backfill_the_year_exactly_once(tmp_path: Path, state: str)
     assert codes == [0, 0, 0, 0], [p.stderr.read() if p.stderr else "" for p in workers]
     assert table_rows(tmp_path) == (FLIGHTS_TOTAL, FLIGHTS_TOTAL)
     ledger = ledger_rows(state)
-    assert ledger == {"statuses": {"done": 365}, "max_claims": 1, "finished": 365}
+    assert ledger == {"statuses": {"done": 733}, "max_claims": 1, "finished": 733}
 
 
 def test_a_killed_worker_loses_only_its_lease(tmp_path: Path, state: str) -> None:
@@ -175,7 +176,7 @@ def test_a_killed_worker_loses_only_its_lease(tmp_path: Path, state: str) -> Non
         server.stop()
     assert codes == [0, 0, 0], [p.stderr.read() if p.stderr else "" for p in workers[1:]]
     assert table_rows(tmp_path) == (FLIGHTS_TOTAL, FLIGHTS_TOTAL)
-    assert ledger_rows(state)["statuses"] == {"done": 365}
+    assert ledger_rows(state)["statuses"] == {"done": 733}
     status = run_cli("status", "job.py", "--state", state, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     rows = [line for line in status.stdout.splitlines() if f" {victim.pid} " in line]
@@ -209,7 +210,7 @@ def test_workers_ride_out_a_postgres_restart(tmp_path: Path, state: str) -> None
             subprocess.run([*CLUSTER, version, "main", "start"], timeout=60)
     assert codes == [0, 0, 0, 0], [p.stderr.read() if p.stderr else "" for p in workers]
     assert table_rows(tmp_path) == (FLIGHTS_TOTAL, FLIGHTS_TOTAL)
-    assert ledger_rows(state)["statuses"] == {"done": 365}
+    assert ledger_rows(state)["statuses"] == {"done": 733}
 
 
 def test_four_workers_share_one_rate_limit(tmp_path: Path, state: str) -> None:

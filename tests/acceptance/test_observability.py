@@ -20,7 +20,7 @@ from conftest import backfill_cmd, cli_env, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
 from backfill.demo.server import ReplayConfig, ReplayServer
-from backfill.ledger import open_ledger
+from backfill.ledger import StageCounts, open_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -171,19 +171,27 @@ def test_metrics_match_the_ledger_at_the_end_of_the_demo(tmp_path: Path) -> None
             )
             values[key] = values.get(key, 0.0) + sample.value
     ledger = open_ledger(f"sqlite:///{state}")
+    stages = ["airlines", "airports", "planes", "flights", "airport_daily"]
     try:
-        counts = ledger.counts("flights", ["flights"])["flights"]
+        by_stage = ledger.counts("flights", stages)
         [run] = ledger.runs("flights")
     finally:
         ledger.close()
-    assert counts.done == 365
+    assert by_stage["flights"].done == 365 and by_stage["flights"].records == 336_776
+    counts = StageCounts(
+        "all",
+        done=sum(c.done for c in by_stage.values()),
+        failed=sum(c.failed for c in by_stage.values()),
+        records=sum(c.records for c in by_stage.values()),
+    )
+    assert counts.done == 733
     assert values["backfill_partitions_finished_total:done"] == counts.done
     assert values["backfill_partitions_finished_total:failed"] == counts.failed == 0
-    assert values["backfill_records_total"] == counts.records == 336_776
+    assert values["backfill_records_total"] == counts.records == 336_776 + 1095 + 16 + 1458 + 3322
     assert values["backfill_partitions:done"] == counts.done
     assert values["backfill_requests_total"] == run.counts["requests"] > 0
     assert values["backfill_retries_total"] == run.counts["retries"]
-    assert values["backfill_partition_duration_seconds_count"] == 365
+    assert values["backfill_partition_duration_seconds_count"] == 733
     assert values["backfill_runs_total:done"] == 1
 
 

@@ -1,11 +1,17 @@
-"""Backfill every US flight out of New York in 2013, one day per partition.
+"""Backfill every US flight out of New York in 2013 as a three-stage pipeline.
+
+1. ``airlines``, ``airports``, ``planes``: reference tables ("masters"), fetched once;
+2. ``flights``: every flight of one day per partition, once the reference tables are in;
+3. ``airport_daily``: per day and origin airport, the day's flights and mean departure
+   delay plus a 7-day rolling window; a day runs as soon as it and the 6 days before it
+   are in the flights table, while later days of flights are still being fetched.
 
 The source is a paged JSON API (``backfill demo --serve`` runs a local replay of it) that
-is slow, rate limited and unreliable; the destination is a SQLite table keyed by flight.
+is slow, rate limited and unreliable; the destination is one SQLite file (or PostgreSQL).
 
     backfill demo --serve &                 # the API, on http://127.0.0.1:8813
     backfill run examples/flights.py        # the backfill; Ctrl+C and re-run to resume
-    backfill status examples/flights.py
+    backfill coverage examples/flights.py   # what is done, and what is missing and why
 
 Settings come from the environment: FLIGHTS_API (the API's base URL), FLIGHTS_DB (the
 SQLite file to fill, or a postgresql:// URL), FLIGHTS_RATE (the API's limit in requests
@@ -14,6 +20,10 @@ flight).
 """
 
 import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import date, timedelta
 from typing import Any
 
 from backfill import (
@@ -23,7 +33,9 @@ from backfill import (
     PageNumber,
     Partition,
     RetryPolicy,
+    checks,
     daily,
+    needs,
     table,
 )
 
@@ -32,11 +44,11 @@ DATABASE = os.environ.get("FLIGHTS_DB", "flights.db")
 RATE = os.environ.get("FLIGHTS_RATE", "20")
 CONCURRENCY = int(os.environ.get("FLIGHTS_CONCURRENCY", "8"))
 PAGE_SIZE = 500
+WINDOW_DAYS = 7
 
 job = Job(
     "flights",
     partitions=daily("2013-01-01", "2013-12-31"),
-    sink=table(DATABASE, "flights", key=["year", "month", "day", "carrier", "flight", "origin"]),
     description="2013 flights from NYC airports, from a paged JSON API",
 )
 
@@ -62,13 +74,65 @@ else:
         retries=3,
     )
 
+PATIENT = RetryPolicy(attempts=10, base=0.25, cap=8.0)
+
+
+async def _reference(ctx: Context, name: str) -> list[dict[str, Any]]:
+    body = await ctx.http.get_json(f"{API}/v1/{name}")
+    rows: list[dict[str, Any]] = body["data"]
+    return rows
+
 
 @job.stage(
+    reference=True,
+    resource="flights_api",
+    retry=PATIENT,
+    sink=table(DATABASE, "airlines", key=["carrier"]),
+)
+async def airlines(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+    """The carriers (reference data, fetched once)."""
+    return await _reference(ctx, "airlines")
+
+
+@job.stage(
+    reference=True,
+    resource="flights_api",
+    retry=PATIENT,
+    sink=table(DATABASE, "airports", key=["faa"]),
+)
+async def airports(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+    """The airports (reference data, fetched once)."""
+    return await _reference(ctx, "airports")
+
+
+@job.stage(
+    reference=True,
+    resource="flights_api",
+    retry=PATIENT,
+    sink=table(DATABASE, "planes", key=["tailnum"]),
+)
+async def planes(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+    """The aircraft (reference data, fetched once)."""
+    return await _reference(ctx, "planes")
+
+
+def _same_day(records: Sequence[Mapping[str, Any]], partition: Partition) -> str | None:
+    day = partition.date
+    wrong = sum(
+        1 for r in records if (r["year"], r["month"], r["day"]) != (day.year, day.month, day.day)
+    )
+    return f"{wrong} record(s) of another day" if wrong else None
+
+
+@job.stage(
+    needs=["airlines", "airports", "planes"],
     resource="flights_api",
     concurrency=CONCURRENCY,
     timeout=120,
-    retry=RetryPolicy(attempts=10, base=0.25, cap=8.0),
+    retry=PATIENT,
     requests_per_partition=2,
+    sink=table(DATABASE, "flights", key=["year", "month", "day", "carrier", "flight", "origin"]),
+    checks=[checks.check(_same_day, name="same_day", category="INCONSISTENT_DATA")],
 )
 async def flights(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
     """Every flight of one day, all pages."""
@@ -82,3 +146,63 @@ async def flights(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
     if not records:
         raise EmptyPartition("no flights that day")
     return records
+
+
+@contextmanager
+def _connect() -> Iterator[Any]:
+    """A connection to the destination database (the SQLite file or PostgreSQL)."""
+    if DATABASE.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        with psycopg.connect(DATABASE) as pg:
+            yield pg
+    else:
+        path = DATABASE.removeprefix("sqlite:///")
+        conn = sqlite3.connect(path, timeout=30)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+DAY_TOTALS = (
+    "SELECT origin, count(*), sum(dep_delay), count(dep_delay) FROM flights "
+    "WHERE year = {p} AND month = {p} AND day = {p} GROUP BY origin"
+)
+
+
+@job.stage(
+    needs=[needs("flights", lookback=WINDOW_DAYS - 1)],
+    concurrency=4,
+    sink=table(DATABASE, "airport_daily", key=["date", "origin"]),
+    checks=[checks.min_rows(3)],  # JFK, LGA and EWR fly every day
+)
+def airport_daily(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+    """Per origin airport: the day's flights and mean departure delay, and the same over
+    the 7 days ending that day (read back from the flights table)."""
+    first = date(2013, 1, 1)
+    days = [partition.date - timedelta(days=n) for n in range(WINDOW_DAYS)]
+    totals: dict[str, list[list[int]]] = {}
+    with _connect() as conn:
+        placeholder = "%s" if not isinstance(conn, sqlite3.Connection) else "?"
+        sql = DAY_TOTALS.format(p=placeholder)
+        for offset, day in enumerate(days):
+            if day < first:
+                continue
+            for origin, n, delay_sum, delays in conn.execute(sql, (day.year, day.month, day.day)):
+                slot = totals.setdefault(origin, [[0, 0, 0], [0, 0, 0]])
+                for index in (0, 1) if offset == 0 else (1,):
+                    slot[index][0] += n
+                    slot[index][1] += delay_sum or 0
+                    slot[index][2] += delays
+    return [
+        {
+            "date": partition.date.isoformat(),
+            "origin": origin,
+            "flights": today[0],
+            "avg_dep_delay": today[1] / today[2] if today[2] else None,
+            "flights_7d": week[0],
+            "avg_dep_delay_7d": week[1] / week[2] if week[2] else None,
+        }
+        for origin, (today, week) in sorted(totals.items())
+    ]

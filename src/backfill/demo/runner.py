@@ -8,6 +8,7 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -49,36 +50,98 @@ def serve_demo(*, rate: float, calm: bool, port: int) -> None:
     serve(config, port=port)
 
 
-def demo_summary(database: Path | str) -> dict[str, int]:
-    """Rows and duplicate keys in the demo's flights table (a SQLite file or a URL)."""
-    empty = {"rows": 0, "distinct": 0, "duplicates": 0}
+REFERENCE_ROWS = {"airlines": 16, "airports": 1458, "planes": 3322}
+TABLES = ("airlines", "airports", "planes", "flights", "airport_daily")
+
+# The summary table recomputed straight from the flights table, with SQL only: daily
+# totals per origin, then each day joined with the 6 days before it.
+_CHECK_SQL = """
+WITH d AS (
+    SELECT {daynum} AS dn, origin, count(*) AS n, sum(dep_delay) AS s,
+           count(dep_delay) AS c
+    FROM flights GROUP BY {daynum}, origin
+)
+SELECT x.dn, x.origin, x.n, sum(y.n), sum(y.s) * 1.0 / nullif(sum(y.c), 0)
+FROM d AS x JOIN d AS y ON y.origin = x.origin AND y.dn BETWEEN x.dn - 6 AND x.dn
+GROUP BY x.dn, x.origin, x.n
+"""
+_SQLITE_DAYNUM = "CAST(julianday(printf('%04d-%02d-%02d', year, month, day)) AS INTEGER)"
+_PG_DAYNUM = "(make_date(year::int, month::int, day::int) - DATE '0001-01-01')"
+
+
+def demo_summary(database: Path | str) -> dict[str, Any]:
+    """Rows per table, duplicate flight keys, and how many rows of the summary table
+    disagree with the same aggregate computed directly in SQL over the flights table."""
     cols = ", ".join(FLIGHT_KEY)
-    count_sql = "SELECT count(*) FROM flights"
     distinct_sql = f"SELECT count(*) FROM (SELECT DISTINCT {cols} FROM flights) d"
-    if isinstance(database, str) and database.startswith(("postgresql://", "postgres://")):
+    result: dict[str, Any] = {"rows": 0, "distinct": 0, "duplicates": 0, "tables": {}}
+    postgres = isinstance(database, str) and database.startswith(("postgresql://", "postgres://"))
+    if postgres:
         import psycopg
 
-        with psycopg.connect(database) as pg:
-            if pg.execute("SELECT to_regclass('flights')").fetchone() == (None,):
-                return empty
-            rows = _first(pg.execute(count_sql).fetchone())
-            n_distinct = _first(pg.execute(distinct_sql).fetchone())
-        return {"rows": rows, "distinct": n_distinct, "duplicates": rows - n_distinct}
-    path = Path(database)
-    if not path.exists():
-        return empty
-    conn = sqlite3.connect(path)
+        conn: Any = psycopg.connect(str(database))
+
+        def exists(name: str) -> bool:
+            return bool(conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0])
+    else:
+        path = Path(database)
+        if not path.exists():
+            return result
+        conn = sqlite3.connect(path)
+
+        def exists(name: str) -> bool:
+            query = "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?"
+            return conn.execute(query, (name,)).fetchone() is not None
+
     try:
-        exists = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='flights'"
-        ).fetchone()
-        if not exists:
-            return empty
-        rows = conn.execute(count_sql).fetchone()[0]
-        n_distinct = conn.execute(distinct_sql).fetchone()[0]
+        for name in TABLES:
+            if exists(name):
+                result["tables"][name] = _first(
+                    conn.execute(f"SELECT count(*) FROM {name}").fetchone()
+                )
+        if "flights" in result["tables"]:
+            result["rows"] = result["tables"]["flights"]
+            result["distinct"] = _first(conn.execute(distinct_sql).fetchone())
+            result["duplicates"] = result["rows"] - result["distinct"]
+            expected = {
+                (int(dn), origin): (n, n7, avg7)
+                for dn, origin, n, n7, avg7 in conn.execute(
+                    _CHECK_SQL.format(daynum=_PG_DAYNUM if postgres else _SQLITE_DAYNUM)
+                )
+            }
+            result["summary_expected"] = len(expected)
+            if "airport_daily" in result["tables"]:
+                result["summary_mismatches"] = _compare_summary(conn, expected, postgres)
     finally:
         conn.close()
-    return {"rows": rows, "distinct": n_distinct, "duplicates": rows - n_distinct}
+    return result
+
+
+def _compare_summary(
+    conn: Any, expected: dict[tuple[int, str], tuple[int, int, float | None]], postgres: bool
+) -> int:
+    """Rows of airport_daily that differ from ``expected`` (or are missing or extra)."""
+    base = date(1, 1, 1).toordinal() if postgres else None
+    found = 0
+    mismatches = 0
+    rows = conn.execute(
+        "SELECT date, origin, flights, flights_7d, avg_dep_delay_7d FROM airport_daily"
+    )
+    for day, origin, n, n7, avg7 in rows:
+        found += 1
+        ordinal = date.fromisoformat(day).toordinal()
+        # julianday of a date at midnight is x.5: the integer cast gives ordinal + 1721424.
+        dn = ordinal - base if base is not None else ordinal + 1721424
+        want = expected.get((dn, origin))
+        if want is None or (n, n7) != want[:2] or not _close(avg7, want[2]):
+            mismatches += 1
+    return mismatches + max(0, len(expected) - found)
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
 
 
 def _first(row: Any) -> int:
@@ -130,20 +193,50 @@ def run_demo(
             ledger.close()
         stats = server.stats.as_dict()
     table_stats = demo_summary(database)
-    counts = result.counts["flights"]
+    counts = result.counts
+    flights_counts = counts["flights"]
     accepted = stats["requests"] - stats["rate_limited"] - stats["unauthorized"]
     throughput = accepted / result.elapsed if result.elapsed > 0 else 0.0
     table = Table(title="demo summary", title_justify="left", show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
+    finished = {name: c.done + c.empty for name, c in counts.items()}
+    tables = table_stats["tables"]
+    expected_rows = {
+        **REFERENCE_ROWS,
+        "flights": FLIGHTS_TOTAL,
+        "airport_daily": table_stats.get("summary_expected", 0),
+    }
     rows: list[tuple[str, Any]] = [
         (
             "partitions",
-            f"{counts.done + counts.empty:,} of {DAYS} done"
-            f" ({counts.empty} empty, {counts.failed} failed, {counts.pending} left)",
+            f"flights {finished['flights']:,} of {DAYS} done"
+            f" ({flights_counts.empty} empty, {flights_counts.failed} failed, "
+            f"{flights_counts.pending} left) · airport_daily {finished['airport_daily']:,} of "
+            f"{DAYS} · reference tables {sum(finished[n] for n in REFERENCE_ROWS)} of 3",
         ),
-        ("rows in table", f"{table_stats['rows']:,} (expected {FLIGHTS_TOTAL:,})"),
+        (
+            "rows in tables",
+            " · ".join(
+                f"{name} {tables.get(name, 0):,}"
+                + (
+                    ""
+                    if tables.get(name, 0) == expected_rows[name]
+                    else f" (expected {expected_rows[name]:,})"
+                )
+                for name in TABLES
+            ),
+        ),
+        ("flights rows", f"{table_stats['rows']:,} (expected {FLIGHTS_TOTAL:,})"),
         ("duplicate keys", f"{table_stats['duplicates']:,}"),
+        (
+            "summary check",
+            "airport_daily matches the same aggregate computed in SQL over flights"
+            if table_stats.get("summary_mismatches") == 0
+            and tables.get("airport_daily", 0) == table_stats.get("summary_expected", -1)
+            else f"{table_stats.get('summary_mismatches', '?')} row(s) of airport_daily differ "
+            "from the SQL aggregate over flights",
+        ),
         ("this run", f"{result.executed:,} partitions, {result.records:,} records written"),
         (
             "requests",
@@ -171,7 +264,7 @@ def run_demo(
     elif result.message:
         console.print(result.message, highlight=False, soft_wrap=True)
     console.print(
-        f"inspect: backfill status backfill.demo.flights:job --state {state_url}",
+        f"inspect: backfill coverage backfill.demo.flights:job --state {state_url}",
         highlight=False,
         soft_wrap=True,
     )
