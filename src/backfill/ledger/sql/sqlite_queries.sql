@@ -21,7 +21,8 @@ SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
     claims = claims + 1, run_id = :run_id, started_at = :now
 WHERE id IN (
     -- {ready}: the partition's upstream inputs are finished (stages with needs=).
-    SELECT p.id FROM backfill_partitions AS p
+    -- INDEXED BY: the planner may otherwise walk the window index, finished rows too.
+    SELECT p.id FROM backfill_partitions AS p INDEXED BY backfill_partitions_pending
     WHERE p.stage_id = :stage_id AND p.status = 'pending' {where} {ready}
     ORDER BY p.window_start {direction}, p.id {direction}
     LIMIT :limit
