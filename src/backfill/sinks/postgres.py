@@ -38,6 +38,10 @@ _PG_TYPES = {
 }
 
 
+# The target table's alias in an upsert, to compare its whole row with EXCLUDED.
+_TARGET = "_backfill_target"
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -292,13 +296,21 @@ class PostgresTable:
                         for value in values:
                             copy.write_row(value)
                     total += len(values)
-            insert = f"INSERT INTO {self.qualified} ({column_list}) "
+            insert = f"INSERT INTO {self.qualified} AS {_TARGET} ({column_list}) "
             if spec.key:
                 keys = ", ".join(_quote(k) for k in spec.key)
                 updates = ", ".join(
                     f"{_quote(c)} = EXCLUDED.{_quote(c)}" for c in columns if c not in spec.key
                 )
-                action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+                # A row the upsert would leave byte for byte as it is is not rewritten.
+                # *<> compares stored images, not values: -0.0 after 0.0, or 1.00 after
+                # 1.0, still updates; so does a row whose columns outside the batch hold
+                # anything but their default (EXCLUDED carries the default there).
+                action = (
+                    f"DO UPDATE SET {updates} WHERE {_TARGET} *<> EXCLUDED"
+                    if updates
+                    else "DO NOTHING"
+                )
                 conflict = f" ON CONFLICT ({keys}) {action}"
                 cur.execute("SAVEPOINT backfill_upsert")
                 try:
