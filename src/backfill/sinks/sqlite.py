@@ -375,15 +375,21 @@ class _Insert:
 
     def add(self, flat: list[Any]) -> None:
         """Queue rows (their values one after the other); write every full statement's worth."""
-        pending = self.pending
-        pending += flat
         self.total += len(flat) // self.width
         step = self.per_statement * self.width
-        if len(pending) < step:
-            return
-        end = len(pending) - len(pending) % step
-        self._run(self.many, (pending[i : i + step] for i in range(0, end, step)))
-        del pending[:end]
+        pending = self.pending
+        start = 0
+        first: list[list[Any]] = []
+        if pending:
+            start = step - len(pending)
+            if len(flat) < start:
+                pending += flat
+                return
+            pending += flat[:start]
+            first.append(pending)
+        end = start + (len(flat) - start) // step * step
+        self.pending = flat[end:]
+        self._run(self.many, chain(first, (flat[i : i + step] for i in range(start, end, step))))
 
     def finish(self) -> None:
         """Write the rows still queued."""
