@@ -1,4 +1,5 @@
-"""A table in a SQLite file as a sink: large ``executemany`` transactions in WAL mode.
+"""A table in a SQLite file as a sink: large transactions in WAL mode, each inserting its
+rows a hundred-odd at a time (multi-row ``INSERT ... VALUES`` through ``executemany``).
 
 Tables the sink creates are STRICT, so a value of the wrong type fails its partition
 (with the table and column named) instead of being stored as whatever it was.
@@ -344,8 +345,9 @@ class _Insert:
     """Inserts (or upserts) flat rows of values with as few statements as it can: many
     rows per statement, the last few one at a time.
 
-    One statement per row spends most of its time binding and stepping a statement in
-    Python; a hundred rows per statement roughly halve that.
+    Binding every value costs the same either way, but one statement per row also pays
+    for a statement's step and reset, and Python's loop, per row: a hundred-odd rows per
+    statement save about a fifth of the time a batch of flights takes.
     """
 
     def __init__(self, raw: sqlite3.Connection, spec: TableSpec, columns: list[str]) -> None:
