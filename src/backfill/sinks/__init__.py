@@ -26,9 +26,10 @@ import dataclasses
 import datetime as dt
 import decimal
 import re
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from operator import itemgetter
 from typing import Any, Protocol
 
 from backfill.errors import ConfigError, PermanentError
@@ -183,11 +184,14 @@ class TableSpec:
         """Whether the engine fills ``partition_column`` with the partition key."""
         return self.mode is not Mode.UPSERT and self.partition_column == PARTITION_COLUMN
 
-    def fields(self, batch: Sequence[Rows]) -> tuple[list[str], bool]:
+    def fields(self, batch: Sequence[Rows], *, exact: bool = False) -> tuple[list[str], bool]:
         """Every field the batch's records carry, in first-seen order, and whether every
         record carries all of them.
 
-        The common case (every record has the same fields) costs one comparison per record.
+        The common case costs next to nothing: plain dicts with as many fields as the first
+        are taken to carry its fields, unlooked at. Read their values with
+        :meth:`getter`: its KeyError means a record carries another field in place of one
+        of them, and the records from there on must be asked about again with ``exact``.
         """
         first: Record | None = None
         for rows in batch:
@@ -196,14 +200,39 @@ class TableSpec:
                 break
         if first is None:
             return [], True
+        names = list(first)
+        if not exact:
+            width = {len(names)}
+            if all(
+                set(map(len, rows.records)) <= width and set(map(type, rows.records)) <= {dict}
+                for rows in batch
+            ):
+                return names, True
         reference = first.keys()
         if all(r.keys() == reference for rows in batch for r in rows.records):
-            return list(reference), True
+            return names, True
         seen: dict[str, None] = {}
         for rows in batch:
             for record in rows.records:
                 seen.update(dict.fromkeys(record))
         return list(seen), False
+
+    @staticmethod
+    def getter(fields: Sequence[str], uniform: bool) -> Callable[[Record], tuple[Any, ...]]:
+        """A record's values in ``fields`` order, as a tuple.
+
+        For uniform records (see :meth:`fields`) a missing field is a KeyError; otherwise
+        it is None.
+        """
+        names = list(fields)
+        if not uniform:
+            return lambda record: tuple(map(record.get, names))
+        if not names:
+            return lambda record: ()
+        if len(names) == 1:
+            name = names[0]
+            return lambda record: (record[name],)
+        return itemgetter(*names)
 
     def check_keys(self, batch: Sequence[Rows], uniform: bool) -> None:
         """Fail with the field's name when a record lacks a key field.

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from operator import itemgetter
 from typing import Any
 
 import psycopg
@@ -36,6 +35,10 @@ _PG_TYPES = {
     "json": "jsonb",
     None: "text",
 }
+
+
+# The target table's alias in an upsert, to compare its whole row with EXCLUDED.
+_TARGET = "_backfill_target"
 
 
 def _quote(name: str) -> str:
@@ -245,11 +248,15 @@ class PostgresTable:
                 f"ON {self.qualified} ({_quote(PARTITION_COLUMN)})"
             )
 
-    def _write(self, raw: Any, batch: Sequence[Rows]) -> int:
+    def _write(
+        self, raw: Any, batch: Sequence[Rows], *, exact: bool = False, delete: bool = True
+    ) -> int:
         spec = self.spec
-        fields, uniform = spec.fields(batch)
-        spec.check_keys(batch, uniform)
         existing = self._existing(raw)
+        # A new table is made from every field of the batch: look at all of them.
+        exact = exact or not existing
+        fields, uniform = spec.fields(batch, exact=exact)
+        spec.check_keys(batch, uniform)
         if not existing:
             if not fields:
                 return 0
@@ -263,7 +270,7 @@ class PostgresTable:
         if new:
             self._add_columns(raw, batch, new)
             existing = self._existing(raw)
-        if spec.mode is not Mode.UPSERT:
+        if delete and spec.mode is not Mode.UPSERT:
             self._delete(raw, [rows for rows in batch if rows.first])
         if not fields or not any(rows.records for rows in batch):
             return 0
@@ -277,13 +284,23 @@ class PostgresTable:
         )
         column_list = ", ".join(_quote(c) for c in names)
         total = 0
+        rest: Sequence[Rows] = ()
+        # Once exact, a missing field is None (no KeyError, so no second look).
+        getter = spec.getter(columns, uniform and not exact)
         with raw.cursor() as cur:
             with cur.copy(f"COPY {stage} ({column_list}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types([existing[c][1] for c in names])
-                for rows in batch:
+                for index, rows in enumerate(batch):
                     if not rows.records:
                         continue
-                    values = _tuples(rows, columns)
+                    try:
+                        values = list(map(getter, rows.records))
+                    except KeyError:
+                        # A record carries another field in place of one of the first
+                        # record's: write what came before, then look at every field of
+                        # the rest.
+                        rest = batch[index:]
+                        break
                     if tag:
                         suffix = (rows.partition.key,)
                         for value in values:
@@ -292,13 +309,21 @@ class PostgresTable:
                         for value in values:
                             copy.write_row(value)
                     total += len(values)
-            insert = f"INSERT INTO {self.qualified} ({column_list}) "
+            insert = f"INSERT INTO {self.qualified} AS {_TARGET} ({column_list}) "
             if spec.key:
                 keys = ", ".join(_quote(k) for k in spec.key)
                 updates = ", ".join(
                     f"{_quote(c)} = EXCLUDED.{_quote(c)}" for c in columns if c not in spec.key
                 )
-                action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+                # A row the upsert would leave byte for byte as it is is not rewritten.
+                # *<> compares stored images, not values: -0.0 after 0.0, or 1.00 after
+                # 1.0, still updates; so does a row whose columns outside the batch hold
+                # anything but their default (EXCLUDED carries the default there).
+                action = (
+                    f"DO UPDATE SET {updates} WHERE {_TARGET} *<> EXCLUDED"
+                    if updates
+                    else "DO NOTHING"
+                )
                 conflict = f" ON CONFLICT ({keys}) {action}"
                 cur.execute("SAVEPOINT backfill_upsert")
                 try:
@@ -314,6 +339,8 @@ class PostgresTable:
             else:
                 cur.execute(f"{insert}SELECT {column_list} FROM {stage}")
             cur.execute(f"DROP TABLE {stage}")
+        if rest:
+            return total + self._write(raw, rest, exact=True, delete=False)
         return total
 
     def _add_columns(self, raw: Any, batch: Sequence[Rows], new: list[str]) -> None:
@@ -347,15 +374,3 @@ class PostgresTable:
             )
             sql += "".join(f" AND {_quote(k)} = %s" for k, _ in dims)
             raw.execute(sql, (part.start, part.end + dt.timedelta(days=1), *(v for _, v in dims)))
-
-
-def _tuples(rows: Rows, columns: list[str]) -> list[tuple[Any, ...]]:
-    records = rows.records
-    try:
-        if len(columns) == 1:
-            single = columns[0]
-            return [(r[single],) for r in records]
-        getter = itemgetter(*columns)
-        return [getter(r) for r in records]
-    except KeyError:
-        return [tuple(r.get(c) for c in columns) for r in records]

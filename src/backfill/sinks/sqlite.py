@@ -1,4 +1,5 @@
-"""A table in a SQLite file as a sink: large ``executemany`` transactions in WAL mode.
+"""A table in a SQLite file as a sink: large transactions in WAL mode, each inserting its
+rows a hundred-odd at a time (multi-row ``INSERT ... VALUES`` through ``executemany``).
 
 Tables the sink creates are STRICT, so a value of the wrong type fails its partition
 (with the table and column named) instead of being stored as whatever it was.
@@ -9,9 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import operator
+import re
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
-from operator import itemgetter
+from collections.abc import Container, Iterable, Mapping, Sequence
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,9 @@ _STRICT_TYPES = {
     None: "ANY",
 }
 _STRICT_ALLOWED = {"INT", "INTEGER", "REAL", "TEXT", "BLOB", "ANY"}
+# Values bound per INSERT statement: rows of a batch go in statements of this many values
+# (over how many columns a row has); the last few rows of a batch go one at a time.
+_PARAMETERS_PER_STATEMENT = 2_000
 
 
 def _quote(name: str) -> str:
@@ -68,6 +74,9 @@ class SQLiteConnection:
             retry_locked(lambda: self.raw.execute("PRAGMA journal_mode=WAL"))
             self.raw.execute("PRAGMA synchronous=NORMAL")
             self.raw.execute("PRAGMA cache_size=-65536")
+            # Statements of many rows keep a statement journal (to undo just the statement
+            # on an error): in memory, not in a temporary file.
+            self.raw.execute("PRAGMA temp_store=MEMORY")
         except sqlite3.Error as exc:
             raise SinkError(f"cannot open {description}: {exc}") from exc
 
@@ -231,11 +240,20 @@ class SQLiteTable:
             )
         return PermanentError(f"table {self.spec.name}: {text}", category="integrity")
 
-    def _write(self, raw: sqlite3.Connection, batch: Sequence[Rows]) -> int:
+    def _write(
+        self,
+        raw: sqlite3.Connection,
+        batch: Sequence[Rows],
+        *,
+        exact: bool = False,
+        delete: bool = True,
+    ) -> int:
         spec = self.spec
-        fields, uniform = spec.fields(batch)
-        spec.check_keys(batch, uniform)
         existing = self._existing(raw)
+        # A new table is made from every field of the batch: look at all of them.
+        exact = exact or not existing
+        fields, uniform = spec.fields(batch, exact=exact)
+        spec.check_keys(batch, uniform)
         if not existing:
             if not fields:
                 return 0
@@ -244,68 +262,36 @@ class SQLiteTable:
         new = [f for f in fields if f not in existing]
         if new:
             self._add_columns(raw, batch, new)
-        if spec.mode is not Mode.UPSERT:
+        if delete and spec.mode is not Mode.UPSERT:
             self._delete(raw, [rows for rows in batch if rows.first])
         if not fields:
             return 0
         columns = list(fields)
-        tag = spec.tags_partition
-        names = [*columns, PARTITION_COLUMN] if tag else columns
-        sql = f"INSERT INTO {_quote(spec.name)} ({', '.join(_quote(c) for c in names)}) "
-        sql += f"VALUES ({', '.join('?' for _ in names)})"
-        if spec.key:
-            updates = ", ".join(
-                f"{_quote(c)} = excluded.{_quote(c)}" for c in columns if c not in spec.key
-            )
-            keys = ", ".join(_quote(k) for k in spec.key)
-            sql += f" ON CONFLICT ({keys}) " + (
-                f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-            )
-        convert = [
+        insert = _Insert(raw, spec, columns)
+        convert = {
             i for i, c in enumerate(columns) if existing.get(c, "TEXT") in ("TEXT", "", "ANY")
-        ]
-        total = 0
-        for rows in batch:
+        }
+        # Once exact, a missing field is None (no KeyError, so no second look).
+        getter = spec.getter(columns, uniform and not exact)
+        for index, rows in enumerate(batch):
             if not rows.records:
                 continue
-            values = self._tuples(rows, columns, convert)
-            if tag:
-                suffix = (rows.partition.key,)
-                values = [v + suffix for v in values]
-            raw.executemany(sql, values)
-            total += len(values)
-        return total
-
-    def _tuples(self, rows: Rows, columns: list[str], convert: list[int]) -> list[tuple[Any, ...]]:
-        records = rows.records
-        getter: Callable[[Any], Any]
-        values: list[tuple[Any, ...]]
-        try:
-            if len(columns) == 1:
-                single = columns[0]
-                values = [(r[single],) for r in records]
-            else:
-                getter = itemgetter(*columns)
-                values = [getter(r) for r in records]
-        except KeyError:
-            # Some records lack some fields: those are NULL.
-            values = [tuple(r.get(c) for c in columns) for r in records]
-        if convert and self._needs_conversion(values, convert):
-            values = [
-                tuple(_to_text(v) if i in convert else v for i, v in enumerate(row))
-                for row in values
-            ]
-        return values
-
-    @staticmethod
-    def _needs_conversion(values: list[tuple[Any, ...]], convert: list[int]) -> bool:
-        if not values:
-            return False
-        sample = values[0]
-        plain = (str, int, float, type(None), bytes)
-        # A cheap look at one row; the rare stray date or dict lower down is caught by
-        # the binding error and fails only its partition.
-        return not all(isinstance(sample[i], plain) for i in convert)
+            values: Iterable[tuple[Any, ...]] = map(getter, rows.records)
+            if insert.tagged:
+                values = map(operator.add, values, repeat((rows.partition.key,)))
+            try:
+                flat = list(chain.from_iterable(values))
+            except KeyError:
+                # A record carries another field in place of one of the first record's:
+                # write what came before, then look at every field from this one on.
+                insert.finish()
+                return insert.total + self._write(raw, batch[index:], exact=True, delete=False)
+            if convert and _needs_conversion(flat[: insert.width], convert):
+                width = insert.width
+                flat = [_to_text(v) if i % width in convert else v for i, v in enumerate(flat)]
+            insert.add(flat)
+        insert.finish()
+        return insert.total
 
     def _add_columns(self, raw: sqlite3.Connection, batch: Sequence[Rows], new: list[str]) -> None:
         spec = self.spec
@@ -346,6 +332,88 @@ class SQLiteTable:
             sql = f"DELETE FROM {table} WHERE {_quote(column)} >= ? AND {_quote(column)} <= ?"
             sql += "".join(f" AND {_quote(k)} = ?" for k, _ in dims)
             raw.execute(sql, (part.start.isoformat(), _day_end(part.end), *(v for _, v in dims)))
+
+
+def _needs_conversion(row: list[Any], convert: Container[int]) -> bool:
+    # A cheap look at one row; the rare stray date or dict lower down is caught by the
+    # binding error and fails only its partition.
+    plain = (str, int, float, type(None), bytes)
+    return not all(isinstance(v, plain) for i, v in enumerate(row) if i in convert)
+
+
+class _Insert:
+    """Inserts (or upserts) flat rows of values with as few statements as it can: many
+    rows per statement, the last few one at a time.
+
+    Binding every value costs the same either way, but one statement per row also pays
+    for a statement's step and reset, and Python's loop, per row: a hundred-odd rows per
+    statement save about a fifth of the time a batch of flights takes.
+    """
+
+    def __init__(self, raw: sqlite3.Connection, spec: TableSpec, columns: list[str]) -> None:
+        self.raw = raw
+        self.table = spec.name
+        self.tagged = spec.tags_partition
+        names = [*columns, PARTITION_COLUMN] if self.tagged else columns
+        self.names = names
+        self.width = len(names)
+        limit = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self.per_statement = max(1, min(_PARAMETERS_PER_STATEMENT, limit) // self.width)
+        head = f"INSERT INTO {_quote(spec.name)} ({', '.join(_quote(c) for c in names)}) VALUES "
+        row = f"({', '.join('?' for _ in names)})"
+        tail = ""
+        if spec.key:
+            updates = ", ".join(
+                f"{_quote(c)} = excluded.{_quote(c)}" for c in columns if c not in spec.key
+            )
+            keys = ", ".join(_quote(k) for k in spec.key)
+            tail = f" ON CONFLICT ({keys}) " + (
+                f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+            )
+        self.one = head + row + tail
+        self.many = head + ", ".join([row] * self.per_statement) + tail
+        self.pending: list[Any] = []
+        self.total = 0
+
+    def add(self, flat: list[Any]) -> None:
+        """Queue rows (their values one after the other); write every full statement's worth."""
+        self.total += len(flat) // self.width
+        step = self.per_statement * self.width
+        pending = self.pending
+        start = 0
+        first: list[list[Any]] = []
+        if pending:
+            start = step - len(pending)
+            if len(flat) < start:
+                pending += flat
+                return
+            pending += flat[:start]
+            first.append(pending)
+        end = start + (len(flat) - start) // step * step
+        self.pending = flat[end:]
+        self._run(self.many, chain(first, (flat[i : i + step] for i in range(start, end, step))))
+
+    def finish(self) -> None:
+        """Write the rows still queued."""
+        pending, width = self.pending, self.width
+        if pending:
+            self._run(self.one, (pending[i : i + width] for i in range(0, len(pending), width)))
+            pending.clear()
+
+    def _run(self, sql: str, params: Iterable[list[Any]]) -> None:
+        try:
+            self.raw.executemany(sql, params)
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError) as exc:
+            # "Error binding parameter 23: ...": name the field it belongs to.
+            number = re.match(r"Error binding parameter (\d+)", str(exc))
+            if number is None:
+                raise
+            name = self.names[(int(number[1]) - 1) % self.width]
+            raise PermanentError(
+                f"table {self.table}, field {name!r}: a value cannot be stored "
+                f"({str(exc).partition(': ')[2] or exc})",
+                category="type_clash",
+            ) from exc
 
 
 def _day_end(day: dt.date) -> str:
