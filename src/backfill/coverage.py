@@ -16,6 +16,7 @@ The report is read-only: it never changes the ledger.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import statistics
@@ -268,17 +269,11 @@ def _mark_thin(states: list[PartitionState], ratio: float) -> list[PartitionStat
                 continue
             median = statistics.median(around)
             if median >= 4 and counts[pos] < ratio * median:
-                p = states[index]
-                result[index] = PartitionState(
-                    p.stage,
-                    p.key,
-                    p.start,
-                    p.end,
-                    p.dims,
-                    State.THIN,
-                    f"{counts[pos]:,} records, neighbours have ~{median:,.0f}",
-                    "thin",
-                    p.records,
+                result[index] = dataclasses.replace(
+                    states[index],
+                    state=State.THIN,
+                    reason=f"{counts[pos]:,} records, neighbours have ~{median:,.0f}",
+                    group="thin",
                 )
     return result
 

@@ -450,7 +450,8 @@ def _sinks(sink: Sink | Sequence[Sink] | None, owner: str) -> Sink | tuple[Sink,
     return sinks
 
 
-def _load_module_from_file(path: Path) -> Any:
+def load_job_module(path: Path) -> Any:
+    """Execute a job file as module ``backfill_job_<stem>`` (also in worker processes)."""
     if not path.exists():
         raise ConfigError(
             f"job file {path} does not exist; pass the path of a Python file or MODULE:ATTR"
@@ -498,7 +499,7 @@ def load_job(target: str) -> Job:
     if ":" in target and not Path(target).exists():
         location, _, attr = target.rpartition(":")
     if location.endswith(".py") or Path(location).exists() or "/" in location:
-        module = _load_module_from_file(Path(location))
+        module = load_job_module(Path(location))
         where = f"job file {location}"
     else:
         try:

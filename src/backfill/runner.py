@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import dataclasses
 import getpass
+import importlib
 import inspect
 import logging
 import multiprocessing
@@ -27,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -57,7 +59,7 @@ from backfill.events import (
     WorkerLost,
 )
 from backfill.fleet import LedgerRate, concurrency_share
-from backfill.job import Job, Stage
+from backfill.job import Job, Stage, load_job_module
 from backfill.ledger import (
     Claim,
     Ledger,
@@ -458,6 +460,7 @@ class Runner:
 
         final = await self._db(self.ledger.counts, self.job.name, names, self.options.selection)
         failed = sum(c.failed for c in final.values())
+        waiting = self._waiting(final)
         if self._fatal is not None:
             status, code, message = RunStatus.FATAL, ExitCode.USAGE, self._fatal.message
         elif self._interrupted:
@@ -465,16 +468,15 @@ class Runner:
         elif failed:
             status, code = RunStatus.FAILED, ExitCode.FAILED
             message = f"{failed} partition(s) failed; see `backfill status`"
-            waiting = self._waiting(final)
             if waiting:
                 message += f"; {waiting} wait for them (run `backfill coverage --gaps`)"
-        elif self._waiting(final) and not self.options.wait_for_leases:
+        elif waiting and not self.options.wait_for_leases:
             status, code = RunStatus.FAILED, ExitCode.FAILED
             outside = sorted(
                 {u for s in self.stages for u in self.job.upstream(s.name)} - set(names)
             )
             message = (
-                f"{self._waiting(final)} partition(s) wait for upstream stages this run did "
+                f"{waiting} partition(s) wait for upstream stages this run did "
                 f"not include ({', '.join(outside) or 'none'}); run those too, e.g. with "
                 "--start-from"
             )
@@ -1139,22 +1141,6 @@ def _iterable(value: Any) -> bool:
     return isinstance(value, Iterable) and not isinstance(value, str | bytes)
 
 
-def _load_stage_module(name: str, path: str | None) -> None:
-    """In a fresh worker process: make the job file's module importable under the name
-    its stage functions were pickled with."""
-    if name in sys.modules or path is None:
-        return
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        return
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-    spec.loader.exec_module(module)
-
-
 def _process_pool(workers: int, stages: list[Stage]) -> ProcessPoolExecutor:
     """Worker processes for CPU-bound stages, started fresh (``spawn``: forking a process
     that runs threads and an event loop is unsafe), each loading the job's module."""
@@ -1173,5 +1159,14 @@ def _process_pool(workers: int, stages: list[Stage]) -> ProcessPoolExecutor:
 
 
 def _init_process(modules: dict[str, str | None]) -> None:
+    """In a fresh worker process: make each stage function's module importable under the
+    name it was pickled with (a job file is loaded the way ``load_job`` loaded it)."""
     for name, path in modules.items():
-        _load_stage_module(name, path)
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            if path is None:
+                raise
+            load_job_module(Path(path))

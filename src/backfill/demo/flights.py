@@ -77,43 +77,25 @@ else:
 PATIENT = RetryPolicy(attempts=10, base=0.25, cap=8.0)
 
 
-async def _reference(ctx: Context, name: str) -> list[dict[str, Any]]:
-    body = await ctx.http.get_json(f"{API}/v1/{name}")
-    rows: list[dict[str, Any]] = body["data"]
-    return rows
+def _reference_stage(name: str, key: str, what: str) -> None:
+    """A reference stage (fetched once) filling table ``name`` keyed by ``key``."""
+
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        body = await ctx.http.get_json(f"{API}/v1/{name}")
+        rows: list[dict[str, Any]] = body["data"]
+        return rows
+
+    fetch.__doc__ = f"The {what} (reference data, fetched once)."
+    sink = table(DATABASE, name, key=[key])
+    job.stage(name=name, reference=True, resource="flights_api", retry=PATIENT, sink=sink)(fetch)
 
 
-@job.stage(
-    reference=True,
-    resource="flights_api",
-    retry=PATIENT,
-    sink=table(DATABASE, "airlines", key=["carrier"]),
-)
-async def airlines(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
-    """The carriers (reference data, fetched once)."""
-    return await _reference(ctx, "airlines")
-
-
-@job.stage(
-    reference=True,
-    resource="flights_api",
-    retry=PATIENT,
-    sink=table(DATABASE, "airports", key=["faa"]),
-)
-async def airports(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
-    """The airports (reference data, fetched once)."""
-    return await _reference(ctx, "airports")
-
-
-@job.stage(
-    reference=True,
-    resource="flights_api",
-    retry=PATIENT,
-    sink=table(DATABASE, "planes", key=["tailnum"]),
-)
-async def planes(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
-    """The aircraft (reference data, fetched once)."""
-    return await _reference(ctx, "planes")
+for _name, _key, _what in (
+    ("airlines", "carrier", "carriers"),
+    ("airports", "faa", "airports"),
+    ("planes", "tailnum", "aircraft"),
+):
+    _reference_stage(_name, _key, _what)
 
 
 def _same_day(records: Sequence[Mapping[str, Any]], partition: Partition) -> str | None:

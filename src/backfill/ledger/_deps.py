@@ -25,6 +25,7 @@ NEWER = (
     "AND a.finished_at > p.finished_at))"
 )
 FAILED = "a.status = 'failed'"
+STALE_MESSAGE = "an upstream partition was redone; run again"
 
 
 def _param(dialect: Dialect, name: str) -> str:
@@ -141,3 +142,20 @@ def first_input(
     if not parts:
         return "NULL", params
     return (f"coalesce({', '.join(parts)})" if len(parts) > 1 else parts[0]), params
+
+
+def inputs_query(
+    template: str,
+    where: str,
+    needs: Sequence[Dependency],
+    stage_ids: Sequence[int | None],
+    dialect: Dialect,
+    condition: str,
+) -> tuple[str, dict[str, Any]]:
+    """``template`` with its selection ``{where}`` and its ``{inputs}`` (some input meets
+    ``condition``) or ``{first}`` (the first such input) filled in, and their parameters."""
+    if "{first}" in template:
+        expr, params = first_input(needs, stage_ids, dialect, condition)
+        return template.format(where=where, first=expr), params
+    expr, params = any_input(needs, stage_ids, dialect, condition)
+    return template.format(where=where, inputs=expr), params

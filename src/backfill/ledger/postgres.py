@@ -437,13 +437,9 @@ class PostgresLedger:
         if stage_id is None or not needs:
             return None
         where, params = _selection_sql(selection)
-        ids = self._dep_ids(conn, job, needs)
-        if name == "blocked_keys":
-            expr, extra = _deps.first_input(needs, ids, "postgres", condition)
-            sql = _Q[name].format(where=where, first=expr)
-        else:
-            expr, extra = _deps.any_input(needs, ids, "postgres", condition)
-            sql = _Q[name].format(where=where, inputs=expr)
+        sql, extra = _deps.inputs_query(
+            _Q[name], where, needs, self._dep_ids(conn, job, needs), "postgres", condition
+        )
         return sql, {**params, **extra, "stage_id": stage_id}
 
     def mark_stale(
@@ -460,7 +456,7 @@ class PostgresLedger:
             if query is None:
                 return 0
             sql, params = query
-            params["message"] = "an upstream partition was redone; run again"
+            params["message"] = _deps.STALE_MESSAGE
             return conn.execute(sql, params).rowcount
 
         return self._run(mark)
