@@ -166,3 +166,20 @@ def test_a_schema_1_database_is_migrated_in_place(pg_url: str) -> None:
     done = Outcome(got.id, Status.DONE, checks='[{"name":"min_rows(1)","ok":true}]')
     assert migrated.complete("me", [done], now=2.0) == 1
     migrated.close()
+
+
+def test_the_ledger_leaves_no_prepared_statements_on_the_server(pg_url: str) -> None:
+    """Every ledger statement is planned for its own arguments: no server-side prepared
+    statement (whose generic plan guessed 10 rows for a batch of 1,000 and turned each
+    completion into a 1,000 x 1,000 join), and none for a transaction pooler to lose."""
+    store = PostgresLedger(pg_url)
+    store.plan("j", "s", daily("2013-01-01", "2013-03-31"))
+    for _ in range(9):
+        claims = store.claim("j", "s", "me", limit=10, lease_seconds=60, now=1.0, run_id="r")
+        assert store.complete("me", [Outcome(c.id, Status.DONE) for c in claims], now=2.0) == 10
+    prepared = store._run(
+        lambda conn: conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+    )
+    assert prepared == (0,)
+    assert store.counts("j", ["s"])["s"].done == 90
+    store.close()
