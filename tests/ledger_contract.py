@@ -7,6 +7,7 @@ the same store, as a second process or machine would have).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 from backfill.ledger import Dependency, Ledger, Outcome, RunRecord, Status, WorkerRecord
@@ -75,6 +76,45 @@ class LedgerContract:
         """A spec larger than one planning chunk is planned completely."""
         spec = daily("1950-01-01", "2013-12-31")  # 23,376 days
         assert ledger.plan(JOB, STAGE, spec) == len(spec)
+
+    def test_a_plan_already_recorded_under_its_fingerprint_inserts_nothing(
+        self, ledger: Ledger, second_ledger: Ledger
+    ) -> None:
+        """Once a plan went through, the same fingerprint skips the partitions (even when
+        given others), from any connection; a new fingerprint plans again."""
+        assert ledger.plan(JOB, STAGE, SPEC, fingerprint=repr(SPEC)) == 20
+        wider = daily("2013-01-01", "2013-01-12", tour=["atp", "wta"])
+        assert second_ledger.plan(JOB, STAGE, wider, fingerprint=repr(SPEC)) == 0
+        assert ledger.counts(JOB, [STAGE])[STAGE].total == 20
+        assert second_ledger.plan(JOB, STAGE, wider, fingerprint=repr(wider)) == 4
+        assert ledger.plan(JOB, "second", SPEC, fingerprint=repr(SPEC)) == 20
+
+    def test_a_plan_that_stopped_half_way_records_no_fingerprint(self, ledger: Ledger) -> None:
+        """A plan interrupted between chunks leaves its fingerprint unrecorded, so the
+        next plan with it inserts the rest."""
+        spec = daily("1950-01-01", "2013-12-31")
+
+        def broken() -> object:
+            for i, partition in enumerate(spec):
+                if i == len(spec) - 10:
+                    raise KeyboardInterrupt
+                yield partition
+
+        with contextlib.suppress(KeyboardInterrupt):
+            ledger.plan(JOB, STAGE, broken(), fingerprint=repr(spec))  # type: ignore[arg-type]
+        assert ledger.plan(JOB, STAGE, spec, fingerprint=repr(spec)) >= 10
+        assert ledger.counts(JOB, [STAGE])[STAGE].total == len(spec)
+
+    def test_reset_forgets_the_fingerprint_so_the_next_plan_restores_rows(
+        self, ledger: Ledger
+    ) -> None:
+        """Partitions forgotten by reset come back with the next plan of the same spec."""
+        ledger.plan(JOB, STAGE, SPEC, fingerprint=repr(SPEC))
+        selection = SPEC.selection(start="2013-01-01", end="2013-01-02")
+        assert ledger.reset(JOB, [STAGE], selection) == 4
+        assert ledger.plan(JOB, STAGE, SPEC, fingerprint=repr(SPEC)) == 4
+        assert ledger.plan(JOB, STAGE, SPEC, fingerprint=repr(SPEC)) == 0
+        assert ledger.counts(JOB, [STAGE])[STAGE].total == 20
 
     def test_jobs_and_stages_are_isolated(self, ledger: Ledger) -> None:
         """The same stage name in two jobs, or two stages of one job, share nothing."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from backfill.clock import Clock
@@ -25,7 +26,21 @@ log = logging.getLogger("backfill.fleet")
 
 
 class LedgerRate:
-    """A :class:`~backfill.ratelimit.SharedRate` kept in the ledger's database."""
+    """A :class:`~backfill.ratelimit.SharedRate` kept in the ledger's database.
+
+    Booked starts are instants on the database's clock. They are mapped onto this
+    process's clock through the offset between the two, bounded NTP-style: the database
+    read its clock somewhere inside the round trip, so (its now) - (our clock when the
+    reply came) is a lower bound of the offset, and the largest such bound of the last
+    few seconds is the tightest. A reply held up on its way (this process short of CPU)
+    then shows its starts as late as they are, so the resource drops them instead of
+    sending them on top of the starts other workers were given after them; with only
+    the latest round trip to go by, they would look on time.
+    """
+
+    # Long enough to hold a quick round trip, short enough that the two clocks cannot
+    # drift apart meanwhile by more than a fraction of a millisecond.
+    horizon = 10.0
 
     def __init__(
         self,
@@ -40,6 +55,19 @@ class LedgerRate:
         self.resource = resource
         self.pool = pool
         self.clock = clock
+        self._bounds: deque[tuple[float, float]] = deque()
+
+    def _origin(self, db_now: float, received: float) -> float:
+        """The latest instant on our clock at which the database can have read ``db_now``."""
+        bounds = self._bounds
+        while bounds and bounds[0][0] < received - self.horizon:
+            bounds.popleft()
+        bound = db_now - received
+        # Keep only bounds that may still be the tightest: larger, or newer than all.
+        while bounds and bounds[-1][1] <= bound:
+            bounds.pop()
+        bounds.append((received, bound))
+        return db_now - bounds[0][1]
 
     async def take(self, count: int) -> tuple[list[float], float]:
         interval = self.resource.rate_interval
@@ -51,10 +79,8 @@ class LedgerRate:
             interval=interval,
             tolerance=(self.resource.burst - 1) * interval,
         )
-        base, paused = await asyncio.get_running_loop().run_in_executor(self.pool, book)
-        # The database's "now" lies somewhere in the round trip; its end is the safe
-        # origin (starts can only come later than booked, never earlier).
-        origin = self.clock.monotonic()
+        base, paused, db_now = await asyncio.get_running_loop().run_in_executor(self.pool, book)
+        origin = self._origin(db_now, self.clock.monotonic())
         starts = [max(origin, origin + base + i * interval) for i in range(count)]
         return starts, origin + paused
 

@@ -365,7 +365,15 @@ class Runner:
         needed = {u for s in self.stages for u in self.job.upstream(s.name)} | selected
         for stage in self.job.stages.values():
             if stage.name in needed:
-                await self._db(self.ledger.plan, self.job.name, stage.name, stage.partitions)
+                # The spec's repr names every partition it holds: a worker joining a run
+                # already planned skips the insert of each one.
+                await self._db(
+                    self.ledger.plan,
+                    self.job.name,
+                    stage.name,
+                    stage.partitions,
+                    fingerprint=repr(stage.partitions),
+                )
         for stage in self.stages:
             if stage.needs:
                 # Finished partitions whose inputs are being (or were) redone run again.

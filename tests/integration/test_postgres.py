@@ -154,17 +154,20 @@ def test_a_schema_1_database_is_migrated_in_place(pg_url: str) -> None:
     store.plan("j", "s", daily("2013-01-01", "2013-01-31"))
     store.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE backfill_stages DROP COLUMN planned")
         conn.execute("DROP TABLE backfill_resources")
         conn.execute("ALTER TABLE backfill_partitions DROP COLUMN checks")
         conn.execute("DROP INDEX backfill_partitions_window")
         conn.execute("UPDATE backfill_meta SET value = '1' WHERE key = 'schema_version'")
     migrated = PostgresLedger(pg_url)
     assert migrated.counts("j", ["s"])["s"].pending == 31
-    first, _ = migrated.take_starts("j", "api", count=2, interval=0.5, tolerance=0.0)
+    first, _, _ = migrated.take_starts("j", "api", count=2, interval=0.5, tolerance=0.0)
     assert first <= 0.0
     (got,) = migrated.claim("j", "s", "me", limit=1, lease_seconds=60, now=1.0, run_id="r")
     done = Outcome(got.id, Status.DONE, checks='[{"name":"min_rows(1)","ok":true}]')
     assert migrated.complete("me", [done], now=2.0) == 1
+    assert migrated.plan("j", "s", daily("2013-01-01", "2013-02-01"), fingerprint="f") == 1
+    assert migrated.plan("j", "s", daily("2013-01-01", "2013-02-01"), fingerprint="f") == 0
     migrated.close()
 
 

@@ -91,9 +91,9 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     second.close()
 
 
-@pytest.mark.parametrize("old_version", [1, 2, 3, 4])
+@pytest.mark.parametrize("old_version", [1, 2, 3, 4, 5])
 def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: int) -> None:
-    """A state file of schema 1 to 4 is brought up to date on open, keeping its rows."""
+    """A state file of schema 1 to 5 is brought up to date on open, keeping its rows."""
     import sqlite3
 
     from backfill.ledger import Outcome, Status
@@ -105,8 +105,10 @@ def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: i
     store.plan("j", "s", daily("2013-01-01", "2013-01-31"))
     store.close()
     with sqlite3.connect(target) as conn:
-        conn.execute("ALTER TABLE backfill_partitions DROP COLUMN checks")
-        conn.execute("DROP INDEX backfill_partitions_window")
+        conn.execute("ALTER TABLE backfill_stages DROP COLUMN planned")
+        if old_version < 5:
+            conn.execute("ALTER TABLE backfill_partitions DROP COLUMN checks")
+            conn.execute("DROP INDEX backfill_partitions_window")
         if old_version < 4:
             conn.execute("ALTER TABLE backfill_workers DROP COLUMN finished")
         if old_version < 3:
@@ -133,3 +135,7 @@ def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: i
     assert int(version) == SCHEMA_VERSION
     assert "backfill_partitions_claim" not in indexes
     assert "backfill_partitions_window" in indexes
+    reopened = SQLiteLedger(target)
+    assert reopened.plan("j", "s", daily("2013-01-01", "2013-02-01"), fingerprint="f") == 1
+    assert reopened.plan("j", "s", daily("2013-01-01", "2013-02-01"), fingerprint="f") == 0
+    reopened.close()

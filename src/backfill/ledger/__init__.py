@@ -215,8 +215,21 @@ class Ledger(Protocol):
 
     url: str
 
-    def plan(self, job: str, stage: str, partitions: Iterable[Partition]) -> int:
-        """Insert the partitions that are not yet recorded; return how many were new."""
+    def plan(
+        self,
+        job: str,
+        stage: str,
+        partitions: Iterable[Partition],
+        *,
+        fingerprint: str | None = None,
+    ) -> int:
+        """Insert the partitions that are not yet recorded; return how many were new.
+
+        ``fingerprint`` names the whole set (e.g. the spec's repr): once a plan with it
+        has gone through to the end, planning the same fingerprint again inserts nothing
+        and reads nothing but the stage's row, so a worker joining a run of a million
+        partitions starts at once. ``reset`` forgets it.
+        """
 
     def claim(
         self,
@@ -345,8 +358,9 @@ class SharedLimits(Protocol):
 
     def take_starts(
         self, job: str, resource: str, *, count: int, interval: float, tolerance: float
-    ) -> tuple[float, float]:
-        """Book ``count`` starts; (first due, paused until) in seconds from now."""
+    ) -> tuple[float, float, float]:
+        """Book ``count`` starts; (first due, paused until) in seconds from the database's
+        now, and that now (epoch seconds on the database's clock)."""
 
     def pause_resource(self, job: str, resource: str, seconds: float) -> None: ...
 

@@ -44,7 +44,7 @@ __all__ = ["MAX_LOST_LEASES", "SCHEMA_VERSION", "PostgresLedger", "redact_url"]
 log = logging.getLogger("backfill.ledger.postgres")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # A partition whose lease expires this many times in a row is failed, not handed out again.
 MAX_LOST_LEASES = 3
 _PLAN_CHUNK = 20_000
@@ -306,14 +306,30 @@ class PostgresLedger:
 
     # -- partitions ----------------------------------------------------------------
 
-    def plan(self, job: str, stage: str, partitions: Iterable[Partition]) -> int:
+    def plan(
+        self,
+        job: str,
+        stage: str,
+        partitions: Iterable[Partition],
+        *,
+        fingerprint: str | None = None,
+    ) -> int:
+        if fingerprint is not None:
+
+            def planned(conn: psycopg.Connection[Any]) -> str | None:
+                stage_id = self._stage_id(conn, job, stage, create=True)
+                row = conn.execute(_Q["planned"], {"stage_id": stage_id}).fetchone()
+                return None if row is None else row[0]
+
+            if self._run(planned) == fingerprint:
+                return 0
         inserted = 0
         iterator = iter(partitions)
         dims_text: dict[tuple[tuple[str, str], ...], str | None] = {}
         while True:
             chunk = list(itertools.islice(iterator, _PLAN_CHUNK))
             if not chunk:
-                return inserted
+                break
             params: dict[str, Any] = {
                 "keys": [p.key for p in chunk],
                 "starts": [p.start for p in chunk],
@@ -331,6 +347,14 @@ class PostgresLedger:
                 return conn.execute(_Q["plan"], params).rowcount
 
             inserted += self._run(insert)
+        if fingerprint is not None:
+
+            def record(conn: psycopg.Connection[Any]) -> None:
+                stage_id = self._stage_id(conn, job, stage, create=True)
+                conn.execute(_Q["set_planned"], {"stage_id": stage_id, "planned": fingerprint})
+
+            self._run(record)
+        return inserted
 
     def claim(
         self,
@@ -659,6 +683,8 @@ class PostgresLedger:
         job: str,
         stages: Sequence[str],
         selection: Selection | None,
+        *,
+        also: str | None = None,
         **extra: Any,
     ) -> int:
         where, params = _selection_sql(selection)
@@ -672,6 +698,8 @@ class PostgresLedger:
                     continue
                 cur = conn.execute(_Q[query].format(where=where), dict(params, stage_id=stage_id))
                 changed += cur.rowcount
+                if also is not None:
+                    conn.execute(_Q[also], {"stage_id": stage_id})
             return changed
 
         return self._run(change)
@@ -690,7 +718,8 @@ class PostgresLedger:
         )
 
     def reset(self, job: str, stages: Sequence[str], selection: Selection | None = None) -> int:
-        return self._per_stage("reset", job, stages, selection)
+        # The next plan must put the forgotten partitions back.
+        return self._per_stage("reset", job, stages, selection, also="forget_plan")
 
     # -- runs and workers ----------------------------------------------------------
 
@@ -767,12 +796,12 @@ class PostgresLedger:
 
     def take_starts(
         self, job: str, resource: str, *, count: int, interval: float, tolerance: float
-    ) -> tuple[float, float]:
+    ) -> tuple[float, float, float]:
         """Book ``count`` starts of a resource shared by every worker of ``job``.
 
         Returns, in seconds from the database's now, when the first is due (the rest
         follow ``interval`` apart; negative: due already) and until when the fleet is
-        paused.
+        paused; then that now itself, on the database's clock.
         """
         params = {
             "job": job,
@@ -782,13 +811,13 @@ class PostgresLedger:
             "tolerance": tolerance,
         }
 
-        def book(conn: psycopg.Connection[Any]) -> tuple[float, float]:
+        def book(conn: psycopg.Connection[Any]) -> tuple[float, float, float]:
             row = conn.execute(_Q["take_starts"], params).fetchone()
             if row is None:
                 conn.execute(_Q["insert_resource"], params)
                 row = conn.execute(_Q["take_starts"], params).fetchone()
             assert row is not None
-            return float(row[0]), float(row[1])
+            return float(row[0]), float(row[1]), float(row[2])
 
         return self._run(book)
 

@@ -41,7 +41,7 @@ from backfill.partitions import Order, Partition, Selection
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _PLAN_CHUNK = 20_000
 
 
@@ -207,7 +207,20 @@ class SQLiteLedger:
 
     # -- partitions ----------------------------------------------------------------
 
-    def plan(self, job: str, stage: str, partitions: Iterable[Partition]) -> int:
+    def plan(
+        self,
+        job: str,
+        stage: str,
+        partitions: Iterable[Partition],
+        *,
+        fingerprint: str | None = None,
+    ) -> int:
+        if fingerprint is not None:
+            with self._tx() as conn:
+                stage_id = self._stage_id(conn, job, stage, create=True)
+                row = conn.execute(_Q["planned"], {"stage_id": stage_id}).fetchone()
+            if row is not None and row[0] == fingerprint:
+                return 0
         inserted = 0
         iterator = iter(partitions)
         # Partitions share a handful of dims and, per window, dates: encode each once,
@@ -217,7 +230,7 @@ class SQLiteLedger:
         while True:
             chunk = list(itertools.islice(iterator, _PLAN_CHUNK))
             if not chunk:
-                return inserted
+                break
             rows = []
             for p in chunk:
                 dims = dims_text.get(p.dims)
@@ -232,6 +245,11 @@ class SQLiteLedger:
                 before = conn.total_changes
                 conn.execute(_Q["plan"], (stage_id, payload))
                 inserted += conn.total_changes - before
+        if fingerprint is not None:
+            with self._tx() as conn:
+                stage_id = self._stage_id(conn, job, stage, create=True)
+                conn.execute(_Q["set_planned"], {"stage_id": stage_id, "planned": fingerprint})
+        return inserted
 
     def claim(
         self,
@@ -543,6 +561,8 @@ class SQLiteLedger:
         job: str,
         stages: Sequence[str],
         selection: Selection | None,
+        *,
+        also: str | None = None,
         **extra: Any,
     ) -> int:
         where, params = _selection_sql(selection)
@@ -555,6 +575,8 @@ class SQLiteLedger:
                     continue
                 cur = conn.execute(_Q[query].format(where=where), dict(params, stage_id=stage_id))
                 changed += cur.rowcount
+                if also is not None:
+                    conn.execute(_Q[also], {"stage_id": stage_id})
         return changed
 
     def requeue(
@@ -571,7 +593,8 @@ class SQLiteLedger:
         )
 
     def reset(self, job: str, stages: Sequence[str], selection: Selection | None = None) -> int:
-        return self._per_stage("reset", job, stages, selection)
+        # The next plan must put the forgotten partitions back.
+        return self._per_stage("reset", job, stages, selection, also="forget_plan")
 
     # -- runs and workers ----------------------------------------------------------
 

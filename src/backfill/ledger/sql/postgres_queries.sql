@@ -16,6 +16,16 @@ FROM unnest(%(keys)s::text[], %(starts)s::date[], %(ends)s::date[], %(dims)s::te
      AS t (k, s, e, d)
 ON CONFLICT (stage_id, key) DO NOTHING;
 
+-- name: planned
+-- The fingerprint of the last plan of this stage that went through to the end.
+SELECT planned FROM backfill_stages WHERE id = %(stage_id)s;
+
+-- name: set_planned
+UPDATE backfill_stages SET planned = %(planned)s WHERE id = %(stage_id)s;
+
+-- name: forget_plan
+UPDATE backfill_stages SET planned = NULL WHERE id = %(stage_id)s;
+
 -- name: claim_pending
 -- SKIP LOCKED: concurrent claimants each take different rows and never wait on another.
 UPDATE backfill_partitions AS p
@@ -200,14 +210,15 @@ ON CONFLICT (job, name) DO NOTHING;
 -- name: take_starts
 -- GCRA for a block of n starts, on the database's clock: start i is due at
 -- base + i * interval, base = max(tat, now - tolerance, paused_until); those due before
--- now go at once (that is the burst). Returns base and the pause as offsets from now.
+-- now go at once (that is the burst). Returns base and the pause as offsets from now,
+-- and now itself (workers map the schedule onto their own clocks with it).
 WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::double precision AS now)
 UPDATE backfill_resources AS r
 SET tat = greatest(r.tat, clock.now - %(tolerance)s, r.paused_until)
           + %(n)s * %(interval)s
 FROM clock
 WHERE r.job = %(job)s AND r.name = %(name)s
-RETURNING r.tat - %(n)s * %(interval)s - clock.now, r.paused_until - clock.now;
+RETURNING r.tat - %(n)s * %(interval)s - clock.now, r.paused_until - clock.now, clock.now;
 
 -- name: pause_resource
 WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::double precision AS now)

@@ -1,4 +1,4 @@
--- backfill ledger, PostgreSQL. Schema version 3 (see backfill_meta.schema_version).
+-- backfill ledger, PostgreSQL. Schema version 4 (see backfill_meta.schema_version).
 -- A database of an older version is brought up to date by postgres_migrations/NNNN.sql.
 -- Times are epoch seconds (double precision), as the engine passes them.
 
@@ -10,9 +10,10 @@ CREATE TABLE IF NOT EXISTS backfill_meta (
 -- One row per (job, stage): partition rows refer to it by a small integer,
 -- which keeps the claim indexes narrow.
 CREATE TABLE IF NOT EXISTS backfill_stages (
-    id    serial PRIMARY KEY,
-    job   text NOT NULL,
-    stage text NOT NULL,
+    id      serial PRIMARY KEY,
+    job     text NOT NULL,
+    stage   text NOT NULL,
+    planned text,          -- fingerprint of the last plan that went through to the end
     UNIQUE (job, stage)
 );
 

@@ -15,6 +15,16 @@ SELECT ?1, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
        json_extract(value, '$[2]'), json_extract(value, '$[3]')
 FROM json_each(?2);
 
+-- name: planned
+-- The fingerprint of the last plan of this stage that went through to the end.
+SELECT planned FROM backfill_stages WHERE id = :stage_id;
+
+-- name: set_planned
+UPDATE backfill_stages SET planned = :planned WHERE id = :stage_id;
+
+-- name: forget_plan
+UPDATE backfill_stages SET planned = NULL WHERE id = :stage_id;
+
 -- name: claim_pending
 UPDATE backfill_partitions
 SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,

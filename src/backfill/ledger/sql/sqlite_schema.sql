@@ -1,4 +1,4 @@
--- backfill ledger, SQLite. Schema version 5 (see backfill_meta.schema_version).
+-- backfill ledger, SQLite. Schema version 6 (see backfill_meta.schema_version).
 -- A file of an older version is brought up to date by sqlite_migrations/NNNN.sql.
 
 CREATE TABLE IF NOT EXISTS backfill_meta (
@@ -9,9 +9,10 @@ CREATE TABLE IF NOT EXISTS backfill_meta (
 -- One row per (job, stage): partition rows refer to it by a small integer,
 -- which keeps the claim index narrow.
 CREATE TABLE IF NOT EXISTS backfill_stages (
-    id    INTEGER PRIMARY KEY,
-    job   TEXT NOT NULL,
-    stage TEXT NOT NULL,
+    id      INTEGER PRIMARY KEY,
+    job     TEXT NOT NULL,
+    stage   TEXT NOT NULL,
+    planned TEXT,          -- fingerprint of the last plan that went through to the end
     UNIQUE (job, stage)
 );
 

@@ -1,0 +1,123 @@
+"""Fleet-wide limits: mapping the shared schedule onto a worker's own clock."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from backfill.fleet import LedgerRate, concurrency_share
+from backfill.ratelimit import Resource
+
+OFFSET = 1000.0  # the database's clock runs this far ahead of the worker's
+
+
+class StepClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Schedule:
+    """A shared schedule whose reply reaches the worker ``delay`` s after the database
+    read its clock (the worker was short of CPU)."""
+
+    def __init__(self, clock: StepClock) -> None:
+        self.clock = clock
+        self.delay = 0.0
+        self.booked: list[float] = []  # when the database read its clock, on ours
+
+    def take_starts(
+        self, job: str, resource: str, *, count: int, interval: float, tolerance: float
+    ) -> tuple[float, float, float]:
+        db_now = self.clock.now + OFFSET
+        self.clock.now += self.delay
+        self.delay = 0.0
+        self.booked.append(db_now - OFFSET)
+        return 0.0, 0.0, db_now
+
+    def pause_resource(self, job: str, resource: str, seconds: float) -> None:
+        raise AssertionError("not paused in these tests")
+
+
+def taker(delays: list[float]) -> tuple[list[list[float]], Schedule]:
+    clock = StepClock()
+    schedule = Schedule(clock)
+    resource = Resource("api", rate=20)
+    rate = LedgerRate(schedule, "j", resource, ThreadPoolExecutor(1), clock)
+    taken: list[list[float]] = []
+
+    async def main() -> None:
+        for delay in delays:
+            clock.now += 1.0
+            schedule.delay = delay
+            starts, _ = await rate.take(3)
+            taken.append(starts)
+
+    asyncio.run(main())
+    return taken, schedule
+
+
+def test_starts_of_a_reply_held_up_on_its_way_show_as_late_as_they_are() -> None:
+    """After one quick round trip, a reply that arrives 0.3 s after the database booked
+    its starts maps them to when they were due, not to when the reply came."""
+    taken, schedule = taker([0.0, 0.3])
+    assert taken[0] == pytest.approx([1.0, 1.05, 1.10])
+    assert taken[1] == pytest.approx([2.0, 2.05, 2.10])
+    assert schedule.clock.now == pytest.approx(2.3)
+
+
+def test_without_a_quicker_round_trip_the_reply_is_the_origin() -> None:
+    """With nothing better to go by, starts are never mapped earlier than the reply."""
+    taken, _ = taker([0.2])
+    assert taken[0] == pytest.approx([1.2, 1.25, 1.3])
+
+
+def test_a_quick_round_trip_counts_for_a_bounded_time() -> None:
+    """The offset learnt from a quick round trip is forgotten after the horizon, so a
+    clock that stepped is followed again."""
+    taken, schedule = taker([0.0] + [0.2] * 12)
+    received = [booked + 0.2 for booked in schedule.booked]
+    learnt_at = schedule.booked[0]
+    for starts, booked, came in zip(taken[1:], schedule.booked[1:], received[1:], strict=True):
+        within = came - LedgerRate.horizon <= learnt_at
+        assert starts[0] == pytest.approx(booked if within else came)
+    assert taken[-1][0] == pytest.approx(received[-1])
+
+
+def test_late_starts_are_dropped_by_the_resource_not_sent() -> None:
+    """The resource takes a fresh block instead of spending starts over half an interval
+    late, so its first request goes at the first on-time start."""
+    clock = StepClock()
+    schedule = Schedule(clock)
+    resource = Resource("api", rate=20, clock=clock)
+    resource.share_with(LedgerRate(schedule, "j", resource, ThreadPoolExecutor(1), clock))
+
+    async def main() -> float:
+        await resource.acquire()  # learns the offset from a quick round trip
+        clock.now += 5.0
+        schedule.delay = 0.3
+        await resource.acquire()
+        return clock.now
+
+    sent = asyncio.run(main())
+    # The held-up start (due at 5.0, in hand at 5.3) is dropped; the next goes on time.
+    assert sent == pytest.approx(5.3)
+    assert schedule.booked == pytest.approx([0.0, 5.0, 5.3])
+
+
+def test_concurrency_share_splits_evenly_and_never_below_one() -> None:
+    """Shares add up to the total, the remainder to the first ids, one at least."""
+    assert [concurrency_share(10, ["a", "b", "c"], w) for w in "abc"] == [4, 3, 3]
+    assert concurrency_share(2, ["a", "b", "c"], "c") == 1
