@@ -398,6 +398,39 @@ def test_a_value_no_column_can_hold_names_its_table_and_field(dest: Destination)
     assert "\n" not in str(info.value)
 
 
+def test_sqlite_leaves_unchanged_rows_unwritten(tmp_path: Path) -> None:
+    """Upserting rows that would stay the same changes no row (a NULL equal to a NULL
+    included); a changed value, or a NULL becoming a value, is written."""
+    from backfill.sinks import Rows
+
+    sink = table(f"sqlite:///{tmp_path / 'out.db'}", "t", key=["k"])
+    first = [{"k": 1, "f": 1.5, "s": None}, {"k": 2, "f": 2.5, "s": "b"}]
+    _write(sink, first)
+    day = daily("2013-01-01", "2013-01-01").get("2013-01-01")
+    assert day is not None
+
+    def changes(records: list[dict[str, Any]]) -> int:
+        conn = sink.connect()
+        try:
+            conn.begin()
+            before = conn.raw.total_changes
+            sink.write(conn, [Rows(day, records)])
+            conn.commit()
+            return int(conn.raw.total_changes - before)
+        finally:
+            conn.close()
+
+    assert changes(first) == 0
+    assert changes([{"k": 1, "f": 1.5, "s": "a"}, {"k": 2, "f": 2.5, "s": "b"}]) == 1
+    assert changes([{"k": 1, "f": 1.5, "s": "a"}, {"k": 2, "f": 3.5, "s": "b"}]) == 1
+    raw = sqlite3.connect(tmp_path / "out.db")
+    assert raw.execute("SELECT k, f, s FROM t ORDER BY k").fetchall() == [
+        (1, 1.5, "a"),
+        (2, 3.5, "b"),
+    ]
+    raw.close()
+
+
 def test_postgres_leaves_unchanged_rows_unwritten_but_sees_a_changed_sign(tmp_path: Path) -> None:
     """The upsert does not rewrite a row that would stay the same (its xmin is kept), but
     -0.0 after 0.0 is a change (stored images differ, though the values compare equal)."""

@@ -363,12 +363,18 @@ class _Insert:
         row = f"({', '.join('?' for _ in names)})"
         tail = ""
         if spec.key:
-            updates = ", ".join(
-                f"{_quote(c)} = excluded.{_quote(c)}" for c in columns if c not in spec.key
+            values = [c for c in columns if c not in spec.key]
+            updates = ", ".join(f"{_quote(c)} = excluded.{_quote(c)}" for c in values)
+            # A row that would stay the same is left alone: no page rewritten, nothing to
+            # the WAL (a re-run or an overlapping window sends mostly unchanged rows).
+            # IS NOT treats NULLs as values; SQLite keeps no -0.0 to tell from 0.0.
+            unchanged = (
+                f"({', '.join(_quote(c) for c in values)}) IS NOT "
+                f"({', '.join('excluded.' + _quote(c) for c in values)})"
             )
             keys = ", ".join(_quote(k) for k in spec.key)
             tail = f" ON CONFLICT ({keys}) " + (
-                f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+                f"DO UPDATE SET {updates} WHERE {unchanged}" if updates else "DO NOTHING"
             )
         self.one = head + row + tail
         self.many = head + ", ".join([row] * self.per_statement) + tail
