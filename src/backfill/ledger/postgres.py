@@ -403,15 +403,15 @@ class PostgresLedger:
             return rows
 
         rows = self._run(take)
+        # Dims come as jsonb's canonical text: a batch shares a handful, decoded once each.
         dims: dict[str, tuple[tuple[str, str], ...]] = {}
         claims = []
         for row in rows:
             raw = row[4]
             row_dims: tuple[tuple[str, str], ...] = ()
             if raw:
-                cache_key = json.dumps(raw, sort_keys=True)
-                row_dims = dims.get(cache_key) or dims.setdefault(
-                    cache_key, tuple((str(k), str(v)) for k, v in raw.items())
+                row_dims = dims.get(raw) or dims.setdefault(
+                    raw, tuple((str(k), str(v)) for k, v in json.loads(raw).items())
                 )
             claims.append(
                 Claim(row[0], stage, row[1], row[2], row[3], row_dims, row[5], row[6], row[7])

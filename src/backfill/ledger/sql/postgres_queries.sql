@@ -40,7 +40,7 @@ FROM (
     FOR UPDATE OF p SKIP LOCKED
 ) AS picked
 WHERE p.id = picked.id
-RETURNING p.id, p.key, p.window_start, p.window_end, p.dims, p.attempts, p.claims,
+RETURNING p.id, p.key, p.window_start, p.window_end, p.dims::text, p.attempts, p.claims,
           p.checkpoint;
 
 -- name: fail_lost
@@ -72,7 +72,7 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS picked
 WHERE p.id = picked.id
-RETURNING p.id, p.key, p.window_start, p.window_end, p.dims, p.attempts, p.claims,
+RETURNING p.id, p.key, p.window_start, p.window_end, p.dims::text, p.attempts, p.claims,
           p.checkpoint;
 
 -- name: complete
