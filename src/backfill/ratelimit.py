@@ -510,9 +510,14 @@ class Resource:
                     self._slots.popleft()
                 if self._slots:
                     start = self._slots.popleft()
-                    if start > now:
-                        await self.clock.sleep(start - now)
-                    return
+                    if start <= now:
+                        return
+                    await self.clock.sleep(start - now)
+                    # Woken late (the loop or the CPU was busy): the start is as stale
+                    # as one found late, and is dropped the same way.
+                    if self.clock.monotonic() <= start + interval / 2:
+                        return
+                    continue
                 async with self._taking:
                     if self._slots:
                         continue

@@ -18,6 +18,7 @@ class StepClock:
 
     def __init__(self) -> None:
         self.now = 0.0
+        self.oversleep = 0.0  # added to the next sleep only (the loop woke up late)
 
     def time(self) -> float:
         return self.now
@@ -26,7 +27,8 @@ class StepClock:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
-        self.now += seconds
+        self.now += seconds + self.oversleep
+        self.oversleep = 0.0
 
 
 class Schedule:
@@ -36,6 +38,7 @@ class Schedule:
     def __init__(self, clock: StepClock) -> None:
         self.clock = clock
         self.delay = 0.0
+        self.due = 0.0  # how far after the database's now the booked start is
         self.booked: list[float] = []  # when the database read its clock, on ours
 
     def take_starts(
@@ -45,7 +48,7 @@ class Schedule:
         self.clock.now += self.delay
         self.delay = 0.0
         self.booked.append(db_now - OFFSET)
-        return 0.0, 0.0, db_now
+        return self.due, 0.0, db_now
 
     def pause_resource(self, job: str, resource: str, seconds: float) -> None:
         raise AssertionError("not paused in these tests")
@@ -115,6 +118,26 @@ def test_late_starts_are_dropped_by_the_resource_not_sent() -> None:
     # The held-up start (due at 5.0, in hand at 5.3) is dropped; the next goes on time.
     assert sent == pytest.approx(5.3)
     assert schedule.booked == pytest.approx([0.0, 5.0, 5.3])
+
+
+def test_a_start_slept_past_is_dropped_not_sent_late() -> None:
+    """A worker that wakes up well after its start (its CPU was busy) takes a fresh one
+    instead of sending on the stale start."""
+    clock = StepClock()
+    schedule = Schedule(clock)
+    resource = Resource("api", rate=20, clock=clock)
+    resource.share_with(LedgerRate(schedule, "j", resource, ThreadPoolExecutor(1), clock))
+
+    async def main() -> float:
+        schedule.due = 0.1
+        clock.oversleep = 0.3
+        await resource.acquire()
+        return clock.now
+
+    sent = asyncio.run(main())
+    # Due at 0.1, awake at 0.4: dropped; the next is booked at 0.4 and due at 0.5.
+    assert schedule.booked == pytest.approx([0.0, 0.4])
+    assert sent == pytest.approx(0.5)
 
 
 def test_concurrency_share_splits_evenly_and_never_below_one() -> None:
