@@ -3,7 +3,8 @@
 Each resource's per-second rate is one schedule in the database: a worker books start
 instants in small blocks (a quarter second's worth at most, as many as it has requests
 waiting), so the starts of all workers together are spaced as one process would space
-them. A Retry-After seen by any worker pauses the schedule for all. Concurrency is split
+them. Quotas (e.g. 10000/day) are counted in the same booking, over the fleet's starts.
+A Retry-After seen by any worker pauses the schedule for all. Concurrency is split
 into per-worker shares, rebalanced as workers join, leave or die.
 """
 
@@ -71,6 +72,9 @@ class LedgerRate:
 
     async def take(self, count: int) -> tuple[list[float], float]:
         interval = self.resource.rate_interval
+        quotas = [(int(q.count), q.period) for q in self.resource.quotas]
+        # A block never holds more starts than the smallest quota allows in its window.
+        count = min([count, *(n for n, _ in quotas)])
         book = functools.partial(
             self.ledger.take_starts,
             self.job,
@@ -78,11 +82,11 @@ class LedgerRate:
             count=count,
             interval=interval,
             tolerance=(self.resource.burst - 1) * interval,
+            quotas=quotas,
         )
-        base, paused, db_now = await asyncio.get_running_loop().run_in_executor(self.pool, book)
+        due, paused, db_now = await asyncio.get_running_loop().run_in_executor(self.pool, book)
         origin = self._origin(db_now, self.clock.monotonic())
-        starts = [max(origin, origin + base + i * interval) for i in range(count)]
-        return starts, origin + paused
+        return [origin + offset for offset in due], origin + paused
 
     def pause(self, seconds: float) -> None:
         self.pool.submit(self._pause, seconds)

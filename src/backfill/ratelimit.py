@@ -22,7 +22,7 @@ import collections
 import contextlib
 import math
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -37,6 +37,7 @@ __all__ = [
     "Outcome",
     "Resource",
     "SharedRate",
+    "book_block",
     "parse_limit",
 ]
 
@@ -136,6 +137,44 @@ class _Window:
 
     def book(self, start: float) -> None:
         self.log.append(start)
+
+
+def book_block(
+    *,
+    now: float,
+    tat: float,
+    paused_until: float,
+    count: int,
+    interval: float,
+    tolerance: float,
+    earlier: Sequence[tuple[float, Sequence[float | None]]] = (),
+) -> tuple[float, list[float]]:
+    """Book ``count`` starts on one shared schedule; return the schedule's next ``tat``
+    and the instants of the starts (all on the schedule's clock, ``now`` included).
+
+    The rate is GCRA: the first start is due at ``max(tat, now - tolerance,
+    paused_until)``, each next one ``interval`` after the one before, and starts due
+    before ``now`` go at ``now`` (the burst). ``earlier`` holds, per quota, its period
+    and, for each new start, the start made ``quota count`` starts before it (None while
+    fewer were made): a start waits until that one has left the quota's window.
+    ``count`` must not exceed a quota's count.
+
+    >>> book_block(now=10.0, tat=9.0, paused_until=0.0, count=3, interval=0.5, tolerance=0.0)
+    (11.5, [10.0, 10.5, 11.0])
+    >>> book_block(now=10.0, tat=0.0, paused_until=0.0, count=2, interval=1.0, tolerance=0.0,
+    ...            earlier=[(60.0, [None, 5.0])])
+    (66.0, [10.0, 65.0])
+    """
+    due = max(tat, now - tolerance, paused_until)
+    starts = []
+    for i in range(count):
+        for period, previous in earlier:
+            before = previous[i]
+            if before is not None:
+                due = max(due, before + period)
+        starts.append(max(now, due))
+        due += interval
+    return due, starts
 
 
 # Limits over longer periods than this are quotas, counted exactly over a sliding window;
@@ -470,10 +509,16 @@ class Resource:
     # -- a fleet of workers ----------------------------------------------------------------
 
     def share_with(self, shared: SharedRate) -> None:
-        """Take this resource's per-second rate from ``shared``, one schedule for the whole
-        fleet, instead of from this process's own schedule. Quotas stay local."""
+        """Take this resource's per-second rate and its quotas from ``shared``, one
+        schedule for the whole fleet (this process's own schedule still applies too)."""
         self._shared = shared
         self._slots.clear()
+
+    @property
+    def quotas(self) -> list[Limit]:
+        """The limits over longer periods (e.g. 10000/day), counted exactly over a sliding
+        window; a fleet keeps them in the shared ledger."""
+        return [Limit(s.count, s.period) for s in self._schedulers if isinstance(s, _Window)]
 
     @property
     def rate_interval(self) -> float:
@@ -500,13 +545,16 @@ class Resource:
         """
         assert self._shared is not None
         interval = self.rate_interval
+        # With a rate, a start more than half an interval late would bunch up with later
+        # ones; with quotas only (no spacing), lateness costs nothing worth a start.
+        late = interval / 2 if interval else math.inf
         if self._taking is None:
             self._taking = asyncio.Lock()
         self._waiting += 1
         try:
             while True:
                 now = self.clock.monotonic()
-                while self._slots and self._slots[0] < now - interval / 2:
+                while self._slots and self._slots[0] < now - late:
                     self._slots.popleft()
                 if self._slots:
                     start = self._slots.popleft()
@@ -515,14 +563,15 @@ class Resource:
                     await self.clock.sleep(start - now)
                     # Woken late (the loop or the CPU was busy): the start is as stale
                     # as one found late, and is dropped the same way.
-                    if self.clock.monotonic() <= start + interval / 2:
+                    if self.clock.monotonic() <= start + late:
                         return
                     continue
                 async with self._taking:
                     if self._slots:
                         continue
                     # Everyone waiting now, but no more than a quarter second's worth.
-                    count = max(1, min(self._waiting, math.ceil(0.25 / interval)))
+                    most = math.ceil(0.25 / interval) if interval else 16
+                    count = max(1, min(self._waiting, most))
                     starts, paused_until = await self._shared.take(count)
                     self._slots.extend(starts)
                     if paused_until > self.clock.monotonic() + 1e-3:
@@ -547,7 +596,7 @@ class Resource:
     async def acquire(self) -> None:
         """Wait for a reservation (rates, pauses and the breaker all respected)."""
         while True:
-            if self._shared is not None and self.rate_interval:
+            if self._shared is not None:
                 await self._shared_start()
             wait = self.reserve()
             if wait > 0:

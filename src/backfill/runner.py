@@ -565,7 +565,7 @@ class Runner:
         pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-fleet")
         try:
             for resource in self.job.resources.values():
-                if resource.rate_interval:
+                if resource.rate_interval or resource.quotas:
                     resource.share_with(
                         LedgerRate(ledger, self.job.name, resource, pool, self.clock)
                     )

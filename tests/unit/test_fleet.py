@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from backfill.fleet import LedgerRate, concurrency_share
-from backfill.ratelimit import Resource
+from backfill.ratelimit import Resource, book_block
 
 OFFSET = 1000.0  # the database's clock runs this far ahead of the worker's
 
@@ -42,13 +43,20 @@ class Schedule:
         self.booked: list[float] = []  # when the database read its clock, on ours
 
     def take_starts(
-        self, job: str, resource: str, *, count: int, interval: float, tolerance: float
-    ) -> tuple[float, float, float]:
+        self,
+        job: str,
+        resource: str,
+        *,
+        count: int,
+        interval: float,
+        tolerance: float,
+        quotas: Sequence[tuple[int, float]] = (),
+    ) -> tuple[list[float], float, float]:
         db_now = self.clock.now + OFFSET
         self.clock.now += self.delay
         self.delay = 0.0
         self.booked.append(db_now - OFFSET)
-        return self.due, 0.0, db_now
+        return [self.due + i * interval for i in range(count)], 0.0, db_now
 
     def pause_resource(self, job: str, resource: str, seconds: float) -> None:
         raise AssertionError("not paused in these tests")
@@ -144,3 +152,69 @@ def test_concurrency_share_splits_evenly_and_never_below_one() -> None:
     """Shares add up to the total, the remainder to the first ids, one at least."""
     assert [concurrency_share(10, ["a", "b", "c"], w) for w in "abc"] == [4, 3, 3]
     assert concurrency_share(2, ["a", "b", "c"], "c") == 1
+
+
+def test_a_block_is_spaced_by_the_rate_and_its_burst_goes_at_once() -> None:
+    """Starts follow the interval from the schedule's tat; those already due go now."""
+    tat, starts = book_block(
+        now=10.0, tat=9.0, paused_until=0.0, count=4, interval=0.5, tolerance=1.0
+    )
+    assert tat == pytest.approx(11.0)
+    assert starts == pytest.approx([10.0, 10.0, 10.0, 10.5])
+
+
+def test_a_pause_pushes_the_whole_block_back() -> None:
+    """No start of the block comes before the fleet's pause ends."""
+    tat, starts = book_block(
+        now=10.0, tat=9.0, paused_until=12.0, count=2, interval=0.5, tolerance=0.0
+    )
+    assert (tat, starts) == (13.0, [12.0, 12.5])
+
+
+def test_a_quota_holds_each_start_a_period_after_the_one_quota_count_before() -> None:
+    """With 3 per minute used at 0, 1 and 2 s, the next starts wait until 60, 61, 62;
+    a start whose quota slot is free goes on the rate alone, before those that wait."""
+    earlier = [(60.0, [0.0, 1.0, 2.0])]
+    _, starts = book_block(
+        now=5.0, tat=0.0, paused_until=0.0, count=3, interval=1.0, tolerance=0.0,
+        earlier=earlier,
+    )  # fmt: skip
+    assert starts == pytest.approx([60.0, 61.0, 62.0])
+    # Starts a period old no longer count; a quota not yet full holds nothing.
+    assert book_block(
+        now=70.0, tat=0.0, paused_until=0.0, count=2, interval=1.0, tolerance=0.0,
+        earlier=[(60.0, [0.0, None])],
+    )[1] == pytest.approx([70.0, 71.0])  # fmt: skip
+    assert book_block(
+        now=5.0, tat=0.0, paused_until=0.0, count=3, interval=1.0, tolerance=0.0,
+        earlier=[(60.0, [None, 1.0, 2.0])],
+    )[1] == pytest.approx([5.0, 61.0, 62.0])  # fmt: skip
+
+
+def test_the_busiest_quota_and_the_rate_together_set_the_block() -> None:
+    """Of two quotas the one that waits longer wins, and the rate's spacing is kept."""
+    _, starts = book_block(
+        now=0.0, tat=0.0, paused_until=0.0, count=2, interval=0.5, tolerance=0.0,
+        earlier=[(10.0, [-8.0, -7.9]), (100.0, [-90.0, None])],
+    )  # fmt: skip
+    assert starts == pytest.approx([10.0, 10.5])
+
+
+def test_blocks_never_exceed_the_smallest_quota() -> None:
+    """A worker with many requests waiting books no more starts at once than the
+    tightest quota allows in its window."""
+    clock = StepClock()
+    schedule = Schedule(clock)
+    resource = Resource("api", rate=100, limits=["3/min"], clock=clock)
+    asked: list[int] = []
+    taking = schedule.take_starts
+
+    def spy(*args: object, count: int, **kw: object) -> tuple[float, float, float]:
+        asked.append(count)
+        return taking(*args, count=count, **kw)  # type: ignore[arg-type]
+
+    schedule.take_starts = spy  # type: ignore[method-assign]
+    rate = LedgerRate(schedule, "j", resource, ThreadPoolExecutor(1), clock)
+    starts, _ = asyncio.run(rate.take(25))
+    assert asked == [3]
+    assert len(starts) == 3

@@ -357,10 +357,18 @@ class SharedLimits(Protocol):
     """A ledger that also holds the resource schedules of a fleet of workers."""
 
     def take_starts(
-        self, job: str, resource: str, *, count: int, interval: float, tolerance: float
-    ) -> tuple[float, float, float]:
-        """Book ``count`` starts; (first due, paused until) in seconds from the database's
-        now, and that now (epoch seconds on the database's clock)."""
+        self,
+        job: str,
+        resource: str,
+        *,
+        count: int,
+        interval: float,
+        tolerance: float,
+        quotas: Sequence[tuple[int, float]] = (),
+    ) -> tuple[list[float], float, float]:
+        """Book ``count`` starts (see :func:`backfill.ratelimit.book_block`), within every
+        quota of (count, period seconds); (when each is due, paused until) in seconds from
+        the database's now, and that now (epoch seconds on the database's clock)."""
 
     def pause_resource(self, job: str, resource: str, seconds: float) -> None: ...
 

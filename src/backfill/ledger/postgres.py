@@ -38,6 +38,7 @@ from backfill.ledger import (
     dims_json,
 )
 from backfill.partitions import Order, Partition, Selection
+from backfill.ratelimit import book_block
 
 __all__ = ["MAX_LOST_LEASES", "SCHEMA_VERSION", "PostgresLedger", "redact_url"]
 
@@ -795,29 +796,58 @@ class PostgresLedger:
     # -- limits shared by the fleet --------------------------------------------------
 
     def take_starts(
-        self, job: str, resource: str, *, count: int, interval: float, tolerance: float
-    ) -> tuple[float, float, float]:
+        self,
+        job: str,
+        resource: str,
+        *,
+        count: int,
+        interval: float,
+        tolerance: float,
+        quotas: Sequence[tuple[int, float]] = (),
+    ) -> tuple[list[float], float, float]:
         """Book ``count`` starts of a resource shared by every worker of ``job``.
 
-        Returns, in seconds from the database's now, when the first is due (the rest
-        follow ``interval`` apart; negative: due already) and until when the fleet is
-        paused; then that now itself, on the database's clock.
+        Returns, in seconds from the database's now, when each start is due (0: at once)
+        and until when the fleet is paused; then that now itself, on the database's
+        clock. Each quota of (count, period) keeps a ring of the fleet's last ``count``
+        starts.
         """
-        params = {
-            "job": job,
-            "name": resource,
-            "n": count,
-            "interval": interval,
-            "tolerance": tolerance,
-        }
+        key = {"job": job, "name": resource}
 
-        def book(conn: psycopg.Connection[Any]) -> tuple[float, float, float]:
-            row = conn.execute(_Q["take_starts"], params).fetchone()
+        def book(conn: psycopg.Connection[Any]) -> tuple[list[float], float, float]:
+            row = conn.execute(_Q["lock_resource"], key).fetchone()
             if row is None:
-                conn.execute(_Q["insert_resource"], params)
-                row = conn.execute(_Q["take_starts"], params).fetchone()
+                conn.execute(_Q["insert_resource"], key)
+                row = conn.execute(_Q["lock_resource"], key).fetchone()
             assert row is not None
-            return float(row[0]), float(row[1]), float(row[2])
+            tat, paused, now = float(row[0]), float(row[1]), float(row[2])
+            rings = []
+            for size, period in quotas:
+                quota = dict(key, quota=f"{size}/{period:g}")
+                conn.execute(_Q["insert_quota"], quota)
+                found = conn.execute(_Q["lock_quota"], quota).fetchone()
+                taken = int(found[0]) if found else 0
+                slots = [(taken + i) % size for i in range(count)]
+                stored = dict(conn.execute(_Q["quota_starts"], dict(quota, slots=slots)).fetchall())
+                # Start number m replaces number m - size: known once m >= size.
+                previous = [
+                    stored.get(slot) if taken + i >= size else None for i, slot in enumerate(slots)
+                ]
+                rings.append((quota, period, taken, slots, previous))
+            tat, starts = book_block(
+                now=now,
+                tat=tat,
+                paused_until=paused,
+                count=count,
+                interval=interval,
+                tolerance=tolerance,
+                earlier=[(period, previous) for _, period, _, _, previous in rings],
+            )
+            conn.execute(_Q["set_tat"], dict(key, tat=tat))
+            for quota, _, taken, slots, _ in rings:
+                conn.execute(_Q["record_quota_starts"], dict(quota, slots=slots, starts=starts))
+                conn.execute(_Q["set_quota_taken"], dict(quota, taken=taken + count))
+            return [start - now for start in starts], paused - now, now
 
         return self._run(book)
 

@@ -207,18 +207,39 @@ ORDER BY started_at;
 INSERT INTO backfill_resources (job, name) VALUES (%(job)s, %(name)s)
 ON CONFLICT (job, name) DO NOTHING;
 
--- name: take_starts
--- GCRA for a block of n starts, on the database's clock: start i is due at
--- base + i * interval, base = max(tat, now - tolerance, paused_until); those due before
--- now go at once (that is the burst). Returns base and the pause as offsets from now,
--- and now itself (workers map the schedule onto their own clocks with it).
-WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::double precision AS now)
-UPDATE backfill_resources AS r
-SET tat = greatest(r.tat, clock.now - %(tolerance)s, r.paused_until)
-          + %(n)s * %(interval)s
-FROM clock
-WHERE r.job = %(job)s AND r.name = %(name)s
-RETURNING r.tat - %(n)s * %(interval)s - clock.now, r.paused_until - clock.now, clock.now;
+-- name: lock_resource
+-- Bookings of one resource are serialized on its row; now is the database's clock.
+SELECT tat, paused_until, extract(epoch FROM clock_timestamp())::double precision
+FROM backfill_resources
+WHERE job = %(job)s AND name = %(name)s
+FOR UPDATE;
+
+-- name: set_tat
+UPDATE backfill_resources SET tat = %(tat)s WHERE job = %(job)s AND name = %(name)s;
+
+-- name: insert_quota
+INSERT INTO backfill_quotas (job, name, quota) VALUES (%(job)s, %(name)s, %(quota)s)
+ON CONFLICT (job, name, quota) DO NOTHING;
+
+-- name: lock_quota
+SELECT taken FROM backfill_quotas
+WHERE job = %(job)s AND name = %(name)s AND quota = %(quota)s
+FOR UPDATE;
+
+-- name: quota_starts
+-- The starts a block of new ones replaces in the ring: those `count` starts earlier.
+SELECT slot, started_at FROM backfill_quota_starts
+WHERE job = %(job)s AND name = %(name)s AND quota = %(quota)s AND slot = ANY(%(slots)s);
+
+-- name: record_quota_starts
+INSERT INTO backfill_quota_starts (job, name, quota, slot, started_at)
+SELECT %(job)s, %(name)s, %(quota)s, s, t
+FROM unnest(%(slots)s::integer[], %(starts)s::double precision[]) AS u (s, t)
+ON CONFLICT (job, name, quota, slot) DO UPDATE SET started_at = excluded.started_at;
+
+-- name: set_quota_taken
+UPDATE backfill_quotas SET taken = %(taken)s
+WHERE job = %(job)s AND name = %(name)s AND quota = %(quota)s;
 
 -- name: pause_resource
 WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::double precision AS now)

@@ -98,3 +98,22 @@ CREATE TABLE IF NOT EXISTS backfill_resources (
     paused_until double precision NOT NULL DEFAULT 0,  -- a Retry-After seen by anyone
     PRIMARY KEY (job, name)
 );
+
+-- Quotas of a resource (e.g. 10000/day) for the whole fleet: exact over a sliding
+-- window, from a ring of the last `count` starts (slot = start number mod count).
+CREATE TABLE IF NOT EXISTS backfill_quotas (
+    job   text NOT NULL,
+    name  text NOT NULL,
+    quota text NOT NULL,            -- "COUNT/PERIOD_SECONDS"
+    taken bigint NOT NULL DEFAULT 0, -- starts booked so far
+    PRIMARY KEY (job, name, quota)
+);
+
+CREATE TABLE IF NOT EXISTS backfill_quota_starts (
+    job        text NOT NULL,
+    name       text NOT NULL,
+    quota      text NOT NULL,
+    slot       integer NOT NULL,
+    started_at double precision NOT NULL,
+    PRIMARY KEY (job, name, quota, slot)
+);
