@@ -95,6 +95,32 @@ def test_a_second_run_has_nothing_to_do(ledger: Ledger) -> None:
     assert again.exit_code == ExitCode.OK
 
 
+def test_a_job_whose_range_grows_runs_only_the_new_partitions(ledger: Ledger) -> None:
+    """The second run of a wider spec plans and runs just the new days; after a reset
+    of some days, the next run of the same spec plans them again (the plan fingerprint
+    never hides forgotten partitions)."""
+    calls: list[str] = []
+
+    def job_of(days: int) -> Job:
+        job = make_job(days)
+
+        @job.stage
+        async def fetch(ctx: Context, partition: Partition) -> None:
+            calls.append(partition.key)
+
+        return job
+
+    run_job(job_of(5), ledger)
+    run_job(job_of(8), ledger)
+    assert calls[5:] == ["2013-01-06", "2013-01-07", "2013-01-08"]
+    selection = job_of(8).partitions.selection(start="2013-01-02", end="2013-01-03")  # type: ignore[union-attr]
+    assert ledger.reset("test", ["fetch"], selection) == 2
+    again = run_job(job_of(8), ledger)
+    assert calls[8:] == ["2013-01-02", "2013-01-03"]
+    assert again.exit_code == ExitCode.OK
+    assert ledger.counts("test", ["fetch"])["fetch"].done == 8
+
+
 def test_permanent_error_fails_only_that_partition(ledger: Ledger) -> None:
     """A permanent error fails its partition with category and message; others finish."""
     job = make_job(10)
