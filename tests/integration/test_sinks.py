@@ -505,6 +505,62 @@ def test_ledger_and_sink_in_one_file_commit_rows_and_done_marks_together(tmp_pat
     ledger.close()
 
 
+def test_postgres_ledger_and_sink_in_one_database_commit_together() -> None:
+    """Same PostgreSQL database and schema: a held partition's rows and done-mark commit
+    in the sink's transaction, and one whose lease passed on writes no rows at all; a
+    sink in another schema of the same server is not mistaken for the ledger's."""
+    import asyncio
+
+    from backfill.ledger import Outcome
+    from backfill.ledger.postgres import PostgresLedger
+    from backfill.writer import SinkWriter
+    from pg_support import fresh_schema
+
+    with fresh_schema() as url:
+        ledger = PostgresLedger(url)
+        sink = table(url, "t", mode="append")
+        assert ledger.completer(sink.database) is not None
+        assert ledger.completer(table(POSTGRES_URL, "t", mode="append").database) is None
+        spec = daily("2013-01-01", "2013-01-02")
+        ledger.plan("j", "s", spec)
+        (lost,) = ledger.claim("j", "s", "me", limit=1, lease_seconds=0.01, now=0.0, run_id="r")
+        (kept,) = ledger.claim("j", "s", "me", limit=1, lease_seconds=60, now=0.0, run_id="r")
+        (held,) = ledger.claim("j", "s", "other", limit=1, lease_seconds=60, now=1.0, run_id="r")
+        assert held.key == lost.key
+
+        async def hand_over() -> list[Any]:
+            writer = SinkWriter("me", completer_for=ledger.completer, now=lambda: 2.0)
+            await writer.open([sink])
+            assert writer.shares_ledger([sink])
+            results = []
+            for claim in (lost, kept):
+                part = spec.get(claim.key)
+                assert part is not None
+                results.append(
+                    await writer.write(
+                        [sink],
+                        part,
+                        {"t": [{"day": part.key}]},
+                        Outcome(claim.id, Status.DONE, records=1),
+                        first=True,
+                    )
+                )
+            await writer.close()
+            return results
+
+        gone, written = asyncio.run(hand_over())
+        assert gone.lost and not gone.recorded
+        assert written.recorded and not written.lost
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            rows = conn.execute("SELECT day FROM t").fetchall()
+        assert rows == [(kept.key,)]
+        (done,) = ledger.entries("j", "s", status=Status.DONE)
+        assert (done.key, done.records) == (kept.key, 1)
+        ledger.close()
+
+
 # -- processes: SIGKILL and concurrent runs --------------------------------------------
 
 JOB_FILE = """

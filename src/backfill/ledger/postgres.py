@@ -22,9 +22,11 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from backfill._postgres import safe_url
 from backfill.errors import LedgerError
 from backfill.ledger import (
     Claim,
+    Completer,
     CoverageRow,
     Dependency,
     FailureGroup,
@@ -423,29 +425,15 @@ class PostgresLedger:
     def complete(self, owner: str, outcomes: Sequence[Outcome], *, now: float) -> int:
         if not outcomes:
             return 0
-        ordered = sorted(outcomes, key=lambda o: o.id)
-        params = {
-            "owner": owner,
-            "now": now,
-            "ids": [o.id for o in ordered],
-            "statuses": [o.status.value for o in ordered],
-            "attempts": [o.attempts for o in ordered],
-            "records": [o.records for o in ordered],
-            "durations": [o.duration for o in ordered],
-            "categories": [o.error_category for o in ordered],
-            "messages": [o.error_message for o in ordered],
-            "requests": [o.requests for o in ordered],
-            "checks": [o.checks for o in ordered],
-        }
+        return self._run(lambda conn: len(_complete_on(conn, owner, outcomes, now)))
 
-        def apply(conn: psycopg.Connection[Any]) -> int:
-            statuses = conn.execute(_Q["complete"], params).fetchall()
-            finished = sum(1 for (status,) in statuses if status != Status.PENDING.value)
-            if finished:
-                conn.execute(_Q["count_finished"], {"n": finished, "owner": owner})
-            return len(statuses)
+    def completer(self, database: str) -> Completer | None:
+        """Record outcomes inside a sink's transaction when the sink's URL is this
+        ledger's own (same server, database, user and options, so the same tables).
 
-        return self._run(apply)
+        Then a partition's rows and its done-mark commit together: exactly once.
+        """
+        return _complete_on if database == safe_url(self.url) else None
 
     def _dep_ids(
         self, conn: psycopg.Connection[Any], job: str, needs: Sequence[Dependency]
@@ -862,3 +850,31 @@ class PostgresLedger:
             lambda conn: conn.execute(_Q["workers"].format(where=where), {"job": job}).fetchall()
         )
         return [WorkerRecord(*r) for r in rows]
+
+
+def _complete_on(
+    conn: psycopg.Connection[Any], owner: str, outcomes: Sequence[Outcome], now: float
+) -> set[int]:
+    """Apply outcomes on a connection to the ledger's database, in its open transaction;
+    return the ids applied (those whose lease ``owner`` still held)."""
+    ordered = sorted(outcomes, key=lambda o: o.id)
+    params = {
+        "owner": owner,
+        "now": now,
+        "ids": [o.id for o in ordered],
+        "statuses": [o.status.value for o in ordered],
+        "attempts": [o.attempts for o in ordered],
+        "records": [o.records for o in ordered],
+        "durations": [o.duration for o in ordered],
+        "categories": [o.error_category for o in ordered],
+        "messages": [o.error_message for o in ordered],
+        "requests": [o.requests for o in ordered],
+        "checks": [o.checks for o in ordered],
+    }
+    # A sink's connection prepares statements it runs often; this one must be planned
+    # for its own batch (see PostgresLedger.__init__).
+    rows = conn.execute(_Q["complete"], params, prepare=False).fetchall()
+    finished = sum(1 for _, status in rows if status != Status.PENDING.value)
+    if finished:
+        conn.execute(_Q["count_finished"], {"n": finished, "owner": owner}, prepare=False)
+    return {int(claim_id) for claim_id, _ in rows}

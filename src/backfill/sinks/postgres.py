@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
-import psycopg.conninfo
 import psycopg.errors
 
+from backfill._postgres import safe_url
 from backfill.errors import PermanentError, SinkError, TransientError
 from backfill.sinks import (
     PARTITION_COLUMN,
@@ -43,19 +43,6 @@ _TARGET = "_backfill_target"
 
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def safe_url(url: str) -> str:
-    """The URL without its password, for messages and identity."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "postgresql://(unparseable URL)"
-    user = str(info.get("user") or "")
-    host = info.get("host") or "localhost"
-    port = info.get("port") or "5432"
-    name = info.get("dbname") or user or ""
-    return f"postgresql://{user + '@' if user else ''}{host}:{port}/{name}"
 
 
 class PostgresConnection:

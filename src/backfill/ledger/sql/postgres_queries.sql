@@ -98,7 +98,7 @@ FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(attempts)s::integer[],
      AS o (id, status, attempts, records, duration, error_category, error_message, requests,
            checks)
 WHERE p.id = o.id AND p.lease_owner = %(owner)s AND p.status = 'running'
-RETURNING o.status;
+RETURNING o.id, o.status;
 
 -- name: count_finished
 UPDATE backfill_workers SET finished = finished + %(n)s WHERE id = %(owner)s;
