@@ -505,6 +505,19 @@ def test_ledger_and_sink_in_one_file_commit_rows_and_done_marks_together(tmp_pat
     ledger.close()
 
 
+def test_postgres_sinks_in_two_schemas_are_two_destinations() -> None:
+    """URLs differing only in their options (a search_path) name different tables, so
+    the writer never sends one sink's rows through the other's connection; a password
+    is no part of the identity."""
+    base = "postgresql://bob:s3cret@db.example:5432/warehouse"
+    a = table(base + "?options=-csearch_path%3Da", "t", mode="append")
+    b = table(base + "?options=-csearch_path%3Db", "t", mode="append")
+    plain = table(base, "t", mode="append")
+    assert len({a.database, b.database, plain.database}) == 3
+    assert all("s3cret" not in sink.database for sink in (a, b, plain))
+    assert plain.database == "postgresql://bob@db.example:5432/warehouse"
+
+
 def test_postgres_ledger_and_sink_in_one_database_commit_together() -> None:
     """Same PostgreSQL database and schema: a held partition's rows and done-mark commit
     in the sink's transaction, and one whose lease passed on writes no rows at all; a
