@@ -10,7 +10,15 @@ from __future__ import annotations
 import contextlib
 import threading
 
-from backfill.ledger import Dependency, Ledger, Outcome, RunRecord, Status, WorkerRecord
+from backfill.ledger import (
+    MAX_LOST_LEASES,
+    Dependency,
+    Ledger,
+    Outcome,
+    RunRecord,
+    Status,
+    WorkerRecord,
+)
 from backfill.partitions import Order, daily, monthly, reference
 
 JOB = "contract"
@@ -116,6 +124,68 @@ class LedgerContract:
         assert ledger.plan(JOB, STAGE, SPEC, fingerprint=repr(SPEC)) == 0
         assert ledger.counts(JOB, [STAGE])[STAGE].total == 20
 
+    # -- lost leases ----------------------------------------------------------------------
+
+    def test_a_partition_whose_lease_keeps_expiring_ends_failed(self, ledger: Ledger) -> None:
+        """A partition whose lease expires MAX_LOST_LEASES times in a row is failed as
+        worker_lost, with the reason, instead of being handed out forever; a requeue
+        gives it a fresh count."""
+        ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-02"))
+        now = 1000.0
+        doomed, healthy = ledger.claim(
+            JOB, STAGE, "w0", limit=2, lease_seconds=10, now=now, run_id="r"
+        )
+        ledger.complete("w0", [Outcome(healthy.id, Status.DONE)], now=now)
+        for i in range(1, MAX_LOST_LEASES):
+            now += 11
+            # Back in the pool as a suspect: only a claim of suspects takes it.
+            assert (
+                ledger.claim(JOB, STAGE, "any", limit=5, lease_seconds=10, now=now, run_id="r")
+                == []
+            )
+            (again,) = ledger.claim(
+                JOB, STAGE, f"w{i}", limit=5, lease_seconds=10, now=now, run_id="r", suspects=True
+            )
+            assert again.key == doomed.key
+        now += 11
+        last = ledger.claim(
+            JOB, STAGE, "last", limit=5, lease_seconds=10, now=now, run_id="r", suspects=True
+        )
+        assert last == []
+        (failed,) = ledger.entries(JOB, STAGE, status=Status.FAILED)
+        assert failed.key == doomed.key
+        assert failed.error_category == "worker_lost"
+        assert f"expired {MAX_LOST_LEASES} times in a row" in (failed.error_message or "")
+        assert ledger.requeue(JOB, [STAGE]) == 1
+        got = ledger.claim(JOB, STAGE, "new", limit=5, lease_seconds=10, now=now, run_id="r")
+        assert len(got) == 1
+
+    def test_a_partition_whose_workers_keep_dying_ends_failed(self, ledger: Ledger) -> None:
+        """Released as lost (its holder died), a partition counts a lost lease each time;
+        the MAX_LOST_LEASES-th fails it as worker_lost, while a normal release or a
+        finished attempt in between starts the count again."""
+        ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
+        assert len(claim(ledger, "dead0")) == 1
+        assert ledger.release_owner("dead0", lost=True) == 1
+        assert claim(ledger, "any") == []  # a suspect now
+        for i in range(1, MAX_LOST_LEASES - 1):
+            assert len(claim(ledger, f"dead{i}", suspects=True)) == 1
+            assert ledger.release_owner(f"dead{i}", lost=True) == 1
+        (got,) = claim(ledger, "calm", suspects=True)
+        assert ledger.release_owner("calm") == 1  # the run ended: not a death
+        (got,) = claim(ledger, "dead-last", suspects=True)
+        assert ledger.release_owner("dead-last", lost=True) == 1
+        (failed,) = ledger.entries(JOB, STAGE, status=Status.FAILED)
+        assert failed.error_category == "worker_lost"
+        assert f"died {MAX_LOST_LEASES} times in a row" in (failed.error_message or "")
+        assert ledger.requeue(JOB, [STAGE]) == 1
+        (got,) = claim(ledger, "w")  # requeued: no longer a suspect
+        assert ledger.release_owner("w", lost=True) == 1
+        (got,) = claim(ledger, "w2", suspects=True)
+        ledger.complete("w2", [Outcome(got.id, Status.PENDING, attempts=0)], now=1001.0)
+        (got,) = claim(ledger, "w3")  # an attempt that ended cleared the suspicion
+        assert ledger.counts(JOB, [STAGE])[STAGE].running == 1
+
     def test_jobs_and_stages_are_isolated(self, ledger: Ledger) -> None:
         """The same stage name in two jobs, or two stages of one job, share nothing."""
         ledger.plan(JOB, STAGE, SPEC)
@@ -195,11 +265,11 @@ class LedgerContract:
     # -- leases ---------------------------------------------------------------------------
 
     def test_expired_lease_is_claimable_by_another_owner(self, ledger: Ledger) -> None:
-        """After the lease expires the partition goes to the next claimant."""
+        """After the lease expires the partition goes to the next claimant of suspects."""
         ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
         first = claim(ledger, "a", now=1000.0)
-        assert claim(ledger, "b", now=1030.0) == []  # lease alive
-        stolen = claim(ledger, "b", now=1061.0)
+        assert claim(ledger, "b", now=1030.0, suspects=True) == []  # lease alive
+        stolen = claim(ledger, "b", now=1061.0, suspects=True)
         assert [c.key for c in stolen] == [first[0].key]
         assert stolen[0].claims == 2
 
@@ -207,7 +277,7 @@ class LedgerContract:
         """A worker whose lease passed on cannot overwrite the new owner's work."""
         ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
         first = claim(ledger, "a", now=1000.0)
-        claim(ledger, "b", now=1061.0)
+        assert len(claim(ledger, "b", now=1061.0, suspects=True)) == 1
         assert finish(ledger, "a", first, Status.FAILED) == 0
         assert ledger.counts(JOB, [STAGE])[STAGE].running == 1
 
@@ -216,8 +286,8 @@ class LedgerContract:
         ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
         claim(ledger, "a", now=1000.0)
         assert ledger.renew("a", lease_seconds=60.0, now=1050.0) == 1
-        assert claim(ledger, "b", now=1090.0) == []
-        assert len(claim(ledger, "b", now=1111.0)) == 1
+        assert claim(ledger, "b", now=1090.0, suspects=True) == []
+        assert len(claim(ledger, "b", now=1111.0, suspects=True)) == 1
 
     def test_release_owner_returns_its_partitions(self, ledger: Ledger) -> None:
         """A dead owner's partitions go back to pending at once."""

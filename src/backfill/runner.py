@@ -552,7 +552,7 @@ class Runner:
             if worker.id == self.worker_id:
                 continue
             if worker_is_dead(worker, now=now, lease_seconds=2 * self.job.lease_seconds):
-                released = await self._db(self.ledger.release_owner, worker.id)
+                released = await self._db(self.ledger.release_owner, worker.id, lost=True)
                 await self._db(self.ledger.stop_worker, worker.id, now=now)
                 if released:
                     log.info("released %d partition(s) of dead worker %s", released, worker.id)
@@ -678,22 +678,34 @@ class Runner:
         needs = self._needs[stage.name]
         upstream = set(self.job.upstream(stage.name))
         selection = self._selection(stage)
-        while not self._stop.is_set():
-            batch_started = self.clock.monotonic()
-            progress = self._progress
-            claims: list[Claim] = await self._db(
+
+        def take(limit: int, suspects: bool = False) -> Any:
+            return self._db(
                 self.ledger.claim,
                 self.job.name,
                 stage.name,
                 self.worker_id,
-                limit=batch_size,
+                limit=limit,
                 lease_seconds=self.job.lease_seconds,
                 now=self.clock.time(),
                 run_id=self.run_id,
                 selection=selection,
                 order=order,
                 needs=needs,
+                suspects=suspects,
             )
+
+        while not self._stop.is_set():
+            batch_started = self.clock.monotonic()
+            progress = self._progress
+            claims: list[Claim] = await take(batch_size)
+            alone = False
+            if not claims and not running:
+                # Partitions whose worker died holding them run with nothing else of the
+                # stage, on record before the next claim: a death among them is blamed
+                # on them only, and those lost twice come one at a time.
+                claims = await take(batch_size, suspects=True)
+                alone = bool(claims)
             self._held.update(c.id for c in claims)
             if not claims:
                 if not running:
@@ -712,6 +724,10 @@ class Runner:
                 continue
             for index, claim in enumerate(claims):
                 await semaphore.acquire()
+                if alone:
+                    # Each suspect's outcome on record as it comes: a death later in the
+                    # group must not cost those that finished before it a suspicion.
+                    await self._flush()
                 if self._stop.is_set():
                     semaphore.release()
                     for rest in claims[index:]:
@@ -723,6 +739,11 @@ class Runner:
                 running.add(task)
                 self._tasks.add(task)
                 task.add_done_callback(finished)
+            if alone:
+                while running:
+                    await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
+                    await self._flush()
+                continue
             # Size batches to roughly a second of work: fewer ledger round trips for fast
             # stages, small leases for slow ones.
             took = self.clock.monotonic() - batch_started

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 
@@ -228,3 +229,41 @@ def test_two_concurrent_runs_share_the_work_without_overlap(workdir: Path) -> No
     assert len(runs) == 90
     assert set(runs.values()) == {1}
     assert ledger_counts(workdir) == {"done": 90}
+
+
+KILLER_JOB = """
+import os, signal
+from pathlib import Path
+from backfill import Job, daily
+
+LOG = Path(__file__).parent / "executions.log"
+job = Job("killer", partitions=daily("2013-01-01", "2013-01-05"))
+
+@job.stage(concurrency=1)
+async def fetch(ctx, partition):
+    with LOG.open("a") as log:
+        log.write(partition.key + "\\n")
+    if partition.key == "2013-01-03":
+        os.kill(os.getpid(), signal.SIGKILL)  # e.g. out of memory on this day's data
+    return None
+"""
+
+
+def test_a_partition_that_kills_its_worker_ends_failed_after_three_deaths(
+    tmp_path: Path,
+) -> None:
+    """A day whose stage kills the process is retried by the next runs (each finds the
+    dead worker and takes its leases back), alone, so the run after its third death
+    fails it as worker_lost, and it alone: the days that shared its batch finish."""
+    (tmp_path / "job.py").write_text(textwrap.dedent(KILLER_JOB))
+    codes = [run_cli("run", "job.py", cwd=tmp_path).returncode for _ in range(4)]
+    assert codes == [-9, -9, -9, 1]
+    runs = executions(tmp_path)
+    assert runs["2013-01-03"] == 3
+    # Done before the first death, maybe not yet on record: at most once more.
+    assert runs["2013-01-01"] in (1, 2) and runs["2013-01-02"] in (1, 2)
+    assert runs["2013-01-04"] == runs["2013-01-05"] == 1
+    assert ledger_counts(tmp_path) == {"done": 4, "failed": 1}
+    status = run_cli("status", "job.py", cwd=tmp_path)
+    assert "worker_lost" in status.stdout, status.stdout
+    assert "died 3 times in a row" in status.stdout

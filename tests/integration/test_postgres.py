@@ -9,7 +9,7 @@ import pytest
 
 from backfill.errors import LedgerError
 from backfill.ledger import Ledger, Outcome, Status, open_ledger
-from backfill.ledger.postgres import MAX_LOST_LEASES, SCHEMA_VERSION, PostgresLedger
+from backfill.ledger.postgres import SCHEMA_VERSION, PostgresLedger
 from backfill.partitions import daily
 from ledger_contract import LedgerContract
 from pg_support import fresh_schema
@@ -63,29 +63,6 @@ def test_schema_version_is_recorded_and_a_newer_one_refused(pg_url: str) -> None
         conn.execute("UPDATE backfill_meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(LedgerError, match="upgrade backfill"):
         PostgresLedger(pg_url)
-
-
-def test_a_partition_that_keeps_losing_its_lease_ends_failed(pg_url: str) -> None:
-    """A partition whose lease expires MAX_LOST_LEASES times in a row is failed, with the
-    reason, instead of being handed to the next worker forever."""
-    store = PostgresLedger(pg_url)
-    store.plan("j", "s", daily("2013-01-01", "2013-01-02"))
-    now = 1000.0
-    (doomed, healthy) = store.claim("j", "s", "w0", limit=2, lease_seconds=10, now=now, run_id="r")
-    store.complete("w0", [Outcome(healthy.id, Status.DONE)], now=now)
-    for i in range(1, MAX_LOST_LEASES):
-        now += 11
-        (again,) = store.claim("j", "s", f"w{i}", limit=5, lease_seconds=10, now=now, run_id="r")
-        assert again.key == doomed.key
-    now += 11
-    assert store.claim("j", "s", "last", limit=5, lease_seconds=10, now=now, run_id="r") == []
-    (failed,) = store.entries("j", "s", status=Status.FAILED)
-    assert failed.key == doomed.key
-    assert failed.error_category == "worker_lost"
-    assert f"expired {MAX_LOST_LEASES} times in a row" in (failed.error_message or "")
-    assert store.requeue("j", ["s"]) == 1
-    assert len(store.claim("j", "s", "new", limit=5, lease_seconds=10, now=now, run_id="r")) == 1
-    store.close()
 
 
 def test_bad_urls_are_one_sentence_without_the_password(pg_url: str) -> None:

@@ -478,6 +478,9 @@ def test_ledger_and_sink_in_one_file_commit_rows_and_done_marks_together(tmp_pat
     ledger.plan("j", "s", spec)
     mine = ledger.claim("j", "s", "me", limit=1, lease_seconds=0.01, now=0.0, run_id="r")
     theirs = ledger.claim("j", "s", "other", limit=5, lease_seconds=60, now=1.0, run_id="r")
+    theirs += ledger.claim(
+        "j", "s", "other", limit=5, lease_seconds=60, now=1.0, run_id="r", suspects=True
+    )
     assert {c.key for c in theirs} == {"2013-01-01", "2013-01-02"}
 
     import asyncio
@@ -538,7 +541,9 @@ def test_postgres_ledger_and_sink_in_one_database_commit_together() -> None:
         ledger.plan("j", "s", spec)
         (lost,) = ledger.claim("j", "s", "me", limit=1, lease_seconds=0.01, now=0.0, run_id="r")
         (kept,) = ledger.claim("j", "s", "me", limit=1, lease_seconds=60, now=0.0, run_id="r")
-        (held,) = ledger.claim("j", "s", "other", limit=1, lease_seconds=60, now=1.0, run_id="r")
+        (held,) = ledger.claim(
+            "j", "s", "other", limit=1, lease_seconds=60, now=1.0, run_id="r", suspects=True
+        )
         assert held.key == lost.key
 
         async def hand_over() -> list[Any]:

@@ -106,6 +106,7 @@ def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: i
     store.close()
     with sqlite3.connect(target) as conn:
         conn.execute("ALTER TABLE backfill_stages DROP COLUMN planned")
+        conn.execute("ALTER TABLE backfill_partitions DROP COLUMN lost_leases")
         if old_version < 5:
             conn.execute("ALTER TABLE backfill_partitions DROP COLUMN checks")
             conn.execute("DROP INDEX backfill_partitions_window")

@@ -202,6 +202,11 @@ class WorkerRecord:
     finished: int = 0
 
 
+# A partition whose lease is lost this many times in a row (its worker died or hung while
+# holding it) is failed as worker_lost, not handed out again: it may be what kills them.
+MAX_LOST_LEASES = 3
+
+
 # Records an owner's outcomes on a connection to the ledger's own database, inside a
 # transaction someone else (a sink) has open; returns the ids it applied, i.e. those
 # whose lease the owner still held. A ledger may offer one through an optional method
@@ -244,9 +249,20 @@ class Ledger(Protocol):
         selection: Selection | None = None,
         order: Order = Order.OLDEST,
         needs: Sequence[Dependency] = (),
+        suspects: bool = False,
     ) -> list[Claim]:
-        """Lease up to ``limit`` pending (or lease-expired) partitions to ``owner``; with
-        ``needs``, only pending partitions whose upstream partitions are finished."""
+        """Lease up to ``limit`` pending partitions to ``owner``; with ``needs``, only
+        those whose upstream partitions are finished.
+
+        Partitions whose lease expired go back to the pool first, as *suspects* (their
+        worker died or hung holding them, maybe because of them), and one that has lost
+        ``MAX_LOST_LEASES`` leases in a row is failed as ``worker_lost``. Suspects are
+        left out unless ``suspects`` is true, which claims only them: those lost once,
+        up to ``limit`` together, else a single one lost more often. The engine runs
+        such a claim with nothing else of the stage and records it before claiming
+        again, so the partition that kills its workers is soon alone when it does, and
+        those that merely shared its batch finish.
+        """
 
     def mark_stale(
         self,
@@ -294,8 +310,13 @@ class Ledger(Protocol):
     def renew(self, owner: str, *, lease_seconds: float, now: float) -> int:
         """Push back the lease expiry of everything ``owner`` holds."""
 
-    def release_owner(self, owner: str) -> int:
-        """Return every partition held by ``owner`` (a dead worker) to the pool."""
+    def release_owner(self, owner: str, *, lost: bool = False) -> int:
+        """Return every partition held by ``owner`` to the pool.
+
+        ``lost``: the owner died holding them. Each then counts a lost lease, as an
+        expired one does, and one lost ``MAX_LOST_LEASES`` times in a row is failed
+        (category ``worker_lost``) instead.
+        """
 
     def counts(
         self, job: str, stages: Sequence[str], selection: Selection | None = None

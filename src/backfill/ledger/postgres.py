@@ -25,6 +25,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from backfill._postgres import safe_url
 from backfill.errors import LedgerError
 from backfill.ledger import (
+    MAX_LOST_LEASES,
     Claim,
     Completer,
     CoverageRow,
@@ -48,8 +49,6 @@ log = logging.getLogger("backfill.ledger.postgres")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 4
-# A partition whose lease expires this many times in a row is failed, not handed out again.
-MAX_LOST_LEASES = 3
 _PLAN_CHUNK = 20_000
 # Any constant will do: it only serialises concurrent schema set-up and migrations.
 _MIGRATION_LOCK = 0x6261636B66696C6C  # "backfill"
@@ -372,9 +371,11 @@ class PostgresLedger:
         selection: Selection | None = None,
         order: Order = Order.OLDEST,
         needs: Sequence[Dependency] = (),
+        suspects: bool = False,
     ) -> list[Claim]:
         where, params = _selection_sql(selection)
         direction = "ASC" if order is Order.OLDEST else "DESC"
+        among = "AND p.lost_leases = 1" if suspects else "AND p.lost_leases = 0"
         params.update(
             owner=owner,
             expires=now + lease_seconds,
@@ -392,17 +393,22 @@ class PostgresLedger:
                 needs, self._dep_ids(conn, job, needs), "postgres"
             )
             q = dict(params, stage_id=stage_id, **ready_params)
-            rows = conn.execute(
-                _Q["claim_pending"].format(where=where, direction=direction, ready=ready), q
-            ).fetchall()
+            pending = _Q["claim_pending"].format(
+                where=where, direction=direction, ready=ready, suspects=among
+            )
+            rows = conn.execute(pending, q).fetchall()
             if len(rows) < limit:
                 # Expired leases through their own index: the pending branch above never
-                # has to look at running or finished rows.
+                # has to look at running or finished rows. They come back as suspects.
                 conn.execute(_Q["fail_lost"].format(where=where), q)
-                q["limit"] = limit - len(rows)
-                rows += conn.execute(
-                    _Q["claim_expired"].format(where=where, direction=direction), q
-                ).fetchall()
+                released = conn.execute(_Q["release_expired"].format(where=where), q).rowcount
+                if released and suspects:
+                    q["limit"] = limit - len(rows)
+                    rows += conn.execute(pending, q).fetchall()
+            if suspects and not rows:
+                # Lost twice or more: one at a time (see Ledger.claim).
+                alone = pending.replace(among, "AND p.lost_leases > 1")
+                rows = conn.execute(alone, dict(q, limit=1)).fetchall()
             return rows
 
         rows = self._run(take)
@@ -557,8 +563,16 @@ class PostgresLedger:
         params = {"owner": owner, "expires": now + lease_seconds}
         return self._run(lambda conn: conn.execute(_Q["renew"], params).rowcount)
 
-    def release_owner(self, owner: str) -> int:
-        return self._run(lambda conn: conn.execute(_Q["release_owner"], {"owner": owner}).rowcount)
+    def release_owner(self, owner: str, *, lost: bool = False) -> int:
+        params = {"owner": owner, "max_lost": MAX_LOST_LEASES}
+
+        def release(conn: psycopg.Connection[Any]) -> int:
+            if not lost:
+                return int(conn.execute(_Q["release_owner"], params).rowcount)
+            failed = conn.execute(_Q["fail_lost_of_owner"], params).rowcount
+            return int(failed + conn.execute(_Q["release_lost"], params).rowcount)
+
+        return self._run(release)
 
     # -- reading -------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any
 from backfill._sqlite import retry_locked
 from backfill.errors import LedgerError
 from backfill.ledger import (
+    MAX_LOST_LEASES,
     Claim,
     Completer,
     CoverageRow,
@@ -264,9 +265,11 @@ class SQLiteLedger:
         selection: Selection | None = None,
         order: Order = Order.OLDEST,
         needs: Sequence[Dependency] = (),
+        suspects: bool = False,
     ) -> list[Claim]:
         where, params = _selection_sql(selection)
         direction = "ASC" if order is Order.OLDEST else "DESC"
+        among = "AND p.lost_leases = 1" if suspects else "AND p.lost_leases = 0"
         with self._tx() as conn:
             stage_id = self._stage_id(conn, job, stage, create=False)
             if stage_id is None:
@@ -282,16 +285,23 @@ class SQLiteLedger:
                 run_id=run_id,
                 now=now,
                 limit=limit,
+                max_lost=MAX_LOST_LEASES,
             )
-            rows = conn.execute(
-                _Q["claim_pending"].format(where=where, direction=direction, ready=ready),
-                params,
-            ).fetchall()
+            pending = _Q["claim_pending"].format(
+                where=where, direction=direction, ready=ready, suspects=among
+            )
+            rows = conn.execute(pending, params).fetchall()
             if len(rows) < limit:
-                params["limit"] = limit - len(rows)
-                rows += conn.execute(
-                    _Q["claim_expired"].format(where=where, direction=direction), params
-                ).fetchall()
+                # Expired leases come back as suspects (see release_expired).
+                conn.execute(_Q["fail_lost"].format(where=where), params)
+                released = conn.execute(_Q["release_expired"].format(where=where), params)
+                if released.rowcount and suspects:
+                    params["limit"] = limit - len(rows)
+                    rows += conn.execute(pending, params).fetchall()
+            if suspects and not rows:
+                # Lost twice or more: one at a time (see Ledger.claim).
+                alone = pending.replace(among, "AND p.lost_leases > 1")
+                rows = conn.execute(alone, dict(params, limit=1)).fetchall()
         # Rows of one batch share a few dims values and dates: decode each once.
         dates: dict[str, date] = {}
         dims: dict[str | None, tuple[tuple[str, str], ...]] = {}
@@ -455,9 +465,13 @@ class SQLiteLedger:
             cur = conn.execute(_Q["renew"], {"owner": owner, "expires": now + lease_seconds})
             return cur.rowcount
 
-    def release_owner(self, owner: str) -> int:
+    def release_owner(self, owner: str, *, lost: bool = False) -> int:
+        params = {"owner": owner, "max_lost": MAX_LOST_LEASES}
         with self._tx() as conn:
-            return conn.execute(_Q["release_owner"], {"owner": owner}).rowcount
+            if not lost:
+                return conn.execute(_Q["release_owner"], params).rowcount
+            failed = conn.execute(_Q["fail_lost_of_owner"], params).rowcount
+            return failed + conn.execute(_Q["release_lost"], params).rowcount
 
     # -- reading -------------------------------------------------------------------
 

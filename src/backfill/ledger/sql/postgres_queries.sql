@@ -33,8 +33,9 @@ SET status = 'running', lease_owner = %(owner)s, lease_expires_at = %(expires)s,
     claims = p.claims + 1, run_id = %(run_id)s, started_at = %(now)s
 FROM (
     -- {ready}: the partition's upstream inputs are finished (stages with needs=).
+    -- {suspects}: partitions that lost a lease (their worker died) only, or none of them.
     SELECT p.id FROM backfill_partitions AS p
-    WHERE p.stage_id = %(stage_id)s AND p.status = 'pending' {where} {ready}
+    WHERE p.stage_id = %(stage_id)s AND p.status = 'pending' {suspects} {where} {ready}
     ORDER BY p.window_start {direction}, p.id {direction}
     LIMIT %(limit)s
     FOR UPDATE OF p SKIP LOCKED
@@ -59,21 +60,19 @@ FROM (
 ) AS lost
 WHERE p.id = lost.id;
 
--- name: claim_expired
+-- name: release_expired
+-- Expired leases go back to the pool as suspects (lost_leases > 0): each runs alone
+-- later, so the one that kills its workers is told from those that shared its batch.
 UPDATE backfill_partitions AS p
-SET lease_owner = %(owner)s, lease_expires_at = %(expires)s, claims = p.claims + 1,
-    lost_leases = p.lost_leases + 1, run_id = %(run_id)s, started_at = %(now)s
+SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+    lost_leases = p.lost_leases + 1
 FROM (
     SELECT id FROM backfill_partitions
     WHERE stage_id = %(stage_id)s AND status = 'running' AND lease_expires_at < %(now)s
       {where}
-    ORDER BY window_start {direction}, id {direction}
-    LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-) AS picked
-WHERE p.id = picked.id
-RETURNING p.id, p.key, p.window_start, p.window_end, p.dims::text, p.attempts, p.claims,
-          p.checkpoint;
+) AS lost
+WHERE p.id = lost.id;
 
 -- name: complete
 -- Only rows the owner still holds: a worker whose lease passed on changes nothing.
@@ -119,6 +118,22 @@ WHERE lease_owner = %(owner)s AND status = 'running';
 -- name: release_owner
 UPDATE backfill_partitions
 SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+WHERE lease_owner = %(owner)s AND status = 'running';
+
+-- name: fail_lost_of_owner
+-- The owner died holding these: as with an expired lease, the last straw fails them.
+UPDATE backfill_partitions
+SET status = 'failed', lost_leases = lost_leases + 1, lease_owner = NULL,
+    lease_expires_at = NULL, finished_at = extract(epoch FROM clock_timestamp()),
+    error_category = 'worker_lost',
+    error_message = 'its worker died ' || (lost_leases + 1)
+        || ' times in a row while running it'
+WHERE lease_owner = %(owner)s AND status = 'running' AND lost_leases + 1 >= %(max_lost)s;
+
+-- name: release_lost
+UPDATE backfill_partitions
+SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+    lost_leases = lost_leases + 1
 WHERE lease_owner = %(owner)s AND status = 'running';
 
 -- name: counts

@@ -32,27 +32,35 @@ SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
 WHERE id IN (
     -- {ready}: the partition's upstream inputs are finished (stages with needs=).
     -- INDEXED BY: the planner may otherwise walk the window index, finished rows too.
+    -- {suspects}: partitions that lost a lease (their worker died) only, or none of them.
     SELECT p.id FROM backfill_partitions AS p INDEXED BY backfill_partitions_pending
-    WHERE p.stage_id = :stage_id AND p.status = 'pending' {where} {ready}
+    WHERE p.stage_id = :stage_id AND p.status = 'pending' {suspects} {where} {ready}
     ORDER BY p.window_start {direction}, p.id {direction}
     LIMIT :limit
 )
 RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint;
 
--- name: claim_expired
+-- name: fail_lost
+-- A partition whose lease expired max_lost times in a row kills (or hangs) every worker
+-- that takes it: fail it with that reason rather than hand it out forever.
 UPDATE backfill_partitions
-SET lease_owner = :owner, lease_expires_at = :expires,
-    claims = claims + 1, run_id = :run_id, started_at = :now
-WHERE id IN (
-    SELECT id FROM backfill_partitions
-    -- Leased rows are found through the small owner index (lease_owner IS NOT NULL
-    -- exactly while running), not by scanning the stage.
-    WHERE lease_owner IS NOT NULL AND +stage_id = :stage_id AND status = 'running'
-      AND lease_expires_at < :now {where}
-    ORDER BY window_start {direction}, id {direction}
-    LIMIT :limit
-)
-RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint;
+SET status = 'failed', lost_leases = lost_leases + 1, lease_owner = NULL,
+    lease_expires_at = NULL, finished_at = :now, error_category = 'worker_lost',
+    error_message = 'its lease expired ' || (lost_leases + 1)
+        || ' times in a row: every worker that took it died or hung'
+WHERE lease_owner IS NOT NULL AND +stage_id = :stage_id AND status = 'running'
+  AND lease_expires_at < :now AND lost_leases + 1 >= :max_lost {where};
+
+-- name: release_expired
+-- Expired leases go back to the pool as suspects (lost_leases > 0): each runs alone
+-- later, so the one that kills its workers is told from those that shared its batch.
+UPDATE backfill_partitions
+SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+    lost_leases = lost_leases + 1
+-- Leased rows are found through the small owner index (lease_owner IS NOT NULL exactly
+-- while running), not by scanning the stage.
+WHERE lease_owner IS NOT NULL AND +stage_id = :stage_id AND status = 'running'
+  AND lease_expires_at < :now {where};
 
 -- name: complete
 -- Positional: ?1 status, ?2 attempts, ?3 records, ?4 duration, ?5 error_category,
@@ -67,6 +75,7 @@ SET status = ?1,
     finished_at = CASE WHEN ?1 = 'pending' THEN finished_at ELSE ?7 END,
     lease_owner = NULL,
     lease_expires_at = NULL,
+    lost_leases = 0,
     requests = coalesce(requests, 0) + ?10,
     checkpoint = CASE WHEN ?1 IN ('done', 'empty') THEN NULL ELSE checkpoint END,
     checks = CASE WHEN ?1 = 'pending' THEN checks ELSE ?11 END
@@ -91,6 +100,22 @@ WHERE lease_owner = :owner AND status = 'running';
 -- name: release_owner
 UPDATE backfill_partitions
 SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+WHERE lease_owner = :owner AND status = 'running';
+
+-- name: fail_lost_of_owner
+-- The owner died holding these: as with an expired lease, the last straw fails them.
+UPDATE backfill_partitions
+SET status = 'failed', lost_leases = lost_leases + 1, lease_owner = NULL,
+    lease_expires_at = NULL, finished_at = (julianday('now') - 2440587.5) * 86400.0,
+    error_category = 'worker_lost',
+    error_message = 'its worker died ' || (lost_leases + 1)
+        || ' times in a row while running it'
+WHERE lease_owner = :owner AND status = 'running' AND lost_leases + 1 >= :max_lost;
+
+-- name: release_lost
+UPDATE backfill_partitions
+SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+    lost_leases = lost_leases + 1
 WHERE lease_owner = :owner AND status = 'running';
 
 -- name: counts
@@ -127,7 +152,7 @@ LIMIT :limit;
 
 -- name: requeue
 UPDATE backfill_partitions
-SET status = 'pending', error_category = NULL, error_message = NULL
+SET status = 'pending', error_category = NULL, error_message = NULL, lost_leases = 0
 WHERE stage_id = :stage_id AND status IN (SELECT value FROM json_each(:statuses)) {where};
 
 -- name: reset

@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS backfill_partitions (
     status           TEXT NOT NULL DEFAULT 'pending',
     attempts         INTEGER NOT NULL DEFAULT 0,  -- executions of the stage function
     claims           INTEGER NOT NULL DEFAULT 0,  -- leases granted
+    lost_leases      INTEGER NOT NULL DEFAULT 0,  -- leases lost in a row (worker died)
     lease_owner      TEXT,
     lease_expires_at REAL,
     records          INTEGER,
