@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import math
 from collections.abc import Callable
@@ -60,6 +61,18 @@ def test_200_json_is_decoded():
     """A 200 with a JSON body returns the decoded value."""
     body = {"data": [1, 2, 3], "next": None}
     assert fetch_json(lambda request: httpx.Response(200, json=body)) == body
+
+
+def test_httpcore_finds_the_async_library_without_a_failed_import():
+    """sniffio is installed, so httpcore's per-request async-library lookup never fails."""
+    from httpcore._synchronization import current_async_library
+
+    assert importlib.util.find_spec("sniffio") is not None
+
+    async def name() -> str:
+        return current_async_library()
+
+    assert asyncio.run(name()) == "asyncio"
 
 
 def test_request_sends_configured_headers():
