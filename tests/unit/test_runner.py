@@ -350,6 +350,22 @@ def test_cache_computes_once_for_concurrent_partitions(ledger: Ledger) -> None:
     assert fetched == {"2013-01": 1}
 
 
+def test_cache_pop_forgets_a_value_and_returns_it(ledger: Ledger) -> None:
+    """``ctx.cache.pop`` drops a key (the next look is a miss) and gives back its value."""
+    job = make_job(1)
+    seen: list[Any] = []
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        ctx.cache.set("window", [1, 2])
+        seen.append(ctx.cache.pop("window"))
+        seen.append(ctx.cache.pop("window", "gone"))
+        seen.append("window" in ctx.cache)
+
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    assert seen == [[1, 2], "gone", False]
+
+
 def test_selection_runs_only_selected_partitions(ledger: Ledger) -> None:
     """With a selection, only matching partitions run."""
     job = Job("test", partitions=daily("2013-01-01", "2013-01-10", tour=["atp", "wta"]))
