@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections import Counter
 from typing import Any
 
@@ -310,6 +311,26 @@ def test_dataclass_records_are_accepted_and_junk_is_refused(ledger: Ledger) -> N
     assert list(sink.rows) == [("2013-01-01",)]
     entry = ledger.entries("test", "fetch", status=Status.FAILED)[0]
     assert entry.error_category == "bad_record"
+
+
+def test_dicts_other_mappings_and_dataclasses_mix_in_one_partition(ledger: Ledger) -> None:
+    """Plain dicts, other mappings and dataclasses in one list are all written as rows."""
+
+    @dataclasses.dataclass
+    class Row:
+        day: str
+        n: int
+
+    sink = MemorySink(key=["day", "n"])
+    job = make_job(1, sink=sink)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> list[Any]:
+        day = partition.key
+        return [{"day": day, "n": 1}, types.MappingProxyType({"day": day, "n": 2}), Row(day, 3)]
+
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    assert sorted(sink.rows) == [("2013-01-01", 1), ("2013-01-01", 2), ("2013-01-01", 3)]
 
 
 def test_concurrency_limit_holds(ledger: Ledger) -> None:
