@@ -322,6 +322,18 @@ class Runner:
         future = loop.run_in_executor(self._ledger_pool, lambda: fn(*args, **kwargs))
         return await asyncio.shield(future)
 
+    async def _db_timed(self, fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+        """``_db``, and how long the call itself took on the ledger's thread: not the wait
+        for that thread, nor for an event loop busy with other work."""
+        clock = self.clock
+
+        def timed() -> tuple[Any, float]:
+            began = clock.monotonic()
+            return fn(*args, **kwargs), clock.monotonic() - began
+
+        result: tuple[Any, float] = await self._db(timed)
+        return result
+
     def _selection(self, stage: Stage) -> Selection | None:
         """The run's selection; a reference stage's single partition is always in it."""
         return None if stage.reference else self.options.selection
@@ -619,10 +631,12 @@ class Runner:
                     len(batch) - applied,
                 )
 
-    async def _record(self, outcome: Outcome) -> None:
+    async def _record(self, outcome: Outcome, *, soon: bool = False) -> None:
+        """Queue an outcome for the ledger; flush in the background when the batch is full
+        (or at once, ``soon``)."""
         self._held.discard(outcome.id)
         self._outcomes.append(outcome)
-        if len(self._outcomes) >= _FLUSH_SIZE and self._background_flush is None:
+        if (soon or len(self._outcomes) >= _FLUSH_SIZE) and self._background_flush is None:
             # Off the partition's path: its task and concurrency slot need not wait for
             # the ledger round trip (awaiting it here stalled the event loop's work).
             self._background_flush = asyncio.create_task(self._flush())
@@ -673,7 +687,7 @@ class Runner:
         while not self._stop.is_set():
             batch_started = self.clock.monotonic()
             progress = self._progress
-            claims: list[Claim] = await self._db(
+            claims, claim_cost = await self._db_timed(
                 self.ledger.claim,
                 self.job.name,
                 stage.name,
@@ -692,9 +706,8 @@ class Runner:
                     if upstream and await self._upstream_busy(upstream):
                         # Wait for upstream partitions to finish; never claim more often
                         # than a few times the cost of an empty claim.
-                        took = self.clock.monotonic() - batch_started
                         await self._wait_progress(progress, self._lease_poll())
-                        await self._sleep_unless_stopped(min(1.0, 4 * took))
+                        await self._sleep_unless_stopped(min(1.0, 4 * claim_cost))
                         continue
                     if self.options.wait_for_leases and await self._leased_elsewhere(stage):
                         await self._sleep_unless_stopped(self._lease_poll())
@@ -915,8 +928,15 @@ class Runner:
             if outcome.status is Status.DONE and self._needs_write(stage, rows):
                 release()
                 try:
+                    # Every stage that needs a reference table waits for it: its rows do
+                    # not wait for a batch to fill.
                     result = await self.writer.write(
-                        stage.sinks, partition, rows, outcome, first=fresh[0]
+                        stage.sinks,
+                        partition,
+                        rows,
+                        outcome,
+                        first=fresh[0],
+                        urgent=stage.reference,
                     )
                 except asyncio.CancelledError:
                     raise
@@ -963,7 +983,8 @@ class Runner:
             self.bus.emit(PartitionFinished(stage.name, claim.key, Status.PENDING, 0, 0.0, attempt))
             raise
         self._finished(outcome)
-        await self._record(outcome)
+        # ... nor its outcome for the next periodic flush.
+        await self._record(outcome, soon=stage.reference)
         self._emit_finished(stage, claim, outcome, tally)
 
     def _check(

@@ -209,6 +209,50 @@ def test_reference_stages_run_before_what_needs_them(ledger: Ledger) -> None:
     assert [d.whole for d in job.dependencies(job.stages["flights"])] == [True]
 
 
+def test_dependants_start_as_soon_as_a_reference_table_is_written(ledger: Ledger) -> None:
+    """A reference stage's rows and outcome skip the writer's and the ledger's batching
+    delays (a quarter of a second each), so what needs it starts at once."""
+    job = Job("ref", partitions=daily("2013-01-01", "2013-01-02"))
+    sink = MemorySink(key=["code"])
+    finished: list[float] = []
+    started: list[float] = []
+
+    @job.stage(reference=True, sink=sink)
+    async def airlines(ctx: Any, p: Any) -> list[dict[str, str]]:
+        finished.append(time.perf_counter())
+        return [{"code": "UA"}]
+
+    @job.stage(needs=["airlines"])
+    async def flights(ctx: Any, p: Any) -> None:
+        started.append(time.perf_counter())
+
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    assert len(sink.rows) == 1
+    assert min(started) - finished[0] < 0.2
+
+
+def test_a_blocked_event_loop_does_not_space_out_claims_of_a_waiting_stage(
+    ledger: Ledger,
+) -> None:
+    """A waiting stage claims again after a few times an empty claim's own cost, however
+    long the event loop was busy elsewhere while that claim ran."""
+    job = Job("ref", partitions=daily("2013-01-01", "2013-01-02"))
+    finished: list[float] = []
+    started: list[float] = []
+
+    @job.stage(reference=True)
+    async def airlines(ctx: Any, p: Any) -> None:
+        time.sleep(0.2)  # noqa: ASYNC251 -- the point: the event loop is blocked
+        finished.append(time.perf_counter())
+
+    @job.stage(needs=["airlines"])
+    async def flights(ctx: Any, p: Any) -> None:
+        started.append(time.perf_counter())
+
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    assert min(started) - finished[0] < 0.2
+
+
 def test_a_monthly_stage_waits_for_all_days_of_its_month(ledger: Ledger) -> None:
     """Grains map onto each other: the monthly total runs after the month's last day."""
     job = Job("grain", partitions=daily("2013-01-01", "2013-02-28"))
