@@ -333,6 +333,34 @@ def test_dicts_other_mappings_and_dataclasses_mix_in_one_partition(ledger: Ledge
     assert sorted(sink.rows) == [("2013-01-01", 1), ("2013-01-01", 2), ("2013-01-01", 3)]
 
 
+class CountingSink(MemorySink):
+    """A MemorySink that counts how often its database is asked for."""
+
+    lookups = 0
+
+    @property
+    def database(self) -> str:
+        self.lookups += 1
+        return f"memory:{id(self)}"
+
+
+@pytest.mark.parametrize("days", [2, 10])
+def test_a_sinks_database_is_looked_up_when_the_run_opens_not_per_write(
+    ledger: Ledger, days: int
+) -> None:
+    """Writes reuse the database each sink named at open, however many partitions run."""
+    sink = CountingSink(key=["day"])
+    job = make_job(days, sink=sink)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        return [{"day": partition.key}]
+
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    assert len(sink.rows) == days
+    assert sink.lookups == 1
+
+
 def test_concurrency_limit_holds(ledger: Ledger) -> None:
     """No more than the stage's concurrency run at once."""
     job = make_job(30)
