@@ -19,6 +19,7 @@ per second, or "adaptive" to let the resource find it), FLIGHTS_CONCURRENCY (req
 flight).
 """
 
+import operator
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -98,11 +99,14 @@ for _name, _key, _what in (
     _reference_stage(_name, _key, _what)
 
 
+_RECORD_DAY = operator.itemgetter("year", "month", "day")
+
+
 def _same_day(records: Sequence[Mapping[str, Any]], partition: Partition) -> str | None:
     day = partition.date
-    wrong = sum(
-        1 for r in records if (r["year"], r["month"], r["day"]) != (day.year, day.month, day.day)
-    )
+    # Counted in C (map and list.count): a Python loop over a day's ~900 records was a
+    # fifth of the engine's own time per partition.
+    wrong = len(records) - list(map(_RECORD_DAY, records)).count((day.year, day.month, day.day))
     return f"{wrong} record(s) of another day" if wrong else None
 
 
