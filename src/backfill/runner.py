@@ -234,6 +234,8 @@ class Runner:
         # Stages of this run whose loops still run: what a waiting downstream stage
         # can expect progress from. ``_progress`` is replaced each time it fires.
         self._active: set[str] = {s.name for s in self.stages}
+        # Stages with nothing left to claim: the partitions they still run are their last.
+        self._draining: set[str] = set()
         self._progress = asyncio.Event()
         self._process_pool: ProcessPoolExecutor | None = None
         self._ledger_pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-ledger")
@@ -713,6 +715,10 @@ class Runner:
                         await self._sleep_unless_stopped(self._lease_poll())
                         continue
                     break
+                if stage.name not in self._draining and not (
+                    upstream and await self._upstream_busy(upstream)
+                ):
+                    self._draining.add(stage.name)
                 await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
                 continue
             for index, claim in enumerate(claims):
@@ -928,15 +934,13 @@ class Runner:
             if outcome.status is Status.DONE and self._needs_write(stage, rows):
                 release()
                 try:
-                    # Every stage that needs a reference table waits for it: its rows do
-                    # not wait for a batch to fill.
                     result = await self.writer.write(
                         stage.sinks,
                         partition,
                         rows,
                         outcome,
                         first=fresh[0],
-                        urgent=stage.reference,
+                        urgent=self._urgent(stage),
                     )
                 except asyncio.CancelledError:
                     raise
@@ -983,9 +987,14 @@ class Runner:
             self.bus.emit(PartitionFinished(stage.name, claim.key, Status.PENDING, 0, 0.0, attempt))
             raise
         self._finished(outcome)
-        # ... nor its outcome for the next periodic flush.
-        await self._record(outcome, soon=stage.reference)
+        await self._record(outcome, soon=self._urgent(stage))
         self._emit_finished(stage, claim, outcome, tally)
+
+    def _urgent(self, stage: Stage) -> bool:
+        """Whether the stage's rows and outcomes skip the writer's and the ledger's
+        batching (a quarter of a second each): every stage that needs a reference table
+        waits for it, and the last partitions of a stage have no others to wait for."""
+        return stage.reference or stage.name in self._draining
 
     def _check(
         self,

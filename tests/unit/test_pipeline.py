@@ -253,6 +253,26 @@ def test_a_blocked_event_loop_does_not_space_out_claims_of_a_waiting_stage(
     assert min(started) - finished[0] < 0.2
 
 
+def test_the_last_partitions_of_a_stage_are_written_without_batching_delay(
+    ledger: Ledger,
+) -> None:
+    """Once a stage has nothing left to claim, its last rows are committed and its
+    outcomes recorded at once, so the run (or what needs them) does not wait."""
+    job = Job("tail", partitions=daily("2013-01-01", "2013-01-03"))
+    sink = MemorySink(key=["day"])
+    returned: list[float] = []
+
+    @job.stage(concurrency=3, sink=sink)
+    async def fetch(ctx: Any, p: Any) -> list[dict[str, str]]:
+        await asyncio.sleep(0.05)
+        returned.append(time.perf_counter())
+        return [{"day": p.key}]
+
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    assert len(sink.rows) == 3
+    assert time.perf_counter() - max(returned) < 0.2
+
+
 def test_a_monthly_stage_waits_for_all_days_of_its_month(ledger: Ledger) -> None:
     """Grains map onto each other: the monthly total runs after the month's last day."""
     job = Job("grain", partitions=daily("2013-01-01", "2013-02-28"))
