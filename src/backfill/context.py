@@ -47,6 +47,11 @@ class RunCache:
     def set(self, key: Hashable, value: Any) -> None:
         self._values[key] = value
 
+    def pop(self, key: Hashable, default: Any = None) -> Any:
+        """Forget ``key`` (a value no later partition needs), returning its value or
+        ``default``; keeps a cache of, e.g., a rolling window from growing with the run."""
+        return self._values.pop(key, default)
+
     async def get_or_set(self, key: Hashable, factory: Callable[[], Any]) -> Any:
         """The cached value, or ``factory()`` (sync or async) computed once and kept."""
         if key in self._values:

@@ -234,6 +234,8 @@ class Runner:
         # Stages of this run whose loops still run: what a waiting downstream stage
         # can expect progress from. ``_progress`` is replaced each time it fires.
         self._active: set[str] = {s.name for s in self.stages}
+        # Stages with nothing left to claim: the partitions they still run are their last.
+        self._draining: set[str] = set()
         self._progress = asyncio.Event()
         self._process_pool: ProcessPoolExecutor | None = None
         self._ledger_pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-ledger")
@@ -321,6 +323,18 @@ class Runner:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._ledger_pool, lambda: fn(*args, **kwargs))
         return await asyncio.shield(future)
+
+    async def _db_timed(self, fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+        """``_db``, and how long the call itself took on the ledger's thread: not the wait
+        for that thread, nor for an event loop busy with other work."""
+        clock = self.clock
+
+        def timed() -> tuple[Any, float]:
+            began = clock.monotonic()
+            return fn(*args, **kwargs), clock.monotonic() - began
+
+        result: tuple[Any, float] = await self._db(timed)
+        return result
 
     def _selection(self, stage: Stage) -> Selection | None:
         """The run's selection; a reference stage's single partition is always in it."""
@@ -627,10 +641,12 @@ class Runner:
                     len(batch) - applied,
                 )
 
-    async def _record(self, outcome: Outcome) -> None:
+    async def _record(self, outcome: Outcome, *, soon: bool = False) -> None:
+        """Queue an outcome for the ledger; flush in the background when the batch is full
+        (or at once, ``soon``)."""
         self._held.discard(outcome.id)
         self._outcomes.append(outcome)
-        if len(self._outcomes) >= _FLUSH_SIZE and self._background_flush is None:
+        if (soon or len(self._outcomes) >= _FLUSH_SIZE) and self._background_flush is None:
             # Off the partition's path: its task and concurrency slot need not wait for
             # the ledger round trip (awaiting it here stalled the event loop's work).
             self._background_flush = asyncio.create_task(self._flush())
@@ -680,7 +696,7 @@ class Runner:
         selection = self._selection(stage)
 
         def take(limit: int, suspects: bool = False) -> Any:
-            return self._db(
+            return self._db_timed(
                 self.ledger.claim,
                 self.job.name,
                 stage.name,
@@ -698,13 +714,15 @@ class Runner:
         while not self._stop.is_set():
             batch_started = self.clock.monotonic()
             progress = self._progress
-            claims: list[Claim] = await take(batch_size)
+            claims: list[Claim]
+            claims, claim_cost = await take(batch_size)
             alone = False
             if not claims and not running:
                 # Partitions whose worker died holding them run with nothing else of the
                 # stage, on record before the next claim: a death among them is blamed
                 # on them only, and those lost twice come one at a time.
-                claims = await take(batch_size, suspects=True)
+                claims, more = await take(batch_size, suspects=True)
+                claim_cost += more
                 alone = bool(claims)
             self._held.update(c.id for c in claims)
             if not claims:
@@ -712,14 +730,17 @@ class Runner:
                     if upstream and await self._upstream_busy(upstream):
                         # Wait for upstream partitions to finish; never claim more often
                         # than a few times the cost of an empty claim.
-                        took = self.clock.monotonic() - batch_started
                         await self._wait_progress(progress, self._lease_poll())
-                        await self._sleep_unless_stopped(min(1.0, 4 * took))
+                        await self._sleep_unless_stopped(min(1.0, 4 * claim_cost))
                         continue
                     if self.options.wait_for_leases and await self._leased_elsewhere(stage):
                         await self._sleep_unless_stopped(self._lease_poll())
                         continue
                     break
+                if stage.name not in self._draining and not (
+                    upstream and await self._upstream_busy(upstream)
+                ):
+                    self._draining.add(stage.name)
                 await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
                 continue
             for index, claim in enumerate(claims):
@@ -945,7 +966,12 @@ class Runner:
                 release()
                 try:
                     result = await self.writer.write(
-                        stage.sinks, partition, rows, outcome, first=fresh[0]
+                        stage.sinks,
+                        partition,
+                        rows,
+                        outcome,
+                        first=fresh[0],
+                        urgent=self._urgent(stage),
                     )
                 except asyncio.CancelledError:
                     raise
@@ -992,8 +1018,14 @@ class Runner:
             self.bus.emit(PartitionFinished(stage.name, claim.key, Status.PENDING, 0, 0.0, attempt))
             raise
         self._finished(outcome)
-        await self._record(outcome)
+        await self._record(outcome, soon=self._urgent(stage))
         self._emit_finished(stage, claim, outcome, tally)
+
+    def _urgent(self, stage: Stage) -> bool:
+        """Whether the stage's rows and outcomes skip the writer's and the ledger's
+        batching (a quarter of a second each): every stage that needs a reference table
+        waits for it, and the last partitions of a stage have no others to wait for."""
+        return stage.reference or stage.name in self._draining
 
     def _check(
         self,

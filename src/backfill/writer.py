@@ -289,13 +289,21 @@ class SinkWriter:
         self.completer_for = completer_for
         self.now = now
         self.destinations: dict[str, Destination] = {}
+        # Each sink's database, asked once at open: a SQLite table's resolves its path
+        # (several system calls), and writes ask for every partition.
+        self._databases: dict[int, str] = {}
+
+    def _database(self, sink: Sink) -> str:
+        database = self._databases.get(id(sink))
+        return sink.database if database is None else database
 
     async def open(self, sinks: Sequence[Sink]) -> None:
         grouped: dict[str, list[Sink]] = {}
         for sink in sinks:
-            grouped.setdefault(sink.database, [])
-            if all(s is not sink for s in grouped[sink.database]):
-                grouped[sink.database].append(sink)
+            database = self._databases.setdefault(id(sink), sink.database)
+            members = grouped.setdefault(database, [])
+            if all(s is not sink for s in members):
+                members.append(sink)
         for database, members in grouped.items():
             names = [s.name for s in members]
             duplicate = next((n for n in names if names.count(n) > 1), None)
@@ -313,7 +321,7 @@ class SinkWriter:
 
     def shares_ledger(self, sinks: Sequence[Sink]) -> bool:
         """Whether these tables' done-marks commit with their rows (one database, the ledger's)."""
-        databases = {s.database for s in sinks}
+        databases = {self._database(s) for s in sinks}
         return len(databases) == 1 and self.destinations[databases.pop()].completer is not None
 
     async def write(
@@ -331,7 +339,9 @@ class SinkWriter:
         by_database: dict[str, dict[str, Rows]] = {}
         for sink in sinks:
             rows = records.get(sink.name, ())
-            by_database.setdefault(sink.database, {})[sink.name] = Rows(partition, rows, first)
+            by_database.setdefault(self._database(sink), {})[sink.name] = Rows(
+                partition, rows, first
+            )
         if len(by_database) == 1:
             ((database, parts),) = by_database.items()
             destination = self.destinations[database]

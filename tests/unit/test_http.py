@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import json
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -11,9 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from backfill.errors import FatalError, PermanentError, StageError, TransientError
-from backfill.sources.http import HttpClient, parse_retry_after, redact_url
+from backfill.sources.http import HttpClient, decode_json, parse_retry_after, redact_url
 
 URL = "https://api.example/results/2013-01-01"
 SECRET_URL = "https://api.example/results?date=2013-01-01&api_key=SECRET"
@@ -56,6 +61,18 @@ def test_200_json_is_decoded():
     """A 200 with a JSON body returns the decoded value."""
     body = {"data": [1, 2, 3], "next": None}
     assert fetch_json(lambda request: httpx.Response(200, json=body)) == body
+
+
+def test_httpcore_finds_the_async_library_without_a_failed_import():
+    """sniffio is installed, so httpcore's per-request async-library lookup never fails."""
+    from httpcore._synchronization import current_async_library
+
+    assert importlib.util.find_spec("sniffio") is not None
+
+    async def name() -> str:
+        return current_async_library()
+
+    assert asyncio.run(name()) == "asyncio"
 
 
 def test_request_sends_configured_headers():
@@ -133,6 +150,47 @@ def test_body_that_is_not_json_is_transient_bad_body(body: bytes):
     assert type(error) is TransientError
     assert error.category == "bad_body"
     assert f"({len(body)} bytes)" in error.message
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False)
+    | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=30,
+)
+
+
+@given(JSON_VALUES)
+def test_decode_json_agrees_with_json_loads(value: Any):
+    """Any JSON document decodes to what json.loads gives, wide integers exact and typed."""
+    body = json.dumps(value).encode()
+    decoded = decode_json(body)
+    assert decoded == json.loads(body)
+    assert json.dumps(decoded) == json.dumps(value)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"id": 123456789012345678901234567890}', {"id": 123456789012345678901234567890}),
+        (b"[-9223372036854775809]", [-9223372036854775809]),
+        (b"[Infinity, -Infinity, 1e400]", [math.inf, -math.inf, math.inf]),
+        (b"\xef\xbb\xbf[1]", [1]),
+        ('{"name": "Zürich"}'.encode("utf-16"), {"name": "Zürich"}),
+    ],
+)
+def test_decode_json_accepts_what_json_loads_accepts(body: bytes, expected: Any):
+    """Wide integers, Infinity, a byte-order mark and UTF-16 decode as json.loads does."""
+    assert decode_json(body) == expected
+
+
+def test_decode_json_keeps_nan():
+    """NaN, which strict decoders refuse, still decodes to a float NaN."""
+    (value,) = decode_json(b"[NaN]")
+    assert math.isnan(value)
 
 
 @pytest.mark.parametrize(

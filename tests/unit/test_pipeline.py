@@ -209,6 +209,70 @@ def test_reference_stages_run_before_what_needs_them(ledger: Ledger) -> None:
     assert [d.whole for d in job.dependencies(job.stages["flights"])] == [True]
 
 
+def test_dependants_start_as_soon_as_a_reference_table_is_written(ledger: Ledger) -> None:
+    """A reference stage's rows and outcome skip the writer's and the ledger's batching
+    delays (a quarter of a second each), so what needs it starts at once."""
+    job = Job("ref", partitions=daily("2013-01-01", "2013-01-02"))
+    sink = MemorySink(key=["code"])
+    finished: list[float] = []
+    started: list[float] = []
+
+    @job.stage(reference=True, sink=sink)
+    async def airlines(ctx: Any, p: Any) -> list[dict[str, str]]:
+        finished.append(time.perf_counter())
+        return [{"code": "UA"}]
+
+    @job.stage(needs=["airlines"])
+    async def flights(ctx: Any, p: Any) -> None:
+        started.append(time.perf_counter())
+
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    assert len(sink.rows) == 1
+    assert min(started) - finished[0] < 0.2
+
+
+def test_a_blocked_event_loop_does_not_space_out_claims_of_a_waiting_stage(
+    ledger: Ledger,
+) -> None:
+    """A waiting stage claims again after a few times an empty claim's own cost, however
+    long the event loop was busy elsewhere while that claim ran."""
+    job = Job("ref", partitions=daily("2013-01-01", "2013-01-02"))
+    finished: list[float] = []
+    started: list[float] = []
+
+    @job.stage(reference=True)
+    async def airlines(ctx: Any, p: Any) -> None:
+        time.sleep(0.2)  # noqa: ASYNC251 -- the point: the event loop is blocked
+        finished.append(time.perf_counter())
+
+    @job.stage(needs=["airlines"])
+    async def flights(ctx: Any, p: Any) -> None:
+        started.append(time.perf_counter())
+
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    assert min(started) - finished[0] < 0.2
+
+
+def test_the_last_partitions_of_a_stage_are_written_without_batching_delay(
+    ledger: Ledger,
+) -> None:
+    """Once a stage has nothing left to claim, its last rows are committed and its
+    outcomes recorded at once, so the run (or what needs them) does not wait."""
+    job = Job("tail", partitions=daily("2013-01-01", "2013-01-03"))
+    sink = MemorySink(key=["day"])
+    returned: list[float] = []
+
+    @job.stage(concurrency=3, sink=sink)
+    async def fetch(ctx: Any, p: Any) -> list[dict[str, str]]:
+        await asyncio.sleep(0.05)
+        returned.append(time.perf_counter())
+        return [{"day": p.key}]
+
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    assert len(sink.rows) == 3
+    assert time.perf_counter() - max(returned) < 0.2
+
+
 def test_a_monthly_stage_waits_for_all_days_of_its_month(ledger: Ledger) -> None:
     """Grains map onto each other: the monthly total runs after the month's last day."""
     job = Job("grain", partitions=daily("2013-01-01", "2013-02-28"))

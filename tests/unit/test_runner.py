@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections import Counter
 from typing import Any
 
@@ -338,6 +339,54 @@ def test_dataclass_records_are_accepted_and_junk_is_refused(ledger: Ledger) -> N
     assert entry.error_category == "bad_record"
 
 
+def test_dicts_other_mappings_and_dataclasses_mix_in_one_partition(ledger: Ledger) -> None:
+    """Plain dicts, other mappings and dataclasses in one list are all written as rows."""
+
+    @dataclasses.dataclass
+    class Row:
+        day: str
+        n: int
+
+    sink = MemorySink(key=["day", "n"])
+    job = make_job(1, sink=sink)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> list[Any]:
+        day = partition.key
+        return [{"day": day, "n": 1}, types.MappingProxyType({"day": day, "n": 2}), Row(day, 3)]
+
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    assert sorted(sink.rows) == [("2013-01-01", 1), ("2013-01-01", 2), ("2013-01-01", 3)]
+
+
+class CountingSink(MemorySink):
+    """A MemorySink that counts how often its database is asked for."""
+
+    lookups = 0
+
+    @property
+    def database(self) -> str:
+        self.lookups += 1
+        return f"memory:{id(self)}"
+
+
+@pytest.mark.parametrize("days", [2, 10])
+def test_a_sinks_database_is_looked_up_when_the_run_opens_not_per_write(
+    ledger: Ledger, days: int
+) -> None:
+    """Writes reuse the database each sink named at open, however many partitions run."""
+    sink = CountingSink(key=["day"])
+    job = make_job(days, sink=sink)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        return [{"day": partition.key}]
+
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    assert len(sink.rows) == days
+    assert sink.lookups == 1
+
+
 def test_concurrency_limit_holds(ledger: Ledger) -> None:
     """No more than the stage's concurrency run at once."""
     job = make_job(30)
@@ -374,6 +423,22 @@ def test_cache_computes_once_for_concurrent_partitions(ledger: Ledger) -> None:
     result = run_job(job, ledger)
     assert result.exit_code == ExitCode.OK
     assert fetched == {"2013-01": 1}
+
+
+def test_cache_pop_forgets_a_value_and_returns_it(ledger: Ledger) -> None:
+    """``ctx.cache.pop`` drops a key (the next look is a miss) and gives back its value."""
+    job = make_job(1)
+    seen: list[Any] = []
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        ctx.cache.set("window", [1, 2])
+        seen.append(ctx.cache.pop("window"))
+        seen.append(ctx.cache.pop("window", "gone"))
+        seen.append("window" in ctx.cache)
+
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    assert seen == [[1, 2], "gone", False]
 
 
 def test_selection_runs_only_selected_partitions(ledger: Ledger) -> None:

@@ -19,6 +19,7 @@ per second, or "adaptive" to let the resource find it), FLIGHTS_CONCURRENCY (req
 flight).
 """
 
+import operator
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -98,11 +99,14 @@ for _name, _key, _what in (
     _reference_stage(_name, _key, _what)
 
 
+_RECORD_DAY = operator.itemgetter("year", "month", "day")
+
+
 def _same_day(records: Sequence[Mapping[str, Any]], partition: Partition) -> str | None:
     day = partition.date
-    wrong = sum(
-        1 for r in records if (r["year"], r["month"], r["day"]) != (day.year, day.month, day.day)
-    )
+    # Counted in C (map and list.count): a Python loop over a day's ~900 records was a
+    # fifth of the engine's own time per partition.
+    wrong = len(records) - list(map(_RECORD_DAY, records)).count((day.year, day.month, day.day))
     return f"{wrong} record(s) of another day" if wrong else None
 
 
@@ -153,6 +157,23 @@ DAY_TOTALS = (
 )
 
 
+def _day_totals(ctx: Context, conn: Any, day: date) -> list[tuple[str, int, int | None, int]]:
+    """Per origin: the day's flights, and the sum and count of its departure delays.
+
+    Every day is in seven windows; a day's flights are final once its partition is done,
+    so its totals are read once per run and kept in the run cache until the last window
+    that needs them.
+    """
+    key = ("airport_daily", day)
+    totals: list[tuple[str, int, int | None, int]] | None = ctx.cache.get(key)
+    if totals is None:
+        placeholder = "%s" if not isinstance(conn, sqlite3.Connection) else "?"
+        sql = DAY_TOTALS.format(p=placeholder)
+        totals = [tuple(row) for row in conn.execute(sql, (day.year, day.month, day.day))]
+        ctx.cache.set(key, totals)
+    return totals
+
+
 @job.stage(
     needs=[needs("flights", lookback=WINDOW_DAYS - 1)],
     concurrency=4,
@@ -166,17 +187,18 @@ def airport_daily(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
     days = [partition.date - timedelta(days=n) for n in range(WINDOW_DAYS)]
     totals: dict[str, list[list[int]]] = {}
     with _connect() as conn:
-        placeholder = "%s" if not isinstance(conn, sqlite3.Connection) else "?"
-        sql = DAY_TOTALS.format(p=placeholder)
         for offset, day in enumerate(days):
             if day < first:
                 continue
-            for origin, n, delay_sum, delays in conn.execute(sql, (day.year, day.month, day.day)):
+            for origin, n, delay_sum, delays in _day_totals(ctx, conn, day):
                 slot = totals.setdefault(origin, [[0, 0, 0], [0, 0, 0]])
                 for index in (0, 1) if offset == 0 else (1,):
                     slot[index][0] += n
                     slot[index][1] += delay_sum or 0
                     slot[index][2] += delays
+    # Later windows start after this one's first day (partitions that run out of order
+    # and still need it read it again).
+    ctx.cache.pop(("airport_daily", days[-1]))
     return [
         {
             "date": partition.date.isoformat(),

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from backfill.errors import FatalError, PermanentError, StageError, TransientError
 from backfill.ratelimit import Outcome, Resource
@@ -39,6 +40,7 @@ __all__ = [
     "Page",
     "PageNumber",
     "RequestTally",
+    "decode_json",
     "parse_retry_after",
     "redact",
     "redact_url",
@@ -99,6 +101,24 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return text
+
+
+# orjson decodes a page several times faster than json, but it is stricter (no NaN,
+# Infinity, byte-order mark or UTF-16/32) and turns integers beyond 64 bits into floats.
+# What it refuses, and any body with a run of 19 digits or more (a number that may not fit
+# in 64 bits), goes to json, so every body decodes to what json.loads makes of it.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_MAYBE_WIDE_NUMBER = b"0" * 19
+
+
+def decode_json(body: bytes) -> Any:
+    """``body`` decoded as :func:`json.loads` decodes it, faster; ValueError if invalid."""
+    if _MAYBE_WIDE_NUMBER not in body.translate(_DIGITS_AS_ZEROS):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -294,7 +314,7 @@ class HttpClient:
             self._observe(Outcome.OK, response, time.monotonic() - started)
             return response, None
         try:
-            value = json.loads(body)
+            value = decode_json(body)
         except ValueError:
             self._observe(Outcome.ERROR, response)
             raise TransientError(
