@@ -175,10 +175,12 @@ def case_runner(n: int, directory: Path, concurrency: int) -> Result:
 
         plan_seconds = 0.0
 
-        def plan(self, job: str, stage: str, partitions: Any) -> int:
+        def plan(
+            self, job: str, stage: str, partitions: Any, *, fingerprint: str | None = None
+        ) -> int:
             started = time.perf_counter()
             try:
-                return super().plan(job, stage, partitions)
+                return super().plan(job, stage, partitions, fingerprint=fingerprint)
             finally:
                 self.plan_seconds += time.perf_counter() - started
 
