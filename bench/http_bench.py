@@ -668,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         if first
         else "nothing"
     )
-    burst = args.burst if args.burst is not None else server_config(args.rate, None).burst
+    burst = server_config(args.rate, args.burst).bucket
     out = [
         "",
         f"Rate limit {args.rate:g} req/s (burst {burst}); {scope}; "

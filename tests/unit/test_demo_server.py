@@ -350,3 +350,11 @@ def test_missing_data_package_raises_a_clear_error(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match=r"backfill\[demo\]"):
         load_flights.__wrapped__()
+
+
+def test_the_bucket_holds_a_tenth_of_a_second_at_least_five_unless_a_burst_is_given() -> None:
+    """The replay API lets a tenth of a second's worth through at once (at least 5),
+    or exactly the burst it is given; the benchmark prints this figure."""
+    assert ReplayConfig(rate_limit=100.0).bucket == 10
+    assert ReplayConfig(rate_limit=20.0).bucket == 5
+    assert ReplayConfig(rate_limit=100.0, burst=3).bucket == 3

@@ -86,6 +86,11 @@ class ReplayConfig:
         if self.stall_seconds < 0:
             raise ValueError(f"stall_seconds must be >= 0, got {self.stall_seconds}")
 
+    @property
+    def bucket(self) -> int:
+        """Requests the rate limiter lets through at once: ``burst``, or its default."""
+        return self.burst or max(5, math.ceil(self.rate_limit * 0.1))
+
     @classmethod
     def calm(cls) -> ReplayConfig:
         """No faults, sub-millisecond latency and a limit no test reaches."""
@@ -191,8 +196,7 @@ class ReplayAPI:
         self.config = config
         self.stats = ReplayStats()
         self.data = data if data is not None else load_flights()
-        capacity = config.burst or max(5, math.ceil(config.rate_limit * 0.1))
-        self._bucket = TokenBucket(config.rate_limit, capacity, clock)
+        self._bucket = TokenBucket(config.rate_limit, config.bucket, clock)
         self._rng = random.Random(config.seed)
         routes = [
             Route("/health", self._health),
