@@ -375,7 +375,7 @@ class PostgresLedger:
     ) -> list[Claim]:
         where, params = _selection_sql(selection)
         direction = "ASC" if order is Order.OLDEST else "DESC"
-        among = "AND p.lost_leases = 1" if suspects else "AND p.lost_leases = 0"
+        lost = "= 1" if suspects else "= 0"
         params.update(
             owner=owner,
             expires=now + lease_seconds,
@@ -393,10 +393,12 @@ class PostgresLedger:
                 needs, self._dep_ids(conn, job, needs), "postgres"
             )
             q = dict(params, stage_id=stage_id, **ready_params)
-            pending = _Q["claim_pending"].format(
-                where=where, direction=direction, ready=ready, suspects=among
-            )
-            rows = conn.execute(pending, q).fetchall()
+
+            def pending(lost: str) -> str:
+                query = _Q["claim_pending"]
+                return query.format(where=where, direction=direction, ready=ready, lost=lost)
+
+            rows = conn.execute(pending(lost), q).fetchall()
             if len(rows) < limit:
                 # Expired leases through their own index: the pending branch above never
                 # has to look at running or finished rows. They come back as suspects.
@@ -404,11 +406,10 @@ class PostgresLedger:
                 released = conn.execute(_Q["release_expired"].format(where=where), q).rowcount
                 if released and suspects:
                     q["limit"] = limit - len(rows)
-                    rows += conn.execute(pending, q).fetchall()
+                    rows += conn.execute(pending(lost), q).fetchall()
             if suspects and not rows:
                 # Lost twice or more: one at a time (see Ledger.claim).
-                alone = pending.replace(among, "AND p.lost_leases > 1")
-                rows = conn.execute(alone, dict(q, limit=1)).fetchall()
+                rows = conn.execute(pending("> 1"), dict(q, limit=1)).fetchall()
             return rows
 
         rows = self._run(take)
@@ -826,9 +827,9 @@ class PostgresLedger:
             rings = []
             for size, period in quotas:
                 quota = dict(key, quota=f"{size}/{period:g}")
-                conn.execute(_Q["insert_quota"], quota)
                 found = conn.execute(_Q["lock_quota"], quota).fetchone()
-                taken = int(found[0]) if found else 0
+                assert found is not None
+                taken = int(found[0])
                 slots = [(taken + i) % size for i in range(count)]
                 stored = dict(conn.execute(_Q["quota_starts"], dict(quota, slots=slots)).fetchall())
                 # Start number m replaces number m - size: known once m >= size.

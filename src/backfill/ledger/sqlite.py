@@ -269,7 +269,7 @@ class SQLiteLedger:
     ) -> list[Claim]:
         where, params = _selection_sql(selection)
         direction = "ASC" if order is Order.OLDEST else "DESC"
-        among = "AND p.lost_leases = 1" if suspects else "AND p.lost_leases = 0"
+        lost = "= 1" if suspects else "= 0"
         with self._tx() as conn:
             stage_id = self._stage_id(conn, job, stage, create=False)
             if stage_id is None:
@@ -287,21 +287,22 @@ class SQLiteLedger:
                 limit=limit,
                 max_lost=MAX_LOST_LEASES,
             )
-            pending = _Q["claim_pending"].format(
-                where=where, direction=direction, ready=ready, suspects=among
-            )
-            rows = conn.execute(pending, params).fetchall()
+
+            def pending(lost: str) -> str:
+                query = _Q["claim_pending"]
+                return query.format(where=where, direction=direction, ready=ready, lost=lost)
+
+            rows = conn.execute(pending(lost), params).fetchall()
             if len(rows) < limit:
                 # Expired leases come back as suspects (see release_expired).
                 conn.execute(_Q["fail_lost"].format(where=where), params)
                 released = conn.execute(_Q["release_expired"].format(where=where), params)
                 if released.rowcount and suspects:
                     params["limit"] = limit - len(rows)
-                    rows += conn.execute(pending, params).fetchall()
+                    rows += conn.execute(pending(lost), params).fetchall()
             if suspects and not rows:
                 # Lost twice or more: one at a time (see Ledger.claim).
-                alone = pending.replace(among, "AND p.lost_leases > 1")
-                rows = conn.execute(alone, dict(params, limit=1)).fetchall()
+                rows = conn.execute(pending("> 1"), dict(params, limit=1)).fetchall()
         # Rows of one batch share a few dims values and dates: decode each once.
         dates: dict[str, date] = {}
         dims: dict[str | None, tuple[tuple[str, str], ...]] = {}

@@ -33,9 +33,11 @@ SET status = 'running', lease_owner = %(owner)s, lease_expires_at = %(expires)s,
     claims = p.claims + 1, run_id = %(run_id)s, started_at = %(now)s
 FROM (
     -- {ready}: the partition's upstream inputs are finished (stages with needs=).
-    -- {suspects}: partitions that lost a lease (their worker died) only, or none of them.
+    -- {lost}: how many leases in a row the partition lost (its worker died): 0 for the
+    -- usual claim, more for suspects (see Ledger.claim).
     SELECT p.id FROM backfill_partitions AS p
-    WHERE p.stage_id = %(stage_id)s AND p.status = 'pending' {suspects} {where} {ready}
+    WHERE p.stage_id = %(stage_id)s AND p.status = 'pending' AND p.lost_leases {lost}
+      {where} {ready}
     ORDER BY p.window_start {direction}, p.id {direction}
     LIMIT %(limit)s
     FOR UPDATE OF p SKIP LOCKED
@@ -232,14 +234,11 @@ FOR UPDATE;
 -- name: set_tat
 UPDATE backfill_resources SET tat = %(tat)s WHERE job = %(job)s AND name = %(name)s;
 
--- name: insert_quota
-INSERT INTO backfill_quotas (job, name, quota) VALUES (%(job)s, %(name)s, %(quota)s)
-ON CONFLICT (job, name, quota) DO NOTHING;
-
 -- name: lock_quota
-SELECT taken FROM backfill_quotas
-WHERE job = %(job)s AND name = %(name)s AND quota = %(quota)s
-FOR UPDATE;
+-- Created on first use; the no-op update locks the row either way, in one statement.
+INSERT INTO backfill_quotas AS q (job, name, quota) VALUES (%(job)s, %(name)s, %(quota)s)
+ON CONFLICT (job, name, quota) DO UPDATE SET taken = q.taken
+RETURNING taken;
 
 -- name: quota_starts
 -- The starts a block of new ones replaces in the ring: those `count` starts earlier.

@@ -32,9 +32,11 @@ SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
 WHERE id IN (
     -- {ready}: the partition's upstream inputs are finished (stages with needs=).
     -- INDEXED BY: the planner may otherwise walk the window index, finished rows too.
-    -- {suspects}: partitions that lost a lease (their worker died) only, or none of them.
+    -- {lost}: how many leases in a row the partition lost (its worker died): 0 for the
+    -- usual claim, more for suspects (see Ledger.claim).
     SELECT p.id FROM backfill_partitions AS p INDEXED BY backfill_partitions_pending
-    WHERE p.stage_id = :stage_id AND p.status = 'pending' {suspects} {where} {ready}
+    WHERE p.stage_id = :stage_id AND p.status = 'pending' AND p.lost_leases {lost}
+      {where} {ready}
     ORDER BY p.window_start {direction}, p.id {direction}
     LIMIT :limit
 )
