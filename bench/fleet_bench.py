@@ -7,9 +7,12 @@ one PostgreSQL ledger, against the same number of no-op jobs through pgqueuer.
 
 Each case gets a fresh schema. ``backfill`` cases plan N partitions, then start k
 processes that each run ``Runner`` (what ``backfill worker`` runs) with a no-op stage;
-``pgqueuer`` cases enqueue N jobs, then start k processes that each drain the queue. The
-time is the wall time from starting the processes until the last one exits. This is a
-measurement, not a test: it asserts no timings.
+``pgqueuer`` cases enqueue N jobs, then start k processes that each drain the queue.
+``ledger alone`` cases are the floor under ``backfill``: k processes that only claim
+batches of 1,000 and complete them through the same ledger, with no runner around it.
+The time is the wall time from starting the processes until the last one exits; the CPU
+columns are what the processes and the PostgreSQL server spent (the server's only when
+it runs on this machine). This is a measurement, not a test: it asserts no timings.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -60,6 +64,25 @@ def child_backfill(url: str, n: int) -> None:
     print(json.dumps({"executed": result.executed}))
 
 
+def child_ledger(url: str) -> None:
+    from backfill.ledger import Outcome, Status
+    from backfill.ledger.postgres import PostgresLedger
+
+    ledger = PostgresLedger(url)
+    owner = f"bench-{os.getpid()}"
+    done = 0
+    while True:
+        claims = ledger.claim(
+            "bench", "noop", owner, limit=1000, lease_seconds=60, now=time.time(), run_id="bench"
+        )
+        if not claims:
+            break
+        ledger.complete(owner, [Outcome(c.id, Status.DONE) for c in claims], now=time.time())
+        done += len(claims)
+    ledger.close()
+    print(json.dumps({"executed": done}))
+
+
 def child_pgqueuer(url: str) -> None:
     from datetime import timedelta
 
@@ -91,7 +114,31 @@ def child_pgqueuer(url: str) -> None:
     print(json.dumps({"executed": done}))
 
 
-def spawn(k: int, *args: str) -> tuple[float, int]:
+def server_cpu() -> float | None:
+    """CPU seconds the local PostgreSQL processes spent so far (ended backends count
+    through their parent, the postmaster), or None when none are visible here."""
+    ticks, seen = 0, False
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name, _, rest = stat.partition("(")[2].rpartition(")")
+        if name != "postgres":
+            continue
+        fields = rest.split()
+        ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        seen = True
+    return ticks / os.sysconf("SC_CLK_TCK") if seen else None
+
+
+def spawn(k: int, *args: str) -> dict[str, object]:
+    """Run k children; their wall time, partitions executed and CPU (children, server)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server = server_cpu()
     started = time.perf_counter()
     procs = [
         subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
@@ -101,7 +148,12 @@ def spawn(k: int, *args: str) -> tuple[float, int]:
     for proc in procs:
         out, _ = proc.communicate()
         executed += json.loads(out.strip().splitlines()[-1])["executed"]
-    return time.perf_counter() - started, executed
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_after = server_cpu()
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    db = None if server is None or server_after is None else server_after - server
+    return {"s": elapsed, "executed": executed, "cpu": cpu, "db_cpu": db}
 
 
 def fresh(url: str) -> tuple[str, str]:
@@ -116,7 +168,7 @@ def drop(url: str, schema: str) -> None:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-def case_backfill(url: str, n: int, k: int) -> dict[str, object]:
+def case_backfill(url: str, n: int, k: int, child: str = "backfill") -> dict[str, object]:
     from backfill.ledger.postgres import PostgresLedger
 
     schema, scoped = fresh(url)
@@ -128,12 +180,14 @@ def case_backfill(url: str, n: int, k: int) -> dict[str, object]:
         # As `backfill run` plans it (fingerprint included): workers joining skip the plan.
         ledger.plan("bench", "noop", spec, fingerprint=repr(spec))
         plan_s = time.perf_counter() - t0
-        elapsed, executed = spawn(k, "--child", "backfill", "--url", scoped, "--n", str(n))
+        result = spawn(k, "--child", child, "--url", scoped, "--n", str(n))
         done = ledger.counts("bench", ["noop"])["noop"].done
         ledger.close()
     finally:
         drop(url, schema)
-    return {"case": f"backfill x{k}", "plan_s": plan_s, "s": elapsed, "ok": done == n == executed}
+    name = "backfill" if child == "backfill" else "ledger alone"
+    ok = done == n == result["executed"]
+    return {"case": f"{name} x{k}", "plan_s": plan_s, "ok": ok, **result}
 
 
 def case_pgqueuer(url: str, n: int, k: int) -> dict[str, object]:
@@ -155,10 +209,10 @@ def case_pgqueuer(url: str, n: int, k: int) -> dict[str, object]:
         t0 = time.perf_counter()
         asyncio.run(enqueue())
         plan_s = time.perf_counter() - t0
-        elapsed, executed = spawn(k, "--child", "pgqueuer", "--url", scoped)
+        result = spawn(k, "--child", "pgqueuer", "--url", scoped)
     finally:
         drop(url, schema)
-    return {"case": f"pgqueuer x{k}", "plan_s": plan_s, "s": elapsed, "ok": executed == n}
+    return {"case": f"pgqueuer x{k}", "plan_s": plan_s, "ok": result["executed"] == n, **result}
 
 
 def main() -> None:
@@ -166,10 +220,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--url", default=os.environ.get("BACKFILL_TEST_POSTGRES_URL", DEFAULT_URL))
-    parser.add_argument("--child", choices=["backfill", "pgqueuer"])
+    parser.add_argument("--child", choices=["backfill", "ledger", "pgqueuer"])
     args = parser.parse_args()
     if args.child == "backfill":
         return child_backfill(args.url, args.n)
+    if args.child == "ledger":
+        return child_ledger(args.url)
     if args.child == "pgqueuer":
         return child_pgqueuer(args.url)
     try:
@@ -184,12 +240,19 @@ def main() -> None:
         rows.append(case_backfill(args.url, args.n, k))
         if peer:
             rows.append(case_pgqueuer(args.url, args.n, k))
+        rows.append(case_backfill(args.url, args.n, k, child="ledger"))
     print(f"\n{args.n:,} no-op partitions (jobs) on PostgreSQL\n")
-    print("| case | enqueue/plan s | work s | per second | all done |")
-    print("|---|---:|---:|---:|---|")
+    print(
+        "| case | enqueue/plan s | work s | per second | workers' CPU s | server CPU s | all done |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
         rate = args.n / float(r["s"])  # type: ignore[arg-type]
-        print(f"| {r['case']} | {r['plan_s']:.2f} | {r['s']:.2f} | {rate:,.0f} | {r['ok']} |")
+        db = "-" if r["db_cpu"] is None else f"{r['db_cpu']:.2f}"
+        print(
+            f"| {r['case']} | {r['plan_s']:.2f} | {r['s']:.2f} | {rate:,.0f} "
+            f"| {r['cpu']:.2f} | {db} | {r['ok']} |"
+        )
     print()
     print("\n".join(_machine.facts(f"psycopg {psycopg.__version__}")))
 

@@ -84,6 +84,7 @@ T = TypeVar("T")
 _MAX_BATCH = 1000
 _FLUSH_EVERY = 0.25
 _FLUSH_SIZE = 500
+_FIRST_LEASE_WAIT = 0.05  # seconds; doubles up to the lease poll
 _MESSAGE_LIMIT = 2000
 
 
@@ -673,6 +674,9 @@ class Runner:
         # not when they are durable: the next partition's requests need not wait for a
         # batch to fill. ``slots`` says whether a task's slot is already back.
         slots: dict[asyncio.Task[None], list[bool]] = {}
+        # Waiting for other workers' leases: poll soon at first (most end within moments
+        # of each other), then back off to the lease poll.
+        lease_wait = _FIRST_LEASE_WAIT
 
         def releaser(flag: list[bool]) -> Callable[[], None]:
             def release() -> None:
@@ -725,7 +729,9 @@ class Runner:
                 claim_cost += more
                 alone = bool(claims)
             self._held.update(c.id for c in claims)
-            if not claims:
+            if claims:
+                lease_wait = _FIRST_LEASE_WAIT
+            else:
                 if not running:
                     if upstream and await self._upstream_busy(upstream):
                         # Wait for upstream partitions to finish; never claim more often
@@ -733,8 +739,13 @@ class Runner:
                         await self._wait_progress(progress, self._lease_poll())
                         await self._sleep_unless_stopped(min(1.0, 4 * claim_cost))
                         continue
+                    if self.options.wait_for_leases:
+                        # Our own last outcomes first: unrecorded, they would look like
+                        # another worker's leases and cost a lease poll of waiting.
+                        await self._flush()
                     if self.options.wait_for_leases and await self._leased_elsewhere(stage):
-                        await self._sleep_unless_stopped(self._lease_poll())
+                        await self._sleep_unless_stopped(lease_wait)
+                        lease_wait = min(self._lease_poll(), 2 * lease_wait)
                         continue
                     break
                 if stage.name not in self._draining and not (
