@@ -700,3 +700,39 @@ def test_a_worker_waits_for_leases_held_elsewhere_only_when_asked(
         assert time.monotonic() - started >= 0.3
     else:
         assert (counts.done, counts.running) == (2, 1)
+
+
+def test_a_worker_alone_never_waits_for_its_own_leases(ledger: Ledger) -> None:
+    """With wait_for_leases and no other worker, the last outcomes are recorded before
+    the worker looks for leases held elsewhere: it finishes without a lease poll's wait
+    (unrecorded, its own running rows looked like another worker's)."""
+    job = make_job(days=30)
+    clock = RecordingClock()
+
+    @job.stage(concurrency=4)
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        return None
+
+    result = run_job(job, ledger, RunOptions(wait_for_leases=True), clock=clock)
+    assert result.counts["fetch"].done == 30
+    # Lease polls are 50 ms to 2 s here; the heartbeat sleeps a third of the lease (20 s).
+    assert [s for s in clock.sleeps if 0.05 <= s <= 2.0] == []
+
+
+def test_waiting_for_another_workers_lease_polls_soon_then_backs_off(ledger: Ledger) -> None:
+    """Leases held elsewhere are polled for after 50 ms, then twice as long each time,
+    up to the lease poll: workers ending moments apart do not wait a whole poll."""
+    job = make_job(days=2, lease_seconds=1.6)
+    clock = RecordingClock()
+
+    @job.stage(concurrency=2)
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        return None
+
+    ledger.plan("test", "fetch", job.partitions or [])
+    ledger.claim("test", "fetch", "other", limit=1, lease_seconds=1.6, now=time.time(), run_id="x")
+    result = run_job(job, ledger, RunOptions(wait_for_leases=True), clock=clock)
+    assert result.counts["fetch"].done == 2
+    # Heartbeats sleep until their own deadlines, a third of the lease apart (> 0.5 s).
+    polls = [s for s in clock.sleeps if s <= 0.4]
+    assert polls[:5] == [0.05, 0.1, 0.2, 0.4, 0.4]  # 0.4: the lease poll, lease / 4
