@@ -354,6 +354,28 @@ class LedgerContract:
         atp = ledger.counts(JOB, [STAGE], sel)[STAGE]
         assert (atp.done, atp.total) == (3, 10)
 
+    def test_unfinished_tells_pending_and_running_rows_from_finished_ones(
+        self, ledger: Ledger, second_ledger: Ledger
+    ) -> None:
+        """unfinished: some partition is pending or running (only running, if asked),
+        within a selection, seen from any connection."""
+        assert not ledger.unfinished(JOB, STAGE)  # never planned
+        ledger.plan(JOB, STAGE, SPEC)
+        assert ledger.unfinished(JOB, STAGE)
+        assert not ledger.unfinished(JOB, STAGE, running_only=True)
+        early = SPEC.selection(end="2013-01-05")
+        late = SPEC.selection(start="2013-01-06")
+        held = claim(ledger, "a", limit=10)  # 2013-01-01 to 05, both tours
+        assert second_ledger.unfinished(JOB, STAGE, early, running_only=True)
+        assert not second_ledger.unfinished(JOB, STAGE, late, running_only=True)
+        finish(ledger, "a", held)
+        assert not second_ledger.unfinished(JOB, STAGE, early)
+        assert second_ledger.unfinished(JOB, STAGE, late)
+        assert not second_ledger.unfinished(JOB, STAGE, running_only=True)
+        finish(ledger, "b", claim(ledger, "b", limit=10))
+        assert not second_ledger.unfinished(JOB, STAGE)
+        assert not ledger.unfinished(JOB, "never planned")
+
     def test_failure_groups_by_category_with_an_example(self, ledger: Ledger) -> None:
         """Failures are grouped by category, biggest first, each with one example."""
         ledger.plan(JOB, STAGE, SPEC)

@@ -804,17 +804,13 @@ class Runner:
         # anyone holds now; pending partitions outside the selection nobody will run.
         for name in sorted(upstream):
             stage = self.job.stages[name]
-            selected: dict[str, StageCounts] = await self._db(
-                self.ledger.counts, self.job.name, [name], self._selection(stage)
-            )
-            if selected[name].pending + selected[name].running:
+            selection = self._selection(stage)
+            if await self._db(self.ledger.unfinished, self.job.name, name, selection):
                 return True
-            if self._selection(stage) is not None:
-                everywhere: dict[str, StageCounts] = await self._db(
-                    self.ledger.counts, self.job.name, [name], None
-                )
-                if everywhere[name].running:
-                    return True
+            if selection is not None and await self._db(
+                self.ledger.unfinished, self.job.name, name, None, running_only=True
+            ):
+                return True
         return False
 
     async def _wait_progress(self, progress: asyncio.Event, seconds: float) -> None:
@@ -833,11 +829,10 @@ class Runner:
 
     async def _leased_elsewhere(self, stage: Stage) -> bool:
         """Whether partitions of ``stage`` are pending or leased (by another worker)."""
-        counts: dict[str, StageCounts] = await self._db(
-            self.ledger.counts, self.job.name, [stage.name], self._selection(stage)
+        unfinished: bool = await self._db(
+            self.ledger.unfinished, self.job.name, stage.name, self._selection(stage)
         )
-        left = counts[stage.name]
-        return left.pending + left.running > 0
+        return unfinished
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         stopped = asyncio.ensure_future(self._stop.wait())

@@ -322,6 +322,18 @@ class Ledger(Protocol):
         self, job: str, stages: Sequence[str], selection: Selection | None = None
     ) -> dict[str, StageCounts]: ...
 
+    def unfinished(
+        self,
+        job: str,
+        stage: str,
+        selection: Selection | None = None,
+        *,
+        running_only: bool = False,
+    ) -> bool:
+        """Whether some partition of ``stage`` (in ``selection``) is pending or running
+        (only running, with ``running_only``). Two index probes, however large the
+        stage: workers ask it while they wait for each other."""
+
     def failure_groups(
         self, job: str, stages: Sequence[str], selection: Selection | None = None
     ) -> list[FailureGroup]: ...

@@ -619,6 +619,29 @@ class PostgresLedger:
 
         return self._run(read)
 
+    def unfinished(
+        self,
+        job: str,
+        stage: str,
+        selection: Selection | None = None,
+        *,
+        running_only: bool = False,
+    ) -> bool:
+        where, params = _selection_sql(selection)
+
+        def read(conn: psycopg.Connection[Any]) -> bool:
+            stage_id = self._stage_id(conn, job, stage, create=False)
+            if stage_id is None:
+                return False
+            q = dict(params, stage_id=stage_id)
+            names = ("any_running",) if running_only else ("any_pending", "any_running")
+            return any(
+                conn.execute(_Q[name].format(where=where), q).fetchone() is not None
+                for name in names
+            )
+
+        return self._run(read)
+
     def failure_groups(
         self, job: str, stages: Sequence[str], selection: Selection | None = None
     ) -> list[FailureGroup]:

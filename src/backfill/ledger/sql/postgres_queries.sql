@@ -143,6 +143,15 @@ SELECT status, count(*), coalesce(sum(records), 0)
 FROM backfill_partitions WHERE stage_id = %(stage_id)s {where}
 GROUP BY status;
 
+-- name: any_pending
+SELECT 1 FROM backfill_partitions
+WHERE stage_id = %(stage_id)s AND status = 'pending' {where} LIMIT 1;
+
+-- name: any_running
+-- Running rows hold a lease owner: the partial index on leases finds them.
+SELECT 1 FROM backfill_partitions
+WHERE stage_id = %(stage_id)s AND status = 'running' {where} LIMIT 1;
+
 -- name: recent
 SELECT count(*), min(started_at), max(finished_at)
 FROM backfill_partitions

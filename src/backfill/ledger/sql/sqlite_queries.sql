@@ -125,6 +125,15 @@ SELECT status, count(*), coalesce(sum(records), 0)
 FROM backfill_partitions WHERE stage_id = :stage_id {where}
 GROUP BY status;
 
+-- name: any_pending
+SELECT 1 FROM backfill_partitions
+WHERE stage_id = :stage_id AND status = 'pending' {where} LIMIT 1;
+
+-- name: any_running
+-- Running rows hold a lease owner: the partial index on leases finds them.
+SELECT 1 FROM backfill_partitions
+WHERE lease_owner IS NOT NULL AND stage_id = :stage_id AND status = 'running' {where} LIMIT 1;
+
 -- name: recent
 SELECT count(*), min(started_at), max(finished_at)
 FROM backfill_partitions
