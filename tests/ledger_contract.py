@@ -353,6 +353,10 @@ class LedgerContract:
         sel = SPEC.selection(where=["tour=atp"])
         atp = ledger.counts(JOB, [STAGE], sel)[STAGE]
         assert (atp.done, atp.total) == (3, 10)
+        assert all_counts.recent_finished == 6
+        plain = ledger.counts(JOB, [STAGE], recent=False)[STAGE]
+        assert (plain.done, plain.records, plain.total) == (6, 18, 20)
+        assert (plain.recent_finished, plain.rate) == (0, None)
 
     def test_unfinished_tells_pending_and_running_rows_from_finished_ones(
         self, ledger: Ledger, second_ledger: Ledger

@@ -416,7 +416,9 @@ class Runner:
             ),
         )
         names = [s.name for s in self.stages]
-        initial = await self._db(self.ledger.counts, self.job.name, names, self.options.selection)
+        initial = await self._db(
+            self.ledger.counts, self.job.name, names, self.options.selection, recent=False
+        )
         self.bus.emit(RunStarted(self.run_id, self.job.name, self.worker_id, now, initial))
         self.bus.emit(WorkerJoined(self.worker_id, self.job.name, _host(), os.getpid()))
         for event in lost:
@@ -481,7 +483,9 @@ class Runner:
                 log.warning("released %d partition(s) still leased at the end of the run", stray)
             await self._close_resources()
 
-        final = await self._db(self.ledger.counts, self.job.name, names, self.options.selection)
+        final = await self._db(
+            self.ledger.counts, self.job.name, names, self.options.selection, recent=False
+        )
         failed = sum(c.failed for c in final.values())
         waiting = self._waiting(final)
         if self._fatal is not None:

@@ -319,8 +319,16 @@ class Ledger(Protocol):
         """
 
     def counts(
-        self, job: str, stages: Sequence[str], selection: Selection | None = None
-    ) -> dict[str, StageCounts]: ...
+        self,
+        job: str,
+        stages: Sequence[str],
+        selection: Selection | None = None,
+        *,
+        recent: bool = True,
+    ) -> dict[str, StageCounts]:
+        """Partitions per status and records, per stage. ``recent``: also the finished
+        partitions and span of the stage's most recent run (for a rate); two more scans
+        of the stage, which a runner does without."""
 
     def unfinished(
         self,

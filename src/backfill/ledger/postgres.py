@@ -578,7 +578,12 @@ class PostgresLedger:
     # -- reading -------------------------------------------------------------------
 
     def counts(
-        self, job: str, stages: Sequence[str], selection: Selection | None = None
+        self,
+        job: str,
+        stages: Sequence[str],
+        selection: Selection | None = None,
+        *,
+        recent: bool = True,
     ) -> dict[str, StageCounts]:
         where, params = _selection_sql(selection)
 
@@ -596,7 +601,7 @@ class PostgresLedger:
                     by_status[status] = n
                     records += int(recs)
                 recent_n, span = 0, 0.0
-                last = conn.execute(_Q["last_run_of_stage"], q).fetchone()
+                last = conn.execute(_Q["last_run_of_stage"], q).fetchone() if recent else None
                 if last is not None and last[0] is not None:
                     q["run_id"] = last[0]
                     row = conn.execute(_Q["recent"].format(where=where), q).fetchone()

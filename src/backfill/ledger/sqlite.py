@@ -477,7 +477,12 @@ class SQLiteLedger:
     # -- reading -------------------------------------------------------------------
 
     def counts(
-        self, job: str, stages: Sequence[str], selection: Selection | None = None
+        self,
+        job: str,
+        stages: Sequence[str],
+        selection: Selection | None = None,
+        *,
+        recent: bool = True,
     ) -> dict[str, StageCounts]:
         where, params = _selection_sql(selection)
         result: dict[str, StageCounts] = {}
@@ -494,7 +499,7 @@ class SQLiteLedger:
                     by_status[status] = n
                     records += recs
                 recent_n, span = 0, 0.0
-                last = conn.execute(_Q["last_run_of_stage"], q).fetchone()
+                last = conn.execute(_Q["last_run_of_stage"], q).fetchone() if recent else None
                 if last is not None and last[0] is not None:
                     q["run_id"] = last[0]
                     n, first, final = conn.execute(_Q["recent"].format(where=where), q).fetchone()
