@@ -180,6 +180,8 @@ def book_block(
 # Limits over longer periods than this are quotas, counted exactly over a sliding window;
 # shorter ones are rates, smoothed by virtual scheduling with the resource's burst.
 _QUOTA_PERIOD = 1.0
+# How many times in a row one request books again after waking too late for its start.
+_LATE_REBOOKS = 3
 _MAX_LOG = 1_000_000
 
 
@@ -445,6 +447,7 @@ class Resource:
         self.requests = 0
         self.rate_limited = 0
         self.pauses = 0
+        self.late_starts = 0  # reservations woken too late to spend, booked again
 
     def __repr__(self) -> str:
         return f"Resource({self.name!r}, rate={self.rate_description()})"
@@ -492,7 +495,7 @@ class Resource:
             max_cooldown=old.max_cooldown,
         )
         self._listeners.clear()
-        self.requests = self.rate_limited = self.pauses = 0
+        self.requests = self.rate_limited = self.pauses = self.late_starts = 0
         self._shared = None
         self._share = None
         self._slots.clear()
@@ -594,13 +597,30 @@ class Resource:
         return start - now
 
     async def acquire(self) -> None:
-        """Wait for a reservation (rates, pauses and the breaker all respected)."""
+        """Wait for a reservation (rates, pauses and the breaker all respected).
+
+        A reservation woken more than half an interval late (the loop or the CPU was
+        busy) is booked again rather than spent: sent late, it would reach the source
+        together with the on-time requests booked after it. After a few such misses the
+        request goes anyway, so a machine that is always busy still makes progress.
+        """
+        interval = self.rate_interval if self._shared is None else 0.0
+        misses = 0
         while True:
             if self._shared is not None:
                 await self._shared_start()
             wait = self.reserve()
             if wait > 0:
+                due = self.clock.monotonic() + wait
                 await self.clock.sleep(wait)
+                if (
+                    interval
+                    and misses < _LATE_REBOOKS
+                    and self.clock.monotonic() > due + interval / 2
+                ):
+                    misses += 1
+                    self.late_starts += 1
+                    continue
             now = self.clock.monotonic()
             # A pause or an open breaker that began while we slept pushes us back.
             if now + 1e-3 < self.paused_until:
