@@ -53,6 +53,31 @@ def settle(ledger: Ledger, stage: str, keys: set[str], status: Status, now: floa
     )
 
 
+def ready_keys(
+    ledger: Ledger,
+    stage: str,
+    needs: list[Dependency],
+    *,
+    scan: int | None,
+    order: Order = Order.OLDEST,
+) -> list[str]:
+    """Keys of ``stage`` claimable now with ``scan`` (claimed, then released again)."""
+    got = ledger.claim(
+        JOB,
+        stage,
+        "down",
+        limit=10_000,
+        lease_seconds=60.0,
+        now=2000.0,
+        run_id="r1",
+        needs=needs,
+        scan=scan,
+        order=order,
+    )
+    ledger.complete("down", [Outcome(c.id, Status.PENDING, attempts=0) for c in got], now=2000.0)
+    return sorted(c.key for c in got)
+
+
 def ready(ledger: Ledger, stage: str, needs: list[Dependency], now: float = 2000.0) -> list[str]:
     """Keys of ``stage`` claimable now (claimed, then released again)."""
     got = ledger.claim(
@@ -522,6 +547,39 @@ class LedgerContract:
         settle(ledger, "a", {"2013-01-03"}, Status.EMPTY, 1001.0)
         assert ready(ledger, "b", [DAY_DEP]) == ["2013-01-01", "2013-01-03"]
         assert len(ready(ledger, "b", [])) == 5
+
+    def test_a_bounded_scan_looks_for_ready_partitions_among_the_first_pending_only(
+        self, ledger: Ledger, second_ledger: Ledger
+    ) -> None:
+        """scan=N checks the first N pending partitions in claim order (either order),
+        no further; a stage without needs claims as usual."""
+        ledger.plan(JOB, "a", daily("2013-01-01", "2013-01-10"))
+        ledger.plan(JOB, "b", daily("2013-01-01", "2013-01-10"))
+        later = {f"2013-01-{d:02d}" for d in range(6, 11)}
+        settle(ledger, "a", later, Status.DONE, 1000.0)
+
+        def keys(scan: int | None, order: Order = Order.OLDEST) -> list[str]:
+            return ready_keys(ledger, "b", [DAY_DEP], scan=scan, order=order)
+
+        assert keys(3) == []
+        assert keys(7) == ["2013-01-06", "2013-01-07"]
+        assert keys(None) == sorted(later)
+        assert keys(2, Order.NEWEST) == ["2013-01-09", "2013-01-10"]
+        held = second_ledger.claim(
+            JOB,
+            "b",
+            "other",
+            limit=1,
+            lease_seconds=60.0,
+            now=2000.0,
+            run_id="r2",
+            needs=[DAY_DEP],
+            scan=6,
+        )
+        assert [c.key for c in held] == ["2013-01-06"]
+        # Leased rows are no longer pending: the next scan of 6 reaches one row further.
+        assert keys(6) == ["2013-01-07"]
+        assert len(ready_keys(ledger, "b", [], scan=1)) == 9
 
     def test_a_lookback_waits_for_every_earlier_partition_of_the_window(
         self, ledger: Ledger

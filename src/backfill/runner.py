@@ -85,6 +85,8 @@ _MAX_BATCH = 1000
 _FLUSH_EVERY = 0.25
 _FLUSH_SIZE = 500
 _FIRST_LEASE_WAIT = 0.05  # seconds; doubles up to the lease poll
+_MIN_SCAN = 4096  # pending partitions a bounded claim checks for readiness, at least
+_FULL_SCAN_SPACING = 50  # a full scan is due after this many times its own cost
 _MESSAGE_LIMIT = 2000
 
 
@@ -703,7 +705,15 @@ class Runner:
         upstream = set(self.job.upstream(stage.name))
         selection = self._selection(stage)
 
-        def take(limit: int, suspects: bool = False) -> Any:
+        # A stage with inputs that has caught up with them would scan every pending
+        # partition for a ready one at each claim. It looks among the first ones instead
+        # (Ledger.claim's scan) and among all of them only when a full scan is due: its
+        # last one cost at most a fiftieth of the time since. Nothing is concluded (no
+        # wait, no stop) on an empty bounded claim.
+        full_due = 0.0
+
+        def take(limit: int, suspects: bool = False, full: bool = True) -> Any:
+            scan = None if full or suspects else max(4 * limit, _MIN_SCAN)
             return self._db_timed(
                 self.ledger.claim,
                 self.job.name,
@@ -717,13 +727,17 @@ class Runner:
                 order=order,
                 needs=needs,
                 suspects=suspects,
+                scan=scan,
             )
 
         while not self._stop.is_set():
             batch_started = self.clock.monotonic()
             progress = self._progress
             claims: list[Claim]
-            claims, claim_cost = await take(batch_size)
+            full = not needs or batch_started >= full_due
+            claims, claim_cost = await take(batch_size, full=full)
+            if needs and full:
+                full_due = self.clock.monotonic() + _FULL_SCAN_SPACING * claim_cost
             alone = False
             if not claims and not running:
                 # Partitions whose worker died holding them run with nothing else of the
@@ -742,6 +756,11 @@ class Runner:
                         # than a few times the cost of an empty claim.
                         await self._wait_progress(progress, self._lease_poll())
                         await self._sleep_unless_stopped(min(1.0, 4 * claim_cost))
+                        continue
+                    if not full:
+                        # Inputs are all finished: look at every pending partition before
+                        # concluding that none of them is ready.
+                        full_due = 0.0
                         continue
                     if self.options.wait_for_leases:
                         # Our own last outcomes first: unrecorded, they would look like

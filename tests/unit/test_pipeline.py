@@ -12,6 +12,7 @@ import pytest
 
 from backfill import EmptyPartition, Job, PermanentError, RetryPolicy, RunOptions, Status, daily
 from backfill import checks as bc
+from backfill import runner as runner_module
 from backfill.errors import ConfigError
 from backfill.job import needs
 from backfill.ledger import Ledger, open_ledger
@@ -99,6 +100,41 @@ def test_a_failed_input_leaves_its_downstream_waiting_and_the_run_failed(
     assert ledger.blocked_keys("fail", "b", job.dependencies(job.stages["b"])) == {
         "2013-01-03": "a 2013-01-03"
     }
+
+
+@pytest.mark.parametrize("order", ["oldest", "newest"])
+def test_ready_partitions_behind_a_long_blocked_front_still_run(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
+    """Claims of a stage with inputs check only the first pending partitions for
+    readiness (64 here); when the first 80 wait for failed inputs, the 40 ready ones
+    after them still run, and exactly those."""
+    monkeypatch.setattr(runner_module, "_MIN_SCAN", 8)  # 4 x batch of 16 = 64
+    # No periodic full scan: only the one before concluding finds what lies behind.
+    monkeypatch.setattr(runner_module, "_FULL_SCAN_SPACING", 1e9)
+    job = Job("front", partitions=daily("2013-01-01", "2013-04-30", order=order))
+    # The 80 days at the front of the claim order (oldest first, or newest first).
+    first, last = (
+        ("2013-01-01", "2013-03-21") if order == "oldest" else ("2013-02-10", "2013-04-30")
+    )
+    blocked = {p.key for p in daily(first, last)}
+    ran: list[str] = []
+
+    @job.stage(retry=NO_RETRY, concurrency=1)
+    async def a(ctx: Any, p: Any) -> None:
+        if p.key in blocked:
+            raise PermanentError("no such page", category="not_found")
+
+    @job.stage(needs=["a"], concurrency=1)
+    async def b(ctx: Any, p: Any) -> None:
+        ran.append(p.key)
+
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.FAILED
+    assert len(blocked) == 80
+    assert sorted(ran) == sorted({p.key for p in daily("2013-01-01", "2013-04-30")} - blocked)
+    assert len(ran) == 40
+    assert result.message is not None and "80 wait for them" in result.message
 
 
 def test_empty_inputs_count_as_finished(ledger: Ledger) -> None:

@@ -250,9 +250,16 @@ class Ledger(Protocol):
         order: Order = Order.OLDEST,
         needs: Sequence[Dependency] = (),
         suspects: bool = False,
+        scan: int | None = None,
     ) -> list[Claim]:
         """Lease up to ``limit`` pending partitions to ``owner``; with ``needs``, only
         those whose upstream partitions are finished.
+
+        ``scan`` (with ``needs``): look for ready partitions among the first ``scan``
+        pending ones in claim order only. A stage that has caught up with its inputs
+        then costs ``scan`` index probes per claim instead of one per pending partition;
+        an empty answer no longer proves that none is ready, so callers claim without it
+        before they conclude that.
 
         Partitions whose lease expired go back to the pool first, as *suspects* (their
         worker died or hung holding them, maybe because of them), and one that has lost

@@ -372,6 +372,7 @@ class PostgresLedger:
         order: Order = Order.OLDEST,
         needs: Sequence[Dependency] = (),
         suspects: bool = False,
+        scan: int | None = None,
     ) -> list[Claim]:
         where, params = _selection_sql(selection)
         direction = "ASC" if order is Order.OLDEST else "DESC"
@@ -392,10 +393,13 @@ class PostgresLedger:
             ready, ready_params = _deps.ready_filter(
                 needs, self._dep_ids(conn, job, needs), "postgres"
             )
-            q = dict(params, stage_id=stage_id, **ready_params)
+            q = dict(params, stage_id=stage_id, scan=scan, **ready_params)
+
+            # Only a readiness check can make the scan longer than the claim itself.
+            front = scan is not None and bool(ready)
 
             def pending(lost: str) -> str:
-                query = _Q["claim_pending"]
+                query = _Q["claim_pending_front" if front else "claim_pending"]
                 return query.format(where=where, direction=direction, ready=ready, lost=lost)
 
             rows = conn.execute(pending(lost), q).fetchall()

@@ -266,6 +266,7 @@ class SQLiteLedger:
         order: Order = Order.OLDEST,
         needs: Sequence[Dependency] = (),
         suspects: bool = False,
+        scan: int | None = None,
     ) -> list[Claim]:
         where, params = _selection_sql(selection)
         direction = "ASC" if order is Order.OLDEST else "DESC"
@@ -286,10 +287,14 @@ class SQLiteLedger:
                 now=now,
                 limit=limit,
                 max_lost=MAX_LOST_LEASES,
+                scan=scan,
             )
 
+            # Only a readiness check can make the scan longer than the claim itself.
+            front = scan is not None and bool(ready)
+
             def pending(lost: str) -> str:
-                query = _Q["claim_pending"]
+                query = _Q["claim_pending_front" if front else "claim_pending"]
                 return query.format(where=where, direction=direction, ready=ready, lost=lost)
 
             rows = conn.execute(pending(lost), params).fetchall()

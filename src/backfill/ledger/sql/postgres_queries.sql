@@ -46,6 +46,30 @@ WHERE p.id = picked.id
 RETURNING p.id, p.key, p.window_start, p.window_end, p.dims::text, p.attempts, p.claims,
           p.checkpoint;
 
+-- name: claim_pending_front
+-- claim_pending among the first %(scan)s pending partitions only (Ledger.claim's scan):
+-- the readiness check probes that many rows at most. The outer conditions are checked
+-- again on the locked row, which a concurrent claim may have taken meanwhile.
+UPDATE backfill_partitions AS p
+SET status = 'running', lease_owner = %(owner)s, lease_expires_at = %(expires)s,
+    claims = p.claims + 1, run_id = %(run_id)s, started_at = %(now)s
+FROM (
+    SELECT p.id FROM (
+        SELECT id FROM backfill_partitions
+        WHERE stage_id = %(stage_id)s AND status = 'pending' AND lost_leases {lost} {where}
+        ORDER BY window_start {direction}, id {direction}
+        LIMIT %(scan)s
+    ) AS front
+    JOIN backfill_partitions AS p ON p.id = front.id
+    WHERE p.status = 'pending' AND p.lost_leases {lost} {ready}
+    ORDER BY p.window_start {direction}, p.id {direction}
+    LIMIT %(limit)s
+    FOR UPDATE OF p SKIP LOCKED
+) AS picked
+WHERE p.id = picked.id
+RETURNING p.id, p.key, p.window_start, p.window_end, p.dims::text, p.attempts, p.claims,
+          p.checkpoint;
+
 -- name: fail_lost
 -- A partition whose lease expired max_lost times in a row kills (or hangs) every worker
 -- that takes it: fail it with that reason rather than hand it out forever.

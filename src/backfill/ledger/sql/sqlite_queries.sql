@@ -42,6 +42,26 @@ WHERE id IN (
 )
 RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint;
 
+-- name: claim_pending_front
+-- claim_pending among the first :scan pending partitions only (Ledger.claim's scan): the
+-- readiness check probes that many rows at most.
+UPDATE backfill_partitions
+SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
+    claims = claims + 1, run_id = :run_id, started_at = :now
+WHERE id IN (
+    SELECT p.id FROM (
+        SELECT id FROM backfill_partitions INDEXED BY backfill_partitions_pending
+        WHERE stage_id = :stage_id AND status = 'pending' AND lost_leases {lost} {where}
+        ORDER BY window_start {direction}, id {direction}
+        LIMIT :scan
+    ) AS front
+    JOIN backfill_partitions AS p ON p.id = front.id
+    WHERE TRUE {ready}
+    ORDER BY p.window_start {direction}, p.id {direction}
+    LIMIT :limit
+)
+RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint;
+
 -- name: fail_lost
 -- A partition whose lease expired max_lost times in a row kills (or hangs) every worker
 -- that takes it: fail it with that reason rather than hand it out forever.
