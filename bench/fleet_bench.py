@@ -40,7 +40,7 @@ def in_schema(url: str, schema: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}options={option}"
 
 
-def make_job(n: int):  # type: ignore[no-untyped-def]
+def make_job(n: int, pipeline: bool = False):  # type: ignore[no-untyped-def]
     from backfill import Job
     from ledger_bench import make_spec
 
@@ -50,16 +50,22 @@ def make_job(n: int):  # type: ignore[no-untyped-def]
     async def noop(ctx, partition):  # type: ignore[no-untyped-def]
         return None
 
+    if pipeline:
+        # A second stage that needs the first, partition by partition.
+        @job.stage(concurrency=64, needs=["noop"])
+        async def after(ctx, partition):  # type: ignore[no-untyped-def]
+            return None
+
     return job
 
 
-def child_backfill(url: str, n: int) -> None:
+def child_backfill(url: str, n: int, pipeline: bool = False) -> None:
     from backfill.ledger.postgres import PostgresLedger
     from backfill.runner import Runner, RunOptions
 
     ledger = PostgresLedger(url)
     options = RunOptions(concurrency=64, command="bench", wait_for_leases=True)
-    result = asyncio.run(Runner(make_job(n), ledger, options).run())
+    result = asyncio.run(Runner(make_job(n, pipeline), ledger, options).run())
     ledger.close()
     print(json.dumps({"executed": result.executed}))
 
@@ -168,26 +174,33 @@ def drop(url: str, schema: str) -> None:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-def case_backfill(url: str, n: int, k: int, child: str = "backfill") -> dict[str, object]:
+def case_backfill(
+    url: str, n: int, k: int, child: str = "backfill", pipeline: bool = False
+) -> dict[str, object]:
     from backfill.ledger.postgres import PostgresLedger
 
     schema, scoped = fresh(url)
     try:
         ledger = PostgresLedger(scoped)
-        job = make_job(n)
+        job = make_job(n, pipeline)
         t0 = time.perf_counter()
-        spec = job.stages["noop"].partitions
-        # As `backfill run` plans it (fingerprint included): workers joining skip the plan.
-        ledger.plan("bench", "noop", spec, fingerprint=repr(spec))
+        for stage in job.stages.values():
+            # As `backfill run` plans it (fingerprint included): joining workers skip it.
+            ledger.plan("bench", stage.name, stage.partitions, fingerprint=repr(stage.partitions))
         plan_s = time.perf_counter() - t0
-        result = spawn(k, "--child", child, "--url", scoped, "--n", str(n))
-        done = ledger.counts("bench", ["noop"])["noop"].done
+        extra = ["--pipeline"] if pipeline else []
+        result = spawn(k, "--child", child, "--url", scoped, "--n", str(n), *extra)
+        counts = ledger.counts("bench", list(job.stages))
+        done = sum(c.done for c in counts.values())
         ledger.close()
     finally:
         drop(url, schema)
     name = "backfill" if child == "backfill" else "ledger alone"
-    ok = done == n == result["executed"]
-    return {"case": f"{name} x{k}", "plan_s": plan_s, "ok": ok, **result}
+    if pipeline:
+        name += ", 2 stages"
+    total = n * len(job.stages)
+    ok = done == total == result["executed"]
+    return {"case": f"{name} x{k}", "plan_s": plan_s, "ok": ok, "partitions": total, **result}
 
 
 def case_pgqueuer(url: str, n: int, k: int) -> dict[str, object]:
@@ -221,9 +234,14 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--url", default=os.environ.get("BACKFILL_TEST_POSTGRES_URL", DEFAULT_URL))
     parser.add_argument("--child", choices=["backfill", "ledger", "pgqueuer"])
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="also run a job of two stages, the second needing the first (2 x N partitions)",
+    )
     args = parser.parse_args()
     if args.child == "backfill":
-        return child_backfill(args.url, args.n)
+        return child_backfill(args.url, args.n, args.pipeline)
     if args.child == "ledger":
         return child_ledger(args.url)
     if args.child == "pgqueuer":
@@ -241,13 +259,15 @@ def main() -> None:
         if peer:
             rows.append(case_pgqueuer(args.url, args.n, k))
         rows.append(case_backfill(args.url, args.n, k, child="ledger"))
+        if args.pipeline:
+            rows.append(case_backfill(args.url, args.n, k, pipeline=True))
     print(f"\n{args.n:,} no-op partitions (jobs) on PostgreSQL\n")
     print(
         "| case | enqueue/plan s | work s | per second | workers' CPU s | server CPU s | all done |"
     )
     print("|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        rate = args.n / float(r["s"])  # type: ignore[arg-type]
+        rate = int(r.get("partitions", args.n)) / float(r["s"])  # type: ignore[call-overload]
         db = "-" if r["db_cpu"] is None else f"{r['db_cpu']:.2f}"
         print(
             f"| {r['case']} | {r['plan_s']:.2f} | {r['s']:.2f} | {rate:,.0f} "

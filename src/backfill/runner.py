@@ -85,7 +85,7 @@ _MAX_BATCH = 1000
 _FLUSH_EVERY = 0.25
 _FLUSH_SIZE = 500
 _FIRST_LEASE_WAIT = 0.05  # seconds; doubles up to the lease poll
-_MIN_SCAN = 4096  # pending partitions a bounded claim checks for readiness, at least
+_MIN_SCAN = 1024  # pending partitions a bounded claim checks for readiness, at least
 _FULL_SCAN_SPACING = 50  # a full scan is due after this many times its own cost
 _MESSAGE_LIMIT = 2000
 
@@ -713,7 +713,7 @@ class Runner:
         full_due = 0.0
 
         def take(limit: int, suspects: bool = False, full: bool = True) -> Any:
-            scan = None if full or suspects else max(4 * limit, _MIN_SCAN)
+            scan = None if full or suspects else max(2 * limit, _MIN_SCAN)
             return self._db_timed(
                 self.ledger.claim,
                 self.job.name,

@@ -107,9 +107,9 @@ def test_ready_partitions_behind_a_long_blocked_front_still_run(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch, order: str
 ) -> None:
     """Claims of a stage with inputs check only the first pending partitions for
-    readiness (64 here); when the first 80 wait for failed inputs, the 40 ready ones
+    readiness (32 here); when the first 80 wait for failed inputs, the 40 ready ones
     after them still run, and exactly those."""
-    monkeypatch.setattr(runner_module, "_MIN_SCAN", 8)  # 4 x batch of 16 = 64
+    monkeypatch.setattr(runner_module, "_MIN_SCAN", 8)  # 2 x batch of 16 = 32
     # No periodic full scan: only the one before concluding finds what lies behind.
     monkeypatch.setattr(runner_module, "_FULL_SCAN_SPACING", 1e9)
     job = Job("front", partitions=daily("2013-01-01", "2013-04-30", order=order))

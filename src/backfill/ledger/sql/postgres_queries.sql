@@ -49,7 +49,9 @@ RETURNING p.id, p.key, p.window_start, p.window_end, p.dims::text, p.attempts, p
 -- name: claim_pending_front
 -- claim_pending among the first %(scan)s pending partitions only (Ledger.claim's scan):
 -- the readiness check probes that many rows at most. The outer conditions are checked
--- again on the locked row, which a concurrent claim may have taken meanwhile.
+-- again on the locked row, which a concurrent claim may have taken meanwhile. No ORDER BY
+-- out here: the join keeps the front's order, and LIMIT stops at the first ready rows
+-- instead of checking the whole front before a sort.
 UPDATE backfill_partitions AS p
 SET status = 'running', lease_owner = %(owner)s, lease_expires_at = %(expires)s,
     claims = p.claims + 1, run_id = %(run_id)s, started_at = %(now)s
@@ -62,7 +64,6 @@ FROM (
     ) AS front
     JOIN backfill_partitions AS p ON p.id = front.id
     WHERE p.status = 'pending' AND p.lost_leases {lost} {ready}
-    ORDER BY p.window_start {direction}, p.id {direction}
     LIMIT %(limit)s
     FOR UPDATE OF p SKIP LOCKED
 ) AS picked

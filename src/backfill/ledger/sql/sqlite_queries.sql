@@ -44,7 +44,8 @@ RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint;
 
 -- name: claim_pending_front
 -- claim_pending among the first :scan pending partitions only (Ledger.claim's scan): the
--- readiness check probes that many rows at most.
+-- readiness check probes that many rows at most. No ORDER BY out here: the join keeps
+-- the front's order, and LIMIT stops at the first ready ones instead of checking all.
 UPDATE backfill_partitions
 SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
     claims = claims + 1, run_id = :run_id, started_at = :now
@@ -57,7 +58,6 @@ WHERE id IN (
     ) AS front
     JOIN backfill_partitions AS p ON p.id = front.id
     WHERE TRUE {ready}
-    ORDER BY p.window_start {direction}, p.id {direction}
     LIMIT :limit
 )
 RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint;
