@@ -71,20 +71,11 @@ def child_backfill(url: str, n: int, pipeline: bool = False) -> None:
 
 
 def child_ledger(url: str) -> None:
-    from backfill.ledger import Outcome, Status
     from backfill.ledger.postgres import PostgresLedger
+    from ledger_bench import drain
 
     ledger = PostgresLedger(url)
-    owner = f"bench-{os.getpid()}"
-    done = 0
-    while True:
-        claims = ledger.claim(
-            "bench", "noop", owner, limit=1000, lease_seconds=60, now=time.time(), run_id="bench"
-        )
-        if not claims:
-            break
-        ledger.complete(owner, [Outcome(c.id, Status.DONE) for c in claims], now=time.time())
-        done += len(claims)
+    done = drain(ledger, "bench", "noop", f"bench-{os.getpid()}")
     ledger.close()
     print(json.dumps({"executed": done}))
 

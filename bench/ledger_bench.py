@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import _machine
 
 if TYPE_CHECKING:
+    from backfill.ledger import Ledger
     from backfill.partitions import PartitionSpec
 
 CASES = ("ledger", "runner", "baseline")
@@ -129,8 +130,31 @@ class Result:
 # -- the cases (run in a child process) --------------------------------------------------
 
 
+def drain(ledger: Ledger, job: str, stage: str, owner: str) -> int:
+    """Claim ``CLAIM_LIMIT`` partitions at a time and complete them as done, until none is
+    left; return how many completions the ledger applied."""
+    from backfill.ledger import Outcome, Status
+
+    finished = 0
+    while True:
+        claims = ledger.claim(
+            job,
+            stage,
+            owner,
+            limit=CLAIM_LIMIT,
+            lease_seconds=60.0,
+            now=time.time(),
+            run_id="bench",
+        )
+        if not claims:
+            return finished
+        finished += ledger.complete(
+            owner, [Outcome(c.id, Status.DONE) for c in claims], now=time.time()
+        )
+
+
 def case_ledger(n: int, directory: Path) -> Result:
-    from backfill.ledger import Outcome, Status, open_ledger
+    from backfill.ledger import open_ledger
 
     ledger = open_ledger(f"sqlite:///{directory / 'state.db'}")
     start_rss = current_rss_mb()
@@ -138,22 +162,7 @@ def case_ledger(n: int, directory: Path) -> Result:
     t0 = time.perf_counter()
     planned = ledger.plan(JOB, STAGE, spec)
     t1 = time.perf_counter()
-    finished = 0
-    while True:
-        claims = ledger.claim(
-            JOB,
-            STAGE,
-            OWNER,
-            limit=CLAIM_LIMIT,
-            lease_seconds=60.0,
-            now=time.time(),
-            run_id="bench",
-        )
-        if not claims:
-            break
-        finished += ledger.complete(
-            OWNER, [Outcome(c.id, Status.DONE) for c in claims], now=time.time()
-        )
+    finished = drain(ledger, JOB, STAGE, OWNER)
     t2 = time.perf_counter()
     # Outside the timed region: prove the work was really done, so a fast wrong ledger
     # cannot produce a flattering number.

@@ -766,10 +766,10 @@ class Runner:
                         # Our own last outcomes first: unrecorded, they would look like
                         # another worker's leases and cost a lease poll of waiting.
                         await self._flush()
-                    if self.options.wait_for_leases and await self._leased_elsewhere(stage):
-                        await self._sleep_unless_stopped(lease_wait)
-                        lease_wait = min(self._lease_poll(), 2 * lease_wait)
-                        continue
+                        if await self._leased_elsewhere(stage):
+                            await self._sleep_unless_stopped(lease_wait)
+                            lease_wait = min(self._lease_poll(), 2 * lease_wait)
+                            continue
                     break
                 if stage.name not in self._draining and not (
                     upstream and await self._upstream_busy(upstream)
@@ -852,10 +852,11 @@ class Runner:
 
     async def _leased_elsewhere(self, stage: Stage) -> bool:
         """Whether partitions of ``stage`` are pending or leased (by another worker)."""
-        unfinished: bool = await self._db(
-            self.ledger.unfinished, self.job.name, stage.name, self._selection(stage)
+        return bool(
+            await self._db(
+                self.ledger.unfinished, self.job.name, stage.name, self._selection(stage)
+            )
         )
-        return unfinished
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         stopped = asyncio.ensure_future(self._stop.wait())
