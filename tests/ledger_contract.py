@@ -152,14 +152,15 @@ class LedgerContract:
     # -- lost leases ----------------------------------------------------------------------
 
     def test_a_partition_whose_lease_keeps_expiring_ends_failed(self, ledger: Ledger) -> None:
-        """A partition whose lease expires MAX_LOST_LEASES times in a row is failed as
-        worker_lost, with the reason, instead of being handed out forever; a requeue
-        gives it a fresh count."""
+        """A partition whose lease expires MAX_LOST_LEASES times in a row while it runs
+        is failed as worker_lost, with the reason, instead of being handed out forever;
+        a requeue gives it a fresh count."""
         ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-02"))
         now = 1000.0
         doomed, healthy = ledger.claim(
             JOB, STAGE, "w0", limit=2, lease_seconds=10, now=now, run_id="r"
         )
+        assert ledger.begin("w0", [(doomed.id, doomed.claims)]) == {doomed.id}
         ledger.complete("w0", [Outcome(healthy.id, Status.DONE)], now=now)
         for i in range(1, MAX_LOST_LEASES):
             now += 11
@@ -172,6 +173,7 @@ class LedgerContract:
                 JOB, STAGE, f"w{i}", limit=5, lease_seconds=10, now=now, run_id="r", suspects=True
             )
             assert again.key == doomed.key
+            assert ledger.begin(f"w{i}", [(again.id, again.claims)]) == {again.id}
         now += 11
         last = ledger.claim(
             JOB, STAGE, "last", limit=5, lease_seconds=10, now=now, run_id="r", suspects=True
@@ -186,30 +188,78 @@ class LedgerContract:
         assert len(got) == 1
 
     def test_a_partition_whose_workers_keep_dying_ends_failed(self, ledger: Ledger) -> None:
-        """Released as lost (its holder died), a partition counts a lost lease each time;
-        the MAX_LOST_LEASES-th fails it as worker_lost, while a normal release or a
-        finished attempt in between starts the count again."""
+        """Released as lost (its holder died running it), a partition counts a lost lease
+        each time; the MAX_LOST_LEASES-th fails it as worker_lost, while a normal release
+        or a finished attempt in between starts the count again."""
         ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
-        assert len(claim(ledger, "dead0")) == 1
+
+        def take(owner: str, **kw: object) -> list:
+            got = claim(ledger, owner, **kw)
+            ledger.begin(owner, [(c.id, c.claims) for c in got])
+            return got
+
+        assert len(take("dead0")) == 1
         assert ledger.release_owner("dead0", lost=True) == 1
         assert claim(ledger, "any") == []  # a suspect now
         for i in range(1, MAX_LOST_LEASES - 1):
-            assert len(claim(ledger, f"dead{i}", suspects=True)) == 1
+            assert len(take(f"dead{i}", suspects=True)) == 1
             assert ledger.release_owner(f"dead{i}", lost=True) == 1
-        (got,) = claim(ledger, "calm", suspects=True)
+        (got,) = take("calm", suspects=True)
         assert ledger.release_owner("calm") == 1  # the run ended: not a death
-        (got,) = claim(ledger, "dead-last", suspects=True)
+        (got,) = take("dead-last", suspects=True)
         assert ledger.release_owner("dead-last", lost=True) == 1
         (failed,) = ledger.entries(JOB, STAGE, status=Status.FAILED)
         assert failed.error_category == "worker_lost"
         assert f"died {MAX_LOST_LEASES} times in a row" in (failed.error_message or "")
         assert ledger.requeue(JOB, [STAGE]) == 1
-        (got,) = claim(ledger, "w")  # requeued: no longer a suspect
+        (got,) = take("w")  # requeued: no longer a suspect
         assert ledger.release_owner("w", lost=True) == 1
-        (got,) = claim(ledger, "w2", suspects=True)
+        (got,) = take("w2", suspects=True)
         ledger.complete("w2", [Outcome(got.id, Status.PENDING, attempts=0)], now=1001.0)
         (got,) = claim(ledger, "w3")  # an attempt that ended cleared the suspicion
         assert ledger.counts(JOB, [STAGE])[STAGE].running == 1
+
+    def test_a_death_counts_only_against_the_partitions_it_was_running(
+        self, ledger: Ledger
+    ) -> None:
+        """A dead worker's claimed but unstarted partitions go back to the pool clean:
+        only those it had begun become suspects, and however often a worker dies
+        holding a partition it never started, that partition is never worker_lost."""
+        ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-03"))
+        for i in range(MAX_LOST_LEASES + 1):
+            got = claim(ledger, f"dead{i}")
+            if i == 0:
+                started = got[0]
+                assert ledger.begin(f"dead{i}", [(started.id, started.claims)]) == {started.id}
+            assert ledger.release_owner(f"dead{i}", lost=True) == len(got)
+        assert ledger.entries(JOB, STAGE, status=Status.FAILED) == []
+        # The begun one is a suspect; the two never started are claimed as usual.
+        assert sorted(c.key for c in claim(ledger, "calm")) == ["2013-01-02", "2013-01-03"]
+        assert [c.key for c in claim(ledger, "calm", suspects=True)] == [started.key]
+
+    def test_an_expired_lease_suspects_only_a_begun_partition(self, ledger: Ledger) -> None:
+        """When leases expire, the partitions their holder had begun come back as
+        suspects and the rest of its batch as ordinary pending partitions."""
+        ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-02"))
+        begun, idle = claim(ledger, "hung", now=1000.0)
+        ledger.begin("hung", [(begun.id, begun.claims)])
+        assert [c.key for c in claim(ledger, "next", now=1061.0)] == [idle.key]
+        assert [c.key for c in claim(ledger, "next", now=1061.0, suspects=True)] == [begun.key]
+
+    def test_begin_returns_only_leases_still_held(self, ledger: Ledger) -> None:
+        """begin is a fence: a worker paused past its lease gets nothing back once its
+        partition went to another worker, nor for a lease it held before a later claim
+        of its own; the current holder does."""
+        ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
+        (old,) = claim(ledger, "a", now=1000.0)
+        (new,) = claim(ledger, "b", now=1061.0)
+        assert ledger.begin("a", [(old.id, old.claims)]) == set()
+        assert ledger.begin("b", [(new.id, new.claims)]) == {new.id}
+        assert ledger.release_owner("b") == 1
+        (again,) = claim(ledger, "a", now=1100.0)
+        assert ledger.begin("a", [(old.id, old.claims)]) == set()  # the earlier lease
+        assert ledger.begin("a", [(again.id, again.claims)]) == {again.id}
+        assert ledger.begin("a", []) == set()
 
     def test_jobs_and_stages_are_isolated(self, ledger: Ledger) -> None:
         """The same stage name in two jobs, or two stages of one job, share nothing."""
@@ -290,9 +340,11 @@ class LedgerContract:
     # -- leases ---------------------------------------------------------------------------
 
     def test_expired_lease_is_claimable_by_another_owner(self, ledger: Ledger) -> None:
-        """After the lease expires the partition goes to the next claimant of suspects."""
+        """After the lease of a begun partition expires, it goes to the next claimant of
+        suspects."""
         ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
         first = claim(ledger, "a", now=1000.0)
+        ledger.begin("a", [(first[0].id, first[0].claims)])
         assert claim(ledger, "b", now=1030.0, suspects=True) == []  # lease alive
         stolen = claim(ledger, "b", now=1061.0, suspects=True)
         assert [c.key for c in stolen] == [first[0].key]
@@ -302,7 +354,7 @@ class LedgerContract:
         """A worker whose lease passed on cannot overwrite the new owner's work."""
         ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
         first = claim(ledger, "a", now=1000.0)
-        assert len(claim(ledger, "b", now=1061.0, suspects=True)) == 1
+        assert len(claim(ledger, "b", now=1061.0)) == 1
         assert finish(ledger, "a", first, Status.FAILED) == 0
         assert ledger.counts(JOB, [STAGE])[STAGE].running == 1
 
@@ -311,8 +363,8 @@ class LedgerContract:
         ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
         claim(ledger, "a", now=1000.0)
         assert ledger.renew("a", lease_seconds=60.0, now=1050.0) == 1
-        assert claim(ledger, "b", now=1090.0, suspects=True) == []
-        assert len(claim(ledger, "b", now=1111.0, suspects=True)) == 1
+        assert claim(ledger, "b", now=1090.0) == []
+        assert len(claim(ledger, "b", now=1111.0)) == 1
 
     def test_release_owner_returns_its_partitions(self, ledger: Ledger) -> None:
         """A dead owner's partitions go back to pending at once."""

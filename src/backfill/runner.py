@@ -60,6 +60,7 @@ from backfill.events import (
 )
 from backfill.fleet import LedgerRate, concurrency_share
 from backfill.job import Job, Stage, load_job_module
+from backfill.leases import LeaseBook, LeaseLost
 from backfill.ledger import (
     Claim,
     Ledger,
@@ -229,6 +230,10 @@ class Runner:
         # Every claim this runner holds and has not yet recorded an outcome for. Whatever
         # is left here at shutdown (e.g. a task cancelled before it ever ran) is released.
         self._held: set[int] = set()
+        # Until when each begun partition's lease is certainly ours (see backfill.leases).
+        self.leases = LeaseBook(job.lease_seconds)
+        self._leases_lost = 0
+        self._fences: dict[str, bool] = {}
         self._flush_lock = asyncio.Lock()
         self._background_flush: asyncio.Task[None] | None = None
         # Decided once per stage, not per partition (inspect's checks are not free).
@@ -246,6 +251,7 @@ class Runner:
         self.writer = SinkWriter(
             self.worker_id,
             completer_for=getattr(ledger, "completer", None),
+            fence_for=getattr(ledger, "fence", None),
             now=self.clock.time,
         )
         self._records = 0
@@ -620,10 +626,12 @@ class Runner:
             await self.clock.sleep(max(0.0, next_tick - self.clock.monotonic()))
             next_tick += interval
             now = self.clock.time()
+            since = self.clock.monotonic()
             try:
                 await self._db(
                     self.ledger.renew, self.worker_id, lease_seconds=self.job.lease_seconds, now=now
                 )
+                self.leases.renewed(since=since, done=self.clock.monotonic())
                 await self._db(self.ledger.heartbeat, self.worker_id, now=now)
             except BackfillError as exc:
                 log.warning("could not renew leases: %s", exc)
@@ -652,6 +660,7 @@ class Runner:
         """Queue an outcome for the ledger; flush in the background when the batch is full
         (or at once, ``soon``)."""
         self._held.discard(outcome.id)
+        self.leases.forget(outcome.id)
         self._outcomes.append(outcome)
         if (soon or len(self._outcomes) >= _FLUSH_SIZE) and self._background_flush is None:
             # Off the partition's path: its task and concurrency slot need not wait for
@@ -777,7 +786,8 @@ class Runner:
                     self._draining.add(stage.name)
                 await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
                 continue
-            for index, claim in enumerate(claims):
+            index = 0
+            while index < len(claims):
                 await semaphore.acquire()
                 if alone:
                     # Each suspect's outcome on record as it comes: a death later in the
@@ -788,12 +798,31 @@ class Runner:
                     for rest in claims[index:]:
                         await self._record(Outcome(rest.id, Status.PENDING, attempts=0))
                     break
-                flag = [False]
-                task = asyncio.create_task(self._execute(stage, claim, releaser(flag)))
-                slots[task] = flag
-                running.add(task)
-                self._tasks.add(task)
-                task.add_done_callback(finished)
+                # Every slot free now starts a partition, and one ledger call begins them
+                # all: a death from here on counts against them (and not against the
+                # rest of the batch), and their leases, taken a while ago, are proven
+                # still ours.
+                group = [claims[index]]
+                while not alone and index + len(group) < len(claims) and not semaphore.locked():
+                    await semaphore.acquire()
+                    group.append(claims[index + len(group)])
+                index += len(group)
+                since = self.clock.monotonic()
+                held = await self._db(
+                    self.ledger.begin, self.worker_id, [(c.id, c.claims) for c in group]
+                )
+                self.leases.proven(held, since=since)
+                for claim in group:
+                    if claim.id not in held:
+                        semaphore.release()
+                        self._lease_lost(claim)
+                        continue
+                    flag = [False]
+                    task = asyncio.create_task(self._execute(stage, claim, releaser(flag)))
+                    slots[task] = flag
+                    running.add(task)
+                    self._tasks.add(task)
+                    task.add_done_callback(finished)
             if alone:
                 while running:
                     await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
@@ -815,6 +844,31 @@ class Runner:
             await self._flush()
         self._active.discard(stage.name)
         self._signal_progress()
+
+    def _lease_lost(self, claim: Claim) -> None:
+        """Forget a partition whose lease passed to another worker; say so once a run."""
+        self._held.discard(claim.id)
+        self.leases.forget(claim.id)
+        self._leases_lost += 1
+        if self._leases_lost == 1:
+            log.warning(
+                "the lease of partition %s passed to another worker (this one was stalled "
+                "for longer than a lease): it writes nothing more for the partitions it lost",
+                claim.key,
+            )
+        else:
+            log.debug("the lease of partition %s passed to another worker", claim.key)
+
+    async def _prove_lease(self, claim: Claim) -> None:
+        """Before a write the ledger cannot fence in its own transaction: make sure the
+        lease is still ours, asking the ledger only when it may have run out."""
+        if self.leases.certain(claim.id, now=self.clock.monotonic()):
+            return
+        since = self.clock.monotonic()
+        held = await self._db(self.ledger.begin, self.worker_id, [(claim.id, claim.claims)])
+        if claim.id not in held:
+            raise LeaseLost(claim.key)
+        self.leases.proven(held, since=since)
 
     async def _upstream_busy(self, upstream: set[str]) -> bool:
         """Whether partitions of these stages may still finish: a stage of this run is
@@ -885,20 +939,29 @@ class Runner:
         # deletes the old rows only before the first rows of a run that did not resume.
         fresh = [True]
         rows: dict[str, list[Record]] = {}
+        # Every write for the partition proves its lease: inside the sink's transaction
+        # where the ledger shares the database, else by asking the ledger just before.
+        lease = (claim.id, claim.claims)
+        fenced = self._fenced(stage)
 
         async def save_checkpoint(value: str | None) -> None:
             checkpoint[0] = value
-            await self._db(self.ledger.save_checkpoint, self.worker_id, claim.id, value)
+            if not await self._db(self.ledger.save_checkpoint, self.worker_id, claim.id, value):
+                raise LeaseLost(claim.key)
 
         async def write_now(items: Iterable[object], table: str | None) -> int:
             now_rows = self._rows_for(stage, to_mappings(items), table)
             count = sum(len(r) for r in now_rows.values())
             if stage.sinks:
+                if not fenced:
+                    await self._prove_lease(claim)
                 result = await self.writer.write(
-                    stage.sinks, partition, now_rows, None, first=fresh[0], urgent=True
+                    stage.sinks, partition, now_rows, None, first=fresh[0], urgent=True, lease=lease
                 )
                 if result.error is not None:
                     raise result.error
+                if result.lost:
+                    raise LeaseLost(claim.key)
             fresh[0] = False
             early[0] += count
             return count
@@ -934,7 +997,7 @@ class Runner:
                         error_message=self._clean(exc.reason),
                     )
                     break
-                except asyncio.CancelledError:
+                except (asyncio.CancelledError, LeaseLost):
                     raise
                 except Exception as exc:
                     error = _classify(exc, stage)
@@ -995,6 +1058,8 @@ class Runner:
             if outcome.status is Status.DONE and self._needs_write(stage, rows):
                 release()
                 try:
+                    if not fenced:
+                        await self._prove_lease(claim)
                     result = await self.writer.write(
                         stage.sinks,
                         partition,
@@ -1002,8 +1067,9 @@ class Runner:
                         outcome,
                         first=fresh[0],
                         urgent=self._urgent(stage),
+                        lease=lease,
                     )
-                except asyncio.CancelledError:
+                except (asyncio.CancelledError, LeaseLost):
                     raise
                 except Exception as exc:
                     # The destination itself failed (retries of busy moments are done):
@@ -1027,14 +1093,11 @@ class Runner:
                         error_message=self._clean(error.message),
                         requests=tally.requests,
                     )
-                elif result.lost or result.recorded:
+                elif result.lost:
+                    raise LeaseLost(claim.key)
+                elif result.recorded:
                     self._held.discard(claim.id)
-                    if result.lost:
-                        log.warning(
-                            "partition %s was not written: its lease had passed to another worker",
-                            claim.key,
-                        )
-                        return
+                    self.leases.forget(claim.id)
                     self._finished(outcome)
                     self._signal_progress()
                     self._emit_finished(stage, claim, outcome, tally)
@@ -1047,9 +1110,25 @@ class Runner:
             )
             self.bus.emit(PartitionFinished(stage.name, claim.key, Status.PENDING, 0, 0.0, attempt))
             raise
+        except LeaseLost:
+            # Another worker runs it now: nothing more of ours may reach the sink or the
+            # ledger for it.
+            self._lease_lost(claim)
+            self.bus.emit(PartitionFinished(stage.name, claim.key, Status.PENDING, 0, 0.0, attempt))
+            return
         self._finished(outcome)
         await self._record(outcome, soon=self._urgent(stage))
         self._emit_finished(stage, claim, outcome, tally)
+
+    def _fenced(self, stage: Stage) -> bool:
+        """Whether the stage's writes prove their lease in the sink's own transaction
+        (its tables live in the ledger's database), so no ledger call is needed first."""
+        fenced = self._fences.get(stage.name)
+        if fenced is None:
+            fenced = self._fences[stage.name] = not stage.sinks or self.writer.shares_ledger(
+                stage.sinks
+            )
+        return fenced
 
     def _urgent(self, stage: Stage) -> bool:
         """Whether the stage's rows and outcomes skip the writer's and the ledger's

@@ -7,8 +7,11 @@ waited long enough, then answers each partition. A partition is only ever report
 written after its transaction has committed.
 
 When the ledger lives in the same database, the partitions' done-marks are written in
-that same transaction (exactly once, even for ``append``). Otherwise the runner records
-them after the commit, and a crash in between redoes the partition idempotently.
+that same transaction (exactly once, even for ``append``), and every partition's rows
+(its pages too) are written only under its fence: the transaction proves and locks the
+worker's lease first, so a worker that was stalled past its lease writes nothing.
+Otherwise the runner records them after the commit, and a crash in between redoes the
+partition idempotently.
 
 A bad partition (a record without its key, a type clash) fails only itself: a batch
 that fails on data is retried one partition at a time to find the culprit.
@@ -25,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from backfill.errors import PermanentError, SinkError, TransientError
-from backfill.ledger import Completer, Outcome
+from backfill.ledger import Completer, Fence, Outcome
 from backfill.partitions import Partition
 from backfill.sinks import Record, Rows, Sink, SinkConnection
 
@@ -44,7 +47,7 @@ class WriteResult:
     """How a partition's hand-over ended.
 
     ``recorded``: its outcome committed with its rows (the ledger shares the database).
-    ``lost``: its lease had passed to another worker, so nothing was written.
+    ``lost``: its lease had passed to another worker, so nothing of it was written.
     """
 
     error: PermanentError | None = None
@@ -59,6 +62,8 @@ class _Item:
     outcome: Outcome | None
     future: asyncio.Future[WriteResult]
     partition: Partition
+    # (claim id, claims): the lease the rows are written under, when the fence is ours.
+    lease: tuple[int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -79,6 +84,7 @@ class Destination:
         *,
         owner: str,
         completer: Completer | None = None,
+        fence: Fence | None = None,
         now: Callable[[], float] = time.time,
         batch_rows: int = BATCH_ROWS,
         max_delay: float = MAX_DELAY,
@@ -87,6 +93,7 @@ class Destination:
         self.sinks = {s.name: s for s in sinks}
         self.owner = owner
         self.completer = completer
+        self.fence = fence
         self.now = now
         self.batch_rows = batch_rows
         self.max_delay = max_delay
@@ -122,8 +129,13 @@ class Destination:
         partition: Partition,
         *,
         urgent: bool = False,
+        lease: tuple[int, int] | None = None,
     ) -> WriteResult:
-        """Hand over one partition's rows; return once they are durable (or refused)."""
+        """Hand over one partition's rows; return once they are durable (or refused).
+
+        ``lease`` (claim id, claims): with a fence, the rows are written only if the
+        transaction finds that lease still held (else the result is ``lost``).
+        """
         if self._failure is not None:
             raise self._failure
         while not self._space.is_set() and not urgent:
@@ -135,7 +147,9 @@ class Destination:
         buffer = self._buffer
         if not buffer.items:
             buffer.since = asyncio.get_running_loop().time()
-        buffer.items.append(_Item(dict(parts), rows, outcome, future, partition))
+        if self.fence is None:
+            lease = None
+        buffer.items.append(_Item(dict(parts), rows, outcome, future, partition, lease))
         buffer.rows += rows
         buffer.urgent = buffer.urgent or urgent
         if buffer.rows >= MAX_BUFFER:
@@ -241,14 +255,19 @@ class Destination:
             live = items
             lost: set[int] = set()
             recorded = False
-            outcomes = [i.outcome for i in items if i.outcome is not None]
+            leases = [i.lease for i in items if i.lease is not None]
+            if self.fence is not None and leases:
+                held = self.fence(conn.raw, self.owner, leases)
+                lost = {id(i) for i in items if i.lease is not None and i.lease[0] not in held}
+                live = [i for i in items if id(i) not in lost]
+            outcomes = [i.outcome for i in live if i.outcome is not None]
             if self.completer is not None and outcomes:
                 applied = self.completer(conn.raw, self.owner, outcomes, self.now())
                 recorded = True
-                lost = {
-                    id(i) for i in items if i.outcome is not None and i.outcome.id not in applied
+                lost |= {
+                    id(i) for i in live if i.outcome is not None and i.outcome.id not in applied
                 }
-                live = [i for i in items if id(i) not in lost]
+                live = [i for i in live if id(i) not in lost]
             for name, sink in self.sinks.items():
                 batch = [i.parts[name] for i in live if name in i.parts]
                 if batch:
@@ -283,10 +302,12 @@ class SinkWriter:
         owner: str,
         *,
         completer_for: Callable[[str], Completer | None] | None = None,
+        fence_for: Callable[[str], Fence | None] | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.owner = owner
         self.completer_for = completer_for
+        self.fence_for = fence_for
         self.now = now
         self.destinations: dict[str, Destination] = {}
         # Each sink's database, asked once at open: a SQLite table's resolves its path
@@ -313,8 +334,14 @@ class SinkWriter:
                     "declare the table once and share it between stages"
                 )
             completer = self.completer_for(database) if self.completer_for else None
+            fence = self.fence_for(database) if self.fence_for else None
             destination = Destination(
-                database, members, owner=self.owner, completer=completer, now=self.now
+                database,
+                members,
+                owner=self.owner,
+                completer=completer,
+                fence=fence,
+                now=self.now,
             )
             self.destinations[database] = destination
             await destination.open()
@@ -333,9 +360,10 @@ class SinkWriter:
         *,
         first: bool,
         urgent: bool = False,
+        lease: tuple[int, int] | None = None,
     ) -> WriteResult:
         """Write one partition's rows to every table; the outcome rides along when the
-        ledger shares the (single) database."""
+        ledger shares the (single) database, and ``lease`` is proven wherever it does."""
         by_database: dict[str, dict[str, Rows]] = {}
         for sink in sinks:
             rows = records.get(sink.name, ())
@@ -346,15 +374,15 @@ class SinkWriter:
             ((database, parts),) = by_database.items()
             destination = self.destinations[database]
             carried = outcome if destination.completer is not None else None
-            return await destination.submit(parts, carried, partition, urgent=urgent)
+            return await destination.submit(parts, carried, partition, urgent=urgent, lease=lease)
         results = await asyncio.gather(
             *(
-                self.destinations[db].submit(parts, None, partition, urgent=urgent)
+                self.destinations[db].submit(parts, None, partition, urgent=urgent, lease=lease)
                 for db, parts in by_database.items()
             )
         )
         error = next((r.error for r in results if r.error is not None), None)
-        return WriteResult(error=error)
+        return WriteResult(error=error, lost=any(r.lost for r in results))
 
     async def close(self) -> None:
         for destination in self.destinations.values():

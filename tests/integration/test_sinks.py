@@ -3,6 +3,7 @@ SIGKILL and resume, concurrent runs, bad records and schema drift."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -508,6 +509,60 @@ def test_ledger_and_sink_in_one_file_commit_rows_and_done_marks_together(tmp_pat
     ledger.close()
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_stalled_workers_page_writes_are_fenced_out(tmp_path: Path, kind: str) -> None:
+    """Ledger and sink in one database: a page written (ctx.write, no outcome) under a
+    lease that passed to another worker while this one was stalled writes no row, and
+    the new holder's page is written; the check is the sink transaction's own."""
+    import asyncio
+
+    from backfill.writer import SinkWriter
+
+    with contextlib.ExitStack() as stack:
+        if kind == "sqlite":
+            url = str(tmp_path / "both.db")
+            ledger: Any = SQLiteLedger(tmp_path / "both.db")
+        else:
+            from backfill.ledger.postgres import PostgresLedger
+            from pg_support import fresh_schema
+
+            url = stack.enter_context(fresh_schema())
+            ledger = PostgresLedger(url)
+        stack.callback(ledger.close)
+        sink = table(url, "pages", mode="append")
+        spec = daily("2013-01-01", "2013-01-01")
+        ledger.plan("j", "s", spec)
+        (stale,) = ledger.claim("j", "s", "me", limit=1, lease_seconds=1, now=0.0, run_id="r")
+        assert ledger.begin("me", [(stale.id, stale.claims)]) == {stale.id}
+        (fresh,) = ledger.claim(
+            "j", "s", "other", limit=1, lease_seconds=60, now=5.0, run_id="r", suspects=True
+        )
+        part = spec.get(stale.key)
+        assert part is not None
+
+        async def page(owner: str, lease: tuple[int, int], marker: str) -> Any:
+            writer = SinkWriter(owner, completer_for=ledger.completer, fence_for=ledger.fence)
+            await writer.open([sink])
+            try:
+                return await writer.write(
+                    [sink], part, {"pages": [{"n": marker}]}, None, first=False, lease=lease
+                )
+            finally:
+                await writer.close()
+
+        assert asyncio.run(page("me", (stale.id, stale.claims), "stale")).lost
+        assert not asyncio.run(page("other", (fresh.id, fresh.claims), "fresh")).lost
+        if kind == "sqlite":
+            with sqlite3.connect(tmp_path / "both.db") as conn:
+                rows = conn.execute("SELECT n FROM pages").fetchall()
+        else:
+            import psycopg
+
+            with psycopg.connect(url) as conn:
+                rows = conn.execute("SELECT n FROM pages").fetchall()
+        assert rows == [("fresh",)]
+
+
 def test_postgres_sinks_in_two_schemas_are_two_destinations() -> None:
     """URLs differing only in their options (a search_path) name different tables, so
     the writer never sends one sink's rows through the other's connection; a password
@@ -540,6 +595,7 @@ def test_postgres_ledger_and_sink_in_one_database_commit_together() -> None:
         spec = daily("2013-01-01", "2013-01-02")
         ledger.plan("j", "s", spec)
         (lost,) = ledger.claim("j", "s", "me", limit=1, lease_seconds=0.01, now=0.0, run_id="r")
+        ledger.begin("me", [(lost.id, lost.claims)])
         (kept,) = ledger.claim("j", "s", "me", limit=1, lease_seconds=60, now=0.0, run_id="r")
         (held,) = ledger.claim(
             "j", "s", "other", limit=1, lease_seconds=60, now=1.0, run_id="r", suspects=True

@@ -91,9 +91,9 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     second.close()
 
 
-@pytest.mark.parametrize("old_version", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("old_version", [1, 2, 3, 4, 5, 6])
 def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: int) -> None:
-    """A state file of schema 1 to 5 is brought up to date on open, keeping its rows."""
+    """A state file of schema 1 to 6 is brought up to date on open, keeping its rows."""
     import sqlite3
 
     from backfill.ledger import Outcome, Status
@@ -105,8 +105,10 @@ def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: i
     store.plan("j", "s", daily("2013-01-01", "2013-01-31"))
     store.close()
     with sqlite3.connect(target) as conn:
-        conn.execute("ALTER TABLE backfill_stages DROP COLUMN planned")
-        conn.execute("ALTER TABLE backfill_partitions DROP COLUMN lost_leases")
+        conn.execute("ALTER TABLE backfill_partitions DROP COLUMN begun")
+        if old_version < 6:
+            conn.execute("ALTER TABLE backfill_stages DROP COLUMN planned")
+            conn.execute("ALTER TABLE backfill_partitions DROP COLUMN lost_leases")
         if old_version < 5:
             conn.execute("ALTER TABLE backfill_partitions DROP COLUMN checks")
             conn.execute("DROP INDEX backfill_partitions_window")
@@ -126,6 +128,7 @@ def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: i
         )
     migrated = SQLiteLedger(target)
     (got,) = migrated.claim("j", "s", "me", limit=1, lease_seconds=60, now=1.0, run_id="r")
+    assert migrated.begin("me", [(got.id, got.claims)]) == {got.id}
     assert migrated.complete("me", [Outcome(got.id, Status.DONE, requests=2)], now=2.0) == 1
     assert migrated.counts("j", ["s"])["s"].done == 1
     assert migrated.workers("j") == []

@@ -25,6 +25,7 @@ __all__ = [
     "CoverageRow",
     "Dependency",
     "FailureGroup",
+    "Fence",
     "Ledger",
     "LedgerEntry",
     "Outcome",
@@ -214,6 +215,12 @@ MAX_LOST_LEASES = 3
 # partitions' rows and done-marks commit together.
 Completer = Callable[[Any, str, Sequence["Outcome"], float], set[int]]
 
+# Proves, inside a transaction someone else (a sink) has open on the ledger's own
+# database, that an owner still holds these leases ((id, claims) pairs, see
+# :meth:`Ledger.begin`); returns the ids it holds, and keeps them locked until that
+# transaction ends. A sink writes a partition's rows only under its fence.
+Fence = Callable[[Any, str, Sequence[tuple[int, int]]], set[int]]
+
 
 class Ledger(Protocol):
     """What the engine needs from a state store. Every method is a short transaction."""
@@ -308,6 +315,18 @@ class Ledger(Protocol):
     def complete(self, owner: str, outcomes: Sequence[Outcome], *, now: float) -> int:
         """Record outcomes of partitions ``owner`` still holds; return how many applied."""
 
+    def begin(self, owner: str, leases: Sequence[tuple[int, int]]) -> set[int]:
+        """Mark partitions ``owner`` is about to run as begun; return the ids it still
+        holds.
+
+        ``leases`` are (claim id, ``Claim.claims``) pairs: the count of leases granted
+        is the lease's fencing token, so a worker that was paused past its lease (and
+        whose partition went to another worker, or back to itself in a later claim)
+        gets nothing back and must not run or write the partition. Only begun
+        partitions count a lost lease when their holder dies (see ``release_owner``):
+        the unstarted rest of a claimed batch goes back to the pool unsuspected.
+        """
+
     def save_checkpoint(self, owner: str, claim_id: int, checkpoint: str | None) -> bool:
         """Store where a partition ``owner`` holds should resume; False if not held."""
 
@@ -320,9 +339,9 @@ class Ledger(Protocol):
     def release_owner(self, owner: str, *, lost: bool = False) -> int:
         """Return every partition held by ``owner`` to the pool.
 
-        ``lost``: the owner died holding them. Each then counts a lost lease, as an
-        expired one does, and one lost ``MAX_LOST_LEASES`` times in a row is failed
-        (category ``worker_lost``) instead.
+        ``lost``: the owner died holding them. Each it had begun (see :meth:`begin`)
+        then counts a lost lease, as an expired one does, and one lost
+        ``MAX_LOST_LEASES`` times in a row is failed (category ``worker_lost``) instead.
         """
 
     def counts(

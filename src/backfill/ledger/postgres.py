@@ -31,6 +31,7 @@ from backfill.ledger import (
     CoverageRow,
     Dependency,
     FailureGroup,
+    Fence,
     LedgerEntry,
     Outcome,
     RunRecord,
@@ -48,7 +49,7 @@ __all__ = ["MAX_LOST_LEASES", "SCHEMA_VERSION", "PostgresLedger", "redact_url"]
 log = logging.getLogger("backfill.ledger.postgres")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _PLAN_CHUNK = 20_000
 # Any constant will do: it only serialises concurrent schema set-up and migrations.
 _MIGRATION_LOCK = 0x6261636B66696C6C  # "backfill"
@@ -408,7 +409,7 @@ class PostgresLedger:
                 # has to look at running or finished rows. They come back as suspects.
                 conn.execute(_Q["fail_lost"].format(where=where), q)
                 released = conn.execute(_Q["release_expired"].format(where=where), q).rowcount
-                if released and suspects:
+                if released:
                     q["limit"] = limit - len(rows)
                     rows += conn.execute(pending(lost), q).fetchall()
             if suspects and not rows:
@@ -445,6 +446,15 @@ class PostgresLedger:
         Then a partition's rows and its done-mark commit together: exactly once.
         """
         return _complete_on if database == safe_url(self.url) else None
+
+    def fence(self, database: str) -> Fence | None:
+        """Prove leases inside a sink's transaction when the sink is this database."""
+        return _begin_on if database == safe_url(self.url) else None
+
+    def begin(self, owner: str, leases: Sequence[tuple[int, int]]) -> set[int]:
+        if not leases:
+            return set()
+        return self._run(lambda conn: _begin_on(conn, owner, leases))
 
     def _dep_ids(
         self, conn: psycopg.Connection[Any], job: str, needs: Sequence[Dependency]
@@ -925,3 +935,18 @@ def _complete_on(
     if finished:
         conn.execute(_Q["count_finished"], {"n": finished, "owner": owner}, prepare=False)
     return {int(claim_id) for claim_id, _ in rows}
+
+
+def _begin_on(
+    conn: psycopg.Connection[Any], owner: str, leases: Sequence[tuple[int, int]]
+) -> set[int]:
+    """Mark leases begun on a connection to the ledger's database, in its open
+    transaction; return the ids ``owner`` still holds (their rows stay locked)."""
+    ordered = sorted(leases)
+    params = {
+        "owner": owner,
+        "ids": [lease[0] for lease in ordered],
+        "claims": [lease[1] for lease in ordered],
+    }
+    rows = conn.execute(_Q["begin"], params, prepare=False).fetchall()
+    return {int(row[0]) for row in rows}

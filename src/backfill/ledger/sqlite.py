@@ -28,6 +28,7 @@ from backfill.ledger import (
     CoverageRow,
     Dependency,
     FailureGroup,
+    Fence,
     LedgerEntry,
     Outcome,
     RunRecord,
@@ -42,7 +43,7 @@ from backfill.partitions import Order, Partition, Selection
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _PLAN_CHUNK = 20_000
 
 
@@ -302,7 +303,7 @@ class SQLiteLedger:
                 # Expired leases come back as suspects (see release_expired).
                 conn.execute(_Q["fail_lost"].format(where=where), params)
                 released = conn.execute(_Q["release_expired"].format(where=where), params)
-                if released.rowcount and suspects:
+                if released.rowcount:
                     params["limit"] = limit - len(rows)
                     rows += conn.execute(pending(lost), params).fetchall()
             if suspects and not rows:
@@ -450,6 +451,16 @@ class SQLiteLedger:
         if self.path == ":memory:" or database != f"sqlite:{Path(self.path).resolve()}":
             return None
         return _complete_on
+
+    def fence(self, database: str) -> Fence | None:
+        """Prove leases inside a sink's transaction when the sink is this same file."""
+        return _begin_on if self.completer(database) is not None else None
+
+    def begin(self, owner: str, leases: Sequence[tuple[int, int]]) -> set[int]:
+        if not leases:
+            return set()
+        with self._tx() as conn:
+            return _begin_on(conn, owner, leases)
 
     def save_checkpoint(self, owner: str, claim_id: int, checkpoint: str | None) -> bool:
         with self._tx() as conn:
@@ -762,3 +773,10 @@ def _complete_on(
     if finished:
         raw.execute(_Q["count_finished"], {"n": finished, "owner": owner})
     return applied
+
+
+def _begin_on(raw: sqlite3.Connection, owner: str, leases: Sequence[tuple[int, int]]) -> set[int]:
+    """Mark leases begun on a connection to the ledger's file; return those held."""
+    payload = json.dumps([list(lease) for lease in leases], separators=(",", ":"))
+    rows = raw.execute(_Q["begin"], {"owner": owner, "leases": payload}).fetchall()
+    return {int(row[0]) for row in rows}

@@ -30,7 +30,7 @@ UPDATE backfill_stages SET planned = NULL WHERE id = %(stage_id)s;
 -- SKIP LOCKED: concurrent claimants each take different rows and never wait on another.
 UPDATE backfill_partitions AS p
 SET status = 'running', lease_owner = %(owner)s, lease_expires_at = %(expires)s,
-    claims = p.claims + 1, run_id = %(run_id)s, started_at = %(now)s
+    claims = p.claims + 1, run_id = %(run_id)s, started_at = %(now)s, begun = 0
 FROM (
     -- {ready}: the partition's upstream inputs are finished (stages with needs=).
     -- {lost}: how many leases in a row the partition lost (its worker died): 0 for the
@@ -54,7 +54,7 @@ RETURNING p.id, p.key, p.window_start, p.window_end, p.dims::text, p.attempts, p
 -- instead of checking the whole front before a sort.
 UPDATE backfill_partitions AS p
 SET status = 'running', lease_owner = %(owner)s, lease_expires_at = %(expires)s,
-    claims = p.claims + 1, run_id = %(run_id)s, started_at = %(now)s
+    claims = p.claims + 1, run_id = %(run_id)s, started_at = %(now)s, begun = 0
 FROM (
     SELECT p.id FROM (
         SELECT id FROM backfill_partitions
@@ -82,17 +82,18 @@ SET status = 'failed', lost_leases = p.lost_leases + 1, lease_owner = NULL,
 FROM (
     SELECT id FROM backfill_partitions
     WHERE stage_id = %(stage_id)s AND status = 'running' AND lease_expires_at < %(now)s
-      AND lost_leases + 1 >= %(max_lost)s {where}
+      AND begun = 1 AND lost_leases + 1 >= %(max_lost)s {where}
     FOR UPDATE SKIP LOCKED
 ) AS lost
 WHERE p.id = lost.id;
 
 -- name: release_expired
--- Expired leases go back to the pool as suspects (lost_leases > 0): each runs alone
--- later, so the one that kills its workers is told from those that shared its batch.
+-- Expired leases go back to the pool; those their holder had begun as suspects
+-- (lost_leases > 0): each runs alone later, so the one that kills its workers is told
+-- from those that shared its batch. Those it never started are not suspected.
 UPDATE backfill_partitions AS p
 SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
-    lost_leases = p.lost_leases + 1
+    lost_leases = p.lost_leases + p.begun, begun = 0
 FROM (
     SELECT id FROM backfill_partitions
     WHERE stage_id = %(stage_id)s AND status = 'running' AND lease_expires_at < %(now)s
@@ -114,6 +115,7 @@ SET status = o.status,
     lease_owner = NULL,
     lease_expires_at = NULL,
     lost_leases = 0,
+    begun = 0,
     requests = coalesce(p.requests, 0) + o.requests,
     checkpoint = CASE WHEN o.status IN ('done', 'empty') THEN NULL ELSE p.checkpoint END,
     checks = CASE WHEN o.status = 'pending' THEN p.checks ELSE o.checks END
@@ -133,6 +135,17 @@ UPDATE backfill_workers SET finished = finished + %(n)s WHERE id = %(owner)s;
 UPDATE backfill_partitions SET checkpoint = %(checkpoint)s
 WHERE id = %(id)s AND lease_owner = %(owner)s AND status = 'running';
 
+-- name: begin
+-- The owner starts these partitions (each lease's fencing token: id and claims): a death
+-- from now on counts against them. Returns those whose lease it still holds; a lease
+-- that passed to another worker, or to a later claim, is not. Locks the rows, so inside
+-- a sink's transaction nobody takes them over before it commits.
+UPDATE backfill_partitions AS p SET begun = 1
+FROM unnest(%(ids)s::bigint[], %(claims)s::integer[]) AS l (id, claims)
+WHERE p.id = l.id AND p.claims = l.claims AND p.lease_owner = %(owner)s
+  AND p.status = 'running'
+RETURNING p.id;
+
 -- name: request_stats
 SELECT count(requests), avg(requests)
 FROM backfill_partitions
@@ -144,23 +157,25 @@ WHERE lease_owner = %(owner)s AND status = 'running';
 
 -- name: release_owner
 UPDATE backfill_partitions
-SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, begun = 0
 WHERE lease_owner = %(owner)s AND status = 'running';
 
 -- name: fail_lost_of_owner
--- The owner died holding these: as with an expired lease, the last straw fails them.
+-- The owner died running these: as with an expired lease, the last straw fails them.
 UPDATE backfill_partitions
 SET status = 'failed', lost_leases = lost_leases + 1, lease_owner = NULL,
     lease_expires_at = NULL, finished_at = extract(epoch FROM clock_timestamp()),
     error_category = 'worker_lost',
     error_message = 'its worker died ' || (lost_leases + 1)
         || ' times in a row while running it'
-WHERE lease_owner = %(owner)s AND status = 'running' AND lost_leases + 1 >= %(max_lost)s;
+WHERE lease_owner = %(owner)s AND status = 'running' AND begun = 1
+  AND lost_leases + 1 >= %(max_lost)s;
 
 -- name: release_lost
+-- Only what the owner had begun counts its death; the rest of its batch goes back clean.
 UPDATE backfill_partitions
 SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
-    lost_leases = lost_leases + 1
+    lost_leases = lost_leases + begun, begun = 0
 WHERE lease_owner = %(owner)s AND status = 'running';
 
 -- name: counts

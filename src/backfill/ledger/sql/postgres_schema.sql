@@ -1,4 +1,4 @@
--- backfill ledger, PostgreSQL. Schema version 4 (see backfill_meta.schema_version).
+-- backfill ledger, PostgreSQL. Schema version 5 (see backfill_meta.schema_version).
 -- A database of an older version is brought up to date by postgres_migrations/NNNN.sql.
 -- Times are epoch seconds (double precision), as the engine passes them.
 
@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS backfill_partitions (
     attempts         integer NOT NULL DEFAULT 0,  -- executions of the stage function
     claims           integer NOT NULL DEFAULT 0,  -- leases granted
     lost_leases      integer NOT NULL DEFAULT 0,  -- leases that expired in a row
+    begun            integer NOT NULL DEFAULT 0,  -- 1 once its holder started running it
     lease_owner      text,
     lease_expires_at double precision,
     records          bigint,

@@ -28,7 +28,7 @@ UPDATE backfill_stages SET planned = NULL WHERE id = :stage_id;
 -- name: claim_pending
 UPDATE backfill_partitions
 SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
-    claims = claims + 1, run_id = :run_id, started_at = :now
+    claims = claims + 1, run_id = :run_id, started_at = :now, begun = 0
 WHERE id IN (
     -- {ready}: the partition's upstream inputs are finished (stages with needs=).
     -- INDEXED BY: the planner may otherwise walk the window index, finished rows too.
@@ -48,7 +48,7 @@ RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint;
 -- the front's order, and LIMIT stops at the first ready ones instead of checking all.
 UPDATE backfill_partitions
 SET status = 'running', lease_owner = :owner, lease_expires_at = :expires,
-    claims = claims + 1, run_id = :run_id, started_at = :now
+    claims = claims + 1, run_id = :run_id, started_at = :now, begun = 0
 WHERE id IN (
     SELECT p.id FROM (
         SELECT id FROM backfill_partitions INDEXED BY backfill_partitions_pending
@@ -71,14 +71,15 @@ SET status = 'failed', lost_leases = lost_leases + 1, lease_owner = NULL,
     error_message = 'its lease expired ' || (lost_leases + 1)
         || ' times in a row: every worker that took it died or hung'
 WHERE lease_owner IS NOT NULL AND +stage_id = :stage_id AND status = 'running'
-  AND lease_expires_at < :now AND lost_leases + 1 >= :max_lost {where};
+  AND lease_expires_at < :now AND begun = 1 AND lost_leases + 1 >= :max_lost {where};
 
 -- name: release_expired
--- Expired leases go back to the pool as suspects (lost_leases > 0): each runs alone
--- later, so the one that kills its workers is told from those that shared its batch.
+-- Expired leases go back to the pool; those their holder had begun as suspects
+-- (lost_leases > 0): each runs alone later, so the one that kills its workers is told
+-- from those that shared its batch. Those it never started are not suspected.
 UPDATE backfill_partitions
 SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
-    lost_leases = lost_leases + 1
+    lost_leases = lost_leases + begun, begun = 0
 -- Leased rows are found through the small owner index (lease_owner IS NOT NULL exactly
 -- while running), not by scanning the stage.
 WHERE lease_owner IS NOT NULL AND +stage_id = :stage_id AND status = 'running'
@@ -98,6 +99,7 @@ SET status = ?1,
     lease_owner = NULL,
     lease_expires_at = NULL,
     lost_leases = 0,
+    begun = 0,
     requests = coalesce(requests, 0) + ?10,
     checkpoint = CASE WHEN ?1 IN ('done', 'empty') THEN NULL ELSE checkpoint END,
     checks = CASE WHEN ?1 = 'pending' THEN checks ELSE ?11 END
@@ -110,6 +112,18 @@ UPDATE backfill_workers SET finished = finished + :n WHERE id = :owner;
 UPDATE backfill_partitions SET checkpoint = :checkpoint
 WHERE id = :id AND lease_owner = :owner AND status = 'running';
 
+-- name: begin
+-- The owner starts these partitions (a JSON array of [id, claims] pairs: each lease's
+-- fencing token): a death from now on counts against them. Returns those whose lease
+-- it still holds; a lease that passed to another worker, or to a later claim, is not.
+UPDATE backfill_partitions SET begun = 1
+WHERE lease_owner = :owner AND status = 'running'
+  AND (id, claims) IN (
+      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+      FROM json_each(:leases)
+  )
+RETURNING id;
+
 -- name: request_stats
 SELECT count(requests), avg(requests)
 FROM backfill_partitions
@@ -121,23 +135,25 @@ WHERE lease_owner = :owner AND status = 'running';
 
 -- name: release_owner
 UPDATE backfill_partitions
-SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL
+SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, begun = 0
 WHERE lease_owner = :owner AND status = 'running';
 
 -- name: fail_lost_of_owner
--- The owner died holding these: as with an expired lease, the last straw fails them.
+-- The owner died running these: as with an expired lease, the last straw fails them.
 UPDATE backfill_partitions
 SET status = 'failed', lost_leases = lost_leases + 1, lease_owner = NULL,
     lease_expires_at = NULL, finished_at = (julianday('now') - 2440587.5) * 86400.0,
     error_category = 'worker_lost',
     error_message = 'its worker died ' || (lost_leases + 1)
         || ' times in a row while running it'
-WHERE lease_owner = :owner AND status = 'running' AND lost_leases + 1 >= :max_lost;
+WHERE lease_owner = :owner AND status = 'running' AND begun = 1
+  AND lost_leases + 1 >= :max_lost;
 
 -- name: release_lost
+-- Only what the owner had begun counts its death; the rest of its batch goes back clean.
 UPDATE backfill_partitions
 SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
-    lost_leases = lost_leases + 1
+    lost_leases = lost_leases + begun, begun = 0
 WHERE lease_owner = :owner AND status = 'running';
 
 -- name: counts

@@ -1,4 +1,4 @@
--- backfill ledger, SQLite. Schema version 6 (see backfill_meta.schema_version).
+-- backfill ledger, SQLite. Schema version 7 (see backfill_meta.schema_version).
 -- A file of an older version is brought up to date by sqlite_migrations/NNNN.sql.
 
 CREATE TABLE IF NOT EXISTS backfill_meta (
@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS backfill_partitions (
     attempts         INTEGER NOT NULL DEFAULT 0,  -- executions of the stage function
     claims           INTEGER NOT NULL DEFAULT 0,  -- leases granted
     lost_leases      INTEGER NOT NULL DEFAULT 0,  -- leases lost in a row (worker died)
+    begun            INTEGER NOT NULL DEFAULT 0,  -- 1 once its holder started running it
     lease_owner      TEXT,
     lease_expires_at REAL,
     records          INTEGER,
