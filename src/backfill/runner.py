@@ -651,10 +651,7 @@ class Runner:
             )
             self._signal_progress()
             if applied < len(batch):
-                log.warning(
-                    "%d outcome(s) were not recorded: their lease had passed to another worker",
-                    len(batch) - applied,
-                )
+                self._say_lost(f"{len(batch) - applied} outcome(s) were not recorded")
 
     async def _record(self, outcome: Outcome, *, soon: bool = False) -> None:
         """Queue an outcome for the ledger; flush in the background when the batch is full
@@ -849,15 +846,20 @@ class Runner:
         """Forget a partition whose lease passed to another worker; say so once a run."""
         self._held.discard(claim.id)
         self.leases.forget(claim.id)
+        self._say_lost(f"partition {claim.key} was not written")
+
+    def _say_lost(self, what: str) -> None:
+        """Warn of leases that passed on, the first time only: after a stall, every
+        partition the worker held goes the same way."""
         self._leases_lost += 1
         if self._leases_lost == 1:
             log.warning(
-                "the lease of partition %s passed to another worker (this one was stalled "
-                "for longer than a lease): it writes nothing more for the partitions it lost",
-                claim.key,
+                "%s: its lease had passed to another worker (this one was stalled for "
+                "longer than a lease); it writes nothing more for the partitions it lost",
+                what,
             )
         else:
-            log.debug("the lease of partition %s passed to another worker", claim.key)
+            log.debug("%s: its lease had passed to another worker", what)
 
     async def _prove_lease(self, claim: Claim) -> None:
         """Before a write the ledger cannot fence in its own transaction: make sure the
