@@ -843,14 +843,22 @@ def retry(
     ledger = open_ledger(state, create=False)
     try:
         keys: set[str] = set()
+        retried: set[str] = set()
         for s in stages:
             for st in statuses:
-                keys.update(
+                found = {
                     e.key
                     for e in ledger.entries(
                         job.name, s.name, status=st, selection=selection, limit=10_000_000
                     )
-                )
+                }
+                keys |= found
+                retried |= {f"{s.name} {key}" for key in found}
+        # Partitions of later stages that wait for the failed ones run with them.
+        for s in stages:
+            if s.needs:
+                blocked = ledger.blocked_keys(job.name, s.name, job.dependencies(s), selection)
+                keys |= {key for key, blocker in blocked.items() if blocker in retried}
     finally:
         ledger.close()
     if not keys:
@@ -868,11 +876,20 @@ def retry(
             command="retry",
             argv=tuple(sys.argv[1:]),
         )
-        out.print(f"re-running {len(keys):,} partition(s)")
+        out.print(f"re-running {len(retried):,} partition(s)")
         result = execute(job, ledger, options, progress=progress, log_dir=log_dir, verbose=verbose)
+        after = ledger.counts(job.name, [s.name for s in stages], selection, recent=False)
     finally:
         ledger.close()
     _report(result, log_dir or default_log_dir(state))
+    waiting = sum(c.pending for c in after.values())
+    if waiting and result.exit_code == ExitCode.OK:
+        out.print(
+            f"{waiting:,} partition(s) of the selection are still pending; "
+            f"`backfill run {job_path}` runs them",
+            highlight=False,
+            soft_wrap=True,
+        )
     raise typer.Exit(result.exit_code)
 
 

@@ -62,6 +62,7 @@ from backfill.fleet import LedgerRate, concurrency_share
 from backfill.job import Job, Stage, load_job_module
 from backfill.leases import LeaseBook, LeaseLost
 from backfill.ledger import (
+    MAX_LOST_LEASES,
     Claim,
     Ledger,
     Outcome,
@@ -503,6 +504,16 @@ class Runner:
         elif failed:
             status, code = RunStatus.FAILED, ExitCode.FAILED
             message = f"{failed} partition(s) failed; see `backfill status`"
+            groups = await self._db(
+                self.ledger.failure_groups, self.job.name, names, self.options.selection
+            )
+            lost = sum(g.count for g in groups if g.category == "worker_lost")
+            if lost:
+                message += (
+                    f"; {lost} of them died with their worker {MAX_LOST_LEASES} times in a row "
+                    "(worker_lost: out of memory, or killed from outside), and "
+                    "`backfill retry --failed` runs them again"
+                )
             if waiting:
                 message += f"; {waiting} wait for them (run `backfill coverage --gaps`)"
         elif waiting and not self.options.wait_for_leases:

@@ -95,6 +95,41 @@ def test_failures_are_listed_and_retry_reruns_only_them(workdir: Path) -> None:
     assert len(runs) == 90
 
 
+PIPELINE_JOB = """
+from pathlib import Path
+from backfill import Job, PermanentError, RetryPolicy, daily, needs
+
+HERE = Path(__file__).parent
+job = Job("pipeline", partitions=daily("2013-01-01", "2013-01-20"))
+
+@job.stage(retry=RetryPolicy(attempts=1))
+async def fetch(ctx, partition):
+    if partition.key == "2013-01-05" and not (HERE / "fixed").exists():
+        raise PermanentError("not published yet", category="missing")
+    return None
+
+@job.stage(needs=[needs("fetch", lookback=2)])
+async def rolling(ctx, partition):
+    return None
+"""
+
+
+def test_retry_of_a_failed_input_also_runs_the_partitions_that_waited_for_it(
+    tmp_path: Path,
+) -> None:
+    """retry --failed re-runs the failed partition and the later stage's partitions
+    that were waiting for it, so nothing is left pending behind an "ok"."""
+    (tmp_path / "job.py").write_text(textwrap.dedent(PIPELINE_JOB))
+    first = run_cli("run", "job.py", cwd=tmp_path)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert ledger_counts(tmp_path) == {"done": 36, "failed": 1, "pending": 3}
+    (tmp_path / "fixed").touch()
+    again = run_cli("retry", "job.py", "--failed", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "re-running 1 partition(s)" in again.stdout
+    assert ledger_counts(tmp_path) == {"done": 40}
+
+
 def test_sigint_saves_state_and_the_next_run_finishes_the_rest(workdir: Path) -> None:
     """Ctrl+C: exit 130, status shows partial progress, the next run completes the rest
     without redoing finished partitions."""
@@ -264,6 +299,9 @@ def test_a_partition_that_kills_its_worker_ends_failed_after_three_deaths(
     assert runs["2013-01-01"] in (1, 2) and runs["2013-01-02"] in (1, 2)
     assert runs["2013-01-04"] == runs["2013-01-05"] == 1
     assert ledger_counts(tmp_path) == {"done": 4, "failed": 1}
+    last = run_cli("run", "job.py", cwd=tmp_path)
+    assert last.returncode == 1
+    assert "worker_lost" in last.stdout and "backfill retry --failed" in last.stdout, last.stdout
     status = run_cli("status", "job.py", cwd=tmp_path)
     assert "worker_lost" in status.stdout, status.stdout
     assert "died 3 times in a row" in status.stdout

@@ -18,7 +18,7 @@ from rich.table import Table
 from backfill.demo.data import FLIGHT_KEY, FLIGHTS_TOTAL
 from backfill.errors import ConfigError
 from backfill.job import Job, load_job
-from backfill.ledger import Ledger, open_ledger
+from backfill.ledger import Ledger, Status, open_ledger
 from backfill.progress import format_duration
 from backfill.runner import RunOptions, RunResult
 
@@ -188,6 +188,14 @@ def run_demo(
         job: Job = load_job("backfill.demo.flights:job")
         ledger: Ledger = open_ledger(state_url)
         try:
+            # The replay API fails nothing for good: a partition an earlier demo failed
+            # died with it (killed from outside, again and again), so resuming runs it.
+            again = ledger.requeue(job.name, list(job.stages), (Status.FAILED,))
+            if again:
+                console.print(
+                    f"{again:,} partition(s) that failed in earlier runs go again",
+                    highlight=False,
+                )
             result = execute(job, ledger, RunOptions(command="demo"), progress=progress)
         finally:
             ledger.close()
