@@ -1130,7 +1130,13 @@ class Runner:
             self.bus.emit(PartitionFinished(stage.name, claim.key, Status.PENDING, 0, 0.0, attempt))
             return
         self._finished(outcome)
-        await self._record(outcome, soon=self._urgent(stage))
+        # Rows committed in a database apart from the ledger: their outcome goes on record
+        # at once (sharing the ledger's next round trip), so a death right after counts
+        # nothing against a partition that had finished.
+        committed = outcome.status is Status.DONE and (
+            bool(early[0]) or self._needs_write(stage, rows)
+        )
+        await self._record(outcome, soon=self._urgent(stage) or committed)
         self._emit_finished(stage, claim, outcome, tally)
 
     def _fenced(self, stage: Stage) -> bool:

@@ -135,3 +135,48 @@ def test_demo_writes_to_postgresql_with_the_exact_row_count(tmp_path: Path) -> N
     finally:
         admin.execute(f"DROP SCHEMA {schema} CASCADE")
         admin.close()
+
+
+def lost_partitions(state: Path) -> dict[str, int]:
+    with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5) as conn:
+        return dict(
+            conn.execute(
+                "SELECT key, lost_leases FROM backfill_partitions WHERE lost_leases > 0 "
+                "OR error_category = 'worker_lost'"
+            ).fetchall()
+        )
+
+
+@pytest.mark.slow
+def test_demo_killed_again_and_again_at_the_same_point_repairs_itself(tmp_path: Path) -> None:
+    """Six SIGKILLs, each the same way into its run (80 partitions past where the run
+    began), then `backfill demo`: exact. The demo's data never kills it, so a killed
+    demo's partitions go back unsuspected and no day ever ends failed as worker_lost."""
+    demo_dir = tmp_path / "demo"
+    state = demo_dir / "state.db"
+    # --calm: no latency, so each run gets 80 partitions in within a second or two.
+    args = [*backfill_cmd(), "demo", "--dir", str(demo_dir), "--calm", "--progress", "none"]
+    env = cli_env()
+    for _ in range(6):
+        begun = done_partitions(state)
+        proc = subprocess.Popen(
+            args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 120
+        while done_partitions(state) < begun + 80 and proc.poll() is None:
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait(timeout=30)
+    lost = lost_partitions(state)
+    assert max(lost.values(), default=0) < 3, lost
+    final = run_cli(
+        "demo", "--dir", str(demo_dir), "--calm", "--progress", "none", cwd=tmp_path, timeout=300
+    )
+    assert final.returncode == 0, f"{final.stdout}\n{final.stderr}"
+    assert "flights 365 of 365 done" in final.stdout
+    assert "336,776 (expected 336,776)" in final.stdout
+    with sqlite3.connect(demo_dir / "flights.db") as conn:
+        rows = conn.execute("SELECT count(*) FROM flights").fetchone()[0]
+        distinct = conn.execute(f"SELECT count(*) FROM (SELECT DISTINCT {KEY} FROM flights)")
+        assert (rows, distinct.fetchone()[0]) == (336_776, 336_776)

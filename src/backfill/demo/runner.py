@@ -7,6 +7,7 @@ import importlib.util
 import os
 import shutil
 import sqlite3
+import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -20,7 +21,7 @@ from backfill.errors import ConfigError
 from backfill.job import Job, load_job
 from backfill.ledger import Ledger, Status, open_ledger
 from backfill.progress import format_duration
-from backfill.runner import RunOptions, RunResult
+from backfill.runner import RunOptions, RunResult, worker_is_dead
 
 __all__ = ["demo_summary", "run_demo", "serve_demo"]
 
@@ -188,8 +189,14 @@ def run_demo(
         job: Job = load_job("backfill.demo.flights:job")
         ledger: Ledger = open_ledger(state_url)
         try:
-            # The replay API fails nothing for good: a partition an earlier demo failed
-            # died with it (killed from outside, again and again), so resuming runs it.
+            # The demo's data never kills its worker: a demo that died was killed from
+            # outside (kill -9), so its partitions go back unsuspected, and one an earlier
+            # demo failed (killed again and again) runs again.
+            now = time.time()
+            for worker in ledger.workers(job.name):
+                if worker_is_dead(worker, now=now, lease_seconds=job.lease_seconds):
+                    ledger.release_owner(worker.id)
+                    ledger.stop_worker(worker.id, now=now)
             again = ledger.requeue(job.name, list(job.stages), (Status.FAILED,))
             if again:
                 console.print(
