@@ -820,6 +820,13 @@ class Runner:
                     self.ledger.begin, self.worker_id, [(c.id, c.claims) for c in group]
                 )
                 self.leases.proven(held, since=since)
+                if self._stop.is_set():
+                    # Stopped while the ledger answered: they go back unstarted.
+                    for _ in group:
+                        semaphore.release()
+                    for rest in claims[index - len(group) :]:
+                        await self._record(Outcome(rest.id, Status.PENDING, attempts=0))
+                    break
                 for claim in group:
                     if claim.id not in held:
                         semaphore.release()
