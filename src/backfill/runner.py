@@ -151,13 +151,27 @@ def _host() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs. A zombie (killed, not yet reaped
+    by its parent, which can take a second or more, or forever under a PID 1 that never
+    reaps) does not: ``kill(pid, 0)`` alone would call it alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read()
+    except FileNotFoundError:
+        # Gone since the kill, unless this system has no /proc at all.
+        return not os.path.exists("/proc/self/stat")
+    except OSError:
         return True
-    return True
+    # "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the
+    # last ')'. Z is a zombie, X a process being torn down.
+    state = fields.rpartition(b")")[2].split()[:1]
+    return state not in ([b"Z"], [b"X"])
 
 
 def worker_is_dead(worker: WorkerRecord, *, now: float, lease_seconds: float) -> bool:
@@ -168,6 +182,20 @@ def worker_is_dead(worker: WorkerRecord, *, now: float, lease_seconds: float) ->
     if worker.host == _host() and not _pid_alive(worker.pid):
         return True
     return now - worker.heartbeat_at > lease_seconds
+
+
+def _left_message(counts: Mapping[str, StageCounts]) -> str:
+    """What a run that found nothing more to do leaves unfinished, and what to do."""
+    running = sum(c.running for c in counts.values())
+    pending = sum(c.pending for c in counts.values())
+    parts = [f"{running} leased by another worker"] if running else []
+    if pending:
+        parts.append(f"{pending} pending, waiting for inputs not finished yet")
+    return (
+        f"{running + pending} partition(s) left unfinished ({', '.join(parts)}); nothing "
+        "was lost: run the same command again to finish them (`backfill status` shows "
+        "where they are)"
+    )
 
 
 def _truncate(message: str) -> str:
@@ -490,6 +518,10 @@ class Runner:
         )
         failed = sum(c.failed for c in final.values())
         waiting = self._waiting(final)
+        # Read after every lease of this worker was released: whatever is still pending
+        # or running is work left, and exit 0 must mean that nothing is.
+        left = sum(c.pending + c.running for c in final.values())
+        outside = sorted({u for s in self.stages for u in self.job.upstream(s.name)} - set(names))
         if self._fatal is not None:
             status, code, message = RunStatus.FATAL, ExitCode.USAGE, self._fatal.message
         elif self._interrupted:
@@ -499,16 +531,15 @@ class Runner:
             message = f"{failed} partition(s) failed; see `backfill status`"
             if waiting:
                 message += f"; {waiting} wait for them (run `backfill coverage --gaps`)"
-        elif waiting and not self.options.wait_for_leases:
+        elif waiting and outside:
             status, code = RunStatus.FAILED, ExitCode.FAILED
-            outside = sorted(
-                {u for s in self.stages for u in self.job.upstream(s.name)} - set(names)
-            )
             message = (
                 f"{waiting} partition(s) wait for upstream stages this run did "
-                f"not include ({', '.join(outside) or 'none'}); run those too, e.g. with "
-                "--start-from"
+                f"not include ({', '.join(outside)}); run those too, e.g. with --start-from"
             )
+        elif left:
+            status, code = RunStatus.FAILED, ExitCode.FAILED
+            message = _left_message(final)
         else:
             status, code, message = RunStatus.DONE, ExitCode.OK, None
         elapsed = self.clock.monotonic() - started
