@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from backfill import coverage
-from backfill.errors import BackfillError
+from backfill.errors import BackfillError, disk_full_message, is_disk_full
 from backfill.estimate import estimate
 from backfill.events import EventBus
 from backfill.job import Job, Stage, load_job
@@ -251,6 +251,8 @@ def execute(
             secrets=job.secrets,
         )
     except OSError as exc:
+        if is_disk_full(exc):
+            raise fail(disk_full_message(log_dir)) from None
         raise fail(
             f"cannot write the run's log file in {log_dir} ({exc}); pass another --log-dir"
         ) from None

@@ -855,3 +855,47 @@ def test_downstream_work_waiting_on_a_held_input_is_reported_as_left(ledger: Led
     assert result.message is not None
     assert "(none)" not in result.message
     assert "2 partition(s) left unfinished" in result.message
+
+
+def test_a_stage_filling_the_disk_stops_the_run_at_once(ledger: Ledger) -> None:
+    """OSError ENOSPC from a stage is fatal, not a retried network error: one attempt,
+    exit 2, and the message names the file."""
+    import errno
+
+    job = make_job(3)
+    calls: list[str] = []
+
+    @job.stage(retry=FAST)
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        calls.append(partition.key)
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/tmp.bin")
+
+    result = run_job(job, ledger, RunOptions(concurrency=1))
+    assert result.exit_code == ExitCode.USAGE
+    assert result.message == "disk full writing /data/tmp.bin; free space and run again"
+    assert len(calls) == 1
+    assert result.counts["fetch"].failed == 0
+
+
+@pytest.mark.parametrize("call", ["plan", "complete", "finish_run"])
+def test_a_ledger_that_fails_at_start_or_end_still_gives_a_fatal_result(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """The ledger refusing writes (e.g. a full disk) while the run plans, records its
+    last outcomes or records its end: a result all the same (for the summary), fatal,
+    exit 2, with the ledger's one sentence."""
+    from backfill.errors import LedgerError
+
+    job = make_job(3)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        return None
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise LedgerError("disk full writing /data/state.db; free space and run again")
+
+    monkeypatch.setattr(ledger, call, refuse)
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.USAGE
+    assert result.message == "disk full writing /data/state.db; free space and run again"
