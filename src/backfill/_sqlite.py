@@ -23,3 +23,10 @@ def retry_locked(step: Callable[[], object], seconds: float = 30.0) -> None:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+def is_full(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the database cannot grow: SQLITE_FULL (the disk is full, or a
+    size limit is reached), which no retry will fix."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_FULL

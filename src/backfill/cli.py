@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from backfill import coverage
-from backfill.errors import BackfillError
+from backfill.errors import BackfillError, disk_full_message, is_disk_full
 from backfill.estimate import estimate
 from backfill.events import EventBus
 from backfill.job import Job, Stage, load_job
@@ -215,6 +215,9 @@ def default_log_dir(state_url: str) -> Path:
     return Path(".backfill/logs")
 
 
+_RUN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def execute(
     job: Job,
     ledger: Ledger,
@@ -248,20 +251,27 @@ def execute(
             secrets=job.secrets,
         )
     except OSError as exc:
+        if is_disk_full(exc):
+            raise fail(disk_full_message(log_dir)) from None
         raise fail(
             f"cannot write the run's log file in {log_dir} ({exc}); pass another --log-dir"
         ) from None
     logging.getLogger().addHandler(file_handler)
 
     async def main() -> RunResult:
+        # The run takes SIGINT and SIGTERM over (first: graceful stop, second: at once),
+        # then gives them back to the handlers it found (the command's: one line, 130).
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, runner.interrupt)
-        loop.add_signal_handler(signal.SIGTERM, runner.interrupt)
+        before = {signum: signal.getsignal(signum) for signum in _RUN_SIGNALS}
+        for signum in _RUN_SIGNALS:
+            loop.add_signal_handler(signum, runner.interrupt)
         try:
             return await runner.run()
         finally:
-            loop.remove_signal_handler(signal.SIGINT)
-            loop.remove_signal_handler(signal.SIGTERM)
+            for signum, handler in before.items():
+                loop.remove_signal_handler(signum)
+                if handler is not None:
+                    signal.signal(signum, handler)
 
     try:
         return asyncio.run(main())

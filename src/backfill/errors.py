@@ -12,6 +12,10 @@ One root, :class:`BackfillError`. Two families live under it:
 
 from __future__ import annotations
 
+import errno
+import os
+from typing import TypeGuard
+
 
 class BackfillError(Exception):
     """Root of every error raised by backfill."""
@@ -84,3 +88,14 @@ class EmptyPartition(BackfillError):
     def __init__(self, reason: str = "no data") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def is_disk_full(exc: BaseException) -> TypeGuard[OSError]:
+    """Whether ``exc`` is the operating system saying the disk (or a quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(path: str | os.PathLike[str] | None) -> str:
+    """The one sentence for a full disk: fatal, never worth retrying."""
+    where = f" writing {os.fspath(path)}" if path is not None else ""
+    return f"disk full{where}; free space and run again"

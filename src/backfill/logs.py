@@ -10,6 +10,7 @@ every record, the library's and the stage functions' alike, into structlog outpu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Iterable, Mapping, MutableMapping
@@ -18,6 +19,7 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from backfill.errors import is_disk_full
 from backfill.events import (
     Event,
     PartitionFinished,
@@ -165,12 +167,66 @@ def _formatter(fmt: LogFormat, secrets: Iterable[str], colors: bool) -> logging.
     )
 
 
+class _LogFile(logging.FileHandler):
+    """A file handler that a full disk (or any failed write) cannot break: the first
+    failure prints one warning on stderr and the file is written no more. The run goes
+    on; logging's "--- Logging error ---" tracebacks, one per record, never appear, and
+    closing never raises."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8")
+        self._broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self._broken:
+            super().emit(record)
+
+    def flush(self) -> None:
+        if self._broken:
+            return
+        try:
+            super().flush()
+        except OSError as exc:
+            self._give_up(exc)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            self._give_up(error)
+        else:
+            super().handleError(record)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as exc:
+            self._give_up(exc)
+
+    def _give_up(self, error: OSError) -> None:
+        if self._broken:
+            return
+        self._broken = True
+        reason = "the disk is full" if is_disk_full(error) else error.strerror or str(error)
+        print(
+            f"warning: cannot write the log file {self.baseFilename} ({reason}); "
+            "the run goes on without it",
+            file=sys.stderr,
+            flush=True,
+        )
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            # Its buffer cannot be written either; closing still frees the descriptor.
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
 def log_file_handler(
     path: Path, *, level: int = logging.INFO, secrets: Iterable[str] = ()
 ) -> logging.Handler:
-    """A handler writing JSON lines to ``path`` (its directory is created)."""
+    """A handler writing JSON lines to ``path`` (its directory is created). A write that
+    fails (e.g. a full disk) warns once on stderr and stops the file, never the run."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _LogFile(path)
     handler.setLevel(level)
     handler.setFormatter(_formatter("json", secrets, colors=False))
     return handler

@@ -45,6 +45,8 @@ from backfill.errors import (
     SinkError,
     StageError,
     TransientError,
+    disk_full_message,
+    is_disk_full,
 )
 from backfill.events import (
     EventBus,
@@ -153,13 +155,27 @@ def _host() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs. A zombie (killed, not yet reaped
+    by its parent, which can take a second or more, or forever under a PID 1 that never
+    reaps) does not: ``kill(pid, 0)`` alone would call it alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read()
+    except FileNotFoundError:
+        # Gone since the kill, unless this system has no /proc at all.
+        return not os.path.exists("/proc/self/stat")
+    except OSError:
         return True
-    return True
+    # "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the
+    # last ')'. Z is a zombie, X a process being torn down.
+    state = fields.rpartition(b")")[2].split()[:1]
+    return state not in ([b"Z"], [b"X"])
 
 
 def worker_is_dead(worker: WorkerRecord, *, now: float, lease_seconds: float) -> bool:
@@ -170,6 +186,20 @@ def worker_is_dead(worker: WorkerRecord, *, now: float, lease_seconds: float) ->
     if worker.host == _host() and not _pid_alive(worker.pid):
         return True
     return now - worker.heartbeat_at > lease_seconds
+
+
+def _left_message(counts: Mapping[str, StageCounts]) -> str:
+    """What a run that found nothing more to do leaves unfinished, and what to do."""
+    running = sum(c.running for c in counts.values())
+    pending = sum(c.pending for c in counts.values())
+    parts = [f"{running} leased by another worker"] if running else []
+    if pending:
+        parts.append(f"{pending} pending, waiting for inputs not finished yet")
+    return (
+        f"{running + pending} partition(s) left unfinished ({', '.join(parts)}); nothing "
+        "was lost: run the same command again to finish them (`backfill status` shows "
+        "where they are)"
+    )
 
 
 def _truncate(message: str) -> str:
@@ -188,6 +218,9 @@ def _classify(exc: BaseException, stage: Stage) -> StageError:
         )
     if isinstance(exc, SinkError):
         return FatalError(str(exc), category="sink")
+    if is_disk_full(exc):
+        # Filled by the stage itself (a download, a temporary file): no retry frees space.
+        return FatalError(disk_full_message(exc.filename), category="disk_full")
     if isinstance(exc, OSError):  # ConnectionError included
         return TransientError(f"{type(exc).__name__}: {exc}", category="network")
     if isinstance(exc, BackfillError):
@@ -372,17 +405,14 @@ class Runner:
         finally:
             structlog.contextvars.reset_contextvars(**bound)
 
-    async def _run(self) -> RunResult:
-        started = self.clock.monotonic()
-        now = self.clock.time()
+    async def _start(self, now: float, names: list[str]) -> None:
+        """Join the ledger: register this worker, release dead workers' partitions, plan
+        the partitions, mark the stale ones, and record the run."""
         await self._db(
             self.ledger.register_worker,
             WorkerRecord(self.worker_id, self.job.name, _host(), os.getpid(), now, now, None),
         )
         lost = await self._reap_dead_workers()
-        fleet: asyncio.Task[None] | None = None
-        if isinstance(self.ledger, SharedLimits):
-            fleet = asyncio.create_task(self._fleet(self.ledger))
         selected = {s.name for s in self.stages}
         # Stages the selected ones need are planned too (not run): their partitions must
         # be on record for a dependency to wait for them.
@@ -424,7 +454,6 @@ class Runner:
                 options={**self.options.as_record(), "user": user},
             ),
         )
-        names = [s.name for s in self.stages]
         initial = await self._db(
             self.ledger.counts, self.job.name, names, self.options.selection, recent=False
         )
@@ -433,10 +462,25 @@ class Runner:
         for event in lost:
             self.bus.emit(event)
 
+    async def _run(self) -> RunResult:
+        started = self.clock.monotonic()
+        now = self.clock.time()
+        names = [s.name for s in self.stages]
         try:
-            await self.writer.open([sink for s in self.stages for sink in s.sinks])
-        except SinkError as exc:
-            self._fatal = FatalError(str(exc), category="sink")
+            await self._start(now, names)
+        except BackfillError as exc:
+            # The ledger cannot take the run (e.g. its disk is full): nothing runs, and
+            # the run still ends with a result (and the command with its summary).
+            self._fatal = FatalError(str(exc), category=type(exc).__name__)
+        fleet: asyncio.Task[None] | None = None
+        if self._fatal is None and isinstance(self.ledger, SharedLimits):
+            fleet = asyncio.create_task(self._fleet(self.ledger))
+
+        if self._fatal is None:
+            try:
+                await self.writer.open([sink for s in self.stages for sink in s.sinks])
+            except SinkError as exc:
+                self._fatal = FatalError(str(exc), category="sink")
         sync_threads = sum(
             self._concurrency(s) for s in self.stages if not s.is_async and s.executor == "thread"
         )
@@ -485,18 +529,27 @@ class Runner:
             for claim_id in sorted(self._held):
                 self._outcomes.append(Outcome(claim_id, Status.PENDING, attempts=0))
             self._held.clear()
-            await self._flush()
+            try:
+                await self._flush()
+            except BackfillError as exc:
+                self._fail_closing(exc)
             # Nothing this worker leased may outlive it as "running".
-            stray = await self._db(self.ledger.release_owner, self.worker_id)
+            stray = await self._closing(self.ledger.release_owner, self.worker_id)
             if stray:
-                log.warning("released %d partition(s) still leased at the end of the run", stray)
+                # Expected after a fatal stop (the in-flight work it cancelled).
+                level = logging.INFO if self._fatal is not None else logging.WARNING
+                log.log(level, "released %d partition(s) still leased at the end of the run", stray)
             await self._close_resources()
 
-        final = await self._db(
+        final: dict[str, StageCounts] = await self._closing(
             self.ledger.counts, self.job.name, names, self.options.selection, recent=False
-        )
+        ) or {name: StageCounts(name) for name in names}
         failed = sum(c.failed for c in final.values())
         waiting = self._waiting(final)
+        # Read after every lease of this worker was released: whatever is still pending
+        # or running is work left, and exit 0 must mean that nothing is.
+        left = sum(c.pending + c.running for c in final.values())
+        outside = sorted({u for s in self.stages for u in self.job.upstream(s.name)} - set(names))
         if self._fatal is not None:
             status, code, message = RunStatus.FATAL, ExitCode.USAGE, self._fatal.message
         elif self._interrupted:
@@ -516,16 +569,15 @@ class Runner:
                 )
             if waiting:
                 message += f"; {waiting} wait for them (run `backfill coverage --gaps`)"
-        elif waiting and not self.options.wait_for_leases:
+        elif waiting and outside:
             status, code = RunStatus.FAILED, ExitCode.FAILED
-            outside = sorted(
-                {u for s in self.stages for u in self.job.upstream(s.name)} - set(names)
-            )
             message = (
                 f"{waiting} partition(s) wait for upstream stages this run did "
-                f"not include ({', '.join(outside) or 'none'}); run those too, e.g. with "
-                "--start-from"
+                f"not include ({', '.join(outside)}); run those too, e.g. with --start-from"
             )
+        elif left:
+            status, code = RunStatus.FAILED, ExitCode.FAILED
+            message = _left_message(final)
         else:
             status, code, message = RunStatus.DONE, ExitCode.OK, None
         elapsed = self.clock.monotonic() - started
@@ -543,7 +595,7 @@ class Runner:
             executed=self._executed,
             stage_stats=self.stats.summaries(),
         )
-        await self._db(
+        await self._closing(
             self.ledger.finish_run,
             self.run_id,
             now=self.clock.time(),
@@ -564,10 +616,31 @@ class Runner:
                 "stats": self.stats.as_record(),
             },
         )
-        await self._db(self.ledger.stop_worker, self.worker_id, now=self.clock.time())
-        self.bus.emit(RunFinished(self.run_id, status.value, code, elapsed, final, message))
+        await self._closing(self.ledger.stop_worker, self.worker_id, now=self.clock.time())
+        if self._fatal is not None and result.status is not RunStatus.FATAL:
+            # The end of the run could not be recorded: say so, exit 2.
+            result.status, result.exit_code = RunStatus.FATAL, ExitCode.USAGE
+            result.message = self._fatal.message
+        self.bus.emit(
+            RunFinished(
+                self.run_id, result.status.value, result.exit_code, elapsed, final, result.message
+            )
+        )
         self._ledger_pool.shutdown(wait=True)
         return result
+
+    async def _closing(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """A ledger call while the run ends; its failure (e.g. a full disk) becomes the
+        run's fatal error, if it has none yet, instead of losing the result. None then."""
+        try:
+            return await self._db(fn, *args, **kwargs)
+        except BackfillError as exc:
+            self._fail_closing(exc)
+            return None
+
+    def _fail_closing(self, exc: BackfillError) -> None:
+        if self._fatal is None:
+            self._fatal = FatalError(str(exc), category=type(exc).__name__)
 
     def _waiting(self, counts: Mapping[str, StageCounts]) -> int:
         """Partitions of dependent stages left pending: their inputs are not finished."""

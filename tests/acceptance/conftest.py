@@ -36,7 +36,7 @@ async def fetch(ctx, partition):
 
 
 def backfill_cmd() -> list[str]:
-    return [sys.executable, "-m", "backfill.cli"]
+    return [sys.executable, "-m", "backfill"]
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -708,10 +708,14 @@ def test_sigkill_at_random_points_then_resume_leaves_exact_rows(
 def test_two_concurrent_runs_of_one_job_write_each_row_once(
     dest: Destination, tmp_path: Path, mode: str
 ) -> None:
-    """Two processes on the same state and destination split the work: exact rows."""
+    """Two processes on the same state and destination split the work: exact rows (the
+    one that ends while the other still holds partitions exits 1, the other 0)."""
     (tmp_path / "job.py").write_text(textwrap.dedent(JOB_FILE))
     procs = [_spawn(tmp_path, dest, mode) for _ in range(2)]
+    codes = []
     for proc in procs:
         _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err[-2000:]
+        assert proc.returncode in (0, 1), err[-2000:]
+        codes.append(proc.returncode)
+    assert 0 in codes
     _check_exact(dest, mode)

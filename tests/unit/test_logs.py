@@ -6,12 +6,13 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from backfill import Context, Job, Partition, PermanentError, daily
 from backfill.events import EventBus
-from backfill.logs import EventLog, configure_logging
+from backfill.logs import EventLog, configure_logging, log_file_handler
 from backfill.testing import run_job
 
 SECRET = "s3cr3t-k3y-42"
@@ -101,3 +102,26 @@ def test_plain_function_stages_log_with_the_run_context(root_logging: None) -> N
     assert len(working) == 3
     assert {x["partition"] for x in working} == {"2013-01-01", "2013-01-02", "2013-01-03"}
     assert all(x["worker"].endswith(result.run_id) for x in working)
+
+
+def test_a_log_file_that_cannot_be_written_degrades_with_one_warning(
+    root_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log file on a full disk (/dev/full answers ENOSPC): one warning on stderr naming
+    it, no "--- Logging error ---", later records dropped quietly, and close() is quiet."""
+    handler = log_file_handler(Path("/dev/full"))
+    logger = logging.getLogger("backfill.test.full")
+    logger.addHandler(handler)
+    try:
+        for n in range(5):
+            logger.warning("line %d", n)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    err = capsys.readouterr().err
+    assert "Logging error" not in err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "/dev/full" in lines[0]
+    assert lines[0].startswith("warning: ")

@@ -9,8 +9,19 @@ from typing import Any
 import httpx
 import pytest
 
-from backfill import Context, Cursor, Job, LinkHeader, NextUrl, PageNumber, Partition, daily
-from backfill.errors import FatalError
+from backfill import (
+    Context,
+    Cursor,
+    Job,
+    LinkHeader,
+    NextUrl,
+    PageNumber,
+    Partition,
+    RetryPolicy,
+    Status,
+    daily,
+)
+from backfill.errors import FatalError, TransientError
 from backfill.ledger import open_ledger
 from backfill.runner import ExitCode
 from backfill.sources.http import HttpClient
@@ -109,3 +120,90 @@ def test_a_checkpointed_partition_resumes_where_it_stopped() -> None:
     assert sorted(k[0] for k in sink.rows) == ITEMS
     entry = ledger.entries("big", "fetch")[0]
     assert entry.records == 4  # written by the run that finished the partition
+
+
+async def first_error(body: Any, style: Any, retries: int = 0) -> tuple[Exception, int]:
+    """The error paginating a source that always answers ``body``, and the requests made."""
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(200, json=body)
+
+    client = HttpClient(transport=httpx.MockTransport(handler), retries=retries)
+    try:
+        with pytest.raises(TransientError) as excinfo:
+            async for _ in client.paginate("http://api.test/x?api_key=SECRET", pagination=style):
+                pass
+    finally:
+        await client.aclose()
+    return excinfo.value, calls
+
+
+@pytest.mark.parametrize(("path", "style"), STYLES[:3])
+def test_a_body_without_the_records_field_is_a_transient_bad_body(path: str, style: Any) -> None:
+    """A 200 answer lacking the records field is a retried bad body naming the field and
+    the (redacted) URL, not an empty last page."""
+    error, _ = asyncio.run(first_error({"error": "maintenance"}, style))
+    assert error.category == "bad_body"
+    assert "field 'data' not in the response from http://api.test/x" in error.message
+    assert "SECRET" not in error.message
+
+
+@pytest.mark.parametrize("body", [{"data": None}, {"data": {"rows": []}}, {"data": "x"}])
+def test_a_records_field_that_is_not_a_list_is_a_bad_body(body: Any) -> None:
+    """A records field that is null, an object or a string is a bad body, not an empty page."""
+    error, _ = asyncio.run(first_error(body, PageNumber()))
+    assert error.category == "bad_body"
+    assert "'data'" in error.message
+
+
+def test_a_body_that_is_not_a_list_is_a_bad_body_for_link_headers() -> None:
+    """With LinkHeader (the body is the records), an object body is a bad body."""
+    error, _ = asyncio.run(first_error({"error": "maintenance"}, LinkHeader()))
+    assert error.category == "bad_body"
+
+
+def test_a_missing_records_field_is_retried_request_by_request() -> None:
+    """The client's own retries apply to a body without the records field."""
+    _, calls = asyncio.run(first_error({"error": "maintenance"}, PageNumber(), retries=2))
+    assert calls == 3
+
+
+def test_an_empty_records_list_is_a_legitimate_last_page() -> None:
+    """A present, empty records list ends the walk without an error."""
+
+    async def go() -> list[Any]:
+        client = HttpClient(
+            transport=httpx.MockTransport(lambda r: httpx.Response(200, json={"data": []}))
+        )
+        pages = [p async for p in client.paginate("http://api.test/x", pagination=Cursor())]
+        await client.aclose()
+        return pages
+
+    pages = asyncio.run(go())
+    assert [(p.records, p.next) for p in pages] == [([], None)]
+
+
+def test_a_stage_on_a_body_without_its_field_fails_with_the_field_named() -> None:
+    """A wrong field name fails the partition after its retries with the field named;
+    nothing is recorded empty."""
+    job = Job("wrong", partitions=daily("2013-01-01", "2013-01-02"))
+
+    @job.stage(retry=RetryPolicy(attempts=3, base=0.0))
+    async def fetch(ctx: Context, partition: Partition) -> list[Any]:
+        client = HttpClient(transport=httpx.MockTransport(pages_app))
+        try:
+            pages = client.paginate("http://api.test/numbered", pagination=PageNumber(data="rows"))
+            return [{"item": r} async for page in pages for r in page.records]
+        finally:
+            await client.aclose()
+
+    ledger = open_ledger(":memory:")
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.FAILED
+    entries = ledger.entries("wrong", "fetch")
+    assert {e.status for e in entries} == {Status.FAILED}
+    assert all(e.attempts == 3 for e in entries)
+    assert all("field 'rows' not in the response" in (e.error_message or "") for e in entries)

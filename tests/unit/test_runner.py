@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import socket
 import subprocess
 import sys
 import threading
 import time
 import types
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,8 +35,9 @@ from backfill import (
 )
 from backfill.clock import SystemClock
 from backfill.events import Event, EventBus, PartitionFinished, RunFinished, RunStarted
+from backfill.job import needs
 from backfill.ledger import Ledger, Outcome, WorkerRecord, open_ledger
-from backfill.runner import ExitCode
+from backfill.runner import ExitCode, _pid_alive
 from backfill.testing import MemorySink, run_job
 
 FAST = RetryPolicy(attempts=3, base=0.0, cap=0.0)
@@ -566,8 +571,6 @@ def _dead_pid() -> int:
 
 def test_partitions_of_a_dead_local_worker_are_reclaimed_at_once(ledger: Ledger) -> None:
     """A run finds work leased by a killed process on this host and finishes it."""
-    import socket
-
     job = make_job(5)
 
     @job.stage
@@ -586,7 +589,8 @@ def test_partitions_of_a_dead_local_worker_are_reclaimed_at_once(ledger: Ledger)
 
 
 def test_work_of_a_live_foreign_worker_is_left_alone(ledger: Ledger) -> None:
-    """Partitions leased by a live worker elsewhere are not taken while its lease holds."""
+    """Partitions leased by a live worker elsewhere are not taken while its lease holds
+    (and the run, with work left, does not exit 0)."""
     job = make_job(3)
 
     @job.stage
@@ -602,7 +606,7 @@ def test_work_of_a_live_foreign_worker_is_left_alone(ledger: Ledger) -> None:
     result = run_job(job, ledger)
     counts = ledger.counts("test", ["fetch"])["fetch"]
     assert (counts.done, counts.running) == (2, 1)
-    assert result.exit_code == ExitCode.OK
+    assert result.exit_code == ExitCode.FAILED
     assert ledger.complete("other:1:x", [Outcome(claims[0].id, Status.DONE)], now=now) == 1
 
 
@@ -736,3 +740,162 @@ def test_waiting_for_another_workers_lease_polls_soon_then_backs_off(ledger: Led
     # Heartbeats sleep until their own deadlines, a third of the lease apart (> 0.5 s).
     polls = [s for s in clock.sleeps if s <= 0.4]
     assert polls[:5] == [0.05, 0.1, 0.2, 0.4, 0.4]  # 0.4: the lease poll, lease / 4
+
+
+@pytest.fixture
+def zombie_pid() -> Iterator[int]:
+    """The pid of a child that has exited and is not reaped yet (a zombie), reaped after."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    # Wait for the exit without reaping: the process stays a zombie until proc.wait().
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    try:
+        yield proc.pid
+    finally:
+        proc.wait()
+
+
+def test_a_zombie_process_is_not_alive(zombie_pid: int) -> None:
+    """A process that has exited but is not reaped yet (state Z) counts as dead."""
+    with open(f"/proc/{zombie_pid}/stat") as stat:
+        assert stat.read().rpartition(")")[2].split()[0] == "Z"
+    assert not _pid_alive(zombie_pid)
+
+
+def test_a_live_process_whose_name_holds_parentheses_is_alive(tmp_path: Path) -> None:
+    """The state is read after the last ')' of /proc/PID/stat: a live process named
+    'x) Z (y' is alive."""
+    name = tmp_path / "x) Z (y"
+    name.symlink_to(sys.executable)
+    proc = subprocess.Popen(
+        [str(name), "-c", "import sys; print('up', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        with open(f"/proc/{proc.pid}/stat") as stat:
+            assert "(x) Z (y)" in stat.read()
+        assert _pid_alive(proc.pid)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait()
+    assert not _pid_alive(proc.pid)
+
+
+def test_partitions_of_a_killed_local_worker_not_yet_reaped_are_reclaimed(
+    ledger: Ledger, zombie_pid: int
+) -> None:
+    """Work leased by a killed process that is still a zombie is released and finished
+    by the next run, which exits 0."""
+    job = make_job(5)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        return None
+
+    ledger.plan("test", "fetch", job.stages["fetch"].partitions)
+    now = time.time()
+    dead = f"{socket.gethostname()}:{zombie_pid}:old"
+    host = socket.gethostname()
+    ledger.register_worker(WorkerRecord(dead, "test", host, zombie_pid, now, now, None))
+    ledger.claim("test", "fetch", dead, limit=3, lease_seconds=3600, now=now, run_id="old")
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.OK, result.message
+    assert ledger.counts("test", ["fetch"])["fetch"].done == 5
+
+
+def _held_by_a_live_local_worker(ledger: Ledger, stage: str, limit: int) -> None:
+    """Lease ``limit`` partitions of ``stage`` to a worker of this host whose process
+    (this one) is alive."""
+    now = time.time()
+    host = socket.gethostname()
+    holder = f"{host}:{os.getpid()}:holder"
+    ledger.register_worker(WorkerRecord(holder, "test", host, os.getpid(), now, now, None))
+    ledger.claim("test", stage, holder, limit=limit, lease_seconds=3600, now=now, run_id="h")
+
+
+def test_a_run_never_exits_0_while_a_live_worker_holds_its_partitions(ledger: Ledger) -> None:
+    """Partitions left running under a worker that looks alive: exit 1, and the message
+    says how many are left and to run again."""
+    job = make_job(5)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        return None
+
+    ledger.plan("test", "fetch", job.stages["fetch"].partitions)
+    _held_by_a_live_local_worker(ledger, "fetch", 2)
+    result = run_job(job, ledger)
+    assert result.counts["fetch"].done == 3
+    assert result.exit_code == ExitCode.FAILED
+    assert result.message is not None
+    assert "2 partition(s) left unfinished" in result.message
+    assert "run the same command again" in result.message
+
+
+def test_downstream_work_waiting_on_a_held_input_is_reported_as_left(ledger: Ledger) -> None:
+    """A dependent partition waiting on an input another worker holds: exit 1 with what
+    is left, not a wait for stages "(none)"."""
+    job = make_job(3)
+
+    @job.stage
+    async def a(ctx: Context, partition: Partition) -> None:
+        return None
+
+    @job.stage(needs=[needs("a")])
+    async def b(ctx: Context, partition: Partition) -> None:
+        return None
+
+    ledger.plan("test", "a", job.stages["a"].partitions)
+    _held_by_a_live_local_worker(ledger, "a", 1)
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.FAILED
+    assert result.message is not None
+    assert "(none)" not in result.message
+    assert "2 partition(s) left unfinished" in result.message
+
+
+def test_a_stage_filling_the_disk_stops_the_run_at_once(ledger: Ledger) -> None:
+    """OSError ENOSPC from a stage is fatal, not a retried network error: one attempt,
+    exit 2, and the message names the file."""
+    import errno
+
+    job = make_job(3)
+    calls: list[str] = []
+
+    @job.stage(retry=FAST)
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        calls.append(partition.key)
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/tmp.bin")
+
+    result = run_job(job, ledger, RunOptions(concurrency=1))
+    assert result.exit_code == ExitCode.USAGE
+    assert result.message == "disk full writing /data/tmp.bin; free space and run again"
+    assert len(calls) == 1
+    assert result.counts["fetch"].failed == 0
+
+
+@pytest.mark.parametrize("call", ["plan", "complete", "finish_run"])
+def test_a_ledger_that_fails_at_start_or_end_still_gives_a_fatal_result(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """The ledger refusing writes (e.g. a full disk) while the run plans, records its
+    last outcomes or records its end: a result all the same (for the summary), fatal,
+    exit 2, with the ledger's one sentence."""
+    from backfill.errors import LedgerError
+
+    job = make_job(3)
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        return None
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise LedgerError("disk full writing /data/state.db; free space and run again")
+
+    monkeypatch.setattr(ledger, call, refuse)
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.USAGE
+    assert result.message == "disk full writing /data/state.db; free space and run again"

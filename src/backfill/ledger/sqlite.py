@@ -19,8 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from backfill._sqlite import retry_locked
-from backfill.errors import LedgerError
+from backfill._sqlite import is_full, retry_locked
+from backfill.errors import LedgerError, disk_full_message
 from backfill.ledger import (
     MAX_LOST_LEASES,
     Claim,
@@ -131,6 +131,8 @@ class SQLiteLedger:
             retry_locked(lambda: self._migrate(conn))
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if is_full(exc):
+                raise LedgerError(disk_full_message(self.path)) from exc
             raise LedgerError(
                 f"state {self.url} is not a usable backfill state database ({exc}); "
                 "pass another --state"
@@ -167,7 +169,9 @@ class SQLiteLedger:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (e.g. on SQLITE_FULL).
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     @contextlib.contextmanager
@@ -182,11 +186,23 @@ class SQLiteLedger:
                     yield conn
                 except BaseException:
                     if write:
-                        conn.execute("ROLLBACK")
+                        self._stage_ids.clear()
+                        # SQLite may have rolled back already (e.g. on SQLITE_FULL).
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
                     raise
                 if write:
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
+                if write:
+                    # Stage ids created in the lost transaction do not exist.
+                    self._stage_ids.clear()
+                    if conn.in_transaction:
+                        # A failed COMMIT leaves it open; the next transaction must start.
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                if is_full(exc):
+                    raise LedgerError(disk_full_message(self.path)) from exc
                 raise LedgerError(f"state {self.url}: {exc}") from exc
 
     def close(self) -> None:

@@ -18,8 +18,14 @@ from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
-from backfill._sqlite import retry_locked
-from backfill.errors import PermanentError, SinkError, TransientError
+from backfill._sqlite import is_full, retry_locked
+from backfill.errors import (
+    BackfillError,
+    PermanentError,
+    SinkError,
+    TransientError,
+    disk_full_message,
+)
 from backfill.sinks import (
     PARTITION_COLUMN,
     Mode,
@@ -67,6 +73,7 @@ class SQLiteConnection:
 
     def __init__(self, path: Path, description: str) -> None:
         self.description = description
+        self.path = path
         try:
             self.raw = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -78,19 +85,27 @@ class SQLiteConnection:
             # on an error): in memory, not in a temporary file.
             self.raw.execute("PRAGMA temp_store=MEMORY")
         except sqlite3.Error as exc:
+            if is_full(exc):
+                raise SinkError(disk_full_message(path)) from exc
             raise SinkError(f"cannot open {description}: {exc}") from exc
+
+    def _busy(self, exc: sqlite3.OperationalError) -> BackfillError:
+        """A failed BEGIN or COMMIT: busy (retried), unless the disk is full (fatal)."""
+        if is_full(exc):
+            return SinkError(disk_full_message(self.path))
+        return TransientError(f"{self.description}: {exc}", category="sink_busy")
 
     def begin(self) -> None:
         try:
             self.raw.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise TransientError(f"{self.description}: {exc}", category="sink_busy") from exc
+            raise self._busy(exc) from exc
 
     def commit(self) -> None:
         try:
             self.raw.execute("COMMIT")
         except sqlite3.OperationalError as exc:
-            raise TransientError(f"{self.description}: {exc}", category="sink_busy") from exc
+            raise self._busy(exc) from exc
 
     def rollback(self) -> None:
         if self.raw.in_transaction:
@@ -216,6 +231,8 @@ class SQLiteTable:
             ) from exc
         except sqlite3.OperationalError as exc:
             text = str(exc)
+            if is_full(exc):
+                raise SinkError(disk_full_message(self.path)) from exc
             if "locked" in text or "busy" in text:
                 raise TransientError(f"{self.description}: {text}", category="sink_busy") from exc
             raise SinkError(f"cannot write {self.description}: {text}") from exc

@@ -2,7 +2,9 @@
 
 * 429, and 5xx: :class:`TransientError`, carrying the ``Retry-After`` hint when sent; a
   429 or a 503 with ``Retry-After`` pauses the whole resource;
-* timeouts, connection errors, truncated or unparsable bodies: :class:`TransientError`;
+* timeouts, connection errors, truncated or unparsable bodies, and pages whose records
+  field is missing or not a list: :class:`TransientError` (a maintenance notice answered
+  200 is not an empty page);
 * 401 and 403: :class:`FatalError` (credentials will not fix themselves);
 * any other 4xx: :class:`PermanentError` for that partition.
 
@@ -158,12 +160,32 @@ def _field(body: Any, path: str | None) -> Any:
     return value
 
 
-def _records(body: Any, path: str | None) -> list[Any]:
-    value = _field(body, path)
-    if value is None:
-        return []
+_MISSING = object()
+
+
+def _records(body: Any, path: str | None, source: str) -> list[Any]:
+    """The records of a page: the list at ``path`` (the body itself when None).
+
+    A present, empty list is an empty page. A missing field, or one that is not a list,
+    is a bad body (a maintenance notice, an error object, a wrong field name): transient,
+    so it is retried, and never taken for an empty or last page.
+    """
+    value = body
+    if path is not None:
+        for part in path.split("."):
+            value = value.get(part, _MISSING) if isinstance(value, Mapping) else _MISSING
+            if value is _MISSING:
+                raise TransientError(
+                    f"field {path!r} not in the response from {source}", category="bad_body"
+                )
     if not isinstance(value, list):
-        raise TransientError(f"response field {path!r} is not a list", category="bad_body")
+        what = "the response" if path is None else f"field {path!r} of the response"
+        found = (
+            "null" if value is None else "an object" if isinstance(value, Mapping) else "a value"
+        )
+        raise TransientError(
+            f"{what} from {source} is {found}, not a list of records", category="bad_body"
+        )
     return value
 
 
@@ -260,17 +282,33 @@ class HttpClient:
         response, _ = await self._send(method, url, decode=False, **kwargs)
         return response
 
+    def _source(self, url: str | httpx.URL) -> str:
+        prefix = f"resource {self.resource.name}: " if self.resource is not None else ""
+        return prefix + redact(redact_url(url), self.secrets)
+
     async def _send(
-        self, method: str, url: str, *, decode: bool, **kwargs: Any
+        self,
+        method: str,
+        url: str,
+        *,
+        decode: bool,
+        pagination: Pagination | None = None,
+        **kwargs: Any,
     ) -> tuple[httpx.Response, Any]:
+        """Send with the client's retries; with ``pagination``, a body without its records
+        is a transient bad body too, retried like a truncated one."""
         attempt = 0
         while True:
             attempt += 1
             try:
                 if self.resource is not None:
                     async with self.resource.slot():
-                        return await self._once(method, url, decode, **kwargs)
-                return await self._once(method, url, decode, **kwargs)
+                        response, value = await self._once(method, url, decode, **kwargs)
+                else:
+                    response, value = await self._once(method, url, decode, **kwargs)
+                if pagination is not None:
+                    _records(value, pagination.data, self._source(response.request.url))
+                return response, value
             except TransientError as exc:
                 if attempt > self.retries:
                     raise
@@ -420,10 +458,15 @@ class HttpClient:
         if isinstance(style, PageNumber):
             page_no = int(resume_from) if resume_from else style.start
             while True:
-                body = await self.get_json(
-                    url, params={**query, style.page_param: page_no}, **kwargs
+                response, body = await self._send(
+                    "GET",
+                    url,
+                    decode=True,
+                    pagination=style,
+                    params={**query, style.page_param: page_no},
+                    **kwargs,
                 )
-                records = _records(body, style.data)
+                records = _records(body, style.data, self._source(response.url))
                 total = _field(body, style.total_pages) if style.total_pages else None
                 last = not records or (isinstance(total, int) and page_no >= total)
                 yield Page(number, records, None if last else str(page_no + 1), body)
@@ -435,10 +478,14 @@ class HttpClient:
             cursor = resume_from
             while True:
                 q = {**query, style.cursor_param: cursor} if cursor else query
-                body = await self.get_json(url, params=q, **kwargs)
+                response, body = await self._send(
+                    "GET", url, decode=True, pagination=style, params=q, **kwargs
+                )
                 cursor_value = _field(body, style.next_field)
                 cursor = str(cursor_value) if cursor_value not in (None, "") else None
-                yield Page(number, _records(body, style.data), cursor, body)
+                yield Page(
+                    number, _records(body, style.data, self._source(response.url)), cursor, body
+                )
                 if cursor is None:
                     return
                 number += 1
@@ -449,7 +496,7 @@ class HttpClient:
                 page_params: dict[str, Any] | None = query if first else None
                 first = False
                 response, body = await self._send(
-                    "GET", next_url, decode=True, params=page_params, **kwargs
+                    "GET", next_url, decode=True, pagination=style, params=page_params, **kwargs
                 )
                 if isinstance(style, NextUrl):
                     link = _field(body, style.next_field)
@@ -457,6 +504,8 @@ class HttpClient:
                 else:
                     link_next = response.links.get("next", {}).get("url")
                     found = str(response.url.join(link_next)) if link_next else None
-                yield Page(number, _records(body, style.data), found, body)
+                yield Page(
+                    number, _records(body, style.data, self._source(response.url)), found, body
+                )
                 next_url = found
                 number += 1
