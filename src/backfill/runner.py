@@ -557,10 +557,10 @@ class Runner:
         elif failed:
             status, code = RunStatus.FAILED, ExitCode.FAILED
             message = f"{failed} partition(s) failed; see `backfill status`"
-            groups = await self._db(
+            groups = await self._closing(
                 self.ledger.failure_groups, self.job.name, names, self.options.selection
             )
-            lost = sum(g.count for g in groups if g.category == "worker_lost")
+            lost = sum(g.count for g in groups or () if g.category == "worker_lost")
             if lost:
                 message += (
                     f"; {lost} of them died with their worker {MAX_LOST_LEASES} times in a row "
