@@ -3,7 +3,8 @@
 Every method is one short transaction on a pooled connection. Claims take batches with
 ``FOR UPDATE SKIP LOCKED``, so any number of workers claim at once without waiting on
 each other or leasing a partition twice. A lost connection (a server restart, a network
-blip) is retried with backoff for up to :attr:`PostgresLedger.retry_for` seconds.
+blip) is retried with backoff for up to :attr:`PostgresLedger.retry_for` seconds
+(``backfill.retry.RECONNECT_SECONDS``), then the call fails with one sentence.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from backfill._postgres import safe_url
-from backfill.errors import LedgerError
+from backfill.errors import LedgerError, TransientError
 from backfill.ledger import (
     MAX_LOST_LEASES,
     Claim,
@@ -43,6 +44,7 @@ from backfill.ledger import (
 )
 from backfill.partitions import Order, Partition, Selection
 from backfill.ratelimit import book_block
+from backfill.retry import RECONNECT_SECONDS
 
 __all__ = ["MAX_LOST_LEASES", "SCHEMA_VERSION", "PostgresLedger", "redact_url"]
 
@@ -186,12 +188,13 @@ class PostgresLedger:
     ``?options=-csearch_path%3DNAME`` to keep the tables in schema ``NAME``.
     """
 
-    retry_for = 120.0
+    retry_for = RECONNECT_SECONDS
 
     def __init__(self, url: str, *, pool_size: int = 4) -> None:
         self.url = url
         self.safe_url = redact_url(url)
         self._stage_ids: dict[tuple[str, str], int] = {}
+        self._gone = False
         self._check(url)
         # No server-side prepared statements: a prepared statement's generic plan guesses
         # 10 rows for an unnest() of a 1,000-id batch and joins it by a nested loop over
@@ -266,14 +269,23 @@ class PostgresLedger:
         safe to repeat (claims a committed-but-unacknowledged batch would hold are
         released when the worker ends; completes only touch rows still leased).
         """
-        deadline = time.monotonic() + self.retry_for
+        # Once the database has been gone for a whole window, each further call (a
+        # stopping run records what it can) tries once: the run ends soon, not a window
+        # per call later.
+        patience = 0.0 if self._gone else self.retry_for
+        deadline = time.monotonic() + patience
         delay = 0.1
         while True:
             try:
-                with self._pool.connection(timeout=10.0) as conn, conn.transaction():
-                    return body(conn)
+                # Waiting for a connection the pool cannot make counts against the window.
+                wait = min(10.0, max(1.0, deadline - time.monotonic()))
+                with self._pool.connection(timeout=wait) as conn, conn.transaction():
+                    result = body(conn)
+                self._gone = False
+                return result
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 if time.monotonic() + delay > deadline:
+                    self._gone = True
                     raise LedgerError(
                         f"lost the state database {self.safe_url} for more than "
                         f"{self.retry_for:g} s: {_last_line(str(exc))}"
@@ -445,7 +457,7 @@ class PostgresLedger:
 
         Then a partition's rows and its done-mark commit together: exactly once.
         """
-        return _complete_on if database == safe_url(self.url) else None
+        return _complete_in_sink if database == safe_url(self.url) else None
 
     def fence(self, database: str) -> Fence | None:
         """Prove leases inside a sink's transaction when the sink is this database."""
@@ -911,6 +923,22 @@ class PostgresLedger:
             lambda conn: conn.execute(_Q["workers"].format(where=where), {"job": job}).fetchall()
         )
         return [WorkerRecord(*r) for r in rows]
+
+
+def _complete_in_sink(
+    conn: psycopg.Connection[Any], owner: str, outcomes: Sequence[Outcome], now: float
+) -> set[int]:
+    """:func:`_complete_on` on a sink's connection, its driver errors translated: a lost
+    connection (a restart's AdminShutdown included) is transient, so the writer retries
+    the whole transaction, rows and done-marks, on a new connection."""
+    try:
+        return _complete_on(conn, owner, outcomes, now)
+    except psycopg.OperationalError as exc:
+        raise TransientError(
+            f"recording done-marks: {_last_line(str(exc))}", category="sink_unreachable"
+        ) from exc
+    except psycopg.Error as exc:
+        raise LedgerError(f"recording done-marks: {_last_line(str(exc))}") from exc
 
 
 def _complete_on(
