@@ -669,7 +669,9 @@ def test_postgres_sink_and_ledger_reconnect_when_the_server_ends_their_connectio
         claims = ledger.claim("j", "s", "me", limit=3, lease_seconds=60, now=0.0, run_id="r")
 
         async def hand_over() -> list[Any]:
-            writer = SinkWriter("me", completer_for=ledger.completer, now=lambda: 2.0)
+            writer = SinkWriter(
+                "me", completer_for=ledger.completer, fence_for=ledger.fence, now=lambda: 2.0
+            )
             await writer.open([sink])
             results = []
             for claim in claims:
@@ -684,6 +686,7 @@ def test_postgres_sink_and_ledger_reconnect_when_the_server_ends_their_connectio
                         Outcome(claim.id, Status.DONE, records=1),
                         first=True,
                         urgent=True,
+                        lease=(claim.id, claim.claims),
                     )
                 )
             await writer.close()

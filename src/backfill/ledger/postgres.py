@@ -9,6 +9,7 @@ blip) is retried with backoff for up to :attr:`PostgresLedger.retry_for` seconds
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -461,7 +462,7 @@ class PostgresLedger:
 
     def fence(self, database: str) -> Fence | None:
         """Prove leases inside a sink's transaction when the sink is this database."""
-        return _begin_on if database == safe_url(self.url) else None
+        return _begin_in_sink if database == safe_url(self.url) else None
 
     def begin(self, owner: str, leases: Sequence[tuple[int, int]]) -> set[int]:
         if not leases:
@@ -925,20 +926,35 @@ class PostgresLedger:
         return [WorkerRecord(*r) for r in rows]
 
 
+@contextlib.contextmanager
+def _on_sink(what: str) -> Iterator[None]:
+    """Driver errors of ledger statements run on a sink's connection (in its transaction),
+    translated: a lost connection (a restart's AdminShutdown included) is transient, so
+    the writer redoes the whole transaction, rows, fences and done-marks, on a new one."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise TransientError(
+            f"{what}: {_last_line(str(exc))}", category="sink_unreachable"
+        ) from exc
+    except psycopg.Error as exc:
+        raise LedgerError(f"{what}: {_last_line(str(exc))}") from exc
+
+
 def _complete_in_sink(
     conn: psycopg.Connection[Any], owner: str, outcomes: Sequence[Outcome], now: float
 ) -> set[int]:
-    """:func:`_complete_on` on a sink's connection, its driver errors translated: a lost
-    connection (a restart's AdminShutdown included) is transient, so the writer retries
-    the whole transaction, rows and done-marks, on a new connection."""
-    try:
+    """:func:`_complete_on` on a sink's connection (see :func:`_on_sink`)."""
+    with _on_sink("recording done-marks"):
         return _complete_on(conn, owner, outcomes, now)
-    except psycopg.OperationalError as exc:
-        raise TransientError(
-            f"recording done-marks: {_last_line(str(exc))}", category="sink_unreachable"
-        ) from exc
-    except psycopg.Error as exc:
-        raise LedgerError(f"recording done-marks: {_last_line(str(exc))}") from exc
+
+
+def _begin_in_sink(
+    conn: psycopg.Connection[Any], owner: str, leases: Sequence[tuple[int, int]]
+) -> set[int]:
+    """:func:`_begin_on` on a sink's connection (see :func:`_on_sink`)."""
+    with _on_sink("proving leases"):
+        return _begin_on(conn, owner, leases)
 
 
 def _complete_on(
