@@ -688,6 +688,20 @@ class LedgerContract:
         assert ready(ledger, "b", [DAY_DEP]) == ["2013-01-01", "2013-01-03"]
         assert ledger.blocked_keys(JOB, "b", [DAY_DEP]) == {"2013-01-02": "a 2013-01-02"}
 
+    def test_unfinished_with_needs_counts_only_claimable_pending_rows(self, ledger: Ledger) -> None:
+        """unfinished(needs=...): a pending partition counts only when its inputs are all
+        finished; one waiting for a failed (or a pending) input is no work to wait for."""
+        ledger.plan(JOB, "a", daily("2013-01-01", "2013-01-02"))
+        ledger.plan(JOB, "b", daily("2013-01-01", "2013-01-02"))
+        assert ledger.unfinished(JOB, "b")
+        assert not ledger.unfinished(JOB, "b", needs=[DAY_DEP])  # inputs pending
+        settle(ledger, "a", {"2013-01-01"}, Status.FAILED, 1)
+        assert not ledger.unfinished(JOB, "b", needs=[DAY_DEP])  # one failed, one pending
+        settle(ledger, "a", {"2013-01-02"}, Status.DONE, 2)
+        assert ledger.unfinished(JOB, "b", needs=[DAY_DEP])  # 2013-01-02 is ready
+        first_day = daily("2013-01-01", "2013-01-02").selection(keys=["2013-01-01"])
+        assert not ledger.unfinished(JOB, "b", first_day, needs=[DAY_DEP])
+
     def test_redone_inputs_make_finished_partitions_stale(self, ledger: Ledger) -> None:
         """Inputs pending again, or finished after the partition, mark it stale."""
         ledger.plan(JOB, "a", daily("2013-01-01", "2013-01-03"))

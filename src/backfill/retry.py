@@ -19,9 +19,14 @@ from dataclasses import dataclass
 
 from backfill.errors import ConfigError
 
-__all__ = ["RetryPolicy"]
+__all__ = ["RECONNECT_SECONDS", "RetryPolicy"]
 
 _RNG = random.Random()
+
+# How long a lost database connection (the ledger's, a sink's, or the transaction the two
+# share) is retried with backoff before the run stops: long enough for a server restart
+# or a failover, short enough that a database gone for good is reported.
+RECONNECT_SECONDS = 120.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,6 +207,39 @@ def _truncate(message: str) -> str:
     return message if len(message) <= _MESSAGE_LIMIT else message[: _MESSAGE_LIMIT - 1] + "…"
 
 
+def _failed_message(
+    failed: int, waiting: int, blocked: Mapping[str, Mapping[str, str]], lost: int = 0
+) -> str:
+    """Why a run that worked through everything it could still ends with exit 1, and how
+    to repair it: failed partitions (``lost`` of them killed their worker every time),
+    and those that wait for a failed input."""
+    parts = [f"{failed} partition(s) failed; see `backfill status`"] if failed else []
+    if lost:
+        parts.append(
+            f"{lost} of them died with their worker {MAX_LOST_LEASES} times in a row "
+            "(worker_lost: out of memory, or killed from outside)"
+        )
+    if blocked:
+        stage, keys = next(iter(blocked.items()))
+        key, blocker = min(keys.items())
+        parts.append(
+            f"{waiting} wait for them"
+            if failed
+            else f"{waiting} partition(s) wait for failed inputs"
+        )
+        parts[-1] += (
+            f" (e.g. {stage} {key} waits for failed {blocker}; "
+            "`backfill coverage --gaps` lists them)"
+        )
+    elif waiting:
+        parts.append(f"{waiting} wait for them (run `backfill coverage --gaps`)")
+    parts.append(
+        "once the cause is fixed, `backfill retry --failed` runs them again, and what "
+        "waits for them"
+    )
+    return "; ".join(parts)
+
+
 def _classify(exc: BaseException, stage: Stage) -> StageError:
     """Map any exception a stage raised onto transient, permanent or fatal."""
     if isinstance(exc, StageError):
@@ -275,7 +308,8 @@ class Runner:
         self._needs = {s.name: job.dependencies(s) for s in self.stages}
         # Stages of this run whose loops still run: what a waiting downstream stage
         # can expect progress from. ``_progress`` is replaced each time it fires.
-        self._active: set[str] = {s.name for s in self.stages}
+        self._included = frozenset(s.name for s in self.stages)
+        self._active: set[str] = set(self._included)
         # Stages with nothing left to claim: the partitions they still run are their last.
         self._draining: set[str] = set()
         self._progress = asyncio.Event()
@@ -549,31 +583,28 @@ class Runner:
         # Read after every lease of this worker was released: whatever is still pending
         # or running is work left, and exit 0 must mean that nothing is.
         left = sum(c.pending + c.running for c in final.values())
+        stopped = self._fatal is not None or self._interrupted
+        blocked = await self._blocked() if waiting and not stopped else {}
         outside = sorted({u for s in self.stages for u in self.job.upstream(s.name)} - set(names))
         if self._fatal is not None:
             status, code, message = RunStatus.FATAL, ExitCode.USAGE, self._fatal.message
         elif self._interrupted:
             status, code, message = RunStatus.INTERRUPTED, ExitCode.INTERRUPTED, None
-        elif failed:
+        elif failed or blocked:
             status, code = RunStatus.FAILED, ExitCode.FAILED
-            message = f"{failed} partition(s) failed; see `backfill status`"
             groups = await self._closing(
                 self.ledger.failure_groups, self.job.name, names, self.options.selection
             )
             lost = sum(g.count for g in groups or () if g.category == "worker_lost")
-            if lost:
-                message += (
-                    f"; {lost} of them died with their worker {MAX_LOST_LEASES} times in a row "
-                    "(worker_lost: out of memory, or killed from outside), and "
-                    "`backfill retry --failed` runs them again"
-                )
-            if waiting:
-                message += f"; {waiting} wait for them (run `backfill coverage --gaps`)"
-        elif waiting and outside:
+            message = _failed_message(failed, waiting, blocked, lost)
+        elif waiting and (outside or not any(c.running for c in final.values())):
             status, code = RunStatus.FAILED, ExitCode.FAILED
             message = (
                 f"{waiting} partition(s) wait for upstream stages this run did "
                 f"not include ({', '.join(outside)}); run those too, e.g. with --start-from"
+                if outside
+                else f"{waiting} partition(s) wait for upstream partitions outside the "
+                "selection; widen --from/--to/--where, or run without them"
             )
         elif left:
             status, code = RunStatus.FAILED, ExitCode.FAILED
@@ -641,6 +672,24 @@ class Runner:
     def _fail_closing(self, exc: BackfillError) -> None:
         if self._fatal is None:
             self._fatal = FatalError(str(exc), category=type(exc).__name__)
+
+    async def _blocked(self) -> dict[str, dict[str, str]]:
+        """Per stage of this run, its pending partitions that wait for a failed input:
+        key -> that input as ``STAGE KEY``."""
+        blocked: dict[str, dict[str, str]] = {}
+        for stage in self.stages:
+            needs = self._needs[stage.name]
+            if needs:
+                keys = await self._closing(
+                    self.ledger.blocked_keys,
+                    self.job.name,
+                    stage.name,
+                    needs,
+                    self._selection(stage),
+                )
+                if keys:
+                    blocked[stage.name] = keys
+        return blocked
 
     def _waiting(self, counts: Mapping[str, StageCounts]) -> int:
         """Partitions of dependent stages left pending: their inputs are not finished."""
@@ -773,6 +822,8 @@ class Runner:
         # Waiting for other workers' leases: poll soon at first (most end within moments
         # of each other), then back off to the lease poll.
         lease_wait = _FIRST_LEASE_WAIT
+        # Whether a claim found nothing after nothing was seen leased elsewhere.
+        settled = False
 
         def releaser(flag: list[bool]) -> Callable[[], None]:
             def release() -> None:
@@ -839,6 +890,7 @@ class Runner:
             self._held.update(c.id for c in claims)
             if claims:
                 lease_wait = _FIRST_LEASE_WAIT
+                settled = False
             else:
                 if not running:
                     if upstream and await self._upstream_busy(upstream):
@@ -857,15 +909,22 @@ class Runner:
                         # another worker's leases and cost a lease poll of waiting.
                         await self._flush()
                         if await self._leased_elsewhere(stage):
+                            settled = False
                             await self._sleep_unless_stopped(lease_wait)
                             lease_wait = min(self._lease_poll(), 2 * lease_wait)
+                            continue
+                        if not settled:
+                            # A lease given back since the claim above is pending now:
+                            # one more claim takes it rather than leaving it behind.
+                            settled = True
                             continue
                     break
                 if stage.name not in self._draining and not (
                     upstream and await self._upstream_busy(upstream)
                 ):
                     self._draining.add(stage.name)
-                await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
+                if running:  # the last ones may have ended while the ledger answered
+                    await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
                 continue
             index = 0
             while index < len(claims):
@@ -965,21 +1024,29 @@ class Runner:
 
     async def _upstream_busy(self, upstream: set[str]) -> bool:
         """Whether partitions of these stages may still finish: a stage of this run is
-        still working on them, or (with other workers) some are pending or leased."""
+        still working on them, or (with other workers) some are leased, or ready to be
+        claimed in a stage this run leaves to others."""
         if upstream & self._active:
             return True
         if not self.options.wait_for_leases:
             return False
-        # Other workers will finish what is pending in this run's selection, and whatever
-        # anyone holds now; pending partitions outside the selection nobody will run.
+        # Whatever anyone holds now ends, or its lease expires and it is claimable again.
+        # Pending partitions count only where another worker could claim them: ready
+        # ones, in this run's selection, of a stage this run does not include (a stage
+        # it includes has claimed all it could before its loop ended). Those that wait
+        # for a failed input, or for inputs outside the selection, nobody will run.
         for name in sorted(upstream):
             stage = self.job.stages[name]
             selection = self._selection(stage)
-            if await self._db(self.ledger.unfinished, self.job.name, name, selection):
-                return True
-            if selection is not None and await self._db(
-                self.ledger.unfinished, self.job.name, name, None, running_only=True
+            if name not in self._included and await self._db(
+                self.ledger.unfinished,
+                self.job.name,
+                name,
+                selection,
+                needs=self.job.dependencies(stage),
             ):
+                return True
+            if await self._db(self.ledger.unfinished, self.job.name, name, None, running_only=True):
                 return True
         return False
 
@@ -998,10 +1065,16 @@ class Runner:
         return min(2.0, self.job.lease_seconds / 4)
 
     async def _leased_elsewhere(self, stage: Stage) -> bool:
-        """Whether partitions of ``stage`` are pending or leased (by another worker)."""
+        """Whether partitions of ``stage`` are leased by another worker. Its pending ones
+        are not waited for: a claim just found none of them ready, and those waiting for
+        inputs still being worked on are what ``_upstream_busy`` waits for."""
         return bool(
             await self._db(
-                self.ledger.unfinished, self.job.name, stage.name, self._selection(stage)
+                self.ledger.unfinished,
+                self.job.name,
+                stage.name,
+                self._selection(stage),
+                running_only=True,
             )
         )
 

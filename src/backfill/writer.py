@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from backfill.errors import PermanentError, SinkError, TransientError
 from backfill.ledger import Completer, Fence, Outcome
 from backfill.partitions import Partition
+from backfill.retry import RECONNECT_SECONDS
 from backfill.sinks import Record, Rows, Sink, SinkConnection
 
 __all__ = ["Destination", "SinkWriter", "WriteResult"]
@@ -232,19 +234,25 @@ class Destination:
             return _refused(item, exc)
 
     def _retrying(self, items: list[_Item]) -> list[WriteResult]:
+        """The transaction, retried on transient failures (each time on a connection the
+        sink has made sound again) for ``RECONNECT_SECONDS``, at least 8 times: a server
+        restart or failover costs a pause, not the run."""
         delay = 0.05
-        for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+        deadline = time.monotonic() + RECONNECT_SECONDS
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return self._transaction(items)
             except TransientError as exc:
-                if attempt == TRANSIENT_ATTEMPTS:
+                if attempt >= TRANSIENT_ATTEMPTS and time.monotonic() + delay > deadline:
                     raise SinkError(
-                        f"cannot write {self.description} after {attempt} attempts: {exc.message}"
+                        f"cannot write {self.description}: still failing after "
+                        f"{RECONNECT_SECONDS:g} s ({attempt} attempts): {exc.message}"
                     ) from exc
                 log.warning("retrying a write to %s: %s", self.description, exc.message)
-                time.sleep(delay)
+                time.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
 
     def _transaction(self, items: list[_Item]) -> list[WriteResult]:
         conn = self._conn

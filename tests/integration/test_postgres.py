@@ -213,3 +213,39 @@ def test_workers_sharing_a_quota_start_no_more_than_it_between_them(pg_url: str)
     # Each worker alone would allow all its 10. A start a busy worker finds over half
     # an interval late is dropped, yet counted: under load a few of the 12 may be.
     assert 6 <= started <= 12
+
+
+def test_a_run_whose_state_database_stays_gone_stops_with_one_sentence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The state database goes away mid-run for longer than the reconnect window: the
+    ledger calls retry for the window, then the run stops with one sentence naming the
+    database and the time, the calls after it failing at once rather than a window each."""
+    import asyncio
+    import time
+
+    from backfill import Job
+    from backfill.testing import run_job
+    from pg_support import private_cluster
+
+    monkeypatch.setattr(PostgresLedger, "retry_for", 3.0)
+    with private_cluster() as cluster:
+        ledger = PostgresLedger(cluster.url)
+        job = Job("gone", partitions=daily("2013-01-01", "2013-12-31"))
+        stopped: list[float] = []
+
+        @job.stage(concurrency=2)
+        async def fetch(ctx: object, partition: object) -> None:
+            if partition.key == "2013-01-20" and not stopped:  # type: ignore[attr-defined]
+                await asyncio.to_thread(cluster.pg_ctl, "stop", "-m", "fast")
+                stopped.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+        with pytest.raises(LedgerError) as caught:
+            run_job(job, ledger)
+        took = time.monotonic() - stopped[0]
+        ledger.close()
+    message = str(caught.value)
+    assert message.startswith("lost the state database postgresql://postgres@127.0.0.1:")
+    assert "for more than 3 s" in message and "\n" not in message
+    assert took < 20 * PostgresLedger.retry_for, took  # not a window per call, nor forever

@@ -635,6 +635,75 @@ def test_postgres_ledger_and_sink_in_one_database_commit_together() -> None:
         ledger.close()
 
 
+def test_postgres_sink_and_ledger_reconnect_when_the_server_ends_their_connections() -> None:
+    """The server ends the run's connections (AdminShutdown, as a fast restart does) before
+    each write: the sink's transaction with its done-marks is retried on a new connection,
+    ledger calls reconnect too, and every row and mark lands once."""
+    import asyncio
+
+    import psycopg
+
+    from backfill.ledger import Outcome
+    from backfill.ledger.postgres import PostgresLedger
+    from backfill.writer import SinkWriter
+    from pg_support import fresh_schema
+
+    with fresh_schema() as base:
+        # Only this test's connections carry the name: nobody else's are ended.
+        name = f"bf_restart_{uuid.uuid4().hex[:8]}"
+        url = f"{base}&application_name={name}"
+
+        def end_connections() -> int:
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE application_name = %s",
+                    (name,),
+                ).fetchone()
+            return int(row[0]) if row else 0
+
+        ledger = PostgresLedger(url)
+        sink = table(url, "t", key=["day"])
+        spec = daily("2013-01-01", "2013-01-03")
+        ledger.plan("j", "s", spec)
+        claims = ledger.claim("j", "s", "me", limit=3, lease_seconds=60, now=0.0, run_id="r")
+
+        async def hand_over() -> list[Any]:
+            writer = SinkWriter(
+                "me", completer_for=ledger.completer, fence_for=ledger.fence, now=lambda: 2.0
+            )
+            await writer.open([sink])
+            results = []
+            for claim in claims:
+                assert end_connections() >= 1
+                part = spec.get(claim.key)
+                assert part is not None
+                results.append(
+                    await writer.write(
+                        [sink],
+                        part,
+                        {"t": [{"day": part.key}]},
+                        Outcome(claim.id, Status.DONE, records=1),
+                        first=True,
+                        urgent=True,
+                        lease=(claim.id, claim.claims),
+                    )
+                )
+            await writer.close()
+            return results
+
+        results = asyncio.run(hand_over())
+        assert [(r.recorded, r.lost, r.error) for r in results] == [(True, False, None)] * 3
+        # The ledger's pooled connection was ended with the first write's: it reconnects.
+        assert ledger.counts("j", ["s"])["s"].done == 3
+        assert end_connections() >= 1
+        assert ledger.counts("j", ["s"])["s"].done == 3
+        with psycopg.connect(url) as conn:
+            rows = conn.execute("SELECT day FROM t ORDER BY day").fetchall()
+        assert rows == [(c.key,) for c in sorted(claims, key=lambda c: c.key)]
+        ledger.close()
+
+
 # -- processes: SIGKILL and concurrent runs --------------------------------------------
 
 JOB_FILE = """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import date
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from backfill import runner as runner_module
 from backfill.errors import ConfigError
 from backfill.job import needs
 from backfill.ledger import Ledger, open_ledger
-from backfill.partitions import monthly
+from backfill.partitions import Selection, monthly
 from backfill.runner import ExitCode
 from backfill.testing import MemorySink, run_job
 
@@ -100,6 +101,90 @@ def test_a_failed_input_leaves_its_downstream_waiting_and_the_run_failed(
     assert ledger.blocked_keys("fail", "b", job.dependencies(job.stages["b"])) == {
         "2013-01-03": "a 2013-01-03"
     }
+
+
+def run_bounded(job: Job, ledger: Ledger, options: RunOptions, seconds: float = 30) -> Any:
+    """Run ``job`` as a worker would, failing the test (not hanging it) past ``seconds``."""
+
+    async def bounded() -> Any:
+        runner = runner_module.Runner(job, ledger, options)
+        task = asyncio.ensure_future(runner.run())
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+        if not done:
+            runner.stop("interrupted", immediate=True)
+            await task
+            pytest.fail(f"the run did not end within {seconds:g} s")
+        return task.result()
+
+    return asyncio.run(bounded())
+
+
+def test_a_worker_ends_when_what_is_left_waits_for_failed_inputs(ledger: Ledger) -> None:
+    """With other workers possible (wait_for_leases), partitions blocked by a failed input
+    are not waited for: the run ends, exit 1, naming what is blocked and the repair."""
+    job = Job("shared", partitions=daily("2013-01-01", "2013-01-05"))
+
+    @job.stage(retry=NO_RETRY)
+    def a(ctx: Any, p: Any) -> None:
+        if p.key == "2013-01-03":
+            raise PermanentError("no such page", category="not_found")
+
+    @job.stage(needs=["a"])
+    def b(ctx: Any, p: Any) -> None:
+        return None
+
+    result = run_bounded(job, ledger, RunOptions(wait_for_leases=True))
+    assert result.exit_code == ExitCode.FAILED
+    assert result.counts["b"].done == 4 and result.counts["b"].pending == 1
+    message = result.message or ""
+    assert "1 partition(s) failed" in message and "1 wait for them" in message, message
+    assert "b 2013-01-03 waits for failed a 2013-01-03" in message, message
+    assert "backfill retry --failed" in message, message
+
+
+def test_a_worker_ends_when_a_failed_input_of_a_stage_it_does_not_run_blocks_it(
+    ledger: Ledger,
+) -> None:
+    """A worker of the downstream stage only (upstream run by others, one of its
+    partitions failed) ends with exit 1 naming the blocked partition, not exit 0 or never."""
+    job = Job("split", partitions=daily("2013-01-01", "2013-01-04"))
+
+    @job.stage(retry=NO_RETRY)
+    def a(ctx: Any, p: Any) -> None:
+        if p.key == "2013-01-02":
+            raise PermanentError("no such page", category="not_found")
+
+    @job.stage(needs=["a"])
+    def b(ctx: Any, p: Any) -> None:
+        return None
+
+    assert run_job(job, ledger, RunOptions(stages=("a",))).exit_code == ExitCode.FAILED
+    result = run_bounded(job, ledger, RunOptions(stages=("b",), wait_for_leases=True))
+    assert result.exit_code == ExitCode.FAILED
+    assert result.counts["b"].done == 3
+    assert "b 2013-01-02 waits for failed a 2013-01-02" in (result.message or "")
+
+
+def test_a_worker_does_not_wait_for_inputs_outside_its_selection(ledger: Ledger) -> None:
+    """Pending inputs outside the selection will not be run by this run: a worker whose
+    partitions need them (a lookback reaching before --from) ends instead of waiting."""
+    job = Job("edge", partitions=daily("2013-01-01", "2013-01-10"))
+
+    @job.stage
+    def a(ctx: Any, p: Any) -> None:
+        return None
+
+    @job.stage(needs=[needs("a", lookback=2)])
+    def b(ctx: Any, p: Any) -> None:
+        return None
+
+    selection = Selection(start=date(2013, 1, 5))
+    result = run_bounded(job, ledger, RunOptions(selection=selection, wait_for_leases=True))
+    # b's 5th and 6th need a's 3rd and 4th, which nobody in this selection runs.
+    assert (result.counts["b"].done, result.counts["b"].pending) == (4, 2)
+    assert result.counts["a"].pending == 0
+    assert result.exit_code == ExitCode.FAILED
+    assert "outside" in (result.message or ""), result.message
 
 
 @pytest.mark.parametrize("order", ["oldest", "newest"])

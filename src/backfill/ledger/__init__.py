@@ -363,10 +363,15 @@ class Ledger(Protocol):
         selection: Selection | None = None,
         *,
         running_only: bool = False,
+        needs: Sequence[Dependency] = (),
     ) -> bool:
         """Whether some partition of ``stage`` (in ``selection``) is pending or running
         (only running, with ``running_only``). Two index probes, however large the
-        stage: workers ask it while they wait for each other."""
+        stage: workers ask it while they wait for each other.
+
+        With the stage's ``needs``, a pending partition counts only when its inputs are
+        all finished, i.e. when a worker of the stage could claim it now: one waiting
+        for a failed input, or for inputs nobody runs, is no work to wait for."""
 
     def failure_groups(
         self, job: str, stages: Sequence[str], selection: Selection | None = None

@@ -3,11 +3,13 @@
 Every method is one short transaction on a pooled connection. Claims take batches with
 ``FOR UPDATE SKIP LOCKED``, so any number of workers claim at once without waiting on
 each other or leasing a partition twice. A lost connection (a server restart, a network
-blip) is retried with backoff for up to :attr:`PostgresLedger.retry_for` seconds.
+blip) is retried with backoff for up to :attr:`PostgresLedger.retry_for` seconds
+(``backfill.retry.RECONNECT_SECONDS``), then the call fails with one sentence.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -23,7 +25,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from backfill._postgres import safe_url
-from backfill.errors import LedgerError
+from backfill.errors import LedgerError, TransientError
 from backfill.ledger import (
     MAX_LOST_LEASES,
     Claim,
@@ -43,6 +45,7 @@ from backfill.ledger import (
 )
 from backfill.partitions import Order, Partition, Selection
 from backfill.ratelimit import book_block
+from backfill.retry import RECONNECT_SECONDS
 
 __all__ = ["MAX_LOST_LEASES", "SCHEMA_VERSION", "PostgresLedger", "redact_url"]
 
@@ -186,12 +189,13 @@ class PostgresLedger:
     ``?options=-csearch_path%3DNAME`` to keep the tables in schema ``NAME``.
     """
 
-    retry_for = 120.0
+    retry_for = RECONNECT_SECONDS
 
     def __init__(self, url: str, *, pool_size: int = 4) -> None:
         self.url = url
         self.safe_url = redact_url(url)
         self._stage_ids: dict[tuple[str, str], int] = {}
+        self._gone = False
         self._check(url)
         # No server-side prepared statements: a prepared statement's generic plan guesses
         # 10 rows for an unnest() of a 1,000-id batch and joins it by a nested loop over
@@ -266,14 +270,23 @@ class PostgresLedger:
         safe to repeat (claims a committed-but-unacknowledged batch would hold are
         released when the worker ends; completes only touch rows still leased).
         """
-        deadline = time.monotonic() + self.retry_for
+        # Once the database has been gone for a whole window, each further call (a
+        # stopping run records what it can) tries once: the run ends soon, not a window
+        # per call later.
+        patience = 0.0 if self._gone else self.retry_for
+        deadline = time.monotonic() + patience
         delay = 0.1
         while True:
             try:
-                with self._pool.connection(timeout=10.0) as conn, conn.transaction():
-                    return body(conn)
+                # Waiting for a connection the pool cannot make counts against the window.
+                wait = min(10.0, max(1.0, deadline - time.monotonic()))
+                with self._pool.connection(timeout=wait) as conn, conn.transaction():
+                    result = body(conn)
+                self._gone = False
+                return result
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 if time.monotonic() + delay > deadline:
+                    self._gone = True
                     raise LedgerError(
                         f"lost the state database {self.safe_url} for more than "
                         f"{self.retry_for:g} s: {_last_line(str(exc))}"
@@ -445,11 +458,11 @@ class PostgresLedger:
 
         Then a partition's rows and its done-mark commit together: exactly once.
         """
-        return _complete_on if database == safe_url(self.url) else None
+        return _complete_in_sink if database == safe_url(self.url) else None
 
     def fence(self, database: str) -> Fence | None:
         """Prove leases inside a sink's transaction when the sink is this database."""
-        return _begin_on if database == safe_url(self.url) else None
+        return _begin_in_sink if database == safe_url(self.url) else None
 
     def begin(self, owner: str, leases: Sequence[tuple[int, int]]) -> set[int]:
         if not leases:
@@ -645,6 +658,7 @@ class PostgresLedger:
         selection: Selection | None = None,
         *,
         running_only: bool = False,
+        needs: Sequence[Dependency] = (),
     ) -> bool:
         where, params = _selection_sql(selection)
 
@@ -652,10 +666,13 @@ class PostgresLedger:
             stage_id = self._stage_id(conn, job, stage, create=False)
             if stage_id is None:
                 return False
-            q = dict(params, stage_id=stage_id)
+            ready, ready_params = _deps.ready_filter(
+                needs, self._dep_ids(conn, job, needs), "postgres"
+            )
+            q = dict(params, stage_id=stage_id, **ready_params)
             names = ("any_running",) if running_only else ("any_pending", "any_running")
             return any(
-                conn.execute(_Q[name].format(where=where), q).fetchone() is not None
+                conn.execute(_Q[name].format(where=where, ready=ready), q).fetchone() is not None
                 for name in names
             )
 
@@ -907,6 +924,37 @@ class PostgresLedger:
             lambda conn: conn.execute(_Q["workers"].format(where=where), {"job": job}).fetchall()
         )
         return [WorkerRecord(*r) for r in rows]
+
+
+@contextlib.contextmanager
+def _on_sink(what: str) -> Iterator[None]:
+    """Driver errors of ledger statements run on a sink's connection (in its transaction),
+    translated: a lost connection (a restart's AdminShutdown included) is transient, so
+    the writer redoes the whole transaction, rows, fences and done-marks, on a new one."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise TransientError(
+            f"{what}: {_last_line(str(exc))}", category="sink_unreachable"
+        ) from exc
+    except psycopg.Error as exc:
+        raise LedgerError(f"{what}: {_last_line(str(exc))}") from exc
+
+
+def _complete_in_sink(
+    conn: psycopg.Connection[Any], owner: str, outcomes: Sequence[Outcome], now: float
+) -> set[int]:
+    """:func:`_complete_on` on a sink's connection (see :func:`_on_sink`)."""
+    with _on_sink("recording done-marks"):
+        return _complete_on(conn, owner, outcomes, now)
+
+
+def _begin_in_sink(
+    conn: psycopg.Connection[Any], owner: str, leases: Sequence[tuple[int, int]]
+) -> set[int]:
+    """:func:`_begin_on` on a sink's connection (see :func:`_on_sink`)."""
+    with _on_sink("proving leases"):
+        return _begin_on(conn, owner, leases)
 
 
 def _complete_on(

@@ -557,16 +557,20 @@ class SQLiteLedger:
         selection: Selection | None = None,
         *,
         running_only: bool = False,
+        needs: Sequence[Dependency] = (),
     ) -> bool:
         where, params = _selection_sql(selection)
         with self._tx(write=False) as conn:
             stage_id = self._stage_id(conn, job, stage, create=False)
             if stage_id is None:
                 return False
-            q = dict(params, stage_id=stage_id)
+            ready, ready_params = _deps.ready_filter(
+                needs, self._dep_ids(conn, job, needs), "sqlite"
+            )
+            q = dict(params, stage_id=stage_id, **ready_params)
             names = ("any_running",) if running_only else ("any_pending", "any_running")
             return any(
-                conn.execute(_Q[name].format(where=where), q).fetchone() is not None
+                conn.execute(_Q[name].format(where=where, ready=ready), q).fetchone() is not None
                 for name in names
             )
 

@@ -77,8 +77,16 @@ class PostgresConnection:
             raise TransientError(f"{self.description}: {exc}", category="sink_unreachable") from exc
 
     def rollback(self) -> None:
-        if self.raw is not None and not self.raw.closed and not self.raw.broken:
-            self.raw.rollback()
+        if self.raw is None or self.raw.closed:
+            return
+        try:
+            if not self.raw.broken:
+                self.raw.rollback()
+                return
+        except psycopg.OperationalError:
+            pass
+        # Lost (the server restarted, say): the next begin() connects afresh.
+        self.raw.close()
 
     def close(self) -> None:
         if self.raw is not None:

@@ -184,8 +184,9 @@ FROM backfill_partitions WHERE stage_id = %(stage_id)s {where}
 GROUP BY status;
 
 -- name: any_pending
-SELECT 1 FROM backfill_partitions
-WHERE stage_id = %(stage_id)s AND status = 'pending' {where} LIMIT 1;
+-- {ready}: nothing, or only partitions whose inputs are all finished.
+SELECT 1 FROM backfill_partitions AS p
+WHERE stage_id = %(stage_id)s AND status = 'pending' {where}{ready} LIMIT 1;
 
 -- name: any_running
 -- Running rows hold a lease owner: the partial index on leases finds them.
