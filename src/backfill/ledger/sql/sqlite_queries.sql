@@ -116,12 +116,15 @@ WHERE id = :id AND lease_owner = :owner AND status = 'running';
 -- The owner starts these partitions (a JSON array of [id, claims] pairs: each lease's
 -- fencing token): a death from now on counts against them. Returns those whose lease
 -- it still holds; a lease that passed to another worker, or to a later claim, is not.
-UPDATE backfill_partitions SET begun = 1
-WHERE lease_owner = :owner AND status = 'running'
-  AND (id, claims) IN (
-      SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
-      FROM json_each(:leases)
-  )
+-- Driven by the ids (primary key look-ups): the owner index would walk every row the
+-- owner holds (its whole claimed batch) for each call.
+UPDATE backfill_partitions AS p SET begun = 1
+FROM (
+    SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS claims
+    FROM json_each(:leases)
+) AS l
+WHERE p.id = l.id AND p.claims = l.claims AND +p.lease_owner = :owner
+  AND +p.status = 'running'
 RETURNING id;
 
 -- name: request_stats
