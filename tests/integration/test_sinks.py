@@ -823,6 +823,91 @@ def test_a_redo_by_a_date_partition_column_deletes_that_days_page_only(
     assert dest.query("SELECT count(*) FROM {t} WHERE _page = 'c1'") == [(7,)]
 
 
+PAGES = 5
+PER_PAGE = 4
+
+
+def paged_job(sink: Sink, fail: dict[str, str], *, days: int = 3) -> Job:
+    """The README's huge-partition pattern: each page written with ctx.write, then its
+    checkpoint saved; ``fail`` maps a page's cursor to how to break after writing it."""
+    from backfill import RetryPolicy
+    from backfill.errors import FatalError, TransientError
+
+    job = Job("paged", partitions=daily("2013-01-01", f"2013-01-{days:02d}"), sink=sink)
+
+    @job.stage(concurrency=2, retry=RetryPolicy(attempts=3, base=0.0))
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        page = int(ctx.checkpoint or 0)
+        while page < PAGES:
+            ids = range(page * PER_PAGE, (page + 1) * PER_PAGE)
+            await ctx.write([{"day": partition.key, "id": i} for i in ids])
+            page += 1
+            how = fail.pop(f"{partition.key}/{page}", None)
+            if how == "transient":
+                raise TransientError("the connection dropped", category="network")
+            if how == "fatal":
+                raise FatalError("the source went away")
+            await ctx.save_checkpoint(str(page))
+
+    return job
+
+
+def _check_pages(dest: Destination, days: int = 3) -> None:
+    assert dest.query("SELECT count(*) FROM {t}") == [(days * PAGES * PER_PAGE,)]
+    assert dest.query("SELECT count(*) FROM (SELECT DISTINCT day, id FROM {t}) d") == [
+        (days * PAGES * PER_PAGE,)
+    ]
+
+
+def test_an_error_between_a_page_and_its_checkpoint_retries_without_doubling(
+    dest: Destination, tmp_path: Path
+) -> None:
+    """A transient error after ctx.write and before save_checkpoint: the retry in the same
+    run resumes from the last checkpoint and replaces the page written after it."""
+    sink = dest.table("t", mode="append")
+    fail = {"2013-01-01/3": "transient", "2013-01-02/1": "transient", "2013-01-03/5": "transient"}
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    assert run_job(paged_job(sink, fail), ledger).exit_code == ExitCode.OK
+    assert fail == {}
+    _check_pages(dest)
+    ledger.close()
+
+
+def test_a_run_stopped_between_a_page_and_its_checkpoint_resumes_without_doubling(
+    dest: Destination, tmp_path: Path
+) -> None:
+    """A run stopped after ctx.write and before save_checkpoint: the next run resumes from
+    the saved checkpoint and replaces the page written after it."""
+    sink = dest.table("t", mode="append")
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    fail = {"2013-01-01/3": "fatal"}
+    assert run_job(paged_job(sink, fail, days=1), ledger).exit_code == ExitCode.USAGE
+    (entry,) = ledger.entries("paged", "fetch")
+    assert entry.status is Status.PENDING
+    assert dest.query("SELECT count(*) FROM {t}") == [(3 * PER_PAGE,)]
+    assert run_job(paged_job(sink, {}, days=1), ledger).exit_code == ExitCode.OK
+    _check_pages(dest, days=1)
+    ledger.close()
+
+
+def test_a_stopped_paged_partition_in_the_ledgers_own_file_resumes_without_doubling(
+    tmp_path: Path,
+) -> None:
+    """The same with sink and ledger in one SQLite file: the redo replaces the page."""
+    db = tmp_path / "both.db"
+    ledger = SQLiteLedger(db)
+    sink = table(str(db), "t", mode="append")
+    fail = {"2013-01-01/2": "fatal"}
+    assert run_job(paged_job(sink, fail, days=1), ledger).exit_code == ExitCode.USAGE
+    fail = {"2013-01-01/4": "transient"}
+    assert run_job(paged_job(sink, fail, days=1), ledger).exit_code == ExitCode.OK
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM t").fetchall() == [
+            (PAGES * PER_PAGE, PAGES * PER_PAGE)
+        ]
+    ledger.close()
+
+
 # -- processes: SIGKILL and concurrent runs --------------------------------------------
 
 JOB_FILE = """
