@@ -78,7 +78,7 @@ from backfill.partitions import Order, Partition, Selection
 from backfill.runstats import RunStats
 from backfill.sinks import Mode, Record, to_mappings
 from backfill.sources.http import HttpClient, RequestTally, partition_requests, redact
-from backfill.writer import SinkWriter
+from backfill.writer import PageWrites, SinkWriter
 
 __all__ = ["ExitCode", "RunOptions", "RunResult", "Runner", "worker_is_dead"]
 
@@ -1099,11 +1099,8 @@ class Runner:
         tally = RequestTally()
         partition_requests.set(tally)
         structlog.contextvars.bind_contextvars(stage=stage.name, partition=claim.key)
-        checkpoint = [claim.checkpoint]
+        pages = PageWrites(claim.checkpoint)
         early = [0]
-        # Whether this attempt still starts the partition afresh: replace-partition
-        # deletes the old rows only before the first rows of a run that did not resume.
-        fresh = [True]
         rows: dict[str, list[Record]] = {}
         # Every write for the partition proves its lease: inside the sink's transaction
         # where the ledger shares the database, else by asking the ledger just before.
@@ -1111,9 +1108,11 @@ class Runner:
         fenced = self._fenced(stage)
 
         async def save_checkpoint(value: str | None) -> None:
-            checkpoint[0] = value
             if not await self._db(self.ledger.save_checkpoint, self.worker_id, claim.id, value):
                 raise LeaseLost(claim.key)
+            # Tag later pages with it only once it is on record: until then a resume
+            # starts from the one before, and must find (and replace) them by that one.
+            pages.checkpoint = value
 
         async def write_now(items: Iterable[object], table: str | None) -> int:
             now_rows = self._rows_for(stage, to_mappings(items), table)
@@ -1122,13 +1121,21 @@ class Runner:
                 if not fenced:
                     await self._prove_lease(claim)
                 result = await self.writer.write(
-                    stage.sinks, partition, now_rows, None, first=fresh[0], urgent=True, lease=lease
+                    stage.sinks,
+                    partition,
+                    now_rows,
+                    None,
+                    first=pages.first,
+                    page=pages.checkpoint,
+                    redo=pages.redo,
+                    urgent=True,
+                    lease=lease,
                 )
                 if result.error is not None:
                     raise result.error
                 if result.lost:
                     raise LeaseLost(claim.key)
-            fresh[0] = False
+            pages.written()
             early[0] += count
             return count
 
@@ -1136,7 +1143,7 @@ class Runner:
             while True:
                 attempt += 1
                 early[0] = 0
-                fresh[0] = checkpoint[0] is None
+                pages.attempt()
                 ctx = Context(
                     partition=partition,
                     job=self.job.name,
@@ -1147,7 +1154,7 @@ class Runner:
                     log=adapter,
                     _http=self.http,
                     _resource=stage.resource,
-                    checkpoint=checkpoint[0],
+                    checkpoint=pages.checkpoint,
                     _save_checkpoint=save_checkpoint,
                     _write=write_now,
                 )
@@ -1231,7 +1238,9 @@ class Runner:
                         partition,
                         rows,
                         outcome,
-                        first=fresh[0],
+                        first=pages.first,
+                        page=pages.checkpoint,
+                        redo=pages.redo,
                         urgent=self._urgent(stage),
                         lease=lease,
                     )

@@ -34,7 +34,7 @@ from backfill.partitions import Partition
 from backfill.retry import RECONNECT_SECONDS
 from backfill.sinks import Record, Rows, Sink, SinkConnection
 
-__all__ = ["Destination", "SinkWriter", "WriteResult"]
+__all__ = ["Destination", "PageWrites", "SinkWriter", "WriteResult"]
 
 log = logging.getLogger("backfill.writer")
 
@@ -55,6 +55,33 @@ class WriteResult:
     error: PermanentError | None = None
     recorded: bool = False
     lost: bool = False
+
+
+@dataclass(slots=True)
+class PageWrites:
+    """What a partition's next write replaces and how it tags its rows, across the
+    attempts at it (pages written with ``ctx.write``, then the rows it returns).
+
+    Rows carry the checkpoint in force when they are written. An attempt's first write
+    deletes the partition's earlier rows when the attempt starts without a checkpoint,
+    else the rows tagged with the checkpoint it resumes from: those written after it was
+    saved, which a kill or an error before the next checkpoint would otherwise double.
+    Later writes of the attempt delete nothing.
+    """
+
+    checkpoint: str | None
+    first: bool = True
+    redo: str | None = None
+
+    def attempt(self) -> None:
+        """A new attempt, from the checkpoint in force."""
+        self.first = self.checkpoint is None
+        self.redo = self.checkpoint
+
+    def written(self) -> None:
+        """The attempt's rows so far are durable: its later writes only add to them."""
+        self.first = False
+        self.redo = None
 
 
 @dataclass(slots=True)
@@ -367,16 +394,20 @@ class SinkWriter:
         outcome: Outcome | None,
         *,
         first: bool,
+        page: str | None = None,
+        redo: str | None = None,
         urgent: bool = False,
         lease: tuple[int, int] | None = None,
     ) -> WriteResult:
         """Write one partition's rows to every table; the outcome rides along when the
-        ledger shares the (single) database, and ``lease`` is proven wherever it does."""
+        ledger shares the (single) database, and ``lease`` is proven wherever it does.
+        ``first``, ``page`` and ``redo`` say what the write replaces and how its rows are
+        tagged (see :class:`Rows`)."""
         by_database: dict[str, dict[str, Rows]] = {}
         for sink in sinks:
             rows = records.get(sink.name, ())
             by_database.setdefault(self._database(sink), {})[sink.name] = Rows(
-                partition, rows, first
+                partition, rows, first, page, redo
             )
         if len(by_database) == 1:
             ((database, parts),) = by_database.items()

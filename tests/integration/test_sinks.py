@@ -23,7 +23,7 @@ import pytest
 from backfill import Context, Job, Partition, Status, daily
 from backfill.ledger.sqlite import SQLiteLedger
 from backfill.runner import ExitCode
-from backfill.sinks import Sink, table
+from backfill.sinks import Rows, Sink, table
 from backfill.testing import run_job
 
 POSTGRES_URL = os.environ.get(
@@ -702,6 +702,210 @@ def test_postgres_sink_and_ledger_reconnect_when_the_server_ends_their_connectio
             rows = conn.execute("SELECT day FROM t ORDER BY day").fetchall()
         assert rows == [(c.key,) for c in sorted(claims, key=lambda c: c.key)]
         ledger.close()
+
+
+# -- pages: ctx.write, checkpoints and redos --------------------------------------------
+
+
+def _columns(dest: Destination, name: str) -> list[str]:
+    if dest.kind == "sqlite":
+        return [r[0] for r in dest.query(f"SELECT name FROM pragma_table_info('{name}')")]
+    return [
+        r[0]
+        for r in dest.query(
+            "SELECT column_name FROM information_schema.columns "
+            f"WHERE table_schema = '{dest.prefix[:-1]}' AND table_name = '{name}' "
+            "ORDER BY ordinal_position"
+        )
+    ]
+
+
+def _write_rows(sink: Sink, *batch: Rows) -> None:
+    """Write these Rows in one transaction."""
+    conn = sink.connect()
+    try:
+        conn.begin()
+        sink.write(conn, batch)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _page(
+    day: str, cursor: str | None, ids: range, *, first: bool = False, redo: str | None = None
+) -> Rows:
+    """One partition's page of records, written under checkpoint ``cursor``."""
+    part = daily("2013-01-01", "2013-01-31").get(day)
+    assert part is not None
+    return Rows(part, [{"day": day, "id": i} for i in ids], first, page=cursor, redo=redo)
+
+
+@pytest.mark.parametrize("mode", ["append", "replace-partition"])
+def test_paged_rows_carry_their_checkpoint_and_a_redo_replaces_exactly_that_page(
+    dest: Destination, mode: str
+) -> None:
+    """Rows written under a checkpoint carry it in _page; a redo of that checkpoint deletes
+    just the partition's rows tagged with it (not earlier pages, not other partitions)."""
+    sink = dest.table("t", mode=mode)
+    _write_rows(
+        sink,
+        _page("2013-01-01", None, range(0, 3), first=True),
+        _page("2013-01-02", None, range(0, 3), first=True),
+    )
+    _write_rows(
+        sink, _page("2013-01-01", "c1", range(3, 6)), _page("2013-01-02", "c1", range(3, 6))
+    )
+    _write_rows(sink, _page("2013-01-01", "c2", range(6, 9)))
+    # Resumed from c2 (the page after it was written, c2 never replaced): redo it.
+    _write_rows(sink, _page("2013-01-01", "c2", range(6, 10), redo="c2"))
+    assert "_page" in _columns(dest, "t")
+    rows = dest.query("SELECT day, id, _page FROM {t} ORDER BY day, id")
+    want = [("2013-01-01", i, None if i < 3 else "c1" if i < 6 else "c2") for i in range(10)]
+    want += [("2013-01-02", i, None if i < 3 else "c1") for i in range(6)]
+    assert rows == want
+    # A redo whose checkpoint tags nothing deletes nothing.
+    _write_rows(sink, _page("2013-01-02", "c9", range(6, 8), redo="c9"))
+    assert dest.query("SELECT count(*) FROM {t} WHERE day = '2013-01-02'") == [(8,)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_writes_without_a_checkpoint_add_no_page_column(dest: Destination, mode: str) -> None:
+    """Partitions written without a checkpoint (the common case) get no _page column, and
+    upsert never does (a key makes it idempotent); a redo there deletes no row."""
+    key = ["day", "id"] if mode == "upsert" else None
+    sink = dest.table("t", key=key, mode=mode)
+    _write_rows(sink, _page("2013-01-01", None, range(3), first=True))
+    _write_rows(sink, _page("2013-01-01", None, range(3, 5)))
+    assert "_page" not in _columns(dest, "t")
+    if mode == "upsert":
+        _write_rows(sink, _page("2013-01-01", "c1", range(5, 7), redo="c1"))
+        assert "_page" not in _columns(dest, "t")
+        assert dest.query("SELECT count(*) FROM {t}") == [(7,)]
+
+
+def test_a_redo_of_a_table_without_page_column_deletes_nothing(dest: Destination) -> None:
+    """A table written before any checkpoint has no tagged rows: a redo there keeps them."""
+    sink = dest.table("t", mode="append")
+    _write_rows(sink, _page("2013-01-01", None, range(3), first=True))
+    _write_rows(sink, _page("2013-01-01", "c1", range(3, 5), redo="c1"))
+    assert dest.query("SELECT id, _page FROM {t} ORDER BY id") == [
+        (0, None),
+        (1, None),
+        (2, None),
+        (3, "c1"),
+        (4, "c1"),
+    ]
+
+
+def test_a_redo_by_a_date_partition_column_deletes_that_days_page_only(
+    dest: Destination,
+) -> None:
+    """Replace-partition by a date column: a redo deletes the rows of the partition's window
+    tagged with the checkpoint, not the day's earlier pages nor another day's same page."""
+    import datetime as dt
+
+    sink = dest.table("t", mode="replace-partition", partition_column="day")
+    spec = daily("2013-01-01", "2013-01-31")
+
+    def page(day: int, cursor: str | None, ids: range, **kw: Any) -> Rows:
+        date = dt.date(2013, 1, day)
+        part = spec.get(date.isoformat())
+        assert part is not None
+        return Rows(part, [{"day": date, "id": i} for i in ids], page=cursor, **kw)
+
+    _write_rows(sink, page(1, None, range(3), first=True), page(2, None, range(3), first=True))
+    _write_rows(
+        sink, page(1, "c1", range(3, 6), first=False), page(2, "c1", range(3, 6), first=False)
+    )
+    _write_rows(sink, page(1, "c1", range(3, 7), first=False, redo="c1"))
+    got = dest.query("SELECT CAST(day AS TEXT), count(*) FROM {t} GROUP BY day ORDER BY day")
+    assert [(str(d)[:10], n) for d, n in got] == [("2013-01-01", 7), ("2013-01-02", 6)]
+    assert dest.query("SELECT count(*) FROM {t} WHERE _page = 'c1'") == [(7,)]
+
+
+PAGES = 5
+PER_PAGE = 4
+
+
+def paged_job(sink: Sink, fail: dict[str, str], *, days: int = 3) -> Job:
+    """The README's huge-partition pattern: each page written with ctx.write, then its
+    checkpoint saved; ``fail`` maps a page's cursor to how to break after writing it."""
+    from backfill import RetryPolicy
+    from backfill.errors import FatalError, TransientError
+
+    job = Job("paged", partitions=daily("2013-01-01", f"2013-01-{days:02d}"), sink=sink)
+
+    @job.stage(concurrency=2, retry=RetryPolicy(attempts=3, base=0.0))
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        page = int(ctx.checkpoint or 0)
+        while page < PAGES:
+            ids = range(page * PER_PAGE, (page + 1) * PER_PAGE)
+            await ctx.write([{"day": partition.key, "id": i} for i in ids])
+            page += 1
+            how = fail.pop(f"{partition.key}/{page}", None)
+            if how == "transient":
+                raise TransientError("the connection dropped", category="network")
+            if how == "fatal":
+                raise FatalError("the source went away")
+            await ctx.save_checkpoint(str(page))
+
+    return job
+
+
+def _check_pages(dest: Destination, days: int = 3) -> None:
+    assert dest.query("SELECT count(*) FROM {t}") == [(days * PAGES * PER_PAGE,)]
+    assert dest.query("SELECT count(*) FROM (SELECT DISTINCT day, id FROM {t}) d") == [
+        (days * PAGES * PER_PAGE,)
+    ]
+
+
+def test_an_error_between_a_page_and_its_checkpoint_retries_without_doubling(
+    dest: Destination, tmp_path: Path
+) -> None:
+    """A transient error after ctx.write and before save_checkpoint: the retry in the same
+    run resumes from the last checkpoint and replaces the page written after it."""
+    sink = dest.table("t", mode="append")
+    fail = {"2013-01-01/3": "transient", "2013-01-02/1": "transient", "2013-01-03/5": "transient"}
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    assert run_job(paged_job(sink, fail), ledger).exit_code == ExitCode.OK
+    assert fail == {}
+    _check_pages(dest)
+    ledger.close()
+
+
+def test_a_run_stopped_between_a_page_and_its_checkpoint_resumes_without_doubling(
+    dest: Destination, tmp_path: Path
+) -> None:
+    """A run stopped after ctx.write and before save_checkpoint: the next run resumes from
+    the saved checkpoint and replaces the page written after it."""
+    sink = dest.table("t", mode="append")
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    fail = {"2013-01-01/3": "fatal"}
+    assert run_job(paged_job(sink, fail, days=1), ledger).exit_code == ExitCode.USAGE
+    (entry,) = ledger.entries("paged", "fetch")
+    assert entry.status is Status.PENDING
+    assert dest.query("SELECT count(*) FROM {t}") == [(3 * PER_PAGE,)]
+    assert run_job(paged_job(sink, {}, days=1), ledger).exit_code == ExitCode.OK
+    _check_pages(dest, days=1)
+    ledger.close()
+
+
+def test_a_stopped_paged_partition_in_the_ledgers_own_file_resumes_without_doubling(
+    tmp_path: Path,
+) -> None:
+    """The same with sink and ledger in one SQLite file: the redo replaces the page."""
+    db = tmp_path / "both.db"
+    ledger = SQLiteLedger(db)
+    sink = table(str(db), "t", mode="append")
+    fail = {"2013-01-01/2": "fatal"}
+    assert run_job(paged_job(sink, fail, days=1), ledger).exit_code == ExitCode.USAGE
+    fail = {"2013-01-01/4": "transient"}
+    assert run_job(paged_job(sink, fail, days=1), ledger).exit_code == ExitCode.OK
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT id) FROM t").fetchall() == [
+            (PAGES * PER_PAGE, PAGES * PER_PAGE)
+        ]
+    ledger.close()
 
 
 # -- processes: SIGKILL and concurrent runs --------------------------------------------

@@ -18,6 +18,11 @@ Modes (:class:`Mode`):
 ``append``
     Insert rows that have no key. Each row carries its partition's key in ``_partition``,
     so a partition that runs again replaces what it appended before instead of doubling it.
+
+In append and replace-partition modes, rows that ``ctx.write`` writes after a checkpoint
+carry it in ``_page`` (a nullable column added when first needed): an attempt resuming
+from that checkpoint deletes exactly those rows before it writes the page again, so a
+kill between a page and its checkpoint doubles nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from backfill.errors import ConfigError, PermanentError
 from backfill.partitions import Partition
 
 __all__ = [
+    "PAGE_COLUMN",
     "PARTITION_COLUMN",
     "Mode",
     "OnNewField",
@@ -51,6 +57,8 @@ __all__ = [
 Record = Mapping[str, Any]
 
 PARTITION_COLUMN = "_partition"
+# The checkpoint in force when ctx.write wrote a row (NULL before the first one).
+PAGE_COLUMN = "_page"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -111,13 +119,20 @@ def _widen(a: str | None, b: str | None) -> str | None:
 class Rows:
     """One partition's records for one table.
 
-    ``first`` is False for the later pages of a partition written with ``ctx.write``:
-    replace-partition deletes the partition's old rows only before the first page.
+    ``first`` is False for the later pages of a partition written with ``ctx.write``, and
+    for every page of an attempt that resumes from a checkpoint: append and
+    replace-partition delete the partition's old rows only before the first page.
+    ``page`` tags the rows (in ``PAGE_COLUMN``) with the checkpoint in force when they were
+    written; ``redo`` names the checkpoint an attempt resumes from, whose rows (written
+    after it was saved, before the next one) are deleted before these are inserted.
+    Upserts, idempotent by their key, ignore both.
     """
 
     partition: Partition
     records: Sequence[Record]
     first: bool = True
+    page: str | None = None
+    redo: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +198,23 @@ class TableSpec:
     def tags_partition(self) -> bool:
         """Whether the engine fills ``partition_column`` with the partition key."""
         return self.mode is not Mode.UPSERT and self.partition_column == PARTITION_COLUMN
+
+    def tags_pages(self, batch: Sequence[Rows]) -> bool:
+        """Whether the batch's rows carry their page in ``PAGE_COLUMN``: some were written
+        under a checkpoint, into a table that replaces partitions or appends."""
+        return self.mode is not Mode.UPSERT and any(rows.page is not None for rows in batch)
+
+    def suffix(self, rows: Rows, pages: bool) -> tuple[Any, ...]:
+        """The values the engine adds to each of ``rows``' records: its partition's key
+        (see :attr:`tags_partition`), then its page when ``pages``."""
+        if self.tags_partition:
+            return (rows.partition.key, rows.page) if pages else (rows.partition.key,)
+        return (rows.page,) if pages else ()
+
+    def engine_columns(self, pages: bool) -> list[str]:
+        """The columns of :meth:`suffix`'s values."""
+        names = [PARTITION_COLUMN] if self.tags_partition else []
+        return [*names, PAGE_COLUMN] if pages else names
 
     def fields(self, batch: Sequence[Rows], *, exact: bool = False) -> tuple[list[str], bool]:
         """Every field the batch's records carry, in first-seen order, and whether every

@@ -14,6 +14,7 @@ import psycopg.errors
 from backfill._postgres import safe_url
 from backfill.errors import PermanentError, SinkError, TransientError
 from backfill.sinks import (
+    PAGE_COLUMN,
     PARTITION_COLUMN,
     Mode,
     OnNewField,
@@ -265,13 +266,19 @@ class PostgresTable:
         if new:
             self._add_columns(raw, batch, new)
             existing = self._existing(raw)
+        pages = spec.tags_pages(batch)
+        if pages and PAGE_COLUMN not in existing:
+            # The engine's own column, like _partition: never subject to on_new_field.
+            raw.execute(
+                f"ALTER TABLE {self.qualified} ADD COLUMN IF NOT EXISTS {_quote(PAGE_COLUMN)} text"
+            )
+            existing = self._existing(raw)
         if delete and spec.mode is not Mode.UPSERT:
-            self._delete(raw, [rows for rows in batch if rows.first])
+            self._delete(raw, [rows for rows in batch if rows.first or rows.redo is not None])
         if not fields or not any(rows.records for rows in batch):
             return 0
         columns = list(fields)
-        tag = spec.tags_partition
-        names = [*columns, PARTITION_COLUMN] if tag else columns
+        names = [*columns, *spec.engine_columns(pages)]
         stage = _quote(f"_backfill_stage_{spec.name}")
         raw.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
@@ -296,8 +303,8 @@ class PostgresTable:
                         # the rest.
                         rest = batch[index:]
                         break
-                    if tag:
-                        suffix = (rows.partition.key,)
+                    suffix = spec.suffix(rows, pages)
+                    if suffix:
                         for value in values:
                             copy.write_row(value + suffix)
                     else:
@@ -349,18 +356,35 @@ class PostgresTable:
             )
 
     def _delete(self, raw: Any, batch: Sequence[Rows]) -> None:
+        """Delete what the batch's rows replace: every earlier row of a partition written
+        ``first``, else those tagged with the page being redone."""
         if not batch:
             return
         spec = self.spec
+        whole = [rows for rows in batch if rows.first]
+        redo: list[Rows] = []
+        existing: Mapping[str, tuple[str, int]] = {}
+        if len(whole) < len(batch) or spec.partition_column != PARTITION_COLUMN:
+            existing = self._existing(raw)
+            # A table without the column has no row written under a checkpoint.
+            if PAGE_COLUMN in existing:
+                redo = [rows for rows in batch if not rows.first]
+        page = f" AND {_quote(PAGE_COLUMN)} = %s"
         if spec.partition_column == PARTITION_COLUMN:
-            raw.execute(
-                f"DELETE FROM {self.qualified} WHERE {_quote(PARTITION_COLUMN)} = ANY(%s)",
-                ([rows.partition.key for rows in batch],),
-            )
+            if whole:
+                raw.execute(
+                    f"DELETE FROM {self.qualified} WHERE {_quote(PARTITION_COLUMN)} = ANY(%s)",
+                    ([rows.partition.key for rows in whole],),
+                )
+            if redo:
+                raw.execute(
+                    f"DELETE FROM {self.qualified} WHERE ({_quote(PARTITION_COLUMN)}, "
+                    f"{_quote(PAGE_COLUMN)}) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                    ([rows.partition.key for rows in redo], [rows.redo for rows in redo]),
+                )
             return
-        existing = self._existing(raw)
         column = spec.replacement_column(existing)
-        for rows in batch:
+        for rows in [*whole, *redo]:
             part = rows.partition
             dims = [(k, v) for k, v in part.dims if k in existing]
             sql = (
@@ -368,4 +392,9 @@ class PostgresTable:
                 f"AND {_quote(column)} < %s"
             )
             sql += "".join(f" AND {_quote(k)} = %s" for k, _ in dims)
-            raw.execute(sql, (part.start, part.end + dt.timedelta(days=1), *(v for _, v in dims)))
+            params: tuple[Any, ...] = (part.start, part.end + dt.timedelta(days=1))
+            params += tuple(v for _, v in dims)
+            if not rows.first:
+                sql += page
+                params += (rows.redo,)
+            raw.execute(sql, params)

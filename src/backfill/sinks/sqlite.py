@@ -27,6 +27,7 @@ from backfill.errors import (
     disk_full_message,
 )
 from backfill.sinks import (
+    PAGE_COLUMN,
     PARTITION_COLUMN,
     Mode,
     OnNewField,
@@ -279,12 +280,17 @@ class SQLiteTable:
         new = [f for f in fields if f not in existing]
         if new:
             self._add_columns(raw, batch, new)
+        pages = spec.tags_pages(batch)
+        if pages and PAGE_COLUMN not in existing:
+            # The engine's own column, like _partition: never subject to on_new_field.
+            raw.execute(f"ALTER TABLE {_quote(spec.name)} ADD COLUMN {_quote(PAGE_COLUMN)} TEXT")
+            existing[PAGE_COLUMN] = "TEXT"
         if delete and spec.mode is not Mode.UPSERT:
-            self._delete(raw, [rows for rows in batch if rows.first])
+            self._delete(raw, [rows for rows in batch if rows.first or rows.redo is not None])
         if not fields:
             return 0
         columns = list(fields)
-        insert = _Insert(raw, spec, columns)
+        insert = _Insert(raw, spec, columns, pages)
         convert = {
             i for i, c in enumerate(columns) if existing.get(c, "TEXT") in ("TEXT", "", "ANY")
         }
@@ -294,8 +300,9 @@ class SQLiteTable:
             if not rows.records:
                 continue
             values: Iterable[tuple[Any, ...]] = map(getter, rows.records)
-            if insert.tagged:
-                values = map(operator.add, values, repeat((rows.partition.key,)))
+            suffix = spec.suffix(rows, pages)
+            if suffix:
+                values = map(operator.add, values, repeat(suffix))
             try:
                 flat = list(chain.from_iterable(values))
             except KeyError:
@@ -331,24 +338,40 @@ class SQLiteTable:
             )
 
     def _delete(self, raw: sqlite3.Connection, batch: Sequence[Rows]) -> None:
+        """Delete what the batch's rows replace: every earlier row of a partition written
+        ``first``, else those tagged with the page being redone."""
         if not batch:
             return
         spec = self.spec
         table = _quote(spec.name)
+        whole = [rows for rows in batch if rows.first]
+        redo: list[Rows] = []
+        existing: Mapping[str, str] = {}
+        if len(whole) < len(batch) or spec.partition_column != PARTITION_COLUMN:
+            existing = self._existing(raw)
+            # A table without the column has no row written under a checkpoint.
+            if PAGE_COLUMN in existing:
+                redo = [rows for rows in batch if not rows.first]
+        page = f" AND {_quote(PAGE_COLUMN)} = ?"
         if spec.partition_column == PARTITION_COLUMN:
-            raw.executemany(
-                f"DELETE FROM {table} WHERE {_quote(PARTITION_COLUMN)} = ?",
-                [(rows.partition.key,) for rows in batch],
-            )
+            where = f"DELETE FROM {table} WHERE {_quote(PARTITION_COLUMN)} = ?"
+            if whole:
+                raw.executemany(where, [(rows.partition.key,) for rows in whole])
+            if redo:
+                raw.executemany(where + page, [(rows.partition.key, rows.redo) for rows in redo])
             return
-        existing = self._existing(raw)
         column = spec.replacement_column(existing)
-        for rows in batch:
+        for rows in [*whole, *redo]:
             part = rows.partition
             dims = [(k, v) for k, v in part.dims if k in existing]
             sql = f"DELETE FROM {table} WHERE {_quote(column)} >= ? AND {_quote(column)} <= ?"
             sql += "".join(f" AND {_quote(k)} = ?" for k, _ in dims)
-            raw.execute(sql, (part.start.isoformat(), _day_end(part.end), *(v for _, v in dims)))
+            params: tuple[Any, ...] = (part.start.isoformat(), _day_end(part.end))
+            params += tuple(v for _, v in dims)
+            if not rows.first:
+                sql += page
+                params += (rows.redo,)
+            raw.execute(sql, params)
 
 
 def _needs_conversion(row: list[Any], convert: Container[int]) -> bool:
@@ -367,11 +390,12 @@ class _Insert:
     statement save about a fifth of the time a batch of flights takes.
     """
 
-    def __init__(self, raw: sqlite3.Connection, spec: TableSpec, columns: list[str]) -> None:
+    def __init__(
+        self, raw: sqlite3.Connection, spec: TableSpec, columns: list[str], pages: bool
+    ) -> None:
         self.raw = raw
         self.table = spec.name
-        self.tagged = spec.tags_partition
-        names = [*columns, PARTITION_COLUMN] if self.tagged else columns
+        names = [*columns, *spec.engine_columns(pages)]
         self.names = names
         self.width = len(names)
         limit = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
