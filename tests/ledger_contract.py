@@ -246,6 +246,20 @@ class LedgerContract:
         assert [c.key for c in claim(ledger, "next", now=1061.0)] == [idle.key]
         assert [c.key for c in claim(ledger, "next", now=1061.0, suspects=True)] == [begun.key]
 
+    def test_a_checkpoint_saved_clears_the_suspicion(self, ledger: Ledger) -> None:
+        """A partition that saved a checkpoint made progress since it was last lost: its
+        next death counts as the first, so one killed from outside now and then while it
+        pages never ends worker_lost; one that dies before any progress still does."""
+        ledger.plan(JOB, STAGE, daily("2013-01-01", "2013-01-01"))
+        for i in range(MAX_LOST_LEASES + 2):
+            (got,) = claim(ledger, f"dead{i}", suspects=i > 0)
+            assert ledger.begin(f"dead{i}", [(got.id, got.claims)]) == {got.id}
+            assert ledger.save_checkpoint(f"dead{i}", got.id, f"page-{i}")
+            assert ledger.release_owner(f"dead{i}", lost=True) == 1
+        assert ledger.entries(JOB, STAGE, status=Status.FAILED) == []
+        (got,) = claim(ledger, "resumed", suspects=True)
+        assert got.checkpoint == f"page-{MAX_LOST_LEASES + 1}"
+
     def test_begin_returns_only_leases_still_held(self, ledger: Ledger) -> None:
         """begin is a fence: a worker paused past its lease gets nothing back once its
         partition went to another worker, nor for a lease it held before a later claim

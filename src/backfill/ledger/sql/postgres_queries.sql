@@ -132,7 +132,8 @@ RETURNING o.id, o.status;
 UPDATE backfill_workers SET finished = finished + %(n)s WHERE id = %(owner)s;
 
 -- name: save_checkpoint
-UPDATE backfill_partitions SET checkpoint = %(checkpoint)s
+-- A saved checkpoint is progress: the deaths before it are not this partition's doing.
+UPDATE backfill_partitions SET checkpoint = %(checkpoint)s, lost_leases = 0
 WHERE id = %(id)s AND lease_owner = %(owner)s AND status = 'running';
 
 -- name: begin

@@ -109,7 +109,8 @@ WHERE id = ?8 AND lease_owner = ?9 AND status = 'running';
 UPDATE backfill_workers SET finished = finished + :n WHERE id = :owner;
 
 -- name: save_checkpoint
-UPDATE backfill_partitions SET checkpoint = :checkpoint
+-- A saved checkpoint is progress: the deaths before it are not this partition's doing.
+UPDATE backfill_partitions SET checkpoint = :checkpoint, lost_leases = 0
 WHERE id = :id AND lease_owner = :owner AND status = 'running';
 
 -- name: begin
