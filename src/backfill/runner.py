@@ -78,7 +78,7 @@ from backfill.partitions import Order, Partition, Selection
 from backfill.runstats import RunStats
 from backfill.sinks import Mode, Record, to_mappings
 from backfill.sources.http import HttpClient, RequestTally, partition_requests, redact
-from backfill.writer import PageWrites, SinkWriter
+from backfill.writer import PageWrites, SinkWriter, WriteResult
 
 __all__ = ["ExitCode", "RunOptions", "RunResult", "Runner", "worker_is_dead"]
 
@@ -1100,7 +1100,6 @@ class Runner:
         partition_requests.set(tally)
         structlog.contextvars.bind_contextvars(stage=stage.name, partition=claim.key)
         pages = PageWrites(claim.checkpoint)
-        early = [0]
         rows: dict[str, list[Record]] = {}
         # Every write for the partition proves its lease: inside the sink's transaction
         # where the ledger shares the database, else by asking the ledger just before.
@@ -1114,35 +1113,39 @@ class Runner:
             # starts from the one before, and must find (and replace) them by that one.
             pages.checkpoint = value
 
+        async def write(
+            tables: Mapping[str, list[Record]], done: Outcome | None, *, urgent: bool
+        ) -> WriteResult:
+            """Every write for the partition: its lease proven, its page tagged."""
+            if not fenced:
+                await self._prove_lease(claim)
+            return await self.writer.write(
+                stage.sinks,
+                partition,
+                tables,
+                done,
+                first=pages.first,
+                page=pages.checkpoint,
+                redo=pages.redo,
+                urgent=urgent,
+                lease=lease,
+            )
+
         async def write_now(items: Iterable[object], table: str | None) -> int:
             now_rows = self._rows_for(stage, to_mappings(items), table)
             count = sum(len(r) for r in now_rows.values())
             if stage.sinks:
-                if not fenced:
-                    await self._prove_lease(claim)
-                result = await self.writer.write(
-                    stage.sinks,
-                    partition,
-                    now_rows,
-                    None,
-                    first=pages.first,
-                    page=pages.checkpoint,
-                    redo=pages.redo,
-                    urgent=True,
-                    lease=lease,
-                )
+                result = await write(now_rows, None, urgent=True)
                 if result.error is not None:
                     raise result.error
                 if result.lost:
                     raise LeaseLost(claim.key)
-            pages.written()
-            early[0] += count
+            pages.written(count)
             return count
 
         try:
             while True:
                 attempt += 1
-                early[0] = 0
                 pages.attempt()
                 ctx = Context(
                     partition=partition,
@@ -1218,7 +1221,7 @@ class Runner:
                     )
                     await self.clock.sleep(delay)
                     continue
-                written = early[0] + sum(len(r) for r in rows.values())
+                written = pages.rows + sum(len(r) for r in rows.values())
                 duration = self.clock.monotonic() - started
                 outcome = Outcome(
                     claim.id, Status.DONE, attempts=attempt, records=written, duration=duration
@@ -1231,19 +1234,7 @@ class Runner:
             if outcome.status is Status.DONE and self._needs_write(stage, rows):
                 release()
                 try:
-                    if not fenced:
-                        await self._prove_lease(claim)
-                    result = await self.writer.write(
-                        stage.sinks,
-                        partition,
-                        rows,
-                        outcome,
-                        first=pages.first,
-                        page=pages.checkpoint,
-                        redo=pages.redo,
-                        urgent=self._urgent(stage),
-                        lease=lease,
-                    )
+                    result = await write(rows, outcome, urgent=self._urgent(stage))
                 except (asyncio.CancelledError, LeaseLost):
                     raise
                 except Exception as exc:
@@ -1296,7 +1287,7 @@ class Runner:
         # at once (sharing the ledger's next round trip), so a death right after counts
         # nothing against a partition that had finished.
         committed = outcome.status is Status.DONE and (
-            bool(early[0]) or self._needs_write(stage, rows)
+            bool(pages.rows) or self._needs_write(stage, rows)
         )
         await self._record(outcome, soon=self._urgent(stage) or committed)
         self._emit_finished(stage, claim, outcome, tally)

@@ -72,16 +72,20 @@ class PageWrites:
     checkpoint: str | None
     first: bool = True
     redo: str | None = None
+    # Rows the attempt has written with ctx.write so far.
+    rows: int = 0
 
     def attempt(self) -> None:
         """A new attempt, from the checkpoint in force."""
         self.first = self.checkpoint is None
         self.redo = self.checkpoint
+        self.rows = 0
 
-    def written(self) -> None:
+    def written(self, rows: int) -> None:
         """The attempt's rows so far are durable: its later writes only add to them."""
         self.first = False
         self.redo = None
+        self.rows += rows
 
 
 @dataclass(slots=True)
