@@ -149,7 +149,7 @@ def lost_partitions(state: Path) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_demo_killed_again_and_again_at_the_same_point_repairs_itself(tmp_path: Path) -> None:
-    """Six SIGKILLs, each the same way into its run (80 partitions past where the run
+    """Four SIGKILLs, each the same way into its run (80 partitions past where the run
     began), then `backfill demo`: exact. The demo's data never kills it, so a killed
     demo's partitions go back unsuspected and no day ever ends failed as worker_lost."""
     demo_dir = tmp_path / "demo"
@@ -157,7 +157,7 @@ def test_demo_killed_again_and_again_at_the_same_point_repairs_itself(tmp_path: 
     # --calm: no latency, so each run gets 80 partitions in within a second or two.
     args = [*backfill_cmd(), "demo", "--dir", str(demo_dir), "--calm", "--progress", "none"]
     env = cli_env()
-    for _ in range(6):
+    for _ in range(4):
         begun = done_partitions(state)
         proc = subprocess.Popen(
             args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
