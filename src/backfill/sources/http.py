@@ -303,12 +303,8 @@ class HttpClient:
             try:
                 if self.resource is not None:
                     async with self.resource.slot():
-                        response, value = await self._once(method, url, decode, **kwargs)
-                else:
-                    response, value = await self._once(method, url, decode, **kwargs)
-                if pagination is not None:
-                    _records(value, pagination.data, self._source(response.request.url))
-                return response, value
+                        return await self._once(method, url, decode, pagination, **kwargs)
+                return await self._once(method, url, decode, pagination, **kwargs)
             except TransientError as exc:
                 if attempt > self.retries:
                     raise
@@ -320,7 +316,12 @@ class HttpClient:
                     await asyncio.sleep(self._rng.uniform(0.5, 1.0) * min(base, 10.0))
 
     async def _once(
-        self, method: str, url: str, decode: bool, **kwargs: Any
+        self,
+        method: str,
+        url: str,
+        decode: bool,
+        pagination: Pagination | None = None,
+        **kwargs: Any,
     ) -> tuple[httpx.Response, Any]:
         self.requests += 1
         tally = partition_requests.get()
@@ -360,6 +361,15 @@ class HttpClient:
                 f"({len(body)} bytes)",
                 category="bad_body",
             ) from None
+        if pagination is not None:
+            try:
+                _records(value, pagination.data, self._source(response.request.url))
+            except TransientError:
+                # A source in maintenance answers 200 without its records: a failure for
+                # the resource's circuit, which then holds the partitions back instead of
+                # letting each burn its retries.
+                self._observe(Outcome.ERROR, response)
+                raise
         self._observe(Outcome.OK, response, time.monotonic() - started)
         return response, value
 
