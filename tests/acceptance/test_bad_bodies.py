@@ -45,19 +45,19 @@ async def fetch(ctx, partition):
 """
 
 
-class MaintenanceFirst(BaseHTTPRequestHandler):
-    """``{"error": "maintenance"}`` (status 200) for the first answers, then paged rows."""
+class PagedRows(BaseHTTPRequestHandler):
+    """Paged rows of a day, or ``{"error": "maintenance"}`` (status 200) while
+    :meth:`down` says so."""
 
-    answered = 0
     lock = threading.Lock()
 
+    def down(self) -> bool:
+        return False
+
     def do_GET(self) -> None:
-        with self.lock:
-            n = type(self).answered
-            type(self).answered += 1
         query = parse_qs(urlparse(self.path).query)
         day, page = query["day"][0], int(query.get("page", ["1"])[0])
-        if n < MAINTENANCE_ANSWERS:
+        if self.down():
             body: object = {"error": "maintenance"}
         else:
             rows = [{"day": day, "n": i} for i in range(ROWS_PER_DAY)]
@@ -72,6 +72,18 @@ class MaintenanceFirst(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+
+class MaintenanceFirst(PagedRows):
+    """In maintenance for the first answers, then paged rows."""
+
+    answered = 0
+
+    def down(self) -> bool:
+        cls = type(self)
+        with cls.lock:
+            cls.answered += 1
+            return cls.answered <= MAINTENANCE_ANSWERS
 
 
 @pytest.fixture
@@ -132,17 +144,15 @@ async def fetch(ctx, partition):
 """
 
 
-class MaintenanceWindow(BaseHTTPRequestHandler):
-    """Paged rows, but ``{"error": "maintenance"}`` (status 200) for ``seconds`` once the
-    first ``after`` answers are out."""
+class MaintenanceWindow(PagedRows):
+    """In maintenance for ``seconds`` once the first ``after`` answers are out."""
 
     after = 20
     seconds = 10.0
     answered = 0
     began: float | None = None
-    lock = threading.Lock()
 
-    def do_GET(self) -> None:
+    def down(self) -> bool:
         import time
 
         cls = type(self)
@@ -150,24 +160,7 @@ class MaintenanceWindow(BaseHTTPRequestHandler):
             cls.answered += 1
             if cls.answered > cls.after and cls.began is None:
                 cls.began = time.monotonic()
-            down = cls.began is not None and time.monotonic() - cls.began < cls.seconds
-        query = parse_qs(urlparse(self.path).query)
-        day, page = query["day"][0], int(query.get("page", ["1"])[0])
-        if down:
-            body: object = {"error": "maintenance"}
-        else:
-            rows = [{"day": day, "n": i} for i in range(ROWS_PER_DAY)]
-            pages = -(-ROWS_PER_DAY // PAGE_SIZE)
-            body = {"data": rows[(page - 1) * PAGE_SIZE : page * PAGE_SIZE], "pages": pages}
-        payload = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+            return cls.began is not None and time.monotonic() - cls.began < cls.seconds
 
 
 def test_ten_seconds_of_maintenance_mid_run_end_exact_after_the_run_itself(
