@@ -49,7 +49,8 @@ async def fetch(ctx, partition):
 """
 
 PARTITIONS = 24
-ROWS = PARTITIONS * 8 * 25
+PAGE_ROWS = 25
+ROWS = PARTITIONS * 8 * PAGE_ROWS
 KILLS = 10
 
 
@@ -79,9 +80,12 @@ def _rows(workdir: Path) -> int:
 
 
 def _kill_round(dirs: list[Path], rngs: dict[str, random.Random]) -> None:
-    """Start a run in each directory and SIGKILL it at a random moment after its first
-    page has landed (so while it pages through partitions)."""
+    """Start a run in each directory and SIGKILL it at a random moment while it pages
+    through partitions: once it has written 1 to 8 pages more than before (the pace of
+    the run does not matter, so the kills are never spent before the job ends), plus up
+    to 20 ms (so a kill lands anywhere between a page and its checkpoint)."""
     before = {d.name: _rows(d) for d in dirs}
+    target = {name: rows + PAGE_ROWS * rngs[name].randint(1, 8) for name, rows in before.items()}
     procs = {d.name: (d, _spawn(d, "run")) for d in dirs}
     kill_at: dict[str, float] = {}
     deadline = time.monotonic() + 30
@@ -89,14 +93,14 @@ def _kill_round(dirs: list[Path], rngs: dict[str, random.Random]) -> None:
         now = time.monotonic()
         for name, (workdir, proc) in list(procs.items()):
             if name not in kill_at:
-                if proc.poll() is None and _rows(workdir) == before[name]:
+                if proc.poll() is None and _rows(workdir) < target[name]:
                     continue
-                kill_at[name] = now + rngs[name].uniform(0.0, 0.15)
+                kill_at[name] = now + rngs[name].uniform(0.0, 0.02)
             elif now >= kill_at[name]:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=30)
                 del procs[name]
-        time.sleep(0.005)
+        time.sleep(0.002)
     for _, proc in procs.values():
         proc.kill()
         proc.wait(timeout=30)
