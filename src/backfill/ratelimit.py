@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -33,12 +34,14 @@ from backfill.errors import ConfigError
 __all__ = [
     "AdaptiveRate",
     "CircuitBreaker",
+    "LateStart",
     "Limit",
     "Outcome",
     "Resource",
     "SharedRate",
     "book_block",
     "parse_limit",
+    "take_start_deadline",
 ]
 
 _UNITS = {
@@ -86,6 +89,29 @@ def parse_limit(value: str | float | Limit) -> Limit:
     if count <= 0 or multiple <= 0:
         raise ConfigError(f"rate {value!r} must be positive")
     return Limit(count, multiple * unit)
+
+
+class LateStart(Exception):
+    """A start from a fleet's shared schedule came due while this process was busy: the
+    request was not sent, and takes a new start."""
+
+
+# Until when (on which clock) the start the current task was granted from a fleet's
+# schedule may still be used; checked, and consumed, where the request is written.
+_start_deadline: contextvars.ContextVar[tuple[Clock, float] | None] = contextvars.ContextVar(
+    "backfill_start_deadline", default=None
+)
+
+
+def take_start_deadline() -> bool:
+    """Whether the start this task was granted has passed its deadline (then the request
+    must not be sent). Consumed: a request's later writes are not checked again."""
+    held = _start_deadline.get()
+    if held is None:
+        return False
+    _start_deadline.set(None)
+    clock, deadline = held
+    return clock.monotonic() > deadline
 
 
 class Outcome(StrEnum):
@@ -431,6 +457,15 @@ class Resource:
             )
             self._adaptive_scheduler = _Scheduler(self.adaptive.rate, burst)
             self._schedulers.append(self._adaptive_scheduler)
+        # With a fleet, the shared schedule grants the per-second rate and the quotas
+        # (see share_with); of this process's own schedulers only the others still apply:
+        # booking a granted start on a copy of the fleet's rate too would hold it past
+        # its instant, and a start held past its instant is not sent.
+        self._unshared = [
+            s
+            for s, lim in zip(self._schedulers, [*declared, None], strict=False)
+            if lim is None or (isinstance(s, _Scheduler) and lim.period > _QUOTA_PERIOD)
+        ]
         self.breaker = breaker or CircuitBreaker()
         self.paused_until = -math.inf
         self._semaphore: asyncio.Semaphore | _Share | None = None
@@ -513,7 +548,8 @@ class Resource:
 
     def share_with(self, shared: SharedRate) -> None:
         """Take this resource's per-second rate and its quotas from ``shared``, one
-        schedule for the whole fleet (this process's own schedule still applies too)."""
+        schedule for the whole fleet (this process's own schedule still applies to what
+        the fleet does not share: an adaptive rate, found per worker)."""
         self._shared = shared
         self._slots.clear()
 
@@ -539,12 +575,14 @@ class Resource:
             # The next request builds a resizable pool of the new size.
             self._semaphore = None
 
-    async def _shared_start(self) -> None:
+    async def _shared_start(self) -> float:
         """Wait for a start instant from the fleet's schedule.
 
         Instants are used only on time: one found more than half an interval late (its
         holder was busy) is dropped, never spent later, where it would bunch up with the
-        starts other workers were given after it.
+        starts other workers were given after it. Returns the latest instant at which the
+        request may still go out, checked again where it is written (see
+        :mod:`backfill.sources.wire`): the way there can be as slow as the wait.
         """
         assert self._shared is not None
         interval = self.rate_interval
@@ -562,12 +600,12 @@ class Resource:
                 if self._slots:
                     start = self._slots.popleft()
                     if start <= now:
-                        return
+                        return start + late
                     await self.clock.sleep(start - now)
                     # Woken late (the loop or the CPU was busy): the start is as stale
                     # as one found late, and is dropped the same way.
                     if self.clock.monotonic() <= start + late:
-                        return
+                        return start + late
                     continue
                 async with self._taking:
                     if self._slots:
@@ -590,9 +628,10 @@ class Resource:
         start = max(now, self.paused_until)
         if self.breaker.open_until is not None:
             start = max(start, self.breaker.open_until)
-        for scheduler in self._schedulers:
+        schedulers = self._schedulers if self._shared is None else self._unshared
+        for scheduler in schedulers:
             start = max(start, scheduler.earliest(start))
-        for scheduler in self._schedulers:
+        for scheduler in schedulers:
             scheduler.book(start)
         return start - now
 
@@ -606,9 +645,8 @@ class Resource:
         """
         interval = self.rate_interval if self._shared is None else 0.0
         misses = 0
+        deadline = math.inf
         while True:
-            if self._shared is not None:
-                await self._shared_start()
             wait = self.reserve()
             if wait > 0:
                 due = self.clock.monotonic() + wait
@@ -621,6 +659,9 @@ class Resource:
                     misses += 1
                     self.late_starts += 1
                     continue
+            if self._shared is not None:
+                # Last: a start granted by the fleet must go out on its instant.
+                deadline = await self._shared_start()
             now = self.clock.monotonic()
             # A pause or an open breaker that began while we slept pushes us back.
             if now + 1e-3 < self.paused_until:
@@ -632,6 +673,13 @@ class Resource:
                 self.breaker.probing = True
             break
         self.requests += 1
+        _start_deadline.set((self.clock, deadline) if deadline < math.inf else None)
+
+    def unsent(self) -> None:
+        """The start last granted was not used: its request was found late on its way
+        to the wire (:class:`LateStart`)."""
+        self.requests -= 1
+        self.late_starts += 1
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

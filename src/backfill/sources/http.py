@@ -32,7 +32,8 @@ import httpx
 import orjson
 
 from backfill.errors import FatalError, PermanentError, StageError, TransientError
-from backfill.ratelimit import Outcome, Resource
+from backfill.ratelimit import LateStart, Outcome, Resource
+from backfill.sources import wire
 
 __all__ = [
     "Cursor",
@@ -255,9 +256,14 @@ class HttpClient:
     ) -> None:
         self.resource = resource
         self.retries = retries
+        if transport is None:
+            # A fleet's starts are checked where a request is written (see wire).
+            transport = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=max_connections)
+            )
+            wire.install(transport)
         self._client = httpx.AsyncClient(
             timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections),
             headers=dict(headers or {}),
             params=dict(params or {}),
             transport=transport,
@@ -305,6 +311,11 @@ class HttpClient:
                     async with self.resource.slot():
                         return await self._once(method, url, decode, pagination, **kwargs)
                 return await self._once(method, url, decode, pagination, **kwargs)
+            except LateStart:
+                # Not sent: its start from the fleet's schedule had gone stale on the way
+                # to the wire. A new start, not a retry.
+                attempt -= 1
+                continue
             except TransientError as exc:
                 if attempt > self.retries:
                     raise
@@ -331,6 +342,13 @@ class HttpClient:
         try:
             response = await self._client.request(method, url, **kwargs)
             body = await response.aread()
+        except LateStart:
+            self.requests -= 1
+            if tally is not None:
+                tally.requests -= 1
+            if self.resource is not None:
+                self.resource.unsent()
+            raise
         except httpx.TimeoutException as exc:
             self._observe(Outcome.ERROR)
             self.transport_errors += 1

@@ -1,0 +1,163 @@
+"""A fleet's start is checked where the request is written: late there, it is not sent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from backfill.ratelimit import Resource, take_start_deadline
+from backfill.sources import wire
+from backfill.sources.http import HttpClient
+
+
+class ShiftClock:
+    """The system clock, moved ahead on demand (a process that was descheduled)."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.ahead
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.ahead
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class FleetSchedule:
+    """A shared rate granting every start at once, on the worker's own clock."""
+
+    def __init__(self, clock: ShiftClock) -> None:
+        self.clock = clock
+        self.taken = 0
+
+    async def take(self, count: int) -> tuple[list[float], float]:
+        self.taken += count
+        now = self.clock.monotonic()
+        return [now] * count, 0.0
+
+    def pause(self, seconds: float) -> None:
+        raise AssertionError("not paused here")
+
+
+async def _serve(counter: list[int]) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head:
+                break
+            counter.append(1)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b'content-length: 11\r\n\r\n{"ok":true}'
+            )
+            await writer.drain()
+
+    async def guarded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handle(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(guarded, "127.0.0.1", 0)
+
+
+def test_a_fleet_start_gone_stale_on_the_way_to_the_wire_is_not_sent() -> None:
+    """A request whose start came due, then waited past half an interval before its
+    first byte was written (the loop or the CPU was busy), never reaches the server: it
+    takes a new start from the fleet's schedule, and only that one goes out."""
+    clock = ShiftClock()
+    resource = Resource("api", rate=20, clock=clock)
+    schedule = FleetSchedule(clock)
+    resource.share_with(schedule)
+    received: list[int] = []
+
+    async def main() -> tuple[object, int]:
+        server = await _serve(received)
+        port = server.sockets[0].getsockname()[1]
+        client = HttpClient(resource=resource)
+        stalls = [0.2]
+
+        async def stall(request: httpx.Request) -> None:
+            # Between the start being granted and the write: 200 ms, four intervals.
+            if stalls:
+                clock.ahead += stalls.pop()
+
+        client._client.event_hooks = {"request": [stall], "response": []}
+        try:
+            body = await client.get_json(f"http://127.0.0.1:{port}/v1/x")
+        finally:
+            await client.aclose()
+            server.close()
+            await server.wait_closed()
+        return body, client.requests
+
+    body, sent = asyncio.run(main())
+    assert body == {"ok": True}
+    assert received == [1]
+    assert sent == 1
+    assert schedule.taken == 2
+    assert resource.late_starts == 1
+    assert resource.requests == 1
+
+
+def test_a_start_on_time_at_the_wire_goes_out_once() -> None:
+    """Without a stall the first start is used: one start taken, one request sent."""
+    clock = ShiftClock()
+    resource = Resource("api", rate=20, clock=clock)
+    schedule = FleetSchedule(clock)
+    resource.share_with(schedule)
+    received: list[int] = []
+
+    async def main() -> None:
+        server = await _serve(received)
+        port = server.sockets[0].getsockname()[1]
+        client = HttpClient(resource=resource)
+        try:
+            for _ in range(3):
+                await client.get_json(f"http://127.0.0.1:{port}/v1/x")
+        finally:
+            await client.aclose()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+    assert received == [1, 1, 1]
+    assert schedule.taken == 3
+    assert resource.late_starts == 0
+
+
+def test_the_wire_check_is_installed_in_the_default_transport() -> None:
+    """This httpx keeps its pool where the check is put in; an upgrade that moves it
+    fails here rather than silently dropping the check."""
+    transport = httpx.AsyncHTTPTransport()
+    assert wire.install(transport)
+    assert isinstance(transport._pool._network_backend, wire.PacedBackend)
+    assert wire.install(transport)  # twice is once
+    assert not isinstance(transport._pool._network_backend._inner, wire.PacedBackend)
+
+
+def test_a_deadline_is_set_only_for_fleet_starts_and_read_once() -> None:
+    """A resource of one process leaves no deadline behind; a fleet start leaves one
+    that the first write consumes."""
+
+    async def main() -> tuple[bool, bool, bool]:
+        alone = Resource("api", rate=1000)
+        await alone.acquire()
+        after_alone = take_start_deadline()
+        clock = ShiftClock()
+        shared = Resource("api", rate=20, clock=clock)
+        shared.share_with(FleetSchedule(clock))
+        await shared.acquire()
+        clock.ahead += 1.0
+        late = take_start_deadline()
+        again = take_start_deadline()
+        return after_alone, late, again
+
+    assert asyncio.run(main()) == (False, True, False)
