@@ -392,7 +392,7 @@ class AdaptiveRate:
                 return False
             if self._creep_every is not None:
                 # The last step drew no 429: step a little sooner next time.
-                self._creep_every = max(0.0, 0.75 * self._creep_every) or None
+                self._creep_every = max(0.0, 0.9 * self._creep_every) or None
                 if self._creep_every is not None and self._creep_every < 6.0:
                     self._creep_every = None
             self.rate = min(self.ceiling, self.rate + self._CREEP_STEP * self.threshold)
