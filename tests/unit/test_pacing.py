@@ -10,9 +10,9 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
-from virtual_time import FakeClock
 
 from backfill.ratelimit import Outcome, Resource
+from virtual_time import FakeClock
 
 
 @dataclass
@@ -129,9 +129,7 @@ def test_adaptive_mode_reaches_90_percent_of_a_hidden_limit_within_5_seconds() -
     within 10 % of it with fewer than 2 % of requests refused."""
     clock = FakeClock()
     resource = Resource("api", adaptive=True, start_rate=5, clock=clock)
-    served = serve(
-        resource, clock, limit=100.0, bucket=10, seconds=60.0, workers=16, jitter=0.005
-    )
+    served = serve(resource, clock, limit=100.0, bucket=10, seconds=60.0, workers=16, jitter=0.005)
     best = max(served.accepted_between(s / 20, s / 20 + 1.0) for s in range(81))
     assert best >= 90
     assert served.refused_share < 0.02
