@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from backfill.clock import format_duration
 from backfill.events import (
     Event,
     PartitionFinished,
@@ -34,22 +35,6 @@ from backfill.ledger import StageCounts, Status
 __all__ = ["LiveProgress", "PlainProgress", "ProgressState", "format_duration"]
 
 _RATE_WINDOW = 30.0
-
-
-def format_duration(seconds: float | None) -> str:
-    """``21d04h``, ``3h04m``, ``12m05s``, ``42s``; ``-`` when unknown."""
-    if seconds is None or seconds != seconds or seconds == float("inf"):
-        return "-"
-    whole = max(0, round(seconds))
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours >= 48:
-        return f"{hours // 24}d{hours % 24:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 @dataclass(slots=True)

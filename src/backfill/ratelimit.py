@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from backfill.clock import Clock, SystemClock
+from backfill.clock import Clock, SystemClock, format_duration, format_wall
 from backfill.errors import ConfigError
 
 __all__ = [
@@ -518,6 +518,7 @@ class Resource:
         limits: list[str | float | Limit] | None = None,
         adaptive: bool = False,
         start_rate: float | None = None,
+        shared: bool = False,
         breaker: CircuitBreaker | None = None,
         clock: Clock | None = None,
     ) -> None:
@@ -533,6 +534,9 @@ class Resource:
         self.burst = burst
         self.concurrency = concurrency
         self.limits = declared
+        # Whose limit it is: the job's own (its runs and workers share it), or, shared,
+        # every job's on the same state that declares a resource of this name.
+        self.shared = shared
         self.clock: Clock = clock or SystemClock()
         self._schedulers: list[_Scheduler | _Window] = [
             _Window(int(lim.count), lim.period)
@@ -559,6 +563,13 @@ class Resource:
             for s, lim in zip(self._schedulers, [*declared, None], strict=False)
             if lim is None or (isinstance(s, _Scheduler) and lim.period > _QUOTA_PERIOD)
         ]
+        # ... or, when only the quotas are shared, every one but the quotas.
+        self._unshared_quotas: list[_Scheduler | _Window] = [
+            s for s in self._schedulers if not isinstance(s, _Window)
+        ]
+        self._local: list[_Scheduler | _Window] = self._schedulers
+        self._shares_rate = True
+        self._quota_wait_until = -math.inf
         self.breaker = breaker or CircuitBreaker()
         self.paused_until = -math.inf
         self._semaphore: asyncio.Semaphore | _Share | None = None
@@ -665,11 +676,15 @@ class Resource:
 
     # -- a fleet of workers ----------------------------------------------------------------
 
-    def share_with(self, shared: SharedRate) -> None:
+    def share_with(self, shared: SharedRate, *, rate: bool = True) -> None:
         """Take this resource's per-second rate and its quotas from ``shared``, one
         schedule for the whole fleet (this process's own schedule still applies to what
-        the fleet does not share: an adaptive rate, found per worker)."""
+        the fleet does not share: an adaptive rate, found per worker). With ``rate``
+        False only the quotas are taken from it (they hold across restarts) and the rate
+        stays this process's own."""
         self._shared = shared
+        self._shares_rate = rate
+        self._local = self._unshared if rate else self._unshared_quotas
         self._slots.clear()
 
     @property
@@ -704,7 +719,7 @@ class Resource:
         :mod:`backfill.sources.wire`): the way there can be as slow as the wait.
         """
         assert self._shared is not None
-        interval = self.rate_interval
+        interval = self.rate_interval if self._shares_rate else 0.0
         # With a rate, a start more than half an interval late would bunch up with later
         # ones; with quotas only (no spacing), lateness costs nothing worth a start.
         late = interval / 2 if interval else math.inf
@@ -720,6 +735,8 @@ class Resource:
                     start = self._slots.popleft()
                     if start <= now:
                         return start + late
+                    if start - now > max(5.0, 2 * interval) and start > self.paused_until:
+                        self._say_quota_wait(start)
                     await self.clock.sleep(start - now)
                     # Woken late (the loop or the CPU was busy): the start is as stale
                     # as one found late, and is dropped the same way.
@@ -746,7 +763,7 @@ class Resource:
         start = max(now, self.paused_until)
         if self.breaker.open_until is not None:
             start = max(start, self.breaker.open_until)
-        for scheduler in self._schedulers if self._shared is None else self._unshared:
+        for scheduler in self._schedulers if self._shared is None else self._local:
             start = max(start, scheduler.earliest(start))
         return start
 
@@ -767,11 +784,20 @@ class Resource:
             # A job module (and its resources) may outlive one event loop, e.g. in tests.
             self._pacing = asyncio.Lock()
             self._pacing_loop = loop
+        deadline = math.inf
+        if self._shared is not None and not self._shares_rate:
+            # Quotas first: a request that waits hours for its day's quota takes its turn
+            # at the rate after that, not before.
+            await self._shared_start()
         async with self._pacing:
             while True:
                 now = self.clock.monotonic()
                 due = self._due(now)
                 if due > now + 1e-6:
+                    if due - now > 5.0 and any(
+                        isinstance(w, _Window) and w.earliest(now) >= due for w in self._local
+                    ):
+                        self._say_quota_wait(due)
                     # Then look again: a pause, the breaker or a new rate may have moved it.
                     await self.clock.sleep(due - now)
                     continue
@@ -781,15 +807,28 @@ class Resource:
                         await self.clock.sleep(0.05)
                         continue
                     self.breaker.probing = True
-                for scheduler in self._schedulers if self._shared is None else self._unshared:
+                for scheduler in self._schedulers if self._shared is None else self._local:
                     scheduler.book(now)
                 break
-        deadline = math.inf
-        if self._shared is not None:
+        if self._shared is not None and self._shares_rate:
             # Last: a start granted by the fleet must go out on its instant.
             deadline = await self._shared_start()
         self.requests += 1
         _start_deadline.set((self.clock, deadline) if deadline < math.inf else None)
+
+    def _say_quota_wait(self, until: float) -> None:
+        """Say once per wait that a quota is used up, and when requests resume."""
+        if abs(until - self._quota_wait_until) < 1.0:
+            return
+        self._quota_wait_until = until
+        now = self.clock.monotonic()
+        wall = self.clock.time()
+        spent = ", ".join(str(q) for q in self.quotas) or "quota"
+        self._tell(
+            f"quota used up ({spent}): resumes {format_wall(wall + until - now, wall)} "
+            f"(in {format_duration(until - now)})",
+            until - now,
+        )
 
     def unsent(self) -> None:
         """The start last granted was not used: its request was found late on its way

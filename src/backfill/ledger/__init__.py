@@ -426,7 +426,14 @@ class Ledger(Protocol):
 
 @runtime_checkable
 class SharedLimits(Protocol):
-    """A ledger that also holds the resource schedules of a fleet of workers."""
+    """A ledger that also holds resource schedules: quotas across restarts, rates across
+    the processes that share them.
+
+    ``fleet``: workers on other machines may share the ledger, so every resource's rate
+    is kept in it (else only those of resources declared ``shared=True``).
+    """
+
+    fleet: bool
 
     def take_starts(
         self,

@@ -42,9 +42,9 @@ from backfill.ledger import (
     WorkerRecord,
     _deps,
     dims_json,
+    limits,
 )
 from backfill.partitions import Order, Partition, Selection
-from backfill.ratelimit import book_block
 from backfill.retry import RECONNECT_SECONDS
 
 __all__ = ["MAX_LOST_LEASES", "SCHEMA_VERSION", "PostgresLedger", "redact_url"]
@@ -857,6 +857,9 @@ class PostgresLedger:
 
     # -- limits shared by the fleet --------------------------------------------------
 
+    # Workers on many machines share this database: every resource's rate is shared.
+    fleet = True
+
     def take_starts(
         self,
         job: str,
@@ -867,49 +870,23 @@ class PostgresLedger:
         tolerance: float,
         quotas: Sequence[tuple[int, float]] = (),
     ) -> tuple[list[float], float, float]:
-        """Book ``count`` starts of a resource shared by every worker of ``job``.
-
-        Returns, in seconds from the database's now, when each start is due (0: at once)
-        and until when the fleet is paused; then that now itself, on the database's
-        clock. Each quota of (count, period) keeps a ring of the fleet's last ``count``
-        starts.
-        """
-        key = {"job": job, "name": resource}
+        """Book ``count`` starts of a resource (see :func:`backfill.ledger.limits.take_starts`);
+        ``job`` is the schedule's scope."""
 
         def book(conn: psycopg.Connection[Any]) -> tuple[list[float], float, float]:
-            row = conn.execute(_Q["lock_resource"], key).fetchone()
-            if row is None:
-                conn.execute(_Q["insert_resource"], key)
-                row = conn.execute(_Q["lock_resource"], key).fetchone()
-            assert row is not None
-            tat, paused, now = float(row[0]), float(row[1]), float(row[2])
-            rings = []
-            for size, period in quotas:
-                quota = dict(key, quota=f"{size}/{period:g}")
-                found = conn.execute(_Q["lock_quota"], quota).fetchone()
-                assert found is not None
-                taken = int(found[0])
-                slots = [(taken + i) % size for i in range(count)]
-                stored = dict(conn.execute(_Q["quota_starts"], dict(quota, slots=slots)).fetchall())
-                # Start number m replaces number m - size: known once m >= size.
-                previous = [
-                    stored.get(slot) if taken + i >= size else None for i, slot in enumerate(slots)
-                ]
-                rings.append((quota, period, taken, slots, previous))
-            tat, starts = book_block(
-                now=now,
-                tat=tat,
-                paused_until=paused,
+            def query(name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+                cursor = conn.execute(_Q[name], params)
+                return cursor.fetchall() if cursor.description is not None else []
+
+            return limits.take_starts(
+                query,
+                job,
+                resource,
                 count=count,
                 interval=interval,
                 tolerance=tolerance,
-                earlier=[(period, previous) for _, period, _, _, previous in rings],
+                quotas=quotas,
             )
-            conn.execute(_Q["set_tat"], dict(key, tat=tat))
-            for quota, _, taken, slots, _ in rings:
-                conn.execute(_Q["record_quota_starts"], dict(quota, slots=slots, starts=starts))
-                conn.execute(_Q["set_quota_taken"], dict(quota, taken=taken + count))
-            return [start - now for start in starts], paused - now, now
 
         return self._run(book)
 

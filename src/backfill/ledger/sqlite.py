@@ -38,12 +38,13 @@ from backfill.ledger import (
     _deps,
     dims_from_json,
     dims_json,
+    limits,
 )
 from backfill.partitions import Order, Partition, Selection
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 _PLAN_CHUNK = 20_000
 
 
@@ -758,6 +759,46 @@ class SQLiteLedger:
         with self._tx(write=False) as conn:
             rows = conn.execute(_Q["workers"].format(where=where), {"job": job}).fetchall()
         return [WorkerRecord(*r) for r in rows]
+
+    # -- resource schedules --------------------------------------------------------
+
+    # Every process on this file runs on this host: one clock. Rates are shared through
+    # the file only for resources declared shared=True; quotas always (they must hold
+    # across restarts).
+    fleet = False
+
+    def take_starts(
+        self,
+        job: str,
+        resource: str,
+        *,
+        count: int,
+        interval: float,
+        tolerance: float,
+        quotas: Sequence[tuple[int, float]] = (),
+    ) -> tuple[list[float], float, float]:
+        """Book ``count`` starts of a resource (see :func:`backfill.ledger.limits.take_starts`);
+        ``job`` is the schedule's scope."""
+        with self._tx() as conn:
+
+            def query(name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+                bound = {k: json.dumps(v) if isinstance(v, list) else v for k, v in params.items()}
+                return conn.execute(_Q[name], bound).fetchall()
+
+            return limits.take_starts(
+                query,
+                job,
+                resource,
+                count=count,
+                interval=interval,
+                tolerance=tolerance,
+                quotas=quotas,
+            )
+
+    def pause_resource(self, job: str, resource: str, seconds: float) -> None:
+        """Pause a resource's schedule for every run sharing it (a Retry-After, a quota)."""
+        with self._tx() as conn:
+            conn.execute(_Q["pause_resource"], {"job": job, "name": resource, "seconds": seconds})
 
 
 def _outcome_rows(owner: str, outcomes: Sequence[Outcome], now: float) -> list[tuple[Any, ...]]:
