@@ -34,6 +34,7 @@ from backfill.events import (
 )
 from backfill.ledger import Status
 from backfill.sources.http import redact
+from backfill.textsafe import visible
 
 __all__ = ["EventLog", "LogFormat", "configure_logging", "log_file_handler"]
 
@@ -146,8 +147,10 @@ def _formatter(fmt: LogFormat, secrets: Iterable[str], colors: bool) -> logging.
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(
-            colors=colors, exception_formatter=structlog.dev.plain_traceback
+        renderer = _shown_as_text(
+            structlog.dev.ConsoleRenderer(
+                colors=colors, exception_formatter=structlog.dev.plain_traceback
+            )
         )
     pre_chain: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -165,6 +168,29 @@ def _formatter(fmt: LogFormat, secrets: Iterable[str], colors: bool) -> logging.
             renderer,
         ],
     )
+
+
+# Fields rendered on several lines; every other one stays on its own line.
+_MULTILINE = frozenset({"exception", "stack"})
+
+
+def _shown_as_text(renderer: structlog.types.Processor) -> structlog.types.Processor:
+    """``renderer`` for a terminal: control characters in keys and values (a source's
+    error, a partition key) become visible escapes, so a line cannot clear the screen or
+    retitle the window. JSON lines need none of this: JSON escapes them itself."""
+
+    def render(
+        logger: Any, method: str, event_dict: MutableMapping[str, Any]
+    ) -> str | bytes | bytearray | Mapping[str, Any] | tuple[Any, ...]:
+        shown = {
+            visible(key): visible(value, multiline=key in _MULTILINE)
+            if isinstance(value, str)
+            else value
+            for key, value in event_dict.items()
+        }
+        return renderer(logger, method, shown)
+
+    return render
 
 
 class _LogFile(logging.FileHandler):
