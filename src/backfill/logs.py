@@ -170,25 +170,41 @@ def _formatter(fmt: LogFormat, secrets: Iterable[str], colors: bool) -> logging.
     )
 
 
-# Fields rendered on several lines; every other one stays on its own line.
+# The console renderer prints these as they are, the exceptions over several lines; the
+# other fields' values it shows through repr() when they hold a space or a quote.
+_COLUMNS = frozenset({"event", "timestamp", "level", "logger", "logger_name"})
 _MULTILINE = frozenset({"exception", "stack"})
+
+
+class _Quoted:
+    """A field's text, always shown through repr(), which escapes every character that
+    is not printable."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return repr(self.text)
 
 
 def _shown_as_text(renderer: structlog.types.Processor) -> structlog.types.Processor:
     """``renderer`` for a terminal: control characters in keys and values (a source's
-    error, a partition key) become visible escapes, so a line cannot clear the screen or
+    error, a partition key) are shown as escapes, so a line cannot clear the screen or
     retitle the window. JSON lines need none of this: JSON escapes them itself."""
+
+    def shown(key: str, value: Any) -> Any:
+        if not isinstance(value, str) or value.isprintable():
+            return value
+        if key in _COLUMNS or key in _MULTILINE:
+            return visible(value, multiline=key in _MULTILINE)
+        return _Quoted(value)
 
     def render(
         logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> str | bytes | bytearray | Mapping[str, Any] | tuple[Any, ...]:
-        shown = {
-            visible(key): visible(value, multiline=key in _MULTILINE)
-            if isinstance(value, str)
-            else value
-            for key, value in event_dict.items()
-        }
-        return renderer(logger, method, shown)
+        return renderer(logger, method, {visible(k): shown(k, v) for k, v in event_dict.items()})
 
     return render
 
