@@ -27,7 +27,15 @@ from backfill.errors import BackfillError, disk_full_message, is_disk_full
 from backfill.estimate import estimate
 from backfill.events import EventBus
 from backfill.job import Job, Stage, load_job
-from backfill.ledger import DEFAULT_STATE_URL, Ledger, StageCounts, Status, open_ledger
+from backfill.ledger import (
+    DEFAULT_STATE_URL,
+    Ledger,
+    NoState,
+    StageCounts,
+    Status,
+    open_ledger,
+    open_reader,
+)
 from backfill.logs import EventLog, LogFormat, configure_logging, log_file_handler
 from backfill.partitions import Selection, parse_order
 from backfill.progress import LiveProgress, PlainProgress, format_duration
@@ -186,6 +194,38 @@ def _counts(
     return result
 
 
+def _open_to_read(state: str) -> Ledger:
+    """The state, read-only; where nothing has run yet (said on stderr) an empty ledger
+    stands in, so the report shows everything missing."""
+    try:
+        return open_reader(state)
+    except NoState as exc:
+        err.print(shown(exc), soft_wrap=True)
+        return open_ledger(":memory:")
+
+
+_PROGRESS_MODES = ("auto", "live", "plain", "none")
+
+
+def _check_run_options(progress: str, log_dir: Path | None, state: str) -> None:
+    """Refuse a bad --progress or a log directory that cannot be written before anything
+    touches the state: bad options change nothing."""
+    if progress not in _PROGRESS_MODES:
+        raise fail(f"unknown --progress {progress!r}; use auto, live, plain or none")
+    directory = log_dir or default_log_dir(state)
+    # The nearest existing ancestor decides; the directory itself is made by the run.
+    existing = directory
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        reason = f"{existing} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"{existing} is not writable"
+    else:
+        return
+    raise fail(f"cannot write the run's log file in {directory} ({reason}); pass another --log-dir")
+
+
 def _is_shared(state: str) -> bool:
     """Whether the state is a ledger other machines may be working on too."""
     return state.startswith(("postgresql://", "postgres://"))
@@ -245,6 +285,7 @@ def execute(
     log_dir = log_dir or default_log_dir(ledger.url)
     bus = EventBus()
     bus.subscribe(EventLog())
+    _check_run_options(progress, log_dir, ledger.url)
     mode = progress
     if mode == "auto":
         mode = "live" if out.is_terminal else "plain"
@@ -254,8 +295,6 @@ def execute(
         bus.subscribe(live)
     elif mode == "plain":
         bus.subscribe(PlainProgress(sys.stdout))
-    elif mode != "none":
-        raise fail(f"unknown --progress {progress!r}; use auto, live, plain or none")
     runner = Runner(job, ledger, options, bus=bus)
     try:
         file_handler = log_file_handler(
@@ -373,6 +412,7 @@ def run(
       backfill run jobs/results.py --missing-only
     """
     _configure_logging(verbose, log_format)
+    _check_run_options(progress, log_dir, state)
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
@@ -461,6 +501,7 @@ def worker(
       BACKFILL_STATE=postgresql://backfill@db/backfill backfill worker jobs/results.py
     """
     _configure_logging(verbose, log_format)
+    _check_run_options(progress, log_dir, state)
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
@@ -500,7 +541,7 @@ def plan(
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
-    ledger = open_ledger(state, create=False)
+    ledger = _open_to_read(state)
     try:
         rows = _counts(ledger, job, stages, selection)
         history = {s.name: ledger.request_stats(job.name, s.name) for s in stages}
@@ -584,7 +625,7 @@ def status(
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
-    ledger = open_ledger(state, create=False)
+    ledger = _open_to_read(state)
     try:
         rows = _counts(ledger, job, stages, selection)
         groups = ledger.failure_groups(job.name, [s.name for s in stages], selection)
@@ -763,7 +804,7 @@ def coverage_command(
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
-    ledger = open_ledger(state, create=False)
+    ledger = _open_to_read(state)
     try:
         report = coverage.collect(job, ledger, stages, selection, thin=thin)
     finally:
@@ -876,6 +917,7 @@ def retry(
       backfill retry jobs/results.py --empty   # the source has since published them
     """
     _configure_logging(verbose, log_format)
+    _check_run_options(progress, log_dir, state)
     if not (failed or empty):
         raise fail("say what to re-run: --failed, --empty, or both")
     job, stages, selection = _load(job_path, stage, start, end, partition, where)
@@ -1023,7 +1065,7 @@ def runs(
       backfill runs jobs/results.py --limit 5 --run 3f2a9c1e7b4d
     """
     job = load_job(job_path)
-    ledger = open_ledger(state, create=False)
+    ledger = _open_to_read(state)
     try:
         records = ledger.runs(job.name, limit=limit)
     finally:
@@ -1207,6 +1249,7 @@ def demo(
         serve_demo(rate=rate, calm=calm, port=port)
         return
     _configure_logging(0, log_format)
+    _check_run_options(progress, None, f"sqlite:///{directory}/state.db")
     code = run_demo(
         adaptive=adaptive,
         directory=directory,
