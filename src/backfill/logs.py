@@ -250,7 +250,7 @@ class _LogFile(logging.FileHandler):
         self._broken = True
         reason = "the disk is full" if is_disk_full(error) else error.strerror or str(error)
         print(
-            f"warning: cannot write the log file {self.baseFilename} ({reason}); "
+            f"warning: cannot write the log file {visible(self.baseFilename)} ({reason}); "
             "the run goes on without it",
             file=sys.stderr,
             flush=True,

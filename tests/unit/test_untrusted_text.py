@@ -9,6 +9,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -22,7 +23,7 @@ from backfill.events import (
     RunStopping,
 )
 from backfill.ledger import StageCounts, Status, open_ledger
-from backfill.logs import configure_logging
+from backfill.logs import configure_logging, log_file_handler
 from backfill.progress import LiveProgress, PlainProgress
 from backfill.testing import run_job
 
@@ -162,3 +163,26 @@ def test_coverage_reports_show_text_and_keep_json_faithful() -> None:
     page = cov.to_html(report)
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_a_log_file_warning_shows_its_path_as_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The one warning about a log file that cannot be written shows a --log-dir with
+    escapes in it escaped."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    target = tmp_path / "logs\x1b[2J\x07" / "run.jsonl"
+    target.parent.mkdir()
+    target.symlink_to("/dev/full")
+    handler = log_file_handler(target)
+    logger = logging.getLogger("backfill.test.full")
+    logger.addHandler(handler)
+    try:
+        logger.warning("a line")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    err = capsys.readouterr().err
+    assert_harmless(err)
+    assert "logs\\x1b[2J\\x07" in err
