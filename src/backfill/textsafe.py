@@ -31,4 +31,7 @@ def visible(text: str, *, multiline: bool = False) -> str:
     ``multiline`` keeps newlines and tabs (for a traceback); otherwise they are escaped
     too, so one value stays on one line.
     """
+    if text.isprintable():
+        # Every character escaped here is unprintable: most text needs no translation.
+        return text
     return text.translate(_LINES if multiline else _ONE_LINE)
