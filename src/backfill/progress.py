@@ -16,6 +16,7 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
 from backfill.clock import format_duration
 from backfill.events import (
@@ -31,6 +32,7 @@ from backfill.events import (
     WorkerLost,
 )
 from backfill.ledger import StageCounts, Status
+from backfill.textsafe import visible
 
 __all__ = ["LiveProgress", "PlainProgress", "ProgressState", "format_duration"]
 
@@ -167,7 +169,7 @@ class LiveProgress:
         for s in self.state.stages.values():
             rate = s.rate(now)
             table.add_row(
-                s.name,
+                Text(visible(s.name)),
                 ProgressBar(total=max(1, s.total), completed=s.finished, width=26),
                 f"{s.done:,}",
                 f"{s.empty:,}",
@@ -184,7 +186,8 @@ class LiveProgress:
                 footer += f" · {name}: {what}" + (f" {seconds:.1f}s" if seconds else "")
         if self.state.stopping:
             footer += f" · stopping ({self.state.stopping}); Ctrl+C again to stop at once"
-        table.caption = footer
+        # A resource's word or a stop reason may quote a source: text, never markup.
+        table.caption = Text(visible(footer))
         return table
 
 
@@ -232,5 +235,6 @@ class PlainProgress:
             )
 
     def _write(self, line: str) -> None:
-        self.stream.write(line + "\n")
+        # Lines quote sources (error messages, keys): escape what a terminal would obey.
+        self.stream.write(visible(line) + "\n")
         self.stream.flush()

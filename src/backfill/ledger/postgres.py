@@ -35,6 +35,7 @@ from backfill.ledger import (
     FailureGroup,
     Fence,
     LedgerEntry,
+    NoState,
     Outcome,
     RunRecord,
     StageCounts,
@@ -177,6 +178,11 @@ def _selection_sql(selection: Selection | None) -> tuple[str, dict[str, Any]]:
     return "".join(f" AND {c}" for c in clauses), params
 
 
+def _read_only_session(conn: psycopg.Connection[Any]) -> None:
+    """Every transaction of a reader's connection is read-only: the server refuses a write."""
+    conn.execute("SET default_transaction_read_only = on")
+
+
 def _statements(script: str) -> str:
     """A script without comments (they may hold semicolons), run as one simple query."""
     return "\n".join(line.split("--", 1)[0] for line in script.splitlines())
@@ -187,16 +193,22 @@ class PostgresLedger:
 
     ``url`` is a libpq URL, e.g. ``postgresql://backfill:secret@db:5432/backfill``; add
     ``?options=-csearch_path%3DNAME`` to keep the tables in schema ``NAME``.
+
+    ``read_only``: use an existing ledger of this schema version without creating or
+    migrating anything; every transaction is read-only.
     """
 
     retry_for = RECONNECT_SECONDS
 
-    def __init__(self, url: str, *, pool_size: int = 4) -> None:
+    def __init__(self, url: str, *, pool_size: int = 4, read_only: bool = False) -> None:
         self.url = url
         self.safe_url = redact_url(url)
         self._stage_ids: dict[tuple[str, str], int] = {}
         self._gone = False
-        self._check(url)
+        if read_only:
+            self._check_read_only(url)
+        else:
+            self._check(url)
         # No server-side prepared statements: a prepared statement's generic plan guesses
         # 10 rows for an unnest() of a 1,000-id batch and joins it by a nested loop over
         # every leased row (completions ran 6x slower); planning each call costs ~0.5 ms.
@@ -209,15 +221,9 @@ class PostgresLedger:
             open=False,
             name="backfill-ledger",
             reconnect_timeout=self.retry_for,
+            configure=_read_only_session if read_only else None,
         )
         self._pool.open(wait=False)
-
-    @staticmethod
-    def exists(url: str) -> bool:
-        """Whether the database named by ``url`` already holds a backfill ledger."""
-        with PostgresLedger._connect(url) as conn:
-            row = conn.execute("SELECT to_regclass('backfill_meta')").fetchone()
-        return row is not None and row[0] is not None
 
     @staticmethod
     def _connect(url: str) -> psycopg.Connection[Any]:
@@ -237,6 +243,33 @@ class PostgresLedger:
                 raise LedgerError(
                     f"cannot set up the ledger in {self.safe_url}: {_last_line(str(exc))}"
                 ) from exc
+
+    def _check_read_only(self, url: str) -> None:
+        """Connect once (a clear error for a bad URL) and check the schema, changing
+        nothing: no tables is no state yet, another version is refused."""
+        with self._connect(url) as conn:
+            try:
+                row = conn.execute("SELECT to_regclass('backfill_meta')").fetchone()
+                if row is None or row[0] is None:
+                    raise NoState(f"no state in {self.safe_url}; nothing has run yet")
+                found = conn.execute(
+                    "SELECT value FROM backfill_meta WHERE key = 'schema_version'"
+                ).fetchone()
+            except psycopg.Error as exc:
+                raise LedgerError(
+                    f"cannot read the ledger in {self.safe_url}: {_last_line(str(exc))}"
+                ) from exc
+        version = int(found[0]) if found else 0
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"state {self.safe_url} has schema version {version}, newer than this "
+                f"backfill understands ({SCHEMA_VERSION}); upgrade backfill"
+            )
+        if version < SCHEMA_VERSION:
+            raise LedgerError(
+                f"state {self.safe_url} has schema version {version}, older than this "
+                f"backfill's ({SCHEMA_VERSION}); run `backfill run` once to upgrade it"
+            )
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         row = conn.execute("SELECT to_regclass('backfill_meta')").fetchone()
