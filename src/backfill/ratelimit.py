@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from backfill.clock import Clock, SystemClock, format_duration, format_wall
+from backfill.clock import Clock, SystemClock, current_deadline, format_duration, format_wall
 from backfill.errors import ConfigError
 
 __all__ = [
@@ -409,7 +409,9 @@ class CircuitBreaker:
 
     While open the resource hands out no reservations; after ``cooldown`` seconds one
     probe request is let through (half-open): success closes the circuit, failure opens it
-    again for twice as long (up to ``max_cooldown``).
+    again for twice as long, up to ``max_cooldown``: a few seconds, so a source that comes
+    back is used again within seconds, at the cost of one request every few seconds
+    while it is down.
     """
 
     def __init__(
@@ -419,7 +421,7 @@ class CircuitBreaker:
         window: int = 20,
         min_requests: int = 10,
         cooldown: float = 2.0,
-        max_cooldown: float = 60.0,
+        max_cooldown: float = 5.0,
     ) -> None:
         self.threshold = threshold
         self.window = window
@@ -768,6 +770,19 @@ class Resource:
         return start
 
     async def acquire(self) -> None:
+        """Wait for this request's turn (rates, pauses and the breaker all respected);
+        the wait does not count against the partition's stage timeout."""
+        deadline = current_deadline.get()
+        if deadline is None:
+            await self._acquire()
+            return
+        deadline.hold()
+        try:
+            await self._acquire()
+        finally:
+            deadline.release()
+
+    async def _acquire(self) -> None:
         """Wait for this request's turn (rates, pauses and the breaker all respected).
 
         Requests take their turns in order, one at a time: the first waits until every
@@ -940,6 +955,8 @@ class Resource:
         if outcome is not Outcome.RATE_LIMITED:
             change = self.breaker.record(outcome is not Outcome.ERROR, now)
             if change == "opened":
-                self._tell("circuit open: too many errors", self.breaker.cooldown)
+                first, most = self.breaker.cooldown, self.breaker.max_cooldown
+                then = f", then at most {most:g} s apart" if most > first else ""
+                self._tell(f"circuit open: too many errors; probing every {first:g} s{then}", first)
             elif change == "closed":
                 self._tell("circuit closed", 0.0)

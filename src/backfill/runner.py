@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import structlog
 
 from backfill.checks import CheckResult, results_json
-from backfill.clock import Clock, SystemClock
+from backfill.clock import Clock, Deadline, SystemClock, current_deadline
 from backfill.context import Context, RunCache
 from backfill.errors import (
     BackfillError,
@@ -240,13 +240,18 @@ def _failed_message(
     return "; ".join(parts)
 
 
-def _classify(exc: BaseException, stage: Stage) -> StageError:
+def _classify(exc: BaseException, stage: Stage, tally: RequestTally | None = None) -> StageError:
     """Map any exception a stage raised onto transient, permanent or fatal."""
     if isinstance(exc, StageError):
         return exc
     if isinstance(exc, TimeoutError):
+        # Waits for a resource's turns do not count (see Deadline): this is the stage's
+        # own time, and what the source last did wrong is likely why.
+        cause = (
+            f"; the source's last error: {tally.last_error}" if tally and tally.last_error else ""
+        )
         return TransientError(
-            f"stage {stage.name} took longer than its timeout of {stage.timeout:g} s",
+            f"stage {stage.name} took longer than its timeout of {stage.timeout:g} s{cause}",
             category="timeout",
         )
     if isinstance(exc, SinkError):
@@ -1182,7 +1187,7 @@ class Runner:
                 except (asyncio.CancelledError, LeaseLost):
                     raise
                 except Exception as exc:
-                    error = _classify(exc, stage)
+                    error = _classify(exc, stage, tally)
                     if isinstance(error, FatalError):
                         if self._fatal is None:
                             self._fatal = error
@@ -1449,8 +1454,13 @@ class Runner:
             context = contextvars.copy_context()
             coro = loop.run_in_executor(self._stage_pool, context.run, _call_sync, fn, ctx)
         if stage.timeout is not None:
-            async with asyncio.timeout(stage.timeout):
-                return await coro
+            async with asyncio.timeout(stage.timeout) as timeout:
+                # Waits for a resource's turns stop this clock (see Deadline).
+                current_deadline.set(Deadline(timeout))
+                try:
+                    return await coro
+                finally:
+                    current_deadline.set(None)
         return await coro
 
 

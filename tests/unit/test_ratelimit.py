@@ -183,7 +183,7 @@ def test_breaker_opens_on_errors_and_closes_after_a_good_probe() -> None:
     for i in range(10):
         resource.observe(Outcome.ERROR if i % 2 else Outcome.OK)
     assert resource.breaker.is_open
-    assert events == ["circuit open: too many errors"]
+    assert events == ["circuit open: too many errors; probing every 5 s"]
 
     async def probe() -> float:
         await resource.acquire()
