@@ -26,7 +26,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from backfill.clock import Clock, SystemClock, current_deadline, format_duration, format_wall
 from backfill.errors import ConfigError
@@ -591,6 +591,8 @@ class Resource:
         self.rate_limited = 0
         self.pauses = 0
         self.late_starts = 0  # fleet starts found stale and dropped, taken again
+        self.pause_reason: str | None = None
+        self.circuit_since: float | None = None  # wall clock
 
     def __repr__(self) -> str:
         return f"Resource({self.name!r}, rate={self.rate_description()})"
@@ -652,6 +654,9 @@ class Resource:
             self._pace_scheduler.set_rate(self.pace.rate, self.burst)
         self._said_slower = False
         self._pacing = None
+        self._quota_wait_until = -math.inf
+        self.pause_reason = None
+        self.circuit_since = None
         self.paused_until = -math.inf
         old = self.breaker
         self.breaker = CircuitBreaker(
@@ -831,6 +836,34 @@ class Resource:
         self.requests += 1
         _start_deadline.set((self.clock, deadline) if deadline < math.inf else None)
 
+    def state(self) -> dict[str, Any]:
+        """What the resource is doing now, for status and the dashboard (instants on the
+        wall clock): its declared limits and the rate it runs at, a pause and why, its
+        circuit, a quota wait, and how many requests it made and saw refused."""
+        now, wall = self.clock.monotonic(), self.clock.time()
+
+        def at(instant: float) -> float | None:
+            return round(wall + instant - now, 3) if instant > now else None
+
+        breaker = self.breaker
+        circuit = "closed"
+        if breaker.open_until is not None:
+            circuit = "probing" if breaker.probing else "open"
+        return {
+            "declared": ", ".join(str(lim) for lim in self.limits) or None,
+            "adaptive": self.adaptive,
+            "rate": round(self.rate, 4) if self.limits or self.pace is not None else None,
+            "paused_until": at(self.paused_until),
+            "pause_reason": self.pause_reason if self.paused_until > now else None,
+            "circuit": circuit,
+            "circuit_since": self.circuit_since if circuit != "closed" else None,
+            "circuit_retry_at": at(breaker.open_until) if breaker.open_until is not None else None,
+            "quota_until": at(self._quota_wait_until),
+            "quotas": [str(q) for q in self.quotas],
+            "requests": self.requests,
+            "rate_limited": self.rate_limited,
+        }
+
     def _say_quota_wait(self, until: float) -> None:
         """Say once per wait that a quota is used up, and when requests resume."""
         if abs(until - self._quota_wait_until) < 1.0:
@@ -913,6 +946,7 @@ class Resource:
         if until > self.paused_until + 1e-3:
             was_paused = self.paused_until > self.clock.monotonic()
             self.paused_until = until
+            self.pause_reason = reason
             if not was_paused:
                 self.pauses += 1
                 self._tell(f"paused ({reason})", seconds)
@@ -955,8 +989,10 @@ class Resource:
         if outcome is not Outcome.RATE_LIMITED:
             change = self.breaker.record(outcome is not Outcome.ERROR, now)
             if change == "opened":
+                self.circuit_since = self.clock.time()
                 first, most = self.breaker.cooldown, self.breaker.max_cooldown
                 then = f", then at most {most:g} s apart" if most > first else ""
                 self._tell(f"circuit open: too many errors; probing every {first:g} s{then}", first)
             elif change == "closed":
+                self.circuit_since = None
                 self._tell("circuit closed", 0.0)

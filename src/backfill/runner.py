@@ -18,6 +18,7 @@ import dataclasses
 import getpass
 import importlib
 import inspect
+import json
 import logging
 import multiprocessing
 import os
@@ -294,6 +295,10 @@ class Runner:
             resource.reset()
             resource.subscribe(self._on_resource)
         self._stop = asyncio.Event()
+        # Set when a resource pauses, opens its circuit, waits for a quota...: its state
+        # goes on record (at once, at the first one: status shows the run's resources).
+        self._resources_changed = asyncio.Event()
+        self._resources_changed.set()
         self._immediate = False
         self._fatal: StageError | None = None
         self._interrupted = False
@@ -389,6 +394,35 @@ class Runner:
 
     def _on_resource(self, name: str, what: str, seconds: float) -> None:
         self.bus.emit(ResourceChanged(name, what, seconds))
+        self._resources_changed.set()
+
+    def _resources_json(self) -> str | None:
+        """What the resources this run's stages use are doing, as the ledger keeps it."""
+        used = sorted({s.resource for s in self.stages if s.resource is not None})
+        if not used:
+            return None
+        states = {name: self.job.resources[name].state() for name in used}
+        return json.dumps(states, separators=(",", ":"))
+
+    async def _publish_resources(self) -> None:
+        """Put on record what this worker's resources are doing as soon as one pauses,
+        opens or closes its circuit, changes its rate or waits for a quota (at most once
+        a second; the heartbeat does it too), so status and the dashboard can say why
+        nothing moves."""
+        while True:
+            await self._resources_changed.wait()
+            self._resources_changed.clear()
+            try:
+                await self._db(
+                    self.ledger.heartbeat,
+                    self.worker_id,
+                    now=self.clock.time(),
+                    resources=self._resources_json(),
+                )
+            except BackfillError as exc:
+                log.warning("could not record the state of resources: %s", exc)
+            # Not a wait the run's clock should see: only spacing the writes out.
+            await asyncio.sleep(1.0)
 
     def _clean(self, message: str) -> str:
         """One line, bounded, with every secret masked: what the ledger and logs get."""
@@ -533,6 +567,7 @@ class Runner:
 
         heartbeat = asyncio.create_task(self._heartbeat())
         flusher = asyncio.create_task(self._flush_loop())
+        publisher = asyncio.create_task(self._publish_resources())
         try:
             if self._fatal is None:
                 try:
@@ -550,12 +585,15 @@ class Runner:
                 self._grace_task.cancel()
             heartbeat.cancel()
             flusher.cancel()
+            publisher.cancel()
             if fleet is not None:
                 fleet.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await fleet
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             if self._background_flush is not None:
@@ -776,7 +814,12 @@ class Runner:
                     self.ledger.renew, self.worker_id, lease_seconds=self.job.lease_seconds, now=now
                 )
                 self.leases.renewed(since=since, done=self.clock.monotonic())
-                await self._db(self.ledger.heartbeat, self.worker_id, now=now)
+                await self._db(
+                    self.ledger.heartbeat,
+                    self.worker_id,
+                    now=now,
+                    resources=self._resources_json(),
+                )
             except BackfillError as exc:
                 log.warning("could not renew leases: %s", exc)
 
