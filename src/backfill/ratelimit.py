@@ -463,7 +463,9 @@ class CircuitBreaker:
         return None
 
 
-Listener = Callable[[str, str, float], None]
+# listener(resource name, what happened (a sentence), seconds it lasts, kind): kind is
+# "paused", "quota", "circuit_open", "circuit_closed" or "rate".
+Listener = Callable[[str, str, float, str], None]
 
 
 class SharedRate(Protocol):
@@ -674,12 +676,13 @@ class Resource:
         self._semaphore = None
 
     def subscribe(self, listener: Listener) -> None:
-        """``listener(resource_name, what, seconds)`` hears of pauses and breaker changes."""
+        """``listener(resource_name, what, seconds, kind)`` hears of pauses, quota waits,
+        breaker changes and a declared rate the source does not accept."""
         self._listeners.append(listener)
 
-    def _tell(self, what: str, seconds: float) -> None:
+    def _tell(self, what: str, seconds: float, kind: str) -> None:
         for listener in self._listeners:
-            listener(self.name, what, seconds)
+            listener(self.name, what, seconds, kind)
 
     # -- a fleet of workers ----------------------------------------------------------------
 
@@ -876,6 +879,7 @@ class Resource:
             f"quota used up ({spent}): resumes {format_wall(wall + until - now, wall)} "
             f"(in {format_duration(until - now)})",
             until - now,
+            "quota",
         )
 
     def unsent(self) -> None:
@@ -915,6 +919,7 @@ class Resource:
                 f"declared {pace.ceiling:g}/s is more than the source accepts: running at "
                 f"{pace.rate:.3g}/s",
                 0.0,
+                "rate",
             )
 
     def _latency_rising(self, latency: float) -> bool:
@@ -949,7 +954,7 @@ class Resource:
             self.pause_reason = reason
             if not was_paused:
                 self.pauses += 1
-                self._tell(f"paused ({reason})", seconds)
+                self._tell(f"paused ({reason})", seconds, "paused")
 
     def observe(
         self,
@@ -992,7 +997,11 @@ class Resource:
                 self.circuit_since = self.clock.time()
                 first, most = self.breaker.cooldown, self.breaker.max_cooldown
                 then = f", then at most {most:g} s apart" if most > first else ""
-                self._tell(f"circuit open: too many errors; probing every {first:g} s{then}", first)
+                self._tell(
+                    f"circuit open: too many errors; probing every {first:g} s{then}",
+                    first,
+                    "circuit_open",
+                )
             elif change == "closed":
                 self.circuit_since = None
-                self._tell("circuit closed", 0.0)
+                self._tell("circuit closed", 0.0, "circuit_closed")

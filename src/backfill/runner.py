@@ -58,6 +58,7 @@ from backfill.events import (
     RunFinished,
     RunStarted,
     RunStopping,
+    Tick,
     WorkerJoined,
     WorkerLost,
 )
@@ -392,8 +393,8 @@ class Runner:
             self._clients[resource] = client
         return client
 
-    def _on_resource(self, name: str, what: str, seconds: float) -> None:
-        self.bus.emit(ResourceChanged(name, what, seconds))
+    def _on_resource(self, name: str, what: str, seconds: float, kind: str) -> None:
+        self.bus.emit(ResourceChanged(name, what, seconds, kind))
         self._resources_changed.set()
 
     def _resources_json(self) -> str | None:
@@ -403,6 +404,13 @@ class Runner:
             return None
         states = {name: self.job.resources[name].state() for name in used}
         return json.dumps(states, separators=(",", ":"))
+
+    async def _tick(self) -> None:
+        """A Tick event every second, for displays with a cadence of their own."""
+        while True:
+            # The displays' cadence, not the run's logic: real seconds, not the clock's.
+            await asyncio.sleep(1.0)
+            self.bus.emit(Tick(self.clock.time()))
 
     async def _publish_resources(self) -> None:
         """Put on record what this worker's resources are doing as soon as one pauses,
@@ -568,6 +576,7 @@ class Runner:
         heartbeat = asyncio.create_task(self._heartbeat())
         flusher = asyncio.create_task(self._flush_loop())
         publisher = asyncio.create_task(self._publish_resources())
+        ticker = asyncio.create_task(self._tick())
         try:
             if self._fatal is None:
                 try:
@@ -586,6 +595,7 @@ class Runner:
             heartbeat.cancel()
             flusher.cancel()
             publisher.cancel()
+            ticker.cancel()
             if fleet is not None:
                 fleet.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -594,6 +604,8 @@ class Runner:
                 await heartbeat
             with contextlib.suppress(asyncio.CancelledError):
                 await publisher
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             if self._background_flush is not None:
