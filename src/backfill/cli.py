@@ -7,6 +7,7 @@ configuration error (nothing changed), 130 interrupted (state saved; run again t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -26,12 +27,21 @@ from backfill.errors import BackfillError, disk_full_message, is_disk_full
 from backfill.estimate import estimate
 from backfill.events import EventBus
 from backfill.job import Job, Stage, load_job
-from backfill.ledger import DEFAULT_STATE_URL, Ledger, StageCounts, Status, open_ledger
+from backfill.ledger import (
+    DEFAULT_STATE_URL,
+    FailureGroup,
+    Ledger,
+    LedgerEntry,
+    StageCounts,
+    Status,
+    open_ledger,
+)
 from backfill.logs import EventLog, LogFormat, configure_logging, log_file_handler
 from backfill.partitions import Selection, parse_order
 from backfill.progress import LiveProgress, PlainProgress, format_duration
 from backfill.runner import ExitCode, Runner, RunOptions, RunResult, worker_is_dead
 from backfill.runstats import stage_stats
+from backfill.secrets import Masker, url_secrets
 
 __all__ = ["app", "main"]
 
@@ -121,7 +131,9 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except BackfillError as exc:
-            raise fail(str(exc)) from None
+            state = kwargs.get("state")
+            shown = Masker(url_secrets(state, "state") if isinstance(state, str) else ())
+            raise fail(shown.mask(str(exc))) from None
 
     return wrapper
 
@@ -192,7 +204,7 @@ def _run_and_exit(
 
 
 def _configure_logging(
-    verbose: int, log_format: str = "console", secrets: Sequence[str] = ()
+    verbose: int, log_format: str = "console", secrets: Sequence[str] | Masker = ()
 ) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     if log_format not in ("console", "json"):
@@ -248,7 +260,7 @@ def execute(
         file_handler = log_file_handler(
             log_path(log_dir, runner.run_id),
             level=logging.DEBUG if verbose >= 2 else logging.INFO,
-            secrets=job.secrets,
+            secrets=job.masker(ledger.url),
         )
     except OSError as exc:
         if is_disk_full(exc):
@@ -361,7 +373,7 @@ def run(
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
-    _configure_logging(verbose, log_format, job.secrets)
+    _configure_logging(verbose, log_format, job.masker(state))
     if missing_only:
         selection = _gaps_to_fill(job, stages, selection, state)
     options = RunOptions(
@@ -449,7 +461,7 @@ def worker(
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
-    _configure_logging(verbose, log_format, job.secrets)
+    _configure_logging(verbose, log_format, job.masker(state))
     options = RunOptions(
         stages=tuple(s.name for s in stages),
         selection=selection,
@@ -564,14 +576,21 @@ def status(
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
+    shown = job.masker(state)
     ledger = open_ledger(state, create=False)
     try:
         rows = _counts(ledger, job, stages, selection)
-        groups = ledger.failure_groups(job.name, [s.name for s in stages], selection)
+        groups = [
+            _masked_group(g, shown)
+            for g in ledger.failure_groups(job.name, [s.name for s in stages], selection)
+        ]
         failed_entries = {
-            s.name: ledger.entries(
-                job.name, s.name, status=Status.FAILED, selection=selection, limit=failures
-            )
+            s.name: [
+                _masked_entry(e, shown)
+                for e in ledger.entries(
+                    job.name, s.name, status=Status.FAILED, selection=selection, limit=failures
+                )
+            ]
             for s in stages
         }
         runs = ledger.runs(job.name, limit=1)
@@ -665,6 +684,15 @@ def status(
                 )
         out.print(ftable)
         out.print("re-run them with `backfill retry JOB --failed`", highlight=False)
+
+
+def _masked_group(group: FailureGroup, shown: Masker) -> FailureGroup:
+    return dataclasses.replace(group, example_message=shown.mask(group.example_message))
+
+
+def _masked_entry(entry: LedgerEntry, shown: Masker) -> LedgerEntry:
+    message = entry.error_message
+    return dataclasses.replace(entry, error_message=shown.mask(message) if message else message)
 
 
 _GLYPHS = {
@@ -848,7 +876,7 @@ def retry(
     if not (failed or empty):
         raise fail("say what to re-run: --failed, --empty, or both")
     job, stages, selection = _load(job_path, stage, start, end, partition, where)
-    _configure_logging(verbose, log_format, job.secrets)
+    _configure_logging(verbose, log_format, job.masker(state))
     statuses = [s for s, wanted in ((Status.FAILED, failed), (Status.EMPTY, empty)) if wanted]
     ledger = open_ledger(state, create=False)
     try:
@@ -995,7 +1023,8 @@ def runs(
     finally:
         ledger.close()
     if not records:
-        out.print(f"no runs of job {job.name} recorded in {state}", highlight=False)
+        where = job.masker(state).mask(state)
+        out.print(f"no runs of job {job.name} recorded in {where}", highlight=False)
         return
     table = Table(title=f"runs of job {job.name} (times UTC)", title_justify="left")
     cols: tuple[str, ...] = ("run", "started", "command", "host", "status", "elapsed")
@@ -1090,7 +1119,7 @@ def serve(
     check_bind(host, token)
     _configure_logging(verbose, log_format)
     job = load_job(job_path)
-    _configure_logging(verbose, log_format, job.secrets)
+    _configure_logging(verbose, log_format, job.masker(state))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

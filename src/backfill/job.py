@@ -222,10 +222,10 @@ class Job:
         """Every value declared secret (see :attr:`declared_secrets`)."""
         return tuple(s.value for s in self.declared_secrets)
 
-    @property
-    def masker(self) -> Masker:
-        """The masker of the job's secrets, for every text shown or stored."""
-        return Masker(self.declared_secrets)
+    def masker(self, state: str | None = None) -> Masker:
+        """The masker of the job's secrets, and of the password of the ``state`` URL, for
+        every text shown or stored."""
+        return Masker((*self.declared_secrets, *url_secrets(state, "state")))
 
     def __repr__(self) -> str:
         return f"Job({self.name!r}, stages={list(self.stages)})"
@@ -556,7 +556,7 @@ def load_job(target: str) -> Job:
         job = jobs[0]
     if not job.stages:
         raise ConfigError(f"job {job.name!r} has no stages; declare one with @job.stage")
-    for secret in job.masker.too_short:
+    for secret in job.masker().too_short:
         log.warning(
             "%s is declared secret but has only %d character(s), too short to mask: it is "
             "shown as is wherever it appears (a value that is no secret can go in each "

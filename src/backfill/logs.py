@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -33,7 +33,7 @@ from backfill.events import (
     WorkerLost,
 )
 from backfill.ledger import Status
-from backfill.sources.http import redact
+from backfill.secrets import Masker
 
 __all__ = ["EventLog", "LogFormat", "configure_logging", "log_file_handler"]
 
@@ -117,31 +117,29 @@ class EventLog:
 # -- set-up, for applications ------------------------------------------------------------
 
 
-def _redactor(secrets: Iterable[str]) -> structlog.types.Processor:
-    """A processor masking secrets (and ``api_key=...``-style pairs) in every string."""
-    values = tuple(secrets)
+_Secrets = Iterable[str] | Masker
 
-    def clean(value: Any) -> Any:
-        if isinstance(value, str):
-            return redact(value, values)
-        if isinstance(value, Mapping):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        return value
+
+def _masker(secrets: _Secrets) -> Masker:
+    return secrets if isinstance(secrets, Masker) else Masker(secrets)
+
+
+def _redactor(masker: Masker) -> structlog.types.Processor:
+    """A processor masking the declared secrets, and whatever looks secret, in every
+    string of the line (the formatted traceback included)."""
 
     def processor(
         logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for name, value in event_dict.items():
             if name != "_record" and name != "_from_structlog":
-                event_dict[name] = clean(value)
+                event_dict[name] = masker.mask_tree(value)
         return event_dict
 
     return processor
 
 
-def _formatter(fmt: LogFormat, secrets: Iterable[str], colors: bool) -> logging.Formatter:
+def _formatter(fmt: LogFormat, secrets: _Secrets, colors: bool) -> logging.Formatter:
     renderer: structlog.types.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -161,7 +159,7 @@ def _formatter(fmt: LogFormat, secrets: Iterable[str], colors: bool) -> logging.
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
-            _redactor(secrets),
+            _redactor(_masker(secrets)),
             renderer,
         ],
     )
@@ -221,10 +219,11 @@ class _LogFile(logging.FileHandler):
 
 
 def log_file_handler(
-    path: Path, *, level: int = logging.INFO, secrets: Iterable[str] = ()
+    path: Path, *, level: int = logging.INFO, secrets: _Secrets = ()
 ) -> logging.Handler:
     """A handler writing JSON lines to ``path`` (its directory is created). A write that
-    fails (e.g. a full disk) warns once on stderr and stops the file, never the run."""
+    fails (e.g. a full disk) warns once on stderr and stops the file, never the run.
+    ``secrets`` (values, or a :class:`~backfill.secrets.Masker`) are masked in every line."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = _LogFile(path)
     handler.setLevel(level)
@@ -237,12 +236,14 @@ def configure_logging(
     *,
     level: int = logging.WARNING,
     stream: TextIO | None = None,
-    secrets: Iterable[str] = (),
+    secrets: _Secrets = (),
 ) -> logging.Handler:
     """Route every log record through structlog to ``stream`` (stderr by default):
     human-readable with ``fmt="console"``, one JSON object per line with ``"json"``.
 
-    Replaces the root logger's handlers and returns the new one. The ``backfill``
+    ``secrets`` (values, or a :class:`~backfill.secrets.Masker`) are masked in every line,
+    as is whatever looks secret. Replaces the root logger's handlers and returns the new
+    one. The ``backfill``
     loggers pass everything down to DEBUG, so handlers (e.g. a per-run file from
     :func:`log_file_handler`) choose their own level.
     """

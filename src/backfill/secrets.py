@@ -51,6 +51,9 @@ __all__ = [
 MASK = "***"
 # A shorter value cannot be masked safely: every "a" or "42" in the output would go.
 MIN_LENGTH = 4
+# Masked short texts are remembered (bounded): most fields of log lines repeat.
+_CACHED_LENGTH = 256
+_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,15 +144,35 @@ def _userinfo(match: re.Match[str]) -> str:
     return match.group("head") + MASK + match.group("tail")
 
 
+# Every secret name holds one of these. Log lines are masked one by one on the event loop
+# (a debug line per network step), so the patterns run only on text that may need them.
+_NAME_ROOTS = ("key", "token", "secret", "pass", "pwd", "sig", "auth", "credential",
+               "cookie", "session", "appid", "app_id", "app-id")  # fmt: skip
+
+
+_HEADER_ROOTS = ("authoriz", "x-", "apikey", "api-key")
+
+
 def _mask_patterns(text: str) -> str:
     """``text`` with whatever looks secret masked (declared values aside)."""
-    text = _USERINFO.sub(_userinfo, text)
-    text = _HEADER.sub(lambda m: _mask_groups(m, "value"), text)
-    text = _COOKIE.sub(lambda m: m.group("head") + MASK, text)
-    text = _QUOTED_PAIR.sub(_pair, text)
-    text = _ASSIGNMENT.sub(_pair, text)
-    text = _ENCODED_ASSIGNMENT.sub(_pair, text)
-    return _BEARER.sub(_bearer, text)
+    if "@" in text and "://" in text:
+        text = _USERINFO.sub(_userinfo, text)
+    low = text.lower()
+    if any(map(low.__contains__, _NAME_ROOTS)):
+        if ":" in text:
+            if any(map(low.__contains__, _HEADER_ROOTS)):
+                text = _HEADER.sub(lambda m: _mask_groups(m, "value"), text)
+            if "cookie" in low:
+                text = _COOKIE.sub(lambda m: m.group("head") + MASK, text)
+            if '"' in text or "'" in text:
+                text = _QUOTED_PAIR.sub(_pair, text)
+        if "=" in text:
+            text = _ASSIGNMENT.sub(_pair, text)
+        if "%3d" in low:
+            text = _ENCODED_ASSIGNMENT.sub(_pair, text)
+    if "earer" in low:
+        text = _BEARER.sub(_bearer, text)
+    return text
 
 
 # -- the forms a declared value takes ----------------------------------------------------
@@ -287,8 +310,9 @@ class Masker:
                 )
         self._placeholders = forms
         # Longest first, so that a value holding another is masked whole.
-        alternatives = sorted(forms, key=len, reverse=True)
-        self._values = re.compile("|".join(map(re.escape, alternatives))) if forms else None
+        self._forms = sorted(forms, key=len, reverse=True)
+        self._values = re.compile("|".join(map(re.escape, self._forms))) if forms else None
+        self._cache: dict[str, str] = {}
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
@@ -298,9 +322,19 @@ class Masker:
     def mask(self, text: str) -> str:
         """``text`` with every declared secret, in any of its forms, and whatever looks
         secret replaced by ``***``."""
-        if self._values is not None:
-            text = self._values.sub(MASK, text)
-        return _mask_patterns(text)
+        # Log lines repeat most of their fields (job, stage, partition, worker ...).
+        short = len(text) <= _CACHED_LENGTH
+        if short and (hit := self._cache.get(text)) is not None:
+            return hit
+        masked = text
+        if self._values is not None and any(map(text.__contains__, self._forms)):
+            masked = self._values.sub(MASK, masked)
+        masked = _mask_patterns(masked)
+        if short:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self._cache[text] = masked
+        return masked
 
     def mask_tree(self, value: Any) -> Any:
         """A JSON-like value (dicts, lists, strings ...) with every string masked."""

@@ -318,7 +318,7 @@ def test_a_value_too_short_to_mask_is_warned_about_at_load(
     warnings = [r.getMessage() for r in caplog.records if r.name == "backfill.job"]
     assert len(warnings) == 1
     assert warnings[0].startswith("api.params.page_size is declared secret but has only 2 ")
-    assert job.masker.mask("page_size=50 of 50") == "page_size=50 of 50"
+    assert job.masker().mask("page_size=50 of 50") == "page_size=50 of 50"
 
 
 # -- layering ----------------------------------------------------------------------------
