@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -14,9 +17,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backfill.errors import ConfigError
+from backfill import Context, Job, Partition, PermanentError, RetryPolicy, daily
+from backfill.errors import ConfigError, FatalError
+from backfill.events import EventBus, RunStopping
 from backfill.job import load_job
+from backfill.ledger import open_ledger
+from backfill.logs import configure_logging
+from backfill.runner import ExitCode, RunOptions
 from backfill.secrets import MASK, Masker, Secret, is_secret_name, mask_url, url_secrets
+from backfill.testing import run_job
+from backfill.web.snapshot import Dashboard
 
 KEY = "k3y/with+odd chars&=="
 TOKEN = "tok-0123456789abcdef"
@@ -319,6 +329,115 @@ def test_a_value_too_short_to_mask_is_warned_about_at_load(
     assert len(warnings) == 1
     assert warnings[0].startswith("api.params.page_size is declared secret but has only 2 ")
     assert job.masker().mask("page_size=50 of 50") == "page_size=50 of 50"
+
+
+# -- the runner, logs and dashboard ------------------------------------------------------
+
+
+def checkpoint_job(key: str, seen: list[str | None]) -> Job:
+    """A job whose one partition saves a next link echoing the key, then fails; resumed,
+    it records the checkpoint it was given."""
+    job = Job("cp", partitions=daily("2013-01-01", "2013-01-01"))
+    job.resource("api", rate="100/s", params={"api_key": key})
+
+    @job.stage(resource="api", retry=RetryPolicy(attempts=1))
+    async def pages(ctx: Context, partition: Partition) -> list[dict[str, int]]:
+        seen.append(ctx.checkpoint)
+        if ctx.checkpoint is None:
+            await ctx.save_checkpoint(f"https://api.example/p/2?api_key={key}&page_token=abc9")
+            raise PermanentError(f"page 2 of https://api.example/p/1?api_key={key} is missing")
+        return [{"n": 1}]
+
+    return job
+
+
+def test_a_checkpoint_is_stored_sealed_and_resumed_with_the_rotated_key(tmp_path: Path) -> None:
+    """The ledger holds a placeholder where the echoed key was (and the cursor intact);
+    the resumed partition gets the checkpoint back with the key declared now."""
+    state = tmp_path / "state.db"
+    seen: list[str | None] = []
+    ledger = open_ledger(f"sqlite:///{state}")
+    assert run_job(checkpoint_job("old-key-4711", seen), ledger).exit_code == ExitCode.FAILED
+    with sqlite3.connect(state) as conn:
+        [(checkpoint, message)] = conn.execute(
+            "SELECT checkpoint, error_message FROM backfill_partitions"
+        ).fetchall()
+    assert checkpoint == (
+        "https://api.example/p/2?api_key=~backfill-secret:api.params.api_key~&page_token=abc9"
+    )
+    assert "old-key-4711" not in message
+    ledger.requeue("cp", ["pages"])
+    assert run_job(checkpoint_job("new-key-0815", seen), ledger).exit_code == ExitCode.OK
+    assert seen == [None, "https://api.example/p/2?api_key=new-key-0815&page_token=abc9"]
+    ledger.close()
+
+
+def test_run_options_end_message_and_stop_reason_are_masked() -> None:
+    """The argv stored with the run loses URL passwords and `--token` values; a fatal
+    message quoting a secret is masked in the result, the run record and the events."""
+    job = Job("fatal", partitions=daily("2013-01-01", "2013-01-01"))
+    job.resource("api", rate="100/s", headers={"X-Tenant": "tenant-secret-1"})
+
+    @job.stage(resource="api")
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        raise FatalError("the source revoked tenant-secret-1 (token=tk-9)")
+
+    argv = ("run", "job.py", "--state", "postgresql://u:pw-secret-2@h/db", "--token", "tk-3")
+    reasons: list[str] = []
+    bus = EventBus()
+    bus.subscribe(lambda e: reasons.append(e.reason) if isinstance(e, RunStopping) else None)
+    ledger = open_ledger(":memory:")
+    result = run_job(job, ledger, RunOptions(argv=argv), bus=bus)
+    assert result.exit_code == ExitCode.USAGE
+    [record] = ledger.runs("fatal")
+    stored = json.dumps([record.options, record.counts, result.message, reasons])
+    for secret in ("tenant-secret-1", "tk-9", "pw-secret-2", "tk-3"):
+        assert secret not in stored
+    assert record.options["argv"][3:] == ["postgresql://u:***@h/db", "--token", "***"]
+    assert result.message == "the source revoked *** (token=***)"
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """Restore the root logger and the backfill logger after a test configures them."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, logging.getLogger("backfill").level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    logging.getLogger("backfill").setLevel(saved[2])
+
+
+def test_log_lines_are_masked_by_a_jobs_masker(root_logging: None) -> None:
+    """Given the job's masker, a log line quoting a declared value, a bare token or a
+    database URL with a password shows none of them, in JSON too."""
+    stream = io.StringIO()
+    masker = Masker([Secret("api.headers.Authorization", "Bearer tok-5551234")])
+    configure_logging("json", level=logging.INFO, stream=stream, secrets=masker)
+    logging.getLogger("backfill.test").warning(
+        "refused tok-5551234 at %s", "postgresql://u:pw-7@db/x", extra={"hdr": "Bearer tok-5551234"}
+    )
+    [line] = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert line["event"] == "refused *** at postgresql://u:***@db/x"
+    assert line["hdr"] == "***"
+
+
+def test_the_dashboard_masks_messages_recorded_before_a_secret_was_declared() -> None:
+    """A failure message stored in clear (an older ledger, a secret declared since) is
+    masked in the dashboard's snapshot."""
+    plain = Job("web", partitions=daily("2013-01-01", "2013-01-01"))
+
+    @plain.stage(retry=RetryPolicy(attempts=1))
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        raise PermanentError("the source echoed tenant-secret-1")
+
+    ledger = open_ledger(":memory:")
+    run_job(plain, ledger)
+    declared = Job("web", partitions=daily("2013-01-01", "2013-01-01"))
+    declared.resource("api", rate="1/s", headers={"X-Tenant": "tenant-secret-1"})
+    declared.stage(name="fetch", resource="api")(fetch)
+    snapshot = Dashboard(declared, ledger).snapshot()
+    assert snapshot["failures"][0]["message"] == "the source echoed ***"
 
 
 # -- layering ----------------------------------------------------------------------------
