@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from conftest import backfill_cmd, cli_env, run_cli
 
+from backfill.ledger import open_ledger
 from pg_support import fresh_schema
 
 JOB = """
@@ -349,3 +350,57 @@ def test_no_planted_secret_appears_anywhere_with_a_postgres_state(
     leaks = _leaks(texts, planted)
     assert not leaks, "\n".join(leaks)
     assert "~backfill-secret:sweep_api.params.api_key~" in texts["schema tables"]
+
+
+OLD_JOB = """
+import os
+
+from backfill import Job, PermanentError, RetryPolicy, daily
+
+job = Job("older", partitions=daily("2013-01-01", "2013-01-03"))
+if os.environ.get("DECLARED"):
+    job.resource("api", rate="1/s", headers={"X-Tenant": "tenant-secret-4711"})
+
+
+@job.stage(retry=RetryPolicy(attempts=1))
+def fetch(ctx, partition):
+    if partition.key == "2013-01-02":
+        raise PermanentError("the source echoed tenant-secret-4711", category="ECHO")
+    return []
+"""
+
+
+def test_messages_stored_in_clear_are_masked_wherever_they_are_shown(tmp_path: Path) -> None:
+    """A failure recorded before its secret was declared (or by an older version) is
+    masked in status, coverage (text, JSON, HTML), and the state URL's password in runs."""
+    (tmp_path / "job.py").write_text(textwrap.dedent(OLD_JOB))
+    assert run_cli("run", "job.py", "--progress", "none", cwd=tmp_path).returncode == 1
+    with sqlite3.connect(tmp_path / ".backfill" / "state.db") as conn:
+        stored = conn.execute("SELECT error_message FROM backfill_partitions").fetchall()
+    assert ("the source echoed tenant-secret-4711",) in stored
+    declared = {"DECLARED": "1"}
+    shown = {
+        " ".join(args): run_cli(*args, cwd=tmp_path, env=declared)
+        for args in (
+            ("status", "job.py"),
+            ("coverage", "job.py", "--gaps"),
+            ("coverage", "job.py", "--format", "json"),
+            ("coverage", "job.py", "--format", "html"),
+        )
+    }
+    for args, result in shown.items():
+        assert result.returncode == 0, (args, result.stderr)
+        assert "tenant-secret-4711" not in result.stdout + result.stderr, args
+        assert "the source echoed ***" in result.stdout, args
+
+
+def test_runs_never_shows_the_state_password(tmp_path: Path, pg_schema: str) -> None:
+    """`backfill runs` on a state without runs names the state URL, password masked."""
+    (tmp_path / "job.py").write_text(textwrap.dedent(OLD_JOB))
+    planted = Planted()
+    state = _with_password(pg_schema, planted)
+    open_ledger(state).close()  # a ledger, with no runs of this job
+    result = run_cli("runs", "job.py", "--state", state, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "no runs of job older recorded in postgresql://" in result.stdout
+    assert _leaks({"stdout": result.stdout, "stderr": result.stderr}, planted) == []
