@@ -1144,7 +1144,10 @@ def serve(
             soft_wrap=True,
         )
         sys.stdout.flush()
-        config = uvicorn.Config(dashboard, log_level="warning", access_log=False, lifespan="off")
+        # log_config=None: uvicorn's lines go through our (masking) handlers too.
+        config = uvicorn.Config(
+            dashboard, log_level="warning", access_log=False, lifespan="off", log_config=None
+        )
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()

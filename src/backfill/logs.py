@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -126,14 +126,26 @@ def _masker(secrets: _Secrets) -> Masker:
 
 def _redactor(masker: Masker) -> structlog.types.Processor:
     """A processor masking the declared secrets, and whatever looks secret, in every
-    string of the line (the formatted traceback included)."""
+    value of the line (the formatted traceback included)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return masker.mask(value)
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, Mapping):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        # Bytes and objects are rendered by their repr: mask that (e.g. a raw header).
+        return masker.mask(repr(value))
 
     def processor(
         logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for name, value in event_dict.items():
             if name != "_record" and name != "_from_structlog":
-                event_dict[name] = masker.mask_tree(value)
+                event_dict[name] = clean(value)
         return event_dict
 
     return processor

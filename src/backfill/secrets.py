@@ -53,7 +53,7 @@ MASK = "***"
 MIN_LENGTH = 4
 # Masked short texts are remembered (bounded): most fields of log lines repeat.
 _CACHED_LENGTH = 256
-_CACHE_SIZE = 4096
+_CACHE_SIZE = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +386,7 @@ class Masker:
         return _PLACEHOLDER.sub(restore, checkpoint), tuple(missing)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)
 def _masker_of(values: tuple[str, ...]) -> Masker:
     return Masker(values)
 

@@ -414,12 +414,14 @@ def test_log_lines_are_masked_by_a_jobs_masker(root_logging: None) -> None:
     stream = io.StringIO()
     masker = Masker([Secret("api.headers.Authorization", "Bearer tok-5551234")])
     configure_logging("json", level=logging.INFO, stream=stream, secrets=masker)
+    extra = {"hdr": "Bearer tok-5551234", "raw": (b"HTTP/1.1", 401, b"bad tok-5551234")}
     logging.getLogger("backfill.test").warning(
-        "refused tok-5551234 at %s", "postgresql://u:pw-7@db/x", extra={"hdr": "Bearer tok-5551234"}
+        "refused tok-5551234 at %s", "postgresql://u:pw-7@db/x", extra=extra
     )
     [line] = [json.loads(x) for x in stream.getvalue().splitlines()]
     assert line["event"] == "refused *** at postgresql://u:***@db/x"
     assert line["hdr"] == "***"
+    assert line["raw"] == ["b'HTTP/1.1'", 401, "b'bad ***'"]
 
 
 def test_the_dashboard_masks_messages_recorded_before_a_secret_was_declared() -> None:
