@@ -152,6 +152,7 @@ class Job:
         limits: list[str | float | Limit] | None = None,
         adaptive: bool = False,
         start_rate: float | None = None,
+        shared: bool = False,
         timeout: float | None = None,
         retries: int = 2,
         headers: dict[str, str] | None = None,
@@ -165,6 +166,9 @@ class Job:
         or ``rate``). ``headers`` and ``params`` go with every request of ``ctx.http`` (their
         values, and ``secrets``, are masked in every log line, error and ledger entry).
         ``retries`` is how often one request is retried before the partition sees the error.
+        ``shared=True`` makes the limits every job's that declares a resource of this name
+        on the same state (by default a resource is the job's own: its runs and workers
+        share it).
 
         Example::
 
@@ -185,6 +189,7 @@ class Job:
             limits=limits,
             adaptive=adaptive,
             start_rate=start_rate,
+            shared=shared,
         )
         self.resources[name] = resource
         self.http_options[name] = {
