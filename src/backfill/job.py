@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -32,13 +33,14 @@ from backfill.ledger import Dependency
 from backfill.partitions import Grain, PartitionSpec, ReferenceSpec
 from backfill.ratelimit import Limit, Resource
 from backfill.retry import RetryPolicy
-from backfill.sources.http import secret_values
+from backfill.secrets import Masker, Secret, url_secrets
 
 if TYPE_CHECKING:
     from backfill.sinks import Sink
 
 __all__ = ["Job", "Needs", "Stage", "load_job", "needs"]
 
+log = logging.getLogger("backfill.job")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 StageFunction = Callable[..., Any]
 _EXECUTORS = ("thread", "process")
@@ -200,13 +202,35 @@ class Job:
         return resource
 
     @property
+    def declared_secrets(self) -> tuple[Secret, ...]:
+        """Every secret of the job, named by where it is declared: each header and param
+        value of each resource (whatever its name), its ``secrets``, and the passwords in
+        the URLs of its tables."""
+        found: list[Secret] = []
+        for resource, options in self.http_options.items():
+            for kind in ("headers", "params"):
+                for name, value in options[kind].items():
+                    if value is not None:
+                        found.append(Secret(f"{resource}.{kind}.{name}", str(value)))
+            for index, value in enumerate(options["secrets"]):
+                found.append(Secret(f"{resource}.secrets.{index}", value))
+        sinks = {id(s): s for stage in self.stages.values() for s in stage.sinks}
+        for sink in sinks.values():
+            # Sinks that have a URL (PostgreSQL tables) may carry a password in it.
+            url = getattr(sink, "url", None)
+            if isinstance(url, str):
+                found += url_secrets(url, f"sink.{sink.name}")
+        return tuple(s for s in found if s.value)
+
+    @property
     def secrets(self) -> tuple[str, ...]:
-        """Every value declared secret by a resource (masked wherever text is shown)."""
-        values: list[str] = []
-        for options in self.http_options.values():
-            values += options["secrets"]
-            values += secret_values(options["headers"], options["params"])
-        return tuple(v for v in values if v)
+        """Every value declared secret (see :attr:`declared_secrets`)."""
+        return tuple(s.value for s in self.declared_secrets)
+
+    def masker(self, state: str | None = None) -> Masker:
+        """The masker of the job's secrets, and of the password of the ``state`` URL, for
+        every text shown or stored."""
+        return Masker((*self.declared_secrets, *url_secrets(state, "state")))
 
     def __repr__(self) -> str:
         return f"Job({self.name!r}, stages={list(self.stages)})"
@@ -479,7 +503,8 @@ def load_job_module(path: Path) -> Any:
             "run again"
         ) from exc
     except ConfigError as exc:
-        raise ConfigError(f"job file {path}: {' '.join(str(exc).split())}") from exc
+        detail = _masked(module, " ".join(str(exc).split()))
+        raise ConfigError(f"job file {path}: {detail}") from exc
     except Exception as exc:
         line = ""
         tb = exc.__traceback__
@@ -487,7 +512,7 @@ def load_job_module(path: Path) -> Any:
             if tb.tb_frame.f_code.co_filename == str(path):
                 line = f" at line {tb.tb_lineno}"
             tb = tb.tb_next
-        detail = " ".join(str(exc).split())
+        detail = _masked(module, " ".join(str(exc).split()))
         raise ConfigError(
             f"job file {path} failed to load{line}: {type(exc).__name__}: {detail}"
         ) from exc
@@ -495,6 +520,13 @@ def load_job_module(path: Path) -> Any:
         if sys.path and sys.path[0] == str(path.resolve().parent):
             sys.path.pop(0)
     return module
+
+
+def _masked(module: Any, message: str) -> str:
+    """An error raised while a job file loads may quote a secret: mask what looks secret,
+    and whatever the jobs declared before the error."""
+    declared = [s for v in vars(module).values() if isinstance(v, Job) for s in v.declared_secrets]
+    return Masker(declared).mask(message)
 
 
 def load_job(target: str) -> Job:
@@ -511,7 +543,8 @@ def load_job(target: str) -> Job:
             module = importlib.import_module(location)
         except ImportError as exc:
             raise ConfigError(
-                f"cannot import job module {location!r} ({exc}); pass a .py file or MODULE:ATTR"
+                f"cannot import job module {location!r} ({Masker().mask(str(exc))}); pass a "
+                ".py file or MODULE:ATTR"
             ) from exc
         where = f"module {location}"
     if attr is not None:
@@ -528,4 +561,12 @@ def load_job(target: str) -> Job:
         job = jobs[0]
     if not job.stages:
         raise ConfigError(f"job {job.name!r} has no stages; declare one with @job.stage")
+    for secret in job.masker().too_short:
+        log.warning(
+            "%s is declared secret but has only %d character(s), too short to mask: it is "
+            "shown as is wherever it appears (a value that is no secret can go in each "
+            "request's own params or headers instead)",
+            secret.where,
+            len(secret.value),
+        )
     return job

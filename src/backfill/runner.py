@@ -80,7 +80,7 @@ from backfill.ledger import (
 from backfill.partitions import Order, Partition, Selection
 from backfill.runstats import RunStats
 from backfill.sinks import Mode, Record, to_mappings
-from backfill.sources.http import HttpClient, RequestTally, partition_requests, redact
+from backfill.sources.http import HttpClient, RequestTally, partition_requests
 from backfill.writer import PageWrites, SinkWriter, WriteResult
 
 __all__ = ["ExitCode", "RunOptions", "RunResult", "Runner", "worker_is_dead"]
@@ -294,6 +294,8 @@ class Runner:
         self.cache = RunCache()
         self._clients: dict[str | None, HttpClient] = {}
         self._secrets = job.secrets
+        # Everything the run shows or stores goes through it; checkpoints are sealed by it.
+        self._masker = job.masker(ledger.url)
         for resource in job.resources.values():
             resource.reset()
             resource.subscribe(self._on_resource)
@@ -357,7 +359,7 @@ class Runner:
         elif first:
             self._grace_task = asyncio.get_running_loop().create_task(self._grace_then_cancel())
         if first or immediate:
-            self.bus.emit(RunStopping(reason, immediate=immediate))
+            self.bus.emit(RunStopping(self._masker.mask(reason), immediate=immediate))
 
     def _cancel_in_flight(self) -> None:
         for task in list(self._tasks):
@@ -452,9 +454,24 @@ class Runner:
             # Not a wait the run's clock should see: only spacing the writes out.
             await asyncio.sleep(1.0)
 
+    def _unseal(
+        self, checkpoint: str | None, log: logging.LoggerAdapter[logging.Logger]
+    ) -> str | None:
+        """A stored checkpoint with the secrets declared now (a rotated key is used)."""
+        if checkpoint is None:
+            return None
+        value, missing = self._masker.unseal(checkpoint)
+        for where in missing:
+            log.warning(
+                "the checkpoint names the secret %s, which the job no longer declares; the "
+                "partition resumes with the placeholder in its place",
+                where,
+            )
+        return value
+
     def _clean(self, message: str) -> str:
         """One line, bounded, with every secret masked: what the ledger and logs get."""
-        return _truncate(redact(message, self._secrets))
+        return _truncate(self._masker.mask(message))
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -552,7 +569,13 @@ class Runner:
                 host=_host(),
                 pid=os.getpid(),
                 command=self.options.command,
-                options={**self.options.as_record(), "user": user},
+                options=self._masker.mask_tree(
+                    {
+                        **self.options.as_record(),
+                        "argv": self._masker.mask_argv(self.options.argv),
+                        "user": user,
+                    }
+                ),
             ),
         )
         initial = await self._db(
@@ -686,6 +709,8 @@ class Runner:
             message = _left_message(final)
         else:
             status, code, message = RunStatus.DONE, ExitCode.OK, None
+        if message is not None:
+            message = self._masker.mask(message)
         elapsed = self.clock.monotonic() - started
         result = RunResult(
             run_id=self.run_id,
@@ -726,7 +751,7 @@ class Runner:
         if self._fatal is not None and result.status is not RunStatus.FATAL:
             # The end of the run could not be recorded: say so, exit 2.
             result.status, result.exit_code = RunStatus.FATAL, ExitCode.USAGE
-            result.message = self._fatal.message
+            result.message = self._masker.mask(self._fatal.message)
         self.bus.emit(
             RunFinished(
                 self.run_id, result.status.value, result.exit_code, elapsed, final, result.message
@@ -1193,11 +1218,14 @@ class Runner:
         fenced = self._fenced(stage)
 
         async def save_checkpoint(value: str | None) -> None:
-            if not await self._db(self.ledger.save_checkpoint, self.worker_id, claim.id, value):
+            # A next link may echo the API key: the ledger (and the pages' tags) hold
+            # placeholders where the job's secrets were, never the secrets.
+            sealed = self._masker.seal(value) if value is not None else None
+            if not await self._db(self.ledger.save_checkpoint, self.worker_id, claim.id, sealed):
                 raise LeaseLost(claim.key)
             # Tag later pages with it only once it is on record: until then a resume
             # starts from the one before, and must find (and replace) them by that one.
-            pages.checkpoint = value
+            pages.checkpoint = sealed
 
         async def write(
             tables: Mapping[str, list[Record]], done: Outcome | None, *, urgent: bool
@@ -1243,7 +1271,7 @@ class Runner:
                     log=adapter,
                     _http=self.http,
                     _resource=stage.resource,
-                    checkpoint=pages.checkpoint,
+                    checkpoint=self._unseal(pages.checkpoint, adapter),
                     _save_checkpoint=save_checkpoint,
                     _write=write_now,
                 )
@@ -1411,7 +1439,8 @@ class Runner:
                 records = next(iter(rows.values()))
             else:
                 records = [r for table_rows in rows.values() for r in table_rows]
-            results.append(check.run(records, partition))
+            result = check.run(records, partition)
+            results.append(dataclasses.replace(result, detail=self._masker.mask(result.detail)))
         stored = results_json(results)
         failed = next((r for r in results if not r.ok), None)
         if failed is None:

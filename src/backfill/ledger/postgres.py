@@ -47,6 +47,7 @@ from backfill.ledger import (
 )
 from backfill.partitions import Order, Partition, Selection
 from backfill.retry import RECONNECT_SECONDS
+from backfill.secrets import mask_url as redact_url
 
 __all__ = ["MAX_LOST_LEASES", "SCHEMA_VERSION", "PostgresLedger", "redact_url"]
 
@@ -76,12 +77,6 @@ _MIGRATIONS: dict[int, str] = {
     .read_text()
     for version in range(2, SCHEMA_VERSION + 1)
 }
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password (in the authority or a ``password=`` parameter) masked."""
-    url = re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url)
-    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", url)
 
 
 def _target(url: str) -> tuple[str, str, str]:

@@ -22,7 +22,6 @@ import json
 import random
 import re
 import time
-import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ import orjson
 
 from backfill.errors import FatalError, PermanentError, StageError, TransientError
 from backfill.ratelimit import LateStart, Outcome, Resource
+from backfill.secrets import mask_url as redact_url
+from backfill.secrets import redact, secret_values
 from backfill.sources import wire
 
 __all__ = [
@@ -70,43 +71,6 @@ partition_requests: contextvars.ContextVar[RequestTally | None] = contextvars.Co
 # A Retry-After longer than this is a broken server, not a plan: wait this long at most.
 MAX_RETRY_AFTER = 3600.0
 _DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
-_SECRET = re.compile(r"(?i)(api[_-]?key|apikey|token|access[_-]?token|secret|password|sig)")
-
-
-def redact_url(url: str | httpx.URL) -> str:
-    """The URL with the values of secret-looking query parameters replaced by ``***``."""
-    parsed = httpx.URL(str(url))
-    if not parsed.query:
-        return str(parsed)
-    params = [(k, "***" if _SECRET.search(k) else v) for k, v in parsed.params.multi_items()]
-    query = urllib.parse.urlencode(params, safe="*")
-    return str(parsed.copy_with(query=query.encode("ascii")))
-
-
-_URL_SECRET = re.compile(
-    r"(?i)\b((?:api[_-]?key|apikey|access[_-]?token|token|secret|password|sig)=)[^&\s#'\"]+"
-)
-
-
-_SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "cookie"})
-
-
-def secret_values(
-    headers: Mapping[str, str] | None, params: Mapping[str, str] | None
-) -> tuple[str, ...]:
-    """The values to mask of a source's headers (credentials) and query params (all)."""
-    found = [v for k, v in (headers or {}).items() if k.lower() in _SECRET_HEADERS]
-    found += (params or {}).values()
-    return tuple(v for v in found if v)
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with secret-looking ``key=value`` pairs and the given secrets masked."""
-    text = _URL_SECRET.sub(r"\1***", text)
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
 
 
 # orjson decodes a page several times faster than json, but it is stricter (no NaN,
