@@ -26,7 +26,14 @@ from backfill.errors import BackfillError, disk_full_message, is_disk_full
 from backfill.estimate import estimate
 from backfill.events import EventBus
 from backfill.job import Job, Stage, load_job
-from backfill.ledger import DEFAULT_STATE_URL, Ledger, StageCounts, Status, open_ledger
+from backfill.ledger import (
+    DEFAULT_STATE_URL,
+    Ledger,
+    SharedLimits,
+    StageCounts,
+    Status,
+    open_ledger,
+)
 from backfill.logs import EventLog, LogFormat, configure_logging, log_file_handler
 from backfill.partitions import Selection, parse_order
 from backfill.progress import LiveProgress, PlainProgress, format_duration
@@ -951,6 +958,41 @@ def reset(
     finally:
         ledger.close()
     out.print(f"reset {removed:,} partition record(s) of job {job.name}")
+
+
+@app.command("resume-resource")
+@handle_errors
+def resume_resource(
+    job_path: JobArg,
+    name: Annotated[str, typer.Argument(help="The resource to release.", show_default=False)],
+    state: StateOpt = DEFAULT_STATE_URL,
+) -> None:
+    """Release a resource that a source paused (Retry-After, RateLimit-Reset), now.
+
+    The pause stored in a shared (PostgreSQL) state ends for every worker that starts or
+    books its next requests; a SQLite state keeps no pause beyond its own run.
+
+    [bold]Examples[/]
+
+      backfill resume-resource jobs/results.py results_api --state postgresql://db/backfill
+    """
+    job = load_job(job_path)
+    if name not in job.resources:
+        known = ", ".join(job.resources) or "none"
+        raise fail(f"job {job.name!r} has no resource {name!r}; its resources are: {known}")
+    ledger = open_ledger(state, create=False)
+    try:
+        left = ledger.resume_resource(job.name, name) if isinstance(ledger, SharedLimits) else None
+    finally:
+        ledger.close()
+    if left is None:
+        out.print(f"resource {name} of job {job.name} was not paused", highlight=False)
+    else:
+        out.print(
+            f"resource {name} of job {job.name} released: its pause had "
+            f"{format_duration(left)} left",
+            highlight=False,
+        )
 
 
 def _when(timestamp: float | None) -> str:

@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -866,13 +867,16 @@ class PostgresLedger:
         interval: float,
         tolerance: float,
         quotas: Sequence[tuple[int, float]] = (),
+        max_pause: float = math.inf,
     ) -> tuple[list[float], float, float]:
         """Book ``count`` starts of a resource shared by every worker of ``job``.
 
         Returns, in seconds from the database's now, when each start is due (0: at once)
         and until when the fleet is paused; then that now itself, on the database's
         clock. Each quota of (count, period) keeps a ring of the fleet's last ``count``
-        starts.
+        starts. A stored pause reaching more than ``max_pause`` seconds ahead (stored by
+        an earlier run, or by a worker with a longer cap) is cut to it, and the schedule
+        behind it too.
         """
         key = {"job": job, "name": resource}
 
@@ -883,6 +887,10 @@ class PostgresLedger:
                 row = conn.execute(_Q["lock_resource"], key).fetchone()
             assert row is not None
             tat, paused, now = float(row[0]), float(row[1]), float(row[2])
+            if paused > now + max_pause:
+                paused = now + max_pause
+                tat = min(tat, paused)
+                conn.execute(_Q["set_paused"], dict(key, paused=paused))
             rings = []
             for size, period in quotas:
                 quota = dict(key, quota=f"{size}/{period:g}")
@@ -917,6 +925,20 @@ class PostgresLedger:
         """Pause a shared resource for every worker of ``job`` (a Retry-After)."""
         params = {"job": job, "name": resource, "seconds": seconds}
         self._run(lambda conn: conn.execute(_Q["pause_resource"], params))
+
+    def resume_resource(self, job: str, resource: str) -> float | None:
+        """End a shared resource's pause now; the seconds it still had, or None when it
+        was not paused."""
+        key = {"job": job, "name": resource}
+
+        def resume(conn: psycopg.Connection[Any]) -> float | None:
+            row = conn.execute(_Q["lock_resource"], key).fetchone()
+            if row is None or float(row[1]) <= float(row[2]):
+                return None
+            conn.execute(_Q["resume_resource"], key)
+            return float(row[1]) - float(row[2])
+
+        return self._run(resume)
 
     def workers(self, job: str, *, active_only: bool = True) -> list[WorkerRecord]:
         where = " AND stopped_at IS NULL" if active_only else ""

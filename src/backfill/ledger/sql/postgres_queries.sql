@@ -285,6 +285,10 @@ FOR UPDATE;
 -- name: set_tat
 UPDATE backfill_resources SET tat = %(tat)s WHERE job = %(job)s AND name = %(name)s;
 
+-- name: set_paused
+UPDATE backfill_resources SET paused_until = %(paused)s
+WHERE job = %(job)s AND name = %(name)s;
+
 -- name: lock_quota
 -- Created on first use; the no-op update locks the row either way, in one statement.
 INSERT INTO backfill_quotas AS q (job, name, quota) VALUES (%(job)s, %(name)s, %(quota)s)
@@ -310,6 +314,14 @@ WHERE job = %(job)s AND name = %(name)s AND quota = %(quota)s;
 WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::double precision AS now)
 UPDATE backfill_resources AS r
 SET paused_until = greatest(r.paused_until, clock.now + %(seconds)s)
+FROM clock
+WHERE r.job = %(job)s AND r.name = %(name)s;
+
+-- name: resume_resource
+-- The schedule booked behind the pause goes too: the next start may be now.
+WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::double precision AS now)
+UPDATE backfill_resources AS r
+SET paused_until = 0, tat = least(r.tat, clock.now)
 FROM clock
 WHERE r.job = %(job)s AND r.name = %(name)s;
 
