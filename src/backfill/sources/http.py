@@ -353,12 +353,11 @@ def _query_names(params: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(httpx.QueryParams(params).keys())
 
 
-def _merge_query(
-    url: httpx.URL, params: Mapping[str, Any] | None, drop: Collection[str] = ()
-) -> httpx.URL:
-    """``url`` keeping its own query, with ``params`` set (each replaces every value of
-    its name already there) and the names in ``drop`` removed. The query's other parts
-    are kept byte for byte: a signed or opaque cursor must reach the source as it was."""
+def _merge_query(url: httpx.URL, params: Any = None, drop: Collection[str] = ()) -> httpx.URL:
+    """``url`` keeping its own query, with ``params`` (anything httpx takes as params)
+    set, each replacing every value of its name already there, and the names in ``drop``
+    removed. The query's other parts are kept byte for byte: a signed or opaque cursor
+    must reach the source as it was."""
     add = httpx.QueryParams(params or {})
     names = set(add.keys()) | set(drop)
     if not names:
@@ -565,10 +564,20 @@ class HttpClient:
         origins = self._declared or frozenset({own})
         return _Call(origins, origins | {own})
 
-    def _leaves(self, target: httpx.URL, call: _Call, what: str, source: httpx.URL) -> None:
-        """Refuse a link or redirect that leaves the call's origins, when so declared."""
+    def _leaves(
+        self,
+        target: httpx.URL,
+        call: _Call,
+        what: str,
+        source: httpx.URL,
+        response: httpx.Response | None = None,
+    ) -> None:
+        """Refuse a link or redirect that leaves the call's origins, when so declared
+        (``response``: the redirect, answered, which the resource hears of)."""
         if self.cross_origin != "refuse" or _origin(target) in call.own:
             return
+        if response is not None:
+            self._observe(Outcome.CLIENT_ERROR, response)
         raise PermanentError(
             f"{self._source(source)}: the {what} leads to another origin, "
             f"{_origin_text(_origin(target))}, and cross_origin='refuse'; add it to "
@@ -696,20 +705,20 @@ class HttpClient:
         credentials only to its origins, the call's own extras only to the call's."""
         origin = _origin(url)
         trusted, own = origin in call.origins, origin in call.own
-        params = kwargs.pop("params", None)
+        params = httpx.QueryParams(kwargs.pop("params", None) or {})
         if not own:
-            params = None
+            params = httpx.QueryParams()
         if trusted:
-            url = _merge_query(url, {**(params or {}), **self._params})
+            url = _merge_query(url, params.merge(self._params))
         else:
             # A credential echoed into a link must not go where credentials don't.
             url = _merge_query(url, params, () if stage_url else self._param_names)
-        headers = dict(self._headers) if trusted else {}
+        headers = httpx.Headers(self._headers if trusted else {})
         extra_headers = kwargs.pop("headers", None)
         cookies = kwargs.pop("cookies", None)
         auth = kwargs.pop("auth", None)
         if own:
-            headers.update(httpx.Headers(extra_headers or {}))
+            headers.update(extra_headers or {})
         request = self._client.build_request(
             method, url, headers=headers, cookies=cookies if own else None, **kwargs
         )
@@ -739,7 +748,7 @@ class HttpClient:
                     "loop",
                     category="redirect_loop",
                 )
-            self._leaves(target, call, "redirect", response.request.url)
+            self._leaves(target, call, "redirect", response.request.url, response)
             if response.status_code == 303 or (
                 response.status_code in (301, 302) and method == "POST"
             ):
@@ -788,7 +797,7 @@ class HttpClient:
             if isinstance(decoders, str):
                 self._observe(Outcome.ERROR, response)
                 raise TransientError(
-                    f"{where}: the body comes in content encoding {decoders!r}, which "
+                    f"{where}: the body comes in content encoding {decoders[:40]!r}, which "
                     "was not asked for (Accept-Encoding: gzip, deflate)",
                     category="bad_body",
                 )
@@ -800,7 +809,7 @@ class HttpClient:
                 except zlib.error:
                     self._observe(Outcome.ERROR, response)
                     raise TransientError(
-                        f"{where}: the body is not valid {encoding}", category="bad_body"
+                        f"{where}: the body is not valid {encoding[:40]}", category="bad_body"
                     ) from None
                 size += sum(len(piece) for piece in pieces)
                 if size > self.max_body:
