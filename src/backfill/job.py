@@ -33,7 +33,9 @@ from backfill.ledger import Dependency
 from backfill.partitions import Grain, PartitionSpec, ReferenceSpec
 from backfill.ratelimit import DEFAULT_MAX_WAIT, Limit, Resource
 from backfill.retry import RetryPolicy
-from backfill.sources.http import DEFAULT_MAX_BODY, CrossOrigin, allowed_origins, secret_values
+from backfill.sources.bodies import DEFAULT_MAX_BODY
+from backfill.sources.http import CrossOrigin, secret_values
+from backfill.sources.origins import allowed_origins
 
 if TYPE_CHECKING:
     from backfill.sinks import Sink

@@ -21,13 +21,8 @@ from hypothesis import strategies as st
 
 from backfill.errors import FatalError, PermanentError, StageError, TransientError
 from backfill.ratelimit import Resource
-from backfill.sources.http import (
-    HttpClient,
-    allowed_origins,
-    decode_json,
-    parse_retry_after,
-    redact_url,
-)
+from backfill.sources.http import HttpClient, decode_json, parse_retry_after, redact_url
+from backfill.sources.origins import allowed_origins
 
 URL = "https://api.example/results/2013-01-01"
 SECRET_URL = "https://api.example/results?date=2013-01-01&api_key=SECRET"

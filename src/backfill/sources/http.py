@@ -34,9 +34,8 @@ import random
 import re
 import time
 import urllib.parse
-import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,9 +45,26 @@ import orjson
 from backfill.errors import ConfigError, FatalError, PermanentError, StageError, TransientError
 from backfill.ratelimit import DEFAULT_MAX_WAIT, LateStart, Outcome, Resource, describe_seconds
 from backfill.sources import wire
+from backfill.sources.bodies import (
+    ACCEPT_ENCODING,
+    DEFAULT_MAX_BODY,
+    BodyTooLarge,
+    UndecodableBody,
+    describe_size,
+    read_body,
+)
+from backfill.sources.origins import (
+    DEFAULT_PORTS,
+    Origin,
+    absolute,
+    allowed_origins,
+    merge_query,
+    origin_of,
+    origin_text,
+    query_names,
+)
 
 __all__ = [
-    "DEFAULT_MAX_BODY",
     "Cursor",
     "HttpClient",
     "LinkHeader",
@@ -56,7 +72,6 @@ __all__ = [
     "Page",
     "PageNumber",
     "RequestTally",
-    "allowed_origins",
     "decode_json",
     "parse_retry_after",
     "redact",
@@ -80,12 +95,9 @@ partition_requests: contextvars.ContextVar[RequestTally | None] = contextvars.Co
 
 log = logging.getLogger("backfill.http")
 
-# The largest body (decoded) a resource accepts unless it says otherwise.
-DEFAULT_MAX_BODY = 64 * 2**20
 # Redirects followed for one request; a chain longer than this is a loop or a trap.
 MAX_REDIRECTS = 10
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 CrossOrigin = Literal["strip", "refuse"]
 _CROSS_ORIGIN = ("strip", "refuse")
 _DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
@@ -291,154 +303,6 @@ def _finite(text: str) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
-Origin = tuple[str, str, int]
-
-
-def _origin(url: httpx.URL) -> Origin:
-    return (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 0))
-
-
-def _origin_text(origin: Origin) -> str:
-    scheme, host, port = origin
-    host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{host}" + ("" if _DEFAULT_PORTS.get(scheme) == port else f":{port}")
-
-
-def _absolute(url: str, what: str) -> httpx.URL:
-    """``url`` as an http(s) origin or URL; ConfigError naming ``what`` otherwise."""
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise ConfigError(f"{what} {url!r} is not a URL ({exc})") from exc
-    if parsed.scheme not in _DEFAULT_PORTS or not parsed.host:
-        raise ConfigError(f"{what} {url!r} must start with http:// or https:// and name a host")
-    if parsed.userinfo or parsed.query or parsed.fragment:
-        raise ConfigError(
-            f"{what} {url!r} must not carry a user, a query or a fragment; put credentials "
-            "in headers= or params="
-        )
-    return parsed
-
-
-def allowed_origins(
-    base_url: str | None, allowed_hosts: Iterable[str], *, owner: str = "the resource"
-) -> frozenset[Origin]:
-    """The origins that get a resource's credentials: ``base_url``'s and each entry of
-    ``allowed_hosts`` (``host``, ``host:port`` or ``scheme://host[:port]``; without a
-    scheme, that of ``base_url``, else https). ConfigError on anything else.
-
-    >>> sorted(allowed_origins("https://api.example", ["cdn.example", "http://h:8080"]))
-    [('http', 'h', 8080), ('https', 'api.example', 443), ('https', 'cdn.example', 443)]
-    """
-    if isinstance(allowed_hosts, str):
-        raise ConfigError(f"{owner}: allowed_hosts must be a list of hosts, not one string")
-    origins: set[Origin] = set()
-    scheme = "https"
-    if base_url is not None:
-        base = _absolute(base_url, f"{owner}: base_url")
-        origins.add(_origin(base))
-        scheme = base.scheme
-    for entry in allowed_hosts:
-        if not isinstance(entry, str) or not entry.strip():
-            raise ConfigError(f"{owner}: allowed_hosts entry {entry!r} is not a host name")
-        what = f"{owner}: allowed_hosts entry"
-        url = _absolute(entry if "://" in entry else f"{scheme}://{entry}", what)
-        if url.raw_path not in (b"", b"/"):
-            raise ConfigError(f"{what} {entry!r} must be a host, host:port or scheme://host")
-        origins.add(_origin(url))
-    return frozenset(origins)
-
-
-def _query_names(params: Mapping[str, Any]) -> frozenset[str]:
-    return frozenset(httpx.QueryParams(params).keys())
-
-
-def _merge_query(url: httpx.URL, params: Any = None, drop: Collection[str] = ()) -> httpx.URL:
-    """``url`` keeping its own query, with ``params`` (anything httpx takes as params)
-    set, each replacing every value of its name already there, and the names in ``drop``
-    removed. The query's other parts are kept byte for byte: a signed or opaque cursor
-    must reach the source as it was."""
-    add = httpx.QueryParams(params or {})
-    names = set(add.keys()) | set(drop)
-    if not names:
-        return url
-    kept = [
-        part
-        for part in url.query.split(b"&")
-        if part
-        and urllib.parse.unquote_plus(part.split(b"=", 1)[0].decode("ascii", "replace"))
-        not in names
-    ]
-    if add:
-        kept.append(str(add).encode("ascii"))
-    return url.copy_with(query=b"&".join(kept) or None)
-
-
-# Decoded in steps of this much at most: zlib assembles each step's output in blocks it
-# then copies into one, so a step costs twice its size for a moment.
-_INFLATE_STEP = 1 << 20
-
-
-class _Inflate:
-    """A gzip or deflate decoder that never produces more than it is allowed to."""
-
-    def __init__(self, encoding: str) -> None:
-        self._gzip = encoding in ("gzip", "x-gzip")
-        # deflate is meant to be zlib-wrapped, but servers also send it raw.
-        self._wbits = 16 + zlib.MAX_WBITS if self._gzip else zlib.MAX_WBITS
-        self._inflate = zlib.decompressobj(self._wbits)
-        self._started = False
-
-    def decode(self, data: bytes, budget: int) -> list[bytes]:
-        """``data`` decoded, in pieces; more than ``budget`` bytes only by one (the caller
-        then stops)."""
-        out: list[bytes] = []
-        made = 0
-        while data and made <= budget:
-            try:
-                piece = self._inflate.decompress(data, min(budget - made + 1, _INFLATE_STEP))
-            except zlib.error:
-                if self._started or self._gzip:
-                    raise
-                self._wbits = -zlib.MAX_WBITS
-                self._inflate = zlib.decompressobj(self._wbits)
-                self._started = True
-                continue
-            self._started = True
-            out.append(piece)
-            made += len(piece)
-            if self._inflate.eof:
-                # Another gzip member may follow (allowed by RFC 1952); anything after
-                # the end of a deflate stream is not part of the body.
-                data = self._inflate.unused_data if self._gzip else b""
-                if data:
-                    self._inflate = zlib.decompressobj(self._wbits)
-            else:
-                data = self._inflate.unconsumed_tail
-        return out
-
-
-def _decoders(encoding: str) -> list[_Inflate] | str:
-    """The decoders of a ``Content-Encoding``, last applied first; the name of one it
-    cannot decode, if any."""
-    decoders = []
-    for name in reversed([e.strip().lower() for e in encoding.split(",")]):
-        if name in ("", "identity"):
-            continue
-        if name not in ("gzip", "x-gzip", "deflate"):
-            return name
-        decoders.append(_Inflate(name))
-    return decoders
-
-
-def _decode(decoders: list[_Inflate], raw: bytes, budget: int) -> list[bytes]:
-    """``raw`` through every decoder in turn, each within ``budget``."""
-    pieces = [raw]
-    for decoder in decoders:
-        pieces = [out for piece in pieces for out in decoder.decode(piece, budget)]
-    return pieces
-
-
 @dataclass(frozen=True, slots=True)
 class _Call:
     """Where one call of a stage (a request, or a walk of pages) may take what.
@@ -487,7 +351,7 @@ class HttpClient:
             raise ConfigError(f"{owner}: cross_origin must be 'strip' or 'refuse'")
         self.resource = resource
         self.retries = retries
-        self.base_url = _absolute(base_url, f"{owner}: base_url") if base_url else None
+        self.base_url = absolute(base_url, f"{owner}: base_url") if base_url else None
         self._declared = allowed_origins(base_url, allowed_hosts, owner=owner)
         self.cross_origin = cross_origin
         self.max_body = max_body
@@ -505,12 +369,11 @@ class HttpClient:
             timeout=timeout,
             transport=transport,
             follow_redirects=False,
-            # Only what this client decodes itself, within max_body.
-            headers={"Accept-Encoding": "gzip, deflate"},
+            headers={"Accept-Encoding": ACCEPT_ENCODING},
         )
         self._headers = dict(headers or {})
         self._params = dict(params or {})
-        self._param_names = _query_names(self._params)
+        self._param_names = query_names(self._params)
         self.secrets = tuple(secrets) + secret_values(headers, params)
         self.requests = 0
         self.statuses: Counter[int] = Counter()
@@ -552,7 +415,7 @@ class HttpClient:
                 )
             path = self.base_url.raw_path.rstrip(b"/") + b"/" + target.raw_path.lstrip(b"/")
             target = self.base_url.copy_with(raw_path=path)
-        if target.scheme not in _DEFAULT_PORTS:
+        if target.scheme not in DEFAULT_PORTS:
             raise PermanentError(
                 f"{self._source(target)}: only http and https URLs can be fetched",
                 category="bad_url",
@@ -560,7 +423,7 @@ class HttpClient:
         return target
 
     def _call(self, url: httpx.URL) -> _Call:
-        own = _origin(url)
+        own = origin_of(url)
         origins = self._declared or frozenset({own})
         return _Call(origins, origins | {own})
 
@@ -574,13 +437,13 @@ class HttpClient:
     ) -> None:
         """Refuse a link or redirect that leaves the call's origins, when so declared
         (``response``: the redirect, answered, which the resource hears of)."""
-        if self.cross_origin != "refuse" or _origin(target) in call.own:
+        if self.cross_origin != "refuse" or origin_of(target) in call.own:
             return
         if response is not None:
             self._observe(Outcome.CLIENT_ERROR, response)
         raise PermanentError(
             f"{self._source(source)}: the {what} leads to another origin, "
-            f"{_origin_text(_origin(target))}, and cross_origin='refuse'; add it to "
+            f"{origin_text(origin_of(target))}, and cross_origin='refuse'; add it to "
             "allowed_hosts=[...] to send it the credentials, or set cross_origin='strip' "
             "to follow it without them",
             category="cross_origin",
@@ -703,16 +566,16 @@ class HttpClient:
     ) -> tuple[httpx.Request, Any]:
         """The request for one hop, and the auth to send it with: the resource's
         credentials only to its origins, the call's own extras only to the call's."""
-        origin = _origin(url)
+        origin = origin_of(url)
         trusted, own = origin in call.origins, origin in call.own
         params = httpx.QueryParams(kwargs.pop("params", None) or {})
         if not own:
             params = httpx.QueryParams()
         if trusted:
-            url = _merge_query(url, params.merge(self._params))
+            url = merge_query(url, params.merge(self._params))
         else:
             # A credential echoed into a link must not go where credentials don't.
-            url = _merge_query(url, params, () if stage_url else self._param_names)
+            url = merge_query(url, params, () if stage_url else self._param_names)
         headers = httpx.Headers(self._headers if trusted else {})
         extra_headers = kwargs.pop("headers", None)
         cookies = kwargs.pop("cookies", None)
@@ -733,14 +596,14 @@ class HttpClient:
         visited: set[str] = set()
         stage_url = not hop
         for _ in range(MAX_REDIRECTS + 1):
-            visited.add(str(_merge_query(url, None, self._param_names)))
+            visited.add(str(merge_query(url, None, self._param_names)))
             request, auth = self._build(method, url, call, dict(kwargs), stage_url=stage_url)
             response = await self._client.send(request, auth=auth, stream=True)
             if not follow or response.status_code not in _REDIRECT_STATUSES:
                 return response, await self._body(method, response)
             await response.aclose()
             target = self._location(method, response)
-            if str(_merge_query(target, None, self._param_names)) in visited:
+            if str(merge_query(target, None, self._param_names)) in visited:
                 self._observe(Outcome.CLIENT_ERROR, response)
                 raise PermanentError(
                     f"{self._source(response.request.url)} redirects to "
@@ -779,54 +642,21 @@ class HttpClient:
             ) from None
 
     async def _body(self, method: str, response: httpx.Response) -> bytes:
-        """The decoded body, read within ``max_body``: decoding stops as soon as the bound
-        is passed, so a gzip bomb is never inflated, and the bytes are joined once."""
-        where = self._where(method, response.request.url)
+        """The decoded body, within ``max_body`` (see :mod:`backfill.sources.bodies`)."""
         try:
-            if response.is_stream_consumed:
-                # A transport that hands over answers already read (httpx.MockTransport).
-                body = response.content
-                if len(body) > self.max_body:
-                    raise self._too_large(where, response)
-                return body
-            length = _finite(response.headers.get("Content-Length", "x"))
-            encoding = response.headers.get("Content-Encoding", "")
-            if not encoding and length is not None and length > self.max_body:
-                raise self._too_large(where, response)
-            decoders = _decoders(encoding)
-            if isinstance(decoders, str):
-                self._observe(Outcome.ERROR, response)
-                raise TransientError(
-                    f"{where}: the body comes in content encoding {decoders[:40]!r}, which "
-                    "was not asked for (Accept-Encoding: gzip, deflate)",
-                    category="bad_body",
-                )
-            chunks: list[bytes] = []
-            size = 0
-            async for raw in response.aiter_raw():
-                try:
-                    pieces = _decode(decoders, raw, self.max_body - size)
-                except zlib.error:
-                    self._observe(Outcome.ERROR, response)
-                    raise TransientError(
-                        f"{where}: the body is not valid {encoding[:40]}", category="bad_body"
-                    ) from None
-                size += sum(len(piece) for piece in pieces)
-                if size > self.max_body:
-                    raise self._too_large(where, response)
-                chunks += pieces
-        finally:
-            await response.aclose()
-        body = b"".join(chunks)
-        del chunks
-        # What httpx's own read would have kept: response.content, .text and .json() work.
-        response._content = body
-        return body
+            return await read_body(response, self.max_body)
+        except BodyTooLarge:
+            raise self._too_large(self._where(method, response.request.url), response) from None
+        except UndecodableBody as exc:
+            self._observe(Outcome.ERROR, response)
+            raise TransientError(
+                f"{self._where(method, response.request.url)}: {exc}", category="bad_body"
+            ) from None
 
     def _too_large(self, where: str, response: httpx.Response) -> PermanentError:
         self._observe(Outcome.ERROR, response)
         return PermanentError(
-            f"{where}: the body is larger than {_size(self.max_body)} (max_body=); raise "
+            f"{where}: the body is larger than {describe_size(self.max_body)} (max_body=); raise "
             "max_body on the resource if that is expected",
             category="body_too_large",
         )
@@ -921,7 +751,7 @@ class HttpClient:
     def _loop(self, fetched: set[bytes], url: httpx.URL, what: str, source: httpx.URL) -> None:
         """Note ``url`` as fetched in this walk; a PermanentError if it already was."""
         key = hashlib.blake2b(
-            str(_merge_query(url, None, self._param_names)).encode(), digest_size=16
+            str(merge_query(url, None, self._param_names)).encode(), digest_size=16
         ).digest()
         if key in fetched:
             raise PermanentError(
@@ -981,7 +811,7 @@ class HttpClient:
             cursor = resume_from
             while True:
                 q = {**query, style.cursor_param: cursor} if cursor else query
-                self._loop(fetched, _merge_query(start, q), "cursor", start)
+                self._loop(fetched, merge_query(start, q), "cursor", start)
                 response, body = await self._send(
                     "GET", start, call, decode=True, pagination=style, params=q, **kwargs
                 )
@@ -1001,7 +831,7 @@ class HttpClient:
                 self._leaves(next_url, call, "saved next link", start)
             while next_url is not None:
                 page_params = query if first else None
-                self._loop(fetched, _merge_query(next_url, page_params), "next link", next_url)
+                self._loop(fetched, merge_query(next_url, page_params), "next link", next_url)
                 response, body = await self._send(
                     "GET",
                     next_url,
@@ -1048,12 +878,4 @@ class HttpClient:
                 f"the next link in the response from {self._source(response.url)} is not a URL",
                 category="bad_body",
             ) from None
-        return _merge_query(found, None, self._param_names)
-
-
-def _size(count: int) -> str:
-    """A byte count the way max_body is usually written: ``64 MiB``, ``512 KiB``."""
-    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if count >= factor:
-            return f"{count / factor:g} {unit}"
-    return f"{count} bytes"
+        return merge_query(found, None, self._param_names)
