@@ -72,6 +72,7 @@ __all__ = [
     "Page",
     "PageNumber",
     "RequestTally",
+    "TooDeep",
     "decode_json",
     "parse_retry_after",
     "redact",
@@ -161,9 +162,13 @@ def _may_hold_wide_number(body: bytes) -> bool:
     return False
 
 
+class TooDeep(ValueError):
+    """JSON nested deeper than the decoder allows."""
+
+
 def decode_json(body: bytes) -> Any:
-    """``body`` decoded as :func:`json.loads` decodes it, faster; ValueError if invalid
-    (nested deeper than the decoder allows included)."""
+    """``body`` decoded as :func:`json.loads` decodes it, faster; ValueError if invalid,
+    :class:`TooDeep` if nested deeper than the decoder allows."""
     if not _may_hold_wide_number(body):
         try:
             return orjson.loads(body)
@@ -172,7 +177,7 @@ def decode_json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except RecursionError:
-        raise ValueError("JSON nested deeper than the decoder allows") from None
+        raise TooDeep("JSON nested deeper than the decoder allows") from None
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -544,7 +549,9 @@ class HttpClient:
             value = decode_json(body)
         except ValueError as exc:
             self._observe(Outcome.ERROR, response)
-            reason = "is JSON nested too deeply" if "nested" in str(exc) else "is not valid JSON"
+            reason = (
+                "is JSON nested too deeply" if isinstance(exc, TooDeep) else "is not valid JSON"
+            )
             raise TransientError(
                 f"{self._where(method, response.request.url)}: body {reason} ({len(body)} bytes)",
                 category="bad_body",
@@ -628,18 +635,21 @@ class HttpClient:
         )
 
     def _location(self, method: str, response: httpx.Response) -> httpx.URL:
-        location = response.headers.get("Location")
+        """Where a redirect leads; a permanent ``bad_header`` when it does not say."""
+        location = response.headers.get("Location", "")
         try:
-            if not location:
-                raise httpx.InvalidURL("none given")
-            return response.url.join(location)
-        except httpx.InvalidURL as exc:
+            target = response.url.join(location) if location.strip() else None
+        except httpx.InvalidURL:
+            target = None
+        if target is None or target.scheme not in DEFAULT_PORTS:
             self._observe(Outcome.CLIENT_ERROR, response)
             raise PermanentError(
                 f"{self._where(method, response.request.url)} answered "
-                f"{response.status_code} without a usable Location header ({exc})",
+                f"{response.status_code} without a usable Location header "
+                f"({redact(location[:80], self.secrets)!r})",
                 category="bad_header",
-            ) from None
+            )
+        return target
 
     async def _body(self, method: str, response: httpx.Response) -> bytes:
         """The decoded body, within ``max_body`` (see :mod:`backfill.sources.bodies`)."""
