@@ -315,7 +315,7 @@ def test_a_retry_after_longer_than_max_wait_is_cut_to_it_and_says_so(
     error = error_of(get_json(HttpClient(resource=resource), url))
     assert isinstance(error, TransientError)
     assert error.retry_after == 60.0
-    assert 55 < resource.paused_until - resource.clock.monotonic() <= 60
+    assert 30 < resource.paused_until - resource.clock.monotonic() <= 60
     assert len(told) == 1
     assert "asked for 86400 s, waiting the cap of 60 s" in told[0][0]
     assert told[0][1] == pytest.approx(60.0)
@@ -327,7 +327,7 @@ def test_a_quota_reset_of_31_years_pauses_only_max_wait(hostile: HostileServer) 
     resource = Resource("api", rate="50/s")
     url = f"{hostile.origin}/header?h=RateLimit-Remaining:0&h=RateLimit-Reset:999999999"
     asyncio.run(get_json(HttpClient(resource=resource), url))
-    assert 3590 < resource.paused_until - resource.clock.monotonic() <= 3600
+    assert 3000 < resource.paused_until - resource.clock.monotonic() <= 3600
 
 
 # --- 8. bounded bodies and bounded time -------------------------------------------------
