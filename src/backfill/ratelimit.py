@@ -7,7 +7,8 @@ out in order (GCRA, the "virtual scheduling" form of a token bucket), so in any 
 ``t`` seconds at most ``burst + rate * t`` requests start, from the very first second on.
 
 A ``Retry-After`` pauses the whole resource, once: later 429s from requests already in
-flight only extend the pause to the latest instant any of them asked for.
+flight only extend the pause to the latest instant any of them asked for. No pause lasts
+longer than the resource's ``max_wait``: a source asking for more is cut to it.
 
 Core knows no HTTP: the HTTP client reports outcomes through :meth:`Resource.observe`.
 Nor does it know a database: workers on many machines share a resource through a
