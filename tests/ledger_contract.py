@@ -8,7 +8,10 @@ the same store, as a second process or machine would have).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
+
+import pytest
 
 from backfill.ledger import (
     MAX_LOST_LEASES,
@@ -764,3 +767,61 @@ class LedgerContract:
         assert rows[0].dims == (("tour", "atp"),) and str(rows[0].start) == "2013-01-01"
         assert rows[1].status is Status.PENDING and rows[1].records is None
         assert list(ledger.coverage_rows(JOB, "never")) == []
+
+    # -- resource schedules (SharedLimits) ---------------------------------------------
+
+    def test_a_quota_is_booked_across_connections(
+        self, ledger: Ledger, second_ledger: Ledger
+    ) -> None:
+        """Two connections (two machines, or a run and the one after it) booking against
+        one 3-per-minute quota: the fourth start waits a minute after the first, whoever
+        booked which."""
+        book = {"count": 2, "interval": 0.1, "tolerance": 0.0, "quotas": [(3, 60.0)]}
+        due_a, _, now_a = ledger.take_starts("j", "api", **book)  # type: ignore[attr-defined]
+        due_b, _, now_b = second_ledger.take_starts("j", "api", **book)  # type: ignore[attr-defined]
+        a0, a1 = (now_a + due for due in due_a)
+        b0, b1 = (now_b + due for due in due_b)
+        assert a1 - a0 == pytest.approx(0.1, abs=0.002)
+        assert b0 < a0 + 1.0  # the third start of the minute goes on the rate alone
+        assert b1 >= a0 + 60.0 - 0.002  # the fourth waits for the first to leave the window
+        assert b1 < a0 + 61.0
+
+    def test_starts_of_one_schedule_are_spaced_whoever_books_them(
+        self, ledger: Ledger, second_ledger: Ledger
+    ) -> None:
+        """Blocks booked from two connections make one schedule: six starts, 0.5 s apart."""
+        book = {"count": 3, "interval": 0.5, "tolerance": 0.0}
+        due_a, _, now_a = ledger.take_starts("j", "api", **book)  # type: ignore[attr-defined]
+        due_b, _, now_b = second_ledger.take_starts("j", "api", **book)  # type: ignore[attr-defined]
+        starts = sorted([now_a + d for d in due_a] + [now_b + d for d in due_b])
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        assert all(gap == pytest.approx(0.5, abs=0.002) for gap in gaps), gaps
+
+    def test_quotas_alone_go_at_once_and_leave_the_rate_alone(self, ledger: Ledger) -> None:
+        """Booked without a rate (interval 0), starts are due at once until the quota is
+        spent, and a rate booked on the same schedule afterwards is not held back."""
+        due, _, _ = ledger.take_starts(  # type: ignore[attr-defined]
+            "j", "api", count=4, interval=0.0, tolerance=0.0, quotas=[(4, 3600.0)]
+        )
+        assert due == pytest.approx([0.0] * 4, abs=0.002)
+        more, _, _ = ledger.take_starts(  # type: ignore[attr-defined]
+            "j", "api", count=1, interval=0.0, tolerance=0.0, quotas=[(4, 3600.0)]
+        )
+        assert more[0] >= 3600.0 - 0.01
+        paced, _, _ = ledger.take_starts("j", "api", count=2, interval=1.0, tolerance=0.0)  # type: ignore[attr-defined]
+        assert paced == pytest.approx([0.0, 1.0], abs=0.002)
+
+    def test_a_pause_holds_every_connection_and_only_its_scope(
+        self, ledger: Ledger, second_ledger: Ledger
+    ) -> None:
+        """A pause booked through one connection delays the starts another books on the
+        same schedule; the schedule of another scope (a shared resource's ``*``) is free."""
+        for scope in ("j", "*"):
+            ledger.take_starts(scope, "api", count=1, interval=0.1, tolerance=0.0)  # type: ignore[attr-defined]
+        ledger.pause_resource("j", "api", 30.0)  # type: ignore[attr-defined]
+        due, paused, _ = second_ledger.take_starts("j", "api", count=1, interval=0.1, tolerance=0.0)  # type: ignore[attr-defined]
+        assert paused >= 29.0 and due[0] >= 29.0
+        free, paused_free, _ = second_ledger.take_starts(
+            "*", "api", count=1, interval=0.1, tolerance=0.0
+        )  # type: ignore[attr-defined]
+        assert free[0] < 1.0 and paused_free <= 0.0

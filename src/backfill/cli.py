@@ -20,6 +20,7 @@ from typing import Annotated, NoReturn, ParamSpec, TypeVar, cast
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from backfill import coverage
 from backfill.errors import BackfillError, disk_full_message, is_disk_full
@@ -29,16 +30,19 @@ from backfill.job import Job, Stage, load_job
 from backfill.ledger import (
     DEFAULT_STATE_URL,
     Ledger,
+    NoState,
     SharedLimits,
     StageCounts,
     Status,
     open_ledger,
+    open_reader,
 )
 from backfill.logs import EventLog, LogFormat, configure_logging, log_file_handler
 from backfill.partitions import Selection, parse_order
 from backfill.progress import LiveProgress, PlainProgress, format_duration
 from backfill.runner import ExitCode, Runner, RunOptions, RunResult, worker_is_dead
 from backfill.runstats import stage_stats
+from backfill.textsafe import visible
 
 __all__ = ["app", "main"]
 
@@ -56,11 +60,12 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-out = Console()
+# No emoji codes: ":x:" in a source's message is text, like any markup in it.
+out = Console(emoji=False)
 if not out.is_terminal:
     # Piped or logged output has no width to fit; don't squeeze tables into 80 columns.
-    out = Console(width=200)
-err = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 400)
+    out = Console(width=200, emoji=False)
+err = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 400, emoji=False)
 
 # Options shared by the commands that work on a selection of partitions.
 JobArg = Annotated[str, typer.Argument(help="Job file (path.py[:NAME]) or MODULE:NAME.")]
@@ -115,8 +120,18 @@ LogDirOpt = Annotated[
 ]
 
 
+def shown(text: object) -> Text:
+    """Text from outside (a source's message, a ledger row, a partition key, an argument)
+    for rich: never parsed as markup, its control characters shown as escapes."""
+    return Text(visible(str(text)))
+
+
+def error_line(message: str) -> Text:
+    return Text.assemble(("error:", "bold red"), " ", visible(message))
+
+
 def fail(message: str, code: int = ExitCode.USAGE) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(error_line(message), soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -180,6 +195,38 @@ def _counts(
     return result
 
 
+def _open_to_read(state: str) -> Ledger:
+    """The state, read-only; where nothing has run yet (said on stderr) an empty ledger
+    stands in, so the report shows everything missing."""
+    try:
+        return open_reader(state)
+    except NoState as exc:
+        err.print(shown(exc), soft_wrap=True)
+        return open_ledger(":memory:")
+
+
+_PROGRESS_MODES = ("auto", "live", "plain", "none")
+
+
+def _check_run_options(progress: str, log_dir: Path | None, state: str) -> None:
+    """Refuse a bad --progress or a log directory that cannot be written before anything
+    touches the state: bad options change nothing."""
+    if progress not in _PROGRESS_MODES:
+        raise fail(f"unknown --progress {progress!r}; use auto, live, plain or none")
+    directory = log_dir or default_log_dir(state)
+    # The nearest existing ancestor decides; the directory itself is made by the run.
+    existing = directory
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        reason = f"{existing} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"{existing} is not writable"
+    else:
+        return
+    raise fail(f"cannot write the run's log file in {directory} ({reason}); pass another --log-dir")
+
+
 def _is_shared(state: str) -> bool:
     """Whether the state is a ledger other machines may be working on too."""
     return state.startswith(("postgresql://", "postgres://"))
@@ -239,6 +286,7 @@ def execute(
     log_dir = log_dir or default_log_dir(ledger.url)
     bus = EventBus()
     bus.subscribe(EventLog())
+    _check_run_options(progress, log_dir, ledger.url)
     mode = progress
     if mode == "auto":
         mode = "live" if out.is_terminal else "plain"
@@ -248,8 +296,6 @@ def execute(
         bus.subscribe(live)
     elif mode == "plain":
         bus.subscribe(PlainProgress(sys.stdout))
-    elif mode != "none":
-        raise fail(f"unknown --progress {progress!r}; use auto, live, plain or none")
     runner = Runner(job, ledger, options, bus=bus)
     try:
         file_handler = log_file_handler(
@@ -301,15 +347,17 @@ def _report(result: RunResult, log_dir: Path | None = None) -> None:
         f"{result.retries:,} retries · selection: {done:,} done, {empty:,} empty, "
         f"{failed:,} failed, {pending:,} left"
     )
-    out.print(line, highlight=False, soft_wrap=True)
+    out.print(shown(line), soft_wrap=True)
     if result.status.value == "interrupted":
         out.print("interrupted: state saved; run the same command again to resume.")
     elif result.message:
-        target = err if result.exit_code == ExitCode.USAGE else out
-        prefix = "[bold red]error:[/] " if result.exit_code == ExitCode.USAGE else ""
-        target.print(prefix + result.message, highlight=False, soft_wrap=True)
+        # The message may quote a source (a fatal error's text).
+        if result.exit_code == ExitCode.USAGE:
+            err.print(error_line(result.message), soft_wrap=True)
+        else:
+            out.print(shown(result.message), soft_wrap=True)
     if log_dir is not None:
-        out.print(f"log: {log_path(log_dir, result.run_id)}", highlight=False, soft_wrap=True)
+        out.print(shown(f"log: {log_path(log_dir, result.run_id)}"), soft_wrap=True)
 
 
 @app.command()
@@ -365,6 +413,7 @@ def run(
       backfill run jobs/results.py --missing-only
     """
     _configure_logging(verbose, log_format)
+    _check_run_options(progress, log_dir, state)
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
@@ -453,6 +502,7 @@ def worker(
       BACKFILL_STATE=postgresql://backfill@db/backfill backfill worker jobs/results.py
     """
     _configure_logging(verbose, log_format)
+    _check_run_options(progress, log_dir, state)
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
@@ -492,13 +542,13 @@ def plan(
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
-    ledger = open_ledger(state, create=False)
+    ledger = _open_to_read(state)
     try:
         rows = _counts(ledger, job, stages, selection)
         history = {s.name: ledger.request_stats(job.name, s.name) for s in stages}
     finally:
         ledger.close()
-    table = Table(title=f"plan for job {job.name}", title_justify="left")
+    table = Table(title=shown(f"plan for job {job.name}"), title_justify="left")
     for col in ("stage", "partitions", "grain", "to run", "done", "empty", "failed", "running"):
         table.add_column(col, justify="left" if col in ("stage", "grain") else "right")
     total_to_run = 0
@@ -507,7 +557,7 @@ def plan(
         to_run = c.pending + unplanned
         total_to_run += to_run
         table.add_row(
-            s.name,
+            shown(s.name),
             f"{c.total + unplanned:,}",
             s.partitions.grain.value,
             f"{to_run:,}",
@@ -519,28 +569,33 @@ def plan(
     out.print(table)
     scope = selection.describe() if selection else "everything"
     out.print(
-        f"selection: {scope} · {total_to_run:,} partition(s) to run · "
-        "failed ones rerun with `backfill retry`",
-        highlight=False,
+        shown(
+            f"selection: {scope} · {total_to_run:,} partition(s) to run · "
+            "failed ones rerun with `backfill retry`"
+        )
     )
     to_run_by_stage = {s.name: rows[s.name][0].pending + rows[s.name][1] for s in stages}
     for e in estimate(job, stages, to_run_by_stage, history):
         if e.requests is None or e.requests_per_partition is None:
             out.print(
-                f"{e.resource}: {e.partitions:,} partitions; requests per partition unknown "
-                "(declare requests_per_partition= on the stage, or run some first)",
-                highlight=False,
+                shown(
+                    f"{e.resource}: {e.partitions:,} partitions; requests per partition "
+                    "unknown (declare requests_per_partition= on the stage, or run some first)"
+                )
             )
             continue
         duration = format_duration(e.seconds) if e.seconds is not None else "unknown"
         out.print(
-            f"{e.resource}: {e.partitions:,} partitions × {e.requests_per_partition:.1f} "
-            f"requests ({e.source}) = {e.requests:,.0f} requests at {e.rate_description} "
-            f"≈ {duration}",
-            highlight=False,
+            shown(
+                f"{e.resource}: {e.partitions:,} partitions × {e.requests_per_partition:.1f} "
+                f"requests ({e.source}) = {e.requests:,.0f} requests at {e.rate_description} "
+                f"≈ {duration}"
+            )
         )
         for warning in e.quota_warnings:
-            out.print(f"[yellow]warning:[/] {e.resource} {warning}", highlight=False)
+            out.print(
+                Text.assemble(("warning:", "yellow"), " ", visible(f"{e.resource} {warning}"))
+            )
 
 
 @app.command()
@@ -571,7 +626,7 @@ def status(
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
-    ledger = open_ledger(state, create=False)
+    ledger = _open_to_read(state)
     try:
         rows = _counts(ledger, job, stages, selection)
         groups = ledger.failure_groups(job.name, [s.name for s in stages], selection)
@@ -586,7 +641,7 @@ def status(
     finally:
         ledger.close()
 
-    table = Table(title=f"job {job.name}", title_justify="left")
+    table = Table(title=shown(f"job {job.name}"), title_justify="left")
     cols = (
         "stage",
         "total",
@@ -608,11 +663,11 @@ def status(
         left = c.pending + c.running + unplanned
         eta = left / rate if rate and left else (0.0 if not left else None)
         table.add_row(
-            s.name,
+            shown(s.name),
             f"{c.total + unplanned:,}",
-            f"[green]{c.done:,}[/]",
+            Text(f"{c.done:,}", style="green"),
             f"{c.empty:,}",
-            f"[red]{c.failed:,}[/]" if c.failed else "0",
+            Text(f"{c.failed:,}", style="red") if c.failed else "0",
             f"{c.pending:,}",
             f"{c.running:,}",
             f"{unplanned:,}",
@@ -625,8 +680,9 @@ def status(
         last = runs[0]
         when = datetime.fromtimestamp(last.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         out.print(
-            f"last run {last.id} ({last.command}) started {when} on {last.host}: {last.status}",
-            highlight=False,
+            shown(
+                f"last run {last.id} ({last.command}) started {when} on {last.host}: {last.status}"
+            )
         )
     if workers:
         now = datetime.now(UTC).timestamp()
@@ -639,12 +695,12 @@ def status(
             dead += is_dead
             started_at = datetime.fromtimestamp(w.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
             wtable.add_row(
-                w.host,
+                shown(w.host),
                 str(w.pid),
                 started_at,
                 f"{w.finished:,}",
                 f"{format_duration(max(0.0, now - w.heartbeat_at))} ago",
-                "[bold red]dead[/]" if is_dead else "[green]alive[/]",
+                Text("dead", style="bold red") if is_dead else Text("alive", style="green"),
             )
         out.print(wtable)
         if dead:
@@ -659,7 +715,10 @@ def status(
             gtable.add_column(col, justify="right" if col == "count" else "left")
         for g in groups:
             gtable.add_row(
-                g.stage, g.category, f"{g.count:,}", f"{g.example_key}: {g.example_message}"
+                shown(g.stage),
+                shown(g.category),
+                f"{g.count:,}",
+                shown(f"{g.example_key}: {g.example_message}"),
             )
         out.print(gtable)
         ftable = Table(title="failed partitions", title_justify="left")
@@ -668,7 +727,11 @@ def status(
         for name, entries in failed_entries.items():
             for e in entries:
                 ftable.add_row(
-                    name, e.key, e.error_category or "", str(e.attempts), e.error_message or ""
+                    shown(name),
+                    shown(e.key),
+                    shown(e.error_category or ""),
+                    str(e.attempts),
+                    shown(e.error_message or ""),
                 )
         out.print(ftable)
         out.print("re-run them with `backfill retry JOB --failed`", highlight=False)
@@ -742,7 +805,7 @@ def coverage_command(
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
-    ledger = open_ledger(state, create=False)
+    ledger = _open_to_read(state)
     try:
         report = coverage.collect(job, ledger, stages, selection, thin=thin)
     finally:
@@ -756,7 +819,7 @@ def coverage_command(
         elif output_format == "html":
             text = coverage.to_html(report)
         else:
-            console = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
+            console = Console(record=True, width=200, emoji=False, file=open(os.devnull, "w"))  # noqa: SIM115
             _print_coverage(report, bucket, gaps_only=gaps, console=console)
             text = console.export_text()
         if output is None:
@@ -768,7 +831,7 @@ def coverage_command(
                 raise fail(
                     f"cannot write {output} ({exc.strerror}); pass another --output"
                 ) from None
-            out.print(f"wrote {output}", highlight=False)
+            out.print(shown(f"wrote {output}"))
     if fail_on_gaps and any(report.gap_keys().values()):
         raise typer.Exit(ExitCode.FAILED)
 
@@ -777,17 +840,20 @@ def _print_coverage(
     report: coverage.Coverage, bucket: str, *, gaps_only: bool, console: Console | None = None
 ) -> None:
     console = console or out
-    totals = Table(title=f"coverage of job {report.job}", title_justify="left")
+    totals = Table(title=shown(f"coverage of job {report.job}"), title_justify="left")
     totals.add_column("stage")
     for st in coverage.State:
         totals.add_column(st.value, justify="right")
     for s in report.stages:
         counts = report.counts(s.name)
-        totals.add_row(s.name, *(f"{counts[st]:,}" if counts[st] else "·" for st in coverage.State))
+        totals.add_row(
+            shown(s.name), *(f"{counts[st]:,}" if counts[st] else "·" for st in coverage.State)
+        )
     console.print(totals)
     if not gaps_only:
         labels = coverage.column_labels(report, bucket)
-        matrix = coverage.rows(report, bucket)
+        # Row names carry dimension values: shown as text, their widths as shown.
+        matrix = [(visible(n), visible(p), cells) for n, p, cells in coverage.rows(report, bucket)]
         name_width = max([len(n) for n, _, _ in matrix] + [5])
         period_width = max([len(p) for _, p, _ in matrix] + [len("by " + bucket)])
         if bucket == "day":
@@ -806,15 +872,15 @@ def _print_coverage(
             glyphs = sep.join(
                 (_GLYPHS[c] + " " * (width - 1)) if c is not None else " " * width for c in cells
             )
-            line = f"{name:<{name_width}}  {period:<{period_width}}  {glyphs}"
-            console.print(line, highlight=False)
+            label = Text(f"{name:<{name_width}}  {period:<{period_width}}  ")
+            console.print(label + Text.from_markup(glyphs), highlight=False)
         legend = "  ".join(f"{_GLYPHS[st]} {st.value}" for st in coverage.State)
         console.print(f"legend: {legend}", highlight=False)
     found = report.gaps()
     if gaps_only or found:
         console.print(f"gaps ({len(found):,})" if found else "gaps: none", highlight=False)
         for gap in found[: None if gaps_only else 20]:
-            console.print(f"  {gap.describe()}", highlight=False, soft_wrap=True)
+            console.print(shown(f"  {gap.describe()}"), soft_wrap=True)
         if not gaps_only and len(found) > 20:
             console.print(f"  ... {len(found) - 20:,} more: --gaps lists them all", highlight=False)
         if any(report.gap_keys().values()):
@@ -852,6 +918,7 @@ def retry(
       backfill retry jobs/results.py --empty   # the source has since published them
     """
     _configure_logging(verbose, log_format)
+    _check_run_options(progress, log_dir, state)
     if not (failed or empty):
         raise fail("say what to re-run: --failed, --empty, or both")
     job, stages, selection = _load(job_path, stage, start, end, partition, where)
@@ -902,9 +969,10 @@ def retry(
     waiting = sum(c.pending for c in after.values())
     if waiting and result.exit_code == ExitCode.OK:
         out.print(
-            f"{waiting:,} partition(s) of the selection are still pending; "
-            f"`backfill run {job_path}` runs them",
-            highlight=False,
+            shown(
+                f"{waiting:,} partition(s) of the selection are still pending; "
+                f"`backfill run {job_path}` runs them"
+            ),
             soft_wrap=True,
         )
     raise typer.Exit(result.exit_code)
@@ -948,8 +1016,10 @@ def reset(
         if not sys.stdin.isatty():
             raise fail("reset needs confirmation; pass --yes when not at a terminal")
         typer.confirm(
-            f"Forget {recorded:,} partition record(s) of job {job.name} "
-            f"(stages: {names}; {scope})?",
+            visible(
+                f"Forget {recorded:,} partition record(s) of job {job.name} "
+                f"(stages: {names}; {scope})?"
+            ),
             abort=True,
         )
     ledger = open_ledger(state)
@@ -957,7 +1027,7 @@ def reset(
         removed = ledger.reset(job.name, [s.name for s in stages], selection)
     finally:
         ledger.close()
-    out.print(f"reset {removed:,} partition record(s) of job {job.name}")
+    out.print(shown(f"reset {removed:,} partition record(s) of job {job.name}"))
 
 
 @app.command("resume-resource")
@@ -969,29 +1039,37 @@ def resume_resource(
 ) -> None:
     """Release a resource that a source paused (Retry-After, RateLimit-Reset), now.
 
-    The pause stored in a shared (PostgreSQL) state ends for every worker that starts or
-    books its next requests; a SQLite state keeps no pause beyond its own run.
+    The pause kept in the state (a fleet's, a shared resource's, one left by an earlier
+    run) ends for every worker that books its next requests.
 
     [bold]Examples[/]
 
       backfill resume-resource jobs/results.py results_api --state postgresql://db/backfill
     """
     job = load_job(job_path)
-    if name not in job.resources:
+    resource = job.resources.get(name)
+    if resource is None:
         known = ", ".join(job.resources) or "none"
         raise fail(f"job {job.name!r} has no resource {name!r}; its resources are: {known}")
-    ledger = open_ledger(state, create=False)
     try:
-        left = ledger.resume_resource(job.name, name) if isinstance(ledger, SharedLimits) else None
-    finally:
-        ledger.close()
+        open_reader(state).close()
+    except NoState:
+        left = None  # nothing has run on this state: nothing can be paused
+    else:
+        ledger = open_ledger(state)
+        try:
+            scope = "*" if resource.shared else job.name
+            left = ledger.resume_resource(scope, name) if isinstance(ledger, SharedLimits) else None
+        finally:
+            ledger.close()
     if left is None:
-        out.print(f"resource {name} of job {job.name} was not paused", highlight=False)
+        out.print(shown(f"resource {name} of job {job.name} was not paused"))
     else:
         out.print(
-            f"resource {name} of job {job.name} released: its pause had "
-            f"{format_duration(left)} left",
-            highlight=False,
+            shown(
+                f"resource {name} of job {job.name} released: its pause had "
+                f"{format_duration(left)} left"
+            )
         )
 
 
@@ -1031,15 +1109,15 @@ def runs(
       backfill runs jobs/results.py --limit 5 --run 3f2a9c1e7b4d
     """
     job = load_job(job_path)
-    ledger = open_ledger(state, create=False)
+    ledger = _open_to_read(state)
     try:
         records = ledger.runs(job.name, limit=limit)
     finally:
         ledger.close()
     if not records:
-        out.print(f"no runs of job {job.name} recorded in {state}", highlight=False)
+        out.print(shown(f"no runs of job {job.name} recorded in {state}"))
         return
-    table = Table(title=f"runs of job {job.name} (times UTC)", title_justify="left")
+    table = Table(title=shown(f"runs of job {job.name} (times UTC)"), title_justify="left")
     cols: tuple[str, ...] = ("run", "started", "command", "host", "status", "elapsed")
     cols += ("partitions", "records", "requests", "retries", "429s", "p50", "p95", "max")
     for col in cols:
@@ -1048,11 +1126,11 @@ def runs(
         figures = r.counts.get("stats", {}).get("run", {}) if r.counts else {}
         elapsed = r.counts.get("elapsed") if r.counts else None
         table.add_row(
-            r.id,
+            shown(r.id),
             _when(r.started_at),
-            r.command,
-            r.host,
-            r.status,
+            shown(r.command),
+            shown(r.host),
+            shown(r.status),
             format_duration(elapsed) if isinstance(elapsed, int | float) else "-",
             _number(figures.get("partitions")),
             _number(figures.get("records")),
@@ -1069,25 +1147,25 @@ def runs(
         raise fail(f"no run {run_id!r} among the last {limit} runs; see the list above")
     per_stage = stage_stats(chosen.counts)
     if not per_stage:
-        out.print(f"run {chosen.id} recorded no per-stage figures", highlight=False)
+        out.print(shown(f"run {chosen.id} recorded no per-stage figures"))
         return
-    stable = Table(title=f"stages of run {chosen.id}", title_justify="left")
+    stable = Table(title=shown(f"stages of run {chosen.id}"), title_justify="left")
     scols: tuple[str, ...] = ("stage", "partitions", "done", "empty", "failed", "records")
     scols += ("requests", "retries", "429s", "p50", "p95", "max")
     for col in scols:
         stable.add_column(col, justify="left" if col == "stage" else "right")
-    slow = Table(title=f"slowest partitions of run {chosen.id}", title_justify="left")
+    slow = Table(title=shown(f"slowest partitions of run {chosen.id}"), title_justify="left")
     for col in ("stage", "partition", "duration"):
         slow.add_column(col, justify="right" if col == "duration" else "left")
     for name, f in per_stage.items():
         stable.add_row(
-            name,
+            shown(name),
             *(_number(f.get(k)) for k in ("partitions", "done", "empty", "failed", "records")),
             *(_number(f.get(k)) for k in ("requests", "retries", "rate_limited")),
             *(_seconds(f.get(k)) for k in ("p50", "p95", "max")),
         )
         for key, seconds in f.get("slowest", [])[:10]:
-            slow.add_row(name, key, _seconds(seconds))
+            slow.add_row(shown(name), shown(key), _seconds(seconds))
     out.print(stable)
     out.print(slow)
 
@@ -1149,11 +1227,12 @@ def serve(
 
         dashboard = create_app(job, ledger, token=token, interval=interval)
         bound_port = sock.getsockname()[1]
-        shown = f"[{host}]" if ":" in host else host
+        address = f"[{host}]" if ":" in host else host
         out.print(
-            f"dashboard of job {job.name} on http://{shown}:{bound_port}/ "
-            f"(metrics at /metrics; Ctrl+C to stop)",
-            highlight=False,
+            shown(
+                f"dashboard of job {job.name} on http://{address}:{bound_port}/ "
+                f"(metrics at /metrics; Ctrl+C to stop)"
+            ),
             soft_wrap=True,
         )
         sys.stdout.flush()
@@ -1214,6 +1293,7 @@ def demo(
         serve_demo(rate=rate, calm=calm, port=port)
         return
     _configure_logging(0, log_format)
+    _check_run_options(progress, None, f"sqlite:///{directory}/state.db")
     code = run_demo(
         adaptive=adaptive,
         directory=directory,

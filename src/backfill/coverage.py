@@ -30,6 +30,7 @@ from typing import Any
 from backfill.job import Job, Stage
 from backfill.ledger import CoverageRow, Ledger, Status
 from backfill.partitions import Order, Partition, Selection
+from backfill.textsafe import visible
 
 __all__ = [
     "Coverage",
@@ -418,7 +419,7 @@ def to_html(coverage: Coverage) -> str:
     """A self-contained page: per stage, a calendar heatmap per year (one square per day,
     coloured by the state of the partition that covers it), counts, and the gaps."""
     parts: list[str] = []
-    esc = html.escape
+    esc = _html_text
     for stage in coverage.stages:
         items = coverage.partitions[stage.name]
         counts = coverage.counts(stage.name)
@@ -473,6 +474,12 @@ table.cal th {{ font-weight: normal; font-size: 11px; color: #57606a; text-align
 """
 
 
+def _html_text(text: str) -> str:
+    """Text from the ledger for HTML: markup escaped, and control characters shown (the
+    page may well be written to a terminal: ``coverage --format html`` prints it)."""
+    return html.escape(visible(text))
+
+
 def _year_grid(year: int, days: dict[date, PartitionState]) -> str:
     """Weeks as columns, weekdays as rows, like a contribution calendar."""
     first = date(year, 1, 1)
@@ -492,9 +499,9 @@ def _year_grid(year: int, days: dict[date, PartitionState]) -> str:
                 continue
             title = f"{p.key}: {p.state.value}" + (f" ({p.reason})" if p.reason else "")
             cells.append(
-                f'<td><span class="sq" data-key="{html.escape(p.key)}" '
+                f'<td><span class="sq" data-key="{_html_text(p.key)}" '
                 f'data-state="{p.state.value}" style="background:{COLOURS[p.state]}" '
-                f'title="{html.escape(title)}"></span></td>'
+                f'title="{_html_text(title)}"></span></td>'
             )
         label = "Mon" if weekday == 0 else "Thu" if weekday == 3 else ""
         rows.append(f"<tr><th>{label}</th>{''.join(cells)}</tr>")

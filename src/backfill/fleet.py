@@ -50,10 +50,14 @@ class LedgerRate:
         resource: Resource,
         pool: ThreadPoolExecutor,
         clock: Clock,
+        *,
+        rate: bool = True,
     ) -> None:
         self.ledger = ledger
         self.job = job
         self.resource = resource
+        # Whether the resource's per-second rate is kept here too, or only its quotas.
+        self.rate = rate
         self.pool = pool
         self.clock = clock
         self._bounds: deque[tuple[float, float]] = deque()
@@ -70,14 +74,19 @@ class LedgerRate:
         bounds.append((received, bound))
         return db_now - bounds[0][1]
 
+    @property
+    def scope(self) -> str:
+        """Whose schedule it is: the job's, or every job's (``*``) for a shared resource."""
+        return "*" if self.resource.shared else self.job
+
     async def take(self, count: int) -> tuple[list[float], float]:
-        interval = self.resource.rate_interval
+        interval = self.resource.rate_interval if self.rate else 0.0
         quotas = [(int(q.count), q.period) for q in self.resource.quotas]
         # A block never holds more starts than the smallest quota allows in its window.
         count = min([count, *(n for n, _ in quotas)])
         book = functools.partial(
             self.ledger.take_starts,
-            self.job,
+            self.scope,
             self.resource.name,
             count=count,
             interval=interval,
@@ -94,7 +103,7 @@ class LedgerRate:
 
     def _pause(self, seconds: float) -> None:
         try:
-            self.ledger.pause_resource(self.job, self.resource.name, seconds)
+            self.ledger.pause_resource(self.scope, self.resource.name, seconds)
         except BackfillError as exc:
             log.warning("could not share a pause of %s: %s", self.resource.name, exc)
 

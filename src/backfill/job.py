@@ -153,6 +153,7 @@ class Job:
         limits: list[str | float | Limit] | None = None,
         adaptive: bool = False,
         start_rate: float | None = None,
+        shared: bool = False,
         timeout: float | None = None,
         retries: int = 2,
         headers: dict[str, str] | None = None,
@@ -175,6 +176,9 @@ class Job:
         (``cross_origin="strip"``) or fails its partition (``"refuse"``). Their values, and
         ``secrets``, are masked in every log line, error and ledger entry. ``retries`` is
         how often one request is retried before the partition sees the error.
+        ``shared=True`` makes the limits every job's that declares a resource of this name
+        on the same state (by default a resource is the job's own: its runs and workers
+        share it).
 
         What a source can impose is bounded: a wait it asks for (Retry-After, RateLimit-
         Reset) to ``max_wait`` seconds, a body to ``max_body`` bytes decoded, a whole
@@ -216,6 +220,7 @@ class Job:
             limits=limits,
             adaptive=adaptive,
             start_rate=start_rate,
+            shared=shared,
             max_wait=max_wait,
         )
         self.resources[name] = resource

@@ -34,6 +34,7 @@ from backfill.events import (
 )
 from backfill.ledger import Status
 from backfill.sources.http import redact
+from backfill.textsafe import visible
 
 __all__ = ["EventLog", "LogFormat", "configure_logging", "log_file_handler"]
 
@@ -146,8 +147,10 @@ def _formatter(fmt: LogFormat, secrets: Iterable[str], colors: bool) -> logging.
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(
-            colors=colors, exception_formatter=structlog.dev.plain_traceback
+        renderer = _shown_as_text(
+            structlog.dev.ConsoleRenderer(
+                colors=colors, exception_formatter=structlog.dev.plain_traceback
+            )
         )
     pre_chain: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -165,6 +168,45 @@ def _formatter(fmt: LogFormat, secrets: Iterable[str], colors: bool) -> logging.
             renderer,
         ],
     )
+
+
+# The console renderer prints these as they are, the exceptions over several lines; the
+# other fields' values it shows through repr() when they hold a space or a quote.
+_COLUMNS = frozenset({"event", "timestamp", "level", "logger", "logger_name"})
+_MULTILINE = frozenset({"exception", "stack"})
+
+
+class _Quoted:
+    """A field's text, always shown through repr(), which escapes every character that
+    is not printable."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return repr(self.text)
+
+
+def _shown_as_text(renderer: structlog.types.Processor) -> structlog.types.Processor:
+    """``renderer`` for a terminal: control characters in keys and values (a source's
+    error, a partition key) are shown as escapes, so a line cannot clear the screen or
+    retitle the window. JSON lines need none of this: JSON escapes them itself."""
+
+    def shown(key: str, value: Any) -> Any:
+        if not isinstance(value, str) or value.isprintable():
+            return value
+        if key in _COLUMNS or key in _MULTILINE:
+            return visible(value, multiline=key in _MULTILINE)
+        return _Quoted(value)
+
+    def render(
+        logger: Any, method: str, event_dict: MutableMapping[str, Any]
+    ) -> str | bytes | bytearray | Mapping[str, Any] | tuple[Any, ...]:
+        return renderer(logger, method, {visible(k): shown(k, v) for k, v in event_dict.items()})
+
+    return render
 
 
 class _LogFile(logging.FileHandler):
@@ -208,7 +250,7 @@ class _LogFile(logging.FileHandler):
         self._broken = True
         reason = "the disk is full" if is_disk_full(error) else error.strerror or str(error)
         print(
-            f"warning: cannot write the log file {self.baseFilename} ({reason}); "
+            f"warning: cannot write the log file {visible(self.baseFilename)} ({reason}); "
             "the run goes on without it",
             file=sys.stderr,
             flush=True,

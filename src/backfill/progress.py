@@ -16,7 +16,9 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
+from backfill.clock import format_duration
 from backfill.events import (
     Event,
     PartitionFinished,
@@ -30,26 +32,11 @@ from backfill.events import (
     WorkerLost,
 )
 from backfill.ledger import StageCounts, Status
+from backfill.textsafe import visible
 
 __all__ = ["LiveProgress", "PlainProgress", "ProgressState", "format_duration"]
 
 _RATE_WINDOW = 30.0
-
-
-def format_duration(seconds: float | None) -> str:
-    """``21d04h``, ``3h04m``, ``12m05s``, ``42s``; ``-`` when unknown."""
-    if seconds is None or seconds != seconds or seconds == float("inf"):
-        return "-"
-    whole = max(0, round(seconds))
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours >= 48:
-        return f"{hours // 24}d{hours % 24:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 @dataclass(slots=True)
@@ -182,7 +169,7 @@ class LiveProgress:
         for s in self.state.stages.values():
             rate = s.rate(now)
             table.add_row(
-                s.name,
+                Text(visible(s.name)),
                 ProgressBar(total=max(1, s.total), completed=s.finished, width=26),
                 f"{s.done:,}",
                 f"{s.empty:,}",
@@ -199,7 +186,8 @@ class LiveProgress:
                 footer += f" · {name}: {what}" + (f" {seconds:.1f}s" if seconds else "")
         if self.state.stopping:
             footer += f" · stopping ({self.state.stopping}); Ctrl+C again to stop at once"
-        table.caption = footer
+        # A resource's word or a stop reason may quote a source: text, never markup.
+        table.caption = Text(visible(footer))
         return table
 
 
@@ -247,5 +235,6 @@ class PlainProgress:
             )
 
     def _write(self, line: str) -> None:
-        self.stream.write(line + "\n")
+        # Lines quote sources (error messages, keys): escape what a terminal would obey.
+        self.stream.write(visible(line) + "\n")
         self.stream.flush()

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from backfill.clock import Clock, SystemClock
+from backfill.clock import Clock, SystemClock, format_duration, format_wall
 from backfill.errors import ConfigError
 
 __all__ = [
@@ -162,9 +162,14 @@ class _Scheduler:
         self.tolerance = (burst - 1) * self.interval
         self.tat = -math.inf
 
-    def set_rate(self, rate: float, burst: int) -> None:
-        self.interval = 1.0 / rate
-        self.tolerance = (burst - 1) * self.interval
+    def set_rate(self, rate: float, burst: int, now: float | None = None) -> None:
+        interval = 1.0 / rate
+        if now is not None and self.tat > now:
+            # What is owed was counted at the old rate: respace it at the new one, so a
+            # rate that grows takes effect at once instead of after the waits booked.
+            self.tat = now + (self.tat - now) * interval / self.interval
+        self.interval = interval
+        self.tolerance = (burst - 1) * interval
 
     def earliest(self, now: float) -> float:
         return max(now, self.tat - self.tolerance)
@@ -234,21 +239,37 @@ def book_block(
 # Limits over longer periods than this are quotas, counted exactly over a sliding window;
 # shorter ones are rates, smoothed by virtual scheduling with the resource's burst.
 _QUOTA_PERIOD = 1.0
-# How many times in a row one request books again after waking too late for its start.
-_LATE_REBOOKS = 3
 _MAX_LOG = 1_000_000
 
 
 class AdaptiveRate:
-    """Finds a source's real limit when it is unknown or declared wrong.
+    """The rate a resource runs at, learned from the source under a ceiling.
 
-    Like TCP: *slow start* multiplies the rate (x1.5 a second) until the first 429. A 429
-    then sets a threshold just under the rate the source actually *accepted* over the
-    last seconds (measured, not guessed), and the rate drops to it; above the threshold
-    the rate only creeps up (about 1 % of the limit per step, steps spaced so that a
-    probe past the limit costs well under 2 % of requests). With no trustworthy
-    measurement yet (e.g. a start far above the limit) a 429 halves the rate instead.
+    Every resource with a per-second rate has one. Declared (``ramp=False``), it starts at
+    the declared rate, which stays its ceiling: a source that refuses requests at that
+    rate (a stricter bucket than declared, or latency jitter that bunches requests on the
+    way to a strict one) lowers it, and it creeps back up while the source is healthy.
+    Adaptive (``ramp=True``), it starts low and ramps up fast (the rate quadruples every
+    second, never past twice what actually got through) until the first 429.
+
+    What a 429 does depends on what the last answers say:
+
+    * refused now and then (a fifth of the answers or fewer): the rate is about right
+      and requests bunched on the way; it goes 3 % down, and the creep upwards, one
+      step of 1 % at a time, slows down (each step waits twice as long, up to a minute);
+    * mostly refused: it drops to just under what the source measurably accepted (or,
+      too soon after a pause to time it, to the share of requests it accepted), then
+      *searches* upwards in steps of 10 %, each held for a second or 8 requests; the step
+      that draws a 429 is taken back, and the search ends there.
+
+    With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one by
+    half (and searches from there).
     """
+
+    _JITTER_STEP = 0.97
+    _SEARCH_STEP = 1.10
+    _CREEP_STEP = 0.01
+    _MAX_CREEP_EVERY = 60.0
 
     def __init__(
         self,
@@ -256,85 +277,156 @@ class AdaptiveRate:
         *,
         floor: float = 0.05,
         ceiling: float = 10_000.0,
-        margin: float = 0.95,
+        margin: float = 0.9,
+        ramp: bool = True,
     ) -> None:
         self.rate = min(max(start, floor), ceiling)
         self.floor = floor
         self.ceiling = ceiling
         self.margin = margin
-        self.threshold: float | None = None
+        self.ramp = ramp
+        # Known to be about the source's limit (None while ramping up to find it).
+        self.threshold: float | None = None if ramp else self.rate
+        self.decreases = 0
         self._accepted: collections.deque[float] = collections.deque()
+        # The last answers since the last decrease: accepted (True) or refused (False).
+        self._outcomes: collections.deque[bool] = collections.deque(maxlen=20)
         self._measure_from = -math.inf
         self._last_update: float | None = None
         self._last_decrease = -math.inf
+        # Searching upwards from a coarse estimate: the last rate that drew no 429.
+        self._good: float | None = None
+        self._creep_every: float | None = None
+        self._since_decrease = 0  # requests accepted since the last decrease
+        self._paused = 0.0  # how long the last decrease's 429 paused the resource
 
     def _accepted_rate(self, now: float) -> float | None:
-        # The last second (or ~8 requests' worth at low rates): when we send faster than
-        # the source accepts, that is what it accepts; longer windows would average in
-        # the slower ramp that led up to the 429.
-        window = max(1.0, 8.0 / max(self.rate, 1e-9))
+        # The last half second (or ~8 requests' worth at low rates): when we send faster
+        # than the source accepts, that is what it accepts; longer windows would average
+        # in the slower ramp that led up to the 429.
+        window = max(0.5, 8.0 / max(self.rate, 1e-9))
         start = max(self._measure_from, now - window)
-        while self._accepted and self._accepted[0] < start:
+        while self._accepted and self._accepted[0] < now - max(window, 1.0):
             self._accepted.popleft()
         span = now - start
-        if span < 0.5 * window or len(self._accepted) < 4:
+        count = sum(1 for t in self._accepted if t >= start)
+        if span < 0.5 * window or count < 8:
             return None
-        return len(self._accepted) / span
+        return count / span
 
     def on_rate_limited(self, now: float, resume_at: float) -> bool:
         """A 429 (or a clearly congested source): slow down; True when the rate changed.
 
         ``resume_at`` is when traffic restarts after the pause this 429 caused.
         """
+        self._outcomes.append(False)
         if now - self._last_decrease < 1.0:
             return False  # the same burst of 429s
+        outcomes = self._outcomes
+        refused = outcomes.count(False) / len(outcomes) if len(outcomes) >= 5 else None
         accepted = self._accepted_rate(now)
-        if accepted is not None:
-            self.threshold = max(self.floor, self.margin * accepted)
-            self.rate = self.threshold
+        # Refused again soon after a pause (the active part of the cycle shorter than
+        # the pause itself): what it accepted over the whole cycle, pause included.
+        span = now - self._last_decrease
+        cycle = (
+            self._since_decrease / span
+            if self._since_decrease >= 4 and span - self._paused < 1.5 * self._paused
+            else None
+        )
+        search = True
+        if self._good is not None and self._good < self.rate:
+            # The search's last step drew it: the rate before that step is the limit.
+            target, search = self._good, False
+        elif accepted is not None and accepted < 0.85 * self.rate:
+            # Clearly sending faster than the source accepts (a bucket of its own lets
+            # bursts through first, so few answers may be refusals yet).
+            target = self.margin * accepted
+        elif cycle is not None and cycle < 0.85 * self.rate and accepted is None:
+            # Refused again soon after the last 429's pause, each time once the burst its
+            # bucket saved up meanwhile was spent (too few answers since to time them):
+            # about its limit got through over the whole cycle. At most halve, then
+            # search.
+            target = self.margin * max(cycle, 0.5 * self.rate)
+        elif refused is not None and refused <= 0.2:
+            # Refused now and then at about the pace it accepts: a little too fast for a
+            # strict bucket, or requests bunched on the way. A step down of 3 %, up to 10 %
+            # when the last 429 was only moments of sending ago; the creep back up slows.
+            active = span - self._paused
+            down = min(0.1, max(1.0 - self._JITTER_STEP, 0.3 / active)) if active > 0 else 0.1
+            target, search = self.rate * (1.0 - down), False
+            self._creep_every = min(self._MAX_CREEP_EVERY, 2.0 * self._creep_base())
+        elif refused is not None:
+            target = self.margin * self.rate * (1.0 - refused)
+        elif not self.ramp:
+            target = self.rate * 0.9
         else:
-            self.rate = max(self.floor, self.rate * 0.5)
+            target = self.rate * 0.5
+        self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
+        self._good = self.rate if search else None
+        self.decreases += 1
         self._last_decrease = now
+        self._paused = max(0.0, resume_at - now)
         self._measure_from = resume_at
         self._accepted.clear()
+        self._outcomes.clear()
+        self._since_decrease = 0
         self._last_update = resume_at
         return True
+
+    def _creep_base(self) -> float:
+        # Crossing the limit costs a 429 and a Retry-After pause, so cycles must be long
+        # for the pause (and the 429s) to stay a small fraction of the time.
+        every = self._creep_every or max(6.0, 12.5 / max(self.threshold or self.rate, 1e-9))
+        return every
 
     def on_header_limit(self, rate: float, now: float) -> None:
         """The server told us its limit: use it (a hair below, for clock skew)."""
         self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
+        self._good = None
         self._last_update = now
 
     def on_success(self, now: float) -> bool:
         """An accepted request; return True when the rate changed."""
         self._accepted.append(now)
+        self._outcomes.append(True)
+        self._since_decrease += 1
         if self._last_update is None:
             self._last_update = self._measure_from = now
             return False
         elapsed = now - self._last_update
-        if self.threshold is None or self.rate < self.threshold:
+        if self.threshold is None:
             if elapsed < 0.25:
                 return False
-            # Grow no further than twice what actually got through lately: when
-            # concurrency or the client itself is the bottleneck, a rate of thousands would
-            # only make the first 429 measure the wrong thing.
-            recent = sum(1 for t in self._accepted if t >= now - 2.0) / 2.0
-            cap = max(2.0 * recent, 2.0 * self.floor, 4.0)
-            grown = self.rate * 2.0**elapsed
-            self.rate = min(self.ceiling, max(self.rate, min(grown, cap)))
-            if self.threshold is not None:
-                self.rate = min(self.rate, self.threshold)
-        else:
-            # One probe step of 1 % of the limit every few seconds: crossing the limit
-            # costs a 429 and a Retry-After pause, so cycles must be long for the pause
-            # (and the 429s) to stay a small fraction of the time (and the requests).
-            step_every = max(6.0, 12.5 / max(self.threshold, 1e-9))
-            if elapsed < step_every:
+            # Grow no further than four times what actually got through in the last half
+            # second: when concurrency or the client itself is the bottleneck, a rate of
+            # thousands would only make the first 429 measure the wrong thing.
+            recent = 2.0 * sum(1 for t in self._accepted if t >= now - 0.5)
+            cap = max(4.0 * recent, 2.0 * self.floor, 4.0)
+            self.rate = min(self.ceiling, max(self.rate, min(self.rate * 4.0**elapsed, cap)))
+        elif self.rate >= self.ceiling:
+            self._last_update = now
+            return False
+        elif self._good is not None:
+            if elapsed < max(1.0, 8.0 / self.rate):
                 return False
-            self.rate = min(self.ceiling, self.rate + 0.01 * self.threshold)
-            if self.rate > 1.1 * self.threshold / self.margin:
+            self._good = self.rate
+            self.rate = min(self.ceiling, self.rate * self._SEARCH_STEP)
+            self.threshold = self.rate
+            if self.rate >= self.ceiling:
+                self._good = None
+        else:
+            every = self._creep_base()
+            if elapsed < every:
+                return False
+            if self._creep_every is not None:
+                # The last step drew no 429: step a little sooner next time.
+                self._creep_every = max(0.0, 0.9 * self._creep_every) or None
+                if self._creep_every is not None and self._creep_every < 6.0:
+                    self._creep_every = None
+            self.rate = min(self.ceiling, self.rate + self._CREEP_STEP * self.threshold)
+            if self.ramp and self.rate > 1.1 * self.threshold / self.margin:
                 # 10 % past the old limit without a 429: the limit rose or was
-                # underestimated; search upwards quickly again.
+                # underestimated; ramp up quickly again.
                 self.threshold = None
         self._last_update = now
         return True
@@ -454,6 +546,7 @@ class Resource:
         limits: list[str | float | Limit] | None = None,
         adaptive: bool = False,
         start_rate: float | None = None,
+        shared: bool = False,
         breaker: CircuitBreaker | None = None,
         clock: Clock | None = None,
         max_wait: float = DEFAULT_MAX_WAIT,
@@ -476,6 +569,9 @@ class Resource:
         self.burst = burst
         self.concurrency = concurrency
         self.limits = declared
+        # Whose limit it is: the job's own (its runs and workers share it), or, shared,
+        # every job's on the same state that declares a resource of this name.
+        self.shared = shared
         self.clock: Clock = clock or SystemClock()
         self._schedulers: list[_Scheduler | _Window] = [
             _Window(int(lim.count), lim.period)
@@ -483,15 +579,16 @@ class Resource:
             else _Scheduler(lim.rate, burst)
             for lim in declared
         ]
-        self.adaptive: AdaptiveRate | None = None
-        if adaptive:
-            primary = min((lim.rate for lim in declared), default=None)
-            self.adaptive = AdaptiveRate(
-                start_rate or (primary or 1.0),
-                ceiling=primary or 10_000.0,
-            )
-            self._adaptive_scheduler = _Scheduler(self.adaptive.rate, burst)
-            self._schedulers.append(self._adaptive_scheduler)
+        # The rate actually run at, learned from the source under the declared one (see
+        # AdaptiveRate); none for a resource of quotas only.
+        self.adaptive = adaptive
+        self._start_rate = start_rate
+        self.pace = self._new_pace()
+        self._pace_scheduler: _Scheduler | None = None
+        if self.pace is not None:
+            self._pace_scheduler = _Scheduler(self.pace.rate, burst)
+            self._schedulers.append(self._pace_scheduler)
+        self._said_slower = False
         # With a fleet, the shared schedule grants the per-second rate and the quotas
         # (see share_with); of this process's own schedulers only the others still apply:
         # booking a granted start on a copy of the fleet's rate too would hold it past
@@ -501,10 +598,19 @@ class Resource:
             for s, lim in zip(self._schedulers, [*declared, None], strict=False)
             if lim is None or (isinstance(s, _Scheduler) and lim.period > _QUOTA_PERIOD)
         ]
+        # ... or, when only the quotas are shared, every one but the quotas.
+        self._unshared_quotas: list[_Scheduler | _Window] = [
+            s for s in self._schedulers if not isinstance(s, _Window)
+        ]
+        self._local: list[_Scheduler | _Window] = self._schedulers
+        self._shares_rate = True
+        self._quota_wait_until = -math.inf
         self.breaker = breaker or CircuitBreaker()
         self.paused_until = -math.inf
         self._semaphore: asyncio.Semaphore | _Share | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
+        self._pacing: asyncio.Lock | None = None
+        self._pacing_loop: asyncio.AbstractEventLoop | None = None
         self._shared: SharedRate | None = None
         self._share: int | None = None
         self._slots: collections.deque[float] = collections.deque()
@@ -517,15 +623,34 @@ class Resource:
         self.requests = 0
         self.rate_limited = 0
         self.pauses = 0
-        self.late_starts = 0  # reservations woken too late to spend, booked again
+        self.late_starts = 0  # fleet starts found stale and dropped, taken again
 
     def __repr__(self) -> str:
         return f"Resource({self.name!r}, rate={self.rate_description()})"
 
+    @property
+    def declared_rate(self) -> float | None:
+        """The strictest per-second rate declared (None: adaptive without one, or quotas
+        only)."""
+        return min((lim.rate for lim in self.limits if lim.period <= _QUOTA_PERIOD), default=None)
+
+    def _new_pace(self) -> AdaptiveRate | None:
+        primary = self.declared_rate
+        if self.adaptive:
+            return AdaptiveRate(self._start_rate or primary or 5.0, ceiling=primary or 10_000.0)
+        if primary is None:
+            return None
+        return AdaptiveRate(primary, ceiling=primary, ramp=False)
+
     def rate_description(self) -> str:
+        """The declared limits, and the rate run at when it differs, e.g. ``5/s (running
+        at 4.75/s)`` or ``adaptive, now 42.00/s``."""
         parts = [str(lim) for lim in self.limits]
-        if self.adaptive is not None:
-            parts.append(f"adaptive, now {self.adaptive.rate:.2f}/s")
+        pace = self.pace
+        if pace is not None and self.adaptive:
+            parts.append(f"adaptive, now {pace.rate:.2f}/s")
+        elif pace is not None and pace.rate < 0.995 * pace.ceiling:
+            parts[0] += f" (running at {pace.rate:.3g}/s)"
         return ", ".join(parts)
 
     @property
@@ -533,15 +658,15 @@ class Resource:
         """The sustained rate the resource runs at now (requests per second); quotas over
         longer periods are left out (see :meth:`seconds_for`)."""
         rates = [lim.rate for lim in self.limits if lim.period <= _QUOTA_PERIOD]
-        if self.adaptive is not None:
-            rates.append(self.adaptive.rate)
+        if self.pace is not None:
+            rates.append(self.pace.rate)
         return min(rates) if rates else min(lim.rate for lim in self.limits)
 
     def seconds_for(self, requests: float) -> float:
         """The least time ``requests`` need under every limit (quotas included)."""
         rates = [lim.rate for lim in self.limits if lim.period <= _QUOTA_PERIOD]
-        if self.adaptive is not None:
-            rates.append(self.adaptive.rate)
+        if self.pace is not None:
+            rates.append(self.pace.rate)
         seconds = requests / min(rates) if rates else 0.0
         for lim in self.limits:
             if lim.period > _QUOTA_PERIOD and requests > lim.count:
@@ -555,6 +680,11 @@ class Resource:
                 scheduler.log.clear()
             else:
                 scheduler.tat = -math.inf
+        self.pace = self._new_pace()
+        if self.pace is not None and self._pace_scheduler is not None:
+            self._pace_scheduler.set_rate(self.pace.rate, self.burst)
+        self._said_slower = False
+        self._pacing = None
         self.paused_until = -math.inf
         old = self.breaker
         self.breaker = CircuitBreaker(
@@ -581,11 +711,15 @@ class Resource:
 
     # -- a fleet of workers ----------------------------------------------------------------
 
-    def share_with(self, shared: SharedRate) -> None:
+    def share_with(self, shared: SharedRate, *, rate: bool = True) -> None:
         """Take this resource's per-second rate and its quotas from ``shared``, one
         schedule for the whole fleet (this process's own schedule still applies to what
-        the fleet does not share: an adaptive rate, found per worker)."""
+        the fleet does not share: an adaptive rate, found per worker). With ``rate``
+        False only the quotas are taken from it (they hold across restarts) and the rate
+        stays this process's own."""
         self._shared = shared
+        self._shares_rate = rate
+        self._local = self._unshared if rate else self._unshared_quotas
         self._slots.clear()
 
     @property
@@ -620,7 +754,7 @@ class Resource:
         :mod:`backfill.sources.wire`): the way there can be as slow as the wait.
         """
         assert self._shared is not None
-        interval = self.rate_interval
+        interval = self.rate_interval if self._shares_rate else 0.0
         # With a rate, a start more than half an interval late would bunch up with later
         # ones; with quotas only (no spacing), lateness costs nothing worth a start.
         late = interval / 2 if interval else math.inf
@@ -636,6 +770,8 @@ class Resource:
                     start = self._slots.popleft()
                     if start <= now:
                         return start + late
+                    if start - now > max(5.0, 2 * interval) and start > self.paused_until:
+                        self._say_quota_wait(start)
                     await self.clock.sleep(start - now)
                     # Woken late (the loop or the CPU was busy): the start is as stale
                     # as one found late, and is dropped the same way.
@@ -661,58 +797,77 @@ class Resource:
 
     # -- taking a request slot -----------------------------------------------------------
 
-    def reserve(self) -> float:
-        """Book the next start instant; return how long the caller must wait for it."""
-        now = self.clock.monotonic()
+    def _due(self, now: float) -> float:
+        """When the next request may start: every limit, a pause and the breaker."""
         start = max(now, self.paused_until)
         if self.breaker.open_until is not None:
             start = max(start, self.breaker.open_until)
-        schedulers = self._schedulers if self._shared is None else self._unshared
-        for scheduler in schedulers:
+        for scheduler in self._schedulers if self._shared is None else self._local:
             start = max(start, scheduler.earliest(start))
-        for scheduler in schedulers:
-            scheduler.book(start)
-        return start - now
+        return start
 
     async def acquire(self) -> None:
-        """Wait for a reservation (rates, pauses and the breaker all respected).
+        """Wait for this request's turn (rates, pauses and the breaker all respected).
 
-        A reservation woken more than half an interval late (the loop or the CPU was
-        busy) is booked again rather than spent: sent late, it would reach the source
-        together with the on-time requests booked after it. After a few such misses the
-        request goes anyway, so a machine that is always busy still makes progress.
+        Requests take their turns in order, one at a time: the first waits until every
+        limit allows a start, and is booked at the instant it actually starts. Nothing
+        is booked ahead for the others, so a rate that changes (a 429, an adaptive step)
+        applies to them at once, and a turn taken late (the loop or the CPU was busy) is
+        neither lost nor sent on top of the next one: the next is spaced from it.
+
+        With a fleet, the start is then taken from the fleet's schedule, whose instants
+        are fixed: one found late there is dropped (see ``_shared_start``).
         """
-        interval = self.rate_interval if self._shared is None else 0.0
-        misses = 0
+        loop = asyncio.get_running_loop()
+        if self._pacing is None or self._pacing_loop is not loop:
+            # A job module (and its resources) may outlive one event loop, e.g. in tests.
+            self._pacing = asyncio.Lock()
+            self._pacing_loop = loop
         deadline = math.inf
-        while True:
-            wait = self.reserve()
-            if wait > 0:
-                due = self.clock.monotonic() + wait
-                await self.clock.sleep(wait)
-                if (
-                    interval
-                    and misses < _LATE_REBOOKS
-                    and self.clock.monotonic() > due + interval / 2
-                ):
-                    misses += 1
-                    self.late_starts += 1
+        if self._shared is not None and not self._shares_rate:
+            # Quotas first: a request that waits hours for its day's quota takes its turn
+            # at the rate after that, not before.
+            await self._shared_start()
+        async with self._pacing:
+            while True:
+                now = self.clock.monotonic()
+                due = self._due(now)
+                if due > now + 1e-6:
+                    if due - now > 5.0 and any(
+                        isinstance(w, _Window) and w.earliest(now) >= due for w in self._local
+                    ):
+                        self._say_quota_wait(due)
+                    # Then look again: a pause, the breaker or a new rate may have moved it.
+                    await self.clock.sleep(due - now)
                     continue
-            if self._shared is not None:
-                # Last: a start granted by the fleet must go out on its instant.
-                deadline = await self._shared_start()
-            now = self.clock.monotonic()
-            # A pause or an open breaker that began while we slept pushes us back.
-            if now + 1e-3 < self.paused_until:
-                continue
-            if self.breaker.open_until is not None:
-                if self.breaker.probing or now + 1e-3 < self.breaker.open_until:
-                    await self.clock.sleep(max(0.05, (self.breaker.open_until or now) - now))
-                    continue
-                self.breaker.probing = True
-            break
+                if self.breaker.open_until is not None:
+                    if self.breaker.probing:
+                        # The probe is out: wait for its answer.
+                        await self.clock.sleep(0.05)
+                        continue
+                    self.breaker.probing = True
+                for scheduler in self._schedulers if self._shared is None else self._local:
+                    scheduler.book(now)
+                break
+        if self._shared is not None and self._shares_rate:
+            # Last: a start granted by the fleet must go out on its instant.
+            deadline = await self._shared_start()
         self.requests += 1
         _start_deadline.set((self.clock, deadline) if deadline < math.inf else None)
+
+    def _say_quota_wait(self, until: float) -> None:
+        """Say once per wait that a quota is used up, and when requests resume."""
+        if abs(until - self._quota_wait_until) < 1.0:
+            return
+        self._quota_wait_until = until
+        now = self.clock.monotonic()
+        wall = self.clock.time()
+        spent = ", ".join(str(q) for q in self.quotas) or "quota"
+        self._tell(
+            f"quota used up ({spent}): resumes {format_wall(wall + until - now, wall)} "
+            f"(in {format_duration(until - now)})",
+            until - now,
+        )
 
     def unsent(self) -> None:
         """The start last granted was not used: its request was found late on its way
@@ -738,6 +893,20 @@ class Resource:
         async with self._semaphore:
             await self.acquire()
             yield
+
+    def _paced(self, now: float) -> None:
+        """The learned rate changed: requests not yet started go at the new one. A
+        declared rate the source does not accept is said once a run."""
+        pace = self.pace
+        assert pace is not None and self._pace_scheduler is not None
+        self._pace_scheduler.set_rate(pace.rate, self.burst, now)
+        if not self.adaptive and not self._said_slower and pace.rate < 0.9 * pace.ceiling:
+            self._said_slower = True
+            self._tell(
+                f"declared {pace.ceiling:g}/s is more than the source accepts: running at "
+                f"{pace.rate:.3g}/s",
+                0.0,
+            )
 
     def _latency_rising(self, latency: float) -> bool:
         """True when latency has quadrupled over its healthy level, by 200 ms or more: the
@@ -794,26 +963,27 @@ class Resource:
     ) -> None:
         """Feed back what a request saw: its outcome, latency and rate-limit headers."""
         now = self.clock.monotonic()
+        pace = self.pace
         if (
             latency is not None
-            and self.adaptive is not None
+            and pace is not None
+            and self.adaptive
             and self._latency_rising(latency)
-            and self.adaptive.on_rate_limited(now, now)
+            and pace.on_rate_limited(now, now)
         ):
-            self._adaptive_scheduler.set_rate(self.adaptive.rate, self.burst)
+            self._paced(now)
         if outcome is Outcome.RATE_LIMITED:
             self.rate_limited += 1
-            wait = retry_after if retry_after is not None else 1.0
-            if self.adaptive is not None and self.adaptive.on_rate_limited(
-                now, max(now + wait, self.paused_until)
-            ):
-                self._adaptive_scheduler.set_rate(self.adaptive.rate, self.burst)
-            self.pause(wait, "429")
-        elif outcome is Outcome.OK and self.adaptive is not None and self.adaptive.on_success(now):
-            self._adaptive_scheduler.set_rate(self.adaptive.rate, self.burst)
-        if self.adaptive is not None and limit and window:
-            self.adaptive.on_header_limit(limit / window, now)
-            self._adaptive_scheduler.set_rate(self.adaptive.rate, self.burst)
+            asked = retry_after if retry_after is not None else 1.0
+            wait = min(asked, self.max_wait)
+            if pace is not None and pace.on_rate_limited(now, max(now + wait, self.paused_until)):
+                self._paced(now)
+            self.pause(asked, "429")
+        elif outcome is Outcome.OK and pace is not None and pace.on_success(now):
+            self._paced(now)
+        if pace is not None and limit and window:
+            pace.on_header_limit(limit / window, now)
+            self._paced(now)
         if remaining is not None and remaining <= 0 and reset_after:
             self.pause(reset_after, "quota used up")
         if outcome is not Outcome.RATE_LIMITED:

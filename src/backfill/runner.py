@@ -725,16 +725,22 @@ class Runner:
         return lost
 
     async def _fleet(self, ledger: SharedLimits) -> None:
-        """Share every resource with the other workers of this job: one rate schedule in
-        the database, and a concurrency share rebalanced every couple of seconds."""
+        """Keep resource schedules in the ledger: quotas always (they hold across
+        restarts); rates where others may share them (a fleet's ledger, or a resource
+        declared shared=True); and, in a fleet, a concurrency share per worker
+        rebalanced every couple of seconds."""
         pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-fleet")
         try:
             for resource in self.job.resources.values():
-                if resource.rate_interval or resource.quotas:
+                rate = bool(resource.rate_interval) and (ledger.fleet or resource.shared)
+                if rate or resource.quotas:
                     resource.share_with(
-                        LedgerRate(ledger, self.job.name, resource, pool, self.clock)
+                        LedgerRate(ledger, self.job.name, resource, pool, self.clock, rate=rate),
+                        rate=rate,
                     )
-            shared = [r for r in self.job.resources.values() if r.concurrency is not None]
+            shared = [
+                r for r in self.job.resources.values() if r.concurrency is not None and ledger.fleet
+            ]
             while shared:
                 try:
                     workers = await self._db(self.ledger.workers, self.job.name)

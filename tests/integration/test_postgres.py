@@ -165,24 +165,6 @@ def test_the_ledger_leaves_no_prepared_statements_on_the_server(pg_url: str) -> 
     store.close()
 
 
-def test_a_quota_is_booked_for_the_whole_fleet(pg_url: str) -> None:
-    """Two machines booking against one 3-per-minute quota: the fourth start of the fleet
-    waits a minute after the first, whoever booked which."""
-    stores = [PostgresLedger(pg_url), PostgresLedger(pg_url)]
-    quotas = [(3, 60.0)]
-    book = {"count": 2, "interval": 0.1, "tolerance": 0.0, "quotas": quotas}
-    due_a, _, now_a = stores[0].take_starts("j", "api", **book)  # type: ignore[arg-type]
-    due_b, _, now_b = stores[1].take_starts("j", "api", **book)  # type: ignore[arg-type]
-    a0, a1 = (now_a + due for due in due_a)
-    b0, b1 = (now_b + due for due in due_b)
-    assert a1 - a0 == pytest.approx(0.1)
-    assert b0 < a0 + 1.0  # the third start of the minute goes on the rate alone
-    assert b1 >= a0 + 60.0  # the fourth waits for the first to leave the window
-    assert b1 < a0 + 61.0
-    for store in stores:
-        store.close()
-
-
 def test_workers_sharing_a_quota_start_no_more_than_it_between_them(pg_url: str) -> None:
     """Two workers with 10 requests each on a resource of 50/s and 12/min start no more
     than 12 between them in the first seconds: the rest wait for the window, though each

@@ -3,48 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 
 import pytest
 
 from backfill.errors import ConfigError
 from backfill.ratelimit import CircuitBreaker, Limit, Outcome, Resource, parse_limit
-
-
-class FakeClock:
-    """Virtual time: it moves only when every task is asleep, straight to the earliest
-    wake-up, so every test of time runs instantly and sleepers wake exactly on time."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-        self._driver: asyncio.Task[None] | None = None
-
-    def time(self) -> float:
-        return 1_000_000.0 + self.t
-
-    def monotonic(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        woken: asyncio.Future[None] = loop.create_future()
-        heapq.heappush(self._sleepers, (self.t + max(0.0, seconds), next(self._seq), woken))
-        if self._driver is None or self._driver.done():
-            self._driver = loop.create_task(self._drive())
-        await woken
-
-    async def _drive(self) -> None:
-        while self._sleepers:
-            # Let every runnable task run until it sleeps (or ends) before time moves.
-            for _ in range(20):
-                await asyncio.sleep(0)
-            deadline, _, woken = heapq.heappop(self._sleepers)
-            self.t = max(self.t, deadline)
-            if not woken.done():
-                woken.set_result(None)
+from virtual_time import FakeClock, StallingClock
 
 
 def starts(resource: Resource, clock: FakeClock, until: float, workers: int = 3) -> list[float]:
@@ -101,37 +66,20 @@ def test_no_window_exceeds_rate_plus_burst_even_at_start() -> None:
     assert len(times) == pytest.approx(10 * 20 + 3, abs=2)
 
 
-class StallingClock(FakeClock):
-    """Virtual time with one stall: at ``at`` the loop is busy for ``seconds``, so every
-    sleeper due in that time wakes late, all at once."""
-
-    def __init__(self, at: float, seconds: float) -> None:
-        super().__init__()
-        self.stall = (at, seconds)
-
-    async def _drive(self) -> None:
-        at, seconds = self.stall
-        while self._sleepers:
-            for _ in range(20):
-                await asyncio.sleep(0)
-            deadline, _, woken = heapq.heappop(self._sleepers)
-            if at <= deadline < at + seconds:
-                deadline = at + seconds
-            self.t = max(self.t, deadline)
-            if not woken.done():
-                woken.set_result(None)
-
-
-def test_starts_woken_late_by_a_busy_loop_are_booked_again() -> None:
-    """A busy loop wakes the waiting requests late and together: sent then, they would
-    join the on-time starts after them (13 in a second at 10/s, burst 1). They book
-    again instead, and no 1 s window holds more than rate + burst."""
+def test_a_turn_taken_late_by_a_busy_loop_goes_then_and_the_next_is_spaced_from_it() -> None:
+    """A busy loop wakes the waiting request late: it starts then (its turn is not lost,
+    nor booked again), and the next one is spaced a full interval after it, never sent
+    on top of it: no two starts closer than an interval at burst 1, no 1 s window over
+    rate + burst, and the stall costs its own length only."""
     clock = StallingClock(at=5.0, seconds=0.3)
     resource = Resource("api", rate="10/s", burst=1, clock=clock)
     times = starts(resource, clock, until=12.0)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.1 - 1e-9
     assert worst_window(times, 1.0) <= 11
-    assert resource.late_starts >= 2
-    assert len(times) >= 10 * 12 - 5
+    assert any(5.3 <= t < 5.31 for t in times)  # the late one, at the end of the stall
+    assert resource.late_starts == 0
+    assert len(times) >= 10 * (12 - 0.3)
 
 
 def test_several_limits_hold_at_once() -> None:

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from backfill.demo.data import FLIGHT_KEY, FLIGHTS_TOTAL
 from backfill.errors import ConfigError
@@ -22,6 +24,7 @@ from backfill.job import Job, load_job
 from backfill.ledger import Ledger, Status, open_ledger
 from backfill.progress import format_duration
 from backfill.runner import RunOptions, RunResult, worker_is_dead
+from backfill.textsafe import visible
 
 __all__ = ["demo_summary", "run_demo", "serve_demo"]
 
@@ -179,7 +182,7 @@ def run_demo(
     console.print(
         f"[bold]backfill demo[/]: 365 days of 2013 NYC flights from a replay API limited to "
         f"{config.rate_limit:g} requests/s ({told}), with latency, 429s, 5xx, truncated "
-        f"bodies and stalls, into {_shown(database)}",
+        f"bodies and stalls, into {escape(visible(_shown(database)))}",
         highlight=False,
     )
     with ReplayServer(config) as server:
@@ -277,10 +280,9 @@ def run_demo(
     if result.status.value == "interrupted":
         console.print("interrupted: state saved; run `backfill demo` again to resume.")
     elif result.message:
-        console.print(result.message, highlight=False, soft_wrap=True)
+        console.print(Text(visible(result.message)), soft_wrap=True)
     console.print(
-        f"inspect: backfill coverage backfill.demo.flights:job --state {state_url}",
-        highlight=False,
+        Text(visible(f"inspect: backfill coverage backfill.demo.flights:job --state {state_url}")),
         soft_wrap=True,
     )
     return result.exit_code

@@ -16,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from backfill.errors import ConfigError
+from backfill.errors import ConfigError, LedgerError
 from backfill.partitions import Order, Partition, Selection
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "Fence",
     "Ledger",
     "LedgerEntry",
+    "NoState",
     "Outcome",
     "RunRecord",
     "SharedLimits",
@@ -36,9 +37,15 @@ __all__ = [
     "Status",
     "WorkerRecord",
     "open_ledger",
+    "open_reader",
 ]
 
 DEFAULT_STATE_URL = "sqlite:///.backfill/state.db"
+
+
+class NoState(LedgerError):
+    """Nothing has run on this state yet: no SQLite file, or no backfill tables in the
+    database."""
 
 
 class Status(StrEnum):
@@ -427,7 +434,14 @@ class Ledger(Protocol):
 
 @runtime_checkable
 class SharedLimits(Protocol):
-    """A ledger that also holds the resource schedules of a fleet of workers."""
+    """A ledger that also holds resource schedules: quotas across restarts, rates across
+    the processes that share them.
+
+    ``fleet``: workers on other machines may share the ledger, so every resource's rate
+    is kept in it (else only those of resources declared ``shared=True``).
+    """
+
+    fleet: bool
 
     def take_starts(
         self,
@@ -466,32 +480,65 @@ def open_ledger(url: str | None = None, *, create: bool = True) -> Ledger:
     """Open the state store named by ``url`` (default: ``.backfill/state.db`` here).
 
     ``postgresql://USER:PASSWORD@HOST:PORT/DATABASE`` opens the shared PostgreSQL ledger
-    (``postgres://`` works too). With ``create=False`` a missing SQLite file is not
-    created, nor are missing PostgreSQL tables: an empty in-memory ledger stands in, so
-    read-only commands leave no trace.
+    (``postgres://`` works too). A new state is created and an older one migrated.
+    With ``create=False`` the state is opened read-only (see :func:`open_reader`), and
+    where there is none yet an empty in-memory ledger stands in, so read-only commands
+    leave no trace.
+    """
+    from backfill.ledger.sqlite import SQLiteLedger
+
+    if not create:
+        try:
+            return open_reader(url)
+        except NoState:
+            return SQLiteLedger(":memory:", url=url or DEFAULT_STATE_URL)
+    url = url or DEFAULT_STATE_URL
+    scheme, target = _target(url)
+    if scheme == "postgres":
+        from backfill.ledger.postgres import PostgresLedger
+
+        return PostgresLedger(url)
+    if target == ":memory:":
+        return SQLiteLedger(":memory:", url=url)
+    file = Path(target)
+    if url == DEFAULT_STATE_URL:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    return SQLiteLedger(file, url=url)
+
+
+def open_reader(url: str | None = None) -> Ledger:
+    """Open the state store named by ``url`` for reading only: nothing is created,
+    migrated or written, in SQLite (the file is opened read-only) as in PostgreSQL
+    (every transaction is read-only).
+
+    Raises :class:`NoState` when nothing has run on it yet (no SQLite file, or a
+    database without the backfill tables), and a :class:`LedgerError` when it is not a
+    backfill ledger, or one of another schema version (an older one is upgraded by the
+    next ``backfill run``, never by a reader).
     """
     from backfill.ledger.sqlite import SQLiteLedger
 
     url = url or DEFAULT_STATE_URL
+    scheme, target = _target(url)
+    if scheme == "postgres":
+        from backfill.ledger.postgres import PostgresLedger
+
+        return PostgresLedger(url, read_only=True)
+    if target == ":memory:":
+        return SQLiteLedger(":memory:", url=url)
+    return SQLiteLedger(Path(target), url=url, read_only=True)
+
+
+def _target(url: str) -> tuple[str, str]:
+    """("postgres", url) or ("sqlite", file path or ``:memory:``) for a state URL."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "sqlite", "/" + url
     if scheme in ("postgresql", "postgres"):
-        from backfill.ledger.postgres import PostgresLedger
-
-        if not create and not PostgresLedger.exists(url):
-            return SQLiteLedger(":memory:", url=url)
-        return PostgresLedger(url)
+        return "postgres", url
     if scheme == "sqlite":
         path = rest[1:] if rest.startswith("/") else rest
-        if path in ("", ":memory:"):
-            return SQLiteLedger(":memory:", url=url)
-        file = Path(path)
-        if not file.exists() and not create:
-            return SQLiteLedger(":memory:", url=url)
-        if create and url == DEFAULT_STATE_URL:
-            file.parent.mkdir(parents=True, exist_ok=True)
-        return SQLiteLedger(file, url=url)
+        return "sqlite", path if path not in ("", ":memory:") else ":memory:"
     raise ConfigError(
         f"unsupported state URL {url.split('://')[0]!r}://...; use sqlite:///PATH "
         "(a file), a plain file path, or postgresql://USER@HOST:PORT/DATABASE"

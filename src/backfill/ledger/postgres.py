@@ -36,6 +36,7 @@ from backfill.ledger import (
     FailureGroup,
     Fence,
     LedgerEntry,
+    NoState,
     Outcome,
     RunRecord,
     StageCounts,
@@ -43,9 +44,9 @@ from backfill.ledger import (
     WorkerRecord,
     _deps,
     dims_json,
+    limits,
 )
 from backfill.partitions import Order, Partition, Selection
-from backfill.ratelimit import book_block
 from backfill.retry import RECONNECT_SECONDS
 
 __all__ = ["MAX_LOST_LEASES", "SCHEMA_VERSION", "PostgresLedger", "redact_url"]
@@ -178,6 +179,11 @@ def _selection_sql(selection: Selection | None) -> tuple[str, dict[str, Any]]:
     return "".join(f" AND {c}" for c in clauses), params
 
 
+def _read_only_session(conn: psycopg.Connection[Any]) -> None:
+    """Every transaction of a reader's connection is read-only: the server refuses a write."""
+    conn.execute("SET default_transaction_read_only = on")
+
+
 def _statements(script: str) -> str:
     """A script without comments (they may hold semicolons), run as one simple query."""
     return "\n".join(line.split("--", 1)[0] for line in script.splitlines())
@@ -188,16 +194,22 @@ class PostgresLedger:
 
     ``url`` is a libpq URL, e.g. ``postgresql://backfill:secret@db:5432/backfill``; add
     ``?options=-csearch_path%3DNAME`` to keep the tables in schema ``NAME``.
+
+    ``read_only``: use an existing ledger of this schema version without creating or
+    migrating anything; every transaction is read-only.
     """
 
     retry_for = RECONNECT_SECONDS
 
-    def __init__(self, url: str, *, pool_size: int = 4) -> None:
+    def __init__(self, url: str, *, pool_size: int = 4, read_only: bool = False) -> None:
         self.url = url
         self.safe_url = redact_url(url)
         self._stage_ids: dict[tuple[str, str], int] = {}
         self._gone = False
-        self._check(url)
+        if read_only:
+            self._check_read_only(url)
+        else:
+            self._check(url)
         # No server-side prepared statements: a prepared statement's generic plan guesses
         # 10 rows for an unnest() of a 1,000-id batch and joins it by a nested loop over
         # every leased row (completions ran 6x slower); planning each call costs ~0.5 ms.
@@ -210,15 +222,9 @@ class PostgresLedger:
             open=False,
             name="backfill-ledger",
             reconnect_timeout=self.retry_for,
+            configure=_read_only_session if read_only else None,
         )
         self._pool.open(wait=False)
-
-    @staticmethod
-    def exists(url: str) -> bool:
-        """Whether the database named by ``url`` already holds a backfill ledger."""
-        with PostgresLedger._connect(url) as conn:
-            row = conn.execute("SELECT to_regclass('backfill_meta')").fetchone()
-        return row is not None and row[0] is not None
 
     @staticmethod
     def _connect(url: str) -> psycopg.Connection[Any]:
@@ -238,6 +244,33 @@ class PostgresLedger:
                 raise LedgerError(
                     f"cannot set up the ledger in {self.safe_url}: {_last_line(str(exc))}"
                 ) from exc
+
+    def _check_read_only(self, url: str) -> None:
+        """Connect once (a clear error for a bad URL) and check the schema, changing
+        nothing: no tables is no state yet, another version is refused."""
+        with self._connect(url) as conn:
+            try:
+                row = conn.execute("SELECT to_regclass('backfill_meta')").fetchone()
+                if row is None or row[0] is None:
+                    raise NoState(f"no state in {self.safe_url}; nothing has run yet")
+                found = conn.execute(
+                    "SELECT value FROM backfill_meta WHERE key = 'schema_version'"
+                ).fetchone()
+            except psycopg.Error as exc:
+                raise LedgerError(
+                    f"cannot read the ledger in {self.safe_url}: {_last_line(str(exc))}"
+                ) from exc
+        version = int(found[0]) if found else 0
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"state {self.safe_url} has schema version {version}, newer than this "
+                f"backfill understands ({SCHEMA_VERSION}); upgrade backfill"
+            )
+        if version < SCHEMA_VERSION:
+            raise LedgerError(
+                f"state {self.safe_url} has schema version {version}, older than this "
+                f"backfill's ({SCHEMA_VERSION}); run `backfill run` once to upgrade it"
+            )
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         row = conn.execute("SELECT to_regclass('backfill_meta')").fetchone()
@@ -858,6 +891,9 @@ class PostgresLedger:
 
     # -- limits shared by the fleet --------------------------------------------------
 
+    # Workers on many machines share this database: every resource's rate is shared.
+    fleet = True
+
     def take_starts(
         self,
         job: str,
@@ -869,55 +905,20 @@ class PostgresLedger:
         quotas: Sequence[tuple[int, float]] = (),
         max_pause: float = math.inf,
     ) -> tuple[list[float], float, float]:
-        """Book ``count`` starts of a resource shared by every worker of ``job``.
-
-        Returns, in seconds from the database's now, when each start is due (0: at once)
-        and until when the fleet is paused; then that now itself, on the database's
-        clock. Each quota of (count, period) keeps a ring of the fleet's last ``count``
-        starts. A stored pause reaching more than ``max_pause`` seconds ahead (stored by
-        an earlier run, or by a worker with a longer cap) is cut to it, and the schedule
-        behind it too.
-        """
-        key = {"job": job, "name": resource}
+        """Book ``count`` starts of a resource (see :func:`backfill.ledger.limits.take_starts`);
+        ``job`` is the schedule's scope."""
 
         def book(conn: psycopg.Connection[Any]) -> tuple[list[float], float, float]:
-            row = conn.execute(_Q["lock_resource"], key).fetchone()
-            if row is None:
-                conn.execute(_Q["insert_resource"], key)
-                row = conn.execute(_Q["lock_resource"], key).fetchone()
-            assert row is not None
-            tat, paused, now = float(row[0]), float(row[1]), float(row[2])
-            if paused > now + max_pause:
-                paused = now + max_pause
-                tat = min(tat, paused)
-                conn.execute(_Q["set_paused"], dict(key, paused=paused))
-            rings = []
-            for size, period in quotas:
-                quota = dict(key, quota=f"{size}/{period:g}")
-                found = conn.execute(_Q["lock_quota"], quota).fetchone()
-                assert found is not None
-                taken = int(found[0])
-                slots = [(taken + i) % size for i in range(count)]
-                stored = dict(conn.execute(_Q["quota_starts"], dict(quota, slots=slots)).fetchall())
-                # Start number m replaces number m - size: known once m >= size.
-                previous = [
-                    stored.get(slot) if taken + i >= size else None for i, slot in enumerate(slots)
-                ]
-                rings.append((quota, period, taken, slots, previous))
-            tat, starts = book_block(
-                now=now,
-                tat=tat,
-                paused_until=paused,
+            return limits.take_starts(
+                _query(conn),
+                job,
+                resource,
                 count=count,
                 interval=interval,
                 tolerance=tolerance,
-                earlier=[(period, previous) for _, period, _, _, previous in rings],
+                quotas=quotas,
+                max_pause=max_pause,
             )
-            conn.execute(_Q["set_tat"], dict(key, tat=tat))
-            for quota, _, taken, slots, _ in rings:
-                conn.execute(_Q["record_quota_starts"], dict(quota, slots=slots, starts=starts))
-                conn.execute(_Q["set_quota_taken"], dict(quota, taken=taken + count))
-            return [start - now for start in starts], paused - now, now
 
         return self._run(book)
 
@@ -927,18 +928,8 @@ class PostgresLedger:
         self._run(lambda conn: conn.execute(_Q["pause_resource"], params))
 
     def resume_resource(self, job: str, resource: str) -> float | None:
-        """End a shared resource's pause now; the seconds it still had, or None when it
-        was not paused."""
-        key = {"job": job, "name": resource}
-
-        def resume(conn: psycopg.Connection[Any]) -> float | None:
-            row = conn.execute(_Q["lock_resource"], key).fetchone()
-            if row is None or float(row[1]) <= float(row[2]):
-                return None
-            conn.execute(_Q["resume_resource"], key)
-            return float(row[1]) - float(row[2])
-
-        return self._run(resume)
+        """End a resource's stored pause now (see :func:`backfill.ledger.limits.resume`)."""
+        return self._run(lambda conn: limits.resume(_query(conn), job, resource))
 
     def workers(self, job: str, *, active_only: bool = True) -> list[WorkerRecord]:
         where = " AND stopped_at IS NULL" if active_only else ""
@@ -946,6 +937,16 @@ class PostgresLedger:
             lambda conn: conn.execute(_Q["workers"].format(where=where), {"job": job}).fetchall()
         )
         return [WorkerRecord(*r) for r in rows]
+
+
+def _query(conn: psycopg.Connection[Any]) -> limits.Query:
+    """Named queries of this dialect on ``conn``, as :mod:`backfill.ledger.limits` runs them."""
+
+    def query(name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        cursor = conn.execute(_Q[name], params)
+        return cursor.fetchall() if cursor.description is not None else []
+
+    return query
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import re
 import sqlite3
 import threading
@@ -30,6 +31,7 @@ from backfill.ledger import (
     FailureGroup,
     Fence,
     LedgerEntry,
+    NoState,
     Outcome,
     RunRecord,
     StageCounts,
@@ -38,12 +40,13 @@ from backfill.ledger import (
     _deps,
     dims_from_json,
     dims_json,
+    limits,
 )
 from backfill.partitions import Order, Partition, Selection
 
 __all__ = ["SCHEMA_VERSION", "SQLiteLedger"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 _PLAN_CHUNK = 20_000
 
 
@@ -97,16 +100,83 @@ def _selection_sql(selection: Selection | None) -> tuple[str, dict[str, Any]]:
 
 
 class SQLiteLedger:
-    """The :class:`~backfill.ledger.Ledger` on a SQLite file (or ``:memory:``)."""
+    """The :class:`~backfill.ledger.Ledger` on a SQLite file (or ``:memory:``).
 
-    def __init__(self, path: str | Path, *, url: str | None = None) -> None:
+    ``read_only``: open an existing ledger file for reading only: nothing is created,
+    migrated or written (see :meth:`_connect_read_only`).
+    """
+
+    def __init__(
+        self, path: str | Path, *, url: str | None = None, read_only: bool = False
+    ) -> None:
         self.path = path
         self.url = url or f"sqlite:///{path}"
         self._lock = threading.RLock()
         self._stage_ids: dict[tuple[str, str], int] = {}
-        self._conn = self._connect()
+        self._conn = self._connect_read_only() if read_only else self._connect()
 
     # -- connection ----------------------------------------------------------------
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A read-only connection to an existing ledger file.
+
+        First a probe says whether the file is a ledger at all. When no ``-wal`` file
+        exists nobody has the database open, and the probe reads it as immutable, so
+        that not even SQLite's ``-wal``/``-shm`` files appear beside a file that is not
+        ours. Reading a ledger itself takes an ordinary read-only connection: a run may
+        start meanwhile, and only that connection sees its writes safely (beside a
+        ledger in WAL mode SQLite then keeps its own ``-wal``/``-shm`` files).
+        """
+        path = Path(self.path)
+        if not path.is_file():
+            raise NoState(f"no state at {path}; nothing has run yet")
+        probe_mode = "ro" if Path(f"{path}-wal").exists() else "ro&immutable=1"
+        try:
+            with contextlib.closing(self._uri_connect(path, probe_mode)) as probe:
+                self._check_schema(probe, path)
+            return self._uri_connect(path, "ro")
+        except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc):
+                raise LedgerError(
+                    f"{path} is not a backfill state file (it is not a SQLite database); "
+                    "pass the state of a job with --state"
+                ) from exc
+            raise LedgerError(f"cannot read state {self.url}: {exc}; pass another --state") from exc
+
+    @staticmethod
+    def _uri_connect(path: Path, mode: str) -> sqlite3.Connection:
+        return sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode={mode}",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=30.0,
+        )
+
+    def _check_schema(self, conn: sqlite3.Connection, path: Path) -> None:
+        """Refuse, without changing it, a file that is not a ledger of this version."""
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if not tables:
+            raise NoState(f"no state at {path}; nothing has run yet")
+        if "backfill_meta" not in tables:
+            raise LedgerError(
+                f"{path} is not a backfill state file (it has no backfill tables); "
+                "pass the state of a job with --state"
+            )
+        row = conn.execute("SELECT value FROM backfill_meta WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"state {self.url} has schema version {version}, newer than this "
+                f"backfill understands ({SCHEMA_VERSION}); upgrade backfill"
+            )
+        if version < SCHEMA_VERSION:
+            raise LedgerError(
+                f"state {self.url} has schema version {version}, older than this backfill's "
+                f"({SCHEMA_VERSION}); run `backfill run` once to upgrade it"
+            )
 
     def _connect(self) -> sqlite3.Connection:
         if self.path != ":memory:":
@@ -758,6 +828,59 @@ class SQLiteLedger:
         with self._tx(write=False) as conn:
             rows = conn.execute(_Q["workers"].format(where=where), {"job": job}).fetchall()
         return [WorkerRecord(*r) for r in rows]
+
+    # -- resource schedules --------------------------------------------------------
+
+    # Every process on this file runs on this host: one clock. Rates are shared through
+    # the file only for resources declared shared=True; quotas always (they must hold
+    # across restarts).
+    fleet = False
+
+    def take_starts(
+        self,
+        job: str,
+        resource: str,
+        *,
+        count: int,
+        interval: float,
+        tolerance: float,
+        quotas: Sequence[tuple[int, float]] = (),
+        max_pause: float = math.inf,
+    ) -> tuple[list[float], float, float]:
+        """Book ``count`` starts of a resource (see :func:`backfill.ledger.limits.take_starts`);
+        ``job`` is the schedule's scope."""
+        with self._tx() as conn:
+            return limits.take_starts(
+                _query(conn),
+                job,
+                resource,
+                count=count,
+                interval=interval,
+                tolerance=tolerance,
+                quotas=quotas,
+                max_pause=max_pause,
+            )
+
+    def pause_resource(self, job: str, resource: str, seconds: float) -> None:
+        """Pause a resource's schedule for every run sharing it (a Retry-After, a quota)."""
+        with self._tx() as conn:
+            conn.execute(_Q["pause_resource"], {"job": job, "name": resource, "seconds": seconds})
+
+    def resume_resource(self, job: str, resource: str) -> float | None:
+        """End a resource's stored pause now (see :func:`backfill.ledger.limits.resume`)."""
+        with self._tx() as conn:
+            return limits.resume(_query(conn), job, resource)
+
+
+def _query(conn: sqlite3.Connection) -> limits.Query:
+    """Named queries of this dialect on ``conn``, as :mod:`backfill.ledger.limits` runs them
+    (lists travel as JSON, read back with json_each)."""
+
+    def query(name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        bound = {k: json.dumps(v) if isinstance(v, list) else v for k, v in params.items()}
+        return conn.execute(_Q[name], bound).fetchall()
+
+    return query
 
 
 def _outcome_rows(owner: str, outcomes: Sequence[Outcome], now: float) -> list[tuple[Any, ...]]:

@@ -2,7 +2,9 @@
 
 Thin: it parses requests and renders what :class:`~backfill.web.snapshot.Dashboard`
 reads from the ledger. Bound to loopback it needs no token; elsewhere every request must
-carry the token (``?token=`` or ``Authorization: Bearer``).
+carry the token (``?token=`` or ``Authorization: Bearer``). Without a token it answers
+only requests addressed to loopback by their ``Host`` header, so a page on another site
+whose name is rebound to 127.0.0.1 (DNS rebinding) cannot read it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+_LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+def host_is_loopback(header: str, server: tuple[str, int] | None) -> bool:
+    """Whether a request's ``Host`` header names this server on loopback: 127.0.0.1,
+    localhost, [::1] or the address it is bound to, with the port it serves (no port
+    only when that is 80, the default for http)."""
+    if server is None:
+        return False
+    bound, port = server
+    header = header.lower()
+    if header.startswith("["):
+        name, bracket, rest = header.partition("]")
+        name += bracket
+        if rest and not rest.startswith(":"):
+            return False
+        given = rest[1:]
+    else:
+        name, _, given = header.partition(":")
+    own = f"[{bound}]" if ":" in bound else bound
+    if name not in _LOOPBACK_NAMES and name != own:
+        return False
+    return given == str(port) or (given == "" and port == 80)
+
+
 def check_bind(host: str, token: str | None) -> None:
     """Refuse to expose the dashboard beyond this machine without a token."""
     if not is_loopback(host) and not token:
@@ -81,6 +108,18 @@ class DashboardApp:
         self.app = Starlette(routes=routes)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.token is None and scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            server = scope.get("server")
+            if not host_is_loopback(host, server):
+                port = server[1] if server else "PORT"
+                refusal = PlainTextResponse(
+                    f"this dashboard answers only at http://127.0.0.1:{port}/, "
+                    f"http://localhost:{port}/ or http://[::1]:{port}/\n",
+                    status_code=403,
+                )
+                await refusal(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
     def _guard(self, handler: Handler) -> Handler:

@@ -317,14 +317,6 @@ SET paused_until = greatest(r.paused_until, clock.now + %(seconds)s)
 FROM clock
 WHERE r.job = %(job)s AND r.name = %(name)s;
 
--- name: resume_resource
--- The schedule booked behind the pause goes too: the next start may be now.
-WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::double precision AS now)
-UPDATE backfill_resources AS r
-SET paused_until = 0, tat = least(r.tat, clock.now)
-FROM clock
-WHERE r.job = %(job)s AND r.name = %(name)s;
-
 -- name: mark_stale
 -- {inputs}: some upstream input is being redone, or was redone after this partition.
 UPDATE backfill_partitions AS p

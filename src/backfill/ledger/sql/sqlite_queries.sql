@@ -263,3 +263,46 @@ SELECT key, window_start, window_end, dims, status, records, error_category,
 FROM backfill_partitions AS p
 WHERE stage_id = :stage_id {where}
 ORDER BY window_start, id;
+
+-- name: insert_resource
+INSERT INTO backfill_resources (job, name) VALUES (:job, :name)
+ON CONFLICT (job, name) DO NOTHING;
+
+-- name: lock_resource
+-- Inside BEGIN IMMEDIATE, so bookings are serialized; now is epoch seconds.
+SELECT tat, paused_until, (julianday('now') - 2440587.5) * 86400.0
+FROM backfill_resources
+WHERE job = :job AND name = :name;
+
+-- name: set_tat
+UPDATE backfill_resources SET tat = :tat WHERE job = :job AND name = :name;
+
+-- name: set_paused
+UPDATE backfill_resources SET paused_until = :paused WHERE job = :job AND name = :name;
+
+-- name: lock_quota
+INSERT INTO backfill_quotas (job, name, quota) VALUES (:job, :name, :quota)
+ON CONFLICT (job, name, quota) DO UPDATE SET taken = taken
+RETURNING taken;
+
+-- name: quota_starts
+-- The starts a block of new ones replaces in the ring: those `count` starts earlier.
+SELECT slot, started_at FROM backfill_quota_starts
+WHERE job = :job AND name = :name AND quota = :quota
+  AND slot IN (SELECT value FROM json_each(:slots));
+
+-- name: record_quota_starts
+INSERT INTO backfill_quota_starts (job, name, quota, slot, started_at)
+SELECT :job, :name, :quota, s.value, t.value
+FROM json_each(:slots) AS s JOIN json_each(:starts) AS t ON t.key = s.key
+WHERE true
+ON CONFLICT (job, name, quota, slot) DO UPDATE SET started_at = excluded.started_at;
+
+-- name: set_quota_taken
+UPDATE backfill_quotas SET taken = :taken
+WHERE job = :job AND name = :name AND quota = :quota;
+
+-- name: pause_resource
+UPDATE backfill_resources
+SET paused_until = max(paused_until, (julianday('now') - 2440587.5) * 86400.0 + :seconds)
+WHERE job = :job AND name = :name;

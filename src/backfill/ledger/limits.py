@@ -1,0 +1,99 @@
+"""Resource schedules kept in the ledger: the booking algorithm, once for every dialect.
+
+A resource's per-second rate and its quotas, when they are shared (by the workers of a
+fleet, by several jobs, or by the runs that follow one another on a state), live in
+three tables: the resource's schedule (its next theoretical start and a pause), and per
+quota a ring of its last ``count`` starts. A ledger runs :func:`take_starts` inside one
+transaction that locks the resource's row, through a ``query`` function that executes
+its own dialect's named queries (``lock_resource``, ``insert_resource``, ``set_tat``,
+``set_paused``, ``lock_quota``, ``quota_starts``, ``record_quota_starts``,
+``set_quota_taken``); :func:`resume` likewise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from backfill.ratelimit import book_block
+
+__all__ = ["Query", "resume", "take_starts"]
+
+# Runs one named query of the ledger's dialect with named parameters; returns its rows.
+Query = Callable[[str, Mapping[str, Any]], Sequence[Sequence[Any]]]
+
+
+def take_starts(
+    query: Query,
+    scope: str,
+    resource: str,
+    *,
+    count: int,
+    interval: float,
+    tolerance: float,
+    quotas: Sequence[tuple[int, float]] = (),
+    max_pause: float = math.inf,
+) -> tuple[list[float], float, float]:
+    """Book ``count`` starts of ``resource`` in ``scope`` (a job's name, or ``*`` for a
+    resource every job shares).
+
+    Returns, in seconds from the database's now, when each start is due (0: at once) and
+    until when the resource is paused; then that now itself (epoch seconds on the
+    database's clock). ``interval`` 0 books quotas only. Each quota of (count, period)
+    keeps a ring of the last ``count`` starts: start number m replaces number m - count,
+    and may not come before that one has left the quota's window. A stored pause
+    reaching more than ``max_pause`` seconds ahead is cut to it, and stored so.
+    """
+    key = {"job": scope, "name": resource}
+    rows = query("lock_resource", key)
+    if not rows:
+        query("insert_resource", key)
+        rows = query("lock_resource", key)
+    tat, paused, now = (float(v) for v in rows[0])
+    if paused > now + max_pause:
+        # Left by an earlier run, or by a process with a longer cap (a hostile
+        # RateLimit-Reset of 31 years, say): cut, and the schedule booked behind it too.
+        paused = now + max_pause
+        tat = min(tat, paused)
+        query("set_paused", {**key, "paused": paused})
+        query("set_tat", {**key, "tat": tat})
+    rings = []
+    for size, period in quotas:
+        quota = {**key, "quota": f"{size}/{period:g}"}
+        taken = int(query("lock_quota", quota)[0][0])
+        slots = [(taken + i) % size for i in range(count)]
+        stored = {int(s): float(t) for s, t in query("quota_starts", {**quota, "slots": slots})}
+        previous = [stored.get(slot) if taken + i >= size else None for i, slot in enumerate(slots)]
+        rings.append((quota, period, taken, slots, previous))
+    tat, starts = book_block(
+        now=now,
+        # Quotas alone never wait for a rate someone else books on the same schedule.
+        tat=tat if interval else 0.0,
+        paused_until=paused,
+        count=count,
+        interval=interval,
+        tolerance=tolerance,
+        earlier=[(period, previous) for _, period, _, _, previous in rings],
+    )
+    if interval:
+        query("set_tat", {**key, "tat": tat})
+    for quota, _, taken, slots, _ in rings:
+        query("record_quota_starts", {**quota, "slots": slots, "starts": starts})
+        query("set_quota_taken", {**quota, "taken": taken + count})
+    return [start - now for start in starts], paused - now, now
+
+
+def resume(query: Query, scope: str, resource: str) -> float | None:
+    """End ``resource``'s stored pause now, with the schedule booked behind it; the seconds
+    the pause still had, or None when it was not paused."""
+    key = {"job": scope, "name": resource}
+    rows = query("lock_resource", key)
+    if not rows:
+        return None
+    tat, paused, now = (float(v) for v in rows[0])
+    if paused <= now:
+        return None
+    query("set_paused", {**key, "paused": 0.0})
+    query("set_tat", {**key, "tat": min(tat, now)})
+    return paused - now

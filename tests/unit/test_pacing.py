@@ -1,0 +1,180 @@
+"""Pacing at the source's real limit, on virtual time, against a simulated server: its own
+token bucket (refusing with 429 and a Retry-After rounded up to whole seconds, as real
+servers do), requests delayed on the way by random jitter, answers after a latency."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from backfill.ratelimit import Outcome, Resource
+from virtual_time import FakeClock
+
+
+@dataclass
+class Served:
+    """What the simulated server saw: (arrival, accepted) per request."""
+
+    log: list[tuple[float, bool]] = field(default_factory=list)
+    said: list[str] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> list[float]:
+        return [t for t, ok in self.log if ok]
+
+    @property
+    def refused_share(self) -> float:
+        return sum(1 for _, ok in self.log if not ok) / len(self.log)
+
+    def accepted_between(self, start: float, end: float) -> int:
+        return sum(1 for t in self.accepted if start <= t < end)
+
+
+def serve(
+    resource: Resource,
+    clock: FakeClock,
+    *,
+    limit: float,
+    bucket: int,
+    seconds: float,
+    workers: int = 8,
+    jitter: float = 0.0,
+    latency: tuple[float, float] = (0.02, 0.12),
+    seed: int = 1,
+) -> Served:
+    """Requests from ``workers`` tasks through ``resource`` for ``seconds`` of virtual time."""
+    rng = random.Random(seed)
+    served = Served()
+    resource.subscribe(lambda name, what, seconds: served.said.append(what))
+    tokens, last = float(bucket), 0.0
+
+    async def worker() -> None:
+        nonlocal tokens, last
+        while clock.t < seconds:
+            await resource.acquire()
+            await clock.sleep(rng.uniform(0.0, jitter))
+            now = clock.t
+            tokens = min(float(bucket), tokens + (now - last) * limit)
+            last = now
+            ok = tokens >= 1.0 - 1e-9
+            if ok:
+                tokens -= 1.0
+            wait = 0.0 if ok else (1.0 - tokens) / limit
+            served.log.append((now, ok))
+            await clock.sleep(rng.uniform(*latency))
+            if ok:
+                resource.observe(Outcome.OK, latency=clock.t - now)
+            else:
+                resource.observe(Outcome.RATE_LIMITED, retry_after=max(1, math.ceil(wait)))
+
+    async def main() -> None:
+        await asyncio.gather(*(worker() for _ in range(workers)))
+
+    asyncio.run(main())
+    return served
+
+
+@pytest.mark.parametrize(("rate", "jitter"), [(5, 0.0), (5, 0.01), (2, 0.02), (20, 0.005)])
+def test_a_correct_declared_rate_behind_a_strict_bucket_draws_under_1_percent_429s(
+    rate: float, jitter: float
+) -> None:
+    """Declared at the server's own rate, in front of a bucket of one: requests bunched by
+    the way's jitter draw a few 429s, which teach the resource a small margin; fewer than
+    1 % of requests are refused and at least 90 % of the limit gets through (the most a
+    jitter this large leaves is 1 / (1 + rate x jitter))."""
+    clock = FakeClock()
+    resource = Resource("api", rate=rate, clock=clock)
+    seconds = 600.0
+    served = serve(resource, clock, limit=rate, bucket=1, seconds=seconds, workers=4, jitter=jitter)
+    assert served.refused_share < 0.01
+    ceiling = 1.0 / (1.0 + rate * jitter)
+    assert len(served.accepted) >= 0.9 * ceiling * rate * seconds
+    assert resource.rate <= rate
+
+
+def test_a_declared_rate_three_times_too_high_corrects_itself_and_says_so_once() -> None:
+    """Declared 15/s where the source allows 5/s: the rate comes down to within 10 % of the
+    real limit (never above the declared one), fewer than 5 % of requests draw a 429, and
+    the resource says once that the declared rate is more than the source accepts."""
+    clock = FakeClock()
+    resource = Resource("api", rate="15/s", clock=clock)
+    served = serve(resource, clock, limit=5.0, bucket=1, seconds=300.0, jitter=0.01)
+    assert 4.5 <= resource.rate <= 5.0
+    assert served.refused_share < 0.05
+    assert served.accepted_between(200.0, 300.0) >= 0.85 * 5.0 * 100.0
+    slower = [s for s in served.said if s.startswith("declared 15/s is more than")]
+    assert len(slower) == 1, served.said
+    assert "running at" in resource.rate_description()
+
+
+def test_a_declared_rate_20_times_too_high_comes_down_within_seconds() -> None:
+    """Declared 100/s where the source allows 5/s (bucket 5): within 15 s the rate is
+    within reach of the limit, at the end within 10 % of it, and fewer than 5 % of all
+    requests drew a 429 (the first second's burst included)."""
+    clock = FakeClock()
+    resource = Resource("api", rate="100/s", clock=clock)
+    served = serve(resource, clock, limit=5.0, bucket=5, seconds=90.0, jitter=0.005)
+    assert served.accepted_between(15.0, 90.0) >= 0.9 * 5.0 * 75.0
+    assert served.refused_share < 0.05
+    assert 4.5 <= resource.rate <= 5.5
+
+
+def test_adaptive_mode_reaches_90_percent_of_a_hidden_limit_within_5_seconds() -> None:
+    """Told nothing but a start of 5/s, a resource in front of a 100/s source (bucket 10)
+    has a second in which 90 % of the limit got through before 5 s are out, and settles
+    within 10 % of it with fewer than 2 % of requests refused."""
+    clock = FakeClock()
+    resource = Resource("api", adaptive=True, start_rate=5, clock=clock)
+    served = serve(resource, clock, limit=100.0, bucket=10, seconds=60.0, workers=16, jitter=0.005)
+    best = max(served.accepted_between(s / 20, s / 20 + 1.0) for s in range(81))
+    assert best >= 90
+    assert served.refused_share < 0.02
+    assert served.accepted_between(30.0, 60.0) >= 0.9 * 100.0 * 30.0
+
+
+def test_a_rate_that_grows_applies_at_once_to_requests_already_waiting() -> None:
+    """Five requests wait behind a rate of 1/s when the source announces 100/s: they all
+    start within a tenth of a second, not one a second as they would have been booked."""
+    clock = FakeClock()
+    resource = Resource("api", adaptive=True, start_rate=1, clock=clock)
+    started: list[float] = []
+
+    async def main() -> None:
+        async def request() -> None:
+            await resource.acquire()
+            started.append(clock.t)
+
+        await resource.acquire()  # the first start, at 0
+        tasks = [asyncio.create_task(request()) for _ in range(5)]
+        await clock.sleep(0.5)
+        resource.observe(Outcome.OK, limit=100, window=1.0)
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert len(started) == 5
+    assert max(started) <= 1.1
+
+
+def test_waiting_requests_take_their_turns_in_order() -> None:
+    """Requests start in the order they asked: no request waits behind later ones."""
+    clock = FakeClock()
+    resource = Resource("api", rate="10/s", clock=clock)
+    order: list[int] = []
+
+    async def main() -> None:
+        async def request(n: int) -> None:
+            await resource.acquire()
+            order.append(n)
+
+        tasks = []
+        for n in range(20):
+            tasks.append(asyncio.create_task(request(n)))
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert order == list(range(20))
