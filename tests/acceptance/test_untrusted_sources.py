@@ -12,6 +12,7 @@ import pytest
 from conftest import run_cli
 
 from backfill.ledger.postgres import PostgresLedger
+from backfill.ledger.sqlite import SQLiteLedger
 from hostile_server import HostileServer
 from pg_support import fresh_schema
 
@@ -28,6 +29,7 @@ job = Job("untrusted", partitions=daily("2013-01-01", "2013-01-03"))
 job.resource(
     "api",
     rate="50/s",
+    shared={shared!r},
     base_url=ORIGIN,
     cross_origin="refuse",
     params={{"api_key": {key!r}}},
@@ -54,13 +56,12 @@ def hostile() -> Iterator[HostileServer]:
         yield server
 
 
-def write_job(workdir: Path, hostile: HostileServer) -> Path:
+def write_job(workdir: Path, hostile: HostileServer, *, shared: bool = False) -> Path:
     path = workdir / "job.py"
-    path.write_text(
-        textwrap.dedent(
-            JOB.format(origin=hostile.origin, other=hostile.other, key=KEY, token=TOKEN)
-        )
+    text = JOB.format(
+        origin=hostile.origin, other=hostile.other, key=KEY, token=TOKEN, shared=shared
     )
+    path.write_text(textwrap.dedent(text))
     return path
 
 
@@ -151,10 +152,33 @@ def test_resume_resource_names_the_resources_of_the_job_when_unknown(
     ]
 
 
-def test_resume_resource_on_a_sqlite_state_says_nothing_was_paused(
+@pytest.mark.parametrize("shared", [False, True])
+def test_resume_resource_releases_a_pause_kept_in_a_sqlite_state(
+    hostile: HostileServer, tmp_path: Path, shared: bool
+) -> None:
+    """A SQLite state keeps a resource's pause between runs too (a shared resource's for
+    every job): the command releases it (exit 0), and the next booking is due at once."""
+    write_job(tmp_path, hostile, shared=shared)
+    scope = "*" if shared else "untrusted"
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    ledger.take_starts(scope, "api", count=1, interval=0.02, tolerance=0.0)
+    ledger.pause_resource(scope, "api", 600.0)
+    ledger.close()
+    done = run_cli("resume-resource", "job.py", "api", "--state", "state.db", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "released: its pause had" in done.stdout
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    due, paused, _ = ledger.take_starts(scope, "api", count=1, interval=0.02, tolerance=0.0)
+    ledger.close()
+    assert paused <= 0
+    assert due == [0.0]
+
+
+def test_resume_resource_on_a_state_nothing_ran_on_changes_nothing(
     hostile: HostileServer, tmp_path: Path
 ) -> None:
-    """A SQLite state keeps no pause: the command says so and exits 0, creating nothing."""
+    """Where nothing has run, nothing is paused: the command says so, exits 0, and creates
+    no state."""
     write_job(tmp_path, hostile)
     done = run_cli("resume-resource", "job.py", "api", "--state", "state.db", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -1,31 +1,40 @@
-"""Pauses a source imposes on a fleet, stored in PostgreSQL: capped, and releasable."""
+"""Pauses a source imposes, stored in the state (PostgreSQL, SQLite): capped, releasable."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from backfill.clock import SystemClock
 from backfill.fleet import LedgerRate
+from backfill.ledger import SharedLimits
 from backfill.ledger.postgres import PostgresLedger
+from backfill.ledger.sqlite import SQLiteLedger
 from backfill.ratelimit import Resource
 from pg_support import fresh_schema
 
 THIRTY_ONE_YEARS = 999_999_999.0
 
 
-@pytest.fixture
-def ledger() -> Iterator[PostgresLedger]:
-    with fresh_schema() as url:
-        store = PostgresLedger(url)
+@pytest.fixture(params=["postgresql", "sqlite"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedLimits]:
+    """Each state that keeps resource schedules: a PostgreSQL schema, a SQLite file."""
+    if request.param == "sqlite":
+        store = SQLiteLedger(tmp_path / "state.db")
         yield store
         store.close()
+        return
+    with fresh_schema() as url:
+        pg = PostgresLedger(url)
+        yield pg
+        pg.close()
 
 
-def test_a_stored_pause_longer_than_the_cap_is_cut_to_it(ledger: PostgresLedger) -> None:
+def test_a_stored_pause_longer_than_the_cap_is_cut_to_it(ledger: SharedLimits) -> None:
     """A pause of 31 years stored by an earlier run delays the next start by the cap
     (60 s here), not 31 years, and is stored cut."""
     ledger.take_starts("j", "api", count=1, interval=0.5, tolerance=0.0)
@@ -41,7 +50,7 @@ def test_a_stored_pause_longer_than_the_cap_is_cut_to_it(ledger: PostgresLedger)
 
 
 def test_a_worker_holds_a_fleet_pause_no_longer_than_its_max_wait(
-    ledger: PostgresLedger,
+    ledger: SharedLimits,
 ) -> None:
     """A worker whose resource has max_wait=30 takes a stored 31-year pause as 30 s, and
     tells its listeners what was asked and what it waits."""
@@ -71,7 +80,7 @@ def test_a_worker_holds_a_fleet_pause_no_longer_than_its_max_wait(
 
 
 def test_resume_resource_ends_a_stored_pause_and_the_schedule_behind_it(
-    ledger: PostgresLedger,
+    ledger: SharedLimits,
 ) -> None:
     """Releasing a paused resource reports what was left of the pause; the next start is
     due at once."""
@@ -88,7 +97,7 @@ def test_resume_resource_ends_a_stored_pause_and_the_schedule_behind_it(
 
 
 def test_resume_resource_of_a_resource_never_used_says_it_was_not_paused(
-    ledger: PostgresLedger,
+    ledger: SharedLimits,
 ) -> None:
     """A resource without a stored schedule was not paused: None, nothing written."""
     assert ledger.resume_resource("j", "never") is None
