@@ -58,7 +58,6 @@ __all__ = ["HANDLER_SECONDS", "HostileServer", "Request", "Seen", "gzip_bomb", "
 
 # No handler runs longer than this (an endless stream or a trickle included).
 HANDLER_SECONDS = 60.0
-_HEAD_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,8 +191,12 @@ async def _redirect_loop(request: Request, writer: asyncio.StreamWriter) -> None
 
 async def _header(request: Request, writer: asyncio.StreamWriter) -> None:
     status = int(request.query.get("status", "200"))
-    headers = [tuple(v.split(":", 1)) for k, v in request.pairs if k == "h"]
-    await respond(writer, status, _json({"data": []}), headers)  # type: ignore[arg-type]
+    headers = []
+    for key, value in request.pairs:
+        if key == "h":
+            name, _, text = value.partition(":")
+            headers.append((name, text))
+    await respond(writer, status, _json({"data": []}), headers)
 
 
 async def _deep(request: Request, writer: asyncio.StreamWriter) -> None:
@@ -343,10 +346,13 @@ class HostileServer:
         try:
             async with asyncio.timeout(HANDLER_SECONDS):
                 await self._answer(holder[0], reader, writer)
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
-            pass
-        except asyncio.LimitOverrunError:
-            pass
+        except (
+            TimeoutError,
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+        ):
+            pass  # the client went away, or sent what no route answers
         finally:
             self._tasks.discard(task)
             writer.close()
@@ -356,9 +362,8 @@ class HostileServer:
     async def _answer(
         self, origin: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        # More than the reader's 64 KiB limit of head is a LimitOverrunError: no answer.
         head = await reader.readuntil(b"\r\n\r\n")
-        if len(head) > _HEAD_LIMIT:
-            return
         first, *lines = head.decode("latin-1").split("\r\n")
         method, target, _ = first.split(" ", 2)
         headers: dict[str, str] = {}

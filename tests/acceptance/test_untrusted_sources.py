@@ -184,3 +184,34 @@ def test_resume_resource_on_a_state_nothing_ran_on_changes_nothing(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "resource api of job untrusted was not paused"
     assert not (tmp_path / "state.db").exists()
+
+
+CAPPED_JOB = """
+from backfill import Job, RetryPolicy, daily
+
+job = Job("capped", partitions=daily("2013-01-01", "2013-01-01"))
+job.resource("api", rate="50/s", retries=0, max_wait=1)
+
+
+@job.stage(resource="api", retry=RetryPolicy(attempts=1))
+async def fetch(ctx, partition):
+    await ctx.http.get_json({url!r})
+    return []
+"""
+
+
+def test_a_wait_cut_to_max_wait_is_said_in_the_progress_and_the_log(
+    hostile: HostileServer, tmp_path: Path
+) -> None:
+    """A 429 asking for a day pauses a resource with max_wait=1 for 1 s, and the progress
+    lines and the run's log both say what was asked and what is waited."""
+    url = f"{hostile.origin}/header?h=Retry-After:86400&status=429"
+    (tmp_path / "job.py").write_text(textwrap.dedent(CAPPED_JOB.format(url=url)))
+    done = run_cli(
+        "run", "job.py", "--state", "state.db", "--progress", "plain", cwd=tmp_path, timeout=60
+    )
+    assert done.returncode == 1, done.stderr
+    said = "asked for 86400 s, waiting the cap of 1 s"
+    assert said in done.stdout
+    (log,) = (tmp_path / "logs").glob("*.jsonl")
+    assert said in log.read_text()

@@ -19,7 +19,7 @@ from backfill.ledger import open_ledger
 from backfill.ratelimit import Resource
 from backfill.sources.http import HttpClient
 from backfill.testing import run_job
-from hostile_server import HostileServer
+from hostile_server import HostileServer, respond
 
 KEY = "k-3f9a1c77e2"
 HEADERS = {
@@ -210,8 +210,6 @@ def test_a_next_link_already_fetched_stops_the_walk(hostile: HostileServer, styl
     if isinstance(style, LinkHeader):
 
         async def back_to_page_2(request: Any, writer: Any) -> None:
-            from hostile_server import respond
-
             headers = [("link", f'<{request.origin}/next?page=2&last=3&link=1>; rel="next"')]
             await respond(writer, 200, b"[2]", headers)
 
