@@ -27,9 +27,9 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
-from backfill.clock import Clock, SystemClock, format_duration, format_wall
+from backfill.clock import Clock, SystemClock, current_deadline, format_duration, format_wall
 from backfill.errors import ConfigError
 
 __all__ = [
@@ -437,7 +437,9 @@ class CircuitBreaker:
 
     While open the resource hands out no reservations; after ``cooldown`` seconds one
     probe request is let through (half-open): success closes the circuit, failure opens it
-    again for twice as long (up to ``max_cooldown``).
+    again for twice as long, up to ``max_cooldown``: a few seconds, so a source that comes
+    back is used again within seconds, at the cost of one request every few seconds
+    while it is down.
     """
 
     def __init__(
@@ -447,7 +449,7 @@ class CircuitBreaker:
         window: int = 20,
         min_requests: int = 10,
         cooldown: float = 2.0,
-        max_cooldown: float = 60.0,
+        max_cooldown: float = 5.0,
     ) -> None:
         self.threshold = threshold
         self.window = window
@@ -489,7 +491,9 @@ class CircuitBreaker:
         return None
 
 
-Listener = Callable[[str, str, float], None]
+# listener(resource name, what happened (a sentence), seconds it lasts, kind): kind is
+# "paused", "quota", "circuit_open", "circuit_closed" or "rate".
+Listener = Callable[[str, str, float, str], None]
 
 
 class SharedRate(Protocol):
@@ -624,6 +628,8 @@ class Resource:
         self.rate_limited = 0
         self.pauses = 0
         self.late_starts = 0  # fleet starts found stale and dropped, taken again
+        self.pause_reason: str | None = None
+        self.circuit_since: float | None = None  # wall clock
 
     def __repr__(self) -> str:
         return f"Resource({self.name!r}, rate={self.rate_description()})"
@@ -685,6 +691,9 @@ class Resource:
             self._pace_scheduler.set_rate(self.pace.rate, self.burst)
         self._said_slower = False
         self._pacing = None
+        self._quota_wait_until = -math.inf
+        self.pause_reason = None
+        self.circuit_since = None
         self.paused_until = -math.inf
         old = self.breaker
         self.breaker = CircuitBreaker(
@@ -702,12 +711,13 @@ class Resource:
         self._semaphore = None
 
     def subscribe(self, listener: Listener) -> None:
-        """``listener(resource_name, what, seconds)`` hears of pauses and breaker changes."""
+        """``listener(resource_name, what, seconds, kind)`` hears of pauses, quota waits,
+        breaker changes and a declared rate the source does not accept."""
         self._listeners.append(listener)
 
-    def _tell(self, what: str, seconds: float) -> None:
+    def _tell(self, what: str, seconds: float, kind: str) -> None:
         for listener in self._listeners:
-            listener(self.name, what, seconds)
+            listener(self.name, what, seconds, kind)
 
     # -- a fleet of workers ----------------------------------------------------------------
 
@@ -807,6 +817,19 @@ class Resource:
         return start
 
     async def acquire(self) -> None:
+        """Wait for this request's turn (rates, pauses and the breaker all respected);
+        the wait does not count against the partition's stage timeout."""
+        deadline = current_deadline.get()
+        if deadline is None:
+            await self._acquire()
+            return
+        deadline.hold()
+        try:
+            await self._acquire()
+        finally:
+            deadline.release()
+
+    async def _acquire(self) -> None:
         """Wait for this request's turn (rates, pauses and the breaker all respected).
 
         Requests take their turns in order, one at a time: the first waits until every
@@ -855,6 +878,34 @@ class Resource:
         self.requests += 1
         _start_deadline.set((self.clock, deadline) if deadline < math.inf else None)
 
+    def state(self) -> dict[str, Any]:
+        """What the resource is doing now, for status and the dashboard (instants on the
+        wall clock): its declared limits and the rate it runs at, a pause and why, its
+        circuit, a quota wait, and how many requests it made and saw refused."""
+        now, wall = self.clock.monotonic(), self.clock.time()
+
+        def at(instant: float) -> float | None:
+            return round(wall + instant - now, 3) if instant > now else None
+
+        breaker = self.breaker
+        circuit = "closed"
+        if breaker.open_until is not None:
+            circuit = "probing" if breaker.probing else "open"
+        return {
+            "declared": ", ".join(str(lim) for lim in self.limits) or None,
+            "adaptive": self.adaptive,
+            "rate": round(self.rate, 4) if self.limits or self.pace is not None else None,
+            "paused_until": at(self.paused_until),
+            "pause_reason": self.pause_reason if self.paused_until > now else None,
+            "circuit": circuit,
+            "circuit_since": self.circuit_since if circuit != "closed" else None,
+            "circuit_retry_at": at(breaker.open_until) if breaker.open_until is not None else None,
+            "quota_until": at(self._quota_wait_until),
+            "quotas": [str(q) for q in self.quotas],
+            "requests": self.requests,
+            "rate_limited": self.rate_limited,
+        }
+
     def _say_quota_wait(self, until: float) -> None:
         """Say once per wait that a quota is used up, and when requests resume."""
         if abs(until - self._quota_wait_until) < 1.0:
@@ -867,6 +918,7 @@ class Resource:
             f"quota used up ({spent}): resumes {format_wall(wall + until - now, wall)} "
             f"(in {format_duration(until - now)})",
             until - now,
+            "quota",
         )
 
     def unsent(self) -> None:
@@ -906,6 +958,7 @@ class Resource:
                 f"declared {pace.ceiling:g}/s is more than the source accepts: running at "
                 f"{pace.rate:.3g}/s",
                 0.0,
+                "rate",
             )
 
     def _latency_rising(self, latency: float) -> bool:
@@ -946,9 +999,10 @@ class Resource:
         if until > self.paused_until + 1e-3:
             was_paused = self.paused_until > self.clock.monotonic()
             self.paused_until = until
+            self.pause_reason = reason
             if not was_paused:
                 self.pauses += 1
-                self._tell(f"paused ({reason})", seconds)
+                self._tell(f"paused ({reason})", seconds, "paused")
 
     def observe(
         self,
@@ -989,6 +1043,14 @@ class Resource:
         if outcome is not Outcome.RATE_LIMITED:
             change = self.breaker.record(outcome is not Outcome.ERROR, now)
             if change == "opened":
-                self._tell("circuit open: too many errors", self.breaker.cooldown)
+                self.circuit_since = self.clock.time()
+                first, most = self.breaker.cooldown, self.breaker.max_cooldown
+                then = f", then at most {most:g} s apart" if most > first else ""
+                self._tell(
+                    f"circuit open: too many errors; probing every {first:g} s{then}",
+                    first,
+                    "circuit_open",
+                )
             elif change == "closed":
-                self._tell("circuit closed", 0.0)
+                self.circuit_since = None
+                self._tell("circuit closed", 0.0, "circuit_closed")

@@ -18,6 +18,7 @@ import dataclasses
 import getpass
 import importlib
 import inspect
+import json
 import logging
 import multiprocessing
 import os
@@ -34,7 +35,7 @@ from typing import Any, TypeVar
 import structlog
 
 from backfill.checks import CheckResult, results_json
-from backfill.clock import Clock, SystemClock
+from backfill.clock import Clock, Deadline, SystemClock, current_deadline
 from backfill.context import Context, RunCache
 from backfill.errors import (
     BackfillError,
@@ -57,6 +58,7 @@ from backfill.events import (
     RunFinished,
     RunStarted,
     RunStopping,
+    Tick,
     WorkerJoined,
     WorkerLost,
 )
@@ -240,13 +242,18 @@ def _failed_message(
     return "; ".join(parts)
 
 
-def _classify(exc: BaseException, stage: Stage) -> StageError:
+def _classify(exc: BaseException, stage: Stage, tally: RequestTally | None = None) -> StageError:
     """Map any exception a stage raised onto transient, permanent or fatal."""
     if isinstance(exc, StageError):
         return exc
     if isinstance(exc, TimeoutError):
+        # Waits for a resource's turns do not count (see Deadline): this is the stage's
+        # own time, and what the source last did wrong is likely why.
+        cause = (
+            f"; the source's last error: {tally.last_error}" if tally and tally.last_error else ""
+        )
         return TransientError(
-            f"stage {stage.name} took longer than its timeout of {stage.timeout:g} s",
+            f"stage {stage.name} took longer than its timeout of {stage.timeout:g} s{cause}",
             category="timeout",
         )
     if isinstance(exc, SinkError):
@@ -289,6 +296,10 @@ class Runner:
             resource.reset()
             resource.subscribe(self._on_resource)
         self._stop = asyncio.Event()
+        # Set when a resource pauses, opens its circuit, waits for a quota...: its state
+        # goes on record (at once, at the first one: status shows the run's resources).
+        self._resources_changed = asyncio.Event()
+        self._resources_changed.set()
         self._immediate = False
         self._fatal: StageError | None = None
         self._interrupted = False
@@ -387,8 +398,44 @@ class Runner:
             self._clients[resource] = client
         return client
 
-    def _on_resource(self, name: str, what: str, seconds: float) -> None:
-        self.bus.emit(ResourceChanged(name, what, seconds))
+    def _on_resource(self, name: str, what: str, seconds: float, kind: str) -> None:
+        self.bus.emit(ResourceChanged(name, what, seconds, kind))
+        self._resources_changed.set()
+
+    def _resources_json(self) -> str | None:
+        """What the resources this run's stages use are doing, as the ledger keeps it."""
+        used = sorted({s.resource for s in self.stages if s.resource is not None})
+        if not used:
+            return None
+        states = {name: self.job.resources[name].state() for name in used}
+        return json.dumps(states, separators=(",", ":"))
+
+    async def _tick(self) -> None:
+        """A Tick event every second, for displays with a cadence of their own."""
+        while True:
+            # The displays' cadence, not the run's logic: real seconds, not the clock's.
+            await asyncio.sleep(1.0)
+            self.bus.emit(Tick(self.clock.time()))
+
+    async def _publish_resources(self) -> None:
+        """Put on record what this worker's resources are doing as soon as one pauses,
+        opens or closes its circuit, changes its rate or waits for a quota (at most once
+        a second; the heartbeat does it too), so status and the dashboard can say why
+        nothing moves."""
+        while True:
+            await self._resources_changed.wait()
+            self._resources_changed.clear()
+            try:
+                await self._db(
+                    self.ledger.heartbeat,
+                    self.worker_id,
+                    now=self.clock.time(),
+                    resources=self._resources_json(),
+                )
+            except BackfillError as exc:
+                log.warning("could not record the state of resources: %s", exc)
+            # Not a wait the run's clock should see: only spacing the writes out.
+            await asyncio.sleep(1.0)
 
     def _clean(self, message: str) -> str:
         """One line, bounded, with every secret masked: what the ledger and logs get."""
@@ -533,6 +580,8 @@ class Runner:
 
         heartbeat = asyncio.create_task(self._heartbeat())
         flusher = asyncio.create_task(self._flush_loop())
+        publisher = asyncio.create_task(self._publish_resources())
+        ticker = asyncio.create_task(self._tick())
         try:
             if self._fatal is None:
                 try:
@@ -550,12 +599,18 @@ class Runner:
                 self._grace_task.cancel()
             heartbeat.cancel()
             flusher.cancel()
+            publisher.cancel()
+            ticker.cancel()
             if fleet is not None:
                 fleet.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await fleet
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             if self._background_flush is not None:
@@ -776,7 +831,12 @@ class Runner:
                     self.ledger.renew, self.worker_id, lease_seconds=self.job.lease_seconds, now=now
                 )
                 self.leases.renewed(since=since, done=self.clock.monotonic())
-                await self._db(self.ledger.heartbeat, self.worker_id, now=now)
+                await self._db(
+                    self.ledger.heartbeat,
+                    self.worker_id,
+                    now=now,
+                    resources=self._resources_json(),
+                )
             except BackfillError as exc:
                 log.warning("could not renew leases: %s", exc)
 
@@ -1187,7 +1247,7 @@ class Runner:
                 except (asyncio.CancelledError, LeaseLost):
                     raise
                 except Exception as exc:
-                    error = _classify(exc, stage)
+                    error = _classify(exc, stage, tally)
                     if isinstance(error, FatalError):
                         if self._fatal is None:
                             self._fatal = error
@@ -1454,8 +1514,13 @@ class Runner:
             context = contextvars.copy_context()
             coro = loop.run_in_executor(self._stage_pool, context.run, _call_sync, fn, ctx)
         if stage.timeout is not None:
-            async with asyncio.timeout(stage.timeout):
-                return await coro
+            async with asyncio.timeout(stage.timeout) as timeout:
+                # Waits for a resource's turns stop this clock (see Deadline).
+                current_deadline.set(Deadline(timeout))
+                try:
+                    return await coro
+                finally:
+                    current_deadline.set(None)
         return await coro
 
 

@@ -209,6 +209,9 @@ class WorkerRecord:
     stopped_at: float | None
     # Partitions it finished (done, empty or failed), as recorded by ``complete``.
     finished: int = 0
+    # What its resources were doing at its last heartbeat (JSON: name -> state, see
+    # Resource.state): rate, pauses, circuit, quota waits.
+    resources: str | None = None
 
 
 # A partition whose lease is lost this many times in a row (its worker died or hung while
@@ -423,7 +426,9 @@ class Ledger(Protocol):
 
     def register_worker(self, worker: WorkerRecord) -> None: ...
 
-    def heartbeat(self, worker_id: str, *, now: float) -> None: ...
+    def heartbeat(self, worker_id: str, *, now: float, resources: str | None = None) -> None:
+        """The worker is alive; ``resources`` (JSON), when given, replaces the state of
+        its resources on record."""
 
     def stop_worker(self, worker_id: str, *, now: float) -> None: ...
 

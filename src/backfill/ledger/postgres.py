@@ -54,7 +54,7 @@ __all__ = ["MAX_LOST_LEASES", "SCHEMA_VERSION", "PostgresLedger", "redact_url"]
 log = logging.getLogger("backfill.ledger.postgres")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _PLAN_CHUNK = 20_000
 # Any constant will do: it only serialises concurrent schema set-up and migrations.
 _MIGRATION_LOCK = 0x6261636B66696C6C  # "backfill"
@@ -883,8 +883,9 @@ class PostgresLedger:
         }
         self._run(lambda conn: conn.execute(_Q["register_worker"], params))
 
-    def heartbeat(self, worker_id: str, *, now: float) -> None:
-        self._run(lambda conn: conn.execute(_Q["heartbeat"], {"id": worker_id, "now": now}))
+    def heartbeat(self, worker_id: str, *, now: float, resources: str | None = None) -> None:
+        params = {"id": worker_id, "now": now, "resources": resources}
+        self._run(lambda conn: conn.execute(_Q["heartbeat"], params))
 
     def stop_worker(self, worker_id: str, *, now: float) -> None:
         self._run(lambda conn: conn.execute(_Q["stop_worker"], {"id": worker_id, "now": now}))

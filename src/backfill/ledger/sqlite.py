@@ -815,9 +815,9 @@ class SQLiteLedger:
                 },
             )
 
-    def heartbeat(self, worker_id: str, *, now: float) -> None:
+    def heartbeat(self, worker_id: str, *, now: float, resources: str | None = None) -> None:
         with self._tx() as conn:
-            conn.execute(_Q["heartbeat"], {"id": worker_id, "now": now})
+            conn.execute(_Q["heartbeat"], {"id": worker_id, "now": now, "resources": resources})
 
     def stop_worker(self, worker_id: str, *, now: float) -> None:
         with self._tx() as conn:

@@ -83,10 +83,13 @@ __all__ = [
 
 @dataclass(slots=True)
 class RequestTally:
-    """Requests made for one partition, and how many the source refused as rate limited."""
+    """Requests made for one partition, how many the source refused as rate limited, and
+    the last transient error it answered."""
 
     requests: int = 0
     rate_limited: int = 0
+    # What the source last did wrong: a stage that times out says it.
+    last_error: str | None = None
 
 
 # The tally of the partition whose task is running (set by the runner).
@@ -482,6 +485,9 @@ class HttpClient:
                 attempt -= 1
                 continue
             except TransientError as exc:
+                tally = partition_requests.get()
+                if tally is not None:
+                    tally.last_error = exc.message
                 if attempt > self.retries:
                     raise
                 self.retried += 1
