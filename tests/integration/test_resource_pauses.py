@@ -58,7 +58,7 @@ def test_a_worker_holds_a_fleet_pause_no_longer_than_its_max_wait(
     ledger.pause_resource("j", "api", THIRTY_ONE_YEARS)
     resource = Resource("api", rate="10/s", max_wait=30.0)
     told: list[str] = []
-    resource.subscribe(lambda name, what, seconds: told.append(what))
+    resource.subscribe(lambda name, what, seconds, kind: told.append(what))
     pool = ThreadPoolExecutor(1)
     clock = SystemClock()
     resource.share_with(LedgerRate(ledger, "j", resource, pool, clock))

@@ -590,7 +590,7 @@ def test_a_resource_pause_longer_than_max_wait_is_cut_and_said_once() -> None:
     listeners once what was asked and what is waited."""
     resource = Resource("api", rate="5/s", max_wait=120.0)
     told: list[tuple[str, float]] = []
-    resource.subscribe(lambda name, what, seconds: told.append((what, seconds)))
+    resource.subscribe(lambda name, what, seconds, kind: told.append((what, seconds)))
     resource.pause(1e9, "quota used up")
     resource.pause(5e8, "quota used up")
     assert 60.0 < resource.paused_until - resource.clock.monotonic() <= 120.0
