@@ -15,6 +15,7 @@ from backfill.ledger import StageCounts, Status
 __all__ = [
     "Event",
     "EventBus",
+    "FleetCounts",
     "PartitionFinished",
     "PartitionRetrying",
     "PartitionStarted",
@@ -115,6 +116,14 @@ class ResourceChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetCounts:
+    """The whole fleet's counts per stage, read from the ledger by a worker every few
+    seconds: what its display shows, rather than its own share."""
+
+    counts: Mapping[str, StageCounts]
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """A second went by: displays that report on a cadence do so even when nothing
     happens (a source that is down)."""
@@ -143,6 +152,7 @@ Event = (
     | ResourceChanged
     | RunFinished
     | Tick
+    | FleetCounts
 )
 Subscriber = Callable[[Event], None]
 

@@ -21,6 +21,7 @@ from rich.text import Text
 from backfill.clock import format_duration
 from backfill.events import (
     Event,
+    FleetCounts,
     PartitionFinished,
     PartitionRetrying,
     PartitionStarted,
@@ -52,7 +53,8 @@ class StageProgress:
     running: int = 0
     retries: int = 0
     records: int = 0
-    finishes: collections.deque[float] = field(default_factory=collections.deque)
+    # (when, finished so far) each time the count grew: the last half minute of progress.
+    samples: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
 
     @property
     def finished(self) -> int:
@@ -62,29 +64,31 @@ class StageProgress:
     def remaining(self) -> int:
         return max(0, self.total - self.finished)
 
-    def finish_at(self, now: float) -> None:
-        """A partition finished: keep the last half minute of finishes (up to the last
-        one, however old: it says when progress stopped)."""
-        finishes = self.finishes
-        finishes.append(now)
-        while now - finishes[0] > _RATE_WINDOW:
-            finishes.popleft()
+    def progressed(self, now: float) -> None:
+        """The finished count grew (a partition here, or the fleet's count read again):
+        keep the last half minute of samples, and the last one however old (it says when
+        progress stopped)."""
+        samples = self.samples
+        samples.append((now, self.finished))
+        while now - samples[0][0] > _RATE_WINDOW:
+            samples.popleft()
 
     def pace(self, now: float) -> float | None:
         """Partitions per second over the last half minute of progress (it may have
         stopped since): what the stage does when it moves."""
-        finishes = self.finishes
-        if len(finishes) < 2:
+        samples = self.samples
+        if len(samples) < 2:
             return None
-        return (len(finishes) - 1) / max(finishes[-1] - finishes[0], 1e-6)
+        (first, count0), (last, count1) = samples[0], samples[-1]
+        return (count1 - count0) / max(last - first, 1e-6)
 
     def stalled_for(self, now: float) -> float | None:
         """How long no partition has finished, when that is far longer than the gaps
         between finishes so far (at least 10 s); None while the stage moves."""
-        if self.remaining == 0 or not self.finishes:
+        if self.remaining == 0 or not self.samples:
             return None
         pace = self.pace(now)
-        gap = now - self.finishes[-1]
+        gap = now - self.samples[-1][0]
         usual = 1.0 / pace if pace else 0.0
         return gap if gap > max(_STALL_AFTER, 5.0 * usual) else None
 
@@ -92,10 +96,10 @@ class StageProgress:
         """Partitions per second over the last half minute; None when stalled."""
         if self.stalled_for(now) is not None:
             return None
-        recent = [t for t in self.finishes if now - t <= _RATE_WINDOW]
+        recent = [(t, n) for t, n in self.samples if now - t <= _RATE_WINDOW]
         if len(recent) < 2:
             return None
-        return len(recent) / max(now - recent[0], 1e-6)
+        return (recent[-1][1] - recent[0][1] + 1) / max(now - recent[0][0], 1e-6)
 
     def eta(self, now: float, wait: float | None = None) -> float | None:
         """Seconds to the end at the recent rate; stalled, the known ``wait`` (a pause or
@@ -152,6 +156,8 @@ class ProgressState:
         self.finished: RunFinished | None = None
         # The latest word from each resource (paused, circuit open...), with its time.
         self.resources: dict[str, ResourceNews] = {}
+        # A worker of a fleet shows the fleet's counts, read from the ledger.
+        self.fleet = False
 
     def seed(self, counts: Mapping[str, StageCounts]) -> None:
         for name, c in counts.items():
@@ -181,6 +187,22 @@ class ProgressState:
                     event.kind, event.what, event.seconds, time.monotonic(), time.time()
                 )
             return
+        if isinstance(event, FleetCounts):
+            self.fleet = True
+            now = time.monotonic()
+            for name, c in event.counts.items():
+                stage = self.stages.setdefault(name, StageProgress(name))
+                before = stage.finished
+                stage.total, stage.done, stage.empty, stage.failed = (
+                    c.total,
+                    c.done,
+                    c.empty,
+                    c.failed,
+                )
+                stage.records = c.records
+                if stage.finished > before or not stage.samples:
+                    stage.progressed(now)
+            return
         if isinstance(event, WorkerJoined | WorkerLost | Tick):
             return
         stage = self.stages.setdefault(event.stage, StageProgress(event.stage))
@@ -190,6 +212,8 @@ class ProgressState:
             stage.retries += 1
         elif isinstance(event, PartitionFinished):
             stage.running = max(0, stage.running - 1)
+            if self.fleet:
+                return  # the fleet's counts come from the ledger (FleetCounts)
             if event.status is Status.DONE:
                 stage.done += 1
                 stage.records += event.records
@@ -198,7 +222,7 @@ class ProgressState:
             elif event.status is Status.FAILED:
                 stage.failed += 1
             if event.status is not Status.PENDING:
-                stage.finish_at(time.monotonic())
+                stage.progressed(time.monotonic())
 
     def holdups(self, now: float) -> list[str]:
         """Why resources hold requests back now, one sentence each."""

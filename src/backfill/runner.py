@@ -51,6 +51,7 @@ from backfill.errors import (
 )
 from backfill.events import (
     EventBus,
+    FleetCounts,
     PartitionFinished,
     PartitionRetrying,
     PartitionStarted,
@@ -94,6 +95,7 @@ _FIRST_LEASE_WAIT = 0.05  # seconds; doubles up to the lease poll
 _MIN_SCAN = 1024  # pending partitions a bounded claim checks for readiness, at least
 _FULL_SCAN_SPACING = 50  # a full scan is due after this many times its own cost
 _MESSAGE_LIMIT = 2000
+_FLEET_COUNTS_EVERY = 5  # seconds between reads of the fleet's counts, for displays
 
 
 class ExitCode:
@@ -411,10 +413,28 @@ class Runner:
         return json.dumps(states, separators=(",", ":"))
 
     async def _tick(self) -> None:
-        """A Tick event every second, for displays with a cadence of their own."""
+        """A Tick event every second, for displays with a cadence of their own; in a
+        fleet, the fleet's counts every few seconds, so a worker shows the fleet's
+        progress, not its own share."""
+        names = [s.name for s in self.stages]
+        seconds = 0
         while True:
             # The displays' cadence, not the run's logic: real seconds, not the clock's.
             await asyncio.sleep(1.0)
+            seconds += 1
+            if self.options.wait_for_leases and seconds % _FLEET_COUNTS_EVERY == 0:
+                try:
+                    counts = await self._db(
+                        self.ledger.counts,
+                        self.job.name,
+                        names,
+                        self.options.selection,
+                        recent=False,
+                    )
+                except BackfillError as exc:
+                    log.debug("could not read the fleet's counts: %s", exc)
+                else:
+                    self.bus.emit(FleetCounts(counts))
             self.bus.emit(Tick(self.clock.time()))
 
     async def _publish_resources(self) -> None:

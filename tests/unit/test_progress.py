@@ -10,6 +10,7 @@ from rich.console import Console
 
 from backfill import progress as progress_module
 from backfill.events import (
+    FleetCounts,
     PartitionFinished,
     PartitionRetrying,
     PartitionStarted,
@@ -98,7 +99,7 @@ def test_pending_release_does_not_count_as_finished():
     assert s.running == 0
     assert s.finished == 0
     assert s.remaining == 3
-    assert len(s.finishes) == 0
+    assert len(s.samples) == 0
 
 
 def test_remaining_never_goes_negative():
@@ -346,3 +347,20 @@ def test_plain_progress_keeps_its_cadence_while_nothing_happens(
     assert len(lines) == 6
     assert "stalled" in lines[-1] and "api circuit open since" in lines[-1]
     assert "ETA -" in lines[-1]
+
+
+def test_a_worker_of_a_fleet_shows_the_fleets_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that finished 10 of the fleet's 100 partitions, told that the fleet has
+    finished 90: its line says 90/100, with the fleet's rate, not its own share."""
+    now = Now(monkeypatch)
+    out = io.StringIO()
+    plain = PlainProgress(out, interval=3600)
+    plain(started(fetch=StageCounts("fetch", pending=100)))
+    plain(FleetCounts({"fetch": StageCounts("fetch", pending=60, done=40)}))
+    steady(plain, now, 10)  # this worker's own finishes no longer move the counts
+    now.t += 5.0
+    plain(FleetCounts({"fetch": StageCounts("fetch", pending=10, done=90)}))
+    plain(RUN_FINISHED)
+    last = stage_lines(out.getvalue())[-1]
+    assert "fetch: 90/100 (90%) done 90" in last
+    assert "rate 5.0/s" in last or "rate 5.1/s" in last
