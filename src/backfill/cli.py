@@ -34,6 +34,7 @@ from backfill.ledger import (
     Ledger,
     LedgerEntry,
     NoState,
+    SharedLimits,
     StageCounts,
     Status,
     open_ledger,
@@ -1049,6 +1050,49 @@ def reset(
     finally:
         ledger.close()
     out.print(shown(f"reset {removed:,} partition record(s) of job {job.name}"))
+
+
+@app.command("resume-resource")
+@handle_errors
+def resume_resource(
+    job_path: JobArg,
+    name: Annotated[str, typer.Argument(help="The resource to release.", show_default=False)],
+    state: StateOpt = DEFAULT_STATE_URL,
+) -> None:
+    """Release a resource that a source paused (Retry-After, RateLimit-Reset), now.
+
+    The pause kept in the state (a fleet's, a shared resource's, one left by an earlier
+    run) ends for every worker that books its next requests.
+
+    [bold]Examples[/]
+
+      backfill resume-resource jobs/results.py results_api --state postgresql://db/backfill
+    """
+    job = load_job(job_path)
+    resource = job.resources.get(name)
+    if resource is None:
+        known = ", ".join(job.resources) or "none"
+        raise fail(f"job {job.name!r} has no resource {name!r}; its resources are: {known}")
+    try:
+        open_reader(state).close()
+    except NoState:
+        left = None  # nothing has run on this state: nothing can be paused
+    else:
+        ledger = open_ledger(state)
+        try:
+            scope = "*" if resource.shared else job.name
+            left = ledger.resume_resource(scope, name) if isinstance(ledger, SharedLimits) else None
+        finally:
+            ledger.close()
+    if left is None:
+        out.print(shown(f"resource {name} of job {job.name} was not paused"))
+    else:
+        out.print(
+            shown(
+                f"resource {name} of job {job.name} released: its pause had "
+                f"{format_duration(left)} left"
+            )
+        )
 
 
 def _when(timestamp: float | None) -> str:

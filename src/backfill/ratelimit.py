@@ -7,7 +7,8 @@ out in order (GCRA, the "virtual scheduling" form of a token bucket), so in any 
 ``t`` seconds at most ``burst + rate * t`` requests start, from the very first second on.
 
 A ``Retry-After`` pauses the whole resource, once: later 429s from requests already in
-flight only extend the pause to the latest instant any of them asked for.
+flight only extend the pause to the latest instant any of them asked for. No pause lasts
+longer than the resource's ``max_wait``: a source asking for more is cut to it.
 
 Core knows no HTTP: the HTTP client reports outcomes through :meth:`Resource.observe`.
 Nor does it know a database: workers on many machines share a resource through a
@@ -32,6 +33,7 @@ from backfill.clock import Clock, SystemClock, current_deadline, format_duration
 from backfill.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_MAX_WAIT",
     "AdaptiveRate",
     "CircuitBreaker",
     "LateStart",
@@ -40,6 +42,7 @@ __all__ = [
     "Resource",
     "SharedRate",
     "book_block",
+    "describe_seconds",
     "parse_limit",
     "take_start_deadline",
 ]
@@ -71,24 +74,49 @@ class Limit:
         return f"{self.count:g}/{self.period:g}s"
 
 
+# The longest wait a source may impose (Retry-After, RateLimit-Reset) unless a resource
+# says otherwise: longer is a broken or hostile server, not a plan.
+DEFAULT_MAX_WAIT = 3600.0
+# A rate slower than one request a week means nothing a backfill can use (and one that
+# rounds to zero would never let a request through).
+_SLOWEST_INTERVAL = 7 * 86400.0
+
+
+def describe_seconds(seconds: float) -> str:
+    """``86400``, ``0.5``, ``1e+30``: a number of seconds as a message shows it."""
+    if seconds.is_integer() and seconds < 1e12:
+        return f"{seconds:.0f}"
+    return f"{seconds:.3g}"
+
+
 def parse_limit(value: str | float | Limit) -> Limit:
     """``"5/s"``, ``"100/min"``, ``"10000/day"``, ``"30 per 5 min"`` or a number per second."""
     if isinstance(value, Limit):
-        return value
-    if isinstance(value, int | float):
-        if value <= 0:
-            raise ConfigError(f"a rate must be positive, not {value}")
-        return Limit(float(value), 1.0)
-    match = _LIMIT.match(value.lower())
-    unit = match and (_UNITS.get(match[3]) or _UNITS.get(match[3].rstrip("s")))
-    if not match or not unit:
+        limit, shown = value, str(value)
+    elif isinstance(value, int | float):
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"rate {value!r} must be a positive number of requests per second")
+        limit, shown = Limit(float(value), 1.0), f"{value!r}/s"
+    else:
+        match = _LIMIT.match(value.lower())
+        unit = match and (_UNITS.get(match[3]) or _UNITS.get(match[3].rstrip("s")))
+        if not match or not unit:
+            raise ConfigError(
+                f"rate {value!r} is not understood; write it like '5/s', '100/min' or '10000/day'"
+            )
+        count, multiple = float(match[1]), float(match[2] or 1)
+        if count <= 0 or multiple <= 0:
+            raise ConfigError(f"rate {value!r} must be positive")
+        limit, shown = Limit(count, multiple * unit), repr(value)
+    finite = math.isfinite(limit.count) and math.isfinite(limit.period)
+    if not finite or limit.count <= 0 or limit.period <= 0:
+        raise ConfigError(f"rate {shown} must be a positive, finite number of requests")
+    if limit.period / limit.count > _SLOWEST_INTERVAL:
         raise ConfigError(
-            f"rate {value!r} is not understood; write it like '5/s', '100/min' or '10000/day'"
+            f"rate {shown} allows one request every {limit.period / limit.count / 86400:,.0f} "
+            "days; a rate must allow at least one request a week"
         )
-    count, multiple = float(match[1]), float(match[2] or 1)
-    if count <= 0 or multiple <= 0:
-        raise ConfigError(f"rate {value!r} must be positive")
-    return Limit(count, multiple * unit)
+    return limit
 
 
 class LateStart(Exception):
@@ -525,7 +553,13 @@ class Resource:
         shared: bool = False,
         breaker: CircuitBreaker | None = None,
         clock: Clock | None = None,
+        max_wait: float = DEFAULT_MAX_WAIT,
     ) -> None:
+        if not isinstance(max_wait, int | float) or not 0 < max_wait < math.inf:
+            raise ConfigError(
+                f"resource {name!r}: max_wait must be a positive number of seconds, "
+                f"not {max_wait!r}"
+            )
         if burst < 1:
             raise ConfigError(f"resource {name!r}: burst must be at least 1")
         if concurrency is not None and concurrency < 1:
@@ -535,6 +569,7 @@ class Resource:
         if not declared and not adaptive:
             raise ConfigError(f"resource {name!r} needs a rate (e.g. rate='5/s') or adaptive=True")
         self.name = name
+        self.max_wait = float(max_wait)
         self.burst = burst
         self.concurrency = concurrency
         self.limits = declared
@@ -761,8 +796,12 @@ class Resource:
                     count = max(1, min(self._waiting, most))
                     starts, paused_until = await self._shared.take(count)
                     self._slots.extend(starts)
-                    if paused_until > self.clock.monotonic() + 1e-3:
-                        self._pause_until(paused_until, "retry-after, seen by another worker")
+                    now = self.clock.monotonic()
+                    if paused_until > now + 1e-3:
+                        self._pause_until(
+                            min(paused_until, now + self.max_wait),
+                            "retry-after, seen by another worker",
+                        )
         finally:
             self._waiting -= 1
 
@@ -941,7 +980,16 @@ class Resource:
 
     def pause(self, seconds: float, reason: str = "retry-after") -> None:
         """Hold every request of this resource for ``seconds`` (extends, never stacks);
-        with a fleet, every worker's requests."""
+        with a fleet, every worker's requests. No pause lasts longer than ``max_wait``,
+        and one cut to it says so."""
+        if math.isnan(seconds):  # a garbage hint is no pause
+            return
+        if seconds > self.max_wait:
+            reason = (
+                f"{reason}; asked for {describe_seconds(seconds)} s, waiting the cap of "
+                f"{describe_seconds(self.max_wait)} s"
+            )
+            seconds = self.max_wait
         if self._shared is not None:
             self._shared.pause(seconds)
         self._pause_until(self.clock.monotonic() + seconds, reason)
@@ -980,10 +1028,11 @@ class Resource:
             self._paced(now)
         if outcome is Outcome.RATE_LIMITED:
             self.rate_limited += 1
-            wait = retry_after if retry_after is not None else 1.0
+            asked = retry_after if retry_after is not None else 1.0
+            wait = min(asked, self.max_wait)
             if pace is not None and pace.on_rate_limited(now, max(now + wait, self.paused_until)):
                 self._paced(now)
-            self.pause(wait, "429")
+            self.pause(asked, "429")
         elif outcome is Outcome.OK and pace is not None and pace.on_success(now):
             self._paced(now)
         if pace is not None and limit and window:

@@ -393,6 +393,11 @@ class Runner:
                     headers=options["headers"],
                     params=options["params"],
                     secrets=self._secrets,
+                    base_url=options["base_url"],
+                    allowed_hosts=options["allowed_hosts"],
+                    cross_origin=options["cross_origin"],
+                    max_body=options["max_body"],
+                    deadline=options["deadline"],
                 )
             self._clients[resource] = client
         return client

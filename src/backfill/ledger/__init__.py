@@ -8,6 +8,7 @@ contract suite (``tests/ledger_contract.py``).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -456,12 +457,17 @@ class SharedLimits(Protocol):
         interval: float,
         tolerance: float,
         quotas: Sequence[tuple[int, float]] = (),
+        max_pause: float = math.inf,
     ) -> tuple[list[float], float, float]:
         """Book ``count`` starts (see :func:`backfill.ratelimit.book_block`), within every
-        quota of (count, period seconds); (when each is due, paused until) in seconds from
-        the database's now, and that now (epoch seconds on the database's clock)."""
+        quota of (count, period seconds), after a stored pause cut to ``max_pause``
+        seconds; (when each is due, paused until) in seconds from the database's now, and
+        that now (epoch seconds on the database's clock)."""
 
     def pause_resource(self, job: str, resource: str, seconds: float) -> None: ...
+
+    def resume_resource(self, job: str, resource: str) -> float | None:
+        """End a stored pause now; the seconds it still had, None if there was none."""
 
 
 def dims_json(dims: tuple[tuple[str, str], ...]) -> str | None:

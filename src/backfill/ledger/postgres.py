@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -898,23 +899,21 @@ class PostgresLedger:
         interval: float,
         tolerance: float,
         quotas: Sequence[tuple[int, float]] = (),
+        max_pause: float = math.inf,
     ) -> tuple[list[float], float, float]:
         """Book ``count`` starts of a resource (see :func:`backfill.ledger.limits.take_starts`);
         ``job`` is the schedule's scope."""
 
         def book(conn: psycopg.Connection[Any]) -> tuple[list[float], float, float]:
-            def query(name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-                cursor = conn.execute(_Q[name], params)
-                return cursor.fetchall() if cursor.description is not None else []
-
             return limits.take_starts(
-                query,
+                _query(conn),
                 job,
                 resource,
                 count=count,
                 interval=interval,
                 tolerance=tolerance,
                 quotas=quotas,
+                max_pause=max_pause,
             )
 
         return self._run(book)
@@ -924,12 +923,26 @@ class PostgresLedger:
         params = {"job": job, "name": resource, "seconds": seconds}
         self._run(lambda conn: conn.execute(_Q["pause_resource"], params))
 
+    def resume_resource(self, job: str, resource: str) -> float | None:
+        """End a resource's stored pause now (see :func:`backfill.ledger.limits.resume`)."""
+        return self._run(lambda conn: limits.resume(_query(conn), job, resource))
+
     def workers(self, job: str, *, active_only: bool = True) -> list[WorkerRecord]:
         where = " AND stopped_at IS NULL" if active_only else ""
         rows = self._run(
             lambda conn: conn.execute(_Q["workers"].format(where=where), {"job": job}).fetchall()
         )
         return [WorkerRecord(*r) for r in rows]
+
+
+def _query(conn: psycopg.Connection[Any]) -> limits.Query:
+    """Named queries of this dialect on ``conn``, as :mod:`backfill.ledger.limits` runs them."""
+
+    def query(name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        cursor = conn.execute(_Q[name], params)
+        return cursor.fetchall() if cursor.description is not None else []
+
+    return query
 
 
 @contextlib.contextmanager

@@ -287,6 +287,10 @@ FOR UPDATE;
 -- name: set_tat
 UPDATE backfill_resources SET tat = %(tat)s WHERE job = %(job)s AND name = %(name)s;
 
+-- name: set_paused
+UPDATE backfill_resources SET paused_until = %(paused)s
+WHERE job = %(job)s AND name = %(name)s;
+
 -- name: lock_quota
 -- Created on first use; the no-op update locks the row either way, in one statement.
 INSERT INTO backfill_quotas AS q (job, name, quota) VALUES (%(job)s, %(name)s, %(quota)s)

@@ -279,6 +279,9 @@ WHERE job = :job AND name = :name;
 -- name: set_tat
 UPDATE backfill_resources SET tat = :tat WHERE job = :job AND name = :name;
 
+-- name: set_paused
+UPDATE backfill_resources SET paused_until = :paused WHERE job = :job AND name = :name;
+
 -- name: lock_quota
 INSERT INTO backfill_quotas (job, name, quota) VALUES (:job, :name, :quota)
 ON CONFLICT (job, name, quota) DO UPDATE SET taken = taken
