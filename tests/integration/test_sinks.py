@@ -992,3 +992,168 @@ def test_two_concurrent_runs_of_one_job_write_each_row_once(
         codes.append(proc.returncode)
     assert 0 in codes
     _check_exact(dest, mode)
+
+
+# -- untrusted records: one hostile record fails its own partition ----------------------
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(levels):
+        value = {"x": value}
+    return value
+
+
+def _healthy(day: str, n: int) -> dict[str, Any]:
+    return {"day": day, "n": n, "v": n, "s": f"s{n}", "j": {"n": n}}
+
+
+# Each shape: what the hostile partition's last record becomes, the category and the
+# words its failure names on SQLite and on PostgreSQL (None: that database stores it).
+HOSTILE: dict[str, tuple[Any, tuple[str, str] | None, tuple[str, str] | None]] = {
+    "case_in_record": (lambda r: {**r, "V": 1}, ("bad_field", "'V'"), ("bad_field", "'V'")),
+    "case_of_column": (
+        lambda r: {**{k: x for k, x in r.items() if k != "s"}, "S": "x"},
+        ("bad_field", "'S'"),
+        ("bad_field", "'S'"),
+    ),
+    "reserved_partition": (
+        lambda r: {**r, "_partition": "elsewhere"},
+        ("reserved_field", "'_partition'"),
+        ("reserved_field", "'_partition'"),
+    ),
+    "reserved_page": (
+        lambda r: {**r, "_Page": "c1"},
+        ("reserved_field", "'_Page'"),
+        ("reserved_field", "'_Page'"),
+    ),
+    "empty_name": (lambda r: {**r, "": 1}, ("bad_field", "''"), ("bad_field", "''")),
+    "nul_in_name": (
+        lambda r: {**r, "a\x00b": 1},
+        ("bad_field", "'a\\x00b'"),
+        ("bad_field", "'a\\x00b'"),
+    ),
+    "name_not_a_string": (lambda r: {**r, 7: 1}, ("bad_field", "7"), ("bad_field", "7")),
+    "surrogate_in_name": (
+        lambda r: {**r, "a\udc80": 1},
+        ("bad_field", "'a\\udc80'"),
+        ("bad_field", "'a\\udc80'"),
+    ),
+    "name_over_63_bytes": (
+        lambda r: {**r, "é" * 32: 1},
+        None,
+        ("bad_field", "'" + "é" * 32),
+    ),
+    "too_many_fields_sqlite": (
+        lambda r: {**r, **{f"f{i}": i for i in range(1995)}},
+        ("too_many_fields", "2,000"),
+        ("too_many_fields", "1,600"),
+    ),
+    "too_many_fields_postgres": (
+        lambda r: {**r, **{f"f{i}": None for i in range(1595)}},
+        None,
+        ("too_many_fields", "1,600"),
+    ),
+    "row_too_big_postgres": (
+        lambda r: {**r, **{f"f{i}": i for i in range(1100)}},
+        None,
+        ("too_big", "table t"),
+    ),
+    "integer_over_64_bits": (
+        lambda r: {**r, "v": 2**64},
+        ("bad_value", "'v'"),
+        ("bad_value", "'v'"),
+    ),
+    "integer_under_64_bits": (
+        lambda r: {**r, "v": -(2**63) - 1},
+        ("bad_value", "'v'"),
+        ("bad_value", "'v'"),
+    ),
+    "lone_surrogate": (
+        lambda r: {**r, "s": "ok \ud800"},
+        ("bad_value", "'s'"),
+        ("bad_value", "'s'"),
+    ),
+    "lone_surrogate_in_json": (
+        lambda r: {**r, "j": {"n": ["\udfff"]}},
+        ("bad_value", "'j'"),
+        ("bad_value", "'j'"),
+    ),
+    "nan_in_json": (
+        lambda r: {**r, "j": {"n": float("nan")}},
+        ("bad_value", "'j'"),
+        ("bad_value", "'j'"),
+    ),
+    "json_nested_too_deep": (
+        lambda r: {**r, "j": _deep(5000)},
+        ("bad_value", "'j'"),
+        ("bad_value", "'j'"),
+    ),
+    "nul_in_text": (lambda r: {**r, "s": "a\x00b"}, None, ("bad_value", "'s'")),
+    "bytes_in_text": (
+        lambda r: {**r, "s": b"\x00\xff"},
+        ("type_clash", "'s'"),
+        ("type_clash", "'s'"),
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(HOSTILE))
+def test_a_hostile_record_fails_only_its_partition_and_a_rerun_after_the_fix_completes(
+    dest: Destination, tmp_path: Path, shape: str
+) -> None:
+    """One record of a hostile shape (field names, too many fields, values no column holds)
+    fails only its partition, naming table and field, with exit 1: the healthy partitions
+    of the same batch are written, the table gains no column of it, a rerun fails it again
+    without touching the rest, and a rerun once the source is fixed completes it exactly."""
+    make_bad, on_sqlite, on_postgres = HOSTILE[shape]
+    expected = on_sqlite if dest.kind == "sqlite" else on_postgres
+    sink = dest.table("t", mode="append")
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    fixed = [False]
+
+    def job(last: int) -> Job:
+        job = Job("hostile", partitions=daily("2013-01-01", f"2013-01-{last:02d}"), sink=sink)
+
+        @job.stage(concurrency=8)
+        async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+            records = [_healthy(partition.key, n) for n in range(3)]
+            if partition.key == "2013-01-04" and not fixed[0]:
+                records[2] = make_bad(records[2])
+            return records
+
+        return job
+
+    # The table exists (made by two healthy days) before the hostile record comes.
+    assert run_job(job(2), ledger).exit_code == ExitCode.OK
+    columns = _columns(dest, "t")
+    result = run_job(job(7), ledger)
+    per_day = dest.query("SELECT day, count(*) FROM {t} GROUP BY day ORDER BY day")
+    if expected is None:
+        assert result.exit_code == ExitCode.OK
+        assert per_day == [(f"2013-01-{d:02d}", 3) for d in range(1, 8)]
+        ledger.close()
+        return
+    category, named = expected
+    assert result.exit_code == ExitCode.FAILED
+    failed = ledger.entries("hostile", "fetch", status=Status.FAILED)
+    assert [e.key for e in failed] == ["2013-01-04"]
+    message = failed[0].error_message or ""
+    assert failed[0].error_category == category, message
+    assert named in message and "table t" in message and "2013-01-04" in message, message
+    assert "\n" not in message and len(message) < 600
+    healthy = [(f"2013-01-{d:02d}", 3) for d in (1, 2, 3, 5, 6, 7)]
+    assert per_day == healthy
+    assert _columns(dest, "t") == columns
+    # Rerun unfixed: it fails again, and only it runs.
+    ledger.requeue("hostile", ["fetch"], [Status.FAILED])
+    assert run_job(job(7), ledger).exit_code == ExitCode.FAILED
+    assert dest.query("SELECT day, count(*) FROM {t} GROUP BY day ORDER BY day") == healthy
+    fixed[0] = True
+    ledger.requeue("hostile", ["fetch"], [Status.FAILED])
+    assert run_job(job(7), ledger).exit_code == ExitCode.OK
+    assert dest.query("SELECT day, count(*) FROM {t} GROUP BY day ORDER BY day") == [
+        (f"2013-01-{d:02d}", 3) for d in range(1, 8)
+    ]
+    assert dest.query("SELECT count(DISTINCT _partition) FROM {t}") == [(7,)]
+    ledger.close()
