@@ -4,6 +4,7 @@ SIGKILL and resume, concurrent runs, bad records and schema drift."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import random
@@ -1157,3 +1158,109 @@ def test_a_hostile_record_fails_only_its_partition_and_a_rerun_after_the_fix_com
     ]
     assert dest.query("SELECT count(DISTINCT _partition) FROM {t}") == [(7,)]
     ledger.close()
+
+
+def _dated_job(sink: Sink, last: int, bad: dict[str, Any], fixed: list[bool], **dims: Any) -> Job:
+    """Daily partitions of 2013-01 whose three rows are dated by ``day``; on the 3rd, the
+    last row takes ``bad``'s fields until ``fixed``."""
+    job = Job("dated", partitions=daily("2013-01-01", f"2013-01-{last:02d}", **dims), sink=sink)
+
+    @job.stage(concurrency=8)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        extra = {k: partition[k] for k, _ in partition.dims}
+        records = [{"day": partition.date, "n": n, **extra} for n in range(3)]
+        if partition.date.day == 3 and not fixed[0]:
+            records[2].update(bad)
+        return records
+
+    return job
+
+
+OUTSIDE = {
+    "day_after": ({"day": dt.date(2013, 1, 4)}, "2013-01-04"),
+    "day_before_as_text": ({"day": "2012-12-31"}, "2012-12-31"),
+    "no_date": ({"day": None}, "None"),
+    "not_a_date": ({"day": "yesterday"}, "yesterday"),
+    "compact_date_text": ({"day": "20130103"}, "20130103"),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(OUTSIDE))
+def test_replace_by_a_date_column_fails_a_partition_with_a_row_outside_its_window(
+    dest: Destination, tmp_path: Path, shape: str
+) -> None:
+    """A row dated outside its partition's window (or not dated) would survive every redo
+    by that date and be written again each time: it fails its partition with the value and
+    the window named, the rest are written, reruns add nothing, and the fix completes it."""
+    bad, shown = OUTSIDE[shape]
+    sink = dest.table("t", mode="replace-partition", partition_column="day")
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    fixed = [False]
+    assert run_job(_dated_job(sink, 2, bad, fixed), ledger).exit_code == ExitCode.OK
+    for _ in range(2):
+        assert run_job(_dated_job(sink, 5, bad, fixed), ledger).exit_code == ExitCode.FAILED
+        failed = ledger.entries("dated", "fetch", status=Status.FAILED)
+        assert [e.key for e in failed] == ["2013-01-03"]
+        message = failed[0].error_message or ""
+        assert failed[0].error_category == "outside_partition", message
+        assert f"day={shown}" in message or f"day='{shown}'" in message, message
+        assert "table t" in message, message
+        if shape in ("day_after", "day_before_as_text"):
+            assert "window 2013-01-03..2013-01-03" in message, message
+        assert dest.query("SELECT count(*) FROM {t}") == [(12,)]
+        ledger.requeue("dated", ["fetch"], [Status.FAILED])
+    fixed[0] = True
+    assert run_job(_dated_job(sink, 5, bad, fixed), ledger).exit_code == ExitCode.OK
+    rows = dest.query("SELECT day, count(*) FROM {t} GROUP BY day ORDER BY day")
+    assert [(str(d)[:10], c) for d, c in rows] == [(f"2013-01-0{d}", 3) for d in range(1, 6)]
+    ledger.close()
+
+
+def test_replace_by_a_date_column_fails_a_row_of_another_dimension(
+    dest: Destination, tmp_path: Path
+) -> None:
+    """Partitions crossed with a dimension delete by it too: a row carrying another value of
+    the dimension (which the redo would not delete) fails its partition."""
+    sink = dest.table("t", mode="replace-partition", partition_column="day")
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    fixed = [False]
+    job = _dated_job(sink, 4, {"tour": "wta"}, fixed, tour=["atp"])
+    assert run_job(job, ledger).exit_code == ExitCode.FAILED
+    failed = ledger.entries("dated", "fetch", status=Status.FAILED)
+    assert [e.key for e in failed] == ["2013-01-03/tour=atp"]
+    assert failed[0].error_category == "outside_partition"
+    assert "tour='wta'" in (failed[0].error_message or "")
+    assert dest.query("SELECT count(*) FROM {t}") == [(9,)]
+    ledger.close()
+
+
+def test_outside_window_allow_writes_the_rows_and_leaves_them_to_the_user(
+    dest: Destination, tmp_path: Path
+) -> None:
+    """Declared outside_window='allow': rows outside the window are written, and a redo of
+    their partition does not replace them (as documented, they are the user's to dedupe)."""
+    sink = dest.table("t", mode="replace-partition", partition_column="day", outside_window="allow")
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    job = _dated_job(sink, 3, {"day": dt.date(2013, 2, 1)}, [False])
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    ledger.requeue("dated", ["fetch"], [Status.DONE])
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    assert dest.query("SELECT count(*) FROM {t} WHERE day < '2013-02-01'") == [(8,)]
+    assert dest.query("SELECT count(*) FROM {t} WHERE day >= '2013-02-01'") == [(2,)]
+    ledger.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_nan_is_stored_as_null_and_infinities_as_themselves(dest: Destination, mode: str) -> None:
+    """A float NaN is stored as NULL on both databases (SQLite keeps no NaN), and ±inf as
+    ±inf; in every mode."""
+    key = None if mode == "append" else ["k"]
+    sink = dest.table("t", key=key, mode=mode)
+    nan, inf = float("nan"), float("inf")
+    _write(sink, [{"k": 1, "f": 1.5}, {"k": 2, "f": nan}, {"k": 3, "f": inf}, {"k": 4, "f": -inf}])
+    assert dest.query("SELECT k, f FROM {t} ORDER BY k") == [
+        (1, 1.5),
+        (2, None),
+        (3, inf),
+        (4, -inf),
+    ]
