@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from backfill import Context, Job, Partition, Status, daily
 from backfill.ledger.sqlite import SQLiteLedger
@@ -1264,3 +1266,63 @@ def test_nan_is_stored_as_null_and_infinities_as_themselves(dest: Destination, m
         (3, inf),
         (4, -inf),
     ]
+
+
+_ANY_CHAR = st.characters(codec=None, exclude_categories=())
+_NAMES = st.one_of(
+    st.sampled_from(["day", "n", "v", "Day", "_partition", "_PAGE", "", "é" * 40]),
+    st.text(_ANY_CHAR, max_size=8),
+    st.integers(-3, 3),
+)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(_ANY_CHAR, max_size=12),
+    st.binary(max_size=6),
+    st.dates(),
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_NAMES, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    batch=st.lists(
+        st.lists(st.dictionaries(_NAMES, _VALUES, min_size=1, max_size=5), max_size=4),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_whatever_records_a_source_sends_a_write_succeeds_or_fails_on_data(
+    dest: Destination, mode: str, batch: list[list[dict[Any, Any]]]
+) -> None:
+    """Arbitrary records (any field names, huge integers, NaN, surrogates, bytes, nested
+    values) either write or raise PermanentError with the table named: never another
+    exception, which would stop the run; a failed batch leaves nothing behind."""
+    from backfill.errors import PermanentError
+
+    name = f"h{uuid.uuid4().hex[:8]}"
+    key = ["k"] if mode != "append" else None
+    days = [[{"k": f"{d}-{i}", **r} for i, r in enumerate(rows)] for d, rows in enumerate(batch)]
+    sink = dest.table(name, key=key, mode=mode)
+    refused: str | None = None
+    try:
+        _write(sink, *days)
+    except PermanentError as exc:
+        refused = exc.message
+    if refused is not None:
+        assert f"table {name}" in refused and "\n" not in refused, refused
+        assert _columns(dest, name) == []
+    else:
+        written = dest.query(f"SELECT count(*) FROM {{{name}}}") if _columns(dest, name) else [(0,)]
+        assert written == [(sum(map(len, days)),)]
