@@ -566,7 +566,7 @@ def _shown(value: object) -> str:
     if isinstance(value, dt.date):
         return value.isoformat()
     text = repr(value)
-    return text if len(text) <= 60 else text[:59] + "\u2026"
+    return text if len(text) <= 100 else text[:99] + "\u2026"
 
 
 def _carrier(batch: Sequence[Rows], names: Sequence[object]) -> str:
