@@ -1326,3 +1326,25 @@ def test_whatever_records_a_source_sends_a_write_succeeds_or_fails_on_data(
     else:
         written = dest.query(f"SELECT count(*) FROM {{{name}}}") if _columns(dest, name) else [(0,)]
         assert written == [(sum(map(len, days)),)]
+
+
+def test_a_sqlite_value_longer_than_the_file_takes_fails_naming_its_field(tmp_path: Path) -> None:
+    """Text or bytes over SQLite's length limit (lowered here to 1,000 bytes) fail their
+    partition with the field and both sizes named, not the run."""
+    from backfill.errors import PermanentError
+
+    sink = table(f"sqlite:///{tmp_path / 'out.db'}", "t", key=["k"])
+    day = daily("2013-01-01", "2013-01-01").get("2013-01-01")
+    assert day is not None
+    for value in ("é" * 600, b"x" * 1_001):
+        conn = sink.connect()
+        conn.raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1_000)
+        conn.begin()
+        with pytest.raises(
+            PermanentError,
+            match=r"field 'big' of table t holds a value of 1,\d+ bytes, more than the 1,000",
+        ) as info:
+            sink.write(conn, [Rows(day, [{"k": 1, "big": value}])])
+        conn.rollback()
+        conn.close()
+        assert info.value.category == "bad_value"

@@ -117,12 +117,13 @@ class OutsideWindow(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What one database's tables can hold, for the checks a batch passes before it is
-    written (``name_bytes`` None: no limit on a column name's length)."""
+    written, and for naming the value a failed write could not store (None: no limit)."""
 
     database: str
     columns: int
     name_bytes: int | None = None
     nul_in_text: bool = True
+    value_bytes: int | None = None
 
 
 # Portable column types; adapters map them onto their own SQL types.
@@ -623,10 +624,23 @@ def _value_problem(value: object, limits: Limits) -> str | None:
         )
     if isinstance(value, str):
         problem = _text_problem(value, limits)
-        return None if problem is None else f"text with {problem}"
+        if problem is not None:
+            return f"text with {problem}"
+        return _size_problem(len(value.encode()), limits)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _size_problem(len(value), limits)
     if isinstance(value, Mapping | list | tuple):
         return _json_problem(value, limits)
     return None
+
+
+def _size_problem(size: int, limits: Limits) -> str | None:
+    if limits.value_bytes is None or size <= limits.value_bytes:
+        return None
+    return (
+        f"a value of {size:,} bytes, more than the {limits.value_bytes:,} {limits.database} "
+        "stores in one value; the stage should split or drop it"
+    )
 
 
 def _json_problem(value: object, limits: Limits) -> str | None:

@@ -245,17 +245,18 @@ class SQLiteTable:
             if "locked" in text or "busy" in text:
                 raise TransientError(f"{self.description}: {text}", category="sink_busy") from exc
             raise SinkError(f"cannot write {self.description}: {text}") from exc
-        except sqlite3.Error as exc:
-            raise SinkError(f"cannot write {self.description}: {exc}") from exc
-        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        except (ValueError, TypeError, OverflowError, RecursionError, sqlite3.DataError) as exc:
             # Binding or encoding a value failed (an integer beyond 64 bits, a lone
-            # surrogate, JSON that cannot be written): name the value, fail its partition.
+            # surrogate, JSON that cannot be written, text too long): name the value, fail
+            # its partition.
             found = self.spec.unstorable(batch, _limits(raw))
             if found is not None:
                 raise PermanentError(found, category="bad_value") from exc
             raise PermanentError(
                 f"table {self.spec.name}: a value cannot be stored ({exc})", category="type_clash"
             ) from exc
+        except sqlite3.Error as exc:
+            raise SinkError(f"cannot write {self.description}: {exc}") from exc
 
     def _data_error(self, exc: sqlite3.IntegrityError) -> PermanentError:
         text = str(exc)
@@ -394,7 +395,11 @@ class SQLiteTable:
 
 
 def _limits(raw: sqlite3.Connection) -> Limits:
-    return Limits("SQLite", columns=raw.getlimit(sqlite3.SQLITE_LIMIT_COLUMN))
+    return Limits(
+        "SQLite",
+        columns=raw.getlimit(sqlite3.SQLITE_LIMIT_COLUMN),
+        value_bytes=raw.getlimit(sqlite3.SQLITE_LIMIT_LENGTH),
+    )
 
 
 def _needs_conversion(row: list[Any], convert: Container[int]) -> bool:
