@@ -1348,3 +1348,13 @@ def test_a_sqlite_value_longer_than_the_file_takes_fails_naming_its_field(tmp_pa
         conn.rollback()
         conn.close()
         assert info.value.category == "bad_value"
+
+
+def test_a_key_repeated_in_a_batch_keeps_its_last_record_with_nan_among_them(
+    dest: Destination,
+) -> None:
+    """NaN stored as NULL does not change which of a repeated key's records wins: the last."""
+    sink = dest.table("t", key=["k"])
+    nan = float("nan")
+    _write(sink, [{"k": 1, "f": nan}, {"k": 2, "f": 2.5}], [{"k": 1, "f": 1.5}, {"k": 2, "f": nan}])
+    assert dest.query("SELECT k, f FROM {t} ORDER BY k") == [(1, 1.5), (2, None)]
