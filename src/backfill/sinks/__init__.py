@@ -87,7 +87,7 @@ _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _INT64 = (-(2**63), 2**63 - 1)
 
 
-def fold(name: str) -> str:
+def _fold(name: str) -> str:
     """A column name as SQLite compares them: ASCII letters case-folded."""
     return name.translate(_ASCII_LOWER)
 
@@ -238,21 +238,22 @@ class TableSpec:
                 raise ConfigError(
                     f"table {name}: column name {column!r} must be letters, digits and underscores"
                 )
-            if fold(column) in _RESERVED:
+            if _fold(column) in _RESERVED:
                 raise ConfigError(
                     f"table {name}: column {column!r} is reserved for "
-                    f"{_RESERVED[fold(column)]}; choose another name"
+                    f"{_RESERVED[_fold(column)]}; choose another name"
                 )
-            other = spelled.setdefault(fold(column), column)
+            other = spelled.setdefault(_fold(column), column)
             if other != column:
                 raise ConfigError(
                     f"table {name}: columns {other!r} and {column!r} differ only by case; "
                     "keep one spelling"
                 )
-        if partition_column not in (None, PARTITION_COLUMN) and fold(partition_column) in _RESERVED:
+        folded = _fold(partition_column or PARTITION_COLUMN)
+        if partition_column not in (None, PARTITION_COLUMN) and folded in _RESERVED:
             raise ConfigError(
                 f"table {name}: partition_column {partition_column!r} is reserved for "
-                f"{_RESERVED[fold(partition_column)]}; name a date column of the records"
+                f"{_RESERVED[folded]}; name a date column of the records"
             )
         try:
             outside = OutsideWindow(outside_window or OutsideWindow.FAIL)
@@ -390,22 +391,22 @@ class TableSpec:
         too); by default those of ``existing``.
         """
         for name in fields:
-            if isinstance(name, str) and fold(name) in _RESERVED:
+            if isinstance(name, str) and _fold(name) in _RESERVED:
                 raise self._field_error(
                     batch,
                     name,
-                    f"is reserved for {_RESERVED[fold(name)]}; rename it in the stage",
+                    f"is reserved for {_RESERVED[_fold(name)]}; rename it in the stage",
                     "reserved_field",
                 )
         new = [f for f in fields if f not in existing]
         if not new:
             return
-        spelled = {fold(column): column for column in reversed(list(existing))}
+        spelled = {_fold(column): column for column in reversed(list(existing))}
         for name in new:
             problem = _name_problem(name, limits)
             if problem is not None:
                 raise self._field_error(batch, name, problem, "bad_field")
-            other = spelled.setdefault(fold(name), name)
+            other = spelled.setdefault(_fold(name), name)
             if other != name:
                 what = "column" if other in existing else "field"
                 raise self._field_error(
