@@ -729,7 +729,8 @@ class Sink(Protocol):
         """Write these partitions' rows inside ``conn``'s open transaction.
 
         Raise :class:`~backfill.errors.PermanentError` for bad records (missing key, type
-        clash, a new field under ``on_new_field="fail"``), TransientError for a busy or
+        clash, a new field under ``on_new_field="fail"``, a field name or value no column
+        can hold, a row outside its partition's window), TransientError for a busy or
         dropped database, and SinkError when the destination cannot be used at all.
         """
 
@@ -746,6 +747,10 @@ def table(
     outside_window: str | OutsideWindow | None = None,
 ) -> Sink:
     """A table sink for a destination URL: ``sqlite:///PATH``, a file path, or ``postgresql://``.
+
+    ``outside_window="allow"`` (replace-partition by a ``partition_column`` of the records
+    only) writes rows dated outside their partition's window instead of failing it; a redo
+    of the partition does not replace them.
 
     Example::
 
