@@ -148,6 +148,7 @@ def test_hostile_records_fail_only_their_partitions_and_retry_completes_them(
     status = run_cli("status", "job.py", cwd=tmp_path, env=env)
     assert status.returncode == 0, status.stdout + status.stderr
     assert all(key in status.stdout for key in BAD), status.stdout
+    assert all(category in status.stdout for _, category, _ in kinds), status.stdout
 
     # The source is not fixed yet: a retry runs the five again, and only them.
     again = run_cli("retry", "job.py", "--failed", "--progress", "none", cwd=tmp_path, env=env)
