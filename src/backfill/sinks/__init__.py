@@ -463,14 +463,14 @@ class TableSpec:
                 if day is None:
                     raise PermanentError(
                         f"partition {part.key}: a record of table {self.name} has "
-                        f"{column}={_shown(value)}, not a date (YYYY-MM-DD...); replace-partition "
-                        f"by {column!r} finds a partition's rows by that date",
+                        f"{column}={_shown(value, 40)}, not a date (YYYY-MM-DD...); "
+                        f"replace-partition by {column!r} finds a partition's rows by that date",
                         category="outside_partition",
                     )
                 if not part.start <= day <= part.end:
                     raise PermanentError(
                         f"partition {part.key}: a record of table {self.name} has "
-                        f"{column}={_shown(value)}, outside the partition's window "
+                        f"{column}={_shown(value, 40)}, outside the partition's window "
                         f"{part.start}..{part.end}; {hint}",
                         category="outside_partition",
                     )
@@ -479,7 +479,7 @@ class TableSpec:
                     if got is None or (got != want and str(got) != want):
                         raise PermanentError(
                             f"partition {part.key}: a record of table {self.name} has "
-                            f"{dim}={_shown(got)}, not the partition's {want!r}; {hint}",
+                            f"{dim}={_shown(got, 40)}, not the partition's {want!r}; {hint}",
                             category="outside_partition",
                         )
 
@@ -556,19 +556,20 @@ class TableSpec:
                     continue
                 return (
                     f"partition {rows.partition.key}: field {name!r} of table {self.name} "
-                    f"holds a {have} value ({_shown(value)}) where the column is {want}"
+                    f"holds a {have} value ({_shown(value, 40)}) where the column is {want}"
                 )
         return None
 
 
-def _shown(value: object) -> str:
-    """A value or field name for a message: short, and never too long to print."""
+def _shown(value: object, width: int = 100) -> str:
+    """A field name (or, ``width`` 40, a value) for a message: never too long to print,
+    and a value no longer than a glance needs."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return f"<an integer of {value.bit_length()} bits>"
     if isinstance(value, dt.date):
         return value.isoformat()
     text = repr(value)
-    return text if len(text) <= 100 else text[:99] + "\u2026"
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
 def _carrier(batch: Sequence[Rows], names: Sequence[object]) -> str:
