@@ -133,3 +133,20 @@ def test_a_window_check_shows_a_huge_value_briefly() -> None:
     spec = declare(mode="replace-partition", partition_column="day")
     with pytest.raises(PermanentError, match=r"day=<an integer of \d+ bits>, not a date"):
         spec.check_window([rows(1, {"day": 10**5000})], {"day"})
+
+
+def test_a_postgres_table_refuses_declared_names_it_would_cut_short() -> None:
+    """A key, column or partition_column over PostgreSQL's 63 bytes is a configuration
+    error at declaration (PostgreSQL would silently shorten it), not a failure mid-run."""
+    from backfill.sinks import table
+
+    long = "k" * 64
+    url = "postgresql://nobody@127.0.0.1:9/none"
+    for options in (
+        {"key": [long]},
+        {"key": ["k"], "columns": {long: "text"}},
+        {"mode": "replace-partition", "partition_column": long},
+    ):
+        with pytest.raises(ConfigError, match=f"'{long}' is 64 bytes long; PostgreSQL keeps 63"):
+            table(url, "t", **options)
+    table(url, "t", key=["k" * 63])

@@ -14,7 +14,7 @@ import psycopg
 import psycopg.errors
 
 from backfill._postgres import safe_url
-from backfill.errors import PermanentError, SinkError, TransientError
+from backfill.errors import ConfigError, PermanentError, SinkError, TransientError
 from backfill.sinks import (
     PAGE_COLUMN,
     PARTITION_COLUMN,
@@ -155,6 +155,13 @@ class PostgresTable:
         self.limits = Limits(
             "PostgreSQL", columns=_MAX_COLUMNS, name_bytes=_NAME_BYTES, nul_in_text=False
         )
+        spec = self.spec
+        for column in (*spec.key, *spec.columns, spec.partition_column):
+            if len(column.encode()) > _NAME_BYTES:
+                raise ConfigError(
+                    f"table {name}: {column!r} is {len(column.encode())} bytes long; "
+                    f"PostgreSQL keeps {_NAME_BYTES}, so name a shorter column"
+                )
         self.schema = schema or None
         self.url = url
         self._safe = safe_url(url)
