@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import logging
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -32,10 +33,13 @@ from typing import Any, Protocol
 from backfill.clock import Clock, SystemClock, current_deadline, format_duration, format_wall
 from backfill.errors import ConfigError
 
+log = logging.getLogger("backfill.ratelimit")
+
 __all__ = [
     "DEFAULT_MAX_WAIT",
     "AdaptiveRate",
     "CircuitBreaker",
+    "Grant",
     "LateStart",
     "Limit",
     "Outcome",
@@ -44,7 +48,7 @@ __all__ = [
     "book_block",
     "describe_seconds",
     "parse_limit",
-    "take_start_deadline",
+    "take_grant",
 ]
 
 _UNITS = {
@@ -124,22 +128,53 @@ class LateStart(Exception):
     request was not sent, and takes a new start."""
 
 
-# Until when (on which clock) the start the current task was granted from a fleet's
-# schedule may still be used; checked, and consumed, where the request is written.
-_start_deadline: contextvars.ContextVar[tuple[Clock, float] | None] = contextvars.ContextVar(
-    "backfill_start_deadline", default=None
+class Grant:
+    """A start from a fleet's schedule, on its way to the wire with its request.
+
+    The resource hands it over ahead of its instant by the time requests usually take to
+    reach the wire (measured), and the request waits there until the instant: on time
+    however slow the way is. A grant found past its deadline there is not used
+    (:class:`LateStart`), unless its request has already missed ``_MAX_WIRE_MISSES``
+    in a row: a process too busy ever to be on time still makes progress.
+    """
+
+    __slots__ = ("deadline", "granted", "resource", "start")
+
+    def __init__(self, resource: Resource, start: float, deadline: float) -> None:
+        self.resource = resource
+        self.start = start
+        self.deadline = deadline
+        self.granted = resource.clock.monotonic()
+
+    def at_wire(self) -> float:
+        """Seconds the request must still wait before it goes (0: now); raises
+        :class:`LateStart` when it is too late to go at all."""
+        resource = self.resource
+        now = resource.clock.monotonic()
+        resource.measure_way(now - self.granted)
+        if now > self.deadline:
+            if resource.wire_misses < _MAX_WIRE_MISSES:
+                resource.wire_misses += 1
+                raise LateStart
+            resource.went_late()
+            return 0.0
+        resource.wire_misses = 0
+        return max(0.0, self.start - now)
+
+
+# The fleet start the current task's request was granted; taken where it is written.
+_grant: contextvars.ContextVar[Grant | None] = contextvars.ContextVar(
+    "backfill_grant", default=None
 )
 
 
-def take_start_deadline() -> bool:
-    """Whether the start this task was granted has passed its deadline (then the request
-    must not be sent). Consumed: a request's later writes are not checked again."""
-    held = _start_deadline.get()
-    if held is None:
-        return False
-    _start_deadline.set(None)
-    clock, deadline = held
-    return clock.monotonic() > deadline
+def take_grant() -> Grant | None:
+    """The fleet start granted to this task's request, if any; taken once (a request's
+    later writes are not checked again)."""
+    held = _grant.get()
+    if held is not None:
+        _grant.set(None)
+    return held
 
 
 class Outcome(StrEnum):
@@ -235,6 +270,12 @@ def book_block(
         due += interval
     return due, starts
 
+
+# A request that found its fleet start stale on the way to the wire this many times in a
+# row goes with the next one anyway.
+_MAX_WIRE_MISSES = 5
+# The head start a fleet start is handed over with, at most (see Grant).
+_MAX_LEAD = 0.25
 
 # Limits over longer periods than this are quotas, counted exactly over a sliding window;
 # shorter ones are rates, smoothed by virtual scheduling with the resource's burst.
@@ -628,6 +669,9 @@ class Resource:
         self.rate_limited = 0
         self.pauses = 0
         self.late_starts = 0  # fleet starts found stale and dropped, taken again
+        self.sent_late = 0  # requests sent past their fleet start, after too many misses
+        self.wire_misses = 0  # fleet starts missed at the wire in a row
+        self._way = 0.0  # how long a granted request takes to reach the wire (EWMA)
         self.pause_reason: str | None = None
         self.circuit_since: float | None = None  # wall clock
 
@@ -754,20 +798,22 @@ class Resource:
             # The next request builds a resizable pool of the new size.
             self._semaphore = None
 
-    async def _shared_start(self) -> float:
-        """Wait for a start instant from the fleet's schedule.
+    async def _shared_start(self) -> tuple[float, float]:
+        """Wait for a start instant from the fleet's schedule; return it and the latest
+        instant at which the request may still go out.
 
         Instants are used only on time: one found more than half an interval late (its
         holder was busy) is dropped, never spent later, where it would bunch up with the
-        starts other workers were given after it. Returns the latest instant at which the
-        request may still go out, checked again where it is written (see
-        :mod:`backfill.sources.wire`): the way there can be as slow as the wait.
+        starts other workers were given after it. A start is handed over ahead of its
+        instant by the time requests take to reach the wire, and checked again there
+        (see :class:`Grant` and :mod:`backfill.sources.wire`).
         """
         assert self._shared is not None
         interval = self.rate_interval if self._shares_rate else 0.0
         # With a rate, a start more than half an interval late would bunch up with later
         # ones; with quotas only (no spacing), lateness costs nothing worth a start.
         late = interval / 2 if interval else math.inf
+        lead = min(1.5 * self._way, _MAX_LEAD) if interval else 0.0
         if self._taking is None:
             self._taking = asyncio.Lock()
         self._waiting += 1
@@ -778,15 +824,15 @@ class Resource:
                     self._slots.popleft()
                 if self._slots:
                     start = self._slots.popleft()
-                    if start <= now:
-                        return start + late
+                    if start - lead <= now:
+                        return start, start + late
                     if start - now > max(5.0, 2 * interval) and start > self.paused_until:
                         self._say_quota_wait(start)
-                    await self.clock.sleep(start - now)
+                    await self.clock.sleep(start - lead - now)
                     # Woken late (the loop or the CPU was busy): the start is as stale
                     # as one found late, and is dropped the same way.
                     if self.clock.monotonic() <= start + late:
-                        return start + late
+                        return start, start + late
                     continue
                 async with self._taking:
                     if self._slots:
@@ -846,7 +892,6 @@ class Resource:
             # A job module (and its resources) may outlive one event loop, e.g. in tests.
             self._pacing = asyncio.Lock()
             self._pacing_loop = loop
-        deadline = math.inf
         if self._shared is not None and not self._shares_rate:
             # Quotas first: a request that waits hours for its day's quota takes its turn
             # at the rate after that, not before.
@@ -872,11 +917,29 @@ class Resource:
                 for scheduler in self._schedulers if self._shared is None else self._local:
                     scheduler.book(now)
                 break
+        grant = None
         if self._shared is not None and self._shares_rate:
             # Last: a start granted by the fleet must go out on its instant.
-            deadline = await self._shared_start()
+            start, deadline = await self._shared_start()
+            grant = Grant(self, start, deadline)
         self.requests += 1
-        _start_deadline.set((self.clock, deadline) if deadline < math.inf else None)
+        _grant.set(grant)
+
+    def measure_way(self, seconds: float) -> None:
+        """How long a granted request took to reach the wire (see Grant)."""
+        self._way += 0.1 * (min(seconds, _MAX_LEAD) - self._way)
+
+    def went_late(self) -> None:
+        """A request went out past its fleet start, after missing it too often; say so
+        once a run."""
+        self.wire_misses = 0
+        self.sent_late += 1
+        if self.sent_late == 1:
+            log.warning(
+                "resource %s: requests reach the wire later than the fleet's schedule "
+                "allows (this process is too busy); some are sent late",
+                self.name,
+            )
 
     def state(self) -> dict[str, Any]:
         """What the resource is doing now, for status and the dashboard (instants on the
