@@ -43,7 +43,8 @@ from backfill.ledger import (
 from backfill.logs import EventLog, LogFormat, configure_logging, log_file_handler
 from backfill.partitions import Selection, parse_order
 from backfill.progress import LiveProgress, PlainProgress, format_duration
-from backfill.runner import ExitCode, Runner, RunOptions, RunResult, worker_is_dead
+from backfill.report import RunReport, build_report, run_reports
+from backfill.runner import ExitCode, Runner, RunOptions, RunResult
 from backfill.runstats import stage_stats
 from backfill.secrets import Masker, url_secrets
 from backfill.textsafe import visible
@@ -635,11 +636,8 @@ def status(
     masker = job.masker(state)
     ledger = _open_to_read(state)
     try:
-        rows = _counts(ledger, job, stages, selection)
-        groups = [
-            _masked_group(g, masker)
-            for g in ledger.failure_groups(job.name, [s.name for s in stages], selection)
-        ]
+        report = build_report(job, ledger, stages, selection, runs=1)
+        groups = [_masked_group(g, masker) for g in report.failures]
         failed_entries = {
             s.name: [
                 _masked_entry(e, masker)
@@ -649,8 +647,6 @@ def status(
             ]
             for s in stages
         }
-        runs = ledger.runs(job.name, limit=1)
-        workers = ledger.workers(job.name)
     finally:
         ledger.close()
 
@@ -662,7 +658,8 @@ def status(
         "empty",
         "failed",
         "pending",
-        "running",
+        "leased",
+        "blocked",
         "missing",
         "records",
         "rate",
@@ -670,42 +667,63 @@ def status(
     )
     for col in cols:
         table.add_column(col, justify="left" if col == "stage" else "right")
-    for s in stages:
-        c, unplanned = rows[s.name]
-        rate = c.rate
-        left = c.pending + c.running + unplanned
-        eta = left / rate if rate and left else (0.0 if not left else None)
+    for r in report.stages:
         table.add_row(
-            shown(s.name),
-            f"{c.total + unplanned:,}",
-            Text(f"{c.done:,}", style="green"),
-            f"{c.empty:,}",
-            Text(f"{c.failed:,}", style="red") if c.failed else "0",
-            f"{c.pending:,}",
-            f"{c.running:,}",
-            f"{unplanned:,}",
-            f"{c.records:,}",
-            f"{rate:,.1f}/s" if rate else "-",
-            format_duration(eta),
+            shown(r.name),
+            f"{r.total:,}",
+            Text(f"{r.done:,}", style="green"),
+            f"{r.empty:,}",
+            Text(f"{r.failed:,}", style="red") if r.failed else "0",
+            f"{r.pending:,}",
+            f"{r.leased:,}",
+            Text(f"{r.blocked:,}", style="red") if r.blocked else "0",
+            f"{r.missing:,}",
+            f"{r.records:,}",
+            f"{r.rate:,.1f}/s" if r.rate else "-",
+            format_duration(r.eta),
         )
     out.print(table)
-    if runs:
-        last = runs[0]
-        when = datetime.fromtimestamp(last.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    for r in report.stages:
+        if r.stalled:
+            out.print(shown(f"{r.name}: {r.stalled}"), style="bold yellow")
+        if r.blocked:
+            out.print(
+                shown(
+                    f"{r.name}: {r.blocked:,} partition(s) wait for failed inputs (e.g. "
+                    f"{r.example_blocked}); `backfill retry --failed` runs them again"
+                )
+            )
+    if report.resources:
+        rtable = Table(title="resources", title_justify="left")
+        for col in ("resource", "declared", "running at", "circuit", "now", "requests", "429s"):
+            rtable.add_column(col, justify="right" if col in ("requests", "429s") else "left")
+        for res in report.resources:
+            holding = res.holding(report.at)
+            rtable.add_row(
+                shown(res.name),
+                shown(res.declared or "-"),
+                f"{res.rate:.3g}/s" if res.rate else "-",
+                Text(res.circuit, style="bold red" if res.circuit != "closed" else "green"),
+                shown(holding.removeprefix(f"{res.name} ") if holding else "sending"),
+                f"{res.requests:,}",
+                f"{res.rate_limited:,}",
+            )
+        out.print(rtable)
+    if report.runs:
+        last = report.runs[0]
+        when = datetime.fromtimestamp(last.record.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         out.print(
             shown(
-                f"last run {last.id} ({last.command}) started {when} on {last.host}: {last.status}"
+                f"last run {last.record.id} ({last.record.command}) started {when} on "
+                f"{last.record.host}: {last.status}"
             )
         )
-    if workers:
-        now = datetime.now(UTC).timestamp()
+    if report.workers:
+        now = report.at
         wtable = Table(title="workers", title_justify="left")
         for col in ("host", "pid", "started", "finished", "last heartbeat", "state"):
             wtable.add_column(col, justify="right" if col in ("pid", "finished") else "left")
-        dead = 0
-        for w in workers:
-            is_dead = worker_is_dead(w, now=now, lease_seconds=job.lease_seconds)
-            dead += is_dead
+        for w in report.workers:
             started_at = datetime.fromtimestamp(w.started_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
             wtable.add_row(
                 shown(w.host),
@@ -713,13 +731,13 @@ def status(
                 started_at,
                 f"{w.finished:,}",
                 f"{format_duration(max(0.0, now - w.heartbeat_at))} ago",
-                Text("dead", style="bold red") if is_dead else Text("alive", style="green"),
+                Text("dead", style="bold red") if w.dead else Text("alive", style="green"),
             )
         out.print(wtable)
-        if dead:
+        if report.dead_workers:
             out.print(
-                f"{dead} dead worker(s): their partitions return to the pool when their "
-                f"leases expire ({job.lease_seconds:g} s after the last heartbeat)",
+                f"{report.dead_workers} dead worker(s): their partitions return to the pool "
+                f"when their leases expire ({job.lease_seconds:g} s after the last heartbeat)",
                 highlight=False,
             )
     if groups:
@@ -748,6 +766,15 @@ def status(
                 )
         out.print(ftable)
         out.print("re-run them with `backfill retry JOB --failed`", highlight=False)
+
+
+def _run_status(run: RunReport) -> Text:
+    """A run's status; a lost one says when its worker last showed a sign of life."""
+    if run.status != "lost":
+        return shown(run.status)
+    beat = run.heartbeat_at
+    ago = f", last heartbeat {_when(beat)}" if beat is not None else ""
+    return Text(f"lost (its worker died{ago})", style="bold red")
 
 
 def _masked_group(group: FailureGroup, masker: Masker) -> FailureGroup:
@@ -1133,9 +1160,11 @@ def runs(
     job = load_job(job_path)
     ledger = _open_to_read(state)
     try:
-        records = ledger.runs(job.name, limit=limit)
+        reports = run_reports(job, ledger, limit=limit)
     finally:
         ledger.close()
+    records = [r.record for r in reports]
+    status_of = {r.record.id: r for r in reports}
     if not records:
         where = job.masker(state).mask(state)
         out.print(shown(f"no runs of job {job.name} recorded in {where}"))
@@ -1153,7 +1182,7 @@ def runs(
             _when(r.started_at),
             shown(r.command),
             shown(r.host),
-            shown(r.status),
+            _run_status(status_of[r.id]),
             format_duration(elapsed) if isinstance(elapsed, int | float) else "-",
             _number(figures.get("partitions")),
             _number(figures.get("records")),

@@ -154,9 +154,11 @@ class StageCounts:
     empty: int = 0
     failed: int = 0
     records: int = 0
-    # Finished partitions of the most recent run and the span they took, for a rate.
+    # Finished partitions of the most recent run and the span they took, for a rate,
+    # and when the last of them finished (epoch seconds): whether it still moves.
     recent_finished: int = 0
     recent_span: float = 0.0
+    last_finished_at: float | None = None
 
     @property
     def total(self) -> int:

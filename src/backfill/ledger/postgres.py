@@ -656,7 +656,7 @@ class PostgresLedger:
                 for status, n, recs in conn.execute(_Q["counts"].format(where=where), q):
                     by_status[status] = n
                     records += int(recs)
-                recent_n, span = 0, 0.0
+                recent_n, span, latest = 0, 0.0, None
                 last = conn.execute(_Q["last_run_of_stage"], q).fetchone() if recent else None
                 if last is not None and last[0] is not None:
                     q["run_id"] = last[0]
@@ -665,6 +665,7 @@ class PostgresLedger:
                     n, first, final = row
                     if n and first is not None and final is not None:
                         recent_n, span = int(n), float(final) - float(first)
+                        latest = float(final)
                 result[stage] = StageCounts(
                     stage,
                     pending=by_status.get("pending", 0),
@@ -675,6 +676,7 @@ class PostgresLedger:
                     records=records,
                     recent_finished=recent_n,
                     recent_span=span,
+                    last_finished_at=latest,
                 )
             return result
 

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from backfill.job import Job
 from backfill.ledger import Ledger
+from backfill.report import Report, build_report
 from backfill.runstats import DURATION_BUCKETS, stage_stats
 
 __all__ = ["LedgerCollector", "render_metrics"]
@@ -39,10 +40,12 @@ class LedgerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         job = self.job.name
         names = list(self.job.stages)
-        counts = self.ledger.counts(job, names)
+        # The same report status and the dashboard render (see backfill.report).
+        report = build_report(self.job, self.ledger, failures=False)
         partitions = GaugeMetricFamily(
             "backfill_partitions",
-            "Partitions in the ledger by status (missing: not planned yet).",
+            "Partitions by status (leased: held by a worker; blocked: waiting for a failed "
+            "input; missing: not planned yet).",
             labels=["job", "stage", "status"],
         )
         finished = CounterMetricFamily(
@@ -55,30 +58,63 @@ class LedgerCollector(Collector):
             "Records written, as the ledger records them.",
             labels=["job", "stage"],
         )
-        for name in names:
-            c = counts[name]
-            missing = max(0, len(self.job.stages[name].partitions) - c.total)
+        stalled = GaugeMetricFamily(
+            "backfill_stalled",
+            "1 when nothing of the stage has finished for long while work is left.",
+            labels=["job", "stage"],
+        )
+        for r in report.stages:
             for status, value in (
-                ("pending", c.pending),
-                ("running", c.running),
-                ("done", c.done),
-                ("empty", c.empty),
-                ("failed", c.failed),
-                ("missing", missing),
+                ("pending", r.pending),
+                ("leased", r.leased),
+                ("blocked", r.blocked),
+                ("done", r.done),
+                ("empty", r.empty),
+                ("failed", r.failed),
+                ("missing", r.missing),
             ):
-                partitions.add_metric([job, name, status], value)
-            for outcome, value in (("done", c.done), ("empty", c.empty), ("failed", c.failed)):
-                finished.add_metric([job, name, outcome], value)
-            records.add_metric([job, name], c.records)
+                partitions.add_metric([job, r.name, status], value)
+            for outcome, value in (("done", r.done), ("empty", r.empty), ("failed", r.failed)):
+                finished.add_metric([job, r.name, outcome], value)
+            records.add_metric([job, r.name], r.records)
+            stalled.add_metric([job, r.name], 1.0 if r.stalled else 0.0)
         yield partitions
         yield finished
         yield records
+        yield stalled
+        yield from self._resources(report)
         yield from self._from_runs(names)
         workers = GaugeMetricFamily(
             "backfill_workers", "Workers alive (heartbeating) on the job.", labels=["job"]
         )
-        workers.add_metric([job], len(self.ledger.workers(job)))
+        workers.add_metric([job], sum(1 for w in report.workers if not w.dead))
         yield workers
+
+    def _resources(self, report: Report) -> Iterator[Metric]:
+        """What the live workers say their resources are doing."""
+        job = self.job.name
+        labels = ["job", "resource"]
+        rate = GaugeMetricFamily(
+            "backfill_resource_rate", "Requests/s the resource runs at now.", labels=labels
+        )
+        circuit = GaugeMetricFamily(
+            "backfill_resource_circuit_open",
+            "1 while the resource's circuit is open.",
+            labels=labels,
+        )
+        holding = GaugeMetricFamily(
+            "backfill_resource_holding",
+            "1 while the resource holds requests back (circuit, pause, used-up quota).",
+            labels=labels,
+        )
+        for r in report.resources:
+            if r.rate is not None:
+                rate.add_metric([job, r.name], r.rate)
+            circuit.add_metric([job, r.name], 0.0 if r.circuit == "closed" else 1.0)
+            holding.add_metric([job, r.name], 1.0 if r.holding(report.at) else 0.0)
+        yield rate
+        yield circuit
+        yield holding
 
     def _from_runs(self, names: list[str]) -> Iterator[Metric]:
         job = self.job.name

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, timedelta
 from typing import Any
 
 from backfill.job import Job
 from backfill.ledger import Ledger, Status
+from backfill.report import RunReport, build_report
 
 __all__ = ["CALENDAR_LIMIT", "Dashboard"]
 
@@ -56,33 +57,38 @@ class Dashboard:
 
     def snapshot(self) -> dict[str, Any]:
         now = self.clock()
-        counts = self.ledger.counts(self.job.name, self.stage_names)
+        counts = self.ledger.counts(self.job.name, self.stage_names, recent=False)
         finished = {name: c.finished for name, c in counts.items()}
         self.samples.append((now, finished))
-        stages = []
-        for name, stage in self.job.stages.items():
-            c = counts[name]
-            expected = max(len(stage.partitions), c.total)
-            left = expected - c.finished
-            rate = self._rate(name, now)
-            if rate is None and left:
-                rate = c.rate
-            stages.append(
-                {
-                    "name": name,
-                    "total": expected,
-                    "finished": c.finished,
-                    "done": c.done,
-                    "empty": c.empty,
-                    "failed": c.failed,
-                    "pending": c.pending,
-                    "running": c.running,
-                    "missing": expected - c.total,
-                    "records": c.records,
-                    "rate": rate,
-                    "eta": (left / rate if rate else None) if left else 0.0,
-                }
-            )
+        # One report for every interface (see backfill.report), with the rates this
+        # dashboard measures from its own samples.
+        report = build_report(
+            self.job,
+            self.ledger,
+            now=now,
+            rates={name: self._rate(name, now) for name in self.stage_names},
+            failures=False,
+            runs=_RUNS_SHOWN,
+        )
+        stages = [
+            {
+                "name": r.name,
+                "total": r.total,
+                "finished": r.finished,
+                "done": r.done,
+                "empty": r.empty,
+                "failed": r.failed,
+                "pending": r.pending,
+                "leased": r.leased,
+                "blocked": r.blocked,
+                "missing": r.missing,
+                "records": r.records,
+                "rate": r.rate,
+                "eta": r.eta,
+                "stalled": r.stalled,
+            }
+            for r in report.stages
+        ]
         failures = []
         for name in self.stage_names:
             for e in self.ledger.entries(
@@ -98,8 +104,26 @@ class Dashboard:
                     }
                 )
         workers = [
-            {"id": w.id, "host": w.host, "pid": w.pid, "heartbeat_age": now - w.heartbeat_at}
-            for w in self.ledger.workers(self.job.name)
+            {
+                "id": w.id,
+                "host": w.host,
+                "pid": w.pid,
+                "heartbeat_age": now - w.heartbeat_at,
+                "dead": w.dead,
+            }
+            for w in report.workers
+        ]
+        resources = [
+            {
+                "name": r.name,
+                "declared": r.declared,
+                "rate": r.rate,
+                "circuit": r.circuit,
+                "holding": r.holding(now),
+                "requests": r.requests,
+                "rate_limited": r.rate_limited,
+            }
+            for r in report.resources
         ]
         # Every text the page shows is masked; the calendar (statuses) and the
         # throughput (numbers) hold none, and are the bulk of a snapshot.
@@ -110,7 +134,8 @@ class Dashboard:
                 "stages": stages,
                 "failures": failures[:_FAILURES_SHOWN],
                 "workers": workers,
-                "runs": self.runs(),
+                "resources": resources,
+                "runs": self.runs(report.runs),
             }
         )
         return {**shown, "throughput": self.throughput(), "calendar": self.calendar()}
@@ -166,10 +191,10 @@ class Dashboard:
             "days": [worst.get(first + timedelta(days=i), "") for i in range(span)],
         }
 
-    def runs(self) -> list[dict[str, Any]]:
+    def runs(self, reports: Sequence[RunReport]) -> list[dict[str, Any]]:
         rows = []
-        for r in self.ledger.runs(self.job.name, limit=_RUNS_SHOWN):
-            figures = r.counts.get("stats", {}).get("run", {}) if r.counts else {}
+        for report in reports:
+            r, figures = report.record, report.figures
             rows.append(
                 {
                     "id": r.id,
@@ -177,7 +202,8 @@ class Dashboard:
                     "host": r.host,
                     "started_at": r.started_at,
                     "finished_at": r.finished_at,
-                    "status": r.status,
+                    "status": report.status,
+                    "heartbeat_at": report.heartbeat_at,
                     "partitions": figures.get("partitions"),
                     "records": figures.get("records"),
                     "requests": figures.get("requests"),

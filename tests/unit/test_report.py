@@ -1,0 +1,136 @@
+"""The one report every interface renders: counts, blocked, stalled and why, resources,
+lost runs; on a SQLite ledger in memory, with the ledger's rows made by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+from backfill import Job, daily, needs
+from backfill.ledger import Outcome, RunRecord, Status, WorkerRecord, open_ledger
+from backfill.report import build_report, run_reports
+
+NOW = 1_800_000_000.0
+
+
+def pipeline() -> Job:
+    job = Job("rep", partitions=daily("2013-01-01", "2013-01-10"))
+
+    @job.stage(resource=None)
+    def fetch(ctx: object, p: object) -> None:
+        return None
+
+    @job.stage(needs=[needs("fetch")])
+    def summary(ctx: object, p: object) -> None:
+        return None
+
+    return job
+
+
+def settle(ledger, job: Job, stage: str, statuses: dict[str, Status], at: float) -> None:
+    ledger.plan(job.name, stage, job.stages[stage].partitions)
+    claims = ledger.claim(
+        job.name, stage, "w", limit=100, lease_seconds=60, now=at - 10, run_id="r1"
+    )
+    outcomes = [Outcome(c.id, statuses[c.key]) for c in claims if c.key in statuses]
+    rest = [Outcome(c.id, Status.PENDING, attempts=0) for c in claims if c.key not in statuses]
+    ledger.complete("w", outcomes + rest, now=at)
+
+
+def test_partitions_waiting_for_a_failed_input_are_blocked_and_out_of_the_eta() -> None:
+    """A failed fetch day leaves its summary day blocked: counted apart from pending, named
+    with its blocker, and never part of what the ETA waits for."""
+    job = pipeline()
+    ledger = open_ledger(":memory:")
+    days = [p.key for p in job.stages["fetch"].partitions]
+    settle(
+        ledger, job, "fetch", {d: Status.FAILED if d == days[4] else Status.DONE for d in days}, NOW
+    )
+    settle(ledger, job, "summary", {d: Status.DONE for d in days[:3]}, NOW)
+    report = build_report(job, ledger, now=NOW + 1)
+    summary = next(s for s in report.stages if s.name == "summary")
+    assert (summary.done, summary.blocked, summary.pending) == (3, 1, 6)
+    assert summary.example_blocked == f"{days[4]} waits for failed fetch {days[4]}"
+    fetch = next(s for s in report.stages if s.name == "fetch")
+    assert (fetch.failed, fetch.left, fetch.eta) == (1, 0, 0.0)
+
+
+def test_a_stage_where_nothing_finishes_for_long_is_stalled_with_the_resources_reason() -> None:
+    """A live worker whose resource's circuit has been open for two minutes, nothing
+    finished since: the stage is stalled (no rate, no ETA from before the outage), and
+    says why; the resource's state is in the report."""
+    job = pipeline()
+    ledger = open_ledger(":memory:")
+    days = [p.key for p in job.stages["fetch"].partitions]
+    settle(ledger, job, "fetch", {d: Status.DONE for d in days[:5]}, NOW - 120)
+    worker = f"{socket.gethostname()}:{os.getpid()}:r1"
+    ledger.register_worker(
+        WorkerRecord(worker, job.name, socket.gethostname(), os.getpid(), NOW - 200, NOW, None)
+    )
+    state = {
+        "api": {
+            "declared": "5/s",
+            "rate": 5.0,
+            "circuit": "open",
+            "circuit_since": NOW - 118,
+            "paused_until": None,
+            "quota_until": None,
+            "quotas": [],
+            "requests": 40,
+            "rate_limited": 0,
+        }
+    }
+    ledger.heartbeat(worker, now=NOW, resources=json.dumps(state))
+    report = build_report(job, ledger, job.select_stages(["fetch"]), now=NOW)
+    (fetch,) = report.stages
+    assert fetch.rate is None and fetch.eta is None
+    assert fetch.stalled is not None
+    assert fetch.stalled.startswith("stalled 2m00s: api circuit open since ")
+    (api,) = report.resources
+    assert (api.name, api.circuit, api.requests) == ("api", "open", 40)
+
+
+def test_a_quota_of_known_end_gives_the_eta_its_wait() -> None:
+    """Stalled on a quota that frees up in an hour: the ETA is that hour plus the rest
+    at the pace before."""
+    job = pipeline()
+    ledger = open_ledger(":memory:")
+    ledger.plan(job.name, "fetch", job.stages["fetch"].partitions)
+    claims = ledger.claim(
+        job.name, "fetch", "w", limit=10, lease_seconds=60, now=NOW - 300, run_id="r1"
+    )
+    for i, c in enumerate(claims[:5]):
+        ledger.complete("w", [Outcome(c.id, Status.DONE)], now=NOW - 300 + 10 * i)
+    ledger.complete(
+        "w", [Outcome(c.id, Status.PENDING, attempts=0) for c in claims[5:]], now=NOW - 250
+    )
+    worker = f"{socket.gethostname()}:{os.getpid()}:r1"
+    ledger.register_worker(
+        WorkerRecord(worker, job.name, socket.gethostname(), os.getpid(), NOW - 400, NOW, None)
+    )
+    state = {"api": {"circuit": "closed", "quota_until": NOW + 3600, "quotas": ["5/day"]}}
+    ledger.heartbeat(worker, now=NOW, resources=json.dumps(state))
+    (fetch,) = build_report(job, ledger, job.select_stages(["fetch"]), now=NOW).stages
+    assert fetch.stalled is not None and "api quota used up (5/day): resumes" in fetch.stalled
+    assert fetch.eta is not None and 3600 < fetch.eta < 3600 + 200
+
+
+def test_a_run_whose_worker_died_is_lost_not_running() -> None:
+    """A run that says running, whose worker's process is gone from this host: lost."""
+    job = pipeline()
+    ledger = open_ledger(":memory:")
+    host = socket.gethostname()
+    dead_pid = 2**22 + 12345  # beyond any pid this host hands out
+    ledger.start_run(RunRecord("r9", job.name, NOW - 60, host, dead_pid, "run"))
+    ledger.register_worker(
+        WorkerRecord(f"{host}:{dead_pid}:r9", job.name, host, dead_pid, NOW - 60, NOW - 50, None)
+    )
+    ledger.start_run(RunRecord("r10", job.name, NOW - 10, host, os.getpid(), "run"))
+    ledger.register_worker(
+        WorkerRecord(f"{host}:{os.getpid()}:r10", job.name, host, os.getpid(), NOW - 10, NOW, None)
+    )
+    runs = {r.record.id: r for r in run_reports(job, ledger, now=NOW)}
+    assert runs["r9"].status == "lost"
+    assert runs["r9"].heartbeat_at == NOW - 50
+    assert runs["r10"].status == "running"
