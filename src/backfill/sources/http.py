@@ -451,6 +451,12 @@ class HttpClient:
                 tally = partition_requests.get()
                 if tally is not None:
                     tally.last_error = exc.message
+                if self.resource is not None and self.resource.breaker.is_open:
+                    # The source is down (its circuit is open, maybe since this very
+                    # failure): the request waits for it to come back, as every other
+                    # does, instead of spending its partition's attempts on an outage.
+                    attempt -= 1
+                    continue
                 if attempt > self.retries:
                     raise
                 self.retried += 1
