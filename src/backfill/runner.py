@@ -398,6 +398,7 @@ class Runner:
                     cross_origin=options["cross_origin"],
                     max_body=options["max_body"],
                     deadline=options["deadline"],
+                    hedge=options["hedge"],
                 )
             self._clients[resource] = client
         return client

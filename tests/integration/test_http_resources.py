@@ -406,3 +406,67 @@ def test_a_stage_that_times_out_says_what_the_source_last_did_wrong(
     assert "took longer than its timeout of 0.6 s" in (entry.error_message or "")
     assert "the source's last error:" in (entry.error_message or "")
     assert "answered 503" in (entry.error_message or "")
+
+
+class StallOnce:
+    """Answers at once, except the ``stall_at``-th request, which hangs ``seconds``."""
+
+    def __init__(self, stall_at: int, seconds: float) -> None:
+        self.stall_at = stall_at
+        self.seconds = seconds
+        self.count = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.count += 1
+        n = self.count
+        if n == self.stall_at:
+            await asyncio.sleep(self.seconds)
+        await JSONResponse({"data": [{"n": n}]})(scope, receive, send)
+
+
+@pytest.fixture
+def stalling() -> Iterator[tuple[StallOnce, str]]:
+    app = StallOnce(stall_at=30, seconds=6.0)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="critical", access_log=False, lifespan="off")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not uv.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield app, f"http://127.0.0.1:{sock.getsockname()[1]}"
+    uv.should_exit = True
+    thread.join(8)
+    sock.close()
+
+
+@pytest.mark.parametrize("hedge", [True, False])
+def test_a_stalled_request_is_hedged_instead_of_waited_out(
+    stalling: tuple[StallOnce, str], hedge: bool
+) -> None:
+    """One answer among 40 hangs for 6 s. Hedged (the default), a second copy goes once
+    that request is far slower than the source's usual answers, the first answer wins,
+    and the run does not wait out the stall; with hedge=False it does."""
+    app, url = stalling
+    job = Job("hedged", partitions=daily("2013-01-01", "2013-02-09"))
+    job.resource("api", rate="50/s", concurrency=2, timeout=10, hedge=hedge)
+
+    @job.stage(resource="api", concurrency=2)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        body = await ctx.http.get_json(f"{url}/x")
+        return list(body["data"])
+
+    started = time.monotonic()
+    result = run_job(job)
+    took = time.monotonic() - started
+    assert result.exit_code == 0
+    assert result.counts["fetch"].done == 40
+    if hedge:
+        assert took < 5.0, took
+        assert app.count == 41  # the copy counts as a request at the source
+        assert result.requests == 41
+    else:
+        assert took >= 6.0
+        assert app.count == 40
