@@ -18,6 +18,7 @@ from backfill.ledger import (
     Dependency,
     Ledger,
     Outcome,
+    ResetCounts,
     RunRecord,
     Status,
     WorkerRecord,
@@ -147,7 +148,7 @@ class LedgerContract:
         """Partitions forgotten by reset come back with the next plan of the same spec."""
         ledger.plan(JOB, STAGE, SPEC, fingerprint=repr(SPEC))
         selection = SPEC.selection(start="2013-01-01", end="2013-01-02")
-        assert ledger.reset(JOB, [STAGE], selection) == 4
+        assert ledger.reset(JOB, [STAGE], selection).removed == 4
         assert ledger.plan(JOB, STAGE, SPEC, fingerprint=repr(SPEC)) == 4
         assert ledger.plan(JOB, STAGE, SPEC, fingerprint=repr(SPEC)) == 0
         assert ledger.counts(JOB, [STAGE])[STAGE].total == 20
@@ -538,7 +539,7 @@ class LedgerContract:
         ledger.plan(JOB, STAGE, SPEC)
         finish(ledger, "a", claim(ledger, "a", limit=4))
         claim(ledger, "b", limit=3)
-        assert ledger.reset(JOB, [STAGE]) == 17
+        assert ledger.reset(JOB, [STAGE]) == ResetCounts(removed=17, stale=0)
         counts = ledger.counts(JOB, [STAGE])[STAGE]
         assert (counts.total, counts.running) == (3, 3)
 
@@ -742,6 +743,32 @@ class LedgerContract:
         assert rows["2013-01-02"].error_category == "stale"
         assert ready(ledger, "b", [DAY_DEP], now=3000.0) == ["2013-01-02"]
         assert ledger.mark_stale(JOB, "b", [DAY_DEP]) == 0
+
+    def test_reset_marks_what_was_computed_from_forgotten_partitions_stale(
+        self, ledger: Ledger
+    ) -> None:
+        """Reset, told the downstream stages' dependencies, marks their finished
+        partitions computed from a forgotten one stale in the same call (pending,
+        category stale) and leaves the rest done."""
+        spec = daily("2013-01-01", "2013-01-05")
+        every = {p.key for p in spec}
+        ledger.plan(JOB, "a", spec)
+        ledger.plan(JOB, "b", spec)
+        settle(ledger, "a", every, Status.DONE, 10)
+        settle(ledger, "b", every, Status.DONE, 20)
+        lookback = Dependency("a", grain="day", lookback=1)
+        counts = ledger.reset(
+            JOB, ["a"], spec.selection(keys=["2013-01-02"]), downstream={"b": [lookback]}
+        )
+        assert counts == ResetCounts(removed=1, stale=2)
+        rows = {r.key: r for r in ledger.coverage_rows(JOB, "b")}
+        stale = {k for k, r in rows.items() if r.error_category == "stale"}
+        assert stale == {"2013-01-02", "2013-01-03"}
+        assert all(rows[k].status is Status.PENDING for k in stale)
+        assert all(rows[k].status is Status.DONE for k in every - stale)
+        assert {r.key for r in ledger.coverage_rows(JOB, "a")} == every - {"2013-01-02"}
+        again = ledger.reset(JOB, ["a"], spec.selection(keys=["2013-01-04"]))
+        assert again == ResetCounts(removed=1, stale=0)
 
     def test_coverage_rows_carry_status_records_and_checks(self, ledger: Ledger) -> None:
         """Coverage reads every recorded partition with what happened to it."""

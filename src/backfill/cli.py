@@ -1011,22 +1011,47 @@ def reset(
         raise typer.Exit(ExitCode.OK)
     scope = selection.describe() if selection else "everything"
     names = ", ".join(s.name for s in stages)
+    # Later stages computed from what is forgotten must show stale now, not only once a
+    # run has planned it again.
+    chosen = {s.name for s in stages}
+    later = [
+        job.stages[name]
+        for name in dict.fromkeys(d for s in stages for d in job.downstream(s.name))
+        if name not in chosen or selection is not None
+    ]
     if not yes:
         if not sys.stdin.isatty():
             raise fail("reset needs confirmation; pass --yes when not at a terminal")
+        also = (
+            f"; finished partitions of {', '.join(s.name for s in later)} computed from them "
+            "become stale"
+            if later
+            else ""
+        )
         typer.confirm(
             visible(
                 f"Forget {recorded:,} partition record(s) of job {job.name} "
-                f"(stages: {names}; {scope})?"
+                f"(stages: {names}; {scope}){also}?"
             ),
             abort=True,
         )
     ledger = open_ledger(state)
     try:
-        removed = ledger.reset(job.name, [s.name for s in stages], selection)
+        counts = ledger.reset(
+            job.name,
+            [s.name for s in stages],
+            selection,
+            downstream={s.name: job.dependencies(s) for s in later},
+        )
     finally:
         ledger.close()
-    out.print(shown(f"reset {removed:,} partition record(s) of job {job.name}"))
+    line = f"reset {counts.removed:,} partition record(s) of job {job.name}"
+    if counts.stale:
+        line += (
+            f"; {counts.stale:,} finished partition(s) of later stages are stale now "
+            "(the next run redoes them)"
+        )
+    out.print(shown(line))
 
 
 def _when(timestamp: float | None) -> str:
