@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import dataclasses
 import getpass
 import importlib
@@ -61,6 +60,7 @@ from backfill.events import (
     WorkerLost,
 )
 from backfill.fleet import LedgerRate, concurrency_share
+from backfill.invoke import StageThreads
 from backfill.job import Job, Stage, load_job_module
 from backfill.leases import LeaseBook, LeaseLost
 from backfill.ledger import (
@@ -315,7 +315,7 @@ class Runner:
         self._progress = asyncio.Event()
         self._process_pool: ProcessPoolExecutor | None = None
         self._ledger_pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-ledger")
-        self._stage_pool: ThreadPoolExecutor | None = None
+        self._stage_threads: StageThreads | None = None
         self.writer = SinkWriter(
             self.worker_id,
             completer_for=getattr(ledger, "completer", None),
@@ -519,7 +519,7 @@ class Runner:
             self._concurrency(s) for s in self.stages if not s.is_async and s.executor == "thread"
         )
         if sync_threads:
-            self._stage_pool = ThreadPoolExecutor(sync_threads, thread_name_prefix="backfill-stage")
+            self._stage_threads = StageThreads(sync_threads)
         processes = [s for s in self.stages if s.executor == "process"]
         if processes:
             self._process_pool = _process_pool(
@@ -698,9 +698,9 @@ class Runner:
     async def _close_resources(self) -> None:
         for client in self._clients.values():
             await client.aclose()
-        if self._stage_pool is not None:
-            # Threads of sync stages cannot be cancelled; do not wait for stragglers.
-            self._stage_pool.shutdown(wait=False, cancel_futures=True)
+        if self._stage_threads is not None:
+            # Threads of sync stages cannot be cancelled; nothing waits for stragglers.
+            self._stage_threads.shutdown()
         if self._process_pool is not None:
             self._process_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -1443,11 +1443,10 @@ class Runner:
             assert self._process_pool is not None
             coro = loop.run_in_executor(self._process_pool, _call_in_process, fn, ctx.for_process())
         else:
-            loop = asyncio.get_running_loop()
-            assert self._stage_pool is not None
-            # In this task's context, so the stage's log lines carry run, stage, partition.
-            context = contextvars.copy_context()
-            coro = loop.run_in_executor(self._stage_pool, context.run, _call_sync, fn, ctx)
+            assert self._stage_threads is not None
+            # Timed from the call's start on its thread; a call that times out gives its
+            # thread up, so the partitions after it never pay for it.
+            return await self._stage_threads.call(_call_sync, fn, ctx, time_limit=stage.timeout)
         if stage.timeout is not None:
             async with asyncio.timeout(stage.timeout):
                 return await coro
