@@ -245,6 +245,9 @@ def _classify(exc: BaseException, stage: Stage) -> StageError:
     if isinstance(exc, StageError):
         return exc
     if isinstance(exc, TimeoutError):
+        if stage.timeout is None:
+            # Not the stage's own limit: a client's (a socket's read timeout, say).
+            return TransientError(f"TimeoutError: {exc}", category="timeout")
         return TransientError(
             f"stage {stage.name} took longer than its timeout of {stage.timeout:g} s",
             category="timeout",

@@ -66,3 +66,24 @@ def test_the_run_ends_while_timed_out_calls_still_run() -> None:
         assert all(blocked.acquire(timeout=0) for _ in range(4))
     finally:
         release.set()
+
+
+def test_a_timeout_raised_by_a_stage_without_one_fails_only_its_partition() -> None:
+    """A stage with no timeout of its own that raises TimeoutError (a socket's read
+    timeout) fails that partition as timeout with the error's text; the run goes on."""
+    job = Job("sync", partitions=daily("2013-01-01", "2013-01-03"))
+
+    @job.stage(retry=RetryPolicy(attempts=1))
+    def fetch(ctx: Context, partition: Partition) -> None:
+        if partition.key == "2013-01-02":
+            raise TimeoutError("the socket read timed out")
+        return None
+
+    ledger = open_ledger(":memory:")
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.FAILED
+    entries = {e.key: e for e in ledger.entries("sync", "fetch")}
+    failed = entries["2013-01-02"]
+    assert (failed.status, failed.error_category) == (Status.FAILED, "timeout")
+    assert "the socket read timed out" in (failed.error_message or "")
+    assert entries["2013-01-03"].status is Status.DONE
