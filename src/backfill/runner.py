@@ -34,7 +34,7 @@ import structlog
 
 from backfill.checks import CheckResult, results_json
 from backfill.clock import Clock, SystemClock
-from backfill.context import Context, RunCache
+from backfill.context import Context, RunCache, StageLog
 from backfill.errors import (
     BackfillError,
     ConfigError,
@@ -1099,7 +1099,7 @@ class Runner:
         self.bus.emit(PartitionStarted(stage.name, claim.key))
         started = self.clock.monotonic()
         attempt = 0
-        adapter = logging.LoggerAdapter(
+        adapter = StageLog(
             self._log, {"run_id": self.run_id, "stage": stage.name, "partition": claim.key}
         )
         outcome: Outcome
