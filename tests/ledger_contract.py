@@ -569,6 +569,16 @@ class LedgerContract:
         assert [(w.id, w.heartbeat_at) for w in active] == [("w1", 50.0)]
         assert len(ledger.workers(JOB, active_only=False)) == 2
 
+    def test_a_heartbeat_records_what_the_workers_resources_are_doing(self, ledger: Ledger) -> None:
+        """A heartbeat with the resources' state puts it on record; one without keeps the
+        last (a beat that only renews leases says nothing new about them)."""
+        ledger.register_worker(WorkerRecord("w1", JOB, "h1", 1, 10.0, 10.0, None))
+        state = '{"api":{"circuit":"open","circuit_since":40.0}}'
+        ledger.heartbeat("w1", now=50.0, resources=state)
+        ledger.heartbeat("w1", now=60.0)
+        (worker,) = ledger.workers(JOB)
+        assert (worker.heartbeat_at, worker.resources) == (60.0, state)
+
     def test_workers_count_the_partitions_they_finish(self, ledger: Ledger) -> None:
         """Each worker's record counts what it finished; releases are not counted."""
         ledger.register_worker(WorkerRecord("w1", JOB, "h1", 1, 10.0, 10.0, None))

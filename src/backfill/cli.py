@@ -7,6 +7,7 @@ configuration error (nothing changed), 130 interrupted (state saved; run again t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -30,8 +31,11 @@ from backfill.events import EventBus
 from backfill.job import Job, Stage, load_job
 from backfill.ledger import (
     DEFAULT_STATE_URL,
+    FailureGroup,
     Ledger,
+    LedgerEntry,
     NoState,
+    SharedLimits,
     StageCounts,
     Status,
     open_ledger,
@@ -42,6 +46,7 @@ from backfill.partitions import Selection, parse_order
 from backfill.progress import LiveProgress, PlainProgress, format_duration
 from backfill.runner import ExitCode, Runner, RunOptions, RunResult, worker_is_dead
 from backfill.runstats import stage_stats
+from backfill.secrets import Masker, url_secrets
 from backfill.textsafe import visible
 
 __all__ = ["app", "main"]
@@ -200,7 +205,9 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except BackfillError as exc:
-            raise fail(str(exc)) from None
+            state = kwargs.get("state")
+            masker = Masker(url_secrets(state, "state") if isinstance(state, str) else ())
+            raise fail(masker.mask(str(exc))) from None
 
     return wrapper
 
@@ -303,7 +310,7 @@ def _run_and_exit(
 
 
 def _configure_logging(
-    verbose: int, log_format: str = "console", secrets: Sequence[str] = ()
+    verbose: int, log_format: str = "console", secrets: Sequence[str] | Masker = ()
 ) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     if log_format not in ("console", "json"):
@@ -358,7 +365,7 @@ def execute(
         file_handler = log_file_handler(
             log_path(log_dir, runner.run_id),
             level=logging.DEBUG if verbose >= 2 else logging.INFO,
-            secrets=job.secrets,
+            secrets=job.masker(ledger.url),
         )
     except OSError as exc:
         if is_disk_full(exc):
@@ -474,7 +481,7 @@ def run(
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
-    _configure_logging(verbose, log_format, job.secrets)
+    _configure_logging(verbose, log_format, job.masker(state))
     if missing_only:
         selection = _gaps_to_fill(job, stages, selection, state)
     options = RunOptions(
@@ -582,7 +589,7 @@ def worker(
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
-    _configure_logging(verbose, log_format, job.secrets)
+    _configure_logging(verbose, log_format, job.masker(state))
     options = RunOptions(
         stages=tuple(s.name for s in stages),
         selection=selection,
@@ -702,14 +709,21 @@ def status(
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
+    masker = job.masker(state)
     ledger = _open_to_read(state)
     try:
         rows = _counts(ledger, job, stages, selection)
-        groups = ledger.failure_groups(job.name, [s.name for s in stages], selection)
+        groups = [
+            _masked_group(g, masker)
+            for g in ledger.failure_groups(job.name, [s.name for s in stages], selection)
+        ]
         failed_entries = {
-            s.name: ledger.entries(
-                job.name, s.name, status=Status.FAILED, selection=selection, limit=failures
-            )
+            s.name: [
+                _masked_entry(e, masker)
+                for e in ledger.entries(
+                    job.name, s.name, status=Status.FAILED, selection=selection, limit=failures
+                )
+            ]
             for s in stages
         }
         runs = ledger.runs(job.name, limit=1)
@@ -811,6 +825,15 @@ def status(
                 )
         out.print(ftable)
         out.print("re-run them with `backfill retry JOB --failed`", highlight=False)
+
+
+def _masked_group(group: FailureGroup, masker: Masker) -> FailureGroup:
+    return dataclasses.replace(group, example_message=masker.mask(group.example_message))
+
+
+def _masked_entry(entry: LedgerEntry, masker: Masker) -> LedgerEntry:
+    message = entry.error_message
+    return dataclasses.replace(entry, error_message=masker.mask(message) if message else message)
 
 
 _GLYPHS = {
@@ -998,7 +1021,7 @@ def retry(
     if not (failed or empty):
         raise fail("say what to re-run: --failed, --empty, or both")
     job, stages, selection = _load(job_path, stage, start, end, partition, where)
-    _configure_logging(verbose, log_format, job.secrets)
+    _configure_logging(verbose, log_format, job.masker(state))
     statuses = [s for s, wanted in ((Status.FAILED, failed), (Status.EMPTY, empty)) if wanted]
     ledger = open_ledger(state, create=False)
     try:
@@ -1131,6 +1154,49 @@ def reset(
     out.print(shown(line))
 
 
+@app.command("resume-resource")
+@handle_errors
+def resume_resource(
+    job_path: JobArg,
+    name: Annotated[str, typer.Argument(help="The resource to release.", show_default=False)],
+    state: StateOpt = DEFAULT_STATE_URL,
+) -> None:
+    """Release a resource that a source paused (Retry-After, RateLimit-Reset), now.
+
+    The pause kept in the state (a fleet's, a shared resource's, one left by an earlier
+    run) ends for every worker that books its next requests.
+
+    [bold]Examples[/]
+
+      backfill resume-resource jobs/results.py results_api --state postgresql://db/backfill
+    """
+    job = load_job(job_path)
+    resource = job.resources.get(name)
+    if resource is None:
+        known = ", ".join(job.resources) or "none"
+        raise fail(f"job {job.name!r} has no resource {name!r}; its resources are: {known}")
+    try:
+        open_reader(state).close()
+    except NoState:
+        left = None  # nothing has run on this state: nothing can be paused
+    else:
+        ledger = open_ledger(state)
+        try:
+            scope = "*" if resource.shared else job.name
+            left = ledger.resume_resource(scope, name) if isinstance(ledger, SharedLimits) else None
+        finally:
+            ledger.close()
+    if left is None:
+        out.print(shown(f"resource {name} of job {job.name} was not paused"))
+    else:
+        out.print(
+            shown(
+                f"resource {name} of job {job.name} released: its pause had "
+                f"{format_duration(left)} left"
+            )
+        )
+
+
 def _when(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
@@ -1175,7 +1241,8 @@ def runs(
     finally:
         ledger.close()
     if not records:
-        out.print(shown(f"no runs of job {job.name} recorded in {state}"))
+        where = job.masker(state).mask(state)
+        out.print(shown(f"no runs of job {job.name} recorded in {where}"))
         return
     table = Table(title=shown(f"runs of job {job.name} (times UTC)"), title_justify="left")
     cols: tuple[str, ...] = ("run", "started", "command", "host", "status", "elapsed")
@@ -1272,7 +1339,7 @@ def serve(
     check_bind(host, token)
     _configure_logging(verbose, log_format)
     job = load_job(job_path)
-    _configure_logging(verbose, log_format, job.secrets)
+    _configure_logging(verbose, log_format, job.masker(state))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -1298,7 +1365,10 @@ def serve(
             soft_wrap=True,
         )
         sys.stdout.flush()
-        config = uvicorn.Config(dashboard, log_level="warning", access_log=False, lifespan="off")
+        # log_config=None: uvicorn's lines go through our (masking) handlers too.
+        config = uvicorn.Config(
+            dashboard, log_level="warning", access_log=False, lifespan="off", log_config=None
+        )
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import datetime as dt
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "SystemClock", "format_duration", "format_wall"]
+__all__ = [
+    "Clock",
+    "Deadline",
+    "SystemClock",
+    "current_deadline",
+    "format_duration",
+    "format_wall",
+]
 
 
 class Clock(Protocol):
@@ -53,3 +62,42 @@ def format_wall(epoch: float, now: float) -> str:
     today = dt.datetime.fromtimestamp(now, dt.UTC).date()
     text = when.strftime("%H:%M UTC")
     return text if when.date() == today else f"{when.date().isoformat()} {text}"
+
+
+class Deadline:
+    """A stage's timeout that stands still while its partition waits for a turn at a
+    resource (the source's pace, a pause, an open circuit, a used-up quota): the timeout
+    bounds the partition's own work, not the engine's waiting.
+
+    Holds nest (a partition may wait for several requests at once); the clock runs again
+    when the last one ends, with what was left of it.
+    """
+
+    def __init__(self, timeout: asyncio.Timeout) -> None:
+        self._timeout = timeout
+        self._held = 0
+        self._left: float | None = None
+
+    def hold(self) -> None:
+        if self._held == 0:
+            when = self._timeout.when()
+            loop = asyncio.get_running_loop()
+            self._left = None if when is None else when - loop.time()
+            try:
+                self._timeout.reschedule(None)
+            except RuntimeError:  # already expiring: the partition is timing out
+                self._left = None
+        self._held += 1
+
+    def release(self) -> None:
+        self._held -= 1
+        if self._held == 0 and self._left is not None:
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(RuntimeError):
+                self._timeout.reschedule(loop.time() + max(0.0, self._left))
+
+
+# The deadline of the partition whose task is running (set by the runner).
+current_deadline: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
+    "backfill_deadline", default=None
+)

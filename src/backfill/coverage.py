@@ -30,6 +30,7 @@ from typing import Any
 from backfill.job import Job, Stage
 from backfill.ledger import CoverageRow, Ledger, Status
 from backfill.partitions import Order, Partition, Selection
+from backfill.secrets import Masker
 from backfill.textsafe import visible
 
 __all__ = [
@@ -231,11 +232,15 @@ def collect(
     *,
     thin: float = DEFAULT_THIN,
 ) -> Coverage:
-    """Every partition the selected stages declare, classified against the ledger."""
+    """Every partition the selected stages declare, classified against the ledger (its
+    messages masked: the report is shown and saved)."""
     coverage = Coverage(job.name, list(stages))
+    shown = job.masker(ledger.url)
     for stage in stages:
         sel = None if stage.reference else selection
-        recorded = {row.key: row for row in ledger.coverage_rows(job.name, stage.name, sel)}
+        recorded = {
+            row.key: _masked(row, shown) for row in ledger.coverage_rows(job.name, stage.name, sel)
+        }
         needs = job.dependencies(stage)
         stale = ledger.stale_keys(job.name, stage.name, needs, sel) if needs else set()
         blocked = ledger.blocked_keys(job.name, stage.name, needs, sel) if needs else {}
@@ -245,6 +250,14 @@ def collect(
         ]
         coverage.partitions[stage.name] = _mark_thin(states, thin)
     return coverage
+
+
+def _masked(row: CoverageRow, shown: Masker) -> CoverageRow:
+    """The row with its message masked before it is shortened: a cut could leave part of
+    a secret that masking would no longer recognise."""
+    if not row.error_message:
+        return row
+    return dataclasses.replace(row, error_message=shown.mask(row.error_message))
 
 
 def _declared(stage: Stage, selection: Selection | None) -> Iterable[Partition]:

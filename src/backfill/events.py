@@ -15,6 +15,7 @@ from backfill.ledger import StageCounts, Status
 __all__ = [
     "Event",
     "EventBus",
+    "FleetCounts",
     "PartitionFinished",
     "PartitionRetrying",
     "PartitionStarted",
@@ -22,6 +23,7 @@ __all__ = [
     "RunFinished",
     "RunStarted",
     "RunStopping",
+    "Tick",
     "WorkerJoined",
     "WorkerLost",
 ]
@@ -99,11 +101,34 @@ class RunStopping:
 
 @dataclass(frozen=True, slots=True)
 class ResourceChanged:
-    """A resource paused (Retry-After, quota), or its circuit breaker opened or closed."""
+    """A resource paused (Retry-After), waits for a used-up quota, its circuit breaker
+    opened or closed, or it runs below its declared rate.
+
+    ``kind`` is ``paused``, ``quota``, ``circuit_open``, ``circuit_closed`` or ``rate``;
+    ``seconds`` how long the pause or wait lasts (for ``circuit_open``: until the first
+    probe); ``what`` says it in a sentence.
+    """
 
     resource: str
     what: str
     seconds: float
+    kind: str = "paused"
+
+
+@dataclass(frozen=True, slots=True)
+class FleetCounts:
+    """The whole fleet's counts per stage, read from the ledger by a worker every few
+    seconds: what its display shows, rather than its own share."""
+
+    counts: Mapping[str, StageCounts]
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A second went by: displays that report on a cadence do so even when nothing
+    happens (a source that is down)."""
+
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +151,8 @@ Event = (
     | RunStopping
     | ResourceChanged
     | RunFinished
+    | Tick
+    | FleetCounts
 )
 Subscriber = Callable[[Event], None]
 

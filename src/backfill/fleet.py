@@ -92,6 +92,7 @@ class LedgerRate:
             interval=interval,
             tolerance=(self.resource.burst - 1) * interval,
             quotas=quotas,
+            max_pause=self.resource.max_wait,
         )
         due, paused, db_now = await asyncio.get_running_loop().run_in_executor(self.pool, book)
         origin = self._origin(db_now, self.clock.monotonic())

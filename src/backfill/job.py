@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import logging
+import math
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -30,15 +32,17 @@ from backfill.checks import Check, CheckFunction, as_check
 from backfill.errors import ConfigError
 from backfill.ledger import Dependency
 from backfill.partitions import Grain, PartitionSpec, ReferenceSpec
-from backfill.ratelimit import Limit, Resource
+from backfill.ratelimit import DEFAULT_MAX_WAIT, Limit, Resource
 from backfill.retry import RetryPolicy
-from backfill.sources.http import secret_values
+from backfill.secrets import Masker, Secret, url_secrets
+from backfill.sources import DEFAULT_MAX_BODY, CrossOrigin
 
 if TYPE_CHECKING:
     from backfill.sinks import Sink
 
 __all__ = ["Job", "Needs", "Stage", "load_job", "needs"]
 
+log = logging.getLogger("backfill.job")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 StageFunction = Callable[..., Any]
 _EXECUTORS = ("thread", "process")
@@ -156,21 +160,35 @@ class Job:
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
         secrets: tuple[str, ...] = (),
+        base_url: str | None = None,
+        allowed_hosts: Sequence[str] = (),
+        cross_origin: CrossOrigin = "strip",
+        max_wait: float = DEFAULT_MAX_WAIT,
+        max_body: int = DEFAULT_MAX_BODY,
+        deadline: float | None = None,
     ) -> Resource:
         """Declare a source and its limits; stages name it with ``resource=``.
 
         ``rate`` and ``limits`` accept ``"5/s"``, ``"100/min"``, ``"10000/day"``; all of them
         hold at once. ``adaptive=True`` discovers the real limit (starting at ``start_rate``
-        or ``rate``). ``headers`` and ``params`` go with every request of ``ctx.http`` (their
-        values, and ``secrets``, are masked in every log line, error and ledger entry).
-        ``retries`` is how often one request is retried before the partition sees the error.
+        or ``rate``). ``headers`` and ``params`` go with the requests of ``ctx.http`` to the
+        origin of ``base_url`` and those in ``allowed_hosts`` (neither given: the origin of
+        each URL the stage passes); a next link or redirect elsewhere gets none of them
+        (``cross_origin="strip"``) or fails its partition (``"refuse"``). Their values, and
+        ``secrets``, are masked in every log line, error and ledger entry. ``retries`` is
+        how often one request is retried before the partition sees the error.
         ``shared=True`` makes the limits every job's that declares a resource of this name
         on the same state (by default a resource is the job's own: its runs and workers
         share it).
 
+        What a source can impose is bounded: a wait it asks for (Retry-After, RateLimit-
+        Reset) to ``max_wait`` seconds, a body to ``max_body`` bytes decoded, a whole
+        answer to ``deadline`` seconds (default: four times ``timeout``, at least 60).
+
         Example::
 
             job.resource("racing_api", rate="2/s", limits=["10000/day"], concurrency=4,
+                         base_url="https://api.racing.example",
                          headers={"Authorization": f"Bearer {TOKEN}"})
         """
         if not _NAME.match(name):
@@ -179,6 +197,25 @@ class Job:
             raise ConfigError(f"job {self.name!r} declares resource {name!r} twice")
         if retries < 0:
             raise ConfigError(f"resource {name!r}: retries must not be negative")
+        owner = f"resource {name!r}"
+        # Imported here: declaring a job must not load the HTTP client.
+        from backfill.sources.origins import allowed_origins
+
+        allowed_origins(base_url, allowed_hosts, owner=owner)
+        if cross_origin not in ("strip", "refuse"):
+            raise ConfigError(
+                f"{owner}: cross_origin={cross_origin!r} is not a policy; use 'strip' (follow "
+                "links to other origins without credentials) or 'refuse'"
+            )
+        if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
+            raise ConfigError(f"{owner}: max_body must be a positive number of bytes")
+        for option, value in (("deadline", deadline), ("timeout", timeout)):
+            if value is not None and not (isinstance(value, int | float) and 0 < value < math.inf):
+                raise ConfigError(f"{owner}: {option} must be a positive number of seconds")
+        if start_rate is not None and not (
+            isinstance(start_rate, int | float) and 0 < start_rate < math.inf
+        ):
+            raise ConfigError(f"{owner}: start_rate must be a positive number of requests/s")
         resource = Resource(
             name,
             rate=rate,
@@ -188,6 +225,7 @@ class Job:
             adaptive=adaptive,
             start_rate=start_rate,
             shared=shared,
+            max_wait=max_wait,
         )
         self.resources[name] = resource
         self.http_options[name] = {
@@ -196,17 +234,44 @@ class Job:
             "headers": dict(headers or {}),
             "params": dict(params or {}),
             "secrets": tuple(secrets),
+            "base_url": base_url,
+            "allowed_hosts": tuple(allowed_hosts),
+            "cross_origin": cross_origin,
+            "max_body": max_body,
+            "deadline": deadline,
         }
         return resource
 
     @property
+    def declared_secrets(self) -> tuple[Secret, ...]:
+        """Every secret of the job, named by where it is declared: each header and param
+        value of each resource (whatever its name), its ``secrets``, and the passwords in
+        the URLs of its tables."""
+        found: list[Secret] = []
+        for resource, options in self.http_options.items():
+            for kind in ("headers", "params"):
+                for name, value in options[kind].items():
+                    if value is not None:
+                        found.append(Secret(f"{resource}.{kind}.{name}", str(value)))
+            for index, value in enumerate(options["secrets"]):
+                found.append(Secret(f"{resource}.secrets.{index}", value))
+        sinks = {id(s): s for stage in self.stages.values() for s in stage.sinks}
+        for sink in sinks.values():
+            # Sinks that have a URL (PostgreSQL tables) may carry a password in it.
+            url = getattr(sink, "url", None)
+            if isinstance(url, str):
+                found += url_secrets(url, f"sink.{sink.name}")
+        return tuple(s for s in found if s.value)
+
+    @property
     def secrets(self) -> tuple[str, ...]:
-        """Every value declared secret by a resource (masked wherever text is shown)."""
-        values: list[str] = []
-        for options in self.http_options.values():
-            values += options["secrets"]
-            values += secret_values(options["headers"], options["params"])
-        return tuple(v for v in values if v)
+        """Every value declared secret (see :attr:`declared_secrets`)."""
+        return tuple(s.value for s in self.declared_secrets)
+
+    def masker(self, state: str | None = None) -> Masker:
+        """The masker of the job's secrets, and of the password of the ``state`` URL, for
+        every text shown or stored."""
+        return Masker((*self.declared_secrets, *url_secrets(state, "state")))
 
     def __repr__(self) -> str:
         return f"Job({self.name!r}, stages={list(self.stages)})"
@@ -479,22 +544,46 @@ def load_job_module(path: Path) -> Any:
             "run again"
         ) from exc
     except ConfigError as exc:
-        raise ConfigError(f"job file {path}: {' '.join(str(exc).split())}") from exc
-    except Exception as exc:
-        line = ""
-        tb = exc.__traceback__
-        while tb is not None:
-            if tb.tb_frame.f_code.co_filename == str(path):
-                line = f" at line {tb.tb_lineno}"
-            tb = tb.tb_next
-        detail = " ".join(str(exc).split())
+        detail = _masked(module, " ".join(str(exc).split()))
+        raise ConfigError(f"job file {path}: {detail}") from exc
+    except SystemExit as exc:
         raise ConfigError(
-            f"job file {path} failed to load{line}: {type(exc).__name__}: {detail}"
+            f"job file {path} exits while it is imported (sys.exit({exc.code!r})"
+            f"{_line_in(exc, path)}); a job file must only declare the job: move that call "
+            "under `if __name__ == '__main__':`"
+        ) from exc
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        detail = _masked(module, " ".join(str(exc).split()))
+        raise ConfigError(
+            f"job file {path} failed to load{_line_in(exc, path, ' at')}: "
+            f"{type(exc).__name__}: {detail}"
         ) from exc
     finally:
         if sys.path and sys.path[0] == str(path.resolve().parent):
             sys.path.pop(0)
     return module
+
+
+def _masked(module: Any, message: str) -> str:
+    """An error raised while a job file loads may quote a secret: mask what looks secret,
+    and whatever the jobs declared before the error."""
+    declared = [s for v in vars(module).values() if isinstance(v, Job) for s in v.declared_secrets]
+    return Masker(declared).mask(message)
+
+
+def _line_in(exc: BaseException, path: Path, prefix: str = " at") -> str:
+    """`` at line N``: the last line of ``path`` that ``exc`` passed through, if any."""
+    line = ""
+    # The import machinery names the file by its absolute path.
+    names = {str(path), str(path.absolute())}
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename in names:
+            line = f"{prefix} line {tb.tb_lineno}"
+        tb = tb.tb_next
+    return line
 
 
 def load_job(target: str) -> Job:
@@ -511,7 +600,8 @@ def load_job(target: str) -> Job:
             module = importlib.import_module(location)
         except ImportError as exc:
             raise ConfigError(
-                f"cannot import job module {location!r} ({exc}); pass a .py file or MODULE:ATTR"
+                f"cannot import job module {location!r} ({Masker().mask(str(exc))}); pass a "
+                ".py file or MODULE:ATTR"
             ) from exc
         where = f"module {location}"
     if attr is not None:
@@ -528,4 +618,12 @@ def load_job(target: str) -> Job:
         job = jobs[0]
     if not job.stages:
         raise ConfigError(f"job {job.name!r} has no stages; declare one with @job.stage")
+    for secret in job.masker().too_short:
+        log.warning(
+            "%s is declared secret but has only %d character(s), too short to mask: it is "
+            "shown as is wherever it appears (a value that is no secret can go in each "
+            "request's own params or headers instead)",
+            secret.where,
+            len(secret.value),
+        )
     return job

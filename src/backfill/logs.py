@@ -33,7 +33,7 @@ from backfill.events import (
     WorkerLost,
 )
 from backfill.ledger import Status
-from backfill.sources.http import redact
+from backfill.secrets import Masker
 from backfill.textsafe import visible
 
 __all__ = ["EventLog", "LogFormat", "configure_logging", "log_file_handler"]
@@ -118,18 +118,28 @@ class EventLog:
 # -- set-up, for applications ------------------------------------------------------------
 
 
-def _redactor(secrets: Iterable[str]) -> structlog.types.Processor:
-    """A processor masking secrets (and ``api_key=...``-style pairs) in every string."""
-    values = tuple(secrets)
+_Secrets = Iterable[str] | Masker
+
+
+def _masker(secrets: _Secrets) -> Masker:
+    return secrets if isinstance(secrets, Masker) else Masker(secrets)
+
+
+def _redactor(masker: Masker) -> structlog.types.Processor:
+    """A processor masking the declared secrets, and whatever looks secret, in every
+    value of the line (the formatted traceback included)."""
 
     def clean(value: Any) -> Any:
         if isinstance(value, str):
-            return redact(value, values)
+            return masker.mask(value)
+        if value is None or isinstance(value, bool | int | float):
+            return value
         if isinstance(value, Mapping):
             return {k: clean(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [clean(v) for v in value]
-        return value
+        # Bytes and objects are rendered by their repr: mask that (e.g. a raw header).
+        return masker.mask(repr(value))
 
     def processor(
         logger: Any, method: str, event_dict: MutableMapping[str, Any]
@@ -142,7 +152,7 @@ def _redactor(secrets: Iterable[str]) -> structlog.types.Processor:
     return processor
 
 
-def _formatter(fmt: LogFormat, secrets: Iterable[str], colors: bool) -> logging.Formatter:
+def _formatter(fmt: LogFormat, secrets: _Secrets, colors: bool) -> logging.Formatter:
     renderer: structlog.types.Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -164,7 +174,7 @@ def _formatter(fmt: LogFormat, secrets: Iterable[str], colors: bool) -> logging.
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
-            _redactor(secrets),
+            _redactor(_masker(secrets)),
             renderer,
         ],
     )
@@ -263,10 +273,11 @@ class _LogFile(logging.FileHandler):
 
 
 def log_file_handler(
-    path: Path, *, level: int = logging.INFO, secrets: Iterable[str] = ()
+    path: Path, *, level: int = logging.INFO, secrets: _Secrets = ()
 ) -> logging.Handler:
     """A handler writing JSON lines to ``path`` (its directory is created). A write that
-    fails (e.g. a full disk) warns once on stderr and stops the file, never the run."""
+    fails (e.g. a full disk) warns once on stderr and stops the file, never the run.
+    ``secrets`` (values, or a :class:`~backfill.secrets.Masker`) are masked in every line."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = _LogFile(path)
     handler.setLevel(level)
@@ -279,12 +290,14 @@ def configure_logging(
     *,
     level: int = logging.WARNING,
     stream: TextIO | None = None,
-    secrets: Iterable[str] = (),
+    secrets: _Secrets = (),
 ) -> logging.Handler:
     """Route every log record through structlog to ``stream`` (stderr by default):
     human-readable with ``fmt="console"``, one JSON object per line with ``"json"``.
 
-    Replaces the root logger's handlers and returns the new one. The ``backfill``
+    ``secrets`` (values, or a :class:`~backfill.secrets.Masker`) are masked in every line,
+    as is whatever looks secret. Replaces the root logger's handlers and returns the new
+    one. The ``backfill``
     loggers pass everything down to DEBUG, so handlers (e.g. a per-run file from
     :func:`log_file_handler`) choose their own level.
     """

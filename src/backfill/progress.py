@@ -21,6 +21,7 @@ from rich.text import Text
 from backfill.clock import format_duration
 from backfill.events import (
     Event,
+    FleetCounts,
     PartitionFinished,
     PartitionRetrying,
     PartitionStarted,
@@ -28,6 +29,7 @@ from backfill.events import (
     RunFinished,
     RunStarted,
     RunStopping,
+    Tick,
     WorkerJoined,
     WorkerLost,
 )
@@ -37,6 +39,8 @@ from backfill.textsafe import visible
 __all__ = ["LiveProgress", "PlainProgress", "ProgressState", "format_duration"]
 
 _RATE_WINDOW = 30.0
+# Nothing finished for this long (and for five times the usual gap): the stage is stalled.
+_STALL_AFTER = 10.0
 
 
 @dataclass(slots=True)
@@ -49,7 +53,8 @@ class StageProgress:
     running: int = 0
     retries: int = 0
     records: int = 0
-    finishes: collections.deque[float] = field(default_factory=collections.deque)
+    # (when, finished so far) each time the count grew: the last half minute of progress.
+    samples: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
 
     @property
     def finished(self) -> int:
@@ -59,20 +64,86 @@ class StageProgress:
     def remaining(self) -> int:
         return max(0, self.total - self.finished)
 
-    def rate(self, now: float) -> float | None:
-        """Partitions per second over the last half minute."""
-        while self.finishes and now - self.finishes[0] > _RATE_WINDOW:
-            self.finishes.popleft()
-        if len(self.finishes) < 2:
-            return None
-        span = max(now - self.finishes[0], 1e-6)
-        return len(self.finishes) / span
+    def progressed(self, now: float) -> None:
+        """The finished count grew (a partition here, or the fleet's count read again):
+        keep the last half minute of samples, and the last one however old (it says when
+        progress stopped)."""
+        samples = self.samples
+        samples.append((now, self.finished))
+        while now - samples[0][0] > _RATE_WINDOW:
+            samples.popleft()
 
-    def eta(self, now: float) -> float | None:
+    def pace(self, now: float) -> float | None:
+        """Partitions per second over the last half minute of progress (it may have
+        stopped since): what the stage does when it moves."""
+        samples = self.samples
+        if len(samples) < 2:
+            return None
+        (first, count0), (last, count1) = samples[0], samples[-1]
+        return (count1 - count0) / max(last - first, 1e-6)
+
+    def stalled_for(self, now: float) -> float | None:
+        """How long no partition has finished, when that is far longer than the gaps
+        between finishes so far (at least 10 s); None while the stage moves."""
+        if self.remaining == 0 or not self.samples:
+            return None
+        pace = self.pace(now)
+        gap = now - self.samples[-1][0]
+        usual = 1.0 / pace if pace else 0.0
+        return gap if gap > max(_STALL_AFTER, 5.0 * usual) else None
+
+    def rate(self, now: float) -> float | None:
+        """Partitions per second over the last half minute; None when stalled."""
+        if self.stalled_for(now) is not None:
+            return None
+        recent = [(t, n) for t, n in self.samples if now - t <= _RATE_WINDOW]
+        if len(recent) < 2:
+            return None
+        return (recent[-1][1] - recent[0][1] + 1) / max(now - recent[0][0], 1e-6)
+
+    def eta(self, now: float, wait: float | None = None) -> float | None:
+        """Seconds to the end at the recent rate; stalled, the known ``wait`` (a pause or
+        quota that ends at a known time) plus the rest at the pace before the stall,
+        else unknown."""
         if self.remaining == 0:
             return 0.0
+        if self.stalled_for(now) is not None:
+            pace = self.pace(now)
+            if wait is None or not pace:
+                return None
+            return wait + self.remaining / pace
         rate = self.rate(now)
         return self.remaining / rate if rate else None
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceNews:
+    """The latest word from a resource, and when it came (monotonic and wall clock)."""
+
+    kind: str
+    what: str
+    seconds: float
+    at: float
+    at_wall: float
+
+    def holding(self, now: float) -> bool:
+        """Whether it holds requests back now."""
+        if self.kind == "circuit_open":
+            return True
+        return self.kind in ("paused", "quota") and now < self.at + self.seconds
+
+    def ends_in(self, now: float) -> float | None:
+        """Seconds until it lets requests go again, when known."""
+        if self.kind in ("paused", "quota"):
+            return max(0.0, self.at + self.seconds - now)
+        return None
+
+    def describe(self, now: float) -> str:
+        if self.kind == "circuit_open":
+            since = time.strftime("%H:%M:%S", time.gmtime(self.at_wall))
+            return f"circuit open since {since} UTC ({self.what.partition('; ')[2]})"
+        left = self.ends_in(now)
+        return f"{self.what} ({format_duration(left)} left)" if left else self.what
 
 
 class ProgressState:
@@ -84,7 +155,9 @@ class ProgressState:
         self.stopping: str | None = None
         self.finished: RunFinished | None = None
         # The latest word from each resource (paused, circuit open...), with its time.
-        self.resources: dict[str, tuple[str, float, float]] = {}
+        self.resources: dict[str, ResourceNews] = {}
+        # A worker of a fleet shows the fleet's counts, read from the ledger.
+        self.fleet = False
 
     def seed(self, counts: Mapping[str, StageCounts]) -> None:
         for name, c in counts.items():
@@ -109,9 +182,28 @@ class ProgressState:
             self.finished = event
             return
         if isinstance(event, ResourceChanged):
-            self.resources[event.resource] = (event.what, event.seconds, time.monotonic())
+            if event.kind != "rate":
+                self.resources[event.resource] = ResourceNews(
+                    event.kind, event.what, event.seconds, time.monotonic(), time.time()
+                )
             return
-        if isinstance(event, WorkerJoined | WorkerLost):
+        if isinstance(event, FleetCounts):
+            self.fleet = True
+            now = time.monotonic()
+            for name, c in event.counts.items():
+                stage = self.stages.setdefault(name, StageProgress(name))
+                before = stage.finished
+                stage.total, stage.done, stage.empty, stage.failed = (
+                    c.total,
+                    c.done,
+                    c.empty,
+                    c.failed,
+                )
+                stage.records = c.records
+                if stage.finished > before or not stage.samples:
+                    stage.progressed(now)
+            return
+        if isinstance(event, WorkerJoined | WorkerLost | Tick):
             return
         stage = self.stages.setdefault(event.stage, StageProgress(event.stage))
         if isinstance(event, PartitionStarted):
@@ -120,6 +212,8 @@ class ProgressState:
             stage.retries += 1
         elif isinstance(event, PartitionFinished):
             stage.running = max(0, stage.running - 1)
+            if self.fleet:
+                return  # the fleet's counts come from the ledger (FleetCounts)
             if event.status is Status.DONE:
                 stage.done += 1
                 stage.records += event.records
@@ -128,7 +222,34 @@ class ProgressState:
             elif event.status is Status.FAILED:
                 stage.failed += 1
             if event.status is not Status.PENDING:
-                stage.finishes.append(time.monotonic())
+                stage.progressed(time.monotonic())
+
+    def holdups(self, now: float) -> list[str]:
+        """Why resources hold requests back now, one sentence each."""
+        return [
+            f"{name} {news.describe(now)}"
+            for name, news in self.resources.items()
+            if news.holding(now)
+        ]
+
+    def wait(self, now: float) -> float | None:
+        """The longest known wait of the resources that hold requests back; None when
+        one of them holds them for an unknown time (an open circuit) or none does."""
+        holding = [news for news in self.resources.values() if news.holding(now)]
+        ends = [news.ends_in(now) for news in holding]
+        if not holding or any(end is None for end in ends):
+            return None
+        return max(end for end in ends if end is not None)
+
+    def stall_note(self, stage: StageProgress, now: float) -> str | None:
+        """``stalled 45s: api circuit open since 03:12:05 UTC (...)`` for a stage where
+        nothing finishes, with the resources' reasons; None while it moves."""
+        stalled = stage.stalled_for(now)
+        if stalled is None:
+            return None
+        reasons = self.holdups(now)
+        why = f": {'; '.join(reasons)}" if reasons else ""
+        return f"stalled {format_duration(stalled)}{why}"
 
 
 class LiveProgress:
@@ -162,12 +283,15 @@ class LiveProgress:
         table.add_column("done", justify="right", style="green")
         table.add_column("empty", justify="right", style="dim")
         table.add_column("failed", justify="right", style="red")
-        table.add_column("running", justify="right", style="cyan")
+        table.add_column("in progress", justify="right", style="cyan")
         table.add_column("left", justify="right")
         table.add_column("rate", justify="right")
         table.add_column("ETA", justify="right")
+        wait = self.state.wait(now)
         for s in self.state.stages.values():
             rate = s.rate(now)
+            stalled = s.stalled_for(now)
+            eta = format_duration(s.eta(now, wait))
             table.add_row(
                 Text(visible(s.name)),
                 ProgressBar(total=max(1, s.total), completed=s.finished, width=26),
@@ -177,13 +301,12 @@ class LiveProgress:
                 f"{s.running:,}",
                 f"{s.remaining:,}",
                 f"{rate:,.1f}/s" if rate else "-",
-                format_duration(s.eta(now)),
+                eta if stalled is None else f"stalled {format_duration(stalled)} · {eta}",
             )
         elapsed = format_duration(now - self.state.started)
         footer = f"elapsed {elapsed}"
-        for name, (what, seconds, at) in self.state.resources.items():
-            if now - at < max(seconds, 5.0):
-                footer += f" · {name}: {what}" + (f" {seconds:.1f}s" if seconds else "")
+        for holdup in self.state.holdups(now):
+            footer += f" · {holdup}"
         if self.state.stopping:
             footer += f" · stopping ({self.state.stopping}); Ctrl+C again to stop at once"
         # A resource's word or a stop reason may quote a source: text, never markup.
@@ -204,6 +327,10 @@ class PlainProgress:
     def __call__(self, event: Event) -> None:
         self.state.apply(event)
         now = time.monotonic()
+        if isinstance(event, Tick):
+            if now - self._last >= self.interval:
+                self._report(now)
+            return
         if isinstance(event, RunStarted):
             self._write(f"run {event.run_id} of job {event.job} started")
             self._report(now)
@@ -223,15 +350,20 @@ class PlainProgress:
             self._report(now)
 
     def _report(self, now: float) -> None:
-        self._last = now
+        # On the interval's own cadence, not the events': a stall has its lines too.
+        self._last = now if now - self._last > 2 * self.interval else self._last + self.interval
         elapsed = format_duration(now - self.state.started)
+        wait = self.state.wait(now)
         for s in self.state.stages.values():
             rate = s.rate(now)
             pct = 100.0 * s.finished / s.total if s.total else 100.0
+            note = self.state.stall_note(s, now)
             self._write(
                 f"[{elapsed}] {s.name}: {s.finished:,}/{s.total:,} ({pct:.0f}%) "
-                f"done {s.done:,} empty {s.empty:,} failed {s.failed:,} running {s.running:,} "
-                f"rate {f'{rate:.1f}/s' if rate else '-'} ETA {format_duration(s.eta(now))}"
+                f"done {s.done:,} empty {s.empty:,} failed {s.failed:,} "
+                f"in progress {s.running:,} "
+                f"rate {f'{rate:.1f}/s' if rate else '-'} ETA {format_duration(s.eta(now, wait))}"
+                + (f" · {note}" if note else "")
             )
 
     def _write(self, line: str) -> None:

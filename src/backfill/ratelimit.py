@@ -7,7 +7,8 @@ out in order (GCRA, the "virtual scheduling" form of a token bucket), so in any 
 ``t`` seconds at most ``burst + rate * t`` requests start, from the very first second on.
 
 A ``Retry-After`` pauses the whole resource, once: later 429s from requests already in
-flight only extend the pause to the latest instant any of them asked for.
+flight only extend the pause to the latest instant any of them asked for. No pause lasts
+longer than the resource's ``max_wait``: a source asking for more is cut to it.
 
 Core knows no HTTP: the HTTP client reports outcomes through :meth:`Resource.observe`.
 Nor does it know a database: workers on many machines share a resource through a
@@ -21,27 +22,33 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import logging
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
-from backfill.clock import Clock, SystemClock, format_duration, format_wall
+from backfill.clock import Clock, SystemClock, current_deadline, format_duration, format_wall
 from backfill.errors import ConfigError
 
+log = logging.getLogger("backfill.ratelimit")
+
 __all__ = [
+    "DEFAULT_MAX_WAIT",
     "AdaptiveRate",
     "CircuitBreaker",
+    "Grant",
     "LateStart",
     "Limit",
     "Outcome",
     "Resource",
     "SharedRate",
     "book_block",
+    "describe_seconds",
     "parse_limit",
-    "take_start_deadline",
+    "take_grant",
 ]
 
 _UNITS = {
@@ -71,24 +78,49 @@ class Limit:
         return f"{self.count:g}/{self.period:g}s"
 
 
+# The longest wait a source may impose (Retry-After, RateLimit-Reset) unless a resource
+# says otherwise: longer is a broken or hostile server, not a plan.
+DEFAULT_MAX_WAIT = 3600.0
+# A rate slower than one request a week means nothing a backfill can use (and one that
+# rounds to zero would never let a request through).
+_SLOWEST_INTERVAL = 7 * 86400.0
+
+
+def describe_seconds(seconds: float) -> str:
+    """``86400``, ``0.5``, ``1e+30``: a number of seconds as a message shows it."""
+    if seconds.is_integer() and seconds < 1e12:
+        return f"{seconds:.0f}"
+    return f"{seconds:.3g}"
+
+
 def parse_limit(value: str | float | Limit) -> Limit:
     """``"5/s"``, ``"100/min"``, ``"10000/day"``, ``"30 per 5 min"`` or a number per second."""
     if isinstance(value, Limit):
-        return value
-    if isinstance(value, int | float):
-        if value <= 0:
-            raise ConfigError(f"a rate must be positive, not {value}")
-        return Limit(float(value), 1.0)
-    match = _LIMIT.match(value.lower())
-    unit = match and (_UNITS.get(match[3]) or _UNITS.get(match[3].rstrip("s")))
-    if not match or not unit:
+        limit, shown = value, str(value)
+    elif isinstance(value, int | float):
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"rate {value!r} must be a positive number of requests per second")
+        limit, shown = Limit(float(value), 1.0), f"{value!r}/s"
+    else:
+        match = _LIMIT.match(value.lower())
+        unit = match and (_UNITS.get(match[3]) or _UNITS.get(match[3].rstrip("s")))
+        if not match or not unit:
+            raise ConfigError(
+                f"rate {value!r} is not understood; write it like '5/s', '100/min' or '10000/day'"
+            )
+        count, multiple = float(match[1]), float(match[2] or 1)
+        if count <= 0 or multiple <= 0:
+            raise ConfigError(f"rate {value!r} must be positive")
+        limit, shown = Limit(count, multiple * unit), repr(value)
+    finite = math.isfinite(limit.count) and math.isfinite(limit.period)
+    if not finite or limit.count <= 0 or limit.period <= 0:
+        raise ConfigError(f"rate {shown} must be a positive, finite number of requests")
+    if limit.period / limit.count > _SLOWEST_INTERVAL:
         raise ConfigError(
-            f"rate {value!r} is not understood; write it like '5/s', '100/min' or '10000/day'"
+            f"rate {shown} allows one request every {limit.period / limit.count / 86400:,.0f} "
+            "days; a rate must allow at least one request a week"
         )
-    count, multiple = float(match[1]), float(match[2] or 1)
-    if count <= 0 or multiple <= 0:
-        raise ConfigError(f"rate {value!r} must be positive")
-    return Limit(count, multiple * unit)
+    return limit
 
 
 class LateStart(Exception):
@@ -96,22 +128,53 @@ class LateStart(Exception):
     request was not sent, and takes a new start."""
 
 
-# Until when (on which clock) the start the current task was granted from a fleet's
-# schedule may still be used; checked, and consumed, where the request is written.
-_start_deadline: contextvars.ContextVar[tuple[Clock, float] | None] = contextvars.ContextVar(
-    "backfill_start_deadline", default=None
+class Grant:
+    """A start from a fleet's schedule, on its way to the wire with its request.
+
+    The resource hands it over ahead of its instant by the time requests usually take to
+    reach the wire (measured), and the request waits there until the instant: on time
+    however slow the way is. A grant found past its deadline there is not used
+    (:class:`LateStart`), unless its request has already missed ``_MAX_WIRE_MISSES``
+    in a row: a process too busy ever to be on time still makes progress.
+    """
+
+    __slots__ = ("deadline", "granted", "resource", "start")
+
+    def __init__(self, resource: Resource, start: float, deadline: float) -> None:
+        self.resource = resource
+        self.start = start
+        self.deadline = deadline
+        self.granted = resource.clock.monotonic()
+
+    def at_wire(self) -> float:
+        """Seconds the request must still wait before it goes (0: now); raises
+        :class:`LateStart` when it is too late to go at all."""
+        resource = self.resource
+        now = resource.clock.monotonic()
+        resource.measure_way(now - self.granted)
+        if now > self.deadline:
+            if resource.wire_misses < _MAX_WIRE_MISSES:
+                resource.wire_misses += 1
+                raise LateStart
+            resource.went_late()
+            return 0.0
+        resource.wire_misses = 0
+        return max(0.0, self.start - now)
+
+
+# The fleet start the current task's request was granted; taken where it is written.
+_grant: contextvars.ContextVar[Grant | None] = contextvars.ContextVar(
+    "backfill_grant", default=None
 )
 
 
-def take_start_deadline() -> bool:
-    """Whether the start this task was granted has passed its deadline (then the request
-    must not be sent). Consumed: a request's later writes are not checked again."""
-    held = _start_deadline.get()
-    if held is None:
-        return False
-    _start_deadline.set(None)
-    clock, deadline = held
-    return clock.monotonic() > deadline
+def take_grant() -> Grant | None:
+    """The fleet start granted to this task's request, if any; taken once (a request's
+    later writes are not checked again)."""
+    held = _grant.get()
+    if held is not None:
+        _grant.set(None)
+    return held
 
 
 class Outcome(StrEnum):
@@ -207,6 +270,12 @@ def book_block(
         due += interval
     return due, starts
 
+
+# A request that found its fleet start stale on the way to the wire this many times in a
+# row goes with the next one anyway.
+_MAX_WIRE_MISSES = 5
+# The head start a fleet start is handed over with, at most (see Grant).
+_MAX_LEAD = 0.25
 
 # Limits over longer periods than this are quotas, counted exactly over a sliding window;
 # shorter ones are rates, smoothed by virtual scheduling with the resource's burst.
@@ -409,7 +478,9 @@ class CircuitBreaker:
 
     While open the resource hands out no reservations; after ``cooldown`` seconds one
     probe request is let through (half-open): success closes the circuit, failure opens it
-    again for twice as long (up to ``max_cooldown``).
+    again for twice as long, up to ``max_cooldown``: a few seconds, so a source that comes
+    back is used again within seconds, at the cost of one request every few seconds
+    while it is down.
     """
 
     def __init__(
@@ -419,7 +490,7 @@ class CircuitBreaker:
         window: int = 20,
         min_requests: int = 10,
         cooldown: float = 2.0,
-        max_cooldown: float = 60.0,
+        max_cooldown: float = 5.0,
     ) -> None:
         self.threshold = threshold
         self.window = window
@@ -461,7 +532,9 @@ class CircuitBreaker:
         return None
 
 
-Listener = Callable[[str, str, float], None]
+# listener(resource name, what happened (a sentence), seconds it lasts, kind): kind is
+# "paused", "quota", "circuit_open", "circuit_closed" or "rate".
+Listener = Callable[[str, str, float, str], None]
 
 
 class SharedRate(Protocol):
@@ -521,7 +594,13 @@ class Resource:
         shared: bool = False,
         breaker: CircuitBreaker | None = None,
         clock: Clock | None = None,
+        max_wait: float = DEFAULT_MAX_WAIT,
     ) -> None:
+        if not isinstance(max_wait, int | float) or not 0 < max_wait < math.inf:
+            raise ConfigError(
+                f"resource {name!r}: max_wait must be a positive number of seconds, "
+                f"not {max_wait!r}"
+            )
         if burst < 1:
             raise ConfigError(f"resource {name!r}: burst must be at least 1")
         if concurrency is not None and concurrency < 1:
@@ -531,6 +610,7 @@ class Resource:
         if not declared and not adaptive:
             raise ConfigError(f"resource {name!r} needs a rate (e.g. rate='5/s') or adaptive=True")
         self.name = name
+        self.max_wait = float(max_wait)
         self.burst = burst
         self.concurrency = concurrency
         self.limits = declared
@@ -589,6 +669,11 @@ class Resource:
         self.rate_limited = 0
         self.pauses = 0
         self.late_starts = 0  # fleet starts found stale and dropped, taken again
+        self.sent_late = 0  # requests sent past their fleet start, after too many misses
+        self.wire_misses = 0  # fleet starts missed at the wire in a row
+        self._way = 0.0  # how long a granted request takes to reach the wire (EWMA)
+        self.pause_reason: str | None = None
+        self.circuit_since: float | None = None  # wall clock
 
     def __repr__(self) -> str:
         return f"Resource({self.name!r}, rate={self.rate_description()})"
@@ -650,6 +735,9 @@ class Resource:
             self._pace_scheduler.set_rate(self.pace.rate, self.burst)
         self._said_slower = False
         self._pacing = None
+        self._quota_wait_until = -math.inf
+        self.pause_reason = None
+        self.circuit_since = None
         self.paused_until = -math.inf
         old = self.breaker
         self.breaker = CircuitBreaker(
@@ -667,12 +755,13 @@ class Resource:
         self._semaphore = None
 
     def subscribe(self, listener: Listener) -> None:
-        """``listener(resource_name, what, seconds)`` hears of pauses and breaker changes."""
+        """``listener(resource_name, what, seconds, kind)`` hears of pauses, quota waits,
+        breaker changes and a declared rate the source does not accept."""
         self._listeners.append(listener)
 
-    def _tell(self, what: str, seconds: float) -> None:
+    def _tell(self, what: str, seconds: float, kind: str) -> None:
         for listener in self._listeners:
-            listener(self.name, what, seconds)
+            listener(self.name, what, seconds, kind)
 
     # -- a fleet of workers ----------------------------------------------------------------
 
@@ -709,20 +798,22 @@ class Resource:
             # The next request builds a resizable pool of the new size.
             self._semaphore = None
 
-    async def _shared_start(self) -> float:
-        """Wait for a start instant from the fleet's schedule.
+    async def _shared_start(self) -> tuple[float, float]:
+        """Wait for a start instant from the fleet's schedule; return it and the latest
+        instant at which the request may still go out.
 
         Instants are used only on time: one found more than half an interval late (its
         holder was busy) is dropped, never spent later, where it would bunch up with the
-        starts other workers were given after it. Returns the latest instant at which the
-        request may still go out, checked again where it is written (see
-        :mod:`backfill.sources.wire`): the way there can be as slow as the wait.
+        starts other workers were given after it. A start is handed over ahead of its
+        instant by the time requests take to reach the wire, and checked again there
+        (see :class:`Grant` and :mod:`backfill.sources.wire`).
         """
         assert self._shared is not None
         interval = self.rate_interval if self._shares_rate else 0.0
         # With a rate, a start more than half an interval late would bunch up with later
         # ones; with quotas only (no spacing), lateness costs nothing worth a start.
         late = interval / 2 if interval else math.inf
+        lead = min(1.5 * self._way, _MAX_LEAD) if interval else 0.0
         if self._taking is None:
             self._taking = asyncio.Lock()
         self._waiting += 1
@@ -733,15 +824,15 @@ class Resource:
                     self._slots.popleft()
                 if self._slots:
                     start = self._slots.popleft()
-                    if start <= now:
-                        return start + late
+                    if start - lead <= now:
+                        return start, start + late
                     if start - now > max(5.0, 2 * interval) and start > self.paused_until:
                         self._say_quota_wait(start)
-                    await self.clock.sleep(start - now)
+                    await self.clock.sleep(start - lead - now)
                     # Woken late (the loop or the CPU was busy): the start is as stale
                     # as one found late, and is dropped the same way.
                     if self.clock.monotonic() <= start + late:
-                        return start + late
+                        return start, start + late
                     continue
                 async with self._taking:
                     if self._slots:
@@ -751,8 +842,12 @@ class Resource:
                     count = max(1, min(self._waiting, most))
                     starts, paused_until = await self._shared.take(count)
                     self._slots.extend(starts)
-                    if paused_until > self.clock.monotonic() + 1e-3:
-                        self._pause_until(paused_until, "retry-after, seen by another worker")
+                    now = self.clock.monotonic()
+                    if paused_until > now + 1e-3:
+                        self._pause_until(
+                            min(paused_until, now + self.max_wait),
+                            "retry-after, seen by another worker",
+                        )
         finally:
             self._waiting -= 1
 
@@ -768,6 +863,19 @@ class Resource:
         return start
 
     async def acquire(self) -> None:
+        """Wait for this request's turn (rates, pauses and the breaker all respected);
+        the wait does not count against the partition's stage timeout."""
+        deadline = current_deadline.get()
+        if deadline is None:
+            await self._acquire()
+            return
+        deadline.hold()
+        try:
+            await self._acquire()
+        finally:
+            deadline.release()
+
+    async def _acquire(self) -> None:
         """Wait for this request's turn (rates, pauses and the breaker all respected).
 
         Requests take their turns in order, one at a time: the first waits until every
@@ -784,7 +892,6 @@ class Resource:
             # A job module (and its resources) may outlive one event loop, e.g. in tests.
             self._pacing = asyncio.Lock()
             self._pacing_loop = loop
-        deadline = math.inf
         if self._shared is not None and not self._shares_rate:
             # Quotas first: a request that waits hours for its day's quota takes its turn
             # at the rate after that, not before.
@@ -810,11 +917,57 @@ class Resource:
                 for scheduler in self._schedulers if self._shared is None else self._local:
                     scheduler.book(now)
                 break
+        grant = None
         if self._shared is not None and self._shares_rate:
             # Last: a start granted by the fleet must go out on its instant.
-            deadline = await self._shared_start()
+            start, deadline = await self._shared_start()
+            grant = Grant(self, start, deadline)
         self.requests += 1
-        _start_deadline.set((self.clock, deadline) if deadline < math.inf else None)
+        _grant.set(grant)
+
+    def measure_way(self, seconds: float) -> None:
+        """How long a granted request took to reach the wire (see Grant)."""
+        self._way += 0.1 * (min(seconds, _MAX_LEAD) - self._way)
+
+    def went_late(self) -> None:
+        """A request went out past its fleet start, after missing it too often; say so
+        once a run."""
+        self.wire_misses = 0
+        self.sent_late += 1
+        if self.sent_late == 1:
+            log.warning(
+                "resource %s: requests reach the wire later than the fleet's schedule "
+                "allows (this process is too busy); some are sent late",
+                self.name,
+            )
+
+    def state(self) -> dict[str, Any]:
+        """What the resource is doing now, for status and the dashboard (instants on the
+        wall clock): its declared limits and the rate it runs at, a pause and why, its
+        circuit, a quota wait, and how many requests it made and saw refused."""
+        now, wall = self.clock.monotonic(), self.clock.time()
+
+        def at(instant: float) -> float | None:
+            return round(wall + instant - now, 3) if instant > now else None
+
+        breaker = self.breaker
+        circuit = "closed"
+        if breaker.open_until is not None:
+            circuit = "probing" if breaker.probing else "open"
+        return {
+            "declared": ", ".join(str(lim) for lim in self.limits) or None,
+            "adaptive": self.adaptive,
+            "rate": round(self.rate, 4) if self.limits or self.pace is not None else None,
+            "paused_until": at(self.paused_until),
+            "pause_reason": self.pause_reason if self.paused_until > now else None,
+            "circuit": circuit,
+            "circuit_since": self.circuit_since if circuit != "closed" else None,
+            "circuit_retry_at": at(breaker.open_until) if breaker.open_until is not None else None,
+            "quota_until": at(self._quota_wait_until),
+            "quotas": [str(q) for q in self.quotas],
+            "requests": self.requests,
+            "rate_limited": self.rate_limited,
+        }
 
     def _say_quota_wait(self, until: float) -> None:
         """Say once per wait that a quota is used up, and when requests resume."""
@@ -828,6 +981,7 @@ class Resource:
             f"quota used up ({spent}): resumes {format_wall(wall + until - now, wall)} "
             f"(in {format_duration(until - now)})",
             until - now,
+            "quota",
         )
 
     def unsent(self) -> None:
@@ -867,6 +1021,7 @@ class Resource:
                 f"declared {pace.ceiling:g}/s is more than the source accepts: running at "
                 f"{pace.rate:.3g}/s",
                 0.0,
+                "rate",
             )
 
     def _latency_rising(self, latency: float) -> bool:
@@ -888,7 +1043,16 @@ class Resource:
 
     def pause(self, seconds: float, reason: str = "retry-after") -> None:
         """Hold every request of this resource for ``seconds`` (extends, never stacks);
-        with a fleet, every worker's requests."""
+        with a fleet, every worker's requests. No pause lasts longer than ``max_wait``,
+        and one cut to it says so."""
+        if math.isnan(seconds):  # a garbage hint is no pause
+            return
+        if seconds > self.max_wait:
+            reason = (
+                f"{reason}; asked for {describe_seconds(seconds)} s, waiting the cap of "
+                f"{describe_seconds(self.max_wait)} s"
+            )
+            seconds = self.max_wait
         if self._shared is not None:
             self._shared.pause(seconds)
         self._pause_until(self.clock.monotonic() + seconds, reason)
@@ -898,9 +1062,10 @@ class Resource:
         if until > self.paused_until + 1e-3:
             was_paused = self.paused_until > self.clock.monotonic()
             self.paused_until = until
+            self.pause_reason = reason
             if not was_paused:
                 self.pauses += 1
-                self._tell(f"paused ({reason})", seconds)
+                self._tell(f"paused ({reason})", seconds, "paused")
 
     def observe(
         self,
@@ -926,10 +1091,11 @@ class Resource:
             self._paced(now)
         if outcome is Outcome.RATE_LIMITED:
             self.rate_limited += 1
-            wait = retry_after if retry_after is not None else 1.0
+            asked = retry_after if retry_after is not None else 1.0
+            wait = min(asked, self.max_wait)
             if pace is not None and pace.on_rate_limited(now, max(now + wait, self.paused_until)):
                 self._paced(now)
-            self.pause(wait, "429")
+            self.pause(asked, "429")
         elif outcome is Outcome.OK and pace is not None and pace.on_success(now):
             self._paced(now)
         if pace is not None and limit and window:
@@ -940,6 +1106,14 @@ class Resource:
         if outcome is not Outcome.RATE_LIMITED:
             change = self.breaker.record(outcome is not Outcome.ERROR, now)
             if change == "opened":
-                self._tell("circuit open: too many errors", self.breaker.cooldown)
+                self.circuit_since = self.clock.time()
+                first, most = self.breaker.cooldown, self.breaker.max_cooldown
+                then = f", then at most {most:g} s apart" if most > first else ""
+                self._tell(
+                    f"circuit open: too many errors; probing every {first:g} s{then}",
+                    first,
+                    "circuit_open",
+                )
             elif change == "closed":
-                self._tell("circuit closed", 0.0)
+                self.circuit_since = None
+                self._tell("circuit closed", 0.0, "circuit_closed")

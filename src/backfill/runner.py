@@ -17,6 +17,7 @@ import dataclasses
 import getpass
 import importlib
 import inspect
+import json
 import logging
 import multiprocessing
 import os
@@ -33,7 +34,7 @@ from typing import Any, TypeVar
 import structlog
 
 from backfill.checks import CheckResult, results_json
-from backfill.clock import Clock, SystemClock
+from backfill.clock import Clock, Deadline, SystemClock, current_deadline
 from backfill.context import Context, RunCache, StageLog
 from backfill.errors import (
     BackfillError,
@@ -49,6 +50,7 @@ from backfill.errors import (
 )
 from backfill.events import (
     EventBus,
+    FleetCounts,
     PartitionFinished,
     PartitionRetrying,
     PartitionStarted,
@@ -56,6 +58,7 @@ from backfill.events import (
     RunFinished,
     RunStarted,
     RunStopping,
+    Tick,
     WorkerJoined,
     WorkerLost,
 )
@@ -77,7 +80,7 @@ from backfill.ledger import (
 from backfill.partitions import Order, Partition, Selection
 from backfill.runstats import RunStats
 from backfill.sinks import Mode, Record, to_mappings
-from backfill.sources.http import HttpClient, RequestTally, partition_requests, redact
+from backfill.sources.http import HttpClient, RequestTally, partition_requests
 from backfill.writer import PageWrites, SinkWriter, WriteResult
 
 __all__ = ["ExitCode", "RunOptions", "RunResult", "Runner", "worker_is_dead"]
@@ -92,6 +95,7 @@ _FIRST_LEASE_WAIT = 0.05  # seconds; doubles up to the lease poll
 _MIN_SCAN = 1024  # pending partitions a bounded claim checks for readiness, at least
 _FULL_SCAN_SPACING = 50  # a full scan is due after this many times its own cost
 _MESSAGE_LIMIT = 2000
+_FLEET_COUNTS_EVERY = 5  # seconds between reads of the fleet's counts, for displays
 
 
 class ExitCode:
@@ -240,7 +244,7 @@ def _failed_message(
     return "; ".join(parts)
 
 
-def _classify(exc: BaseException, stage: Stage) -> StageError:
+def _classify(exc: BaseException, stage: Stage, tally: RequestTally | None = None) -> StageError:
     """Map any exception a stage raised onto transient, permanent or fatal."""
     if isinstance(exc, StageError):
         return exc
@@ -248,8 +252,13 @@ def _classify(exc: BaseException, stage: Stage) -> StageError:
         if stage.timeout is None:
             # Not the stage's own limit: a client's (a socket's read timeout, say).
             return TransientError(f"TimeoutError: {exc}", category="timeout")
+        # Waits for a resource's turns do not count (see Deadline): this is the stage's
+        # own time, and what the source last did wrong is likely why.
+        cause = (
+            f"; the source's last error: {tally.last_error}" if tally and tally.last_error else ""
+        )
         return TransientError(
-            f"stage {stage.name} took longer than its timeout of {stage.timeout:g} s",
+            f"stage {stage.name} took longer than its timeout of {stage.timeout:g} s{cause}",
             category="timeout",
         )
     if isinstance(exc, SinkError):
@@ -288,10 +297,16 @@ class Runner:
         self.cache = RunCache()
         self._clients: dict[str | None, HttpClient] = {}
         self._secrets = job.secrets
+        # Everything the run shows or stores goes through it; checkpoints are sealed by it.
+        self._masker = job.masker(ledger.url)
         for resource in job.resources.values():
             resource.reset()
             resource.subscribe(self._on_resource)
         self._stop = asyncio.Event()
+        # Set when a resource pauses, opens its circuit, waits for a quota...: its state
+        # goes on record (at once, at the first one: status shows the run's resources).
+        self._resources_changed = asyncio.Event()
+        self._resources_changed.set()
         self._immediate = False
         self._fatal: StageError | None = None
         self._interrupted = False
@@ -347,7 +362,7 @@ class Runner:
         elif first:
             self._grace_task = asyncio.get_running_loop().create_task(self._grace_then_cancel())
         if first or immediate:
-            self.bus.emit(RunStopping(reason, immediate=immediate))
+            self.bus.emit(RunStopping(self._masker.mask(reason), immediate=immediate))
 
     def _cancel_in_flight(self) -> None:
         for task in list(self._tasks):
@@ -381,16 +396,90 @@ class Runner:
                     headers=options["headers"],
                     params=options["params"],
                     secrets=self._secrets,
+                    base_url=options["base_url"],
+                    allowed_hosts=options["allowed_hosts"],
+                    cross_origin=options["cross_origin"],
+                    max_body=options["max_body"],
+                    deadline=options["deadline"],
                 )
             self._clients[resource] = client
         return client
 
-    def _on_resource(self, name: str, what: str, seconds: float) -> None:
-        self.bus.emit(ResourceChanged(name, what, seconds))
+    def _on_resource(self, name: str, what: str, seconds: float, kind: str) -> None:
+        self.bus.emit(ResourceChanged(name, what, seconds, kind))
+        self._resources_changed.set()
+
+    def _resources_json(self) -> str | None:
+        """What the resources this run's stages use are doing, as the ledger keeps it."""
+        used = sorted({s.resource for s in self.stages if s.resource is not None})
+        if not used:
+            return None
+        states = {name: self.job.resources[name].state() for name in used}
+        return json.dumps(states, separators=(",", ":"))
+
+    async def _tick(self) -> None:
+        """A Tick event every second, for displays with a cadence of their own; in a
+        fleet, the fleet's counts every few seconds, so a worker shows the fleet's
+        progress, not its own share."""
+        names = [s.name for s in self.stages]
+        seconds = 0
+        while True:
+            # The displays' cadence, not the run's logic: real seconds, not the clock's.
+            await asyncio.sleep(1.0)
+            seconds += 1
+            if self.options.wait_for_leases and seconds % _FLEET_COUNTS_EVERY == 0:
+                try:
+                    counts = await self._db(
+                        self.ledger.counts,
+                        self.job.name,
+                        names,
+                        self.options.selection,
+                        recent=False,
+                    )
+                except BackfillError as exc:
+                    log.debug("could not read the fleet's counts: %s", exc)
+                else:
+                    self.bus.emit(FleetCounts(counts))
+            self.bus.emit(Tick(self.clock.time()))
+
+    async def _publish_resources(self) -> None:
+        """Put on record what this worker's resources are doing as soon as one pauses,
+        opens or closes its circuit, changes its rate or waits for a quota (at most once
+        a second; the heartbeat does it too), so status and the dashboard can say why
+        nothing moves."""
+        while True:
+            await self._resources_changed.wait()
+            self._resources_changed.clear()
+            try:
+                await self._db(
+                    self.ledger.heartbeat,
+                    self.worker_id,
+                    now=self.clock.time(),
+                    resources=self._resources_json(),
+                )
+            except BackfillError as exc:
+                log.warning("could not record the state of resources: %s", exc)
+            # Not a wait the run's clock should see: only spacing the writes out.
+            await asyncio.sleep(1.0)
+
+    def _unseal(
+        self, checkpoint: str | None, log: logging.LoggerAdapter[logging.Logger]
+    ) -> str | None:
+        """A stored checkpoint with the secrets declared now (a rotated key is used)."""
+        if checkpoint is None:
+            return None
+        value, missing = self._masker.unseal(checkpoint)
+        for where in missing:
+            log.warning(
+                "the checkpoint names the secret %s, which the job no longer declares; the "
+                "partition resumes with the placeholder in its place",
+                where,
+            )
+        return value
 
     def _clean(self, message: str) -> str:
         """One line, bounded, with every secret masked: what the ledger and logs get."""
-        return _truncate(redact(message, self._secrets))
+        return _truncate(self._masker.mask(message))
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -488,7 +577,13 @@ class Runner:
                 host=_host(),
                 pid=os.getpid(),
                 command=self.options.command,
-                options={**self.options.as_record(), "user": user},
+                options=self._masker.mask_tree(
+                    {
+                        **self.options.as_record(),
+                        "argv": self._masker.mask_argv(self.options.argv),
+                        "user": user,
+                    }
+                ),
             ),
         )
         initial = await self._db(
@@ -531,6 +626,8 @@ class Runner:
 
         heartbeat = asyncio.create_task(self._heartbeat())
         flusher = asyncio.create_task(self._flush_loop())
+        publisher = asyncio.create_task(self._publish_resources())
+        ticker = asyncio.create_task(self._tick())
         try:
             if self._fatal is None:
                 try:
@@ -548,12 +645,18 @@ class Runner:
                 self._grace_task.cancel()
             heartbeat.cancel()
             flusher.cancel()
+            publisher.cancel()
+            ticker.cancel()
             if fleet is not None:
                 fleet.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await fleet
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             if self._background_flush is not None:
@@ -614,6 +717,8 @@ class Runner:
             message = _left_message(final)
         else:
             status, code, message = RunStatus.DONE, ExitCode.OK, None
+        if message is not None:
+            message = self._masker.mask(message)
         elapsed = self.clock.monotonic() - started
         result = RunResult(
             run_id=self.run_id,
@@ -654,7 +759,7 @@ class Runner:
         if self._fatal is not None and result.status is not RunStatus.FATAL:
             # The end of the run could not be recorded: say so, exit 2.
             result.status, result.exit_code = RunStatus.FATAL, ExitCode.USAGE
-            result.message = self._fatal.message
+            result.message = self._masker.mask(self._fatal.message)
         self.bus.emit(
             RunFinished(
                 self.run_id, result.status.value, result.exit_code, elapsed, final, result.message
@@ -774,7 +879,12 @@ class Runner:
                     self.ledger.renew, self.worker_id, lease_seconds=self.job.lease_seconds, now=now
                 )
                 self.leases.renewed(since=since, done=self.clock.monotonic())
-                await self._db(self.ledger.heartbeat, self.worker_id, now=now)
+                await self._db(
+                    self.ledger.heartbeat,
+                    self.worker_id,
+                    now=now,
+                    resources=self._resources_json(),
+                )
             except BackfillError as exc:
                 log.warning("could not renew leases: %s", exc)
 
@@ -1116,11 +1226,14 @@ class Runner:
         fenced = self._fenced(stage)
 
         async def save_checkpoint(value: str | None) -> None:
-            if not await self._db(self.ledger.save_checkpoint, self.worker_id, claim.id, value):
+            # A next link may echo the API key: the ledger (and the pages' tags) hold
+            # placeholders where the job's secrets were, never the secrets.
+            sealed = self._masker.seal(value) if value is not None else None
+            if not await self._db(self.ledger.save_checkpoint, self.worker_id, claim.id, sealed):
                 raise LeaseLost(claim.key)
             # Tag later pages with it only once it is on record: until then a resume
             # starts from the one before, and must find (and replace) them by that one.
-            pages.checkpoint = value
+            pages.checkpoint = sealed
 
         async def write(
             tables: Mapping[str, list[Record]], done: Outcome | None, *, urgent: bool
@@ -1166,7 +1279,7 @@ class Runner:
                     log=adapter,
                     _http=self.http,
                     _resource=stage.resource,
-                    checkpoint=pages.checkpoint,
+                    checkpoint=self._unseal(pages.checkpoint, adapter),
                     _save_checkpoint=save_checkpoint,
                     _write=write_now,
                 )
@@ -1185,7 +1298,7 @@ class Runner:
                 except (asyncio.CancelledError, LeaseLost):
                     raise
                 except Exception as exc:
-                    error = _classify(exc, stage)
+                    error = _classify(exc, stage, tally)
                     if isinstance(error, FatalError):
                         if self._fatal is None:
                             self._fatal = error
@@ -1334,7 +1447,8 @@ class Runner:
                 records = next(iter(rows.values()))
             else:
                 records = [r for table_rows in rows.values() for r in table_rows]
-            results.append(check.run(records, partition))
+            result = check.run(records, partition)
+            results.append(dataclasses.replace(result, detail=self._masker.mask(result.detail)))
         stored = results_json(results)
         failed = next((r for r in results if not r.ok), None)
         if failed is None:
@@ -1451,8 +1565,13 @@ class Runner:
             # thread up, so the partitions after it never pay for it.
             return await self._stage_threads.call(_call_sync, fn, ctx, time_limit=stage.timeout)
         if stage.timeout is not None:
-            async with asyncio.timeout(stage.timeout):
-                return await coro
+            async with asyncio.timeout(stage.timeout) as timeout:
+                # Waits for a resource's turns stop this clock (see Deadline).
+                current_deadline.set(Deadline(timeout))
+                try:
+                    return await coro
+                finally:
+                    current_deadline.set(None)
         return await coro
 
 

@@ -132,6 +132,7 @@ def test_a_schema_1_database_is_migrated_in_place(pg_url: str) -> None:
     store.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE backfill_stages DROP COLUMN planned")
+        conn.execute("ALTER TABLE backfill_workers DROP COLUMN resources")
         conn.execute("DROP TABLE backfill_resources")
         conn.execute("ALTER TABLE backfill_partitions DROP COLUMN checks")
         conn.execute("DROP INDEX backfill_partitions_window")

@@ -4,6 +4,7 @@ SIGKILL and resume, concurrent runs, bad records and schema drift."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import random
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from backfill import Context, Job, Partition, Status, daily
 from backfill.ledger.sqlite import SQLiteLedger
@@ -992,3 +995,366 @@ def test_two_concurrent_runs_of_one_job_write_each_row_once(
         codes.append(proc.returncode)
     assert 0 in codes
     _check_exact(dest, mode)
+
+
+# -- untrusted records: one hostile record fails its own partition ----------------------
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(levels):
+        value = {"x": value}
+    return value
+
+
+def _healthy(day: str, n: int) -> dict[str, Any]:
+    return {"day": day, "n": n, "v": n, "s": f"s{n}", "j": {"n": n}}
+
+
+# Each shape: what the hostile partition's last record becomes, the category and the
+# words its failure names on SQLite and on PostgreSQL (None: that database stores it).
+HOSTILE: dict[str, tuple[Any, tuple[str, str] | None, tuple[str, str] | None]] = {
+    "case_in_record": (lambda r: {**r, "V": 1}, ("bad_field", "'V'"), ("bad_field", "'V'")),
+    "case_of_column": (
+        lambda r: {**{k: x for k, x in r.items() if k != "s"}, "S": "x"},
+        ("bad_field", "'S'"),
+        ("bad_field", "'S'"),
+    ),
+    "reserved_partition": (
+        lambda r: {**r, "_partition": "elsewhere"},
+        ("reserved_field", "'_partition'"),
+        ("reserved_field", "'_partition'"),
+    ),
+    "reserved_page": (
+        lambda r: {**r, "_Page": "c1"},
+        ("reserved_field", "'_Page'"),
+        ("reserved_field", "'_Page'"),
+    ),
+    "empty_name": (lambda r: {**r, "": 1}, ("bad_field", "''"), ("bad_field", "''")),
+    "nul_in_name": (
+        lambda r: {**r, "a\x00b": 1},
+        ("bad_field", "'a\\x00b'"),
+        ("bad_field", "'a\\x00b'"),
+    ),
+    "name_not_a_string": (lambda r: {**r, 7: 1}, ("bad_field", "7"), ("bad_field", "7")),
+    "surrogate_in_name": (
+        lambda r: {**r, "a\udc80": 1},
+        ("bad_field", "'a\\udc80'"),
+        ("bad_field", "'a\\udc80'"),
+    ),
+    "name_over_63_bytes": (
+        lambda r: {**r, "é" * 32: 1},
+        None,
+        ("bad_field", "'" + "é" * 32),
+    ),
+    "too_many_fields_sqlite": (
+        lambda r: {**r, **{f"f{i}": i for i in range(1995)}},
+        ("too_many_fields", "2,000"),
+        ("too_many_fields", "1,600"),
+    ),
+    "too_many_fields_postgres": (
+        lambda r: {**r, **{f"f{i}": None for i in range(1595)}},
+        None,
+        ("too_many_fields", "1,600"),
+    ),
+    "row_too_big_postgres": (
+        lambda r: {**r, **{f"f{i}": i for i in range(1100)}},
+        None,
+        ("too_big", "table t"),
+    ),
+    "integer_over_64_bits": (
+        lambda r: {**r, "v": 2**64},
+        ("bad_value", "'v'"),
+        ("bad_value", "'v'"),
+    ),
+    "integer_under_64_bits": (
+        lambda r: {**r, "v": -(2**63) - 1},
+        ("bad_value", "'v'"),
+        ("bad_value", "'v'"),
+    ),
+    "lone_surrogate": (
+        lambda r: {**r, "s": "ok \ud800"},
+        ("bad_value", "'s'"),
+        ("bad_value", "'s'"),
+    ),
+    "lone_surrogate_in_json": (
+        lambda r: {**r, "j": {"n": ["\udfff"]}},
+        ("bad_value", "'j'"),
+        ("bad_value", "'j'"),
+    ),
+    "nan_in_json": (
+        lambda r: {**r, "j": {"n": float("nan")}},
+        ("bad_value", "'j'"),
+        ("bad_value", "'j'"),
+    ),
+    "json_nested_too_deep": (
+        lambda r: {**r, "j": _deep(5000)},
+        ("bad_value", "'j'"),
+        ("bad_value", "'j'"),
+    ),
+    "nul_in_text": (lambda r: {**r, "s": "a\x00b"}, None, ("bad_value", "'s'")),
+    "bytes_in_text": (
+        lambda r: {**r, "s": b"\x00\xff"},
+        ("type_clash", "'s'"),
+        ("type_clash", "'s'"),
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(HOSTILE))
+def test_a_hostile_record_fails_only_its_partition_and_a_rerun_after_the_fix_completes(
+    dest: Destination, tmp_path: Path, shape: str
+) -> None:
+    """One record of a hostile shape (field names, too many fields, values no column holds)
+    fails only its partition, naming table and field, with exit 1: the healthy partitions
+    of the same batch are written, the table gains no column of it, a rerun fails it again
+    without touching the rest, and a rerun once the source is fixed completes it exactly."""
+    make_bad, on_sqlite, on_postgres = HOSTILE[shape]
+    expected = on_sqlite if dest.kind == "sqlite" else on_postgres
+    sink = dest.table("t", mode="append")
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    fixed = [False]
+
+    def job(last: int) -> Job:
+        job = Job("hostile", partitions=daily("2013-01-01", f"2013-01-{last:02d}"), sink=sink)
+
+        @job.stage(concurrency=8)
+        async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+            records = [_healthy(partition.key, n) for n in range(3)]
+            if partition.key == "2013-01-04" and not fixed[0]:
+                records[2] = make_bad(records[2])
+            return records
+
+        return job
+
+    # The table exists (made by two healthy days) before the hostile record comes.
+    assert run_job(job(2), ledger).exit_code == ExitCode.OK
+    columns = _columns(dest, "t")
+    result = run_job(job(7), ledger)
+    per_day = dest.query("SELECT day, count(*) FROM {t} GROUP BY day ORDER BY day")
+    if expected is None:
+        assert result.exit_code == ExitCode.OK
+        assert per_day == [(f"2013-01-{d:02d}", 3) for d in range(1, 8)]
+        ledger.close()
+        return
+    category, named = expected
+    assert result.exit_code == ExitCode.FAILED
+    failed = ledger.entries("hostile", "fetch", status=Status.FAILED)
+    assert [e.key for e in failed] == ["2013-01-04"]
+    message = failed[0].error_message or ""
+    assert failed[0].error_category == category, message
+    assert named in message and "table t" in message and "2013-01-04" in message, message
+    assert "\n" not in message and len(message) < 600
+    healthy = [(f"2013-01-{d:02d}", 3) for d in (1, 2, 3, 5, 6, 7)]
+    assert per_day == healthy
+    assert _columns(dest, "t") == columns
+    # Rerun unfixed: it fails again, and only it runs.
+    ledger.requeue("hostile", ["fetch"], [Status.FAILED])
+    assert run_job(job(7), ledger).exit_code == ExitCode.FAILED
+    assert dest.query("SELECT day, count(*) FROM {t} GROUP BY day ORDER BY day") == healthy
+    fixed[0] = True
+    ledger.requeue("hostile", ["fetch"], [Status.FAILED])
+    assert run_job(job(7), ledger).exit_code == ExitCode.OK
+    assert dest.query("SELECT day, count(*) FROM {t} GROUP BY day ORDER BY day") == [
+        (f"2013-01-{d:02d}", 3) for d in range(1, 8)
+    ]
+    assert dest.query("SELECT count(DISTINCT _partition) FROM {t}") == [(7,)]
+    ledger.close()
+
+
+def _dated_job(sink: Sink, last: int, bad: dict[str, Any], fixed: list[bool], **dims: Any) -> Job:
+    """Daily partitions of 2013-01 whose three rows are dated by ``day``; on the 3rd, the
+    last row takes ``bad``'s fields until ``fixed``."""
+    job = Job("dated", partitions=daily("2013-01-01", f"2013-01-{last:02d}", **dims), sink=sink)
+
+    @job.stage(concurrency=8)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        extra = {k: partition[k] for k, _ in partition.dims}
+        records = [{"day": partition.date, "n": n, **extra} for n in range(3)]
+        if partition.date.day == 3 and not fixed[0]:
+            records[2].update(bad)
+        return records
+
+    return job
+
+
+OUTSIDE = {
+    "day_after": ({"day": dt.date(2013, 1, 4)}, "2013-01-04"),
+    "day_before_as_text": ({"day": "2012-12-31"}, "2012-12-31"),
+    "no_date": ({"day": None}, "None"),
+    "not_a_date": ({"day": "yesterday"}, "yesterday"),
+    "compact_date_text": ({"day": "20130103"}, "20130103"),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(OUTSIDE))
+def test_replace_by_a_date_column_fails_a_partition_with_a_row_outside_its_window(
+    dest: Destination, tmp_path: Path, shape: str
+) -> None:
+    """A row dated outside its partition's window (or not dated) would survive every redo
+    by that date and be written again each time: it fails its partition with the value and
+    the window named, the rest are written, reruns add nothing, and the fix completes it."""
+    bad, shown = OUTSIDE[shape]
+    sink = dest.table("t", mode="replace-partition", partition_column="day")
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    fixed = [False]
+    assert run_job(_dated_job(sink, 2, bad, fixed), ledger).exit_code == ExitCode.OK
+    for _ in range(2):
+        assert run_job(_dated_job(sink, 5, bad, fixed), ledger).exit_code == ExitCode.FAILED
+        failed = ledger.entries("dated", "fetch", status=Status.FAILED)
+        assert [e.key for e in failed] == ["2013-01-03"]
+        message = failed[0].error_message or ""
+        assert failed[0].error_category == "outside_partition", message
+        assert f"day={shown}" in message or f"day='{shown}'" in message, message
+        assert "table t" in message, message
+        if shape in ("day_after", "day_before_as_text"):
+            assert "window 2013-01-03..2013-01-03" in message, message
+        assert dest.query("SELECT count(*) FROM {t}") == [(12,)]
+        ledger.requeue("dated", ["fetch"], [Status.FAILED])
+    fixed[0] = True
+    assert run_job(_dated_job(sink, 5, bad, fixed), ledger).exit_code == ExitCode.OK
+    rows = dest.query("SELECT day, count(*) FROM {t} GROUP BY day ORDER BY day")
+    assert [(str(d)[:10], c) for d, c in rows] == [(f"2013-01-0{d}", 3) for d in range(1, 6)]
+    ledger.close()
+
+
+def test_replace_by_a_date_column_fails_a_row_of_another_dimension(
+    dest: Destination, tmp_path: Path
+) -> None:
+    """Partitions crossed with a dimension delete by it too: a row carrying another value of
+    the dimension (which the redo would not delete) fails its partition."""
+    sink = dest.table("t", mode="replace-partition", partition_column="day")
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    fixed = [False]
+    job = _dated_job(sink, 4, {"tour": "wta"}, fixed, tour=["atp"])
+    assert run_job(job, ledger).exit_code == ExitCode.FAILED
+    failed = ledger.entries("dated", "fetch", status=Status.FAILED)
+    assert [e.key for e in failed] == ["2013-01-03/tour=atp"]
+    assert failed[0].error_category == "outside_partition"
+    assert "tour='wta'" in (failed[0].error_message or "")
+    assert dest.query("SELECT count(*) FROM {t}") == [(9,)]
+    ledger.close()
+
+
+def test_outside_window_allow_writes_the_rows_and_leaves_them_to_the_user(
+    dest: Destination, tmp_path: Path
+) -> None:
+    """Declared outside_window='allow': rows outside the window are written, and a redo of
+    their partition does not replace them (as documented, they are the user's to dedupe)."""
+    sink = dest.table("t", mode="replace-partition", partition_column="day", outside_window="allow")
+    ledger = SQLiteLedger(tmp_path / "state.db")
+    job = _dated_job(sink, 3, {"day": dt.date(2013, 2, 1)}, [False])
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    ledger.requeue("dated", ["fetch"], [Status.DONE])
+    assert run_job(job, ledger).exit_code == ExitCode.OK
+    assert dest.query("SELECT count(*) FROM {t} WHERE day < '2013-02-01'") == [(8,)]
+    assert dest.query("SELECT count(*) FROM {t} WHERE day >= '2013-02-01'") == [(2,)]
+    ledger.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_nan_is_stored_as_null_and_infinities_as_themselves(dest: Destination, mode: str) -> None:
+    """A float NaN is stored as NULL on both databases (SQLite keeps no NaN), and ±inf as
+    ±inf; in every mode."""
+    key = None if mode == "append" else ["k"]
+    sink = dest.table("t", key=key, mode=mode)
+    nan, inf = float("nan"), float("inf")
+    _write(sink, [{"k": 1, "f": 1.5}, {"k": 2, "f": nan}, {"k": 3, "f": inf}, {"k": 4, "f": -inf}])
+    assert dest.query("SELECT k, f FROM {t} ORDER BY k") == [
+        (1, 1.5),
+        (2, None),
+        (3, inf),
+        (4, -inf),
+    ]
+
+
+_ANY_CHAR = st.characters(codec=None, exclude_categories=())
+_NAMES = st.one_of(
+    st.sampled_from(["day", "n", "v", "Day", "_partition", "_PAGE", "", "é" * 40]),
+    st.text(_ANY_CHAR, max_size=8),
+    st.integers(-3, 3),
+)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(_ANY_CHAR, max_size=12),
+    st.binary(max_size=6),
+    st.dates(),
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_NAMES, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    batch=st.lists(
+        st.lists(st.dictionaries(_NAMES, _VALUES, min_size=1, max_size=5), max_size=4),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_whatever_records_a_source_sends_a_write_succeeds_or_fails_on_data(
+    dest: Destination, mode: str, batch: list[list[dict[Any, Any]]]
+) -> None:
+    """Arbitrary records (any field names, huge integers, NaN, surrogates, bytes, nested
+    values) either write or raise PermanentError with the table named: never another
+    exception, which would stop the run; a failed batch leaves nothing behind."""
+    from backfill.errors import PermanentError
+
+    name = f"h{uuid.uuid4().hex[:8]}"
+    key = ["k"] if mode != "append" else None
+    days = [[{"k": f"{d}-{i}", **r} for i, r in enumerate(rows)] for d, rows in enumerate(batch)]
+    sink = dest.table(name, key=key, mode=mode)
+    refused: str | None = None
+    try:
+        _write(sink, *days)
+    except PermanentError as exc:
+        refused = exc.message
+    if refused is not None:
+        assert f"table {name}" in refused and "\n" not in refused, refused
+        assert _columns(dest, name) == []
+    else:
+        written = dest.query(f"SELECT count(*) FROM {{{name}}}") if _columns(dest, name) else [(0,)]
+        assert written == [(sum(map(len, days)),)]
+
+
+def test_a_sqlite_value_longer_than_the_file_takes_fails_naming_its_field(tmp_path: Path) -> None:
+    """Text or bytes over SQLite's length limit (lowered here to 1,000 bytes) fail their
+    partition with the field and both sizes named, not the run."""
+    from backfill.errors import PermanentError
+
+    sink = table(f"sqlite:///{tmp_path / 'out.db'}", "t", key=["k"])
+    day = daily("2013-01-01", "2013-01-01").get("2013-01-01")
+    assert day is not None
+    for value in ("é" * 600, b"x" * 1_001):
+        conn = sink.connect()
+        conn.raw.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1_000)
+        conn.begin()
+        with pytest.raises(
+            PermanentError,
+            match=r"field 'big' of table t holds a value of 1,\d+ bytes, more than the 1,000",
+        ) as info:
+            sink.write(conn, [Rows(day, [{"k": 1, "big": value}])])
+        conn.rollback()
+        conn.close()
+        assert info.value.category == "bad_value"
+
+
+def test_a_key_repeated_in_a_batch_keeps_its_last_record_with_nan_among_them(
+    dest: Destination,
+) -> None:
+    """NaN stored as NULL does not change which of a repeated key's records wins: the last."""
+    sink = dest.table("t", key=["k"])
+    nan = float("nan")
+    _write(sink, [{"k": 1, "f": nan}, {"k": 2, "f": 2.5}], [{"k": 1, "f": 1.5}, {"k": 2, "f": nan}])
+    assert dest.query("SELECT k, f FROM {t} ORDER BY k") == [(1, 1.5), (2, None)]

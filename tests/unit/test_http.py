@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import importlib.util
 import json
 import math
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -18,7 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backfill.errors import FatalError, PermanentError, StageError, TransientError
+from backfill.ratelimit import Resource
 from backfill.sources.http import HttpClient, decode_json, parse_retry_after, redact_url
+from backfill.sources.origins import allowed_origins
 
 URL = "https://api.example/results/2013-01-01"
 SECRET_URL = "https://api.example/results?date=2013-01-01&api_key=SECRET"
@@ -327,3 +331,270 @@ def test_parse_retry_after_negative_is_no_hint_and_past_is_zero():
 def test_parse_retry_after_infinity_is_not_a_hint():
     """`Retry-After: inf` is not delta-seconds, so it gives no hint instead of waiting forever."""
     assert parse_retry_after("inf") is None
+
+
+# --- untrusted sources: origins, redirects, bodies, waits -------------------------------
+
+
+def run_client(handler: Handler, call: Callable[[HttpClient], Any], **options: Any) -> Any:
+    """`call(client)` on a client whose transport is `handler`; the client is closed after."""
+
+    async def go() -> Any:
+        client = HttpClient(transport=httpx.MockTransport(handler), **options)
+        try:
+            return await call(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def test_a_call_s_own_headers_do_not_follow_a_redirect_to_another_origin() -> None:
+    """Headers and cookies a stage passes with one call go to the URL it named, and not to
+    another origin a redirect points at (httpx would keep all but Authorization)."""
+    seen: dict[str, httpx.Headers] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen[request.url.host] = request.headers
+        if request.url.host == "api.example":
+            return httpx.Response(302, headers={"Location": "https://elsewhere.example/x"})
+        return httpx.Response(200, json={})
+
+    run_client(
+        handler,
+        lambda c: c.get_json(URL, headers={"X-Session": "sess-1"}, cookies={"sid": "c-2"}),
+    )
+    assert seen["api.example"]["X-Session"] == "sess-1"
+    assert "sid=c-2" in seen["api.example"]["Cookie"]
+    assert "X-Session" not in seen["elsewhere.example"]
+    assert "Cookie" not in seen["elsewhere.example"]
+
+
+def test_a_call_s_header_replaces_the_resource_s_of_the_same_name_once() -> None:
+    """A header a call sets wins over the resource's of the same name, whatever its case,
+    and is sent once."""
+    seen: list[list[str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get_list("authorization"))
+        return httpx.Response(200, json={})
+
+    run_client(
+        handler,
+        lambda c: c.get_json(URL, headers={"authorization": "Bearer call"}),
+        headers={"Authorization": "Bearer resource"},
+    )
+    assert seen == [["Bearer call"]]
+
+
+@pytest.mark.parametrize(
+    ("code", "method", "sent"),
+    [
+        (303, "POST", ("GET", b"")),
+        (302, "POST", ("GET", b"")),
+        (301, "POST", ("GET", b"")),
+        (307, "POST", ("POST", b'{"a": 1}')),
+        (308, "PUT", ("PUT", b'{"a": 1}')),
+    ],
+)
+def test_redirects_change_the_method_as_browsers_do(
+    code: int, method: str, sent: tuple[str, bytes]
+) -> None:
+    """303 (and 301/302 after a POST) are followed with a GET without the body; 307 and
+    308 keep the method and the body."""
+    hops: list[tuple[str, bytes]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/start":
+            return httpx.Response(code, headers={"Location": "/end"})
+        hops.append((request.method, request.content))
+        return httpx.Response(200, json={})
+
+    response = run_client(
+        handler,
+        lambda c: c.request(method, "https://api.example/start", content=b'{"a": 1}'),
+    )
+    assert response.status_code == 200
+    assert hops == [sent]
+
+
+def test_follow_redirects_false_returns_the_redirect_itself() -> None:
+    """`follow_redirects=False` hands the 3xx answer back, Location and all."""
+    response = run_client(
+        lambda request: httpx.Response(302, headers={"Location": "/elsewhere"}),
+        lambda c: c.get(URL, follow_redirects=False),
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/elsewhere"
+
+
+def test_a_redirect_without_a_location_is_a_bad_header() -> None:
+    """A 302 without Location is a permanent `bad_header` error, not an answer."""
+    error = fetch_error(status(302))
+    assert type(error) is PermanentError
+    assert error.category == "bad_header"
+    assert "Location" in error.message
+
+
+def test_more_redirects_than_the_bound_fail_the_request() -> None:
+    """A chain of more than 10 redirects, each to a new URL, is a permanent error."""
+    hops = iter(range(100))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"Location": f"/hop/{next(hops)}"})
+
+    error = fetch_error(handler)
+    assert type(error) is PermanentError
+    assert "more than 10 redirects" in error.message
+
+
+def test_a_relative_url_without_base_url_is_a_permanent_bad_url() -> None:
+    """A relative URL on a client without base_url says to declare one; nothing is sent."""
+    error = fetch_error(status(200), "/results")
+    assert type(error) is PermanentError
+    assert error.category == "bad_url"
+    assert "base_url" in error.message
+
+
+def test_a_relative_url_is_appended_to_the_base_url_s_path() -> None:
+    """`base_url="https://api.example/v2"` and `get("/results?x=1")` fetch
+    https://api.example/v2/results?x=1, as httpx's own base_url does."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={})
+
+    run_client(handler, lambda c: c.get_json("/results?x=1"), base_url="https://api.example/v2")
+    assert seen == ["https://api.example/v2/results?x=1"]
+
+
+def test_allowed_hosts_without_a_scheme_take_the_base_url_s() -> None:
+    """`host` and `host:port` entries mean the scheme of base_url (https without one);
+    a full origin is taken as written."""
+    assert allowed_origins("http://a.example", ["b.example:8080", "https://c.example"]) == {
+        ("http", "a.example", 80),
+        ("http", "b.example", 8080),
+        ("https", "c.example", 443),
+    }
+    assert allowed_origins(None, ["d.example"]) == {("https", "d.example", 443)}
+
+
+def streamed(body: bytes, encoding: str | None = None) -> Handler:
+    """A handler answering `body` as a stream (read by the client, not pre-read)."""
+    headers = {"Content-Encoding": encoding} if encoding else {}
+    return lambda request: httpx.Response(200, stream=httpx.ByteStream(body), headers=headers)
+
+
+DOC = json.dumps({"data": list(range(1000))}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding"),
+    [
+        (DOC, None),
+        (gzip.compress(DOC), "gzip"),
+        (gzip.compress(DOC[:100]) + gzip.compress(DOC[100:]), "gzip"),
+        (zlib.compress(DOC), "deflate"),
+        (zlib.compress(DOC)[2:-4], "deflate"),
+        (zlib.compress(gzip.compress(DOC)), "gzip, deflate"),
+    ],
+    ids=["identity", "gzip", "gzip-two-members", "deflate", "raw-deflate", "gzip-then-deflate"],
+)
+def test_encoded_bodies_decode_to_the_document(body: bytes, encoding: str | None) -> None:
+    """Every content encoding the client asks for decodes to the same document."""
+    assert fetch_json(streamed(body, encoding)) == json.loads(DOC)
+
+
+def test_a_content_encoding_not_asked_for_is_a_bad_body() -> None:
+    """`Content-Encoding: br` (the client asks for gzip and deflate only) is a transient
+    `bad_body` naming the encoding."""
+    error = fetch_error(streamed(b"\x0b\x02\x80{}\x03", "br"))
+    assert type(error) is TransientError
+    assert error.category == "bad_body"
+    assert "'br'" in error.message
+
+
+def test_a_garbled_gzip_body_is_a_bad_body() -> None:
+    """A body that is not the gzip it claims to be is a transient `bad_body`."""
+    error = fetch_error(streamed(b"\x1f\x8b not gzip at all", "gzip"))
+    assert type(error) is TransientError
+    assert error.category == "bad_body"
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+def test_a_body_of_exactly_max_body_passes_and_one_byte_more_fails(encoding: str | None) -> None:
+    """The bound is inclusive and counts decoded bytes."""
+    body = b"[" + b" " * 98 + b"]"
+    raw = gzip.compress(body) if encoding else body
+    assert run_client(streamed(raw, encoding), lambda c: c.get_json(URL), max_body=100) == []
+    with pytest.raises(PermanentError, match="larger than 99 bytes") as excinfo:
+        run_client(streamed(raw, encoding), lambda c: c.get_json(URL), max_body=99)
+    assert excinfo.value.category == "body_too_large"
+
+
+def test_a_content_length_over_max_body_fails_before_the_body_is_read() -> None:
+    """A declared length over the bound fails at once, reading nothing of the body."""
+    read: list[int] = []
+
+    class Endless(httpx.AsyncByteStream):
+        async def __aiter__(self) -> Any:
+            while True:
+                read.append(1)
+                yield b" " * 1024
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Endless(), headers={"Content-Length": str(2**40)})
+
+    with pytest.raises(PermanentError, match="larger than 1 KiB"):
+        run_client(handler, lambda c: c.get_json(URL), max_body=1024)
+    assert read == []
+
+
+def test_a_response_read_within_the_bound_keeps_its_content() -> None:
+    """`request()` hands back a response whose content, text and json() work as usual."""
+    response = run_client(streamed(gzip.compress(DOC), "gzip"), lambda c: c.get(URL))
+    assert response.content == DOC
+    assert response.json() == json.loads(DOC)
+
+
+def test_a_wide_number_across_a_scan_boundary_is_still_exact() -> None:
+    """An integer beyond 64 bits that straddles the 64 KiB scan slices decodes exactly."""
+    wide = 123456789012345678901234567890
+    prefix = b'{"pad": "' + b"x" * (65536 - 20) + b'", "n": '
+    body = prefix + str(wide).encode() + b"}"
+    assert decode_json(body)["n"] == wide
+
+
+def test_parse_retry_after_leaves_the_cap_to_the_caller() -> None:
+    """A day is a day to the parser (the resource caps it); an unreadable number is no
+    hint at all."""
+    assert parse_retry_after("86400") == 86400.0
+    assert parse_retry_after("1" + "0" * 400) is None
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now=0.0) == pytest.approx(
+        253402300799.0
+    )
+
+
+def test_a_far_future_retry_after_date_is_waited_only_up_to_max_wait() -> None:
+    """A 429 asking to wait until the year 9999 carries a hint of max_wait seconds and
+    says what it asked for."""
+    error = fetch_error(status(429, {"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}))
+    assert isinstance(error, TransientError)
+    assert error.retry_after == 3600.0
+    assert "waiting the cap of 3600 s" in error.message
+
+
+def test_a_resource_pause_longer_than_max_wait_is_cut_and_said_once() -> None:
+    """Pausing a resource with max_wait=120 for 10**9 s pauses it 120 s, telling its
+    listeners once what was asked and what is waited."""
+    resource = Resource("api", rate="5/s", max_wait=120.0)
+    told: list[tuple[str, float]] = []
+    resource.subscribe(lambda name, what, seconds, kind: told.append((what, seconds)))
+    resource.pause(1e9, "quota used up")
+    resource.pause(5e8, "quota used up")
+    assert 60.0 < resource.paused_until - resource.clock.monotonic() <= 120.0
+    assert len(told) == 1
+    assert told[0][0] == (
+        "paused (quota used up; asked for 1000000000 s, waiting the cap of 120 s)"
+    )

@@ -91,9 +91,9 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     second.close()
 
 
-@pytest.mark.parametrize("old_version", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("old_version", [1, 2, 3, 4, 5, 6, 7])
 def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: int) -> None:
-    """A state file of schema 1 to 6 is brought up to date on open, keeping its rows."""
+    """A state file of schema 1 to 7 is brought up to date on open, keeping its rows."""
     import sqlite3
 
     from backfill.ledger import Outcome, Status
@@ -105,7 +105,11 @@ def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: i
     store.plan("j", "s", daily("2013-01-01", "2013-01-31"))
     store.close()
     with sqlite3.connect(target) as conn:
-        conn.execute("ALTER TABLE backfill_partitions DROP COLUMN begun")
+        conn.execute("ALTER TABLE backfill_workers DROP COLUMN resources")
+        for table in ("backfill_resources", "backfill_quotas", "backfill_quota_starts"):
+            conn.execute(f"DROP TABLE {table}")
+        if old_version < 7:
+            conn.execute("ALTER TABLE backfill_partitions DROP COLUMN begun")
         if old_version < 6:
             conn.execute("ALTER TABLE backfill_stages DROP COLUMN planned")
             conn.execute("ALTER TABLE backfill_partitions DROP COLUMN lost_leases")
@@ -132,6 +136,8 @@ def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: i
     assert migrated.complete("me", [Outcome(got.id, Status.DONE, requests=2)], now=2.0) == 1
     assert migrated.counts("j", ["s"])["s"].done == 1
     assert migrated.workers("j") == []
+    due, _, _ = migrated.take_starts("j", "api", count=1, interval=0.5, tolerance=0.0)
+    assert due == [0.0]
     migrated.close()
     with sqlite3.connect(target) as conn:
         version = conn.execute("SELECT value FROM backfill_meta").fetchone()[0]

@@ -49,7 +49,7 @@ def serve(
     """Requests from ``workers`` tasks through ``resource`` for ``seconds`` of virtual time."""
     rng = random.Random(seed)
     served = Served()
-    resource.subscribe(lambda name, what, seconds: served.said.append(what))
+    resource.subscribe(lambda name, what, seconds, kind: served.said.append(what))
     tokens, last = float(bucket), 0.0
 
     async def worker() -> None:

@@ -21,7 +21,7 @@ from backfill import (
     Status,
     daily,
 )
-from backfill.errors import FatalError, TransientError
+from backfill.errors import FatalError, PermanentError, TransientError
 from backfill.ledger import open_ledger
 from backfill.runner import ExitCode
 from backfill.sources.http import HttpClient
@@ -207,3 +207,121 @@ def test_a_stage_on_a_body_without_its_field_fails_with_the_field_named() -> Non
     assert {e.status for e in entries} == {Status.FAILED}
     assert all(e.attempts == 3 for e in entries)
     assert all("field 'rows' not in the response" in (e.error_message or "") for e in entries)
+
+
+# --- untrusted sources -------------------------------------------------------------------
+
+SECRET = "s3cr3t-key-9431"
+
+
+async def collect(
+    handler: Any, url: str, style: Any, bound: int = 20, **options: Any
+) -> tuple[list[Any], list[httpx.URL]]:
+    """The pages of a walk (at most ``bound``, then it stops) and the URLs requested."""
+    requested: list[httpx.URL] = []
+
+    def recording(request: httpx.Request) -> httpx.Response:
+        requested.append(request.url)
+        response: httpx.Response = handler(request)
+        return response
+
+    client = HttpClient(transport=httpx.MockTransport(recording), **options)
+    pages: list[Any] = []
+    try:
+        async for page in client.paginate(url, pagination=style):
+            pages.append(page)
+            if len(pages) >= bound:
+                break
+    finally:
+        await client.aclose()
+    return pages, requested
+
+
+def test_a_saved_next_link_never_holds_the_resource_s_params() -> None:
+    """A next link echoing the real key gives a `Page.next` (what a checkpoint saves)
+    without it; the request still carries the declared key, once."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        start = int(request.url.params.get("from", "0"))
+        nxt = f"/next?from={start + 3}&api_key={SECRET}" if start + 3 < len(ITEMS) else None
+        return httpx.Response(200, json={"data": ITEMS[start : start + 3], "next": nxt})
+
+    pages, requested = asyncio.run(
+        collect(handler, "http://api.test/next", NextUrl(), params={"api_key": SECRET})
+    )
+    assert [r for p in pages for r in p.records] == ITEMS
+    assert all(SECRET not in (p.next or "") for p in pages)
+    assert pages[0].next == "http://api.test/next?from=3"
+    assert [u.params.get_list("api_key") for u in requested] == [[SECRET]] * 3
+
+
+def test_a_next_link_s_query_reaches_the_source_byte_for_byte() -> None:
+    """An opaque, signed next link keeps every byte of its query (escapes, order) when the
+    resource adds its params."""
+    opaque = "cursor=a%2Bb%3D%3D~*&sig=Zm9v%2F&z=1"
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.query)
+        nxt = f"/next?{opaque}" if len(seen) == 1 else None
+        return httpx.Response(200, json={"data": [len(seen)], "next": nxt})
+
+    asyncio.run(collect(handler, "http://api.test/next", NextUrl(), params={"api_key": "k1"}))
+    assert seen[1] == f"{opaque}&api_key=k1".encode()
+
+
+def test_a_cursor_already_used_is_a_pagination_loop() -> None:
+    """A cursor the walk has already sent is a permanent `pagination_loop` error instead of
+    the same pages forever."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": [1], "next_cursor": "c-1"})
+
+    with pytest.raises(PermanentError) as excinfo:
+        asyncio.run(collect(handler, "http://api.test/cursor", Cursor()))
+    assert excinfo.value.category == "pagination_loop"
+    assert "cursor" in excinfo.value.message
+
+
+def test_a_next_link_that_is_not_a_string_is_a_bad_body() -> None:
+    """A next field holding an object is a transient `bad_body`, not a URL to guess at."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": [1], "next": {"href": "/x"}})
+
+    with pytest.raises(TransientError) as excinfo:
+        asyncio.run(collect(handler, "http://api.test/next", NextUrl()))
+    assert excinfo.value.category == "bad_body"
+
+
+def test_a_saved_next_link_to_another_origin_is_refused_when_so_declared() -> None:
+    """Resuming from a checkpoint that points at another origin obeys cross_origin like a
+    fresh next link: refused, and nothing is sent."""
+    with pytest.raises(PermanentError) as excinfo:
+        asyncio.run(
+            walk_from(
+                "http://api.test/next",
+                "http://evil.test/next?from=3",
+                base_url="http://api.test",
+                cross_origin="refuse",
+            )
+        )
+    assert excinfo.value.category == "cross_origin"
+    assert "http://evil.test" in excinfo.value.message
+
+
+async def walk_from(url: str, resume_from: str, **options: Any) -> list[Any]:
+    requested: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requested.append(str(request.url))
+        return pages_app(request)
+
+    client = HttpClient(transport=httpx.MockTransport(handler), **options)
+    try:
+        return [
+            p async for p in client.paginate(url, pagination=NextUrl(), resume_from=resume_from)
+        ]
+    finally:
+        await client.aclose()
+        assert requested == []

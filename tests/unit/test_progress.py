@@ -8,13 +8,17 @@ import re
 import pytest
 from rich.console import Console
 
+from backfill import progress as progress_module
 from backfill.events import (
+    FleetCounts,
     PartitionFinished,
     PartitionRetrying,
     PartitionStarted,
+    ResourceChanged,
     RunFinished,
     RunStarted,
     RunStopping,
+    Tick,
 )
 from backfill.ledger import StageCounts, Status
 from backfill.progress import LiveProgress, PlainProgress, ProgressState, format_duration
@@ -95,7 +99,7 @@ def test_pending_release_does_not_count_as_finished():
     assert s.running == 0
     assert s.finished == 0
     assert s.remaining == 3
-    assert len(s.finishes) == 0
+    assert len(s.samples) == 0
 
 
 def test_remaining_never_goes_negative():
@@ -254,3 +258,109 @@ def test_format_duration_counts_days_for_long_runs():
     """Durations of two days and more read in days and hours."""
     assert format_duration(21 * 86400 + 4 * 3600) == "21d04h"
     assert format_duration(47 * 3600) == "47h00m"
+
+
+# --- stalls -----------------------------------------------------------------------------
+
+
+class Now:
+    """The progress module's clock, moved by hand."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.t = 1000.0
+        monkeypatch.setattr(progress_module.time, "monotonic", lambda: self.t)
+        monkeypatch.setattr(progress_module.time, "time", lambda: 1_700_000_000.0 + self.t)
+
+
+def steady(plain: PlainProgress | ProgressState, now: Now, count: int) -> None:
+    """``count`` partitions of fetch done, one every 0.5 s."""
+    for i in range(count):
+        now.t += 0.5
+        event = finished("fetch", f"k{i}", Status.DONE)
+        if isinstance(plain, PlainProgress):
+            plain(event)
+        else:
+            plain.apply(event)
+
+
+def test_a_stage_where_nothing_finishes_is_stalled_with_its_resources_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Partitions finished every 0.5 s, then none for 30 s while the api's circuit is
+    open: no rate, no ETA (nothing says when it ends), and the stall is said with the
+    circuit and since when, not a rate from before the outage."""
+    now = Now(monkeypatch)
+    state = ProgressState()
+    state.apply(started(fetch=StageCounts("fetch", pending=100)))
+    steady(state, now, 20)
+    stage = state.stages["fetch"]
+    assert stage.rate(now.t) == pytest.approx(2.0, rel=0.2)
+    state.apply(
+        ResourceChanged(
+            "api", "circuit open: too many errors; probing every 2 s", 2.0, "circuit_open"
+        )
+    )
+    now.t += 30.0
+    assert stage.rate(now.t) is None
+    assert stage.eta(now.t, state.wait(now.t)) is None
+    note = state.stall_note(stage, now.t)
+    assert note is not None and note.startswith("stalled 30s: api circuit open since ")
+    assert "probing every 2 s" in note
+    state.apply(ResourceChanged("api", "circuit closed", 0.0, "circuit_closed"))
+    assert state.holdups(now.t) == []
+
+
+def test_a_quota_wait_of_known_length_is_in_the_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stalled on a quota that frees up in an hour: the ETA is that hour plus the rest
+    at the pace before the stall."""
+    now = Now(monkeypatch)
+    state = ProgressState()
+    state.apply(started(fetch=StageCounts("fetch", pending=40)))
+    steady(state, now, 20)
+    state.apply(ResourceChanged("api", "quota used up (20/day): resumes ...", 3600.0, "quota"))
+    now.t += 60.0
+    stage = state.stages["fetch"]
+    eta = stage.eta(now.t, state.wait(now.t))
+    assert eta == pytest.approx(3540.0 + 20 / 2.0, rel=0.05)
+
+
+def test_plain_progress_keeps_its_cadence_while_nothing_happens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With only ticks coming (a source that is down), a line comes every interval, on
+    its own cadence, and says the stage is stalled and why."""
+    now = Now(monkeypatch)
+    out = io.StringIO()
+    plain = PlainProgress(out, interval=10.0)
+    plain(started(fetch=StageCounts("fetch", pending=100)))
+    steady(plain, now, 10)
+    plain(
+        ResourceChanged(
+            "api", "circuit open: too many errors; probing every 2 s", 2.0, "circuit_open"
+        )
+    )
+    before = len(stage_lines(out.getvalue()))
+    for _ in range(60):
+        now.t += 1.0
+        plain(Tick(now.t))
+    lines = stage_lines(out.getvalue())[before:]
+    assert len(lines) == 6
+    assert "stalled" in lines[-1] and "api circuit open since" in lines[-1]
+    assert "ETA -" in lines[-1]
+
+
+def test_a_worker_of_a_fleet_shows_the_fleets_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that finished 10 of the fleet's 100 partitions, told that the fleet has
+    finished 90: its line says 90/100, with the fleet's rate, not its own share."""
+    now = Now(monkeypatch)
+    out = io.StringIO()
+    plain = PlainProgress(out, interval=3600)
+    plain(started(fetch=StageCounts("fetch", pending=100)))
+    plain(FleetCounts({"fetch": StageCounts("fetch", pending=60, done=40)}))
+    steady(plain, now, 10)  # this worker's own finishes no longer move the counts
+    now.t += 5.0
+    plain(FleetCounts({"fetch": StageCounts("fetch", pending=10, done=90)}))
+    plain(RUN_FINISHED)
+    last = stage_lines(out.getvalue())[-1]
+    assert "fetch: 90/100 (90%) done 90" in last
+    assert "rate 5.0/s" in last or "rate 5.1/s" in last

@@ -179,11 +179,11 @@ def test_breaker_opens_on_errors_and_closes_after_a_good_probe() -> None:
     resource = Resource(
         "api", rate="100/s", clock=clock, breaker=CircuitBreaker(cooldown=5.0, min_requests=10)
     )
-    resource.subscribe(lambda name, what, seconds: events.append(what))
+    resource.subscribe(lambda name, what, seconds, kind: events.append(what))
     for i in range(10):
         resource.observe(Outcome.ERROR if i % 2 else Outcome.OK)
     assert resource.breaker.is_open
-    assert events == ["circuit open: too many errors"]
+    assert events == ["circuit open: too many errors; probing every 5 s"]
 
     async def probe() -> float:
         await resource.acquire()

@@ -6,8 +6,9 @@ import asyncio
 import time
 
 import httpx
+import pytest
 
-from backfill.ratelimit import Resource, take_start_deadline
+from backfill.ratelimit import Grant, Resource, take_grant
 from backfill.sources import wire
 from backfill.sources.http import HttpClient
 
@@ -143,21 +144,103 @@ def test_the_wire_check_is_installed_in_the_default_transport() -> None:
     assert not isinstance(transport._pool._network_backend._inner, wire.PacedBackend)
 
 
-def test_a_deadline_is_set_only_for_fleet_starts_and_read_once() -> None:
-    """A resource of one process leaves no deadline behind; a fleet start leaves one
-    that the first write consumes."""
+def test_a_grant_is_made_only_for_fleet_starts_and_taken_once() -> None:
+    """A resource of one process leaves no grant behind; a fleet start leaves one that
+    the first write takes, and that is late once the process stalled past it."""
 
-    async def main() -> tuple[bool, bool, bool]:
+    async def main() -> tuple[Grant | None, Grant | None, Grant | None]:
         alone = Resource("api", rate=1000)
         await alone.acquire()
-        after_alone = take_start_deadline()
+        after_alone = take_grant()
         clock = ShiftClock()
         shared = Resource("api", rate=20, clock=clock)
         shared.share_with(FleetSchedule(clock))
         await shared.acquire()
-        clock.ahead += 1.0
-        late = take_start_deadline()
-        again = take_start_deadline()
-        return after_alone, late, again
+        grant = take_grant()
+        again = take_grant()
+        return after_alone, grant, again
 
-    assert asyncio.run(main()) == (False, True, False)
+    after_alone, grant, again = asyncio.run(main())
+    assert after_alone is None and again is None
+    assert grant is not None and grant.deadline == pytest.approx(grant.start + 0.025)
+
+
+class LaterSchedule(FleetSchedule):
+    """Grants every start ``ahead`` seconds in the future."""
+
+    def __init__(self, clock: ShiftClock, ahead: float) -> None:
+        super().__init__(clock)
+        self.ahead = ahead
+
+    async def take(self, count: int) -> tuple[list[float], float]:
+        starts, paused = await super().take(count)
+        return [start + self.ahead for start in starts], paused
+
+
+def test_a_start_handed_over_early_waits_at_the_wire_for_its_instant() -> None:
+    """With the way to the wire measured at 100 ms, a start is handed over ahead of its
+    instant and the request waits at the wire: it reaches the server no earlier than its
+    start, and not late."""
+    clock = ShiftClock()
+    resource = Resource("api", rate=20, clock=clock)
+    resource.share_with(LaterSchedule(clock, 0.4))
+    resource._way = 0.1
+    received: list[int] = []
+    arrivals: list[float] = []
+
+    async def main() -> float:
+        server = await _serve(received)
+        port = server.sockets[0].getsockname()[1]
+        client = HttpClient(resource=resource)
+
+        async def note(request: httpx.Request) -> None:
+            arrivals.append(clock.monotonic())
+
+        client._client.event_hooks = {"request": [note], "response": []}
+        began = clock.monotonic()
+        try:
+            await client.get_json(f"http://127.0.0.1:{port}/v1/x")
+        finally:
+            await client.aclose()
+            server.close()
+            await server.wait_closed()
+        return began
+
+    began = asyncio.run(main())
+    assert received == [1]
+    # Handed over 150 ms (1.5 x the way) before its instant, 400 ms out.
+    assert arrivals[0] - began < 0.4 - 0.1
+    assert resource.late_starts == 0
+
+
+def test_a_request_too_slow_for_every_start_goes_after_a_few_misses() -> None:
+    """A process so busy that every granted start is stale by the time its request is
+    written: after a few misses the request goes anyway (said once), rather than asking
+    for starts forever."""
+    clock = ShiftClock()
+    resource = Resource("api", rate=20, clock=clock)
+    schedule = FleetSchedule(clock)
+    resource.share_with(schedule)
+    received: list[int] = []
+
+    async def main() -> None:
+        server = await _serve(received)
+        port = server.sockets[0].getsockname()[1]
+        client = HttpClient(resource=resource)
+
+        async def stall(request: httpx.Request) -> None:
+            clock.ahead += 0.2  # every time: the way to the wire always takes 200 ms
+
+        client._client.event_hooks = {"request": [stall], "response": []}
+        try:
+            await client.get_json(f"http://127.0.0.1:{port}/v1/x")
+        finally:
+            await client.aclose()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+    assert received == [1]
+    assert resource.late_starts == 5
+    assert resource.sent_late == 1
+    assert schedule.taken == 6

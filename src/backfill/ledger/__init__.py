@@ -8,6 +8,7 @@ contract suite (``tests/ledger_contract.py``).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -218,6 +219,9 @@ class WorkerRecord:
     stopped_at: float | None
     # Partitions it finished (done, empty or failed), as recorded by ``complete``.
     finished: int = 0
+    # What its resources were doing at its last heartbeat (JSON: name -> state, see
+    # Resource.state): rate, pauses, circuit, quota waits.
+    resources: str | None = None
 
 
 # A partition whose lease is lost this many times in a row (its worker died or hung while
@@ -442,7 +446,9 @@ class Ledger(Protocol):
 
     def register_worker(self, worker: WorkerRecord) -> None: ...
 
-    def heartbeat(self, worker_id: str, *, now: float) -> None: ...
+    def heartbeat(self, worker_id: str, *, now: float, resources: str | None = None) -> None:
+        """The worker is alive; ``resources`` (JSON), when given, replaces the state of
+        its resources on record."""
 
     def stop_worker(self, worker_id: str, *, now: float) -> None: ...
 
@@ -471,12 +477,17 @@ class SharedLimits(Protocol):
         interval: float,
         tolerance: float,
         quotas: Sequence[tuple[int, float]] = (),
+        max_pause: float = math.inf,
     ) -> tuple[list[float], float, float]:
         """Book ``count`` starts (see :func:`backfill.ratelimit.book_block`), within every
-        quota of (count, period seconds); (when each is due, paused until) in seconds from
-        the database's now, and that now (epoch seconds on the database's clock)."""
+        quota of (count, period seconds), after a stored pause cut to ``max_pause``
+        seconds; (when each is due, paused until) in seconds from the database's now, and
+        that now (epoch seconds on the database's clock)."""
 
     def pause_resource(self, job: str, resource: str, seconds: float) -> None: ...
+
+    def resume_resource(self, job: str, resource: str) -> float | None:
+        """End a stored pause now; the seconds it still had, None if there was none."""
 
 
 def dims_json(dims: tuple[tuple[str, str], ...]) -> str | None:

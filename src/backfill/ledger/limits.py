@@ -6,17 +6,19 @@ three tables: the resource's schedule (its next theoretical start and a pause), 
 quota a ring of its last ``count`` starts. A ledger runs :func:`take_starts` inside one
 transaction that locks the resource's row, through a ``query`` function that executes
 its own dialect's named queries (``lock_resource``, ``insert_resource``, ``set_tat``,
-``lock_quota``, ``quota_starts``, ``record_quota_starts``, ``set_quota_taken``).
+``set_paused``, ``lock_quota``, ``quota_starts``, ``record_quota_starts``,
+``set_quota_taken``); :func:`resume` likewise.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from backfill.ratelimit import book_block
 
-__all__ = ["Query", "take_starts"]
+__all__ = ["Query", "resume", "take_starts"]
 
 # Runs one named query of the ledger's dialect with named parameters; returns its rows.
 Query = Callable[[str, Mapping[str, Any]], Sequence[Sequence[Any]]]
@@ -31,6 +33,7 @@ def take_starts(
     interval: float,
     tolerance: float,
     quotas: Sequence[tuple[int, float]] = (),
+    max_pause: float = math.inf,
 ) -> tuple[list[float], float, float]:
     """Book ``count`` starts of ``resource`` in ``scope`` (a job's name, or ``*`` for a
     resource every job shares).
@@ -39,7 +42,8 @@ def take_starts(
     until when the resource is paused; then that now itself (epoch seconds on the
     database's clock). ``interval`` 0 books quotas only. Each quota of (count, period)
     keeps a ring of the last ``count`` starts: start number m replaces number m - count,
-    and may not come before that one has left the quota's window.
+    and may not come before that one has left the quota's window. A stored pause
+    reaching more than ``max_pause`` seconds ahead is cut to it, and stored so.
     """
     key = {"job": scope, "name": resource}
     rows = query("lock_resource", key)
@@ -47,6 +51,13 @@ def take_starts(
         query("insert_resource", key)
         rows = query("lock_resource", key)
     tat, paused, now = (float(v) for v in rows[0])
+    if paused > now + max_pause:
+        # Left by an earlier run, or by a process with a longer cap (a hostile
+        # RateLimit-Reset of 31 years, say): cut, and the schedule booked behind it too.
+        paused = now + max_pause
+        tat = min(tat, paused)
+        query("set_paused", {**key, "paused": paused})
+        query("set_tat", {**key, "tat": tat})
     rings = []
     for size, period in quotas:
         quota = {**key, "quota": f"{size}/{period:g}"}
@@ -71,3 +82,18 @@ def take_starts(
         query("record_quota_starts", {**quota, "slots": slots, "starts": starts})
         query("set_quota_taken", {**quota, "taken": taken + count})
     return [start - now for start in starts], paused - now, now
+
+
+def resume(query: Query, scope: str, resource: str) -> float | None:
+    """End ``resource``'s stored pause now, with the schedule booked behind it; the seconds
+    the pause still had, or None when it was not paused."""
+    key = {"job": scope, "name": resource}
+    rows = query("lock_resource", key)
+    if not rows:
+        return None
+    tat, paused, now = (float(v) for v in rows[0])
+    if paused <= now:
+        return None
+    query("set_paused", {**key, "paused": 0.0})
+    query("set_tat", {**key, "tat": min(tat, now)})
+    return paused - now

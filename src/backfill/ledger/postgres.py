@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -49,13 +50,14 @@ from backfill.ledger import (
 )
 from backfill.partitions import Order, Partition, Selection
 from backfill.retry import RECONNECT_SECONDS
+from backfill.secrets import mask_url as redact_url
 
 __all__ = ["MAX_LOST_LEASES", "SCHEMA_VERSION", "PostgresLedger", "redact_url"]
 
 log = logging.getLogger("backfill.ledger.postgres")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _PLAN_CHUNK = 20_000
 # Any constant will do: it only serialises concurrent schema set-up and migrations.
 _MIGRATION_LOCK = 0x6261636B66696C6C  # "backfill"
@@ -78,12 +80,6 @@ _MIGRATIONS: dict[int, str] = {
     .read_text()
     for version in range(2, SCHEMA_VERSION + 1)
 }
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password (in the authority or a ``password=`` parameter) masked."""
-    url = re.sub(r"(?<=://)([^:/@]*):[^@/]*@", r"\1:***@", url)
-    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", url)
 
 
 def _target(url: str) -> tuple[str, str, str]:
@@ -940,8 +936,9 @@ class PostgresLedger:
         }
         self._run(lambda conn: conn.execute(_Q["register_worker"], params))
 
-    def heartbeat(self, worker_id: str, *, now: float) -> None:
-        self._run(lambda conn: conn.execute(_Q["heartbeat"], {"id": worker_id, "now": now}))
+    def heartbeat(self, worker_id: str, *, now: float, resources: str | None = None) -> None:
+        params = {"id": worker_id, "now": now, "resources": resources}
+        self._run(lambda conn: conn.execute(_Q["heartbeat"], params))
 
     def stop_worker(self, worker_id: str, *, now: float) -> None:
         self._run(lambda conn: conn.execute(_Q["stop_worker"], {"id": worker_id, "now": now}))
@@ -960,23 +957,21 @@ class PostgresLedger:
         interval: float,
         tolerance: float,
         quotas: Sequence[tuple[int, float]] = (),
+        max_pause: float = math.inf,
     ) -> tuple[list[float], float, float]:
         """Book ``count`` starts of a resource (see :func:`backfill.ledger.limits.take_starts`);
         ``job`` is the schedule's scope."""
 
         def book(conn: psycopg.Connection[Any]) -> tuple[list[float], float, float]:
-            def query(name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-                cursor = conn.execute(_Q[name], params)
-                return cursor.fetchall() if cursor.description is not None else []
-
             return limits.take_starts(
-                query,
+                _query(conn),
                 job,
                 resource,
                 count=count,
                 interval=interval,
                 tolerance=tolerance,
                 quotas=quotas,
+                max_pause=max_pause,
             )
 
         return self._run(book)
@@ -986,12 +981,26 @@ class PostgresLedger:
         params = {"job": job, "name": resource, "seconds": seconds}
         self._run(lambda conn: conn.execute(_Q["pause_resource"], params))
 
+    def resume_resource(self, job: str, resource: str) -> float | None:
+        """End a resource's stored pause now (see :func:`backfill.ledger.limits.resume`)."""
+        return self._run(lambda conn: limits.resume(_query(conn), job, resource))
+
     def workers(self, job: str, *, active_only: bool = True) -> list[WorkerRecord]:
         where = " AND stopped_at IS NULL" if active_only else ""
         rows = self._run(
             lambda conn: conn.execute(_Q["workers"].format(where=where), {"job": job}).fetchall()
         )
         return [WorkerRecord(*r) for r in rows]
+
+
+def _query(conn: psycopg.Connection[Any]) -> limits.Query:
+    """Named queries of this dialect on ``conn``, as :mod:`backfill.ledger.limits` runs them."""
+
+    def query(name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        cursor = conn.execute(_Q[name], params)
+        return cursor.fetchall() if cursor.description is not None else []
+
+    return query
 
 
 @contextlib.contextmanager

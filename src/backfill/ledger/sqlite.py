@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import re
 import sqlite3
 import threading
@@ -837,9 +838,9 @@ class SQLiteLedger:
                 },
             )
 
-    def heartbeat(self, worker_id: str, *, now: float) -> None:
+    def heartbeat(self, worker_id: str, *, now: float, resources: str | None = None) -> None:
         with self._tx() as conn:
-            conn.execute(_Q["heartbeat"], {"id": worker_id, "now": now})
+            conn.execute(_Q["heartbeat"], {"id": worker_id, "now": now, "resources": resources})
 
     def stop_worker(self, worker_id: str, *, now: float) -> None:
         with self._tx() as conn:
@@ -867,29 +868,42 @@ class SQLiteLedger:
         interval: float,
         tolerance: float,
         quotas: Sequence[tuple[int, float]] = (),
+        max_pause: float = math.inf,
     ) -> tuple[list[float], float, float]:
         """Book ``count`` starts of a resource (see :func:`backfill.ledger.limits.take_starts`);
         ``job`` is the schedule's scope."""
         with self._tx() as conn:
-
-            def query(name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-                bound = {k: json.dumps(v) if isinstance(v, list) else v for k, v in params.items()}
-                return conn.execute(_Q[name], bound).fetchall()
-
             return limits.take_starts(
-                query,
+                _query(conn),
                 job,
                 resource,
                 count=count,
                 interval=interval,
                 tolerance=tolerance,
                 quotas=quotas,
+                max_pause=max_pause,
             )
 
     def pause_resource(self, job: str, resource: str, seconds: float) -> None:
         """Pause a resource's schedule for every run sharing it (a Retry-After, a quota)."""
         with self._tx() as conn:
             conn.execute(_Q["pause_resource"], {"job": job, "name": resource, "seconds": seconds})
+
+    def resume_resource(self, job: str, resource: str) -> float | None:
+        """End a resource's stored pause now (see :func:`backfill.ledger.limits.resume`)."""
+        with self._tx() as conn:
+            return limits.resume(_query(conn), job, resource)
+
+
+def _query(conn: sqlite3.Connection) -> limits.Query:
+    """Named queries of this dialect on ``conn``, as :mod:`backfill.ledger.limits` runs them
+    (lists travel as JSON, read back with json_each)."""
+
+    def query(name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        bound = {k: json.dumps(v) if isinstance(v, list) else v for k, v in params.items()}
+        return conn.execute(_Q[name], bound).fetchall()
+
+    return query
 
 
 def _outcome_rows(owner: str, outcomes: Sequence[Outcome], now: float) -> list[tuple[Any, ...]]:

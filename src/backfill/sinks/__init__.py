@@ -23,6 +23,15 @@ In append and replace-partition modes, rows that ``ctx.write`` writes after a ch
 carry it in ``_page`` (a nullable column added when first needed): an attempt resuming
 from that checkpoint deletes exactly those rows before it writes the page again, so a
 kill between a page and its checkpoint doubles nothing.
+
+Records come from sources nobody controls, so a record no table could take fails its own
+partition (a :class:`~backfill.errors.PermanentError` naming partition, table and field),
+never the run: field names are checked before any column is made for them (reserved
+engine columns, names differing only by case, empty, NUL, invalid Unicode, longer than
+the database keeps, more columns than it allows), and a value the database refuses
+(an integer beyond 64 bits, a lone surrogate, NaN inside JSON) is looked for and named
+once the write has failed. A row replace-partition by a date column could not find again
+(dated outside its partition's window) fails its partition too, unless the table allows it.
 """
 
 from __future__ import annotations
@@ -30,8 +39,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import decimal
+import json
+import math
 import re
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+import string
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from operator import itemgetter
@@ -43,8 +55,10 @@ from backfill.partitions import Partition
 __all__ = [
     "PAGE_COLUMN",
     "PARTITION_COLUMN",
+    "Limits",
     "Mode",
     "OnNewField",
+    "OutsideWindow",
     "Record",
     "Rows",
     "Sink",
@@ -62,6 +76,21 @@ PAGE_COLUMN = "_page"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+# What the engine keeps in its own columns, by their case-folded names: a field spelled
+# like one would override (or be confused with) the engine's tag.
+_RESERVED = {
+    PARTITION_COLUMN: "the engine's partition tag (_partition)",
+    PAGE_COLUMN: "the engine's checkpoint tag (_page)",
+}
+# SQLite folds the case of ASCII letters only, and so does this.
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _fold(name: str) -> str:
+    """A column name as SQLite compares them: ASCII letters case-folded."""
+    return name.translate(_ASCII_LOWER)
+
 
 class Mode(StrEnum):
     UPSERT = "upsert"
@@ -74,6 +103,27 @@ class OnNewField(StrEnum):
 
     ADD = "add"
     FAIL = "fail"
+
+
+class OutsideWindow(StrEnum):
+    """What a replace-partition table by a date column of the records does with a row
+    dated outside its partition's window (which a redo of the partition would not delete):
+    fail the partition, or write it and leave such rows to the user."""
+
+    FAIL = "fail"
+    ALLOW = "allow"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one database's tables can hold, for the checks a batch passes before it is
+    written, and for naming the value a failed write could not store (None: no limit)."""
+
+    database: str
+    columns: int
+    name_bytes: int | None = None
+    nul_in_text: bool = True
+    value_bytes: int | None = None
 
 
 # Portable column types; adapters map them onto their own SQL types.
@@ -145,6 +195,7 @@ class TableSpec:
     columns: Mapping[str, str] = dataclasses.field(default_factory=dict)
     on_new_field: OnNewField = OnNewField.ADD
     partition_column: str = PARTITION_COLUMN
+    outside_window: OutsideWindow = OutsideWindow.FAIL
 
     @classmethod
     def declare(
@@ -156,6 +207,7 @@ class TableSpec:
         columns: Mapping[str, str] | None,
         on_new_field: str | OnNewField,
         partition_column: str | None,
+        outside_window: str | OutsideWindow | None = None,
     ) -> TableSpec:
         """Check a declaration; a bad one is a ConfigError that says what to change."""
         if not _IDENTIFIER.match(name):
@@ -180,11 +232,44 @@ class TableSpec:
             raise ConfigError(
                 f"table {name}: append tags rows in {PARTITION_COLUMN}; drop partition_column"
             )
+        spelled: dict[str, str] = {}
         for column in (*keys, *(columns or {})):
             if not _IDENTIFIER.match(column):
                 raise ConfigError(
                     f"table {name}: column name {column!r} must be letters, digits and underscores"
                 )
+            if _fold(column) in _RESERVED:
+                raise ConfigError(
+                    f"table {name}: column {column!r} is reserved for "
+                    f"{_RESERVED[_fold(column)]}; choose another name"
+                )
+            other = spelled.setdefault(_fold(column), column)
+            if other != column:
+                raise ConfigError(
+                    f"table {name}: columns {other!r} and {column!r} differ only by case; "
+                    "keep one spelling"
+                )
+        folded = _fold(partition_column or PARTITION_COLUMN)
+        if partition_column not in (None, PARTITION_COLUMN) and folded in _RESERVED:
+            raise ConfigError(
+                f"table {name}: partition_column {partition_column!r} is reserved for "
+                f"{_RESERVED[folded]}; name a date column of the records"
+            )
+        try:
+            outside = OutsideWindow(outside_window or OutsideWindow.FAIL)
+        except ValueError:
+            raise ConfigError(
+                f"table {name}: outside_window must be 'fail' or 'allow', not {outside_window!r}"
+            ) from None
+        by_date = mode is Mode.REPLACE_PARTITION and partition_column not in (
+            None,
+            PARTITION_COLUMN,
+        )
+        if outside_window is not None and not by_date:
+            raise ConfigError(
+                f"table {name}: outside_window applies only to mode='replace-partition' with "
+                "a partition_column of the records; drop it"
+            )
         return cls(
             name=name,
             key=keys,
@@ -192,6 +277,7 @@ class TableSpec:
             columns=dict(columns or {}),
             on_new_field=on_new_field,
             partition_column=partition_column or PARTITION_COLUMN,
+            outside_window=outside,
         )
 
     @property
@@ -285,6 +371,138 @@ class TableSpec:
                             category="missing_key",
                         )
 
+    def check_fields(
+        self,
+        batch: Sequence[Rows],
+        fields: Sequence[str],
+        existing: Collection[str],
+        limits: Limits,
+        *,
+        pages: bool,
+        used: int | None = None,
+    ) -> None:
+        """Fail the partition whose records bring a field no column can be made for,
+        before any is: a name reserved for the engine, one that is not text, empty, holds
+        NUL or a lone surrogate, is longer than the database keeps, or differs only by
+        case from a column or another field (SQLite could not tell them apart; one rule
+        for both databases); or more fields than the table can have columns.
+
+        ``used``: the columns the table uses up already (PostgreSQL counts dropped ones
+        too); by default those of ``existing``.
+        """
+        for name in fields:
+            if isinstance(name, str) and _fold(name) in _RESERVED:
+                raise self._field_error(
+                    batch,
+                    name,
+                    f"is reserved for {_RESERVED[_fold(name)]}; rename it in the stage",
+                    "reserved_field",
+                )
+        new = [f for f in fields if f not in existing]
+        if not new:
+            return
+        spelled = {_fold(column): column for column in reversed(list(existing))}
+        for name in new:
+            problem = _name_problem(name, limits)
+            if problem is not None:
+                raise self._field_error(batch, name, problem, "bad_field")
+            other = spelled.setdefault(_fold(name), name)
+            if other != name:
+                what = "column" if other in existing else "field"
+                raise self._field_error(
+                    batch,
+                    name,
+                    f"and {what} {other!r} differ only by case; keep one spelling in the stage",
+                    "bad_field",
+                )
+        engine = [c for c in self.engine_columns(pages) if c not in existing]
+        total = (len(existing) if used is None else used) + len(new) + len(engine)
+        if total > limits.columns:
+            where = _carrier(batch, new)
+            raise PermanentError(
+                f"partition {where}: its records bring {len(new):,} new fields, so table "
+                f"{self.name} would have {total:,} columns, more than the {limits.columns:,} "
+                f"{limits.database} allows; gather them into one json field in the stage",
+                category="too_many_fields",
+            )
+
+    def _field_error(
+        self, batch: Sequence[Rows], name: object, problem: str, category: str
+    ) -> PermanentError:
+        return PermanentError(
+            f"partition {_carrier(batch, [name])}: field {_shown(name)} of table {self.name} "
+            f"{problem}",
+            category=category,
+        )
+
+    def check_window(self, batch: Sequence[Rows], columns: Container[str]) -> None:
+        """Fail the partition with a row that its redo would not delete, when the table
+        replaces partitions by a date column of the records: a row dated outside the
+        partition's window, not dated at all, or whose dimension column (``columns``: the
+        table's, after this batch) holds another value than the partition's.
+
+        Such a row would survive every redo and be written again each time.
+        """
+        if (
+            self.mode is not Mode.REPLACE_PARTITION
+            or self.tags_partition
+            or self.outside_window is OutsideWindow.ALLOW
+        ):
+            return
+        column = self.partition_column
+        hint = (
+            "a redo of the partition would not replace it; keep each row in its own "
+            "partition in the stage, or declare table(..., outside_window='allow')"
+        )
+        for rows in batch:
+            part = rows.partition
+            dims = [(k, v) for k, v in part.dims if k in columns]
+            for record in rows.records:
+                value = record.get(column)
+                day = _day_of(value)
+                if day is None:
+                    raise PermanentError(
+                        f"partition {part.key}: a record of table {self.name} has "
+                        f"{column}={_shown(value, 40)}, not a date (YYYY-MM-DD...); "
+                        f"replace-partition by {column!r} finds a partition's rows by that date",
+                        category="outside_partition",
+                    )
+                if not part.start <= day <= part.end:
+                    raise PermanentError(
+                        f"partition {part.key}: a record of table {self.name} has "
+                        f"{column}={_shown(value, 40)}, outside the partition's window "
+                        f"{part.start}..{part.end}; {hint}",
+                        category="outside_partition",
+                    )
+                for dim, want in dims:
+                    got = record.get(dim)
+                    if got is None or (got != want and str(got) != want):
+                        raise PermanentError(
+                            f"partition {part.key}: a record of table {self.name} has "
+                            f"{dim}={_shown(got, 40)}, not the partition's {want!r}; {hint}",
+                            category="outside_partition",
+                        )
+
+    def unstorable(self, batch: Sequence[Rows], limits: Limits) -> str | None:
+        """The first value no column of the database can hold, described with partition,
+        table and field; None when there is none.
+
+        Looked for only once a write has failed: an integer beyond signed 64 bits, text
+        with a lone surrogate (or a NUL, where the database's text cannot hold one), and
+        in a json value also NaN or infinity, keys JSON cannot spell, and nesting too deep
+        to encode.
+        """
+        for rows in batch:
+            for record in rows.records:
+                for name, value in record.items():
+                    problem = _value_problem(value, limits)
+                    if problem is not None:
+                        return (
+                            f"partition {rows.partition.key}: field {_shown(name)} of table "
+                            f"{self.name} holds {problem}"
+                        )
+        return None
+
     def check_new_fields(self, batch: Sequence[Rows], new: Sequence[str]) -> None:
         """Fail the partition that brings a field the table lacks, under ``on_new_field="fail"``."""
         if self.on_new_field is not OnNewField.FAIL:
@@ -333,13 +551,140 @@ class TableSpec:
                 have = logical_type(value)
                 if want is None or have is None or want not in LOGICAL_TYPES:
                     continue
-                if have == want or _widen(want, have) == want:
+                # Text takes any value but bytes, which no database turns into text.
+                if have == want or (have != "blob" and _widen(want, have) == want):
                     continue
                 return (
                     f"partition {rows.partition.key}: field {name!r} of table {self.name} "
-                    f"holds a {have} value ({value!r:.40}) where the column is {want}"
+                    f"holds a {have} value ({_shown(value, 40)}) where the column is {want}"
                 )
         return None
+
+
+def _shown(value: object, width: int = 100) -> str:
+    """A field name (or, ``width`` 40, a value) for a message: never too long to print,
+    and a value no longer than a glance needs."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<an integer of {value.bit_length()} bits>"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def _carrier(batch: Sequence[Rows], names: Sequence[object]) -> str:
+    """The key of the first partition whose records carry one of ``names``."""
+    for rows in batch:
+        if any(name in record for record in rows.records for name in names):
+            return rows.partition.key
+    return batch[0].partition.key
+
+
+def _name_problem(name: object, limits: Limits) -> str | None:
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, but field names must be text; rename it in the stage"
+    if not name:
+        return "is empty; name it in the stage"
+    if "\x00" in name:
+        return "holds a NUL character; rename it in the stage"
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        return "holds a lone surrogate, which is not valid Unicode; rename it in the stage"
+    if limits.name_bytes is not None and size > limits.name_bytes:
+        return (
+            f"is {size} bytes long, and {limits.database} keeps only {limits.name_bytes}; "
+            "rename it in the stage"
+        )
+    return None
+
+
+def _text_problem(text: str, limits: Limits) -> str | None:
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        return (
+            f"a lone surrogate ({text[exc.start]!r} at character {exc.start}), which is not "
+            "valid Unicode; the stage should repair or drop it"
+        )
+    if not limits.nul_in_text and "\x00" in text:
+        return (
+            f"a NUL character, which {limits.database} text cannot hold; the stage should remove it"
+        )
+    return None
+
+
+def _value_problem(value: object, limits: Limits) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if _INT64[0] <= value <= _INT64[1]:
+            return None
+        return (
+            f"an integer of {value.bit_length()} bits, beyond the signed 64 bits an integer "
+            "column holds; the stage should send it as text"
+        )
+    if isinstance(value, str):
+        problem = _text_problem(value, limits)
+        if problem is not None:
+            return f"text with {problem}"
+        return _size_problem(len(value.encode()), limits)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _size_problem(len(value), limits)
+    if isinstance(value, Mapping | list | tuple):
+        return _json_problem(value, limits)
+    return None
+
+
+def _size_problem(size: int, limits: Limits) -> str | None:
+    if limits.value_bytes is None or size <= limits.value_bytes:
+        return None
+    return (
+        f"a value of {size:,} bytes, more than the {limits.value_bytes:,} {limits.database} "
+        "stores in one value; the stage should split or drop it"
+    )
+
+
+def _json_problem(value: object, limits: Limits) -> str | None:
+    # A walk of its own, not recursion: the value may be nested deeper than Python recurses.
+    stack = [value]
+    seen: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            problem = _text_problem(item, limits)
+            if problem is not None:
+                return f"a json value with {problem}"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return (
+                f"a json value holding {item!r}, which JSON cannot spell; the stage should "
+                "send null or text"
+            )
+        elif isinstance(item, Mapping | list | tuple) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend(item.items() if isinstance(item, Mapping) else item)
+    try:
+        json.dumps(value, allow_nan=False, default=str)
+    except RecursionError:
+        return "a json value nested too deeply to encode (about 1,000 levels at most)"
+    except (TypeError, ValueError) as exc:
+        return f"a json value that cannot be encoded ({exc})"
+    return None
+
+
+def _day_of(value: object) -> dt.date | None:
+    """The day a partition-column value dates its row to, as both databases compare it:
+    a date, a datetime, or text starting YYYY-MM-DD; None for anything else."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str) and len(value) >= 10 and value[4] == value[7] == "-":
+        try:
+            return dt.date.fromisoformat(value[:10])
+        except ValueError:
+            return None
+    return None
 
 
 class SinkConnection(Protocol):
@@ -385,7 +730,8 @@ class Sink(Protocol):
         """Write these partitions' rows inside ``conn``'s open transaction.
 
         Raise :class:`~backfill.errors.PermanentError` for bad records (missing key, type
-        clash, a new field under ``on_new_field="fail"``), TransientError for a busy or
+        clash, a new field under ``on_new_field="fail"``, a field name or value no column
+        can hold, a row outside its partition's window), TransientError for a busy or
         dropped database, and SinkError when the destination cannot be used at all.
         """
 
@@ -399,8 +745,13 @@ def table(
     columns: Mapping[str, str] | None = None,
     on_new_field: str | OnNewField = OnNewField.ADD,
     partition_column: str | None = None,
+    outside_window: str | OutsideWindow | None = None,
 ) -> Sink:
     """A table sink for a destination URL: ``sqlite:///PATH``, a file path, or ``postgresql://``.
+
+    ``outside_window="allow"`` (replace-partition by a ``partition_column`` of the records
+    only) writes rows dated outside their partition's window instead of failing it; a redo
+    of the partition does not replace them.
 
     Example::
 
@@ -413,6 +764,7 @@ def table(
         "columns": columns,
         "on_new_field": on_new_field,
         "partition_column": partition_column,
+        "outside_window": outside_window,
     }
     scheme, sep, rest = url.partition("://")
     if sep and scheme in ("postgresql", "postgres"):

@@ -29,8 +29,10 @@ from backfill.errors import (
 from backfill.sinks import (
     PAGE_COLUMN,
     PARTITION_COLUMN,
+    Limits,
     Mode,
     OnNewField,
+    OutsideWindow,
     Rows,
     SinkConnection,
     TableSpec,
@@ -65,7 +67,11 @@ def _to_text(value: object) -> object:
     if isinstance(value, decimal.Decimal):
         return float(value)
     if isinstance(value, dict | list | tuple):
-        return json.dumps(value, separators=(",", ":"), default=str)
+        # Unescaped, so a lone surrogate fails at binding as it does in plain text; no
+        # NaN, which JSON cannot spell (PostgreSQL refuses it too).
+        return json.dumps(
+            value, separators=(",", ":"), default=str, ensure_ascii=False, allow_nan=False
+        )
     return value
 
 
@@ -140,6 +146,7 @@ class SQLiteTable:
         columns: Mapping[str, str] | None = None,
         on_new_field: str | OnNewField = OnNewField.ADD,
         partition_column: str | None = None,
+        outside_window: str | OutsideWindow | None = None,
     ) -> None:
         self.spec = TableSpec.declare(
             table,
@@ -148,6 +155,7 @@ class SQLiteTable:
             columns=columns,
             on_new_field=on_new_field,
             partition_column=partition_column,
+            outside_window=outside_window,
         )
         self.path = Path(path)
 
@@ -237,6 +245,16 @@ class SQLiteTable:
             if "locked" in text or "busy" in text:
                 raise TransientError(f"{self.description}: {text}", category="sink_busy") from exc
             raise SinkError(f"cannot write {self.description}: {text}") from exc
+        except (ValueError, TypeError, OverflowError, RecursionError, sqlite3.DataError) as exc:
+            # Binding or encoding a value failed (an integer beyond 64 bits, a lone
+            # surrogate, JSON that cannot be written, text too long): name the value, fail
+            # its partition.
+            found = self.spec.unstorable(batch, _limits(raw))
+            if found is not None:
+                raise PermanentError(found, category="bad_value") from exc
+            raise PermanentError(
+                f"table {self.spec.name}: a value cannot be stored ({exc})", category="type_clash"
+            ) from exc
         except sqlite3.Error as exc:
             raise SinkError(f"cannot write {self.description}: {exc}") from exc
 
@@ -271,7 +289,10 @@ class SQLiteTable:
         # A new table is made from every field of the batch: look at all of them.
         exact = exact or not existing
         fields, uniform = spec.fields(batch, exact=exact)
+        pages = spec.tags_pages(batch)
+        spec.check_fields(batch, fields, existing, _limits(raw), pages=pages)
         spec.check_keys(batch, uniform)
+        spec.check_window(batch, existing.keys() | set(fields))
         if not existing:
             if not fields:
                 return 0
@@ -280,7 +301,6 @@ class SQLiteTable:
         new = [f for f in fields if f not in existing]
         if new:
             self._add_columns(raw, batch, new)
-        pages = spec.tags_pages(batch)
         if pages and PAGE_COLUMN not in existing:
             # The engine's own column, like _partition: never subject to on_new_field.
             raw.execute(f"ALTER TABLE {_quote(spec.name)} ADD COLUMN {_quote(PAGE_COLUMN)} TEXT")
@@ -372,6 +392,14 @@ class SQLiteTable:
                 sql += page
                 params += (rows.redo,)
             raw.execute(sql, params)
+
+
+def _limits(raw: sqlite3.Connection) -> Limits:
+    return Limits(
+        "SQLite",
+        columns=raw.getlimit(sqlite3.SQLITE_LIMIT_COLUMN),
+        value_bytes=raw.getlimit(sqlite3.SQLITE_LIMIT_LENGTH),
+    )
 
 
 def _needs_conversion(row: list[Any], convert: Container[int]) -> bool:

@@ -11,6 +11,14 @@
 With ``retries`` > 0 the client retries transient failures itself (each retry takes a new
 reservation from the resource) before the partition's own retry policy sees them.
 Secret-looking query parameters and every declared secret are redacted from messages.
+
+A source is not trusted with more than it needs. The resource's headers and params (its
+credentials) go only to the origins declared for it (``base_url``, ``allowed_hosts``;
+else the origin of the URL the stage asked for); a next link or a redirect to any other
+origin is followed without them, or refused (``cross_origin``). Redirects are followed
+here, hop by hop, not by httpx. Whatever the source sends is bounded: the decoded body
+(``max_body``), the time for a whole answer (``deadline``), every wait it asks for (the
+resource's ``max_wait``); garbage in a rate-limit header is ignored, not trusted.
 """
 
 from __future__ import annotations
@@ -18,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import email.utils
+import hashlib
 import json
+import logging
+import math
 import random
 import re
 import time
-import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -31,9 +41,29 @@ from typing import Any
 import httpx
 import orjson
 
-from backfill.errors import FatalError, PermanentError, StageError, TransientError
-from backfill.ratelimit import LateStart, Outcome, Resource
-from backfill.sources import wire
+from backfill.errors import ConfigError, FatalError, PermanentError, StageError, TransientError
+from backfill.ratelimit import DEFAULT_MAX_WAIT, LateStart, Outcome, Resource, describe_seconds
+from backfill.secrets import mask_url as redact_url
+from backfill.secrets import redact, secret_values
+from backfill.sources import CrossOrigin, wire
+from backfill.sources.bodies import (
+    ACCEPT_ENCODING,
+    DEFAULT_MAX_BODY,
+    BodyTooLarge,
+    UndecodableBody,
+    describe_size,
+    read_body,
+)
+from backfill.sources.origins import (
+    DEFAULT_PORTS,
+    Origin,
+    absolute,
+    allowed_origins,
+    merge_query,
+    origin_of,
+    origin_text,
+    query_names,
+)
 
 __all__ = [
     "Cursor",
@@ -43,6 +73,7 @@ __all__ = [
     "Page",
     "PageNumber",
     "RequestTally",
+    "TooDeep",
     "decode_json",
     "parse_retry_after",
     "redact",
@@ -53,10 +84,13 @@ __all__ = [
 
 @dataclass(slots=True)
 class RequestTally:
-    """Requests made for one partition, and how many the source refused as rate limited."""
+    """Requests made for one partition, how many the source refused as rate limited, and
+    the last transient error it answered."""
 
     requests: int = 0
     rate_limited: int = 0
+    # What the source last did wrong: a stage that times out says it.
+    last_error: str | None = None
 
 
 # The tally of the partition whose task is running (set by the runner).
@@ -64,46 +98,13 @@ partition_requests: contextvars.ContextVar[RequestTally | None] = contextvars.Co
     "backfill_partition_requests", default=None
 )
 
-# A Retry-After longer than this is a broken server, not a plan: wait this long at most.
-MAX_RETRY_AFTER = 3600.0
+log = logging.getLogger("backfill.http")
+
+# Redirects followed for one request; a chain longer than this is a loop or a trap.
+MAX_REDIRECTS = 10
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_CROSS_ORIGIN = ("strip", "refuse")
 _DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
-_SECRET = re.compile(r"(?i)(api[_-]?key|apikey|token|access[_-]?token|secret|password|sig)")
-
-
-def redact_url(url: str | httpx.URL) -> str:
-    """The URL with the values of secret-looking query parameters replaced by ``***``."""
-    parsed = httpx.URL(str(url))
-    if not parsed.query:
-        return str(parsed)
-    params = [(k, "***" if _SECRET.search(k) else v) for k, v in parsed.params.multi_items()]
-    query = urllib.parse.urlencode(params, safe="*")
-    return str(parsed.copy_with(query=query.encode("ascii")))
-
-
-_URL_SECRET = re.compile(
-    r"(?i)\b((?:api[_-]?key|apikey|access[_-]?token|token|secret|password|sig)=)[^&\s#'\"]+"
-)
-
-
-_SECRET_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "cookie"})
-
-
-def secret_values(
-    headers: Mapping[str, str] | None, params: Mapping[str, str] | None
-) -> tuple[str, ...]:
-    """The values to mask of a source's headers (credentials) and query params (all)."""
-    found = [v for k, v in (headers or {}).items() if k.lower() in _SECRET_HEADERS]
-    found += (params or {}).values()
-    return tuple(v for v in found if v)
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with secret-looking ``key=value`` pairs and the given secrets masked."""
-    text = _URL_SECRET.sub(r"\1***", text)
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
 
 
 # orjson decodes a page several times faster than json, but it is stricter (no NaN,
@@ -114,29 +115,52 @@ _DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256)
 _MAYBE_WIDE_NUMBER = b"0" * 19
 
 
+_SCAN = 1 << 16
+
+
+def _may_hold_wide_number(body: bytes) -> bool:
+    """Whether ``body`` has a run of 19 digits or more; scanned in slices that overlap by
+    18 bytes, so a large body is never copied whole for it."""
+    for start in range(0, len(body), _SCAN):
+        piece = body[max(0, start - 18) : start + _SCAN]
+        if _MAYBE_WIDE_NUMBER in piece.translate(_DIGITS_AS_ZEROS):
+            return True
+    return False
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than the decoder allows."""
+
+
 def decode_json(body: bytes) -> Any:
-    """``body`` decoded as :func:`json.loads` decodes it, faster; ValueError if invalid."""
-    if _MAYBE_WIDE_NUMBER not in body.translate(_DIGITS_AS_ZEROS):
+    """``body`` decoded as :func:`json.loads` decodes it, faster; ValueError if invalid,
+    :class:`TooDeep` if nested deeper than the decoder allows."""
+    if not _may_hold_wide_number(body):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(body)
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise TooDeep("JSON nested deeper than the decoder allows") from None
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP-date)."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP-date); None
+    when absent or not one of those (the caller caps what is asked, see ``max_wait``)."""
     if not value:
         return None
     value = value.strip()
     if _DELTA_SECONDS.fullmatch(value):
-        return min(float(value), MAX_RETRY_AFTER)
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     wait = when.timestamp() - (time.time() if now is None else now)
-    return min(max(0.0, wait), MAX_RETRY_AFTER)
+    return max(0.0, wait)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,19 +252,52 @@ Pagination = PageNumber | Cursor | NextUrl | LinkHeader
 
 
 def _header_number(headers: httpx.Headers, *names: str) -> float | None:
+    """The first of ``names`` present, as a finite number of 0 or more; a value that is
+    not one (``nan``, ``inf``, ``-3``, ``soon``) is a hint not worth trusting: ignored,
+    with one debug line."""
     for name in names:
         value = headers.get(name)
         if value is None:
             continue
-        try:
-            return float(value.split(",")[0].split(";")[0].strip())
-        except ValueError:
-            continue
+        number = _finite(value.split(",")[0].split(";")[0])
+        if number is None:
+            log.debug("ignored the header %s: %r is not a usable number", name, value[:80])
+        return number
     return None
 
 
+def _finite(text: str) -> float | None:
+    try:
+        number = float(text.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """Where one call of a stage (a request, or a walk of pages) may take what.
+
+    ``origins`` get the resource's credentials; ``own`` (those and the origin of the URL
+    the stage passed) also get the call's own headers, cookies and auth.
+    """
+
+    origins: frozenset[Origin]
+    own: frozenset[Origin]
+
+
 class HttpClient:
-    """A pooled ``httpx.AsyncClient``, optionally bound to a :class:`Resource`."""
+    """A pooled ``httpx.AsyncClient``, optionally bound to a :class:`Resource`.
+
+    ``headers`` and ``params`` are the resource's credentials: sent only to the origins of
+    ``base_url`` and ``allowed_hosts`` (when neither is given, to the origin of the URL
+    the stage asked for). A next link or redirect elsewhere is followed without them
+    (``cross_origin="strip"``) or refused (``"refuse"``). A relative URL is appended to
+    ``base_url``'s path, as httpx does. Bodies above ``max_body`` bytes (decoded) fail
+    their request, as does an answer not complete within ``deadline`` seconds (default:
+    four times ``timeout``, at least 60); waits a source asks for are capped at
+    ``max_wait`` (the resource's, when bound to one).
+    """
 
     def __init__(
         self,
@@ -253,9 +310,26 @@ class HttpClient:
         secrets: Iterable[str] = (),
         max_connections: int = 100,
         transport: httpx.AsyncBaseTransport | None = None,
+        base_url: str | None = None,
+        allowed_hosts: Iterable[str] = (),
+        cross_origin: CrossOrigin = "strip",
+        max_body: int = DEFAULT_MAX_BODY,
+        deadline: float | None = None,
+        max_wait: float | None = None,
     ) -> None:
+        owner = f"resource {resource.name!r}" if resource is not None else "the HTTP client"
+        if cross_origin not in _CROSS_ORIGIN:
+            raise ConfigError(f"{owner}: cross_origin must be 'strip' or 'refuse'")
         self.resource = resource
         self.retries = retries
+        self.base_url = absolute(base_url, f"{owner}: base_url") if base_url else None
+        self._declared = allowed_origins(base_url, allowed_hosts, owner=owner)
+        self.cross_origin = cross_origin
+        self.max_body = max_body
+        self.deadline = deadline if deadline is not None else max(60.0, 4 * timeout)
+        if max_wait is None:
+            max_wait = resource.max_wait if resource is not None else DEFAULT_MAX_WAIT
+        self.max_wait = max_wait
         if transport is None:
             # A fleet's starts are checked where a request is written (see wire).
             transport = httpx.AsyncHTTPTransport(
@@ -264,11 +338,13 @@ class HttpClient:
             wire.install(transport)
         self._client = httpx.AsyncClient(
             timeout=timeout,
-            headers=dict(headers or {}),
-            params=dict(params or {}),
             transport=transport,
-            follow_redirects=True,
+            follow_redirects=False,
+            headers={"Accept-Encoding": ACCEPT_ENCODING},
         )
+        self._headers = dict(headers or {})
+        self._params = dict(params or {})
+        self._param_names = query_names(self._params)
         self.secrets = tuple(secrets) + secret_values(headers, params)
         self.requests = 0
         self.statuses: Counter[int] = Counter()
@@ -285,38 +361,96 @@ class HttpClient:
 
     async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """Send a request; return a 2xx/3xx response or raise a classified error."""
-        response, _ = await self._send(method, url, decode=False, **kwargs)
+        target = self._resolve(url)
+        response, _ = await self._send(method, target, self._call(target), decode=False, **kwargs)
         return response
 
     def _source(self, url: str | httpx.URL) -> str:
         prefix = f"resource {self.resource.name}: " if self.resource is not None else ""
         return prefix + redact(redact_url(url), self.secrets)
 
+    def _resolve(self, url: str | httpx.URL) -> httpx.URL:
+        """The absolute URL a stage means: a relative one is appended to ``base_url``."""
+        try:
+            target = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise PermanentError(f"{url!r} is not a URL ({exc})", category="bad_url") from None
+        if target.is_relative_url:
+            if self.base_url is None:
+                owner = f"resource {self.resource.name}" if self.resource else "ctx.http"
+                raise PermanentError(
+                    f"{redact(redact_url(target), self.secrets)} is a relative URL and "
+                    f"{owner} has no base_url; declare base_url= on the resource or pass "
+                    "an absolute URL",
+                    category="bad_url",
+                )
+            path = self.base_url.raw_path.rstrip(b"/") + b"/" + target.raw_path.lstrip(b"/")
+            target = self.base_url.copy_with(raw_path=path)
+        if target.scheme not in DEFAULT_PORTS:
+            raise PermanentError(
+                f"{self._source(target)}: only http and https URLs can be fetched",
+                category="bad_url",
+            )
+        return target
+
+    def _call(self, url: httpx.URL) -> _Call:
+        own = origin_of(url)
+        origins = self._declared or frozenset({own})
+        return _Call(origins, origins | {own})
+
+    def _leaves(
+        self,
+        target: httpx.URL,
+        call: _Call,
+        what: str,
+        source: httpx.URL,
+        response: httpx.Response | None = None,
+    ) -> None:
+        """Refuse a link or redirect that leaves the call's origins, when so declared
+        (``response``: the redirect, answered, which the resource hears of)."""
+        if self.cross_origin != "refuse" or origin_of(target) in call.own:
+            return
+        if response is not None:
+            self._observe(Outcome.CLIENT_ERROR, response)
+        raise PermanentError(
+            f"{self._source(source)}: the {what} leads to another origin, "
+            f"{origin_text(origin_of(target))}, and cross_origin='refuse'; add it to "
+            "allowed_hosts=[...] to send it the credentials, or set cross_origin='strip' "
+            "to follow it without them",
+            category="cross_origin",
+        )
+
     async def _send(
         self,
         method: str,
-        url: str,
+        url: httpx.URL,
+        call: _Call,
         *,
         decode: bool,
         pagination: Pagination | None = None,
+        hop: bool = False,
         **kwargs: Any,
     ) -> tuple[httpx.Response, Any]:
         """Send with the client's retries; with ``pagination``, a body without its records
-        is a transient bad body too, retried like a truncated one."""
+        is a transient bad body too, retried like a truncated one. ``hop``: the URL came
+        from the source (a next link), not from the stage."""
         attempt = 0
         while True:
             attempt += 1
             try:
                 if self.resource is not None:
                     async with self.resource.slot():
-                        return await self._once(method, url, decode, pagination, **kwargs)
-                return await self._once(method, url, decode, pagination, **kwargs)
+                        return await self._once(method, url, call, decode, pagination, hop, kwargs)
+                return await self._once(method, url, call, decode, pagination, hop, kwargs)
             except LateStart:
                 # Not sent: its start from the fleet's schedule had gone stale on the way
                 # to the wire. A new start, not a retry.
                 attempt -= 1
                 continue
             except TransientError as exc:
+                tally = partition_requests.get()
+                if tally is not None:
+                    tally.last_error = exc.message
                 if attempt > self.retries:
                     raise
                 self.retried += 1
@@ -329,10 +463,12 @@ class HttpClient:
     async def _once(
         self,
         method: str,
-        url: str,
+        url: httpx.URL,
+        call: _Call,
         decode: bool,
-        pagination: Pagination | None = None,
-        **kwargs: Any,
+        pagination: Pagination | None,
+        hop: bool,
+        kwargs: dict[str, Any],
     ) -> tuple[httpx.Response, Any]:
         self.requests += 1
         tally = partition_requests.get()
@@ -340,8 +476,8 @@ class HttpClient:
             tally.requests += 1
         started = time.monotonic()
         try:
-            response = await self._client.request(method, url, **kwargs)
-            body = await response.aread()
+            async with asyncio.timeout(self.deadline):
+                response, body = await self._fetch(method, url, call, hop, dict(kwargs))
         except LateStart:
             self.requests -= 1
             if tally is not None:
@@ -349,6 +485,14 @@ class HttpClient:
             if self.resource is not None:
                 self.resource.unsent()
             raise
+        except TimeoutError:
+            self._observe(Outcome.ERROR)
+            self.transport_errors += 1
+            raise TransientError(
+                f"{self._where(method, url)} timed out: no complete answer within "
+                f"{self.deadline:g} s (deadline=)",
+                category="timeout",
+            ) from None
         except httpx.TimeoutException as exc:
             self._observe(Outcome.ERROR)
             self.transport_errors += 1
@@ -372,11 +516,13 @@ class HttpClient:
             return response, None
         try:
             value = decode_json(body)
-        except ValueError:
+        except ValueError as exc:
             self._observe(Outcome.ERROR, response)
+            reason = (
+                "is JSON nested too deeply" if isinstance(exc, TooDeep) else "is not valid JSON"
+            )
             raise TransientError(
-                f"{self._where(method, response.request.url)}: body is not valid JSON "
-                f"({len(body)} bytes)",
+                f"{self._where(method, response.request.url)}: body {reason} ({len(body)} bytes)",
                 category="bad_body",
             ) from None
         if pagination is not None:
@@ -391,14 +537,120 @@ class HttpClient:
         self._observe(Outcome.OK, response, time.monotonic() - started)
         return response, value
 
+    def _build(
+        self, method: str, url: httpx.URL, call: _Call, kwargs: dict[str, Any], *, stage_url: bool
+    ) -> tuple[httpx.Request, Any]:
+        """The request for one hop, and the auth to send it with: the resource's
+        credentials only to its origins, the call's own extras only to the call's."""
+        origin = origin_of(url)
+        trusted, own = origin in call.origins, origin in call.own
+        params = httpx.QueryParams(kwargs.pop("params", None) or {})
+        if not own:
+            params = httpx.QueryParams()
+        if trusted:
+            url = merge_query(url, params.merge(self._params))
+        else:
+            # A credential echoed into a link must not go where credentials don't.
+            url = merge_query(url, params, () if stage_url else self._param_names)
+        headers = httpx.Headers(self._headers if trusted else {})
+        extra_headers = kwargs.pop("headers", None)
+        cookies = kwargs.pop("cookies", None)
+        auth = kwargs.pop("auth", None)
+        if own:
+            headers.update(extra_headers or {})
+        request = self._client.build_request(
+            method, url, headers=headers, cookies=cookies if own else None, **kwargs
+        )
+        return request, auth if own else None
+
+    async def _fetch(
+        self, method: str, url: httpx.URL, call: _Call, hop: bool, kwargs: dict[str, Any]
+    ) -> tuple[httpx.Response, bytes]:
+        """One request and its redirects, followed here so that each hop's origin is
+        checked; the last answer and its whole (bounded, decoded) body."""
+        follow = kwargs.pop("follow_redirects", True)
+        visited: set[str] = set()
+        stage_url = not hop
+        for _ in range(MAX_REDIRECTS + 1):
+            visited.add(str(merge_query(url, None, self._param_names)))
+            request, auth = self._build(method, url, call, dict(kwargs), stage_url=stage_url)
+            response = await self._client.send(request, auth=auth, stream=True)
+            if not follow or response.status_code not in _REDIRECT_STATUSES:
+                return response, await self._body(method, response)
+            await response.aclose()
+            target = self._location(method, response)
+            if str(merge_query(target, None, self._param_names)) in visited:
+                self._observe(Outcome.CLIENT_ERROR, response)
+                raise PermanentError(
+                    f"{self._source(response.request.url)} redirects to "
+                    f"{self._source(target)}, already visited in this request: a redirect "
+                    "loop",
+                    category="redirect_loop",
+                )
+            self._leaves(target, call, "redirect", response.request.url, response)
+            if response.status_code == 303 or (
+                response.status_code in (301, 302) and method == "POST"
+            ):
+                method = "GET" if method != "HEAD" else method
+                for name in ("content", "data", "files", "json"):
+                    kwargs.pop(name, None)
+            # The Location is the whole URL: the call's params were for the first hop.
+            kwargs.pop("params", None)
+            url, stage_url = target, False
+        self._observe(Outcome.CLIENT_ERROR)
+        raise PermanentError(
+            f"{self._where(method, url)}: more than {MAX_REDIRECTS} redirects",
+            category="redirect_loop",
+        )
+
+    def _location(self, method: str, response: httpx.Response) -> httpx.URL:
+        """Where a redirect leads; a permanent ``bad_header`` when it does not say."""
+        location = response.headers.get("Location", "")
+        try:
+            target = response.url.join(location) if location.strip() else None
+        except httpx.InvalidURL:
+            target = None
+        if target is None or target.scheme not in DEFAULT_PORTS:
+            self._observe(Outcome.CLIENT_ERROR, response)
+            raise PermanentError(
+                f"{self._where(method, response.request.url)} answered "
+                f"{response.status_code} without a usable Location header "
+                f"({redact(location[:80], self.secrets)!r})",
+                category="bad_header",
+            )
+        return target
+
+    async def _body(self, method: str, response: httpx.Response) -> bytes:
+        """The decoded body, within ``max_body`` (see :mod:`backfill.sources.bodies`)."""
+        try:
+            return await read_body(response, self.max_body)
+        except BodyTooLarge:
+            raise self._too_large(self._where(method, response.request.url), response) from None
+        except UndecodableBody as exc:
+            self._observe(Outcome.ERROR, response)
+            raise TransientError(
+                f"{self._where(method, response.request.url)}: {exc}", category="bad_body"
+            ) from None
+
+    def _too_large(self, where: str, response: httpx.Response) -> PermanentError:
+        self._observe(Outcome.ERROR, response)
+        return PermanentError(
+            f"{where}: the body is larger than {describe_size(self.max_body)} (max_body=); raise "
+            "max_body on the resource if that is expected",
+            category="body_too_large",
+        )
+
     def _classify(self, method: str, response: httpx.Response) -> StageError | None:
         status = response.status_code
         if status < 400:
             return None
         where = self._where(method, response.request.url)
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        if status == 429 or (status == 503 and retry_after is not None):
-            self._observe(Outcome.RATE_LIMITED, response, retry_after=retry_after)
+        header = response.headers.get("Retry-After")
+        asked = parse_retry_after(header)
+        retry_after = None if asked is None else min(asked, self.max_wait)
+        garbage = header is not None and asked is None and status in (429, 503)
+        if status == 429 or (status == 503 and asked is not None):
+            self._observe(Outcome.RATE_LIMITED, response, retry_after=asked)
             tally = partition_requests.get()
             if tally is not None:
                 tally.rate_limited += 1
@@ -406,9 +658,23 @@ class HttpClient:
             self._observe(Outcome.ERROR, response)
         else:
             self._observe(Outcome.CLIENT_ERROR, response)
-        if status == 429 or status >= 500:
+        if garbage:
             return TransientError(
-                f"{where} answered {status}", category=f"http_{status}", retry_after=retry_after
+                f"{where} answered {status} with Retry-After {header[:40]!r}, neither seconds "
+                "nor a date; retried after the usual backoff",
+                category="bad_header",
+            )
+        if status == 429 or status >= 500:
+            capped = ""
+            if asked is not None and asked > self.max_wait:
+                capped = (
+                    f" (Retry-After asked for {describe_seconds(asked)} s, waiting the cap of "
+                    f"{describe_seconds(self.max_wait)} s: max_wait=)"
+                )
+            return TransientError(
+                f"{where} answered {status}{capped}",
+                category=f"http_{status}",
+                retry_after=retry_after,
             )
         if status in (401, 403):
             return FatalError(
@@ -438,9 +704,9 @@ class HttpClient:
             limit = _header_number(headers, "RateLimit-Limit", "X-RateLimit-Limit")
             policy = headers.get("RateLimit-Policy")
             if policy and "w=" in policy:
-                try:
-                    window = float(policy.split("w=")[1].split(";")[0].split(",")[0])
-                except ValueError:
+                window = _finite(policy.split("w=")[1].split(";")[0].split(",")[0])
+                if not window:
+                    log.debug("ignored the header RateLimit-Policy: %r", policy[:80])
                     window = None
         self.resource.observe(
             outcome,
@@ -457,8 +723,22 @@ class HttpClient:
 
     async def get_json(self, url: str, **kwargs: Any) -> Any:
         """GET and decode JSON; a truncated or garbled body is a transient error."""
-        _, value = await self._send("GET", url, decode=True, **kwargs)
+        target = self._resolve(url)
+        _, value = await self._send("GET", target, self._call(target), decode=True, **kwargs)
         return value
+
+    def _loop(self, fetched: set[bytes], url: httpx.URL, what: str, source: httpx.URL) -> None:
+        """Note ``url`` as fetched in this walk; a PermanentError if it already was."""
+        key = hashlib.blake2b(
+            str(merge_query(url, None, self._param_names)).encode(), digest_size=16
+        ).digest()
+        if key in fetched:
+            raise PermanentError(
+                f"{self._source(source)}: {what} {self._source(url)} was already fetched in "
+                "this partition; the source's pagination loops",
+                category="pagination_loop",
+            )
+        fetched.add(key)
 
     async def paginate(
         self,
@@ -472,7 +752,8 @@ class HttpClient:
         """Fetch page after page; yield each :class:`Page`.
 
         ``resume_from`` is a ``Page.next`` saved earlier (e.g. ``ctx.checkpoint``): the
-        walk starts there instead of at the first page. Example::
+        walk starts there instead of at the first page. A next link (or cursor) already
+        fetched in the walk is a ``pagination_loop`` error. Example::
 
             async for page in ctx.http.paginate(url, pagination=Cursor(), params=q,
                                                 resume_from=ctx.checkpoint):
@@ -482,13 +763,16 @@ class HttpClient:
         style = pagination or PageNumber()
         query = dict(params or {})
         number = 1
-        next_url: str | None = url
+        start = self._resolve(url)
+        call = self._call(start)
+        fetched: set[bytes] = set()
         if isinstance(style, PageNumber):
             page_no = int(resume_from) if resume_from else style.start
             while True:
                 response, body = await self._send(
                     "GET",
-                    url,
+                    start,
+                    call,
                     decode=True,
                     pagination=style,
                     params={**query, style.page_param: page_no},
@@ -506,8 +790,9 @@ class HttpClient:
             cursor = resume_from
             while True:
                 q = {**query, style.cursor_param: cursor} if cursor else query
+                self._loop(fetched, merge_query(start, q), "cursor", start)
                 response, body = await self._send(
-                    "GET", url, decode=True, pagination=style, params=q, **kwargs
+                    "GET", start, call, decode=True, pagination=style, params=q, **kwargs
                 )
                 cursor_value = _field(body, style.next_field)
                 cursor = str(cursor_value) if cursor_value not in (None, "") else None
@@ -518,22 +803,58 @@ class HttpClient:
                     return
                 number += 1
         else:
-            next_url = resume_from or url
+            next_url: httpx.URL | None = start
             first = resume_from is None
+            if resume_from:
+                next_url = self._resolve(resume_from)
+                self._leaves(next_url, call, "saved next link", start)
             while next_url is not None:
-                page_params: dict[str, Any] | None = query if first else None
-                first = False
+                page_params = query if first else None
+                self._loop(fetched, merge_query(next_url, page_params), "next link", next_url)
                 response, body = await self._send(
-                    "GET", next_url, decode=True, pagination=style, params=page_params, **kwargs
+                    "GET",
+                    next_url,
+                    call,
+                    decode=True,
+                    pagination=style,
+                    hop=not first,
+                    params=page_params,
+                    **kwargs,
                 )
-                if isinstance(style, NextUrl):
-                    link = _field(body, style.next_field)
-                    found = str(response.url.join(str(link))) if link else None
-                else:
-                    link_next = response.links.get("next", {}).get("url")
-                    found = str(response.url.join(link_next)) if link_next else None
+                first = False
+                found = self._next_link(response, body, style)
                 yield Page(
-                    number, _records(body, style.data, self._source(response.url)), found, body
+                    number,
+                    _records(body, style.data, self._source(response.url)),
+                    None if found is None else str(found),
+                    body,
                 )
+                if found is not None:
+                    self._leaves(found, call, "next link", response.url)
                 next_url = found
                 number += 1
+
+    def _next_link(
+        self, response: httpx.Response, body: Any, style: NextUrl | LinkHeader
+    ) -> httpx.URL | None:
+        """The next page's URL, absolute, without the resource's params (they are added
+        again where they may go, so none is saved in a checkpoint)."""
+        if isinstance(style, NextUrl):
+            link = _field(body, style.next_field)
+        else:
+            link = response.links.get("next", {}).get("url")
+        if link in (None, ""):
+            return None
+        if not isinstance(link, str):
+            raise TransientError(
+                f"the next link in the response from {self._source(response.url)} is not a URL",
+                category="bad_body",
+            )
+        try:
+            found = response.url.join(link)
+        except httpx.InvalidURL:
+            raise TransientError(
+                f"the next link in the response from {self._source(response.url)} is not a URL",
+                category="bad_body",
+            ) from None
+        return merge_query(found, None, self._param_names)

@@ -16,6 +16,7 @@ take one, so :func:`install` puts it into the transport's pool.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import typing
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from backfill.ratelimit import LateStart, take_start_deadline
+from backfill.ratelimit import LateStart, take_grant
 
 __all__ = ["LateStart", "PacedBackend", "install"]
 
@@ -40,8 +41,14 @@ class _PacedStream(httpcore.AsyncNetworkStream):
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         # From here to the socket nothing yields to the event loop (anyio writes to the
         # transport at once when its buffer has room), so on time here is on time there.
-        if take_start_deadline():
-            raise LateStart
+        grant = take_grant()
+        if grant is not None:
+            # Handed over early by the way's usual length: wait here for the instant
+            # (a late wake is checked again); too late, LateStart.
+            wait = grant.at_wire()
+            while wait > 0:
+                await asyncio.sleep(wait)
+                wait = grant.at_wire()
         await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:

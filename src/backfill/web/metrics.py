@@ -141,7 +141,9 @@ def _bound(value: float) -> str:
 
 
 def render_metrics(job: Job, ledger: Ledger) -> bytes:
-    """The exposition text for ``job`` (a fresh registry: nothing global is touched)."""
+    """The exposition text for ``job`` (a fresh registry: nothing global is touched),
+    masked like everything else the dashboard serves."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(job, ledger))
-    return generate_latest(registry)
+    text = generate_latest(registry).decode()
+    return job.masker(ledger.url).mask(text).encode()

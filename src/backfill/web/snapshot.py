@@ -37,6 +37,7 @@ class Dashboard:
         self.job = job
         self.ledger = ledger
         self.clock = clock
+        self.masker = job.masker(ledger.url)
         self.stage_names = list(job.stages)
         # (time, finished partitions per stage) at each snapshot.
         self.samples: collections.deque[tuple[float, dict[str, int]]] = collections.deque(
@@ -100,16 +101,19 @@ class Dashboard:
             {"id": w.id, "host": w.host, "pid": w.pid, "heartbeat_age": now - w.heartbeat_at}
             for w in self.ledger.workers(self.job.name)
         ]
-        return {
-            "job": self.job.name,
-            "at": now,
-            "stages": stages,
-            "throughput": self.throughput(),
-            "calendar": self.calendar(),
-            "failures": failures[:_FAILURES_SHOWN],
-            "workers": workers,
-            "runs": self.runs(),
-        }
+        # Every text the page shows is masked; the calendar (statuses) and the
+        # throughput (numbers) hold none, and are the bulk of a snapshot.
+        shown: dict[str, Any] = self.masker.mask_tree(
+            {
+                "job": self.job.name,
+                "at": now,
+                "stages": stages,
+                "failures": failures[:_FAILURES_SHOWN],
+                "workers": workers,
+                "runs": self.runs(),
+            }
+        )
+        return {**shown, "throughput": self.throughput(), "calendar": self.calendar()}
 
     def _rate(self, stage: str, now: float) -> float | None:
         """Partitions per second over the last half minute of samples."""

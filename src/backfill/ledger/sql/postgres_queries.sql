@@ -267,13 +267,15 @@ SET job = excluded.job, host = excluded.host, pid = excluded.pid,
     stopped_at = NULL;
 
 -- name: heartbeat
-UPDATE backfill_workers SET heartbeat_at = %(now)s WHERE id = %(id)s;
+UPDATE backfill_workers
+SET heartbeat_at = %(now)s, resources = coalesce(%(resources)s, resources)
+WHERE id = %(id)s;
 
 -- name: stop_worker
 UPDATE backfill_workers SET stopped_at = %(now)s WHERE id = %(id)s;
 
 -- name: workers
-SELECT id, job, host, pid, started_at, heartbeat_at, stopped_at, finished
+SELECT id, job, host, pid, started_at, heartbeat_at, stopped_at, finished, resources
 FROM backfill_workers WHERE job = %(job)s {where}
 ORDER BY started_at;
 
@@ -290,6 +292,10 @@ FOR UPDATE;
 
 -- name: set_tat
 UPDATE backfill_resources SET tat = %(tat)s WHERE job = %(job)s AND name = %(name)s;
+
+-- name: set_paused
+UPDATE backfill_resources SET paused_until = %(paused)s
+WHERE job = %(job)s AND name = %(name)s;
 
 -- name: lock_quota
 -- Created on first use; the no-op update locks the row either way, in one statement.

@@ -85,7 +85,8 @@ CREATE TABLE IF NOT EXISTS backfill_workers (
     started_at   double precision NOT NULL,
     heartbeat_at double precision NOT NULL,
     stopped_at   double precision,
-    finished     integer NOT NULL DEFAULT 0  -- partitions it finished
+    finished     integer NOT NULL DEFAULT 0,  -- partitions it finished
+    resources    text  -- JSON: what its resources were doing at its last heartbeat
 );
 
 CREATE INDEX IF NOT EXISTS backfill_workers_job ON backfill_workers (job, started_at);

@@ -237,13 +237,15 @@ INSERT OR REPLACE INTO backfill_workers (id, job, host, pid, started_at, heartbe
 VALUES (:id, :job, :host, :pid, :started_at, :heartbeat_at);
 
 -- name: heartbeat
-UPDATE backfill_workers SET heartbeat_at = :now WHERE id = :id;
+UPDATE backfill_workers
+SET heartbeat_at = :now, resources = coalesce(:resources, resources)
+WHERE id = :id;
 
 -- name: stop_worker
 UPDATE backfill_workers SET stopped_at = :now WHERE id = :id;
 
 -- name: workers
-SELECT id, job, host, pid, started_at, heartbeat_at, stopped_at, finished
+SELECT id, job, host, pid, started_at, heartbeat_at, stopped_at, finished, resources
 FROM backfill_workers WHERE job = :job {where}
 ORDER BY started_at;
 
@@ -282,6 +284,9 @@ WHERE job = :job AND name = :name;
 
 -- name: set_tat
 UPDATE backfill_resources SET tat = :tat WHERE job = :job AND name = :name;
+
+-- name: set_paused
+UPDATE backfill_resources SET paused_until = :paused WHERE job = :job AND name = :name;
 
 -- name: lock_quota
 INSERT INTO backfill_quotas (job, name, quota) VALUES (:job, :name, :quota)

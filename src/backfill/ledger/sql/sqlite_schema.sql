@@ -82,7 +82,8 @@ CREATE TABLE IF NOT EXISTS backfill_workers (
     started_at   REAL NOT NULL,
     heartbeat_at REAL NOT NULL,
     stopped_at   REAL,
-    finished     INTEGER NOT NULL DEFAULT 0  -- partitions it finished
+    finished     INTEGER NOT NULL DEFAULT 0,  -- partitions it finished
+    resources    TEXT  -- JSON: what its resources were doing at its last heartbeat
 );
 
 -- One start schedule per resource, shared by the runs (and the jobs, for a resource

@@ -1,5 +1,7 @@
 -- 7 -> 8: resource schedules and quota rings in the state file, so quotas hold across
--- restarts and a resource declared shared=True holds across jobs and processes.
+-- restarts and a resource declared shared=True holds across jobs and processes; and what
+-- each worker's resources are doing, for status and the dashboard.
+ALTER TABLE backfill_workers ADD COLUMN resources TEXT;
 -- One start schedule per resource, shared by the runs (and the jobs, for a resource
 -- declared shared=True, under job '*') that use it: epoch seconds.
 CREATE TABLE IF NOT EXISTS backfill_resources (
