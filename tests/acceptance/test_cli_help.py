@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import backfill_cmd, cli_env, run_cli
 
 COMMANDS = [
     "run",
@@ -109,20 +110,33 @@ def test_version_prints_the_installed_version(tmp_path: Path) -> None:
     assert result.stdout.strip() == f"backfill {importlib.metadata.version('backfill')}"
 
 
+def in_bash(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`backfill ARGS` as a child of bash (not exec'd by it): the shell it detects."""
+    return subprocess.run(
+        ["bash", "-c", '"$@"; exit $?', "bash", *backfill_cmd(), *args],
+        cwd=cwd,
+        env=cli_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def test_shell_completion_completes_commands_and_installs(tmp_path: Path) -> None:
-    """Completion answers `backfill ru<TAB>` with run and runs, prints a bash script, and
-    installs into the user's shell start-up file."""
+    """Completion answers `backfill ru<TAB>` with run and runs; from bash, the script is
+    printed and installed into the user's start-up file."""
     result = run_cli(
         cwd=tmp_path,
         env={"_BACKFILL_COMPLETE": "complete_bash", "COMP_WORDS": "backfill ru", "COMP_CWORD": "1"},
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["run", "runs"]
-    script = run_cli("--show-completion", "bash", cwd=tmp_path)
-    assert script.returncode == 0, script.stderr
-    assert "_BACKFILL_COMPLETE=complete_bash" in script.stdout
     home = tmp_path / "home"
     home.mkdir()
-    installed = run_cli("--install-completion", "bash", cwd=tmp_path, env={"HOME": str(home)})
+    script = in_bash("--show-completion", cwd=tmp_path, env={"HOME": str(home)})
+    assert script.returncode == 0, script.stdout + script.stderr
+    assert "_BACKFILL_COMPLETE=complete_bash" in script.stdout
+    installed = in_bash("--install-completion", cwd=tmp_path, env={"HOME": str(home)})
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert "backfill" in (home / ".bashrc").read_text()
