@@ -26,6 +26,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -42,14 +43,13 @@ class _Call(Generic[T]):
     __slots__ = (
         "abandoned",
         "args",
+        "began",
         "context",
         "finished",
         "fn",
         "loop",
         "replaced",
         "result",
-        "running",
-        "started",
         "withdrawn",
     )
 
@@ -61,10 +61,9 @@ class _Call(Generic[T]):
         self.loop = loop
         # The caller's context: log lines of the call carry its run, stage and partition.
         self.context = contextvars.copy_context()
-        self.started: asyncio.Future[None] = loop.create_future()
         self.result: asyncio.Future[T] = loop.create_future()
         self.withdrawn = False  # the caller gave up before a thread took the call
-        self.running = False  # a thread took it
+        self.began: float | None = None  # when a thread took it (time.monotonic())
         self.finished = False
         self.abandoned = False  # the caller gave up while the call ran
         self.replaced = False  # ... and a new thread took its thread's place
@@ -116,36 +115,49 @@ class StageThreads:
         job: _Call[T] = _Call(fn, args, loop)
         self._queue.put(job)
         try:
-            await self._started(job, time_limit)
-            async with asyncio.timeout(time_limit):
+            if time_limit is None:
                 return await job.result
+            return await self._within(job, time_limit)
         except BaseException:
             self._give_up(job)
             raise
 
-    async def _started(self, job: _Call[Any], time_limit: float | None) -> None:
-        """Wait until a thread takes ``job``. Threads busy with live calls free up or are
-        replaced, so that wait is not bounded; while abandoned calls beyond the bound
-        hold threads, it is bounded by the call's time limit."""
+    async def _within(self, job: _Call[T], time_limit: float) -> T:
+        """``job``'s result, or TimeoutError once it has run ``time_limit`` seconds on its
+        thread. The thread notes when it took the call, and the wait is lengthened by
+        the time the call waited for it: no second wake-up of the loop per call.
+
+        Threads busy with live calls free up or are replaced, so the wait for one is not
+        bounded; while abandoned calls beyond the bound hold threads, it is bounded by
+        the call's time limit."""
+        wait = time_limit
         while True:
-            done, _ = await asyncio.wait({job.started}, timeout=time_limit)
+            done, _ = await asyncio.wait({job.result}, timeout=wait)
             if done:
-                return
+                return job.result.result()
             with self._lock:
-                if job.running:
-                    return
-                if self._holding:
+                began = job.began
+                if began is None and self._holding:
                     raise TimeoutError(
                         f"no thread became free within {time_limit:g} s: {self._holding} "
                         "call(s) that timed out still hold theirs"
                     )
+            if began is None:
+                wait = time_limit
+                continue
+            wait = began + time_limit - time.monotonic()
+            if wait <= 0:
+                raise TimeoutError(f"the call ran longer than {time_limit:g} s")
 
     def _give_up(self, job: _Call[Any]) -> None:
         """The caller stopped waiting: withdraw a call not started yet; abandon one that
         runs, replacing its thread while the bound allows."""
+        # Nobody awaits the result any more: one settled later is dropped, not reported
+        # as an exception never retrieved.
+        job.result.cancel()
         warn = False
         with self._lock:
-            if not job.running:
+            if job.began is None:
                 job.withdrawn = True
             if job.finished or job.withdrawn or job.abandoned:
                 return
@@ -196,12 +208,9 @@ class StageThreads:
             if job.withdrawn:
                 return True
             if self._closed:
-                shut = RuntimeError("these stage threads are shut down")
-                _deliver(job, job.result, None, shut)
-                _deliver(job, job.started, None, None)
+                _deliver(job, None, RuntimeError("these stage threads are shut down"))
                 return True
-            job.running = True
-        _deliver(job, job.started, None, None)
+            job.began = time.monotonic()
         result: Any = None
         error: BaseException | None = None
         try:
@@ -215,17 +224,15 @@ class StageThreads:
             elif job.abandoned:
                 self._holding -= 1
         if not job.abandoned:
-            _deliver(job, job.result, result, error)
+            _deliver(job, result, error)
             return True
         job.context.run(_log.debug, "a call given up on returned; its result is discarded")
         return not job.replaced and not self._closed
 
 
-def _deliver(
-    job: _Call[Any], future: asyncio.Future[Any], result: Any, error: BaseException | None
-) -> None:
+def _deliver(job: _Call[Any], result: Any, error: BaseException | None) -> None:
     with contextlib.suppress(RuntimeError):  # the caller's loop is closed
-        job.loop.call_soon_threadsafe(_settle, future, result, error)
+        job.loop.call_soon_threadsafe(_settle, job.result, result, error)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
