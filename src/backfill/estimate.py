@@ -67,7 +67,7 @@ def estimate(
                 periods = total / lim.count
                 warnings.append(
                     f"needs {total:,.0f} requests, more than the {lim} quota: "
-                    f"at least {periods:.1f} × {_period_name(lim.period)}"
+                    f"at least {periods:.1f} {_period_name(lim.period)}"
                 )
         result.append(
             ResourceEstimate(
@@ -85,4 +85,4 @@ def estimate(
 
 
 def _period_name(seconds: float) -> str:
-    return {86400.0: "days", 3600.0: "hours"}.get(seconds, f"{seconds:g}-second periods")
+    return {86400.0: "days", 3600.0: "hours"}.get(seconds, f"periods of {seconds:g} s")

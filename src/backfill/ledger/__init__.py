@@ -31,6 +31,7 @@ __all__ = [
     "LedgerEntry",
     "NoState",
     "Outcome",
+    "ResetCounts",
     "RunRecord",
     "SharedLimits",
     "StageCounts",
@@ -141,6 +142,15 @@ class LedgerEntry:
     error_message: str | None
     run_id: str | None
     finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResetCounts:
+    """What :meth:`Ledger.reset` did: partitions forgotten, and finished partitions of
+    downstream stages marked stale because they were computed from one of them."""
+
+    removed: int
+    stale: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,8 +419,18 @@ class Ledger(Protocol):
     ) -> int:
         """Return finished partitions of these statuses to pending; return how many."""
 
-    def reset(self, job: str, stages: Sequence[str], selection: Selection | None = None) -> int:
-        """Forget partitions (any status but running); return how many were deleted."""
+    def reset(
+        self,
+        job: str,
+        stages: Sequence[str],
+        selection: Selection | None = None,
+        *,
+        downstream: Mapping[str, Sequence[Dependency]] | None = None,
+    ) -> ResetCounts:
+        """Forget partitions (any status but running). In the same transaction, the
+        finished partitions of the ``downstream`` stages (name: its dependencies) whose
+        inputs include a forgotten partition are marked stale, as :meth:`mark_stale`
+        marks them; once forgotten, nothing would tie them to it any more."""
 
     def start_run(self, run: RunRecord) -> None: ...
 

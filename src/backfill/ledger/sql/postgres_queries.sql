@@ -231,6 +231,12 @@ UPDATE backfill_partitions
 SET status = 'pending', error_category = NULL, error_message = NULL, lost_leases = 0
 WHERE stage_id = %(stage_id)s AND status = ANY(%(statuses)s) {where};
 
+-- name: redo
+-- Inside a reset, before its delete: the partitions it forgets count as being redone,
+-- so marking downstream stages stale finds what was computed from them.
+UPDATE backfill_partitions SET status = 'pending'
+WHERE stage_id = %(stage_id)s AND status != 'running' {where};
+
 -- name: reset
 DELETE FROM backfill_partitions
 WHERE stage_id = %(stage_id)s AND status != 'running' {where};
