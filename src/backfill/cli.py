@@ -630,10 +630,11 @@ def plan(
     try:
         rows = _counts(ledger, job, stages, selection)
         history = {s.name: ledger.request_stats(job.name, s.name) for s in stages}
+        spent = _quota_use(ledger, job)
     finally:
         ledger.close()
     table = Table(title=shown(f"plan for job {job.name}"), title_justify="left")
-    for col in ("stage", "partitions", "grain", "to run", "done", "empty", "failed", "running"):
+    for col in ("stage", "partitions", "grain", "to run", "done", "empty", "failed", "leased"):
         table.add_column(col, justify="left" if col in ("stage", "grain") else "right")
     total_to_run = 0
     for s in stages:
@@ -659,7 +660,7 @@ def plan(
         )
     )
     to_run_by_stage = {s.name: rows[s.name][0].pending + rows[s.name][1] for s in stages}
-    for e in estimate(job, stages, to_run_by_stage, history):
+    for e in estimate(job, stages, to_run_by_stage, history, spent):
         if e.requests is None or e.requests_per_partition is None:
             out.print(
                 shown(
@@ -680,6 +681,21 @@ def plan(
             out.print(
                 Text.assemble(("warning:", "yellow"), " ", visible(f"{e.resource} {warning}"))
             )
+
+
+def _quota_use(ledger: Ledger, job: Job) -> dict[str, dict[str, tuple[int, float | None, float]]]:
+    """Per resource with quotas, what each quota's current window has spent (from the
+    state: nothing for a state that keeps no schedules)."""
+    if not isinstance(ledger, SharedLimits):
+        return {}
+    result = {}
+    for name, resource in job.resources.items():
+        quotas = [(int(q.count), q.period) for q in resource.quotas]
+        if quotas:
+            scope = "*" if resource.shared else job.name
+            use = ledger.quota_use(scope, name, quotas)
+            result[name] = {k: (v.used, v.frees_at, v.now) for k, v in use.items()}
+    return result
 
 
 @app.command(cls=_Command)

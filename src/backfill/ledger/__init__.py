@@ -491,6 +491,12 @@ class SharedLimits(Protocol):
     def resume_resource(self, job: str, resource: str) -> float | None:
         """End a stored pause now; the seconds it still had, None if there was none."""
 
+    def quota_use(
+        self, job: str, resource: str, quotas: Sequence[tuple[int, float]]
+    ) -> Mapping[str, Any]:
+        """Per quota, what its current window has spent (a
+        :class:`backfill.ledger.limits.QuotaUse`); reads only."""
+
 
 def dims_json(dims: tuple[tuple[str, str], ...]) -> str | None:
     return json.dumps(dict(dims), separators=(",", ":")) if dims else None

@@ -983,6 +983,12 @@ class PostgresLedger:
         params = {"job": job, "name": resource, "seconds": seconds}
         self._run(lambda conn: conn.execute(_Q["pause_resource"], params))
 
+    def quota_use(
+        self, job: str, resource: str, quotas: Sequence[tuple[int, float]]
+    ) -> dict[str, limits.QuotaUse]:
+        """What each quota's current window has spent (see :func:`limits.quota_use`)."""
+        return self._run(lambda conn: limits.quota_use(_query(conn), job, resource, quotas))
+
     def resume_resource(self, job: str, resource: str) -> float | None:
         """End a resource's stored pause now (see :func:`backfill.ledger.limits.resume`)."""
         return self._run(lambda conn: limits.resume(_query(conn), job, resource))

@@ -891,6 +891,13 @@ class SQLiteLedger:
         with self._tx() as conn:
             conn.execute(_Q["pause_resource"], {"job": job, "name": resource, "seconds": seconds})
 
+    def quota_use(
+        self, job: str, resource: str, quotas: Sequence[tuple[int, float]]
+    ) -> dict[str, limits.QuotaUse]:
+        """What each quota's current window has spent (see :func:`limits.quota_use`)."""
+        with self._tx(write=False) as conn:
+            return limits.quota_use(_query(conn), job, resource, quotas)
+
     def resume_resource(self, job: str, resource: str) -> float | None:
         """End a resource's stored pause now (see :func:`backfill.ledger.limits.resume`)."""
         with self._tx() as conn:

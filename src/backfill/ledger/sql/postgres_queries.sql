@@ -347,3 +347,10 @@ SELECT key, window_start, window_end, dims, status, records, error_category,
 FROM backfill_partitions AS p
 WHERE stage_id = %(stage_id)s {where}
 ORDER BY window_start, id;
+
+-- name: clock
+SELECT extract(epoch FROM clock_timestamp())::double precision;
+
+-- name: quota_ring
+SELECT started_at FROM backfill_quota_starts
+WHERE job = %(job)s AND name = %(name)s AND quota = %(quota)s;

@@ -314,3 +314,10 @@ WHERE job = :job AND name = :name AND quota = :quota;
 UPDATE backfill_resources
 SET paused_until = max(paused_until, (julianday('now') - 2440587.5) * 86400.0 + :seconds)
 WHERE job = :job AND name = :name;
+
+-- name: clock
+SELECT (julianday('now') - 2440587.5) * 86400.0;
+
+-- name: quota_ring
+SELECT started_at FROM backfill_quota_starts
+WHERE job = :job AND name = :name AND quota = :quota;
