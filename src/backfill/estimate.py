@@ -89,8 +89,9 @@ def estimate(
                 seconds = max(seconds or 0.0, waited)
             if lim.period >= 3600 and (total > lim.count or (already and total > left)):
                 periods = (total + already) / lim.count
+                now_ = " allows now" if already else ""
                 warnings.append(
-                    f"needs {total:,.0f} requests, more than the {lim} quota allows now: "
+                    f"needs {total:,.0f} requests, more than the {lim} quota{now_}: "
                     f"at least {periods:.1f} {_period_name(lim.period)}"
                 )
         result.append(

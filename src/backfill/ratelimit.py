@@ -45,6 +45,7 @@ __all__ = [
     "Outcome",
     "Resource",
     "SharedRate",
+    "WireGap",
     "book_block",
     "describe_seconds",
     "parse_limit",
@@ -162,13 +163,35 @@ class Grant:
         return max(0.0, self.start - now)
 
 
-# The fleet start the current task's request was granted; taken where it is written.
-_grant: contextvars.ContextVar[Grant | None] = contextvars.ContextVar(
+class WireGap:
+    """One process's requests, spaced once more where they are written.
+
+    Turns are paced when they are taken; the way from a turn to the wire varies (a first
+    request opens its connection, a busy loop delays another), and a request slowed on
+    its way would reach the source just before the next one, which a strict bucket (one
+    request per interval) refuses. So the resource's rate and burst are applied again to
+    the instants requests actually reach the wire: a request too close behind the one
+    before waits there for the rest of its interval. Nothing is ever refused here.
+    """
+
+    __slots__ = ("resource",)
+
+    def __init__(self, resource: Resource) -> None:
+        self.resource = resource
+
+    def at_wire(self) -> float:
+        """Seconds the request must still wait before it goes (0: now, and booked)."""
+        return self.resource.wire_turn()
+
+
+# What the current task's request was granted (a fleet start, or a place in this
+# process's spacing at the wire); taken where the request is written.
+_grant: contextvars.ContextVar[Grant | WireGap | None] = contextvars.ContextVar(
     "backfill_grant", default=None
 )
 
 
-def take_grant() -> Grant | None:
+def take_grant() -> Grant | WireGap | None:
     """The fleet start granted to this task's request, if any; taken once (a request's
     later writes are not checked again)."""
     held = _grant.get()
@@ -340,20 +363,25 @@ class AdaptiveRate:
         self._creep_every: float | None = None
         self._since_decrease = 0  # requests accepted since the last decrease
         self._paused = 0.0  # how long the last decrease's 429 paused the resource
+        self._rate_before = self.rate  # the rate the last decrease came down from
+        self._answered: collections.deque[float] = collections.deque()  # every answer
 
-    def _accepted_rate(self, now: float) -> float | None:
-        # The last half second (or ~8 requests' worth at low rates): when we send faster
-        # than the source accepts, that is what it accepts; longer windows would average
-        # in the slower ramp that led up to the 429.
+    def _accepted_rate(self, now: float) -> tuple[float, float] | None:
+        """What the source accepted, and what it was offered (every answer), per second
+        over the last half second (or ~8 requests' worth at low rates); None when too
+        little was answered to tell. When we send faster than the source accepts, the
+        first is its limit; longer windows would average in the ramp that led up to it."""
         window = max(0.5, 8.0 / max(self.rate, 1e-9))
         start = max(self._measure_from, now - window)
-        while self._accepted and self._accepted[0] < now - max(window, 1.0):
-            self._accepted.popleft()
+        for log in (self._accepted, self._answered):
+            while log and log[0] < now - max(window, 1.0):
+                log.popleft()
         span = now - start
         count = sum(1 for t in self._accepted if t >= start)
-        if span < 0.5 * window or count < 8:
+        offered = sum(1 for t in self._answered if t >= start)
+        if span < 0.5 * window or count < 5:
             return None
-        return count / span
+        return count / span, offered / span
 
     def on_rate_limited(self, now: float, resume_at: float) -> bool:
         """A 429 (or a clearly congested source): slow down; True when the rate changed.
@@ -361,11 +389,25 @@ class AdaptiveRate:
         ``resume_at`` is when traffic restarts after the pause this 429 caused.
         """
         self._outcomes.append(False)
+        self._answered.append(now)
         if now - self._last_decrease < 1.0:
-            return False  # the same burst of 429s
+            # The same burst of 429s: the requests that were on their way answer now, and
+            # how many of them are refused says how far over the limit they were sent.
+            burst = self._outcomes
+            # Shrunk towards none refused: a handful of answers is a noisy sample.
+            share = burst.count(False) / (len(burst) + 1)
+            if len(burst) >= 4 and share > 0.3:
+                target = max(self.floor, self._rate_before * (1.0 - share))
+                if target < self.rate:
+                    self.threshold = self.rate = target
+                    self._good = target
+                    return True
+            return False
         outcomes = self._outcomes
         refused = outcomes.count(False) / len(outcomes) if len(outcomes) >= 5 else None
-        accepted = self._accepted_rate(now)
+        measured = self._accepted_rate(now)
+        accepted = measured[0] if measured is not None else None
+        offered = measured[1] if measured is not None else None
         # Refused again soon after a pause (the active part of the cycle shorter than
         # the pause itself): what it accepted over the whole cycle, pause included.
         span = now - self._last_decrease
@@ -378,9 +420,8 @@ class AdaptiveRate:
         if self._good is not None and self._good < self.rate:
             # The search's last step drew it: the rate before that step is the limit.
             target, search = self._good, False
-        elif accepted is not None and accepted < 0.85 * self.rate:
-            # Clearly sending faster than the source accepts (a bucket of its own lets
-            # bursts through first, so few answers may be refusals yet).
+        elif accepted is not None and offered is not None and accepted < 0.85 * offered:
+            # Clearly sending faster than the source accepts.
             target = self.margin * accepted
         elif cycle is not None and cycle < 0.85 * self.rate and accepted is None:
             # Refused again soon after the last 429's pause, each time once the burst its
@@ -398,10 +439,13 @@ class AdaptiveRate:
             self._creep_every = min(self._MAX_CREEP_EVERY, 2.0 * self._creep_base())
         elif refused is not None:
             target = self.margin * self.rate * (1.0 - refused)
-        elif not self.ramp:
+        elif not self.ramp and (self.decreases == 0 or span - self._paused > 1.0):
+            # Too early to tell, at a declared rate: trust it, a little less.
             target = self.rate * 0.9
         else:
+            # Refused again at once after a pause, too soon to measure: far too fast.
             target = self.rate * 0.5
+        self._rate_before = self.rate
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
         self.decreases += 1
@@ -409,6 +453,7 @@ class AdaptiveRate:
         self._paused = max(0.0, resume_at - now)
         self._measure_from = resume_at
         self._accepted.clear()
+        self._answered.clear()
         self._outcomes.clear()
         self._since_decrease = 0
         self._last_update = resume_at
@@ -429,6 +474,7 @@ class AdaptiveRate:
     def on_success(self, now: float) -> bool:
         """An accepted request; return True when the rate changed."""
         self._accepted.append(now)
+        self._answered.append(now)
         self._outcomes.append(True)
         self._since_decrease += 1
         if self._last_update is None:
@@ -672,6 +718,8 @@ class Resource:
         self.sent_late = 0  # requests sent past their fleet start, after too many misses
         self.wire_misses = 0  # fleet starts missed at the wire in a row
         self._way = 0.0  # how long a granted request takes to reach the wire (EWMA)
+        self._wire_gap = WireGap(self)
+        self._wire_tat = -math.inf  # the rate's theoretical next instant at the wire
         self.pause_reason: str | None = None
         self.circuit_since: float | None = None  # wall clock
 
@@ -735,6 +783,7 @@ class Resource:
             self._pace_scheduler.set_rate(self.pace.rate, self.burst)
         self._said_slower = False
         self._pacing = None
+        self._wire_tat = -math.inf
         self._quota_wait_until = -math.inf
         self.pause_reason = None
         self.circuit_since = None
@@ -917,13 +966,25 @@ class Resource:
                 for scheduler in self._schedulers if self._shared is None else self._local:
                     scheduler.book(now)
                 break
-        grant = None
+        grant: Grant | WireGap | None = self._wire_gap if self.rate_interval else None
         if self._shared is not None and self._shares_rate:
             # Last: a start granted by the fleet must go out on its instant.
             start, deadline = await self._shared_start()
             grant = Grant(self, start, deadline)
         self.requests += 1
         _grant.set(grant)
+
+    def wire_turn(self) -> float:
+        """Where a request is written (see WireGap): seconds it must still wait to keep
+        the rate between the instants requests reach the wire; 0 when it may go now, and
+        then it is booked."""
+        now = self.clock.monotonic()
+        interval = 1.0 / self.rate
+        due = max(now, self._wire_tat - (self.burst - 1) * interval)
+        if due > now + 1e-4:
+            return due - now
+        self._wire_tat = max(self._wire_tat, now) + interval
+        return 0.0
 
     def measure_way(self, seconds: float) -> None:
         """How long a granted request took to reach the wire (see Grant)."""

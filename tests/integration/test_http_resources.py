@@ -158,7 +158,11 @@ def test_a_429_storm_pauses_the_resource_once(server: tuple[RecordingServer, str
     from backfill.events import EventBus, ResourceChanged
 
     bus = EventBus()
-    bus.subscribe(lambda e: events.append(e.what) if isinstance(e, ResourceChanged) else None)
+    bus.subscribe(
+        lambda e: (
+            events.append(e.what) if isinstance(e, ResourceChanged) and e.kind == "paused" else None
+        )
+    )
     assert run_job(job, bus=bus).exit_code == 0
     assert api.pauses == 1
     assert events == ["paused (429)"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import httpx
 import pytest
 
-from backfill.ratelimit import Grant, Resource, take_grant
+from backfill.ratelimit import Grant, Resource, WireGap, take_grant
 from backfill.sources import wire
 from backfill.sources.http import HttpClient
 
@@ -145,10 +146,10 @@ def test_the_wire_check_is_installed_in_the_default_transport() -> None:
 
 
 def test_a_grant_is_made_only_for_fleet_starts_and_taken_once() -> None:
-    """A resource of one process leaves no grant behind; a fleet start leaves one that
-    the first write takes, and that is late once the process stalled past it."""
+    """A resource of one process leaves its spacing at the wire (never refused); a fleet
+    start leaves a grant that the first write takes, with the start's deadline."""
 
-    async def main() -> tuple[Grant | None, Grant | None, Grant | None]:
+    async def main() -> tuple[object, Grant | None, object]:
         alone = Resource("api", rate=1000)
         await alone.acquire()
         after_alone = take_grant()
@@ -161,7 +162,7 @@ def test_a_grant_is_made_only_for_fleet_starts_and_taken_once() -> None:
         return after_alone, grant, again
 
     after_alone, grant, again = asyncio.run(main())
-    assert after_alone is None and again is None
+    assert isinstance(after_alone, WireGap) and again is None
     assert grant is not None and grant.deadline == pytest.approx(grant.start + 0.025)
 
 
@@ -244,3 +245,39 @@ def test_a_request_too_slow_for_every_start_goes_after_a_few_misses() -> None:
     assert resource.late_starts == 5
     assert resource.sent_late == 1
     assert schedule.taken == 6
+
+
+def test_one_process_keeps_its_rate_between_the_instants_requests_reach_the_wire() -> None:
+    """At 5/s, the first request's way to the wire is slow (a new connection, 150 ms):
+    the second, whose turn comes on time, waits at the wire for the rest of its interval
+    instead of reaching a strict source 50 ms after the first."""
+    from wire_stamps import WireStamps
+
+    resource = Resource("api", rate=5)
+    received: list[int] = []
+
+    async def main() -> list[float]:
+        server = await _serve(received)
+        port = server.sockets[0].getsockname()[1]
+        wire = WireStamps(f"http://127.0.0.1:{port}", prefix=b"/v1")
+        client = HttpClient(resource=resource)
+        slow = [0.15]
+
+        async def cold(request: httpx.Request) -> None:
+            if slow:
+                await asyncio.sleep(slow.pop())
+
+        client._client.event_hooks = {"request": [cold], "response": []}
+        try:
+            await asyncio.gather(*(client.get_json(f"{wire.url}/v1/x") for _ in range(4)))
+        finally:
+            await client.aclose()
+            wire.close()
+            server.close()
+            await server.wait_closed()
+        return sorted(wire.times)
+
+    times = asyncio.run(main())
+    assert len(times) == 4
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.2 - 0.01, gaps
