@@ -36,6 +36,10 @@ __all__ = ["DashboardApp", "check_bind", "create_app"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+# Reading the ledger takes at most this share of the time, however large the job and
+# however many clients ask: after a read that took t seconds the next waits 4 t.
+_BUSY_SHARE = 0.2
+
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -94,6 +98,7 @@ class DashboardApp:
         self.streams = 0
         self._latest: dict[str, Any] | None = None
         self._latest_at = -float("inf")
+        self._cost = 0.0
         self._lock = asyncio.Lock()
         self._page = (
             resources.files("backfill.web").joinpath("dashboard.html").read_text(encoding="utf-8")
@@ -137,11 +142,14 @@ class DashboardApp:
 
     async def snapshot(self) -> dict[str, Any]:
         """The latest snapshot, read again from the ledger at most once per half interval
-        however many clients ask."""
+        however many clients ask, and less often when a read is slow (see _BUSY_SHARE)."""
         async with self._lock:
-            if self._latest is None or time.monotonic() - self._latest_at >= self.interval / 2:
+            rest = max(self.interval / 2, self._cost * (1 / _BUSY_SHARE - 1))
+            if self._latest is None or time.monotonic() - self._latest_at >= rest:
+                start = time.monotonic()
                 self._latest = await run_in_threadpool(self.dashboard.snapshot)
                 self._latest_at = time.monotonic()
+                self._cost = self._latest_at - start
             return self._latest
 
     async def page(self, request: Request) -> Response:
