@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -293,3 +294,126 @@ def test_dashboard_in_chromium_shows_live_progress_and_the_injected_failure(
     assert later > first, (first, later)
     assert "2013-01-13" in failures and "INJECTED" in failures
     assert shot.stat().st_size > 10_000
+
+
+@pytest.fixture
+def running_demo(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """The demo job (three reference stages, flights, airport_daily) running against the
+    replay API, faults and all, at 20 requests/s, in another process."""
+    state = tmp_path / "state.db"
+    with ReplayServer(ReplayConfig(rate_limit=20.0)) as server:
+        env = {
+            "FLIGHTS_API": server.url,
+            "FLIGHTS_DB": str(tmp_path / "flights.db"),
+            "FLIGHTS_RATE": "20",
+        }
+        proc = subprocess.Popen(
+            [
+                *backfill_cmd(),
+                "run",
+                "backfill.demo.flights:job",
+                "--state",
+                f"sqlite:///{state}",
+                "--progress",
+                "none",
+            ],
+            cwd=tmp_path,
+            env=cli_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            yield state, proc
+        finally:
+            stop(proc)
+
+
+def finished_in(state: Path) -> int:
+    """Partitions the ledger has finished (0 while it is being created)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{state.as_uri()}?mode=ro", uri=True)) as conn:
+            (n,) = conn.execute(
+                "SELECT count(*) FROM backfill_partitions WHERE status IN ('done', 'empty')"
+            ).fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(n)
+
+
+@pytest.mark.slow
+def test_dashboard_of_the_demo_renders_progress_within_5_s_and_follows_it(
+    chromium: Path, running_demo: tuple[Path, subprocess.Popen[str]]
+) -> None:
+    """The demo job, reference stages included: within 5 s of loading, the page shows
+    every stage's progress and the API's resource; then the count rises without a
+    reload, the calendar draws the year's days, and says the reference stages are not
+    on it."""
+    from playwright.sync_api import sync_playwright
+
+    state, run = running_demo
+    deadline = time.monotonic() + 60
+    while finished_in(state) < 4:  # the three reference tables and a day of flights
+        assert run.poll() is None, run.stderr.read() if run.stderr else ""
+        assert time.monotonic() < deadline, "the demo finished nothing in a minute"
+        time.sleep(0.1)
+    serve, url = start_dashboard(
+        "backfill.demo.flights:job", state, state.parent, "--interval", "0.5"
+    )
+    flights = '[data-stage="flights"] [data-testid="finished"]'
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=str(chromium), headless=True, args=["--no-sandbox"]
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1100})
+                loading = time.monotonic()
+                page.goto(url, timeout=5_000)
+                page.wait_for_function(
+                    """() => {
+                        const cell = document.querySelector(
+                            '[data-stage="flights"] [data-testid="finished"]');
+                        return cell && parseInt(cell.textContent.replace(/,/g, '')) > 0
+                            && document.querySelector('[data-resource="flights_api"]');
+                    }""",
+                    timeout=5_000,
+                )
+                rendered = time.monotonic() - loading
+                stages = page.eval_on_selector_all(
+                    '[data-testid="stages"] tr[data-stage]',
+                    "rows => rows.map(r => r.dataset.stage)",
+                )
+                resource = page.inner_text('[data-resource="flights_api"]')
+                first = int(page.inner_text(flights).split("/")[0].replace(",", ""))
+                page.evaluate("window.__notReloaded = true")
+                page.wait_for_function(
+                    f"""() => {{
+                        const cell = document.querySelector('{flights}');
+                        return cell && parseInt(cell.textContent.replace(/,/g, '')) > {first};
+                    }}""",
+                    timeout=30_000,
+                )
+                days = page.eval_on_selector_all(
+                    '[data-testid="calendar"] .day[data-status]:not([data-status=""])',
+                    "cells => cells.map(c => [c.dataset.status, c.title])",
+                )
+                left_out = page.inner_text('[data-testid="left-out"]')
+                assert page.evaluate("window.__notReloaded") is True
+                connection = page.inner_text('[data-testid="connection"]')
+                ARTIFACTS.mkdir(exist_ok=True)
+                shot = ARTIFACTS / "dashboard-demo.png"
+                page.screenshot(path=str(shot), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        stop(serve)
+    assert rendered < 5.0, rendered
+    assert stages == ["airlines", "airports", "planes", "flights", "airport_daily"]
+    assert "20/s" in resource and "closed" in resource
+    assert connection == "live"
+    assert len(days) == 365
+    assert {status for status, _ in days} <= {"done", "leased", "pending", "missing"}
+    assert any(status == "done" for status, _ in days)
+    assert days[0][1].startswith("2013-01-01: ") and "done" in days[0][1]
+    assert "airlines, airports, planes" in left_out
