@@ -1258,6 +1258,7 @@ def serve(
 
     require_web_extras()
     from backfill.web.app import check_bind, create_app
+    from backfill.web.snapshot import StateReader
 
     check_bind(host, token)
     _configure_logging(verbose, log_format)
@@ -1273,11 +1274,11 @@ def serve(
         raise fail(
             f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port"
         ) from None
-    ledger = open_ledger(state, create=False)
+    reader = StateReader.open(state)
     try:
         import uvicorn
 
-        dashboard = create_app(job, ledger, token=token, interval=interval)
+        dashboard = create_app(job, reader, token=token, interval=interval)
         bound_port = sock.getsockname()[1]
         address = f"[{host}]" if ":" in host else host
         out.print(
@@ -1295,7 +1296,7 @@ def serve(
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
-        ledger.close()
+        reader.close()
 
 
 @app.command()

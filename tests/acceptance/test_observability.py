@@ -14,6 +14,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -104,6 +105,40 @@ def test_serve_on_all_interfaces_without_token_refuses_to_start(tmp_path: Path) 
     assert len(lines) == 1
     assert "refusing to serve the dashboard on 0.0.0.0 without a token" in lines[0]
     assert "--token" in lines[0]
+
+
+def snapshot_of(url: str) -> dict[str, Any]:
+    response = httpx.get(f"{url}api/snapshot", timeout=30)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def test_serve_started_before_the_state_exists_picks_up_the_first_run(workdir: Path) -> None:
+    """`serve` on a state nothing has created yet says it waits for the first run (and
+    creates nothing); a run started afterwards appears in its snapshot, progress and all."""
+    state = workdir / "later" / "state.db"
+    state.parent.mkdir()
+    serve, url = start_dashboard("job.py", state, workdir, "--interval", "0.2")
+    try:
+        before = snapshot_of(url)
+        assert not state.exists()
+        run = run_cli("run", "job.py", "--state", f"sqlite:///{state}", cwd=workdir)
+        assert run.returncode == 1, run.stderr  # the 13th of each month fails
+        deadline = time.monotonic() + 30
+        while True:
+            after = snapshot_of(url)
+            [stage] = after["stages"]
+            if stage["finished"] == 90 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        stop(serve)
+    assert (stage["done"], stage["failed"], stage["finished"]) == (87, 3, 90), stage
+    assert after["waiting"] is None
+    assert after["runs"][0]["status"] == "failed"
+    assert before["waiting"] == f"no state at {state}; nothing has run yet"
+    assert before["stages"][0]["finished"] == 0
 
 
 def test_json_logs_parse_carry_ids_and_hide_the_api_key(tmp_path: Path) -> None:

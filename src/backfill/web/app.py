@@ -30,7 +30,7 @@ from backfill.errors import ConfigError
 from backfill.job import Job
 from backfill.ledger import Ledger
 from backfill.web.metrics import render_metrics
-from backfill.web.snapshot import Dashboard
+from backfill.web.snapshot import Dashboard, StateReader
 
 __all__ = ["DashboardApp", "check_bind", "create_app"]
 
@@ -88,11 +88,15 @@ class DashboardApp:
     """The ASGI app; ``streams`` counts the SSE streams open right now."""
 
     def __init__(
-        self, job: Job, ledger: Ledger, *, token: str | None = None, interval: float = 1.0
+        self,
+        job: Job,
+        state: Ledger | StateReader,
+        *,
+        token: str | None = None,
+        interval: float = 1.0,
     ) -> None:
-        self.dashboard = Dashboard(job, ledger)
+        self.dashboard = Dashboard(job, state)
         self.job = job
-        self.ledger = ledger
         self.token = token
         self.interval = interval
         self.streams = 0
@@ -159,7 +163,7 @@ class DashboardApp:
         return JSONResponse(await self.snapshot())
 
     async def metrics(self, request: Request) -> Response:
-        body = await run_in_threadpool(render_metrics, self.job, self.ledger)
+        body = await run_in_threadpool(lambda: render_metrics(self.job, self.dashboard.ledger))
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def health(self, request: Request) -> Response:
@@ -181,7 +185,8 @@ class DashboardApp:
 
 
 def create_app(
-    job: Job, ledger: Ledger, *, token: str | None = None, interval: float = 1.0
+    job: Job, state: Ledger | StateReader, *, token: str | None = None, interval: float = 1.0
 ) -> DashboardApp:
-    """The dashboard for ``job`` on ``ledger``, refreshing every ``interval`` seconds."""
-    return DashboardApp(job, ledger, token=token, interval=interval)
+    """The dashboard for ``job`` on ``state`` (a ledger, or a :class:`StateReader` of a
+    state that may not exist yet), refreshing every ``interval`` seconds."""
+    return DashboardApp(job, state, token=token, interval=interval)

@@ -3,24 +3,30 @@
 A run may be in another process or on other machines, so nothing here listens to a
 run's events: :class:`Dashboard` polls the :class:`~backfill.ledger.Ledger` (any
 adapter) and keeps, in memory, samples of finished counts for rates and the throughput
-chart.
+chart. The state may not exist yet when the dashboard starts: a :class:`StateReader`
+looks for it until a run creates it.
 """
 
 from __future__ import annotations
 
 import collections
 import math
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
+from backfill.errors import LedgerError
 from backfill.job import Job, Stage
-from backfill.ledger import Ledger, Status
+from backfill.ledger import Ledger, NoState, Status, open_ledger, open_reader
+from backfill.ledger.sqlite import SQLiteLedger
 from backfill.report import Report, RunReport, build_report
 
-__all__ = ["CELL_STATES", "Dashboard"]
+__all__ = ["CELL_STATES", "Dashboard", "StateReader"]
 
 _RATE_WINDOW = 30.0
 _SMOOTHING = 5.0
@@ -83,14 +89,123 @@ class _Layout:
     left_out: tuple[dict[str, str], ...]
 
 
+def _file_identity(ledger: Ledger) -> tuple[int, int] | None:
+    """Which file a SQLite ledger reads (device and inode); None for other ledgers or
+    when the file is gone."""
+    if not isinstance(ledger, SQLiteLedger) or ledger.path == ":memory:":
+        return None
+    try:
+        found = os.stat(Path(ledger.path))
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+class StateReader:
+    """A job's state, read-only, as soon as it exists.
+
+    ``backfill serve`` may start before the first run has created the state (no SQLite
+    file, no backfill tables in PostgreSQL yet). Until then :meth:`ledger` returns None
+    and :attr:`waiting` says why; it looks again at most every ``every`` seconds, and
+    opens the state read-only once it is there. A SQLite file deleted or replaced since
+    (``backfill demo --fresh``) is looked for, and opened, again.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        every: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        opener: Callable[[str], Ledger] = open_reader,
+    ) -> None:
+        self.url = url
+        self.every = every
+        self.clock = clock
+        self.opener = opener
+        self.waiting: str | None = None
+        self._ledger: Ledger | None = None
+        self._file: tuple[int, int] | None = None
+        # A replaced ledger may still be read by a snapshot in another thread: it is
+        # closed at the next replacement, or with the reader.
+        self._retired: Ledger | None = None
+        self._looked = -math.inf
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, url: str, **kwargs: Any) -> StateReader:
+        """The reader of ``url``, its ledger opened at once when the state exists.
+
+        Raises what :func:`~backfill.ledger.open_reader` raises but :class:`NoState`:
+        a file that is not a ledger, another schema version or an unreachable database
+        is nothing to wait for.
+        """
+        reader = cls(url, **kwargs)
+        try:
+            reader._adopt(reader.opener(url))
+        except NoState as exc:
+            reader.waiting = str(exc)
+        reader._looked = reader.clock()
+        return reader
+
+    @classmethod
+    def of(cls, ledger: Ledger) -> StateReader:
+        """A reader of a ledger already open."""
+        reader = cls(ledger.url)
+        reader._adopt(ledger)
+        reader._looked = reader.clock()
+        return reader
+
+    def _adopt(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._file = _file_identity(ledger)
+        self.waiting = None
+
+    def ledger(self) -> Ledger | None:
+        """The ledger, or None while there is no state to read."""
+        with self._lock:
+            if self.clock() - self._looked < self.every:
+                return self._ledger
+            self._looked = self.clock()
+            current = self._ledger
+            if current is not None and self._file and _file_identity(current) != self._file:
+                self._retire()
+            if self._ledger is None:
+                try:
+                    self._adopt(self.opener(self.url))
+                except NoState as exc:
+                    self.waiting = str(exc)
+                except LedgerError as exc:
+                    # A state being created can look like no ledger for a moment;
+                    # anything else stays on the page until it is fixed.
+                    self.waiting = f"cannot read the state yet: {exc}"
+            return self._ledger
+
+    def _retire(self) -> None:
+        if self._retired is not None:
+            self._retired.close()
+        self._retired, self._ledger, self._file = self._ledger, None, None
+
+    def close(self) -> None:
+        with self._lock:
+            for ledger in (self._ledger, self._retired):
+                if ledger is not None:
+                    ledger.close()
+            self._ledger = self._retired = None
+
+
 class Dashboard:
     """Builds snapshots of one job's state; thread-safe enough for one poller."""
 
-    def __init__(self, job: Job, ledger: Ledger, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, job: Job, state: Ledger | StateReader, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.job = job
-        self.ledger = ledger
+        self.state = state if isinstance(state, StateReader) else StateReader.of(state)
         self.clock = clock
-        self.masker = job.masker(ledger.url)
+        self.masker = job.masker(self.state.url)
+        self._empty: Ledger | None = None
+        self._read: Ledger | None = None
         self.stage_names = list(job.stages)
         # (time, finished partitions per stage) at each snapshot.
         self.samples: collections.deque[tuple[float, dict[str, int]]] = collections.deque(
@@ -98,14 +213,29 @@ class Dashboard:
         )
         self._layout: _Layout | None = None
 
+    @property
+    def ledger(self) -> Ledger:
+        """The job's ledger; an empty one stands in while the state does not exist."""
+        found = self.state.ledger()
+        if found is not None:
+            return found
+        if self._empty is None:
+            self._empty = open_ledger(":memory:")
+        return self._empty
+
     def snapshot(self) -> dict[str, Any]:
         now = self.clock()
+        ledger = self.ledger
+        if ledger is not self._read:
+            # Samples of another ledger (the empty stand-in) would make a rate of it.
+            self.samples.clear()
+            self._read = ledger
         # One report for every interface (see backfill.report), with the rates this
         # dashboard measures from its own samples (up to the one before: the report's
         # counts make this one, and counting twice would double the cost).
         report = build_report(
             self.job,
-            self.ledger,
+            ledger,
             now=now,
             rates={name: self._rate(name, now) for name in self.stage_names},
             failures=False,
@@ -134,7 +264,7 @@ class Dashboard:
         ]
         failures = []
         for name in self.stage_names:
-            for e in self.ledger.entries(
+            for e in ledger.entries(
                 self.job.name, name, status=Status.FAILED, limit=_FAILURES_SHOWN
             ):
                 failures.append(
@@ -168,12 +298,16 @@ class Dashboard:
             }
             for r in report.resources
         ]
+        waiting = self.state.waiting
+        if waiting is None and not report.runs and all(r.total == r.missing for r in report.stages):
+            waiting = f"nothing of job {self.job.name} is recorded in this state yet"
         # Every text the page shows is masked; the calendar (statuses) and the
         # throughput (numbers) hold none, and are the bulk of a snapshot.
         shown: dict[str, Any] = self.masker.mask_tree(
             {
                 "job": self.job.name,
                 "at": now,
+                "waiting": waiting,
                 "stages": stages,
                 "failures": failures[:_FAILURES_SHOWN],
                 "workers": workers,
@@ -181,7 +315,7 @@ class Dashboard:
                 "runs": self.runs(report.runs),
             }
         )
-        return {**shown, "throughput": self.throughput(), "calendar": self.calendar(report)}
+        return {**shown, "throughput": self.throughput(), "calendar": self.calendar(ledger, report)}
 
     def _rate(self, stage: str, now: float) -> float | None:
         """Partitions per second over the last half minute of samples."""
@@ -206,7 +340,7 @@ class Dashboard:
                 points.append([round(t, 3), max(0.0, delta / (t - t0))])
         return points
 
-    def calendar(self, report: Report) -> dict[str, Any]:
+    def calendar(self, ledger: Ledger, report: Report) -> dict[str, Any]:
         """The job's days (months, for a long range), each with its mix of states and
         the first of :data:`CELL_STATES` it holds.
 
@@ -228,7 +362,7 @@ class Dashboard:
         blocked = {r.name: r.blocked for r in report.stages}
         for stage in layout.stages:
             recorded = [0] * grid.size
-            for row in self.ledger.window_counts(self.job.name, stage.name):
+            for row in ledger.window_counts(self.job.name, stage.name):
                 state = "stale" if row.stale else _STATE_OF[row.status]
                 for i in grid.cells(row.start, row.end):
                     mix[i][_INDEX[state]] += row.count
@@ -241,10 +375,10 @@ class Dashboard:
                 continue
             # The ledger names stale partitions but not whether they were done or
             # empty: they are taken from done first.
-            for key in self.ledger.stale_keys(self.job.name, stage.name, needs):
+            for key in ledger.stale_keys(self.job.name, stage.name, needs):
                 self._move(grid, mix, stage, key, ("done", "empty"), "stale")
             if blocked.get(stage.name):
-                for key in self.ledger.blocked_keys(self.job.name, stage.name, needs):
+                for key in ledger.blocked_keys(self.job.name, stage.name, needs):
                     self._move(grid, mix, stage, key, ("pending",), "blocked")
         return {
             "unit": grid.unit,
