@@ -452,3 +452,37 @@ def test_dashboard_of_the_demo_renders_progress_within_5_s_and_follows_it(
     assert any(status == "done" for status, _ in days)
     assert days[0][1].startswith("2013-01-01: ") and "done" in days[0][1]
     assert "airlines, airports, planes" in left_out
+
+
+@pytest.mark.slow
+def test_coverage_report_in_chromium_tells_each_square_on_hover(
+    chromium: Path, workdir: Path
+) -> None:
+    """Hovering a square of the HTML coverage report shows its key, state and reason,
+    computed in the page from its calendar: the 13ths failed, the other days done."""
+    from playwright.sync_api import sync_playwright
+
+    assert run_cli("run", "job.py", "--progress", "none", cwd=workdir).returncode == 1
+    page_file = workdir / "coverage.html"
+    made = run_cli("coverage", "job.py", "--format", "html", "-o", str(page_file), cwd=workdir)
+    assert made.returncode == 0, made.stderr
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(chromium), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(page_file.as_uri(), timeout=15_000)
+            squares = page.locator(".g i[class]")
+            titles = []
+            for index in (0, 12, 31 + 12, 89):
+                squares.nth(index).hover()
+                titles.append(squares.nth(index).get_attribute("title"))
+        finally:
+            browser.close()
+    assert titles == [
+        "2013-01-01: done",
+        "2013-01-13: failed (UNLUCKY: unlucky day 2013-01-13)",
+        "2013-02-13: failed (UNLUCKY: unlucky day 2013-02-13)",
+        "2013-03-31: done",
+    ]
