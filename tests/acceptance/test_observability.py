@@ -22,7 +22,8 @@ from conftest import backfill_cmd, cli_env, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
 from backfill.demo.server import ReplayConfig, ReplayServer
-from backfill.ledger import StageCounts, open_ledger
+from backfill.ledger import RunRecord, StageCounts, Status, WorkerRecord, open_ledger
+from backfill.partitions import daily
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -486,3 +487,117 @@ def test_coverage_report_in_chromium_tells_each_square_on_hover(
         "2013-02-13: failed (UNLUCKY: unlucky day 2013-02-13)",
         "2013-03-31: done",
     ]
+
+
+HELD_JOB = """
+from backfill import Job, PermanentError, RetryPolicy, daily
+
+job = Job("held", partitions=daily("2013-01-01", "2013-01-10"))
+job.resource("api", rate=5)
+
+
+@job.stage(resource="api", retry=RetryPolicy(attempts=1, base=0.0))
+async def fetch(ctx, partition):
+    if partition.start.day == 3:
+        raise PermanentError("the API refused day 3", category="REFUSED")
+    return [{"k": partition.key}]
+
+
+@job.stage(needs=["fetch"])
+async def summary(ctx, partition):
+    return [{"k": partition.key}]
+"""
+
+
+def held_state(workdir: Path) -> Path:
+    """A state where fetch has work left but finished nothing for ten minutes while a
+    live worker reports the api circuit open, summary waits for fetch's failed day,
+    another worker died, and its run is still recorded as running."""
+    (workdir / "job.py").write_text(HELD_JOB)
+    assert run_cli("run", "job.py", "--progress", "none", cwd=workdir).returncode == 1
+    state = workdir / ".backfill" / "state.db"
+    now = time.time()
+    ledger = open_ledger(f"sqlite:///{state}")
+    try:
+        late = daily("2013-01-08", "2013-01-10")
+        ledger.requeue("held", ["fetch"], [Status.DONE], late.selection(start="2013-01-08"))
+        resources = {
+            "api": {
+                "declared": "5/s",
+                "adaptive": False,
+                "rate": 5.0,
+                "circuit": "open",
+                "circuit_since": now - 300,
+                "requests": 120,
+                "rate_limited": 7,
+            }
+        }
+        ledger.register_worker(
+            WorkerRecord("w1.example:11:live", "held", "w1.example", 11, now, now, None)
+        )
+        ledger.heartbeat("w1.example:11:live", now=now, resources=json.dumps(resources))
+        gone = now - 1000
+        ledger.register_worker(
+            WorkerRecord("w2.example:22:gone", "held", "w2.example", 22, gone, gone, None)
+        )
+        ledger.start_run(RunRecord("gone", "held", gone, "w2.example", 22, "run"))
+    finally:
+        ledger.close()
+    with contextlib.closing(sqlite3.connect(state)) as conn, conn:
+        conn.execute("UPDATE backfill_partitions SET finished_at = finished_at - 600")
+    return state
+
+
+@pytest.mark.slow
+def test_dashboard_in_chromium_shows_why_nothing_moves(chromium: Path, workdir: Path) -> None:
+    """Without hovering: the stalled stage's sentence with the open circuit, the blocked
+    partitions with an example, the resource's state, the dead worker and the lost run."""
+    from playwright.sync_api import sync_playwright
+
+    state = held_state(workdir)
+    serve, url = start_dashboard("job.py", state, workdir)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=str(chromium), headless=True, args=["--no-sandbox"]
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.goto(url, timeout=15_000)
+                page.wait_for_selector('[data-testid="stalled"]', timeout=15_000)
+                seen = {
+                    name: page.inner_text(selector)
+                    for name, selector in {
+                        "stalled": '[data-note="fetch"] [data-testid="stalled"]',
+                        "blocked": '[data-note="summary"] [data-testid="blocked"]',
+                        "resource": '[data-resource="api"]',
+                        "workers": '[data-testid="workers"]',
+                        "runs": '[data-testid="runs"]',
+                    }.items()
+                }
+                visible = page.is_visible('[data-note="fetch"] [data-testid="stalled"]')
+                circuit = page.eval_on_selector(
+                    '[data-resource="api"] [data-testid="circuit"]',
+                    "badge => getComputedStyle(badge).backgroundColor",
+                )
+                dead = page.eval_on_selector_all("#workers tr.dead", "rows => rows.length")
+                lost = page.eval_on_selector_all("#runs tr.lost", "rows => rows.length")
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "dashboard-held.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        stop(serve)
+    assert visible
+    assert re.fullmatch(
+        r"stalled 10m\d\ds: api circuit open since \d\d:\d\d:\d\d UTC", seen["stalled"]
+    )
+    assert seen["blocked"] == "1 blocked: 2013-01-03 waits for failed fetch 2013-01-03"
+    assert (
+        "5/s" in seen["resource"]
+        and "open" in seen["resource"]
+        and "api circuit open" in seen["resource"]
+    )
+    assert circuit == "rgb(198, 40, 40)"  # the failed colour
+    assert dead == 1 and "dead" in seen["workers"]
+    assert lost == 1 and "lost" in seen["runs"] and "last heartbeat" in seen["runs"]
