@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -24,11 +25,11 @@ from backfill import (
     needs,
     yearly,
 )
-from backfill.errors import ConfigError
+from backfill.errors import ConfigError, LedgerError
 from backfill.ledger import Ledger, Status, open_ledger
 from backfill.testing import run_job
 from backfill.web.app import DashboardApp, check_bind, create_app
-from backfill.web.snapshot import Dashboard
+from backfill.web.snapshot import Dashboard, StateReader
 
 
 def sample_job() -> Job:
@@ -320,3 +321,17 @@ def test_a_costly_snapshot_is_read_again_only_after_a_pause_four_times_its_cost(
 
     elapsed = asyncio.run(ask())
     assert slow.busy / elapsed < 0.4, (slow.busy, elapsed)
+
+
+def test_why_the_dashboard_waits_never_shows_the_state_password() -> None:
+    """A state that cannot be read yet is named on the page with its password masked,
+    whatever the error says."""
+    url = "postgresql://backfill:hunter2-pw@db.internal:5432/backfill"
+
+    def unreachable(_: str) -> Ledger:
+        raise LedgerError(f"cannot connect to {url}: connection refused")
+
+    reader = StateReader(url, opener=unreachable)
+    snapshot = Dashboard(sample_job(), reader).snapshot()
+    assert snapshot["waiting"].startswith("cannot read the state yet: cannot connect to")
+    assert "hunter2-pw" not in json.dumps(snapshot)
