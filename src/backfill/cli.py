@@ -16,14 +16,15 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn, ParamSpec, TypeVar, cast
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
-from backfill import coverage
+from backfill import __version__, coverage
 from backfill.errors import BackfillError, disk_full_message, is_disk_full
 from backfill.estimate import estimate
 from backfill.events import EventBus
@@ -54,16 +55,59 @@ __all__ = ["app", "main"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
+
+def _as_flags(params: list[Any]) -> list[Any]:
+    """Flags (and counting flags such as -v) take no value: help shows none for them,
+    where typer would print ``<bool>`` or ``<int>``."""
+    for param in params:
+        if getattr(param, "is_flag", False) or getattr(param, "count", False):
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _as_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _as_flags(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="backfill",
-    help="Fast, resumable, observable historical data backfills.\n\n"
-    "JOB is a Python file that defines a backfill.Job (path/to/job.py, path/to/job.py:NAME "
-    "or package.module:NAME).",
+    cls=_Group,
     no_args_is_help=True,
-    add_completion=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"backfill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Fast, resumable, observable historical data backfills.
+
+    JOB is a Python file that defines a backfill.Job (path/to/job.py, path/to/job.py:NAME
+    or package.module:NAME).
+    """
+
 
 # No emoji codes: ":x:" in a source's message is text, like any markup in it.
 out = Console(emoji=False)
@@ -73,7 +117,9 @@ if not out.is_terminal:
 err = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 400, emoji=False)
 
 # Options shared by the commands that work on a selection of partitions.
-JobArg = Annotated[str, typer.Argument(help="Job file (path.py[:NAME]) or MODULE:NAME.")]
+JobArg = Annotated[
+    str, typer.Argument(metavar="JOB", help="Job file (path.py[:NAME]) or MODULE:NAME.")
+]
 StateOpt = Annotated[
     str,
     typer.Option(
@@ -118,9 +164,21 @@ LogDirOpt = Annotated[
     typer.Option(
         "--log-dir",
         envvar="BACKFILL_LOG_DIR",
+        # \\[ : a literal bracket, not Rich markup.
         help="Where each run writes its JSON log file RUN_ID.jsonl "
-        "[default: logs/ beside a SQLite state file, else .backfill/logs].",
+        "\\[default: logs/ beside a SQLite state file; .backfill/logs in the working "
+        "directory for a PostgreSQL state].",
         show_default=False,
+    ),
+]
+VerboseOpt = Annotated[
+    int,
+    typer.Option(
+        "--verbose",
+        "-v",
+        count=True,
+        show_default=False,
+        help="More log lines on stderr: -v info, -vv debug (repeat the flag).",
     ),
 ]
 
@@ -367,7 +425,7 @@ def _report(result: RunResult, log_dir: Path | None = None) -> None:
         out.print(shown(f"log: {log_path(log_dir, result.run_id)}"), soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 @handle_errors
 def run(
     job_path: JobArg,
@@ -400,7 +458,7 @@ def run(
             "partitions (failed ones are retried).",
         ),
     ] = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
+    verbose: VerboseOpt = 0,
     log_format: LogFormatOpt = "console",
     log_dir: LogDirOpt = None,
 ) -> None:
@@ -472,11 +530,23 @@ def _gaps_to_fill(
     return Selection(base.start, base.end, frozenset(wanted), base.dims)
 
 
-@app.command()
+WorkerStateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--state",
+        envvar="BACKFILL_STATE",
+        help="The state every worker shares (required): postgresql://USER@HOST/DB for "
+        "workers on several machines; a SQLite file serves workers on this machine only.",
+        show_default=False,
+    ),
+]
+
+
+@app.command(cls=_Command)
 @handle_errors
 def worker(
     job_path: JobArg,
-    state: StateOpt = DEFAULT_STATE_URL,
+    state: WorkerStateOpt = None,
     stage: StageOpt = None,
     start_from: StartFromOpt = None,
     skip: SkipOpt = None,
@@ -491,7 +561,7 @@ def worker(
         float, typer.Option(min=0, help="Seconds in-flight work may finish after Ctrl+C.")
     ] = 5.0,
     progress: Annotated[str, typer.Option(help="auto, live, plain or none.")] = "plain",
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
+    verbose: VerboseOpt = 0,
     log_format: LogFormatOpt = "console",
     log_dir: LogDirOpt = None,
 ) -> None:
@@ -509,7 +579,14 @@ def worker(
       BACKFILL_STATE=postgresql://backfill@db/backfill backfill worker jobs/results.py
     """
     _configure_logging(verbose, log_format)
-    _check_run_options(progress, log_dir, state)
+    _check_run_options(progress, log_dir, state or DEFAULT_STATE_URL)
+    if state is None:
+        # A default would quietly give each machine a fleet of its own.
+        raise fail(
+            "backfill worker needs the state its workers share: pass --state "
+            "postgresql://USER@HOST/DB (or a SQLite file, for workers on this machine "
+            "only), or set BACKFILL_STATE"
+        )
     job, stages, selection = _load(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
@@ -526,7 +603,7 @@ def worker(
     _run_and_exit(job, state, options, progress=progress, log_dir=log_dir, verbose=verbose)
 
 
-@app.command()
+@app.command(cls=_Command)
 @handle_errors
 def plan(
     job_path: JobArg,
@@ -553,10 +630,11 @@ def plan(
     try:
         rows = _counts(ledger, job, stages, selection)
         history = {s.name: ledger.request_stats(job.name, s.name) for s in stages}
+        spent = _quota_use(ledger, job)
     finally:
         ledger.close()
     table = Table(title=shown(f"plan for job {job.name}"), title_justify="left")
-    for col in ("stage", "partitions", "grain", "to run", "done", "empty", "failed", "running"):
+    for col in ("stage", "partitions", "grain", "to run", "done", "empty", "failed", "leased"):
         table.add_column(col, justify="left" if col in ("stage", "grain") else "right")
     total_to_run = 0
     for s in stages:
@@ -582,7 +660,7 @@ def plan(
         )
     )
     to_run_by_stage = {s.name: rows[s.name][0].pending + rows[s.name][1] for s in stages}
-    for e in estimate(job, stages, to_run_by_stage, history):
+    for e in estimate(job, stages, to_run_by_stage, history, spent):
         if e.requests is None or e.requests_per_partition is None:
             out.print(
                 shown(
@@ -605,7 +683,22 @@ def plan(
             )
 
 
-@app.command()
+def _quota_use(ledger: Ledger, job: Job) -> dict[str, dict[str, tuple[int, float | None, float]]]:
+    """Per resource with quotas, what each quota's current window has spent (from the
+    state: nothing for a state that keeps no schedules)."""
+    if not isinstance(ledger, SharedLimits):
+        return {}
+    result = {}
+    for name, resource in job.resources.items():
+        quotas = [(int(q.count), q.period) for q in resource.quotas]
+        if quotas:
+            scope = "*" if resource.shared else job.name
+            use = ledger.quota_use(scope, name, quotas)
+            result[name] = {k: (v.used, v.frees_at, v.now) for k, v in use.items()}
+    return result
+
+
+@app.command(cls=_Command)
 @handle_errors
 def status(
     job_path: JobArg,
@@ -797,7 +890,7 @@ _GLYPHS = {
 }
 
 
-@app.command("coverage")
+@app.command("coverage", cls=_Command)
 @handle_errors
 def coverage_command(
     job_path: JobArg,
@@ -939,7 +1032,7 @@ def _print_coverage(
             )
 
 
-@app.command()
+@app.command(cls=_Command)
 @handle_errors
 def retry(
     job_path: JobArg,
@@ -954,7 +1047,7 @@ def retry(
         bool, typer.Option("--empty", help="Re-run partitions recorded empty.")
     ] = False,
     progress: Annotated[str, typer.Option(help="auto, live, plain or none.")] = "auto",
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0,
+    verbose: VerboseOpt = 0,
     log_format: LogFormatOpt = "console",
     log_dir: LogDirOpt = None,
 ) -> None:
@@ -1027,7 +1120,7 @@ def retry(
     raise typer.Exit(result.exit_code)
 
 
-@app.command()
+@app.command(cls=_Command)
 @handle_errors
 def reset(
     job_path: JobArg,
@@ -1061,22 +1154,47 @@ def reset(
         raise typer.Exit(ExitCode.OK)
     scope = selection.describe() if selection else "everything"
     names = ", ".join(s.name for s in stages)
+    # Later stages computed from what is forgotten must show stale now, not only once a
+    # run has planned it again.
+    chosen = {s.name for s in stages}
+    later = [
+        job.stages[name]
+        for name in dict.fromkeys(d for s in stages for d in job.downstream(s.name))
+        if name not in chosen or selection is not None
+    ]
     if not yes:
         if not sys.stdin.isatty():
             raise fail("reset needs confirmation; pass --yes when not at a terminal")
+        also = (
+            f"; finished partitions of {', '.join(s.name for s in later)} computed from them "
+            "become stale"
+            if later
+            else ""
+        )
         typer.confirm(
             visible(
                 f"Forget {recorded:,} partition record(s) of job {job.name} "
-                f"(stages: {names}; {scope})?"
+                f"(stages: {names}; {scope}){also}?"
             ),
             abort=True,
         )
     ledger = open_ledger(state)
     try:
-        removed = ledger.reset(job.name, [s.name for s in stages], selection)
+        counts = ledger.reset(
+            job.name,
+            [s.name for s in stages],
+            selection,
+            downstream={s.name: job.dependencies(s) for s in later},
+        )
     finally:
         ledger.close()
-    out.print(shown(f"reset {removed:,} partition record(s) of job {job.name}"))
+    line = f"reset {counts.removed:,} partition record(s) of job {job.name}"
+    if counts.stale:
+        line += (
+            f"; {counts.stale:,} finished partition(s) of later stages are stale now "
+            "(the next run redoes them)"
+        )
+    out.print(shown(line))
 
 
 @app.command("resume-resource")
@@ -1138,7 +1256,7 @@ def _number(value: object) -> str:
     return f"{value:,}" if isinstance(value, int) else "-"
 
 
-@app.command()
+@app.command(cls=_Command)
 @handle_errors
 def runs(
     job_path: JobArg,
@@ -1148,9 +1266,11 @@ def runs(
         str | None, typer.Option("--run", help="Run whose stages and slowest partitions to show.")
     ] = None,
 ) -> None:
-    """Past runs with their figures: partitions, records, requests, retries, 429s and
-    partition durations (p50 / p95 / max); then, for the latest run (or --run), the
-    same per stage and its slowest partitions.
+    """Past runs with their figures, then the stages and slowest partitions of one.
+
+    Per run: partitions, records, requests, retries, 429s and partition durations (p50 /
+    p95 / max); then, for the latest run (or --run), the same per stage and its slowest
+    partitions.
 
     [bold]Examples[/]
 
@@ -1222,7 +1342,7 @@ def runs(
     out.print(slow)
 
 
-@app.command()
+@app.command(cls=_Command)
 @handle_errors
 def serve(
     job_path: JobArg,
@@ -1239,11 +1359,13 @@ def serve(
         ),
     ] = None,
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between live updates.")] = 1.0,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0,
+    verbose: VerboseOpt = 0,
     log_format: LogFormatOpt = "console",
 ) -> None:
-    """A live dashboard in the browser: progress with rate and ETA, throughput, coverage
-    calendar, failures, workers and runs, plus /metrics for Prometheus.
+    """A live dashboard in the browser, plus /metrics for Prometheus.
+
+    Progress with rate and ETA, throughput, the coverage calendar, failures, workers and
+    runs.
 
     Reads the ledger only, so it follows runs of other processes and machines.
 
@@ -1299,7 +1421,7 @@ def serve(
         reader.close()
 
 
-@app.command()
+@app.command(cls=_Command)
 @handle_errors
 def demo(
     directory: Annotated[

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,45 @@ from backfill.partitions import Partition
 if TYPE_CHECKING:
     from backfill.sources.http import HttpClient
 
-__all__ = ["Context", "ProcessContext", "RunCache"]
+__all__ = ["Context", "ProcessContext", "RunCache", "StageLog"]
+
+# Names a log line already uses: the attributes of every LogRecord, the fields the log
+# output adds, and what the engine binds. A caller's extra field of one of these names
+# would break the record (logging refuses them) or relabel the line.
+_TAKEN = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "event",
+    "level",
+    "logger",
+    "timestamp",
+    "run_id",
+    "job",
+    "worker",
+    "stage",
+    "partition",
+}
+
+
+class StageLog(logging.LoggerAdapter[logging.Logger]):
+    """``ctx.log``: a logger whose lines say which run, stage and partition they are
+    about, and keep the fields a stage adds::
+
+        ctx.log.info("page fetched", extra={"page": 3, "rows": 500})
+
+    The standard adapter replaces a call's ``extra`` with its own; this one merges them.
+    The bound fields always win: a field of the caller's named like one a line already
+    has (``stage``, ``partition``, ``run_id``, ``job``, ``worker``, ``event``, ``level``,
+    or a ``LogRecord`` attribute such as ``name``) is kept as ``extra_NAME``.
+    """
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        given: Mapping[str, object] = kwargs.get("extra") or {}
+        fields = {(f"extra_{k}" if k in _TAKEN else k): v for k, v in given.items()}
+        kwargs["extra"] = {**fields, **(self.extra or {})}
+        return msg, kwargs
 
 
 class RunCache:
@@ -96,7 +134,7 @@ class Context:
     run_id: str
     attempt: int
     cache: RunCache
-    log: logging.LoggerAdapter[logging.Logger]
+    log: StageLog
     _http: Callable[[str | None], HttpClient]
     _resource: str | None = None
     checkpoint: str | None = None

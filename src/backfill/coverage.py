@@ -4,8 +4,8 @@ Every partition a job declares (in the selection) gets one state:
 
 * ``done``    -- finished with records (or a stage that writes nothing);
 * ``empty``   -- legitimately nothing there (the stage said so, e.g. no games that day);
-* ``thin``    -- done, but with far fewer records than its neighbours (same stage and
-  dimensions, up to 7 partitions either side): suspicious, worth a look;
+* ``thin``    -- done, but with far fewer records per day than its neighbours (same
+  stage and dimensions, up to 7 partitions either side): suspicious, worth a look;
 * ``failed``  -- failed, with its category and message;
 * ``stale``   -- finished, but an input it was computed from has been redone since;
 * ``running`` -- leased by a worker right now;
@@ -83,11 +83,14 @@ class PartitionState:
     reason: str = ""
     group: str = ""  # what consecutive partitions must share to form one gap range
     records: int | None = None
+    whole: bool = True  # False for a window cut by the range's start or end
+    expected: float | None = None  # for a thin one: what its neighbours' rate gives
 
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """A run of consecutive partitions of one stage (and dimension values) in one state."""
+    """A run of consecutive partitions of one stage (and dimension values) in one state:
+    the labels of its first and last partitions, and its first and last days."""
 
     stage: str
     dims: tuple[tuple[str, str], ...]
@@ -96,11 +99,22 @@ class Gap:
     state: State
     reason: str
     count: int
+    start: date
+    end: date
+
+    @property
+    def span(self) -> str:
+        """``2013-W12..2015-W52`` from label to label; where an end is a window cut by
+        the range (its label is already a range of days), the days: ``2013-03-18..2015-12-31``."""
+        if self.first == self.last:
+            return self.first
+        if ".." in self.first or ".." in self.last:
+            return f"{self.start.isoformat()}..{self.end.isoformat()}"
+        return f"{self.first}..{self.last}"
 
     def describe(self) -> str:
         where = " ".join(v for _, v in self.dims)
-        span = self.first if self.first == self.last else f"{self.first}..{self.last}"
-        label = " ".join(p for p in (self.stage, where, span) if p)
+        label = " ".join(p for p in (self.stage, where, self.span) if p)
         reason = f": {self.reason}" if self.reason else ""
         return f"{label} {self.state.value}{reason} ({self.count:,})"
 
@@ -110,6 +124,8 @@ class Gap:
             "dims": dict(self.dims),
             "first": self.first,
             "last": self.last,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
             "state": self.state.value,
             "reason": self.reason,
             "count": self.count,
@@ -142,8 +158,6 @@ class Coverage:
                         p is None or p.state is not current[0].state or p.group != current[0].group
                     ):
                         head = current[0]
-                        reasons = {x.reason for x in current}
-                        reason = head.reason if len(reasons) == 1 else head.group
                         if head.state in wanted:
                             gaps.append(
                                 Gap(
@@ -152,8 +166,10 @@ class Coverage:
                                     _label(head),
                                     _label(current[-1]),
                                     head.state,
-                                    reason,
+                                    _reason(current),
                                     len(current),
+                                    head.start,
+                                    current[-1].end,
                                 )
                             )
                         current = []
@@ -182,6 +198,30 @@ class Coverage:
 
 def _label(p: PartitionState) -> str:
     return p.key.split("/", 1)[0]
+
+
+def _reason(run: Sequence[PartitionState]) -> str:
+    """One reason for a run of partitions: theirs when they share it; for thin ones the
+    span of their records and of what their neighbours have; else what they share."""
+    head = run[0]
+    if len({p.reason for p in run}) == 1:
+        return head.reason
+    if head.state is State.THIN:
+        records = [p.records or 0 for p in run]
+        expected = [round(p.expected or 0) for p in run]
+        return (
+            f"{_span(min(records), max(records))} records, "
+            f"neighbours have ~{_span(min(expected), max(expected))}"
+        )
+    return head.group
+
+
+def _span(low: int, high: int) -> str:
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def collect(
@@ -233,7 +273,9 @@ def _classify(
 ) -> PartitionState:
     def state(value: State, reason: str = "", group: str = "") -> PartitionState:
         records = row.records if row is not None else None
-        return PartitionState(stage, p.key, p.start, p.end, p.dims, value, reason, group, records)
+        return PartitionState(
+            stage, p.key, p.start, p.end, p.dims, value, reason, group, records, p.whole
+        )
 
     if row is None:
         return state(State.MISSING, "never run", "never")
@@ -266,8 +308,11 @@ def _classify(
 
 
 def _mark_thin(states: list[PartitionState], ratio: float) -> list[PartitionState]:
-    """Done partitions with fewer than ``ratio`` x the median records of their
-    neighbours (same dimensions) become thin."""
+    """Done partitions with fewer than ``ratio`` x the records their days should hold
+    become thin: what they should hold is the median records per day of their
+    neighbours (same dimensions) times their own days, so a window cut by the range's
+    ends (a first ISO week of one day) is measured by its days, not against whole ones.
+    Below 4 expected records nothing is judged."""
     if ratio <= 0:
         return states
     by_dims: dict[tuple[tuple[str, str], ...], list[int]] = defaultdict(list)
@@ -276,20 +321,30 @@ def _mark_thin(states: list[PartitionState], ratio: float) -> list[PartitionStat
             by_dims[p.dims].append(index)
     result = list(states)
     for indexes in by_dims.values():
-        counts = [states[i].records or 0 for i in indexes]
+        rates = [(states[i].records or 0) / _days(states[i]) for i in indexes]
         for pos, index in enumerate(indexes):
-            around = counts[max(0, pos - NEIGHBOURS) : pos] + counts[pos + 1 : pos + 1 + NEIGHBOURS]
+            around = rates[max(0, pos - NEIGHBOURS) : pos] + rates[pos + 1 : pos + 1 + NEIGHBOURS]
             if len(around) < 2:
                 continue
-            median = statistics.median(around)
-            if median >= 4 and counts[pos] < ratio * median:
+            p = states[index]
+            records = p.records or 0
+            expected = statistics.median(around) * _days(p)
+            if expected >= 4 and records < ratio * expected:
+                if p.whole:
+                    reason = f"{_counted(records, 'record')}, neighbours have ~{expected:,.0f}"
+                else:
+                    reason = (
+                        f"{_counted(records, 'record')} in {_counted(_days(p), 'day')}, "
+                        f"neighbours have ~{expected:,.0f} for as many days"
+                    )
                 result[index] = dataclasses.replace(
-                    states[index],
-                    state=State.THIN,
-                    reason=f"{counts[pos]:,} records, neighbours have ~{median:,.0f}",
-                    group="thin",
+                    p, state=State.THIN, reason=reason, group="thin", expected=expected
                 )
     return result
+
+
+def _days(p: PartitionState) -> int:
+    return (p.end - p.start).days + 1
 
 
 # -- buckets ---------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from backfill.clock import format_wall
 from backfill.job import Job, Stage
 
 __all__ = ["ResourceEstimate", "estimate"]
@@ -30,8 +32,14 @@ def estimate(
     stages: Sequence[Stage],
     to_run: Mapping[str, int],
     history: Mapping[str, tuple[int, float | None]],
+    spent: Mapping[str, Mapping[str, tuple[int, float | None, float]]] | None = None,
 ) -> list[ResourceEstimate]:
-    """Per resource: requests the selected work needs, time at the limit, quota checks."""
+    """Per resource: requests the selected work needs, time at the limit, quota checks.
+
+    ``spent``: per resource, per quota (``"COUNT/PERIOD"``), what its current window has
+    already spent (used, when the oldest of those leaves the window, now): the work waits
+    for that too.
+    """
     result: list[ResourceEstimate] = []
     for name, resource in job.resources.items():
         users = [s for s in stages if s.resource == name]
@@ -62,12 +70,28 @@ def estimate(
         )
         seconds = resource.seconds_for(total) if total is not None and resource.limits else None
         warnings = []
-        for lim in resource.limits:
-            if total is not None and lim.period >= 3600 and total > lim.count:
-                periods = total / lim.count
+        used = (spent or {}).get(name, {})
+        for lim in resource.quotas:
+            use = used.get(f"{int(lim.count)}/{lim.period:g}")
+            already, frees_at, now = use if use is not None else (0, None, 0.0)
+            if total is None:
+                continue
+            left = lim.count - already
+            if already and lim.period >= 3600:
+                when = format_wall(frees_at, now) if frees_at is not None else "-"
                 warnings.append(
-                    f"needs {total:,.0f} requests, more than the {lim} quota: "
-                    f"at least {periods:.1f} × {_period_name(lim.period)}"
+                    f"{already:,} of the {lim} quota already spent in its current window "
+                    f"({left:,.0f} left now; it frees up from {when})"
+                )
+            if total > left and frees_at is not None:
+                # What is left now, then the rest as the window frees up.
+                waited = (frees_at - now) + (math.ceil((total - left) / lim.count) - 1) * lim.period
+                seconds = max(seconds or 0.0, waited)
+            if lim.period >= 3600 and (total > lim.count or (already and total > left)):
+                periods = (total + already) / lim.count
+                warnings.append(
+                    f"needs {total:,.0f} requests, more than the {lim} quota allows now: "
+                    f"at least {periods:.1f} {_period_name(lim.period)}"
                 )
         result.append(
             ResourceEstimate(
@@ -85,4 +109,4 @@ def estimate(
 
 
 def _period_name(seconds: float) -> str:
-    return {86400.0: "days", 3600.0: "hours"}.get(seconds, f"{seconds:g}-second periods")
+    return {86400.0: "days", 3600.0: "hours"}.get(seconds, f"periods of {seconds:g} s")

@@ -166,6 +166,7 @@ class Job:
         max_wait: float = DEFAULT_MAX_WAIT,
         max_body: int = DEFAULT_MAX_BODY,
         deadline: float | None = None,
+        hedge: bool = True,
     ) -> Resource:
         """Declare a source and its limits; stages name it with ``resource=``.
 
@@ -184,6 +185,8 @@ class Job:
         What a source can impose is bounded: a wait it asks for (Retry-After, RateLimit-
         Reset) to ``max_wait`` seconds, a body to ``max_body`` bytes decoded, a whole
         answer to ``deadline`` seconds (default: four times ``timeout``, at least 60).
+        A GET far slower than the source's recent answers gets a second copy, the first
+        answer winning (``hedge=False`` to turn it off).
 
         Example::
 
@@ -239,6 +242,7 @@ class Job:
             "cross_origin": cross_origin,
             "max_body": max_body,
             "deadline": deadline,
+            "hedge": hedge,
         }
         return resource
 

@@ -146,7 +146,16 @@ class Partition:
 
     @property
     def days(self) -> int:
+        """How many days the window holds."""
         return (self.end - self.start).days + 1
+
+    @property
+    def whole(self) -> bool:
+        """Whether the window is a whole calendar day, week, month or year; False for
+        one cut by the range's start or end (its key then names its days)."""
+        if self.grain is Grain.ALL:
+            return True
+        return _window_of(self.start, self.grain) == (self.start, self.end)
 
     def __getitem__(self, name: str) -> str:
         for dim, value in self.dims:
@@ -193,13 +202,19 @@ class Selection:
         return all(values.get(dim) in allowed for dim, allowed in self.dims.items())
 
     def describe(self) -> str:
+        """The selection in words, e.g. ``from 2013-01-02, tour=atp,wta`` or ``everything``."""
         parts: list[str] = []
-        if self.start or self.end:
-            parts.append(f"{self.start or '...'}..{self.end or '...'}")
+        if self.start and self.end:
+            parts.append(f"{self.start} to {self.end}")
+        elif self.start:
+            parts.append(f"from {self.start}")
+        elif self.end:
+            parts.append(f"until {self.end}")
         if self.keys:
-            parts.append(f"{len(self.keys)} partition key(s)")
+            n = len(self.keys)
+            parts.append(f"{n:,} partition key" + ("" if n == 1 else "s"))
         for dim, allowed in self.dims.items():
-            parts.append(f"{dim} in {sorted(allowed)}")
+            parts.append(f"{dim}={','.join(sorted(allowed))}")
         return ", ".join(parts) or "everything"
 
 

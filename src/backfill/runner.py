@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import dataclasses
 import getpass
 import importlib
@@ -36,7 +35,7 @@ import structlog
 
 from backfill.checks import CheckResult, results_json
 from backfill.clock import Clock, Deadline, SystemClock, current_deadline
-from backfill.context import Context, RunCache
+from backfill.context import Context, RunCache, StageLog
 from backfill.errors import (
     BackfillError,
     ConfigError,
@@ -64,6 +63,7 @@ from backfill.events import (
     WorkerLost,
 )
 from backfill.fleet import LedgerRate, concurrency_share
+from backfill.invoke import StageThreads
 from backfill.job import Job, Stage, load_job_module
 from backfill.leases import LeaseBook, LeaseLost
 from backfill.ledger import (
@@ -249,6 +249,9 @@ def _classify(exc: BaseException, stage: Stage, tally: RequestTally | None = Non
     if isinstance(exc, StageError):
         return exc
     if isinstance(exc, TimeoutError):
+        if stage.timeout is None:
+            # Not the stage's own limit: a client's (a socket's read timeout, say).
+            return TransientError(f"TimeoutError: {exc}", category="timeout")
         # Waits for a resource's turns do not count (see Deadline): this is the stage's
         # own time, and what the source last did wrong is likely why.
         cause = (
@@ -330,7 +333,7 @@ class Runner:
         self._progress = asyncio.Event()
         self._process_pool: ProcessPoolExecutor | None = None
         self._ledger_pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-ledger")
-        self._stage_pool: ThreadPoolExecutor | None = None
+        self._stage_threads: StageThreads | None = None
         self.writer = SinkWriter(
             self.worker_id,
             completer_for=getattr(ledger, "completer", None),
@@ -398,6 +401,7 @@ class Runner:
                     cross_origin=options["cross_origin"],
                     max_body=options["max_body"],
                     deadline=options["deadline"],
+                    hedge=options["hedge"],
                 )
             self._clients[resource] = client
         return client
@@ -614,7 +618,7 @@ class Runner:
             self._concurrency(s) for s in self.stages if not s.is_async and s.executor == "thread"
         )
         if sync_threads:
-            self._stage_pool = ThreadPoolExecutor(sync_threads, thread_name_prefix="backfill-stage")
+            self._stage_threads = StageThreads(sync_threads)
         processes = [s for s in self.stages if s.executor == "process"]
         if processes:
             self._process_pool = _process_pool(
@@ -803,9 +807,9 @@ class Runner:
     async def _close_resources(self) -> None:
         for client in self._clients.values():
             await client.aclose()
-        if self._stage_pool is not None:
-            # Threads of sync stages cannot be cancelled; do not wait for stragglers.
-            self._stage_pool.shutdown(wait=False, cancel_futures=True)
+        if self._stage_threads is not None:
+            # Threads of sync stages cannot be cancelled; nothing waits for stragglers.
+            self._stage_threads.shutdown()
         if self._process_pool is not None:
             self._process_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -1206,7 +1210,7 @@ class Runner:
         self.bus.emit(PartitionStarted(stage.name, claim.key))
         started = self.clock.monotonic()
         attempt = 0
-        adapter = logging.LoggerAdapter(
+        adapter = StageLog(
             self._log, {"run_id": self.run_id, "stage": stage.name, "partition": claim.key}
         )
         outcome: Outcome
@@ -1557,11 +1561,10 @@ class Runner:
             assert self._process_pool is not None
             coro = loop.run_in_executor(self._process_pool, _call_in_process, fn, ctx.for_process())
         else:
-            loop = asyncio.get_running_loop()
-            assert self._stage_pool is not None
-            # In this task's context, so the stage's log lines carry run, stage, partition.
-            context = contextvars.copy_context()
-            coro = loop.run_in_executor(self._stage_pool, context.run, _call_sync, fn, ctx)
+            assert self._stage_threads is not None
+            # Timed from the call's start on its thread; a call that times out gives its
+            # thread up, so the partitions after it never pay for it.
+            return await self._stage_threads.call(_call_sync, fn, ctx, time_limit=stage.timeout)
         if stage.timeout is not None:
             async with asyncio.timeout(stage.timeout) as timeout:
                 # Waits for a resource's turns stop this clock (see Deadline).

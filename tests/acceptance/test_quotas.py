@@ -3,6 +3,7 @@ for its quota says so; a resource declared shared holds its rate across two jobs
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import textwrap
@@ -13,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import backfill_cmd, cli_env
+from conftest import backfill_cmd, cli_env, run_cli
 
 from wire_stamps import WireStamps
 
@@ -130,6 +131,11 @@ def test_a_daily_quota_is_not_exceeded_across_a_kill_and_a_restart(
     quota = next(line for line in lines if "quota used up" in line)
     assert "resource api: quota used up (12/day): resumes" in quota
     assert "UTC (in " in quota
+    # plan counts what the quota's window has spent already.
+    plan = run_cli("plan", "job.py", cwd=tmp_path, env={"API": api.url})
+    assert plan.returncode == 0, plan.stderr
+    spent = re.search(r"api (\d+) of the 12/day quota already spent", plan.stdout)
+    assert spent is not None and 10 <= int(spent[1]) <= 12, plan.stdout
 
 
 SHARED_JOB = """

@@ -30,7 +30,7 @@ def test_declared_estimate_gives_duration_at_the_rate_and_a_quota_warning() -> N
     assert e.quota_warnings == ()
     (big,) = estimate(job, stages, {"cards": 20_000}, {})
     assert big.quota_warnings == (
-        "needs 40,000 requests, more than the 10000/day quota: at least 4.0 × days",
+        "needs 40,000 requests, more than the 10000/day quota: at least 4.0 days",
     )
 
 

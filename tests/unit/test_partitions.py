@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from datetime import date, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -540,3 +541,28 @@ def test_len_is_windows_times_dimension_values(
     for p in parts[:50] + parts[-50:]:
         assert spec.get(p.key) == p
         assert [name for name, _ in p.dims] == list(dims)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"start": "2013-01-02"}, "from 2013-01-02"),
+        ({"end": "2013-01-09"}, "until 2013-01-09"),
+        ({"start": "2013-01-02", "end": "2013-01-09"}, "2013-01-02 to 2013-01-09"),
+        ({"keys": ["2013-01-02/tour=atp"]}, "1 partition key"),
+        ({"keys": ["2013-01-02/tour=atp", "2013-01-03/tour=wta"]}, "2 partition keys"),
+        ({"where": ["tour=wta,atp"]}, "tour=atp,wta"),
+        ({"start": "2013-01-02", "where": ["tour=itf"]}, "from 2013-01-02, tour=itf"),
+    ],
+)
+def test_a_selection_describes_itself_in_words(kwargs: dict[str, Any], expected: str) -> None:
+    """An open-ended range reads `from DAY` or `until DAY`, never dots glued to dots."""
+    assert TOURS.selection(**kwargs).describe() == expected
+
+
+def test_whole_tells_a_calendar_window_from_one_cut_by_the_range() -> None:
+    """The first and last weeks of a range that starts on a Sunday and ends on a
+    Thursday are cut; the weeks between are whole."""
+    parts = list(weekly("2015-12-06", "2016-01-07"))
+    assert [p.whole for p in parts] == [False, True, True, True, True, False]
+    assert parts[-1].key == "2016-01-04..2016-01-07"

@@ -276,7 +276,8 @@ def test_rerunning_upstream_marks_exactly_the_dependent_partitions_stale(
     ledger.requeue("stale", ["a"], [Status.DONE], spec.selection(keys=["2013-01-04"]))
     result = run_job(job, ledger)
     assert result.exit_code == ExitCode.OK
-    assert ran == {
+    # Partitions of one stage run side by side on its threads: which ones, not in what order.
+    assert {stage: sorted(keys) for stage, keys in ran.items()} == {
         "a": ["2013-01-04"],
         "b": ["2013-01-04", "2013-01-05", "2013-01-06"],
         "c": ["2013-01-04", "2013-01-05", "2013-01-06"],

@@ -120,7 +120,7 @@ def test_a_job_whose_range_grows_runs_only_the_new_partitions(ledger: Ledger) ->
     run_job(job_of(8), ledger)
     assert calls[5:] == ["2013-01-06", "2013-01-07", "2013-01-08"]
     selection = job_of(8).partitions.selection(start="2013-01-02", end="2013-01-03")  # type: ignore[union-attr]
-    assert ledger.reset("test", ["fetch"], selection) == 2
+    assert ledger.reset("test", ["fetch"], selection).removed == 2
     again = run_job(job_of(8), ledger)
     assert calls[8:] == ["2013-01-02", "2013-01-03"]
     assert again.exit_code == ExitCode.OK

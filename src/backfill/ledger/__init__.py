@@ -31,6 +31,7 @@ __all__ = [
     "LedgerEntry",
     "NoState",
     "Outcome",
+    "ResetCounts",
     "RunRecord",
     "SharedLimits",
     "StageCounts",
@@ -154,6 +155,15 @@ class LedgerEntry:
     error_message: str | None
     run_id: str | None
     finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResetCounts:
+    """What :meth:`Ledger.reset` did: partitions forgotten, and finished partitions of
+    downstream stages marked stale because they were computed from one of them."""
+
+    removed: int
+    stale: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,8 +436,18 @@ class Ledger(Protocol):
     ) -> int:
         """Return finished partitions of these statuses to pending; return how many."""
 
-    def reset(self, job: str, stages: Sequence[str], selection: Selection | None = None) -> int:
-        """Forget partitions (any status but running); return how many were deleted."""
+    def reset(
+        self,
+        job: str,
+        stages: Sequence[str],
+        selection: Selection | None = None,
+        *,
+        downstream: Mapping[str, Sequence[Dependency]] | None = None,
+    ) -> ResetCounts:
+        """Forget partitions (any status but running). In the same transaction, the
+        finished partitions of the ``downstream`` stages (name: its dependencies) whose
+        inputs include a forgotten partition are marked stale, as :meth:`mark_stale`
+        marks them; once forgotten, nothing would tie them to it any more."""
 
     def start_run(self, run: RunRecord) -> None: ...
 
@@ -487,6 +507,12 @@ class SharedLimits(Protocol):
 
     def resume_resource(self, job: str, resource: str) -> float | None:
         """End a stored pause now; the seconds it still had, None if there was none."""
+
+    def quota_use(
+        self, job: str, resource: str, quotas: Sequence[tuple[int, float]]
+    ) -> Mapping[str, Any]:
+        """Per quota, what its current window has spent (a
+        :class:`backfill.ledger.limits.QuotaUse`); reads only."""
 
 
 def dims_json(dims: tuple[tuple[str, str], ...]) -> str | None:

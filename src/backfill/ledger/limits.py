@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from backfill.ratelimit import book_block
 
-__all__ = ["Query", "resume", "take_starts"]
+__all__ = ["Query", "QuotaUse", "quota_use", "resume", "take_starts"]
 
 # Runs one named query of the ledger's dialect with named parameters; returns its rows.
 Query = Callable[[str, Mapping[str, Any]], Sequence[Sequence[Any]]]
@@ -97,3 +97,30 @@ def resume(query: Query, scope: str, resource: str) -> float | None:
     query("set_paused", {**key, "paused": 0.0})
     query("set_tat", {**key, "tat": min(tat, now)})
     return paused - now
+
+
+class QuotaUse(NamedTuple):
+    """How much of a quota the current window has spent: ``used`` starts since ``period``
+    ago; ``frees_at`` when the oldest of them leaves the window (epoch seconds, None when
+    none is in it); ``now`` the database's clock."""
+
+    used: int
+    frees_at: float | None
+    now: float
+
+
+def quota_use(
+    query: Query, scope: str, resource: str, quotas: Sequence[tuple[int, float]]
+) -> dict[str, QuotaUse]:
+    """Per quota (``"COUNT/PERIOD"``), what its current window has spent (read only)."""
+    now = float(query("clock", {})[0][0])
+    result = {}
+    for size, period in quotas:
+        name = f"{size}/{period:g}"
+        starts = [
+            float(t)
+            for (t,) in query("quota_ring", {"job": scope, "name": resource, "quota": name})
+            if float(t) > now - period
+        ]
+        result[name] = QuotaUse(len(starts), min(starts) + period if starts else None, now)
+    return result

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.sql import SQL, Identifier
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from backfill._postgres import safe_url
@@ -38,6 +39,7 @@ from backfill.ledger import (
     LedgerEntry,
     NoState,
     Outcome,
+    ResetCounts,
     RunRecord,
     StageCounts,
     Status,
@@ -144,6 +146,18 @@ def _password(url: str) -> str | None:
         return None
 
 
+_PATH_ITEM = re.compile(r'\s*("(?:[^"]|"")*"|[^,\s]+)\s*(?:,|$)')
+
+
+def _search_path(setting: str, user: str) -> list[str]:
+    """The schema names of a ``search_path`` setting, ``"$user"`` resolved."""
+    names = []
+    for item in _PATH_ITEM.findall(setting):
+        name = item[1:-1].replace('""', '"') if item.startswith('"') else item.lower()
+        names.append(user if name == "$user" else name)
+    return [n for n in names if n]
+
+
 def _last_line(text: str) -> str:
     """libpq repeats a failure per address it tried; the last reason is the one to show."""
     reasons = [r.strip() for r in re.split(r"connection to server at [^:]*:", text) if r.strip()]
@@ -188,8 +202,10 @@ def _statements(script: str) -> str:
 class PostgresLedger:
     """The :class:`~backfill.ledger.Ledger` on a PostgreSQL database.
 
-    ``url`` is a libpq URL, e.g. ``postgresql://backfill:secret@db:5432/backfill``; add
-    ``?options=-csearch_path%3DNAME`` to keep the tables in schema ``NAME``.
+    ``url`` is a libpq URL, e.g. ``postgresql://backfill:secret@db:5432/backfill``. The
+    tables go to the first schema of the session's search_path (``public`` by default);
+    add ``?options=-csearch_path%3DNAME`` to keep them in schema ``NAME``, which is
+    created when it does not exist yet.
 
     ``read_only``: use an existing ledger of this schema version without creating or
     migrating anything; every transaction is read-only.
@@ -235,11 +251,28 @@ class PostgresLedger:
             try:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                    self._make_schema(conn)
                     self._migrate(conn)
             except psycopg.Error as exc:
-                raise LedgerError(
-                    f"cannot set up the ledger in {self.safe_url}: {_last_line(str(exc))}"
-                ) from exc
+                # The primary message alone: the full text quotes the failing SQL.
+                reason = exc.diag.message_primary or _last_line(str(exc))
+                raise LedgerError(f"cannot set up the ledger in {self.safe_url}: {reason}") from exc
+
+    def _make_schema(self, conn: psycopg.Connection[Any]) -> None:
+        """Where none of the search_path's schemas exists (a URL naming a schema of its
+        own, say), create the first one: the tables go there."""
+        row = conn.execute(
+            "SELECT current_schema(), current_user, current_setting('search_path')"
+        ).fetchone()
+        if row is None or row[0] is not None:
+            return
+        names = _search_path(row[2], row[1])
+        if not names:
+            raise LedgerError(
+                f"the search_path of {self.safe_url} names no schema to keep the ledger's "
+                "tables in; name one in the URL: ?options=-csearch_path%3DNAME"
+            )
+        conn.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(names[0])))
 
     def _check_read_only(self, url: str) -> None:
         """Connect once (a clear error for a bad URL) and check the schema, changing
@@ -790,8 +823,6 @@ class PostgresLedger:
         job: str,
         stages: Sequence[str],
         selection: Selection | None,
-        *,
-        also: str | None = None,
         **extra: Any,
     ) -> int:
         where, params = _selection_sql(selection)
@@ -805,8 +836,6 @@ class PostgresLedger:
                     continue
                 cur = conn.execute(_Q[query].format(where=where), dict(params, stage_id=stage_id))
                 changed += cur.rowcount
-                if also is not None:
-                    conn.execute(_Q[also], {"stage_id": stage_id})
             return changed
 
         return self._run(change)
@@ -824,9 +853,38 @@ class PostgresLedger:
             "requeue", job, stages, selection, statuses=[s.value for s in statuses]
         )
 
-    def reset(self, job: str, stages: Sequence[str], selection: Selection | None = None) -> int:
-        # The next plan must put the forgotten partitions back.
-        return self._per_stage("reset", job, stages, selection, also="forget_plan")
+    def reset(
+        self,
+        job: str,
+        stages: Sequence[str],
+        selection: Selection | None = None,
+        *,
+        downstream: Mapping[str, Sequence[Dependency]] | None = None,
+    ) -> ResetCounts:
+        where, params = _selection_sql(selection)
+
+        def forget(conn: psycopg.Connection[Any]) -> ResetCounts:
+            removed = stale = 0
+            ids = [self._stage_id(conn, job, stage, create=False) for stage in stages]
+            known = [stage_id for stage_id in ids if stage_id is not None]
+            if downstream:
+                for stage_id in known:
+                    conn.execute(_Q["redo"].format(where=where), dict(params, stage_id=stage_id))
+                for name, needs in downstream.items():
+                    query = self._inputs_query(
+                        conn, "mark_stale", job, name, needs, None, _deps.NEWER
+                    )
+                    if query is not None:
+                        sql, args = query
+                        stale += conn.execute(sql, dict(args, message=_deps.STALE_MESSAGE)).rowcount
+            for stage_id in known:
+                cur = conn.execute(_Q["reset"].format(where=where), dict(params, stage_id=stage_id))
+                removed += cur.rowcount
+                # The next plan must put the forgotten partitions back.
+                conn.execute(_Q["forget_plan"], {"stage_id": stage_id})
+            return ResetCounts(removed, stale)
+
+        return self._run(forget)
 
     # -- runs and workers ----------------------------------------------------------
 
@@ -937,6 +995,12 @@ class PostgresLedger:
         """Pause a shared resource for every worker of ``job`` (a Retry-After)."""
         params = {"job": job, "name": resource, "seconds": seconds}
         self._run(lambda conn: conn.execute(_Q["pause_resource"], params))
+
+    def quota_use(
+        self, job: str, resource: str, quotas: Sequence[tuple[int, float]]
+    ) -> dict[str, limits.QuotaUse]:
+        """What each quota's current window has spent (see :func:`limits.quota_use`)."""
+        return self._run(lambda conn: limits.quota_use(_query(conn), job, resource, quotas))
 
     def resume_resource(self, job: str, resource: str) -> float | None:
         """End a resource's stored pause now (see :func:`backfill.ledger.limits.resume`)."""

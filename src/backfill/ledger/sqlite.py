@@ -33,6 +33,7 @@ from backfill.ledger import (
     LedgerEntry,
     NoState,
     Outcome,
+    ResetCounts,
     RunRecord,
     StageCounts,
     Status,
@@ -723,8 +724,6 @@ class SQLiteLedger:
         job: str,
         stages: Sequence[str],
         selection: Selection | None,
-        *,
-        also: str | None = None,
         **extra: Any,
     ) -> int:
         where, params = _selection_sql(selection)
@@ -737,8 +736,6 @@ class SQLiteLedger:
                     continue
                 cur = conn.execute(_Q[query].format(where=where), dict(params, stage_id=stage_id))
                 changed += cur.rowcount
-                if also is not None:
-                    conn.execute(_Q[also], {"stage_id": stage_id})
         return changed
 
     def requeue(
@@ -754,9 +751,35 @@ class SQLiteLedger:
             "requeue", job, stages, selection, statuses=json.dumps([s.value for s in statuses])
         )
 
-    def reset(self, job: str, stages: Sequence[str], selection: Selection | None = None) -> int:
-        # The next plan must put the forgotten partitions back.
-        return self._per_stage("reset", job, stages, selection, also="forget_plan")
+    def reset(
+        self,
+        job: str,
+        stages: Sequence[str],
+        selection: Selection | None = None,
+        *,
+        downstream: Mapping[str, Sequence[Dependency]] | None = None,
+    ) -> ResetCounts:
+        where, params = _selection_sql(selection)
+        removed = stale = 0
+        with self._tx() as conn:
+            ids = [self._stage_id(conn, job, stage, create=False) for stage in stages]
+            known = [stage_id for stage_id in ids if stage_id is not None]
+            if downstream:
+                for stage_id in known:
+                    conn.execute(_Q["redo"].format(where=where), dict(params, stage_id=stage_id))
+                for name, needs in downstream.items():
+                    query = self._inputs_query(
+                        conn, "mark_stale", job, name, needs, None, _deps.NEWER
+                    )
+                    if query is not None:
+                        sql, args = query
+                        stale += conn.execute(sql, dict(args, message=_deps.STALE_MESSAGE)).rowcount
+            for stage_id in known:
+                cur = conn.execute(_Q["reset"].format(where=where), dict(params, stage_id=stage_id))
+                removed += cur.rowcount
+                # The next plan must put the forgotten partitions back.
+                conn.execute(_Q["forget_plan"], {"stage_id": stage_id})
+        return ResetCounts(removed, stale)
 
     # -- runs and workers ----------------------------------------------------------
 
@@ -881,6 +904,13 @@ class SQLiteLedger:
         """Pause a resource's schedule for every run sharing it (a Retry-After, a quota)."""
         with self._tx() as conn:
             conn.execute(_Q["pause_resource"], {"job": job, "name": resource, "seconds": seconds})
+
+    def quota_use(
+        self, job: str, resource: str, quotas: Sequence[tuple[int, float]]
+    ) -> dict[str, limits.QuotaUse]:
+        """What each quota's current window has spent (see :func:`limits.quota_use`)."""
+        with self._tx(write=False) as conn:
+            return limits.quota_use(_query(conn), job, resource, quotas)
 
     def resume_resource(self, job: str, resource: str) -> float | None:
         """End a resource's stored pause now (see :func:`backfill.ledger.limits.resume`)."""

@@ -24,6 +24,8 @@ resource's ``max_wait``); garbage in a rate-limit header is ignored, not trusted
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import contextvars
 import email.utils
 import hashlib
@@ -42,7 +44,14 @@ import httpx
 import orjson
 
 from backfill.errors import ConfigError, FatalError, PermanentError, StageError, TransientError
-from backfill.ratelimit import DEFAULT_MAX_WAIT, LateStart, Outcome, Resource, describe_seconds
+from backfill.ratelimit import (
+    DEFAULT_MAX_WAIT,
+    LateStart,
+    Outcome,
+    Resource,
+    describe_seconds,
+    take_grant,
+)
 from backfill.secrets import mask_url as redact_url
 from backfill.secrets import redact, secret_values
 from backfill.sources import CrossOrigin, wire
@@ -102,6 +111,11 @@ log = logging.getLogger("backfill.http")
 
 # Redirects followed for one request; a chain longer than this is a loop or a trap.
 MAX_REDIRECTS = 10
+# Hedging: answers remembered for the percentile, how many are needed first, and the
+# shortest wait before a second copy goes.
+_LATENCY_SAMPLES = 200
+_HEDGE_AFTER_SAMPLES = 20
+_HEDGE_FLOOR = 0.25
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CROSS_ORIGIN = ("strip", "refuse")
 _DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
@@ -316,6 +330,7 @@ class HttpClient:
         max_body: int = DEFAULT_MAX_BODY,
         deadline: float | None = None,
         max_wait: float | None = None,
+        hedge: bool = True,
     ) -> None:
         owner = f"resource {resource.name!r}" if resource is not None else "the HTTP client"
         if cross_origin not in _CROSS_ORIGIN:
@@ -347,6 +362,11 @@ class HttpClient:
         self._param_names = query_names(self._params)
         self.secrets = tuple(secrets) + secret_values(headers, params)
         self.requests = 0
+        # Hedging (see _fetch_hedged): GETs through a resource, once latencies are known.
+        self.hedge = hedge and resource is not None
+        self.hedged = 0  # second copies sent
+        self.hedges_won = 0  # ... that answered first
+        self._latencies: collections.deque[float] = collections.deque(maxlen=_LATENCY_SAMPLES)
         self.statuses: Counter[int] = Counter()
         self.transport_errors = 0
         self.retried = 0
@@ -451,6 +471,12 @@ class HttpClient:
                 tally = partition_requests.get()
                 if tally is not None:
                     tally.last_error = exc.message
+                if self.resource is not None and self.resource.breaker.is_open:
+                    # The source is down (its circuit is open, maybe since this very
+                    # failure): the request waits for it to come back, as every other
+                    # does, instead of spending its partition's attempts on an outage.
+                    attempt -= 1
+                    continue
                 if attempt > self.retries:
                     raise
                 self.retried += 1
@@ -477,7 +503,7 @@ class HttpClient:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.deadline):
-                response, body = await self._fetch(method, url, call, hop, dict(kwargs))
+                response, body = await self._fetch_hedged(method, url, call, hop, kwargs)
         except LateStart:
             self.requests -= 1
             if tally is not None:
@@ -534,7 +560,9 @@ class HttpClient:
                 # letting each burn its retries.
                 self._observe(Outcome.ERROR, response)
                 raise
-        self._observe(Outcome.OK, response, time.monotonic() - started)
+        latency = time.monotonic() - started
+        self._latencies.append(latency)
+        self._observe(Outcome.OK, response, latency)
         return response, value
 
     def _build(
@@ -562,6 +590,63 @@ class HttpClient:
             method, url, headers=headers, cookies=cookies if own else None, **kwargs
         )
         return request, auth if own else None
+
+    def _hedge_after(self, method: str) -> float | None:
+        """How long a GET may take before a second copy is sent: three times the 95th
+        percentile of this resource's recent answers, at least a quarter second and at
+        most half the request's deadline; None when it is not hedged."""
+        if not self.hedge or method != "GET" or len(self._latencies) < _HEDGE_AFTER_SAMPLES:
+            return None
+        ordered = sorted(self._latencies)
+        p95 = ordered[int(0.95 * (len(ordered) - 1))]
+        return min(max(_HEDGE_FLOOR, 3.0 * p95), self.deadline / 2)
+
+    async def _fetch_hedged(
+        self, method: str, url: httpx.URL, call: _Call, hop: bool, kwargs: dict[str, Any]
+    ) -> tuple[httpx.Response, bytes]:
+        """:meth:`_fetch`, with a second copy sent when the first is far slower than the
+        source usually is (a stalled page near the end of a run must not cost the whole
+        timeout). The copy takes its own slot and rate token and counts as a request;
+        the first answer wins, the other request is cancelled. Idempotent GETs only."""
+        wait = self._hedge_after(method)
+        if wait is None:
+            return await self._fetch(method, url, call, hop, dict(kwargs))
+        first = asyncio.create_task(self._fetch(method, url, call, hop, dict(kwargs)))
+        # A fleet start granted to this request went with it into its task.
+        take_grant()
+        racers = {first}
+        try:
+            done, _ = await asyncio.wait(racers, timeout=wait)
+            if not done:
+                racers.add(asyncio.create_task(self._copy(method, url, call, hop, kwargs)))
+            while True:
+                done, pending = await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is first or task.exception() is None:
+                        if task is not first:
+                            self.hedges_won += 1
+                        return task.result()
+                # The copy failed (it could not start, say): the first still runs.
+                racers = pending
+        finally:
+            for task in racers:
+                task.cancel()
+            for task in racers:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _copy(
+        self, method: str, url: httpx.URL, call: _Call, hop: bool, kwargs: dict[str, Any]
+    ) -> tuple[httpx.Response, bytes]:
+        """The hedge: a second copy of a request, under its own slot and rate token."""
+        assert self.resource is not None
+        async with self.resource.slot():
+            self.hedged += 1
+            self.requests += 1
+            tally = partition_requests.get()
+            if tally is not None:
+                tally.requests += 1
+            return await self._fetch(method, url, call, hop, dict(kwargs))
 
     async def _fetch(
         self, method: str, url: httpx.URL, call: _Call, hop: bool, kwargs: dict[str, Any]

@@ -231,6 +231,12 @@ UPDATE backfill_partitions
 SET status = 'pending', error_category = NULL, error_message = NULL, lost_leases = 0
 WHERE stage_id = %(stage_id)s AND status = ANY(%(statuses)s) {where};
 
+-- name: redo
+-- Inside a reset, before its delete: the partitions it forgets count as being redone,
+-- so marking downstream stages stale finds what was computed from them.
+UPDATE backfill_partitions SET status = 'pending'
+WHERE stage_id = %(stage_id)s AND status != 'running' {where};
+
 -- name: reset
 DELETE FROM backfill_partitions
 WHERE stage_id = %(stage_id)s AND status != 'running' {where};
@@ -351,3 +357,10 @@ SELECT key, window_start, window_end, dims, status, records, error_category,
 FROM backfill_partitions AS p
 WHERE stage_id = %(stage_id)s {where}
 ORDER BY window_start, id;
+
+-- name: clock
+SELECT extract(epoch FROM clock_timestamp())::double precision;
+
+-- name: quota_ring
+SELECT started_at FROM backfill_quota_starts
+WHERE job = %(job)s AND name = %(name)s AND quota = %(quota)s;

@@ -207,6 +207,12 @@ UPDATE backfill_partitions
 SET status = 'pending', error_category = NULL, error_message = NULL, lost_leases = 0
 WHERE stage_id = :stage_id AND status IN (SELECT value FROM json_each(:statuses)) {where};
 
+-- name: redo
+-- Inside a reset, before its delete: the partitions it forgets count as being redone,
+-- so marking downstream stages stale finds what was computed from them.
+UPDATE backfill_partitions SET status = 'pending'
+WHERE stage_id = :stage_id AND status != 'running' {where};
+
 -- name: reset
 DELETE FROM backfill_partitions
 WHERE stage_id = :stage_id AND status != 'running' {where};
@@ -318,3 +324,10 @@ WHERE job = :job AND name = :name AND quota = :quota;
 UPDATE backfill_resources
 SET paused_until = max(paused_until, (julianday('now') - 2440587.5) * 86400.0 + :seconds)
 WHERE job = :job AND name = :name;
+
+-- name: clock
+SELECT (julianday('now') - 2440587.5) * 86400.0;
+
+-- name: quota_ring
+SELECT started_at FROM backfill_quota_starts
+WHERE job = :job AND name = :name AND quota = :quota;

@@ -1,0 +1,68 @@
+"""`plan` and `coverage --gaps` of a job whose windows are cut by its range's ends, through
+the real command line: every label reads as one range, figures read as English."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+JOB = """
+from backfill import Job, PermanentError, RetryPolicy, weekly, yearly
+
+job = Job("cut", partitions=weekly("2015-01-04", "2015-12-31"))
+job.resource("api", rate="5/s", limits=["10/day"])
+
+
+@job.stage(resource="api", requests_per_partition=5, retry=RetryPolicy(attempts=1))
+def weather(ctx, partition):
+    if partition.key == "2015-12-28..2015-12-31":
+        raise PermanentError("station offline", category="OFFLINE")
+    return [{"n": n} for n in range(7 * partition.days)]
+
+
+@job.stage(
+    partitions=yearly("2003-01-01", "2010-03-31", sym=["AAPL"]),
+    retry=RetryPolicy(attempts=1),
+)
+def yearly_avg(ctx, partition):
+    if partition.start.year >= 2009:
+        raise PermanentError("no quotes", category="NO_DATA")
+    return [{"avg": 1.0}]
+"""
+
+
+@pytest.fixture
+def cut_job(tmp_path: Path) -> Path:
+    (tmp_path / "job.py").write_text(textwrap.dedent(JOB))
+    return tmp_path
+
+
+def test_plan_prints_an_open_selection_and_a_quota_in_words(cut_job: Path) -> None:
+    """`plan --from DAY` says `selection: from DAY`, and a quota the plan exceeds reads
+    `at least N days`."""
+    result = run_cli("plan", "job.py", "--from", "2015-06-01", cwd=cut_job)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    (selection,) = [line for line in lines if line.startswith("selection:")]
+    assert selection.startswith("selection: from 2015-06-01 · "), selection
+    assert "...." not in result.stdout
+    (warning,) = [line for line in lines if line.startswith("warning:")]
+    assert warning.endswith("more than the 10/day quota: at least 15.5 days"), warning
+
+
+def test_coverage_gaps_of_cut_windows_read_as_one_range_each(cut_job: Path) -> None:
+    """A failed week cut to four days, a range of failed years ending in a year cut to
+    a quarter: each gap is one range of days; the first week, cut to its Sunday and
+    holding a Sunday's records, is not thin."""
+    first = run_cli("run", "job.py", "--progress", "none", cwd=cut_job)
+    assert first.returncode == 1, first.stdout + first.stderr
+    gaps = run_cli("coverage", "job.py", "--gaps", cwd=cut_job)
+    assert gaps.returncode == 0, gaps.stderr
+    lines = [line.strip() for line in gaps.stdout.splitlines() if line.startswith("  ")]
+    assert lines == [
+        "weather 2015-12-28..2015-12-31 failed: OFFLINE: station offline (1)",
+        "yearly_avg AAPL 2009-01-01..2010-03-31 failed: NO_DATA: no quotes (2)",
+    ]
