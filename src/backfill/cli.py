@@ -1364,10 +1364,11 @@ def serve(
 ) -> None:
     """A live dashboard in the browser, plus /metrics for Prometheus.
 
-    Progress with rate and ETA, throughput, the coverage calendar, failures, workers and
-    runs.
+    Progress with rate and ETA (blocked and stalled stages say why), resources,
+    throughput, the coverage calendar, failures, workers and runs.
 
     Reads the ledger only, so it follows runs of other processes and machines.
+    Started before anything has run, it waits for the first run's state.
 
     [bold]Examples[/]
 
