@@ -805,6 +805,30 @@ class LedgerContract:
         assert rows[1].status is Status.PENDING and rows[1].records is None
         assert list(ledger.coverage_rows(JOB, "never")) == []
 
+    def test_window_counts_group_a_stage_by_window_and_status(self, ledger: Ledger) -> None:
+        """Calendars read, per window, how many partitions (tours together) are in each
+        status, pending rows marked stale apart, in window order."""
+        ledger.plan(JOB, "a", daily("2013-01-01", "2013-01-02"))
+        ledger.plan(JOB, "b", daily("2013-01-01", "2013-01-03", tour=["atp", "wta"]))
+        settle(ledger, "a", {"2013-01-01", "2013-01-02"}, Status.DONE, 10)
+        done = {"2013-01-01/tour=atp", "2013-01-01/tour=wta", "2013-01-02/tour=atp"}
+        settle(ledger, "b", done, Status.DONE, 20)
+        first = daily("2013-01-01", "2013-01-01").selection(keys=["2013-01-01"])
+        ledger.requeue(JOB, ["a"], [Status.DONE], first)
+        assert ledger.mark_stale(JOB, "b", [DAY_DEP]) == 2
+        got = ledger.claim(
+            JOB, "b", "w", limit=1, lease_seconds=60.0, now=30.0, run_id="r2", needs=[DAY_DEP]
+        )
+        assert [c.key for c in got] == ["2013-01-02/tour=wta"]
+        counts = ledger.window_counts(JOB, "b")
+        assert [(str(c.start), str(c.end), c.status, c.stale, c.count) for c in counts] == [
+            ("2013-01-01", "2013-01-01", Status.PENDING, True, 2),
+            ("2013-01-02", "2013-01-02", Status.DONE, False, 1),
+            ("2013-01-02", "2013-01-02", Status.RUNNING, False, 1),
+            ("2013-01-03", "2013-01-03", Status.PENDING, False, 2),
+        ]
+        assert ledger.window_counts(JOB, "never") == []
+
     # -- resource schedules (SharedLimits) ---------------------------------------------
 
     def test_a_quota_is_booked_across_connections(

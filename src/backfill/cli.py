@@ -1364,10 +1364,11 @@ def serve(
 ) -> None:
     """A live dashboard in the browser, plus /metrics for Prometheus.
 
-    Progress with rate and ETA, throughput, the coverage calendar, failures, workers and
-    runs.
+    Progress with rate and ETA (blocked and stalled stages say why), resources,
+    throughput, the coverage calendar, failures, workers and runs.
 
     Reads the ledger only, so it follows runs of other processes and machines.
+    Started before anything has run, it waits for the first run's state.
 
     [bold]Examples[/]
 
@@ -1380,6 +1381,7 @@ def serve(
 
     require_web_extras()
     from backfill.web.app import check_bind, create_app
+    from backfill.web.snapshot import StateReader
 
     check_bind(host, token)
     _configure_logging(verbose, log_format)
@@ -1395,11 +1397,11 @@ def serve(
         raise fail(
             f"cannot listen on {host}:{port} ({exc.strerror}); pass another --port"
         ) from None
-    ledger = open_ledger(state, create=False)
+    reader = StateReader.open(state)
     try:
         import uvicorn
 
-        dashboard = create_app(job, ledger, token=token, interval=interval)
+        dashboard = create_app(job, reader, token=token, interval=interval)
         bound_port = sock.getsockname()[1]
         address = f"[{host}]" if ":" in host else host
         out.print(
@@ -1417,7 +1419,7 @@ def serve(
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
-        ledger.close()
+        reader.close()
 
 
 @app.command(cls=_Command)

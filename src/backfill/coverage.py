@@ -29,7 +29,7 @@ from typing import Any
 
 from backfill.job import Job, Stage
 from backfill.ledger import CoverageRow, Ledger, Status
-from backfill.partitions import Order, Partition, Selection
+from backfill.partitions import Grain, Order, Partition, Selection
 from backfill.secrets import Masker
 from backfill.textsafe import visible
 
@@ -484,8 +484,15 @@ COLOURS = {
 
 
 def to_html(coverage: Coverage) -> str:
-    """A self-contained page: per stage, a calendar heatmap per year (one square per day,
-    coloured by the state of the partition that covers it), counts, and the gaps."""
+    """A self-contained page: per stage its counts, then a square per partition coloured
+    by its state, daily partitions as a calendar per year and longer ones (weeks, months,
+    years) as a row; hovering a square tells its key, state and reason; then the gaps.
+
+    It stays small however many partitions there are (under 20 bytes each): a square is
+    an element whose class is its state, and what hovering tells is put together by a
+    few lines of script from its row's first day (or labels) and reasons, each reason
+    written once for a run of equal ones.
+    """
     parts: list[str] = []
     esc = _html_text
     for stage in coverage.stages:
@@ -496,48 +503,82 @@ def to_html(coverage: Coverage) -> str:
         if stage.reference:
             p = items[0] if items else None
             state = p.state if p else State.MISSING
+            reason = f" ({p.reason})" if p and p.reason else ""
             parts.append(
-                f'<p><span class="sq" style="background:{COLOURS[state]}" '
-                f'title="all: {esc(state.value)}"></span> all: {esc(state.value)}</p></section>'
+                f'<p><span class="sq {state.value}"></span> '
+                f"all: {esc(state.value)}{esc(reason)}</p></section>"
             )
             continue
         by_dims: dict[tuple[tuple[str, str], ...], list[PartitionState]] = defaultdict(list)
         for p in items:
             by_dims[p.dims].append(p)
+        daily = stage.partitions.grain is Grain.DAY
         for dims, parts_of in by_dims.items():
-            if dims:
-                parts.append(f"<h3>{esc(' '.join(f'{k}={v}' for k, v in dims))}</h3>")
-            days: dict[date, PartitionState] = {}
+            where = " ".join(f"{k}={v}" for k, v in dims)
+            suffix = "".join(f"/{k}={v}" for k, v in dims)
+            by_year: dict[int, list[PartitionState]] = defaultdict(list)
             for p in parts_of:
-                cursor = p.start
-                while cursor <= p.end:
-                    days[cursor] = p
-                    cursor += timedelta(days=1)
-            for year in sorted({d.year for d in days}):
-                parts.append(_year_grid(year, days))
+                by_year[p.start.year].append(p)
+            if daily:
+                if dims:
+                    parts.append(f"<h3>{esc(where)}</h3>")
+                parts.extend(_day_grid(year, days, suffix) for year, days in by_year.items())
+            elif stage.partitions.grain is Grain.YEAR:
+                parts.append(_row(where, parts_of, suffix))
+            else:
+                parts.extend(
+                    _row(f"{where} {year}".strip(), row, suffix) for year, row in by_year.items()
+                )
         parts.append("</section>")
     gaps = coverage.gaps()
     gap_items = "".join(f"<li>{esc(g.describe())}</li>" for g in gaps) or "<li>none</li>"
-    legend = "".join(
-        f'<span class="sq" style="background:{COLOURS[s]}"></span>{s.value} ' for s in State
-    )
+    legend = "".join(f'<span class="sq {s.value}"></span>{s.value} ' for s in State)
+    colours = "\n".join(f".{s.value} {{ background: {COLOURS[s]}; }}" for s in State)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>coverage: {esc(coverage.job)}</title>
 <style>
 body {{ font: 14px system-ui, sans-serif; margin: 2em; color: #1f2328; }}
-.sq {{ display: inline-block; width: 11px; height: 11px; margin: 1px; border-radius: 2px;
-       vertical-align: middle; }}
-table.cal {{ border-collapse: collapse; margin: .3em 0 1em; }}
-table.cal td {{ padding: 0; }}
-table.cal th {{ font-weight: normal; font-size: 11px; color: #57606a; text-align: left;
-               padding-right: 6px; }}
+.sq, .g i, .r i {{ display: inline-block; width: 11px; height: 11px; border-radius: 2px; }}
+.sq {{ margin: 1px; vertical-align: middle; }}
+.cal {{ display: flex; gap: 6px; align-items: flex-start; margin: .3em 0; }}
+.cal .y {{ font-size: 11px; color: #57606a; min-width: 3em; }}
+.g {{ display: grid; grid-template-rows: repeat(7, 11px); grid-auto-flow: column;
+      grid-auto-columns: 11px; gap: 2px; margin-bottom: .6em; }}
+.r {{ display: flex; flex-wrap: wrap; gap: 2px; max-width: 60em; }}
+.g i:not([class]) {{ visibility: hidden; }}
 .sum {{ color: #57606a; }}
+{colours}
 </style></head><body>
 <h1>coverage: {esc(coverage.job)}</h1>
 <p>{legend}</p>
 {"".join(parts)}
 <h2>gaps</h2><ul id="gaps">{gap_items}</ul>
+<script>
+"use strict";
+// A square's key, state and reason, from its row: data-s the first day of a calendar
+// (data-o blank squares before it) or data-k the labels of a row; data-p the dimension
+// values; data-r [count, reason] for each run of squares with the same reason.
+document.addEventListener("mouseover", event => {{
+  const square = event.target;
+  if (square.tagName !== "I" || !square.className || square.title) return;
+  const row = square.parentElement.dataset;
+  const index = [...square.parentElement.children].indexOf(square) - Number(row.o || 0);
+  let label;
+  if (row.s) {{
+    const [y, m, d] = row.s.split("-").map(Number);
+    label = new Date(Date.UTC(y, m - 1, d + index)).toISOString().slice(0, 10);
+  }} else {{
+    label = JSON.parse(row.k)[index];
+  }}
+  let reason = "", seen = 0;
+  for (const [count, text] of JSON.parse(row.r)) {{
+    seen += count;
+    if (index < seen) {{ reason = text; break; }}
+  }}
+  square.title = `${{label}}${{row.p}}: ${{square.className}}` + (reason ? ` (${{reason}})` : "");
+}});
+</script>
 </body></html>
 """
 
@@ -548,29 +589,49 @@ def _html_text(text: str) -> str:
     return html.escape(visible(text))
 
 
-def _year_grid(year: int, days: dict[date, PartitionState]) -> str:
-    """Weeks as columns, weekdays as rows, like a contribution calendar."""
-    first = date(year, 1, 1)
-    start = first - timedelta(days=first.weekday())
-    weeks = ((date(year, 12, 31) - start).days // 7) + 1
-    rows = []
-    for weekday in range(7):
-        cells = []
-        for week in range(weeks):
-            day = start + timedelta(days=week * 7 + weekday)
-            if day.year != year:
-                cells.append("<td></td>")
-                continue
-            p = days.get(day)
-            if p is None:
-                cells.append("<td></td>")
-                continue
-            title = f"{p.key}: {p.state.value}" + (f" ({p.reason})" if p.reason else "")
-            cells.append(
-                f'<td><span class="sq" data-key="{_html_text(p.key)}" '
-                f'data-state="{p.state.value}" style="background:{COLOURS[p.state]}" '
-                f'title="{_html_text(title)}"></span></td>'
-            )
-        label = "Mon" if weekday == 0 else "Thu" if weekday == 3 else ""
-        rows.append(f"<tr><th>{label}</th>{''.join(cells)}</tr>")
-    return f'<table class="cal"><caption>{year}</caption>{"".join(rows)}</table>'
+def _data(value: Any) -> str:
+    """A value as JSON for an HTML attribute (in double quotes), its text shown as
+    :func:`_html_text` shows it."""
+    return html.escape(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+def _runs(reasons: Iterable[str]) -> str:
+    """[[count, reason], ...] for runs of equal reasons, as :func:`_data`."""
+    runs: list[list[Any]] = []
+    for reason in reasons:
+        if runs and runs[-1][1] == reason:
+            runs[-1][0] += 1
+        else:
+            runs.append([1, reason])
+    return _data(runs)
+
+
+def _square(p: PartitionState | None) -> str:
+    return f"<i class={p.state.value}></i>" if p is not None else "<i></i>"
+
+
+def _day_grid(year: int, days: list[PartitionState], suffix: str) -> str:
+    """A year of daily partitions like a contribution calendar: weeks as columns,
+    weekdays as rows; days without a partition stay blank."""
+    by_day = {p.start: p for p in days}
+    first, last = min(by_day), max(by_day)
+    span = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    blank = first.weekday()
+    squares = "<i></i>" * blank + "".join(_square(by_day.get(day)) for day in span)
+    reasons = _runs(visible(by_day[d].reason) if d in by_day else "" for d in span)
+    return (
+        f"<div class=cal><span class=y>{year}</span><div class=g data-s={first.isoformat()} "
+        f'data-o={blank} data-p="{html.escape(suffix)}" data-r="{reasons}">{squares}</div></div>'
+    )
+
+
+def _row(label: str, partitions: list[PartitionState], suffix: str) -> str:
+    """Partitions longer than a day (weeks, months, years), a square each, in order."""
+    labels = _data([_label(p) for p in partitions])
+    reasons = _runs(visible(p.reason) for p in partitions)
+    squares = "".join(_square(p) for p in partitions)
+    return (
+        f"<div class=cal><span class=y>{_html_text(label)}</span><div class=r "
+        f'data-k="{labels}" data-p="{html.escape(suffix)}" data-r="{reasons}">{squares}</div>'
+        "</div>"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -13,6 +14,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,7 +22,8 @@ from conftest import backfill_cmd, cli_env, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
 from backfill.demo.server import ReplayConfig, ReplayServer
-from backfill.ledger import StageCounts, open_ledger
+from backfill.ledger import RunRecord, StageCounts, Status, WorkerRecord, open_ledger
+from backfill.partitions import daily
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -103,6 +106,40 @@ def test_serve_on_all_interfaces_without_token_refuses_to_start(tmp_path: Path) 
     assert len(lines) == 1
     assert "refusing to serve the dashboard on 0.0.0.0 without a token" in lines[0]
     assert "--token" in lines[0]
+
+
+def snapshot_of(url: str) -> dict[str, Any]:
+    response = httpx.get(f"{url}api/snapshot", timeout=30)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def test_serve_started_before_the_state_exists_picks_up_the_first_run(workdir: Path) -> None:
+    """`serve` on a state nothing has created yet says it waits for the first run (and
+    creates nothing); a run started afterwards appears in its snapshot, progress and all."""
+    state = workdir / "later" / "state.db"
+    state.parent.mkdir()
+    serve, url = start_dashboard("job.py", state, workdir, "--interval", "0.2")
+    try:
+        before = snapshot_of(url)
+        assert not state.exists()
+        run = run_cli("run", "job.py", "--state", f"sqlite:///{state}", cwd=workdir)
+        assert run.returncode == 1, run.stderr  # the 13th of each month fails
+        deadline = time.monotonic() + 30
+        while True:
+            after = snapshot_of(url)
+            [stage] = after["stages"]
+            if stage["finished"] == 90 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        stop(serve)
+    assert (stage["done"], stage["failed"], stage["finished"]) == (87, 3, 90), stage
+    assert after["waiting"] is None
+    assert after["runs"][0]["status"] == "failed"
+    assert before["waiting"] == f"no state at {state}; nothing has run yet"
+    assert before["stages"][0]["finished"] == 0
 
 
 def test_json_logs_parse_carry_ids_and_hide_the_api_key(tmp_path: Path) -> None:
@@ -293,3 +330,274 @@ def test_dashboard_in_chromium_shows_live_progress_and_the_injected_failure(
     assert later > first, (first, later)
     assert "2013-01-13" in failures and "INJECTED" in failures
     assert shot.stat().st_size > 10_000
+
+
+@pytest.fixture
+def running_demo(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """The demo job (three reference stages, flights, airport_daily) running against the
+    replay API, faults and all, at 20 requests/s, in another process."""
+    state = tmp_path / "state.db"
+    with ReplayServer(ReplayConfig(rate_limit=20.0)) as server:
+        env = {
+            "FLIGHTS_API": server.url,
+            "FLIGHTS_DB": str(tmp_path / "flights.db"),
+            "FLIGHTS_RATE": "20",
+        }
+        proc = subprocess.Popen(
+            [
+                *backfill_cmd(),
+                "run",
+                "backfill.demo.flights:job",
+                "--state",
+                f"sqlite:///{state}",
+                "--progress",
+                "none",
+            ],
+            cwd=tmp_path,
+            env=cli_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            yield state, proc
+        finally:
+            stop(proc)
+
+
+def finished_in(state: Path) -> int:
+    """Partitions the ledger has finished (0 while it is being created)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{state.as_uri()}?mode=ro", uri=True)) as conn:
+            (n,) = conn.execute(
+                "SELECT count(*) FROM backfill_partitions WHERE status IN ('done', 'empty')"
+            ).fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(n)
+
+
+@pytest.mark.slow
+def test_dashboard_of_the_demo_renders_progress_within_5_s_and_follows_it(
+    chromium: Path, running_demo: tuple[Path, subprocess.Popen[str]]
+) -> None:
+    """The demo job, reference stages included: within 5 s of loading, the page shows
+    every stage's progress and the API's resource; then the count rises without a
+    reload, the calendar draws the year's days, and says the reference stages are not
+    on it."""
+    from playwright.sync_api import sync_playwright
+
+    state, run = running_demo
+    deadline = time.monotonic() + 60
+    while finished_in(state) < 4:  # the three reference tables and a day of flights
+        assert run.poll() is None, run.stderr.read() if run.stderr else ""
+        assert time.monotonic() < deadline, "the demo finished nothing in a minute"
+        time.sleep(0.1)
+    serve, url = start_dashboard(
+        "backfill.demo.flights:job", state, state.parent, "--interval", "0.5"
+    )
+    flights = '[data-stage="flights"] [data-testid="finished"]'
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=str(chromium), headless=True, args=["--no-sandbox"]
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1100})
+                loading = time.monotonic()
+                page.goto(url, timeout=5_000)
+                page.wait_for_function(
+                    """() => {
+                        const cell = document.querySelector(
+                            '[data-stage="flights"] [data-testid="finished"]');
+                        return cell && parseInt(cell.textContent.replace(/,/g, '')) > 0
+                            && document.querySelector('[data-resource="flights_api"]');
+                    }""",
+                    timeout=5_000,
+                )
+                rendered = time.monotonic() - loading
+                stages = page.eval_on_selector_all(
+                    '[data-testid="stages"] tr[data-stage]',
+                    "rows => rows.map(r => r.dataset.stage)",
+                )
+                resource = page.inner_text('[data-resource="flights_api"]')
+                first = int(page.inner_text(flights).split("/")[0].replace(",", ""))
+                page.evaluate("window.__notReloaded = true")
+                page.wait_for_function(
+                    f"""() => {{
+                        const cell = document.querySelector('{flights}');
+                        return cell && parseInt(cell.textContent.replace(/,/g, '')) > {first};
+                    }}""",
+                    timeout=30_000,
+                )
+                days = page.eval_on_selector_all(
+                    '[data-testid="calendar"] .day[data-status]:not([data-status=""])',
+                    "cells => cells.map(c => [c.dataset.status, c.title])",
+                )
+                left_out = page.inner_text('[data-testid="left-out"]')
+                assert page.evaluate("window.__notReloaded") is True
+                connection = page.inner_text('[data-testid="connection"]')
+                ARTIFACTS.mkdir(exist_ok=True)
+                shot = ARTIFACTS / "dashboard-demo.png"
+                page.screenshot(path=str(shot), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        stop(serve)
+    assert rendered < 5.0, rendered
+    assert stages == ["airlines", "airports", "planes", "flights", "airport_daily"]
+    assert "20/s" in resource and "closed" in resource
+    assert connection == "live"
+    assert len(days) == 365
+    assert {status for status, _ in days} <= {"done", "leased", "pending", "missing"}
+    assert any(status == "done" for status, _ in days)
+    assert days[0][1].startswith("2013-01-01: ") and "done" in days[0][1]
+    assert "airlines, airports, planes" in left_out
+
+
+@pytest.mark.slow
+def test_coverage_report_in_chromium_tells_each_square_on_hover(
+    chromium: Path, workdir: Path
+) -> None:
+    """Hovering a square of the HTML coverage report shows its key, state and reason,
+    computed in the page from its calendar: the 13ths failed, the other days done."""
+    from playwright.sync_api import sync_playwright
+
+    assert run_cli("run", "job.py", "--progress", "none", cwd=workdir).returncode == 1
+    page_file = workdir / "coverage.html"
+    made = run_cli("coverage", "job.py", "--format", "html", "-o", str(page_file), cwd=workdir)
+    assert made.returncode == 0, made.stderr
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(chromium), headless=True, args=["--no-sandbox"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(page_file.as_uri(), timeout=15_000)
+            squares = page.locator(".g i[class]")
+            titles = []
+            for index in (0, 12, 31 + 12, 89):
+                squares.nth(index).hover()
+                titles.append(squares.nth(index).get_attribute("title"))
+        finally:
+            browser.close()
+    assert titles == [
+        "2013-01-01: done",
+        "2013-01-13: failed (UNLUCKY: unlucky day 2013-01-13)",
+        "2013-02-13: failed (UNLUCKY: unlucky day 2013-02-13)",
+        "2013-03-31: done",
+    ]
+
+
+HELD_JOB = """
+from backfill import Job, PermanentError, RetryPolicy, daily
+
+job = Job("held", partitions=daily("2013-01-01", "2013-01-10"))
+job.resource("api", rate=5)
+
+
+@job.stage(resource="api", retry=RetryPolicy(attempts=1, base=0.0))
+async def fetch(ctx, partition):
+    if partition.start.day == 3:
+        raise PermanentError("the API refused day 3", category="REFUSED")
+    return [{"k": partition.key}]
+
+
+@job.stage(needs=["fetch"])
+async def summary(ctx, partition):
+    return [{"k": partition.key}]
+"""
+
+
+def held_state(workdir: Path) -> Path:
+    """A state where fetch has work left but finished nothing for ten minutes while a
+    live worker reports the api circuit open, summary waits for fetch's failed day,
+    another worker died, and its run is still recorded as running."""
+    (workdir / "job.py").write_text(HELD_JOB)
+    assert run_cli("run", "job.py", "--progress", "none", cwd=workdir).returncode == 1
+    state = workdir / ".backfill" / "state.db"
+    now = time.time()
+    ledger = open_ledger(f"sqlite:///{state}")
+    try:
+        late = daily("2013-01-08", "2013-01-10")
+        ledger.requeue("held", ["fetch"], [Status.DONE], late.selection(start="2013-01-08"))
+        resources = {
+            "api": {
+                "declared": "5/s",
+                "adaptive": False,
+                "rate": 5.0,
+                "circuit": "open",
+                "circuit_since": now - 300,
+                "requests": 120,
+                "rate_limited": 7,
+            }
+        }
+        ledger.register_worker(
+            WorkerRecord("w1.example:11:live", "held", "w1.example", 11, now, now, None)
+        )
+        ledger.heartbeat("w1.example:11:live", now=now, resources=json.dumps(resources))
+        gone = now - 1000
+        ledger.register_worker(
+            WorkerRecord("w2.example:22:gone", "held", "w2.example", 22, gone, gone, None)
+        )
+        ledger.start_run(RunRecord("gone", "held", gone, "w2.example", 22, "run"))
+    finally:
+        ledger.close()
+    with contextlib.closing(sqlite3.connect(state)) as conn, conn:
+        conn.execute("UPDATE backfill_partitions SET finished_at = finished_at - 600")
+    return state
+
+
+@pytest.mark.slow
+def test_dashboard_in_chromium_shows_why_nothing_moves(chromium: Path, workdir: Path) -> None:
+    """Without hovering: the stalled stage's sentence with the open circuit, the blocked
+    partitions with an example, the resource's state, the dead worker and the lost run."""
+    from playwright.sync_api import sync_playwright
+
+    state = held_state(workdir)
+    serve, url = start_dashboard("job.py", state, workdir)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=str(chromium), headless=True, args=["--no-sandbox"]
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.goto(url, timeout=15_000)
+                page.wait_for_selector('[data-testid="stalled"]', timeout=15_000)
+                seen = {
+                    name: page.inner_text(selector)
+                    for name, selector in {
+                        "stalled": '[data-note="fetch"] [data-testid="stalled"]',
+                        "blocked": '[data-note="summary"] [data-testid="blocked"]',
+                        "resource": '[data-resource="api"]',
+                        "workers": '[data-testid="workers"]',
+                        "runs": '[data-testid="runs"]',
+                    }.items()
+                }
+                visible = page.is_visible('[data-note="fetch"] [data-testid="stalled"]')
+                circuit = page.eval_on_selector(
+                    '[data-resource="api"] [data-testid="circuit"]',
+                    "badge => getComputedStyle(badge).backgroundColor",
+                )
+                dead = page.eval_on_selector_all("#workers tr.dead", "rows => rows.length")
+                lost = page.eval_on_selector_all("#runs tr.lost", "rows => rows.length")
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "dashboard-held.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        stop(serve)
+    assert visible
+    assert re.fullmatch(
+        r"stalled 10m\d\ds: api circuit open since \d\d:\d\d:\d\d UTC", seen["stalled"]
+    )
+    assert seen["blocked"] == "1 blocked: 2013-01-03 waits for failed fetch 2013-01-03"
+    assert (
+        "5/s" in seen["resource"]
+        and "open" in seen["resource"]
+        and "api circuit open" in seen["resource"]
+    )
+    assert circuit == "rgb(198, 40, 40)"  # the failed colour
+    assert dead == 1 and "dead" in seen["workers"]
+    assert lost == 1 and "lost" in seen["runs"] and "last heartbeat" in seen["runs"]

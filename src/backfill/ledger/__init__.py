@@ -36,6 +36,7 @@ __all__ = [
     "SharedLimits",
     "StageCounts",
     "Status",
+    "WindowCount",
     "WorkerRecord",
     "open_ledger",
     "open_reader",
@@ -108,6 +109,18 @@ class CoverageRow:
     error_message: str | None
     finished_at: float | None
     checks: str | None = None  # JSON, see backfill.checks
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCount:
+    """How many partitions of one window (every dimension value together) are in one
+    status, as calendars read them. ``stale``: pending again because an input was redone."""
+
+    start: date
+    end: date
+    status: Status
+    count: int
+    stale: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +347,10 @@ class Ledger(Protocol):
         self, job: str, stage: str, selection: Selection | None = None
     ) -> Iterator[CoverageRow]:
         """Every recorded partition of ``stage`` in the selection, in window order."""
+
+    def window_counts(self, job: str, stage: str) -> list[WindowCount]:
+        """Per window and status, how many partitions of ``stage`` are recorded, in window
+        order: one grouped scan, whose answer grows with the windows, not the partitions."""
 
     def complete(self, owner: str, outcomes: Sequence[Outcome], *, now: float) -> int:
         """Record outcomes of partitions ``owner`` still holds; return how many applied."""

@@ -43,6 +43,7 @@ from backfill.ledger import (
     RunRecord,
     StageCounts,
     Status,
+    WindowCount,
     WorkerRecord,
     _deps,
     dims_json,
@@ -633,6 +634,18 @@ class PostgresLedger:
             )
             for r in rows
         )
+
+    def window_counts(self, job: str, stage: str) -> list[WindowCount]:
+        def read(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            stage_id = self._stage_id(conn, job, stage, create=False)
+            if stage_id is None:
+                return []
+            return conn.execute(_Q["window_counts"], {"stage_id": stage_id}).fetchall()
+
+        return [
+            WindowCount(start, end, Status(status), n, bool(stale))
+            for start, end, status, stale, n in self._run(read)
+        ]
 
     def save_checkpoint(self, owner: str, claim_id: int, checkpoint: str | None) -> bool:
         params = {"id": claim_id, "owner": owner, "checkpoint": checkpoint}

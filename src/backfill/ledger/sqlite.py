@@ -37,6 +37,7 @@ from backfill.ledger import (
     RunRecord,
     StageCounts,
     Status,
+    WindowCount,
     WorkerRecord,
     _deps,
     dims_from_json,
@@ -511,6 +512,19 @@ class SQLiteLedger:
             return CoverageRow(row[0], day(row[1]), day(row[2]), row_dims, Status(row[4]), *row[5:])
 
         return (convert(r) for r in rows)
+
+    def window_counts(self, job: str, stage: str) -> list[WindowCount]:
+        with self._tx(write=False) as conn:
+            stage_id = self._stage_id(conn, job, stage, create=False)
+            if stage_id is None:
+                return []
+            rows = conn.execute(_Q["window_counts"], {"stage_id": stage_id}).fetchall()
+        return [
+            WindowCount(
+                date.fromisoformat(start), date.fromisoformat(end), Status(status), n, bool(stale)
+            )
+            for start, end, status, stale, n in rows
+        ]
 
     def complete(self, owner: str, outcomes: Sequence[Outcome], *, now: float) -> int:
         if not outcomes:

@@ -30,11 +30,15 @@ from backfill.errors import ConfigError
 from backfill.job import Job
 from backfill.ledger import Ledger
 from backfill.web.metrics import render_metrics
-from backfill.web.snapshot import Dashboard
+from backfill.web.snapshot import Dashboard, StateReader
 
 __all__ = ["DashboardApp", "check_bind", "create_app"]
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+# Reading the ledger takes at most this share of the time, however large the job and
+# however many clients ask: after a read that took t seconds the next waits 4 t.
+_BUSY_SHARE = 0.2
 
 
 def is_loopback(host: str) -> bool:
@@ -84,16 +88,21 @@ class DashboardApp:
     """The ASGI app; ``streams`` counts the SSE streams open right now."""
 
     def __init__(
-        self, job: Job, ledger: Ledger, *, token: str | None = None, interval: float = 1.0
+        self,
+        job: Job,
+        state: Ledger | StateReader,
+        *,
+        token: str | None = None,
+        interval: float = 1.0,
     ) -> None:
-        self.dashboard = Dashboard(job, ledger)
+        self.dashboard = Dashboard(job, state)
         self.job = job
-        self.ledger = ledger
         self.token = token
         self.interval = interval
         self.streams = 0
         self._latest: dict[str, Any] | None = None
         self._latest_at = -float("inf")
+        self._cost = 0.0
         self._lock = asyncio.Lock()
         self._page = (
             resources.files("backfill.web").joinpath("dashboard.html").read_text(encoding="utf-8")
@@ -137,11 +146,14 @@ class DashboardApp:
 
     async def snapshot(self) -> dict[str, Any]:
         """The latest snapshot, read again from the ledger at most once per half interval
-        however many clients ask."""
+        however many clients ask, and less often when a read is slow (see _BUSY_SHARE)."""
         async with self._lock:
-            if self._latest is None or time.monotonic() - self._latest_at >= self.interval / 2:
+            rest = max(self.interval / 2, self._cost * (1 / _BUSY_SHARE - 1))
+            if self._latest is None or time.monotonic() - self._latest_at >= rest:
+                start = time.monotonic()
                 self._latest = await run_in_threadpool(self.dashboard.snapshot)
                 self._latest_at = time.monotonic()
+                self._cost = self._latest_at - start
             return self._latest
 
     async def page(self, request: Request) -> Response:
@@ -151,7 +163,7 @@ class DashboardApp:
         return JSONResponse(await self.snapshot())
 
     async def metrics(self, request: Request) -> Response:
-        body = await run_in_threadpool(render_metrics, self.job, self.ledger)
+        body = await run_in_threadpool(lambda: render_metrics(self.job, self.dashboard.ledger))
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def health(self, request: Request) -> Response:
@@ -173,7 +185,8 @@ class DashboardApp:
 
 
 def create_app(
-    job: Job, ledger: Ledger, *, token: str | None = None, interval: float = 1.0
+    job: Job, state: Ledger | StateReader, *, token: str | None = None, interval: float = 1.0
 ) -> DashboardApp:
-    """The dashboard for ``job`` on ``ledger``, refreshing every ``interval`` seconds."""
-    return DashboardApp(job, ledger, token=token, interval=interval)
+    """The dashboard for ``job`` on ``state`` (a ledger, or a :class:`StateReader` of a
+    state that may not exist yet), refreshing every ``interval`` seconds."""
+    return DashboardApp(job, state, token=token, interval=interval)

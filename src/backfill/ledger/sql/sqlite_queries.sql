@@ -265,6 +265,16 @@ SELECT key, blocker FROM (
     WHERE p.stage_id = :stage_id AND p.status = 'pending' {where}
 ) WHERE blocker IS NOT NULL;
 
+-- name: window_counts
+-- Calendars: per window and status, how many partitions (dimension values together);
+-- pending rows that mark_stale returned are counted apart.
+SELECT window_start, window_end, status,
+       status = 'pending' AND coalesce(error_category = 'stale', false) AS stale, count(*)
+FROM backfill_partitions
+WHERE stage_id = :stage_id
+GROUP BY window_start, window_end, status, stale
+ORDER BY window_start, window_end, status, stale;
+
 -- name: coverage_rows
 SELECT key, window_start, window_end, dims, status, records, error_category,
        error_message, finished_at, checks
