@@ -66,12 +66,11 @@ from typing import Any
 import httpx
 
 import _machine
+from backfill.demo.data import FLIGHT_KEY, REFERENCE_TABLES
 
 PAGE_SIZE = 500
 SEED = 2013
 ARRIVAL_JITTER = 0.005
-REFERENCE_TABLES = ("airlines", "airports", "planes")
-FLIGHT_KEY = ("year", "month", "day", "carrier", "flight", "origin")
 CLIENT_TIMEOUT = 3.0
 BACKFILL_CONCURRENCY = 16
 GATHER_CONCURRENCY = 10
