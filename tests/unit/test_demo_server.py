@@ -358,3 +358,102 @@ def test_the_bucket_holds_a_tenth_of_a_second_at_least_five_unless_a_burst_is_gi
     assert ReplayConfig(rate_limit=100.0).bucket == 10
     assert ReplayConfig(rate_limit=20.0).bucket == 5
     assert ReplayConfig(rate_limit=100.0, burst=3).bucket == 3
+
+
+class SleepOnClock:
+    """An injectable sleep that moves a FakeClock instead of waiting, and records delays."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        self.clock.now += seconds
+
+
+def paced_statuses(config: ReplayConfig, count: int) -> tuple[list[int], list[float]]:
+    """Send ``count`` requests exactly 1/rate apart on a fake clock; statuses and sleeps."""
+    clock = FakeClock()
+    sleep = SleepOnClock(clock)
+    api = ReplayAPI(config, clock=clock, sleep=sleep)
+    statuses: list[int] = []
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://replay") as client:
+            for i in range(count):
+                clock.now = 1000.0 + i / config.rate_limit
+                statuses.append((await client.get("/v1/airlines")).status_code)
+
+    asyncio.run(run())
+    return statuses, sleep.delays
+
+
+def test_arrival_jitter_delays_requests_before_they_reach_the_bucket() -> None:
+    """With arrival_jitter, each request waits a random 0..jitter s before the bucket, so a
+    client pacing exactly at the limit of a bucket of one is refused now and then."""
+    strict = calm(rate_limit=10.0, burst=1, latency_max=0.0, seed=5)
+    statuses, delays = paced_statuses(dataclasses.replace(strict, arrival_jitter=0.005), 60)
+    assert statuses.count(429) > 0
+    assert statuses.count(200) > 30
+    arrivals = [d for d in delays if d > 0]
+    assert len(arrivals) == 60
+    assert all(0 < d <= 0.005 for d in arrivals)
+    assert len(set(arrivals)) == 60
+
+    statuses, delays = paced_statuses(strict, 60)
+    assert statuses == [200] * 60
+    assert all(d == 0 for d in delays)
+
+
+def test_arrival_jitter_leaves_the_seeded_fault_sequence_unchanged() -> None:
+    """Jitter draws from a random stream of its own: the same seed injects the same faults."""
+
+    def statuses(jitter: float) -> list[int]:
+        config = calm(error_rate=0.3, truncate_rate=0.3, seed=3, arrival_jitter=jitter)
+        return [r.status_code for r in fetch(ReplayAPI(config), [("/v1/airlines", {})] * 30)]
+
+    assert statuses(0.001) == statuses(0.0)
+
+
+def test_config_rejects_a_negative_arrival_jitter() -> None:
+    """ReplayConfig refuses arrival_jitter < 0, naming it."""
+    with pytest.raises(ValueError, match="arrival_jitter"):
+        ReplayConfig(arrival_jitter=-0.1)
+    assert ReplayConfig().arrival_jitter == 0.0
+
+
+def test_page_counts_tell_pages_answered_more_than_once() -> None:
+    """/stats/pages counts each page's complete 200 answers (and how many of them came
+    after a stall); refusals, bad requests and truncated bodies are not answers."""
+    api = ReplayAPI(calm(rate_limit=1.0, burst=5), clock=FakeClock())
+    day = {"date": "2013-01-01"}
+    fetch(
+        api,
+        [
+            ("/v1/flights", day),
+            ("/v1/flights", {**day, "page": 1, "page_size": 500}),
+            ("/v1/flights", {**day, "page": 2}),
+            ("/v1/flights", {"date": "2013-02-30"}),
+            ("/v1/airlines", {}),
+            ("/v1/airlines", {}),  # past the bucket of five: 429
+        ],
+    )
+    pages = get(api, "/stats/pages").json()
+    assert pages == {
+        "pages": {
+            "/v1/flights?date=2013-01-01&page=1&page_size=500": {"ok": 2, "stalled": 0},
+            "/v1/flights?date=2013-01-01&page=2&page_size=500": {"ok": 1, "stalled": 0},
+            "/v1/airlines": {"ok": 1, "stalled": 0},
+        }
+    }
+    assert get(api, "/stats").json()["requests"] == 6
+
+    truncated = ReplayAPI(calm(truncate_rate=1.0))
+    get(truncated, "/v1/flights", date="2013-01-01")
+    assert get(truncated, "/stats/pages").json() == {"pages": {}}
+
+    stalled = ReplayAPI(calm(stall_rate=1.0, stall_seconds=0.0))
+    get(stalled, "/v1/planes")
+    assert get(stalled, "/stats/pages").json() == {"pages": {"/v1/planes": {"ok": 1, "stalled": 1}}}

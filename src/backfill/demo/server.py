@@ -17,7 +17,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
 from http import HTTPStatus
@@ -35,6 +35,7 @@ from backfill.demo.data import REFERENCE_TABLES, FlightsData, load_flights
 
 __all__ = [
     "MAX_PAGE_SIZE",
+    "PageAnswers",
     "ReplayAPI",
     "ReplayConfig",
     "ReplayServer",
@@ -67,6 +68,10 @@ class ReplayConfig:
     truncate_rate: float = 0.01
     stall_rate: float = 0.005
     stall_seconds: float = 5.0
+    # Seconds, at most, that a request spends on the way before it reaches the bucket
+    # (uniform from 0): as on a real network, requests sent exactly 1/rate apart then
+    # arrive closer together now and then, which a strict bucket refuses.
+    arrival_jitter: float = 0.0
     api_key: str | None = None
     seed: int | None = None
 
@@ -85,6 +90,8 @@ class ReplayConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if self.stall_seconds < 0:
             raise ValueError(f"stall_seconds must be >= 0, got {self.stall_seconds}")
+        if self.arrival_jitter < 0:
+            raise ValueError(f"arrival_jitter must be >= 0, got {self.arrival_jitter}")
 
     @property
     def bucket(self) -> int:
@@ -120,6 +127,15 @@ class ReplayStats:
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
+
+
+@dataclass(slots=True)
+class PageAnswers:
+    """How often one page was answered whole with a 200, and how many of those answers
+    came only after a stall (a client with a shorter timeout never saw them)."""
+
+    ok: int = 0
+    stalled: int = 0
 
 
 class TokenBucket:
@@ -192,15 +208,23 @@ class ReplayAPI:
         data: FlightsData | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.config = config
         self.stats = ReplayStats()
+        # Per page (its path and query, e.g. /v1/flights?date=...&page=1&page_size=500):
+        # a page answered more than once was fetched again by its client.
+        self.pages: dict[str, PageAnswers] = {}
         self.data = data if data is not None else load_flights()
         self._bucket = TokenBucket(config.rate_limit, config.bucket, clock)
+        self._sleep = sleep
         self._rng = random.Random(config.seed)
+        # A stream of its own, so that jitter leaves a seed's fault sequence as it was.
+        self._arrival_rng = random.Random(None if config.seed is None else f"arrival-{config.seed}")
         routes = [
             Route("/health", self._health),
             Route("/stats", self._stats),
+            Route("/stats/pages", self._page_stats),
             Route("/v1/flights", self._flights),
         ]
         routes += [Route(f"/v1/{name}", self._reference) for name in REFERENCE_TABLES]
@@ -215,18 +239,23 @@ class ReplayAPI:
     async def _stats(self, request: Request) -> Response:
         return JSONResponse({**self.stats.as_dict(), "rate_limit": self.config.rate_limit})
 
+    async def _page_stats(self, request: Request) -> Response:
+        pages = {key: dataclasses.asdict(answers) for key, answers in self.pages.items()}
+        return JSONResponse({"pages": pages})
+
     async def _flights(self, request: Request) -> Response:
         return await self._serve_v1(request, self._flights_page)
 
     async def _reference(self, request: Request) -> Response:
         return await self._serve_v1(request, self._reference_table)
 
-    def _flights_page(self, request: Request) -> dict[str, object]:
+    def _flights_page(self, request: Request) -> tuple[str, dict[str, object]]:
         day = _date_param(request)
         page = _int_param(request, "page", 1, 1, 2**31 - 1)
         page_size = _int_param(request, "page_size", self.config.page_size, 1, MAX_PAGE_SIZE)
         total = self.data.count(day)
-        return {
+        key = f"{request.url.path}?date={day.isoformat()}&page={page}&page_size={page_size}"
+        return key, {
             "date": day.isoformat(),
             "page": page,
             "pages": max(1, math.ceil(total / page_size)),
@@ -235,8 +264,9 @@ class ReplayAPI:
             "data": self.data.page(day, page, page_size),
         }
 
-    def _reference_table(self, request: Request) -> dict[str, object]:
-        return {"data": self.data.reference(request.url.path.rsplit("/", 1)[-1])}
+    def _reference_table(self, request: Request) -> tuple[str, dict[str, object]]:
+        path = request.url.path
+        return path, {"data": self.data.reference(path.rsplit("/", 1)[-1])}
 
     def _authorized(self, request: Request) -> bool:
         expected = self.config.api_key
@@ -250,9 +280,11 @@ class ReplayAPI:
         )
 
     async def _serve_v1(
-        self, request: Request, build: Callable[[Request], dict[str, object]]
+        self, request: Request, build: Callable[[Request], tuple[str, dict[str, object]]]
     ) -> Response:
         config, stats, rng = self.config, self.stats, self._rng
+        if config.arrival_jitter > 0:
+            await self._sleep(self._arrival_rng.uniform(0.0, config.arrival_jitter))
         stats.requests += 1
         if not self._authorized(request):
             stats.unauthorized += 1
@@ -267,7 +299,7 @@ class ReplayAPI:
         # follows arrival order even under concurrency.
         latency = rng.uniform(config.latency_min, config.latency_max)
         roll = rng.random()
-        await asyncio.sleep(latency)
+        await self._sleep(latency)
         # One roll split into disjoint bands: error, then truncate, then stall.
         if roll < config.error_rate:
             stats.errors += 1
@@ -275,17 +307,18 @@ class ReplayAPI:
             return _error(status, HTTPStatus(status).phrase.lower())
         roll -= config.error_rate
         truncate = roll < config.truncate_rate
-        if not truncate and roll - config.truncate_rate < config.stall_rate:
+        stalled = not truncate and roll - config.truncate_rate < config.stall_rate
+        if stalled:
             stats.stalled += 1
             try:
-                await asyncio.sleep(config.stall_seconds)
+                await self._sleep(config.stall_seconds)
             except asyncio.CancelledError:
                 # Only a server shutdown cancels a stall; answering keeps uvicorn from
                 # printing a traceback for a request its client abandoned long ago.
                 return _error(503, "server shutting down")
 
         try:
-            payload = build(request)
+            key, payload = build(request)
         except _BadRequest as exc:
             stats.bad_requests += 1
             return _error(400, str(exc))
@@ -294,6 +327,10 @@ class ReplayAPI:
             stats.truncated += 1
             return Response(body[: len(body) // 2], media_type="application/json")
         stats.ok += 1
+        answers = self.pages.setdefault(key, PageAnswers())
+        answers.ok += 1
+        if stalled:
+            answers.stalled += 1
         return Response(body, media_type="application/json")
 
 
