@@ -1392,6 +1392,9 @@ def serve(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host.strip("[]"), port))
+        # Listening before the address is printed: whoever reads it can connect at
+        # once (the kernel queues connections until the server accepts them).
+        sock.listen(128)
     except OSError as exc:
         sock.close()
         raise fail(
