@@ -886,6 +886,7 @@ _GLYPHS = {
     coverage.State.FAILED: "[bold red]✗[/]",
     coverage.State.STALE: "[magenta]~[/]",
     coverage.State.RUNNING: "[blue]▶[/]",
+    coverage.State.BLOCKED: "[red]![/]",
     coverage.State.MISSING: "[bright_black]·[/]",
 }
 

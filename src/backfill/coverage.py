@@ -9,7 +9,9 @@ Every partition a job declares (in the selection) gets one state:
 * ``failed``  -- failed, with its category and message;
 * ``stale``   -- finished, but an input it was computed from has been redone since;
 * ``running`` -- leased by a worker right now;
-* ``missing`` -- not done yet: never run, released, or waiting for a failed input.
+* ``blocked`` -- pending, but waiting for a failed input: nothing runs it until that
+  input is retried (``backfill retry --failed``); ``status`` counts it the same way;
+* ``missing`` -- not done yet: never run, or released.
 
 The report is read-only: it never changes the ledger.
 """
@@ -55,12 +57,14 @@ class State(StrEnum):
     FAILED = "failed"
     STALE = "stale"
     RUNNING = "running"
+    BLOCKED = "blocked"
     MISSING = "missing"
 
 
 # Worst first: a bucket shows the worst state of its partitions.
 SEVERITY = (
     State.FAILED,
+    State.BLOCKED,
     State.MISSING,
     State.STALE,
     State.RUNNING,
@@ -69,7 +73,7 @@ SEVERITY = (
     State.EMPTY,
 )
 # What `run --missing-only` fills.
-GAP_STATES = frozenset({State.MISSING, State.FAILED, State.STALE})
+GAP_STATES = frozenset({State.MISSING, State.BLOCKED, State.FAILED, State.STALE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +304,7 @@ def _classify(
     if p.key in blocked:
         upstream = blocked[p.key].split(" ", 1)[0]
         return state(
-            State.MISSING, f"waits for failed {blocked[p.key]}", f"waits for failed {upstream}"
+            State.BLOCKED, f"waits for failed {blocked[p.key]}", f"waits for failed {upstream}"
         )
     if row.finished_at is not None or row.error_category:
         return state(State.MISSING, "released, not finished", "never")
@@ -479,6 +483,7 @@ COLOURS = {
     State.FAILED: "#cf222e",
     State.STALE: "#8250df",
     State.RUNNING: "#0969da",
+    State.BLOCKED: "#fd8c73",
     State.MISSING: "#eef1f4",
 }
 

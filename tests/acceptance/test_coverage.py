@@ -78,16 +78,16 @@ def test_the_terminal_matrix_tells_each_class_apart(pipeline: Path) -> None:
         if line.startswith("│"):
             name, *values = (part.strip() for part in line.strip().strip("│").split("│"))
             counts[name] = [0 if v == "·" else int(v.replace(",", "")) for v in values]
-    # done, empty, thin, failed, stale, running, missing
-    assert counts["players"] == [1, 0, 0, 0, 0, 0, 0]
-    assert counts["results"] == [108, 3, 2, 11, 0, 0, 0]
-    assert counts["rolling"] == [107, 0, 0, 0, 0, 0, 17]
+    # done, empty, thin, failed, stale, running, blocked, missing
+    assert counts["players"] == [1, 0, 0, 0, 0, 0, 0, 0]
+    assert counts["results"] == [108, 3, 2, 11, 0, 0, 0, 0]
+    assert counts["rolling"] == [107, 0, 0, 0, 0, 0, 17, 0]
     rows = {m[1]: m[2] for m in re.finditer(r"^(\w+(?: \w+)?\s+\d{4}-\d{2})\s+(\S+)", text, re.M)}
     assert rows["results atp  2021-12"] == "■" * 20 + "✗" * 11
     assert rows["results wta  2021-12"] == "■" * 24 + "□" + "■" * 6
     assert rows["results atp  2022-01"] == "■" * 9 + "▄" + "■" * 14 + "□" + "■" * 6
-    assert rows["rolling atp  2021-12"] == "■" * 20 + "·" * 11
-    assert rows["rolling atp  2022-01"] == "·" * 6 + "■" * 25
+    assert rows["rolling atp  2021-12"] == "■" * 20 + "!" * 11
+    assert rows["rolling atp  2022-01"] == "!" * 6 + "■" * 25
 
 
 def test_gaps_are_compressed_ranges_with_their_reason(pipeline: Path) -> None:
@@ -98,7 +98,7 @@ def test_gaps_are_compressed_ranges_with_their_reason(pipeline: Path) -> None:
         "results atp 2021-12-21..2021-12-31 failed: timeout: read timed out (11)",
         "results atp 2022-01-10 thin: 2 records, neighbours have ~40 (1)",
         "results wta 2022-01-10 thin: 2 records, neighbours have ~40 (1)",
-        "rolling atp 2021-12-21..2022-01-06 missing: waits for failed results (17)",
+        "rolling atp 2021-12-21..2022-01-06 blocked: waits for failed results (17)",
     ]
     gated = run_cli("coverage", "job.py", "--gaps", "--fail-on-gaps", cwd=pipeline)
     assert gated.returncode == 1
@@ -110,9 +110,10 @@ def test_json_and_html_reports_carry_the_same_classes(pipeline: Path) -> None:
     report = json.loads(as_json.stdout)
     counts = {s["stage"]: s["counts"] for s in report["stages"]}
     assert counts["results"] == {
-        "done": 108, "empty": 3, "thin": 2, "failed": 11, "stale": 0, "running": 0, "missing": 0,
+        "done": 108, "empty": 3, "thin": 2, "failed": 11, "stale": 0, "running": 0,
+        "blocked": 0, "missing": 0,
     }  # fmt: skip
-    assert counts["rolling"]["missing"] == 17
+    assert (counts["rolling"]["blocked"], counts["rolling"]["missing"]) == (17, 0)
     assert report["bucket"] == "day"
     days = next(s for s in report["stages"] if s["stage"] == "results")["buckets"]
     assert days["2021-12-25"] == {"failed": 1, "empty": 1}
@@ -120,7 +121,7 @@ def test_json_and_html_reports_carry_the_same_classes(pipeline: Path) -> None:
     assert days["2021-12-21"] == {"failed": 1, "done": 1}
     states = {(g["stage"], g["state"], g["first"], g["last"], g["count"]) for g in report["gaps"]}
     assert ("results", "failed", "2021-12-21", "2021-12-31", 11) in states
-    assert ("rolling", "missing", "2021-12-21", "2022-01-06", 17) in states
+    assert ("rolling", "blocked", "2021-12-21", "2022-01-06", 17) in states
 
     page = pipeline / "coverage.html"
     as_html = run_cli("coverage", "job.py", "--format", "html", "-o", str(page), cwd=pipeline)
@@ -129,23 +130,27 @@ def test_json_and_html_reports_carry_the_same_classes(pipeline: Path) -> None:
     by_state = Counter(re.findall(r"<i class=(\w+)>", html))
     # One square per day per (stage, tour): 62 days x 2 tours x 2 partitioned stages.
     assert sum(by_state.values()) == 248
-    assert by_state == Counter(done=215, empty=3, thin=2, failed=11, missing=17)
+    assert by_state == Counter(done=215, empty=3, thin=2, failed=11, blocked=17)
     assert "results atp 2021-12-21..2021-12-31 failed" in html
 
 
 def test_missing_only_fills_exactly_the_gaps(pipeline: Path) -> None:
-    """After the cause is fixed, --missing-only runs the 11 failed and 17 missing
-    partitions and nothing else; then coverage has no gaps left."""
+    """After the cause is fixed, --missing-only runs the 11 failed partitions and the 17
+    that waited for them, and nothing else; then coverage has no gaps left."""
     (pipeline / "fixed").write_text("")
     result = run_cli("run", "job.py", "--missing-only", "--progress", "none", cwd=pipeline)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "filling 28 gap(s): 11 failed, 17 missing" in result.stdout
+    assert "filling 28 gap(s): 17 blocked, 11 failed" in result.stdout
     assert executed(pipeline) == Counter(results=11, rolling=17)
     after = run_cli("coverage", "job.py", "--fail-on-gaps", "--format", "json", cwd=pipeline)
     assert after.returncode == 0
     report = json.loads(after.stdout)
     assert all(
-        s["counts"]["missing"] == s["counts"]["failed"] == s["counts"]["stale"] == 0
+        s["counts"]["missing"]
+        == s["counts"]["blocked"]
+        == s["counts"]["failed"]
+        == s["counts"]["stale"]
+        == 0
         for s in report["stages"]
     )
     again = run_cli("run", "job.py", "--missing-only", "--progress", "none", cwd=pipeline)
