@@ -164,7 +164,8 @@ class Grant:
 
 
 class WireGap:
-    """One process's requests, spaced once more where they are written.
+    """One process's requests at a slow rate (20/s or less, burst 1), spaced once more
+    where they are written.
 
     Turns are paced when they are taken; the way from a turn to the wire varies (a first
     request opens its connection, a busy loop delays another), and a request slowed on
@@ -299,6 +300,10 @@ def book_block(
 _MAX_WIRE_MISSES = 5
 # The head start a fleet start is handed over with, at most (see Grant).
 _MAX_LEAD = 0.25
+# Where a declared rate of burst 1 starts, as a share of it (see Resource._new_pace).
+_STRICT_START = 0.97
+# One process spaces its requests at the wire too at rates of 20/s or less (see WireGap).
+_WIRE_GAP_MIN_INTERVAL = 0.05
 
 # Limits over longer periods than this are quotas, counted exactly over a sliding window;
 # shorter ones are rates, smoothed by virtual scheduling with the resource's burst.
@@ -738,7 +743,12 @@ class Resource:
             return AdaptiveRate(self._start_rate or primary or 5.0, ceiling=primary or 10_000.0)
         if primary is None:
             return None
-        return AdaptiveRate(primary, ceiling=primary, ramp=False)
+        # Burst 1 declares a source that takes one request per interval, no more: its own
+        # bucket may be just as strict, and the way there jitters. Start a hair under the
+        # declared rate (short jobs finish before a 429 could teach the margin); creeping
+        # up while healthy, it reaches the declared rate within seconds.
+        start = primary * _STRICT_START if self.burst == 1 else primary
+        return AdaptiveRate(start, ceiling=primary, ramp=False)
 
     def rate_description(self) -> str:
         """The declared limits, and the rate run at when it differs, e.g. ``5/s (running
@@ -761,9 +771,11 @@ class Resource:
         return min(rates) if rates else min(lim.rate for lim in self.limits)
 
     def seconds_for(self, requests: float) -> float:
-        """The least time ``requests`` need under every limit (quotas included)."""
+        """The least time ``requests`` need under every limit (quotas included): at the
+        declared rates, or the rate an adaptive resource has found (a declared one starts
+        a hair under its rate, and is there within seconds)."""
         rates = [lim.rate for lim in self.limits if lim.period <= _QUOTA_PERIOD]
-        if self.pace is not None:
+        if self.pace is not None and self.adaptive:
             rates.append(self.pace.rate)
         seconds = requests / min(rates) if rates else 0.0
         for lim in self.limits:
@@ -966,7 +978,11 @@ class Resource:
                 for scheduler in self._schedulers if self._shared is None else self._local:
                     scheduler.book(now)
                 break
-        grant: Grant | WireGap | None = self._wire_gap if self.rate_interval else None
+        # Spacing again at the wire is worth its cost where a strict source (one
+        # request per interval) is likely and an interval dwarfs the way's jitter: slow
+        # rates. At 100/s every late write would be time lost for good.
+        gap = self.burst == 1 and 1.0 / self.rate >= _WIRE_GAP_MIN_INTERVAL
+        grant: Grant | WireGap | None = self._wire_gap if gap else None
         if self._shared is not None and self._shares_rate:
             # Last: a start granted by the fleet must go out on its instant.
             start, deadline = await self._shared_start()

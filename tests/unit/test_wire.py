@@ -146,11 +146,11 @@ def test_the_wire_check_is_installed_in_the_default_transport() -> None:
 
 
 def test_a_grant_is_made_only_for_fleet_starts_and_taken_once() -> None:
-    """A resource of one process leaves its spacing at the wire (never refused); a fleet
+    """A slow resource of one process leaves its spacing at the wire (never refused); a fleet
     start leaves a grant that the first write takes, with the start's deadline."""
 
     async def main() -> tuple[object, Grant | None, object]:
-        alone = Resource("api", rate=1000)
+        alone = Resource("api", rate=5)
         await alone.acquire()
         after_alone = take_grant()
         clock = ShiftClock()
