@@ -328,7 +328,7 @@ class AdaptiveRate:
       step of 1 % at a time, slows down (each step waits twice as long, up to a minute);
     * mostly refused: it drops to just under what the source measurably accepted (or,
       too soon after a pause to time it, to the share of requests it accepted), then
-      *searches* upwards in steps of 10 %, each held for a second or 8 requests; the step
+      *searches* upwards in steps of 10 %, each held for a second or 4 requests; the step
       that draws a 429 is taken back, and the search ends there.
 
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one by
@@ -444,11 +444,16 @@ class AdaptiveRate:
             self._creep_every = min(self._MAX_CREEP_EVERY, 2.0 * self._creep_base())
         elif refused is not None:
             target = self.margin * self.rate * (1.0 - refused)
-        elif not self.ramp and (self.decreases == 0 or span - self._paused > 1.0):
-            # Too early to tell, at a declared rate: trust it, a little less.
+        elif (
+            not self.ramp
+            and self._since_decrease >= 10
+            and (self.decreases == 0 or span - self._paused > 1.0)
+        ):
+            # Too early to measure, but plenty got through at this declared rate:
+            # trust it, a little less.
             target = self.rate * 0.9
         else:
-            # Refused again at once after a pause, too soon to measure: far too fast.
+            # Refused almost at once (after a pause, or from the start): far too fast.
             target = self.rate * 0.5
         self._rate_before = self.rate
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
@@ -499,7 +504,7 @@ class AdaptiveRate:
             self._last_update = now
             return False
         elif self._good is not None:
-            if elapsed < max(1.0, 8.0 / self.rate):
+            if elapsed < max(1.0, 4.0 / self.rate):
                 return False
             self._good = self.rate
             self.rate = min(self.ceiling, self.rate * self._SEARCH_STEP)
