@@ -25,7 +25,7 @@ import contextvars
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -557,6 +557,7 @@ class CircuitBreaker:
         self.results: collections.deque[bool] = collections.deque(maxlen=window)
         self.open_until: float | None = None
         self.probing = False
+        self.probes = 0  # probes sent: which one is out
         self.opened = 0
 
     @property
@@ -732,6 +733,8 @@ class Resource:
         self._wire_tat = -math.inf  # the rate's theoretical next instant at the wire
         self.pause_reason: str | None = None
         self.circuit_since: float | None = None  # wall clock
+        self.down_since: float | None = None  # the circuit opened (clock.monotonic)
+        self.last_error: str | None = None  # the last failure a client said of it
 
     def __repr__(self) -> str:
         return f"Resource({self.name!r}, rate={self.rate_description()})"
@@ -804,6 +807,8 @@ class Resource:
         self._quota_wait_until = -math.inf
         self.pause_reason = None
         self.circuit_since = None
+        self.down_since = None
+        self.last_error = None
         self.paused_until = -math.inf
         old = self.breaker
         self.breaker = CircuitBreaker(
@@ -928,21 +933,22 @@ class Resource:
             start = max(start, scheduler.earliest(start))
         return start
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> int:
         """Wait for this request's turn (rates, pauses and the breaker all respected);
-        the wait does not count against the partition's stage timeout."""
+        the wait does not count against the partition's stage timeout. Not 0: the
+        request is the open circuit's probe, that number."""
         deadline = current_deadline.get()
         if deadline is None:
-            await self._acquire()
-            return
+            return await self._acquire()
         deadline.hold()
         try:
-            await self._acquire()
+            return await self._acquire()
         finally:
             deadline.release()
 
-    async def _acquire(self) -> None:
-        """Wait for this request's turn (rates, pauses and the breaker all respected).
+    async def _acquire(self) -> int:
+        """Wait for this request's turn (rates, pauses and the breaker all respected);
+        not 0 when it is the open circuit's probe (its number).
 
         Requests take their turns in order, one at a time: the first waits until every
         limit allows a start, and is booked at the instant it actually starts. Nothing
@@ -962,6 +968,7 @@ class Resource:
             # Quotas first: a request that waits hours for its day's quota takes its turn
             # at the rate after that, not before.
             await self._shared_start()
+        probe = 0
         async with self._pacing:
             while True:
                 now = self.clock.monotonic()
@@ -980,6 +987,8 @@ class Resource:
                         await self.clock.sleep(0.05)
                         continue
                     self.breaker.probing = True
+                    self.breaker.probes += 1
+                    probe = self.breaker.probes
                 for scheduler in self._schedulers if self._shared is None else self._local:
                     scheduler.book(now)
                 break
@@ -990,10 +999,16 @@ class Resource:
         grant: Grant | WireGap | None = self._wire_gap if gap else None
         if self._shared is not None and self._shares_rate:
             # Last: a start granted by the fleet must go out on its instant.
-            start, deadline = await self._shared_start()
+            try:
+                start, deadline = await self._shared_start()
+            except BaseException:
+                if probe:
+                    self.breaker.probing = False
+                raise
             grant = Grant(self, start, deadline)
         self.requests += 1
         _grant.set(grant)
+        return probe
 
     def wire_turn(self) -> float:
         """Where a request is written (see WireGap): seconds it must still wait to keep
@@ -1076,8 +1091,9 @@ class Resource:
     async def slot(self) -> AsyncIterator[None]:
         """Hold a concurrency slot and a rate reservation for one request."""
         if self.concurrency is None:
-            await self.acquire()
-            yield
+            probe = await self.acquire()
+            with self._probe(probe):
+                yield
             return
         loop = asyncio.get_running_loop()
         if self._semaphore is None or self._semaphore_loop is not loop:
@@ -1088,8 +1104,19 @@ class Resource:
                 self._semaphore = _Share(self._share)
             self._semaphore_loop = loop
         async with self._semaphore:
-            await self.acquire()
+            probe = await self.acquire()
+            with self._probe(probe):
+                yield
+
+    @contextlib.contextmanager
+    def _probe(self, probe: int) -> Iterator[None]:
+        """The circuit's probe that ends without an answer the breaker counts (cancelled,
+        its stage timed out, a 429): the next request probes instead, not none ever."""
+        try:
             yield
+        finally:
+            if probe and self.breaker.probing and self.breaker.probes == probe:
+                self.breaker.probing = False
 
     def _paced(self, now: float) -> None:
         """The learned rate changed: requests not yet started go at the new one. A
@@ -1189,6 +1216,7 @@ class Resource:
             change = self.breaker.record(outcome is not Outcome.ERROR, now)
             if change == "opened":
                 self.circuit_since = self.clock.time()
+                self.down_since = now
                 first, most = self.breaker.cooldown, self.breaker.max_cooldown
                 then = f", then at most {most:g} s apart" if most > first else ""
                 self._tell(
@@ -1198,4 +1226,5 @@ class Resource:
                 )
             elif change == "closed":
                 self.circuit_since = None
+                self.down_since = None
                 self._tell("circuit closed", 0.0, "circuit_closed")

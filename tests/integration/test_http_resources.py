@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import socket
 import subprocess
@@ -387,8 +388,8 @@ def test_waiting_on_a_paused_resource_does_not_count_against_the_stage_timeout(
 def test_a_stage_that_times_out_says_what_the_source_last_did_wrong(
     server: tuple[RecordingServer, str],
 ) -> None:
-    """A partition whose requests keep failing (503) and that then runs out of time fails
-    as a timeout whose message names the source's last error."""
+    """A partition whose request failed (503) and that then runs out of time in its own
+    work fails as a timeout whose message names the source's last error."""
     app, url = server
     app.handler = lambda request, n: JSONResponse({"error": "busy"}, 503)
     job = Job("flaky", partitions=daily("2013-01-01", "2013-01-01"))
@@ -396,11 +397,9 @@ def test_a_stage_that_times_out_says_what_the_source_last_did_wrong(
 
     @job.stage(resource="api", timeout=0.6, retry=RetryPolicy(attempts=1))
     async def fetch(ctx: Context, partition: Partition) -> None:
-        while True:
-            try:
-                await ctx.http.get_json(f"{url}/x")
-            except Exception:
-                await asyncio.sleep(0.05)
+        with contextlib.suppress(Exception):
+            await ctx.http.get_json(f"{url}/x")
+        await asyncio.sleep(5)  # the stage's own slow work
 
     ledger = open_ledger(":memory:")
     result = run_job(job, ledger)
@@ -410,6 +409,35 @@ def test_a_stage_that_times_out_says_what_the_source_last_did_wrong(
     assert "took longer than its timeout of 0.6 s" in (entry.error_message or "")
     assert "the source's last error:" in (entry.error_message or "")
     assert "answered 503" in (entry.error_message or "")
+
+
+def test_a_request_waits_out_an_open_circuit_for_max_wait_at_most(
+    server: tuple[RecordingServer, str],
+) -> None:
+    """A source down for good: requests wait for its circuit (not spending attempts)
+    for max_wait, then the partitions fail with the source's error and how long it was
+    down, instead of the run waiting forever."""
+    app, url = server
+    app.handler = lambda request, n: JSONResponse({"error": "down"}, 503)
+    job = Job("down", partitions=daily("2013-01-01", "2013-01-12"))
+    job.resource("api", rate="50/s", concurrency=4, retries=1, max_wait=3)
+
+    @job.stage(resource="api", concurrency=4, retry=RetryPolicy(attempts=1))
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        await ctx.http.get_json(f"{url}/x")
+
+    ledger = open_ledger(":memory:")
+    started = time.monotonic()
+    result = run_job(job, ledger)
+    assert result.exit_code == 1
+    assert time.monotonic() - started < 30
+    failed = ledger.entries("down", "fetch", status=Status.FAILED)
+    assert len(failed) == 12
+    # The first few fail on their own retries before the circuit opens; the rest waited.
+    waited = [e for e in failed if "longer than max_wait=3 s" in (e.error_message or "")]
+    assert len(waited) >= 6, [e.error_message for e in failed]
+    assert all("its last error: " in (e.error_message or "") for e in waited)
+    assert len(app.times) < 60  # probes, not every partition's retries
 
 
 class StallOnce:

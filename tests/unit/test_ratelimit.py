@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 
 import pytest
@@ -194,6 +195,40 @@ def test_breaker_opens_on_errors_and_closes_after_a_good_probe() -> None:
     resource.observe(Outcome.OK)
     assert not resource.breaker.is_open
     assert events[-1] == "circuit closed"
+
+
+def test_a_probe_that_never_answers_lets_the_next_request_probe() -> None:
+    """The probe's request cancelled before it answered (its stage timed out): the
+    next request probes instead of every request waiting for an answer that never comes."""
+    clock = FakeClock()
+    resource = Resource(
+        "api", rate="100/s", clock=clock, breaker=CircuitBreaker(cooldown=5.0, min_requests=10)
+    )
+    for _ in range(10):
+        resource.observe(Outcome.ERROR)
+    assert resource.breaker.is_open
+
+    async def main() -> tuple[float, bool]:
+        async def hang() -> None:
+            async with resource.slot():
+                await asyncio.Event().wait()  # the probe, never answered
+
+        task = asyncio.create_task(hang())
+        for _ in range(1000):  # virtual time: until the probe is out
+            if resource.breaker.probing:
+                break
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(1.0):  # virtual time: waits forever if stuck
+            async with resource.slot():
+                return clock.t, resource.breaker.probing
+
+    at, probing = asyncio.run(main())
+    assert at >= 5.0
+    assert probing  # the second request is the probe now
+    assert not resource.breaker.probing  # and it too ended without an answer
 
 
 def test_a_failed_probe_keeps_the_circuit_open_longer() -> None:

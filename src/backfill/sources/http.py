@@ -300,6 +300,11 @@ class _Call:
     own: frozenset[Origin]
 
 
+class _SourceDown(Exception):
+    """A request's resource has been down (its circuit open) for longer than its
+    ``max_wait``."""
+
+
 class HttpClient:
     """A pooled ``httpx.AsyncClient``, optionally bound to a :class:`Resource`.
 
@@ -458,10 +463,17 @@ class HttpClient:
         while True:
             attempt += 1
             try:
-                if self.resource is not None:
+                if self.resource is None:
+                    return await self._once(method, url, call, decode, pagination, hop, kwargs)
+                if not self.resource.breaker.is_open:
                     async with self.resource.slot():
                         return await self._once(method, url, call, decode, pagination, hop, kwargs)
-                return await self._once(method, url, call, decode, pagination, hop, kwargs)
+                # The source is down: wait for its circuit (behind the probes) until it
+                # has been down for max_wait, not for as long as the outage lasts.
+                async with self._while_down():
+                    return await self._once(method, url, call, decode, pagination, hop, kwargs)
+            except _SourceDown:
+                raise self._down(None) from None
             except LateStart:
                 # Not sent: its start from the fleet's schedule had gone stale on the way
                 # to the wire. A new start, not a retry.
@@ -471,12 +483,17 @@ class HttpClient:
                 tally = partition_requests.get()
                 if tally is not None:
                     tally.last_error = exc.message
+                if self.resource is not None:
+                    self.resource.last_error = exc.message
                 if self.resource is not None and self.resource.breaker.is_open:
                     # The source is down (its circuit is open, maybe since this very
                     # failure): the request waits for it to come back, as every other
-                    # does, instead of spending its partition's attempts on an outage.
-                    attempt -= 1
-                    continue
+                    # does, instead of spending its partition's attempts on an outage;
+                    # for max_wait at most, then the partition hears of it.
+                    if self._down_for() < self.max_wait:
+                        attempt -= 1
+                        continue
+                    raise self._down(exc) from None
                 if attempt > self.retries:
                     raise
                 self.retried += 1
@@ -485,6 +502,52 @@ class HttpClient:
                 if exc.retry_after is None or self.resource is None:
                     base = exc.retry_after if exc.retry_after is not None else 0.1 * 2**attempt
                     await asyncio.sleep(self._rng.uniform(0.5, 1.0) * min(base, 10.0))
+
+    @contextlib.asynccontextmanager
+    async def _while_down(self) -> AsyncIterator[None]:
+        """A slot on a resource whose circuit is open, waited for until the source has
+        been down for ``max_wait``; past that, only the probe's turn is taken (the
+        source may be back), any other request fails at once."""
+        assert self.resource is not None
+        budget = self.max_wait - self._down_for()
+        if budget <= 0:
+            breaker = self.resource.breaker
+            ready = (
+                not breaker.probing and (breaker.open_until or 0) <= self.resource.clock.monotonic()
+            )
+            if not ready:
+                raise _SourceDown
+            budget = 1.0
+        try:
+            async with asyncio.timeout(budget) as limit:
+                async with self.resource.slot():
+                    limit.reschedule(None)
+                    yield
+        except TimeoutError:
+            if limit.expired():
+                raise _SourceDown from None
+            raise
+
+    def _down_for(self) -> float:
+        """How long the resource's source has been down (its circuit open), in seconds."""
+        assert self.resource is not None
+        since = self.resource.down_since
+        return 0.0 if since is None else self.resource.clock.monotonic() - since
+
+    def _down(self, exc: TransientError | None) -> TransientError:
+        """The error for a request that found its source down (its circuit open) for
+        longer than ``max_wait``: for how long, and what the source last did wrong."""
+        assert self.resource is not None
+        tally = partition_requests.get()
+        last = exc.message if exc is not None else (tally.last_error if tally else None)
+        last = last or self.resource.last_error
+        down = describe_seconds(round(self._down_for(), 1))
+        said = f"; its last error: {last}" if last else ""
+        return TransientError(
+            f"resource {self.resource.name}: the source has been down (its circuit open) for "
+            f"{down} s, longer than max_wait={describe_seconds(self.max_wait)} s{said}",
+            category=exc.category if exc is not None else "unavailable",
+        )
 
     async def _once(
         self,
