@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import re
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -241,10 +243,15 @@ def ensure_chromium() -> Path:
         return CHROMIUM
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     reason = "apt-get is not available"
-    if shutil.which("apt-get"):
-        for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-            reason = f"{' '.join(command)} exited {done.returncode}: {done.stderr[-300:]}"
+    # Test workers run in parallel: one installs while the others wait for it.
+    with open(Path(tempfile.gettempdir()) / "backfill-tests-chromium.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if CHROMIUM.exists():
+            return CHROMIUM
+        if shutil.which("apt-get"):
+            for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+                done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+                reason = f"{' '.join(command)} exited {done.returncode}: {done.stderr[-300:]}"
     if CHROMIUM.exists():
         return CHROMIUM
     if os.environ.get("CI") == "true":
