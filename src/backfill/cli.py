@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
-from backfill import __version__, coverage
+from backfill import __version__, coverage, repair
 from backfill.errors import BackfillError, disk_full_message, is_disk_full
 from backfill.estimate import estimate
 from backfill.events import EventBus
@@ -36,7 +36,6 @@ from backfill.ledger import (
     LedgerEntry,
     NoState,
     SharedLimits,
-    StageCounts,
     Status,
     open_ledger,
     open_reader,
@@ -44,7 +43,7 @@ from backfill.ledger import (
 from backfill.logs import EventLog, LogFormat, configure_logging, log_file_handler
 from backfill.partitions import Selection, parse_order
 from backfill.progress import LiveProgress, PlainProgress, format_duration
-from backfill.report import RunReport, build_report, run_reports
+from backfill.report import RunReport, build_report, run_reports, stage_counts
 from backfill.runner import ExitCode, Runner, RunOptions, RunResult
 from backfill.runstats import stage_stats
 from backfill.secrets import Masker, url_secrets
@@ -242,22 +241,6 @@ def _load(
     spec = partitioned[0].partitions
     selection = spec.selection(start=start, end=end, keys=keys or (), where=where or ())
     return job, stages, selection
-
-
-def _counts(
-    ledger: Ledger, job: Job, stages: Sequence[Stage], selection: Selection | None
-) -> dict[str, tuple[StageCounts, int]]:
-    """Per stage: the ledger's counts and how many partitions are not yet planned."""
-    counts = ledger.counts(job.name, [s.name for s in stages], selection)
-    result: dict[str, tuple[StageCounts, int]] = {}
-    for stage in stages:
-        if selection is None:
-            expected = len(stage.partitions)
-        else:
-            expected = sum(1 for _ in stage.partitions.partitions(selection))
-        c = counts[stage.name]
-        result[stage.name] = (c, max(0, expected - c.total))
-    return result
 
 
 def _open_to_read(state: str) -> Ledger:
@@ -505,29 +488,16 @@ def _gaps_to_fill(
     returned to pending); exits 0 when there is nothing to fill."""
     ledger = open_ledger(state)
     try:
-        report = coverage.collect(job, ledger, stages, selection, thin=0)
-        keys = report.gap_keys()
-        wanted = set().union(*keys.values()) if keys else set()
-        if not wanted:
-            out.print("nothing to fill: every selected partition is done or empty")
-            raise typer.Exit(ExitCode.OK)
-        tally: dict[str, int] = {}
-        for stage in stages:
-            items = report.partitions[stage.name]
-            for p in items:
-                if p.key in keys[stage.name]:
-                    tally[p.state.value] = tally.get(p.state.value, 0) + 1
-            failed = {p.key for p in items if p.state is coverage.State.FAILED}
-            if failed:
-                ledger.requeue(
-                    job.name, [stage.name], [Status.FAILED], Selection(keys=frozenset(failed))
-                )
+        redo = repair.gaps_to_fill(job, ledger, stages, selection)
+        if redo is not None:
+            redo.apply(ledger)
     finally:
         ledger.close()
-    what = ", ".join(f"{n:,} {state_}" for state_, n in sorted(tally.items()))
-    out.print(f"filling {sum(tally.values()):,} gap(s): {what}", highlight=False)
-    base = selection or Selection()
-    return Selection(base.start, base.end, frozenset(wanted), base.dims)
+    if redo is None:
+        out.print("nothing to fill: every selected partition is done or empty")
+        raise typer.Exit(ExitCode.OK)
+    out.print(f"filling {redo.count:,} gap(s): {redo.describe()}", highlight=False)
+    return redo.selection
 
 
 WorkerStateOpt = Annotated[
@@ -628,7 +598,7 @@ def plan(
     )
     ledger = _open_to_read(state)
     try:
-        rows = _counts(ledger, job, stages, selection)
+        rows = stage_counts(job, ledger, stages, selection)
         history = {s.name: ledger.request_stats(job.name, s.name) for s in stages}
         spent = _quota_use(ledger, job)
     finally:
@@ -1069,41 +1039,23 @@ def retry(
     statuses = [s for s, wanted in ((Status.FAILED, failed), (Status.EMPTY, empty)) if wanted]
     ledger = open_ledger(state, create=False)
     try:
-        keys: set[str] = set()
-        retried: set[str] = set()
-        for s in stages:
-            for st in statuses:
-                found = {
-                    e.key
-                    for e in ledger.entries(
-                        job.name, s.name, status=st, selection=selection, limit=10_000_000
-                    )
-                }
-                keys |= found
-                retried |= {f"{s.name} {key}" for key in found}
-        # Partitions of later stages that wait for the failed ones run with them.
-        for s in stages:
-            if s.needs:
-                blocked = ledger.blocked_keys(job.name, s.name, job.dependencies(s), selection)
-                keys |= {key for key, blocker in blocked.items() if blocker in retried}
+        redo = repair.to_retry(job, ledger, stages, selection, statuses)
     finally:
         ledger.close()
-    if not keys:
+    if redo is None:
         what = " or ".join(s.value for s in statuses)
         out.print(f"nothing to retry: no {what} partitions in the selection")
         raise typer.Exit(ExitCode.OK)
     ledger = open_ledger(state)
     try:
-        ledger.requeue(job.name, [s.name for s in stages], statuses, selection)
-        base = selection or Selection()
-        narrowed = Selection(base.start, base.end, frozenset(keys), base.dims)
+        redo.apply(ledger)
         options = RunOptions(
             stages=tuple(s.name for s in stages),
-            selection=narrowed,
+            selection=redo.selection,
             command="retry",
             argv=tuple(sys.argv[1:]),
         )
-        out.print(f"re-running {len(retried):,} partition(s)")
+        out.print(f"re-running {redo.count:,} partition(s)")
         result = execute(job, ledger, options, progress=progress, log_dir=log_dir, verbose=verbose)
         after = ledger.counts(job.name, [s.name for s in stages], selection, recent=False)
     finally:
@@ -1146,7 +1098,7 @@ def reset(
     job, stages, selection = _load(job_path, stage, start, end, partition, where)
     ledger = open_ledger(state, create=False)
     try:
-        rows = _counts(ledger, job, stages, selection)
+        rows = stage_counts(job, ledger, stages, selection)
     finally:
         ledger.close()
     recorded = sum(c.total - c.running for c, _ in rows.values())
@@ -1296,23 +1248,22 @@ def runs(
     for col in cols:
         table.add_column(col, justify="left" if cols.index(col) < 5 else "right")
     for r in records:
-        figures = r.counts.get("stats", {}).get("run", {}) if r.counts else {}
-        elapsed = r.counts.get("elapsed") if r.counts else None
+        summary = status_of[r.id].summary
         table.add_row(
             shown(r.id),
             _when(r.started_at),
             shown(r.command),
             shown(r.host),
             _run_status(status_of[r.id]),
-            format_duration(elapsed) if isinstance(elapsed, int | float) else "-",
-            _number(figures.get("partitions")),
-            _number(figures.get("records")),
-            _number(figures.get("requests")),
-            _number(figures.get("retries")),
-            _number(figures.get("rate_limited")),
-            _seconds(figures.get("p50")),
-            _seconds(figures.get("p95")),
-            _seconds(figures.get("max")),
+            format_duration(summary.elapsed) if summary.elapsed is not None else "-",
+            _number(summary.partitions),
+            _number(summary.records),
+            _number(summary.requests),
+            _number(summary.retries),
+            _number(summary.rate_limited),
+            _seconds(summary.p50),
+            _seconds(summary.p95),
+            _seconds(summary.max),
         )
     out.print(table)
     chosen = next((r for r in records if r.id == run_id), None) if run_id else records[0]

@@ -29,10 +29,12 @@ __all__ = [
     "Report",
     "ResourceReport",
     "RunReport",
+    "RunSummary",
     "StageReport",
     "WorkerReport",
     "build_report",
     "run_reports",
+    "stage_counts",
 ]
 
 # Nothing finished for this long (and for five times the usual gap), with work left and
@@ -115,6 +117,54 @@ class WorkerReport:
     dead: bool
 
 
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _count(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What one run did, as stored with its record (``counts["stats"]["run"]`` and
+    ``counts["elapsed"]``); a figure the run did not record (an older backfill, a run
+    killed before its end) is None."""
+
+    partitions: int | None = None
+    records: int | None = None
+    requests: int | None = None
+    retries: int | None = None
+    rate_limited: int | None = None
+    p50: float | None = None
+    p95: float | None = None
+    max: float | None = None
+    elapsed: float | None = None
+
+    @classmethod
+    def of(cls, counts: Any) -> RunSummary:
+        """The summary in a run record's ``counts``, whatever shape an older run stored."""
+        if not isinstance(counts, Mapping):
+            return cls()
+        stats = counts.get("stats")
+        run = stats.get("run") if isinstance(stats, Mapping) else None
+        run = run if isinstance(run, Mapping) else {}
+        return cls(
+            partitions=_count(run.get("partitions")),
+            records=_count(run.get("records")),
+            requests=_count(run.get("requests")),
+            retries=_count(run.get("retries")),
+            rate_limited=_count(run.get("rate_limited")),
+            p50=_number(run.get("p50")),
+            p95=_number(run.get("p95")),
+            max=_number(run.get("max")),
+            elapsed=_number(counts.get("elapsed")),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RunReport:
     """A run as people should see it: ``lost`` when it says running but its worker is
@@ -125,12 +175,9 @@ class RunReport:
     heartbeat_at: float | None
 
     @property
-    def figures(self) -> Mapping[str, Any]:
-        """The run's own metrics (partitions, records, requests, percentiles...)."""
-        counts = self.record.counts or {}
-        stats = counts.get("stats") if isinstance(counts, Mapping) else None
-        run = stats.get("run") if isinstance(stats, Mapping) else None
-        return run if isinstance(run, Mapping) else {}
+    def summary(self) -> RunSummary:
+        """The run's own figures (partitions, records, requests, percentiles...)."""
+        return RunSummary.of(self.record.counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +251,18 @@ def _expected(stage: Stage, selection: Selection | None) -> int:
     return sum(1 for _ in stage.partitions.partitions(selection))
 
 
+def stage_counts(
+    job: Job, ledger: Ledger, stages: Sequence[Stage], selection: Selection | None
+) -> dict[str, tuple[StageCounts, int]]:
+    """Per stage: the ledger's counts and how many partitions of the selection are
+    missing from it (not planned yet): the one place "missing" is computed."""
+    counts = ledger.counts(job.name, [s.name for s in stages], selection)
+    return {
+        s.name: (counts[s.name], max(0, _expected(s, selection) - counts[s.name].total))
+        for s in stages
+    }
+
+
 def build_report(
     job: Job,
     ledger: Ledger,
@@ -226,7 +285,8 @@ def build_report(
     now = time.time() if now is None else now
     chosen = list(stages) if stages is not None else list(job.stages.values())
     names = [s.name for s in chosen]
-    counts: Mapping[str, StageCounts] = ledger.counts(job.name, names, selection)
+    totals = stage_counts(job, ledger, chosen, selection)
+    counts: Mapping[str, StageCounts] = {name: c for name, (c, _) in totals.items()}
     workers = ledger.workers(job.name)
     dead = {w.id for w in workers if worker_is_dead(w, now=now, lease_seconds=job.lease_seconds)}
     alive = len(workers) - len(dead)
@@ -242,9 +302,7 @@ def build_report(
     failed_stages = {n for n, c in {**counts, **upstream_counts}.items() if c.failed}
     stage_reports = []
     for stage in chosen:
-        c = counts[stage.name]
-        expected = _expected(stage, selection)
-        missing = max(0, expected - c.total)
+        c, missing = totals[stage.name]
         blocked_keys: dict[str, str] = {}
         upstream = set(job.upstream(stage.name))
         if blocked and stage.needs and c.pending and upstream & failed_stages:

@@ -444,7 +444,7 @@ class Dashboard:
     def runs(self, reports: Sequence[RunReport]) -> list[dict[str, Any]]:
         rows = []
         for report in reports:
-            r, figures = report.record, report.figures
+            r, summary = report.record, report.summary
             rows.append(
                 {
                     "id": r.id,
@@ -454,14 +454,14 @@ class Dashboard:
                     "finished_at": r.finished_at,
                     "status": report.status,
                     "heartbeat_at": report.heartbeat_at,
-                    "partitions": figures.get("partitions"),
-                    "records": figures.get("records"),
-                    "requests": figures.get("requests"),
-                    "retries": figures.get("retries"),
-                    "rate_limited": figures.get("rate_limited"),
-                    "p50": figures.get("p50"),
-                    "p95": figures.get("p95"),
-                    "max": figures.get("max"),
+                    "partitions": summary.partitions,
+                    "records": summary.records,
+                    "requests": summary.requests,
+                    "retries": summary.retries,
+                    "rate_limited": summary.rate_limited,
+                    "p50": summary.p50,
+                    "p95": summary.p95,
+                    "max": summary.max,
                 }
             )
         return rows
