@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from backfill.engine.db import LedgerThread
 from backfill.job import Job, Stage
-from backfill.ledger import Dependency
+from backfill.ledger import Dependency, Ledger
 from backfill.partitions import Selection
 
-__all__ = ["StageGraph", "StageNode"]
+__all__ = ["StageGraph", "StageNode", "plan_partitions"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +76,17 @@ class StageGraph:
     def resources(self) -> list[str]:
         """The resources the selected stages use, sorted."""
         return sorted({s.resource for s in self.stages if s.resource is not None})
+
+
+async def plan_partitions(db: LedgerThread, ledger: Ledger, job: str, graph: StageGraph) -> None:
+    """Put every partition of the planned stages on record, and mark stale the finished
+    partitions of the selected stages whose inputs are being (or were) redone: they run
+    again."""
+    for stage in graph.planned:
+        # The spec's repr names every partition it holds: a worker joining a run already
+        # planned skips the insert of each one.
+        await db.call(
+            ledger.plan, job, stage.name, stage.partitions, fingerprint=repr(stage.partitions)
+        )
+    for node in graph.dependent():
+        await db.call(ledger.mark_stale, job, node.stage.name, node.needs, node.selection)

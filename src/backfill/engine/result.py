@@ -73,6 +73,23 @@ class RunResult:
     executed: int = 0
     stage_stats: dict[str, dict[str, float]] = field(default_factory=dict)
 
+    def summary(self, stats: Mapping[str, Any]) -> dict[str, Any]:
+        """What the ledger keeps of the result with the run (``stats``: its metrics)."""
+        return {
+            "executed": self.executed,
+            "records": self.records,
+            "retries": self.retries,
+            "requests": self.requests,
+            "request_retries": self.request_retries,
+            "elapsed": round(self.elapsed, 3),
+            "stages": {
+                n: {"done": c.done, "empty": c.empty, "failed": c.failed, "pending": c.pending}
+                for n, c in self.counts.items()
+            },
+            "message": self.message,
+            "stats": stats,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Conclusion:

@@ -14,7 +14,7 @@ import getpass
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -28,7 +28,7 @@ from backfill.engine.control import RunControl
 from backfill.engine.db import LedgerThread
 from backfill.engine.lease import LeaseKeeper, host
 from backfill.engine.outcomes import Outcomes
-from backfill.engine.plan import StageGraph
+from backfill.engine.plan import StageGraph, plan_partitions
 from backfill.engine.result import (
     Conclusion,
     ExitCode,
@@ -43,6 +43,7 @@ from backfill.invoke import Invoker
 from backfill.job import Job
 from backfill.ledger import Ledger, RunRecord, SharedLimits, StageCounts
 from backfill.runstats import RunStats
+from backfill.secrets import Masker
 from backfill.sources.http import HttpClient
 from backfill.writer import SinkWriter
 
@@ -161,7 +162,13 @@ class Runner:
             asyncio.create_task(self.leases.heartbeat()),
             asyncio.create_task(self.outcomes.flush_every()),
             asyncio.create_task(self.leases.publish_resources()),
-            asyncio.create_task(self._tick()),
+            asyncio.create_task(
+                tick(
+                    self.bus,
+                    self.clock,
+                    self._fleet_counts if self.options.wait_for_leases else None,
+                )
+            ),
         ]
         try:
             if control.fatal is None:
@@ -213,49 +220,20 @@ class Runner:
         """Join the ledger: register this worker, release dead workers' partitions, plan
         the partitions, mark the stale ones, and record the run."""
         lost = await self.leases.join(now)
-        for stage in self.graph.planned:
-            # The spec's repr names every partition it holds: a worker joining a run
-            # already planned skips the insert of each one.
-            await self.db.call(
-                self.ledger.plan,
-                self.job.name,
-                stage.name,
-                stage.partitions,
-                fingerprint=repr(stage.partitions),
-            )
-        for node in self.graph.dependent():
-            # Finished partitions whose inputs are being (or were) redone run again.
-            await self.db.call(
-                self.ledger.mark_stale, self.job.name, node.stage.name, node.needs, node.selection
-            )
-        await self.db.call(self.ledger.start_run, self._run_record(now))
+        await plan_partitions(self.db, self.ledger, self.job.name, self.graph)
+        await self.db.call(
+            self.ledger.start_run,
+            run_record(self.run_id, self.job.name, self.options, self._masker, now),
+        )
         initial = await self.db.call(self._counts)
         self.bus.emit(RunStarted(self.run_id, self.job.name, self.worker_id, now, initial))
         self.bus.emit(WorkerJoined(self.worker_id, self.job.name, host(), os.getpid()))
         for event in lost:
             self.bus.emit(event)
 
-    def _run_record(self, now: float) -> RunRecord:
-        try:
-            user: str | None = getpass.getuser()
-        except (KeyError, OSError):
-            user = None
-        masker = self._masker
-        return RunRecord(
-            id=self.run_id,
-            job=self.job.name,
-            started_at=now,
-            host=host(),
-            pid=os.getpid(),
-            command=self.options.command,
-            options=masker.mask_tree(
-                {
-                    **self.options.as_record(),
-                    "argv": masker.mask_argv(self.options.argv),
-                    "user": user,
-                }
-            ),
-        )
+    async def _fleet_counts(self) -> dict[str, StageCounts]:
+        result: dict[str, StageCounts] = await self.db.call(self._counts)
+        return result
 
     def _counts(self) -> dict[str, StageCounts]:
         """The selection's counts per stage of the run (a blocking ledger read)."""
@@ -263,24 +241,6 @@ class Runner:
             self.job.name, self.graph.names, self.options.selection, recent=False
         )
         return result
-
-    async def _tick(self) -> None:
-        """A Tick event every second, for displays with a cadence of their own; in a
-        fleet, the fleet's counts every few seconds, so a worker shows the fleet's
-        progress, not its own share."""
-        seconds = 0
-        while True:
-            # The displays' cadence, not the run's logic: real seconds, not the clock's.
-            await asyncio.sleep(1.0)
-            seconds += 1
-            if self.options.wait_for_leases and seconds % _FLEET_COUNTS_EVERY == 0:
-                try:
-                    counts = await self.db.call(self._counts)
-                except BackfillError as exc:
-                    log.debug("could not read the fleet's counts: %s", exc)
-                else:
-                    self.bus.emit(FleetCounts(counts))
-            self.bus.emit(Tick(self.clock.time()))
 
     # -- the end of the run ----------------------------------------------------------
 
@@ -353,20 +313,7 @@ class Runner:
             now=self.clock.time(),
             status=status.value,
             exit_code=code,
-            counts={
-                "executed": totals.executed,
-                "records": totals.records,
-                "retries": totals.retries,
-                "requests": result.requests,
-                "request_retries": result.request_retries,
-                "elapsed": round(elapsed, 3),
-                "stages": {
-                    n: {"done": c.done, "empty": c.empty, "failed": c.failed, "pending": c.pending}
-                    for n, c in final.items()
-                },
-                "message": message,
-                "stats": self.stats.as_record(),
-            },
+            counts=result.summary(self.stats.as_record()),
         )
         await self._closing(self.ledger.stop_worker, self.worker_id, now=self.clock.time())
         if control.fatal is not None and result.status is not RunStatus.FATAL:
@@ -410,3 +357,46 @@ class Runner:
     def _flush_failed(self, error: BaseException) -> None:
         """A background flush of outcomes failed: the run cannot record its work."""
         self.control.fail(FatalError(str(error), category=type(error).__name__))
+
+
+def run_record(run_id: str, job: str, options: RunOptions, masker: Masker, now: float) -> RunRecord:
+    """The run as the ledger keeps it: who ran what, where, with which options (secrets
+    masked)."""
+    try:
+        user: str | None = getpass.getuser()
+    except (KeyError, OSError):
+        user = None
+    return RunRecord(
+        id=run_id,
+        job=job,
+        started_at=now,
+        host=host(),
+        pid=os.getpid(),
+        command=options.command,
+        options=masker.mask_tree(
+            {**options.as_record(), "argv": masker.mask_argv(options.argv), "user": user}
+        ),
+    )
+
+
+async def tick(
+    bus: EventBus,
+    clock: Clock,
+    fleet_counts: Callable[[], Awaitable[dict[str, StageCounts]]] | None,
+) -> None:
+    """A Tick event every second, for displays with a cadence of their own; in a fleet
+    (``fleet_counts``), the fleet's counts every few seconds, so a worker shows the
+    fleet's progress, not its own share."""
+    seconds = 0
+    while True:
+        # The displays' cadence, not the run's logic: real seconds, not the clock's.
+        await asyncio.sleep(1.0)
+        seconds += 1
+        if fleet_counts is not None and seconds % _FLEET_COUNTS_EVERY == 0:
+            try:
+                counts = await fleet_counts()
+            except BackfillError as exc:
+                log.debug("could not read the fleet's counts: %s", exc)
+            else:
+                bus.emit(FleetCounts(counts))
+        bus.emit(Tick(clock.time()))
