@@ -3,6 +3,7 @@
 ============  ===============================================================
 module        what it holds
 ============  ===============================================================
+entry         running a job from a program or the CLI: display, log, signals
 run           :class:`Runner`: assembles the run, its lifecycle and its end
 result        options, result, exit code and the decision between them
 plan          the stage graph, resolved once (needs, upstream, downstream)
