@@ -6,12 +6,10 @@ configuration error (nothing changed), 130 interrupted (state saved; run again t
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -25,9 +23,10 @@ from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from backfill import __version__, coverage, repair
-from backfill.errors import BackfillError, disk_full_message, is_disk_full
+from backfill.engine import entry
+from backfill.engine.entry import default_log_dir, is_shared, log_path
+from backfill.errors import BackfillError, ConfigError
 from backfill.estimate import estimate
-from backfill.events import EventBus
 from backfill.job import Job, Stage, load_job
 from backfill.ledger import (
     DEFAULT_STATE_URL,
@@ -40,11 +39,11 @@ from backfill.ledger import (
     open_ledger,
     open_reader,
 )
-from backfill.logs import EventLog, LogFormat, configure_logging, log_file_handler
+from backfill.logs import LogFormat, configure_logging
 from backfill.partitions import Selection, parse_order
-from backfill.progress import LiveProgress, PlainProgress, format_duration
+from backfill.progress import format_duration
 from backfill.report import RunReport, build_report, run_reports, stage_counts
-from backfill.runner import ExitCode, Runner, RunOptions, RunResult
+from backfill.runner import ExitCode, RunOptions, RunResult
 from backfill.runstats import stage_stats
 from backfill.secrets import Masker, url_secrets
 from backfill.textsafe import visible
@@ -253,31 +252,13 @@ def _open_to_read(state: str) -> Ledger:
         return open_ledger(":memory:")
 
 
-_PROGRESS_MODES = ("auto", "live", "plain", "none")
-
-
 def _check_run_options(progress: str, log_dir: Path | None, state: str) -> None:
     """Refuse a bad --progress or a log directory that cannot be written before anything
     touches the state: bad options change nothing."""
-    if progress not in _PROGRESS_MODES:
-        raise fail(f"unknown --progress {progress!r}; use auto, live, plain or none")
-    directory = log_dir or default_log_dir(state)
-    # The nearest existing ancestor decides; the directory itself is made by the run.
-    existing = directory
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        reason = f"{existing} is not a directory"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        reason = f"{existing} is not writable"
-    else:
-        return
-    raise fail(f"cannot write the run's log file in {directory} ({reason}); pass another --log-dir")
-
-
-def _is_shared(state: str) -> bool:
-    """Whether the state is a ledger other machines may be working on too."""
-    return state.startswith(("postgresql://", "postgres://"))
+    try:
+        entry.check_run_options(progress, log_dir, state)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
 
 
 def _run_and_exit(
@@ -302,24 +283,6 @@ def _configure_logging(
     configure_logging(cast(LogFormat, log_format), level=level, secrets=secrets)
 
 
-def log_path(log_dir: Path, run_id: str) -> Path:
-    return log_dir / f"{run_id}.jsonl"
-
-
-def default_log_dir(state_url: str) -> Path:
-    """``logs/`` beside a SQLite state file; ``.backfill/logs`` for any other ledger."""
-    scheme, sep, rest = state_url.partition("://")
-    if not sep:
-        return Path(state_url).parent / "logs"
-    path = rest[1:] if rest.startswith("/") else rest
-    if scheme == "sqlite" and path not in ("", ":memory:"):
-        return Path(path).parent / "logs"
-    return Path(".backfill/logs")
-
-
-_RUN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
 def execute(
     job: Job,
     ledger: Ledger,
@@ -329,58 +292,14 @@ def execute(
     log_dir: Path | None = None,
     verbose: int = 0,
 ) -> RunResult:
-    """Run ``job`` with a progress display, a per-run JSON log file (in ``log_dir``, by
-    default beside the state) and signal handling; return the result."""
-    log_dir = log_dir or default_log_dir(ledger.url)
-    bus = EventBus()
-    bus.subscribe(EventLog())
-    _check_run_options(progress, log_dir, ledger.url)
-    mode = progress
-    if mode == "auto":
-        mode = "live" if out.is_terminal else "plain"
-    live: LiveProgress | None = None
-    if mode == "live":
-        live = LiveProgress(out)
-        bus.subscribe(live)
-    elif mode == "plain":
-        bus.subscribe(PlainProgress(sys.stdout))
-    runner = Runner(job, ledger, options, bus=bus)
+    """Run ``job`` as ``backfill.engine.entry.execute`` does (progress on the command's
+    console, a log file, signal handling); its refusals end the command with exit 2."""
     try:
-        file_handler = log_file_handler(
-            log_path(log_dir, runner.run_id),
-            level=logging.DEBUG if verbose >= 2 else logging.INFO,
-            secrets=job.masker(ledger.url),
+        return entry.execute(
+            job, ledger, options, progress=progress, log_dir=log_dir, verbose=verbose, console=out
         )
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise fail(disk_full_message(log_dir)) from None
-        raise fail(
-            f"cannot write the run's log file in {log_dir} ({exc}); pass another --log-dir"
-        ) from None
-    logging.getLogger().addHandler(file_handler)
-
-    async def main() -> RunResult:
-        # The run takes SIGINT and SIGTERM over (first: graceful stop, second: at once),
-        # then gives them back to the handlers it found (the command's: one line, 130).
-        loop = asyncio.get_running_loop()
-        before = {signum: signal.getsignal(signum) for signum in _RUN_SIGNALS}
-        for signum in _RUN_SIGNALS:
-            loop.add_signal_handler(signum, runner.interrupt)
-        try:
-            return await runner.run()
-        finally:
-            for signum, handler in before.items():
-                loop.remove_signal_handler(signum)
-                if handler is not None:
-                    signal.signal(signum, handler)
-
-    try:
-        return asyncio.run(main())
-    finally:
-        logging.getLogger().removeHandler(file_handler)
-        file_handler.close()
-        if live is not None:
-            live.close()
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
 
 
 def _report(result: RunResult, log_dir: Path | None = None) -> None:
@@ -476,7 +395,7 @@ def run(
         grace=grace,
         command="run",
         argv=tuple(sys.argv[1:]),
-        wait_for_leases=_is_shared(state),
+        wait_for_leases=is_shared(state),
     )
     _run_and_exit(job, state, options, progress=progress, log_dir=log_dir, verbose=verbose)
 

@@ -1,4 +1,9 @@
-"""Threads for plain ``def`` stages, with timeouts that a healthy call never pays for.
+"""How stage functions are called: the calling conventions, and the pools they run in.
+
+:class:`Invoker` calls a stage function the way its kind asks (``async def``, async
+generator, plain ``def`` on a thread, or in a worker process), within its timeout.
+
+Threads for plain ``def`` stages, with timeouts that a healthy call never pays for.
 
 Python cannot stop a thread: a call that outlives its timeout runs on until it returns.
 A thread pool that keeps such a call's thread makes every later call queue behind it,
@@ -22,15 +27,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import importlib
+import inspect
 import itertools
 import logging
+import multiprocessing
 import queue
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-__all__ = ["StageThreads"]
+from backfill.clock import Deadline, current_deadline
+from backfill.context import Context
+from backfill.job import Stage, load_job_module
+
+__all__ = ["Invoker", "StageThreads"]
 
 T = TypeVar("T")
 
@@ -242,3 +257,132 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+class Invoker:
+    """Calls the stage functions of one run, each by its kind, in the pools it needs.
+
+    ``concurrency`` gives each stage's number of partitions at once: as many threads
+    (plain ``def`` stages) or processes (``executor="process"``) are started.
+    """
+
+    def __init__(self, stages: list[Stage], concurrency: Callable[[Stage], int]) -> None:
+        # Decided once per stage, not per partition (inspect's checks are not free).
+        self._kinds = {s.name: _kind(s.fn) for s in stages}
+        sync_threads = sum(
+            concurrency(s) for s in stages if not s.is_async and s.executor == "thread"
+        )
+        self._threads = StageThreads(sync_threads) if sync_threads else None
+        processes = [s for s in stages if s.executor == "process"]
+        self._processes = (
+            _process_pool(sum(concurrency(s) for s in processes), processes) if processes else None
+        )
+
+    async def call(self, stage: Stage, ctx: Context) -> Any:
+        """What the stage function returns (or yields, collected) for ``ctx``'s partition."""
+        kind = self._kinds[stage.name]
+        if kind == "async" and stage.timeout is None:
+            # The common case, without a wrapper coroutine.
+            return await stage.fn(ctx, ctx.partition)
+        return await self._call_slow(stage, ctx, kind)
+
+    async def _call_slow(self, stage: Stage, ctx: Context, kind: str) -> Any:
+        fn = stage.fn
+        if kind == "asyncgen":
+
+            async def collect() -> list[object]:
+                gen: AsyncIterator[object] = fn(ctx, ctx.partition)
+                return [item async for item in gen]
+
+            coro: Any = collect()
+        elif kind == "async":
+
+            async def call_async() -> Any:
+                return await fn(ctx, ctx.partition)
+
+            coro = call_async()
+        elif stage.executor == "process":
+            loop = asyncio.get_running_loop()
+            assert self._processes is not None
+            coro = loop.run_in_executor(self._processes, _call_in_process, fn, ctx.for_process())
+        else:
+            assert self._threads is not None
+            # Timed from the call's start on its thread; a call that times out gives its
+            # thread up, so the partitions after it never pay for it.
+            return await self._threads.call(_call_sync, fn, ctx, time_limit=stage.timeout)
+        if stage.timeout is not None:
+            async with asyncio.timeout(stage.timeout) as timeout:
+                # Waits for a resource's turns stop this clock (see Deadline).
+                current_deadline.set(Deadline(timeout))
+                try:
+                    return await coro
+                finally:
+                    current_deadline.set(None)
+        return await coro
+
+    def shutdown(self) -> None:
+        if self._threads is not None:
+            # Threads of sync stages cannot be cancelled; nothing waits for stragglers.
+            self._threads.shutdown()
+        if self._processes is not None:
+            self._processes.shutdown(wait=False, cancel_futures=True)
+
+
+def _kind(fn: Any) -> str:
+    if inspect.isasyncgenfunction(fn):
+        return "asyncgen"
+    if inspect.iscoroutinefunction(fn):
+        return "async"
+    return "sync"
+
+
+def _call_sync(fn: Any, ctx: Context) -> Any:
+    result = fn(ctx, ctx.partition)
+    if inspect.isgenerator(result):
+        return list(result)
+    return result
+
+
+def _call_in_process(fn: Any, ctx: Any) -> Any:
+    """Run a stage function in a worker process; what it returns travels back pickled."""
+    result = fn(ctx, ctx.partition)
+    if inspect.isgenerator(result) or (
+        result is not None and not isinstance(result, dict | list | tuple) and _iterable(result)
+    ):
+        return list(result)
+    return result
+
+
+def _iterable(value: Any) -> bool:
+    return isinstance(value, Iterable) and not isinstance(value, str | bytes)
+
+
+def _process_pool(workers: int, stages: list[Stage]) -> ProcessPoolExecutor:
+    """Worker processes for CPU-bound stages, started fresh (``spawn``: forking a process
+    that runs threads and an event loop is unsafe), each loading the job's module."""
+    modules = {}
+    for stage in stages:
+        name = getattr(stage.fn, "__module__", None)
+        module = sys.modules.get(name) if name else None
+        if name and name != "__main__":
+            modules[name] = getattr(module, "__file__", None)
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_process,
+        initargs=(modules,),
+    )
+
+
+def _init_process(modules: dict[str, str | None]) -> None:
+    """In a fresh worker process: make each stage function's module importable under the
+    name it was pickled with (a job file is loaded the way ``load_job`` loaded it)."""
+    for name, path in modules.items():
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            if path is None:
+                raise
+            load_job_module(Path(path))

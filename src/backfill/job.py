@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, cast, overload
 
 from backfill.checks import Check, CheckFunction, as_check
 from backfill.errors import ConfigError
-from backfill.ledger import Dependency
+from backfill.ledger import DEFAULT_STATE_URL, Dependency
 from backfill.partitions import Grain, PartitionSpec, ReferenceSpec
 from backfill.ratelimit import DEFAULT_MAX_WAIT, Limit, Resource
 from backfill.retry import RetryPolicy
@@ -38,6 +38,9 @@ from backfill.secrets import Masker, Secret, url_secrets
 from backfill.sources import DEFAULT_MAX_BODY, CrossOrigin
 
 if TYPE_CHECKING:
+    from datetime import date
+
+    from backfill.engine.result import RunResult
     from backfill.sinks import Sink
 
 __all__ = ["Job", "Needs", "Stage", "load_job", "needs"]
@@ -276,6 +279,41 @@ class Job:
         """The masker of the job's secrets, and of the password of the ``state`` URL, for
         every text shown or stored."""
         return Masker((*self.declared_secrets, *url_secrets(state, "state")))
+
+    def run(
+        self,
+        state: str | None = None,
+        *,
+        stages: Sequence[str] = (),
+        start: date | str | None = None,
+        end: date | str | None = None,
+        concurrency: int | None = None,
+        grace: float = 5.0,
+        progress: bool | str = True,
+        log_dir: str | Path | None = None,
+    ) -> RunResult:
+        """Run the job from a program as ``backfill run`` does (same progress display, log
+        file, Ctrl+C handling and exit code) and return the result; never exits::
+
+            result = job.run(state="sqlite:///state.db", start="2021-01-01")
+            assert result.exit_code == 0, result.message
+
+        See :func:`backfill.engine.entry.run` for the options.
+        """
+        # Imported here: the engine imports this module.
+        from backfill.engine.entry import run
+
+        return run(
+            self,
+            state or DEFAULT_STATE_URL,
+            stages=stages,
+            start=start,
+            end=end,
+            concurrency=concurrency,
+            grace=grace,
+            progress=progress,
+            log_dir=log_dir,
+        )
 
     def __repr__(self) -> str:
         return f"Job({self.name!r}, stages={list(self.stages)})"

@@ -77,7 +77,7 @@ def test_a_partition_whose_lease_passed_on_before_it_began_is_not_run(
 
     sink = MemorySink(key=["day"])
     ledger = PassedOn(open_ledger(":memory:"), "2013-01-04")
-    with caplog.at_level(logging.WARNING, logger="backfill.runner"):
+    with caplog.at_level(logging.WARNING, logger="backfill.engine.lease"):
         run_job(job, ledger, sink=sink)  # type: ignore[arg-type]
     assert "2013-01-04" not in ran
     assert sorted(ran) == ["2013-01-01", "2013-01-02", "2013-01-03", "2013-01-05", "2013-01-06"]

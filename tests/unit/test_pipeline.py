@@ -13,12 +13,12 @@ import pytest
 
 from backfill import EmptyPartition, Job, PermanentError, RetryPolicy, RunOptions, Status, daily
 from backfill import checks as bc
-from backfill import runner as runner_module
+from backfill.engine import claims as claims_module
 from backfill.errors import ConfigError
 from backfill.job import needs
 from backfill.ledger import Ledger, open_ledger
 from backfill.partitions import Selection, monthly
-from backfill.runner import ExitCode
+from backfill.runner import ExitCode, Runner
 from backfill.testing import MemorySink, run_job
 
 NO_RETRY = RetryPolicy(attempts=1)
@@ -107,7 +107,7 @@ def run_bounded(job: Job, ledger: Ledger, options: RunOptions, seconds: float = 
     """Run ``job`` as a worker would, failing the test (not hanging it) past ``seconds``."""
 
     async def bounded() -> Any:
-        runner = runner_module.Runner(job, ledger, options)
+        runner = Runner(job, ledger, options)
         task = asyncio.ensure_future(runner.run())
         done, _ = await asyncio.wait({task}, timeout=seconds)
         if not done:
@@ -194,9 +194,9 @@ def test_ready_partitions_behind_a_long_blocked_front_still_run(
     """Claims of a stage with inputs check only the first pending partitions for
     readiness (32 here); when the first 80 wait for failed inputs, the 40 ready ones
     after them still run, and exactly those."""
-    monkeypatch.setattr(runner_module, "_MIN_SCAN", 8)  # 2 x batch of 16 = 32
+    monkeypatch.setattr(claims_module, "_MIN_SCAN", 8)  # 2 x batch of 16 = 32
     # No periodic full scan: only the one before concluding finds what lies behind.
-    monkeypatch.setattr(runner_module, "_FULL_SCAN_SPACING", 1e9)
+    monkeypatch.setattr(claims_module, "_FULL_SCAN_SPACING", 1e9)
     job = Job("front", partitions=daily("2013-01-01", "2013-04-30", order=order))
     # The 80 days at the front of the claim order (oldest first, or newest first).
     first, last = (

@@ -34,10 +34,11 @@ from backfill import (
     daily,
 )
 from backfill.clock import SystemClock
+from backfill.engine.lease import pid_alive
 from backfill.events import Event, EventBus, PartitionFinished, RunFinished, RunStarted
 from backfill.job import needs
 from backfill.ledger import Ledger, Outcome, WorkerRecord, open_ledger
-from backfill.runner import ExitCode, _pid_alive
+from backfill.runner import ExitCode
 from backfill.testing import MemorySink, run_job
 
 FAST = RetryPolicy(attempts=3, base=0.0, cap=0.0)
@@ -623,8 +624,8 @@ def test_a_cancelled_caller_does_not_drop_a_queued_ledger_call(ledger: Ledger) -
     ran: list[str] = []
 
     async def scenario() -> None:
-        busy = asyncio.create_task(runner._db(time.sleep, 0.2))
-        queued = asyncio.create_task(runner._db(ran.append, "complete"))
+        busy = asyncio.create_task(runner.db.call(time.sleep, 0.2))
+        queued = asyncio.create_task(runner.db.call(ran.append, "complete"))
         await asyncio.sleep(0.01)
         queued.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -758,7 +759,7 @@ def test_a_zombie_process_is_not_alive(zombie_pid: int) -> None:
     """A process that has exited but is not reaped yet (state Z) counts as dead."""
     with open(f"/proc/{zombie_pid}/stat") as stat:
         assert stat.read().rpartition(")")[2].split()[0] == "Z"
-    assert not _pid_alive(zombie_pid)
+    assert not pid_alive(zombie_pid)
 
 
 def test_a_live_process_whose_name_holds_parentheses_is_alive(tmp_path: Path) -> None:
@@ -776,12 +777,12 @@ def test_a_live_process_whose_name_holds_parentheses_is_alive(tmp_path: Path) ->
         assert proc.stdout is not None and proc.stdout.readline() == "up\n"
         with open(f"/proc/{proc.pid}/stat") as stat:
             assert "(x) Z (y)" in stat.read()
-        assert _pid_alive(proc.pid)
+        assert pid_alive(proc.pid)
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait()
-    assert not _pid_alive(proc.pid)
+    assert not pid_alive(proc.pid)
 
 
 def test_partitions_of_a_killed_local_worker_not_yet_reaped_are_reclaimed(

@@ -1,0 +1,337 @@
+"""The stage loops: per stage, claim batches of partitions and start an attempt for each.
+
+Per stage, a loop claims a batch of partitions from the ledger and starts a task for
+each under the stage's concurrency limit (a semaphore taken before the task starts and
+released when it ends), so memory is bounded by the batch size, never by the number of
+partitions. The claim policy lives here: batch sizing, bounded and full scans, suspects
+run alone, and waits for upstream partitions and other workers' leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from backfill.engine.attempt import Attempt, AttemptEnv
+from backfill.engine.plan import StageGraph
+from backfill.engine.result import RunOptions
+from backfill.job import Stage
+from backfill.ledger import Claim, Outcome, Status
+
+__all__ = ["StageActivity", "StageLoop", "concurrency"]
+
+_MAX_BATCH = 1000
+_FIRST_LEASE_WAIT = 0.05  # seconds; doubles up to the lease poll
+_MIN_SCAN = 1024  # pending partitions a bounded claim checks for readiness, at least
+_FULL_SCAN_SPACING = 50  # a full scan is due after this many times its own cost
+
+
+def concurrency(stage: Stage, options: RunOptions) -> int:
+    """How many partitions of ``stage`` run at once in this run."""
+    if options.concurrency is not None:
+        return max(1, options.concurrency)
+    return stage.concurrency
+
+
+class StageActivity:
+    """Which stages of the run still work: what a waiting downstream stage can expect
+    progress from, and which ones are on their last partitions."""
+
+    def __init__(self, included: frozenset[str]) -> None:
+        self.active: set[str] = set(included)
+        # Stages with nothing left to claim: the partitions they still run are their last.
+        self.draining: set[str] = set()
+        # Replaced each time it fires: a waiter holds the one it saw.
+        self.progress = asyncio.Event()
+
+    def signal(self) -> None:
+        """Wake the stages waiting for upstream partitions to finish."""
+        event, self.progress = self.progress, asyncio.Event()
+        event.set()
+
+    def ended(self, name: str) -> None:
+        self.active.discard(name)
+        self.signal()
+
+    def urgent(self, stage: Stage) -> bool:
+        """Whether the stage's rows and outcomes skip the writer's and the ledger's
+        batching (a quarter of a second each): every stage that needs a reference table
+        waits for it, and the last partitions of a stage have no others to wait for."""
+        return stage.reference or stage.name in self.draining
+
+
+class _Slot:
+    """A partition's place under its stage's concurrency limit, given back once."""
+
+    __slots__ = ("_semaphore", "given_back")
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self.given_back = False
+
+    def give_back(self) -> None:
+        if not self.given_back:
+            self.given_back = True
+            self._semaphore.release()
+
+
+class StageLoop:
+    """Claims and starts one stage's partitions until none is left to claim."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        env: AttemptEnv,
+        graph: StageGraph,
+        activity: StageActivity,
+        options: RunOptions,
+    ) -> None:
+        self.stage = stage
+        self._env = env
+        self._graph = graph
+        self._node = graph.node(stage.name)
+        self._activity = activity
+        self._options = options
+        self._limit = concurrency(stage, options)
+        self._semaphore = asyncio.Semaphore(self._limit)
+        self._batch_size = min(_MAX_BATCH, max(2 * self._limit, 16))
+        self._order = options.order or stage.partitions.order
+        self._running: set[asyncio.Task[None]] = set()
+        # A partition gives its slot back once its rows are handed to the sink writer,
+        # not when they are durable: the next partition's requests need not wait for a
+        # batch to fill.
+        self._slots: dict[asyncio.Task[None], _Slot] = {}
+        # Waiting for other workers' leases: poll soon at first (most end within moments
+        # of each other), then back off to the lease poll.
+        self._lease_wait = _FIRST_LEASE_WAIT
+        # Whether a claim found nothing after nothing was seen leased elsewhere.
+        self._settled = False
+        # A stage with inputs that has caught up with them would scan every pending
+        # partition for a ready one at each claim. It looks among the first ones instead
+        # (Ledger.claim's scan) and among all of them only when a full scan is due: its
+        # last one cost at most a fiftieth of the time since. Nothing is concluded (no
+        # wait, no stop) on an empty bounded claim.
+        self._full_due = 0.0
+        # Whether the stage's writes prove their lease in the sink's own transaction (its
+        # tables live in the ledger's database), so no ledger call is needed first.
+        self._fenced = not stage.sinks or env.writer.shares_ledger(stage.sinks)
+
+    async def run(self) -> None:
+        env, needs = self._env, self._node.needs
+        clock, control = env.clock, env.control
+        while not control.stopped():
+            batch_started = clock.monotonic()
+            progress = self._activity.progress
+            full = not needs or batch_started >= self._full_due
+            claims, claim_cost = await self._take(self._batch_size, full=full)
+            if needs and full:
+                self._full_due = clock.monotonic() + _FULL_SCAN_SPACING * claim_cost
+            alone = False
+            if not claims and not self._running:
+                # Partitions whose worker died holding them run with nothing else of the
+                # stage, on record before the next claim: a death among them is blamed
+                # on them only, and those lost twice come one at a time.
+                claims, more = await self._take(self._batch_size, suspects=True)
+                claim_cost += more
+                alone = bool(claims)
+            env.outcomes.hold(c.id for c in claims)
+            if not claims:
+                if await self._idle(progress, claim_cost, full):
+                    continue
+                break
+            self._lease_wait = _FIRST_LEASE_WAIT
+            self._settled = False
+            await self._start_batch(claims, alone)
+            if alone:
+                while self._running:
+                    await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
+                    await env.outcomes.flush()
+                continue
+            # Size batches to roughly a second of work: fewer ledger round trips for fast
+            # stages, small leases for slow ones.
+            took = clock.monotonic() - batch_started
+            if took < 0.5 and len(claims) == self._batch_size:
+                self._batch_size = min(_MAX_BATCH, self._batch_size * 2)
+            elif took > 5.0:
+                self._batch_size = max(2 * self._limit, self._batch_size // 2)
+        if self._running:
+            # On a stop, the grace timer (or a second Ctrl+C) cancels what is left.
+            await asyncio.wait(set(self._running))
+        if self._node.has_downstream:
+            # What this stage finished must be on record before its dependants decide
+            # that nothing more will come from it.
+            await env.outcomes.flush()
+        self._activity.ended(self.stage.name)
+
+    async def _take(
+        self, limit: int, suspects: bool = False, full: bool = True
+    ) -> tuple[list[Claim], float]:
+        """Claim up to ``limit`` partitions; with the time the ledger call took."""
+        env = self._env
+        scan = None if full or suspects else max(2 * limit, _MIN_SCAN)
+        result: tuple[list[Claim], float] = await env.db.timed(
+            env.ledger.claim,
+            env.job.name,
+            self.stage.name,
+            env.worker_id,
+            limit=limit,
+            lease_seconds=env.job.lease_seconds,
+            now=env.clock.time(),
+            run_id=env.run_id,
+            selection=self._node.selection,
+            order=self._order,
+            needs=self._node.needs,
+            suspects=suspects,
+            scan=scan,
+        )
+        return result
+
+    async def _idle(self, progress: asyncio.Event, claim_cost: float, full: bool) -> bool:
+        """A claim found nothing: wait for what may come, and say whether to claim again
+        (False: the stage is done)."""
+        env, upstream = self._env, self._node.upstream
+        if not self._running:
+            if upstream and await self._upstream_busy():
+                # Wait for upstream partitions to finish; never claim more often than a
+                # few times the cost of an empty claim.
+                await self._wait_progress(progress, self._lease_poll())
+                await env.control.sleep(min(1.0, 4 * claim_cost))
+                return True
+            if not full:
+                # Inputs are all finished: look at every pending partition before
+                # concluding that none of them is ready.
+                self._full_due = 0.0
+                return True
+            if self._options.wait_for_leases:
+                # Our own last outcomes first: unrecorded, they would look like another
+                # worker's leases and cost a lease poll of waiting.
+                await env.outcomes.flush()
+                if await self._leased_elsewhere():
+                    self._settled = False
+                    await env.control.sleep(self._lease_wait)
+                    self._lease_wait = min(self._lease_poll(), 2 * self._lease_wait)
+                    return True
+                if not self._settled:
+                    # A lease given back since the claim above is pending now: one more
+                    # claim takes it rather than leaving it behind.
+                    self._settled = True
+                    return True
+            return False
+        name = self.stage.name
+        if name not in self._activity.draining and not (upstream and await self._upstream_busy()):
+            self._activity.draining.add(name)
+        if self._running:  # the last ones may have ended while the ledger answered
+            await asyncio.wait(set(self._running), return_when=asyncio.FIRST_COMPLETED)
+        return True
+
+    async def _start_batch(self, claims: list[Claim], alone: bool) -> None:
+        """Start every claimed partition as a slot frees up, or give them back on a stop."""
+        env, semaphore = self._env, self._semaphore
+        index = 0
+        while index < len(claims):
+            await semaphore.acquire()
+            if alone:
+                # Each suspect's outcome on record as it comes: a death later in the
+                # group must not cost those that finished before it a suspicion.
+                await env.outcomes.flush()
+            if env.control.stopped():
+                semaphore.release()
+                await self._give_back(claims[index:])
+                return
+            # Every slot free now starts a partition, and one ledger call begins them
+            # all: a death from here on counts against them (and not against the rest
+            # of the batch), and their leases, taken a while ago, are proven still ours.
+            group = [claims[index]]
+            while not alone and index + len(group) < len(claims) and not semaphore.locked():
+                await semaphore.acquire()
+                group.append(claims[index + len(group)])
+            index += len(group)
+            held = await env.leases.begin(group)
+            if env.control.stopped():
+                # Stopped while the ledger answered: they go back unstarted.
+                for _ in group:
+                    semaphore.release()
+                await self._give_back(claims[index - len(group) :])
+                return
+            for claim in group:
+                if claim.id not in held:
+                    semaphore.release()
+                    # Another worker holds it now.
+                    env.outcomes.let_go(claim.id)
+                    env.leases.losses.lost(f"partition {claim.key} was not written")
+                    continue
+                self._start(claim)
+
+    def _start(self, claim: Claim) -> None:
+        slot = _Slot(self._semaphore)
+        attempt = Attempt(self._env, self.stage, claim, slot.give_back, fenced=self._fenced)
+        task = asyncio.create_task(attempt.run())
+        self._slots[task] = slot
+        self._running.add(task)
+        self._env.control.tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        # One callback, not three: each is a separate event-loop handle per partition.
+        self._running.discard(task)
+        self._env.control.tasks.discard(task)
+        self._slots.pop(task).give_back()
+
+    async def _give_back(self, claims: list[Claim]) -> None:
+        for claim in claims:
+            await self._env.outcomes.record(Outcome(claim.id, Status.PENDING, attempts=0))
+
+    async def _upstream_busy(self) -> bool:
+        """Whether partitions of the stages this one needs may still finish: a stage of
+        this run is still working on them, or (with other workers) some are leased, or
+        ready to be claimed in a stage this run leaves to others."""
+        upstream = self._node.upstream
+        if upstream & self._activity.active:
+            return True
+        if not self._options.wait_for_leases:
+            return False
+        # Whatever anyone holds now ends, or its lease expires and it is claimable again.
+        # Pending partitions count only where another worker could claim them: ready
+        # ones, in this run's selection, of a stage this run does not include (a stage
+        # it includes has claimed all it could before its loop ended). Those that wait
+        # for a failed input, or for inputs outside the selection, nobody will run.
+        env = self._env
+        for name in sorted(upstream):
+            node = self._graph.node(name)
+            if name not in self._graph.included and await env.db.call(
+                env.ledger.unfinished, env.job.name, name, node.selection, needs=node.needs
+            ):
+                return True
+            if await env.db.call(
+                env.ledger.unfinished, env.job.name, name, None, running_only=True
+            ):
+                return True
+        return False
+
+    async def _wait_progress(self, progress: asyncio.Event, seconds: float) -> None:
+        """Until ``progress`` fires (outcomes were recorded), a stop, or ``seconds``."""
+        waiters = {
+            asyncio.ensure_future(progress.wait()),
+            asyncio.ensure_future(self._env.control.stopping.wait()),
+        }
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+
+    def _lease_poll(self) -> float:
+        """How often to look for partitions whose leases have expired."""
+        return min(2.0, self._env.job.lease_seconds / 4)
+
+    async def _leased_elsewhere(self) -> bool:
+        """Whether partitions of the stage are leased by another worker. Its pending ones
+        are not waited for: a claim just found none of them ready, and those waiting for
+        inputs still being worked on are what ``_upstream_busy`` waits for."""
+        env = self._env
+        return bool(
+            await env.db.call(
+                env.ledger.unfinished,
+                env.job.name,
+                self.stage.name,
+                self._node.selection,
+                running_only=True,
+            )
+        )
