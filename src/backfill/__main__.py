@@ -4,7 +4,7 @@ SIGINT and SIGTERM are caught before anything heavy is imported (the package imp
 names lazily): outside a run, an interrupt at any moment ends the command with one line
 on stderr and exit code 130, never a traceback. Nothing is lost: the ledger survives even
 ``kill -9``, and what a run did is on record. During a run the runner takes both signals
-over: the first stops it gracefully, the second at once (see ``backfill.cli.execute``).
+over: the first stops it gracefully, the second at once (see ``backfill.engine.entry``).
 """
 
 import signal
