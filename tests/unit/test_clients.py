@@ -68,7 +68,9 @@ def test_a_plugged_in_kind_gets_one_client_per_resource_on_the_runs_clock():
     first = clients.get("warehouse", "warehouse")
     assert clients.get("warehouse", "warehouse") is first
     assert first.resource is job.resources["warehouse"] and first.clock is clock
-    assert clients.get("warehouse", "api") is not first
+    other = clients.get("warehouse", "api")
+    assert other is not first
+    assert clients.made("warehouse") == [first, other] and clients.made("http") == []
     asyncio.run(clients.aclose())
     assert first.closed
 

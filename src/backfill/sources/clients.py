@@ -36,6 +36,11 @@ __all__ = ["Client", "ClientFactory", "Clients", "register_client"]
 class Client(Protocol):
     """What the engine needs of any client: closing it when the run ends."""
 
+    def made(self, kind: str) -> list[Any]:
+        """The clients of ``kind`` made so far (the run's figures add up theirs)."""
+        with self._lock:
+            return [client for (of, _), client in self._made.items() if of == kind]
+
     async def aclose(self) -> None: ...
 
 
@@ -124,6 +129,11 @@ class Clients:
         """The run's HTTP client for ``resource`` (None: unlimited)."""
         client: HttpClient = self.get("http", resource)
         return client
+
+    def made(self, kind: str) -> list[Any]:
+        """The clients of ``kind`` made so far (the run's figures add up theirs)."""
+        with self._lock:
+            return [client for (of, _), client in self._made.items() if of == kind]
 
     async def aclose(self) -> None:
         """Close every client made (the run ends); later asks make new ones."""
