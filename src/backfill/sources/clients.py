@@ -36,11 +36,6 @@ __all__ = ["Client", "ClientFactory", "Clients", "register_client"]
 class Client(Protocol):
     """What the engine needs of any client: closing it when the run ends."""
 
-    def made(self, kind: str) -> list[Any]:
-        """The clients of ``kind`` made so far (the run's figures add up theirs)."""
-        with self._lock:
-            return [client for (of, _), client in self._made.items() if of == kind]
-
     async def aclose(self) -> None: ...
 
 
