@@ -88,13 +88,16 @@ class Backoff:
 
     ``jitter`` is the share of each ceiling drawn at random: 1 is "full jitter" (uniform
     in ``[0, ceiling]``, so a crowd of failures does not retry in lockstep), 0.5 draws
-    from ``[ceiling / 2, ceiling]``, 0 waits exactly the ceiling.
+    from ``[ceiling / 2, ceiling]``, 0 waits exactly the ceiling. ``switchable=False``
+    keeps the waits under :func:`set_testing`: waits for another party to come back (a
+    database restarting, another process's lock) that a loop must not spin through.
     """
 
     first: float = 0.5
     cap: float = 60.0
     factor: float = 2.0
     jitter: float = 1.0
+    switchable: bool = True
 
     def __post_init__(self) -> None:
         for name, value, finite in (("first", self.first, True), ("cap", self.cap, False)):
@@ -119,7 +122,7 @@ class Backoff:
     ) -> float:
         """Seconds to wait after failed try ``attempt``: jittered, capped, never shorter
         than ``hint`` (which may exceed the cap); 0 while testing (see set_testing)."""
-        if _Testing.on:
+        if _Testing.on and self.switchable:
             return 0.0
         ceiling = self.ceiling(attempt)
         wait = ceiling

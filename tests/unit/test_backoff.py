@@ -82,6 +82,12 @@ def test_testing_switch_turns_every_wait_off_and_back_on():
     assert backoff.delay(1) == 2.0
 
 
+def test_waits_for_another_party_are_kept_under_the_testing_switch():
+    """`switchable=False` (a database coming back, a lock) still waits while testing."""
+    with set_testing(True):
+        assert Backoff(first=0.5, jitter=0.0, switchable=False).delay(2) == 1.0
+
+
 def test_testing_switch_set_without_a_block_stays_set():
     """`set_testing(True)` called plainly holds until `set_testing(False)`."""
     set_testing(True)
