@@ -72,7 +72,8 @@ def test_a_plugged_in_kind_gets_one_client_per_resource_on_the_runs_clock():
     assert other is not first
     assert clients.made("warehouse") == [first, other] and clients.made("http") == []
     asyncio.run(clients.aclose())
-    assert first.closed
+    assert first.closed and other.closed
+    assert clients.made("warehouse") == [first, other]
 
 
 def test_http_is_the_first_registered_kind_with_the_resources_options():

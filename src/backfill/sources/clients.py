@@ -131,9 +131,9 @@ class Clients:
             return [client for (of, _), client in self._made.items() if of == kind]
 
     async def aclose(self) -> None:
-        """Close every client made (the run ends); later asks make new ones."""
+        """Close every client made (the run ends); they stay listed, so the run's figures
+        can still add up what they did."""
         with self._lock:
             made = list(self._made.values())
-            self._made.clear()
         for client in made:
             await client.aclose()
