@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from backfill import checks
+    from backfill.backoff import Backoff
     from backfill.context import Context, RunCache
     from backfill.errors import (
         BackfillError,
@@ -59,6 +60,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackfillError",
+    "Backoff",
     "ConfigError",
     "Context",
     "Cursor",
@@ -110,6 +112,7 @@ __all__ = [
 
 
 _EXPORTS: dict[str, tuple[str, ...]] = {
+    "backfill.backoff": ("Backoff",),
     "backfill.context": ("Context", "RunCache"),
     "backfill.errors": (
         "BackfillError",

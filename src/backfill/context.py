@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from backfill.partitions import Partition
 
 if TYPE_CHECKING:
+    from backfill.ratelimit import Resource
+    from backfill.sources.clients import Clients
     from backfill.sources.http import HttpClient
 
-__all__ = ["Context", "ProcessContext", "RunCache", "StageLog"]
+__all__ = ["Context", "ProcessContext", "RunCache", "Slot", "StageLog"]
 
 # Names a log line already uses: the attributes of every LogRecord, the fields the log
 # output adds, and what the engine binds. A caller's extra field of one of these names
@@ -119,6 +123,70 @@ class RunCache:
             del self._pending[key]
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class Slot:
+    """A resource's turn for one call of any client: a place in its concurrency pool
+    and a start at its rates, held for the block. ``async with`` in an async stage;
+    ``with`` in a plain ``def`` stage (it runs on the engine's threads, and waits there
+    while the event loop hands out the turn)::
+
+        with ctx.slot("warehouse"):
+            rows = connection.execute(query).fetchall()
+    """
+
+    __slots__ = ("_held", "_loop", "resource")
+
+    def __init__(self, resource: Resource, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.resource = resource
+        self._loop = loop
+        self._held: contextlib.AbstractAsyncContextManager[None] | None = None
+
+    async def __aenter__(self) -> None:
+        held = self.resource.turn()
+        await held.__aenter__()
+        self._held = held
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        held, self._held = self._held, None
+        assert held is not None
+        return await held.__aexit__(kind, exc, tb)
+
+    def __enter__(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise RuntimeError("ctx.slot() is only available while a stage runs")
+        if _running_loop() is loop:
+            # Waiting here for a turn the loop itself must hand out would block it.
+            raise RuntimeError(
+                f"resource {self.resource.name}: an async stage takes its slot with "
+                "`async with ctx.slot(...)`, not `with`"
+            )
+        held = self.resource.turn()
+        asyncio.run_coroutine_threadsafe(held.__aenter__(), loop).result()
+        self._held = held
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        held, self._held = self._held, None
+        assert held is not None and self._loop is not None
+        asyncio.run_coroutine_threadsafe(held.__aexit__(kind, exc, tb), self._loop).result()
+
+
 @dataclass(slots=True)
 class Context:
     """Handed to every stage call: the partition and the run's shared services.
@@ -135,11 +203,16 @@ class Context:
     attempt: int
     cache: RunCache
     log: StageLog
-    _http: Callable[[str | None], HttpClient]
+    # The engine hands over the run's clients (every kind, see backfill.sources.clients),
+    # or, as the runner did before the registry, its HTTP clients alone.
+    _http: Callable[[str | None], HttpClient] | None = None
     _resource: str | None = None
     checkpoint: str | None = None
     _save_checkpoint: Callable[[str | None], Awaitable[None]] | None = None
     _write: Callable[[Iterable[object], str | None], Awaitable[int]] | None = None
+    _clients: Clients | None = None
+    # Where slots are handed out: the loop the stage's context was made on.
+    _loop: asyncio.AbstractEventLoop | None = field(default_factory=_running_loop, repr=False)
 
     def for_process(self) -> ProcessContext:
         """What a stage running in a worker process receives (it must pickle)."""
@@ -156,11 +229,52 @@ class Context:
     def http(self) -> HttpClient:
         """The HTTP client of this stage's resource: its limits, retries and headers apply
         to every request (pooled, created on first use, errors classified)."""
-        return self._http(self._resource)
+        return self.http_for(self._resource)
 
-    def http_for(self, resource: str) -> HttpClient:
+    def http_for(self, resource: str | None) -> HttpClient:
         """The HTTP client of another declared resource."""
+        if self._clients is not None:
+            return self._clients.http(resource)
+        if self._http is None:
+            raise RuntimeError("ctx.http is only available while a stage runs")
         return self._http(resource)
+
+    def client(self, kind: str, resource: str | None = None) -> Any:
+        """The run's client of ``kind`` (``"http"``, or a kind plugged in with
+        :func:`backfill.sources.clients.register_client`) bound to ``resource``, by
+        default this stage's: made on first use, closed when the run ends."""
+        if self._clients is None:
+            if kind == "http":
+                return self.http_for(resource or self._resource)
+            raise RuntimeError(f"no client of kind {kind!r}: this run has no client registry")
+        return self._clients.get(kind, resource or self._resource)
+
+    def slot(self, resource: str | None = None) -> Slot:
+        """A turn at ``resource`` (by default this stage's) for one call of any client:
+        the resource's concurrency, rates, quotas, pauses and circuit hold for whatever
+        runs in the block, e.g. a warehouse that takes 15 queries at once::
+
+            async with ctx.slot("warehouse"):      # in an async stage
+                rows = await run_query(sql)
+
+            with ctx.slot("warehouse"):            # in a plain def stage
+                rows = cursor.execute(sql).fetchall()
+        """
+        name = resource or self._resource
+        if name is None:
+            raise RuntimeError(
+                f"stage {self.stage!r} declares no resource: name the one to take a slot "
+                "of, e.g. ctx.slot('warehouse')"
+            )
+        return Slot(self._resource_named(name), self._loop)
+
+    def _resource_named(self, name: str) -> Resource:
+        if self._clients is not None:
+            return self._clients.resource(name)
+        # A runner that hands over its HTTP clients only: theirs is the resource.
+        found = self.http_for(name).resource
+        assert found is not None
+        return found
 
     async def save_checkpoint(self, value: str | None) -> None:
         """Record where this partition should resume if the run stops before it ends.

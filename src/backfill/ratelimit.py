@@ -629,13 +629,21 @@ class _Share:
             self._freed.notify_all()
 
 
+def _whole(value: object) -> bool:
+    """A count of at least 1: an int, not a bool, a float or NaN."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 class Resource:
-    """A named limit shared by every stage and request that uses it.
+    """A named limit shared by every stage and call that uses it: rates, quotas, a
+    concurrency pool, or only one of them (a warehouse's 15 queries at once). Any client
+    takes its turns (:meth:`turn`); ``ctx.http`` does for each request.
 
     Example::
 
         api = job.resource("racing_api", rate="2/s", burst=1, concurrency=4,
                            limits=["10000/day"])
+        warehouse = job.resource("warehouse", concurrency=15)
     """
 
     def __init__(
@@ -658,14 +666,20 @@ class Resource:
                 f"resource {name!r}: max_wait must be a positive number of seconds, "
                 f"not {max_wait!r}"
             )
-        if burst < 1:
-            raise ConfigError(f"resource {name!r}: burst must be at least 1")
-        if concurrency is not None and concurrency < 1:
-            raise ConfigError(f"resource {name!r}: concurrency must be at least 1")
+        if not _whole(burst):
+            raise ConfigError(f"resource {name!r}: burst must be at least 1, not {burst!r}")
+        if concurrency is not None and not _whole(concurrency):
+            raise ConfigError(
+                f"resource {name!r}: concurrency must be at least 1 (calls at once), "
+                f"not {concurrency!r}"
+            )
         declared = [parse_limit(rate)] if rate is not None else []
         declared += [parse_limit(x) for x in limits or []]
-        if not declared and not adaptive:
-            raise ConfigError(f"resource {name!r} needs a rate (e.g. rate='5/s') or adaptive=True")
+        if not declared and not adaptive and concurrency is None:
+            raise ConfigError(
+                f"resource {name!r} needs a rate (e.g. rate='5/s'), a concurrency (e.g. "
+                "concurrency=15 for a warehouse's queries at once) or adaptive=True"
+            )
         self.name = name
         self.max_wait = float(max_wait)
         self.burst = burst
@@ -760,7 +774,9 @@ class Resource:
 
     def rate_description(self) -> str:
         """The declared limits, and the rate run at when it differs, e.g. ``5/s (running
-        at 4.75/s)`` or ``adaptive, now 42.00/s``."""
+        at 4.75/s)``, ``adaptive, now 42.00/s`` or ``15 at once`` (a concurrency only)."""
+        if not self.limits and self.pace is None:
+            return f"{self.concurrency} at once"
         parts = [str(lim) for lim in self.limits]
         pace = self.pace
         if pace is not None and self.adaptive:
@@ -772,11 +788,12 @@ class Resource:
     @property
     def rate(self) -> float:
         """The sustained rate the resource runs at now (requests per second); quotas over
-        longer periods are left out (see :meth:`seconds_for`)."""
+        longer periods are left out (see :meth:`seconds_for`); infinite for a resource
+        of a concurrency only."""
         rates = [lim.rate for lim in self.limits if lim.period <= _QUOTA_PERIOD]
         if self.pace is not None:
             rates.append(self.pace.rate)
-        return min(rates) if rates else min(lim.rate for lim in self.limits)
+        return min(rates or [lim.rate for lim in self.limits] or [math.inf])
 
     def seconds_for(self, requests: float) -> float:
         """The least time ``requests`` need under every limit (quotas included): at the
@@ -791,8 +808,11 @@ class Resource:
                 seconds = max(seconds, (math.ceil(requests / lim.count) - 1) * lim.period)
         return seconds
 
-    def reset(self) -> None:
-        """Forget bookings, pauses, breaker state and listeners (a new run starts)."""
+    def reset(self, *, clock: Clock | None = None) -> None:
+        """Forget bookings, pauses, breaker state and listeners (a new run starts), and
+        keep time on the run's ``clock`` when one is given."""
+        if clock is not None:
+            self.clock = clock
         for scheduler in self._schedulers:
             if isinstance(scheduler, _Window):
                 scheduler.log.clear()
@@ -1107,6 +1127,33 @@ class Resource:
             probe = await self.acquire()
             with self._probe(probe):
                 yield
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold a slot and a start for one call of any client (a warehouse query, a
+        browser page): the pool, the rates, quotas, a pause and the circuit all hold, as
+        for a request. A start from a fleet's schedule (or this process's spacing at a
+        slow rate) is waited for here, where the call begins, as a request waits for it
+        where it is written (see :mod:`backfill.sources.wire`)."""
+        while True:
+            async with self.slot():
+                try:
+                    await self._until_start(take_grant())
+                except LateStart:
+                    self.unsent()
+                    continue
+                yield
+                return
+
+    async def _until_start(self, grant: Grant | WireGap | None) -> None:
+        """Wait for the instant of ``grant`` (a late wake is checked again); too late to
+        go at all, :class:`LateStart`."""
+        if grant is None:
+            return
+        wait = grant.at_wire()
+        while wait > 0:
+            await self.clock.sleep(wait)
+            wait = grant.at_wire()
 
     @contextlib.contextmanager
     def _probe(self, probe: int) -> Iterator[None]:

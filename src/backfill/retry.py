@@ -1,4 +1,5 @@
-"""Retry policy: exponential backoff with full jitter, a cap, and the source's hint.
+"""Retry policy: how often a stage retries, and its backoff (full jitter, a cap, and the
+source's hint), which :class:`backfill.backoff.Backoff` computes.
 
 The policy returns a *value* (how long to wait, or ``None`` for "give up"); exceptions
 only carry the facts the decision needs (the error class and a ``retry_after`` hint).
@@ -15,13 +16,12 @@ Example::
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from backfill.backoff import Backoff
 from backfill.errors import ConfigError
 
 __all__ = ["RECONNECT_SECONDS", "RetryPolicy"]
-
-_RNG = random.Random()
 
 # How long a lost database connection (the ledger's, a sink's, or the transaction the two
 # share) is retried with backoff before the run stops: long enough for a server restart
@@ -43,19 +43,20 @@ class RetryPolicy:
     base: float = 0.5
     cap: float = 60.0
     jitter: bool = True
+    # The waits between tries, as the one backoff primitive computes them.
+    strategy: Backoff = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ConfigError(f"retry attempts must be at least 1, not {self.attempts}")
         if self.base < 0 or self.cap < 0:
             raise ConfigError("retry base and cap must not be negative")
+        strategy = Backoff(first=self.base, cap=self.cap, jitter=1.0 if self.jitter else 0.0)
+        object.__setattr__(self, "strategy", strategy)
 
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """The jittered exponential wait after failed try number ``attempt`` (1-based)."""
-        ceiling: float = min(self.cap, self.base * 2.0 ** min(max(0, attempt - 1), 64))
-        if not self.jitter:
-            return ceiling
-        return (rng or _RNG).uniform(0.0, ceiling)
+        return self.strategy.delay(attempt, rng=rng)
 
     def delay(
         self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
@@ -63,10 +64,7 @@ class RetryPolicy:
         """Seconds to wait before the next try after failed try ``attempt``, or None."""
         if attempt >= self.attempts:
             return None
-        wait = self.backoff(attempt, rng)
-        if retry_after is not None and retry_after > wait:
-            wait = retry_after
-        return wait
+        return self.strategy.delay(attempt, hint=retry_after, rng=rng)
 
 
 NO_RETRY = RetryPolicy(attempts=1)

@@ -9,6 +9,12 @@ Example::
     sink = MemorySink(key=["id"])
     result = run_job(job, sink=sink)     # in memory: no database, no files
     assert result.exit_code == 0 and len(sink.rows) == 31
+
+A source that fails before it answers is retried with backoff; ``set_testing(True)``
+turns those waits off (retries still happen and are counted)::
+
+    with set_testing(True):
+        result = run_job(job, sink=sink)
 """
 
 from __future__ import annotations
@@ -20,13 +26,14 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from backfill.backoff import is_testing, set_testing
 from backfill.errors import PermanentError
 from backfill.job import Job
 from backfill.ledger import Ledger, open_ledger
 from backfill.runner import Runner, RunOptions, RunResult
 from backfill.sinks import Rows, Sink, SinkConnection
 
-__all__ = ["MemorySink", "run_job"]
+__all__ = ["MemorySink", "is_testing", "run_job", "set_testing"]
 
 
 class _MemoryConnection:

@@ -43,6 +43,8 @@ from typing import Any
 import httpx
 import orjson
 
+from backfill.backoff import Backoff
+from backfill.clock import Clock, SystemClock
 from backfill.errors import ConfigError, FatalError, PermanentError, StageError, TransientError
 from backfill.ratelimit import (
     DEFAULT_MAX_WAIT,
@@ -300,6 +302,12 @@ class _Call:
     own: frozenset[Origin]
 
 
+# The waits between a client's own retries of one request: short, since the partition's
+# retry policy backs off further; a source's Retry-After hint is waited for up to the cap
+# when no resource holds it as a pause.
+_RETRY_BACKOFF = Backoff(first=0.2, cap=10.0, jitter=0.5)
+
+
 class _SourceDown(Exception):
     """A request's resource has been down (its circuit open) for longer than its
     ``max_wait``."""
@@ -315,7 +323,8 @@ class HttpClient:
     ``base_url``'s path, as httpx does. Bodies above ``max_body`` bytes (decoded) fail
     their request, as does an answer not complete within ``deadline`` seconds (default:
     four times ``timeout``, at least 60); waits a source asks for are capped at
-    ``max_wait`` (the resource's, when bound to one).
+    ``max_wait`` (the resource's, when bound to one). The waits between the client's own
+    retries are kept on ``clock`` (by default the resource's).
     """
 
     def __init__(
@@ -336,12 +345,15 @@ class HttpClient:
         deadline: float | None = None,
         max_wait: float | None = None,
         hedge: bool = True,
+        clock: Clock | None = None,
     ) -> None:
         owner = f"resource {resource.name!r}" if resource is not None else "the HTTP client"
         if cross_origin not in _CROSS_ORIGIN:
             raise ConfigError(f"{owner}: cross_origin must be 'strip' or 'refuse'")
         self.resource = resource
         self.retries = retries
+        # The run's clock: the waits between this client's own retries are kept on it.
+        self.clock: Clock = clock or (resource.clock if resource is not None else SystemClock())
         self.base_url = absolute(base_url, f"{owner}: base_url") if base_url else None
         self._declared = allowed_origins(base_url, allowed_hosts, owner=owner)
         self.cross_origin = cross_origin
@@ -500,8 +512,10 @@ class HttpClient:
                 # A pause (Retry-After) is already on the resource; otherwise back off a
                 # little with jitter so a crowd of failures does not retry in lockstep.
                 if exc.retry_after is None or self.resource is None:
-                    base = exc.retry_after if exc.retry_after is not None else 0.1 * 2**attempt
-                    await asyncio.sleep(self._rng.uniform(0.5, 1.0) * min(base, 10.0))
+                    hint = exc.retry_after
+                    if hint is not None:
+                        hint = min(hint, _RETRY_BACKOFF.cap)
+                    await _RETRY_BACKOFF.wait(attempt, self.clock, hint=hint, rng=self._rng)
 
     @contextlib.asynccontextmanager
     async def _while_down(self) -> AsyncIterator[None]:
