@@ -203,13 +203,11 @@ class Context:
     attempt: int
     cache: RunCache
     log: StageLog
-    # The engine hands over the run's clients (every kind, see backfill.sources.clients),
-    # or, as the runner did before the registry, its HTTP clients alone.
-    _http: Callable[[str | None], HttpClient] | None = None
     _resource: str | None = None
     checkpoint: str | None = None
     _save_checkpoint: Callable[[str | None], Awaitable[None]] | None = None
     _write: Callable[[Iterable[object], str | None], Awaitable[int]] | None = None
+    # The run's clients, of every kind (see backfill.sources.clients).
     _clients: Clients | None = None
     # Where slots are handed out: the loop the stage's context was made on.
     _loop: asyncio.AbstractEventLoop | None = field(default_factory=_running_loop, repr=False)
@@ -233,21 +231,13 @@ class Context:
 
     def http_for(self, resource: str | None) -> HttpClient:
         """The HTTP client of another declared resource."""
-        if self._clients is not None:
-            return self._clients.http(resource)
-        if self._http is None:
-            raise RuntimeError("ctx.http is only available while a stage runs")
-        return self._http(resource)
+        return self._registry().http(resource)
 
     def client(self, kind: str, resource: str | None = None) -> Any:
         """The run's client of ``kind`` (``"http"``, or a kind plugged in with
         :func:`backfill.sources.clients.register_client`) bound to ``resource``, by
         default this stage's: made on first use, closed when the run ends."""
-        if self._clients is None:
-            if kind == "http":
-                return self.http_for(resource or self._resource)
-            raise RuntimeError(f"no client of kind {kind!r}: this run has no client registry")
-        return self._clients.get(kind, resource or self._resource)
+        return self._registry().get(kind, resource or self._resource)
 
     def slot(self, resource: str | None = None) -> Slot:
         """A turn at ``resource`` (by default this stage's) for one call of any client:
@@ -266,15 +256,12 @@ class Context:
                 f"stage {self.stage!r} declares no resource: name the one to take a slot "
                 "of, e.g. ctx.slot('warehouse')"
             )
-        return Slot(self._resource_named(name), self._loop)
+        return Slot(self._registry().resource(name), self._loop)
 
-    def _resource_named(self, name: str) -> Resource:
-        if self._clients is not None:
-            return self._clients.resource(name)
-        # A runner that hands over its HTTP clients only: theirs is the resource.
-        found = self.http_for(name).resource
-        assert found is not None
-        return found
+    def _registry(self) -> Clients:
+        if self._clients is None:
+            raise RuntimeError("clients and slots are only available while a stage runs")
+        return self._clients
 
     async def save_checkpoint(self, value: str | None) -> None:
         """Record where this partition should resume if the run stops before it ends.

@@ -6,6 +6,8 @@ import asyncio
 import threading
 import time
 
+import pytest
+
 from backfill import Context, Job, Partition, daily
 from backfill.testing import run_job
 
@@ -84,3 +86,46 @@ def test_a_slot_released_by_an_error_lets_the_others_through():
     result = run_job(job)
     assert result.exit_code == 0
     assert failed == {"2013-01-02"}
+
+
+def test_a_plugged_in_client_kind_is_made_once_per_run_and_closed_at_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """`ctx.client("warehouse")` through the real Runner: one client for every partition of
+    the run, bound to the stage's resource, closed when the run ends."""
+    from backfill.sources import clients
+
+    made: list[FakeWarehouse] = []
+
+    class FakeWarehouse:
+        def __init__(self, resource: object) -> None:
+            self.resource = resource
+            self.queries = 0
+            self.closed = False
+
+        def query(self) -> int:
+            self.queries += 1
+            return self.queries
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    def factory(job: object, resource: object, clock: object) -> FakeWarehouse:
+        made.append(FakeWarehouse(resource))
+        return made[-1]
+
+    monkeypatch.setitem(clients._KINDS, "warehouse", factory)
+    job = Job("warehouse_client", partitions=daily("2013-01-01", "2013-01-12"))
+    job.resource("warehouse", concurrency=4)
+
+    @job.stage(resource="warehouse", concurrency=4)
+    def totals(ctx: Context, partition: Partition) -> list[dict[str, object]]:
+        with ctx.slot():
+            return [{"day": partition.key, "n": ctx.client("warehouse").query()}]
+
+    result = run_job(job)
+    assert result.exit_code == 0
+    assert len(made) == 1
+    assert made[0].resource is job.resources["warehouse"]
+    assert made[0].queries == 12
+    assert made[0].closed

@@ -14,7 +14,6 @@ from backfill import Job, RetryPolicy, daily
 from backfill.clock import SystemClock
 from backfill.context import RunCache
 from backfill.engine.attempt import Attempt, AttemptEnv, Totals, classify, truncate
-from backfill.engine.clients import Clients
 from backfill.engine.control import RunControl
 from backfill.errors import (
     ConfigError,
@@ -27,6 +26,7 @@ from backfill.errors import (
 from backfill.events import EventBus, PartitionRetrying
 from backfill.invoke import Invoker
 from backfill.ledger import Claim, Outcome, Status
+from backfill.sources.clients import Clients
 
 
 class Recorded:
@@ -59,7 +59,7 @@ def attempt_of(job: Job, name: str = "fetch") -> tuple[Attempt, Recorded, list[o
         bus=bus,
         masker=masker,
         cache=RunCache(),
-        clients=Clients(job),
+        clients=Clients(job, clock=clock),
         invoker=Invoker([stage], lambda s: 1),
         writer=cast(Any, None),
         leases=cast(Any, None),

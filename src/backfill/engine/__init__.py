@@ -12,7 +12,6 @@ attempt       one partition attempt, its retries, and error classification
 outcomes      outcomes buffered and written to the ledger in batches
 lease         registration, heartbeat, reaping, fleet shares, lease proofs
 control       stopping the run: graceful, immediate, fatal
-clients       the run's clients to its sources, one per resource
 rows          records routed to their tables, and checked
 db            the ledger's own thread
 ============  ===============================================================

@@ -19,7 +19,6 @@ import structlog
 
 from backfill.clock import Clock
 from backfill.context import Context, RunCache, StageLog
-from backfill.engine.clients import Clients
 from backfill.engine.control import RunControl
 from backfill.engine.db import LedgerThread
 from backfill.engine.lease import LeaseKeeper
@@ -43,6 +42,7 @@ from backfill.leases import LeaseLost
 from backfill.ledger import Claim, Ledger, Outcome, Status
 from backfill.secrets import Masker
 from backfill.sinks import Record, to_mappings
+from backfill.sources.clients import Clients
 from backfill.sources.http import RequestTally, partition_requests
 from backfill.writer import PageWrites, SinkWriter, WriteResult
 
@@ -320,7 +320,7 @@ class Attempt:
             attempt=self.number,
             cache=env.cache,
             log=self.log,
-            _http=env.clients.http,
+            _clients=env.clients,
             _resource=self.stage.resource,
             checkpoint=self._unseal(self.pages.checkpoint),
             _save_checkpoint=self._save_checkpoint,

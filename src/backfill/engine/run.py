@@ -23,7 +23,6 @@ from backfill.clock import Clock, SystemClock
 from backfill.context import RunCache
 from backfill.engine.attempt import AttemptEnv, Totals
 from backfill.engine.claims import StageActivity, StageLoop, concurrency
-from backfill.engine.clients import Clients
 from backfill.engine.control import RunControl
 from backfill.engine.db import LedgerThread
 from backfill.engine.lease import LeaseKeeper, host
@@ -44,6 +43,7 @@ from backfill.job import Job
 from backfill.ledger import Ledger, RunRecord, SharedLimits, StageCounts
 from backfill.runstats import RunStats
 from backfill.secrets import Masker
+from backfill.sources.clients import Clients
 from backfill.sources.http import HttpClient
 from backfill.writer import SinkWriter
 
@@ -81,7 +81,7 @@ class Runner:
         self.run_id = uuid.uuid4().hex[:12]
         self.worker_id = f"{host()}:{os.getpid()}:{self.run_id}"
         self.cache = RunCache()
-        self.clients = Clients(job)
+        self.clients = Clients(job, clock=self.clock)
         # Everything the run shows or stores goes through it; checkpoints are sealed by it.
         self._masker = job.masker(ledger.url)
         self.db = LedgerThread(self.clock)
@@ -90,7 +90,7 @@ class Runner:
             job, ledger, self.db, self.worker_id, self.clock, self.bus, self.graph.resources()
         )
         for resource in job.resources.values():
-            resource.reset()
+            resource.reset(clock=self.clock)
             resource.subscribe(self.leases.on_resource)
         self.activity = StageActivity(self.graph.included)
         self.outcomes = Outcomes(
@@ -301,8 +301,8 @@ class Runner:
             counts=final,
             records=totals.records,
             retries=totals.retries,
-            requests=self.clients.requests,
-            request_retries=self.clients.retried,
+            requests=sum(c.requests for c in self.clients.made("http")),
+            request_retries=sum(c.retried for c in self.clients.made("http")),
             message=message,
             executed=totals.executed,
             stage_stats=self.stats.summaries(),
