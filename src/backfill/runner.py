@@ -72,6 +72,7 @@ from backfill.ledger import (
     Ledger,
     Outcome,
     RunRecord,
+    SharedCompletion,
     SharedLimits,
     StageCounts,
     Status,
@@ -336,8 +337,8 @@ class Runner:
         self._stage_threads: StageThreads | None = None
         self.writer = SinkWriter(
             self.worker_id,
-            completer_for=getattr(ledger, "completer", None),
-            fence_for=getattr(ledger, "fence", None),
+            completer_for=ledger.completer if isinstance(ledger, SharedCompletion) else None,
+            fence_for=ledger.fence if isinstance(ledger, SharedCompletion) else None,
             now=self.clock.time,
         )
         self._records = 0
