@@ -2,7 +2,7 @@
 
 The engine speaks to it only through :class:`WorkLedger`, reports through
 :class:`ReportLedger` (:class:`Ledger` is both). The algorithm lives once, in
-:class:`backfill.ledger.sql.SQLLedger`; SQLite is the embedded dialect, PostgreSQL the
+:class:`backfill.ledger.algorithm.SQLLedger`; SQLite is the embedded dialect, PostgreSQL the
 shared one for a fleet of workers, and both pass the same contract suite
 (``tests/ledger_contract.py``).
 """
