@@ -292,6 +292,9 @@ class SharedCompletion(Protocol):
     when the sink's database (its identity) is the ledger's own: then a partition's rows
     and its done-mark commit together, exactly once."""
 
+    #: The database the ledger lives in; None where no other connection reaches it.
+    identity: DatabaseIdentity | None
+
     def completer(self, database: DatabaseIdentity) -> Completer | None:
         """Records done-marks on a connection to ``database``; None if it is not ours."""
 
