@@ -20,6 +20,7 @@ from backfill.ledger import (
     Outcome,
     ResetCounts,
     RunRecord,
+    SharedCompletion,
     Status,
     WorkerRecord,
 )
@@ -95,6 +96,15 @@ DAY_DEP = Dependency("a", grain="day")
 
 
 class LedgerContract:
+    def test_a_second_connection_to_the_store_names_the_same_database(
+        self, ledger: Ledger, second_ledger: Ledger
+    ) -> None:
+        """Both offer the exactly-once path, and for one database: a sink there gets a
+        completer from either."""
+        assert isinstance(ledger, SharedCompletion)
+        assert isinstance(second_ledger, SharedCompletion)
+        assert ledger.identity == second_ledger.identity
+
     # -- planning -------------------------------------------------------------------------
 
     def test_plan_inserts_each_partition_once(self, ledger: Ledger) -> None:

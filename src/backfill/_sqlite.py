@@ -5,6 +5,9 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+from backfill.ledger.identity import DatabaseIdentity
 
 
 def retry_locked(step: Callable[[], object], seconds: float = 30.0) -> None:
@@ -30,3 +33,9 @@ def is_full(exc: sqlite3.Error) -> bool:
     size limit is reached), which no retry will fix."""
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+
+
+def sqlite_identity(path: str | Path) -> DatabaseIdentity:
+    """The database a SQLite file is: its resolved path, so that every spelling of one
+    file (relative, through ``..`` or a symlink) is one database."""
+    return DatabaseIdentity("sqlite", str(Path(path).resolve()))

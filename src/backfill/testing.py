@@ -29,7 +29,7 @@ from typing import Any
 from backfill.backoff import is_testing, set_testing
 from backfill.errors import PermanentError
 from backfill.job import Job
-from backfill.ledger import Ledger, open_ledger
+from backfill.ledger import DatabaseIdentity, Ledger, open_ledger
 from backfill.runner import Runner, RunOptions, RunResult
 from backfill.sinks import Rows, Sink, SinkConnection
 
@@ -73,6 +73,10 @@ class MemorySink:
     @property
     def database(self) -> str:
         return f"memory:{id(self)}"
+
+    @property
+    def identity(self) -> DatabaseIdentity:
+        return DatabaseIdentity("memory", str(id(self)))
 
     @property
     def description(self) -> str:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from backfill.backoff import Backoff
 from backfill.errors import PermanentError, SinkError, TransientError
-from backfill.ledger import Completer, Fence, Outcome
+from backfill.ledger import Completer, DatabaseIdentity, Fence, Outcome
 from backfill.partitions import Partition
 from backfill.retry import RECONNECT_SECONDS
 from backfill.sinks import Record, Rows, Sink, SinkConnection
@@ -341,8 +341,8 @@ class SinkWriter:
         self,
         owner: str,
         *,
-        completer_for: Callable[[str], Completer | None] | None = None,
-        fence_for: Callable[[str], Fence | None] | None = None,
+        completer_for: Callable[[DatabaseIdentity], Completer | None] | None = None,
+        fence_for: Callable[[DatabaseIdentity], Fence | None] | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.owner = owner
@@ -373,8 +373,9 @@ class SinkWriter:
                     f"two different sinks write table {duplicate} in {members[0].description}; "
                     "declare the table once and share it between stages"
                 )
-            completer = self.completer_for(database) if self.completer_for else None
-            fence = self.fence_for(database) if self.fence_for else None
+            identity = members[0].identity if self.completer_for or self.fence_for else None
+            completer = self.completer_for(identity) if self.completer_for and identity else None
+            fence = self.fence_for(identity) if self.fence_for and identity else None
             destination = Destination(
                 database,
                 members,

@@ -593,8 +593,8 @@ def test_postgres_ledger_and_sink_in_one_database_commit_together() -> None:
     with fresh_schema() as url:
         ledger = PostgresLedger(url)
         sink = table(url, "t", mode="append")
-        assert ledger.completer(sink.database) is not None
-        assert ledger.completer(table(POSTGRES_URL, "t", mode="append").database) is None
+        assert ledger.completer(sink.identity) is not None
+        assert ledger.completer(table(POSTGRES_URL, "t", mode="append").identity) is None
         spec = daily("2013-01-01", "2013-01-02")
         ledger.plan("j", "s", spec)
         (lost,) = ledger.claim("j", "s", "me", limit=1, lease_seconds=0.01, now=0.0, run_id="r")

@@ -40,7 +40,7 @@ from backfill.errors import BackfillError, FatalError, SinkError
 from backfill.events import EventBus, FleetCounts, RunFinished, RunStarted, Tick, WorkerJoined
 from backfill.invoke import Invoker
 from backfill.job import Job
-from backfill.ledger import Ledger, RunRecord, SharedLimits, StageCounts
+from backfill.ledger import Ledger, RunRecord, SharedCompletion, SharedLimits, StageCounts
 from backfill.runstats import RunStats
 from backfill.secrets import Masker
 from backfill.sources.clients import Clients
@@ -105,8 +105,8 @@ class Runner:
         )
         self.writer = SinkWriter(
             self.worker_id,
-            completer_for=getattr(ledger, "completer", None),
-            fence_for=getattr(ledger, "fence", None),
+            completer_for=ledger.completer if isinstance(ledger, SharedCompletion) else None,
+            fence_for=ledger.fence if isinstance(ledger, SharedCompletion) else None,
             now=self.clock.time,
         )
         self.totals = Totals()

@@ -1,4 +1,4 @@
-"""SQL for stage dependencies, shared by the SQLite and PostgreSQL ledgers.
+"""SQL for stage dependencies, once for every dialect (which spells its dates and JSON).
 
 Each dependency becomes a subquery over the upstream stage's rows (alias ``a``),
 correlated with the downstream row (alias ``p``). Upstream rows are found through the
@@ -9,11 +9,12 @@ no earlier than ``lo`` minus the longest upstream window, which bounds the scan.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from backfill.ledger import Dependency
+from backfill.ledger.models import Dependency
 
-Dialect = Literal["sqlite", "postgres"]
+if TYPE_CHECKING:
+    from backfill.ledger.dialect import Dialect
 
 FINISHED = "('done', 'empty')"
 # Upstream rows a downstream partition waits for.
@@ -28,61 +29,19 @@ FAILED = "a.status = 'failed'"
 STALE_MESSAGE = "an upstream partition was redone; run again"
 
 
-def _param(dialect: Dialect, name: str) -> str:
-    return f":{name}" if dialect == "sqlite" else f"%({name})s"
-
-
-def _low(dep: Dependency, dialect: Dialect) -> str:
-    """The first day a needed upstream window may end on: the partition's start, moved
-    back ``lookback`` upstream units (months and years from the start of the unit)."""
-    n = dep.lookback
-    if dialect == "sqlite":
-        if n == 0:
-            return "p.window_start"
-        if dep.grain == "week":
-            return f"date(p.window_start, '-{7 * n} days')"
-        if dep.grain == "month":
-            return f"date(p.window_start, 'start of month', '-{n} months')"
-        if dep.grain == "year":
-            return f"date(p.window_start, 'start of year', '-{n} years')"
-        return f"date(p.window_start, '-{n} days')"
-    if n == 0:
-        return "p.window_start"
-    if dep.grain == "week":
-        return f"(p.window_start - {7 * n})"
-    if dep.grain in ("month", "year"):
-        return f"(date_trunc('{dep.grain}', p.window_start) - interval '{n} {dep.grain}s')::date"
-    return f"(p.window_start - {n})"
-
-
-def _minus_days(expr: str, days: int, dialect: Dialect) -> str:
-    if days == 0:
-        return expr
-    if dialect == "sqlite":
-        return f"date({expr}, '-{days} days')"
-    return f"({expr} - {days})"
-
-
-def _dim(alias: str, name: str, dialect: Dialect) -> str:
-    # Dimension names are validated identifiers (letters, digits, _ . : -), never quotes.
-    if dialect == "sqlite":
-        return f"json_extract({alias}.dims, '$.\"{name}\"')"
-    return f"({alias}.dims ->> '{name}')"
-
-
 def inputs(dep: Dependency, index: int, dialect: Dialect, condition: str) -> tuple[str, str]:
     """``FROM ... WHERE ...`` over ``dep``'s upstream rows of partition ``p`` that meet
     ``condition``, and the name of the parameter that carries the upstream stage id."""
     name = f"dep_{index}"
-    where = [f"a.stage_id = {_param(dialect, name)}", condition]
+    where = [f"a.stage_id = {dialect.param(name)}", condition]
     if not dep.whole:
-        low = _low(dep, dialect)
+        low = dialect.window_low(dep)
         where += [
-            f"a.window_start >= {_minus_days(low, dep.span_days, dialect)}",
+            f"a.window_start >= {dialect.days_before(low, dep.span_days)}",
             "a.window_start <= p.window_end",
             f"a.window_end >= {low}",
         ]
-        where += [f"{_dim('a', d, dialect)} = {_dim('p', d, dialect)}" for d in dep.dims]
+        where += [f"{dialect.dim('a', d)} = {dialect.dim('p', d)}" for d in dep.dims]
     return "FROM backfill_partitions AS a WHERE " + " AND ".join(where), name
 
 

@@ -50,6 +50,7 @@ from operator import itemgetter
 from typing import Any, Protocol
 
 from backfill.errors import ConfigError, PermanentError
+from backfill.ledger.identity import DatabaseIdentity
 from backfill.partitions import Partition
 
 __all__ = [
@@ -718,6 +719,11 @@ class Sink(Protocol):
     @property
     def database(self) -> str:
         """Which database this is (no secret in it): equal for tables that share one."""
+
+    @property
+    def identity(self) -> DatabaseIdentity:
+        """The same as a value, as ledgers name theirs: a ledger of an equal identity
+        records done-marks in this table's transaction (exactly once)."""
 
     @property
     def description(self) -> str:

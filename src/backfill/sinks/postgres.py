@@ -13,8 +13,9 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
-from backfill._postgres import safe_url
+from backfill._postgres import postgres_identity, safe_url
 from backfill.errors import ConfigError, PermanentError, SinkError, TransientError
+from backfill.ledger.identity import DatabaseIdentity
 from backfill.sinks import (
     PAGE_COLUMN,
     PARTITION_COLUMN,
@@ -165,6 +166,7 @@ class PostgresTable:
         self.schema = schema or None
         self.url = url
         self._safe = safe_url(url)
+        self._identity = postgres_identity(url)
         self.qualified = (_quote(self.schema) + "." if self.schema else "") + _quote(name)
 
     @property
@@ -178,6 +180,10 @@ class PostgresTable:
     @property
     def database(self) -> str:
         return self._safe
+
+    @property
+    def identity(self) -> DatabaseIdentity:
+        return self._identity
 
     @property
     def description(self) -> str:

@@ -18,7 +18,7 @@ from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
-from backfill._sqlite import is_full, retry_locked
+from backfill._sqlite import is_full, retry_locked, sqlite_identity
 from backfill.errors import (
     BackfillError,
     PermanentError,
@@ -26,6 +26,7 @@ from backfill.errors import (
     TransientError,
     disk_full_message,
 )
+from backfill.ledger.identity import DatabaseIdentity
 from backfill.sinks import (
     PAGE_COLUMN,
     PARTITION_COLUMN,
@@ -170,6 +171,10 @@ class SQLiteTable:
     @property
     def database(self) -> str:
         return f"sqlite:{self.path.resolve()}"
+
+    @property
+    def identity(self) -> DatabaseIdentity:
+        return sqlite_identity(self.path)
 
     @property
     def description(self) -> str:

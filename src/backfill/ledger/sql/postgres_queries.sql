@@ -352,7 +352,7 @@ GROUP BY window_start, window_end, status, stale
 ORDER BY window_start, window_end, status, stale;
 
 -- name: coverage_rows
-SELECT key, window_start, window_end, dims, status, records, error_category,
+SELECT key, window_start, window_end, dims::text, status, records, error_category,
        error_message, finished_at, checks
 FROM backfill_partitions AS p
 WHERE stage_id = %(stage_id)s {where}
