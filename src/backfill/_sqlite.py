@@ -7,7 +7,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from backfill.backoff import Backoff
 from backfill.ledger.identity import DatabaseIdentity
+
+# Another process switching the same new file to WAL: 10 ms doubling to 0.5 s; kept under
+# set_testing, so the loop never spins.
+_LOCKED = Backoff(first=0.01, cap=0.5, jitter=0.0, switchable=False)
 
 
 def retry_locked(step: Callable[[], object], seconds: float = 30.0) -> None:
@@ -16,16 +21,16 @@ def retry_locked(step: Callable[[], object], seconds: float = 30.0) -> None:
     Switching a new file to WAL takes an exclusive lock that SQLite does not wait for.
     """
     deadline = time.monotonic() + seconds
-    delay = 0.01
+    attempt = 0
     while True:
+        attempt += 1
         try:
             step()
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            time.sleep(_LOCKED.delay(attempt))
 
 
 def is_full(exc: sqlite3.Error) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from psycopg.sql import SQL, Identifier
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from backfill._postgres import postgres_identity
+from backfill.backoff import Backoff
 from backfill.errors import LedgerError
 from backfill.ledger.algorithm import SQLLedger
 from backfill.ledger.dialect import Dialect, check_version, statements
@@ -36,6 +36,9 @@ from backfill.retry import RECONNECT_SECONDS
 __all__ = ["MAX_LOST_LEASES", "SCHEMA_VERSION", "PostgresDialect", "PostgresLedger", "redact_url"]
 
 log = logging.getLogger("backfill.ledger.postgres")
+# The state database coming back (a restart, a failover): 0.1 s doubling to 5 s, drawn
+# from the top half; kept under set_testing, so the loop never spins.
+_RECONNECT = Backoff(first=0.1, cap=5.0, jitter=0.5, switchable=False)
 T = TypeVar("T")
 
 SCHEMA_VERSION = 6
@@ -312,8 +315,9 @@ class PostgresLedger(SQLLedger):
         # per call later.
         patience = 0.0 if self._gone else self.retry_for
         deadline = time.monotonic() + patience
-        delay = 0.1
+        attempt = 0
         while True:
+            attempt += 1
             try:
                 # Waiting for a connection the pool cannot make counts against the window.
                 wait = min(10.0, max(1.0, deadline - time.monotonic()))
@@ -324,19 +328,19 @@ class PostgresLedger(SQLLedger):
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 # Stage ids the lost transaction created do not exist.
                 self._stage_ids.clear()
-                if time.monotonic() + delay > deadline:
+                if time.monotonic() + _RECONNECT.ceiling(attempt) > deadline:
                     self._gone = True
                     raise LedgerError(
                         f"lost the state database {self.safe_url} for more than "
                         f"{self.retry_for:g} s: {_last_line(str(exc))}"
                     ) from exc
+                delay = _RECONNECT.delay(attempt)
                 log.warning(
                     "state database unavailable (%s); retrying in %.1f s",
                     _last_line(str(exc)),
                     delay,
                 )
-                time.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(5.0, delay * 2)
+                time.sleep(delay)
             except psycopg.Error as exc:
                 raise LedgerError(f"state {self.safe_url}: {_last_line(str(exc))}") from exc
 
