@@ -39,6 +39,7 @@ from backfill import (
     needs,
     table,
 )
+from backfill._optional import require_postgres
 
 API = os.environ.get("FLIGHTS_API", "http://127.0.0.1:8813").rstrip("/")
 DATABASE = os.environ.get("FLIGHTS_DB", "flights.db")
@@ -138,6 +139,7 @@ async def flights(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
 def _connect() -> Iterator[Any]:
     """A connection to the destination database (the SQLite file or PostgreSQL)."""
     if DATABASE.startswith(("postgresql://", "postgres://")):
+        require_postgres("the demo on PostgreSQL")
         import psycopg
 
         with psycopg.connect(DATABASE) as pg:

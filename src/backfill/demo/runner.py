@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from backfill._optional import require_postgres
 from backfill.demo.data import FLIGHT_KEY, FLIGHTS_TOTAL
 from backfill.errors import ConfigError
 from backfill.job import Job, load_job
@@ -81,6 +82,7 @@ def demo_summary(database: Path | str) -> dict[str, Any]:
     result: dict[str, Any] = {"rows": 0, "distinct": 0, "duplicates": 0, "tables": {}}
     postgres = isinstance(database, str) and database.startswith(("postgresql://", "postgres://"))
     if postgres:
+        require_postgres("the demo on PostgreSQL")
         import psycopg
 
         conn: Any = psycopg.connect(str(database))

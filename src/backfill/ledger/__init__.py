@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from backfill._optional import require_postgres
 from backfill.errors import ConfigError
 from backfill.ledger.identity import DatabaseIdentity
 from backfill.ledger.models import (
@@ -93,6 +94,7 @@ def open_ledger(url: str | None = None, *, create: bool = True) -> Ledger:
     url = url or DEFAULT_STATE_URL
     scheme, target = _target(url)
     if scheme == "postgres":
+        require_postgres("a PostgreSQL state")
         from backfill.ledger.postgres import PostgresLedger
 
         return PostgresLedger(url)
@@ -119,6 +121,7 @@ def open_reader(url: str | None = None) -> Ledger:
     url = url or DEFAULT_STATE_URL
     scheme, target = _target(url)
     if scheme == "postgres":
+        require_postgres("a PostgreSQL state")
         from backfill.ledger.postgres import PostgresLedger
 
         return PostgresLedger(url, read_only=True)

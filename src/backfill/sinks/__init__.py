@@ -49,6 +49,7 @@ from enum import StrEnum
 from operator import itemgetter
 from typing import Any, Protocol
 
+from backfill._optional import require_postgres
 from backfill.errors import ConfigError, PermanentError
 from backfill.ledger.identity import DatabaseIdentity
 from backfill.partitions import Partition
@@ -774,6 +775,7 @@ def table(
     }
     scheme, sep, rest = url.partition("://")
     if sep and scheme in ("postgresql", "postgres"):
+        require_postgres("a PostgreSQL table")
         from backfill.sinks.postgres import PostgresTable
 
         return PostgresTable(url, name, **options)
