@@ -1,0 +1,309 @@
+"""The :class:`Job`: what a job file declares (its partitions, resources, stages and
+tables) and how it is run from a program. The checks of each declaration live beside it
+(``stages``, ``resources``); questions about the stage graph in ``graph``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
+
+from backfill.checks import Check, CheckFunction
+from backfill.errors import ConfigError
+from backfill.job import graph
+from backfill.job.resources import declared_secrets, http_options
+from backfill.job.stages import NAME, Needs, Stage, StageFunction, build_stage, sinks_of
+from backfill.ledger import DEFAULT_STATE_URL, Dependency
+from backfill.partitions import PartitionSpec
+from backfill.ratelimit import DEFAULT_MAX_WAIT, Limit, Resource
+from backfill.retry import RetryPolicy
+from backfill.secrets import Masker, Secret, url_secrets
+from backfill.sources import DEFAULT_MAX_BODY, CrossOrigin
+
+if TYPE_CHECKING:
+    from datetime import date
+
+    from backfill.engine.result import RunResult
+    from backfill.sinks import Sink
+
+__all__ = ["Job"]
+
+
+class Job:
+    """A named backfill: partitions, stages, and where the records go."""
+
+    def __init__(
+        self,
+        name: str,
+        partitions: PartitionSpec | None = None,
+        *,
+        sink: Sink | Sequence[Sink] | None = None,
+        description: str = "",
+        lease_seconds: float = 60.0,
+        http_timeout: float = 30.0,
+    ) -> None:
+        if not NAME.match(name):
+            raise ConfigError(
+                f"job name {name!r} must start with a letter and use only letters, digits, _ . -"
+            )
+        if lease_seconds <= 0:
+            raise ConfigError("lease_seconds must be positive")
+        self.name = name
+        self.partitions = partitions
+        self.sink = sinks_of(sink, f"job {name!r}")
+        self.description = description
+        self.lease_seconds = lease_seconds
+        self.http_timeout = http_timeout
+        self.stages: dict[str, Stage] = {}
+        self.resources: dict[str, Resource] = {}
+        self.http_options: dict[str, dict[str, Any]] = {}
+
+    def resource(
+        self,
+        name: str,
+        *,
+        rate: str | float | Limit | None = None,
+        burst: int = 1,
+        concurrency: int | None = None,
+        limits: list[str | float | Limit] | None = None,
+        adaptive: bool = False,
+        start_rate: float | None = None,
+        shared: bool = False,
+        timeout: float | None = None,
+        retries: int = 2,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        secrets: tuple[str, ...] = (),
+        base_url: str | None = None,
+        allowed_hosts: Sequence[str] = (),
+        cross_origin: CrossOrigin = "strip",
+        max_wait: float = DEFAULT_MAX_WAIT,
+        max_body: int = DEFAULT_MAX_BODY,
+        deadline: float | None = None,
+        hedge: bool = True,
+    ) -> Resource:
+        """Declare a source and its limits; stages name it with ``resource=``.
+
+        ``rate`` and ``limits`` accept ``"5/s"``, ``"100/min"``, ``"10000/day"``; all of them
+        hold at once. ``adaptive=True`` discovers the real limit (starting at ``start_rate``
+        or ``rate``). ``headers`` and ``params`` go with the requests of ``ctx.http`` to the
+        origin of ``base_url`` and those in ``allowed_hosts`` (neither given: the origin of
+        each URL the stage passes); a next link or redirect elsewhere gets none of them
+        (``cross_origin="strip"``) or fails its partition (``"refuse"``). Their values, and
+        ``secrets``, are masked in every log line, error and ledger entry. ``retries`` is
+        how often one request is retried before the partition sees the error.
+        ``shared=True`` makes the limits every job's that declares a resource of this name
+        on the same state (by default a resource is the job's own: its runs and workers
+        share it).
+
+        What a source can impose is bounded: a wait it asks for (Retry-After, RateLimit-
+        Reset) to ``max_wait`` seconds, a body to ``max_body`` bytes decoded, a whole
+        answer to ``deadline`` seconds (default: four times ``timeout``, at least 60).
+        A GET far slower than the source's recent answers gets a second copy, the first
+        answer winning (``hedge=False`` to turn it off).
+
+        Example::
+
+            job.resource("racing_api", rate="2/s", limits=["10000/day"], concurrency=4,
+                         base_url="https://api.racing.example",
+                         headers={"Authorization": f"Bearer {TOKEN}"})
+        """
+        if not NAME.match(name):
+            raise ConfigError(f"resource name {name!r} must be an identifier")
+        if name in self.resources:
+            raise ConfigError(f"job {self.name!r} declares resource {name!r} twice")
+        options = http_options(
+            f"resource {name!r}",
+            timeout=timeout,
+            default_timeout=self.http_timeout,
+            retries=retries,
+            headers=headers,
+            params=params,
+            secrets=secrets,
+            base_url=base_url,
+            allowed_hosts=allowed_hosts,
+            cross_origin=cross_origin,
+            max_body=max_body,
+            deadline=deadline,
+            hedge=hedge,
+            start_rate=start_rate,
+        )
+        resource = Resource(
+            name,
+            rate=rate,
+            burst=burst,
+            concurrency=concurrency,
+            limits=limits,
+            adaptive=adaptive,
+            start_rate=start_rate,
+            shared=shared,
+            max_wait=max_wait,
+        )
+        self.resources[name] = resource
+        self.http_options[name] = options
+        return resource
+
+    @property
+    def declared_secrets(self) -> tuple[Secret, ...]:
+        """Every secret of the job, named by where it is declared: each header and param
+        value of each resource (whatever its name), its ``secrets``, and the passwords in
+        the URLs of its tables."""
+        return declared_secrets(self.http_options, self.stages.values())
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every value declared secret (see :attr:`declared_secrets`)."""
+        return tuple(s.value for s in self.declared_secrets)
+
+    def masker(self, state: str | None = None) -> Masker:
+        """The masker of the job's secrets, and of the password of the ``state`` URL, for
+        every text shown or stored."""
+        return Masker((*self.declared_secrets, *url_secrets(state, "state")))
+
+    def run(
+        self,
+        state: str | None = None,
+        *,
+        stages: Sequence[str] = (),
+        start: date | str | None = None,
+        end: date | str | None = None,
+        concurrency: int | None = None,
+        grace: float = 5.0,
+        progress: bool | str = True,
+        log_dir: str | Path | None = None,
+    ) -> RunResult:
+        """Run the job from a program as ``backfill run`` does (same progress display, log
+        file, Ctrl+C handling and exit code) and return the result; never exits::
+
+            result = job.run(state="sqlite:///state.db", start="2021-01-01")
+            assert result.exit_code == 0, result.message
+
+        See :func:`backfill.engine.entry.run` for the options.
+        """
+        # Imported here: the engine imports this module.
+        from backfill.engine.entry import run
+
+        return run(
+            self,
+            state or DEFAULT_STATE_URL,
+            stages=stages,
+            start=start,
+            end=end,
+            concurrency=concurrency,
+            grace=grace,
+            progress=progress,
+            log_dir=log_dir,
+        )
+
+    def __repr__(self) -> str:
+        return f"Job({self.name!r}, stages={list(self.stages)})"
+
+    @overload
+    def stage(self, fn: StageFunction, /) -> StageFunction: ...
+
+    @overload
+    def stage(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        partitions: PartitionSpec | None = None,
+        concurrency: int = 4,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        sink: Sink | Sequence[Sink] | None = None,
+        resource: str | Resource | None = None,
+        requests_per_partition: float | None = None,
+        needs: Sequence[str | Needs] = (),
+        reference: bool = False,
+        executor: str = "thread",
+        checks: Sequence[Check | CheckFunction] = (),
+    ) -> Callable[[StageFunction], StageFunction]: ...
+
+    def stage(
+        self,
+        fn: StageFunction | None = None,
+        /,
+        *,
+        name: str | None = None,
+        partitions: PartitionSpec | None = None,
+        concurrency: int = 4,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        sink: Sink | Sequence[Sink] | None = None,
+        resource: str | Resource | None = None,
+        requests_per_partition: float | None = None,
+        needs: Sequence[str | Needs] = (),
+        reference: bool = False,
+        executor: str = "thread",
+        checks: Sequence[Check | CheckFunction] = (),
+    ) -> StageFunction | Callable[[StageFunction], StageFunction]:
+        """Declare a stage. Usable bare (``@job.stage``) or with options.
+
+        The function takes ``(ctx, partition)`` and returns an iterable of records, yields
+        them (sync or async generator), or returns None when it writes nothing itself.
+        Plain ``def`` functions run in a thread pool; ``async def`` on the event loop.
+        ``resource`` binds ``ctx.http`` to a declared resource and its limits;
+        ``requests_per_partition`` is an estimate for ``backfill plan`` until history exists.
+
+        ``needs`` names earlier stages (or :func:`needs` with a lookback) that must be done
+        before a partition runs; ``reference=True`` makes an unpartitioned stage ("masters":
+        one partition, ``all``). ``executor="process"`` runs a CPU-bound ``def`` stage in a
+        process pool. ``checks`` run on each partition's records before they are written
+        (see :mod:`backfill.checks`).
+        """
+
+        def register(func: StageFunction) -> StageFunction:
+            stage = build_stage(
+                func,
+                job=self.name,
+                declared=self.stages,
+                resources=self.resources,
+                name=name,
+                partitions=partitions,
+                job_partitions=self.partitions,
+                concurrency=concurrency,
+                timeout=timeout,
+                retry=retry,
+                sink=sink,
+                job_sink=self.sink,
+                resource=resource,
+                requests_per_partition=requests_per_partition,
+                needs=needs,
+                reference=reference,
+                executor=executor,
+                checks=checks,
+            )
+            self.stages[stage.name] = stage
+            return func
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def dependencies(self, stage: Stage) -> tuple[Dependency, ...]:
+        """What the ledger must check before one of ``stage``'s partitions may be claimed."""
+        return graph.dependencies(self.stages, stage)
+
+    def upstream(self, name: str) -> list[str]:
+        """Every stage ``name`` needs, directly or through others, in declaration order."""
+        return graph.upstream(self.stages, name)
+
+    def downstream(self, name: str) -> list[str]:
+        """Every stage that needs ``name``, directly or through others."""
+        return graph.downstream(self.stages, name)
+
+    def select_stages(
+        self,
+        names: list[str] | tuple[str, ...] | None,
+        *,
+        start_from: Sequence[str] = (),
+        skip: Sequence[str] = (),
+    ) -> list[Stage]:
+        """The chosen stages in declaration order; unknown names are a ConfigError.
+
+        ``names`` picks stages (all when none are named and no ``start_from``),
+        ``start_from`` adds a stage and everything downstream of it, ``skip`` drops stages.
+        """
+        return graph.select_stages(self.name, self.stages, names, start_from=start_from, skip=skip)

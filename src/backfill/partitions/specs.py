@@ -1,0 +1,293 @@
+"""Partition specs: the time windows of one grain over a date range, crossed with static
+dimensions (:class:`PartitionSpec`, made by :func:`daily`, :func:`weekly`, :func:`monthly`,
+:func:`yearly`), and the single partition of a reference stage (:func:`reference`)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import date, timedelta
+
+from backfill.errors import ConfigError
+from backfill.partitions.selection import Selection, select
+from backfill.partitions.windows import (
+    DAY,
+    REFERENCE_KEY,
+    Grain,
+    Order,
+    Partition,
+    parse_date,
+    parse_grain,
+    parse_order,
+    window_label,
+    window_of,
+)
+
+__all__ = ["PartitionSpec", "ReferenceSpec", "daily", "monthly", "reference", "weekly", "yearly"]
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+class PartitionSpec:
+    """Time windows of one grain over ``[start, end]``, crossed with static dimensions.
+
+    Windows follow the calendar (ISO weeks start on Monday) and are clipped to the range,
+    so together they cover it exactly, without gaps or overlaps. Iteration is lazy:
+    a spec of a million partitions costs nothing until it is walked.
+    """
+
+    __slots__ = ("dims", "end", "grain", "order", "start")
+
+    def __init__(
+        self,
+        grain: str | Grain,
+        start: str | date,
+        end: str | date,
+        dims: Mapping[str, Sequence[str]] | None = None,
+        *,
+        order: str | Order = Order.OLDEST,
+    ) -> None:
+        self.grain = parse_grain(grain)
+        self.start = parse_date(start, what="start")
+        self.end = parse_date(end, what="end")
+        if self.start > self.end:
+            raise ConfigError(
+                f"start {self.start} is after end {self.end}; give a start on or before the end"
+            )
+        self.order = parse_order(order)
+        self.dims: dict[str, tuple[str, ...]] = {}
+        for name, values in (dims or {}).items():
+            if not _NAME.match(name):
+                raise ConfigError(
+                    f"dimension name {name!r} may use only letters, digits and _ . : -"
+                )
+            if isinstance(values, str):
+                values = [values]
+            vals = tuple(str(v) for v in values)
+            if not vals:
+                raise ConfigError(f"dimension {name!r} has no values; give at least one")
+            for v in vals:
+                if not _NAME.match(v):
+                    raise ConfigError(
+                        f"value {v!r} of dimension {name!r} may use only letters, digits "
+                        "and _ . : -"
+                    )
+            if len(set(vals)) != len(vals):
+                raise ConfigError(f"dimension {name!r} lists a value twice")
+            self.dims[name] = vals
+
+    def __repr__(self) -> str:
+        dims = "".join(f", {k}={list(v)}" for k, v in self.dims.items())
+        return f"PartitionSpec({self.grain.value!r}, '{self.start}', '{self.end}'{dims})"
+
+    def windows(self, order: Order | None = None) -> Iterator[tuple[date, date]]:
+        """The clipped calendar windows, oldest or newest first."""
+        if (order or self.order) is Order.OLDEST:
+            cursor = self.start
+            while cursor <= self.end:
+                _, wend = window_of(cursor, self.grain)
+                wend = min(wend, self.end)
+                yield cursor, wend
+                cursor = wend + DAY
+        else:
+            cursor = self.end
+            while cursor >= self.start:
+                wstart, _ = window_of(cursor, self.grain)
+                wstart = max(wstart, self.start)
+                yield wstart, cursor
+                cursor = wstart - DAY
+
+    def window_count(self) -> int:
+        if self.grain is Grain.DAY:
+            return (self.end - self.start).days + 1
+        return sum(1 for _ in self.windows())
+
+    def __len__(self) -> int:
+        n = self.window_count()
+        for values in self.dims.values():
+            n *= len(values)
+        return n
+
+    def __iter__(self) -> Iterator[Partition]:
+        return self.partitions()
+
+    def partitions(
+        self, selection: Selection | None = None, order: Order | None = None
+    ) -> Iterator[Partition]:
+        """Every partition (or the selected ones), window by window."""
+        names = list(self.dims)
+        combos = list(itertools.product(*(self.dims[n] for n in names)))
+        for wstart, wend in self.windows(order):
+            if selection is not None and (
+                (selection.start is not None and wend < selection.start)
+                or (selection.end is not None and wstart > selection.end)
+            ):
+                continue
+            label = window_label(wstart, wend, self.grain)
+            for combo in combos:
+                dims = tuple(zip(names, combo, strict=True))
+                key = label + "".join(f"/{n}={v}" for n, v in dims)
+                part = Partition(key, wstart, wend, self.grain, dims)
+                if selection is None or selection.matches(part):
+                    yield part
+
+    def get(self, key: str) -> Partition | None:
+        """The partition with this key, or None when the spec has no such partition."""
+        label, *dim_parts = key.split("/")
+        dims: list[tuple[str, str]] = []
+        for part in dim_parts:
+            name, sep, value = part.partition("=")
+            if not sep:
+                return None
+            dims.append((name, value))
+        if [n for n, _ in dims] != list(self.dims):
+            return None
+        if any(v not in self.dims[n] for n, v in dims):
+            return None
+        window = self._parse_label(label)
+        if window is None:
+            return None
+        start, end = window
+        if start < self.start or end > self.end:
+            return None
+        expect_start, expect_end = window_of(start, self.grain)
+        clipped = (max(expect_start, self.start), min(expect_end, self.end))
+        if clipped != (start, end) or window_label(start, end, self.grain) != label:
+            return None
+        return Partition(key, start, end, self.grain, tuple(dims))
+
+    def _parse_label(self, label: str) -> tuple[date, date] | None:
+        try:
+            if ".." in label:
+                a, b = label.split("..", 1)
+                return date.fromisoformat(a), date.fromisoformat(b)
+            if self.grain is Grain.DAY:
+                d = date.fromisoformat(label)
+                return d, d
+            if self.grain is Grain.WEEK:
+                m = re.fullmatch(r"(\d{4})-W(\d{2})", label)
+                if not m:
+                    return None
+                start = date.fromisocalendar(int(m[1]), int(m[2]), 1)
+                return start, start + timedelta(days=6)
+            if self.grain is Grain.MONTH:
+                m = re.fullmatch(r"(\d{4})-(\d{2})", label)
+                if not m:
+                    return None
+                return window_of(date(int(m[1]), int(m[2]), 1), Grain.MONTH)
+            m = re.fullmatch(r"(\d{4})", label)
+            if not m:
+                return None
+            return window_of(date(int(m[1]), 1, 1), Grain.YEAR)
+        except ValueError:
+            return None
+
+    def example_key(self) -> str:
+        first = next(self.partitions())
+        return first.key
+
+    def selection(
+        self,
+        *,
+        start: str | date | None = None,
+        end: str | date | None = None,
+        keys: Iterable[str] = (),
+        where: Iterable[str] = (),
+    ) -> Selection:
+        """Build and validate a :class:`Selection` from command-line style input.
+
+        ``where`` items read ``dim=value`` or ``dim=v1,v2``; repeating a dimension adds values.
+        """
+        return select(self, start=start, end=end, keys=keys, where=where)
+
+
+def _spec(
+    grain: Grain,
+    start: str | date,
+    end: str | date,
+    order: str | Order,
+    dims: Mapping[str, Sequence[str]],
+) -> PartitionSpec:
+    return PartitionSpec(grain, start, end, dims, order=order)
+
+
+def daily(
+    start: str | date,
+    end: str | date,
+    *,
+    order: str | Order = Order.OLDEST,
+    **dims: Sequence[str],
+) -> PartitionSpec:
+    """One partition per day, e.g. ``daily("2013-01-01", "2013-12-31", tour=["atp"])``."""
+    return _spec(Grain.DAY, start, end, order, dims)
+
+
+def weekly(
+    start: str | date,
+    end: str | date,
+    *,
+    order: str | Order = Order.OLDEST,
+    **dims: Sequence[str],
+) -> PartitionSpec:
+    """One partition per ISO week (Monday to Sunday), clipped to the range."""
+    return _spec(Grain.WEEK, start, end, order, dims)
+
+
+def monthly(
+    start: str | date,
+    end: str | date,
+    *,
+    order: str | Order = Order.OLDEST,
+    **dims: Sequence[str],
+) -> PartitionSpec:
+    """One partition per calendar month, clipped to the range."""
+    return _spec(Grain.MONTH, start, end, order, dims)
+
+
+def yearly(
+    start: str | date,
+    end: str | date,
+    *,
+    order: str | Order = Order.OLDEST,
+    **dims: Sequence[str],
+) -> PartitionSpec:
+    """One partition per calendar year, clipped to the range."""
+    return _spec(Grain.YEAR, start, end, order, dims)
+
+
+_EVER = (date(1, 1, 1), date(9999, 12, 31))
+
+
+class ReferenceSpec(PartitionSpec):
+    """The single partition ``all`` of an unpartitioned stage (a "master": courses,
+    bookmakers, players). Its window spans every date, so every selection includes it."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self.grain = Grain.ALL
+        self.start, self.end = _EVER
+        self.order = Order.OLDEST
+        self.dims = {}
+
+    def __repr__(self) -> str:
+        return "ReferenceSpec()"
+
+    def windows(self, order: Order | None = None) -> Iterator[tuple[date, date]]:
+        yield _EVER
+
+    def window_count(self) -> int:
+        return 1
+
+    def get(self, key: str) -> Partition | None:
+        return self.the_partition if key == REFERENCE_KEY else None
+
+    @property
+    def the_partition(self) -> Partition:
+        return Partition(REFERENCE_KEY, *_EVER, Grain.ALL)
+
+
+def reference() -> ReferenceSpec:
+    """The partitions of an unpartitioned (reference) stage: just one, keyed ``all``."""
+    return ReferenceSpec()

@@ -1,0 +1,156 @@
+"""The calendar of partitions: grains and orders, dates as users write them, the window
+of a grain that holds a day, the key of a window, and the :class:`Partition` value."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+
+from backfill.errors import ConfigError
+
+__all__ = [
+    "REFERENCE_KEY",
+    "Grain",
+    "Order",
+    "Partition",
+    "parse_date",
+    "parse_grain",
+    "parse_order",
+    "window_label",
+    "window_of",
+]
+
+DAY = timedelta(days=1)
+# The key of the single partition of an unpartitioned (reference) stage.
+REFERENCE_KEY = "all"
+
+
+class Grain(StrEnum):
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    YEAR = "year"
+    # The single partition of an unpartitioned (reference) stage.
+    ALL = "all"
+
+
+class Order(StrEnum):
+    OLDEST = "oldest"
+    NEWEST = "newest"
+
+
+def parse_grain(value: str | Grain) -> Grain:
+    try:
+        grain = Grain(str(value).lower())
+        if grain is Grain.ALL:
+            raise ValueError(value)
+        return grain
+    except ValueError:
+        choices = ", ".join(g.value for g in Grain if g is not Grain.ALL)
+        raise ConfigError(f"unknown grain {value!r}; use one of {choices}") from None
+
+
+def parse_order(value: str | Order) -> Order:
+    try:
+        return Order(str(value).lower())
+    except ValueError:
+        raise ConfigError(f"unknown order {value!r}; use 'oldest' or 'newest'") from None
+
+
+def parse_date(value: str | date, *, what: str = "date") -> date:
+    """Parse ``YYYY-MM-DD``, ``today`` or ``yesterday`` (UTC) into a date."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    text = value.strip().lower()
+    today = datetime.now(UTC).date()
+    if text == "today":
+        return today
+    if text == "yesterday":
+        return today - DAY
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError(text)
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{what} {value!r} is not a valid date; write it as YYYY-MM-DD") from None
+
+
+def window_of(day: date, grain: Grain) -> tuple[date, date]:
+    """The calendar window of ``grain`` that contains ``day`` (inclusive bounds)."""
+    if grain is Grain.DAY:
+        return day, day
+    if grain is Grain.WEEK:
+        start = day - timedelta(days=day.weekday())
+        return start, start + timedelta(days=6)
+    if grain is Grain.MONTH:
+        start = day.replace(day=1)
+        nxt = (start + timedelta(days=32)).replace(day=1)
+        return start, nxt - DAY
+    start = day.replace(month=1, day=1)
+    return start, day.replace(month=12, day=31)
+
+
+def window_label(start: date, end: date, grain: Grain) -> str:
+    """The key of a window without dimensions: ``2013-W01``, or its days when the range cuts it."""
+    if grain is Grain.ALL:
+        return REFERENCE_KEY
+    full_start, full_end = window_of(start, grain)
+    if (full_start, full_end) != (start, end):
+        return f"{start.isoformat()}..{end.isoformat()}"
+    if grain is Grain.DAY:
+        return start.isoformat()
+    if grain is Grain.WEEK:
+        iso = start.isocalendar()
+        return f"{iso.year}-W{iso.week:02d}"
+    if grain is Grain.MONTH:
+        return f"{start.year:04d}-{start.month:02d}"
+    return f"{start.year:04d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One unit of work: a window ``[start, end]`` (inclusive days) plus dimension values."""
+
+    key: str
+    start: date
+    end: date
+    grain: Grain
+    dims: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def date(self) -> date:
+        """The first day of the window (the day itself for a daily partition)."""
+        return self.start
+
+    @property
+    def days(self) -> int:
+        """How many days the window holds."""
+        return (self.end - self.start).days + 1
+
+    @property
+    def whole(self) -> bool:
+        """Whether the window is a whole calendar day, week, month or year; False for
+        one cut by the range's start or end (its key then names its days)."""
+        if self.grain is Grain.ALL:
+            return True
+        return window_of(self.start, self.grain) == (self.start, self.end)
+
+    def __getitem__(self, name: str) -> str:
+        for dim, value in self.dims:
+            if dim == name:
+                return value
+        raise KeyError(name)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        for dim, value in self.dims:
+            if dim == name:
+                return value
+        return default
+
+    @property
+    def dim_map(self) -> dict[str, str]:
+        return dict(self.dims)
