@@ -9,7 +9,6 @@ whatever it still holds, deciding the exit code, and putting the run on record.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
 import logging
 import os
@@ -178,8 +177,14 @@ class Runner:
             for task in background:
                 task.cancel()
             for task in background:
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await task
+                except asyncio.CancelledError:
+                    pass
+                except BackfillError as exc:
+                    # It failed before it was cancelled (the ledger gone while a flush
+                    # or a heartbeat ran): the run still ends in order, with the cause.
+                    control.note(exc)
             await self._release(invoker)
         return await self._finish(started)
 
