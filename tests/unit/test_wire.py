@@ -185,7 +185,7 @@ def test_a_start_handed_over_early_waits_at_the_wire_for_its_instant() -> None:
     clock = ShiftClock()
     resource = Resource("api", rate=20, clock=clock)
     resource.share_with(LaterSchedule(clock, 0.4))
-    resource._way = 0.1
+    resource.wire.way = 0.1
     received: list[int] = []
     arrivals: list[float] = []
 

@@ -1,0 +1,224 @@
+"""The rate a resource runs at, learned from what the source accepts."""
+
+from __future__ import annotations
+
+import collections
+import math
+
+
+class AdaptiveRate:
+    """The rate a resource runs at, learned from the source under a ceiling.
+
+    Every resource with a per-second rate has one. Declared (``ramp=False``), it starts at
+    the declared rate, which stays its ceiling: a source that refuses requests at that
+    rate (a stricter bucket than declared, or latency jitter that bunches requests on the
+    way to a strict one) lowers it, and it creeps back up while the source is healthy.
+    Adaptive (``ramp=True``), it starts low and ramps up fast (the rate quadruples every
+    second, never past twice what actually got through) until the first 429.
+
+    What a 429 does depends on what the last answers say:
+
+    * refused now and then (a fifth of the answers or fewer): the rate is about right
+      and requests bunched on the way; it goes 3 % down, and the creep upwards, one
+      step of 1 % at a time, slows down (each step waits twice as long, up to a minute);
+    * mostly refused: it drops to just under what the source measurably accepted (or,
+      too soon after a pause to time it, to the share of requests it accepted), then
+      *searches* upwards in steps of 10 %, each held for a second or 4 requests; the step
+      that draws a 429 is taken back, and the search ends there.
+
+    With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one by
+    half (and searches from there).
+    """
+
+    _JITTER_STEP = 0.97
+    _SEARCH_STEP = 1.10
+    _CREEP_STEP = 0.01
+    _MAX_CREEP_EVERY = 60.0
+
+    def __init__(
+        self,
+        start: float,
+        *,
+        floor: float = 0.05,
+        ceiling: float = 10_000.0,
+        margin: float = 0.9,
+        ramp: bool = True,
+    ) -> None:
+        self.rate = min(max(start, floor), ceiling)
+        self.floor = floor
+        self.ceiling = ceiling
+        self.margin = margin
+        self.ramp = ramp
+        # Known to be about the source's limit (None while ramping up to find it).
+        self.threshold: float | None = None if ramp else self.rate
+        self.decreases = 0
+        self._accepted: collections.deque[float] = collections.deque()
+        # The last answers since the last decrease: accepted (True) or refused (False).
+        self._outcomes: collections.deque[bool] = collections.deque(maxlen=20)
+        self._measure_from = -math.inf
+        self._last_update: float | None = None
+        self._last_decrease = -math.inf
+        # Searching upwards from a coarse estimate: the last rate that drew no 429.
+        self._good: float | None = None
+        self._creep_every: float | None = None
+        self._since_decrease = 0  # requests accepted since the last decrease
+        self._paused = 0.0  # how long the last decrease's 429 paused the resource
+        self._rate_before = self.rate  # the rate the last decrease came down from
+        self._answered: collections.deque[float] = collections.deque()  # every answer
+
+    def _accepted_rate(self, now: float) -> tuple[float, float] | None:
+        """What the source accepted, and what it was offered (every answer), per second
+        over the last half second (or ~8 requests' worth at low rates); None when too
+        little was answered to tell. When we send faster than the source accepts, the
+        first is its limit; longer windows would average in the ramp that led up to it."""
+        window = max(0.5, 8.0 / max(self.rate, 1e-9))
+        start = max(self._measure_from, now - window)
+        for log in (self._accepted, self._answered):
+            while log and log[0] < now - max(window, 1.0):
+                log.popleft()
+        span = now - start
+        count = sum(1 for t in self._accepted if t >= start)
+        offered = sum(1 for t in self._answered if t >= start)
+        if span < 0.5 * window or count < 5:
+            return None
+        return count / span, offered / span
+
+    def on_rate_limited(self, now: float, resume_at: float) -> bool:
+        """A 429 (or a clearly congested source): slow down; True when the rate changed.
+
+        ``resume_at`` is when traffic restarts after the pause this 429 caused.
+        """
+        self._outcomes.append(False)
+        self._answered.append(now)
+        if now - self._last_decrease < 1.0:
+            # The same burst of 429s: the requests that were on their way answer now, and
+            # how many of them are refused says how far over the limit they were sent.
+            burst = self._outcomes
+            # Shrunk towards none refused: a handful of answers is a noisy sample.
+            share = burst.count(False) / (len(burst) + 1)
+            if len(burst) >= 4 and share > 0.3:
+                target = max(self.floor, self._rate_before * (1.0 - share))
+                if target < self.rate:
+                    self.threshold = self.rate = target
+                    self._good = target
+                    return True
+            return False
+        outcomes = self._outcomes
+        refused = outcomes.count(False) / len(outcomes) if len(outcomes) >= 5 else None
+        measured = self._accepted_rate(now)
+        accepted = measured[0] if measured is not None else None
+        offered = measured[1] if measured is not None else None
+        # Refused again soon after a pause (the active part of the cycle shorter than
+        # the pause itself): what it accepted over the whole cycle, pause included.
+        span = now - self._last_decrease
+        cycle = (
+            self._since_decrease / span
+            if self._since_decrease >= 4 and span - self._paused < 1.5 * self._paused
+            else None
+        )
+        search = True
+        if self._good is not None and self._good < self.rate:
+            # The search's last step drew it: the rate before that step is the limit.
+            target, search = self._good, False
+        elif accepted is not None and offered is not None and accepted < 0.85 * offered:
+            # Clearly sending faster than the source accepts.
+            target = self.margin * accepted
+        elif cycle is not None and cycle < 0.85 * self.rate and accepted is None:
+            # Refused again soon after the last 429's pause, each time once the burst its
+            # bucket saved up meanwhile was spent (too few answers since to time them):
+            # about its limit got through over the whole cycle. At most halve, then
+            # search.
+            target = self.margin * max(cycle, 0.5 * self.rate)
+        elif refused is not None and refused <= 0.2:
+            # Refused now and then at about the pace it accepts: a little too fast for a
+            # strict bucket, or requests bunched on the way. A step down of 3 %, up to 10 %
+            # when the last 429 was only moments of sending ago; the creep back up slows.
+            active = span - self._paused
+            down = min(0.1, max(1.0 - self._JITTER_STEP, 0.3 / active)) if active > 0 else 0.1
+            target, search = self.rate * (1.0 - down), False
+            self._creep_every = min(self._MAX_CREEP_EVERY, 2.0 * self._creep_base())
+        elif refused is not None:
+            target = self.margin * self.rate * (1.0 - refused)
+        elif (
+            not self.ramp
+            and self._since_decrease >= 10
+            and (self.decreases == 0 or span - self._paused > 1.0)
+        ):
+            # Too early to measure, but plenty got through at this declared rate:
+            # trust it, a little less.
+            target = self.rate * 0.9
+        else:
+            # Refused almost at once (after a pause, or from the start): far too fast.
+            target = self.rate * 0.5
+        self._rate_before = self.rate
+        self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
+        self._good = self.rate if search else None
+        self.decreases += 1
+        self._last_decrease = now
+        self._paused = max(0.0, resume_at - now)
+        self._measure_from = resume_at
+        self._accepted.clear()
+        self._answered.clear()
+        self._outcomes.clear()
+        self._since_decrease = 0
+        self._last_update = resume_at
+        return True
+
+    def _creep_base(self) -> float:
+        # Crossing the limit costs a 429 and a Retry-After pause, so cycles must be long
+        # for the pause (and the 429s) to stay a small fraction of the time.
+        every = self._creep_every or max(6.0, 12.5 / max(self.threshold or self.rate, 1e-9))
+        return every
+
+    def on_header_limit(self, rate: float, now: float) -> None:
+        """The server told us its limit: use it (a hair below, for clock skew)."""
+        self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
+        self._good = None
+        self._last_update = now
+
+    def on_success(self, now: float) -> bool:
+        """An accepted request; return True when the rate changed."""
+        self._accepted.append(now)
+        self._answered.append(now)
+        self._outcomes.append(True)
+        self._since_decrease += 1
+        if self._last_update is None:
+            self._last_update = self._measure_from = now
+            return False
+        elapsed = now - self._last_update
+        if self.threshold is None:
+            if elapsed < 0.25:
+                return False
+            # Grow no further than four times what actually got through in the last half
+            # second: when concurrency or the client itself is the bottleneck, a rate of
+            # thousands would only make the first 429 measure the wrong thing.
+            recent = 2.0 * sum(1 for t in self._accepted if t >= now - 0.5)
+            cap = max(4.0 * recent, 2.0 * self.floor, 4.0)
+            self.rate = min(self.ceiling, max(self.rate, min(self.rate * 4.0**elapsed, cap)))
+        elif self.rate >= self.ceiling:
+            self._last_update = now
+            return False
+        elif self._good is not None:
+            if elapsed < max(1.0, 4.0 / self.rate):
+                return False
+            self._good = self.rate
+            self.rate = min(self.ceiling, self.rate * self._SEARCH_STEP)
+            self.threshold = self.rate
+            if self.rate >= self.ceiling:
+                self._good = None
+        else:
+            every = self._creep_base()
+            if elapsed < every:
+                return False
+            if self._creep_every is not None:
+                # The last step drew no 429: step a little sooner next time.
+                self._creep_every = max(0.0, 0.9 * self._creep_every) or None
+                if self._creep_every is not None and self._creep_every < 6.0:
+                    self._creep_every = None
+            self.rate = min(self.ceiling, self.rate + self._CREEP_STEP * self.threshold)
+            if self.ramp and self.rate > 1.1 * self.threshold / self.margin:
+                # 10 % past the old limit without a 429: the limit rose or was
+                # underestimated; ramp up quickly again.
+                self.threshold = None
+        self._last_update = now
+        return True

@@ -1,0 +1,164 @@
+"""The pace of a resource: its declared rates and quotas, the rate learned under them, and
+what requests' answers teach it."""
+
+from __future__ import annotations
+
+import math
+
+from backfill.ratelimit.adaptive import AdaptiveRate
+from backfill.ratelimit.limits import QUOTA_PERIOD, Limit, Tell
+from backfill.ratelimit.schedule import Schedule
+
+# Where a declared rate of burst 1 starts, as a share of it (see Pace._new_learned).
+_STRICT_START = 0.97
+
+
+class Pace:
+    """When a resource's next request may start as far as its rates and quotas go (its
+    :class:`Schedule`), and the rate it actually runs at (``learned``): an
+    :class:`AdaptiveRate` under the declared rate, none for a resource of quotas only.
+    A declared rate the source does not accept is said once a run through ``tell``."""
+
+    def __init__(
+        self,
+        limits: list[Limit],
+        *,
+        burst: int,
+        adaptive: bool,
+        start_rate: float | None,
+        tell: Tell,
+    ) -> None:
+        self.limits = limits
+        self.burst = burst
+        self.adaptive = adaptive
+        self._start_rate = start_rate
+        self._tell = tell
+        self.learned = self._new_learned()
+        self.schedule = Schedule(limits, burst, None if self.learned is None else self.learned.rate)
+        self._said_slower = False
+        self._latency_ewma: float | None = None
+        self._latency_floor: float | None = None
+        self._latency_samples = 0
+
+    @property
+    def declared_rate(self) -> float | None:
+        """The strictest per-second rate declared (None: adaptive without one, or quotas
+        only)."""
+        return min((lim.rate for lim in self.limits if lim.period <= QUOTA_PERIOD), default=None)
+
+    def _new_learned(self) -> AdaptiveRate | None:
+        primary = self.declared_rate
+        if self.adaptive:
+            return AdaptiveRate(self._start_rate or primary or 5.0, ceiling=primary or 10_000.0)
+        if primary is None:
+            return None
+        # Burst 1 declares a source that takes one request per interval, no more: its own
+        # bucket may be just as strict, and the way there jitters. Start a hair under the
+        # declared rate (short jobs finish before a 429 could teach the margin); creeping
+        # up while healthy, it reaches the declared rate within seconds.
+        start = primary * _STRICT_START if self.burst == 1 else primary
+        return AdaptiveRate(start, ceiling=primary, ramp=False)
+
+    def reset(self) -> None:
+        """Forget bookings, the fleet and what was learned (a new run starts)."""
+        self.schedule.reset()
+        self.learned = self._new_learned()
+        if self.learned is not None and self.schedule.pace is not None:
+            self.schedule.pace.set_rate(self.learned.rate, self.burst)
+        self._said_slower = False
+
+    def description(self) -> str:
+        """The declared limits, and the rate run at when it differs (see
+        :meth:`Resource.rate_description`)."""
+        parts = [str(lim) for lim in self.limits]
+        learned = self.learned
+        if learned is not None and self.adaptive:
+            parts.append(f"adaptive, now {learned.rate:.2f}/s")
+        elif learned is not None and learned.rate < 0.995 * learned.ceiling:
+            parts[0] += f" (running at {learned.rate:.3g}/s)"
+        return ", ".join(parts)
+
+    @property
+    def rate(self) -> float:
+        """The sustained rate run at now (see :attr:`Resource.rate`)."""
+        rates = [lim.rate for lim in self.limits if lim.period <= QUOTA_PERIOD]
+        if self.learned is not None:
+            rates.append(self.learned.rate)
+        return min(rates or [lim.rate for lim in self.limits] or [math.inf])
+
+    def seconds_for(self, requests: float) -> float:
+        """The least time ``requests`` need (see :meth:`Resource.seconds_for`)."""
+        rates = [lim.rate for lim in self.limits if lim.period <= QUOTA_PERIOD]
+        if self.learned is not None and self.adaptive:
+            rates.append(self.learned.rate)
+        seconds = requests / min(rates) if rates else 0.0
+        for lim in self.limits:
+            if lim.period > QUOTA_PERIOD and requests > lim.count:
+                seconds = max(seconds, (math.ceil(requests / lim.count) - 1) * lim.period)
+        return seconds
+
+    @property
+    def rate_interval(self) -> float:
+        """Seconds between starts at the per-second rate declared (0: none declared)."""
+        rates = [lim.rate for lim in self.limits if lim.period <= QUOTA_PERIOD]
+        return 1.0 / min(rates) if rates else 0.0
+
+    # -- what answers teach it -------------------------------------------------------
+
+    def on_latency(self, latency: float | None, now: float) -> None:
+        """An adaptive rate slows down when the source starts queueing."""
+        learned = self.learned
+        if (
+            latency is not None
+            and learned is not None
+            and self.adaptive
+            and self._latency_rising(latency)
+            and learned.on_rate_limited(now, now)
+        ):
+            self._paced(now)
+
+    def on_refused(self, now: float, resume_at: float) -> None:
+        """A 429; traffic restarts at ``resume_at``."""
+        if self.learned is not None and self.learned.on_rate_limited(now, resume_at):
+            self._paced(now)
+
+    def on_success(self, now: float) -> None:
+        """An accepted request."""
+        if self.learned is not None and self.learned.on_success(now):
+            self._paced(now)
+
+    def on_header_limit(self, limit: int | None, window: float | None, now: float) -> None:
+        """The source said its limit: ``limit`` requests per ``window`` seconds."""
+        if self.learned is not None and limit and window:
+            self.learned.on_header_limit(limit / window, now)
+            self._paced(now)
+
+    def _paced(self, now: float) -> None:
+        """The learned rate changed: requests not yet started go at the new one. A
+        declared rate the source does not accept is said once a run."""
+        learned = self.learned
+        assert learned is not None and self.schedule.pace is not None
+        self.schedule.pace.set_rate(learned.rate, self.burst, now)
+        if not self.adaptive and not self._said_slower and learned.rate < 0.9 * learned.ceiling:
+            self._said_slower = True
+            self._tell(
+                f"declared {learned.ceiling:g}/s is more than the source accepts: running at "
+                f"{learned.rate:.3g}/s",
+                0.0,
+                "rate",
+            )
+
+    def _latency_rising(self, latency: float) -> bool:
+        """True when latency has quadrupled over its healthy level, by 200 ms or more: the
+        source is queueing (a busy client machine alone must not look like that)."""
+        self._latency_ewma = (
+            latency if self._latency_ewma is None else 0.9 * self._latency_ewma + 0.1 * latency
+        )
+        if self._latency_floor is None or self._latency_ewma < self._latency_floor:
+            self._latency_floor = self._latency_ewma
+        self._latency_samples += 1
+        return (
+            self._latency_samples > 20
+            and self._latency_floor > 0
+            and self._latency_ewma > 4 * self._latency_floor + 0.2
+        )

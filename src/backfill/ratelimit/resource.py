@@ -1,0 +1,451 @@
+"""A resource: the limit everything that uses one source shares (see the package)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from backfill.clock import Clock, SystemClock, current_deadline
+from backfill.errors import ConfigError
+from backfill.ratelimit.circuit import CircuitBreaker
+from backfill.ratelimit.grants import (
+    WIRE_GAP_MIN_INTERVAL,
+    Grant,
+    LateStart,
+    Wire,
+    WireGap,
+    give_grant,
+    take_grant,
+    until_start,
+)
+from backfill.ratelimit.limits import (
+    DEFAULT_MAX_WAIT,
+    Limit,
+    Listener,
+    Outcome,
+    describe_seconds,
+    parse_limit,
+)
+from backfill.ratelimit.pace import Pace
+from backfill.ratelimit.pauses import Pauses
+from backfill.ratelimit.pool import Pool
+from backfill.ratelimit.sharing import FleetShare, SharedRate
+
+
+def _whole(value: object) -> bool:
+    """A count of at least 1: an int, not a bool, a float or NaN."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _declared(
+    name: str,
+    rate: str | float | Limit | None,
+    burst: int,
+    concurrency: int | None,
+    limits: list[str | float | Limit] | None,
+    adaptive: bool,
+    max_wait: float,
+) -> list[Limit]:
+    """A resource's declared limits, once its settings are checked."""
+    if not isinstance(max_wait, int | float) or not 0 < max_wait < math.inf:
+        raise ConfigError(
+            f"resource {name!r}: max_wait must be a positive number of seconds, not {max_wait!r}"
+        )
+    if not _whole(burst):
+        raise ConfigError(f"resource {name!r}: burst must be at least 1, not {burst!r}")
+    if concurrency is not None and not _whole(concurrency):
+        raise ConfigError(
+            f"resource {name!r}: concurrency must be at least 1 (calls at once), "
+            f"not {concurrency!r}"
+        )
+    declared = [parse_limit(rate)] if rate is not None else []
+    declared += [parse_limit(x) for x in limits or []]
+    if not declared and not adaptive and concurrency is None:
+        raise ConfigError(
+            f"resource {name!r} needs a rate (e.g. rate='5/s'), a concurrency (e.g. "
+            "concurrency=15 for a warehouse's queries at once) or adaptive=True"
+        )
+    return declared
+
+
+class Resource:
+    """A named limit shared by every stage and call that uses it: rates, quotas, a
+    concurrency pool, or only one of them (a warehouse's 15 queries at once). Any client
+    takes its turns (:meth:`turn`); ``ctx.http`` does for each request.
+
+    It holds its collaborators: its :class:`Pace` (rates, quotas, the rate learned), its
+    :class:`CircuitBreaker`, its concurrency :class:`Pool`, its :class:`FleetShare` and
+    its :class:`Wire`; itself, it hands out turns, pauses, and hears what requests saw.
+
+    Example::
+
+        api = job.resource("racing_api", rate="2/s", burst=1, concurrency=4,
+                           limits=["10000/day"])
+        warehouse = job.resource("warehouse", concurrency=15)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        rate: str | float | Limit | None = None,
+        burst: int = 1,
+        concurrency: int | None = None,
+        limits: list[str | float | Limit] | None = None,
+        adaptive: bool = False,
+        start_rate: float | None = None,
+        shared: bool = False,
+        breaker: CircuitBreaker | None = None,
+        clock: Clock | None = None,
+        max_wait: float = DEFAULT_MAX_WAIT,
+    ) -> None:
+        declared = _declared(name, rate, burst, concurrency, limits, adaptive, max_wait)
+        self.name = name
+        self.max_wait = float(max_wait)
+        self.burst = burst
+        self.limits = declared
+        # Whose limit it is: the job's own (its runs and workers share it), or, shared,
+        # every job's on the same state that declares a resource of this name.
+        self.shared = shared
+        self.adaptive = adaptive
+        self.clock: Clock = clock or SystemClock()
+        self._listeners: list[Listener] = []
+        self.pace = Pace(
+            declared, burst=burst, adaptive=adaptive, start_rate=start_rate, tell=self._tell
+        )
+        self.breaker = breaker or CircuitBreaker()
+        self.pool = Pool(concurrency)
+        self.fleet = FleetShare(self)
+        self.wire = Wire()
+        self._wire_gap = WireGap(self)
+        self._pacing: asyncio.Lock | None = None
+        self._pacing_loop: asyncio.AbstractEventLoop | None = None
+        self.pausing = Pauses(self._tell)
+        self.requests = 0
+        self.rate_limited = 0
+        self.late_starts = 0  # fleet starts found stale and dropped, taken again
+        self.circuit_since: float | None = None  # wall clock
+        self.down_since: float | None = None  # the circuit opened (clock.monotonic)
+        self.last_error: str | None = None  # the last failure a client said of it
+
+    def __repr__(self) -> str:
+        return f"Resource({self.name!r}, rate={self.rate_description()})"
+
+    @property
+    def concurrency(self) -> int | None:
+        """Calls at once (None: no pool)."""
+        return self.pool.concurrency
+
+    @property
+    def paused_until(self) -> float:
+        """Until when every request is held (on the clock's ``monotonic`` scale)."""
+        return self.pausing.until
+
+    @property
+    def pause_reason(self) -> str | None:
+        """Why requests are held (or were, last)."""
+        return self.pausing.reason
+
+    @property
+    def pauses(self) -> int:
+        """How many pauses began this run."""
+        return self.pausing.count
+
+    @property
+    def sent_late(self) -> int:
+        """Requests sent past their fleet start, after too many misses."""
+        return self.wire.sent_late
+
+    def rate_description(self) -> str:
+        """The declared limits, and the rate run at when it differs, e.g. ``5/s (running
+        at 4.75/s)``, ``adaptive, now 42.00/s`` or ``15 at once`` (a concurrency only)."""
+        if not self.limits and self.pace.learned is None:
+            return f"{self.concurrency} at once"
+        return self.pace.description()
+
+    @property
+    def rate(self) -> float:
+        """The sustained rate the resource runs at now (requests per second); quotas over
+        longer periods are left out (see :meth:`seconds_for`); infinite for a resource
+        of a concurrency only."""
+        return self.pace.rate
+
+    def seconds_for(self, requests: float) -> float:
+        """The least time ``requests`` need under every limit (quotas included): at the
+        declared rates, or the rate an adaptive resource has found (a declared one starts
+        a hair under its rate, and is there within seconds)."""
+        return self.pace.seconds_for(requests)
+
+    @property
+    def quotas(self) -> list[Limit]:
+        """The limits over longer periods (e.g. 10000/day), counted exactly over a sliding
+        window; a fleet keeps them in the shared ledger."""
+        return self.pace.schedule.quotas
+
+    @property
+    def rate_interval(self) -> float:
+        """Seconds between starts at the resource's per-second rate (0: none declared)."""
+        return self.pace.rate_interval
+
+    def reset(self, *, clock: Clock | None = None) -> None:
+        """Forget bookings, pauses, breaker state and listeners (a new run starts), and
+        keep time on the run's ``clock`` when one is given."""
+        if clock is not None:
+            self.clock = clock
+        self.pace.reset()
+        self._pacing = None
+        self.wire.tat = -math.inf
+        self.pausing.reset()
+        self.circuit_since = None
+        self.down_since = None
+        self.last_error = None
+        self.breaker = self.breaker.renewed()
+        self._listeners.clear()
+        self.requests = self.rate_limited = self.pausing.count = self.late_starts = 0
+        self.fleet.share_with(None)
+        self.pool.reset()
+
+    def subscribe(self, listener: Listener) -> None:
+        """``listener(resource_name, what, seconds, kind)`` hears of pauses, quota waits,
+        breaker changes and a declared rate the source does not accept."""
+        self._listeners.append(listener)
+
+    def _tell(self, what: str, seconds: float, kind: str) -> None:
+        for listener in self._listeners:
+            listener(self.name, what, seconds, kind)
+
+    # -- a fleet of workers ----------------------------------------------------------------
+
+    def share_with(self, shared: SharedRate, *, rate: bool = True) -> None:
+        """Take this resource's per-second rate and its quotas from ``shared``, one
+        schedule for the whole fleet (this process's own schedule still applies to what
+        the fleet does not share: an adaptive rate, found per worker). With ``rate``
+        False only the quotas are taken from it (they hold across restarts) and the rate
+        stays this process's own."""
+        self.fleet.share_with(shared, rate=rate)
+        self.pace.schedule.share(rate=rate)
+
+    async def set_share(self, concurrency: int) -> None:
+        """This worker's part of the fleet's concurrency (rebalanced as workers come and go)."""
+        await self.pool.set_share(concurrency)
+
+    # -- taking a request slot -----------------------------------------------------------
+
+    def _due(self, now: float) -> float:
+        """When the next request may start: every limit, a pause and the breaker."""
+        start = max(now, self.paused_until)
+        if self.breaker.open_until is not None:
+            start = max(start, self.breaker.open_until)
+        return self.pace.schedule.earliest(start)
+
+    async def acquire(self) -> int:
+        """Wait for this request's turn (rates, pauses and the breaker all respected);
+        the wait does not count against the partition's stage timeout. Not 0: the
+        request is the open circuit's probe, that number."""
+        deadline = current_deadline.get()
+        if deadline is None:
+            return await self._acquire()
+        deadline.hold()
+        try:
+            return await self._acquire()
+        finally:
+            deadline.release()
+
+    async def _acquire(self) -> int:
+        """Wait for this request's turn (rates, pauses and the breaker all respected);
+        not 0 when it is the open circuit's probe (its number).
+
+        Requests take their turns in order, one at a time: the first waits until every
+        limit allows a start, and is booked at the instant it actually starts. Nothing
+        is booked ahead for the others, so a rate that changes (a 429, an adaptive step)
+        applies to them at once, and a turn taken late (the loop or the CPU was busy) is
+        neither lost nor sent on top of the next one: the next is spaced from it.
+
+        With a fleet, the start is then taken from the fleet's schedule, whose instants
+        are fixed: one found late there is dropped (see :meth:`FleetShare.start`).
+        """
+        loop = asyncio.get_running_loop()
+        if self._pacing is None or self._pacing_loop is not loop:
+            # A job module (and its resources) may outlive one event loop, e.g. in tests.
+            self._pacing = asyncio.Lock()
+            self._pacing_loop = loop
+        fleet, schedule = self.fleet, self.pace.schedule
+        if fleet.shared is not None and not fleet.rate:
+            # Quotas first: a request that waits hours for its day's quota takes its turn
+            # at the rate after that, not before.
+            await fleet.start()
+        probe = 0
+        async with self._pacing:
+            while True:
+                now = self.clock.monotonic()
+                due = self._due(now)
+                if due > now + 1e-6:
+                    if due - now > 5.0 and schedule.quota_binds(now, due):
+                        self.say_quota_wait(due)
+                    # Then look again: a pause, the breaker or a new rate may have moved it.
+                    await self.clock.sleep(due - now)
+                    continue
+                if self.breaker.open_until is not None:
+                    if self.breaker.probing:
+                        # The probe is out: wait for its answer.
+                        await self.clock.sleep(0.05)
+                        continue
+                    probe = self.breaker.take_probe()
+                schedule.book(now)
+                break
+        # Spacing again at the wire is worth its cost where a strict source (one
+        # request per interval) is likely and an interval dwarfs the way's jitter: slow
+        # rates. At 100/s every late write would be time lost for good.
+        gap = self.burst == 1 and 1.0 / self.rate >= WIRE_GAP_MIN_INTERVAL
+        grant: Grant | WireGap | None = self._wire_gap if gap else None
+        if fleet.shared is not None and fleet.rate:
+            # Last: a start granted by the fleet must go out on its instant.
+            try:
+                start, deadline = await fleet.start()
+            except BaseException:
+                if probe:
+                    self.breaker.probing = False
+                raise
+            grant = Grant(self, start, deadline)
+        self.requests += 1
+        give_grant(grant)
+        return probe
+
+    def state(self) -> dict[str, Any]:
+        """What the resource is doing now, for status and the dashboard (instants on the
+        wall clock): its declared limits and the rate it runs at, a pause and why, its
+        circuit, a quota wait, and how many requests it made and saw refused."""
+        now, wall = self.clock.monotonic(), self.clock.time()
+
+        def at(instant: float) -> float | None:
+            return round(wall + instant - now, 3) if instant > now else None
+
+        breaker = self.breaker
+        circuit = breaker.status
+        return {
+            "declared": ", ".join(str(lim) for lim in self.limits) or None,
+            "adaptive": self.adaptive,
+            "rate": round(self.rate, 4) if self.limits or self.pace.learned is not None else None,
+            "paused_until": at(self.paused_until),
+            "pause_reason": self.pause_reason if self.paused_until > now else None,
+            "circuit": circuit,
+            "circuit_since": self.circuit_since if circuit != "closed" else None,
+            "circuit_retry_at": at(breaker.open_until) if breaker.open_until is not None else None,
+            "quota_until": at(self.pausing.quota_wait_until),
+            "quotas": [str(q) for q in self.quotas],
+            "requests": self.requests,
+            "rate_limited": self.rate_limited,
+        }
+
+    def say_quota_wait(self, until: float) -> None:
+        """Say once per wait that a quota is used up, and when requests resume."""
+        self.pausing.say_quota_wait(until, self.quotas, self.clock)
+
+    def unsent(self) -> None:
+        """The start last granted was not used: its request was found late on its way
+        to the wire (:class:`LateStart`)."""
+        self.requests -= 1
+        self.late_starts += 1
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a concurrency slot and a rate reservation for one request."""
+        pool = self.pool.current()
+        if pool is None:
+            probe = await self.acquire()
+            with self._probe(probe):
+                yield
+            return
+        async with pool:
+            probe = await self.acquire()
+            with self._probe(probe):
+                yield
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold a slot and a start for one call of any client (a warehouse query, a
+        browser page): the pool, the rates, quotas, a pause and the circuit all hold, as
+        for a request. A start from a fleet's schedule (or this process's spacing at a
+        slow rate) is waited for here, where the call begins, as a request waits for it
+        where it is written (see :mod:`backfill.sources.wire`)."""
+        while True:
+            async with self.slot():
+                try:
+                    await until_start(self.clock, take_grant())
+                except LateStart:
+                    self.unsent()
+                    continue
+                yield
+                return
+
+    @contextlib.contextmanager
+    def _probe(self, probe: int) -> Iterator[None]:
+        """The circuit's probe that ends without an answer the breaker counts: the next
+        request probes instead (see :meth:`CircuitBreaker.drop_probe`)."""
+        try:
+            yield
+        finally:
+            self.breaker.drop_probe(probe)
+
+    # -- feedback ------------------------------------------------------------------------
+
+    def pause(self, seconds: float, reason: str = "retry-after") -> None:
+        """Hold every request of this resource for ``seconds`` (extends, never stacks);
+        with a fleet, every worker's requests. No pause lasts longer than ``max_wait``,
+        and one cut to it says so."""
+        if math.isnan(seconds):  # a garbage hint is no pause
+            return
+        if seconds > self.max_wait:
+            reason = (
+                f"{reason}; asked for {describe_seconds(seconds)} s, waiting the cap of "
+                f"{describe_seconds(self.max_wait)} s"
+            )
+            seconds = self.max_wait
+        if self.fleet.shared is not None:
+            self.fleet.shared.pause(seconds)
+        self.hold_until(self.clock.monotonic() + seconds, reason)
+
+    def hold_until(self, until: float, reason: str) -> None:
+        """Hold this process's requests until ``until`` (extends, never stacks); a pause
+        that begins is said."""
+        self.pausing.hold_until(until, reason, self.clock)
+
+    def observe(
+        self,
+        outcome: Outcome,
+        *,
+        retry_after: float | None = None,
+        remaining: int | None = None,
+        reset_after: float | None = None,
+        limit: int | None = None,
+        window: float | None = None,
+        latency: float | None = None,
+    ) -> None:
+        """Feed back what a request saw: its outcome, latency and rate-limit headers."""
+        now = self.clock.monotonic()
+        pace = self.pace
+        pace.on_latency(latency, now)
+        if outcome is Outcome.RATE_LIMITED:
+            self.rate_limited += 1
+            asked = retry_after if retry_after is not None else 1.0
+            wait = min(asked, self.max_wait)
+            pace.on_refused(now, max(now + wait, self.paused_until))
+            self.pause(asked, "429")
+        elif outcome is Outcome.OK:
+            pace.on_success(now)
+        pace.on_header_limit(limit, window, now)
+        if remaining is not None and remaining <= 0 and reset_after:
+            self.pause(reset_after, "quota used up")
+        if outcome is not Outcome.RATE_LIMITED:
+            change = self.breaker.record(outcome is not Outcome.ERROR, now)
+            if change == "opened":
+                self.circuit_since = self.clock.time()
+                self.down_since = now
+                self._tell(self.breaker.opened_message(), self.breaker.cooldown, "circuit_open")
+            elif change == "closed":
+                self.circuit_since = None
+                self.down_since = None
+                self._tell("circuit closed", 0.0, "circuit_closed")

@@ -1,0 +1,172 @@
+"""When a process's next request may start under each declared limit: virtual scheduling
+(GCRA) for a rate, an exact sliding window for a quota, and the same arithmetic for
+starts booked on a schedule a fleet shares (:func:`book_block`)."""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Sequence
+
+from backfill.ratelimit.limits import QUOTA_PERIOD, Limit
+
+# A quota of more starts than this is counted as a rate: a log that long costs more
+# than exactness is worth.
+_MAX_LOG = 1_000_000
+
+
+class Scheduler:
+    """Virtual scheduling for one limit: when may the next request start?"""
+
+    __slots__ = ("interval", "tat", "tolerance")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.interval = 1.0 / rate
+        # A full bucket at start: ``burst`` requests may go at once, not more.
+        self.tolerance = (burst - 1) * self.interval
+        self.tat = -math.inf
+
+    def set_rate(self, rate: float, burst: int, now: float | None = None) -> None:
+        interval = 1.0 / rate
+        if now is not None and self.tat > now:
+            # What is owed was counted at the old rate: respace it at the new one, so a
+            # rate that grows takes effect at once instead of after the waits booked.
+            self.tat = now + (self.tat - now) * interval / self.interval
+        self.interval = interval
+        self.tolerance = (burst - 1) * interval
+
+    def earliest(self, now: float) -> float:
+        return max(now, self.tat - self.tolerance)
+
+    def book(self, start: float) -> None:
+        self.tat = max(self.tat, start) + self.interval
+
+
+class Window:
+    """At most ``count`` starts in any window of ``period`` seconds (a quota such as
+    10000/day): exact, from a log of the last ``count`` starts."""
+
+    __slots__ = ("count", "log", "period")
+
+    def __init__(self, count: int, period: float) -> None:
+        self.count = count
+        self.period = period
+        self.log: collections.deque[float] = collections.deque(maxlen=count)
+
+    def earliest(self, now: float) -> float:
+        if len(self.log) < self.count:
+            return now
+        return max(now, self.log[0] + self.period)
+
+    def book(self, start: float) -> None:
+        self.log.append(start)
+
+
+def book_block(
+    *,
+    now: float,
+    tat: float,
+    paused_until: float,
+    count: int,
+    interval: float,
+    tolerance: float,
+    earlier: Sequence[tuple[float, Sequence[float | None]]] = (),
+) -> tuple[float, list[float]]:
+    """Book ``count`` starts on one shared schedule; return the schedule's next ``tat``
+    and the instants of the starts (all on the schedule's clock, ``now`` included).
+
+    The rate is GCRA: the first start is due at ``max(tat, now - tolerance,
+    paused_until)``, each next one ``interval`` after the one before, and starts due
+    before ``now`` go at ``now`` (the burst). ``earlier`` holds, per quota, its period
+    and, for each new start, the start made ``quota count`` starts before it (None while
+    fewer were made): a start waits until that one has left the quota's window.
+    ``count`` must not exceed a quota's count.
+
+    >>> book_block(now=10.0, tat=9.0, paused_until=0.0, count=3, interval=0.5, tolerance=0.0)
+    (11.5, [10.0, 10.5, 11.0])
+    >>> book_block(now=10.0, tat=0.0, paused_until=0.0, count=2, interval=1.0, tolerance=0.0,
+    ...            earlier=[(60.0, [None, 5.0])])
+    (66.0, [10.0, 65.0])
+    """
+    due = max(tat, now - tolerance, paused_until)
+    starts = []
+    for i in range(count):
+        for period, previous in earlier:
+            before = previous[i]
+            if before is not None:
+                due = max(due, before + period)
+        starts.append(max(now, due))
+        due += interval
+    return due, starts
+
+
+class Schedule:
+    """This process's bookings for one resource: a scheduler per declared limit (a window
+    for a quota) and one at the rate learned from the source (``pace``, none for a
+    resource of quotas only).
+
+    With a fleet, the shared schedule grants the per-second rate and the quotas (see
+    :meth:`share`); of this process's own schedulers only the others still apply:
+    booking a granted start on a copy of the fleet's rate too would hold it past its
+    instant, and a start held past its instant is not sent.
+    """
+
+    __slots__ = ("_unshared", "_unshared_quotas", "local", "pace", "schedulers", "shared")
+
+    def __init__(self, limits: list[Limit], burst: int, pace_rate: float | None) -> None:
+        self.schedulers: list[Scheduler | Window] = [
+            Window(int(lim.count), lim.period)
+            if lim.period > QUOTA_PERIOD and lim.count <= _MAX_LOG and lim.count == int(lim.count)
+            else Scheduler(lim.rate, burst)
+            for lim in limits
+        ]
+        self.pace: Scheduler | None = None
+        if pace_rate is not None:
+            self.pace = Scheduler(pace_rate, burst)
+            self.schedulers.append(self.pace)
+        self._unshared = [
+            s
+            for s, lim in zip(self.schedulers, [*limits, None], strict=False)
+            if lim is None or (isinstance(s, Scheduler) and lim.period > QUOTA_PERIOD)
+        ]
+        # ... or, when only the quotas are shared, every one but the quotas.
+        self._unshared_quotas: list[Scheduler | Window] = [
+            s for s in self.schedulers if not isinstance(s, Window)
+        ]
+        # What still applies once shared; kept through a reset (see quota_binds).
+        self.local: list[Scheduler | Window] = self.schedulers
+        self.shared = False
+
+    def share(self, *, rate: bool) -> None:
+        """A fleet's schedule grants the quotas, and the per-second rate too with ``rate``."""
+        self.shared = True
+        self.local = self._unshared if rate else self._unshared_quotas
+
+    def reset(self) -> None:
+        """Forget every booking, and the fleet (a new run starts)."""
+        for scheduler in self.schedulers:
+            if isinstance(scheduler, Window):
+                scheduler.log.clear()
+            else:
+                scheduler.tat = -math.inf
+        self.shared = False
+
+    def earliest(self, start: float) -> float:
+        """The first instant from ``start`` at which every limit that applies allows one."""
+        for scheduler in self.local if self.shared else self.schedulers:
+            start = max(start, scheduler.earliest(start))
+        return start
+
+    def book(self, now: float) -> None:
+        """A request starts at ``now``."""
+        for scheduler in self.local if self.shared else self.schedulers:
+            scheduler.book(now)
+
+    def quota_binds(self, now: float, due: float) -> bool:
+        """A quota of this process's own is what holds the next start until ``due``."""
+        return any(isinstance(w, Window) and w.earliest(now) >= due for w in self.local)
+
+    @property
+    def quotas(self) -> list[Limit]:
+        """The limits counted over a sliding window, e.g. 10000/day."""
+        return [Limit(s.count, s.period) for s in self.schedulers if isinstance(s, Window)]

@@ -1,0 +1,100 @@
+"""A resource shared by a fleet of workers: starts from one schedule for all of them."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+from typing import TYPE_CHECKING, Protocol
+
+from backfill.ratelimit.grants import MAX_LEAD
+
+if TYPE_CHECKING:
+    from backfill.ratelimit.resource import Resource
+
+
+class SharedRate(Protocol):
+    """Start instants handed out to every worker of a fleet from one schedule."""
+
+    async def take(self, count: int) -> tuple[list[float], float]:
+        """Reserve ``count`` starts: their instants on this clock's ``monotonic`` scale,
+        and the instant until which the whole fleet is paused."""
+
+    def pause(self, seconds: float) -> None:
+        """Pause the whole fleet for ``seconds`` from now (returns at once)."""
+
+
+class FleetShare:
+    """A resource's starts from a fleet's schedule (:class:`SharedRate`, none while the
+    resource is this process's alone): taken a few at a time for every request waiting,
+    each used on time or dropped."""
+
+    def __init__(self, resource: Resource) -> None:
+        self.resource = resource
+        self.shared: SharedRate | None = None
+        # The fleet grants the per-second rate too, not only the quotas.
+        self.rate = True
+        self._slots: collections.deque[float] = collections.deque()
+        self._taking: asyncio.Lock | None = None
+        self._waiting = 0
+
+    def share_with(self, shared: SharedRate | None, *, rate: bool = True) -> None:
+        """Take starts from ``shared`` (None: no more), forgetting any taken before."""
+        self.shared = shared
+        self.rate = rate
+        self._slots.clear()
+
+    async def start(self) -> tuple[float, float]:
+        """Wait for a start instant from the fleet's schedule; return it and the latest
+        instant at which the request may still go out.
+
+        Instants are used only on time: one found more than half an interval late (its
+        holder was busy) is dropped, never spent later, where it would bunch up with the
+        starts other workers were given after it. A start is handed over ahead of its
+        instant by the time requests take to reach the wire, and checked again there
+        (see :class:`Grant` and :mod:`backfill.sources.wire`).
+        """
+        assert self.shared is not None
+        resource = self.resource
+        clock = resource.clock
+        interval = resource.rate_interval if self.rate else 0.0
+        # With a rate, a start more than half an interval late would bunch up with later
+        # ones; with quotas only (no spacing), lateness costs nothing worth a start.
+        late = interval / 2 if interval else math.inf
+        lead = min(1.5 * resource.wire.way, MAX_LEAD) if interval else 0.0
+        if self._taking is None:
+            self._taking = asyncio.Lock()
+        self._waiting += 1
+        try:
+            while True:
+                now = clock.monotonic()
+                while self._slots and self._slots[0] < now - late:
+                    self._slots.popleft()
+                if self._slots:
+                    start = self._slots.popleft()
+                    if start - lead <= now:
+                        return start, start + late
+                    if start - now > max(5.0, 2 * interval) and start > resource.paused_until:
+                        resource.say_quota_wait(start)
+                    await clock.sleep(start - lead - now)
+                    # Woken late (the loop or the CPU was busy): the start is as stale
+                    # as one found late, and is dropped the same way.
+                    if clock.monotonic() <= start + late:
+                        return start, start + late
+                    continue
+                async with self._taking:
+                    if self._slots:
+                        continue
+                    # Everyone waiting now, but no more than a quarter second's worth.
+                    most = math.ceil(0.25 / interval) if interval else 16
+                    count = max(1, min(self._waiting, most))
+                    starts, paused_until = await self.shared.take(count)
+                    self._slots.extend(starts)
+                    now = clock.monotonic()
+                    if paused_until > now + 1e-3:
+                        resource.hold_until(
+                            min(paused_until, now + resource.max_wait),
+                            "retry-after, seen by another worker",
+                        )
+        finally:
+            self._waiting -= 1

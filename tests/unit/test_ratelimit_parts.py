@@ -1,0 +1,180 @@
+"""The collaborators a resource holds, each on its own: schedule, pace, pauses, wire,
+pool, breaker and fleet share."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from backfill.ratelimit.circuit import CircuitBreaker
+from backfill.ratelimit.grants import Wire
+from backfill.ratelimit.limits import Limit
+from backfill.ratelimit.pace import Pace
+from backfill.ratelimit.pauses import Pauses
+from backfill.ratelimit.pool import Pool
+from backfill.ratelimit.resource import Resource
+from backfill.ratelimit.schedule import Schedule
+from virtual_time import FakeClock
+
+
+def _told() -> tuple[list[tuple[str, float, str]], Pace]:
+    said: list[tuple[str, float, str]] = []
+    pace = Pace(
+        [Limit(10, 1)],
+        burst=1,
+        adaptive=False,
+        start_rate=None,
+        tell=lambda what, seconds, kind: said.append((what, seconds, kind)),
+    )
+    return said, pace
+
+
+def test_a_schedule_spaces_starts_at_its_rate_and_holds_a_quota_to_its_window() -> None:
+    """Two a second, at most three a minute: the fourth start waits for the first to
+    leave the minute."""
+    schedule = Schedule([Limit(2, 1), Limit(3, 60)], burst=1, pace_rate=None)
+    starts = []
+    now = 0.0
+    for _ in range(4):
+        now = schedule.earliest(now)
+        schedule.book(now)
+        starts.append(now)
+    assert starts == [0.0, 0.5, 1.0, 60.0]
+    assert schedule.quotas == [Limit(3, 60)]
+
+
+def test_a_schedule_shared_with_a_fleet_keeps_only_what_the_fleet_does_not_grant() -> None:
+    """Shared with its rate, a schedule no longer books the declared rate nor the quota,
+    only its learned pace; a reset forgets the fleet and every booking."""
+    schedule = Schedule([Limit(1, 1), Limit(5, 60)], burst=1, pace_rate=100.0)
+    schedule.share(rate=True)
+    schedule.book(0.0)
+    assert schedule.earliest(0.0) == pytest.approx(0.01)
+    schedule.reset()
+    assert schedule.earliest(0.0) == 0.0
+    schedule.book(0.0)
+    assert schedule.earliest(0.0) == 1.0
+
+
+def test_a_quota_binds_only_when_it_is_what_holds_the_start() -> None:
+    """A used-up quota is named as the wait; a rate's spacing is not."""
+    used_up = Schedule([Limit(1, 1), Limit(1, 60)], burst=1, pace_rate=None)
+    used_up.book(0.0)
+    assert used_up.quota_binds(0.0, 60.0)
+    spaced = Schedule([Limit(1, 1), Limit(5, 60)], burst=1, pace_rate=None)
+    spaced.book(0.0)
+    assert not spaced.quota_binds(0.0, spaced.earliest(0.0))
+
+
+def test_a_pace_runs_a_burst_1_rate_a_hair_under_what_is_declared_and_says_a_refusal() -> None:
+    """Burst 1 starts at 97 % of the declared rate; a source refusing far more than that
+    brings it down and is said once, as a "rate" change."""
+    said, pace = _told()
+    assert pace.rate == pytest.approx(9.7)
+    assert pace.description() == "10/s (running at 9.7/s)"
+    for step in range(20):
+        pace.on_success(step * 0.1)
+    for step in range(3):
+        pace.on_refused(2.0 + step * 2.0, 3.0 + step * 2.0)
+    assert pace.rate < 9.0
+    assert [kind for _, _, kind in said] == ["rate"]
+
+
+def test_a_pace_takes_a_limit_the_source_states() -> None:
+    """A RateLimit header of 60 per minute sets the learned rate just under 1/s."""
+    _, pace = _told()
+    pace.on_header_limit(60, 60.0, 1.0)
+    assert pace.rate == pytest.approx(0.98)
+    assert pace.rate_interval == pytest.approx(0.1)
+    assert pace.seconds_for(10) == pytest.approx(1.0)
+
+
+def test_pauses_extend_never_stack_and_are_said_once() -> None:
+    """A second, longer pause while paused moves its end without a second message."""
+    clock = FakeClock()
+    said: list[str] = []
+    pauses = Pauses(lambda what, seconds, kind: said.append(kind))
+    pauses.hold_until(5.0, "429", clock)
+    pauses.hold_until(3.0, "shorter", clock)
+    pauses.hold_until(8.0, "longer", clock)
+    assert (pauses.until, pauses.reason, pauses.count, said) == (8.0, "longer", 1, ["paused"])
+    pauses.say_quota_wait(100.0, [Limit(5, 60)], clock)
+    pauses.say_quota_wait(100.5, [Limit(5, 60)], clock)
+    assert said == ["paused", "quota"]
+
+
+def test_the_wire_spaces_requests_at_the_rate_where_they_are_written() -> None:
+    """At 2/s, a request written 0.1 s after the one before waits 0.4 s more."""
+    wire = Wire()
+    assert wire.turn(10.0, 2.0, 1) == 0.0
+    assert wire.turn(10.1, 2.0, 1) == pytest.approx(0.4)
+    assert wire.turn(10.5, 2.0, 1) == 0.0
+    wire.measure_way(1.0)
+    assert wire.way == pytest.approx(0.025)
+
+
+def test_a_pool_share_resizes_while_calls_hold_it() -> None:
+    """A worker's share grows from 1 to 2 while a call holds the pool: a second call
+    gets in without waiting for the first."""
+
+    async def main() -> int:
+        pool = Pool(4)
+        await pool.set_share(1)
+        held = pool.current()
+        assert held is not None
+        async with held:
+            waiting = asyncio.ensure_future(_enter(pool))
+            await asyncio.sleep(0)
+            assert not waiting.done()
+            await pool.set_share(2)
+            return await asyncio.wait_for(waiting, 1.0)
+
+    assert asyncio.run(main()) == 1
+    assert Pool(None).concurrency is None
+
+
+async def _enter(pool: Pool) -> int:
+    held = pool.current()
+    assert held is not None
+    async with held:
+        return 1
+
+
+def test_a_renewed_breaker_is_closed_with_the_same_settings() -> None:
+    """Opened by errors, a breaker's renewal is closed with its threshold and cooldowns."""
+    breaker = CircuitBreaker(min_requests=2, cooldown=1.0, max_cooldown=4.0)
+    breaker.record(False, 0.0)
+    assert breaker.record(False, 0.0) == "opened"
+    assert breaker.status == "open"
+    probe = breaker.take_probe()
+    assert breaker.status == "probing"
+    breaker.drop_probe(probe + 1)
+    assert breaker.probing
+    breaker.drop_probe(probe)
+    assert not breaker.probing
+    assert breaker.opened_message().endswith("probing every 1 s, then at most 4 s apart")
+    fresh = breaker.renewed()
+    assert (fresh.status, fresh.min_requests, fresh.max_cooldown) == ("closed", 2, 4.0)
+
+
+def test_a_fleet_share_drops_starts_found_stale() -> None:
+    """Starts already more than half an interval past are dropped; the first on time is
+    used, with its deadline half an interval after it."""
+
+    class Schedule3:
+        async def take(self, count: int) -> tuple[list[float], float]:
+            return [0.0, 0.4, 10.0], 0.0
+
+        def pause(self, seconds: float) -> None:
+            """No fleet to pause."""
+
+    clock = FakeClock()
+    resource = Resource("api", rate=1, clock=clock)
+    resource.share_with(Schedule3())
+    clock.t = 1.0
+
+    async def main() -> tuple[float, float]:
+        return await resource.fleet.start()
+
+    assert asyncio.run(main()) == (10.0, 10.5)
