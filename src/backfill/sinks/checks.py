@@ -62,7 +62,11 @@ class Declared(Protocol):
 
 
 class RecordChecks:
-    """The per-batch checks of a table's records; a base of TableSpec, whose fields they read."""
+    """The per-batch checks of a table's records; a base of TableSpec, whose fields they read.
+
+    Methods rather than functions because adapters ask them of their ``spec``; apart from
+    TableSpec so the declaration and the defence against hostile records each read whole.
+    """
 
     __slots__ = ()
 

@@ -28,7 +28,8 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 @dataclass(frozen=True, slots=True)
 class TableSpec(RecordChecks):
-    """What a table sink was declared with: adapters share it, and its checks."""
+    """What a table sink was declared with: adapters share it, and its checks of records
+    (inherited from :class:`~backfill.sinks.checks.RecordChecks`)."""
 
     name: str
     key: tuple[str, ...] = ()
