@@ -7,11 +7,13 @@ import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from backfill.checks import Check, CheckFunction, as_check
 from backfill.errors import ConfigError
 from backfill.partitions import Grain, PartitionSpec, ReferenceSpec
+from backfill.partitions.refresh import RefreshWindow, parse_refresh
 from backfill.ratelimit import Resource
 from backfill.retry import RetryPolicy
 
@@ -68,6 +70,8 @@ class Stage:
     needs: tuple[Needs, ...] = ()
     executor: str = "thread"
     checks: tuple[Check, ...] = ()
+    # Finished partitions a keep-current run redoes every run (the newest ones).
+    refresh_last: RefreshWindow | None = None
 
     @property
     def reference(self) -> bool:
@@ -111,6 +115,7 @@ def build_stage(
     reference: bool,
     executor: str,
     checks: Sequence[Check | CheckFunction],
+    refresh_last: int | str | timedelta | None = None,
 ) -> Stage:
     """The stage ``func`` declares in job ``job``, whose stages so far are ``declared``:
     its options checked, its ``partitions`` and ``sink`` its own or else the job's."""
@@ -152,6 +157,12 @@ def build_stage(
             "make it a def, or drop executor="
         )
     deps = _resolve_needs(stage_name, spec, needs, declared)
+    refresh = parse_refresh(refresh_last, what=f"stage {stage_name!r}")
+    if refresh is not None and reference:
+        raise ConfigError(
+            f"stage {stage_name!r}: a reference stage has no newest partitions to refresh; "
+            "drop refresh_last="
+        )
     return Stage(
         name=stage_name,
         fn=func,
@@ -166,6 +177,7 @@ def build_stage(
         needs=deps,
         executor=executor,
         checks=tuple(as_check(c) for c in checks),
+        refresh_last=refresh,
     )
 
 

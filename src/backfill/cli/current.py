@@ -1,0 +1,115 @@
+"""What `backfill run` does beyond running: a keep-current run (``--through``, the
+stages' ``refresh_last=``), the refusal of a second run on a live SQLite state, and the
+notifications of the run's end (``notify=`` on the job, ``--notify`` on the command)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+from backfill import coverage, keepcurrent
+from backfill.cli._common import err, error_line, execute, out, report_end, shown
+from backfill.engine.entry import default_log_dir, is_shared
+from backfill.job import Job, Stage
+from backfill.ledger import open_ledger
+from backfill.ledger.protocols import Ledger
+from backfill.notify import Notice, Notifier, run_notice
+from backfill.overlap import BUSY, live_holder
+from backfill.partitions import Selection
+from backfill.runner import RunOptions, RunResult
+
+__all__ = ["gaps_notice", "run_current"]
+
+log = logging.getLogger("backfill.cli")
+
+
+def gaps_notice(job: Job, ledger: Ledger, stages: Sequence[Stage]) -> Notice | None:
+    """The notice of the gaps (missing, failed, stale) a keep-current run left, if any."""
+    found = coverage.collect(job, ledger, stages, None, thin=0)
+    gaps = {stage: keys for stage, keys in found.gap_keys().items() if keys}
+    if not gaps:
+        return None
+    lines = []
+    for stage, keys in gaps.items():
+        shown_keys = sorted(keys)
+        more = f" and {len(keys) - 3:,} more" if len(keys) > 3 else ""
+        lines.append(f"{stage}: {len(keys):,} gap(s): {', '.join(shown_keys[-3:])}{more}")
+    lines.append("`backfill coverage` lists them; `backfill run --missing-only` fills them")
+    through = max(s.partitions.end for s in stages if not s.reference) if stages else None
+    title = f"backfill {job.name}: gaps remain through {through}"
+    return Notice("gaps", title, "\n".join(lines), failure=True)
+
+
+def run_current(
+    job: Job,
+    stages: Sequence[Stage],
+    selection: Selection | None,
+    state: str,
+    options: RunOptions,
+    *,
+    through: str | None,
+    progress: str,
+    log_dir: Path | None,
+    verbose: int,
+) -> NoReturn:
+    """Run the job as ``backfill run`` does, first refusing to double a live run on a
+    SQLite state and redoing the refresh windows; notify at the end; exit."""
+    notifier = Notifier(job.notify, job=job.name, masker=job.masker(state)) if job.notify else None
+    ledger = open_ledger(state)
+    try:
+        holder = live_holder(job, ledger)
+        if holder is not None and not is_shared(state):
+            err.print(error_line(job.masker(state).mask(holder.describe(job.name))), soft_wrap=True)
+            raise typer.Exit(BUSY)
+        if holder is None and selection is None:
+            # A run joining a live one (PostgreSQL) leaves the refresh to the run it joins.
+            refresh = keepcurrent.to_refresh(job, ledger, stages)
+            if refresh.count:
+                refresh.apply(ledger)
+                for s in refresh.stages:
+                    out.print(shown(f"refresh: {s.describe()}"), soft_wrap=True)
+        subscribers = [notifier] if notifier is not None else []
+        result = execute(
+            job,
+            ledger,
+            options,
+            progress=progress,
+            log_dir=log_dir,
+            verbose=verbose,
+            subscribers=subscribers,
+        )
+        if notifier is not None:
+            _notify_end(notifier, job, ledger, stages, result, through=through)
+    finally:
+        ledger.close()
+    report_end(result, log_dir or default_log_dir(state))
+    raise typer.Exit(result.exit_code)
+
+
+def _notify_end(
+    notifier: Notifier,
+    job: Job,
+    ledger: Ledger,
+    stages: Sequence[Stage],
+    result: RunResult,
+    *,
+    through: str | None,
+) -> None:
+    """The run's end, and the gaps a keep-current run left; bounded in time, and never
+    a change to the result."""
+    try:
+        names = [s.name for s in stages]
+        failures = ledger.failure_groups(job.name, names) if result.exit_code else []
+        notifier.post(run_notice(job.name, result, failures))
+        if through is not None:
+            gaps = gaps_notice(job, ledger, stages)
+            if gaps is not None:
+                notifier.post(gaps)
+    except Exception:
+        log.exception("notifications: could not say how the run ended")
+    finally:
+        notifier.close()
