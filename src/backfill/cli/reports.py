@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from backfill import coverage
+from backfill import coverage, keepcurrent
 from backfill.cli._common import (
     Command,
     FromOpt,
@@ -24,11 +24,13 @@ from backfill.cli._common import (
     StageOpt,
     StartFromOpt,
     StateOpt,
+    ThroughOpt,
     ToOpt,
     WhereOpt,
     app,
     fail,
     handle_errors,
+    keep_current,
     load_selection,
     open_to_read,
     out,
@@ -63,19 +65,26 @@ def plan(
     end: ToOpt = None,
     partition: PartitionOpt = None,
     where: WhereOpt = None,
+    through: ThroughOpt = None,
 ) -> None:
     """Dry run: how many partitions per stage a run would execute. Nothing runs or changes.
+
+    With --through (a keep-current run) it also says which finished partitions the
+    stages' refresh_last= would redo.
 
     [bold]Examples[/]
 
       backfill plan jobs/results.py
       backfill plan jobs/results.py --from 2021-01-01 --where tour=atp,wta
+      backfill plan jobs/results.py --through yesterday
     """
     job, stages, selection = load_selection(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
+    job, stages = keep_current(job, stages, through, None)
     ledger = open_to_read(state)
     try:
+        refresh = keepcurrent.to_refresh(job, ledger, stages) if selection is None else None
         rows = stage_counts(job, ledger, stages, selection)
         history = {s.name: ledger.request_stats(job.name, s.name) for s in stages}
         spent = _quota_use(ledger, job)
@@ -100,6 +109,13 @@ def plan(
             f"{c.running:,}",
         )
     out.print(table)
+    if through is not None:
+        ends = sorted({s.partitions.end for s in stages if not s.reference})
+        out.print(shown(f"keep current: through {', '.join(str(e) for e in ends)}"))
+    if refresh is not None:
+        for s in refresh.stages:
+            out.print(shown(f"refresh: {s.describe()}"), soft_wrap=True)
+        total_to_run += refresh.count
     scope = selection.describe() if selection else "everything"
     out.print(
         shown(
