@@ -113,8 +113,8 @@ def plan(
         ends = sorted({s.partitions.end for s in stages if not s.reference})
         out.print(shown(f"keep current: through {', '.join(str(e) for e in ends)}"))
     if refresh is not None:
-        for s in refresh.stages:
-            out.print(shown(f"refresh: {s.describe()}"), soft_wrap=True)
+        for redo in refresh.stages:
+            out.print(shown(f"refresh: {redo.describe()}"), soft_wrap=True)
         total_to_run += refresh.count
     scope = selection.describe() if selection else "everything"
     out.print(
