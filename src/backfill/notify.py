@@ -108,8 +108,11 @@ class Notifier:
         self._clock = clock
         self._targets: list[tuple[str, Any]] = []
         for url in dict.fromkeys(urls):
-            target = apprise.Apprise()
-            if not target.add(url):
+            # The service's own object, not an Apprise set: a set sends through a pool
+            # of threads the interpreter waits for at exit, so a hung service would hold
+            # the command long after its timeout.
+            target = apprise.Apprise.instantiate(url)
+            if target is None:
                 raise ConfigError(
                     f"notification URL {masker.mask(url)} is not one Apprise knows; check its "
                     "scheme and parts (see the Apprise URL list)"

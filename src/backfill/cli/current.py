@@ -17,7 +17,7 @@ from backfill.engine.entry import default_log_dir, is_shared
 from backfill.job import Job, Stage
 from backfill.ledger import open_ledger
 from backfill.ledger.protocols import Ledger
-from backfill.notify import Notice, Notifier, run_notice
+from backfill.notify import DEFAULT_TIMEOUT, Notice, Notifier, run_notice
 from backfill.overlap import BUSY, live_holder
 from backfill.partitions import Selection
 from backfill.runner import RunOptions, RunResult
@@ -52,13 +52,18 @@ def run_current(
     options: RunOptions,
     *,
     through: str | None,
+    notify_timeout: float = DEFAULT_TIMEOUT,
     progress: str,
     log_dir: Path | None,
     verbose: int,
 ) -> NoReturn:
     """Run the job as ``backfill run`` does, first refusing to double a live run on a
     SQLite state and redoing the refresh windows; notify at the end; exit."""
-    notifier = Notifier(job.notify, job=job.name, masker=job.masker(state)) if job.notify else None
+    notifier = (
+        Notifier(job.notify, job=job.name, masker=job.masker(state), timeout=notify_timeout)
+        if job.notify
+        else None
+    )
     ledger = open_ledger(state)
     try:
         holder = live_holder(job, ledger)

@@ -42,6 +42,7 @@ from backfill.ledger import (
     DEFAULT_STATE_URL,
     open_ledger,
 )
+from backfill.notify import DEFAULT_TIMEOUT
 from backfill.partitions import Selection, parse_order
 from backfill.runner import ExitCode, RunOptions
 
@@ -81,6 +82,14 @@ def run(
     ] = False,
     through: ThroughOpt = None,
     notify: NotifyOpt = None,
+    notify_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds the notifications may take at the end before the run's result "
+            "is given anyway.",
+        ),
+    ] = DEFAULT_TIMEOUT,
     verbose: VerboseOpt = 0,
     log_format: LogFormatOpt = "console",
     log_dir: LogDirOpt = None,
@@ -130,6 +139,7 @@ def run(
         state,
         options,
         through=through,
+        notify_timeout=notify_timeout,
         progress=progress,
         log_dir=log_dir,
         verbose=verbose,
