@@ -171,3 +171,72 @@ def test_a_second_run_on_a_live_sqlite_state_exits_75_naming_the_holder(tmp_path
     # The second run left no trace: one run on record.
     with sqlite3.connect(tmp_path / ".backfill" / "state.db") as db:
         assert db.execute("SELECT count(*) FROM backfill_runs").fetchone() == (1,)
+
+
+JOINING_JOB = """
+import time
+from pathlib import Path
+
+from backfill import Job, daily
+
+HERE = Path(__file__).parent
+
+job = Job("joined", partitions=daily("2024-01-01", "2024-01-12"))
+
+
+@job.stage(concurrency=1)
+def fetch(ctx, partition):
+    with (HERE / "executions.log").open("a") as log:
+        log.write(partition.key + "\\n")
+    deadline = time.monotonic() + 60
+    while not (HERE / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return None
+"""
+
+
+def test_a_second_run_on_a_live_postgres_state_joins_it_as_a_worker(tmp_path: Path) -> None:
+    """On PostgreSQL the second run joins the live one: both exit 0 and every partition
+    runs exactly once between them."""
+    import psycopg
+
+    from pg_support import fresh_schema
+
+    (tmp_path / "job.py").write_text(textwrap.dedent(JOINING_JOB))
+    with fresh_schema() as state:
+        cmd = [*backfill_cmd(), "run", "job.py", "--state", state, "--progress", "none"]
+        spawn = dict(
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        first = subprocess.Popen(cmd, **spawn)  # type: ignore[call-overload]
+        second = None
+        try:
+            deadline = time.monotonic() + 60
+            while not (tmp_path / "executions.log").exists():
+                assert first.poll() is None, first.communicate()
+                assert time.monotonic() < deadline, "the first run never started its stage"
+                time.sleep(0.05)
+            second = subprocess.Popen(cmd, **spawn)  # type: ignore[call-overload]
+            with psycopg.connect(state, autocommit=True) as db:
+                while True:
+                    (workers,) = db.execute(
+                        "SELECT count(*) FROM backfill_workers WHERE stopped_at IS NULL"
+                    ).fetchone()
+                    if workers >= 2:
+                        break
+                    assert second.poll() is None, second.communicate()
+                    assert time.monotonic() < deadline + 60, "the second run never joined"
+                    time.sleep(0.05)
+        finally:
+            (tmp_path / "go").touch()
+            outputs = [p.communicate(timeout=120) for p in (first, second) if p is not None]
+    assert first.returncode == 0, outputs[0]
+    assert second is not None and second.returncode == 0, outputs[1]
+    runs = Counter((tmp_path / "executions.log").read_text().split())
+    assert len(runs) == 12
+    assert set(runs.values()) == {1}
