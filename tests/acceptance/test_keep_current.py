@@ -240,3 +240,80 @@ def test_a_second_run_on_a_live_postgres_state_joins_it_as_a_worker(tmp_path: Pa
     runs = Counter((tmp_path / "executions.log").read_text().split())
     assert len(runs) == 12
     assert set(runs.values()) == {1}
+
+
+FRESH_JOB = """
+from backfill import Job, daily, hourly
+
+job = Job("fresh", partitions=daily("2024-03-28", "yesterday"), tz="Europe/London")
+
+
+@job.stage
+def fetch(ctx, partition):
+    return None
+
+
+@job.stage(partitions=hourly("2024-03-31", "2024-03-31", tz="Europe/London"))
+def ticks(ctx, partition):
+    return None
+"""
+
+
+def test_status_metrics_and_coverage_check_show_freshness(tmp_path: Path) -> None:
+    """After a run on 2 April (London), status and /metrics say the newest day done is
+    1 April, 6h 15m behind at 06:15 BST; the hourly stage's newest hour ended at 23:00
+    UTC on 31 March; the next morning the coverage check fails until a run catches up."""
+    from backfill.job import load_job
+    from backfill.ledger import open_ledger
+    from backfill.web.metrics import render_metrics
+
+    (tmp_path / "job.py").write_text(textwrap.dedent(FRESH_JOB))
+    day_two = {"BACKFILL_NOW": "2024-04-02T06:15:00+01:00"}
+    ran = run_cli("run", "job.py", "--progress", "none", cwd=tmp_path, env=day_two)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    status = run_cli("status", "job.py", cwd=tmp_path, env=day_two)
+    assert "fetch: newest done 2024-04-01, 6h 15m behind" in status.stdout
+    assert "ticks: newest done 2024-03-31T22, 1d 6h behind" in status.stdout
+
+    check = run_cli(
+        "coverage",
+        "job.py",
+        "--stage",
+        "fetch",
+        "--fail-on-gaps",
+        "--through",
+        "yesterday",
+        cwd=tmp_path,
+        env=day_two,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    day_three = {"BACKFILL_NOW": "2024-04-03T06:15:00+01:00"}
+    late = run_cli(
+        "coverage",
+        "job.py",
+        "--stage",
+        "fetch",
+        "--gaps",
+        "--fail-on-gaps",
+        "--through",
+        "yesterday",
+        cwd=tmp_path,
+        env=day_three,
+    )
+    assert late.returncode == 1, late.stdout + late.stderr
+    assert "2024-04-02" in late.stdout
+
+    import os
+
+    os.environ["BACKFILL_NOW"] = day_two["BACKFILL_NOW"]
+    try:
+        job = load_job(str(tmp_path / "job.py"))
+        ledger = open_ledger(f"sqlite:///{tmp_path / '.backfill' / 'state.db'}")
+        try:
+            text = render_metrics(job, ledger).decode()
+        finally:
+            ledger.close()
+    finally:
+        del os.environ["BACKFILL_NOW"]
+    assert 'backfill_freshness_seconds{job="fresh",stage="fetch"} 22500.0' in text
+    assert 'backfill_freshness_seconds{job="fresh",stage="ticks"} 108900.0' in text

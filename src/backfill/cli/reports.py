@@ -37,6 +37,7 @@ from backfill.cli._common import (
     shown,
 )
 from backfill.estimate import estimate
+from backfill.freshness import freshness
 from backfill.job import Job
 from backfill.ledger import (
     DEFAULT_STATE_URL,
@@ -194,6 +195,7 @@ def status(
     ledger = open_to_read(state)
     try:
         report = build_report(job, ledger, stages, selection, runs=1)
+        fresh = freshness(job, ledger, stages)
         groups = [_masked_group(g, masker) for g in report.failures]
         failed_entries = {
             s.name: [
@@ -240,6 +242,8 @@ def status(
             format_duration(r.eta),
         )
     out.print(table)
+    if fresh:
+        out.print(shown("freshness: " + " · ".join(f.describe() for f in fresh)), soft_wrap=True)
     for r in report.stages:
         if r.stalled:
             out.print(shown(f"{r.name}: {r.stalled}"), style="bold yellow")
@@ -383,6 +387,7 @@ def coverage_command(
         bool,
         typer.Option("--fail-on-gaps", help="Exit 1 when anything is missing, failed or stale."),
     ] = False,
+    through: ThroughOpt = None,
 ) -> None:
     """Which partitions are done, empty, thin, failed, stale, running or missing.
 
@@ -395,6 +400,7 @@ def coverage_command(
       backfill coverage jobs/results.py --gaps --where tour=atp
       backfill coverage jobs/results.py --format json > coverage.json
       backfill coverage jobs/results.py --format html -o coverage.html
+      backfill coverage jobs/results.py --fail-on-gaps --through yesterday  (a check)
     """
     if by not in ("auto", "day", "month", "year"):
         raise fail(f"unknown --by {by!r}; use day, month, year or auto")
@@ -403,6 +409,7 @@ def coverage_command(
     job, stages, selection = load_selection(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
+    job, stages = keep_current(job, stages, through, None)
     ledger = open_to_read(state)
     try:
         report = coverage.collect(job, ledger, stages, selection, thin=thin)
