@@ -4,10 +4,11 @@ and refresh windows."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from backfill import ConfigError, Job, daily, hourly
+from backfill import ConfigError, Job, daily, hourly, table
 from backfill.partitions.refresh import RefreshWindow, parse_refresh
 from backfill.partitions.zones import NOW_ENV, day_bounds, hour_key, today
 
@@ -168,3 +169,15 @@ def test_refresh_window_of_days_counts_calendar_days_across_dst() -> None:
         "2024-03-31",
         "2024-04-01",
     ]
+
+
+def test_hourly_stage_refuses_replacing_by_a_date_column(tmp_path: Path) -> None:
+    """Hourly partitions replaced by a date column would lose the day's other hours:
+    refused in one sentence; replacing by the partition key is fine."""
+    job = Job("h", partitions=hourly("2024-01-01", "2024-01-01"))
+    url = f"sqlite:///{tmp_path / 'out.db'}"
+    by_day = table(url, "rows", mode="replace-partition", partition_column="day")
+    with pytest.raises(ConfigError, match="whole day"):
+        job.stage(name="by_day", sink=by_day)(lambda ctx, p: None)
+    job.stage(name="keyed", sink=table(url, "keyed", mode="replace-partition"))(lambda ctx, p: None)
+    assert "keyed" in job.stages

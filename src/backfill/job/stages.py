@@ -157,6 +157,9 @@ def build_stage(
             "make it a def, or drop executor="
         )
     deps = _resolve_needs(stage_name, spec, needs, declared)
+    stage_sink = sinks_of(sink, f"stage {stage_name!r}") if sink is not None else job_sink
+    if spec.grain is Grain.HOUR:
+        _check_hourly_sinks(stage_name, stage_sink)
     refresh = parse_refresh(refresh_last, what=f"stage {stage_name!r}")
     if refresh is not None and reference:
         raise ConfigError(
@@ -170,7 +173,7 @@ def build_stage(
         concurrency=concurrency,
         timeout=timeout,
         retry=retry or RetryPolicy(),
-        sink=sinks_of(sink, f"stage {stage_name!r}") if sink is not None else job_sink,
+        sink=stage_sink,
         description=(inspect.getdoc(func) or "").split("\n")[0],
         resource=resource_name,
         requests_per_partition=requests_per_partition,
@@ -179,6 +182,26 @@ def build_stage(
         checks=tuple(as_check(c) for c in checks),
         refresh_last=refresh,
     )
+
+
+def _check_hourly_sinks(name: str, sink: Sink | tuple[Sink, ...] | None) -> None:
+    """Replacing an hourly partition by a date column would delete its whole day."""
+    from backfill.sinks.columns import PARTITION_COLUMN
+    from backfill.sinks.protocol import Mode
+    from backfill.sinks.spec import TableSpec
+
+    for one in sink if isinstance(sink, tuple) else (sink,) if sink is not None else ():
+        spec = getattr(one, "spec", None)
+        if (
+            isinstance(spec, TableSpec)
+            and spec.mode is Mode.REPLACE_PARTITION
+            and spec.partition_column != PARTITION_COLUMN
+        ):
+            raise ConfigError(
+                f"stage {name!r} has hourly partitions, which table {spec.name} cannot "
+                f"replace by the date column {spec.partition_column!r} (that would replace "
+                "the whole day); drop partition_column= to replace by the partition key"
+            )
 
 
 def _resolve_needs(
