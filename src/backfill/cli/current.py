@@ -4,7 +4,9 @@ notifications of the run's end (``notify=`` on the job, ``--notify`` on the comm
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -13,18 +15,22 @@ import typer
 
 from backfill import coverage, keepcurrent
 from backfill.cli._common import err, error_line, execute, out, report_end, shown
-from backfill.engine.entry import default_log_dir, is_shared
+from backfill.engine.entry import default_log_dir
 from backfill.job import Job, Stage
 from backfill.ledger import open_ledger
 from backfill.ledger.protocols import Ledger
+from backfill.ledger.sqlite import SQLiteLedger
 from backfill.notify import DEFAULT_TIMEOUT, Notice, Notifier, run_notice
-from backfill.overlap import BUSY, live_holder
+from backfill.overlap import BUSY, Holder, live_holder, run_lock
 from backfill.partitions import Selection
 from backfill.runner import RunOptions, RunResult
 
 __all__ = ["gaps_notice", "run_current"]
 
 log = logging.getLogger("backfill.cli")
+
+# How long a run refused by the run lock waits for the run holding it to be on record.
+_NAMING_WAIT = 5.0
 
 
 def gaps_notice(job: Job, ledger: Ledger, stages: Sequence[Stage]) -> Notice | None:
@@ -65,11 +71,21 @@ def run_current(
         else None
     )
     ledger = open_ledger(state)
-    try:
+    with contextlib.ExitStack() as held:
+        held.callback(ledger.close)
         holder = live_holder(job, ledger)
-        if holder is not None and not is_shared(state):
-            err.print(error_line(job.masker(state).mask(holder.describe(job.name))), soft_wrap=True)
-            raise typer.Exit(BUSY)
+        if isinstance(ledger, SQLiteLedger):
+            free = held.enter_context(run_lock(job.name, ledger.path))
+            if not free or holder is not None:
+                holder = holder or _named_holder(job, ledger)
+                text = (
+                    holder.describe(job.name)
+                    if holder is not None
+                    else f"job {job.name!r} is held by another run starting on this machine; "
+                    "nothing was done: try again when it has ended"
+                )
+                err.print(error_line(job.masker(state).mask(text)), soft_wrap=True)
+                raise typer.Exit(BUSY)
         if holder is None and selection is None:
             # A run joining a live one (PostgreSQL) leaves the refresh to the run it joins.
             refresh = keepcurrent.to_refresh(job, ledger, stages)
@@ -89,10 +105,20 @@ def run_current(
         )
         if notifier is not None:
             _notify_end(notifier, job, ledger, stages, result, through=through)
-    finally:
-        ledger.close()
     report_end(result, log_dir or default_log_dir(state))
     raise typer.Exit(result.exit_code)
+
+
+def _named_holder(job: Job, ledger: Ledger) -> Holder | None:
+    """The run holding the lock, once it is on record (it may be starting): a few
+    seconds at most."""
+    deadline = time.monotonic() + _NAMING_WAIT
+    while time.monotonic() < deadline:
+        holder = live_holder(job, ledger)
+        if holder is not None:
+            return holder
+        time.sleep(0.1)
+    return None
 
 
 def _notify_end(
