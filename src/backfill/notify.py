@@ -6,19 +6,24 @@ categories), of a circuit that opened and a quota used up (as a subscriber of th
 stream), and of gaps a keep-current run left. What it sends is masked by the job's
 masker (the URLs' own tokens are secrets of the job). Each kind of notice is sent at most
 once per ``min_interval`` seconds, so a flapping source does not flood a channel; the
-ones held back are counted in the next. Sending happens on a thread of its own: a
-notifier that fails is logged, one that hangs is given up after ``timeout`` seconds, and
-neither ever changes the run or its exit code.
+ones held back are counted in the next. With ``memory`` (a small JSON file beside the
+run logs) the interval holds across runs too: a job started every few minutes by cron
+against a source that is down sends one notice per interval, not one per run. Sending
+happens on a thread of its own: a notifier that fails is logged, one that hangs is given
+up after ``timeout`` seconds, and neither ever changes the run or its exit code.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from backfill._optional import require_apprise
@@ -96,7 +101,8 @@ class Notifier:
         masker: Masker,
         min_interval: float = DEFAULT_MIN_INTERVAL,
         timeout: float = DEFAULT_TIMEOUT,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+        memory: Path | None = None,
     ) -> None:
         require_apprise("notifications")
         import apprise
@@ -119,8 +125,10 @@ class Notifier:
                 )
             self._targets.append((masker.mask(url), target))
         self._apprise = apprise
+        self._memory = memory
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
+        self._recall()
         self._queue: queue.Queue[Notice | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.sent = 0
@@ -151,6 +159,7 @@ class Notifier:
         last = self._last.get(notice.kind)
         if last is not None and now - last < self._min_interval:
             self._held[notice.kind] = self._held.get(notice.kind, 0) + 1
+            self._remember()
             return False
         self._last[notice.kind] = now
         held = self._held.pop(notice.kind, 0)
@@ -160,6 +169,7 @@ class Notifier:
         masked = Notice(
             notice.kind, self._masker.mask(notice.title), self._masker.mask(body), notice.failure
         )
+        self._remember()
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._send_all, name="backfill-notify", daemon=True
@@ -167,6 +177,29 @@ class Notifier:
             self._thread.start()
         self._queue.put(masked)
         return True
+
+    def _recall(self) -> None:
+        if self._memory is None:
+            return
+        try:
+            kept = json.loads(self._memory.read_text())
+            self._last = {str(k): float(v) for k, v in kept.get("last", {}).items()}
+            self._held = {str(k): int(v) for k, v in kept.get("held", {}).items()}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("notifications: ignoring %s (%s)", self._memory, exc)
+
+    def _remember(self) -> None:
+        if self._memory is None:
+            return
+        try:
+            self._memory.parent.mkdir(parents=True, exist_ok=True)
+            scratch = self._memory.with_name(self._memory.name + ".tmp")
+            scratch.write_text(json.dumps({"last": self._last, "held": self._held}))
+            os.replace(scratch, self._memory)
+        except OSError as exc:
+            log.warning("notifications: cannot keep %s (%s)", self._memory, exc)
 
     def close(self) -> None:
         """Wait for the queued notices, at most ``timeout`` seconds in all; a notifier

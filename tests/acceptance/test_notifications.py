@@ -142,3 +142,21 @@ def test_a_notify_url_apprise_does_not_know_is_one_sentence_and_exit_2(tmp_path:
     assert result.returncode == 2
     assert "is not one Apprise knows" in result.stderr
     assert not (tmp_path / ".backfill").exists()
+
+
+def test_the_interval_holds_across_runs_of_a_flapping_job(tmp_path: Path) -> None:
+    """Three failing runs in a row within the interval send one 'run failed'; with the
+    interval at 0 the next run sends again, saying how many were held back."""
+    (tmp_path / "job.py").write_text(textwrap.dedent(JOB.format(mail="127.0.0.1:9", token=TOKEN)))
+    # The job's own mailto target is unreachable here: only the webhook is counted.
+    with webhook() as (hook, posted):
+        args = ("run", "job.py", "--progress", "none", "--notify", f"json://{hook}/")
+        for _ in range(3):
+            run = run_cli(*args, "--notify-timeout", "5", cwd=tmp_path)
+            assert run.returncode == 1, run.stdout + run.stderr
+        assert [m["title"] for m in posted.wait(1)] == ["backfill racing: run failed"]
+        last = run_cli(*args, "--notify-interval", "0", cwd=tmp_path)
+        assert last.returncode == 1
+        messages = posted.wait(2)
+    assert len(messages) == 2
+    assert "2 more like this held back" in messages[1]["message"]

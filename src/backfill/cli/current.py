@@ -20,7 +20,13 @@ from backfill.job import Job, Stage
 from backfill.ledger import open_ledger
 from backfill.ledger.protocols import Ledger
 from backfill.ledger.sqlite import SQLiteLedger
-from backfill.notify import DEFAULT_TIMEOUT, Notice, Notifier, run_notice
+from backfill.notify import (
+    DEFAULT_MIN_INTERVAL,
+    DEFAULT_TIMEOUT,
+    Notice,
+    Notifier,
+    run_notice,
+)
 from backfill.overlap import BUSY, Holder, live_holder, run_lock
 from backfill.partitions import Selection
 from backfill.runner import RunOptions, RunResult
@@ -59,14 +65,23 @@ def run_current(
     *,
     through: str | None,
     notify_timeout: float = DEFAULT_TIMEOUT,
+    notify_interval: float = DEFAULT_MIN_INTERVAL,
     progress: str,
     log_dir: Path | None,
     verbose: int,
 ) -> NoReturn:
     """Run the job as ``backfill run`` does, first refusing to double a live run on a
     SQLite state and redoing the refresh windows; notify at the end; exit."""
+    memory = (log_dir or default_log_dir(state)).parent / f"notify-{job.name}.json"
     notifier = (
-        Notifier(job.notify, job=job.name, masker=job.masker(state), timeout=notify_timeout)
+        Notifier(
+            job.notify,
+            job=job.name,
+            masker=job.masker(state),
+            timeout=notify_timeout,
+            min_interval=notify_interval,
+            memory=memory,
+        )
         if job.notify
         else None
     )

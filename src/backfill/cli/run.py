@@ -42,7 +42,7 @@ from backfill.ledger import (
     DEFAULT_STATE_URL,
     open_ledger,
 )
-from backfill.notify import DEFAULT_TIMEOUT
+from backfill.notify import DEFAULT_MIN_INTERVAL, DEFAULT_TIMEOUT
 from backfill.partitions import Selection, parse_order
 from backfill.runner import ExitCode, RunOptions
 
@@ -90,6 +90,14 @@ def run(
             "is given anyway.",
         ),
     ] = DEFAULT_TIMEOUT,
+    notify_interval: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds between two notifications of one kind, across runs (a flapping "
+            "source sends one, not one per run).",
+        ),
+    ] = DEFAULT_MIN_INTERVAL,
     verbose: VerboseOpt = 0,
     log_format: LogFormatOpt = "console",
     log_dir: LogDirOpt = None,
@@ -140,6 +148,7 @@ def run(
         options,
         through=through,
         notify_timeout=notify_timeout,
+        notify_interval=notify_interval,
         progress=progress,
         log_dir=log_dir,
         verbose=verbose,
