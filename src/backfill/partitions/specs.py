@@ -28,6 +28,12 @@ __all__ = ["PartitionSpec", "ReferenceSpec", "daily", "monthly", "reference", "w
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
+# The days one value of a dimension exists on: its first day, or (first, last), None for
+# the spec's own bound.
+DimRange = str | date | tuple[str | date | None, str | date | None] | None
+# A dimension's values: a list, or a mapping of each value to its own range.
+DimValues = Sequence[str] | Mapping[str, DimRange]
+
 
 class PartitionSpec:
     """Time windows of one grain over ``[start, end]``, crossed with static dimensions.
@@ -37,14 +43,14 @@ class PartitionSpec:
     a spec of a million partitions costs nothing until it is walked.
     """
 
-    __slots__ = ("dims", "end", "grain", "order", "start")
+    __slots__ = ("dims", "end", "grain", "order", "ranges", "start")
 
     def __init__(
         self,
         grain: str | Grain,
         start: str | date,
         end: str | date,
-        dims: Mapping[str, Sequence[str]] | None = None,
+        dims: Mapping[str, DimValues] | None = None,
         *,
         order: str | Order = Order.OLDEST,
     ) -> None:
@@ -57,6 +63,8 @@ class PartitionSpec:
             )
         self.order = parse_order(order)
         self.dims: dict[str, tuple[str, ...]] = {}
+        # (dimension, value) -> the days that value exists on, where it has a range of its own.
+        self.ranges: dict[tuple[str, str], tuple[date, date]] = {}
         for name, values in (dims or {}).items():
             if not _NAME.match(name):
                 raise ConfigError(
@@ -64,6 +72,9 @@ class PartitionSpec:
                 )
             if isinstance(values, str):
                 values = [values]
+            if isinstance(values, Mapping):
+                for value, bounds in values.items():
+                    self.ranges[(name, str(value))] = self._value_range(name, str(value), bounds)
             vals = tuple(str(v) for v in values)
             if not vals:
                 raise ConfigError(f"dimension {name!r} has no values; give at least one")
@@ -77,9 +88,42 @@ class PartitionSpec:
                 raise ConfigError(f"dimension {name!r} lists a value twice")
             self.dims[name] = vals
 
+    def _value_range(self, name: str, value: str, bounds: DimRange) -> tuple[date, date]:
+        """The days ``value`` of dimension ``name`` exists on: from a start (``"1968-01-01"``)
+        or a (start, end) pair, either end None for the spec's own."""
+        what = f"the range of {name}={value}"
+        if bounds is None or isinstance(bounds, str | date):
+            low, high = bounds, None
+        elif isinstance(bounds, tuple | list) and len(bounds) == 2:
+            low, high = bounds
+        else:
+            raise ConfigError(f"{what} must be a start date or a (start, end) pair, not {bounds!r}")
+        first = self.start if low is None else parse_date(low, what=f"start of {what}")
+        last = self.end if high is None else parse_date(high, what=f"end of {what}")
+        if first > last:
+            raise ConfigError(f"{what} starts {first}, after its end {last}; swap them")
+        return first, last
+
     def __repr__(self) -> str:
-        dims = "".join(f", {k}={list(v)}" for k, v in self.dims.items())
+        def shown(name: str, values: tuple[str, ...]) -> str:
+            if not any((name, v) in self.ranges for v in values):
+                return repr(list(values))
+            spans = {
+                v: "..".join(str(d) for d in self.ranges.get((name, v), (self.start, self.end)))
+                for v in values
+            }
+            return repr(spans)
+
+        dims = "".join(f", {k}={shown(k, v)}" for k, v in self.dims.items())
         return f"PartitionSpec({self.grain.value!r}, '{self.start}', '{self.end}'{dims})"
+
+    def _exists(self, dims: Iterable[tuple[str, str]], wstart: date, wend: date) -> bool:
+        """Whether every dimension value of a partition exists during its window."""
+        for dim in dims:
+            span = self.ranges.get(dim)
+            if span is not None and (wend < span[0] or wstart > span[1]):
+                return False
+        return True
 
     def windows(self, order: Order | None = None) -> Iterator[tuple[date, date]]:
         """The clipped calendar windows, oldest or newest first."""
@@ -104,6 +148,8 @@ class PartitionSpec:
         return sum(1 for _ in self.windows())
 
     def __len__(self) -> int:
+        if self.ranges:
+            return sum(1 for _ in self.partitions())
         n = self.window_count()
         for values in self.dims.values():
             n *= len(values)
@@ -127,6 +173,8 @@ class PartitionSpec:
             label = window_label(wstart, wend, self.grain)
             for combo in combos:
                 dims = tuple(zip(names, combo, strict=True))
+                if self.ranges and not self._exists(dims, wstart, wend):
+                    continue
                 key = label + "".join(f"/{n}={v}" for n, v in dims)
                 part = Partition(key, wstart, wend, self.grain, dims)
                 if selection is None or selection.matches(part):
@@ -154,6 +202,8 @@ class PartitionSpec:
         expect_start, expect_end = window_of(start, self.grain)
         clipped = (max(expect_start, self.start), min(expect_end, self.end))
         if clipped != (start, end) or window_label(start, end, self.grain) != label:
+            return None
+        if self.ranges and not self._exists(dims, start, end):
             return None
         return Partition(key, start, end, self.grain, tuple(dims))
 
@@ -207,7 +257,7 @@ def _spec(
     start: str | date,
     end: str | date,
     order: str | Order,
-    dims: Mapping[str, Sequence[str]],
+    dims: Mapping[str, DimValues],
 ) -> PartitionSpec:
     return PartitionSpec(grain, start, end, dims, order=order)
 
@@ -217,9 +267,15 @@ def daily(
     end: str | date,
     *,
     order: str | Order = Order.OLDEST,
-    **dims: Sequence[str],
+    **dims: DimValues,
 ) -> PartitionSpec:
-    """One partition per day, e.g. ``daily("2013-01-01", "2013-12-31", tour=["atp"])``."""
+    """One partition per day, e.g. ``daily("2013-01-01", "2013-12-31", tour=["atp"])``.
+
+    A dimension given as a mapping gives each value its own range, and no partition is
+    planned for a value outside it: ``tour={"atp": "1968-01-01", "wta": "1973-01-01"}``
+    (from that day), or ``{"itf": ("1990-01-01", "2019-12-31")}``; a window that overlaps
+    the range is planned whole, under its usual key.
+    """
     return _spec(Grain.DAY, start, end, order, dims)
 
 
@@ -228,7 +284,7 @@ def weekly(
     end: str | date,
     *,
     order: str | Order = Order.OLDEST,
-    **dims: Sequence[str],
+    **dims: DimValues,
 ) -> PartitionSpec:
     """One partition per ISO week (Monday to Sunday), clipped to the range."""
     return _spec(Grain.WEEK, start, end, order, dims)
@@ -239,7 +295,7 @@ def monthly(
     end: str | date,
     *,
     order: str | Order = Order.OLDEST,
-    **dims: Sequence[str],
+    **dims: DimValues,
 ) -> PartitionSpec:
     """One partition per calendar month, clipped to the range."""
     return _spec(Grain.MONTH, start, end, order, dims)
@@ -250,7 +306,7 @@ def yearly(
     end: str | date,
     *,
     order: str | Order = Order.OLDEST,
-    **dims: Sequence[str],
+    **dims: DimValues,
 ) -> PartitionSpec:
     """One partition per calendar year, clipped to the range."""
     return _spec(Grain.YEAR, start, end, order, dims)
@@ -270,6 +326,7 @@ class ReferenceSpec(PartitionSpec):
         self.start, self.end = _EVER
         self.order = Order.OLDEST
         self.dims = {}
+        self.ranges = {}
 
     def __repr__(self) -> str:
         return "ReferenceSpec()"
