@@ -19,6 +19,7 @@ value) in ``windows``, the specs that declare a job's partitions in ``specs``, a
 selection of some of them from command-line input in ``selection``.
 """
 
+from backfill.partitions.discovered import Discover, DiscoveredSpec, discovered
 from backfill.partitions.selection import Selection
 from backfill.partitions.specs import (
     PartitionSpec,
@@ -41,6 +42,8 @@ from backfill.partitions.windows import (
 
 __all__ = [
     "REFERENCE_KEY",
+    "Discover",
+    "DiscoveredSpec",
     "Grain",
     "Order",
     "Partition",
@@ -48,6 +51,7 @@ __all__ = [
     "ReferenceSpec",
     "Selection",
     "daily",
+    "discovered",
     "monthly",
     "parse_date",
     "parse_grain",

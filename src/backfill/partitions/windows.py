@@ -4,13 +4,16 @@ of a grain that holds a day, the key of a window, and the :class:`Partition` val
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from backfill.errors import ConfigError
 
 __all__ = [
+    "NO_PARAMS",
     "REFERENCE_KEY",
     "Grain",
     "Order",
@@ -23,6 +26,29 @@ __all__ = [
 ]
 
 DAY = timedelta(days=1)
+
+
+class _NoParams(Mapping[str, Any]):
+    """The params of a partition the calendar declares (only discovered ones carry any):
+    one shared empty mapping, which pickles by name (partitions go to worker processes)."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "{}"
+
+    def __reduce__(self) -> str:
+        return "NO_PARAMS"
+
+
+NO_PARAMS: Mapping[str, Any] = _NoParams()
 # The key of the single partition of an unpartitioned (reference) stage.
 REFERENCE_KEY = "all"
 
@@ -120,6 +146,11 @@ class Partition:
     end: date
     grain: Grain
     dims: tuple[tuple[str, str], ...] = ()
+    # What the partition that discovered this one found out about it (see
+    # backfill.partitions.discovered); empty for partitions of the calendar.
+    params: Mapping[str, Any] = field(
+        default_factory=lambda: NO_PARAMS, compare=False, hash=False, repr=False
+    )
 
     @property
     def date(self) -> date:
