@@ -1,0 +1,406 @@
+"""``ctx.browser``: a pool of Playwright pages on Debian's chromium, bound to a resource.
+
+Page loads take the resource's turns (its rates, quotas, pauses and circuit breaker) and
+pages are its concurrency. Pages are reused from partition to partition; their browser
+context is replaced every ``recycle_every`` loads; images, fonts and media are not
+loaded unless the job asks. A navigation timeout, a 5xx or a block page fails the load as
+transient and counts against the circuit breaker; a browser that died is launched again
+and the partition that saw it die is retried. The screenshot and HTML of a page that
+failed are kept beside the run's log file.
+
+Example::
+
+    job.browser("site", rate="4/s", pages=4, jitter=(0.3, 1.0), block_page="Just a moment")
+
+    @job.stage(resource="site")
+    async def results(ctx, partition):
+        async with ctx.browser.page() as page:
+            await page.goto(f"{SITE}/t/{partition.params['number']}", wait_for="#draw")
+            return await page.eval_on_selector_all("#draw tr", ROWS_JS)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import random
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from backfill.clock import Clock, SystemClock
+from backfill.errors import ConfigError, PermanentError, TransientError
+from backfill.ratelimit import Resource
+from backfill.ratelimit.grants import LateStart, take_grant, until_start
+from backfill.ratelimit.limits import Outcome
+from backfill.secrets import Masker
+from backfill.sources.browser_options import BrowserOptions
+from backfill.sources.tally import partition_requests
+
+if TYPE_CHECKING:
+    from backfill.job import Job
+
+__all__ = ["BrowserClient", "BrowserPage", "browser_client", "failure_dir"]
+
+_log = logging.getLogger("backfill.browser")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
+
+
+def _playwright() -> Any:
+    """Playwright's async API, or one sentence naming the extra."""
+    try:
+        from playwright import async_api
+    except ImportError as exc:
+        raise ConfigError(
+            "browser sources need Playwright, which is not installed: "
+            "pip install 'backfill[browser]'"
+        ) from exc
+    return async_api
+
+
+def failure_dir() -> Path | None:
+    """Beside the run's log file (``RUN.jsonl``): ``RUN-pages/``; None without a log file."""
+    for handler in logging.getLogger().handlers:
+        name = getattr(handler, "baseFilename", None)
+        if isinstance(name, str) and name.endswith(".jsonl"):
+            path = Path(name)
+            return path.with_name(f"{path.stem}-pages")
+    return None
+
+
+class BrowserPage:
+    """A page of the pool while a partition holds it: :meth:`goto` loads a URL at the
+    resource's pace and judges the load; anything else is the Playwright page's own
+    (``page.content()``, ``page.locator(...)``, ...), also as :attr:`page`."""
+
+    def __init__(self, client: BrowserClient, page: Any) -> None:
+        self.client = client
+        self.page = page
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.page, name)
+
+    async def goto(self, url: str, *, wait_for: str | None = None) -> int:
+        """Load ``url`` (then wait for the CSS selector ``wait_for``, for pages rendered
+        by scripts) and return the HTTP status. A timeout, a 5xx, a 429 or a block page
+        raise :class:`TransientError` and count against the resource's circuit; another
+        4xx raises :class:`PermanentError`."""
+        return await self.client.load(self.page, url, wait_for)
+
+
+class BrowserClient:
+    """The page pool of one browser resource (see the module).
+
+    Made once per run by the client registry (kind ``browser``); closed at the run's end.
+    """
+
+    def __init__(
+        self,
+        resource: Resource,
+        options: BrowserOptions,
+        *,
+        clock: Clock | None = None,
+        masker: Masker | None = None,
+    ) -> None:
+        self.resource = resource
+        self.options = options
+        self.clock = clock or SystemClock()
+        self.masker = masker or Masker(())
+        self.size = resource.concurrency or options.pages
+        self._pw: Any = None
+        self._browser: Any = None
+        self._launches = 0
+        self._lock = asyncio.Lock()
+        # Idle pages, each with its context and the loads it has made.
+        self._idle: list[tuple[Any, Any]] = []
+        self._loads: dict[Any, int] = {}
+        self._contexts: set[Any] = set()
+        self.loads = 0
+        self.restarts = 0
+        self.recycled = 0
+        self.saved: list[Path] = []
+
+    # -- the browser ---------------------------------------------------------------------
+
+    @property
+    def launches(self) -> int:
+        return self._launches
+
+    async def _ensure_browser(self) -> Any:
+        async with self._lock:
+            if self._browser is not None and self._browser.is_connected():
+                return self._browser
+            if self._browser is not None:
+                # It died (killed, crashed): its pages and contexts went with it.
+                self.restarts += 1
+                _log.warning(
+                    "the browser of resource %s died; launching it again", self.resource.name
+                )
+                self._idle.clear()
+                self._loads.clear()
+                self._contexts.clear()
+                with contextlib.suppress(Exception):
+                    await self._browser.close()
+                self._browser = None
+            executable = self.options.executable
+            if not executable.exists():
+                raise ConfigError(
+                    f"no browser at {executable}: install Debian's chromium "
+                    "(apt-get install chromium) or pass executable= to job.browser(...)"
+                )
+            api = _playwright()
+            if self._pw is None:
+                self._pw = await api.async_playwright().start()
+            self._browser = await self._pw.chromium.launch(
+                executable_path=str(executable),
+                headless=self.options.headless,
+                args=["--disable-dev-shm-usage", *self.options.args],
+            )
+            self._launches += 1
+            return self._browser
+
+    async def _new_page(self) -> tuple[Any, Any]:
+        browser = await self._ensure_browser()
+        context = await browser.new_context()
+        self._contexts.add(context)
+        blocked = frozenset(self.options.block)
+        if blocked:
+
+            async def route(route: Any) -> None:
+                if route.request.resource_type in blocked:
+                    await route.abort()
+                else:
+                    await route.continue_()
+
+            await context.route("**/*", route)
+        page = await context.new_page()
+        self._loads[page] = 0
+        return page, context
+
+    async def _take(self) -> tuple[Any, Any]:
+        while self._idle:
+            page, context = self._idle.pop()
+            if not page.is_closed() and self._browser is not None and self._browser.is_connected():
+                return page, context
+            self._forget(page, context)
+        return await self._new_page()
+
+    def _forget(self, page: Any, context: Any) -> None:
+        self._loads.pop(page, None)
+        self._contexts.discard(context)
+
+    async def _give_back(self, page: Any, context: Any, broken: bool) -> None:
+        if broken or page.is_closed() or self._loads.get(page, 0) >= self.options.recycle_every:
+            if not broken and not page.is_closed():
+                self.recycled += 1
+            self._forget(page, context)
+            with contextlib.suppress(Exception):
+                await context.close()
+            return
+        self._idle.append((page, context))
+
+    # -- pages ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def page(self) -> AsyncIterator[BrowserPage]:
+        """A page of the pool for this partition, holding one of the resource's
+        concurrency slots while the block runs. A failure inside the block saves the
+        page's screenshot and HTML; a browser that died is launched again for the next
+        page and the failure is transient (the partition is retried)."""
+        pool = self.resource.pool.current()
+        async with pool if pool is not None else contextlib.nullcontext():
+            try:
+                page, context = await self._take()
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise self._crashed(exc) from None
+            broken = False
+            try:
+                yield BrowserPage(self, page)
+            except BaseException as exc:
+                broken = not self._alive(page)
+                if broken and not isinstance(exc, TransientError | asyncio.CancelledError):
+                    raise self._crashed(exc) from None
+                if not broken and isinstance(exc, Exception):
+                    await self._save_failure(page, exc)
+                raise
+            finally:
+                await self._give_back(page, context, broken)
+
+    def _alive(self, page: Any) -> bool:
+        return self._browser is not None and self._browser.is_connected() and not page.is_closed()
+
+    def _crashed(self, exc: BaseException) -> TransientError:
+        return TransientError(
+            f"the browser of resource {self.resource.name} died ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no message'}); it is launched again",
+            category="browser_crashed",
+        )
+
+    async def load(self, page: Any, url: str, wait_for: str | None) -> int:
+        """One page load at the resource's pace, judged (see :meth:`BrowserPage.goto`)."""
+        api = _playwright()
+        jitter = self.options.jitter
+        if jitter is not None:
+            # Before the turn, not after it: the turn is booked when the load starts, so
+            # the rate holds at the site whatever the jitter.
+            await self.clock.sleep(random.uniform(*jitter))
+        probe = await self._turn()
+        tally = partition_requests.get()
+        if tally is not None:
+            tally.requests += 1
+        self.loads += 1
+        self._loads[page] = self._loads.get(page, 0) + 1
+        started = self.clock.monotonic()
+        timeout_ms = self.options.timeout * 1000
+        try:
+            try:
+                response = await page.goto(url, timeout=timeout_ms, wait_until="load")
+                status = response.status if response is not None else 200
+                self._judge(status, url, started, tally)
+                if await self._is_block_page(page):
+                    self._observe(Outcome.ERROR, started)
+                    raise self._blocked(url)
+                if wait_for is not None:
+                    await page.wait_for_selector(wait_for, timeout=timeout_ms, state="attached")
+            except api.TimeoutError:
+                self._observe(Outcome.ERROR, started)
+                raise TransientError(
+                    f"page {self._shown(url)} did not load within {self.options.timeout:g} s",
+                    category="timeout",
+                ) from None
+            except api.Error as exc:
+                if not self._alive(page):
+                    raise self._crashed(exc) from None
+                self._observe(Outcome.ERROR, started)
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise TransientError(
+                    f"page {self._shown(url)} failed to load: {self.masker.mask(first)}",
+                    category="network",
+                ) from None
+            self._observe(Outcome.OK, started)
+            return int(status)
+        except TransientError as exc:
+            if tally is not None:
+                tally.last_error = exc.message
+            raise
+        finally:
+            self.resource.breaker.drop_probe(probe)
+
+    def _judge(self, status: int, url: str, started: float, tally: Any) -> None:
+        """A load's status: a 429 or 5xx is transient, another 4xx permanent."""
+        if status == 429:
+            self.resource.observe(Outcome.RATE_LIMITED, latency=self._since(started))
+            if tally is not None:
+                tally.rate_limited += 1
+            raise TransientError(f"429 from {self._shown(url)}", category="rate_limited")
+        if status >= 500:
+            self._observe(Outcome.ERROR, started)
+            raise TransientError(f"{status} from {self._shown(url)}", category="http_5xx")
+        if status >= 400:
+            self.resource.observe(Outcome.CLIENT_ERROR, latency=self._since(started))
+            raise PermanentError(f"{status} from {self._shown(url)}", category=f"http_{status}")
+
+    async def _turn(self) -> int:
+        """A start of the resource (its rates, pauses, circuit), waited for to the
+        instant a fleet or the wire spacing grants; the circuit's probe number or 0."""
+        while True:
+            probe = await self.resource.acquire()
+            try:
+                await until_start(self.clock, take_grant())
+            except LateStart:
+                self.resource.breaker.drop_probe(probe)
+                self.resource.unsent()
+                continue
+            return probe
+
+    def _since(self, started: float) -> float:
+        return self.clock.monotonic() - started
+
+    def _observe(self, outcome: Outcome, started: float) -> None:
+        self.resource.observe(outcome, latency=self._since(started))
+
+    def _shown(self, url: str) -> str:
+        return self.masker.mask(url)
+
+    def _blocked(self, url: str) -> TransientError:
+        return TransientError(
+            f"page {self._shown(url)} is a block page (the site refuses us for now)",
+            category="blocked",
+        )
+
+    async def _is_block_page(self, page: Any) -> bool:
+        hook = self.options.block_page
+        if hook is None:
+            return False
+        try:
+            if isinstance(hook, str):
+                return hook in await page.title()
+            answer = hook(page)
+            if inspect.isawaitable(answer):
+                answer = await answer
+            return bool(answer)
+        except Exception:
+            # A page that went away while we looked is judged by what follows.
+            return False
+
+    async def _save_failure(self, page: Any, exc: BaseException) -> None:
+        """The failing page's screenshot and HTML (secrets masked), for debugging."""
+        directory = self.options.failures or failure_dir()
+        if directory is None:
+            return
+        bound = structlog.contextvars.get_contextvars()
+        name = _UNSAFE.sub("_", f"{bound.get('stage', 'stage')}-{bound.get('partition', 'page')}")
+        stem = f"{name[:150]}-{int(time.time() * 1000)}"
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            html = self.masker.mask(await page.content())
+            (directory / f"{stem}.html").write_text(html, encoding="utf-8")
+            await page.screenshot(path=str(directory / f"{stem}.png"), timeout=5000)
+        except Exception as error:
+            _log.warning("could not save the failing page %s: %s", stem, error)
+            return
+        self.saved.append(directory / f"{stem}.png")
+        _log.info(
+            "saved the failing page (%s) as %s.png and .html in %s",
+            type(exc).__name__,
+            stem,
+            directory,
+        )
+
+    async def aclose(self) -> None:
+        """Close every page, context and the browser (the run ends)."""
+        async with self._lock:
+            for context in list(self._contexts):
+                with contextlib.suppress(Exception):
+                    await context.close()
+            self._contexts.clear()
+            self._idle.clear()
+            if self._browser is not None:
+                with contextlib.suppress(Exception):
+                    await self._browser.close()
+                self._browser = None
+            if self._pw is not None:
+                with contextlib.suppress(Exception):
+                    await self._pw.stop()
+                self._pw = None
+
+
+def browser_client(job: Job, resource: Resource | None, clock: Clock) -> BrowserClient:
+    """The registry's factory of kind ``browser``: the resource's declared options."""
+    if resource is None or resource.name not in job.browser_options:
+        named = f"resource {resource.name!r}" if resource is not None else "no resource"
+        raise ConfigError(
+            f"ctx.browser needs a stage on a browser resource, and it has {named}; declare "
+            "one with job.browser(name, rate=..., pages=...) and pass resource=name"
+        )
+    return BrowserClient(
+        resource, job.browser_options[resource.name], clock=clock, masker=job.masker()
+    )
