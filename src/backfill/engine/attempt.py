@@ -303,7 +303,9 @@ class Attempt:
         ledger that fails stops the run, the partition going back to the pool."""
         env = self.env
         try:
-            await plan_found(env.db, env.ledger, env.job, self.stage, self.partition, self.found)
+            await plan_found(
+                env.db, env.ledger, env.job, self.stage, self.partition, self.found, env.bus
+            )
         except Exception as exc:
             env.control.fail_first(classify(exc, self.stage))
             return Outcome(self.claim.id, Status.PENDING, attempts=self.number)

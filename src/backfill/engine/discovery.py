@@ -14,6 +14,7 @@ from typing import Any
 
 from backfill.engine.db import LedgerThread
 from backfill.errors import ConfigError
+from backfill.events import EventBus, PartitionsDiscovered
 from backfill.job import Job, Stage
 from backfill.job.graph import discoverers
 from backfill.ledger import Ledger
@@ -49,13 +50,17 @@ async def plan_found(
     stage: Stage,
     parent: Partition,
     found: Sequence[Discover],
+    bus: EventBus,
 ) -> int:
     """Put the partitions ``parent`` found on record for each stage discovered by
-    ``stage``; how many were new."""
+    ``stage`` (saying how many were new of each); how many were new in all."""
     added = 0
     for target in discoverers(job.stages).get(stage.name, []):
         spec = target.partitions
         assert isinstance(spec, DiscoveredSpec)
         children = [spec.child(parent, item) for item in found]
-        added += await db.call(ledger.plan, job.name, target.name, children)
+        new = await db.call(ledger.plan, job.name, target.name, children)
+        if new:
+            bus.emit(PartitionsDiscovered(target.name, stage.name, parent.key, new))
+        added += new
     return added

@@ -262,7 +262,10 @@ class BrowserClient:
         timeout_ms = self.options.timeout * 1000
         try:
             try:
-                response = await page.goto(url, timeout=timeout_ms, wait_until="load")
+                # With a selector to wait for, the document is enough: the selector says
+                # when the scripts have rendered it.
+                until = "load" if wait_for is None else "domcontentloaded"
+                response = await page.goto(url, timeout=timeout_ms, wait_until=until)
                 status = response.status if response is not None else 200
                 self._judge(status, url, started, tally)
                 if await self._is_block_page(page):
