@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -251,6 +252,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _promptly() -> None:
+    """The site's process is scheduled before busier ones where the system lets us (as
+    root): its stamps are when loads arrived, not when a loaded machine got round to it."""
+    with contextlib.suppress(OSError):
+        os.nice(-10)
+
+
 class SiteProcess:
     """The site in a process of its own, on a free loopback port, stopped on exit."""
 
@@ -281,7 +289,11 @@ class SiteProcess:
 
     def __enter__(self) -> SiteProcess:
         self.proc = subprocess.Popen(
-            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
+            self.args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dict(os.environ),
+            preexec_fn=_promptly,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -19,13 +19,20 @@ from backfill.sources.browser_options import BrowserOptions
 
 @dataclass(eq=False)
 class StandInPage:
-    """Answers goto with a status and a title; notes when each load began."""
+    """Answers goto with a status and a title, asking its client for the turn as the
+    browser's route does; notes when each load left."""
 
     status: int = 200
     title_text: str = "Results"
     starts: list[float] = field(default_factory=list)
+    client: Any = None
+
+    @property
+    def context(self) -> StandInPage:
+        return self
 
     async def goto(self, url: str, **options: Any) -> Any:
+        await self.client.admit(self.context)
         self.starts.append(time.monotonic())
         await asyncio.sleep(0.001)
         return type("Answer", (), {"status": self.status})()
@@ -49,7 +56,7 @@ def test_loads_of_every_page_together_keep_the_rate_and_each_page_its_jitter() -
     """Four pages loading as fast as they may: no two loads closer than the rate's
     interval, and no page loads again sooner than the jitter's low end."""
     browser = client(40.0, jitter=(0.06, 0.1))
-    pages = [StandInPage() for _ in range(4)]
+    pages = [StandInPage(client=browser) for _ in range(4)]
 
     async def walk(page: StandInPage) -> None:
         for _ in range(6):
@@ -80,6 +87,7 @@ def test_loads_of_every_page_together_keep_the_rate_and_each_page_its_jitter() -
 def test_a_failed_load_is_classified(page: StandInPage, category: str, error: type) -> None:
     """A 5xx, a 429 and a block page are transient, another 4xx permanent."""
     browser = client(100.0, block_page="Just a moment")
+    page.client = browser
     with pytest.raises(error) as info:
         asyncio.run(browser.load(page, "http://site.invalid/p?key=s3cret", None))
     assert info.value.category == category
@@ -88,7 +96,7 @@ def test_a_failed_load_is_classified(page: StandInPage, category: str, error: ty
 def test_block_pages_timeouts_and_5xx_open_the_circuit() -> None:
     """Loads that keep failing as transient open the resource's circuit breaker."""
     browser = client(1000.0, block_page=lambda page: page.title_text.startswith("Just"))
-    page = StandInPage(title_text="Just a moment...")
+    page = StandInPage(title_text="Just a moment...", client=browser)
 
     async def main() -> int:
         for failed in range(20):

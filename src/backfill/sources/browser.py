@@ -25,10 +25,12 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import random
 import re
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,10 @@ if TYPE_CHECKING:
 __all__ = ["BrowserClient", "BrowserPage", "browser_client", "failure_dir"]
 
 _log = logging.getLogger("backfill.browser")
+# A request leaves chromium a few to tens of milliseconds after its turn, more on a busy
+# machine: over any second the loads of this process leave this much more apart than the
+# rate asks, so the site never sees one more in a second than declared.
+_WINDOW_GUARD = 0.03
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
 
@@ -72,6 +78,18 @@ def failure_dir() -> Path | None:
             path = Path(name)
             return path.with_name(f"{path.stem}-pages")
     return None
+
+
+@dataclass(slots=True)
+class _Load:
+    """A page load under way: whether its request has had its turn, when, and the
+    circuit's probe number it took (0: none)."""
+
+    granted: asyncio.Event
+    # The partition's request count (the route runs in Playwright's task, not the stage's).
+    tally: Any = None
+    probe: int = 0
+    started: float | None = None
 
 
 class BrowserPage:
@@ -120,6 +138,10 @@ class BrowserClient:
         # Idle pages, each with its context and the loads it has made.
         self._idle: list[tuple[Any, Any]] = []
         self._loads: dict[Any, int] = {}
+        # Loads waiting for (or past) their turn, by their page's context.
+        self._loading: dict[Any, _Load] = {}
+        self._spacing: asyncio.Lock | None = None
+        self._last_start: float | None = None
         self._contexts: set[Any] = set()
         self.loads = 0
         self.restarts = 0
@@ -170,15 +192,17 @@ class BrowserClient:
         context = await browser.new_context()
         self._contexts.add(context)
         blocked = frozenset(self.options.block)
-        if blocked:
 
-            async def route(route: Any) -> None:
-                if route.request.resource_type in blocked:
-                    await route.abort()
-                else:
-                    await route.continue_()
+        async def route(route: Any) -> None:
+            kind = route.request.resource_type
+            if kind in blocked:
+                await route.abort()
+                return
+            if kind == "document":
+                await self.admit(context)
+            await route.continue_()
 
-            await context.route("**/*", route)
+        await context.route("**/*", route)
         page = await context.new_page()
         self._loads[page] = 0
         return page, context
@@ -245,38 +269,54 @@ class BrowserClient:
         )
 
     async def load(self, page: Any, url: str, wait_for: str | None) -> int:
-        """One page load at the resource's pace, judged (see :meth:`BrowserPage.goto`)."""
+        """One page load at the resource's pace, judged (see :meth:`BrowserPage.goto`).
+
+        The resource's turn is taken when the browser is about to send the document
+        request (:meth:`admit`, from the page's route), not when the navigation is asked
+        for: a new page's first navigation spends a while starting its renderer, and a
+        turn taken before that would reach the site late, on top of the next one."""
         api = _playwright()
         jitter = self.options.jitter
         if jitter is not None:
-            # Before the turn, not after it: the turn is booked when the load starts, so
+            # Before the turn, not after it: the turn is booked when the load leaves, so
             # the rate holds at the site whatever the jitter.
             await self.clock.sleep(random.uniform(*jitter))
-        probe = await self._turn()
         tally = partition_requests.get()
-        if tally is not None:
-            tally.requests += 1
-        self.loads += 1
+        state = _Load(asyncio.Event(), tally)
+        self._loading[page.context] = state
         self._loads[page] = self._loads.get(page, 0) + 1
+        timeout = self.options.timeout
+        # With a selector to wait for, the document is enough: the selector says when the
+        # scripts have rendered it.
+        until = "load" if wait_for is None else "domcontentloaded"
+        navigation = asyncio.ensure_future(page.goto(url, timeout=0, wait_until=until))
         started = self.clock.monotonic()
-        timeout_ms = self.options.timeout * 1000
         try:
             try:
-                # With a selector to wait for, the document is enough: the selector says
-                # when the scripts have rendered it.
-                until = "load" if wait_for is None else "domcontentloaded"
-                response = await page.goto(url, timeout=timeout_ms, wait_until=until)
+                granted = asyncio.ensure_future(state.granted.wait())
+                try:
+                    # A turn may take long (a quota, an open circuit): the timeout counts
+                    # from when the request leaves.
+                    await asyncio.wait({navigation, granted}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    granted.cancel()
+                started = state.started if state.started is not None else started
+                try:
+                    response = await asyncio.wait_for(asyncio.shield(navigation), timeout)
+                except TimeoutError:
+                    await self._abandon(page, navigation)
+                    raise api.TimeoutError(f"navigation took longer than {timeout:g} s") from None
                 status = response.status if response is not None else 200
                 self._judge(status, url, started, tally)
                 if await self._is_block_page(page):
                     self._observe(Outcome.ERROR, started)
                     raise self._blocked(url)
                 if wait_for is not None:
-                    await page.wait_for_selector(wait_for, timeout=timeout_ms, state="attached")
+                    await page.wait_for_selector(wait_for, timeout=timeout * 1000, state="attached")
             except api.TimeoutError:
                 self._observe(Outcome.ERROR, started)
                 raise TransientError(
-                    f"page {self._shown(url)} did not load within {self.options.timeout:g} s",
+                    f"page {self._shown(url)} did not load within {timeout:g} s",
                     category="timeout",
                 ) from None
             except api.Error as exc:
@@ -294,8 +334,48 @@ class BrowserClient:
             if tally is not None:
                 tally.last_error = exc.message
             raise
+        except asyncio.CancelledError:
+            await self._abandon(page, navigation)
+            raise
         finally:
+            self._loading.pop(page.context, None)
+            self.resource.breaker.drop_probe(state.probe)
+
+    async def admit(self, context: Any) -> None:
+        """The document request of a page in ``context`` is about to leave the browser:
+        take the resource's turn for it now (its jitter was waited for already). A
+        navigation the stage started itself (a click) takes one too."""
+        state = self._loading.get(context)
+        if self._spacing is None:
+            self._spacing = asyncio.Lock()
+        async with self._spacing:
+            probe = await self._turn()
+            rate = self.resource.rate
+            if self._last_start is not None and 0 < rate < math.inf:
+                gap = 1 / rate + _WINDOW_GUARD / max(1.0, rate)
+                wait = self._last_start + gap - self.clock.monotonic()
+                if wait > 0:
+                    await self.clock.sleep(wait)
+            self._last_start = self.clock.monotonic()
+        self.loads += 1
+        if state is None or state.started is not None:
+            # Not a load of ours, or a redirect of one: counted, no answer to judge.
             self.resource.breaker.drop_probe(probe)
+            return
+        if state.tally is not None:
+            state.tally.requests += 1
+        state.probe = probe
+        state.started = self.clock.monotonic()
+        state.granted.set()
+
+    async def _abandon(self, page: Any, navigation: asyncio.Future[Any]) -> None:
+        """A navigation given up on: the page goes (a later load must not find it
+        half way), and so does what it was doing."""
+        navigation.cancel()
+        with contextlib.suppress(Exception):
+            await page.close()
+        with contextlib.suppress(BaseException):
+            await navigation
 
     def _judge(self, status: int, url: str, started: float, tally: Any) -> None:
         """A load's status: a 429 or 5xx is transient, another 4xx permanent."""
