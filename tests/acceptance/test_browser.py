@@ -216,3 +216,42 @@ def test_a_killed_browser_is_replaced_and_nothing_is_lost(
 
 if sys.platform != "linux":  # pragma: no cover
     pytestmark = pytest.mark.skip("Debian's chromium: Linux only")
+
+
+BROWSER_JOB = """
+import os
+from backfill import Job, yearly
+
+job = Job("pages", partitions=yearly("2015-01-01", "2015-12-31"))
+job.browser("site", rate="2/s", pages=1, executable=os.environ.get("CHROMIUM_AT"))
+
+@job.stage(resource="site")
+async def read(ctx, partition):
+    async with ctx.browser.page() as page:
+        await page.goto("http://127.0.0.1:9/")
+    return []
+"""
+
+
+def browser_job_run(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "job.py").write_text(BROWSER_JOB)
+    return run_cli("run", "job.py", "--progress", "none", cwd=tmp_path, env=env, timeout=120)
+
+
+def test_no_chromium_is_one_sentence_naming_the_package(tmp_path: Path) -> None:
+    """A browser job with no chromium where it looks: exit 2, apt-get install chromium."""
+    done = browser_job_run(tmp_path, {"CHROMIUM_AT": str(tmp_path / "no-chromium")})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "apt-get install chromium" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_no_playwright_is_one_sentence_naming_the_extra(tmp_path: Path) -> None:
+    """Without Playwright installed, a browser job says to install backfill[browser]."""
+    blocked = tmp_path / "blocked"
+    (blocked / "playwright").mkdir(parents=True)
+    (blocked / "playwright" / "__init__.py").write_text("raise ImportError('no playwright')\n")
+    done = browser_job_run(tmp_path, {"PYTHONPATH": str(blocked)})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "pip install 'backfill[browser]'" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
