@@ -252,3 +252,14 @@ def test_discovering_from_a_discovered_stage_is_refused() -> None:
         @job.stage(partitions=discovered("results"))
         async def deeper(ctx: Context, partition: Partition) -> None:
             return None
+
+
+def test_a_selection_of_discovered_partitions_is_checked_against_the_discoverer() -> None:
+    """Dates and dimensions are the discoverer's; a key must have the discovered shape."""
+    spec = Tennis(ARCHIVE).job.stages["results"].partitions
+    chosen = spec.selection(keys=["1990/tour=atp/t=339"], where=["tour=atp"])
+    assert chosen.keys == {"1990/tour=atp/t=339"} and chosen.dims == {"tour": {"atp"}}
+    with pytest.raises(ConfigError, match=r"look like '1990/tour=atp/t=\.\.\.'"):
+        spec.selection(keys=["1990/tour=atp"])
+    with pytest.raises(ConfigError, match="no value 'itf'"):
+        spec.selection(where=["tour=itf"])

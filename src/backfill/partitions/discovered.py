@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -168,6 +168,28 @@ class DiscoveredSpec(PartitionSpec):
             parent.dims,
             found.params,
         )
+
+    def selection(
+        self,
+        *,
+        start: str | date | None = None,
+        end: str | date | None = None,
+        keys: Iterable[str] = (),
+        where: Iterable[str] = (),
+    ) -> Selection:
+        """A selection checked against the discovering spec (dates, dimensions) and this
+        one's key shape: which of its partitions exist only the ledger knows."""
+        wanted = frozenset(keys)
+        for key in sorted(wanted):
+            if self.get(key) is None:
+                raise ConfigError(
+                    f"unknown partition {key!r}; keys of this stage look like "
+                    f"{self.example_key()!r}"
+                )
+        if self.parent is None:
+            return Selection(keys=wanted)
+        base = self.parent.selection(start=start, end=end, where=where)
+        return Selection(base.start, base.end, wanted, base.dims)
 
     def example_key(self) -> str:
         first = self.parent.example_key() if self.parent is not None else "2020-01-01"
