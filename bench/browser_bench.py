@@ -18,7 +18,8 @@ of its own, stamping every page load it serves) in headless Debian chromium:
 Columns: tournaments and page loads done; the time the site was in use (first load to
 last, plus one interval: the ceiling's own measure); tournaments/s; that rate against
 the ceiling (``--rate`` loads a second for the loads a discovering walk needs); the most
-loads the site saw in any one second; the peak RSS of the browser's processes per page;
+loads the site saw in any one second; the peak memory (PSS) of the browser's processes
+per page;
 and the machine's load average when the case ended. No timing is asserted.
 """
 
@@ -67,7 +68,9 @@ class Result:
 
 
 class RssPeak:
-    """The peak RSS of the chromium processes under a process, sampled in a thread."""
+    """The peak memory of the chromium processes under a process, sampled in a thread:
+    their proportional set size (PSS), so libraries and memory they share count once,
+    not once per process as in the sum of their RSS."""
 
     def __init__(self, root: int) -> None:
         self.root = root
@@ -84,7 +87,7 @@ class RssPeak:
         self._thread.join()
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.2):
+        while not self._stop.wait(0.5):
             total = 0
             try:
                 children = psutil.Process(self.root).children(recursive=True)
@@ -93,7 +96,7 @@ class RssPeak:
             for proc in children:
                 try:
                     if "chrom" in proc.name():
-                        total += proc.memory_info().rss
+                        total += proc.memory_full_info().pss
                 except psutil.Error:
                     continue
             self.peak = max(self.peak, total)
@@ -243,7 +246,7 @@ def run_case(case: str, args: argparse.Namespace) -> Result:
 def table(results: list[Result], rate: float) -> list[str]:
     lines = [
         "| case | tournaments | page loads | site in use (s) | tournaments/s | vs ceiling "
-        f"| most loads in 1 s (limit {rate:g}) | peak RSS per page (MB) | load avg |",
+        f"| most loads in 1 s (limit {rate:g}) | peak PSS per page (MB) | load avg |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:

@@ -303,12 +303,16 @@ class Attempt:
         ledger that fails stops the run, the partition going back to the pool."""
         env = self.env
         try:
-            await plan_found(
+            added = await plan_found(
                 env.db, env.ledger, env.job, self.stage, self.partition, self.found, env.bus
             )
         except Exception as exc:
             env.control.fail_first(classify(exc, self.stage))
             return Outcome(self.claim.id, Status.PENDING, attempts=self.number)
+        if added:
+            # The stages that run them may be waiting for work: they need not wait for
+            # this partition's outcome to go on record.
+            env.signal_progress()
         return outcome
 
     def _outcome(

@@ -54,7 +54,7 @@ _log = logging.getLogger("backfill.browser")
 # A request leaves chromium a few to tens of milliseconds after its turn, more on a busy
 # machine: over any second the loads of this process leave this much more apart than the
 # rate asks, so the site never sees one more in a second than declared.
-_WINDOW_GUARD = 0.03
+_WINDOW_GUARD = 0.05
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
 
@@ -138,6 +138,8 @@ class BrowserClient:
         # Idle pages, each with its context and the loads it has made.
         self._idle: list[tuple[Any, Any]] = []
         self._loads: dict[Any, int] = {}
+        # When each page's last load left: its jitter counts from there.
+        self._page_starts: dict[Any, float] = {}
         # Loads waiting for (or past) their turn, by their page's context.
         self._loading: dict[Any, _Load] = {}
         self._spacing: asyncio.Lock | None = None
@@ -217,6 +219,7 @@ class BrowserClient:
 
     def _forget(self, page: Any, context: Any) -> None:
         self._loads.pop(page, None)
+        self._page_starts.pop(page, None)
         self._contexts.discard(context)
 
     async def _give_back(self, page: Any, context: Any, broken: bool) -> None:
@@ -277,10 +280,14 @@ class BrowserClient:
         turn taken before that would reach the site late, on top of the next one."""
         api = _playwright()
         jitter = self.options.jitter
-        if jitter is not None:
-            # Before the turn, not after it: the turn is booked when the load leaves, so
-            # the rate holds at the site whatever the jitter.
-            await self.clock.sleep(random.uniform(*jitter))
+        last = self._page_starts.get(page)
+        if jitter is not None and last is not None:
+            # From the page's last load, not after it: a page that spent that long
+            # reading what it loaded goes on at once. Before the turn, which is booked as
+            # the load leaves, so the rate holds at the site whatever the jitter.
+            wait = last + random.uniform(*jitter) - self.clock.monotonic()
+            if wait > 0:
+                await self.clock.sleep(wait)
         tally = partition_requests.get()
         state = _Load(asyncio.Event(), tally)
         self._loading[page.context] = state
@@ -301,6 +308,7 @@ class BrowserClient:
                 finally:
                     granted.cancel()
                 started = state.started if state.started is not None else started
+                self._page_starts[page] = started
                 try:
                     response = await asyncio.wait_for(asyncio.shield(navigation), timeout)
                 except TimeoutError:
@@ -349,13 +357,15 @@ class BrowserClient:
         if self._spacing is None:
             self._spacing = asyncio.Lock()
         async with self._spacing:
-            probe = await self._turn()
             rate = self.resource.rate
             if self._last_start is not None and 0 < rate < math.inf:
+                # The guard first: the resource's turn is then due at once, and one sleep
+                # (not two, each late on a busy loop) spaces this load from the last.
                 gap = 1 / rate + _WINDOW_GUARD / max(1.0, rate)
                 wait = self._last_start + gap - self.clock.monotonic()
                 if wait > 0:
                     await self.clock.sleep(wait)
+            probe = await self._turn()
             self._last_start = self.clock.monotonic()
         self.loads += 1
         if state is None or state.started is not None:

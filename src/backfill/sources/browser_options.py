@@ -47,8 +47,8 @@ class BrowserOptions:
     do not load, and what counts as a failed load.
 
     ``pages``: the pool's size (the resource's concurrency). ``jitter`` (low, high):
-    each page waits a random number of seconds in that range before each load, on top of
-    the resource's rate, which still holds for all pages together. ``recycle_every``: a
+    a page's loads start at least a random number of seconds in that range apart, on top
+    of the resource's rate, which still holds for all pages together. ``recycle_every``: a
     page's browser context is replaced after that many loads (cookies and memory start
     afresh). ``block``: resource types not loaded (``allow`` takes some back).
     ``block_page``: a title fragment or a function of the page that detects a block
