@@ -26,6 +26,8 @@ class StandInPage:
     title_text: str = "Results"
     starts: list[float] = field(default_factory=list)
     client: Any = None
+    # How long after its turn each request "leaves the browser", in turn.
+    delays: list[float] = field(default_factory=list)
 
     @property
     def context(self) -> StandInPage:
@@ -35,7 +37,10 @@ class StandInPage:
         await self.client.admit(self.context)
         self.starts.append(time.monotonic())
         await asyncio.sleep(0.001)
-        return type("Answer", (), {"status": self.status})()
+        delay = self.delays.pop(0) if self.delays else 0.0
+        timing = {"startTime": (time.time() + delay - 0.001) * 1000, "requestStart": 0.5}
+        request = type("Request", (), {"timing": timing})()
+        return type("Answer", (), {"status": self.status, "request": request})()
 
     async def title(self) -> str:
         return self.title_text
@@ -151,3 +156,19 @@ def test_a_browser_resource_is_a_resource_of_pages() -> None:
     resource = job.browser("site", rate="2/s", pages=3, allow=["image"])
     assert resource.concurrency == 3
     assert job.browser_options["site"].block == ("font", "media")
+
+
+def test_the_guard_follows_how_unevenly_requests_leave_the_browser() -> None:
+    """Requests leaving the browser 0 to 0.3 s after their turn widen the spacing by
+    that spread; even ones keep the least guard."""
+    browser = client(50.0)
+    page = StandInPage(client=browser, delays=[0.0, 0.3, 0.1])
+
+    async def main() -> None:
+        for _ in range(3):
+            await browser.load(page, "http://site.invalid/p", None)
+
+    assert browser.guard == 0.05
+    asyncio.run(main())
+    assert 0.28 <= browser.guard <= 0.32
+    assert min(b - a for a, b in itertools.pairwise(page.starts[1:])) >= 1 / 50 + 0.28 / 50

@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import logging
@@ -51,10 +52,12 @@ if TYPE_CHECKING:
 __all__ = ["BrowserClient", "BrowserPage", "browser_client", "failure_dir"]
 
 _log = logging.getLogger("backfill.browser")
-# A request leaves chromium a few to tens of milliseconds after its turn, more on a busy
-# machine: over any second the loads of this process leave this much more apart than the
-# rate asks, so the site never sees one more in a second than declared.
+# A request leaves chromium a few to hundreds of milliseconds after its turn (more on a
+# busy machine): over any second the loads of this process leave at least this much more
+# apart than the rate asks, and as much more as those delays have lately differed, so
+# the site never sees one load more in a second than declared.
 _WINDOW_GUARD = 0.05
+_DELAYS_KEPT = 24
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
 
@@ -90,6 +93,7 @@ class _Load:
     tally: Any = None
     probe: int = 0
     started: float | None = None
+    admitted: float | None = None  # the wall clock's, as chromium's timings
 
 
 class BrowserPage:
@@ -144,6 +148,8 @@ class BrowserClient:
         self._loading: dict[Any, _Load] = {}
         self._spacing: asyncio.Lock | None = None
         self._last_start: float | None = None
+        # How long after their turn recent requests left chromium (its own timings).
+        self._delays: collections.deque[float] = collections.deque(maxlen=_DELAYS_KEPT)
         self._contexts: set[Any] = set()
         self.loads = 0
         self.restarts = 0
@@ -315,6 +321,7 @@ class BrowserClient:
                     await self._abandon(page, navigation)
                     raise api.TimeoutError(f"navigation took longer than {timeout:g} s") from None
                 status = response.status if response is not None else 200
+                self._left(state, response)
                 self._judge(status, url, started, tally)
                 if await self._is_block_page(page):
                     self._observe(Outcome.ERROR, started)
@@ -361,7 +368,7 @@ class BrowserClient:
             if self._last_start is not None and 0 < rate < math.inf:
                 # The guard first: the resource's turn is then due at once, and one sleep
                 # (not two, each late on a busy loop) spaces this load from the last.
-                gap = 1 / rate + _WINDOW_GUARD / max(1.0, rate)
+                gap = 1 / rate + self.guard / max(1.0, rate)
                 wait = self._last_start + gap - self.clock.monotonic()
                 if wait > 0:
                     await self.clock.sleep(wait)
@@ -376,7 +383,27 @@ class BrowserClient:
             state.tally.requests += 1
         state.probe = probe
         state.started = self.clock.monotonic()
+        state.admitted = self.clock.time()
         state.granted.set()
+
+    @property
+    def guard(self) -> float:
+        """Seconds a second's loads leave further apart than the rate: the spread of
+        recent delays between a turn and the request leaving chromium, at least 50 ms."""
+        if len(self._delays) < 2:
+            return _WINDOW_GUARD
+        return max(_WINDOW_GUARD, max(self._delays) - min(self._delays))
+
+    def _left(self, state: _Load, response: Any) -> None:
+        """Note how long after its turn the load's request left chromium."""
+        request = getattr(response, "request", None)
+        timing = getattr(request, "timing", None)
+        if not isinstance(timing, dict) or state.admitted is None:
+            return
+        start, sent = timing.get("startTime", -1), timing.get("requestStart", -1)
+        if isinstance(start, int | float) and start > 0:
+            left = (start + max(0.0, sent if isinstance(sent, int | float) else 0.0)) / 1000
+            self._delays.append(max(0.0, left - state.admitted))
 
     async def _abandon(self, page: Any, navigation: asyncio.Future[Any]) -> None:
         """A navigation given up on: the page goes (a later load must not find it
