@@ -134,7 +134,6 @@ class BrowserClient:
         self.options = options
         self.clock = clock or SystemClock()
         self.masker = masker or Masker(())
-        self.size = resource.concurrency or options.pages
         self._pw: Any = None
         self._browser: Any = None
         self._launches = 0
