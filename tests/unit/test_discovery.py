@@ -263,3 +263,39 @@ def test_a_selection_of_discovered_partitions_is_checked_against_the_discoverer(
         spec.selection(keys=["1990/tour=atp"])
     with pytest.raises(ConfigError, match="no value 'itf'"):
         spec.selection(where=["tour=itf"])
+
+
+def test_discovered_partitions_grow_their_stage_total_on_the_progress_display() -> None:
+    """What a partition finds adds to the total of the stage that runs it."""
+    from backfill.events import PartitionsDiscovered, RunStarted
+    from backfill.ledger import StageCounts
+    from backfill.progress import ProgressState
+
+    state = ProgressState()
+    state.apply(RunStarted("r", "tennis", "w", 0.0, {"results": StageCounts("results")}))
+    state.apply(PartitionsDiscovered("results", "tournaments", "1990/tour=atp", 3))
+    state.apply(PartitionsDiscovered("results", "tournaments", "1991/tour=atp", 2))
+    assert state.stages["results"].total == 5
+
+
+def test_a_run_says_how_many_partitions_each_discoverer_found(ledger: Ledger) -> None:
+    """Each find of new partitions is an event naming the stage, the discoverer and how
+    many were new; a rerun finds none new."""
+    from backfill.events import EventBus, PartitionsDiscovered
+
+    tennis = Tennis(ARCHIVE)
+    seen: list[PartitionsDiscovered] = []
+    bus = EventBus()
+    bus.subscribe(lambda e: seen.append(e) if isinstance(e, PartitionsDiscovered) else None)
+    with set_testing(True):
+        run_job(tennis.job, ledger, bus=bus)
+    assert sorted((e.key, e.added) for e in seen) == [
+        ("1990/tour=atp", 2),
+        ("1990/tour=wta", 1),
+        ("1991/tour=atp", 2),
+    ]
+    seen.clear()
+    ledger.requeue("tennis", ["tournaments"], [Status.DONE, Status.EMPTY])
+    with set_testing(True):
+        run_job(tennis.job, ledger, bus=bus)
+    assert seen == []
