@@ -103,6 +103,10 @@ def test_the_example_loads_every_match_once_within_the_rate_and_a_rerun_adds_not
     assert all(n == 1 for n in stats["loads"].values())
     # Images and fonts are not loaded.
     assert not any(path in stats["assets"] for path in ("/logo.png", "/font.woff2"))
+    (log,) = (tmp_path / "logs").glob("*.jsonl")
+    assert log.read_text().count('"partitions discovered"') == len(
+        {(t.tour, t.year) for t in site.truth}
+    )
 
     again = run(site, tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
