@@ -173,6 +173,7 @@ class BrowserClient:
                 )
                 self._idle.clear()
                 self._loads.clear()
+                self._page_starts.clear()
                 self._contexts.clear()
                 with contextlib.suppress(Exception):
                     await self._browser.close()
