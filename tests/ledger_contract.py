@@ -24,7 +24,7 @@ from backfill.ledger import (
     Status,
     WorkerRecord,
 )
-from backfill.partitions import Order, daily, monthly, reference
+from backfill.partitions import Discover, Order, daily, discovered, monthly, reference, yearly
 
 JOB = "contract"
 STAGE = "fetch"
@@ -113,6 +113,28 @@ class LedgerContract:
         assert ledger.plan(JOB, STAGE, SPEC) == 0
         counts = ledger.counts(JOB, [STAGE])[STAGE]
         assert (counts.pending, counts.total) == (20, 20)
+
+    def test_discovered_partitions_carry_their_params_and_are_planned_once(
+        self, ledger: Ledger
+    ) -> None:
+        """A discovered partition keeps its discoverer's window, dimensions and the
+        params it was found with; finding it again (other params) adds nothing."""
+        spec = discovered("archive", name="t").bound(
+            yearly("1990-01-01", "1991-12-31", tour=["atp"])
+        )
+        (parent,) = [p for p in spec.parent.partitions() if p.key == "1990/tour=atp"]
+        found = [Discover("339", {"name": "Wimbledon", "draw": [1, 2]}), Discover("7")]
+        assert ledger.plan(JOB, STAGE, [spec.child(parent, f) for f in found]) == 2
+        again = [Discover("339", {"name": "changed"}), Discover("8")]
+        assert ledger.plan(JOB, STAGE, [spec.child(parent, f) for f in again]) == 1
+        got = {c.key: c for c in claim(ledger, "me")}
+        assert sorted(got) == ["1990/tour=atp/t=339", "1990/tour=atp/t=7", "1990/tour=atp/t=8"]
+        first = got["1990/tour=atp/t=339"].partition(spec.grain)
+        assert first.params == {"name": "Wimbledon", "draw": [1, 2]}
+        assert (first.start.isoformat(), first.end.isoformat()) == ("1990-01-01", "1990-12-31")
+        assert first.dims == (("tour", "atp"),)
+        assert got["1990/tour=atp/t=7"].partition(spec.grain).params == {}
+        assert spec.get("1990/tour=atp/t=339") == first
 
     def test_plan_of_a_longer_range_adds_only_new_partitions(self, ledger: Ledger) -> None:
         """Extending the range plans only the partitions not yet recorded."""

@@ -15,6 +15,7 @@ from backfill.partitions import Partition
 
 if TYPE_CHECKING:
     from backfill.ratelimit import Resource
+    from backfill.sources.browser import BrowserClient
     from backfill.sources.clients import Clients
     from backfill.sources.http import HttpClient
 
@@ -228,6 +229,14 @@ class Context:
         """The HTTP client of this stage's resource: its limits, retries and headers apply
         to every request (pooled, created on first use, errors classified)."""
         return self.http_for(self._resource)
+
+    @property
+    def browser(self) -> BrowserClient:
+        """The page pool of this stage's browser resource (declared with
+        ``job.browser(...)``): ``async with ctx.browser.page() as page: await
+        page.goto(url)``; see :mod:`backfill.sources.browser`."""
+        client: BrowserClient = self._registry().get("browser", self._resource)
+        return client
 
     def http_for(self, resource: str | None) -> HttpClient:
         """The HTTP client of another declared resource."""

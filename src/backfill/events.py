@@ -116,6 +116,17 @@ class ResourceChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionsDiscovered:
+    """Partition ``key`` of stage ``source`` found ``added`` new partitions of ``stage``
+    (see :mod:`backfill.partitions.discovered`): that stage's total grows."""
+
+    stage: str
+    source: str
+    key: str
+    added: int
+
+
+@dataclass(frozen=True, slots=True)
 class FleetCounts:
     """The whole fleet's counts per stage, read from the ledger by a worker every few
     seconds: what its display shows, rather than its own share."""
@@ -153,6 +164,7 @@ Event = (
     | RunFinished
     | Tick
     | FleetCounts
+    | PartitionsDiscovered
 )
 Subscriber = Callable[[Event], None]
 

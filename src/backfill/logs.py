@@ -24,6 +24,7 @@ from backfill.events import (
     Event,
     PartitionFinished,
     PartitionRetrying,
+    PartitionsDiscovered,
     PartitionStarted,
     ResourceChanged,
     RunFinished,
@@ -99,6 +100,9 @@ class EventLog:
         elif isinstance(event, WorkerLost):
             fields = {"lost_worker": event.worker_id, "released": event.released}
             self._emit(logging.WARNING, "worker lost", None, None, fields)
+        elif isinstance(event, PartitionsDiscovered):
+            fields = {"found_for": event.stage, "added": event.added}
+            self._emit(logging.INFO, "partitions discovered", event.source, event.key, fields)
 
     @staticmethod
     def _emit(

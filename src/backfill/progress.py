@@ -24,6 +24,7 @@ from backfill.events import (
     FleetCounts,
     PartitionFinished,
     PartitionRetrying,
+    PartitionsDiscovered,
     PartitionStarted,
     ResourceChanged,
     RunFinished,
@@ -202,6 +203,11 @@ class ProgressState:
                 stage.records = c.records
                 if stage.finished > before or not stage.samples:
                     stage.progressed(now)
+            return
+        if isinstance(event, PartitionsDiscovered):
+            if not self.fleet:
+                found = self.stages.setdefault(event.stage, StageProgress(event.stage))
+                found.total += event.added
             return
         if isinstance(event, WorkerJoined | WorkerLost | Tick):
             return

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
-import os
 import re
-import shutil
 import sqlite3
 import subprocess
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -26,10 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from backfill.demo.server import ReplayConfig, ReplayServer
 from backfill.ledger import RunRecord, StageCounts, Status, WorkerRecord, open_ledger
 from backfill.partitions import daily
+from browser_support import ensure_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
 API_KEY = "k3y-0f-the-test-4711"
 
 FLIGHTS_JOB = """
@@ -235,28 +231,6 @@ def test_metrics_match_the_ledger_at_the_end_of_the_demo(tmp_path: Path) -> None
 
 
 # -- the dashboard in a real browser -------------------------------------------------------
-
-
-def ensure_chromium() -> Path:
-    """Debian's chromium, installed with apt-get when missing (we run as root in CI)."""
-    if CHROMIUM.exists():
-        return CHROMIUM
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    reason = "apt-get is not available"
-    # Test workers run in parallel: one installs while the others wait for it.
-    with open(Path(tempfile.gettempdir()) / "backfill-tests-chromium.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if CHROMIUM.exists():
-            return CHROMIUM
-        if shutil.which("apt-get"):
-            for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-                done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-                reason = f"{' '.join(command)} exited {done.returncode}: {done.stderr[-300:]}"
-    if CHROMIUM.exists():
-        return CHROMIUM
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"cannot install chromium for the browser test: {reason}")
-    pytest.skip(f"chromium is missing and could not be installed: {reason}")
 
 
 @pytest.fixture(scope="module")

@@ -91,9 +91,9 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     second.close()
 
 
-@pytest.mark.parametrize("old_version", [1, 2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("old_version", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: int) -> None:
-    """A state file of schema 1 to 7 is brought up to date on open, keeping its rows."""
+    """A state file of schema 1 to 8 is brought up to date on open, keeping its rows."""
     import sqlite3
 
     from backfill.ledger import Outcome, Status
@@ -105,9 +105,12 @@ def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: i
     store.plan("j", "s", daily("2013-01-01", "2013-01-31"))
     store.close()
     with sqlite3.connect(target) as conn:
-        conn.execute("ALTER TABLE backfill_workers DROP COLUMN resources")
-        for table in ("backfill_resources", "backfill_quotas", "backfill_quota_starts"):
-            conn.execute(f"DROP TABLE {table}")
+        conn.execute("ALTER TABLE backfill_partitions DROP COLUMN params")
+    with sqlite3.connect(target) as conn:
+        if old_version < 8:
+            conn.execute("ALTER TABLE backfill_workers DROP COLUMN resources")
+            for table in ("backfill_resources", "backfill_quotas", "backfill_quota_starts"):
+                conn.execute(f"DROP TABLE {table}")
         if old_version < 7:
             conn.execute("ALTER TABLE backfill_partitions DROP COLUMN begun")
         if old_version < 6:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from backfill.coverage.model import Coverage, PartitionState, State
 from backfill.job import Job, Stage
 from backfill.ledger import CoverageRow, Ledger, Status
-from backfill.partitions import Order, Partition, Selection
+from backfill.partitions import DiscoveredSpec, Grain, Order, Partition, Selection
 from backfill.secrets import Masker
 
 NEIGHBOURS = 7
@@ -42,10 +42,13 @@ def collect(
         needs = job.dependencies(stage)
         stale = ledger.stale_keys(job.name, stage.name, needs, sel) if needs else set()
         blocked = ledger.blocked_keys(job.name, stage.name, needs, sel) if needs else {}
-        states = [
-            _classify(stage.name, p, recorded.get(p.key), stale, blocked)
-            for p in _declared(stage, sel)
-        ]
+        if stage.discovered_from is not None:
+            states = _discovered(job, ledger, stage, sel, recorded, shown)
+        else:
+            states = [
+                _classify(stage.name, p, recorded.get(p.key), stale, blocked)
+                for p in _declared(stage, sel)
+            ]
         coverage.partitions[stage.name] = _mark_thin(states, thin)
     return coverage
 
@@ -60,6 +63,84 @@ def _masked(row: CoverageRow, shown: Masker) -> CoverageRow:
 
 def _declared(stage: Stage, selection: Selection | None) -> Iterable[Partition]:
     return stage.partitions.partitions(selection, order=Order.OLDEST)
+
+
+def _discovered(
+    job: Job,
+    ledger: Ledger,
+    stage: Stage,
+    selection: Selection | None,
+    recorded: dict[str, CoverageRow],
+    shown: Masker,
+) -> list[PartitionState]:
+    """A discovered stage's partitions: those on record, grouped under the partition
+    that found them (its window and dimensions), and in place of what an unfinished
+    discoverer has yet to find, one line for it: missing, or blocked when it failed."""
+    spec = stage.partitions
+    assert isinstance(spec, DiscoveredSpec) and stage.discovered_from is not None
+    source = stage.discovered_from
+    parent_selection = None if spec.grain is Grain.ALL else selection
+    parents = {
+        item.key: _masked(item, shown)
+        for item in ledger.coverage_rows(job.name, source, parent_selection)
+    }
+    children: dict[str, list[CoverageRow]] = defaultdict(list)
+    for item in recorded.values():
+        children[spec.parent_key(item.key)].append(item)
+    states: list[PartitionState] = []
+    declared = spec.parent.partitions(parent_selection, order=Order.OLDEST) if spec.parent else ()
+    for parent in declared:
+        row = parents.get(parent.key)
+        finished = row is not None and row.status in (Status.DONE, Status.EMPTY)
+        for child in children.pop(parent.key, []):
+            found = Partition(child.key, child.start, child.end, parent.grain, child.dims)
+            states.append(_classify(stage.name, found, child, set(), {}))
+        if finished:
+            continue
+        if row is not None and row.status is Status.FAILED:
+            states.append(
+                _unfound(
+                    stage.name,
+                    parent,
+                    State.BLOCKED,
+                    f"waits for failed {source} {parent.key}",
+                    f"waits for failed {source}",
+                )
+            )
+        else:
+            states.append(
+                _unfound(
+                    stage.name,
+                    parent,
+                    State.MISSING,
+                    f"not discovered yet ({source} {parent.key})",
+                    "never",
+                )
+            )
+    # Found by a partition its spec no longer declares (a narrowed range): still shown.
+    for rows in children.values():
+        for child in rows:
+            found = Partition(child.key, child.start, child.end, spec.grain, child.dims)
+            states.append(_classify(stage.name, found, child, set(), {}))
+    return states
+
+
+def _unfound(
+    stage: str, parent: Partition, state: State, reason: str, group: str
+) -> PartitionState:
+    """What a discoverer that has not finished has yet to find, under its key."""
+    return PartitionState(
+        stage,
+        parent.key,
+        parent.start,
+        parent.end,
+        parent.dims,
+        state,
+        reason,
+        group,
+        None,
+        parent.whole,
+    )
 
 
 def _classify(

@@ -21,6 +21,7 @@ from backfill.clock import Clock
 from backfill.context import Context, RunCache, StageLog
 from backfill.engine.control import RunControl
 from backfill.engine.db import LedgerThread
+from backfill.engine.discovery import plan_found, take_found
 from backfill.engine.lease import LeaseKeeper
 from backfill.engine.outcomes import Outcomes
 from backfill.engine.rows import check, needs_write, rows_for, tables_of
@@ -40,6 +41,7 @@ from backfill.invoke import Invoker
 from backfill.job import Job, Stage
 from backfill.leases import LeaseLost
 from backfill.ledger import Claim, Ledger, Outcome, Status
+from backfill.partitions import Discover
 from backfill.secrets import Masker
 from backfill.sinks import Record, to_mappings
 from backfill.sources.clients import Clients
@@ -167,6 +169,8 @@ class Attempt:
         self.tally = RequestTally()
         self.pages = PageWrites(claim.checkpoint)
         self.rows: dict[str, list[Record]] = {}
+        # Partitions it discovered for other stages (see engine/discovery.py).
+        self.found: list[Discover] = []
 
     async def run(self) -> None:
         env, stage, claim = self.env, self.stage, self.claim
@@ -179,6 +183,8 @@ class Attempt:
             outcome = await self._attempts()
             if self.tally.requests:
                 outcome = dataclasses.replace(outcome, requests=self.tally.requests)
+            if outcome.status is Status.DONE and self.found:
+                outcome = await self._plan_found(outcome)
             if outcome.status is Status.DONE and needs_write(stage, self.rows):
                 written = await self._write_done(outcome)
                 if written is None:
@@ -225,6 +231,7 @@ class Attempt:
             self.pages.attempt()
             try:
                 result = await self.env.invoker.call(self.stage, self._context())
+                result, self.found = take_found(self.env.job, self.stage, result)
                 self.rows = tables_of(self.stage, result)
             except EmptyPartition as exc:
                 return self._outcome(
@@ -290,6 +297,23 @@ class Attempt:
         )
         await env.clock.sleep(delay)
         return None
+
+    async def _plan_found(self, outcome: Outcome) -> Outcome:
+        """Plan what the partition discovered before its done-mark goes on record; a
+        ledger that fails stops the run, the partition going back to the pool."""
+        env = self.env
+        try:
+            added = await plan_found(
+                env.db, env.ledger, env.job, self.stage, self.partition, self.found, env.bus
+            )
+        except Exception as exc:
+            env.control.fail_first(classify(exc, self.stage))
+            return Outcome(self.claim.id, Status.PENDING, attempts=self.number)
+        if added:
+            # The stages that run them may be waiting for work: they need not wait for
+            # this partition's outcome to go on record.
+            env.signal_progress()
+        return outcome
 
     def _outcome(
         self,

@@ -10,7 +10,7 @@ from backfill.job.stages import Stage
 from backfill.ledger import Dependency
 from backfill.partitions import Grain
 
-__all__ = ["dependencies", "downstream", "select_stages", "upstream"]
+__all__ = ["dependencies", "discoverers", "downstream", "select_stages", "upstream"]
 
 # Longest window of each grain minus one day: how far before a day a window may start.
 _SPAN_DAYS = {
@@ -42,20 +42,30 @@ def dependencies(stages: Mapping[str, Stage], stage: Stage) -> tuple[Dependency,
     return tuple(result)
 
 
+def _inputs(stage: Stage) -> list[str]:
+    """The stages ``stage`` waits for: those it needs, and the one that discovers its
+    partitions (which needs no ledger check: a partition exists once it is found)."""
+    names = [d.stage for d in stage.needs]
+    if stage.discovered_from is not None:
+        names.append(stage.discovered_from)
+    return names
+
+
 def upstream(stages: Mapping[str, Stage], name: str) -> list[str]:
-    """Every stage ``name`` needs, directly or through others, in declaration order."""
+    """Every stage ``name`` needs or is discovered by, directly or through others, in
+    declaration order."""
     seen: set[str] = set()
-    todo = [d.stage for d in stages[name].needs]
+    todo = _inputs(stages[name])
     while todo:
         current = todo.pop()
         if current not in seen:
             seen.add(current)
-            todo.extend(d.stage for d in stages[current].needs)
+            todo.extend(_inputs(stages[current]))
     return [s for s in stages if s in seen]
 
 
 def downstream(stages: Mapping[str, Stage], name: str) -> list[str]:
-    """Every stage that needs ``name``, directly or through others."""
+    """Every stage that needs ``name`` (or is discovered by it), directly or through others."""
     return [s for s in stages if name in upstream(stages, s)]
 
 
@@ -93,3 +103,12 @@ def select_stages(
             f"its stages are: {', '.join(stages)}"
         )
     return [stage for name, stage in stages.items() if name in chosen]
+
+
+def discoverers(stages: Mapping[str, Stage]) -> dict[str, list[Stage]]:
+    """Per stage that discovers partitions, the stages that get them."""
+    found: dict[str, list[Stage]] = {}
+    for stage in stages.values():
+        if stage.discovered_from is not None:
+            found.setdefault(stage.discovered_from, []).append(stage)
+    return found

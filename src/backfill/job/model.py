@@ -20,6 +20,7 @@ from backfill.ratelimit import DEFAULT_MAX_WAIT, Limit, Resource
 from backfill.retry import RetryPolicy
 from backfill.secrets import Masker, Secret, notify_url_secrets, url_secrets
 from backfill.sources import DEFAULT_MAX_BODY, CrossOrigin
+from backfill.sources.browser_options import DEFAULT_BLOCKED, BlockPage, BrowserOptions
 
 if TYPE_CHECKING:
     from datetime import date, timedelta
@@ -68,6 +69,7 @@ class Job:
         self.stages: dict[str, Stage] = {}
         self.resources: dict[str, Resource] = {}
         self.http_options: dict[str, dict[str, Any]] = {}
+        self.browser_options: dict[str, BrowserOptions] = {}
 
     def resource(
         self,
@@ -152,6 +154,71 @@ class Job:
         )
         self.resources[name] = resource
         self.http_options[name] = options
+        return resource
+
+    def browser(
+        self,
+        name: str,
+        *,
+        rate: str | float | Limit | None = None,
+        pages: int = 4,
+        jitter: tuple[float, float] | None = None,
+        recycle_every: int = 50,
+        block: Sequence[str] = DEFAULT_BLOCKED,
+        allow: Sequence[str] = (),
+        block_page: BlockPage | None = None,
+        timeout: float = 30.0,
+        headless: bool = True,
+        executable: str | Path | None = None,
+        failures: str | Path | None = None,
+        args: Sequence[str] = (),
+        limits: list[str | float | Limit] | None = None,
+        shared: bool = False,
+        max_wait: float = DEFAULT_MAX_WAIT,
+    ) -> Resource:
+        """Declare a source read in a browser; its stages use ``ctx.browser``, a pool of
+        ``pages`` Playwright pages on Debian's chromium (``apt-get install chromium``).
+
+        Page loads count as the resource's requests (``rate``, ``limits``) and pages as
+        its concurrency. ``jitter=(0.3, 1.0)`` adds a random wait before each load on top
+        of the rate; ``block`` (images, fonts and media by default; ``allow`` takes some
+        back) are not loaded; ``block_page`` (a title fragment such as ``"Just a
+        moment"``, or a function of the page) detects a block page, which fails the load
+        as transient and counts against the resource's circuit breaker, as a timeout or
+        a 5xx do. See :class:`~backfill.sources.browser_options.BrowserOptions`.
+
+        Example::
+
+            job.browser("tennis_site", rate="1/s", pages=4, jitter=(0.3, 1.0),
+                        block_page="Just a moment")
+        """
+        if not isinstance(pages, int) or isinstance(pages, bool) or pages < 1:
+            raise ConfigError(f"browser {name!r}: pages must be a whole number >= 1")
+        options = BrowserOptions.checked(
+            f"browser {name!r}",
+            pages=pages,
+            jitter=jitter,
+            recycle_every=recycle_every,
+            block=block,
+            allow=allow,
+            block_page=block_page,
+            timeout=timeout,
+            headless=headless,
+            executable=executable,
+            failures=failures,
+            args=args,
+        )
+        resource = self.resource(
+            name,
+            rate=rate,
+            concurrency=pages,
+            limits=limits,
+            shared=shared,
+            max_wait=max_wait,
+            timeout=timeout,
+            retries=0,
+        )
+        self.browser_options[name] = options
         return resource
 
     @property

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from backfill.checks import Check, CheckFunction, as_check
 from backfill.errors import ConfigError
-from backfill.partitions import Grain, PartitionSpec, ReferenceSpec
+from backfill.partitions import DiscoveredSpec, Grain, PartitionSpec, ReferenceSpec
 from backfill.partitions.refresh import RefreshWindow, parse_refresh
 from backfill.ratelimit import Resource
 from backfill.retry import RetryPolicy
@@ -91,6 +91,12 @@ class Stage:
         return isinstance(self.sink, tuple)
 
     @property
+    def discovered_from(self) -> str | None:
+        """The stage that discovers this one's partitions, if it has discovered ones."""
+        spec = self.partitions
+        return spec.source if isinstance(spec, DiscoveredSpec) else None
+
+    @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn) or inspect.isasyncgenfunction(self.fn)
 
@@ -134,6 +140,8 @@ def build_stage(
         raise ConfigError(
             f"stage {stage_name!r} has no partitions; pass partitions= to Job() or to the stage"
         )
+    if isinstance(spec, DiscoveredSpec):
+        spec = _discovered_from(stage_name, spec, declared)
     if concurrency < 1:
         raise ConfigError(f"stage {stage_name!r}: concurrency must be at least 1")
     if timeout is not None and timeout <= 0:
@@ -202,6 +210,20 @@ def _check_hourly_sinks(name: str, sink: Sink | tuple[Sink, ...] | None) -> None
                 f"replace by the date column {spec.partition_column!r} (that would replace "
                 "the whole day); drop partition_column= to replace by the partition key"
             )
+
+
+def _discovered_from(
+    name: str, spec: DiscoveredSpec, stages: Mapping[str, Stage]
+) -> DiscoveredSpec:
+    """``spec`` bound to the spec of the stage that discovers its partitions."""
+    source = stages.get(spec.source)
+    if source is None:
+        known = ", ".join(stages) or "none"
+        raise ConfigError(
+            f"stage {name!r} has partitions discovered by {spec.source!r}, which is not "
+            f"declared above it (declared so far: {known})"
+        )
+    return spec.bound(source.partitions)
 
 
 def _resolve_needs(

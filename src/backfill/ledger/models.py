@@ -29,6 +29,7 @@ __all__ = [
     "WorkerRecord",
     "dims_from_json",
     "dims_json",
+    "params_json",
 ]
 
 
@@ -58,8 +59,13 @@ class Claim:
     attempts: int
     claims: int
     checkpoint: str | None = None
+    # JSON: what a discovered partition's discoverer found about it.
+    params: str | None = None
 
     def partition(self, grain: Any, tz: str | None = None) -> Partition:
+        if self.params:
+            params = json.loads(self.params)
+            return Partition(self.key, self.start, self.end, grain, self.dims, tz, params)
         return Partition(self.key, self.start, self.end, grain, self.dims, tz)
 
 
@@ -240,3 +246,8 @@ def dims_from_json(text: str | None) -> tuple[tuple[str, str], ...]:
         return ()
     loaded: dict[str, str] = json.loads(text)
     return tuple(loaded.items())
+
+
+def params_json(params: Mapping[str, Any]) -> str:
+    """A discovered partition's params as the ledger keeps them."""
+    return json.dumps(dict(params), separators=(",", ":"), sort_keys=True)

@@ -26,7 +26,15 @@ from backfill.backoff import Backoff
 from backfill.errors import LedgerError
 from backfill.ledger.algorithm import SQLLedger
 from backfill.ledger.dialect import Dialect, check_version, statements
-from backfill.ledger.models import MAX_LOST_LEASES, Dependency, NoState, Outcome, Status, dims_json
+from backfill.ledger.models import (
+    MAX_LOST_LEASES,
+    Dependency,
+    NoState,
+    Outcome,
+    Status,
+    dims_json,
+    params_json,
+)
 from backfill.ledger.postgres_errors import connect_error as _connect_error
 from backfill.ledger.postgres_errors import last_line as _last_line
 from backfill.ledger.postgres_errors import on_sink, redact_url
@@ -41,7 +49,7 @@ log = logging.getLogger("backfill.ledger.postgres")
 _RECONNECT = Backoff(first=0.1, cap=5.0, jitter=0.5, switchable=False)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Any constant will do: it only serialises concurrent schema set-up and migrations.
 _MIGRATION_LOCK = 0x6261636B66696C6C  # "backfill"
 
@@ -110,6 +118,7 @@ class PostgresDialect(Dialect):
                 memo[p.dims] if p.dims in memo else memo.setdefault(p.dims, dims_json(p.dims))
                 for p in chunk
             ],
+            "params": [params_json(p.params) if p.params else None for p in chunk],
         }
         return int(conn.execute(self.queries["plan"], params).rowcount)
 

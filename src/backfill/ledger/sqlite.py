@@ -27,12 +27,13 @@ from backfill.ledger.models import (
     Status,
     dims_from_json,
     dims_json,
+    params_json,
 )
 from backfill.partitions import Partition
 
 __all__ = ["SCHEMA_VERSION", "SQLiteDialect", "SQLiteLedger"]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 T = TypeVar("T")
 
 
@@ -89,14 +90,17 @@ class SQLiteDialect(Dialect):
 
     def plan(self, conn: Any, stage_id: int, chunk: Sequence[Partition], memo: Any) -> int:
         # json.dumps per row was a quarter of plan's time: dims and dates come from memo.
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         for p in chunk:
             dims = memo.get(p.dims)
             if dims is None and p.dims:
                 dims = memo[p.dims] = dims_json(p.dims)
             start = memo.get(p.start) or memo.setdefault(p.start, p.start.isoformat())
             end = memo.get(p.end) or memo.setdefault(p.end, p.end.isoformat())
-            rows.append((p.key, start, end, dims))
+            if p.params:
+                rows.append((p.key, start, end, dims, params_json(p.params)))
+            else:
+                rows.append((p.key, start, end, dims))
         payload = json.dumps(rows, separators=(",", ":"))
         before = conn.total_changes
         conn.execute(self.queries["plan"], (stage_id, payload))

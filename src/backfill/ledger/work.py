@@ -138,9 +138,7 @@ class WorkOps(LedgerBase):
             row_dims = dims.get(row[4])
             if row_dims is None:
                 row_dims = dims[row[4]] = dims_of(row[4])
-            claims.append(
-                Claim(row[0], stage, row[1], start, end, row_dims, row[5], row[6], row[7])
-            )
+            claims.append(Claim(row[0], stage, row[1], start, end, row_dims, *row[5:9]))
         # RETURNING gives no order guarantee; the caller asked for window order.
         claims.sort(key=lambda c: (c.start, c.id), reverse=order is Order.NEWEST)
         return claims

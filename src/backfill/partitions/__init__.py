@@ -20,6 +20,7 @@ value) in ``windows``, the specs that declare a job's partitions in ``specs``, a
 selection of some of them from command-line input in ``selection``.
 """
 
+from backfill.partitions.discovered import Discover, DiscoveredSpec, discovered
 from backfill.partitions.selection import Selection
 from backfill.partitions.specs import (
     PartitionSpec,
@@ -43,6 +44,8 @@ from backfill.partitions.windows import (
 
 __all__ = [
     "REFERENCE_KEY",
+    "Discover",
+    "DiscoveredSpec",
     "Grain",
     "Order",
     "Partition",
@@ -50,6 +53,7 @@ __all__ = [
     "ReferenceSpec",
     "Selection",
     "daily",
+    "discovered",
     "hourly",
     "monthly",
     "parse_date",

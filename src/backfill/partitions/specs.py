@@ -38,6 +38,12 @@ __all__ = [
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
+# The days one value of a dimension exists on: its first day, or (first, last), None for
+# the spec's own bound.
+DimRange = str | date | tuple[str | date | None, str | date | None] | None
+# A dimension's values: a list, or a mapping of each value to its own range.
+DimValues = Sequence[str] | Mapping[str, DimRange]
+
 
 class PartitionSpec:
     """Time windows of one grain over ``[start, end]``, crossed with static dimensions.
@@ -51,14 +57,14 @@ class PartitionSpec:
     UTC hours of those days (23 on the day clocks go forward, 25 when they go back).
     """
 
-    __slots__ = ("_given", "dims", "end", "grain", "order", "start", "tz")
+    __slots__ = ("_given", "_given_dims", "dims", "end", "grain", "order", "ranges", "start", "tz")
 
     def __init__(
         self,
         grain: str | Grain,
         start: str | date,
         end: str | date,
-        dims: Mapping[str, Sequence[str]] | None = None,
+        dims: Mapping[str, DimValues] | None = None,
         *,
         order: str | Order = Order.OLDEST,
         tz: str | None = None,
@@ -68,6 +74,7 @@ class PartitionSpec:
             zones.zone(tz)
         self.tz = tz
         self._given = (start, end)
+        self._given_dims: Mapping[str, DimValues] = dict(dims or {})
         self.start = parse_date(start, what="start", tz=tz)
         self.end = parse_date(end, what="end", tz=tz)
         if self.start > self.end:
@@ -76,6 +83,8 @@ class PartitionSpec:
             )
         self.order = parse_order(order)
         self.dims: dict[str, tuple[str, ...]] = {}
+        # (dimension, value) -> the days that value exists on, where it has a range of its own.
+        self.ranges: dict[tuple[str, str], tuple[date, date]] = {}
         for name, values in (dims or {}).items():
             if not _NAME.match(name):
                 raise ConfigError(
@@ -83,6 +92,9 @@ class PartitionSpec:
                 )
             if isinstance(values, str):
                 values = [values]
+            if isinstance(values, Mapping):
+                for value, bounds in values.items():
+                    self.ranges[(name, str(value))] = self._value_range(name, str(value), bounds)
             vals = tuple(str(v) for v in values)
             if not vals:
                 raise ConfigError(f"dimension {name!r} has no values; give at least one")
@@ -103,19 +115,39 @@ class PartitionSpec:
                     f"{tz} does not: use daily partitions there"
                 )
 
+    def _value_range(self, name: str, value: str, bounds: DimRange) -> tuple[date, date]:
+        """The days ``value`` of dimension ``name`` exists on: from a start (``"1968-01-01"``)
+        or a (start, end) pair, either end None for the spec's own."""
+        what = f"the range of {name}={value}"
+        if bounds is None or isinstance(bounds, str | date):
+            low, high = bounds, None
+        elif isinstance(bounds, tuple | list) and len(bounds) == 2:
+            low, high = bounds
+        else:
+            raise ConfigError(f"{what} must be a start date or a (start, end) pair, not {bounds!r}")
+        first = self.start if low is None else parse_date(low, what=f"start of {what}")
+        last = self.end if high is None else parse_date(high, what=f"end of {what}")
+        if first > last:
+            raise ConfigError(f"{what} starts {first}, after its end {last}; swap them")
+        return first, last
+
     def __repr__(self) -> str:
-        dims = "".join(f", {k}={list(v)}" for k, v in self.dims.items())
+        def shown(name: str, values: tuple[str, ...]) -> str:
+            if not any((name, v) in self.ranges for v in values):
+                return repr(list(values))
+            spans = {
+                v: "..".join(str(d) for d in self.ranges.get((name, v), (self.start, self.end)))
+                for v in values
+            }
+            return repr(spans)
+
+        dims = "".join(f", {k}={shown(k, v)}" for k, v in self.dims.items())
         tz = f", tz={self.tz!r}" if self.tz is not None else ""
         return f"PartitionSpec({self.grain.value!r}, '{self.start}', '{self.end}'{dims}{tz})"
 
     def _remade(self, end: str | date, tz: str | None) -> PartitionSpec:
         return PartitionSpec(
-            self.grain,
-            self._given[0],
-            end,
-            {k: list(v) for k, v in self.dims.items()},
-            order=self.order,
-            tz=tz,
+            self.grain, self._given[0], end, self._given_dims, order=self.order, tz=tz
         )
 
     def in_zone(self, tz: str | None) -> PartitionSpec:
@@ -134,6 +166,14 @@ class PartitionSpec:
                 f"--through {day} is before the partitions' start {self.start}; give a later day"
             )
         return self._remade(day, self.tz)
+
+    def _exists(self, dims: Iterable[tuple[str, str]], wstart: date, wend: date) -> bool:
+        """Whether every dimension value of a partition exists during its window."""
+        for dim in dims:
+            span = self.ranges.get(dim)
+            if span is not None and (wend < span[0] or wstart > span[1]):
+                return False
+        return True
 
     def windows(self, order: Order | None = None) -> Iterator[tuple[date, date]]:
         """The clipped calendar windows, oldest or newest first."""
@@ -160,6 +200,8 @@ class PartitionSpec:
         return sum(1 for _ in self.windows())
 
     def __len__(self) -> int:
+        if self.ranges:
+            return sum(1 for _ in self.partitions())
         n = self.window_count()
         for values in self.dims.values():
             n *= len(values)
@@ -187,6 +229,8 @@ class PartitionSpec:
             for label in labels:
                 for combo in combos:
                     dims = tuple(zip(names, combo, strict=True))
+                    if self.ranges and not self._exists(dims, wstart, wend):
+                        continue
                     key = label + "".join(f"/{n}={v}" for n, v in dims)
                     part = Partition(key, wstart, wend, self.grain, dims, self.tz)
                     if selection is None or selection.matches(part):
@@ -227,6 +271,8 @@ class PartitionSpec:
         expect_start, expect_end = window_of(start, self.grain)
         clipped = (max(expect_start, self.start), min(expect_end, self.end))
         if clipped != (start, end) or window_label(start, end, self.grain) != label:
+            return None
+        if self.ranges and not self._exists(dims, start, end):
             return None
         return Partition(key, start, end, self.grain, tuple(dims), self.tz)
 
@@ -280,7 +326,7 @@ def _spec(
     start: str | date,
     end: str | date,
     order: str | Order,
-    dims: Mapping[str, Sequence[str]],
+    dims: Mapping[str, DimValues],
     tz: str | None = None,
 ) -> PartitionSpec:
     return PartitionSpec(grain, start, end, dims, order=order, tz=tz)
@@ -292,7 +338,7 @@ def hourly(
     *,
     order: str | Order = Order.OLDEST,
     tz: str | None = None,
-    **dims: Sequence[str],
+    **dims: DimValues,
 ) -> PartitionSpec:
     """One partition per hour of the days ``start`` to ``end`` in ``tz``, keyed by the UTC
     hour (``2024-03-31T01``), e.g. ``hourly("2024-03-01", "yesterday", tz="Europe/London")``."""
@@ -305,9 +351,15 @@ def daily(
     *,
     order: str | Order = Order.OLDEST,
     tz: str | None = None,
-    **dims: Sequence[str],
+    **dims: DimValues,
 ) -> PartitionSpec:
-    """One partition per day, e.g. ``daily("2013-01-01", "2013-12-31", tour=["atp"])``."""
+    """One partition per day, e.g. ``daily("2013-01-01", "2013-12-31", tour=["atp"])``.
+
+    A dimension given as a mapping gives each value its own range, and no partition is
+    planned for a value outside it: ``tour={"atp": "1968-01-01", "wta": "1973-01-01"}``
+    (from that day), or ``{"itf": ("1990-01-01", "2019-12-31")}``; a window that overlaps
+    the range is planned whole, under its usual key.
+    """
     return _spec(Grain.DAY, start, end, order, dims, tz)
 
 
@@ -317,7 +369,7 @@ def weekly(
     *,
     order: str | Order = Order.OLDEST,
     tz: str | None = None,
-    **dims: Sequence[str],
+    **dims: DimValues,
 ) -> PartitionSpec:
     """One partition per ISO week (Monday to Sunday), clipped to the range."""
     return _spec(Grain.WEEK, start, end, order, dims, tz)
@@ -329,7 +381,7 @@ def monthly(
     *,
     order: str | Order = Order.OLDEST,
     tz: str | None = None,
-    **dims: Sequence[str],
+    **dims: DimValues,
 ) -> PartitionSpec:
     """One partition per calendar month, clipped to the range."""
     return _spec(Grain.MONTH, start, end, order, dims, tz)
@@ -341,7 +393,7 @@ def yearly(
     *,
     order: str | Order = Order.OLDEST,
     tz: str | None = None,
-    **dims: Sequence[str],
+    **dims: DimValues,
 ) -> PartitionSpec:
     """One partition per calendar year, clipped to the range."""
     return _spec(Grain.YEAR, start, end, order, dims, tz)
@@ -363,6 +415,8 @@ class ReferenceSpec(PartitionSpec):
         self.dims = {}
         self.tz = None
         self._given = _EVER
+        self._given_dims = {}
+        self.ranges = {}
 
     def in_zone(self, tz: str | None) -> PartitionSpec:
         return self

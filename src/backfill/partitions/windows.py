@@ -4,14 +4,17 @@ of a grain that holds a day, the key of a window, and the :class:`Partition` val
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from backfill.errors import ConfigError
 from backfill.partitions import zones
 
 __all__ = [
+    "NO_PARAMS",
     "REFERENCE_KEY",
     "Grain",
     "Order",
@@ -24,6 +27,29 @@ __all__ = [
 ]
 
 DAY = timedelta(days=1)
+
+
+class _NoParams(Mapping[str, Any]):
+    """The params of a partition the calendar declares (only discovered ones carry any):
+    one shared empty mapping, which pickles by name (partitions go to worker processes)."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "{}"
+
+    def __reduce__(self) -> str:
+        return "NO_PARAMS"
+
+
+NO_PARAMS: Mapping[str, Any] = _NoParams()
 # The key of the single partition of an unpartitioned (reference) stage.
 REFERENCE_KEY = "all"
 
@@ -126,6 +152,11 @@ class Partition:
     grain: Grain
     dims: tuple[tuple[str, str], ...] = ()
     tz: str | None = None
+    # What the partition that discovered this one found out about it (see
+    # backfill.partitions.discovered); empty for partitions of the calendar.
+    params: Mapping[str, Any] = field(
+        default_factory=lambda: NO_PARAMS, compare=False, hash=False, repr=False
+    )
 
     @property
     def begins(self) -> datetime:

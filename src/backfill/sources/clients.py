@@ -68,7 +68,15 @@ def _http(job: Job, resource: Resource | None, clock: Clock) -> HttpClient:
     )
 
 
-_KINDS: dict[str, ClientFactory] = {"http": _http}
+def _browser(job: Job, resource: Resource | None, clock: Clock) -> Client:
+    """``ctx.browser``: the page pool of a resource declared with ``job.browser(...)``."""
+    # Imported here: Playwright is an extra, loaded only by jobs that use a browser.
+    from backfill.sources.browser import browser_client
+
+    return browser_client(job, resource, clock)
+
+
+_KINDS: dict[str, ClientFactory] = {"http": _http, "browser": _browser}
 
 
 def register_client(kind: str, factory: ClientFactory) -> None:

@@ -10,10 +10,11 @@ ON CONFLICT (job, stage) DO NOTHING;
 
 -- name: plan
 -- One array per column per chunk: one statement and one round trip for 20,000 rows.
-INSERT INTO backfill_partitions (stage_id, key, window_start, window_end, dims)
-SELECT %(stage_id)s, k, s, e, d::jsonb
-FROM unnest(%(keys)s::text[], %(starts)s::date[], %(ends)s::date[], %(dims)s::text[])
-     AS t (k, s, e, d)
+INSERT INTO backfill_partitions (stage_id, key, window_start, window_end, dims, params)
+SELECT %(stage_id)s, k, s, e, d::jsonb, x::jsonb
+FROM unnest(%(keys)s::text[], %(starts)s::date[], %(ends)s::date[], %(dims)s::text[],
+            %(params)s::text[])
+     AS t (k, s, e, d, x)
 ON CONFLICT (stage_id, key) DO NOTHING;
 
 -- name: planned
@@ -44,7 +45,7 @@ FROM (
 ) AS picked
 WHERE p.id = picked.id
 RETURNING p.id, p.key, p.window_start, p.window_end, p.dims::text, p.attempts, p.claims,
-          p.checkpoint;
+          p.checkpoint, p.params::text;
 
 -- name: claim_pending_front
 -- claim_pending among the first %(scan)s pending partitions only (Ledger.claim's scan):
@@ -69,7 +70,7 @@ FROM (
 ) AS picked
 WHERE p.id = picked.id
 RETURNING p.id, p.key, p.window_start, p.window_end, p.dims::text, p.attempts, p.claims,
-          p.checkpoint;
+          p.checkpoint, p.params::text;
 
 -- name: fail_lost
 -- A partition whose lease expired max_lost times in a row kills (or hangs) every worker

@@ -1,4 +1,4 @@
--- backfill ledger, PostgreSQL. Schema version 5 (see backfill_meta.schema_version).
+-- backfill ledger, PostgreSQL. Schema version 7 (see backfill_meta.schema_version).
 -- A database of an older version is brought up to date by postgres_migrations/NNNN.sql.
 -- Times are epoch seconds (double precision), as the engine passes them.
 
@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS backfill_partitions (
     requests         integer,         -- requests spent, all attempts together
     checkpoint       text,            -- where a stage asked to resume (e.g. a page cursor)
     checks           text,            -- JSON: the partition's check results
+    params           jsonb,           -- what its discoverer found (discovered ones)
     UNIQUE (stage_id, key)
 );
 

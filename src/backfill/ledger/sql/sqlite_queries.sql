@@ -8,11 +8,12 @@ SELECT id FROM backfill_stages WHERE job = :job AND stage = :stage;
 INSERT OR IGNORE INTO backfill_stages (job, stage) VALUES (:job, :stage);
 
 -- name: plan
--- One JSON array of [key, window_start, window_end, dims] rows per chunk: SQLite unpacks
--- it in C, far cheaper than binding parameters row by row from Python.
-INSERT OR IGNORE INTO backfill_partitions (stage_id, key, window_start, window_end, dims)
+-- One JSON array of [key, window_start, window_end, dims(, params)] rows per chunk: SQLite
+-- unpacks it in C, far cheaper than binding parameters row by row from Python. Only
+-- discovered partitions have params (a missing element reads as NULL).
+INSERT OR IGNORE INTO backfill_partitions (stage_id, key, window_start, window_end, dims, params)
 SELECT ?1, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-       json_extract(value, '$[2]'), json_extract(value, '$[3]')
+       json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]')
 FROM json_each(?2);
 
 -- name: planned
@@ -40,7 +41,7 @@ WHERE id IN (
     ORDER BY p.window_start {direction}, p.id {direction}
     LIMIT :limit
 )
-RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint;
+RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint, params;
 
 -- name: claim_pending_front
 -- claim_pending among the first :scan pending partitions only (Ledger.claim's scan): the
@@ -60,7 +61,7 @@ WHERE id IN (
     WHERE TRUE {ready}
     LIMIT :limit
 )
-RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint;
+RETURNING id, key, window_start, window_end, dims, attempts, claims, checkpoint, params;
 
 -- name: fail_lost
 -- A partition whose lease expired max_lost times in a row kills (or hangs) every worker

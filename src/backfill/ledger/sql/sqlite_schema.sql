@@ -1,4 +1,4 @@
--- backfill ledger, SQLite. Schema version 7 (see backfill_meta.schema_version).
+-- backfill ledger, SQLite. Schema version 9 (see backfill_meta.schema_version).
 -- A file of an older version is brought up to date by sqlite_migrations/NNNN.sql.
 
 CREATE TABLE IF NOT EXISTS backfill_meta (
@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS backfill_partitions (
     requests         INTEGER,         -- requests spent, all attempts together
     checkpoint       TEXT,            -- where a stage asked to resume (e.g. a page cursor)
     checks           TEXT,            -- JSON: the partition's check results
+    params           TEXT,            -- JSON: what its discoverer found (discovered ones)
     UNIQUE (stage_id, key)
 );
 

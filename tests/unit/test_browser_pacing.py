@@ -1,0 +1,174 @@
+"""The browser client's pacing and judging of loads, on stand-in pages (no browser)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backfill import ConfigError, Job, PermanentError, TransientError
+from backfill.ratelimit import Resource
+from backfill.sources.browser import BrowserClient
+from backfill.sources.browser_options import BrowserOptions
+
+
+@dataclass(eq=False)
+class StandInPage:
+    """Answers goto with a status and a title, asking its client for the turn as the
+    browser's route does; notes when each load left."""
+
+    status: int = 200
+    title_text: str = "Results"
+    starts: list[float] = field(default_factory=list)
+    client: Any = None
+    # How long after its turn each request "leaves the browser", in turn.
+    delays: list[float] = field(default_factory=list)
+
+    @property
+    def context(self) -> StandInPage:
+        return self
+
+    async def goto(self, url: str, **options: Any) -> Any:
+        await self.client.admit(self.context)
+        self.starts.append(time.monotonic())
+        await asyncio.sleep(0.001)
+        delay = self.delays.pop(0) if self.delays else 0.0
+        timing = {"startTime": (time.time() + delay - 0.001) * 1000, "requestStart": 0.5}
+        request = type("Request", (), {"timing": timing})()
+        return type("Answer", (), {"status": self.status, "request": request})()
+
+    async def title(self) -> str:
+        return self.title_text
+
+    async def wait_for_selector(self, selector: str, **options: Any) -> None:
+        return None
+
+    def is_closed(self) -> bool:
+        return False
+
+
+def client(rate: float, jitter: tuple[float, float] | None = None, **options: Any) -> BrowserClient:
+    resource = Resource("site", rate=rate, concurrency=4)
+    return BrowserClient(resource, BrowserOptions(pages=4, jitter=jitter, **options))
+
+
+def test_loads_of_every_page_together_keep_the_rate_and_each_page_its_jitter() -> None:
+    """Four pages loading as fast as they may: no two loads closer than the rate's
+    interval, and no page loads again sooner than the jitter's low end."""
+    browser = client(40.0, jitter=(0.06, 0.1))
+    pages = [StandInPage(client=browser) for _ in range(4)]
+
+    async def walk(page: StandInPage) -> None:
+        for _ in range(6):
+            await browser.load(page, "http://site.invalid/p", None)
+
+    async def main() -> None:
+        await asyncio.gather(*(walk(p) for p in pages))
+
+    asyncio.run(main())
+    starts = sorted(s for p in pages for s in p.starts)
+    assert len(starts) == 24
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= 1 / 40 - 0.002
+    for page in pages:
+        gaps = [b - a for a, b in itertools.pairwise(page.starts)]
+        assert min(gaps) >= 0.06
+    assert browser.loads == 24 and browser.resource.requests == 24
+
+
+@pytest.mark.parametrize(
+    ("page", "category", "error"),
+    [
+        (StandInPage(status=503), "http_5xx", TransientError),
+        (StandInPage(status=429), "rate_limited", TransientError),
+        (StandInPage(title_text="Just a moment..."), "blocked", TransientError),
+        (StandInPage(status=404), "http_404", PermanentError),
+    ],
+)
+def test_a_failed_load_is_classified(page: StandInPage, category: str, error: type) -> None:
+    """A 5xx, a 429 and a block page are transient, another 4xx permanent."""
+    browser = client(100.0, block_page="Just a moment")
+    page.client = browser
+    with pytest.raises(error) as info:
+        asyncio.run(browser.load(page, "http://site.invalid/p?key=s3cret", None))
+    assert info.value.category == category
+
+
+def test_block_pages_timeouts_and_5xx_open_the_circuit() -> None:
+    """Loads that keep failing as transient open the resource's circuit breaker."""
+    browser = client(1000.0, block_page=lambda page: page.title_text.startswith("Just"))
+    page = StandInPage(title_text="Just a moment...", client=browser)
+
+    async def main() -> int:
+        for failed in range(20):
+            if browser.resource.breaker.is_open:
+                return failed
+            with pytest.raises(TransientError):
+                await browser.load(page, "http://site.invalid/p", None)
+        return 20
+
+    assert asyncio.run(main()) == browser.resource.breaker.min_requests
+    assert browser.resource.state()["circuit"] == "open"
+
+
+def test_a_missing_browser_is_one_sentence_naming_what_to_install(tmp_path: Path) -> None:
+    """No chromium at the executable's path: a ConfigError that says apt-get install."""
+    resource = Resource("site", rate=1.0, concurrency=1)
+    browser = BrowserClient(resource, BrowserOptions(executable=tmp_path / "no-chromium"))
+
+    async def main() -> None:
+        async with browser.page():
+            pass
+
+    with pytest.raises(ConfigError, match=r"apt-get install chromium") as info:
+        asyncio.run(main())
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"jitter": (1.0, 0.3)}, "jitter must be"),
+        ({"jitter": (0.3,)}, "jitter must be"),
+        ({"recycle_every": 0}, "recycle_every"),
+        ({"block": ["pictures"]}, "unknown resource type 'pictures'"),
+        ({"timeout": 0}, "timeout must be"),
+        ({"pages": 0}, "pages must be"),
+        ({"block_page": 3}, "block_page must be"),
+    ],
+)
+def test_bad_browser_options_are_one_sentence(options: dict[str, Any], message: str) -> None:
+    """Each bad option names the browser resource and what to write."""
+    job = Job("j")
+    with pytest.raises(ConfigError, match=message) as info:
+        job.browser("site", rate="1/s", **options)
+    assert "'site'" in str(info.value)
+    assert "site" not in job.resources
+
+
+def test_a_browser_resource_is_a_resource_of_pages() -> None:
+    """Pages are the resource's concurrency; allow takes a type back from block."""
+    job = Job("j")
+    resource = job.browser("site", rate="2/s", pages=3, allow=["image"])
+    assert resource.concurrency == 3
+    assert job.browser_options["site"].block == ("font", "media")
+
+
+def test_the_guard_follows_how_unevenly_requests_leave_the_browser() -> None:
+    """Requests leaving the browser 0 to 0.3 s after their turn widen the spacing by
+    that spread; even ones keep the least guard."""
+    browser = client(50.0)
+    page = StandInPage(client=browser, delays=[0.0, 0.3, 0.1])
+
+    async def main() -> None:
+        for _ in range(3):
+            await browser.load(page, "http://site.invalid/p", None)
+
+    assert browser.guard == 0.05
+    asyncio.run(main())
+    assert 0.28 <= browser.guard <= 0.32
+    assert min(b - a for a, b in itertools.pairwise(page.starts[1:])) >= 1 / 50 + 0.28 / 50
