@@ -7,7 +7,7 @@ import importlib
 
 from backfill.errors import ConfigError
 
-__all__ = ["require_postgres"]
+__all__ = ["require_entities", "require_postgres"]
 
 
 def require_postgres(what: str) -> None:
@@ -20,4 +20,17 @@ def require_postgres(what: str) -> None:
             raise ConfigError(
                 f"{what} needs PostgreSQL support, which is not installed: "
                 "pip install 'backfill[postgres]'"
+            ) from exc
+
+
+def require_entities() -> None:
+    """Raise :class:`ConfigError` when the entity-resolution libraries (rapidfuzz and
+    anyascii) are not installed."""
+    for module in ("rapidfuzz", "anyascii"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(
+                "entity resolution needs rapidfuzz and anyascii, which are not installed: "
+                "pip install 'backfill[entities]'"
             ) from exc
