@@ -1,0 +1,384 @@
+"""The resolver of one entity kind: a name from a source to an entity id.
+
+Order: the source's external id; the exact normalised name (case, diacritics and
+scripts, punctuation and word order folded) when it fits exactly one entity whose
+features do not contradict; then fuzzy candidates (pg_trgm's GIN index on PostgreSQL,
+an in-memory blocking index otherwise) scored word by word with rapidfuzz. Above
+``accept`` the name is linked; between ``review`` and ``accept`` it gets a provisional
+entity and a place in the review queue (the run goes on); below, a new entity.
+
+Example::
+
+    resolver = EntityResolver(EntitySpec("players", "sqlite:///tennis.db"))
+    player_id = resolver.resolve_now("DJOKOVIC Novak", source="atp", country="SRB")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from backfill.entities.keys import BlockingIndex
+from backfill.entities.match import Candidate, Method, Thresholds, decide, rank
+from backfill.entities.normalise import feature_key, fold, name_key
+from backfill.entities.store import Conflict, EntityStore, check_reference, open_store
+from backfill.errors import BackfillError, ConfigError
+from backfill.job.stages import NAME
+
+__all__ = ["EntityResolver", "EntitySpec", "Resolution"]
+
+# Looks again after a conflict at most this often (a conflict means another worker just
+# made what this one was making: the next look finds it).
+_ATTEMPTS = 8
+# PostgreSQL hands ids out in order but commits them in any order, so an alias of a lower
+# id than the highest seen may still appear: ids skipped are looked for again for this
+# long (a rolled-back insert, or one that met a conflict, leaves a gap for good), and at
+# most this many.
+_GAP_SECONDS = 10.0
+_GAPS = 2_000
+_CANDIDATES = 24
+_INDEXES = ("auto", "memory", "trigram")
+
+
+@dataclass(frozen=True, slots=True)
+class EntitySpec:
+    """A job's entity kind: where its tables are, the thresholds, the tables pointing at
+    it (``"table.column"``, moved by a merge), and how fuzzy candidates are found."""
+
+    kind: str
+    database: str
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    references: tuple[str, ...] = ()
+    index: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not NAME.match(self.kind):
+            raise ConfigError(
+                f"entity kind {self.kind!r} must start with a letter and use only letters, "
+                "digits, _ . -"
+            )
+        for reference in self.references:
+            check_reference(reference)
+        if self.index not in _INDEXES:
+            raise ConfigError(f"entity index {self.index!r} must be one of {', '.join(_INDEXES)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What a name resolved to, and why: ``method`` (external_id, exact, fuzzy, review,
+    new), the score of the link (1.0 for exact ones), the candidates that were weighed."""
+
+    entity_id: int
+    method: Method
+    score: float
+    provisional: bool = False
+    review_id: int | None = None
+    candidates: tuple[Candidate, ...] = ()
+
+
+def _features(given: Mapping[str, object]) -> dict[str, str]:
+    return {k: fold(str(v)) for k, v in sorted(given.items()) if v is not None and str(v) != ""}
+
+
+class EntityResolver:
+    """Resolves names of one kind against its store; thread-safe (one lock around the
+    store's connection), cached for the resolver's life (a run).
+
+    ``store`` defaults to opening ``spec.database``; pass one to share a connection.
+    """
+
+    def __init__(self, spec: EntitySpec, store: EntityStore | None = None) -> None:
+        self.spec = spec
+        self.store = store if store is not None else open_store(spec.database, index=spec.index)
+        self._owns_store = store is None
+        self._index: BlockingIndex | None = None
+        # Alias ids skipped so far (and since when), see _GAP_SECONDS.
+        self._gaps: dict[int, float] = {}
+        self._cache: dict[tuple[object, ...], Resolution] = {}
+        self._lock = threading.Lock()
+        self.cache_hits = 0
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    def close(self) -> None:
+        if self._owns_store:
+            self.store.close()
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    # -- from a stage --------------------------------------------------------------------
+    async def resolve(
+        self,
+        name: str,
+        *,
+        source: str,
+        external_id: str | int | None = None,
+        **features: object,
+    ) -> int:
+        """The entity id of ``name`` as ``source`` writes it (``external_id``: the
+        source's own id for it; ``features``: country, birth_year, tour, ...)."""
+        resolution = await self.resolution(name, source=source, external_id=external_id, **features)
+        return resolution.entity_id
+
+    async def resolution(
+        self,
+        name: str,
+        *,
+        source: str,
+        external_id: str | int | None = None,
+        **features: object,
+    ) -> Resolution:
+        """Like :meth:`resolve`, with how and how well the name was matched."""
+        return await asyncio.to_thread(
+            self.resolve_now, name, source=source, external_id=external_id, **features
+        )
+
+    async def resolve_many(
+        self, names: Iterable[str | Mapping[str, Any]], *, source: str
+    ) -> list[int]:
+        """The entity ids of many names at once (one trip to the resolver's thread), e.g.
+        a partition's players; each item is a name or a mapping with ``name`` and
+        optionally ``external_id`` and features."""
+        items = [{"name": n} if isinstance(n, str) else dict(n) for n in names]
+
+        def run() -> list[int]:
+            out = []
+            for item in items:
+                name = item.pop("name")
+                out.append(self.resolve_now(name, source=source, **item).entity_id)
+            return out
+
+        return await asyncio.to_thread(run)
+
+    # -- known entities ------------------------------------------------------------------
+    def add_now(
+        self,
+        name: str,
+        *,
+        source: str,
+        external_id: str | int | None = None,
+        **features: object,
+    ) -> int:
+        """Declare a known entity (a master list, a federation's register): created as
+        it is, never matched fuzzily against others; the same one again when its name and
+        features (or the source's external id) are known already."""
+        return self.add_many([{"name": name, "external_id": external_id, **features}], source)[0]
+
+    def add_many(self, items: Iterable[Mapping[str, Any]], source: str) -> list[int]:
+        """:meth:`add_now` for many (each a mapping with ``name``, optionally
+        ``external_id`` and features), in one transaction."""
+        rows = []
+        for item in items:
+            given = dict(item)
+            name = str(given.pop("name"))
+            external = given.pop("external_id", None)
+            folded = _features(given)
+            norm = name_key(name)
+            if not norm:
+                raise BackfillError(f"{self.kind}: cannot add {name!r}, which has no letters")
+            rows.append((name, norm, None if external is None else str(external), folded))
+        with self._lock:
+            try:
+                with self.store.transaction():
+                    return [self._add(*row, source=source) for row in rows]
+            except Conflict:
+                # Another worker added some of them meanwhile: one at a time, looking again.
+                out = []
+                for row in rows:
+                    for _ in range(_ATTEMPTS):
+                        try:
+                            with self.store.transaction():
+                                out.append(self._add(*row, source=source))
+                            break
+                        except Conflict:
+                            continue
+                    else:
+                        raise BackfillError(f"{self.kind}: {row[0]!r} kept conflicting") from None
+                return out
+
+    def _add(
+        self, name: str, norm: str, external: str | None, features: dict[str, str], *, source: str
+    ) -> int:
+        store, kind = self.store, self.kind
+        found = store.by_external_id(kind, source, external) if external is not None else None
+        key = f"{norm}|{feature_key(features)}"
+        if found is None:
+            found = store.by_key(kind, key)
+        entity_id = (
+            store.live(found)
+            if found is not None
+            else store.create_entity(kind, name=name, key=key, features=features)
+        )
+        store.add_alias(
+            kind, entity_id, name=name, norm=norm, source=source,
+            external_id=external, method=Method.MANUAL, score=None,
+        )  # fmt: skip
+        return entity_id
+
+    def add_alias(
+        self, entity_id: int, name: str, *, source: str, external_id: str | int | None = None
+    ) -> None:
+        """Record that ``source`` writes ``name`` for ``entity_id`` (a known alias)."""
+        norm = name_key(name)
+        external = None if external_id is None else str(external_id)
+        with self._lock, self.store.transaction():
+            self.store.add_alias(
+                self.kind, self.store.live(entity_id), name=name, norm=norm, source=source,
+                external_id=external, method=Method.MANUAL, score=None,
+            )  # fmt: skip
+
+    # -- the algorithm -------------------------------------------------------------------
+    def resolve_now(
+        self,
+        name: str,
+        *,
+        source: str,
+        external_id: str | int | None = None,
+        **features: object,
+    ) -> Resolution:
+        """Resolve on this thread (a plain ``def`` stage, a script, a benchmark)."""
+        if not isinstance(name, str) or not fold(name):
+            raise BackfillError(f"{self.kind}: cannot resolve {name!r}, which has no letters")
+        folded = _features(features)
+        external = None if external_id is None else str(external_id)
+        key = (source, name, external, tuple(folded.items()))
+        cached = self._cache.get(key)
+        if cached is not None:
+            self.cache_hits += 1
+            return cached
+        with self._lock:
+            for _ in range(_ATTEMPTS):
+                try:
+                    resolution = self._resolve(name, source, external, folded)
+                    break
+                except Conflict:
+                    continue
+            else:
+                raise BackfillError(
+                    f"{self.kind}: {name!r} kept conflicting with other workers' new entities"
+                )
+        self._cache[key] = resolution
+        return resolution
+
+    def _resolve(
+        self, name: str, source: str, external: str | None, features: dict[str, str]
+    ) -> Resolution:
+        store, kind = self.store, self.kind
+        norm = name_key(name)
+        if external is not None:
+            found = store.by_external_id(kind, source, external)
+            if found is not None:
+                entity_id = store.live(found)
+                with store.transaction():
+                    store.add_alias(
+                        kind, entity_id, name=name, norm=norm, source=source,
+                        external_id=None, method=Method.EXTERNAL_ID, score=1.0,
+                    )  # fmt: skip
+                return Resolution(entity_id, Method.EXTERNAL_ID, 1.0)
+        exact = [
+            entity_id
+            for entity_id, known in store.by_norm(kind, norm)
+            if all(known.get(k, v) == v for k, v in features.items())
+        ]
+        if len(exact) == 1:
+            entity_id = store.live(exact[0])
+            self._link(entity_id, name, norm, source, external, Method.EXACT, 1.0)
+            return Resolution(entity_id, Method.EXACT, 1.0)
+        ranked = rank(tuple(norm.split()), features, self._candidates(norm))
+        method, best = decide(ranked, self.spec.thresholds)
+        if method is Method.FUZZY and best is not None:
+            entity_id = store.live(best.entity_id)
+            self._link(entity_id, name, norm, source, external, Method.FUZZY, best.score)
+            return Resolution(entity_id, Method.FUZZY, best.score, candidates=tuple(ranked))
+        review = method is Method.REVIEW
+        with store.transaction():
+            entity_id = store.create_entity(
+                kind,
+                name=name,
+                key=f"{norm}|{feature_key(features)}",
+                features=features,
+                provisional=review,
+            )
+            score = best.score if best is not None else 1.0
+            alias_id = store.add_alias(
+                kind, entity_id, name=name, norm=norm, source=source,
+                external_id=external, method=method, score=score,
+            )  # fmt: skip
+            review_id = None
+            if review and alias_id is not None:
+                review_id = store.add_review(
+                    kind,
+                    entity_id=entity_id,
+                    alias_id=alias_id,
+                    name=name,
+                    source=source,
+                    score=score,
+                    candidates=[
+                        {"entity_id": c.entity_id, "alias": c.alias, "score": c.score}
+                        for c in ranked
+                    ],
+                )
+        return Resolution(entity_id, method, score, review, review_id, tuple(ranked))
+
+    def _link(
+        self,
+        entity_id: int,
+        name: str,
+        norm: str,
+        source: str,
+        external: str | None,
+        method: Method,
+        score: float,
+    ) -> None:
+        with self.store.transaction():
+            self.store.add_alias(
+                self.kind, entity_id, name=name, norm=norm, source=source,
+                external_id=external, method=method, score=score,
+            )  # fmt: skip
+
+    def _candidates(self, norm: str) -> Sequence[Any]:
+        store = self.store
+        if store.trigram:
+            return store.trigram_candidates(self.kind, norm, _CANDIDATES)
+        index = self._index
+        if index is None:
+            index = self._index = BlockingIndex()
+        now = time.monotonic()
+        gaps = self._gaps
+        for gap in [g for g, since in gaps.items() if now - since > _GAP_SECONDS]:
+            del gaps[gap]
+        seen = index.high_water
+        if len(gaps) > _GAPS:
+            for gap in sorted(gaps)[: len(gaps) - _GAPS]:
+                del gaps[gap]
+        for alias in store.aliases_since(self.kind, seen, tuple(gaps)):
+            gaps.pop(alias.alias_id, None)
+            if alias.alias_id > seen + 1 and seen and not store.ordered_commits:
+                gaps.update(
+                    dict.fromkeys(range(max(seen + 1, alias.alias_id - _GAPS), alias.alias_id), now)
+                )
+            seen = max(seen, alias.alias_id)
+            if alias.alias_id not in index:
+                index.add(alias)
+        return index.candidates(norm.split(), _CANDIDATES)
+
+    # -- review and merge ----------------------------------------------------------------
+    def merge(self, winner: int, loser: int) -> Any:
+        """Merge entity ``loser`` into ``winner`` (see :meth:`EntityStore.merge`)."""
+        with self._lock:
+            result = self.store.merge(self.kind, winner, loser, self.spec.references)
+            self._forget(loser, winner)
+            return result
+
+    def _forget(self, loser: int, winner: int) -> None:
+        self._cache = {k: v for k, v in self._cache.items() if v.entity_id != loser}
+        if self._index is not None:
+            entity = self.store.entity(winner)
+            self._index.move(loser, winner, entity.features if entity else {})
