@@ -3,7 +3,8 @@
 Words are paired, longest first, each with the most alike unused word of the other name
 (rapidfuzz's normalised Indel similarity), so word order does not matter; an initial
 matches a word it begins; a word left without a partner (a middle name, a second
-surname) costs less than a word spelled wrong. Features (country, birth year, tour)
+surname) costs less than a word spelled wrong, but an initial left without one costs as
+much as it would have earned. Features (country, birth year, tour)
 known on both sides nudge the score up when they agree and down hard when they differ.
 """
 
@@ -76,9 +77,15 @@ def name_score(query: Sequence[str], candidate: Sequence[str]) -> float:
             paired += weight * best
             total += weight
         else:
-            total += _UNPAIRED * len(word)
-    total += _UNPAIRED * sum(len(w) for w in free)
+            total += _unpaired(word)
+    total += sum(_unpaired(w) for w in free if w)
     return paired / total if total else 0.0
+
+
+def _unpaired(word: str) -> float:
+    # An initial without a partner contradicts ("n djokovic" is not "m djokovic"); a long
+    # word without one is more likely a middle name or a second surname left out.
+    return _INITIAL_WEIGHT if len(word) <= 3 else _UNPAIRED * len(word)
 
 
 def feature_adjustment(query: Mapping[str, str], candidate: Mapping[str, str]) -> float:
