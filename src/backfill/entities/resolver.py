@@ -22,14 +22,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backfill.entities.keys import BlockingIndex
+from backfill.entities.keys import BlockingIndex, IndexedAlias
 from backfill.entities.match import Candidate, Method, Thresholds, decide, rank
 from backfill.entities.normalise import feature_key, fold, name_key
 from backfill.entities.store import Conflict, EntityStore, check_reference, open_store
 from backfill.errors import BackfillError, ConfigError
 from backfill.job.stages import NAME
 
-__all__ = ["EntityResolver", "EntitySpec", "Resolution"]
+__all__ = ["EntityResolver", "EntitySpec", "Match", "Resolution"]
 
 # Looks again after a conflict at most this often (a conflict means another worker just
 # made what this one was making: the next look finds it).
@@ -39,8 +39,16 @@ _ATTEMPTS = 8
 # long (a rolled-back insert, or one that met a conflict, leaves a gap for good), and at
 # most this many.
 _GAP_SECONDS = 10.0
+# The in-memory index reads other workers' new aliases at most this often (its own are
+# added as they are made). A name two workers meet at once is still one entity (the
+# exact step and the unique key see to that); only a variant spelling another worker
+# recorded less than this long ago may go unseen.
+_REFRESH_SECONDS = 0.25
 _GAPS = 2_000
 _CANDIDATES = 24
+# A load this large changes the tables enough for the planner to need new statistics
+# (without them PostgreSQL may scan the aliases instead of using the trigram index).
+_ANALYZE_AFTER = 1_000
 _INDEXES = ("auto", "memory", "trigram")
 
 
@@ -80,6 +88,17 @@ class Resolution:
     candidates: tuple[Candidate, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Match:
+    """What a name would resolve to, recording nothing: ``entity_id`` is the entity
+    linked (or, under review, the best candidate; None for somebody new)."""
+
+    method: Method
+    entity_id: int | None
+    score: float
+    candidates: tuple[Candidate, ...] = ()
+
+
 def _features(given: Mapping[str, object]) -> dict[str, str]:
     return {k: fold(str(v)) for k, v in sorted(given.items()) if v is not None and str(v) != ""}
 
@@ -98,6 +117,10 @@ class EntityResolver:
         self._index: BlockingIndex | None = None
         # Alias ids skipped so far (and since when), see _GAP_SECONDS.
         self._gaps: dict[int, float] = {}
+        self._refreshed = float("-inf")
+        # The highest alias id read from the store (the index also holds this resolver's
+        # own newer ones, so its own high water would skip others' committed meanwhile).
+        self._seen = 0
         self._cache: dict[tuple[object, ...], Resolution] = {}
         self._lock = threading.Lock()
         self.cache_hits = 0
@@ -187,7 +210,10 @@ class EntityResolver:
         with self._lock:
             try:
                 with self.store.transaction():
-                    return [self._add(*row, source=source) for row in rows]
+                    added = [self._add(*row, source=source) for row in rows]
+                if len(rows) >= _ANALYZE_AFTER:
+                    self.store.analyze()
+                return added
             except Conflict:
                 # Another worker added some of them meanwhile: one at a time, looking again.
                 out = []
@@ -226,13 +252,23 @@ class EntityResolver:
         self, entity_id: int, name: str, *, source: str, external_id: str | int | None = None
     ) -> None:
         """Record that ``source`` writes ``name`` for ``entity_id`` (a known alias)."""
-        norm = name_key(name)
-        external = None if external_id is None else str(external_id)
+        self.add_aliases([(entity_id, name, external_id)], source=source)
+
+    def add_aliases(
+        self, aliases: Iterable[tuple[int, str, str | int | None]], *, source: str
+    ) -> None:
+        """Record known aliases ``(entity_id, name, external_id)`` of ``source`` in one
+        transaction."""
+        given = list(aliases)
         with self._lock, self.store.transaction():
-            self.store.add_alias(
-                self.kind, self.store.live(entity_id), name=name, norm=norm, source=source,
-                external_id=external, method=Method.MANUAL, score=None,
-            )  # fmt: skip
+            for entity_id, name, external_id in given:
+                self.store.add_alias(
+                    self.kind, self.store.live(entity_id), name=name, norm=name_key(name),
+                    source=source, external_id=None if external_id is None else str(external_id),
+                    method=Method.MANUAL, score=None,
+                )  # fmt: skip
+        if len(given) >= _ANALYZE_AFTER:
+            self.store.analyze()
 
     # -- the algorithm -------------------------------------------------------------------
     def resolve_now(
@@ -267,36 +303,59 @@ class EntityResolver:
         self._cache[key] = resolution
         return resolution
 
-    def _resolve(
-        self, name: str, source: str, external: str | None, features: dict[str, str]
-    ) -> Resolution:
+    def match_now(
+        self,
+        name: str,
+        *,
+        source: str,
+        external_id: str | int | None = None,
+        **features: object,
+    ) -> Match:
+        """What :meth:`resolve_now` would decide for ``name``, recording nothing (a dry
+        run, a benchmark)."""
+        with self._lock:
+            return self._match(
+                name, name_key(name), source, None if external_id is None else str(external_id),
+                _features(features),
+            )  # fmt: skip
+
+    def _match(
+        self, name: str, norm: str, source: str, external: str | None, features: dict[str, str]
+    ) -> Match:
         store, kind = self.store, self.kind
-        norm = name_key(name)
         if external is not None:
             found = store.by_external_id(kind, source, external)
             if found is not None:
-                entity_id = store.live(found)
-                with store.transaction():
-                    store.add_alias(
-                        kind, entity_id, name=name, norm=norm, source=source,
-                        external_id=None, method=Method.EXTERNAL_ID, score=1.0,
-                    )  # fmt: skip
-                return Resolution(entity_id, Method.EXTERNAL_ID, 1.0)
+                # Aliases always name a live entity (a merge moves them).
+                return Match(Method.EXTERNAL_ID, found, 1.0)
         exact = [
             entity_id
             for entity_id, known in store.by_norm(kind, norm)
             if all(known.get(k, v) == v for k, v in features.items())
         ]
         if len(exact) == 1:
-            entity_id = store.live(exact[0])
-            self._link(entity_id, name, norm, source, external, Method.EXACT, 1.0)
-            return Resolution(entity_id, Method.EXACT, 1.0)
-        ranked = rank(tuple(norm.split()), features, self._candidates(norm))
-        method, best = decide(ranked, self.spec.thresholds)
-        if method is Method.FUZZY and best is not None:
-            entity_id = store.live(best.entity_id)
-            self._link(entity_id, name, norm, source, external, Method.FUZZY, best.score)
-            return Resolution(entity_id, Method.FUZZY, best.score, candidates=tuple(ranked))
+            return Match(Method.EXACT, exact[0], 1.0)
+        ranked = tuple(rank(tuple(norm.split()), features, self._candidates(norm)))
+        method, best = decide(list(ranked), self.spec.thresholds)
+        if best is None:
+            return Match(method, None, 1.0, ranked)
+        # The in-memory index may predate another worker's merge; the database's may not.
+        entity_id = best.entity_id if store.trigram else store.live(best.entity_id)
+        return Match(method, entity_id, best.score, ranked)
+
+    def _resolve(
+        self, name: str, source: str, external: str | None, features: dict[str, str]
+    ) -> Resolution:
+        store, kind = self.store, self.kind
+        norm = name_key(name)
+        match = self._match(name, norm, source, external, features)
+        method, ranked = match.method, match.candidates
+        if method is Method.EXTERNAL_ID and match.entity_id is not None:
+            self._link(match.entity_id, name, norm, source, None, method, 1.0)
+            return Resolution(match.entity_id, method, 1.0)
+        if method in (Method.EXACT, Method.FUZZY) and match.entity_id is not None:
+            self._link(match.entity_id, name, norm, source, external, method, match.score)
+            return Resolution(match.entity_id, method, match.score, candidates=ranked)
         review = method is Method.REVIEW
         with store.transaction():
             entity_id = store.create_entity(
@@ -306,10 +365,9 @@ class EntityResolver:
                 features=features,
                 provisional=review,
             )
-            score = best.score if best is not None else 1.0
             alias_id = store.add_alias(
                 kind, entity_id, name=name, norm=norm, source=source,
-                external_id=external, method=method, score=score,
+                external_id=external, method=method, score=match.score,
             )  # fmt: skip
             review_id = None
             if review and alias_id is not None:
@@ -319,13 +377,14 @@ class EntityResolver:
                     alias_id=alias_id,
                     name=name,
                     source=source,
-                    score=score,
+                    score=match.score,
                     candidates=[
                         {"entity_id": c.entity_id, "alias": c.alias, "score": c.score}
                         for c in ranked
                     ],
                 )
-        return Resolution(entity_id, method, score, review, review_id, tuple(ranked))
+        self._indexed(alias_id, entity_id, norm, features)
+        return Resolution(entity_id, method, match.score, review, review_id, ranked)
 
     def _link(
         self,
@@ -337,11 +396,21 @@ class EntityResolver:
         method: Method,
         score: float,
     ) -> None:
+        # The entity is in the index already (by another alias); this alias joins it at
+        # the next refresh.
         with self.store.transaction():
             self.store.add_alias(
                 self.kind, entity_id, name=name, norm=norm, source=source,
                 external_id=external, method=method, score=score,
             )  # fmt: skip
+
+    def _indexed(
+        self, alias_id: int | None, entity_id: int, norm: str, features: dict[str, str]
+    ) -> None:
+        """Put the alias of an entity this resolver just made in its in-memory index, so
+        that the next variant of the name finds it at once."""
+        if self._index is not None and alias_id is not None:
+            self._index.add(IndexedAlias(alias_id, entity_id, tuple(norm.split()), features))
 
     def _candidates(self, norm: str) -> Sequence[Any]:
         store = self.store
@@ -351,6 +420,9 @@ class EntityResolver:
         if index is None:
             index = self._index = BlockingIndex()
         now = time.monotonic()
+        if now - self._refreshed < _REFRESH_SECONDS:
+            return index.candidates(norm.split(), _CANDIDATES)
+        self._refreshed = now
         gaps = self._gaps
         for gap in [g for g, since in gaps.items() if now - since > _GAP_SECONDS]:
             del gaps[gap]
@@ -367,6 +439,7 @@ class EntityResolver:
             seen = max(seen, alias.alias_id)
             if alias.alias_id not in index:
                 index.add(alias)
+        self._seen = seen
         return index.candidates(norm.split(), _CANDIDATES)
 
     # -- review and merge ----------------------------------------------------------------

@@ -270,6 +270,11 @@ class EntityStore:
                 if attempt == 4:
                     raise
 
+    def analyze(self) -> None:
+        """Refresh the planner's statistics (after a large load)."""
+        self._execute("ANALYZE bf_entity_aliases")
+        self._execute("ANALYZE bf_entities")
+
     def live(self, entity_id: int) -> int:
         """The entity ``entity_id`` is now (itself, or the one it was merged into)."""
         rows = self.query("SELECT merged_into FROM bf_entities WHERE id = ?", (entity_id,))
@@ -659,6 +664,8 @@ class PostgresEntityStore(EntityStore):
             "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
             "ON n.oid = e.extnamespace WHERE e.extname = 'pg_trgm'"
         ).fetchone()
+        if row is None:  # dropped by someone else between the two statements
+            return ""
         schema = f'"{row[0]}".'
         self.raw.execute(
             "CREATE INDEX IF NOT EXISTS bf_entity_aliases_trgm ON bf_entity_aliases "
