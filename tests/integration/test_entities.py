@@ -14,7 +14,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pg_support import fresh_schema, in_schema, require_postgres
 
 from backfill.entities.labelled import labelled_set
 from backfill.entities.match import Method, Thresholds
@@ -22,6 +21,7 @@ from backfill.entities.resolver import EntityResolver, EntitySpec
 from backfill.entities.review import ReviewQueue
 from backfill.entities.store import PostgresEntityStore, open_store
 from backfill.errors import ConfigError
+from pg_support import fresh_schema, in_schema, require_postgres
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

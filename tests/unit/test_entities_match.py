@@ -20,7 +20,7 @@ def test_fold_drops_case_diacritics_punctuation_and_scripts() -> None:
 
 
 def test_name_key_ignores_word_order() -> None:
-    """"Last First", "FIRST last" and "First Last" share one exact key."""
+    """ "Last First", "FIRST last" and "First Last" share one exact key."""
     assert name_key("DJOKOVIC Novak") == name_key("Novak Djoković") == "djokovic novak"
     assert tokens("  Rafael   NADAL ") == ("rafael", "nadal")
 

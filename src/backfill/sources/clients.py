@@ -68,7 +68,14 @@ def _http(job: Job, resource: Resource | None, clock: Clock) -> HttpClient:
     )
 
 
-_KINDS: dict[str, ClientFactory] = {"http": _http}
+def _entities(job: Job, resource: Resource | None, clock: Clock) -> Client:
+    """``ctx.entities(kind)``: the run's entity resolvers."""
+    from backfill.entities.run import run_entities
+
+    return run_entities(job, resource, clock)
+
+
+_KINDS: dict[str, ClientFactory] = {"http": _http, "entities": _entities}
 
 
 def register_client(kind: str, factory: ClientFactory) -> None:

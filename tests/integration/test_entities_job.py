@@ -1,0 +1,93 @@
+"""``job.entities`` and ``ctx.entities`` in a real run: stages resolve names while they
+load, their records carry the ids, and one resolver serves the whole run."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from backfill import Job, daily
+from backfill.entities.run import RunEntities
+from backfill.errors import ConfigError
+from backfill.ledger import open_ledger
+from backfill.sinks import table
+from backfill.testing import run_job
+
+# Three days of results, each naming its players as a different site would.
+RESULTS = {
+    "2024-01-01": [("Novak Djoković", "Carlos Alcaraz", "SRB", "ESP")],
+    "2024-01-02": [("DJOKOVIC Novak", "Jannik Sinner", "SRB", "ITA")],
+    "2024-01-03": [("Sinner J.", "Alcaraz Carlos", "ITA", "ESP")],
+}
+
+
+def _job(tmp_path: Path) -> Job:
+    db = tmp_path / "tennis.db"
+    job = Job(
+        "tennis",
+        partitions=daily("2024-01-01", "2024-01-03"),
+        sink=table(f"sqlite:///{db}", "matches", key=["day"]),
+    )
+    job.entities("players", references=["matches.winner_id", "matches.loser_id"])
+
+    @job.stage(concurrency=1)
+    async def matches(ctx, partition):  # type: ignore[no-untyped-def]
+        players = ctx.entities("players")
+        out = []
+        for winner, loser, w_country, l_country in RESULTS[partition.key]:
+            out.append(
+                {
+                    "day": partition.key,
+                    "winner_id": await players.resolve(winner, source="site", country=w_country),
+                    "loser_id": await players.resolve(loser, source="site", country=l_country),
+                }
+            )
+        return out
+
+    return job
+
+
+def test_stage_records_carry_the_resolved_ids(tmp_path: Path) -> None:
+    """Names spelled three ways resolve to three players, stored beside the table."""
+    job = _job(tmp_path)
+    result = run_job(job, open_ledger(":memory:"))
+    assert result.exit_code == 0, result.message
+    with sqlite3.connect(tmp_path / "tennis.db") as conn:
+        rows = conn.execute("SELECT day, winner_id, loser_id FROM matches ORDER BY day").fetchall()
+        names = dict(conn.execute("SELECT id, name FROM bf_entities").fetchall())
+    (_, djokovic, alcaraz), (_, djokovic2, sinner), (_, sinner2, alcaraz2) = rows
+    assert djokovic == djokovic2 and sinner == sinner2 and alcaraz == alcaraz2
+    assert len({djokovic, alcaraz, sinner}) == 3
+    assert names == {djokovic: "Novak Djoković", alcaraz: "Carlos Alcaraz", sinner: "Jannik Sinner"}
+
+
+def test_one_resolver_per_kind_and_run(tmp_path: Path) -> None:
+    """The run's entities client makes one resolver per kind and refuses unknown kinds."""
+    job = _job(tmp_path)
+    run = RunEntities(job)
+    assert run.resolver("players") is run.resolver("players")
+    with pytest.raises(ConfigError, match="declares no entity kind 'horses'"):
+        run.resolver("horses")
+
+
+def test_entities_declarations_are_checked(tmp_path: Path) -> None:
+    """A kind needs a database, a good name and references; a password is a secret."""
+    job = Job("plain", partitions=daily("2024-01-01", "2024-01-01"))
+    with pytest.raises(ConfigError, match="needs a database"):
+        job.entities("players")
+    with pytest.raises(ConfigError, match="must start with a letter"):
+        job.entities("bad kind", database="sqlite:///x.db")
+    with pytest.raises(ConfigError, match="must name a table and its column"):
+        job.entities("players", database="sqlite:///x.db", references=["winner_id"])
+    with pytest.raises(ConfigError, match="review <= accept"):
+        job.entities("players", database="sqlite:///x.db", accept=0.5, review=0.9)
+    spec = job.entities("players", database="postgresql://me:hunter2@db/tennis")
+    assert spec.database.endswith("/tennis")
+    assert "hunter2" in job.secrets
+    assert "hunter2" not in job.masker().mask("postgresql://me:hunter2@db/tennis")
+    with pytest.raises(ConfigError, match="twice"):
+        job.entities("players", database="sqlite:///y.db")
+    other = _job(tmp_path)
+    assert other.entity_kinds["players"].database == f"sqlite:///{tmp_path / 'tennis.db'}"
