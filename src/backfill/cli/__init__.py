@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # Importing the command modules registers their commands, in the order --help lists them.
 # isort: off
-from backfill.cli import run, reports, redo, history, serve  # noqa: F401
+from backfill.cli import run, reports, redo, history, serve, entities  # noqa: F401
 
 # isort: on
 from backfill.cli._common import app, execute

@@ -210,6 +210,9 @@ class EntityStore:
     def _is_conflict(self, exc: Exception) -> bool:
         raise NotImplementedError
 
+    def _is_database_error(self, exc: Exception) -> bool:
+        raise NotImplementedError
+
     def _begin(self) -> None:
         raise NotImplementedError
 
@@ -252,6 +255,9 @@ class EntityStore:
             self._rollback()
             if self._is_conflict(exc):
                 raise Conflict("another worker created this entity first") from exc
+            if self._is_database_error(exc):
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                raise SinkError(f"{self.description}: {reason}") from exc
             raise
         else:
             self._commit()
@@ -594,6 +600,9 @@ class SQLiteEntityStore(EntityStore):
     def _is_conflict(self, exc: Exception) -> bool:
         return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
 
+    def _is_database_error(self, exc: Exception) -> bool:
+        return isinstance(exc, sqlite3.Error)
+
     def _begin(self) -> None:
         self.raw.execute("BEGIN IMMEDIATE")
 
@@ -678,6 +687,9 @@ class PostgresEntityStore(EntityStore):
 
     def _is_conflict(self, exc: Exception) -> bool:
         return isinstance(exc, self._psycopg.errors.UniqueViolation)
+
+    def _is_database_error(self, exc: Exception) -> bool:
+        return isinstance(exc, self._psycopg.Error)
 
     def _begin(self) -> None:
         self.raw.execute("BEGIN")
