@@ -91,3 +91,46 @@ def test_entities_declarations_are_checked(tmp_path: Path) -> None:
         job.entities("players", database="sqlite:///y.db")
     other = _job(tmp_path)
     assert other.entity_kinds["players"].database == f"sqlite:///{tmp_path / 'tennis.db'}"
+
+
+def test_resolve_many_batches_a_partition_and_plain_def_stages_resolve_now(
+    tmp_path: Path,
+) -> None:
+    """A batch resolves like one name at a time; a def stage uses resolve_now."""
+    db = tmp_path / "racing.db"
+    job = Job(
+        "racing",
+        partitions=daily("2024-05-01", "2024-05-02"),
+        sink=table(f"sqlite:///{db}", "runners", key=["day", "horse_id"]),
+    )
+    job.entities("horses")
+    cards = {
+        "2024-05-01": ["Frankel", "Enable", "Sea The Stars"],
+        "2024-05-02": ["FRANKEL", "Sea-the-Stars", "Baaeed"],
+    }
+
+    @job.stage(concurrency=1)
+    async def runners(ctx, partition):  # type: ignore[no-untyped-def]
+        ids = await ctx.entities("horses").resolve_many(
+            [{"name": n, "country": "GB"} for n in cards[partition.key]], source="card"
+        )
+        return [{"day": partition.key, "horse_id": i} for i in ids]
+
+    @job.stage(concurrency=1, needs=["runners"])
+    def owners(ctx, partition):  # type: ignore[no-untyped-def]
+        horses = ctx.entities("horses")
+        found = horses.resolve_now("Frankel", source="owners", country="GB")
+        return [{"day": partition.key, "horse_id": found.entity_id}]
+
+    result = run_job(job, open_ledger(":memory:"))
+    assert result.exit_code == 0, result.message
+    with sqlite3.connect(db) as conn:
+        by_day = {
+            day: sorted(i for d, i in conn.execute("SELECT day, horse_id FROM runners") if d == day)
+            for day in cards
+        }
+        names = dict(conn.execute("SELECT id, name FROM bf_entities").fetchall())
+    assert len(names) == 4
+    frankel = next(i for i, n in names.items() if n == "Frankel")
+    stars = next(i for i, n in names.items() if n == "Sea The Stars")
+    assert frankel in by_day["2024-05-02"] and stars in by_day["2024-05-02"]
