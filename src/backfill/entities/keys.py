@@ -55,11 +55,14 @@ class IndexedAlias:
 
 
 class BlockingIndex:
-    """Aliases by blocking key, in memory; ``candidates`` for a name's words."""
+    """Aliases by blocking key, by exact key and by entity, in memory; ``candidates`` for
+    a name's words, ``exact`` for its key."""
 
     def __init__(self) -> None:
         self._postings: dict[str, list[int]] = {}
         self._aliases: dict[int, IndexedAlias] = {}
+        self._by_norm: dict[str, list[int]] = {}
+        self._by_entity: dict[int, list[int]] = {}
         self.high_water = 0
 
     def __len__(self) -> int:
@@ -69,20 +72,37 @@ class BlockingIndex:
         return alias_id in self._aliases
 
     def add(self, alias: IndexedAlias) -> None:
-        """Index ``alias`` (again: its entity may have changed through a merge)."""
-        known = self._aliases.get(alias.alias_id)
+        """Index ``alias``; an alias known already is left as it is."""
+        if alias.alias_id in self._aliases:
+            return
         self._aliases[alias.alias_id] = alias
         self.high_water = max(self.high_water, alias.alias_id)
-        if known is not None and known.words == alias.words:
-            return
+        self._by_norm.setdefault(" ".join(alias.words), []).append(alias.alias_id)
+        self._by_entity.setdefault(alias.entity_id, []).append(alias.alias_id)
         for key in blocking_keys(alias.words):
             self._postings.setdefault(key, []).append(alias.alias_id)
 
     def move(self, loser: int, winner: int, features: Mapping[str, str]) -> None:
         """Point the aliases of entity ``loser`` at ``winner`` (a merge)."""
-        for alias_id, alias in list(self._aliases.items()):
-            if alias.entity_id in (loser, winner):
-                self._aliases[alias_id] = IndexedAlias(alias_id, winner, alias.words, features)
+        moved = self._by_entity.pop(loser, [])
+        kept = self._by_entity.setdefault(winner, [])
+        kept.extend(moved)
+        for alias_id in kept:
+            alias = self._aliases[alias_id]
+            self._aliases[alias_id] = IndexedAlias(alias_id, winner, alias.words, features)
+
+    def features_of(self, entity_id: int) -> Mapping[str, str]:
+        """The features of an entity the index holds aliases of."""
+        for alias_id in self._by_entity.get(entity_id, ()):
+            return self._aliases[alias_id].features
+        return {}
+
+    def exact(self, norm: str) -> dict[int, Mapping[str, str]]:
+        """The entities (and their features) with an alias whose key is ``norm``."""
+        return {
+            self._aliases[a].entity_id: self._aliases[a].features
+            for a in self._by_norm.get(norm, ())
+        }
 
     def candidates(self, words: Sequence[str], limit: int = 24) -> list[IndexedAlias]:
         """Up to ``limit`` aliases sharing the most (and the rarest) keys with ``words``."""

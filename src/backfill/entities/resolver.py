@@ -121,6 +121,8 @@ class EntityResolver:
         # The highest alias id read from the store (the index also holds this resolver's
         # own newer ones, so its own high water would skip others' committed meanwhile).
         self._seen = 0
+        # How many merged entities the index knows of.
+        self._merged = 0
         self._cache: dict[tuple[object, ...], Resolution] = {}
         self._lock = threading.Lock()
         self.cache_hits = 0
@@ -320,28 +322,42 @@ class EntityResolver:
             )  # fmt: skip
 
     def _match(
-        self, name: str, norm: str, source: str, external: str | None, features: dict[str, str]
+        self,
+        name: str,
+        norm: str,
+        source: str,
+        external: str | None,
+        features: dict[str, str],
+        *,
+        fresh: bool = False,
     ) -> Match:
+        """The decision for a name. With the in-memory index, names are looked up in
+        memory (refreshed every ``_REFRESH_SECONDS``); ``fresh`` asks the database, as
+        :meth:`_resolve` does before it creates an entity."""
         store, kind = self.store, self.kind
         if external is not None:
             found = store.by_external_id(kind, source, external)
             if found is not None:
                 # Aliases always name a live entity (a merge moves them).
                 return Match(Method.EXTERNAL_ID, found, 1.0)
+        index = None if store.trigram else self._memory(fresh=fresh)
+        known = index.exact(norm).items() if index is not None else store.by_norm(kind, norm)
         exact = [
             entity_id
-            for entity_id, known in store.by_norm(kind, norm)
-            if all(known.get(k, v) == v for k, v in features.items())
+            for entity_id, given in known
+            if all(given.get(k, v) == v for k, v in features.items())
         ]
         if len(exact) == 1:
             return Match(Method.EXACT, exact[0], 1.0)
-        ranked = tuple(rank(tuple(norm.split()), features, self._candidates(norm)))
+        if index is not None:
+            aliases: Sequence[IndexedAlias] = index.candidates(norm.split(), _CANDIDATES)
+        else:
+            aliases = store.trigram_candidates(kind, norm, _CANDIDATES)
+        ranked = tuple(rank(tuple(norm.split()), features, aliases))
         method, best = decide(list(ranked), self.spec.thresholds)
         if best is None:
             return Match(method, None, 1.0, ranked)
-        # The in-memory index may predate another worker's merge; the database's may not.
-        entity_id = best.entity_id if store.trigram else store.live(best.entity_id)
-        return Match(method, entity_id, best.score, ranked)
+        return Match(method, best.entity_id, best.score, ranked)
 
     def _resolve(
         self, name: str, source: str, external: str | None, features: dict[str, str]
@@ -349,13 +365,19 @@ class EntityResolver:
         store, kind = self.store, self.kind
         norm = name_key(name)
         match = self._match(name, norm, source, external, features)
+        if match.method in (Method.NEW, Method.REVIEW) and not store.trigram:
+            # About to create: look again in the database, not the index (another worker
+            # may have recorded this name since its last refresh).
+            match = self._match(name, norm, source, external, features, fresh=True)
         method, ranked = match.method, match.candidates
         if method is Method.EXTERNAL_ID and match.entity_id is not None:
-            self._link(match.entity_id, name, norm, source, None, method, 1.0)
-            return Resolution(match.entity_id, method, 1.0)
+            entity_id = self._link(match.entity_id, name, norm, source, None, method, 1.0)
+            return Resolution(entity_id, method, 1.0)
         if method in (Method.EXACT, Method.FUZZY) and match.entity_id is not None:
-            self._link(match.entity_id, name, norm, source, external, method, match.score)
-            return Resolution(match.entity_id, method, match.score, candidates=ranked)
+            entity_id = self._link(
+                match.entity_id, name, norm, source, external, method, match.score
+            )
+            return Resolution(entity_id, method, match.score, candidates=ranked)
         review = method is Method.REVIEW
         with store.transaction():
             entity_id = store.create_entity(
@@ -395,14 +417,18 @@ class EntityResolver:
         external: str | None,
         method: Method,
         score: float,
-    ) -> None:
+    ) -> int:
+        """Record the alias of an entity found; the entity's id now (an index can be a
+        moment behind another worker's merge)."""
         # The entity is in the index already (by another alias); this alias joins it at
         # the next refresh.
         with self.store.transaction():
+            entity_id = self.store.live(entity_id)
             self.store.add_alias(
                 self.kind, entity_id, name=name, norm=norm, source=source,
                 external_id=external, method=method, score=score,
             )  # fmt: skip
+        return entity_id
 
     def _indexed(
         self, alias_id: int | None, entity_id: int, norm: str, features: dict[str, str]
@@ -412,35 +438,38 @@ class EntityResolver:
         if self._index is not None and alias_id is not None:
             self._index.add(IndexedAlias(alias_id, entity_id, tuple(norm.split()), features))
 
-    def _candidates(self, norm: str) -> Sequence[Any]:
-        store = self.store
-        if store.trigram:
-            return store.trigram_candidates(self.kind, norm, _CANDIDATES)
+    def _memory(self, *, fresh: bool) -> BlockingIndex:
+        """The in-memory index, with what other workers recorded (new aliases, merges)
+        read in when ``fresh`` or when ``_REFRESH_SECONDS`` have passed."""
+        store, kind = self.store, self.kind
         index = self._index
         if index is None:
             index = self._index = BlockingIndex()
         now = time.monotonic()
-        if now - self._refreshed < _REFRESH_SECONDS:
-            return index.candidates(norm.split(), _CANDIDATES)
+        if not fresh and now - self._refreshed < _REFRESH_SECONDS:
+            return index
         self._refreshed = now
         gaps = self._gaps
         for gap in [g for g, since in gaps.items() if now - since > _GAP_SECONDS]:
             del gaps[gap]
-        seen = index.high_water
         if len(gaps) > _GAPS:
             for gap in sorted(gaps)[: len(gaps) - _GAPS]:
                 del gaps[gap]
-        for alias in store.aliases_since(self.kind, seen, tuple(gaps)):
+        seen = self._seen
+        for alias in store.aliases_since(kind, seen, tuple(gaps)):
             gaps.pop(alias.alias_id, None)
             if alias.alias_id > seen + 1 and seen and not store.ordered_commits:
-                gaps.update(
-                    dict.fromkeys(range(max(seen + 1, alias.alias_id - _GAPS), alias.alias_id), now)
-                )
+                first = max(seen + 1, alias.alias_id - _GAPS)
+                gaps.update(dict.fromkeys(range(first, alias.alias_id), now))
             seen = max(seen, alias.alias_id)
-            if alias.alias_id not in index:
-                index.add(alias)
+            index.add(alias)
         self._seen = seen
-        return index.candidates(norm.split(), _CANDIDATES)
+        merged = store.merged_count(kind)
+        if merged != self._merged:
+            for loser, winner in store.merges(kind).items():
+                index.move(loser, winner, index.features_of(winner))
+            self._merged = merged
+        return index
 
     # -- review and merge ----------------------------------------------------------------
     def merge(self, winner: int, loser: int) -> Any:
@@ -453,5 +482,4 @@ class EntityResolver:
     def _forget(self, loser: int, winner: int) -> None:
         self._cache = {k: v for k, v in self._cache.items() if v.entity_id != loser}
         if self._index is not None:
-            entity = self.store.entity(winner)
-            self._index.move(loser, winner, entity.features if entity else {})
+            self._index.move(loser, winner, self._index.features_of(winner))

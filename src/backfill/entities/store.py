@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS bf_entity_aliases (
 CREATE UNIQUE INDEX IF NOT EXISTS bf_entity_aliases_external
     ON bf_entity_aliases (kind, source, external_id) WHERE external_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS bf_entity_aliases_entity ON bf_entity_aliases (entity_id);
+CREATE INDEX IF NOT EXISTS bf_entities_merged ON bf_entities (kind, merged_into);
 CREATE TABLE IF NOT EXISTS bf_entity_reviews (
     id {id_type},
     kind TEXT NOT NULL,
@@ -314,6 +315,22 @@ class EntityStore:
             (kind, source, external_id),
         )
         return int(rows[0][0]) if rows else None
+
+    def merged_count(self, kind: str) -> int:
+        """How many entities of ``kind`` were merged into others."""
+        rows = self.query(
+            "SELECT COUNT(*) FROM bf_entities WHERE kind = ? AND merged_into IS NOT NULL",
+            (kind,),
+        )
+        return int(rows[0][0])
+
+    def merges(self, kind: str) -> dict[int, int]:
+        """Every merged entity of ``kind`` and the one it is now."""
+        rows = self.query(
+            "SELECT id, merged_into FROM bf_entities WHERE kind = ? AND merged_into IS NOT NULL",
+            (kind,),
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
 
     def by_key(self, kind: str, key: str) -> int | None:
         """The entity whose key (name and features) is ``key``."""
