@@ -39,10 +39,11 @@ _ATTEMPTS = 8
 # long (a rolled-back insert, or one that met a conflict, leaves a gap for good), and at
 # most this many.
 _GAP_SECONDS = 10.0
-# The in-memory index reads other workers' new aliases at most this often (its own are
-# added as they are made). A name two workers meet at once is still one entity (the
-# exact step and the unique key see to that); only a variant spelling another worker
-# recorded less than this long ago may go unseen.
+# The in-memory index reads other workers' new aliases and merges at most this often
+# (the entities this resolver makes join it at once), and whenever a name looks new:
+# before an entity is made the index is brought up to date, so a name two workers meet
+# at once is one entity (the unique key settles a true tie). Only a link may miss, for
+# this long, a spelling another worker recorded; it then links as it would have.
 _REFRESH_SECONDS = 0.25
 _GAPS = 2_000
 _CANDIDATES = 24
