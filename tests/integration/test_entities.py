@@ -6,6 +6,7 @@ meeting the same new names, and the quality on a seeded labelled set.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import uuid
@@ -30,11 +31,19 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'entities.db'}"
         return
-    url = require_postgres()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+    _with_pg_trgm(require_postgres())
     with fresh_schema() as schema_url:
         yield schema_url
+
+
+def _with_pg_trgm(url: str) -> None:
+    """pg_trgm in schema public (as an administrator would have it), whichever test or
+    worker gets there first."""
+    with (
+        psycopg.connect(url, autocommit=True) as conn,
+        contextlib.suppress(psycopg.errors.UniqueViolation),
+    ):
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
 
 
 def _resolver(database: str, **options: object) -> EntityResolver:
@@ -244,9 +253,7 @@ def test_labelled_set_quality(database: str) -> None:
 
 def test_postgres_uses_pg_trgm_when_it_may() -> None:
     """With pg_trgm there, fuzzy candidates come from its GIN index."""
-    url = require_postgres()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+    _with_pg_trgm(require_postgres())
     with fresh_schema() as schema_url:
         store = PostgresEntityStore(schema_url)
         assert store.trigram

@@ -13,6 +13,7 @@ kind, so two workers meeting one new name both try to create it and one of them 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -675,6 +676,8 @@ class PostgresEntityStore(EntityStore):
         psycopg = self._psycopg
         try:
             self.raw.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")
+        except psycopg.errors.UniqueViolation:
+            pass  # another worker created it at the same moment
         except psycopg.Error as exc:
             reason = " ".join(str(exc).split())
             message = (
@@ -693,10 +696,11 @@ class PostgresEntityStore(EntityStore):
         if row is None:  # dropped by someone else between the two statements
             return ""
         schema = f'"{row[0]}".'
-        self.raw.execute(
-            "CREATE INDEX IF NOT EXISTS bf_entity_aliases_trgm ON bf_entity_aliases "
-            f"USING gin (norm {schema}gin_trgm_ops)"
-        )
+        with contextlib.suppress(psycopg.errors.UniqueViolation):  # made by another worker
+            self.raw.execute(
+                "CREATE INDEX IF NOT EXISTS bf_entity_aliases_trgm ON bf_entity_aliases "
+                f"USING gin (norm {schema}gin_trgm_ops)"
+            )
         return schema
 
     def _execute(self, sql: str, params: Sequence[object] = ()) -> Any:
