@@ -1,6 +1,7 @@
 """Entity resolution: the indexed resolver against a plain O(n) rapidfuzz scan.
 
     .venv/bin/python bench/entities_bench.py                 # 100,000 aliases, 10,000 queries
+    .venv/bin/python bench/entities_bench.py --scan-queries 300   # the scan on 300 of them
     .venv/bin/python bench/entities_bench.py --quick         # 20,000 aliases, 2,000 queries
 
 A labelled set made from a fixed seed with Faker (``backfill.entities.labelled``):
@@ -10,8 +11,8 @@ variants (a tenth of them naming somebody not stored). Each case decides every q
 (``match_now``: the decision, nothing recorded) and is scored against the truth: recall
 is the share of queries about a stored person linked to that person; precision the share
 of links that are right. The scan (the approach the resolver replaces: every alias scored
-with rapidfuzz's WRatio, the best one linked at >= 90) runs on the first
-``--scan-queries`` queries only, as it takes a tenth of a second each.
+with rapidfuzz's WRatio, the best one linked at >= 90) takes a tenth of a second per
+query; ``--scan-queries N`` runs it on the first N queries only.
 
 Cases: ``sqlite`` (the store in a SQLite file, candidates from the in-memory blocking
 index), ``postgres`` (pg_trgm's GIN index), ``postgres-memory`` (PostgreSQL store, the
@@ -171,14 +172,18 @@ def main() -> int:
     parser.add_argument("--people", type=int, default=25_000)
     parser.add_argument("--aliases-per-person", type=int, default=3)
     parser.add_argument("--queries", type=int, default=10_000)
-    parser.add_argument("--scan-queries", type=int, default=300)
+    parser.add_argument(
+        "--scan-queries", type=int, default=None, help="Queries for the scan (default: all)."
+    )
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--postgres", default=None)
     parser.add_argument("--cases", default="sqlite,postgres,postgres-memory,scan")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.people, args.queries, args.scan_queries = 5_000, 2_000, 100
+        args.people, args.queries, args.scan_queries = 5_000, 2_000, 300
+    if args.scan_queries is None:
+        args.scan_queries = args.queries
     cases = set(args.cases.split(","))
     started = time.perf_counter()
     data = labelled_set(
