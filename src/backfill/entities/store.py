@@ -432,8 +432,16 @@ class EntityStore:
 
     def reviews(self, kind: str, status: str | None = "pending") -> list[ReviewRow]:
         """The review queue of ``kind``, oldest first (``status=None``: every review)."""
-        where = "kind = ?" + (" AND status = ?" if status else "")
-        params: tuple[object, ...] = (kind, status) if status else (kind,)
+        if status is None:
+            return self._reviews("kind = ?", (kind,))
+        return self._reviews("kind = ? AND status = ?", (kind, status))
+
+    def review(self, review_id: int) -> ReviewRow | None:
+        """One review, whatever its status."""
+        found = self._reviews("id = ?", (review_id,))
+        return found[0] if found else None
+
+    def _reviews(self, where: str, params: Sequence[object]) -> list[ReviewRow]:
         rows = self.query(
             "SELECT id, kind, entity_id, alias_id, name, source, score, candidates, status, "
             f"decided_entity FROM bf_entity_reviews WHERE {where} ORDER BY id",
@@ -454,11 +462,6 @@ class EntityStore:
             )
             for r in rows
         ]
-
-    def review(self, review_id: int) -> ReviewRow | None:
-        for row in self.query("SELECT kind FROM bf_entity_reviews WHERE id = ?", (review_id,)):
-            return next((r for r in self.reviews(row[0], None) if r.id == review_id), None)
-        return None
 
     def confirm(self, review_id: int) -> None:
         """Reject a review's candidates: its provisional entity is a real one."""
