@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,3 +304,20 @@ def test_postgres_falls_back_to_memory_when_the_role_may_not_create_pg_trgm(
     store.close()
     with pytest.raises(ConfigError, match="may not create it"):
         PostgresEntityStore(unprivileged, index="trigram")
+
+
+def test_another_workers_merge_is_followed(database: str) -> None:
+    """A resolver whose index predates another worker's merge links to the merged-into
+    entity, and its index follows the merge."""
+    first = _resolver(database, index="memory")
+    kept = first.add_now("Stan Wawrinka", source="atp", country="SUI")
+    gone = first.add_now("Stanislas Wawrinka", source="itf", country="SUI")
+    assert first.match_now("Wawrinka Stan", source="web").entity_id == kept  # index built
+    other = _resolver(database)
+    other.merge(kept, gone)
+    first._refreshed = time.monotonic() + 3600  # the index is not refreshed before the link
+    found = first.resolve_now("Stanislas Wavrinka", source="espn", country="SUI")
+    assert (found.entity_id, found.method) == (kept, Method.FUZZY)
+    first._refreshed = float("-inf")  # the next look refreshes, as after 0.25 s
+    again = first.match_now("Stanislas Wawrinka", source="web", country="SUI")
+    assert (again.entity_id, again.method) == (kept, Method.EXACT)
