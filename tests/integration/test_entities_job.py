@@ -134,3 +134,28 @@ def test_resolve_many_batches_a_partition_and_plain_def_stages_resolve_now(
     frankel = next(i for i, n in names.items() if n == "Frankel")
     stars = next(i for i, n in names.items() if n == "Sea The Stars")
     assert frankel in by_day["2024-05-02"] and stars in by_day["2024-05-02"]
+
+
+def test_a_name_without_letters_fails_its_own_partition_only(tmp_path: Path) -> None:
+    """Garbage from a source fails that partition (category entity_name), not the run."""
+    db = tmp_path / "tennis.db"
+    job = Job(
+        "garbage",
+        partitions=daily("2024-01-01", "2024-01-02"),
+        sink=table(f"sqlite:///{db}", "matches", key=["day"]),
+    )
+    job.entities("players")
+    names = {"2024-01-01": "Novak Djokovic", "2024-01-02": "--- ?"}
+
+    @job.stage(concurrency=1)
+    async def matches(ctx, partition):  # type: ignore[no-untyped-def]
+        pid = await ctx.entities("players").resolve(names[partition.key], source="site")
+        return [{"day": partition.key, "player_id": pid}]
+
+    ledger = open_ledger(":memory:")
+    result = run_job(job, ledger)
+    assert result.exit_code == 1
+    assert (result.counts["matches"].done, result.counts["matches"].failed) == (1, 1)
+    failed = [e for e in ledger.entries(job.name, "matches") if e.status == "failed"]
+    assert failed and failed[0].error_category == "entity_name"
+    assert "has no letters" in (failed[0].error_message or "")

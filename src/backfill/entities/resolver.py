@@ -26,7 +26,7 @@ from backfill.entities.keys import BlockingIndex, IndexedAlias
 from backfill.entities.match import Candidate, Method, Thresholds, decide, rank
 from backfill.entities.normalise import feature_key, fold, name_key
 from backfill.entities.store import Conflict, EntityStore, check_reference, open_store
-from backfill.errors import BackfillError, ConfigError
+from backfill.errors import BackfillError, ConfigError, PermanentError, TransientError
 from backfill.job.stages import NAME
 
 __all__ = ["EntityResolver", "EntitySpec", "Match", "Resolution"]
@@ -284,7 +284,11 @@ class EntityResolver:
     ) -> Resolution:
         """Resolve on this thread (a plain ``def`` stage, a script, a benchmark)."""
         if not isinstance(name, str) or not fold(name):
-            raise BackfillError(f"{self.kind}: cannot resolve {name!r}, which has no letters")
+            # What a source sent fails its own partition only.
+            raise PermanentError(
+                f"{self.kind}: cannot resolve {name!r}, which has no letters",
+                category="entity_name",
+            )
         folded = _features(features)
         external = None if external_id is None else str(external_id)
         key = (source, name, external, tuple(folded.items()))
@@ -300,8 +304,9 @@ class EntityResolver:
                 except Conflict:
                     continue
             else:
-                raise BackfillError(
-                    f"{self.kind}: {name!r} kept conflicting with other workers' new entities"
+                raise TransientError(
+                    f"{self.kind}: {name!r} kept conflicting with other workers' new entities",
+                    category="entity_conflict",
                 )
         self._cache[key] = resolution
         return resolution
