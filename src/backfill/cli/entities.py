@@ -12,7 +12,7 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 from rich.table import Table
 
-from backfill.cli._common import Command, JobArg, app, fail, out, shown
+from backfill.cli._common import Command, JobArg, _Group, app, fail, out, shown
 from backfill.entities.review import ReviewQueue
 from backfill.entities.store import MergeResult, Stats, open_store
 from backfill.errors import BackfillError, ConfigError
@@ -23,6 +23,7 @@ R = TypeVar("R")
 
 entities_app = typer.Typer(
     name="entities",
+    cls=_Group,
     no_args_is_help=True,
     help="Entity resolution: review the unsure names, merge entities, figures.",
     context_settings={"help_option_names": ["-h", "--help"]},
