@@ -192,7 +192,7 @@ def test_merge_moves_every_alias_and_row_or_nothing(database: str) -> None:
         resolver.merge(a, a)
 
 
-def _race(database: str, names: list[str], workers: int) -> list[dict[str, int]]:
+def _race(database: str, names: list[str], workers: int, index: str) -> list[dict[str, int]]:
     """``workers`` threads, each with its own connection, resolving the same new names
     in different orders, started together."""
     barrier = threading.Barrier(workers)
@@ -201,7 +201,7 @@ def _race(database: str, names: list[str], workers: int) -> list[dict[str, int]]
 
     def work(n: int) -> None:
         try:
-            resolver = _resolver(database)
+            resolver = _resolver(database, index=index)
             order = names[n:] + names[:n] if n % 2 == 0 else list(reversed(names))
             barrier.wait(timeout=60)
             for name in order:
@@ -219,12 +219,16 @@ def _race(database: str, names: list[str], workers: int) -> list[dict[str, int]]
     return seen
 
 
-def test_four_workers_meeting_the_same_new_names_create_one_entity_each(database: str) -> None:
-    """No two entities for one name however the workers interleave."""
+@pytest.mark.parametrize("index", ["auto", "memory"])
+def test_four_workers_meeting_the_same_new_names_create_one_entity_each(
+    database: str, index: str
+) -> None:
+    """No two entities for one name however the workers interleave (pg_trgm or the
+    in-memory index on PostgreSQL)."""
     data = labelled_set(150, seed=11, queries=0)
     names = [person.name for person in data.people]
     _resolver(database).close()
-    seen = _race(database, names, workers=4)
+    seen = _race(database, names, workers=4, index=index)
     for name in names:
         assert len({worker[name] for worker in seen}) == 1, name
     store = open_store(database)

@@ -338,8 +338,9 @@ class EntityResolver:
         fresh: bool = False,
     ) -> Match:
         """The decision for a name. With the in-memory index, names are looked up in
-        memory (refreshed every ``_REFRESH_SECONDS``); ``fresh`` asks the database, as
-        :meth:`_resolve` does before it creates an entity."""
+        memory (refreshed every ``_REFRESH_SECONDS``); ``fresh`` refreshes it and takes
+        exact matches from the database, as :meth:`_resolve` does before it creates an
+        entity."""
         store, kind = self.store, self.kind
         if external is not None:
             found = store.by_external_id(kind, source, external)
@@ -347,7 +348,11 @@ class EntityResolver:
                 # Aliases always name a live entity (a merge moves them).
                 return Match(Method.EXTERNAL_ID, found, 1.0)
         index = None if store.trigram else self._memory(fresh=fresh)
-        known = index.exact(norm).items() if index is not None else store.by_norm(kind, norm)
+        if index is not None and not fresh:
+            known: Iterable[tuple[int, Mapping[str, str]]] = index.exact(norm).items()
+        else:
+            # The database is the truth a new entity is checked against.
+            known = store.by_norm(kind, norm)
         exact = [
             entity_id
             for entity_id, given in known
@@ -464,7 +469,7 @@ class EntityResolver:
         seen = self._seen
         for alias in store.aliases_since(kind, seen, tuple(gaps)):
             gaps.pop(alias.alias_id, None)
-            if alias.alias_id > seen + 1 and seen and not store.ordered_commits:
+            if alias.alias_id > seen + 1 and not store.ordered_commits:
                 first = max(seen + 1, alias.alias_id - _GAPS)
                 gaps.update(dict.fromkeys(range(first, alias.alias_id), now))
             seen = max(seen, alias.alias_id)
