@@ -325,3 +325,17 @@ def test_another_workers_merge_is_followed(database: str) -> None:
     first._refreshed = float("-inf")  # the next look refreshes, as after 0.25 s
     again = first.match_now("Stanislas Wawrinka", source="web", country="SUI")
     assert (again.entity_id, again.method) == (kept, Method.EXACT)
+
+
+def test_a_merge_made_elsewhere_reaches_the_runs_cache(database: str) -> None:
+    """A name resolved before a reviewer's merge resolves to the entity merged into
+    after it, though the run cached it."""
+    running = _resolver(database)
+    novak = running.add_now("Novak Djokovic", source="atp")
+    unsure = running.resolve_now("Djokovic", source="espn")
+    assert unsure.method is Method.REVIEW
+    queue = ReviewQueue(open_store(database), "players")
+    queue.accept(queue.pending()[0].id)
+    running._merges_checked = float("-inf")  # as a quarter second later
+    again = running.resolve_now("Djokovic", source="espn")
+    assert again.entity_id == novak and running.cache_hits == 1

@@ -19,13 +19,19 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from backfill.entities.keys import BlockingIndex, IndexedAlias
 from backfill.entities.match import Candidate, Method, Thresholds, decide, rank
 from backfill.entities.normalise import feature_key, fold, name_key
-from backfill.entities.store import Conflict, EntityStore, check_reference, open_store
+from backfill.entities.store import (
+    Conflict,
+    EntityStore,
+    MergeResult,
+    check_reference,
+    open_store,
+)
 from backfill.errors import BackfillError, ConfigError, PermanentError, TransientError
 from backfill.job.stages import NAME
 
@@ -122,8 +128,9 @@ class EntityResolver:
         # The highest alias id read from the store (the index also holds this resolver's
         # own newer ones, so its own high water would skip others' committed meanwhile).
         self._seen = 0
-        # How many merged entities the index knows of.
+        # How many merged entities the index and the cache know of, and since when.
         self._merged = 0
+        self._merges_checked = float("-inf")
         self._cache: dict[tuple[object, ...], Resolution] = {}
         self._lock = threading.Lock()
         self.cache_hits = 0
@@ -292,6 +299,9 @@ class EntityResolver:
         folded = _features(features)
         external = None if external_id is None else str(external_id)
         key = (source, name, external, tuple(folded.items()))
+        if time.monotonic() - self._merges_checked >= _REFRESH_SECONDS:
+            with self._lock:
+                self._follow_merges()
         cached = self._cache.get(key)
         if cached is not None:
             self.cache_hits += 1
@@ -475,22 +485,33 @@ class EntityResolver:
             seen = max(seen, alias.alias_id)
             index.add(alias)
         self._seen = seen
-        merged = store.merged_count(kind)
-        if merged != self._merged:
-            for loser, winner in store.merges(kind).items():
-                index.move(loser, winner, index.features_of(winner))
-            self._merged = merged
+        self._follow_merges()
         return index
 
+    def _follow_merges(self) -> None:
+        """Apply merges made since the last look (by a reviewer, another worker) to the
+        index and to the run's cache, so that names resolved before a merge resolve to
+        the entity merged into from now on."""
+        self._merges_checked = time.monotonic()
+        merged = self.store.merged_count(self.kind)
+        if merged == self._merged:
+            return
+        merges = self.store.merges(self.kind)
+        if self._index is not None:
+            for loser, winner in merges.items():
+                self._index.move(loser, winner, self._index.features_of(winner))
+        self._cache = {
+            key: replace(resolution, entity_id=merges[resolution.entity_id])
+            if resolution.entity_id in merges
+            else resolution
+            for key, resolution in self._cache.items()
+        }
+        self._merged = merged
+
     # -- review and merge ----------------------------------------------------------------
-    def merge(self, winner: int, loser: int) -> Any:
+    def merge(self, winner: int, loser: int) -> MergeResult:
         """Merge entity ``loser`` into ``winner`` (see :meth:`EntityStore.merge`)."""
         with self._lock:
             result = self.store.merge(self.kind, winner, loser, self.spec.references)
-            self._forget(loser, winner)
+            self._follow_merges()
             return result
-
-    def _forget(self, loser: int, winner: int) -> None:
-        self._cache = {k: v for k, v in self._cache.items() if v.entity_id != loser}
-        if self._index is not None:
-            self._index.move(loser, winner, self._index.features_of(winner))
