@@ -186,8 +186,13 @@ def test_merge_moves_every_alias_and_row_or_nothing(database: str) -> None:
     assert _execute(database, "SELECT DISTINCT player_id FROM results") == [(a,)]
     assert {x.external_id for x in resolver.store.aliases(a)} == {"M0", "X9", None}
     assert resolver.resolve_now("Murray", source="itf", external_id="X9").entity_id == a
+    _execute(database, f"INSERT INTO results VALUES ({b}, 4)")  # a straggler, old id
+    again = resolver.merge(a, b)
+    assert (again.aliases, again.rows) == (0, {"results.player_id": 1})
+    assert _execute(database, "SELECT DISTINCT player_id FROM results") == [(a,)]
+    c = resolver.add_now("Jamie Murray", source="atp")
     with pytest.raises(ConfigError, match="merged into"):
-        resolver.merge(a, b)
+        resolver.merge(c, b)
     with pytest.raises(ConfigError, match="into itself"):
         resolver.merge(a, a)
 

@@ -497,7 +497,9 @@ class EntityStore:
     def merge(self, kind: str, winner: int, loser: int, references: Sequence[str]) -> MergeResult:
         """Merge entity ``loser`` into ``winner`` in one transaction: every alias, every
         pending review and every row of the ``references`` (``"table.column"``) pointing
-        at ``loser`` points at ``winner`` after; ``loser`` remembers where it went."""
+        at ``loser`` points at ``winner`` after; ``loser`` remembers where it went. Again
+        for a ``loser`` merged into ``winner`` already, it moves the rows that still point
+        at it."""
         with self.transaction():
             return self._merge(kind, winner, loser, references)
 
@@ -506,7 +508,9 @@ class EntityStore:
             row = self.entity(entity_id)
             if row is None or row.kind != kind:
                 raise ConfigError(f"no {kind} entity {entity_id} (the {which} of the merge)")
-            if row.merged_into is not None:
+            # Merging again what was merged into the same winner moves only the rows
+            # written with the old id since (a running job in the moment of the merge).
+            if row.merged_into is not None and not (which == "loser" and row.merged_into == winner):
                 raise ConfigError(
                     f"{kind} entity {entity_id} was merged into {row.merged_into} already; "
                     f"merge {row.merged_into} instead"
