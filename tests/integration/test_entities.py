@@ -344,3 +344,11 @@ def test_a_merge_made_elsewhere_reaches_the_runs_cache(database: str) -> None:
     running._merges_checked = float("-inf")  # as a quarter second later
     again = running.resolve_now("Djokovic", source="espn")
     assert again.entity_id == novak and running.cache_hits == 1
+
+
+def test_tables_of_a_newer_version_are_refused(database: str) -> None:
+    """Entity tables written by a newer backfill are refused in one sentence."""
+    _resolver(database).close()
+    _execute(database, "INSERT INTO bf_entity_schema (version) VALUES (99)")
+    with pytest.raises(ConfigError, match="version 99, newer than this backfill's"):
+        open_store(database)

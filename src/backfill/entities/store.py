@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -48,51 +49,8 @@ log = logging.getLogger("backfill.entities")
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
-_TABLES = """
-CREATE TABLE IF NOT EXISTS bf_entities (
-    id {id_type},
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    name TEXT NOT NULL,
-    features TEXT NOT NULL DEFAULT '{{}}',
-    provisional INTEGER NOT NULL DEFAULT 0,
-    merged_into BIGINT,
-    created_at TEXT NOT NULL,
-    UNIQUE (kind, key)
-);
-CREATE TABLE IF NOT EXISTS bf_entity_aliases (
-    id {id_type},
-    kind TEXT NOT NULL,
-    entity_id BIGINT NOT NULL REFERENCES bf_entities (id),
-    name TEXT NOT NULL,
-    norm TEXT NOT NULL,
-    source TEXT NOT NULL,
-    external_id TEXT,
-    method TEXT NOT NULL,
-    score REAL,
-    created_at TEXT NOT NULL,
-    UNIQUE (kind, norm, source, entity_id)
-);
-CREATE UNIQUE INDEX IF NOT EXISTS bf_entity_aliases_external
-    ON bf_entity_aliases (kind, source, external_id) WHERE external_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS bf_entity_aliases_entity ON bf_entity_aliases (entity_id);
-CREATE INDEX IF NOT EXISTS bf_entities_merged ON bf_entities (kind, merged_into);
-CREATE TABLE IF NOT EXISTS bf_entity_reviews (
-    id {id_type},
-    kind TEXT NOT NULL,
-    entity_id BIGINT NOT NULL,
-    alias_id BIGINT NOT NULL,
-    name TEXT NOT NULL,
-    source TEXT NOT NULL,
-    score REAL NOT NULL,
-    candidates TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
-    decided_entity BIGINT,
-    created_at TEXT NOT NULL,
-    decided_at TEXT
-);
-CREATE INDEX IF NOT EXISTS bf_entity_reviews_status ON bf_entity_reviews (kind, status);
-"""
+# The version of the tables this code reads and writes (see sql/schema.sql).
+SCHEMA_VERSION = 1
 
 _ALIAS_COLUMNS = "a.id, a.entity_id, a.norm, e.features"
 
@@ -266,13 +224,26 @@ class EntityStore:
 
     def ensure_schema(self) -> None:
         """Create the tables when missing (workers starting together may race to: the
-        losers look again)."""
+        losers look again); refuse tables of a newer version than this code's."""
+        text = resources.files("backfill.entities").joinpath("sql/schema.sql").read_text()
+        script = "\n".join(x for x in text.splitlines() if not x.lstrip().startswith("--"))
         for attempt in range(5):
             try:
                 with self.transaction():
-                    for statement in _TABLES.format(id_type=self.id_type).split(";"):
+                    for statement in script.format(id_type=self.id_type).split(";"):
                         if statement.strip():
                             self._execute(statement)
+                    rows = self.query("SELECT MAX(version) FROM bf_entity_schema")
+                    version = rows[0][0]
+                    if version is None:
+                        self._run(
+                            "INSERT INTO bf_entity_schema (version) VALUES (?)", (SCHEMA_VERSION,)
+                        )
+                    elif int(version) > SCHEMA_VERSION:
+                        raise ConfigError(
+                            f"{self.description} holds entity tables of version {version}, "
+                            f"newer than this backfill's ({SCHEMA_VERSION}): upgrade backfill"
+                        )
                 return
             except Conflict:
                 if attempt == 4:
