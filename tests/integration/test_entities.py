@@ -19,6 +19,7 @@ import pytest
 
 from backfill.entities.labelled import labelled_set
 from backfill.entities.match import Method, Thresholds
+from backfill.entities.normalise import fold
 from backfill.entities.resolver import EntityResolver, EntitySpec
 from backfill.entities.review import ReviewQueue
 from backfill.entities.store import PostgresEntityStore, open_store
@@ -197,9 +198,12 @@ def test_merge_moves_every_alias_and_row_or_nothing(database: str) -> None:
         resolver.merge(a, a)
 
 
-def _race(database: str, names: list[str], workers: int, index: str) -> list[dict[str, int]]:
+def _race(
+    database: str, names: list[str], workers: int, index: str, spell: object = None
+) -> list[dict[str, int]]:
     """``workers`` threads, each with its own connection, resolving the same new names
-    in different orders, started together."""
+    in different orders (each its own spelling of them with ``spell(n, name)``), started
+    together."""
     barrier = threading.Barrier(workers)
     seen: list[dict[str, int]] = [{} for _ in range(workers)]
     errors: list[BaseException] = []
@@ -210,7 +214,8 @@ def _race(database: str, names: list[str], workers: int, index: str) -> list[dic
             order = names[n:] + names[:n] if n % 2 == 0 else list(reversed(names))
             barrier.wait(timeout=60)
             for name in order:
-                seen[n][name] = resolver.resolve_now(name, source=f"site{n}").entity_id
+                written = spell(n, name) if callable(spell) else name
+                seen[n][name] = resolver.resolve_now(written, source=f"site{n}").entity_id
             resolver.close()
         except BaseException as exc:
             errors.append(exc)
@@ -352,3 +357,31 @@ def test_tables_of_a_newer_version_are_refused(database: str) -> None:
     _execute(database, "INSERT INTO bf_entity_schema (version) VALUES (99)")
     with pytest.raises(ConfigError, match="version 99, newer than this backfill's"):
         open_store(database)
+
+
+def _spelling(worker: int, name: str) -> str:
+    """How worker ``worker``'s source writes ``name``: as it is, "LAST First", with a
+    letter of the surname doubled, or without diacritics."""
+    first, _, last = name.partition(" ")
+    if worker == 1:
+        return f"{last.upper()} {first}"
+    if worker == 2:
+        return f"{first} {last[:3]}{last[3]}{last[3:]}"
+    if worker == 3:
+        return fold(name).title()
+    return name
+
+
+@pytest.mark.parametrize("index", ["auto", "memory"])
+def test_four_workers_meeting_one_person_by_four_spellings_make_one_entity(
+    database: str, index: str
+) -> None:
+    """Workers meeting a new person at once, each by its own spelling, make one entity."""
+    data = labelled_set(400, seed=13, queries=0)
+    names = [p.name for p in data.people if len(p.last) >= 7 and " " not in p.last][:80]
+    _resolver(database).close()
+    seen = _race(database, names, workers=4, index=index, spell=_spelling)
+    for name in names:
+        assert len({worker[name] for worker in seen}) == 1, name
+    store = open_store(database)
+    assert store.stats("players").entities == len(names)

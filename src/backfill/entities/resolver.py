@@ -386,21 +386,18 @@ class EntityResolver:
         store, kind = self.store, self.kind
         norm = name_key(name)
         match = self._match(name, norm, source, external, features)
-        if match.method in (Method.NEW, Method.REVIEW) and not store.trigram:
-            # About to create: look again in the database, not the index (another worker
-            # may have recorded this name since its last refresh).
-            match = self._match(name, norm, source, external, features, fresh=True)
-        method, ranked = match.method, match.candidates
-        if method is Method.EXTERNAL_ID and match.entity_id is not None:
-            entity_id = self._link(match.entity_id, name, norm, source, None, method, 1.0)
-            return Resolution(entity_id, method, 1.0)
-        if method in (Method.EXACT, Method.FUZZY) and match.entity_id is not None:
-            entity_id = self._link(
-                match.entity_id, name, norm, source, external, method, match.score
-            )
-            return Resolution(entity_id, method, match.score, candidates=ranked)
-        review = method is Method.REVIEW
+        if match.method not in (Method.NEW, Method.REVIEW):
+            return self._found(match, name, norm, source, external)
+        # About to make an entity: one worker of the kind at a time, and each looks again
+        # (in the database) once it holds the turn, so two workers meeting one person
+        # at once, by one name or two spellings of it, make one entity.
         with store.transaction():
+            store.lock_kind(kind)
+            match = self._match(name, norm, source, external, features, fresh=True)
+            if match.method not in (Method.NEW, Method.REVIEW):
+                return self._found(match, name, norm, source, external, in_transaction=True)
+            method, ranked = match.method, match.candidates
+            review = method is Method.REVIEW
             entity_id = store.create_entity(
                 kind,
                 name=name,
@@ -429,26 +426,44 @@ class EntityResolver:
         self._indexed(alias_id, entity_id, norm, features)
         return Resolution(entity_id, method, match.score, review, review_id, ranked)
 
-    def _link(
+    def _found(
+        self,
+        match: Match,
+        name: str,
+        norm: str,
+        source: str,
+        external: str | None,
+        *,
+        in_transaction: bool = False,
+    ) -> Resolution:
+        """Record the alias of a name linked to an entity found; its resolution."""
+        assert match.entity_id is not None
+        if match.method is Method.EXTERNAL_ID:
+            external = None  # known already, by the alias that matched
+        if in_transaction:
+            entity_id = self._record(match.entity_id, name, norm, source, external, match)
+        else:
+            with self.store.transaction():
+                entity_id = self._record(match.entity_id, name, norm, source, external, match)
+        return Resolution(entity_id, match.method, match.score, candidates=match.candidates)
+
+    def _record(
         self,
         entity_id: int,
         name: str,
         norm: str,
         source: str,
         external: str | None,
-        method: Method,
-        score: float,
+        match: Match,
     ) -> int:
-        """Record the alias of an entity found; the entity's id now (an index can be a
-        moment behind another worker's merge)."""
-        # The entity is in the index already (by another alias); this alias joins it at
-        # the next refresh.
-        with self.store.transaction():
-            entity_id = self.store.live(entity_id)
-            self.store.add_alias(
-                self.kind, entity_id, name=name, norm=norm, source=source,
-                external_id=external, method=method, score=score,
-            )  # fmt: skip
+        """Record the alias (inside a transaction); the entity's id now (an index can be
+        a moment behind another worker's merge). The entity is in the index already (by
+        another alias); this alias joins it at the next refresh."""
+        entity_id = self.store.live(entity_id)
+        self.store.add_alias(
+            self.kind, entity_id, name=name, norm=norm, source=source,
+            external_id=external, method=match.method, score=match.score,
+        )  # fmt: skip
         return entity_id
 
     def _indexed(

@@ -192,6 +192,10 @@ class EntityStore:
         """Aliases alike ``norm`` by the database's trigram index (PostgreSQL only)."""
         raise NotImplementedError
 
+    def lock_kind(self, kind: str) -> None:
+        """Hold, until the transaction ends, the turn to make entities of ``kind``."""
+        raise NotImplementedError
+
     # -- the algorithm -------------------------------------------------------------------
     def _sql(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
@@ -602,6 +606,9 @@ class SQLiteEntityStore(EntityStore):
     def _begin(self) -> None:
         self.raw.execute("BEGIN IMMEDIATE")
 
+    def lock_kind(self, kind: str) -> None:
+        """Nothing to do: ``BEGIN IMMEDIATE`` holds the file's one write lock."""
+
     def _commit(self) -> None:
         self.raw.execute("COMMIT")
 
@@ -692,6 +699,11 @@ class PostgresEntityStore(EntityStore):
 
     def _begin(self) -> None:
         self.raw.execute("BEGIN")
+
+    def lock_kind(self, kind: str) -> None:
+        self.raw.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"backfill.entities:{kind}",)
+        )
 
     def _commit(self) -> None:
         self.raw.execute("COMMIT")
