@@ -7,7 +7,7 @@ import importlib
 
 from backfill.errors import ConfigError
 
-__all__ = ["require_apprise", "require_postgres"]
+__all__ = ["require_apprise", "require_entities", "require_postgres"]
 
 
 def require_postgres(what: str) -> None:
@@ -32,3 +32,16 @@ def require_apprise(what: str) -> None:
         raise ConfigError(
             f"{what} need Apprise, which is not installed: pip install 'backfill[notify]'"
         ) from exc
+
+
+def require_entities() -> None:
+    """Raise :class:`ConfigError` when the entity-resolution libraries (rapidfuzz and
+    anyascii) are not installed."""
+    for module in ("rapidfuzz", "anyascii"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(
+                "entity resolution needs rapidfuzz and anyascii, which are not installed: "
+                "pip install 'backfill[entities]'"
+            ) from exc

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from backfill.partitions import Partition
 
 if TYPE_CHECKING:
+    from backfill.entities.resolver import EntityResolver
     from backfill.ratelimit import Resource
     from backfill.sources.browser import BrowserClient
     from backfill.sources.clients import Clients
@@ -247,6 +248,16 @@ class Context:
         :func:`backfill.sources.clients.register_client`) bound to ``resource``, by
         default this stage's: made on first use, closed when the run ends."""
         return self._registry().get(kind, resource or self._resource)
+
+    def entities(self, kind: str) -> EntityResolver:
+        """The run's resolver of an entity kind the job declared (``job.entities``): one
+        per run, shared by every stage, its look-ups cached for the run::
+
+            pid = await ctx.entities("players").resolve(name, source="atp", country="SRB")
+        """
+        resolvers = self._registry().get("entities")
+        resolver: EntityResolver = resolvers.resolver(kind)
+        return resolver
 
     def slot(self, resource: str | None = None) -> Slot:
         """A turn at ``resource`` (by default this stage's) for one call of any client:

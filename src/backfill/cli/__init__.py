@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # Importing the command modules registers their commands, in the order --help lists them.
 # isort: off
-from backfill.cli import run, reports, redo, history, serve, schedule  # noqa: F401
+from backfill.cli import run, reports, redo, history, serve, schedule, entities  # noqa: F401
 
 # isort: on
 from backfill.cli._common import app, execute

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from datetime import date, timedelta
 
     from backfill.engine.result import RunResult
+    from backfill.entities.resolver import EntitySpec
     from backfill.sinks import Sink
 
 __all__ = ["Job"]
@@ -70,6 +71,7 @@ class Job:
         self.resources: dict[str, Resource] = {}
         self.http_options: dict[str, dict[str, Any]] = {}
         self.browser_options: dict[str, BrowserOptions] = {}
+        self.entity_kinds: dict[str, EntitySpec] = {}
 
     def resource(
         self,
@@ -221,17 +223,89 @@ class Job:
         self.browser_options[name] = options
         return resource
 
+    def entities(
+        self,
+        kind: str,
+        *,
+        database: str | None = None,
+        accept: float = 0.9,
+        review: float = 0.75,
+        margin: float = 0.03,
+        references: Sequence[str] = (),
+        index: str = "auto",
+    ) -> EntitySpec:
+        """Declare an entity kind (``players``, ``horses``) that stages resolve names of
+        with ``ctx.entities(kind)``, stored in ``database`` (by default the database of
+        the job's table). A fuzzy match scoring ``accept`` or more (and ``margin`` ahead
+        of the next entity) is linked; from ``review`` it gets a provisional entity and a
+        place in the review queue; below, a new entity. ``references`` (``"table.column"``)
+        are the columns holding the kind's ids: a merge moves their rows too. ``index``:
+        ``"auto"`` (pg_trgm on PostgreSQL when it can be had), ``"memory"``, ``"trigram"``.
+
+        Example::
+
+            job.entities("players", references=["matches.winner_id", "matches.loser_id"])
+
+            @job.stage
+            async def matches(ctx, partition):
+                for row in await fetch(partition):
+                    row["winner_id"] = await ctx.entities("players").resolve(
+                        row["winner"], source="atp", country=row["winner_country"])
+                    ...
+        """
+        # Imported here: the entities package needs its extra, only when declared.
+        from backfill._optional import require_entities
+        from backfill.entities.match import Thresholds
+        from backfill.entities.resolver import EntitySpec
+
+        require_entities()
+        if kind in self.entity_kinds:
+            raise ConfigError(f"job {self.name!r} declares entity kind {kind!r} twice")
+        spec = EntitySpec(
+            kind,
+            database or self._sink_database(kind),
+            Thresholds(accept=accept, review=review, margin=margin),
+            tuple(references),
+            index,
+        )
+        self.entity_kinds[kind] = spec
+        return spec
+
+    def _sink_database(self, kind: str) -> str:
+        """The database of the job's table sink, for an entity kind declared without one."""
+        sinks = self.sink if isinstance(self.sink, tuple) else (self.sink,)
+        for sink in sinks:
+            url = getattr(sink, "url", None)
+            if isinstance(url, str):
+                return url
+            path = getattr(sink, "path", None)
+            if isinstance(path, Path):
+                return f"sqlite:///{path}"
+        raise ConfigError(
+            f"entity kind {kind!r} needs a database: pass database='sqlite:///PATH' or a "
+            "postgresql:// URL, or give the job a table sink to store it beside"
+        )
+
     @property
     def declared_secrets(self) -> tuple[Secret, ...]:
         """Every secret of the job, named by where it is declared: each header and param
         value of each resource (whatever its name), its ``secrets``, and the passwords in
-        the URLs of its tables, and the notification URLs' tokens."""
+        the URLs of its tables and entity databases, and the notification URLs' tokens."""
         notify = (
             secret
             for i, url in enumerate(self.notify)
             for secret in notify_url_secrets(url, f"notify.{i}")
         )
-        return (*declared_secrets(self.http_options, self.stages.values()), *notify)
+        entity_secrets = (
+            s
+            for kind, spec in self.entity_kinds.items()
+            for s in url_secrets(spec.database, f"entities.{kind}")
+        )
+        return (
+            *declared_secrets(self.http_options, self.stages.values()),
+            *notify,
+            *entity_secrets,
+        )
 
     @property
     def secrets(self) -> tuple[str, ...]:

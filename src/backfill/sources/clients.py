@@ -76,7 +76,14 @@ def _browser(job: Job, resource: Resource | None, clock: Clock) -> Client:
     return browser_client(job, resource, clock)
 
 
-_KINDS: dict[str, ClientFactory] = {"http": _http, "browser": _browser}
+def _entities(job: Job, resource: Resource | None, clock: Clock) -> Client:
+    """``ctx.entities(kind)``: the run's entity resolvers."""
+    from backfill.entities.run import run_entities
+
+    return run_entities(job, resource, clock)
+
+
+_KINDS: dict[str, ClientFactory] = {"http": _http, "browser": _browser, "entities": _entities}
 
 
 def register_client(kind: str, factory: ClientFactory) -> None:
