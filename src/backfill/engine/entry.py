@@ -104,7 +104,8 @@ def execute(
     result. A bad option or an unwritable log file is a ConfigError, before any run."""
     log_dir = log_dir or default_log_dir(ledger.url)
     bus = EventBus()
-    bus.subscribe(EventLog())
+    # A line per partition done only when asked (-v): summed up once a second otherwise.
+    bus.subscribe(EventLog(each_partition=verbose >= 1))
     check_run_options(progress, log_dir, ledger.url)
     mode = progress
     console = console or Console(emoji=False)
