@@ -10,6 +10,7 @@ run alone, and waits for upstream partitions and other workers' leases.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from backfill.engine.attempt import Attempt, AttemptEnv
 from backfill.engine.plan import StageGraph
@@ -23,6 +24,9 @@ _MAX_BATCH = 1000
 _FIRST_LEASE_WAIT = 0.05  # seconds; doubles up to the lease poll
 _MIN_SCAN = 1024  # pending partitions a bounded claim checks for readiness, at least
 _FULL_SCAN_SPACING = 50  # a full scan is due after this many times its own cost
+# How soon after their begin mark the partitions of one begin call all start, at most:
+# a fast stage begins that many seconds' worth in one ledger call, not a slot's worth.
+_BEGIN_AHEAD = 0.025
 
 
 def concurrency(stage: Stage, options: RunOptions) -> int:
@@ -94,6 +98,9 @@ class StageLoop:
         self._limit = concurrency(stage, options)
         self._semaphore = asyncio.Semaphore(self._limit)
         self._batch_size = min(_MAX_BATCH, max(2 * self._limit, 16))
+        # How many partitions one begin call marks: the free slots, or for a stage whose
+        # partitions take moments, as many as start within _BEGIN_AHEAD (see _start_batch).
+        self._begin_size = 1
         self._order = options.order or stage.partitions.order
         self._running: set[asyncio.Task[None]] = set()
         # A partition gives its slot back once its rows are handed to the sink writer,
@@ -227,8 +234,12 @@ class StageLoop:
         """Start every claimed partition as a slot frees up, or give them back on a stop."""
         env, semaphore = self._env, self._semaphore
         index = 0
+        # When the last begin call's partitions were marked, and how many.
+        began, size = 0.0, 0
         while index < len(claims):
             await semaphore.acquire()
+            if size:
+                self._size_begins(size, time.perf_counter() - began)
             if alone:
                 # Each suspect's outcome on record as it comes: a death later in the
                 # group must not cost those that finished before it a suspicion.
@@ -240,19 +251,31 @@ class StageLoop:
             # Every slot free now starts a partition, and one ledger call begins them
             # all: a death from here on counts against them (and not against the rest
             # of the batch), and their leases, taken a while ago, are proven still ours.
+            # A stage whose partitions take moments begins those that start within
+            # _BEGIN_AHEAD too, each taking a slot as one frees up: a ledger round trip
+            # a slot's worth of partitions would cost more than the partitions.
             group = [claims[index]]
             while not alone and index + len(group) < len(claims) and not semaphore.locked():
                 await semaphore.acquire()
                 group.append(claims[index + len(group)])
+            slotted = len(group)
+            if not alone:
+                group = claims[index : index + max(slotted, self._begin_size)]
             index += len(group)
             held = await env.leases.begin(group)
-            if env.control.stopped():
-                # Stopped while the ledger answered: they go back unstarted.
-                for _ in group:
-                    semaphore.release()
-                await self._give_back(claims[index - len(group) :])
-                return
-            for claim in group:
+            if not alone:
+                # Real time, whatever the run's clock: a death blames what was begun then.
+                began, size = time.perf_counter(), len(group)
+            for position, claim in enumerate(group):
+                if position >= slotted:
+                    await semaphore.acquire()
+                if env.control.stopped():
+                    # Stopped while the ledger answered or a slot was awaited: they go
+                    # back unstarted.
+                    for _ in range(max(slotted - position, 1)):
+                        semaphore.release()
+                    await self._give_back(claims[index - len(group) + position :])
+                    return
                 if claim.id not in held:
                     semaphore.release()
                     # Another worker holds it now.
@@ -260,6 +283,16 @@ class StageLoop:
                     env.leases.losses.lost(f"partition {claim.key} was not written")
                     continue
                 self._start(claim)
+
+    def _size_begins(self, size: int, spread: float) -> None:
+        """A slot is free ``spread`` seconds after a begin call marked ``size``
+        partitions: they all started, and one ended, by then. Begin more at a time
+        while that is well within _BEGIN_AHEAD, fewer past it: a stage whose partitions
+        take longer begins only those with a free slot, none before it can start."""
+        if spread > _BEGIN_AHEAD:
+            self._begin_size = max(1, self._begin_size // 2)
+        elif spread < _BEGIN_AHEAD / 2 and size >= self._begin_size:
+            self._begin_size = min(_MAX_BATCH, 2 * max(size, self._begin_size))
 
     def _start(self, claim: Claim) -> None:
         slot = _Slot(self._semaphore)
