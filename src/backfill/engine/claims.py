@@ -125,11 +125,17 @@ class StageLoop:
     async def run(self) -> None:
         env, needs = self._env, self._node.needs
         clock, control = env.clock, env.control
+        # The next batch, claimed while this one runs (see below).
+        ahead: asyncio.Task[tuple[list[Claim], float]] | None = None
         while not control.stopped():
             batch_started = clock.monotonic()
             progress = self._activity.progress
             full = not needs or batch_started >= self._full_due
-            claims, claim_cost = await self._take(self._batch_size, full=full)
+            if ahead is not None:
+                claims, claim_cost = await ahead
+                ahead = None
+            else:
+                claims, claim_cost = await self._take(self._batch_size, full=full)
             if needs and full:
                 self._full_due = clock.monotonic() + _FULL_SCAN_SPACING * claim_cost
             alone = False
@@ -147,6 +153,10 @@ class StageLoop:
                 break
             self._lease_wait = _FIRST_LEASE_WAIT
             self._settled = False
+            if not alone and not needs and len(claims) == self._batch_size:
+                # A full batch of a stage with no inputs: more are likely pending, and
+                # the ledger claims them while these run, not after.
+                ahead = asyncio.create_task(self._take(self._batch_size))
             await self._start_batch(claims, alone)
             if alone:
                 while self._running:
@@ -160,6 +170,10 @@ class StageLoop:
                 self._batch_size = min(_MAX_BATCH, self._batch_size * 2)
             elif took > 5.0:
                 self._batch_size = max(2 * self._limit, self._batch_size // 2)
+        if ahead is not None:
+            # Stopped with a batch claimed ahead: held, so the run's end gives it back.
+            claims, _ = await ahead
+            env.outcomes.hold(c.id for c in claims)
         if self._running:
             # On a stop, the grace timer (or a second Ctrl+C) cancels what is left.
             await asyncio.wait(set(self._running))
@@ -269,6 +283,10 @@ class StageLoop:
             for position, claim in enumerate(group):
                 if position >= slotted:
                     await semaphore.acquire()
+                    if not env.leases.book.certain(claim.id, now=env.clock.monotonic()):
+                        # A stall (SIGSTOP, a VM pause) since the mark: none of them
+                        # starts unless its lease is proven ours again.
+                        held = await env.leases.begin(group[position:])
                 if env.control.stopped():
                     # Stopped while the ledger answered or a slot was awaited: they go
                     # back unstarted.
