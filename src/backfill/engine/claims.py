@@ -250,6 +250,9 @@ class StageLoop:
         index = 0
         # When the last begin call's partitions were marked, and how many.
         began, size = 0.0, 0
+        # The next group, its begin call made while the one before it starts (fast
+        # stages only): the event loop does not sit idle for the ledger's answer.
+        ahead: tuple[list[Claim], asyncio.Task[set[int]], float] | None = None
         while index < len(claims):
             await semaphore.acquire()
             if size:
@@ -260,6 +263,8 @@ class StageLoop:
                 await env.outcomes.flush()
             if env.control.stopped():
                 semaphore.release()
+                if ahead is not None:
+                    await ahead[1]
                 await self._give_back(claims[index:])
                 return
             # Every slot free now starts a partition, and one ledger call begins them
@@ -268,18 +273,23 @@ class StageLoop:
             # A stage whose partitions take moments begins those that start within
             # _BEGIN_AHEAD too, each taking a slot as one frees up: a ledger round trip
             # a slot's worth of partitions would cost more than the partitions.
-            group = [claims[index]]
-            while not alone and index + len(group) < len(claims) and not semaphore.locked():
-                await semaphore.acquire()
-                group.append(claims[index + len(group)])
-            slotted = len(group)
-            if not alone:
-                group = claims[index : index + max(slotted, self._begin_size)]
-            index += len(group)
-            held = await env.leases.begin(group)
-            if not alone:
+            if ahead is not None:
+                group, call, began = ahead
+                ahead, slotted = None, 1
+                held = await call
+            else:
+                group = [claims[index]]
+                while not alone and index + len(group) < len(claims) and not semaphore.locked():
+                    await semaphore.acquire()
+                    group.append(claims[index + len(group)])
+                slotted = len(group)
+                if not alone:
+                    group = claims[index : index + max(slotted, self._begin_size)]
+                held = await env.leases.begin(group)
                 # Real time, whatever the run's clock: a death blames what was begun then.
-                began, size = time.perf_counter(), len(group)
+                began = time.perf_counter()
+            index += len(group)
+            size = 0 if alone else len(group)
             for position, claim in enumerate(group):
                 if position >= slotted:
                     await semaphore.acquire()
@@ -289,11 +299,22 @@ class StageLoop:
                         held = await env.leases.begin(group[position:])
                 if env.control.stopped():
                     # Stopped while the ledger answered or a slot was awaited: they go
-                    # back unstarted.
+                    # back unstarted (with the next group, begun or not).
                     for _ in range(max(slotted - position, 1)):
                         semaphore.release()
+                    if ahead is not None:
+                        await ahead[1]
                     await self._give_back(claims[index - len(group) + position :])
                     return
+                if (
+                    ahead is None
+                    and position == len(group) // 2
+                    and len(group) > slotted
+                    and index < len(claims)
+                ):
+                    following = claims[index : index + self._begin_size]
+                    call = asyncio.create_task(env.leases.begin(following))
+                    ahead = (following, call, time.perf_counter())
                 if claim.id not in held:
                     semaphore.release()
                     # Another worker holds it now.
