@@ -57,3 +57,49 @@ def test_a_slow_stage_begins_only_partitions_with_a_free_slot(tmp_path: Path) ->
     assert result.counts["wait"].done == 24
     assert sum(ledger.begins) == 24
     assert max(ledger.begins) <= 2, ledger.begins
+
+
+def test_a_begin_call_carries_the_buffered_outcomes_on_the_same_trip() -> None:
+    """flush_with writes the buffered outcomes, then calls the rider, in that order and
+    in one call to the ledger's thread; what the ledger refused is reported as lost."""
+    from backfill.clock import SystemClock
+    from backfill.engine.db import LedgerThread
+    from backfill.engine.outcomes import Outcomes
+    from backfill.ledger import Outcome, Status
+
+    order: list[str] = []
+    lost: list[str] = []
+
+    class Ledger:
+        def complete(self, owner: str, outcomes: Sequence[Outcome], *, now: float) -> int:
+            order.append(f"complete {len(outcomes)}")
+            return len(outcomes) - 1
+
+    async def go() -> set[int]:
+        clock = SystemClock()
+        db = LedgerThread(clock)
+        buffer = Outcomes(
+            Ledger(),  # type: ignore[arg-type]
+            db,
+            "me",
+            clock,
+            on_flushed=lambda: order.append("flushed"),
+            on_lost=lost.append,
+            on_error=lambda error: None,
+            forget=lambda claim_id: None,
+        )
+        for claim_id in (1, 2, 3):
+            await buffer.record(Outcome(claim_id, Status.DONE))
+
+        def begin(ids: list[int]) -> set[int]:
+            order.append("begin")
+            return set(ids)
+
+        try:
+            return await buffer.flush_with(begin, [7, 8])
+        finally:
+            db.shutdown()
+
+    assert asyncio.run(go()) == {7, 8}
+    assert order == ["complete 3", "begin", "flushed"]
+    assert lost == ["1 outcome(s) were not recorded"]

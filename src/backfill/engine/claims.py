@@ -285,7 +285,7 @@ class StageLoop:
                 slotted = len(group)
                 if not alone:
                     group = claims[index : index + max(slotted, self._begin_size)]
-                held = await env.leases.begin(group)
+                held = await env.leases.begin(group, outcomes=env.outcomes)
                 # Real time, whatever the run's clock: a death blames what was begun then.
                 began = time.perf_counter()
             index += len(group)
@@ -313,7 +313,7 @@ class StageLoop:
                     and index < len(claims)
                 ):
                     following = claims[index : index + self._begin_size]
-                    call = asyncio.create_task(env.leases.begin(following))
+                    call = asyncio.create_task(env.leases.begin(following, outcomes=env.outcomes))
                     ahead = (following, call, time.perf_counter())
                 if claim.id not in held:
                     semaphore.release()
