@@ -103,3 +103,39 @@ def test_a_begin_call_carries_the_buffered_outcomes_on_the_same_trip() -> None:
     assert asyncio.run(go()) == {7, 8}
     assert order == ["complete 3", "begin", "flushed"]
     assert lost == ["1 outcome(s) were not recorded"]
+
+
+def test_runners_of_a_fast_stage_keep_its_concurrency_and_a_stop_gives_the_rest_back(
+    tmp_path: Path,
+) -> None:
+    """A fast stage without sinks (one runner per slot works through each begun group):
+    never more than its 3 partitions at once; stopped after 1,000, the rest go back
+    unstarted, and the next run does exactly those: every day once in all."""
+    from backfill import Runner
+
+    job = Job("runners", partitions=daily("2000-01-01", "2008-03-18"))
+    ran: list[str] = []
+    now = {"in": 0, "max": 0}
+    runner: list[Runner] = []
+
+    @job.stage(concurrency=3)
+    async def noop(ctx: Context, partition: Partition) -> None:
+        now["in"] += 1
+        now["max"] = max(now["max"], now["in"])
+        await asyncio.sleep(0)
+        now["in"] -= 1
+        ran.append(partition.key)
+        if len(ran) == 1000 and runner:
+            runner[0].stop("enough")
+
+    state = open_ledger(f"sqlite:///{tmp_path / 'state.db'}")
+    runner.append(Runner(job, state))
+    first = asyncio.run(runner[0].run())
+    assert now["max"] <= 3
+    assert 1000 <= first.counts["noop"].done < 3000
+    assert first.counts["noop"].done + first.counts["noop"].pending == 3000
+    runner.clear()
+    second = run_job(job, state)
+    assert second.counts["noop"].done == 3000
+    assert len(ran) == len(set(ran)) == 3000
+    assert now["max"] <= 3

@@ -10,7 +10,10 @@ run alone, and waits for upstream partitions and other workers' leases.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from backfill.engine.attempt import Attempt, AttemptEnv
 from backfill.engine.plan import StageGraph
@@ -78,6 +81,10 @@ class _Slot:
             self._semaphore.release()
 
 
+def _keep_slot() -> None:
+    """An attempt's ``release`` under a runner: the slot stays the runner's."""
+
+
 class StageLoop:
     """Claims and starts one stage's partitions until none is left to claim."""
 
@@ -121,6 +128,9 @@ class StageLoop:
         # Whether the stage's writes prove their lease in the sink's own transaction (its
         # tables live in the ledger's database), so no ledger call is needed first.
         self._fenced = not stage.sinks or env.writer.shares_ledger(stage.sinks)
+        # A stage without sinks ends each partition when its function returns: a fast
+        # one's begun groups run under one runner per slot (see _run_group).
+        self._inline = not stage.sinks
 
     async def run(self) -> None:
         env, needs = self._env, self._node.needs
@@ -290,6 +300,17 @@ class StageLoop:
                 began = time.perf_counter()
             index += len(group)
             size = 0 if alone else len(group)
+            if self._inline and len(group) > slotted:
+                # One runner per free slot works through the group, partition after
+                # partition in its own task: no task, no event-loop round per partition.
+                queue = collections.deque(group)
+                if index < len(claims):
+                    following = claims[index : index + self._begin_size]
+                    call = asyncio.create_task(env.leases.begin(following, outcomes=env.outcomes))
+                    ahead = (following, call, time.perf_counter())
+                for _ in range(slotted):
+                    self._launch(self._run_group(queue, held))
+                continue
             for position, claim in enumerate(group):
                 if position >= slotted:
                     await semaphore.acquire()
@@ -332,6 +353,38 @@ class StageLoop:
             self._begin_size = max(1, self._begin_size // 2)
         elif spread < _BEGIN_AHEAD / 2 and size >= self._begin_size:
             self._begin_size = min(_MAX_BATCH, 2 * max(size, self._begin_size))
+
+    async def _run_group(self, queue: collections.deque[Claim], held: set[int]) -> None:
+        """A slot's runner: the group's begun partitions one after another, until none
+        is left or the run stops (the rest go back unstarted)."""
+        env = self._env
+        while queue:
+            if env.control.stopped():
+                rest = list(queue)
+                queue.clear()
+                await self._give_back(rest)
+                return
+            claim = queue.popleft()
+            if not env.leases.book.certain(claim.id, now=env.clock.monotonic()):
+                # A stall since the mark: none of them starts unless proven ours again.
+                rest = [claim, *queue]
+                held.intersection_update(await env.leases.begin(rest))
+            if claim.id not in held:
+                env.outcomes.let_go(claim.id)
+                env.leases.losses.lost(f"partition {claim.key} was not written")
+                continue
+            # Its slot is the runner's: a stage without sinks has nothing to hand over
+            # before its end, so nothing gives the slot back early.
+            await Attempt(env, self.stage, claim, _keep_slot, fenced=self._fenced).run()
+
+    def _launch(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in a task holding a slot already taken, given back at its end."""
+        slot = _Slot(self._semaphore)
+        task = asyncio.create_task(work)
+        self._slots[task] = slot
+        self._running.add(task)
+        self._env.control.tasks.add(task)
+        task.add_done_callback(self._finished)
 
     def _start(self, claim: Claim) -> None:
         slot = _Slot(self._semaphore)
