@@ -81,6 +81,7 @@ class Row:
     case: str
     n: int
     seconds: float
+    cpu: float  # user + system CPU seconds of the whole process
     rss_mb: float
     load: float
 
@@ -93,8 +94,11 @@ def load_now() -> float:
     return os.getloadavg()[0]
 
 
-def timed_child(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, str]:
-    """Run ``command``; its wall time, its own peak RSS (MB, from wait4) and stdout."""
+def timed_child(
+    command: list[str], env: dict[str, str], cwd: Path
+) -> tuple[float, float, float, str]:
+    """Run ``command``; its wall time, CPU time and own peak RSS (MB), from wait4, and
+    its stdout."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.PIPE)
@@ -109,7 +113,7 @@ def timed_child(command: list[str], env: dict[str, str], cwd: Path) -> tuple[flo
         raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}:\n{text}\n{errors}")
     # ru_maxrss is kilobytes on Linux, bytes on macOS.
     rss = usage.ru_maxrss / (1024 * 1024) if sys.platform == "darwin" else usage.ru_maxrss / 1024
-    return seconds, rss, text
+    return seconds, usage.ru_utime + usage.ru_stime, rss, text
 
 
 def run_case(case: str, n: int, backfill: dict[str, str], tmp_root: str | None) -> Row:
@@ -128,7 +132,7 @@ def run_case(case: str, n: int, backfill: dict[str, str], tmp_root: str | None) 
                 "--dir",
                 tmp,
             ]
-            _, rss, text = timed_child(command, env, directory)
+            _, cpu, rss, text = timed_child(command, env, directory)
             # The ledger's own time (plan + claim/complete), as ledger_bench reports it.
             seconds = json.loads(text.strip().splitlines()[-1])["total_s"]
         else:
@@ -143,21 +147,21 @@ def run_case(case: str, n: int, backfill: dict[str, str], tmp_root: str | None) 
                 "--progress",
                 "none",
             ]
-            seconds, rss, text = timed_child(command, env, directory)
+            seconds, cpu, rss, text = timed_child(command, env, directory)
             if f"{n:,} done" not in text:
                 raise RuntimeError(f"{case}: not every partition done:\n{text}")
-    return Row(0, case, n, seconds, rss, load)
+    return Row(0, case, n, seconds, cpu, rss, load)
 
 
 def table(rows: list[Row]) -> list[str]:
     lines = [
-        "| round | partitions | case | wall s | partitions/s | peak RSS MB | load (1 min) |",
-        "|---:|---:|---|---:|---:|---:|---:|",
+        "| round | partitions | case | wall s | partitions/s | CPU s | peak RSS MB | load |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.round} | {r.n:,} | {r.case} | {r.seconds:.1f} | {r.rate:,.0f} | "
-            f"{r.rss_mb:.0f} | {r.load:.1f} |"
+            f"{r.cpu:.1f} | {r.rss_mb:.0f} | {r.load:.1f} |"
         )
     return lines
 
@@ -228,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = run_case(case, size, commands, args.tmpdir)
                 row.round = round_
                 print(
-                    f"#   {row.seconds:.1f} s, {row.rate:,.0f}/s, peak RSS {row.rss_mb:.0f} MB, "
-                    f"load {row.load:.1f}",
+                    f"#   {row.seconds:.1f} s, {row.rate:,.0f}/s, CPU {row.cpu:.1f} s, "
+                    f"peak RSS {row.rss_mb:.0f} MB, load {row.load:.1f}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -244,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         "Notes:",
         "- run and baseline: the whole command (start, job loading, planning, the run, its "
         "end); ledger: the ledger's own plan + claim/complete time, in its own process",
+        "- CPU s: user + system CPU of the whole process (both of a run's threads), which "
+        "a busy machine inflates far less than wall time",
         "- load: the 1-minute load average as the case started (2 cores: above 2 is shared)",
     ]
     print("\n".join(out))
