@@ -49,7 +49,7 @@ FLAT_WITHIN = 0.10
 HERE = Path(__file__).resolve().parent
 
 # The job both commands run: N partitions, a daily spec crossed with one dimension of
-# as many values (up to 100) as divide N, so the count is exact.
+# as many values (up to 100) as divide N, so the count is exact; or (--shape days) N days.
 JOB = """
 import os
 from datetime import date, timedelta
@@ -57,14 +57,15 @@ from datetime import date, timedelta
 from backfill import Job, daily
 
 N = int(os.environ["ENGINE_BENCH_N"])
-VALUES = max(v for v in range(1, 101) if N % v == 0)
+DAYS_ONLY = os.environ.get("ENGINE_BENCH_SHAPE") == "days"
+VALUES = 1 if DAYS_ONLY else max(v for v in range(1, 101) if N % v == 0)
 FIRST = date(1900, 1, 1)
 job = Job(
     "engine-bench",
     partitions=daily(
         FIRST,
         FIRST + timedelta(days=N // VALUES - 1),
-        region=[f"r{i:03d}" for i in range(VALUES)],
+        **({} if DAYS_ONLY else {"region": [f"r{i:03d}" for i in range(VALUES)]}),
     ),
 )
 
@@ -116,7 +117,7 @@ def timed_child(
     return seconds, usage.ru_utime + usage.ru_stime, rss, text
 
 
-def run_case(case: str, n: int, backfill: dict[str, str], tmp_root: str | None) -> Row:
+def run_case(case: str, n: int, backfill: dict[str, str], tmp_root: str | None, shape: str) -> Row:
     load = load_now()
     with tempfile.TemporaryDirectory(prefix=f"engine-bench-{case}-", dir=tmp_root) as tmp:
         directory = Path(tmp)
@@ -138,6 +139,7 @@ def run_case(case: str, n: int, backfill: dict[str, str], tmp_root: str | None) 
         else:
             (directory / "job.py").write_text(textwrap.dedent(JOB))
             env["ENGINE_BENCH_N"] = str(n)
+            env["ENGINE_BENCH_SHAPE"] = shape
             command = [
                 backfill[case],
                 "run",
@@ -211,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline", default=None, help="another backfill command to compare, same job"
     )
     parser.add_argument("--no-ledger", action="store_true", help="skip the ledger-alone case")
+    parser.add_argument(
+        "--shape",
+        choices=("regions", "days"),
+        default="regions",
+        help="regions: days x one dimension (default); days: N daily partitions",
+    )
     parser.add_argument("--tmpdir", default=None, help="where state files go (default: system)")
     args = parser.parse_args(argv)
 
@@ -229,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             order = cases if round_ % 2 else list(reversed(cases))
             for case in order:
                 print(f"# round {round_}: {case}, {size:,} partitions ...", file=sys.stderr)
-                row = run_case(case, size, commands, args.tmpdir)
+                row = run_case(case, size, commands, args.tmpdir, args.shape)
                 row.round = round_
                 print(
                     f"#   {row.seconds:.1f} s, {row.rate:,.0f}/s, CPU {row.cpu:.1f} s, "
@@ -239,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 rows.append(row)
     out = ["", *table(rows), "", "Machine:", *_machine.facts(), ""]
-    out += [f"- run: {args.backfill}"]
+    out += [f"- run: {args.backfill}", f"- job shape: {args.shape}"]
     if args.baseline:
         out += [f"- baseline: {args.baseline}"]
     out += ["", "Targets (informative):", *verdicts(rows)]
