@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import random
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,40 +23,79 @@ __all__ = ["DURATION_BUCKETS", "Durations", "RunStats", "StageStats", "stage_sta
 # Upper bounds (seconds) of the partition-duration histogram; the last bucket is +Inf.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 SLOWEST_KEPT = 10
+# Durations' histogram: buckets 1 % wide (a log step of ln 1.01), from a microsecond.
+_PER_E = 1 / math.log(1.01)
+_FLOOR = 1e-6
 
 
 class Durations:
-    """Partition durations: exact count, sum and max, percentiles from a fixed-size
-    reservoir sample, so a million partitions cost no more than a thousand."""
+    """Partition durations: exact count, sum and max; percentiles exact over the first
+    ``exact`` values, then from a histogram of logarithmic buckets (each 1 % wide), so
+    a million partitions cost no more than a thousand, and no random draw per value."""
 
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
+    def __init__(self, exact: int = 1024) -> None:
+        self.exact = exact
         self.count = 0
         self.total = 0.0
         self.max = 0.0
-        self.sample: list[float] = []
-        self._rng = random.Random(0)
+        self.values: list[float] | None = []
+        # Bucket index -> count; at most a few thousand buckets from a microsecond to
+        # days. Durations below _FLOOR share the first one.
+        self.buckets: dict[int, int] = {}
 
     def add(self, value: float) -> None:
         self.count += 1
         self.total += value
-        self.max = max(self.max, value)
-        if len(self.sample) < self.size:
-            self.sample.append(value)
+        if value > self.max:
+            self.max = value
+        values = self.values
+        if values is not None:
+            values.append(value)
+            if len(values) > self.exact:
+                for kept in values:
+                    self._bucket(kept)
+                self.values = None
         else:
-            slot = self._rng.randrange(self.count)
-            if slot < self.size:
-                self.sample[slot] = value
+            self._bucket(value)
+
+    def _bucket(self, value: float) -> None:
+        index = math.floor(math.log(max(value, _FLOOR)) * _PER_E)
+        self.buckets[index] = self.buckets.get(index, 0) + 1
+
+    def merge(self, other: Durations) -> None:
+        """Add ``other``'s durations to these."""
+        if other.values is not None:
+            for value in other.values:
+                self.add(value)
+            return
+        if self.values is not None:
+            for kept in self.values:
+                self._bucket(kept)
+            self.values = None
+        self.count += other.count
+        self.total += other.total
+        self.max = max(self.max, other.max)
+        for index, n in other.buckets.items():
+            self.buckets[index] = self.buckets.get(index, 0) + n
 
     def summary(self) -> dict[str, float]:
         if not self.count:
             return {}
-        ordered = sorted(self.sample)
+        return {"count": self.count, "p50": self.pct(0.5), "p95": self.pct(0.95), "max": self.max}
 
-        def pct(q: float) -> float:
+    def pct(self, q: float) -> float:
+        """The ``q`` quantile: exact over the first values, within 1 % after."""
+        if self.values is not None:
+            ordered = sorted(self.values)
             return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-        return {"count": self.count, "p50": pct(0.5), "p95": pct(0.95), "max": self.max}
+        rank = min(self.count - 1, int(q * self.count))
+        seen = 0
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen > rank:
+                # The bucket's middle, never past the largest value seen.
+                return min(self.max, math.exp((index + 0.5) / _PER_E))
+        return self.max
 
 
 @dataclass(slots=True)
@@ -99,6 +138,20 @@ class StageStats:
         elif item > self.slowest[0]:
             heapq.heapreplace(self.slowest, item)
 
+    def merge(self, other: StageStats) -> None:
+        """Add ``other``'s figures to these (a run's figures are its stages' summed)."""
+        self.done += other.done
+        self.empty += other.empty
+        self.failed += other.failed
+        self.records += other.records
+        self.requests += other.requests
+        self.retries += other.retries
+        self.rate_limited += other.rate_limited
+        self.durations.merge(other.durations)
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+        self.slowest = heapq.nlargest(SLOWEST_KEPT, self.slowest + other.slowest)
+        heapq.heapify(self.slowest)
+
     def as_record(self) -> dict[str, Any]:
         summary = self.durations.summary()
         return {
@@ -125,7 +178,14 @@ class RunStats:
 
     def __init__(self, stages: Iterable[str] = ()) -> None:
         self.stages: dict[str, StageStats] = {name: StageStats() for name in stages}
-        self.run = StageStats()
+
+    @property
+    def run(self) -> StageStats:
+        """The whole run's figures: its stages' summed (once asked, not per event)."""
+        total = StageStats()
+        for stats in self.stages.values():
+            total.merge(stats)
+        return total
 
     def _stage(self, name: str) -> StageStats:
         stats = self.stages.get(name)
@@ -136,10 +196,8 @@ class RunStats:
     def __call__(self, event: Event) -> None:
         if isinstance(event, PartitionFinished):
             self._stage(event.stage).finish(event)
-            self.run.finish(event)
         elif isinstance(event, PartitionRetrying):
             self._stage(event.stage).retries += 1
-            self.run.retries += 1
 
     def summaries(self) -> dict[str, dict[str, float]]:
         """Duration count, p50, p95 and max per stage (empty for a stage that ran none)."""

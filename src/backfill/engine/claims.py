@@ -10,6 +10,10 @@ run alone, and waits for upstream partitions and other workers' leases.
 from __future__ import annotations
 
 import asyncio
+import collections
+import time
+from collections.abc import Coroutine
+from typing import Any
 
 from backfill.engine.attempt import Attempt, AttemptEnv
 from backfill.engine.plan import StageGraph
@@ -23,6 +27,9 @@ _MAX_BATCH = 1000
 _FIRST_LEASE_WAIT = 0.05  # seconds; doubles up to the lease poll
 _MIN_SCAN = 1024  # pending partitions a bounded claim checks for readiness, at least
 _FULL_SCAN_SPACING = 50  # a full scan is due after this many times its own cost
+# How soon after their begin mark the partitions of one begin call all start, at most:
+# a fast stage begins that many seconds' worth in one ledger call, not a slot's worth.
+_BEGIN_AHEAD = 0.025
 
 
 def concurrency(stage: Stage, options: RunOptions) -> int:
@@ -74,6 +81,10 @@ class _Slot:
             self._semaphore.release()
 
 
+def _keep_slot() -> None:
+    """An attempt's ``release`` under a runner: the slot stays the runner's."""
+
+
 class StageLoop:
     """Claims and starts one stage's partitions until none is left to claim."""
 
@@ -94,6 +105,9 @@ class StageLoop:
         self._limit = concurrency(stage, options)
         self._semaphore = asyncio.Semaphore(self._limit)
         self._batch_size = min(_MAX_BATCH, max(2 * self._limit, 16))
+        # How many partitions one begin call marks: the free slots, or for a stage whose
+        # partitions take moments, as many as start within _BEGIN_AHEAD (see _start_batch).
+        self._begin_size = 1
         self._order = options.order or stage.partitions.order
         self._running: set[asyncio.Task[None]] = set()
         # A partition gives its slot back once its rows are handed to the sink writer,
@@ -114,15 +128,24 @@ class StageLoop:
         # Whether the stage's writes prove their lease in the sink's own transaction (its
         # tables live in the ledger's database), so no ledger call is needed first.
         self._fenced = not stage.sinks or env.writer.shares_ledger(stage.sinks)
+        # A stage without sinks ends each partition when its function returns: a fast
+        # one's begun groups run under one runner per slot (see _run_group).
+        self._inline = not stage.sinks
 
     async def run(self) -> None:
         env, needs = self._env, self._node.needs
         clock, control = env.clock, env.control
+        # The next batch, claimed while this one runs (see below).
+        ahead: asyncio.Task[tuple[list[Claim], float]] | None = None
         while not control.stopped():
             batch_started = clock.monotonic()
             progress = self._activity.progress
             full = not needs or batch_started >= self._full_due
-            claims, claim_cost = await self._take(self._batch_size, full=full)
+            if ahead is not None:
+                claims, claim_cost = await ahead
+                ahead = None
+            else:
+                claims, claim_cost = await self._take(self._batch_size, full=full)
             if needs and full:
                 self._full_due = clock.monotonic() + _FULL_SCAN_SPACING * claim_cost
             alone = False
@@ -140,6 +163,10 @@ class StageLoop:
                 break
             self._lease_wait = _FIRST_LEASE_WAIT
             self._settled = False
+            if not alone and not needs and len(claims) == self._batch_size:
+                # A full batch of a stage with no inputs: more are likely pending, and
+                # the ledger claims them while these run, not after.
+                ahead = asyncio.create_task(self._take(self._batch_size))
             await self._start_batch(claims, alone)
             if alone:
                 while self._running:
@@ -153,6 +180,10 @@ class StageLoop:
                 self._batch_size = min(_MAX_BATCH, self._batch_size * 2)
             elif took > 5.0:
                 self._batch_size = max(2 * self._limit, self._batch_size // 2)
+        if ahead is not None:
+            # Stopped with a batch claimed ahead: held, so the run's end gives it back.
+            claims, _ = await ahead
+            env.outcomes.hold(c.id for c in claims)
         if self._running:
             # On a stop, the grace timer (or a second Ctrl+C) cancels what is left.
             await asyncio.wait(set(self._running))
@@ -227,32 +258,84 @@ class StageLoop:
         """Start every claimed partition as a slot frees up, or give them back on a stop."""
         env, semaphore = self._env, self._semaphore
         index = 0
+        # When the last begin call's partitions were marked, and how many.
+        began, size = 0.0, 0
+        # The next group, its begin call made while the one before it starts (fast
+        # stages only): the event loop does not sit idle for the ledger's answer.
+        ahead: tuple[list[Claim], asyncio.Task[set[int]], float] | None = None
         while index < len(claims):
             await semaphore.acquire()
+            if size:
+                self._size_begins(size, time.perf_counter() - began)
             if alone:
                 # Each suspect's outcome on record as it comes: a death later in the
                 # group must not cost those that finished before it a suspicion.
                 await env.outcomes.flush()
             if env.control.stopped():
                 semaphore.release()
+                if ahead is not None:
+                    await ahead[1]
                 await self._give_back(claims[index:])
                 return
             # Every slot free now starts a partition, and one ledger call begins them
             # all: a death from here on counts against them (and not against the rest
             # of the batch), and their leases, taken a while ago, are proven still ours.
-            group = [claims[index]]
-            while not alone and index + len(group) < len(claims) and not semaphore.locked():
-                await semaphore.acquire()
-                group.append(claims[index + len(group)])
+            # A stage whose partitions take moments begins those that start within
+            # _BEGIN_AHEAD too, each taking a slot as one frees up: a ledger round trip
+            # a slot's worth of partitions would cost more than the partitions.
+            if ahead is not None:
+                group, call, began = ahead
+                ahead, slotted = None, 1
+                held = await call
+            else:
+                group = [claims[index]]
+                while not alone and index + len(group) < len(claims) and not semaphore.locked():
+                    await semaphore.acquire()
+                    group.append(claims[index + len(group)])
+                slotted = len(group)
+                if not alone:
+                    group = claims[index : index + max(slotted, self._begin_size)]
+                held = await env.leases.begin(group, outcomes=env.outcomes)
+                # Real time, whatever the run's clock: a death blames what was begun then.
+                began = time.perf_counter()
             index += len(group)
-            held = await env.leases.begin(group)
-            if env.control.stopped():
-                # Stopped while the ledger answered: they go back unstarted.
-                for _ in group:
-                    semaphore.release()
-                await self._give_back(claims[index - len(group) :])
-                return
-            for claim in group:
+            size = 0 if alone else len(group)
+            if self._inline and len(group) > slotted:
+                # One runner per free slot works through the group, partition after
+                # partition in its own task: no task, no event-loop round per partition.
+                queue = collections.deque(group)
+                if index < len(claims):
+                    following = claims[index : index + self._begin_size]
+                    call = asyncio.create_task(env.leases.begin(following, outcomes=env.outcomes))
+                    ahead = (following, call, time.perf_counter())
+                for _ in range(slotted):
+                    self._launch(self._run_group(queue, held))
+                continue
+            for position, claim in enumerate(group):
+                if position >= slotted:
+                    await semaphore.acquire()
+                    if not env.leases.book.certain(claim.id, now=env.clock.monotonic()):
+                        # A stall (SIGSTOP, a VM pause) since the mark: none of them
+                        # starts unless its lease is proven ours again.
+                        held = await env.leases.begin(group[position:])
+                if env.control.stopped():
+                    # Stopped while the ledger answered or a slot was awaited: they go
+                    # back unstarted (with the next group, begun or not).
+                    for _ in range(max(slotted - position, 1)):
+                        semaphore.release()
+                    if ahead is not None:
+                        await ahead[1]
+                    await self._give_back(claims[index - len(group) + position :])
+                    return
+                if (
+                    ahead is None
+                    and position == len(group) // 2
+                    and len(group) > slotted
+                    and index < len(claims)
+                ):
+                    following = claims[index : index + self._begin_size]
+                    call = asyncio.create_task(env.leases.begin(following, outcomes=env.outcomes))
+                    ahead = (following, call, time.perf_counter())
                 if claim.id not in held:
                     semaphore.release()
                     # Another worker holds it now.
@@ -260,6 +343,48 @@ class StageLoop:
                     env.leases.losses.lost(f"partition {claim.key} was not written")
                     continue
                 self._start(claim)
+
+    def _size_begins(self, size: int, spread: float) -> None:
+        """A slot is free ``spread`` seconds after a begin call marked ``size``
+        partitions: they all started, and one ended, by then. Begin more at a time
+        while that is well within _BEGIN_AHEAD, fewer past it: a stage whose partitions
+        take longer begins only those with a free slot, none before it can start."""
+        if spread > _BEGIN_AHEAD:
+            self._begin_size = max(1, self._begin_size // 2)
+        elif spread < _BEGIN_AHEAD / 2 and size >= self._begin_size:
+            self._begin_size = min(_MAX_BATCH, 2 * max(size, self._begin_size))
+
+    async def _run_group(self, queue: collections.deque[Claim], held: set[int]) -> None:
+        """A slot's runner: the group's begun partitions one after another, until none
+        is left or the run stops (the rest go back unstarted)."""
+        env = self._env
+        while queue:
+            if env.control.stopped():
+                rest = list(queue)
+                queue.clear()
+                await self._give_back(rest)
+                return
+            claim = queue.popleft()
+            if not env.leases.book.certain(claim.id, now=env.clock.monotonic()):
+                # A stall since the mark: none of them starts unless proven ours again.
+                rest = [claim, *queue]
+                held.intersection_update(await env.leases.begin(rest))
+            if claim.id not in held:
+                env.outcomes.let_go(claim.id)
+                env.leases.losses.lost(f"partition {claim.key} was not written")
+                continue
+            # Its slot is the runner's: a stage without sinks has nothing to hand over
+            # before its end, so nothing gives the slot back early.
+            await Attempt(env, self.stage, claim, _keep_slot, fenced=self._fenced).run()
+
+    def _launch(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in a task holding a slot already taken, given back at its end."""
+        slot = _Slot(self._semaphore)
+        task = asyncio.create_task(work)
+        self._slots[task] = slot
+        self._running.add(task)
+        self._env.control.tasks.add(task)
+        task.add_done_callback(self._finished)
 
     def _start(self, claim: Claim) -> None:
         slot = _Slot(self._semaphore)

@@ -106,7 +106,8 @@ def execute(
     ``subscribers`` hear the run's events too (a notifier)."""
     log_dir = log_dir or default_log_dir(ledger.url)
     bus = EventBus()
-    bus.subscribe(EventLog())
+    # A line per partition done only when asked (-v): summed up once a second otherwise.
+    bus.subscribe(EventLog(each_partition=verbose >= 1))
     for subscriber in subscribers:
         bus.subscribe(subscriber)
     check_run_options(progress, log_dir, ledger.url)

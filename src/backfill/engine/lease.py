@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from backfill.clock import Clock
 from backfill.engine.db import LedgerThread
+from backfill.engine.outcomes import Outcomes
 from backfill.errors import BackfillError
 from backfill.events import EventBus, ResourceChanged, WorkerLost
 from backfill.fleet import LedgerRate, concurrency_share
@@ -228,13 +229,17 @@ class LeaseKeeper:
         finally:
             pool.shutdown(wait=False)
 
-    async def begin(self, claims: list[Claim]) -> set[int]:
+    async def begin(self, claims: list[Claim], *, outcomes: Outcomes | None = None) -> set[int]:
         """Begin these partitions in one ledger call: the ids whose leases are still
-        ours, proven from the moment the call started."""
+        ours, proven from the moment the call started. With ``outcomes``, those
+        buffered are written first, on the same trip to the ledger's thread."""
         since = self._clock.monotonic()
-        held: set[int] = await self._db.call(
-            self._ledger.begin, self.worker_id, [(c.id, c.claims) for c in claims]
-        )
+        leases = [(c.id, c.claims) for c in claims]
+        held: set[int]
+        if outcomes is not None:
+            held = await outcomes.flush_with(self._ledger.begin, self.worker_id, leases)
+        else:
+            held = await self._db.call(self._ledger.begin, self.worker_id, leases)
         self.book.proven(held, since=since)
         return held
 

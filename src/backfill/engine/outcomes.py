@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from backfill.clock import Clock
 from backfill.engine.db import LedgerThread
 from backfill.ledger import Ledger, Outcome, Status
 
 __all__ = ["FLUSH_EVERY", "FLUSH_SIZE", "Outcomes"]
+
+T = TypeVar("T")
 
 FLUSH_EVERY = 0.25
 FLUSH_SIZE = 500
@@ -94,6 +97,26 @@ class Outcomes:
             self._on_flushed()
             if applied < len(batch):
                 self._on_lost(f"{len(batch) - applied} outcome(s) were not recorded")
+
+    async def flush_with(self, fn: Callable[..., T], *args: Any) -> T:
+        """Write every buffered outcome, then call ``fn(*args)``, in one trip to the
+        ledger's thread; ``fn``'s result. A fast stage's begin marks carry the outcomes
+        of the partitions before them: one ledger call, not two queued one behind the
+        other."""
+        async with self._lock:
+            batch, self._buffer = self._buffer, []
+
+            def both() -> tuple[int, T]:
+                applied = self._ledger.complete(self._worker_id, batch, now=self._clock.time())
+                return applied, fn(*args)
+
+            done: tuple[int, T] = await self._db.call(both)
+            applied, result = done
+            if batch:
+                self._on_flushed()
+                if applied < len(batch):
+                    self._on_lost(f"{len(batch) - applied} outcome(s) were not recorded")
+            return result
 
     async def flush_every(self, seconds: float = FLUSH_EVERY) -> None:
         """Flush on the run's clock until cancelled."""

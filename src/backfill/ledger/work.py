@@ -25,6 +25,7 @@ from backfill.partitions import Order, Partition, Selection
 __all__ = ["WorkOps"]
 
 _PLAN_CHUNK = 20_000
+_MEMO_LIMIT = 4096
 
 
 class WorkOps(LedgerBase):
@@ -60,6 +61,10 @@ class WorkOps(LedgerBase):
                 return self.dialect.plan(conn, stage_id, chunk, memo)
 
             inserted += self._run(insert)
+            if len(memo) > _MEMO_LIMIT:
+                # Dates repeat within a chunk (a window's dims), not across a plan: kept
+                # whole, a daily spec's memo grew by some 190 bytes a partition.
+                memo.clear()
         if fingerprint is not None:
 
             def record(conn: Any) -> None:
