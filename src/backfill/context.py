@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from backfill.ratelimit import Resource
     from backfill.sources.clients import Clients
     from backfill.sources.http import HttpClient
+    from backfill.sources.sql import PartitionSql
 
 __all__ = ["Context", "ProcessContext", "RunCache", "Slot", "StageLog"]
 
@@ -228,6 +229,18 @@ class Context:
         """The HTTP client of this stage's resource: its limits, retries and headers apply
         to every request (pooled, created on first use, errors classified)."""
         return self.http_for(self._resource)
+
+    @property
+    def sql(self) -> PartitionSql:
+        """The warehouse of this stage's resource (declared with ``job.warehouse``), its
+        queries bound to this partition's ``:day``, ``:start``, ``:end`` and dimensions,
+        each under the resource's limits and timeout (see :mod:`backfill.sources.sql`)."""
+        return self.sql_for(self._resource)
+
+    def sql_for(self, resource: str | None) -> PartitionSql:
+        """The warehouse of another declared resource, bound to this partition."""
+        client = self._registry().get("sql", resource)
+        return client.bound(self.partition, where=f"the query of stage {self.stage}")  # type: ignore[no-any-return]
 
     def http_for(self, resource: str | None) -> HttpClient:
         """The HTTP client of another declared resource."""

@@ -57,6 +57,8 @@ class Job:
         self.stages: dict[str, Stage] = {}
         self.resources: dict[str, Resource] = {}
         self.http_options: dict[str, dict[str, Any]] = {}
+        # Warehouses (resources with a SQL URL): what ctx.sql connects to.
+        self.sql_options: dict[str, dict[str, Any]] = {}
 
     def resource(
         self,
@@ -141,6 +143,48 @@ class Job:
         )
         self.resources[name] = resource
         self.http_options[name] = options
+        return resource
+
+    def warehouse(
+        self,
+        name: str,
+        url: str,
+        *,
+        concurrency: int = 4,
+        rate: str | float | Limit | None = None,
+        limits: list[str | float | Limit] | None = None,
+        timeout: float | None = None,
+        shared: bool = False,
+        max_wait: float = DEFAULT_MAX_WAIT,
+    ) -> Resource:
+        """Declare a warehouse: a resource whose stages query ``url`` with ``ctx.sql``
+        (SQLAlchemy 2 URLs: ``duckdb:///FILE``, ``postgresql://USER@HOST/DB``,
+        ``sqlite:///FILE``, any installed dialect). ``concurrency`` queries at once,
+        ``limits`` such as ``["2000/day"]`` (kept in the state across restarts), each query
+        cancelled on the server after ``timeout`` seconds. See :mod:`backfill.sources.sql`.
+
+        Example::
+
+            job.warehouse("warehouse", "duckdb:///flights.duckdb", concurrency=15,
+                          limits=["2000/day"], timeout=600)
+        """
+        from backfill.sources.sql import check_warehouse_url
+
+        check_warehouse_url(url, f"warehouse {name!r}")
+        if concurrency < 1:
+            raise ConfigError(f"warehouse {name!r}: concurrency must be 1 or more")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"warehouse {name!r}: timeout must be positive")
+        resource = self.resource(
+            name,
+            rate=rate,
+            concurrency=concurrency,
+            limits=limits,
+            shared=shared,
+            max_wait=max_wait,
+            secrets=tuple(s.value for s in url_secrets(url, name)),
+        )
+        self.sql_options[name] = {"url": url, "timeout": timeout}
         return resource
 
     @property
