@@ -277,6 +277,9 @@ class SqlClient:
             def _sqlite_wait(dbapi_conn: Any, _record: Any) -> None:
                 dbapi_conn.execute("PRAGMA busy_timeout = 30000")
 
+        # A connection per query at most: a thread waiting for one would hold a thread the
+        # connections' return needs.
+        self._connections: asyncio.Semaphore | None = None
         self._threads = ThreadPoolExecutor(size + 2, thread_name_prefix=f"backfill-sql-{name}")
         self.stats = QueryStats()
         self._reached = False
@@ -444,7 +447,9 @@ class SqlClient:
         (the connection rolled back, or thrown away when it cannot be)."""
         loop = asyncio.get_running_loop()
         turn = self.resource.turn() if self.resource is not None else contextlib.nullcontext()
-        async with turn:
+        if self._connections is None:
+            self._connections = asyncio.Semaphore(self.pool_size)
+        async with turn, self._connections:
             conn = await self._checkout(loop)
             try:
                 yield conn, loop
