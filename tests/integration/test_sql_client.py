@@ -244,6 +244,9 @@ def test_postgres_concurrency_holds_on_the_server() -> None:
             sampler.join()
         assert result.exit_code == 0, result.message
         assert max(samples) == 3
+        figures = result.warehouses["warehouse"]
+        assert figures["queries"] == 12 and figures["rows"] == 12
+        assert figures["most_at_once"] == 3
 
 
 def test_stage_timeout_failed_partition_does_not_hold_the_next(tmp_path: Path) -> None:
