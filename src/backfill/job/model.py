@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from datetime import date
 
     from backfill.engine.result import RunResult
-    from backfill.sinks import Sink
+    from backfill.sinks import Mode, Sink
 
 __all__ = ["Job"]
 
@@ -325,6 +325,84 @@ class Job:
         if fn is not None:
             return register(fn)
         return register
+
+    def sql_stage(
+        self,
+        name: str,
+        *,
+        sql: str,
+        target: str | Sink,
+        resource: str | None = None,
+        mode: str | Mode | None = None,
+        partition_column: str | None = None,
+        needs: Sequence[str | Needs] = (),
+        partitions: PartitionSpec | None = None,
+        concurrency: int = 4,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        checks: Sequence[Check | CheckFunction] = (),
+        params: dict[str, Any] | None = None,
+    ) -> Stage:
+        """Declare a stage computed inside a warehouse: per partition, its earlier rows in
+        ``target`` deleted and ``sql``'s inserted, in one transaction of the warehouse
+        ``resource`` (by default the job's only one), with the checks run on the target
+        before it commits. ``sql`` is a SELECT of the partition's rows, or an INSERT INTO
+        the target of your own (then ``partition_column`` names its date column).
+        ``timeout`` bounds the transaction (default: the warehouse's); past it, the query
+        is cancelled on the server and the partition fails as ``timeout``. See
+        :mod:`backfill.sources.sql_stage`.
+
+        Example::
+
+            job.sql_stage("delays", sql=(
+                "SELECT carrier, CAST(:day AS DATE) AS day, avg(dep_delay) AS dep_delay "
+                "FROM flights WHERE day = :day GROUP BY carrier"),
+                target="daily_delays", needs=["load"], checks=[checks.min_rows(1)])
+        """
+        from backfill.checks import as_check
+        from backfill.sinks.protocol import Mode
+        from backfill.sources.sql_stage import SqlStage, target_name
+
+        warehouses = list(self.sql_options)
+        if resource is None:
+            if len(warehouses) != 1:
+                raise ConfigError(
+                    f"SQL stage {name!r}: name its warehouse with resource=... (declared: "
+                    f"{', '.join(warehouses) or 'none; declare one with job.warehouse'})"
+                )
+            resource = warehouses[0]
+        if resource not in self.sql_options:
+            raise ConfigError(
+                f"SQL stage {name!r}: resource {resource!r} is not a warehouse; declare it "
+                "with job.warehouse(NAME, URL, ...)"
+            )
+        table, declared_mode, declared_column = target_name(target)
+        chosen = mode if mode is not None else declared_mode or Mode.REPLACE_PARTITION
+        try:
+            chosen = Mode(chosen)
+        except ValueError:
+            raise ConfigError(
+                f"SQL stage {name!r}: mode {chosen!r} is not replace-partition or append"
+            ) from None
+        fn = SqlStage(
+            name,
+            sql,
+            table,
+            chosen,
+            partition_column or declared_column,
+            checks=[as_check(c) for c in checks],
+            params=dict(params or {}),
+            timeout=timeout,
+        )
+        self.stage(
+            name=name,
+            partitions=partitions,
+            concurrency=concurrency,
+            retry=retry,
+            resource=resource,
+            needs=needs,
+        )(fn.function())
+        return self.stages[name]
 
     def dependencies(self, stage: Stage) -> tuple[Dependency, ...]:
         """What the ledger must check before one of ``stage``'s partitions may be claimed."""

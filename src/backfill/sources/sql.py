@@ -149,9 +149,9 @@ def partition_params(partition: Partition) -> dict[str, Any]:
 
 _COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 _QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
-# A :name not preceded by a colon (PostgreSQL's ::cast) nor a word character (a time
-# like '10:30' is inside quotes, removed first).
-_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+# A :name as SQLAlchemy reads one: not after a colon, a word character or a backslash,
+# nor followed by a colon (``:day::date`` is no parameter; write ``CAST(:day AS DATE)``).
+_PARAM = re.compile(r"(?<![:\w\\]):([A-Za-z_]\w*)(?![:\w])")
 
 
 def query_params(sql: str) -> list[str]:
