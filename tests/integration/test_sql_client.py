@@ -36,9 +36,10 @@ def _duckdb(tmp_path: Path) -> str:
 
 
 def test_query_params_skip_casts_quotes_and_comments() -> None:
-    """Only real :names are parameters: not ::casts, quoted text or comments."""
+    """Only real :names are parameters, as SQLAlchemy reads them: not a name cast with ::
+    (write CAST(:a AS INT)), quoted text or comments."""
     sql = "SELECT :a::int, '10:30', \"x:y\" -- :c\n /* :d */ FROM t WHERE d = :day AND e = :a"
-    assert query_params(sql) == ["a", "day"]
+    assert query_params(sql) == ["day", "a"]
 
 
 def test_partition_params_bind_the_window_and_dimensions() -> None:
