@@ -94,7 +94,7 @@ class DuckDBConnection:
 
         self.description = description
         try:
-            self.raw = duckdb.connect(str(path))
+            self.raw = duckdb.connect(str(path), config=_shared_config())
         except duckdb.IOException as exc:
             # Another process holds the file's write lock.
             raise SinkError(f"cannot open {description}: {_line(exc)}") from exc
@@ -137,6 +137,24 @@ def _culprit(
             except (duckdb.Error, ValueError, TypeError, OverflowError) as exc:
                 return name, _line(exc)
     return None
+
+
+def _shared_config() -> dict[str, str]:
+    """The configuration ``ctx.sql``'s connections (duckdb-engine) open a file with: DuckDB
+    lets one process hold a file only under one configuration, so a SQL stage and this
+    sink can share a warehouse file."""
+    try:
+        import duckdb_engine
+        import sqlalchemy
+    except ImportError:
+        return {}
+    if not getattr(duckdb_engine, "supports_user_agent", False):
+        return {}
+    return {
+        "custom_user_agent": (
+            f"duckdb_engine/{duckdb_engine.__version__}(sqlalchemy/{sqlalchemy.__version__})"
+        )
+    }
 
 
 def _line(exc: BaseException) -> str:
