@@ -139,7 +139,7 @@ def _culprit(
     return None
 
 
-def _shared_config() -> dict[str, str]:
+def _shared_config() -> dict[str, str | bool | int | float | list[str]]:
     """The configuration ``ctx.sql``'s connections (duckdb-engine) open a file with: DuckDB
     lets one process hold a file only under one configuration, so a SQL stage and this
     sink can share a warehouse file."""
