@@ -236,6 +236,23 @@ class _Timeout(Exception):
     """The client's own clock ran out (the server's did not answer in time)."""
 
 
+class _Unreachable(Exception):
+    """No connection could be made (raised on a client thread, judged on the loop)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _Held:
+    """The connection a call runs on, once it has one (a cancel interrupts it)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self) -> None:
+        self.conn: Connection | None = None
+
+
 class SqlClient:
     """The ``sql`` client kind: one SQLAlchemy engine and its pool per warehouse and run.
 
@@ -266,7 +283,14 @@ class SqlClient:
         self._secrets = tuple(secrets)
         size = pool_size or (resource.concurrency if resource is not None else None) or 4
         self.pool_size = size
-        options: dict[str, Any] = {"pool_size": size, "max_overflow": 0, "pool_timeout": 3600}
+        # A connection is rolled back where it is given back (see _give_back): the pool
+        # need not do it again.
+        options: dict[str, Any] = {
+            "pool_size": size,
+            "max_overflow": 0,
+            "pool_timeout": 3600,
+            "pool_reset_on_return": None,
+        }
         if self.dialect == "postgresql":
             # Connecting to an unreachable server must not hang a slot for minutes.
             options["connect_args"] = {"connect_timeout": 10}
@@ -309,6 +333,9 @@ class SqlClient:
         values = _bind(sql, params or {}, where)
 
         def fetch(conn: Connection) -> tuple[list[dict[str, Any]], int]:
+            if self.dialect == "postgresql":
+                # One statement, nothing to commit: no BEGIN and ROLLBACK round trips.
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             rows = [dict(r._mapping) for r in conn.execute(_text(sql), values)]
             return rows, len(rows)
 
@@ -402,13 +429,30 @@ class SqlClient:
     async def _run(
         self, work: Callable[[Connection], tuple[T, int]], timeout: float | None, sql: str
     ) -> T:
+        """One query: a turn, then a connection, the statement and the connection's return
+        in one call on the client's threads (a query costs one hop, not three)."""
         limit = self._limit(timeout)
-        async with self._connection() as (conn, loop):
+        loop = asyncio.get_running_loop()
+        held = _Held()
+        async with self._turn():
             started = time.monotonic()
             self.stats.started()
             rows, outcome = 0, "error"
+
+            def call() -> tuple[T, int]:
+                conn = self._connect()
+                held.conn = conn
+                try:
+                    if limit is not None and self.dialect == "postgresql":
+                        left = limit - (time.monotonic() - started)
+                        _statement_timeout(conn, max(1, int(left * 1000)))
+                    return work(conn)
+                finally:
+                    _give_back(conn)
+
             try:
-                value, rows = await self._step(conn, loop, lambda: work(conn), limit, started)
+                future = loop.run_in_executor(self._threads, call)
+                value, rows = await self._wait(future, held, limit, started)
                 outcome = "ok"
                 return value
             except _Timeout:
@@ -440,40 +484,84 @@ class SqlClient:
         )
 
     @contextlib.asynccontextmanager
-    async def _connection(
-        self,
-    ) -> AsyncIterator[tuple[Connection, asyncio.AbstractEventLoop]]:
-        """A turn at the resource, then a pooled connection, both given back at the end
-        (the connection rolled back, or thrown away when it cannot be)."""
-        loop = asyncio.get_running_loop()
+    async def _turn(self) -> AsyncIterator[None]:
+        """A turn at the resource and a place in the pool (a thread waiting for a
+        connection would hold a thread the connections' return needs)."""
         turn = self.resource.turn() if self.resource is not None else contextlib.nullcontext()
         if self._connections is None:
             self._connections = asyncio.Semaphore(self.pool_size)
         async with turn, self._connections:
-            conn = await self._checkout(loop)
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _connection(
+        self,
+    ) -> AsyncIterator[tuple[Connection, asyncio.AbstractEventLoop]]:
+        """A turn, then a pooled connection held across several calls (a stream), given
+        back at the end (rolled back, or thrown away when it cannot be)."""
+        loop = asyncio.get_running_loop()
+        async with self._turn():
+            try:
+                conn = await loop.run_in_executor(self._threads, self._connect)
+            except _Unreachable as exc:
+                raise self._unreachable(exc.cause) from None
             try:
                 yield conn, loop
             finally:
                 await loop.run_in_executor(self._threads, _give_back, conn)
 
-    async def _checkout(self, loop: asyncio.AbstractEventLoop) -> Connection:
+    def _connect(self) -> Connection:
+        """A pooled connection (on a client thread); _Unreachable when none can be made."""
         from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
         try:
-            conn = await loop.run_in_executor(self._threads, self.engine.connect)
+            conn = self.engine.connect()
         except (DBAPIError, SQLAlchemyError, OSError) as exc:
-            message = self._masker.mask(_first_line(exc))
-            if not self._reached:
-                # Never reached in this run: the URL, the server or the credentials.
-                raise FatalError(
-                    f"cannot reach warehouse {self.name!r} at {self.description}: {message}",
-                    category="warehouse",
-                ) from None
-            raise TransientError(
-                f"warehouse {self.name!r} dropped the connection: {message}", category="network"
-            ) from None
+            raise _Unreachable(exc) from None
         self._reached = True
         return conn
+
+    def _unreachable(self, exc: BaseException) -> StageError:
+        message = self._masker.mask(_first_line(exc))
+        if not self._reached:
+            # Never reached in this run: the URL, the server or the credentials.
+            return FatalError(
+                f"cannot reach warehouse {self.name!r} at {self.description}: {message}",
+                category="warehouse",
+            )
+        return TransientError(
+            f"warehouse {self.name!r} dropped the connection: {message}", category="network"
+        )
+
+    async def _wait(
+        self,
+        future: asyncio.Future[T],
+        held: _Held,
+        limit: float | None,
+        started: float,
+    ) -> T:
+        """The call's result within what is left of ``limit``; a call past it, or whose
+        caller is cancelled (the stage's own timeout, the run stopping), is cancelled on
+        the server first."""
+        try:
+            if limit is None:
+                return await asyncio.shield(future)
+            left = limit - (time.monotonic() - started)
+            margin = _CLIENT_MARGIN if self.dialect == "postgresql" else 0.0
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), max(0.0, left) + margin)
+            except TimeoutError:
+                await self._cancel(held, future)
+                raise _Timeout from None
+        except asyncio.CancelledError:
+            await self._cancel(held, future)
+            raise
+        except _Unreachable as exc:
+            raise self._unreachable(exc.cause) from None
+        except (StageError, _Timeout):
+            raise
+        except Exception as exc:
+            raise self._classify(exc, limit, time.monotonic() - started) from None
 
     async def _step(
         self,
@@ -483,36 +571,21 @@ class SqlClient:
         limit: float | None,
         started: float,
     ) -> T:
-        """One blocking call on the connection's thread, bounded by what is left of
-        ``limit``; a call past it, or whose caller is cancelled (the stage's own timeout,
-        the run stopping), is cancelled on the server first."""
+        """One blocking call on a held connection (a stream's next batch), bounded by
+        what is left of ``limit``."""
         if limit is not None and self.dialect == "postgresql":
             left_ms = max(1, int((limit - (time.monotonic() - started)) * 1000))
             await loop.run_in_executor(self._threads, _statement_timeout, conn, left_ms)
-        future = loop.run_in_executor(self._threads, call)
-        try:
-            if limit is None:
-                return await asyncio.shield(future)
-            left = limit - (time.monotonic() - started)
-            margin = _CLIENT_MARGIN if self.dialect == "postgresql" else 0.0
-            try:
-                return await asyncio.wait_for(asyncio.shield(future), max(0.0, left) + margin)
-            except TimeoutError:
-                await self._cancel(conn, future)
-                raise _Timeout from None
-        except asyncio.CancelledError:
-            await self._cancel(conn, future)
-            raise
-        except (StageError, _Timeout):
-            raise
-        except Exception as exc:
-            raise self._classify(exc, limit, time.monotonic() - started) from None
+        held = _Held()
+        held.conn = conn
+        return await self._wait(loop.run_in_executor(self._threads, call), held, limit, started)
 
-    async def _cancel(self, conn: Connection, future: asyncio.Future[Any]) -> None:
+    async def _cancel(self, held: _Held, future: asyncio.Future[Any]) -> None:
         """Stop the running call on the server and wait (bounded) for its thread."""
         if future.done():
             return
-        _interrupt(conn)
+        if held.conn is not None:
+            _interrupt(held.conn)
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(asyncio.shield(future), CANCEL_GRACE)
         if not future.done():
@@ -521,8 +594,9 @@ class SqlClient:
                 self.name,
                 CANCEL_GRACE,
             )
-            with contextlib.suppress(Exception):
-                conn.invalidate()
+            if held.conn is not None:
+                with contextlib.suppress(Exception):
+                    held.conn.invalidate()
 
     def _timed_out(self, limit: float | None, seconds: float) -> PermanentError:
         return PermanentError(
