@@ -4,6 +4,7 @@ the resource's concurrency, timeouts cancelled on the server, errors in one line
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from datetime import date
@@ -270,3 +271,32 @@ def test_stage_timeout_failed_partition_does_not_hold_the_next(tmp_path: Path) -
     assert failed == {"2024-01-02", "2024-01-04"}
     assert all(entries[k].error_category == "timeout" for k in failed)
     assert sum(e.status is Status.DONE for e in entries.values()) == 4
+
+
+def test_postgres_stream_in_batches_under_a_timeout() -> None:
+    """A PostgreSQL stream under a timeout reads every batch (its server-side cursor stays
+    open), and the stage's own timeout cancelling a query stops it on the server."""
+    with fresh_schema() as url:
+        client = SqlClient(url, pool_size=2, timeout=30)
+
+        async def go() -> tuple[list[int], str]:
+            sizes = [
+                len(batch)
+                async for batch in client.stream(
+                    "SELECT g FROM generate_series(1, 25) AS g", batch=10
+                )
+            ]
+            task = asyncio.create_task(client.records("SELECT pg_sleep(30) -- t2"))
+            await asyncio.sleep(0.5)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.3)
+            ok = await client.records("SELECT 'fine' AS x")
+            await client.aclose()
+            return sizes, str(ok[0]["x"])
+
+        sizes, ok = asyncio.run(go())
+        assert sizes == [10, 10, 5]
+        assert ok == "fine"
+        assert _active(url, "pg_sleep(30) -- t2") == 0

@@ -401,6 +401,10 @@ class SqlClient:
             self.stats.started()
             rows = 0
             outcome = "error"
+            if limit is not None and self.dialect == "postgresql":
+                # Set once, before the cursor opens (a commit later would close it).
+                ms = max(1, int(limit * 1000))
+                await loop.run_in_executor(self._threads, _statement_timeout, conn, ms)
             try:
                 result = await self._step(
                     conn,
@@ -573,9 +577,6 @@ class SqlClient:
     ) -> T:
         """One blocking call on a held connection (a stream's next batch), bounded by
         what is left of ``limit``."""
-        if limit is not None and self.dialect == "postgresql":
-            left_ms = max(1, int((limit - (time.monotonic() - started)) * 1000))
-            await loop.run_in_executor(self._threads, _statement_timeout, conn, left_ms)
         held = _Held()
         held.conn = conn
         return await self._wait(loop.run_in_executor(self._threads, call), held, limit, started)
@@ -643,6 +644,9 @@ def _text(sql: str) -> Any:
 def _statement_timeout(conn: Connection, ms: int) -> None:
     """The server's own limit for the next statement (PostgreSQL)."""
     conn.exec_driver_sql(f"SET statement_timeout = {int(ms)}")
+    # A session setting: it holds after this commit, which leaves no transaction open
+    # (a read then runs in autocommit).
+    conn.commit()
 
 
 def _interrupt(conn: Connection) -> None:
