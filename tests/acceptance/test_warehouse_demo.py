@@ -74,8 +74,8 @@ def _env(url: str, **extra: str) -> dict[str, str]:
         "WAREHOUSE_FROM": FIRST,
         "WAREHOUSE_TO": LAST,
         "WAREHOUSE_SLOW_DAYS": SLOW,
-        "WAREHOUSE_SLOW_SECONDS": "3",
-        "WAREHOUSE_TIMEOUT": "1.5",
+        "WAREHOUSE_SLOW_SECONDS": "6",
+        "WAREHOUSE_TIMEOUT": "4",
         **extra,
     }
 
