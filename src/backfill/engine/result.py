@@ -72,7 +72,7 @@ class RunResult:
     message: str | None = None
     executed: int = 0
     stage_stats: dict[str, dict[str, float]] = field(default_factory=dict)
-    # Per warehouse (ctx.sql): queries, rows, seconds, bytes, timeouts, errors, most at once.
+    # Per warehouse (ctx.sql): queries, rows, seconds, timeouts, errors, most at once.
     warehouses: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def summary(self, stats: Mapping[str, Any]) -> dict[str, Any]:

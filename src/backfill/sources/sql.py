@@ -195,7 +195,6 @@ class QueryStats:
     queries: int = 0
     rows: int = 0
     seconds: float = 0.0
-    bytes: int = 0
     timeouts: int = 0
     errors: int = 0
     # Queries running now (the highest seen at once, for the concurrency's proof).
@@ -208,13 +207,12 @@ class QueryStats:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
 
-    def finished(self, rows: int, seconds: float, nbytes: int | None, outcome: str) -> None:
+    def finished(self, rows: int, seconds: float, outcome: str) -> None:
         with self._lock:
             self.running -= 1
             self.queries += 1
             self.rows += rows
             self.seconds += seconds
-            self.bytes += nbytes or 0
             if outcome == "timeout":
                 self.timeouts += 1
             elif outcome != "ok":
@@ -225,7 +223,6 @@ class QueryStats:
             "queries": self.queries,
             "rows": self.rows,
             "seconds": round(self.seconds, 3),
-            "bytes": self.bytes,
             "timeouts": self.timeouts,
             "errors": self.errors,
             "most_at_once": self.most_at_once,
@@ -477,7 +474,7 @@ class SqlClient:
 
     def _finished(self, rows: int, started: float, outcome: str, sql: str) -> None:
         seconds = time.monotonic() - started
-        self.stats.finished(rows, seconds, None, outcome)
+        self.stats.finished(rows, seconds, outcome)
         log.debug(
             "query on %s: %s, %d rows in %.3f s",
             self.name,
