@@ -7,7 +7,7 @@ import importlib
 
 from backfill.errors import ConfigError
 
-__all__ = ["require_postgres"]
+__all__ = ["require_apprise", "require_postgres"]
 
 
 def require_postgres(what: str) -> None:
@@ -21,3 +21,14 @@ def require_postgres(what: str) -> None:
                 f"{what} needs PostgreSQL support, which is not installed: "
                 "pip install 'backfill[postgres]'"
             ) from exc
+
+
+def require_apprise(what: str) -> None:
+    """Raise :class:`ConfigError` when Apprise is not installed, for ``what``
+    ("notifications")."""
+    try:
+        importlib.import_module("apprise")
+    except ImportError as exc:
+        raise ConfigError(
+            f"{what} need Apprise, which is not installed: pip install 'backfill[notify]'"
+        ) from exc

@@ -43,6 +43,7 @@ __all__ = [
     "Secret",
     "is_secret_name",
     "mask_url",
+    "notify_url_secrets",
     "redact",
     "secret_values",
     "url_secrets",
@@ -254,6 +255,31 @@ def url_secrets(url: str | None, where: str) -> tuple[Secret, ...]:
         Secret(f"{where}.password" + (f".{i}" if i else ""), value)
         for i, value in enumerate(unique)
     )
+
+
+def notify_url_secrets(url: str, where: str) -> tuple[Secret, ...]:
+    """The secrets of a notification URL (``slack://TokenA/TokenB/TokenC``,
+    ``mailto://user:password@host``, ``json://host/path?token=...``): the whole URL, its
+    user and password, a host that is no host name (a token in the host's place), each
+    path segment of 8 characters or more, and each query value named secret or of 16
+    characters or more."""
+    if not url:
+        return ()
+    found = [url]
+    try:
+        parts = urlsplit(url)
+        userinfo, _, host = parts.netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        found += [user, password, unquote(password)]
+        hostname = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        if hostname and "." not in hostname and hostname.lower() != "localhost":
+            found.append(hostname)
+        found += [seg for seg in parts.path.split("/") if len(seg) >= 8]
+        found += [v for k, v in parse_qsl(parts.query) if is_secret_name(k) or len(v) >= 16]
+    except ValueError:
+        pass
+    unique = dict.fromkeys(v for v in found if len(v) >= MIN_LENGTH)
+    return tuple(Secret(f"{where}.{i}", value) for i, value in enumerate(unique))
 
 
 # -- checkpoints -------------------------------------------------------------------------

@@ -947,13 +947,15 @@ async def fetch(ctx, partition):
 EXPECTED_ROWS = sum(range(1, 32)) * 2 + sum(range(1, 29))  # Jan + Mar + Feb
 
 
-def _spawn(tmp_path: Path, dest: Destination, mode: str) -> subprocess.Popen[str]:
+def _spawn(
+    tmp_path: Path, dest: Destination, mode: str, command: str = "run"
+) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKFILL_")}
     env.update(
         SINK_MODE=mode, SINK_URL=dest.url, SINK_TABLE=dest.prefix + "t", PYTHONUNBUFFERED="1"
     )
     return subprocess.Popen(
-        [sys.executable, "-m", "backfill.cli", "run", "job.py", "--state", "state.db"],
+        [sys.executable, "-m", "backfill.cli", command, "job.py", "--state", "state.db"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -1000,12 +1002,13 @@ def test_sigkill_at_random_points_then_resume_leaves_exact_rows(
 def test_two_concurrent_runs_of_one_job_write_each_row_once(
     dest: Destination, tmp_path: Path, mode: str
 ) -> None:
-    """Two processes on the same state and destination split the work: exact rows (the
-    one that ends while the other still holds partitions exits 1, the other 0)."""
+    """Two workers on the same state and destination split the work: exact rows (the
+    one that ends while the other still holds partitions exits 1, the other 0). Two
+    `run`s would not: the second stops at once with exit 75 (see test_keep_current)."""
     if dest.kind == "duckdb":
         pytest.skip("a DuckDB file takes one writing process at a time (documented)")
     (tmp_path / "job.py").write_text(textwrap.dedent(JOB_FILE))
-    procs = [_spawn(tmp_path, dest, mode) for _ in range(2)]
+    procs = [_spawn(tmp_path, dest, mode, "worker") for _ in range(2)]
     codes = []
     for proc in procs:
         _, err = proc.communicate(timeout=120)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import threading
 import time
 from datetime import date
@@ -50,6 +51,8 @@ def test_partition_params_bind_the_window_and_dimensions() -> None:
     assert params["start"] == date(2024, 1, 2)
     assert params["end"] == date(2024, 1, 3)
     assert params["tour"] == "atp"
+    assert params["begins"] == dt.datetime(2024, 1, 2, tzinfo=dt.UTC)
+    assert params["ends"] == dt.datetime(2024, 1, 3, tzinfo=dt.UTC)
 
 
 def test_duckdb_records_and_stream_with_bound_partition(tmp_path: Path) -> None:

@@ -136,6 +136,24 @@ def test_adaptive_mode_reaches_90_percent_of_a_hidden_limit_within_5_seconds() -
     assert served.accepted_between(30.0, 60.0) >= 0.9 * 100.0 * 30.0
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_adaptive_mode_started_at_a_strict_sources_own_rate_keeps_near_it(seed: int) -> None:
+    """Started at 5/s in front of a 5/s source with a bucket of one, the first requests'
+    jitter draws a 429 at once: the resource steps 10 % down (not by half) and searches up
+    towards the rate that drew it without crossing it, so a job of a few dozen seconds
+    gets at least 88 % of the limit through (the jitter's own margin and three 1 s pauses
+    take the rest; halving, as before, gave 81 %), with fewer than 2 % of requests
+    refused."""
+    clock = FakeClock()
+    resource = Resource("api", adaptive=True, start_rate=5, concurrency=16, clock=clock)
+    served = serve(
+        resource, clock, limit=5.0, bucket=1, seconds=40.0, workers=16, jitter=0.005, seed=seed
+    )
+    assert served.accepted_between(0.0, 40.0) >= 0.88 * 5.0 * 40.0
+    assert served.refused_share < 0.02
+    assert 4.5 <= resource.rate <= 5.0
+
+
 def test_a_rate_that_grows_applies_at_once_to_requests_already_waiting() -> None:
     """Five requests wait behind a rate of 1/s when the source announces 100/s: they all
     start within a tenth of a second, not one a second as they would have been booked."""

@@ -281,3 +281,51 @@ def test_one_process_keeps_its_rate_between_the_instants_requests_reach_the_wire
     assert len(times) == 4
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.2 - 0.01, gaps
+
+
+def test_readable_tells_an_idle_socket_from_one_its_peer_closed() -> None:
+    import socket
+
+    left, right = socket.socketpair()
+    try:
+        assert wire._readable(left) is False  # open, nothing to read
+        right.close()
+        assert wire._readable(left) is True  # the peer hung up: b"" waits to be read
+    finally:
+        left.close()
+    assert wire._readable(left) is True  # closed: httpcore drops it
+    assert wire._readable(None) is True
+
+
+def test_a_keep_alive_connection_the_server_closed_is_not_reused() -> None:
+    """The pool asks each idle connection whether it is readable before reusing it; the
+    stream answers from the socket it looked up once."""
+    connections: list[int] = []
+
+    async def main() -> list[int]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(1)
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b'content-length: 11\r\n\r\n{"ok":true}'
+            )
+            await writer.drain()
+            writer.close()  # no "Connection: close": the client believes it may reuse it
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = HttpClient(timeout=5.0, retries=0)
+        try:
+            statuses = []
+            for _ in range(3):
+                await asyncio.sleep(0.05)  # the close reaches the client's socket
+                statuses.append((await client.get_json(f"http://127.0.0.1:{port}/x"))["ok"])
+            assert statuses == [True, True, True]
+        finally:
+            await client.aclose()
+            server.close()
+            await server.wait_closed()
+        return connections
+
+    assert len(asyncio.run(main())) == 3

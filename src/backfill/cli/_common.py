@@ -19,10 +19,11 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
-from backfill import __version__
+from backfill import __version__, keepcurrent
 from backfill.engine import entry
 from backfill.engine.entry import default_log_dir, log_path
 from backfill.errors import BackfillError, ConfigError
+from backfill.events import Subscriber
 from backfill.job import Job, Stage, load_job
 from backfill.ledger import (
     Ledger,
@@ -129,6 +130,21 @@ FromOpt = Annotated[
     str | None, typer.Option("--from", help="First day of the selection (YYYY-MM-DD).")
 ]
 ToOpt = Annotated[str | None, typer.Option("--to", help="Last day of the selection (YYYY-MM-DD).")]
+ThroughOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--through",
+        help="Keep current: move the partitions' end to this day (yesterday, today or "
+        "YYYY-MM-DD, in the job's time zone) and plan the new ones.",
+    ),
+]
+NotifyOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--notify",
+        help="An Apprise URL told how the run ended (repeatable; adds to the job's notify=).",
+    ),
+]
 PartitionOpt = Annotated[
     list[str] | None,
     typer.Option("--partition", "-p", help="Only this partition key (repeatable)."),
@@ -230,6 +246,19 @@ def load_selection(
     return job, stages, selection
 
 
+def keep_current(
+    job: Job, stages: list[Stage], through: str | None, notify: list[str] | None
+) -> tuple[Job, list[Stage]]:
+    """The job moved on to ``--through`` (its stages too) and told of the ``--notify``
+    URLs, whose tokens become secrets of the job."""
+    if through is not None:
+        job = keepcurrent.through(job, through)
+        stages = [job.stages[s.name] for s in stages]
+    if notify:
+        job.notify = (*job.notify, *notify)
+    return job, stages
+
+
 def open_to_read(state: str) -> Ledger:
     """The state, read-only; where nothing has run yet (said on stderr) an empty ledger
     stands in, so the report shows everything missing."""
@@ -279,12 +308,20 @@ def execute(
     progress: str = "auto",
     log_dir: Path | None = None,
     verbose: int = 0,
+    subscribers: Sequence[Subscriber] = (),
 ) -> RunResult:
     """Run ``job`` as ``backfill.engine.entry.execute`` does (progress on the command's
     console, a log file, signal handling); its refusals end the command with exit 2."""
     try:
         return entry.execute(
-            job, ledger, options, progress=progress, log_dir=log_dir, verbose=verbose, console=out
+            job,
+            ledger,
+            options,
+            progress=progress,
+            log_dir=log_dir,
+            verbose=verbose,
+            console=out,
+            subscribers=subscribers,
         )
     except ConfigError as exc:
         raise fail(str(exc)) from None

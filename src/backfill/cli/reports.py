@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from backfill import coverage
+from backfill import coverage, keepcurrent
 from backfill.cli._common import (
     Command,
     FromOpt,
@@ -24,17 +24,20 @@ from backfill.cli._common import (
     StageOpt,
     StartFromOpt,
     StateOpt,
+    ThroughOpt,
     ToOpt,
     WhereOpt,
     app,
     fail,
     handle_errors,
+    keep_current,
     load_selection,
     open_to_read,
     out,
     shown,
 )
 from backfill.estimate import estimate
+from backfill.freshness import freshness
 from backfill.job import Job
 from backfill.ledger import (
     DEFAULT_STATE_URL,
@@ -63,19 +66,26 @@ def plan(
     end: ToOpt = None,
     partition: PartitionOpt = None,
     where: WhereOpt = None,
+    through: ThroughOpt = None,
 ) -> None:
     """Dry run: how many partitions per stage a run would execute. Nothing runs or changes.
+
+    With --through (a keep-current run) it also says which finished partitions the
+    stages' refresh_last= would redo.
 
     [bold]Examples[/]
 
       backfill plan jobs/results.py
       backfill plan jobs/results.py --from 2021-01-01 --where tour=atp,wta
+      backfill plan jobs/results.py --through yesterday
     """
     job, stages, selection = load_selection(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
+    job, stages = keep_current(job, stages, through, None)
     ledger = open_to_read(state)
     try:
+        refresh = keepcurrent.to_refresh(job, ledger, stages) if selection is None else None
         rows = stage_counts(job, ledger, stages, selection)
         history = {s.name: ledger.request_stats(job.name, s.name) for s in stages}
         spent = _quota_use(ledger, job)
@@ -100,6 +110,13 @@ def plan(
             f"{c.running:,}",
         )
     out.print(table)
+    if through is not None:
+        ends = sorted({s.partitions.end for s in stages if not s.reference})
+        out.print(shown(f"keep current: through {', '.join(str(e) for e in ends)}"))
+    if refresh is not None:
+        for redo in refresh.stages:
+            out.print(shown(f"refresh: {redo.describe()}"), soft_wrap=True)
+        total_to_run += refresh.count
     scope = selection.describe() if selection else "everything"
     out.print(
         shown(
@@ -178,6 +195,7 @@ def status(
     ledger = open_to_read(state)
     try:
         report = build_report(job, ledger, stages, selection, runs=1)
+        fresh = freshness(job, ledger, stages)
         groups = [_masked_group(g, masker) for g in report.failures]
         failed_entries = {
             s.name: [
@@ -224,6 +242,8 @@ def status(
             format_duration(r.eta),
         )
     out.print(table)
+    if fresh:
+        out.print(shown("freshness: " + " · ".join(f.describe() for f in fresh)), soft_wrap=True)
     for r in report.stages:
         if r.stalled:
             out.print(shown(f"{r.name}: {r.stalled}"), style="bold yellow")
@@ -367,6 +387,7 @@ def coverage_command(
         bool,
         typer.Option("--fail-on-gaps", help="Exit 1 when anything is missing, failed or stale."),
     ] = False,
+    through: ThroughOpt = None,
 ) -> None:
     """Which partitions are done, empty, thin, failed, stale, running or missing.
 
@@ -379,6 +400,7 @@ def coverage_command(
       backfill coverage jobs/results.py --gaps --where tour=atp
       backfill coverage jobs/results.py --format json > coverage.json
       backfill coverage jobs/results.py --format html -o coverage.html
+      backfill coverage jobs/results.py --fail-on-gaps --through yesterday  (a check)
     """
     if by not in ("auto", "day", "month", "year"):
         raise fail(f"unknown --by {by!r}; use day, month, year or auto")
@@ -387,6 +409,7 @@ def coverage_command(
     job, stages, selection = load_selection(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
+    job, stages = keep_current(job, stages, through, None)
     ledger = open_to_read(state)
     try:
         report = coverage.collect(job, ledger, stages, selection, thin=thin)

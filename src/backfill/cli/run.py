@@ -15,11 +15,13 @@ from backfill.cli._common import (
     JobArg,
     LogDirOpt,
     LogFormatOpt,
+    NotifyOpt,
     PartitionOpt,
     SkipOpt,
     StageOpt,
     StartFromOpt,
     StateOpt,
+    ThroughOpt,
     ToOpt,
     VerboseOpt,
     WhereOpt,
@@ -28,16 +30,19 @@ from backfill.cli._common import (
     configure_cli_logging,
     fail,
     handle_errors,
+    keep_current,
     load_selection,
     out,
     run_and_exit,
 )
+from backfill.cli.current import run_current
 from backfill.engine.entry import is_shared
 from backfill.job import Job, Stage
 from backfill.ledger import (
     DEFAULT_STATE_URL,
     open_ledger,
 )
+from backfill.notify import DEFAULT_MIN_INTERVAL, DEFAULT_TIMEOUT
 from backfill.partitions import Selection, parse_order
 from backfill.runner import ExitCode, RunOptions
 
@@ -75,6 +80,24 @@ def run(
             "partitions (failed ones are retried).",
         ),
     ] = False,
+    through: ThroughOpt = None,
+    notify: NotifyOpt = None,
+    notify_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="Seconds the notifications may take at the end before the run's result "
+            "is given anyway.",
+        ),
+    ] = DEFAULT_TIMEOUT,
+    notify_interval: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds between two notifications of one kind, across runs (a flapping "
+            "source sends one, not one per run).",
+        ),
+    ] = DEFAULT_MIN_INTERVAL,
     verbose: VerboseOpt = 0,
     log_format: LogFormatOpt = "console",
     log_dir: LogDirOpt = None,
@@ -93,12 +116,17 @@ def run(
       backfill run jobs/results.py -v --log-format json 2> run.jsonl
       backfill run jobs/results.py --start-from summary
       backfill run jobs/results.py --missing-only
+      backfill run jobs/results.py --through yesterday --notify ntfy://backfill-alerts
+
+    A second run of a job while one is live on the same SQLite state exits 75 at once
+    and names the run holding it; on PostgreSQL it joins that run as a worker.
     """
     configure_cli_logging(verbose, log_format)
     check_run_options(progress, log_dir, state)
     job, stages, selection = load_selection(
         job_path, stage, start, end, partition, where, start_from=start_from, skip=skip
     )
+    job, stages = keep_current(job, stages, through, notify)
     configure_cli_logging(verbose, log_format, job.masker(state))
     if missing_only:
         selection = _gaps_to_fill(job, stages, selection, state)
@@ -112,7 +140,19 @@ def run(
         argv=tuple(sys.argv[1:]),
         wait_for_leases=is_shared(state),
     )
-    run_and_exit(job, state, options, progress=progress, log_dir=log_dir, verbose=verbose)
+    run_current(
+        job,
+        stages,
+        selection,
+        state,
+        options,
+        through=through,
+        notify_timeout=notify_timeout,
+        notify_interval=notify_interval,
+        progress=progress,
+        log_dir=log_dir,
+        verbose=verbose,
+    )
 
 
 def _gaps_to_fill(

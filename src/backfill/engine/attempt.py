@@ -155,7 +155,7 @@ class Attempt:
         self.env = env
         self.stage = stage
         self.claim = claim
-        self.partition = claim.partition(stage.partitions.grain)
+        self.partition = claim.partition(stage.partitions.grain, stage.partitions.tz)
         self._release = release
         self._fenced = fenced
         self.number = 0

@@ -27,7 +27,7 @@ from rich.console import Console
 from backfill.engine.result import RunOptions, RunResult
 from backfill.engine.run import Runner
 from backfill.errors import ConfigError, disk_full_message, is_disk_full
-from backfill.events import EventBus
+from backfill.events import EventBus, Subscriber
 from backfill.job import Job
 from backfill.ledger import DEFAULT_STATE_URL, Ledger, open_ledger
 from backfill.logs import EventLog, log_file_handler
@@ -98,13 +98,17 @@ def execute(
     log_dir: Path | None = None,
     verbose: int = 0,
     console: Console | None = None,
+    subscribers: Sequence[Subscriber] = (),
 ) -> RunResult:
     """Run ``job`` with a progress display (``live`` on ``console``), a per-run JSON log
     file (in ``log_dir``, by default beside the state) and signal handling; return the
-    result. A bad option or an unwritable log file is a ConfigError, before any run."""
+    result. A bad option or an unwritable log file is a ConfigError, before any run.
+    ``subscribers`` hear the run's events too (a notifier)."""
     log_dir = log_dir or default_log_dir(ledger.url)
     bus = EventBus()
     bus.subscribe(EventLog())
+    for subscriber in subscribers:
+        bus.subscribe(subscriber)
     check_run_options(progress, log_dir, ledger.url)
     mode = progress
     console = console or Console(emoji=False)

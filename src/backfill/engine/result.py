@@ -22,6 +22,8 @@ class ExitCode:
     OK = 0
     FAILED = 1
     USAGE = 2
+    # Another run of the job is live on the same SQLite state: nothing was done.
+    BUSY = 75
     INTERRUPTED = 130
 
 

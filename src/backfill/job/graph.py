@@ -13,7 +13,14 @@ from backfill.partitions import Grain
 __all__ = ["dependencies", "downstream", "select_stages", "upstream"]
 
 # Longest window of each grain minus one day: how far before a day a window may start.
-_SPAN_DAYS = {Grain.DAY: 0, Grain.WEEK: 6, Grain.MONTH: 30, Grain.YEAR: 365, Grain.ALL: 0}
+_SPAN_DAYS = {
+    Grain.HOUR: 0,
+    Grain.DAY: 0,
+    Grain.WEEK: 6,
+    Grain.MONTH: 30,
+    Grain.YEAR: 365,
+    Grain.ALL: 0,
+}
 
 
 def dependencies(stages: Mapping[str, Stage], stage: Stage) -> tuple[Dependency, ...]:

@@ -15,13 +15,14 @@ from backfill.job.resources import declared_secrets, http_options
 from backfill.job.stages import NAME, Needs, Stage, StageFunction, build_stage, sinks_of
 from backfill.ledger import DEFAULT_STATE_URL, Dependency
 from backfill.partitions import PartitionSpec
+from backfill.partitions.zones import zone
 from backfill.ratelimit import DEFAULT_MAX_WAIT, Limit, Resource
 from backfill.retry import RetryPolicy
-from backfill.secrets import Masker, Secret, url_secrets
+from backfill.secrets import Masker, Secret, notify_url_secrets, url_secrets
 from backfill.sources import DEFAULT_MAX_BODY, CrossOrigin
 
 if TYPE_CHECKING:
-    from datetime import date
+    from datetime import date, timedelta
 
     from backfill.engine.result import RunResult
     from backfill.sinks import Mode, Sink
@@ -41,7 +42,13 @@ class Job:
         description: str = "",
         lease_seconds: float = 60.0,
         http_timeout: float = 30.0,
+        tz: str | None = None,
+        notify: Sequence[str] = (),
     ) -> None:
+        """``tz`` (an IANA name) is the zone of the job's days where a partition spec
+        names none: ``today``/``yesterday``, keep-current runs and freshness follow it.
+        ``notify`` lists Apprise URLs told when a run ends, fails or needs a person
+        (see :mod:`backfill.notify`); their secrets are masked everywhere."""
         if not NAME.match(name):
             raise ConfigError(
                 f"job name {name!r} must start with a letter and use only letters, digits, _ . -"
@@ -49,7 +56,11 @@ class Job:
         if lease_seconds <= 0:
             raise ConfigError("lease_seconds must be positive")
         self.name = name
-        self.partitions = partitions
+        if tz is not None:
+            zone(tz)
+        self.tz = tz
+        self.partitions = partitions.in_zone(tz) if partitions is not None else None
+        self.notify = tuple(notify)
         self.sink = sinks_of(sink, f"job {name!r}")
         self.description = description
         self.lease_seconds = lease_seconds
@@ -191,8 +202,13 @@ class Job:
     def declared_secrets(self) -> tuple[Secret, ...]:
         """Every secret of the job, named by where it is declared: each header and param
         value of each resource (whatever its name), its ``secrets``, and the passwords in
-        the URLs of its tables."""
-        return declared_secrets(self.http_options, self.stages.values())
+        the URLs of its tables, and the notification URLs' tokens."""
+        notify = (
+            secret
+            for i, url in enumerate(self.notify)
+            for secret in notify_url_secrets(url, f"notify.{i}")
+        )
+        return (*declared_secrets(self.http_options, self.stages.values()), *notify)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -263,6 +279,7 @@ class Job:
         reference: bool = False,
         executor: str = "thread",
         checks: Sequence[Check | CheckFunction] = (),
+        refresh_last: int | str | timedelta | None = None,
     ) -> Callable[[StageFunction], StageFunction]: ...
 
     def stage(
@@ -282,6 +299,7 @@ class Job:
         reference: bool = False,
         executor: str = "thread",
         checks: Sequence[Check | CheckFunction] = (),
+        refresh_last: int | str | timedelta | None = None,
     ) -> StageFunction | Callable[[StageFunction], StageFunction]:
         """Declare a stage. Usable bare (``@job.stage``) or with options.
 
@@ -295,7 +313,9 @@ class Job:
         before a partition runs; ``reference=True`` makes an unpartitioned stage ("masters":
         one partition, ``all``). ``executor="process"`` runs a CPU-bound ``def`` stage in a
         process pool. ``checks`` run on each partition's records before they are written
-        (see :mod:`backfill.checks`).
+        (see :mod:`backfill.checks`). ``refresh_last`` (days, or a duration such as
+        ``"36h"``) makes every keep-current run redo the newest finished partitions in
+        that window, replacing their rows (late corrections at the source).
         """
 
         def register(func: StageFunction) -> StageFunction:
@@ -305,7 +325,7 @@ class Job:
                 declared=self.stages,
                 resources=self.resources,
                 name=name,
-                partitions=partitions,
+                partitions=partitions.in_zone(self.tz) if partitions is not None else None,
                 job_partitions=self.partitions,
                 concurrency=concurrency,
                 timeout=timeout,
@@ -318,6 +338,7 @@ class Job:
                 reference=reference,
                 executor=executor,
                 checks=checks,
+                refresh_last=refresh_last,
             )
             self.stages[stage.name] = stage
             return func

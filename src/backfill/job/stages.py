@@ -7,11 +7,13 @@ import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from backfill.checks import Check, CheckFunction, as_check
 from backfill.errors import ConfigError
 from backfill.partitions import Grain, PartitionSpec, ReferenceSpec
+from backfill.partitions.refresh import RefreshWindow, parse_refresh
 from backfill.ratelimit import Resource
 from backfill.retry import RetryPolicy
 
@@ -68,6 +70,8 @@ class Stage:
     needs: tuple[Needs, ...] = ()
     executor: str = "thread"
     checks: tuple[Check, ...] = ()
+    # Finished partitions a keep-current run redoes every run (the newest ones).
+    refresh_last: RefreshWindow | None = None
 
     @property
     def reference(self) -> bool:
@@ -111,6 +115,7 @@ def build_stage(
     reference: bool,
     executor: str,
     checks: Sequence[Check | CheckFunction],
+    refresh_last: int | str | timedelta | None = None,
 ) -> Stage:
     """The stage ``func`` declares in job ``job``, whose stages so far are ``declared``:
     its options checked, its ``partitions`` and ``sink`` its own or else the job's."""
@@ -152,6 +157,15 @@ def build_stage(
             "make it a def, or drop executor="
         )
     deps = _resolve_needs(stage_name, spec, needs, declared)
+    stage_sink = sinks_of(sink, f"stage {stage_name!r}") if sink is not None else job_sink
+    if spec.grain is Grain.HOUR:
+        _check_hourly_sinks(stage_name, stage_sink)
+    refresh = parse_refresh(refresh_last, what=f"stage {stage_name!r}")
+    if refresh is not None and reference:
+        raise ConfigError(
+            f"stage {stage_name!r}: a reference stage has no newest partitions to refresh; "
+            "drop refresh_last="
+        )
     return Stage(
         name=stage_name,
         fn=func,
@@ -159,14 +173,35 @@ def build_stage(
         concurrency=concurrency,
         timeout=timeout,
         retry=retry or RetryPolicy(),
-        sink=sinks_of(sink, f"stage {stage_name!r}") if sink is not None else job_sink,
+        sink=stage_sink,
         description=(inspect.getdoc(func) or "").split("\n")[0],
         resource=resource_name,
         requests_per_partition=requests_per_partition,
         needs=deps,
         executor=executor,
         checks=tuple(as_check(c) for c in checks),
+        refresh_last=refresh,
     )
+
+
+def _check_hourly_sinks(name: str, sink: Sink | tuple[Sink, ...] | None) -> None:
+    """Replacing an hourly partition by a date column would delete its whole day."""
+    from backfill.sinks.columns import PARTITION_COLUMN
+    from backfill.sinks.protocol import Mode
+    from backfill.sinks.spec import TableSpec
+
+    for one in sink if isinstance(sink, tuple) else (sink,) if sink is not None else ():
+        spec = getattr(one, "spec", None)
+        if (
+            isinstance(spec, TableSpec)
+            and spec.mode is Mode.REPLACE_PARTITION
+            and spec.partition_column != PARTITION_COLUMN
+        ):
+            raise ConfigError(
+                f"stage {name!r} has hourly partitions, which table {spec.name} cannot "
+                f"replace by the date column {spec.partition_column!r} (that would replace "
+                "the whole day); drop partition_column= to replace by the partition key"
+            )
 
 
 def _resolve_needs(

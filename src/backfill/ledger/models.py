@@ -59,8 +59,8 @@ class Claim:
     claims: int
     checkpoint: str | None = None
 
-    def partition(self, grain: Any) -> Partition:
-        return Partition(self.key, self.start, self.end, grain, self.dims)
+    def partition(self, grain: Any, tz: str | None = None) -> Partition:
+        return Partition(self.key, self.start, self.end, grain, self.dims, tz)
 
 
 @dataclass(frozen=True, slots=True)

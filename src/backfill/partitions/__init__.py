@@ -3,6 +3,7 @@
 A partition is the unit of work and of record. Its key is stable and readable:
 
 * ``2013-01-01`` (day), ``2013-W01`` (ISO week), ``2013-01`` (month), ``2013`` (year);
+* ``2024-03-31T01`` (hour: the UTC hour, so keys never skip nor repeat when clocks change);
 * a window clipped by the range's start or end names its days: ``2013-01-15..2013-01-31``;
 * static dimensions follow in declaration order: ``2013-01-01/tour=atp/region=gb``.
 
@@ -24,6 +25,7 @@ from backfill.partitions.specs import (
     PartitionSpec,
     ReferenceSpec,
     daily,
+    hourly,
     monthly,
     reference,
     weekly,
@@ -48,6 +50,7 @@ __all__ = [
     "ReferenceSpec",
     "Selection",
     "daily",
+    "hourly",
     "monthly",
     "parse_date",
     "parse_grain",

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import date, timedelta
 
 from backfill.errors import ConfigError
+from backfill.partitions import zones
 from backfill.partitions.selection import Selection, select
 from backfill.partitions.windows import (
     DAY,
@@ -24,7 +25,16 @@ from backfill.partitions.windows import (
     window_of,
 )
 
-__all__ = ["PartitionSpec", "ReferenceSpec", "daily", "monthly", "reference", "weekly", "yearly"]
+__all__ = [
+    "PartitionSpec",
+    "ReferenceSpec",
+    "daily",
+    "hourly",
+    "monthly",
+    "reference",
+    "weekly",
+    "yearly",
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
@@ -35,9 +45,13 @@ class PartitionSpec:
     Windows follow the calendar (ISO weeks start on Monday) and are clipped to the range,
     so together they cover it exactly, without gaps or overlaps. Iteration is lazy:
     a spec of a million partitions costs nothing until it is walked.
+
+    ``tz`` (an IANA name) is the zone of the days: ``today`` and ``yesterday`` are its
+    dates, and a partition's ``begins``/``ends`` its midnights. The hourly grain walks the
+    UTC hours of those days (23 on the day clocks go forward, 25 when they go back).
     """
 
-    __slots__ = ("dims", "end", "grain", "order", "start")
+    __slots__ = ("_given", "dims", "end", "grain", "order", "start", "tz")
 
     def __init__(
         self,
@@ -47,10 +61,15 @@ class PartitionSpec:
         dims: Mapping[str, Sequence[str]] | None = None,
         *,
         order: str | Order = Order.OLDEST,
+        tz: str | None = None,
     ) -> None:
         self.grain = parse_grain(grain)
-        self.start = parse_date(start, what="start")
-        self.end = parse_date(end, what="end")
+        if tz is not None:
+            zones.zone(tz)
+        self.tz = tz
+        self._given = (start, end)
+        self.start = parse_date(start, what="start", tz=tz)
+        self.end = parse_date(end, what="end", tz=tz)
         if self.start > self.end:
             raise ConfigError(
                 f"start {self.start} is after end {self.end}; give a start on or before the end"
@@ -76,10 +95,45 @@ class PartitionSpec:
             if len(set(vals)) != len(vals):
                 raise ConfigError(f"dimension {name!r} lists a value twice")
             self.dims[name] = vals
+        if self.grain is Grain.HOUR:
+            begin, _ = zones.day_bounds(self.start, tz)
+            if begin.minute or begin.second:
+                raise ConfigError(
+                    f"hourly partitions need a zone whose days begin on a whole UTC hour; "
+                    f"{tz} does not: use daily partitions there"
+                )
 
     def __repr__(self) -> str:
         dims = "".join(f", {k}={list(v)}" for k, v in self.dims.items())
-        return f"PartitionSpec({self.grain.value!r}, '{self.start}', '{self.end}'{dims})"
+        tz = f", tz={self.tz!r}" if self.tz is not None else ""
+        return f"PartitionSpec({self.grain.value!r}, '{self.start}', '{self.end}'{dims}{tz})"
+
+    def _remade(self, end: str | date, tz: str | None) -> PartitionSpec:
+        return PartitionSpec(
+            self.grain,
+            self._given[0],
+            end,
+            {k: list(v) for k, v in self.dims.items()},
+            order=self.order,
+            tz=tz,
+        )
+
+    def in_zone(self, tz: str | None) -> PartitionSpec:
+        """This spec with ``tz`` as its zone when it names none (its ``today`` and
+        ``yesterday`` read again there); itself otherwise."""
+        if tz is None or self.tz is not None:
+            return self
+        return self._remade(self._given[1], tz)
+
+    def through(self, end: str | date) -> PartitionSpec:
+        """This spec with its open end at ``end`` (``yesterday`` in its zone, or a date),
+        for a keep-current run; the start, grain, dimensions and zone stay."""
+        day = parse_date(end, what="--through", tz=self.tz)
+        if day < self.start:
+            raise ConfigError(
+                f"--through {day} is before the partitions' start {self.start}; give a later day"
+            )
+        return self._remade(day, self.tz)
 
     def windows(self, order: Order | None = None) -> Iterator[tuple[date, date]]:
         """The clipped calendar windows, oldest or newest first."""
@@ -101,6 +155,8 @@ class PartitionSpec:
     def window_count(self) -> int:
         if self.grain is Grain.DAY:
             return (self.end - self.start).days + 1
+        if self.grain is Grain.HOUR:
+            return zones.hours_of_days(self.start, self.end, self.tz)[1]
         return sum(1 for _ in self.windows())
 
     def __len__(self) -> int:
@@ -124,13 +180,22 @@ class PartitionSpec:
                 or (selection.end is not None and wstart > selection.end)
             ):
                 continue
-            label = window_label(wstart, wend, self.grain)
-            for combo in combos:
-                dims = tuple(zip(names, combo, strict=True))
-                key = label + "".join(f"/{n}={v}" for n, v in dims)
-                part = Partition(key, wstart, wend, self.grain, dims)
-                if selection is None or selection.matches(part):
-                    yield part
+            if self.grain is Grain.HOUR:
+                labels = self._hour_labels(wstart, order or self.order)
+            else:
+                labels = [window_label(wstart, wend, self.grain)]
+            for label in labels:
+                for combo in combos:
+                    dims = tuple(zip(names, combo, strict=True))
+                    key = label + "".join(f"/{n}={v}" for n, v in dims)
+                    part = Partition(key, wstart, wend, self.grain, dims, self.tz)
+                    if selection is None or selection.matches(part):
+                        yield part
+
+    def _hour_labels(self, day: date, order: Order) -> list[str]:
+        begin, count = zones.hours_of_days(day, day, self.tz)
+        labels = [zones.hour_key(begin + i * zones.HOUR) for i in range(count)]
+        return labels if order is Order.OLDEST else labels[::-1]
 
     def get(self, key: str) -> Partition | None:
         """The partition with this key, or None when the spec has no such partition."""
@@ -145,6 +210,14 @@ class PartitionSpec:
             return None
         if any(v not in self.dims[n] for n, v in dims):
             return None
+        if self.grain is Grain.HOUR:
+            hour = zones.parse_hour_key(label)
+            if hour is None:
+                return None
+            day = zones.local_day(hour, self.tz)
+            if not self.start <= day <= self.end:
+                return None
+            return Partition(key, day, day, self.grain, tuple(dims), self.tz)
         window = self._parse_label(label)
         if window is None:
             return None
@@ -155,7 +228,7 @@ class PartitionSpec:
         clipped = (max(expect_start, self.start), min(expect_end, self.end))
         if clipped != (start, end) or window_label(start, end, self.grain) != label:
             return None
-        return Partition(key, start, end, self.grain, tuple(dims))
+        return Partition(key, start, end, self.grain, tuple(dims), self.tz)
 
     def _parse_label(self, label: str) -> tuple[date, date] | None:
         try:
@@ -208,8 +281,22 @@ def _spec(
     end: str | date,
     order: str | Order,
     dims: Mapping[str, Sequence[str]],
+    tz: str | None = None,
 ) -> PartitionSpec:
-    return PartitionSpec(grain, start, end, dims, order=order)
+    return PartitionSpec(grain, start, end, dims, order=order, tz=tz)
+
+
+def hourly(
+    start: str | date,
+    end: str | date,
+    *,
+    order: str | Order = Order.OLDEST,
+    tz: str | None = None,
+    **dims: Sequence[str],
+) -> PartitionSpec:
+    """One partition per hour of the days ``start`` to ``end`` in ``tz``, keyed by the UTC
+    hour (``2024-03-31T01``), e.g. ``hourly("2024-03-01", "yesterday", tz="Europe/London")``."""
+    return _spec(Grain.HOUR, start, end, order, dims, tz)
 
 
 def daily(
@@ -217,10 +304,11 @@ def daily(
     end: str | date,
     *,
     order: str | Order = Order.OLDEST,
+    tz: str | None = None,
     **dims: Sequence[str],
 ) -> PartitionSpec:
     """One partition per day, e.g. ``daily("2013-01-01", "2013-12-31", tour=["atp"])``."""
-    return _spec(Grain.DAY, start, end, order, dims)
+    return _spec(Grain.DAY, start, end, order, dims, tz)
 
 
 def weekly(
@@ -228,10 +316,11 @@ def weekly(
     end: str | date,
     *,
     order: str | Order = Order.OLDEST,
+    tz: str | None = None,
     **dims: Sequence[str],
 ) -> PartitionSpec:
     """One partition per ISO week (Monday to Sunday), clipped to the range."""
-    return _spec(Grain.WEEK, start, end, order, dims)
+    return _spec(Grain.WEEK, start, end, order, dims, tz)
 
 
 def monthly(
@@ -239,10 +328,11 @@ def monthly(
     end: str | date,
     *,
     order: str | Order = Order.OLDEST,
+    tz: str | None = None,
     **dims: Sequence[str],
 ) -> PartitionSpec:
     """One partition per calendar month, clipped to the range."""
-    return _spec(Grain.MONTH, start, end, order, dims)
+    return _spec(Grain.MONTH, start, end, order, dims, tz)
 
 
 def yearly(
@@ -250,10 +340,11 @@ def yearly(
     end: str | date,
     *,
     order: str | Order = Order.OLDEST,
+    tz: str | None = None,
     **dims: Sequence[str],
 ) -> PartitionSpec:
     """One partition per calendar year, clipped to the range."""
-    return _spec(Grain.YEAR, start, end, order, dims)
+    return _spec(Grain.YEAR, start, end, order, dims, tz)
 
 
 _EVER = (date(1, 1, 1), date(9999, 12, 31))
@@ -270,6 +361,14 @@ class ReferenceSpec(PartitionSpec):
         self.start, self.end = _EVER
         self.order = Order.OLDEST
         self.dims = {}
+        self.tz = None
+        self._given = _EVER
+
+    def in_zone(self, tz: str | None) -> PartitionSpec:
+        return self
+
+    def through(self, end: str | date) -> PartitionSpec:
+        return self
 
     def __repr__(self) -> str:
         return "ReferenceSpec()"

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 
 from backfill.errors import ConfigError
+from backfill.partitions import zones
 
 __all__ = [
     "REFERENCE_KEY",
@@ -28,6 +29,7 @@ REFERENCE_KEY = "all"
 
 
 class Grain(StrEnum):
+    HOUR = "hour"
     DAY = "day"
     WEEK = "week"
     MONTH = "month"
@@ -59,18 +61,17 @@ def parse_order(value: str | Order) -> Order:
         raise ConfigError(f"unknown order {value!r}; use 'oldest' or 'newest'") from None
 
 
-def parse_date(value: str | date, *, what: str = "date") -> date:
-    """Parse ``YYYY-MM-DD``, ``today`` or ``yesterday`` (UTC) into a date."""
+def parse_date(value: str | date, *, what: str = "date", tz: str | None = None) -> date:
+    """Parse ``YYYY-MM-DD``, ``today`` or ``yesterday`` (in ``tz``, UTC when None) into a
+    date."""
     if isinstance(value, datetime):
         return value.date()
     if isinstance(value, date):
         return value
     text = value.strip().lower()
-    today = datetime.now(UTC).date()
-    if text == "today":
-        return today
-    if text == "yesterday":
-        return today - DAY
+    if text in ("today", "yesterday"):
+        today = zones.today(tz)
+        return today if text == "today" else today - DAY
     try:
         if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
             raise ValueError(text)
@@ -81,7 +82,7 @@ def parse_date(value: str | date, *, what: str = "date") -> date:
 
 def window_of(day: date, grain: Grain) -> tuple[date, date]:
     """The calendar window of ``grain`` that contains ``day`` (inclusive bounds)."""
-    if grain is Grain.DAY:
+    if grain is Grain.DAY or grain is Grain.HOUR:
         return day, day
     if grain is Grain.WEEK:
         start = day - timedelta(days=day.weekday())
@@ -101,7 +102,7 @@ def window_label(start: date, end: date, grain: Grain) -> str:
     full_start, full_end = window_of(start, grain)
     if (full_start, full_end) != (start, end):
         return f"{start.isoformat()}..{end.isoformat()}"
-    if grain is Grain.DAY:
+    if grain is Grain.DAY or grain is Grain.HOUR:
         return start.isoformat()
     if grain is Grain.WEEK:
         iso = start.isocalendar()
@@ -113,13 +114,36 @@ def window_label(start: date, end: date, grain: Grain) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Partition:
-    """One unit of work: a window ``[start, end]`` (inclusive days) plus dimension values."""
+    """One unit of work: a window ``[start, end]`` (inclusive days) plus dimension values.
+
+    ``tz`` is the zone the days are in (UTC when None); an hourly partition's days are
+    the day its hour falls on there, and its key names the UTC hour.
+    """
 
     key: str
     start: date
     end: date
     grain: Grain
     dims: tuple[tuple[str, str], ...] = ()
+    tz: str | None = None
+
+    @property
+    def begins(self) -> datetime:
+        """Where the window begins, as an aware UTC time (midnight of ``start`` in ``tz``,
+        or the hour of an hourly partition)."""
+        if self.grain is Grain.HOUR:
+            hour = zones.parse_hour_key(self.key.split("/", 1)[0])
+            if hour is not None:
+                return hour
+        return zones.day_bounds(self.start, self.tz)[0]
+
+    @property
+    def ends(self) -> datetime:
+        """Where the window ends (exclusive), as an aware UTC time: a day in a zone whose
+        clocks change that day lasts 23 or 25 hours."""
+        if self.grain is Grain.HOUR:
+            return self.begins + zones.HOUR
+        return zones.day_bounds(self.end, self.tz)[1]
 
     @property
     def date(self) -> date:
@@ -135,7 +159,7 @@ class Partition:
     def whole(self) -> bool:
         """Whether the window is a whole calendar day, week, month or year; False for
         one cut by the range's start or end (its key then names its days)."""
-        if self.grain is Grain.ALL:
+        if self.grain is Grain.ALL or self.grain is Grain.HOUR:
             return True
         return window_of(self.start, self.grain) == (self.start, self.end)
 

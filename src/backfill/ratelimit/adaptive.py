@@ -26,8 +26,11 @@ class AdaptiveRate:
       *searches* upwards in steps of 10 %, each held for a second or 4 requests; the step
       that draws a 429 is taken back, and the search ends there.
 
-    With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one by
-    half (and searches from there).
+    With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
+    to the step before its last growth (the start rate: 10 % under it) the first time and
+    by half after that, and searches from there. A search never steps more than halfway to
+    the rate that drew the 429 (a limit right under it is approached, not crossed), and
+    ends 3-4 % under it (the jitter margin).
     """
 
     _JITTER_STEP = 0.97
@@ -65,6 +68,11 @@ class AdaptiveRate:
         self._paused = 0.0  # how long the last decrease's 429 paused the resource
         self._rate_before = self.rate  # the rate the last decrease came down from
         self._answered: collections.deque[float] = collections.deque()  # every answer
+        # Ramping: the rate before the last growth step (accepted at, as far as known).
+        self._ramp_prev = self.rate * 0.9
+        # The rate that drew the 429 a search started from: the search stays under it.
+        self._bad: float | None = None
+        self._searched = False  # the last decrease ended a search
 
     def _accepted_rate(self, now: float) -> tuple[float, float] | None:
         """What the source accepted, and what it was offered (every answer), per second
@@ -119,17 +127,26 @@ class AdaptiveRate:
         search = True
         if self._good is not None and self._good < self.rate:
             # The search's last step drew it: the rate before that step is the limit.
+            # Creeping above it is a gamble (a 429 costs a whole pause): slowly.
             target, search = self._good, False
+            self._creep_every = min(self._MAX_CREEP_EVERY, 2.0 * self._creep_base())
         elif accepted is not None and offered is not None and accepted < 0.85 * offered:
             # Clearly sending faster than the source accepts.
             target = self.margin * accepted
-        elif cycle is not None and cycle < 0.85 * self.rate and accepted is None:
+        elif (
+            cycle is not None
+            and cycle < 0.85 * self.rate
+            and accepted is None
+            and not self._searched
+        ):
             # Refused again soon after the last 429's pause, each time once the burst its
             # bucket saved up meanwhile was spent (too few answers since to time them):
             # about its limit got through over the whole cycle. At most halve, then
             # search.
             target = self.margin * max(cycle, 0.5 * self.rate)
-        elif refused is not None and refused <= 0.2:
+        elif (refused is not None and refused <= 0.2) or (self._searched and not refused):
+            # (Or the first 429 after a search ended on the step above: the rate is the
+            # last one accepted, a hair too close to a strict limit.)
             # Refused now and then at about the pace it accepts: a little too fast for a
             # strict bucket, or requests bunched on the way. A step down of 3 %, up to 10 %
             # when the last 429 was only moments of sending ago; the creep back up slows.
@@ -147,9 +164,16 @@ class AdaptiveRate:
             # Too early to measure, but plenty got through at this declared rate:
             # trust it, a little less.
             target = self.rate * 0.9
+        elif self.ramp and self.threshold is None and self._since_decrease >= 1:
+            # The first 429 of a ramp, with requests accepted before it: the step before
+            # the last growth was accepted (at the start rate: 10 % under it), less the
+            # margin a strict bucket needs against the way's jitter.
+            target = max(0.5 * self.rate, self._JITTER_STEP * min(self._ramp_prev, 0.9 * self.rate))
         else:
             # Refused almost at once (after a pause, or from the start): far too fast.
             target = self.rate * 0.5
+        self._searched = self._good is not None and self._good < self.rate
+        self._bad = self.rate if search else None
         self._rate_before = self.rate
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
@@ -173,7 +197,7 @@ class AdaptiveRate:
     def on_header_limit(self, rate: float, now: float) -> None:
         """The server told us its limit: use it (a hair below, for clock skew)."""
         self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
-        self._good = None
+        self._good = self._bad = None
         self._last_update = now
 
     def on_success(self, now: float) -> bool:
@@ -194,6 +218,7 @@ class AdaptiveRate:
             # thousands would only make the first 429 measure the wrong thing.
             recent = 2.0 * sum(1 for t in self._accepted if t >= now - 0.5)
             cap = max(4.0 * recent, 2.0 * self.floor, 4.0)
+            self._ramp_prev = self.rate
             self.rate = min(self.ceiling, max(self.rate, min(self.rate * 4.0**elapsed, cap)))
         elif self.rate >= self.ceiling:
             self._last_update = now
@@ -202,10 +227,16 @@ class AdaptiveRate:
             if elapsed < max(1.0, 4.0 / self.rate):
                 return False
             self._good = self.rate
-            self.rate = min(self.ceiling, self.rate * self._SEARCH_STEP)
+            step = self.rate * self._SEARCH_STEP
+            if self._bad is not None and self._bad > self.rate:
+                step = min(step, (self.rate + self._bad) / 2.0, self._JITTER_STEP * self._bad)
+            self.rate = max(self.rate, min(self.ceiling, step))
             self.threshold = self.rate
-            if self.rate >= self.ceiling:
-                self._good = None
+            if self.rate >= self.ceiling or (
+                self._bad is not None and self.rate >= 0.96 * self._bad
+            ):
+                # At the ceiling, or all but at the rate that drew the 429: searched.
+                self._good = self._bad = None
         else:
             every = self._creep_base()
             if elapsed < every:
@@ -220,5 +251,6 @@ class AdaptiveRate:
                 # 10 % past the old limit without a 429: the limit rose or was
                 # underestimated; ramp up quickly again.
                 self.threshold = None
+                self._ramp_prev = self.rate
         self._last_update = now
         return True

@@ -29,7 +29,9 @@ that is down), ``pagination``, ``targets`` (URLs and how messages name them) and
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
@@ -95,6 +97,14 @@ _CROSS_ORIGIN = ("strip", "refuse")
 _RETRY_BACKOFF = Backoff(first=0.2, cap=10.0, jitter=0.5)
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying TLS context for the process: loading the CA bundle costs ~25 ms of
+    CPU, which httpx would otherwise spend again for every client (one per resource and
+    run), HTTPS or not."""
+    return httpx.create_ssl_context()
+
+
 class HttpClient:
     """A pooled ``httpx.AsyncClient``, optionally bound to a :class:`Resource`.
 
@@ -151,7 +161,7 @@ class HttpClient:
         if transport is None:
             # A fleet's starts are checked where a request is written (see wire).
             transport = httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=max_connections)
+                verify=_ssl_context(), limits=httpx.Limits(max_connections=max_connections)
             )
             wire.install(transport)
         self._client = httpx.AsyncClient(

@@ -68,7 +68,7 @@ log = logging.getLogger("backfill.sql")
 T = TypeVar("T")
 
 # What every partition binds, besides its dimensions.
-BOUND_NAMES = ("day", "start", "end", "key")
+BOUND_NAMES = ("day", "start", "end", "begins", "ends", "key")
 DEFAULT_BATCH = 10_000
 # How long a cancelled query's thread is given to come back before its connection is
 # thrown away instead of returned (a driver that ignores cancels must not hang a slot).
@@ -134,14 +134,18 @@ def _engine_url(url: str) -> str:
 
 def partition_params(partition: Partition) -> dict[str, Any]:
     """What a partition binds: ``:day`` (its first day), ``:start``, ``:end`` (the
-    window's first day and the day after its last, so ``ts >= :start AND ts < :end``
-    holds whole days), ``:key``, and each dimension by name."""
+    window's first day and the day after its last, so ``day >= :start AND day < :end``
+    holds whole days), ``:begins`` and ``:ends`` (the window as aware UTC times, for a
+    timestamp column: an hourly partition's hour, a day in the partition's time zone),
+    ``:key``, and each dimension by name."""
     from datetime import timedelta
 
     return {
         "day": partition.start,
         "start": partition.start,
         "end": partition.end + timedelta(days=1),
+        "begins": partition.begins,
+        "ends": partition.ends,
         "key": partition.key,
         **partition.dim_map,
     }

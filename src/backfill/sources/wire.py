@@ -17,6 +17,8 @@ take one, so :func:`install` puts it into the transport's pool.
 from __future__ import annotations
 
 import asyncio
+import select
+import socket
 import ssl
 import typing
 from typing import Any
@@ -34,6 +36,7 @@ class _PacedStream(httpcore.AsyncNetworkStream):
 
     def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
         self._inner = inner
+        self._socket: socket.socket | None = None
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self._inner.read(max_bytes, timeout)
@@ -63,7 +66,25 @@ class _PacedStream(httpcore.AsyncNetworkStream):
         return _PacedStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
 
     def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            # httpcore asks this of every idle connection each time it hands a request a
+            # connection; anyio answers by building all of a socket's attributes (a
+            # getpeername call among them): 3 ms a request at 100/s with 16 connections.
+            # The socket is the same for the stream's life: look it up once.
+            if self._socket is None:
+                self._socket = self._inner.get_extra_info("socket")
+            return _readable(self._socket)
         return self._inner.get_extra_info(info)
+
+
+def _readable(sock: socket.socket | None) -> bool:
+    """Whether ``sock`` has something to read (or is gone): an idle keep-alive connection
+    the server closed. None or a closed socket counts as readable, as httpcore does."""
+    if sock is None or sock.fileno() < 0:
+        return True
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    return bool(poll.poll(0))
 
 
 class PacedBackend(httpcore.AsyncNetworkBackend):

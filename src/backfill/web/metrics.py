@@ -19,6 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from backfill.freshness import freshness
 from backfill.job import Job
 from backfill.ledger import Ledger
 from backfill.report import Report, build_report
@@ -82,6 +83,7 @@ class LedgerCollector(Collector):
         yield finished
         yield records
         yield stalled
+        yield self._freshness()
         yield from self._resources(report)
         yield from self._from_runs(names)
         workers = GaugeMetricFamily(
@@ -89,6 +91,18 @@ class LedgerCollector(Collector):
         )
         workers.add_metric([job], sum(1 for w in report.workers if not w.dead))
         yield workers
+
+    def _freshness(self) -> Metric:
+        gauge = GaugeMetricFamily(
+            "backfill_freshness_seconds",
+            "Seconds from the end of the stage's newest done partition to now (absent "
+            "before anything is done).",
+            labels=["job", "stage"],
+        )
+        for f in freshness(self.job, self.ledger):
+            if f.lag is not None:
+                gauge.add_metric([self.job.name, f.stage], f.lag)
+        return gauge
 
     def _resources(self, report: Report) -> Iterator[Metric]:
         """What the live workers say their resources are doing."""
