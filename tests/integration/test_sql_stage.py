@@ -5,6 +5,7 @@ roll a partition back, an INSERT of the user's own by a date column."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,52 @@ def test_sql_stage_declarations_are_checked() -> None:
         job.sql_stage("b", sql="DELETE FROM t", target="t")
     with pytest.raises(ConfigError, match="partition_column"):
         job.sql_stage("c", sql="INSERT INTO t SELECT 1", target="t")
+
+
+def test_a_lost_lease_writes_nothing_of_its_partition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SQL stage proves its lease just before its transaction: an attempt whose lease is
+    found lost runs no statement, and the partition is run again by its next claim."""
+    from backfill.engine.lease import LeaseKeeper
+    from backfill.leases import LeaseLost
+    from backfill.sources.sql import SqlClient
+
+    url = f"duckdb:///{tmp_path / 'w.duckdb'}"
+    _seed(url)
+    lost: list[str] = []
+    transactions: list[str] = []
+    prove = LeaseKeeper.prove
+
+    async def losing(self: LeaseKeeper, claim: Any) -> None:
+        if claim.key == "2013-01-02" and not lost:
+            lost.append(claim.key)
+            raise LeaseLost(claim.key)
+        await prove(self, claim)
+
+    transaction = SqlClient.transaction
+
+    async def counted(self: SqlClient, statements: Any, **kwargs: Any) -> list[int]:
+        transactions.append(str(statements[0][1]["key"]))
+        return await transaction(self, statements, **kwargs)
+
+    monkeypatch.setattr(LeaseKeeper, "prove", losing)
+    monkeypatch.setattr(SqlClient, "transaction", counted)
+    job = Job("lost", partitions=daily("2013-01-01", "2013-01-03"), lease_seconds=1.0)
+    job.warehouse("warehouse", url)
+    job.sql_stage(
+        "delays",
+        sql="SELECT CAST(:day AS DATE) AS day, sum(delay) AS delay FROM events WHERE day = :day",
+        target="t",
+    )
+    ledger = open_ledger(":memory:")
+    first = run_job(job, ledger)
+    # The partition is left to whoever holds it now (here: the next run).
+    assert first.exit_code == 1, first.message
+    assert lost == ["2013-01-02"]
+    assert sorted(transactions) == ["2013-01-01", "2013-01-03"]
+    assert _query(url, "SELECT count(*) FROM t") == [(2,)]
+    time.sleep(1.1)  # its lease runs out
+    assert run_job(job, ledger).exit_code == 0
+    assert sorted(transactions) == ["2013-01-01", "2013-01-02", "2013-01-03"]
+    assert _query(url, "SELECT count(*) FROM t") == [(3,)]
