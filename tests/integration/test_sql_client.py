@@ -304,3 +304,16 @@ def test_postgres_stream_in_batches_under_a_timeout() -> None:
         assert sizes == [10, 10, 5]
         assert ok == "fine"
         assert _active(url, "pg_sleep(30) -- t2") == 0
+
+
+def test_postgres_warehouse_without_psycopg_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A PostgreSQL warehouse without psycopg installed is one sentence naming the extra."""
+    import sys
+
+    from backfill.sources.sql import check_warehouse_url
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(ConfigError, match=r"pip install 'backfill\[postgres\]'"):
+        check_warehouse_url("postgresql://me:secret@db/dw")

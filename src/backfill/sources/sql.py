@@ -109,6 +109,10 @@ def check_warehouse_url(url: str, what: str = "warehouse") -> str:
         ) from exc
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername == "postgresql+psycopg":
+        from backfill._optional import require_postgres
+
+        require_postgres(f"{what} on PostgreSQL")
     try:
         parsed.get_dialect()
     except NoSuchModuleError as exc:
@@ -117,9 +121,10 @@ def check_warehouse_url(url: str, what: str = "warehouse") -> str:
             "duckdb, postgresql, sqlite, or install the dialect's SQLAlchemy package"
         ) from exc
     except ImportError as exc:
+        extra = "postgres" if parsed.get_backend_name() == "postgresql" else "warehouse"
         raise ConfigError(
             f"{what} URL {masker.mask(url)!r}: the driver of {parsed.drivername!r} is not "
-            f"installed ({exc.name or exc}); pip install 'backfill[warehouse]'"
+            f"installed ({exc.name or exc}); pip install 'backfill[{extra}]'"
         ) from exc
     return parsed.get_backend_name()
 
