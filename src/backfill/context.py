@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from backfill.sources.browser import BrowserClient
     from backfill.sources.clients import Clients
     from backfill.sources.http import HttpClient
+    from backfill.sources.sql import PartitionSql
 
 __all__ = ["Context", "ProcessContext", "RunCache", "Slot", "StageLog"]
 
@@ -211,6 +212,10 @@ class Context:
     _write: Callable[[Iterable[object], str | None], Awaitable[int]] | None = None
     # The run's clients, of every kind (see backfill.sources.clients).
     _clients: Clients | None = None
+    # A stage that writes by itself (a SQL stage inside its warehouse): its lease proven
+    # just before, its rows counted as the partition's records.
+    _prove: Callable[[], Awaitable[None]] | None = None
+    _written: Callable[[int], None] | None = None
     # Where slots are handed out: the loop the stage's context was made on.
     _loop: asyncio.AbstractEventLoop | None = field(default_factory=_running_loop, repr=False)
 
@@ -238,6 +243,18 @@ class Context:
         page.goto(url)``; see :mod:`backfill.sources.browser`."""
         client: BrowserClient = self._registry().get("browser", self._resource)
         return client
+
+    @property
+    def sql(self) -> PartitionSql:
+        """The warehouse of this stage's resource (declared with ``job.warehouse``), its
+        queries bound to this partition's ``:day``, ``:start``, ``:end`` and dimensions,
+        each under the resource's limits and timeout (see :mod:`backfill.sources.sql`)."""
+        return self.sql_for(self._resource)
+
+    def sql_for(self, resource: str | None) -> PartitionSql:
+        """The warehouse of another declared resource, bound to this partition."""
+        client = self._registry().get("sql", resource)
+        return client.bound(self.partition, where=f"the query of stage {self.stage}")  # type: ignore[no-any-return]
 
     def http_for(self, resource: str | None) -> HttpClient:
         """The HTTP client of another declared resource."""
@@ -282,6 +299,19 @@ class Context:
         if self._clients is None:
             raise RuntimeError("clients and slots are only available while a stage runs")
         return self._clients
+
+    async def prove_lease(self) -> None:
+        """Make sure this worker still holds the partition (its lease may have passed to
+        another after a stall): call it right before a write the engine's sinks do not
+        make, e.g. a warehouse's ``INSERT ... SELECT``. Raises when the lease is lost; the
+        engine then lets the partition go, writing nothing more of it."""
+        if self._prove is not None:
+            await self._prove()
+
+    def count_records(self, rows: int) -> None:
+        """Count ``rows`` the stage wrote by itself as the partition's records."""
+        if self._written is not None:
+            self._written(rows)
 
     async def save_checkpoint(self, value: str | None) -> None:
         """Record where this partition should resume if the run stops before it ends.

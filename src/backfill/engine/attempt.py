@@ -349,7 +349,13 @@ class Attempt:
             checkpoint=self._unseal(self.pages.checkpoint),
             _save_checkpoint=self._save_checkpoint,
             _write=self._write_now,
+            _prove=self._prove_lease,
+            _written=self.pages.written,
         )
+
+    async def _prove_lease(self) -> None:
+        """``ctx.prove_lease()``: the lease asked for just before a stage's own write."""
+        await self.env.leases.prove(self.claim)
 
     def _unseal(self, checkpoint: str | None) -> str | None:
         """A stored checkpoint with the secrets declared now (a rotated key is used)."""

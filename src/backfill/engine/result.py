@@ -74,6 +74,8 @@ class RunResult:
     message: str | None = None
     executed: int = 0
     stage_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Per warehouse (ctx.sql): queries, rows, seconds, timeouts, errors, most at once.
+    warehouses: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def summary(self, stats: Mapping[str, Any]) -> dict[str, Any]:
         """What the ledger keeps of the result with the run (``stats``: its metrics)."""
@@ -90,6 +92,7 @@ class RunResult:
             },
             "message": self.message,
             "stats": stats,
+            **({"warehouses": self.warehouses} if self.warehouses else {}),
         }
 
 

@@ -311,6 +311,7 @@ class Runner:
             message=message,
             executed=totals.executed,
             stage_stats=self.stats.summaries(),
+            warehouses={c.name: c.stats.as_dict() for c in self.clients.made("sql")},
         )
         await self._closing(
             self.ledger.finish_run,

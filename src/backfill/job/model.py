@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from backfill.engine.result import RunResult
     from backfill.entities.resolver import EntitySpec
-    from backfill.sinks import Sink
+    from backfill.sinks import Mode, Sink
 
 __all__ = ["Job"]
 
@@ -72,6 +72,8 @@ class Job:
         self.http_options: dict[str, dict[str, Any]] = {}
         self.browser_options: dict[str, BrowserOptions] = {}
         self.entity_kinds: dict[str, EntitySpec] = {}
+        # Warehouses (resources with a SQL URL): what ctx.sql connects to.
+        self.sql_options: dict[str, dict[str, Any]] = {}
 
     def resource(
         self,
@@ -286,6 +288,48 @@ class Job:
             "postgresql:// URL, or give the job a table sink to store it beside"
         )
 
+    def warehouse(
+        self,
+        name: str,
+        url: str,
+        *,
+        concurrency: int = 4,
+        rate: str | float | Limit | None = None,
+        limits: list[str | float | Limit] | None = None,
+        timeout: float | None = None,
+        shared: bool = False,
+        max_wait: float = DEFAULT_MAX_WAIT,
+    ) -> Resource:
+        """Declare a warehouse: a resource whose stages query ``url`` with ``ctx.sql``
+        (SQLAlchemy 2 URLs: ``duckdb:///FILE``, ``postgresql://USER@HOST/DB``,
+        ``sqlite:///FILE``, any installed dialect). ``concurrency`` queries at once,
+        ``limits`` such as ``["2000/day"]`` (kept in the state across restarts), each query
+        cancelled on the server after ``timeout`` seconds. See :mod:`backfill.sources.sql`.
+
+        Example::
+
+            job.warehouse("warehouse", "duckdb:///flights.duckdb", concurrency=15,
+                          limits=["2000/day"], timeout=600)
+        """
+        from backfill.sources.sql import check_warehouse_url
+
+        check_warehouse_url(url, f"warehouse {name!r}")
+        if concurrency < 1:
+            raise ConfigError(f"warehouse {name!r}: concurrency must be 1 or more")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"warehouse {name!r}: timeout must be positive")
+        resource = self.resource(
+            name,
+            rate=rate,
+            concurrency=concurrency,
+            limits=limits,
+            shared=shared,
+            max_wait=max_wait,
+            secrets=tuple(s.value for s in url_secrets(url, name)),
+        )
+        self.sql_options[name] = {"url": url, "timeout": timeout}
+        return resource
+
     @property
     def declared_secrets(self) -> tuple[Secret, ...]:
         """Every secret of the job, named by where it is declared: each header and param
@@ -443,6 +487,84 @@ class Job:
         if fn is not None:
             return register(fn)
         return register
+
+    def sql_stage(
+        self,
+        name: str,
+        *,
+        sql: str,
+        target: str | Sink,
+        resource: str | None = None,
+        mode: str | Mode | None = None,
+        partition_column: str | None = None,
+        needs: Sequence[str | Needs] = (),
+        partitions: PartitionSpec | None = None,
+        concurrency: int = 4,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        checks: Sequence[Check | CheckFunction] = (),
+        params: dict[str, Any] | None = None,
+    ) -> Stage:
+        """Declare a stage computed inside a warehouse: per partition, its earlier rows in
+        ``target`` deleted and ``sql``'s inserted, in one transaction of the warehouse
+        ``resource`` (by default the job's only one), with the checks run on the target
+        before it commits. ``sql`` is a SELECT of the partition's rows, or an INSERT INTO
+        the target of your own (then ``partition_column`` names its date column).
+        ``timeout`` bounds the transaction (default: the warehouse's); past it, the query
+        is cancelled on the server and the partition fails as ``timeout``. See
+        :mod:`backfill.sources.sql_stage`.
+
+        Example::
+
+            job.sql_stage("delays", sql=(
+                "SELECT carrier, CAST(:day AS DATE) AS day, avg(dep_delay) AS dep_delay "
+                "FROM flights WHERE day = :day GROUP BY carrier"),
+                target="daily_delays", needs=["load"], checks=[checks.min_rows(1)])
+        """
+        from backfill.checks import as_check
+        from backfill.sinks.protocol import Mode
+        from backfill.sources.sql_stage import SqlStage, target_name
+
+        warehouses = list(self.sql_options)
+        if resource is None:
+            if len(warehouses) != 1:
+                raise ConfigError(
+                    f"SQL stage {name!r}: name its warehouse with resource=... (declared: "
+                    f"{', '.join(warehouses) or 'none; declare one with job.warehouse'})"
+                )
+            resource = warehouses[0]
+        if resource not in self.sql_options:
+            raise ConfigError(
+                f"SQL stage {name!r}: resource {resource!r} is not a warehouse; declare it "
+                "with job.warehouse(NAME, URL, ...)"
+            )
+        table, declared_mode, declared_column = target_name(target)
+        chosen = mode if mode is not None else declared_mode or Mode.REPLACE_PARTITION
+        try:
+            chosen = Mode(chosen)
+        except ValueError:
+            raise ConfigError(
+                f"SQL stage {name!r}: mode {chosen!r} is not replace-partition or append"
+            ) from None
+        fn = SqlStage(
+            name,
+            sql,
+            table,
+            chosen,
+            partition_column or declared_column,
+            checks=[as_check(c) for c in checks],
+            params=dict(params or {}),
+            timeout=timeout,
+        )
+        self.stage(
+            name=name,
+            partitions=partitions,
+            concurrency=concurrency,
+            retry=retry,
+            resource=resource,
+            needs=needs,
+        )(fn.function())
+        return self.stages[name]
 
     def dependencies(self, stage: Stage) -> tuple[Dependency, ...]:
         """What the ledger must check before one of ``stage``'s partitions may be claimed."""

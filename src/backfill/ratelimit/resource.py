@@ -299,7 +299,10 @@ class Resource:
         # Spacing again at the wire is worth its cost where a strict source (one
         # request per interval) is likely and an interval dwarfs the way's jitter: slow
         # rates. At 100/s every late write would be time lost for good.
-        gap = self.burst == 1 and 1.0 / self.rate >= WIRE_GAP_MIN_INTERVAL
+        # A quota (2000/day) is no rate to space by: a resource of quotas and a
+        # concurrency only starts its calls as soon as the quota's window allows.
+        sustained = self.pace.rate_interval > 0 or self.pace.learned is not None
+        gap = sustained and self.burst == 1 and 1.0 / self.rate >= WIRE_GAP_MIN_INTERVAL
         grant: Grant | WireGap | None = self._wire_gap if gap else None
         if fleet.shared is not None and fleet.rate:
             # Last: a start granted by the fleet must go out on its instant.

@@ -1,5 +1,5 @@
 """``table(url, name, ...)``: the table sink for a destination URL, dispatched to the
-SQLite or PostgreSQL adapter by the URL's scheme."""
+SQLite, PostgreSQL or DuckDB adapter by the URL's scheme."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def table(
     partition_column: str | None = None,
     outside_window: str | OutsideWindow | None = None,
 ) -> Sink:
-    """A table sink for a destination URL: ``sqlite:///PATH``, a file path, or ``postgresql://``.
+    """A table sink for a destination URL: ``sqlite:///PATH``, a file path, ``postgresql://``
+    or ``duckdb:///PATH``.
 
     ``outside_window="allow"`` (replace-partition by a ``partition_column`` of the records
     only) writes rows dated outside their partition's window instead of failing it; a redo
@@ -47,6 +48,14 @@ def table(
         from backfill.sinks.postgres import PostgresTable
 
         return PostgresTable(url, name, **options)
+    if sep and scheme == "duckdb":
+        from backfill.sinks.duckdb import DuckDBTable, require_duckdb
+
+        require_duckdb("a DuckDB table")
+        path = rest[1:] if rest.startswith("/") else rest
+        if not path:
+            raise ConfigError(f"sink URL {url!r} names no file; use duckdb:///PATH")
+        return DuckDBTable(path, name, **options)
     if not sep or scheme == "sqlite":
         from backfill.sinks.sqlite import SQLiteTable
 
@@ -55,6 +64,6 @@ def table(
             raise ConfigError(f"sink URL {url!r} names no file; use sqlite:///PATH")
         return SQLiteTable(path, name, **options)
     raise ConfigError(
-        f"unsupported sink URL {scheme}://...; use sqlite:///PATH, a file path, or "
-        "postgresql://USER@HOST/DATABASE"
+        f"unsupported sink URL {scheme}://...; use sqlite:///PATH, a file path, "
+        "duckdb:///PATH or postgresql://USER@HOST/DATABASE"
     )

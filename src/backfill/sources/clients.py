@@ -83,7 +83,34 @@ def _entities(job: Job, resource: Resource | None, clock: Clock) -> Client:
     return run_entities(job, resource, clock)
 
 
-_KINDS: dict[str, ClientFactory] = {"http": _http, "browser": _browser, "entities": _entities}
+def _sql(job: Job, resource: Resource | None, clock: Clock) -> Client:
+    """``ctx.sql``: the warehouse the job declared as the stage's resource."""
+    # Imported here: SQLAlchemy only when a stage queries a warehouse.
+    from backfill.sources.sql import SqlClient
+
+    options = job.sql_options.get(resource.name) if resource is not None else None
+    if resource is None or options is None:
+        named = f"resource {resource.name!r} is not a warehouse" if resource else "no resource"
+        raise ConfigError(
+            f"ctx.sql needs a warehouse, and the stage has {named}: declare one with "
+            "job.warehouse(NAME, URL, ...) and name it with resource=NAME"
+        )
+    return SqlClient(
+        options["url"],
+        resource=resource,
+        clock=clock,
+        timeout=options["timeout"],
+        secrets=job.secrets,
+        name=resource.name,
+    )
+
+
+_KINDS: dict[str, ClientFactory] = {
+    "http": _http,
+    "browser": _browser,
+    "entities": _entities,
+    "sql": _sql,
+}
 
 
 def register_client(kind: str, factory: ClientFactory) -> None:
