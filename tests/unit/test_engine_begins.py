@@ -4,6 +4,7 @@ begun before a slot is free for it."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -139,3 +140,34 @@ def test_runners_of_a_fast_stage_keep_its_concurrency_and_a_stop_gives_the_rest_
     assert second.counts["noop"].done == 3000
     assert len(ran) == len(set(ran)) == 3000
     assert now["max"] <= 3
+
+
+def test_a_group_begun_ahead_is_run_by_every_free_slot(tmp_path: Path) -> None:
+    """A stage of 32 slots held back by a resource of 4 (a warehouse's queries): partitions
+    begun ahead in groups are shared out to runners as slots free up, so the resource is
+    kept full to the end; before, a group begun ahead kept the one runner it started with
+    and its partitions ran one after another (a 365-query benchmark ran at 0.43 of its
+    ceiling). Counted, not timed: how many queries were in the resource when each began."""
+    from backfill.runner import RunOptions
+
+    job = Job("held", partitions=daily("2013-01-01", "2013-04-30"))
+    job.resource("warehouse", concurrency=4)
+    inside: list[int] = [0]
+    seen: list[int] = []
+    durations = random.Random(7)
+
+    @job.stage(resource="warehouse", concurrency=32)
+    async def query(ctx: Context, partition: Partition) -> None:
+        async with ctx.slot():
+            inside[0] += 1
+            seen.append(inside[0])
+            await asyncio.sleep(durations.uniform(0.01, 0.04))
+            inside[0] -= 1
+
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'state.db'}")
+    result = run_job(job, ledger, RunOptions(concurrency=32))
+    assert result.counts["query"].done == 120
+    # After the first three, most began beside three others: the resource kept full
+    # (queries of uneven length, so a slot frees while the others still run).
+    full = sum(1 for n in seen[3:-4] if n == 4)
+    assert full >= 0.8 * (len(seen) - 7), seen

@@ -310,6 +310,11 @@ class StageLoop:
                     ahead = (following, call, time.perf_counter())
                 for _ in range(slotted):
                     self._launch(self._run_group(queue, held))
+                # More runners join as slots free up, up to the stage's limit: a group
+                # begun ahead must not be left to the one or two runners it started with
+                # (a slow stage, or one held back by its resource, then ran it serially).
+                for _ in range(min(len(group), self._limit) - slotted):
+                    self._join(self._run_group_when_free(queue, held))
                 continue
             for position, claim in enumerate(group):
                 if position >= slotted:
@@ -376,6 +381,29 @@ class StageLoop:
             # Its slot is the runner's: a stage without sinks has nothing to hand over
             # before its end, so nothing gives the slot back early.
             await Attempt(env, self.stage, claim, _keep_slot, fenced=self._fenced).run()
+
+    async def _run_group_when_free(self, queue: collections.deque[Claim], held: set[int]) -> None:
+        """A runner that joins a group once a slot is free, if the group still has
+        partitions nobody started; the slot is given back at its end."""
+        if not queue:
+            return
+        await self._semaphore.acquire()
+        try:
+            if queue:
+                await self._run_group(queue, held)
+        finally:
+            self._semaphore.release()
+
+    def _join(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in a task that takes its own slot (see _run_group_when_free)."""
+        task = asyncio.create_task(work)
+        self._running.add(task)
+        self._env.control.tasks.add(task)
+        task.add_done_callback(self._joined)
+
+    def _joined(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._env.control.tasks.discard(task)
 
     def _launch(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in a task holding a slot already taken, given back at its end."""
