@@ -24,6 +24,11 @@ from conftest import backfill_cmd, cli_env, run_cli
 from browser_support import ensure_chromium
 from tennis_site import SiteProcess, most_in_window
 
+# Chromium takes every core it can get: its tests and the tests that measure a rate in
+# real time share one xdist group, so they never run beside each other (pyproject's
+# --dist loadgroup); a starved client cannot send at a limit, whatever the engine does.
+pytestmark = pytest.mark.xdist_group("cpu_heavy")
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "tennis.py"
 FIRST, LAST = 2015, 2016
@@ -219,7 +224,7 @@ def test_a_killed_browser_is_replaced_and_nothing_is_lost(
 
 
 if sys.platform != "linux":  # pragma: no cover
-    pytestmark = pytest.mark.skip("Debian's chromium: Linux only")
+    pytestmark = [pytestmark, pytest.mark.skip("Debian's chromium: Linux only")]
 
 
 BROWSER_JOB = """

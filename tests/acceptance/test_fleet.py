@@ -184,6 +184,7 @@ def test_workers_ride_out_a_postgres_restart(tmp_path: Path) -> None:
     assert statuses == {"done": 733}
 
 
+@pytest.mark.xdist_group("cpu_heavy")  # real time: never beside chromium (see test_browser.py)
 def test_four_workers_share_one_rate_limit(tmp_path: Path, state: str) -> None:
     """4 workers on a resource of R requests/s: the API never sees more than R + burst
     requests in any one-second window, and answers none of them 429.

@@ -16,6 +16,11 @@ from backfill.sources.browser_options import BrowserOptions
 from browser_support import ensure_chromium
 from tennis_site import SiteProcess
 
+# Chromium takes every core it can get: its tests and the tests that measure a rate in
+# real time share one xdist group, so they never run beside each other (pyproject's
+# --dist loadgroup); a starved client cannot send at a limit, whatever the engine does.
+pytestmark = pytest.mark.xdist_group("cpu_heavy")
+
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[SiteProcess]:

@@ -70,6 +70,7 @@ def server() -> Iterator[tuple[RecordingServer, str]]:
     sock.close()
 
 
+@pytest.mark.xdist_group("cpu_heavy")  # real time: never beside chromium (see test_browser.py)
 def test_three_stages_sharing_a_resource_stay_under_its_rate(
     server: tuple[RecordingServer, str],
 ) -> None:
@@ -294,6 +295,7 @@ def bucket_server() -> Iterator[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("cpu_heavy")  # real time: never beside chromium (see test_browser.py)
 def test_adaptive_mode_finds_a_hidden_limit_in_real_time(bucket_server: str) -> None:
     """Told nothing, a resource against a server limited to 20/s settles within 10 % of it
     after warm-up, with fewer than 2 % of requests answered 429. The server runs in a
