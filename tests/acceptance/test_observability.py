@@ -24,6 +24,11 @@ from backfill.ledger import RunRecord, StageCounts, Status, WorkerRecord, open_l
 from backfill.partitions import daily
 from browser_support import ensure_chromium
 
+# Chromium takes every core it can get: its tests and the tests that measure a rate in
+# real time share one xdist group, so they never run beside each other (pyproject's
+# --dist loadgroup); a starved client cannot send at a limit, whatever the engine does.
+pytestmark = pytest.mark.xdist_group("cpu_heavy")
+
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 API_KEY = "k3y-0f-the-test-4711"
@@ -32,11 +37,6 @@ FLIGHTS_JOB = """
 import os
 
 from backfill import Job, PageNumber, PermanentError, RetryPolicy, daily
-
-# Chromium takes every core it can get: its tests and the tests that measure a rate in
-# real time share one xdist group, so they never run beside each other (pyproject's
-# --dist loadgroup); a starved client cannot send at a limit, whatever the engine does.
-pytestmark = pytest.mark.xdist_group("cpu_heavy")
 
 API = os.environ.get("FLIGHTS_API", "http://127.0.0.1:8813")
 job = Job("flights", partitions=daily("2013-01-01", os.environ.get("LAST_DAY", "2013-03-31")))
