@@ -27,6 +27,28 @@ def _interrupt(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
+def _interrupted_by(exc: BaseException) -> bool:
+    """Whether ``exc`` is an interrupt, or was raised because of one: a signal that lands
+    while Python builds a class during an import comes out wrapped ("Error calling
+    __set_name__ ...", a RuntimeError whose cause is the interrupt)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Interrupted):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _exit_interrupted() -> None:
+    # A second signal while the line is written must not become a traceback.
+    for signum in _SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    print(INTERRUPTED_LINE, file=sys.stderr, flush=True)
+    raise SystemExit(_EXIT_INTERRUPTED) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     for signum in _SIGNALS:
@@ -36,11 +58,11 @@ def main(argv: list[str] | None = None) -> None:
 
         cli_main(argv)
     except Interrupted:
-        # A second signal while the line is written must not become a traceback.
-        for signum in _SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
-        print(INTERRUPTED_LINE, file=sys.stderr, flush=True)
-        raise SystemExit(_EXIT_INTERRUPTED) from None
+        _exit_interrupted()
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) or not _interrupted_by(exc):
+            raise
+        _exit_interrupted()
 
 
 if __name__ == "__main__":  # pragma: no cover
