@@ -52,12 +52,13 @@ if TYPE_CHECKING:
 __all__ = ["BrowserClient", "BrowserPage", "browser_client", "failure_dir"]
 
 _log = logging.getLogger("backfill.browser")
-# A request leaves chromium a few to hundreds of milliseconds after its turn (more on a
-# busy machine): over any second the loads of this process leave at least this much more
-# apart than the rate asks, and as much more as those delays have lately differed, so
-# the site never sees one load more in a second than declared.
-_WINDOW_GUARD = 0.05
-_DELAYS_KEPT = 24
+# A request leaves chromium a little after the route lets it go (Playwright's continue
+# returns) and sometimes long after its turn (a new page's first load waits for its
+# renderer). Loads are paced on when they were let go, not when they took their turn:
+# the k-th load after one let go at t takes its turn no sooner than t + k/rate plus this
+# margin, or the most that recent requests left after being let go, if more.
+_LEAVE_MARGIN = 0.015
+_LEAVES_KEPT = 24
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
 
@@ -94,6 +95,16 @@ class _Load:
     probe: int = 0
     started: float | None = None
     admitted: float | None = None  # the wall clock's, as chromium's timings
+    released: float | None = None  # when the route let the request go (wall clock)
+
+
+@dataclass(slots=True)
+class _Turn:
+    """A load's turn, until the route has let its request go: ``released`` then holds
+    when (the clock's monotonic time), an upper bound of when it left but the margin."""
+
+    known: asyncio.Event
+    released: float = 0.0
 
 
 class BrowserPage:
@@ -147,8 +158,10 @@ class BrowserClient:
         self._loading: dict[Any, _Load] = {}
         self._spacing: asyncio.Lock | None = None
         self._last_start: float | None = None
-        # How long after their turn recent requests left chromium (its own timings).
-        self._delays: collections.deque[float] = collections.deque(maxlen=_DELAYS_KEPT)
+        # The turns of the latest loads that may still share a window with the next.
+        self._turns: list[_Turn] = []
+        # How long after being let go recent requests left chromium (its own timings).
+        self._leaves: collections.deque[float] = collections.deque(maxlen=_LEAVES_KEPT)
         self._contexts: set[Any] = set()
         self.loads = 0
         self.restarts = 0
@@ -206,9 +219,14 @@ class BrowserClient:
             if kind in blocked:
                 await route.abort()
                 return
-            if kind == "document":
-                await self.admit(context)
-            await route.continue_()
+            if kind != "document":
+                await route.continue_()
+                return
+            turn = await self.admit(context)
+            try:
+                await route.continue_()
+            finally:
+                self.released(context, turn)
 
         await context.route("**/*", route)
         page = await context.new_page()
@@ -356,54 +374,87 @@ class BrowserClient:
             self._loading.pop(page.context, None)
             self.resource.breaker.drop_probe(state.probe)
 
-    async def admit(self, context: Any) -> None:
+    async def admit(self, context: Any) -> _Turn:
         """The document request of a page in ``context`` is about to leave the browser:
         take the resource's turn for it now (its jitter was waited for already). A
-        navigation the stage started itself (a click) takes one too."""
+        navigation the stage started itself (a click) takes one too. The caller lets the
+        request go and then calls :meth:`released` with what this returns.
+
+        At a rate of r loads a second, no k/r seconds (k = r, at least 1) may see more
+        than k loads reach the site. A load reaches it after its turn and, but for the
+        margin, before the route let it go: the turn waits until fewer than k of the
+        loads before it may still arrive within the k/r seconds that end at it (one
+        not let go yet may arrive any time). A load let go late (a new page starting its
+        renderer) holds back only the loads that could share a window with it."""
         state = self._loading.get(context)
         if self._spacing is None:
             self._spacing = asyncio.Lock()
         async with self._spacing:
             rate = self.resource.rate
-            if self._last_start is not None and 0 < rate < math.inf:
-                # The guard first: the resource's turn is then due at once, and one sleep
-                # (not two, each late on a busy loop) spaces this load from the last.
-                gap = 1 / rate + self.guard / max(1.0, rate)
-                wait = self._last_start + gap - self.clock.monotonic()
-                if wait > 0:
-                    await self.clock.sleep(wait)
+            while 0 < rate < math.inf:
+                window = max(1, math.floor(rate))
+                span = window / rate
+                now = self.clock.monotonic()
+                margin = self.margin
+                gone = now - span
+                self._turns = [
+                    t for t in self._turns if not t.known.is_set() or t.released + margin > gone
+                ]
+                pending = [t for t in self._turns if not t.known.is_set()]
+                if len(pending) >= window:
+                    await pending[0].known.wait()
+                    continue
+                bounds = sorted(t.released + margin for t in self._turns if t.known.is_set())
+                need = window - len(pending)
+                due = bounds[-need] + span if len(bounds) >= need else -math.inf
+                if self._last_start is not None:
+                    due = max(due, self._last_start + 1 / rate)
+                if due <= now:
+                    break
+                await self.clock.sleep(due - now)
+                rate = self.resource.rate
             probe = await self._turn()
             self._last_start = self.clock.monotonic()
+            turn = _Turn(asyncio.Event())
+            self._turns.append(turn)
         self.loads += 1
         if state is None or state.started is not None:
             # Not a load of ours, or a redirect of one: counted, no answer to judge.
             self.resource.breaker.drop_probe(probe)
-            return
+            return turn
         if state.tally is not None:
             state.tally.requests += 1
         state.probe = probe
         state.started = self.clock.monotonic()
         state.admitted = self.clock.time()
         state.granted.set()
+        return turn
+
+    def released(self, context: Any, turn: _Turn) -> None:
+        """The route let the request of ``turn`` go (or failed to): the loads after it
+        are paced from now."""
+        turn.released = self.clock.monotonic()
+        turn.known.set()
+        state = self._loading.get(context)
+        if state is not None and state.released is None and state.admitted is not None:
+            state.released = self.clock.time()
 
     @property
-    def guard(self) -> float:
-        """Seconds a second's loads leave further apart than the rate: the spread of
-        recent delays between a turn and the request leaving chromium, at least 50 ms."""
-        if len(self._delays) < 2:
-            return _WINDOW_GUARD
-        return max(_WINDOW_GUARD, max(self._delays) - min(self._delays))
+    def margin(self) -> float:
+        """Seconds a load's request may leave chromium after the route let it go: the
+        most recent requests took (chromium's own timings), at least 15 ms."""
+        return max(_LEAVE_MARGIN, max(self._leaves, default=0.0))
 
     def _left(self, state: _Load, response: Any) -> None:
-        """Note how long after its turn the load's request left chromium."""
+        """Note how long after the route let it go the load's request left chromium."""
         request = getattr(response, "request", None)
         timing = getattr(request, "timing", None)
-        if not isinstance(timing, dict) or state.admitted is None:
+        if not isinstance(timing, dict) or state.released is None:
             return
         start, sent = timing.get("startTime", -1), timing.get("requestStart", -1)
         if isinstance(start, int | float) and start > 0:
             left = (start + max(0.0, sent if isinstance(sent, int | float) else 0.0)) / 1000
-            self._delays.append(max(0.0, left - state.admitted))
+            self._leaves.append(max(0.0, left - state.released))
 
     async def _abandon(self, page: Any, navigation: asyncio.Future[Any]) -> None:
         """A navigation given up on: the page goes (a later load must not find it
