@@ -24,7 +24,16 @@ from backfill.ledger import (
     Status,
     WorkerRecord,
 )
-from backfill.partitions import Discover, Order, daily, discovered, monthly, reference, yearly
+from backfill.partitions import (
+    Discover,
+    Order,
+    Selection,
+    daily,
+    discovered,
+    monthly,
+    reference,
+    yearly,
+)
 
 JOB = "contract"
 STAGE = "fetch"
@@ -135,6 +144,28 @@ class LedgerContract:
         assert first.dims == (("tour", "atp"),)
         assert got["1990/tour=atp/t=7"].partition(spec.grain).params == {}
         assert spec.get("1990/tour=atp/t=339") == first
+
+    def test_a_selection_of_what_partitions_find_takes_their_finds_only(
+        self, ledger: Ledger
+    ) -> None:
+        """``Selection.found`` selects the partitions found by the named discoverers (by
+        their keys, as the ledger holds them), beside the keys named, and not another
+        discoverer's finds."""
+        spec = discovered("archive", name="t").bound(
+            yearly("1990-01-01", "1991-12-31", tour=["atp", "wta"])
+        )
+        parents = {p.key: p for p in spec.parent.partitions()}
+        for key, numbers in (("1990/tour=atp", "339 7"), ("1991/tour=wta", "339 8.1:x-y")):
+            children = [spec.child(parents[key], Discover(n)) for n in numbers.split()]
+            ledger.plan(JOB, STAGE, children)
+        chosen = Selection(
+            keys=frozenset({"1990/tour=wta/t=1"}), found=frozenset({"1991/tour=wta/t="})
+        )
+        keys = sorted(e.key for e in ledger.entries(JOB, STAGE, selection=chosen))
+        assert keys == ["1991/tour=wta/t=339", "1991/tour=wta/t=8.1:x-y"]
+        assert ledger.counts(JOB, [STAGE], chosen)[STAGE].total == 2
+        assert all(chosen.matches(spec.get(k)) for k in keys)  # type: ignore[arg-type]
+        assert not chosen.matches(spec.get("1990/tour=atp/t=339"))  # type: ignore[arg-type]
 
     def test_plan_of_a_longer_range_adds_only_new_partitions(self, ledger: Ledger) -> None:
         """Extending the range plans only the partitions not yet recorded."""

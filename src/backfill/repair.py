@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from backfill import coverage
 from backfill.job import Job, Stage
+from backfill.job.graph import found_by_keys
 from backfill.ledger import Ledger, Status
 from backfill.partitions import Selection
 
@@ -49,9 +50,11 @@ class Redo:
         return ", ".join(f"{n:,} {state}" for state, n in sorted(self.tally.items()))
 
 
-def _narrowed(selection: Selection | None, keys: set[str]) -> Selection:
+def _narrowed(
+    selection: Selection | None, keys: set[str], found: frozenset[str] = frozenset()
+) -> Selection:
     base = selection or Selection()
-    return Selection(base.start, base.end, frozenset(keys), base.dims)
+    return Selection(base.start, base.end, frozenset(keys), base.dims, found)
 
 
 def gaps_to_fill(
@@ -75,7 +78,8 @@ def gaps_to_fill(
         if failed:
             again = Selection(keys=frozenset(failed))
             requeues.append(Requeue((stage.name,), (Status.FAILED,), again))
-    return Redo(job.name, _narrowed(selection, wanted), tally, tuple(requeues))
+    found_by = found_by_keys(job.stages, stages, keys)
+    return Redo(job.name, _narrowed(selection, wanted, found_by), tally, tuple(requeues))
 
 
 def to_retry(

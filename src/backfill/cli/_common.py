@@ -25,6 +25,7 @@ from backfill.engine.entry import default_log_dir, log_path
 from backfill.errors import BackfillError, ConfigError
 from backfill.events import Subscriber
 from backfill.job import Job, Stage, load_job
+from backfill.job.graph import found_by_keys
 from backfill.ledger import (
     Ledger,
     NoState,
@@ -242,7 +243,25 @@ def load_selection(
             "--where"
         )
     spec = partitioned[0].partitions
-    selection = spec.selection(start=start, end=end, keys=keys or (), where=where or ())
+    given = sorted(set(keys or ()))
+    # A key may be any selected stage's (an archive page's, or a tournament it found).
+    by_stage = {s.name: [k for k in given if s.partitions.get(k) is not None] for s in partitioned}
+    for key in given:
+        if not any(key in mine for mine in by_stage.values()):
+            shapes = " or ".join(
+                dict.fromkeys(repr(s.partitions.example_key()) for s in partitioned)
+            )
+            raise ConfigError(f"unknown partition {key!r}; keys of this job look like {shapes}")
+    own = by_stage[partitioned[0].name]
+    selection = spec.selection(start=start, end=end, keys=own, where=where or ())
+    if given and len(own) < len(given):
+        selection = Selection(selection.start, selection.end, frozenset(given), selection.dims)
+    if given:
+        found = found_by_keys(job.stages, stages, by_stage)
+        if found:
+            selection = Selection(
+                selection.start, selection.end, selection.keys, selection.dims, found
+            )
     return job, stages, selection
 
 

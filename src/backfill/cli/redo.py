@@ -182,6 +182,7 @@ def reset(
             [s.name for s in stages],
             selection,
             downstream={s.name: job.dependencies(s) for s in later},
+            keep=[s.name for s in stages if s.discovered_from is not None],
         )
     finally:
         ledger.close()

@@ -3,14 +3,21 @@ what is upstream and downstream of a stage, and which stages the stage options c
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from backfill.errors import ConfigError
 from backfill.job.stages import Stage
 from backfill.ledger import Dependency
-from backfill.partitions import Grain
+from backfill.partitions import DiscoveredSpec, Grain
 
-__all__ = ["dependencies", "discoverers", "downstream", "select_stages", "upstream"]
+__all__ = [
+    "dependencies",
+    "discoverers",
+    "downstream",
+    "found_by_keys",
+    "select_stages",
+    "upstream",
+]
 
 # Longest window of each grain minus one day: how far before a day a window may start.
 _SPAN_DAYS = {
@@ -112,3 +119,22 @@ def discoverers(stages: Mapping[str, Stage]) -> dict[str, list[Stage]]:
         if stage.discovered_from is not None:
             found.setdefault(stage.discovered_from, []).append(stage)
     return found
+
+
+def found_by_keys(
+    stages: Mapping[str, Stage], selected: Sequence[Stage], keys: Mapping[str, Iterable[str]]
+) -> frozenset[str]:
+    """For a selection by key: what the selected partitions of discovering stages find
+    for the selected stages that take it (``<key>/<name>=``), so a run of an archive
+    page that had not been read also runs the tournaments it finds."""
+    names_selected = {s.name for s in selected}
+    found: set[str] = set()
+    for source, targets in discoverers(stages).items():
+        names = [
+            t.partitions.name
+            for t in targets
+            if t.name in names_selected and isinstance(t.partitions, DiscoveredSpec)
+        ]
+        for key in keys.get(source, ()) if names else ():
+            found.update(f"{key}/{name}=" for name in names)
+    return frozenset(found)

@@ -7,7 +7,7 @@ and migrates its schema and runs a transaction; everything it spells differently
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from backfill.ledger import _deps
@@ -69,8 +69,12 @@ class SQLLedger(WorkOps, ReadOps):
         selection: Selection | None = None,
         *,
         downstream: Mapping[str, Sequence[Dependency]] | None = None,
+        keep: Collection[str] = (),
     ) -> ResetCounts:
         where, params = self.dialect.selection_sql(selection)
+        unfinished = self.dialect.list_value(
+            [s.value for s in (Status.PENDING, Status.DONE, Status.EMPTY, Status.FAILED)]
+        )
 
         def forget(conn: Any) -> ResetCounts:
             removed = stale = 0
@@ -87,11 +91,19 @@ class SQLLedger(WorkOps, ReadOps):
                     if query is not None:
                         sql, args = query
                         stale += conn.execute(sql, dict(args, message=_deps.STALE_MESSAGE)).rowcount
-            for stage_id in known:
+            for stage, held in zip(stages, ids, strict=True):
+                if held is None:
+                    continue
+                if stage in keep:
+                    # Only its discoverer could plan it again: kept, as pending.
+                    sql = self._q["requeue"].format(where=where)
+                    args = dict(params, stage_id=held, statuses=unfinished)
+                    removed += conn.execute(sql, args).rowcount
+                    continue
                 sql = self._q["reset"].format(where=where)
-                removed += conn.execute(sql, dict(params, stage_id=stage_id)).rowcount
+                removed += conn.execute(sql, dict(params, stage_id=held)).rowcount
                 # The next plan must put the forgotten partitions back.
-                conn.execute(self._q["forget_plan"], {"stage_id": stage_id})
+                conn.execute(self._q["forget_plan"], {"stage_id": held})
             return ResetCounts(removed, stale)
 
         return self._run(forget)

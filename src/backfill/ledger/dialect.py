@@ -20,6 +20,7 @@ from backfill.errors import LedgerError
 from backfill.ledger import limits
 from backfill.ledger.models import Dependency, Outcome
 from backfill.partitions import Partition, Selection
+from backfill.partitions.selection import FOUND_KEY_CHARS
 
 __all__ = ["Dialect", "check_version", "load_queries", "load_script", "statements"]
 
@@ -187,9 +188,15 @@ class Dialect(ABC):
         if selection.end is not None:
             clauses.append(f"window_start <= {self.param('sel_end')}")
             params["sel_end"] = self.date_value(selection.end)
-        if selection.keys:
-            clauses.append(self.in_list("key", "sel_keys"))
+        if selection.by_key:
+            by_key = self.in_list("key", "sel_keys")
             params["sel_keys"] = self.list_value(sorted(selection.keys))
+            if selection.found:
+                # A found partition's key less its found key: its discoverer's and name.
+                parent = self.in_list(f"rtrim(key, '{FOUND_KEY_CHARS}')", "sel_found")
+                by_key = f"({by_key} OR {parent})"
+                params["sel_found"] = self.list_value(sorted(selection.found))
+            clauses.append(by_key)
         for i, (dim, allowed) in enumerate(sorted(selection.dims.items())):
             clauses.append(self.in_list(self.dim_by_param(f"sel_dim_name_{i}"), f"sel_dim_{i}"))
             params[f"sel_dim_name_{i}"] = self.dim_value(dim)

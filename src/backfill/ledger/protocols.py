@@ -10,7 +10,7 @@ when both live in one database.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from backfill.ledger.identity import DatabaseIdentity
@@ -279,11 +279,14 @@ class Ledger(WorkLedger, ReportLedger, Protocol):
         selection: Selection | None = None,
         *,
         downstream: Mapping[str, Sequence[Dependency]] | None = None,
+        keep: Collection[str] = (),
     ) -> ResetCounts:
         """Forget partitions (any status but running). In the same transaction, the
         finished partitions of the ``downstream`` stages (name: its dependencies) whose
         inputs include a forgotten partition are marked stale, as :meth:`mark_stale`
-        marks them; once forgotten, nothing would tie them to it any more."""
+        marks them; once forgotten, nothing would tie them to it any more. The
+        partitions of the stages in ``keep`` (discovered ones: only their discoverer
+        could plan them again) are returned to pending, with their params, instead."""
 
 
 @runtime_checkable

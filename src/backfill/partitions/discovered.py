@@ -29,13 +29,13 @@ from datetime import date
 from typing import Any
 
 from backfill.errors import ConfigError, PermanentError
-from backfill.partitions.selection import Selection
+from backfill.partitions.selection import FOUND_KEY_CHARS, Selection
 from backfill.partitions.specs import PartitionSpec
 from backfill.partitions.windows import NO_PARAMS, Grain, Order, Partition
 
 __all__ = ["MAX_PARAMS", "Discover", "DiscoveredSpec", "discovered", "params_json"]
 
-_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+_KEY = re.compile(rf"^[{re.escape(FOUND_KEY_CHARS)}]{{1,200}}$")
 # What one discovered partition may carry, encoded: a source cannot fill the ledger.
 MAX_PARAMS = 64 * 1024
 

@@ -15,7 +15,12 @@ from backfill.partitions.windows import Partition, parse_date
 if TYPE_CHECKING:
     from backfill.partitions.specs import PartitionSpec
 
-__all__ = ["Selection", "select"]
+__all__ = ["FOUND_KEY_CHARS", "Selection", "select"]
+
+# The characters of the key a discovering stage gives what it finds (``Discover(key)``):
+# the key of a found partition is ``<its discoverer's key>/<name>=<found key>``, so
+# stripping these from its end leaves ``<its discoverer's key>/<name>=``.
+FOUND_KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,24 +28,45 @@ class Selection:
     """A subset of a job's partitions chosen on the command line.
 
     Every given criterion must hold: the window overlaps ``[start, end]``, the key is one
-    of ``keys`` (when any are given), and each named dimension takes one of its values.
+    of ``keys`` or names a partition found by one of them (``found``, when any are
+    given), and each named dimension takes one of its values.
+
+    ``found`` holds ``<discovering partition's key>/<name>=``: the partitions a selected
+    archive page finds for a stage declared ``discovered(..., name=<name>)``, whether
+    they are on record yet or get discovered during the run.
     """
 
     start: date | None = None
     end: date | None = None
     keys: frozenset[str] = frozenset()
     dims: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    found: frozenset[str] = frozenset()
 
     @property
     def is_everything(self) -> bool:
-        return self.start is None and self.end is None and not self.keys and not self.dims
+        return (
+            self.start is None
+            and self.end is None
+            and not self.keys
+            and not self.dims
+            and not self.found
+        )
+
+    @property
+    def by_key(self) -> bool:
+        """Whether it names its partitions by key (``keys`` or ``found``)."""
+        return bool(self.keys or self.found)
 
     def matches(self, partition: Partition) -> bool:
         if self.start is not None and partition.end < self.start:
             return False
         if self.end is not None and partition.start > self.end:
             return False
-        if self.keys and partition.key not in self.keys:
+        if (
+            self.by_key
+            and partition.key not in self.keys
+            and partition.key.rstrip(FOUND_KEY_CHARS) not in self.found
+        ):
             return False
         values = partition.dim_map
         return all(values.get(dim) in allowed for dim, allowed in self.dims.items())
@@ -57,6 +83,9 @@ class Selection:
         if self.keys:
             n = len(self.keys)
             parts.append(f"{n:,} partition key" + ("" if n == 1 else "s"))
+        if self.found:
+            n = len(self.found)
+            parts.append(f"what {n:,} partition" + (" finds" if n == 1 else "s find"))
         for dim, allowed in self.dims.items():
             parts.append(f"{dim}={','.join(sorted(allowed))}")
         return ", ".join(parts) or "everything"
