@@ -317,3 +317,81 @@ def test_postgres_warehouse_without_psycopg_names_the_extra(
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(ConfigError, match=r"pip install 'backfill\[postgres\]'"):
         check_warehouse_url("postgresql://me:secret@db/dw")
+
+
+class _BigQueryCursor:
+    """What google-cloud-bigquery's DB-API cursor keeps of a finished query: its job."""
+
+    def __init__(self, scanned: int) -> None:
+        self._query_job = type("QueryJob", (), {"total_bytes_processed": scanned})()
+
+
+def test_scanned_bytes_are_read_where_the_driver_keeps_them() -> None:
+    """BigQuery's cursor holds its query job and the bytes it processed; a cursor that
+    says nothing (psycopg's, DuckDB's) gives None, not 0."""
+    from backfill.sources.sql import reported_bytes
+
+    assert reported_bytes(_BigQueryCursor(10_485_760)) == 10_485_760
+    assert reported_bytes(object()) is None
+
+
+def test_a_bytes_budget_stops_the_run_once_scanned_and_the_rest_waits(tmp_path: Path) -> None:
+    """Each query scans 10 MB (as the job's reader says): with a budget of 35 MB, the
+    fourth query is the last to start; the run stops as for a fatal error, naming the
+    budget and what was scanned, leaves the other days pending (none failed), and the
+    run's figures count the bytes. A larger budget then finishes the rest."""
+    url = _duckdb(tmp_path)
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'state.db'}")
+
+    def make(budget: str) -> Job:
+        job = Job("budget", partitions=daily("2024-01-01", "2024-01-10"))
+        job.warehouse(
+            "warehouse", url, concurrency=1, bytes_budget=budget, scanned=lambda cursor: 10**7
+        )
+
+        @job.stage(resource="warehouse", concurrency=1)
+        async def q(ctx, partition):  # type: ignore[no-untyped-def]
+            return await ctx.sql.records("SELECT n FROM t WHERE day = :day")
+
+        return job
+
+    first = run_job(make("35MB"), ledger)
+    assert first.exit_code != 0
+    assert "bytes_budget of 35 MB" in (first.message or "")
+    assert "scanned 40 MB" in (first.message or "")
+    counts = ledger.counts("budget", ["q"])["q"]
+    assert (counts.done, counts.failed, counts.pending) == (4, 0, 6)
+    assert first.warehouses["warehouse"]["bytes_scanned"] == 4 * 10**7
+    second = run_job(make("1GB"), ledger)
+    assert second.exit_code == 0, second.message
+    assert ledger.counts("budget", ["q"])["q"].done == 10
+    assert second.warehouses["warehouse"]["bytes_scanned"] == 6 * 10**7
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        ("lots", "bytes_budget 'lots' must be a number of bytes or a size such as '500GB'"),
+        ("12 parsecs", "must be a number of bytes"),
+        (0, "must be more than 0 bytes"),
+        ("0GB", "must be more than 0 bytes"),
+    ],
+)
+def test_a_bad_bytes_budget_is_one_sentence_and_declares_nothing(
+    budget: object, message: str
+) -> None:
+    job = Job("j", partitions=daily("2024-01-01", "2024-01-02"))
+    with pytest.raises(ConfigError, match=message) as info:
+        job.warehouse("warehouse", "duckdb:///:memory:", bytes_budget=budget)  # type: ignore[arg-type]
+    assert "'warehouse'" in str(info.value) and "\n" not in str(info.value)
+    assert "warehouse" not in job.resources
+
+
+def test_sizes_read_in_decimal_and_binary_units() -> None:
+    from backfill.sources.sql import format_bytes, parse_bytes
+
+    assert parse_bytes("500GB", "b") == 500 * 10**9
+    assert parse_bytes("2 TiB", "b") == 2 * 1024**4
+    assert parse_bytes("1.5mb", "b") == 1_500_000
+    assert parse_bytes(4096, "b") == 4096
+    assert format_bytes(1.5e9) == "1.5 GB" and format_bytes(40) == "40 B"

@@ -299,21 +299,36 @@ class Job:
         timeout: float | None = None,
         shared: bool = False,
         max_wait: float = DEFAULT_MAX_WAIT,
+        bytes_budget: int | str | None = None,
+        scanned: Callable[[Any], int | None] | None = None,
     ) -> Resource:
         """Declare a warehouse: a resource whose stages query ``url`` with ``ctx.sql``
         (SQLAlchemy 2 URLs: ``duckdb:///FILE``, ``postgresql://USER@HOST/DB``,
         ``sqlite:///FILE``, any installed dialect). ``concurrency`` queries at once,
         ``limits`` such as ``["2000/day"]`` (kept in the state across restarts), each query
-        cancelled on the server after ``timeout`` seconds. See :mod:`backfill.sources.sql`.
+        cancelled on the server after ``timeout`` seconds. ``bytes_budget`` (``"500GB"``)
+        bounds the bytes a run's queries scan, where the driver says (BigQuery's does;
+        ``scanned(cursor)`` reads them from another driver's DB-API cursor). See
+        :mod:`backfill.sources.sql`.
 
         Example::
 
             job.warehouse("warehouse", "duckdb:///flights.duckdb", concurrency=15,
                           limits=["2000/day"], timeout=600)
         """
-        from backfill.sources.sql import check_warehouse_url
+        from backfill.sources.sql import check_warehouse_url, parse_bytes
 
         check_warehouse_url(url, f"warehouse {name!r}")
+        budget = (
+            parse_bytes(bytes_budget, f"warehouse {name!r}: bytes_budget")
+            if bytes_budget is not None
+            else None
+        )
+        if scanned is not None and not callable(scanned):
+            raise ConfigError(
+                f"warehouse {name!r}: scanned must be a function of a DB-API cursor that "
+                "returns the bytes its query scanned (or None)"
+            )
         if concurrency < 1:
             raise ConfigError(f"warehouse {name!r}: concurrency must be 1 or more")
         if timeout is not None and timeout <= 0:
@@ -327,7 +342,12 @@ class Job:
             max_wait=max_wait,
             secrets=tuple(s.value for s in url_secrets(url, name)),
         )
-        self.sql_options[name] = {"url": url, "timeout": timeout}
+        self.sql_options[name] = {
+            "url": url,
+            "timeout": timeout,
+            "bytes_budget": budget,
+            "scanned": scanned,
+        }
         return resource
 
     @property

@@ -102,6 +102,8 @@ def _sql(job: Job, resource: Resource | None, clock: Clock) -> Client:
         timeout=options["timeout"],
         secrets=job.secrets,
         name=resource.name,
+        bytes_budget=options.get("bytes_budget"),
+        scanned=options.get("scanned"),
     )
 
 

@@ -18,6 +18,12 @@ parameterised only: ``:day``, ``:start``, ``:end`` and each of the partition's
 dimensions are bound from the partition, other ``:names`` from ``params``; a name bound
 by neither stops the run naming it.
 
+Where the driver says how many bytes a query scanned (BigQuery's query job does; a job
+may read it from other drivers' cursors with ``scanned=``), the run's figures count
+them, and ``bytes_budget=`` bounds them: once a run has scanned its budget no new query
+starts, and the run stops as it does for any fatal error (the partitions left wait for
+the next run; queries already running finish).
+
 A query past its timeout is cancelled on the server (PostgreSQL: ``statement_timeout``
 on the server, a cancel request besides; DuckDB and SQLite: ``interrupt()``; others: the
 driver's cancel), its connection rolled back and returned to the pool (or discarded when
@@ -57,8 +63,11 @@ __all__ = [
     "BOUND_NAMES",
     "PartitionSql",
     "QueryStats",
+    "ScannedBytes",
     "SqlClient",
     "check_warehouse_url",
+    "format_bytes",
+    "parse_bytes",
     "partition_params",
     "query_params",
 ]
@@ -80,6 +89,50 @@ _CLIENT_MARGIN = 0.5
 # deadlocks, insufficient resources, operator intervention (a restart).
 _TRANSIENT_SQLSTATE = ("08", "40", "53", "57P")
 _QUERY_CANCELED = "57014"
+# Sizes a budget may be written in: decimal (GB) and binary (GiB) units.
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1}
+for _i, _p in enumerate("kmgtp", start=1):
+    _UNITS[f"{_p}b"] = 1000**_i
+    _UNITS[f"{_p}ib"] = 1024**_i
+
+# How a job reads the bytes a query scanned from the driver's cursor (None: not said).
+ScannedBytes = Callable[[Any], "int | None"]
+
+
+def parse_bytes(value: int | str, what: str) -> int:
+    """A number of bytes from ``2_000_000_000``, ``"500GB"`` or ``"2TiB"``; a
+    ConfigError of one sentence naming ``what`` otherwise."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be a number of bytes or a size such as '500GB'")
+    if isinstance(value, int):
+        number = value
+    else:
+        found = _SIZE.match(value) if isinstance(value, str) else None
+        if found is None or (found.group(2) or "").lower() not in _UNITS:
+            raise ConfigError(
+                f"{what} {value!r} must be a number of bytes or a size such as '500GB' or '2TiB'"
+            )
+        number = int(float(found.group(1)) * _UNITS[(found.group(2) or "").lower()])
+    if number <= 0:
+        raise ConfigError(f"{what} must be more than 0 bytes")
+    return number
+
+
+def format_bytes(count: float) -> str:
+    """``1.5 GB``, ``312 MB``, ``40 B`` (decimal units, as warehouses bill)."""
+    for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= size:
+            return f"{count / size:.3g} {unit}"
+    return f"{count:.0f} B"
+
+
+def reported_bytes(cursor: Any) -> int | None:
+    """The bytes a finished query scanned, where its DB-API cursor says: BigQuery's
+    (google-cloud-bigquery) keeps its query job, whose ``total_bytes_processed`` it is."""
+    job = getattr(cursor, "query_job", None) or getattr(cursor, "_query_job", None)
+    value = getattr(job, "total_bytes_processed", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _require_sqlalchemy(what: str) -> None:
@@ -204,6 +257,8 @@ class QueryStats:
     queries: int = 0
     rows: int = 0
     seconds: float = 0.0
+    # Bytes scanned, where the driver said (None: it never did).
+    scanned: int | None = None
     timeouts: int = 0
     errors: int = 0
     # Queries running now (the highest seen at once, for the concurrency's proof).
@@ -216,12 +271,14 @@ class QueryStats:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
 
-    def finished(self, rows: int, seconds: float, outcome: str) -> None:
+    def finished(self, rows: int, seconds: float, outcome: str, scanned: int | None) -> None:
         with self._lock:
             self.running -= 1
             self.queries += 1
             self.rows += rows
             self.seconds += seconds
+            if scanned is not None:
+                self.scanned = (self.scanned or 0) + scanned
             if outcome == "timeout":
                 self.timeouts += 1
             elif outcome != "ok":
@@ -235,6 +292,7 @@ class QueryStats:
             "timeouts": self.timeouts,
             "errors": self.errors,
             "most_at_once": self.most_at_once,
+            **({"bytes_scanned": self.scanned} if self.scanned is not None else {}),
         }
 
 
@@ -251,12 +309,14 @@ class _Unreachable(Exception):
 
 
 class _Held:
-    """The connection a call runs on, once it has one (a cancel interrupts it)."""
+    """The connection a call runs on, once it has one (a cancel interrupts it), and the
+    bytes its statements scanned, where the driver said."""
 
-    __slots__ = ("conn",)
+    __slots__ = ("conn", "scanned")
 
     def __init__(self) -> None:
         self.conn: Connection | None = None
+        self.scanned: int | None = None
 
 
 class SqlClient:
@@ -277,8 +337,13 @@ class SqlClient:
         pool_size: int | None = None,
         secrets: Sequence[str] = (),
         name: str = "warehouse",
+        bytes_budget: int | None = None,
+        scanned: ScannedBytes | None = None,
     ) -> None:
         self.dialect = check_warehouse_url(url, f"warehouse {name!r}")
+        self.bytes_budget = bytes_budget
+        self._scanned = scanned or reported_bytes
+        self._scanned_failed = False
         from sqlalchemy import create_engine, event
 
         self.name = name
@@ -338,11 +403,12 @@ class SqlClient:
         """Run a query; its rows as dicts."""
         values = _bind(sql, params or {}, where)
 
-        def fetch(conn: Connection) -> tuple[list[dict[str, Any]], int]:
+        def fetch(conn: Connection, held: _Held) -> tuple[list[dict[str, Any]], int]:
             if self.dialect == "postgresql":
                 # One statement, nothing to commit: no BEGIN and ROLLBACK round trips.
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            rows = [dict(r._mapping) for r in conn.execute(_text(sql), values)]
+            result = self._measured(conn.execute(_text(sql), values), held)
+            rows = [dict(r._mapping) for r in result]
             return rows, len(rows)
 
         return await self._run(fetch, timeout, sql)
@@ -358,8 +424,8 @@ class SqlClient:
         """Run a statement in a transaction of its own; the rows it changed."""
         values = _bind(sql, params or {}, where)
 
-        def run(conn: Connection) -> tuple[int, int]:
-            count = conn.execute(_text(sql), values).rowcount
+        def run(conn: Connection, held: _Held) -> tuple[int, int]:
+            count = self._measured(conn.execute(_text(sql), values), held).rowcount
             conn.commit()
             return max(count, 0), max(count, 0)
 
@@ -378,8 +444,11 @@ class SqlClient:
         inside the transaction (a done-mark, a check)."""
         bound = [(sql, _bind(sql, params, where)) for sql, params in statements]
 
-        def run(conn: Connection) -> tuple[list[int], int]:
-            counts = [max(conn.execute(_text(sql), values).rowcount, 0) for sql, values in bound]
+        def run(conn: Connection, held: _Held) -> tuple[list[int], int]:
+            counts = [
+                max(self._measured(conn.execute(_text(sql), values), held).rowcount, 0)
+                for sql, values in bound
+            ]
             if before_commit is not None:
                 before_commit(conn)
             conn.commit()
@@ -402,6 +471,8 @@ class SqlClient:
         bounds the whole stream."""
         values = _bind(sql, params or {}, where)
         limit = self._limit(timeout)
+        self._within_budget()
+        held = _Held()
         async with self._connection() as (conn, loop):
             started = time.monotonic()
             self.stats.started()
@@ -415,7 +486,10 @@ class SqlClient:
                 result = await self._step(
                     conn,
                     loop,
-                    lambda: conn.execution_options(stream_results=True).execute(_text(sql), values),
+                    lambda: self._measured(
+                        conn.execution_options(stream_results=True).execute(_text(sql), values),
+                        held,
+                    ),
                     limit,
                     started,
                 )
@@ -432,17 +506,18 @@ class SqlClient:
                 outcome = "timeout"
                 raise self._timed_out(limit, time.monotonic() - started) from None
             finally:
-                self._finished(rows, started, outcome, sql)
+                self._finished(rows, started, outcome, sql, held.scanned)
 
     # -- one query from its turn to its connection's return --------------------------
 
     async def _run(
-        self, work: Callable[[Connection], tuple[T, int]], timeout: float | None, sql: str
+        self, work: Callable[[Connection, _Held], tuple[T, int]], timeout: float | None, sql: str
     ) -> T:
         """One query: a turn, then a connection, the statement and the connection's return
         in one call on the client's threads (a query costs one hop, not three)."""
         limit = self._limit(timeout)
         loop = asyncio.get_running_loop()
+        self._within_budget()
         held = _Held()
         async with self._turn():
             started = time.monotonic()
@@ -456,7 +531,7 @@ class SqlClient:
                     if limit is not None and self.dialect == "postgresql":
                         left = limit - (time.monotonic() - started)
                         _statement_timeout(conn, max(1, int(left * 1000)))
-                    return work(conn)
+                    return work(conn, held)
                 finally:
                     _give_back(conn)
 
@@ -473,7 +548,7 @@ class SqlClient:
                     outcome = "timeout"
                 raise
             finally:
-                self._finished(rows, started, outcome, sql)
+                self._finished(rows, started, outcome, sql, held.scanned)
 
     def _limit(self, timeout: float | None) -> float | None:
         limit = timeout if timeout is not None else self.timeout
@@ -481,17 +556,56 @@ class SqlClient:
             raise ConfigError(f"warehouse {self.name!r}: a query timeout must be positive")
         return limit
 
-    def _finished(self, rows: int, started: float, outcome: str, sql: str) -> None:
+    def _finished(
+        self, rows: int, started: float, outcome: str, sql: str, scanned: int | None
+    ) -> None:
         seconds = time.monotonic() - started
-        self.stats.finished(rows, seconds, outcome)
+        self.stats.finished(rows, seconds, outcome, scanned)
+        extra: dict[str, Any] = {"resource": self.name, "rows": rows, "seconds": round(seconds, 3)}
+        if scanned is not None:
+            extra["bytes_scanned"] = scanned
         log.debug(
-            "query on %s: %s, %d rows in %.3f s",
+            "query on %s: %s, %d rows in %.3f s%s",
             self.name,
             outcome,
             rows,
             seconds,
-            extra={"resource": self.name, "rows": rows, "seconds": round(seconds, 3)},
+            f", {format_bytes(scanned)} scanned" if scanned is not None else "",
+            extra=extra,
         )
+
+    def _measured(self, result: Any, held: _Held) -> Any:
+        """``result``, its statement's scanned bytes added to ``held`` where the driver
+        said (on the client's thread, right after the statement ran)."""
+        cursor = getattr(result, "cursor", None)
+        if cursor is None:
+            return result
+        try:
+            scanned = self._scanned(cursor)
+        except Exception as exc:
+            if not self._scanned_failed:
+                self._scanned_failed = True
+                log.warning(
+                    "warehouse %s: reading the bytes a query scanned failed (%s); "
+                    "they are not counted",
+                    self.name,
+                    self._masker.mask(_first_line(exc)),
+                )
+            return result
+        if scanned is not None:
+            held.scanned = (held.scanned or 0) + int(scanned)
+        return result
+
+    def _within_budget(self) -> None:
+        """Refuse a new query once the run has scanned the warehouse's bytes budget."""
+        budget, scanned = self.bytes_budget, self.stats.scanned
+        if budget is not None and scanned is not None and scanned >= budget:
+            raise FatalError(
+                f"warehouse {self.name!r} has scanned {format_bytes(scanned)} in this run, "
+                f"its bytes_budget of {format_bytes(budget)}: no more queries start; the "
+                "partitions left wait for the next run (raise bytes_budget= to go on)",
+                category="bytes_budget",
+            )
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
