@@ -213,3 +213,27 @@ def test_the_margin_follows_how_late_requests_leave_after_being_let_go() -> None
     assert browser.margin == 0.015
     asyncio.run(main())
     assert 0.19 <= browser.margin <= 0.21
+
+
+def test_loads_known_to_have_left_are_paced_from_when_they_left_not_by_the_margin() -> None:
+    """One request leaves 0.2 s after being let go, which widens the margin to 0.2 s;
+    the loads whose answers came back since are paced from when chromium says they
+    left, so the spacing stays at the rate's and no second sees more than 10 loads."""
+    browser = client(10.0)
+    leaves = [0.0] * 4 + [0.2] + [0.0] * 59
+    pages = [StandInPage(client=browser, leaves=leaves[i::4]) for i in range(4)]
+
+    async def walk(page: StandInPage) -> None:
+        for _ in range(16):
+            await browser.load(page, "http://site.invalid/p", None)
+
+    async def main() -> None:
+        await asyncio.gather(*(walk(p) for p in pages))
+
+    asyncio.run(main())
+    starts = sorted(s for p in pages for s in p.starts)
+    assert most_in_window(starts) <= 10
+    # While the margin remembers the late one (24 loads), pacing by it alone holds every
+    # tenth load back 0.2 s more (gaps of 0.3 s); paced from when they left, none.
+    after = starts[8:40]
+    assert max(b - a for a, b in itertools.pairwise(after)) < 0.25

@@ -59,6 +59,10 @@ _log = logging.getLogger("backfill.browser")
 # margin, or the most that recent requests left after being let go, if more.
 _LEAVE_MARGIN = 0.015
 _LEAVES_KEPT = 24
+# Between chromium's timing of a request leaving and the site receiving it (loopback to
+# a network away), and the two clocks' readings: a load known to have left is paced from
+# then plus this.
+_LEFT_SLACK = 0.005
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=-]+")
 
 
@@ -96,15 +100,22 @@ class _Load:
     started: float | None = None
     admitted: float | None = None  # the wall clock's, as chromium's timings
     released: float | None = None  # when the route let the request go (wall clock)
+    turn: _Turn | None = None  # its turn, told when the request left
 
 
 @dataclass(slots=True)
 class _Turn:
     """A load's turn, until the route has let its request go: ``released`` then holds
-    when (the clock's monotonic time), an upper bound of when it left but the margin."""
+    when (the clock's monotonic time), an upper bound of when it left but the margin;
+    ``left``, once its answer came, when it did leave (chromium's own timing)."""
 
     known: asyncio.Event
     released: float = 0.0
+    left: float | None = None
+
+    def bound(self, margin: float) -> float:
+        """The latest its request may reach the site (monotonic)."""
+        return self.left + _LEFT_SLACK if self.left is not None else self.released + margin
 
 
 class BrowserPage:
@@ -398,13 +409,13 @@ class BrowserClient:
                 margin = self.margin
                 gone = now - span
                 self._turns = [
-                    t for t in self._turns if not t.known.is_set() or t.released + margin > gone
+                    t for t in self._turns if not t.known.is_set() or t.bound(margin) > gone
                 ]
                 pending = [t for t in self._turns if not t.known.is_set()]
                 if len(pending) >= window:
                     await pending[0].known.wait()
                     continue
-                bounds = sorted(t.released + margin for t in self._turns if t.known.is_set())
+                bounds = sorted(t.bound(margin) for t in self._turns if t.known.is_set())
                 need = window - len(pending)
                 due = bounds[-need] + span if len(bounds) >= need else -math.inf
                 if self._last_start is not None:
@@ -438,6 +449,7 @@ class BrowserClient:
         state = self._loading.get(context)
         if state is not None and state.released is None and state.admitted is not None:
             state.released = self.clock.time()
+            state.turn = turn
 
     @property
     def margin(self) -> float:
@@ -454,7 +466,10 @@ class BrowserClient:
         start, sent = timing.get("startTime", -1), timing.get("requestStart", -1)
         if isinstance(start, int | float) and start > 0:
             left = (start + max(0.0, sent if isinstance(sent, int | float) else 0.0)) / 1000
-            self._leaves.append(max(0.0, left - state.released))
+            late = max(0.0, left - state.released)
+            self._leaves.append(late)
+            if state.turn is not None:
+                state.turn.left = state.turn.released + late
 
     async def _abandon(self, page: Any, navigation: asyncio.Future[Any]) -> None:
         """A navigation given up on: the page goes (a later load must not find it
