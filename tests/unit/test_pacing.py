@@ -196,3 +196,28 @@ def test_waiting_requests_take_their_turns_in_order() -> None:
 
     asyncio.run(main())
     assert order == list(range(20))
+
+
+def test_after_a_search_ends_on_a_429_the_rate_holds_for_a_while_before_creeping() -> None:
+    """Declared three times too high: the rate halves twice, searches up, and the step
+    that draws a 429 ends the search just under the limit. Creeping back up from there
+    is a gamble (within the way's jitter of a strict bucket a step draws a 429 and a
+    whole second's pause), so the rate holds for 20 s of healthy answers first."""
+    from backfill.ratelimit.adaptive import AdaptiveRate
+
+    rate = AdaptiveRate(15.0, ceiling=15.0, ramp=False)
+    now, ended = 0.0, None
+    assert rate.on_rate_limited(0.1, 1.1) and rate.on_rate_limited(1.3, 2.3)
+    now = 2.3
+    while now < 60.0:
+        now += 1.0 / rate.rate
+        if ended is None and rate.rate > 5.0 and rate.threshold == rate.rate:
+            # The search's step over the source's 5/s draws a 429 two seconds in.
+            now += 2.0
+            rate.on_rate_limited(now, now + 1.0)
+            now, ended, held = now + 1.0, now, rate.rate
+            continue
+        rate.on_success(now)
+        if ended is not None and now < ended + 20.0:
+            assert rate.rate == held, f"crept up {now - ended:.1f} s after the search ended"
+    assert ended is not None and rate.rate >= held

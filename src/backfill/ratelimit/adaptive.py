@@ -24,7 +24,8 @@ class AdaptiveRate:
     * mostly refused: it drops to just under what the source measurably accepted (or,
       too soon after a pause to time it, to the share of requests it accepted), then
       *searches* upwards in steps of 10 %, each held for a second or 4 requests; the step
-      that draws a 429 is taken back, and the search ends there.
+      that draws a 429 is taken back, and the search ends there (the creep upwards then
+      waits four times its usual interval: the last step drew a whole pause).
 
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
@@ -129,7 +130,7 @@ class AdaptiveRate:
             # The search's last step drew it: the rate before that step is the limit.
             # Creeping above it is a gamble (a 429 costs a whole pause): slowly.
             target, search = self._good, False
-            self._creep_every = min(self._MAX_CREEP_EVERY, 2.0 * self._creep_base())
+            self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
         elif accepted is not None and offered is not None and accepted < 0.85 * offered:
             # Clearly sending faster than the source accepts.
             target = self.margin * accepted
