@@ -221,3 +221,26 @@ def test_after_a_search_ends_on_a_429_the_rate_holds_for_a_while_before_creeping
         if ended is not None and now < ended + 20.0:
             assert rate.rate == held, f"crept up {now - ended:.1f} s after the search ended"
     assert ended is not None and rate.rate >= held
+
+
+def test_a_429_at_the_rate_a_search_ended_on_is_a_3_percent_step() -> None:
+    """A search ended a step under the rate that drew its 429; a 429 at the rate it
+    ended on, a few seconds later, is the way's jitter: 3 % down, not the 10 % a 429
+    soon after the last one would otherwise take."""
+    from backfill.ratelimit.adaptive import AdaptiveRate
+
+    rate = AdaptiveRate(15.0, ceiling=15.0, ramp=False)
+    assert rate.on_rate_limited(0.1, 1.1) and rate.on_rate_limited(1.3, 2.3)
+    now = 2.3
+    while rate.rate <= 5.0:
+        now += 1.0 / rate.rate
+        rate.on_success(now)
+    now += 2.0
+    rate.on_rate_limited(now, now + 1.0)  # the step over 5/s: the search ends
+    ended = rate.rate
+    now += 1.0
+    for _ in range(10):
+        now += 1.0 / rate.rate
+        rate.on_success(now)
+    rate.on_rate_limited(now, now + 1.0)
+    assert rate.rate == pytest.approx(0.97 * ended)

@@ -153,6 +153,10 @@ class AdaptiveRate:
             # when the last 429 was only moments of sending ago; the creep back up slows.
             active = span - self._paused
             down = min(0.1, max(1.0 - self._JITTER_STEP, 0.3 / active)) if active > 0 else 0.1
+            if self._searched:
+                # The search ended a step under the rate that drew its 429: the limit is
+                # known to lie between, and this one is the way's jitter.
+                down = 1.0 - self._JITTER_STEP
             target, search = self.rate * (1.0 - down), False
             self._creep_every = min(self._MAX_CREEP_EVERY, 2.0 * self._creep_base())
         elif refused is not None:
