@@ -16,6 +16,7 @@ from backfill import ConfigError, Job, PermanentError, TransientError
 from backfill.ratelimit import Resource
 from backfill.sources.browser import BrowserClient
 from backfill.sources.browser_options import BrowserOptions
+from tennis_site import most_in_window
 
 
 @dataclass(eq=False)
@@ -165,13 +166,18 @@ def test_a_browser_resource_is_a_resource_of_pages() -> None:
     assert job.browser_options["site"].block == ("font", "media")
 
 
-def most_in_window(stamps: list[float], seconds: float = 1.0) -> int:
-    ordered, most, low = sorted(stamps), 0, 0
-    for high, stamp in enumerate(ordered):
-        while stamp - ordered[low] >= seconds:
-            low += 1
-        most = max(most, high - low + 1)
-    return most
+def walk_together(browser: BrowserClient, pages: list[StandInPage], loads: int) -> list[float]:
+    """Every page loading ``loads`` times as fast as it may; when each load left, in order."""
+
+    async def walk(page: StandInPage) -> None:
+        for _ in range(loads):
+            await browser.load(page, "http://site.invalid/p", None)
+
+    async def main() -> None:
+        await asyncio.gather(*(walk(p) for p in pages))
+
+    asyncio.run(main())
+    return sorted(s for p in pages for s in p.starts)
 
 
 def test_a_load_let_go_late_holds_back_only_the_loads_that_could_share_its_second() -> None:
@@ -182,16 +188,7 @@ def test_a_load_let_go_late_holds_back_only_the_loads_that_could_share_its_secon
     browser = client(10.0)
     delays = [0.3 if n % 8 == 3 else 0.0 for n in range(64)]
     pages = [StandInPage(client=browser, delays=delays[i::4]) for i in range(4)]
-
-    async def walk(page: StandInPage) -> None:
-        for _ in range(16):
-            await browser.load(page, "http://site.invalid/p", None)
-
-    async def main() -> None:
-        await asyncio.gather(*(walk(p) for p in pages))
-
-    asyncio.run(main())
-    starts = sorted(s for p in pages for s in p.starts)
+    starts = walk_together(browser, pages, 16)
     assert len(starts) == 64
     assert most_in_window(starts) <= 10
     # Most loads leave 0.1 s after the one before (a late one leaves a hole behind it
@@ -222,16 +219,7 @@ def test_loads_known_to_have_left_are_paced_from_when_they_left_not_by_the_margi
     browser = client(10.0)
     leaves = [0.0] * 4 + [0.2] + [0.0] * 59
     pages = [StandInPage(client=browser, leaves=leaves[i::4]) for i in range(4)]
-
-    async def walk(page: StandInPage) -> None:
-        for _ in range(16):
-            await browser.load(page, "http://site.invalid/p", None)
-
-    async def main() -> None:
-        await asyncio.gather(*(walk(p) for p in pages))
-
-    asyncio.run(main())
-    starts = sorted(s for p in pages for s in p.starts)
+    starts = walk_together(browser, pages, 16)
     assert most_in_window(starts) <= 10
     # While the margin remembers the late one (24 loads), pacing by it alone holds every
     # tenth load back 0.2 s more (gaps of 0.3 s); paced from when they left, none.
