@@ -44,6 +44,21 @@ LogFormat = Literal["console", "json"]
 
 _log = logging.getLogger("backfill.events")
 
+# The events EventLog writes lines for (or sums up).
+_LOGGED = (
+    PartitionFinished,
+    PartitionStarted,
+    Tick,
+    PartitionRetrying,
+    RunStarted,
+    RunFinished,
+    RunStopping,
+    ResourceChanged,
+    WorkerJoined,
+    WorkerLost,
+    PartitionsDiscovered,
+)
+
 
 class _DoneTally:
     """Partitions of one stage done since the last ``partitions done`` line."""
@@ -84,6 +99,10 @@ class EventLog:
     def __init__(self, *, each_partition: bool = True) -> None:
         self.each_partition = each_partition
         self._done: dict[str, _DoneTally] = {}
+        # What it reads (see EventBus): partition starts only when it writes them.
+        self.events: tuple[type, ...] = tuple(
+            kind for kind in _LOGGED if each_partition or kind is not PartitionStarted
+        )
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, PartitionFinished):

@@ -130,13 +130,15 @@ class StageStats:
             self.empty += 1
         else:
             self.failed += 1
-        self.durations.add(event.duration)
-        self.buckets[bisect.bisect_left(DURATION_BUCKETS, event.duration)] += 1
-        item = (event.duration, event.key)
-        if len(self.slowest) < SLOWEST_KEPT:
-            heapq.heappush(self.slowest, item)
-        elif item > self.slowest[0]:
-            heapq.heapreplace(self.slowest, item)
+        duration = event.duration
+        self.durations.add(duration)
+        self.buckets[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
+        slowest = self.slowest
+        if len(slowest) < SLOWEST_KEPT:
+            heapq.heappush(slowest, (duration, event.key))
+        elif duration >= slowest[0][0] and (duration, event.key) > slowest[0]:
+            # Most partitions are not among the slowest: no pair made for them.
+            heapq.heapreplace(slowest, (duration, event.key))
 
     def merge(self, other: StageStats) -> None:
         """Add ``other``'s figures to these (a run's figures are its stages' summed)."""
@@ -175,6 +177,9 @@ class StageStats:
 class RunStats:
     """An event subscriber that counts, per stage and for the whole run, partitions,
     records, requests, retries, 429s and partition durations."""
+
+    # The only events it reads (see EventBus).
+    events = (PartitionFinished, PartitionRetrying)
 
     def __init__(self, stages: Iterable[str] = ()) -> None:
         self.stages: dict[str, StageStats] = {name: StageStats() for name in stages}

@@ -109,11 +109,12 @@ class SQLiteDialect(Dialect):
     def complete(self, conn: Any, owner: str, outcomes: Sequence[Outcome], now: float) -> int:
         rows = _outcome_rows(owner, outcomes, now)
         # Releases first, then finishes: the changes of the second count what this
-        # worker finished.
-        releases = [r for r in rows if r[0] == Status.PENDING.value]
-        finishes = [r for r in rows if r[0] != Status.PENDING.value]
+        # worker finished. Most batches hold no release.
+        releases = [r for r in rows if r[0] == _PENDING]
+        finishes = [r for r in rows if r[0] != _PENDING] if releases else rows
         before = conn.total_changes
-        conn.executemany(self.queries["complete"], releases)
+        if releases:
+            conn.executemany(self.queries["complete"], releases)
         released = conn.total_changes - before
         conn.executemany(self.queries["complete"], finishes)
         finished = conn.total_changes - before - released
@@ -134,17 +135,19 @@ class SQLiteDialect(Dialect):
         return applied
 
     def begin_on(self, conn: Any, owner: str, leases: Sequence[tuple[int, int]]) -> set[int]:
-        payload = json.dumps([list(lease) for lease in leases], separators=(",", ":"))
+        # (id, claims) pairs are JSON arrays as they are: no list made per lease.
+        pairs = leases if isinstance(leases, list | tuple) else list(leases)
+        payload = json.dumps(pairs, separators=(",", ":"))
         rows = conn.execute(self.queries["begin"], {"owner": owner, "leases": payload})
-        return {int(row[0]) for row in rows.fetchall()}
+        return {int(row[0]) for row in rows}
 
 
 def _outcome_rows(owner: str, outcomes: Sequence[Outcome], now: float) -> list[tuple[Any, ...]]:
     # Positional parameters: binding nine named ones from a dict per row cost as much
-    # as the UPDATE itself.
+    # as the UPDATE itself. str() of a status is its value, without the enum's property.
     return [
         (
-            o.status.value,
+            str(o.status),
             o.attempts,
             o.records,
             o.duration,
@@ -158,6 +161,9 @@ def _outcome_rows(owner: str, outcomes: Sequence[Outcome], now: float) -> list[t
         )
         for o in outcomes
     ]
+
+
+_PENDING = str(Status.PENDING)
 
 
 class SQLiteLedger(SQLLedger):

@@ -48,6 +48,11 @@ class _NoParams(Mapping[str, Any]):
     def __reduce__(self) -> str:
         return "NO_PARAMS"
 
+    # Immutable, so hashable: a dataclass default as it is, with no factory to call for
+    # each of a plan's partitions.
+    def __hash__(self) -> int:
+        return 0
+
 
 NO_PARAMS: Mapping[str, Any] = _NoParams()
 # The key of the single partition of an unpartitioned (reference) stage.
@@ -154,9 +159,7 @@ class Partition:
     tz: str | None = None
     # What the partition that discovered this one found out about it (see
     # backfill.partitions.discovered); empty for partitions of the calendar.
-    params: Mapping[str, Any] = field(
-        default_factory=lambda: NO_PARAMS, compare=False, hash=False, repr=False
-    )
+    params: Mapping[str, Any] = field(default=NO_PARAMS, compare=False, hash=False, repr=False)
 
     @property
     def begins(self) -> datetime:
