@@ -131,6 +131,9 @@ class AttemptEnv:
     signal_progress: Callable[[], None]
     # Whether a stage's rows and outcomes skip batching (see StageActivity.urgent).
     urgent: Callable[[Stage], bool]
+    # The run's event loop, handed to each stage's context: asking asyncio for it costs
+    # a getpid() system call per partition. None: the loop running the attempt.
+    loop: asyncio.AbstractEventLoop | None = None
 
     def clean(self, message: str) -> str:
         """One line, bounded, with every secret masked: what the ledger and logs get."""
@@ -346,21 +349,24 @@ class Attempt:
 
     def _context(self) -> Context:
         env = self.env
+        # Positional, in the order of Context's fields: fifteen keywords cost a stage's
+        # context three times as much (tests/unit/test_engine_context.py pins each field).
         return Context(
-            partition=self.partition,
-            job=env.job.name,
-            stage=self.stage.name,
-            run_id=env.run_id,
-            attempt=self.number,
-            cache=env.cache,
-            log=self.log,
-            _clients=env.clients,
-            _resource=self.stage.resource,
-            checkpoint=self._unseal(self.pages.checkpoint),
-            _save_checkpoint=self._save_checkpoint,
-            _write=self._write_now,
-            _prove=self._prove_lease,
-            _written=self.pages.written,
+            self.partition,
+            env.job.name,
+            self.stage.name,
+            env.run_id,
+            self.number,
+            env.cache,
+            self.log,
+            self.stage.resource,
+            self._unseal(self.pages.checkpoint),
+            self._save_checkpoint,
+            self._write_now,
+            env.clients,
+            self._prove_lease,
+            self.pages.written,
+            env.loop or asyncio.get_running_loop(),
         )
 
     async def _prove_lease(self) -> None:
