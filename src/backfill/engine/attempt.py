@@ -197,7 +197,8 @@ class Attempt:
                 outcome = dataclasses.replace(outcome, requests=self.tally.requests)
             if outcome.status is Status.DONE and self.found:
                 outcome = await self._plan_found(outcome)
-            if outcome.status is Status.DONE and needs_write(stage, self.rows):
+            writes = outcome.status is Status.DONE and needs_write(stage, self.rows)
+            if writes:
                 written = await self._write_done(outcome)
                 if written is None:
                     return
@@ -223,9 +224,7 @@ class Attempt:
         # Rows committed in a database apart from the ledger: their outcome goes on record
         # at once (sharing the ledger's next round trip), so a death right after counts
         # nothing against a partition that had finished.
-        committed = outcome.status is Status.DONE and (
-            bool(self.pages.rows) or needs_write(stage, self.rows)
-        )
+        committed = outcome.status is Status.DONE and (bool(self.pages.rows) or writes)
         await env.outcomes.record(outcome, soon=env.urgent(stage) or committed)
         self._emit_finished(outcome)
 
