@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from backfill._quickinit import quick_init
 from backfill.ledger import StageCounts, Status
 
 __all__ = [
@@ -58,6 +59,8 @@ class WorkerLost:
     released: int
 
 
+# Made per partition: quick_init sets its slots (see backfill._quickinit).
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PartitionStarted:
     """A partition was claimed from the ledger and its stage function is about to run."""
@@ -76,6 +79,8 @@ class PartitionRetrying:
     message: str
 
 
+# Made per partition: quick_init sets its slots (see backfill._quickinit).
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PartitionFinished:
     """A partition ended: done, empty, failed, or ``pending`` when released unfinished."""

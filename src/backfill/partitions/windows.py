@@ -10,6 +10,7 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from backfill._quickinit import quick_init
 from backfill.errors import ConfigError
 from backfill.partitions import zones
 
@@ -143,6 +144,8 @@ def window_label(start: date, end: date, grain: Grain) -> str:
     return f"{start.year:04d}"
 
 
+# Made per partition: quick_init sets its slots (see backfill._quickinit).
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Partition:
     """One unit of work: a window ``[start, end]`` (inclusive days) plus dimension values.
