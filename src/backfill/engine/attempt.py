@@ -242,7 +242,8 @@ class Attempt:
             self.pages.attempt()
             try:
                 result = await self.env.invoker.call(self.stage, self._context())
-                result, self.found = take_found(self.env.job, self.stage, result)
+                if result is not None:
+                    result, self.found = take_found(self.env.job, self.stage, result)
                 self.rows = tables_of(self.stage, result)
             except EmptyPartition as exc:
                 return self._outcome(

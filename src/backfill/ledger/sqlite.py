@@ -91,12 +91,18 @@ class SQLiteDialect(Dialect):
     def plan(self, conn: Any, stage_id: int, chunk: Sequence[Partition], memo: Any) -> int:
         # json.dumps per row was a quarter of plan's time: dims and dates come from memo.
         rows: list[tuple[Any, ...]] = []
+        # A window's partitions come one after another with the same dates: encoded
+        # again only when the window changes.
+        window: tuple[Any, Any] | None = None
+        start = end = ""
         for p in chunk:
             dims = memo.get(p.dims)
             if dims is None and p.dims:
                 dims = memo[p.dims] = dims_json(p.dims)
-            start = memo.get(p.start) or memo.setdefault(p.start, p.start.isoformat())
-            end = memo.get(p.end) or memo.setdefault(p.end, p.end.isoformat())
+            if window is None or p.start is not window[0] or p.end is not window[1]:
+                window = (p.start, p.end)
+                start = memo.get(p.start) or memo.setdefault(p.start, p.start.isoformat())
+                end = memo.get(p.end) or memo.setdefault(p.end, p.end.isoformat())
             if p.params:
                 rows.append((p.key, start, end, dims, params_json(p.params)))
             else:
