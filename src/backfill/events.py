@@ -211,7 +211,8 @@ class EventBus:
 
     def wants(self, kind: type) -> bool:
         """Whether any subscriber takes events of ``kind``."""
-        return bool(self._route(kind))
+        route = self._routes.get(kind)
+        return bool(route if route is not None else self._route(kind))
 
     def emit(self, event: Event) -> None:
         route = self._routes.get(type(event))
