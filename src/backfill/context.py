@@ -199,6 +199,8 @@ class Context:
     on a fresh start), e.g. the cursor of the next page to fetch.
     """
 
+    # The engine makes one per partition passing the fields by position, in this order
+    # (Attempt._context): a field added or moved here is added or moved there too.
     partition: Partition
     job: str
     stage: str

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from backfill._quickinit import quick_init
 from backfill.ledger import StageCounts, Status
 
 __all__ = [
@@ -58,6 +59,8 @@ class WorkerLost:
     released: int
 
 
+# Made per partition: quick_init sets its slots (see backfill._quickinit).
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PartitionStarted:
     """A partition was claimed from the ledger and its stage function is about to run."""
@@ -76,6 +79,8 @@ class PartitionRetrying:
     message: str
 
 
+# Made per partition: quick_init sets its slots (see backfill._quickinit).
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PartitionFinished:
     """A partition ended: done, empty, failed, or ``pending`` when released unfinished."""
@@ -169,17 +174,34 @@ Event = (
 Subscriber = Callable[[Event], None]
 
 
+def _hears(subscriber: Subscriber, kind: type) -> bool:
+    """Whether ``subscriber`` takes events of ``kind``: those of the kinds it names in an
+    ``events`` attribute (a tuple of event classes), or every event if it names none."""
+    kinds = getattr(subscriber, "events", None)
+    return kinds is None or issubclass(kind, tuple(kinds))
+
+
 class EventBus:
+    """Hands each event to the subscribers that take its kind.
+
+    A subscriber may name the kinds it reads in an ``events`` attribute (a tuple of event
+    classes); it then hears only those, and an event nobody takes need not be made at all
+    (see :meth:`wants`): at tens of thousands of partitions a second, a start event per
+    partition that no display shows was a measurable part of a run's time.
+    """
+
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
+        # Per event class, the subscribers that take it, worked out on first use.
+        self._routes: dict[type, tuple[Subscriber, ...]] = {}
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Add a subscriber; return a function that removes it."""
         self._subscribers.append(subscriber)
+        self._routes.clear()
 
         def unsubscribe() -> None:
-            if subscriber in self._subscribers:
-                self._subscribers.remove(subscriber)
+            self._drop(subscriber)
 
         return unsubscribe
 
@@ -187,10 +209,29 @@ class EventBus:
     def has_subscribers(self) -> bool:
         return bool(self._subscribers)
 
+    def wants(self, kind: type) -> bool:
+        """Whether any subscriber takes events of ``kind``."""
+        route = self._routes.get(kind)
+        return bool(route if route is not None else self._route(kind))
+
     def emit(self, event: Event) -> None:
-        for subscriber in list(self._subscribers):
+        route = self._routes.get(type(event))
+        if route is None:
+            route = self._route(type(event))
+        for subscriber in route:
             try:
                 subscriber(event)
             except Exception:
                 log.exception("event subscriber %r failed; it is removed", subscriber)
-                self._subscribers.remove(subscriber)
+                self._drop(subscriber)
+
+    def _route(self, kind: type) -> tuple[Subscriber, ...]:
+        route = self._routes.get(kind)
+        if route is None:
+            route = self._routes[kind] = tuple(s for s in self._subscribers if _hears(s, kind))
+        return route
+
+    def _drop(self, subscriber: Subscriber) -> None:
+        if subscriber in self._subscribers:
+            self._subscribers.remove(subscriber)
+            self._routes.clear()

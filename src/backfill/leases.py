@@ -16,6 +16,7 @@ __all__ = ["LeaseBook", "LeaseLost"]
 
 # The part of a lease a proof vouches for; the last third is the safety margin.
 _CERTAIN = 2 / 3
+_NEVER = float("-inf")
 
 
 class LeaseLost(Exception):
@@ -46,9 +47,7 @@ class LeaseBook:
 
     def proven(self, ids: Iterable[int], *, since: float) -> None:
         """The ledger confirmed these leases in a call that started at ``since``."""
-        until = since + self.span
-        for claim_id in ids:
-            self._until[claim_id] = until
+        self._until.update(dict.fromkeys(ids, since + self.span))
 
     def renewed(self, *, since: float, done: float) -> None:
         """A renewal of all the owner's leases ran from ``since`` to ``done``: it pushed
@@ -61,7 +60,7 @@ class LeaseBook:
                 self._until[claim_id] = until
 
     def certain(self, claim_id: int, *, now: float) -> bool:
-        return now < self._until.get(claim_id, float("-inf"))
+        return now < self._until.get(claim_id, _NEVER)
 
     def forget(self, claim_id: int) -> None:
         self._until.pop(claim_id, None)

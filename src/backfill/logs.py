@@ -43,6 +43,23 @@ __all__ = ["EventLog", "LogFormat", "configure_logging", "log_file_handler"]
 LogFormat = Literal["console", "json"]
 
 _log = logging.getLogger("backfill.events")
+# Compared once per partition (a global is cheaper than the enum's class).
+_DONE = Status.DONE
+
+# The events EventLog writes lines for (or sums up).
+_LOGGED = (
+    PartitionFinished,
+    PartitionStarted,
+    Tick,
+    PartitionRetrying,
+    RunStarted,
+    RunFinished,
+    RunStopping,
+    ResourceChanged,
+    WorkerJoined,
+    WorkerLost,
+    PartitionsDiscovered,
+)
 
 
 class _DoneTally:
@@ -84,10 +101,14 @@ class EventLog:
     def __init__(self, *, each_partition: bool = True) -> None:
         self.each_partition = each_partition
         self._done: dict[str, _DoneTally] = {}
+        # What it reads (see EventBus): partition starts only when it writes them.
+        self.events: tuple[type, ...] = tuple(
+            kind for kind in _LOGGED if each_partition or kind is not PartitionStarted
+        )
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, PartitionFinished):
-            if not self.each_partition and event.status is Status.DONE:
+            if not self.each_partition and event.status is _DONE:
                 tally = self._done.get(event.stage)
                 if tally is None:
                     tally = self._done[event.stage] = _DoneTally(event.key)

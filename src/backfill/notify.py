@@ -93,6 +93,9 @@ class Notifier:
         notifier.close()
     """
 
+    # The only events it reads (see EventBus).
+    events = (ResourceChanged,)
+
     def __init__(
         self,
         urls: Sequence[str],

@@ -26,6 +26,8 @@ SLOWEST_KEPT = 10
 # Durations' histogram: buckets 1 % wide (a log step of ln 1.01), from a microsecond.
 _PER_E = 1 / math.log(1.01)
 _FLOOR = 1e-6
+# Statuses compared once per partition (a global is cheaper than the enum's class).
+_DONE, _EMPTY, _PENDING = Status.DONE, Status.EMPTY, Status.PENDING
 
 
 class Durations:
@@ -56,7 +58,9 @@ class Durations:
                     self._bucket(kept)
                 self.values = None
         else:
-            self._bucket(value)
+            # _bucket's body, inline: this runs once per partition.
+            index = math.floor(math.log(value if value > _FLOOR else _FLOOR) * _PER_E)
+            self.buckets[index] = self.buckets.get(index, 0) + 1
 
     def _bucket(self, value: float) -> None:
         index = math.floor(math.log(max(value, _FLOOR)) * _PER_E)
@@ -121,22 +125,24 @@ class StageStats:
     def finish(self, event: PartitionFinished) -> None:
         self.requests += event.requests
         self.rate_limited += event.rate_limited
-        if event.status is Status.PENDING:
+        if event.status is _PENDING:
             return
-        if event.status is Status.DONE:
+        if event.status is _DONE:
             self.done += 1
             self.records += event.records
-        elif event.status is Status.EMPTY:
+        elif event.status is _EMPTY:
             self.empty += 1
         else:
             self.failed += 1
-        self.durations.add(event.duration)
-        self.buckets[bisect.bisect_left(DURATION_BUCKETS, event.duration)] += 1
-        item = (event.duration, event.key)
-        if len(self.slowest) < SLOWEST_KEPT:
-            heapq.heappush(self.slowest, item)
-        elif item > self.slowest[0]:
-            heapq.heapreplace(self.slowest, item)
+        duration = event.duration
+        self.durations.add(duration)
+        self.buckets[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
+        slowest = self.slowest
+        if len(slowest) < SLOWEST_KEPT:
+            heapq.heappush(slowest, (duration, event.key))
+        elif duration >= slowest[0][0] and (duration, event.key) > slowest[0]:
+            # Most partitions are not among the slowest: no pair made for them.
+            heapq.heapreplace(slowest, (duration, event.key))
 
     def merge(self, other: StageStats) -> None:
         """Add ``other``'s figures to these (a run's figures are its stages' summed)."""
@@ -175,6 +181,9 @@ class StageStats:
 class RunStats:
     """An event subscriber that counts, per stage and for the whole run, partitions,
     records, requests, retries, 429s and partition durations."""
+
+    # The only events it reads (see EventBus).
+    events = (PartitionFinished, PartitionRetrying)
 
     def __init__(self, stages: Iterable[str] = ()) -> None:
         self.stages: dict[str, StageStats] = {name: StageStats() for name in stages}

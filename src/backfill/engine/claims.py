@@ -15,6 +15,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+import structlog
+
 from backfill.engine.attempt import Attempt, AttemptEnv
 from backfill.engine.plan import StageGraph
 from backfill.engine.result import RunOptions
@@ -363,6 +365,8 @@ class StageLoop:
         """A slot's runner: the group's begun partitions one after another, until none
         is left or the run stops (the rest go back unstarted)."""
         env = self._env
+        # Every log line of this task is about the stage; each partition binds its key.
+        structlog.contextvars.bind_contextvars(stage=self.stage.name)
         while queue:
             if env.control.stopped():
                 rest = list(queue)
@@ -380,7 +384,9 @@ class StageLoop:
                 continue
             # Its slot is the runner's: a stage without sinks has nothing to hand over
             # before its end, so nothing gives the slot back early.
-            await Attempt(env, self.stage, claim, _keep_slot, fenced=self._fenced).run()
+            await Attempt(
+                env, self.stage, claim, _keep_slot, fenced=self._fenced, stage_bound=True
+            ).run()
 
     async def _run_group_when_free(self, queue: collections.deque[Claim], held: set[int]) -> None:
         """A runner that joins a group once a slot is free, if the group still has

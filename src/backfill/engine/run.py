@@ -208,6 +208,7 @@ class Runner:
             totals=self.totals,
             signal_progress=self.activity.signal,
             urgent=self.activity.urgent,
+            loop=asyncio.get_running_loop(),
         )
         try:
             async with asyncio.TaskGroup() as group:

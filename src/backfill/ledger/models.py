@@ -9,6 +9,7 @@ from datetime import date
 from enum import StrEnum
 from typing import Any
 
+from backfill._quickinit import quick_init
 from backfill.errors import LedgerError
 from backfill.partitions import Partition
 
@@ -46,6 +47,8 @@ class Status(StrEnum):
     FAILED = "failed"
 
 
+# Made per partition: quick_init sets its slots (see backfill._quickinit).
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Claim:
     """A partition leased to one owner. ``id`` is the ledger's handle for completing it."""
@@ -116,6 +119,8 @@ class WindowCount:
     stale: bool = False
 
 
+# Made per partition: quick_init sets its slots (see backfill._quickinit).
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened to a claimed partition.

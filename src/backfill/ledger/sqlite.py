@@ -91,12 +91,18 @@ class SQLiteDialect(Dialect):
     def plan(self, conn: Any, stage_id: int, chunk: Sequence[Partition], memo: Any) -> int:
         # json.dumps per row was a quarter of plan's time: dims and dates come from memo.
         rows: list[tuple[Any, ...]] = []
+        # A window's partitions come one after another with the same dates: encoded
+        # again only when the window changes.
+        window: tuple[Any, Any] | None = None
+        start = end = ""
         for p in chunk:
             dims = memo.get(p.dims)
             if dims is None and p.dims:
                 dims = memo[p.dims] = dims_json(p.dims)
-            start = memo.get(p.start) or memo.setdefault(p.start, p.start.isoformat())
-            end = memo.get(p.end) or memo.setdefault(p.end, p.end.isoformat())
+            if window is None or p.start is not window[0] or p.end is not window[1]:
+                window = (p.start, p.end)
+                start = memo.get(p.start) or memo.setdefault(p.start, p.start.isoformat())
+                end = memo.get(p.end) or memo.setdefault(p.end, p.end.isoformat())
             if p.params:
                 rows.append((p.key, start, end, dims, params_json(p.params)))
             else:
@@ -109,11 +115,12 @@ class SQLiteDialect(Dialect):
     def complete(self, conn: Any, owner: str, outcomes: Sequence[Outcome], now: float) -> int:
         rows = _outcome_rows(owner, outcomes, now)
         # Releases first, then finishes: the changes of the second count what this
-        # worker finished.
-        releases = [r for r in rows if r[0] == Status.PENDING.value]
-        finishes = [r for r in rows if r[0] != Status.PENDING.value]
+        # worker finished. Most batches hold no release.
+        releases = [r for r in rows if r[0] == _PENDING]
+        finishes = [r for r in rows if r[0] != _PENDING] if releases else rows
         before = conn.total_changes
-        conn.executemany(self.queries["complete"], releases)
+        if releases:
+            conn.executemany(self.queries["complete"], releases)
         released = conn.total_changes - before
         conn.executemany(self.queries["complete"], finishes)
         finished = conn.total_changes - before - released
@@ -134,17 +141,19 @@ class SQLiteDialect(Dialect):
         return applied
 
     def begin_on(self, conn: Any, owner: str, leases: Sequence[tuple[int, int]]) -> set[int]:
-        payload = json.dumps([list(lease) for lease in leases], separators=(",", ":"))
+        # (id, claims) pairs are JSON arrays as they are: no list made per lease.
+        pairs = leases if isinstance(leases, list | tuple) else list(leases)
+        payload = json.dumps(pairs, separators=(",", ":"))
         rows = conn.execute(self.queries["begin"], {"owner": owner, "leases": payload})
-        return {int(row[0]) for row in rows.fetchall()}
+        return {int(row[0]) for row in rows}
 
 
 def _outcome_rows(owner: str, outcomes: Sequence[Outcome], now: float) -> list[tuple[Any, ...]]:
     # Positional parameters: binding nine named ones from a dict per row cost as much
-    # as the UPDATE itself.
+    # as the UPDATE itself. str() of a status is its value, without the enum's property.
     return [
         (
-            o.status.value,
+            str(o.status),
             o.attempts,
             o.records,
             o.duration,
@@ -158,6 +167,9 @@ def _outcome_rows(owner: str, outcomes: Sequence[Outcome], now: float) -> list[t
         )
         for o in outcomes
     ]
+
+
+_PENDING = str(Status.PENDING)
 
 
 class SQLiteLedger(SQLLedger):

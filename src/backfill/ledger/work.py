@@ -8,6 +8,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
+from operator import itemgetter
 from typing import Any
 
 from backfill.ledger import _deps, limits
@@ -132,6 +133,9 @@ class WorkOps(LedgerBase):
             return rows
 
         rows = self._run(take)
+        # RETURNING gives no order guarantee; the caller asked for window order. The raw
+        # dates (ISO text, or dates) sort as the dates do.
+        rows.sort(key=itemgetter(2, 0), reverse=order is Order.NEWEST)
         # Rows of one batch share a few dims values and dates: decode each once.
         date_of, dims_of = self.dialect.date_of, self.dialect.dims_of
         dates: dict[Any, date] = {}
@@ -143,9 +147,10 @@ class WorkOps(LedgerBase):
             row_dims = dims.get(row[4])
             if row_dims is None:
                 row_dims = dims[row[4]] = dims_of(row[4])
-            claims.append(Claim(row[0], stage, row[1], start, end, row_dims, *row[5:9]))
-        # RETURNING gives no order guarantee; the caller asked for window order.
-        claims.sort(key=lambda c: (c.start, c.id), reverse=order is Order.NEWEST)
+            # Each field by index: a sliced, starred call cost a fifth of the claim.
+            claims.append(
+                Claim(row[0], stage, row[1], start, end, row_dims, row[5], row[6], row[7], row[8])
+            )
         return claims
 
     def mark_stale(

@@ -215,7 +215,14 @@ class PartitionSpec:
     ) -> Iterator[Partition]:
         """Every partition (or the selected ones), window by window."""
         names = list(self.dims)
-        combos = list(itertools.product(*(self.dims[n] for n in names)))
+        # Each combination's dims and key suffix, made once for every window.
+        combos = [
+            (dims, "".join(f"/{n}={v}" for n, v in dims))
+            for dims in (
+                tuple(zip(names, combo, strict=True))
+                for combo in itertools.product(*(self.dims[n] for n in names))
+            )
+        ]
         for wstart, wend in self.windows(order):
             if selection is not None and (
                 (selection.start is not None and wend < selection.start)
@@ -227,12 +234,10 @@ class PartitionSpec:
             else:
                 labels = [window_label(wstart, wend, self.grain)]
             for label in labels:
-                for combo in combos:
-                    dims = tuple(zip(names, combo, strict=True))
+                for dims, suffix in combos:
                     if self.ranges and not self._exists(dims, wstart, wend):
                         continue
-                    key = label + "".join(f"/{n}={v}" for n, v in dims)
-                    part = Partition(key, wstart, wend, self.grain, dims, self.tz)
+                    part = Partition(label + suffix, wstart, wend, self.grain, dims, self.tz)
                     if selection is None or selection.matches(part):
                         yield part
 

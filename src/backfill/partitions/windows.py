@@ -10,6 +10,7 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from backfill._quickinit import quick_init
 from backfill.errors import ConfigError
 from backfill.partitions import zones
 
@@ -47,6 +48,11 @@ class _NoParams(Mapping[str, Any]):
 
     def __reduce__(self) -> str:
         return "NO_PARAMS"
+
+    # Immutable, so hashable: a dataclass default as it is, with no factory to call for
+    # each of a plan's partitions.
+    def __hash__(self) -> int:
+        return 0
 
 
 NO_PARAMS: Mapping[str, Any] = _NoParams()
@@ -138,6 +144,8 @@ def window_label(start: date, end: date, grain: Grain) -> str:
     return f"{start.year:04d}"
 
 
+# Made per partition: quick_init sets its slots (see backfill._quickinit).
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Partition:
     """One unit of work: a window ``[start, end]`` (inclusive days) plus dimension values.
@@ -154,9 +162,7 @@ class Partition:
     tz: str | None = None
     # What the partition that discovered this one found out about it (see
     # backfill.partitions.discovered); empty for partitions of the calendar.
-    params: Mapping[str, Any] = field(
-        default_factory=lambda: NO_PARAMS, compare=False, hash=False, repr=False
-    )
+    params: Mapping[str, Any] = field(default=NO_PARAMS, compare=False, hash=False, repr=False)
 
     @property
     def begins(self) -> datetime:
