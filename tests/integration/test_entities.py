@@ -275,7 +275,7 @@ def test_postgres_uses_pg_trgm_when_it_may() -> None:
         store = PostgresEntityStore(schema_url)
         assert store.trigram
         indexes = store.query(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = %s", ("bf_entity_aliases_trgm",)
+            "SELECT indexdef FROM pg_indexes WHERE indexname = %s", ("bf_entity_words_trgm",)
         )
         assert "gin" in str(indexes[0][0]).lower()
         resolver = EntityResolver(EntitySpec("players", schema_url), store)

@@ -49,8 +49,9 @@ log = logging.getLogger("backfill.entities")
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
-# The version of the tables this code reads and writes (see sql/schema.sql).
-SCHEMA_VERSION = 1
+# The version of the tables this code reads and writes: sql/schema.sql is version 1, and
+# sql/migrations/N.DIALECT.sql (where a dialect has one) brings a store to version N.
+SCHEMA_VERSION = 2
 
 _ALIAS_COLUMNS = "a.id, a.entity_id, a.norm, e.features"
 
@@ -156,6 +157,8 @@ class EntityStore:
 
     placeholder = "?"
     id_type = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    #: The name of the dialect's migration files (sql/migrations/N.DIALECT.sql).
+    dialect = "sqlite"
     #: Whether fuzzy candidates come from the database (pg_trgm) rather than memory.
     trigram = False
     #: Whether rows commit in the order of their ids (one writer at a time, as in SQLite):
@@ -185,16 +188,27 @@ class EntityStore:
     def _table_exists(self, table: str) -> bool:
         raise NotImplementedError
 
+    def _script(self, script: str) -> None:
+        """Run a migration file (inside a transaction)."""
+        raise NotImplementedError
+
+    def _lock(self, name: str) -> None:
+        """Hold, until the transaction ends, the turn named ``name``."""
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
 
-    def trigram_candidates(self, kind: str, norm: str, limit: int) -> list[IndexedAlias]:
-        """Aliases alike ``norm`` by the database's trigram index (PostgreSQL only)."""
+    def trigram_candidates(
+        self, kind: str, norms: Sequence[str], limit: int
+    ) -> list[list[IndexedAlias]]:
+        """For each of ``norms``, the aliases alike it by the database's trigram index of
+        words (PostgreSQL only), in one query."""
         raise NotImplementedError
 
     def lock_kind(self, kind: str) -> None:
         """Hold, until the transaction ends, the turn to make entities of ``kind``."""
-        raise NotImplementedError
+        self._lock(f"backfill.entities:{kind}")
 
     # -- the algorithm -------------------------------------------------------------------
     def _sql(self, sql: str) -> str:
@@ -227,27 +241,41 @@ class EntityStore:
             self._commit()
 
     def ensure_schema(self) -> None:
-        """Create the tables when missing (workers starting together may race to: the
-        losers look again); refuse tables of a newer version than this code's."""
-        text = resources.files("backfill.entities").joinpath("sql/schema.sql").read_text()
+        """Create the tables when missing, and bring tables of an older version up to this
+        code's, one worker at a time (workers starting together may still race to create
+        them: the losers look again); refuse tables of a newer version than this code's."""
+        files = resources.files("backfill.entities").joinpath("sql")
+        text = files.joinpath("schema.sql").read_text()
         script = "\n".join(x for x in text.splitlines() if not x.lstrip().startswith("--"))
         for attempt in range(5):
             try:
                 with self.transaction():
+                    self._lock("backfill.entities schema")
                     for statement in script.format(id_type=self.id_type).split(";"):
                         if statement.strip():
                             self._execute(statement)
                     rows = self.query("SELECT MAX(version) FROM bf_entity_schema")
                     version = rows[0][0]
-                    if version is None:
-                        self._run(
-                            "INSERT INTO bf_entity_schema (version) VALUES (?)", (SCHEMA_VERSION,)
-                        )
-                    elif int(version) > SCHEMA_VERSION:
+                    if version is not None and int(version) > SCHEMA_VERSION:
                         raise ConfigError(
                             f"{self.description} holds entity tables of version {version}, "
                             f"newer than this backfill's ({SCHEMA_VERSION}): upgrade backfill"
                         )
+                    # A new store is made as version 1 and upgraded like an old one.
+                    for step in range(int(version or 1) + 1, SCHEMA_VERSION + 1):
+                        migration = files.joinpath(f"migrations/{step}.{self.dialect}.sql")
+                        if migration.is_file():
+                            self._script(migration.read_text())
+                    if version is None:
+                        self._run(
+                            "INSERT INTO bf_entity_schema (version) VALUES (?)", (SCHEMA_VERSION,)
+                        )
+                    elif int(version) < SCHEMA_VERSION:
+                        log.info(
+                            "%s: entity tables upgraded from version %s to %s",
+                            self.description, version, SCHEMA_VERSION,
+                        )  # fmt: skip
+                        self._run("UPDATE bf_entity_schema SET version = ?", (SCHEMA_VERSION,))
                 return
             except Conflict:
                 if attempt == 4:
@@ -606,8 +634,16 @@ class SQLiteEntityStore(EntityStore):
     def _begin(self) -> None:
         self.raw.execute("BEGIN IMMEDIATE")
 
-    def lock_kind(self, kind: str) -> None:
+    def _lock(self, name: str) -> None:
         """Nothing to do: ``BEGIN IMMEDIATE`` holds the file's one write lock."""
+
+    def _script(self, script: str) -> None:
+        statement = ""
+        for line in script.splitlines(keepends=True):
+            statement += line
+            if sqlite3.complete_statement(statement):
+                self._execute(statement)
+                statement = ""
 
     def _commit(self) -> None:
         self.raw.execute("COMMIT")
@@ -634,6 +670,7 @@ class PostgresEntityStore(EntityStore):
 
     placeholder = "%s"
     id_type = "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+    dialect = "postgresql"
     ordered_commits = False
 
     def __init__(self, url: str, *, index: str = "auto", similarity: float = 0.3) -> None:
@@ -683,8 +720,8 @@ class PostgresEntityStore(EntityStore):
         schema = f'"{row[0]}".'
         with contextlib.suppress(psycopg.errors.UniqueViolation):  # made by another worker
             self.raw.execute(
-                "CREATE INDEX IF NOT EXISTS bf_entity_aliases_trgm ON bf_entity_aliases "
-                f"USING gin (norm {schema}gin_trgm_ops)"
+                "CREATE INDEX IF NOT EXISTS bf_entity_words_trgm ON bf_entity_words "
+                f"USING gin (word {schema}gin_trgm_ops)"
             )
         return schema
 
@@ -700,10 +737,12 @@ class PostgresEntityStore(EntityStore):
     def _begin(self) -> None:
         self.raw.execute("BEGIN")
 
-    def lock_kind(self, kind: str) -> None:
-        self.raw.execute(
-            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"backfill.entities:{kind}",)
-        )
+    def _lock(self, name: str) -> None:
+        self.raw.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
+
+    def _script(self, script: str) -> None:
+        # Without parameters psycopg sends the file as it is, dollar-quoted bodies and all.
+        self.raw.execute(script)
 
     def _commit(self) -> None:
         self.raw.execute("COMMIT")
@@ -716,17 +755,58 @@ class PostgresEntityStore(EntityStore):
         row = self.raw.execute("SELECT to_regclass(%s)", (_quote(table),)).fetchone()
         return row is not None and row[0] is not None
 
-    def trigram_candidates(self, kind: str, norm: str, limit: int) -> list[IndexedAlias]:
-        schema = self._ops
+    def trigram_candidates(
+        self, kind: str, norms: Sequence[str], limit: int
+    ) -> list[list[IndexedAlias]]:
+        """Candidates by word, not by whole name: each word of a name (initials left out
+        while it has longer ones) finds the stored words alike it through pg_trgm's GIN
+        index on the distinct words, small beside one on whole names, where a common first
+        name's trigrams made the index recheck thousands of aliases. Each alias holding
+        such words scores, per word of the name, its best word's similarity; the best
+        ``limit`` by their sum are the name's candidates. All of ``norms`` in one query."""
+        if not norms:
+            return []
+        ops = self._ops
+        searches = []
+        for norm in norms:
+            words = norm.split()
+            longer = sorted({w for w in words if len(w) >= 2})
+            searches.append(" ".join(longer or sorted(set(words))))
         rows = self.raw.execute(
-            f"SELECT {_ALIAS_COLUMNS} FROM bf_entity_aliases a JOIN bf_entities e "
-            f"ON e.id = a.entity_id WHERE a.kind = %s AND a.norm OPERATOR({schema}%%) %s "
-            f"ORDER BY a.norm OPERATOR({schema}<->) %s LIMIT %s",
-            (kind, norm, norm, limit),
+            f"""
+            SELECT n.at, a.id, a.entity_id, a.norm, e.features
+            FROM unnest(%(searches)s::text[]) WITH ORDINALITY AS n (search, at)
+            CROSS JOIN LATERAL (
+                SELECT per.alias_id, sum(per.part) AS score FROM (
+                    SELECT aw.alias_id, s.w, max(s.sim) AS part FROM (
+                        SELECT q.w, x.word, x.sim
+                        FROM unnest(string_to_array(n.search, ' ')) AS q (w)
+                        CROSS JOIN LATERAL (
+                            SELECT word, {ops}similarity(word, q.w) AS sim
+                            FROM bf_entity_words
+                            WHERE kind = %(kind)s AND word OPERATOR({ops}%%) q.w
+                            OFFSET 0
+                        ) x
+                    ) s
+                    JOIN bf_entity_alias_words aw ON aw.kind = %(kind)s AND aw.word = s.word
+                    GROUP BY aw.alias_id, s.w
+                ) per
+                GROUP BY per.alias_id
+                ORDER BY score DESC, per.alias_id
+                LIMIT %(limit)s
+            ) best
+            JOIN bf_entity_aliases a ON a.id = best.alias_id
+            JOIN bf_entities e ON e.id = a.entity_id
+            ORDER BY n.at, best.score DESC, best.alias_id
+            """,
+            {"searches": searches, "kind": kind, "limit": limit},
         ).fetchall()
-        return [
-            IndexedAlias(int(r[0]), int(r[1]), tuple(r[2].split()), _features(r[3])) for r in rows
-        ]
+        out: list[list[IndexedAlias]] = [[] for _ in norms]
+        for r in rows:
+            out[int(r[0]) - 1].append(
+                IndexedAlias(int(r[1]), int(r[2]), tuple(r[3].split()), _features(r[4]))
+            )
+        return out
 
     def close(self) -> None:
         self.raw.close()

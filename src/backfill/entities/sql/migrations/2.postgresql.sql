@@ -1,0 +1,52 @@
+-- Schema version 2 on PostgreSQL: the words of every alias, for fuzzy candidates by
+-- word (pg_trgm's GIN index on the distinct words, made by the store when pg_trgm is
+-- there) rather than by whole name, whose index rechecked every alias sharing a common
+-- first name's trigrams. A trigger keeps the words whoever writes an alias; the whole
+-- file runs in one transaction.
+
+CREATE TABLE IF NOT EXISTS bf_entity_words (
+    kind TEXT NOT NULL,
+    word TEXT NOT NULL
+);
+-- Not unique: two writers adding one new word at once may both insert it, which costs a
+-- duplicate row and never a wait or a deadlock between their transactions.
+CREATE INDEX IF NOT EXISTS bf_entity_words_word ON bf_entity_words (kind, word);
+
+CREATE TABLE IF NOT EXISTS bf_entity_alias_words (
+    kind TEXT NOT NULL,
+    word TEXT NOT NULL,
+    alias_id BIGINT NOT NULL REFERENCES bf_entity_aliases (id) ON DELETE CASCADE,
+    PRIMARY KEY (kind, word, alias_id)
+);
+CREATE INDEX IF NOT EXISTS bf_entity_alias_words_alias ON bf_entity_alias_words (alias_id);
+
+CREATE OR REPLACE FUNCTION bf_entity_alias_words_add() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bf_entity_words (kind, word)
+        SELECT DISTINCT NEW.kind, w FROM unnest(string_to_array(NEW.norm, ' ')) AS w
+        WHERE NOT EXISTS (
+            SELECT 1 FROM bf_entity_words x WHERE x.kind = NEW.kind AND x.word = w
+        );
+    INSERT INTO bf_entity_alias_words (kind, word, alias_id)
+        SELECT DISTINCT NEW.kind, w, NEW.id FROM unnest(string_to_array(NEW.norm, ' ')) AS w;
+    RETURN NULL;
+END
+$$;
+
+-- Creating the trigger waits for the transactions writing aliases and holds off new ones
+-- until this one commits, so the words copied below and the trigger miss no alias.
+DROP TRIGGER IF EXISTS bf_entity_alias_words_add ON bf_entity_aliases;
+CREATE TRIGGER bf_entity_alias_words_add AFTER INSERT ON bf_entity_aliases
+    FOR EACH ROW EXECUTE FUNCTION bf_entity_alias_words_add();
+
+INSERT INTO bf_entity_alias_words (kind, word, alias_id)
+    SELECT DISTINCT a.kind, w, a.id FROM bf_entity_aliases a,
+        unnest(string_to_array(a.norm, ' ')) AS w
+    ON CONFLICT DO NOTHING;
+INSERT INTO bf_entity_words (kind, word)
+    SELECT DISTINCT kind, word FROM bf_entity_alias_words aw
+    WHERE NOT EXISTS (SELECT 1 FROM bf_entity_words x WHERE x.kind = aw.kind AND x.word = aw.word);
+
+-- Version 1's trigram index on whole names: no longer read.
+DROP INDEX IF EXISTS bf_entity_aliases_trgm;
