@@ -56,6 +56,9 @@ SCHEMA_VERSION = 2
 _ALIAS_COLUMNS = "a.id, a.entity_id, a.norm, e.features"
 
 
+_NO_TABLES = "{} has no entity tables yet: a run of a job that resolves entities makes them"
+
+
 class Conflict(BackfillError):
     """Another worker created the same entity first (its key is taken): look again."""
 
@@ -280,6 +283,15 @@ class EntityStore:
             except Conflict:
                 if attempt == 4:
                     raise
+
+    def _open(self, *, create: bool) -> None:
+        """Make or upgrade the tables (see :meth:`ensure_schema`); with ``create`` false
+        (a command that only reads or settles what a run recorded), a store without them
+        is a ConfigError and is left as it was."""
+        if not create and not self._table_exists("bf_entity_schema"):
+            self.close()
+            raise ConfigError(_NO_TABLES.format(self.description))
+        self.ensure_schema()
 
     def analyze(self) -> None:
         """Refresh the planner's statistics (after a large load)."""
@@ -609,9 +621,11 @@ class EntityStore:
 class SQLiteEntityStore(EntityStore):
     """The entity tables in a SQLite file (WAL; writers wait up to 30 s for each other)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = Path(path)
         self.description = f"entity store {self.path}"
+        if not create and not self.path.is_file():
+            raise ConfigError(_NO_TABLES.format(self.description))
         try:
             self.raw = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -620,7 +634,7 @@ class SQLiteEntityStore(EntityStore):
             self.raw.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
             raise SinkError(f"cannot open {self.description}: {exc}") from exc
-        self.ensure_schema()
+        self._open(create=create)
 
     def _execute(self, sql: str, params: Sequence[object] = ()) -> Any:
         return self.raw.execute(sql, tuple(params))
@@ -673,7 +687,9 @@ class PostgresEntityStore(EntityStore):
     dialect = "postgresql"
     ordered_commits = False
 
-    def __init__(self, url: str, *, index: str = "auto", similarity: float = 0.3) -> None:
+    def __init__(
+        self, url: str, *, index: str = "auto", similarity: float = 0.3, create: bool = True
+    ) -> None:
         import psycopg
 
         self.url = url
@@ -685,7 +701,7 @@ class PostgresEntityStore(EntityStore):
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise SinkError(f"cannot connect to {self.description}: {reason}") from exc
         self._ops = ""
-        self.ensure_schema()
+        self._open(create=create)
         if index != "memory":
             self._ops = self._trigram_schema(required=index == "trigram")
             self.trigram = bool(self._ops)
@@ -812,21 +828,22 @@ class PostgresEntityStore(EntityStore):
         self.raw.close()
 
 
-def open_store(database: str, *, index: str = "auto") -> EntityStore:
+def open_store(database: str, *, index: str = "auto", create: bool = True) -> EntityStore:
     """The entity store of a database URL: ``sqlite:///PATH``, a file path, or
     ``postgresql://...`` (``index``: ``"auto"``, ``"memory"`` or ``"trigram"``, see
-    :class:`PostgresEntityStore`)."""
+    :class:`PostgresEntityStore`). ``create=False``: a store without entity tables is a
+    ConfigError, nothing made (the commands that read them)."""
     scheme, sep, rest = database.partition("://")
     if sep and scheme in ("postgresql", "postgres"):
         from backfill._optional import require_postgres
 
         require_postgres("a PostgreSQL entity store")
-        return PostgresEntityStore(database, index=index)
+        return PostgresEntityStore(database, index=index, create=create)
     if not sep or scheme == "sqlite":
         path = database if not sep else (rest[1:] if rest.startswith("/") else rest)
         if not path:
             raise ConfigError(f"entity database {database!r} names no file; use sqlite:///PATH")
-        return SQLiteEntityStore(path)
+        return SQLiteEntityStore(path, create=create)
     raise ConfigError(
         f"unsupported entity database {scheme}://...; use sqlite:///PATH, a file path, or "
         "postgresql://USER@HOST/DATABASE"
