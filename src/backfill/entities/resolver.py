@@ -53,7 +53,8 @@ _GAP_SECONDS = 10.0
 _REFRESH_SECONDS = 0.25
 _GAPS = 2_000
 _CANDIDATES = 24
-# Names whose trigram candidates are read in one query (resolve_many).
+# Names whose exact matches and trigram candidates are read in one query each
+# (resolve_many).
 _BATCH = 500
 # A load this large changes the tables enough for the planner to need new statistics
 # (without them PostgreSQL may scan the aliases instead of using the trigram index).
@@ -110,6 +111,15 @@ class Match:
 
 def _features(given: Mapping[str, object]) -> dict[str, str]:
     return {k: fold(str(v)) for k, v in sorted(given.items()) if v is not None and str(v) != ""}
+
+
+@dataclass(frozen=True, slots=True)
+class _Looked:
+    """What the database said of a name of a batch: the entities it names exactly (with
+    their features), and its fuzzy candidates (None: not read, as it named one entity)."""
+
+    exact: Sequence[tuple[int, Mapping[str, str]]]
+    candidates: Sequence[IndexedAlias] | None
 
 
 def _item(given: str | Mapping[str, Any]) -> tuple[str, str | int | None, dict[str, Any]]:
@@ -304,12 +314,13 @@ class EntityResolver:
         self, names: Iterable[str | Mapping[str, Any]], *, source: str
     ) -> list[Resolution]:
         """:meth:`resolve_now` for many names (each a name or a mapping with ``name`` and
-        optionally ``external_id`` and features), in order; with pg_trgm, the fuzzy
-        candidates of every name not resolved yet in this run come in one query.
+        optionally ``external_id`` and features), in order; with pg_trgm, what the
+        database says of every name not resolved yet in this run (exact matches, fuzzy
+        candidates) comes in two queries.
 
-        Those candidates are read before the first name is resolved, so a person met twice
-        in one batch is found the second time by the look in the database that precedes
-        making an entity, as another worker's new entity is."""
+        That is read before the first name is resolved, so a person met twice in one
+        batch is found the second time by the look in the database that precedes making
+        an entity, as another worker's new entity is."""
         items = [_item(n) for n in names]
         todo = [
             name_key(name)
@@ -320,22 +331,28 @@ class EntityResolver:
         found = self._prefetch(todo)
         out = []
         for name, external, features in items:
-            candidates = found.get(name_key(name)) if isinstance(name, str) else None
-            out.append(self._resolve_item(name, source, external, features, candidates))
+            looked = found.get(name_key(name)) if isinstance(name, str) else None
+            out.append(self._resolve_item(name, source, external, features, looked))
         return out
 
-    def _prefetch(self, norms: Sequence[str]) -> dict[str, list[IndexedAlias]]:
-        """The fuzzy candidates of ``norms`` from the database's trigram index, in queries
-        of ``_BATCH``; nothing with the in-memory index, which answers at once."""
+    def _prefetch(self, norms: Sequence[str]) -> dict[str, _Looked]:
+        """What the database says of ``norms`` (the entities each names exactly; the fuzzy
+        candidates of those that name not exactly one), in two queries a ``_BATCH``;
+        nothing with the in-memory index, which answers at once."""
         if not self.store.trigram:
             return {}
+        store, kind = self.store, self.kind
         distinct = sorted({n for n in norms if n})
-        found: dict[str, list[IndexedAlias]] = {}
+        found: dict[str, _Looked] = {}
         with self._lock:
             for at in range(0, len(distinct), _BATCH):
                 chunk = distinct[at : at + _BATCH]
-                lists = self.store.trigram_candidates(self.kind, chunk, _CANDIDATES)
-                found.update(zip(chunk, lists, strict=True))
+                exact = store.by_norms(kind, chunk)
+                fuzzy = [n for n in chunk if len({e for e, _ in exact.get(n, ())}) != 1]
+                lists = store.trigram_candidates(kind, fuzzy, _CANDIDATES)
+                candidates = dict(zip(fuzzy, lists, strict=True))
+                for norm in chunk:
+                    found[norm] = _Looked(exact.get(norm, []), candidates.get(norm))
         return found
 
     def _cache_key(
@@ -350,7 +367,7 @@ class EntityResolver:
         source: str,
         external_id: str | int | None,
         features: Mapping[str, object],
-        candidates: Sequence[IndexedAlias] | None,
+        looked: _Looked | None,
     ) -> Resolution:
         if not isinstance(name, str) or not fold(name):
             # What a source sent fails its own partition only.
@@ -371,8 +388,8 @@ class EntityResolver:
         with self._lock:
             for _ in range(_ATTEMPTS):
                 try:
-                    resolution = self._resolve(name, source, external, folded, candidates)
-                    candidates = None  # a conflict: look again in the database
+                    resolution = self._resolve(name, source, external, folded, looked)
+                    looked = None  # a conflict: look again in the database
                     break
                 except Conflict:
                     continue
@@ -411,7 +428,7 @@ class EntityResolver:
                 known = None if external is None else str(external)
                 out.append(
                     self._match(
-                        name, norm, source, known, _features(features), candidates=found.get(norm)
+                        name, norm, source, known, _features(features), looked=found.get(norm)
                     )
                 )
         return out
@@ -425,12 +442,13 @@ class EntityResolver:
         features: dict[str, str],
         *,
         fresh: bool = False,
-        candidates: Sequence[IndexedAlias] | None = None,
+        looked: _Looked | None = None,
     ) -> Match:
         """The decision for a name. With the in-memory index, names are looked up in
         memory (refreshed every ``_REFRESH_SECONDS``); ``fresh`` refreshes it and takes
         exact matches from the database, as :meth:`_resolve` does before it creates an
-        entity. ``candidates``: the trigram index's, read for a batch (not when ``fresh``)."""
+        entity. ``looked``: what the database said of the name, read for a batch (not used
+        when ``fresh``)."""
         store, kind = self.store, self.kind
         if external is not None:
             found = store.by_external_id(kind, source, external)
@@ -440,6 +458,8 @@ class EntityResolver:
         index = None if store.trigram else self._memory(fresh=fresh)
         if index is not None and not fresh:
             known: Iterable[tuple[int, Mapping[str, str]]] = index.exact(norm).items()
+        elif looked is not None and not fresh:
+            known = looked.exact
         else:
             # The database is the truth a new entity is checked against.
             known = store.by_norm(kind, norm)
@@ -452,8 +472,8 @@ class EntityResolver:
             return Match(Method.EXACT, exact[0], 1.0)
         if index is not None:
             aliases: Sequence[IndexedAlias] = index.candidates(norm.split(), _CANDIDATES)
-        elif candidates is not None and not fresh:
-            aliases = candidates
+        elif looked is not None and looked.candidates is not None and not fresh:
+            aliases = looked.candidates
         else:
             aliases = store.trigram_candidates(kind, [norm], _CANDIDATES)[0]
         ranked = tuple(rank(tuple(norm.split()), features, aliases))
@@ -468,11 +488,11 @@ class EntityResolver:
         source: str,
         external: str | None,
         features: dict[str, str],
-        candidates: Sequence[IndexedAlias] | None = None,
+        looked: _Looked | None = None,
     ) -> Resolution:
         store, kind = self.store, self.kind
         norm = name_key(name)
-        match = self._match(name, norm, source, external, features, candidates=candidates)
+        match = self._match(name, norm, source, external, features, looked=looked)
         if match.method not in (Method.NEW, Method.REVIEW):
             return self._found(match, name, norm, source, external)
         # About to make an entity: one worker of the kind at a time, and each looks again

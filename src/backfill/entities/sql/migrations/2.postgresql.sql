@@ -10,7 +10,9 @@ CREATE TABLE IF NOT EXISTS bf_entity_words (
 );
 -- Not unique: two writers adding one new word at once may both insert it, which costs a
 -- duplicate row and never a wait or a deadlock between their transactions.
-CREATE INDEX IF NOT EXISTS bf_entity_words_word ON bf_entity_words (kind, word);
+-- (word, kind), not (kind, word): a kind alone must not look like a way in to the
+-- planner, whose way in is the trigram index on the word.
+CREATE INDEX IF NOT EXISTS bf_entity_words_word ON bf_entity_words (word, kind);
 
 CREATE TABLE IF NOT EXISTS bf_entity_alias_words (
     kind TEXT NOT NULL,
@@ -50,3 +52,8 @@ INSERT INTO bf_entity_words (kind, word)
 
 -- Version 1's trigram index on whole names: no longer read.
 DROP INDEX IF EXISTS bf_entity_aliases_trgm;
+
+-- The planner's statistics of the words copied: without them it may walk every word of
+-- a kind rather than use the trigram index.
+ANALYZE bf_entity_words;
+ANALYZE bf_entity_alias_words;
