@@ -2,10 +2,11 @@
 
 Order: the source's external id; the exact normalised name (case, diacritics and
 scripts, punctuation and word order folded) when it fits exactly one entity whose
-features do not contradict; then fuzzy candidates (pg_trgm's GIN index on PostgreSQL,
-an in-memory blocking index otherwise) scored word by word with rapidfuzz. Above
-``accept`` the name is linked; between ``review`` and ``accept`` it gets a provisional
-entity and a place in the review queue (the run goes on); below, a new entity.
+features do not contradict; then fuzzy candidates (pg_trgm's GIN index on the aliases'
+words on PostgreSQL, an in-memory blocking index otherwise) scored word by word with
+rapidfuzz. Above ``accept`` the name is linked; between ``review`` and ``accept`` it gets
+a provisional entity and a place in the review queue (the run goes on); below, a new
+entity.
 
 Example::
 

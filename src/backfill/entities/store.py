@@ -3,7 +3,8 @@ source, external id, how each was matched and how well), the review queue, and m
 
 One SQL algorithm for every database (:class:`EntityStore`); what differs lives in a
 dialect: SQLite (:class:`SQLiteEntityStore`) and PostgreSQL (:class:`PostgresEntityStore`,
-with pg_trgm's GIN index for fuzzy candidates when the role may create the extension).
+with pg_trgm's GIN index on the aliases' words for fuzzy candidates when the role may
+create the extension).
 A store is one connection: every worker and thread opens its own.
 
 Concurrency: an entity's key (its name's words in order, with its features) is unique per
