@@ -239,6 +239,7 @@ class EntityResolver:
         with self._lock:
             try:
                 with self.store.transaction():
+                    self.store.add_words(self.kind, [row[1] for row in rows])
                     added = [self._add(*row, source=source) for row in rows]
                 if len(rows) >= _ANALYZE_AFTER:
                     self.store.analyze()
@@ -290,6 +291,7 @@ class EntityResolver:
         transaction."""
         given = list(aliases)
         with self._lock, self.store.transaction():
+            self.store.add_words(self.kind, [name_key(name) for _, name, _ in given])
             for entity_id, name, external_id in given:
                 self.store.add_alias(
                     self.kind, self.store.live(entity_id), name=name, norm=name_key(name),

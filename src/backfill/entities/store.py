@@ -445,6 +445,10 @@ class EntityStore:
             )
         return None
 
+    def add_words(self, kind: str, norms: Sequence[str]) -> None:
+        """Before a transaction adds many aliases: add their words for the trigram index,
+        in sorted order (PostgreSQL; see sql/migrations/2.postgresql.sql)."""
+
     def add_review(
         self,
         kind: str,
@@ -768,6 +772,15 @@ class PostgresEntityStore(EntityStore):
 
     def _execute(self, sql: str, params: Sequence[object] = ()) -> Any:
         return self.raw.execute(sql, tuple(params))
+
+    def add_words(self, kind: str, norms: Sequence[str]) -> None:
+        words = sorted({w for norm in norms for w in norm.split()})
+        if words:
+            self.raw.execute(
+                "INSERT INTO bf_entity_words (kind, word) SELECT %s, w FROM unnest(%s::text[]) "
+                "AS w ORDER BY w ON CONFLICT DO NOTHING",
+                (kind, words),
+            )
 
     def analyze(self) -> None:
         super().analyze()

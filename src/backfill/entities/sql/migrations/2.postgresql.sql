@@ -8,11 +8,14 @@ CREATE TABLE IF NOT EXISTS bf_entity_words (
     kind TEXT NOT NULL,
     word TEXT NOT NULL
 );
--- Not unique: two writers adding one new word at once may both insert it, which costs a
--- duplicate row and never a wait or a deadlock between their transactions.
 -- (word, kind), not (kind, word): a kind alone must not look like a way in to the
--- planner, whose way in is the trigram index on the word.
-CREATE INDEX IF NOT EXISTS bf_entity_words_word ON bf_entity_words (word, kind);
+-- planner, whose way in is the trigram index on the word. Unique, so that a word is
+-- added with ON CONFLICT DO NOTHING, which needs no plan: a check planned while the table
+-- was empty (a new store's first aliases) walked every word for every alias after.
+-- Transactions add their words in sorted order (an alias's norm is sorted; a load adds
+-- all of its words first, see EntityStore.add_words), so two adding the same new words
+-- wait for each other at most and never deadlock.
+CREATE UNIQUE INDEX IF NOT EXISTS bf_entity_words_word ON bf_entity_words (word, kind);
 
 CREATE TABLE IF NOT EXISTS bf_entity_alias_words (
     kind TEXT NOT NULL,
@@ -27,9 +30,8 @@ LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO bf_entity_words (kind, word)
         SELECT DISTINCT NEW.kind, w FROM unnest(string_to_array(NEW.norm, ' ')) AS w
-        WHERE NOT EXISTS (
-            SELECT 1 FROM bf_entity_words x WHERE x.kind = NEW.kind AND x.word = w
-        );
+        ORDER BY 2
+        ON CONFLICT DO NOTHING;
     INSERT INTO bf_entity_alias_words (kind, word, alias_id)
         SELECT DISTINCT NEW.kind, w, NEW.id FROM unnest(string_to_array(NEW.norm, ' ')) AS w;
     RETURN NULL;
@@ -47,8 +49,8 @@ INSERT INTO bf_entity_alias_words (kind, word, alias_id)
         unnest(string_to_array(a.norm, ' ')) AS w
     ON CONFLICT DO NOTHING;
 INSERT INTO bf_entity_words (kind, word)
-    SELECT DISTINCT kind, word FROM bf_entity_alias_words aw
-    WHERE NOT EXISTS (SELECT 1 FROM bf_entity_words x WHERE x.kind = aw.kind AND x.word = aw.word);
+    SELECT DISTINCT kind, word FROM bf_entity_alias_words ORDER BY word, kind
+    ON CONFLICT DO NOTHING;
 
 -- Version 1's trigram index on whole names: no longer read.
 DROP INDEX IF EXISTS bf_entity_aliases_trgm;
