@@ -280,6 +280,7 @@ def test_postgres_uses_pg_trgm_when_it_may() -> None:
             ("bf_entity_words_trgm",),
         )
         assert "gin" in str(indexes[0][0]).lower()
+        assert "fastupdate=off" in str(indexes[0][0]).replace(" ", "")
         resolver = EntityResolver(EntitySpec("players", schema_url), store)
         novak = resolver.add_now("Novak Djokovic", source="atp")
         assert resolver.resolve_now("Djokovich Novak", source="web").entity_id == novak
@@ -475,3 +476,35 @@ def test_resolve_many_reads_candidates_once_and_meets_a_new_person_twice(databas
         r.entity_id for r in found
     ]
     resolver.close()
+
+
+def test_two_loads_of_one_register_in_opposite_orders_end_in_one_entity_each(
+    database: str,
+) -> None:
+    """Two workers loading the same new names at once, in opposite orders, neither fails
+    (no deadlock between their words or their entities) and each name is one entity."""
+    names = [p.name for p in labelled_set(300, seed=17, queries=0).people]
+    _resolver(database).close()
+    barrier = threading.Barrier(2)
+    got: list[list[int]] = [[], []]
+    errors: list[BaseException] = []
+
+    def load(n: int) -> None:
+        try:
+            resolver = _resolver(database)
+            order = names if n == 0 else names[::-1]
+            barrier.wait(timeout=60)
+            ids = resolver.add_many([{"name": name} for name in order], f"register{n}")
+            got[n] = ids if n == 0 else ids[::-1]
+            resolver.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    assert not errors, errors
+    assert got[0] == got[1]
+    assert open_store(database).stats("players").entities == len(set(names))
