@@ -392,9 +392,9 @@ class EntityResolver:
             for _ in range(_ATTEMPTS):
                 try:
                     resolution = self._resolve(name, source, external, folded, looked)
-                    looked = None  # a conflict: look again in the database
                     break
                 except Conflict:
+                    looked = None  # another worker's new entity: look again in the database
                     continue
             else:
                 raise TransientError(
