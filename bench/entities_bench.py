@@ -15,9 +15,11 @@ with rapidfuzz's WRatio, the best one linked at >= 90) takes a tenth of a second
 query; ``--scan-queries N`` runs it on the first N queries only.
 
 Cases: ``sqlite`` (the store in a SQLite file, candidates from the in-memory blocking
-index), ``postgres`` (pg_trgm's GIN index), ``postgres-memory`` (PostgreSQL store, the
-in-memory index), ``scan``; PostgreSQL cases need a server (``--postgres URL``, default
-the test server) and are skipped, said so, without one. It prints one Markdown table with
+index), ``postgres`` (pg_trgm's GIN index on the aliases' words, a name a query),
+``postgres-batch`` (the same, ``--batch`` names a query: ``match_many``, the path of
+``resolve_many``), ``postgres-memory`` (PostgreSQL store, the in-memory index), ``scan``;
+PostgreSQL cases need a server (``--postgres URL``, default the test server) and are
+skipped, said so, without one. It prints one Markdown table with
 the machine's load beside each figure, and asserts no timing.
 """
 
@@ -81,20 +83,33 @@ def load(resolver: EntityResolver, data: LabelledSet) -> list[int]:
     return ids
 
 
-def indexed(case: str, resolver: EntityResolver, data: LabelledSet, ids: list[int]) -> Row:
+def indexed(
+    case: str, resolver: EntityResolver, data: LabelledSet, ids: list[int], batch: int = 0
+) -> Row:
+    """Decide every query, one name at a time (``match_now``) or, with ``batch``, that
+    many at once (``match_many``, the path of ``resolve_many``)."""
     resolver.match_now(data.queries[0].name, source="web")  # the index is built here
     load_avg = os.getloadavg()[0]
-    pairs: list[tuple[int | None, int | None]] = []
     started = time.perf_counter()
-    for query in data.queries:
-        match = resolver.match_now(query.name, source="web", **query.features)
-        pairs.append(
-            (
-                None if query.truth is None else ids[query.truth],
-                match.entity_id if match.method in ACCEPTED else None,
+    if batch:
+        matches = []
+        for at in range(0, len(data.queries), batch):
+            chunk = data.queries[at : at + batch]
+            matches += resolver.match_many(
+                [{"name": q.name, **q.features} for q in chunk], source="web"
             )
-        )
+    else:
+        matches = [
+            resolver.match_now(query.name, source="web", **query.features) for query in data.queries
+        ]
     seconds = time.perf_counter() - started
+    pairs = [
+        (
+            None if query.truth is None else ids[query.truth],
+            match.entity_id if match.method in ACCEPTED else None,
+        )
+        for query, match in zip(data.queries, matches, strict=True)
+    ]
     recall, precision = _score(pairs)
     return Row(case, len(pairs), seconds, recall, precision, max(load_avg, os.getloadavg()[0]))
 
@@ -132,7 +147,10 @@ def postgres_url(given: str | None) -> str | None:
     return url
 
 
-def run_postgres(case: str, url: str, data: LabelledSet, index: str) -> Row:
+def run_postgres(
+    cases: list[tuple[str, int]], url: str, data: LabelledSet, index: str
+) -> list[Row]:
+    """Each case (its label, its batch size) on one store loaded once."""
     import psycopg
 
     schema = f"bf_entities_bench_{uuid.uuid4().hex[:8]}"
@@ -145,9 +163,9 @@ def run_postgres(case: str, url: str, data: LabelledSet, index: str) -> Row:
         if index == "trigram" and not resolver.store.trigram:
             raise SystemExit("pg_trgm is not available on this server")
         ids = load(resolver, data)
-        row = indexed(case, resolver, data, ids)
+        rows = [indexed(case, resolver, data, ids, batch) for case, batch in cases]
         resolver.close()
-        return row
+        return rows
     finally:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
@@ -177,7 +195,10 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--postgres", default=None)
-    parser.add_argument("--cases", default="sqlite,postgres,postgres-memory,scan")
+    parser.add_argument("--cases", default="sqlite,postgres,postgres-batch,postgres-memory,scan")
+    parser.add_argument(
+        "--batch", type=int, default=100, help="Names a batch in postgres-batch (default 100)."
+    )
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -213,17 +234,31 @@ def main() -> int:
             resolver.close()
         print("sqlite done", file=sys.stderr)
     url = postgres_url(args.postgres)
-    for case, index, label in (
-        ("postgres", "trigram", "indexed: PostgreSQL, pg_trgm GIN"),
-        ("postgres-memory", "memory", "indexed: PostgreSQL store, in-memory blocking index"),
+    trigram = [
+        (label, batch)
+        for case, label, batch in (
+            ("postgres", "indexed: PostgreSQL, pg_trgm GIN on words, a name a query", 0),
+            (
+                "postgres-batch",
+                f"indexed: PostgreSQL, pg_trgm GIN on words, {args.batch} names a query "
+                "(resolve_many)",
+                args.batch,
+            ),
+        )
+        if case in cases
+    ]
+    memory = [("indexed: PostgreSQL store, in-memory blocking index", 0)]
+    for name, index, labels in (
+        ("postgres", "trigram", trigram),
+        ("postgres-memory", "memory", memory if "postgres-memory" in cases else []),
     ):
-        if case not in cases:
+        if not labels:
             continue
         if url is None:
-            print(f"{case}: skipped, no PostgreSQL server answers", file=sys.stderr)
+            print(f"{name}: skipped, no PostgreSQL server answers", file=sys.stderr)
             continue
-        rows.append(run_postgres(label, url, data, index))
-        print(f"{case} done", file=sys.stderr)
+        rows += run_postgres(labels, url, data, index)
+        print(f"{name} done", file=sys.stderr)
     if baseline is not None:
         rows.append(baseline)
     lines = [

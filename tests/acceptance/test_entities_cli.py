@@ -100,3 +100,20 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path: Path) -> None:
         assert says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     after = sqlite3.connect(db).execute("SELECT COUNT(*) FROM bf_entity_aliases").fetchone()
     assert before == after
+
+
+def test_read_commands_on_a_store_without_tables_make_none(tmp_path: Path) -> None:
+    """stats and review before any run: one line, exit 2, and no database made."""
+    db = tmp_path / "tennis.db"
+    (tmp_path / "job.py").write_text(textwrap.dedent(JOB.format(db=db)))
+    for args in (("stats", "job.py"), ("review", "job.py", "players")):
+        done = run_cli("entities", *args, cwd=tmp_path)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert "has no entity tables yet" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not db.exists()
+    sqlite3.connect(db).close()  # an empty database file: still no tables made
+    done = run_cli("entities", "stats", "job.py", cwd=tmp_path)
+    assert done.returncode == 2 and "has no entity tables yet" in done.stderr, done.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []

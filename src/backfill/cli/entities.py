@@ -63,8 +63,9 @@ def _queue(job: Job, kind: str) -> Iterator[ReviewQueue]:
         raise ConfigError(
             f"job {job.name!r} declares no entity kind {kind!r} (declared: {declared})"
         )
-    # The in-memory index: reviewing creates no extension or index on the server.
-    store = open_store(spec.database, index="memory")
+    # The in-memory index: reviewing creates no extension or index on the server; and no
+    # tables: the commands read or settle what a run recorded.
+    store = open_store(spec.database, index="memory", create=False)
     try:
         yield ReviewQueue(store, kind, spec.references)
     finally:

@@ -2,10 +2,11 @@
 
 Order: the source's external id; the exact normalised name (case, diacritics and
 scripts, punctuation and word order folded) when it fits exactly one entity whose
-features do not contradict; then fuzzy candidates (pg_trgm's GIN index on PostgreSQL,
-an in-memory blocking index otherwise) scored word by word with rapidfuzz. Above
-``accept`` the name is linked; between ``review`` and ``accept`` it gets a provisional
-entity and a place in the review queue (the run goes on); below, a new entity.
+features do not contradict; then fuzzy candidates (pg_trgm's GIN index on the aliases'
+words on PostgreSQL, an in-memory blocking index otherwise) scored word by word with
+rapidfuzz. Above ``accept`` the name is linked; between ``review`` and ``accept`` it gets
+a provisional entity and a place in the review queue (the run goes on); below, a new
+entity.
 
 Example::
 
@@ -53,6 +54,9 @@ _GAP_SECONDS = 10.0
 _REFRESH_SECONDS = 0.25
 _GAPS = 2_000
 _CANDIDATES = 24
+# Names whose exact matches and trigram candidates are read in one query each
+# (resolve_many).
+_BATCH = 500
 # A load this large changes the tables enough for the planner to need new statistics
 # (without them PostgreSQL may scan the aliases instead of using the trigram index).
 _ANALYZE_AFTER = 1_000
@@ -108,6 +112,25 @@ class Match:
 
 def _features(given: Mapping[str, object]) -> dict[str, str]:
     return {k: fold(str(v)) for k, v in sorted(given.items()) if v is not None and str(v) != ""}
+
+
+@dataclass(frozen=True, slots=True)
+class _Looked:
+    """What the database said of a name of a batch: the entities it names exactly (with
+    their features), and its fuzzy candidates (None: not read, as it named one entity)."""
+
+    exact: Sequence[tuple[int, Mapping[str, str]]]
+    candidates: Sequence[IndexedAlias] | None
+
+
+def _item(given: str | Mapping[str, Any]) -> tuple[str, str | int | None, dict[str, Any]]:
+    """A name of a batch (a name, or a mapping with ``name``, optionally ``external_id``
+    and features) as its name, external id and features."""
+    if isinstance(given, str):
+        return given, None, {}
+    features = dict(given)
+    name = features.pop("name")
+    return name, features.pop("external_id", None), features
 
 
 class EntityResolver:
@@ -179,14 +202,10 @@ class EntityResolver:
         """The entity ids of many names at once (one trip to the resolver's thread), e.g.
         a partition's players; each item is a name or a mapping with ``name`` and
         optionally ``external_id`` and features."""
-        items = [{"name": n} if isinstance(n, str) else dict(n) for n in names]
+        items = list(names)
 
         def run() -> list[int]:
-            out = []
-            for item in items:
-                name = item.pop("name")
-                out.append(self.resolve_now(name, source=source, **item).entity_id)
-            return out
+            return [r.entity_id for r in self.resolve_many_now(items, source=source)]
 
         return await asyncio.to_thread(run)
 
@@ -220,6 +239,7 @@ class EntityResolver:
         with self._lock:
             try:
                 with self.store.transaction():
+                    self.store.add_words(self.kind, [row[1] for row in rows])
                     added = [self._add(*row, source=source) for row in rows]
                 if len(rows) >= _ANALYZE_AFTER:
                     self.store.analyze()
@@ -271,6 +291,7 @@ class EntityResolver:
         transaction."""
         given = list(aliases)
         with self._lock, self.store.transaction():
+            self.store.add_words(self.kind, [name_key(name) for _, name, _ in given])
             for entity_id, name, external_id in given:
                 self.store.add_alias(
                     self.kind, self.store.live(entity_id), name=name, norm=name_key(name),
@@ -290,6 +311,67 @@ class EntityResolver:
         **features: object,
     ) -> Resolution:
         """Resolve on this thread (a plain ``def`` stage, a script, a benchmark)."""
+        return self._resolve_item(name, source, external_id, features, None)
+
+    def resolve_many_now(
+        self, names: Iterable[str | Mapping[str, Any]], *, source: str
+    ) -> list[Resolution]:
+        """:meth:`resolve_now` for many names (each a name or a mapping with ``name`` and
+        optionally ``external_id`` and features), in order; with pg_trgm, what the
+        database says of every name not resolved yet in this run (exact matches, fuzzy
+        candidates) comes in two queries.
+
+        That is read before the first name is resolved, so a person met twice in one
+        batch is found the second time by the look in the database that precedes making
+        an entity, as another worker's new entity is."""
+        items = [_item(n) for n in names]
+        todo = [
+            name_key(name)
+            for name, external, features in items
+            if isinstance(name, str)
+            and self._cache_key(name, source, external, features) not in self._cache
+        ]
+        found = self._prefetch(todo)
+        out = []
+        for name, external, features in items:
+            looked = found.get(name_key(name)) if isinstance(name, str) else None
+            out.append(self._resolve_item(name, source, external, features, looked))
+        return out
+
+    def _prefetch(self, norms: Sequence[str]) -> dict[str, _Looked]:
+        """What the database says of ``norms`` (the entities each names exactly; the fuzzy
+        candidates of those that name not exactly one), in two queries a ``_BATCH``;
+        nothing with the in-memory index, which answers at once."""
+        if not self.store.trigram:
+            return {}
+        store, kind = self.store, self.kind
+        distinct = sorted({n for n in norms if n})
+        found: dict[str, _Looked] = {}
+        with self._lock:
+            for at in range(0, len(distinct), _BATCH):
+                chunk = distinct[at : at + _BATCH]
+                exact = store.by_norms(kind, chunk)
+                fuzzy = [n for n in chunk if len({e for e, _ in exact.get(n, ())}) != 1]
+                lists = store.trigram_candidates(kind, fuzzy, _CANDIDATES)
+                candidates = dict(zip(fuzzy, lists, strict=True))
+                for norm in chunk:
+                    found[norm] = _Looked(exact.get(norm, []), candidates.get(norm))
+        return found
+
+    def _cache_key(
+        self, name: str, source: str, external: str | int | None, features: Mapping[str, object]
+    ) -> tuple[object, ...]:
+        external = None if external is None else str(external)
+        return (source, name, external, tuple(_features(features).items()))
+
+    def _resolve_item(
+        self,
+        name: str,
+        source: str,
+        external_id: str | int | None,
+        features: Mapping[str, object],
+        looked: _Looked | None,
+    ) -> Resolution:
         if not isinstance(name, str) or not fold(name):
             # What a source sent fails its own partition only.
             raise PermanentError(
@@ -298,7 +380,7 @@ class EntityResolver:
             )
         folded = _features(features)
         external = None if external_id is None else str(external_id)
-        key = (source, name, external, tuple(folded.items()))
+        key = self._cache_key(name, source, external, features)
         if time.monotonic() - self._merges_checked >= _REFRESH_SECONDS:
             with self._lock:
                 self._follow_merges()
@@ -309,9 +391,10 @@ class EntityResolver:
         with self._lock:
             for _ in range(_ATTEMPTS):
                 try:
-                    resolution = self._resolve(name, source, external, folded)
+                    resolution = self._resolve(name, source, external, folded, looked)
                     break
                 except Conflict:
+                    looked = None  # another worker's new entity: look again in the database
                     continue
             else:
                 raise TransientError(
@@ -337,6 +420,22 @@ class EntityResolver:
                 _features(features),
             )  # fmt: skip
 
+    def match_many(self, names: Iterable[str | Mapping[str, Any]], *, source: str) -> list[Match]:
+        """What :meth:`resolve_many_now` would decide for each name, recording nothing."""
+        items = [_item(n) for n in names]
+        found = self._prefetch([name_key(name) for name, _, _ in items])
+        out = []
+        with self._lock:
+            for name, external, features in items:
+                norm = name_key(name)
+                known = None if external is None else str(external)
+                out.append(
+                    self._match(
+                        name, norm, source, known, _features(features), looked=found.get(norm)
+                    )
+                )
+        return out
+
     def _match(
         self,
         name: str,
@@ -346,11 +445,13 @@ class EntityResolver:
         features: dict[str, str],
         *,
         fresh: bool = False,
+        looked: _Looked | None = None,
     ) -> Match:
         """The decision for a name. With the in-memory index, names are looked up in
         memory (refreshed every ``_REFRESH_SECONDS``); ``fresh`` refreshes it and takes
         exact matches from the database, as :meth:`_resolve` does before it creates an
-        entity."""
+        entity. ``looked``: what the database said of the name, read for a batch (not used
+        when ``fresh``)."""
         store, kind = self.store, self.kind
         if external is not None:
             found = store.by_external_id(kind, source, external)
@@ -360,6 +461,8 @@ class EntityResolver:
         index = None if store.trigram else self._memory(fresh=fresh)
         if index is not None and not fresh:
             known: Iterable[tuple[int, Mapping[str, str]]] = index.exact(norm).items()
+        elif looked is not None and not fresh:
+            known = looked.exact
         else:
             # The database is the truth a new entity is checked against.
             known = store.by_norm(kind, norm)
@@ -372,8 +475,10 @@ class EntityResolver:
             return Match(Method.EXACT, exact[0], 1.0)
         if index is not None:
             aliases: Sequence[IndexedAlias] = index.candidates(norm.split(), _CANDIDATES)
+        elif looked is not None and looked.candidates is not None and not fresh:
+            aliases = looked.candidates
         else:
-            aliases = store.trigram_candidates(kind, norm, _CANDIDATES)
+            aliases = store.trigram_candidates(kind, [norm], _CANDIDATES)[0]
         ranked = tuple(rank(tuple(norm.split()), features, aliases))
         method, best = decide(list(ranked), self.spec.thresholds)
         if best is None:
@@ -381,11 +486,16 @@ class EntityResolver:
         return Match(method, best.entity_id, best.score, ranked)
 
     def _resolve(
-        self, name: str, source: str, external: str | None, features: dict[str, str]
+        self,
+        name: str,
+        source: str,
+        external: str | None,
+        features: dict[str, str],
+        looked: _Looked | None = None,
     ) -> Resolution:
         store, kind = self.store, self.kind
         norm = name_key(name)
-        match = self._match(name, norm, source, external, features)
+        match = self._match(name, norm, source, external, features, looked=looked)
         if match.method not in (Method.NEW, Method.REVIEW):
             return self._found(match, name, norm, source, external)
         # About to make an entity: one worker of the kind at a time, and each looks again
