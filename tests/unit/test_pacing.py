@@ -5,12 +5,14 @@ servers do), requests delayed on the way by random jitter, answers after a laten
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 from dataclasses import dataclass, field
 
 import pytest
 
+from backfill.clock import SystemClock
 from backfill.ratelimit import Outcome, Resource
 from virtual_time import FakeClock
 
@@ -244,3 +246,43 @@ def test_a_429_at_the_rate_a_search_ended_on_is_a_3_percent_step() -> None:
         rate.on_success(now)
     rate.on_rate_limited(now, now + 1.0)
     assert rate.rate == pytest.approx(0.97 * ended)
+
+
+class _LateTimers(SystemClock):
+    """Virtual time as an event loop sees it: a timer wakes a millisecond late (the poll
+    counts whole milliseconds) and every look at the clock takes 10 us."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def time(self) -> float:
+        return 1_000_000.0 + self.t
+
+    def monotonic(self) -> float:
+        self.t += 1e-5
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += max(0.0, seconds) + 0.001
+        await asyncio.sleep(0)
+
+
+def test_fast_turns_start_on_time_though_timers_wake_late() -> None:
+    """At 100/s (burst 1, so 97/s to start with) turns are 10.3 ms apart: a timer a
+    millisecond late, followed by a turn spaced from it, loses a tenth of the rate. Turns
+    are taken on time instead (the last moments waited by yielding to the loop), and never
+    closer than the interval."""
+    clock = _LateTimers()
+    resource = Resource("api", rate="100/s", burst=1, clock=clock)
+    starts: list[float] = []
+
+    async def main() -> None:
+        for _ in range(200):
+            await resource.acquire()
+            starts.append(clock.t)
+
+    asyncio.run(main())
+    interval = 1 / resource.rate
+    # 199 intervals at 97/s: 2.05 s; a millisecond lost at each turn would be 2.25 s.
+    assert starts[-1] - starts[0] < 199 * interval + 0.05
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= interval - 1e-4
