@@ -7,16 +7,21 @@ import functools
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.table import Table
 
+from backfill._optional import require_entities
 from backfill.cli._common import Command, JobArg, _Group, app, fail, out, shown
-from backfill.entities.review import ReviewQueue
-from backfill.entities.store import MergeResult, Stats, open_store
 from backfill.errors import BackfillError, ConfigError
 from backfill.job import Job, load_job
+
+if TYPE_CHECKING:
+    # Imported where used: the entities extra (rapidfuzz, anyascii) is not the core's,
+    # and every command of `backfill` loads this module.
+    from backfill.entities.review import ReviewQueue
+    from backfill.entities.store import MergeResult, Stats
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,6 +62,10 @@ def _masked(job: Job) -> Iterator[None]:
 
 @contextmanager
 def _queue(job: Job, kind: str) -> Iterator[ReviewQueue]:
+    require_entities()
+    from backfill.entities.review import ReviewQueue
+    from backfill.entities.store import open_store
+
     spec = job.entity_kinds.get(kind)
     if spec is None:
         declared = ", ".join(sorted(job.entity_kinds)) or "none"
