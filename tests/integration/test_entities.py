@@ -247,9 +247,10 @@ def test_four_workers_meeting_the_same_new_names_create_one_entity_each(
 
 
 def test_labelled_set_quality(database: str) -> None:
-    """On a seeded labelled subset of 4,000 people: recall >= 0.98 at precision >= 0.995
+    """On a seeded labelled subset of 4,000 people (2,000 on PostgreSQL, where a name a
+    query costs a round trip: the suite's time): recall >= 0.98 at precision >= 0.995
     for links (bench/entities_bench.py measures the full set on both databases)."""
-    data = labelled_set(4_000, seed=5)
+    data = labelled_set(4_000 if database.startswith("sqlite") else 2_000, seed=5)
     resolver = _resolver(database, thresholds=Thresholds())
     ids = resolver.add_many(
         [{"name": p.name, "country": p.country, "birth_year": p.birth_year} for p in data.people],
