@@ -254,14 +254,12 @@ def load_selection(
             raise ConfigError(f"unknown partition {key!r}; keys of this job look like {shapes}")
     own = by_stage[partitioned[0].name]
     selection = spec.selection(start=start, end=end, keys=own, where=where or ())
-    if given and len(own) < len(given):
-        selection = Selection(selection.start, selection.end, frozenset(given), selection.dims)
     if given:
+        # Keys the first stage does not know, and what the archive pages named find.
         found = found_by_keys(job.stages, stages, by_stage)
-        if found:
-            selection = Selection(
-                selection.start, selection.end, selection.keys, selection.dims, found
-            )
+        selection = Selection(
+            selection.start, selection.end, frozenset(given), selection.dims, found
+        )
     return job, stages, selection
 
 

@@ -4,6 +4,7 @@ the partitions a spec declares."""
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -20,7 +21,7 @@ __all__ = ["FOUND_KEY_CHARS", "Selection", "select"]
 # The characters of the key a discovering stage gives what it finds (``Discover(key)``):
 # the key of a found partition is ``<its discoverer's key>/<name>=<found key>``, so
 # stripping these from its end leaves ``<its discoverer's key>/<name>=``.
-FOUND_KEY_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"
+FOUND_KEY_CHARS = string.ascii_letters + string.digits + "_.:-"
 
 
 @dataclass(frozen=True, slots=True)
