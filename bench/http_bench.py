@@ -19,7 +19,8 @@ against a fresh API of its own, in a process of its own by default, and fetches 
 reference tables and every 500-row page of every day:
 
 * ``declared``    -- the demo job (``backfill.demo.flights:job``) through ``Runner``, told
-  the limit (FLIGHTS_RATE=rate), FLIGHTS_CONCURRENCY=16, into a fresh SQLite sink;
+  the limit (FLIGHTS_RATE=rate, FLIGHTS_BURST=bucket), FLIGHTS_CONCURRENCY=16, into a
+  fresh SQLite sink;
 * ``declared-3x`` -- the same, told three times the limit;
 * ``adaptive``    -- the same, not told the limit (FLIGHTS_RATE=adaptive);
 * ``gather``      -- ``asyncio.gather`` under ``Semaphore(10)``, a sleep of 10/rate - 0.05 s
@@ -422,11 +423,12 @@ class Tracer:
 
 
 def case_backfill(
-    url: str, days: list[date], directory: Path, told: str, tracer: Tracer | None
+    url: str, days: list[date], directory: Path, told: str, bucket: int, tracer: Tracer | None
 ) -> tuple[float, Any, Any]:
     os.environ["FLIGHTS_API"] = url
     os.environ["FLIGHTS_DB"] = str(directory / "flights.db")
     os.environ["FLIGHTS_RATE"] = told
+    os.environ["FLIGHTS_BURST"] = str(bucket)
     os.environ["FLIGHTS_CONCURRENCY"] = str(BACKFILL_CONCURRENCY)
     from backfill.job import load_job
     from backfill.ledger import open_ledger
@@ -643,7 +645,7 @@ def child_main(case: str, directory: Path, mode: str, trace: bool) -> None:
                 "declared-3x": f"{3 * spec.rate:g}",
                 "adaptive": "adaptive",
             }[client_name]
-            elapsed, run, resource = case_backfill(url, days, directory, told, tracer)
+            elapsed, run, resource = case_backfill(url, days, directory, told, spec.bucket, tracer)
             rows, distinct = sink_rows(directory / "flights.db")
             counts = {
                 "sent": run.requests,

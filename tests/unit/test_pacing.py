@@ -286,3 +286,21 @@ def test_fast_turns_start_on_time_though_timers_wake_late() -> None:
     # 199 intervals at 97/s: 2.05 s; a millisecond lost at each turn would be 2.25 s.
     assert starts[-1] - starts[0] < 199 * interval + 0.05
     assert min(b - a for a, b in itertools.pairwise(starts)) >= interval - 1e-4
+
+
+@pytest.mark.parametrize(("rate", "bucket"), [(100, 10), (20, 2), (5, 5)])
+def test_a_declared_burst_equal_to_the_servers_bucket_draws_no_429(rate: int, bucket: int) -> None:
+    """Declared exactly as the source's own bucket (rate and burst): a full burst sent at
+    once and then the rate would leave that bucket empty, and any request the way's jitter
+    brings in earlier than the one before it would be refused (each 429 a whole second's
+    pause). The resource keeps one request of the burst in hand: no 429 at all, and at
+    least 97 % of the limit gets through."""
+    clock = FakeClock()
+    resource = Resource("api", rate=rate, burst=bucket, clock=clock)
+    seconds = 30.0
+    served = serve(
+        resource, clock, limit=rate, bucket=bucket, seconds=seconds, workers=16, jitter=0.005
+    )
+    assert served.refused_share == 0.0, served.refused_share
+    assert len(served.accepted) >= 0.97 * rate * seconds
+    assert served.accepted_between(0.0, 1.0) <= rate + bucket

@@ -15,8 +15,8 @@ is slow, rate limited and unreliable; the destination is one SQLite file (or Pos
 
 Settings come from the environment: FLIGHTS_API (the API's base URL), FLIGHTS_DB (the
 SQLite file to fill, or a postgresql:// URL), FLIGHTS_RATE (the API's limit in requests
-per second, or "adaptive" to let the resource find it), FLIGHTS_CONCURRENCY (requests in
-flight).
+per second, or "adaptive" to let the resource find it), FLIGHTS_BURST (how many requests
+its limit lets through at once, 1 by default), FLIGHTS_CONCURRENCY (requests in flight).
 """
 
 import operator
@@ -45,6 +45,7 @@ API = os.environ.get("FLIGHTS_API", "http://127.0.0.1:8813").rstrip("/")
 DATABASE = os.environ.get("FLIGHTS_DB", "flights.db")
 RATE = os.environ.get("FLIGHTS_RATE", "20")
 CONCURRENCY = int(os.environ.get("FLIGHTS_CONCURRENCY", "8"))
+BURST = int(os.environ.get("FLIGHTS_BURST", "1"))
 PAGE_SIZE = 500
 WINDOW_DAYS = 7
 
@@ -70,7 +71,7 @@ else:
     job.resource(
         "flights_api",
         rate=float(RATE),
-        burst=1,
+        burst=BURST,
         concurrency=CONCURRENCY,
         timeout=1.5,
         retries=3,

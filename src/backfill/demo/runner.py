@@ -191,6 +191,7 @@ def run_demo(
         os.environ["FLIGHTS_API"] = server.url
         os.environ["FLIGHTS_DB"] = str(database)
         os.environ["FLIGHTS_RATE"] = "adaptive" if adaptive else str(config.rate_limit)
+        os.environ["FLIGHTS_BURST"] = str(config.bucket)
         job: Job = load_job("backfill.demo.flights:job")
         ledger: Ledger = open_ledger(state_url)
         try:

@@ -33,8 +33,15 @@ class Pace:
         self.adaptive = adaptive
         self._start_rate = start_rate
         self._tell = tell
+        # The burst run at: one request of a declared burst is kept in hand. A full bucket
+        # sent at once and then the rate leaves a bucket of the same size no room for the
+        # way's jitter (requests of one burst reach it up to milliseconds apart, in any
+        # order): its last request is refused, and a 429 costs a whole Retry-After pause.
+        self.run_burst = max(1, burst - 1)
         self.learned = self._new_learned()
-        self.schedule = Schedule(limits, burst, None if self.learned is None else self.learned.rate)
+        self.schedule = Schedule(
+            limits, burst, None if self.learned is None else self.learned.rate, self.run_burst
+        )
         self._said_slower = False
         self._latency_ewma: float | None = None
         self._latency_floor: float | None = None
@@ -64,7 +71,7 @@ class Pace:
         self.schedule.reset()
         self.learned = self._new_learned()
         if self.learned is not None and self.schedule.pace is not None:
-            self.schedule.pace.set_rate(self.learned.rate, self.burst)
+            self.schedule.pace.set_rate(self.learned.rate, self.run_burst)
         self._said_slower = False
 
     def description(self) -> str:
@@ -138,7 +145,7 @@ class Pace:
         declared rate the source does not accept is said once a run."""
         learned = self.learned
         assert learned is not None and self.schedule.pace is not None
-        self.schedule.pace.set_rate(learned.rate, self.burst, now)
+        self.schedule.pace.set_rate(learned.rate, self.run_burst, now)
         if not self.adaptive and not self._said_slower and learned.rate < 0.9 * learned.ceiling:
             self._said_slower = True
             self._tell(

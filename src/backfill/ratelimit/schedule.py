@@ -103,7 +103,8 @@ def book_block(
 class Schedule:
     """This process's bookings for one resource: a scheduler per declared limit (a window
     for a quota) and one at the rate learned from the source (``pace``, none for a
-    resource of quotas only).
+    resource of quotas only), whose burst may be smaller (``pace_burst``: see
+    :attr:`Pace.run_burst`).
 
     With a fleet, the shared schedule grants the per-second rate and the quotas (see
     :meth:`share`); of this process's own schedulers only the others still apply:
@@ -113,7 +114,13 @@ class Schedule:
 
     __slots__ = ("_unshared", "_unshared_quotas", "local", "pace", "schedulers", "shared")
 
-    def __init__(self, limits: list[Limit], burst: int, pace_rate: float | None) -> None:
+    def __init__(
+        self,
+        limits: list[Limit],
+        burst: int,
+        pace_rate: float | None,
+        pace_burst: int | None = None,
+    ) -> None:
         self.schedulers: list[Scheduler | Window] = [
             Window(int(lim.count), lim.period)
             if lim.period > QUOTA_PERIOD and lim.count <= _MAX_LOG and lim.count == int(lim.count)
@@ -122,7 +129,7 @@ class Schedule:
         ]
         self.pace: Scheduler | None = None
         if pace_rate is not None:
-            self.pace = Scheduler(pace_rate, burst)
+            self.pace = Scheduler(pace_rate, pace_burst or burst)
             self.schedulers.append(self.pace)
         self._unshared = [
             s
