@@ -53,6 +53,15 @@ class Pool:
             self._loop = loop
         return self._semaphore
 
+    def full(self) -> bool:
+        """Every slot is taken on the running loop (a call now would wait for one)."""
+        pool = self._semaphore
+        if pool is None or self._loop is not asyncio.get_running_loop():
+            return False
+        if isinstance(pool, _Share):
+            return pool.used >= pool.limit
+        return pool.locked()
+
     async def set_share(self, concurrency: int) -> None:
         """This worker's part of the fleet's concurrency (rebalanced as workers come and go)."""
         self.share = max(1, concurrency)

@@ -368,6 +368,13 @@ class Resource:
         """Say once per wait that a quota is used up, and when requests resume."""
         self.pausing.say_quota_wait(until, self.quotas, self.clock)
 
+    def idle(self) -> bool:
+        """Nothing waits for this resource: no request for its turn, none for a slot (a
+        request sent now takes a turn nobody else would)."""
+        pacing = self._pacing
+        waiting = pacing is not None and self._pacing_loop is asyncio.get_running_loop()
+        return not (waiting and pacing is not None and pacing.locked()) and not self.pool.full()
+
     def unsent(self) -> None:
         """The start last granted was not used: its request was found late on its way
         to the wire (:class:`LateStart`)."""

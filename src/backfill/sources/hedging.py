@@ -13,6 +13,12 @@ from typing import Any, TypeVar
 _LATENCY_SAMPLES = 200
 _HEDGE_AFTER_SAMPLES = 20
 _HEDGE_FLOOR = 0.25
+# Where nothing else waits for the resource (the last pages of a run), a copy costs no
+# other request its turn: it goes sooner, past one and a half times the percentile (a
+# tenth of a second at least); while the resource stays busy, how often it looks again.
+_IDLE_FACTOR = 1.5
+_IDLE_FLOOR = 0.1
+_IDLE_POLL = 0.02
 
 T = TypeVar("T")
 
@@ -34,19 +40,43 @@ class Hedge:
         most half the request's ``deadline``; None when it is not hedged."""
         if not self.enabled or method != "GET" or len(self.latencies) < _HEDGE_AFTER_SAMPLES:
             return None
+        return min(max(_HEDGE_FLOOR, 3.0 * self._p95()), deadline / 2)
+
+    def idle_after(self, wait: float) -> float:
+        """How long a GET may take before a second copy is sent while nothing else waits
+        for the resource (a copy then takes a turn nobody else would): one and a half
+        times the 95th percentile, at least a tenth of a second, at most ``wait`` (what
+        :meth:`after` said)."""
+        return min(max(_IDLE_FLOOR, _IDLE_FACTOR * self._p95()), wait)
+
+    def _p95(self) -> float:
         ordered = sorted(self.latencies)
-        p95 = ordered[int(0.95 * (len(ordered) - 1))]
-        return min(max(_HEDGE_FLOOR, 3.0 * p95), deadline / 2)
+        return ordered[int(0.95 * (len(ordered) - 1))]
 
     async def race(
-        self, first: asyncio.Task[T], copy: Callable[[], Coroutine[Any, Any, T]], wait: float
+        self,
+        first: asyncio.Task[T],
+        copy: Callable[[], Coroutine[Any, Any, T]],
+        wait: float,
+        *,
+        idle: Callable[[], bool] | None = None,
     ) -> T:
         """``first``'s answer, or, when it has none after ``wait`` seconds, the first of
         it and a ``copy`` to answer; the other is cancelled. A copy that fails leaves the
-        first running."""
+        first running. With ``idle`` (true while nothing else waits for the resource),
+        the copy goes as soon as ``first`` is past :meth:`idle_after` and the resource
+        is idle."""
         racers: set[asyncio.Task[T]] = {first}
         try:
-            done, _ = await asyncio.wait(racers, timeout=wait)
+            loop = asyncio.get_running_loop()
+            until = loop.time() + wait
+            early = self.idle_after(wait) if idle is not None else wait
+            done, _ = await asyncio.wait(racers, timeout=early)
+            while not done and idle is not None and not idle():
+                left = until - loop.time()
+                if left <= 0:
+                    break
+                done, _ = await asyncio.wait(racers, timeout=min(_IDLE_POLL, left))
             if not done:
                 racers.add(asyncio.create_task(copy()))
             while True:

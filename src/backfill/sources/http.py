@@ -339,7 +339,10 @@ class HttpClient:
         # A fleet start granted to this request went with it into its task.
         take_grant()
         return await self.hedging.race(
-            first, lambda: self._copy(method, url, call, hop, kwargs), wait
+            first,
+            lambda: self._copy(method, url, call, hop, kwargs),
+            wait,
+            idle=None if self.resource is None else self.resource.idle,
         )
 
     async def _copy(
