@@ -178,3 +178,25 @@ def test_a_fleet_share_drops_starts_found_stale() -> None:
         return await resource.fleet.start()
 
     assert asyncio.run(main()) == (10.0, 10.5)
+
+
+def test_the_first_429_of_a_ramp_drops_under_what_got_through_and_searches_under_it() -> None:
+    """A source's bucket lets a ramp past its limit unrefused until the bucket runs dry:
+    every answer before the first 429 was accepted (100 a second here, while the ramp
+    reached three times that). The first 429 takes the rate to just under what got
+    through, not a jitter step under the ramp, and the search back up stays under it."""
+    from backfill.ratelimit.adaptive import AdaptiveRate
+
+    rate = AdaptiveRate(5.0)
+    t = 0.0
+    while t < 3.0:
+        rate.on_success(t)
+        t += 0.01
+    assert rate.rate > 150.0
+    rate.on_rate_limited(3.0, 4.0)
+    assert 85.0 <= rate.rate <= 100.0
+    t = 4.0
+    while t < 9.0:
+        rate.on_success(t)
+        t += 1.0 / rate.rate
+    assert 90.0 <= rate.rate <= 100.0

@@ -27,6 +27,10 @@ class AdaptiveRate:
       that draws a 429 is taken back, and the search ends there (the creep upwards then
       waits four times its usual interval: the last step drew a whole pause).
 
+    A ramp's first 429 comes once the source's bucket has run dry, every answer before it
+    accepted: the rate drops just under what got through over the last half second, and
+    the search stays under that (not under the ramp's rate, far past the limit by then).
+
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
     by half after that, and searches from there. A search never steps more than halfway to
@@ -126,7 +130,15 @@ class AdaptiveRate:
             else None
         )
         search = True
-        if self._good is not None and self._good < self.rate:
+        bad = self.rate
+        if self.ramp and self.threshold is None and accepted is not None:
+            # The first 429 of a ramp: the source's bucket let the ramp past its limit
+            # unrefused until it ran dry, so every answer before this one was accepted;
+            # what got through over the last half second is about the limit (a little
+            # over: the bucket's savings went too). Search up from under it, and stay
+            # under it.
+            target, bad = self.margin * accepted, accepted
+        elif self._good is not None and self._good < self.rate:
             # The search's last step drew it: the rate before that step is the limit.
             # Creeping above it is a gamble (a 429 costs a whole pause): slowly.
             target, search = self._good, False
@@ -178,7 +190,7 @@ class AdaptiveRate:
             # Refused almost at once (after a pause, or from the start): far too fast.
             target = self.rate * 0.5
         self._searched = self._good is not None and self._good < self.rate
-        self._bad = self.rate if search else None
+        self._bad = min(self.rate, bad) if search else None
         self._rate_before = self.rate
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
