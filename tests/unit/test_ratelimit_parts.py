@@ -184,19 +184,31 @@ def test_the_first_429_of_a_ramp_drops_under_what_got_through_and_searches_under
     """A source's bucket lets a ramp past its limit unrefused until the bucket runs dry:
     every answer before the first 429 was accepted (100 a second here, while the ramp
     reached three times that). The first 429 takes the rate to just under what got
-    through, not a jitter step under the ramp, and the search back up stays under it."""
+    through, not a jitter step under the ramp; more 429s from the requests then on their
+    way say the ramp was far past the limit, and the search back up stays under what got
+    through. A lone 429 (a bucket of one refuses at once) leaves the search free."""
     from backfill.ratelimit.adaptive import AdaptiveRate
 
-    rate = AdaptiveRate(5.0)
-    t = 0.0
-    while t < 3.0:
-        rate.on_success(t)
-        t += 0.01
-    assert rate.rate > 150.0
-    rate.on_rate_limited(3.0, 4.0)
-    assert 85.0 <= rate.rate <= 100.0
-    t = 4.0
-    while t < 9.0:
-        rate.on_success(t)
-        t += 1.0 / rate.rate
-    assert 90.0 <= rate.rate <= 100.0
+    def ramped() -> AdaptiveRate:
+        rate = AdaptiveRate(5.0)
+        t = 0.0
+        while t < 3.0:
+            rate.on_success(t)
+            t += 0.01
+        assert rate.rate > 150.0
+        rate.on_rate_limited(3.0, 4.0)
+        assert 85.0 <= rate.rate <= 100.0
+        return rate
+
+    def searched(rate: AdaptiveRate) -> float:
+        t = 4.0
+        while t < 9.0:
+            rate.on_success(t)
+            t += 1.0 / rate.rate
+        return rate.rate
+
+    storm = ramped()
+    storm.on_rate_limited(3.01, 4.0)
+    storm.on_rate_limited(3.02, 4.0)
+    assert 90.0 <= searched(storm) <= 100.0
+    assert searched(ramped()) > 100.0

@@ -13,8 +13,8 @@ class AdaptiveRate:
     the declared rate, which stays its ceiling: a source that refuses requests at that
     rate (a stricter bucket than declared, or latency jitter that bunches requests on the
     way to a strict one) lowers it, and it creeps back up while the source is healthy.
-    Adaptive (``ramp=True``), it starts low and ramps up fast (the rate quadruples every
-    second, never past twice what actually got through) until the first 429.
+    Adaptive (``ramp=True``), it starts low and ramps up fast (the rate grows sixfold every
+    second, never past four times what actually got through) until the first 429.
 
     What a 429 does depends on what the last answers say:
 
@@ -27,9 +27,12 @@ class AdaptiveRate:
       that draws a 429 is taken back, and the search ends there (the creep upwards then
       waits four times its usual interval: the last step drew a whole pause).
 
-    A ramp's first 429 comes once the source's bucket has run dry, every answer before it
-    accepted: the rate drops just under what got through over the last half second, and
-    the search stays under that (not under the ramp's rate, far past the limit by then).
+    A ramp's first 429, every answer before it accepted, drops the rate just under what
+    got through over the last half second. When more 429s follow from the requests then
+    on their way, the source's bucket had let the ramp far past its limit: the search
+    stays under what got through (not under the ramp's rate); a lone 429 (a bucket of
+    one refuses at once, when what got through was still the ramp's own pace) leaves the
+    search free.
 
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
@@ -78,6 +81,8 @@ class AdaptiveRate:
         # The rate that drew the 429 a search started from: the search stays under it.
         self._bad: float | None = None
         self._searched = False  # the last decrease ended a search
+        # What got through before a ramp's first 429 (see on_rate_limited).
+        self._got_through: float | None = None
 
     def _accepted_rate(self, now: float) -> tuple[float, float] | None:
         """What the source accepted, and what it was offered (every answer), per second
@@ -106,6 +111,11 @@ class AdaptiveRate:
         if now - self._last_decrease < 1.0:
             # The same burst of 429s: the requests that were on their way answer now, and
             # how many of them are refused says how far over the limit they were sent.
+            if self._got_through is not None and self._bad is not None:
+                # More than one refused after a ramp's first 429: its bucket had let the
+                # ramp far past the limit, and what got through then is about the limit.
+                self._bad = min(self._bad, self._got_through)
+                self._got_through = None
             burst = self._outcomes
             # Shrunk towards none refused: a handful of answers is a noisy sample.
             share = burst.count(False) / (len(burst) + 1)
@@ -130,14 +140,14 @@ class AdaptiveRate:
             else None
         )
         search = True
-        bad = self.rate
+        got_through: float | None = None
         if self.ramp and self.threshold is None and accepted is not None:
             # The first 429 of a ramp: the source's bucket let the ramp past its limit
             # unrefused until it ran dry, so every answer before this one was accepted;
             # what got through over the last half second is about the limit (a little
             # over: the bucket's savings went too). Search up from under it, and stay
             # under it.
-            target, bad = self.margin * accepted, accepted
+            target, got_through = self.margin * accepted, accepted
         elif self._good is not None and self._good < self.rate:
             # The search's last step drew it: the rate before that step is the limit.
             # Creeping above it is a gamble (a 429 costs a whole pause): slowly.
@@ -145,7 +155,7 @@ class AdaptiveRate:
             self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
         elif accepted is not None and offered is not None and accepted < 0.85 * offered:
             # Clearly sending faster than the source accepts.
-            target = self.margin * accepted
+            target, got_through = self.margin * accepted, accepted
         elif (
             cycle is not None
             and cycle < 0.85 * self.rate
@@ -190,7 +200,8 @@ class AdaptiveRate:
             # Refused almost at once (after a pause, or from the start): far too fast.
             target = self.rate * 0.5
         self._searched = self._good is not None and self._good < self.rate
-        self._bad = min(self.rate, bad) if search else None
+        self._bad = self.rate if search else None
+        self._got_through = got_through
         self._rate_before = self.rate
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
@@ -236,7 +247,7 @@ class AdaptiveRate:
             recent = 2.0 * sum(1 for t in self._accepted if t >= now - 0.5)
             cap = max(4.0 * recent, 2.0 * self.floor, 4.0)
             self._ramp_prev = self.rate
-            self.rate = min(self.ceiling, max(self.rate, min(self.rate * 4.0**elapsed, cap)))
+            self.rate = min(self.ceiling, max(self.rate, min(self.rate * 6.0**elapsed, cap)))
         elif self.rate >= self.ceiling:
             self._last_update = now
             return False
