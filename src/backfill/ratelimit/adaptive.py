@@ -32,7 +32,8 @@ class AdaptiveRate:
     on their way, the source's bucket had let the ramp far past its limit: the search
     stays under what got through (not under the ramp's rate); a lone 429 (a bucket of
     one refuses at once, when what got through was still the ramp's own pace) leaves the
-    search free.
+    search free. A drop to under what was measured to get through (mostly refused)
+    keeps its search under that in the same way.
 
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
@@ -145,8 +146,8 @@ class AdaptiveRate:
             # The first 429 of a ramp: the source's bucket let the ramp past its limit
             # unrefused until it ran dry, so every answer before this one was accepted;
             # what got through over the last half second is about the limit (a little
-            # over: the bucket's savings went too). Search up from under it, and stay
-            # under it.
+            # over: the bucket's savings went too). Search up from under it; more 429s
+            # of this burst keep the search under it.
             target, got_through = self.margin * accepted, accepted
         elif self._good is not None and self._good < self.rate:
             # The search's last step drew it: the rate before that step is the limit.
@@ -154,7 +155,8 @@ class AdaptiveRate:
             target, search = self._good, False
             self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
         elif accepted is not None and offered is not None and accepted < 0.85 * offered:
-            # Clearly sending faster than the source accepts.
+            # Clearly sending faster than the source accepts: likewise, under what got
+            # through, and more 429s of this burst keep the search under it.
             target, got_through = self.margin * accepted, accepted
         elif (
             cycle is not None

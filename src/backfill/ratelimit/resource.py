@@ -372,8 +372,12 @@ class Resource:
         """Nothing waits for this resource: no request for its turn, none for a slot (a
         request sent now takes a turn nobody else would)."""
         pacing = self._pacing
-        waiting = pacing is not None and self._pacing_loop is asyncio.get_running_loop()
-        return not (waiting and pacing is not None and pacing.locked()) and not self.pool.full()
+        turn_awaited = (
+            pacing is not None
+            and self._pacing_loop is asyncio.get_running_loop()
+            and pacing.locked()
+        )
+        return not turn_awaited and not self.pool.full()
 
     def unsent(self) -> None:
         """The start last granted was not used: its request was found late on its way
