@@ -19,9 +19,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import backfill_cmd, cli_env, run_cli
 
 from browser_support import ensure_chromium
+from conftest import backfill_cmd, cli_env, run_cli
 from tennis_site import SiteProcess, most_in_window
 
 # Chromium takes every core it can get: its tests and the tests that measure a rate in

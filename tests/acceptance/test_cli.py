@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import backfill_cmd, cli_env, executions, run_cli
 
 STATE = ".backfill/state.db"

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from conftest import backfill_cmd, cli_env, run_cli
 
 COMMANDS = [

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import backfill_cmd, cli_env, run_cli
 
 KEY = "year, month, day, carrier, flight, origin"

@@ -7,9 +7,8 @@ import sqlite3
 import textwrap
 from pathlib import Path
 
-from conftest import run_cli
-
 from backfill.entities.resolver import EntityResolver, EntitySpec
+from conftest import run_cli
 
 JOB = """
 from backfill import Job, daily

@@ -20,10 +20,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import backfill_cmd, cli_env, run_cli
 
 from backfill.demo.data import FLIGHT_KEY, FLIGHTS_TOTAL
 from backfill.demo.server import ReplayConfig, ReplayServer
+from conftest import backfill_cmd, cli_env, run_cli
 from pg_support import fresh_schema, private_cluster
 from wire_stamps import WireStamps
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import executions, run_cli
 
+from conftest import executions, run_cli
 from pg_support import fresh_schema
 
 HOSTILE_JOB = """

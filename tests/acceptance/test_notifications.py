@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 
 from conftest import run_cli
-
 from notify_receivers import smtp, webhook
 
 TOKEN = "tok-9f8e7d6c5b4a3928"

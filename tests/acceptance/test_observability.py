@@ -16,13 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import backfill_cmd, cli_env, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
 from backfill.demo.server import ReplayConfig, ReplayServer
 from backfill.ledger import RunRecord, StageCounts, Status, WorkerRecord, open_ledger
 from backfill.partitions import daily
 from browser_support import ensure_chromium
+from conftest import backfill_cmd, cli_env, run_cli
 
 # Chromium takes every core it can get: its tests and the tests that measure a rate in
 # real time share one xdist group, so they never run beside each other (pyproject's

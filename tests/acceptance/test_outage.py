@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 import uvicorn
-from conftest import backfill_cmd, cli_env, run_cli
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from backfill.job import load_job
 from backfill.ledger import open_reader
 from backfill.web.snapshot import Dashboard
+from conftest import backfill_cmd, cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import backfill_cmd, cli_env, run_cli
 
+from conftest import backfill_cmd, cli_env, run_cli
 from wire_stamps import WireStamps
 
 QUOTA_JOB = """

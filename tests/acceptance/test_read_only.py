@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from conftest import backfill_cmd, cli_env, run_cli
 
 STATE = ".backfill/state.db"

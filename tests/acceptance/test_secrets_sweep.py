@@ -20,9 +20,9 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import httpx
 import psycopg
 import pytest
-from conftest import backfill_cmd, cli_env, run_cli
 
 from backfill.ledger import open_ledger
+from conftest import backfill_cmd, cli_env, run_cli
 from pg_support import fresh_schema
 
 JOB = """

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import backfill_cmd, cli_env
 
+from conftest import backfill_cmd, cli_env
 from pg_support import Cluster, fresh_schema, private_cluster
 
 BLOCKED_JOB = """

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import SAMPLE_JOB, cli_env, executions
 
 BACKFILL = Path(sys.executable).with_name("backfill")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import backfill_cmd, cli_env, run_cli
 
+from conftest import backfill_cmd, cli_env, run_cli
 from pg_support import fresh_schema
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 
 from backfill.ledger.postgres import PostgresLedger
 from backfill.ledger.sqlite import SQLiteLedger
+from conftest import run_cli
 from hostile_server import HostileServer
 from pg_support import fresh_schema
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import run_cli
 
 EVIL = "[/bold] \x1b[2J\x07 evil"

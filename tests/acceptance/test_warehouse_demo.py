@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import backfill_cmd, cli_env, run_cli
 
+from conftest import backfill_cmd, cli_env, run_cli
 from pg_support import fresh_schema
 
 EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "warehouse.py")
