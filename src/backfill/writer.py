@@ -124,7 +124,8 @@ class Destination:
         fence: Fence | None = None,
         now: Callable[[], float] = time.time,
         batch_rows: int = BATCH_ROWS,
-        max_delay: float = MAX_DELAY,
+        max_delay: float | None = None,
+        settled: Callable[[], bool] = lambda: False,
     ) -> None:
         self.database = database
         self.sinks = {s.name: s for s in sinks}
@@ -133,7 +134,10 @@ class Destination:
         self.fence = fence
         self.now = now
         self.batch_rows = batch_rows
-        self.max_delay = max_delay
+        self.max_delay = MAX_DELAY if max_delay is None else max_delay
+        # True when every partition in flight waits for a write: nothing more can join
+        # the batch, and waiting for more would only hold them (see SinkWriter).
+        self.settled = settled
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="backfill-sink")
         self._conn: SinkConnection | None = None
         self._buffer = _Buffer()
@@ -194,6 +198,11 @@ class Destination:
         self._more.set()
         return await asyncio.shield(future)
 
+    def nudge(self) -> None:
+        """Look again at whether the batch may wait (see :attr:`settled`)."""
+        if self._buffer.items:
+            self._more.set()
+
     async def close(self) -> None:
         """Write what is buffered, then close the connection."""
         self._closing = True
@@ -223,6 +232,7 @@ class Destination:
                 buffer.rows < self.batch_rows
                 and not buffer.urgent
                 and not self._closing
+                and not self.settled()
                 and loop.time() < deadline
             ):
                 self._more.clear()
@@ -350,6 +360,11 @@ class SinkWriter:
         self.fence_for = fence_for
         self.now = now
         self.destinations: dict[str, Destination] = {}
+        # The run's partitions in flight, and how many of them wait for a write: a batch
+        # waits for more rows only while some partition could still bring them (the
+        # others' rows, and the partitions downstream waiting for them, are held).
+        self._in_flight = 0
+        self._writing = 0
         # Each sink's database, asked once at open: a SQLite table's resolves its path
         # (several system calls), and writes ask for every partition.
         self._databases: dict[int, str] = {}
@@ -383,9 +398,23 @@ class SinkWriter:
                 completer=completer,
                 fence=fence,
                 now=self.now,
+                settled=self._settled,
             )
             self.destinations[database] = destination
             await destination.open()
+
+    def began(self) -> None:
+        """A partition (or a group of them run one after another) is in flight."""
+        self._in_flight += 1
+
+    def ended(self) -> None:
+        """... and is no longer: what waits for a batch may not need to any more."""
+        self._in_flight -= 1
+        for destination in self.destinations.values():
+            destination.nudge()
+
+    def _settled(self) -> bool:
+        return self._writing >= self._in_flight
 
     def shares_ledger(self, sinks: Sequence[Sink]) -> bool:
         """Whether these tables' done-marks commit with their rows (one database, the ledger's)."""
@@ -415,17 +444,23 @@ class SinkWriter:
             by_database.setdefault(self._database(sink), {})[sink.name] = Rows(
                 partition, rows, first, page, redo
             )
-        if len(by_database) == 1:
-            ((database, parts),) = by_database.items()
-            destination = self.destinations[database]
-            carried = outcome if destination.completer is not None else None
-            return await destination.submit(parts, carried, partition, urgent=urgent, lease=lease)
-        results = await asyncio.gather(
-            *(
-                self.destinations[db].submit(parts, None, partition, urgent=urgent, lease=lease)
-                for db, parts in by_database.items()
+        self._writing += 1
+        try:
+            if len(by_database) == 1:
+                ((database, parts),) = by_database.items()
+                destination = self.destinations[database]
+                carried = outcome if destination.completer is not None else None
+                return await destination.submit(
+                    parts, carried, partition, urgent=urgent, lease=lease
+                )
+            results = await asyncio.gather(
+                *(
+                    self.destinations[db].submit(parts, None, partition, urgent=urgent, lease=lease)
+                    for db, parts in by_database.items()
+                )
             )
-        )
+        finally:
+            self._writing -= 1
         error = next((r.error for r in results if r.error is not None), None)
         return WriteResult(error=error, lost=any(r.lost for r in results))
 
