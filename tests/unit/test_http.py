@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gzip
 import importlib.util
+import itertools
 import json
 import math
 import zlib
@@ -598,3 +599,46 @@ def test_a_resource_pause_longer_than_max_wait_is_cut_and_said_once() -> None:
     assert told[0][0] == (
         "paused (quota used up; asked for 1000000000 s, waiting the cap of 120 s)"
     )
+
+
+def _retry_waits(resource: Resource | None) -> list[float]:
+    """The instants (virtual seconds) at which a client with three retries sends a
+    request that fails twice (503, no hint) before it is answered."""
+    from virtual_time import FakeClock
+
+    clock = FakeClock()
+    sent: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(clock.monotonic())
+        if len(sent) <= 2:
+            return httpx.Response(503, text="busy")
+        return httpx.Response(200, json={"ok": True})
+
+    async def go() -> None:
+        client = HttpClient(
+            resource=resource,
+            retries=3,
+            transport=httpx.MockTransport(handler),
+            clock=clock,
+            hedge=False,
+        )
+        try:
+            assert await client.get_json(URL) == {"ok": True}
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    return [b - a for a, b in itertools.pairwise(sent)]
+
+
+def test_a_request_paced_by_a_resource_retries_a_5xx_at_once_then_backs_off() -> None:
+    """A resource's rate already spaces every retry, and its circuit opens if the source
+    keeps failing: the first retry of a lone 5xx waits 12-25 ms (not 0.1-0.2 s: near the
+    end of a run the retry was the run's last request), later ones back off as without a
+    resource."""
+    paced = _retry_waits(Resource("api", rate="1000/s", burst=1000))
+    unpaced = _retry_waits(None)
+    assert 0.0125 <= paced[0] <= 0.025 + 1e-6, paced
+    assert paced[1] >= 0.025, paced
+    assert 0.1 <= unpaced[0] <= 0.2 + 1e-6, unpaced
