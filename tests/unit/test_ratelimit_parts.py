@@ -212,3 +212,41 @@ def test_the_first_429_of_a_ramp_drops_under_what_got_through_and_searches_under
     storm.on_rate_limited(3.02, 4.0)
     assert 90.0 <= searched(storm) <= 100.0
     assert searched(ramped()) > 100.0
+
+
+def test_turns_taken_on_time_but_written_late_reach_the_source_no_faster_than_its_bucket() -> None:
+    """A declared burst, at any rate: the turns of 0.11 s are taken on time, but the
+    loop (or the CPU) was busy and every request reaches the wire at 0.12 s at once. A
+    source's bucket of the declared size, full after the wait, took the burst and refused
+    the rest (each 429 a whole second's pause); at the wire they go the burst at once,
+    then at the rate, and the source refuses none."""
+    from backfill.demo.server import TokenBucket
+    from backfill.ratelimit.grants import take_grant, until_start
+
+    clock = FakeClock()
+    resource = Resource("api", rate="100/s", burst=10, clock=clock)
+    bucket = TokenBucket(100.0, 10, clock=clock.monotonic)
+
+    async def main() -> tuple[int, list[float]]:
+        grants = []
+        for _ in range(20):
+            await resource.acquire()
+            grants.append(take_grant())
+        assert clock.monotonic() == pytest.approx(0.11)
+        await clock.sleep(0.01)
+        refused = 0
+        written: list[float] = []
+
+        async def write(grant: object) -> None:
+            nonlocal refused
+            await until_start(clock, grant)  # type: ignore[arg-type]
+            written.append(clock.monotonic())
+            refused += bucket.take() > 0
+
+        await asyncio.gather(*(write(g) for g in grants))
+        return refused, written
+
+    refused, written = asyncio.run(main())
+    assert refused == 0
+    assert sum(1 for t in written if t == pytest.approx(0.12)) == 9  # the burst, less one
+    assert max(written) == pytest.approx(0.12 + 11 * 0.01)

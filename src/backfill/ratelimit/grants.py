@@ -105,15 +105,19 @@ class Grant:
 
 
 class WireGap:
-    """One process's requests at a slow rate (20/s or less, burst 1), spaced once more
-    where they are written.
+    """One process's requests spaced once more where they are written: at a slow rate
+    (20/s or less) of burst 1, and with a declared burst at any rate.
 
     Turns are paced when they are taken; the way from a turn to the wire varies (a first
     request opens its connection, a busy loop delays another), and a request slowed on
     its way would reach the source just before the next one, which a strict bucket (one
-    request per interval) refuses. So the resource's rate and burst are applied again to
-    the instants requests actually reach the wire: a request too close behind the one
-    before waits there for the rest of its interval. Nothing is ever refused here.
+    request per interval) refuses. With a burst, turns taken on time while the loop or
+    the CPU was busy reach the wire together, on top of the catch-up of turns taken late:
+    more at once than the source's bucket holds, however much it saved meanwhile. So
+    the resource's rate and the burst it runs at (:attr:`Pace.run_burst`) are applied
+    again to the instants requests actually reach the wire: a request too close behind
+    the ones before waits there for the rest of its interval. Nothing is ever refused
+    here, and a bunch within the burst goes at once.
     """
 
     __slots__ = ("resource",)
@@ -124,7 +128,9 @@ class WireGap:
     def at_wire(self) -> float:
         """Seconds the request must still wait before it goes (0: now, and booked)."""
         resource = self.resource
-        return resource.wire.turn(resource.clock.monotonic(), resource.rate, resource.burst)
+        return resource.wire.turn(
+            resource.clock.monotonic(), resource.rate, resource.pace.run_burst
+        )
 
 
 # What the current task's request was granted (a fleet start, or a place in this
