@@ -639,6 +639,9 @@ def test_a_request_paced_by_a_resource_retries_a_5xx_at_once_then_backs_off() ->
     resource."""
     paced = _retry_waits(Resource("api", rate="1000/s", burst=1000))
     unpaced = _retry_waits(None)
+    quota_only = _retry_waits(Resource("api", limits=["100000/day"]))
     assert 0.0125 <= paced[0] <= 0.025 + 1e-6, paced
     assert paced[1] >= 0.025, paced
     assert 0.1 <= unpaced[0] <= 0.2 + 1e-6, unpaced
+    # A quota spaces nothing: a retry through it backs off as without a resource.
+    assert 0.1 <= quota_only[0] <= 0.2 + 1e-6, quota_only

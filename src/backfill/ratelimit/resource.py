@@ -198,6 +198,12 @@ class Resource:
         """Seconds between starts at the resource's per-second rate (0: none declared)."""
         return self.pace.rate_interval
 
+    @property
+    def paces(self) -> bool:
+        """Whether the resource spaces its requests at a per-second rate, declared or
+        learned (one of quotas or a concurrency only does not)."""
+        return self.pace.rate_interval > 0 or self.pace.learned is not None
+
     def reset(self, *, clock: Clock | None = None) -> None:
         """Forget bookings, pauses, breaker state and listeners (a new run starts), and
         keep time on the run's ``clock`` when one is given."""
@@ -311,8 +317,7 @@ class Resource:
         # rates. At 100/s with burst 1 every late write would be time lost for good.
         # A quota (2000/day) is no rate to space by: a resource of quotas and a
         # concurrency only starts its calls as soon as the quota's window allows.
-        sustained = self.pace.rate_interval > 0 or self.pace.learned is not None
-        gap = sustained and (self.burst > 1 or 1.0 / self.rate >= WIRE_GAP_MIN_INTERVAL)
+        gap = self.paces and (self.burst > 1 or 1.0 / self.rate >= WIRE_GAP_MIN_INTERVAL)
         grant: Grant | WireGap | None = self._wire_gap if gap else None
         if fleet.shared is not None and fleet.rate:
             # Last: a start granted by the fleet must go out on its instant.

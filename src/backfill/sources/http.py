@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import random
 import ssl
 import time
@@ -266,7 +265,7 @@ class HttpClient:
                     backoff = _RETRY_BACKOFF
                     if hint is not None:
                         hint = min(hint, backoff.cap)
-                    elif self.resource is not None and math.isfinite(self.resource.rate):
+                    elif self.resource is not None and self.resource.paces:
                         backoff = _PACED_RETRY_BACKOFF
                     await backoff.wait(attempt, self.clock, hint=hint, rng=self._rng)
 
