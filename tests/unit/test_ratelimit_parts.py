@@ -250,3 +250,19 @@ def test_turns_taken_on_time_but_written_late_reach_the_source_no_faster_than_it
     assert refused == 0
     assert sum(1 for t in written if t == pytest.approx(0.12)) == 9  # the burst, less one
     assert max(written) == pytest.approx(0.12 + 11 * 0.01)
+
+
+def test_a_ramp_s_first_429_too_soon_to_time_drops_under_the_step_before_its_growth() -> None:
+    """A slow source (5/s, a bucket of one): the ramp's three answers at 5/s let it grow
+    to 10/s in one step, and its first 429 comes before enough answers to time what got
+    through. The rate drops under the step before that growth (accepted), not to half of
+    10/s (still over the limit: a second 429, a second pause, then a halving)."""
+    from backfill.ratelimit.adaptive import AdaptiveRate
+
+    rate = AdaptiveRate(5.0)
+    for t in (0.0, 0.2, 0.4):
+        rate.on_success(t)
+    assert rate.rate > 9.0  # grown in one step
+    rate.on_rate_limited(0.64, 1.64)
+    assert rate.rate < 5.0
+    assert rate.rate >= 0.95 * 5.0 * 0.97
