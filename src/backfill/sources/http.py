@@ -97,8 +97,10 @@ _CROSS_ORIGIN = ("strip", "refuse")
 _RETRY_BACKOFF = Backoff(first=0.2, cap=10.0, jitter=0.5)
 # ... and through a resource with a rate: its pace already spaces every retry (a crowd of
 # failures cannot retry in lockstep) and its circuit opens on a source that keeps
-# failing, so a lone failure is retried at once (12-25 ms), later ones back off as above.
-_PACED_RETRY_BACKOFF = Backoff(first=0.025, cap=10.0, jitter=0.5)
+# failing, so a lone failure is retried at once (12-25 ms); a second one backs off as
+# above (0.2-0.4 s, then doubling): a blip of a few hundred milliseconds (a deploy, a
+# failover) still finds the retries it needs.
+_PACED_FIRST_RETRY = Backoff(first=0.025, cap=0.025, jitter=0.5)
 
 
 @functools.cache
@@ -265,8 +267,8 @@ class HttpClient:
                     backoff = _RETRY_BACKOFF
                     if hint is not None:
                         hint = min(hint, backoff.cap)
-                    elif self.resource is not None and self.resource.paces:
-                        backoff = _PACED_RETRY_BACKOFF
+                    elif attempt == 1 and self.resource is not None and self.resource.paces:
+                        backoff = _PACED_FIRST_RETRY
                     await backoff.wait(attempt, self.clock, hint=hint, rng=self._rng)
 
     async def _once(
