@@ -266,3 +266,32 @@ def test_a_ramp_s_first_429_too_soon_to_time_drops_under_the_step_before_its_gro
     rate.on_rate_limited(0.64, 1.64)
     assert rate.rate < 5.0
     assert rate.rate >= 0.95 * 5.0 * 0.97
+
+
+def test_a_ramp_grown_many_fold_in_one_step_drops_at_most_to_a_third_at_its_first_429() -> None:
+    """Sparse answers (two, two seconds apart) let a ramp from 0.5/s grow to 8/s in one
+    step; its first 429 drops it to a third (2.7/s), not back to 0.5/s, from where a
+    search of 10 % steps would take over a minute to find a limit of 3/s."""
+    from backfill.ratelimit.adaptive import AdaptiveRate
+
+    rate = AdaptiveRate(0.5)
+    rate.on_success(0.0)
+    rate.on_success(2.0)
+    assert rate.rate == pytest.approx(8.0)
+    rate.on_rate_limited(2.3, 3.3)
+    assert rate.rate == pytest.approx(8.0 / 3.0)
+
+
+def test_the_wire_spaces_a_burst_run_above_one_at_any_rate_and_one_at_a_time_when_slow() -> None:
+    """Burst 10 at 100/s (run at 9): spaced where written. Burst 2 runs one at a time
+    (one kept in hand): at 100/s, like burst 1, not spaced there (every late write would
+    be time lost); at 5/s it is."""
+    from backfill.ratelimit.grants import WireGap, take_grant
+
+    async def grant_of(resource: Resource) -> object:
+        await resource.acquire()
+        return take_grant()
+
+    assert isinstance(asyncio.run(grant_of(Resource("api", rate="100/s", burst=10))), WireGap)
+    assert asyncio.run(grant_of(Resource("api", rate="100/s", burst=2))) is None
+    assert isinstance(asyncio.run(grant_of(Resource("api", rate="5/s", burst=2))), WireGap)

@@ -196,10 +196,11 @@ class AdaptiveRate:
         elif self.ramp and self.threshold is None and self._since_decrease >= 1:
             # The first 429 of a ramp, with requests accepted before it: the step before
             # the last growth was accepted (at the start rate: 10 % under it), less the
-            # margin a strict bucket needs against the way's jitter. All the way down to
-            # it, however far the last step grew (at most halving took a slow source's
-            # ramp from 5 to 11/s back to 5.5/s only: a second 429 and pause).
-            target = self._JITTER_STEP * min(self._ramp_prev, 0.9 * self.rate)
+            # margin a strict bucket needs against the way's jitter; at most a third of
+            # the rate down (answers too sparse to trust let one step grow up to 16-fold,
+            # and the search climbs 10 % a step). At most halving took a slow source's
+            # ramp from 5 to 11/s back to 5.5/s only: a second 429 and pause.
+            target = max(self.rate / 3.0, self._JITTER_STEP * min(self._ramp_prev, 0.9 * self.rate))
         else:
             # Refused almost at once (after a pause, or from the start): far too fast.
             target = self.rate * 0.5

@@ -311,13 +311,13 @@ class Resource:
                 schedule.book(now)
                 break
         # The rate and burst are applied again where requests are written (WireGap):
-        # with a declared burst at any rate (a bunch written late at once must not
-        # exceed the source's bucket), and with burst 1 where a strict source (one
-        # request per interval) is likely and an interval dwarfs the way's jitter: slow
-        # rates. At 100/s with burst 1 every late write would be time lost for good.
-        # A quota (2000/day) is no rate to space by: a resource of quotas and a
-        # concurrency only starts its calls as soon as the quota's window allows.
-        gap = self.paces and (self.burst > 1 or 1.0 / self.rate >= WIRE_GAP_MIN_INTERVAL)
+        # with a burst run above one at any rate (a bunch written late at once must not
+        # exceed the source's bucket), and one at a time (burst 1 or 2) where a strict
+        # source (one request per interval) is likely and an interval dwarfs the way's
+        # jitter: slow rates. At 100/s one at a time, every late write would be time
+        # lost for good. A quota (2000/day) is no rate to space by: a resource of quotas
+        # and a concurrency only starts its calls as soon as the quota's window allows.
+        gap = self.paces and (self.pace.run_burst > 1 or 1.0 / self.rate >= WIRE_GAP_MIN_INTERVAL)
         grant: Grant | WireGap | None = self._wire_gap if gap else None
         if fleet.shared is not None and fleet.rate:
             # Last: a start granted by the fleet must go out on its instant.
