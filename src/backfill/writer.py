@@ -445,6 +445,9 @@ class SinkWriter:
                 partition, rows, first, page, redo
             )
         self._writing += 1
+        # Every batch waiting may now hold the last partition in flight (settled).
+        for destination in self.destinations.values():
+            destination.nudge()
         try:
             if len(by_database) == 1:
                 ((database, parts),) = by_database.items()

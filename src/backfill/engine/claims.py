@@ -100,6 +100,8 @@ class StageLoop:
     ) -> None:
         self.stage = stage
         self._env = env
+        # Whether its partitions write rows: only those may join a batch the writer holds.
+        self._writes = bool(stage.sinks)
         self._graph = graph
         self._node = graph.node(stage.name)
         self._activity = activity
@@ -405,13 +407,15 @@ class StageLoop:
         task = asyncio.create_task(work)
         self._running.add(task)
         self._env.control.tasks.add(task)
-        self._env.writer.began()
+        if self._writes:
+            self._env.writer.began()
         task.add_done_callback(self._joined)
 
     def _joined(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self._env.control.tasks.discard(task)
-        self._env.writer.ended()
+        if self._writes:
+            self._env.writer.ended()
 
     def _launch(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in a task holding a slot already taken, given back at its end."""
@@ -420,7 +424,8 @@ class StageLoop:
         self._slots[task] = slot
         self._running.add(task)
         self._env.control.tasks.add(task)
-        self._env.writer.began()
+        if self._writes:
+            self._env.writer.began()
         task.add_done_callback(self._finished)
 
     def _start(self, claim: Claim) -> None:
@@ -430,7 +435,8 @@ class StageLoop:
         self._slots[task] = slot
         self._running.add(task)
         self._env.control.tasks.add(task)
-        self._env.writer.began()
+        if self._writes:
+            self._env.writer.began()
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
@@ -438,7 +444,8 @@ class StageLoop:
         self._running.discard(task)
         self._env.control.tasks.discard(task)
         self._slots.pop(task).give_back()
-        self._env.writer.ended()
+        if self._writes:
+            self._env.writer.ended()
 
     async def _give_back(self, claims: list[Claim]) -> None:
         for claim in claims:
