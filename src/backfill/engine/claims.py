@@ -100,7 +100,9 @@ class StageLoop:
     ) -> None:
         self.stage = stage
         self._env = env
-        # Whether its partitions write rows: only those may join a batch the writer holds.
+        # Whether its partitions write rows: only those may join a batch the writer holds
+        # (counted from _start to _finished; a stage without sinks runs its groups inline,
+        # in _launch and _join, and never counts).
         self._writes = bool(stage.sinks)
         self._graph = graph
         self._node = graph.node(stage.name)
@@ -134,7 +136,7 @@ class StageLoop:
         self._fenced = not stage.sinks or env.writer.shares_ledger(stage.sinks)
         # A stage without sinks ends each partition when its function returns: a fast
         # one's begun groups run under one runner per slot (see _run_group).
-        self._inline = not stage.sinks
+        self._inline = not self._writes
 
     async def run(self) -> None:
         env, needs = self._env, self._node.needs
@@ -407,15 +409,11 @@ class StageLoop:
         task = asyncio.create_task(work)
         self._running.add(task)
         self._env.control.tasks.add(task)
-        if self._writes:
-            self._env.writer.began()
         task.add_done_callback(self._joined)
 
     def _joined(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self._env.control.tasks.discard(task)
-        if self._writes:
-            self._env.writer.ended()
 
     def _launch(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in a task holding a slot already taken, given back at its end."""
@@ -424,8 +422,6 @@ class StageLoop:
         self._slots[task] = slot
         self._running.add(task)
         self._env.control.tasks.add(task)
-        if self._writes:
-            self._env.writer.began()
         task.add_done_callback(self._finished)
 
     def _start(self, claim: Claim) -> None:

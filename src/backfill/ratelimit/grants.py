@@ -105,8 +105,8 @@ class Grant:
 
 
 class WireGap:
-    """One process's requests spaced once more where they are written: at a slow rate
-    (20/s or less) of burst 1, and with a declared burst at any rate.
+    """One process's requests spaced once more where they are written: one at a time
+    at a slow rate (20/s or less), and with a burst run above one at any rate.
 
     Turns are paced when they are taken; the way from a turn to the wire varies (a first
     request opens its connection, a busy loop delays another), and a request slowed on
