@@ -295,3 +295,54 @@ def test_the_wire_spaces_a_burst_run_above_one_at_any_rate_and_one_at_a_time_whe
     assert isinstance(asyncio.run(grant_of(Resource("api", rate="100/s", burst=10))), WireGap)
     assert asyncio.run(grant_of(Resource("api", rate="100/s", burst=2))) is None
     assert isinstance(asyncio.run(grant_of(Resource("api", rate="5/s", burst=2))), WireGap)
+
+
+def test_a_request_waiting_where_it_is_written_waits_out_a_pause_that_began_meanwhile() -> None:
+    """5/s, a bucket of one: the first request reached the wire late (0.15 s), so the
+    next one, whose turn came at 0.2 s, waits there until about 0.35 s. At 0.25 s the first is
+    answered 429 with Retry-After: 1: the second must not reach the source inside the
+    pause the source just asked for; it goes when the pause ends."""
+    from backfill.ratelimit.grants import take_grant, until_start
+    from backfill.ratelimit.limits import Outcome
+
+    clock = FakeClock()
+    resource = Resource("api", rate="5/s", burst=1, clock=clock)
+
+    async def main() -> float:
+        await resource.acquire()
+        first = take_grant()
+        await clock.sleep(0.15)
+        await until_start(clock, first)
+        await resource.acquire()
+        second = take_grant()
+        assert clock.monotonic() == pytest.approx(0.2, abs=0.01)  # a hair under 5/s
+
+        async def refused() -> None:
+            await clock.sleep(0.05)
+            resource.observe(Outcome.RATE_LIMITED, retry_after=1.0)
+
+        task = asyncio.ensure_future(refused())
+        await until_start(clock, second)
+        await task
+        return clock.monotonic()
+
+    assert asyncio.run(main()) >= 1.25 - 1e-9
+
+
+def test_a_fleet_start_found_inside_a_pause_where_it_is_written_is_not_used() -> None:
+    """A fleet's start granted before a 429 was answered is not sent into the pause it
+    asked for (nor counted as a miss): its request takes a new start."""
+    from backfill.ratelimit.grants import Grant, LateStart
+    from backfill.ratelimit.limits import Outcome
+
+    clock = FakeClock()
+    resource = Resource("api", rate=5, clock=clock)
+    grant = Grant(resource, start=0.3, deadline=0.4)
+    clock.t = 0.1
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0)
+    clock.t = 0.3
+    with pytest.raises(LateStart):
+        grant.at_wire()
+    assert resource.wire.misses == 0
+    clock.t = 1.1
+    assert Grant(resource, start=1.2, deadline=1.3).at_wire() == pytest.approx(0.1)

@@ -76,7 +76,8 @@ class Grant:
     reach the wire (measured), and the request waits there until the instant: on time
     however slow the way is. A grant found past its deadline there is not used
     (:class:`LateStart`), unless its request has already missed ``_MAX_WIRE_MISSES``
-    in a row: a process too busy ever to be on time still makes progress.
+    in a row: a process too busy ever to be on time still makes progress. Nor is one
+    found inside a pause begun since it was granted: the request takes a new start.
     """
 
     __slots__ = ("deadline", "granted", "resource", "start")
@@ -94,6 +95,10 @@ class Grant:
         wire = resource.wire
         now = resource.clock.monotonic()
         wire.measure_way(now - self.granted)
+        if resource.paused_until > now:
+            # Paused since the start was granted (a 429 answered meanwhile): the request
+            # is not sent into the pause; it takes a new start, after it.
+            raise LateStart
         if now > self.deadline:
             if wire.misses < _MAX_WIRE_MISSES:
                 wire.misses += 1
@@ -116,8 +121,8 @@ class WireGap:
     more at once than the source's bucket holds, however much it saved meanwhile. So
     the resource's rate and the burst it runs at (:attr:`Pace.run_burst`) are applied
     again to the instants requests actually reach the wire: a request too close behind
-    the ones before waits there for the rest of its interval. Nothing is ever refused
-    here, and a bunch within the burst goes at once.
+    the ones before waits there for the rest of its interval, and through a pause begun
+    meanwhile. Nothing is ever refused here, and a bunch within the burst goes at once.
     """
 
     __slots__ = ("resource",)
@@ -126,11 +131,14 @@ class WireGap:
         self.resource = resource
 
     def at_wire(self) -> float:
-        """Seconds the request must still wait before it goes (0: now, and booked)."""
+        """Seconds the request must still wait before it goes (0: now, and booked); a
+        pause begun since its turn was taken (a 429 answered meanwhile) holds it too."""
         resource = self.resource
-        return resource.wire.turn(
-            resource.clock.monotonic(), resource.rate, resource.pace.run_burst
-        )
+        now = resource.clock.monotonic()
+        paused = resource.paused_until - now
+        if paused > 0:
+            return paused
+        return resource.wire.turn(now, resource.rate, resource.pace.run_burst)
 
 
 # What the current task's request was granted (a fleet start, or a place in this

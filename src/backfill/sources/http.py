@@ -239,7 +239,7 @@ class HttpClient:
                 raise self._outage.error(None, self.max_wait) from None
             except LateStart:
                 # Not sent: its start from the fleet's schedule had gone stale on the way
-                # to the wire. A new start, not a retry.
+                # to the wire, or a pause began meanwhile. A new start, not a retry.
                 attempt -= 1
                 continue
             except TransientError as exc:
