@@ -297,12 +297,13 @@ def test_the_wire_spaces_a_burst_run_above_one_at_any_rate_and_one_at_a_time_whe
     assert isinstance(asyncio.run(grant_of(Resource("api", rate="5/s", burst=2))), WireGap)
 
 
-def test_a_request_waiting_where_it_is_written_waits_out_a_pause_that_began_meanwhile() -> None:
+def test_a_request_waiting_where_it_is_written_does_not_go_into_a_pause_begun_meanwhile() -> None:
     """5/s, a bucket of one: the first request reached the wire late (0.15 s), so the
-    next one, whose turn came at 0.2 s, waits there until about 0.35 s. At 0.25 s the first is
-    answered 429 with Retry-After: 1: the second must not reach the source inside the
-    pause the source just asked for; it goes when the pause ends."""
-    from backfill.ratelimit.grants import take_grant, until_start
+    next one, whose turn came at 0.2 s, waits there until about 0.36 s. At 0.25 s the
+    first is answered 429 with Retry-After: 1: the second must not reach the source
+    inside the pause the source just asked for. It is not sent, and its new turn comes
+    when the pause ends (waited for where turns are taken, not against its deadline)."""
+    from backfill.ratelimit.grants import LateStart, take_grant, until_start
     from backfill.ratelimit.limits import Outcome
 
     clock = FakeClock()
@@ -322,8 +323,12 @@ def test_a_request_waiting_where_it_is_written_waits_out_a_pause_that_began_mean
             resource.observe(Outcome.RATE_LIMITED, retry_after=1.0)
 
         task = asyncio.ensure_future(refused())
-        await until_start(clock, second)
+        with pytest.raises(LateStart):
+            await until_start(clock, second)
         await task
+        resource.unsent()
+        await resource.acquire()
+        await until_start(clock, take_grant())
         return clock.monotonic()
 
     assert asyncio.run(main()) >= 1.25 - 1e-9

@@ -25,7 +25,8 @@ WIRE_GAP_MIN_INTERVAL = 0.05
 
 
 class LateStart(Exception):
-    """A start from a fleet's shared schedule came due while this process was busy: the
+    """A start from a fleet's shared schedule came due while this process was busy, or
+    a pause began (a 429 answered) while the request was on its way to the wire: the
     request was not sent, and takes a new start."""
 
 
@@ -121,8 +122,8 @@ class WireGap:
     more at once than the source's bucket holds, however much it saved meanwhile. So
     the resource's rate and the burst it runs at (:attr:`Pace.run_burst`) are applied
     again to the instants requests actually reach the wire: a request too close behind
-    the ones before waits there for the rest of its interval, and through a pause begun
-    meanwhile. Nothing is ever refused here, and a bunch within the burst goes at once.
+    the ones before waits there for the rest of its interval (one that finds a pause
+    begun meanwhile takes a new turn). A bunch within the burst goes at once.
     """
 
     __slots__ = ("resource",)
@@ -131,13 +132,14 @@ class WireGap:
         self.resource = resource
 
     def at_wire(self) -> float:
-        """Seconds the request must still wait before it goes (0: now, and booked); a
-        pause begun since its turn was taken (a 429 answered meanwhile) holds it too."""
+        """Seconds the request must still wait before it goes (0: now, and booked). In a
+        pause begun since its turn was taken (a 429 answered meanwhile) it does not go:
+        :class:`LateStart`, and it takes a new turn, after the pause (waited for there,
+        not against the request's own deadline)."""
         resource = self.resource
         now = resource.clock.monotonic()
-        paused = resource.paused_until - now
-        if paused > 0:
-            return paused
+        if resource.paused_until > now:
+            raise LateStart
         return resource.wire.turn(now, resource.rate, resource.pace.run_burst)
 
 
