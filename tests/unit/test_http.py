@@ -26,6 +26,7 @@ from backfill.sources.http import HttpClient, decode_json, parse_retry_after, re
 from backfill.sources.origins import allowed_origins
 
 URL = "https://api.example/results/2013-01-01"
+URL_BASE = "https://api.example"
 SECRET_URL = "https://api.example/results?date=2013-01-01&api_key=SECRET"
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -645,3 +646,67 @@ def test_a_request_paced_by_a_resource_retries_a_5xx_at_once_then_backs_off() ->
     assert 0.1 <= unpaced[0] <= 0.2 + 1e-6, unpaced
     # A quota spaces nothing: a retry through it backs off as without a resource.
     assert 0.1 <= quota_only[0] <= 0.2 + 1e-6, quota_only
+
+
+def _redirected(rate: str, routes: dict[str, Any], urls: list[str]) -> list[tuple[float, str]]:
+    """Every request that reached a mock source answering ``routes`` (path -> a
+    response, or an async function of the virtual clock returning one), as (virtual
+    instant, path), for GETs of ``urls`` at once through a resource of ``rate``."""
+    from virtual_time import FakeClock
+
+    clock = FakeClock()
+    resource = Resource("api", rate=rate, burst=1, clock=clock)
+    arrivals: list[tuple[float, str]] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        arrivals.append((clock.monotonic(), request.url.path))
+        answer = routes[request.url.path]
+        return await answer(clock) if callable(answer) else answer
+
+    async def go() -> None:
+        client = HttpClient(
+            resource=resource, transport=httpx.MockTransport(handler), clock=clock, hedge=False
+        )
+        try:
+            await asyncio.gather(*(client.get(u) for u in urls), return_exceptions=True)
+        finally:
+            await client.aclose()
+        assert client.requests == resource.requests == len(arrivals)
+
+    asyncio.run(go())
+    return arrivals
+
+
+def test_each_hop_of_a_redirect_takes_a_turn_of_the_resource() -> None:
+    """A redirect's next hop is a request to the source too: at 2/s, two GETs each
+    redirected twice are six requests half a second apart, not two bunches of three."""
+    routes = {
+        "/a": httpx.Response(302, headers={"Location": "/b"}),
+        "/b": httpx.Response(302, headers={"Location": "/c"}),
+        "/c": httpx.Response(200, json={}),
+    }
+    arrivals = _redirected("2/s", routes, [f"{URL_BASE}/a", f"{URL_BASE}/a"])
+    assert [path for _, path in arrivals].count("/c") == 2
+    assert len(arrivals) == 6
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(arrivals)]
+    assert min(gaps) >= 0.5 * 0.95, gaps
+
+
+def test_a_redirect_s_next_hop_waits_out_a_pause_begun_meanwhile() -> None:
+    """The first GET is redirected after 0.6 s; meanwhile another is answered 429 with
+    Retry-After: 3 at about 0.1 s. The redirect's next hop does not reach the source
+    inside the pause."""
+
+    async def slow_redirect(clock: Any) -> httpx.Response:
+        await clock.sleep(0.6)
+        return httpx.Response(302, headers={"Location": "/done"})
+
+    routes = {
+        "/slow": slow_redirect,
+        "/busy": httpx.Response(429, headers={"Retry-After": "3"}),
+        "/done": httpx.Response(200, json={}),
+    }
+    arrivals = _redirected("10/s", routes, [f"{URL_BASE}/slow", f"{URL_BASE}/busy"])
+    refused = next(t for t, path in arrivals if path == "/busy")
+    hop = next(t for t, path in arrivals if path == "/done")
+    assert hop >= refused + 3.0 - 1e-9, arrivals

@@ -286,14 +286,15 @@ def test_the_wire_spaces_a_burst_run_above_one_at_any_rate_and_one_at_a_time_whe
     """Burst 10 at 100/s (run at 9): spaced where written. Burst 2 runs one at a time
     (one kept in hand): at 100/s, like burst 1, not spaced there (every late write would
     be time lost); at 5/s it is."""
-    from backfill.ratelimit.grants import WireGap, take_grant
+    from backfill.ratelimit.grants import PauseGate, WireGap, take_grant
 
     async def grant_of(resource: Resource) -> object:
         await resource.acquire()
         return take_grant()
 
     assert isinstance(asyncio.run(grant_of(Resource("api", rate="100/s", burst=10))), WireGap)
-    assert asyncio.run(grant_of(Resource("api", rate="100/s", burst=2))) is None
+    unspaced = asyncio.run(grant_of(Resource("api", rate="100/s", burst=2)))
+    assert type(unspaced) is PauseGate  # only checked for a pause, see below
     assert isinstance(asyncio.run(grant_of(Resource("api", rate="5/s", burst=2))), WireGap)
 
 
@@ -351,3 +352,30 @@ def test_a_fleet_start_found_inside_a_pause_where_it_is_written_is_not_used() ->
     assert resource.wire.misses == 0
     clock.t = 1.1
     assert Grant(resource, start=1.2, deadline=1.3).at_wire() == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("rate", ["50/s", "100/s"])
+def test_a_fast_request_granted_its_turn_before_a_429_is_not_written_into_the_pause(
+    rate: str,
+) -> None:
+    """At fast rates one at a time nothing spaces requests where they are written, but a
+    request whose turn came before a 429 (it waited for a connection meanwhile) is still
+    checked there: it is not sent into the pause, and takes a new turn after it."""
+    from backfill.ratelimit.grants import LateStart, take_grant, until_start
+    from backfill.ratelimit.limits import Outcome
+
+    clock = FakeClock()
+    resource = Resource("api", rate=rate, burst=1, clock=clock)
+
+    async def main() -> float:
+        await resource.acquire()
+        granted = take_grant()
+        resource.observe(Outcome.RATE_LIMITED, retry_after=3.0)
+        with pytest.raises(LateStart):
+            await until_start(clock, granted)
+        resource.unsent()
+        await resource.acquire()
+        await until_start(clock, take_grant())
+        return clock.monotonic()
+
+    assert asyncio.run(main()) >= 3.0 - 1e-9

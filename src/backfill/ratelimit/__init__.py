@@ -23,7 +23,7 @@ resource), ``circuit`` (the breaker), ``pauses``, ``pool`` (concurrency), ``shar
 
 from backfill.ratelimit.adaptive import AdaptiveRate
 from backfill.ratelimit.circuit import CircuitBreaker
-from backfill.ratelimit.grants import Grant, LateStart, WireGap, take_grant
+from backfill.ratelimit.grants import Grant, LateStart, PauseGate, WireGap, take_grant
 from backfill.ratelimit.limits import (
     DEFAULT_MAX_WAIT,
     Limit,
@@ -43,6 +43,7 @@ __all__ = [
     "LateStart",
     "Limit",
     "Outcome",
+    "PauseGate",
     "Resource",
     "SharedRate",
     "WireGap",

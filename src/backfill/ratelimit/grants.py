@@ -110,7 +110,28 @@ class Grant:
         return max(0.0, self.start - now)
 
 
-class WireGap:
+class PauseGate:
+    """The least a request is checked for where it is written: a pause begun since its
+    turn was taken (a 429 answered while it waited for a connection or its interval)
+    holds it back. It is not sent (:class:`LateStart`) and takes a new turn, after the
+    pause, waited for there and not against the request's own deadline. Every turn of
+    one process that has no :class:`Grant` from a fleet carries one (or a
+    :class:`WireGap`, which checks this too)."""
+
+    __slots__ = ("resource",)
+
+    def __init__(self, resource: Resource) -> None:
+        self.resource = resource
+
+    def at_wire(self) -> float:
+        """0: the request goes now; :class:`LateStart` inside a pause."""
+        resource = self.resource
+        if resource.paused_until > resource.clock.monotonic():
+            raise LateStart
+        return 0.0
+
+
+class WireGap(PauseGate):
     """One process's requests spaced once more where they are written: one at a time
     at a slow rate (20/s or less), and with a burst run above one at any rate.
 
@@ -126,10 +147,7 @@ class WireGap:
     begun meanwhile takes a new turn). A bunch within the burst goes at once.
     """
 
-    __slots__ = ("resource",)
-
-    def __init__(self, resource: Resource) -> None:
-        self.resource = resource
+    __slots__ = ()
 
     def at_wire(self) -> float:
         """Seconds the request must still wait before it goes (0: now, and booked). In a
@@ -143,19 +161,20 @@ class WireGap:
         return resource.wire.turn(now, resource.rate, resource.pace.run_burst)
 
 
-# What the current task's request was granted (a fleet start, or a place in this
-# process's spacing at the wire); taken where the request is written.
-_grant: contextvars.ContextVar[Grant | WireGap | None] = contextvars.ContextVar(
+# What the current task's request was granted (a fleet start, a place in this process's
+# spacing at the wire, or a check for a pause begun meanwhile); taken where the request
+# is written.
+_grant: contextvars.ContextVar[Grant | PauseGate | None] = contextvars.ContextVar(
     "backfill_grant", default=None
 )
 
 
-def give_grant(grant: Grant | WireGap | None) -> None:
+def give_grant(grant: Grant | PauseGate | None) -> None:
     """What the current task's request was granted, for :func:`take_grant`."""
     _grant.set(grant)
 
 
-def take_grant() -> Grant | WireGap | None:
+def take_grant() -> Grant | PauseGate | None:
     """The fleet start granted to this task's request, if any; taken once (a request's
     later writes are not checked again)."""
     held = _grant.get()
@@ -164,7 +183,7 @@ def take_grant() -> Grant | WireGap | None:
     return held
 
 
-async def until_start(clock: Clock, grant: Grant | WireGap | None) -> None:
+async def until_start(clock: Clock, grant: Grant | PauseGate | None) -> None:
     """Wait for the instant of ``grant`` (a late wake is checked again); too late to go
     at all, :class:`LateStart`."""
     if grant is None:

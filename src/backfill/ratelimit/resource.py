@@ -15,6 +15,7 @@ from backfill.ratelimit.grants import (
     WIRE_GAP_MIN_INTERVAL,
     Grant,
     LateStart,
+    PauseGate,
     Wire,
     WireGap,
     give_grant,
@@ -129,6 +130,7 @@ class Resource:
         self.fleet = FleetShare(self)
         self.wire = Wire()
         self._wire_gap = WireGap(self)
+        self._pause_gate = PauseGate(self)
         self._pacing: asyncio.Lock | None = None
         self._pacing_loop: asyncio.AbstractEventLoop | None = None
         self.pausing = Pauses(self._tell)
@@ -317,8 +319,9 @@ class Resource:
         # jitter: slow rates. At 100/s one at a time, every late write would be time
         # lost for good. A quota (2000/day) is no rate to space by: a resource of quotas
         # and a concurrency only starts its calls as soon as the quota's window allows.
+        # Every turn is checked there for a pause begun meanwhile (PauseGate).
         gap = self.paces and (self.pace.run_burst > 1 or 1.0 / self.rate >= WIRE_GAP_MIN_INTERVAL)
-        grant: Grant | WireGap | None = self._wire_gap if gap else None
+        grant: Grant | PauseGate = self._wire_gap if gap else self._pause_gate
         if fleet.shared is not None and fleet.rate:
             # Last: a start granted by the fleet must go out on its instant.
             try:

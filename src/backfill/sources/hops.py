@@ -3,7 +3,7 @@ leads, and its bounded body."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,8 +52,10 @@ class Hops:
     its origins, a call's own extras only to the call's, and a hop elsewhere is followed
     without them or refused (``cross_origin``). A body is read within ``max_body``.
 
-    The client lends it its ``observe``, and how a request (``where``) and a URL
-    (``source``) are named in messages.
+    The client lends it its ``observe``, how a request (``where``) and a URL
+    (``source``) are named in messages, and ``turn``: each hop after the first is a
+    request to a source too, and takes a turn of the resource (its rate, a pause, the
+    circuit) before it goes, as the first did.
     """
 
     def __init__(
@@ -68,8 +70,10 @@ class Hops:
         where: Callable[[str, str | httpx.URL], str],
         source: Callable[[str | httpx.URL], str],
         secrets: tuple[str, ...],
+        turn: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._client = client
+        self._turn = turn
         self._headers = dict(headers or {})
         self._params = dict(params or {})
         self.param_names = query_names(self._params)
@@ -136,7 +140,9 @@ class Hops:
         follow = kwargs.pop("follow_redirects", True)
         visited: set[str] = set()
         stage_url = not hop
-        for _ in range(MAX_REDIRECTS + 1):
+        for hops in range(MAX_REDIRECTS + 1):
+            if hops and self._turn is not None:
+                await self._turn()
             visited.add(str(merge_query(url, None, self.param_names)))
             request, auth = self._build(method, url, call, dict(kwargs), stage_url=stage_url)
             response = await self._client.send(request, auth=auth, stream=True)

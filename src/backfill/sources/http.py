@@ -186,6 +186,7 @@ class HttpClient:
             where=self.targets.where,
             source=self.targets.source,
             secrets=self.secrets,
+            turn=self._hop_turn if resource is not None else None,
         )
         self._outage = Outage(resource) if resource is not None else None
         self.requests = 0
@@ -366,6 +367,20 @@ class HttpClient:
             if tally is not None:
                 tally.requests += 1
             return await self.hops.fetch(method, url, call, hop, dict(kwargs))
+
+    async def _hop_turn(self) -> None:
+        """A redirect's next hop is a request to a source too: it takes a turn of the
+        resource (its rate, a pause, the circuit) under the request's own slot, and
+        counts as a request."""
+        assert self.resource is not None
+        probe = await self.resource.acquire()
+        # The hop is no probe of its own (its request's answer is what the breaker
+        # hears): should it have drawn the open circuit's probe, the next request probes.
+        self.resource.breaker.drop_probe(probe)
+        self.requests += 1
+        tally = partition_requests.get()
+        if tally is not None:
+            tally.requests += 1
 
     def _classify(self, method: str, response: httpx.Response) -> StageError | None:
         """The error an answer is (None: a success), once the resource heard of it."""
