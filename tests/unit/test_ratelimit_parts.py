@@ -90,6 +90,36 @@ def test_a_pace_takes_a_limit_the_source_states() -> None:
     assert pace.seconds_for(10) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("window", [3600.0, 86400.0, 1e300])
+def test_a_limit_the_source_states_over_a_long_window_is_no_pace(window: float) -> None:
+    """1000 a day (or an hour, or a window of absurd length) is a quota the source
+    counts, not a pace to spread over the day (one request every 86 s, the whole run
+    slowed to the floor for good): the rate stays what was declared; the source's
+    RateLimit-Remaining and Reset pause the resource when it is used up."""
+    _, pace = _told()
+    declared = pace.rate  # 10/s, burst 1: a hair under
+    pace.on_header_limit(1000, window, 1.0)
+    assert pace.rate == declared > 9.0
+
+
+def test_a_refusal_s_pause_is_said_with_its_status_and_one_already_over_is_none() -> None:
+    """A 503 with Retry-After pauses as a 429 does, and is said as a 503; a Retry-After
+    already over (a date in the past: 0 s) begins no pause and says none."""
+    from backfill.ratelimit.limits import Outcome
+
+    clock = FakeClock()
+    resource = Resource("api", rate="10/s", clock=clock)
+    told: list[tuple[str, float]] = []
+    resource.subscribe(
+        lambda name, what, seconds, kind: told.append((what, seconds)) if kind == "paused" else None
+    )
+    resource.observe(Outcome.RATE_LIMITED, retry_after=0.0, status=503)
+    assert told == [] and resource.pauses == 0
+    resource.observe(Outcome.RATE_LIMITED, retry_after=2.0, status=503)
+    assert told == [("paused (503)", 2.0)]
+    assert resource.pauses == 1
+
+
 def test_pauses_extend_never_stack_and_are_said_once() -> None:
     """A second, longer pause while paused moves its end without a second message."""
     clock = FakeClock()

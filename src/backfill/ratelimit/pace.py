@@ -11,6 +11,9 @@ from backfill.ratelimit.schedule import Schedule
 
 # Where a declared rate of burst 1 starts, as a share of it (see Pace._new_learned).
 _STRICT_START = 0.97
+# The longest window of a limit a source states (RateLimit-Policy) taken as a pace;
+# longer ones are quotas (see Pace.on_header_limit).
+HEADER_PACE_WINDOW = 60.0
 
 
 class Pace:
@@ -135,8 +138,13 @@ class Pace:
             self._paced(now)
 
     def on_header_limit(self, limit: int | None, window: float | None, now: float) -> None:
-        """The source said its limit: ``limit`` requests per ``window`` seconds."""
-        if self.learned is not None and limit and window:
+        """The source said its limit: ``limit`` requests per ``window`` seconds. Over a
+        window of a minute or less it is a pace, taken at once; over a longer one (5000
+        an hour, 1000 a day) a quota, which no pace should spread over its whole window
+        (1000 a day is one request every 86 s): requests go at the resource's own rate
+        until the source says none remain (RateLimit-Remaining: 0), and wait for its
+        reset then. So does a window of absurd length."""
+        if self.learned is not None and limit and window and window <= HEADER_PACE_WINDOW:
             self.learned.on_header_limit(limit / window, now)
             self._paced(now)
 

@@ -33,6 +33,8 @@ class Pauses:
         """Hold requests until ``until`` (extends, never stacks); a pause that begins is
         said."""
         seconds = until - clock.monotonic()
+        if seconds <= 0:  # a wait already over (a Retry-After date in the past): none
+            return
         if until > self.until + 1e-3:
             was_paused = self.until > clock.monotonic()
             self.until = until

@@ -468,8 +468,11 @@ class Resource:
         limit: int | None = None,
         window: float | None = None,
         latency: float | None = None,
+        status: int | None = None,
     ) -> None:
-        """Feed back what a request saw: its outcome, latency and rate-limit headers."""
+        """Feed back what a request saw: its outcome, latency and rate-limit headers
+        (``status``: the answer's, which a pause it begins is said with; a 429 when not
+        given)."""
         now = self.clock.monotonic()
         pace = self.pace
         pace.on_latency(latency, now)
@@ -478,7 +481,7 @@ class Resource:
             asked = retry_after if retry_after is not None else 1.0
             wait = min(asked, self.max_wait)
             pace.on_refused(now, max(now + wait, self.paused_until))
-            self.pause(asked, "429")
+            self.pause(asked, str(status or 429))
         elif outcome is Outcome.OK:
             pace.on_success(now)
         pace.on_header_limit(limit, window, now)

@@ -411,7 +411,11 @@ class HttpClient:
         if self.resource is None:
             return
         self.resource.observe(
-            outcome, retry_after=retry_after, latency=latency, **rate_headers(response)
+            outcome,
+            retry_after=retry_after,
+            latency=latency,
+            status=response.status_code if response is not None else None,
+            **rate_headers(response),
         )
 
     async def get(self, url: str, **kwargs: Any) -> httpx.Response:
