@@ -41,6 +41,8 @@ def worst_window(times: list[float], width: float) -> int:
         ("10000/day", Limit(10000, 86400)),
         ("30 per 5 min", Limit(30, 300)),
         ("2/hour", Limit(2, 3600)),
+        ("3/mins", Limit(3, 60)),
+        ("2/days", Limit(2, 86400)),
         (2.5, Limit(2.5, 1)),
     ],
 )
@@ -49,11 +51,29 @@ def test_limits_parse(text: str | float, limit: Limit) -> None:
     assert parse_limit(text) == limit
 
 
-@pytest.mark.parametrize("text", ["fast", "5/fortnight", "0/s", "-1", "/s"])
+@pytest.mark.parametrize("text", ["fast", "5/fortnight", "0/s", "-1", "/s", "500/ms", "1/ss"])
 def test_bad_limits_are_one_sentence_errors(text: str | float) -> None:
-    """A rate that cannot be read says how to write one."""
-    with pytest.raises(ConfigError):
+    """A rate that cannot be read says how to write one (500/ms is no 500/min)."""
+    with pytest.raises(ConfigError, match=r"not understood|positive"):
         parse_limit(float(text) if text == "-1" else text)
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"limits": "500/day"}, "limits must be a list, e.g. limits=['10000/day'], not '500/day'"),
+        ({"limits": [None]}, "rate None is not understood"),
+        ({"rate": True}, "rate True is not understood"),
+    ],
+)
+def test_limits_of_the_wrong_type_are_one_sentence_errors(
+    options: dict[str, object], says: str
+) -> None:
+    """A quota given as a string (not a list of them), or a limit that is no rate at all,
+    says what to write, not a character's rate or an AttributeError."""
+    with pytest.raises(ConfigError) as excinfo:
+        Resource("api", **options)  # type: ignore[arg-type]
+    assert says in str(excinfo.value)
 
 
 def test_no_window_exceeds_rate_plus_burst_even_at_start() -> None:

@@ -17,7 +17,7 @@ _UNITS = {
     "h": 3600.0, "hour": 3600.0,
     "d": 86400.0, "day": 86400.0,
 }  # fmt: skip
-_LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/|per)\s*(\d+(?:\.\d+)?)?\s*([a-z]+?)s?\s*$")
+_LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/|per)\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +56,30 @@ def describe_seconds(seconds: float) -> str:
     return f"{seconds:.3g}"
 
 
+def _unit(word: str) -> float | None:
+    """Seconds in a unit as written (``s``, ``min``, ``hours``, ``days``): a plural is
+    the unit with an ``s``, but ``ms`` is no plural of ``m`` (nor a unit here)."""
+    seconds = _UNITS.get(word)
+    if seconds is None and len(word) > 2 and word.endswith("s"):
+        seconds = _UNITS.get(word[:-1])
+    return seconds
+
+
 def parse_limit(value: str | float | Limit) -> Limit:
     """``"5/s"``, ``"100/min"``, ``"10000/day"``, ``"30 per 5 min"`` or a number per second."""
     if isinstance(value, Limit):
         limit, shown = value, str(value)
+    elif isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(
+            f"rate {value!r} is not understood; write it like '5/s', '100/min' or '10000/day'"
+        )
     elif isinstance(value, int | float):
         if not math.isfinite(value) or value <= 0:
             raise ConfigError(f"rate {value!r} must be a positive number of requests per second")
         limit, shown = Limit(float(value), 1.0), f"{value!r}/s"
     else:
         match = _LIMIT.match(value.lower())
-        unit = match and (_UNITS.get(match[3]) or _UNITS.get(match[3].rstrip("s")))
+        unit = match and _unit(match[3])
         if not match or not unit:
             raise ConfigError(
                 f"rate {value!r} is not understood; write it like '5/s', '100/min' or '10000/day'"

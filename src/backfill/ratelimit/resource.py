@@ -70,6 +70,10 @@ def _declared(
             f"resource {name!r}: concurrency must be at least 1 (calls at once), "
             f"not {concurrency!r}"
         )
+    if limits is not None and not isinstance(limits, list | tuple):
+        raise ConfigError(
+            f"resource {name!r}: limits must be a list, e.g. limits=['10000/day'], not {limits!r}"
+        )
     declared = [parse_limit(rate)] if rate is not None else []
     declared += [parse_limit(x) for x in limits or []]
     if not declared and not adaptive and concurrency is None:
