@@ -937,6 +937,28 @@ class LedgerContract:
         paced, _, _ = ledger.take_starts("j", "api", count=2, interval=1.0, tolerance=0.0)  # type: ignore[attr-defined]
         assert paced == pytest.approx([0.0, 1.0], abs=0.002)
 
+    def test_a_start_due_beyond_the_horizon_is_not_booked(self, ledger: Ledger) -> None:
+        """A quota used up (3 a minute): a start due a minute ahead is not booked, only
+        said, so a run that stops while waiting for it leaves the window as it was; asked
+        again, it is the same instant, and nothing of the quota was spent meanwhile."""
+        book = {"interval": 0.0, "tolerance": 0.0, "quotas": [(3, 60.0)], "horizon": 1.0}
+        due, _, first = ledger.take_starts("j", "api", count=3, **book)  # type: ignore[attr-defined]
+        assert due == pytest.approx([0.0] * 3, abs=0.002)
+        for _ in range(2):
+            later, _, now = ledger.take_starts("j", "api", count=2, **book)  # type: ignore[attr-defined]
+            assert len(later) == 1
+            assert now + later[0] == pytest.approx(first + 60.0, abs=0.002)
+        (use,) = ledger.quota_use("j", "api", [(3, 60.0)]).values()  # type: ignore[attr-defined]
+        assert use.used == 3
+
+    def test_a_quota_s_window_is_widened_by_the_margin_asked(self, ledger: Ledger) -> None:
+        """Starts may reach the source a little early or late: with a margin of half a
+        second, the fourth start of a 3-per-10-seconds quota waits 10.5 s, not 10."""
+        book = {"interval": 0.0, "tolerance": 0.0, "quotas": [(3, 10.0)], "margin": 0.5}
+        _, _, first = ledger.take_starts("j", "api", count=3, **book)  # type: ignore[attr-defined]
+        (fourth,), _, now = ledger.take_starts("j", "api", count=1, **book)  # type: ignore[attr-defined]
+        assert now + fourth == pytest.approx(first + 10.5, abs=0.002)
+
     def test_a_pause_holds_every_connection_and_only_its_scope(
         self, ledger: Ledger, second_ledger: Ledger
     ) -> None:

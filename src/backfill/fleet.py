@@ -20,6 +20,7 @@ from backfill.clock import Clock
 from backfill.errors import BackfillError
 from backfill.ledger import SharedLimits
 from backfill.ratelimit import Resource
+from backfill.ratelimit.sharing import BOOK_AHEAD, Taken, quota_margin
 
 __all__ = ["LedgerRate", "concurrency_share"]
 
@@ -79,7 +80,7 @@ class LedgerRate:
         """Whose schedule it is: the job's, or every job's (``*``) for a shared resource."""
         return "*" if self.resource.shared else self.job
 
-    async def take(self, count: int) -> tuple[list[float], float]:
+    async def take(self, count: int) -> Taken:
         interval = self.resource.rate_interval if self.rate else 0.0
         quotas = [(int(q.count), q.period) for q in self.resource.quotas]
         # A block never holds more starts than the smallest quota allows in its window.
@@ -93,10 +94,14 @@ class LedgerRate:
             tolerance=(self.resource.burst - 1) * interval,
             quotas=quotas,
             max_pause=self.resource.max_wait,
+            margin=quota_margin(interval),
+            horizon=BOOK_AHEAD,
         )
         due, paused, db_now = await asyncio.get_running_loop().run_in_executor(self.pool, book)
         origin = self._origin(db_now, self.clock.monotonic())
-        return [origin + offset for offset in due], origin + paused
+        if len(due) == 1 and due[0] > BOOK_AHEAD:
+            return Taken([], origin + paused, later=origin + due[0])
+        return Taken([origin + offset for offset in due], origin + paused)
 
     def pause(self, seconds: float) -> None:
         self.pool.submit(self._pause, seconds)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from backfill.ledger.sqlite import SQLiteLedger
 from conftest import backfill_cmd, cli_env, run_cli
 from wire_stamps import WireStamps
 
@@ -136,6 +137,45 @@ def test_a_daily_quota_is_not_exceeded_across_a_kill_and_a_restart(
     assert plan.returncode == 0, plan.stderr
     spent = re.search(r"api (\d+) of the 12/day quota already spent", plan.stdout)
     assert spent is not None and 10 <= int(spent[1]) <= 12, plan.stdout
+
+
+def test_a_run_stopped_while_it_waits_for_its_quota_leaves_the_quota_as_it_was(
+    tmp_path: Path, api: CountingServer
+) -> None:
+    """3 every 30 s, four requests waiting: the run sends three, waits for the quota and
+    is stopped (Ctrl+C) meanwhile. The starts its waiting requests would take are not
+    booked while they are far off, so the state holds the three it sent and no more:
+    the next run may send when the first of them leaves the window, not a window or
+    two later."""
+    job = QUOTA_JOB.replace('"12/day"', '"3/30s"').replace("concurrency=2", "concurrency=4")
+    (tmp_path / "job.py").write_text(textwrap.dedent(job))
+    run = _start(tmp_path, api.url)
+    lines: list[str] = []
+
+    def read() -> None:
+        assert run.stdout is not None
+        lines.extend(run.stdout)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    _wait(lambda: any("quota used up" in line for line in lines), 60, "the quota line")
+    run.send_signal(signal.SIGINT)
+    run.wait(timeout=30)
+    reader.join(timeout=10)
+    assert run.returncode == 130, "".join(lines)
+    assert api.count == 3
+    # The next window holds three starts again, all due as soon as the three sent leave
+    # it (a start booked for a waiting request and never sent would push one of them a
+    # whole window later).
+    ledger = SQLiteLedger(tmp_path / ".backfill" / "state.db")
+    try:
+        due, _, _ = ledger.take_starts(
+            "quota", "api", count=3, interval=0.0, tolerance=0.0, quotas=[(3, 30.0)]
+        )
+    finally:
+        ledger.close()
+    assert max(due) - min(due) < 5.0, due
+    assert max(due) <= 30.0, due
 
 
 SHARED_JOB = """

@@ -53,6 +53,8 @@ class Schedule:
         tolerance: float,
         quotas: Sequence[tuple[int, float]] = (),
         max_pause: float = math.inf,
+        margin: float = 0.0,
+        horizon: float = math.inf,
     ) -> tuple[list[float], float, float]:
         db_now = self.clock.now + OFFSET
         self.clock.now += self.delay
@@ -75,7 +77,7 @@ def taker(delays: list[float]) -> tuple[list[list[float]], Schedule]:
         for delay in delays:
             clock.now += 1.0
             schedule.delay = delay
-            starts, _ = await rate.take(3)
+            starts, _, _ = await rate.take(3)
             taken.append(starts)
 
     asyncio.run(main())
@@ -217,6 +219,6 @@ def test_blocks_never_exceed_the_smallest_quota() -> None:
 
     schedule.take_starts = spy  # type: ignore[method-assign]
     rate = LedgerRate(schedule, "j", resource, ThreadPoolExecutor(1), clock)
-    starts, _ = asyncio.run(rate.take(25))
+    starts, _, _ = asyncio.run(rate.take(25))
     assert asked == [3]
     assert len(starts) == 3

@@ -192,9 +192,11 @@ def test_a_fleet_share_drops_starts_found_stale() -> None:
     """Starts already more than half an interval past are dropped; the first on time is
     used, with its deadline half an interval after it."""
 
+    from backfill.ratelimit.sharing import Taken
+
     class Schedule3:
-        async def take(self, count: int) -> tuple[list[float], float]:
-            return [0.0, 0.4, 10.0], 0.0
+        async def take(self, count: int) -> Taken:
+            return Taken([0.0, 0.4, 10.0], 0.0)
 
         def pause(self, seconds: float) -> None:
             """No fleet to pause."""
@@ -208,6 +210,41 @@ def test_a_fleet_share_drops_starts_found_stale() -> None:
         return await resource.fleet.start()
 
     assert asyncio.run(main()) == (10.0, 10.5)
+
+
+def test_a_quota_s_start_found_late_is_dropped_not_sent_on_top_of_the_next_window() -> None:
+    """Quotas only, kept in the state: starts held by a process stopped for seconds (a
+    laptop asleep, SIGSTOP) are dropped when it wakes, not all sent at once (they would
+    crowd the quota's next window); a start due later than the booking horizon is waited
+    for, said once, and asked for again."""
+    from backfill.ratelimit.sharing import Taken
+
+    class Ring:
+        def __init__(self) -> None:
+            self.answers = [Taken([0.0, 0.1], 0.0), Taken([], 0.0, later=65.0)]
+
+        async def take(self, count: int) -> Taken:
+            if self.answers:
+                return self.answers.pop(0)
+            return Taken([65.0], 0.0)
+
+        def pause(self, seconds: float) -> None:
+            """No fleet to pause."""
+
+    clock = FakeClock()
+    resource = Resource("api", limits=["3/min"], concurrency=1, clock=clock)
+    resource.share_with(Ring(), rate=False)
+    told: list[str] = []
+    resource.subscribe(lambda name, what, seconds, kind: told.append(kind))
+    clock.t = 5.0
+
+    async def main() -> tuple[float, float]:
+        return await resource.fleet.start()
+
+    start, deadline = asyncio.run(main())
+    assert (start, deadline) == (65.0, 65.25)
+    assert 64.0 <= clock.t <= 65.0
+    assert told == ["quota"]
 
 
 def test_the_first_429_of_a_ramp_drops_under_what_got_through_and_searches_under_it() -> None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from backfill.ratelimit import Grant, Resource, WireGap, take_grant
+from backfill.ratelimit.sharing import Taken
 from backfill.sources import wire
 from backfill.sources.http import HttpClient
 
@@ -37,10 +38,10 @@ class FleetSchedule:
         self.clock = clock
         self.taken = 0
 
-    async def take(self, count: int) -> tuple[list[float], float]:
+    async def take(self, count: int) -> Taken:
         self.taken += count
         now = self.clock.monotonic()
-        return [now] * count, 0.0
+        return Taken([now] * count, 0.0)
 
     def pause(self, seconds: float) -> None:
         raise AssertionError("not paused here")
@@ -173,9 +174,9 @@ class LaterSchedule(FleetSchedule):
         super().__init__(clock)
         self.ahead = ahead
 
-    async def take(self, count: int) -> tuple[list[float], float]:
-        starts, paused = await super().take(count)
-        return [start + self.ahead for start in starts], paused
+    async def take(self, count: int) -> Taken:
+        starts, paused, _ = await super().take(count)
+        return Taken([start + self.ahead for start in starts], paused)
 
 
 def test_a_start_handed_over_early_waits_at_the_wire_for_its_instant() -> None:

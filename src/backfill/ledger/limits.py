@@ -34,6 +34,8 @@ def take_starts(
     tolerance: float,
     quotas: Sequence[tuple[int, float]] = (),
     max_pause: float = math.inf,
+    margin: float = 0.0,
+    horizon: float = math.inf,
 ) -> tuple[list[float], float, float]:
     """Book ``count`` starts of ``resource`` in ``scope`` (a job's name, or ``*`` for a
     resource every job shares).
@@ -42,8 +44,13 @@ def take_starts(
     until when the resource is paused; then that now itself (epoch seconds on the
     database's clock). ``interval`` 0 books quotas only. Each quota of (count, period)
     keeps a ring of the last ``count`` starts: start number m replaces number m - count,
-    and may not come before that one has left the quota's window. A stored pause
+    and may not come before that one has left the quota's window, widened by
+    ``margin`` seconds (what the starts' holders may send early or late). A stored pause
     reaching more than ``max_pause`` seconds ahead is cut to it, and stored so.
+
+    Starts due more than ``horizon`` seconds ahead are not booked: when not even the
+    first is due that soon, none is, and the one offset returned (above ``horizon``)
+    is when the first could be: ask again then.
     """
     key = {"job": scope, "name": resource}
     rows = query("lock_resource", key)
@@ -66,7 +73,7 @@ def take_starts(
         stored = {int(s): float(t) for s, t in query("quota_starts", {**quota, "slots": slots})}
         previous = [stored.get(slot) if taken + i >= size else None for i, slot in enumerate(slots)]
         rings.append((quota, period, taken, slots, previous))
-    tat, starts = book_block(
+    booked_tat, starts = book_block(
         now=now,
         # Quotas alone never wait for a rate someone else books on the same schedule.
         tat=tat if interval else 0.0,
@@ -74,13 +81,20 @@ def take_starts(
         count=count,
         interval=interval,
         tolerance=tolerance,
-        earlier=[(period, previous) for _, period, _, _, previous in rings],
+        earlier=[(period + margin, previous) for _, period, _, _, previous in rings],
     )
+    soon = sum(1 for start in starts if start - now <= horizon)
+    if not soon:
+        return [starts[0] - now], paused - now, now
+    if soon < count:
+        # Booked up to the horizon: the rate's next instant follows the last one kept.
+        booked_tat = starts[soon - 1] + interval if interval else booked_tat
+        starts = starts[:soon]
     if interval:
-        query("set_tat", {**key, "tat": tat})
+        query("set_tat", {**key, "tat": booked_tat})
     for quota, _, taken, slots, _ in rings:
-        query("record_quota_starts", {**quota, "slots": slots, "starts": starts})
-        query("set_quota_taken", {**quota, "taken": taken + count})
+        query("record_quota_starts", {**quota, "slots": slots[:soon], "starts": starts})
+        query("set_quota_taken", {**quota, "taken": taken + soon})
     return [start - now for start in starts], paused - now, now
 
 

@@ -326,11 +326,14 @@ class SharedLimits(Protocol):
         tolerance: float,
         quotas: Sequence[tuple[int, float]] = (),
         max_pause: float = math.inf,
+        margin: float = 0.0,
+        horizon: float = math.inf,
     ) -> tuple[list[float], float, float]:
         """Book ``count`` starts (see :func:`backfill.ratelimit.book_block`), within every
-        quota of (count, period seconds), after a stored pause cut to ``max_pause``
-        seconds; (when each is due, paused until) in seconds from the database's now, and
-        that now (epoch seconds on the database's clock)."""
+        quota of (count, period seconds) widened by ``margin``, after a stored pause cut
+        to ``max_pause`` seconds, none due more than ``horizon`` seconds ahead; (when each
+        is due, paused until) in seconds from the database's now, and that now (epoch
+        seconds on the database's clock). See :func:`backfill.ledger.limits.take_starts`."""
 
     def pause_resource(self, job: str, resource: str, seconds: float) -> None: ...
 

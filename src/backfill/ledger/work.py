@@ -301,6 +301,8 @@ class WorkOps(LedgerBase):
         tolerance: float,
         quotas: Sequence[tuple[int, float]] = (),
         max_pause: float = math.inf,
+        margin: float = 0.0,
+        horizon: float = math.inf,
     ) -> tuple[list[float], float, float]:
         """Book ``count`` starts of a resource (see :func:`backfill.ledger.limits.take_starts`);
         ``job`` is the schedule's scope."""
@@ -314,6 +316,8 @@ class WorkOps(LedgerBase):
                 tolerance=tolerance,
                 quotas=quotas,
                 max_pause=max_pause,
+                margin=margin,
+                horizon=horizon,
             )
         )
 

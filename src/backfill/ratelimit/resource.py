@@ -284,8 +284,9 @@ class Resource:
         applies to them at once, and a turn taken late (the loop or the CPU was busy) is
         neither lost nor sent on top of the next one: the next is spaced from it.
 
-        With a fleet, the start is then taken from the fleet's schedule, whose instants
-        are fixed: one found late there is dropped (see :meth:`FleetShare.start`).
+        With a fleet (or quotas kept in the state), the start is then taken from the
+        shared schedule, whose instants are fixed: one found late there is dropped (see
+        :meth:`FleetShare.start`).
         """
         loop = asyncio.get_running_loop()
         if self._pacing is None or self._pacing_loop is not loop:
@@ -293,10 +294,6 @@ class Resource:
             self._pacing = asyncio.Lock()
             self._pacing_loop = loop
         fleet, schedule = self.fleet, self.pace.schedule
-        if fleet.shared is not None and not fleet.rate:
-            # Quotas first: a request that waits hours for its day's quota takes its turn
-            # at the rate after that, not before.
-            await fleet.start()
         probe = 0
         async with self._pacing:
             while True:
@@ -326,8 +323,10 @@ class Resource:
         # Every turn is checked there for a pause begun meanwhile (PauseGate).
         gap = self.paces and (self.pace.run_burst > 1 or 1.0 / self.rate >= WIRE_GAP_MIN_INTERVAL)
         grant: Grant | PauseGate = self._wire_gap if gap else self._pause_gate
-        if fleet.shared is not None and fleet.rate:
-            # Last: a start granted by the fleet must go out on its instant.
+        if fleet.shared is not None:
+            # Last: a start granted by the fleet (its rate and quotas, or its quotas
+            # only) must go out on its instant: a quota's window counts the instants
+            # booked, so a start sent later than booked would crowd the next window.
             try:
                 start, deadline = await fleet.start()
             except BaseException:

@@ -5,20 +5,51 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from backfill.ratelimit.grants import MAX_LEAD
 
 if TYPE_CHECKING:
     from backfill.ratelimit.resource import Resource
 
+# How late a start of quotas only (no rate to space by) may still go: later, it is
+# dropped, as a rate's start is, past half its interval.
+QUOTA_LATE = 0.25
+# How far ahead starts are booked: one due later is not booked but asked for again
+# nearer its instant, so a run that stops while waiting for a quota leaves none of its
+# window spent on starts never sent.
+BOOK_AHEAD = 1.0
+
+
+def lateness(interval: float) -> float:
+    """How late a start may still go out: half the rate's ``interval``, or QUOTA_LATE."""
+    return interval / 2 if interval else QUOTA_LATE
+
+
+def quota_margin(interval: float) -> float:
+    """What a quota's window is widened by when starts are booked: a start goes out up
+    to MAX_LEAD early or :func:`lateness` late, so starts booked a window apart could
+    reach the source a little less than one window apart, one more than the quota in it."""
+    return MAX_LEAD + lateness(interval)
+
+
+class Taken(NamedTuple):
+    """Starts reserved on a shared schedule, instants on this process's ``monotonic``
+    scale: ``starts``; ``paused_until``, the instant until which the whole fleet is
+    paused; and, when no start was due within BOOK_AHEAD seconds (none reserved), the
+    first instant the schedule allows one (``later``): ask again then."""
+
+    starts: list[float]
+    paused_until: float
+    later: float | None = None
+
 
 class SharedRate(Protocol):
     """Start instants handed out to every worker of a fleet from one schedule."""
 
-    async def take(self, count: int) -> tuple[list[float], float]:
-        """Reserve ``count`` starts: their instants on this clock's ``monotonic`` scale,
-        and the instant until which the whole fleet is paused."""
+    async def take(self, count: int) -> Taken:
+        """Reserve up to ``count`` starts due within BOOK_AHEAD seconds (see
+        :class:`Taken`)."""
 
     def pause(self, seconds: float) -> None:
         """Pause the whole fleet for ``seconds`` from now (returns at once)."""
@@ -59,8 +90,8 @@ class FleetShare:
         clock = resource.clock
         interval = resource.rate_interval if self.rate else 0.0
         # With a rate, a start more than half an interval late would bunch up with later
-        # ones; with quotas only (no spacing), lateness costs nothing worth a start.
-        late = interval / 2 if interval else math.inf
+        # ones; a quota's start sent late would crowd its next window (see quota_margin).
+        late = lateness(interval)
         lead = min(1.5 * resource.wire.way, MAX_LEAD) if interval else 0.0
         if self._taking is None:
             self._taking = asyncio.Lock()
@@ -88,13 +119,20 @@ class FleetShare:
                     # Everyone waiting now, but no more than a quarter second's worth.
                     most = math.ceil(0.25 / interval) if interval else 16
                     count = max(1, min(self._waiting, most))
-                    starts, paused_until = await self.shared.take(count)
-                    self._slots.extend(starts)
+                    starts, paused_until, later = await self.shared.take(count)
                     now = clock.monotonic()
                     if paused_until > now + 1e-3:
                         resource.hold_until(
                             min(paused_until, now + resource.max_wait),
                             "retry-after, seen by another worker",
                         )
+                    if later is not None:
+                        # None booked: a quota's window frees a start then. Wait for it
+                        # (saying so), and ask again, a little before.
+                        if later > resource.paused_until:
+                            resource.say_quota_wait(later)
+                        await clock.sleep(max(0.0, later - now - BOOK_AHEAD / 2))
+                        continue
+                    self._slots.extend(starts)
         finally:
             self._waiting -= 1
