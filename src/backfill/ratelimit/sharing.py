@@ -128,8 +128,9 @@ class FleetShare:
                         )
                     if later is not None:
                         # None booked: a quota's window frees a start then. Wait for it
-                        # (saying so), and ask again, a little before.
-                        if later > resource.paused_until:
+                        # (saying so, when it is a wait worth a word), and ask again, a
+                        # little before.
+                        if later - now > max(5.0, 2 * interval) and later > resource.paused_until:
                             resource.say_quota_wait(later)
                         await clock.sleep(max(0.0, later - now - BOOK_AHEAD / 2))
                         continue
