@@ -62,6 +62,9 @@ def test_bad_limits_are_one_sentence_errors(text: str | float) -> None:
     ("options", "says"),
     [
         ({"limits": "500/day"}, "limits must be a list, e.g. limits=['10000/day'], not '500/day'"),
+        ({"limits": ["1.5/day"]}, "quota '1.5/day' must count whole requests"),
+        ({"limits": ["2.5/min"]}, "quota '2.5/min' must count whole requests"),
+        ({"limits": ["5000000/day"]}, "quota '5000000/day' counts more requests than a window"),
         ({"limits": [None]}, "rate None is not understood"),
         ({"rate": True}, "rate True is not understood"),
     ],
@@ -70,7 +73,9 @@ def test_limits_of_the_wrong_type_are_one_sentence_errors(
     options: dict[str, object], says: str
 ) -> None:
     """A quota given as a string (not a list of them), or a limit that is no rate at all,
-    says what to write, not a character's rate or an AttributeError."""
+    says what to write, not a character's rate or an AttributeError; so does a quota of
+    a fractional count or of more requests than a window is kept for (each was run as a
+    rate in memory: not kept across restarts, not shared, with the rate's burst)."""
     with pytest.raises(ConfigError) as excinfo:
         Resource("api", **options)  # type: ignore[arg-type]
     assert says in str(excinfo.value)

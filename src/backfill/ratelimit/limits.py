@@ -32,10 +32,12 @@ class Limit:
         return self.count / self.period
 
     def __str__(self) -> str:
+        whole = math.isfinite(self.count) and self.count == int(self.count)
+        count = f"{self.count:.0f}" if whole else f"{self.count:g}"
         for unit, seconds in (("day", 86400.0), ("h", 3600.0), ("min", 60.0), ("s", 1.0)):
             if self.period == seconds:
-                return f"{self.count:g}/{unit}"
-        return f"{self.count:g}/{self.period:g}s"
+                return f"{count}/{unit}"
+        return f"{count}/{self.period:g}s"
 
 
 # The longest wait a source may impose (Retry-After, RateLimit-Reset) unless a resource

@@ -24,6 +24,7 @@ from backfill.ratelimit.grants import (
 )
 from backfill.ratelimit.limits import (
     DEFAULT_MAX_WAIT,
+    QUOTA_PERIOD,
     Limit,
     Listener,
     Outcome,
@@ -33,6 +34,7 @@ from backfill.ratelimit.limits import (
 from backfill.ratelimit.pace import Pace
 from backfill.ratelimit.pauses import Pauses
 from backfill.ratelimit.pool import Pool
+from backfill.ratelimit.schedule import MAX_QUOTA
 from backfill.ratelimit.sharing import FleetShare, SharedRate
 
 # A turn's timer wakes up to a millisecond late (the event loop's poll counts whole
@@ -75,7 +77,22 @@ def _declared(
             f"resource {name!r}: limits must be a list, e.g. limits=['10000/day'], not {limits!r}"
         )
     declared = [parse_limit(rate)] if rate is not None else []
-    declared += [parse_limit(x) for x in limits or []]
+    quotas = [parse_limit(x) for x in limits or []]
+    for quota in quotas:
+        if quota.period <= QUOTA_PERIOD:
+            continue
+        if quota.count != int(quota.count):
+            raise ConfigError(
+                f"resource {name!r}: quota '{quota}' must count whole requests; write it "
+                f"with a longer period instead (e.g. '3/2day' for 1.5 a day)"
+            )
+        if quota.count > MAX_QUOTA:
+            raise ConfigError(
+                f"resource {name!r}: quota '{quota}' counts more requests than a window is "
+                f"kept for exactly ({MAX_QUOTA:,}); declare it as a rate instead (e.g. "
+                f"rate='{quota.rate:.3g}/s')"
+            )
+    declared += quotas
     if not declared and not adaptive and concurrency is None:
         raise ConfigError(
             f"resource {name!r} needs a rate (e.g. rate='5/s'), a concurrency (e.g. "

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from backfill.ratelimit.limits import QUOTA_PERIOD, Limit
 
 # A quota of more starts than this is counted as a rate: a log that long costs more
-# than exactness is worth.
-_MAX_LOG = 1_000_000
+# than exactness is worth (a resource refuses such a quota in limits=).
+MAX_QUOTA = 1_000_000
 
 
 class Scheduler:
@@ -123,7 +123,7 @@ class Schedule:
     ) -> None:
         self.schedulers: list[Scheduler | Window] = [
             Window(int(lim.count), lim.period)
-            if lim.period > QUOTA_PERIOD and lim.count <= _MAX_LOG and lim.count == int(lim.count)
+            if lim.period > QUOTA_PERIOD and lim.count <= MAX_QUOTA and lim.count == int(lim.count)
             else Scheduler(lim.rate, burst)
             for lim in limits
         ]
