@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -159,6 +159,9 @@ class ProgressState:
         self.resources: dict[str, ResourceNews] = {}
         # A worker of a fleet shows the fleet's counts, read from the ledger.
         self.fleet = False
+        # Per stage, the least seconds its remaining partitions need under its
+        # resource's limits (a quota's windows above all), when the run knows them.
+        self.floors: dict[str, Callable[[int], float]] = {}
 
     def seed(self, counts: Mapping[str, StageCounts]) -> None:
         for name, c in counts.items():
@@ -247,6 +250,17 @@ class ProgressState:
             return None
         return max(end for end in ends if end is not None)
 
+    def eta(self, stage: StageProgress, now: float) -> float | None:
+        """The stage's ETA (see :meth:`StageProgress.eta`), never less than what a known
+        wait and its resource's limits need for the partitions left: at 5 every 20
+        seconds, a window's five going out in four seconds make no rate to go by."""
+        wait = self.wait(now)
+        eta = stage.eta(now, wait)
+        floor = self.floors.get(stage.name)
+        if eta is None or floor is None or not stage.remaining:
+            return eta
+        return max(eta, (wait or 0.0) + floor(stage.remaining))
+
     def stall_note(self, stage: StageProgress, now: float) -> str | None:
         """``stalled 45s: api circuit open since 03:12:05 UTC (...)`` for a stage where
         nothing finishes, with the resources' reasons; None while it moves."""
@@ -293,11 +307,10 @@ class LiveProgress:
         table.add_column("left", justify="right")
         table.add_column("rate", justify="right")
         table.add_column("ETA", justify="right")
-        wait = self.state.wait(now)
         for s in self.state.stages.values():
             rate = s.rate(now)
             stalled = s.stalled_for(now)
-            eta = format_duration(s.eta(now, wait))
+            eta = format_duration(self.state.eta(s, now))
             table.add_row(
                 Text(visible(s.name)),
                 ProgressBar(total=max(1, s.total), completed=s.finished, width=26),
@@ -359,7 +372,6 @@ class PlainProgress:
         # On the interval's own cadence, not the events': a stall has its lines too.
         self._last = now if now - self._last > 2 * self.interval else self._last + self.interval
         elapsed = format_duration(now - self.state.started)
-        wait = self.state.wait(now)
         for s in self.state.stages.values():
             rate = s.rate(now)
             pct = 100.0 * s.finished / s.total if s.total else 100.0
@@ -368,8 +380,8 @@ class PlainProgress:
                 f"[{elapsed}] {s.name}: {s.finished:,}/{s.total:,} ({pct:.0f}%) "
                 f"done {s.done:,} empty {s.empty:,} failed {s.failed:,} "
                 f"in progress {s.running:,} "
-                f"rate {f'{rate:.1f}/s' if rate else '-'} ETA {format_duration(s.eta(now, wait))}"
-                + (f" · {note}" if note else "")
+                f"rate {f'{rate:.1f}/s' if rate else '-'} "
+                f"ETA {format_duration(self.state.eta(s, now))}" + (f" · {note}" if note else "")
             )
 
     def _write(self, line: str) -> None:

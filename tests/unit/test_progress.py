@@ -324,6 +324,30 @@ def test_a_quota_wait_of_known_length_is_in_the_eta(monkeypatch: pytest.MonkeyPa
     assert eta == pytest.approx(3540.0 + 20 / 2.0, rel=0.05)
 
 
+def test_the_eta_is_never_less_than_a_quota_needs_for_what_is_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """5 requests every 20 s, 361 partitions left: a window's five went out in two
+    seconds, a rate that would end in minutes; the ETA says the 72 windows still
+    needed (24 minutes), in the plain lines too."""
+    from backfill.ratelimit import Resource
+
+    now = Now(monkeypatch)
+    out = io.StringIO()
+    plain = PlainProgress(out, interval=10.0)
+    resource = Resource("api", limits=["5/20s"])
+    plain.state.floors = {"fetch": resource.seconds_for}
+    plain(started(fetch=StageCounts("fetch", pending=366)))
+    steady(plain, now, 5)
+    stage = plain.state.stages["fetch"]
+    assert stage.remaining == 361
+    assert stage.eta(now.t, None) == pytest.approx(361 / 2.0, rel=0.3)  # the window's burst
+    assert plain.state.eta(stage, now.t) == pytest.approx(72 * 20.0)
+    now.t += 10.0
+    plain(Tick(now.t))
+    assert "ETA 24m00s" in stage_lines(out.getvalue())[-1]
+
+
 def test_plain_progress_keeps_its_cadence_while_nothing_happens(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -364,3 +388,26 @@ def test_a_worker_of_a_fleet_shows_the_fleets_progress(monkeypatch: pytest.Monke
     last = stage_lines(out.getvalue())[-1]
     assert "fetch: 90/100 (90%) done 90" in last
     assert "rate 5.0/s" in last or "rate 5.1/s" in last
+
+
+def test_a_run_s_displays_know_what_each_stage_s_limits_need() -> None:
+    """The floors a run gives its displays: per stage through a resource with limits,
+    its partitions at their declared requests each (two here: 10 partitions are 20
+    requests, four windows of 5/20s, the first at once); none for a stage without one."""
+    from backfill import Job, daily
+    from backfill.engine.entry import limit_floors
+
+    job = Job("j", partitions=daily("2013-01-01", "2013-01-31"))
+    job.resource("api", limits=["5/20s"], concurrency=2)
+
+    @job.stage(resource="api", requests_per_partition=2)
+    async def fetch(ctx: object, partition: object) -> list[dict[str, int]]:
+        return []
+
+    @job.stage(needs=["fetch"])
+    def summary(ctx: object, partition: object) -> list[dict[str, int]]:
+        return []
+
+    floors = limit_floors(job)
+    assert set(floors) == {"fetch"}
+    assert floors["fetch"](10) == pytest.approx(60.0)

@@ -13,12 +13,13 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from backfill.ledger import DEFAULT_STATE_URL, Ledger, open_ledger
 from backfill.logs import EventLog, log_file_handler
 from backfill.partitions import Selection
 from backfill.progress import LiveProgress, PlainProgress
+from backfill.ratelimit import Resource
 
 __all__ = [
     "PROGRESS_MODES",
@@ -89,6 +91,25 @@ def check_run_options(progress: str, log_dir: Path | None, state: str) -> None:
     )
 
 
+def limit_floors(job: Job) -> dict[str, Callable[[int], float]]:
+    """Per stage through a resource with limits, the least seconds ``n`` of its
+    partitions need under them (at its declared requests per partition, else one): what
+    a progress display's ETA is never below."""
+    floors: dict[str, Callable[[int], float]] = {}
+    for stage in job.stages.values():
+        resource = job.resources.get(stage.resource) if stage.resource else None
+        if resource is None or not resource.limits:
+            continue
+        floors[stage.name] = functools.partial(
+            _least_seconds, resource, stage.requests_per_partition or 1.0
+        )
+    return floors
+
+
+def _least_seconds(resource: Resource, per: float, partitions: int) -> float:
+    return resource.seconds_for(partitions * per)
+
+
 def execute(
     job: Job,
     ledger: Ledger,
@@ -118,9 +139,12 @@ def execute(
     live: LiveProgress | None = None
     if mode == "live":
         live = LiveProgress(console)
+        live.state.floors = limit_floors(job)
         bus.subscribe(live)
     elif mode == "plain":
-        bus.subscribe(PlainProgress(sys.stdout))
+        plain = PlainProgress(sys.stdout)
+        plain.state.floors = limit_floors(job)
+        bus.subscribe(plain)
     runner = Runner(job, ledger, options, bus=bus)
     try:
         file_handler = log_file_handler(
