@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from backfill.clock import format_wall
 from backfill.job import Job, Stage
+from backfill.ratelimit import Resource
 
 __all__ = ["ResourceEstimate", "estimate"]
 
@@ -111,3 +113,22 @@ def estimate(
 
 def _period_name(seconds: float) -> str:
     return {86400.0: "days", 3600.0: "hours"}.get(seconds, f"periods of {seconds:g} s")
+
+
+def limit_floors(job: Job) -> dict[str, Callable[[int], float]]:
+    """Per stage through a resource with limits, the least seconds ``n`` of its
+    partitions need under them (at its declared requests per partition, else one): what
+    an ETA (the progress displays', ``backfill status``') is never below."""
+    floors: dict[str, Callable[[int], float]] = {}
+    for stage in job.stages.values():
+        resource = job.resources.get(stage.resource) if stage.resource else None
+        if resource is None or not resource.limits:
+            continue
+        floors[stage.name] = functools.partial(
+            _least_seconds, resource, stage.requests_per_partition or 1.0
+        )
+    return floors
+
+
+def _least_seconds(resource: Resource, per: float, partitions: int) -> float:
+    return resource.seconds_for(partitions * per)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backfill.clock import format_duration
+from backfill.estimate import limit_floors
 from backfill.job import Job, Stage
 from backfill.ledger import FailureGroup, Ledger, RunRecord, StageCounts, WorkerRecord
 from backfill.partitions import Selection
@@ -298,6 +299,7 @@ def build_report(
     known_wait = max((w for w in waits if w is not None), default=None) if waits else None
     if any(w is None for w in waits):
         known_wait = None
+    floors = limit_floors(job)
     # Stages upstream of the reported ones, not reported themselves, count for blocking.
     others = sorted({u for s in chosen for u in job.upstream(s.name)} - set(names))
     upstream_counts = ledger.counts(job.name, others, None, recent=False) if others else {}
@@ -334,6 +336,11 @@ def build_report(
             eta = 0.0
         else:
             eta = left / rate if rate else None
+        floor = floors.get(stage.name)
+        if eta is not None and floor is not None and left:
+            # Never less than the limits need: a quota's window spent in a burst makes
+            # a recent rate that would end in minutes what takes hours.
+            eta = max(eta, (known_wait or 0.0) + floor(left))
         example = None
         if blocked_keys:
             key, blocker = min(blocked_keys.items())

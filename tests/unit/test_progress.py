@@ -395,7 +395,7 @@ def test_a_run_s_displays_know_what_each_stage_s_limits_need() -> None:
     its partitions at their declared requests each (two here: 10 partitions are 20
     requests, four windows of 5/20s, the first at once); none for a stage without one."""
     from backfill import Job, daily
-    from backfill.engine.entry import limit_floors
+    from backfill.estimate import limit_floors
 
     job = Job("j", partitions=daily("2013-01-01", "2013-01-31"))
     job.resource("api", limits=["5/20s"], concurrency=2)

@@ -134,3 +134,22 @@ def test_a_run_whose_worker_died_is_lost_not_running() -> None:
     assert runs["r9"].status == "lost"
     assert runs["r9"].heartbeat_at == NOW - 50
     assert runs["r10"].status == "running"
+
+
+def test_the_eta_is_never_less_than_the_stage_s_limits_need_for_what_is_left() -> None:
+    """5 requests every 20 s, 9 partitions left, of which the last run did one every
+    second: the ETA says the windows still needed (five now, four a window later: 20 s
+    at least), not the 9 s its recent rate would."""
+    job = Job("quota", partitions=daily("2013-01-01", "2013-01-10"))
+    job.resource("api", limits=["5/20s"], concurrency=1)
+
+    @job.stage(resource="api")
+    def fetch(ctx: object, p: object) -> None:
+        return None
+
+    ledger = open_ledger(":memory:")
+    settle(ledger, job, "fetch", {"2013-01-01": Status.DONE}, NOW - 1)
+    rates = {"fetch": 1.0}
+    (report,) = build_report(job, ledger, [job.stages["fetch"]], now=NOW, rates=rates).stages
+    assert report.left == 9
+    assert report.eta == 20.0

@@ -13,13 +13,12 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -28,13 +27,13 @@ from rich.console import Console
 from backfill.engine.result import RunOptions, RunResult
 from backfill.engine.run import Runner
 from backfill.errors import ConfigError, disk_full_message, is_disk_full
+from backfill.estimate import limit_floors
 from backfill.events import EventBus, Subscriber
 from backfill.job import Job
 from backfill.ledger import DEFAULT_STATE_URL, Ledger, open_ledger
 from backfill.logs import EventLog, log_file_handler
 from backfill.partitions import Selection
 from backfill.progress import LiveProgress, PlainProgress
-from backfill.ratelimit import Resource
 
 __all__ = [
     "PROGRESS_MODES",
@@ -89,25 +88,6 @@ def check_run_options(progress: str, log_dir: Path | None, state: str) -> None:
     raise ConfigError(
         f"cannot write the run's log file in {directory} ({reason}); pass another --log-dir"
     )
-
-
-def limit_floors(job: Job) -> dict[str, Callable[[int], float]]:
-    """Per stage through a resource with limits, the least seconds ``n`` of its
-    partitions need under them (at its declared requests per partition, else one): what
-    a progress display's ETA is never below."""
-    floors: dict[str, Callable[[int], float]] = {}
-    for stage in job.stages.values():
-        resource = job.resources.get(stage.resource) if stage.resource else None
-        if resource is None or not resource.limits:
-            continue
-        floors[stage.name] = functools.partial(
-            _least_seconds, resource, stage.requests_per_partition or 1.0
-        )
-    return floors
-
-
-def _least_seconds(resource: Resource, per: float, partitions: int) -> float:
-    return resource.seconds_for(partitions * per)
 
 
 def execute(
