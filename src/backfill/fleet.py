@@ -94,7 +94,7 @@ class LedgerRate:
             tolerance=(self.resource.burst - 1) * interval,
             quotas=quotas,
             max_pause=self.resource.max_wait,
-            margin=quota_margin(interval),
+            margin=quota_margin(interval, 0.0 if self.rate else self.resource.rate_interval),
             horizon=BOOK_AHEAD,
         )
         due, paused, db_now = await asyncio.get_running_loop().run_in_executor(self.pool, book)

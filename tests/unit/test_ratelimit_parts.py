@@ -446,3 +446,38 @@ def test_a_fast_request_granted_its_turn_before_a_429_is_not_written_into_the_pa
         return clock.monotonic()
 
     assert asyncio.run(main()) >= 3.0 - 1e-9
+
+
+def test_a_quota_kept_in_the_state_leaves_the_rate_s_spacing_where_requests_are_written() -> None:
+    """5/s with a quota kept in the state (the rate this process's own): each request
+    goes on its quota's start, and is still spaced at the rate where it is written. The
+    first, written late (at the second's turn), does not reach the source together with
+    the second."""
+    from backfill.ratelimit.grants import QuotaGrant, take_grant, until_start
+    from backfill.ratelimit.sharing import Taken
+
+    clock = FakeClock()
+    resource = Resource("api", rate="5/s", limits=["100/day"], clock=clock)
+
+    class Ring:
+        async def take(self, count: int) -> Taken:
+            return Taken([clock.t] * count, 0.0)
+
+        def pause(self, seconds: float) -> None:
+            """No fleet to pause."""
+
+    resource.share_with(Ring(), rate=False)
+
+    async def main() -> tuple[float, float]:
+        await resource.acquire()
+        first = take_grant()
+        await resource.acquire()
+        second = take_grant()
+        assert isinstance(first, QuotaGrant) and isinstance(second, QuotaGrant)
+        await until_start(clock, first)
+        written = clock.t
+        await until_start(clock, second)
+        return written, clock.t
+
+    first, second = asyncio.run(main())
+    assert second - first >= 0.19

@@ -161,6 +161,38 @@ class WireGap(PauseGate):
         return resource.wire.turn(now, resource.rate, resource.pace.run_burst)
 
 
+class QuotaGrant(Grant):
+    """A quota's start from the state's shared window, for a request whose rate is this
+    process's own (quotas kept in the state, the rate not shared): the start goes out on
+    its instant or not at all, as a fleet's (see :class:`Grant`); once on time, the
+    request is spaced at the rate where it is written as any other of this process's
+    (``spaced``: see :class:`WireGap`). The quota's window is widened by what that
+    spacing may add (see :func:`backfill.ratelimit.sharing.quota_margin`)."""
+
+    __slots__ = ("passed", "spaced")
+
+    def __init__(self, resource: Resource, start: float, deadline: float, *, spaced: bool) -> None:
+        super().__init__(resource, start, deadline)
+        self.spaced = spaced
+        self.passed = False
+
+    def at_wire(self) -> float:
+        """Seconds the request must still wait before it goes (0: now); LateStart when
+        its start is late, or in a pause begun meanwhile."""
+        if not self.passed:
+            wait = super().at_wire()
+            if wait > 0:
+                return wait
+            self.passed = True
+        resource = self.resource
+        now = resource.clock.monotonic()
+        if resource.paused_until > now:
+            raise LateStart
+        if not self.spaced:
+            return 0.0
+        return resource.wire.turn(now, resource.rate, resource.pace.run_burst)
+
+
 # What the current task's request was granted (a fleet start, a place in this process's
 # spacing at the wire, or a check for a pause begun meanwhile); taken where the request
 # is written.

@@ -16,6 +16,7 @@ from backfill.ratelimit.grants import (
     Grant,
     LateStart,
     PauseGate,
+    QuotaGrant,
     Wire,
     WireGap,
     give_grant,
@@ -350,7 +351,12 @@ class Resource:
                 if probe:
                     self.breaker.probing = False
                 raise
-            grant = Grant(self, start, deadline)
+            if fleet.rate:
+                grant = Grant(self, start, deadline)
+            else:
+                # Only the quotas are shared: the rate's spacing where requests are
+                # written is still this process's own.
+                grant = QuotaGrant(self, start, deadline, spaced=gap)
         self.requests += 1
         give_grant(grant)
         return probe

@@ -26,11 +26,14 @@ def lateness(interval: float) -> float:
     return interval / 2 if interval else QUOTA_LATE
 
 
-def quota_margin(interval: float) -> float:
+def quota_margin(interval: float, own_interval: float = 0.0) -> float:
     """What a quota's window is widened by when starts are booked: a start goes out up
     to MAX_LEAD early or :func:`lateness` late, so starts booked a window apart could
-    reach the source a little less than one window apart, one more than the quota in it."""
-    return MAX_LEAD + lateness(interval)
+    reach the source a little less than one window apart, one more than the quota in it.
+    ``own_interval``: a rate this process spaces its requests at where they are written,
+    after their quota's start (see :class:`QuotaGrant`), which may add about two of its
+    intervals."""
+    return MAX_LEAD + lateness(interval) + 2 * own_interval
 
 
 class Taken(NamedTuple):
