@@ -251,15 +251,14 @@ class ProgressState:
         return max(end for end in ends if end is not None)
 
     def eta(self, stage: StageProgress, now: float) -> float | None:
-        """The stage's ETA (see :meth:`StageProgress.eta`), never less than what a known
-        wait and its resource's limits need for the partitions left: at 5 every 20
-        seconds, a window's five going out in four seconds make no rate to go by."""
-        wait = self.wait(now)
-        eta = stage.eta(now, wait)
+        """The stage's ETA (see :meth:`StageProgress.eta`), never less than what its
+        resource's limits need for the partitions left: at 5 every 20 seconds, a
+        window's five going out in four seconds make no rate to go by."""
+        eta = stage.eta(now, self.wait(now))
         floor = self.floors.get(stage.name)
         if eta is None or floor is None or not stage.remaining:
             return eta
-        return max(eta, (wait or 0.0) + floor(stage.remaining))
+        return max(eta, floor(stage.remaining))
 
     def stall_note(self, stage: StageProgress, now: float) -> str | None:
         """``stalled 45s: api circuit open since 03:12:05 UTC (...)`` for a stage where

@@ -340,7 +340,7 @@ def build_report(
         if eta is not None and floor is not None and left:
             # Never less than the limits need: a quota's window spent in a burst makes
             # a recent rate that would end in minutes what takes hours.
-            eta = max(eta, (known_wait or 0.0) + floor(left))
+            eta = max(eta, floor(left))
         example = None
         if blocked_keys:
             key, blocker = min(blocked_keys.items())

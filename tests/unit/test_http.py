@@ -710,3 +710,79 @@ def test_a_redirect_s_next_hop_waits_out_a_pause_begun_meanwhile() -> None:
     refused = next(t for t, path in arrivals if path == "/busy")
     hop = next(t for t, path in arrivals if path == "/done")
     assert hop >= refused + 3.0 - 1e-9, arrivals
+
+
+def test_a_redirect_s_wait_for_its_next_turn_is_not_against_the_answer_s_deadline() -> None:
+    """A quota of 2 every 1.5 s, an answer deadline of 0.3 s: the second GET's first hop
+    takes the quota's last start, and its redirect's next hop waits over a second for
+    the window. Time waited for a turn never counts against a deadline: it is answered,
+    not failed as a timeout (which spent a retry and fed the breaker an error)."""
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        if request.url.path == "/r":
+            return httpx.Response(302, headers={"Location": "/d"})
+        return httpx.Response(200, json={"ok": True})
+
+    async def go() -> list[Any]:
+        resource = Resource("api", limits=["2 per 1.5 s"], concurrency=1)
+        client = HttpClient(
+            resource=resource,
+            transport=httpx.MockTransport(handler),
+            deadline=0.3,
+            retries=0,
+            hedge=False,
+        )
+        try:
+            await client.get_json(f"{URL_BASE}/d")
+            return [await client.get_json(f"{URL_BASE}/r"), client.transport_errors]
+        finally:
+            await client.aclose()
+
+    body, errors = asyncio.run(go())
+    assert body == {"ok": True} and errors == 0
+    assert sent == ["/d", "/r", "/d"]
+
+
+def test_the_open_circuit_s_probe_follows_its_redirect() -> None:
+    """The circuit is open and its probe's request is redirected, while another request
+    waits for the probe's answer: the probe's next hop is not held behind it (it waited
+    for its own answer until the deadline, and the circuit never closed)."""
+    from virtual_time import FakeClock
+
+    clock = FakeClock()
+    resource = Resource("api", rate="20/s", concurrency=4, clock=clock)
+    for _ in range(20):
+        resource.breaker.record(False, 0.0)
+    assert resource.breaker.is_open
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        if request.url.path == "/r":
+            return httpx.Response(302, headers={"Location": "/d"})
+        return httpx.Response(200, json={"ok": True})
+
+    async def go() -> list[Any]:
+        client = HttpClient(
+            resource=resource,
+            transport=httpx.MockTransport(handler),
+            clock=clock,
+            deadline=30.0,
+            retries=0,
+            hedge=False,
+        )
+
+        async def other() -> Any:
+            await clock.sleep(0.01)  # the probe's turn comes first
+            return await client.get_json(f"{URL_BASE}/x")
+
+        try:
+            return list(await asyncio.gather(client.get_json(f"{URL_BASE}/r"), other()))
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(go()) == [{"ok": True}, {"ok": True}]
+    assert sent == ["/r", "/d", "/x"]
+    assert not resource.breaker.is_open

@@ -411,3 +411,20 @@ def test_a_run_s_displays_know_what_each_stage_s_limits_need() -> None:
     floors = limit_floors(job)
     assert set(floors) == {"fetch"}
     assert floors["fetch"](10) == pytest.approx(60.0)
+
+
+def test_another_resource_s_pause_is_not_added_to_a_moving_stage_s_eta(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fetch moves at 2/s through its own resource (20/s) with 100 left; another
+    resource, which it does not use, is paused for an hour: its ETA stays 50 s."""
+    from backfill.ratelimit import Resource
+
+    now = Now(monkeypatch)
+    state = ProgressState()
+    state.floors = {"fetch": Resource("a", rate="20/s").seconds_for}
+    state.apply(started(fetch=StageCounts("fetch", pending=120)))
+    steady(state, now, 20)
+    state.apply(ResourceChanged("b", "paused (429)", 3600.0, "paused"))
+    stage = state.stages["fetch"]
+    assert state.eta(stage, now.t) == pytest.approx(100 / 2.0, rel=0.1)

@@ -272,27 +272,31 @@ class Resource:
 
     # -- taking a request slot -----------------------------------------------------------
 
-    def _due(self, now: float) -> float:
-        """When the next request may start: every limit, a pause and the breaker."""
+    def _due(self, now: float, circuit: bool = True) -> float:
+        """When the next request may start: every limit, a pause and (``circuit``) the
+        breaker."""
         start = max(now, self.paused_until)
-        if self.breaker.open_until is not None:
+        if circuit and self.breaker.open_until is not None:
             start = max(start, self.breaker.open_until)
         return self.pace.schedule.earliest(start)
 
-    async def acquire(self) -> int:
+    async def acquire(self, *, circuit: bool = True) -> int:
         """Wait for this request's turn (rates, pauses and the breaker all respected);
         the wait does not count against the partition's stage timeout. Not 0: the
-        request is the open circuit's probe, that number."""
+        request is the open circuit's probe, that number. ``circuit`` False: a turn for
+        the next hop of a request already past the circuit (a redirect's: the request
+        is the probe, or went before the circuit opened), which the breaker does not
+        hold and which is never a probe."""
         deadline = current_deadline.get()
         if deadline is None:
-            return await self._acquire()
+            return await self._acquire(circuit)
         deadline.hold()
         try:
-            return await self._acquire()
+            return await self._acquire(circuit)
         finally:
             deadline.release()
 
-    async def _acquire(self) -> int:
+    async def _acquire(self, circuit: bool = True) -> int:
         """Wait for this request's turn (rates, pauses and the breaker all respected);
         not 0 when it is the open circuit's probe (its number).
 
@@ -313,17 +317,19 @@ class Resource:
             self._pacing_loop = loop
         fleet, schedule = self.fleet, self.pace.schedule
         probe = 0
-        async with self._pacing:
+        # A redirect's next hop does not queue behind the turns waiting for the open
+        # circuit's probe to answer (it may be that probe's own): it books between them.
+        async with self._pacing if circuit else contextlib.nullcontext():
             while True:
                 now = self.clock.monotonic()
-                due = self._due(now)
+                due = self._due(now, circuit)
                 if due > now + 1e-6:
                     if due - now > 5.0 and schedule.quota_binds(now, due):
                         self.say_quota_wait(due)
                     # Then look again: a pause, the breaker or a new rate may have moved it.
                     await self._sleep_until(due, now)
                     continue
-                if self.breaker.open_until is not None:
+                if circuit and self.breaker.open_until is not None:
                     if self.breaker.probing:
                         # The probe is out: wait for its answer.
                         await self.clock.sleep(0.05)

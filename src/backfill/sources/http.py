@@ -29,6 +29,7 @@ that is down), ``pagination``, ``targets`` (URLs and how messages name them) and
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import random
 import ssl
@@ -101,6 +102,12 @@ _RETRY_BACKOFF = Backoff(first=0.2, cap=10.0, jitter=0.5)
 # above (0.2-0.4 s, then doubling): a blip of a few hundred milliseconds (a deploy, a
 # failover) still finds the retries it needs.
 _PACED_FIRST_RETRY = Backoff(first=0.025, cap=0.025, jitter=0.5)
+
+# The deadline of the answer being fetched (see HttpClient._once), which a redirect's
+# next hop moves by the time it waits for its turn.
+_answer_deadline: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar(
+    "backfill_answer_deadline", default=None
+)
 
 
 @functools.cache
@@ -288,8 +295,12 @@ class HttpClient:
             tally.requests += 1
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self.deadline):
-                response, body = await self._fetch_hedged(method, url, call, hop, kwargs)
+            async with asyncio.timeout(self.deadline) as scope:
+                token = _answer_deadline.set(scope)
+                try:
+                    response, body = await self._fetch_hedged(method, url, call, hop, kwargs)
+                finally:
+                    _answer_deadline.reset(token)
         except LateStart:
             self.requests -= 1
             if tally is not None:
@@ -370,13 +381,22 @@ class HttpClient:
 
     async def _hop_turn(self) -> None:
         """A redirect's next hop is a request to a source too: it takes a turn of the
-        resource (its rate, a pause, the circuit) under the request's own slot, and
-        counts as a request."""
+        resource (its rate, quotas, a pause) under the request's own slot, and counts as
+        a request. Not of the circuit: the request is past it (its probe, or sent before
+        it opened), and its answer is what the breaker hears. The wait does not count
+        against the answer's deadline, as no wait for a turn does."""
         assert self.resource is not None
-        probe = await self.resource.acquire()
-        # The hop is no probe of its own (its request's answer is what the breaker
-        # hears): should it have drawn the open circuit's probe, the next request probes.
-        self.resource.breaker.drop_probe(probe)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        scope = _answer_deadline.get()
+        when = scope.when() if scope is not None else None
+        if scope is not None and when is not None:
+            scope.reschedule(None)  # held while the hop waits, moved by the wait after
+        try:
+            await self.resource.acquire(circuit=False)
+        finally:
+            if scope is not None and when is not None:
+                scope.reschedule(when + loop.time() - began)
         self.requests += 1
         tally = partition_requests.get()
         if tally is not None:
