@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,6 +61,29 @@ def run_cli(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def until_quota_line(run: subprocess.Popen[str]) -> tuple[list[str], threading.Thread]:
+    """Read ``run``'s output on a thread until it says a quota is used up; the lines so
+    far (the thread goes on adding to them) and the thread."""
+    lines: list[str] = []
+
+    def read() -> None:
+        assert run.stdout is not None
+        lines.extend(run.stdout)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    wait_for(lambda: any("quota used up" in line for line in lines), 60, "the quota line")
+    return lines, reader
 
 
 def executions(workdir: Path) -> Counter[str]:

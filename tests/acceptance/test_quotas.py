@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from backfill.ledger.sqlite import SQLiteLedger
-from conftest import backfill_cmd, cli_env, run_cli
+from conftest import backfill_cmd, cli_env, run_cli, until_quota_line, wait_for
 from wire_stamps import WireStamps
 
 QUOTA_JOB = """
@@ -90,13 +90,6 @@ def _start(workdir: Path, api: str, job: str = "job.py") -> subprocess.Popen[str
     )
 
 
-def _wait(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def test_a_daily_quota_is_not_exceeded_across_a_kill_and_a_restart(
     tmp_path: Path, api: CountingServer
 ) -> None:
@@ -105,20 +98,12 @@ def test_a_daily_quota_is_not_exceeded_across_a_kill_and_a_restart(
     quota, says it is used up and when it resumes, and Ctrl+C ends it (exit 130)."""
     (tmp_path / "job.py").write_text(textwrap.dedent(QUOTA_JOB))
     first = _start(tmp_path, api.url)
-    _wait(lambda: api.count >= 5, 60, "5 requests")
+    wait_for(lambda: api.count >= 5, 60, "5 requests")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     sent_first = api.count
     second = _start(tmp_path, api.url)
-    lines: list[str] = []
-
-    def read() -> None:
-        assert second.stdout is not None
-        lines.extend(second.stdout)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    _wait(lambda: any("quota used up" in line for line in lines), 60, "the quota line")
+    lines, reader = until_quota_line(second)
     time.sleep(1.0)  # nothing more goes out while it waits
     second.send_signal(signal.SIGINT)
     second.wait(timeout=30)
@@ -150,15 +135,7 @@ def test_a_run_stopped_while_it_waits_for_its_quota_leaves_the_quota_as_it_was(
     job = QUOTA_JOB.replace('"12/day"', '"3/30s"').replace("concurrency=2", "concurrency=4")
     (tmp_path / "job.py").write_text(textwrap.dedent(job))
     run = _start(tmp_path, api.url)
-    lines: list[str] = []
-
-    def read() -> None:
-        assert run.stdout is not None
-        lines.extend(run.stdout)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    _wait(lambda: any("quota used up" in line for line in lines), 60, "the quota line")
+    lines, reader = until_quota_line(run)
     run.send_signal(signal.SIGINT)
     run.wait(timeout=30)
     reader.join(timeout=10)

@@ -8,11 +8,10 @@ import signal
 import sqlite3
 import subprocess
 import textwrap
-import threading
 import time
 from pathlib import Path
 
-from conftest import backfill_cmd, cli_env, run_cli
+from conftest import backfill_cmd, cli_env, run_cli, until_quota_line, wait_for
 
 QUOTA_JOB = """
 from backfill import Job, daily
@@ -33,13 +32,6 @@ def _hits(path: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM hits").fetchone()[0])
 
 
-def _wait(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def _start(workdir: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*backfill_cmd(), "run", "job.py", "--progress", "plain"],
@@ -58,19 +50,11 @@ def test_a_daily_query_quota_holds_across_a_kill_and_a_restart(tmp_path: Path) -
         conn.execute("CREATE TABLE hits (day TEXT)")
     (tmp_path / "job.py").write_text(textwrap.dedent(QUOTA_JOB))
     first = _start(tmp_path)
-    _wait(lambda: _hits(tmp_path / "warehouse.db") >= 3, 60, "3 queries")
+    wait_for(lambda: _hits(tmp_path / "warehouse.db") >= 3, 60, "3 queries")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     second = _start(tmp_path)
-    lines: list[str] = []
-
-    def read() -> None:
-        assert second.stdout is not None
-        lines.extend(second.stdout)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    _wait(lambda: any("quota used up" in line for line in lines), 60, "the quota line")
+    lines, reader = until_quota_line(second)
     time.sleep(1.0)  # nothing more runs while it waits
     second.send_signal(signal.SIGINT)
     second.wait(timeout=30)

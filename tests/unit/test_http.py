@@ -712,18 +712,26 @@ def test_a_redirect_s_next_hop_waits_out_a_pause_begun_meanwhile() -> None:
     assert hop >= refused + 3.0 - 1e-9, arrivals
 
 
-def test_a_redirect_s_wait_for_its_next_turn_is_not_against_the_answer_s_deadline() -> None:
-    """A quota of 2 every 1.5 s, an answer deadline of 0.3 s: the second GET's first hop
-    takes the quota's last start, and its redirect's next hop waits over a second for
-    the window. Time waited for a turn never counts against a deadline: it is answered,
-    not failed as a timeout (which spent a retry and fed the breaker an error)."""
-    sent: list[str] = []
+def _redirecting_r_to_d(sent: list[str]) -> Callable[[httpx.Request], httpx.Response]:
+    """A mock source that redirects /r to /d and answers anything else, noting each
+    path in ``sent``."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(request.url.path)
         if request.url.path == "/r":
             return httpx.Response(302, headers={"Location": "/d"})
         return httpx.Response(200, json={"ok": True})
+
+    return handler
+
+
+def test_a_redirect_s_wait_for_its_next_turn_is_not_against_the_answer_s_deadline() -> None:
+    """A quota of 2 every 1.5 s, an answer deadline of 0.3 s: the second GET's first hop
+    takes the quota's last start, and its redirect's next hop waits over a second for
+    the window. Time waited for a turn never counts against a deadline: it is answered,
+    not failed as a timeout (which spent a retry and fed the breaker an error)."""
+    sent: list[str] = []
+    handler = _redirecting_r_to_d(sent)
 
     async def go() -> list[Any]:
         resource = Resource("api", limits=["2 per 1.5 s"], concurrency=1)
@@ -757,12 +765,7 @@ def test_the_open_circuit_s_probe_follows_its_redirect() -> None:
         resource.breaker.record(False, 0.0)
     assert resource.breaker.is_open
     sent: list[str] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        sent.append(request.url.path)
-        if request.url.path == "/r":
-            return httpx.Response(302, headers={"Location": "/d"})
-        return httpx.Response(200, json={"ok": True})
+    handler = _redirecting_r_to_d(sent)
 
     async def go() -> list[Any]:
         client = HttpClient(

@@ -365,13 +365,26 @@ def test_the_wire_spaces_a_burst_run_above_one_at_any_rate_and_one_at_a_time_whe
     assert isinstance(asyncio.run(grant_of(Resource("api", rate="5/s", burst=2))), WireGap)
 
 
+async def _not_sent_then_taken_again(resource: Resource, granted: object) -> float:
+    """A request granted its turn (``granted``) finds a pause where it is written: it is
+    not sent (LateStart), takes a new turn, and goes then; the instant it goes."""
+    from backfill.ratelimit.grants import LateStart, take_grant, until_start
+
+    with pytest.raises(LateStart):
+        await until_start(resource.clock, granted)  # type: ignore[arg-type]
+    resource.unsent()
+    await resource.acquire()
+    await until_start(resource.clock, take_grant())
+    return resource.clock.monotonic()
+
+
 def test_a_request_waiting_where_it_is_written_does_not_go_into_a_pause_begun_meanwhile() -> None:
     """5/s, a bucket of one: the first request reached the wire late (0.15 s), so the
     next one, whose turn came at 0.2 s, waits there until about 0.36 s. At 0.25 s the
     first is answered 429 with Retry-After: 1: the second must not reach the source
     inside the pause the source just asked for. It is not sent, and its new turn comes
     when the pause ends (waited for where turns are taken, not against its deadline)."""
-    from backfill.ratelimit.grants import LateStart, take_grant, until_start
+    from backfill.ratelimit.grants import take_grant, until_start
     from backfill.ratelimit.limits import Outcome
 
     clock = FakeClock()
@@ -391,13 +404,9 @@ def test_a_request_waiting_where_it_is_written_does_not_go_into_a_pause_begun_me
             resource.observe(Outcome.RATE_LIMITED, retry_after=1.0)
 
         task = asyncio.ensure_future(refused())
-        with pytest.raises(LateStart):
-            await until_start(clock, second)
+        goes = await _not_sent_then_taken_again(resource, second)
         await task
-        resource.unsent()
-        await resource.acquire()
-        await until_start(clock, take_grant())
-        return clock.monotonic()
+        return goes
 
     assert asyncio.run(main()) >= 1.25 - 1e-9
 
@@ -428,7 +437,7 @@ def test_a_fast_request_granted_its_turn_before_a_429_is_not_written_into_the_pa
     """At fast rates one at a time nothing spaces requests where they are written, but a
     request whose turn came before a 429 (it waited for a connection meanwhile) is still
     checked there: it is not sent into the pause, and takes a new turn after it."""
-    from backfill.ratelimit.grants import LateStart, take_grant, until_start
+    from backfill.ratelimit.grants import take_grant
     from backfill.ratelimit.limits import Outcome
 
     clock = FakeClock()
@@ -438,12 +447,7 @@ def test_a_fast_request_granted_its_turn_before_a_429_is_not_written_into_the_pa
         await resource.acquire()
         granted = take_grant()
         resource.observe(Outcome.RATE_LIMITED, retry_after=3.0)
-        with pytest.raises(LateStart):
-            await until_start(clock, granted)
-        resource.unsent()
-        await resource.acquire()
-        await until_start(clock, take_grant())
-        return clock.monotonic()
+        return await _not_sent_then_taken_again(resource, granted)
 
     assert asyncio.run(main()) >= 3.0 - 1e-9
 
