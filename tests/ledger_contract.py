@@ -959,6 +959,30 @@ class LedgerContract:
         (fourth,), _, now = ledger.take_starts("j", "api", count=1, **book)  # type: ignore[attr-defined]
         assert now + fourth == pytest.approx(first + 10.5, abs=0.002)
 
+    def test_every_count_declared_for_a_period_holds_over_every_start(
+        self, ledger: Ledger, second_ledger: Ledger
+    ) -> None:
+        """Two jobs share a resource (scope ``*``) and declare different quotas for one
+        period, 3 an hour and 5 an hour: the one that comes second finds the first's 3
+        spent (2 more now, the next in an hour), and the first, asked again, finds its
+        window full of both's starts."""
+        book = {"interval": 0.0, "tolerance": 0.0}
+        due, _, first = ledger.take_starts("*", "api", count=3, quotas=[(3, 3600.0)], **book)  # type: ignore[attr-defined]
+        assert due == pytest.approx([0.0] * 3, abs=0.002)
+        due, _, now = second_ledger.take_starts("*", "api", count=3, quotas=[(5, 3600.0)], **book)  # type: ignore[attr-defined]
+        assert due[:2] == pytest.approx([0.0, 0.0], abs=0.002)
+        assert now + due[2] == pytest.approx(first + 3600.0, abs=0.002)
+        (later,), _, then = ledger.take_starts("*", "api", count=1, quotas=[(3, 3600.0)], **book)  # type: ignore[attr-defined]
+        assert then + later >= now + 3600.0 - 0.002
+
+    def test_a_quota_declared_lower_keeps_what_its_window_spent(self, ledger: Ledger) -> None:
+        """A job spent 3 of its 10 a minute, then its quota is declared 2 a minute: the
+        window is spent, and the next start waits for it."""
+        book = {"interval": 0.0, "tolerance": 0.0}
+        _, _, first = ledger.take_starts("j", "api", count=3, quotas=[(10, 60.0)], **book)  # type: ignore[attr-defined]
+        (due,), _, now = ledger.take_starts("j", "api", count=1, quotas=[(2, 60.0)], **book)  # type: ignore[attr-defined]
+        assert now + due == pytest.approx(first + 60.0, abs=0.002)
+
     def test_a_pause_holds_every_connection_and_only_its_scope(
         self, ledger: Ledger, second_ledger: Ledger
     ) -> None:

@@ -65,10 +65,17 @@ def take_starts(
         tat = min(tat, paused)
         query("set_paused", {**key, "paused": paused})
         query("set_tat", {**key, "tat": tat})
+    kept = [str(row[0]) for row in query("quota_names", key)] if quotas else []
     rings = []
+    others: dict[str, int] = {}
     for size, period in quotas:
-        quota = {**key, "quota": f"{size}/{period:g}"}
+        name = f"{size}/{period:g}"
+        quota = {**key, "quota": name}
         taken = int(query("lock_quota", quota)[0][0])
+        siblings = _siblings(kept, name, period)
+        if taken == 0 and siblings:
+            taken = _seed(query, key, quota, size, siblings)
+        others.update(siblings)
         slots = [(taken + i) % size for i in range(count)]
         stored = {int(s): float(t) for s, t in query("quota_starts", {**quota, "slots": slots})}
         previous = [stored.get(slot) if taken + i >= size else None for i, slot in enumerate(slots)]
@@ -95,7 +102,53 @@ def take_starts(
     for quota, _, taken, slots, _ in rings:
         query("record_quota_starts", {**quota, "slots": slots[:soon], "starts": starts})
         query("set_quota_taken", {**quota, "taken": taken + soon})
+        others.pop(quota["quota"], None)
+    for name, size in others.items():
+        _record(query, {**key, "quota": name}, size, starts)
     return [start - now for start in starts], paused - now, now
+
+
+def _siblings(kept: Sequence[str], name: str, period: float) -> dict[str, int]:
+    """The other windows kept for the same period (another count: a job that shares the
+    resource and declares another, or this job before its declaration changed), by name,
+    with their counts."""
+    found = {}
+    for other in kept:
+        count, _, of = other.partition("/")
+        if other != name and of == f"{period:g}" and count.isdigit():
+            found[other] = int(count)
+    return found
+
+
+def _seed(
+    query: Query,
+    key: Mapping[str, Any],
+    quota: Mapping[str, Any],
+    size: int,
+    siblings: Mapping[str, int],
+) -> int:
+    """A window used for the first time starts with the latest starts the same period's
+    other windows kept (up to its own count): what the current window has spent is
+    spent, whichever count it was declared with. How many it starts with."""
+    # Every start since a window was kept is in it: the one of the largest count holds
+    # the most (starts made at one instant are several, not one).
+    largest = max(siblings, key=lambda name: siblings[name])
+    seen = sorted(float(t) for (t,) in query("quota_ring", {**key, "quota": largest}))[-size:]
+    if seen:
+        query("record_quota_starts", {**quota, "slots": list(range(len(seen))), "starts": seen})
+        query("set_quota_taken", {**quota, "taken": len(seen)})
+    return len(seen)
+
+
+def _record(query: Query, quota: Mapping[str, Any], size: int, starts: Sequence[float]) -> None:
+    """Record ``starts`` in a window of ``size`` this booking does not check (another
+    count for the same period): each count declared holds over every job's starts."""
+    taken = int(query("lock_quota", quota)[0][0])
+    kept = list(starts[-size:])
+    first = taken + len(starts) - len(kept)
+    slots = [(first + i) % size for i in range(len(kept))]
+    query("record_quota_starts", {**quota, "slots": slots, "starts": kept})
+    query("set_quota_taken", {**quota, "taken": taken + len(starts)})
 
 
 def resume(query: Query, scope: str, resource: str) -> float | None:

@@ -365,3 +365,7 @@ SELECT extract(epoch FROM clock_timestamp())::double precision;
 -- name: quota_ring
 SELECT started_at FROM backfill_quota_starts
 WHERE job = %(job)s AND name = %(name)s AND quota = %(quota)s;
+
+-- name: quota_names
+-- Every quota window kept for a resource (a count and a period each).
+SELECT quota FROM backfill_quotas WHERE job = %(job)s AND name = %(name)s ORDER BY quota;

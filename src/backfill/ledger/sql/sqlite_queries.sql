@@ -332,3 +332,7 @@ SELECT (julianday('now') - 2440587.5) * 86400.0;
 -- name: quota_ring
 SELECT started_at FROM backfill_quota_starts
 WHERE job = :job AND name = :name AND quota = :quota;
+
+-- name: quota_names
+-- Every quota window kept for a resource (a count and a period each).
+SELECT quota FROM backfill_quotas WHERE job = :job AND name = :name ORDER BY quota;
