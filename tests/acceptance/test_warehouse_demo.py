@@ -115,7 +115,11 @@ def test_slow_days_time_out_then_retry_completes_and_tables_equal_a_direct_query
     assert first.returncode == 1, first.stdout + first.stderr
     gaps = run_cli("coverage", EXAMPLE, "--gaps", cwd=tmp_path, env=env)
     for day in SLOW.split(","):
-        assert f"delays {day} failed: timeout" in gaps.stdout, gaps.stdout
+        # With the first run's own output: once (of many runs) a first run on PostgreSQL
+        # under the suite's load ended after 4 of 16 days of delays, none failed.
+        assert f"delays {day} failed: timeout" in gaps.stdout, (
+            gaps.stdout + first.stdout[-4000:] + first.stderr[-4000:]
+        )
     assert "cancelled on the server after" in gaps.stdout
     assert "blocked: waits for failed delays" in gaps.stdout
     retry = run_cli(
