@@ -117,14 +117,14 @@ def execute(
     if mode == "auto":
         mode = "live" if console.is_terminal else "plain"
     live: LiveProgress | None = None
+    display: LiveProgress | PlainProgress | None = None
     if mode == "live":
-        live = LiveProgress(console)
-        live.state.floors = limit_floors(job)
-        bus.subscribe(live)
+        display = live = LiveProgress(console)
     elif mode == "plain":
-        plain = PlainProgress(sys.stdout)
-        plain.state.floors = limit_floors(job)
-        bus.subscribe(plain)
+        display = PlainProgress(sys.stdout)
+    if display is not None:
+        display.state.floors = limit_floors(job)
+        bus.subscribe(display)
     runner = Runner(job, ledger, options, bus=bus)
     try:
         file_handler = log_file_handler(

@@ -99,12 +99,12 @@ def take_starts(
         starts = starts[:soon]
     if interval:
         query("set_tat", {**key, "tat": booked_tat})
-    for quota, _, taken, slots, _ in rings:
-        query("record_quota_starts", {**quota, "slots": slots[:soon], "starts": starts})
-        query("set_quota_taken", {**quota, "taken": taken + soon})
+    for (size, _), (quota, _, taken, _, _) in zip(quotas, rings, strict=True):
+        _record(query, quota, size, taken, starts)
         others.pop(quota["quota"], None)
     for name, size in others.items():
-        _record(query, {**key, "quota": name}, size, starts)
+        quota = {**key, "quota": name}
+        _record(query, quota, size, int(query("lock_quota", quota)[0][0]), starts)
     return [start - now for start in starts], paused - now, now
 
 
@@ -140,10 +140,12 @@ def _seed(
     return len(seen)
 
 
-def _record(query: Query, quota: Mapping[str, Any], size: int, starts: Sequence[float]) -> None:
-    """Record ``starts`` in a window of ``size`` this booking does not check (another
-    count for the same period): each count declared holds over every job's starts."""
-    taken = int(query("lock_quota", quota)[0][0])
+def _record(
+    query: Query, quota: Mapping[str, Any], size: int, taken: int, starts: Sequence[float]
+) -> None:
+    """Record ``starts`` in a window of ``size`` that ``taken`` starts went into before:
+    one this booking checks, or another count for the same period (each count declared
+    holds over every job's starts)."""
     kept = list(starts[-size:])
     first = taken + len(starts) - len(kept)
     slots = [(first + i) % size for i in range(len(kept))]

@@ -154,26 +154,29 @@ class WireGap(PauseGate):
         pause begun since its turn was taken (a 429 answered meanwhile) it does not go:
         :class:`LateStart`, and it takes a new turn, after the pause (waited for there,
         not against the request's own deadline)."""
+        super().at_wire()
         resource = self.resource
-        now = resource.clock.monotonic()
-        if resource.paused_until > now:
-            raise LateStart
-        return resource.wire.turn(now, resource.rate, resource.pace.run_burst)
+        return resource.wire.turn(
+            resource.clock.monotonic(), resource.rate, resource.pace.run_burst
+        )
 
 
 class QuotaGrant(Grant):
     """A quota's start from the state's shared window, for a request whose rate is this
     process's own (quotas kept in the state, the rate not shared): the start goes out on
-    its instant or not at all, as a fleet's (see :class:`Grant`); once on time, the
-    request is spaced at the rate where it is written as any other of this process's
-    (``spaced``: see :class:`WireGap`). The quota's window is widened by what that
-    spacing may add (see :func:`backfill.ratelimit.sharing.quota_margin`)."""
+    its instant or not at all, as a fleet's (see :class:`Grant`); once on time, it goes
+    through ``then``, what any other request of this process is checked by where it is
+    written (a :class:`WireGap` at a rate spaced there, else a :class:`PauseGate`). The
+    quota's window is widened by what that spacing may add (see
+    :func:`backfill.ratelimit.sharing.quota_margin`)."""
 
-    __slots__ = ("passed", "spaced")
+    __slots__ = ("passed", "then")
 
-    def __init__(self, resource: Resource, start: float, deadline: float, *, spaced: bool) -> None:
+    def __init__(
+        self, resource: Resource, start: float, deadline: float, *, then: PauseGate
+    ) -> None:
         super().__init__(resource, start, deadline)
-        self.spaced = spaced
+        self.then = then
         self.passed = False
 
     def at_wire(self) -> float:
@@ -184,13 +187,7 @@ class QuotaGrant(Grant):
             if wait > 0:
                 return wait
             self.passed = True
-        resource = self.resource
-        now = resource.clock.monotonic()
-        if resource.paused_until > now:
-            raise LateStart
-        if not self.spaced:
-            return 0.0
-        return resource.wire.turn(now, resource.rate, resource.pace.run_burst)
+        return self.then.at_wire()
 
 
 # What the current task's request was granted (a fleet start, a place in this process's

@@ -346,7 +346,8 @@ class Resource:
         # and a concurrency only starts its calls as soon as the quota's window allows.
         # Every turn is checked there for a pause begun meanwhile (PauseGate).
         gap = self.paces and (self.pace.run_burst > 1 or 1.0 / self.rate >= WIRE_GAP_MIN_INTERVAL)
-        grant: Grant | PauseGate = self._wire_gap if gap else self._pause_gate
+        checked = self._wire_gap if gap else self._pause_gate
+        grant: Grant | PauseGate = checked
         if fleet.shared is not None:
             # Last: a start granted by the fleet (its rate and quotas, or its quotas
             # only) must go out on its instant: a quota's window counts the instants
@@ -362,7 +363,7 @@ class Resource:
             else:
                 # Only the quotas are shared: the rate's spacing where requests are
                 # written is still this process's own.
-                grant = QuotaGrant(self, start, deadline, spaced=gap)
+                grant = QuotaGrant(self, start, deadline, then=checked)
         self.requests += 1
         give_grant(grant)
         return probe
