@@ -140,8 +140,24 @@ def test_retry_after_as_an_http_date_is_honoured(server: tuple[RecordingServer, 
     assert app.times[1] - app.times[0] >= 0.95  # HTTP-dates have whole-second resolution
 
 
-def test_a_429_storm_pauses_the_resource_once(server: tuple[RecordingServer, str]) -> None:
-    """Eight concurrent requests answered 429: one pause, then every request waits it out."""
+def _paused_events(events: list[str]) -> Any:
+    from backfill.events import EventBus, ResourceChanged
+
+    bus = EventBus()
+    bus.subscribe(
+        lambda e: (
+            events.append(e.what) if isinstance(e, ResourceChanged) and e.kind == "paused" else None
+        )
+    )
+    return bus
+
+
+def test_a_429_storm_holds_every_refused_request_for_its_retry_after(
+    server: tuple[RecordingServer, str],
+) -> None:
+    """Eight concurrent requests answered 429, all sent before the first was refused: no
+    pause (they are one refusal's echoes), the rate comes down, and every refused
+    request waits the second it was asked for."""
     app, url = server
     app.handler = lambda request, n: (
         JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": "1"})
@@ -158,19 +174,97 @@ def test_a_429_storm_pauses_the_resource_once(server: tuple[RecordingServer, str
         return list(body["data"])
 
     events: list[str] = []
-    from backfill.events import EventBus, ResourceChanged
-
-    bus = EventBus()
-    bus.subscribe(
-        lambda e: (
-            events.append(e.what) if isinstance(e, ResourceChanged) and e.kind == "paused" else None
-        )
-    )
-    assert run_job(job, bus=bus).exit_code == 0
-    assert api.pauses == 1
-    assert events == ["paused (429)"]
+    assert run_job(job, bus=_paused_events(events)).exit_code == 0
+    assert api.pauses == 0 and events == []
+    assert api.rate < 1000
+    assert len(app.times) == 16
     storm_end = app.times[7]
     assert all(t - storm_end >= 0.9 for t in app.times[8:])
+
+
+def test_a_lone_429_slows_the_resource_and_only_its_request_waits(
+    server: tuple[RecordingServer, str],
+) -> None:
+    """One request refused with Retry-After: 1 among many accepted: the others go on
+    (no second of the whole run lost), and the refused one goes again a second later."""
+    app, url = server
+    refused: list[str] = []
+
+    def handler(request: Request, n: int) -> Response:
+        if n == 12:
+            refused.append(request.query_params["day"])
+            return JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": "1"})
+        return JSONResponse({"data": [{"n": n}]})
+
+    app.handler = handler
+    job = Job("lone", partitions=daily("2013-01-01", "2013-01-30"))
+    api = job.resource("api", rate="20/s", burst=1, concurrency=4)
+
+    @job.stage(resource="api", concurrency=4)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        body = await ctx.http.get_json(f"{url}/x", params={"day": partition.key})
+        return list(body["data"])
+
+    events: list[str] = []
+    assert run_job(job, bus=_paused_events(events)).exit_code == 0
+    assert api.pauses == 0 and events == []
+    refused_at = app.times[12]
+    # Others went on within the second the refused request waits, a little slower...
+    assert sum(1 for t in app.times[13:] if t - refused_at < 0.9) >= 12
+    assert api.rate < 20
+    # ...and it went again a second later, once.
+    again = [t for t, p in zip(app.times, app.paths, strict=True) if f"day={refused[0]}" in p]
+    assert len(again) == 2 and again[1] - again[0] >= 0.95
+
+
+def test_a_refused_request_s_own_wait_does_not_count_against_the_stage_timeout(
+    server: tuple[RecordingServer, str],
+) -> None:
+    """The second a lone 429 asks its request to wait is the source's wait, not the
+    partition's work: a stage of 0.6 s still ends."""
+    app, url = server
+    app.handler = lambda request, n: (
+        JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": "1"})
+        if n == 0
+        else JSONResponse({"data": [{"n": n}]})
+    )
+    job = Job("patient", partitions=daily("2013-01-01", "2013-01-01"))
+    api = job.resource("api", rate="20/s", burst=1)
+
+    @job.stage(resource="api", timeout=0.6)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        body = await ctx.http.get_json(f"{url}/x")
+        return list(body["data"])
+
+    assert run_job(job).exit_code == 0
+    assert api.pauses == 0 and len(app.times) == 2
+    assert app.times[1] - app.times[0] >= 0.95
+
+
+def test_a_source_that_refuses_again_at_the_lower_rate_pauses_the_resource_once(
+    server: tuple[RecordingServer, str],
+) -> None:
+    """A second 429, of a request sent after the first slowed the resource down and
+    within the second it asked for: the source insists, and every request waits."""
+    app, url = server
+    app.handler = lambda request, n: (
+        JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": "1"})
+        if n in (3, 7)
+        else JSONResponse({"data": [{"n": n}]})
+    )
+    job = Job("insists", partitions=daily("2013-01-01", "2013-01-20"))
+    api = job.resource("api", rate="20/s", burst=1, concurrency=2)
+
+    @job.stage(resource="api", concurrency=2)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        body = await ctx.http.get_json(f"{url}/x", params={"day": partition.key})
+        return list(body["data"])
+
+    events: list[str] = []
+    assert run_job(job, bus=_paused_events(events)).exit_code == 0
+    assert api.pauses == 1 and events == ["paused (429)"]
+    insisted = app.times[7]
+    assert all(t - insisted >= 0.9 for t in app.times[8:])
 
 
 def test_server_errors_are_retried_per_request_without_losing_rows(

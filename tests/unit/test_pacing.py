@@ -58,6 +58,7 @@ def serve(
         nonlocal tokens, last
         while clock.t < seconds:
             await resource.acquire()
+            sent = clock.t
             await clock.sleep(rng.uniform(0.0, jitter))
             now = clock.t
             tokens = min(float(bucket), tokens + (now - last) * limit)
@@ -71,7 +72,14 @@ def serve(
             if ok:
                 resource.observe(Outcome.OK, latency=clock.t - now)
             else:
-                resource.observe(Outcome.RATE_LIMITED, retry_after=max(1, math.ceil(wait)))
+                asked = max(1, math.ceil(wait))
+                resource.observe(Outcome.RATE_LIMITED, retry_after=asked, sent=sent)
+                # As the HTTP client does: what the resource's pause does not cover
+                # of the wait asked (a lone 429 slows it down instead), the refused
+                # request waits alone.
+                left = asked - max(0.0, resource.paused_until - clock.t)
+                if left > 0.01:
+                    await clock.sleep(left)
 
     async def main() -> None:
         await asyncio.gather(*(worker() for _ in range(workers)))

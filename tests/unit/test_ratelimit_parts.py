@@ -120,6 +120,82 @@ def test_a_refusal_s_pause_is_said_with_its_status_and_one_already_over_is_none(
     assert resource.pauses == 1
 
 
+def test_a_lone_429_slows_the_resource_down_and_a_source_that_insists_pauses_it() -> None:
+    """A 429 asking a second, of a request whose sending is known: the rate comes down,
+    nothing pauses; the requests on their way with it are its echoes; a request sent
+    after it and refused within the second it asked for pauses the resource, once."""
+    from backfill.ratelimit.limits import Outcome
+
+    clock = FakeClock()
+    resource = Resource("api", rate="10/s", clock=clock)
+    for _ in range(30):
+        clock.t += 0.1
+        resource.observe(Outcome.OK, latency=0.05, sent=clock.t - 0.05)
+    before = resource.rate
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.05)
+    assert resource.pauses == 0 and resource.paused_until < clock.t
+    assert resource.rate < before
+    clock.t += 0.05
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.08)  # an echo
+    assert resource.pauses == 0
+    clock.t += 0.3
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.05)
+    assert resource.pauses == 1 and resource.paused_until == pytest.approx(clock.t + 1.0)
+    # A second later the wait asked for is over: a lone 429 eases again.
+    clock.t += 2.0
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.05)
+    assert resource.pauses == 1
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "status", "sent"),
+    [(2.0, 429, -0.05), (1.0, 503, -0.05), (1.0, 429, None)],
+    ids=["a longer wait", "a 503", "sending not known"],
+)
+def test_a_429_that_is_not_a_lone_short_one_pauses_the_resource(
+    retry_after: float, status: int, sent: float | None
+) -> None:
+    """A wait longer than a second (and two intervals), a 503's, or a refusal whose
+    request's sending is not known (a browser page's) pause every request."""
+    from backfill.ratelimit.limits import Outcome
+
+    clock = FakeClock()
+    clock.t = 10.0
+    resource = Resource("api", rate="10/s", clock=clock)
+    resource.observe(
+        Outcome.RATE_LIMITED,
+        retry_after=retry_after,
+        status=status,
+        sent=None if sent is None else clock.t + sent,
+    )
+    assert resource.pauses == 1
+
+
+def test_a_429_at_a_rate_a_fleet_shares_pauses_every_worker() -> None:
+    """The fleet's schedule sets the pace, not this worker's learned rate: a lone 429
+    pauses the fleet as any other does."""
+    from backfill.ratelimit.limits import Outcome
+    from backfill.ratelimit.sharing import Taken
+
+    class Shared:
+        def __init__(self) -> None:
+            self.paused: list[float] = []
+
+        async def take(self, count: int) -> Taken:  # pragma: no cover
+            raise AssertionError
+
+        def pause(self, seconds: float) -> None:
+            self.paused.append(seconds)
+
+    clock = FakeClock()
+    clock.t = 10.0
+    resource = Resource("api", rate="10/s", clock=clock)
+    shared = Shared()
+    resource.share_with(shared)
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.05)
+    assert resource.pauses == 1 and shared.paused == [1.0]
+
+
 def test_pauses_extend_never_stack_and_are_said_once() -> None:
     """A second, longer pause while paused moves its end without a second message."""
     clock = FakeClock()

@@ -26,6 +26,7 @@ from backfill.ratelimit.circuit import CircuitBreaker
 from backfill.ratelimit.grants import Grant, LateStart, PauseGate, WireGap, take_grant
 from backfill.ratelimit.limits import (
     DEFAULT_MAX_WAIT,
+    REFUSED_WAIT,
     Limit,
     Outcome,
     describe_seconds,
@@ -37,6 +38,7 @@ from backfill.ratelimit.sharing import SharedRate
 
 __all__ = [
     "DEFAULT_MAX_WAIT",
+    "REFUSED_WAIT",
     "AdaptiveRate",
     "CircuitBreaker",
     "Grant",

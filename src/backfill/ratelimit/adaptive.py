@@ -102,14 +102,16 @@ class AdaptiveRate:
             return None
         return count / span, offered / span
 
-    def on_rate_limited(self, now: float, resume_at: float) -> bool:
+    def on_rate_limited(self, now: float, resume_at: float, *, sent: float | None = None) -> bool:
         """A 429 (or a clearly congested source): slow down; True when the rate changed.
 
-        ``resume_at`` is when traffic restarts after the pause this 429 caused.
+        ``resume_at`` is when traffic restarts after the pause this 429 caused (``now``:
+        none); ``sent``, when known, is when the refused request went: one sent after the
+        last decrease was refused at the rate decreased to, and is no echo of it.
         """
         self._outcomes.append(False)
         self._answered.append(now)
-        if now - self._last_decrease < 1.0:
+        if now - self._last_decrease < 1.0 and (sent is None or sent < self._last_decrease):
             # The same burst of 429s: the requests that were on their way answer now, and
             # how many of them are refused says how far over the limit they were sent.
             if self._got_through is not None and self._bad is not None:

@@ -43,6 +43,11 @@ class Limit:
 # The longest wait a source may impose (Retry-After, RateLimit-Reset) unless a resource
 # says otherwise: longer is a broken or hostile server, not a plan.
 DEFAULT_MAX_WAIT = 3600.0
+# The wait a 429 asks for when it does not say (no Retry-After).
+REFUSED_WAIT = 1.0
+# The longest Retry-After a lone 429 is taken as meant for its own request (see
+# Resource.observe): one second, the least the header can say in whole seconds.
+EASE_LONGEST = 1.0
 # A rate slower than one request a week means nothing a backfill can use (and one that
 # rounds to zero would never let a request through).
 _SLOWEST_INTERVAL = 7 * 86400.0

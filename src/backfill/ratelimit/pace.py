@@ -127,9 +127,10 @@ class Pace:
         ):
             self._paced(now)
 
-    def on_refused(self, now: float, resume_at: float) -> None:
-        """A 429; traffic restarts at ``resume_at``."""
-        if self.learned is not None and self.learned.on_rate_limited(now, resume_at):
+    def on_refused(self, now: float, resume_at: float, *, sent: float | None = None) -> None:
+        """A 429 of a request sent at ``sent`` (None: not known); traffic restarts at
+        ``resume_at``."""
+        if self.learned is not None and self.learned.on_rate_limited(now, resume_at, sent=sent):
             self._paced(now)
 
     def on_success(self, now: float) -> None:

@@ -25,7 +25,9 @@ from backfill.ratelimit.grants import (
 )
 from backfill.ratelimit.limits import (
     DEFAULT_MAX_WAIT,
+    EASE_LONGEST,
     QUOTA_PERIOD,
+    REFUSED_WAIT,
     Limit,
     Listener,
     Outcome,
@@ -156,6 +158,9 @@ class Resource:
         self._pacing: asyncio.Lock | None = None
         self._pacing_loop: asyncio.AbstractEventLoop | None = None
         self.pausing = Pauses(self._tell)
+        # The last lone 429 that slowed the resource down without pausing it (see
+        # observe): when, and until when the wait it asked for lasts.
+        self._eased_at = self._eased_until = -math.inf
         self.requests = 0
         self.rate_limited = 0
         self.late_starts = 0  # fleet starts found stale and dropped, taken again
@@ -237,6 +242,7 @@ class Resource:
         self._pacing = None
         self.wire.tat = -math.inf
         self.pausing.reset()
+        self._eased_at = self._eased_until = -math.inf
         self.circuit_since = None
         self.down_since = None
         self.last_error = None
@@ -486,6 +492,30 @@ class Resource:
             self.fleet.shared.pause(seconds)
         self.hold_until(self.clock.monotonic() + seconds, reason)
 
+    def _eases(self, now: float, sent: float | None, asked: float, status: int) -> bool:
+        """Whether a 429 slows the resource down without pausing it: a lone 429 asking
+        for a second or less (or two of its intervals), of a request the resource knows
+        the sending of, at a rate this process sets (learned: not a fleet's).
+
+        A second is the least a ``Retry-After`` can say in whole seconds; a bucket that
+        refused one request of a burst, or one that came a hair early, is ready again
+        within an interval. Pausing every request for it is a whole second lost (a tenth
+        of a short job at 100/s); the rate coming down is what stops the next refusal.
+        The refused request itself waits what it was asked. The requests already on
+        their way when it came are echoes of it; a request sent after it and refused
+        within the wait it asked for says the source insists: the resource pauses, as
+        for any longer wait, a 503's, or a 429 while paused."""
+        if sent is None or status != 429 or self.pace.learned is None:
+            return False
+        if self.fleet.shared is not None and self.fleet.rate:
+            return False  # the fleet's schedule sets the pace: every worker pauses
+        if asked > max(EASE_LONGEST, 2.0 / self.rate) or self.paused_until > now:
+            return False
+        if now < self._eased_until:
+            return sent <= self._eased_at
+        self._eased_at, self._eased_until = now, now + asked
+        return True
+
     def hold_until(self, until: float, reason: str) -> None:
         """Hold this process's requests until ``until`` (extends, never stacks); a pause
         that begins is said."""
@@ -502,19 +532,27 @@ class Resource:
         window: float | None = None,
         latency: float | None = None,
         status: int | None = None,
+        sent: float | None = None,
     ) -> None:
         """Feed back what a request saw: its outcome, latency and rate-limit headers
         (``status``: the answer's, which a pause it begins is said with; a 429 when not
-        given)."""
+        given; ``sent``: when the request went, on the resource's clock, when known).
+
+        A 429 slows the resource down (see :class:`AdaptiveRate`) and pauses it for the
+        wait the source asks, unless it is a lone one (see :meth:`_eases`): then the
+        refused request waits alone and the others go on at the lower rate."""
         now = self.clock.monotonic()
         pace = self.pace
         pace.on_latency(latency, now)
         if outcome is Outcome.RATE_LIMITED:
             self.rate_limited += 1
-            asked = retry_after if retry_after is not None else 1.0
-            wait = min(asked, self.max_wait)
-            pace.on_refused(now, max(now + wait, self.paused_until))
-            self.pause(asked, str(status or 429))
+            asked = retry_after if retry_after is not None else REFUSED_WAIT
+            if self._eases(now, sent, asked, status or 429):
+                pace.on_refused(now, now, sent=sent)
+            else:
+                wait = min(asked, self.max_wait)
+                pace.on_refused(now, max(now + wait, self.paused_until), sent=sent)
+                self.pause(asked, str(status or 429))
         elif outcome is Outcome.OK:
             pace.on_success(now)
         pace.on_header_limit(limit, window, now)

@@ -1,7 +1,8 @@
 """An HTTP client for stages, bound to a rate-limited resource, that classifies failures.
 
 * 429, and 5xx: :class:`TransientError`, carrying the ``Retry-After`` hint when sent; a
-  429 or a 503 with ``Retry-After`` pauses the whole resource;
+  429 or a 503 with ``Retry-After`` pauses the whole resource, or, a lone 429 asking a
+  second (see :meth:`Resource.observe`), slows it down and holds its own request only;
 * timeouts, connection errors, truncated or unparsable bodies, and pages whose records
   field is missing or not a list: :class:`TransientError` (a maintenance notice answered
   200 is not an empty page);
@@ -41,9 +42,16 @@ from typing import Any
 import httpx
 
 from backfill.backoff import Backoff
-from backfill.clock import Clock, SystemClock
+from backfill.clock import Clock, SystemClock, current_deadline
 from backfill.errors import ConfigError, StageError, TransientError
-from backfill.ratelimit import DEFAULT_MAX_WAIT, LateStart, Outcome, Resource, take_grant
+from backfill.ratelimit import (
+    DEFAULT_MAX_WAIT,
+    REFUSED_WAIT,
+    LateStart,
+    Outcome,
+    Resource,
+    take_grant,
+)
 from backfill.secrets import mask_url as redact_url
 from backfill.secrets import redact, secret_values
 from backfill.sources import CrossOrigin, wire
@@ -268,8 +276,14 @@ class HttpClient:
                 if attempt > self.retries:
                     raise
                 self.retried += 1
-                # A pause (Retry-After) is already on the resource; otherwise back off a
-                # little with jitter so a crowd of failures does not retry in lockstep.
+                if exc.retry_after is not None and self.resource is not None:
+                    # The wait the source asked for (Retry-After): the resource's pause
+                    # holds this request's next turn, or, a lone 429 having slowed the
+                    # resource down instead (see Resource.observe), the request waits
+                    # alone, not against its partition's timeout.
+                    await self._wait_asked(exc.retry_after)
+                # Otherwise back off a little with jitter so a crowd of failures does
+                # not retry in lockstep.
                 if exc.retry_after is None or self.resource is None:
                     hint = exc.retry_after
                     backoff = _RETRY_BACKOFF
@@ -402,6 +416,24 @@ class HttpClient:
         if tally is not None:
             tally.requests += 1
 
+    async def _wait_asked(self, seconds: float) -> None:
+        """What is left of the ``seconds`` a refused request was asked to wait once the
+        resource's pause is counted, waited outside the partition's timeout."""
+        assert self.resource is not None
+        now = self.resource.clock.monotonic()
+        left = seconds - max(0.0, self.resource.paused_until - now)
+        if left <= 0.01:
+            return
+        deadline = current_deadline.get()
+        if deadline is None:
+            await self.clock.sleep(left)
+            return
+        deadline.hold()
+        try:
+            await self.clock.sleep(left)
+        finally:
+            deadline.release()
+
     def _classify(self, method: str, response: httpx.Response) -> StageError | None:
         """The error an answer is (None: a success), once the resource heard of it."""
         status = response.status_code
@@ -411,14 +443,17 @@ class HttpClient:
         header = response.headers.get("Retry-After")
         asked = parse_retry_after(header)
         outcome = outcome_of(status, asked)
+        error = error_of(where, status, header, asked, self.max_wait)
         if outcome is Outcome.RATE_LIMITED:
-            self._observe(outcome, response, retry_after=asked)
+            self._observe(outcome, response, retry_after=asked, sent=_sent(response, self.resource))
             tally = partition_requests.get()
             if tally is not None:
                 tally.rate_limited += 1
+            if isinstance(error, TransientError) and error.retry_after is None:
+                error.retry_after = REFUSED_WAIT  # what the resource took it to ask
         else:
             self._observe(outcome, response)
-        return error_of(where, status, header, asked, self.max_wait)
+        return error
 
     def _observe(
         self,
@@ -427,12 +462,14 @@ class HttpClient:
         latency: float | None = None,
         *,
         retry_after: float | None = None,
+        sent: float | None = None,
     ) -> None:
         if self.resource is None:
             return
         self.resource.observe(
             outcome,
             retry_after=retry_after,
+            sent=sent,
             latency=latency,
             status=response.status_code if response is not None else None,
             **rate_headers(response),
@@ -490,3 +527,14 @@ class HttpClient:
         )
         async for page in walk.pages(resume_from):
             yield page
+
+
+def _sent(response: httpx.Response, resource: Resource | None) -> float | None:
+    """When ``response``'s request went, on ``resource``'s clock (None: not known)."""
+    if resource is None:
+        return None
+    try:
+        elapsed = response.elapsed.total_seconds()
+    except RuntimeError:  # not read to its end
+        return None
+    return resource.clock.monotonic() - elapsed
