@@ -602,18 +602,23 @@ def test_a_resource_pause_longer_than_max_wait_is_cut_and_said_once() -> None:
     )
 
 
-def _retry_waits(resource: Resource | None) -> list[float]:
-    """The instants (virtual seconds) at which a client with three retries sends a
-    request that fails twice (503, no hint) before it is answered."""
+def _retry_waits(
+    resource: Resource | None, failures: tuple[httpx.Response, ...] | None = None
+) -> list[float]:
+    """The waits (virtual seconds) between the sends of a request by a client with three
+    retries that fails with ``failures`` (twice 503, no hint) before it is answered."""
     from virtual_time import FakeClock
 
     clock = FakeClock()
+    if resource is not None:
+        resource.clock = clock
     sent: list[float] = []
+    answers = failures or (httpx.Response(503, text="busy"),) * 2
 
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(clock.monotonic())
-        if len(sent) <= 2:
-            return httpx.Response(503, text="busy")
+        if len(sent) <= len(answers):
+            return answers[len(sent) - 1]
         return httpx.Response(200, json={"ok": True})
 
     async def go() -> None:
@@ -631,6 +636,23 @@ def _retry_waits(resource: Resource | None) -> list[float]:
 
     asyncio.run(go())
     return [b - a for a, b in itertools.pairwise(sent)]
+
+
+def test_a_lone_429_holds_its_own_request_for_the_second_it_asks_and_pauses_nothing() -> None:
+    resource = Resource("api", rate="20/s")
+    waits = _retry_waits(resource, (httpx.Response(429, headers={"Retry-After": "1"}),))
+    assert resource.pauses == 0
+    assert 1.0 <= waits[0] <= 1.0 + 0.06, waits
+
+
+def test_a_5xx_s_retry_after_is_a_hint_held_to_the_backoff_s_cap() -> None:
+    """A 502 asking 15 s (or an hour) is no refusal: nothing pauses, and its request
+    waits the backoff's cap (10 s) at most, as a client without a resource does."""
+    for asked in ("15", "3600"):
+        resource = Resource("api", rate="20/s")
+        waits = _retry_waits(resource, (httpx.Response(502, headers={"Retry-After": asked}),))
+        assert resource.pauses == 0
+        assert 10.0 <= waits[0] <= 10.0 + 0.06, waits
 
 
 def test_a_request_paced_by_a_resource_retries_a_5xx_at_once_then_backs_off() -> None:

@@ -141,9 +141,33 @@ def test_a_lone_429_slows_the_resource_down_and_a_source_that_insists_pauses_it(
     clock.t += 0.3
     resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.05)
     assert resource.pauses == 1 and resource.paused_until == pytest.approx(clock.t + 1.0)
-    # A second later the wait asked for is over: a lone 429 eases again.
-    clock.t += 2.0
+    # After the pause, within five seconds of the first, the source still insists.
+    clock.t += 1.5
     resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.05)
+    assert resource.pauses == 2
+    # Sent within them, a 429 answered late (the source's latency over the second it
+    # asks) insists too.
+    clock.t += 2.0
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 1.8)
+    assert resource.pauses == 3
+    # Five seconds on, a lone 429 eases again.
+    clock.t += 6.0
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.05)
+    assert resource.pauses == 3 and resource.paused_until < clock.t
+
+
+def test_a_wait_asked_longer_than_the_declared_rate_s_intervals_pauses_once_the_rate_fell() -> None:
+    """Two intervals of the declared rate (10/s), not of the rate the source has
+    taught it (down to a fraction of a request a second): Retry-After: 10 pauses."""
+    from backfill.ratelimit.limits import Outcome
+
+    clock = FakeClock()
+    resource = Resource("api", rate="10/s", clock=clock)
+    learned = resource.pace.learned
+    assert learned is not None
+    learned.rate = 0.15
+    clock.t = 10.0
+    resource.observe(Outcome.RATE_LIMITED, retry_after=10.0, sent=clock.t - 0.05)
     assert resource.pauses == 1
 
 

@@ -48,6 +48,8 @@ REFUSED_WAIT = 1.0
 # The longest Retry-After a lone 429 is taken as meant for its own request (see
 # Resource.observe): one second, the least the header can say in whole seconds.
 EASE_LONGEST = 1.0
+# How long after a lone 429 another (of a request sent since) says the source insists.
+EASE_MEMORY = 5.0
 # A rate slower than one request a week means nothing a backfill can use (and one that
 # rounds to zero would never let a request through).
 _SLOWEST_INTERVAL = 7 * 86400.0

@@ -26,6 +26,7 @@ from backfill.ratelimit.grants import (
 from backfill.ratelimit.limits import (
     DEFAULT_MAX_WAIT,
     EASE_LONGEST,
+    EASE_MEMORY,
     QUOTA_PERIOD,
     REFUSED_WAIT,
     Limit,
@@ -158,9 +159,9 @@ class Resource:
         self._pacing: asyncio.Lock | None = None
         self._pacing_loop: asyncio.AbstractEventLoop | None = None
         self.pausing = Pauses(self._tell)
-        # The last lone 429 that slowed the resource down without pausing it (see
-        # observe): when, and until when the wait it asked for lasts.
-        self._eased_at = self._eased_until = -math.inf
+        # When the last lone 429 slowed the resource down without pausing it (see
+        # _eases).
+        self._eased_at = -math.inf
         self.requests = 0
         self.rate_limited = 0
         self.late_starts = 0  # fleet starts found stale and dropped, taken again
@@ -242,7 +243,7 @@ class Resource:
         self._pacing = None
         self.wire.tat = -math.inf
         self.pausing.reset()
-        self._eased_at = self._eased_until = -math.inf
+        self._eased_at = -math.inf
         self.circuit_since = None
         self.down_since = None
         self.last_error = None
@@ -494,26 +495,31 @@ class Resource:
 
     def _eases(self, now: float, sent: float | None, asked: float, status: int) -> bool:
         """Whether a 429 slows the resource down without pausing it: a lone 429 asking
-        for a second or less (or two of its intervals), of a request the resource knows
-        the sending of, at a rate this process sets (learned: not a fleet's).
+        for a second or less (or two intervals of the declared rate), of a request the
+        resource knows the sending of, at a rate this process sets (learned: not a
+        fleet's).
 
         A second is the least a ``Retry-After`` can say in whole seconds; a bucket that
         refused one request of a burst, or one that came a hair early, is ready again
         within an interval. Pausing every request for it is a whole second lost (a tenth
         of a short job at 100/s); the rate coming down is what stops the next refusal.
-        The refused request itself waits what it was asked. The requests already on
-        their way when it came are echoes of it; a request sent after it and refused
-        within the wait it asked for says the source insists: the resource pauses, as
-        for any longer wait, a 503's, or a 429 while paused."""
+        The refused request itself waits what it was asked. The requests sent before it
+        came are its echoes. A 429 of a request sent after it, within EASE_MEMORY
+        seconds (or ten intervals), says the source insists: the resource pauses, as for
+        any longer wait, a 503's, or a 429 while paused; and so it does for every 429
+        sent in that time, however late its answer comes."""
         if sent is None or status != 429 or self.pace.learned is None:
             return False
         if self.fleet.shared is not None and self.fleet.rate:
             return False  # the fleet's schedule sets the pace: every worker pauses
-        if asked > max(EASE_LONGEST, 2.0 / self.rate) or self.paused_until > now:
+        interval = self.pace.rate_interval
+        if asked > max(EASE_LONGEST, 2.0 * interval) or self.paused_until > now:
             return False
-        if now < self._eased_until:
-            return sent <= self._eased_at
-        self._eased_at, self._eased_until = now, now + asked
+        if sent <= self._eased_at:
+            return True  # an echo of the last lone 429
+        if sent < self._eased_at + max(EASE_MEMORY, 10.0 * interval):
+            return False
+        self._eased_at = now
         return True
 
     def hold_until(self, until: float, reason: str) -> None:
@@ -550,7 +556,18 @@ class Resource:
             if self._eases(now, sent, asked, status or 429):
                 pace.on_refused(now, now, sent=sent)
             else:
+                # A pause. For the rate, a request sent within an interval of the
+                # rate's last decrease says nothing yet of the lower rate (the source's
+                # bucket was empty): its 429 is of the same burst as the one that
+                # brought the rate down.
                 wait = min(asked, self.max_wait)
+                learned = pace.learned
+                if (
+                    sent is not None
+                    and learned is not None
+                    and sent - learned.decreased_at < 0.5 / learned.rate
+                ):
+                    sent = None
                 pace.on_refused(now, max(now + wait, self.paused_until), sent=sent)
                 self.pause(asked, str(status or 429))
         elif outcome is Outcome.OK:

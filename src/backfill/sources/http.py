@@ -103,6 +103,9 @@ _CROSS_ORIGIN = ("strip", "refuse")
 # The waits between a client's own retries of one request: short, since the partition's
 # retry policy backs off further; a source's Retry-After hint is waited for up to the cap
 # when no resource holds it as a pause.
+# What a refusal's error is categorised as (a 429, or a 503 asking to wait; a 429 whose
+# Retry-After is garbled is held for the second a 429 asks without saying).
+_REFUSALS = frozenset({"http_429", "http_503", "bad_header"})
 _RETRY_BACKOFF = Backoff(first=0.2, cap=10.0, jitter=0.5)
 # ... and through a resource with a rate: its pace already spaces every retry (a crowd of
 # failures cannot retry in lockstep) and its circuit opens on a source that keeps
@@ -276,15 +279,17 @@ class HttpClient:
                 if attempt > self.retries:
                     raise
                 self.retried += 1
-                if exc.retry_after is not None and self.resource is not None:
-                    # The wait the source asked for (Retry-After): the resource's pause
+                asked = exc.retry_after
+                if asked is not None and exc.category in _REFUSALS and self.resource:
+                    # The wait a refusal asked for (Retry-After): the resource's pause
                     # holds this request's next turn, or, a lone 429 having slowed the
                     # resource down instead (see Resource.observe), the request waits
                     # alone, not against its partition's timeout.
-                    await self._wait_asked(exc.retry_after)
-                # Otherwise back off a little with jitter so a crowd of failures does
-                # not retry in lockstep.
-                if exc.retry_after is None or self.resource is None:
+                    await self._wait_asked(asked)
+                else:
+                    # Back off a little with jitter so a crowd of failures does not
+                    # retry in lockstep; another error's Retry-After (a 502's) is a
+                    # hint, held to the backoff's cap.
                     hint = exc.retry_after
                     backoff = _RETRY_BACKOFF
                     if hint is not None:
@@ -328,7 +333,7 @@ class HttpClient:
             raise failure_of(exc, method, url, self.targets.where, self.deadline) from None
         status = response.status_code
         self.statuses[status] += 1
-        error = self._classify(method, response)
+        error = self._classify(method, response, started)
         if error is not None:
             raise error
         if not decode:
@@ -416,6 +421,13 @@ class HttpClient:
         if tally is not None:
             tally.requests += 1
 
+    def _sent(self, started: float) -> float | None:
+        """When a request that began at ``started`` (``time.monotonic``, once its turn
+        was taken) went, on its resource's clock."""
+        if self.resource is None:
+            return None
+        return self.resource.clock.monotonic() - (time.monotonic() - started)
+
     async def _wait_asked(self, seconds: float) -> None:
         """What is left of the ``seconds`` a refused request was asked to wait once the
         resource's pause is counted, waited outside the partition's timeout."""
@@ -434,7 +446,7 @@ class HttpClient:
         finally:
             deadline.release()
 
-    def _classify(self, method: str, response: httpx.Response) -> StageError | None:
+    def _classify(self, method: str, response: httpx.Response, started: float) -> StageError | None:
         """The error an answer is (None: a success), once the resource heard of it."""
         status = response.status_code
         if status < 400:
@@ -445,7 +457,7 @@ class HttpClient:
         outcome = outcome_of(status, asked)
         error = error_of(where, status, header, asked, self.max_wait)
         if outcome is Outcome.RATE_LIMITED:
-            self._observe(outcome, response, retry_after=asked, sent=_sent(response, self.resource))
+            self._observe(outcome, response, retry_after=asked, sent=self._sent(started))
             tally = partition_requests.get()
             if tally is not None:
                 tally.rate_limited += 1
@@ -527,14 +539,3 @@ class HttpClient:
         )
         async for page in walk.pages(resume_from):
             yield page
-
-
-def _sent(response: httpx.Response, resource: Resource | None) -> float | None:
-    """When ``response``'s request went, on ``resource``'s clock (None: not known)."""
-    if resource is None:
-        return None
-    try:
-        elapsed = response.elapsed.total_seconds()
-    except RuntimeError:  # not read to its end
-        return None
-    return resource.clock.monotonic() - elapsed
