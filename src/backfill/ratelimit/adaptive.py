@@ -223,11 +223,6 @@ class AdaptiveRate:
         self._last_update = resume_at
         return True
 
-    @property
-    def decreased_at(self) -> float:
-        """When the rate last came down."""
-        return self._last_decrease
-
     def _creep_base(self) -> float:
         # Crossing the limit costs a 429 and a Retry-After pause, so cycles must be long
         # for the pause (and the 429s) to stay a small fraction of the time.

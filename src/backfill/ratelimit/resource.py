@@ -556,18 +556,7 @@ class Resource:
             if self._eases(now, sent, asked, status or 429):
                 pace.on_refused(now, now, sent=sent)
             else:
-                # A pause. For the rate, a request sent within an interval of the
-                # rate's last decrease says nothing yet of the lower rate (the source's
-                # bucket was empty): its 429 is of the same burst as the one that
-                # brought the rate down.
                 wait = min(asked, self.max_wait)
-                learned = pace.learned
-                if (
-                    sent is not None
-                    and learned is not None
-                    and sent - learned.decreased_at < 0.5 / learned.rate
-                ):
-                    sent = None
                 pace.on_refused(now, max(now + wait, self.paused_until), sent=sent)
                 self.pause(asked, str(status or 429))
         elif outcome is Outcome.OK:
