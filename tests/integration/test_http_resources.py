@@ -115,11 +115,7 @@ def _retry_after_job(url: str) -> Job:
 def test_retry_after_in_seconds_is_honoured(server: tuple[RecordingServer, str]) -> None:
     """A 429 with Retry-After: 1 holds the next request back at least one second."""
     app, url = server
-    app.handler = lambda request, n: (
-        JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": "1"})
-        if n == 0
-        else JSONResponse({"data": [{"n": n}]})
-    )
+    app.handler = _refusing(lambda n: n == 0, retry_after="1")
     assert run_job(_retry_after_job(url)).exit_code == 0
     assert len(app.times) == 2
     assert app.times[1] - app.times[0] >= 0.95
@@ -138,6 +134,16 @@ def test_retry_after_as_an_http_date_is_honoured(server: tuple[RecordingServer, 
     app.handler = handler
     assert run_job(_retry_after_job(url)).exit_code == 0
     assert app.times[1] - app.times[0] >= 0.95  # HTTP-dates have whole-second resolution
+
+
+def _refusing(which: Callable[[int], bool], *, retry_after: str) -> Handler:
+    """Answers 429 with ``retry_after`` to the requests ``which`` picks (by number from
+    0), and a row to the others."""
+    return lambda request, n: (
+        JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": retry_after})
+        if which(n)
+        else JSONResponse({"data": [{"n": n}]})
+    )
 
 
 def _paused_events(events: list[str]) -> Any:
@@ -159,11 +165,7 @@ def test_a_429_storm_holds_every_refused_request_for_its_retry_after(
     pause (they are one refusal's echoes), the rate comes down, and every refused
     request waits the second it was asked for."""
     app, url = server
-    app.handler = lambda request, n: (
-        JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": "1"})
-        if n < 8
-        else JSONResponse({"data": [{"n": n}]})
-    )
+    app.handler = _refusing(lambda n: n < 8, retry_after="1")
     job = Job("storm", partitions=daily("2013-01-01", "2013-01-08"))
     api = job.resource("api", rate="1000/s", burst=8, concurrency=8, retries=3)
 
@@ -182,6 +184,20 @@ def test_a_429_storm_holds_every_refused_request_for_its_retry_after(
     assert all(t - storm_end >= 0.9 for t in app.times[8:])
 
 
+def _days_at_20_a_second(url: str, *, days: int, concurrency: int) -> tuple[Job, Any]:
+    """A job fetching ``url``/x?day=... for each of ``days`` days of 2013 through a
+    resource of 20/s, burst 1, ``concurrency`` at once; the job and its resource."""
+    job = Job("days", partitions=daily("2013-01-01", f"2013-01-{days:02d}"))
+    api = job.resource("api", rate="20/s", burst=1, concurrency=concurrency)
+
+    @job.stage(resource="api", concurrency=concurrency)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        body = await ctx.http.get_json(f"{url}/x", params={"day": partition.key})
+        return list(body["data"])
+
+    return job, api
+
+
 def test_a_lone_429_slows_the_resource_and_only_its_request_waits(
     server: tuple[RecordingServer, str],
 ) -> None:
@@ -197,14 +213,7 @@ def test_a_lone_429_slows_the_resource_and_only_its_request_waits(
         return JSONResponse({"data": [{"n": n}]})
 
     app.handler = handler
-    job = Job("lone", partitions=daily("2013-01-01", "2013-01-30"))
-    api = job.resource("api", rate="20/s", burst=1, concurrency=4)
-
-    @job.stage(resource="api", concurrency=4)
-    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
-        body = await ctx.http.get_json(f"{url}/x", params={"day": partition.key})
-        return list(body["data"])
-
+    job, api = _days_at_20_a_second(url, days=30, concurrency=4)
     events: list[str] = []
     assert run_job(job, bus=_paused_events(events)).exit_code == 0
     assert api.pauses == 0 and events == []
@@ -223,11 +232,7 @@ def test_a_refused_request_s_own_wait_does_not_count_against_the_stage_timeout(
     """The second a lone 429 asks its request to wait is the source's wait, not the
     partition's work: a stage of 0.6 s still ends."""
     app, url = server
-    app.handler = lambda request, n: (
-        JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": "1"})
-        if n == 0
-        else JSONResponse({"data": [{"n": n}]})
-    )
+    app.handler = _refusing(lambda n: n == 0, retry_after="1")
     job = Job("patient", partitions=daily("2013-01-01", "2013-01-01"))
     api = job.resource("api", rate="20/s", burst=1)
 
@@ -247,19 +252,8 @@ def test_a_source_that_refuses_again_at_the_lower_rate_pauses_the_resource_once(
     """A second 429, of a request sent after the first slowed the resource down and
     within the second it asked for: the source insists, and every request waits."""
     app, url = server
-    app.handler = lambda request, n: (
-        JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": "1"})
-        if n in (3, 7)
-        else JSONResponse({"data": [{"n": n}]})
-    )
-    job = Job("insists", partitions=daily("2013-01-01", "2013-01-20"))
-    api = job.resource("api", rate="20/s", burst=1, concurrency=2)
-
-    @job.stage(resource="api", concurrency=2)
-    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
-        body = await ctx.http.get_json(f"{url}/x", params={"day": partition.key})
-        return list(body["data"])
-
+    app.handler = _refusing(lambda n: n in (3, 7), retry_after="1")
+    job, api = _days_at_20_a_second(url, days=20, concurrency=2)
     events: list[str] = []
     assert run_job(job, bus=_paused_events(events)).exit_code == 0
     assert api.pauses == 1 and events == ["paused (429)"]
@@ -462,11 +456,7 @@ def test_waiting_on_a_paused_resource_does_not_count_against_the_stage_timeout(
     with a stage timeout of 0.5 s none of them fails as a timeout (the wait is the
     source's, not the partition's), and every one is done."""
     app, url = server
-    app.handler = lambda request, n: (
-        JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": "2"})
-        if n == 0
-        else JSONResponse({"data": [{"n": n}]})
-    )
+    app.handler = _refusing(lambda n: n == 0, retry_after="2")
     job = Job("paused", partitions=daily("2013-01-01", "2013-01-12"))
     job.resource("api", rate="50/s", concurrency=4, retries=3)
 
