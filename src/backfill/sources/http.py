@@ -100,12 +100,12 @@ __all__ = [
 
 _CROSS_ORIGIN = ("strip", "refuse")
 
-# The waits between a client's own retries of one request: short, since the partition's
-# retry policy backs off further; a source's Retry-After hint is waited for up to the cap
-# when no resource holds it as a pause.
 # What a refusal's error is categorised as (a 429, or a 503 asking to wait; a 429 whose
 # Retry-After is garbled is held for the second a 429 asks without saying).
 _REFUSALS = frozenset({"http_429", "http_503", "bad_header"})
+# The waits between a client's own retries of one request: short, since the partition's
+# retry policy backs off further; a source's Retry-After hint is waited for up to the cap
+# when no resource holds it as a pause.
 _RETRY_BACKOFF = Backoff(first=0.2, cap=10.0, jitter=0.5)
 # ... and through a resource with a rate: its pace already spaces every retry (a crowd of
 # failures cannot retry in lockstep) and its circuit opens on a source that keeps
@@ -279,8 +279,8 @@ class HttpClient:
                 if attempt > self.retries:
                     raise
                 self.retried += 1
-                asked = exc.retry_after
-                if asked is not None and exc.category in _REFUSALS and self.resource:
+                asked = exc.retry_after if exc.category in _REFUSALS else None
+                if asked is not None and self.resource is not None:
                     # The wait a refusal asked for (Retry-After): the resource's pause
                     # holds this request's next turn, or, a lone 429 having slowed the
                     # resource down instead (see Resource.observe), the request waits
