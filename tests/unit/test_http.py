@@ -811,3 +811,131 @@ def test_the_open_circuit_s_probe_follows_its_redirect() -> None:
     assert asyncio.run(go()) == [{"ok": True}, {"ok": True}]
     assert sent == ["/r", "/d", "/x"]
     assert not resource.breaker.is_open
+
+
+def _refusals_on_virtual_time(
+    routes: Callable[[str, int], Any], script: Callable[[HttpClient, Any], Any]
+) -> tuple[Resource, list[tuple[float, str]]]:
+    """Run ``script(client, clock)`` against a MockTransport answering ``routes(path, n)``
+    (an async function of the clock, or a response), on virtual time; the resource
+    (20/s) and every (instant, path) that reached the source."""
+    from virtual_time import FakeClock
+
+    clock = FakeClock()
+    resource = Resource("api", rate="20/s", clock=clock)
+    arrivals: list[tuple[float, str]] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        arrivals.append((clock.monotonic(), request.url.path))
+        answer = routes(request.url.path, len(arrivals))
+        return await answer(clock) if callable(answer) else answer
+
+    async def go() -> None:
+        client = HttpClient(
+            resource=resource,
+            transport=httpx.MockTransport(handler),
+            clock=clock,
+            retries=0,
+            hedge=False,
+        )
+        try:
+            await script(client, clock)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    return resource, arrivals
+
+
+def _late(status: int, after: float, headers: dict[str, str] | None = None) -> Any:
+    async def answer(clock: Any) -> httpx.Response:
+        await clock.sleep(after)
+        return httpx.Response(status, headers=headers, json={})
+
+    return answer
+
+
+REFUSED = {"Retry-After": "1"}
+
+
+def test_a_429_is_dated_when_its_request_went_on_the_resource_s_clock() -> None:
+    """Two requests sent 0.05 s apart, both refused 0.3 s later: the second went before
+    the first was refused, an echo (no pause); a third sent after that and refused says
+    the source insists (a pause)."""
+
+    async def script(client: HttpClient, clock: Any) -> None:
+        await asyncio.gather(
+            client.get("https://api.example/a"),
+            client.get("https://api.example/b"),
+            return_exceptions=True,
+        )
+        assert client.resource is not None and client.resource.pauses == 0
+        with contextlib.suppress(TransientError):
+            await client.get("https://api.example/c")
+
+    resource, arrivals = _refusals_on_virtual_time(lambda path, n: _late(429, 0.3, REFUSED), script)
+    assert [p for _, p in arrivals] == ["/a", "/b", "/c"]
+    assert resource.pauses == 1
+
+
+def test_a_redirect_s_hop_is_dated_when_the_hop_went() -> None:
+    """A request redirected 0.3 s after it went, its hop refused: the hop went after a
+    lone 429 another request drew meanwhile, so the source insists (a pause), though
+    the request's first hop went before it."""
+
+    def routes(path: str, n: int) -> Any:
+        if path == "/r":
+            return _late(302, 0.3, {"Location": "https://api.example/d"})
+        return httpx.Response(429, headers=REFUSED, json={})
+
+    async def script(client: HttpClient, clock: Any) -> None:
+        async def lone() -> None:
+            await clock.sleep(0.05)
+            with contextlib.suppress(TransientError):
+                await client.get("https://api.example/lone")
+
+        await asyncio.gather(client.get("https://api.example/r"), lone(), return_exceptions=True)
+
+    resource, arrivals = _refusals_on_virtual_time(routes, script)
+    assert [p for _, p in arrivals] == ["/r", "/lone", "/d"]
+    assert resource.pauses == 1
+
+
+def test_the_open_circuit_s_probe_refused_with_a_429_waits_the_second_it_asks() -> None:
+    """The probe's 429 does not ease: the resource pauses, and the request (now waiting
+    for the circuit again) goes no sooner than the second asked for (real time: ~3 s)."""
+    import time
+
+    resource = Resource("api", rate="20/s")
+    probes: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/bad"):
+            return httpx.Response(502, json={})
+        probes.append(time.monotonic())
+        if len(probes) == 1:
+            return httpx.Response(429, headers=REFUSED, json={})
+        return httpx.Response(200, json={})
+
+    async def go() -> None:
+        transport = httpx.MockTransport(handler)
+        bad = HttpClient(resource=resource, transport=transport, retries=0, hedge=False)
+        client = HttpClient(resource=resource, transport=transport, retries=2, hedge=False)
+        failing = [asyncio.create_task(bad.get(f"https://api.example/bad{i}")) for i in range(10)]
+        try:
+            for _ in range(500):  # the circuit opens within milliseconds
+                if resource.breaker.is_open:
+                    break
+                await asyncio.sleep(0.01)
+            assert resource.breaker.is_open
+            for task in failing:
+                task.cancel()
+            await asyncio.gather(*failing, return_exceptions=True)
+            assert (await client.get("https://api.example/r")).status_code == 200
+        finally:
+            await client.aclose()
+            await bad.aclose()
+
+    asyncio.run(go())
+    assert len(probes) == 2 and probes[1] - probes[0] >= 0.99
+    assert resource.pauses == 1

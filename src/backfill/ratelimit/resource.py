@@ -512,6 +512,8 @@ class Resource:
             return False
         if self.fleet.shared is not None and self.fleet.rate:
             return False  # the fleet's schedule sets the pace: every worker pauses
+        if self.breaker.open_until is not None:
+            return False  # the circuit's probe, refused: every request waits with it
         interval = self.pace.rate_interval
         if asked > max(EASE_LONGEST, 2.0 * interval) or self.paused_until > now:
             return False

@@ -98,7 +98,11 @@ def error_of(
     if header is not None and asked is None and status in (429, 503):
         return TransientError(
             f"{where} answered {status} with Retry-After {header[:40]!r}, neither seconds "
-            "nor a date; retried after the usual backoff",
+            + (
+                "nor a date; taken as asking for 1 s"
+                if status == 429
+                else "nor a date; retried after the usual backoff"
+            ),
             category="bad_header",
         )
     if status == 429 or status >= 500:

@@ -46,6 +46,10 @@ class Observe(Protocol):
     def __call__(self, outcome: Outcome, response: httpx.Response | None = None) -> None: ...
 
 
+# The request extension holding the instant a request went, on its resource's clock.
+SENT = "backfill_sent"
+
+
 class Hops:
     """Sends one request and follows its redirects here, not in httpx, so that each hop's
     origin is checked: the resource's credentials (``headers``, ``params``) go only to
@@ -55,7 +59,8 @@ class Hops:
     The client lends it its ``observe``, how a request (``where``) and a URL
     (``source``) are named in messages, and ``turn``: each hop after the first is a
     request to a source too, and takes a turn of the resource (its rate, a pause, the
-    circuit) before it goes, as the first did.
+    circuit) before it goes, as the first did. With ``now`` (the resource's clock), each
+    request sent carries the instant it went in its extensions (``SENT``).
     """
 
     def __init__(
@@ -71,9 +76,11 @@ class Hops:
         source: Callable[[str | httpx.URL], str],
         secrets: tuple[str, ...],
         turn: Callable[[], Awaitable[None]] | None = None,
+        now: Callable[[], float] | None = None,
     ) -> None:
         self._client = client
         self._turn = turn
+        self._now = now
         self._headers = dict(headers or {})
         self._params = dict(params or {})
         self.param_names = query_names(self._params)
@@ -145,6 +152,8 @@ class Hops:
                 await self._turn()
             visited.add(str(merge_query(url, None, self.param_names)))
             request, auth = self._build(method, url, call, dict(kwargs), stage_url=stage_url)
+            if self._now is not None:
+                request.extensions[SENT] = self._now()
             response = await self._client.send(request, auth=auth, stream=True)
             if not follow or response.status_code not in _REDIRECT_STATUSES:
                 return response, await self._body(method, response)

@@ -66,7 +66,7 @@ from backfill.sources.answers import (
 )
 from backfill.sources.bodies import ACCEPT_ENCODING, DEFAULT_MAX_BODY
 from backfill.sources.hedging import Hedge
-from backfill.sources.hops import Call, Hops
+from backfill.sources.hops import SENT, Call, Hops
 from backfill.sources.outage import Outage, SourceDown
 from backfill.sources.pagination import (
     Cursor,
@@ -205,6 +205,7 @@ class HttpClient:
             source=self.targets.source,
             secrets=self.secrets,
             turn=self._hop_turn if resource is not None else None,
+            now=resource.clock.monotonic if resource is not None else None,
         )
         self._outage = Outage(resource) if resource is not None else None
         self.requests = 0
@@ -333,7 +334,7 @@ class HttpClient:
             raise failure_of(exc, method, url, self.targets.where, self.deadline) from None
         status = response.status_code
         self.statuses[status] += 1
-        error = self._classify(method, response, started)
+        error = self._classify(method, response)
         if error is not None:
             raise error
         if not decode:
@@ -421,13 +422,6 @@ class HttpClient:
         if tally is not None:
             tally.requests += 1
 
-    def _sent(self, started: float) -> float | None:
-        """When a request that began at ``started`` (``time.monotonic``, once its turn
-        was taken) went, on its resource's clock."""
-        if self.resource is None:
-            return None
-        return self.resource.clock.monotonic() - (time.monotonic() - started)
-
     async def _wait_asked(self, seconds: float) -> None:
         """What is left of the ``seconds`` a refused request was asked to wait once the
         resource's pause is counted, waited outside the partition's timeout."""
@@ -446,7 +440,7 @@ class HttpClient:
         finally:
             deadline.release()
 
-    def _classify(self, method: str, response: httpx.Response, started: float) -> StageError | None:
+    def _classify(self, method: str, response: httpx.Response) -> StageError | None:
         """The error an answer is (None: a success), once the resource heard of it."""
         status = response.status_code
         if status < 400:
@@ -457,7 +451,8 @@ class HttpClient:
         outcome = outcome_of(status, asked)
         error = error_of(where, status, header, asked, self.max_wait)
         if outcome is Outcome.RATE_LIMITED:
-            self._observe(outcome, response, retry_after=asked, sent=self._sent(started))
+            sent = response.request.extensions.get(SENT)  # this hop's, or this copy's
+            self._observe(outcome, response, retry_after=asked, sent=sent)
             tally = partition_requests.get()
             if tally is not None:
                 tally.rate_limited += 1
