@@ -645,6 +645,17 @@ def test_a_lone_429_holds_its_own_request_for_the_second_it_asks_and_pauses_noth
     assert 1.0 <= waits[0] <= 1.0 + 0.06, waits
 
 
+@pytest.mark.parametrize("rate", ["20/s", None])
+def test_a_429_asking_no_wait_is_still_waited_for_a_moment(rate: str | None) -> None:
+    """Retry-After: 0 on a 429 is a refusal all the same: its request waits at least
+    the backoff's first wait (0.2 s), not a millisecond (through quotas only, three
+    retries spent three of the day's quota in 2 ms)."""
+    resource = Resource("api", rate=rate, limits=["100/day"])
+    refused = httpx.Response(429, headers={"Retry-After": "0"})
+    waits = _retry_waits(resource, (refused, refused))
+    assert all(wait >= 0.2 for wait in waits), waits
+
+
 def test_a_5xx_s_retry_after_is_a_hint_held_to_the_backoff_s_cap() -> None:
     """A 502 asking 15 s (or an hour) is no refusal: nothing pauses, and its request
     waits the backoff's cap (10 s) at most, as a client without a resource does."""

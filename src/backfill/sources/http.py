@@ -285,8 +285,10 @@ class HttpClient:
                     # The wait a refusal asked for (Retry-After): the resource's pause
                     # holds this request's next turn, or, a lone 429 having slowed the
                     # resource down instead (see Resource.observe), the request waits
-                    # alone, not against its partition's timeout.
-                    await self._wait_asked(asked)
+                    # alone, not against its partition's timeout. A refusal asking for
+                    # nothing (Retry-After: 0, a date already past) is still one: at
+                    # least the backoff's first wait.
+                    await self._wait_asked(max(asked, _RETRY_BACKOFF.first))
                 else:
                     # Back off a little with jitter so a crowd of failures does not
                     # retry in lockstep; another error's Retry-After (a 502's) is a
