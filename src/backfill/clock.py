@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import datetime as dt
 import time
+from collections.abc import Iterator
 from typing import Protocol
 
 __all__ = [
@@ -101,3 +102,18 @@ class Deadline:
 current_deadline: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
     "backfill_deadline", default=None
 )
+
+
+@contextlib.contextmanager
+def deadline_held() -> Iterator[None]:
+    """The running partition's deadline stands still within (the engine's waiting, not
+    the partition's work); nothing happens outside a partition."""
+    deadline = current_deadline.get()
+    if deadline is None:
+        yield
+        return
+    deadline.hold()
+    try:
+        yield
+    finally:
+        deadline.release()

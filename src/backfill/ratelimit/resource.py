@@ -8,7 +8,7 @@ import math
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from backfill.clock import Clock, SystemClock, current_deadline
+from backfill.clock import Clock, SystemClock, deadline_held
 from backfill.errors import ConfigError
 from backfill.ratelimit.circuit import CircuitBreaker
 from backfill.ratelimit.grants import (
@@ -294,14 +294,8 @@ class Resource:
         the next hop of a request already past the circuit (a redirect's: the request
         is the probe, or went before the circuit opened), which the breaker does not
         hold and which is never a probe."""
-        deadline = current_deadline.get()
-        if deadline is None:
+        with deadline_held():
             return await self._acquire(circuit)
-        deadline.hold()
-        try:
-            return await self._acquire(circuit)
-        finally:
-            deadline.release()
 
     async def _acquire(self, circuit: bool = True) -> int:
         """Wait for this request's turn (rates, pauses and the breaker all respected);

@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 
 from backfill.backoff import Backoff
-from backfill.clock import Clock, SystemClock, current_deadline
+from backfill.clock import Clock, SystemClock, deadline_held
 from backfill.errors import ConfigError, StageError, TransientError
 from backfill.ratelimit import (
     DEFAULT_MAX_WAIT,
@@ -432,15 +432,8 @@ class HttpClient:
         left = seconds - max(0.0, self.resource.paused_until - now)
         if left <= 0.01:
             return
-        deadline = current_deadline.get()
-        if deadline is None:
+        with deadline_held():
             await self.clock.sleep(left)
-            return
-        deadline.hold()
-        try:
-            await self.clock.sleep(left)
-        finally:
-            deadline.release()
 
     def _classify(self, method: str, response: httpx.Response) -> StageError | None:
         """The error an answer is (None: a success), once the resource heard of it."""
