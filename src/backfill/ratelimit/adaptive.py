@@ -44,6 +44,7 @@ class AdaptiveRate:
 
     _JITTER_STEP = 0.97
     _SEARCH_STEP = 1.10
+    _PAST_STEP = 1.05
     _CREEP_STEP = 0.01
     _MAX_CREEP_EVERY = 60.0
 
@@ -84,23 +85,36 @@ class AdaptiveRate:
         self._searched = False  # the last decrease ended a search
         # What got through before a ramp's first 429 (see on_rate_limited).
         self._got_through: float | None = None
+        # The rate that drew a ramp's 429s, while the search stays under what got through
+        # (an estimate, not a 429): past it, the search goes on in small steps up to this.
+        self._past_estimate: float | None = None
+        self._small_steps = False
 
     def _accepted_rate(self, now: float) -> tuple[float, float] | None:
         """What the source accepted, and what it was offered (every answer), per second
         over the last half second (or ~8 requests' worth at low rates); None when too
         little was answered to tell. When we send faster than the source accepts, the
         first is its limit; longer windows would average in the ramp that led up to it."""
-        window = max(0.5, 8.0 / max(self.rate, 1e-9))
+        window = self._window()
         start = max(self._measure_from, now - window)
-        for log in (self._accepted, self._answered):
-            while log and log[0] < now - max(window, 1.0):
-                log.popleft()
+        self._forget(now)
         span = now - start
         count = sum(1 for t in self._accepted if t >= start)
         offered = sum(1 for t in self._answered if t >= start)
         if span < 0.5 * window or count < 5:
             return None
         return count / span, offered / span
+
+    def _window(self) -> float:
+        return max(0.5, 8.0 / max(self.rate, 1e-9))
+
+    def _forget(self, now: float) -> None:
+        """Drop the answers older than any measure looks back (they would pile up
+        between 429s: a long healthy run has no 429 at all)."""
+        horizon = now - max(self._window(), 1.0)
+        for log in (self._accepted, self._answered):
+            while log and log[0] < horizon:
+                log.popleft()
 
     def on_rate_limited(self, now: float, resume_at: float, *, sent: float | None = None) -> bool:
         """A 429 (or a clearly congested source): slow down; True when the rate changed.
@@ -117,7 +131,9 @@ class AdaptiveRate:
             if self._got_through is not None and self._bad is not None:
                 # More than one refused after a ramp's first 429: its bucket had let the
                 # ramp far past the limit, and what got through then is about the limit.
-                self._bad = min(self._bad, self._got_through)
+                if self._got_through < self._bad:
+                    self._past_estimate = self._bad
+                    self._bad = self._got_through
                 self._got_through = None
             burst = self._outcomes
             # Shrunk towards none refused: a handful of answers is a noisy sample.
@@ -209,6 +225,8 @@ class AdaptiveRate:
         self._searched = self._good is not None and self._good < self.rate
         self._bad = self.rate if search else None
         self._got_through = got_through
+        self._past_estimate = None
+        self._small_steps = False
         self._rate_before = self.rate
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
@@ -232,7 +250,8 @@ class AdaptiveRate:
     def on_header_limit(self, rate: float, now: float) -> None:
         """The server told us its limit: use it (a hair below, for clock skew)."""
         self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
-        self._good = self._bad = None
+        self._good = self._bad = self._past_estimate = None
+        self._small_steps = False
         self._last_update = now
 
     def on_success(self, now: float) -> bool:
@@ -241,6 +260,7 @@ class AdaptiveRate:
         self._answered.append(now)
         self._outcomes.append(True)
         self._since_decrease += 1
+        self._forget(now)
         if self._last_update is None:
             self._last_update = self._measure_from = now
             return False
@@ -261,17 +281,35 @@ class AdaptiveRate:
         elif self._good is not None:
             if elapsed < max(1.0, 4.0 / self.rate):
                 return False
+            used = sum(1 for t in self._accepted if t > self._last_update) / elapsed
+            if used < 0.9 * self.rate:
+                # The step was not used (the client or its concurrency sent less): it
+                # says nothing of the source, and the next would go past a rate never
+                # tried. Held again.
+                self._last_update = now
+                return False
             self._good = self.rate
-            step = self.rate * self._SEARCH_STEP
-            if self._bad is not None and self._bad > self.rate:
-                step = min(step, (self.rate + self._bad) / 2.0, self._JITTER_STEP * self._bad)
+            bad = self._bad
+            if self._past_estimate is not None and bad is not None:
+                # Under what got through while the ramp ran: it got through, so straight
+                # there (a hair under; the step before let the bucket refill).
+                step = max(self.rate, self._JITTER_STEP * bad)
+            else:
+                step = self.rate * (self._PAST_STEP if self._small_steps else self._SEARCH_STEP)
+                if bad is not None and bad > self.rate:
+                    step = min(step, (self.rate + bad) / 2.0, self._JITTER_STEP * bad)
             self.rate = max(self.rate, min(self.ceiling, step))
             self.threshold = self.rate
-            if self.rate >= self.ceiling or (
-                self._bad is not None and self.rate >= 0.96 * self._bad
-            ):
-                # At the ceiling, or all but at the rate that drew the 429: searched.
-                self._good = self._bad = None
+            if self.rate >= self.ceiling or (bad is not None and self.rate >= 0.96 * bad):
+                if self._past_estimate is not None and self.rate < self.ceiling:
+                    # At what got through while the ramp ran: an estimate, not a 429
+                    # (measured over a ramp, it falls short of the limit: 84/s of 100
+                    # over real HTTP). Go on in small steps up to the ramp's own rate.
+                    self._bad, self._past_estimate = self._past_estimate, None
+                    self._small_steps = True
+                else:
+                    # At the ceiling, or all but at the rate that drew the 429: searched.
+                    self._good = self._bad = None
         else:
             every = self._creep_base()
             if elapsed < every:
