@@ -156,6 +156,55 @@ def test_a_lone_429_slows_the_resource_down_and_a_source_that_insists_pauses_it(
     assert resource.pauses == 3 and resource.paused_until < clock.t
 
 
+def test_a_429_of_a_request_sent_before_the_slower_rate_spaced_one_is_an_echo() -> None:
+    """At 100/s, a lone 429 slows the rate down 5 ms after the last turn was taken. A
+    request sent 4 ms after it took its turn at the old rate (its 429 is the lone one's
+    echo: it paused the whole resource a second, and halved its rate); the slower rate
+    spaces its first start an interval of its own after the last one; a request sent
+    after that was spaced by it, and its 429 says the source insists."""
+    from backfill.ratelimit.limits import Outcome
+
+    clock = FakeClock()
+    resource = Resource("api", rate="100/s", clock=clock)
+
+    async def turns(count: int) -> None:
+        for _ in range(count):
+            await resource.acquire()
+            resource.observe(Outcome.OK, latency=0.05, sent=clock.t)
+
+    asyncio.run(turns(300))
+    last = clock.t
+    clock.t += 0.005
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.05)
+    eased, slower = clock.t, resource.rate
+    assert resource.pauses == 0 and slower < 100.0
+    spaced = last + 1.0 / slower  # the first start the slower rate spaces
+    clock.t += 0.02
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=eased + 0.004)
+    assert resource.pauses == 0
+    assert resource.rate == slower
+    assert resource.pace.next_start(eased) == pytest.approx(spaced)
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=spaced)
+    assert resource.pauses == 1
+
+
+def test_a_slower_rate_spaces_the_next_start_from_the_last_at_its_own_interval() -> None:
+    """A rate behind its schedule (its next start due at once) comes down: the next
+    start still waits an interval of the new rate after the last one."""
+    from backfill.ratelimit.schedule import Scheduler
+
+    pace = Scheduler(100.0, 1)
+    pace.book(10.0)
+    assert pace.earliest(10.02) == 10.02  # behind: due at once
+    pace.set_rate(50.0, 1, 10.02)
+    assert pace.earliest(10.02) == pytest.approx(10.02)
+    pace.book(10.02)
+    pace.set_rate(25.0, 1, 10.025)
+    assert pace.earliest(10.025) == pytest.approx(10.02 + 0.04)
+    pace.set_rate(100.0, 1, 10.025)  # faster: what is owed is respaced, no further
+    assert pace.earliest(10.025) <= 10.02 + 0.04
+
+
 def test_a_wait_asked_longer_than_the_declared_rate_s_intervals_pauses_once_the_rate_fell() -> None:
     """Two intervals of the declared rate (10/s), not of the rate the source has
     taught it (down to a fraction of a request a second): Retry-After: 10 pauses."""

@@ -89,6 +89,8 @@ class AdaptiveRate:
         # (an estimate, not a 429): past it, the search goes on in small steps up to this.
         self._past_estimate: float | None = None
         self._small_steps = False
+        # The first start the rate spaced after its last decrease (set by its pace).
+        self.paced_from = -math.inf
 
     def _accepted_rate(self, now: float) -> tuple[float, float] | None:
         """What the source accepted, and what it was offered (every answer), per second
@@ -121,11 +123,15 @@ class AdaptiveRate:
 
         ``resume_at`` is when traffic restarts after the pause this 429 caused (``now``:
         none); ``sent``, when known, is when the refused request went: one sent after the
-        last decrease was refused at the rate decreased to, and is no echo of it.
+        last decrease (and not before the first start the rate it brought spaced: its turn
+        was taken at the rate before) was refused at the rate decreased to, and is no
+        echo of it.
         """
         self._outcomes.append(False)
         self._answered.append(now)
-        if now - self._last_decrease < 1.0 and (sent is None or sent < self._last_decrease):
+        if now - self._last_decrease < 1.0 and (
+            sent is None or sent < max(self._last_decrease, self.paced_from)
+        ):
             # The same burst of 429s: the requests that were on their way answer now, and
             # how many of them are refused says how far over the limit they were sent.
             if self._got_through is not None and self._bad is not None:

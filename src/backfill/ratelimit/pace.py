@@ -125,13 +125,25 @@ class Pace:
             and self._latency_rising(latency)
             and learned.on_rate_limited(now, now)
         ):
-            self._paced(now)
+            self._slowed(learned, now)
 
     def on_refused(self, now: float, resume_at: float, *, sent: float | None = None) -> None:
         """A 429 of a request sent at ``sent`` (None: not known); traffic restarts at
         ``resume_at``."""
-        if self.learned is not None and self.learned.on_rate_limited(now, resume_at, sent=sent):
-            self._paced(now)
+        learned = self.learned
+        if learned is not None and learned.on_rate_limited(now, resume_at, sent=sent):
+            self._slowed(learned, now)
+
+    def next_start(self, now: float) -> float:
+        """The earliest the rate run at lets the next request start."""
+        pace = self.schedule.pace
+        return now if pace is None else pace.earliest(now)
+
+    def _slowed(self, learned: AdaptiveRate, now: float) -> None:
+        """The learned rate came down: requests not yet started go at it; one sent
+        before the first it spaces was spaced at the old rate."""
+        self._paced(now)
+        learned.paced_from = self.next_start(now)
 
     def on_success(self, now: float) -> None:
         """An accepted request."""

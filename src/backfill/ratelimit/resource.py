@@ -162,6 +162,7 @@ class Resource:
         # When the last lone 429 slowed the resource down without pausing it (see
         # _eases).
         self._eased_at = -math.inf
+        self._echo_until = -math.inf
         self.requests = 0
         self.rate_limited = 0
         self.late_starts = 0  # fleet starts found stale and dropped, taken again
@@ -244,6 +245,7 @@ class Resource:
         self.wire.tat = -math.inf
         self.pausing.reset()
         self._eased_at = -math.inf
+        self._echo_until = -math.inf
         self.circuit_since = None
         self.down_since = None
         self.last_error = None
@@ -498,10 +500,11 @@ class Resource:
         within an interval. Pausing every request for it is a whole second lost (a tenth
         of a short job at 100/s); the rate coming down is what stops the next refusal.
         The refused request itself waits what it was asked. The requests sent before it
-        came are its echoes. A 429 of a request sent after it, within EASE_MEMORY
-        seconds (or ten intervals), says the source insists: the resource pauses, as for
-        any longer wait, a 503's, or a 429 while paused; and so it does for every 429
-        sent in that time, however late its answer comes."""
+        came (or before the first start the slower rate spaced) are its echoes. A 429 of a
+        request sent after them, within EASE_MEMORY seconds (or ten intervals), says the
+        source insists: the resource pauses, as for any longer wait, a 503's, or a 429
+        while paused; and so it does for every 429 sent in that time, however late its
+        answer comes."""
         if sent is None or status != 429 or self.pace.learned is None:
             return False
         if self.fleet.shared is not None and self.fleet.rate:
@@ -511,7 +514,7 @@ class Resource:
         interval = self.pace.rate_interval
         if asked > max(EASE_LONGEST, 2.0 * interval) or self.paused_until > now:
             return False
-        if sent <= self._eased_at:
+        if sent <= self._eased_at or sent < self._echo_until:
             return True  # an echo of the last lone 429
         if sent < self._eased_at + max(EASE_MEMORY, 10.0 * interval):
             return False
@@ -551,6 +554,10 @@ class Resource:
             asked = retry_after if retry_after is not None else REFUSED_WAIT
             if self._eases(now, sent, asked, status or 429):
                 pace.on_refused(now, now, sent=sent)
+                if self._eased_at == now:
+                    # A new lone 429: its echoes are the requests sent before the first
+                    # start the slower rate spaced (their turns taken at the old one).
+                    self._echo_until = pace.next_start(now)
             else:
                 wait = min(asked, self.max_wait)
                 pace.on_refused(now, max(now + wait, self.paused_until), sent=sent)

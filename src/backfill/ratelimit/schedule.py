@@ -28,10 +28,15 @@ class Scheduler:
 
     def set_rate(self, rate: float, burst: int, now: float | None = None) -> None:
         interval = 1.0 / rate
+        # Slower, the next start is an interval of the new rate after the last one, even
+        # when the old rate had fallen behind (its next start due at once).
+        spaced = self.tat - self.interval + interval
         if now is not None and self.tat > now:
             # What is owed was counted at the old rate: respace it at the new one, so a
             # rate that grows takes effect at once instead of after the waits booked.
             self.tat = now + (self.tat - now) * interval / self.interval
+        if interval > self.interval:
+            self.tat = max(self.tat, spaced)
         self.interval = interval
         self.tolerance = (burst - 1) * interval
 
