@@ -684,3 +684,23 @@ def test_a_quota_kept_in_the_state_leaves_the_rate_s_spacing_where_requests_are_
 
     first, second = asyncio.run(main())
     assert second - first >= 0.19
+
+
+def test_the_echoes_of_a_429_do_not_count_as_refusals_at_the_rate_it_brought() -> None:
+    """Three requests sent before a 429 slowed the rate are refused with it (its echoes),
+    then five go through at the slower rate, then one is refused: one in six refused at
+    that rate, a step down, not four in nine (a drop to under half the rate)."""
+    from backfill.ratelimit.adaptive import AdaptiveRate
+
+    rate = AdaptiveRate(100.0, ramp=False)
+    for n in range(300):
+        rate.on_success(n * 0.01)
+    rate.on_rate_limited(3.0, 3.0, sent=2.95)
+    rate.paced_from = 3.012
+    slower = rate.rate
+    for t in (3.005, 3.008, 3.011):
+        assert not rate.on_rate_limited(t + 0.04, t + 0.04, sent=t)
+    for n in range(5):
+        rate.on_success(3.06 + n * 0.012)
+    assert rate.on_rate_limited(3.2, 3.2, sent=3.15)
+    assert rate.rate >= 0.85 * slower

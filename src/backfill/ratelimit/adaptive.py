@@ -89,8 +89,10 @@ class AdaptiveRate:
         # (an estimate, not a 429): past it, the search goes on in small steps up to this.
         self._past_estimate: float | None = None
         self._small_steps = False
-        # The first start the rate spaced after its last decrease (set by its pace).
+        # The first start the rate spaced after its last decrease (set by its pace), and
+        # how many 429s since were of requests sent before it (that decrease's echoes).
         self.paced_from = -math.inf
+        self._echoes = 0
 
     def _accepted_rate(self, now: float) -> tuple[float, float] | None:
         """What the source accepted, and what it was offered (every answer), per second
@@ -128,12 +130,13 @@ class AdaptiveRate:
         echo of it.
         """
         self._outcomes.append(False)
-        self._answered.append(now)
         if now - self._last_decrease < 1.0 and (
             sent is None or sent < max(self._last_decrease, self.paced_from)
         ):
             # The same burst of 429s: the requests that were on their way answer now, and
             # how many of them are refused says how far over the limit they were sent.
+            # They went at the rate before: no refusal at this one, nor an offer to it.
+            self._echoes += 1
             if self._got_through is not None and self._bad is not None:
                 # More than one refused after a ramp's first 429: its bucket had let the
                 # ramp far past the limit, and what got through then is about the limit.
@@ -151,8 +154,12 @@ class AdaptiveRate:
                     self._good = target
                     return True
             return False
+        self._answered.append(now)
         outcomes = self._outcomes
-        refused = outcomes.count(False) / len(outcomes) if len(outcomes) >= 5 else None
+        # Since the last decrease, less that one's echoes (as far as the log still holds).
+        echoes = min(self._echoes, outcomes.count(False) - 1)
+        answers = len(outcomes) - echoes
+        refused = (outcomes.count(False) - echoes) / answers if answers >= 5 else None
         measured = self._accepted_rate(now)
         accepted = measured[0] if measured is not None else None
         offered = measured[1] if measured is not None else None
@@ -243,6 +250,7 @@ class AdaptiveRate:
         self._accepted.clear()
         self._answered.clear()
         self._outcomes.clear()
+        self._echoes = 0
         self._since_decrease = 0
         self._last_update = resume_at
         return True
