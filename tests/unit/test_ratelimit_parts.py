@@ -704,3 +704,18 @@ def test_the_echoes_of_a_429_do_not_count_as_refusals_at_the_rate_it_brought() -
         rate.on_success(3.06 + n * 0.012)
     assert rate.on_rate_limited(3.2, 3.2, sent=3.15)
     assert rate.rate >= 0.85 * slower
+
+
+def test_a_search_step_sent_at_91_percent_was_used_and_climbs() -> None:
+    """The client sends 91 % of a search's step (turns missed while its loop was busy,
+    as at 100/s over real HTTP): the step was used, and the search climbs."""
+    from backfill.ratelimit.adaptive import AdaptiveRate
+
+    rate = AdaptiveRate(100.0, ramp=False)
+    rate.on_rate_limited(0.0, 1.0)
+    searching = rate.rate
+    t = 1.0
+    while t < 3.5:
+        rate.on_success(t)
+        t += 1.0 / (0.91 * searching)
+    assert rate.rate > searching

@@ -114,8 +114,9 @@ class AdaptiveRate:
 
     def _forget(self, now: float) -> None:
         """Drop the answers older than any measure looks back (they would pile up
-        between 429s: a long healthy run has no 429 at all)."""
-        horizon = now - max(self._window(), 1.0)
+        between 429s: a long healthy run has no 429 at all): the window, a search's
+        step held up to twice its second."""
+        horizon = now - max(self._window(), 2.0)
         for log in (self._accepted, self._answered):
             while log and log[0] < horizon:
                 log.popleft()
