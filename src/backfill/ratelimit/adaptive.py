@@ -23,17 +23,25 @@ class AdaptiveRate:
       step of 1 % at a time, slows down (each step waits twice as long, up to a minute);
     * mostly refused: it drops to just under what the source measurably accepted (or,
       too soon after a pause to time it, to the share of requests it accepted), then
-      *searches* upwards in steps of 10 %, each held for a second or 4 requests; the step
-      that draws a 429 is taken back, and the search ends there (the creep upwards then
-      waits four times its usual interval: the last step drew a whole pause).
+      *searches* upwards in steps of 10 %, each held for a second or 4 requests and
+      taken only once the client used it (90 % of it got through: a step the client
+      could not send says nothing of the source); the step that draws a 429 is taken
+      back, and the search ends there (the creep upwards then waits four times its
+      usual interval: the last step drew a whole pause).
 
     A ramp's first 429, every answer before it accepted, drops the rate just under what
     got through over the last half second. When more 429s follow from the requests then
     on their way, the source's bucket had let the ramp far past its limit: the search
-    stays under what got through (not under the ramp's rate); a lone 429 (a bucket of
-    one refuses at once, when what got through was still the ramp's own pace) leaves the
-    search free. A drop to under what was measured to get through (mostly refused)
-    keeps its search under that in the same way.
+    goes straight back to a hair under what got through (it did), then on in steps of
+    5 % up to the ramp's rate, as what got through over a ramp falls short of the limit
+    (84/s of 100 over real HTTP). A lone 429 (a bucket of one refuses at once, when what
+    got through was still the ramp's own pace) leaves the search its 10 % steps. A drop
+    to under what was measured to get through while mostly refused (about the limit,
+    then) keeps its search under that.
+
+    The 429s of requests sent at the rate before a decrease (before the first start the
+    slower rate spaced) are its echoes: they say how far over the limit that rate was,
+    not that the slower one is.
 
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
@@ -83,8 +91,10 @@ class AdaptiveRate:
         # The rate that drew the 429 a search started from: the search stays under it.
         self._bad: float | None = None
         self._searched = False  # the last decrease ended a search
-        # What got through before a ramp's first 429 (see on_rate_limited).
+        # What got through before a ramp's first 429 (see on_rate_limited), and whether
+        # it was measured over the ramp (short of the limit) or while refused (about it).
         self._got_through: float | None = None
+        self._over_ramp = False
         # The rate that drew a ramp's 429s, while the search stays under what got through
         # (an estimate, not a 429): past it, the search goes on in small steps up to this.
         self._past_estimate: float | None = None
@@ -140,10 +150,12 @@ class AdaptiveRate:
             self._echoes += 1
             if self._got_through is not None and self._bad is not None:
                 # More than one refused after a ramp's first 429: its bucket had let the
-                # ramp far past the limit, and what got through then is about the limit.
-                if self._got_through < self._bad:
+                # ramp far past the limit. The search stays under what got through (about
+                # the limit), past it only in small steps when it was measured over the
+                # ramp (short of the limit).
+                if self._over_ramp and self._got_through < self._bad:
                     self._past_estimate = self._bad
-                    self._bad = self._got_through
+                self._bad = min(self._bad, self._got_through)
                 self._got_through = None
             burst = self._outcomes
             # Shrunk towards none refused: a handful of answers is a noisy sample.
@@ -174,13 +186,14 @@ class AdaptiveRate:
         )
         search = True
         got_through: float | None = None
+        over_ramp = False
         if self.ramp and self.threshold is None and accepted is not None:
             # The first 429 of a ramp: the source's bucket let the ramp past its limit
             # unrefused until it ran dry, so every answer before this one was accepted;
             # what got through over the last half second is about the limit (a little
             # over: the bucket's savings went too). Search up from under it; more 429s
             # of this burst keep the search under it.
-            target, got_through = self.margin * accepted, accepted
+            target, got_through, over_ramp = self.margin * accepted, accepted, True
         elif self._good is not None and self._good < self.rate:
             # The search's last step drew it: the rate before that step is the limit.
             # Creeping above it is a gamble (a 429 costs a whole pause): slowly.
@@ -239,6 +252,7 @@ class AdaptiveRate:
         self._searched = self._good is not None and self._good < self.rate
         self._bad = self.rate if search else None
         self._got_through = got_through
+        self._over_ramp = over_ramp
         self._past_estimate = None
         self._small_steps = False
         self._rate_before = self.rate
