@@ -719,3 +719,47 @@ def test_a_search_step_sent_at_91_percent_was_used_and_climbs() -> None:
         rate.on_success(t)
         t += 1.0 / (0.91 * searching)
     assert rate.rate > searching
+
+
+def test_an_echo_answered_more_than_a_second_late_is_still_an_echo() -> None:
+    """A source answering in 1.2 s: the requests sent just before a lone 429 are refused
+    with it and answered over a second after it. They are its echoes however late they
+    come: no pause, and the rate stays where that 429 took it (it was halved)."""
+    from backfill.ratelimit.limits import Outcome
+
+    clock = FakeClock()
+    resource = Resource("api", rate="100/s", clock=clock)
+
+    async def turns(count: int) -> None:
+        for _ in range(count):
+            await resource.acquire()
+            resource.observe(Outcome.OK, latency=1.2, sent=clock.t)
+
+    asyncio.run(turns(300))
+    lone = clock.t
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=lone - 1.2)
+    slower = resource.rate
+    for k in range(3):
+        clock.t = lone + 1.2 + 0.01 * k
+        resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=lone - 0.01 + 0.003 * k)
+    assert resource.pauses == 0
+    assert resource.rate == slower
+
+
+@pytest.mark.parametrize("batch", [1, 5, 10])
+def test_a_search_step_answered_in_batches_is_used_and_climbs(batch: int) -> None:
+    """Answers that come together (a server flushing them at once, a coarse clock) carry
+    one instant: a step answered in full, in batches, was used and the search climbs
+    (answers of one batch counted on neither side of the step's end held it forever)."""
+    from backfill.ratelimit.adaptive import AdaptiveRate
+
+    rate = AdaptiveRate(20.0, ceiling=1000.0, ramp=False)
+    rate.on_rate_limited(0.0, 1.0)
+    start = rate.rate
+    t = 1.0
+    while t < 12.0:
+        now = rate.rate
+        for _ in range(batch):
+            rate.on_success(t)
+        t += batch / now
+    assert rate.rate > 1.5 * start

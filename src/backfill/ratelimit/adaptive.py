@@ -18,11 +18,12 @@ class AdaptiveRate:
 
     What a 429 does depends on what the last answers say:
 
-    * refused now and then (a fifth of the answers or fewer): the rate is about right
+    * refused now and then (four accepted or more since the rate last came down, that
+      decrease's echoes aside): the rate is about right
       and requests bunched on the way; it goes 3 % down, and the creep upwards, one
       step of 1 % at a time, slows down (each step waits twice as long, up to a minute);
     * mostly refused: it drops to just under what the source measurably accepted (or,
-      too soon after a pause to time it, to the share of requests it accepted), then
+      too soon after a pause to time it, to what it accepted over the whole cycle), then
       *searches* upwards in steps of 10 %, each held for a second or 4 requests and
       taken only once the client used it (90 % of it got through: a step the client
       could not send says nothing of the source); the step that draws a 429 is taken
@@ -78,6 +79,7 @@ class AdaptiveRate:
         self._outcomes: collections.deque[bool] = collections.deque(maxlen=20)
         self._measure_from = -math.inf
         self._last_update: float | None = None
+        self._step_answers = 0  # accepted since _last_update (see _restart)
         self._last_decrease = -math.inf
         # Searching upwards from a coarse estimate: the last rate that drew no 429.
         self._good: float | None = None
@@ -141,12 +143,16 @@ class AdaptiveRate:
         echo of it.
         """
         self._outcomes.append(False)
-        if now - self._last_decrease < 1.0 and (
-            sent is None or sent < max(self._last_decrease, self.paced_from)
+        self._answered.append(now)
+        if (
+            now - self._last_decrease < 1.0
+            if sent is None
+            else sent < max(self._last_decrease, self.paced_from)
         ):
-            # The same burst of 429s: the requests that were on their way answer now, and
-            # how many of them are refused says how far over the limit they were sent.
-            # They went at the rate before: no refusal at this one, nor an offer to it.
+            # The same burst of 429s: the requests that were on their way answer now
+            # (known by when they went, however late they answer; else by answering
+            # within a second), and how many of them are refused says how far over the
+            # limit they were sent. They went at the rate before: no refusal at this one.
             self._echoes += 1
             if self._got_through is not None and self._bad is not None:
                 # More than one refused after a ramp's first 429: its bucket had let the
@@ -165,11 +171,12 @@ class AdaptiveRate:
                 if target < self.rate:
                     self.threshold = self.rate = target
                     self._good = target
+                    self._restart(now)  # the search's first step is held a second too
                     return True
             return False
-        self._answered.append(now)
         outcomes = self._outcomes
-        # Since the last decrease, less that one's echoes (as far as the log still holds).
+        # Since the last decrease, less that one's echoes (as far as the log still holds):
+        # every other 429 is a decrease, so this one alone among the answers it spaced.
         echoes = min(self._echoes, outcomes.count(False) - 1)
         answers = len(outcomes) - echoes
         refused = (outcomes.count(False) - echoes) / answers if answers >= 5 else None
@@ -228,8 +235,6 @@ class AdaptiveRate:
                 down = 1.0 - self._JITTER_STEP
             target, search = self.rate * (1.0 - down), False
             self._creep_every = min(self._MAX_CREEP_EVERY, 2.0 * self._creep_base())
-        elif refused is not None:
-            target = self.margin * self.rate * (1.0 - refused)
         elif (
             not self.ramp
             and self._since_decrease >= 10
@@ -267,7 +272,7 @@ class AdaptiveRate:
         self._outcomes.clear()
         self._echoes = 0
         self._since_decrease = 0
-        self._last_update = resume_at
+        self._restart(resume_at)
         return True
 
     def _creep_base(self) -> float:
@@ -281,7 +286,7 @@ class AdaptiveRate:
         self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
         self._good = self._bad = self._past_estimate = None
         self._small_steps = False
-        self._last_update = now
+        self._restart(now)
 
     def on_success(self, now: float) -> bool:
         """An accepted request; return True when the rate changed."""
@@ -291,8 +296,11 @@ class AdaptiveRate:
         self._since_decrease += 1
         self._forget(now)
         if self._last_update is None:
-            self._last_update = self._measure_from = now
+            self._measure_from = now
+            self._restart(now)
             return False
+        if now >= self._last_update:
+            self._step_answers += 1
         elapsed = now - self._last_update
         if self.threshold is None:
             if elapsed < 0.25:
@@ -305,17 +313,16 @@ class AdaptiveRate:
             self._ramp_prev = self.rate
             self.rate = min(self.ceiling, max(self.rate, min(self.rate * 6.0**elapsed, cap)))
         elif self.rate >= self.ceiling:
-            self._last_update = now
+            self._restart(now)
             return False
         elif self._good is not None:
             if elapsed < max(1.0, 4.0 / self.rate):
                 return False
-            used = sum(1 for t in self._accepted if t > self._last_update) / elapsed
-            if used < 0.9 * self.rate:
+            if self._step_answers / elapsed < 0.9 * self.rate:
                 # The step was not used (the client or its concurrency sent less): it
                 # says nothing of the source, and the next would go past a rate never
                 # tried. Held again.
-                self._last_update = now
+                self._restart(now)
                 return False
             self._good = self.rate
             bad = self._bad
@@ -354,5 +361,11 @@ class AdaptiveRate:
                 # underestimated; ramp up quickly again.
                 self.threshold = None
                 self._ramp_prev = self.rate
-        self._last_update = now
+        self._restart(now)
         return True
+
+    def _restart(self, now: float) -> None:
+        """The rate's next change is timed from ``now``, its step's answers counted
+        from there (those of one instant with it too: answers come in batches)."""
+        self._last_update = now
+        self._step_answers = 0
