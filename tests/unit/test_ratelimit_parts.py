@@ -763,3 +763,23 @@ def test_a_search_step_answered_in_batches_is_used_and_climbs(batch: int) -> Non
             rate.on_success(t)
         t += batch / now
     assert rate.rate > 1.5 * start
+
+
+@pytest.mark.parametrize("accepted", [4, 5, 6, 7])
+def test_one_refusal_among_a_handful_of_answers_is_a_step_down_not_a_drop(accepted: int) -> None:
+    """A client sending 20/s under a declared 100/s: after a lone 429, a few answers go
+    through, then one is refused. However many went through (four to seven), that is a
+    jitter step down; five, read as one in six refused, dropped the rate to a sixth."""
+    from backfill.ratelimit.adaptive import AdaptiveRate
+
+    rate = AdaptiveRate(100.0, ramp=False)
+    for n in range(200):
+        rate.on_success(n * 0.05)
+    rate.on_rate_limited(10.0, 10.0, sent=9.95)
+    rate.paced_from = 10.0103
+    slower = rate.rate
+    for n in range(1, accepted + 1):
+        rate.on_success(10.0 + n * 0.05)
+    now = 10.0 + accepted * 0.05 + 0.02
+    rate.on_rate_limited(now, now, sent=now - 0.05)
+    assert rate.rate >= 0.85 * slower

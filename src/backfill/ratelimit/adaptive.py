@@ -107,10 +107,11 @@ class AdaptiveRate:
         self._echoes = 0
 
     def _accepted_rate(self, now: float) -> tuple[float, float] | None:
-        """What the source accepted, and what it was offered (every answer), per second
-        over the last half second (or ~8 requests' worth at low rates); None when too
-        little was answered to tell. When we send faster than the source accepts, the
-        first is its limit; longer windows would average in the ramp that led up to it."""
+        """What the source accepted per second over the last half second (or ~8
+        requests' worth at low rates), and the share of its answers refused, shrunk
+        towards none (one refused in six is a noisy sample); None when too little was
+        answered to tell. When we send faster than the source accepts, the first is its
+        limit; longer windows would average in the ramp that led up to it."""
         window = self._window()
         start = max(self._measure_from, now - window)
         self._forget(now)
@@ -119,7 +120,7 @@ class AdaptiveRate:
         offered = sum(1 for t in self._answered if t >= start)
         if span < 0.5 * window or count < 5:
             return None
-        return count / span, offered / span
+        return count / span, (offered - count) / (offered + 1)
 
     def _window(self) -> float:
         return max(0.5, 8.0 / max(self.rate, 1e-9))
@@ -182,7 +183,7 @@ class AdaptiveRate:
         refused = (outcomes.count(False) - echoes) / answers if answers >= 5 else None
         measured = self._accepted_rate(now)
         accepted = measured[0] if measured is not None else None
-        offered = measured[1] if measured is not None else None
+        refused_share = measured[1] if measured is not None else 0.0
         # Refused again soon after a pause (the active part of the cycle shorter than
         # the pause itself): what it accepted over the whole cycle, pause included.
         span = now - self._last_decrease
@@ -206,9 +207,11 @@ class AdaptiveRate:
             # Creeping above it is a gamble (a 429 costs a whole pause): slowly.
             target, search = self._good, False
             self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
-        elif accepted is not None and offered is not None and accepted < 0.85 * offered:
-            # Clearly sending faster than the source accepts: likewise, under what got
-            # through, and more 429s of this burst keep the search under it.
+        elif accepted is not None and refused_share > 0.15:
+            # Clearly sending faster than the source accepts (one refused in six answers
+            # is no clear sign: it drew a drop to a sixth of the rate, one in seven a
+            # jitter step): likewise, under what got through, and more 429s of this
+            # burst keep the search under it.
             target, got_through = self.margin * accepted, accepted
         elif (
             cycle is not None
