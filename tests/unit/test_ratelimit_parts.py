@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from backfill.ratelimit.adaptive import AdaptiveRate
 from backfill.ratelimit.circuit import CircuitBreaker
 from backfill.ratelimit.grants import Wire
 from backfill.ratelimit.limits import Limit
@@ -156,6 +157,22 @@ def test_a_lone_429_slows_the_resource_down_and_a_source_that_insists_pauses_it(
     assert resource.pauses == 3 and resource.paused_until < clock.t
 
 
+def _healthy_at_100_a_second(latency: float) -> tuple[Resource, FakeClock]:
+    """A resource declared 100/s after 300 turns taken and answered on virtual time."""
+    from backfill.ratelimit.limits import Outcome
+
+    clock = FakeClock()
+    resource = Resource("api", rate="100/s", clock=clock)
+
+    async def turns() -> None:
+        for _ in range(300):
+            await resource.acquire()
+            resource.observe(Outcome.OK, latency=latency, sent=clock.t)
+
+    asyncio.run(turns())
+    return resource, clock
+
+
 def test_a_429_of_a_request_sent_before_the_slower_rate_spaced_one_is_an_echo() -> None:
     """At 100/s, a lone 429 slows the rate down 5 ms after the last turn was taken. A
     request sent 4 ms after it took its turn at the old rate (its 429 is the lone one's
@@ -164,15 +181,7 @@ def test_a_429_of_a_request_sent_before_the_slower_rate_spaced_one_is_an_echo() 
     after that was spaced by it, and its 429 says the source insists."""
     from backfill.ratelimit.limits import Outcome
 
-    clock = FakeClock()
-    resource = Resource("api", rate="100/s", clock=clock)
-
-    async def turns(count: int) -> None:
-        for _ in range(count):
-            await resource.acquire()
-            resource.observe(Outcome.OK, latency=0.05, sent=clock.t)
-
-    asyncio.run(turns(300))
+    resource, clock = _healthy_at_100_a_second(latency=0.05)
     last = clock.t
     clock.t += 0.005
     resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.05)
@@ -434,10 +443,13 @@ def test_a_ramp_s_429s_drop_under_what_got_through_then_search_past_it_slowly() 
     assert searched(ramped(), 9.0) > 97.0 * 1.05**3 * 1.001
 
 
-def test_a_search_step_the_client_did_not_use_is_held_not_climbed() -> None:
-    """A search climbs a step once the step was used: at 60/s with the client sending 40
+@pytest.mark.parametrize(("sent", "used"), [(0.66, False), (0.91, True)])
+def test_a_search_step_climbs_once_the_client_used_it(sent: float, used: bool) -> None:
+    """A search climbs a step once the step was used. At 60/s with the client sending 40
     (its concurrency full), the step says nothing of the source, and climbing on would
-    take the rate where no request has been, to burst there once the client can."""
+    take the rate where no request has been, to burst there once the client can; sent
+    at 91 % (turns missed while the loop was busy, as at 100/s over real HTTP), it was
+    used. Once the client sends the whole step, it climbs."""
     from backfill.ratelimit.adaptive import AdaptiveRate
 
     rate = AdaptiveRate(100.0, ramp=False)
@@ -446,12 +458,13 @@ def test_a_search_step_the_client_did_not_use_is_held_not_climbed() -> None:
     t = 1.0
     while t < 6.0:
         rate.on_success(t)
-        t += 1.0 / (0.66 * searching)
-    assert rate.rate == searching
+        t += 1.0 / (sent * searching)
+    assert (rate.rate > searching) is used
+    held = rate.rate
     while t < 8.0:
         rate.on_success(t)
         t += 1.0 / rate.rate
-    assert rate.rate > searching
+    assert rate.rate > held
 
 
 def test_a_long_healthy_run_keeps_only_the_last_seconds_of_answers() -> None:
@@ -686,18 +699,26 @@ def test_a_quota_kept_in_the_state_leaves_the_rate_s_spacing_where_requests_are_
     assert second - first >= 0.19
 
 
+def _declared_100_eased_once(
+    at: float, every: float, paced_from: float
+) -> tuple[AdaptiveRate, float]:
+    """A declared 100/s rate answered every ``every`` s until ``at``, then refused once
+    (the slower rate spacing its first start at ``paced_from``); and the rate it fell to."""
+    from backfill.ratelimit.adaptive import AdaptiveRate
+
+    rate = AdaptiveRate(100.0, ramp=False)
+    for n in range(round(at / every)):
+        rate.on_success(n * every)
+    rate.on_rate_limited(at, at, sent=at - 0.05)
+    rate.paced_from = paced_from
+    return rate, rate.rate
+
+
 def test_the_echoes_of_a_429_do_not_count_as_refusals_at_the_rate_it_brought() -> None:
     """Three requests sent before a 429 slowed the rate are refused with it (its echoes),
     then five go through at the slower rate, then one is refused: one in six refused at
     that rate, a step down, not four in nine (a drop to under half the rate)."""
-    from backfill.ratelimit.adaptive import AdaptiveRate
-
-    rate = AdaptiveRate(100.0, ramp=False)
-    for n in range(300):
-        rate.on_success(n * 0.01)
-    rate.on_rate_limited(3.0, 3.0, sent=2.95)
-    rate.paced_from = 3.012
-    slower = rate.rate
+    rate, slower = _declared_100_eased_once(at=3.0, every=0.01, paced_from=3.012)
     for t in (3.005, 3.008, 3.011):
         assert not rate.on_rate_limited(t + 0.04, t + 0.04, sent=t)
     for n in range(5):
@@ -706,36 +727,13 @@ def test_the_echoes_of_a_429_do_not_count_as_refusals_at_the_rate_it_brought() -
     assert rate.rate >= 0.85 * slower
 
 
-def test_a_search_step_sent_at_91_percent_was_used_and_climbs() -> None:
-    """The client sends 91 % of a search's step (turns missed while its loop was busy,
-    as at 100/s over real HTTP): the step was used, and the search climbs."""
-    from backfill.ratelimit.adaptive import AdaptiveRate
-
-    rate = AdaptiveRate(100.0, ramp=False)
-    rate.on_rate_limited(0.0, 1.0)
-    searching = rate.rate
-    t = 1.0
-    while t < 3.5:
-        rate.on_success(t)
-        t += 1.0 / (0.91 * searching)
-    assert rate.rate > searching
-
-
 def test_an_echo_answered_more_than_a_second_late_is_still_an_echo() -> None:
     """A source answering in 1.2 s: the requests sent just before a lone 429 are refused
     with it and answered over a second after it. They are its echoes however late they
     come: no pause, and the rate stays where that 429 took it (it was halved)."""
     from backfill.ratelimit.limits import Outcome
 
-    clock = FakeClock()
-    resource = Resource("api", rate="100/s", clock=clock)
-
-    async def turns(count: int) -> None:
-        for _ in range(count):
-            await resource.acquire()
-            resource.observe(Outcome.OK, latency=1.2, sent=clock.t)
-
-    asyncio.run(turns(300))
+    resource, clock = _healthy_at_100_a_second(latency=1.2)
     lone = clock.t
     resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=lone - 1.2)
     slower = resource.rate
@@ -770,14 +768,7 @@ def test_one_refusal_among_a_handful_of_answers_is_a_step_down_not_a_drop(accept
     """A client sending 20/s under a declared 100/s: after a lone 429, a few answers go
     through, then one is refused. However many went through (four to seven), that is a
     jitter step down; five, read as one in six refused, dropped the rate to a sixth."""
-    from backfill.ratelimit.adaptive import AdaptiveRate
-
-    rate = AdaptiveRate(100.0, ramp=False)
-    for n in range(200):
-        rate.on_success(n * 0.05)
-    rate.on_rate_limited(10.0, 10.0, sent=9.95)
-    rate.paced_from = 10.0103
-    slower = rate.rate
+    rate, slower = _declared_100_eased_once(at=10.0, every=0.05, paced_from=10.0103)
     for n in range(1, accepted + 1):
         rate.on_success(10.0 + n * 0.05)
     now = 10.0 + accepted * 0.05 + 0.02
