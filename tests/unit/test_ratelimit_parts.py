@@ -774,3 +774,52 @@ def test_one_refusal_among_a_handful_of_answers_is_a_step_down_not_a_drop(accept
     now = 10.0 + accepted * 0.05 + 0.02
     rate.on_rate_limited(now, now, sent=now - 0.05)
     assert rate.rate >= 0.85 * slower
+
+
+def test_a_burst_s_drop_during_a_pause_holds_its_search_until_traffic_restarts() -> None:
+    """A 429 pauses the resource three seconds, and its burst's echoes drop the rate
+    further: the answers of requests sent before the pause keep coming during it, and
+    no search step is taken on them (nothing went at the new rate yet)."""
+    rate = AdaptiveRate(100.0, ramp=False)
+    for t in (0.0, 0.01, 0.02, 0.03):
+        rate.on_success(t)
+    rate.on_rate_limited(0.1, 3.1, sent=0.09)
+    rate.paced_from = 0.1
+    for k in range(4):
+        rate.on_rate_limited(0.15 + 0.01 * k, 3.1, sent=0.05 + 0.01 * k)
+    dropped = rate.rate
+    t = 0.2
+    while t < 3.1:
+        rate.on_success(t)
+        t += 0.04
+    assert rate.rate == dropped
+
+
+def test_a_late_429_of_a_request_sent_before_an_earlier_drop_changes_nothing() -> None:
+    """Two drops three seconds apart, then four 429s answered 3.2 s late, of requests
+    sent before the first: they are that drop's echoes and say nothing of the second (as
+    its burst, they cut the rate to a fifth)."""
+    rate, _ = _declared_100_eased_once(at=2.0, every=0.01, paced_from=2.01)
+    t = 2.01
+    while t < 5.0:
+        rate.on_success(t)
+        t += 1.0 / rate.rate
+    rate.on_rate_limited(5.0, 5.0, sent=4.99)
+    rate.paced_from = 5.01
+    second = rate.rate
+    for k in range(4):
+        assert not rate.on_rate_limited(5.2 + 0.01 * k, 5.2, sent=1.96 + 0.01 * k)
+    assert rate.rate == second
+
+
+def test_a_429_at_the_instant_of_the_drop_before_it_is_no_division_by_zero() -> None:
+    """A coarse clock: the drop, four answers and another 429 all carry one instant."""
+    rate = AdaptiveRate(10.0, ramp=False)
+    for k in range(12):
+        rate.on_success(0.1 * k)
+    rate.on_rate_limited(2.0, 3.0, sent=1.95)
+    rate.paced_from = 2.0
+    for _ in range(4):
+        rate.on_success(2.0)
+    assert rate.on_rate_limited(2.0, 3.0, sent=2.0)
+    assert 0 < rate.rate < 10.0

@@ -105,6 +105,7 @@ class AdaptiveRate:
         # how many 429s since were of requests sent before it (that decrease's echoes).
         self.paced_from = -math.inf
         self._echoes = 0
+        self._earlier = -math.inf  # the same for the decrease before the last
 
     def _accepted_rate(self, now: float) -> tuple[float, float] | None:
         """What the source accepted per second over the last half second (or ~8
@@ -143,6 +144,10 @@ class AdaptiveRate:
         was taken at the rate before) was refused at the rate decreased to, and is no
         echo of it.
         """
+        if sent is not None and sent < self._earlier:
+            # Sent before an earlier decrease spaced its first start, answered late: that
+            # one's echo, which says nothing of the last one.
+            return False
         self._outcomes.append(False)
         self._answered.append(now)
         if (
@@ -172,7 +177,9 @@ class AdaptiveRate:
                 if target < self.rate:
                     self.threshold = self.rate = target
                     self._good = target
-                    self._restart(now)  # the search's first step is held a second too
+                    # The search's first step is held a second too, from when traffic
+                    # restarts (the answers meanwhile went at the rate before).
+                    self._restart(max(now, self._last_update or now))
                     return True
             return False
         outcomes = self._outcomes
@@ -189,7 +196,7 @@ class AdaptiveRate:
         span = now - self._last_decrease
         cycle = (
             self._since_decrease / span
-            if self._since_decrease >= 4 and span - self._paused < 1.5 * self._paused
+            if self._since_decrease >= 4 and span > 0 and span - self._paused < 1.5 * self._paused
             else None
         )
         search = True
@@ -208,10 +215,11 @@ class AdaptiveRate:
             target, search = self._good, False
             self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
         elif accepted is not None and refused_share > 0.15:
-            # Clearly sending faster than the source accepts (one refused in six answers
-            # is no clear sign: it drew a drop to a sixth of the rate, one in seven a
-            # jitter step): likewise, under what got through, and more 429s of this
-            # burst keep the search under it.
+            # Clearly sending faster than the source accepts: this refusal at the rate
+            # run at, after the last decrease's echoes said the rate before was far over
+            # (they count here; one refused in six answers is no clear sign: it drew a
+            # drop to a sixth of the rate, one in seven a jitter step). Likewise, under
+            # what got through, and more 429s of this burst keep the search under it.
             target, got_through = self.margin * accepted, accepted
         elif (
             cycle is not None
@@ -267,6 +275,7 @@ class AdaptiveRate:
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
         self.decreases += 1
+        self._earlier = max(self._last_decrease, self.paced_from)
         self._last_decrease = now
         self._paused = max(0.0, resume_at - now)
         self._measure_from = resume_at
