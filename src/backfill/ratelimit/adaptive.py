@@ -101,10 +101,8 @@ class AdaptiveRate:
         # (an estimate, not a 429): past it, the search goes on in small steps up to this.
         self._past_estimate: float | None = None
         self._small_steps = False
-        # The first start the rate spaced after its last decrease (set by its pace), and
-        # how many 429s since were of requests sent before it (that decrease's echoes).
+        # The first start the rate spaced after its last decrease (set by its pace).
         self.paced_from = -math.inf
-        self._echoes = 0
         self._earlier = -math.inf  # the same for the decrease before the last
 
     def _accepted_rate(self, now: float) -> tuple[float, float] | None:
@@ -159,7 +157,6 @@ class AdaptiveRate:
             # (known by when they went, however late they answer; else by answering
             # within a second), and how many of them are refused says how far over the
             # limit they were sent. They went at the rate before: no refusal at this one.
-            self._echoes += 1
             if self._got_through is not None and self._bad is not None:
                 # More than one refused after a ramp's first 429: its bucket had let the
                 # ramp far past the limit. The search stays under what got through (about
@@ -182,12 +179,9 @@ class AdaptiveRate:
                     self._restart(max(now, self._last_update or now))
                     return True
             return False
-        outcomes = self._outcomes
-        # Since the last decrease, less that one's echoes (as far as the log still holds):
-        # every other 429 is a decrease, so this one alone among the answers it spaced.
-        echoes = min(self._echoes, outcomes.count(False) - 1)
-        answers = len(outcomes) - echoes
-        refused = (outcomes.count(False) - echoes) / answers if answers >= 5 else None
+        # Accepted since the last decrease: every other 429 since was one of its echoes
+        # (any other is a decrease), so this one is the only refusal at the rate it brought.
+        accepted_since = self._outcomes.count(True)
         measured = self._accepted_rate(now)
         accepted = measured[0] if measured is not None else None
         refused_share = measured[1] if measured is not None else 0.0
@@ -232,7 +226,7 @@ class AdaptiveRate:
             # about its limit got through over the whole cycle. At most halve, then
             # search.
             target = self.margin * max(cycle, 0.5 * self.rate)
-        elif (refused is not None and refused <= 0.2) or (self._searched and not refused):
+        elif accepted_since >= 4 or self._searched:
             # (Or the first 429 after a search ended on the step above: the rate is the
             # last one accepted, a hair too close to a strict limit.)
             # Refused now and then at about the pace it accepts: a little too fast for a
@@ -282,7 +276,6 @@ class AdaptiveRate:
         self._accepted.clear()
         self._answered.clear()
         self._outcomes.clear()
-        self._echoes = 0
         self._since_decrease = 0
         self._restart(resume_at)
         return True
