@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from backfill.clock import Clock, SystemClock, deadline_held
 from backfill.errors import ConfigError
@@ -489,8 +489,11 @@ class Resource:
             self.fleet.shared.pause(seconds)
         self.hold_until(self.clock.monotonic() + seconds, reason)
 
-    def _eases(self, now: float, sent: float | None, asked: float, status: int) -> bool:
-        """Whether a 429 slows the resource down without pausing it: a lone 429 asking
+    def _eases(
+        self, now: float, sent: float | None, asked: float, status: int
+    ) -> Literal["lone", "echo"] | None:
+        """Whether a 429 slows the resource down without pausing it (None: it pauses
+        it): a new ``"lone"`` 429, or an ``"echo"`` of the last one. A lone 429 asks
         for a second or less (or two intervals of the declared rate), of a request the
         resource knows the sending of, at a rate this process sets (learned: not a
         fleet's).
@@ -506,20 +509,19 @@ class Resource:
         while paused; and so it does for every 429 sent in that time, however late its
         answer comes."""
         if sent is None or status != 429 or self.pace.learned is None:
-            return False
+            return None
         if self.fleet.shared is not None and self.fleet.rate:
-            return False  # the fleet's schedule sets the pace: every worker pauses
+            return None  # the fleet's schedule sets the pace: every worker pauses
         if self.breaker.open_until is not None:
-            return False  # the circuit's probe, refused: every request waits with it
+            return None  # the circuit's probe, refused: every request waits with it
         interval = self.pace.rate_interval
         if asked > max(EASE_LONGEST, 2.0 * interval) or self.paused_until > now:
-            return False
+            return None
         if sent <= self._eased_at or sent < self._echo_until:
-            return True  # an echo of the last lone 429
+            return "echo"
         if sent < self._eased_at + max(EASE_MEMORY, 10.0 * interval):
-            return False
-        self._eased_at = now
-        return True
+            return None
+        return "lone"
 
     def hold_until(self, until: float, reason: str) -> None:
         """Hold this process's requests until ``until`` (extends, never stacks); a pause
@@ -552,11 +554,13 @@ class Resource:
         if outcome is Outcome.RATE_LIMITED:
             self.rate_limited += 1
             asked = retry_after if retry_after is not None else REFUSED_WAIT
-            if self._eases(now, sent, asked, status or 429):
+            eased = self._eases(now, sent, asked, status or 429)
+            if eased is not None:
                 pace.on_refused(now, now, sent=sent)
-                if self._eased_at == now:
-                    # A new lone 429: its echoes are the requests sent before the first
+                if eased == "lone":
+                    # Its echoes are the requests sent before it came or before the first
                     # start the slower rate spaced (their turns taken at the old one).
+                    self._eased_at = now
                     self._echo_until = pace.next_start(now)
             else:
                 wait = min(asked, self.max_wait)
