@@ -70,7 +70,7 @@ def serve(
             served.log.append((now, ok))
             await clock.sleep(rng.uniform(*latency))
             if ok:
-                resource.observe(Outcome.OK, latency=clock.t - now)
+                resource.observe(Outcome.OK, latency=clock.t - now, sent=sent)
             else:
                 asked = max(1, math.ceil(wait))
                 resource.observe(Outcome.RATE_LIMITED, retry_after=asked, sent=sent)
@@ -121,6 +121,34 @@ def test_a_declared_rate_three_times_too_high_corrects_itself_and_says_so_once()
     assert "running at" in resource.rate_description()
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.parametrize(("declared", "limit"), [(6, 2), (15, 5), (60, 20)])
+def test_a_declared_rate_three_times_too_high_corrects_itself_at_long_latency(
+    declared: int, limit: int, seed: int
+) -> None:
+    """The same at 2-3 s a request (a slow page, a browser's), with a hundred on their way
+    at once: every answer tells of the rate its request was sent at, seconds before. The
+    rate ends within 10 % of the most the way's jitter lets through a bucket of one (see
+    above), at least 85 % of the limit gets through in the last 100 s, and fewer than 5 %
+    of all requests draw a 429."""
+    clock = FakeClock()
+    resource = Resource("api", rate=f"{declared}/s", concurrency=100, clock=clock)
+    served = serve(
+        resource,
+        clock,
+        limit=float(limit),
+        bucket=1,
+        seconds=300.0,
+        workers=100,
+        jitter=0.005,
+        latency=(2.0, 3.0),
+        seed=seed,
+    )
+    assert served.accepted_between(200.0, 300.0) >= 0.85 * limit * 100.0
+    assert served.refused_share < 0.05
+    assert 0.9 * limit / (1.0 + limit * 0.005) <= resource.rate <= limit
+
+
 def test_a_declared_rate_20_times_too_high_comes_down_within_seconds() -> None:
     """Declared 100/s where the source allows 5/s (bucket 5): within 15 s the rate is
     within reach of the limit, at the end within 10 % of it, and fewer than 5 % of all
@@ -162,6 +190,30 @@ def test_adaptive_mode_started_at_a_strict_sources_own_rate_keeps_near_it(seed: 
     assert served.accepted_between(0.0, 40.0) >= 0.88 * 5.0 * 40.0
     assert served.refused_share < 0.02
     assert 4.5 <= resource.rate <= 5.0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_adaptive_mode_in_front_of_a_strict_source_seconds_away(seed: int) -> None:
+    """Started at 5/s in front of a 5/s source with a bucket of one that answers in 3-5 s:
+    the ramp grows on answers of requests sent seconds before, and the first 429s tell of
+    rates long left behind. The rate comes down under the one the refused request went at
+    (not a step under where the ramp got to), fewer than 5 % of requests are refused (the
+    ramp's first seconds), and 90 % of the limit gets through in the last 100 s."""
+    clock = FakeClock()
+    resource = Resource("api", adaptive=True, start_rate=5, concurrency=150, clock=clock)
+    served = serve(
+        resource,
+        clock,
+        limit=5.0,
+        bucket=1,
+        seconds=300.0,
+        workers=150,
+        jitter=0.005,
+        latency=(3.0, 5.0),
+        seed=seed,
+    )
+    assert served.refused_share < 0.05
+    assert served.accepted_between(200.0, 300.0) >= 0.9 * 5.0 * 100.0
 
 
 def test_a_rate_that_grows_applies_at_once_to_requests_already_waiting() -> None:

@@ -4,6 +4,7 @@ pool, breaker and fleet share."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -823,3 +824,105 @@ def test_a_429_at_the_instant_of_the_drop_before_it_is_no_division_by_zero() -> 
         rate.on_success(2.0)
     assert rate.on_rate_limited(2.0, 3.0, sent=2.0)
     assert 0 < rate.rate < 10.0
+
+
+def test_a_429_of_a_request_sent_at_a_slower_rate_brings_the_rate_under_that_one() -> None:
+    """A ramp from 5/s grows on answers for four seconds while a 429 is on its way from
+    a source seconds away: its request went at 5/s, so the rate comes down under 5/s, not
+    3 % under the rate the ramp reached (the 429s of every request sent since followed)."""
+    rate = AdaptiveRate(5.0)
+    t = 0.0
+    while t < 4.0:
+        rate.on_success(t)
+        t += 0.05
+    assert rate.rate > 20.0
+    rate.on_rate_limited(4.0, 4.0, sent=0.2)
+    assert rate.rate <= 0.97 * 5.0 + 1e-9
+
+
+def test_the_echoes_of_a_step_down_to_a_rate_long_accepted_leave_it() -> None:
+    """Declared 20/s and accepted for ten seconds from a source 2.5 s away, then refused
+    once: a jitter step down. The requests sent before it answer over the next seconds,
+    every other one refused (a bucket of one refuses every other request sent a hair too
+    fast): they are its echoes, and the rate long accepted is not cut to half."""
+    rate = AdaptiveRate(20.0, ramp=False)
+    t = 2.5
+    while t < 10.0:
+        rate.on_success(t, sent=t - 2.5)
+        t += 0.05
+    rate.on_rate_limited(10.0, 10.0, sent=7.5)
+    rate.paced_from = 10.05
+    stepped = rate.rate
+    assert stepped >= 0.9 * 20.0
+    for k in range(40):
+        t, sent = 10.05 + 0.05 * k, 7.55 + 0.05 * k
+        if k % 2:
+            rate.on_rate_limited(t, t, sent=sent)
+        else:
+            rate.on_success(t, sent=sent)
+    assert rate.rate == stepped
+
+
+def test_a_burst_s_estimate_takes_every_echo_and_may_rise_back() -> None:
+    """Declared 60/s where two of three requests are refused: the first 429 halves the
+    rate, and its echoes say how far over 60/s was. The first four are all refused (read
+    alone: a drop to a fifth); with every echo since, two in three refused: about 20/s,
+    where the rate ends (the unluckiest first few no longer set it)."""
+    rate = AdaptiveRate(60.0, ramp=False)
+    rate.on_rate_limited(2.0, 2.0, sent=0.02)
+    rate.paced_from = 2.02
+    t = 2.0
+    for k in range(4):
+        t += 0.01
+        rate.on_rate_limited(t, t, sent=0.03 + 0.01 * k)
+    early = rate.rate
+    for k in range(30):
+        t += 0.01
+        if k % 3 == 2:
+            rate.on_success(t, sent=0.1 + 0.01 * k)
+        else:
+            rate.on_rate_limited(t, t, sent=0.1 + 0.01 * k)
+    assert early < 14.0
+    assert 17.0 <= rate.rate <= 23.0
+
+
+def test_a_search_step_waits_for_its_own_answers_from_a_source_seconds_away() -> None:
+    """A search after a 429, every request answered 2.5 s after it went: a step is taken
+    only once most of the last one's own answers are in (the first answers of a step are
+    the step before's), and the search still climbs."""
+    rate = AdaptiveRate(20.0, ceiling=1000.0, ramp=False)
+    rate.on_rate_limited(0.0, 0.0)
+    start = rate.rate
+    sent: list[float] = []
+    changes: list[float] = []
+    t, answered = 0.0, 0
+    while t < 20.0:
+        rate.on_start(t)
+        sent.append(t)
+        while sent[answered] + 2.5 <= t:
+            if rate.on_success(sent[answered] + 2.5, sent=sent[answered]):
+                changes.append(sent[answered] + 2.5)
+            answered += 1
+        t += 1.0 / rate.rate
+    assert changes and changes[0] >= 2.5 + 0.7
+    assert all(b - a >= 2.5 for a, b in itertools.pairwise(changes))
+    assert rate.rate > 1.3 * start
+
+
+def test_the_first_start_a_drop_spaced_holds_while_its_burst_adjusts_it() -> None:
+    """A declared rate refused, then its echoes lower it further: a request sent after the
+    drop, at the rate it brought, is no echo of it however the burst moved the rate since
+    (each move took the first start along: requests at the drop's own rate looked like
+    echoes, and their 429s lowered it more)."""
+    _, pace = _told()
+    pace.on_refused(0.5, 0.5, sent=0.45)
+    learned = pace.learned
+    assert learned is not None
+    first, dropped = learned.paced_from, learned.rate
+    for k in range(6):
+        pace.on_refused(0.6 + 0.01 * k, 0.6 + 0.01 * k, sent=0.46 + 0.005 * k)
+    assert learned.rate < dropped
+    assert learned.paced_from == first
+    decreases = learned.decreases
+    pace.on_refused(0.8, 0.8, sent=first + 0.01)
+    assert learned.decreases == decreases + 1

@@ -79,7 +79,18 @@ class AdaptiveRate:
         self._outcomes: collections.deque[bool] = collections.deque(maxlen=20)
         self._measure_from = -math.inf
         self._last_update: float | None = None
-        self._step_answers = 0  # accepted since _last_update (see _restart)
+        # Since _last_update (see _restart): requests accepted, those of them sent since
+        # (known once answers say when their requests went: _sent_known), and started.
+        self._step_answers = 0
+        self._step_own = 0
+        self._step_starts = 0
+        self._starts_known = False  # on_start is called: the client says what it sends
+        self._sent_known = False  # answers say when their requests went
+        # Answers of the last decrease's echoes (requests sent before the first start the
+        # rate it brought spaced), once answers say when their requests went.
+        self._echoes_accepted = 0
+        self._echoes_refused = 0
+        self._dropped_to = self.rate  # the rate the last decrease brought
         self._last_decrease = -math.inf
         # Searching upwards from a coarse estimate: the last rate that drew no 429.
         self._good: float | None = None
@@ -104,6 +115,10 @@ class AdaptiveRate:
         # The first start the rate spaced after its last decrease (set by its pace).
         self.paced_from = -math.inf
         self._earlier = -math.inf  # the same for the decrease before the last
+        # The rates run at, each from when: (since, rate), the last ones (see _rate_at).
+        self._history: collections.deque[tuple[float, float]] = collections.deque(
+            [(-math.inf, self.rate)], maxlen=256
+        )
 
     def _accepted_rate(self, now: float) -> tuple[float, float] | None:
         """What the source accepted per second over the last half second (or ~8
@@ -133,8 +148,26 @@ class AdaptiveRate:
             while log and log[0] < horizon:
                 log.popleft()
 
+    def _rate_at(self, instant: float) -> float | None:
+        """The rate run at ``instant`` (None: too long ago to tell)."""
+        for since, rate in reversed(self._history):
+            if since <= instant:
+                return rate
+        return None
+
+    def _noted(self, now: float, changed: bool) -> bool:
+        if self._history[-1][1] != self.rate:
+            self._history.append((now, self.rate))
+        return changed
+
     def on_rate_limited(self, now: float, resume_at: float, *, sent: float | None = None) -> bool:
         """A 429 (or a clearly congested source): slow down; True when the rate changed.
+        Never faster than just under the rate its request was sent at, when that was
+        slower (a ramp, or a search, went on while the answer was on its way)."""
+        return self._noted(now, self._on_rate_limited(now, resume_at, sent))
+
+    def _on_rate_limited(self, now: float, resume_at: float, sent: float | None) -> bool:
+        """See :meth:`on_rate_limited`.
 
         ``resume_at`` is when traffic restarts after the pause this 429 caused (``now``:
         none); ``sent``, when known, is when the refused request went: one sent after the
@@ -166,19 +199,36 @@ class AdaptiveRate:
                     self._past_estimate = self._bad
                 self._bad = min(self._bad, self._got_through)
                 self._got_through = None
-            burst = self._outcomes
+            if sent is None:
+                refused, answered = self._outcomes.count(False), len(self._outcomes)
+            else:
+                # Every echo (a source seconds away answers for seconds of them, and
+                # the share among the last few swings): the estimate only sharpens.
+                self._echoes_refused += 1
+                refused = self._echoes_refused
+                answered = refused + self._echoes_accepted
             # Shrunk towards none refused: a handful of answers is a noisy sample.
-            share = burst.count(False) / (len(burst) + 1)
-            if len(burst) >= 4 and share > 0.3:
-                target = max(self.floor, self._rate_before * (1.0 - share))
-                if target < self.rate:
-                    self.threshold = self.rate = target
-                    self._good = target
-                    # The search's first step is held a second too, from when traffic
-                    # restarts (the answers meanwhile went at the rate before).
-                    self._restart(max(now, self._last_update or now))
-                    return True
-            return False
+            share = refused / (answered + 1)
+            if answered < 4 or share <= 0.3 or (sent is not None and self._good is None):
+                # (Known by when they went, echoes of a decrease to a rate known to be
+                # accepted, the last search's or a jitter step's, say nothing of it: a
+                # bucket of one refuses every other request sent a hair too fast.)
+                return False
+            target = max(self.floor, self._rate_before * (1.0 - share))
+            if sent is not None:
+                # The latest estimate, never above the decrease's own (it may rise back
+                # towards it: the first echoes may be the unluckiest).
+                target = min(target, self._dropped_to)
+                if abs(target - self.rate) < 1e-9 * self.rate:
+                    return False
+            elif target >= self.rate:
+                return False
+            self.threshold = self.rate = target
+            self._good = target
+            # The search's first step is held a second too, from when traffic restarts
+            # (the answers meanwhile went at the rate before).
+            self._restart(max(now, self._last_update or now))
+            return True
         # Accepted since the last decrease: every other 429 since was one of its echoes
         # (any other is a decrease), so this one is the only refusal at the rate it brought.
         accepted_since = self._outcomes.count(True)
@@ -214,7 +264,7 @@ class AdaptiveRate:
             # (they count here; one refused in six answers is no clear sign: it drew a
             # drop to a sixth of the rate, one in seven a jitter step). Likewise, under
             # what got through, and more 429s of this burst keep the search under it.
-            target, got_through = self.margin * accepted, accepted
+            target = self.margin * accepted
         elif (
             cycle is not None
             and cycle < 0.85 * self.rate
@@ -265,6 +315,10 @@ class AdaptiveRate:
         self._over_ramp = over_ramp
         self._past_estimate = None
         self._small_steps = False
+        if sent is not None:
+            sent_at = self._rate_at(sent)
+            if sent_at is not None and sent_at < self.rate:
+                target = min(target, self._JITTER_STEP * sent_at)
         self._rate_before = self.rate
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
@@ -276,6 +330,8 @@ class AdaptiveRate:
         self._accepted.clear()
         self._answered.clear()
         self._outcomes.clear()
+        self._echoes_accepted = self._echoes_refused = 0
+        self._dropped_to = self.rate
         self._since_decrease = 0
         self._restart(resume_at)
         return True
@@ -286,15 +342,29 @@ class AdaptiveRate:
         every = self._creep_every or max(6.0, 12.5 / max(self.threshold or self.rate, 1e-9))
         return every
 
+    def on_start(self, now: float) -> None:
+        """A request starts (the client says so: a search's step counts them)."""
+        self._starts_known = True
+        if self._last_update is not None and now >= self._last_update:
+            self._step_starts += 1
+
     def on_header_limit(self, rate: float, now: float) -> None:
         """The server told us its limit: use it (a hair below, for clock skew)."""
+        self._header_limit(rate, now)
+        self._noted(now, True)
+
+    def _header_limit(self, rate: float, now: float) -> None:
         self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
         self._good = self._bad = self._past_estimate = None
         self._small_steps = False
         self._restart(now)
 
-    def on_success(self, now: float) -> bool:
-        """An accepted request; return True when the rate changed."""
+    def on_success(self, now: float, *, sent: float | None = None) -> bool:
+        """An accepted request (``sent``: when it went, when known); return True when
+        the rate changed."""
+        return self._noted(now, self._on_success(now, sent))
+
+    def _on_success(self, now: float, sent: float | None) -> bool:
         self._accepted.append(now)
         self._answered.append(now)
         self._outcomes.append(True)
@@ -306,6 +376,13 @@ class AdaptiveRate:
             return False
         if now >= self._last_update:
             self._step_answers += 1
+        if sent is not None:
+            self._sent_known = True
+            if sent >= self._last_update:
+                # Sent at the rate run at now: a step is judged by its own answers.
+                self._step_own += 1
+            elif sent < max(self._last_decrease, self.paced_from):
+                self._echoes_accepted += 1
         elapsed = now - self._last_update
         if self.threshold is None:
             if elapsed < 0.25:
@@ -321,9 +398,18 @@ class AdaptiveRate:
             self._restart(now)
             return False
         elif self._good is not None:
-            if elapsed < max(1.0, 4.0 / self.rate):
+            hold = max(1.0, 4.0 / self.rate)
+            if elapsed < hold:
                 return False
-            if self._step_answers / elapsed < 0.9 * self.rate:
+            # Used: 90 % of the step went (counted as they start, when the client says;
+            # else as they are answered).
+            went = self._step_starts if self._starts_known else self._step_answers
+            used = went / elapsed >= 0.9 * self.rate
+            if used and self._sent_known and self._step_own < 0.72 * self.rate * hold:
+                # Its own answers are not in yet (a source seconds away answers for the
+                # step before long into this one): judged once most of a hold's are.
+                return False
+            if not used:
                 # The step was not used (the client or its concurrency sent less): it
                 # says nothing of the source, and the next would go past a rate never
                 # tried. Held again.
@@ -373,4 +459,4 @@ class AdaptiveRate:
         """The rate's next change is timed from ``now``, its step's answers counted
         from there (those of one instant with it too: answers come in batches)."""
         self._last_update = now
-        self._step_answers = 0
+        self._step_answers = self._step_own = self._step_starts = 0

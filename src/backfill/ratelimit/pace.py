@@ -49,6 +49,7 @@ class Pace:
         self._latency_ewma: float | None = None
         self._latency_floor: float | None = None
         self._latency_samples = 0
+        self._spaced = 0  # the learned rate's decreases whose first start is known
 
     @property
     def declared_rate(self) -> float | None:
@@ -73,6 +74,7 @@ class Pace:
         """Forget bookings, the fleet and what was learned (a new run starts)."""
         self.schedule.reset()
         self.learned = self._new_learned()
+        self._spaced = 0
         if self.learned is not None and self.schedule.pace is not None:
             self.schedule.pace.set_rate(self.learned.rate, self.run_burst)
         self._said_slower = False
@@ -141,13 +143,21 @@ class Pace:
 
     def _slowed(self, learned: AdaptiveRate, now: float) -> None:
         """The learned rate came down: requests not yet started go at it; one sent
-        before the first it spaces was spaced at the old rate."""
+        before the first start a decrease spaces was spaced at the rate before it (the
+        burst of 429s that follows adjusts the decrease, and is all its echo)."""
         self._paced(now)
-        learned.paced_from = self.next_start(now)
+        if learned.decreases != self._spaced:
+            self._spaced = learned.decreases
+            learned.paced_from = self.next_start(now)
 
-    def on_success(self, now: float) -> None:
-        """An accepted request."""
-        if self.learned is not None and self.learned.on_success(now):
+    def on_start(self, now: float) -> None:
+        """A request starts now."""
+        if self.learned is not None:
+            self.learned.on_start(now)
+
+    def on_success(self, now: float, *, sent: float | None = None) -> None:
+        """An accepted request (``sent``: when it went, when known)."""
+        if self.learned is not None and self.learned.on_success(now, sent=sent):
             self._paced(now)
 
     def on_header_limit(self, limit: int | None, window: float | None, now: float) -> None:

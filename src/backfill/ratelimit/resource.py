@@ -339,6 +339,7 @@ class Resource:
                         continue
                     probe = self.breaker.take_probe()
                 schedule.book(now)
+                self.pace.on_start(now)
                 break
         # The rate and burst are applied again where requests are written (WireGap):
         # with a burst run above one at any rate (a bunch written late at once must not
@@ -567,7 +568,7 @@ class Resource:
                 pace.on_refused(now, max(now + wait, self.paused_until), sent=sent)
                 self.pause(asked, str(status or 429))
         elif outcome is Outcome.OK:
-            pace.on_success(now)
+            pace.on_success(now, sent=sent)
         pace.on_header_limit(limit, window, now)
         if remaining is not None and remaining <= 0 and reset_after:
             self.pause(reset_after, "quota used up")

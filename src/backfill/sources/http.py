@@ -446,8 +446,7 @@ class HttpClient:
         outcome = outcome_of(status, asked)
         error = error_of(where, status, header, asked, self.max_wait)
         if outcome is Outcome.RATE_LIMITED:
-            sent = response.request.extensions.get(SENT)  # this hop's, or this copy's
-            self._observe(outcome, response, retry_after=asked, sent=sent)
+            self._observe(outcome, response, retry_after=asked)
             tally = partition_requests.get()
             if tally is not None:
                 tally.rate_limited += 1
@@ -464,10 +463,12 @@ class HttpClient:
         latency: float | None = None,
         *,
         retry_after: float | None = None,
-        sent: float | None = None,
     ) -> None:
         if self.resource is None:
             return
+        # When the answered request went (this hop's, or this copy's): the rate it says
+        # something of is the one run at then.
+        sent = response.request.extensions.get(SENT) if response is not None else None
         self.resource.observe(
             outcome,
             retry_after=retry_after,
