@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from backfill.errors import FatalError, PermanentError, StageError, TransientError
 from backfill.ratelimit import Resource
+from backfill.ratelimit.limits import EASE_SETTLE
 from backfill.sources.http import HttpClient, decode_json, parse_retry_after, redact_url
 from backfill.sources.origins import allowed_origins
 
@@ -871,8 +872,9 @@ REFUSED = {"Retry-After": "1"}
 
 def test_a_429_is_dated_when_its_request_went_on_the_resource_s_clock() -> None:
     """Two requests sent 0.05 s apart, both refused 0.3 s later: the second went before
-    the first was refused, an echo (no pause); a third sent after that and refused says
-    the source insists (a pause)."""
+    the first was refused, an echo (no pause); a third sent after that and refused (past
+    the moments in which the bucket the first emptied refills) says the source insists
+    (a pause)."""
 
     async def script(client: HttpClient, clock: Any) -> None:
         await asyncio.gather(
@@ -881,6 +883,7 @@ def test_a_429_is_dated_when_its_request_went_on_the_resource_s_clock() -> None:
             return_exceptions=True,
         )
         assert client.resource is not None and client.resource.pauses == 0
+        await clock.sleep(EASE_SETTLE)
         with contextlib.suppress(TransientError):
             await client.get("https://api.example/c")
 
@@ -890,13 +893,13 @@ def test_a_429_is_dated_when_its_request_went_on_the_resource_s_clock() -> None:
 
 
 def test_a_redirect_s_hop_is_dated_when_the_hop_went() -> None:
-    """A request redirected 0.3 s after it went, its hop refused: the hop went after a
-    lone 429 another request drew meanwhile, so the source insists (a pause), though
-    the request's first hop went before it."""
+    """A request redirected 0.5 s after it went, its hop refused: the hop went after a
+    lone 429 another request drew meanwhile (and the moments its bucket refills), so the
+    source insists (a pause), though the request's first hop went before it."""
 
     def routes(path: str, n: int) -> Any:
         if path == "/r":
-            return _late(302, 0.3, {"Location": "https://api.example/d"})
+            return _late(302, 0.5, {"Location": "https://api.example/d"})
         return httpx.Response(429, headers=REFUSED, json={})
 
     async def script(client: HttpClient, clock: Any) -> None:

@@ -192,6 +192,24 @@ def test_adaptive_mode_started_at_a_strict_sources_own_rate_keeps_near_it(seed: 
     assert 4.5 <= resource.rate <= 5.0
 
 
+@pytest.mark.parametrize("seed", range(1, 11))
+def test_adaptive_mode_at_100_a_second_finds_the_limit_without_a_pause(seed: int) -> None:
+    """Started at 5/s in front of a 100/s source with a bucket of ten, over ten seconds
+    (a year of pages): the ramp's burst of 429s, then a search past what got through;
+    the bucket hides a step's few percent over the limit for a second or two, so the step
+    that draws a 429 and the one before it are both over it. Neither that 429 nor the
+    one the emptied bucket refuses next pauses the resource (a second of requests lost
+    each time), and the rate ends under the limit."""
+    clock = FakeClock()
+    resource = Resource("api", adaptive=True, start_rate=5, concurrency=16, clock=clock)
+    served = serve(
+        resource, clock, limit=100.0, bucket=10, seconds=10.0, workers=16, jitter=0.005, seed=seed
+    )
+    assert resource.pauses == 0
+    assert served.refused_share < 0.02
+    assert resource.rate <= 100.0
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_adaptive_mode_in_front_of_a_strict_source_seconds_away(seed: int) -> None:
     """Started at 5/s in front of a 5/s source with a bucket of one that answers in 3-5 s:

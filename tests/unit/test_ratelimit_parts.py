@@ -179,7 +179,8 @@ def test_a_429_of_a_request_sent_before_the_slower_rate_spaced_one_is_an_echo() 
     request sent 4 ms after it took its turn at the old rate (its 429 is the lone one's
     echo: it paused the whole resource a second, and halved its rate); the slower rate
     spaces its first start an interval of its own after the last one; a request sent
-    after that was spaced by it, and its 429 says the source insists."""
+    after that was spaced by it: its 429 slows the rate again (the lone one left the
+    source's bucket empty), and the next one's says the source insists."""
     from backfill.ratelimit.limits import Outcome
 
     resource, clock = _healthy_at_100_a_second(latency=0.05)
@@ -195,6 +196,8 @@ def test_a_429_of_a_request_sent_before_the_slower_rate_spaced_one_is_an_echo() 
     assert resource.rate == slower
     assert resource.pace.next_start(eased) == pytest.approx(spaced)
     resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=spaced)
+    assert resource.pauses == 0 and resource.rate < slower
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=spaced + 0.02)
     assert resource.pauses == 1
 
 
@@ -926,3 +929,51 @@ def test_the_first_start_a_drop_spaced_holds_while_its_burst_adjusts_it() -> Non
     decreases = learned.decreases
     pace.on_refused(0.8, 0.8, sent=first + 0.01)
     assert learned.decreases == decreases + 1
+
+
+def test_a_429_of_a_request_sent_faster_than_a_lone_one_left_the_rate_is_a_new_lone_one() -> None:
+    """A lone 429 slows a 100/s resource; then the source says its limit is 150/s and the
+    rate goes up. A 429 of a request sent at that higher rate, within seconds of the lone
+    one, is a new lone 429 of the new rate (it pauses nothing); one sent at the rate the
+    lone one left says the source insists."""
+    from backfill.ratelimit.limits import Outcome
+
+    resource, clock = _healthy_at_100_a_second(latency=0.05)
+    clock.t += 0.005
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.05)
+    eased = resource.rate
+    clock.t += 0.5
+    resource.observe(Outcome.OK, latency=0.05, sent=clock.t - 0.05, limit=150, window=1.0)
+    learned = resource.pace.learned
+    assert learned is not None and learned.rate > eased
+    clock.t += 0.5
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.05)
+    assert resource.pauses == 0
+
+
+def test_a_search_past_a_ramp_s_estimate_steps_back_below_the_step_before() -> None:
+    """A ramp's burst of 429s leaves a search going past what got through in 5 % steps
+    held a second each. The step that draws a 429 was over the source's limit, and a
+    bucket of ten hides a few percent over it for longer than a second: the rate goes
+    back 8 % under the step before, not to it."""
+    rate = AdaptiveRate(5.0, ceiling=1000.0)
+    t = 0.0
+    while rate.rate < 150.0:
+        rate.on_start(t)
+        rate.on_success(t, sent=t - 0.05)
+        t += 1.0 / rate.rate
+    rate.on_rate_limited(t, t, sent=t - 0.02)
+    rate.paced_from = t + 0.01
+    for k in range(3):
+        rate.on_rate_limited(t + 0.01 * k, t + 0.01 * k, sent=t - 0.015 + 0.005 * k)
+    steps: list[float] = [rate.rate]
+    end = t + 8.0
+    while t < end and len(steps) < 4:
+        t += 1.0 / rate.rate
+        rate.on_start(t)
+        rate.on_success(t, sent=t - 0.05)
+        if rate.rate != steps[-1]:
+            steps.append(rate.rate)
+    assert len(steps) == 4 and steps[-1] > steps[-2] > steps[-3]
+    rate.on_rate_limited(t + 0.05, t + 0.05, sent=t)
+    assert rate.rate <= 0.92 * steps[-2] + 1e-9

@@ -54,6 +54,7 @@ class AdaptiveRate:
     _JITTER_STEP = 0.97
     _SEARCH_STEP = 1.10
     _PAST_STEP = 1.05
+    _PAST_BACK = 0.92
     _CREEP_STEP = 0.01
     _MAX_CREEP_EVERY = 60.0
 
@@ -148,8 +149,9 @@ class AdaptiveRate:
             while log and log[0] < horizon:
                 log.popleft()
 
-    def _rate_at(self, instant: float) -> float | None:
-        """The rate run at ``instant`` (None: too long ago to tell)."""
+    def rate_at(self, instant: float) -> float | None:
+        """The rate run at ``instant`` (None: too long ago to tell; the last 256 changes
+        are kept)."""
         for since, rate in reversed(self._history):
             if since <= instant:
                 return rate
@@ -257,6 +259,11 @@ class AdaptiveRate:
             # The search's last step drew it: the rate before that step is the limit.
             # Creeping above it is a gamble (a 429 costs a whole pause): slowly.
             target, search = self._good, False
+            if self._small_steps:
+                # Past an estimate, held a second each: a source's bucket hides a step's
+                # few percent over its limit for longer than that (a bucket of ten, 5 %
+                # over 100/s: two seconds), so the step before may be over it too.
+                target *= self._PAST_BACK
             self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
         elif accepted is not None and refused_share > 0.15:
             # Clearly sending faster than the source accepts: this refusal at the rate
@@ -316,7 +323,7 @@ class AdaptiveRate:
         self._past_estimate = None
         self._small_steps = False
         if sent is not None:
-            sent_at = self._rate_at(sent)
+            sent_at = self.rate_at(sent)
             if sent_at is not None and sent_at < self.rate:
                 target = min(target, self._JITTER_STEP * sent_at)
         self._rate_before = self.rate

@@ -50,6 +50,9 @@ REFUSED_WAIT = 1.0
 EASE_LONGEST = 1.0
 # How long after a lone 429 another (of a request sent since) says the source insists.
 EASE_MEMORY = 5.0
+# How long after a lone 429's echoes one more refusal only slows the rate (see
+# Resource._eases).
+EASE_SETTLE = 0.25
 # A rate slower than one request a week means nothing a backfill can use (and one that
 # rounds to zero would never let a request through).
 _SLOWEST_INTERVAL = 7 * 86400.0

@@ -27,6 +27,7 @@ from backfill.ratelimit.limits import (
     DEFAULT_MAX_WAIT,
     EASE_LONGEST,
     EASE_MEMORY,
+    EASE_SETTLE,
     QUOTA_PERIOD,
     REFUSED_WAIT,
     Limit,
@@ -163,6 +164,8 @@ class Resource:
         # _eases).
         self._eased_at = -math.inf
         self._echo_until = -math.inf
+        self._eased_to = math.inf  # the rate the last lone 429 brought
+        self._settled = True  # the last lone 429's one settling refusal came
         self.requests = 0
         self.rate_limited = 0
         self.late_starts = 0  # fleet starts found stale and dropped, taken again
@@ -246,6 +249,8 @@ class Resource:
         self.pausing.reset()
         self._eased_at = -math.inf
         self._echo_until = -math.inf
+        self._eased_to = math.inf  # the rate the last lone 429 brought
+        self._settled = True  # the last lone 429's one settling refusal came
         self.circuit_since = None
         self.down_since = None
         self.last_error = None
@@ -492,7 +497,7 @@ class Resource:
 
     def _eases(
         self, now: float, sent: float | None, asked: float, status: int
-    ) -> Literal["lone", "echo"] | None:
+    ) -> Literal["lone", "echo", "settle"] | None:
         """Whether a 429 slows the resource down without pausing it (None: it pauses
         it): a new ``"lone"`` 429, or an ``"echo"`` of the last one. A lone 429 asks
         for a second or less (or two intervals of the declared rate), of a request the
@@ -520,8 +525,19 @@ class Resource:
             return None
         if sent <= self._eased_at or sent < self._echo_until:
             return "echo"
+        if not self._settled and sent < self._echo_until + EASE_SETTLE:
+            # Sent just after at the slower rate: the bucket that refused the lone one was
+            # left empty, and a rate a few percent under its limit refills it slowly; one
+            # request the way's jitter brings early is refused. One such slows the rate
+            # again (the source said nothing new yet); the next pauses.
+            self._settled = True
+            return "settle"
         if sent < self._eased_at + max(EASE_MEMORY, 10.0 * interval):
-            return None
+            went_at = self.pace.learned.rate_at(sent)
+            if went_at is None or went_at <= self._eased_to:
+                return None
+            # Sent faster than the last lone 429 brought the rate (a search has taken it
+            # up since): a new lone one, of the new rate.
         return "lone"
 
     def hold_until(self, until: float, reason: str) -> None:
@@ -563,6 +579,8 @@ class Resource:
                     # start the slower rate spaced (their turns taken at the old one).
                     self._eased_at = now
                     self._echo_until = pace.next_start(now)
+                    self._eased_to = pace.rate
+                    self._settled = False
             else:
                 wait = min(asked, self.max_wait)
                 pace.on_refused(now, max(now + wait, self.paused_until), sent=sent)
