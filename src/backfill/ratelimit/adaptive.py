@@ -25,10 +25,11 @@ class AdaptiveRate:
     * mostly refused: it drops to just under what the source measurably accepted (or,
       too soon after a pause to time it, to what it accepted over the whole cycle), then
       *searches* upwards in steps of 10 %, each held for a second or 4 requests and
-      taken only once the client used it (90 % of it got through: a step the client
-      could not send says nothing of the source); the step that draws a 429 is taken
-      back, and the search ends there (the creep upwards then waits four times its
-      usual interval: the last step drew a whole pause).
+      taken only once the client used it (90 % of it went: a step the client could
+      not send says nothing of the source); the step that draws a 429 is taken back,
+      and 8 % more (a source's bucket hides a step's few percent over its limit for a
+      second or two, so the step before may have been over it too), and the search
+      ends there (the creep upwards then waits four times its usual interval).
 
     A ramp's first 429, every answer before it accepted, drops the rate just under what
     got through over the last half second. When more 429s follow from the requests then
@@ -42,7 +43,14 @@ class AdaptiveRate:
 
     The 429s of requests sent at the rate before a decrease (before the first start the
     slower rate spaced) are its echoes: they say how far over the limit that rate was,
-    not that the slower one is.
+    not that the slower one is. Every echo counts in that estimate (a source seconds
+    away answers for seconds of them); the echoes of a decrease to a rate long accepted
+    (a jitter step, the end of a search) change nothing.
+
+    A rate is judged by the answers of requests sent at it, when answers say when their
+    requests went (``sent``): a 429 never leaves the rate above just under the one its
+    request went at (a ramp or a search went on while the answer was on its way), and a
+    search step waits for most of its own answers before the next.
 
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
@@ -258,12 +266,10 @@ class AdaptiveRate:
         elif self._good is not None and self._good < self.rate:
             # The search's last step drew it: the rate before that step is the limit.
             # Creeping above it is a gamble (a 429 costs a whole pause): slowly.
-            target, search = self._good, False
-            if self._small_steps:
-                # Past an estimate, held a second each: a source's bucket hides a step's
-                # few percent over its limit for longer than that (a bucket of ten, 5 %
-                # over 100/s: two seconds), so the step before may be over it too.
-                target *= self._PAST_BACK
+            # A source's bucket hides a step's few percent over its limit for a while (a
+            # bucket of ten, 5 % over 100/s: two seconds), so the step before, held a
+            # second, may have been over it too: back a step further.
+            target, search = self._PAST_BACK * self._good, False
             self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
         elif accepted is not None and refused_share > 0.15:
             # Clearly sending faster than the source accepts: this refusal at the rate
