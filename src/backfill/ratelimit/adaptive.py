@@ -27,19 +27,20 @@ class AdaptiveRate:
       *searches* upwards in steps of 10 %, each held for a second or 4 requests and
       taken only once the client used it (90 % of it went: a step the client could
       not send says nothing of the source); the step that draws a 429 is taken back,
-      and 8 % more (a source's bucket hides a step's few percent over its limit for a
-      second or two, so the step before may have been over it too), and the search
-      ends there (the creep upwards then waits four times its usual interval).
+      and the search ends there (the creep upwards then waits four times its usual
+      interval).
 
     A ramp's first 429, every answer before it accepted, drops the rate just under what
     got through over the last half second. When more 429s follow from the requests then
     on their way, the source's bucket had let the ramp far past its limit: the search
     goes straight back to a hair under what got through (it did), then on in steps of
     5 % up to the ramp's rate, as what got through over a ramp falls short of the limit
-    (84/s of 100 over real HTTP). A lone 429 (a bucket of one refuses at once, when what
-    got through was still the ramp's own pace) leaves the search its 10 % steps. A drop
-    to under what was measured to get through while mostly refused (about the limit,
-    then) keeps its search under that.
+    (84/s of 100 over real HTTP); the step that draws a 429 there is taken back and 8 %
+    more (a bucket that big hides a step's few percent over its limit for a second or
+    two, so the step before may have been over it too). A lone 429 (a bucket of one
+    refuses at once, when what got through was still the ramp's own pace) leaves the
+    search its 10 % steps. A drop to under what was measured to get through while mostly
+    refused (about the limit, then) keeps its search under that.
 
     The 429s of requests sent at the rate before a decrease (before the first start the
     slower rate spaced) are its echoes: they say how far over the limit that rate was,
@@ -266,10 +267,15 @@ class AdaptiveRate:
         elif self._good is not None and self._good < self.rate:
             # The search's last step drew it: the rate before that step is the limit.
             # Creeping above it is a gamble (a 429 costs a whole pause): slowly.
-            # A source's bucket hides a step's few percent over its limit for a while (a
-            # bucket of ten, 5 % over 100/s: two seconds), so the step before, held a
-            # second, may have been over it too: back a step further.
-            target, search = self._PAST_BACK * self._good, False
+            target, search = self._good, False
+            if self._small_steps:
+                # Past a ramp's estimate, its bucket known to let a ramp far past its
+                # limit: a bucket that big hides a step's few percent over the limit for
+                # a while (ten, 5 % over 100/s: two seconds), so the step before, held a
+                # second, may have been over it too: back a step further. (A bucket of
+                # one refuses the first request over its limit: the step before was
+                # under it.)
+                target *= self._PAST_BACK
             self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
         elif accepted is not None and refused_share > 0.15:
             # Clearly sending faster than the source accepts: this refusal at the rate
