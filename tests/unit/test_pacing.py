@@ -47,8 +47,10 @@ def serve(
     jitter: float = 0.0,
     latency: tuple[float, float] = (0.02, 0.12),
     seed: int = 1,
+    falls: tuple[float, float] | None = None,
 ) -> Served:
-    """Requests from ``workers`` tasks through ``resource`` for ``seconds`` of virtual time."""
+    """Requests from ``workers`` tasks through ``resource`` for ``seconds`` of virtual time
+    (``falls``: the server's limit falls to the second figure at the first's instant)."""
     rng = random.Random(seed)
     served = Served()
     resource.subscribe(lambda name, what, seconds, kind: served.said.append(what))
@@ -61,12 +63,13 @@ def serve(
             sent = clock.t
             await clock.sleep(rng.uniform(0.0, jitter))
             now = clock.t
-            tokens = min(float(bucket), tokens + (now - last) * limit)
+            rate = falls[1] if falls is not None and now >= falls[0] else limit
+            tokens = min(float(bucket), tokens + (now - last) * rate)
             last = now
             ok = tokens >= 1.0 - 1e-9
             if ok:
                 tokens -= 1.0
-            wait = 0.0 if ok else (1.0 - tokens) / limit
+            wait = 0.0 if ok else (1.0 - tokens) / rate
             served.log.append((now, ok))
             await clock.sleep(rng.uniform(*latency))
             if ok:
@@ -147,6 +150,32 @@ def test_a_declared_rate_three_times_too_high_corrects_itself_at_long_latency(
     assert served.accepted_between(200.0, 300.0) >= 0.85 * limit * 100.0
     assert served.refused_share < 0.05
     assert 0.9 * limit / (1.0 + limit * 0.005) <= resource.rate <= limit
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+def test_a_limit_that_falls_under_a_source_seconds_away_is_followed_down(seed: int) -> None:
+    """Declared 20/s and accepted at it, a source answering in 2-3 s drops its limit to
+    5/s at 20 s: the first 429s step the rate down a few percent, but the requests on
+    their way when it did are then refused one after another, which says the limit fell
+    far under it. The rate follows it down: fewer than 70 requests are refused in the 25 s
+    after the fall (as jitter steps alone, 80-130), and it ends under the new limit."""
+    clock = FakeClock()
+    resource = Resource("api", rate="20/s", concurrency=100, clock=clock)
+    served = serve(
+        resource,
+        clock,
+        limit=20.0,
+        bucket=1,
+        seconds=120.0,
+        workers=100,
+        jitter=0.005,
+        latency=(2.0, 3.0),
+        seed=seed,
+        falls=(20.0, 5.0),
+    )
+    refused = sum(1 for t, ok in served.log if 20.0 <= t < 45.0 and not ok)
+    assert refused < 70
+    assert resource.rate <= 5.0
 
 
 def test_a_declared_rate_20_times_too_high_comes_down_within_seconds() -> None:

@@ -931,24 +931,54 @@ def test_the_first_start_a_drop_spaced_holds_while_its_burst_adjusts_it() -> Non
     assert learned.decreases == decreases + 1
 
 
-def test_a_429_of_a_request_sent_faster_than_a_lone_one_left_the_rate_is_a_new_lone_one() -> None:
-    """A lone 429 slows a 100/s resource; then the source says its limit is 150/s and the
-    rate goes up. A 429 of a request sent at that higher rate, within seconds of the lone
-    one, is a new lone 429 of the new rate (it pauses nothing); one sent at the rate the
-    lone one left says the source insists."""
+def _adaptive_after_a_lone_429() -> tuple[Resource, FakeClock, float]:
+    """An adaptive resource ramped up for a second on virtual time (each request answered
+    at once), then refused once: a lone 429; and the rate it fell to."""
     from backfill.ratelimit.limits import Outcome
 
-    resource, clock = _healthy_at_100_a_second(latency=0.05)
-    clock.t += 0.005
-    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.05)
-    eased = resource.rate
-    clock.t += 0.5
-    resource.observe(Outcome.OK, latency=0.05, sent=clock.t - 0.05, limit=150, window=1.0)
-    learned = resource.pace.learned
-    assert learned is not None and learned.rate > eased
-    clock.t += 0.5
-    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.05)
+    clock = FakeClock()
+    resource = Resource("api", adaptive=True, start_rate=50, clock=clock)
+    asyncio.run(_turns(resource, clock, 1.0))
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.001)
     assert resource.pauses == 0
+    return resource, clock, resource.rate
+
+
+async def _turns(resource: Resource, clock: FakeClock, seconds: float) -> None:
+    from backfill.ratelimit.limits import Outcome
+
+    end = clock.t + seconds
+    while clock.t < end:
+        await resource.acquire()
+        resource.observe(Outcome.OK, latency=0.01, sent=clock.t)
+
+
+def test_a_429_of_a_request_sent_faster_than_a_lone_one_left_the_rate_is_a_new_lone_one() -> None:
+    """After a lone 429 the search takes the rate up a step within seconds: a 429 of a
+    request sent at that higher rate is a new lone 429 of it (it pauses nothing), not the
+    source insisting at the rate the lone one left."""
+    from backfill.ratelimit.limits import Outcome
+
+    resource, clock, eased = _adaptive_after_a_lone_429()
+    asyncio.run(_turns(resource, clock, 1.5))
+    assert resource.rate > eased
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.001)
+    assert resource.pauses == 0
+
+
+def test_a_rate_a_source_s_header_raised_after_a_lone_429_insists_when_refused() -> None:
+    """After a lone 429 the source's headers say its limit is far higher: a 429 of a
+    request sent at the rate they set, seconds later, is the source insisting (a header
+    may overstate the limit, and set the rate back up after every 429): it pauses."""
+    from backfill.ratelimit.limits import Outcome
+
+    resource, clock, eased = _adaptive_after_a_lone_429()
+    clock.t += 0.5
+    resource.observe(Outcome.OK, latency=0.01, sent=clock.t, limit=500, window=1.0)
+    assert resource.rate > eased
+    clock.t += 0.5
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.001)
+    assert resource.pauses == 1
 
 
 def test_a_search_past_a_ramp_s_estimate_steps_back_below_the_step_before() -> None:
@@ -977,3 +1007,43 @@ def test_a_search_past_a_ramp_s_estimate_steps_back_below_the_step_before() -> N
     assert len(steps) == 4 and steps[-1] > steps[-2] > steps[-3]
     rate.on_rate_limited(t + 0.05, t + 0.05, sent=t)
     assert rate.rate <= 0.92 * steps[-2] + 1e-9
+
+
+def test_an_outage_s_echoes_never_take_the_rate_to_its_floor() -> None:
+    """Declared 20/s, the source refuses everything for a while: the first 429 halves the
+    rate, and the 43 requests on their way are all refused. Read as all refused, they took
+    the rate to 0.43/s, from where a search back to a live source's limit took hours; it
+    stays at a twenty-first of the rate before at the least."""
+    rate = AdaptiveRate(20.0, ramp=False)
+    rate.on_rate_limited(1.0, 2.0, sent=0.9)
+    rate.paced_from = 2.0
+    for k in range(43):
+        rate.on_rate_limited(1.01 + 0.01 * k, 2.0, sent=0.5 + 0.01 * k)
+    assert rate.rate >= 20.0 / 21.0 - 1e-9
+
+
+def test_an_earlier_decrease_s_accepted_echoes_do_not_count_in_the_last_one_s() -> None:
+    """Two decreases; then the earlier one's echoes answer, a third of them accepted, and
+    the last one's, all refused. The accepted answers of requests sent before the earlier
+    decrease are its echoes, as its 429s are: they do not dilute the share the last one's
+    burst reads (they held the rate at 15/s where its own echoes say about 4/s)."""
+
+    def rate_after(earlier_accepted: bool) -> float:
+        rate = AdaptiveRate(60.0, ramp=False)
+        rate.on_rate_limited(2.0, 2.0, sent=0.02)
+        rate.paced_from = 2.02
+        rate.on_rate_limited(2.1, 2.1, sent=2.05)
+        rate.paced_from = 2.15
+        t = 2.1
+        for k in range(30):
+            t += 0.01
+            if k % 3 != 2:
+                rate.on_rate_limited(t, t, sent=0.1 + 0.06 * k)
+            elif earlier_accepted:
+                rate.on_success(t, sent=0.1 + 0.06 * k)
+        for k in range(6):
+            t += 0.01
+            rate.on_rate_limited(t, t, sent=2.06 + 0.015 * k)
+        return rate.rate
+
+    assert rate_after(True) == pytest.approx(rate_after(False))

@@ -125,9 +125,10 @@ class AdaptiveRate:
         # The first start the rate spaced after its last decrease (set by its pace).
         self.paced_from = -math.inf
         self._earlier = -math.inf  # the same for the decrease before the last
-        # The rates run at, each from when: (since, rate), the last ones (see _rate_at).
-        self._history: collections.deque[tuple[float, float]] = collections.deque(
-            [(-math.inf, self.rate)], maxlen=256
+        # The rates run at, each from when, and whether a source's header set it: (since,
+        # rate, told), the last ones (see rate_at).
+        self._history: collections.deque[tuple[float, float, bool]] = collections.deque(
+            [(-math.inf, self.rate, False)], maxlen=256
         )
 
     def _accepted_rate(self, now: float) -> tuple[float, float] | None:
@@ -161,14 +162,24 @@ class AdaptiveRate:
     def rate_at(self, instant: float) -> float | None:
         """The rate run at ``instant`` (None: too long ago to tell; the last 256 changes
         are kept)."""
-        for since, rate in reversed(self._history):
+        for since, rate, _ in reversed(self._history):
             if since <= instant:
                 return rate
         return None
 
-    def _noted(self, now: float, changed: bool) -> bool:
+    def rose_between(self, start: float, end: float) -> bool:
+        """Whether the rate went up between the two instants by its own steps (a search,
+        the creep, a ramp; not a source's header, which may overstate its limit)."""
+        before: float | None = None
+        for since, rate, told in self._history:
+            if start < since <= end and before is not None and rate > before and not told:
+                return True
+            before = rate
+        return False
+
+    def _noted(self, now: float, changed: bool, *, told: bool = False) -> bool:
         if self._history[-1][1] != self.rate:
-            self._history.append((now, self.rate))
+            self._history.append((now, self.rate, told))
         return changed
 
     def on_rate_limited(self, now: float, resume_at: float, *, sent: float | None = None) -> bool:
@@ -218,12 +229,16 @@ class AdaptiveRate:
                 self._echoes_refused += 1
                 refused = self._echoes_refused
                 answered = refused + self._echoes_accepted
-            # Shrunk towards none refused: a handful of answers is a noisy sample.
-            share = refused / (answered + 1)
-            if answered < 4 or share <= 0.3 or (sent is not None and self._good is None):
+            # Shrunk towards none refused: a handful of answers is a noisy sample; and
+            # never all of them (an outage's echoes would take the rate to its floor,
+            # and a search from there back to a live source's limit takes hours).
+            share = min(refused / (answered + 1), 20.0 / 21.0)
+            known = sent is not None and self._good is None
+            if answered < 4 or share <= 0.3 or (known and (answered < 8 or share <= 0.5)):
                 # (Known by when they went, echoes of a decrease to a rate known to be
-                # accepted, the last search's or a jitter step's, say nothing of it: a
-                # bucket of one refuses every other request sent a hair too fast.)
+                # accepted, the last search's or a jitter step's, say little of it: a
+                # bucket of one refuses every other request sent a hair too fast. Most
+                # of them refused, the source's limit fell far under it.)
                 return False
             target = max(self.floor, self._rate_before * (1.0 - share))
             if sent is not None:
@@ -370,7 +385,7 @@ class AdaptiveRate:
     def on_header_limit(self, rate: float, now: float) -> None:
         """The server told us its limit: use it (a hair below, for clock skew)."""
         self._header_limit(rate, now)
-        self._noted(now, True)
+        self._noted(now, True, told=True)
 
     def _header_limit(self, rate: float, now: float) -> None:
         self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
@@ -400,7 +415,8 @@ class AdaptiveRate:
             if sent >= self._last_update:
                 # Sent at the rate run at now: a step is judged by its own answers.
                 self._step_own += 1
-            elif sent < max(self._last_decrease, self.paced_from):
+            elif self._earlier <= sent < max(self._last_decrease, self.paced_from):
+                # (Sent before an earlier decrease: that one's echo, as its 429s are.)
                 self._echoes_accepted += 1
         elapsed = now - self._last_update
         if self.threshold is None:

@@ -533,11 +533,17 @@ class Resource:
             self._settled = True
             return "settle"
         if sent < self._eased_at + max(EASE_MEMORY, 10.0 * interval):
-            went_at = self.pace.learned.rate_at(sent)
-            if went_at is None or went_at <= self._eased_to:
+            learned = self.pace.learned
+            went_at = learned.rate_at(sent)
+            if (
+                went_at is None
+                or went_at <= self._eased_to
+                or not learned.rose_between(self._eased_at, sent)
+            ):
                 return None
-            # Sent faster than the last lone 429 brought the rate (a search has taken it
-            # up since): a new lone one, of the new rate.
+            # Sent faster than the last lone 429 brought the rate, a search having taken
+            # it up since (not a source's header, which may overstate its limit): a new
+            # lone one, of the new rate.
         return "lone"
 
     def hold_until(self, until: float, reason: str) -> None:
