@@ -48,9 +48,11 @@ def serve(
     latency: tuple[float, float] = (0.02, 0.12),
     seed: int = 1,
     falls: tuple[float, float] | None = None,
+    outage: tuple[float, float] | None = None,
 ) -> Served:
     """Requests from ``workers`` tasks through ``resource`` for ``seconds`` of virtual time
-    (``falls``: the server's limit falls to the second figure at the first's instant)."""
+    (``falls``: the server's limit falls to the second figure at the first's instant;
+    ``outage``: between those instants it refuses every request, asking a second)."""
     rng = random.Random(seed)
     served = Served()
     resource.subscribe(lambda name, what, seconds, kind: served.said.append(what))
@@ -70,6 +72,8 @@ def serve(
             if ok:
                 tokens -= 1.0
             wait = 0.0 if ok else (1.0 - tokens) / rate
+            if outage is not None and outage[0] <= now < outage[1]:
+                ok, wait = False, 1.0
             served.log.append((now, ok))
             await clock.sleep(rng.uniform(*latency))
             if ok:
@@ -176,6 +180,32 @@ def test_a_limit_that_falls_under_a_source_seconds_away_is_followed_down(seed: i
     refused = sum(1 for t, ok in served.log if 20.0 <= t < 45.0 and not ok)
     assert refused < 70
     assert resource.rate <= 5.0
+
+
+@pytest.mark.parametrize("latency", [(0.02, 0.12), (2.0, 3.0)])
+def test_after_a_source_s_outage_the_rate_it_took_before_comes_back(
+    latency: tuple[float, float],
+) -> None:
+    """Declared 20/s and taken at it for ten seconds, the source then refuses everything
+    for ten (maintenance), asking a second each time: the rate falls to a fraction of a
+    request a second. Once requests go through again it searches back up towards the rate
+    the source took before, doubling from a quarter of it: 85 % of the limit gets through
+    from 90 s on (it crept back at 1 % a minute: 0.3/s after ten minutes)."""
+    clock = FakeClock()
+    resource = Resource("api", rate="20/s", concurrency=100, clock=clock)
+    served = serve(
+        resource,
+        clock,
+        limit=20.0,
+        bucket=5,
+        seconds=150.0,
+        workers=100,
+        jitter=0.005,
+        latency=latency,
+        outage=(10.0, 20.0),
+    )
+    assert served.accepted_between(90.0, 150.0) >= 0.85 * 20.0 * 60.0
+    assert resource.rate <= 20.0
 
 
 def test_a_declared_rate_20_times_too_high_comes_down_within_seconds() -> None:

@@ -106,6 +106,12 @@ class AdaptiveRate:
         self._good: float | None = None
         self._creep_every: float | None = None
         self._since_decrease = 0  # requests accepted since the last decrease
+        self._since_decrease_own = 0  # of them, sent since (known when answers say)
+        # The best rate the source took for long (ten seconds, fifty answers, no 429).
+        self._proven = 0.0
+        # Answers accepted per whole second of the last eleven: [second, count].
+        self._per_second: collections.deque[list[int]] = collections.deque(maxlen=11)
+        self._recovering = False  # searching back up to _proven after an outage
         self._paused = 0.0  # how long the last decrease's 429 paused the resource
         self._rate_before = self.rate  # the rate the last decrease came down from
         self._answered: collections.deque[float] = collections.deque()  # every answer
@@ -255,6 +261,11 @@ class AdaptiveRate:
             # (the answers meanwhile went at the rate before).
             self._restart(max(now, self._last_update or now))
             return True
+        if self._recovering:
+            # Refused on the way back up after an outage: the source's limit fell under
+            # the rate it took before. Forgotten (proven anew after ten healthy seconds).
+            self._recovering = False
+            self._proven = 0.0
         # Accepted since the last decrease: every other 429 since was one of its echoes
         # (any other is a decrease), so this one is the only refusal at the rate it brought.
         accepted_since = self._outcomes.count(True)
@@ -366,9 +377,38 @@ class AdaptiveRate:
         self._outcomes.clear()
         self._echoes_accepted = self._echoes_refused = 0
         self._dropped_to = self.rate
-        self._since_decrease = 0
+        self._since_decrease = self._since_decrease_own = 0
         self._restart(resume_at)
         return True
+
+    def _prove(self, now: float) -> None:
+        """Count an accepted answer; the most that got through in ten whole seconds
+        without a 429 is a rate the source takes (``_proven``)."""
+        second = math.floor(now)
+        counts = self._per_second
+        if counts and counts[-1][0] == second:
+            counts[-1][1] += 1
+            return
+        counts.append([second, 1])
+        # A new second began: the ten before it are whole.
+        first = second - 10
+        if first < self._last_decrease:
+            return
+        got = sum(n for s, n in counts if first <= s < second)
+        self._proven = max(self._proven, got / 10.0)
+
+    def _recovered(self, now: float) -> bool:
+        """Under a tenth of the best rate the source took for long (see _proven), and
+        answering again: two requests accepted since the last decrease, one of them sent
+        since (or, when answers do not say when their requests went, two seconds after it
+        and its pause), none refused since."""
+        if self._recovering or self.threshold is None or self.rate >= 0.1 * self._proven:
+            return False
+        if self._since_decrease < 2:
+            return False
+        if self._sent_known:
+            return self._since_decrease_own >= 1
+        return now - self._last_decrease >= self._paused + 2.0
 
     def _creep_base(self) -> float:
         # Crossing the limit costs a 429 and a Retry-After pause, so cycles must be long
@@ -418,6 +458,27 @@ class AdaptiveRate:
             elif self._earlier <= sent < max(self._last_decrease, self.paced_from):
                 # (Sent before an earlier decrease: that one's echo, as its 429s are.)
                 self._echoes_accepted += 1
+            if sent >= max(self._last_decrease, self.paced_from):
+                self._since_decrease_own += 1
+        self._prove(now)
+        if self._recovered(now):
+            # Far under a rate the source took for long, and taken again: it refused
+            # everything for a while (an outage, maintenance) and is back. Search back
+            # up towards that rate from up to a quarter of it, doubling while under half
+            # of it, each step held two requests (a search from here in steps of a
+            # tenth, each held four, took minutes, and the creep hours). A step that
+            # draws a 429 says the source's limit fell instead: that rate is forgotten,
+            # and the search ends there.
+            self._recovering = True
+            before = self.rate
+            self.threshold = self.rate = min(
+                self.ceiling, max(self.rate, min(0.25 * self._proven, 4.0 * self.rate))
+            )
+            self._good, self._bad = self.rate, self._proven
+            self._past_estimate = None
+            self._small_steps = False
+            self._restart(now)
+            return self.rate != before
         elapsed = now - self._last_update
         if self.threshold is None:
             if elapsed < 0.25:
@@ -433,7 +494,7 @@ class AdaptiveRate:
             self._restart(now)
             return False
         elif self._good is not None:
-            hold = max(1.0, 4.0 / self.rate)
+            hold = max(1.0, (2.0 if self._recovering else 4.0) / self.rate)
             if elapsed < hold:
                 return False
             # Used: 90 % of the step went (counted as they start, when the client says;
@@ -458,6 +519,8 @@ class AdaptiveRate:
                 step = max(self.rate, self._JITTER_STEP * bad)
             else:
                 step = self.rate * (self._PAST_STEP if self._small_steps else self._SEARCH_STEP)
+                if self._recovering and bad is not None and self.rate < 0.5 * bad:
+                    step = 2.0 * self.rate
                 if bad is not None and bad > self.rate:
                     step = min(step, (self.rate + bad) / 2.0, self._JITTER_STEP * bad)
             self.rate = max(self.rate, min(self.ceiling, step))
@@ -472,6 +535,7 @@ class AdaptiveRate:
                 else:
                     # At the ceiling, or all but at the rate that drew the 429: searched.
                     self._good = self._bad = None
+                    self._recovering = False
         else:
             every = self._creep_base()
             if elapsed < every:
