@@ -189,8 +189,8 @@ def test_after_a_source_s_outage_the_rate_it_took_before_comes_back(
     """Declared 20/s and taken at it for ten seconds, the source then refuses everything
     for ten (maintenance), asking a second each time: the rate falls to a fraction of a
     request a second. Once requests go through again it searches back up towards the rate
-    the source took before, doubling from a quarter of it: 85 % of the limit gets through
-    from 90 s on (it crept back at 1 % a minute: 0.3/s after ten minutes)."""
+    the source took before, doubling: 85 % of the limit gets through from 90 s on (it
+    crept back at 1 % a minute: 0.3/s after ten minutes)."""
     clock = FakeClock()
     resource = Resource("api", rate="20/s", concurrency=100, clock=clock)
     served = serve(
@@ -273,9 +273,8 @@ def test_adaptive_mode_at_100_a_second_finds_the_limit_without_a_pause(seed: int
 def test_adaptive_mode_in_front_of_a_strict_source_seconds_away(seed: int) -> None:
     """Started at 5/s in front of a 5/s source with a bucket of one that answers in 3-5 s:
     the ramp grows on answers of requests sent seconds before, and the first 429s tell of
-    rates long left behind. The rate comes down under the one the refused request went at
-    (not a step under where the ramp got to), fewer than 5 % of requests are refused (the
-    ramp's first seconds), and 90 % of the limit gets through in the last 100 s."""
+    rates long left behind: fewer than 5 % of requests are refused (the ramp's first
+    seconds), and 90 % of the limit gets through in the last 100 s."""
     clock = FakeClock()
     resource = Resource("api", adaptive=True, start_rate=5, concurrency=150, clock=clock)
     served = serve(

@@ -1047,3 +1047,34 @@ def test_an_earlier_decrease_s_accepted_echoes_do_not_count_in_the_last_one_s() 
         return rate.rate
 
     assert rate_after(True) == pytest.approx(rate_after(False))
+
+
+def test_a_way_back_up_that_draws_a_429_forgets_the_rate_it_climbed_to() -> None:
+    """Taken at 20/s for twelve seconds, then refused until the rate is a tenth of a
+    request a second, then answered again: the rate searches back up, from four times
+    where it was. The first step up is refused (the source's limit fell, no outage): the
+    rate the source took before is forgotten: answers since start no second way up (the
+    search from the drop stays under the rate refused)."""
+    rate = AdaptiveRate(20.0, ramp=False)
+    t = 0.0
+    while t < 12.0:
+        rate.on_success(t, sent=t - 0.05)
+        t += 0.05
+    k = 0
+    while rate.rate > 1.0:
+        rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
+        t += 1.0
+        k += 1
+        assert k < 100
+    low = rate.rate
+    for _ in range(3):
+        t += 1.0 / rate.rate
+        rate.on_success(t, sent=t - 0.05)
+    assert rate.rate == pytest.approx(min(5.0, 4.0 * low))
+    up = rate.rate
+    rate.on_rate_limited(t + 0.1, t + 0.1, sent=t)
+    assert rate.rate < up
+    for _ in range(40):
+        t += 1.0 / rate.rate
+        rate.on_success(t, sent=t - 0.05)
+        assert rate.rate < up
