@@ -9,6 +9,7 @@ import itertools
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -95,6 +96,32 @@ def serve(
     return served
 
 
+def serve_far(
+    resource: Resource,
+    clock: FakeClock,
+    *,
+    limit: float,
+    bucket: int,
+    seconds: float,
+    workers: int = 100,
+    latency: tuple[float, float] = (2.0, 3.0),
+    **kwargs: Any,
+) -> Served:
+    """``serve`` from a source seconds away (2-3 s an answer), a hundred requests on their
+    way at once, the way's jitter 5 ms."""
+    return serve(
+        resource,
+        clock,
+        limit=limit,
+        bucket=bucket,
+        seconds=seconds,
+        workers=workers,
+        jitter=0.005,
+        latency=latency,
+        **kwargs,
+    )
+
+
 @pytest.mark.parametrize(("rate", "jitter"), [(5, 0.0), (5, 0.01), (2, 0.02), (20, 0.005)])
 def test_a_correct_declared_rate_behind_a_strict_bucket_draws_under_1_percent_429s(
     rate: float, jitter: float
@@ -140,17 +167,7 @@ def test_a_declared_rate_three_times_too_high_corrects_itself_at_long_latency(
     of all requests draw a 429."""
     clock = FakeClock()
     resource = Resource("api", rate=f"{declared}/s", concurrency=100, clock=clock)
-    served = serve(
-        resource,
-        clock,
-        limit=float(limit),
-        bucket=1,
-        seconds=300.0,
-        workers=100,
-        jitter=0.005,
-        latency=(2.0, 3.0),
-        seed=seed,
-    )
+    served = serve_far(resource, clock, limit=float(limit), bucket=1, seconds=300.0, seed=seed)
     assert served.accepted_between(200.0, 300.0) >= 0.85 * limit * 100.0
     assert served.refused_share < 0.05
     assert 0.9 * limit / (1.0 + limit * 0.005) <= resource.rate <= limit
@@ -165,17 +182,8 @@ def test_a_limit_that_falls_under_a_source_seconds_away_is_followed_down(seed: i
     after the fall (as jitter steps alone, 80-130), and it ends under the new limit."""
     clock = FakeClock()
     resource = Resource("api", rate="20/s", concurrency=100, clock=clock)
-    served = serve(
-        resource,
-        clock,
-        limit=20.0,
-        bucket=1,
-        seconds=120.0,
-        workers=100,
-        jitter=0.005,
-        latency=(2.0, 3.0),
-        seed=seed,
-        falls=(20.0, 5.0),
+    served = serve_far(
+        resource, clock, limit=20.0, bucket=1, seconds=120.0, seed=seed, falls=(20.0, 5.0)
     )
     refused = sum(1 for t, ok in served.log if 20.0 <= t < 45.0 and not ok)
     assert refused < 70
@@ -193,16 +201,8 @@ def test_after_a_source_s_outage_the_rate_it_took_before_comes_back(
     crept back at 1 % a minute: 0.3/s after ten minutes)."""
     clock = FakeClock()
     resource = Resource("api", rate="20/s", concurrency=100, clock=clock)
-    served = serve(
-        resource,
-        clock,
-        limit=20.0,
-        bucket=5,
-        seconds=150.0,
-        workers=100,
-        jitter=0.005,
-        latency=latency,
-        outage=(10.0, 20.0),
+    served = serve_far(
+        resource, clock, limit=20.0, bucket=5, seconds=150.0, latency=latency, outage=(10.0, 20.0)
     )
     assert served.accepted_between(90.0, 150.0) >= 0.85 * 20.0 * 60.0
     assert resource.rate <= 20.0
@@ -277,14 +277,13 @@ def test_adaptive_mode_in_front_of_a_strict_source_seconds_away(seed: int) -> No
     seconds), and 90 % of the limit gets through in the last 100 s."""
     clock = FakeClock()
     resource = Resource("api", adaptive=True, start_rate=5, concurrency=150, clock=clock)
-    served = serve(
+    served = serve_far(
         resource,
         clock,
         limit=5.0,
         bucket=1,
         seconds=300.0,
         workers=150,
-        jitter=0.005,
         latency=(3.0, 5.0),
         seed=seed,
     )
