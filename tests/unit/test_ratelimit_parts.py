@@ -1049,12 +1049,11 @@ def test_an_earlier_decrease_s_accepted_echoes_do_not_count_in_the_last_one_s() 
     assert rate_after(True) == pytest.approx(rate_after(False))
 
 
-def test_a_way_back_up_that_draws_a_429_forgets_the_rate_it_climbed_to() -> None:
-    """Taken at 20/s for twelve seconds, then refused until the rate is a tenth of a
-    request a second, then answered again: the rate searches back up, from four times
-    where it was. The first step up is refused (the source's limit fell, no outage): the
-    rate the source took before is forgotten: answers since start no second way up (the
-    search from the drop stays under the rate refused)."""
+def test_a_way_back_up_that_draws_a_429_aims_next_at_half_the_rate() -> None:
+    """Taken at 20/s for twelve seconds, then refused until the rate is under one request
+    a second, then answered again: the rate searches back up, from four times where it
+    was. The first step up is refused (the source's limit fell, or it is not quite back):
+    the next way up aims at half the rate the source took before, never past it."""
     rate = AdaptiveRate(20.0, ramp=False)
     t = 0.0
     while t < 12.0:
@@ -1074,7 +1073,75 @@ def test_a_way_back_up_that_draws_a_429_forgets_the_rate_it_climbed_to() -> None
     up = rate.rate
     rate.on_rate_limited(t + 0.1, t + 0.1, sent=t)
     assert rate.rate < up
-    for _ in range(40):
+    highest, end = 0.0, t + 40.0
+    while t < end:
         t += 1.0 / rate.rate
         rate.on_success(t, sent=t - 0.05)
-        assert rate.rate < up
+        highest = max(highest, rate.rate)
+    assert 5.0 < highest <= 10.0
+
+
+def test_a_rate_a_header_set_after_a_search_s_rise_is_still_the_header_s() -> None:
+    """After a lone 429 the search takes the rate up a step, then the source's header
+    sets it higher still: a 429 of a request sent at the header's rate is the source
+    insisting (it pauses), the search's rise before it notwithstanding."""
+    from backfill.ratelimit.limits import Outcome
+
+    resource, clock, eased = _adaptive_after_a_lone_429()
+    asyncio.run(_turns(resource, clock, 1.5))
+    assert resource.rate > eased
+    clock.t += 0.1
+    resource.observe(Outcome.OK, latency=0.01, sent=clock.t, limit=500, window=1.0)
+    clock.t += 0.5
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.001)
+    assert resource.pauses == 1
+
+
+def test_a_backlog_answered_at_once_proves_no_faster_rate_than_it_went_at() -> None:
+    """Declared 20/s: a stall holds 400 answers, which then come within two seconds. What
+    got through in those ten seconds is at most the 20/s the requests went at, not 40/s:
+    the way back up after a later outage aims at that (past it, it would cross the
+    limit; the creep afterwards adds its 1 % steps, as always)."""
+    rate = AdaptiveRate(20.0, ceiling=1000.0, ramp=False)
+    t = 0.0
+    while t < 12.0:
+        rate.on_success(t, sent=t - 0.05)
+        t += 0.05
+    for k in range(400):
+        rate.on_success(32.0 + 0.005 * k, sent=12.0 + 0.05 * k)
+    t = 34.0
+    while t < 46.0:
+        rate.on_success(t, sent=t - 0.05)
+        t += 0.05
+    k = 0
+    while rate.rate > 1.0:
+        rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
+        t += 1.0
+        k += 1
+        assert k < 100
+    highest, end = 0.0, t + 40.0
+    while t < end:
+        t += 1.0 / rate.rate
+        rate.on_success(t, sent=t - 0.05)
+        highest = max(highest, rate.rate)
+    assert 15.0 < highest <= 1.03 * 20.0
+
+
+def test_a_header_on_the_way_back_up_ends_it() -> None:
+    """On the way back up after an outage, the source's header says its limit: the rate
+    is the header's, and the way back up is over (it was left going, and blocked the next
+    one)."""
+    rate = AdaptiveRate(20.0, ramp=False)
+    t = 0.0
+    while t < 12.0:
+        rate.on_success(t, sent=t - 0.05)
+        t += 0.05
+    while rate.rate > 1.0:
+        rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
+        t += 1.0
+    for _ in range(3):
+        t += 1.0 / rate.rate
+        rate.on_success(t, sent=t - 0.05)
+    assert rate._recovering
+    rate.on_header_limit(8.0, t)
+    assert not rate._recovering and rate.rate == pytest.approx(8.0 * 0.98)

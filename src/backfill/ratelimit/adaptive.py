@@ -107,7 +107,8 @@ class AdaptiveRate:
         self._creep_every: float | None = None
         self._since_decrease = 0  # requests accepted since the last decrease
         self._since_decrease_own = 0  # of them, sent since (known when answers say)
-        # The best rate the source took for long (ten seconds, fifty answers, no 429).
+        # The best rate the source took for long: the most that got through in ten whole
+        # seconds without a 429, at most the rate run then (see _prove).
         self._proven = 0.0
         # Answers accepted per whole second of the last eleven: [second, count].
         self._per_second: collections.deque[list[int]] = collections.deque(maxlen=11)
@@ -174,14 +175,19 @@ class AdaptiveRate:
         return None
 
     def rose_between(self, start: float, end: float) -> bool:
-        """Whether the rate went up between the two instants by its own steps (a search,
-        the creep, a ramp; not a source's header, which may overstate its limit)."""
+        """Whether the rate run at ``end`` is one it went up to by its own steps (a search,
+        the creep, a ramp) since ``start``; not one a source's header set, which may
+        overstate its limit."""
         before: float | None = None
+        rose = in_force_told = False
         for since, rate, told in self._history:
-            if start < since <= end and before is not None and rate > before and not told:
-                return True
+            if since > end:
+                break
+            if since > start and before is not None and rate > before and not told:
+                rose = True
             before = rate
-        return False
+            in_force_told = told
+        return rose and not in_force_told
 
     def _noted(self, now: float, changed: bool, *, told: bool = False) -> bool:
         if self._history[-1][1] != self.rate:
@@ -263,9 +269,10 @@ class AdaptiveRate:
             return True
         if self._recovering:
             # Refused on the way back up after an outage: the source's limit fell under
-            # the rate it took before. Forgotten (proven anew after ten healthy seconds).
+            # the rate it took before, or it is not quite back. Half of it is what the
+            # next way back up aims at (proven anew after ten healthy seconds).
             self._recovering = False
-            self._proven = 0.0
+            self._proven *= 0.5
         # Accepted since the last decrease: every other 429 since was one of its echoes
         # (any other is a decrease), so this one is the only refusal at the rate it brought.
         accepted_since = self._outcomes.count(True)
@@ -394,15 +401,19 @@ class AdaptiveRate:
         first = second - 10
         if first < self._last_decrease:
             return
-        got = sum(n for s, n in counts if first <= s < second)
-        self._proven = max(self._proven, got / 10.0)
+        got = sum(n for s, n in counts if first <= s < second) / 10.0
+        # At most the rate run over those seconds: a backlog answered at once (after a
+        # stall) got through no faster than it went.
+        run = max((r for since, r, _ in self._history if first <= since < second), default=0.0)
+        run = max(run, self.rate_at(first) or 0.0)
+        self._proven = max(self._proven, min(got, run))
 
     def _recovered(self, now: float) -> bool:
-        """Under a tenth of the best rate the source took for long (see _proven), and
+        """Under half the best rate the source took for long (see _proven), and
         answering again: two requests accepted since the last decrease, one of them sent
         since (or, when answers do not say when their requests went, two seconds after it
         and its pause), none refused since."""
-        if self._recovering or self.threshold is None or self.rate >= 0.1 * self._proven:
+        if self._recovering or self.threshold is None or self.rate >= 0.5 * self._proven:
             return False
         if self._since_decrease < 2:
             return False
@@ -430,7 +441,7 @@ class AdaptiveRate:
     def _header_limit(self, rate: float, now: float) -> None:
         self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
         self._good = self._bad = self._past_estimate = None
-        self._small_steps = False
+        self._small_steps = self._recovering = False
         self._restart(now)
 
     def on_success(self, now: float, *, sent: float | None = None) -> bool:
