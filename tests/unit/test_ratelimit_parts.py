@@ -1145,3 +1145,64 @@ def test_a_header_on_the_way_back_up_ends_it() -> None:
     assert rate._recovering
     rate.on_header_limit(8.0, t)
     assert not rate._recovering and rate.rate == pytest.approx(8.0 * 0.98)
+
+
+def _collapsed_after_an_outage() -> tuple[AdaptiveRate, float]:
+    """Taken at 20/s for twelve seconds (answers 50 ms after their requests), then
+    refused until the rate is under one request a second (the last 429 a second before
+    the instant returned)."""
+    rate = AdaptiveRate(20.0, ramp=False)
+    t = 0.0
+    while t < 12.0:
+        rate.on_success(t, sent=t - 0.05)
+        t += 0.05
+    while rate.rate > 1.0:
+        rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
+        t += 1.0
+    return rate, t
+
+
+def test_the_way_back_up_waits_for_two_answers_one_of_a_request_sent_since() -> None:
+    """After an outage, two accepted answers of requests sent before the last 429 (on
+    their way through it) and then one of a request sent since: the way back up starts
+    with that one, not before (one answer, or answers only of requests sent into the
+    outage, say too little)."""
+    rate, t = _collapsed_after_an_outage()
+    low = rate.rate
+    rate.on_success(t + 0.1, sent=t - 1.5)
+    assert rate.rate == low
+    rate.on_success(t + 0.2, sent=t - 1.4)
+    assert rate.rate == low
+    rate.on_success(t + 2.0, sent=t + 1.5)
+    assert rate.rate > low
+
+
+def test_four_refused_echoes_of_a_step_down_to_a_rate_long_accepted_leave_it() -> None:
+    """A jitter step down after ten seconds accepted at 20/s, then four of the requests on
+    their way refused in a row: too few to say the limit fell (a bucket of one refuses
+    runs of requests sent a hair too fast); eight, most refused, would."""
+    rate = AdaptiveRate(20.0, ramp=False)
+    t = 2.5
+    while t < 10.0:
+        rate.on_success(t, sent=t - 2.5)
+        t += 0.05
+    rate.on_rate_limited(10.0, 10.0, sent=7.5)
+    rate.paced_from = 10.05
+    stepped = rate.rate
+    for k in range(4):
+        rate.on_rate_limited(10.05 + 0.05 * k, 10.05 + 0.05 * k, sent=7.55 + 0.05 * k)
+    assert rate.rate == stepped
+    for k in range(4, 9):
+        rate.on_rate_limited(10.05 + 0.05 * k, 10.05 + 0.05 * k, sent=7.55 + 0.05 * k)
+    assert rate.rate < stepped
+
+
+def test_one_answer_after_an_outage_is_not_yet_the_way_back_up() -> None:
+    """After an outage, one request sent since the last 429 is accepted: one answer may be
+    luck; the second starts the way back up."""
+    rate, t = _collapsed_after_an_outage()
+    low = rate.rate
+    rate.on_success(t + 0.5, sent=t + 0.1)
+    assert rate.rate == low
+    rate.on_success(t + 2.0, sent=t + 1.5)
+    assert rate.rate > low
