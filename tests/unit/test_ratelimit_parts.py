@@ -1049,11 +1049,12 @@ def test_an_earlier_decrease_s_accepted_echoes_do_not_count_in_the_last_one_s() 
     assert rate_after(True) == pytest.approx(rate_after(False))
 
 
-def test_a_way_back_up_that_draws_a_429_aims_next_at_half_the_rate() -> None:
+def test_a_way_back_up_that_draws_a_429_searches_on_under_it_and_only_once() -> None:
     """Taken at 20/s for twelve seconds, then refused until the rate is under one request
     a second, then answered again: the rate searches back up, from four times where it
     was. The first step up is refused (the source's limit fell, or it is not quite back):
-    the next way up aims at half the rate the source took before, never past it."""
+    the search goes on from the step before in ordinary steps, under the rate refused,
+    and no second way up follows (each drew a burst of 429s)."""
     rate = AdaptiveRate(20.0, ramp=False)
     t = 0.0
     while t < 12.0:
@@ -1070,15 +1071,23 @@ def test_a_way_back_up_that_draws_a_429_aims_next_at_half_the_rate() -> None:
         t += 1.0 / rate.rate
         rate.on_success(t, sent=t - 0.05)
     assert rate.rate == pytest.approx(min(5.0, 4.0 * low))
+    t += 1.0 / rate.rate
+    rate.on_start(t)
+    for _ in range(6):
+        t += 1.0 / rate.rate
+        rate.on_start(t)
+        rate.on_success(t, sent=t - 0.05)
     up = rate.rate
+    assert up > 4.0 * low
     rate.on_rate_limited(t + 0.1, t + 0.1, sent=t)
     assert rate.rate < up
-    highest, end = 0.0, t + 40.0
+    highest, end = 0.0, t + 20.0
     while t < end:
         t += 1.0 / rate.rate
+        rate.on_start(t)
         rate.on_success(t, sent=t - 0.05)
         highest = max(highest, rate.rate)
-    assert 5.0 < highest <= 10.0
+    assert 0.9 * up < highest < up
 
 
 def test_a_rate_a_header_set_after_a_search_s_rise_is_still_the_header_s() -> None:
@@ -1206,3 +1215,30 @@ def test_one_answer_after_an_outage_is_not_yet_the_way_back_up() -> None:
     assert rate.rate == low
     rate.on_success(t + 2.0, sent=t + 1.5)
     assert rate.rate > low
+
+
+def test_a_limit_that_falls_is_no_outage_to_come_back_from() -> None:
+    """Taken at 20/s for twelve seconds, then the source takes one request in three
+    (its limit fell): the rate comes down under half of 20/s, the source taking some all
+    along. No way back up follows (it would double the rate into the lower limit); only
+    refusals in a row over seconds, none accepted, are an outage."""
+    rate = AdaptiveRate(20.0, ramp=False)
+    t = 0.0
+    while t < 12.0:
+        rate.on_success(t, sent=t - 0.05)
+        t += 0.05
+    k = 0
+    while rate.rate > 6.0:
+        t += 1.0 / rate.rate
+        if k % 3 == 2:
+            rate.on_success(t, sent=t - 0.05)
+        else:
+            rate.on_rate_limited(t, t, sent=t - 0.05)
+        k += 1
+        assert k < 1000
+    fell, end = rate.rate, t + 3.0
+    while t < end:
+        t += 1.0 / rate.rate
+        rate.on_start(t)
+        rate.on_success(t, sent=t - 0.05)
+    assert rate.rate < 1.5 * fell

@@ -110,6 +110,10 @@ class AdaptiveRate:
         # The best rate the source took for long: the most that got through in ten whole
         # seconds without a 429, at most the rate run then (see _prove).
         self._proven = 0.0
+        self._refused_run = 0  # 429s since the last accepted answer
+        self._accepted_at = -math.inf  # when that was
+        # Since the last way back up, _OUTAGE_RUN 429s in a row over two seconds at least.
+        self._outage = False
         # Answers accepted per whole second of the last eleven: [second, count].
         self._per_second: collections.deque[list[int]] = collections.deque(maxlen=11)
         self._recovering = False  # searching back up to _proven after an outage
@@ -215,6 +219,9 @@ class AdaptiveRate:
             return False
         self._outcomes.append(False)
         self._answered.append(now)
+        self._refused_run += 1
+        if self._refused_run >= self._OUTAGE_RUN and now - self._accepted_at >= self._OUTAGE_GAP:
+            self._outage = True
         if (
             now - self._last_decrease < 1.0
             if sent is None
@@ -267,12 +274,14 @@ class AdaptiveRate:
             # (the answers meanwhile went at the rate before).
             self._restart(max(now, self._last_update or now))
             return True
-        if self._recovering:
+        was_recovering = self._recovering
+        if was_recovering:
             # Refused on the way back up after an outage: the source's limit fell under
-            # the rate it took before, or it is not quite back. Half of it is what the
-            # next way back up aims at (proven anew after ten healthy seconds).
+            # the rate it took before, or it is not quite back. What it took on the way
+            # up is what it is known to take (proven anew after ten healthy seconds): no
+            # second way up.
             self._recovering = False
-            self._proven *= 0.5
+            self._proven = min(self._proven, self._good or self.rate)
         # Accepted since the last decrease: every other 429 since was one of its echoes
         # (any other is a decrease), so this one is the only refusal at the rate it brought.
         accepted_since = self._outcomes.count(True)
@@ -300,7 +309,9 @@ class AdaptiveRate:
         elif self._good is not None and self._good < self.rate:
             # The search's last step drew it: the rate before that step is the limit.
             # Creeping above it is a gamble (a 429 costs a whole pause): slowly.
-            target, search = self._good, False
+            # (On the way back up after an outage: the search goes on from there in
+            # ordinary steps, under the rate refused.)
+            target, search = self._good, was_recovering
             if self._small_steps:
                 # Past a ramp's estimate, its bucket known to let a ramp far past its
                 # limit: a bucket that big hides a step's few percent over the limit for
@@ -309,7 +320,8 @@ class AdaptiveRate:
                 # one refuses the first request over its limit: the step before was
                 # under it.)
                 target *= self._PAST_BACK
-            self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
+            if not search:
+                self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
         elif accepted is not None and refused_share > 0.15:
             # Clearly sending faster than the source accepts: this refusal at the rate
             # run at, after the last decrease's echoes said the rate before was far over
@@ -409,11 +421,18 @@ class AdaptiveRate:
         self._proven = max(self._proven, min(got, run))
 
     def _recovered(self, now: float) -> bool:
-        """Under half the best rate the source took for long (see _proven), and
+        """After an outage (refusals in a row, none accepted between: a source whose limit
+        fell refuses some and takes the rest), under half the best rate the source took
+        for long (see _proven), and
         answering again: two requests accepted since the last decrease, one of them sent
         since (or, when answers do not say when their requests went, two seconds after it
         and its pause), none refused since."""
-        if self._recovering or self.threshold is None or self.rate >= 0.5 * self._proven:
+        if (
+            not self._outage
+            or self._recovering
+            or self.threshold is None
+            or self.rate >= 0.5 * self._proven
+        ):
             return False
         if self._since_decrease < 2:
             return False
@@ -444,6 +463,11 @@ class AdaptiveRate:
         self._small_steps = self._recovering = False
         self._restart(now)
 
+    # Refusals in a row over _OUTAGE_GAP seconds, none accepted: the source refused all (a
+    # limit that fell still takes some requests every second or so).
+    _OUTAGE_RUN = 4
+    _OUTAGE_GAP = 2.0
+
     def on_success(self, now: float, *, sent: float | None = None) -> bool:
         """An accepted request (``sent``: when it went, when known); return True when
         the rate changed."""
@@ -453,6 +477,7 @@ class AdaptiveRate:
         self._accepted.append(now)
         self._answered.append(now)
         self._outcomes.append(True)
+        self._refused_run, self._accepted_at = 0, now
         self._since_decrease += 1
         self._forget(now)
         if self._last_update is None:
@@ -480,7 +505,7 @@ class AdaptiveRate:
             # tenth, each held four, took minutes, and the creep hours). A step that
             # draws a 429 says the source's limit fell instead: that rate is forgotten,
             # and the search ends there.
-            self._recovering = True
+            self._recovering, self._outage = True, False
             before = self.rate
             self.threshold = self.rate = min(
                 self.ceiling, max(self.rate, min(0.25 * self._proven, 4.0 * self.rate))
