@@ -843,11 +843,10 @@ def test_a_429_of_a_request_sent_at_a_slower_rate_brings_the_rate_under_that_one
     assert rate.rate <= 0.97 * 5.0 + 1e-9
 
 
-def test_the_echoes_of_a_step_down_to_a_rate_long_accepted_leave_it() -> None:
+def _stepped_down_from_20_a_second_far_away() -> tuple[AdaptiveRate, float]:
     """Declared 20/s and accepted for ten seconds from a source 2.5 s away, then refused
-    once: a jitter step down. The requests sent before it answer over the next seconds,
-    every other one refused (a bucket of one refuses every other request sent a hair too
-    fast): they are its echoes, and the rate long accepted is not cut to half."""
+    once at ten seconds (a jitter step down, its first start spaced at 10.05 s); and the
+    rate it stepped down to."""
     rate = AdaptiveRate(20.0, ramp=False)
     t = 2.5
     while t < 10.0:
@@ -855,7 +854,15 @@ def test_the_echoes_of_a_step_down_to_a_rate_long_accepted_leave_it() -> None:
         t += 0.05
     rate.on_rate_limited(10.0, 10.0, sent=7.5)
     rate.paced_from = 10.05
-    stepped = rate.rate
+    return rate, rate.rate
+
+
+def test_the_echoes_of_a_step_down_to_a_rate_long_accepted_leave_it() -> None:
+    """Declared 20/s and accepted for ten seconds from a source 2.5 s away, then refused
+    once: a jitter step down. The requests sent before it answer over the next seconds,
+    every other one refused (a bucket of one refuses every other request sent a hair too
+    fast): they are its echoes, and the rate long accepted is not cut to half."""
+    rate, stepped = _stepped_down_from_20_a_second_far_away()
     assert stepped >= 0.9 * 20.0
     for k in range(40):
         t, sent = 10.05 + 0.05 * k, 7.55 + 0.05 * k
@@ -1009,6 +1016,17 @@ def test_a_search_past_a_ramp_s_estimate_steps_back_below_the_step_before() -> N
     assert rate.rate <= 0.92 * steps[-2] + 1e-9
 
 
+def _taken_at_20_a_second(ceiling: float = 10_000.0) -> tuple[AdaptiveRate, float]:
+    """A declared 20/s rate answered for twelve seconds, each answer 50 ms after its
+    request went; and the instant it ends."""
+    rate = AdaptiveRate(20.0, ceiling=ceiling, ramp=False)
+    t = 0.0
+    while t < 12.0:
+        rate.on_success(t, sent=t - 0.05)
+        t += 0.05
+    return rate, t
+
+
 def test_an_outage_s_echoes_never_take_the_rate_to_its_floor() -> None:
     """Declared 20/s, the source refuses everything for a while: the first 429 halves the
     rate, and the 43 requests on their way are all refused. Read as all refused, they took
@@ -1055,11 +1073,7 @@ def test_a_way_back_up_that_draws_a_429_searches_on_under_it_and_only_once() -> 
     was. The first step up is refused (the source's limit fell, or it is not quite back):
     the search goes on from the step before in ordinary steps, under the rate refused,
     and no second way up follows (each drew a burst of 429s)."""
-    rate = AdaptiveRate(20.0, ramp=False)
-    t = 0.0
-    while t < 12.0:
-        rate.on_success(t, sent=t - 0.05)
-        t += 0.05
+    rate, t = _taken_at_20_a_second()
     k = 0
     while rate.rate > 1.0:
         rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
@@ -1111,11 +1125,7 @@ def test_a_backlog_answered_at_once_proves_no_faster_rate_than_it_went_at() -> N
     got through in those ten seconds is at most the 20/s the requests went at, not 40/s:
     the way back up after a later outage aims at that (past it, it would cross the
     limit; the creep afterwards adds its 1 % steps, as always)."""
-    rate = AdaptiveRate(20.0, ceiling=1000.0, ramp=False)
-    t = 0.0
-    while t < 12.0:
-        rate.on_success(t, sent=t - 0.05)
-        t += 0.05
+    rate, t = _taken_at_20_a_second(ceiling=1000.0)
     for k in range(400):
         rate.on_success(32.0 + 0.005 * k, sent=12.0 + 0.05 * k)
     t = 34.0
@@ -1140,11 +1150,7 @@ def test_a_header_on_the_way_back_up_ends_it() -> None:
     """On the way back up after an outage, the source's header says its limit: the rate
     is the header's, and the way back up is over (it was left going, and blocked the next
     one)."""
-    rate = AdaptiveRate(20.0, ramp=False)
-    t = 0.0
-    while t < 12.0:
-        rate.on_success(t, sent=t - 0.05)
-        t += 0.05
+    rate, t = _taken_at_20_a_second()
     while rate.rate > 1.0:
         rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
         t += 1.0
@@ -1160,11 +1166,7 @@ def _collapsed_after_an_outage() -> tuple[AdaptiveRate, float]:
     """Taken at 20/s for twelve seconds (answers 50 ms after their requests), then
     refused until the rate is under one request a second (the last 429 a second before
     the instant returned)."""
-    rate = AdaptiveRate(20.0, ramp=False)
-    t = 0.0
-    while t < 12.0:
-        rate.on_success(t, sent=t - 0.05)
-        t += 0.05
+    rate, t = _taken_at_20_a_second()
     while rate.rate > 1.0:
         rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
         t += 1.0
@@ -1190,14 +1192,7 @@ def test_four_refused_echoes_of_a_step_down_to_a_rate_long_accepted_leave_it() -
     """A jitter step down after ten seconds accepted at 20/s, then four of the requests on
     their way refused in a row: too few to say the limit fell (a bucket of one refuses
     runs of requests sent a hair too fast); eight, most refused, would."""
-    rate = AdaptiveRate(20.0, ramp=False)
-    t = 2.5
-    while t < 10.0:
-        rate.on_success(t, sent=t - 2.5)
-        t += 0.05
-    rate.on_rate_limited(10.0, 10.0, sent=7.5)
-    rate.paced_from = 10.05
-    stepped = rate.rate
+    rate, stepped = _stepped_down_from_20_a_second_far_away()
     for k in range(4):
         rate.on_rate_limited(10.05 + 0.05 * k, 10.05 + 0.05 * k, sent=7.55 + 0.05 * k)
     assert rate.rate == stepped
@@ -1222,11 +1217,7 @@ def test_a_limit_that_falls_is_no_outage_to_come_back_from() -> None:
     (its limit fell): the rate comes down under half of 20/s, the source taking some all
     along. No way back up follows (it would double the rate into the lower limit); only
     refusals in a row over seconds, none accepted, are an outage."""
-    rate = AdaptiveRate(20.0, ramp=False)
-    t = 0.0
-    while t < 12.0:
-        rate.on_success(t, sent=t - 0.05)
-        t += 0.05
+    rate, t = _taken_at_20_a_second()
     k = 0
     while rate.rate > 6.0:
         t += 1.0 / rate.rate
