@@ -499,7 +499,9 @@ class Resource:
         self, now: float, sent: float | None, asked: float, status: int
     ) -> Literal["lone", "echo", "settle"] | None:
         """Whether a 429 slows the resource down without pausing it (None: it pauses
-        it): a new ``"lone"`` 429, or an ``"echo"`` of the last one. A lone 429 asks
+        it): a new ``"lone"`` 429, an ``"echo"`` of the last one, or the one refusal that
+        may follow it while the source's bucket refills (``"settle"``, within
+        EASE_SETTLE of its echoes). A lone 429 asks
         for a second or less (or two intervals of the declared rate), of a request the
         resource knows the sending of, at a rate this process sets (learned: not a
         fleet's).
