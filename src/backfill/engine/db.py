@@ -29,11 +29,18 @@ class LedgerThread:
         """``fn(*args, **kwargs)`` on the ledger's thread.
 
         Shielded: cancelling the caller must not cancel a queued call (a batch of
-        outcomes would silently vanish); the call runs to its end regardless.
+        outcomes would silently vanish); the call runs to its end regardless, and how it
+        ends is then nobody's to report (a full disk failing it while the run is torn
+        down was logged as an exception never retrieved: a traceback in the run's
+        one-line message).
         """
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
-        return await asyncio.shield(future)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_settled)
+            raise
 
     async def timed(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
         """``call``, and how long the call itself took on the ledger's thread: not the
@@ -49,3 +56,9 @@ class LedgerThread:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+def _settled(future: asyncio.Future[Any]) -> None:
+    """Take a finished call's exception, so that nothing reports it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
