@@ -66,6 +66,10 @@ class AdaptiveRate:
     _PAST_BACK = 0.92
     _CREEP_STEP = 0.01
     _MAX_CREEP_EVERY = 60.0
+    # Refusals in a row over _OUTAGE_GAP seconds, none accepted: the source refused all (a
+    # limit that fell still takes some requests every second or so).
+    _OUTAGE_RUN = 4
+    _OUTAGE_GAP = 2.0
 
     def __init__(
         self,
@@ -421,12 +425,11 @@ class AdaptiveRate:
         self._proven = max(self._proven, min(got, run))
 
     def _recovered(self, now: float) -> bool:
-        """After an outage (refusals in a row, none accepted between: a source whose limit
-        fell refuses some and takes the rest), under half the best rate the source took
-        for long (see _proven), and
-        answering again: two requests accepted since the last decrease, one of them sent
-        since (or, when answers do not say when their requests went, two seconds after it
-        and its pause), none refused since."""
+        """Whether the source is back after an outage (refusals in a row, none accepted
+        between: a source whose limit fell refuses some and takes the rest): the rate is
+        under half the best the source took for long (see _proven), and two requests
+        were accepted since the last decrease, one of them sent since (or, when answers
+        do not say when their requests went, two seconds after it and its pause)."""
         if (
             not self._outage
             or self._recovering
@@ -463,11 +466,6 @@ class AdaptiveRate:
         self._small_steps = self._recovering = False
         self._restart(now)
 
-    # Refusals in a row over _OUTAGE_GAP seconds, none accepted: the source refused all (a
-    # limit that fell still takes some requests every second or so).
-    _OUTAGE_RUN = 4
-    _OUTAGE_GAP = 2.0
-
     def on_success(self, now: float, *, sent: float | None = None) -> bool:
         """An accepted request (``sent``: when it went, when known); return True when
         the rate changed."""
@@ -503,8 +501,8 @@ class AdaptiveRate:
             # up towards that rate from up to a quarter of it, doubling while under half
             # of it, each step held two requests (a search from here in steps of a
             # tenth, each held four, took minutes, and the creep hours). A step that
-            # draws a 429 says the source's limit fell instead: that rate is forgotten,
-            # and the search ends there.
+            # draws a 429 says the source's limit fell, or it is not quite back: the
+            # rate remembered falls to the step before (see _on_rate_limited).
             self._recovering, self._outage = True, False
             before = self.rate
             self.threshold = self.rate = min(
