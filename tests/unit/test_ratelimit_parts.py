@@ -409,6 +409,16 @@ def test_a_quota_s_start_found_late_is_dropped_not_sent_on_top_of_the_next_windo
     assert told == ["quota"]
 
 
+def _ramped_from_5(seconds: float, *, every: float) -> AdaptiveRate:
+    """An adaptive rate started at 5/s, answered every ``every`` s for ``seconds``."""
+    rate = AdaptiveRate(5.0)
+    t = 0.0
+    while t < seconds:
+        rate.on_success(t)
+        t += every
+    return rate
+
+
 def test_a_ramp_s_429s_drop_under_what_got_through_then_search_past_it_slowly() -> None:
     """A source's bucket lets a ramp past its limit unrefused until the bucket runs dry:
     every answer before the first 429 was accepted (100 a second here, while the ramp
@@ -419,14 +429,9 @@ def test_a_ramp_s_429s_drop_under_what_got_through_then_search_past_it_slowly() 
     got through is measured over a ramp and falls short of the limit (84/s of 100 over
     real HTTP: a search that stopped there ran 16 % under the limit for minutes). A lone
     429 (a bucket of one refuses at once) leaves the search its 10 % steps."""
-    from backfill.ratelimit.adaptive import AdaptiveRate
 
     def ramped() -> AdaptiveRate:
-        rate = AdaptiveRate(5.0)
-        t = 0.0
-        while t < 3.0:
-            rate.on_success(t)
-            t += 0.01
+        rate = _ramped_from_5(3.0, every=0.01)
         assert rate.rate > 150.0
         rate.on_rate_limited(3.0, 4.0)
         assert 85.0 <= rate.rate <= 100.0
@@ -833,11 +838,7 @@ def test_a_429_of_a_request_sent_at_a_slower_rate_brings_the_rate_under_that_one
     """A ramp from 5/s grows on answers for four seconds while a 429 is on its way from
     a source seconds away: its request went at 5/s, so the rate comes down under 5/s, not
     3 % under the rate the ramp reached (the 429s of every request sent since followed)."""
-    rate = AdaptiveRate(5.0)
-    t = 0.0
-    while t < 4.0:
-        rate.on_success(t)
-        t += 0.05
+    rate = _ramped_from_5(4.0, every=0.05)
     assert rate.rate > 20.0
     rate.on_rate_limited(4.0, 4.0, sent=0.2)
     assert rate.rate <= 0.97 * 5.0 + 1e-9
@@ -1016,6 +1017,17 @@ def test_a_search_past_a_ramp_s_estimate_steps_back_below_the_step_before() -> N
     assert rate.rate <= 0.92 * steps[-2] + 1e-9
 
 
+def _refused_until_under_one(rate: AdaptiveRate, t: float) -> float:
+    """Refuse a request a second (each asking a second) until the rate is under one
+    request a second; the instant a second after the last 429."""
+    for _ in range(100):
+        if rate.rate <= 1.0:
+            return t
+        rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
+        t += 1.0
+    raise AssertionError(f"still at {rate.rate:.2f}/s after 100 refusals")
+
+
 def _taken_at_20_a_second(ceiling: float = 10_000.0) -> tuple[AdaptiveRate, float]:
     """A declared 20/s rate answered for twelve seconds, each answer 50 ms after its
     request went; and the instant it ends."""
@@ -1074,12 +1086,7 @@ def test_a_way_back_up_that_draws_a_429_searches_on_under_it_and_only_once() -> 
     the search goes on from the step before in ordinary steps, under the rate refused,
     and no second way up follows (each drew a burst of 429s)."""
     rate, t = _taken_at_20_a_second()
-    k = 0
-    while rate.rate > 1.0:
-        rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
-        t += 1.0
-        k += 1
-        assert k < 100
+    t = _refused_until_under_one(rate, t)
     low = rate.rate
     for _ in range(3):
         t += 1.0 / rate.rate
@@ -1132,12 +1139,7 @@ def test_a_backlog_answered_at_once_proves_no_faster_rate_than_it_went_at() -> N
     while t < 46.0:
         rate.on_success(t, sent=t - 0.05)
         t += 0.05
-    k = 0
-    while rate.rate > 1.0:
-        rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
-        t += 1.0
-        k += 1
-        assert k < 100
+    t = _refused_until_under_one(rate, t)
     highest, end = 0.0, t + 40.0
     while t < end:
         t += 1.0 / rate.rate
@@ -1151,9 +1153,7 @@ def test_a_header_on_the_way_back_up_ends_it() -> None:
     is the header's, and the way back up is over (it was left going, and blocked the next
     one)."""
     rate, t = _taken_at_20_a_second()
-    while rate.rate > 1.0:
-        rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
-        t += 1.0
+    t = _refused_until_under_one(rate, t)
     for _ in range(3):
         t += 1.0 / rate.rate
         rate.on_success(t, sent=t - 0.05)
@@ -1167,9 +1167,7 @@ def _collapsed_after_an_outage() -> tuple[AdaptiveRate, float]:
     refused until the rate is under one request a second (the last 429 a second before
     the instant returned)."""
     rate, t = _taken_at_20_a_second()
-    while rate.rate > 1.0:
-        rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
-        t += 1.0
+    t = _refused_until_under_one(rate, t)
     return rate, t
 
 
