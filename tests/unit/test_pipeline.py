@@ -539,3 +539,43 @@ def test_process_executor_refuses_async_stages() -> None:
 
         @job.stage(executor="process")
         async def s(ctx: Any, p: Any) -> None: ...
+
+
+def test_a_claim_that_found_nothing_while_its_inputs_finished_claims_again(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A downstream claim finds nothing ready; before the stage looks at its answer, the
+    upstream stage records its last partitions and ends. The stage claims again rather
+    than ending with a ready partition left pending (a run said "1 partition(s) wait for
+    upstream partitions outside the selection" with none outside it)."""
+    monkeypatch.setattr(claims_module, "_FULL_SCAN_SPACING", 0)  # every claim is whole
+    job = Job("race", partitions=daily("2013-01-01", "2013-01-03"))
+    ran: list[str] = []
+
+    @job.stage(concurrency=1)
+    async def a(ctx: Any, p: Any) -> None:
+        await asyncio.sleep(0.01)
+
+    @job.stage(needs=["a"], concurrency=1)
+    async def b(ctx: Any, p: Any) -> None:
+        ran.append(p.key)
+
+    real_take = claims_module.StageLoop._take
+    delayed: list[bool] = []
+
+    async def take(
+        self: claims_module.StageLoop, limit: int, suspects: bool = False, full: bool = True
+    ) -> Any:
+        claims, cost = await real_take(self, limit, suspects, full)
+        if self.stage.name == "b" and not claims and not suspects and not self._running:
+            # The answer is late: the upstream ends meanwhile.
+            while "a" in self._activity.active:
+                await self._activity.progress.wait()
+            delayed.append(True)
+        return claims, cost
+
+    monkeypatch.setattr(claims_module.StageLoop, "_take", take)
+    result = run_job(job, ledger)
+    assert delayed, "the race was not set up"
+    assert result.exit_code == ExitCode.OK, result.message
+    assert sorted(ran) == ["2013-01-01", "2013-01-02", "2013-01-03"]

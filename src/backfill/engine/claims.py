@@ -233,6 +233,11 @@ class StageLoop:
                 await self._wait_progress(progress, self._lease_poll())
                 await env.control.sleep(min(1.0, 4 * claim_cost))
                 return True
+            if upstream and progress.is_set():
+                # Outcomes were recorded since the claim began: its upstream may have
+                # finished (and ended) while the claim found nothing ready. Nothing is
+                # concluded from a claim older than the inputs it looked at.
+                return True
             if not full:
                 # Inputs are all finished: look at every pending partition before
                 # concluding that none of them is ready.
