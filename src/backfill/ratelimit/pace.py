@@ -11,6 +11,9 @@ from backfill.ratelimit.schedule import Schedule
 
 # Where a declared rate of burst 1 starts, as a share of it (see Pace._new_learned).
 _STRICT_START = 0.97
+# How late, unevenly, requests may reach a source (its loop, the way there) that a
+# declared burst keeps room for (see Pace.run_burst).
+JITTER_ROOM = 0.05
 # The longest window of a limit a source states (RateLimit-Policy) taken as a pace;
 # longer ones are quotas (see Pace.on_header_limit).
 HEADER_PACE_WINDOW = 60.0
@@ -36,11 +39,17 @@ class Pace:
         self.adaptive = adaptive
         self._start_rate = start_rate
         self._tell = tell
-        # The burst run at: one request of a declared burst is kept in hand. A full bucket
-        # sent at once and then the rate leaves a bucket of the same size no room for the
-        # way's jitter (requests of one burst reach it up to milliseconds apart, in any
-        # order): its last request is refused, and a 429 costs a whole Retry-After pause.
-        self.run_burst = max(1, burst - 1)
+        # The burst run at: part of a declared burst is kept in hand. A full bucket sent
+        # at once and then the rate leaves a bucket of the same size no room for the way's
+        # jitter: requests reach it up to tens of milliseconds late, unevenly (a busy
+        # source's loop stalls, and what came meanwhile meets the bucket at once, behind
+        # requests that met it on time), so requests written an interval apart come
+        # closer; one refused costs a whole Retry-After pause, or the rate. Kept in hand:
+        # JITTER_ROOM seconds of requests at the declared rate, one at least, half the
+        # burst at most.
+        self.run_burst = burst - min(
+            burst // 2, max(1, math.ceil(JITTER_ROOM * (self.declared_rate or 0.0)))
+        )
         self.learned = self._new_learned()
         self.schedule = Schedule(
             limits, burst, None if self.learned is None else self.learned.rate, self.run_burst
