@@ -349,9 +349,12 @@ class AdaptiveRate:
             # last one accepted, a hair too close to a strict limit.)
             # Refused now and then at about the pace it accepts: a little too fast for a
             # strict bucket, or requests bunched on the way. A step down of 3 %, up to 10 %
-            # when the last 429 was only moments of sending ago; the creep back up slows.
+            # when the last 429 was only moments and a few dozen requests ago (at 100/s, one
+            # in three hundred refused says the rate is not 10 % over: a busy source, late
+            # unevenly, refuses that many at its own limit); the creep back up slows.
             active = span - self._paused
-            down = min(0.1, max(1.0 - self._JITTER_STEP, 0.3 / active)) if active > 0 else 0.1
+            recent = min(0.3 / active, 3.0 / max(1, self._since_decrease)) if active > 0 else 0.1
+            down = min(0.1, max(1.0 - self._JITTER_STEP, recent))
             if self._searched:
                 # The search ended a step under the rate that drew its 429: the limit is
                 # known to lie between, and this one is the way's jitter.

@@ -27,6 +27,7 @@ from backfill.ratelimit.limits import (
     DEFAULT_MAX_WAIT,
     EASE_LONGEST,
     EASE_MEMORY,
+    EASE_MEMORY_REQUESTS,
     EASE_SETTLE,
     QUOTA_PERIOD,
     REFUSED_WAIT,
@@ -163,6 +164,7 @@ class Resource:
         # When the last lone 429 slowed the resource down without pausing it (see
         # _eases).
         self._eased_at = -math.inf
+        self._eased_requests = 0  # self.requests when it came
         self._echo_until = -math.inf
         self._eased_to = math.inf  # the rate the last lone 429 brought
         self._settled = True  # the last lone 429's one settling refusal came
@@ -248,6 +250,7 @@ class Resource:
         self.wire.tat = -math.inf
         self.pausing.reset()
         self._eased_at = -math.inf
+        self._eased_requests = 0  # self.requests when it came
         self._echo_until = -math.inf
         self._eased_to = math.inf  # the rate the last lone 429 brought
         self._settled = True  # the last lone 429's one settling refusal came
@@ -512,10 +515,12 @@ class Resource:
         of a short job at 100/s); the rate coming down is what stops the next refusal.
         The refused request itself waits what it was asked. The requests sent before it
         came (or before the first start the slower rate spaced) are its echoes. A 429 of a
-        request sent after them, within EASE_MEMORY seconds (or ten intervals), says the
-        source insists: the resource pauses, as for any longer wait, a 503's, or a 429
-        while paused; and so it does for every 429 sent in that time, however late its
-        answer comes."""
+        request sent after them, within EASE_MEMORY seconds (or ten intervals) and fewer
+        than EASE_MEMORY_REQUESTS requests since (one refused in hundreds is a busy
+        source's jitter, not its insistence), says the source insists: the resource
+        pauses, as for any longer wait, a 503's, or a 429 while paused; and so it does for
+        every 429 sent in that time, however late its answer comes. So does a 429 of a
+        request sent at a rate a source's header set since the lone one."""
         if sent is None or status != 429 or self.pace.learned is None:
             return None
         if self.fleet.shared is not None and self.fleet.rate:
@@ -537,15 +542,16 @@ class Resource:
         if sent < self._eased_at + max(EASE_MEMORY, 10.0 * interval):
             learned = self.pace.learned
             went_at = learned.rate_at(sent)
-            if (
-                went_at is None
-                or went_at <= self._eased_to
-                or not learned.rose_between(self._eased_at, sent)
-            ):
+            if went_at is None or went_at <= self._eased_to:
+                if self.requests - self._eased_requests < EASE_MEMORY_REQUESTS:
+                    return None
+                # Hundreds went through since at the rate it left: a busy source's
+                # jitter, a new lone one.
+            elif not learned.rose_between(self._eased_at, sent):
+                # Sent at a rate a source's header set since (it may overstate its limit).
                 return None
-            # Sent faster than the last lone 429 brought the rate, a search having taken
-            # it up since (not a source's header, which may overstate its limit): a new
-            # lone one, of the new rate.
+            # (Or sent faster than the last lone 429 brought the rate, a search having
+            # taken it up since: a new lone one, of the new rate.)
         return "lone"
 
     def hold_until(self, until: float, reason: str) -> None:
@@ -586,6 +592,7 @@ class Resource:
                     # Its echoes are the requests sent before it came or before the first
                     # start the slower rate spaced (their turns taken at the old one).
                     self._eased_at = now
+                    self._eased_requests = self.requests
                     self._echo_until = pace.next_start(now)
                     self._eased_to = pace.rate
                     self._settled = False
