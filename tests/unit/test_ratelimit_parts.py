@@ -1233,3 +1233,34 @@ def test_a_limit_that_falls_is_no_outage_to_come_back_from() -> None:
         rate.on_start(t)
         rate.on_success(t, sent=t - 0.05)
     assert rate.rate < 1.5 * fell
+
+
+@pytest.mark.parametrize("latency", [0.05, 0.6, 2.5])
+def test_a_429_thirty_requests_after_a_lone_one_insists_however_late_its_answer(
+    latency: float,
+) -> None:
+    """Declared 100/s: a lone 429, then a 429 of a request sent thirty requests later. The
+    source insists (it pauses), whether its answer comes at once or seconds later while
+    hundreds more start: what counts is how many went between the two, not how many
+    started by the time the answer came."""
+    from backfill.ratelimit.limits import Outcome
+
+    clock = FakeClock()
+    resource = Resource("api", rate=100, burst=10, clock=clock)
+
+    async def main() -> None:
+        for _ in range(300):
+            await resource.acquire()
+            resource.observe(Outcome.OK, latency=0.01, sent=clock.t)
+        resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.001)
+        assert resource.pauses == 0  # a lone one
+        for _ in range(30):
+            await resource.acquire()
+        sent = clock.t
+        end = sent + latency
+        while clock.t < end:
+            await resource.acquire()
+        resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=sent)
+
+    asyncio.run(main())
+    assert resource.pauses == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import contextlib
 import math
 from collections.abc import AsyncIterator, Iterator
@@ -164,7 +166,9 @@ class Resource:
         # When the last lone 429 slowed the resource down without pausing it (see
         # _eases).
         self._eased_at = -math.inf
-        self._eased_requests = 0  # self.requests when it came
+        # When the last requests started (how many went between a lone 429 and a later
+        # one's request: see _eases).
+        self._started: collections.deque[float] = collections.deque(maxlen=1024)
         self._echo_until = -math.inf
         self._eased_to = math.inf  # the rate the last lone 429 brought
         self._settled = True  # the last lone 429's one settling refusal came
@@ -250,7 +254,7 @@ class Resource:
         self.wire.tat = -math.inf
         self.pausing.reset()
         self._eased_at = -math.inf
-        self._eased_requests = 0  # self.requests when it came
+        self._started.clear()
         self._echo_until = -math.inf
         self._eased_to = math.inf  # the rate the last lone 429 brought
         self._settled = True  # the last lone 429's one settling refusal came
@@ -377,6 +381,7 @@ class Resource:
                 # written is still this process's own.
                 grant = QuotaGrant(self, start, deadline, then=checked)
         self.requests += 1
+        self._started.append(self.clock.monotonic())
         give_grant(grant)
         return probe
 
@@ -543,7 +548,7 @@ class Resource:
             learned = self.pace.learned
             went_at = learned.rate_at(sent)
             if went_at is None or went_at <= self._eased_to:
-                if self.requests - self._eased_requests < EASE_MEMORY_REQUESTS:
+                if self._started_between(self._eased_at, sent) < EASE_MEMORY_REQUESTS:
                     return None
                 # Hundreds went through since at the rate it left: a busy source's
                 # jitter, a new lone one.
@@ -553,6 +558,11 @@ class Resource:
             # (Or sent faster than the last lone 429 brought the rate, a search having
             # taken it up since: a new lone one, of the new rate.)
         return "lone"
+
+    def _started_between(self, start: float, end: float) -> int:
+        """How many of the last requests started after ``start`` and before ``end``."""
+        started = self._started
+        return bisect.bisect_left(started, end) - bisect.bisect_right(started, start)
 
     def hold_until(self, until: float, reason: str) -> None:
         """Hold this process's requests until ``until`` (extends, never stacks); a pause
@@ -592,7 +602,6 @@ class Resource:
                     # Its echoes are the requests sent before it came or before the first
                     # start the slower rate spaced (their turns taken at the old one).
                     self._eased_at = now
-                    self._eased_requests = self.requests
                     self._echo_until = pace.next_start(now)
                     self._eased_to = pace.rate
                     self._settled = False
