@@ -146,6 +146,8 @@ class StageLoop:
         while not control.stopped():
             batch_started = clock.monotonic()
             progress = self._activity.progress
+            # The stages it needs that still worked when this claim began.
+            working = self._node.upstream & self._activity.active
             full = not needs or batch_started >= self._full_due
             if ahead is not None:
                 claims, claim_cost = await ahead
@@ -164,7 +166,7 @@ class StageLoop:
                 alone = bool(claims)
             env.outcomes.hold(c.id for c in claims)
             if not claims:
-                if await self._idle(progress, claim_cost, full):
+                if await self._idle(progress, claim_cost, full, working):
                     continue
                 break
             self._lease_wait = _FIRST_LEASE_WAIT
@@ -222,9 +224,12 @@ class StageLoop:
         )
         return result
 
-    async def _idle(self, progress: asyncio.Event, claim_cost: float, full: bool) -> bool:
+    async def _idle(
+        self, progress: asyncio.Event, claim_cost: float, full: bool, working: frozenset[str]
+    ) -> bool:
         """A claim found nothing: wait for what may come, and say whether to claim again
-        (False: the stage is done)."""
+        (False: the stage is done). ``working``: the stages it needs that still worked
+        when the claim began."""
         env, upstream = self._env, self._node.upstream
         if not self._running:
             if upstream and await self._upstream_busy():
@@ -233,9 +238,9 @@ class StageLoop:
                 await self._wait_progress(progress, self._lease_poll())
                 await env.control.sleep(min(1.0, 4 * claim_cost))
                 return True
-            if upstream and progress.is_set():
-                # Outcomes were recorded since the claim began: its upstream may have
-                # finished (and ended) while the claim found nothing ready. Nothing is
+            if working - self._activity.active:
+                # A stage it needs ended since the claim began: its last outcomes were
+                # recorded after the claim looked (and found nothing ready). Nothing is
                 # concluded from a claim older than the inputs it looked at.
                 return True
             if not full:
