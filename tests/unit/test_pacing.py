@@ -492,6 +492,16 @@ def test_a_declared_burst_keeps_room_for_a_source_that_is_late_unevenly(
     assert len(served.accepted) >= 0.97 * rate * seconds
 
 
+def _declared_100_a_second(seconds: float, **kwargs: Any) -> tuple[Resource, Served]:
+    """A resource declared at 100/s with a burst of 10, served by a source that allows
+    exactly that (its requests 0-5 ms on their way) for ``seconds``; ``kwargs`` go to
+    ``serve``."""
+    clock = FakeClock()
+    resource = Resource("api", rate=100, burst=10, clock=clock)
+    served = serve(resource, clock, limit=100, bucket=10, seconds=seconds, jitter=0.005, **kwargs)
+    return resource, served
+
+
 def test_a_source_that_stalls_often_refuses_few_and_seldom_pauses_the_resource() -> None:
     """A source whose loop stalls now and then for up to 150 ms (after one request in
     fifty) refuses a request every few seconds at its own declared limit, whatever the
@@ -501,19 +511,8 @@ def test_a_source_that_stalls_often_refuses_few_and_seldom_pauses_the_resource()
     15,000 requests with eleven pauses; fewer than 1 % are refused either way."""
     accepted = pauses = 0
     for seed in range(1, 6):
-        clock = FakeClock()
-        resource = Resource("api", rate=100, burst=10, clock=clock)
-        served = serve(
-            resource,
-            clock,
-            limit=100,
-            bucket=10,
-            seconds=30.0,
-            workers=20,
-            jitter=0.005,
-            stalls=(0.02, 0.15),
-            lulls=(0.02, 0.3),
-            seed=seed,
+        resource, served = _declared_100_a_second(
+            30.0, workers=20, stalls=(0.02, 0.15), lulls=(0.02, 0.3), seed=seed
         )
         assert served.refused_share < 0.01, (seed, served.refused_share)
         accepted += len(served.accepted)
@@ -522,27 +521,14 @@ def test_a_source_that_stalls_often_refuses_few_and_seldom_pauses_the_resource()
     assert pauses <= 5, pauses
 
 
-def test_after_twenty_seconds_of_an_outage_at_100_a_second_the_rate_is_back_within_seconds() -> (
-    None
-):
+def test_a_twenty_second_outage_at_100_a_second_is_over_within_seconds() -> None:
     """Declared 100/s: the source refuses everything for twenty seconds (asking a second
     each time), then takes requests again. Halved at every refusal, the rate reached its
     floor within seconds, and was under 1/s a minute after the source came back. It
     comes down no further than a twentieth of what the source took for long: most of the
     limit gets through again within ten seconds, and the outage's refusals stay a few a
     second (the pauses it asks for space them)."""
-    clock = FakeClock()
-    resource = Resource("api", rate=100, burst=10, clock=clock)
-    served = serve(
-        resource,
-        clock,
-        limit=100,
-        bucket=10,
-        seconds=55.0,
-        workers=30,
-        jitter=0.005,
-        outage=(20.0, 40.0),
-    )
+    _, served = _declared_100_a_second(55.0, workers=30, outage=(20.0, 40.0))
     refused = sum(1 for t, ok in served.log if not ok and 20.0 <= t < 40.0)
     back = sum(1 for t, ok in served.log if ok and 45.0 <= t < 55.0)
     assert back >= 0.8 * 100 * 10, back
