@@ -49,8 +49,8 @@ REFUSED_WAIT = 1.0
 # Resource.observe): one second, the least the header can say in whole seconds.
 EASE_LONGEST = 1.0
 # How long after a lone 429 another (of a request sent since) says the source insists,
-# and within how many requests started since (at 100/s, one refused in five hundred is a
-# busy source's jitter).
+# and within how many requests started in between (one refused after more went through
+# is a busy source's jitter).
 EASE_MEMORY = 5.0
 EASE_MEMORY_REQUESTS = 50
 # How long after a lone 429's echoes one more refusal only slows the rate (see

@@ -521,11 +521,12 @@ class Resource:
         The refused request itself waits what it was asked. The requests sent before it
         came (or before the first start the slower rate spaced) are its echoes. A 429 of a
         request sent after them, within EASE_MEMORY seconds (or ten intervals) and fewer
-        than EASE_MEMORY_REQUESTS requests since (one refused in hundreds is a busy
-        source's jitter, not its insistence), says the source insists: the resource
-        pauses, as for any longer wait, a 503's, or a 429 while paused; and so it does for
-        every 429 sent in that time, however late its answer comes. So does a 429 of a
-        request sent at a rate a source's header set since the lone one."""
+        than EASE_MEMORY_REQUESTS requests started since (one refused after fifty or more
+        went through is a busy source's jitter, not its insistence), says the source
+        insists: the resource pauses, as for any longer wait, a 503's, or a 429 while
+        paused; and so it does for every 429 sent in that time, however late its answer
+        comes. So does a 429 of a request sent at a rate a source's header set since the
+        lone one."""
         if sent is None or status != 429 or self.pace.learned is None:
             return None
         if self.fleet.shared is not None and self.fleet.rate:
@@ -550,7 +551,7 @@ class Resource:
             if went_at is None or went_at <= self._eased_to:
                 if self._started_between(self._eased_at, sent) < EASE_MEMORY_REQUESTS:
                     return None
-                # Hundreds went through since at the rate it left: a busy source's
+                # Fifty or more went since at the rate it left: a busy source's
                 # jitter, a new lone one.
             elif not learned.rose_between(self._eased_at, sent):
                 # Sent at a rate a source's header set since (it may overstate its limit).
