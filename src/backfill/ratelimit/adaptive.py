@@ -70,8 +70,6 @@ class AdaptiveRate:
     # limit that fell still takes some requests every second or so).
     _OUTAGE_RUN = 4
     _OUTAGE_GAP = 2.0
-    # Through an outage, the least share of the rate the source took for long kept.
-    _OUTAGE_FLOOR = 0.05
 
     def __init__(
         self,
@@ -227,14 +225,6 @@ class AdaptiveRate:
         self._answered.append(now)
         self._refused_run += 1
         if self._refused_run >= self._OUTAGE_RUN and now - self._accepted_at >= self._OUTAGE_GAP:
-            if not self._outage:
-                # The rate the source last took requests at is one it takes (the ten
-                # healthy seconds that prove a rate may not have passed since the last
-                # decrease): what the rate keeps through the outage, and the way back up
-                # after it, are measured from it too.
-                took = self.rate_at(self._accepted_at)
-                if took is not None:
-                    self._proven = max(self._proven, self._JITTER_STEP * took)
             self._outage = True
         if (
             now - self._last_decrease < 1.0
@@ -400,13 +390,6 @@ class AdaptiveRate:
             sent_at = self.rate_at(sent)
             if sent_at is not None and sent_at < self.rate:
                 target = min(target, self._JITTER_STEP * sent_at)
-        if self._outage and not was_recovering:
-            # Refused all along for seconds: the source is down, not slower, and the
-            # pauses it asks for space the requests that find out when it is back. The
-            # rate comes down no further than a twentieth of what the source took for
-            # long (halved at every refusal, it reached its floor within seconds: twenty
-            # seconds down at 100/s left it under 1/s for a minute after).
-            target = max(target, self._OUTAGE_FLOOR * self._proven)
         self._rate_before = self.rate
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
