@@ -1249,9 +1249,7 @@ def test_a_429_thirty_requests_after_a_lone_one_insists_however_late_its_answer(
     resource = Resource("api", rate=100, burst=10, clock=clock)
 
     async def main() -> None:
-        for _ in range(300):
-            await resource.acquire()
-            resource.observe(Outcome.OK, latency=0.01, sent=clock.t)
+        await _turns(resource, clock, 3.0)
         resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.001)
         assert resource.pauses == 0  # a lone one
         for _ in range(30):

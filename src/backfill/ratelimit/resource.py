@@ -381,7 +381,7 @@ class Resource:
                 # written is still this process's own.
                 grant = QuotaGrant(self, start, deadline, then=checked)
         self.requests += 1
-        self._started.append(self.clock.monotonic())
+        self._started.append(now)  # the turn it was booked at
         give_grant(grant)
         return probe
 
