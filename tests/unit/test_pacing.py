@@ -228,6 +228,44 @@ def test_after_a_source_s_outage_the_rate_it_took_before_comes_back(
     assert resource.rate <= 20.0
 
 
+@pytest.mark.parametrize(
+    ("rate", "burst", "workers", "outage", "after", "back", "most_refused"),
+    [
+        (100, 10, 30, 20.0, 10.0, 900, 40),
+        (5, 1, 8, 20.0, 20.0, 70, 15),
+        (2, 1, 4, 30.0, 40.0, 60, 15),
+    ],
+)
+def test_after_an_outage_what_the_source_took_comes_back_within_seconds(
+    rate: int, burst: int, workers: int, outage: float, after: float, back: int, most_refused: int
+) -> None:
+    """Taken at its declared rate for twenty seconds, the source refuses everything for
+    twenty or thirty seconds (maintenance), asking a second each time. Halved at every
+    refusal, the rate fell to a request every twenty seconds: a minute after the source
+    was back, 1 of 1,000 requests had got through at 100/s, 1 of 100 at 5/s, 1-2 of 40 at
+    2/s. Through the outage it keeps a request every quarter of its length so far, and
+    once one is accepted it goes back to half of what the source took and searches up
+    from there: most of the limit gets through again within seconds, and the outage
+    draws a few refusals, not a storm (five seconds in, at 100/s: from then on)."""
+    clock = FakeClock()
+    resource = Resource("api", rate=rate, burst=burst, clock=clock)
+    end = 20.0 + outage
+    start = end + (5.0 if rate == 100 else 0.0)
+    served = serve(
+        resource,
+        clock,
+        limit=rate,
+        bucket=burst,
+        seconds=start + after,
+        workers=workers,
+        jitter=0.005 if rate == 100 else 0.01,
+        outage=(20.0, end),
+    )
+    refused = sum(1 for t, ok in served.log if not ok and 20.0 <= t < end)
+    assert served.accepted_between(start, start + after) >= back
+    assert refused <= most_refused, refused
+
+
 def test_a_declared_rate_20_times_too_high_comes_down_within_seconds() -> None:
     """Declared 100/s where the source allows 5/s (bucket 5): within 15 s the rate is
     within reach of the limit, at the end within 10 % of it, and fewer than 5 % of all
@@ -332,6 +370,30 @@ def test_a_rate_that_grows_applies_at_once_to_requests_already_waiting() -> None
     asyncio.run(main())
     assert len(started) == 5
     assert max(started) <= 1.1
+
+
+def test_a_turn_waiting_seconds_starts_at_once_when_the_rate_grows() -> None:
+    """A request waits its turn five seconds away (a rate of 0.2/s) when the source says
+    its limit is 10/s: it starts within a tenth of a second, not four seconds later (a
+    turn slept until the instant counted at the old rate)."""
+    clock = FakeClock()
+    resource = Resource("api", adaptive=True, start_rate=0.2, clock=clock)
+    started: list[float] = []
+
+    async def main() -> None:
+        async def request() -> None:
+            await resource.acquire()
+            started.append(clock.t)
+
+        await resource.acquire()  # the first start, at 0
+        task = asyncio.create_task(request())
+        await clock.sleep(1.0)
+        resource.observe(Outcome.OK, limit=10, window=1.0)
+        await task
+
+    asyncio.run(main())
+    # What it still owed is counted again at the new rate: 4 s at 0.2/s, 0.08 s at 9.8/s.
+    assert len(started) == 1 and 1.0 <= started[0] <= 1.1
 
 
 def test_waiting_requests_take_their_turns_in_order() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 
 import pytest
 
@@ -1083,25 +1084,21 @@ def test_an_earlier_decrease_s_accepted_echoes_do_not_count_in_the_last_one_s() 
 
 def test_a_way_back_up_that_draws_a_429_searches_on_under_it_and_only_once() -> None:
     """Taken at 20/s for twelve seconds, then refused until the rate is under one request
-    a second, then answered again: the rate searches back up, from four times where it
-    was. The first step up is refused (the source's limit fell, or it is not quite back):
-    the search goes on from the step before in ordinary steps, under the rate refused,
-    and no second way up follows (each drew a burst of 429s)."""
+    a second, then answered again: the rate goes back to half of what the source took
+    before, and searches on up. A step up is refused (the source's limit fell, or it is
+    not quite back): the search goes on from the step before in ordinary steps, under the
+    rate refused, and no second way up follows (each drew a burst of 429s)."""
     rate, t = _taken_at_20_a_second()
     t = _refused_until_under_one(rate, t)
-    low = rate.rate
-    for _ in range(3):
-        t += 1.0 / rate.rate
-        rate.on_success(t, sent=t - 0.05)
-    assert rate.rate == pytest.approx(min(5.0, 4.0 * low))
     t += 1.0 / rate.rate
-    rate.on_start(t)
-    for _ in range(6):
+    rate.on_success(t, sent=t - 0.05)
+    assert rate.rate == pytest.approx(10.0)
+    for _ in range(3):
         t += 1.0 / rate.rate
         rate.on_start(t)
         rate.on_success(t, sent=t - 0.05)
     up = rate.rate
-    assert up > 4.0 * low
+    assert up > 10.0
     rate.on_rate_limited(t + 0.1, t + 0.1, sent=t)
     assert rate.rate < up
     highest, end = 0.0, t + 20.0
@@ -1201,15 +1198,60 @@ def test_four_refused_echoes_of_a_step_down_to_a_rate_long_accepted_leave_it() -
     assert rate.rate < stepped
 
 
-def test_one_answer_after_an_outage_is_not_yet_the_way_back_up() -> None:
-    """After an outage, one request sent since the last 429 is accepted: one answer may be
-    luck; the second starts the way back up."""
+def test_one_answer_after_an_outage_is_the_way_back_up_when_the_source_took_plenty() -> None:
+    """After an outage of a source that took twenty requests or more since the last one,
+    its requests seconds apart (see the outage's floor), one request sent since the last
+    429 and accepted starts the way back up."""
     rate, t = _collapsed_after_an_outage()
     low = rate.rate
     rate.on_success(t + 0.5, sent=t + 0.1)
-    assert rate.rate == low
-    rate.on_success(t + 2.0, sent=t + 1.5)
-    assert rate.rate > low
+    assert rate.rate == pytest.approx(10.0) and rate.rate > low
+
+
+def _refused_a_second_apart(rate: AdaptiveRate, t: float, seconds: int) -> tuple[float, float]:
+    """Refuse a request a second (each asking a second) for ``seconds``, checking that no
+    refusal raised the rate; the instant a second after the last 429, and the lowest rate
+    against the floor: rate * quarter of the outage so far (at least 1 when floored)."""
+    lowest = math.inf
+    start = t
+    for _ in range(seconds):
+        before = rate.rate
+        rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
+        assert rate.rate <= before + 1e-9
+        if t - start >= 4.0:
+            lowest = min(lowest, rate.rate * 0.25 * (t - start + 0.05))
+        t += 1.0
+    return t, lowest
+
+
+def test_through_an_outage_the_rate_falls_no_further_than_a_request_a_quarter_of_it() -> None:
+    """Taken at 20/s, then refused for a minute: halved at every refusal, the rate fell to
+    its floor within seconds (a request every twenty seconds), and after the source came
+    back its first request waited that long. It keeps a request every quarter of the
+    outage's length so far (from the last accepted answer), never raised by a 429, and at
+    most thirty seconds apart (or the rate's own floor): polite, and back within a quarter
+    of the outage."""
+    rate, t = _taken_at_20_a_second()
+    t, lowest = _refused_a_second_apart(rate, t, 60)
+    assert lowest >= 1.0 - 1e-6, lowest
+    assert rate.rate <= 1.0 / (0.25 * 59.0) + 1e-9
+    t, _ = _refused_a_second_apart(rate, t, 200)
+    assert rate.rate == pytest.approx(max(rate.floor, 1.0 / 30.0))
+
+
+def test_an_outage_after_too_little_was_accepted_is_not_floored() -> None:
+    """Refused all along from the start (a revoked key), or after fewer than twenty
+    accepted requests since the last outage (a limit that fell near zero, taking a
+    request now and then): the rate keeps falling to its floor, as before."""
+    fresh = AdaptiveRate(20.0, ramp=False)
+    _refused_a_second_apart(fresh, 0.0, 30)
+    assert fresh.rate == fresh.floor
+    rate, t = _taken_at_20_a_second()
+    t, _ = _refused_a_second_apart(rate, t, 20)
+    rate.on_success(t, sent=t - 0.05)
+    assert rate._recovering
+    t, _ = _refused_a_second_apart(rate, t + 0.5, 30)
+    assert rate.rate == rate.floor
 
 
 def test_a_limit_that_falls_is_no_outage_to_come_back_from() -> None:

@@ -53,6 +53,12 @@ class AdaptiveRate:
     request went at (a ramp or a search went on while the answer was on its way), and a
     search step waits for most of its own answers before the next.
 
+    Refused all along for seconds (an outage, maintenance), the rate halves at each
+    refusal, but when the source took twenty requests or more since its last outage, no
+    further than a request every quarter of the outage's length so far (at most thirty
+    seconds apart, and under what it took in the seconds before); the first accepted
+    again takes it back to half of that, and a search doubles it up from there.
+
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
     by half after that, and searches from there. A search never steps more than halfway to
@@ -70,6 +76,12 @@ class AdaptiveRate:
     # limit that fell still takes some requests every second or so).
     _OUTAGE_RUN = 4
     _OUTAGE_GAP = 2.0
+    # Through an outage the rate comes down no further than one request every quarter of
+    # the outage's length so far (at most _OUTAGE_LONGEST apart), under what the source
+    # took just before; once _ARMED_AFTER requests were accepted since the last outage.
+    _OUTAGE_SHARE = 0.25
+    _OUTAGE_LONGEST = 30.0
+    _ARMED_AFTER = 20
 
     def __init__(
         self,
@@ -116,8 +128,14 @@ class AdaptiveRate:
         self._proven = 0.0
         self._refused_run = 0  # 429s since the last accepted answer
         self._accepted_at = -math.inf  # when that was
+        self._run_sent = -math.inf  # when the first of those 429s' requests went
         # Since the last way back up, _OUTAGE_RUN 429s in a row over two seconds at least.
         self._outage = False
+        # What the source took per second over the three whole seconds before the
+        # outage (0: not known, or not floored), and requests accepted since the last
+        # outage began (see _outage_floor).
+        self._took = 0.0
+        self._ok_since_outage = 0
         # Answers accepted per whole second of the last eleven: [second, count].
         self._per_second: collections.deque[list[int]] = collections.deque(maxlen=11)
         self._recovering = False  # searching back up to _proven after an outage
@@ -224,8 +242,14 @@ class AdaptiveRate:
         self._outcomes.append(False)
         self._answered.append(now)
         self._refused_run += 1
-        if self._refused_run >= self._OUTAGE_RUN and now - self._accepted_at >= self._OUTAGE_GAP:
-            self._outage = True
+        if self._refused_run == 1:
+            self._run_sent = now if sent is None else sent
+        if (
+            not self._outage
+            and self._refused_run >= self._OUTAGE_RUN
+            and now - self._accepted_at >= self._OUTAGE_GAP
+        ):
+            self._outage_began()
         if (
             now - self._last_decrease < 1.0
             if sent is None
@@ -268,6 +292,9 @@ class AdaptiveRate:
                 # The latest estimate, never above the decrease's own (it may rise back
                 # towards it: the first echoes may be the unluckiest).
                 target = min(target, self._dropped_to)
+            # Through an outage, no lower than its floor (never raised by it).
+            target = max(target, min(self.rate, self._outage_floor(now)))
+            if sent is not None:
                 if abs(target - self.rate) < 1e-9 * self.rate:
                     return False
             elif target >= self.rate:
@@ -286,6 +313,7 @@ class AdaptiveRate:
             # second way up.
             self._recovering = False
             self._proven = min(self._proven, self._good or self.rate)
+            self._took = min(self._took, self._good or self.rate)
         # Accepted since the last decrease: every other 429 since was one of its echoes
         # (any other is a decrease), so this one is the only refusal at the rate it brought.
         accepted_since = self._outcomes.count(True)
@@ -390,6 +418,8 @@ class AdaptiveRate:
             sent_at = self.rate_at(sent)
             if sent_at is not None and sent_at < self.rate:
                 target = min(target, self._JITTER_STEP * sent_at)
+        # Never above the rate run: the floor only stops the fall.
+        target = max(target, min(self.rate, self._outage_floor(now)))
         self._rate_before = self.rate
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
@@ -406,6 +436,37 @@ class AdaptiveRate:
         self._since_decrease = self._since_decrease_own = 0
         self._restart(resume_at)
         return True
+
+    def _outage_began(self) -> None:
+        """Refused all along for seconds: the source is down, or its limit fell far.
+
+        When the source took requests for a while before (``_ARMED_AFTER`` accepted since
+        the last outage), what it took per second over the three whole seconds before
+        the last of them (at most the rate run then) is kept: through the outage the rate
+        comes down no further than one request every quarter of the outage's length so
+        far, under it (see _outage_floor), and once a request is accepted again the rate
+        searches back up towards it. Halved at every refusal, a declared 100/s reached a
+        fraction of a request a second within seconds and took a minute to come back
+        after twenty seconds of maintenance. A source whose limit fell near zero takes a
+        request now and then: the way back up draws a 429, the rate kept falls to what it
+        took on the way up, and the next outage is not floored (too little accepted)."""
+        self._outage = True
+        took = 0.0
+        if self._ok_since_outage >= self._ARMED_AFTER:
+            last = math.floor(self._accepted_at)
+            got = sum(n for s, n in self._per_second if last - 3 <= s < last) / 3.0
+            took = min(got, self.rate_at(self._accepted_at) or 0.0)
+        self._took = took
+        self._ok_since_outage = 0
+
+    def _outage_floor(self, now: float) -> float:
+        """The least rate through an outage: one request every quarter of its length so
+        far (from the last accepted answer), at most _OUTAGE_LONGEST apart, and a hair
+        under what the source took before it (0: no floor)."""
+        if not self._outage or self._took <= 0.0 or self._recovering:
+            return 0.0
+        gap = min(self._OUTAGE_LONGEST, self._OUTAGE_SHARE * (now - self._accepted_at))
+        return min(self._JITTER_STEP * self._took, 1.0 / max(gap, 1e-9))
 
     def _prove(self, now: float) -> None:
         """Count an accepted answer; the most that got through in ten whole seconds
@@ -430,17 +491,19 @@ class AdaptiveRate:
     def _recovered(self, now: float) -> bool:
         """Whether the source is back after an outage (refusals in a row, none accepted
         between: a source whose limit fell refuses some and takes the rest): the rate is
-        under half the best the source took for long (see _proven), and two requests
-        were accepted since the last decrease, one of them sent since (or, when answers
-        do not say when their requests went, two seconds after it and its pause)."""
+        under half the best the source took (for long, see _proven, or just before the
+        outage, see _outage_began), and two requests were accepted since the last
+        decrease (one after a floored outage: its requests may be seconds apart), one of
+        them sent since (or, when answers do not say when their requests went, two
+        seconds after it and its pause)."""
         if (
             not self._outage
             or self._recovering
             or self.threshold is None
-            or self.rate >= 0.5 * self._proven
+            or self.rate >= 0.5 * max(self._proven, self._took)
         ):
             return False
-        if self._since_decrease < 2:
+        if self._since_decrease < (1 if self._took > 0.0 else 2):
             return False
         if self._sent_known:
             return self._since_decrease_own >= 1
@@ -480,6 +543,7 @@ class AdaptiveRate:
         self._outcomes.append(True)
         self._refused_run, self._accepted_at = 0, now
         self._since_decrease += 1
+        self._ok_since_outage += 1
         self._forget(now)
         if self._last_update is None:
             self._measure_from = now
@@ -499,23 +563,33 @@ class AdaptiveRate:
                 self._since_decrease_own += 1
         self._prove(now)
         if self._recovered(now):
-            # Far under a rate the source took for long, and taken again: it refused
-            # everything for a while (an outage, maintenance) and is back. Search back
-            # up towards that rate from up to a quarter of it, doubling while under half
-            # of it, each step held two requests (a search from here in steps of a
-            # tenth, each held four, took minutes, and the creep hours). A step that
-            # draws a 429 says the source's limit fell, or it is not quite back: the
-            # rate remembered falls to the step before (see _on_rate_limited).
+            # Far under a rate the source took, and taken again: it refused everything
+            # for a while (an outage, maintenance) and is back. Search back up towards
+            # that rate: from half of what it took just before a floored outage (see
+            # _outage_began), else from up to a quarter of what it took for long (at
+            # most four times the rate now); doubling, then half the way left at each
+            # step, each held a request and a quarter second at least (a search from
+            # here in steps of a tenth, each held four, took minutes, and the creep
+            # hours). A step that draws a 429 says the source's limit fell, or it is not
+            # quite back: the rate remembered falls to the step before (see
+            # _on_rate_limited).
             self._recovering, self._outage = True, False
-            before = self.rate
-            self.threshold = self.rate = min(
-                self.ceiling, max(self.rate, min(0.25 * self._proven, 4.0 * self.rate))
-            )
-            self._good, self._bad = self.rate, self._proven
+            before, best = self.rate, max(self._proven, self._took)
+            jump = 0.5 * best if self._took > 0.0 else min(0.25 * best, 4.0 * self.rate)
+            self.threshold = self.rate = min(self.ceiling, max(self.rate, jump))
+            self._good, self._bad = self.rate, best
             self._past_estimate = None
             self._small_steps = False
             self._restart(now)
             return self.rate != before
+        if (
+            self._outage
+            and (sent is None or sent > self._run_sent)
+            and self.rate >= 0.5 * max(self._proven, self._took)
+        ):
+            # Taken again, a request sent after one refused, and the rate is still most
+            # of what the source took: the outage is over, and nothing to search back.
+            self._outage = False
         elapsed = now - self._last_update
         if self.threshold is None:
             if elapsed < 0.25:
@@ -531,7 +605,9 @@ class AdaptiveRate:
             self._restart(now)
             return False
         elif self._good is not None:
-            hold = max(1.0, (2.0 if self._recovering else 4.0) / self.rate)
+            # (On the way back up after an outage, a request and a quarter second: the
+            # source took the rate searched for just before it.)
+            hold = max(0.25, 1.0 / self.rate) if self._recovering else max(1.0, 4.0 / self.rate)
             if elapsed < hold:
                 return False
             # Used: 90 % of the step went (counted as they start, when the client says;
@@ -556,8 +632,9 @@ class AdaptiveRate:
                 step = max(self.rate, self._JITTER_STEP * bad)
             else:
                 step = self.rate * (self._PAST_STEP if self._small_steps else self._SEARCH_STEP)
-                if self._recovering and bad is not None and self.rate < 0.5 * bad:
-                    step = 2.0 * self.rate
+                if self._recovering and bad is not None and bad > self.rate:
+                    # Doubling, then half the way left at each step.
+                    step = min(2.0 * self.rate, (self.rate + bad) / 2.0)
                 if bad is not None and bad > self.rate:
                     step = min(step, (self.rate + bad) / 2.0, self._JITTER_STEP * bad)
             self.rate = max(self.rate, min(self.ceiling, step))

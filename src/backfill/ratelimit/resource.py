@@ -52,6 +52,9 @@ from backfill.ratelimit.sharing import FleetShare, SharedRate
 # meanwhile), so it starts within microseconds of it.
 _PRECISE_LEAD = 0.0011
 _PRECISE_BELOW = 0.05
+# A turn that waits longer than this wakes early when the rate grows meanwhile (see
+# Resource._sleep_until); shorter waits are not worth the bookkeeping.
+_WAKEABLE = 0.25
 
 
 def _whole(value: object) -> bool:
@@ -162,6 +165,8 @@ class Resource:
         self._pause_gate = PauseGate(self)
         self._pacing: asyncio.Lock | None = None
         self._pacing_loop: asyncio.AbstractEventLoop | None = None
+        # Resolved when the rate grows: a turn waiting long looks again (_sleep_until).
+        self._faster: asyncio.Future[None] | None = None
         self.pausing = Pauses(self._tell)
         # When the last lone 429 slowed the resource down without pausing it (see
         # _eases).
@@ -391,7 +396,19 @@ class Resource:
         wait = due - now
         rate = self.rate
         precise = isinstance(self.clock, SystemClock) and 1.0 / _PRECISE_BELOW < rate < math.inf
-        if not precise:
+        if wait > _WAKEABLE:
+            # A long wait (a slow rate, or one come down far) ends early when the rate
+            # grows meanwhile: the turn was counted at the old one (an outage's recovery
+            # from one request every few seconds would otherwise wait them out).
+            faster = self._faster
+            if faster is None or faster.done() or faster.get_loop() is not self._pacing_loop:
+                faster = self._faster = asyncio.get_running_loop().create_future()
+            sleeper = asyncio.ensure_future(self.clock.sleep(wait))
+            try:
+                await asyncio.wait((sleeper, faster), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+        elif not precise:
             await self.clock.sleep(wait)
         elif wait > _PRECISE_LEAD:
             await self.clock.sleep(wait - _PRECISE_LEAD)
@@ -592,6 +609,7 @@ class Resource:
         refused request waits alone and the others go on at the lower rate."""
         now = self.clock.monotonic()
         pace = self.pace
+        rate = pace.rate
         pace.on_latency(latency, now)
         if outcome is Outcome.RATE_LIMITED:
             self.rate_limited += 1
@@ -613,6 +631,8 @@ class Resource:
         elif outcome is Outcome.OK:
             pace.on_success(now, sent=sent)
         pace.on_header_limit(limit, window, now)
+        if pace.rate > rate and self._faster is not None and not self._faster.done():
+            self._faster.set_result(None)
         if remaining is not None and remaining <= 0 and reset_after:
             self.pause(reset_after, "quota used up")
         if outcome is not Outcome.RATE_LIMITED:
