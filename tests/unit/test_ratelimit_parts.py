@@ -1229,14 +1229,14 @@ def test_through_an_outage_the_rate_falls_no_further_than_a_request_a_quarter_of
     its floor within seconds (a request every twenty seconds), and after the source came
     back its first request waited that long. It keeps a request every quarter of the
     outage's length so far (from the last accepted answer), never raised by a 429, and at
-    most thirty seconds apart (or the rate's own floor): polite, and back within a quarter
-    of the outage."""
+    most fifteen seconds apart: polite, and back within a quarter of the outage (fifteen
+    seconds at most)."""
     rate, t = _taken_at_20_a_second()
     t, lowest = _refused_a_second_apart(rate, t, 60)
     assert lowest >= 1.0 - 1e-6, lowest
     assert rate.rate <= 1.0 / (0.25 * 59.0) + 1e-9
     t, _ = _refused_a_second_apart(rate, t, 200)
-    assert rate.rate == pytest.approx(max(rate.floor, 1.0 / 30.0))
+    assert rate.rate == pytest.approx(1.0 / 15.0)
 
 
 def test_an_outage_after_too_little_was_accepted_is_not_floored() -> None:

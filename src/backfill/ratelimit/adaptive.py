@@ -55,7 +55,7 @@ class AdaptiveRate:
 
     Refused all along for seconds (an outage, maintenance), the rate halves at each
     refusal, but when the source took twenty requests or more since its last outage, no
-    further than a request every quarter of the outage's length so far (at most thirty
+    further than a request every quarter of the outage's length so far (at most fifteen
     seconds apart, and under what it took in the seconds before); the first accepted
     again takes it back to half of that, and a search doubles it up from there.
 
@@ -80,7 +80,7 @@ class AdaptiveRate:
     # the outage's length so far (at most _OUTAGE_LONGEST apart), under what the source
     # took just before; once _ARMED_AFTER requests were accepted since the last outage.
     _OUTAGE_SHARE = 0.25
-    _OUTAGE_LONGEST = 30.0
+    _OUTAGE_LONGEST = 15.0
     _ARMED_AFTER = 20
 
     def __init__(
@@ -442,19 +442,26 @@ class AdaptiveRate:
 
         When the source took requests for a while before (``_ARMED_AFTER`` accepted since
         the last outage), what it took per second over the three whole seconds before
-        the last of them (at most the rate run then) is kept: through the outage the rate
-        comes down no further than one request every quarter of the outage's length so
-        far, under it (see _outage_floor), and once a request is accepted again the rate
-        searches back up towards it. Halved at every refusal, a declared 100/s reached a
-        fraction of a request a second within seconds and took a minute to come back
-        after twenty seconds of maintenance. A source whose limit fell near zero takes a
-        request now and then: the way back up draws a 429, the rate kept falls to what it
-        took on the way up, and the next outage is not floored (too little accepted)."""
+        the last of them, and over the ten (at most the rate run then), is kept: through
+        the outage the rate comes down no further than one request every quarter of the
+        outage's length so far, under it (see _outage_floor), and once a request is
+        accepted again the rate searches back up towards it. Halved at every refusal, a
+        declared 100/s reached a fraction of a request a second within seconds and took a
+        minute to come back after twenty seconds of maintenance. A source whose limit
+        fell near zero takes a request now and then: the way back up draws a 429, the
+        rate kept falls to what it took on the way up, and the next outage is not
+        floored (too little accepted)."""
         self._outage = True
         took = 0.0
         if self._ok_since_outage >= self._ARMED_AFTER:
+            # Over the last three seconds and the last ten: a window's opening burst
+            # (a source that takes 50 requests per fixed 10 s window and refuses the
+            # rest) got through faster than the source takes.
             last = math.floor(self._accepted_at)
-            got = sum(n for s, n in self._per_second if last - 3 <= s < last) / 3.0
+            got = min(
+                sum(n for s, n in self._per_second if last - span <= s < last) / span
+                for span in (3.0, 10.0)
+            )
             took = min(got, self.rate_at(self._accepted_at) or 0.0)
         self._took = took
         self._ok_since_outage = 0

@@ -390,6 +390,18 @@ class Resource:
         give_grant(grant)
         return probe
 
+    def _wake_waiting(self) -> None:
+        """The rate grew: a turn waiting long looks again (see _sleep_until). Only on its
+        own loop, running: a loop closed meanwhile (the resource outlives it) has no one
+        waiting."""
+        faster, self._faster = self._faster, None
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if faster is not None and not faster.done() and faster.get_loop() is running:
+            faster.set_result(None)
+
     async def _sleep_until(self, due: float, now: float) -> None:
         """Sleep towards the turn at ``due``: at fast rates the last moments by yielding
         to the loop rather than on a timer (see _PRECISE_LEAD)."""
@@ -631,8 +643,8 @@ class Resource:
         elif outcome is Outcome.OK:
             pace.on_success(now, sent=sent)
         pace.on_header_limit(limit, window, now)
-        if pace.rate > rate and self._faster is not None and not self._faster.done():
-            self._faster.set_result(None)
+        if pace.rate > rate and self._faster is not None:
+            self._wake_waiting()
         if remaining is not None and remaining <= 0 and reset_after:
             self.pause(reset_after, "quota used up")
         if outcome is not Outcome.RATE_LIMITED:
