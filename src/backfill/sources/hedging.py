@@ -77,6 +77,11 @@ class Hedge:
                 if left <= 0:
                     break
                 done, _ = await asyncio.wait(racers, timeout=min(_IDLE_POLL, left))
+            if first in done:
+                # Answered before any copy went: its answer (or its error), without a
+                # second wait on the loop.
+                racers = set()
+                return first.result()
             if not done:
                 racers.add(asyncio.create_task(copy()))
             while True:
