@@ -54,6 +54,7 @@ def serve(
     stalls: tuple[float, float] | None = None,
     lulls: tuple[float, float] | None = None,
     window: tuple[int, float] | None = None,
+    header: tuple[int, float] | None = None,
 ) -> Served:
     """Requests from ``workers`` tasks through ``resource`` for ``seconds`` of virtual time
     (``falls``: the server's limit falls to the second figure at the first's instant;
@@ -63,7 +64,8 @@ def serve(
     together when it is free; ``lulls``: after an answer, with the first figure's
     probability, a worker sends nothing for the second's seconds; ``window``: it takes the
     first figure's requests per fixed window of the second's seconds instead of a bucket,
-    and refuses the rest asking a second, as many APIs do)."""
+    and refuses the rest asking a second, as many APIs do; ``header``: every accepted
+    answer states that limit, requests per window of seconds, as RateLimit-* headers do)."""
     rng = random.Random(seed)
     served = Served()
     resource.subscribe(lambda name, what, seconds, kind: served.said.append(what))
@@ -98,7 +100,8 @@ def serve(
             served.log.append((now, ok))
             await clock.sleep(rng.uniform(*latency))
             if ok:
-                resource.observe(Outcome.OK, latency=clock.t - now, sent=sent)
+                stated = {} if header is None else {"limit": header[0], "window": header[1]}
+                resource.observe(Outcome.OK, latency=clock.t - now, sent=sent, **stated)
             else:
                 asked = max(1, math.ceil(wait))
                 resource.observe(Outcome.RATE_LIMITED, retry_after=asked, sent=sent)
@@ -299,6 +302,34 @@ def test_a_fixed_window_s_leftover_seconds_are_no_outage_to_keep_a_rate_for() ->
         )
         accepted += served.accepted_between(100.0, 300.0)
     assert accepted >= 0.9 * 3 * 10.0 * 200.0, accepted
+
+
+@pytest.mark.parametrize(("declared", "stated"), [(None, 150), (None, 110), (200, 150)])
+def test_a_header_that_overstates_the_limit_is_not_taken_back_after_each_429(
+    declared: int | None, stated: int
+) -> None:
+    """Every answer states a limit of 150/s (or 110/s) where 100/s gets through (an
+    account's figure in front of a stricter one per endpoint). Taken back after every
+    429, it drew a 429 and a pause every second or so: 1,698 of 6,000 requests got
+    through in a minute (3,656 at 110/s), with 45 pauses. Once a request sent at the
+    rate it set is refused, the figure only caps the rate until it changes."""
+    clock = FakeClock()
+    if declared is None:
+        resource = Resource("api", adaptive=True, clock=clock)
+    else:
+        resource = Resource("api", rate=declared, burst=10, clock=clock)
+    served = serve(
+        resource,
+        clock,
+        limit=100,
+        bucket=10,
+        seconds=60.0,
+        workers=30,
+        jitter=0.005,
+        header=(stated, 1.0),
+    )
+    assert served.accepted_between(0.0, 60.0) >= 0.85 * 6000
+    assert resource.pauses <= 5, resource.pauses
 
 
 def test_a_declared_rate_20_times_too_high_comes_down_within_seconds() -> None:

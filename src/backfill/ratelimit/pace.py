@@ -176,8 +176,13 @@ class Pace:
         (1000 a day is one request every 86 s): requests go at the resource's own rate
         until the source says none remain (RateLimit-Remaining: 0), and wait for its
         reset then. So does a window of absurd length."""
-        if self.learned is not None and limit and window and window <= HEADER_PACE_WINDOW:
-            self.learned.on_header_limit(limit / window, now)
+        if (
+            self.learned is not None
+            and limit
+            and window
+            and window <= HEADER_PACE_WINDOW
+            and self.learned.on_header_limit(limit / window, now)
+        ):
             self._paced(now)
 
     def _paced(self, now: float) -> None:
