@@ -1306,17 +1306,25 @@ def test_a_429_thirty_requests_after_a_lone_one_insists_however_late_its_answer(
     assert resource.pauses == 1
 
 
-def test_a_header_s_figure_refused_at_only_caps_the_rate_until_the_figure_changes() -> None:
-    """The source's header states 150/s and a request sent at the rate it set is
-    refused: the same figure again leaves the learned rate under it (it was taken back
-    after every 429); a new figure is taken at once."""
+def test_a_header_s_figure_refused_soon_after_it_is_taken_only_caps_the_rate_a_while() -> None:
+    """The source's header states 150/s, and twice in a row a request sent at the rate
+    it set is refused within a second, little getting through: the same figure then
+    leaves the learned rate under it for five seconds (it was taken back after every
+    429); a figure more than 10 % lower is taken at once, and after the five seconds
+    the figure is taken again."""
     rate = AdaptiveRate(5.0, ceiling=1000.0)
     assert rate.on_header_limit(150.0, 0.0)
     assert rate.rate == pytest.approx(147.0)
     rate.on_rate_limited(0.5, 0.5, sent=0.45)
+    assert rate.rate < 147.0
+    assert rate.on_header_limit(150.0, 0.6)
+    rate.on_rate_limited(0.9, 0.9, sent=0.85)
     low = rate.rate
     assert low < 147.0
     assert not rate.on_header_limit(150.0, 1.0)
+    assert not rate.on_header_limit(140.0, 1.5)
     assert rate.rate == low
     assert rate.on_header_limit(120.0, 2.0)
     assert rate.rate == pytest.approx(117.6)
+    assert rate.on_header_limit(150.0, 6.0)
+    assert rate.rate == pytest.approx(147.0)

@@ -82,6 +82,14 @@ class AdaptiveRate:
     _OUTAGE_SHARE = 0.25
     _OUTAGE_LONGEST = 15.0
     _ARMED_AFTER = 20
+    # A header's figure refused at soon after it was taken (within _TOLD_SPAN seconds,
+    # _TOLD_REFUSALS times in a row) only caps the rate for _TOLD_WAIT seconds, doubled
+    # each time it is refused again soon after it was taken back, up to
+    # _TOLD_WAIT_LONGEST.
+    _TOLD_REFUSALS = 2
+    _TOLD_SPAN = 2.0
+    _TOLD_WAIT = 5.0
+    _TOLD_WAIT_LONGEST = 300.0
 
     def __init__(
         self,
@@ -136,10 +144,18 @@ class AdaptiveRate:
         # outage began (see _outage_floor).
         self._took = 0.0
         self._ok_since_outage = 0
-        # The last limit a source's header stated (per second), and whether a request
-        # sent at the rate it set was refused (see on_header_limit).
+        # The last limit a source's header stated (per second); the lowest figure a
+        # request sent at the rate it set was refused at, only a cap until _told_until,
+        # and how long that lasts (see on_header_limit).
         self._told: float | None = None
-        self._told_refused = False
+        self._told_refused: float | None = None
+        self._told_until = -math.inf
+        self._told_wait = self._TOLD_WAIT
+        # When the header's figure last raised the rate, whether a refusal at it was
+        # counted since, and the refusals in a row that came soon after it did.
+        self._told_raised_at = -math.inf
+        self._told_counted = True
+        self._told_quick = 0
         # Answers accepted per whole second of the last eleven: [second, count].
         self._per_second: collections.deque[list[int]] = collections.deque(maxlen=11)
         self._recovering = False  # searching back up to _proven after an outage
@@ -246,11 +262,10 @@ class AdaptiveRate:
         self._outcomes.append(False)
         self._answered.append(now)
         self._refused_run += 1
-        if self._told is not None and not self._told_refused:
+        if self._told is not None and now >= self._told_until:
             went = self.rate_at(sent) if sent is not None else self.rate
-            if went is None or went >= 0.95 * self._told:
-                # Refused at the rate the source's header stated: it overstates.
-                self._told_refused = True
+            if went is None or went >= 0.95 * min(self.ceiling, 0.98 * self._told):
+                self._header_refusal(now)
         if self._refused_run == 1:
             self._run_sent = now if sent is None else sent
         if (
@@ -541,24 +556,64 @@ class AdaptiveRate:
         """The server told us its limit: use it (a hair below, for clock skew); True when
         the rate changed.
 
-        A figure the source refused a request sent at (see _on_rate_limited) only caps
-        the rate from then on, until the figure changes: a header may overstate the
-        limit (an account's figure in front of a stricter one per endpoint or address),
-        and taken back after every 429 (every answer carries it) it drew a 429 and a
-        pause every second or so: stated 150/s where 100/s got through, 28 % of the
-        limit got through."""
-        if self._told is not None and abs(rate - self._told) <= 0.01 * self._told:
-            if self._told_refused:
-                capped = min(self.rate, max(self.floor, rate * 0.98))
-                if capped >= self.rate:
-                    return False
-                self.threshold = self.rate = capped
-                return self._noted(now, True, told=True)
-        else:
-            self._told, self._told_refused = rate, False
+        A figure requests sent at the rate it set were refused at, or one no more than
+        10 % lower, only caps the rate for five seconds (see _header_refused): a header
+        may overstate the limit (an account's figure in front of a stricter one per
+        endpoint or address), and taken back after every 429 (every answer carries it)
+        it drew a 429 and a pause every second or so: stated 150/s where 100/s got
+        through, 28 % of the limit got through. A figure lower still is taken at once."""
+        self._told = rate
+        refused = self._told_refused
+        if refused is not None and now < self._told_until and rate >= 0.9 * refused:
+            capped = min(self.rate, max(self.floor, rate * 0.98))
+            if capped >= self.rate:
+                return False
+            self.threshold = self.rate = capped
+            return self._noted(now, True, told=True)
         before = self.rate
         self._header_limit(rate, now)
+        if self.rate > before:
+            self._told_raised_at, self._told_counted = now, False
         return self._noted(now, self.rate != before, told=True)
+
+    def _header_refusal(self, now: float) -> None:
+        """A request sent at the rate the source's header set was refused. Soon after the
+        figure raised the rate, each time it did, _TOLD_REFUSALS times in a row, and
+        with under 85 % of it accepted in each of the last three whole seconds, the
+        figure overstates the source's limit (a busy source refuses one now and then at
+        its own limit, seconds apart on average, and the burst a stall lets through at
+        once counts once)."""
+        if self._told_counted or self._told is None:
+            return
+        self._told_counted = True
+        second = math.floor(now)
+        best = max((n for s, n in self._per_second if second - 3 <= s < second), default=0)
+        stated = min(self.ceiling, 0.98 * self._told)
+        if now - self._told_raised_at > self._TOLD_SPAN or best >= 0.85 * stated:
+            # Long after, or most of the figure got through in one of the last three
+            # whole seconds: the source's jitter, not a figure it does not keep.
+            self._told_quick = 0
+            return
+        self._told_quick += 1
+        if self._told_quick >= self._TOLD_REFUSALS:
+            self._told_quick = 0
+            self._header_refused(now)
+
+    def _header_refused(self, now: float) -> None:
+        """A request sent at the rate a header's figure set was refused: the figure only
+        caps the rate for a while (the source's limit may have dipped, or its header
+        overstates it). Refused again soon after it was taken back (within the wait
+        before), it overstates: twice as long, up to five minutes (one 429 and pause per
+        cycle); else five seconds (an honest figure, the source's limit back after a dip,
+        is taken again within them)."""
+        told = self._told
+        assert told is not None
+        again = self._told_refused is not None and now - self._told_until < self._told_wait
+        self._told_wait = (
+            min(self._TOLD_WAIT_LONGEST, 2.0 * self._told_wait) if again else self._TOLD_WAIT
+        )
+        self._told_refused = told if not again else min(told, self._told_refused or told)
+        self._told_until = now + self._told_wait
 
     def _header_limit(self, rate: float, now: float) -> None:
         self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
