@@ -445,11 +445,14 @@ def test_adaptive_mode_in_front_of_a_strict_source_seconds_away(seed: int) -> No
     assert served.accepted_between(200.0, 300.0) >= 0.9 * 5.0 * 100.0
 
 
-def test_a_rate_that_grows_applies_at_once_to_requests_already_waiting() -> None:
-    """Five requests wait behind a rate of 1/s when the source announces 100/s: they all
-    start within a tenth of a second, not one a second as they would have been booked."""
+def _started_once_the_source_states(
+    start_rate: float, waiting: int, at: float, limit: int
+) -> list[float]:
+    """An adaptive resource at ``start_rate`` makes its first start at 0 and ``waiting``
+    requests wait their turns; at ``at`` an answer states ``limit`` per second: the
+    instants they started."""
     clock = FakeClock()
-    resource = Resource("api", adaptive=True, start_rate=1, clock=clock)
+    resource = Resource("api", adaptive=True, start_rate=start_rate, clock=clock)
     started: list[float] = []
 
     async def main() -> None:
@@ -457,13 +460,20 @@ def test_a_rate_that_grows_applies_at_once_to_requests_already_waiting() -> None
             await resource.acquire()
             started.append(clock.t)
 
-        await resource.acquire()  # the first start, at 0
-        tasks = [asyncio.create_task(request()) for _ in range(5)]
-        await clock.sleep(0.5)
-        resource.observe(Outcome.OK, limit=100, window=1.0)
+        await resource.acquire()
+        tasks = [asyncio.create_task(request()) for _ in range(waiting)]
+        await clock.sleep(at)
+        resource.observe(Outcome.OK, limit=limit, window=1.0)
         await asyncio.gather(*tasks)
 
     asyncio.run(main())
+    return started
+
+
+def test_a_rate_that_grows_applies_at_once_to_requests_already_waiting() -> None:
+    """Five requests wait behind a rate of 1/s when the source announces 100/s: they all
+    start within a tenth of a second, not one a second as they would have been booked."""
+    started = _started_once_the_source_states(1.0, 5, 0.5, 100)
     assert len(started) == 5
     assert max(started) <= 1.1
 
@@ -472,22 +482,7 @@ def test_a_turn_waiting_seconds_starts_at_once_when_the_rate_grows() -> None:
     """A request waits its turn five seconds away (a rate of 0.2/s) when the source says
     its limit is 10/s: it starts within a tenth of a second, not four seconds later (a
     turn slept until the instant counted at the old rate)."""
-    clock = FakeClock()
-    resource = Resource("api", adaptive=True, start_rate=0.2, clock=clock)
-    started: list[float] = []
-
-    async def main() -> None:
-        async def request() -> None:
-            await resource.acquire()
-            started.append(clock.t)
-
-        await resource.acquire()  # the first start, at 0
-        task = asyncio.create_task(request())
-        await clock.sleep(1.0)
-        resource.observe(Outcome.OK, limit=10, window=1.0)
-        await task
-
-    asyncio.run(main())
+    started = _started_once_the_source_states(0.2, 1, 1.0, 10)
     # What it still owed is counted again at the new rate: 4 s at 0.2/s, 0.08 s at 9.8/s.
     assert len(started) == 1 and 1.0 <= started[0] <= 1.1
 
