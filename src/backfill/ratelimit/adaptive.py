@@ -89,7 +89,7 @@ class AdaptiveRate:
     _TOLD_REFUSALS = 2
     _TOLD_SPAN = 2.0
     _TOLD_WAIT = 5.0
-    _TOLD_WAIT_LONGEST = 300.0
+    _TOLD_WAIT_LONGEST = 40.0
 
     def __init__(
         self,
@@ -557,14 +557,21 @@ class AdaptiveRate:
         the rate changed.
 
         A figure requests sent at the rate it set were refused at, or one no more than
-        10 % lower, only caps the rate for five seconds (see _header_refused): a header
+        10 % lower, only caps the rate for five seconds or more (see _header_refused): a header
         may overstate the limit (an account's figure in front of a stricter one per
         endpoint or address), and taken back after every 429 (every answer carries it)
         it drew a 429 and a pause every second or so: stated 150/s where 100/s got
-        through, 28 % of the limit got through. A figure lower still is taken at once."""
+        through, 28 % of the limit got through. A figure lower still, or a higher one, is
+        taken at once. (At slow rates, a bucket of one and the way's jitter, an honest
+        figure may be taken for one that overstates: 0.98 of it is too fast there, and
+        the learned rate under it does better.)"""
         self._told = rate
         refused = self._told_refused
-        if refused is not None and now < self._told_until and rate >= 0.9 * refused:
+        if refused is not None and rate > 1.01 * refused:
+            # The source raised its figure: taken at once, the past forgotten.
+            self._told_refused, self._told_until = None, -math.inf
+            self._told_wait = self._TOLD_WAIT
+        elif refused is not None and now < self._told_until and rate >= 0.9 * refused:
             capped = min(self.rate, max(self.floor, rate * 0.98))
             if capped >= self.rate:
                 return False
@@ -603,9 +610,10 @@ class AdaptiveRate:
         """A request sent at the rate a header's figure set was refused: the figure only
         caps the rate for a while (the source's limit may have dipped, or its header
         overstates it). Refused again soon after it was taken back (within the wait
-        before), it overstates: twice as long, up to five minutes (one 429 and pause per
-        cycle); else five seconds (an honest figure, the source's limit back after a dip,
-        is taken again within them)."""
+        before), it overstates: twice as long, up to forty seconds (one 429 and pause per
+        cycle; an honest figure whose limit dipped for minutes is taken again within
+        them); else five seconds (an honest figure, the source's limit back after a
+        short dip, is taken again within them)."""
         told = self._told
         assert told is not None
         again = self._told_refused is not None and now - self._told_until < self._told_wait
