@@ -412,9 +412,10 @@ class Resource:
             # A long wait (a slow rate, or one come down far) ends early when the rate
             # grows meanwhile: the turn was counted at the old one (an outage's recovery
             # from one request every few seconds would otherwise wait them out).
+            loop = asyncio.get_running_loop()
             faster = self._faster
-            if faster is None or faster.done() or faster.get_loop() is not self._pacing_loop:
-                faster = self._faster = asyncio.get_running_loop().create_future()
+            if faster is None or faster.done() or faster.get_loop() is not loop:
+                faster = self._faster = loop.create_future()
             sleeper = asyncio.ensure_future(self.clock.sleep(wait))
             try:
                 await asyncio.wait((sleeper, faster), return_when=asyncio.FIRST_COMPLETED)
