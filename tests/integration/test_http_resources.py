@@ -261,6 +261,40 @@ def test_a_source_that_refuses_again_at_the_lower_rate_pauses_the_resource_once(
     assert all(t - insisted >= 0.9 for t in app.times[8:])
 
 
+@pytest.mark.xdist_group("cpu_heavy")  # real time: never beside chromium (see test_browser.py)
+def test_after_five_seconds_refused_the_rate_is_back_within_a_second(
+    server: tuple[RecordingServer, str],
+) -> None:
+    """A resource of 40/s taken at it for a second and a half, then every request refused
+    (429, Retry-After: 1) for five seconds: within a second of the source's return most
+    of the rate goes through again (halved at every refusal, it was a request every few
+    seconds, and came back over minutes). Through the outage, a few requests a second."""
+    app, url = server
+    began: list[float] = []
+
+    def handler(request: Request, n: int) -> Response:
+        now = time.monotonic()
+        if not began:
+            began.append(now)
+        if 1.5 <= now - began[0] < 6.5:
+            return JSONResponse({"error": "down"}, 429, headers={"Retry-After": "1"})
+        return JSONResponse({"data": [{"n": n}]})
+
+    app.handler = handler
+    job = Job("outage", partitions=daily("2013-01-01", "2013-06-30"))
+    job.resource("api", rate="40/s", concurrency=4, retries=10)
+
+    @job.stage(resource="api", concurrency=4, retry=RetryPolicy(attempts=5))
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        body = await ctx.http.get_json(f"{url}/x", params={"day": partition.key})
+        return list(body["data"])
+
+    assert run_job(job).exit_code == 0
+    back = began[0] + 6.5
+    assert sum(1 for t in app.times if back + 1.0 <= t < back + 3.0) >= 0.6 * 40 * 2.0
+    assert sum(1 for t in app.times if began[0] + 2.5 <= t < back) <= 5 * 4
+
+
 def test_server_errors_are_retried_per_request_without_losing_rows(
     server: tuple[RecordingServer, str],
 ) -> None:

@@ -283,6 +283,25 @@ def test_after_an_outage_what_the_source_took_comes_back_within_seconds(
     assert refused <= most_refused, refused
 
 
+def test_an_outage_a_second_and_a_half_into_a_run_is_come_back_from_too() -> None:
+    """Taken at 40/s for a second and a half, then five seconds refused: what the source
+    took is counted over the seconds there were (over the last ten, it read as 6/s, and
+    the rate came back to a sixth of the limit)."""
+    clock = FakeClock()
+    resource = Resource("api", rate="40/s", concurrency=4, clock=clock)
+    served = serve(
+        resource,
+        clock,
+        limit=1000,
+        bucket=1000,
+        seconds=10.0,
+        workers=4,
+        latency=(0.002, 0.01),
+        outage=(1.5, 6.5),
+    )
+    assert served.accepted_between(7.0, 9.5) >= 0.7 * 40 * 2.5
+
+
 def test_a_fixed_window_s_leftover_seconds_are_no_outage_to_keep_a_rate_for() -> None:
     """Declared 20/s against a source that takes 100 requests per fixed ten seconds and
     refuses the rest asking a second: each window's last seconds refuse everything, like

@@ -144,6 +144,7 @@ class AdaptiveRate:
         # outage began (see _outage_floor).
         self._took = 0.0
         self._ok_since_outage = 0
+        self._first_ok = math.inf  # the first accepted answer
         # The last limit a source's header stated (per second); the lowest figure a
         # request sent at the rate it set was refused at, only a cap until _told_until,
         # and how long that lasts (see on_header_limit).
@@ -478,15 +479,18 @@ class AdaptiveRate:
         self._outage = True
         took = 0.0
         if self._ok_since_outage >= self._ARMED_AFTER:
-            # Over the last three seconds and the last ten: a window's opening burst
-            # (a source that takes 50 requests per fixed 10 s window and refuses the
-            # rest) got through faster than the source takes.
+            # Over the last three whole seconds and the last ten (or those since the
+            # first answer counted, when fewer): a window's opening burst (a source
+            # that takes 50 requests per fixed 10 s window and refuses the rest) got
+            # through faster than the source takes.
             last = math.floor(self._accepted_at)
-            got = min(
-                sum(n for s, n in self._per_second if last - span <= s < last) / span
-                for span in (3.0, 10.0)
-            )
-            took = min(got, self.rate_at(self._accepted_at) or 0.0)
+            rates = [
+                sum(n for s, n in self._per_second if math.floor(since) <= s < last)
+                / (last - since)
+                for since in (max(self._first_ok, last - 3), max(self._first_ok, last - 10))
+                if last - since >= 0.5
+            ]
+            took = min(min(rates, default=0.0), self.rate_at(self._accepted_at) or 0.0)
         self._took = took
         self._ok_since_outage = 0
 
@@ -641,6 +645,7 @@ class AdaptiveRate:
         self._refused_run, self._accepted_at = 0, now
         self._since_decrease += 1
         self._ok_since_outage += 1
+        self._first_ok = min(self._first_ok, now)
         self._forget(now)
         if self._last_update is None:
             self._measure_from = now
