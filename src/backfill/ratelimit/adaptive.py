@@ -139,9 +139,8 @@ class AdaptiveRate:
         self._run_sent = -math.inf  # when the first of those 429s' requests went
         # Since the last way back up, _OUTAGE_RUN 429s in a row over two seconds at least.
         self._outage = False
-        # What the source took per second over the three whole seconds before the
-        # outage (0: not known, or not floored), and requests accepted since the last
-        # outage began (see _outage_floor).
+        # What the source took per second before the last outage (0: not known, or not
+        # floored), and requests accepted since it began (see _outage_began).
         self._took = 0.0
         self._ok_since_outage = 0
         self._first_ok = math.inf  # the first accepted answer
@@ -317,8 +316,7 @@ class AdaptiveRate:
                 # The latest estimate, never above the decrease's own (it may rise back
                 # towards it: the first echoes may be the unluckiest).
                 target = min(target, self._dropped_to)
-            # Through an outage, no lower than its floor (never raised by it).
-            target = max(target, min(self.rate, self._outage_floor(now)))
+            target = self._floored(target, now)
             if sent is not None:
                 if abs(target - self.rate) < 1e-9 * self.rate:
                     return False
@@ -443,8 +441,7 @@ class AdaptiveRate:
             sent_at = self.rate_at(sent)
             if sent_at is not None and sent_at < self.rate:
                 target = min(target, self._JITTER_STEP * sent_at)
-        # Never above the rate run: the floor only stops the fall.
-        target = max(target, min(self.rate, self._outage_floor(now)))
+        target = self._floored(target, now)
         self._rate_before = self.rate
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
@@ -494,6 +491,17 @@ class AdaptiveRate:
         self._took = took
         self._ok_since_outage = 0
 
+    def _floored(self, target: float, now: float) -> float:
+        """``target`` for the rate, through an outage no lower than its floor (see
+        _outage_floor), and never raised by it: the floor only stops the fall."""
+        return max(target, min(self.rate, self._outage_floor(now)))
+
+    @property
+    def _best_taken(self) -> float:
+        """The best rate the source took: for long (_proven), or just before the last
+        outage (_took)."""
+        return max(self._proven, self._took)
+
     def _outage_floor(self, now: float) -> float:
         """The least rate through an outage: one request every quarter of its length so
         far (from the last accepted answer), at most _OUTAGE_LONGEST apart, and a hair
@@ -535,7 +543,7 @@ class AdaptiveRate:
             not self._outage
             or self._recovering
             or self.threshold is None
-            or self.rate >= 0.5 * max(self._proven, self._took)
+            or self.rate >= 0.5 * self._best_taken
         ):
             return False
         if self._since_decrease < (1 if self._took > 0.0 else 2):
@@ -676,7 +684,7 @@ class AdaptiveRate:
             # quite back: the rate remembered falls to the step before (see
             # _on_rate_limited).
             self._recovering, self._outage = True, False
-            before, best = self.rate, max(self._proven, self._took)
+            before, best = self.rate, self._best_taken
             jump = 0.5 * best if self._took > 0.0 else min(0.25 * best, 4.0 * self.rate)
             self.threshold = self.rate = min(self.ceiling, max(self.rate, jump))
             self._good, self._bad = self.rate, best
@@ -687,7 +695,7 @@ class AdaptiveRate:
         if (
             self._outage
             and (sent is None or sent > self._run_sent)
-            and self.rate >= 0.5 * max(self._proven, self._took)
+            and self.rate >= 0.5 * self._best_taken
         ):
             # Taken again, a request sent after one refused, and the rate is still most
             # of what the source took: the outage is over, and nothing to search back.
@@ -735,8 +743,8 @@ class AdaptiveRate:
             else:
                 step = self.rate * (self._PAST_STEP if self._small_steps else self._SEARCH_STEP)
                 if self._recovering and bad is not None and bad > self.rate:
-                    # Doubling, then half the way left at each step.
-                    step = min(2.0 * self.rate, (self.rate + bad) / 2.0)
+                    # Doubling, then (below) half the way left at each step.
+                    step = 2.0 * self.rate
                 if bad is not None and bad > self.rate:
                     step = min(step, (self.rate + bad) / 2.0, self._JITTER_STEP * bad)
             self.rate = max(self.rate, min(self.ceiling, step))

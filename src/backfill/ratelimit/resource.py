@@ -622,7 +622,8 @@ class Resource:
         refused request waits alone and the others go on at the lower rate."""
         now = self.clock.monotonic()
         pace = self.pace
-        rate = pace.rate
+        # (Only a turn waiting long cares whether the rate grows: see _sleep_until.)
+        before = pace.rate if self._faster is not None else math.inf
         pace.on_latency(latency, now)
         if outcome is Outcome.RATE_LIMITED:
             self.rate_limited += 1
@@ -644,7 +645,7 @@ class Resource:
         elif outcome is Outcome.OK:
             pace.on_success(now, sent=sent)
         pace.on_header_limit(limit, window, now)
-        if pace.rate > rate and self._faster is not None:
+        if pace.rate > before:
             self._wake_waiting()
         if remaining is not None and remaining <= 0 and reset_after:
             self.pause(reset_after, "quota used up")
