@@ -302,6 +302,41 @@ def test_an_outage_a_second_and_a_half_into_a_run_is_come_back_from_too() -> Non
     assert served.accepted_between(7.0, 9.5) >= 0.7 * 40 * 2.5
 
 
+@pytest.mark.parametrize(("down_at", "slow_until"), [(0.9, 0.0), (1.5, 1.0)])
+def test_an_outage_soon_after_a_slow_start_is_come_back_from_at_the_rate_run(
+    down_at: float, slow_until: float
+) -> None:
+    """Declared 40/s, the source down for five seconds from under a second after the first
+    answer (before half a whole second was counted, it read as nothing taken: the rate fell
+    to a request every second or two and stayed there), or from a second and a half after a
+    start the client was slow to make (150 ms lost before each request of its first second,
+    as a loaded machine does: the rate came back to the 26/s counted, where it stayed).
+    Most of the 40/s gets through again within a second and a half of the source's
+    return."""
+    clock = FakeClock()
+    resource = Resource("api", rate="40/s", concurrency=4, clock=clock)
+    acquire = resource.acquire
+
+    async def slow_to_start() -> None:
+        if clock.t < slow_until:
+            await clock.sleep(0.15)
+        await acquire()
+
+    resource.acquire = slow_to_start  # type: ignore[method-assign]
+    back = down_at + 5.0
+    served = serve(
+        resource,
+        clock,
+        limit=1000,
+        bucket=1000,
+        seconds=back + 5.0,
+        workers=4,
+        latency=(0.002, 0.01),
+        outage=(down_at, back),
+    )
+    assert served.accepted_between(back + 1.5, back + 3.5) >= 0.85 * 40 * 2.0
+
+
 def test_a_fixed_window_s_leftover_seconds_are_no_outage_to_keep_a_rate_for() -> None:
     """Declared 20/s against a source that takes 100 requests per fixed ten seconds and
     refuses the rest asking a second: each window's last seconds refuse everything, like

@@ -57,7 +57,9 @@ class AdaptiveRate:
     refusal, but when the source took twenty requests or more since its last outage, no
     further than a request every quarter of the outage's length so far (at most fifteen
     seconds apart, and under what it took in the seconds before); the first accepted
-    again takes it back to half of that, and a search doubles it up from there.
+    again takes it back to half of that, and a search doubles it up from there (down
+    within seconds of the start, up to the rate run just before: a start slow under load
+    counts under it).
 
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
@@ -142,8 +144,10 @@ class AdaptiveRate:
         # What the source took per second before the last outage (0: not known, or not
         # floored), and requests accepted since it began (see _outage_began).
         self._took = 0.0
+        self._ran = 0.0  # the rate run when the last outage began (see _outage_began)
         self._ok_since_outage = 0
         self._first_ok = math.inf  # the first accepted answer
+        self._recent_ok: collections.deque[float] = collections.deque(maxlen=64)
         # The last limit a source's header stated (per second); the lowest figure a
         # request sent at the rate it set was refused at, only a cap until _told_until,
         # and how long that lasts (see on_header_limit).
@@ -337,6 +341,7 @@ class AdaptiveRate:
             self._recovering = False
             self._proven = min(self._proven, self._good or self.rate)
             self._took = min(self._took, self._good or self.rate)
+            self._ran = min(self._ran, self._good or self.rate)
         # Accepted since the last decrease: every other 429 since was one of its echoes
         # (any other is a decrease), so this one is the only refusal at the rate it brought.
         accepted_since = self._outcomes.count(True)
@@ -474,7 +479,8 @@ class AdaptiveRate:
         rate kept falls to what it took on the way up, and the next outage is not
         floored (too little accepted)."""
         self._outage = True
-        took = 0.0
+        took = span = 0.0
+        ran = self.rate_at(self._accepted_at) or 0.0
         if self._ok_since_outage >= self._ARMED_AFTER:
             # Over the last three whole seconds and the last ten (or those since the
             # first answer counted, when fewer): a window's opening burst (a source
@@ -487,8 +493,33 @@ class AdaptiveRate:
                 for since in (max(self._first_ok, last - 3), max(self._first_ok, last - 10))
                 if last - since >= 0.5
             ]
-            took = min(min(rates, default=0.0), self.rate_at(self._accepted_at) or 0.0)
+            span = self._accepted_at - self._first_ok
+            if not rates and span >= 0.25:
+                # Down within a second or so of the first answer, before half a whole
+                # second was counted (every answer since the first is this outage's
+                # history): they all count, over the time between.
+                rates = [(self._ok_since_outage - 1) / span]
+            took = min(min(rates, default=0.0), ran)
         self._took = took
+        self._ran = took
+        window = max(0.5, 8.0 / max(ran, 1e-9))
+        recent = [t for t in self._recent_ok if t >= self._accepted_at - window]
+        if (
+            took > 0.0
+            and self.threshold is not None
+            and span < 10.0
+            and len(recent) >= 8
+            and recent[-1] - recent[0] >= 0.2
+        ):
+            # Down within seconds of the first answer: what was counted is mostly the
+            # run's start (a client slow to start, under load, counted a fraction of the
+            # rate). What went through over the last half second or so (eight requests
+            # at the least), at the rate run then (no 429 brought it down), is where the
+            # way back up goes on to, past what was counted. (Over a longer history,
+            # what the source took over ten seconds says more: a fixed window's opening
+            # burst goes at the rate run.)
+            got = (len(recent) - 1) / (recent[-1] - recent[0])
+            self._ran = max(took, min(ran, got))
         self._ok_since_outage = 0
 
     def _floored(self, target: float, now: float) -> float:
@@ -654,6 +685,7 @@ class AdaptiveRate:
         self._since_decrease += 1
         self._ok_since_outage += 1
         self._first_ok = min(self._first_ok, now)
+        self._recent_ok.append(now)
         self._forget(now)
         if self._last_update is None:
             self._measure_from = now
@@ -687,7 +719,7 @@ class AdaptiveRate:
             before, best = self.rate, self._best_taken
             jump = 0.5 * best if self._took > 0.0 else min(0.25 * best, 4.0 * self.rate)
             self.threshold = self.rate = min(self.ceiling, max(self.rate, jump))
-            self._good, self._bad = self.rate, best
+            self._good, self._bad = self.rate, max(best, self._ran)
             self._past_estimate = None
             self._small_steps = False
             self._restart(now)
