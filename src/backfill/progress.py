@@ -254,10 +254,15 @@ class ProgressState:
         """The stage's ETA (see :meth:`StageProgress.eta`), never less than what its
         resource's limits need for the partitions left: at 5 every 20 seconds, a
         window's five going out in four seconds make no rate to go by."""
-        eta = stage.eta(now, self.wait(now))
+        wait = self.wait(now)
+        eta = stage.eta(now, wait)
         floor = self.floors.get(stage.name)
-        if eta is None or floor is None or not stage.remaining:
+        if floor is None or not stage.remaining:
             return eta
+        if eta is None:
+            # No pace yet (a run restarted into a quota the one before spent): the known
+            # wait, then what the limits need for the rest.
+            return None if wait is None else wait + floor(stage.remaining)
         return max(eta, floor(stage.remaining))
 
     def stall_note(self, stage: StageProgress, now: float) -> str | None:

@@ -328,15 +328,20 @@ def build_report(
             if quiet > max(STALL_AFTER, 5.0 * usual):
                 why = f": {'; '.join(holdups)}" if holdups else ""
                 stalled = f"stalled {format_duration(quiet)}{why}"
-        if stalled is not None:
-            pace = c.rate
-            eta = known_wait + left / pace if known_wait is not None and pace else None
-            rate = None
-        elif not left:
-            eta = 0.0
-        else:
-            eta = left / rate if rate else None
         floor = floors.get(stage.name)
+        pace = c.rate if stalled is not None else rate
+        if stalled is None and not left:
+            eta = 0.0
+        elif pace and (stalled is None or known_wait is not None):
+            eta = (0.0 if stalled is None else known_wait or 0.0) + left / pace
+        elif known_wait is not None and floor is not None:
+            # No pace measured yet (a run restarted into a quota the one before spent):
+            # the wait, then what the limits need for the rest.
+            eta = known_wait + floor(left)
+        else:
+            eta = None
+        if stalled is not None:
+            rate = None
         if eta is not None and floor is not None and left:
             # Never less than the limits need: a quota's window spent in a burst makes
             # a recent rate that would end in minutes what takes hours.

@@ -324,6 +324,28 @@ def test_a_quota_wait_of_known_length_is_in_the_eta(monkeypatch: pytest.MonkeyPa
     assert eta == pytest.approx(3540.0 + 20 / 2.0, rel=0.05)
 
 
+def test_a_run_started_into_a_spent_quota_shows_the_wait_in_its_eta(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Restarted while the quota (5 a day) the run before spent still holds for an hour:
+    nothing finished yet, so no pace; the ETA is the hour plus the day the ten partitions
+    left need of the quota (it was unknown, "-"), in the plain lines too."""
+    from backfill.ratelimit import Resource
+
+    now = Now(monkeypatch)
+    out = io.StringIO()
+    plain = PlainProgress(out, interval=10.0)
+    plain.state.floors = {"fetch": Resource("api", limits=["5/day"]).seconds_for}
+    plain(started(fetch=StageCounts("fetch", pending=10)))
+    plain(ResourceChanged("api", "quota used up (5/day): resumes ...", 3600.0, "quota"))
+    now.t += 10.0
+    stage = plain.state.stages["fetch"]
+    eta = plain.state.eta(stage, now.t)
+    assert eta is not None and 3590.0 + 86_400.0 <= eta < 3600.0 + 2 * 86_400.0
+    plain(Tick(now.t))
+    assert "ETA -" not in stage_lines(out.getvalue())[-1]
+
+
 def test_the_eta_is_never_less_than_a_quota_needs_for_what_is_left(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

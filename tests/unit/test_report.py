@@ -153,3 +153,37 @@ def test_the_eta_is_never_less_than_the_stage_s_limits_need_for_what_is_left() -
     (report,) = build_report(job, ledger, [job.stages["fetch"]], now=NOW, rates=rates).stages
     assert report.left == 9
     assert report.eta == 20.0
+
+
+def _quota_spent_by_the_run_before(finished: bool) -> list:
+    """A stage through a quota of 5 a day; the run before finished five partitions hours
+    ago (``finished``) or none, and a worker of this run says the quota frees up in an
+    hour."""
+    job = Job("spent", partitions=daily("2013-01-01", "2013-01-10"))
+    job.resource("api", limits=["5/day"], concurrency=1)
+
+    @job.stage(resource="api")
+    def fetch(ctx: object, p: object) -> None:
+        return None
+
+    ledger = open_ledger(":memory:")
+    done = {f"2013-01-0{d}": Status.DONE for d in range(1, 6)} if finished else {}
+    settle(ledger, job, "fetch", done, NOW - 6 * 3600)
+    worker = f"{socket.gethostname()}:{os.getpid()}:r2"
+    ledger.register_worker(
+        WorkerRecord(worker, job.name, socket.gethostname(), os.getpid(), NOW - 60, NOW, None)
+    )
+    state = {"api": {"circuit": "closed", "quota_until": NOW + 3600, "quotas": ["5/day"]}}
+    ledger.heartbeat(worker, now=NOW, resources=json.dumps(state))
+    return build_report(job, ledger, [job.stages["fetch"]], now=NOW).stages
+
+
+def test_a_run_restarted_into_a_spent_quota_has_an_eta_with_the_wait() -> None:
+    """Restarted while the quota the run before spent still holds: no pace is measured
+    yet, but the ETA is the wait plus what the quota needs for the rest (it was none)."""
+    for finished, left in ((True, 5), (False, 10)):
+        (fetch,) = _quota_spent_by_the_run_before(finished)
+        assert fetch.left == left
+        # The rest needs whole days of the quota after the wait.
+        assert fetch.eta is not None, finished
+        assert fetch.eta >= 3600, (finished, fetch.eta)
