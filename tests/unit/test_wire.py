@@ -330,3 +330,64 @@ def test_a_keep_alive_connection_the_server_closed_is_not_reused() -> None:
         return connections
 
     assert len(asyncio.run(main())) == 3
+
+
+def test_a_hedged_copy_whose_fleet_start_goes_stale_takes_a_new_start_and_goes() -> None:
+    """In a fleet, a page stalls at the source, so the client sends a second copy; the
+    copy's start goes stale on its way to the wire (the loop was busy). It is not sent on
+    it: it takes a new start and goes then, and wins the race. Counted once: the copy
+    that was not sent is no request (it was dropped, and counted as sent)."""
+    clock = ShiftClock()
+    resource = Resource("api", rate=20, clock=clock)
+    schedule = FleetSchedule(clock)
+    resource.share_with(schedule)
+    received: list[bytes] = []
+
+    async def main() -> tuple[float, int, int]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    received.append(head.split(b" ")[1])
+                    if head.split(b" ")[1] == b"/v1/stall" and received.count(b"/v1/stall") == 1:
+                        await asyncio.sleep(5.0)  # the first copy stalls
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                        b'content-length: 11\r\n\r\n{"ok":true}'
+                    )
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = HttpClient(resource=resource, timeout=10.0)
+        for _ in range(20):  # latencies to hedge by
+            await client.get_json(f"http://127.0.0.1:{port}/v1/x")
+        stall_paths: list[str] = []
+
+        async def stall(request: httpx.Request) -> None:
+            if request.url.path == "/v1/stall":
+                stall_paths.append(request.url.path)
+                if len(stall_paths) == 2:
+                    clock.ahead += 0.2  # the copy's way to the wire: four intervals
+
+        client._client.event_hooks = {"request": [stall], "response": []}
+        began = time.monotonic()
+        try:
+            await client.get_json(f"http://127.0.0.1:{port}/v1/stall")
+            took = time.monotonic() - began
+        finally:
+            await client.aclose()
+            server.close()
+            await server.wait_closed()
+        return took, client.requests, client.hedging.sent
+
+    took, requests, copies = asyncio.run(main())
+    assert took < 2.0
+    assert received.count(b"/v1/stall") == 2
+    assert resource.late_starts >= 1  # (more, when this machine was busy too)
+    assert (requests, copies) == (22, 1)
+    assert resource.requests == 22

@@ -391,15 +391,25 @@ class HttpClient:
     async def _copy(
         self, method: str, url: httpx.URL, call: Call, hop: bool, kwargs: dict[str, Any]
     ) -> tuple[httpx.Response, bytes]:
-        """The hedge: a second copy of a request, under its own slot and rate token."""
+        """The hedge: a second copy of a request, under its own slot and rate token. A
+        copy found late on its way to the wire (a fleet's start gone stale, a pause begun)
+        is not sent: it takes a new start, as any request does (see :meth:`_send`)."""
         assert self.resource is not None
-        async with self.resource.slot():
-            self.hedging.sent += 1
-            self.requests += 1
-            tally = partition_requests.get()
-            if tally is not None:
-                tally.requests += 1
-            return await self.hops.fetch(method, url, call, hop, dict(kwargs))
+        tally = partition_requests.get()
+        while True:
+            async with self.resource.slot():
+                self.hedging.sent += 1
+                self.requests += 1
+                if tally is not None:
+                    tally.requests += 1
+                try:
+                    return await self.hops.fetch(method, url, call, hop, dict(kwargs))
+                except LateStart:
+                    self.hedging.sent -= 1
+                    self.requests -= 1
+                    if tally is not None:
+                        tally.requests -= 1
+                    self.resource.unsent()
 
     async def _hop_turn(self) -> None:
         """A redirect's next hop is a request to a source too: it takes a turn of the
