@@ -9,6 +9,19 @@ import itertools
 __all__ = ["FakeClock", "StallingClock"]
 
 
+async def settle() -> None:
+    """Let every runnable task run until it sleeps (or ends) before time moves: yield
+    to the loop until nothing else is ready to run (asyncio's own queue of ready
+    callbacks), a thousand times at most. (Twenty yields every time, as before, gave the
+    same results four times slower.)"""
+    loop = asyncio.get_running_loop()
+    ready = getattr(loop, "_ready", None)
+    for _ in range(1000):
+        await asyncio.sleep(0)
+        if ready is not None and not ready:
+            return
+
+
 class FakeClock:
     """Virtual time: it moves only when every task is asleep, straight to the earliest
     wake-up, so every test of time runs instantly and sleepers wake exactly on time."""
@@ -35,9 +48,7 @@ class FakeClock:
 
     async def _drive(self) -> None:
         while self._sleepers:
-            # Let every runnable task run until it sleeps (or ends) before time moves.
-            for _ in range(20):
-                await asyncio.sleep(0)
+            await settle()
             deadline, _, woken = heapq.heappop(self._sleepers)
             self.t = max(self.t, deadline)
             if not woken.done():
@@ -55,8 +66,7 @@ class StallingClock(FakeClock):
     async def _drive(self) -> None:
         at, seconds = self.stall
         while self._sleepers:
-            for _ in range(20):
-                await asyncio.sleep(0)
+            await settle()
             deadline, _, woken = heapq.heappop(self._sleepers)
             if at <= deadline < at + seconds:
                 deadline = at + seconds
