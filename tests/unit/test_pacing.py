@@ -337,6 +337,33 @@ def test_an_outage_soon_after_a_slow_start_is_come_back_from_at_the_rate_run(
     assert served.accepted_between(back + 1.5, back + 3.5) >= 0.85 * 40 * 2.0
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_an_outage_as_a_ramp_overshoots_a_big_bucket_is_come_back_from_under_the_limit(
+    seed: int,
+) -> None:
+    """Adaptive, in front of 20/s with a bucket of 100: the ramp runs far past the limit
+    on the bucket's savings, and the source goes down for five seconds just as its first
+    429s come. What went through then is no rate the source takes: the way back up
+    stays near the 20/s taken over whole seconds (it went on to 87-140/s, with 9-26
+    refusals in the ten seconds after the source was back)."""
+    clock = FakeClock()
+    resource = Resource("api", adaptive=True, clock=clock)
+    served = serve(
+        resource,
+        clock,
+        limit=20,
+        bucket=100,
+        seconds=17.5,
+        workers=40,
+        jitter=0.005,
+        outage=(2.5, 7.5),
+        seed=seed,
+    )
+    refused = sum(1 for t, ok in served.log if 7.5 <= t < 17.5 and not ok)
+    assert refused <= 2, refused
+    assert served.accepted_between(7.5, 17.5) >= 0.5 * 20 * 10
+
+
 def test_a_fixed_window_s_leftover_seconds_are_no_outage_to_keep_a_rate_for() -> None:
     """Declared 20/s against a source that takes 100 requests per fixed ten seconds and
     refuses the rest asking a second: each window's last seconds refuse everything, like

@@ -506,21 +506,36 @@ class AdaptiveRate:
         recent = [t for t in self._recent_ok if t >= self._accepted_at - window]
         if (
             took > 0.0
-            and self.threshold is not None
+            and not self.ramp
             and span < 10.0
             and len(recent) >= 8
             and recent[-1] - recent[0] >= 0.2
+            and not self._came_down(self._first_ok, self._accepted_at)
         ):
-            # Down within seconds of the first answer: what was counted is mostly the
-            # run's start (a client slow to start, under load, counted a fraction of the
-            # rate). What went through over the last half second or so (eight requests
-            # at the least), at the rate run then (no 429 brought it down), is where the
-            # way back up goes on to, past what was counted. (Over a longer history,
-            # what the source took over ten seconds says more: a fixed window's opening
-            # burst goes at the rate run.)
+            # Down within seconds of the first answer, the declared rate run until then
+            # and never brought down: what was counted is mostly the run's start (a
+            # client slow to start, under load, counted a fraction of the rate). What
+            # went through over the last half second or so (eight requests at the
+            # least), at the rate run then, is where the way back up goes on to, past
+            # what was counted. (A ramp's rate, or one a 429 brought down, may have
+            # gone through on a bucket's savings, far over the source's limit; over a
+            # longer history, what the source took over ten seconds says more: a fixed
+            # window's opening burst goes at the rate run.)
             got = (len(recent) - 1) / (recent[-1] - recent[0])
             self._ran = max(took, min(ran, got))
         self._ok_since_outage = 0
+
+    def _came_down(self, start: float, end: float) -> bool:
+        """Whether the rate came down between ``start`` and ``end`` (a 429, or a header's
+        lower figure)."""
+        before: float | None = None
+        for since, rate, _ in self._history:
+            if since > end:
+                break
+            if since > start and before is not None and rate < before:
+                return True
+            before = rate
+        return False
 
     def _floored(self, target: float, now: float) -> float:
         """``target`` for the rate, through an outage no lower than its floor (see
