@@ -389,6 +389,29 @@ def test_a_fixed_window_s_leftover_seconds_are_no_outage_to_keep_a_rate_for() ->
     assert accepted >= 0.9 * 3 * 10.0 * 200.0, accepted
 
 
+@pytest.mark.parametrize("seed", [1, 3])
+def test_a_fixed_window_whose_burst_goes_in_one_second_still_counts_as_taken(seed: int) -> None:
+    """Declared 100/s against a source that takes 40 requests per fixed ten seconds: each
+    window's 40 go within half a second, and the seconds before the last answer refused
+    everything. Counted over whole seconds before the last answer's, that read as nothing
+    taken, and the rate fell to a request every few seconds (84 and 150 of the 720 the
+    source allows in three minutes); counted over the ten seconds with it, most of them
+    get through."""
+    clock = FakeClock()
+    resource = Resource("api", rate=100, clock=clock)
+    served = serve(
+        resource,
+        clock,
+        limit=1e6,
+        bucket=10**6,
+        seconds=300.0,
+        jitter=0.005,
+        window=(40, 10.0),
+        seed=seed,
+    )
+    assert served.accepted_between(120.0, 300.0) >= 0.35 * 720
+
+
 def _stating(
     declared: int | None, stated: int, seconds: float, **kwargs: Any
 ) -> tuple[Resource, Served]:

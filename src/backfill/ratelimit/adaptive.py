@@ -499,6 +499,14 @@ class AdaptiveRate:
                 # second was counted (every answer since the first is this outage's
                 # history): they all count, over the time between.
                 rates = [(self._ok_since_outage - 1) / span]
+            elif rates and min(rates) == 0.0:
+                # Nothing taken in the whole seconds before the last answer's (a fixed
+                # window's burst went in it, the seconds before refused: read as
+                # nothing taken, the rate fell to a request every few seconds): over
+                # the ten seconds up to the last answer, its own second with them.
+                since = max(self._first_ok, last - 10)
+                counted = sum(n for s, n in self._per_second if math.floor(since) <= s <= last)
+                rates = [(counted - 1) / max(self._accepted_at - since, 1.0)]
             took = min(min(rates, default=0.0), ran)
         self._took = took
         self._ran = took
