@@ -59,7 +59,10 @@ class AdaptiveRate:
     seconds apart, and under what it took in the seconds before); the first accepted
     again takes it back to half of that, and a search doubles it up from there (down
     within seconds of the start, up to the rate run just before: a start slow under load
-    counts under it).
+    counts under it). Down within the run's first requests, too few taken to keep a rate
+    through it, the limit is found again once the source is back: a declared rate
+    doubles back up towards the rate run before, an adaptive one ramps again; a ramp the
+    outage cut short goes on from half of what it took, doubling every second.
 
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
@@ -68,6 +71,12 @@ class AdaptiveRate:
     ends 3-4 % under it (the jitter margin).
     """
 
+    # A ramp grows sixfold a second; one that an outage cut short goes on from half of
+    # what it took, doubling every second (the source's bucket is full again after an
+    # outage, and lets a ramp far past its limit: sixfold, a bucket of a hundred drew
+    # 22-31 refusals against 20/s).
+    _RAMP_GROWTH = 6.0
+    _RAMP_RESUMED = 2.0
     _JITTER_STEP = 0.97
     _SEARCH_STEP = 1.10
     _PAST_STEP = 1.05
@@ -145,6 +154,11 @@ class AdaptiveRate:
         # floored), and requests accepted since it began (see _outage_began).
         self._took = 0.0
         self._ran = 0.0  # the rate run when the last outage began (see _outage_began)
+        self._ran_before = 0.0
+        self._ramp_ended_at = -math.inf  # a ramp's first 429 (see _outage_began)
+        self._outage_in_ramp = False  # the last outage cut a ramp short
+        self._ramp_resumed: float | None = None  # when a ramp went on after one did
+        self._found_again = False  # the limit was found again after an early outage
         self._ok_since_outage = 0
         self._first_ok = math.inf  # the first accepted answer
         self._recent_ok: collections.deque[float] = collections.deque(maxlen=64)
@@ -448,6 +462,9 @@ class AdaptiveRate:
                 target = min(target, self._JITTER_STEP * sent_at)
         target = self._floored(target, now)
         self._rate_before = self.rate
+        if self.threshold is None:
+            self._ramp_ended_at = now
+            self._ramp_resumed = None
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
         self.decreases += 1
@@ -510,6 +527,15 @@ class AdaptiveRate:
             took = min(min(rates, default=0.0), ran)
         self._took = took
         self._ran = took
+        # A ramp still going when the source went down (its first 429 came with the
+        # outage's, within a second of the last answer accepted: requests on their way
+        # are answered after it) had not found the limit: what it took is no rate the
+        # source keeps to, only one it took on the way up.
+        self._outage_in_ramp = self.ramp and self._ramp_ended_at >= self._accepted_at - 1.0
+        # The most run before this outage's refusals brought the rate down.
+        self._ran_before = max(
+            (r for since, r, _ in self._history if since <= self._accepted_at), default=ran
+        )
         window = max(0.5, 8.0 / max(ran, 1e-9))
         recent = [t for t in self._recent_ok if t >= self._accepted_at - window]
         if (
@@ -605,6 +631,20 @@ class AdaptiveRate:
         if self._sent_known:
             return self._since_decrease_own >= 1
         return now - self._last_decrease >= self._paused + 2.0
+
+    def _found_again_after(self, sent: float | None) -> bool:
+        """Whether an accepted answer ends an outage that began within the run's first
+        requests (not floored: too few taken), far under the rate run before it: a
+        request sent after the first refused (the source took requests before, so no
+        revoked key), once a run (see _on_success)."""
+        return (
+            self._outage
+            and self._took <= 0.0
+            and not self._found_again
+            and self._first_ok < self._run_sent
+            and (sent is None or sent > self._run_sent)
+            and self.rate < 0.5 * self._ran_before
+        )
 
     def _creep_base(self) -> float:
         # Crossing the limit costs a 429 and a Retry-After pause, so cycles must be long
@@ -727,6 +767,28 @@ class AdaptiveRate:
             if sent >= max(self._last_decrease, self.paced_from):
                 self._since_decrease_own += 1
         self._prove(now)
+        if self._found_again_after(sent):
+            # Down within the run's first requests (too few taken since the start to
+            # keep a rate through the outage), and back: the rate, halved at every
+            # refusal, was a request every second or two, and crept up from there for
+            # minutes. The limit is found again as at the start: an adaptive rate
+            # ramps, a declared one doubles back up towards the rate run before (each
+            # step held a request and a quarter second). Once a run: a source whose
+            # limit fell near zero takes a request now and then, and each would start
+            # another way up.
+            self._found_again, self._outage = True, False
+            before = self.rate
+            if self.ramp:
+                self.threshold = None
+                self._ramp_prev = self.rate
+            else:
+                self._recovering = True
+                self.threshold = self.rate = min(self.ceiling, 2.0 * self.rate)
+                self._good, self._bad = self.rate, max(self.rate, self._ran_before)
+                self._past_estimate = None
+                self._small_steps = False
+            self._restart(now)
+            return self.rate != before
         if self._recovered(now):
             # Far under a rate the source took, and taken again: it refused everything
             # for a while (an outage, maintenance) and is back. Search back up towards
@@ -745,6 +807,13 @@ class AdaptiveRate:
             self._good, self._bad = self.rate, max(best, self._ran)
             self._past_estimate = None
             self._small_steps = False
+            if self._outage_in_ramp:
+                # A ramp cut short by the outage: it goes on from here, doubling every
+                # second (see _RAMP_RESUMED).
+                self._recovering, self.threshold = False, None
+                self._good = self._bad = None
+                self._ramp_prev = self.rate
+                self._ramp_resumed = now
             self._restart(now)
             return self.rate != before
         if (
@@ -765,7 +834,8 @@ class AdaptiveRate:
             recent = 2.0 * sum(1 for t in self._accepted if t >= now - 0.5)
             cap = max(4.0 * recent, 2.0 * self.floor, 4.0)
             self._ramp_prev = self.rate
-            self.rate = min(self.ceiling, max(self.rate, min(self.rate * 6.0**elapsed, cap)))
+            growth = self._RAMP_GROWTH if self._ramp_resumed is None else self._RAMP_RESUMED
+            self.rate = min(self.ceiling, max(self.rate, min(self.rate * growth**elapsed, cap)))
         elif self.rate >= self.ceiling:
             self._restart(now)
             return False
