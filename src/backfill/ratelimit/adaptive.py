@@ -61,8 +61,8 @@ class AdaptiveRate:
     within seconds of the start, up to the rate run just before: a start slow under load
     counts under it). Down within the run's first requests, too few taken to keep a rate
     through it, the limit is found again once the source is back: a declared rate
-    doubles back up towards the rate run before, an adaptive one ramps again; a ramp the
-    outage cut short goes on from half of what it took, doubling every second.
+    doubles back up towards the rate run before, an adaptive one ramps again from its
+    start rate.
 
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
@@ -71,12 +71,6 @@ class AdaptiveRate:
     ends 3-4 % under it (the jitter margin).
     """
 
-    # A ramp grows sixfold a second; one that an outage cut short goes on from half of
-    # what it took, doubling every second (the source's bucket is full again after an
-    # outage, and lets a ramp far past its limit: sixfold, a bucket of a hundred drew
-    # 22-31 refusals against 20/s).
-    _RAMP_GROWTH = 6.0
-    _RAMP_RESUMED = 2.0
     _JITTER_STEP = 0.97
     _SEARCH_STEP = 1.10
     _PAST_STEP = 1.05
@@ -155,10 +149,11 @@ class AdaptiveRate:
         self._took = 0.0
         self._ran = 0.0  # the rate run when the last outage began (see _outage_began)
         self._ran_before = 0.0
-        self._ramp_ended_at = -math.inf  # a ramp's first 429 (see _outage_began)
-        self._outage_in_ramp = False  # the last outage cut a ramp short
-        self._ramp_resumed: float | None = None  # when a ramp went on after one did
-        self._found_again = False  # the limit was found again after an early outage
+        # The limit was found again after an outage early in the run (once a run: see
+        # _on_success).
+        self._found_again = False
+        self._taken_before = False  # answers were accepted before the last outage
+        self._start = self.rate
         self._ok_since_outage = 0
         self._first_ok = math.inf  # the first accepted answer
         self._recent_ok: collections.deque[float] = collections.deque(maxlen=64)
@@ -462,9 +457,6 @@ class AdaptiveRate:
                 target = min(target, self._JITTER_STEP * sent_at)
         target = self._floored(target, now)
         self._rate_before = self.rate
-        if self.threshold is None:
-            self._ramp_ended_at = now
-            self._ramp_resumed = None
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
         self.decreases += 1
@@ -527,11 +519,8 @@ class AdaptiveRate:
             took = min(min(rates, default=0.0), ran)
         self._took = took
         self._ran = took
-        # A ramp still going when the source went down (its first 429 came with the
-        # outage's, within a second of the last answer accepted: requests on their way
-        # are answered after it) had not found the limit: what it took is no rate the
-        # source keeps to, only one it took on the way up.
-        self._outage_in_ramp = self.ramp and self._ramp_ended_at >= self._accepted_at - 1.0
+        # The source took requests before (a revoked key takes none: it is never back).
+        self._taken_before = self._first_ok < math.inf
         # The most run before this outage's refusals brought the rate down.
         self._ran_before = max(
             (r for since, r, _ in self._history if since <= self._accepted_at), default=ran
@@ -641,7 +630,7 @@ class AdaptiveRate:
             self._outage
             and self._took <= 0.0
             and not self._found_again
-            and self._first_ok < self._run_sent
+            and self._taken_before
             and (sent is None or sent > self._run_sent)
             and self.rate < 0.5 * self._ran_before
         )
@@ -779,8 +768,13 @@ class AdaptiveRate:
             self._found_again, self._outage = True, False
             before = self.rate
             if self.ramp:
+                # From the start rate, as at the start (a first step from a request every
+                # two seconds to the ramp's least cap drew a 429 from a strict bucket).
                 self.threshold = None
+                self.rate = min(self.ceiling, max(self.rate, self._start))
                 self._ramp_prev = self.rate
+                self._good = self._bad = self._past_estimate = None
+                self._recovering = self._small_steps = False
             else:
                 self._recovering = True
                 self.threshold = self.rate = min(self.ceiling, 2.0 * self.rate)
@@ -807,13 +801,6 @@ class AdaptiveRate:
             self._good, self._bad = self.rate, max(best, self._ran)
             self._past_estimate = None
             self._small_steps = False
-            if self._outage_in_ramp:
-                # A ramp cut short by the outage: it goes on from here, doubling every
-                # second (see _RAMP_RESUMED).
-                self._recovering, self.threshold = False, None
-                self._good = self._bad = None
-                self._ramp_prev = self.rate
-                self._ramp_resumed = now
             self._restart(now)
             return self.rate != before
         if (
@@ -834,8 +821,7 @@ class AdaptiveRate:
             recent = 2.0 * sum(1 for t in self._accepted if t >= now - 0.5)
             cap = max(4.0 * recent, 2.0 * self.floor, 4.0)
             self._ramp_prev = self.rate
-            growth = self._RAMP_GROWTH if self._ramp_resumed is None else self._RAMP_RESUMED
-            self.rate = min(self.ceiling, max(self.rate, min(self.rate * growth**elapsed, cap)))
+            self.rate = min(self.ceiling, max(self.rate, min(self.rate * 6.0**elapsed, cap)))
         elif self.rate >= self.ceiling:
             self._restart(now)
             return False
