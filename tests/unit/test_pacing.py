@@ -407,21 +407,10 @@ def test_a_fixed_window_s_leftover_seconds_are_no_outage_to_keep_a_rate_for() ->
     about 16/s) taken for what the source takes, the way back up overshot, and a search
     from a halving step left the rate near 3.5/s for minutes (10/s allowed). What it took
     over the last ten seconds counts too: most of the window's 10/s gets through."""
-    accepted = 0
-    for seed in (2, 3, 4):
-        clock = FakeClock()
-        resource = Resource("api", rate=20, clock=clock)
-        served = serve(
-            resource,
-            clock,
-            limit=1e6,
-            bucket=10**6,
-            seconds=300.0,
-            jitter=0.005,
-            window=(100, 10.0),
-            seed=seed,
-        )
-        accepted += served.accepted_between(100.0, 300.0)
+    accepted = sum(
+        _behind_a_fixed_window(20, (100, 10.0), seed).accepted_between(100.0, 300.0)
+        for seed in (2, 3, 4)
+    )
     assert accepted >= 0.9 * 3 * 10.0 * 200.0, accepted
 
 
@@ -433,19 +422,25 @@ def test_a_fixed_window_whose_burst_goes_in_one_second_still_counts_as_taken(see
     taken, and the rate fell to a request every few seconds (84 and 150 of the 720 the
     source allows in three minutes); counted over the ten seconds with it, most of them
     get through."""
+    served = _behind_a_fixed_window(100, (40, 10.0), seed)
+    assert served.accepted_between(120.0, 300.0) >= 0.35 * 720
+
+
+def _behind_a_fixed_window(rate: int, window: tuple[int, float], seed: int) -> Served:
+    """Five minutes at a declared ``rate`` against a source that takes ``window``'s
+    requests per fixed window of its seconds, and refuses the rest asking a second."""
     clock = FakeClock()
-    resource = Resource("api", rate=100, clock=clock)
-    served = serve(
+    resource = Resource("api", rate=rate, clock=clock)
+    return serve(
         resource,
         clock,
         limit=1e6,
         bucket=10**6,
         seconds=300.0,
         jitter=0.005,
-        window=(40, 10.0),
+        window=window,
         seed=seed,
     )
-    assert served.accepted_between(120.0, 300.0) >= 0.35 * 720
 
 
 def _stating(
