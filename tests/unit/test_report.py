@@ -136,17 +136,23 @@ def test_a_run_whose_worker_died_is_lost_not_running() -> None:
     assert runs["r10"].status == "running"
 
 
-def test_the_eta_is_never_less_than_the_stage_s_limits_need_for_what_is_left() -> None:
-    """5 requests every 20 s, 9 partitions left, of which the last run did one every
-    second: the ETA says the windows still needed (five now, four a window later: 20 s
-    at least), not the 9 s its recent rate would."""
-    job = Job("quota", partitions=daily("2013-01-01", "2013-01-10"))
-    job.resource("api", limits=["5/20s"], concurrency=1)
+def _through_limits(name: str, limit: str) -> Job:
+    """Ten days fetched one request at a time through a resource limited to ``limit``."""
+    job = Job(name, partitions=daily("2013-01-01", "2013-01-10"))
+    job.resource("api", limits=[limit], concurrency=1)
 
     @job.stage(resource="api")
     def fetch(ctx: object, p: object) -> None:
         return None
 
+    return job
+
+
+def test_the_eta_is_never_less_than_the_stage_s_limits_need_for_what_is_left() -> None:
+    """5 requests every 20 s, 9 partitions left, of which the last run did one every
+    second: the ETA says the windows still needed (five now, four a window later: 20 s
+    at least), not the 9 s its recent rate would."""
+    job = _through_limits("quota", "5/20s")
     ledger = open_ledger(":memory:")
     settle(ledger, job, "fetch", {"2013-01-01": Status.DONE}, NOW - 1)
     rates = {"fetch": 1.0}
@@ -159,13 +165,7 @@ def _quota_spent_by_the_run_before(finished: bool) -> list:
     """A stage through a quota of 5 a day; the run before finished five partitions hours
     ago (``finished``) or none, and a worker of this run says the quota frees up in an
     hour."""
-    job = Job("spent", partitions=daily("2013-01-01", "2013-01-10"))
-    job.resource("api", limits=["5/day"], concurrency=1)
-
-    @job.stage(resource="api")
-    def fetch(ctx: object, p: object) -> None:
-        return None
-
+    job = _through_limits("spent", "5/day")
     ledger = open_ledger(":memory:")
     done = {f"2013-01-0{d}": Status.DONE for d in range(1, 6)} if finished else {}
     settle(ledger, job, "fetch", done, NOW - 6 * 3600)
