@@ -266,6 +266,15 @@ def stage_counts(
     }
 
 
+def _own_wait(resources: Sequence[ResourceReport], name: str | None, now: float) -> float | None:
+    """How long the resource ``name`` holds requests back, when it does for a known
+    time (a quota, a pause); None otherwise."""
+    for r in resources:
+        if r.name == name and r.holding(now) is not None:
+            return r.wait(now)
+    return None
+
+
 def build_report(
     job: Job,
     ledger: Ledger,
@@ -334,10 +343,13 @@ def build_report(
             eta = 0.0
         elif pace and (stalled is None or known_wait is not None):
             eta = (0.0 if stalled is None else known_wait or 0.0) + left / pace
-        elif known_wait is not None and floor is not None:
-            # No pace measured yet (a run restarted into a quota the one before spent):
-            # the wait, then what the limits need for the rest.
-            eta = known_wait + floor(left)
+        elif (own_wait := _own_wait(resources, stage.resource, now)) is not None and floor:
+            # No pace here yet (a run restarted into a quota the one before spent; the
+            # dashboard's own samples saw nothing finish): the wait of the stage's own
+            # resource, then the rest at the pace the ledger measured, never faster than
+            # its limits allow.
+            measured = left / c.rate if c.rate else 0.0
+            eta = own_wait + max(measured, floor(left))
         else:
             eta = None
         if stalled is not None:

@@ -187,3 +187,50 @@ def test_a_run_restarted_into_a_spent_quota_has_an_eta_with_the_wait() -> None:
         # The rest needs whole days of the quota after the wait.
         assert fetch.eta is not None, finished
         assert fetch.eta >= 3600, (finished, fetch.eta)
+
+
+def test_a_wait_counts_only_for_the_stage_behind_it_and_with_the_pace_the_ledger_knows() -> None:
+    """A quota on the api holds for an hour. The dashboard's own samples saw nothing
+    finish, but the ledger measured a partition every 100 s: the ETA is the wait plus
+    the five left at that pace (it was the wait plus what the limits need, 3,600 s, and
+    4,100 once the stage counted as stalled). A stage behind another resource, which
+    nothing holds, gets none of the wait."""
+    job = Job("two", partitions=daily("2013-01-01", "2013-01-10"))
+    job.resource("api", limits=["1000/day"], concurrency=1)
+    job.resource("db", limits=["10/s"], concurrency=1)
+
+    @job.stage(resource="api")
+    def fetch(ctx: object, p: object) -> None:
+        return None
+
+    @job.stage(resource="db")
+    def load(ctx: object, p: object) -> None:
+        return None
+
+    ledger = open_ledger(":memory:")
+    ledger.plan(job.name, "fetch", job.stages["fetch"].partitions)
+    ledger.plan(job.name, "load", job.stages["load"].partitions)
+    claims = ledger.claim(
+        job.name, "fetch", "w", limit=10, lease_seconds=10_000, now=NOW - 700, run_id="r1"
+    )
+    for i, c in enumerate(claims[:5]):
+        ledger.complete("w", [Outcome(c.id, Status.DONE)], now=NOW - 600 + 100 * i)
+    ledger.complete(
+        "w", [Outcome(c.id, Status.PENDING, attempts=0) for c in claims[5:]], now=NOW - 200
+    )
+    worker = f"{socket.gethostname()}:{os.getpid()}:r2"
+    ledger.register_worker(
+        WorkerRecord(worker, job.name, socket.gethostname(), os.getpid(), NOW - 900, NOW, None)
+    )
+    state = {
+        "api": {"circuit": "closed", "quota_until": NOW + 3600, "quotas": ["1000/day"]},
+        "db": {"circuit": "closed"},
+    }
+    ledger.heartbeat(worker, now=NOW, resources=json.dumps(state))
+    stages = [job.stages["fetch"], job.stages["load"]]
+    fetch_report, load_report = build_report(
+        job, ledger, stages, now=NOW, rates={"fetch": None, "load": None}
+    ).stages
+    assert fetch_report.stalled is None
+    assert fetch_report.eta == 3600 + 5 * 100
+    assert load_report.eta is None
