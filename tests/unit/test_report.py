@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from typing import Any
 
 from backfill import Job, daily, needs
 from backfill.ledger import Outcome, RunRecord, Status, WorkerRecord, open_ledger
@@ -91,26 +92,34 @@ def test_a_stage_where_nothing_finishes_for_long_is_stalled_with_the_resources_r
     assert (api.name, api.circuit, api.requests) == ("api", "open", 40)
 
 
+def _five_of_fetch_done_then_held(
+    ledger: Any, job: Job, *, began: float, every: float, state: dict[str, Any]
+) -> None:
+    """Ten partitions of ``fetch`` claimed at ``began``, five done ``every`` seconds apart
+    after it, the rest handed back ten seconds after the last; a live worker of this host
+    says ``state`` of its resources now."""
+    ledger.plan(job.name, "fetch", job.stages["fetch"].partitions)
+    claims = ledger.claim(
+        job.name, "fetch", "w", limit=10, lease_seconds=10_000, now=began, run_id="r1"
+    )
+    for i, c in enumerate(claims[:5]):
+        ledger.complete("w", [Outcome(c.id, Status.DONE)], now=began + every * (i + 1))
+    back = [Outcome(c.id, Status.PENDING, attempts=0) for c in claims[5:]]
+    ledger.complete("w", back, now=began + every * 5 + 10)
+    worker = f"{socket.gethostname()}:{os.getpid()}:r2"
+    ledger.register_worker(
+        WorkerRecord(worker, job.name, socket.gethostname(), os.getpid(), began - 100, NOW, None)
+    )
+    ledger.heartbeat(worker, now=NOW, resources=json.dumps(state))
+
+
 def test_a_quota_of_known_end_gives_the_eta_its_wait() -> None:
     """Stalled on a quota that frees up in an hour: the ETA is that hour plus the rest
     at the pace before."""
     job = pipeline()
     ledger = open_ledger(":memory:")
-    ledger.plan(job.name, "fetch", job.stages["fetch"].partitions)
-    claims = ledger.claim(
-        job.name, "fetch", "w", limit=10, lease_seconds=60, now=NOW - 300, run_id="r1"
-    )
-    for i, c in enumerate(claims[:5]):
-        ledger.complete("w", [Outcome(c.id, Status.DONE)], now=NOW - 300 + 10 * i)
-    ledger.complete(
-        "w", [Outcome(c.id, Status.PENDING, attempts=0) for c in claims[5:]], now=NOW - 250
-    )
-    worker = f"{socket.gethostname()}:{os.getpid()}:r1"
-    ledger.register_worker(
-        WorkerRecord(worker, job.name, socket.gethostname(), os.getpid(), NOW - 400, NOW, None)
-    )
     state = {"api": {"circuit": "closed", "quota_until": NOW + 3600, "quotas": ["5/day"]}}
-    ledger.heartbeat(worker, now=NOW, resources=json.dumps(state))
+    _five_of_fetch_done_then_held(ledger, job, began=NOW - 310, every=10.0, state=state)
     (fetch,) = build_report(job, ledger, job.select_stages(["fetch"]), now=NOW).stages
     assert fetch.stalled is not None and "api quota used up (5/day): resumes" in fetch.stalled
     assert fetch.eta is not None and 3600 < fetch.eta < 3600 + 200
@@ -208,25 +217,12 @@ def test_a_wait_counts_only_for_the_stage_behind_it_and_with_the_pace_the_ledger
         return None
 
     ledger = open_ledger(":memory:")
-    ledger.plan(job.name, "fetch", job.stages["fetch"].partitions)
     ledger.plan(job.name, "load", job.stages["load"].partitions)
-    claims = ledger.claim(
-        job.name, "fetch", "w", limit=10, lease_seconds=10_000, now=NOW - 700, run_id="r1"
-    )
-    for i, c in enumerate(claims[:5]):
-        ledger.complete("w", [Outcome(c.id, Status.DONE)], now=NOW - 600 + 100 * i)
-    ledger.complete(
-        "w", [Outcome(c.id, Status.PENDING, attempts=0) for c in claims[5:]], now=NOW - 200
-    )
-    worker = f"{socket.gethostname()}:{os.getpid()}:r2"
-    ledger.register_worker(
-        WorkerRecord(worker, job.name, socket.gethostname(), os.getpid(), NOW - 900, NOW, None)
-    )
     state = {
         "api": {"circuit": "closed", "quota_until": NOW + 3600, "quotas": ["1000/day"]},
         "db": {"circuit": "closed"},
     }
-    ledger.heartbeat(worker, now=NOW, resources=json.dumps(state))
+    _five_of_fetch_done_then_held(ledger, job, began=NOW - 700, every=100.0, state=state)
     stages = [job.stages["fetch"], job.stages["load"]]
     fetch_report, load_report = build_report(
         job, ledger, stages, now=NOW, rates={"fetch": None, "load": None}
