@@ -311,10 +311,7 @@ class HttpClient:
         hop: bool,
         kwargs: dict[str, Any],
     ) -> tuple[httpx.Response, Any]:
-        self.requests += 1
-        tally = partition_requests.get()
-        if tally is not None:
-            tally.requests += 1
+        self._count_sent(1)
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.deadline) as scope:
@@ -324,11 +321,7 @@ class HttpClient:
                 finally:
                     _answer_deadline.reset(token)
         except LateStart:
-            self.requests -= 1
-            if tally is not None:
-                tally.requests -= 1
-            if self.resource is not None:
-                self.resource.unsent()
+            self._not_sent()
             raise
         except (TimeoutError, httpx.TransportError) as exc:
             self._observe(Outcome.ERROR)
@@ -395,21 +388,30 @@ class HttpClient:
         copy found late on its way to the wire (a fleet's start gone stale, a pause begun)
         is not sent: it takes a new start, as any request does (see :meth:`_send`)."""
         assert self.resource is not None
-        tally = partition_requests.get()
         while True:
             async with self.resource.slot():
                 self.hedging.sent += 1
-                self.requests += 1
-                if tally is not None:
-                    tally.requests += 1
+                self._count_sent(1)
                 try:
                     return await self.hops.fetch(method, url, call, hop, dict(kwargs))
                 except LateStart:
                     self.hedging.sent -= 1
-                    self.requests -= 1
-                    if tally is not None:
-                        tally.requests -= 1
-                    self.resource.unsent()
+                    self._not_sent()
+
+    def _count_sent(self, requests: int) -> None:
+        """``requests`` more sent (fewer, when negative), counted on the client and on
+        the partition's tally."""
+        self.requests += requests
+        tally = partition_requests.get()
+        if tally is not None:
+            tally.requests += requests
+
+    def _not_sent(self) -> None:
+        """The request just counted was found late on its way to the wire
+        (:class:`LateStart`) and not sent: uncounted, and its start given back."""
+        self._count_sent(-1)
+        if self.resource is not None:
+            self.resource.unsent()
 
     async def _hop_turn(self) -> None:
         """A redirect's next hop is a request to a source too: it takes a turn of the
@@ -429,10 +431,7 @@ class HttpClient:
         finally:
             if scope is not None and when is not None:
                 scope.reschedule(when + loop.time() - began)
-        self.requests += 1
-        tally = partition_requests.get()
-        if tally is not None:
-            tally.requests += 1
+        self._count_sent(1)
 
     async def _wait_asked(self, seconds: float) -> None:
         """What is left of the ``seconds`` a refused request was asked to wait once the
