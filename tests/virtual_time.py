@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import random
 
-__all__ = ["FakeClock", "StallingClock"]
+__all__ = ["FakeClock", "LateClock", "StallingClock"]
 
 
 async def settle() -> None:
@@ -71,5 +72,24 @@ class StallingClock(FakeClock):
             if at <= deadline < at + seconds:
                 deadline = at + seconds
             self.t = max(self.t, deadline)
+            if not woken.done():
+                woken.set_result(None)
+
+
+class LateClock(FakeClock):
+    """Virtual time on a busy machine: every sleeper wakes up to ``late`` seconds after
+    its deadline (uniformly, from a seeded generator), as timers do when other processes
+    hold the CPU."""
+
+    def __init__(self, late: float, seed: int = 1) -> None:
+        super().__init__()
+        self.late = late
+        self._rng = random.Random(seed)
+
+    async def _drive(self) -> None:
+        while self._sleepers:
+            await settle()
+            deadline, _, woken = heapq.heappop(self._sleepers)
+            self.t = max(self.t, deadline + self._rng.uniform(0.0, self.late))
             if not woken.done():
                 woken.set_result(None)

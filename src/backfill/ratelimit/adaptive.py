@@ -197,6 +197,26 @@ class AdaptiveRate:
             [(-math.inf, self.rate, False)], maxlen=256
         )
 
+    @property
+    def catch_up(self) -> float:
+        """The share of an interval a start taken late (a busy loop or CPU woke its turn
+        after its instant) may take back from the next one: half the room between the
+        rate and the one its last 429 came at, at most 5 %.
+
+        Spaced from the late start, every late turn is time lost for good: a few
+        milliseconds a turn at 20/s on a busy machine, 3-6 % of the rate. Taken back
+        from the next turn, the two come closer than the rate's interval, never closer
+        than that of a rate halfway (harmonic) between it and the one refused. Only an
+        adaptive rate that came down from a 429, whose search or creep is not under way
+        from an outage: a declared rate runs at its ceiling (a strict source's bucket
+        of one refuses anything closer), and a ramp knows no rate refused yet.
+        """
+        if not self.ramp or self.threshold is None or self.decreases == 0:
+            return 0.0
+        if self._outage or self._recovering:
+            return 0.0
+        return min(0.05, max(0.0, 0.5 * (1.0 - self.rate / self._rate_before)))
+
     def _accepted_rate(self, now: float) -> tuple[float, float] | None:
         """What the source accepted per second over the last half second (or ~8
         requests' worth at low rates), and the share of its answers refused, shrunk

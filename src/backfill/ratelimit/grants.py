@@ -9,6 +9,7 @@ import math
 from typing import TYPE_CHECKING
 
 from backfill.clock import Clock
+from backfill.ratelimit.schedule import next_instant
 
 if TYPE_CHECKING:
     from backfill.ratelimit.resource import Resource
@@ -42,15 +43,15 @@ class Wire:
         self.misses = 0  # fleet starts missed at the wire in a row
         self.sent_late = 0  # requests sent past their fleet start, after too many misses
 
-    def turn(self, now: float, rate: float, burst: int) -> float:
+    def turn(self, now: float, rate: float, burst: int, catch_up: float = 0.0) -> float:
         """Seconds a request written at ``now`` must still wait to keep ``rate`` (and
         ``burst``) between the instants requests reach the wire; 0 when it may go now,
-        and then it is booked."""
+        and then it is booked (``catch_up``: see :func:`next_instant`)."""
         interval = 1.0 / rate
         due = max(now, self.tat - (burst - 1) * interval)
         if due > now + 1e-4:
             return due - now
-        self.tat = max(self.tat, now) + interval
+        self.tat = next_instant(self.tat, now, interval, catch_up)
         return 0.0
 
     def measure_way(self, seconds: float) -> None:
@@ -156,8 +157,9 @@ class WireGap(PauseGate):
         not against the request's own deadline)."""
         super().at_wire()
         resource = self.resource
+        pace = resource.pace
         return resource.wire.turn(
-            resource.clock.monotonic(), resource.rate, resource.pace.run_burst
+            resource.clock.monotonic(), resource.rate, pace.run_burst, pace.catch_up
         )
 
 

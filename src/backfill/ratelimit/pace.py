@@ -145,6 +145,13 @@ class Pace:
         if learned is not None and learned.on_rate_limited(now, resume_at, sent=sent):
             self._slowed(learned, now)
 
+    @property
+    def catch_up(self) -> float:
+        """The share of an interval a start taken late takes back from the next one (see
+        :attr:`AdaptiveRate.catch_up`)."""
+        pace = self.schedule.pace
+        return 0.0 if pace is None else pace.catch_up
+
     def next_start(self, now: float) -> float:
         """The earliest the rate run at lets the next request start."""
         pace = self.schedule.pace
@@ -190,7 +197,7 @@ class Pace:
         declared rate the source does not accept is said once a run."""
         learned = self.learned
         assert learned is not None and self.schedule.pace is not None
-        self.schedule.pace.set_rate(learned.rate, self.run_burst, now)
+        self.schedule.pace.set_rate(learned.rate, self.run_burst, now, catch_up=learned.catch_up)
         if not self.adaptive and not self._said_slower and learned.rate < 0.9 * learned.ceiling:
             self._said_slower = True
             self._tell(

@@ -18,15 +18,21 @@ MAX_QUOTA = 1_000_000
 class Scheduler:
     """Virtual scheduling for one limit: when may the next request start?"""
 
-    __slots__ = ("interval", "tat", "tolerance")
+    __slots__ = ("catch_up", "interval", "tat", "tolerance")
 
     def __init__(self, rate: float, burst: int) -> None:
         self.interval = 1.0 / rate
         # A full bucket at start: ``burst`` requests may go at once, not more.
         self.tolerance = (burst - 1) * self.interval
         self.tat = -math.inf
+        # The share of an interval a start taken late may take back from the next one
+        # (see AdaptiveRate.catch_up); none for a declared limit.
+        self.catch_up = 0.0
 
-    def set_rate(self, rate: float, burst: int, now: float | None = None) -> None:
+    def set_rate(
+        self, rate: float, burst: int, now: float | None = None, *, catch_up: float = 0.0
+    ) -> None:
+        self.catch_up = catch_up
         interval = 1.0 / rate
         # Slower, the next start is an interval of the new rate after the last one, even
         # when the old rate had fallen behind (its next start due at once).
@@ -44,7 +50,31 @@ class Scheduler:
         return max(now, self.tat - self.tolerance)
 
     def book(self, start: float) -> None:
-        self.tat = max(self.tat, start) + self.interval
+        self.tat = next_instant(self.tat, start, self.interval, self.catch_up)
+
+
+def next_instant(tat: float, start: float, interval: float, catch_up: float) -> float:
+    """The rate's next instant after a start at ``start`` whose own was ``tat``: an
+    interval after it, or after ``start`` when that came later. A start late by less
+    than an interval (the loop or the CPU woke its turn late) takes up to ``catch_up``
+    of an interval back from the next one; one later still found nobody waiting.
+
+    >>> next_instant(10.0, 10.0, 1.0, 0.05)
+    11.0
+    >>> next_instant(10.0, 10.02, 1.0, 0.05)
+    11.0
+    >>> next_instant(10.0, 10.5, 1.0, 0.05)
+    11.45
+    >>> next_instant(10.0, 10.5, 1.0, 0.0)
+    11.5
+    >>> next_instant(10.0, 12.0, 1.0, 0.05)
+    13.0
+    """
+    if start <= tat:
+        return tat + interval
+    if start - tat >= interval:
+        return start + interval
+    return max(tat + interval, start + interval * (1.0 - catch_up))
 
 
 class Window:
