@@ -309,6 +309,32 @@ def test_an_outage_soon_after_a_slow_start_is_come_back_from_at_the_rate_run(
     assert served.accepted_between(back + 1.5, back + 3.5) >= 0.85 * 40 * 2.0
 
 
+@pytest.mark.parametrize(("down_at", "seed"), [(3.0, 1), (0.5, 3)])
+def test_an_outage_answered_late_is_come_back_from_at_the_rate_its_requests_went(
+    down_at: float, seed: int
+) -> None:
+    """Declared 100/s (burst 10) in front of its own limit, down for five seconds. The
+    answers of requests sent before the outage come in after its first refusals halved the
+    rate: the rate they went at (100/s), not the one at their answer (48.5/s), is what it
+    ran before. Counted at the answer, the way back up stopped at half the limit: 1,422
+    of 3,000 in the 30 s from two seconds after the return, in both."""
+    clock = FakeClock()
+    resource = Resource("api", rate="100/s", burst=10, clock=clock)
+    back = down_at + 5.0
+    served = serve(
+        resource,
+        clock,
+        limit=100,
+        bucket=10,
+        seconds=back + 32.0,
+        workers=16,
+        jitter=0.005,
+        seed=seed,
+        outage=(down_at, back),
+    )
+    assert served.accepted_between(back + 2.0, back + 32.0) >= 0.9 * 100 * 30
+
+
 def _at_40_a_second_down_for_five_seconds(
     down_at: float, *, seconds: float, slow_until: float = 0.0
 ) -> Served:

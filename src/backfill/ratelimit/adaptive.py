@@ -141,6 +141,7 @@ class AdaptiveRate:
         self._proven = 0.0
         self._refused_run = 0  # 429s since the last accepted answer
         self._accepted_at = -math.inf  # when that was
+        self._accepted_sent = -math.inf  # when its request went (when answers say)
         self._run_sent = -math.inf  # when the first of those 429s' requests went
         # Since the last way back up, _OUTAGE_RUN 429s in a row over two seconds at least.
         self._outage = False
@@ -509,7 +510,9 @@ class AdaptiveRate:
         floored (too little accepted)."""
         self._outage = True
         took = span = 0.0
-        ran = self.rate_at(self._accepted_at) or 0.0
+        # The rate the last request accepted went at (answers of requests sent before
+        # the outage come in after its first refusals brought the rate down).
+        ran = self.rate_at(self._accepted_sent) or 0.0
         if self._ok_since_outage >= self._ARMED_AFTER:
             # Over the last three whole seconds and the last ten (or those since the
             # first answer counted, when fewer): a window's opening burst (a source
@@ -754,6 +757,7 @@ class AdaptiveRate:
         self._answered.append(now)
         self._outcomes.append(True)
         self._refused_run, self._accepted_at = 0, now
+        self._accepted_sent = now if sent is None else sent
         self._since_decrease += 1
         self._ok_since_outage += 1
         self._first_ok = min(self._first_ok, now)
