@@ -62,7 +62,9 @@ class AdaptiveRate:
     counts under it). Down within the run's first requests, too few taken to keep a rate
     through it, the limit is found again once the source is back: a declared rate
     doubles back up towards the rate run before, an adaptive one ramps again from its
-    start rate.
+    start rate. An outage that cut an adaptive ramp short (its first 429 was the
+    outage's) leaves no limit found: back at what the ramp had taken, the search goes on
+    upwards in its steps until a 429.
 
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
@@ -154,6 +156,10 @@ class AdaptiveRate:
         # _on_success).
         self._found_again = False
         self._taken_before = False  # answers were accepted before the last outage
+        # When a ramp last drew its first 429, and whether the last outage cut a ramp
+        # short: nothing sent after that 429 came was accepted (see _outage_began).
+        self._ramp_ended = -math.inf
+        self._cut_ramp = False
         self._start = self.rate
         self._ok_since_outage = 0
         self._first_ok = math.inf  # the first accepted answer
@@ -214,7 +220,8 @@ class AdaptiveRate:
         """
         if not self.ramp or self.threshold is None or self.decreases == 0:
             return 0.0
-        if self._outage or self._recovering:
+        if self._outage or self._recovering or self._told is not None:
+            # (A source that states its limit is run a hair under it, as declared.)
             return 0.0
         return min(0.05, max(0.0, 0.5 * (1.0 - self.rate / self._rate_before)))
 
@@ -466,6 +473,8 @@ class AdaptiveRate:
         else:
             # Refused almost at once (after a pause, or from the start): far too fast.
             target = self.rate * 0.5
+        if self.ramp and self.threshold is None:
+            self._ramp_ended = now
         self._searched = self._good is not None and self._good < self.rate
         self._bad = self.rate if search else None
         self._got_through = got_through
@@ -544,6 +553,9 @@ class AdaptiveRate:
         self._ran = took
         # The source took requests before (a revoked key takes none: it is never back).
         self._taken_before = self._first_ok < math.inf
+        # A ramp the outage cut short: its first 429 was the outage's, and nothing sent
+        # since was accepted. What it took was the ramp's way up, not the source's limit.
+        self._cut_ramp = self.ramp and self._ramp_ended >= self._accepted_sent
         # The most run before this outage's refusals brought the rate down.
         self._ran_before = max(
             (r for since, r, _ in self._history if since <= self._accepted_at), default=ran
@@ -891,6 +903,10 @@ class AdaptiveRate:
                     # over real HTTP). Go on in small steps up to the ramp's own rate.
                     self._bad, self._past_estimate = self._past_estimate, None
                     self._small_steps = True
+                elif self._cut_ramp and self._recovering and self.rate < self.ceiling:
+                    # Back at what a ramp the outage cut short had taken: no limit was
+                    # found. The search goes on upwards in its usual steps until a 429.
+                    self._bad, self._recovering, self._cut_ramp = None, False, False
                 else:
                     # At the ceiling, or all but at the rate that drew the 429: searched.
                     self._good = self._bad = None

@@ -168,8 +168,12 @@ class Pace:
 
     def on_start(self, now: float) -> None:
         """A request starts now."""
-        if self.learned is not None:
-            self.learned.on_start(now)
+        learned = self.learned
+        if learned is not None:
+            learned.on_start(now)
+            if self.schedule.pace is not None:
+                # (An outage may begin, or a header be taken, with the rate unchanged.)
+                self.schedule.pace.catch_up = learned.catch_up
 
     def on_success(self, now: float, *, sent: float | None = None) -> None:
         """An accepted request (``sent``: when it went, when known)."""

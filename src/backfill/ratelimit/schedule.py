@@ -56,8 +56,9 @@ class Scheduler:
 def next_instant(tat: float, start: float, interval: float, catch_up: float) -> float:
     """The rate's next instant after a start at ``start`` whose own was ``tat``: an
     interval after it, or after ``start`` when that came later. A start late by less
-    than an interval (the loop or the CPU woke its turn late) takes up to ``catch_up``
-    of an interval back from the next one; one later still found nobody waiting.
+    than an interval (the loop or the CPU woke its turn late, or, alike to it, nobody
+    was waiting on the instant) takes up to ``catch_up`` of an interval back from the
+    next one; one later still is a new start after a lull, spaced a whole interval.
 
     >>> next_instant(10.0, 10.0, 1.0, 0.05)
     11.0
