@@ -335,6 +335,38 @@ def test_an_outage_that_cuts_a_ramp_short_is_no_limit_to_come_back_to(seed: int)
     assert served.refused_share < 0.02
 
 
+@pytest.mark.parametrize(("rate", "down_at", "outage"), [(5, 0.5, 30.0), (20, 0.3, 10.0)])
+def test_an_outage_in_a_run_s_first_second_is_probed_through_at_the_user_s_rates(
+    rate: int, down_at: float, outage: float
+) -> None:
+    """Declared 5/s or 20/s (burst 1) in front of a strict source of that limit, down
+    within the first second (too few taken to count a rate) for thirty or ten seconds.
+    With no floor the rate halved at every refusal to a request every twenty seconds:
+    the first request accepted again came 16-17 s after the source was back, and 8 of
+    600 (5/s) got through in the thirty seconds after it. Through the run's first outage
+    the rate is floored as through any other, under the rate run before: a request every
+    quarter of the outage so far, and the first accepted again takes it to half of that
+    rate."""
+    served_after = []
+    for seed in (1, 2):
+        clock = FakeClock()
+        resource = Resource("api", rate=rate, clock=clock)
+        back = down_at + outage
+        served = serve(
+            resource,
+            clock,
+            limit=rate,
+            bucket=1,
+            seconds=back + 30.0,
+            workers=16,
+            jitter=0.005,
+            seed=seed,
+            outage=(down_at, back),
+        )
+        served_after.append(served.accepted_between(back, back + 30.0))
+    assert min(served_after) >= 0.75 * rate * 30, served_after
+
+
 @pytest.mark.parametrize(("down_at", "seed"), [(3.0, 1), (0.5, 3)])
 def test_an_outage_answered_late_is_come_back_from_at_the_rate_its_requests_went(
     down_at: float, seed: int
