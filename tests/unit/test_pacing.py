@@ -309,6 +309,34 @@ def test_an_outage_soon_after_a_slow_start_is_come_back_from_at_the_rate_run(
     assert served.accepted_between(back + 1.5, back + 3.5) >= 0.85 * 40 * 2.0
 
 
+def _down_early(
+    resource_kw: dict[str, Any],
+    limit: int,
+    bucket: int,
+    outage: tuple[float, float],
+    after: float,
+    seed: int,
+    workers: int = 16,
+) -> tuple[Resource, Served]:
+    """``workers`` through a resource made of ``resource_kw``, in front of a source of
+    ``limit`` (``bucket``) down between the two instants of ``outage``, until ``after``
+    seconds after it is back."""
+    clock = FakeClock()
+    resource = Resource("api", clock=clock, **resource_kw)
+    served = serve(
+        resource,
+        clock,
+        limit=limit,
+        bucket=bucket,
+        seconds=outage[1] + after,
+        workers=workers,
+        jitter=0.005,
+        seed=seed,
+        outage=outage,
+    )
+    return resource, served
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_an_outage_that_cuts_a_ramp_short_is_no_limit_to_come_back_to(seed: int) -> None:
     """Adaptive from 5/s in front of 100/s (bucket 10), the source down for five seconds
@@ -317,18 +345,8 @@ def test_an_outage_that_cuts_a_ramp_short_is_no_limit_to_come_back_to(seed: int)
     once back there, the search goes on upwards in its steps until a 429. Kept as a limit,
     the rate crept up 1 % every six seconds: 133-150 of 2,000 requests in the twenty
     seconds from ten seconds after the return, at 7/s half a minute later."""
-    clock = FakeClock()
-    resource = Resource("api", adaptive=True, start_rate=5, clock=clock)
-    served = serve(
-        resource,
-        clock,
-        limit=100,
-        bucket=10,
-        seconds=36.5,
-        workers=16,
-        jitter=0.005,
-        seed=seed,
-        outage=(1.5, 6.5),
+    resource, served = _down_early(
+        {"adaptive": True, "start_rate": 5}, 100, 10, (1.5, 6.5), 30.0, seed
     )
     assert served.accepted_between(16.5, 36.5) >= 600
     assert resource.rate >= 70
@@ -348,21 +366,9 @@ def test_an_outage_in_a_run_s_first_second_is_probed_through_at_the_user_s_rates
     quarter of the outage so far, and the first accepted again takes it to half of that
     rate."""
     served_after = []
+    back = down_at + outage
     for seed in (1, 2):
-        clock = FakeClock()
-        resource = Resource("api", rate=rate, clock=clock)
-        back = down_at + outage
-        served = serve(
-            resource,
-            clock,
-            limit=rate,
-            bucket=1,
-            seconds=back + 30.0,
-            workers=16,
-            jitter=0.005,
-            seed=seed,
-            outage=(down_at, back),
-        )
+        _, served = _down_early({"rate": rate}, rate, 1, (down_at, back), 30.0, seed)
         served_after.append(served.accepted_between(back, back + 30.0))
     assert min(served_after) >= 0.75 * rate * 30, served_after
 
@@ -376,20 +382,8 @@ def test_an_outage_answered_late_is_come_back_from_at_the_rate_its_requests_went
     rate: the rate they went at (100/s), not the one at their answer (48.5/s), is what it
     ran before. Counted at the answer, the way back up stopped at half the limit: 1,422
     of 3,000 in the 30 s from two seconds after the return, in both."""
-    clock = FakeClock()
-    resource = Resource("api", rate="100/s", burst=10, clock=clock)
     back = down_at + 5.0
-    served = serve(
-        resource,
-        clock,
-        limit=100,
-        bucket=10,
-        seconds=back + 32.0,
-        workers=16,
-        jitter=0.005,
-        seed=seed,
-        outage=(down_at, back),
-    )
+    _, served = _down_early({"rate": 100, "burst": 10}, 100, 10, (down_at, back), 32.0, seed)
     assert served.accepted_between(back + 2.0, back + 32.0) >= 0.9 * 100 * 30
 
 
@@ -470,22 +464,11 @@ def test_an_outage_in_a_run_s_first_seconds_is_come_back_from_at_the_source_s_li
     keep a rate through the outage. The rate fell to a request every second or two and
     crept up from there for minutes (6-35 of 400 requests at 20/s, 7-13 of 2,000 at
     100/s, in the twenty seconds from ten seconds after the source was back). The limit
-    is found again: a declared rate doubles back up towards the rate run before, an
-    adaptive one ramps again from its start rate."""
+    is found again: a declared rate goes back to half the rate run before and doubles up
+    from there, an adaptive one ramps again from its start rate."""
     for seed in (1, 2, 3):
-        clock = FakeClock()
-        resource = Resource("api", clock=clock, **resource_kw)
-        served = serve(
-            resource,
-            clock,
-            limit=limit,
-            bucket=bucket,
-            seconds=down_at + 35.0,
-            workers=workers,
-            jitter=0.005,
-            outage=(down_at, down_at + 5.0),
-            seed=seed,
-        )
+        outage = (down_at, down_at + 5.0)
+        _, served = _down_early(resource_kw, limit, bucket, outage, 30.0, seed, workers)
         start = down_at + 15.0
         assert served.accepted_between(start, start + 20.0) >= back, seed
 
