@@ -54,8 +54,7 @@ class AdaptiveRate:
     search step waits for most of its own answers before the next.
 
     Refused all along for seconds (an outage, maintenance), the rate halves at each
-    refusal, but when the source took twenty requests or more since its last outage (or
-    took any before the run's first outage), no
+    refusal, but when the source took twenty requests or more since its last outage, no
     further than a request every quarter of the outage's length so far (at most fifteen
     seconds apart, and under what it took in the seconds before); the first accepted
     again takes it back to half of that, and a search doubles it up from there (down
@@ -161,9 +160,6 @@ class AdaptiveRate:
         # short: nothing sent after that 429 came was accepted (see _outage_began).
         self._ramp_ended = -math.inf
         self._cut_ramp = False
-        # Outages begun this run: the first, down within the run's first requests, is
-        # floored under the rate run before (see _outage_floor).
-        self._outages = 0
         self._start = self.rate
         self._ok_since_outage = 0
         self._first_ok = math.inf  # the first accepted answer
@@ -522,7 +518,6 @@ class AdaptiveRate:
         rate kept falls to what it took on the way up, and the next outage is not
         floored (too little accepted)."""
         self._outage = True
-        self._outages += 1
         took = span = 0.0
         # The rate the last request accepted went at (answers of requests sent before
         # the outage come in after its first refusals brought the rate down).
@@ -614,21 +609,11 @@ class AdaptiveRate:
     def _outage_floor(self, now: float) -> float:
         """The least rate through an outage: one request every quarter of its length so
         far (from the last accepted answer), at most _OUTAGE_LONGEST apart, and a hair
-        under what the source took before it (0: no floor). The run's first outage, down
-        within its first requests (too few taken to count a rate), is floored under the
-        rate run before: the source took some (a revoked key took none, and gets no
-        floor)."""
-        if not self._outage or self._recovering:
+        under what the source took before it (0: no floor)."""
+        if not self._outage or self._took <= 0.0 or self._recovering:
             return 0.0
-        took = self._took
-        if took <= 0.0:
-            # (Not a later outage with too little taken since the last: a limit that
-            # fell near zero, taking a request now and then, keeps falling.)
-            if not self._taken_before or self._found_again or self._outages > 1:
-                return 0.0
-            took = self._ran_before
         gap = min(self._OUTAGE_LONGEST, self._OUTAGE_SHARE * (now - self._accepted_at))
-        return min(self._JITTER_STEP * took, 1.0 / max(gap, 1e-9))
+        return min(self._JITTER_STEP * self._took, 1.0 / max(gap, 1e-9))
 
     def _prove(self, now: float) -> None:
         """Count an accepted answer; the most that got through in ten whole seconds
@@ -828,9 +813,7 @@ class AdaptiveRate:
                 self._recovering = self._small_steps = False
             else:
                 self._recovering = True
-                self.threshold = self.rate = min(
-                    self.ceiling, max(2.0 * self.rate, 0.5 * self._ran_before)
-                )
+                self.threshold = self.rate = min(self.ceiling, 2.0 * self.rate)
                 self._good, self._bad = self.rate, max(self.rate, self._ran_before)
                 self._past_estimate = None
                 self._small_steps = False
