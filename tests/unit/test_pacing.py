@@ -408,19 +408,7 @@ def test_an_outage_as_a_ramp_overshoots_a_big_bucket_is_come_back_from_under_the
     finds the limit the bucket hides: a few refusals seconds later, fewer than the ramp
     itself draws from that bucket with no outage (27-39), and under 2 % over the fifty
     seconds after the return."""
-    clock = FakeClock()
-    resource = Resource("api", adaptive=True, clock=clock)
-    served = serve(
-        resource,
-        clock,
-        limit=20,
-        bucket=100,
-        seconds=57.5,
-        workers=40,
-        jitter=0.005,
-        outage=(2.5, 7.5),
-        seed=seed,
-    )
+    _, served = _down_early({"adaptive": True}, 20, 100, (2.5, 7.5), 50.0, seed, workers=40)
     after = [ok for t, ok in served.log if t >= 7.5]
     assert all(ok for t, ok in served.log if 7.5 <= t < 12.5)
     assert after.count(False) < 0.02 * len(after), after.count(False)
