@@ -900,3 +900,53 @@ def test_a_ledger_that_fails_at_start_or_end_still_gives_a_fatal_result(
     result = run_job(job, ledger)
     assert result.exit_code == ExitCode.USAGE
     assert result.message == "disk full writing /data/state.db; free space and run again"
+
+
+@pytest.mark.parametrize("fills_at", ["begin", "claim"])
+def test_a_disk_that_fills_while_a_batch_is_claimed_ahead_leaves_no_stray_error(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture, fills_at: str
+) -> None:
+    """The ledger refusing writes once the first batch is claimed (the next one claimed
+    ahead while the first begins): exit 2 with the ledger's sentence, and nothing left
+    behind for asyncio to report (a task's error never retrieved prints a traceback)."""
+    import gc
+    import logging
+
+    from backfill.errors import LedgerError
+
+    job = make_job(31)
+
+    @job.stage(concurrency=1)
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        await asyncio.sleep(0)
+
+    full = "disk full writing /data/state.db; free space and run again"
+
+    class Filling:
+        def __init__(self, inner: Ledger) -> None:
+            self.inner = inner
+            self.claims = 0
+
+        def claim(self, *args: Any, **kwargs: Any) -> Any:
+            self.claims += 1
+            if self.claims > 1:
+                raise LedgerError(full)
+            return self.inner.claim(*args, **kwargs)
+
+        def begin(self, *args: Any, **kwargs: Any) -> Any:
+            if fills_at == "begin":
+                time.sleep(0.05)  # the claim ahead has failed by now
+                raise LedgerError(full)
+            return self.inner.begin(*args, **kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    filling = Filling(ledger)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        result = run_job(job, filling)  # type: ignore[arg-type]
+        gc.collect()
+    assert filling.claims >= 2
+    assert result.exit_code == ExitCode.USAGE
+    assert result.message == full
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []

@@ -13,7 +13,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -32,6 +32,8 @@ _FULL_SCAN_SPACING = 50  # a full scan is due after this many times its own cost
 # How soon after their begin mark the partitions of one begin call all start, at most:
 # a fast stage begins that many seconds' worth in one ledger call, not a slot's worth.
 _BEGIN_AHEAD = 0.025
+
+_T = TypeVar("_T")
 
 
 def concurrency(stage: Stage, options: RunOptions) -> int:
@@ -81,6 +83,12 @@ class _Slot:
         if not self.given_back:
             self.given_back = True
             self._semaphore.release()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark the outcome of a task nobody awaits as seen."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _keep_slot() -> None:
@@ -137,8 +145,22 @@ class StageLoop:
         # A stage without sinks ends each partition when its function returns: a fast
         # one's begun groups run under one runner per slot (see _run_group).
         self._inline = not self._writes
+        # Ledger calls made ahead (a claim, a begin) and not yet awaited.
+        self._ahead: set[asyncio.Task[Any]] = set()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except BaseException:
+            # A batch claimed or begun ahead that nobody will await now: its own error
+            # (often the same, a full disk) is not left for asyncio to print.
+            for task in self._ahead:
+                if not task.done():
+                    task.cancel()
+                task.add_done_callback(_retrieve)
+            raise
+
+    async def _run(self) -> None:
         env, needs = self._env, self._node.needs
         clock, control = env.clock, env.control
         # The next batch, claimed while this one runs (see below).
@@ -151,6 +173,7 @@ class StageLoop:
             full = not needs or batch_started >= self._full_due
             if ahead is not None:
                 claims, claim_cost = await ahead
+                self._ahead.discard(ahead)
                 ahead = None
             else:
                 claims, claim_cost = await self._take(self._batch_size, full=full)
@@ -174,7 +197,7 @@ class StageLoop:
             if not alone and not needs and len(claims) == self._batch_size:
                 # A full batch of a stage with no inputs: more are likely pending, and
                 # the ledger claims them while these run, not after.
-                ahead = asyncio.create_task(self._take(self._batch_size))
+                ahead = self._call_ahead(self._take(self._batch_size))
             await self._start_batch(claims, alone)
             if alone:
                 while self._running:
@@ -191,6 +214,7 @@ class StageLoop:
         if ahead is not None:
             # Stopped with a batch claimed ahead: held, so the run's end gives it back.
             claims, _ = await ahead
+            self._ahead.discard(ahead)
             env.outcomes.hold(c.id for c in claims)
         if self._running:
             # On a stop, the grace timer (or a second Ctrl+C) cancels what is left.
@@ -291,6 +315,7 @@ class StageLoop:
                 semaphore.release()
                 if ahead is not None:
                     await ahead[1]
+                    self._ahead.discard(ahead[1])
                 await self._give_back(claims[index:])
                 return
             # Every slot free now starts a partition, and one ledger call begins them
@@ -303,6 +328,7 @@ class StageLoop:
                 group, call, began = ahead
                 ahead, slotted = None, 1
                 held = await call
+                self._ahead.discard(call)
             else:
                 group = [claims[index]]
                 while not alone and index + len(group) < len(claims) and not semaphore.locked():
@@ -322,7 +348,7 @@ class StageLoop:
                 queue = collections.deque(group)
                 if index < len(claims):
                     following = claims[index : index + self._begin_size]
-                    call = asyncio.create_task(env.leases.begin(following, outcomes=env.outcomes))
+                    call = self._call_ahead(env.leases.begin(following, outcomes=env.outcomes))
                     ahead = (following, call, time.perf_counter())
                 for _ in range(slotted):
                     self._launch(self._run_group(queue, held))
@@ -346,6 +372,7 @@ class StageLoop:
                         semaphore.release()
                     if ahead is not None:
                         await ahead[1]
+                        self._ahead.discard(ahead[1])
                     await self._give_back(claims[index - len(group) + position :])
                     return
                 if (
@@ -355,7 +382,7 @@ class StageLoop:
                     and index < len(claims)
                 ):
                     following = claims[index : index + self._begin_size]
-                    call = asyncio.create_task(env.leases.begin(following, outcomes=env.outcomes))
+                    call = self._call_ahead(env.leases.begin(following, outcomes=env.outcomes))
                     ahead = (following, call, time.perf_counter())
                 if claim.id not in held:
                     semaphore.release()
@@ -413,6 +440,12 @@ class StageLoop:
                 await self._run_group(queue, held)
         finally:
             self._semaphore.release()
+
+    def _call_ahead(self, call: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+        """A ledger call made while other work goes on, awaited later."""
+        task = asyncio.create_task(call)
+        self._ahead.add(task)
+        return task
 
     def _join(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in a task that takes its own slot (see _run_group_when_free)."""
