@@ -155,6 +155,7 @@ class AdaptiveRate:
         # The limit was found again after an outage early in the run (once a run: see
         # _on_success).
         self._found_again = False
+        self._outages = 0  # outages begun (see _outage_began)
         self._taken_before = False  # answers were accepted before the last outage
         # When a ramp last drew its first 429, and whether the last outage cut a ramp
         # short: nothing sent after that 429 came was accepted (see _outage_began).
@@ -518,6 +519,7 @@ class AdaptiveRate:
         rate kept falls to what it took on the way up, and the next outage is not
         floored (too little accepted)."""
         self._outage = True
+        self._outages += 1
         took = span = 0.0
         # The rate the last request accepted went at (answers of requests sent before
         # the outage come in after its first refusals brought the rate down).
@@ -610,9 +612,13 @@ class AdaptiveRate:
         """The least rate through an outage: one request every quarter of its length so
         far (from the last accepted answer), at most _OUTAGE_LONGEST apart, and a hair
         under what the source took before it (0: no floor)."""
-        if not self._outage or self._took <= 0.0 or self._recovering:
+        if not self._outage or self._recovering:
             return 0.0
         gap = min(self._OUTAGE_LONGEST, self._OUTAGE_SHARE * (now - self._accepted_at))
+        if self._took <= 0.0:
+            if not self._taken_before or self._found_again or self._outages > 1:
+                return 0.0
+            return min(self._JITTER_STEP * self._ran_before, 1.0 / max(gap, 1e-9))
         return min(self._JITTER_STEP * self._took, 1.0 / max(gap, 1e-9))
 
     def _prove(self, now: float) -> None:
@@ -681,6 +687,30 @@ class AdaptiveRate:
         self._starts_known = True
         if self._last_update is not None and now >= self._last_update:
             self._step_starts += 1
+
+    def back_to(self, rate: float, now: float) -> bool:
+        """The source is back after a run of refusals, and took ``rate`` over the whole
+        cycle since the last such run (a fixed window's count over its period, see
+        WindowWatch): the rate goes back to that at least (a hair under), whatever the
+        refusals halved it to; True when it changed. The way back up after an outage
+        starts, or goes on, from there."""
+        target = min(self.ceiling, self._JITTER_STEP * rate)
+        if target <= self.rate:
+            return False
+        self.threshold = self.rate = target
+        best = self._best_taken
+        if self._outage and best > target:
+            # Back from an outage under what the source took before it: the way back up
+            # (see _on_success) starts from here.
+            self._recovering, self._outage = True, False
+            self._good, self._bad = target, max(best, self._ran)
+            self._past_estimate = None
+            self._small_steps = False
+        elif self._good is not None:
+            # A search (on the way back up after an outage) goes on from here.
+            self._good = target
+        self._restart(now)
+        return True
 
     def on_header_limit(self, rate: float, now: float) -> bool:
         """The server told us its limit: use it (a hair below, for clock skew); True when

@@ -8,6 +8,7 @@ import math
 from backfill.ratelimit.adaptive import AdaptiveRate
 from backfill.ratelimit.limits import QUOTA_PERIOD, Limit, Tell
 from backfill.ratelimit.schedule import Schedule
+from backfill.ratelimit.windows import WindowWatch
 
 # Where a declared rate of burst 1 starts, as a share of it (see Pace._new_learned).
 _STRICT_START = 0.97
@@ -59,6 +60,8 @@ class Pace:
         self._latency_floor: float | None = None
         self._latency_samples = 0
         self._spaced = 0  # the learned rate's decreases whose first start is known
+        # A fixed window the source keeps without a header, learned from its refusals.
+        self.window = WindowWatch()
 
     @property
     def declared_rate(self) -> float | None:
@@ -84,6 +87,7 @@ class Pace:
         self.schedule.reset()
         self.learned = self._new_learned()
         self._spaced = 0
+        self.window = WindowWatch()
         if self.learned is not None and self.schedule.pace is not None:
             self.schedule.pace.set_rate(self.learned.rate, self.run_burst)
         self._said_slower = False
@@ -142,8 +146,10 @@ class Pace:
         """A 429 of a request sent at ``sent`` (None: not known); traffic restarts at
         ``resume_at``."""
         learned = self.learned
-        if learned is not None and learned.on_rate_limited(now, resume_at, sent=sent):
-            self._slowed(learned, now)
+        if learned is not None:
+            self.window.refused(now if sent is None else sent)
+            if learned.on_rate_limited(now, resume_at, sent=sent):
+                self._slowed(learned, now)
 
     @property
     def catch_up(self) -> float:
@@ -177,7 +183,21 @@ class Pace:
 
     def on_success(self, now: float, *, sent: float | None = None) -> None:
         """An accepted request (``sent``: when it went, when known)."""
-        if self.learned is not None and self.learned.on_success(now, sent=sent):
+        learned = self.learned
+        if learned is None:
+            return
+        changed = learned.on_success(now, sent=sent)
+        window = self.window
+        window.accepted(now if sent is None else sent, now)
+        if window.cycle is not None and not window.holds(now):
+            # Back after a run of refusals, a whole cycle since the last one: at least
+            # what the source took over that cycle (see AdaptiveRate.back_to).
+            changed = learned.back_to(window.cycle, now) or changed
+        if window.holds(now):
+            # As a header stating the limit on every answer would (see on_header_limit).
+            assert window.pace is not None
+            changed = learned.on_header_limit(window.pace, now) or changed
+        if changed:
             self._paced(now)
 
     def on_header_limit(self, limit: int | None, window: float | None, now: float) -> None:
