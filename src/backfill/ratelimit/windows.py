@@ -40,6 +40,7 @@ class WindowWatch:
         # The last return (a sent instant), what was accepted since (sent since it), and
         # the cycles before: (period, accepted).
         self._return: float | None = None
+        self._reset: float | None = None  # when the last return's reset came (a guess)
         self._counted = 0
         self._counting_from = math.inf  # the return's own request was sent then
         self._cycles: list[tuple[float, int]] = []
@@ -94,8 +95,12 @@ class WindowWatch:
 
     def _returned(self, at: float, last_refused: float, now: float) -> float | None:
         """A return: its request sent ``at``, the run's last refused one ``last_refused``."""
+        # The reset itself came between the run's last refused request and this one:
+        # halfway, as good a guess as any (cycles between such guesses err either way).
+        reset = (at + last_refused) / 2.0
         if self._return is not None and at > self._return:
-            self._cycles = [*self._cycles[-1:], (at - self._return, self._counted)]
+            if self._reset is not None:
+                self._cycles = [*self._cycles[-1:], (reset - self._reset, self._counted)]
             # The reset came after the last refused request, and the last one at or
             # before the return before: the cycle took longer than the time between
             # them. Over that, an estimate a little high: a rate too high is refused
@@ -103,7 +108,7 @@ class WindowWatch:
             shortest = last_refused - self._return
             if self._counted >= 2 and shortest >= self._LONG_RUN:
                 self.cycle = self._counted / shortest
-        self._return, self._counted = at, 0
+        self._return, self._reset, self._counted = at, reset, 0
         if len(self._cycles) < 2 or self.pace is not None:
             return None
         (p1, c1), (p2, c2) = self._cycles
