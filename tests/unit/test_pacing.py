@@ -455,6 +455,79 @@ def test_a_fixed_window_s_leftover_seconds_are_no_outage_to_keep_a_rate_for() ->
     assert accepted >= 0.9 * 3 * 10.0 * 200.0, accepted
 
 
+def _windowed(
+    resource_kw: dict[str, Any], window: tuple[int, float], seconds: float, seed: int
+) -> Served:
+    """Four workers through a resource made of ``resource_kw`` for ``seconds``, against a
+    source that takes ``window``'s requests per fixed window of its seconds (no header
+    says so) and refuses the rest asking a second."""
+    clock = FakeClock()
+    resource = Resource("api", clock=clock, **resource_kw)
+    return serve(
+        resource,
+        clock,
+        limit=1e6,
+        bucket=10**6,
+        seconds=seconds,
+        workers=4,
+        jitter=0.005,
+        window=window,
+        seed=seed,
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("resource_kw", "window", "seconds"),
+    [
+        ({"rate": 5}, (15, 10.0), 300.0),
+        ({"rate": 1.2}, (60, 60.0), 600.0),
+        ({"adaptive": True, "start_rate": 5}, (30, 10.0), 300.0),
+    ],
+    ids=["declared-5-behind-15-per-10s", "declared-1.2-behind-60-a-minute", "adaptive-30-per-10s"],
+)
+def test_a_fixed_window_kept_without_a_header_is_learned_and_used_whole(
+    resource_kw: dict[str, Any], window: tuple[int, float], seconds: float, seed: int
+) -> None:
+    """A source that keeps a fixed window and says nothing of it: each window's refusals
+    halved the rate, and wherever its reset found it, the rate stayed, creeping up 1 % a
+    step: 280-420 of 450 requests in five minutes behind 15 per 10 s at a declared 5/s,
+    406 of 600 in ten behind 60 a minute at 1.2/s, 511-842 of 900 adaptive behind 30 per
+    10 s. What got through between two returns from its refusals is where the rate goes
+    back to, and two such cycles that agree give the window's pace: at least 90 % of
+    what the window allows gets through, fewer than 6 % of requests refused."""
+    served = _windowed(resource_kw, window, seconds, seed)
+    allowed = window[0] * seconds / window[1]
+    accepted = served.accepted_between(0.0, seconds)
+    assert accepted >= 0.9 * allowed, accepted
+    assert served.refused_share < 0.06
+
+
+def test_a_window_half_the_declared_rate_draws_few_refusals_once_learned() -> None:
+    """Declared 2/s against 60 a minute: every minute, 30 s of answers taken and 30 s of
+    refusals, 15 % of all requests. Once the window's pace is learned, requests go at it:
+    fewer than 6 % refused over ten minutes, and nearly all of the window's count taken."""
+    served = _windowed({"rate": 2}, (60, 60.0), 600.0, 1)
+    assert served.refused_share < 0.06
+    assert served.accepted_between(0.0, 600.0) >= 0.95 * 600
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_slow_declared_rate_down_in_its_first_second_is_probed_and_comes_back(
+    seed: int,
+) -> None:
+    """Declared 5/s (bucket 1), the source down from half a second in for 30 s, asking a
+    second each time. Too few requests taken for a rate to keep through it, the rate
+    halved at every refusal, to a request every twenty seconds: 2 of 150 got through in
+    the 30 s after the source was back, the first 16-17 s after it. Through the run's
+    first outage the rate falls no further than a request every quarter of the outage so
+    far (at most 15 s apart): it is found back within seconds, at most a dozen requests
+    refused meanwhile."""
+    _, served = _down_early({"rate": 5}, 5, 1, (0.5, 30.5), 30.0, seed)
+    assert served.accepted_between(30.5, 60.5) >= 90
+    assert sum(1 for t, ok in served.log if 0.5 <= t < 30.5 and not ok) <= 15
+
+
 @pytest.mark.parametrize("seed", [1, 3])
 def test_a_fixed_window_whose_burst_goes_in_one_second_still_counts_as_taken(seed: int) -> None:
     """Declared 100/s against a source that takes 40 requests per fixed ten seconds: each
