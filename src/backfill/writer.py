@@ -29,7 +29,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from backfill.backoff import Backoff
-from backfill.errors import PermanentError, SinkError, TransientError
+from backfill.errors import (
+    BackfillError,
+    PermanentError,
+    SinkError,
+    TransientError,
+    disk_full_message,
+    is_disk_full,
+)
 from backfill.ledger import Completer, DatabaseIdentity, Fence, Outcome
 from backfill.partitions import Partition
 from backfill.retry import RECONNECT_SECONDS
@@ -154,13 +161,23 @@ class Destination:
         return " and ".join(s.description for s in self.sinks.values())
 
     async def open(self) -> None:
-        first = next(iter(self.sinks.values()))
+        """Connect (every table checks itself); a sink that cannot is a SinkError: one
+        sentence naming its file on a full disk, else the sink and what it raised."""
+        sinks = list(self.sinks.values())
         loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(self._pool, first.connect)
-        # Every table of the database checks itself (e.g. a key column missing).
-        for sink in list(self.sinks.values())[1:]:
-            other = await loop.run_in_executor(self._pool, sink.connect)
-            await loop.run_in_executor(self._pool, other.close)
+        for sink in sinks:
+            try:
+                conn = await loop.run_in_executor(self._pool, sink.connect)
+                if sink is sinks[0]:
+                    self._conn = conn
+                else:
+                    await loop.run_in_executor(self._pool, conn.close)
+            except BackfillError:
+                raise
+            except Exception as exc:
+                if is_disk_full(exc):
+                    raise SinkError(disk_full_message(exc.filename)) from exc
+                raise SinkError(f"cannot open {sink.description}: {exc}") from exc
         self._task = asyncio.create_task(self._run())
 
     async def submit(

@@ -950,3 +950,94 @@ def test_a_disk_that_fills_while_a_batch_is_claimed_ahead_leaves_no_stray_error(
     assert result.exit_code == ExitCode.USAGE
     assert result.message == full
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+def test_a_group_runner_whose_begin_fails_after_a_stall_stops_the_run_cleanly(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stage without sinks runs its fast partitions in groups, one runner per slot. A
+    stall (a VM pause) past a lease's certain span makes the runner begin the rest of its
+    group again; the ledger refusing that call (a full disk) ends the run with exit 2 and
+    the ledger's sentence, and nothing is left for asyncio to report."""
+    import gc
+    import logging
+
+    from backfill.errors import LedgerError
+
+    full = "disk full writing /data/state.db; free space and run again"
+
+    class JumpClock(SystemClock):
+        offset = 0.0
+
+        def monotonic(self) -> float:
+            return super().monotonic() + self.offset
+
+    class Filling:
+        def __init__(self, inner: Ledger) -> None:
+            self.inner = inner
+            self.full = False
+
+        def begin(self, *args: Any, **kwargs: Any) -> Any:
+            if self.full:
+                raise LedgerError(full)
+            return self.inner.begin(*args, **kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    job = Job("test", partitions=daily("2013-01-01", "2013-06-30"))
+    clock = JumpClock()
+    filling = Filling(ledger)
+    seen: list[str] = []
+
+    @job.stage(concurrency=1)
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        seen.append(partition.key)
+        if len(seen) == 40:
+            clock.offset += 10_000.0  # the stall
+            filling.full = True
+        await asyncio.sleep(0)
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        result = run_job(job, filling, clock=clock)  # type: ignore[arg-type]
+        gc.collect()
+    assert result.exit_code == ExitCode.USAGE
+    assert result.message == full
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            OSError(28, "No space left on device", "/data/rows.bin"),
+            "disk full writing /data/rows.bin; free space and run again",
+        ),
+        (ValueError("bad settings"), "cannot open memory sink memory: bad settings"),
+    ],
+    ids=["disk-full", "any-error"],
+)
+def test_a_sink_that_cannot_connect_ends_the_run_with_one_sentence(
+    ledger: Ledger, error: Exception, message: str
+) -> None:
+    """A sink whose connect raises (its file on a full disk, or anything a custom sink
+    may raise): exit 2 with one sentence that names the file or the sink, nothing run,
+    and the run on record as ended (it stayed 'running', the error escaping the run)."""
+
+    class Unreachable(MemorySink):
+        def connect(self) -> Any:
+            raise error
+
+    job = make_job(3, sink=Unreachable(key=["day"]))
+    ran: list[str] = []
+
+    @job.stage
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        ran.append(partition.key)
+        return [{"day": partition.key}]
+
+    result = run_job(job, ledger)
+    assert result.exit_code == ExitCode.USAGE
+    assert result.message == message
+    assert ran == []
+    assert all(run.status != "running" for run in ledger.runs("test"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ import structlog
 from backfill.engine.attempt import Attempt, AttemptEnv
 from backfill.engine.plan import StageGraph
 from backfill.engine.result import RunOptions
+from backfill.errors import BackfillError, FatalError
 from backfill.job import Stage
 from backfill.ledger import Claim, Outcome, Status
 
@@ -34,6 +36,8 @@ _FULL_SCAN_SPACING = 50  # a full scan is due after this many times its own cost
 _BEGIN_AHEAD = 0.025
 
 _T = TypeVar("_T")
+
+log = logging.getLogger("backfill.engine.claims")
 
 
 def concurrency(stage: Stage, options: RunOptions) -> int:
@@ -457,6 +461,21 @@ class StageLoop:
     def _joined(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self._env.control.tasks.discard(task)
+        self._failed(task)
+
+    def _failed(self, task: asyncio.Task[None]) -> None:
+        """A partition's task, or a group runner's, that ended in an error of its own (the
+        ledger refusing a runner's begin call: a full disk): the run's fatal error, as
+        any other the run meets (nobody awaits these tasks)."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            return
+        if not isinstance(error, BackfillError):
+            # Not one of ours: a defect, its traceback for the log.
+            log.error("a partition's task failed", exc_info=error)
+        self._env.control.fail_first(FatalError(str(error), category=type(error).__name__))
 
     def _launch(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in a task holding a slot already taken, given back at its end."""
@@ -485,6 +504,7 @@ class StageLoop:
         self._slots.pop(task).give_back()
         if self._writes:
             self._env.writer.ended()
+        self._failed(task)
 
     async def _give_back(self, claims: list[Claim]) -> None:
         for claim in claims:
