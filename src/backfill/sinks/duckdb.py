@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from backfill.errors import PermanentError, SinkError, TransientError
+from backfill.errors import PermanentError, SinkError, TransientError, disk_full_message
 from backfill.ledger.identity import DatabaseIdentity
 from backfill.sinks.checks import Limits
 from backfill.sinks.columns import PAGE_COLUMN, PARTITION_COLUMN
@@ -86,12 +86,23 @@ def _plain(value: object, sql_type: str) -> object:
     return value
 
 
+# How DuckDB says that a write found no room (its errors carry no errno).
+_NO_ROOM = ("No space left on device", "Disk quota exceeded")
+
+
+def _no_room(exc: BaseException) -> bool:
+    """Whether DuckDB failed to write for want of disk space."""
+    text = str(exc)
+    return any(words in text for words in _NO_ROOM)
+
+
 class DuckDBConnection:
     """One connection to a DuckDB file, with explicit transactions."""
 
     def __init__(self, path: Path, description: str) -> None:
         import duckdb
 
+        self.path = path
         self.description = description
         try:
             self.raw = duckdb.connect(str(path), config=_shared_config())
@@ -102,15 +113,30 @@ class DuckDBConnection:
             raise SinkError(f"cannot open {description}: {_line(exc)}") from exc
 
     def begin(self) -> None:
-        self.raw.execute("BEGIN TRANSACTION")
+        import duckdb
+
+        try:
+            self.raw.execute("BEGIN TRANSACTION")
+        except duckdb.Error as exc:
+            if _no_room(exc):
+                raise SinkError(disk_full_message(self.path)) from exc
+            raise
 
     def commit(self) -> None:
+        """Commit; a full disk is fatal at once (as another file's would be), a conflict
+        with another writer is retried."""
         import duckdb
 
         try:
             self.raw.execute("COMMIT")
-        except duckdb.TransactionException as exc:
-            raise TransientError(f"{self.description}: {_line(exc)}", category="sink_busy") from exc
+        except duckdb.Error as exc:
+            if _no_room(exc):
+                raise SinkError(disk_full_message(self.path)) from exc
+            if isinstance(exc, duckdb.TransactionException):
+                raise TransientError(
+                    f"{self.description}: {_line(exc)}", category="sink_busy"
+                ) from exc
+            raise
 
     def rollback(self) -> None:
         import duckdb
@@ -272,10 +298,6 @@ class DuckDBTable:
                 f"table {self.spec.name}: a value cannot be stored ({_line(exc)})",
                 category="type_clash",
             ) from exc
-        except duckdb.TransactionException as exc:
-            raise TransientError(f"{self.description}: {_line(exc)}", category="sink_busy") from exc
-        except duckdb.IOException as exc:
-            raise SinkError(f"cannot write {self.description}: {_line(exc)}") from exc
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             found = self.spec.unstorable(batch, _LIMITS)
             raise PermanentError(
@@ -283,6 +305,12 @@ class DuckDBTable:
                 category="bad_value" if found else "type_clash",
             ) from exc
         except duckdb.Error as exc:
+            if _no_room(exc):
+                raise SinkError(disk_full_message(self.path)) from exc
+            if isinstance(exc, duckdb.TransactionException):
+                raise TransientError(
+                    f"{self.description}: {_line(exc)}", category="sink_busy"
+                ) from exc
             raise SinkError(f"cannot write {self.description}: {_line(exc)}") from exc
         self.loaded += count
         self.seconds += time.perf_counter() - started
