@@ -1041,3 +1041,43 @@ def test_a_sink_that_cannot_connect_ends_the_run_with_one_sentence(
     assert result.message == message
     assert ran == []
     assert all(run.status != "running" for run in ledger.runs("test"))
+
+
+def test_the_first_fatal_error_is_the_one_said_when_the_ledger_fails_after_it(
+    ledger: Ledger,
+) -> None:
+    """A sink's file and the state on one disk that fills: the sink's write fails first
+    (the run's cause, said as it stops), then the ledger's next call. The run ends
+    naming the sink's file, not the ledger's."""
+    from backfill.errors import LedgerError
+
+    class FullSink(MemorySink):
+        def write(self, conn: Any, batch: Any) -> int:
+            filling.full = True
+            raise SinkError("disk full writing /data/rows.db; free space and run again")
+
+    class Filling:
+        def __init__(self, inner: Ledger) -> None:
+            self.inner = inner
+            self.full = False
+
+        def claim(self, *args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.02)  # the disk fills while the ledger claims
+            if self.full:
+                raise LedgerError("disk full writing /data/state.db; free space and run again")
+            return self.inner.claim(*args, **kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    filling = Filling(ledger)
+    job = make_job(31, sink=FullSink(key=["day"]))
+
+    @job.stage(concurrency=2)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        await asyncio.sleep(0.01)
+        return [{"day": partition.key}]
+
+    result = run_job(job, filling)  # type: ignore[arg-type]
+    assert result.exit_code == ExitCode.USAGE
+    assert result.message == "disk full writing /data/rows.db; free space and run again"

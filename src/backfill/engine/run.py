@@ -218,9 +218,12 @@ class Runner:
         except* BackfillError as group_error:
             # The ledger itself failed (e.g. locked for too long): stop cleanly and
             # report it; every lease still held is released afterwards.
+            # (After the run's cause, when it had one: a sink's full disk, said as the run
+            # stopped, fills the ledger's next.)
             first = group_error.exceptions[0]
-            self.control.fatal = FatalError(str(first), category=type(first).__name__)
-            self.control.stop(f"fatal: {first}", immediate=True)
+            self.control.fail_first(FatalError(str(first), category=type(first).__name__))
+            if not self.control.stopped():
+                self.control.stop(f"fatal: {first}", immediate=True)
 
     async def _start(self, now: float) -> None:
         """Join the ledger: register this worker, release dead workers' partitions, plan
