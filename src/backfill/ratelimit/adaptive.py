@@ -664,16 +664,17 @@ class AdaptiveRate:
 
     def _found_again_after(self, sent: float | None) -> bool:
         """Whether an accepted answer ends an outage that began within the run's first
-        requests (not floored: too few taken), far under the rate run before it: a
-        request sent after the first refused (the source took requests before, so no
-        revoked key), once a run (see _on_success)."""
+        requests (too few taken to keep a rate through it), under the rate run before it:
+        a request sent after the first refused (the source took requests before, so no
+        revoked key), once a run (see _on_success). (Under it at all: the probes through
+        the run's first outage may hold the rate at half of it, or more.)"""
         return (
             self._outage
             and self._took <= 0.0
             and not self._found_again
             and self._taken_before
             and (sent is None or sent > self._run_sent)
-            and self.rate < 0.5 * self._ran_before
+            and self.rate < self._JITTER_STEP * self._ran_before
         )
 
     def _creep_base(self) -> float:
@@ -688,26 +689,28 @@ class AdaptiveRate:
         if self._last_update is not None and now >= self._last_update:
             self._step_starts += 1
 
-    def back_to(self, rate: float, now: float) -> bool:
-        """The source is back after a run of refusals, and took ``rate`` over the whole
-        cycle since the last such run (a fixed window's count over its period, see
+    def back_to(self, rate: float, now: float) -> bool | None:
+        """The source took requests again after a run of refusals, and ``rate`` over
+        the whole cycle since the run before (a fixed window's count over its period, see
         WindowWatch): the rate goes back to that at least (a hair under), whatever the
-        refusals halved it to; True when it changed. The way back up after an outage
-        starts, or goes on, from there."""
+        refusals halved it to. Back from an outage under what the source took before it,
+        the way back up (see _on_success) starts, or goes on, from there. True when the
+        rate changed, False when it needed no change, None while a ramp runs (a figure
+        for later: the ramp has its own)."""
+        if self.threshold is None:
+            return None
         target = min(self.ceiling, self._JITTER_STEP * rate)
         if target <= self.rate:
             return False
         self.threshold = self.rate = target
         best = self._best_taken
         if self._outage and best > target:
-            # Back from an outage under what the source took before it: the way back up
-            # (see _on_success) starts from here.
             self._recovering, self._outage = True, False
             self._good, self._bad = target, max(best, self._ran)
             self._past_estimate = None
             self._small_steps = False
         elif self._good is not None:
-            # A search (on the way back up after an outage) goes on from here.
+            # A search goes on from here.
             self._good = target
         self._restart(now)
         return True
@@ -843,7 +846,9 @@ class AdaptiveRate:
                 self._recovering = self._small_steps = False
             else:
                 self._recovering = True
-                self.threshold = self.rate = min(self.ceiling, 2.0 * self.rate)
+                self.threshold = self.rate = min(
+                    self.ceiling, 2.0 * self.rate, max(self.rate, self._ran_before)
+                )
                 self._good, self._bad = self.rate, max(self.rate, self._ran_before)
                 self._past_estimate = None
                 self._small_steps = False

@@ -60,8 +60,9 @@ class Pace:
         self._latency_floor: float | None = None
         self._latency_samples = 0
         self._spaced = 0  # the learned rate's decreases whose first start is known
-        # A fixed window the source keeps without a header, learned from its refusals.
+        # What the source took over each cycle of its refusals (a fixed window's count).
         self.window = WindowWatch()
+        self._cycle: float | None = None  # a cycle's figure not yet gone back to
 
     @property
     def declared_rate(self) -> float | None:
@@ -88,6 +89,7 @@ class Pace:
         self.learned = self._new_learned()
         self._spaced = 0
         self.window = WindowWatch()
+        self._cycle = None
         if self.learned is not None and self.schedule.pace is not None:
             self.schedule.pace.set_rate(self.learned.rate, self.run_burst)
         self._said_slower = False
@@ -188,15 +190,17 @@ class Pace:
             return
         changed = learned.on_success(now, sent=sent)
         window = self.window
-        window.accepted(now if sent is None else sent, now)
-        if window.cycle is not None and not window.holds(now):
+        window.accepted(now if sent is None else sent)
+        if window.cycle is not None:
+            self._cycle = window.cycle
+        if self._cycle is not None:
             # Back after a run of refusals, a whole cycle since the last one: at least
-            # what the source took over that cycle (see AdaptiveRate.back_to).
-            changed = learned.back_to(window.cycle, now) or changed
-        if window.holds(now):
-            # As a header stating the limit on every answer would (see on_header_limit).
-            assert window.pace is not None
-            changed = learned.on_header_limit(window.pace, now) or changed
+            # what the source took over that cycle (once the outage it may have been is
+            # over, see AdaptiveRate.back_to).
+            went = learned.back_to(self._cycle, now)
+            if went is not None:
+                self._cycle = None
+                changed = went or changed
         if changed:
             self._paced(now)
 
