@@ -689,16 +689,15 @@ class AdaptiveRate:
         if self._last_update is not None and now >= self._last_update:
             self._step_starts += 1
 
-    def back_to(self, rate: float, now: float) -> bool | None:
+    def back_to(self, rate: float, now: float) -> bool:
         """The source took requests again after a run of refusals, and ``rate`` over
         the whole cycle since the run before (a fixed window's count over its period, see
         WindowWatch): the rate goes back to that at least (a hair under), whatever the
         refusals halved it to. Back from an outage under what the source took before it,
         the way back up (see _on_success) starts, or goes on, from there. True when the
-        rate changed, False when it needed no change, None while a ramp runs (a figure
-        for later: the ramp has its own)."""
+        rate changed. (Not while a ramp runs: it has its own way up.)"""
         if self.threshold is None:
-            return None
+            return False
         target = min(self.ceiling, self._JITTER_STEP * rate)
         if target <= self.rate:
             return False

@@ -62,7 +62,6 @@ class Pace:
         self._spaced = 0  # the learned rate's decreases whose first start is known
         # What the source took over each cycle of its refusals (a fixed window's count).
         self.window = WindowWatch()
-        self._cycle: float | None = None  # a cycle's figure not yet gone back to
 
     @property
     def declared_rate(self) -> float | None:
@@ -89,7 +88,6 @@ class Pace:
         self.learned = self._new_learned()
         self._spaced = 0
         self.window = WindowWatch()
-        self._cycle = None
         if self.learned is not None and self.schedule.pace is not None:
             self.schedule.pace.set_rate(self.learned.rate, self.run_burst)
         self._said_slower = False
@@ -191,16 +189,10 @@ class Pace:
         changed = learned.on_success(now, sent=sent)
         window = self.window
         window.accepted(now if sent is None else sent)
-        if window.cycle is not None:
-            self._cycle = window.cycle
-        if self._cycle is not None:
+        if window.cycle is not None and learned.back_to(window.cycle, now):
             # Back after a run of refusals, a whole cycle since the last one: at least
-            # what the source took over that cycle (once the outage it may have been is
-            # over, see AdaptiveRate.back_to).
-            went = learned.back_to(self._cycle, now)
-            if went is not None:
-                self._cycle = None
-                changed = went or changed
+            # what the source took over that cycle (see AdaptiveRate.back_to).
+            changed = True
         if changed:
             self._paced(now)
 
