@@ -27,14 +27,14 @@ def _window(watch: WindowWatch, start: float, count: int, period: float, every: 
 def test_each_return_says_what_the_cycle_before_it_took() -> None:
     """15 per 10 s asked at 2/s: 7.5 s of answers taken, then refusals until the next
     window. At each window's first answer (a return) the cycle since the return before
-    (since the first answer, for the first) took 15 over the time up to its last refusal
-    (9.5 s): a little over the window's 1.5/s, said once."""
+    (since the first answer, for the first) took 15 over the time up to halfway between
+    its last refusal and the return (9.75 s; the reset came between), said once."""
     watch = WindowWatch()
     t = _window(watch, 0.0, 15, 10.0, 0.5)
     assert watch.cycle is None
     for _ in range(3):
         watch.accepted(t)
-        assert watch.cycle == pytest.approx(15 / 9.5)
+        assert watch.cycle == pytest.approx(15 / 9.75)
         watch.accepted(t + 0.5)
         assert watch.cycle is None
         t = _window(watch, t + 1.0, 13, 9.0, 0.5)
@@ -42,7 +42,7 @@ def test_each_return_says_what_the_cycle_before_it_took() -> None:
 
 def test_an_outage_s_return_says_what_the_source_took_before_it() -> None:
     """Taken at 5/s for 20 s, refused for 30 s (a request a second), taken again: the
-    return says 100 over the 49 s up to the last refusal."""
+    return says 100 over the 49.5 s up to halfway between the last refusal and it."""
     watch = WindowWatch()
     t = 0.0
     for _ in range(100):
@@ -52,7 +52,7 @@ def test_an_outage_s_return_says_what_the_source_took_before_it() -> None:
         watch.refused(t)
         t += 1.0
     watch.accepted(t)
-    assert watch.cycle == pytest.approx(100 / (t - 1.0))
+    assert watch.cycle == pytest.approx(100 / (t - 0.5))
 
 
 def test_refusals_within_a_second_make_no_return() -> None:

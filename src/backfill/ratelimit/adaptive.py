@@ -693,22 +693,24 @@ class AdaptiveRate:
         """The source took requests again after a run of refusals, and ``rate`` over
         the whole cycle since the run before (a fixed window's count over its period, see
         WindowWatch): the rate goes back to that at least (a hair under), whatever the
-        refusals halved it to. Back from an outage under what the source took before it,
-        the way back up (see _on_success) starts, or goes on, from there. True when the
-        rate changed. (Not while a ramp runs: it has its own way up.)"""
+        refusals halved it to; a search goes on from there. Through an outage it is what
+        the source took before it, which the way back up searches towards (see
+        _recovered). True when the rate changed. (Not while a ramp runs: it has its own
+        way up.)"""
         if self.threshold is None:
             return False
         target = min(self.ceiling, self._JITTER_STEP * rate)
+        if self._outage:
+            # Come back from as from any outage (see _recovered: it waits for a request
+            # sent since, the answers of those sent through it may still be coming),
+            # towards this at least.
+            self._took = max(self._took, target)
+            self._ran = max(self._ran, target)
+            return False
         if target <= self.rate:
             return False
         self.threshold = self.rate = target
-        best = self._best_taken
-        if self._outage and best > target:
-            self._recovering, self._outage = True, False
-            self._good, self._bad = target, max(best, self._ran)
-            self._past_estimate = None
-            self._small_steps = False
-        elif self._good is not None:
+        if self._good is not None:
             # A search goes on from here.
             self._good = target
         self._restart(now)

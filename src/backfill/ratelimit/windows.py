@@ -14,9 +14,9 @@ class WindowWatch:
     spanned ``_LONG_RUN`` seconds or more (two refusals at least, none accepted between):
     a window's reset, found. At each return, ``cycle`` is what was accepted since the
     return before (since the first answer, for the first) over the time from that return
-    to the run's last refusal: the cycle took longer than that, so the figure is a little
-    high, and a rate a little too high is refused again and measured again, where one too
-    low never is (see AdaptiveRate.back_to).
+    to the reset, which came between the run's last refusal and this return: halfway.
+    (Up to the last refusal, the figure was high by as much as the run's spacing, which
+    its refusals had halved the rate for: a window that fell drew twice the refusals.)
 
     Halving the rate at each refusal (the way to ride out an outage) left the rate behind
     a window wherever its reset happened to find it: a declared 2/s in front of 15
@@ -54,7 +54,7 @@ class WindowWatch:
             self._run_from, self._run_refused = None, 0
             if long:
                 if self._return is not None:
-                    took = self._run_last - self._return
+                    took = (self._run_last + sent) / 2.0 - self._return
                     if self._counted >= 2 and took >= self._LONG_RUN:
                         self.cycle = self._counted / took
                 self._return, self._counted = sent, 0
