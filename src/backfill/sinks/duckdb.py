@@ -96,6 +96,19 @@ def _no_room(exc: BaseException) -> bool:
     return any(words in text for words in _NO_ROOM)
 
 
+def _unwritten(exc: Exception, path: Path, description: str) -> SinkError | TransientError | None:
+    """What a failed write or commit to the file at ``path`` is, when it says: a full
+    disk (fatal at once, as another file's would be), or a conflict with another writer
+    (retried)."""
+    import duckdb
+
+    if _no_room(exc):
+        return SinkError(disk_full_message(path))
+    if isinstance(exc, duckdb.TransactionException):
+        return TransientError(f"{description}: {_line(exc)}", category="sink_busy")
+    return None
+
+
 class DuckDBConnection:
     """One connection to a DuckDB file, with explicit transactions."""
 
@@ -123,19 +136,15 @@ class DuckDBConnection:
             raise
 
     def commit(self) -> None:
-        """Commit; a full disk is fatal at once (as another file's would be), a conflict
-        with another writer is retried."""
+        """Commit (see _unwritten for what a failure is)."""
         import duckdb
 
         try:
             self.raw.execute("COMMIT")
         except duckdb.Error as exc:
-            if _no_room(exc):
-                raise SinkError(disk_full_message(self.path)) from exc
-            if isinstance(exc, duckdb.TransactionException):
-                raise TransientError(
-                    f"{self.description}: {_line(exc)}", category="sink_busy"
-                ) from exc
+            error = _unwritten(exc, self.path, self.description)
+            if error is not None:
+                raise error from exc
             raise
 
     def rollback(self) -> None:
@@ -305,12 +314,9 @@ class DuckDBTable:
                 category="bad_value" if found else "type_clash",
             ) from exc
         except duckdb.Error as exc:
-            if _no_room(exc):
-                raise SinkError(disk_full_message(self.path)) from exc
-            if isinstance(exc, duckdb.TransactionException):
-                raise TransientError(
-                    f"{self.description}: {_line(exc)}", category="sink_busy"
-                ) from exc
+            error = _unwritten(exc, self.path, self.description)
+            if error is not None:
+                raise error from exc
             raise SinkError(f"cannot write {self.description}: {_line(exc)}") from exc
         self.loaded += count
         self.seconds += time.perf_counter() - started
