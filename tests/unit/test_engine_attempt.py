@@ -194,3 +194,29 @@ def test_messages_are_one_bounded_line() -> None:
     assert truncate("a\n  b\tc") == "a b c"
     long = truncate("x" * 5000)
     assert len(long) == 2000 and long.endswith("…")
+
+
+def test_a_second_fatal_error_is_neither_the_cause_nor_said_again() -> None:
+    """Two collaborators failing one after the other (a sink's full disk, then the
+    ledger's on the same disk): the first is the run's cause, and the run says it stops
+    once, with it."""
+    from backfill.errors import FatalError
+    from backfill.events import RunStopping
+
+    async def scenario() -> tuple[RunControl, list[object]]:
+        bus = EventBus()
+        events: list[object] = []
+        bus.subscribe(events.append)
+        job = Job("j", partitions=daily("2013-01-01", "2013-01-02"))
+        control = RunControl(bus, SystemClock(), job.masker(), grace=0.0)
+        control.fail(FatalError("disk full writing /data/a.db; free space and run again"))
+        control.fail(FatalError("disk full writing /data/state.db; free space and run again"))
+        return control, events
+
+    control, events = asyncio.run(scenario())
+    assert control.fatal is not None
+    assert "a.db" in control.fatal.message
+    stops = [e for e in events if isinstance(e, RunStopping)]
+    assert [s.reason for s in stops] == [
+        "fatal: disk full writing /data/a.db; free space and run again"
+    ]

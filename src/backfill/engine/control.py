@@ -55,10 +55,14 @@ class RunControl:
         self.stop("interrupted", immediate=self.stopping.is_set())
 
     def fail(self, error: StageError) -> None:
-        """A fatal error: the first one is the run's cause; the run stops at once."""
-        if self.fatal is None:
+        """A fatal error: the first one is the run's cause, and the run stops at once
+        saying so; a later one (the same full disk, met by another collaborator) is
+        neither, once the run stops at once."""
+        first = self.fatal is None
+        if first:
             self.fatal = error
-        self.stop(f"fatal: {error.message}", immediate=True)
+        if first or not self.immediate:
+            self.stop(f"fatal: {error.message}", immediate=True)
 
     def fail_first(self, error: StageError) -> None:
         """A fatal error met by one partition: only the first one stops the run."""
