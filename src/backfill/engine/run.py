@@ -219,11 +219,9 @@ class Runner:
             # The ledger itself failed (e.g. locked for too long): stop cleanly and
             # report it; every lease still held is released afterwards.
             # (After the run's cause, when it had one: a sink's full disk, said as the run
-            # stopped, fills the ledger's next.)
+            # stopped, fills the ledger's next; see RunControl.fail.)
             first = group_error.exceptions[0]
-            self.control.fail_first(FatalError(str(first), category=type(first).__name__))
-            if not self.control.stopped():
-                self.control.stop(f"fatal: {first}", immediate=True)
+            self.control.fail(FatalError(str(first), category=type(first).__name__))
 
     async def _start(self, now: float) -> None:
         """Join the ledger: register this worker, release dead workers' partitions, plan

@@ -614,12 +614,16 @@ class AdaptiveRate:
         under what the source took before it (0: no floor)."""
         if not self._outage or self._recovering:
             return 0.0
+        if self._took > 0.0:
+            took = self._took
+        elif self._taken_before and not self._found_again and self._outages == 1:
+            # The run's first outage, too few taken before it to know a rate: under the
+            # rate run before it.
+            took = self._ran_before
+        else:
+            return 0.0
         gap = min(self._OUTAGE_LONGEST, self._OUTAGE_SHARE * (now - self._accepted_at))
-        if self._took <= 0.0:
-            if not self._taken_before or self._found_again or self._outages > 1:
-                return 0.0
-            return min(self._JITTER_STEP * self._ran_before, 1.0 / max(gap, 1e-9))
-        return min(self._JITTER_STEP * self._took, 1.0 / max(gap, 1e-9))
+        return min(self._JITTER_STEP * took, 1.0 / max(gap, 1e-9))
 
     def _prove(self, now: float) -> None:
         """Count an accepted answer; the most that got through in ten whole seconds
