@@ -51,21 +51,25 @@ def serve(
     seed: int = 1,
     falls: tuple[float, float] | None = None,
     outage: tuple[float, float] | None = None,
+    outages: tuple[tuple[float, float], ...] = (),
     stalls: tuple[float, float] | None = None,
     lulls: tuple[float, float] | None = None,
     window: tuple[int, float] | None = None,
+    rises: tuple[float, tuple[int, float]] | None = None,
     header: tuple[int, float] | None = None,
     dip: tuple[float, float, float] | None = None,
 ) -> Served:
     """Requests from ``workers`` tasks through ``resource`` for ``seconds`` of virtual time
     (``falls``: the server's limit falls to the second figure at the first's instant;
-    ``outage``: between those instants it refuses every request, asking a second;
+    ``outage``: between those instants it refuses every request, asking a second (and
+    likewise between each pair of ``outages``);
     ``stalls``: after a request, with the first figure's probability, the server's loop is
     busy for up to the second's seconds, and what arrives meanwhile reaches its bucket
     together when it is free; ``lulls``: after an answer, with the first figure's
     probability, a worker sends nothing for the second's seconds; ``window``: it takes the
     first figure's requests per fixed window of the second's seconds instead of a bucket,
-    and refuses the rest asking a second, as many APIs do; ``header``: every accepted
+    and refuses the rest asking a second, as many APIs do (``rises``: from the first
+    figure's instant, the second figure's window instead); ``header``: every accepted
     answer states that limit, requests per window of seconds, as RateLimit-* headers do;
     ``dip``: between the first two instants its limit is the third figure)."""
     rng = random.Random(seed)
@@ -95,11 +99,12 @@ def serve(
                 tokens -= 1.0
             wait = 0.0 if ok else (1.0 - tokens) / rate
             if window is not None:
-                counted = used[math.floor(now / window[1])] = (
-                    used.get(math.floor(now / window[1]), 0) + 1
+                kept = rises[1] if rises is not None and now >= rises[0] else window
+                counted = used[math.floor(now / kept[1])] = (
+                    used.get(math.floor(now / kept[1]), 0) + 1
                 )
-                ok, wait = counted <= window[0], 1.0
-            if outage is not None and outage[0] <= now < outage[1]:
+                ok, wait = counted <= kept[0], 1.0
+            if any(a <= now < b for a, b in (*outages, *([outage] if outage else []))):
                 ok, wait = False, 1.0
             served.log.append((now, ok))
             await clock.sleep(rng.uniform(*latency))
@@ -501,6 +506,84 @@ def test_a_fixed_window_kept_without_a_header_is_learned_and_used_whole(
     accepted = served.accepted_between(0.0, seconds)
     assert accepted >= 0.9 * allowed, accepted
     assert served.refused_share < 0.06
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("resource_kw", [{"rate": 10}, {"adaptive": True, "start_rate": 1}])
+def test_a_window_that_rises_is_found_within_minutes(
+    resource_kw: dict[str, Any], seed: int
+) -> None:
+    """Behind 30 requests per 10 s for a minute, then 100 per 10 s (the declared 10/s):
+    the rate learned the first window's 3/s, and nothing refused it once the window
+    rose; it crept up 1 % a step, a step every 6 s at the most, and got 1,900-2,400 of
+    the 6,000 allowed in the ten minutes after. Each step in a row that draws no 429
+    (past the first four) is twice the one before, up to 16 %, and comes twice as soon."""
+    clock = FakeClock()
+    resource = Resource("api", clock=clock, **resource_kw)
+    served = serve(
+        resource,
+        clock,
+        limit=1e6,
+        bucket=10**6,
+        seconds=660.0,
+        workers=4,
+        jitter=0.005,
+        window=(30, 10.0),
+        rises=(60.0, (100, 10.0)),
+        seed=seed,
+    )
+    assert served.accepted_between(60.0, 660.0) >= 3_300
+    assert served.refused_share < 0.03
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_slow_declared_rate_refused_for_seconds_again_and_again_comes_back_each_time(
+    seed: int,
+) -> None:
+    """Declared 1/s (bucket 1), the source down for ten seconds three times (from 30, 50
+    and 70 s), asking a second each time. Halved at every refusal, the rate fell to a
+    request every eight seconds; each way back up was cut short by the next outage, and
+    what the last one reached was kept as the limit: 17 of 90 got through in the 90 s
+    after the last outage. Refusals in a row say the source refuses, not how fast it
+    takes: once it takes requests again, the rate searches back up to the one the run
+    of refusals began at."""
+    clock = FakeClock()
+    resource = Resource("api", clock=clock, rate=1)
+    served = serve(
+        resource,
+        clock,
+        limit=1,
+        bucket=1,
+        seconds=170.0,
+        jitter=0.005,
+        seed=seed,
+        outages=((30.0, 40.0), (50.0, 60.0), (70.0, 80.0)),
+    )
+    assert served.accepted_between(80.0, 170.0) >= 75
+
+
+@pytest.mark.parametrize(
+    ("rate", "outage", "after", "least"),
+    [
+        # Three refusals over the three seconds, the rate halved by each (no outage: too
+        # few): 35 of 150 in the 30 s after; the first 429 alone takes it 50 % down.
+        (5, (0.5, 3.5), 30.0, 130),
+        # Three refusals over ten seconds, the last asking for a request every eight: 4
+        # of 30 in the 30 s after.
+        (1, (0.5, 10.5), 30.0, 24),
+        # Declared 2/s (the racing API's), down for five seconds: 8 of 60 in the 30 s after.
+        (2, (0.5, 5.5), 30.0, 45),
+    ],
+)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_slow_declared_rate_refused_for_a_few_seconds_is_back_at_it_within_seconds(
+    rate: int, outage: tuple[float, float], after: float, least: int, seed: int
+) -> None:
+    """A run of refusals too short to be an outage by count (three, the rate halved at
+    each) still ends in the source taking requests again: the rate goes back to where
+    the run's first refusal left it, and searches on to the rate it came at."""
+    _, served = _down_early({"rate": rate}, rate, 1, outage, after, seed)
+    assert served.accepted_between(outage[1], outage[1] + after) >= least
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])

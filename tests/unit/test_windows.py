@@ -97,3 +97,32 @@ def test_a_cycle_with_fewer_than_two_taken_says_nothing() -> None:
         t += 1.0
         watch.accepted(t)
         assert watch.cycle is None
+
+
+def test_a_cycle_like_the_one_before_is_steady_an_outage_s_is_not() -> None:
+    """A window kept takes about the same over each cycle: from the second cycle counted
+    on, a return whose cycle is within 15 % of the one before is steady (the rate is the
+    window's to set); the first, and a return after an outage that took a different
+    share, are not (the source refused, it did not say how fast it takes)."""
+    watch = WindowWatch()
+    t = _window(watch, 0.0, 15, 10.0, 0.5)
+    watch.accepted(t)
+    assert watch.cycle is not None and not watch.steady  # the first cycle: nothing to compare
+    watch.accepted(t + 0.5)
+    assert not watch.steady
+    t = _window(watch, t + 1.0, 13, 9.0, 0.5)
+    watch.accepted(t)
+    assert watch.steady
+    watch.accepted(t + 0.5)
+    assert not watch.steady  # said at the return only
+    # Then 10 s taken at 2/s, and ten seconds refused: a cycle of 21 over 15 s, not 15 over
+    # 10 s: an outage, not the window.
+    t += 1.0
+    for _ in range(20):
+        watch.accepted(t)
+        t += 0.5
+    for _ in range(10):
+        watch.refused(t)
+        t += 1.0
+    watch.accepted(t)
+    assert watch.cycle is not None and not watch.steady

@@ -22,6 +22,9 @@ class AdaptiveRate:
       decrease's echoes aside): the rate is about right
       and requests bunched on the way; it goes 3 % down, and the creep upwards, one
       step of 1 % at a time, slows down (each step waits twice as long, up to a minute);
+      past the fourth step in a row that draws no 429, each is twice the one before
+      (up to 16 %) and comes twice as soon, so a limit that rose (a window raised, a plan
+      upgraded) is found within a minute or two, not after hours of 1 % steps;
     * mostly refused: it drops to just under what the source measurably accepted (or,
       too soon after a pause to time it, to what it accepted over the whole cycle), then
       *searches* upwards in steps of 10 %, each held for a second or 4 requests and
@@ -66,6 +69,17 @@ class AdaptiveRate:
     outage's) leaves no limit found: back at what the ramp had taken, the search goes on
     upwards in its steps until a 429.
 
+    Refusals in a row (two or more over a second or more, none accepted between: a
+    source down for a few seconds, too few refusals to count as an outage, or a window
+    used up until its reset) say the source refused, not how fast it takes: each halved
+    the rate, which a slow declared rate (1/s) never came back from. Once a request sent
+    after them is accepted, the rate goes back to where the run's first refusal left it
+    and searches on, as after an outage, to the rate that refusal came at (the one a way
+    back up was heading to, when the run cut it short). Not when the run ended the way
+    the runs before did, the same share taken over each cycle: a fixed window kept, its
+    rate set by what it takes (see back_to). Three refusals over four seconds, none
+    accepted, are an outage too.
+
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
     by half after that, and searches from there. A search never steps more than halfway to
@@ -79,6 +93,7 @@ class AdaptiveRate:
     _PAST_BACK = 0.92
     _CREEP_STEP = 0.01
     _MAX_CREEP_EVERY = 60.0
+    _QUIET_STEPS = 4
     # Refusals in a row over _OUTAGE_GAP seconds, none accepted: the source refused all (a
     # limit that fell still takes some requests every second or so).
     _OUTAGE_RUN = 4
@@ -115,6 +130,7 @@ class AdaptiveRate:
         # Known to be about the source's limit (None while ramping up to find it).
         self.threshold: float | None = None if ramp else self.rate
         self.decreases = 0
+        self._quiet = 0  # creep steps in a row that drew no 429
         self._accepted: collections.deque[float] = collections.deque()
         # The last answers since the last decrease: accepted (True) or refused (False).
         self._outcomes: collections.deque[bool] = collections.deque(maxlen=20)
@@ -145,6 +161,11 @@ class AdaptiveRate:
         self._accepted_at = -math.inf  # when that was
         self._accepted_sent = -math.inf  # when its request went (when answers say)
         self._run_sent = -math.inf  # when the first of those 429s' requests went
+        self._run_last = -math.inf  # ... and the last
+        # The rate the run's first 429 came at, and the rate it left (see _back_from_run).
+        self._run_rate = self.rate
+        self._run_left = self.rate
+        self._run_proven = 0.0
         # Since the last way back up, _OUTAGE_RUN 429s in a row over two seconds at least.
         self._outage = False
         # What the source took per second before the last outage (0: not known, or not
@@ -286,7 +307,10 @@ class AdaptiveRate:
         """A 429 (or a clearly congested source): slow down; True when the rate changed.
         Never faster than just under the rate its request was sent at, when that was
         slower (a ramp, or a search, went on while the answer was on its way)."""
-        return self._noted(now, self._on_rate_limited(now, resume_at, sent))
+        changed = self._on_rate_limited(now, resume_at, sent)
+        if self._refused_run == 1:
+            self._run_left = self.rate
+        return self._noted(now, changed)
 
     def _on_rate_limited(self, now: float, resume_at: float, sent: float | None) -> bool:
         """See :meth:`on_rate_limited`.
@@ -308,12 +332,19 @@ class AdaptiveRate:
             went = self.rate_at(sent) if sent is not None else self.rate
             if went is None or went >= 0.95 * min(self.ceiling, 0.98 * self._told):
                 self._header_refusal(now)
+        went = now if sent is None else sent
         if self._refused_run == 1:
-            self._run_sent = now if sent is None else sent
-        if (
-            not self._outage
-            and self._refused_run >= self._OUTAGE_RUN
-            and now - self._accepted_at >= self._OUTAGE_GAP
+            self._run_sent = self._run_last = went
+            self._run_rate = self.rate_at(went) or self.rate
+            if self._recovering and self._bad is not None:
+                # A way back up under way: the run may be another outage, not the limit.
+                self._run_rate = max(self._run_rate, self._bad)
+            self._run_proven = self._proven
+        else:
+            self._run_last = max(self._run_last, went)
+        if not self._outage and (
+            (self._refused_run >= self._OUTAGE_RUN and now - self._accepted_at >= self._OUTAGE_GAP)
+            or (self._refused_run >= 3 and now - self._accepted_at >= 2.0 * self._OUTAGE_GAP)
         ):
             self._outage_began()
         if (
@@ -491,6 +522,7 @@ class AdaptiveRate:
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
         self.decreases += 1
+        self._quiet = 0
         self._earlier = max(self._last_decrease, self.paced_from)
         self._last_decrease = now
         self._paused = max(0.0, resume_at - now)
@@ -681,6 +713,35 @@ class AdaptiveRate:
             and self.rate < self._JITTER_STEP * self._ran_before
         )
 
+    def _back_from_run(self, run: int, now: float, sent: float | None) -> bool:
+        """Accepted again after a run of refusals (two or more over a second or more,
+        none accepted between: a source down for a while, or a window used up until its
+        reset): the refusals after the run's first say the source refused, not how fast
+        it takes. The rate goes back to where the first left it, and searches on towards
+        the rate it came at (doubling, then half the way left at each step, each held a
+        request and a quarter second), a step that draws a 429 ending the search at the
+        step before (see _on_rate_limited). Not while a ramp runs: it has its own way
+        up."""
+        if (
+            sent is None
+            or run < 2
+            or self.threshold is None
+            or self._recovering
+            or sent <= self._run_last
+            or self._run_last - self._run_sent < 1.0
+            or self.rate >= self._JITTER_STEP * min(self.ceiling, self._run_rate)
+        ):
+            return False
+        self._outage = False
+        self._proven = max(self._proven, self._run_proven)
+        self.threshold = self.rate = min(self.ceiling, max(self.rate, self._run_left))
+        self._recovering = True
+        self._good, self._bad = self.rate, min(self.ceiling, self._run_rate)
+        self._past_estimate = None
+        self._small_steps = False
+        self._restart(now)
+        return True
+
     def _creep_base(self) -> float:
         # Crossing the limit costs a 429 and a Retry-After pause, so cycles must be long
         # for the pause (and the 429s) to stay a small fraction of the time.
@@ -793,16 +854,19 @@ class AdaptiveRate:
 
     def _header_limit(self, rate: float, now: float) -> None:
         self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
+        self._quiet = 0
         self._good = self._bad = self._past_estimate = None
         self._small_steps = self._recovering = False
         self._restart(now)
 
-    def on_success(self, now: float, *, sent: float | None = None) -> bool:
-        """An accepted request (``sent``: when it went, when known); return True when
-        the rate changed."""
-        return self._noted(now, self._on_success(now, sent))
+    def on_success(self, now: float, *, sent: float | None = None, window: bool = False) -> bool:
+        """An accepted request (``sent``: when it went, when known; ``window``: it ends
+        a run of refusals the way the runs before ended, a fixed window kept: see
+        WindowWatch); return True when the rate changed."""
+        return self._noted(now, self._on_success(now, sent, window))
 
-    def _on_success(self, now: float, sent: float | None) -> bool:
+    def _on_success(self, now: float, sent: float | None, window: bool) -> bool:
+        run = self._refused_run
         self._accepted.append(now)
         self._answered.append(now)
         self._outcomes.append(True)
@@ -879,6 +943,8 @@ class AdaptiveRate:
             self._small_steps = False
             self._restart(now)
             return self.rate != before
+        if not window and self._back_from_run(run, now, sent):
+            return True
         if (
             self._outage
             and (sent is None or sent > self._run_sent)
@@ -957,10 +1023,13 @@ class AdaptiveRate:
                 return False
             if self._creep_every is not None:
                 # The last step drew no 429: step a little sooner next time.
-                self._creep_every = max(0.0, 0.9 * self._creep_every) or None
+                sooner = 0.9 if self._quiet < self._QUIET_STEPS else 0.5
+                self._creep_every = max(0.0, sooner * self._creep_every) or None
                 if self._creep_every is not None and self._creep_every < 6.0:
                     self._creep_every = None
-            self.rate = min(self.ceiling, self.rate + self._CREEP_STEP * self.threshold)
+            self._quiet += 1
+            grow = 2.0 ** max(0, min(self._quiet - self._QUIET_STEPS, 4))
+            self.rate = min(self.ceiling, self.rate + grow * self._CREEP_STEP * self.threshold)
             if self.ramp and self.rate > 1.1 * self.threshold / self.margin:
                 # 10 % past the old limit without a 429: the limit rose or was
                 # underestimated; ramp up quickly again.

@@ -186,9 +186,9 @@ class Pace:
         learned = self.learned
         if learned is None:
             return
-        changed = learned.on_success(now, sent=sent)
         window = self.window
         window.accepted(now if sent is None else sent)
+        changed = learned.on_success(now, sent=sent, window=window.steady)
         if window.cycle is not None and learned.back_to(window.cycle, now):
             # Back after a run of refusals, a whole cycle since the last one: at least
             # what the source took over that cycle (see AdaptiveRate.back_to).

@@ -34,8 +34,11 @@ class WindowWatch:
         # The last return (when its request was sent) and what was accepted since.
         self._return: float | None = None
         self._counted = 0
-        # What the source took over the cycle a return completed, said at that return.
+        # What the source took over the cycle a return completed, said at that return,
+        # and whether it is about what the cycle before took (a window kept: steady).
         self.cycle: float | None = None
+        self.steady = False
+        self._last_cycle: float | None = None
 
     def refused(self, sent: float) -> None:
         """A request sent at ``sent`` was refused."""
@@ -47,6 +50,7 @@ class WindowWatch:
     def accepted(self, sent: float) -> None:
         """A request sent at ``sent`` was accepted (``cycle`` says what a return found)."""
         self.cycle = None
+        self.steady = False
         if self._run_from is not None and sent > self._run_from:
             # Sent after the run's first refusal: the run is over (an echo sent before it,
             # answered late, is not).
@@ -56,7 +60,10 @@ class WindowWatch:
                 if self._return is not None:
                     took = (self._run_last + sent) / 2.0 - self._return
                     if self._counted >= 2 and took >= self._LONG_RUN:
-                        self.cycle = self._counted / took
+                        cycle = self.cycle = self._counted / took
+                        last = self._last_cycle
+                        self.steady = last is not None and abs(cycle - last) <= 0.15 * last
+                        self._last_cycle = cycle
                 self._return, self._counted = sent, 0
         if self._return is None:
             # The first answer accepted: the first cycle is counted from it.
