@@ -22,9 +22,10 @@ class AdaptiveRate:
       decrease's echoes aside): the rate is about right
       and requests bunched on the way; it goes 3 % down, and the creep upwards, one
       step of 1 % at a time, slows down (each step waits twice as long, up to a minute);
-      past the fourth step in a row that draws no 429, each is twice the one before
-      (up to 16 %) and comes twice as soon, so a limit that rose (a window raised, a plan
-      upgraded) is found within a minute or two, not after hours of 1 % steps;
+      past the fourth step in a row with the rate never brought down (or two minutes
+      without), each is twice the one before (up to 16 %) and comes twice as soon (at
+      least every 12 s), so a limit that rose (a window raised, a plan upgraded) is found
+      within minutes, not after hours of 1 % steps;
     * mostly refused: it drops to just under what the source measurably accepted (or,
       too soon after a pause to time it, to what it accepted over the whole cycle), then
       *searches* upwards in steps of 10 %, each held for a second or 4 requests and
@@ -94,6 +95,7 @@ class AdaptiveRate:
     _CREEP_STEP = 0.01
     _MAX_CREEP_EVERY = 60.0
     _QUIET_STEPS = 4
+    _QUIET_SECONDS = 120.0
     # Refusals in a row over _OUTAGE_GAP seconds, none accepted: the source refused all (a
     # limit that fell still takes some requests every second or so).
     _OUTAGE_RUN = 4
@@ -130,7 +132,10 @@ class AdaptiveRate:
         # Known to be about the source's limit (None while ramping up to find it).
         self.threshold: float | None = None if ramp else self.rate
         self.decreases = 0
-        self._quiet = 0  # creep steps in a row that drew no 429
+        # Creep steps in a row that drew no 429, since when, and how many of them grew.
+        self._quiet = 0
+        self._quiet_from = math.inf  # (from the first answer)
+        self._grown = 0
         self._accepted: collections.deque[float] = collections.deque()
         # The last answers since the last decrease: accepted (True) or refused (False).
         self._outcomes: collections.deque[bool] = collections.deque(maxlen=20)
@@ -300,6 +305,9 @@ class AdaptiveRate:
 
     def _noted(self, now: float, changed: bool, *, told: bool = False) -> bool:
         if self._history[-1][1] != self.rate:
+            if self.rate < self._history[-1][1]:
+                # Come down: the creep's quiet starts again (see _quiet_long).
+                self._quiet, self._quiet_from, self._grown = 0, now, 0
             self._history.append((now, self.rate, told))
         return changed
 
@@ -522,7 +530,6 @@ class AdaptiveRate:
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
         self.decreases += 1
-        self._quiet = 0
         self._earlier = max(self._last_decrease, self.paced_from)
         self._last_decrease = now
         self._paused = max(0.0, resume_at - now)
@@ -742,6 +749,13 @@ class AdaptiveRate:
         self._restart(now)
         return True
 
+    def _quiet_long(self, now: float) -> bool:
+        """Whether the creep has gone on for long with the rate never brought down:
+        four steps in a row, or two minutes (a step may wait a minute after a search
+        ended on a 429; at a source's limit, its jitter brings the rate down within a
+        minute or so)."""
+        return self._quiet >= self._QUIET_STEPS or now - self._quiet_from >= self._QUIET_SECONDS
+
     def _creep_base(self) -> float:
         # Crossing the limit costs a 429 and a Retry-After pause, so cycles must be long
         # for the pause (and the 429s) to stay a small fraction of the time.
@@ -854,7 +868,6 @@ class AdaptiveRate:
 
     def _header_limit(self, rate: float, now: float) -> None:
         self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
-        self._quiet = 0
         self._good = self._bad = self._past_estimate = None
         self._small_steps = self._recovering = False
         self._restart(now)
@@ -878,7 +891,7 @@ class AdaptiveRate:
         self._recent_ok.append(now)
         self._forget(now)
         if self._last_update is None:
-            self._measure_from = now
+            self._measure_from = self._quiet_from = now
             self._restart(now)
             return False
         if now >= self._last_update:
@@ -914,9 +927,13 @@ class AdaptiveRate:
                 self._good = self._bad = self._past_estimate = None
                 self._recovering = self._small_steps = False
             else:
+                # (From where the first refusal of the outage left it at least: the
+                # outage's, not the source's pace, took it lower.)
                 self._recovering = True
                 self.threshold = self.rate = min(
-                    self.ceiling, 2.0 * self.rate, max(self.rate, self._ran_before)
+                    self.ceiling,
+                    max(2.0 * self.rate, self._run_left),
+                    max(self.rate, self._ran_before),
                 )
                 self._good, self._bad = self.rate, max(self.rate, self._ran_before)
                 self._past_estimate = None
@@ -1023,12 +1040,17 @@ class AdaptiveRate:
                 return False
             if self._creep_every is not None:
                 # The last step drew no 429: step a little sooner next time.
-                sooner = 0.9 if self._quiet < self._QUIET_STEPS else 0.5
-                self._creep_every = max(0.0, sooner * self._creep_every) or None
+                if self._quiet_long(now):
+                    self._creep_every = min(0.5 * self._creep_every, 12.0)
+                else:
+                    self._creep_every = max(0.0, 0.9 * self._creep_every) or None
                 if self._creep_every is not None and self._creep_every < 6.0:
                     self._creep_every = None
+            grow = 1.0
+            if self._quiet_long(now):
+                grow = 2.0 ** min(self._grown + 1, 4)
+                self._grown += 1
             self._quiet += 1
-            grow = 2.0 ** max(0, min(self._quiet - self._QUIET_STEPS, 4))
             self.rate = min(self.ceiling, self.rate + grow * self._CREEP_STEP * self.threshold)
             if self.ramp and self.rate > 1.1 * self.threshold / self.margin:
                 # 10 % past the old limit without a 429: the limit rose or was

@@ -39,6 +39,19 @@ class WindowWatch:
         self.cycle: float | None = None
         self.steady = False
         self._last_cycle: float | None = None
+        self._last_counted = 0
+
+    def _like_last(self, cycle: float, counted: int) -> bool:
+        """Whether a cycle is like the one before: about as many taken (a window's count:
+        how long its refusals held the rate back after it varies with the rate they
+        left), or about the same rate."""
+        last = self._last_cycle
+        if last is None:
+            return False
+        return (
+            abs(counted - self._last_counted) <= 0.15 * self._last_counted
+            or abs(cycle - last) <= 0.15 * last
+        )
 
     def refused(self, sent: float) -> None:
         """A request sent at ``sent`` was refused."""
@@ -61,9 +74,8 @@ class WindowWatch:
                     took = (self._run_last + sent) / 2.0 - self._return
                     if self._counted >= 2 and took >= self._LONG_RUN:
                         cycle = self.cycle = self._counted / took
-                        last = self._last_cycle
-                        self.steady = last is not None and abs(cycle - last) <= 0.15 * last
-                        self._last_cycle = cycle
+                        self.steady = self._like_last(cycle, self._counted)
+                        self._last_cycle, self._last_counted = cycle, self._counted
                 self._return, self._counted = sent, 0
         if self._return is None:
             # The first answer accepted: the first cycle is counted from it.
