@@ -1328,3 +1328,18 @@ def test_a_header_s_figure_refused_soon_after_it_is_taken_only_caps_the_rate_a_w
     assert rate.rate == pytest.approx(117.6)
     assert rate.on_header_limit(150.0, 6.0)
     assert rate.rate == pytest.approx(147.0)
+
+
+def test_the_rate_a_window_s_cycle_takes_it_back_to_is_the_one_its_requests_went_at() -> None:
+    """At a return after a window's refusals, ``back_to`` raises the rate to what the cycle
+    took: requests sent after it went at that rate, and the rate's record says so (a 429
+    of one of them is judged against the rate it went at, and the next run of refusals
+    begins at it)."""
+    rate = AdaptiveRate(10.0, ceiling=10.0, ramp=False)
+    rate.on_success(0.0, sent=0.0)
+    for k in range(2):
+        rate.on_rate_limited(1.0 + 0.5 * k, 1.0 + 0.5 * k, sent=0.9 + 0.5 * k)
+    assert rate.rate < 5.0
+    assert rate.back_to(8.0, 4.0)
+    assert rate.rate == pytest.approx(0.97 * 8.0)
+    assert rate.rate_at(4.01) == pytest.approx(0.97 * 8.0)

@@ -793,7 +793,7 @@ class AdaptiveRate:
             # A search goes on from here.
             self._good = target
         self._restart(now)
-        return True
+        return self._noted(now, True)
 
     def on_header_limit(self, rate: float, now: float) -> bool:
         """The server told us its limit: use it (a hair below, for clock skew); True when
