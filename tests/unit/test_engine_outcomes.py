@@ -163,3 +163,19 @@ def test_a_failed_final_flush_is_raised() -> None:
 
     with pytest.raises(LedgerError):
         asyncio.run(scenario())
+
+
+def test_a_failed_periodic_flush_reaches_the_owner_and_the_flushes_stop() -> None:
+    """The periodic flush failing (the ledger's disk full) hands its error to
+    ``on_error`` at once, as any background flush does: the run stops with it, rather
+    than going on without periodic flushes and saying it only at its end."""
+    ledger, calls = Completes(fail=True), Calls()
+
+    async def scenario() -> None:
+        outcomes = buffer(ledger, calls)
+        await outcomes.record(done(1))
+        task = asyncio.create_task(outcomes.flush_every(0.01))
+        await asyncio.wait_for(task, 2.0)
+
+    asyncio.run(scenario())
+    assert [str(e) for e in calls.errors] == ["the ledger's disk is full"]

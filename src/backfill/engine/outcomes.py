@@ -119,10 +119,16 @@ class Outcomes:
             return result
 
     async def flush_every(self, seconds: float = FLUSH_EVERY) -> None:
-        """Flush on the run's clock until cancelled."""
+        """Flush on the run's clock until cancelled, or until a flush fails: its error
+        goes to ``on_error`` at once (the run cannot record its work), as a background
+        flush's does."""
         while True:
             await self._clock.sleep(seconds)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as exc:  # (as _flushed: whatever it is, the run stops on it)
+                self._on_error(exc)
+                return
 
     async def settle(self) -> None:
         """Wait for the flush running in the background, if any."""
