@@ -25,7 +25,11 @@ class AdaptiveRate:
       past the fourth step in a row with the rate never brought down (or two minutes
       without), each is twice the one before (up to 16 %) and comes twice as soon (at
       least every 12 s), so a limit that rose (a window raised, a plan upgraded) is found
-      within minutes, not after hours of 1 % steps;
+      within minutes, not after hours of 1 % steps. Not within 10 % of a declared
+      ceiling (a correct declared rate would reach its source's jitter sooner, and draw
+      more 429s), and where a 429 costs a long pause (the last asked for more than two
+      seconds) only past the rate the last run of refusals began at; after the 429 that
+      ends it, the wait between steps doubles from what it was before they grew;
     * mostly refused: it drops to just under what the source measurably accepted (or,
       too soon after a pause to time it, to what it accepted over the whole cycle), then
       *searches* upwards in steps of 10 %, each held for a second or 4 requests and
@@ -78,8 +82,12 @@ class AdaptiveRate:
     and searches on, as after an outage, to the rate that refusal came at (the one a way
     back up was heading to, when the run cut it short). Not when the run ended the way
     the runs before did, the same share taken over each cycle: a fixed window kept, its
-    rate set by what it takes (see back_to). Three refusals over four seconds, none
-    accepted, are an outage too.
+    rate set by what it takes (see back_to), nor through an outage, whose own way back
+    up knows what the source took for long. A step of that way up that draws a 429
+    caps the next one at the step before (a source whose limit fell near zero takes a
+    request now and then, and each would start another), and leaves what the source
+    took for long as it was. Three refusals over four seconds, none accepted, are an
+    outage too (at 1/s, the rate halved at each, a fourth came fifteen seconds in).
 
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
@@ -96,6 +104,7 @@ class AdaptiveRate:
     _MAX_CREEP_EVERY = 60.0
     _QUIET_STEPS = 4
     _QUIET_SECONDS = 120.0
+    _CHEAP_PAUSE = 2.0
     # Refusals in a row over _OUTAGE_GAP seconds, none accepted: the source refused all (a
     # limit that fell still takes some requests every second or so).
     _OUTAGE_RUN = 4
@@ -136,6 +145,7 @@ class AdaptiveRate:
         self._quiet = 0
         self._quiet_from = math.inf  # (from the first answer)
         self._grown = 0
+        self._creep_before: float | None = None  # the interval before the steps grew
         self._accepted: collections.deque[float] = collections.deque()
         # The last answers since the last decrease: accepted (True) or refused (False).
         self._outcomes: collections.deque[bool] = collections.deque(maxlen=20)
@@ -171,6 +181,11 @@ class AdaptiveRate:
         self._run_rate = self.rate
         self._run_left = self.rate
         self._run_proven = 0.0
+        # A way back up after a run of refusals under way, and the step before the last
+        # one refused (the next goes no further: a source whose limit fell near zero
+        # takes a request now and then, and each would start another).
+        self._run_search = False
+        self._run_cap = math.inf
         # Since the last way back up, _OUTAGE_RUN 429s in a row over two seconds at least.
         self._outage = False
         # What the source took per second before the last outage (0: not known, or not
@@ -308,6 +323,7 @@ class AdaptiveRate:
             if self.rate < self._history[-1][1]:
                 # Come down: the creep's quiet starts again (see _quiet_long).
                 self._quiet, self._quiet_from, self._grown = 0, now, 0
+                self._creep_before = None
             self._history.append((now, self.rate, told))
         return changed
 
@@ -318,7 +334,11 @@ class AdaptiveRate:
         changed = self._on_rate_limited(now, resume_at, sent)
         if self._refused_run == 1:
             self._run_left = self.rate
-        return self._noted(now, changed)
+        noted = self._noted(now, changed)
+        if self._quiet_from == now:
+            # Come down: the quiet is counted from when traffic restarts.
+            self._quiet_from = max(now, resume_at)
+        return noted
 
     def _on_rate_limited(self, now: float, resume_at: float, sent: float | None) -> bool:
         """See :meth:`on_rate_limited`.
@@ -416,9 +436,16 @@ class AdaptiveRate:
             # up is what it is known to take (proven anew after ten healthy seconds): no
             # second way up.
             self._recovering = False
-            self._proven = min(self._proven, self._good or self.rate)
-            self._took = min(self._took, self._good or self.rate)
-            self._ran = min(self._ran, self._good or self.rate)
+            if self._run_search:
+                # The way back up after a run of refusals (see _back_from_run): the next
+                # one goes no further than the step before, and what the source took for
+                # long (an outage's to come back to) stands.
+                self._run_search = False
+                self._run_cap = self._good or self.rate
+            else:
+                self._proven = min(self._proven, self._good or self.rate)
+                self._took = min(self._took, self._good or self.rate)
+                self._ran = min(self._ran, self._good or self.rate)
         # Accepted since the last decrease: every other 429 since was one of its echoes
         # (any other is a decrease), so this one is the only refusal at the rate it brought.
         accepted_since = self._outcomes.count(True)
@@ -458,7 +485,7 @@ class AdaptiveRate:
                 # under it.)
                 target *= self._PAST_BACK
             if not search:
-                self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
+                self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_held())
         elif accepted is not None and refused_share > 0.15:
             # Clearly sending faster than the source accepts: this refusal at the rate
             # run at, after the last decrease's echoes said the rate before was far over
@@ -493,7 +520,7 @@ class AdaptiveRate:
                 # known to lie between, and this one is the way's jitter.
                 down = 1.0 - self._JITTER_STEP
             target, search = self.rate * (1.0 - down), False
-            self._creep_every = min(self._MAX_CREEP_EVERY, 2.0 * self._creep_base())
+            self._creep_every = min(self._MAX_CREEP_EVERY, 2.0 * self._creep_held())
         elif (
             not self.ramp
             and self._since_decrease >= 10
@@ -727,11 +754,12 @@ class AdaptiveRate:
         it takes. The rate goes back to where the first left it, and searches on towards
         the rate it came at (doubling, then half the way left at each step, each held a
         request and a quarter second), a step that draws a 429 ending the search at the
-        step before (see _on_rate_limited). Not while a ramp runs: it has its own way
-        up."""
+        step before (see _on_rate_limited) and capping the next such search there. Not
+        while a ramp runs, nor through an outage: each has its own way up."""
         if (
             sent is None
             or run < 2
+            or self._outage
             or self.threshold is None
             or self._recovering
             or sent <= self._run_last
@@ -739,11 +767,14 @@ class AdaptiveRate:
             or self.rate >= self._JITTER_STEP * min(self.ceiling, self._run_rate)
         ):
             return False
+        toward = min(self.ceiling, self._run_rate, self._run_cap)
+        if self.rate >= self._JITTER_STEP * toward:
+            return False
         self._outage = False
         self._proven = max(self._proven, self._run_proven)
-        self.threshold = self.rate = min(self.ceiling, max(self.rate, self._run_left))
-        self._recovering = True
-        self._good, self._bad = self.rate, min(self.ceiling, self._run_rate)
+        self.threshold = self.rate = min(toward, max(self.rate, self._run_left))
+        self._recovering = self._run_search = True
+        self._good, self._bad = self.rate, toward
         self._past_estimate = None
         self._small_steps = False
         self._restart(now)
@@ -754,7 +785,19 @@ class AdaptiveRate:
         four steps in a row, or two minutes (a step may wait a minute after a search
         ended on a 429; at a source's limit, its jitter brings the rate down within a
         minute or so)."""
+        if self.rate >= 0.9 * self.ceiling:
+            return False
+        if self._paused > self._CHEAP_PAUSE:
+            # A 429 costs a long pause here: only once past the rate the last run of
+            # refusals began at (the limit moved) is the gamble worth it.
+            return self._quiet >= self._QUIET_STEPS and self.rate > 1.02 * self._run_rate
         return self._quiet >= self._QUIET_STEPS or now - self._quiet_from >= self._QUIET_SECONDS
+
+    def _creep_held(self) -> float:
+        """The creep's interval to back off from after a 429: the one before its steps
+        grew, when they did (a source that asks for long pauses refused them every
+        minute or so, where the interval doubling at each 429 spaced them further)."""
+        return max(self._creep_base(), self._creep_before or 0.0)
 
     def _creep_base(self) -> float:
         # Crossing the limit costs a 429 and a Retry-After pause, so cycles must be long
@@ -869,7 +912,7 @@ class AdaptiveRate:
     def _header_limit(self, rate: float, now: float) -> None:
         self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
         self._good = self._bad = self._past_estimate = None
-        self._small_steps = self._recovering = False
+        self._small_steps = self._recovering = self._run_search = False
         self._restart(now)
 
     def on_success(self, now: float, *, sent: float | None = None, window: bool = False) -> bool:
@@ -925,11 +968,11 @@ class AdaptiveRate:
                 self.rate = min(self.ceiling, max(self.rate, self._start))
                 self._ramp_prev = self.rate
                 self._good = self._bad = self._past_estimate = None
-                self._recovering = self._small_steps = False
+                self._recovering = self._small_steps = self._run_search = False
             else:
                 # (From where the first refusal of the outage left it at least: the
                 # outage's, not the source's pace, took it lower.)
-                self._recovering = True
+                self._recovering, self._run_search = True, False
                 self.threshold = self.rate = min(
                     self.ceiling,
                     max(2.0 * self.rate, self._run_left),
@@ -951,7 +994,7 @@ class AdaptiveRate:
             # hours). A step that draws a 429 says the source's limit fell, or it is not
             # quite back: the rate remembered falls to the step before (see
             # _on_rate_limited).
-            self._recovering, self._outage = True, False
+            self._recovering, self._outage, self._run_search = True, False, False
             before, best = self.rate, self._best_taken
             jump = 0.5 * best if self._took > 0.0 else min(0.25 * best, 4.0 * self.rate)
             self.threshold = self.rate = min(self.ceiling, max(self.rate, jump))
@@ -1033,21 +1076,26 @@ class AdaptiveRate:
                 else:
                     # At the ceiling, or all but at the rate that drew the 429: searched.
                     self._good = self._bad = None
+                    if self._run_search:
+                        self._run_search, self._run_cap = False, math.inf
                     self._recovering = False
         else:
             every = self._creep_base()
             if elapsed < every:
                 return False
+            quiet = self._quiet_long(now)
+            if quiet and self._grown == 0:
+                self._creep_before = self._creep_every
             if self._creep_every is not None:
                 # The last step drew no 429: step a little sooner next time.
-                if self._quiet_long(now):
+                if quiet:
                     self._creep_every = min(0.5 * self._creep_every, 12.0)
                 else:
                     self._creep_every = max(0.0, 0.9 * self._creep_every) or None
                 if self._creep_every is not None and self._creep_every < 6.0:
                     self._creep_every = None
             grow = 1.0
-            if self._quiet_long(now):
+            if quiet:
                 grow = 2.0 ** min(self._grown + 1, 4)
                 self._grown += 1
             self._quiet += 1
