@@ -4,6 +4,8 @@ pages reused, contexts recycled, assets blocked, a failing page saved."""
 from __future__ import annotations
 
 import asyncio
+import http.server
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,3 +81,49 @@ def test_a_page_that_never_renders_is_a_transient_timeout_and_is_saved(
     assert png.exists() and png.stat().st_size > 0
     html = png.with_suffix(".html").read_text()
     assert 'id="tournaments"' in html
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """Every page refused: 429 asking seven seconds."""
+
+    def do_GET(self) -> None:
+        body = b"<html><body>slow down</body></html>"
+        self.send_response(429)
+        self.send_header("Retry-After", "7")
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+def test_a_page_refused_with_retry_after_pauses_the_site_for_what_it_asks() -> None:
+    """A page answered 429 with ``Retry-After: 7`` in real chromium: the site's resource
+    pauses seven seconds, and the load's retry is asked to wait as long (they waited a
+    second)."""
+    ensure_chromium()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/draw"
+
+    async def main() -> tuple[TransientError, float]:
+        resource = Resource("site", rate=50.0, concurrency=1)
+        browser = BrowserClient(resource, BrowserOptions(pages=1, timeout=10.0))
+        try:
+            with pytest.raises(TransientError) as info:
+                async with browser.page() as page:
+                    await page.goto(url)
+            return info.value, resource.paused_until - resource.clock.monotonic()
+        finally:
+            await browser.aclose()
+
+    try:
+        error, paused = asyncio.run(main())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert error.category == "rate_limited" and error.retry_after == 7.0
+    assert 5.0 < paused <= 7.0

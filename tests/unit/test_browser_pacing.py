@@ -32,6 +32,8 @@ class StandInPage:
     delays: list[float] = field(default_factory=list)
     # How long after being let go each request leaves the browser, in turn.
     leaves: list[float] = field(default_factory=list)
+    # The answer's headers (names lower-cased, as the browser gives them).
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def context(self) -> StandInPage:
@@ -48,7 +50,8 @@ class StandInPage:
         timing = {"startTime": (time.time() + leave) * 1000, "requestStart": 0.0}
         await asyncio.sleep(0.001)
         request = type("Request", (), {"timing": timing})()
-        return type("Answer", (), {"status": self.status, "request": request})()
+        answer = {"status": self.status, "request": request, "headers": self.headers}
+        return type("Answer", (), answer)()
 
     async def title(self) -> str:
         return self.title_text
@@ -104,6 +107,29 @@ def test_a_failed_load_is_classified(page: StandInPage, category: str, error: ty
     with pytest.raises(error) as info:
         asyncio.run(browser.load(page, "http://site.invalid/p?key=s3cret", None))
     assert info.value.category == category
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "asked"),
+    [(429, "30", 30.0), (503, "20", 20.0), (429, None, 1.0), (429, "soon", 1.0)],
+)
+def test_a_page_s_retry_after_is_waited_as_an_api_s_is(
+    status: int, header: str | None, asked: float
+) -> None:
+    """A page refused with ``Retry-After: 30`` (or a 503 asking 20 s) pauses the site's
+    resource for what it asks, and the stage's retry waits it too (they waited a second
+    and the retry policy's backoff: a polite scraper came back 29 s early). No header,
+    or one that is neither seconds nor a date, asks for the usual second."""
+    browser = client(100.0)
+    page = StandInPage(status=status, client=browser)
+    if header is not None:
+        page.headers = {"retry-after": header}
+    with pytest.raises(TransientError) as info:
+        asyncio.run(browser.load(page, "http://site.invalid/p", None))
+    resource = browser.resource
+    assert info.value.retry_after == pytest.approx(asked)
+    assert resource.paused_until - resource.clock.monotonic() == pytest.approx(asked, abs=0.5)
+    assert resource.rate_limited == 1
 
 
 def test_block_pages_timeouts_and_5xx_open_the_circuit() -> None:

@@ -41,8 +41,9 @@ from backfill.clock import Clock, SystemClock
 from backfill.errors import ConfigError, PermanentError, TransientError
 from backfill.ratelimit import Resource
 from backfill.ratelimit.grants import LateStart, take_grant, until_start
-from backfill.ratelimit.limits import Outcome
+from backfill.ratelimit.limits import REFUSED_WAIT, Outcome
 from backfill.secrets import Masker
+from backfill.sources.answers import outcome_of, parse_retry_after
 from backfill.sources.browser_options import BrowserOptions
 from backfill.sources.tally import partition_requests
 
@@ -351,7 +352,7 @@ class BrowserClient:
                     raise api.TimeoutError(f"navigation took longer than {timeout:g} s") from None
                 status = response.status if response is not None else 200
                 self._left(state, response)
-                self._judge(status, url, started, tally)
+                self._judge(status, url, started, tally, getattr(response, "headers", None))
                 if await self._is_block_page(page):
                     self._observe(Outcome.ERROR, started)
                     raise self._blocked(url)
@@ -480,13 +481,28 @@ class BrowserClient:
         with contextlib.suppress(BaseException):
             await navigation
 
-    def _judge(self, status: int, url: str, started: float, tally: Any) -> None:
-        """A load's status: a 429 or 5xx is transient, another 4xx permanent."""
-        if status == 429:
-            self.resource.observe(Outcome.RATE_LIMITED, latency=self._since(started))
+    def _judge(self, status: int, url: str, started: float, tally: Any, headers: Any) -> None:
+        """A load's status: a 429 or 5xx is transient, another 4xx permanent. A 429, or a
+        503 with ``Retry-After``, pauses the resource for what it asks (a second when it
+        asks nothing it can be read as), and the load's retry waits as long."""
+        if status < 400:
+            return
+        header = headers.get("retry-after") if isinstance(headers, dict) else None
+        asked = parse_retry_after(header if isinstance(header, str) else None)
+        if outcome_of(status, asked) is Outcome.RATE_LIMITED:
+            self.resource.observe(
+                Outcome.RATE_LIMITED,
+                retry_after=asked,
+                latency=self._since(started),
+                status=status,
+            )
             if tally is not None:
                 tally.rate_limited += 1
-            raise TransientError(f"429 from {self._shown(url)}", category="rate_limited")
+            wait = min(REFUSED_WAIT if asked is None else asked, self.resource.max_wait)
+            category = "rate_limited" if status == 429 else "http_5xx"
+            raise TransientError(
+                f"{status} from {self._shown(url)}", category=category, retry_after=wait
+            )
         if status >= 500:
             self._observe(Outcome.ERROR, started)
             raise TransientError(f"{status} from {self._shown(url)}", category="http_5xx")
