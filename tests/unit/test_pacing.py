@@ -159,6 +159,14 @@ def serve_far(
     )
 
 
+def served_by(resource_kw: dict[str, Any], **kwargs: Any) -> Served:
+    """``serve`` through a new resource made of ``resource_kw``, on a clock of its own,
+    the way's jitter 5 ms unless ``kwargs`` say."""
+    clock = FakeClock()
+    resource = Resource("api", clock=clock, **resource_kw)
+    return serve(resource, clock, **{"jitter": 0.005, **kwargs})
+
+
 @pytest.mark.parametrize(("rate", "jitter"), [(5, 0.0), (5, 0.01), (2, 0.02), (20, 0.005)])
 def test_a_correct_declared_rate_behind_a_strict_bucket_draws_under_1_percent_429s(
     rate: float, jitter: float
@@ -521,16 +529,12 @@ def test_a_window_that_rises_is_found_within_minutes(
     rose; it crept up 1 % a step, a step every 6 s at the most, and got 1,900-2,400 of
     the 6,000 allowed in the ten minutes after. Each step in a row that draws no 429
     (past the first four) is twice the one before, up to 16 %, and comes twice as soon."""
-    clock = FakeClock()
-    resource = Resource("api", clock=clock, **resource_kw)
-    served = serve(
-        resource,
-        clock,
+    served = served_by(
+        resource_kw,
         limit=1e6,
         bucket=10**6,
         seconds=660.0,
         workers=4,
-        jitter=0.005,
         window=(30, 10.0),
         rises=(60.0, (100, 10.0)),
         seed=seed,
@@ -552,16 +556,12 @@ def test_where_each_429_asks_a_minute_the_creep_gambles_no_more_often(
     quiet while (see AdaptiveRate) do not grow here, where a 429 costs a minute. When
     they did, 429s came every minute or two of sending: 1,785 of 3,600 got through at
     2/s (2,354 before they grew), 19,205-20,616 of 36,000 at 20/s (20,431-21,600)."""
-    clock = FakeClock()
-    resource = Resource("api", clock=clock, **resource_kw)
-    served = serve(
-        resource,
-        clock,
+    served = served_by(
+        resource_kw,
         limit=limit,
         bucket=1,
         seconds=1800.0,
         workers=8 if limit < 20 else 16,
-        jitter=0.005,
         seed=seed,
         retry_after=60.0,
     )
@@ -598,15 +598,11 @@ def test_a_slow_declared_rate_refused_for_seconds_again_and_again_comes_back_eac
     takes: three over four seconds are an outage (its way back up goes to the rate the
     source took for long), and a run too short for that is come back from at the rate
     it began at; a way back up that an outage cut short is not the source's limit."""
-    clock = FakeClock()
-    resource = Resource("api", clock=clock, rate=1)
-    served = serve(
-        resource,
-        clock,
+    served = served_by(
+        {"rate": 1},
         limit=1,
         bucket=1,
         seconds=170.0,
-        jitter=0.005,
         seed=seed,
         outages=((30.0, 40.0), (50.0, 60.0), (70.0, 80.0)),
     )
