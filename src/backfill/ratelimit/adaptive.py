@@ -22,14 +22,6 @@ class AdaptiveRate:
       decrease's echoes aside): the rate is about right
       and requests bunched on the way; it goes 3 % down, and the creep upwards, one
       step of 1 % at a time, slows down (each step waits twice as long, up to a minute);
-      past the fourth step in a row with the rate never brought down (or two minutes
-      without), each is twice the one before (up to 16 %) and comes twice as soon (at
-      least every 12 s), so a limit that rose (a window raised, a plan upgraded) is found
-      within minutes, not after hours of 1 % steps. Not within 10 % of a declared
-      ceiling (a correct declared rate would reach its source's jitter sooner, and draw
-      more 429s), and where a 429 costs a long pause (the last asked for more than two
-      seconds) only past the rate the last run of refusals began at; after the 429 that
-      ends it, the wait between steps doubles from what it was before they grew;
     * mostly refused: it drops to just under what the source measurably accepted (or,
       too soon after a pause to time it, to what it accepted over the whole cycle), then
       *searches* upwards in steps of 10 %, each held for a second or 4 requests and
@@ -102,9 +94,6 @@ class AdaptiveRate:
     _PAST_BACK = 0.92
     _CREEP_STEP = 0.01
     _MAX_CREEP_EVERY = 60.0
-    _QUIET_STEPS = 4
-    _QUIET_SECONDS = 120.0
-    _CHEAP_PAUSE = 2.0
     # Refusals in a row over _OUTAGE_GAP seconds, none accepted: the source refused all (a
     # limit that fell still takes some requests every second or so).
     _OUTAGE_RUN = 4
@@ -141,11 +130,6 @@ class AdaptiveRate:
         # Known to be about the source's limit (None while ramping up to find it).
         self.threshold: float | None = None if ramp else self.rate
         self.decreases = 0
-        # Creep steps in a row that drew no 429, since when, and how many of them grew.
-        self._quiet = 0
-        self._quiet_from = math.inf  # (from the first answer)
-        self._grown = 0
-        self._creep_before: float | None = None  # the interval before the steps grew
         self._accepted: collections.deque[float] = collections.deque()
         # The last answers since the last decrease: accepted (True) or refused (False).
         self._outcomes: collections.deque[bool] = collections.deque(maxlen=20)
@@ -320,10 +304,6 @@ class AdaptiveRate:
 
     def _noted(self, now: float, changed: bool, *, told: bool = False) -> bool:
         if self._history[-1][1] != self.rate:
-            if self.rate < self._history[-1][1]:
-                # Come down: the creep's quiet starts again (see _quiet_long).
-                self._quiet, self._quiet_from, self._grown = 0, now, 0
-                self._creep_before = None
             self._history.append((now, self.rate, told))
         return changed
 
@@ -334,11 +314,7 @@ class AdaptiveRate:
         changed = self._on_rate_limited(now, resume_at, sent)
         if self._refused_run == 1:
             self._run_left = self.rate
-        noted = self._noted(now, changed)
-        if self._quiet_from == now:
-            # Come down: the quiet is counted from when traffic restarts.
-            self._quiet_from = max(now, resume_at)
-        return noted
+        return self._noted(now, changed)
 
     def _on_rate_limited(self, now: float, resume_at: float, sent: float | None) -> bool:
         """See :meth:`on_rate_limited`.
@@ -485,7 +461,7 @@ class AdaptiveRate:
                 # under it.)
                 target *= self._PAST_BACK
             if not search:
-                self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_held())
+                self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
         elif accepted is not None and refused_share > 0.15:
             # Clearly sending faster than the source accepts: this refusal at the rate
             # run at, after the last decrease's echoes said the rate before was far over
@@ -520,7 +496,7 @@ class AdaptiveRate:
                 # known to lie between, and this one is the way's jitter.
                 down = 1.0 - self._JITTER_STEP
             target, search = self.rate * (1.0 - down), False
-            self._creep_every = min(self._MAX_CREEP_EVERY, 2.0 * self._creep_held())
+            self._creep_every = min(self._MAX_CREEP_EVERY, 2.0 * self._creep_base())
         elif (
             not self.ramp
             and self._since_decrease >= 10
@@ -780,25 +756,6 @@ class AdaptiveRate:
         self._restart(now)
         return True
 
-    def _quiet_long(self, now: float) -> bool:
-        """Whether the creep has gone on for long with the rate never brought down:
-        four steps in a row, or two minutes (a step may wait a minute after a search
-        ended on a 429; at a source's limit, its jitter brings the rate down within a
-        minute or so)."""
-        if self.rate >= 0.9 * self.ceiling:
-            return False
-        if self._paused > self._CHEAP_PAUSE:
-            # A 429 costs a long pause here: only once past the rate the last run of
-            # refusals began at (the limit moved) is the gamble worth it.
-            return self._quiet >= self._QUIET_STEPS and self.rate > 1.02 * self._run_rate
-        return self._quiet >= self._QUIET_STEPS or now - self._quiet_from >= self._QUIET_SECONDS
-
-    def _creep_held(self) -> float:
-        """The creep's interval to back off from after a 429: the one before its steps
-        grew, when they did (a source that asks for long pauses refused them every
-        minute or so, where the interval doubling at each 429 spaced them further)."""
-        return max(self._creep_base(), self._creep_before or 0.0)
-
     def _creep_base(self) -> float:
         # Crossing the limit costs a 429 and a Retry-After pause, so cycles must be long
         # for the pause (and the 429s) to stay a small fraction of the time.
@@ -934,7 +891,7 @@ class AdaptiveRate:
         self._recent_ok.append(now)
         self._forget(now)
         if self._last_update is None:
-            self._measure_from = self._quiet_from = now
+            self._measure_from = now
             self._restart(now)
             return False
         if now >= self._last_update:
@@ -1083,23 +1040,12 @@ class AdaptiveRate:
             every = self._creep_base()
             if elapsed < every:
                 return False
-            quiet = self._quiet_long(now)
-            if quiet and self._grown == 0:
-                self._creep_before = self._creep_every
             if self._creep_every is not None:
                 # The last step drew no 429: step a little sooner next time.
-                if quiet:
-                    self._creep_every = min(0.5 * self._creep_every, 12.0)
-                else:
-                    self._creep_every = max(0.0, 0.9 * self._creep_every) or None
+                self._creep_every = max(0.0, 0.9 * self._creep_every) or None
                 if self._creep_every is not None and self._creep_every < 6.0:
                     self._creep_every = None
-            grow = 1.0
-            if quiet:
-                grow = 2.0 ** min(self._grown + 1, 4)
-                self._grown += 1
-            self._quiet += 1
-            self.rate = min(self.ceiling, self.rate + grow * self._CREEP_STEP * self.threshold)
+            self.rate = min(self.ceiling, self.rate + self._CREEP_STEP * self.threshold)
             if self.ramp and self.rate > 1.1 * self.threshold / self.margin:
                 # 10 % past the old limit without a 429: the limit rose or was
                 # underestimated; ramp up quickly again.
