@@ -746,7 +746,6 @@ class AdaptiveRate:
         toward = min(self.ceiling, self._run_rate, self._run_cap)
         if self.rate >= self._JITTER_STEP * toward:
             return False
-        self._outage = False
         self._proven = max(self._proven, self._run_proven)
         self.threshold = self.rate = min(toward, max(self.rate, self._run_left))
         self._recovering = self._run_search = True
