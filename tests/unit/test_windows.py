@@ -24,6 +24,19 @@ def _window(watch: WindowWatch, start: float, count: int, period: float, every: 
     return start + period
 
 
+def _taken_then_refused(
+    watch: WindowWatch, start: float, taken: tuple[int, float], refused: tuple[int, float]
+) -> float:
+    """From ``start``, ``taken`` (count, seconds apart) accepted, then ``refused`` likewise
+    refused; the instant after the last."""
+    t = start
+    for count, every, say in ((*taken, watch.accepted), (*refused, watch.refused)):
+        for _ in range(count):
+            say(t)
+            t += every
+    return t
+
+
 def test_each_return_says_what_the_cycle_before_it_took() -> None:
     """15 per 10 s asked at 2/s: 7.5 s of answers taken, then refusals until the next
     window. At each window's first answer (a return) the cycle since the return before
@@ -44,13 +57,7 @@ def test_an_outage_s_return_says_what_the_source_took_before_it() -> None:
     """Taken at 5/s for 20 s, refused for 30 s (a request a second), taken again: the
     return says 100 over the 49.5 s up to halfway between the last refusal and it."""
     watch = WindowWatch()
-    t = 0.0
-    for _ in range(100):
-        watch.accepted(t)
-        t += 0.2
-    for _ in range(30):
-        watch.refused(t)
-        t += 1.0
+    t = _taken_then_refused(watch, 0.0, (100, 0.2), (30, 1.0))
     watch.accepted(t)
     assert watch.cycle == pytest.approx(100 / (t - 0.5))
 
@@ -117,12 +124,6 @@ def test_a_cycle_like_the_one_before_is_steady_an_outage_s_is_not() -> None:
     assert not watch.steady  # said at the return only
     # Then 10 s taken at 2/s, and ten seconds refused: a cycle of 21 over 15 s, not 15 over
     # 10 s: an outage, not the window.
-    t += 1.0
-    for _ in range(20):
-        watch.accepted(t)
-        t += 0.5
-    for _ in range(10):
-        watch.refused(t)
-        t += 1.0
+    t = _taken_then_refused(watch, t + 1.0, (20, 0.5), (10, 1.0))
     watch.accepted(t)
     assert watch.cycle is not None and not watch.steady

@@ -336,16 +336,16 @@ class AdaptiveRate:
             went = self.rate_at(sent) if sent is not None else self.rate
             if went is None or went >= 0.95 * min(self.ceiling, 0.98 * self._told):
                 self._header_refusal(now)
-        went = now if sent is None else sent
+        sent_when = now if sent is None else sent
         if self._refused_run == 1:
-            self._run_sent = self._run_last = went
-            self._run_rate = self.rate_at(went) or self.rate
+            self._run_sent = self._run_last = sent_when
+            self._run_rate = self.rate_at(sent_when) or self.rate
             if self._recovering and self._bad is not None:
                 # A way back up under way: the run may be another outage, not the limit.
                 self._run_rate = max(self._run_rate, self._bad)
             self._run_proven = self._proven
         else:
-            self._run_last = max(self._run_last, went)
+            self._run_last = max(self._run_last, sent_when)
         if not self._outage and (
             (self._refused_run >= self._OUTAGE_RUN and now - self._accepted_at >= self._OUTAGE_GAP)
             or (self._refused_run >= 3 and now - self._accepted_at >= 2.0 * self._OUTAGE_GAP)
