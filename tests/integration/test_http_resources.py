@@ -284,10 +284,12 @@ def test_after_five_seconds_refused_the_rate_is_back_within_a_second(
 
     app.handler = handler
     job = Job("outage", partitions=daily("2013-01-01", "2013-09-30"))
-    job.resource("api", rate="40/s", concurrency=4, retries=10)
+    api = job.resource("api", rate="40/s", concurrency=4, retries=10)
+    rates: list[tuple[float, float]] = []  # (when a stage began, the rate run then)
 
     @job.stage(resource="api", concurrency=4, retry=RetryPolicy(attempts=5))
     async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        rates.append((time.monotonic(), api.rate))
         body = await ctx.http.get_json(f"{url}/x", params={"day": partition.key})
         return list(body["data"])
 
@@ -299,8 +301,14 @@ def test_after_five_seconds_refused_the_rate_is_back_within_a_second(
     quarters = [
         sum(1 for t in app.times if taken + q / 4 <= t < taken + (q + 1) / 4) for q in range(16)
     ]
+    run = [
+        round(max((r for t, r in rates if taken + q / 4 <= t < taken + (q + 1) / 4), default=0))
+        for q in range(16)
+    ]
     got = sum(1 for t in app.times if taken + 1.5 <= t < taken + 3.5)
-    assert got >= 0.6 * 40 * 2.0, f"requests per quarter second from the first taken: {quarters}"
+    assert got >= 0.6 * 40 * 2.0, (
+        f"requests per quarter second from the first taken: {quarters}; the rate run: {run}"
+    )
     assert app.times[-1] >= taken + 3.5  # the run still had requests to send then
     assert sum(1 for t in app.times if began[0] + 2.5 <= t < back) <= 5 * 4
 

@@ -322,6 +322,25 @@ def test_an_outage_soon_after_a_slow_start_is_come_back_from_at_the_rate_run(
     assert served.accepted_between(back + 1.5, back + 3.5) >= 0.85 * 40 * 2.0
 
 
+@pytest.mark.parametrize(("down_at", "slow_until"), [(1.5, 1.5), (1.5, 8.0), (20.0, 20.0)])
+def test_an_outage_after_a_client_slow_all_along_is_come_back_from_at_the_rate_run(
+    down_at: float, slow_until: float
+) -> None:
+    """Declared 40/s, the client slow to make every request up to the source's outage (a
+    loaded machine: 150 ms lost before each, 26/s of the 40 sent), and fast again from
+    its return, or a second and a half later: the source never refused the rate run, so
+    what got through says how fast the client went, not how fast the source takes. The
+    way back up goes on to the rate run (it stopped at the 25-26/s counted, then crept 1 %
+    every few seconds: 26/s a minute later). Most of the 40/s gets through from a second
+    and a half after the client is fast again."""
+    back = down_at + 5.0
+    fast = max(back, slow_until)
+    served = _at_40_a_second_down_for_five_seconds(
+        down_at, seconds=fast + 5.0, slow_until=slow_until
+    )
+    assert served.accepted_between(fast + 1.5, fast + 3.5) >= 0.85 * 40 * 2.0
+
+
 def _down_early(
     resource_kw: dict[str, Any],
     limit: int,

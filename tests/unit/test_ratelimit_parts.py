@@ -1127,10 +1127,11 @@ def test_a_rate_a_header_set_after_a_search_s_rise_is_still_the_header_s() -> No
 
 
 def test_a_backlog_answered_at_once_proves_no_faster_rate_than_it_went_at() -> None:
-    """Declared 20/s: a stall holds 400 answers, which then come within two seconds. What
-    got through in those ten seconds is at most the 20/s the requests went at, not 40/s:
-    the way back up after a later outage aims at that (past it, it would cross the
-    limit; the creep afterwards adds its 1 % steps, as always)."""
+    """Run at 20/s: a stall holds 400 answers, which then come within two seconds. What
+    got through in those ten seconds is at most the 20/s the requests went at (the rate
+    run, a hair over by the creep's 1 % steps since), not 40/s: the way back up after a
+    later outage aims at that (past it, it would cross the limit; the creep afterwards
+    adds its 1 % steps, as always)."""
     rate, t = _taken_at_20_a_second(ceiling=1000.0)
     for k in range(400):
         rate.on_success(32.0 + 0.005 * k, sent=12.0 + 0.05 * k)
@@ -1138,13 +1139,15 @@ def test_a_backlog_answered_at_once_proves_no_faster_rate_than_it_went_at() -> N
     while t < 46.0:
         rate.on_success(t, sent=t - 0.05)
         t += 0.05
+    run = rate.rate
+    assert run < 1.05 * 20.0
     t = _refused_until_under_one(rate, t)
     highest, end = 0.0, t + 40.0
     while t < end:
         t += 1.0 / rate.rate
         rate.on_success(t, sent=t - 0.05)
         highest = max(highest, rate.rate)
-    assert 15.0 < highest <= 1.03 * 20.0
+    assert 15.0 < highest <= 1.03 * run
 
 
 def test_a_header_on_the_way_back_up_ends_it() -> None:

@@ -189,7 +189,6 @@ class AdaptiveRate:
         self._start = self.rate
         self._ok_since_outage = 0
         self._first_ok = math.inf  # the first accepted answer
-        self._recent_ok: collections.deque[float] = collections.deque(maxlen=64)
         # The last limit a source's header stated (per second); the lowest figure a
         # request sent at the rate it set was refused at, only a cap until _told_until,
         # and how long that lasts (see on_header_limit).
@@ -604,27 +603,20 @@ class AdaptiveRate:
         self._ran_before = max(
             (r for since, r, _ in self._history if since <= self._accepted_at), default=ran
         )
-        window = max(0.5, 8.0 / max(ran, 1e-9))
-        recent = [t for t in self._recent_ok if t >= self._accepted_at - window]
-        if (
-            took > 0.0
-            and not self.ramp
-            and span < 10.0
-            and len(recent) >= 8
-            and recent[-1] - recent[0] >= 0.2
-            and not self._came_down(self._first_ok, self._accepted_at)
-        ):
-            # Down within seconds of the first answer, the declared rate run until then
-            # and never brought down: what was counted is mostly the run's start (a
-            # client slow to start, under load, counted a fraction of the rate). What
-            # went through over the last half second or so (eight requests at the
-            # least), at the rate run then, is where the way back up goes on to, past
-            # what was counted. (A ramp's rate, or one a 429 brought down, may have
-            # gone through on a bucket's savings, far over the source's limit; over a
-            # longer history, what the source took over ten seconds says more: a fixed
-            # window's opening burst goes at the rate run.)
-            got = (len(recent) - 1) / (recent[-1] - recent[0])
-            self._ran = max(took, min(ran, got))
+        counted_from = max(self._first_ok, self._accepted_at - 10.0)
+        if took > 0.0 and not self.ramp and not self._came_down(counted_from, self._accepted_at):
+            # A declared rate the source never refused over the seconds counted: what
+            # got through says how fast the client went, not how fast the source takes
+            # (a client slow to start, or slow all along on a loaded machine, counted a
+            # fraction of the rate: the way back up stopped there, then crept up 1 % at a
+            # time). The way back up goes on to the rate run then; a step of it the
+            # source refuses ends it at the step before (see _on_rate_limited). (A ramp's
+            # rate, or one a 429 brought down, may have gone through on a bucket's
+            # savings, far over the source's limit: what the source took says more. So
+            # does it for a fixed window's later cycles, whose refusals brought the rate
+            # down; the first cycle's opening burst went at the rate run, and the way
+            # back up goes on to that.)
+            self._ran = max(took, ran)
         self._ok_since_outage = 0
 
     def _came_down(self, start: float, end: float) -> bool:
@@ -887,7 +879,6 @@ class AdaptiveRate:
         self._since_decrease += 1
         self._ok_since_outage += 1
         self._first_ok = min(self._first_ok, now)
-        self._recent_ok.append(now)
         self._forget(now)
         if self._last_update is None:
             self._measure_from = now
