@@ -352,7 +352,8 @@ class BrowserClient:
                     raise api.TimeoutError(f"navigation took longer than {timeout:g} s") from None
                 status = response.status if response is not None else 200
                 self._left(state, response)
-                self._judge(status, url, started, tally, getattr(response, "headers", None))
+                headers = getattr(response, "headers", None)
+                self._judge(status, url, started, tally, headers, sent=state.started)
                 if await self._is_block_page(page):
                     self._observe(Outcome.ERROR, started)
                     raise self._blocked(url)
@@ -373,7 +374,7 @@ class BrowserClient:
                     f"page {self._shown(url)} failed to load: {self.masker.mask(first)}",
                     category="network",
                 ) from None
-            self._observe(Outcome.OK, started)
+            self.resource.observe(Outcome.OK, latency=self._since(started), sent=state.started)
             return int(status)
         except TransientError as exc:
             if tally is not None:
@@ -481,10 +482,23 @@ class BrowserClient:
         with contextlib.suppress(BaseException):
             await navigation
 
-    def _judge(self, status: int, url: str, started: float, tally: Any, headers: Any) -> None:
+    def _judge(
+        self,
+        status: int,
+        url: str,
+        started: float,
+        tally: Any,
+        headers: Any,
+        *,
+        sent: float | None = None,
+    ) -> None:
         """A load's status: a 429 or 5xx is transient, another 4xx permanent. A 429, or a
         503 with ``Retry-After``, pauses the resource for what it asks (a second when it
-        asks nothing it can be read as), and the load's retry waits as long."""
+        asks nothing it can be read as), and the load's retry waits as long. ``sent``:
+        when the load's turn let its request go, on the resource's clock (None: not
+        known); with it the resource tells a lone 429 (it slows down, and only that load
+        waits) and a run of them (back at the rate once the site takes loads again) from
+        one that says the site's limit."""
         if status < 400:
             return
         header = headers.get("retry-after") if isinstance(headers, dict) else None
@@ -495,6 +509,7 @@ class BrowserClient:
                 retry_after=asked,
                 latency=self._since(started),
                 status=status,
+                sent=sent,
             )
             if tally is not None:
                 tally.rate_limited += 1
