@@ -612,14 +612,16 @@ class Resource:
         latency: float | None = None,
         status: int | None = None,
         sent: float | None = None,
+        ease: bool = True,
     ) -> None:
         """Feed back what a request saw: its outcome, latency and rate-limit headers
         (``status``: the answer's, which a pause it begins is said with; a 429 when not
         given; ``sent``: when the request went, on the resource's clock, when known).
 
         A 429 slows the resource down (see :class:`AdaptiveRate`) and pauses it for the
-        wait the source asks, unless it is a lone one (see :meth:`_eases`): then the
-        refused request waits alone and the others go on at the lower rate."""
+        wait the source asks, unless it is a lone one (see :meth:`_eases`) and ``ease``
+        allows: then the refused request waits alone and the others go on at the lower
+        rate."""
         now = self.clock.monotonic()
         pace = self.pace
         # (Only a turn waiting long cares whether the rate grows: see _sleep_until.)
@@ -628,7 +630,7 @@ class Resource:
         if outcome is Outcome.RATE_LIMITED:
             self.rate_limited += 1
             asked = retry_after if retry_after is not None else REFUSED_WAIT
-            eased = self._eases(now, sent, asked, status or 429)
+            eased = self._eases(now, sent, asked, status or 429) if ease else None
             if eased is not None:
                 pace.on_refused(now, now, sent=sent)
                 if eased == "lone":

@@ -494,11 +494,13 @@ class BrowserClient:
     ) -> None:
         """A load's status: a 429 or 5xx is transient, another 4xx permanent. A 429, or a
         503 with ``Retry-After``, pauses the resource for what it asks (a second when it
-        asks nothing it can be read as), and the load's retry waits as long. ``sent``:
-        when the load's turn let its request go, on the resource's clock (None: not
-        known); with it the resource tells a lone 429 (it slows down, and only that load
-        waits) and a run of them (back at the rate once the site takes loads again) from
-        one that says the site's limit."""
+        asks nothing it can be read as), and the load's retry waits as long: even a lone
+        one, which an API's only slows down for (a site refusing a page load turns the
+        visitor away for a moment; easing sent the other pages into it, and each one
+        refused at the lower rate halved it). ``sent``: when the load's turn let its
+        request go, on the resource's clock (None: not known); with it the resource
+        tells a run of refusals (back at the rate once the site takes loads again) from
+        the site's limit."""
         if status < 400:
             return
         header = headers.get("retry-after") if isinstance(headers, dict) else None
@@ -510,6 +512,7 @@ class BrowserClient:
                 latency=self._since(started),
                 status=status,
                 sent=sent,
+                ease=False,
             )
             if tally is not None:
                 tally.rate_limited += 1
