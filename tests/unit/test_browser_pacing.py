@@ -256,20 +256,15 @@ def test_loads_known_to_have_left_are_paced_from_when_they_left_not_by_the_margi
 
 
 @dataclass(eq=False)
-class RefusingPage:
+class RefusingPage(StandInPage):
     """A stand-in page on virtual time whose site refuses every load (429,
     ``Retry-After: 1``) between the two instants of ``down``, and answers the rest a
     latency later; notes each load's arrival and whether it was taken."""
 
-    clock: FakeClock
-    down: tuple[float, float]
-    client: Any = None
+    clock: FakeClock = field(default_factory=FakeClock)
+    down: tuple[float, float] = (0.0, 0.0)
     log: list[tuple[float, bool]] = field(default_factory=list)
     latency: float = 0.15
-
-    @property
-    def context(self) -> RefusingPage:
-        return self
 
     async def goto(self, url: str, **options: Any) -> Any:
         turn = await self.client.admit(self.context)
@@ -284,15 +279,6 @@ class RefusingPage:
         answer = {"status": 200 if taken else 429, "request": request, "headers": headers}
         return type("Answer", (), answer)()
 
-    async def title(self) -> str:
-        return "Results"
-
-    async def wait_for_selector(self, selector: str, **options: Any) -> None:
-        return None
-
-    def is_closed(self) -> bool:
-        return False
-
 
 def _walked_through_refusals(rate: float, down: tuple[float, float]) -> list[tuple[float, bool]]:
     """Four pages loading from a site at its declared ``rate`` until a minute after it
@@ -301,7 +287,7 @@ def _walked_through_refusals(rate: float, down: tuple[float, float]) -> list[tup
     clock = FakeClock()
     resource = Resource("site", rate=rate, concurrency=4, clock=clock)
     browser = BrowserClient(resource, BrowserOptions(pages=4), clock=clock)
-    pages = [RefusingPage(clock, down, client=browser) for _ in range(4)]
+    pages = [RefusingPage(clock=clock, down=down, client=browser) for _ in range(4)]
 
     async def walk(page: RefusingPage) -> None:
         while clock.monotonic() < down[1] + 60.0:

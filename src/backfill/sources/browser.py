@@ -374,7 +374,7 @@ class BrowserClient:
                     f"page {self._shown(url)} failed to load: {self.masker.mask(first)}",
                     category="network",
                 ) from None
-            self.resource.observe(Outcome.OK, latency=self._since(started), sent=state.started)
+            self._observe(Outcome.OK, started, sent=state.started)
             return int(status)
         except TransientError as exc:
             if tally is not None:
@@ -544,8 +544,8 @@ class BrowserClient:
     def _since(self, started: float) -> float:
         return self.clock.monotonic() - started
 
-    def _observe(self, outcome: Outcome, started: float) -> None:
-        self.resource.observe(outcome, latency=self._since(started))
+    def _observe(self, outcome: Outcome, started: float, *, sent: float | None = None) -> None:
+        self.resource.observe(outcome, latency=self._since(started), sent=sent)
 
     def _shown(self, url: str) -> str:
         return self.masker.mask(url)
