@@ -952,6 +952,63 @@ def test_a_disk_that_fills_while_a_batch_is_claimed_ahead_leaves_no_stray_error(
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
+def test_a_run_that_cannot_give_back_its_partitions_is_not_recorded_as_stopped(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk full when a stopping run gives back the partitions it still held (the
+    write of a few bytes after it may still fit): the worker is not recorded as stopped,
+    so the next run on this host, the process gone, takes them back at once. Recorded
+    as stopped, it held them for a whole lease: the next run found every one "leased by
+    another worker" and exited 1."""
+    import backfill.engine.lease
+    from backfill.errors import FatalError, LedgerError
+
+    job = make_job(8)
+    full = "disk full writing /data/state.db; free space and run again"
+
+    class Filling:
+        """Refuses every call once the disk is full, but the one that marks a worker
+        stopped (a few bytes that still fit)."""
+
+        def __init__(self, inner: Ledger) -> None:
+            self.inner = inner
+            self.full = False
+
+        def __getattr__(self, name: str) -> Any:
+            if self.full and name != "stop_worker":
+
+                def refuse(*args: Any, **kwargs: Any) -> Any:
+                    raise LedgerError(full)
+
+                return refuse
+            return getattr(self.inner, name)
+
+    filling = Filling(ledger)
+
+    slow = [True]
+
+    @job.stage(concurrency=4)
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        if slow[0] and partition.key == "2013-01-01":
+            await asyncio.sleep(0.05)  # the others are begun by then
+            filling.full = True
+            raise FatalError(full)
+        await asyncio.sleep(5.0 if slow[0] else 0.0)
+
+    first = run_job(job, filling)  # type: ignore[arg-type]
+    assert first.exit_code == ExitCode.USAGE
+    assert ledger.counts("test", ["fetch"])["fetch"].running > 0
+    (worker,) = ledger.workers("test", active_only=False)
+    assert worker.stopped_at is None
+
+    # The first run's process is gone (here: the same one, said to be).
+    monkeypatch.setattr(backfill.engine.lease, "pid_alive", lambda pid: pid != worker.pid)
+    slow[0] = False
+    again = run_job(job, ledger)
+    assert again.exit_code == ExitCode.OK, again.message
+    assert ledger.counts("test", ["fetch"])["fetch"].done == 8
+
+
 def test_a_group_runner_whose_begin_fails_after_a_stall_stops_the_run_cleanly(
     ledger: Ledger, caplog: pytest.LogCaptureFixture
 ) -> None:
