@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
@@ -30,6 +29,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from promptly import scheduled_first
 
 PAGE_SIZE = 8
 TOURS = ("atp", "wta")
@@ -252,13 +253,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _promptly() -> None:
-    """The site's process is scheduled before busier ones where the system lets us (as
-    root): its stamps are when loads arrived, not when a loaded machine got round to it."""
-    with contextlib.suppress(OSError):
-        os.nice(-10)
-
-
 class SiteProcess:
     """The site in a process of its own, on a free loopback port, stopped on exit."""
 
@@ -293,7 +287,7 @@ class SiteProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=dict(os.environ),
-            preexec_fn=_promptly,
+            preexec_fn=scheduled_first,  # its stamps: when loads arrived
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
