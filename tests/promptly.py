@@ -42,6 +42,15 @@ def promptly() -> Iterator[None]:
     try:
         yield
     finally:
-        for thread in _threads():
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, thread, before.get(thread, caller))
+        # Again until none is left ahead: a thread still ahead may start another (ahead
+        # too) after a pass listed the threads.
+        for _ in range(10):
+            moved = False
+            for thread in _threads():
+                with contextlib.suppress(OSError):
+                    was = before.get(thread, caller)
+                    if os.getpriority(os.PRIO_PROCESS, thread) != was:
+                        os.setpriority(os.PRIO_PROCESS, thread, was)
+                        moved = True
+            if not moved:
+                break
