@@ -456,27 +456,6 @@ class LedgerContract:
         counts = ledger.counts(JOB, [STAGE])[STAGE]
         assert (counts.pending, counts.running) == (18, 2)
 
-    def test_release_of_stopped_returns_what_stopped_workers_still_lease(
-        self, ledger: Ledger
-    ) -> None:
-        """Partitions leased to a worker on record as stopped (its run could not give
-        them back) go back to pending, begun or not, with no lost lease counted; those
-        of a running worker, or of one never registered, stay where they are."""
-        ledger.plan(JOB, STAGE, SPEC)
-        for worker in ("stopped", "running"):
-            ledger.register_worker(WorkerRecord(worker, JOB, "h", 1, 10.0, 10.0, None))
-        held = claim(ledger, "stopped", limit=5)
-        ledger.begin("stopped", [(c.id, c.claims) for c in held[:2]])
-        claim(ledger, "running", limit=3)
-        claim(ledger, "unknown", limit=1)
-        ledger.stop_worker("stopped", now=20.0)
-        assert ledger.release_of_stopped() == 5
-        counts = ledger.counts(JOB, [STAGE])[STAGE]
-        assert (counts.pending, counts.running) == (16, 4)
-        assert ledger.release_of_stopped() == 0
-        again = claim(ledger, "next", limit=20)  # claimable at once, lease or not
-        assert {c.id for c in held} <= {c.id for c in again}
-
     # -- completion -----------------------------------------------------------------------
 
     def test_complete_records_everything(self, ledger: Ledger) -> None:

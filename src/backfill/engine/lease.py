@@ -134,11 +134,6 @@ class LeaseKeeper:
     async def reap_dead_workers(self) -> list[WorkerLost]:
         """Release partitions held by workers of this job that are certainly gone."""
         lost: list[WorkerLost] = []
-        # A run whose ledger refused to take back what it held as it stopped (a full
-        # disk) left those partitions leased to a stopped worker: they are nobody's.
-        taken_back = await self._db.call(self._ledger.release_of_stopped)
-        if taken_back:
-            log.info("took back %d partition(s) a stopped run could not give back", taken_back)
         now = self._clock.time()
         for worker in await self._db.call(self._ledger.workers, self._job.name):
             if worker.id == self.worker_id:

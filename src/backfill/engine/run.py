@@ -92,6 +92,9 @@ class Runner:
             resource.reset(clock=self.clock)
             resource.subscribe(self.leases.on_resource)
         self.activity = StageActivity(self.graph.included)
+        # Whether the partitions this worker still held at the end were given back: a
+        # worker on record as stopped holds none (see _finish).
+        self._given_back = False
         self.outcomes = Outcomes(
             ledger,
             self.db,
@@ -263,6 +266,7 @@ class Runner:
             self.control.note(exc)
         # Nothing this worker leased may outlive it as "running".
         stray = await self._closing(self.ledger.release_owner, self.worker_id)
+        self._given_back = stray is not None
         if stray:
             # Expected after a fatal stop (the in-flight work it cancelled).
             level = logging.INFO if self.control.fatal is not None else logging.WARNING
@@ -323,7 +327,12 @@ class Runner:
             exit_code=code,
             counts=result.summary(self.stats.as_record()),
         )
-        await self._closing(self.ledger.stop_worker, self.worker_id, now=self.clock.time())
+        if self._given_back:
+            await self._closing(self.ledger.stop_worker, self.worker_id, now=self.clock.time())
+        # Else (the ledger refused the release: a full disk) the worker stays on record as
+        # running, and a stopped worker's partitions are nobody's to reap: the next run
+        # on this host, this process gone, takes them back at once (elsewhere, once
+        # their leases run out), where a worker recorded as stopped held them a lease.
         if control.fatal is not None and result.status is not RunStatus.FATAL:
             # The end of the run could not be recorded: say so, exit 2.
             result.status, result.exit_code = RunStatus.FATAL, ExitCode.USAGE

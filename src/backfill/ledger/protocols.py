@@ -150,12 +150,6 @@ class WorkLedger(Protocol):
         ``MAX_LOST_LEASES`` times in a row is failed (category ``worker_lost``) instead.
         """
 
-    def release_of_stopped(self) -> int:
-        """Return to the pool every partition still leased to a worker on record as
-        stopped (its run ended, but could not give them back: a full disk refused the
-        write); how many. Nobody holds them, and nobody died running them: no lost lease
-        is counted."""
-
     def unfinished(
         self,
         job: str,

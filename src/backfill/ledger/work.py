@@ -229,9 +229,6 @@ class WorkOps(LedgerBase):
 
         return self._run(release)
 
-    def release_of_stopped(self) -> int:
-        return self._run(lambda conn: int(conn.execute(self._q["release_of_stopped"]).rowcount))
-
     # -- runs and workers ----------------------------------------------------------
 
     def _execute(self, name: str, params: dict[str, Any]) -> None:

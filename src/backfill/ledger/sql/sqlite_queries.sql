@@ -143,17 +143,6 @@ UPDATE backfill_partitions
 SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, begun = 0
 WHERE lease_owner = :owner AND status = 'running';
 
--- name: release_of_stopped
--- Partitions still leased to a worker on record as stopped (its run ended, but the ledger
--- refused to take them back: a full disk). Nobody holds them, and nobody died running them.
-UPDATE backfill_partitions
-SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, begun = 0
-WHERE lease_owner IS NOT NULL AND status = 'running'
-  AND EXISTS (
-    SELECT 1 FROM backfill_workers w
-    WHERE w.id = backfill_partitions.lease_owner AND w.stopped_at IS NOT NULL
-  );
-
 -- name: fail_lost_of_owner
 -- The owner died running these: as with an expired lease, the last straw fails them.
 UPDATE backfill_partitions
