@@ -314,3 +314,41 @@ def test_a_partition_that_kills_its_worker_ends_failed_after_three_deaths(
     status = run_cli("status", "job.py", cwd=tmp_path)
     assert "worker_lost" in status.stdout, status.stdout
     assert "died 3 times in a row" in status.stdout
+
+
+def test_status_says_when_a_dead_workers_partitions_come_back(workdir: Path) -> None:
+    """A dead worker of this host (its process gone): a run starting here takes its
+    partitions back at once, and `status` says so beside the lease's expiry; of dead
+    workers elsewhere only (silent past their lease), the expiry alone."""
+    from backfill import daily
+    from backfill.engine.lease import host
+    from backfill.ledger import WorkerRecord, open_ledger
+
+    state = workdir / ".backfill" / "state.db"
+    state.parent.mkdir()
+    ledger = open_ledger(f"sqlite:///{state}")
+    ledger.plan("sample", "fetch", daily("2013-01-01", "2013-03-31"))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    now = time.time()
+    for worker, where, pid in (("here", host(), gone.pid), ("there", "elsewhere", 1)):
+        ledger.register_worker(WorkerRecord(worker, "sample", where, pid, now - 9, now - 9, None))
+        ledger.claim("sample", "fetch", worker, limit=2, lease_seconds=60, now=now - 9, run_id="r")
+    ledger.close()
+    expiry = "their partitions return to the pool when their leases expire (60 s after the last"
+
+    status = run_cli("status", "job.py", cwd=workdir)
+    assert status.returncode == 0, status.stderr
+    text = " ".join(status.stdout.split())
+    assert f"1 dead worker(s): {expiry} heartbeat), or at once when a run starts on this host" in (
+        text
+    ), status.stdout
+
+    ledger = open_ledger(f"sqlite:///{state}")
+    ledger.stop_worker("here", now=now)
+    ledger.register_worker(WorkerRecord("far", "sample", "elsewhere", 2, now - 90, now - 90, None))
+    ledger.close()
+    status = run_cli("status", "job.py", cwd=workdir)
+    text = " ".join(status.stdout.split())
+    assert f"1 dead worker(s): {expiry} heartbeat)" in text, status.stdout
+    assert "at once" not in text, status.stdout

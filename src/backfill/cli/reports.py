@@ -36,6 +36,7 @@ from backfill.cli._common import (
     out,
     shown,
 )
+from backfill.engine.lease import host
 from backfill.estimate import estimate
 from backfill.freshness import freshness
 from backfill.job import Job
@@ -296,9 +297,12 @@ def status(
             )
         out.print(wtable)
         if report.dead_workers:
+            # One of this host, its process gone, is reaped by the next run to start here.
+            here = any(w.dead and w.host == host() for w in report.workers)
             out.print(
                 f"{report.dead_workers} dead worker(s): their partitions return to the pool "
-                f"when their leases expire ({job.lease_seconds:g} s after the last heartbeat)",
+                f"when their leases expire ({job.lease_seconds:g} s after the last heartbeat)"
+                + (", or at once when a run starts on this host" if here else ""),
                 highlight=False,
             )
     if groups:
