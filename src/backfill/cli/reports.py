@@ -298,7 +298,8 @@ def status(
         out.print(wtable)
         if report.dead_workers:
             # One of this host, its process gone, is reaped by the next run to start here.
-            here = any(w.dead and w.host == host() for w in report.workers)
+            this_host = host()
+            here = any(w.dead and w.host == this_host for w in report.workers)
             out.print(
                 f"{report.dead_workers} dead worker(s): their partitions return to the pool "
                 f"when their leases expire ({job.lease_seconds:g} s after the last heartbeat)"
