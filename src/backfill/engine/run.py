@@ -24,6 +24,7 @@ from backfill.engine.attempt import AttemptEnv, Totals
 from backfill.engine.claims import StageActivity, StageLoop, concurrency
 from backfill.engine.control import RunControl
 from backfill.engine.db import LedgerThread
+from backfill.engine.heap import frozen_heap
 from backfill.engine.lease import LeaseKeeper, host
 from backfill.engine.outcomes import Outcomes
 from backfill.engine.plan import StageGraph, plan_partitions
@@ -138,13 +139,16 @@ class Runner:
             run_id=self.run_id, job=self.job.name, worker=self.worker_id
         )
         try:
-            return await self._run()
+            with frozen_heap():
+                return await self._run()
         finally:
             structlog.contextvars.reset_contextvars(**bound)
 
     async def _run(self) -> RunResult:
         started = self.clock.monotonic()
         control = self.control
+        # What the first HTTP client would make on the loop is made while the run plans.
+        self.clients.warm(self.graph.resources())
         try:
             await self._start(self.clock.time())
         except BackfillError as exc:

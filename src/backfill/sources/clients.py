@@ -19,7 +19,7 @@ Example::
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from backfill.clock import Clock
@@ -163,6 +163,16 @@ class Clients:
                 client = factory(self.job, bound, self.clock)
                 self._made[key] = client
         return client
+
+    def warm(self, resources: Iterable[str]) -> None:
+        """Start making, on a thread of its own, what the first HTTP client of a run
+        using the HTTP resources among ``resources`` would make on the event loop (see
+        :func:`backfill.sources.http.warm`): the run's planning overlaps it."""
+        if not any(name in self.job.http_options for name in resources):
+            return
+        from backfill.sources.http import warm
+
+        threading.Thread(target=warm, name="backfill-warm", daemon=True).start()
 
     def http(self, resource: str | None = None) -> HttpClient:
         """The run's HTTP client for ``resource`` (None: unlimited)."""

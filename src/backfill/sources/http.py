@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
+import logging
 import random
 import ssl
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
@@ -96,7 +97,10 @@ __all__ = [
     "redact",
     "redact_url",
     "secret_values",
+    "warm",
 ]
+
+log = logging.getLogger(__name__)
 
 _CROSS_ORIGIN = ("strip", "refuse")
 
@@ -121,12 +125,33 @@ _answer_deadline: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.C
 )
 
 
-@functools.cache
+_ssl_lock = threading.Lock()
+_ssl: ssl.SSLContext | None = None
+
+
 def _ssl_context() -> ssl.SSLContext:
-    """One verifying TLS context for the process: loading the CA bundle costs ~25 ms of
+    """One verifying TLS context for the process: loading the CA bundle costs ~20 ms of
     CPU, which httpx would otherwise spend again for every client (one per resource and
-    run), HTTPS or not."""
-    return httpx.create_ssl_context()
+    run), HTTPS or not. Made once, by whichever thread asks first (see :func:`warm`)."""
+    global _ssl
+    with _ssl_lock:
+        if _ssl is None:
+            _ssl = httpx.create_ssl_context()
+        return _ssl
+
+
+def warm() -> None:
+    """Make the TLS context (:func:`_ssl_context`) before the run's first client asks
+    for it: loading the CA bundle takes ~20 ms, mostly outside the GIL, so on a thread of
+    its own as a run starts (see ``Clients.warm``) the run's planning overlaps it, where
+    on the event loop it held back the run's first requests. (httpcore's network backend,
+    imported on the first request, ~15 ms, is left there: its import holds the GIL, and
+    on a thread it slowed the planning down by as much.) Nothing it fails at is a run's
+    failure: the first client makes the context again and says what is wrong."""
+    try:
+        _ssl_context()
+    except Exception as exc:  # a broken CA bundle: said where the first client fails
+        log.debug("warming the HTTP client up failed: %s", exc)
 
 
 class HttpClient:
