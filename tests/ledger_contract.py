@@ -632,6 +632,20 @@ class LedgerContract:
         assert [(w.id, w.heartbeat_at) for w in active] == [("w1", 50.0)]
         assert len(ledger.workers(JOB, active_only=False)) == 2
 
+    def test_a_worker_taken_for_dead_that_beats_again_is_active_again(self, ledger: Ledger) -> None:
+        """Another worker's reaper marks a worker stopped when it was silent past its lease
+        (it stalled); once it beats again it is listed as active: seen by status and by
+        the fleet's concurrency shares, which otherwise split the whole limit among the
+        others while it goes on sending."""
+        ledger.register_worker(WorkerRecord("w1", JOB, "h1", 1, 10.0, 10.0, None))
+        ledger.register_worker(WorkerRecord("w2", JOB, "h2", 2, 11.0, 11.0, None))
+        ledger.stop_worker("w1", now=200.0)  # w2's reaper: w1 silent since 10.0
+        assert [w.id for w in ledger.workers(JOB)] == ["w2"]
+        ledger.heartbeat("w1", now=205.0)
+        active = {w.id: w for w in ledger.workers(JOB)}
+        assert sorted(active) == ["w1", "w2"]
+        assert (active["w1"].heartbeat_at, active["w1"].stopped_at) == (205.0, None)
+
     def test_a_heartbeat_records_what_the_workers_resources_are_doing(self, ledger: Ledger) -> None:
         """A heartbeat with the resources' state puts it on record; one without keeps the
         last (a beat that only renews leases says nothing new about them)."""

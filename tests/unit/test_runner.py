@@ -1138,3 +1138,30 @@ def test_the_first_fatal_error_is_the_one_said_when_the_ledger_fails_after_it(
     result = run_job(job, filling)  # type: ignore[arg-type]
     assert result.exit_code == ExitCode.USAGE
     assert result.message == "disk full writing /data/rows.db; free space and run again"
+
+
+def test_a_worker_taken_for_dead_while_it_stalled_is_listed_again_once_it_beats(
+    ledger: Ledger,
+) -> None:
+    """A worker silent past its lease (a stall) is marked stopped by another's reaper.
+    Once awake it goes on working, and its next heartbeat puts it back among the active
+    workers: status shows it, and a fleet's concurrency shares count it (without it,
+    the others split the whole limit among themselves while it sends too)."""
+    job = make_job(days=2, lease_seconds=0.3)
+    listed: list[list[str]] = []
+
+    @job.stage(concurrency=1)
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        if not listed:
+            (me,) = [w.id for w in ledger.workers("test")]
+            ledger.stop_worker(me, now=time.time())  # another worker's reaper
+            listed.append([w.id for w in ledger.workers("test")])
+            await asyncio.sleep(0.3)  # a heartbeat comes every 0.1 s
+            listed.append([w.id for w in ledger.workers("test")])
+        return [{"day": partition.key}]
+
+    result = run_job(job, ledger)
+    assert result.exit_code == 0, result.message
+    assert listed[0] == [], "the reaper's mark holds until the worker beats"
+    assert len(listed[1]) == 1, "a worker that beats is active, whatever the reaper said"
+    assert ledger.workers("test") == [], "the run's own end still records it stopped"

@@ -182,8 +182,9 @@ class WorkLedger(Protocol):
     def register_worker(self, worker: WorkerRecord) -> None: ...
 
     def heartbeat(self, worker_id: str, *, now: float, resources: str | None = None) -> None:
-        """The worker is alive; ``resources`` (JSON), when given, replaces the state of
-        its resources on record."""
+        """The worker is alive (active again, if a reaper took it for dead while it
+        stalled); ``resources`` (JSON), when given, replaces the state of its resources
+        on record."""
 
     def stop_worker(self, worker_id: str, *, now: float) -> None: ...
 

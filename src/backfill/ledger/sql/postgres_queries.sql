@@ -268,8 +268,10 @@ SET job = excluded.job, host = excluded.host, pid = excluded.pid,
     stopped_at = NULL;
 
 -- name: heartbeat
+-- A worker that beats is alive: a reaper that took it for dead (it stalled past its
+-- lease) marked it stopped, and it is active again.
 UPDATE backfill_workers
-SET heartbeat_at = %(now)s, resources = coalesce(%(resources)s, resources)
+SET heartbeat_at = %(now)s, stopped_at = NULL, resources = coalesce(%(resources)s, resources)
 WHERE id = %(id)s;
 
 -- name: stop_worker

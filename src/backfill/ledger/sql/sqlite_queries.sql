@@ -238,8 +238,10 @@ INSERT OR REPLACE INTO backfill_workers (id, job, host, pid, started_at, heartbe
 VALUES (:id, :job, :host, :pid, :started_at, :heartbeat_at);
 
 -- name: heartbeat
+-- A worker that beats is alive: a reaper that took it for dead (it stalled past its
+-- lease) marked it stopped, and it is active again.
 UPDATE backfill_workers
-SET heartbeat_at = :now, resources = coalesce(:resources, resources)
+SET heartbeat_at = :now, stopped_at = NULL, resources = coalesce(:resources, resources)
 WHERE id = :id;
 
 -- name: stop_worker
