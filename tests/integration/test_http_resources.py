@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from backfill import Context, Job, Partition, RetryPolicy, Status, daily
 from backfill.ledger import open_ledger
+from backfill.partitions import Selection
 from backfill.testing import run_job
 from promptly import promptly, scheduled_first
 from wire_stamps import WireStamps
@@ -485,6 +487,58 @@ def test_adaptive_mode_finds_a_hidden_limit_in_real_time(bucket_server: str) -> 
     )
     assert 18.0 <= rate <= 21.0, f"{rate}/s; {said}"
     assert refused / total < 0.02, (refused, total)
+
+
+@pytest.mark.xdist_group("cpu_heavy")  # real time: never beside chromium (see test_browser.py)
+def test_a_run_starts_at_the_rate_the_run_before_learned(
+    bucket_server: str, tmp_path: Path
+) -> None:
+    """Declared 60/s against a server that takes 20/s (bucket 5): the first run is refused
+    down to what the source takes. The next run on the same state starts there, says so
+    once, and is not refused its way down again."""
+    url = bucket_server
+    job = Job("resume", partitions=daily("2013-01-01", "2013-02-19"))
+    api = job.resource("api", rate=60, concurrency=8, retries=5)
+    first_rate: list[float] = []
+
+    @job.stage(resource="api", concurrency=8)
+    async def fetch(ctx: Context, partition: Partition) -> None:
+        if not first_rate:
+            first_rate.append(api.rate)
+        await ctx.http.get_json(f"{url}/x")
+
+    from backfill import Runner
+    from backfill.runner import RunOptions
+
+    def run(days: tuple[str, str]) -> tuple[list[str], int]:
+        first_rate.clear()
+        said: list[str] = []
+        ledger = open_ledger(f"sqlite:///{tmp_path / 'state.db'}")
+        try:
+            selection = Selection(*(date.fromisoformat(day) for day in days))
+            runner = Runner(job, ledger, RunOptions(selection=selection))
+            api.subscribe(lambda name, what, seconds, kind: said.append(what))
+            before = httpx.get(f"{url}/accepted", timeout=10).json()["refused"]
+            with promptly():
+                result = asyncio.run(runner.run())
+            assert result.exit_code == 0, result.message
+        finally:
+            ledger.close()
+        return said, httpx.get(f"{url}/accepted", timeout=10).json()["refused"] - before
+
+    said, refused = run(("2013-01-01", "2013-01-25"))
+    assert first_rate[0] >= 58.0, "the first run starts at (a hair under) its declared rate"
+    assert refused >= 2, "declared three times too fast, the first run is refused"
+    learned = api.state()["settled"]  # the rate run at, or a search's last step accepted
+    assert learned <= 20.0
+    time.sleep(1.0)  # the server's bucket refills
+    said, refused = run(("2013-01-26", "2013-02-19"))
+    assert first_rate == [pytest.approx(learned, abs=0.01)], "the second starts where it ended"
+    assert said[:1] == [
+        f"declared 60/s is more than the source accepted in the last run: starts at "
+        f"{learned:.3g}/s, the rate it learned"
+    ]
+    assert refused <= 1, f"{refused} refused in the second run; it said {said}"
 
 
 def test_a_failing_source_opens_the_circuit_instead_of_burning_retries(

@@ -1102,3 +1102,88 @@ def test_a_source_that_stalls_often_refuses_few_and_seldom_pauses_the_resource()
         pauses += resource.pauses
     assert accepted >= 11_500, accepted
     assert pauses <= 5, pauses
+
+
+# -- a run after one that learned the source ----------------------------------------------
+
+
+def _next_run(
+    before: Resource, said: list[str], **declared: Any
+) -> tuple[Resource, FakeClock, bool]:
+    """A new run's resource, declared as ``declared``, started from the state the run
+    before left on record (as the engine does: see LeaseKeeper.resume_resources); what
+    it says goes to ``said``."""
+    clock = FakeClock()
+    resource = Resource("api", clock=clock, **declared)
+    resource.subscribe(lambda name, what, seconds, kind: said.append(what))
+    resumed = resource.resume(before.state())
+    return resource, clock, resumed
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_an_adaptive_run_after_one_that_found_the_limit_starts_at_it(seed: int) -> None:
+    """Started at 5/s in front of a 100/s source (bucket 10), a run ramps for a second or
+    two and finds the limit through a burst of 429s. The next run starts at the limit
+    found: 90 % of the limit gets through in its first two seconds, with no 429 burst."""
+    declared: dict[str, Any] = {"adaptive": True, "start_rate": 5, "concurrency": 16}
+    clock = FakeClock()
+    first = Resource("api", clock=clock, **declared)
+    found = serve(first, clock, limit=100.0, bucket=10, seconds=20.0, workers=16, jitter=0.005)
+    assert found.accepted_between(0.0, 2.0) < 150, "the first run ramps"
+    said: list[str] = []
+    second, clock, resumed = _next_run(first, said, **declared)
+    assert resumed
+    start = second.rate
+    assert 90.0 <= start <= 100.0
+    served = serve(second, clock, limit=100.0, bucket=10, seconds=10.0, workers=16, seed=seed)
+    assert served.accepted_between(0.0, 2.0) >= 0.9 * 100.0 * 2.0
+    assert served.refused_share < 0.01
+    assert said == [f"starts at {start:.3g}/s, the limit the last run found"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_run_after_one_refused_down_from_a_declared_rate_starts_where_it_ended(
+    seed: int,
+) -> None:
+    """Declared 15/s in front of a 5/s source with a bucket of one: a run draws its 429s
+    coming down to the rate the source takes. The next run, declared the same, starts
+    there and says so once: no 429s to learn it again."""
+    declared: dict[str, Any] = {"rate": 15, "burst": 1, "concurrency": 16}
+    clock = FakeClock()
+    first = Resource("api", clock=clock, **declared)
+    found = serve(first, clock, limit=5.0, bucket=1, seconds=30.0, workers=16, jitter=0.005)
+    refused_first = sum(1 for _, ok in found.log if not ok)
+    assert refused_first >= 2
+    said: list[str] = []
+    second, clock, resumed = _next_run(first, said, **declared)
+    assert resumed and second.rate <= 5.0
+    assert said == [
+        f"declared 15/s is more than the source accepted in the last run: starts at "
+        f"{second.rate:.3g}/s, the rate it learned"
+    ]
+    served = serve(
+        second, clock, limit=5.0, bucket=1, seconds=30.0, workers=16, jitter=0.005, seed=seed
+    )
+    assert sum(1 for _, ok in served.log if not ok) <= 1
+    assert served.accepted_between(0.0, 30.0) >= 0.9 * 5.0 * 30.0
+    assert not [s for s in served.said if "declared 15/s" in s], "said once, at the start"
+
+
+def test_only_what_the_source_taught_a_run_declared_the_same_way_is_resumed() -> None:
+    """A declared rate never refused teaches nothing (the next run starts at it, as this
+    one did); a run declared differently (another rate, adaptive or not) starts afresh;
+    a state that is not a rate (a ledger written by hand) is ignored."""
+    clock = FakeClock()
+    untaught = Resource("api", rate=10, clock=clock)
+    assert untaught.state()["settled"] is None
+    taught = Resource("api", rate=15, burst=1, clock=clock)
+    taught.resume({"declared": "15/s", "adaptive": False, "settled": 4.8})
+    state = taught.state()
+    assert state["settled"] == pytest.approx(4.8)
+    assert not Resource("api", rate=20, clock=clock).resume(state)
+    assert not Resource("api", adaptive=True, clock=clock).resume(state)
+    for junk in ("4.8", True, -1.0, 0.0, math.nan, math.inf, None):
+        assert not Resource("api", rate=15, burst=1, clock=clock).resume({**state, "settled": junk})
+    assert Resource("api", rate=15, burst=1, clock=clock).resume(state)
+    ramping = Resource("api", adaptive=True, start_rate=5, clock=clock)
+    assert ramping.state()["settled"] is None, "a ramp that met no 429 found no limit"

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from backfill.clock import Clock
 from backfill.engine.db import LedgerThread
@@ -130,6 +131,27 @@ class LeaseKeeper:
             WorkerRecord(self.worker_id, self._job.name, host(), os.getpid(), now, now, None),
         )
         return await self.reap_dead_workers()
+
+    async def resume_resources(self) -> None:
+        """Each resource of the run starts at the rate the last run using it learned
+        (see :meth:`Resource.resume`): the latest state a worker of this job left for
+        it, of the twenty latest workers."""
+        if not self._resources:
+            return
+        latest: dict[str, dict[str, Any]] = {}
+        for record in await self._db.call(self._ledger.resource_states, self._job.name):
+            try:
+                states = json.loads(record)
+            except ValueError:
+                continue
+            if not isinstance(states, dict):
+                continue
+            for name in self._resources:
+                state = states.get(name)
+                if name not in latest and isinstance(state, dict):
+                    latest[name] = state
+        for name, state in latest.items():
+            self._job.resources[name].resume(state)
 
     async def reap_dead_workers(self) -> list[WorkerLost]:
         """Release partitions held by workers of this job that are certainly gone."""

@@ -234,6 +234,7 @@ class Runner:
         """Join the ledger: register this worker, release dead workers' partitions, plan
         the partitions, mark the stale ones, and record the run."""
         lost = await self.leases.join(now)
+        await self.leases.resume_resources()
         await plan_partitions(self.db, self.ledger, self.job.name, self.graph)
         await self.db.call(
             self.ledger.start_run,
@@ -271,6 +272,15 @@ class Runner:
         # Nothing this worker leased may outlive it as "running".
         stray = await self._closing(self.ledger.release_owner, self.worker_id)
         self._given_back = stray is not None
+        if self._given_back:
+            # What the resources learned goes on record as they end: the next run
+            # starts there (see LeaseKeeper.resume_resources).
+            await self._closing(
+                self.ledger.heartbeat,
+                self.worker_id,
+                now=self.clock.time(),
+                resources=self.leases.resources_json(),
+            )
         if stray:
             # Expected after a fatal stop (the in-flight work it cancelled).
             level = logging.INFO if self.control.fatal is not None else logging.WARNING

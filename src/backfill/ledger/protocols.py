@@ -257,6 +257,10 @@ class ReportLedger(Protocol):
 
     def workers(self, job: str, *, active_only: bool = True) -> list[WorkerRecord]: ...
 
+    def resource_states(self, job: str, *, limit: int = 20) -> list[str]:
+        """What the resources of the job's ``limit`` latest workers were doing (the JSON
+        their heartbeats left), the latest first."""
+
     def close(self) -> None: ...
 
 

@@ -130,6 +130,7 @@ class AdaptiveRate:
         # Known to be about the source's limit (None while ramping up to find it).
         self.threshold: float | None = None if ramp else self.rate
         self.decreases = 0
+        self._resumed = False  # started at what a run before learned (see resume)
         self._accepted: collections.deque[float] = collections.deque()
         # The last answers since the last decrease: accepted (True) or refused (False).
         self._outcomes: collections.deque[bool] = collections.deque(maxlen=20)
@@ -228,6 +229,33 @@ class AdaptiveRate:
         self._history: collections.deque[tuple[float, float, bool]] = collections.deque(
             [(-math.inf, self.rate, False)], maxlen=256
         )
+
+    def settled(self) -> float | None:
+        """What a later run may start at (see :meth:`resume`): the rate the source taught
+        this one, as it runs now (a search's last step accepted, while it searches); the
+        best it took, while it is down or on its way back up. None when it taught
+        nothing: a ramp that met no 429 yet, or a declared rate never refused (the next
+        run starts at its declared rate, as this one did)."""
+        if self.threshold is None:
+            return None
+        if not self.ramp and self.decreases == 0 and not self._resumed:
+            return None
+        if self._outage or self._recovering:
+            return self._best_taken or None
+        return self._good if self._good is not None else self.rate
+
+    def resume(self, rate: float) -> None:
+        """Start at ``rate``, what a run before learned of the source (see
+        :meth:`settled`), under the ceiling: as if this run had found it, not ramped
+        up to it again (an adaptive rate) nor been refused down to it again (a declared
+        one). From there it runs as any rate found does: a 429 takes it down, and it
+        creeps up while the source is healthy (an adaptive one ramps again once well
+        past it, a source whose limit rose)."""
+        self.rate = self.threshold = min(max(rate, self.floor), self.ceiling)
+        self._resumed = True
+        self._ramp_prev = self._dropped_to = self._rate_before = self.rate
+        self._run_rate = self._run_left = self.rate
+        self._history = collections.deque([(-math.inf, self.rate, False)], maxlen=256)
 
     @property
     def catch_up(self) -> float:

@@ -92,6 +92,28 @@ class Pace:
             self.schedule.pace.set_rate(self.learned.rate, self.run_burst)
         self._said_slower = False
 
+    def resume(self, rate: float) -> None:
+        """Start at ``rate``, what a run before learned (see :meth:`AdaptiveRate.resume`),
+        and say so once."""
+        learned = self.learned
+        if learned is None:
+            return
+        learned.resume(rate)
+        if self.schedule.pace is not None:
+            self.schedule.pace.set_rate(learned.rate, self.run_burst)
+        declared = self.declared_rate
+        if self.adaptive:
+            what = f"starts at {learned.rate:.3g}/s, the limit the last run found"
+        elif declared is not None and learned.rate < 0.995 * declared:
+            self._said_slower = True
+            what = (
+                f"declared {declared:g}/s is more than the source accepted in the last run: "
+                f"starts at {learned.rate:.3g}/s, the rate it learned"
+            )
+        else:
+            return
+        self._tell(what, 0.0, "rate")
+
     def description(self) -> str:
         """The declared limits, and the rate run at when it differs (see
         :meth:`Resource.rate_description`)."""

@@ -7,7 +7,7 @@ import bisect
 import collections
 import contextlib
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, Literal
 
 from backfill.clock import Clock, SystemClock, deadline_held
@@ -452,7 +452,34 @@ class Resource:
             "quotas": [str(q) for q in self.quotas],
             "requests": self.requests,
             "rate_limited": self.rate_limited,
+            "settled": self._settled_rate(),
         }
+
+    def _settled_rate(self) -> float | None:
+        learned = self.pace.learned
+        settled = learned.settled() if learned is not None else None
+        return round(settled, 4) if settled is not None else None
+
+    def resume(self, state: Mapping[str, Any]) -> bool:
+        """Start at the rate a run before learned of the source, from the ``state`` it
+        left on record (see :meth:`state`): an adaptive resource at the limit it found,
+        not ramping up to it again through the 429s that found it; a declared one at the
+        rate it was refused down to (and it says so). Only when the resource was
+        declared the same way then (the same limits, adaptive or not); True when it
+        resumed."""
+        settled = state.get("settled")
+        if (
+            self.pace.learned is None
+            or not isinstance(settled, int | float)
+            or isinstance(settled, bool)
+            or not math.isfinite(settled)
+            or settled <= 0
+            or state.get("adaptive") is not self.adaptive
+            or state.get("declared") != (", ".join(str(lim) for lim in self.limits) or None)
+        ):
+            return False
+        self.pace.resume(float(settled))
+        return True
 
     def say_quota_wait(self, until: float) -> None:
         """Say once per wait that a quota is used up, and when requests resume."""

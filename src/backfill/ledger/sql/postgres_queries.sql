@@ -274,6 +274,12 @@ UPDATE backfill_workers
 SET heartbeat_at = %(now)s, stopped_at = NULL, resources = coalesce(%(resources)s, resources)
 WHERE id = %(id)s;
 
+-- name: resource_states
+-- What the resources of the job's latest workers were doing, latest first.
+SELECT resources FROM backfill_workers
+WHERE job = %(job)s AND resources IS NOT NULL
+ORDER BY heartbeat_at DESC LIMIT %(limit)s;
+
 -- name: stop_worker
 UPDATE backfill_workers SET stopped_at = %(now)s WHERE id = %(id)s;
 

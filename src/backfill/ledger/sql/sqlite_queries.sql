@@ -244,6 +244,12 @@ UPDATE backfill_workers
 SET heartbeat_at = :now, stopped_at = NULL, resources = coalesce(:resources, resources)
 WHERE id = :id;
 
+-- name: resource_states
+-- What the resources of the job's latest workers were doing, latest first.
+SELECT resources FROM backfill_workers
+WHERE job = :job AND resources IS NOT NULL
+ORDER BY heartbeat_at DESC LIMIT :limit;
+
 -- name: stop_worker
 UPDATE backfill_workers SET stopped_at = :now WHERE id = :id;
 
