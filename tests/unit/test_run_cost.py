@@ -1,91 +1,11 @@
-"""The run's own cost on the event loop: the collector kept off what the run started
-with, and the TLS context the first HTTP client needs made while the run plans."""
+"""The run's own cost on the event loop: the TLS context the first HTTP client needs is
+made while the run plans."""
 
 from __future__ import annotations
 
-import gc
 import subprocess
 import sys
 import textwrap
-import threading
-from typing import Any
-
-import pytest
-
-from backfill import Context, Job, Partition, daily
-from backfill.engine.heap import frozen_heap
-from backfill.ledger import open_ledger
-from backfill.testing import MemorySink, run_job
-
-
-@pytest.fixture(autouse=True)
-def _nothing_frozen() -> Any:
-    # Each test starts from a heap nobody froze, and leaves one.
-    gc.unfreeze()
-    yield
-    gc.unfreeze()
-
-
-def test_what_existed_before_a_run_is_frozen_while_it_runs_and_given_back_after() -> None:
-    """A full collection scans every object the process holds: 13-18 ms at a time in the
-    demo, each a stall of the event loop (one fell on the critical path of the run's
-    start). The objects there before the run are out of its view until the run ends."""
-    kept: list[object] = [object() for _ in range(10)]
-    assert gc.get_freeze_count() == 0
-    frozen_inside: list[int] = []
-    job = Job("heap", partitions=daily("2013-01-01", "2013-01-03"), sink=MemorySink(key=["d"]))
-
-    @job.stage()
-    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
-        frozen_inside.append(gc.get_freeze_count())
-        return [{"d": partition.key}]
-
-    result = run_job(job, open_ledger(":memory:"))
-    assert result.exit_code == 0
-    assert len(frozen_inside) == 3
-    assert min(frozen_inside) > len(kept), frozen_inside
-    assert gc.get_freeze_count() == 0, "the run must give the heap back to the collector"
-
-
-def test_garbage_made_of_what_a_run_started_with_is_collected_after_it() -> None:
-    """A cycle among objects frozen at the start that turns to garbage during the run is
-    not leaked: it is collected once the run has ended."""
-
-    class Node:
-        other: Any = None
-
-    a, b = Node(), Node()
-    a.other, b.other = b, a
-    collected = threading.Event()
-    import weakref
-
-    weakref.finalize(a, collected.set)
-    with frozen_heap():
-        del a, b
-        gc.collect()
-        assert not collected.is_set(), "frozen objects are out of the collector's view"
-    gc.collect()
-    assert collected.is_set(), "given back after the run, the cycle is collected"
-
-
-def test_runs_nested_or_side_by_side_freeze_once_and_the_last_gives_back() -> None:
-    with frozen_heap():
-        first = gc.get_freeze_count()
-        assert first > 0
-        with frozen_heap():
-            assert gc.get_freeze_count() >= first
-        assert gc.get_freeze_count() >= first, "the outer run still holds the heap frozen"
-    assert gc.get_freeze_count() == 0
-
-
-def test_a_heap_the_process_froze_itself_is_left_as_it_is() -> None:
-    """A server that froze its heap before forking workers keeps it frozen: the run
-    neither adds to it nor unfreezes it."""
-    gc.freeze()
-    before = gc.get_freeze_count()
-    with frozen_heap():
-        assert gc.get_freeze_count() == before
-    assert gc.get_freeze_count() == before
 
 
 def test_a_run_with_an_http_resource_makes_the_tls_context_while_it_plans() -> None:
@@ -154,3 +74,32 @@ def _fresh_process(stages: str) -> list[str]:
     )
     assert out.returncode == 0, out.stderr
     return out.stdout.split()
+
+
+def test_runs_one_after_another_in_one_process_leave_their_garbage_to_the_collector() -> None:
+    """A scheduler or a notebook runs jobs again and again in one process: each finished
+    run is collected. (Freezing the heap for a run's length, tried to spare the loop the
+    collector's full passes, kept every finished run: gc.freeze() resets the collector's
+    counts, so small runs never reached a full collection.)"""
+    import asyncio
+    import weakref
+
+    from backfill import Context, Job, Partition, daily
+    from backfill.ledger import open_ledger
+    from backfill.runner import Runner
+    from backfill.testing import MemorySink
+
+    refs = []
+    for _ in range(100):
+        job = Job("loop", partitions=daily("2013-01-01", "2013-01-02"), sink=MemorySink(key=["d"]))
+
+        @job.stage()
+        async def fetch(ctx: Context, partition: Partition) -> list[dict[str, str]]:
+            return [{"d": partition.key}]
+
+        runner = Runner(job, open_ledger(":memory:"))
+        refs.append(weakref.ref(runner))
+        assert asyncio.run(runner.run()).exit_code == 0
+        del runner, job, fetch
+    kept = sum(ref() is not None for ref in refs)
+    assert kept < 25, f"{kept} of 100 finished runs still held"

@@ -24,7 +24,6 @@ from backfill.engine.attempt import AttemptEnv, Totals
 from backfill.engine.claims import StageActivity, StageLoop, concurrency
 from backfill.engine.control import RunControl
 from backfill.engine.db import LedgerThread
-from backfill.engine.heap import frozen_heap
 from backfill.engine.lease import LeaseKeeper, host
 from backfill.engine.outcomes import Outcomes
 from backfill.engine.plan import StageGraph, plan_partitions
@@ -139,8 +138,7 @@ class Runner:
             run_id=self.run_id, job=self.job.name, worker=self.worker_id
         )
         try:
-            with frozen_heap():
-                return await self._run()
+            return await self._run()
         finally:
             structlog.contextvars.reset_contextvars(**bound)
 
