@@ -70,7 +70,9 @@ def estimate(
             if "unknown" in sources
             else ("history" if "history" in sources else "declared")
         )
-        seconds = resource.seconds_for(total) if total is not None and resource.limits else None
+        # (An adaptive rate is known once a run found it: see Resource.resume.)
+        known = bool(resource.limits) or resource.resumed
+        seconds = resource.seconds_for(total) if total is not None and known else None
         warnings = []
         used = (spent or {}).get(name, {})
         for lim in resource.quotas:

@@ -67,3 +67,52 @@ def test_coverage_gaps_of_cut_windows_read_as_one_range_each(cut_job: Path) -> N
         "weather 2015-12-28..2015-12-31 failed: OFFLINE: station offline (1)",
         "yearly_avg AAPL 2009-01-01..2010-03-31 failed: NO_DATA: no quotes (2)",
     ]
+
+
+RESUMED_JOB = """
+from backfill import Job, daily
+
+job = Job("learned", partitions=daily("2015-01-01", "2015-01-30"))
+job.resource("api", rate="15/s")
+job.resource("found", adaptive=True)
+
+
+@job.stage(resource="api", requests_per_partition=10)
+def pages(ctx, partition):
+    return []
+
+
+@job.stage(resource="found", requests_per_partition=10)
+def more(ctx, partition):
+    return []
+"""
+
+
+def test_plan_counts_at_the_rate_the_last_run_learned(tmp_path: Path) -> None:
+    """A declared rate the last run was refused down from, and an adaptive limit it found:
+    `plan` estimates at those, as the next run starts there, not at the declared 15/s
+    nor leaving the adaptive one unknown."""
+    import json
+
+    from backfill.ledger import WorkerRecord, open_ledger
+
+    (tmp_path / "job.py").write_text(textwrap.dedent(RESUMED_JOB))
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    ledger = open_ledger(state)
+    try:
+        ledger.register_worker(WorkerRecord("w1", "learned", "h", 1, 10.0, 10.0, None))
+        learned = {
+            "api": {"declared": "15/s", "adaptive": False, "settled": 5.0},
+            "found": {"declared": None, "adaptive": True, "settled": 25.0},
+        }
+        ledger.heartbeat("w1", now=20.0, resources=json.dumps(learned))
+        ledger.stop_worker("w1", now=21.0)
+    finally:
+        ledger.close()
+    result = run_cli("plan", "job.py", "--state", state, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    (api,) = [line for line in lines if line.startswith("api:")]
+    assert api.endswith("= 300 requests at 15/s (running at 5/s) ≈ 1m00s"), api
+    (found,) = [line for line in lines if line.startswith("found:")]
+    assert found.endswith("= 300 requests at adaptive, now 25.00/s ≈ 12s"), found

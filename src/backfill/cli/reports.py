@@ -36,7 +36,7 @@ from backfill.cli._common import (
     out,
     shown,
 )
-from backfill.engine.lease import host
+from backfill.engine.lease import host, learned_states
 from backfill.estimate import estimate
 from backfill.freshness import freshness
 from backfill.job import Job
@@ -90,6 +90,9 @@ def plan(
         rows = stage_counts(job, ledger, stages, selection)
         history = {s.name: ledger.request_stats(job.name, s.name) for s in stages}
         spent = _quota_use(ledger, job)
+        # The rates the next run starts at: what the last one learned of each source.
+        for name, learned in learned_states(ledger, job, job.resources).items():
+            job.resources[name].resume(learned)
     finally:
         ledger.close()
     table = Table(title=shown(f"plan for job {job.name}"), title_justify="left")

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +22,7 @@ from backfill.job import Job
 from backfill.leases import LeaseBook, LeaseLost
 from backfill.ledger import Claim, Ledger, SharedLimits, WorkerRecord
 
-__all__ = ["LeaseKeeper", "LeaseLosses", "host", "pid_alive", "worker_is_dead"]
+__all__ = ["LeaseKeeper", "LeaseLosses", "host", "learned_states", "pid_alive", "worker_is_dead"]
 
 log = logging.getLogger("backfill.engine.lease")
 
@@ -62,6 +63,26 @@ def worker_is_dead(worker: WorkerRecord, *, now: float, lease_seconds: float) ->
     if worker.host == host() and not pid_alive(worker.pid):
         return True
     return now - worker.heartbeat_at > lease_seconds
+
+
+def learned_states(ledger: Ledger, job: Job, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Per resource of ``names``, the latest state a worker of ``job`` left for it (of
+    the twenty latest workers): what the last run using it learned, for
+    :meth:`Resource.resume`."""
+    wanted = list(names)
+    latest: dict[str, dict[str, Any]] = {}
+    for record in ledger.resource_states(job.name):
+        try:
+            states = json.loads(record)
+        except ValueError:
+            continue
+        if not isinstance(states, dict):
+            continue
+        for name in wanted:
+            state = states.get(name)
+            if name not in latest and isinstance(state, dict):
+                latest[name] = state
+    return latest
 
 
 class LeaseLosses:
@@ -134,23 +155,11 @@ class LeaseKeeper:
 
     async def resume_resources(self) -> None:
         """Each resource of the run starts at the rate the last run using it learned
-        (see :meth:`Resource.resume`): the latest state a worker of this job left for
-        it, of the twenty latest workers."""
+        (see :func:`learned_states`)."""
         if not self._resources:
             return
-        latest: dict[str, dict[str, Any]] = {}
-        for record in await self._db.call(self._ledger.resource_states, self._job.name):
-            try:
-                states = json.loads(record)
-            except ValueError:
-                continue
-            if not isinstance(states, dict):
-                continue
-            for name in self._resources:
-                state = states.get(name)
-                if name not in latest and isinstance(state, dict):
-                    latest[name] = state
-        for name, state in latest.items():
+        states = await self._db.call(learned_states, self._ledger, self._job, self._resources)
+        for name, state in states.items():
             self._job.resources[name].resume(state)
 
     async def reap_dead_workers(self) -> list[WorkerLost]:

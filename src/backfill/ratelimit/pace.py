@@ -56,6 +56,7 @@ class Pace:
             limits, burst, None if self.learned is None else self.learned.rate, self.run_burst
         )
         self._said_slower = False
+        self.resumed = False  # started at what a run before learned (see resume)
         self._latency_ewma: float | None = None
         self._latency_floor: float | None = None
         self._latency_samples = 0
@@ -91,6 +92,7 @@ class Pace:
         if self.learned is not None and self.schedule.pace is not None:
             self.schedule.pace.set_rate(self.learned.rate, self.run_burst)
         self._said_slower = False
+        self.resumed = False
 
     def resume(self, rate: float) -> None:
         """Start at ``rate``, what a run before learned (see :meth:`AdaptiveRate.resume`),
@@ -99,6 +101,7 @@ class Pace:
         if learned is None:
             return
         learned.resume(rate)
+        self.resumed = True
         if self.schedule.pace is not None:
             self.schedule.pace.set_rate(learned.rate, self.run_burst)
         declared = self.declared_rate
@@ -136,7 +139,9 @@ class Pace:
     def seconds_for(self, requests: float) -> float:
         """The least time ``requests`` need (see :meth:`Resource.seconds_for`)."""
         rates = [lim.rate for lim in self.limits if lim.period <= QUOTA_PERIOD]
-        if self.learned is not None and self.adaptive:
+        if self.learned is not None and (self.adaptive or self.resumed):
+            # (A declared rate otherwise starts a hair under it, and is there in seconds;
+            # started at what a run before learned, it runs there.)
             rates.append(self.learned.rate)
         seconds = requests / min(rates) if rates else 0.0
         for lim in self.limits:

@@ -228,8 +228,9 @@ class Resource:
 
     def seconds_for(self, requests: float) -> float:
         """The least time ``requests`` need under every limit (quotas included): at the
-        declared rates, or the rate an adaptive resource has found (a declared one starts
-        a hair under its rate, and is there within seconds)."""
+        declared rates, the rate an adaptive resource has found, or the one a run before
+        learned (see :meth:`resume`; a declared rate otherwise starts a hair under
+        itself, and is there within seconds)."""
         return self.pace.seconds_for(requests)
 
     @property
@@ -480,6 +481,11 @@ class Resource:
             return False
         self.pace.resume(float(settled))
         return True
+
+    @property
+    def resumed(self) -> bool:
+        """Started at what a run before learned (see :meth:`resume`)."""
+        return self.pace.resumed
 
     def say_quota_wait(self, until: float) -> None:
         """Say once per wait that a quota is used up, and when requests resume."""
