@@ -222,3 +222,18 @@ def test_blocks_never_exceed_the_smallest_quota() -> None:
     starts, _, _ = asyncio.run(rate.take(25))
     assert asked == [3]
     assert len(starts) == 3
+
+
+def test_a_rate_shared_with_other_workers_leaves_nothing_to_resume() -> None:
+    """In a fleet each worker learns its own share of the source (a quarter of it among
+    four): a run of any size starting at one worker's share would crawl. A rate shared
+    with others leaves nothing on record; one shared for quotas only does."""
+    clock = StepClock()
+    schedule = Schedule(clock)
+    for rate, settled in ((True, None), (False, 4.8)):
+        resource = Resource("api", rate=15, burst=1, clock=clock)
+        resource.resume({"declared": "15/s", "adaptive": False, "settled": 4.8})
+        resource.share_with(
+            LedgerRate(schedule, "j", resource, ThreadPoolExecutor(1), clock, rate=rate), rate=rate
+        )
+        assert resource.state()["settled"] == settled

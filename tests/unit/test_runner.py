@@ -1165,3 +1165,36 @@ def test_a_worker_taken_for_dead_while_it_stalled_is_listed_again_once_it_beats(
     assert listed[0] == [], "the reaper's mark holds until the worker beats"
     assert len(listed[1]) == 1, "a worker that beats is active, whatever the reaper said"
     assert ledger.workers("test") == [], "the run's own end still records it stopped"
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        '{"api": {"declared": "15/s", "adaptive": false, "settled": 1' + "0" * 400 + "}}",
+        "[" * 100_000 + "]" * 100_000,
+        "not json",
+        '{"api": "fast"}',
+        "[1, 2]",
+    ],
+    ids=["huge-int", "deep", "not-json", "not-a-state", "not-a-map"],
+)
+def test_a_run_starts_afresh_whatever_a_worker_left_on_record_for_its_resources(
+    ledger: Ledger, junk: str
+) -> None:
+    """The state a run reads back to start its resources where the last run left them
+    (a ledger edited by hand, or by a bug): junk is ignored and the run starts afresh
+    (an integer of 400 digits, or JSON nested 100,000 deep, crashed every later run at
+    its start, each leaving its worker on record as running)."""
+    job = make_job(days=2)
+    api = job.resource("api", rate=15)
+
+    @job.stage(resource="api")
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        return [{"day": partition.key}]
+
+    ledger.register_worker(WorkerRecord("old", "test", "h", 1, 10.0, 10.0, None))
+    ledger.heartbeat("old", now=20.0, resources=junk)
+    ledger.stop_worker("old", now=21.0)
+    result = run_job(job, ledger)
+    assert result.exit_code == 0, result.message
+    assert not api.resumed

@@ -65,6 +65,10 @@ def worker_is_dead(worker: WorkerRecord, *, now: float, lease_seconds: float) ->
     return now - worker.heartbeat_at > lease_seconds
 
 
+# The longest record of resources' states read back (a few hundred bytes a resource).
+_MAX_STATES = 1 << 20
+
+
 def learned_states(ledger: Ledger, job: Job, names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Per resource of ``names``, the latest state a worker of ``job`` left for it (of
     the twenty latest workers): what the last run using it learned, for
@@ -72,9 +76,11 @@ def learned_states(ledger: Ledger, job: Job, names: Iterable[str]) -> dict[str, 
     wanted = list(names)
     latest: dict[str, dict[str, Any]] = {}
     for record in ledger.resource_states(job.name):
+        if not isinstance(record, str) or len(record) > _MAX_STATES:
+            continue
         try:
             states = json.loads(record)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the decoder
             continue
         if not isinstance(states, dict):
             continue

@@ -232,7 +232,6 @@ class Runner:
         """Join the ledger: register this worker, release dead workers' partitions, plan
         the partitions, mark the stale ones, and record the run."""
         lost = await self.leases.join(now)
-        await self.leases.resume_resources()
         await plan_partitions(self.db, self.ledger, self.job.name, self.graph)
         await self.db.call(
             self.ledger.start_run,
@@ -243,6 +242,8 @@ class Runner:
         self.bus.emit(WorkerJoined(self.worker_id, self.job.name, host(), os.getpid()))
         for event in lost:
             self.bus.emit(event)
+        # (Said once the run has started: a resource starting where the last run left it.)
+        await self.leases.resume_resources()
 
     async def _fleet_counts(self) -> dict[str, StageCounts]:
         result: dict[str, StageCounts] = await self.db.call(self._counts)

@@ -246,16 +246,23 @@ class AdaptiveRate:
 
     def resume(self, rate: float) -> None:
         """Start at ``rate``, what a run before learned of the source (see
-        :meth:`settled`), under the ceiling: as if this run had found it, not ramped
-        up to it again (an adaptive rate) nor been refused down to it again (a declared
-        one). From there it runs as any rate found does: a 429 takes it down, and it
-        creeps up while the source is healthy (an adaptive one ramps again once well
-        past it, a source whose limit rose)."""
+        :meth:`settled`), under the ceiling, and search upwards from there: not ramping up
+        to it again through a burst of 429s (an adaptive rate), nor refused down to it
+        again (a declared one). What a run learned may be stale (a limit that dipped as it
+        ended, a source since sped up), so the search goes on until a 429: in steps of
+        5 % (an adaptive rate: a big bucket hides a step's few percent over the limit for
+        a second or two, and the 429 goes back a step further) or of 10 % towards the
+        declared rate, each held a second or four requests; the step that draws a 429
+        is taken back and the search ends there, as any search does."""
         self.rate = self.threshold = min(max(rate, self.floor), self.ceiling)
         self._resumed = True
         self._ramp_prev = self._dropped_to = self._rate_before = self.rate
         self._run_rate = self._run_left = self.rate
         self._history = collections.deque([(-math.inf, self.rate, False)], maxlen=256)
+        if self.rate < self.ceiling:
+            self._good = self.rate
+            self._bad = None if self.ramp else self.ceiling
+            self._small_steps = self.ramp
 
     @property
     def catch_up(self) -> float:

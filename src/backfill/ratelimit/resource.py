@@ -458,7 +458,11 @@ class Resource:
 
     def _settled_rate(self) -> float | None:
         learned = self.pace.learned
-        settled = learned.settled() if learned is not None else None
+        if learned is None or (self.fleet.shared is not None and self.fleet.rate):
+            # (A rate shared with other workers is learned per worker: its share, not
+            # what a run of any size may start at.)
+            return None
+        settled = learned.settled()
         return round(settled, 4) if settled is not None else None
 
     def resume(self, state: Mapping[str, Any]) -> bool:
@@ -471,15 +475,18 @@ class Resource:
         settled = state.get("settled")
         if (
             self.pace.learned is None
-            or not isinstance(settled, int | float)
-            or isinstance(settled, bool)
-            or not math.isfinite(settled)
-            or settled <= 0
+            or type(settled) not in (int, float)
             or state.get("adaptive") is not self.adaptive
             or state.get("declared") != (", ".join(str(lim) for lim in self.limits) or None)
         ):
             return False
-        self.pace.resume(float(settled))
+        try:
+            rate = float(settled)  # type: ignore[arg-type]
+        except OverflowError:  # an integer of hundreds of digits (a ledger edited by hand)
+            return False
+        if not math.isfinite(rate) or rate <= 0:
+            return False
+        self.pace.resume(rate)
         return True
 
     @property
