@@ -224,7 +224,9 @@ def test_blocks_never_exceed_the_smallest_quota() -> None:
     assert len(starts) == 3
 
 
-def test_a_rate_shared_with_other_workers_leaves_nothing_to_resume() -> None:
+def test_a_rate_shared_with_other_workers_leaves_nothing_to_resume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """In a fleet each worker learns its own share of the source (a quarter of it among
     four): a run of any size starting at one worker's share would crawl. A rate shared
     with others leaves nothing on record; one shared for quotas only does."""
@@ -232,8 +234,33 @@ def test_a_rate_shared_with_other_workers_leaves_nothing_to_resume() -> None:
     schedule = Schedule(clock)
     for rate, settled in ((True, None), (False, 4.8)):
         resource = Resource("api", rate=15, burst=1, clock=clock)
-        resource.resume({"declared": "15/s", "adaptive": False, "settled": 4.8})
+        assert resource.pace.learned is not None
+        monkeypatch.setattr(resource.pace.learned, "settled", lambda: 4.8)  # it learned
         resource.share_with(
             LedgerRate(schedule, "j", resource, ThreadPoolExecutor(1), clock, rate=rate), rate=rate
         )
         assert resource.state()["settled"] == settled
+
+
+def test_a_fleets_workers_leave_nothing_to_resume_and_resume_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every resource of a fleet's worker is learned per worker, even one whose rate the
+    fleet does not share (an adaptive one: four workers on one 100/s source recorded 20,
+    10, 24 and 43, and a run alone resumed at 20): its record says nothing, and a worker
+    of a fleet starts afresh."""
+    import types
+
+    from backfill import Job, daily
+    from backfill.engine.lease import LeaseKeeper
+
+    job = Job("j", partitions=daily("2013-01-01", "2013-01-02"))
+    api = job.resource("api", adaptive=True)
+    assert api.pace.learned is not None
+    monkeypatch.setattr(api.pace.learned, "settled", lambda: 24.0)
+    read: list[str] = []
+    ledger = types.SimpleNamespace(fleet=True, resource_states=lambda name: read.append(name))
+    keeper = LeaseKeeper(job, ledger, None, "w", StepClock(), None, ["api"])  # type: ignore[arg-type]
+    assert '"settled":null' in (keeper.resources_json() or "")
+    asyncio.run(keeper.resume_resources())
+    assert read == [] and not api.resumed

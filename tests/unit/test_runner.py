@@ -1198,3 +1198,32 @@ def test_a_run_starts_afresh_whatever_a_worker_left_on_record_for_its_resources(
     result = run_job(job, ledger)
     assert result.exit_code == 0, result.message
     assert not api.resumed
+
+
+def test_a_run_that_learned_nothing_leaves_what_the_runs_before_learned(ledger: Ledger) -> None:
+    """The latest record of a resource says nothing to start from (that run ended as the
+    source was down, or was a fleet's): the record before it stands (it sent the next
+    run back to its declared 15/s and the 429s that took it down)."""
+    import json
+
+    job = make_job(days=2)
+    api = job.resource("api", rate=15, burst=1)
+
+    @job.stage(resource="api")
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        return [{"day": partition.key}]
+
+    for worker, at, settled in (("w1", 20.0, 4.84), ("w2", 30.0, None)):
+        ledger.register_worker(WorkerRecord(worker, "test", "h", 1, at, at, None))
+        state = {"api": {"declared": "15/s", "adaptive": False, "settled": settled}}
+        ledger.heartbeat(worker, now=at, resources=json.dumps(state))
+        ledger.stop_worker(worker, now=at + 1)
+    seen: list[float] = []
+
+    @job.stage(resource="api", name="look")
+    async def look(ctx: Context, partition: Partition) -> None:
+        seen.append(api.rate)
+
+    result = run_job(job, ledger)
+    assert result.exit_code == 0, result.message
+    assert api.resumed and min(seen) == pytest.approx(4.84, abs=0.01)

@@ -70,10 +70,11 @@ _MAX_STATES = 1 << 20
 
 
 def learned_states(ledger: Ledger, job: Job, names: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Per resource of ``names``, the latest state a worker of ``job`` left for it (of
-    the twenty latest workers): what the last run using it learned, for
-    :meth:`Resource.resume`."""
-    wanted = list(names)
+    """Per resource of ``names``, the latest state a worker of ``job`` left for it that
+    it may start from (see :meth:`Resource.resumable`; of the twenty latest workers):
+    what the last run using it learned. A run that learned nothing (one that ended as
+    the source was down, or a worker of a fleet) leaves what the runs before learned."""
+    wanted = [name for name in names if name in job.resources]
     latest: dict[str, dict[str, Any]] = {}
     for record in ledger.resource_states(job.name):
         if not isinstance(record, str) or len(record) > _MAX_STATES:
@@ -86,7 +87,11 @@ def learned_states(ledger: Ledger, job: Job, names: Iterable[str]) -> dict[str, 
             continue
         for name in wanted:
             state = states.get(name)
-            if name not in latest and isinstance(state, dict):
+            if (
+                name not in latest
+                and isinstance(state, dict)
+                and job.resources[name].resumable(state) is not None
+            ):
                 latest[name] = state
     return latest
 
@@ -131,6 +136,8 @@ class LeaseKeeper:
         self._bus = bus
         # The resources this run's stages use: their state goes on record.
         self._resources = resources
+        # A fleet's ledger: its workers share the resources' rates and concurrency.
+        self._fleet = bool(getattr(ledger, "fleet", False))
         # Until when each begun partition's lease is certainly ours (see backfill.leases).
         self.book = LeaseBook(job.lease_seconds)
         self.losses = LeaseLosses()
@@ -149,6 +156,11 @@ class LeaseKeeper:
         if not self._resources:
             return None
         states = {name: self._job.resources[name].state() for name in self._resources}
+        if self._fleet:
+            # Each worker of a fleet learns its share of a source: nothing a run of any
+            # size may start from (see learned_states).
+            for state in states.values():
+                state["settled"] = None
         return json.dumps(states, separators=(",", ":"))
 
     async def join(self, now: float) -> list[WorkerLost]:
@@ -161,8 +173,8 @@ class LeaseKeeper:
 
     async def resume_resources(self) -> None:
         """Each resource of the run starts at the rate the last run using it learned
-        (see :func:`learned_states`)."""
-        if not self._resources:
+        (see :func:`learned_states`); not in a fleet, whose workers each learn a share."""
+        if not self._resources or self._fleet:
             return
         states = await self._db.call(learned_states, self._ledger, self._job, self._resources)
         for name, state in states.items():

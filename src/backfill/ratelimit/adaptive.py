@@ -232,37 +232,36 @@ class AdaptiveRate:
 
     def settled(self) -> float | None:
         """What a later run may start at (see :meth:`resume`): the rate the source taught
-        this one, as it runs now (a search's last step accepted, while it searches); the
-        best it took, while it is down or on its way back up. None when it taught
-        nothing: a ramp that met no 429 yet, or a declared rate never refused (the next
-        run starts at its declared rate, as this one did)."""
-        if self.threshold is None:
+        this one, as it runs now (a search's last step accepted, while it searches), once
+        the source has taken twenty requests or more since it was last down. None when
+        it taught nothing, or nothing that holds: a ramp that met no 429 yet, a declared
+        rate never refused (the next run starts at its declared rate, as this one did),
+        a source down or on its way back up (the floor an outage took the rate to, or
+        the first second's count after it, would start the next run there)."""
+        if self.threshold is None or self._outage or self._recovering or self._run_search:
             return None
         if not self.ramp and self.decreases == 0 and not self._resumed:
             return None
-        if self._outage or self._recovering:
-            return self._best_taken or None
+        if self._ok_since_outage < self._ARMED_AFTER:
+            return None
         return self._good if self._good is not None else self.rate
 
     def resume(self, rate: float) -> None:
-        """Start at ``rate``, what a run before learned of the source (see
-        :meth:`settled`), under the ceiling, and search upwards from there: not ramping up
-        to it again through a burst of 429s (an adaptive rate), nor refused down to it
-        again (a declared one). What a run learned may be stale (a limit that dipped as it
-        ended, a source since sped up), so the search goes on until a 429: in steps of
-        5 % (an adaptive rate: a big bucket hides a step's few percent over the limit for
-        a second or two, and the 429 goes back a step further) or of 10 % towards the
-        declared rate, each held a second or four requests; the step that draws a 429
-        is taken back and the search ends there, as any search does."""
+        """Start a declared rate at ``rate``, what a run before learned of the source
+        (see :meth:`settled`), under the ceiling, and search upwards from there, not
+        refused down to it again. What a run learned may be stale (a limit that dipped
+        as it ended, a source since sped up), so the search goes on towards the declared
+        rate in steps of 10 %, each held a second or four requests; the step that draws
+        a 429 is taken back and the search ends there, as any search does. (An adaptive
+        rate is not resumed here: it ramps again, from half the limit a run found; see
+        Pace.resume.)"""
         self.rate = self.threshold = min(max(rate, self.floor), self.ceiling)
         self._resumed = True
         self._ramp_prev = self._dropped_to = self._rate_before = self.rate
         self._run_rate = self._run_left = self.rate
         self._history = collections.deque([(-math.inf, self.rate, False)], maxlen=256)
         if self.rate < self.ceiling:
-            self._good = self.rate
-            self._bad = None if self.ramp else self.ceiling
-            self._small_steps = self.ramp
+            self._good, self._bad = self.rate, self.ceiling
 
     @property
     def catch_up(self) -> float:

@@ -57,6 +57,7 @@ class Pace:
         )
         self._said_slower = False
         self.resumed = False  # started at what a run before learned (see resume)
+        self.found: float | None = None  # the limit a run before found (adaptive)
         self._latency_ewma: float | None = None
         self._latency_floor: float | None = None
         self._latency_samples = 0
@@ -71,17 +72,25 @@ class Pace:
         return min((lim.rate for lim in self.limits if lim.period <= QUOTA_PERIOD), default=None)
 
     def _new_learned(self) -> AdaptiveRate | None:
+        primary, start = self.declared_rate, self._new_learned_start()
+        if start is None:
+            return None
+        if self.adaptive:
+            return AdaptiveRate(start, ceiling=primary or 10_000.0)
+        assert primary is not None
+        return AdaptiveRate(start, ceiling=primary, ramp=False)
+
+    def _new_learned_start(self) -> float | None:
         primary = self.declared_rate
         if self.adaptive:
-            return AdaptiveRate(self._start_rate or primary or 5.0, ceiling=primary or 10_000.0)
+            return self._start_rate or primary or 5.0
         if primary is None:
             return None
         # Burst 1 declares a source that takes one request per interval, no more: its own
         # bucket may be just as strict, and the way there jitters. Start a hair under the
         # declared rate (short jobs finish before a 429 could teach the margin); creeping
         # up while healthy, it reaches the declared rate within seconds.
-        start = primary * _STRICT_START if self.burst == 1 else primary
-        return AdaptiveRate(start, ceiling=primary, ramp=False)
+        return primary * _STRICT_START if self.burst == 1 else primary
 
     def reset(self) -> None:
         """Forget bookings, the fleet and what was learned (a new run starts)."""
@@ -93,29 +102,48 @@ class Pace:
             self.schedule.pace.set_rate(self.learned.rate, self.run_burst)
         self._said_slower = False
         self.resumed = False
+        self.found = None
 
-    def resume(self, rate: float) -> None:
-        """Start at ``rate``, what a run before learned (see :meth:`AdaptiveRate.resume`),
-        and say so once."""
-        learned = self.learned
-        if learned is None:
-            return
-        learned.resume(rate)
-        self.resumed = True
-        if self.schedule.pace is not None:
-            self.schedule.pace.set_rate(learned.rate, self.run_burst)
+    def resume(self, rate: float) -> bool:
+        """Start where a run before left the rate (``rate``, see
+        :meth:`AdaptiveRate.settled`), and say so once; True when it does. A declared
+        rate starts there, never over where it would start told nothing, and searches
+        upwards (see :meth:`AdaptiveRate.resume`). An adaptive one ramps again, from
+        half the limit found (its start rate at least): what a run found may be stale
+        either way, and a ramp finds the limit from there within a second or two,
+        through the 429s any ramp draws (resumed at the limit, or searching up from it,
+        a limit that had since halved drew three times the 429s and several pauses)."""
+        learned, start = self.learned, self._new_learned_start()
+        if learned is None or start is None:
+            return False
         declared = self.declared_rate
         if self.adaptive:
-            what = f"starts at {learned.rate:.3g}/s, the limit the last run found"
-        elif declared is not None and learned.rate < 0.995 * declared:
-            self._said_slower = True
+            begin = min(max(start, 0.5 * rate), declared or math.inf)
+            if begin <= start:
+                return False
+            self.learned = AdaptiveRate(begin, ceiling=declared or 10_000.0)
+            self.found = rate
             what = (
-                f"declared {declared:g}/s is more than the source accepted in the last run: "
-                f"starts at {learned.rate:.3g}/s, the rate it learned"
+                f"starts at {begin:.3g}/s, half the limit the last run found "
+                f"({rate:.3g}/s), and ramps up from there"
             )
         else:
-            return
-        self._tell(what, 0.0, "rate")
+            if rate >= start:
+                return False
+            learned.resume(rate)
+            what = ""
+            if declared is not None and learned.rate < 0.9 * declared:
+                self._said_slower = True
+                what = (
+                    f"declared {declared:g}/s is more than the source accepted in the last "
+                    f"run: starts at {learned.rate:.3g}/s, the rate it learned"
+                )
+        self.resumed = True
+        if self.schedule.pace is not None and self.learned is not None:
+            self.schedule.pace.set_rate(self.learned.rate, self.run_burst)
+        if what:
+            self._tell(what, 0.0, "rate")
+        return True
 
     def description(self) -> str:
         """The declared limits, and the rate run at when it differs (see
@@ -124,6 +152,9 @@ class Pace:
         learned = self.learned
         if learned is not None and self.adaptive:
             parts.append(f"adaptive, now {learned.rate:.2f}/s")
+            if self.found is not None and learned.threshold is None:
+                # (Ramping towards it: once this run finds the limit, its own rate says.)
+                parts[-1] += f" ({self.found:.3g}/s found by the last run)"
         elif learned is not None and learned.rate < 0.995 * learned.ceiling:
             parts[0] += f" (running at {learned.rate:.3g}/s)"
         return ", ".join(parts)
@@ -141,8 +172,9 @@ class Pace:
         rates = [lim.rate for lim in self.limits if lim.period <= QUOTA_PERIOD]
         if self.learned is not None and (self.adaptive or self.resumed):
             # (A declared rate otherwise starts a hair under it, and is there in seconds;
-            # started at what a run before learned, it runs there.)
-            rates.append(self.learned.rate)
+            # started at what a run before learned, it runs there. An adaptive one ramps
+            # to the limit a run before found within a second or two.)
+            rates.append(max(self.learned.rate, self.found or 0.0))
         seconds = requests / min(rates) if rates else 0.0
         for lim in self.limits:
             if lim.period > QUOTA_PERIOD and requests > lim.count:

@@ -460,18 +460,25 @@ class Resource:
         learned = self.pace.learned
         if learned is None or (self.fleet.shared is not None and self.fleet.rate):
             # (A rate shared with other workers is learned per worker: its share, not
-            # what a run of any size may start at.)
+            # what a run of any size may start at. So is any rate in a fleet: see
+            # LeaseKeeper.resources_json.)
             return None
         settled = learned.settled()
         return round(settled, 4) if settled is not None else None
 
     def resume(self, state: Mapping[str, Any]) -> bool:
         """Start at the rate a run before learned of the source, from the ``state`` it
-        left on record (see :meth:`state`): an adaptive resource at the limit it found,
-        not ramping up to it again through the 429s that found it; a declared one at the
-        rate it was refused down to (and it says so). Only when the resource was
-        declared the same way then (the same limits, adaptive or not); True when it
-        resumed."""
+        left on record (see :meth:`state` and :meth:`Pace.resume`): a declared rate at
+        the rate it was refused down to (and it says so), searching upwards from there;
+        an adaptive one ramping again from half the limit found, not from its start
+        rate. Only when the resource was declared the same way then (the same limits,
+        adaptive or not); True when it resumed."""
+        rate = self.resumable(state)
+        return rate is not None and self.pace.resume(rate)
+
+    def resumable(self, state: Mapping[str, Any]) -> float | None:
+        """The rate to start at from ``state`` (see :meth:`resume`), or None when it
+        says nothing this resource may start from."""
         settled = state.get("settled")
         if (
             self.pace.learned is None
@@ -479,15 +486,12 @@ class Resource:
             or state.get("adaptive") is not self.adaptive
             or state.get("declared") != (", ".join(str(lim) for lim in self.limits) or None)
         ):
-            return False
+            return None
         try:
             rate = float(settled)  # type: ignore[arg-type]
         except OverflowError:  # an integer of hundreds of digits (a ledger edited by hand)
-            return False
-        if not math.isfinite(rate) or rate <= 0:
-            return False
-        self.pace.resume(rate)
-        return True
+            return None
+        return rate if math.isfinite(rate) and rate > 0 else None
 
     @property
     def resumed(self) -> bool:
