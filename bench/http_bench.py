@@ -661,11 +661,10 @@ def told_for(spec: Scenario, client: str) -> str:
 
 
 def warm_main(case: str, directory: Path, mode: str) -> None:
-    """--warm: the runs before an "-again" case, on its state (``directory``), into a sink
-    of their own, each against an API of its own (in a process of its own: the demo job
-    reads its settings once): days from October, about ``WARM_SECONDS`` of running in
-    all (Q4 is three seconds at 100/s: run again, its days forgotten after each run, as
-    the case fetches them), each run starting where the one before left the rate."""
+    """--warm: one run before an "-again" case, on its state (``directory``), into a sink
+    of its own, against an API of its own, in a process of its own (the demo job reads
+    its settings once), over days from October; its days forgotten after it (the year's
+    case fetches them again). Prints how long it ran."""
     from backfill.demo.data import load_flights
     from backfill.job import load_job
     from backfill.ledger import open_ledger
@@ -675,23 +674,35 @@ def warm_main(case: str, directory: Path, mode: str) -> None:
     spec = SCENARIO_BY_NAME[scenario]
     count = math.ceil(spec.rate * WARM_SECONDS / 2)
     days = [day for day in load_flights().days() if day >= WARM_FROM][:count]
-    told = told_for(spec, client_name)
+    with replay_api(spec, mode) as api:
+        told = told_for(spec, client_name)
+        elapsed, _, _ = case_backfill(
+            api.url, days, directory, told, spec.bucket, None, sink="warm.db", warm=True
+        )
+    # The state keeps what the run learned of the source, and the reference tables.
+    job = load_job("backfill.demo.flights:job")
+    ledger = open_ledger(f"sqlite:///{directory / 'state.db'}")
+    try:
+        stages = [stage.name for stage in job.stages.values() if not stage.reference]
+        ledger.reset(job.name, stages, Selection(start=days[0], end=days[-1]))
+    finally:
+        ledger.close()
+    print(f"{elapsed:.3f}", flush=True)
+
+
+def warm_up(case: str, directory: Path, mode: str) -> None:
+    """The runs before an "-again" case: about ``WARM_SECONDS`` of running in all (Q4 is
+    three seconds at 100/s), each starting where the one before left the rate."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--warm", case]
     ran = 0.0
     while ran < 0.9 * WARM_SECONDS:
-        with replay_api(spec, mode) as api:
-            elapsed, _, _ = case_backfill(
-                api.url, days, directory, told, spec.bucket, None, sink="warm.db", warm=True
-            )
-        ran += elapsed
-        # Its days forgotten: the state keeps what the runs learned of the source, and
-        # the reference tables.
-        job = load_job("backfill.demo.flights:job")
-        ledger = open_ledger(f"sqlite:///{directory / 'state.db'}")
-        try:
-            stages = [stage.name for stage in job.stages.values() if not stage.reference]
-            ledger.reset(job.name, stages, Selection(start=days[0], end=days[-1]))
-        finally:
-            ledger.close()
+        done = subprocess.run(
+            [*command, "--dir", str(directory), "--server", mode],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        )
+        ran += float(done.stdout.strip().splitlines()[-1])
 
 
 def child_main(case: str, directory: Path, mode: str, trace: bool) -> None:
@@ -700,9 +711,8 @@ def child_main(case: str, directory: Path, mode: str, trace: bool) -> None:
     days = day_list(spec.days)
     needed, expected_rows = needed_pages(days)
     if client_name.endswith(AGAIN):
-        # The run before learned the source, and fetched the reference tables.
-        command = [sys.executable, str(Path(__file__).resolve()), "--warm", case]
-        subprocess.run([*command, "--dir", str(directory), "--server", mode], check=True)
+        # The runs before learned the source, and fetched the reference tables.
+        warm_up(case, directory, mode)
         needed -= len(REFERENCE_TABLES)
     notes: list[str] = []
     counts: dict[str, Any] = {}
@@ -729,6 +739,8 @@ def child_main(case: str, directory: Path, mode: str, trace: bool) -> None:
                 "pauses": resource.pauses,
                 "final rate": resource.rate_description(),
             }
+            if client_name.endswith(AGAIN) and not resource.resumed:
+                notes.append(f"{case}: did not start from what the runs before learned")
         else:
             works: list[Work] = [*REFERENCE_TABLES, *days]
             run_case = case_gather if client_name == "gather" else case_threadpool

@@ -1278,3 +1278,24 @@ def test_a_correct_strict_declaration_is_resumed_at_most_where_it_starts(
     assert said == []
     served = serve(resource, clock, limit=limit, bucket=1, seconds=60.0, workers=4, jitter=0.005)
     assert served.accepted_between(0.0, 60.0) >= 0.9 * limit * 60.0
+
+
+def test_an_adaptive_limit_found_under_the_start_rate_is_started_at() -> None:
+    """Adaptive (start 5/s) in front of a 2/s source with a bucket of one: each run
+    ramped again from 5/s into 429s and a pause (6 % refused). A run after one that found
+    1.9/s starts there, and its time is counted at it (plan)."""
+    said: list[str] = []
+    clock = FakeClock()
+    fresh = Resource("api", adaptive=True, start_rate=5, concurrency=4, clock=clock)
+    afresh = serve(fresh, clock, limit=2.0, bucket=1, seconds=32.0, workers=4, jitter=0.005)
+    clock = FakeClock()
+    resource = Resource("api", adaptive=True, start_rate=5, concurrency=4, clock=clock)
+    resource.subscribe(lambda name, what, seconds, kind: said.append(what))
+    assert resource.resume({"declared": None, "adaptive": True, "settled": 1.9})
+    assert said == ["starts at 1.9/s, the limit the last run found"]
+    assert resource.seconds_for(19) == pytest.approx(10.0)
+    served = serve(resource, clock, limit=2.0, bucket=1, seconds=32.0, workers=4, jitter=0.005)
+    refused = sum(1 for _, ok in served.log if not ok)
+    assert refused < sum(1 for _, ok in afresh.log if not ok)
+    assert served.refused_share < 0.05
+    assert served.accepted_between(0.0, 32.0) >= 0.9 * 2.0 * 32.0

@@ -1213,7 +1213,8 @@ def test_a_run_that_learned_nothing_leaves_what_the_runs_before_learned(ledger: 
     async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
         return [{"day": partition.key}]
 
-    for worker, at, settled in (("w1", 20.0, 4.84), ("w2", 30.0, None)):
+    now = time.time()
+    for worker, at, settled in (("w1", now - 20.0, 4.84), ("w2", now - 10.0, None)):
         ledger.register_worker(WorkerRecord(worker, "test", "h", 1, at, at, None))
         state = {"api": {"declared": "15/s", "adaptive": False, "settled": settled}}
         ledger.heartbeat(worker, now=at, resources=json.dumps(state))
@@ -1227,3 +1228,50 @@ def test_a_run_that_learned_nothing_leaves_what_the_runs_before_learned(ledger: 
     result = run_job(job, ledger)
     assert result.exit_code == 0, result.message
     assert api.resumed and min(seen) == pytest.approx(4.84, abs=0.01)
+
+
+def test_what_a_run_learned_a_week_ago_is_not_started_from(ledger: Ledger) -> None:
+    """A source may have changed in a week, and no run since said it had not."""
+    import json
+
+    job = make_job(days=2)
+    api = job.resource("api", rate=15, burst=1)
+
+    @job.stage(resource="api")
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        return [{"day": partition.key}]
+
+    at = time.time() - 8 * 86400
+    ledger.register_worker(WorkerRecord("w1", "test", "h", 1, at, at, None))
+    state = {"api": {"declared": "15/s", "adaptive": False, "settled": 4.84}}
+    ledger.heartbeat("w1", now=at, resources=json.dumps(state))
+    ledger.stop_worker("w1", now=at + 1)
+    assert run_job(job, ledger).exit_code == 0
+    assert not api.resumed
+
+
+@pytest.mark.parametrize("other", [False, True])
+def test_a_worker_that_shared_its_run_with_another_leaves_nothing_to_start_from(
+    ledger: Ledger, other: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers of a fleet on a SQLite file each learn their own share of a source (two
+    adaptive workers on one 100/s source recorded 28 and 72): one that saw another
+    alive leaves nothing to start from; alone, it leaves what it learned."""
+    import json
+
+    from backfill.ratelimit.adaptive import AdaptiveRate
+
+    monkeypatch.setattr(AdaptiveRate, "settled", lambda self: 4.8)  # it learned 4.8/s
+    job = make_job(days=2)
+    job.resource("api", rate=15, burst=1)
+
+    @job.stage(resource="api")
+    async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        return [{"day": partition.key}]
+
+    if other:
+        now = time.time()
+        ledger.register_worker(WorkerRecord("other", "test", "h", 1, now, now, None))
+    assert run_job(job, ledger).exit_code == 0
+    left = [json.loads(r)["api"]["settled"] for _, r in ledger.resource_states("test")]
+    assert left and set(left) == ({None} if other else {4.8}), left

@@ -67,17 +67,23 @@ def worker_is_dead(worker: WorkerRecord, *, now: float, lease_seconds: float) ->
 
 # The longest record of resources' states read back (a few hundred bytes a resource).
 _MAX_STATES = 1 << 20
+# How long what a run learned of a source holds for the runs after it.
+_LEARNED_FOR = 7 * 86400.0
 
 
-def learned_states(ledger: Ledger, job: Job, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+def learned_states(
+    ledger: Ledger, job: Job, names: Iterable[str], *, now: float
+) -> dict[str, dict[str, Any]]:
     """Per resource of ``names``, the latest state a worker of ``job`` left for it that
-    it may start from (see :meth:`Resource.resumable`; of the twenty latest workers):
-    what the last run using it learned. A run that learned nothing (one that ended as
-    the source was down, or a worker of a fleet) leaves what the runs before learned."""
+    it may start from (see :meth:`Resource.resumable`; of the twenty latest workers, in
+    the last week): what the last run using it learned. A run that learned nothing (one
+    that ended as the source was down, or a worker of a fleet) leaves what the runs
+    before learned; what is older than a week is not taken (the source may have changed
+    since, and nothing later said it had not)."""
     wanted = [name for name in names if name in job.resources]
     latest: dict[str, dict[str, Any]] = {}
-    for record in ledger.resource_states(job.name):
-        if not isinstance(record, str) or len(record) > _MAX_STATES:
+    for at, record in ledger.resource_states(job.name):
+        if now - at > _LEARNED_FOR or not isinstance(record, str) or len(record) > _MAX_STATES:
             continue
         try:
             states = json.loads(record)
@@ -138,6 +144,9 @@ class LeaseKeeper:
         self._resources = resources
         # A fleet's ledger: its workers share the resources' rates and concurrency.
         self._fleet = bool(getattr(ledger, "fleet", False))
+        # Other workers of the job seen alive (a fleet on a SQLite file: each learns
+        # its own share of a source; see resources_json).
+        self._others = False
         # Until when each begun partition's lease is certainly ours (see backfill.leases).
         self.book = LeaseBook(job.lease_seconds)
         self.losses = LeaseLosses()
@@ -156,7 +165,7 @@ class LeaseKeeper:
         if not self._resources:
             return None
         states = {name: self._job.resources[name].state() for name in self._resources}
-        if self._fleet:
+        if self._fleet or self._others:
             # Each worker of a fleet learns its share of a source: nothing a run of any
             # size may start from (see learned_states).
             for state in states.values():
@@ -173,10 +182,13 @@ class LeaseKeeper:
 
     async def resume_resources(self) -> None:
         """Each resource of the run starts at the rate the last run using it learned
-        (see :func:`learned_states`); not in a fleet, whose workers each learn a share."""
-        if not self._resources or self._fleet:
+        (see :func:`learned_states`); not in a fleet (on PostgreSQL, or other workers
+        of the job alive as it starts), whose workers each learn a share."""
+        if not self._resources or self._fleet or self._others:
             return
-        states = await self._db.call(learned_states, self._ledger, self._job, self._resources)
+        states = await self._db.call(
+            learned_states, self._ledger, self._job, self._resources, now=self._clock.time()
+        )
         for name, state in states.items():
             self._job.resources[name].resume(state)
 
@@ -187,13 +199,27 @@ class LeaseKeeper:
         for worker in await self._db.call(self._ledger.workers, self._job.name):
             if worker.id == self.worker_id:
                 continue
-            if worker_is_dead(worker, now=now, lease_seconds=2 * self._job.lease_seconds):
-                released = await self._db.call(self._ledger.release_owner, worker.id, lost=True)
-                await self._db.call(self._ledger.stop_worker, worker.id, now=now)
-                if released:
-                    log.info("released %d partition(s) of dead worker %s", released, worker.id)
-                lost.append(WorkerLost(worker.id, released))
+            if not worker_is_dead(worker, now=now, lease_seconds=2 * self._job.lease_seconds):
+                self._others = True  # (a fleet: see resources_json)
+                continue
+            released = await self._db.call(self._ledger.release_owner, worker.id, lost=True)
+            await self._db.call(self._ledger.stop_worker, worker.id, now=now)
+            if released:
+                log.info("released %d partition(s) of dead worker %s", released, worker.id)
+            lost.append(WorkerLost(worker.id, released))
         return lost
+
+    async def alone(self) -> bool:
+        """Whether no other worker of the job is alive now, nor was seen alive before
+        (see resources_json); asked again as the run ends."""
+        if not self._others:
+            now = self._clock.time()
+            lease = 2 * self._job.lease_seconds
+            self._others = any(
+                w.id != self.worker_id and not worker_is_dead(w, now=now, lease_seconds=lease)
+                for w in await self._db.call(self._ledger.workers, self._job.name)
+            )
+        return not self._others
 
     async def heartbeat(self) -> None:
         """Renew our leases on a fixed tick that does not drift."""

@@ -273,7 +273,12 @@ class Runner:
         self._given_back = stray is not None
         if self._given_back:
             # What the resources learned goes on record as they end: the next run
-            # starts there (see LeaseKeeper.resume_resources).
+            # starts there (see LeaseKeeper.resume_resources); nothing, when another
+            # worker shared the run (each learns a share of the source).
+            try:
+                await self.leases.alone()
+            except BackfillError as exc:
+                self.control.note(exc)
             await self._closing(
                 self.ledger.heartbeat,
                 self.worker_id,

@@ -257,9 +257,9 @@ class ReportLedger(Protocol):
 
     def workers(self, job: str, *, active_only: bool = True) -> list[WorkerRecord]: ...
 
-    def resource_states(self, job: str, *, limit: int = 20) -> list[str]:
-        """What the resources of the job's ``limit`` latest workers were doing (the JSON
-        their heartbeats left), the latest first."""
+    def resource_states(self, job: str, *, limit: int = 20) -> list[tuple[float, str]]:
+        """What the resources of the job's ``limit`` latest workers were doing: when
+        each last beat, and the JSON it left, the latest first."""
 
     def close(self) -> None: ...
 

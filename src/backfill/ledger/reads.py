@@ -253,14 +253,14 @@ class ReadOps(LedgerBase):
         rows = self._run(lambda conn: conn.execute(sql, {"job": job}).fetchall(), write=False)
         return [WorkerRecord(*r) for r in rows]
 
-    def resource_states(self, job: str, *, limit: int = 20) -> list[str]:
+    def resource_states(self, job: str, *, limit: int = 20) -> list[tuple[float, str]]:
         rows = self._run(
             lambda conn: conn.execute(
                 self._q["resource_states"], {"job": job, "limit": limit}
             ).fetchall(),
             write=False,
         )
-        return [r[0] for r in rows]
+        return [(float(r[0]), r[1]) for r in rows]
 
     def quota_use(
         self, job: str, resource: str, quotas: Sequence[tuple[int, float]]

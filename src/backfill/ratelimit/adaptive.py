@@ -232,8 +232,9 @@ class AdaptiveRate:
 
     def settled(self) -> float | None:
         """What a later run may start at (see :meth:`resume`): the rate the source taught
-        this one, as it runs now (a search's last step accepted, while it searches), once
-        the source has taken twenty requests or more since it was last down. None when
+        this one, as it runs now (a search's last step accepted, while it searches) or
+        the most it took for ten whole seconds, once the source has taken twenty
+        requests or more since it was last down. None when
         it taught nothing, or nothing that holds: a ramp that met no 429 yet, a declared
         rate never refused (the next run starts at its declared rate, as this one did),
         a source down or on its way back up (the floor an outage took the rate to, or
@@ -244,7 +245,10 @@ class AdaptiveRate:
             return None
         if self._ok_since_outage < self._ARMED_AFTER:
             return None
-        return self._good if self._good is not None else self.rate
+        now = self._good if self._good is not None else self.rate
+        # What the source took for ten whole seconds, when more: a limit that dipped as
+        # the run ended (a correct 5/s left 0.16/s on record) is not the source's.
+        return max(now, min(self._proven, self.ceiling))
 
     def resume(self, rate: float) -> None:
         """Start a declared rate at ``rate``, what a run before learned of the source

@@ -109,29 +109,35 @@ class Pace:
         :meth:`AdaptiveRate.settled`), and say so once; True when it does. A declared
         rate starts there, never over where it would start told nothing, and searches
         upwards (see :meth:`AdaptiveRate.resume`). An adaptive one ramps again, from
-        half the limit found (its start rate at least): what a run found may be stale
-        either way, and a ramp finds the limit from there within a second or two,
+        half the limit found when that is over its start rate: what a run found may be
+        stale either way, and a ramp finds the limit from there within a second or two,
         through the 429s any ramp draws (resumed at the limit, or searching up from it,
-        a limit that had since halved drew three times the 429s and several pauses)."""
+        a limit that had since halved drew three times the 429s and several pauses); a
+        limit found under its start rate is started at, searching upwards as a declared
+        rate does. Either way the limit found is what ``plan`` counts at."""
         learned, start = self.learned, self._new_learned_start()
         if learned is None or start is None:
             return False
         declared = self.declared_rate
+        what = ""
         if self.adaptive:
-            begin = min(max(start, 0.5 * rate), declared or math.inf)
-            if begin <= start:
-                return False
-            self.learned = AdaptiveRate(begin, ceiling=declared or 10_000.0)
             self.found = rate
-            what = (
-                f"starts at {begin:.3g}/s, half the limit the last run found "
-                f"({rate:.3g}/s), and ramps up from there"
-            )
+            if 0.5 * rate > start:
+                begin = min(0.5 * rate, declared or math.inf)
+                self.learned = AdaptiveRate(begin, ceiling=declared or 10_000.0)
+                what = (
+                    f"starts at {begin:.3g}/s, half the limit the last run found "
+                    f"({rate:.3g}/s), and ramps up from there"
+                )
+            elif rate < start:
+                # Under its start rate (a 2/s source, started at 5/s: 6 % refused as each
+                # run ramped again): from there, searching upwards, as a declared rate.
+                learned.resume(rate)
+                what = f"starts at {learned.rate:.3g}/s, the limit the last run found"
         else:
             if rate >= start:
                 return False
             learned.resume(rate)
-            what = ""
             if declared is not None and learned.rate < 0.9 * declared:
                 self._said_slower = True
                 what = (
@@ -174,7 +180,7 @@ class Pace:
             # (A declared rate otherwise starts a hair under it, and is there in seconds;
             # started at what a run before learned, it runs there. An adaptive one ramps
             # to the limit a run before found within a second or two.)
-            rates.append(max(self.learned.rate, self.found or 0.0))
+            rates.append(self.found if self.found is not None else self.learned.rate)
         seconds = requests / min(rates) if rates else 0.0
         for lim in self.limits:
             if lim.period > QUOTA_PERIOD and requests > lim.count:

@@ -276,7 +276,7 @@ WHERE id = %(id)s;
 
 -- name: resource_states
 -- What the resources of the job's latest workers were doing, latest first.
-SELECT resources FROM backfill_workers
+SELECT heartbeat_at, resources FROM backfill_workers
 WHERE job = %(job)s AND resources IS NOT NULL
 ORDER BY heartbeat_at DESC LIMIT %(limit)s;
 

@@ -246,7 +246,7 @@ WHERE id = :id;
 
 -- name: resource_states
 -- What the resources of the job's latest workers were doing, latest first.
-SELECT resources FROM backfill_workers
+SELECT heartbeat_at, resources FROM backfill_workers
 WHERE job = :job AND resources IS NOT NULL
 ORDER BY heartbeat_at DESC LIMIT :limit;
 
