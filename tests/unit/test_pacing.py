@@ -1299,3 +1299,34 @@ def test_an_adaptive_limit_found_under_the_start_rate_is_started_at() -> None:
     assert refused < sum(1 for _, ok in afresh.log if not ok)
     assert served.refused_share < 0.05
     assert served.accepted_between(0.0, 32.0) >= 0.9 * 2.0 * 32.0
+
+
+@pytest.mark.parametrize(
+    ("declared", "limit", "bucket", "falls"),
+    [({"rate": 15, "burst": 1}, 5.0, 1, (40.0, 1.5)), ({"rate": 10, "burst": 1}, 5.0, 60, None)],
+    ids=["fell-for-good", "big-bucket"],
+)
+def test_what_goes_on_record_is_what_the_source_takes_now(
+    declared: dict[str, Any], limit: float, bucket: int, falls: tuple[float, float] | None
+) -> None:
+    """A limit that fell for good mid-run (5/s to 1.5/s at 40 s of 120), or a bucket of
+    sixty whose savings went through at first: what the source took for ten seconds
+    long before is not what it takes now (4.89 and 9.7 went on record)."""
+    clock = FakeClock()
+    resource = Resource("api", concurrency=16, clock=clock, **declared)
+    kwargs: dict[str, Any] = {"falls": falls} if falls else {}
+    serve(resource, clock, limit=limit, bucket=bucket, seconds=120.0, workers=16, **kwargs)
+    settled = resource.state()["settled"]
+    taken = falls[1] if falls else limit
+    assert settled is not None and 0.8 * taken <= settled <= 1.05 * taken, settled
+
+
+def test_the_time_counted_for_an_adaptive_resource_follows_the_limit_this_run_finds() -> None:
+    """Resumed from a limit found at 30/s, a run that finds 100/s counts at what it runs
+    at, not at 30/s for the whole run (the progress display's ETA floor)."""
+    clock = FakeClock()
+    resource = Resource("api", adaptive=True, rate=100, concurrency=16, clock=clock)
+    assert resource.resume({"declared": "100/s", "adaptive": True, "settled": 30.0})
+    assert resource.seconds_for(3000) == pytest.approx(100.0)  # ramping: at the limit found
+    serve(resource, clock, limit=100.0, bucket=10, seconds=20.0, workers=16, jitter=0.005)
+    assert resource.seconds_for(3000) < 40.0

@@ -1250,13 +1250,15 @@ def test_what_a_run_learned_a_week_ago_is_not_started_from(ledger: Ledger) -> No
     assert not api.resumed
 
 
-@pytest.mark.parametrize("other", [False, True])
+@pytest.mark.parametrize("other", ["none", "beside", "crashed"])
 def test_a_worker_that_shared_its_run_with_another_leaves_nothing_to_start_from(
-    ledger: Ledger, other: bool, monkeypatch: pytest.MonkeyPatch
+    ledger: Ledger, other: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Workers of a fleet on a SQLite file each learn their own share of a source (two
-    adaptive workers on one 100/s source recorded 28 and 72): one that saw another
-    alive leaves nothing to start from; alone, it leaves what it learned."""
+    adaptive workers on one 100/s source recorded 28 and 72): one that another worker
+    worked beside (it beat during the run) leaves nothing to start from; alone, or
+    beside a worker that crashed before it started (its last beat came before), it
+    leaves what it learned."""
     import json
 
     from backfill.ratelimit.adaptive import AdaptiveRate
@@ -1264,14 +1266,18 @@ def test_a_worker_that_shared_its_run_with_another_leaves_nothing_to_start_from(
     monkeypatch.setattr(AdaptiveRate, "settled", lambda self: 4.8)  # it learned 4.8/s
     job = make_job(days=2)
     job.resource("api", rate=15, burst=1)
+    now = time.time()
+    if other != "none":
+        ledger.register_worker(
+            WorkerRecord("other", "test", "elsewhere", 1, now - 90, now - 90, None)
+        )
 
     @job.stage(resource="api")
     async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+        if other == "beside":
+            ledger.heartbeat("other", now=time.time())
         return [{"day": partition.key}]
 
-    if other:
-        now = time.time()
-        ledger.register_worker(WorkerRecord("other", "test", "h", 1, now, now, None))
     assert run_job(job, ledger).exit_code == 0
     left = [json.loads(r)["api"]["settled"] for _, r in ledger.resource_states("test")]
-    assert left and set(left) == ({None} if other else {4.8}), left
+    assert left == ([None] if other == "beside" else [4.8]), left

@@ -83,7 +83,12 @@ def learned_states(
     wanted = [name for name in names if name in job.resources]
     latest: dict[str, dict[str, Any]] = {}
     for at, record in ledger.resource_states(job.name):
-        if now - at > _LEARNED_FOR or not isinstance(record, str) or len(record) > _MAX_STATES:
+        if (
+            type(at) not in (int, float)  # (a ledger edited by hand)
+            or not now - at <= _LEARNED_FOR
+            or not isinstance(record, str)
+            or len(record) > _MAX_STATES
+        ):
             continue
         try:
             states = json.loads(record)
@@ -144,8 +149,8 @@ class LeaseKeeper:
         self._resources = resources
         # A fleet's ledger: its workers share the resources' rates and concurrency.
         self._fleet = bool(getattr(ledger, "fleet", False))
-        # Other workers of the job seen alive (a fleet on a SQLite file: each learns
-        # its own share of a source; see resources_json).
+        # Other workers of the job worked beside this one (a fleet on a SQLite file: each
+        # learns its own share of a source; see alone and resources_json).
         self._others = False
         # Until when each begun partition's lease is certainly ours (see backfill.leases).
         self.book = LeaseBook(job.lease_seconds)
@@ -160,14 +165,16 @@ class LeaseKeeper:
         self._bus.emit(ResourceChanged(name, what, seconds, kind))
         self._resources_changed.set()
 
-    def resources_json(self) -> str | None:
-        """What the resources this run's stages use are doing, as the ledger keeps it."""
+    def resources_json(self, *, final: bool = False) -> str | None:
+        """What the resources this run's stages use are doing, as the ledger keeps it.
+        What they learned of their sources (``settled``, see learned_states) only as the
+        run ends (``final``), alone: each worker of a fleet learns a share of a source,
+        nothing a run of any size may start from (one killed mid-run leaves the record
+        before it standing)."""
         if not self._resources:
             return None
         states = {name: self._job.resources[name].state() for name in self._resources}
-        if self._fleet or self._others:
-            # Each worker of a fleet learns its share of a source: nothing a run of any
-            # size may start from (see learned_states).
+        if not final or self._fleet or self._others:
             for state in states.values():
                 state["settled"] = None
         return json.dumps(states, separators=(",", ":"))
@@ -182,9 +189,9 @@ class LeaseKeeper:
 
     async def resume_resources(self) -> None:
         """Each resource of the run starts at the rate the last run using it learned
-        (see :func:`learned_states`); not in a fleet (on PostgreSQL, or other workers
-        of the job alive as it starts), whose workers each learn a share."""
-        if not self._resources or self._fleet or self._others:
+        (see :func:`learned_states`); not in a fleet on PostgreSQL, whose workers each
+        learn a share (a fleet on a SQLite file leaves no record: see resources_json)."""
+        if not self._resources or self._fleet:
             return
         states = await self._db.call(
             learned_states, self._ledger, self._job, self._resources, now=self._clock.time()
@@ -200,7 +207,6 @@ class LeaseKeeper:
             if worker.id == self.worker_id:
                 continue
             if not worker_is_dead(worker, now=now, lease_seconds=2 * self._job.lease_seconds):
-                self._others = True  # (a fleet: see resources_json)
                 continue
             released = await self._db.call(self._ledger.release_owner, worker.id, lost=True)
             await self._db.call(self._ledger.stop_worker, worker.id, now=now)
@@ -209,16 +215,19 @@ class LeaseKeeper:
             lost.append(WorkerLost(worker.id, released))
         return lost
 
-    async def alone(self) -> bool:
-        """Whether no other worker of the job is alive now, nor was seen alive before
-        (see resources_json); asked again as the run ends."""
-        if not self._others:
-            now = self._clock.time()
-            lease = 2 * self._job.lease_seconds
-            self._others = any(
-                w.id != self.worker_id and not worker_is_dead(w, now=now, lease_seconds=lease)
-                for w in await self._db.call(self._ledger.workers, self._job.name)
-            )
+    async def alone(self, since: float) -> bool:
+        """Whether no other worker of the job worked beside this one since ``since`` (its
+        start): none beat after it, unless stopped before it (a crashed worker's last beat
+        came before it). Asked as the run ends (see resources_json)."""
+        if self._fleet:
+            return False
+        workers = await self._db.call(self._ledger.workers, self._job.name, active_only=False)
+        self._others = any(
+            w.id != self.worker_id
+            and w.heartbeat_at > since
+            and (w.stopped_at is None or w.stopped_at > since)
+            for w in workers
+        )
         return not self._others
 
     async def heartbeat(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import math
 import os
 import uuid
 from collections.abc import Awaitable, Callable
@@ -95,6 +96,7 @@ class Runner:
         # Whether the partitions this worker still held at the end were given back: a
         # worker on record as stopped holds none (see _finish).
         self._given_back = False
+        self._joined = math.inf  # when this worker joined the ledger (see _release)
         self.outcomes = Outcomes(
             ledger,
             self.db,
@@ -231,6 +233,7 @@ class Runner:
     async def _start(self, now: float) -> None:
         """Join the ledger: register this worker, release dead workers' partitions, plan
         the partitions, mark the stale ones, and record the run."""
+        self._joined = now
         lost = await self.leases.join(now)
         await plan_partitions(self.db, self.ledger, self.job.name, self.graph)
         await self.db.call(
@@ -276,14 +279,14 @@ class Runner:
             # starts there (see LeaseKeeper.resume_resources); nothing, when another
             # worker shared the run (each learns a share of the source).
             try:
-                await self.leases.alone()
+                await self.leases.alone(self._joined)
             except BackfillError as exc:
                 self.control.note(exc)
             await self._closing(
                 self.ledger.heartbeat,
                 self.worker_id,
                 now=self.clock.time(),
-                resources=self.leases.resources_json(),
+                resources=self.leases.resources_json(final=True),
             )
         if stray:
             # Expected after a fatal stop (the in-flight work it cancelled).

@@ -260,7 +260,7 @@ class ReadOps(LedgerBase):
             ).fetchall(),
             write=False,
         )
-        return [(float(r[0]), r[1]) for r in rows]
+        return [(r[0], r[1]) for r in rows]
 
     def quota_use(
         self, job: str, resource: str, quotas: Sequence[tuple[int, float]]

@@ -149,6 +149,10 @@ class AdaptiveRate:
         self._echoes_refused = 0
         self._dropped_to = self.rate  # the rate the last decrease brought
         self._last_decrease = -math.inf
+        # The most the source took for ten whole seconds since the last decrease (see
+        # settled), and when the last answer came.
+        self._held = 0.0
+        self._answer_at = -math.inf
         # Searching upwards from a coarse estimate: the last rate that drew no 429.
         self._good: float | None = None
         self._creep_every: float | None = None
@@ -246,9 +250,13 @@ class AdaptiveRate:
         if self._ok_since_outage < self._ARMED_AFTER:
             return None
         now = self._good if self._good is not None else self.rate
-        # What the source took for ten whole seconds, when more: a limit that dipped as
-        # the run ended (a correct 5/s left 0.16/s on record) is not the source's.
-        return max(now, min(self._proven, self.ceiling))
+        # What the source took for ten whole seconds, when more: since the last decrease
+        # (a limit that fell for good, or a bucket's savings early on, is not the source's
+        # now); over the whole run when it came down in the run's last ten seconds (a
+        # limit that dipped as the run ended: a correct 5/s left 0.16/s on record).
+        recent = self._answer_at - self._last_decrease < 10.0
+        took = self._proven if recent else self._held
+        return max(now, min(took, self.ceiling))
 
     def resume(self, rate: float) -> None:
         """Start a declared rate at ``rate``, what a run before learned of the source
@@ -362,6 +370,7 @@ class AdaptiveRate:
         was taken at the rate before) was refused at the rate decreased to, and is no
         echo of it.
         """
+        self._answer_at = max(self._answer_at, now)
         if sent is not None and sent < self._earlier:
             # Sent before an earlier decrease spaced its first start, answered late: that
             # one's echo, which says nothing of the last one.
@@ -572,6 +581,7 @@ class AdaptiveRate:
         self.decreases += 1
         self._earlier = max(self._last_decrease, self.paced_from)
         self._last_decrease = now
+        self._held = 0.0
         self._paused = max(0.0, resume_at - now)
         self._measure_from = resume_at
         self._accepted.clear()
@@ -716,6 +726,7 @@ class AdaptiveRate:
         run = max((r for since, r, _ in self._history if first <= since < second), default=0.0)
         run = max(run, self.rate_at(first) or 0.0)
         self._proven = max(self._proven, min(got, run))
+        self._held = max(self._held, min(got, run))
 
     def _recovered(self, now: float) -> bool:
         """Whether the source is back after an outage (refusals in a row, none accepted
@@ -913,6 +924,7 @@ class AdaptiveRate:
         self._answered.append(now)
         self._outcomes.append(True)
         self._refused_run, self._accepted_at = 0, now
+        self._answer_at = max(self._answer_at, now)
         self._accepted_sent = now if sent is None else sent
         self._since_decrease += 1
         self._ok_since_outage += 1

@@ -180,7 +180,8 @@ class Pace:
             # (A declared rate otherwise starts a hair under it, and is there in seconds;
             # started at what a run before learned, it runs there. An adaptive one ramps
             # to the limit a run before found within a second or two.)
-            rates.append(self.found if self.found is not None else self.learned.rate)
+            ramping = self.found is not None and self.learned.threshold is None
+            rates.append(self.found if ramping else self.learned.rate)  # type: ignore[arg-type]
         seconds = requests / min(rates) if rates else 0.0
         for lim in self.limits:
             if lim.period > QUOTA_PERIOD and requests > lim.count:
