@@ -4,6 +4,7 @@ the real command line: every label reads as one range, figures read as English."
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -100,13 +101,14 @@ def test_plan_counts_at_the_rate_the_last_run_learned(tmp_path: Path) -> None:
     state = f"sqlite:///{tmp_path / 'state.db'}"
     ledger = open_ledger(state)
     try:
-        ledger.register_worker(WorkerRecord("w1", "learned", "h", 1, 10.0, 10.0, None))
+        now = time.time()
+        ledger.register_worker(WorkerRecord("w1", "learned", "h", 1, now - 20, now - 20, None))
         learned = {
             "api": {"declared": "15/s", "adaptive": False, "settled": 5.0},
             "found": {"declared": None, "adaptive": True, "settled": 25.0},
         }
-        ledger.heartbeat("w1", now=20.0, resources=json.dumps(learned))
-        ledger.stop_worker("w1", now=21.0)
+        ledger.heartbeat("w1", now=now - 10, resources=json.dumps(learned))
+        ledger.stop_worker("w1", now=now - 9)
     finally:
         ledger.close()
     result = run_cli("plan", "job.py", "--state", state, cwd=tmp_path)
