@@ -4,7 +4,7 @@ users write today, in the same run.
 
 Run from the repository root::
 
-    .venv/bin/python bench/http_bench.py                      # every case (~5 min)
+    .venv/bin/python bench/http_bench.py                      # every case (~10 min)
     .venv/bin/python bench/http_bench.py --quick              # the backfill cases only
     .venv/bin/python bench/http_bench.py --cases year-100     # one scenario, every client
     .venv/bin/python bench/http_bench.py --cases 10d-5/declared,q1-100 --trace
