@@ -218,10 +218,17 @@ class LeaseKeeper:
     async def alone(self, since: float) -> bool:
         """Whether no other worker of the job worked beside this one since ``since`` (its
         start): none beat after it, unless stopped before it (a crashed worker's last beat
-        came before it). Asked as the run ends (see resources_json)."""
+        came before it). Asked as the run ends (see resources_json); a ledger that
+        fails the read leaves the answer no."""
         if self._fleet:
             return False
-        workers = await self._db.call(self._ledger.workers, self._job.name, active_only=False)
+        # Not known (the ledger failed the read): as if another had, nothing on record.
+        self._others = True
+        try:
+            workers = await self._db.call(self._ledger.workers, self._job.name, active_only=False)
+        except BackfillError as exc:
+            log.debug("could not tell whether another worker worked beside this one: %s", exc)
+            return False
         self._others = any(
             w.id != self.worker_id
             and w.heartbeat_at > since

@@ -278,10 +278,7 @@ class Runner:
             # What the resources learned goes on record as they end: the next run
             # starts there (see LeaseKeeper.resume_resources); nothing, when another
             # worker shared the run (each learns a share of the source).
-            try:
-                await self.leases.alone(self._joined)
-            except BackfillError as exc:
-                self.control.note(exc)
+            await self.leases.alone(self._joined)
             await self._closing(
                 self.ledger.heartbeat,
                 self.worker_id,
