@@ -149,9 +149,6 @@ class LeaseKeeper:
         self._resources = resources
         # A fleet's ledger: its workers share the resources' rates and concurrency.
         self._fleet = bool(getattr(ledger, "fleet", False))
-        # Other workers of the job worked beside this one (a fleet on a SQLite file: each
-        # learns its own share of a source; see alone and resources_json).
-        self._others = False
         # Until when each begun partition's lease is certainly ours (see backfill.leases).
         self.book = LeaseBook(job.lease_seconds)
         self.losses = LeaseLosses()
@@ -168,13 +165,13 @@ class LeaseKeeper:
     def resources_json(self, *, final: bool = False) -> str | None:
         """What the resources this run's stages use are doing, as the ledger keeps it.
         What they learned of their sources (``settled``, see learned_states) only as the
-        run ends (``final``), alone: each worker of a fleet learns a share of a source,
-        nothing a run of any size may start from (one killed mid-run leaves the record
-        before it standing)."""
+        run ends (``final``: when it ran alone, see alone): each worker of a fleet
+        learns a share of a source, nothing a run of any size may start from (one killed
+        mid-run leaves the record before it standing)."""
         if not self._resources:
             return None
         states = {name: self._job.resources[name].state() for name in self._resources}
-        if not final or self._fleet or self._others:
+        if not final:
             for state in states.values():
                 state["settled"] = None
         return json.dumps(states, separators=(",", ":"))
@@ -218,24 +215,21 @@ class LeaseKeeper:
     async def alone(self, since: float) -> bool:
         """Whether no other worker of the job worked beside this one since ``since`` (its
         start): none beat after it, unless stopped before it (a crashed worker's last beat
-        came before it). Asked as the run ends (see resources_json); a ledger that
-        fails the read leaves the answer no."""
+        came before it). Never in a fleet's ledger; no, when the ledger fails the read.
+        Asked as the run ends (see resources_json)."""
         if self._fleet:
             return False
-        # Not known (the ledger failed the read): as if another had, nothing on record.
-        self._others = True
         try:
             workers = await self._db.call(self._ledger.workers, self._job.name, active_only=False)
         except BackfillError as exc:
             log.debug("could not tell whether another worker worked beside this one: %s", exc)
             return False
-        self._others = any(
+        return not any(
             w.id != self.worker_id
             and w.heartbeat_at > since
             and (w.stopped_at is None or w.stopped_at > since)
             for w in workers
         )
-        return not self._others
 
     async def heartbeat(self) -> None:
         """Renew our leases on a fixed tick that does not drift."""

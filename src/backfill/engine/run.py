@@ -278,12 +278,12 @@ class Runner:
             # What the resources learned goes on record as they end: the next run
             # starts there (see LeaseKeeper.resume_resources); nothing, when another
             # worker shared the run (each learns a share of the source).
-            await self.leases.alone(self._joined)
+            alone = await self.leases.alone(self._joined)
             await self._closing(
                 self.ledger.heartbeat,
                 self.worker_id,
                 now=self.clock.time(),
-                resources=self.leases.resources_json(final=True),
+                resources=self.leases.resources_json(final=alone),
             )
         if stray:
             # Expected after a fatal stop (the in-flight work it cancelled).

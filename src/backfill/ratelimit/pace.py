@@ -71,8 +71,12 @@ class Pace:
         only)."""
         return min((lim.rate for lim in self.limits if lim.period <= QUOTA_PERIOD), default=None)
 
-    def _new_learned(self) -> AdaptiveRate | None:
-        primary, start = self.declared_rate, self._new_learned_start()
+    def _new_learned(self, start: float | None = None) -> AdaptiveRate | None:
+        """The rate a run runs at, from ``start`` (by default where a run starts told
+        nothing of the source)."""
+        primary = self.declared_rate
+        if start is None:
+            start = self._new_learned_start()
         if start is None:
             return None
         if self.adaptive:
@@ -124,7 +128,7 @@ class Pace:
             self.found = rate
             if 0.5 * rate > start:
                 begin = min(0.5 * rate, declared or math.inf)
-                self.learned = AdaptiveRate(begin, ceiling=declared or 10_000.0)
+                self.learned = self._new_learned(begin)
                 what = (
                     f"starts at {begin:.3g}/s, half the limit the last run found "
                     f"({rate:.3g}/s), and ramps up from there"

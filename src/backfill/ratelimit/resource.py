@@ -441,7 +441,7 @@ class Resource:
         breaker = self.breaker
         circuit = breaker.status
         return {
-            "declared": ", ".join(str(lim) for lim in self.limits) or None,
+            "declared": self._declared(),
             "adaptive": self.adaptive,
             "rate": round(self.rate, 4) if self.limits or self.pace.learned is not None else None,
             "paused_until": at(self.paused_until),
@@ -455,6 +455,10 @@ class Resource:
             "rate_limited": self.rate_limited,
             "settled": self._settled_rate(),
         }
+
+    def _declared(self) -> str | None:
+        """The declared limits as the state on record says them."""
+        return ", ".join(str(lim) for lim in self.limits) or None
 
     def _settled_rate(self) -> float | None:
         learned = self.pace.learned
@@ -484,7 +488,7 @@ class Resource:
             self.pace.learned is None
             or type(settled) not in (int, float)
             or state.get("adaptive") is not self.adaptive
-            or state.get("declared") != (", ".join(str(lim) for lim in self.limits) or None)
+            or state.get("declared") != self._declared()
         ):
             return None
         try:

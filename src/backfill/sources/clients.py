@@ -172,7 +172,7 @@ class Clients:
             return
         from backfill.sources.http import warm
 
-        threading.Thread(target=warm, name="backfill-warm", daemon=True).start()
+        warm()
 
     def http(self, resource: str | None = None) -> HttpClient:
         """The run's HTTP client for ``resource`` (None: unlimited)."""

@@ -141,13 +141,19 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 def warm() -> None:
-    """Make the TLS context (:func:`_ssl_context`) before the run's first client asks
-    for it: loading the CA bundle takes ~20 ms, mostly outside the GIL, so on a thread of
-    its own as a run starts (see ``Clients.warm``) the run's planning overlaps it, where
-    on the event loop it held back the run's first requests. (httpcore's network backend,
-    imported on the first request, ~15 ms, is left there: its import holds the GIL, and
-    on a thread it slowed the planning down by as much.) Nothing it fails at is a run's
-    failure: the first client makes the context again and says what is wrong."""
+    """Start making the TLS context (:func:`_ssl_context`), when no run made it yet,
+    before the run's first client asks for it: loading the CA bundle takes ~20 ms,
+    mostly outside the GIL, so on a thread of its own as a run starts (see
+    ``Clients.warm``) the run's planning overlaps it, where on the event loop it held
+    back the run's first requests. (httpcore's network backend, imported on the first
+    request, ~15 ms, is left there: its import holds the GIL, and on a thread it slowed
+    the planning down by as much.) Nothing it fails at is a run's failure: the first
+    client makes the context again and says what is wrong."""
+    if _ssl is None:
+        threading.Thread(target=_make_ssl_context, name="backfill-warm", daemon=True).start()
+
+
+def _make_ssl_context() -> None:
     try:
         _ssl_context()
     except Exception as exc:  # a broken CA bundle: said where the first client fails
