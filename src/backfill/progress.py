@@ -286,7 +286,12 @@ class LiveProgress:
 
     def __call__(self, event: Event) -> None:
         self.state.apply(event)
-        if isinstance(event, RunStarted) and self._live is None:
+        if isinstance(event, ResourceChanged) and event.kind == "rate":
+            # Said once (a declared rate the source refuses, a run that starts where the
+            # last one left the rate): a line above the table, as plain output and the
+            # log say it; the footer keeps to what holds requests back now.
+            self.console.print(Text(visible(f"{event.resource}: {event.what}")))
+        elif isinstance(event, RunStarted) and self._live is None:
             self._live = Live(self, console=self.console, refresh_per_second=4, transient=False)
             self._live.start()
         elif isinstance(event, RunFinished) and self._live is not None:

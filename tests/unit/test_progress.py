@@ -254,6 +254,38 @@ def test_live_progress_close_is_safe_before_start_and_twice():
     assert live._live is None
 
 
+def test_live_progress_says_a_rate_the_source_does_not_accept_once_above_the_table():
+    """A declared rate the source refuses, or a run that starts at the rate the last one
+    learned, is said in the live display too (as in plain output and the log), once,
+    as a line above the table; it does not hide a pause that holds requests back."""
+    console, out = make_console()
+    live = LiveProgress(console)
+    live(started(fetch=StageCounts("fetch", pending=2)))
+    try:
+        live(ResourceChanged("api", "paused (429) for 1.0s", 1.0, "paused"))
+        what = "declared 15/s is more than the source accepts: running at 7.3/s"
+        live(ResourceChanged("api", what, 0.0, "rate"))
+        (holdup,) = live.state.holdups(live.state.started)
+        assert holdup.startswith("api paused (429)")
+        live(RUN_FINISHED)
+    finally:
+        live.close()
+    text = ANSI.sub("", out.getvalue())
+    assert text.count(f"api: {what}") == 1
+
+
+def test_live_progress_shows_a_source_s_words_as_text_not_markup():
+    """A rate message quotes nothing from a source today, but whatever it says is
+    printed as text: markup and escapes in it are shown, not obeyed."""
+    console, out = make_console()
+    live = LiveProgress(console)
+    live(ResourceChanged("api[bold]", "running at [red]1/s\x1b[2J", 0.0, "rate"))
+    live.close()
+    text = out.getvalue()
+    assert "api[bold]: running at [red]1/s\\x1b[2J" in ANSI.sub("", text)
+    assert "\x1b[2J" not in text
+
+
 def test_format_duration_counts_days_for_long_runs():
     """Durations of two days and more read in days and hours."""
     assert format_duration(21 * 86400 + 4 * 3600) == "21d04h"
