@@ -1164,27 +1164,6 @@ def test_an_adaptive_run_after_one_that_found_the_limit_ramps_from_half_of_it(se
     assert found.refused_share < 0.02
 
 
-@pytest.mark.parametrize("seed", [2, 37])
-def test_a_ramp_refused_again_at_its_first_drop_steps_down_not_to_half(seed: int) -> None:
-    """A ramp from half the limit a run before found (97/s of 100, bucket 10) runs past
-    the limit and its first 429 drops it to just under what got through; a request sent
-    at that rate is refused before any other sent at it came back accepted (the ramp
-    emptied the bucket, and what got through counted its savings). It steps down a
-    little and searches on: these seeds halved it, or left it creeping from 10 % under,
-    and ran at 0.76 of the limit over ten seconds."""
-    declared: dict[str, Any] = {"adaptive": True, "start_rate": 5, "concurrency": 16}
-    clock = FakeClock()
-    resource = Resource("api", clock=clock, **declared)
-    assert resource.resume({"declared": None, "adaptive": True, "settled": 97.0})
-    served = serve(
-        resource, clock, limit=100.0, bucket=10, seconds=10.0, workers=16, jitter=0.005, seed=seed
-    )
-    assert resource.pace.learned is not None and resource.pace.learned.decreases >= 2
-    assert served.accepted_between(0.0, 10.0) >= 0.9 * 100.0 * 10.0
-    assert min(served.accepted_between(s, s + 1.0) for s in range(2, 10)) >= 85
-    assert served.refused_share < 0.02
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_a_run_after_one_refused_down_from_a_declared_rate_starts_where_it_ended(
     seed: int,

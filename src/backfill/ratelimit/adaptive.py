@@ -39,11 +39,8 @@ class AdaptiveRate:
     more (a bucket that big hides a step's few percent over its limit for a second or
     two, so the step before may have been over it too). A lone 429 (a bucket of one
     refuses at once, when what got through was still the ramp's own pace) leaves the
-    search its 10 % steps. A request sent at the rate that first 429 brought, refused
-    before any other sent at it came back accepted, met the bucket the ramp emptied: a
-    step further down (the margin), the search going on as it was, not halved. A drop
-    to under what was measured to get through while mostly refused (about the limit,
-    then) keeps its search under that.
+    search its 10 % steps. A drop to under what was measured to get through while mostly
+    refused (about the limit, then) keeps its search under that.
 
     The 429s of requests sent at the rate before a decrease (before the first start the
     slower rate spaced) are its echoes: they say how far over the limit that rate was,
@@ -485,7 +482,7 @@ class AdaptiveRate:
             if self._since_decrease >= 4 and span > 0 and span - self._paused < 1.5 * self._paused
             else None
         )
-        search, keep = True, False
+        search = True
         got_through: float | None = None
         over_ramp = False
         if self.ramp and self.threshold is None and accepted is not None:
@@ -529,18 +526,6 @@ class AdaptiveRate:
             # about its limit got through over the whole cycle. At most halve, then
             # search.
             target = self.margin * max(cycle, 0.5 * self.rate)
-        elif (
-            self.decreases
-            and self._ramp_ended == self._last_decrease
-            and self._since_decrease_own == 0
-        ):
-            # Refused at the rate a ramp's first 429 brought, before any request sent at
-            # it was accepted: the ramp emptied the source's bucket, and what got through
-            # over it counted the bucket's savings (ten over half a second is a fifth of
-            # 100/s). A step further under it, searching on as that 429 left the search
-            # (halved, or crept up from 10 % under, the rate took seconds to minutes back
-            # up to the limit: 0.76 of it over ten seconds).
-            target, keep = self.margin * self.rate, True
         elif accepted_since >= 4 or self._searched:
             # (Or the first 429 after a search ended on the step above: the rate is the
             # last one accepted, a hair too close to a strict limit.)
@@ -580,12 +565,11 @@ class AdaptiveRate:
         if self.ramp and self.threshold is None:
             self._ramp_ended = now
         self._searched = self._good is not None and self._good < self.rate
-        if not keep:
-            self._bad = self.rate if search else None
-            self._got_through = got_through
-            self._over_ramp = over_ramp
-            self._past_estimate = None
-            self._small_steps = False
+        self._bad = self.rate if search else None
+        self._got_through = got_through
+        self._over_ramp = over_ramp
+        self._past_estimate = None
+        self._small_steps = False
         if sent is not None:
             sent_at = self.rate_at(sent)
             if sent_at is not None and sent_at < self.rate:
