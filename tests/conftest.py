@@ -10,7 +10,9 @@ every worker: the real-time rate tests ran beside chromium and failed)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,22 +35,64 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def group_lock_path(group: str) -> Path:
-    """The lock file the tests of ``group`` take in turn (one per machine)."""
-    return Path(tempfile.gettempdir()) / f"backfill-tests-group-{group}.lock"
+    """The lock file the tests of ``group`` take in turn (one per machine and user)."""
+    return Path(tempfile.gettempdir()) / f"backfill-tests-{os.getuid()}-group-{group}.lock"
+
+
+# Per group: the lock's descriptor in this process, and how many holders it has (a
+# grouped module holds it for its module-scoped fixtures, each of its tests again).
+_held: dict[str, tuple[int, int]] = {}
+
+
+@contextlib.contextmanager
+def _group_lock(group: str) -> Iterator[None]:
+    """Held while no other process holds it; again in this process at no cost. Opened
+    without truncating and never through a symbolic link (the temp directory is
+    shared)."""
+    if group in _held:
+        fd, holders = _held[group]
+        _held[group] = (fd, holders + 1)
+    else:
+        fd = os.open(group_lock_path(group), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _held[group] = (fd, 1)
+    try:
+        yield
+    finally:
+        fd, holders = _held[group]
+        if holders > 1:
+            _held[group] = (fd, holders - 1)
+        else:
+            del _held[group]
+            os.close(fd)  # (closing it releases the lock)
+
+
+def _group(node: pytest.Item | pytest.Collector) -> str | None:
+    marker = node.get_closest_marker("xdist_group")
+    if marker is None:
+        return None
+    return str(marker.args[0] if marker.args else marker.kwargs.get("name", "default"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _its_group_for_the_module(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A module of an ``xdist_group`` (its ``pytestmark``) holds the group's lock from
+    its first module-scoped fixture (a site server, chromium's install) to its last."""
+    group = _group(request.node)
+    if group is None:
+        yield
+        return
+    with _group_lock(group):
+        yield
 
 
 @pytest.fixture(autouse=True)
 def _one_of_its_group_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test of an ``xdist_group`` runs while no other test of that group does, in any
-    worker (or any other pytest run on this machine)."""
-    marker = request.node.get_closest_marker("xdist_group")
-    if marker is None:
+    worker (or any other pytest run on this machine by the same user)."""
+    group = _group(request.node)
+    if group is None:
         yield
         return
-    group = str(marker.args[0] if marker.args else marker.kwargs.get("name", "default"))
-    with open(group_lock_path(group), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with _group_lock(group):
+        yield
