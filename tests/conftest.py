@@ -74,15 +74,22 @@ def _group(node: pytest.Item | pytest.Collector) -> str | None:
     return str(marker.args[0] if marker.args else marker.kwargs.get("name", "default"))
 
 
+@contextlib.contextmanager
+def _held_for(node: pytest.Item | pytest.Collector) -> Iterator[None]:
+    """The lock of ``node``'s group held meanwhile, when it has one."""
+    group = _group(node)
+    if group is None:
+        yield
+    else:
+        with _group_lock(group):
+            yield
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _its_group_for_the_module(request: pytest.FixtureRequest) -> Iterator[None]:
     """A module of an ``xdist_group`` (its ``pytestmark``) holds the group's lock from
     its first module-scoped fixture (a site server, chromium's install) to its last."""
-    group = _group(request.node)
-    if group is None:
-        yield
-        return
-    with _group_lock(group):
+    with _held_for(request.node):
         yield
 
 
@@ -90,9 +97,5 @@ def _its_group_for_the_module(request: pytest.FixtureRequest) -> Iterator[None]:
 def _one_of_its_group_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
     """A test of an ``xdist_group`` runs while no other test of that group does, in any
     worker (or any other pytest run on this machine by the same user)."""
-    group = _group(request.node)
-    if group is None:
-        yield
-        return
-    with _group_lock(group):
+    with _held_for(request.node):
         yield
