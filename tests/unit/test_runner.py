@@ -1250,15 +1250,20 @@ def test_what_a_run_learned_a_week_ago_is_not_started_from(ledger: Ledger) -> No
     assert not api.resumed
 
 
-@pytest.mark.parametrize("other", ["none", "beside", "crashed"])
+@pytest.mark.parametrize(
+    "other", ["none", "beside", "crashed", "between_beats", "crashed_lately", "stopped_before"]
+)
 def test_a_worker_that_shared_its_run_with_another_leaves_nothing_to_start_from(
     ledger: Ledger, other: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Workers of a fleet on a SQLite file each learn their own share of a source (two
     adaptive workers on one 100/s source recorded 28 and 72): one that another worker
-    worked beside (it beat during the run) leaves nothing to start from; alone, or
-    beside a worker that crashed before it started (its last beat came before), it
-    leaves what it learned."""
+    worked beside leaves nothing to start from. Beside it: one that beat during the run,
+    one still running whose last beat came before the run began (it beats every third
+    of its lease: a run between two of its beats took its share for the whole source),
+    and one that crashed within a lease before it (it may have run on until its lease
+    ran out). Alone, or after a worker that stopped before it began or crashed a lease
+    and more before, it leaves what it learned."""
     import json
 
     from backfill.ratelimit.adaptive import AdaptiveRate
@@ -1267,10 +1272,13 @@ def test_a_worker_that_shared_its_run_with_another_leaves_nothing_to_start_from(
     job = make_job(days=2)
     job.resource("api", rate=15, burst=1)
     now = time.time()
+    # When the other worker began and last beat (the job's lease is 60 s).
+    began = {"crashed": now - 90, "between_beats": now - 10, "crashed_lately": now - 50}
     if other != "none":
-        ledger.register_worker(
-            WorkerRecord("other", "test", "elsewhere", 1, now - 90, now - 90, None)
-        )
+        at = began.get(other, now - 90)
+        ledger.register_worker(WorkerRecord("other", "test", "elsewhere", 1, at, at, None))
+    if other == "stopped_before":
+        ledger.stop_worker("other", now=now - 5)
 
     @job.stage(resource="api")
     async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
@@ -1280,4 +1288,5 @@ def test_a_worker_that_shared_its_run_with_another_leaves_nothing_to_start_from(
 
     assert run_job(job, ledger).exit_code == 0
     left = [json.loads(r)["api"]["settled"] for _, r in ledger.resource_states("test")]
-    assert left == ([None] if other == "beside" else [4.8]), left
+    shared = other in ("beside", "between_beats", "crashed_lately")
+    assert left == ([None] if shared else [4.8]), left

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 from collections.abc import Iterable
@@ -214,9 +215,13 @@ class LeaseKeeper:
 
     async def alone(self, since: float) -> bool:
         """Whether no other worker of the job worked beside this one since ``since`` (its
-        start): none beat after it, unless stopped before it (a crashed worker's last beat
-        came before it). Never in a fleet's ledger; no, when the ledger fails the read.
-        Asked as the run ends (see resources_json)."""
+        start): none whose life may reach past it. A worker's life ends when it stopped,
+        and, stopped or not, a lease after its last beat at the latest (it beats every
+        third of one; a crashed one, or one the reaper stopped later, ran no longer).
+        Judged by its last beat alone, a worker still running whose last beat came before
+        ``since`` was missed: a run between two of its beats took its own share of the
+        source for the whole. Never in a fleet's ledger; no, when the ledger fails the
+        read. Asked as the run ends (see resources_json)."""
         if self._fleet:
             return False
         try:
@@ -224,10 +229,11 @@ class LeaseKeeper:
         except BackfillError as exc:
             log.debug("could not tell whether another worker worked beside this one: %s", exc)
             return False
+        lease = self._job.lease_seconds
         return not any(
             w.id != self.worker_id
-            and w.heartbeat_at > since
-            and (w.stopped_at is None or w.stopped_at > since)
+            and min(w.heartbeat_at + lease, math.inf if w.stopped_at is None else w.stopped_at)
+            > since
             for w in workers
         )
 
