@@ -22,7 +22,10 @@ def ensure_chromium() -> Path:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     reason = "apt-get is not available"
     # Test workers run in parallel: one installs while the others wait for it.
-    with open(Path(tempfile.gettempdir()) / "backfill-tests-chromium.lock", "w") as lock:
+    # (Opened without truncating and never through a symbolic link: the temp directory
+    # is shared, and a link planted there under this name would truncate its target.)
+    path = Path(tempfile.gettempdir()) / f"backfill-tests-{os.getuid()}-chromium.lock"
+    with open(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if CHROMIUM.exists():
             return CHROMIUM
