@@ -234,3 +234,54 @@ def test_a_run_whose_state_database_stays_gone_stops_with_one_sentence(
     assert message.startswith("lost the state database postgresql://postgres@127.0.0.1:")
     assert "for more than 3 s" in message and "\n" not in message
     assert took < 20 * PostgresLedger.retry_for, took  # not a window per call, nor forever
+
+
+@pytest.mark.parametrize("other", ["none", "beating", "between_beats"])
+def test_a_worker_alone_on_postgresql_leaves_what_it_learned_for_the_next_run(
+    pg_url: str, other: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker with no other beside it on a PostgreSQL state leaves the rate it learned
+    of the source, and the next run starts there (it started afresh at its declared
+    15/s, to be refused down again); one beside another worker leaves nothing, whether
+    the other beat during the run or ran on between two of its beats."""
+    import json
+    import time
+    from typing import Any
+
+    from backfill import Context, Job, Partition
+    from backfill.ledger import WorkerRecord
+    from backfill.ratelimit.adaptive import AdaptiveRate
+    from backfill.testing import run_job
+
+    monkeypatch.setattr(AdaptiveRate, "settled", lambda self: 4.8)  # it learned 4.8/s
+    ledger = PostgresLedger(pg_url)
+    try:
+        beside = other != "none"
+        if beside:
+            at = time.time() - (10.0 if other == "between_beats" else 0.0)
+            ledger.register_worker(WorkerRecord("other", "pg", "elsewhere", 1, at, at, None))
+
+        def job_at_15(last: str) -> tuple[Job, Any, list[float]]:
+            job = Job("pg", partitions=daily("2013-01-01", last))
+            api = job.resource("api", rate=15, burst=1)
+            rates: list[float] = []
+
+            @job.stage(resource="api")
+            async def fetch(ctx: Context, partition: Partition) -> list[dict[str, Any]]:
+                rates.append(api.rate)
+                if other == "beating":
+                    ledger.heartbeat("other", now=time.time())
+                return [{"day": partition.key}]
+
+            return job, api, rates
+
+        job, _, _ = job_at_15("2013-01-02")
+        assert run_job(job, ledger).exit_code == 0
+        left = [json.loads(r)["api"]["settled"] for _, r in ledger.resource_states("pg")]
+        assert left == ([None] if beside else [4.8]), left
+        job, api, rates = job_at_15("2013-01-04")  # two days more
+        assert run_job(job, ledger).exit_code == 0
+        assert api.resumed is not beside
+        assert min(rates) == (pytest.approx(15 * 0.97) if beside else pytest.approx(4.8))
+    finally:
+        ledger.close()
