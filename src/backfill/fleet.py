@@ -22,7 +22,7 @@ from backfill.ledger import SharedLimits
 from backfill.ratelimit import Resource
 from backfill.ratelimit.sharing import BOOK_AHEAD, Taken, quota_margin
 
-__all__ = ["LedgerRate", "concurrency_share"]
+__all__ = ["LedgerRate", "booking_interval", "concurrency_share"]
 
 log = logging.getLogger("backfill.fleet")
 
@@ -81,7 +81,7 @@ class LedgerRate:
         return "*" if self.resource.shared else self.job
 
     async def take(self, count: int) -> Taken:
-        interval = self.resource.rate_interval if self.rate else 0.0
+        interval = booking_interval(self.resource) if self.rate else 0.0
         quotas = [(int(q.count), q.period) for q in self.resource.quotas]
         # A block never holds more starts than the smallest quota allows in its window.
         count = min([count, *(n for n, _ in quotas)])
@@ -111,6 +111,15 @@ class LedgerRate:
             self.ledger.pause_resource(self.scope, self.resource.name, seconds)
         except BackfillError as exc:
             log.warning("could not share a pause of %s: %s", self.resource.name, exc)
+
+
+def booking_interval(resource: Resource) -> float:
+    """The spacing a worker books the fleet's starts of ``resource`` at: the rate it runs
+    at, its declared rate or under it, as the source taught it. Booked at the declared
+    rate, the fleet went on at it together while each worker's own pace held back only
+    its share (four workers declared a correct 20/s, in front of a strict bucket, ran at
+    a tenth of it), and the source's refusals never slowed the fleet down."""
+    return 1.0 / resource.rate
 
 
 def concurrency_share(total: int, workers: list[str], me: str) -> int:

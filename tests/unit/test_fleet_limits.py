@@ -42,6 +42,7 @@ class Schedule:
         self.delay = 0.0
         self.due = 0.0  # how far after the database's now the booked start is
         self.booked: list[float] = []  # when the database read its clock, on ours
+        self.intervals: list[float] = []  # the spacing each booking asked for
 
     def take_starts(
         self,
@@ -60,6 +61,7 @@ class Schedule:
         self.clock.now += self.delay
         self.delay = 0.0
         self.booked.append(db_now - OFFSET)
+        self.intervals.append(interval)
         return [self.due + i * interval for i in range(count)], 0.0, db_now
 
     def pause_resource(self, job: str, resource: str, seconds: float) -> None:
@@ -69,7 +71,7 @@ class Schedule:
 def taker(delays: list[float]) -> tuple[list[list[float]], Schedule]:
     clock = StepClock()
     schedule = Schedule(clock)
-    resource = Resource("api", rate=20)
+    resource = Resource("api", rate=20, burst=2)  # (burst 1 starts a hair under 20/s)
     rate = LedgerRate(schedule, "j", resource, ThreadPoolExecutor(1), clock)
     taken: list[list[float]] = []
 
@@ -82,6 +84,23 @@ def taker(delays: list[float]) -> tuple[list[list[float]], Schedule]:
 
     asyncio.run(main())
     return taken, schedule
+
+
+def test_the_fleet_books_starts_at_the_rate_the_worker_runs_at() -> None:
+    """A declared rate the source refused down (20/s declared, 9.7/s learned) spaces the
+    fleet's starts: booked at the declared rate, the fleet went on at 20/s together
+    while each worker's own pace held only its share back (four workers at a correct
+    20/s, refused down by a strict bucket, drew a 429 and a pause every few seconds)."""
+    clock = StepClock()
+    schedule = Schedule(clock)
+    resource = Resource("api", rate=20, burst=2)
+    rate = LedgerRate(schedule, "j", resource, ThreadPoolExecutor(1), clock)
+    learned = resource.pace.learned
+    assert learned is not None
+    asyncio.run(rate.take(2))
+    learned.rate = 9.7
+    asyncio.run(rate.take(2))
+    assert schedule.intervals == pytest.approx([1 / 20, 1 / 9.7])
 
 
 def test_starts_of_a_reply_held_up_on_its_way_show_as_late_as_they_are() -> None:

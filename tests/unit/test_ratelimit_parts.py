@@ -258,9 +258,11 @@ def test_a_429_that_is_not_a_lone_short_one_pauses_the_resource(
     assert resource.pauses == 1
 
 
-def test_a_429_at_a_rate_a_fleet_shares_pauses_every_worker() -> None:
-    """The fleet's schedule sets the pace, not this worker's learned rate: a lone 429
-    pauses the fleet as any other does."""
+def test_a_lone_429_at_a_rate_a_fleet_shares_slows_the_worker_without_pausing_the_fleet() -> None:
+    """The fleet's schedule books at each worker's rate: a lone 429 slows the worker
+    that saw it down, as in one process, and pauses nobody (each pause of Retry-After: 1
+    cost every worker a second: four workers at a correct 20/s in front of a strict
+    bucket crawled at a tenth of it); a longer wait pauses the whole fleet."""
     from backfill.ratelimit.limits import Outcome
     from backfill.ratelimit.sharing import Taken
 
@@ -279,8 +281,13 @@ def test_a_429_at_a_rate_a_fleet_shares_pauses_every_worker() -> None:
     resource = Resource("api", rate="10/s", clock=clock)
     shared = Shared()
     resource.share_with(shared)
+    before = resource.rate
     resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t - 0.05)
-    assert resource.pauses == 1 and shared.paused == [1.0]
+    assert resource.pauses == 0 and shared.paused == []
+    assert resource.rate < before
+    clock.t += 5.0
+    resource.observe(Outcome.RATE_LIMITED, retry_after=2.0, sent=clock.t - 0.05)
+    assert resource.pauses == 1 and shared.paused == [2.0]
 
 
 def test_pauses_extend_never_stack_and_are_said_once() -> None:
@@ -1346,3 +1353,23 @@ def test_the_rate_a_window_s_cycle_takes_it_back_to_is_the_one_its_requests_went
     assert rate.back_to(8.0, 4.0)
     assert rate.rate == pytest.approx(0.97 * 8.0)
     assert rate.rate_at(4.01) == pytest.approx(0.97 * 8.0)
+
+
+@pytest.mark.parametrize("bound", [True, False])
+def test_a_fleet_workers_search_steps_up_when_its_share_waited_for_the_fleets_starts(
+    bound: bool,
+) -> None:
+    """A fleet's worker sends only its share of the rate the fleet books at (a quarter
+    of it among four): a search's step counts as used when most of its requests waited
+    for the fleet's starts (the others sent the rest), and the search goes on; one whose
+    requests never waited (the fleet sent less than the rate) holds the step."""
+    rate = AdaptiveRate(20.0, ceiling=20.0, ramp=False)
+    rate.on_rate_limited(1.0, 1.0, sent=0.99)  # refused at once: halved, searching up
+    assert rate.rate == pytest.approx(10.0)
+    t = 1.0
+    while t < 4.0:
+        rate.on_start(t)
+        rate.on_fleet_start(t, bound=bound)
+        rate.on_success(t + 0.05, sent=t)
+        t += 0.4  # 2.5/s: a quarter of the 10/s the fleet books at
+    assert (rate.rate > 10.5) is bound, rate.rate

@@ -382,6 +382,9 @@ class Resource:
                 raise
             if fleet.rate:
                 grant = Grant(self, start, deadline)
+                # Waited for the fleet's start: the fleet's schedule, at this worker's
+                # rate, is what holds its requests back (see Pace.on_fleet_start).
+                self.pace.on_fleet_start(now, bound=start - now > 0.25 / self.rate)
             else:
                 # Only the quotas are shared: the rate's spacing where requests are
                 # written is still this process's own.
@@ -608,8 +611,6 @@ class Resource:
         lone one."""
         if sent is None or status != 429 or self.pace.learned is None:
             return None
-        if self.fleet.shared is not None and self.fleet.rate:
-            return None  # the fleet's schedule sets the pace: every worker pauses
         if self.breaker.open_until is not None:
             return None  # the circuit's probe, refused: every request waits with it
         interval = self.pace.rate_interval
