@@ -52,6 +52,8 @@ def estimate(
         per: list[float] = []
         sources: set[str] = set()
         for s in users:
+            if not to_run[s.name]:
+                continue  # nothing to run needs no requests, however many it would take
             n, avg = history.get(s.name, (0, None))
             if n >= _MIN_HISTORY and avg is not None:
                 value, origin = avg, "history"

@@ -120,3 +120,40 @@ def test_plan_counts_at_the_rate_the_last_run_learned(tmp_path: Path) -> None:
     assert found.endswith(
         "= 300 requests at adaptive, now 12.50/s (25/s found by the last run) ≈ 12s"
     ), found
+
+
+REFERENCE_JOB = """
+from backfill import Job, daily
+
+job = Job("refs", partitions=daily("2013-01-01", "2013-01-20"))
+job.resource("api", rate="10/s", burst=2)
+
+
+@job.stage(resource="api", reference=True)
+def carriers(ctx, partition):
+    return [{"n": 1}]
+
+
+@job.stage(resource="api", needs=["carriers"], requests_per_partition=2)
+def flights(ctx, partition):
+    return [{"n": 1}]
+"""
+
+
+def test_plan_estimates_once_the_reference_tables_are_done(tmp_path: Path) -> None:
+    """A reference stage that declares no requests per partition and ran once (too
+    little history to go by): done, it needs nothing, and the days still to run get
+    their estimate (the demo's `plan` said "requests per partition unknown" once its
+    reference tables were in); with nothing left at all, `plan` says so."""
+    (tmp_path / "job.py").write_text(textwrap.dedent(REFERENCE_JOB))
+    state = f"sqlite:///{tmp_path / 'state.db'}"
+    done = run_cli("run", "job.py", "--state", state, "--stage", "carriers", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = run_cli("plan", "job.py", "--state", state, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (api,) = [line for line in result.stdout.splitlines() if line.startswith("api:")]
+    assert api == "api: 20 partitions × 2.0 requests (declared) = 40 requests at 10/s ≈ 4s", api
+    run_cli("run", "job.py", "--state", state, cwd=tmp_path)
+    result = run_cli("plan", "job.py", "--state", state, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "api: nothing to run" in result.stdout.splitlines(), result.stdout

@@ -53,3 +53,20 @@ def test_unknown_requests_per_partition_says_so() -> None:
     (e,) = estimate(job, [job.stages["fetch"]], {"fetch": 31}, {"fetch": (1, 2.0)})
     assert e.requests is None
     assert e.source == "unknown"
+
+
+def test_a_stage_with_nothing_to_run_leaves_the_estimate_known() -> None:
+    """The demo's reference tables, done and never declared: a stage with nothing to run
+    needs no requests, so its unknown requests per partition leave the others' estimate
+    standing (`backfill plan` on the demo said "unknown" once they were done)."""
+    job = racing_job()
+
+    @job.stage(resource="racing_api", reference=True)
+    async def courses(ctx: Context, partition: Partition) -> None:
+        return None
+
+    stages = list(job.stages.values())
+    (e,) = estimate(job, stages, {"cards": 100, "courses": 0}, {"courses": (1, 1.0)})
+    assert (e.source, e.requests, e.requests_per_partition) == ("declared", 200.0, 2.0)
+    (unknown,) = estimate(job, stages, {"cards": 100, "courses": 1}, {})
+    assert unknown.requests is None and unknown.source == "unknown"

@@ -133,6 +133,9 @@ def plan(
     )
     to_run_by_stage = {s.name: rows[s.name][0].pending + rows[s.name][1] for s in stages}
     for e in estimate(job, stages, to_run_by_stage, history, spent):
+        if not e.partitions:
+            out.print(shown(f"{e.resource}: nothing to run"))
+            continue
         if e.requests is None or e.requests_per_partition is None:
             out.print(
                 shown(
