@@ -1051,7 +1051,9 @@ class AdaptiveRate:
             # its starts waited for the fleet's (the others sent the rest), judged once
             # most of its own answers are in.
             own = self.rate * hold
-            if not used and self._step_fleet >= 4 and self._step_bound >= 0.5 * self._step_fleet:
+            if not used and self._step_fleet and self._step_bound >= 0.5 * self._step_fleet:
+                if self._step_fleet < 4:
+                    return False  # too few of its own yet to judge by: held on
                 used, own = True, min(own, went)
             if used and self._sent_known and self._step_own < 0.72 * own:
                 # Its own answers are not in yet (a source seconds away answers for the
