@@ -243,70 +243,43 @@ def test_blocks_never_exceed_the_smallest_quota() -> None:
     assert len(starts) == 3
 
 
-def test_a_rate_shared_with_other_jobs_leaves_nothing_to_resume(
+def test_a_rate_shared_with_other_workers_leaves_nothing_to_resume(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A rate shared with other jobs (``shared=True``) is learned per job, its share of
-    the source: nothing on record. A fleet's rate, shared in its ledger, or one shared
-    for quotas only, says what this worker learned (on record only when it ran alone:
-    see the next test)."""
+    """In a fleet each worker learns its own share of the source (a quarter of it among
+    four): a run of any size starting at one worker's share would crawl. A rate shared
+    with others leaves nothing on record; one shared for quotas only does."""
     clock = StepClock()
     schedule = Schedule(clock)
-    for shared, rate, settled in ((True, True, None), (False, True, 4.8), (False, False, 4.8)):
-        resource = Resource("api", rate=15, burst=1, clock=clock, shared=shared)
+    for rate, settled in ((True, None), (False, 4.8)):
+        resource = Resource("api", rate=15, burst=1, clock=clock)
         assert resource.pace.learned is not None
         monkeypatch.setattr(resource.pace.learned, "settled", lambda: 4.8)  # it learned
         resource.share_with(
             LedgerRate(schedule, "j", resource, ThreadPoolExecutor(1), clock, rate=rate), rate=rate
         )
-        assert resource.state()["settled"] == settled, (shared, rate)
+        assert resource.state()["settled"] == settled
 
 
-@pytest.mark.parametrize("beside", [False, True])
-def test_a_fleet_worker_alone_leaves_what_it_learned_and_the_next_starts_there(
-    monkeypatch: pytest.MonkeyPatch, beside: bool
+def test_a_fleets_workers_leave_nothing_to_resume_and_resume_nothing(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """On a fleet's ledger (PostgreSQL) as on a SQLite file: a worker that another worker
-    worked beside learned a share of the source (four adaptive workers on one 100/s
-    source learned 20, 10, 24 and 43) and leaves nothing to start from; one alone leaves
-    what it learned, and the next worker starts there."""
-    import json
+    """Every resource of a fleet's worker is learned per worker, even one whose rate the
+    fleet does not share (an adaptive one: four workers on one 100/s source recorded 20,
+    10, 24 and 43, and a run alone resumed at 20): its record says nothing, and a worker
+    of a fleet starts afresh."""
     import types
 
     from backfill import Job, daily
     from backfill.engine.lease import LeaseKeeper
-    from backfill.ledger import WorkerRecord
 
     job = Job("j", partitions=daily("2013-01-01", "2013-01-02"))
-    api = job.resource("api", rate=100, adaptive=True)
+    api = job.resource("api", adaptive=True)
     assert api.pace.learned is not None
     monkeypatch.setattr(api.pace.learned, "settled", lambda: 24.0)
-    others = [WorkerRecord("w2", "j", "h", 2, 0.0, 150.0, None)] if beside else []
-    ledger = types.SimpleNamespace(
-        fleet=True, workers=lambda job, active_only: [*others], resource_states=None
-    )
-
-    class Now:
-        def time(self) -> float:
-            return 200.0
-
-    keeper = LeaseKeeper(job, ledger, None, "w1", Now(), None, ["api"])  # type: ignore[arg-type]
-
-    class Db:
-        async def call(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-            return fn(*args, **kwargs)
-
-    keeper._db = Db()  # type: ignore[assignment]
+    read: list[str] = []
+    ledger = types.SimpleNamespace(fleet=True, resource_states=lambda name: read.append(name))
+    keeper = LeaseKeeper(job, ledger, None, "w", StepClock(), None, ["api"])  # type: ignore[arg-type]
     assert '"settled":null' in (keeper.resources_json() or "")
-    alone = asyncio.run(keeper.alone(100.0))
-    assert alone is not beside
-    record = keeper.resources_json(final=alone) or ""
-    assert json.loads(record)["api"]["settled"] == (None if beside else 24.0)
-
-    nxt = Job("j", partitions=daily("2013-01-01", "2013-01-02"))
-    fresh = nxt.resource("api", rate=100, adaptive=True)
-    ledger.resource_states = lambda name: [(199.0, record)]
-    successor = LeaseKeeper(nxt, ledger, None, "w3", Now(), None, ["api"])  # type: ignore[arg-type]
-    successor._db = Db()  # type: ignore[assignment]
-    asyncio.run(successor.resume_resources())
-    assert fresh.resumed is not beside
+    asyncio.run(keeper.resume_resources())
+    assert read == [] and not api.resumed

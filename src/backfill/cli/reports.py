@@ -91,11 +91,12 @@ def plan(
         rows = stage_counts(job, ledger, stages, selection)
         history = {s.name: ledger.request_stats(job.name, s.name) for s in stages}
         spent = _quota_use(ledger, job)
-        # The rates the next run starts at: what the last run alone learned of each
-        # source.
-        learned = learned_states(ledger, job, job.resources, now=time.time())
-        for name, found in learned.items():
-            job.resources[name].resume(found)
+        # The rates the next run starts at: what the last one learned of each source
+        # (a fleet's workers each learn a share: they start afresh).
+        if not getattr(ledger, "fleet", False):
+            learned = learned_states(ledger, job, job.resources, now=time.time())
+            for name, found in learned.items():
+                job.resources[name].resume(found)
     finally:
         ledger.close()
     table = Table(title=shown(f"plan for job {job.name}"), title_justify="left")

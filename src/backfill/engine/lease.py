@@ -148,6 +148,8 @@ class LeaseKeeper:
         self._bus = bus
         # The resources this run's stages use: their state goes on record.
         self._resources = resources
+        # A fleet's ledger: its workers share the resources' rates and concurrency.
+        self._fleet = bool(getattr(ledger, "fleet", False))
         # Until when each begun partition's lease is certainly ours (see backfill.leases).
         self.book = LeaseBook(job.lease_seconds)
         self.losses = LeaseLosses()
@@ -164,10 +166,9 @@ class LeaseKeeper:
     def resources_json(self, *, final: bool = False) -> str | None:
         """What the resources this run's stages use are doing, as the ledger keeps it.
         What they learned of their sources (``settled``, see learned_states) only as the
-        run ends (``final``: when it ran alone, see alone), on a SQLite file or a
-        PostgreSQL fleet's ledger: workers that share a run each learn a share of a
-        source, nothing a run of any size may start from (one killed mid-run leaves the
-        record before it standing)."""
+        run ends (``final``: when it ran alone, see alone): each worker of a fleet
+        learns a share of a source, nothing a run of any size may start from (one killed
+        mid-run leaves the record before it standing)."""
         if not self._resources:
             return None
         states = {name: self._job.resources[name].state() for name in self._resources}
@@ -186,12 +187,9 @@ class LeaseKeeper:
 
     async def resume_resources(self) -> None:
         """Each resource of the run starts at the rate the last run using it learned
-        (see :func:`learned_states`), a run that worked alone (workers that share a run
-        each learn a share of the source, and leave no record: see resources_json). Each
-        worker of a fleet starting together starts there too, as it would start from its
-        declared rate or its ramp, and is refused down to its share (a declared rate the
-        fleet shares caps them together either way)."""
-        if not self._resources:
+        (see :func:`learned_states`); not in a fleet on PostgreSQL, whose workers each
+        learn a share (a fleet on a SQLite file leaves no record: see resources_json)."""
+        if not self._resources or self._fleet:
             return
         states = await self._db.call(
             learned_states, self._ledger, self._job, self._resources, now=self._clock.time()
@@ -222,10 +220,10 @@ class LeaseKeeper:
         third of one; a crashed one, or one the reaper stopped later, ran no longer).
         Judged by its last beat alone, a worker still running whose last beat came before
         ``since`` was missed: a run between two of its beats took its own share of the
-        source for the whole. On a SQLite file or a PostgreSQL fleet's ledger alike: the
-        stamps are each machine's own clock, which the fleet's leases already need
-        agreeing within seconds. No, when the ledger fails the read. Asked as the run
-        ends (see resources_json)."""
+        source for the whole. Never in a fleet's ledger; no, when the ledger fails the
+        read. Asked as the run ends (see resources_json)."""
+        if self._fleet:
+            return False
         try:
             workers = await self._db.call(self._ledger.workers, self._job.name, active_only=False)
         except BackfillError as exc:

@@ -465,10 +465,9 @@ class Resource:
 
     def _settled_rate(self) -> float | None:
         learned = self.pace.learned
-        if learned is None or self.shared:
-            # (A rate shared with other jobs is learned per job, its share of the source:
-            # nothing a run may start at. A fleet's workers each learn a share too; only
-            # a worker that ran alone leaves what it learned: see
+        if learned is None or (self.fleet.shared is not None and self.fleet.rate):
+            # (A rate shared with other workers is learned per worker: its share, not
+            # what a run of any size may start at. So is any rate in a fleet: see
             # LeaseKeeper.resources_json.)
             return None
         settled = learned.settled()
