@@ -22,7 +22,7 @@ from backfill.ledger import SharedLimits
 from backfill.ratelimit import Resource
 from backfill.ratelimit.sharing import BOOK_AHEAD, Taken, quota_margin
 
-__all__ = ["LedgerRate", "booking_interval", "concurrency_share"]
+__all__ = ["LedgerRate", "booking", "concurrency_share"]
 
 log = logging.getLogger("backfill.fleet")
 
@@ -81,7 +81,7 @@ class LedgerRate:
         return "*" if self.resource.shared else self.job
 
     async def take(self, count: int) -> Taken:
-        interval = booking_interval(self.resource) if self.rate else 0.0
+        interval, tolerance = booking(self.resource) if self.rate else (0.0, 0.0)
         quotas = [(int(q.count), q.period) for q in self.resource.quotas]
         # A block never holds more starts than the smallest quota allows in its window.
         count = min([count, *(n for n, _ in quotas)])
@@ -91,7 +91,7 @@ class LedgerRate:
             self.resource.name,
             count=count,
             interval=interval,
-            tolerance=(self.resource.burst - 1) * interval,
+            tolerance=tolerance,
             quotas=quotas,
             max_pause=self.resource.max_wait,
             margin=quota_margin(interval, 0.0 if self.rate else self.resource.rate_interval),
@@ -113,13 +113,21 @@ class LedgerRate:
             log.warning("could not share a pause of %s: %s", self.resource.name, exc)
 
 
-def booking_interval(resource: Resource) -> float:
-    """The spacing a worker books the fleet's starts of ``resource`` at: the rate it runs
-    at, its declared rate or under it, as the source taught it. Booked at the declared
-    rate, the fleet went on at it together while each worker's own pace held back only
-    its share (four workers declared a correct 20/s, in front of a strict bucket, ran at
-    a tenth of it), and the source's refusals never slowed the fleet down."""
-    return 1.0 / resource.rate
+def booking(resource: Resource) -> tuple[float, float]:
+    """How a worker books the fleet's starts of ``resource``: the interval of the rate it
+    runs at (its declared rate, or under it as the source taught it), and the burst's
+    tolerance at the declared rate.
+
+    Booked at the declared rate, the fleet went on at it together while each worker's
+    own pace held back only its share (four workers declared a correct 20/s, in front of
+    a strict bucket, ran at a tenth of it), and the source's refusals never slowed the
+    fleet down. The tolerance stays the declared rate's: the starts of any second then
+    number R + burst at most, whatever intervals the workers book at (each at least the
+    declared one); one scaled to a slower worker's interval let the burst it left on an
+    idle schedule add to the others' (37 starts in a second at 20/s, burst 10).
+    """
+    declared = resource.rate_interval
+    return 1.0 / resource.rate, (resource.burst - 1) * declared
 
 
 def concurrency_share(total: int, workers: list[str], me: str) -> int:
