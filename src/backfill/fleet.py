@@ -114,20 +114,18 @@ class LedgerRate:
 
 
 def booking(resource: Resource) -> tuple[float, float]:
-    """How a worker books the fleet's starts of ``resource``: the interval of the rate it
-    runs at (its declared rate, or under it as the source taught it), and the burst's
-    tolerance at the declared rate.
+    """How a worker books the fleet's starts of ``resource``: the declared rate's interval
+    and its burst's tolerance (each worker's own pace holds its share under the rate it
+    learned).
 
-    Booked at the declared rate, the fleet went on at it together while each worker's
-    own pace held back only its share (four workers declared a correct 20/s, in front of
-    a strict bucket, ran at a tenth of it), and the source's refusals never slowed the
-    fleet down. The tolerance stays the declared rate's: the starts of any second then
-    number R + burst at most, whatever intervals the workers book at (each at least the
-    declared one); one scaled to a slower worker's interval let the burst it left on an
-    idle schedule add to the others' (37 starts in a second at 20/s, burst 10).
+    Booked instead at each worker's learned rate, a fleet in front of a strict bucket ran
+    two to three times faster, but at the harmonic mean of its workers' rates: one
+    worker still low after an outage (4.7/s beside three at 19.5) held four on a 20/s
+    source at 11/s for a minute, where they came back within two seconds. A rate learned
+    for the whole fleet, kept with its schedule, is what both need.
     """
-    declared = resource.rate_interval
-    return 1.0 / resource.rate, (resource.burst - 1) * declared
+    interval = resource.rate_interval
+    return interval, (resource.burst - 1) * interval
 
 
 def concurrency_share(total: int, workers: list[str], me: str) -> int:

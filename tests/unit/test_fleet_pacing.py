@@ -1,6 +1,5 @@
-"""A fleet's workers in front of a strict source, in virtual time: one schedule shared as
-the ledger keeps it (booked at the interval of whichever worker books), each worker's
-requests through its own resource."""
+"""A fleet's workers in front of a source, in virtual time: one schedule shared and booked
+as the ledger books it, each worker's requests through its own resource."""
 
 from __future__ import annotations
 
@@ -71,6 +70,7 @@ def serve_fleet(
     bucket: int = 1,
     burst: int = 1,
     resumed: float | None = None,
+    outage: tuple[float, float] | None = None,
 ) -> tuple[Fleet, list[Resource]]:
     """``workers`` workers of two requests in flight each, declared ``declared``/s, in
     front of a source of ``limit``/s with a bucket of ``bucket`` (5 ms of jitter on the
@@ -107,6 +107,8 @@ def serve_fleet(
         ok = tokens >= 1.0 - 1e-9
         if ok:
             tokens -= 1.0
+        if outage is not None and outage[0] <= now < outage[1]:
+            ok = False  # down: every request refused
         fleet.log.append((now, ok))
         await clock.sleep(rng.uniform(0.02, 0.12))
         if ok:
@@ -130,38 +132,45 @@ def serve_fleet(
     return fleet, resources
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_two_workers_declared_three_times_a_strict_limit_come_down_without_a_storm(
-    seed: int,
-) -> None:
-    """Two workers declared 15/s in front of a 5/s source with a bucket of one: the fleet
-    books at the rate each worker comes down to, and a lone 429 slows that worker
-    instead of pausing the fleet. Before, the fleet booked at 15/s whatever the workers
-    learned, every 429 paused it a second, and it crawled: 0.20-0.30 of the limit, 25-41 %
-    of requests refused, 30-50 pauses over 40 s (now 0.79-0.89, 4.3-4.8 %, 3-6 pauses)."""
-    fleet, resources = serve_fleet(2, 15.0, 5.0, 40.0, seed)
-    accepted = sum(1 for t, ok in fleet.log if ok)
-    refused = sum(1 for _, ok in fleet.log if not ok)
-    assert accepted >= 0.8 * 5.0 * 40.0
-    assert refused < 0.05 * len(fleet.log)
-    assert sum(r.pauses for r in resources) <= 8
-    assert all(4.5 <= r.rate <= 5.0 for r in resources)  # within 10 % of the limit
+def _figures(fleet: Fleet, resources: list[Resource]) -> tuple[int, float, int]:
+    """Requests accepted, the share refused, and pauses over every worker."""
+    accepted = sum(1 for _, ok in fleet.log if ok)
+    refused = sum(1 for _, ok in fleet.log if not ok) / len(fleet.log)
+    return accepted, refused, sum(r.pauses for r in resources)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_four_workers_at_a_correct_strict_rate_keep_more_than_a_crawl(seed: int) -> None:
-    """Four workers declared 20/s in front of a 20/s source with a bucket of one: the
-    requests each worker's first refusals bunched come down its rate, and the fleet's
-    schedule with it. Before, the fleet kept booking at 20/s while each worker's own rate
-    fell to a share, and every 429 paused all four: 0.16-0.21 of the limit, a quarter
-    of requests refused, about 100 pauses over 30 s (now 0.35-0.82, 2-5 % refused: each
-    worker still measures its own share of what the source took, and learns a rate of
-    its own)."""
-    fleet, _ = serve_fleet(4, 20.0, 20.0, 30.0, seed)
-    accepted = sum(1 for t, ok in fleet.log if ok)
-    refused = sum(1 for _, ok in fleet.log if not ok)
-    assert accepted >= 0.25 * 20.0 * 30.0
-    assert refused < 0.06 * len(fleet.log)
+def test_a_lone_429_in_a_fleet_in_front_of_a_strict_source_pauses_nobody(seed: int) -> None:
+    """Two workers declared 15/s in front of a 5/s source with a bucket of one: a lone
+    429 slows the worker that saw it instead of pausing both a second. Over 40 s: 17-22
+    pauses and 18-30 % refused (31-51 pauses and 25-41 % when every 429 paused the
+    fleet). Still a crawl (0.22-0.61 of the limit): each worker learns its own share."""
+    accepted, refused, pauses = _figures(*serve_fleet(2, 15.0, 5.0, 40.0, seed))
+    assert pauses <= 25, pauses
+    assert refused <= 0.31, refused
+    assert accepted >= 0.2 * 5.0 * 40.0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_four_workers_at_a_correct_strict_rate_pause_less_often(seed: int) -> None:
+    """Four workers declared a correct 20/s in front of a 20/s source with a bucket of
+    one: the starts of workers with different phases bunch at the bucket; 49-65 pauses
+    over 30 s, 18-23 % refused (81-109 and 25-30 % when every 429 paused the fleet)."""
+    accepted, refused, pauses = _figures(*serve_fleet(4, 20.0, 20.0, 30.0, seed))
+    assert pauses <= 70, pauses
+    assert refused <= 0.24, refused
+    assert accepted >= 0.15 * 20.0 * 30.0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_fleet_back_from_an_outage_runs_at_the_limit_within_seconds(seed: int) -> None:
+    """Four workers at a correct 20/s (bucket 20) through a 10 s outage: within three
+    seconds of the source's return the fleet takes 90 % of the limit again. (Booked at
+    each worker's learned rate, the fleet ran at the harmonic mean of their rates, and
+    one worker still at 4.7/s held it at 11/s for a minute.)"""
+    fleet, _ = serve_fleet(4, 20.0, 20.0, 40.0, seed, bucket=20, burst=5, outage=(4.0, 14.0))
+    after = sum(1 for t, ok in fleet.log if ok and 17.0 <= t < 40.0)
+    assert after >= 0.9 * 20.0 * 23.0, after
 
 
 @settings(max_examples=300, deadline=None)

@@ -1353,23 +1353,3 @@ def test_the_rate_a_window_s_cycle_takes_it_back_to_is_the_one_its_requests_went
     assert rate.back_to(8.0, 4.0)
     assert rate.rate == pytest.approx(0.97 * 8.0)
     assert rate.rate_at(4.01) == pytest.approx(0.97 * 8.0)
-
-
-@pytest.mark.parametrize("bound", [True, False])
-def test_a_fleet_workers_search_steps_up_when_its_share_waited_for_the_fleets_starts(
-    bound: bool,
-) -> None:
-    """A fleet's worker sends only its share of the rate the fleet books at (a quarter
-    of it among four): a search's step counts as used when most of its requests waited
-    for the fleet's starts (the others sent the rest), and the search goes on; one whose
-    requests never waited (the fleet sent less than the rate) holds the step."""
-    rate = AdaptiveRate(20.0, ceiling=20.0, ramp=False)
-    rate.on_rate_limited(1.0, 1.0, sent=0.99)  # refused at once: halved, searching up
-    assert rate.rate == pytest.approx(10.0)
-    t = 1.0
-    while t < 4.0:
-        rate.on_start(t)
-        rate.on_fleet_start(t, bound=bound)
-        rate.on_success(t + 0.05, sent=t)
-        t += 0.4  # 2.5/s: a quarter of the 10/s the fleet books at
-    assert (rate.rate > 10.5) is bound, rate.rate

@@ -141,10 +141,6 @@ class AdaptiveRate:
         self._step_answers = 0
         self._step_own = 0
         self._step_starts = 0
-        # Of them, those that took a start from a fleet's schedule, and those that
-        # waited for it (see on_fleet_start).
-        self._step_fleet = 0
-        self._step_bound = 0
         self._starts_known = False  # on_start is called: the client says what it sends
         self._sent_known = False  # answers say when their requests went
         # Answers of the last decrease's echoes (requests sent before the first start the
@@ -812,15 +808,6 @@ class AdaptiveRate:
         if self._last_update is not None and now >= self._last_update:
             self._step_starts += 1
 
-    def on_fleet_start(self, now: float, *, bound: bool) -> None:
-        """A fleet's worker took a start from the fleet's schedule, which books at this
-        rate: ``bound`` when it waited for it. The fleet's requests together fill the
-        rate while most of this worker's wait: a search's step is used, though this
-        worker sent only its share of it."""
-        if self._last_update is not None and now >= self._last_update:
-            self._step_fleet += 1
-            self._step_bound += bound
-
     def back_to(self, rate: float, now: float) -> bool:
         """The source took requests again after a run of refusals, and ``rate`` over
         the whole cycle since the run before (a fixed window's count over its period, see
@@ -1047,17 +1034,7 @@ class AdaptiveRate:
             # else as they are answered).
             went = self._step_starts if self._starts_known else self._step_answers
             used = went / elapsed >= 0.9 * self.rate
-            # A fleet's worker sends a share of the fleet's schedule: used when most of
-            # its starts waited for the fleet's (the others sent the rest), judged once
-            # four did and most of its own answers are in (it sees only its own 429s:
-            # judged on one or two, two workers declared 15/s in front of 5/s climbed
-            # past the limit, 9 % refused instead of 4.4 %).
-            own = self.rate * hold
-            if not used and self._step_fleet and self._step_bound >= 0.5 * self._step_fleet:
-                if self._step_fleet < 4:
-                    return False  # too few of its own yet to judge by: held on
-                used, own = True, min(own, went)
-            if used and self._sent_known and self._step_own < 0.72 * own:
+            if used and self._sent_known and self._step_own < 0.72 * self.rate * hold:
                 # Its own answers are not in yet (a source seconds away answers for the
                 # step before long into this one): judged once most of a hold's are.
                 return False
@@ -1122,4 +1099,3 @@ class AdaptiveRate:
         from there (those of one instant with it too: answers come in batches)."""
         self._last_update = now
         self._step_answers = self._step_own = self._step_starts = 0
-        self._step_fleet = self._step_bound = 0

@@ -251,13 +251,6 @@ class Pace:
                 # (An outage may begin, or a header be taken, with the rate unchanged.)
                 self.schedule.pace.catch_up = learned.catch_up
 
-    def on_fleet_start(self, now: float, *, bound: bool) -> None:
-        """A request of a fleet's worker took a start from the fleet's schedule, which
-        books at this worker's rate: ``bound`` when it waited for it (the fleet's
-        requests together fill the rate; this worker sends only a share of them)."""
-        if self.learned is not None:
-            self.learned.on_fleet_start(now, bound=bound)
-
     def on_success(self, now: float, *, sent: float | None = None) -> None:
         """An accepted request (``sent``: when it went, when known)."""
         learned = self.learned

@@ -382,9 +382,6 @@ class Resource:
                 raise
             if fleet.rate:
                 grant = Grant(self, start, deadline)
-                # Waited for the fleet's start: the fleet's schedule, at this worker's
-                # rate, is what holds its requests back (see Pace.on_fleet_start).
-                self.pace.on_fleet_start(now, bound=start - now > 0.25 / self.rate)
             else:
                 # Only the quotas are shared: the rate's spacing where requests are
                 # written is still this process's own.
