@@ -190,11 +190,10 @@ def test_a_fleet_back_from_an_outage_runs_at_the_limit_within_seconds(seed: int)
 def test_workers_booking_at_their_own_rates_never_exceed_r_plus_burst_in_a_second(
     declared: float, burst: int, bookings: list[tuple[float, float, int]]
 ) -> None:
-    """Workers of one fleet book its schedule, each at the rate it learned (at most the
-    declared one) with the declared rate's tolerance: in no second do more than R +
-    burst starts go. (With the tolerance scaled to each worker's own interval, the burst a
-    slow worker left on an idle schedule added to a fast one's: 37 starts in a second at
-    20/s, burst 10.)"""
+    """Workers of one fleet book its schedule whatever rate each learned: in no second
+    do more than R + burst starts go. (Booked at each worker's learned rate with the
+    tolerance scaled to its interval, the burst a slow worker left on an idle schedule
+    added to a fast one's: 37 starts in a second at 20/s, burst 10.)"""
     clock = FakeClock()
     now, tat, starts = 0.0, -math.inf, []
     for gap, share, count in bookings:
