@@ -69,13 +69,12 @@ def serve_fleet(
     *,
     bucket: int = 1,
     burst: int = 1,
-    resumed: float | None = None,
     outage: tuple[float, float] | None = None,
 ) -> tuple[Fleet, list[Resource]]:
     """``workers`` workers of two requests in flight each, declared ``declared``/s, in
     front of a source of ``limit``/s with a bucket of ``bucket`` (5 ms of jitter on the
-    way, 20-120 ms an answer), for ``seconds`` of virtual time; each worker starts at
-    ``resumed``/s when given, as after a run that learned it."""
+    way, 20-120 ms an answer; every request refused through ``outage``), for ``seconds``
+    of virtual time."""
     rng = random.Random(seed)
     clock = FakeClock()
     fleet = Fleet()
@@ -83,8 +82,6 @@ def serve_fleet(
     resources = []
     for _ in range(workers):
         resource = Resource("api", rate=declared, burst=burst, concurrency=2, clock=clock)
-        if resumed is not None:
-            assert resource.pace.resume(resumed)
         resource.share_with(SharedSchedule(clock, fleet, resource))
         resources.append(resource)
 
