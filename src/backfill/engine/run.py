@@ -82,6 +82,8 @@ class Runner:
         self.worker_id = f"{host()}:{os.getpid()}:{self.run_id}"
         self.cache = RunCache()
         self.clients = Clients(job, clock=self.clock)
+        # (Made before the run's loop starts, where the CLI and the tests make a runner.)
+        self.clients.preload(self.graph.resources())
         # Everything the run shows or stores goes through it; checkpoints are sealed by it.
         self._masker = job.masker(ledger.url)
         self.db = LedgerThread(self.clock)

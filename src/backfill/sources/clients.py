@@ -164,6 +164,16 @@ class Clients:
                 self._made[key] = client
         return client
 
+    def preload(self, resources: Iterable[str]) -> None:
+        """Import, before the run's event loop starts, what the first HTTP request of a
+        run using the HTTP resources among ``resources`` would import on it (see
+        :func:`backfill.sources.http.preload`)."""
+        if not any(name in self.job.http_options for name in resources):
+            return
+        from backfill.sources.http import preload
+
+        preload()
+
     def warm(self, resources: Iterable[str]) -> None:
         """Start making, on a thread of its own, what the first HTTP client of a run
         using the HTTP resources among ``resources`` would make on the event loop (see

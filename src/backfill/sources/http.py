@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib
 import logging
 import random
 import ssl
+import sys
 import threading
 import time
 from collections import Counter
@@ -94,6 +96,7 @@ __all__ = [
     "decode_json",
     "parse_retry_after",
     "partition_requests",
+    "preload",
     "redact",
     "redact_url",
     "secret_values",
@@ -140,15 +143,39 @@ def _ssl_context() -> ssl.SSLContext:
         return _ssl
 
 
+# What httpcore imports on a run's first request, on the event loop: its network backend
+# and the anyio parts under it (~15-25 ms of imports, holding the GIL).
+_FIRST_REQUEST_MODULES = (
+    "sniffio",
+    "anyio._core._synchronization",
+    "anyio._backends._asyncio",
+    "httpcore._backends.anyio",
+)
+
+
+def preload() -> None:
+    """Import what httpcore imports on a run's first request (its network backend): on
+    the event loop, that held the run's first requests back by 15-25 ms, and the other
+    requests of the run's start (its reference tables, sent together) behind it; on a
+    thread as the run starts, the import holds the GIL and slowed the run's planning
+    down by as much. Called before the run's loop starts (see ``Runner``), once per
+    process; a module missing (another httpcore) is imported where httpcore wants it."""
+    for name in _FIRST_REQUEST_MODULES:
+        if name not in sys.modules:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                continue
+
+
 def warm() -> None:
     """Start making the TLS context (:func:`_ssl_context`), when no run made it yet,
     before the run's first client asks for it: loading the CA bundle takes ~20 ms,
     mostly outside the GIL, so on a thread of its own as a run starts (see
     ``Clients.warm``) the run's planning overlaps it, where on the event loop it held
-    back the run's first requests. (httpcore's network backend, imported on the first
-    request, ~15 ms, is left there: its import holds the GIL, and on a thread it slowed
-    the planning down by as much.) Nothing it fails at is a run's failure: the first
-    client makes the context again and says what is wrong."""
+    back the run's first requests (what httpcore imports there is imported before the
+    run: see :func:`preload`). Nothing it fails at is a run's failure: the first client
+    makes the context again and says what is wrong."""
     if _ssl is None:
         threading.Thread(target=_make_ssl_context, name="backfill-warm", daemon=True).start()
 
