@@ -81,6 +81,17 @@ class AdaptiveRate:
     took for long as it was. Three refusals over four seconds, none accepted, are an
     outage too (at 1/s, the rate halved at each, a fourth came fifteen seconds in).
 
+    A rate found (no search or way back up under way) that is healthy for fifteen
+    seconds (sixty requests at least) with no 429, far under the best the source took
+    for ten whole seconds (under 70 % of it in each half of them: a limit that dipped and
+    may be back), searches back up towards its ceiling in the usual steps; the creep, 1 %
+    a step, holds off there, and never got back (20/s dipping to 5/s for half a minute:
+    4.6/s minutes after it was back). A 429 before the search is back at that best takes
+    the rate back to where the search began (a bucket hides a step's overshoot for a
+    while), and the next such search waits twice as long (up to ten minutes) and takes a
+    first step half as big (down to 1 %): a limit that fell for good costs a 429 or so a
+    search, and is crept up to that way.
+
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
     by half after that, and searches from there. A search never steps more than halfway to
@@ -94,6 +105,14 @@ class AdaptiveRate:
     _PAST_BACK = 0.92
     _CREEP_STEP = 0.01
     _MAX_CREEP_EVERY = 60.0
+    # Healthy for _PROBE_EVERY seconds (no 429) at under _PROBE_UNDER of what the source
+    # took for long, the rate searches back up (see _probe_due), its first step
+    # _PROBE_STEP; each search that draws a 429 doubles the wait before the next, up to
+    # _PROBE_LONGEST, and halves its first step, down to _CREEP_STEP.
+    _PROBE_UNDER = 0.7
+    _PROBE_EVERY = 15.0
+    _PROBE_LONGEST = 600.0
+    _PROBE_STEP = 0.10
     # Refusals in a row over _OUTAGE_GAP seconds, none accepted: the source refused all (a
     # limit that fell still takes some requests every second or so).
     _OUTAGE_RUN = 4
@@ -156,11 +175,19 @@ class AdaptiveRate:
         # Searching upwards from a coarse estimate: the last rate that drew no 429.
         self._good: float | None = None
         self._creep_every: float | None = None
+        # Searching back up towards what the source took for long (see _probe_due), and
+        # how long a healthy rate waits before the next such search.
+        self._probing = False
+        self._probe_from = self.rate
+        self._probe_every = self._PROBE_EVERY
+        self._probe_step = self._PROBE_STEP
         self._since_decrease = 0  # requests accepted since the last decrease
         self._since_decrease_own = 0  # of them, sent since (known when answers say)
         # The best rate the source took for long: the most that got through in ten whole
         # seconds without a 429, at most the rate run then (see _prove).
         self._proven = 0.0
+        # The same, as the least of its two halves (see _prove).
+        self._sustained = 0.0
         self._refused_run = 0  # 429s since the last accepted answer
         self._accepted_at = -math.inf  # when that was
         self._accepted_sent = -math.inf  # when its request went (when answers say)
@@ -451,6 +478,15 @@ class AdaptiveRate:
             # (the answers meanwhile went at the rate before).
             self._restart(max(now, self._last_update or now))
             return True
+        probed_from = self._probe_from if self._probing else None
+        if self._probing:
+            # A search back up drew a 429: the limit is still under what the source took
+            # before; the next search waits twice as long, and its first step is half
+            # this one's (a limit that fell for good is crept up to, a little closer at
+            # each search, as the creep would).
+            self._probing = False
+            self._probe_every = min(self._PROBE_LONGEST, 2.0 * self._probe_every)
+            self._probe_step = max(self._CREEP_STEP, 0.5 * self._probe_step)
         was_recovering = self._recovering
         if was_recovering:
             # Refused on the way back up after an outage: the source's limit fell under
@@ -506,6 +542,11 @@ class AdaptiveRate:
                 # one refuses the first request over its limit: the step before was
                 # under it.)
                 target *= self._PAST_BACK
+            if probed_from is not None:
+                # A search back up: its steps, a second each, may have gone past the limit
+                # unrefused for a while (a bucket of five lets 10 % over 2.5/s through for
+                # twenty seconds): back to where it began, which held for long.
+                target = min(target, probed_from)
             if not search:
                 self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
         elif accepted is not None and refused_share > 0.15:
@@ -727,6 +768,13 @@ class AdaptiveRate:
         run = max(run, self.rate_at(first) or 0.0)
         self._proven = max(self._proven, min(got, run))
         self._held = max(self._held, min(got, run))
+        # Through each half of those seconds: a bucket's savings, spent at once after a
+        # pause or a decrease, count in one half only (see _far_under).
+        halves = (
+            sum(n for s, n in counts if first <= s < first + 5) / 5.0,
+            sum(n for s, n in counts if first + 5 <= s < second) / 5.0,
+        )
+        self._sustained = max(self._sustained, min(*halves, run))
 
     def _recovered(self, now: float) -> bool:
         """Whether the source is back after an outage (refusals in a row, none accepted
@@ -801,6 +849,35 @@ class AdaptiveRate:
         # for the pause (and the 429s) to stay a small fraction of the time.
         every = self._creep_every or max(6.0, 12.5 / max(self.threshold or self.rate, 1e-9))
         return every
+
+    def _probe_due(self, now: float) -> bool:
+        """Whether a rate found (no search, ramp or way back up under way) searches back
+        up: no 429 for _probe_every seconds, and under _PROBE_UNDER of the best the source
+        took for ten whole seconds (a jitter step under a strict limit is not: the source
+        never took more), not told its limit by a header."""
+        if self.threshold is None or self._good is not None or self._told is not None:
+            return False
+        if self._outage or self._recovering or self._run_search:
+            return False
+        if not self._far_under():
+            return False
+        # (Sixty requests at least: each search may cost one 429.)
+        return now - self._last_decrease >= max(self._probe_every, 60.0 / self.rate)
+
+    def _probed(self) -> None:
+        """A search back up (see _probe_due) is over, the rate back where it was: the next
+        one, after another dip, waits and steps as the first did."""
+        if self._probing:
+            self._probing = False
+            self._probe_every, self._probe_step = self._PROBE_EVERY, self._PROBE_STEP
+
+    def _far_under(self) -> bool:
+        """Whether the rate is far under the best the source took for ten whole seconds,
+        in each half of them (a bucket's savings spent at once are no rate it takes: at
+        1/s, a bucket of five made 1.5/s of ten seconds; see _prove): a search back up,
+        not the creep, finds out whether that holds again (the creep's 429s there only
+        added to the searches'; see _probe_due)."""
+        return self.rate < self._PROBE_UNDER * min(self.ceiling, self._sustained)
 
     def on_start(self, now: float) -> None:
         """A request starts (the client says so: a search's step counts them)."""
@@ -1059,6 +1136,12 @@ class AdaptiveRate:
                     step = min(step, (self.rate + bad) / 2.0, self._JITTER_STEP * bad)
             self.rate = max(self.rate, min(self.ceiling, step))
             self.threshold = self.rate
+            if self._probing and self.rate >= min(self.ceiling, self._sustained):
+                # Back at what the source took for long: the search goes on as any does,
+                # and the next search back up is a fresh one. (Not before: a bucket of
+                # five at 2.5/s lets a search's steps of a second well past it unrefused,
+                # and the 429s then come many at once.)
+                self._probed()
             if self.rate >= self.ceiling or (bad is not None and self.rate >= 0.96 * bad):
                 if self._past_estimate is not None and self.rate < self.ceiling:
                     # At what got through while the ramp ran: an estimate, not a 429
@@ -1073,12 +1156,29 @@ class AdaptiveRate:
                 else:
                     # At the ceiling, or all but at the rate that drew the 429: searched.
                     self._good = self._bad = None
+                    self._probed()
                     if self._run_search:
                         self._run_search, self._run_cap = False, math.inf
                     self._recovering = False
         else:
+            if self._probe_due(now):
+                # Healthy for long, far under what the source took for long: its limit
+                # dipped (its own load, a neighbour's backfill) and may be back. The creep,
+                # 1 % a step six seconds or more apart, never got there (20/s dipping to
+                # 5/s for half a minute: 4.6/s two minutes after it was back). Search back
+                # up in the usual steps, each held a second or four requests, towards
+                # the ceiling; the step that draws a 429 is taken back and the next
+                # search waits twice as long (a limit that fell for good costs a 429 a
+                # search).
+                self._probing, self._probe_from = True, self.rate
+                self._good, self._bad = self.rate, None
+                self._past_estimate = None
+                step = 1.0 + self._probe_step
+                self.threshold = self.rate = min(self.ceiling, self.rate * step)
+                self._restart(now)
+                return True
             every = self._creep_base()
-            if elapsed < every:
+            if elapsed < every or (self._far_under() and self._told is None):
                 return False
             if self._creep_every is not None:
                 # The last step drew no 429: step a little sooner next time.
