@@ -81,16 +81,19 @@ class AdaptiveRate:
     took for long as it was. Three refusals over four seconds, none accepted, are an
     outage too (at 1/s, the rate halved at each, a fourth came fifteen seconds in).
 
-    A rate found (no search or way back up under way) that is healthy for fifteen
-    seconds (sixty requests at least) with no 429, far under the best the source took
-    for ten whole seconds (under 70 % of it in each half of them: a limit that dipped and
-    may be back), searches back up towards its ceiling in the usual steps; the creep, 1 %
-    a step, holds off there, and never got back (20/s dipping to 5/s for half a minute:
-    4.6/s minutes after it was back). A 429 before the search is back at that best takes
-    the rate back to where the search began (a bucket hides a step's overshoot for a
-    while), and the next such search waits twice as long (up to ten minutes) and takes a
-    first step half as big (down to 1 %): a limit that fell for good costs a 429 or so a
-    search, and is crept up to that way.
+    A rate found (no search or way back up under way) that is far under what the source
+    took before (under 70 % of it; what it took is the least of three separate ten whole
+    seconds without a 429, so that a bucket's savings, spent in seconds after a pause, do
+    not count) searches back up towards its ceiling in the usual steps once it has held,
+    no 429, for fifteen seconds, sixty requests and twenty times the longest pause a 429
+    caused: a limit that dipped (the source's own load, a neighbour's backfill) may be
+    back, and the creep, 1 % a step and held off meanwhile, never got there (20/s dipping
+    to 5/s for half a minute: 4.6/s minutes after it was back). A 429 before the search
+    is back at what the source took takes the rate back to where it began, its first step
+    kept if that one held; the next search waits twice as long (up to ten minutes) and
+    takes a first step half as big (down to 1 %), so a limit that fell for good is crept
+    up to that way, at a 429 or so a search. Back there, the search goes on as any does;
+    once that holds as long, the next search is a fresh one.
 
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
@@ -181,13 +184,17 @@ class AdaptiveRate:
         self._probe_from = self.rate
         self._probe_every = self._PROBE_EVERY
         self._probe_step = self._PROBE_STEP
+        # When the search back up under way got back to that best (None: not yet).
+        self._probe_reached: float | None = None
         self._since_decrease = 0  # requests accepted since the last decrease
         self._since_decrease_own = 0  # of them, sent since (known when answers say)
         # The best rate the source took for long: the most that got through in ten whole
         # seconds without a 429, at most the rate run then (see _prove).
         self._proven = 0.0
-        # The same, as the least of its two halves (see _prove).
+        # The most the source took in each of three separate ten whole seconds without a
+        # 429 (see _prove), and the longest pause a 429 caused.
         self._sustained = 0.0
+        self._longest_pause = 0.0
         self._refused_run = 0  # 429s since the last accepted answer
         self._accepted_at = -math.inf  # when that was
         self._accepted_sent = -math.inf  # when its request went (when answers say)
@@ -235,6 +242,10 @@ class AdaptiveRate:
         self._told_quick = 0
         # Answers accepted per whole second of the last eleven: [second, count].
         self._per_second: collections.deque[list[int]] = collections.deque(maxlen=11)
+        # What the source took over the last three separate ten whole seconds without a
+        # 429, and when the last of them ended (see _prove: _sustained).
+        self._windows: collections.deque[float] = collections.deque(maxlen=3)
+        self._windows_end = -math.inf
         self._recovering = False  # searching back up to _proven after an outage
         self._paused = 0.0  # how long the last decrease's 429 paused the resource
         self._rate_before = self.rate  # the rate the last decrease came down from
@@ -478,15 +489,22 @@ class AdaptiveRate:
             # (the answers meanwhile went at the rate before).
             self._restart(max(now, self._last_update or now))
             return True
-        probed_from = self._probe_from if self._probing else None
+        # A search back up (see _probe_due) refused before it got back to what the source
+        # took for long: the limit is still under that, and its steps, a second each, may
+        # have gone past it unrefused for a while (a bucket of five lets 10 % over 2.5/s
+        # through for twenty seconds). The rate goes back to where the search began, its
+        # first step kept when that one held (a limit that fell for good is crept up to
+        # that way, a little closer at each search); the next search waits twice as long
+        # and its first step is half this one's. Refused after it got back there, but
+        # before that held for long, it was no proof either: the next waits as long.
+        probed_back: float | None = None
         if self._probing:
-            # A search back up drew a 429: the limit is still under what the source took
-            # before; the next search waits twice as long, and its first step is half
-            # this one's (a limit that fell for good is crept up to, a little closer at
-            # each search, as the creep would).
-            self._probing = False
+            if self._probe_reached is None:
+                first_step = self._probe_from * (1.0 + self._probe_step)
+                probed_back = max(self._probe_from, min(self._good or self.rate, first_step))
+                self._probe_step = max(self._CREEP_STEP, 0.5 * self._probe_step)
+            self._probing, self._probe_reached = False, None
             self._probe_every = min(self._PROBE_LONGEST, 2.0 * self._probe_every)
-            self._probe_step = max(self._CREEP_STEP, 0.5 * self._probe_step)
         was_recovering = self._recovering
         if was_recovering:
             # Refused on the way back up after an outage: the source's limit fell under
@@ -542,11 +560,6 @@ class AdaptiveRate:
                 # one refuses the first request over its limit: the step before was
                 # under it.)
                 target *= self._PAST_BACK
-            if probed_from is not None:
-                # A search back up: its steps, a second each, may have gone past the limit
-                # unrefused for a while (a bucket of five lets 10 % over 2.5/s through for
-                # twenty seconds): back to where it began, which held for long.
-                target = min(target, probed_from)
             if not search:
                 self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
         elif accepted is not None and refused_share > 0.15:
@@ -611,6 +624,8 @@ class AdaptiveRate:
         self._over_ramp = over_ramp
         self._past_estimate = None
         self._small_steps = False
+        if probed_back is not None:
+            target = min(target, probed_back)
         if sent is not None:
             sent_at = self.rate_at(sent)
             if sent_at is not None and sent_at < self.rate:
@@ -624,6 +639,7 @@ class AdaptiveRate:
         self._last_decrease = now
         self._held = 0.0
         self._paused = max(0.0, resume_at - now)
+        self._longest_pause = max(self._longest_pause, self._paused)
         self._measure_from = resume_at
         self._accepted.clear()
         self._answered.clear()
@@ -768,13 +784,15 @@ class AdaptiveRate:
         run = max(run, self.rate_at(first) or 0.0)
         self._proven = max(self._proven, min(got, run))
         self._held = max(self._held, min(got, run))
-        # Through each half of those seconds: a bucket's savings, spent at once after a
-        # pause or a decrease, count in one half only (see _far_under).
-        halves = (
-            sum(n for s, n in counts if first <= s < first + 5) / 5.0,
-            sum(n for s, n in counts if first + 5 <= s < second) / 5.0,
-        )
-        self._sustained = max(self._sustained, min(*halves, run))
+        # Ten whole seconds apart from the last ones counted (see _far_under): the least
+        # of the last three such is what the source took, not what a bucket saved (its
+        # savings, spent at the rate run after a pause or a decrease, last a few seconds:
+        # a bucket of two hundred let 20/s through for twenty in front of 10/s).
+        if first >= self._windows_end:
+            self._windows_end = second
+            self._windows.append(min(got, run))
+            if len(self._windows) == self._windows.maxlen:
+                self._sustained = max(self._sustained, min(self._windows))
 
     def _recovered(self, now: float) -> bool:
         """Whether the source is back after an outage (refusals in a row, none accepted
@@ -852,31 +870,35 @@ class AdaptiveRate:
 
     def _probe_due(self, now: float) -> bool:
         """Whether a rate found (no search, ramp or way back up under way) searches back
-        up: no 429 for _probe_every seconds, and under _PROBE_UNDER of the best the source
-        took for ten whole seconds (a jitter step under a strict limit is not: the source
-        never took more), not told its limit by a header."""
+        up: far under what the source took before (see _far_under; a jitter step under a
+        strict limit is not: the source never took more), no 429 for as long as a search
+        waits (see _probe_wait), not told its limit by a header."""
         if self.threshold is None or self._good is not None or self._told is not None:
             return False
-        if self._outage or self._recovering or self._run_search:
+        if self._probing or self._outage or self._recovering or self._run_search:
             return False
         if not self._far_under():
             return False
-        # (Sixty requests at least: each search may cost one 429.)
-        return now - self._last_decrease >= max(self._probe_every, 60.0 / self.rate)
+        return now - self._last_decrease >= self._probe_wait()
+
+    def _probe_wait(self) -> float:
+        """How long a rate far under holds, no 429, before it searches back up: sixty
+        requests at least (a search may cost a 429 or two), and twenty times the longest
+        pause a 429 caused (a source asking half a minute makes each search refused cost
+        that much)."""
+        return max(self._probe_every, 60.0 / self.rate, 20.0 * self._longest_pause)
 
     def _probed(self) -> None:
-        """A search back up (see _probe_due) is over, the rate back where it was: the next
-        one, after another dip, waits and steps as the first did."""
-        if self._probing:
-            self._probing = False
-            self._probe_every, self._probe_step = self._PROBE_EVERY, self._PROBE_STEP
+        """A search back up (see _probe_due) got back to what the source took for long,
+        and that held, no 429, as long as a search waits: the next one, after another dip,
+        waits and steps as the first did."""
+        self._probing, self._probe_reached = False, None
+        self._probe_every, self._probe_step = self._PROBE_EVERY, self._PROBE_STEP
 
     def _far_under(self) -> bool:
-        """Whether the rate is far under the best the source took for ten whole seconds,
-        in each half of them (a bucket's savings spent at once are no rate it takes: at
-        1/s, a bucket of five made 1.5/s of ten seconds; see _prove): a search back up,
-        not the creep, finds out whether that holds again (the creep's 429s there only
-        added to the searches'; see _probe_due)."""
+        """Whether the rate is far under what the source took before (``_sustained``: the
+        least of three separate ten whole seconds without a 429; see _prove): a search
+        back up, not the creep, finds out whether that holds again (see _probe_due)."""
         return self.rate < self._PROBE_UNDER * min(self.ceiling, self._sustained)
 
     def on_start(self, now: float) -> None:
@@ -1087,6 +1109,12 @@ class AdaptiveRate:
             # Taken again, a request sent after one refused, and the rate is still most
             # of what the source took: the outage is over, and nothing to search back.
             self._outage = False
+        if (
+            self._probing
+            and self._probe_reached is not None
+            and now - self._probe_reached >= self._probe_wait()
+        ):
+            self._probed()
         elapsed = now - self._last_update
         if self.threshold is None:
             if elapsed < 0.25:
@@ -1136,12 +1164,15 @@ class AdaptiveRate:
                     step = min(step, (self.rate + bad) / 2.0, self._JITTER_STEP * bad)
             self.rate = max(self.rate, min(self.ceiling, step))
             self.threshold = self.rate
-            if self._probing and self.rate >= min(self.ceiling, self._sustained):
-                # Back at what the source took for long: the search goes on as any does,
-                # and the next search back up is a fresh one. (Not before: a bucket of
-                # five at 2.5/s lets a search's steps of a second well past it unrefused,
-                # and the 429s then come many at once.)
-                self._probed()
+            if (
+                self._probing
+                and self._probe_reached is None
+                and self.rate >= min(self.ceiling, self._sustained)
+            ):
+                # Back at what the source took for long: the search goes on as any does;
+                # once that holds as long as a search waits, the next one is a fresh one
+                # (see _probed).
+                self._probe_reached = now
             if self.rate >= self.ceiling or (bad is not None and self.rate >= 0.96 * bad):
                 if self._past_estimate is not None and self.rate < self.ceiling:
                     # At what got through while the ramp ran: an estimate, not a 429
@@ -1156,7 +1187,8 @@ class AdaptiveRate:
                 else:
                     # At the ceiling, or all but at the rate that drew the 429: searched.
                     self._good = self._bad = None
-                    self._probed()
+                    if self._probing and self._probe_reached is None:
+                        self._probe_reached = now
                     if self._run_search:
                         self._run_search, self._run_cap = False, math.inf
                     self._recovering = False
