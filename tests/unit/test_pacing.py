@@ -1376,8 +1376,9 @@ def test_a_limit_that_fell_for_good_costs_few_429s_searching_back_up(
 ) -> None:
     """The same fall, for good: the searches back up that a limit back after a dip needs
     each draw a 429 or so, and come further apart each time one does, their first step
-    smaller: fewer than 1 % of requests are refused from a minute after the fall on (5-6
-    in 18 minutes, as with the creep alone), and 85 % of the new limit gets through."""
+    smaller. With the creep's own, fewer than 2 % of requests are refused from a minute
+    after the fall on (7-10 in 18 minutes, where the creep alone drew 5-6: 1.1 % at
+    0.5/s, 1.9 % now), and 85 % of the new limit gets through."""
     served = served_by(
         {"rate": declared},
         limit=declared,
@@ -1387,5 +1388,5 @@ def test_a_limit_that_fell_for_good_costs_few_429s_searching_back_up(
         falls=(60.0, fallen),
     )
     late = [ok for t, ok in served.log if t >= 120.0]
-    assert late.count(False) / len(late) < 0.01
+    assert late.count(False) / len(late) < 0.02
     assert late.count(True) >= 0.85 * fallen * (1200.0 - 120.0)

@@ -82,18 +82,20 @@ class AdaptiveRate:
     outage too (at 1/s, the rate halved at each, a fourth came fifteen seconds in).
 
     A rate found (no search or way back up under way) that is far under what the source
-    took before (under 70 % of it; what it took is the least of three separate ten whole
-    seconds without a 429, so that a bucket's savings, spent in seconds after a pause, do
-    not count) searches back up towards its ceiling in the usual steps once it has held,
-    no 429, for fifteen seconds, sixty requests and twenty times the longest pause a 429
-    caused: a limit that dipped (the source's own load, a neighbour's backfill) may be
-    back, and the creep, 1 % a step and held off meanwhile, never got there (20/s dipping
-    to 5/s for half a minute: 4.6/s minutes after it was back). A 429 before the search
-    is back at what the source took takes the rate back to where it began, its first step
-    kept if that one held; the next search waits twice as long (up to ten minutes) and
-    takes a first step half as big (down to 1 %), so a limit that fell for good is crept
-    up to that way, at a 429 or so a search. Back there, the search goes on as any does;
-    once that holds as long, the next search is a fresh one.
+    took before (under 70 % of ``_sustained``: the most, over the run, of the least of
+    three separate ten whole seconds without a 429, so that a bucket's savings, spent in
+    seconds after a pause, do not count) searches back up towards its ceiling in the usual
+    steps once it has held, no 429, for fifteen seconds, sixty requests and twenty times
+    the longest pause a 429 caused: a limit that dipped (the source's own load, a
+    neighbour's backfill) may be back, and the creep, 1 % a step, took many minutes to
+    get there (20/s dipping to 5/s for half a minute: 4.6/s minutes after it was back).
+    A 429 before the search is back at ``_sustained`` takes the rate back to where it
+    began, its first step kept if that one held; the next search waits twice as long (up
+    to ten minutes) and takes a first step half as big (down to 1 %). Back there, the
+    search goes on as any does; a 429 that takes the rate far under again counts as the
+    search refused, and ten whole seconds without a 429 at it make the next search a
+    fresh one. The creep goes on meanwhile: a limit that fell for good, or rose again
+    under what the source once took, is still crept to.
 
     With nothing to go by yet, a 429 takes a declared rate 10 % down, a ramping one back
     to the step before its last growth (the start rate: 10 % under it) the first time and
@@ -490,21 +492,17 @@ class AdaptiveRate:
             self._restart(max(now, self._last_update or now))
             return True
         # A search back up (see _probe_due) refused before it got back to what the source
-        # took for long: the limit is still under that, and its steps, a second each, may
+        # took before: the limit is still under that, and its steps, a second each, may
         # have gone past it unrefused for a while (a bucket of five lets 10 % over 2.5/s
         # through for twenty seconds). The rate goes back to where the search began, its
-        # first step kept when that one held (a limit that fell for good is crept up to
-        # that way, a little closer at each search); the next search waits twice as long
-        # and its first step is half this one's. Refused after it got back there, but
-        # before that held for long, it was no proof either: the next waits as long.
+        # first step kept when that one held; the next search waits twice as long and its
+        # first step is half this one's. (Refused after it got back there: see the end.)
         probed_back: float | None = None
-        if self._probing:
-            if self._probe_reached is None:
-                first_step = self._probe_from * (1.0 + self._probe_step)
-                probed_back = max(self._probe_from, min(self._good or self.rate, first_step))
-                self._probe_step = max(self._CREEP_STEP, 0.5 * self._probe_step)
-            self._probing, self._probe_reached = False, None
-            self._probe_every = min(self._PROBE_LONGEST, 2.0 * self._probe_every)
+        if self._probing and self._probe_reached is None:
+            first_step = self._probe_from * (1.0 + self._probe_step)
+            probed_back = max(self._probe_from, min(self._good or self.rate, first_step))
+            self._probe_step = max(self._CREEP_STEP, 0.5 * self._probe_step)
+            self._probe_failed()
         was_recovering = self._recovering
         if was_recovering:
             # Refused on the way back up after an outage: the source's limit fell under
@@ -647,6 +645,9 @@ class AdaptiveRate:
         self._echoes_accepted = self._echoes_refused = 0
         self._dropped_to = self.rate
         self._since_decrease = self._since_decrease_own = 0
+        if self._probing and self._far_under():
+            # Back at what the source took, then refused far under it again: no proof.
+            self._probe_failed()
         self._restart(resume_at)
         return True
 
@@ -793,6 +794,15 @@ class AdaptiveRate:
             self._windows.append(min(got, run))
             if len(self._windows) == self._windows.maxlen:
                 self._sustained = max(self._sustained, min(self._windows))
+            if (
+                self._probing
+                and self._probe_reached is not None
+                and first >= self._probe_reached
+                and not self._far_under()
+            ):
+                # Back at what the source took before, and ten whole seconds without a
+                # 429 since: the search back up is proven (see _probed).
+                self._probed()
 
     def _recovered(self, now: float) -> bool:
         """Whether the source is back after an outage (refusals in a row, none accepted
@@ -888,17 +898,24 @@ class AdaptiveRate:
         that much)."""
         return max(self._probe_every, 60.0 / self.rate, 20.0 * self._longest_pause)
 
+    def _probe_failed(self) -> None:
+        """A search back up (see _probe_due) was refused before it proved itself: the next
+        one waits twice as long."""
+        self._probing, self._probe_reached = False, None
+        self._probe_every = min(self._PROBE_LONGEST, 2.0 * self._probe_every)
+
     def _probed(self) -> None:
-        """A search back up (see _probe_due) got back to what the source took for long,
-        and that held, no 429, as long as a search waits: the next one, after another dip,
+        """A search back up (see _probe_due) got back to what the source took before, and
+        ten whole seconds without a 429 followed at it: the next one, after another dip,
         waits and steps as the first did."""
         self._probing, self._probe_reached = False, None
         self._probe_every, self._probe_step = self._PROBE_EVERY, self._PROBE_STEP
 
     def _far_under(self) -> bool:
         """Whether the rate is far under what the source took before (``_sustained``: the
-        least of three separate ten whole seconds without a 429; see _prove): a search
-        back up, not the creep, finds out whether that holds again (see _probe_due)."""
+        most, over the run, of the least of three separate ten whole seconds without a
+        429; see _prove): a search back up finds out whether that holds again (see
+        _probe_due)."""
         return self.rate < self._PROBE_UNDER * min(self.ceiling, self._sustained)
 
     def on_start(self, now: float) -> None:
@@ -1109,12 +1126,6 @@ class AdaptiveRate:
             # Taken again, a request sent after one refused, and the rate is still most
             # of what the source took: the outage is over, and nothing to search back.
             self._outage = False
-        if (
-            self._probing
-            and self._probe_reached is not None
-            and now - self._probe_reached >= self._probe_wait()
-        ):
-            self._probed()
         elapsed = now - self._last_update
         if self.threshold is None:
             if elapsed < 0.25:
@@ -1169,9 +1180,9 @@ class AdaptiveRate:
                 and self._probe_reached is None
                 and self.rate >= min(self.ceiling, self._sustained)
             ):
-                # Back at what the source took for long: the search goes on as any does;
-                # once that holds as long as a search waits, the next one is a fresh one
-                # (see _probed).
+                # Back at what the source took before: the search goes on as any does;
+                # ten whole seconds without a 429 there make the next one a fresh one
+                # (see _prove and _probed).
                 self._probe_reached = now
             if self.rate >= self.ceiling or (bad is not None and self.rate >= 0.96 * bad):
                 if self._past_estimate is not None and self.rate < self.ceiling:
@@ -1210,7 +1221,7 @@ class AdaptiveRate:
                 self._restart(now)
                 return True
             every = self._creep_base()
-            if elapsed < every or (self._far_under() and self._told is None):
+            if elapsed < every:
                 return False
             if self._creep_every is not None:
                 # The last step drew no 429: step a little sooner next time.
