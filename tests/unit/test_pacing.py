@@ -1390,3 +1390,31 @@ def test_a_limit_that_fell_for_good_costs_few_429s_searching_back_up(
     late = [ok for t, ok in served.log if t >= 120.0]
     assert late.count(False) / len(late) < 0.02
     assert late.count(True) >= 0.85 * fallen * (1200.0 - 120.0)
+
+
+def test_a_header_that_comes_during_a_search_back_up_ends_it() -> None:
+    """A rate at a quarter of what the source took before searches back up; a header
+    then states the limit (20/s) and the rate goes there. A 429 at it is a jitter step
+    (a few percent), not the search's refusal: that took the rate back to where the
+    search began (5.6/s)."""
+    from backfill.ratelimit.adaptive import AdaptiveRate
+
+    rate = AdaptiveRate(20.0, ramp=False, ceiling=40.0)
+    t = 0.0
+    while t < 40.0:  # taken at 20/s for forty seconds
+        rate.on_success(t, sent=t)
+        t += 0.05
+    rate.on_rate_limited(t, t + 1.0, sent=t)
+    t += 1.0
+    rate.rate = rate.threshold = 5.0  # a dip took it down (as its 429s would)
+    while t < 200.0 and not rate._probing:
+        rate.on_success(t, sent=t)
+        t += 1.0 / rate.rate
+    assert rate._probing, "no search back up began"
+    rate.on_header_limit(20.0, t)
+    for _ in range(200):
+        rate.on_success(t, sent=t)
+        t += 1.0 / rate.rate
+    stated = rate.rate
+    rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
+    assert rate.rate >= 0.9 * stated

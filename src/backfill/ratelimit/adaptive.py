@@ -186,8 +186,10 @@ class AdaptiveRate:
         self._probe_from = self.rate
         self._probe_every = self._PROBE_EVERY
         self._probe_step = self._PROBE_STEP
-        # When the search back up under way got back to that best (None: not yet).
+        # When the search back up under way got back to that best (None: not yet), and
+        # since when the rate is far under it (see _far_under; inf: it is not).
         self._probe_reached: float | None = None
+        self._far_since = math.inf
         self._since_decrease = 0  # requests accepted since the last decrease
         self._since_decrease_own = 0  # of them, sent since (known when answers say)
         # The best rate the source took for long: the most that got through in ten whole
@@ -296,6 +298,11 @@ class AdaptiveRate:
         # limit that dipped as the run ended: a correct 5/s left 0.16/s on record).
         recent = self._answer_at - self._last_decrease < 10.0
         took = self._proven if recent else self._held
+        if recent and self._far_since <= self._answer_at - 10.0:
+            # Far under what the source took before for ten seconds and more (a limit
+            # that fell, searched back up in vain): the decrease was a search's refusal,
+            # not a dip as the run ended.
+            took = self._held
         return max(now, min(took, self.ceiling))
 
     def resume(self, rate: float) -> None:
@@ -487,6 +494,9 @@ class AdaptiveRate:
                 return False
             self.threshold = self.rate = target
             self._good = target
+            if self._probing and self._far_under():
+                # (A search back up that got back there, then far under again: see below.)
+                self._probe_failed()
             # The search's first step is held a second too, from when traffic restarts
             # (the answers meanwhile went at the rate before).
             self._restart(max(now, self._last_update or now))
@@ -558,7 +568,9 @@ class AdaptiveRate:
                 # one refuses the first request over its limit: the step before was
                 # under it.)
                 target *= self._PAST_BACK
-            if not search:
+            if not search and probed_back is None:
+                # (Not after a search back up refused: the creep, on its own pace, is
+                # what follows a limit that rose again under what the source once took.)
                 self._creep_every = min(self._MAX_CREEP_EVERY, 4.0 * self._creep_base())
         elif accepted is not None and refused_share > 0.15:
             # Clearly sending faster than the source accepts: this refusal at the rate
@@ -648,6 +660,7 @@ class AdaptiveRate:
         if self._probing and self._far_under():
             # Back at what the source took, then refused far under it again: no proof.
             self._probe_failed()
+        self._mark_far(now)
         self._restart(resume_at)
         return True
 
@@ -768,6 +781,7 @@ class AdaptiveRate:
     def _prove(self, now: float) -> None:
         """Count an accepted answer; the most that got through in ten whole seconds
         without a 429 is a rate the source takes (``_proven``)."""
+        self._mark_far(now)
         second = math.floor(now)
         counts = self._per_second
         if counts and counts[-1][0] == second:
@@ -898,6 +912,13 @@ class AdaptiveRate:
         that much)."""
         return max(self._probe_every, 60.0 / self.rate, 20.0 * self._longest_pause)
 
+    def _mark_far(self, now: float) -> None:
+        """Note since when the rate is far under what the source took before."""
+        if not self._far_under():
+            self._far_since = math.inf
+        elif self._far_since == math.inf:
+            self._far_since = now
+
     def _probe_failed(self) -> None:
         """A search back up (see _probe_due) was refused before it proved itself: the next
         one waits twice as long."""
@@ -946,8 +967,10 @@ class AdaptiveRate:
             return False
         self.threshold = self.rate = target
         if self._good is not None:
-            # A search goes on from here.
+            # A search goes on from here (not as a search back up after a dip: its start
+            # is no rate to go back to now).
             self._good = target
+            self._probing, self._probe_reached = False, None
         self._restart(now)
         return self._noted(now, True)
 
@@ -1026,6 +1049,8 @@ class AdaptiveRate:
         self.threshold = self.rate = max(self.floor, min(self.ceiling, rate * 0.98))
         self._good = self._bad = self._past_estimate = None
         self._small_steps = self._recovering = self._run_search = False
+        # (A search back up under way ends: the source said where the rate is.)
+        self._probing, self._probe_reached = False, None
         self._restart(now)
 
     def on_success(self, now: float, *, sent: float | None = None, window: bool = False) -> bool:
