@@ -1418,3 +1418,32 @@ def test_a_header_that_comes_during_a_search_back_up_ends_it() -> None:
     stated = rate.rate
     rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
     assert rate.rate >= 0.9 * stated
+
+
+def test_a_run_that_ends_as_a_search_back_up_is_refused_leaves_the_rate_it_ran_at() -> None:
+    """Taken at 20/s, then far under for long (a limit that fell to 5/s), a search back up
+    is refused as the run ends: what goes on record is the rate it runs at, not the 20/s
+    the source took before the fall (that put twice the limit on record for the next
+    run to start at)."""
+    from backfill.ratelimit.adaptive import AdaptiveRate
+
+    rate = AdaptiveRate(20.0, ramp=False, ceiling=20.0)
+    t = 0.0
+    while t < 40.0:
+        rate.on_success(t, sent=t)
+        t += 0.05
+    rate.on_rate_limited(t, t + 1.0, sent=t)
+    t += 1.0
+    rate.rate = rate.threshold = 5.0  # the fall's 429s took it there
+    while t < 300.0 and not rate._probing:
+        rate.on_success(t, sent=t)
+        t += 1.0 / rate.rate
+    assert rate._probing, "no search back up began"
+    for _ in range(3):
+        rate.on_success(t, sent=t)
+        t += 1.0 / rate.rate
+    rate.on_rate_limited(t, t + 1.0, sent=t - 0.01)
+    t += 1.0
+    rate.on_success(t, sent=t)
+    settled = rate.settled()
+    assert settled is not None and settled <= 6.0
