@@ -111,7 +111,7 @@ class AdaptiveRate:
     _CREEP_STEP = 0.01
     _MAX_CREEP_EVERY = 60.0
     # Healthy for _PROBE_EVERY seconds (no 429) at under _PROBE_UNDER of what the source
-    # took for long, the rate searches back up (see _probe_due), its first step
+    # took before, the rate searches back up (see _probe_due), its first step
     # _PROBE_STEP; each search that draws a 429 doubles the wait before the next, up to
     # _PROBE_LONGEST, and halves its first step, down to _CREEP_STEP.
     _PROBE_UNDER = 0.7
@@ -180,8 +180,9 @@ class AdaptiveRate:
         # Searching upwards from a coarse estimate: the last rate that drew no 429.
         self._good: float | None = None
         self._creep_every: float | None = None
-        # Searching back up towards what the source took for long (see _probe_due), and
-        # how long a healthy rate waits before the next such search.
+        # Searching back up towards what the source took before (see _probe_due), from
+        # where, how long a healthy rate waits before the next such search, and its first
+        # step.
         self._probing = False
         self._probe_from = self.rate
         self._probe_every = self._PROBE_EVERY
@@ -1230,14 +1231,12 @@ class AdaptiveRate:
                     self._recovering = False
         else:
             if self._probe_due(now):
-                # Healthy for long, far under what the source took for long: its limit
+                # Healthy for long, far under what the source took before: its limit
                 # dipped (its own load, a neighbour's backfill) and may be back. The creep,
-                # 1 % a step six seconds or more apart, never got there (20/s dipping to
-                # 5/s for half a minute: 4.6/s two minutes after it was back). Search back
-                # up in the usual steps, each held a second or four requests, towards
-                # the ceiling; the step that draws a 429 is taken back and the next
-                # search waits twice as long (a limit that fell for good costs a 429 a
-                # search).
+                # 1 % a step six seconds or more apart, took minutes (20/s dipping to 5/s
+                # for half a minute: 4.6/s two minutes after it was back). Search back up
+                # in the usual steps, each held a second or four requests, towards the
+                # ceiling (a 429 before it is back: see _on_rate_limited).
                 self._probing, self._probe_from = True, self.rate
                 self._good, self._bad = self.rate, None
                 self._past_estimate = None
