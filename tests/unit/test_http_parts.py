@@ -126,14 +126,11 @@ def test_a_hedge_waits_for_latencies_then_sends_a_copy_that_may_win() -> None:
 def test_a_hedge_goes_sooner_while_nothing_else_waits_for_the_resource() -> None:
     """While the resource is busy (others wait for their turns) a copy goes only after
     the full wait; once nothing else waits for it (the last pages of a run), as soon as
-    the first request is past the 95th percentile: here 0.15 s."""
+    the first request is past one and a half times the 95th percentile: here 0.15 s."""
     hedge = Hedge(enabled=True)
-    hedge.latencies.extend([0.1] + [0.15] * 19)
+    hedge.latencies.extend([0.1] * 20)
     assert hedge.idle_after(5.0) == pytest.approx(0.15)
     assert hedge.idle_after(0.12) == pytest.approx(0.12)
-    quick = Hedge(enabled=True)
-    quick.latencies.extend([0.05] * 20)
-    assert quick.idle_after(5.0) == pytest.approx(0.1)  # the floor
 
     async def copy_sent_after(wait: float, idle: Callable[[], bool]) -> float:
         loop = asyncio.get_running_loop()

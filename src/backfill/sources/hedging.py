@@ -14,10 +14,9 @@ _LATENCY_SAMPLES = 200
 _HEDGE_AFTER_SAMPLES = 20
 _HEDGE_FLOOR = 0.25
 # Where nothing else waits for the resource (the last pages of a run), a copy costs no
-# other request its turn: it goes sooner, once the first is past the percentile itself
-# (a tenth of a second at least), the usual rule for hedged requests, which copies one
-# request in twenty at most; while the resource stays busy, how often it looks again.
-_IDLE_FACTOR = 1.0
+# other request its turn: it goes sooner, past one and a half times the percentile (a
+# tenth of a second at least); while the resource stays busy, how often it looks again.
+_IDLE_FACTOR = 1.5
 _IDLE_FLOOR = 0.1
 _IDLE_POLL = 0.02
 
@@ -45,9 +44,9 @@ class Hedge:
 
     def idle_after(self, wait: float) -> float:
         """How long a GET may take before a second copy is sent while nothing else waits
-        for the resource (a copy then takes a turn nobody else would): the 95th
-        percentile, at least a tenth of a second, at most ``wait`` (what :meth:`after`
-        said)."""
+        for the resource (a copy then takes a turn nobody else would): one and a half
+        times the 95th percentile, at least a tenth of a second, at most ``wait`` (what
+        :meth:`after` said)."""
         return min(max(_IDLE_FLOOR, _IDLE_FACTOR * self._p95()), wait)
 
     def _p95(self) -> float:
