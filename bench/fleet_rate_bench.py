@@ -104,11 +104,7 @@ class Result:
     refused: int
     pauses: int
     codes: list[int]
-    load: tuple[float, float]
-
-
-def load_average() -> float:
-    return os.getloadavg()[0]
+    load: tuple[float | None, float | None]
 
 
 def serve(case: Case) -> tuple[subprocess.Popen[str], str]:
@@ -166,7 +162,7 @@ def run_case(case: Case, state_kind: str, workers: int, pg_url: str) -> Result:
             backfill = str(Path(sys.executable).with_name("backfill"))
             argv = [backfill, command, "backfill.demo.flights:job", "--state", state]
             argv += ["--to", last, "--progress", "plain"]
-            load_before = load_average()
+            load_before = _machine.load_average()
             t0 = time.monotonic()
             procs = [
                 subprocess.Popen(
@@ -191,7 +187,7 @@ def run_case(case: Case, state_kind: str, workers: int, pg_url: str) -> Result:
                 refused=final["rate_limited"],
                 pauses=sum(out.count("paused (") for out in outputs),
                 codes=[p.returncode for p in procs],
-                load=(load_before, load_average()),
+                load=(load_before, _machine.load_average()),
             )
     finally:
         if server.stdin is not None:
@@ -216,7 +212,7 @@ def table(results: list[Result]) -> list[str]:
             f"| {r.case} | {r.state} | {r.workers} | {r.elapsed:.1f} | {share:.2f} | "
             f"{100 * r.refused / max(1, r.requests):.1f} % ({r.refused} of {r.requests}) | "
             f"{r.pauses} | {', '.join(map(str, r.codes))} | "
-            f"{r.load[0]:.1f} → {r.load[1]:.1f} |"
+            f"{_machine.load_span(*r.load)} |"
         )
     return lines
 

@@ -354,15 +354,6 @@ def machine_cpu() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def load_average() -> float | None:
-    """The machine's 1-minute load average (Linux only)."""
-    try:
-        with open("/proc/loadavg") as loadavg:
-            return float(loadavg.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 @contextlib.contextmanager
 def replay_api(spec: Scenario, mode: str) -> Iterator[Api]:
     """A fresh replay API for one case, in a thread of this process or in its own."""
@@ -809,10 +800,10 @@ def run_child(case: str, mode: str, trace: bool) -> Result | str:
         ]
         if trace:
             command.append("--trace")
-        load_before = load_average()
+        load_before = _machine.load_average()
         # stderr passes through, so a child's traceback is seen as it happens.
         proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
-        load_after = load_average()
+        load_after = _machine.load_average()
     if proc.returncode != 0:
         return f"exit {proc.returncode}"
     data = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -852,12 +843,6 @@ def share_target(r: Result) -> bool | None:
     return None
 
 
-def _load(r: Result) -> str:
-    if r.load_before is None or r.load_after is None:
-        return "n/a"
-    return f"{r.load_before:.1f} → {r.load_after:.1f}"
-
-
 def _others(r: Result) -> str:
     """The cores, on average, that other processes kept busy while the case ran."""
     return "n/a" if r.others_cpu is None else f"{r.others_cpu / r.elapsed:.2f}"
@@ -893,7 +878,8 @@ def table(results: list[Result]) -> list[str]:
             f"| {_miss(f'{r.pages_efficiency:.3f}', pages_target(r))} "
             f"| {_miss(f'{r.admitted_efficiency:.3f}', admitted_target(r))} "
             f"| {_miss(share, share_target(r))} | {r.duplicate_pages} "
-            f"| {_miss(exact, r.exact)} | {_load(r)} | {_others(r)} |"
+            f"| {_miss(exact, r.exact)} | {_machine.load_span(r.load_before, r.load_after)} "
+            f"| {_others(r)} |"
         )
     return lines
 
