@@ -1224,8 +1224,6 @@ class AdaptiveRate:
                 else:
                     # At the ceiling, or all but at the rate that drew the 429: searched.
                     self._good = self._bad = None
-                    if self._probing and self._probe_reached is None:
-                        self._probe_reached = now
                     if self._run_search:
                         self._run_search, self._run_cap = False, math.inf
                     self._recovering = False
