@@ -164,11 +164,15 @@ class Clients:
                 self._made[key] = client
         return client
 
+    def _any_http(self, resources: Iterable[str]) -> bool:
+        """Whether any of ``resources`` is one of the job's HTTP resources."""
+        return any(name in self.job.http_options for name in resources)
+
     def preload(self, resources: Iterable[str]) -> None:
         """Import, before the run's event loop starts, what the first HTTP request of a
         run using the HTTP resources among ``resources`` would import on it (see
         :func:`backfill.sources.http.preload`)."""
-        if not any(name in self.job.http_options for name in resources):
+        if not self._any_http(resources):
             return
         from backfill.sources.http import preload
 
@@ -178,7 +182,7 @@ class Clients:
         """Start making, on a thread of its own, what the first HTTP client of a run
         using the HTTP resources among ``resources`` would make on the event loop (see
         :func:`backfill.sources.http.warm`): the run's planning overlaps it."""
-        if not any(name in self.job.http_options for name in resources):
+        if not self._any_http(resources):
             return
         from backfill.sources.http import warm
 
