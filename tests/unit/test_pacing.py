@@ -1392,25 +1392,33 @@ def test_a_limit_that_fell_for_good_costs_few_429s_searching_back_up(
     assert late.count(True) >= 0.85 * fallen * (1200.0 - 120.0)
 
 
+def _searching_back_up(*, ceiling: float) -> tuple[Any, float]:
+    """A declared 20/s taken at it for forty seconds, then down to 5/s (as a dip's or a
+    fall's 429s would take it), held there until it searches back up: the rate, and the
+    instant it began to."""
+    from backfill.ratelimit.adaptive import AdaptiveRate
+
+    rate = AdaptiveRate(20.0, ramp=False, ceiling=ceiling)
+    t = 0.0
+    while t < 40.0:
+        rate.on_success(t, sent=t)
+        t += 0.05
+    rate.on_rate_limited(t, t + 1.0, sent=t)
+    t += 1.0
+    rate.rate = rate.threshold = 5.0
+    while t < 300.0 and not rate._probing:
+        rate.on_success(t, sent=t)
+        t += 1.0 / rate.rate
+    assert rate._probing, "no search back up began"
+    return rate, t
+
+
 def test_a_header_that_comes_during_a_search_back_up_ends_it() -> None:
     """A rate at a quarter of what the source took before searches back up; a header
     then states the limit (20/s) and the rate goes there. A 429 at it is a jitter step
     (a few percent), not the search's refusal: that took the rate back to where the
     search began (5.6/s)."""
-    from backfill.ratelimit.adaptive import AdaptiveRate
-
-    rate = AdaptiveRate(20.0, ramp=False, ceiling=40.0)
-    t = 0.0
-    while t < 40.0:  # taken at 20/s for forty seconds
-        rate.on_success(t, sent=t)
-        t += 0.05
-    rate.on_rate_limited(t, t + 1.0, sent=t)
-    t += 1.0
-    rate.rate = rate.threshold = 5.0  # a dip took it down (as its 429s would)
-    while t < 200.0 and not rate._probing:
-        rate.on_success(t, sent=t)
-        t += 1.0 / rate.rate
-    assert rate._probing, "no search back up began"
+    rate, t = _searching_back_up(ceiling=40.0)
     rate.on_header_limit(20.0, t)
     for _ in range(200):
         rate.on_success(t, sent=t)
@@ -1425,20 +1433,7 @@ def test_a_run_that_ends_as_a_search_back_up_is_refused_leaves_the_rate_it_ran_a
     is refused as the run ends: what goes on record is the rate it runs at, not the 20/s
     the source took before the fall (that put twice the limit on record for the next
     run to start at)."""
-    from backfill.ratelimit.adaptive import AdaptiveRate
-
-    rate = AdaptiveRate(20.0, ramp=False, ceiling=20.0)
-    t = 0.0
-    while t < 40.0:
-        rate.on_success(t, sent=t)
-        t += 0.05
-    rate.on_rate_limited(t, t + 1.0, sent=t)
-    t += 1.0
-    rate.rate = rate.threshold = 5.0  # the fall's 429s took it there
-    while t < 300.0 and not rate._probing:
-        rate.on_success(t, sent=t)
-        t += 1.0 / rate.rate
-    assert rate._probing, "no search back up began"
+    rate, t = _searching_back_up(ceiling=20.0)
     for _ in range(3):
         rate.on_success(t, sent=t)
         t += 1.0 / rate.rate
