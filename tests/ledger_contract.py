@@ -915,8 +915,8 @@ class LedgerContract:
         one 3-per-minute quota: the fourth start waits a minute after the first, whoever
         booked which."""
         book = {"count": 2, "interval": 0.1, "tolerance": 0.0, "quotas": [(3, 60.0)]}
-        due_a, _, now_a = ledger.take_starts("j", "api", **book)  # type: ignore[attr-defined]
-        due_b, _, now_b = second_ledger.take_starts("j", "api", **book)  # type: ignore[attr-defined]
+        due_a, _, now_a, _ = ledger.take_starts("j", "api", **book)  # type: ignore[attr-defined]
+        due_b, _, now_b, _ = second_ledger.take_starts("j", "api", **book)  # type: ignore[attr-defined]
         a0, a1 = (now_a + due for due in due_a)
         b0, b1 = (now_b + due for due in due_b)
         assert a1 - a0 == pytest.approx(0.1, abs=0.002)
@@ -929,26 +929,50 @@ class LedgerContract:
     ) -> None:
         """Blocks booked from two connections make one schedule: six starts, 0.5 s apart."""
         book = {"count": 3, "interval": 0.5, "tolerance": 0.0}
-        due_a, _, now_a = ledger.take_starts("j", "api", **book)  # type: ignore[attr-defined]
-        due_b, _, now_b = second_ledger.take_starts("j", "api", **book)  # type: ignore[attr-defined]
+        due_a, _, now_a, _ = ledger.take_starts("j", "api", **book)  # type: ignore[attr-defined]
+        due_b, _, now_b, _ = second_ledger.take_starts("j", "api", **book)  # type: ignore[attr-defined]
         starts = sorted([now_a + d for d in due_a] + [now_b + d for d in due_b])
         gaps = [b - a for a, b in itertools.pairwise(starts)]
         assert all(gap == pytest.approx(0.5, abs=0.002) for gap in gaps), gaps
 
+    def test_the_pace_a_fleet_learns_is_kept_with_its_schedule(
+        self, ledger: Ledger, second_ledger: Ledger
+    ) -> None:
+        """Booked with ``learn``, starts go at the pace the schedule learned: a hair under
+        a strict declared rate at first; a refusal one connection reports a hair early
+        spaces the starts the other books further (10 % the first time), and the rate
+        booked at comes back with them. Without ``learn`` the declared rate books."""
+        book = {"interval": 0.1, "tolerance": 0.0, "learn": True}
+        due, _, now, rate = ledger.take_starts("j", "api", count=2, **book)  # type: ignore[attr-defined]
+        assert rate == pytest.approx(9.7)
+        assert due[1] - due[0] == pytest.approx(1 / 9.7, abs=1e-4)
+        _, _, _, rate = second_ledger.take_starts(  # type: ignore[attr-defined]
+            "j", "api", count=1, early=[now + due[0]], answers=[(now + due[0], False)], **book
+        )
+        assert rate == pytest.approx(9.7 * 0.9)
+        due, _, _, rate = ledger.take_starts("j", "api", count=2, **book)  # type: ignore[attr-defined]
+        assert rate == pytest.approx(9.7 * 0.9)
+        assert due[1] - due[0] == pytest.approx(1 / (9.7 * 0.9), abs=1e-4)
+        due, _, _, rate = ledger.take_starts(  # type: ignore[attr-defined]
+            "j", "api", count=2, interval=0.1, tolerance=0.0
+        )
+        assert rate == pytest.approx(10.0)
+        assert due[1] - due[0] == pytest.approx(0.1, abs=1e-4)
+
     def test_quotas_alone_go_at_once_and_leave_the_rate_alone(self, ledger: Ledger) -> None:
         """Booked without a rate (interval 0), starts are due at once until the quota is
         spent, and a rate booked on the same schedule afterwards is not held back."""
-        due, _, first = ledger.take_starts(  # type: ignore[attr-defined]
+        due, _, first, _ = ledger.take_starts(  # type: ignore[attr-defined]
             "j", "api", count=4, interval=0.0, tolerance=0.0, quotas=[(4, 3600.0)]
         )
         assert due == pytest.approx([0.0] * 4, abs=0.002)
-        more, _, then = ledger.take_starts(  # type: ignore[attr-defined]
+        more, _, then, _ = ledger.take_starts(  # type: ignore[attr-defined]
             "j", "api", count=1, interval=0.0, tolerance=0.0, quotas=[(4, 3600.0)]
         )
         # The fifth start waits for the first to leave the hour (instants, not offsets:
         # the second booking happens a moment after the first).
         assert then + more[0] == pytest.approx(first + 3600.0, abs=0.002)
-        paced, _, _ = ledger.take_starts("j", "api", count=2, interval=1.0, tolerance=0.0)  # type: ignore[attr-defined]
+        paced, _, _, _ = ledger.take_starts("j", "api", count=2, interval=1.0, tolerance=0.0)  # type: ignore[attr-defined]
         assert paced == pytest.approx([0.0, 1.0], abs=0.002)
 
     def test_a_start_due_beyond_the_horizon_is_not_booked(self, ledger: Ledger) -> None:
@@ -956,10 +980,10 @@ class LedgerContract:
         said, so a run that stops while waiting for it leaves the window as it was; asked
         again, it is the same instant, and nothing of the quota was spent meanwhile."""
         book = {"interval": 0.0, "tolerance": 0.0, "quotas": [(3, 60.0)], "horizon": 1.0}
-        due, _, first = ledger.take_starts("j", "api", count=3, **book)  # type: ignore[attr-defined]
+        due, _, first, _ = ledger.take_starts("j", "api", count=3, **book)  # type: ignore[attr-defined]
         assert due == pytest.approx([0.0] * 3, abs=0.002)
         for _ in range(2):
-            later, _, now = ledger.take_starts("j", "api", count=2, **book)  # type: ignore[attr-defined]
+            later, _, now, _ = ledger.take_starts("j", "api", count=2, **book)  # type: ignore[attr-defined]
             assert len(later) == 1
             assert now + later[0] == pytest.approx(first + 60.0, abs=0.002)
         (use,) = ledger.quota_use("j", "api", [(3, 60.0)]).values()  # type: ignore[attr-defined]
@@ -969,8 +993,8 @@ class LedgerContract:
         """Starts may reach the source a little early or late: with a margin of half a
         second, the fourth start of a 3-per-10-seconds quota waits 10.5 s, not 10."""
         book = {"interval": 0.0, "tolerance": 0.0, "quotas": [(3, 10.0)], "margin": 0.5}
-        _, _, first = ledger.take_starts("j", "api", count=3, **book)  # type: ignore[attr-defined]
-        (fourth,), _, now = ledger.take_starts("j", "api", count=1, **book)  # type: ignore[attr-defined]
+        _, _, first, _ = ledger.take_starts("j", "api", count=3, **book)  # type: ignore[attr-defined]
+        (fourth,), _, now, _ = ledger.take_starts("j", "api", count=1, **book)  # type: ignore[attr-defined]
         assert now + fourth == pytest.approx(first + 10.5, abs=0.002)
 
     def test_every_count_declared_for_a_period_holds_over_every_start(
@@ -981,20 +1005,22 @@ class LedgerContract:
         spent (2 more now, the next in an hour), and the first, asked again, finds its
         window full of both's starts."""
         book = {"interval": 0.0, "tolerance": 0.0}
-        due, _, first = ledger.take_starts("*", "api", count=3, quotas=[(3, 3600.0)], **book)  # type: ignore[attr-defined]
+        due, _, first, _ = ledger.take_starts("*", "api", count=3, quotas=[(3, 3600.0)], **book)  # type: ignore[attr-defined]
         assert due == pytest.approx([0.0] * 3, abs=0.002)
-        due, _, now = second_ledger.take_starts("*", "api", count=3, quotas=[(5, 3600.0)], **book)  # type: ignore[attr-defined]
+        due, _, now, _ = second_ledger.take_starts(  # type: ignore[attr-defined]
+            "*", "api", count=3, quotas=[(5, 3600.0)], **book
+        )
         assert due[:2] == pytest.approx([0.0, 0.0], abs=0.002)
         assert now + due[2] == pytest.approx(first + 3600.0, abs=0.002)
-        (later,), _, then = ledger.take_starts("*", "api", count=1, quotas=[(3, 3600.0)], **book)  # type: ignore[attr-defined]
+        (later,), _, then, _ = ledger.take_starts("*", "api", count=1, quotas=[(3, 3600.0)], **book)  # type: ignore[attr-defined]
         assert then + later >= now + 3600.0 - 0.002
 
     def test_a_quota_declared_lower_keeps_what_its_window_spent(self, ledger: Ledger) -> None:
         """A job spent 3 of its 10 a minute, then its quota is declared 2 a minute: the
         window is spent, and the next start waits for it."""
         book = {"interval": 0.0, "tolerance": 0.0}
-        _, _, first = ledger.take_starts("j", "api", count=3, quotas=[(10, 60.0)], **book)  # type: ignore[attr-defined]
-        (due,), _, now = ledger.take_starts("j", "api", count=1, quotas=[(2, 60.0)], **book)  # type: ignore[attr-defined]
+        _, _, first, _ = ledger.take_starts("j", "api", count=3, quotas=[(10, 60.0)], **book)  # type: ignore[attr-defined]
+        (due,), _, now, _ = ledger.take_starts("j", "api", count=1, quotas=[(2, 60.0)], **book)  # type: ignore[attr-defined]
         assert now + due == pytest.approx(first + 60.0, abs=0.002)
 
     def test_a_pause_holds_every_connection_and_only_its_scope(
@@ -1005,9 +1031,11 @@ class LedgerContract:
         for scope in ("j", "*"):
             ledger.take_starts(scope, "api", count=1, interval=0.1, tolerance=0.0)  # type: ignore[attr-defined]
         ledger.pause_resource("j", "api", 30.0)  # type: ignore[attr-defined]
-        due, paused, _ = second_ledger.take_starts("j", "api", count=1, interval=0.1, tolerance=0.0)  # type: ignore[attr-defined]
+        due, paused, _, _ = second_ledger.take_starts(  # type: ignore[attr-defined]
+            "j", "api", count=1, interval=0.1, tolerance=0.0
+        )
         assert paused >= 29.0 and due[0] >= 29.0
-        free, paused_free, _ = second_ledger.take_starts(
+        free, paused_free, _, _ = second_ledger.take_starts(
             "*", "api", count=1, interval=0.1, tolerance=0.0
         )  # type: ignore[attr-defined]
         assert free[0] < 1.0 and paused_free <= 0.0

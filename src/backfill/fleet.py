@@ -3,7 +3,9 @@
 Each resource's per-second rate is one schedule in the database: a worker books start
 instants in small blocks (a quarter second's worth at most, as many as it has requests
 waiting), so the starts of all workers together are spaced as one process would space
-them. Quotas (e.g. 10000/day) are counted in the same booking, over the fleet's starts.
+them, at the pace the fleet learned its source needs (a hair under a strict declared
+rate: see :func:`~backfill.ratelimit.fleetpace.fleet_pace`). Quotas (e.g. 10000/day)
+are counted in the same booking, over the fleet's starts.
 A Retry-After seen by any worker pauses the schedule for all. Concurrency is split
 into per-worker shares, rebalanced as workers join, leave or die.
 """
@@ -62,6 +64,8 @@ class LedgerRate:
         self.pool = pool
         self.clock = clock
         self._bounds: deque[tuple[float, float]] = deque()
+        # The last booking's (database now, our instant for it): maps our instants back.
+        self._mapped: tuple[float, float] | None = None
 
     def _origin(self, db_now: float, received: float) -> float:
         """The latest instant on our clock at which the database can have read ``db_now``."""
@@ -82,6 +86,16 @@ class LedgerRate:
 
     async def take(self, count: int) -> Taken:
         interval, tolerance = booking(self.resource) if self.rate else (0.0, 0.0)
+        # What the starts booked were answered since the last booking, on the database's
+        # clock (see FleetShare.answers).
+        share = self.resource.fleet
+        answers, early = share.answers(), share.early()
+        if self._mapped is not None:
+            db_now, origin = self._mapped
+            answers = [(db_now + sent - origin, accepted) for sent, accepted in answers]
+            early = [db_now + sent - origin for sent in early]
+        else:
+            answers, early = [], []
         quotas = [(int(q.count), q.period) for q in self.resource.quotas]
         # A block never holds more starts than the smallest quota allows in its window.
         count = min([count, *(n for n, _ in quotas)])
@@ -96,12 +110,17 @@ class LedgerRate:
             max_pause=self.resource.max_wait,
             margin=quota_margin(interval, 0.0 if self.rate else self.resource.rate_interval),
             horizon=BOOK_AHEAD,
+            learn=self.rate,
+            answers=answers,
+            early=early,
         )
-        due, paused, db_now = await asyncio.get_running_loop().run_in_executor(self.pool, book)
+        loop = asyncio.get_running_loop()
+        due, paused, db_now, rate = await loop.run_in_executor(self.pool, book)
         origin = self._origin(db_now, self.clock.monotonic())
+        self._mapped = (db_now, origin)
         if len(due) == 1 and due[0] > BOOK_AHEAD:
-            return Taken([], origin + paused, later=origin + due[0])
-        return Taken([origin + offset for offset in due], origin + paused)
+            return Taken([], origin + paused, later=origin + due[0], rate=rate)
+        return Taken([origin + offset for offset in due], origin + paused, rate=rate)
 
     def pause(self, seconds: float) -> None:
         self.pool.submit(self._pause, seconds)
@@ -115,14 +134,15 @@ class LedgerRate:
 
 def booking(resource: Resource) -> tuple[float, float]:
     """How a worker books the fleet's starts of ``resource``: the declared rate's interval
-    and its burst's tolerance (each worker's own pace holds its share under the rate it
-    learned).
+    and its burst's tolerance, the least the schedule spaces them by; it books them at the
+    pace it learned for the whole fleet (see
+    :func:`~backfill.ratelimit.fleetpace.fleet_pace`), and each worker's own pace holds
+    its share under the rate it learned.
 
     Booked instead at each worker's learned rate, a fleet in front of a strict bucket ran
     two to three times faster, but at the harmonic mean of its workers' rates: one
     worker still low after an outage (4.7/s beside three at 19.5) held four on a 20/s
-    source at 11/s for a minute, where they came back within two seconds. A rate learned
-    for the whole fleet, kept with its schedule, is what both need.
+    source at 11/s for a minute, where they came back within two seconds.
     """
     interval = resource.rate_interval
     return interval, (resource.burst - 1) * interval

@@ -146,7 +146,7 @@ def test_a_run_stopped_while_it_waits_for_its_quota_leaves_the_quota_as_it_was(
     # whole window later).
     ledger = SQLiteLedger(tmp_path / ".backfill" / "state.db")
     try:
-        due, _, _ = ledger.take_starts(
+        due, _, _, _ = ledger.take_starts(
             "quota", "api", count=3, interval=0.0, tolerance=0.0, quotas=[(3, 30.0)]
         )
     finally:

@@ -135,7 +135,9 @@ def test_resume_resource_releases_a_stored_pause_of_31_years(
         assert again.returncode == 0, again.stderr
         assert again.stdout.strip() == "resource api of job untrusted was not paused"
         ledger = PostgresLedger(url)
-        _, paused, _ = ledger.take_starts("untrusted", "api", count=1, interval=0.02, tolerance=0.0)
+        _, paused, _, _ = ledger.take_starts(
+            "untrusted", "api", count=1, interval=0.02, tolerance=0.0
+        )
         ledger.close()
         assert paused <= 0
 
@@ -168,7 +170,7 @@ def test_resume_resource_releases_a_pause_kept_in_a_sqlite_state(
     assert done.returncode == 0, done.stderr
     assert "released: its pause had" in done.stdout
     ledger = SQLiteLedger(tmp_path / "state.db")
-    due, paused, _ = ledger.take_starts(scope, "api", count=1, interval=0.02, tolerance=0.0)
+    due, paused, _, _ = ledger.take_starts(scope, "api", count=1, interval=0.02, tolerance=0.0)
     ledger.close()
     assert paused <= 0
     assert due == [0.0]

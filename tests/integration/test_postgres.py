@@ -139,7 +139,7 @@ def test_a_schema_1_database_is_migrated_in_place(pg_url: str) -> None:
         conn.execute("UPDATE backfill_meta SET value = '1' WHERE key = 'schema_version'")
     migrated = PostgresLedger(pg_url)
     assert migrated.counts("j", ["s"])["s"].pending == 31
-    due, _, _ = migrated.take_starts("j", "api", count=2, interval=0.5, tolerance=0.0)
+    due, _, _, _ = migrated.take_starts("j", "api", count=2, interval=0.5, tolerance=0.0)
     assert due[0] == 0.0
     (got,) = migrated.claim("j", "s", "me", limit=1, lease_seconds=60, now=1.0, run_id="r")
     done = Outcome(got.id, Status.DONE, checks='[{"name":"min_rows(1)","ok":true}]')

@@ -39,13 +39,13 @@ def test_a_stored_pause_longer_than_the_cap_is_cut_to_it(ledger: SharedLimits) -
     (60 s here), not 31 years, and is stored cut."""
     ledger.take_starts("j", "api", count=1, interval=0.5, tolerance=0.0)
     ledger.pause_resource("j", "api", THIRTY_ONE_YEARS)
-    due, paused, _ = ledger.take_starts(
+    due, paused, _, _ = ledger.take_starts(
         "j", "api", count=2, interval=0.5, tolerance=0.0, max_pause=60.0
     )
     assert 59.0 < paused <= 60.0
     assert 59.0 < due[0] <= 60.0
     assert due[1] == pytest.approx(due[0] + 0.5)
-    _, paused_again, _ = ledger.take_starts("j", "api", count=1, interval=0.5, tolerance=0.0)
+    _, paused_again, _, _ = ledger.take_starts("j", "api", count=1, interval=0.5, tolerance=0.0)
     assert paused_again <= 60.0
 
 
@@ -90,7 +90,7 @@ def test_resume_resource_ends_a_stored_pause_and_the_schedule_behind_it(
     left = ledger.resume_resource("j", "api")
     assert left is not None
     assert 2900.0 < left <= 3000.0
-    due, paused, _ = ledger.take_starts("j", "api", count=1, interval=0.5, tolerance=0.0)
+    due, paused, _, _ = ledger.take_starts("j", "api", count=1, interval=0.5, tolerance=0.0)
     assert due == [0.0]
     assert paused <= 0.0
     assert ledger.resume_resource("j", "api") is None

@@ -43,6 +43,9 @@ class Schedule:
         self.due = 0.0  # how far after the database's now the booked start is
         self.booked: list[float] = []  # when the database read its clock, on ours
         self.intervals: list[float] = []  # the spacing each booking asked for
+        # What each booking told of the answers: (learn, answers, early).
+        self.reports: list[tuple[bool, list[tuple[float, bool]], list[float]]] = []
+        self.pace: float | None = None  # the rate the fleet books at (None: the declared)
 
     def take_starts(
         self,
@@ -56,13 +59,22 @@ class Schedule:
         max_pause: float = math.inf,
         margin: float = 0.0,
         horizon: float = math.inf,
-    ) -> tuple[list[float], float, float]:
+        learn: bool = False,
+        answers: Sequence[tuple[float, bool]] = (),
+        early: Sequence[float] = (),
+    ) -> tuple[list[float], float, float, float]:
         db_now = self.clock.now + OFFSET
         self.clock.now += self.delay
         self.delay = 0.0
         self.booked.append(db_now - OFFSET)
         self.intervals.append(interval)
-        return [self.due + i * interval for i in range(count)], 0.0, db_now
+        self.reports.append((learn, list(answers), list(early)))
+        return (
+            [self.due + i * interval for i in range(count)],
+            0.0,
+            db_now,
+            self.pace or 1 / interval,
+        )
 
     def pause_resource(self, job: str, resource: str, seconds: float) -> None:
         raise AssertionError("not paused in these tests")
@@ -79,8 +91,7 @@ def taker(delays: list[float]) -> tuple[list[list[float]], Schedule]:
         for delay in delays:
             clock.now += 1.0
             schedule.delay = delay
-            starts, _, _ = await rate.take(3)
-            taken.append(starts)
+            taken.append((await rate.take(3)).starts)
 
     asyncio.run(main())
     return taken, schedule
@@ -88,9 +99,10 @@ def taker(delays: list[float]) -> tuple[list[list[float]], Schedule]:
 
 def test_the_fleet_books_starts_at_the_declared_rate_whatever_a_worker_learned() -> None:
     """A worker refused down (20/s declared, 9.7/s learned) books the fleet's schedule at
-    the declared rate, its own pace holding its share under what it learned: booked at
-    each worker's learned rate, one worker still low after an outage held the whole
-    fleet at the harmonic mean of their rates (see backfill.fleet.booking)."""
+    the declared rate at most, the pace the fleet learned from every worker's answers
+    (kept with the schedule) spacing them further: booked at each worker's learned rate,
+    one worker still low after an outage held the whole fleet at the harmonic mean of
+    their rates (see backfill.fleet.booking)."""
     clock = StepClock()
     schedule = Schedule(clock)
     resource = Resource("api", rate=20, burst=2)
@@ -101,6 +113,43 @@ def test_the_fleet_books_starts_at_the_declared_rate_whatever_a_worker_learned()
     learned.rate = 9.7
     asyncio.run(rate.take(2))
     assert schedule.intervals == pytest.approx([1 / 20, 1 / 20])
+
+
+def test_a_worker_tells_the_fleet_what_its_starts_were_answered_on_the_database_clock() -> None:
+    """The answers since the last booking (sent, accepted) and the refusals that came a
+    hair early go with the next booking, their instants on the database's clock, once
+    each; the rate the fleet booked at comes back."""
+    clock = StepClock()
+    schedule = Schedule(clock)
+    resource = Resource("api", rate=20, burst=2, clock=clock)
+    rate = LedgerRate(schedule, "j", resource, ThreadPoolExecutor(1), clock)
+    resource.share_with(rate)
+    asyncio.run(rate.take(2))
+    resource.fleet.answered(0.5, True)
+    resource.fleet.answered(0.6, False, early=True)
+    clock.now = 1.0
+    taken = asyncio.run(rate.take(2))
+    asyncio.run(rate.take(2))
+    assert schedule.reports == [
+        (True, [], []),
+        (True, [(OFFSET + 0.5, True), (OFFSET + 0.6, False)], [OFFSET + 0.6]),
+        (True, [], []),
+    ]
+    assert taken.rate == pytest.approx(20.0)
+    assert resource.rate_description() == "20/s"
+
+
+def test_a_worker_runs_at_and_says_the_pace_the_fleet_books() -> None:
+    clock = StepClock()
+    schedule = Schedule(clock)
+    resource = Resource("api", rate=20, burst=2, clock=clock)
+    rate = LedgerRate(schedule, "j", resource, ThreadPoolExecutor(1), clock)
+    resource.share_with(rate)
+    schedule.pace = 17.46
+
+    asyncio.run(resource.acquire())
+    assert resource.rate == pytest.approx(17.46)
+    assert resource.rate_description() == "20/s (running at 17.5/s, shared)"
 
 
 def test_starts_of_a_reply_held_up_on_its_way_show_as_late_as_they_are() -> None:
@@ -232,13 +281,13 @@ def test_blocks_never_exceed_the_smallest_quota() -> None:
     asked: list[int] = []
     taking = schedule.take_starts
 
-    def spy(*args: object, count: int, **kw: object) -> tuple[float, float, float]:
+    def spy(*args: object, count: int, **kw: object) -> tuple[float, float, float, float]:
         asked.append(count)
         return taking(*args, count=count, **kw)  # type: ignore[arg-type]
 
     schedule.take_starts = spy  # type: ignore[method-assign]
     rate = LedgerRate(schedule, "j", resource, ThreadPoolExecutor(1), clock)
-    starts, _, _ = asyncio.run(rate.take(25))
+    starts = asyncio.run(rate.take(25)).starts
     assert asked == [3]
     assert len(starts) == 3
 

@@ -91,9 +91,9 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     second.close()
 
 
-@pytest.mark.parametrize("old_version", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("old_version", [1, 2, 3, 4, 5, 6, 7, 8, 9])
 def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: int) -> None:
-    """A state file of schema 1 to 8 is brought up to date on open, keeping its rows."""
+    """A state file of schema 1 to 9 is brought up to date on open, keeping its rows."""
     import sqlite3
 
     from backfill.ledger import Outcome, Status
@@ -105,7 +105,9 @@ def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: i
     store.plan("j", "s", daily("2013-01-01", "2013-01-31"))
     store.close()
     with sqlite3.connect(target) as conn:
-        conn.execute("ALTER TABLE backfill_partitions DROP COLUMN params")
+        conn.execute("ALTER TABLE backfill_resources DROP COLUMN pace")
+        if old_version < 9:
+            conn.execute("ALTER TABLE backfill_partitions DROP COLUMN params")
     with sqlite3.connect(target) as conn:
         if old_version < 8:
             conn.execute("ALTER TABLE backfill_workers DROP COLUMN resources")
@@ -139,7 +141,7 @@ def test_an_older_state_file_is_migrated_in_place(tmp_path: Path, old_version: i
     assert migrated.complete("me", [Outcome(got.id, Status.DONE, requests=2)], now=2.0) == 1
     assert migrated.counts("j", ["s"])["s"].done == 1
     assert migrated.workers("j") == []
-    due, _, _ = migrated.take_starts("j", "api", count=1, interval=0.5, tolerance=0.0)
+    due, _, _, _ = migrated.take_starts("j", "api", count=1, interval=0.5, tolerance=0.0)
     assert due == [0.0]
     migrated.close()
     with sqlite3.connect(target) as conn:

@@ -49,11 +49,16 @@ def test_a_schedule_spaces_starts_at_its_rate_and_holds_a_quota_to_its_window() 
 
 def test_a_schedule_shared_with_a_fleet_keeps_only_what_the_fleet_does_not_grant() -> None:
     """Shared with its rate, a schedule no longer books the declared rate nor the quota,
-    only its learned pace; a reset forgets the fleet and every booking."""
+    nor the pace this process learned (the fleet learns its pace from every worker's
+    answers); a reset forgets the fleet and every booking."""
     schedule = Schedule([Limit(1, 1), Limit(5, 60)], burst=1, pace_rate=100.0)
     schedule.share(rate=True)
     schedule.book(0.0)
-    assert schedule.earliest(0.0) == pytest.approx(0.01)
+    assert schedule.earliest(0.0) == 0.0
+    quotas_only = Schedule([Limit(1, 1), Limit(5, 60)], burst=1, pace_rate=100.0)
+    quotas_only.share(rate=False)
+    quotas_only.book(0.0)
+    assert quotas_only.earliest(0.0) == 1.0
     schedule.reset()
     assert schedule.earliest(0.0) == 0.0
     schedule.book(0.0)

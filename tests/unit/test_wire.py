@@ -177,7 +177,7 @@ class LaterSchedule(FleetSchedule):
         self.ahead = ahead
 
     async def take(self, count: int) -> Taken:
-        starts, paused, _ = await super().take(count)
+        starts, paused, *_ = await super().take(count)
         return Taken([start + self.ahead for start in starts], paused)
 
 

@@ -2,11 +2,12 @@
 
 A resource's per-second rate and its quotas, when they are shared (by the workers of a
 fleet, by several jobs, or by the runs that follow one another on a state), live in
-three tables: the resource's schedule (its next theoretical start and a pause), and per
+three tables: the resource's schedule (its next theoretical start, a pause, and the pace
+a fleet learned its starts need), and per
 quota a ring of its last ``count`` starts. A ledger runs :func:`take_starts` inside one
 transaction that locks the resource's row, through a ``query`` function that executes
 its own dialect's named queries (``lock_resource``, ``insert_resource``, ``set_tat``,
-``set_paused``, ``lock_quota``, ``quota_starts``, ``record_quota_starts``,
+``set_paused``, ``set_pace``, ``lock_quota``, ``quota_starts``, ``record_quota_starts``,
 ``set_quota_taken``); :func:`resume` likewise.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from backfill.ratelimit import book_block
+from backfill.ratelimit.fleetpace import FleetPace, fleet_pace
 
 __all__ = ["Query", "QuotaUse", "quota_use", "resume", "take_starts"]
 
@@ -36,13 +38,20 @@ def take_starts(
     max_pause: float = math.inf,
     margin: float = 0.0,
     horizon: float = math.inf,
-) -> tuple[list[float], float, float]:
+    learn: bool = False,
+    answers: Sequence[tuple[float, bool]] = (),
+    early: Sequence[float] = (),
+) -> tuple[list[float], float, float, float]:
     """Book ``count`` starts of ``resource`` in ``scope`` (a job's name, or ``*`` for a
     resource every job shares).
 
     Returns, in seconds from the database's now, when each start is due (0: at once) and
     until when the resource is paused; then that now itself (epoch seconds on the
-    database's clock). ``interval`` 0 books quotas only. Each quota of (count, period)
+    database's clock), and the rate booked at (0 for quotas only). ``interval`` 0 books
+    quotas only; with ``learn``, starts are booked at the pace the schedule learned (see
+    :func:`~backfill.ratelimit.fleetpace.fleet_pace`; ``interval`` is the declared
+    rate's, the least), after the ``answers`` to starts booked at the given instants and
+    the refusals ``early`` (epoch seconds). Each quota of (count, period)
     keeps a ring of the last ``count`` starts: start number m replaces number m - count,
     and may not come before that one has left the quota's window, widened by
     ``margin`` seconds (what the starts' holders may send early or late). A stored pause
@@ -57,7 +66,22 @@ def take_starts(
     if not rows:
         query("insert_resource", key)
         rows = query("lock_resource", key)
-    tat, paused, now = (float(v) for v in rows[0])
+    tat, paused, now = (float(v) for v in rows[0][:3])
+    if learn and interval:
+        learned = FleetPace.loads(rows[0][3])
+        pace = fleet_pace(
+            learned,
+            now=now,
+            declared=1.0 / interval,
+            burst=1 + round(tolerance / interval),
+            answers=answers,
+            early=early,
+            tat=tat,
+        )
+        if pace != learned:
+            query("set_pace", {**key, "pace": pace.dumps()})
+        tolerance *= 1.0 / (pace.rate * interval)
+        interval = 1.0 / pace.rate
     if paused > now + max_pause:
         # Left by an earlier run, or by a process with a longer cap (a hostile
         # RateLimit-Reset of 31 years, say): cut, and the schedule booked behind it too.
@@ -90,9 +114,10 @@ def take_starts(
         tolerance=tolerance,
         earlier=[(period + margin, previous) for _, period, _, _, previous in rings],
     )
+    rate = 1.0 / interval if interval else 0.0
     soon = sum(1 for start in starts if start - now <= horizon)
     if not soon:
-        return [starts[0] - now], paused - now, now
+        return [starts[0] - now], paused - now, now, rate
     if soon < count:
         # Booked up to the horizon: the rate's next instant follows the last one kept.
         booked_tat = starts[soon - 1] + interval if interval else booked_tat
@@ -105,7 +130,7 @@ def take_starts(
     for name, size in others.items():
         quota = {**key, "quota": name}
         _record(query, quota, size, int(query("lock_quota", quota)[0][0]), starts)
-    return [start - now for start in starts], paused - now, now
+    return [start - now for start in starts], paused - now, now, rate
 
 
 def _siblings(kept: Sequence[str], name: str, period: float) -> dict[str, int]:
@@ -160,7 +185,7 @@ def resume(query: Query, scope: str, resource: str) -> float | None:
     rows = query("lock_resource", key)
     if not rows:
         return None
-    tat, paused, now = (float(v) for v in rows[0])
+    tat, paused, now = (float(v) for v in rows[0][:3])
     if paused <= now:
         return None
     query("set_paused", {**key, "paused": 0.0})

@@ -49,7 +49,7 @@ log = logging.getLogger("backfill.ledger.postgres")
 _RECONNECT = Backoff(first=0.1, cap=5.0, jitter=0.5, switchable=False)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # Any constant will do: it only serialises concurrent schema set-up and migrations.
 _MIGRATION_LOCK = 0x6261636B66696C6C  # "backfill"
 

@@ -33,7 +33,7 @@ from backfill.partitions import Partition
 
 __all__ = ["SCHEMA_VERSION", "SQLiteDialect", "SQLiteLedger"]
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 T = TypeVar("T")
 
 

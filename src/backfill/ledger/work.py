@@ -303,7 +303,10 @@ class WorkOps(LedgerBase):
         max_pause: float = math.inf,
         margin: float = 0.0,
         horizon: float = math.inf,
-    ) -> tuple[list[float], float, float]:
+        learn: bool = False,
+        answers: Sequence[tuple[float, bool]] = (),
+        early: Sequence[float] = (),
+    ) -> tuple[list[float], float, float, float]:
         """Book ``count`` starts of a resource (see :func:`backfill.ledger.limits.take_starts`);
         ``job`` is the schedule's scope."""
         return self._run(
@@ -318,6 +321,9 @@ class WorkOps(LedgerBase):
                 max_pause=max_pause,
                 margin=margin,
                 horizon=horizon,
+                learn=learn,
+                answers=answers,
+                early=early,
             )
         )
 

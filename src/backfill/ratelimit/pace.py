@@ -212,14 +212,21 @@ class Pace:
         ):
             self._slowed(learned, now)
 
-    def on_refused(self, now: float, resume_at: float, *, sent: float | None = None) -> None:
+    def on_refused(self, now: float, resume_at: float, *, sent: float | None = None) -> bool:
         """A 429 of a request sent at ``sent`` (None: not known); traffic restarts at
-        ``resume_at``."""
+        ``resume_at``. True when it took the learned rate a small step down (10 % at
+        most): the rate was about right, and the request came a hair early (what a
+        fleet's pace learns from: see :func:`~backfill.ratelimit.schedule.fleet_pace`),
+        not a limit far under it or a source down (it came further down)."""
         learned = self.learned
-        if learned is not None:
-            self.window.refused(now if sent is None else sent)
-            if learned.on_rate_limited(now, resume_at, sent=sent):
-                self._slowed(learned, now)
+        if learned is None:
+            return False
+        self.window.refused(now if sent is None else sent)
+        before = learned.rate
+        if not learned.on_rate_limited(now, resume_at, sent=sent):
+            return False
+        self._slowed(learned, now)
+        return 0.9 * before <= learned.rate < before
 
     @property
     def catch_up(self) -> float:

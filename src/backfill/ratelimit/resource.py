@@ -179,6 +179,9 @@ class Resource:
         self._settled = True  # the last lone 429's one settling refusal came
         self.requests = 0
         self.rate_limited = 0
+        # Answers accepted since the last 429 (see observe: a fleet's pace learns only
+        # from a 429 that came after some).
+        self._accepted_since = 0
         self.late_starts = 0  # fleet starts found stale and dropped, taken again
         self.circuit_since: float | None = None  # wall clock
         self.down_since: float | None = None  # the circuit opened (clock.monotonic)
@@ -217,14 +220,27 @@ class Resource:
         at 4.75/s)``, ``adaptive, now 42.00/s`` or ``15 at once`` (a concurrency only)."""
         if not self.limits and self.pace.learned is None:
             return f"{self.concurrency} at once"
+        fleet = self._fleet_pace()
+        if fleet is not None:
+            # Shared: the fleet's pace, learned from every worker's answers.
+            described = ", ".join(str(lim) for lim in self.limits)
+            if fleet < 0.995 / self.pace.rate_interval:
+                described += f" (running at {fleet:.3g}/s, shared)"
+            return described
         return self.pace.description()
+
+    def _fleet_pace(self) -> float | None:
+        """The pace the fleet books this resource's rate at, when it is shared and told."""
+        fleet = self.fleet
+        return fleet.pace if fleet.shared is not None and fleet.rate and fleet.pace else None
 
     @property
     def rate(self) -> float:
         """The sustained rate the resource runs at now (requests per second); quotas over
         longer periods are left out (see :meth:`seconds_for`); infinite for a resource
-        of a concurrency only."""
-        return self.pace.rate
+        of a concurrency only. With a rate shared (a fleet), the pace the fleet books."""
+        fleet = self._fleet_pace()
+        return self.pace.rate if fleet is None else min(fleet, 1.0 / self.pace.rate_interval)
 
     def seconds_for(self, requests: float) -> float:
         """The least time ``requests`` need under every limit (quotas included): at the
@@ -679,7 +695,9 @@ class Resource:
             asked = retry_after if retry_after is not None else REFUSED_WAIT
             eased = self._eases(now, sent, asked, status or 429) if ease else None
             if eased is not None:
-                pace.on_refused(now, now, sent=sent)
+                # (A lone one, or the one after it while the bucket refills: the rate
+                # is about right, the request came a hair early.)
+                nudged = pace.on_refused(now, now, sent=sent) or eased != "echo"
                 if eased == "lone":
                     # Its echoes are the requests sent before it came or before the first
                     # start the slower rate spaced (their turns taken at the old one).
@@ -689,9 +707,19 @@ class Resource:
                     self._settled = False
             else:
                 wait = min(asked, self.max_wait)
-                pace.on_refused(now, max(now + wait, self.paused_until), sent=sent)
+                nudged = pace.on_refused(now, max(now + wait, self.paused_until), sent=sent)
                 self.pause(asked, str(status or 429))
+            if sent is not None:
+                # The rate about right, this one came a hair early: the fleet's pace
+                # learns its margin from it (see fleet_pace). Not after another 429, none
+                # accepted between: a source down refuses all, and says nothing of the
+                # margin its limit needs.
+                self.fleet.answered(sent, False, early=nudged and self._accepted_since > 0)
+            self._accepted_since = 0
         elif outcome is Outcome.OK:
+            self._accepted_since += 1
+            if sent is not None:
+                self.fleet.answered(sent, True)
             pace.on_success(now, sent=sent)
         pace.on_header_limit(limit, window, now)
         if pace.rate > before:

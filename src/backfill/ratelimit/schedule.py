@@ -145,7 +145,9 @@ class Schedule:
     With a fleet, the shared schedule grants the per-second rate and the quotas (see
     :meth:`share`); of this process's own schedulers only the others still apply:
     booking a granted start on a copy of the fleet's rate too would hold it past its
-    instant, and a start held past its instant is not sent.
+    instant, and a start held past its instant is not sent. So would the rate this
+    process learned, from its share of the answers: the fleet learns its pace from all
+    of them (see :func:`~backfill.ratelimit.fleetpace.fleet_pace`).
     """
 
     __slots__ = ("_unshared", "_unshared_quotas", "local", "pace", "schedulers", "shared")
@@ -167,10 +169,10 @@ class Schedule:
         if pace_rate is not None:
             self.pace = Scheduler(pace_rate, pace_burst or burst)
             self.schedulers.append(self.pace)
-        self._unshared = [
+        self._unshared: list[Scheduler | Window] = [
             s
-            for s, lim in zip(self.schedulers, [*limits, None], strict=False)
-            if lim is None or (isinstance(s, Scheduler) and lim.period > QUOTA_PERIOD)
+            for s, lim in zip(self.schedulers, limits, strict=False)
+            if isinstance(s, Scheduler) and lim.period > QUOTA_PERIOD
         ]
         # ... or, when only the quotas are shared, every one but the quotas.
         self._unshared_quotas: list[Scheduler | Window] = [

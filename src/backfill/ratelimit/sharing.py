@@ -19,6 +19,8 @@ QUOTA_LATE = 0.25
 # nearer its instant, so a run that stops while waiting for a quota leaves none of its
 # window spent on starts never sent.
 BOOK_AHEAD = 1.0
+# The most answers a worker keeps for the fleet's pace between two bookings.
+ANSWERS = 10_000
 
 
 def lateness(interval: float) -> float:
@@ -40,11 +42,14 @@ class Taken(NamedTuple):
     """Starts reserved on a shared schedule, instants on this process's ``monotonic``
     scale: ``starts``; ``paused_until``, the instant until which the whole fleet is
     paused; and, when no start was due within BOOK_AHEAD seconds (none reserved), the
-    first instant the schedule allows one (``later``): ask again then."""
+    first instant the schedule allows one (``later``): ask again then; the rate the
+    fleet books at (``rate``: its pace, see :func:`~backfill.ratelimit.fleetpace.fleet_pace`;
+    0 when not told)."""
 
     starts: list[float]
     paused_until: float
     later: float | None = None
+    rate: float = 0.0
 
 
 class SharedRate(Protocol):
@@ -71,12 +76,42 @@ class FleetShare:
         self._slots: collections.deque[float] = collections.deque()
         self._taking: asyncio.Lock | None = None
         self._waiting = 0
+        # What the starts taken were answered since the last booking, on this process's
+        # clock, for the fleet's pace to learn from (see fleet_pace): (sent, accepted) and
+        # the instants of those refused a hair early; the pace the fleet books at.
+        self._answers: collections.deque[tuple[float, bool]] = collections.deque(maxlen=ANSWERS)
+        self._early: collections.deque[float] = collections.deque(maxlen=ANSWERS)
+        self.pace: float | None = None
 
     def share_with(self, shared: SharedRate | None, *, rate: bool = True) -> None:
         """Take starts from ``shared`` (None: no more), forgetting any taken before."""
         self.shared = shared
         self.rate = rate
         self._slots.clear()
+        self._answers.clear()
+        self._early.clear()
+        self.pace = None
+
+    def answered(self, sent: float, accepted: bool, *, early: bool = False) -> None:
+        """A request sent at ``sent`` was accepted, or refused with a 429 (``early``: a
+        hair early, the rate about right): the fleet's pace hears of it with the next
+        booking (a rate of this process's own learns alone)."""
+        if self.shared is not None and self.rate:
+            self._answers.append((sent, accepted))
+            if early:
+                self._early.append(sent)
+
+    def answers(self) -> list[tuple[float, bool]]:
+        """The answers since the last call (see :meth:`answered`)."""
+        answers = list(self._answers)
+        self._answers.clear()
+        return answers
+
+    def early(self) -> list[float]:
+        """The refusals a hair early since the last call (see :meth:`answered`)."""
+        early = list(self._early)
+        self._early.clear()
+        return early
 
     async def start(self) -> tuple[float, float]:
         """Wait for a start instant from the fleet's schedule; return it and the latest
@@ -122,7 +157,9 @@ class FleetShare:
                     # Everyone waiting now, but no more than a quarter second's worth.
                     most = math.ceil(0.25 / interval) if interval else 16
                     count = max(1, min(self._waiting, most))
-                    starts, paused_until, later = await self.shared.take(count)
+                    starts, paused_until, later, pace = await self.shared.take(count)
+                    if pace:
+                        self.pace = pace
                     now = clock.monotonic()
                     if paused_until > now + 1e-3:
                         resource.hold_until(

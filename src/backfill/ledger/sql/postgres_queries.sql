@@ -294,13 +294,19 @@ ON CONFLICT (job, name) DO NOTHING;
 
 -- name: lock_resource
 -- Bookings of one resource are serialized on its row; now is the database's clock.
-SELECT tat, paused_until, extract(epoch FROM clock_timestamp())::double precision
+SELECT tat, paused_until, extract(epoch FROM clock_timestamp())::double precision,
+       pace
 FROM backfill_resources
 WHERE job = %(job)s AND name = %(name)s
 FOR UPDATE;
 
 -- name: set_tat
 UPDATE backfill_resources SET tat = %(tat)s WHERE job = %(job)s AND name = %(name)s;
+
+-- name: set_pace
+UPDATE backfill_resources
+SET pace = %(pace)s
+WHERE job = %(job)s AND name = %(name)s;
 
 -- name: set_paused
 UPDATE backfill_resources SET paused_until = %(paused)s

@@ -1,4 +1,4 @@
--- backfill ledger, PostgreSQL. Schema version 7 (see backfill_meta.schema_version).
+-- backfill ledger, PostgreSQL. Schema version 8 (see backfill_meta.schema_version).
 -- A database of an older version is brought up to date by postgres_migrations/NNNN.sql.
 -- Times are epoch seconds (double precision), as the engine passes them.
 
@@ -99,6 +99,8 @@ CREATE TABLE IF NOT EXISTS backfill_resources (
     name         text NOT NULL,
     tat          double precision NOT NULL DEFAULT 0,  -- GCRA: next theoretical start
     paused_until double precision NOT NULL DEFAULT 0,  -- a Retry-After seen by anyone
+    -- The pace a fleet learned to book at (JSON, see FleetPace; '': none yet).
+    pace         text NOT NULL DEFAULT '',
     PRIMARY KEY (job, name)
 );
 

@@ -297,12 +297,18 @@ ON CONFLICT (job, name) DO NOTHING;
 
 -- name: lock_resource
 -- Inside BEGIN IMMEDIATE, so bookings are serialized; now is epoch seconds.
-SELECT tat, paused_until, (julianday('now') - 2440587.5) * 86400.0
+SELECT tat, paused_until, (julianday('now') - 2440587.5) * 86400.0,
+       pace
 FROM backfill_resources
 WHERE job = :job AND name = :name;
 
 -- name: set_tat
 UPDATE backfill_resources SET tat = :tat WHERE job = :job AND name = :name;
+
+-- name: set_pace
+UPDATE backfill_resources
+SET pace = :pace
+WHERE job = :job AND name = :name;
 
 -- name: set_paused
 UPDATE backfill_resources SET paused_until = :paused WHERE job = :job AND name = :name;

@@ -1,4 +1,4 @@
--- backfill ledger, SQLite. Schema version 9 (see backfill_meta.schema_version).
+-- backfill ledger, SQLite. Schema version 10 (see backfill_meta.schema_version).
 -- A file of an older version is brought up to date by sqlite_migrations/NNNN.sql.
 
 CREATE TABLE IF NOT EXISTS backfill_meta (
@@ -94,6 +94,8 @@ CREATE TABLE IF NOT EXISTS backfill_resources (
     name         TEXT NOT NULL,
     tat          REAL NOT NULL DEFAULT 0,  -- GCRA: next theoretical start
     paused_until REAL NOT NULL DEFAULT 0,  -- a Retry-After or a used-up quota
+    -- The pace a fleet learned to book at (JSON, see FleetPace; '': none yet).
+    pace         TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (job, name)
 );
 

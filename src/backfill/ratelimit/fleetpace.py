@@ -1,0 +1,242 @@
+"""The pace a fleet books a resource's starts at, learned once for the whole fleet from
+what its workers' requests were answered, and kept with the schedule they share."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from collections.abc import Sequence
+
+# Where a declared burst of one starts, as a share of it (as one process starts: see
+# Pace._new_learned_start).
+STRICT_START = 0.97
+# A refusal of a start booked at the pace, the rate about right: a step down, bigger the
+# first time in front of a strict source (the margin its jitter needs unknown yet).
+STEP_DOWN = 0.97
+FIRST_DOWN = 0.9
+# Clearly over: more than this share of the answers to starts booked at the pace
+# refused, of at least MEASURED answers, some accepted (none: a source down). (A strict
+# source's jitter refuses up to a quarter at a rate a hair too fast: margin's steps.)
+OVER_SHARE = 0.3
+MEASURED = 12
+# A search upwards after coming down from clearly over: steps of SEARCH_STEP, each held
+# SEARCH_HOLD seconds and SEARCH_ANSWERS accepted answers of its own, none refused.
+SEARCH_STEP = 1.10
+SEARCH_HOLD = 1.0
+SEARCH_ANSWERS = 4
+# Held with no refusal, the pace creeps up CREEP of the declared rate a step, each after
+# max(6 s, 12.5 requests) at first, doubled by every step down (up to CREEP_LONGEST).
+CREEP = 0.01
+CREEP_LONGEST = 60.0
+# Never under this share of the declared rate.
+FLOOR = 0.01
+# The answers kept to judge the pace by.
+KEPT = 64
+# Nobody booked for this long: a new run, which searches up from the pace left.
+IDLE = 60.0
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _over(answers: Sequence[tuple[float, bool]]) -> bool:
+    """Whether ``answers`` (by instant) say the pace is clearly over the source's limit:
+    more than OVER_SHARE of at least MEASURED refused, spread among the accepted (a
+    refused one followed by an accepted one for every four refused, two at least), as
+    requests sent faster than a source takes them are. A source that went down refuses
+    every request from some instant on, and one back takes every request from some
+    instant on: neither is a limit."""
+    if len(answers) < MEASURED:
+        return False
+    refused = sum(1 for _, accepted in answers if not accepted)
+    if refused <= OVER_SHARE * (len(answers) + 1):
+        return False
+    back = sum(1 for (_, before), (_, after) in itertools.pairwise(answers) if after and not before)
+    return back >= max(2, refused / 4)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetPace:
+    """A fleet's pace (instants on the schedule's clock): ``rate`` (0: none learned yet);
+    when it last changed (``changed``: answers to starts booked before were answers at
+    another pace) and last came down (``down``: a refusal of a start booked before it
+    was one at a faster pace); how long it must hold before it creeps up
+    (``creep_every``, 0: the usual); the answers to starts booked since it last changed
+    by more than a step of the margin or the creep (``counted``), accepted and refused;
+    and, while it searches upwards, the rate it came down from
+    (``bad``, 0: no search) and the step before the one it is at (``good``, 0: none
+    yet)."""
+
+    rate: float = 0.0
+    changed: float = 0.0
+    down: float = 0.0
+    creep_every: float = 0.0
+    bad: float = 0.0
+    good: float = 0.0
+    # The last answers to starts booked since ``counted`` (its last change other than a
+    # step of 3 % or 1 %: a few percent do not change what the share refused says).
+    counted: float = 0.0
+    # The last answers (sent, accepted) to starts booked since it changed, by instant.
+    answers: tuple[tuple[float, bool], ...] = ()
+
+    def dumps(self) -> str:
+        """As kept in the ledger."""
+        fields = dataclasses.astuple(self)
+        return json.dumps([*fields[:-1], [[sent, int(ok)] for sent, ok in self.answers]])
+
+    @classmethod
+    def loads(cls, text: str | None) -> FleetPace:
+        """As kept in the ledger; a fresh pace for none, or for anything not one (a row
+        edited by hand, another version's)."""
+        try:
+            *numbers, answers = json.loads(text or "null")
+            if len(numbers) != 7 or not all(_finite(v) for v in numbers):
+                return cls()
+            kept = tuple((float(sent), bool(ok)) for sent, ok in answers if _finite(sent))
+        except (ValueError, TypeError):
+            return cls()
+        rate, changed, down, creep_every, bad, good, counted = (float(v) for v in numbers)
+        return cls(rate, changed, down, creep_every, bad, good, counted, kept[-KEPT:])
+
+    @property
+    def ok(self) -> int:
+        return sum(1 for _, accepted in self.answers if accepted)
+
+    @property
+    def refused(self) -> int:
+        return len(self.answers) - self.ok
+
+    def _creep_wait(self) -> float:
+        # As one process's learned rate creeps (see AdaptiveRate._creep_base).
+        return self.creep_every or max(6.0, 12.5 / self.rate)
+
+
+def fleet_pace(
+    pace: FleetPace,
+    *,
+    now: float,
+    declared: float,
+    burst: int,
+    answers: Sequence[tuple[float, bool]] = (),
+    early: Sequence[float] = (),
+    tat: float = -math.inf,
+) -> FleetPace:
+    """``pace`` at ``now`` for a resource declared ``declared`` per second with ``burst``,
+    after the ``answers`` to starts booked at the given instants (accepted or refused
+    with a 429) and the refusals of the starts booked at ``early`` instants that came a
+    hair early (a worker took the rate for about right: see Resource.observe). ``tat``
+    is the schedule's next instant: starts booked up to it were booked at the pace
+    before any change now (workers book a little ahead), those after at the new one.
+
+    One process learns from its own answers the margin its source needs (a bucket of one,
+    and requests bunched on the way by a few milliseconds) and a declared rate the
+    source does not take. A fleet's workers each see a share of the answers, while the
+    schedule they share spaces their starts: booked at the declared rate, four workers
+    at a correct 20/s in front of a bucket of one had a fifth of their requests refused
+    and reached a seventh of the limit, and two declared three times too fast a third.
+    So the fleet learns once, on its schedule, as one process would:
+
+    * a refusal that came a hair early, of a start booked at the pace (one booked before
+      its last decrease is an echo of that), takes it 3 % down (10 % the first time in
+      front of a strict source) and doubles the time it must hold before it creeps up
+      again, 1 % of the declared rate a step;
+    * more than 30 % of at least twelve answers to starts booked at the pace refused,
+      spread among those accepted (see _over): it was clearly over the source's limit,
+      and comes down to just under what got through (the pace times the share
+      accepted), then searches back up in steps of 10 %, each held a second and four
+      answers of its own accepted, until a refusal takes it back to the step before (or
+      it is back at the declared rate);
+    * a source that refuses every request from some instant on is down, and one that
+      takes every request from some instant on is back: neither says anything of its
+      limit, and the pace stays (the workers' pauses hold the requests);
+
+    it starts a hair under a declared burst of one, as one process does, and a pace
+    nobody booked at for a minute (a run before left it) searches back up from there.
+
+    >>> fleet_pace(FleetPace(), now=100.0, declared=20.0, burst=1).rate
+    19.4
+    >>> down = fleet_pace(FleetPace(20.0, 90.0, 90.0), now=100.0, declared=20.0, burst=5,
+    ...                   early=[99.9, 99.95])
+    >>> round(down.rate, 2), down.down, down.creep_every
+    (19.4, 100.0, 12.0)
+    >>> round(fleet_pace(down, now=112.0, declared=20.0, burst=5, tat=111.9).rate, 2)
+    19.6
+    >>> over = fleet_pace(FleetPace(15.0, 90.0, 90.0), now=100.0, declared=15.0, burst=1,
+    ...                   answers=[(95.0 + i / 4, i % 3 == 0) for i in range(15)])
+    >>> round(over.rate, 2), over.bad
+    (4.85, 15.0)
+    """
+    since = max(now, tat)
+    if not pace.rate:
+        # None learned yet: from the declared rate (its creep timed from now).
+        pace = FleetPace(declared * (STRICT_START if burst == 1 else 1.0), now, counted=now)
+    elif pace.rate < declared and not pace.bad and tat < now - IDLE:
+        # Nobody booked for a while (a run before left it there): what it learned may be
+        # stale (a limit that dipped as it ended, a source since sped up, a declared
+        # rate raised), so it searches back up, not only creeps.
+        pace = dataclasses.replace(
+            pace, changed=now, bad=declared, good=0.0, counted=now, answers=()
+        )
+    rate = min(declared, max(FLOOR * declared, pace.rate))
+    fresh = sorted(answer for answer in answers if answer[0] >= pace.counted)
+    kept = tuple(sorted(pace.answers + tuple(fresh)))[-KEPT:] if fresh else pace.answers
+    pace = dataclasses.replace(pace, rate=rate, answers=kept)
+    if _over(kept):
+        # Clearly over: just under what got through, and a search back up from there.
+        got = rate * pace.ok / len(kept)
+        return FleetPace(
+            max(FLOOR * declared, STEP_DOWN * got),
+            since,
+            since,
+            min(CREEP_LONGEST, 2.0 * pace._creep_wait()),
+            bad=max(pace.bad, rate),
+            counted=since,
+        )
+    stepped = pace.bad and pace.good
+    step_refused = any(not accepted and sent >= pace.changed for sent, accepted in kept)
+    if any(instant >= pace.down for instant in early) or (stepped and step_refused):
+        if stepped:
+            # A search's step refused: back to the step before, and the search ends there.
+            to, bad, counted, kept = pace.good, 0.0, since, ()
+        else:
+            step = FIRST_DOWN if burst == 1 and not pace.down else STEP_DOWN
+            to, bad, counted, kept = rate * step, pace.bad, pace.counted, pace.answers
+        return FleetPace(
+            max(FLOOR * declared, to),
+            since,
+            since,
+            min(CREEP_LONGEST, 2.0 * pace._creep_wait()),
+            bad=bad,
+            counted=counted,
+            answers=kept,
+        )
+    if pace.bad:
+        # A step is judged by the answers to its own starts.
+        step_ok = sum(1 for sent, accepted in kept if accepted and sent >= pace.changed)
+        if now - pace.changed >= SEARCH_HOLD and step_ok >= SEARCH_ANSWERS:
+            up = min(declared, rate * SEARCH_STEP)
+            return FleetPace(
+                up,
+                since,
+                pace.down,
+                pace.creep_every,
+                bad=pace.bad if up < declared else 0.0,
+                good=rate,
+                counted=since,
+            )
+        return pace
+    if rate < declared and now - pace.changed >= pace._creep_wait():
+        # Held: a step up, and the next one a little sooner.
+        every = 0.9 * pace.creep_every
+        return FleetPace(
+            min(declared, rate + CREEP * declared),
+            since,
+            pace.down,
+            every if every >= 6.0 else 0.0,
+            counted=pace.counted,
+            answers=pace.answers,
+        )
+    return pace

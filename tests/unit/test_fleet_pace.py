@@ -1,0 +1,145 @@
+"""The pace a fleet learns for a resource, kept with its schedule (see fleet_pace)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backfill.ratelimit.fleetpace import FLOOR, IDLE, FleetPace, fleet_pace
+
+
+def learned(rate: float, at: float = 0.0, **fields: object) -> FleetPace:
+    """A pace learned before ``at`` (and booked at since: not idle)."""
+    return dataclasses.replace(FleetPace(rate, at, at, counted=at), **fields)  # type: ignore[arg-type]
+
+
+def test_a_fresh_pace_starts_a_hair_under_a_strict_declared_rate() -> None:
+    assert fleet_pace(FleetPace(), now=5.0, declared=20.0, burst=1).rate == pytest.approx(19.4)
+    assert fleet_pace(FleetPace(), now=5.0, declared=20.0, burst=4).rate == 20.0
+
+
+def test_a_refusal_a_hair_early_steps_down_once_and_its_echoes_change_nothing() -> None:
+    """The first refusal in front of a strict source takes 10 % off, the next 3 %; a
+    refusal of a start booked before the last step (its echo) changes nothing."""
+    first = fleet_pace(learned(19.4), now=10.0, declared=20.0, burst=1, early=[9.9], tat=10.05)
+    assert first.rate == pytest.approx(19.4 * 0.9)
+    assert first.down == 10.05  # starts booked up to the schedule's next instant: the old pace
+    echo = fleet_pace(first, now=10.2, declared=20.0, burst=1, early=[10.04], tat=10.25)
+    assert echo.rate == first.rate
+    second = fleet_pace(echo, now=10.5, declared=20.0, burst=1, early=[10.3], tat=10.55)
+    assert second.rate == pytest.approx(first.rate * 0.97)
+    assert second.creep_every > first.creep_every
+
+
+def test_a_pace_held_without_a_refusal_creeps_up() -> None:
+    down = fleet_pace(learned(20.0), now=10.0, declared=20.0, burst=4, early=[9.9], tat=10.0)
+    held = fleet_pace(down, now=10.0 + down.creep_every - 0.1, declared=20.0, burst=4, tat=21.0)
+    assert held.rate == down.rate
+    crept = fleet_pace(down, now=10.0 + down.creep_every, declared=20.0, burst=4, tat=22.0)
+    assert crept.rate == pytest.approx(down.rate + 0.2)
+
+
+def answered(pattern: str, start: float = 1.0, step: float = 0.1) -> list[tuple[float, bool]]:
+    """Answers in order, one every ``step`` s from ``start``: "o" accepted, "x" refused."""
+    return [(start + i * step, c == "o") for i, c in enumerate(pattern)]
+
+
+def test_refusals_spread_among_acceptances_bring_it_down_to_what_got_through() -> None:
+    """Declared 15/s where a third gets through: just under 5/s, then a search back up."""
+    over = fleet_pace(
+        learned(15.0), now=3.0, declared=15.0, burst=1, answers=answered("oxx" * 5), tat=3.0
+    )
+    assert over.rate == pytest.approx(0.97 * 5.0)
+    assert over.bad == 15.0
+
+
+@pytest.mark.parametrize(
+    "pattern", ["o" * 8 + "x" * 16, "x" * 16 + "o" * 8, "oooxxxxxxxxxxxxxxxxooo"]
+)
+def test_a_source_down_or_back_says_nothing_of_its_limit(pattern: str) -> None:
+    """Every request refused from some instant on (down), or accepted from some instant
+    on (back): the pace stays."""
+    pace = fleet_pace(
+        learned(20.0), now=4.0, declared=20.0, burst=4, answers=answered(pattern), tat=4.0
+    )
+    assert pace.rate == 20.0
+
+
+def test_a_search_steps_up_on_its_own_answers_and_a_refused_step_goes_back() -> None:
+    over = fleet_pace(
+        learned(15.0), now=3.0, declared=15.0, burst=1, answers=answered("oxx" * 5), tat=3.0
+    )
+    # Held a second, but its own starts not answered yet: no step.
+    held = fleet_pace(over, now=4.1, declared=15.0, burst=1, tat=4.1)
+    assert held.rate == over.rate
+    up = fleet_pace(
+        held, now=4.2, declared=15.0, burst=1, answers=answered("oooo", start=3.1), tat=4.2
+    )
+    assert up.rate == pytest.approx(over.rate * 1.1)
+    assert up.good == over.rate
+    refused = fleet_pace(
+        up, now=4.6, declared=15.0, burst=1, answers=answered("ox", start=4.3), tat=4.6
+    )
+    assert refused.rate == over.rate
+    assert refused.bad == 0.0  # the search ends at the step before
+
+
+def test_a_refusal_before_the_search_took_a_step_is_a_step_of_the_margin() -> None:
+    over = fleet_pace(
+        learned(15.0), now=3.0, declared=15.0, burst=1, answers=answered("oxx" * 5), tat=3.0
+    )
+    after = fleet_pace(over, now=3.5, declared=15.0, burst=1, early=[3.2], tat=3.5)
+    assert after.rate == pytest.approx(over.rate * 0.97)
+    assert after.bad == over.bad
+
+
+def test_a_pace_a_run_before_left_low_searches_back_up() -> None:
+    """Nobody booked for a minute (a new run): what the pace learned may be stale."""
+    left = learned(10.0, at=100.0)
+    now = 100.0 + IDLE + 1.0
+    fresh = fleet_pace(left, now=now, declared=20.0, burst=1, tat=100.0)
+    assert fresh.bad == 20.0
+    up = fleet_pace(
+        fresh, now=now + 1.0, declared=20.0, burst=1, answers=answered("oooo", start=now), tat=now
+    )
+    assert up.rate == pytest.approx(11.0)
+    busy = fleet_pace(left, now=now, declared=20.0, burst=1, tat=now - 0.1)
+    assert busy.bad == 0.0
+
+
+def test_a_pace_is_kept_as_text_and_anything_else_reads_as_none() -> None:
+    pace = learned(12.5, at=7.0, answers=((7.5, True), (7.6, False)), bad=20.0, good=11.0)
+    assert FleetPace.loads(pace.dumps()) == pace
+    for text in (None, "", "garbage", "[1, 2]", '{"rate": 5}', "[1e999, 0, 0, 0, 0, 0, 0, []]"):
+        assert FleetPace.loads(text) == FleetPace()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    declared=st.floats(0.1, 1000.0),
+    burst=st.integers(1, 10),
+    steps=st.lists(
+        st.tuples(
+            st.floats(0.0, 5.0),  # seconds since the booking before
+            st.lists(st.booleans(), max_size=20),  # answers since, in order
+            st.booleans(),  # one of the refusals came a hair early
+        ),
+        max_size=40,
+    ),
+)
+def test_the_pace_stays_between_its_floor_and_the_declared_rate(
+    declared: float, burst: int, steps: list[tuple[float, list[bool], bool]]
+) -> None:
+    pace, now = FleetPace(), 0.0
+    for gap, answers, early in steps:
+        sent = [(now + i * gap / 20, ok) for i, ok in enumerate(answers)]
+        now += gap
+        refused = [t for t, ok in sent if not ok][:1] if early else []
+        pace = fleet_pace(
+            pace, now=now, declared=declared, burst=burst, answers=sent, early=refused
+        )
+        assert FLOOR * declared * (1 - 1e-9) <= pace.rate <= declared
+        assert FleetPace.loads(pace.dumps()) == pace
