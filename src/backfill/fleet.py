@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -66,6 +67,8 @@ class LedgerRate:
         self._bounds: deque[tuple[float, float]] = deque()
         # The last booking's (database now, our instant for it): maps our instants back.
         self._mapped: tuple[float, float] | None = None
+        # Who books, for the fleet's pace (a worker alone books at the rate it learned).
+        self._worker = uuid.uuid4().hex[:12]
 
     def _origin(self, db_now: float, received: float) -> float:
         """The latest instant on our clock at which the database can have read ``db_now``."""
@@ -90,6 +93,8 @@ class LedgerRate:
         # clock (see FleetShare.answers).
         share = self.resource.fleet
         answers, early = share.answers(), share.early()
+        told, share.told = share.told, None
+        learned = self.resource.pace.learned
         if self._mapped is not None:
             db_now, origin = self._mapped
             answers = [(db_now + sent - origin, accepted) for sent, accepted in answers]
@@ -113,6 +118,9 @@ class LedgerRate:
             learn=self.rate,
             answers=answers,
             early=early,
+            told=told,
+            worker=self._worker,
+            own=None if learned is None else learned.rate,
         )
         loop = asyncio.get_running_loop()
         due, paused, db_now, rate = await loop.run_in_executor(self.pool, book)

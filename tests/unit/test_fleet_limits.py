@@ -62,6 +62,9 @@ class Schedule:
         learn: bool = False,
         answers: Sequence[tuple[float, bool]] = (),
         early: Sequence[float] = (),
+        told: float | None = None,
+        worker: str | None = None,
+        own: float | None = None,
     ) -> tuple[list[float], float, float, float]:
         db_now = self.clock.now + OFFSET
         self.clock.now += self.delay

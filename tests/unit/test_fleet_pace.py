@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backfill.ratelimit.fleetpace import FLOOR, IDLE, FleetPace, fleet_pace
+from backfill.ratelimit.fleetpace import ALONE, FLOOR, IDLE, FleetPace, fleet_pace
 
 
 def learned(rate: float, at: float = 0.0, **fields: object) -> FleetPace:
@@ -96,6 +96,43 @@ def test_a_refusal_before_the_search_took_a_step_is_a_step_of_the_margin() -> No
     assert after.bad == over.bad
 
 
+def test_a_limit_a_header_says_is_taken_at_once_and_learned_under() -> None:
+    """Said anew, a figure sets the pace a hair under it (a search ends there); said
+    again, it changes nothing (the margin learned under it stands), and the pace never
+    creeps past it."""
+    searching = learned(5.0, bad=15.0)
+    told = fleet_pace(searching, now=1.0, declared=15.0, burst=1, told=10.0, tat=1.0)
+    assert (told.rate, told.bad, told.told) == (pytest.approx(9.8), 0.0, 10.0)
+    stepped = fleet_pace(told, now=2.0, declared=15.0, burst=1, early=[1.5], tat=2.0)
+    assert stepped.rate == pytest.approx(9.8 * 0.9)
+    again = fleet_pace(stepped, now=2.5, declared=15.0, burst=1, told=10.0, tat=2.5)
+    assert again.rate == stepped.rate
+    late = 2.5 + 10 * again._creep_wait()
+    crept = again
+    for step in range(40):
+        crept = fleet_pace(
+            crept, now=late + 60.0 * step, declared=15.0, burst=1, tat=late + 60.0 * step
+        )
+    assert crept.rate == pytest.approx(9.8)
+    raised = fleet_pace(crept, now=3000.0, declared=15.0, burst=1, told=12.0, tat=3000.0)
+    assert raised.rate == pytest.approx(11.76)
+
+
+def test_a_worker_booking_alone_books_at_the_rate_it_learned() -> None:
+    """Alone, a worker sees every answer: the rate it learned is the fleet's. Once
+    another books too, the fleet learns from there; gone for ALONE seconds, the other
+    leaves the first alone again."""
+    alone = fleet_pace(FleetPace(), now=1.0, declared=15.0, burst=1, worker="a", own=4.85)
+    assert alone.rate == 4.85
+    pair = fleet_pace(alone, now=1.5, declared=15.0, burst=1, worker="b", own=15.0)
+    assert pair.rate == 4.85  # (b's own rate is its share's, not the fleet's)
+    still = fleet_pace(pair, now=2.0, declared=15.0, burst=1, worker="a", own=3.0)
+    assert still.rate == 4.85
+    again = fleet_pace(still, now=1.5 + ALONE + 0.1, declared=15.0, burst=1, worker="a", own=5.1)
+    assert again.rate == 5.1
+    assert [w for w, _ in again.workers] == ["a"]
+
+
 def test_a_pace_a_run_before_left_low_searches_back_up() -> None:
     """Nobody booked for a minute (a new run): what the pace learned may be stale."""
     left = learned(10.0, at=100.0)
@@ -111,9 +148,24 @@ def test_a_pace_a_run_before_left_low_searches_back_up() -> None:
 
 
 def test_a_pace_is_kept_as_text_and_anything_else_reads_as_none() -> None:
-    pace = learned(12.5, at=7.0, answers=((7.5, True), (7.6, False)), bad=20.0, good=11.0)
+    pace = learned(
+        12.5,
+        at=7.0,
+        answers=((7.5, True), (7.6, False)),
+        bad=20.0,
+        good=11.0,
+        told=13.0,
+        workers=(("a", 7.0), ("b", 6.5)),
+    )
     assert FleetPace.loads(pace.dumps()) == pace
-    for text in (None, "", "garbage", "[1, 2]", '{"rate": 5}', "[1e999, 0, 0, 0, 0, 0, 0, []]"):
+    for text in (
+        None,
+        "",
+        "garbage",
+        "[1, 2]",
+        '{"rate": 5}',
+        "[1e999, 0, 0, 0, 0, 0, 0, 0, [], []]",
+    ):
         assert FleetPace.loads(text) == FleetPace()
 
 
@@ -126,20 +178,21 @@ def test_a_pace_is_kept_as_text_and_anything_else_reads_as_none() -> None:
             st.floats(0.0, 5.0),  # seconds since the booking before
             st.lists(st.booleans(), max_size=20),  # answers since, in order
             st.booleans(),  # one of the refusals came a hair early
+            st.one_of(st.none(), st.floats(0.01, 2000.0)),  # a header's figure
         ),
         max_size=40,
     ),
 )
 def test_the_pace_stays_between_its_floor_and_the_declared_rate(
-    declared: float, burst: int, steps: list[tuple[float, list[bool], bool]]
+    declared: float, burst: int, steps: list[tuple[float, list[bool], bool, float | None]]
 ) -> None:
     pace, now = FleetPace(), 0.0
-    for gap, answers, early in steps:
+    for gap, answers, early, told in steps:
         sent = [(now + i * gap / 20, ok) for i, ok in enumerate(answers)]
         now += gap
         refused = [t for t, ok in sent if not ok][:1] if early else []
         pace = fleet_pace(
-            pace, now=now, declared=declared, burst=burst, answers=sent, early=refused
+            pace, now=now, declared=declared, burst=burst, answers=sent, early=refused, told=told
         )
         assert FLOOR * declared * (1 - 1e-9) <= pace.rate <= declared
         assert FleetPace.loads(pace.dumps()) == pace

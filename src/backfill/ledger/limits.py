@@ -41,6 +41,9 @@ def take_starts(
     learn: bool = False,
     answers: Sequence[tuple[float, bool]] = (),
     early: Sequence[float] = (),
+    told: float | None = None,
+    worker: str | None = None,
+    own: float | None = None,
 ) -> tuple[list[float], float, float, float]:
     """Book ``count`` starts of ``resource`` in ``scope`` (a job's name, or ``*`` for a
     resource every job shares).
@@ -51,9 +54,11 @@ def take_starts(
     quotas only; with ``learn``, starts are booked at the pace the schedule learned (see
     :func:`~backfill.ratelimit.fleetpace.fleet_pace`; ``interval`` is the declared
     rate's, the least), after the ``answers`` to starts booked at the given instants and
-    the refusals ``early`` (epoch seconds). Each quota of (count, period)
-    keeps a ring of the last ``count`` starts: start number m replaces number m - count,
-    and may not come before that one has left the quota's window, widened by
+    the refusals ``early`` (epoch seconds), the limit a source's header ``told``, and
+    the rate the booking ``worker`` learned on its own (``own``).
+    Each quota of (count, period) keeps a ring of the last ``count`` starts: start number
+    m replaces number m - count, and may not come before that one has left the quota's
+    window, widened by
     ``margin`` seconds (what the starts' holders may send early or late). A stored pause
     reaching more than ``max_pause`` seconds ahead is cut to it, and stored so.
 
@@ -77,6 +82,9 @@ def take_starts(
             answers=answers,
             early=early,
             tat=tat,
+            told=told,
+            worker=worker,
+            own=own,
         )
         if pace != learned:
             query("set_pace", {**key, "pace": pace.dumps()})

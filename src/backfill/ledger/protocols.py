@@ -336,14 +336,18 @@ class SharedLimits(Protocol):
         learn: bool = False,
         answers: Sequence[tuple[float, bool]] = (),
         early: Sequence[float] = (),
+        told: float | None = None,
+        worker: str | None = None,
+        own: float | None = None,
     ) -> tuple[list[float], float, float, float]:
         """Book ``count`` starts (see :func:`backfill.ratelimit.book_block`), within every
         quota of (count, period seconds) widened by ``margin``, after a stored pause cut
         to ``max_pause`` seconds, none due more than ``horizon`` seconds ahead, with
         ``learn`` at the pace the schedule learned from the ``answers`` to the starts
-        booked and the refusals ``early``; (when each is due, paused until) in seconds
-        from the database's now, that now (epoch seconds on the database's clock) and
-        the rate booked at. See
+        booked, the refusals ``early``, the limit a header ``told`` and the rate the
+        booking ``worker`` learned on its own (``own``); (when each is due, paused
+        until) in seconds from the database's now, that now (epoch seconds on the
+        database's clock) and the rate booked at. See
         :func:`backfill.ledger.limits.take_starts`."""
 
     def pause_resource(self, job: str, resource: str, seconds: float) -> None: ...

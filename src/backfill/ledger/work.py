@@ -306,6 +306,9 @@ class WorkOps(LedgerBase):
         learn: bool = False,
         answers: Sequence[tuple[float, bool]] = (),
         early: Sequence[float] = (),
+        told: float | None = None,
+        worker: str | None = None,
+        own: float | None = None,
     ) -> tuple[list[float], float, float, float]:
         """Book ``count`` starts of a resource (see :func:`backfill.ledger.limits.take_starts`);
         ``job`` is the schedule's scope."""
@@ -324,6 +327,9 @@ class WorkOps(LedgerBase):
                 learn=learn,
                 answers=answers,
                 early=early,
+                told=told,
+                worker=worker,
+                own=own,
             )
         )
 

@@ -34,6 +34,10 @@ CREEP_LONGEST = 60.0
 FLOOR = 0.01
 # The answers kept to judge the pace by.
 KEPT = 64
+# A limit a header says is run at this share of it (see AdaptiveRate.on_header_limit).
+TOLD_SHARE = 0.98
+# A worker is alone when no other booked for this long.
+ALONE = 5.0
 # Nobody booked for this long: a new run, which searches up from the pace left.
 IDLE = 60.0
 
@@ -76,30 +80,38 @@ class FleetPace:
     creep_every: float = 0.0
     bad: float = 0.0
     good: float = 0.0
+    # The last limit a source said in a header, per second (0: none).
+    told: float = 0.0
     # The last answers to starts booked since ``counted`` (its last change other than a
     # step of 3 % or 1 %: a few percent do not change what the share refused says).
     counted: float = 0.0
     # The last answers (sent, accepted) to starts booked since it changed, by instant.
     answers: tuple[tuple[float, bool], ...] = ()
+    # The workers that booked lately: (an id, when it last booked).
+    workers: tuple[tuple[str, float], ...] = ()
 
     def dumps(self) -> str:
         """As kept in the ledger."""
-        fields = dataclasses.astuple(self)
-        return json.dumps([*fields[:-1], [[sent, int(ok)] for sent, ok in self.answers]])
+        numbers = dataclasses.astuple(self)[:-2]
+        answers = [[sent, int(ok)] for sent, ok in self.answers]
+        return json.dumps([*numbers, answers, [list(w) for w in self.workers]])
 
     @classmethod
     def loads(cls, text: str | None) -> FleetPace:
         """As kept in the ledger; a fresh pace for none, or for anything not one (a row
         edited by hand, another version's)."""
         try:
-            *numbers, answers = json.loads(text or "null")
-            if len(numbers) != 7 or not all(_finite(v) for v in numbers):
+            *numbers, answers, workers = json.loads(text or "null")
+            if len(numbers) != 8 or not all(_finite(v) for v in numbers):
                 return cls()
             kept = tuple((float(sent), bool(ok)) for sent, ok in answers if _finite(sent))
+            seen = tuple((str(w), float(t)) for w, t in workers if _finite(t))
         except (ValueError, TypeError):
             return cls()
-        rate, changed, down, creep_every, bad, good, counted = (float(v) for v in numbers)
-        return cls(rate, changed, down, creep_every, bad, good, counted, kept[-KEPT:])
+        rate, changed, down, creep_every, bad, good, told, counted = (float(v) for v in numbers)
+        return cls(
+            rate, changed, down, creep_every, bad, good, told, counted, kept[-KEPT:], seen[-16:]
+        )
 
     @property
     def ok(self) -> int:
@@ -123,6 +135,9 @@ def fleet_pace(
     answers: Sequence[tuple[float, bool]] = (),
     early: Sequence[float] = (),
     tat: float = -math.inf,
+    told: float | None = None,
+    worker: str | None = None,
+    own: float | None = None,
 ) -> FleetPace:
     """``pace`` at ``now`` for a resource declared ``declared`` per second with ``burst``,
     after the ``answers`` to starts booked at the given instants (accepted or refused
@@ -130,6 +145,8 @@ def fleet_pace(
     hair early (a worker took the rate for about right: see Resource.observe). ``tat``
     is the schedule's next instant: starts booked up to it were booked at the pace
     before any change now (workers book a little ahead), those after at the new one.
+    ``told``: the limit the source said in a header since (RateLimit-*), per second.
+    ``worker`` books, and has learned ``own`` from its own answers.
 
     One process learns from its own answers the margin its source needs (a bucket of one,
     and requests bunched on the way by a few milliseconds) and a declared rate the
@@ -153,8 +170,14 @@ def fleet_pace(
       takes every request from some instant on is back: neither says anything of its
       limit, and the pace stays (the workers' pauses hold the requests);
 
+    * a limit the source says in a header is taken at once, a hair under it (as one
+      process takes it), and any search ends there;
+
     it starts a hair under a declared burst of one, as one process does, and a pace
     nobody booked at for a minute (a run before left it) searches back up from there.
+    A worker that books alone (no other booked for ALONE seconds) sees every answer: the
+    rate it learned (``own``) is the fleet's, with everything one process knows (its
+    way out of an outage, a header refused, ...), and it books at that.
 
     >>> fleet_pace(FleetPace(), now=100.0, declared=20.0, burst=1).rate
     19.4
@@ -170,9 +193,21 @@ def fleet_pace(
     (4.85, 15.0)
     """
     since = max(now, tat)
+    if worker is not None:
+        others = tuple((w, t) for w, t in pace.workers if w != worker and t >= now - ALONE)
+        pace = dataclasses.replace(pace, workers=(*others[-15:], (worker, now)))
+        if own is not None and not others:
+            alone = min(declared, max(FLOOR * declared, own))
+            if alone == pace.rate:
+                return pace
+            down = since if alone < pace.rate else pace.down
+            return FleetPace(
+                alone, since, down, told=pace.told, counted=since, workers=pace.workers
+            )
     if not pace.rate:
         # None learned yet: from the declared rate (its creep timed from now).
-        pace = FleetPace(declared * (STRICT_START if burst == 1 else 1.0), now, counted=now)
+        start = declared * (STRICT_START if burst == 1 else 1.0)
+        pace = FleetPace(start, now, counted=now, workers=pace.workers)
     elif pace.rate < declared and not pace.bad and tat < now - IDLE:
         # Nobody booked for a while (a run before left it there): what it learned may be
         # stale (a limit that dipped as it ended, a source since sped up, a declared
@@ -180,7 +215,20 @@ def fleet_pace(
         pace = dataclasses.replace(
             pace, changed=now, bad=declared, good=0.0, counted=now, answers=()
         )
-    rate = min(declared, max(FLOOR * declared, pace.rate))
+    if (
+        told is not None
+        and math.isfinite(told)
+        and told > 0
+        and (not pace.told or abs(told - pace.told) > 0.01 * pace.told)
+    ):
+        # A figure said anew: taken at once, and the pace learns under it from there.
+        said = min(declared, max(FLOOR * declared, TOLD_SHARE * told))
+        down = since if said < pace.rate else pace.down
+        return FleetPace(said, since, down, counted=since, told=told, workers=pace.workers)
+    floor = FLOOR * declared
+    # (Under what the source said, a hair under it at most.)
+    ceiling = min(declared, max(floor, TOLD_SHARE * pace.told)) if pace.told else declared
+    rate = min(ceiling, max(floor, pace.rate))
     fresh = sorted(answer for answer in answers if answer[0] >= pace.counted)
     kept = tuple(sorted(pace.answers + tuple(fresh)))[-KEPT:] if fresh else pace.answers
     pace = dataclasses.replace(pace, rate=rate, answers=kept)
@@ -188,12 +236,14 @@ def fleet_pace(
         # Clearly over: just under what got through, and a search back up from there.
         got = rate * pace.ok / len(kept)
         return FleetPace(
-            max(FLOOR * declared, STEP_DOWN * got),
+            max(floor, STEP_DOWN * got),
             since,
             since,
             min(CREEP_LONGEST, 2.0 * pace._creep_wait()),
             bad=max(pace.bad, rate),
             counted=since,
+            told=pace.told,
+            workers=pace.workers,
         )
     stepped = pace.bad and pace.good
     step_refused = any(not accepted and sent >= pace.changed for sent, accepted in kept)
@@ -205,38 +255,44 @@ def fleet_pace(
             step = FIRST_DOWN if burst == 1 and not pace.down else STEP_DOWN
             to, bad, counted, kept = rate * step, pace.bad, pace.counted, pace.answers
         return FleetPace(
-            max(FLOOR * declared, to),
+            max(floor, to),
             since,
             since,
             min(CREEP_LONGEST, 2.0 * pace._creep_wait()),
             bad=bad,
             counted=counted,
             answers=kept,
+            told=pace.told,
+            workers=pace.workers,
         )
     if pace.bad:
         # A step is judged by the answers to its own starts.
         step_ok = sum(1 for sent, accepted in kept if accepted and sent >= pace.changed)
         if now - pace.changed >= SEARCH_HOLD and step_ok >= SEARCH_ANSWERS:
-            up = min(declared, rate * SEARCH_STEP)
+            up = min(ceiling, rate * SEARCH_STEP)
             return FleetPace(
                 up,
                 since,
                 pace.down,
                 pace.creep_every,
-                bad=pace.bad if up < declared else 0.0,
+                bad=pace.bad if up < ceiling else 0.0,
                 good=rate,
                 counted=since,
+                told=pace.told,
+                workers=pace.workers,
             )
         return pace
-    if rate < declared and now - pace.changed >= pace._creep_wait():
+    if rate < ceiling and now - pace.changed >= pace._creep_wait():
         # Held: a step up, and the next one a little sooner.
         every = 0.9 * pace.creep_every
         return FleetPace(
-            min(declared, rate + CREEP * declared),
+            min(ceiling, rate + CREEP * declared),
             since,
             pace.down,
             every if every >= 6.0 else 0.0,
             counted=pace.counted,
             answers=pace.answers,
+            told=pace.told,
+            workers=pace.workers,
         )
     return pace

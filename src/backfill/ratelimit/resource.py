@@ -39,7 +39,7 @@ from backfill.ratelimit.limits import (
     describe_seconds,
     parse_limit,
 )
-from backfill.ratelimit.pace import Pace
+from backfill.ratelimit.pace import HEADER_PACE_WINDOW, Pace
 from backfill.ratelimit.pauses import Pauses
 from backfill.ratelimit.pool import Pool
 from backfill.ratelimit.schedule import MAX_QUOTA
@@ -722,6 +722,8 @@ class Resource:
                 self.fleet.answered(sent, True)
             pace.on_success(now, sent=sent)
         pace.on_header_limit(limit, window, now)
+        if limit and window and 0 < window <= HEADER_PACE_WINDOW:
+            self.fleet.said(limit / window)
         if pace.rate > before:
             self._wake_waiting()
         if remaining is not None and remaining <= 0 and reset_after:

@@ -81,6 +81,8 @@ class FleetShare:
         # the instants of those refused a hair early; the pace the fleet books at.
         self._answers: collections.deque[tuple[float, bool]] = collections.deque(maxlen=ANSWERS)
         self._early: collections.deque[float] = collections.deque(maxlen=ANSWERS)
+        # The last limit a source's header said since the last booking, per second.
+        self.told: float | None = None
         self.pace: float | None = None
 
     def share_with(self, shared: SharedRate | None, *, rate: bool = True) -> None:
@@ -90,7 +92,7 @@ class FleetShare:
         self._slots.clear()
         self._answers.clear()
         self._early.clear()
-        self.pace = None
+        self.told = self.pace = None
 
     def answered(self, sent: float, accepted: bool, *, early: bool = False) -> None:
         """A request sent at ``sent`` was accepted, or refused with a 429 (``early``: a
@@ -100,6 +102,12 @@ class FleetShare:
             self._answers.append((sent, accepted))
             if early:
                 self._early.append(sent)
+
+    def said(self, rate: float) -> None:
+        """The source said its limit in a header (``rate`` per second): the fleet's pace
+        takes it with the next booking."""
+        if self.shared is not None and self.rate:
+            self.told = rate
 
     def answers(self) -> list[tuple[float, bool]]:
         """The answers since the last call (see :meth:`answered`)."""
