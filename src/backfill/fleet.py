@@ -141,11 +141,11 @@ class LedgerRate:
 
 
 def booking(resource: Resource) -> tuple[float, float]:
-    """How a worker books the fleet's starts of ``resource``: the declared rate's interval
-    and its burst's tolerance, the least the schedule spaces them by; it books them at the
-    pace it learned for the whole fleet (see
-    :func:`~backfill.ratelimit.fleetpace.fleet_pace`), and each worker's own pace holds
-    its share under the rate it learned.
+    """How a worker books the fleet's starts of ``resource``: the declared rate's interval,
+    the least the schedule spaces them by, and the tolerance of the burst one process
+    runs at (part of a declared burst kept in hand for the way's jitter: see
+    Pace.run_burst); the schedule books them at the pace it learned for the whole fleet
+    (see :func:`~backfill.ratelimit.fleetpace.fleet_pace`).
 
     Booked instead at each worker's learned rate, a fleet in front of a strict bucket ran
     two to three times faster, but at the harmonic mean of its workers' rates: one
@@ -153,7 +153,7 @@ def booking(resource: Resource) -> tuple[float, float]:
     source at 11/s for a minute, where they came back within two seconds.
     """
     interval = resource.rate_interval
-    return interval, (resource.burst - 1) * interval
+    return interval, (resource.pace.run_burst - 1) * interval
 
 
 def concurrency_share(total: int, workers: list[str], me: str) -> int:
