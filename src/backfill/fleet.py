@@ -95,6 +95,7 @@ class LedgerRate:
         answers, early = share.answers(), share.early()
         told, share.told = share.told, None
         learned = self.resource.pace.learned
+        own = None if learned is None else learned.rate
         if self._mapped is not None:
             db_now, origin = self._mapped
             answers = [(db_now + sent - origin, accepted) for sent, accepted in answers]
@@ -120,15 +121,15 @@ class LedgerRate:
             early=early,
             told=told,
             worker=self._worker,
-            own=None if learned is None else learned.rate,
+            own=own,
         )
         loop = asyncio.get_running_loop()
         due, paused, db_now, rate = await loop.run_in_executor(self.pool, book)
         origin = self._origin(db_now, self.clock.monotonic())
         self._mapped = (db_now, origin)
         if len(due) == 1 and due[0] > BOOK_AHEAD:
-            return Taken([], origin + paused, later=origin + due[0], rate=rate)
-        return Taken([origin + offset for offset in due], origin + paused, rate=rate)
+            return Taken([], origin + paused, later=origin + due[0], rate=rate, own=own)
+        return Taken([origin + offset for offset in due], origin + paused, rate=rate, own=own)
 
     def pause(self, seconds: float) -> None:
         self.pool.submit(self._pause, seconds)

@@ -48,12 +48,22 @@ def answered(pattern: str, start: float = 1.0, step: float = 0.1) -> list[tuple[
 
 
 def test_refusals_spread_among_acceptances_bring_it_down_to_what_got_through() -> None:
-    """Declared 15/s where a third gets through: just under 5/s, then a search back up."""
+    """Declared 15/s where a third gets through: just under 5/s, halving at most at once
+    (a strict source refuses half of a rate a hair over its limit), then a search back
+    up, never past a hair under the rate that came down."""
     over = fleet_pace(
         learned(15.0), now=3.0, declared=15.0, burst=1, answers=answered("oxx" * 5), tat=3.0
     )
-    assert over.rate == pytest.approx(0.97 * 5.0)
-    assert over.bad == 15.0
+    assert (over.rate, over.bad) == (7.5, 15.0)
+    again = fleet_pace(
+        over, now=6.0, declared=15.0, burst=1, answers=answered("oox" * 5, start=3.1), tat=6.0
+    )
+    assert (again.rate, again.bad) == (pytest.approx(0.97 * 7.5 / 1.5), 7.5)
+    near = dataclasses.replace(again, rate=7.2, changed=6.0)
+    top = fleet_pace(
+        near, now=7.5, declared=15.0, burst=1, answers=answered("oooo", start=6.1), tat=7.5
+    )
+    assert (top.rate, top.bad) == (pytest.approx(0.97 * 7.5), 0.0)
 
 
 @pytest.mark.parametrize(
@@ -99,38 +109,61 @@ def test_a_refusal_before_the_search_took_a_step_is_a_step_of_the_margin() -> No
 def test_a_limit_a_header_says_is_taken_at_once_and_learned_under() -> None:
     """Said anew, a figure sets the pace a hair under it (a search ends there); said
     again, it changes nothing (the margin learned under it stands), and the pace never
-    creeps past it."""
+    creeps past it while the source says it; not said for a minute, it is forgotten and
+    searched past."""
     searching = learned(5.0, bad=15.0)
     told = fleet_pace(searching, now=1.0, declared=15.0, burst=1, told=10.0, tat=1.0)
     assert (told.rate, told.bad, told.told) == (pytest.approx(9.8), 0.0, 10.0)
     stepped = fleet_pace(told, now=2.0, declared=15.0, burst=1, early=[1.5], tat=2.0)
     assert stepped.rate == pytest.approx(9.8 * 0.9)
-    again = fleet_pace(stepped, now=2.5, declared=15.0, burst=1, told=10.0, tat=2.5)
-    assert again.rate == stepped.rate
-    late = 2.5 + 10 * again._creep_wait()
-    crept = again
-    for step in range(40):
-        crept = fleet_pace(
-            crept, now=late + 60.0 * step, declared=15.0, burst=1, tat=late + 60.0 * step
-        )
+    crept = fleet_pace(stepped, now=2.5, declared=15.0, burst=1, told=10.0, tat=2.5)
+    assert crept.rate == stepped.rate
+    for second in range(3, 2000, 5):
+        crept = fleet_pace(crept, now=second, declared=15.0, burst=1, told=10.0, tat=second)
     assert crept.rate == pytest.approx(9.8)
-    raised = fleet_pace(crept, now=3000.0, declared=15.0, burst=1, told=12.0, tat=3000.0)
+    raised = fleet_pace(crept, now=2000.0, declared=15.0, burst=1, told=12.0, tat=2000.0)
     assert raised.rate == pytest.approx(11.76)
+    gone = fleet_pace(raised, now=2061.0, declared=15.0, burst=1, tat=2061.0)
+    assert (gone.told, gone.bad) == (0.0, 15.0)
+    up = fleet_pace(
+        gone, now=2062.5, declared=15.0, burst=1, answers=answered("oooo", start=2061.5)
+    )
+    assert up.rate == pytest.approx(11.76 * 1.1)
 
 
-def test_a_worker_booking_alone_books_at_the_rate_it_learned() -> None:
-    """Alone, a worker sees every answer: the rate it learned is the fleet's. Once
-    another books too, the fleet learns from there; gone for ALONE seconds, the other
-    leaves the first alone again."""
-    alone = fleet_pace(FleetPace(), now=1.0, declared=15.0, burst=1, worker="a", own=4.85)
-    assert alone.rate == 4.85
-    pair = fleet_pace(alone, now=1.5, declared=15.0, burst=1, worker="b", own=15.0)
-    assert pair.rate == 4.85  # (b's own rate is its share's, not the fleet's)
-    still = fleet_pace(pair, now=2.0, declared=15.0, burst=1, worker="a", own=3.0)
-    assert still.rate == 4.85
-    again = fleet_pace(still, now=1.5 + ALONE + 0.1, declared=15.0, burst=1, worker="a", own=5.1)
-    assert again.rate == 5.1
-    assert [w for w, _ in again.workers] == ["a"]
+def test_a_worker_booking_alone_takes_up_the_pace_then_the_fleet_follows_it() -> None:
+    """Alone, a worker sees every answer: the fleet's pace follows the rate it learned,
+    once it first booked at the pace as it is (which it takes up as its own): neither
+    the rate a run starts at nor one learned from its share of the answers while others
+    booked too is the fleet's. Once another books, the fleet learns from there."""
+    kept = learned(9.4, at=-100.0)
+    first = fleet_pace(kept, now=1.0, declared=30.0, burst=1, worker="a", own=29.1)
+    assert first.rate == 9.4  # a run's first booking: the pace a run before left
+    alone = fleet_pace(first, now=1.2, declared=30.0, burst=1, worker="a", own=9.0)
+    assert alone.rate == 9.0
+    pair = fleet_pace(alone, now=1.5, declared=30.0, burst=1, worker="b", own=29.1)
+    assert pair.rate == 9.0
+    shared = fleet_pace(pair, now=2.0, declared=30.0, burst=1, worker="a", own=2.2)
+    assert shared.rate == 9.0  # (a's own rate is its share's, not the fleet's)
+    left = fleet_pace(shared, now=1.5 + ALONE + 0.1, declared=30.0, burst=1, worker="a", own=2.2)
+    assert left.rate == 9.0
+    assert [w for w, _ in left.workers] == ["a"]
+    follows = fleet_pace(left, now=7.0, declared=30.0, burst=1, worker="a", own=9.2)
+    assert follows.rate == 9.2
+
+
+def test_a_pace_never_books_over_the_declared_rate_nor_trusts_a_clock_gone_back() -> None:
+    """A search's step kept from before a declared rate was lowered is cut to it; kept
+    instants ahead of now (a database clock stepped back) count from now, so refusals
+    still bring the pace down."""
+    stepped = learned(38.0, bad=40.0, good=36.0)
+    refused = fleet_pace(
+        stepped, now=1.0, declared=20.0, burst=4, answers=answered("oooox", start=0.2)
+    )
+    assert refused.rate <= 20.0
+    ahead = learned(20.0, at=5000.0)
+    down = fleet_pace(ahead, now=10.0, declared=20.0, burst=4, early=[9.9], tat=10.0)
+    assert down.rate == pytest.approx(19.4)
 
 
 def test_a_pace_a_run_before_left_low_searches_back_up() -> None:
@@ -164,9 +197,11 @@ def test_a_pace_is_kept_as_text_and_anything_else_reads_as_none() -> None:
         "garbage",
         "[1, 2]",
         '{"rate": 5}',
-        "[1e999, 0, 0, 0, 0, 0, 0, 0, [], []]",
+        '[1e999, 0, 0, 0, 0, 0, 0, 0, 0, "", [], []]',
+        '[20, 0, 0, 0, 0, 0, -3, 0, 0, "", [], []]',
+        "[20, 0, 0, 0, 0, 0, 0, 0, 0, 7, [], []]",
     ):
-        assert FleetPace.loads(text) == FleetPace()
+        assert FleetPace.loads(text) == FleetPace(), text
 
 
 @settings(max_examples=300, deadline=None)

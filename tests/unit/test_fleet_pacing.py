@@ -44,6 +44,7 @@ class SharedSchedule:
     async def take(self, count: int) -> Taken:
         answers, early = self.resource.fleet.answers(), self.resource.fleet.early()
         told, self.resource.fleet.told = self.resource.fleet.told, None
+        own = self.learned()
         await self.clock.sleep(0.002)
         now, fleet = self.clock.t, self.fleet
         interval, tolerance = booking(self.resource)
@@ -58,7 +59,7 @@ class SharedSchedule:
             tat=fleet.tat,
             told=told,
             worker=str(id(self.resource)),
-            own=self.learned(),
+            own=own,
         )
         tolerance *= 1.0 / (fleet.pace.rate * interval)
         interval = 1.0 / fleet.pace.rate
@@ -72,9 +73,9 @@ class SharedSchedule:
         )
         soon = [start for start in starts if start - now <= BOOK_AHEAD]
         if not soon:
-            return Taken([], fleet.paused, later=starts[0], rate=fleet.pace.rate)
+            return Taken([], fleet.paused, later=starts[0], rate=fleet.pace.rate, own=own)
         fleet.tat = soon[-1] + interval if len(soon) < count else tat
-        return Taken(soon, fleet.paused, rate=fleet.pace.rate)
+        return Taken(soon, fleet.paused, rate=fleet.pace.rate, own=own)
 
     def learned(self) -> float | None:
         learned = self.resource.pace.learned
@@ -166,7 +167,7 @@ def _figures(fleet: Fleet, resources: list[Resource]) -> tuple[int, float, int]:
 def test_four_workers_at_a_correct_strict_rate_run_at_it_together(seed: int) -> None:
     """Four workers declared a correct 20/s in front of a 20/s source with a bucket of
     one: the fleet learns the margin the way's jitter needs once, on its schedule, and
-    runs at 0.84-0.87 of the limit over 30 s with 0.6-1.2 % refused and 0-4 pauses
+    runs at 0.84-0.85 of the limit over 30 s with 0.4-1.0 % refused and no pause
     (booked at the declared rate, each worker learning its own margin: 0.21-0.28,
     18-24 % refused, 49-65 pauses)."""
     accepted, refused, pauses = _figures(*serve_fleet(4, 20.0, 20.0, 30.0, seed))
@@ -183,13 +184,13 @@ def test_a_fleet_declared_three_times_too_fast_comes_down_to_the_limit_together(
     """Workers declared three times the limit of a source with a bucket of one: the fleet
     sees most of its answers refused, comes down to just under what got through and
     searches back up, all on its schedule; over 40 s, two workers in front of 5/s take
-    0.68-0.89 of it (7-12 % refused, 10-18 pauses), three in front of 10/s 0.66-0.77
-    (7-10 %, 20-34). Each worker learning alone from its share of the answers, they
+    0.71-0.78 of it (10-14 % refused, 18-21 pauses), three in front of 10/s 0.73-0.78
+    (7-8 %, 20-24). Each worker learning alone from its share of the answers, they
     crawled: 0.28-0.61 and 0.12-0.20 of the limit, a quarter to two fifths refused."""
     accepted, refused, pauses = _figures(*serve_fleet(workers, 3.0 * limit, limit, 40.0, seed))
-    assert accepted >= 0.6 * limit * 40.0, accepted
-    assert refused <= 0.15, refused
-    assert pauses <= 40, pauses
+    assert accepted >= 0.65 * limit * 40.0, accepted
+    assert refused <= 0.16, refused
+    assert pauses <= 30, pauses
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -209,7 +210,7 @@ def test_a_worker_alone_runs_at_the_rate_it_learned(seed: int) -> None:
 def test_a_fleet_takes_the_limit_a_source_says_in_its_headers(seed: int) -> None:
     """Four workers declared 20/s in front of a 10/s source with a bucket of one whose
     answers say "10 a second": the fleet books a hair under what it says from the
-    first answers on; over 30 s, 0.89-0.96 of it with 2.7-3.2 % refused (each worker
+    first answers on; over 30 s, 0.89-0.96 of it with 2.2-3.2 % refused (each worker
     taking it for its own pace alone, the fleet booked at 20/s: 0.26-0.29 of it, half
     refused)."""
     accepted, refused, _ = _figures(*serve_fleet(4, 20.0, 10.0, 30.0, seed, header=10.0))
@@ -224,7 +225,7 @@ def test_a_fleet_in_front_of_a_strict_source_back_from_an_outage_takes_its_limit
     """Four workers at a correct 20/s in front of a bucket of one through a 10 s outage:
     a source down refuses every request from some instant on, which says nothing of its
     limit, and the fleet's pace stays; from three seconds after its return the fleet
-    takes 0.82-0.85 of the limit (before the fleet learned its pace: 0.17-0.46)."""
+    takes 0.82 of the limit (before the fleet learned its pace: 0.17-0.46)."""
     fleet, _ = serve_fleet(4, 20.0, 20.0, 40.0, seed, outage=(10.0, 20.0))
     after = sum(1 for t, ok in fleet.log if ok and 23.0 <= t < 40.0)
     assert after >= 0.75 * 20.0 * 17.0, after

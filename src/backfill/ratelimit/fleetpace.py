@@ -17,10 +17,14 @@ STRICT_START = 0.97
 STEP_DOWN = 0.97
 FIRST_DOWN = 0.9
 # Clearly over: more than this share of the answers to starts booked at the pace
-# refused, of at least MEASURED answers, some accepted (none: a source down). (A strict
-# source's jitter refuses up to a quarter at a rate a hair too fast: margin's steps.)
-OVER_SHARE = 0.3
+# refused, of at least MEASURED answers, some accepted (none: a source down), spread
+# among them (see _over).
+OVER_SHARE = 0.15
 MEASURED = 12
+# Clearly over, it comes down at most to this share of itself at once (a strict source
+# refuses every other request at a rate a hair over its limit, and more at a rate a
+# hair under it that the way's jitter bunches: the share accepted is no measure there).
+MOST_DOWN = 0.5
 # A search upwards after coming down from clearly over: steps of SEARCH_STEP, each held
 # SEARCH_HOLD seconds and SEARCH_ANSWERS accepted answers of its own, none refused.
 SEARCH_STEP = 1.10
@@ -32,10 +36,13 @@ CREEP = 0.01
 CREEP_LONGEST = 60.0
 # Never under this share of the declared rate.
 FLOOR = 0.01
-# The answers kept to judge the pace by.
+# The answers kept to judge the pace by; the workers remembered.
 KEPT = 64
-# A limit a header says is run at this share of it (see AdaptiveRate.on_header_limit).
+WORKERS = 16
+# A limit a header says is run at this share of it (see AdaptiveRate.on_header_limit);
+# not said for TOLD_FORGET seconds, it is forgotten.
 TOLD_SHARE = 0.98
+TOLD_FORGET = 60.0
 # A worker is alone when no other booked for this long.
 ALONE = 5.0
 # Nobody booked for this long: a new run, which searches up from the pace left.
@@ -68,11 +75,15 @@ class FleetPace:
     when it last changed (``changed``: answers to starts booked before were answers at
     another pace) and last came down (``down``: a refusal of a start booked before it
     was one at a faster pace); how long it must hold before it creeps up
-    (``creep_every``, 0: the usual); the answers to starts booked since it last changed
-    by more than a step of the margin or the creep (``counted``), accepted and refused;
-    and, while it searches upwards, the rate it came down from
-    (``bad``, 0: no search) and the step before the one it is at (``good``, 0: none
-    yet)."""
+    (``creep_every``, 0: the usual); while it searches upwards, the rate it came down
+    from (``bad``, 0: no search) and the step before the one it is at (``good``, 0: none
+    yet); the last limit a source said in a header (``told``, 0: none) and when it was
+    last said (``told_at``); the instant from which answers count (``counted``: its last
+    change other than a step of the margin or the creep, a few percent that do not
+    change what the share refused says); the worker whose own rate it follows while that
+    one books alone (``alone``, "": none); the last answers (sent, accepted) to starts
+    booked since ``counted``, by instant; and the workers that booked lately (an id,
+    when)."""
 
     rate: float = 0.0
     changed: float = 0.0
@@ -80,46 +91,54 @@ class FleetPace:
     creep_every: float = 0.0
     bad: float = 0.0
     good: float = 0.0
-    # The last limit a source said in a header, per second (0: none).
     told: float = 0.0
-    # The last answers to starts booked since ``counted`` (its last change other than a
-    # step of 3 % or 1 %: a few percent do not change what the share refused says).
+    told_at: float = 0.0
     counted: float = 0.0
-    # The last answers (sent, accepted) to starts booked since it changed, by instant.
+    alone: str = ""
     answers: tuple[tuple[float, bool], ...] = ()
-    # The workers that booked lately: (an id, when it last booked).
     workers: tuple[tuple[str, float], ...] = ()
 
     def dumps(self) -> str:
         """As kept in the ledger."""
-        numbers = dataclasses.astuple(self)[:-2]
+        numbers = dataclasses.astuple(self)[:9]
         answers = [[sent, int(ok)] for sent, ok in self.answers]
-        return json.dumps([*numbers, answers, [list(w) for w in self.workers]])
+        return json.dumps([*numbers, self.alone, answers, [list(w) for w in self.workers]])
 
     @classmethod
     def loads(cls, text: str | None) -> FleetPace:
         """As kept in the ledger; a fresh pace for none, or for anything not one (a row
-        edited by hand, another version's)."""
+        edited by hand, another version's: a negative figure, an id that is no text)."""
         try:
-            *numbers, answers, workers = json.loads(text or "null")
-            if len(numbers) != 8 or not all(_finite(v) for v in numbers):
+            *numbers, alone, answers, workers = json.loads(text or "null")
+            if len(numbers) != 9 or not all(_finite(v) and v >= 0 for v in numbers):
+                return cls()
+            if not isinstance(alone, str):
                 return cls()
             kept = tuple((float(sent), bool(ok)) for sent, ok in answers if _finite(sent))
             seen = tuple((str(w), float(t)) for w, t in workers if _finite(t))
         except (ValueError, TypeError):
             return cls()
-        rate, changed, down, creep_every, bad, good, told, counted = (float(v) for v in numbers)
+        rate, changed, down, creep_every, bad, good, told, told_at, counted = (
+            float(v) for v in numbers
+        )
         return cls(
-            rate, changed, down, creep_every, bad, good, told, counted, kept[-KEPT:], seen[-16:]
+            rate,
+            changed,
+            down,
+            creep_every,
+            bad,
+            good,
+            told,
+            told_at,
+            counted,
+            alone[:64],
+            kept[-KEPT:],
+            seen[-WORKERS:],
         )
 
     @property
     def ok(self) -> int:
         return sum(1 for _, accepted in self.answers if accepted)
-
-    @property
-    def refused(self) -> int:
-        return len(self.answers) - self.ok
 
     def _creep_wait(self) -> float:
         # As one process's learned rate creeps (see AdaptiveRate._creep_base).
@@ -169,15 +188,19 @@ def fleet_pace(
     * a source that refuses every request from some instant on is down, and one that
       takes every request from some instant on is back: neither says anything of its
       limit, and the pace stays (the workers' pauses hold the requests);
-
     * a limit the source says in a header is taken at once, a hair under it (as one
-      process takes it), and any search ends there;
+      process takes it), and any search ends there; the pace stays under it until the
+      source has not said it for a minute;
 
     it starts a hair under a declared burst of one, as one process does, and a pace
     nobody booked at for a minute (a run before left it) searches back up from there.
-    A worker that books alone (no other booked for ALONE seconds) sees every answer: the
-    rate it learned (``own``) is the fleet's, with everything one process knows (its
-    way out of an outage, a header refused, ...), and it books at that.
+
+    A worker that books alone (no other one booked for ALONE seconds) sees every answer,
+    and knows more of its source than the fleet's pace does (its way out of an outage, a
+    header refused, a Retry-After): the pace follows the rate it learned (``own``). Not
+    at once: it first books at the pace as it is, which the worker takes up as its own
+    rate (see LedgerRate.take), so that a rate it learned from its share of the answers
+    while others booked too, or that it starts a run at, is never the fleet's.
 
     >>> fleet_pace(FleetPace(), now=100.0, declared=20.0, burst=1).rate
     19.4
@@ -189,25 +212,53 @@ def fleet_pace(
     19.6
     >>> over = fleet_pace(FleetPace(15.0, 90.0, 90.0), now=100.0, declared=15.0, burst=1,
     ...                   answers=[(95.0 + i / 4, i % 3 == 0) for i in range(15)])
-    >>> round(over.rate, 2), over.bad
-    (4.85, 15.0)
+    >>> over.rate, over.bad
+    (7.5, 15.0)
     """
     since = max(now, tat)
-    if worker is not None:
-        others = tuple((w, t) for w, t in pace.workers if w != worker and t >= now - ALONE)
-        pace = dataclasses.replace(pace, workers=(*others[-15:], (worker, now)))
-        if own is not None and not others:
-            alone = min(declared, max(FLOOR * declared, own))
-            if alone == pace.rate:
-                return pace
-            down = since if alone < pace.rate else pace.down
-            return FleetPace(
-                alone, since, down, told=pace.told, counted=since, workers=pace.workers
-            )
+    if max(pace.changed, pace.down, pace.counted, pace.told_at) > since:
+        # Kept instants past the schedule's next one: a database clock stepped back, or a
+        # failover to a skewed host. Forgotten, or no refusal would count for as long.
+        pace = dataclasses.replace(pace, changed=0.0, down=0.0, counted=0.0, told_at=0.0)
+    floor = FLOOR * declared
+    if told is not None and _finite(told) and told > 0:
+        pace = dataclasses.replace(pace, told_at=now)
+    elif pace.told and now - pace.told_at > TOLD_FORGET:
+        # Not said for a minute: the source's limit may have risen (or the header gone
+        # with a proxy); searched for again, from here.
+        pace = dataclasses.replace(pace, told=0.0, bad=declared, good=0.0, changed=since)
+    ceiling = min(declared, max(floor, TOLD_SHARE * pace.told)) if pace.told else declared
+    learned = _learned(
+        pace, since, now, declared, ceiling, burst, answers, early, tat, told, worker, own
+    )
+    # Whatever was kept (a search's step before, under a declared rate since lowered),
+    # never over the ceiling (a figure said now included) nor under the floor.
+    if learned.told:
+        ceiling = min(declared, max(floor, TOLD_SHARE * learned.told))
+    return dataclasses.replace(learned, rate=min(ceiling, max(floor, learned.rate)))
+
+
+def _learned(
+    pace: FleetPace,
+    since: float,
+    now: float,
+    declared: float,
+    ceiling: float,
+    burst: int,
+    answers: Sequence[tuple[float, bool]],
+    early: Sequence[float],
+    tat: float,
+    told: float | None,
+    worker: str | None,
+    own: float | None,
+) -> FleetPace:
+    """See :func:`fleet_pace` (its rate not yet kept within the floor and ``ceiling``,
+    the declared rate or a hair under what a header said)."""
+    floor = FLOOR * declared
     if not pace.rate:
         # None learned yet: from the declared rate (its creep timed from now).
         start = declared * (STRICT_START if burst == 1 else 1.0)
-        pace = FleetPace(start, now, counted=now, workers=pace.workers)
+        pace = dataclasses.replace(pace, rate=start, changed=now, counted=now)
     elif pace.rate < declared and not pace.bad and tat < now - IDLE:
         # Nobody booked for a while (a run before left it there): what it learned may be
         # stale (a limit that dipped as it ended, a source since sped up, a declared
@@ -217,82 +268,103 @@ def fleet_pace(
         )
     if (
         told is not None
-        and math.isfinite(told)
+        and _finite(told)
         and told > 0
         and (not pace.told or abs(told - pace.told) > 0.01 * pace.told)
     ):
         # A figure said anew: taken at once, and the pace learns under it from there.
-        said = min(declared, max(FLOOR * declared, TOLD_SHARE * told))
+        said = min(declared, max(floor, TOLD_SHARE * told))
         down = since if said < pace.rate else pace.down
-        return FleetPace(said, since, down, counted=since, told=told, workers=pace.workers)
-    floor = FLOOR * declared
-    # (Under what the source said, a hair under it at most.)
-    ceiling = min(declared, max(floor, TOLD_SHARE * pace.told)) if pace.told else declared
-    rate = min(ceiling, max(floor, pace.rate))
+        return dataclasses.replace(
+            pace,
+            rate=said,
+            changed=since,
+            down=down,
+            bad=0.0,
+            good=0.0,
+            told=told,
+            counted=since,
+            answers=(),
+        )
+    if worker is not None:
+        others = tuple((w, t) for w, t in pace.workers if w != worker and t >= now - ALONE)
+        pace = dataclasses.replace(pace, workers=(*others[-(WORKERS - 1) :], (worker, now)))
+        if others:
+            pace = dataclasses.replace(pace, alone="")
+        elif own is not None and pace.alone != worker:
+            # Alone from now on: it first takes up the pace as it is (see fleet_pace).
+            return dataclasses.replace(pace, alone=worker)
+        elif own is not None and _finite(own) and own > 0:
+            if own == pace.rate:
+                return pace
+            down = since if own < pace.rate else pace.down
+            return dataclasses.replace(
+                pace, rate=own, changed=since, down=down, counted=since, answers=()
+            )
     fresh = sorted(answer for answer in answers if answer[0] >= pace.counted)
     kept = tuple(sorted(pace.answers + tuple(fresh)))[-KEPT:] if fresh else pace.answers
-    pace = dataclasses.replace(pace, rate=rate, answers=kept)
+    pace = dataclasses.replace(pace, answers=kept)
+    rate = pace.rate
     if _over(kept):
         # Clearly over: just under what got through, and a search back up from there.
         got = rate * pace.ok / len(kept)
-        return FleetPace(
-            max(floor, STEP_DOWN * got),
-            since,
-            since,
-            min(CREEP_LONGEST, 2.0 * pace._creep_wait()),
-            bad=max(pace.bad, rate),
+        return dataclasses.replace(
+            pace,
+            rate=max(floor, MOST_DOWN * rate, STEP_DOWN * got),
+            changed=since,
+            down=since,
+            creep_every=min(CREEP_LONGEST, 2.0 * pace._creep_wait()),
+            bad=rate,
+            good=0.0,
             counted=since,
-            told=pace.told,
-            workers=pace.workers,
+            answers=(),
         )
     stepped = pace.bad and pace.good
     step_refused = any(not accepted and sent >= pace.changed for sent, accepted in kept)
     if any(instant >= pace.down for instant in early) or (stepped and step_refused):
+        waits = min(CREEP_LONGEST, 2.0 * pace._creep_wait())
         if stepped:
             # A search's step refused: back to the step before, and the search ends there.
-            to, bad, counted, kept = pace.good, 0.0, since, ()
-        else:
-            step = FIRST_DOWN if burst == 1 and not pace.down else STEP_DOWN
-            to, bad, counted, kept = rate * step, pace.bad, pace.counted, pace.answers
-        return FleetPace(
-            max(floor, to),
-            since,
-            since,
-            min(CREEP_LONGEST, 2.0 * pace._creep_wait()),
-            bad=bad,
-            counted=counted,
-            answers=kept,
-            told=pace.told,
-            workers=pace.workers,
+            return dataclasses.replace(
+                pace,
+                rate=pace.good,
+                changed=since,
+                down=since,
+                creep_every=waits,
+                bad=0.0,
+                good=0.0,
+                counted=since,
+                answers=(),
+            )
+        step = FIRST_DOWN if burst == 1 and not pace.down else STEP_DOWN
+        return dataclasses.replace(
+            pace, rate=max(floor, rate * step), changed=since, down=since, creep_every=waits
         )
     if pace.bad:
         # A step is judged by the answers to its own starts.
         step_ok = sum(1 for sent, accepted in kept if accepted and sent >= pace.changed)
         if now - pace.changed >= SEARCH_HOLD and step_ok >= SEARCH_ANSWERS:
-            up = min(ceiling, rate * SEARCH_STEP)
-            return FleetPace(
-                up,
-                since,
-                pace.down,
-                pace.creep_every,
-                bad=pace.bad if up < ceiling else 0.0,
+            # (Never past a hair under the rate that drew the decrease: the jitter's
+            # margin, as one process's search ends.)
+            top = min(STEP_DOWN * pace.bad, ceiling)
+            up = max(rate, min(top, rate * SEARCH_STEP))
+            return dataclasses.replace(
+                pace,
+                rate=up,
+                changed=since,
+                bad=pace.bad if up < top else 0.0,
                 good=rate,
                 counted=since,
-                told=pace.told,
-                workers=pace.workers,
+                answers=(),
             )
         return pace
     if rate < ceiling and now - pace.changed >= pace._creep_wait():
         # Held: a step up, and the next one a little sooner.
         every = 0.9 * pace.creep_every
-        return FleetPace(
-            min(ceiling, rate + CREEP * declared),
-            since,
-            pace.down,
-            every if every >= 6.0 else 0.0,
-            counted=pace.counted,
-            answers=pace.answers,
-            told=pace.told,
-            workers=pace.workers,
+        return dataclasses.replace(
+            pace,
+            rate=rate + CREEP * declared,
+            changed=since,
+            creep_every=every if every >= 6.0 else 0.0,
         )
     return pace

@@ -155,6 +155,18 @@ class Pace:
             self._tell(what, 0.0, "rate")
         return True
 
+    def follow(self, rate: float, now: float) -> None:
+        """Run at ``rate``, the pace a fleet books at (see
+        :func:`~backfill.ratelimit.fleetpace.fleet_pace`), searching upwards from it as
+        a rate a run before learned does: the rate this process learned is then the
+        fleet's when it books alone, and a declared rate the fleet does not run at is
+        said once, as one process says it."""
+        learned = self.learned
+        if learned is None or self.adaptive:
+            return
+        learned.resume(rate)
+        self._paced(now)
+
     def description(self) -> str:
         """The declared limits, and the rate run at when it differs (see
         :meth:`Resource.rate_description`)."""

@@ -44,12 +44,13 @@ class Taken(NamedTuple):
     paused; and, when no start was due within BOOK_AHEAD seconds (none reserved), the
     first instant the schedule allows one (``later``): ask again then; the rate the
     fleet books at (``rate``: its pace, see :func:`~backfill.ratelimit.fleetpace.fleet_pace`;
-    0 when not told)."""
+    0 when not told), and the rate this process had learned when it asked (``own``)."""
 
     starts: list[float]
     paused_until: float
     later: float | None = None
     rate: float = 0.0
+    own: float | None = None
 
 
 class SharedRate(Protocol):
@@ -165,9 +166,13 @@ class FleetShare:
                     # Everyone waiting now, but no more than a quarter second's worth.
                     most = math.ceil(0.25 / interval) if interval else 16
                     count = max(1, min(self._waiting, most))
-                    starts, paused_until, later, pace = await self.shared.take(count)
+                    starts, paused_until, later, pace, own = await self.shared.take(count)
                     if pace:
                         self.pace = pace
+                        if own is not None and abs(pace - own) > 0.01 * own:
+                            # The fleet books at another pace than this process learned
+                            # from its share of the answers: its own rate follows.
+                            resource.pace.follow(pace, clock.monotonic())
                     now = clock.monotonic()
                     if paused_until > now + 1e-3:
                         resource.hold_until(
