@@ -34,6 +34,7 @@ from backfill.partitions import (
     reference,
     yearly,
 )
+from backfill.ratelimit.fleetpace import Report
 
 JOB = "contract"
 STAGE = "fetch"
@@ -942,12 +943,15 @@ class LedgerContract:
         a strict declared rate at first; a refusal one connection reports a hair early
         spaces the starts the other books further (10 % the first time), and the rate
         booked at comes back with them. Without ``learn`` the declared rate books."""
-        book = {"interval": 0.1, "tolerance": 0.0, "learn": True}
+        book = {"interval": 0.1, "tolerance": 0.0, "learn": Report()}
         due, _, now, rate = ledger.take_starts("j", "api", count=2, **book)  # type: ignore[attr-defined]
         assert rate == pytest.approx(9.7)
         assert due[1] - due[0] == pytest.approx(1 / 9.7, abs=1e-4)
         _, _, _, rate = second_ledger.take_starts(  # type: ignore[attr-defined]
-            "j", "api", count=1, early=[now + due[0]], answers=[(now + due[0], False)], **book
+            "j",
+            "api",
+            count=1,
+            **{**book, "learn": Report([(now + due[0], False)], [now + due[0]])},
         )
         assert rate == pytest.approx(9.7 * 0.9)
         due, _, _, rate = ledger.take_starts("j", "api", count=2, **book)  # type: ignore[attr-defined]

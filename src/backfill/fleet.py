@@ -23,6 +23,7 @@ from backfill.clock import Clock
 from backfill.errors import BackfillError
 from backfill.ledger import SharedLimits
 from backfill.ratelimit import Resource
+from backfill.ratelimit.fleetpace import Report
 from backfill.ratelimit.sharing import BOOK_AHEAD, Taken, quota_margin
 
 __all__ = ["LedgerRate", "booking", "concurrency_share"]
@@ -116,12 +117,7 @@ class LedgerRate:
             max_pause=self.resource.max_wait,
             margin=quota_margin(interval, 0.0 if self.rate else self.resource.rate_interval),
             horizon=BOOK_AHEAD,
-            learn=self.rate,
-            answers=answers,
-            early=early,
-            told=told,
-            worker=self._worker,
-            own=own,
+            learn=Report(answers, early, told, self._worker, own) if self.rate else None,
         )
         loop = asyncio.get_running_loop()
         due, paused, db_now, rate = await loop.run_in_executor(self.pool, book)

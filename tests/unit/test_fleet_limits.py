@@ -11,6 +11,7 @@ import pytest
 
 from backfill.fleet import LedgerRate, concurrency_share
 from backfill.ratelimit import Resource, book_block
+from backfill.ratelimit.fleetpace import Report
 
 OFFSET = 1000.0  # the database's clock runs this far ahead of the worker's
 
@@ -43,8 +44,8 @@ class Schedule:
         self.due = 0.0  # how far after the database's now the booked start is
         self.booked: list[float] = []  # when the database read its clock, on ours
         self.intervals: list[float] = []  # the spacing each booking asked for
-        # What each booking told of the answers: (learn, answers, early).
-        self.reports: list[tuple[bool, list[tuple[float, bool]], list[float]]] = []
+        # What each booking told the fleet's pace.
+        self.reports: list[Report | None] = []
         self.pace: float | None = None  # the rate the fleet books at (None: the declared)
 
     def take_starts(
@@ -59,19 +60,14 @@ class Schedule:
         max_pause: float = math.inf,
         margin: float = 0.0,
         horizon: float = math.inf,
-        learn: bool = False,
-        answers: Sequence[tuple[float, bool]] = (),
-        early: Sequence[float] = (),
-        told: float | None = None,
-        worker: str | None = None,
-        own: float | None = None,
+        learn: Report | None = None,
     ) -> tuple[list[float], float, float, float]:
         db_now = self.clock.now + OFFSET
         self.clock.now += self.delay
         self.delay = 0.0
         self.booked.append(db_now - OFFSET)
         self.intervals.append(interval)
-        self.reports.append((learn, list(answers), list(early)))
+        self.reports.append(learn)
         return (
             [self.due + i * interval for i in range(count)],
             0.0,
@@ -133,11 +129,13 @@ def test_a_worker_tells_the_fleet_what_its_starts_were_answered_on_the_database_
     clock.now = 1.0
     taken = asyncio.run(rate.take(2))
     asyncio.run(rate.take(2))
-    assert schedule.reports == [
-        (True, [], []),
-        (True, [(OFFSET + 0.5, True), (OFFSET + 0.6, False)], [OFFSET + 0.6]),
-        (True, [], []),
+    told = [(r.answers, r.early) for r in schedule.reports if r is not None]
+    assert told == [
+        ([], []),
+        ([(OFFSET + 0.5, True), (OFFSET + 0.6, False)], [OFFSET + 0.6]),
+        ([], []),
     ]
+    assert {r.worker for r in schedule.reports if r is not None} != {None}
     assert taken.rate == pytest.approx(20.0)
     assert resource.rate_description() == "20/s"
 

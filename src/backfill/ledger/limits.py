@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from backfill.ratelimit import book_block
-from backfill.ratelimit.fleetpace import FleetPace, fleet_pace
+from backfill.ratelimit.fleetpace import FleetPace, Report, fleet_pace
 
 __all__ = ["Query", "QuotaUse", "quota_use", "resume", "take_starts"]
 
@@ -38,12 +38,7 @@ def take_starts(
     max_pause: float = math.inf,
     margin: float = 0.0,
     horizon: float = math.inf,
-    learn: bool = False,
-    answers: Sequence[tuple[float, bool]] = (),
-    early: Sequence[float] = (),
-    told: float | None = None,
-    worker: str | None = None,
-    own: float | None = None,
+    learn: Report | None = None,
 ) -> tuple[list[float], float, float, float]:
     """Book ``count`` starts of ``resource`` in ``scope`` (a job's name, or ``*`` for a
     resource every job shares).
@@ -53,9 +48,8 @@ def take_starts(
     database's clock), and the rate booked at (0 for quotas only). ``interval`` 0 books
     quotas only; with ``learn``, starts are booked at the pace the schedule learned (see
     :func:`~backfill.ratelimit.fleetpace.fleet_pace`; ``interval`` is the declared
-    rate's, the least), after the ``answers`` to starts booked at the given instants and
-    the refusals ``early`` (epoch seconds), the limit a source's header ``told``, and
-    the rate the booking ``worker`` learned on its own (``own``).
+    rate's, the least), after what the booking worker reports (instants in epoch
+    seconds).
     Each quota of (count, period) keeps a ring of the last ``count`` starts: start number
     m replaces number m - count, and may not come before that one has left the quota's
     window, widened by
@@ -72,19 +66,19 @@ def take_starts(
         query("insert_resource", key)
         rows = query("lock_resource", key)
     tat, paused, now = (float(v) for v in rows[0][:3])
-    if learn and interval:
+    if learn is not None and interval:
         learned = FleetPace.loads(rows[0][3])
         pace = fleet_pace(
             learned,
             now=now,
             declared=1.0 / interval,
             burst=1 + round(tolerance / interval),
-            answers=answers,
-            early=early,
+            answers=learn.answers,
+            early=learn.early,
             tat=tat,
-            told=told,
-            worker=worker,
-            own=own,
+            told=learn.told,
+            worker=learn.worker,
+            own=learn.own,
         )
         if pace != learned:
             query("set_pace", {**key, "pace": pace.dumps()})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from backfill.ledger.identity import DatabaseIdentity
 from backfill.ledger.models import (
@@ -28,6 +28,9 @@ from backfill.ledger.models import (
     WindowCount,
     WorkerRecord,
 )
+
+if TYPE_CHECKING:
+    from backfill.ratelimit.fleetpace import Report
 from backfill.partitions import Order, Partition, Selection
 
 __all__ = [
@@ -333,21 +336,14 @@ class SharedLimits(Protocol):
         max_pause: float = math.inf,
         margin: float = 0.0,
         horizon: float = math.inf,
-        learn: bool = False,
-        answers: Sequence[tuple[float, bool]] = (),
-        early: Sequence[float] = (),
-        told: float | None = None,
-        worker: str | None = None,
-        own: float | None = None,
+        learn: Report | None = None,
     ) -> tuple[list[float], float, float, float]:
         """Book ``count`` starts (see :func:`backfill.ratelimit.book_block`), within every
         quota of (count, period seconds) widened by ``margin``, after a stored pause cut
         to ``max_pause`` seconds, none due more than ``horizon`` seconds ahead, with
-        ``learn`` at the pace the schedule learned from the ``answers`` to the starts
-        booked, the refusals ``early``, the limit a header ``told`` and the rate the
-        booking ``worker`` learned on its own (``own``); (when each is due, paused
-        until) in seconds from the database's now, that now (epoch seconds on the
-        database's clock) and the rate booked at. See
+        ``learn`` at the pace the schedule learned from what the booking worker reports;
+        (when each is due, paused until) in seconds from the database's now, that now
+        (epoch seconds on the database's clock) and the rate booked at. See
         :func:`backfill.ledger.limits.take_starts`."""
 
     def pause_resource(self, job: str, resource: str, seconds: float) -> None: ...

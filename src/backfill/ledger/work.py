@@ -22,6 +22,7 @@ from backfill.ledger.models import (
     WorkerRecord,
 )
 from backfill.partitions import Order, Partition, Selection
+from backfill.ratelimit.fleetpace import Report
 
 __all__ = ["WorkOps"]
 
@@ -303,12 +304,7 @@ class WorkOps(LedgerBase):
         max_pause: float = math.inf,
         margin: float = 0.0,
         horizon: float = math.inf,
-        learn: bool = False,
-        answers: Sequence[tuple[float, bool]] = (),
-        early: Sequence[float] = (),
-        told: float | None = None,
-        worker: str | None = None,
-        own: float | None = None,
+        learn: Report | None = None,
     ) -> tuple[list[float], float, float, float]:
         """Book ``count`` starts of a resource (see :func:`backfill.ledger.limits.take_starts`);
         ``job`` is the schedule's scope."""
@@ -325,11 +321,6 @@ class WorkOps(LedgerBase):
                 margin=margin,
                 horizon=horizon,
                 learn=learn,
-                answers=answers,
-                early=early,
-                told=told,
-                worker=worker,
-                own=own,
             )
         )
 

@@ -145,6 +145,20 @@ class FleetPace:
         return self.creep_every or max(6.0, 12.5 / self.rate)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Report:
+    """What a worker tells the fleet's pace with a booking (see :func:`fleet_pace`): the
+    answers to its starts since the last one (sent, accepted) and the refusals among
+    them that came a hair early (instants on the schedule's clock), the limit its
+    source said in a header, who it is and the rate it learned on its own."""
+
+    answers: Sequence[tuple[float, bool]] = ()
+    early: Sequence[float] = ()
+    told: float | None = None
+    worker: str | None = None
+    own: float | None = None
+
+
 def fleet_pace(
     pace: FleetPace,
     *,
