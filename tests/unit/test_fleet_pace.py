@@ -107,28 +107,33 @@ def test_a_refusal_before_the_search_took_a_step_is_a_step_of_the_margin() -> No
 
 
 def test_a_limit_a_header_says_is_taken_at_once_and_learned_under() -> None:
-    """Said anew, a figure sets the pace a hair under it (a search ends there); said
-    again, it changes nothing (the margin learned under it stands), and the pace never
-    creeps past it while the source says it; not said for a minute, it is forgotten and
-    searched past."""
-    searching = learned(5.0, bad=15.0)
+    """Said anew under the pace, a figure sets it a hair under (a search ends there);
+    said again, it changes nothing (the margin learned under it stands), and the pace
+    never creeps past it while the source says it; a figure said over the pace is
+    searched up to, not taken at once (one that flaps would throw away what 429s
+    taught); not said for a minute, it is forgotten and searched past."""
+    searching = learned(12.0, bad=15.0)
     told = fleet_pace(searching, now=1.0, declared=15.0, burst=1, told=10.0, tat=1.0)
     assert (told.rate, told.bad, told.told) == (pytest.approx(9.8), 0.0, 10.0)
     stepped = fleet_pace(told, now=2.0, declared=15.0, burst=1, early=[1.5], tat=2.0)
-    assert stepped.rate == pytest.approx(9.8 * 0.9)
+    assert stepped.rate == pytest.approx(9.8 * 0.97)
     crept = fleet_pace(stepped, now=2.5, declared=15.0, burst=1, told=10.0, tat=2.5)
     assert crept.rate == stepped.rate
     for second in range(3, 2000, 5):
         crept = fleet_pace(crept, now=second, declared=15.0, burst=1, told=10.0, tat=second)
     assert crept.rate == pytest.approx(9.8)
     raised = fleet_pace(crept, now=2000.0, declared=15.0, burst=1, told=12.0, tat=2000.0)
-    assert raised.rate == pytest.approx(11.76)
-    gone = fleet_pace(raised, now=2061.0, declared=15.0, burst=1, tat=2061.0)
-    assert (gone.told, gone.bad) == (0.0, 15.0)
+    assert (raised.rate, raised.bad) == (pytest.approx(9.8), pytest.approx(11.76))
     up = fleet_pace(
-        gone, now=2062.5, declared=15.0, burst=1, answers=answered("oooo", start=2061.5)
+        raised, now=2001.5, declared=15.0, burst=1, told=12.0, answers=answered("oooo", 2000.1)
     )
-    assert up.rate == pytest.approx(11.76 * 1.1)
+    assert up.rate == pytest.approx(9.8 * 1.1)
+    gone = fleet_pace(up, now=2062.0, declared=15.0, burst=1, tat=2062.0)
+    assert (gone.told, gone.bad) == (0.0, 15.0)
+    further = fleet_pace(
+        gone, now=2063.5, declared=15.0, burst=1, answers=answered("oooo", start=2062.5)
+    )
+    assert further.rate == pytest.approx(9.8 * 1.1 * 1.1)
 
 
 def test_a_worker_booking_alone_takes_up_the_pace_then_the_fleet_follows_it() -> None:
@@ -176,8 +181,39 @@ def test_a_pace_a_run_before_left_low_searches_back_up() -> None:
         fresh, now=now + 1.0, declared=20.0, burst=1, answers=answered("oooo", start=now), tat=now
     )
     assert up.rate == pytest.approx(11.0)
-    busy = fleet_pace(left, now=now, declared=20.0, burst=1, tat=now - 0.1)
+    busy = fleet_pace(
+        learned(10.0, at=now - 1.0, workers=(("b", now - 1.0),)),
+        now=now,
+        declared=20.0,
+        burst=1,
+        tat=now - 0.1,
+    )
     assert busy.bad == 0.0
+    restarted = fleet_pace(
+        learned(10.0, at=now - 6.0, workers=(("b", now - 6.0),)),
+        now=now,
+        declared=20.0,
+        burst=1,
+        tat=now - 0.1,
+    )
+    assert restarted.bad == 20.0  # nobody booked for 5 s: a run restarted
+
+
+def test_a_pace_held_far_under_its_ceiling_searches_up_and_waits_longer_when_refused() -> None:
+    """A limit back after a dip, or risen: the creep alone takes many minutes."""
+    low = learned(5.0, at=100.0, workers=(("b", 128.5),))
+    held = fleet_pace(low, now=129.0, declared=20.0, burst=4, tat=129.0, worker="b")
+    assert held.bad == 0.0
+    probing = fleet_pace(held, now=131.0, declared=20.0, burst=4, tat=131.0, worker="b")
+    assert probing.bad == 20.0
+    up = fleet_pace(
+        probing, now=132.5, declared=20.0, burst=4, answers=answered("oooo", 131.1), tat=132.5
+    )
+    assert up.rate == pytest.approx(held.rate * 1.1)
+    refused = fleet_pace(
+        up, now=133.0, declared=20.0, burst=4, answers=answered("ox", 132.6), tat=133.0
+    )
+    assert (refused.rate, refused.bad, refused.probe_every) == (held.rate, 0.0, 60.0)
 
 
 def test_a_pace_is_kept_as_text_and_anything_else_reads_as_none() -> None:

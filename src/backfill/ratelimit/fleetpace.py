@@ -45,8 +45,26 @@ TOLD_SHARE = 0.98
 TOLD_FORGET = 60.0
 # A worker is alone when no other booked for this long.
 ALONE = 5.0
-# Nobody booked for this long: a new run, which searches up from the pace left.
+# Nobody booked for IDLE seconds, or for NEW_RUN seconds and NEW_RUN_STARTS intervals of
+# the pace: a new run (or one restarted), which searches up from the pace left.
 IDLE = 60.0
+NEW_RUN = 5.0
+NEW_RUN_STARTS = 10
+# Held under PROBE_UNDER of its ceiling without a decrease for PROBE_EVERY seconds, it
+# searches up (a limit back after a dip, or risen); each search refused doubles the wait
+# (up to PROBE_LONGEST).
+PROBE_UNDER = 0.7
+PROBE_EVERY = 30.0
+PROBE_LONGEST = 600.0
+
+
+def _new_run(pace: FleetPace, now: float, tat: float) -> bool:
+    """Whether nobody booked lately: the pace was left by a run before."""
+    if tat < now - IDLE:
+        return True
+    last = max((t for _, t in pace.workers), default=None)
+    quiet = max(NEW_RUN, NEW_RUN_STARTS / pace.rate)
+    return last is not None and last < now - quiet
 
 
 def _finite(value: object) -> bool:
@@ -78,9 +96,11 @@ class FleetPace:
     (``creep_every``, 0: the usual); while it searches upwards, the rate it came down
     from (``bad``, 0: no search) and the step before the one it is at (``good``, 0: none
     yet); the last limit a source said in a header (``told``, 0: none) and when it was
-    last said (``told_at``); the instant from which answers count (``counted``: its last
-    change other than a step of the margin or the creep, a few percent that do not
-    change what the share refused says); the worker whose own rate it follows while that
+    last said (``told_at``); how long it must hold far under its ceiling before it
+    searches up again (``probe_every``, 0: the usual); the instant from which answers
+    count (``counted``: its last change other than a step of the margin or the creep,
+    a few percent that do not change what the share refused says); the worker whose own
+    rate it follows while that
     one books alone (``alone``, "": none); the last answers (sent, accepted) to starts
     booked since ``counted``, by instant; and the workers that booked lately (an id,
     when)."""
@@ -93,6 +113,7 @@ class FleetPace:
     good: float = 0.0
     told: float = 0.0
     told_at: float = 0.0
+    probe_every: float = 0.0
     counted: float = 0.0
     alone: str = ""
     answers: tuple[tuple[float, bool], ...] = ()
@@ -100,7 +121,7 @@ class FleetPace:
 
     def dumps(self) -> str:
         """As kept in the ledger."""
-        numbers = dataclasses.astuple(self)[:9]
+        numbers = dataclasses.astuple(self)[:10]
         answers = [[sent, int(ok)] for sent, ok in self.answers]
         return json.dumps([*numbers, self.alone, answers, [list(w) for w in self.workers]])
 
@@ -110,7 +131,7 @@ class FleetPace:
         edited by hand, another version's: a negative figure, an id that is no text)."""
         try:
             *numbers, alone, answers, workers = json.loads(text or "null")
-            if len(numbers) != 9 or not all(_finite(v) and v >= 0 for v in numbers):
+            if len(numbers) != 10 or not all(_finite(v) and v >= 0 for v in numbers):
                 return cls()
             if not isinstance(alone, str):
                 return cls()
@@ -118,7 +139,7 @@ class FleetPace:
             seen = tuple((str(w), float(t)) for w, t in workers if _finite(t))
         except (ValueError, TypeError):
             return cls()
-        rate, changed, down, creep_every, bad, good, told, told_at, counted = (
+        rate, changed, down, creep_every, bad, good, told, told_at, probe_every, counted = (
             float(v) for v in numbers
         )
         return cls(
@@ -130,6 +151,7 @@ class FleetPace:
             good,
             told,
             told_at,
+            probe_every,
             counted,
             alone[:64],
             kept[-KEPT:],
@@ -193,7 +215,7 @@ def fleet_pace(
       its last decrease is an echo of that), takes it 3 % down (10 % the first time in
       front of a strict source) and doubles the time it must hold before it creeps up
       again, 1 % of the declared rate a step;
-    * more than 30 % of at least twelve answers to starts booked at the pace refused,
+    * more than 15 % of at least twelve answers to starts booked at the pace refused,
       spread among those accepted (see _over): it was clearly over the source's limit,
       and comes down to just under what got through (the pace times the share
       accepted), then searches back up in steps of 10 %, each held a second and four
@@ -202,12 +224,17 @@ def fleet_pace(
     * a source that refuses every request from some instant on is down, and one that
       takes every request from some instant on is back: neither says anything of its
       limit, and the pace stays (the workers' pauses hold the requests);
-    * a limit the source says in a header is taken at once, a hair under it (as one
-      process takes it), and any search ends there; the pace stays under it until the
-      source has not said it for a minute;
+    * a limit the source says in a header under the pace is taken at once, a hair
+      under it (as one process takes it), and any search ends there; the pace stays
+      under it until the source has not said it for a minute;
+
+    * held under 70 % of its ceiling, no decrease for 30 s, it searches up (a limit back
+      after a dip, or risen), each search refused doubling that wait (up to ten
+      minutes); a figure a header says over the pace is searched up to, not taken;
 
     it starts a hair under a declared burst of one, as one process does, and a pace
-    nobody booked at for a minute (a run before left it) searches back up from there.
+    nobody booked at for a while (a run before left it, or a run restarted) searches
+    back up from there.
 
     A worker that books alone (no other one booked for ALONE seconds) sees every answer,
     and knows more of its source than the fleet's pace does (its way out of an outage, a
@@ -273,12 +300,19 @@ def _learned(
         # None learned yet: from the declared rate (its creep timed from now).
         start = declared * (STRICT_START if burst == 1 else 1.0)
         pace = dataclasses.replace(pace, rate=start, changed=now, counted=now)
-    elif pace.rate < declared and not pace.bad and tat < now - IDLE:
-        # Nobody booked for a while (a run before left it there): what it learned may be
-        # stale (a limit that dipped as it ended, a source since sped up, a declared
-        # rate raised), so it searches back up, not only creeps.
+    elif pace.rate < ceiling and not pace.bad and _new_run(pace, now, tat):
+        # Nobody booked for a while (a run before left it there, or a run restarted): what
+        # it learned may be stale (a limit that dipped as it ended, a source since sped
+        # up, a declared rate raised), so it searches back up, not only creeps.
         pace = dataclasses.replace(
-            pace, changed=now, bad=declared, good=0.0, counted=now, answers=()
+            pace,
+            changed=now,
+            creep_every=0.0,
+            bad=ceiling,
+            good=0.0,
+            probe_every=0.0,
+            counted=now,
+            answers=(),
         )
     if (
         told is not None
@@ -286,14 +320,19 @@ def _learned(
         and told > 0
         and (not pace.told or abs(told - pace.told) > 0.01 * pace.told)
     ):
-        # A figure said anew: taken at once, and the pace learns under it from there.
         said = min(declared, max(floor, TOLD_SHARE * told))
-        down = since if said < pace.rate else pace.down
+        if said >= pace.rate:
+            # A figure said anew, over the pace: searched up to (a figure that flaps
+            # between two values would otherwise throw away what 429s taught).
+            return dataclasses.replace(
+                pace, told=told, bad=said, good=0.0, changed=since, counted=since, answers=()
+            )
+        # Under it: taken at once, and the pace learns under it from there.
         return dataclasses.replace(
             pace,
             rate=said,
             changed=since,
-            down=down,
+            down=since,
             bad=0.0,
             good=0.0,
             told=told,
@@ -338,7 +377,8 @@ def _learned(
     if any(instant >= pace.down for instant in early) or (stepped and step_refused):
         waits = min(CREEP_LONGEST, 2.0 * pace._creep_wait())
         if stepped:
-            # A search's step refused: back to the step before, and the search ends there.
+            # A search's step refused: back to the step before, and the search ends there
+            # (the next search after holding far under waits twice as long).
             return dataclasses.replace(
                 pace,
                 rate=pace.good,
@@ -347,6 +387,7 @@ def _learned(
                 creep_every=waits,
                 bad=0.0,
                 good=0.0,
+                probe_every=min(PROBE_LONGEST, 2.0 * (pace.probe_every or PROBE_EVERY)),
                 counted=since,
                 answers=(),
             )
@@ -368,10 +409,21 @@ def _learned(
                 changed=since,
                 bad=pace.bad if up < top else 0.0,
                 good=rate,
+                probe_every=pace.probe_every if up < top else 0.0,
                 counted=since,
                 answers=(),
             )
         return pace
+    if (
+        rate < PROBE_UNDER * ceiling
+        and now - pace.down >= (pace.probe_every or PROBE_EVERY)
+        and now - pace.changed >= SEARCH_HOLD
+    ):
+        # Held far under its ceiling, no refusal for a while: the source's limit may be
+        # back after a dip, or have risen; searched for (the creep takes many minutes).
+        return dataclasses.replace(
+            pace, changed=since, bad=ceiling, good=0.0, counted=since, answers=()
+        )
     if rate < ceiling and now - pace.changed >= pace._creep_wait():
         # Held: a step up, and the next one a little sooner.
         every = 0.9 * pace.creep_every
