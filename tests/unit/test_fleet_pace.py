@@ -199,6 +199,21 @@ def test_a_pace_a_run_before_left_low_searches_back_up() -> None:
     assert restarted.bad == 20.0  # nobody booked for 5 s: a run restarted
 
 
+def test_a_pause_every_worker_waited_out_is_no_new_run() -> None:
+    """A Retry-After of 8 s holds every worker: nobody booked meanwhile, but the run
+    goes on, and what the answers said before it still counts. (Taken for a new run, it
+    threw them away at every pause, and three workers declared 30/s in front of a 10/s
+    source kept 29/s for ten minutes: 212-222 through where 4,000 went.)"""
+    before = learned(12.0, at=90.0, workers=(("a", 91.0), ("b", 91.0)))
+    before = dataclasses.replace(before, answers=tuple(answered("oxoxoxox", start=90.0)))
+    after = fleet_pace(before, now=100.0, declared=30.0, burst=1, tat=92.0, paused=99.0)
+    assert (after.bad, after.answers) == (0.0, before.answers)
+    over = fleet_pace(
+        after, now=100.2, declared=30.0, burst=1, answers=answered("oxoxox", start=99.1)
+    )
+    assert over.rate < 12.0
+
+
 def test_a_pace_held_far_under_its_ceiling_searches_up_and_waits_longer_when_refused() -> None:
     """A limit back after a dip, or risen: the creep alone takes many minutes."""
     low = learned(5.0, at=100.0, workers=(("b", 128.5),))

@@ -57,6 +57,7 @@ class SharedSchedule:
             answers=answers,
             early=early,
             tat=fleet.tat,
+            paused=fleet.paused,
             told=told,
             worker=str(id(self.resource)),
             own=own,

@@ -76,6 +76,7 @@ def take_starts(
             answers=learn.answers,
             early=learn.early,
             tat=tat,
+            paused=paused,
             told=learn.told,
             worker=learn.worker,
             own=learn.own,

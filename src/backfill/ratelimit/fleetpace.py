@@ -58,13 +58,14 @@ PROBE_EVERY = 30.0
 PROBE_LONGEST = 600.0
 
 
-def _new_run(pace: FleetPace, now: float, tat: float) -> bool:
-    """Whether nobody booked lately: the pace was left by a run before."""
-    if tat < now - IDLE:
+def _new_run(pace: FleetPace, now: float, tat: float, paused: float) -> bool:
+    """Whether nobody booked lately, nor was held by a pause meanwhile (a Retry-After
+    holds every worker): the pace was left by a run before."""
+    if tat < now - IDLE and paused < now - IDLE:
         return True
     last = max((t for _, t in pace.workers), default=None)
     quiet = max(NEW_RUN, NEW_RUN_STARTS / pace.rate)
-    return last is not None and last < now - quiet
+    return last is not None and max(last, paused) < now - quiet
 
 
 def _finite(value: object) -> bool:
@@ -190,6 +191,7 @@ def fleet_pace(
     answers: Sequence[tuple[float, bool]] = (),
     early: Sequence[float] = (),
     tat: float = -math.inf,
+    paused: float = -math.inf,
     told: float | None = None,
     worker: str | None = None,
     own: float | None = None,
@@ -199,7 +201,8 @@ def fleet_pace(
     with a 429) and the refusals of the starts booked at ``early`` instants that came a
     hair early (a worker took the rate for about right: see Resource.observe). ``tat``
     is the schedule's next instant: starts booked up to it were booked at the pace
-    before any change now (workers book a little ahead), those after at the new one.
+    before any change now (workers book a little ahead), those after at the new one;
+    ``paused``: until when the schedule is paused (a Retry-After holds every worker).
     ``told``: the limit the source said in a header since (RateLimit-*), per second.
     ``worker`` books, and has learned ``own`` from its own answers.
 
@@ -270,7 +273,7 @@ def fleet_pace(
         pace = dataclasses.replace(pace, told=0.0, bad=declared, good=0.0, changed=since)
     ceiling = min(declared, max(floor, TOLD_SHARE * pace.told)) if pace.told else declared
     learned = _learned(
-        pace, since, now, declared, ceiling, burst, answers, early, tat, told, worker, own
+        pace, since, now, declared, ceiling, burst, answers, early, tat, paused, told, worker, own
     )
     # Whatever was kept (a search's step before, under a declared rate since lowered),
     # never over the ceiling (a figure said now included) nor under the floor.
@@ -289,6 +292,7 @@ def _learned(
     answers: Sequence[tuple[float, bool]],
     early: Sequence[float],
     tat: float,
+    paused: float,
     told: float | None,
     worker: str | None,
     own: float | None,
@@ -300,20 +304,17 @@ def _learned(
         # None learned yet: from the declared rate (its creep timed from now).
         start = declared * (STRICT_START if burst == 1 else 1.0)
         pace = dataclasses.replace(pace, rate=start, changed=now, counted=now)
-    elif pace.rate < ceiling and not pace.bad and _new_run(pace, now, tat):
+    elif STEP_DOWN * ceiling > pace.rate and not pace.bad and _new_run(pace, now, tat, paused):
         # Nobody booked for a while (a run before left it there, or a run restarted): what
         # it learned may be stale (a limit that dipped as it ended, a source since sped
-        # up, a declared rate raised), so it searches back up, not only creeps.
-        pace = dataclasses.replace(
-            pace,
-            changed=now,
-            creep_every=0.0,
-            bad=ceiling,
-            good=0.0,
-            probe_every=0.0,
-            counted=now,
-            answers=(),
-        )
+        # up, a declared rate raised), so it searches back up, not only creeps (what
+        # the answers said so far still counts).
+        pace = dataclasses.replace(pace, changed=now, bad=ceiling, good=0.0)
+    if worker is not None:
+        others = tuple((w, t) for w, t in pace.workers if w != worker and t >= now - ALONE)
+        pace = dataclasses.replace(pace, workers=(*others[-(WORKERS - 1) :], (worker, now)))
+    else:
+        others = ()
     if (
         told is not None
         and _finite(told)
@@ -323,7 +324,10 @@ def _learned(
         said = min(declared, max(floor, TOLD_SHARE * told))
         if said >= pace.rate:
             # A figure said anew, over the pace: searched up to (a figure that flaps
-            # between two values would otherwise throw away what 429s taught).
+            # between two values would otherwise throw away what 429s taught), unless a
+            # search was refused lately (as a search after holding far under waits).
+            if pace.bad or now - pace.down < (pace.probe_every or PROBE_EVERY):
+                return dataclasses.replace(pace, told=told)
             return dataclasses.replace(
                 pace, told=told, bad=said, good=0.0, changed=since, counted=since, answers=()
             )
@@ -340,8 +344,6 @@ def _learned(
             answers=(),
         )
     if worker is not None:
-        others = tuple((w, t) for w, t in pace.workers if w != worker and t >= now - ALONE)
-        pace = dataclasses.replace(pace, workers=(*others[-(WORKERS - 1) :], (worker, now)))
         if others:
             pace = dataclasses.replace(pace, alone="")
         elif own is not None and pace.alone != worker:
@@ -388,8 +390,6 @@ def _learned(
                 bad=0.0,
                 good=0.0,
                 probe_every=min(PROBE_LONGEST, 2.0 * (pace.probe_every or PROBE_EVERY)),
-                counted=since,
-                answers=(),
             )
         step = FIRST_DOWN if burst == 1 and not pace.down else STEP_DOWN
         return dataclasses.replace(
@@ -398,10 +398,12 @@ def _learned(
     if pace.bad:
         # A step is judged by the answers to its own starts.
         step_ok = sum(1 for sent, accepted in kept if accepted and sent >= pace.changed)
+        # (Never past a hair under the rate that drew the decrease: the jitter's margin,
+        # as one process's search ends.)
+        top = min(STEP_DOWN * pace.bad, ceiling)
+        if top <= rate:
+            return dataclasses.replace(pace, bad=0.0, good=0.0)
         if now - pace.changed >= SEARCH_HOLD and step_ok >= SEARCH_ANSWERS:
-            # (Never past a hair under the rate that drew the decrease: the jitter's
-            # margin, as one process's search ends.)
-            top = min(STEP_DOWN * pace.bad, ceiling)
             up = max(rate, min(top, rate * SEARCH_STEP))
             return dataclasses.replace(
                 pace,
@@ -410,8 +412,6 @@ def _learned(
                 bad=pace.bad if up < top else 0.0,
                 good=rate,
                 probe_every=pace.probe_every if up < top else 0.0,
-                counted=since,
-                answers=(),
             )
         return pace
     if (
@@ -421,9 +421,7 @@ def _learned(
     ):
         # Held far under its ceiling, no refusal for a while: the source's limit may be
         # back after a dip, or have risen; searched for (the creep takes many minutes).
-        return dataclasses.replace(
-            pace, changed=since, bad=ceiling, good=0.0, counted=since, answers=()
-        )
+        return dataclasses.replace(pace, changed=since, bad=ceiling, good=0.0)
     if rate < ceiling and now - pace.changed >= pace._creep_wait():
         # Held: a step up, and the next one a little sooner.
         every = 0.9 * pace.creep_every
