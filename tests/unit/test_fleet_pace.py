@@ -157,6 +157,19 @@ def test_a_worker_booking_alone_takes_up_the_pace_then_the_fleet_follows_it() ->
     assert follows.rate == 9.2
 
 
+def test_a_rate_learned_alone_searches_up_once_others_book_too() -> None:
+    """A run's first worker books alone and one 429 halves its rate (as one process's
+    does, then searches up): when the others join, the fleet goes on from it searching
+    up, not creeping (four workers at a correct 20/s sat at 10/s for twenty seconds)."""
+    first = fleet_pace(FleetPace(), now=1.0, declared=20.0, burst=1, worker="a", own=19.4)
+    halved = fleet_pace(first, now=1.5, declared=20.0, burst=1, worker="a", own=9.7)
+    assert halved.rate == 9.7
+    joined = fleet_pace(halved, now=2.0, declared=20.0, burst=1, worker="b", own=19.4)
+    assert (joined.rate, joined.bad, joined.alone) == (9.7, 20.0, "")
+    again = fleet_pace(joined, now=2.2, declared=20.0, burst=1, worker="a", own=9.7)
+    assert (again.bad, again.alone) == (20.0, "")
+
+
 def test_a_pace_never_books_over_the_declared_rate_nor_trusts_a_clock_gone_back() -> None:
     """A search's step kept from before a declared rate was lowered is cut to it; kept
     instants ahead of now (a database clock stepped back) count from now, so refusals

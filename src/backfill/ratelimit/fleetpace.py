@@ -345,6 +345,11 @@ def _learned(
         )
     if worker is not None:
         if others:
+            if pace.alone and STEP_DOWN * ceiling > pace.rate and not pace.bad:
+                # No longer alone: the rate the worker learned alone is where the fleet
+                # goes on from; learned from a run's first answers (one 429 halved it,
+                # as one process does), it searches up as one process would.
+                pace = dataclasses.replace(pace, changed=now, bad=ceiling, good=0.0)
             pace = dataclasses.replace(pace, alone="")
         elif own is not None and pace.alone != worker:
             # Alone from now on: it first takes up the pace as it is (see fleet_pace).
