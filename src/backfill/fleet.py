@@ -13,6 +13,7 @@ into per-worker shares, rebalanced as workers join, leave or die.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import uuid
@@ -23,7 +24,6 @@ from backfill.clock import Clock
 from backfill.errors import BackfillError
 from backfill.ledger import SharedLimits
 from backfill.ratelimit import Resource
-from backfill.ratelimit.fleetpace import Report
 from backfill.ratelimit.sharing import BOOK_AHEAD, Taken, quota_margin
 
 __all__ = ["LedgerRate", "booking", "concurrency_share"]
@@ -90,19 +90,19 @@ class LedgerRate:
 
     async def take(self, count: int) -> Taken:
         interval, tolerance = booking(self.resource) if self.rate else (0.0, 0.0)
-        # What the starts booked were answered since the last booking, on the database's
-        # clock (see FleetShare.answers).
-        share = self.resource.fleet
-        answers, early = share.answers(), share.early()
-        told, share.told = share.told, None
-        learned = self.resource.pace.learned
-        own = None if learned is None else learned.rate
+        # What the starts booked were answered since the last booking, its instants on
+        # the database's clock (none before the first booking maps them).
+        report = self.resource.fleet.report(self._worker)
         if self._mapped is not None:
             db_now, origin = self._mapped
-            answers = [(db_now + sent - origin, accepted) for sent, accepted in answers]
-            early = [db_now + sent - origin for sent in early]
+            report = dataclasses.replace(
+                report,
+                answers=[(db_now + sent - origin, ok) for sent, ok in report.answers],
+                early=[db_now + sent - origin for sent in report.early],
+            )
         else:
-            answers, early = [], []
+            report = dataclasses.replace(report, answers=[], early=[])
+        own = report.own
         quotas = [(int(q.count), q.period) for q in self.resource.quotas]
         # A block never holds more starts than the smallest quota allows in its window.
         count = min([count, *(n for n, _ in quotas)])
@@ -117,7 +117,7 @@ class LedgerRate:
             max_pause=self.resource.max_wait,
             margin=quota_margin(interval, 0.0 if self.rate else self.resource.rate_interval),
             horizon=BOOK_AHEAD,
-            learn=Report(answers, early, told, self._worker, own) if self.rate else None,
+            learn=report if self.rate else None,
         )
         loop = asyncio.get_running_loop()
         due, paused, db_now, rate = await loop.run_in_executor(self.pool, book)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from backfill.fleet import booking
 from backfill.ratelimit import Resource, book_block
-from backfill.ratelimit.fleetpace import FleetPace, fleet_pace
+from backfill.ratelimit.fleetpace import FleetPace, book_at
 from backfill.ratelimit.grants import LateStart, take_grant
 from backfill.ratelimit.limits import Outcome
 from backfill.ratelimit.sharing import BOOK_AHEAD, Taken
@@ -42,28 +42,19 @@ class SharedSchedule:
         self.clock, self.fleet, self.resource = clock, fleet, resource
 
     async def take(self, count: int) -> Taken:
-        answers, early = self.resource.fleet.answers(), self.resource.fleet.early()
-        told, self.resource.fleet.told = self.resource.fleet.told, None
-        own = self.learned()
+        report = self.resource.fleet.report(str(id(self.resource)))
         await self.clock.sleep(0.002)
         now, fleet = self.clock.t, self.fleet
         interval, tolerance = booking(self.resource)
-        burst = 1 + round(tolerance / interval)
-        fleet.pace = fleet_pace(
+        fleet.pace, interval, tolerance = book_at(
             fleet.pace,
+            report,
             now=now,
-            declared=1.0 / interval,
-            burst=burst,
-            answers=answers,
-            early=early,
+            interval=interval,
+            tolerance=tolerance,
             tat=fleet.tat,
             paused=fleet.paused,
-            told=told,
-            worker=str(id(self.resource)),
-            own=own,
         )
-        tolerance *= 1.0 / (fleet.pace.rate * interval)
-        interval = 1.0 / fleet.pace.rate
         tat, starts = book_block(
             now=now,
             tat=fleet.tat,
@@ -74,13 +65,9 @@ class SharedSchedule:
         )
         soon = [start for start in starts if start - now <= BOOK_AHEAD]
         if not soon:
-            return Taken([], fleet.paused, later=starts[0], rate=fleet.pace.rate, own=own)
+            return Taken([], fleet.paused, later=starts[0], rate=fleet.pace.rate, own=report.own)
         fleet.tat = soon[-1] + interval if len(soon) < count else tat
-        return Taken(soon, fleet.paused, rate=fleet.pace.rate, own=own)
-
-    def learned(self) -> float | None:
-        learned = self.resource.pace.learned
-        return None if learned is None else learned.rate
+        return Taken(soon, fleet.paused, rate=fleet.pace.rate, own=report.own)
 
     def pause(self, seconds: float) -> None:
         self.fleet.paused = max(self.fleet.paused, self.clock.t + seconds)

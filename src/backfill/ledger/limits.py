@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from backfill.ratelimit import book_block
-from backfill.ratelimit.fleetpace import FleetPace, Report, fleet_pace
+from backfill.ratelimit.fleetpace import FleetPace, Report, book_at
 
 __all__ = ["Query", "QuotaUse", "quota_use", "resume", "take_starts"]
 
@@ -68,23 +68,11 @@ def take_starts(
     tat, paused, now = (float(v) for v in rows[0][:3])
     if learn is not None and interval:
         learned = FleetPace.loads(rows[0][3])
-        pace = fleet_pace(
-            learned,
-            now=now,
-            declared=1.0 / interval,
-            burst=1 + round(tolerance / interval),
-            answers=learn.answers,
-            early=learn.early,
-            tat=tat,
-            paused=paused,
-            told=learn.told,
-            worker=learn.worker,
-            own=learn.own,
+        pace, interval, tolerance = book_at(
+            learned, learn, now=now, interval=interval, tolerance=tolerance, tat=tat, paused=paused
         )
         if pace != learned:
             query("set_pace", {**key, "pace": pace.dumps()})
-        tolerance *= 1.0 / (pace.rate * interval)
-        interval = 1.0 / pace.rate
     if paused > now + max_pause:
         # Left by an earlier run, or by a process with a longer cap (a hostile
         # RateLimit-Reset of 31 years, say): cut, and the schedule booked behind it too.

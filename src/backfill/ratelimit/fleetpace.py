@@ -437,3 +437,32 @@ def _learned(
             creep_every=every if every >= 6.0 else 0.0,
         )
     return pace
+
+
+def book_at(
+    pace: FleetPace,
+    report: Report,
+    *,
+    now: float,
+    interval: float,
+    tolerance: float,
+    tat: float,
+    paused: float,
+) -> tuple[FleetPace, float, float]:
+    """``pace`` after ``report``, and the interval and tolerance the schedule books its
+    starts at (``interval`` and ``tolerance``: the declared rate's and its burst's, the
+    least spacing); see :func:`fleet_pace`."""
+    learned = fleet_pace(
+        pace,
+        now=now,
+        declared=1.0 / interval,
+        burst=1 + round(tolerance / interval),
+        answers=report.answers,
+        early=report.early,
+        tat=tat,
+        paused=paused,
+        told=report.told,
+        worker=report.worker,
+        own=report.own,
+    )
+    return learned, 1.0 / learned.rate, tolerance / (learned.rate * interval)

@@ -7,6 +7,7 @@ import collections
 import math
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from backfill.ratelimit.fleetpace import Report
 from backfill.ratelimit.grants import MAX_LEAD
 
 if TYPE_CHECKING:
@@ -110,17 +111,23 @@ class FleetShare:
         if self.shared is not None and self.rate:
             self.told = rate
 
-    def answers(self) -> list[tuple[float, bool]]:
-        """The answers since the last call (see :meth:`answered`)."""
-        answers = list(self._answers)
+    def report(self, worker: str) -> Report:
+        """What this process tells the fleet's pace with a booking, as ``worker``: the
+        answers, refusals a hair early and a header's figure since the last report
+        (instants on this process's clock; see :meth:`answered`), and the rate it
+        learned on its own."""
+        learned = self.resource.pace.learned
+        report = Report(
+            list(self._answers),
+            list(self._early),
+            self.told,
+            worker,
+            None if learned is None else learned.rate,
+        )
         self._answers.clear()
-        return answers
-
-    def early(self) -> list[float]:
-        """The refusals a hair early since the last call (see :meth:`answered`)."""
-        early = list(self._early)
         self._early.clear()
-        return early
+        self.told = None
+        return report
 
     async def start(self) -> tuple[float, float]:
         """Wait for a start instant from the fleet's schedule; return it and the latest
