@@ -228,7 +228,7 @@ class Pace:
         """A 429 of a request sent at ``sent`` (None: not known); traffic restarts at
         ``resume_at``. True when it took the learned rate a small step down (10 % at
         most): the rate was about right, and the request came a hair early (what a
-        fleet's pace learns from: see :func:`~backfill.ratelimit.schedule.fleet_pace`),
+        fleet's pace learns from: see :func:`~backfill.ratelimit.fleetpace.fleet_pace`),
         not a limit far under it or a source down (it came further down)."""
         learned = self.learned
         if learned is None:

@@ -223,7 +223,7 @@ class Resource:
         fleet = self._fleet_pace()
         if fleet is not None:
             # Shared: the fleet's pace, learned from every worker's answers.
-            described = ", ".join(str(lim) for lim in self.limits)
+            described = self._declared() or ""
             if fleet < 0.995 / self.pace.rate_interval:
                 described += f" (running at {fleet:.3g}/s, shared)"
             return described
