@@ -21,6 +21,8 @@ reference tables and every 500-row page of every day:
 * ``declared``    -- the demo job (``backfill.demo.flights:job``) through ``Runner``, told
   the limit (FLIGHTS_RATE=rate, FLIGHTS_BURST=bucket), FLIGHTS_CONCURRENCY=16, into a
   fresh SQLite sink;
+* ``declared-b1`` -- the same, told the rate but not the bucket (FLIGHTS_BURST=1, the
+  default): one request at a time;
 * ``declared-3x`` -- the same, told three times the limit;
 * ``adaptive``    -- the same, not told the limit (FLIGHTS_RATE=adaptive);
 * ``declared-3x-again``, ``adaptive-again`` -- the same, on a state where runs of the
@@ -123,7 +125,7 @@ SCENARIOS = (
         100.0,
         10,
         True,
-        ("declared", "adaptive", "adaptive-again", "gather", "threadpool"),
+        ("declared", "declared-b1", "adaptive", "adaptive-again", "gather", "threadpool"),
     ),
     Scenario(
         "q1-100",
@@ -165,6 +167,7 @@ SCENARIOS = (
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
 CLIENTS = (
     "declared",
+    "declared-b1",
     "declared-3x",
     "adaptive",
     "declared-3x-again",
@@ -172,7 +175,14 @@ CLIENTS = (
     "gather",
     "threadpool",
 )
-BACKFILL_CLIENTS = ("declared", "declared-3x", "adaptive", "declared-3x-again", "adaptive-again")
+BACKFILL_CLIENTS = (
+    "declared",
+    "declared-b1",
+    "declared-3x",
+    "adaptive",
+    "declared-3x-again",
+    "adaptive-again",
+)
 AGAIN = "-again"
 ALL_CASES = tuple(f"{s.name}/{c}" for s in SCENARIOS for c in s.clients)
 
@@ -187,6 +197,8 @@ def client_label(client: str, rate: float) -> str:
         return f"{client_label(client.removesuffix(AGAIN), rate)}, after runs that learned"
     if client == "declared":
         return f"backfill, declared {rate:g}/s"
+    if client == "declared-b1":
+        return f"backfill, declared {rate:g}/s, burst 1 (the default)"
     if client == "declared-3x":
         return f"backfill, declared {3 * rate:g}/s (3x)"
     if client == "adaptive":
@@ -646,6 +658,7 @@ def told_for(spec: Scenario, client: str) -> str:
     """FLIGHTS_RATE for a backfill client."""
     return {
         "declared": f"{spec.rate:g}",
+        "declared-b1": f"{spec.rate:g}",
         "declared-3x": f"{3 * spec.rate:g}",
         "adaptive": "adaptive",
     }[client.removesuffix(AGAIN)]
@@ -720,7 +733,8 @@ def child_main(case: str, directory: Path, mode: str, trace: bool) -> None:
             tracer.start()
         if client_name in BACKFILL_CLIENTS:
             told = told_for(spec, client_name)
-            elapsed, run, resource = case_backfill(url, days, directory, told, spec.bucket, tracer)
+            bucket = 1 if client_name == "declared-b1" else spec.bucket
+            elapsed, run, resource = case_backfill(url, days, directory, told, bucket, tracer)
             rows, distinct = sink_rows(directory / "flights.db")
             counts = {
                 "sent": run.requests,

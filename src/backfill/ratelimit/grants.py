@@ -21,8 +21,6 @@ log = logging.getLogger("backfill.ratelimit")
 _MAX_WIRE_MISSES = 5
 # The head start a fleet start is handed over with, at most (see Grant).
 MAX_LEAD = 0.25
-# One process spaces its requests at the wire too at rates of 20/s or less (see WireGap).
-WIRE_GAP_MIN_INTERVAL = 0.05
 
 
 class LateStart(Exception):

@@ -18,6 +18,10 @@ JITTER_ROOM = 0.05
 # The longest window of a limit a source states (RateLimit-Policy) taken as a pace;
 # longer ones are quotas (see Pace.on_header_limit).
 HEADER_PACE_WINDOW = 60.0
+# The share of an interval a turn woken late takes back from the next one at a rate run
+# one at a time too fast for requests to be spaced again where they are written (see
+# Schedule.take_back).
+FAST_TAKE_BACK = 0.5
 
 
 class Pace:
@@ -62,6 +66,9 @@ class Pace:
         self._latency_floor: float | None = None
         self._latency_samples = 0
         self._spaced = 0  # the learned rate's decreases whose first start is known
+        # The source refused a turn taken back from a late one (see refused_taken_back).
+        self.strict_spacing = False
+        self.schedule.take_back(FAST_TAKE_BACK)
         # What the source took over each cycle of its refusals (a fixed window's count).
         self.window = WindowWatch()
 
@@ -101,6 +108,8 @@ class Pace:
         self.schedule.reset()
         self.learned = self._new_learned()
         self._spaced = 0
+        self.strict_spacing = False
+        self.schedule.take_back(FAST_TAKE_BACK)
         self.window = WindowWatch()
         if self.learned is not None and self.schedule.pace is not None:
             self.schedule.pace.set_rate(self.learned.rate, self.run_burst)
@@ -246,6 +255,13 @@ class Pace:
         :attr:`AdaptiveRate.catch_up`)."""
         pace = self.schedule.pace
         return 0.0 if pace is None else pace.catch_up
+
+    def refused_taken_back(self) -> None:
+        """The source refused a start closer than an interval to the one before: it is
+        strict about its spacing, and a turn woken late takes nothing back from the next
+        for the rest of the run (see :meth:`Schedule.take_back`)."""
+        self.strict_spacing = True
+        self.schedule.take_back(0.0)
 
     def next_start(self, now: float) -> float:
         """The earliest the rate run at lets the next request start."""

@@ -14,7 +14,6 @@ from backfill.clock import Clock, SystemClock, deadline_held
 from backfill.errors import ConfigError
 from backfill.ratelimit.circuit import CircuitBreaker
 from backfill.ratelimit.grants import (
-    WIRE_GAP_MIN_INTERVAL,
     Grant,
     LateStart,
     PauseGate,
@@ -42,7 +41,7 @@ from backfill.ratelimit.limits import (
 from backfill.ratelimit.pace import HEADER_PACE_WINDOW, Pace
 from backfill.ratelimit.pauses import Pauses
 from backfill.ratelimit.pool import Pool
-from backfill.ratelimit.schedule import MAX_QUOTA
+from backfill.ratelimit.schedule import MAX_QUOTA, WIRE_GAP_MIN_INTERVAL
 from backfill.ratelimit.sharing import FleetShare, SharedRate
 
 # A turn's timer wakes up to a millisecond late (the event loop's poll counts whole
@@ -356,6 +355,7 @@ class Resource:
         probe = 0
         # A redirect's next hop does not queue behind the turns waiting for the open
         # circuit's probe to answer (it may be that probe's own): it books between them.
+        slept_to: float | None = None  # the instant the turn last slept until
         async with self._pacing if circuit else contextlib.nullcontext():
             while True:
                 now = self.clock.monotonic()
@@ -365,14 +365,16 @@ class Resource:
                         self.say_quota_wait(due)
                     # Then look again: a pause, the breaker or a new rate may have moved it.
                     await self._sleep_until(due, now)
+                    slept_to = due
                     continue
                 if circuit and self.breaker.open_until is not None:
                     if self.breaker.probing:
                         # The probe is out: wait for its answer.
                         await self.clock.sleep(0.05)
+                        slept_to = None
                         continue
                     probe = self.breaker.take_probe()
-                schedule.book(now)
+                schedule.book(now, slept_to)
                 self.pace.on_start(now)
                 break
         # The rate and burst are applied again where requests are written (WireGap):
@@ -653,6 +655,23 @@ class Resource:
             # taken it up since: a new lone one, of the new rate.)
         return "lone"
 
+    def _strict_about(self, sent: float) -> bool:
+        """Whether a 429 of the request sent at ``sent`` says the source is strict about
+        its spacing: it started closer than the rate's interval after the one before (a
+        turn taken back from a late one, see :meth:`Schedule.take_back`), under a declared
+        rate. (An adaptive rate's 429s come from its ramp and searches going over the
+        limit, and hit such starts as often as others: it learns the rate that holds
+        with them.)"""
+        if self.pace.adaptive or self.pace.strict_spacing:
+            return False
+        started = self._started
+        i = bisect.bisect_right(started, sent) - 1
+        if i < 1:
+            return False
+        learned = self.pace.learned
+        rate = (learned.rate_at(sent) if learned is not None else None) or self.pace.rate
+        return started[i] - started[i - 1] < 0.999 / rate
+
     def _started_between(self, start: float, end: float) -> int:
         """How many of the last requests started after ``start`` and before ``end``."""
         started = self._started
@@ -692,6 +711,8 @@ class Resource:
         pace.on_latency(latency, now)
         if outcome is Outcome.RATE_LIMITED:
             self.rate_limited += 1
+            if sent is not None and self._strict_about(sent):
+                pace.refused_taken_back()
             asked = retry_after if retry_after is not None else REFUSED_WAIT
             eased = self._eases(now, sent, asked, status or 429) if ease else None
             if eased is not None:
