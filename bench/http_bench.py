@@ -165,16 +165,6 @@ SCENARIOS = (
     ),
 )
 SCENARIO_BY_NAME = {s.name: s for s in SCENARIOS}
-CLIENTS = (
-    "declared",
-    "declared-b1",
-    "declared-3x",
-    "adaptive",
-    "declared-3x-again",
-    "adaptive-again",
-    "gather",
-    "threadpool",
-)
 BACKFILL_CLIENTS = (
     "declared",
     "declared-b1",
@@ -183,6 +173,7 @@ BACKFILL_CLIENTS = (
     "declared-3x-again",
     "adaptive-again",
 )
+CLIENTS = (*BACKFILL_CLIENTS, "gather", "threadpool")
 AGAIN = "-again"
 ALL_CASES = tuple(f"{s.name}/{c}" for s in SCENARIOS for c in s.clients)
 
