@@ -489,6 +489,29 @@ def test_a_search_step_climbs_once_the_client_used_it(sent: float, used: bool) -
     assert rate.rate > held
 
 
+def test_a_ramp_grows_only_while_the_client_sends_its_rate() -> None:
+    """A ramp whose client sends far less than its rate (its CPU busy with other work)
+    says nothing of the source past what went: traced at 100/s on a loaded machine, the
+    ramp reached 376/s while 80 a second went (four times what got through was its only
+    cap); when the CPU came back, a burst of 429s, a drop to what got through under load
+    (54/s) and seconds of search back up (13.0 s against 9.9). The ramp holds while
+    fewer than 70 % of a step's turns start; once the client sends them, it grows."""
+    rate = AdaptiveRate(5.0)
+    t = 0.0
+    while t < 5.0:  # the client sends 40 a second, whatever the rate
+        rate.on_start(t)
+        rate.on_success(t)
+        t += 1.0 / 40.0
+    assert rate.threshold is None  # still ramping, no limit found
+    assert rate.rate < 40.0 / 0.7 * 6.0**0.25 + 1e-9, rate.rate
+    held = rate.rate
+    while t < 6.0:  # then it sends every turn
+        rate.on_start(t)
+        rate.on_success(t)
+        t += 1.0 / rate.rate
+    assert rate.rate > 2.0 * held
+
+
 def test_a_long_healthy_run_keeps_only_the_last_seconds_of_answers() -> None:
     """Nothing refused for a long time: the answers a measure could still look at are
     kept, not every answer of the run (at 100/s, 360,000 an hour)."""

@@ -132,6 +132,8 @@ class AdaptiveRate:
     # _TOLD_REFUSALS times in a row) only caps the rate for _TOLD_WAIT seconds, doubled
     # each time it is refused again soon after it was taken back, up to
     # _TOLD_WAIT_LONGEST.
+    # A ramp grows only while the client starts this share of its step's turns at least.
+    _RAMP_USED = 0.7
     _TOLD_REFUSALS = 2
     _TOLD_SPAN = 2.0
     _TOLD_WAIT = 5.0
@@ -1155,6 +1157,15 @@ class AdaptiveRate:
         elapsed = now - self._last_update
         if self.threshold is None:
             if elapsed < 0.25:
+                return False
+            if self._starts_known and self._step_starts < self._RAMP_USED * self.rate * elapsed - 1:
+                # The client sent far less than the rate (its CPU busy with other work, its
+                # concurrency full, nothing to send): the step says nothing of the source
+                # past what went. Grown on, a ramp on a loaded machine reached 376/s while
+                # 80 a second went; when the CPU came back, a burst of 429s, a drop to
+                # what got through under load (54/s of 100) and seconds of search back
+                # up. Held until the client sends the rate's turns.
+                self._restart(now)
                 return False
             # Grow no further than four times what actually got through in the last half
             # second: when concurrency or the client itself is the bottleneck, a rate of
