@@ -1115,6 +1115,70 @@ def test_a_strict_fast_source_refuses_few_turns_taken_back(rate: int, seed: int)
     assert resource.pace.strict_spacing
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_strict_source_refusing_a_turn_taken_back_leaves_the_rate_as_it_was(seed: int) -> None:
+    """A bucket of one at 25/s, nothing on the way to jitter, timers up to 2 ms late: a
+    turn taken back is refused within a fraction of a second. Taken as a run's first 429
+    of the rate, it halved it (12-19 a second got through for five seconds, against
+    22-24 with no turn taken back). It says the source is strict about its spacing, not
+    about the rate: the rate stays, and no turn is taken back after."""
+    clock = LateClock(0.002, seed=seed)
+    resource = Resource("api", rate="25/s", clock=clock)
+    served = serve(resource, clock, limit=25, bucket=1, seconds=5.0, workers=16, seed=seed)
+    assert resource.pace.strict_spacing
+    assert [served.accepted_between(i, i + 1) >= 21 for i in range(5)] == [True] * 5
+
+
+def test_a_declared_burst_of_two_takes_no_turn_back() -> None:
+    """A declared burst of two runs one at a time, its second request kept in hand for the
+    way's jitter: no turn is taken back, none comes closer than the interval."""
+    clock = LateClock(0.005)
+    resource = Resource("api", rate="100/s", burst=2, clock=clock)
+    starts = _turns_on_a_busy_machine(resource, clock, 201)
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= 1.0 / resource.rate - 1e-9
+
+
+def test_an_adaptive_rate_come_down_takes_back_half_an_interval_at_most() -> None:
+    """Come down from a 429 at 100/s, an adaptive rate takes a little of a late turn back
+    (its catch-up) and, faster than 20/s, up to half an interval: not both, so no two
+    starts come closer than half an interval, however late the timers (up to 20 ms)."""
+    clock = LateClock(0.02)
+    resource = Resource("api", adaptive=True, start_rate=100, clock=clock)
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0)
+    assert resource.pace.catch_up > 0.0
+    starts = _turns_on_a_busy_machine(resource, clock, 201)
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.5 / resource.rate - 1e-9
+
+
+def test_a_429_is_judged_by_the_turn_its_request_took_though_stamped_sent_later() -> None:
+    """A request is stamped sent when it is built, which a busy loop may delay past the
+    next turn (a hedged request goes in a task of its own). Its 429 is judged by the turn
+    it took: one taken back says the source is strict, though the turn just before its
+    stamp was not."""
+    clock = LateClock(0.005)
+    resource = Resource("api", rate="100/s", clock=clock)
+    interval = 1.0 / resource.rate
+
+    async def main() -> None:
+        previous = -math.inf
+        while True:
+            await resource.acquire()
+            if clock.t - previous < 0.99 * interval:
+                break  # a turn taken back: this task's
+            previous = clock.t
+        previous = clock.t
+        while True:
+            # The next turns, in tasks of their own, up to one spaced a whole interval.
+            await asyncio.create_task(resource.acquire())
+            if clock.t - previous >= interval - 1e-9:
+                break
+            previous = clock.t
+        resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=clock.t + 0.001)
+
+    asyncio.run(main())
+    assert resource.pace.strict_spacing
+
+
 @pytest.mark.parametrize("rate", ["20/s", "10/s"])
 def test_a_slow_declared_rate_takes_no_turn_back(rate: str) -> None:
     """At 20/s or slower requests are spaced again one at a time where they are written,

@@ -68,7 +68,7 @@ class Pace:
         self._spaced = 0  # the learned rate's decreases whose first start is known
         # The source refused a turn taken back from a late one (see refused_taken_back).
         self.strict_spacing = False
-        self.schedule.take_back(FAST_TAKE_BACK)
+        self.schedule.take_back(self._take_back)
         # What the source took over each cycle of its refusals (a fixed window's count).
         self.window = WindowWatch()
 
@@ -109,7 +109,7 @@ class Pace:
         self.learned = self._new_learned()
         self._spaced = 0
         self.strict_spacing = False
-        self.schedule.take_back(FAST_TAKE_BACK)
+        self.schedule.take_back(self._take_back)
         self.window = WindowWatch()
         if self.learned is not None and self.schedule.pace is not None:
             self.schedule.pace.set_rate(self.learned.rate, self.run_burst)
@@ -255,6 +255,13 @@ class Pace:
         :attr:`AdaptiveRate.catch_up`)."""
         pace = self.schedule.pace
         return 0.0 if pace is None else pace.catch_up
+
+    @property
+    def _take_back(self) -> float:
+        """What a turn woken late takes back (see :meth:`Schedule.take_back`): a burst of
+        one declared (or none: adaptive); a declared burst keeps room of its own, and one
+        of two, run one at a time, keeps its second request for the way's jitter."""
+        return FAST_TAKE_BACK if self.burst == 1 else 0.0
 
     def refused_taken_back(self) -> None:
         """The source refused a start closer than an interval to the one before: it is

@@ -6,6 +6,7 @@ import asyncio
 import bisect
 import collections
 import contextlib
+import contextvars
 import math
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, Literal
@@ -54,6 +55,11 @@ _PRECISE_BELOW = 0.05
 # A turn that waits longer than this wakes early when the rate grows meanwhile (see
 # Resource._sleep_until); shorter waits are not worth the bookkeeping.
 _WAKEABLE = 0.25
+# The instant the current task's request took its turn at (see Resource._strict_about);
+# a request sent in a task of its own (a hedged one) carries it there.
+_BOOKED: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "backfill_turn_booked", default=None
+)
 
 
 def _whole(value: object) -> bool:
@@ -181,6 +187,9 @@ class Resource:
         # Answers accepted since the last 429 (see observe: a fleet's pace learns only
         # from a 429 that came after some).
         self._accepted_since = 0
+        # When the source last refused a start taken back from a late turn (see
+        # _strict_about).
+        self._spacing_refused = -math.inf
         self.late_starts = 0  # fleet starts found stale and dropped, taken again
         self.circuit_since: float | None = None  # wall clock
         self.down_since: float | None = None  # the circuit opened (clock.monotonic)
@@ -279,6 +288,7 @@ class Resource:
         self._echo_until = -math.inf
         self._eased_to = math.inf  # the rate the last lone 429 brought
         self._settled = True  # the last lone 429's one settling refusal came
+        self._spacing_refused = -math.inf
         self.circuit_since = None
         self.down_since = None
         self.last_error = None
@@ -375,6 +385,7 @@ class Resource:
                         continue
                     probe = self.breaker.take_probe()
                 schedule.book(now, slept_to)
+                _BOOKED.set(now)
                 self.pace.on_start(now)
                 break
         # The rate and burst are applied again where requests are written (WireGap):
@@ -657,19 +668,29 @@ class Resource:
 
     def _strict_about(self, sent: float) -> bool:
         """Whether a 429 of the request sent at ``sent`` says the source is strict about
-        its spacing: it started closer than the rate's interval after the one before (a
-        turn taken back from a late one, see :meth:`Schedule.take_back`), under a declared
-        rate. (An adaptive rate's 429s come from its ramp and searches going over the
-        limit, and hit such starts as often as others: it learns the rate that holds
-        with them.)"""
-        if self.pace.adaptive or self.pace.strict_spacing:
+        its spacing: its turn started closer than the rate's interval after the one
+        before (taken back from a late one, see :meth:`Schedule.take_back`), under a
+        declared rate of this process's own, and it went before the first such 429 was
+        answered (those on their way then were taken back too). (An adaptive rate's
+        429s come from its ramp and searches going over the limit, and hit such starts
+        as often as others: it learns the rate that holds with them.)"""
+        pace = self.pace
+        if pace.adaptive or (self.fleet.shared is not None and self.fleet.rate):
             return False
+        if pace.strict_spacing and sent > self._spacing_refused:
+            return False
+        # The turn this request took (a request is stamped sent when it is built, which a
+        # busy loop may delay past the next turn); else the last turn before it went.
+        booked = _BOOKED.get()
+        if booked is not None and booked <= sent:
+            sent = booked
         started = self._started
         i = bisect.bisect_right(started, sent) - 1
         if i < 1:
             return False
         learned = self.pace.learned
-        rate = (learned.rate_at(sent) if learned is not None else None) or self.pace.rate
+        # (At the rate its turn was spaced at: one come down since spaces wider.)
+        rate = (learned.rate_at(started[i]) if learned is not None else None) or self.pace.rate
         return started[i] - started[i - 1] < 0.999 / rate
 
     def _started_between(self, start: float, end: float) -> int:
@@ -711,11 +732,18 @@ class Resource:
         pace.on_latency(latency, now)
         if outcome is Outcome.RATE_LIMITED:
             self.rate_limited += 1
-            if sent is not None and self._strict_about(sent):
-                pace.refused_taken_back()
             asked = retry_after if retry_after is not None else REFUSED_WAIT
-            eased = self._eases(now, sent, asked, status or 429) if ease else None
-            if eased is not None:
+            spacing = sent is not None and self._strict_about(sent)
+            eased = self._eases(now, sent, asked, status or 429) if ease and not spacing else None
+            if spacing:
+                # The source refused a start taken back from a late turn: it is strict
+                # about its spacing, not about the rate. None is taken back from now on;
+                # the rate stays (cut at a run's first 429, a strict 25/s ran at 12/s for
+                # seconds), and the refused request waits what it was asked, alone.
+                pace.refused_taken_back()
+                self._spacing_refused = max(self._spacing_refused, now)
+                nudged = False
+            elif eased is not None:
                 # (A lone one, or the one after it while the bucket refills: the rate
                 # is about right, the request came a hair early.)
                 nudged = pace.on_refused(now, now, sent=sent) or eased != "echo"

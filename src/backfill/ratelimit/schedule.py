@@ -58,6 +58,7 @@ class Scheduler:
     def book(self, start: float, due: float | None = None) -> None:
         """A start at ``start``; ``due``: the instant its turn slept until, when it did
         (see :meth:`Schedule.take_back`)."""
+        catch_up = self.catch_up
         if (
             due is not None
             and start > due
@@ -65,8 +66,9 @@ class Scheduler:
             and self.tolerance == 0.0
             and self.interval < WIRE_GAP_MIN_INTERVAL
         ):
-            start = max(due, start - self.take_back * self.interval)
-        self.tat = next_instant(self.tat, start, self.interval, self.catch_up)
+            # (Taken back: nothing more on top, or two starts would come closer still.)
+            start, catch_up = max(due, start - self.take_back * self.interval), 0.0
+        self.tat = next_instant(self.tat, start, self.interval, catch_up)
 
 
 def next_instant(tat: float, start: float, interval: float, catch_up: float) -> float:
