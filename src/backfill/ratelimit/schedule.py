@@ -14,7 +14,8 @@ from backfill.ratelimit.limits import QUOTA_PERIOD, Limit
 # than exactness is worth (a resource refuses such a quota in limits=).
 MAX_QUOTA = 1_000_000
 # One process spaces its requests at the wire too at rates of 20/s or less (see WireGap);
-# faster, run one at a time, a late turn takes time back from the next (Pace.catch_up).
+# faster, run one at a time, a turn woken late takes time back from the next (see
+# Schedule.take_back).
 WIRE_GAP_MIN_INTERVAL = 0.05
 
 
