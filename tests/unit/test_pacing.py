@@ -20,6 +20,7 @@ from test_ratelimit import worst_window
 from backfill.clock import SystemClock
 from backfill.ratelimit import Outcome, Resource
 from backfill.ratelimit.limits import Limit
+from backfill.ratelimit.pace import TAKE_BACK_AFTER
 from backfill.ratelimit.schedule import Schedule
 from virtual_time import FakeClock, LateClock
 
@@ -1001,6 +1002,12 @@ def _turns_on_a_busy_machine(resource: Resource, clock: LateClock, count: int) -
     return starts
 
 
+def _answered(resource: Resource, count: int = TAKE_BACK_AFTER) -> None:
+    """``count`` answers accepted in a row (turns woken late are taken back after 200)."""
+    for _ in range(count):
+        resource.observe(Outcome.OK, latency=0.01)
+
+
 def test_an_adaptive_rate_come_down_takes_back_turns_woken_late() -> None:
     """Every timer wakes up to 5 ms late (a busy machine). Spaced from each late start, an
     adaptive rate that came down from a 429 lost 2.5 % of its turns at 10/s (3-6 % at
@@ -1040,6 +1047,7 @@ def test_a_fast_declared_rate_takes_back_turns_woken_late() -> None:
     interval."""
     clock = LateClock(0.005)
     resource = Resource("api", rate="100/s", clock=clock)
+    _answered(resource)
     starts = _turns_on_a_busy_machine(resource, clock, 1001)
     interval = 1.0 / resource.rate
     assert starts[-1] - starts[0] <= 1000 * interval + 0.005, starts[-1] - starts[0]
@@ -1080,16 +1088,40 @@ def test_turns_taken_back_never_put_more_than_the_rate_and_one_in_a_second(
     assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.5 * interval - 1e-9
 
 
+def test_turns_are_taken_back_only_after_two_hundred_answers_in_a_row() -> None:
+    """A run's first turns take nothing back: a strict source that the way's jitter makes
+    refuse one request in a hundred or two would refuse the first taken back too, and a
+    run's first 429s cut the rate hard (a strict bucket of one drew twice the refusals,
+    in five-second runs, when turns were taken back from the start). Two hundred answers
+    in a row, none refused since the last 429, and turns woken late are taken back."""
+    clock = LateClock(0.005)
+    resource = Resource("api", rate="100/s", clock=clock)
+
+    def closest() -> float:
+        starts = _turns_on_a_busy_machine(resource, clock, 101)
+        return min(b - a for a, b in itertools.pairwise(starts)) * resource.rate
+
+    assert closest() >= 1.0 - 1e-6
+    _answered(resource, TAKE_BACK_AFTER - 1)
+    resource.observe(Outcome.RATE_LIMITED, retry_after=1.0)
+    _answered(resource, TAKE_BACK_AFTER - 1)
+    assert closest() >= 1.0 - 1e-6
+    _answered(resource, 1)
+    assert closest() < 0.99
+
+
 @pytest.mark.parametrize("taken_back", [True, False])
 def test_a_source_that_refuses_a_turn_taken_back_is_strict_about_spacing(
     taken_back: bool,
 ) -> None:
     """A 429 of a start taken back from a late turn (closer than the interval to the one
-    before) says the source is strict about its spacing: from then on, for the run, late
-    turns are spaced a whole interval again. A 429 of a start a whole interval or more
-    after the one before says nothing of it."""
+    before) says the source is strict about its spacing, not about the rate: the rate
+    stays, and from then on, for the run, late turns are spaced a whole interval again. A
+    429 of a start a whole interval or more after the one before says nothing of it: the
+    rate comes down, as for any."""
     clock = LateClock(0.005)
     resource = Resource("api", rate="50/s", clock=clock)
+    _answered(resource)
     starts = _turns_on_a_busy_machine(resource, clock, 100)
     interval = 1.0 / resource.rate
     sent = next(
@@ -1097,8 +1129,12 @@ def test_a_source_that_refuses_a_turn_taken_back_is_strict_about_spacing(
         for a, b in itertools.pairwise(starts)
         if (b - a < 0.99 * interval if taken_back else b - a >= interval)
     )
+    before = resource.rate
     resource.observe(Outcome.RATE_LIMITED, retry_after=1.0, sent=sent)
     assert resource.pace.strict_spacing is taken_back
+    # The source's spacing refused it, not the rate: the rate stays, nothing pauses.
+    assert (resource.rate == before) is taken_back
+    assert resource.pauses == 0
     later = _turns_on_a_busy_machine(resource, clock, 100)
     closest = min(b - a for a, b in itertools.pairwise(later))
     assert (closest >= 1.0 / resource.rate - 1e-9) is taken_back
@@ -1124,6 +1160,7 @@ def test_a_strict_source_refusing_a_turn_taken_back_leaves_the_rate_as_it_was(se
     about the rate: the rate stays, and no turn is taken back after."""
     clock = LateClock(0.002, seed=seed)
     resource = Resource("api", rate="25/s", clock=clock)
+    _answered(resource)
     served = serve(resource, clock, limit=25, bucket=1, seconds=5.0, workers=16, seed=seed)
     assert resource.pace.strict_spacing
     assert [served.accepted_between(i, i + 1) >= 21 for i in range(5)] == [True] * 5
@@ -1145,6 +1182,7 @@ def test_an_adaptive_rate_come_down_takes_back_half_an_interval_at_most() -> Non
     clock = LateClock(0.02)
     resource = Resource("api", adaptive=True, start_rate=100, clock=clock)
     resource.observe(Outcome.RATE_LIMITED, retry_after=1.0)
+    _answered(resource)
     assert resource.pace.catch_up > 0.0
     starts = _turns_on_a_busy_machine(resource, clock, 201)
     assert min(b - a for a, b in itertools.pairwise(starts)) >= 0.5 / resource.rate - 1e-9
@@ -1157,6 +1195,7 @@ def test_a_429_is_judged_by_the_turn_its_request_took_though_stamped_sent_later(
     stamp was not."""
     clock = LateClock(0.005)
     resource = Resource("api", rate="100/s", clock=clock)
+    _answered(resource)
     interval = 1.0 / resource.rate
 
     async def main() -> None:

@@ -22,6 +22,9 @@ HEADER_PACE_WINDOW = 60.0
 # one at a time too fast for requests to be spaced again where they are written (see
 # Schedule.take_back).
 FAST_TAKE_BACK = 0.5
+# ... once the source took this many answers in a row since its last 429 (see
+# Pace.on_success).
+TAKE_BACK_AFTER = 200
 
 
 class Pace:
@@ -68,7 +71,8 @@ class Pace:
         self._spaced = 0  # the learned rate's decreases whose first start is known
         # The source refused a turn taken back from a late one (see refused_taken_back).
         self.strict_spacing = False
-        self.schedule.take_back(self._take_back)
+        # Answers accepted since the last 429, until turns are taken back (see on_success).
+        self._clean = 0
         # What the source took over each cycle of its refusals (a fixed window's count).
         self.window = WindowWatch()
 
@@ -109,7 +113,8 @@ class Pace:
         self.learned = self._new_learned()
         self._spaced = 0
         self.strict_spacing = False
-        self.schedule.take_back(self._take_back)
+        self._clean = 0
+        self.schedule.take_back(0.0)
         self.window = WindowWatch()
         if self.learned is not None and self.schedule.pace is not None:
             self.schedule.pace.set_rate(self.learned.rate, self.run_burst)
@@ -243,6 +248,8 @@ class Pace:
         if learned is None:
             return False
         self.window.refused(now if sent is None else sent)
+        if self._clean < TAKE_BACK_AFTER:
+            self._clean = 0
         before = learned.rate
         if not learned.on_rate_limited(now, resume_at, sent=sent):
             return False
@@ -298,6 +305,18 @@ class Pace:
         learned = self.learned
         if learned is None:
             return
+        if self._clean < TAKE_BACK_AFTER:
+            self._clean += 1
+            if self._clean == TAKE_BACK_AFTER and not self.strict_spacing:
+                # Two hundred answers in a row (two seconds at 100/s): turns woken late
+                # take time back from now on (see Schedule.take_back). Not sooner: a
+                # strict source that the way's jitter makes refuse one request in a
+                # hundred or two would refuse the first taken back too, and a run's
+                # first 429s, with little history, cut the rate hard. Taken back from
+                # a run's start, a strict bucket of one at 25-100/s refused twice as
+                # often in five-second runs (8-24 of 1,600-4,100 -> 19-35); after two
+                # hundred answers, as often at 25-50/s (8-23), 24 -> 32 at 100/s.
+                self.schedule.take_back(self._take_back)
         window = self.window
         window.accepted(now if sent is None else sent)
         changed = learned.on_success(now, sent=sent, window=window.steady)
