@@ -231,7 +231,8 @@ class Schedule:
         more than the rate and one) and no two closer than half an interval: a source of
         any bucket over one never notices, nor one behind a way that jitters as much. A
         turn asked for after its instant (nobody was waiting: it did not sleep) takes
-        back only what the learned rate allows (``catch_up``)."""
+        back only what the learned rate allows (``catch_up``). A resource's pace sets it
+        once its source took two hundred answers in a row (see :meth:`Pace.on_success`)."""
         for scheduler in self.schedulers:
             if isinstance(scheduler, Scheduler):
                 scheduler.take_back = share
