@@ -1140,6 +1140,20 @@ def test_a_source_that_refuses_a_turn_taken_back_is_strict_about_spacing(
     assert (closest >= 1.0 / resource.rate - 1e-9) is taken_back
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_declared_burst_s_429s_are_the_rate_s_not_its_spacing(seed: int) -> None:
+    """A declared burst of five starts requests closer than the interval on purpose: a 429
+    of one says the rate is too high, as any does. Read as a strict source's refusal of
+    its spacing (the rate left alone), 180/s declared in front of 60/s ended at 72-145/s
+    after 30 s, with 84-130 refused against 65-71."""
+    clock = LateClock(0.002, seed=seed)
+    resource = Resource("api", rate="180/s", burst=5, concurrency=100, clock=clock)
+    served = serve_far(resource, clock, limit=60.0, bucket=5, seconds=30.0, seed=seed)
+    assert not resource.pace.strict_spacing
+    assert resource.rate <= 66.0, resource.rate
+    assert len(served.log) - len(served.accepted) <= 80
+
+
 @pytest.mark.parametrize(("rate", "seed"), [(50, 1), (50, 2), (100, 1), (100, 3)])
 def test_a_strict_fast_source_refuses_few_turns_taken_back(rate: int, seed: int) -> None:
     """A bucket of one at 50/s or 100/s, timers and the way there late by up to 5 ms: one

@@ -270,6 +270,12 @@ class Pace:
         of two, run one at a time, keeps its second request for the way's jitter."""
         return FAST_TAKE_BACK if self.burst == 1 else 0.0
 
+    @property
+    def took_back(self) -> bool:
+        """Whether turns woken late have been taken back this run (a declared burst of
+        one, two hundred answers in a row: see on_success)."""
+        return self._take_back > 0.0 and self._clean >= TAKE_BACK_AFTER
+
     def refused_taken_back(self) -> None:
         """The source refused a start closer than an interval to the one before: it is
         strict about its spacing, and a turn woken late takes nothing back from the next

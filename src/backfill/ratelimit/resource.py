@@ -670,12 +670,16 @@ class Resource:
         """Whether a 429 of the request sent at ``sent`` says the source is strict about
         its spacing: its turn started closer than the rate's interval after the one
         before (taken back from a late one, see :meth:`Schedule.take_back`), under a
-        declared rate of this process's own, and it went before the first such 429 was
-        answered (those on their way then were taken back too). (An adaptive rate's
-        429s come from its ramp and searches going over the limit, and hit such starts
-        as often as others: it learns the rate that holds with them.)"""
+        declared rate of burst one, of this process's own, while turns were taken back,
+        and it went before the first such 429 was answered (those on their way then were
+        taken back too). (An adaptive rate's 429s come from its ramp and searches going
+        over the limit, and hit such starts as often as others: it learns the rate that
+        holds with them.)"""
         pace = self.pace
-        if pace.adaptive or (self.fleet.shared is not None and self.fleet.rate):
+        if pace.adaptive or not pace.took_back:
+            # (A declared burst starts requests closer than the interval on purpose.)
+            return False
+        if self.fleet.shared is not None and self.fleet.rate:
             return False
         if pace.strict_spacing and sent > self._spacing_refused:
             return False
