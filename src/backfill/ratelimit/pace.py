@@ -265,9 +265,10 @@ class Pace:
 
     @property
     def _take_back(self) -> float:
-        """What a turn woken late takes back (see :meth:`Schedule.take_back`): a burst of
-        one declared (or none: adaptive); a declared burst keeps room of its own, and one
-        of two, run one at a time, keeps its second request for the way's jitter."""
+        """What a turn woken late takes back (see :meth:`Schedule.take_back`): at a burst
+        of one (declared, or an adaptive resource's); a declared burst keeps room of its
+        own, and one of two, run one at a time, keeps its second request for the way's
+        jitter."""
         return FAST_TAKE_BACK if self.burst == 1 else 0.0
 
     @property

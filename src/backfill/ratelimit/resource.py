@@ -692,9 +692,9 @@ class Resource:
         i = bisect.bisect_right(started, sent) - 1
         if i < 1:
             return False
-        learned = self.pace.learned
+        learned = pace.learned
         # (At the rate its turn was spaced at: one come down since spaces wider.)
-        rate = (learned.rate_at(started[i]) if learned is not None else None) or self.pace.rate
+        rate = (learned.rate_at(started[i]) if learned is not None else None) or pace.rate
         return started[i] - started[i - 1] < 0.999 / rate
 
     def _started_between(self, start: float, end: float) -> int:
@@ -744,8 +744,9 @@ class Resource:
                 # about its spacing, not about the rate. None is taken back from now on;
                 # the rate stays (cut at a run's first 429, a strict 25/s ran at 12/s for
                 # seconds), and the refused request waits what it was asked, alone.
-                pace.refused_taken_back()
-                self._spacing_refused = max(self._spacing_refused, now)
+                if not pace.strict_spacing:
+                    pace.refused_taken_back()
+                    self._spacing_refused = now
                 nudged = False
             elif eased is not None:
                 # (A lone one, or the one after it while the bucket refills: the rate

@@ -113,7 +113,8 @@ class Window:
             return now
         return max(now, self.log[0] + self.period)
 
-    def book(self, start: float) -> None:
+    def book(self, start: float, due: float | None = None) -> None:
+        """A start at ``start`` (``due`` is the rates' business: see Scheduler.book)."""
         self.log.append(start)
 
 
@@ -247,10 +248,7 @@ class Schedule:
         """A request starts at ``now``; ``due``: the instant its turn slept until, when it
         did (see :meth:`take_back`)."""
         for scheduler in self.local if self.shared else self.schedulers:
-            if isinstance(scheduler, Scheduler):
-                scheduler.book(now, due)
-            else:
-                scheduler.book(now)
+            scheduler.book(now, due)
 
     def quota_binds(self, now: float, due: float) -> bool:
         """A quota of this process's own is what holds the next start until ``due``."""
