@@ -8,6 +8,7 @@ import itertools
 import math
 
 import pytest
+from test_pacing import serve
 
 from backfill.ratelimit.adaptive import AdaptiveRate
 from backfill.ratelimit.circuit import CircuitBreaker
@@ -510,6 +511,53 @@ def test_a_ramp_grows_only_while_the_client_sends_its_rate() -> None:
         rate.on_success(t)
         t += 1.0 / rate.rate
     assert rate.rate > 2.0 * held
+
+
+def test_a_ramp_s_first_429_unmeasured_goes_back_before_its_last_growth() -> None:
+    """A ramp held at its cap (four times what got through) grows no more: the rate
+    before its last growth is still the one before that growth. Its first 429, too few
+    answers in the last half second to measure what got through, takes it back there
+    (a hair under): it was read as a strict source's jitter at about the right rate (3 %
+    down, as the ramp's answers all came back accepted) and the step held at its cap
+    counted as a growth from itself. Against a source a second away (0.3-1.5 s an
+    answer, 5/s), a ramp at 17/s came down 3 % at its first 429, then 10 % at each next,
+    four pauses and twenty-odd refused in the first half minute."""
+    rate = AdaptiveRate(5.0)
+    for t in (0.0, 0.1, 0.2, 0.3, 0.45, 0.6):
+        rate.on_success(t)
+    before = rate.rate  # (14.7/s: sixfold a second)
+    rate.on_success(0.95)
+    assert rate.rate > before  # grown to its cap (four times what got through)
+    rate.on_success(1.3)  # at its cap: no growth
+    ramped = rate.rate
+    rate.on_rate_limited(1.35, 1.35)
+    assert ramped / 3.0 <= rate.rate <= 0.97 * before + 1e-9, (rate.rate, before)
+
+
+def test_a_ramp_against_a_source_a_second_away_comes_down_at_its_first_429() -> None:
+    """A source 0.3-1.5 s away taking 5/s (a bucket of three): a ramp grows on answers
+    of the rates before, far past the limit. Its first 429 takes it back before its last
+    growth, not 3 % down (it stayed over twice the limit for seconds)."""
+    for seed in (1, 2, 4, 5):
+        clock = FakeClock()
+        resource = Resource("api", adaptive=True, concurrency=8, clock=clock)
+        serve(
+            resource,
+            clock,
+            limit=5,
+            bucket=3,
+            seconds=10.0,
+            workers=8,
+            jitter=0.005,
+            latency=(0.3, 1.5),
+            seed=seed,
+        )
+        learned = resource.pace.learned
+        assert learned is not None
+        rates = [r for _, r, _ in learned._history]
+        peak = rates.index(max(rates))
+        first_down = rates[peak + 1]
+        assert first_down <= 0.97 * rates[peak - 1] + 1e-9, (seed, rates[: peak + 2])
 
 
 def test_a_long_healthy_run_keeps_only_the_last_seconds_of_answers() -> None:

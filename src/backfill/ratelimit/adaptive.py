@@ -593,9 +593,12 @@ class AdaptiveRate:
             # about its limit got through over the whole cycle. At most halve, then
             # search.
             target = self.margin * max(cycle, 0.5 * self.rate)
-        elif accepted_since >= 4 or self._searched:
+        elif (accepted_since >= 4 or self._searched) and not (self.ramp and self.threshold is None):
             # (Or the first 429 after a search ended on the step above: the rate is the
-            # last one accepted, a hair too close to a strict limit.)
+            # last one accepted, a hair too close to a strict limit. Not a ramp's first,
+            # too few answers to measure: the answers before it were accepted at the
+            # ramp's slower rates; a source a second away refused a ramp at three times
+            # its limit, 3 % down, then 10 % down at each 429 after.)
             # Refused now and then at about the pace it accepts: a little too fast for a
             # strict bucket, or requests bunched on the way. A step down of 3 %, up to 10 %
             # when the last 429 was only moments and a few dozen requests ago (at 100/s, one
@@ -1172,8 +1175,11 @@ class AdaptiveRate:
             # thousands would only make the first 429 measure the wrong thing.
             recent = 2.0 * sum(1 for t in self._accepted if t >= now - 0.5)
             cap = max(4.0 * recent, 2.0 * self.floor, 4.0)
-            self._ramp_prev = self.rate
-            self.rate = min(self.ceiling, max(self.rate, min(self.rate * 6.0**elapsed, cap)))
+            grown = min(self.ceiling, max(self.rate, min(self.rate * 6.0**elapsed, cap)))
+            if grown > self.rate:
+                # (Held at its cap, the rate before the last growth stays what it was.)
+                self._ramp_prev = self.rate
+            self.rate = grown
         elif self.rate >= self.ceiling:
             self._restart(now)
             return False
