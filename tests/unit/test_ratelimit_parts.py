@@ -534,6 +534,19 @@ def test_a_ramp_s_first_429_unmeasured_goes_back_before_its_last_growth() -> Non
     assert ramped / 3.0 <= rate.rate <= 0.97 * before + 1e-9, (rate.rate, before)
 
 
+def test_a_ramp_s_first_429_before_it_grew_is_a_step_down_as_any_rate_s() -> None:
+    """Refused before it grew at all, a ramp's start rate is over the limit by a little
+    or a lot, as any rate refused now and then is: a step down of a few percent, not back
+    to 10 % under its start (started at three times a 200/s limit with a bucket of 20,
+    one run in four then stayed at 120-150/s for three minutes)."""
+    rate = AdaptiveRate(600.0)
+    for i in range(8):
+        rate.on_success(0.01 * i)
+    assert rate.rate == 600.0  # (too soon to grow)
+    rate.on_rate_limited(0.09, 0.09)
+    assert rate.rate >= 0.95 * 600.0
+
+
 def test_a_ramp_against_a_source_a_second_away_comes_down_at_its_first_429() -> None:
     """A source 0.3-1.5 s away taking 5/s (a bucket of three): a ramp grows on answers
     of the rates before, far past the limit. Its first 429 takes it back before its last

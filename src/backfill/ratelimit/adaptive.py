@@ -259,6 +259,7 @@ class AdaptiveRate:
         self._answered: collections.deque[float] = collections.deque()  # every answer
         # Ramping: the rate before the last growth step (accepted at, as far as known).
         self._ramp_prev = self.rate * 0.9
+        self._grown_at = math.inf  # when a ramp last grew (inf: it never did)
         # The rate that drew the 429 a search started from: the search stays under it.
         self._bad: float | None = None
         self._searched = False  # the last decrease ended a search
@@ -396,6 +397,16 @@ class AdaptiveRate:
             before = rate
             in_force_told = told
         return rose and not in_force_told
+
+    def _ramp_untried(self) -> bool:
+        """Whether a 429 is a ramp's first after it grew, too few answers to measure what
+        got through: the answers before it were accepted at the ramp's slower rates and
+        say nothing of the one it grew to. A source a second away refused a ramp at three
+        times its limit; read as a strict source's jitter at about the right rate, it
+        came down 3 %, then 10 % at each 429 after, seconds over its limit. (A ramp's
+        first 429 before it grew at all says its start rate is over the limit, as any
+        rate refused now and then is.)"""
+        return self.ramp and self.threshold is None and self._grown_at < math.inf
 
     def _noted(self, now: float, changed: bool, *, told: bool = False) -> bool:
         if self._history[-1][1] != self.rate:
@@ -593,12 +604,10 @@ class AdaptiveRate:
             # about its limit got through over the whole cycle. At most halve, then
             # search.
             target = self.margin * max(cycle, 0.5 * self.rate)
-        elif (accepted_since >= 4 or self._searched) and not (self.ramp and self.threshold is None):
+        elif (accepted_since >= 4 or self._searched) and not self._ramp_untried():
             # (Or the first 429 after a search ended on the step above: the rate is the
-            # last one accepted, a hair too close to a strict limit. Not a ramp's first,
-            # too few answers to measure: the answers before it were accepted at the
-            # ramp's slower rates; a source a second away refused a ramp at three times
-            # its limit, 3 % down, then 10 % down at each 429 after.)
+            # last one accepted, a hair too close to a strict limit. Not a ramp's first
+            # after it grew: see _ramp_untried.)
             # Refused now and then at about the pace it accepts: a little too fast for a
             # strict bucket, or requests bunched on the way. A step down of 3 %, up to 10 %
             # when the last 429 was only moments and a few dozen requests ago (at 100/s, one
@@ -1179,6 +1188,7 @@ class AdaptiveRate:
             if grown > self.rate:
                 # (Held at its cap, the rate before the last growth stays what it was.)
                 self._ramp_prev = self.rate
+                self._grown_at = now
             self.rate = grown
         elif self.rate >= self.ceiling:
             self._restart(now)
