@@ -547,6 +547,28 @@ def test_a_ramp_s_first_429_before_it_grew_is_a_step_down_as_any_rate_s() -> Non
     assert rate.rate >= 0.95 * 600.0
 
 
+def test_a_ramp_begun_again_after_an_early_outage_has_not_grown_until_it_grows_again() -> None:
+    """Down within its first requests, the source back: the ramp begins again at its
+    start rate. A 429 before it grows again is not one of a ramp that grew (see the test
+    above): the start rate steps down as at the start, not as from the ramp's old
+    growth."""
+    rate = AdaptiveRate(5.0)
+    t = 0.0
+    for _ in range(6):  # the ramp grows
+        rate.on_success(t, sent=t - 0.05)
+        t += 0.2
+    assert rate.rate > 15.0
+    for _ in range(5):  # refused for three seconds and more: an outage
+        rate.on_rate_limited(t, t + 1.0, sent=t - 0.05)
+        t += 0.7
+    for _ in range(5):  # back: the ramp begins again
+        rate.on_success(t, sent=t - 0.05)
+        t += 0.05
+    assert rate.threshold is None and rate.rate == 5.0
+    rate.on_rate_limited(t, t, sent=t - 0.05)
+    assert rate.rate >= 0.9 * 5.0 - 1e-9
+
+
 def test_a_ramp_against_a_source_a_second_away_comes_down_at_its_first_429() -> None:
     """A source 0.3-1.5 s away taking 5/s (a bucket of three): a ramp grows on answers
     of the rates before, far past the limit. Its first 429 takes it back before its last

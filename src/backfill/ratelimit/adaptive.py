@@ -259,7 +259,7 @@ class AdaptiveRate:
         self._answered: collections.deque[float] = collections.deque()  # every answer
         # Ramping: the rate before the last growth step (accepted at, as far as known).
         self._ramp_prev = self.rate * 0.9
-        self._grown_at = math.inf  # when a ramp last grew (inf: it never did)
+        self._grown_at = math.inf  # when a ramp last grew (inf: not since it began)
         # The rate that drew the 429 a search started from: the search stays under it.
         self._bad: float | None = None
         self._searched = False  # the last decrease ended a search
@@ -1119,7 +1119,7 @@ class AdaptiveRate:
                 # two seconds to the ramp's least cap drew a 429 from a strict bucket).
                 self.threshold = None
                 self.rate = min(self.ceiling, max(self.rate, self._start))
-                self._ramp_prev = self.rate
+                self._ramp_prev, self._grown_at = self.rate, math.inf
                 self._good = self._bad = self._past_estimate = None
                 self._recovering = self._small_steps = self._run_search = False
             else:
@@ -1282,7 +1282,7 @@ class AdaptiveRate:
                 # 10 % past the old limit without a 429: the limit rose or was
                 # underestimated; ramp up quickly again.
                 self.threshold = None
-                self._ramp_prev = self.rate
+                self._ramp_prev, self._grown_at = self.rate, math.inf
         self._restart(now)
         return True
 
