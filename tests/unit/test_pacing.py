@@ -221,6 +221,58 @@ def test_a_declared_rate_three_times_too_high_corrects_itself_at_long_latency(
     assert 0.9 * limit / (1.0 + limit * 0.005) <= resource.rate <= limit
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_rate_a_bucket_hides_comes_down_by_the_cadence_of_its_refusals(seed: int) -> None:
+    """Declared 1.25/s where the source takes 1/s behind a bucket of three: the bucket hides
+    the excess for seconds, so the 429s come one at a time, each a step of a few percent
+    (five or six refusals, the last a minute in). Requests taken between two refusals, per
+    second between them, are what the source refilled: after its third, none is refused
+    from 30 s to 100 s, and as much gets through as before."""
+    clock = FakeClock()
+    resource = Resource("api", rate=1.25, clock=clock)
+    served = serve(resource, clock, limit=1.0, bucket=3, seconds=120.0, jitter=0.005, seed=seed)
+    late = [round(t, 1) for t, ok in served.log if 30.0 <= t < 100.0 and not ok]
+    assert late == []
+    assert served.accepted_between(0.0, 120.0) >= 118
+    assert 0.95 <= resource.rate <= 1.05
+
+
+@pytest.mark.parametrize("seed", [2, 5])
+def test_the_cadence_of_refusals_counts_a_pause_as_a_request_not_as_time(seed: int) -> None:
+    """Declared 15/s where the source takes 5/s behind a bucket of three: the first 429s
+    pause the resource, and the bucket, refilled to three in the pause, spills the rest.
+    Counted over the time between two refusals, the pause in it would say 3.7-4.3/s; it
+    counts as the request's worth the bucket kept, and the rate ends within 2 % of the
+    limit."""
+    clock = FakeClock()
+    resource = Resource("api", rate=15.0, clock=clock)
+    served = serve(resource, clock, limit=5.0, bucket=3, seconds=120.0, jitter=0.005, seed=seed)
+    assert 0.98 * 5.0 <= resource.rate <= 5.0
+    assert served.accepted_between(0.0, 120.0) >= 0.95 * 5.0 * 120.0
+
+
+def test_the_cadence_of_refusals_says_nothing_of_a_stretch_run_under_the_rate() -> None:
+    """Declared 15/s where the source takes 5/s behind a bucket of one, 0.3-1.5 s away:
+    after the first 429s the rate searches back up from under the limit. A stretch from
+    a refusal before that search says how fast the search went, not what the source
+    takes (it took the rate to 4.1/s); the rate ends within 5 % of the most the way's
+    jitter lets through."""
+    clock = FakeClock()
+    resource = Resource("api", rate=15.0, clock=clock)
+    served = serve(
+        resource,
+        clock,
+        limit=5.0,
+        bucket=1,
+        seconds=120.0,
+        jitter=0.005,
+        latency=(0.3, 1.5),
+        seed=1,
+    )
+    assert resource.rate >= 0.95 * 5.0 / (1.0 + 5.0 * 0.005)
+    assert served.accepted_between(0.0, 120.0) >= 500
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
 def test_a_limit_that_falls_under_a_source_seconds_away_is_followed_down(seed: int) -> None:
     """Declared 20/s and accepted at it, a source answering in 2-3 s drops its limit to

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 
 
@@ -279,6 +280,11 @@ class AdaptiveRate:
         self._history: collections.deque[tuple[float, float, bool]] = collections.deque(
             [(-math.inf, self.rate, False)], maxlen=256
         )
+        # When the last requests started (when the client says), when the last refused
+        # ones went, and when those that brought the rate down went (see _cadence).
+        self._starts: collections.deque[float] = collections.deque(maxlen=1024)
+        self._refused_sent: collections.deque[float] = collections.deque(maxlen=512)
+        self._decreased_sent: collections.deque[float] = collections.deque(maxlen=6)
 
     def settled(self) -> float | None:
         """What a later run may start at (see :meth:`resume`): the rate the source taught
@@ -439,6 +445,8 @@ class AdaptiveRate:
         self._outcomes.append(False)
         self._answered.append(now)
         self._refused_run += 1
+        if sent is not None:
+            self._refused_sent.append(sent)
         if self._told is not None and now >= self._told_until:
             went = self.rate_at(sent) if sent is not None else self.rate
             if went is None or went >= 0.95 * min(self.ceiling, 0.98 * self._told):
@@ -621,6 +629,10 @@ class AdaptiveRate:
                 # known to lie between, and this one is the way's jitter.
                 down = 1.0 - self._JITTER_STEP
             target, search = self.rate * (1.0 - down), False
+            cadence = self._cadence(sent)
+            if cadence is not None and cadence < target:
+                # The refusals' cadence says the limit is further under: straight there.
+                target = max(0.5 * self.rate, cadence)
             self._creep_every = min(self._MAX_CREEP_EVERY, 2.0 * self._creep_base())
         elif (
             not self.ramp
@@ -660,6 +672,8 @@ class AdaptiveRate:
         self.threshold = self.rate = max(self.floor, min(self.ceiling, target))
         self._good = self.rate if search else None
         self.decreases += 1
+        if sent is not None:
+            self._decreased_sent.append(sent)
         self._earlier = max(self._last_decrease, self.paced_from)
         self._last_decrease = now
         self._held = 0.0
@@ -678,6 +692,70 @@ class AdaptiveRate:
         self._mark_far(now)
         self._restart(resume_at)
         return True
+
+    _CADENCE_HORIZON = 60.0
+    _CADENCE_TAKEN = 8
+    _CADENCE_ACTIVE = 2.0
+
+    def _cadence(self, sent: float | None) -> float | None:
+        """What the source takes per second, told by the cadence of its refusals (None:
+        nothing to tell it by): the requests taken between an earlier refusal that
+        brought the rate down and this one, per second between them.
+
+        A token bucket refuses a request only with less than one token left, so at two
+        refusals it held under one: what it took between them is what it refilled, its
+        limit times the time between, give or take a request, whatever its size. A
+        refusal now and then at a rate over the limit behind a bucket of three or five
+        is no way's jitter: the bucket hid the excess for seconds or tens of seconds,
+        and each 3 % step down cost another refusal (1/s behind a bucket of three, a
+        rate 20 % over took four refusals and a minute to come down).
+
+        Only over a stretch the client sent at the rate run now or faster (under it,
+        a bucket refills unused, and what it took says how fast the client went); long
+        enough to count (eight requests taken, two seconds of sending); within the last
+        minute. A gap in the sending longer than a request at the estimate (a pause
+        after a 429, a client waiting on its own work) may have let a small bucket
+        fill and spill: it counts as a request's worth, not as time (an estimate on
+        the high side, so it never takes the rate under the limit for that); so does
+        the time before the oldest start kept (at 100/s, the last ten seconds' are).
+        The longest such stretch, the most requests, tells it best.
+        """
+        if sent is None or not self._starts_known:
+            return None
+        best: float | None = None
+        for first in reversed(self._decreased_sent):
+            span = sent - first
+            if span > self._CADENCE_HORIZON:
+                break
+            if span <= 0.0:
+                continue
+            if self._ran_under(first, sent, 0.99 * self.rate):
+                break
+            went = [t for t in self._starts if first < t < sent]
+            taken = len(went) - sum(1 for t in self._refused_sent if first < t < sent)
+            if taken < self._CADENCE_TAKEN:
+                continue
+            edges = [first, *went, sent]
+            gaps = [later - earlier for earlier, later in itertools.pairwise(edges)]
+            estimate = taken / span
+            counted, active = taken, span
+            for _ in range(3):
+                spills = [gap for gap in gaps if gap * estimate > 1.0]
+                counted, active = taken - len(spills), span - sum(spills)
+                if counted <= 0 or active <= 0.0:
+                    break
+                estimate = counted / active
+            if counted >= self._CADENCE_TAKEN and active >= self._CADENCE_ACTIVE:
+                best = estimate
+        return best
+
+    def _ran_under(self, start: float, end: float, rate: float) -> bool:
+        """Whether the rate run was under ``rate`` at any time between ``start`` and
+        ``end`` (or is not known then)."""
+        at = self.rate_at(start)
+        if at is None or at < rate:
+            return True
+        return any(start < since < end and run < rate for since, run, _ in self._history)
 
     def _outage_began(self) -> None:
         """Refused all along for seconds: the source is down, or its limit fell far.
@@ -957,6 +1035,7 @@ class AdaptiveRate:
     def on_start(self, now: float) -> None:
         """A request starts (the client says so: a search's step counts them)."""
         self._starts_known = True
+        self._starts.append(now)
         if self._last_update is not None and now >= self._last_update:
             self._step_starts += 1
 
