@@ -251,6 +251,30 @@ def test_the_cadence_of_refusals_counts_a_pause_as_a_request_not_as_time(seed: i
     assert served.accepted_between(0.0, 120.0) >= 0.95 * 5.0 * 120.0
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_cadence_of_refusals_says_nothing_of_a_source_that_stalls(seed: int) -> None:
+    """Declared 5/s, right, in front of a bucket of one 0.3-1.5 s away whose loop stalls
+    for up to 2 s after one request in fifty: what came meanwhile reaches the bucket
+    together, and all but one are refused. Its stalls waste what the bucket refills, so
+    what it took between two such bunches says less than it takes between them (read as
+    its limit, the rate fell to 2.4-2.9/s in three minutes); the bunches are the
+    way's, stepped down a few percent as before."""
+    clock = FakeClock()
+    resource = Resource("api", rate=5.0, clock=clock)
+    served = serve(
+        resource,
+        clock,
+        limit=5.0,
+        bucket=1,
+        seconds=180.0,
+        jitter=0.005,
+        latency=(0.3, 1.5),
+        seed=seed,
+        stalls=(0.02, 2.0),
+    )
+    assert served.accepted_between(0.0, 180.0) >= 590
+
+
 def test_the_cadence_of_refusals_says_nothing_of_a_stretch_run_under_the_rate() -> None:
     """Declared 15/s where the source takes 5/s behind a bucket of one, 0.3-1.5 s away:
     after the first 429s the rate searches back up from under the limit. A stretch from

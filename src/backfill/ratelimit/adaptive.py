@@ -711,7 +711,8 @@ class AdaptiveRate:
         rate 20 % over took four refusals and a minute to come down).
 
         Only over a stretch the client sent at the rate run now or faster (under it,
-        a bucket refills unused, and what it took says how fast the client went); long
+        a bucket refills unused, and what it took says how fast the client went), with
+        no bunch of refusals in it (see _bunched); long
         enough to count (eight requests taken, two seconds of sending); within the last
         minute. A gap in the sending longer than a request at the estimate (a pause
         after a 429, a client waiting on its own work) may have let a small bucket
@@ -731,6 +732,8 @@ class AdaptiveRate:
                 continue
             if self._ran_under(first, sent, 0.99 * self.rate):
                 break
+            if self._bunched(first, sent):
+                break
             went = [t for t in self._starts if first < t < sent]
             taken = len(went) - sum(1 for t in self._refused_sent if first < t < sent)
             if taken < self._CADENCE_TAKEN:
@@ -748,6 +751,16 @@ class AdaptiveRate:
             if counted >= self._CADENCE_TAKEN and active >= self._CADENCE_ACTIVE:
                 best = estimate
         return best
+
+    def _bunched(self, start: float, end: float) -> bool:
+        """Whether two requests sent within two intervals of each other (half a second
+        at least) were refused between ``start`` and ``end``, or just before: not a
+        bucket running dry now and then, which refuses one at a time, but a source that
+        refused a bunch (its loop stalled, and what came meanwhile reached its bucket
+        together), whose stalls waste what it refills."""
+        near = max(2.0 / self.rate, 0.5)
+        refused = sorted(t for t in self._refused_sent if start - near <= t <= end)
+        return any(later - earlier < near for earlier, later in itertools.pairwise(refused))
 
     def _ran_under(self, start: float, end: float, rate: float) -> bool:
         """Whether the rate run was under ``rate`` at any time between ``start`` and
