@@ -64,6 +64,7 @@ def serve(
     header: tuple[int, float] | None = None,
     dip: tuple[float, float, float] | None = None,
     retry_after: float | None = None,
+    sporadic: float = 0.0,
 ) -> Served:
     """Requests from ``workers`` tasks through ``resource`` for ``seconds`` of virtual time
     (``falls``: the server's limit falls to the second figure at the first's instant;
@@ -78,8 +79,12 @@ def serve(
     answer states that limit, requests per window of seconds, as RateLimit-* headers do;
     ``dip``: between the first two instants its limit is the third figure;
     ``retry_after``: every refusal asks for that many seconds, whatever its bucket
-    needs)."""
+    needs; ``sporadic``: with that probability a request its bucket takes is refused
+    anyway, asking a second, its token kept, as a source shared with other clients, or
+    a balancer in front of servers each with a limit of its own, refuses now and
+    then)."""
     rng = random.Random(seed)
+    others = random.Random(seed + 10_007)
     served = Served()
     resource.subscribe(lambda name, what, seconds, kind: served.said.append(what))
     tokens, last, free = float(bucket), 0.0, 0.0
@@ -105,6 +110,8 @@ def serve(
             if ok:
                 tokens -= 1.0
             wait = 0.0 if ok else (1.0 - tokens) / rate
+            if ok and sporadic and others.random() < sporadic:
+                ok, wait, tokens = False, 1.0, tokens + 1.0
             if window is not None:
                 counted = used[math.floor(now / window[1])] = (
                     used.get(math.floor(now / window[1]), 0) + 1
@@ -273,6 +280,30 @@ def test_the_cadence_of_refusals_says_nothing_of_a_source_that_stalls(seed: int)
         stalls=(0.02, 2.0),
     )
     assert served.accepted_between(0.0, 180.0) >= 590
+
+
+def test_a_source_that_refuses_now_and_then_for_its_other_clients_is_not_read_down_far() -> None:
+    """Adaptive in front of 2/s and a bucket of five shared with other clients: one request
+    in a hundred it would take is refused anyway. Between two such refusals the source
+    took about the rate, by chance now and then much less (read as its limit, the rate
+    fell to 0.45/s at once, and searched back up for minutes): each refusal takes the
+    rate 15 % down at most, and over five minutes as much gets through as the jitter
+    steps alone let through."""
+    clock = FakeClock()
+    resource = Resource("api", adaptive=True, clock=clock)
+    served = serve(
+        resource,
+        clock,
+        limit=2.0,
+        bucket=5,
+        seconds=300.0,
+        workers=3,
+        jitter=0.005,
+        latency=(0.3, 1.5),
+        seed=3,
+        sporadic=0.01,
+    )
+    assert served.accepted_between(0.0, 300.0) >= 540
 
 
 def test_the_cadence_of_refusals_says_nothing_of_a_stretch_run_under_the_rate() -> None:

@@ -631,8 +631,11 @@ class AdaptiveRate:
             target, search = self.rate * (1.0 - down), False
             cadence = self._cadence(sent)
             if cadence is not None and cadence < target:
-                # The refusals' cadence says the limit is further under: straight there.
-                target = max(0.5 * self.rate, cadence)
+                # The refusals' cadence says the limit is further under: there, 15 % a
+                # refusal at most (a source that refuses now and then for other reasons,
+                # its other clients', says a little less than the rate; now and then, by
+                # chance, much less).
+                target = max(self._CADENCE_DOWN * self.rate, cadence)
             self._creep_every = min(self._MAX_CREEP_EVERY, 2.0 * self._creep_base())
         elif (
             not self.ramp
@@ -696,6 +699,7 @@ class AdaptiveRate:
     _CADENCE_HORIZON = 60.0
     _CADENCE_TAKEN = 8
     _CADENCE_ACTIVE = 2.0
+    _CADENCE_DOWN = 0.85
 
     def _cadence(self, sent: float | None) -> float | None:
         """What the source takes per second, told by the cadence of its refusals (None:
@@ -735,7 +739,11 @@ class AdaptiveRate:
             if self._bunched(first, sent):
                 break
             went = [t for t in self._starts if first < t < sent]
-            taken = len(went) - sum(1 for t in self._refused_sent if first < t < sent)
+            # (Refusals of starts no longer kept are not taken from those kept.)
+            oldest = self._starts[0] if went else sent
+            taken = len(went) - sum(
+                1 for t in self._refused_sent if first < t < sent and t >= oldest
+            )
             if taken < self._CADENCE_TAKEN:
                 continue
             edges = [first, *went, sent]
