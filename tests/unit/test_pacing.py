@@ -266,15 +266,11 @@ def test_the_cadence_of_refusals_says_nothing_of_a_source_that_stalls(seed: int)
     what it took between two such bunches says less than it takes between them (read as
     its limit, the rate fell to 2.4-2.9/s in three minutes); the bunches are the
     way's, stepped down a few percent as before."""
-    clock = FakeClock()
-    resource = Resource("api", rate=5.0, clock=clock)
-    served = serve(
-        resource,
-        clock,
+    served = served_by(
+        {"rate": 5.0},
         limit=5.0,
         bucket=1,
         seconds=180.0,
-        jitter=0.005,
         latency=(0.3, 1.5),
         seed=seed,
         stalls=(0.02, 2.0),
@@ -289,16 +285,12 @@ def test_a_source_that_refuses_now_and_then_for_its_other_clients_is_not_read_do
     fell to 0.45/s at once, and searched back up for minutes): each refusal takes the
     rate 15 % down at most, and over five minutes as much gets through as the jitter
     steps alone let through."""
-    clock = FakeClock()
-    resource = Resource("api", adaptive=True, clock=clock)
-    served = serve(
-        resource,
-        clock,
+    served = served_by(
+        {"adaptive": True},
         limit=2.0,
         bucket=5,
         seconds=300.0,
         workers=3,
-        jitter=0.005,
         latency=(0.3, 1.5),
         seed=3,
         sporadic=0.01,
