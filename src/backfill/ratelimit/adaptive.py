@@ -22,7 +22,11 @@ class AdaptiveRate:
     * refused now and then (four accepted or more since the rate last came down, that
       decrease's echoes aside): the rate is about right
       and requests bunched on the way; it goes 3 % down, and the creep upwards, one
-      step of 1 % at a time, slows down (each step waits twice as long, up to a minute);
+      step of 1 % at a time, slows down (each step waits twice as long, up to a minute).
+      Further down, 15 % at most, when the refusals' cadence says the source takes
+      less (what it took between two refusals, per second: a bucket of three or five
+      hides a rate 20-30 % over its limit and refuses one request at a time; see
+      _cadence);
     * mostly refused: it drops to just under what the source measurably accepted (or,
       too soon after a pause to time it, to what it accepted over the whole cycle), then
       *searches* upwards in steps of 10 %, each held for a second or 4 requests and
@@ -714,16 +718,16 @@ class AdaptiveRate:
         and each 3 % step down cost another refusal (1/s behind a bucket of three, a
         rate 20 % over took four refusals and a minute to come down).
 
-        Only over a stretch the client sent at the rate run now or faster (under it,
-        a bucket refills unused, and what it took says how fast the client went), with
-        no bunch of refusals in it (see _bunched); long
-        enough to count (eight requests taken, two seconds of sending); within the last
-        minute. A gap in the sending longer than a request at the estimate (a pause
-        after a 429, a client waiting on its own work) may have let a small bucket
-        fill and spill: it counts as a request's worth, not as time (an estimate on
-        the high side, so it never takes the rate under the limit for that); so does
-        the time before the oldest start kept (at 100/s, the last ten seconds' are).
-        The longest such stretch, the most requests, tells it best.
+        Only over a stretch the client sent at the rate run now or faster (under it, a
+        bucket refills unused, and what it took says how fast the client went), with no
+        bunch of refusals in it (see _bunched), long enough to count (eight requests
+        taken, two seconds of sending), within the last minute. A gap in the sending
+        longer than a request at the estimate (a pause after a 429, a client waiting on
+        its own work) may have let a small bucket fill and spill: it counts as a
+        request's worth, not as time (an estimate on the high side, so it never takes
+        the rate under the limit for that); so does the time before the oldest start
+        kept (at 100/s, the last ten seconds' are). The longest such stretch, the most
+        requests, tells it best.
         """
         if sent is None or not self._starts_known:
             return None
